@@ -1,0 +1,14 @@
+//! sea-orm entities of the chat server, one module per table (DESIGN.md "Data").
+
+pub mod chat;
+pub mod chat_member;
+pub mod message;
+pub mod user;
+
+pub mod prelude {
+    //! The entities under short names: `User`, `Chat`, `ChatMember`, `Message`.
+    pub use super::chat::Entity as Chat;
+    pub use super::chat_member::Entity as ChatMember;
+    pub use super::message::Entity as Message;
+    pub use super::user::Entity as User;
+}

@@ -1,0 +1,16 @@
+//! Schema migrations of the chat server. They run at start-up and with the
+//! `migrate` subcommand; each is idempotent on SQLite, PostgreSQL and MySQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_schema;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_schema::Migration)]
+    }
+}

@@ -1,0 +1,261 @@
+//! Account and conversation management shared by the REST API and the
+//! command line: creating users, passwords, activation, direct conversations.
+
+use chrono::Utc;
+use entity::{chat, chat_member, user};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
+};
+
+use crate::auth::password::{self, MIN_PASSWORD_LEN};
+
+/// Longest username, as in Django.
+pub const MAX_USERNAME_LEN: usize = 150;
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("A user with that username already exists.")]
+    UsernameTaken,
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    InvalidPassword(String),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("a conversation needs two different users")]
+    SameUser,
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error("password hashing task failed: {0}")]
+    Hashing(String),
+}
+
+/// The fields of a new account.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_staff: bool,
+    pub is_superuser: bool,
+}
+
+/// Checks a username against Django's rules: 1-150 of letters, digits and `@.+-_`.
+pub fn validate_username(username: &str) -> Result<(), AccountError> {
+    if username.is_empty() || username.chars().count() > MAX_USERNAME_LEN {
+        return Err(AccountError::InvalidUsername(format!(
+            "Ensure this field has between 1 and {MAX_USERNAME_LEN} characters."
+        )));
+    }
+    if !username
+        .chars()
+        .all(|c| c.is_alphanumeric() || "@.+-_".contains(c))
+    {
+        return Err(AccountError::InvalidUsername(
+            "Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a new password's length.
+pub fn validate_password(password: &str) -> Result<(), AccountError> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(AccountError::InvalidPassword(format!(
+            "This password is too short. It must contain at least {MIN_PASSWORD_LEN} characters."
+        )));
+    }
+    if password.len() > 1024 {
+        return Err(AccountError::InvalidPassword(
+            "This password is too long.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hashes off the async workers: argon2 takes tens of milliseconds of CPU.
+pub async fn hash_password(password: String) -> Result<String, AccountError> {
+    tokio::task::spawn_blocking(move || password::hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Hashing(e.to_string()))
+}
+
+/// Verifies off the async workers; with no stored hash, spends the same time
+/// on a dummy so the timing does not tell whether the user exists.
+pub async fn verify_password(password: String, phc: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => password::verify_password(&password, &phc),
+        None => {
+            password::verify_against_dummy(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Creates an account.
+pub async fn create_user(
+    db: &DatabaseConnection,
+    new: NewUser,
+) -> Result<user::Model, AccountError> {
+    validate_username(&new.username)?;
+    validate_password(&new.password)?;
+    if find_by_username(db, &new.username).await?.is_some() {
+        return Err(AccountError::UsernameTaken);
+    }
+    let password_hash = hash_password(new.password).await?;
+    let model = user::ActiveModel {
+        username: Set(new.username),
+        email: Set(new.email),
+        first_name: Set(new.first_name),
+        last_name: Set(new.last_name),
+        password_hash: Set(password_hash),
+        is_active: Set(true),
+        is_staff: Set(new.is_staff),
+        is_superuser: Set(new.is_superuser),
+        token_version: Set(0),
+        created_at: Set(Utc::now()),
+        last_login: Set(None),
+        ..Default::default()
+    };
+    model.insert(db).await.map_err(|e| match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => AccountError::UsernameTaken,
+        _ => AccountError::Database(e),
+    })
+}
+
+/// The account with this exact username.
+pub async fn find_by_username(
+    db: &DatabaseConnection,
+    username: &str,
+) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find()
+        .filter(user::Column::Username.eq(username))
+        .one(db)
+        .await
+}
+
+async fn require_user(
+    db: &DatabaseConnection,
+    username: &str,
+) -> Result<user::Model, AccountError> {
+    find_by_username(db, username)
+        .await?
+        .ok_or_else(|| AccountError::NoSuchUser(username.to_string()))
+}
+
+/// Sets a new password and revokes every token issued before.
+pub async fn set_password(
+    db: &DatabaseConnection,
+    user: user::Model,
+    password: String,
+) -> Result<user::Model, AccountError> {
+    validate_password(&password)?;
+    let hash = hash_password(password).await?;
+    let version = user.token_version + 1;
+    let mut active = user.into_active_model();
+    active.password_hash = Set(hash);
+    active.token_version = Set(version);
+    Ok(active.update(db).await?)
+}
+
+/// `set_password` by username (the command line's form).
+pub async fn set_password_of(
+    db: &DatabaseConnection,
+    username: &str,
+    password: String,
+) -> Result<user::Model, AccountError> {
+    let user = require_user(db, username).await?;
+    set_password(db, user, password).await
+}
+
+/// Activates or deactivates an account; deactivating revokes its tokens.
+pub async fn set_active(
+    db: &DatabaseConnection,
+    username: &str,
+    active: bool,
+) -> Result<user::Model, AccountError> {
+    let user = require_user(db, username).await?;
+    let version = user.token_version + i32::from(!active);
+    let mut model = user.into_active_model();
+    model.is_active = Set(active);
+    model.token_version = Set(version);
+    Ok(model.update(db).await?)
+}
+
+/// The direct conversation of two users, created on first use. Safe under
+/// concurrent calls: `direct_key` is unique, the loser of a race reads the winner's.
+pub async fn direct_chat(
+    db: &DatabaseConnection,
+    a: i64,
+    b: i64,
+) -> Result<(chat::Model, bool), AccountError> {
+    if a == b {
+        return Err(AccountError::SameUser);
+    }
+    let key = chat::direct_key(a, b);
+    if let Some(existing) = find_direct(db, &key).await? {
+        return Ok((existing, false));
+    }
+    let now = Utc::now();
+    let created = db
+        .transaction::<_, chat::Model, DbErr>(|txn| {
+            let key = key.clone();
+            Box::pin(async move {
+                let chat = chat::ActiveModel {
+                    id: Set(uuid::Uuid::new_v4()),
+                    kind: Set(chat::ChatKind::Direct),
+                    title: Set(None),
+                    direct_key: Set(Some(key)),
+                    created_at: Set(now),
+                }
+                .insert(txn)
+                .await?;
+                for user_id in [a, b] {
+                    chat_member::ActiveModel {
+                        chat_id: Set(chat.id),
+                        user_id: Set(user_id),
+                        joined_at: Set(now),
+                        last_read_message_id: Set(None),
+                    }
+                    .insert(txn)
+                    .await?;
+                }
+                Ok(chat)
+            })
+        })
+        .await;
+    match created {
+        Ok(chat) => Ok((chat, true)),
+        Err(e) => match find_direct(db, &key).await? {
+            Some(existing) => Ok((existing, false)),
+            None => Err(AccountError::Database(match e {
+                sea_orm::TransactionError::Connection(e)
+                | sea_orm::TransactionError::Transaction(e) => e,
+            })),
+        },
+    }
+}
+
+async fn find_direct(db: &DatabaseConnection, key: &str) -> Result<Option<chat::Model>, DbErr> {
+    chat::Entity::find()
+        .filter(chat::Column::DirectKey.eq(key))
+        .one(db)
+        .await
+}
+
+/// `direct_chat` by usernames (the command line's `contact add`).
+pub async fn add_contact(
+    db: &DatabaseConnection,
+    first: &str,
+    second: &str,
+) -> Result<(chat::Model, bool), AccountError> {
+    let a = require_user(db, first).await?;
+    let b = require_user(db, second).await?;
+    direct_chat(db, a.id, b.id).await
+}

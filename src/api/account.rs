@@ -1,0 +1,68 @@
+//! The logged-in user's own account: who am I, change my password.
+
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{account_error, UserData};
+use super::body::{require_fields, JsonOrForm};
+use crate::accounts;
+use crate::auth::AuthUser;
+use crate::chat::protocol::UserId;
+use crate::chat::server::RevokeUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The account behind the token.
+#[api_v2_operation(tags(Account))]
+pub async fn me(user: AuthUser) -> Result<web::Json<UserData>, ApiError> {
+    Ok(web::Json(UserData::from(&user.0)))
+}
+
+/// The current password and the new one.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct PasswordChange {
+    pub old_password: Option<String>,
+    pub new_password: Option<String>,
+}
+
+/// A fresh token: every token issued before the change is revoked.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct PasswordChanged {
+    pub token: String,
+}
+
+/// Change the password. Revokes every earlier token and closes the user's live sessions.
+#[api_v2_operation(tags(Account))]
+pub async fn change_password(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: JsonOrForm<PasswordChange>,
+) -> Result<web::Json<PasswordChanged>, ApiError> {
+    let PasswordChange {
+        old_password,
+        new_password,
+    } = body.0;
+    require_fields(&[
+        ("old_password", old_password.as_deref()),
+        ("new_password", new_password.as_deref()),
+    ])?;
+    let user = user.0;
+    let current = Some(user.password_hash.clone());
+    if !accounts::verify_password(old_password.unwrap_or_default(), current).await {
+        return Err(ApiError::field("old_password", "Wrong password."));
+    }
+    let new_password = new_password.unwrap_or_default();
+    if let Err(e) = accounts::validate_password(&new_password) {
+        return Err(ApiError::field("new_password", e.to_string()));
+    }
+    let user = accounts::set_password(&state.db, user, new_password)
+        .await
+        .map_err(account_error)?;
+    state.chat_server.do_send(RevokeUser {
+        user: UserId(user.id),
+        broadcast: true,
+    });
+    Ok(web::Json(PasswordChanged {
+        token: state.keys.issue(user.id, user.token_version),
+    }))
+}

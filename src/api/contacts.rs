@@ -1,0 +1,124 @@
+//! Conversations over REST: the same contacts and history the WebSocket
+//! serves, and adding a contact (creating the direct conversation).
+
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use serde::Deserialize;
+
+use super::auth::account_error;
+use super::body::{require_fields, JsonOrForm};
+use crate::accounts;
+use crate::auth::AuthUser;
+use crate::chat::protocol::{ChatId, Contact, HistoryPage, UserId};
+use crate::chat::store;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The user's conversations, most recently active first.
+#[api_v2_operation(tags(Contacts))]
+pub async fn list_contacts(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<web::Json<Vec<Contact>>, ApiError> {
+    let rows = store::contacts_of(&state.db, UserId(user.0.id)).await?;
+    Ok(web::Json(
+        rows.into_iter()
+            .map(|r| r.into_contact(&state.presence))
+            .collect(),
+    ))
+}
+
+/// Whom to add.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct NewContact {
+    pub username: Option<String>,
+}
+
+/// Add a contact: the direct conversation with that user, created once.
+#[api_v2_operation(tags(Contacts))]
+pub async fn add_contact(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: JsonOrForm<NewContact>,
+) -> Result<web::Json<Contact>, ApiError> {
+    let username = body.0.username;
+    require_fields(&[("username", username.as_deref())])?;
+    let username = username.unwrap_or_default();
+    let other = accounts::find_by_username(&state.db, username.trim())
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(|| ApiError::field("username", "No active user with that username."))?;
+    let me = UserId(user.0.id);
+    let (chat, _created) = accounts::direct_chat(&state.db, me.0, other.id)
+        .await
+        .map_err(account_error)?;
+    let row = store::contact_of(&state.db, me, ChatId(chat.id))
+        .await?
+        .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
+    Ok(web::Json(row.into_contact(&state.presence)))
+}
+
+fn chat_id(raw: &str) -> Result<ChatId, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map(ChatId)
+        .map_err(|_| ApiError::NotFound)
+}
+
+/// One conversation (404 if it does not exist or the user is not in it).
+#[api_v2_operation(tags(Contacts))]
+pub async fn get_contact(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+) -> Result<web::Json<Contact>, ApiError> {
+    let chat = chat_id(&id)?;
+    let row = store::contact_of(&state.db, UserId(user.0.id), chat)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(web::Json(row.into_contact(&state.presence)))
+}
+
+/// Paging through history.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct HistoryParams {
+    /// Messages with ids below this one (older).
+    pub before: Option<i64>,
+    /// Messages with ids above this one (newer; catching up after a reconnect).
+    pub after: Option<i64>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<u64>,
+}
+
+/// One page of a conversation's history.
+#[api_v2_operation(tags(Contacts))]
+pub async fn messages(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+    params: web::Query<HistoryParams>,
+) -> Result<web::Json<HistoryPage>, ApiError> {
+    let chat = chat_id(&id)?;
+    let me = UserId(user.0.id);
+    let limit = params.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
+    if limit == 0 || limit > store::MAX_HISTORY_PAGE {
+        return Err(ApiError::field(
+            "limit",
+            format!(
+                "Ensure this value is between 1 and {}.",
+                store::MAX_HISTORY_PAGE
+            ),
+        ));
+    }
+    if !store::members_of(&state.db, chat).await?.contains(&me) {
+        return Err(ApiError::NotFound);
+    }
+    let (rows, has_more) =
+        store::history(&state.db, chat, params.before, params.after, limit).await?;
+    Ok(web::Json(HistoryPage {
+        pk: chat,
+        messages: rows
+            .into_iter()
+            .map(|m| store::history_item(m, me))
+            .collect(),
+        has_more,
+    }))
+}

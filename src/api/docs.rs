@@ -1,0 +1,82 @@
+//! Swagger UI at `/swagger/` and ReDoc at `/redoc/`, both reading
+//! `/swagger.json`. Their assets are shipped in `static/` and served from
+//! here: the server needs no CDN.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+
+const SWAGGER_BUNDLE: &[u8] = include_bytes!("../../static/swagger-ui-bundle.js");
+const SWAGGER_CSS: &[u8] = include_bytes!("../../static/swagger-ui.css");
+const REDOC_BUNDLE: &[u8] = include_bytes!("../../static/redoc.standalone.js");
+
+const SWAGGER_PAGE: &str = r##"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Chat server API - Swagger UI</title>
+<link rel="stylesheet" href="/swagger/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/swagger/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({ url: "/swagger.json", dom_id: "#swagger-ui" });
+</script>
+</body>
+</html>
+"##;
+
+const REDOC_PAGE: &str = r##"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Chat server API - ReDoc</title>
+</head>
+<body>
+<redoc spec-url="/swagger.json"></redoc>
+<script src="/redoc/redoc.standalone.js"></script>
+</body>
+</html>
+"##;
+
+fn page(html: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html)
+}
+
+fn asset(bytes: &'static [u8], content_type: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .body(bytes)
+}
+
+fn redirect(to: &'static str) -> HttpResponse {
+    HttpResponse::MovedPermanently()
+        .insert_header((header::LOCATION, to))
+        .finish()
+}
+
+/// Mounts the documentation pages and their assets.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/swagger",
+        web::get().to(|| async { redirect("/swagger/") }),
+    )
+    .route("/swagger/", web::get().to(|| async { page(SWAGGER_PAGE) }))
+    .route(
+        "/swagger/swagger-ui-bundle.js",
+        web::get().to(|| async { asset(SWAGGER_BUNDLE, "application/javascript") }),
+    )
+    .route(
+        "/swagger/swagger-ui.css",
+        web::get().to(|| async { asset(SWAGGER_CSS, "text/css") }),
+    )
+    .route("/redoc", web::get().to(|| async { redirect("/redoc/") }))
+    .route("/redoc/", web::get().to(|| async { page(REDOC_PAGE) }))
+    .route(
+        "/redoc/redoc.standalone.js",
+        web::get().to(|| async { asset(REDOC_BUNDLE, "application/javascript") }),
+    );
+}

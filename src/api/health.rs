@@ -1,0 +1,100 @@
+//! Liveness, readiness and metrics for operators and load balancers.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use serde::Serialize;
+
+use crate::chat::server::Stats;
+use crate::db;
+use crate::state::AppState;
+
+/// How long a readiness probe waits for the database or Redis.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The state of the process and its dependencies.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when a dependency is down.
+    pub status: String,
+    /// `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `up`, `down` or `disabled` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+}
+
+/// The process is alive.
+#[api_v2_operation(tags(Operations))]
+pub async fn healthz() -> web::Json<Health> {
+    web::Json(Health {
+        status: "ok".into(),
+        database: None,
+        redis: None,
+    })
+}
+
+fn up(ok: bool) -> String {
+    if ok { "up" } else { "down" }.to_string()
+}
+
+/// The database (and Redis, when configured) answer: 200, else 503 naming what is down.
+#[api_v2_operation(tags(Operations))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, db::ping(&state.db)).await,
+        Ok(Ok(()))
+    );
+    let redis = match &state.redis {
+        None => None,
+        Some(client) => Some(matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, redis_ping(client)).await,
+            Ok(Ok(()))
+        )),
+    };
+    let ready = database && redis.unwrap_or(true);
+    let body = Health {
+        status: if ready { "ok" } else { "unavailable" }.into(),
+        database: Some(up(database)),
+        redis: Some(redis.map_or_else(|| "disabled".to_string(), up)),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(body)
+}
+
+async fn redis_ping(client: &redis::Client) -> redis::RedisResult<()> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+}
+
+/// Prometheus metrics.
+pub async fn metrics(state: actix_web::web::Data<AppState>) -> HttpResponse {
+    let stats = state.chat_server.send(Stats).await.ok();
+    let users = stats.map_or(0.0, |s| s.users as f64);
+    let sessions = stats.map_or(0.0, |s| s.sessions as f64);
+    let body = state.metrics.render(&[
+        (
+            "chat_server_users",
+            "Users with a session registered in the ChatServer.",
+            users,
+        ),
+        (
+            "chat_server_sessions",
+            "Sessions registered in the ChatServer.",
+            sessions,
+        ),
+    ]);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}

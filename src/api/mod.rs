@@ -1,0 +1,149 @@
+//! The REST API (PROTOCOL.md A1, DESIGN.md "REST beyond login"), documented
+//! with paperclip, plus the operational endpoints and the API docs.
+
+pub mod account;
+pub mod auth;
+pub mod body;
+pub mod contacts;
+pub mod docs;
+pub mod health;
+pub mod throttle;
+pub mod users;
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::{HttpResponse, ResponseError};
+use paperclip::actix::web;
+use paperclip::v2::models::{DefaultApiRaw, Info, Tag};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The documented routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/login/").route(web::post().to(auth::login)))
+        .service(web::resource("/api/login").route(web::post().to(auth::login)))
+        .service(web::resource("/api/register/").route(web::post().to(auth::register)))
+        .service(web::resource("/api/me/").route(web::get().to(account::me)))
+        .service(web::resource("/api/password/").route(web::post().to(account::change_password)))
+        .service(web::resource("/api/users/").route(web::get().to(users::list_users)))
+        .service(
+            web::resource("/api/contacts/")
+                .route(web::get().to(contacts::list_contacts))
+                .route(web::post().to(contacts::add_contact)),
+        )
+        .service(web::resource("/api/contacts/{id}/").route(web::get().to(contacts::get_contact)))
+        .service(
+            web::resource("/api/contacts/{id}/messages/").route(web::get().to(contacts::messages)),
+        )
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)));
+}
+
+/// The spec's header: title, version, tags.
+pub fn spec() -> DefaultApiRaw {
+    let info = Info {
+        title: "Chat server API".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: Some(
+            "REST side of the chat server. Log in for a token, then open the WebSocket at /chat \
+             (see PROTOCOL.md) or call these endpoints with `Authorization: Bearer <token>`."
+                .into(),
+        ),
+        ..Default::default()
+    };
+    let tags = ["Auth", "Account", "Users", "Contacts", "Operations"]
+        .into_iter()
+        .map(|name| Tag {
+            name: name.into(),
+            description: None,
+            external_docs: None,
+        })
+        .collect();
+    DefaultApiRaw {
+        info,
+        tags,
+        ..Default::default()
+    }
+}
+
+/// Any path no route matches.
+pub async fn not_found() -> HttpResponse {
+    ApiError::NotFound.error_response()
+}
+
+/// Gives the bodiless 405 of actix's router the JSON body of every other error.
+pub fn json_405<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let response = ApiError::MethodNotAllowed.error_response();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
+}
+
+/// Paths a load balancer probes by IP address, exempt from the Host check.
+const HOST_CHECK_EXEMPT: &[&str] = &["/healthz", "/readyz"];
+
+/// `ALLOWED_HOSTS`: a request for another Host gets a 400, as in Django.
+pub async fn check_host(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    let allowed = req
+        .app_data::<actix_web::web::Data<AppState>>()
+        .and_then(|s| s.settings.allowed_hosts());
+    if let Some(allowed) = allowed {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !HOST_CHECK_EXEMPT.contains(&req.path()) && !host_allowed(&host, &allowed) {
+            let body = serde_json::json!({
+                "detail": format!("Invalid HTTP_HOST header: '{host}'. You may need to add it to ALLOWED_HOSTS.")
+            });
+            let response = HttpResponse::build(StatusCode::BAD_REQUEST).json(body);
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    }
+    let res = next.call(req).await?;
+    Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
+}
+
+/// Django's rules: exact names, `.example.com` for a domain and its
+/// subdomains; the port is ignored.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.find(']') {
+        Some(end) if host.starts_with('[') => &host[..=end],
+        _ => host.split(':').next().unwrap_or(""),
+    }
+    .to_ascii_lowercase();
+    allowed.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix('.') {
+            Some(domain) => name == domain || name.ends_with(&format!(".{domain}")),
+            None => name == pattern,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn host_patterns() {
+        let allowed = vec!["chat.example.com".to_string(), ".example.org".to_string()];
+        assert!(host_allowed("chat.example.com", &allowed));
+        assert!(host_allowed("chat.example.com:8000", &allowed));
+        assert!(host_allowed("example.org", &allowed));
+        assert!(host_allowed("a.b.example.org", &allowed));
+        assert!(!host_allowed("evil.com", &allowed));
+        assert!(!host_allowed("", &allowed));
+    }
+}

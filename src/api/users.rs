@@ -1,0 +1,93 @@
+//! Finding people to talk to.
+
+use entity::user;
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest page of users.
+const MAX_PAGE_SIZE: u64 = 100;
+
+/// Search and paging.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct UserQuery {
+    /// Matches the start of username, first or last name.
+    pub search: Option<String>,
+    /// 1-based page number.
+    pub page: Option<u64>,
+    /// Users per page (at most 100).
+    pub page_size: Option<u64>,
+}
+
+/// What anyone may see of a user.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct PublicUser {
+    pub id: i64,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// One page of users.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct UserPage {
+    pub count: u64,
+    pub page: u64,
+    pub page_size: u64,
+    pub results: Vec<PublicUser>,
+}
+
+/// Search active users.
+#[api_v2_operation(tags(Users))]
+pub async fn list_users(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<UserQuery>,
+) -> Result<web::Json<UserPage>, ApiError> {
+    let page = query.page.unwrap_or(1);
+    let page_size = query.page_size.unwrap_or(20);
+    if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(ApiError::BadRequest(format!(
+            "page must be at least 1 and page_size between 1 and {MAX_PAGE_SIZE}"
+        )));
+    }
+    let mut find = user::Entity::find().filter(user::Column::IsActive.eq(true));
+    if let Some(search) = query
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        find = find.filter(
+            Condition::any()
+                .add(user::Column::Username.starts_with(search))
+                .add(user::Column::FirstName.starts_with(search))
+                .add(user::Column::LastName.starts_with(search)),
+        );
+    }
+    let paginator = find
+        .order_by_asc(user::Column::Username)
+        .paginate(&state.db, page_size);
+    let count = paginator.num_items().await?;
+    let results = paginator
+        .fetch_page(page - 1)
+        .await?
+        .into_iter()
+        .map(|u| PublicUser {
+            id: u.id,
+            username: u.username,
+            first_name: u.first_name,
+            last_name: u.last_name,
+        })
+        .collect();
+    Ok(web::Json(UserPage {
+        count,
+        page,
+        page_size,
+        results,
+    }))
+}

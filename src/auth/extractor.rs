@@ -1,0 +1,48 @@
+//! `AuthUser`: the extractor for endpoints that need a logged-in user. Takes
+//! `Authorization: Bearer <token>` (or the old `Token <token>`).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use entity::user;
+use paperclip::actix::Apiv2Security;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The user behind a valid, current token.
+#[derive(Debug, Clone, Apiv2Security)]
+#[openapi(
+    apiKey,
+    in = "header",
+    name = "Authorization",
+    description = "`Bearer <token>`, the token from POST /api/login/"
+)]
+pub struct AuthUser(pub user::Model);
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer_token(req);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Internal("AppState is not registered".into()))?;
+            let token = token.ok_or_else(|| {
+                ApiError::Unauthorized("Authentication credentials were not provided.".into())
+            })?;
+            let user = super::authenticate(&state.db, &state.keys, &token).await?;
+            Ok(AuthUser(user))
+        })
+    }
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    (known && !token.trim().is_empty()).then(|| token.trim().to_string())
+}

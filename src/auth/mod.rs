@@ -1,0 +1,46 @@
+//! Identity: password hashing, tokens, and the extractor that turns a bearer
+//! token into the user behind it. One function (`authenticate`) validates a
+//! token for REST and WebSocket alike.
+
+pub mod extractor;
+pub mod password;
+pub mod token;
+
+use entity::user;
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
+
+pub use extractor::AuthUser;
+pub use token::{Claims, TokenKeys};
+
+/// Why a token does not identify an active user.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed, wrongly signed, expired, or revoked (password changed).
+    #[error("invalid token")]
+    InvalidToken,
+    /// The token is fine but its user has been deactivated.
+    #[error("inactive user")]
+    InactiveUser,
+    #[error("database error while checking a token: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// The user a token stands for, if the token is valid, current and the user active.
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    keys: &TokenKeys,
+    token: &str,
+) -> Result<user::Model, AuthError> {
+    let claims = keys.decode(token).map_err(|_| AuthError::InvalidToken)?;
+    let user = user::Entity::find_by_id(claims.user_id())
+        .one(db)
+        .await?
+        .ok_or(AuthError::InvalidToken)?;
+    if !user.is_active {
+        return Err(AuthError::InactiveUser);
+    }
+    if user.token_version != claims.ver {
+        return Err(AuthError::InvalidToken);
+    }
+    Ok(user)
+}

@@ -1,0 +1,105 @@
+//! JWT tokens (HS256, signed with `SECRET_KEY`): who, until when, and which
+//! `token_version` of the user they were issued under.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id, as a string (RFC 7519 makes `sub` a string).
+    pub sub: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the epoch.
+    pub iat: u64,
+    /// The user's `token_version` at issue; a bump revokes the token.
+    pub ver: i32,
+}
+
+impl Claims {
+    /// The user id the token was issued to (0, which no user has, if `sub` is garbage).
+    pub fn user_id(&self) -> i64 {
+        self.sub.parse().unwrap_or(0)
+    }
+}
+
+/// Signing and verification keys, and how long a new token lives.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKeys {
+    /// Keys derived from the secret.
+    pub fn new(secret: &str, ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            ttl,
+        }
+    }
+
+    /// A new token for the user at their current `token_version`.
+    pub fn issue(&self, user_id: i64, token_version: i32) -> String {
+        let now = now_seconds();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + self.ttl.as_secs(),
+            ver: token_version,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// The claims of a well-formed, correctly signed, unexpired token.
+    pub fn decode(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims)
+    }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_and_decode() {
+        let keys = TokenKeys::new("secret", Duration::from_secs(60));
+        let token = keys.issue(7, 3);
+        let claims = keys.decode(&token).unwrap();
+        assert_eq!((claims.user_id(), claims.ver), (7, 3));
+    }
+
+    #[test]
+    fn rejects_other_secret_and_garbage() {
+        let keys = TokenKeys::new("secret", Duration::from_secs(60));
+        let other = TokenKeys::new("other", Duration::from_secs(60));
+        assert!(keys.decode(&other.issue(7, 0)).is_err());
+        assert!(keys.decode("not.a.token").is_err());
+    }
+}

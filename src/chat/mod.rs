@@ -1,0 +1,82 @@
+//! Real-time chat over one WebSocket: the actors (`WsSession` per connection,
+//! one `ChatServer`), the typed protocol, and the queries they need.
+
+pub mod presence;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod socket;
+pub mod store;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use sea_orm::DatabaseConnection;
+
+use crate::auth::TokenKeys;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use presence::Presence;
+use server::ChatServer;
+use session::WsSession;
+use store::MessageWriter;
+
+/// The bounds a session enforces, from `Settings`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    pub outbox_capacity: usize,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Limits {
+            max_frame_bytes: settings.max_frame_bytes,
+            max_message_chars: settings.max_message_chars,
+            rate_per_second: settings.rate_limit_per_second,
+            rate_burst: settings.rate_limit_burst,
+            outbox_capacity: settings.outbox_capacity,
+        }
+    }
+}
+
+/// What every session needs: shared by all sessions of an instance.
+pub struct ChatContext {
+    pub db: DatabaseConnection,
+    pub keys: TokenKeys,
+    pub server: Addr<ChatServer>,
+    pub presence: Arc<Presence>,
+    pub writer: MessageWriter,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+/// `GET /chat` and `/chat/`: upgrades to a WebSocket and starts its session.
+pub async fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    chat: web::Data<ChatContext>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let mut response = actix_web_actors::ws::handshake(&req)?;
+    let url_token = web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().token)
+        .filter(|t| !t.is_empty());
+    let chat = chat.into_inner();
+    let (outbox, body) = socket::outbox(chat.limits.outbox_capacity);
+    let frames = socket::incoming(payload, chat.limits.max_frame_bytes);
+    WsSession::create(move |ctx| {
+        ctx.add_stream(frames);
+        WsSession::new(chat, outbox, url_token)
+    });
+    Ok(response.streaming(body))
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}

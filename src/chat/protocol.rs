@@ -1,0 +1,600 @@
+//! The wire protocol (PROTOCOL.md), typed: one serde enum for what clients
+//! send, one for what the server sends. Every frame is a text frame holding
+//! `{"type": string, "data": any}`.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use paperclip::actix::Apiv2Schema;
+use paperclip::v2::models::{DataType, DataTypeFormat, DefaultSchemaRaw};
+use serde::de::{self, Deserializer, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A conversation id (`pk` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChatId(pub Uuid);
+
+/// A user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+impl paperclip::v2::schema::Apiv2Schema for ChatId {
+    fn raw_schema() -> DefaultSchemaRaw {
+        DefaultSchemaRaw {
+            data_type: Some(DataType::String),
+            format: Some(DataTypeFormat::Uuid),
+            ..Default::default()
+        }
+    }
+}
+
+impl fmt::Display for ChatId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `data` of a request that carries nothing we read; present and not null.
+#[derive(Debug)]
+pub struct AnyData;
+
+impl<'de> Deserialize<'de> for AnyData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Option::<IgnoredAny>::deserialize(d)?;
+        match value {
+            Some(_) => Ok(AnyData),
+            None => Err(de::Error::custom("data not provided")),
+        }
+    }
+}
+
+/// A conversation named by the client. Any string is accepted here: one that
+/// is not a UUID names no conversation, which is answered `not_found`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ConversationRef(pub String);
+
+impl ConversationRef {
+    /// The conversation id, if the string is a UUID at all.
+    pub fn chat_id(&self) -> Option<ChatId> {
+        Uuid::parse_str(self.0.trim()).ok().map(ChatId)
+    }
+}
+
+/// Everything a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ClientRequest {
+    Authorization(Authorization),
+    GetContacts(AnyData),
+    GetContact(ConversationQuery),
+    Message(SendMessage),
+    GetMessages(HistoryQuery),
+    Read(MarkRead),
+    Typing(ConversationQuery),
+    Ping(AnyData),
+}
+
+/// The request types, for naming the `X_response` of a failed request.
+pub const REQUEST_TYPES: &[&str] = &[
+    "authorization",
+    "get_contacts",
+    "get_contact",
+    "message",
+    "get_messages",
+    "read",
+    "typing",
+    "ping",
+];
+
+impl ClientRequest {
+    /// The request's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::Authorization(_) => "authorization",
+            ClientRequest::GetContacts(_) => "get_contacts",
+            ClientRequest::GetContact(_) => "get_contact",
+            ClientRequest::Message(_) => "message",
+            ClientRequest::GetMessages(_) => "get_messages",
+            ClientRequest::Read(_) => "read",
+            ClientRequest::Typing(_) => "typing",
+            ClientRequest::Ping(_) => "ping",
+        }
+    }
+}
+
+/// `authorization`: the token from `POST /api/login/`.
+#[derive(Debug, Deserialize)]
+pub struct Authorization {
+    pub token: String,
+}
+
+/// `get_contact`, `typing`: one conversation.
+#[derive(Debug, Deserialize)]
+pub struct ConversationQuery {
+    pub id: ConversationRef,
+}
+
+/// `message`: text for a conversation, optionally with a client-chosen id
+/// that makes a resend idempotent.
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    pub to: ConversationRef,
+    pub content: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// `get_messages`: one page of history.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub id: ConversationRef,
+    #[serde(default)]
+    pub before: Option<i64>,
+    #[serde(default)]
+    pub after: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// `read`: everything up to this message id has been seen.
+#[derive(Debug, Deserialize)]
+pub struct MarkRead {
+    pub id: ConversationRef,
+    pub up_to: i64,
+}
+
+/// What went wrong with a frame that is not a well-formed request: each maps
+/// to the error frame PROTOCOL.md names (A2.7, B3).
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON, not an object, not UTF-8, too large, binary.
+    BadRequest(String),
+    TypeNotProvided,
+    DataNotProvided,
+    TypeNotFound,
+    /// A known type whose `data` has a missing or mistyped field.
+    Invalid {
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// Parses one text frame into a request, or says exactly what is wrong with it.
+pub fn parse_request(text: &str) -> Result<ClientRequest, FrameError> {
+    // Fast path: a well-formed request parses straight into its variant.
+    serde_json::from_str(text).map_err(|typed_error| diagnose(text, typed_error))
+}
+
+/// The slow path, for frames that failed to parse: find which rule they break,
+/// in the old backend's order (type, then data, then route).
+fn diagnose(text: &str, typed_error: serde_json::Error) -> FrameError {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return FrameError::BadRequest(format!("frame is not valid JSON: {e}")),
+    };
+    let Some(object) = value.as_object() else {
+        return FrameError::BadRequest("frame must be a JSON object".into());
+    };
+    let kind = match object.get("type") {
+        None | Some(serde_json::Value::Null) => return FrameError::TypeNotProvided,
+        Some(serde_json::Value::String(s)) if s.is_empty() => return FrameError::TypeNotProvided,
+        Some(serde_json::Value::String(s)) => Some(s.as_str()),
+        Some(_) => None,
+    };
+    match object.get("data") {
+        None | Some(serde_json::Value::Null) => return FrameError::DataNotProvided,
+        Some(_) => {}
+    }
+    match kind.and_then(|k| REQUEST_TYPES.iter().find(|t| **t == k)) {
+        None => FrameError::TypeNotFound,
+        Some(kind) => FrameError::Invalid {
+            kind,
+            message: describe_field_error(&typed_error),
+        },
+    }
+}
+
+/// serde's message without its "at line 1 column 42" tail.
+fn describe_field_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// RFC 3339 UTC with microseconds, as the old backend wrote times:
+/// `2026-11-24T10:15:30.123456+00:00`.
+pub fn format_time(time: &DateTime<Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+/// B3 error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    NotFound,
+    Invalid,
+    RateLimited,
+    Internal,
+}
+
+/// `{"status": "error", "code": ..., "message": ...}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReply {
+    pub status: &'static str,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            status: "error",
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The `data` of an `X_response`: the answer, or an error.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reply<T> {
+    Ok(T),
+    Err(ErrorReply),
+}
+
+/// `{"message": "..."}` of the envelope error frames.
+#[derive(Debug, Serialize)]
+pub struct Notice {
+    pub message: String,
+}
+
+impl Notice {
+    pub fn new(message: impl Into<String>) -> Self {
+        Notice {
+            message: message.into(),
+        }
+    }
+}
+
+/// The answers to `authorization` (and the timeout notice), exactly as A2.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum AuthorizationReply {
+    /// `{"status": "success"}`
+    Success { status: &'static str },
+    /// `{"status": "error", "message": "Invalid token provided"}`
+    Refused {
+        status: &'static str,
+        message: String,
+    },
+    /// B3 errors (malformed request, too many sessions).
+    Error(ErrorReply),
+    /// `{"accepted": false, "message": "Authorization failed, connection timeout."}`
+    Timeout {
+        accepted: bool,
+        message: &'static str,
+    },
+}
+
+impl AuthorizationReply {
+    pub fn success() -> Self {
+        AuthorizationReply::Success { status: "success" }
+    }
+
+    pub fn refused(message: &str) -> Self {
+        AuthorizationReply::Refused {
+            status: "error",
+            message: message.to_string(),
+        }
+    }
+
+    pub fn timeout() -> Self {
+        AuthorizationReply::Timeout {
+            accepted: false,
+            message: "Authorization failed, connection timeout.",
+        }
+    }
+}
+
+/// The last message of a conversation, in a contact.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct LastMessage {
+    pub id: i64,
+    pub sender: Option<i64>,
+    pub content: String,
+    pub time: String,
+}
+
+/// One entry of the contact list: a conversation the user belongs to.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct Contact {
+    pub pk: ChatId,
+    /// The other member's "First Last" (a group's title).
+    pub name: String,
+    /// Whether the other member has a live session anywhere.
+    pub online: bool,
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub last_message: Option<LastMessage>,
+    pub unread: u64,
+}
+
+/// `send` on the sender's sessions, `received` on everyone else's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Apiv2Schema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Send,
+    Received,
+}
+
+/// The inner `data` of a `message` push, and one item of history.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageBody {
+    pub direction: Direction,
+    pub content: String,
+    pub time: String,
+    pub id: i64,
+    pub sender: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// A `message` push: `{"pk": ..., "data": {...}}`.
+#[derive(Debug, Serialize)]
+pub struct MessagePush<'a> {
+    pub pk: ChatId,
+    pub data: &'a MessageBody,
+}
+
+/// `message_response` on success: the message is durably stored.
+#[derive(Debug, Serialize)]
+pub struct MessageAck {
+    pub status: &'static str,
+    pub id: i64,
+    pub pk: ChatId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub time: String,
+}
+
+/// `get_messages_response`: one page of history.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct HistoryPage {
+    pub pk: ChatId,
+    pub messages: Vec<HistoryItem>,
+    pub has_more: bool,
+}
+
+/// One message of history (`client_id` always present, null when absent).
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct HistoryItem {
+    pub id: i64,
+    pub sender: Option<i64>,
+    pub direction: Direction,
+    pub content: String,
+    pub time: String,
+    pub client_id: Option<String>,
+}
+
+/// `read_response` on success.
+#[derive(Debug, Serialize)]
+pub struct ReadAck {
+    pub status: &'static str,
+    pub pk: ChatId,
+    pub up_to: i64,
+}
+
+/// `read` relayed to the other members.
+#[derive(Debug, Serialize)]
+pub struct ReadEvent {
+    pub pk: ChatId,
+    pub user_id: i64,
+    pub up_to: i64,
+}
+
+/// `typing` relayed to the other members.
+#[derive(Debug, Serialize)]
+pub struct TypingEvent {
+    pub pk: ChatId,
+    pub user_id: i64,
+}
+
+/// `presence`: a contact came online or went offline.
+#[derive(Debug, Serialize)]
+pub struct PresenceEvent {
+    pub pk: ChatId,
+    pub user_id: i64,
+    pub online: bool,
+}
+
+/// `{}`
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+/// Everything the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ServerEvent<'a> {
+    Info(&'static str),
+    AuthorizationResponse(AuthorizationReply),
+    GetContactsResponse(Reply<Vec<Contact>>),
+    GetContactResponse(Reply<Contact>),
+    Message(MessagePush<'a>),
+    MessageResponse(Reply<MessageAck>),
+    GetMessagesResponse(Reply<HistoryPage>),
+    ReadResponse(Reply<ReadAck>),
+    TypingResponse(ErrorReply),
+    PingResponse(ErrorReply),
+    Read(ReadEvent),
+    Typing(TypingEvent),
+    Presence(PresenceEvent),
+    Pong(Empty),
+    TypeNotProvided(Notice),
+    DataNotProvided(Notice),
+    TypeNotFound(Notice),
+    BadRequest(Notice),
+}
+
+impl ServerEvent<'_> {
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> bytes::Bytes {
+        serde_json::to_vec(self)
+            .expect("server events hold only strings, numbers and maps with string keys")
+            .into()
+    }
+
+    /// The `X_response` error for a failed request of type `kind`.
+    pub fn error(kind: &str, error: ErrorReply) -> ServerEvent<'static> {
+        match kind {
+            "authorization" => ServerEvent::AuthorizationResponse(AuthorizationReply::Error(error)),
+            "get_contacts" => ServerEvent::GetContactsResponse(Reply::Err(error)),
+            "get_contact" => ServerEvent::GetContactResponse(Reply::Err(error)),
+            "message" => ServerEvent::MessageResponse(Reply::Err(error)),
+            "get_messages" => ServerEvent::GetMessagesResponse(Reply::Err(error)),
+            "read" => ServerEvent::ReadResponse(Reply::Err(error)),
+            "typing" => ServerEvent::TypingResponse(error),
+            _ => ServerEvent::PingResponse(error),
+        }
+    }
+
+    /// The error frame for a frame that could not be parsed.
+    pub fn from_frame_error(error: FrameError) -> ServerEvent<'static> {
+        match error {
+            FrameError::BadRequest(m) => ServerEvent::BadRequest(Notice::new(m)),
+            FrameError::TypeNotProvided => {
+                ServerEvent::TypeNotProvided(Notice::new("type route not provided"))
+            }
+            FrameError::DataNotProvided => {
+                ServerEvent::DataNotProvided(Notice::new("data not provided"))
+            }
+            FrameError::TypeNotFound => {
+                ServerEvent::TypeNotFound(Notice::new("type route not found"))
+            }
+            FrameError::Invalid { kind, message } => {
+                ServerEvent::error(kind, ErrorReply::new(ErrorCode::Invalid, message))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(error: FrameError) -> String {
+        String::from_utf8(ServerEvent::from_frame_error(error).to_json().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn envelope_errors_match_the_old_backend() {
+        let cases = [
+            (
+                r#"{"data": {}}"#,
+                r#"{"type":"type_not_provided","data":{"message":"type route not provided"}}"#,
+            ),
+            (
+                r#"{"type": "get_contacts"}"#,
+                r#"{"type":"data_not_provided","data":{"message":"data not provided"}}"#,
+            ),
+            (
+                r#"{"type": "nope", "data": {}}"#,
+                r#"{"type":"type_not_found","data":{"message":"type route not found"}}"#,
+            ),
+            (
+                r#"{"type": 5, "data": {}}"#,
+                r#"{"type":"type_not_found","data":{"message":"type route not found"}}"#,
+            ),
+            (
+                r#"{"type": "get_contacts", "data": null}"#,
+                r#"{"type":"data_not_provided","data":{"message":"data not provided"}}"#,
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                frame(parse_request(input).unwrap_err()),
+                expected,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_fields_name_the_request() {
+        let err = parse_request(r#"{"type": "message", "data": {"to": "x"}}"#).unwrap_err();
+        assert_eq!(
+            frame(err),
+            r#"{"type":"message_response","data":{"status":"error","code":"invalid","message":"missing field `content`"}}"#
+        );
+    }
+
+    #[test]
+    fn not_json_and_not_object_are_bad_requests() {
+        assert!(matches!(
+            parse_request("hello"),
+            Err(FrameError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_request("[1,2]"),
+            Err(FrameError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_request("\"s\""),
+            Err(FrameError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn well_formed_requests_parse() {
+        let r = parse_request(r#"{"type":"message","data":{"to":"6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11","content":"hi","client_id":"c1"}}"#).unwrap();
+        assert_eq!(r.kind(), "message");
+        assert!(matches!(
+            parse_request(r#"{"type":"get_contacts","data":{}}"#),
+            Ok(ClientRequest::GetContacts(_))
+        ));
+        assert!(matches!(
+            parse_request(r#"{"type":"ping","data":""}"#),
+            Ok(ClientRequest::Ping(_))
+        ));
+    }
+
+    #[test]
+    fn time_has_microseconds_and_utc_offset() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:15:30.1234567Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(format_time(&t), "2026-11-24T10:15:30.123456+00:00");
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        let alphabet = br#"{}[]":,typedatmsgcon0123456789 \ntruefalsenull"#;
+        for len in 0..2000usize {
+            let text: String = (0..len % 97)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize] as char
+                })
+                .collect();
+            if let Err(e) = parse_request(&text) {
+                let _ = ServerEvent::from_frame_error(e).to_json();
+            }
+        }
+    }
+}

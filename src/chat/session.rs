@@ -1,0 +1,703 @@
+//! `WsSession`: one actor per WebSocket connection. It owns the connection's
+//! state (who it is after authorization, heartbeat, rate limit), turns each
+//! frame into a typed request, does the database work for it as a future
+//! (never blocking the actor or anyone else), and answers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::protocol::*;
+use super::server::{Connect, ConnectError, Deliver, Disconnect, SessionId};
+use super::socket::{Incoming, Outbox, Queued, TransportError};
+use super::store::{self, NewMessage, PendingStore, StoreError, Stored};
+use super::ChatContext;
+use crate::auth::{self, AuthError};
+
+/// How long a new connection has to authorize (PROTOCOL.md A2.2).
+pub const AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the server pings (B5).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Silence after which a connection is dropped (B5).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `client_id` accepted (B2).
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A token bucket: `rate` requests per second sustained, bursts up to `burst`.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        RateLimit {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A stored message waiting for its commit, then to be acknowledged and delivered.
+struct PendingDelivery {
+    store: PendingStore,
+    members: Arc<[UserId]>,
+}
+
+/// One WebSocket connection.
+pub struct WsSession {
+    id: SessionId,
+    chat: Arc<ChatContext>,
+    outbox: Outbox,
+    user: Option<UserId>,
+    url_token: Option<String>,
+    last_heard: Instant,
+    rate: RateLimit,
+    /// Members of the conversations this user was found to belong to.
+    members: HashMap<ChatId, Arc<[UserId]>>,
+    /// Commits awaited in submission order, so acks and pushes keep it.
+    deliveries: Option<mpsc::UnboundedSender<PendingDelivery>>,
+    span: tracing::Span,
+}
+
+impl WsSession {
+    /// A session for a new connection; `url_token` is the `?token=` of B1.
+    pub fn new(chat: Arc<ChatContext>, outbox: Outbox, url_token: Option<String>) -> Self {
+        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let rate = RateLimit::new(chat.limits.rate_per_second, chat.limits.rate_burst);
+        WsSession {
+            id,
+            chat,
+            outbox,
+            user: None,
+            url_token,
+            last_heard: Instant::now(),
+            rate,
+            members: HashMap::new(),
+            deliveries: None,
+            span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
+        }
+    }
+
+    /// Queues a frame; a client that stopped reading is disconnected.
+    fn send(&self, event: &ServerEvent, ctx: &mut Context<Self>) {
+        match self.outbox.send_text(event.to_json()) {
+            Queued::Yes => self.chat.metrics.frames_out(1),
+            Queued::Overflow => {
+                self.chat.metrics.outbox_overflow();
+                tracing::warn!(parent: &self.span, "client is not reading; disconnecting");
+                ctx.stop();
+            }
+            Queued::Closed => ctx.stop(),
+        }
+    }
+
+    fn send_error(&self, kind: &str, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
+        if code == ErrorCode::Internal {
+            tracing::error!(parent: &self.span, kind, message, "request failed");
+        }
+        self.chat.metrics.bad_frame();
+        self.send(
+            &ServerEvent::error(kind, ErrorReply::new(code, message)),
+            ctx,
+        );
+    }
+
+    fn close(&self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        self.outbox.close(code, reason);
+        ctx.stop();
+    }
+
+    fn handle_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let request = match parse_request(text) {
+            Ok(request) => request,
+            Err(error) => {
+                if self.rate.allow() {
+                    self.chat.metrics.bad_frame();
+                    self.send(&ServerEvent::from_frame_error(error), ctx);
+                } else {
+                    self.chat.metrics.rate_limited();
+                }
+                return;
+            }
+        };
+        let kind = request.kind();
+        if !self.rate.allow() {
+            self.chat.metrics.rate_limited();
+            self.send_error(
+                kind,
+                ErrorCode::RateLimited,
+                "too many requests; slow down",
+                ctx,
+            );
+            return;
+        }
+        let user = match (&request, self.user) {
+            (ClientRequest::Authorization(a), _) => {
+                let token = a.token.clone();
+                return self.authorize(token, ctx);
+            }
+            (ClientRequest::Ping(_), _) => return self.send(&ServerEvent::Pong(Empty {}), ctx),
+            (_, Some(user)) => user,
+            (_, None) => {
+                return self.send_error(
+                    kind,
+                    ErrorCode::Unauthorized,
+                    "not authorized: send an authorization request with your token first",
+                    ctx,
+                )
+            }
+        };
+        match request {
+            ClientRequest::GetContacts(_) => self.get_contacts(user, ctx),
+            ClientRequest::GetContact(q) => self.get_contact(user, q.id, ctx),
+            ClientRequest::Message(m) => self.send_message(user, m, ctx),
+            ClientRequest::GetMessages(q) => self.get_messages(user, q, ctx),
+            ClientRequest::Read(r) => self.mark_read(user, r, ctx),
+            ClientRequest::Typing(t) => self.typing(user, t.id, ctx),
+            ClientRequest::Authorization(_) | ClientRequest::Ping(_) => {}
+        }
+    }
+
+    fn authorize(&mut self, token: String, ctx: &mut Context<Self>) {
+        let chat = self.chat.clone();
+        let (session, outbox, addr) = (self.id, self.outbox.clone(), ctx.address());
+        let previous = self.user;
+        let registered = async move {
+            let user = auth::authenticate(&chat.db, &chat.keys, token.trim()).await?;
+            let me = UserId(user.id);
+            if previous == Some(me) {
+                return Ok(Ok(me));
+            }
+            if let Some(previous) = previous {
+                chat.server.do_send(Disconnect {
+                    session,
+                    user: previous,
+                });
+            }
+            let contacts = store::contacts_for_presence(&chat.db, me).await?;
+            let connect = Connect {
+                session,
+                user: me,
+                outbox,
+                addr,
+                contacts,
+            };
+            let outcome = chat
+                .server
+                .send(connect)
+                .await
+                .map_err(|_| AuthError::InvalidToken)?;
+            Ok::<_, AuthError>(outcome.map(|()| me))
+        };
+        // `wait`: frames that follow the authorization are handled after it.
+        ctx.wait(registered.into_actor(self).map(move |result, act, ctx| {
+            let reply = match result {
+                Ok(Ok(user)) => {
+                    if act.user.is_none() {
+                        act.chat.metrics.session_authorized();
+                    }
+                    if act.user != Some(user) {
+                        act.members.clear();
+                    }
+                    act.user = Some(user);
+                    act.span.record("user", user.0);
+                    tracing::info!(parent: &act.span, "authorized");
+                    AuthorizationReply::success()
+                }
+                Ok(Err(ConnectError::TooManySessions)) => {
+                    AuthorizationReply::Error(ErrorReply::new(
+                        ErrorCode::RateLimited,
+                        "too many open sessions for this user",
+                    ))
+                }
+                Err(AuthError::InvalidToken) => {
+                    AuthorizationReply::refused("Invalid token provided")
+                }
+                Err(AuthError::InactiveUser) => AuthorizationReply::refused("Inactive user"),
+                Err(AuthError::Database(e)) => {
+                    tracing::error!(parent: &act.span, error = %e, "authorization failed");
+                    AuthorizationReply::Error(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "authorization failed, try again",
+                    ))
+                }
+            };
+            act.send(&ServerEvent::AuthorizationResponse(reply), ctx);
+        }));
+    }
+
+    fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let db = self.chat.db.clone();
+        let fut = async move { store::contacts_of(&db, user).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok(rows) => {
+                let contacts = rows
+                    .into_iter()
+                    .map(|r| r.into_contact(&act.chat.presence))
+                    .collect();
+                act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
+            }
+            Err(e) => act.send_error("get_contacts", ErrorCode::Internal, &e.to_string(), ctx),
+        }));
+    }
+
+    fn get_contact(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        let Some(chat_id) = id.chat_id() else {
+            return self.not_found("get_contact", ctx);
+        };
+        let db = self.chat.db.clone();
+        let fut = async move { store::contact_of(&db, user, chat_id).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok(Some(row)) => {
+                let contact = row.into_contact(&act.chat.presence);
+                act.send(&ServerEvent::GetContactResponse(Reply::Ok(contact)), ctx);
+            }
+            Ok(None) => act.not_found("get_contact", ctx),
+            Err(e) => act.send_error("get_contact", ErrorCode::Internal, &e.to_string(), ctx),
+        }));
+    }
+
+    fn not_found(&self, kind: &str, ctx: &mut Context<Self>) {
+        self.send_error(kind, ErrorCode::NotFound, "conversation not found", ctx);
+    }
+
+    /// Runs `then` with the conversation's members once `user` is known to be
+    /// one of them; answers `not_found` otherwise. A membership not cached yet
+    /// is looked up with `ctx.wait`, so later frames stay behind this one.
+    fn with_members<F>(
+        &mut self,
+        kind: &'static str,
+        user: UserId,
+        id: &ConversationRef,
+        ctx: &mut Context<Self>,
+        then: F,
+    ) where
+        F: FnOnce(&mut Self, ChatId, Arc<[UserId]>, &mut Context<Self>) + 'static,
+    {
+        let Some(chat_id) = id.chat_id() else {
+            return self.not_found(kind, ctx);
+        };
+        if let Some(members) = self.members.get(&chat_id) {
+            let members = members.clone();
+            return then(self, chat_id, members, ctx);
+        }
+        let db = self.chat.db.clone();
+        let lookup = async move { store::members_of(&db, chat_id).await };
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(members) if members.contains(&user) => {
+                        let members: Arc<[UserId]> = members.into();
+                        act.members.insert(chat_id, members.clone());
+                        then(act, chat_id, members, ctx);
+                    }
+                    Ok(_) => act.not_found(kind, ctx),
+                    Err(e) => act.send_error(kind, ErrorCode::Internal, &e.to_string(), ctx),
+                }),
+        );
+    }
+
+    fn send_message(&mut self, user: UserId, request: SendMessage, ctx: &mut Context<Self>) {
+        let content_chars = request.content.trim().chars().count();
+        if content_chars == 0 {
+            return self.send_error(
+                "message",
+                ErrorCode::Invalid,
+                "content must not be empty",
+                ctx,
+            );
+        }
+        let limit = self.chat.limits.max_message_chars;
+        if content_chars > limit {
+            let text = format!("content is longer than {limit} characters");
+            return self.send_error("message", ErrorCode::Invalid, &text, ctx);
+        }
+        let client_id = request.client_id.filter(|c| !c.is_empty());
+        if client_id
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS)
+        {
+            let text = format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters");
+            return self.send_error("message", ErrorCode::Invalid, &text, ctx);
+        }
+        let content = request.content;
+        self.with_members(
+            "message",
+            user,
+            &request.to,
+            ctx,
+            move |act, chat, members, ctx| {
+                let new = NewMessage {
+                    chat,
+                    sender: user,
+                    content,
+                    client_id,
+                };
+                match act.chat.writer.submit(new) {
+                    Ok(store) => act.await_delivery(PendingDelivery { store, members }),
+                    Err(StoreError::Busy) => act.send_error(
+                        "message",
+                        ErrorCode::RateLimited,
+                        "server busy; message not stored, resend it",
+                        ctx,
+                    ),
+                    Err(e) => act.send_error("message", ErrorCode::Internal, &e.to_string(), ctx),
+                }
+            },
+        );
+    }
+
+    /// Hands a submitted message to this session's delivery pipeline: a task
+    /// that awaits commits in order, acknowledges, and gives the event to the
+    /// ChatServer. It outlives the session, so a message committed after its
+    /// sender disconnected is still delivered to everyone else.
+    fn await_delivery(&mut self, pending: PendingDelivery) {
+        let tx = self.deliveries.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            actix::spawn(run_deliveries(rx, self.outbox.clone(), self.chat.clone()));
+            tx
+        });
+        if let Err(mpsc::error::SendError(pending)) = tx.send(pending) {
+            // The pipeline only ends when its sender is dropped; restart it.
+            self.deliveries = None;
+            self.await_delivery(pending);
+        }
+    }
+
+    fn get_messages(&mut self, user: UserId, query: HistoryQuery, ctx: &mut Context<Self>) {
+        let limit = query.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
+        if limit == 0 || limit > store::MAX_HISTORY_PAGE {
+            let text = format!("limit must be between 1 and {}", store::MAX_HISTORY_PAGE);
+            return self.send_error("get_messages", ErrorCode::Invalid, &text, ctx);
+        }
+        let (before, after) = (query.before, query.after);
+        self.with_members(
+            "get_messages",
+            user,
+            &query.id,
+            ctx,
+            move |act, chat, _, ctx| {
+                let db = act.chat.db.clone();
+                let fut = async move { store::history(&db, chat, before, after, limit).await };
+                ctx.spawn(
+                    fut.into_actor(act)
+                        .map(move |result, act, ctx| match result {
+                            Ok((rows, has_more)) => {
+                                let messages = rows
+                                    .into_iter()
+                                    .map(|m| store::history_item(m, user))
+                                    .collect();
+                                let page = HistoryPage {
+                                    pk: chat,
+                                    messages,
+                                    has_more,
+                                };
+                                act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
+                            }
+                            Err(e) => act.send_error(
+                                "get_messages",
+                                ErrorCode::Internal,
+                                &e.to_string(),
+                                ctx,
+                            ),
+                        }),
+                );
+            },
+        );
+    }
+
+    fn mark_read(&mut self, user: UserId, request: MarkRead, ctx: &mut Context<Self>) {
+        let up_to = request.up_to;
+        if up_to < 0 {
+            return self.send_error(
+                "read",
+                ErrorCode::Invalid,
+                "up_to must be a message id",
+                ctx,
+            );
+        }
+        self.with_members(
+            "read",
+            user,
+            &request.id,
+            ctx,
+            move |act, chat, members, ctx| {
+                let db = act.chat.db.clone();
+                let fut = async move { store::mark_read(&db, chat, user, up_to).await };
+                ctx.spawn(
+                    fut.into_actor(act)
+                        .map(move |result, act, ctx| match result {
+                            Ok(()) => {
+                                act.send(
+                                    &ServerEvent::ReadResponse(Reply::Ok(ReadAck {
+                                        status: "success",
+                                        pk: chat,
+                                        up_to,
+                                    })),
+                                    ctx,
+                                );
+                                let frame = ServerEvent::Read(ReadEvent {
+                                    pk: chat,
+                                    user_id: user.0,
+                                    up_to,
+                                })
+                                .to_json();
+                                act.relay_to_others(user, &members, frame);
+                            }
+                            Err(e) => {
+                                act.send_error("read", ErrorCode::Internal, &e.to_string(), ctx)
+                            }
+                        }),
+                );
+            },
+        );
+    }
+
+    fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        self.with_members("typing", user, &id, ctx, move |act, chat, members, _| {
+            let frame = ServerEvent::Typing(TypingEvent {
+                pk: chat,
+                user_id: user.0,
+            })
+            .to_json();
+            act.relay_to_others(user, &members, frame);
+        });
+    }
+
+    fn relay_to_others(&self, user: UserId, members: &[UserId], frame: Bytes) {
+        let frames = members
+            .iter()
+            .filter(|m| **m != user)
+            .map(|m| (*m, frame.clone()))
+            .collect();
+        self.chat.server.do_send(Deliver { frames });
+    }
+}
+
+/// Awaits each submitted message's commit in order; acknowledges it to the
+/// sender and hands the push to the ChatServer.
+async fn run_deliveries(
+    mut rx: mpsc::UnboundedReceiver<PendingDelivery>,
+    outbox: Outbox,
+    chat: Arc<ChatContext>,
+) {
+    while let Some(pending) = rx.recv().await {
+        let outcome = pending.store.await.unwrap_or(Err(StoreError::Stopped));
+        let (stored, is_new) = match outcome {
+            Ok(Stored::New(m)) => (m, true),
+            Ok(Stored::Duplicate(m)) => (m, false),
+            Err(e) => {
+                let reply =
+                    ErrorReply::new(ErrorCode::Internal, format!("message not stored: {e}"));
+                let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
+                continue;
+            }
+        };
+        let pk = ChatId(stored.chat_id);
+        let time = format_time(&stored.created_at);
+        let ack = MessageAck {
+            status: "success",
+            id: stored.id,
+            pk,
+            client_id: stored.client_id.clone(),
+            time: time.clone(),
+        };
+        if outbox.send_text(ServerEvent::MessageResponse(Reply::Ok(ack)).to_json()) == Queued::Yes {
+            chat.metrics.frames_out(1);
+        }
+        if !is_new {
+            continue;
+        }
+        let sender = stored.sender_id.map(UserId);
+        let mut body = MessageBody {
+            direction: Direction::Send,
+            content: stored.content,
+            time,
+            id: stored.id,
+            sender: stored.sender_id,
+            client_id: stored.client_id,
+        };
+        let sent = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
+        body.direction = Direction::Received;
+        let received = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
+        let frames = pending
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    *m,
+                    if Some(*m) == sender {
+                        sent.clone()
+                    } else {
+                        received.clone()
+                    },
+                )
+            })
+            .collect();
+        chat.server.do_send(Deliver { frames });
+    }
+}
+
+impl Actor for WsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.chat.metrics.connection_opened();
+        tracing::debug!(parent: &self.span, "connected");
+        self.send(&ServerEvent::Info("Waiting user token..."), ctx);
+        ctx.run_later(AUTHORIZATION_TIMEOUT, |act, ctx| {
+            if act.user.is_none() {
+                act.send(
+                    &ServerEvent::AuthorizationResponse(AuthorizationReply::timeout()),
+                    ctx,
+                );
+                act.close(CloseCode::Normal, "authorization timeout", ctx);
+            }
+        });
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
+                tracing::info!(parent: &act.span, "client silent too long; dropping");
+                return act.close(CloseCode::Away, "heartbeat timeout", ctx);
+            }
+            if act.outbox.send_ping() == Queued::Overflow {
+                act.chat.metrics.outbox_overflow();
+                ctx.stop();
+            }
+        });
+        if let Some(token) = self.url_token.take() {
+            self.authorize(token, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.outbox.close(CloseCode::Away, "session ended");
+        if let Some(user) = self.user.take() {
+            self.chat.server.do_send(Disconnect {
+                session: self.id,
+                user,
+            });
+            self.chat.metrics.session_ended();
+        }
+        self.chat.metrics.connection_closed();
+        tracing::debug!(parent: &self.span, "disconnected");
+    }
+}
+
+impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
+    fn handle(&mut self, item: Result<Incoming, TransportError>, ctx: &mut Context<Self>) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(Incoming::Text(bytes)) => {
+                self.chat.metrics.frame_in();
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => self.handle_text(text, ctx),
+                    Err(_) => self.send(
+                        &ServerEvent::BadRequest(Notice::new("frame is not valid UTF-8")),
+                        ctx,
+                    ),
+                }
+            }
+            Ok(Incoming::Binary) => self.send(
+                &ServerEvent::BadRequest(Notice::new(
+                    "binary frames are not supported; send JSON in text frames",
+                )),
+                ctx,
+            ),
+            Ok(Incoming::Oversize(size)) => {
+                let limit = self.chat.limits.max_frame_bytes;
+                let text =
+                    format!("frame of {size} bytes is larger than the limit of {limit} bytes");
+                self.send(&ServerEvent::BadRequest(Notice::new(text)), ctx);
+            }
+            Ok(Incoming::Ping(payload)) => {
+                if self.outbox.send_pong(payload) == Queued::Overflow {
+                    ctx.stop();
+                }
+            }
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(_)) => self.close(CloseCode::Normal, "", ctx),
+            Err(TransportError::Overflow(limit)) => {
+                let reason = format!("message larger than {limit} bytes");
+                self.close(CloseCode::Size, &reason, ctx);
+            }
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "connection broken");
+                self.close(CloseCode::Protocol, "protocol error", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Ends a session from outside, with a close frame saying why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick {
+    code: CloseCode,
+    reason: &'static str,
+}
+
+impl Kick {
+    /// The client stopped reading and its queue filled up.
+    pub fn slow_consumer() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "slow consumer: outgoing queue full",
+        }
+    }
+
+    /// The user's tokens were revoked.
+    pub fn revoked() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "token revoked",
+        }
+    }
+
+    /// The server is shutting down.
+    pub fn going_away() -> Self {
+        Kick {
+            code: CloseCode::Away,
+            reason: "server shutting down",
+        }
+    }
+}
+
+impl Handler<Kick> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
+        tracing::info!(parent: &self.span, reason = kick.reason, "closing session");
+        self.close(kick.code, kick.reason, ctx);
+    }
+}

@@ -1,0 +1,310 @@
+//! The WebSocket transport under a `WsSession`: incoming frames decoded from
+//! the request payload, outgoing frames through a bounded queue (`Outbox`).
+//!
+//! Why not `actix_web_actors::ws::WebsocketContext`: its write buffer is
+//! unbounded (a client that stops reading grows it without limit) and its
+//! context stops polling timers while the client is not reading (actix-web
+//! issue 2441), so heartbeats of a stuck client never fire. Here the session
+//! is a plain actix actor whose timers always run, and every frame to a client
+//! goes through a queue of `OUTBOX_CAPACITY` with an explicit overflow policy:
+//! a full queue closes the connection (1008) instead of growing memory.
+
+use std::sync::{Arc, Mutex};
+
+use actix_codec::Decoder;
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, Notify};
+
+/// A frame from the client, with continuations already put together.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A whole text message (not yet checked for UTF-8).
+    Text(Bytes),
+    /// A whole binary message (this protocol has no use for them).
+    Binary,
+    /// A message larger than the protocol allows but small enough to read and
+    /// discard, so the client can be told why.
+    Oversize(usize),
+    Ping(Bytes),
+    Pong,
+    Close(Option<CloseReason>),
+}
+
+/// Why the incoming stream broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("websocket protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("message of more than {0} bytes")]
+    Overflow(usize),
+    #[error("reading the request payload: {0}")]
+    Payload(String),
+}
+
+/// What can be queued towards a client.
+#[derive(Debug)]
+enum Outgoing {
+    /// A text frame holding one JSON document.
+    Text(Bytes),
+    Ping,
+    Pong(Bytes),
+}
+
+struct Shared {
+    close: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+/// The sending side of one connection: cheap to clone, safe to use from any
+/// thread (the ChatServer and the store pipeline push into it directly).
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+/// Whether a frame was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// The queue was full: the connection is being closed as a slow consumer.
+    Overflow,
+    /// The connection is gone or closing.
+    Closed,
+}
+
+impl Outbox {
+    /// Queues a text frame. A full queue closes the connection (policy violation).
+    pub fn send_text(&self, json: Bytes) -> Queued {
+        self.push(Outgoing::Text(json))
+    }
+
+    /// Queues a heartbeat ping.
+    pub fn send_ping(&self) -> Queued {
+        self.push(Outgoing::Ping)
+    }
+
+    /// Queues the answer to a client's ping.
+    pub fn send_pong(&self, payload: Bytes) -> Queued {
+        self.push(Outgoing::Pong(payload))
+    }
+
+    fn push(&self, item: Outgoing) -> Queued {
+        if self.is_closing() {
+            return Queued::Closed;
+        }
+        match self.tx.try_send(item) {
+            Ok(()) => Queued::Yes,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                Queued::Overflow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
+        }
+    }
+
+    /// Sends a close frame ahead of anything still queued, then ends the
+    /// connection. Only the first call counts.
+    pub fn close(&self, code: CloseCode, description: &str) {
+        let mut close = self
+            .shared
+            .close
+            .lock()
+            .expect("outbox close lock is never poisoned: no code panics while holding it");
+        if close.is_none() {
+            *close = Some(CloseReason {
+                code,
+                description: Some(description.to_string()),
+            });
+            self.shared.notify.notify_one();
+        }
+    }
+
+    /// Whether a close has been requested.
+    pub fn is_closing(&self) -> bool {
+        self.shared
+            .close
+            .lock()
+            .map(|c| c.is_some())
+            .unwrap_or(true)
+    }
+}
+
+/// Largest chunk of queued frames written to the socket in one go.
+const WRITE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A new outbox of `capacity` frames, and the byte stream that becomes the
+/// HTTP response body of the upgraded connection.
+pub fn outbox(
+    capacity: usize,
+) -> (
+    Outbox,
+    impl Stream<Item = Result<Bytes, std::convert::Infallible>>,
+) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(Shared {
+        close: Mutex::new(None),
+        notify: Notify::new(),
+    });
+    let state = (rx, shared.clone(), false);
+    let body = futures_util::stream::unfold(state, |(mut rx, shared, done)| async move {
+        if done {
+            return None;
+        }
+        let mut buf = BytesMut::new();
+        let first = tokio::select! {
+            biased;
+            _ = shared.notify.notified() => None,
+            item = rx.recv() => item,
+        };
+        let closing = shared.close.lock().ok().and_then(|c| c.clone());
+        if let Some(reason) = closing {
+            Parser::write_close(&mut buf, Some(reason), false);
+            return Some((Ok(buf.freeze()), (rx, shared, true)));
+        }
+        let first = match first {
+            Some(item) => item,
+            // Every sender is gone: the session ended without a close request.
+            None => {
+                Parser::write_close(&mut buf, Some(CloseCode::Away.into()), false);
+                return Some((Ok(buf.freeze()), (rx, shared, true)));
+            }
+        };
+        encode(&mut buf, first);
+        // Coalesce whatever else is ready into one write.
+        while buf.len() < WRITE_CHUNK_BYTES {
+            match rx.try_recv() {
+                Ok(item) => encode(&mut buf, item),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(buf.freeze()), (rx, shared, false)))
+    });
+    (Outbox { tx, shared }, body)
+}
+
+fn encode(buf: &mut BytesMut, item: Outgoing) {
+    match item {
+        Outgoing::Text(json) => Parser::write_message(buf, json, OpCode::Text, true, false),
+        Outgoing::Ping => Parser::write_message(buf, b"", OpCode::Ping, true, false),
+        Outgoing::Pong(p) => Parser::write_message(buf, p, OpCode::Pong, true, false),
+    }
+}
+
+/// A message between `limit` and `limit * READABLE_OVERSIZE_FACTOR` bytes is
+/// read and answered with an error frame; a larger one closes the connection
+/// with 1009, since reading it would let a client make us buffer anything.
+const READABLE_OVERSIZE_FACTOR: usize = 4;
+
+struct Reader<S> {
+    payload: S,
+    buf: BytesMut,
+    codec: Codec,
+    limit: usize,
+    /// A fragmented message being put together: (is text, bytes so far).
+    partial: Option<(bool, BytesMut)>,
+    done: bool,
+}
+
+/// Decodes the upgraded connection's request payload into whole messages.
+pub fn incoming<S, E>(
+    payload: S,
+    limit: usize,
+) -> impl Stream<Item = Result<Incoming, TransportError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let hard_limit = limit.saturating_mul(READABLE_OVERSIZE_FACTOR);
+    let reader = Reader {
+        payload,
+        buf: BytesMut::new(),
+        codec: Codec::new().max_size(hard_limit),
+        limit,
+        partial: None,
+        done: false,
+    };
+    futures_util::stream::unfold(reader, |mut r| async move {
+        if r.done {
+            return None;
+        }
+        loop {
+            match r.codec.decode(&mut r.buf) {
+                Ok(Some(frame)) => match r.assemble(frame) {
+                    Ok(Some(msg)) => return Some((Ok(msg), r)),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        r.done = true;
+                        return Some((Err(e), r));
+                    }
+                },
+                Ok(None) => {}
+                Err(ProtocolError::Overflow) => {
+                    r.done = true;
+                    return Some((Err(TransportError::Overflow(r.limit)), r));
+                }
+                Err(e) => {
+                    r.done = true;
+                    return Some((Err(e.into()), r));
+                }
+            }
+            match r.payload.next().await {
+                Some(Ok(chunk)) => r.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    r.done = true;
+                    return Some((Err(TransportError::Payload(e.to_string())), r));
+                }
+                None => return None,
+            }
+        }
+    })
+}
+
+impl<S> Reader<S> {
+    fn assemble(&mut self, frame: Frame) -> Result<Option<Incoming>, TransportError> {
+        let hard_limit = self.limit.saturating_mul(READABLE_OVERSIZE_FACTOR);
+        let whole = |is_text: bool, bytes: Bytes, limit: usize| {
+            if bytes.len() > limit {
+                Incoming::Oversize(bytes.len())
+            } else if is_text {
+                Incoming::Text(bytes)
+            } else {
+                Incoming::Binary
+            }
+        };
+        Ok(match frame {
+            Frame::Text(b) => Some(whole(true, b, self.limit)),
+            Frame::Binary(b) => Some(whole(false, b, self.limit)),
+            Frame::Ping(p) => Some(Incoming::Ping(p)),
+            Frame::Pong(_) => Some(Incoming::Pong),
+            Frame::Close(reason) => Some(Incoming::Close(reason)),
+            Frame::Continuation(item) => {
+                let (is_first_text, chunk, last) = match item {
+                    Item::FirstText(b) => (Some(true), b, false),
+                    Item::FirstBinary(b) => (Some(false), b, false),
+                    Item::Continue(b) => (None, b, false),
+                    Item::Last(b) => (None, b, true),
+                };
+                let (is_text, mut acc) = match (is_first_text, self.partial.take()) {
+                    (Some(_), Some(_)) => return Err(ProtocolError::ContinuationStarted.into()),
+                    (None, None) => return Err(ProtocolError::ContinuationNotStarted.into()),
+                    (Some(is_text), None) => (is_text, BytesMut::new()),
+                    (None, Some(partial)) => partial,
+                };
+                // The aggregated size is bounded like a single frame's.
+                if acc.len() + chunk.len() > hard_limit {
+                    return Err(TransportError::Overflow(self.limit));
+                }
+                acc.extend_from_slice(&chunk);
+                if last {
+                    Some(whole(is_text, acc.freeze(), self.limit))
+                } else {
+                    self.partial = Some((is_text, acc));
+                    None
+                }
+            }
+        })
+    }
+}

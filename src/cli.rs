@@ -1,0 +1,251 @@
+//! The command line: `serve` (the default), `migrate`, and the `user` and
+//! `contact` commands that replace the old backend's admin pages.
+
+use std::io::BufRead;
+
+use clap::{Args, Parser, Subcommand};
+use entity::user;
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
+
+use crate::accounts::{self, NewUser};
+use crate::config::Settings;
+use crate::{db, telemetry, Application};
+
+/// Real-time chat server (REST + WebSocket).
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve HTTP and WebSocket (the default).
+    Serve,
+    /// Bring the database schema up to date and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage conversations.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account (the password is prompted for, or read from stdin).
+    Create(CreateUser),
+    /// List accounts.
+    List,
+    /// Set a new password (revokes the user's tokens).
+    SetPassword {
+        username: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Deactivate an account (revokes its tokens; the user cannot log in).
+    Deactivate { username: String },
+    /// Reactivate an account.
+    Activate { username: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateUser {
+    pub username: String,
+    #[arg(long, default_value = "")]
+    pub email: String,
+    #[arg(long, default_value = "")]
+    pub first_name: String,
+    #[arg(long, default_value = "")]
+    pub last_name: String,
+    #[arg(long)]
+    pub staff: bool,
+    #[arg(long)]
+    pub superuser: bool,
+    #[command(flatten)]
+    pub password: PasswordSource,
+}
+
+/// Passwords never come from argv (it is visible to every user of the machine).
+#[derive(Debug, Args)]
+pub struct PasswordSource {
+    /// Read the password from the first line of standard input instead of a prompt.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactCommand {
+    /// Create the direct conversation of two users (once; again is a no-op).
+    Add { first: String, second: String },
+}
+
+/// Why a command failed, and the process exit code for it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration: exit code 2.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Start(#[from] crate::StartError),
+    #[error("{0}")]
+    Database(#[from] db::DbSetupError),
+    #[error("{0}")]
+    Account(#[from] accounts::AccountError),
+    #[error("database error: {0}")]
+    Query(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// 2 for configuration and usage problems, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Config(_)
+            | CliError::Start(crate::StartError::Config(_))
+            | CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, settings: Settings) -> Result<(), CliError> {
+    telemetry::init(settings.log_format, settings.debug);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => {
+            let db = db::connect(&settings).await?;
+            db::migrate(&db).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::User(command) => user_command(&connect(&settings).await?, command).await,
+        Command::Contact(ContactCommand::Add { first, second }) => {
+            let db = connect(&settings).await?;
+            let (chat, created) = accounts::add_contact(&db, &first, &second).await?;
+            let verb = if created { "created" } else { "already exists" };
+            println!(
+                "conversation {} between {first} and {second} {verb}",
+                chat.id
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), CliError> {
+    let app = Application::build(settings).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn connect(settings: &Settings) -> Result<DatabaseConnection, CliError> {
+    let db = db::connect(settings).await?;
+    db::migrate(&db).await?;
+    Ok(db)
+}
+
+fn read_password(source: &PasswordSource) -> Result<String, CliError> {
+    if source.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\n', '\r']).to_string();
+        if password.is_empty() {
+            return Err(CliError::Usage("no password on standard input".into()));
+        }
+        return Ok(password);
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let again = rpassword::prompt_password("Password (again): ")?;
+    if first != again {
+        return Err(CliError::Usage("the two passwords differ".into()));
+    }
+    Ok(first)
+}
+
+async fn user_command(db: &DatabaseConnection, command: UserCommand) -> Result<(), CliError> {
+    match command {
+        UserCommand::Create(c) => {
+            let password = read_password(&c.password)?;
+            let user = accounts::create_user(
+                db,
+                NewUser {
+                    username: c.username,
+                    password,
+                    email: c.email,
+                    first_name: c.first_name,
+                    last_name: c.last_name,
+                    is_staff: c.staff,
+                    is_superuser: c.superuser,
+                },
+            )
+            .await?;
+            println!("created user {} (id {})", user.username, user.id);
+        }
+        UserCommand::List => {
+            let users = user::Entity::find()
+                .order_by_asc(user::Column::Id)
+                .all(db)
+                .await?;
+            println!(
+                "{:>6}  {:<20} {:<24} {:<8} {:<6} email",
+                "id", "username", "name", "active", "staff"
+            );
+            for u in users {
+                println!(
+                    "{:>6}  {:<20} {:<24} {:<8} {:<6} {}",
+                    u.id,
+                    u.username,
+                    u.display_name(),
+                    u.is_active,
+                    u.is_staff,
+                    u.email
+                );
+            }
+        }
+        UserCommand::SetPassword { username, password } => {
+            let password = read_password(&password)?;
+            accounts::set_password_of(db, &username, password).await?;
+            println!("password of {username} changed; earlier tokens are revoked");
+        }
+        UserCommand::Deactivate { username } => {
+            accounts::set_active(db, &username, false).await?;
+            println!("{username} deactivated; their tokens are revoked");
+        }
+        UserCommand::Activate { username } => {
+            accounts::set_active(db, &username, true).await?;
+            println!("{username} activated");
+        }
+    }
+    Ok(())
+}

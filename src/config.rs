@@ -1,0 +1,488 @@
+//! `Settings`: every knob of the server, read from the environment and `.env`.
+//!
+//! Names follow the old Django backend's `.env` (`DB_ENGINE=psql`, `DB_NAME`,
+//! `REDIS_HOST`, `SECRET_KEY`, …) so an existing deployment file keeps working.
+//! Every variable has a default that runs on one machine with nothing else
+//! installed: SQLite in the working directory, no Redis.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why the configuration could not be used; printed as one line at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable holds a value that cannot be used.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// `.env` exists but cannot be read.
+    #[error("cannot read .env: {0}")]
+    DotEnv(#[from] dotenvy::Error),
+    /// The generated `SECRET_KEY` file cannot be read or written.
+    #[error("secret key file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which relational database to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbEngine {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The whole configuration of one server instance.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    /// Full sea-orm URL; wins over the `DB_*` set.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub database_url: Option<String>,
+    #[serde(default = "default_engine", deserialize_with = "engine")]
+    pub db_engine: DbEngine,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub db_name: Option<String>,
+    #[serde(default = "default_db_host")]
+    pub db_host: String,
+    #[serde(default)]
+    pub db_port: Option<u16>,
+    #[serde(default = "default_db_user")]
+    pub db_user: String,
+    #[serde(default = "default_db_password")]
+    pub db_password: String,
+    /// Largest number of pooled database connections.
+    #[serde(default = "default_db_pool_size")]
+    pub db_pool_size: u32,
+
+    #[serde(default, deserialize_with = "non_empty")]
+    pub redis_url: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub redis_host: Option<String>,
+    #[serde(default = "default_redis_port")]
+    pub redis_port: u16,
+
+    /// Signs tokens; generated once and kept next to the SQLite file when unset.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub secret_key: Option<String>,
+    /// Space-separated Host header allow-list; `*` allows any.
+    #[serde(default = "any")]
+    pub allowed_hosts: String,
+    /// Space-separated CORS origins; `*` allows any.
+    #[serde(default = "any")]
+    pub cors_allowed_origins: String,
+    #[serde(default, deserialize_with = "debug_flag")]
+    pub debug: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_seconds: u64,
+    #[serde(default = "yes", deserialize_with = "registration_flag")]
+    pub registration_open: bool,
+    #[serde(default = "default_log_format", deserialize_with = "log_format")]
+    pub log_format: LogFormat,
+    /// The old backend's static-file bucket; accepted and ignored.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub gs_bucket_name: Option<String>,
+
+    /// Largest WebSocket message (continuations aggregated), in bytes.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Longest message content, in characters after trimming.
+    #[serde(default = "default_max_message_chars")]
+    pub max_message_chars: usize,
+    /// Requests a session may make per second, sustained (token bucket rate).
+    #[serde(default = "default_rate_per_second")]
+    pub rate_limit_per_second: u32,
+    /// Requests a session may make in one burst (token bucket size).
+    #[serde(default = "default_rate_burst")]
+    pub rate_limit_burst: u32,
+    /// Most live WebSocket sessions one user may hold on one instance.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions_per_user: usize,
+    /// Frames queued for a client that is not reading before it is dropped.
+    #[serde(default = "default_outbox_capacity")]
+    pub outbox_capacity: usize,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[serde(default = "default_shutdown_seconds")]
+    pub shutdown_timeout_seconds: u64,
+    /// Failed logins allowed per username, and per client address, in a window.
+    #[serde(default = "default_login_attempts")]
+    pub login_max_attempts: u32,
+    /// The login attempt window, in seconds.
+    #[serde(default = "default_login_window")]
+    pub login_window_seconds: u64,
+    /// HTTP worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    Ok(value.filter(|v| !v.trim().is_empty()))
+}
+
+fn parse_flag<E: serde::de::Error>(variable: &str, raw: &str) -> Result<bool, E> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(E::custom(format!(
+            "{variable}='{raw}' is not a flag (use 1/0, true/false, yes/no, on/off)"
+        ))),
+    }
+}
+
+fn debug_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    parse_flag("DEBUG", &String::deserialize(d)?)
+}
+
+fn registration_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    parse_flag("REGISTRATION_OPEN", &String::deserialize(d)?)
+}
+
+fn engine<'de, D: Deserializer<'de>>(d: D) -> Result<DbEngine, D::Error> {
+    let raw = String::deserialize(d)?;
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "sqlite" | "sqlite3" => Ok(DbEngine::Sqlite),
+        "psql" | "postgres" | "postgresql" => Ok(DbEngine::Postgres),
+        "mysql" | "mariadb" => Ok(DbEngine::MySql),
+        _ => Err(serde::de::Error::custom(format!(
+            "DB_ENGINE='{raw}' is not a database engine (use sqlite, psql or mysql)"
+        ))),
+    }
+}
+
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    let raw = String::deserialize(d)?;
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "pretty" | "text" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(serde::de::Error::custom(format!(
+            "LOG_FORMAT='{raw}' is not a log format (use pretty or json)"
+        ))),
+    }
+}
+
+fn default_engine() -> DbEngine {
+    DbEngine::Sqlite
+}
+fn default_db_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_db_user() -> String {
+    "postgres".into()
+}
+fn default_db_password() -> String {
+    "development".into()
+}
+fn default_db_pool_size() -> u32 {
+    16
+}
+fn default_redis_port() -> u16 {
+    6379
+}
+fn any() -> String {
+    "*".into()
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    8000
+}
+fn default_token_ttl() -> u64 {
+    604_800
+}
+fn yes() -> bool {
+    true
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+fn default_max_frame_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_message_chars() -> usize {
+    4_000
+}
+fn default_rate_per_second() -> u32 {
+    200
+}
+fn default_rate_burst() -> u32 {
+    400
+}
+fn default_max_sessions() -> usize {
+    32
+}
+fn default_outbox_capacity() -> usize {
+    1_024
+}
+fn default_shutdown_seconds() -> u64 {
+    10
+}
+fn default_login_attempts() -> u32 {
+    10
+}
+fn default_login_window() -> u64 {
+    300
+}
+
+impl Settings {
+    /// Reads `.env` (when present; real environment variables win) and then
+    /// the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Builds settings from explicit `(NAME, value)` pairs: the testable core of `load`.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let known = vars
+            .into_iter()
+            .filter(|(k, _)| KNOWN.contains(&k.as_str()));
+        // envy names the variable in number errors ("… provided by PORT"), and
+        // our own parsers name theirs, so every message says what to fix.
+        let settings: Settings =
+            envy::from_iter(known).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if self.max_frame_bytes < 1024 {
+            return invalid("MAX_FRAME_BYTES must be at least 1024");
+        }
+        if self.max_message_chars == 0 {
+            return invalid("MAX_MESSAGE_CHARS must be at least 1");
+        }
+        if self.rate_limit_per_second == 0 || self.rate_limit_burst == 0 {
+            return invalid("RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST must be at least 1");
+        }
+        if self.outbox_capacity < 8 {
+            return invalid("OUTBOX_CAPACITY must be at least 8");
+        }
+        if self.max_sessions_per_user == 0 {
+            return invalid("MAX_SESSIONS_PER_USER must be at least 1");
+        }
+        if self.db_pool_size == 0 {
+            return invalid("DB_POOL_SIZE must be at least 1");
+        }
+        if self.token_ttl_seconds == 0 {
+            return invalid("TOKEN_TTL_SECONDS must be at least 1");
+        }
+        if let Some(url) = &self.database_url {
+            if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return invalid("DATABASE_URL must start with sqlite:, postgres: or mysql:");
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine actually in use (`DATABASE_URL`'s scheme wins over `DB_ENGINE`).
+    pub fn engine(&self) -> DbEngine {
+        match &self.database_url {
+            Some(url) if url.starts_with("sqlite:") => DbEngine::Sqlite,
+            Some(url) if url.starts_with("mysql:") || url.starts_with("mariadb:") => {
+                DbEngine::MySql
+            }
+            Some(_) => DbEngine::Postgres,
+            None => self.db_engine,
+        }
+    }
+
+    /// The sea-orm connection URL.
+    pub fn database_url(&self) -> String {
+        if let Some(url) = &self.database_url {
+            return url.replacen("mariadb:", "mysql:", 1);
+        }
+        match self.db_engine {
+            DbEngine::Sqlite => format!("sqlite://{}?mode=rwc", self.sqlite_path().display()),
+            DbEngine::Postgres => self.server_url("postgres", 5432, "postgres"),
+            DbEngine::MySql => self.server_url("mysql", 3306, "postgres"),
+        }
+    }
+
+    fn server_url(&self, scheme: &str, port: u16, default_name: &str) -> String {
+        format!(
+            "{scheme}://{}:{}@{}:{}/{}",
+            percent_encode(&self.db_user),
+            percent_encode(&self.db_password),
+            self.db_host,
+            self.db_port.unwrap_or(port),
+            percent_encode(self.db_name.as_deref().unwrap_or(default_name)),
+        )
+    }
+
+    /// The SQLite file (only meaningful when the engine is SQLite).
+    pub fn sqlite_path(&self) -> PathBuf {
+        if let Some(url) = &self.database_url {
+            let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            return PathBuf::from(rest.split('?').next().unwrap_or(rest));
+        }
+        PathBuf::from(self.db_name.as_deref().unwrap_or("chat.db"))
+    }
+
+    /// The Redis URL, from `REDIS_URL` or the old `REDIS_HOST`/`REDIS_PORT`.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_url.clone().or_else(|| {
+            self.redis_host
+                .as_ref()
+                .map(|host| format!("redis://{host}:{}/", self.redis_port))
+        })
+    }
+
+    /// `SECRET_KEY`, or the one generated on first start and kept in a file
+    /// (next to the SQLite database, else in the working directory).
+    pub fn resolve_secret_key(&self) -> Result<String, ConfigError> {
+        if let Some(key) = &self.secret_key {
+            return Ok(key.clone());
+        }
+        let path = match self.engine() {
+            DbEngine::Sqlite => {
+                let db = self.sqlite_path();
+                let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
+                db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())))
+            }
+            _ => PathBuf::from("chat-server.secret"),
+        };
+        load_or_create_secret(&path)
+    }
+
+    /// The address to listen on.
+    pub fn listen_address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The token lifetime.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_seconds)
+    }
+
+    /// The allowed Host headers, or `None` when any host is allowed.
+    pub fn allowed_hosts(&self) -> Option<Vec<String>> {
+        list_or_any(&self.allowed_hosts)
+    }
+
+    /// The allowed CORS origins, or `None` when any origin is allowed.
+    pub fn cors_origins(&self) -> Option<Vec<String>> {
+        list_or_any(&self.cors_allowed_origins)
+    }
+}
+
+fn list_or_any(raw: &str) -> Option<Vec<String>> {
+    let items: Vec<String> = raw
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if items.is_empty() || items.iter().any(|s| s == "*") {
+        None
+    } else {
+        Some(items)
+    }
+}
+
+fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
+    let io = |source| ConfigError::SecretFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(key.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(path)
+            .map(|k| k.trim().to_string())
+            .map_err(io),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The environment variables this server reads (envy sees only these, so an
+/// unrelated variable can never fail start-up).
+const KNOWN: &[&str] = &[
+    "DATABASE_URL",
+    "DB_ENGINE",
+    "DB_NAME",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_POOL_SIZE",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "CORS_ALLOWED_ORIGINS",
+    "DEBUG",
+    "HOST",
+    "PORT",
+    "TOKEN_TTL_SECONDS",
+    "REGISTRATION_OPEN",
+    "LOG_FORMAT",
+    "GS_BUCKET_NAME",
+    "MAX_FRAME_BYTES",
+    "MAX_MESSAGE_CHARS",
+    "RATE_LIMIT_PER_SECOND",
+    "RATE_LIMIT_BURST",
+    "MAX_SESSIONS_PER_USER",
+    "OUTBOX_CAPACITY",
+    "SHUTDOWN_TIMEOUT_SECONDS",
+    "LOGIN_MAX_ATTEMPTS",
+    "LOGIN_WINDOW_SECONDS",
+    "WORKERS",
+];

@@ -1,0 +1,81 @@
+//! Database connection: connect with the configured engine, tune SQLite for
+//! concurrent use (WAL, busy timeout, foreign keys), and run the migrations.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+
+use crate::config::{DbEngine, Settings};
+
+/// How long a SQLite writer waits for a lock before giving up: long enough to
+/// ride out another process's commit, short enough to surface a stuck one.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a pooled connection before a request fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the database could not be reached or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("cannot connect to the database ({engine:?}): {source}")]
+    Connect {
+        engine: DbEngine,
+        #[source]
+        source: DbErr,
+    },
+    #[error("cannot create the directory of the SQLite file {path}: {source}")]
+    SqliteDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[source] DbErr),
+}
+
+/// Opens the connection pool described by `settings`.
+pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
+    let engine = settings.engine();
+    if engine == DbEngine::Sqlite {
+        let path = settings.sqlite_path();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| DbSetupError::SqliteDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let mut options = ConnectOptions::new(settings.database_url());
+    options
+        .max_connections(settings.db_pool_size)
+        .min_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_timeout(ACQUIRE_TIMEOUT)
+        .sqlx_logging(false);
+    if engine == DbEngine::Sqlite {
+        options.map_sqlx_sqlite_opts(|opts| {
+            // FULL: a commit is on disk before the writer acknowledges it (group
+            // commit amortises the fsync), so an acknowledged message survives power loss.
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+    }
+    Database::connect(options)
+        .await
+        .map_err(|source| DbSetupError::Connect { engine, source })
+}
+
+/// Brings the schema up to date; safe to run on every start and from several
+/// instances at once (each migration is idempotent).
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbSetupError> {
+    Migrator::up(db, None).await.map_err(DbSetupError::Migrate)
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}

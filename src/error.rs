@@ -1,0 +1,171 @@
+//! `ApiError`: the one error type of the REST layer, rendered as the JSON
+//! bodies the old Django REST Framework backend answered with.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use paperclip::actix::{api_v2_errors, Apiv2Schema};
+use serde::Serialize;
+
+/// `{"detail": "..."}`, DRF's body for most errors.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+/// `{"field": ["problem", ...]}`, DRF's body for invalid input;
+/// `non_field_errors` holds problems not tied to one field.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct FieldErrors {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub non_field_errors: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Vec<String>>,
+}
+
+/// Everything a REST handler can fail with.
+#[api_v2_errors(
+    code = 400,
+    description = "Invalid input: field-keyed lists of problems, or `non_field_errors`",
+    schema = "FieldErrors",
+    code = 401,
+    description = "Missing, invalid, expired or revoked token",
+    schema = "ErrorBody",
+    code = 404,
+    description = "No such resource (or not yours)",
+    schema = "ErrorBody",
+    code = 415,
+    description = "Unsupported content type",
+    schema = "ErrorBody",
+    code = 429,
+    description = "Too many attempts; see Retry-After",
+    schema = "ErrorBody",
+    code = 500,
+    description = "Internal error",
+    schema = "ErrorBody"
+)]
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Field-keyed validation problems (`{"username": ["This field is required."]}`).
+    #[error("invalid input: {0:?}")]
+    Fields(BTreeMap<String, Vec<String>>),
+    /// A 400 with a `detail` message (malformed body and the like).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Missing or unusable credentials on an authenticated endpoint.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The authenticated user may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Missing, or not the caller's to see (the two look the same).
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type {0}")]
+    UnsupportedMediaType(String),
+    /// Rate limited; retry after this many seconds.
+    #[error("too many requests, retry after {0}s")]
+    TooManyRequests(u64),
+    /// A failure of ours; the context is logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 for one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let mut map = BTreeMap::new();
+        map.insert(field.to_string(), vec![message.into()]);
+        ApiError::Fields(map)
+    }
+
+    /// A 400 with `non_field_errors` (what the web client shows on a failed login).
+    pub fn non_field(message: impl Into<String>) -> Self {
+        Self::field("non_field_errors", message)
+    }
+
+    /// Wraps an internal failure with what we were doing.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        ApiError::Internal(format!("{context}: {error}"))
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        ApiError::internal("database", e)
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::InvalidToken => ApiError::Unauthorized("Invalid token.".into()),
+            AuthError::InactiveUser => ApiError::Unauthorized("User inactive or deleted.".into()),
+            AuthError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let detail = |d: &str| serde_json::json!({ "detail": d });
+        let body = match self {
+            ApiError::Fields(map) => serde_json::json!(map),
+            ApiError::BadRequest(d) | ApiError::Unauthorized(d) | ApiError::Forbidden(d) => {
+                detail(d)
+            }
+            ApiError::NotFound => detail("Not found."),
+            ApiError::MethodNotAllowed => detail("Method not allowed."),
+            ApiError::PayloadTooLarge => detail("Request body too large."),
+            ApiError::UnsupportedMediaType(t) => {
+                detail(&format!("Unsupported media type \"{t}\" in request."))
+            }
+            ApiError::TooManyRequests(secs) => detail(&format!(
+                "Request was throttled. Expected available in {secs} seconds."
+            )),
+            ApiError::Internal(context) => {
+                tracing::error!(error = %context, "request failed");
+                detail("Internal server error.")
+            }
+        };
+        let mut response = HttpResponse::build(self.status_code()).json(body);
+        match self {
+            ApiError::TooManyRequests(secs) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

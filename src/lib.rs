@@ -1,0 +1,249 @@
+//! An actor-based real-time chat server: REST login, one WebSocket per
+//! client, messages stored first and then pushed to every session of every
+//! member. `Application` builds the whole server from `Settings`; the binary
+//! and the tests start it the same way.
+
+pub mod accounts;
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod state;
+pub mod telemetry;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::{web, HttpServer};
+use paperclip::actix::OpenApiExt;
+use sea_orm::DatabaseConnection;
+use tracing_actix_web::TracingLogger;
+
+use crate::api::throttle::LoginThrottle;
+use crate::auth::TokenKeys;
+use crate::bus::Bus;
+use crate::chat::presence::Presence;
+use crate::chat::server::{ChatServer, CloseAll};
+use crate::chat::store::MessageWriter;
+use crate::chat::{ChatContext, Limits};
+use crate::config::{ConfigError, Settings};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Database(#[from] db::DbSetupError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A built server, listening but not yet serving until `run_until_stopped`.
+pub struct Application {
+    server: Server,
+    port: u16,
+    db: DatabaseConnection,
+    chat_server: Addr<ChatServer>,
+    writer_task: tokio::task::JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Connects and migrates the database, starts the actors and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        if settings.gs_bucket_name.is_some() {
+            tracing::info!(
+                "GS_BUCKET_NAME is set but unused: this server has no admin static files"
+            );
+        }
+        let secret = settings.resolve_secret_key()?;
+        let db = db::connect(&settings).await?;
+        db::migrate(&db).await?;
+        let redis = settings
+            .redis_url()
+            .map(|url| redis::Client::open(url.as_str()))
+            .transpose()?;
+
+        let metrics = Metrics::default();
+        let presence = Arc::new(Presence::default());
+        let chat_server = ChatServer::new(
+            presence.clone(),
+            Bus::Local,
+            settings.max_sessions_per_user,
+            metrics.clone(),
+        )
+        .start();
+        let (writer, writer_task) = MessageWriter::start(db.clone(), metrics.clone());
+        let keys = TokenKeys::new(&secret, settings.token_ttl());
+
+        let state = web::Data::new(AppState {
+            settings: Arc::new(settings.clone()),
+            db: db.clone(),
+            keys: keys.clone(),
+            chat_server: chat_server.clone(),
+            presence: presence.clone(),
+            metrics: metrics.clone(),
+            login_throttle: Arc::new(LoginThrottle::new(
+                settings.login_max_attempts,
+                Duration::from_secs(settings.login_window_seconds),
+            )),
+            redis,
+        });
+        let chat = web::Data::new(ChatContext {
+            db: db.clone(),
+            keys,
+            server: chat_server.clone(),
+            presence,
+            writer,
+            metrics,
+            limits: Limits::from_settings(&settings),
+        });
+
+        let address = settings.listen_address();
+        let listen_error = |source| StartError::Listen {
+            address: address.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&address).map_err(listen_error)?;
+        let port = listener.local_addr().map_err(listen_error)?.port();
+        let cors_origins = settings.cors_origins();
+        let mut server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .app_data(chat.clone())
+                .app_data(json_config())
+                .app_data(query_config())
+                .app_data(path_config())
+                .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
+                .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
+                .wrap(from_fn(api::check_host))
+                .wrap(cors(cors_origins.as_deref()))
+                .wrap(TracingLogger::default())
+                .wrap_api_with_spec(api::spec())
+                .configure(api::routes)
+                .with_json_spec_at("/swagger.json")
+                .build()
+                .route("/chat", web::get().to(chat::connect))
+                .route("/chat/", web::get().to(chat::connect))
+                .route("/metrics", web::get().to(api::health::metrics))
+                .configure(api::docs::routes)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)
+        .map_err(listen_error)?
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout_seconds)
+        // A client must send its request headers within this time (slowloris).
+        .client_request_timeout(Duration::from_secs(5))
+        .max_connections(100_000)
+        .backlog(4096);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        tracing::info!(%address, port, "listening");
+        Ok(Application {
+            server: server.run(),
+            port,
+            db,
+            chat_server,
+            writer_task,
+            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+        })
+    }
+
+    /// The port actually bound (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The database pool (tests inspect rows through it).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The ChatServer actor (tests read its map sizes).
+    pub fn chat_server(&self) -> Addr<ChatServer> {
+        self.chat_server.clone()
+    }
+
+    /// A handle that stops the HTTP server.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until `shutdown` resolves (a signal in the binary), then shuts
+    /// down gracefully: close frames (1001) to every session, stop accepting,
+    /// finish in-flight requests, and commit every accepted message.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let server = actix_web::rt::spawn(self.server);
+        shutdown.await;
+        tracing::info!("shutting down");
+        if let Ok(closed) = self.chat_server.send(CloseAll).await {
+            tracing::info!(sessions = closed, "closed sessions");
+        }
+        handle.stop(true).await;
+        let _ = server.await;
+        // Every session and worker is gone, and with them the writer's
+        // senders: the writer drains its queue and ends.
+        if tokio::time::timeout(self.shutdown_timeout, self.writer_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("message writer did not finish in time");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn cors(origins: Option<&[String]>) -> Cors {
+    let cors = Cors::default()
+        .allow_any_method()
+        .allow_any_header()
+        .expose_any_header()
+        .max_age(3600);
+    match origins {
+        None => cors.allow_any_origin(),
+        Some(list) => list.iter().fold(cors, |c, o| c.allowed_origin(o)),
+    }
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(api::body::MAX_BODY_BYTES)
+        .error_handler(|e, _| ApiError::BadRequest(format!("JSON parse error - {e}")).into())
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::BadRequest(format!("invalid query string: {e}")).into())
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|_, _| ApiError::NotFound.into())
+}

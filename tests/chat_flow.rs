@@ -1,0 +1,117 @@
+//! The web client's whole flow (PROTOCOL.md A2), frame by frame, on every backend.
+
+mod common;
+
+use common::{backends, Backend, TestApp};
+use serde_json::{json, Value};
+
+fn is_time(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or("");
+    // 2026-11-24T10:15:30.123456+00:00
+    s.len() == 32
+        && s.ends_with("+00:00")
+        && s.as_bytes()[19] == b'.'
+        && chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+async fn seed_flow(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let alice_token = app.login("alice").await;
+    let bob_token = app.login("bob").await;
+
+    let mut a1 = app.authorized(&alice_token).await;
+    let contacts = a1
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(
+        contacts,
+        json!({"type": "get_contacts_response", "data": [{
+            "pk": pk, "name": "Bob Jones", "online": false,
+            "user_id": bob, "username": "bob", "last_message": null, "unread": 0
+        }]}),
+        "{}",
+        backend.name()
+    );
+
+    let mut b1 = app.authorized(&bob_token).await;
+    // Alice is told Bob came online.
+    assert_eq!(
+        a1.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}})
+    );
+    let mut a2 = app.authorized(&alice_token).await;
+
+    let contact = a2
+        .request(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(contact["type"], "get_contact_response");
+    assert_eq!(contact["data"]["pk"], json!(pk));
+    assert_eq!(contact["data"]["name"], "Bob Jones");
+    assert_eq!(contact["data"]["online"], true);
+
+    a1.send(json!({"type": "message", "data": {"to": pk, "content": "hello bob"}}))
+        .await;
+    let ack = a1.recv().await;
+    assert_eq!(ack["type"], "message_response");
+    assert_eq!(ack["data"]["status"], "success");
+    let id = ack["data"]["id"].as_i64().expect("id");
+    assert_eq!(ack["data"]["pk"], json!(pk));
+    assert!(is_time(&ack["data"]["time"]), "{ack}");
+    let time = ack["data"]["time"].clone();
+
+    let pushed = |direction: &str| {
+        json!({"type": "message", "data": {"pk": pk, "data": {
+            "direction": direction, "content": "hello bob", "time": time,
+            "id": id, "sender": alice
+        }}})
+    };
+    assert_eq!(a1.recv().await, pushed("send"));
+    assert_eq!(a2.recv().await, pushed("send"));
+    assert_eq!(b1.recv().await, pushed("received"));
+
+    // Bob's contact list now shows the message, unread.
+    let contacts = b1
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["name"], "Alice Smith");
+    assert_eq!(contacts["data"][0]["online"], true);
+    assert_eq!(contacts["data"][0]["unread"], 1);
+    assert_eq!(
+        contacts["data"][0]["last_message"],
+        json!({"id": id, "sender": alice, "content": "hello bob", "time": time})
+    );
+}
+
+#[actix_rt::test]
+async fn seed_flow_reaches_every_session_of_both_members() {
+    for backend in backends() {
+        seed_flow(&backend).await;
+    }
+}
+
+async fn token_in_url(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.pair("carol", "dave").await;
+    let token = app.login("carol").await;
+    let mut ws = app.ws(&format!("/chat?token={token}")).await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "info", "data": "Waiting user token..."})
+    );
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "authorization_response", "data": {"status": "success"}})
+    );
+    let contacts = ws
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["name"], "Dave Jones");
+}
+
+#[actix_rt::test]
+async fn token_in_the_url_authorizes_at_once() {
+    for backend in backends() {
+        token_in_url(&backend).await;
+    }
+}

@@ -1,0 +1,426 @@
+//! Test support: start the real server (from `lib.rs`, as the binary does)
+//! on a free port against a fresh database of each configured backend, and
+//! talk to it over real HTTP and a real WebSocket.
+//!
+//! Backends: SQLite always (a temp dir); PostgreSQL when `TEST_POSTGRES_URL`
+//! is set (a fresh schema per app); MySQL/MariaDB when `TEST_MYSQL_URL` is
+//! set (a fresh database per app). Each is dropped when the app is.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use actix_http::ws;
+use awc::BoxedSocket;
+use chat_server::accounts::{self, NewUser};
+use chat_server::chat::server::{ServerStats, Stats};
+use chat_server::config::Settings;
+use chat_server::Application;
+use futures_util::{SinkExt, StreamExt};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{json, Value};
+
+/// How long a test waits for any one frame or response.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A database the server can run on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+    MySql(String),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+            Backend::MySql(_) => "mysql",
+        }
+    }
+}
+
+/// SQLite, plus every server database whose URL the environment gives.
+pub fn backends() -> Vec<Backend> {
+    let mut list = vec![Backend::Sqlite];
+    if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
+        list.push(Backend::Postgres(url));
+    }
+    if let Ok(url) = std::env::var("TEST_MYSQL_URL") {
+        list.push(Backend::MySql(url));
+    }
+    list
+}
+
+/// The server databases only (for tests that need several instances on one database).
+pub fn shared_backends() -> Vec<Backend> {
+    backends()
+        .into_iter()
+        .filter(|b| !matches!(b, Backend::Sqlite))
+        .collect()
+}
+
+fn unique_name() -> String {
+    format!("t{}_{}", std::process::id(), uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh, empty database of `backend`, dropped with this value.
+pub struct TestDatabase {
+    pub url: String,
+    cleanup: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: &Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("chat.db").display());
+                TestDatabase {
+                    url,
+                    cleanup: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres(base) => {
+                let schema = unique_name();
+                let admin = Database::connect(base.as_str())
+                    .await
+                    .expect("connect to TEST_POSTGRES_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+                    .await
+                    .expect("create schema");
+                admin.close().await.ok();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                TestDatabase {
+                    url,
+                    cleanup: Some((base.clone(), format!("DROP SCHEMA {schema} CASCADE"))),
+                    _dir: None,
+                }
+            }
+            Backend::MySql(base) => {
+                let name = unique_name();
+                let admin = Database::connect(base.as_str())
+                    .await
+                    .expect("connect to TEST_MYSQL_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                admin.close().await.ok();
+                let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
+                let url = format!("{root}/{name}");
+                TestDatabase {
+                    url,
+                    cleanup: Some((base.clone(), format!("DROP DATABASE {name}"))),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((base, statement)) = self.cleanup.take() {
+            // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    if let Ok(admin) = Database::connect(base.as_str()).await {
+                        let _ = admin.execute_unprepared(&statement).await;
+                        let _ = admin.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Settings for a test server on `url`: a free port, one worker, a fixed secret.
+pub fn settings(url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut vars: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), url.into()),
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), "0".into()),
+        ("SECRET_KEY".into(), "test-secret".into()),
+        ("WORKERS".into(), "2".into()),
+        ("DB_POOL_SIZE".into(), "8".into()),
+    ];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Settings::from_vars(vars).expect("test settings are valid")
+}
+
+/// A running server.
+pub struct TestApp {
+    pub port: u16,
+    pub backend: Backend,
+    pub db: DatabaseConnection,
+    pub http: awc::Client,
+    chat_server: actix::Addr<chat_server::chat::server::ChatServer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<()>>,
+    database: Option<TestDatabase>,
+}
+
+impl TestApp {
+    /// Starts a server on a fresh database of `backend`.
+    pub async fn spawn(backend: &Backend) -> TestApp {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// Starts a server with extra settings (`("RATE_LIMIT_BURST", "5")`, …).
+    pub async fn spawn_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
+        let database = TestDatabase::create(backend).await;
+        let mut app = Self::spawn_on(backend, &database.url, extra).await;
+        app.database = Some(database);
+        app
+    }
+
+    /// Starts a server on an existing database (a second instance, a restart).
+    pub async fn spawn_on(backend: &Backend, url: &str, extra: &[(&str, &str)]) -> TestApp {
+        let application = Application::build(settings(url, extra))
+            .await
+            .expect("server starts");
+        let port = application.port();
+        let db = application.db().clone();
+        let chat_server = application.chat_server();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = actix_web::rt::spawn(async move {
+            let _ = application
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let http = awc::Client::builder().timeout(TIMEOUT).finish();
+        TestApp {
+            port,
+            backend: backend.clone(),
+            db,
+            http,
+            chat_server,
+            stop: Some(stop),
+            running: Some(running),
+            database: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Gracefully stops the server and waits until it has.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            let _ = tokio::time::timeout(TIMEOUT, running).await;
+        }
+    }
+
+    /// The ChatServer's map sizes.
+    pub async fn stats(&self) -> ServerStats {
+        self.chat_server
+            .send(Stats)
+            .await
+            .expect("chat server alive")
+    }
+
+    /// Creates an account directly (as `chat-server user create` does).
+    pub async fn create_user(&self, username: &str, first: &str, last: &str) -> i64 {
+        let user = accounts::create_user(
+            &self.db,
+            NewUser {
+                username: username.into(),
+                password: PASSWORD.into(),
+                email: format!("{username}@example.com"),
+                first_name: first.into(),
+                last_name: last.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create user");
+        user.id
+    }
+
+    /// Logs in over REST (form encoding, as the web client does) and returns the token.
+    pub async fn login(&self, username: &str) -> String {
+        let mut res = self
+            .http
+            .post(self.url("/api/login/?"))
+            .send_form(&[("username", username), ("password", PASSWORD)])
+            .await
+            .expect("login request");
+        assert_eq!(res.status().as_u16(), 200, "login of {username}");
+        let body: Value = res.json().await.expect("login body");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Two users with a direct conversation: (alice id, bob id, conversation id).
+    pub async fn pair(&self, a: &str, b: &str) -> (i64, i64, String) {
+        let ida = self.create_user(a, &capitalize(a), "Smith").await;
+        let idb = self.create_user(b, &capitalize(b), "Jones").await;
+        let (chat, _) = accounts::direct_chat(&self.db, ida, idb)
+            .await
+            .expect("direct chat");
+        (ida, idb, chat.id.to_string())
+    }
+
+    /// A WebSocket to `/chat`, before anything is read.
+    pub async fn ws(&self, path: &str) -> WsClient {
+        let url = format!("ws://127.0.0.1:{}{}", self.port, path);
+        let (_, framed) =
+            tokio::time::timeout(TIMEOUT, self.http.ws(url).max_frame_size(1 << 20).connect())
+                .await
+                .expect("ws connect timed out")
+                .expect("ws connect");
+        WsClient { framed }
+    }
+
+    /// A WebSocket that has read the `info` frame and authorized with `token`.
+    pub async fn authorized(&self, token: &str) -> WsClient {
+        let mut ws = self.ws("/chat").await;
+        assert_eq!(
+            ws.recv().await,
+            json!({"type": "info", "data": "Waiting user token..."})
+        );
+        ws.send(json!({"type": "authorization", "data": {"token": token}}))
+            .await;
+        assert_eq!(
+            ws.recv().await,
+            json!({"type": "authorization_response", "data": {"status": "success"}})
+        );
+        ws
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// What came out of the socket when a test expected a frame.
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Close(Option<ws::CloseReason>),
+    /// Nothing within the wait.
+    Silence,
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A real WebSocket client.
+pub struct WsClient {
+    framed: actix_codec::Framed<BoxedSocket, ws::Codec>,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(ws::Message::Text(text.to_string().into()))
+            .await
+            .expect("send text");
+    }
+
+    pub async fn send_message(&mut self, message: ws::Message) {
+        self.framed.send(message).await.expect("send frame");
+    }
+
+    /// The next event within `wait`, answering pings and skipping pongs.
+    pub async fn next_event(&mut self, wait: Duration) -> Event {
+        loop {
+            let frame = match tokio::time::timeout(wait, self.framed.next()).await {
+                Err(_) => return Event::Silence,
+                Ok(None) => return Event::Ended,
+                Ok(Some(Err(_))) => return Event::Ended,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame {
+                ws::Frame::Text(bytes) => {
+                    return Event::Json(
+                        serde_json::from_slice(&bytes).expect("server sends JSON text frames"),
+                    )
+                }
+                ws::Frame::Ping(p) => {
+                    let _ = self.framed.send(ws::Message::Pong(p)).await;
+                }
+                ws::Frame::Pong(_) => {}
+                ws::Frame::Close(reason) => return Event::Close(reason),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON frame (fails on anything else).
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event(TIMEOUT).await {
+            Event::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame of `kind`, skipping others (presence, typing, …).
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.next_event(wait).await {
+            Event::Silence => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// The close frame the server sends next (skipping JSON frames).
+    pub async fn expect_close(&mut self) -> Option<ws::CloseReason> {
+        loop {
+            match self.next_event(TIMEOUT).await {
+                Event::Json(_) => continue,
+                Event::Close(reason) => return reason,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame.
+    pub async fn request(&mut self, value: Value) -> Value {
+        self.send(value).await;
+        self.recv().await
+    }
+}
