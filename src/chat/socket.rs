@@ -9,6 +9,7 @@
 //! goes through a queue of `OUTBOX_CAPACITY` with an explicit overflow policy:
 //! a full queue closes the connection (1008) instead of growing memory.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_codec::Decoder;
@@ -50,10 +51,15 @@ enum Outgoing {
     Text(Bytes),
     Ping,
     Pong(Bytes),
+    /// A close frame after everything queued before it; ends the stream.
+    Close(CloseReason),
 }
 
 struct Shared {
-    close: Mutex<Option<CloseReason>>,
+    /// Set by the first close: nothing more is queued after it.
+    closing: AtomicBool,
+    /// A close that must overtake the queue (the queue is full).
+    urgent: Mutex<Option<CloseReason>>,
     notify: Notify,
 }
 
@@ -98,37 +104,51 @@ impl Outbox {
         match self.tx.try_send(item) {
             Ok(()) => Queued::Yes,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                self.close_now(CloseCode::Policy, "slow consumer: outgoing queue full");
                 Queued::Overflow
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
         }
     }
 
-    /// Sends a close frame ahead of anything still queued, then ends the
-    /// connection. Only the first call counts.
+    /// Sends a close frame after the frames already queued, then ends the
+    /// connection. Only the first close counts.
     pub fn close(&self, code: CloseCode, description: &str) {
-        let mut close = self
-            .shared
-            .close
-            .lock()
-            .expect("outbox close lock is never poisoned: no code panics while holding it");
-        if close.is_none() {
-            *close = Some(CloseReason {
-                code,
-                description: Some(description.to_string()),
-            });
-            self.shared.notify.notify_one();
+        if self.shared.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reason = close_reason(code, description);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outgoing::Close(reason)) {
+            self.urgent_close(close_reason(code, description));
+        }
+    }
+
+    /// Sends a close frame ahead of anything still queued (the client is not
+    /// reading, so the queue would never drain).
+    fn close_now(&self, code: CloseCode, description: &str) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.urgent_close(close_reason(code, description));
+    }
+
+    fn urgent_close(&self, reason: CloseReason) {
+        if let Ok(mut urgent) = self.shared.urgent.lock() {
+            if urgent.is_none() {
+                *urgent = Some(reason);
+                self.shared.notify.notify_one();
+            }
         }
     }
 
     /// Whether a close has been requested.
     pub fn is_closing(&self) -> bool {
-        self.shared
-            .close
-            .lock()
-            .map(|c| c.is_some())
-            .unwrap_or(true)
+        self.shared.closing.load(Ordering::Acquire)
+    }
+}
+
+fn close_reason(code: CloseCode, description: &str) -> CloseReason {
+    CloseReason {
+        code,
+        description: (!description.is_empty()).then(|| description.to_string()),
     }
 }
 
@@ -145,7 +165,8 @@ pub fn outbox(
 ) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
-        close: Mutex::new(None),
+        closing: AtomicBool::new(false),
+        urgent: Mutex::new(None),
         notify: Notify::new(),
     });
     let state = (rx, shared.clone(), false);
@@ -159,25 +180,20 @@ pub fn outbox(
             _ = shared.notify.notified() => None,
             item = rx.recv() => item,
         };
-        let closing = shared.close.lock().ok().and_then(|c| c.clone());
-        if let Some(reason) = closing {
+        let urgent = shared.urgent.lock().ok().and_then(|mut u| u.take());
+        if let Some(reason) = urgent {
             Parser::write_close(&mut buf, Some(reason), false);
             return Some((Ok(buf.freeze()), (rx, shared, true)));
         }
-        let first = match first {
-            Some(item) => item,
-            // Every sender is gone: the session ended without a close request.
-            None => {
-                Parser::write_close(&mut buf, Some(CloseCode::Away.into()), false);
+        // No item: every sender is gone, the session ended without a close.
+        let mut next = Some(first.unwrap_or(Outgoing::Close(CloseCode::Away.into())));
+        // Coalesce whatever else is ready into one write.
+        while let Some(item) = next.take() {
+            if encode(&mut buf, item) {
                 return Some((Ok(buf.freeze()), (rx, shared, true)));
             }
-        };
-        encode(&mut buf, first);
-        // Coalesce whatever else is ready into one write.
-        while buf.len() < WRITE_CHUNK_BYTES {
-            match rx.try_recv() {
-                Ok(item) => encode(&mut buf, item),
-                Err(_) => break,
+            if buf.len() < WRITE_CHUNK_BYTES {
+                next = rx.try_recv().ok();
             }
         }
         Some((Ok(buf.freeze()), (rx, shared, false)))
@@ -185,12 +201,18 @@ pub fn outbox(
     (Outbox { tx, shared }, body)
 }
 
-fn encode(buf: &mut BytesMut, item: Outgoing) {
+/// Appends one frame; true when it was the close that ends the stream.
+fn encode(buf: &mut BytesMut, item: Outgoing) -> bool {
     match item {
         Outgoing::Text(json) => Parser::write_message(buf, json, OpCode::Text, true, false),
         Outgoing::Ping => Parser::write_message(buf, b"", OpCode::Ping, true, false),
         Outgoing::Pong(p) => Parser::write_message(buf, p, OpCode::Pong, true, false),
+        Outgoing::Close(reason) => {
+            Parser::write_close(buf, Some(reason), false);
+            return true;
+        }
     }
+    false
 }
 
 /// A message between `limit` and `limit * READABLE_OVERSIZE_FACTOR` bytes is

@@ -358,8 +358,9 @@ impl WsClient {
 
     /// The next event within `wait`, answering pings and skipping pongs.
     pub async fn next_event(&mut self, wait: Duration) -> Event {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = match tokio::time::timeout(wait, self.framed.next()).await {
+            let frame = match tokio::time::timeout_at(deadline, self.framed.next()).await {
                 Err(_) => return Event::Silence,
                 Ok(None) => return Event::Ended,
                 Ok(Some(Err(_))) => return Event::Ended,
@@ -418,9 +419,31 @@ impl WsClient {
         }
     }
 
+    /// Splits off the reading half into a task that discards everything, for
+    /// a client that only sends (a flood) but must not become a slow consumer.
+    pub fn draining(self) -> WsSender {
+        let (sink, mut stream) = self.framed.split();
+        actix_web::rt::spawn(async move { while stream.next().await.is_some() {} });
+        WsSender { sink }
+    }
+
     /// Sends a request and returns the next frame.
     pub async fn request(&mut self, value: Value) -> Value {
         self.send(value).await;
         self.recv().await
+    }
+}
+
+/// The sending half of a client whose incoming frames are drained.
+pub struct WsSender {
+    sink: futures_util::stream::SplitSink<actix_codec::Framed<BoxedSocket, ws::Codec>, ws::Message>,
+}
+
+impl WsSender {
+    pub async fn send(&mut self, value: Value) {
+        self.sink
+            .send(ws::Message::Text(value.to_string().into()))
+            .await
+            .expect("send text");
     }
 }

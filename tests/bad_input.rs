@@ -1,0 +1,371 @@
+//! Bad input over the WebSocket: every case gets the exact error frame of
+//! PROTOCOL.md (A2.7, B3) and the connection stays usable.
+
+mod common;
+
+use std::time::Duration;
+
+use actix_http::ws::{CloseCode, Message};
+use common::{backends, Backend, TestApp};
+use serde_json::{json, Value};
+
+fn error(kind: &str, code: &str, message: &str) -> Value {
+    json!({"type": format!("{kind}_response"), "data": {"status": "error", "code": code, "message": message}})
+}
+
+async fn still_usable(ws: &mut common::WsClient) {
+    assert_eq!(
+        ws.request(json!({"type": "ping", "data": {}})).await,
+        json!({"type": "pong", "data": {}})
+    );
+}
+
+#[actix_rt::test]
+async fn envelope_errors_are_the_old_frames() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await;
+    let cases = [
+        (
+            json!({"data": {}}),
+            json!({"type": "type_not_provided", "data": {"message": "type route not provided"}}),
+        ),
+        (
+            json!({"type": "get_contacts"}),
+            json!({"type": "data_not_provided", "data": {"message": "data not provided"}}),
+        ),
+        (
+            json!({"type": "dance", "data": {}}),
+            json!({"type": "type_not_found", "data": {"message": "type route not found"}}),
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(ws.request(request).await, expected);
+    }
+    still_usable(&mut ws).await;
+}
+
+#[actix_rt::test]
+async fn frames_that_are_not_json_objects_are_bad_requests() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await;
+    for text in ["hello", "[1, 2]", "42", "\"text\"", "{\"type\": ", "null"] {
+        ws.send_text(text).await;
+        let frame = ws.recv().await;
+        assert_eq!(frame["type"], "bad_request", "{text}");
+        assert!(frame["data"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    ws.send_message(Message::Binary(vec![1u8, 2, 3].into()))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "bad_request", "data": {"message": "binary frames are not supported; send JSON in text frames"}})
+    );
+    // Invalid UTF-8 in a text frame.
+    let mut raw = actix_web::web::BytesMut::new();
+    actix_http::ws::Parser::write_message(
+        &mut raw,
+        [0x7b, 0xff, 0xfe, 0x7d],
+        actix_http::ws::OpCode::Text,
+        true,
+        true,
+    );
+    ws.send_message(Message::Continuation(actix_http::ws::Item::FirstText(
+        vec![0xffu8, 0xfe].into(),
+    )))
+    .await;
+    ws.send_message(Message::Continuation(actix_http::ws::Item::Last(
+        vec![0x7du8].into(),
+    )))
+    .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "bad_request", "data": {"message": "frame is not valid UTF-8"}})
+    );
+    // Deeply nested JSON is refused by the parser's depth limit, not a stack overflow.
+    let nested = "[".repeat(10_000) + &"]".repeat(10_000);
+    ws.send_text(&nested).await;
+    assert_eq!(ws.recv().await["type"], "bad_request");
+    still_usable(&mut ws).await;
+}
+
+async fn unauthorized_requests(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await;
+    let message = "not authorized: send an authorization request with your token first";
+    let requests = [
+        ("get_contacts", json!({})),
+        ("get_contact", json!({"id": pk})),
+        ("message", json!({"to": pk, "content": "hi"})),
+        ("get_messages", json!({"id": pk})),
+        ("read", json!({"id": pk, "up_to": 1})),
+        ("typing", json!({"id": pk})),
+    ];
+    for (kind, data) in requests {
+        let answer = ws.request(json!({"type": kind, "data": data})).await;
+        assert_eq!(
+            answer,
+            error(kind, "unauthorized", message),
+            "{}",
+            backend.name()
+        );
+    }
+    still_usable(&mut ws).await;
+    // Nothing was stored.
+    let token = app.login("alice").await;
+    let mut alice = app.authorized(&token).await;
+    let history = alice
+        .request(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(history["data"]["messages"], json!([]));
+}
+
+#[actix_rt::test]
+async fn requests_before_authorization_are_unauthorized() {
+    for backend in backends() {
+        unauthorized_requests(&backend).await;
+    }
+}
+
+async fn foreign_and_unknown_conversations(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    app.create_user("mallory", "Mal", "Lory").await;
+    let token = app.login("mallory").await;
+    let mut ws = app.authorized(&token).await;
+    let random = uuid::Uuid::new_v4().to_string();
+    for id in [pk.as_str(), random.as_str(), "not-a-uuid"] {
+        let cases = [
+            ("get_contact", json!({"id": id})),
+            ("message", json!({"to": id, "content": "let me in"})),
+            ("get_messages", json!({"id": id})),
+            ("read", json!({"id": id, "up_to": 1})),
+            ("typing", json!({"id": id})),
+        ];
+        for (kind, data) in cases {
+            let answer = ws.request(json!({"type": kind, "data": data})).await;
+            assert_eq!(
+                answer,
+                error(kind, "not_found", "conversation not found"),
+                "{} {id}",
+                backend.name()
+            );
+        }
+    }
+    still_usable(&mut ws).await;
+}
+
+#[actix_rt::test]
+async fn conversations_of_others_are_indistinguishable_from_missing_ones() {
+    for backend in backends() {
+        foreign_and_unknown_conversations(&backend).await;
+    }
+}
+
+#[actix_rt::test]
+async fn invalid_fields_are_named() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await;
+    let too_long = "x".repeat(4001);
+    let long_id = "c".repeat(65);
+    let cases = [
+        (
+            json!({"type": "message", "data": {"to": pk}}),
+            error("message", "invalid", "missing field `content`"),
+        ),
+        (
+            json!({"type": "message", "data": {"to": pk, "content": 5}}),
+            error(
+                "message",
+                "invalid",
+                "invalid type: integer `5`, expected a string",
+            ),
+        ),
+        (
+            json!({"type": "message", "data": {"to": pk, "content": "   "}}),
+            error("message", "invalid", "content must not be empty"),
+        ),
+        (
+            json!({"type": "message", "data": {"to": pk, "content": too_long}}),
+            error(
+                "message",
+                "invalid",
+                "content is longer than 4000 characters",
+            ),
+        ),
+        (
+            json!({"type": "message", "data": {"to": pk, "content": "hi", "client_id": long_id}}),
+            error(
+                "message",
+                "invalid",
+                "client_id is longer than 64 characters",
+            ),
+        ),
+        (
+            json!({"type": "get_contact", "data": {}}),
+            error("get_contact", "invalid", "missing field `id`"),
+        ),
+        (
+            json!({"type": "get_messages", "data": {"id": pk, "limit": 0}}),
+            error("get_messages", "invalid", "limit must be between 1 and 200"),
+        ),
+        (
+            json!({"type": "get_messages", "data": {"id": pk, "limit": 201}}),
+            error("get_messages", "invalid", "limit must be between 1 and 200"),
+        ),
+        (
+            json!({"type": "read", "data": {"id": pk}}),
+            error("read", "invalid", "missing field `up_to`"),
+        ),
+        (
+            json!({"type": "authorization", "data": {}}),
+            json!({"type": "authorization_response", "data": {"status": "error", "code": "invalid", "message": "missing field `token`"}}),
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(ws.request(request.clone()).await, expected, "{request}");
+    }
+    // A 4000-character message is fine.
+    ws.send(json!({"type": "message", "data": {"to": pk, "content": "y".repeat(4000)}}))
+        .await;
+    assert_eq!(ws.recv().await["data"]["status"], "success");
+}
+
+#[actix_rt::test]
+async fn bad_tokens_and_inactive_users_are_refused() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await;
+    for bad in ["garbage", "", &format!("{token}x")] {
+        let answer = ws
+            .request(json!({"type": "authorization", "data": {"token": bad}}))
+            .await;
+        assert_eq!(
+            answer,
+            json!({"type": "authorization_response", "data": {"status": "error", "message": "Invalid token provided"}})
+        );
+    }
+    chat_server::accounts::set_active(&app.db, "alice", false)
+        .await
+        .unwrap();
+    chat_server::accounts::set_active(&app.db, "alice", true)
+        .await
+        .unwrap();
+    // Deactivation revoked the old token even though the user is active again.
+    let answer = ws
+        .request(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    assert_eq!(answer["data"]["message"], "Invalid token provided");
+    let fresh = app.login("alice").await;
+    chat_server::accounts::set_active(&app.db, "alice", false)
+        .await
+        .unwrap();
+    // A token issued after deactivation cannot exist; an inactive user with a
+    // current-version token is told so.
+    let version_bumped = ws
+        .request(json!({"type": "authorization", "data": {"token": fresh}}))
+        .await;
+    assert_eq!(version_bumped["data"]["status"], "error");
+    let keys = chat_server::auth::TokenKeys::new("test-secret", Duration::from_secs(60));
+    let user = chat_server::accounts::find_by_username(&app.db, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    let current = keys.issue(user.id, user.token_version);
+    let inactive = ws
+        .request(json!({"type": "authorization", "data": {"token": current}}))
+        .await;
+    assert_eq!(
+        inactive,
+        json!({"type": "authorization_response", "data": {"status": "error", "message": "Inactive user"}})
+    );
+    still_usable(&mut ws).await;
+}
+
+#[actix_rt::test]
+async fn no_authorization_within_five_seconds_closes() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let mut ws = app.ws("/chat/").await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "info", "data": "Waiting user token..."})
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "authorization_response", "data": {"accepted": false, "message": "Authorization failed, connection timeout."}})
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(7),
+        "{waited:?}"
+    );
+    let reason = ws.expect_close().await.expect("close reason");
+    assert_eq!(reason.code, CloseCode::Normal);
+}
+
+#[actix_rt::test]
+async fn oversize_frames_get_an_error_or_a_1009_close() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_FRAME_BYTES", "2048")]).await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await;
+    ws.send_text(&format!(
+        "{{\"type\": \"ping\", \"data\": \"{}\"}}",
+        "a".repeat(3000)
+    ))
+    .await;
+    let frame = ws.recv().await;
+    assert_eq!(
+        frame,
+        json!({"type": "bad_request", "data": {"message": "frame of 3028 bytes is larger than the limit of 2048 bytes"}})
+    );
+    still_usable(&mut ws).await;
+    // The same bound holds for a message split into continuation frames.
+    ws.send_message(Message::Continuation(actix_http::ws::Item::FirstText(
+        vec![b'a'; 4000].into(),
+    )))
+    .await;
+    ws.send_message(Message::Continuation(actix_http::ws::Item::Last(
+        vec![b'a'; 5000].into(),
+    )))
+    .await;
+    let reason = ws.expect_close().await.expect("close reason");
+    assert_eq!(reason.code, CloseCode::Size);
+}
+
+#[actix_rt::test]
+async fn floods_are_rate_limited_and_the_connection_kept() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_BURST", "5"), ("RATE_LIMIT_PER_SECOND", "1")],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await; // authorization used one token
+    for _ in 0..4 {
+        assert_eq!(
+            ws.request(json!({"type": "get_contact", "data": {"id": pk}}))
+                .await["type"],
+            "get_contact_response"
+        );
+    }
+    let limited = ws
+        .request(json!({"type": "message", "data": {"to": pk, "content": "spam"}}))
+        .await;
+    assert_eq!(
+        limited,
+        error("message", "rate_limited", "too many requests; slow down")
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    still_usable(&mut ws).await;
+}

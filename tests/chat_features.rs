@@ -1,0 +1,378 @@
+//! PROTOCOL.md part B over a real WebSocket: idempotent resends, history,
+//! read marks, typing, presence, revocation, liveness, slow consumers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use actix_http::ws::CloseCode;
+use common::{backends, Backend, TestApp};
+use entity::message;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{json, Value};
+
+async fn stored_count(app: &TestApp, client_id: &str) -> u64 {
+    message::Entity::find()
+        .filter(message::Column::ClientId.eq(client_id))
+        .count(&app.db)
+        .await
+        .unwrap()
+}
+
+async fn idempotent_resend(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, _, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let mut b = app.authorized(&app.login("bob").await).await;
+    a.recv_type("presence").await;
+
+    let send =
+        json!({"type": "message", "data": {"to": pk, "content": "once", "client_id": "c-1"}});
+    a.send(send.clone()).await;
+    let first = a.recv_type("message_response").await;
+    a.send(send).await;
+    let second = a.recv_type("message_response").await;
+    assert_eq!(
+        first,
+        second,
+        "{}: the resend is answered with the original",
+        backend.name()
+    );
+    assert_eq!(first["data"]["client_id"], "c-1");
+    let pushed = b.recv().await;
+    assert_eq!(pushed["data"]["data"]["client_id"], "c-1");
+    assert_eq!(pushed["data"]["data"]["sender"], alice);
+    b.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(stored_count(&app, "c-1").await, 1);
+
+    // The same client_id sent from two tabs at once is stored once.
+    let mut a2 = app.authorized(&app.login("alice").await).await;
+    let race =
+        json!({"type": "message", "data": {"to": pk, "content": "race", "client_id": "c-2"}});
+    a.send(race.clone()).await;
+    a2.send(race).await;
+    let one = a.recv_type("message_response").await;
+    let two = a2.recv_type("message_response").await;
+    assert_eq!(one["data"]["id"], two["data"]["id"]);
+    assert_eq!(stored_count(&app, "c-2").await, 1);
+    assert_eq!(b.recv().await["data"]["data"]["content"], "race");
+    b.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[actix_rt::test]
+async fn resending_a_client_id_stores_nothing_new() {
+    for backend in backends() {
+        idempotent_resend(&backend).await;
+    }
+}
+
+async fn send_all(ws: &mut common::WsClient, pk: &str, texts: &[&str]) -> Vec<Value> {
+    let mut acks = Vec::new();
+    for text in texts {
+        ws.send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+            .await;
+        acks.push(ws.recv_type("message_response").await);
+    }
+    acks
+}
+
+async fn history_paging(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let acks = send_all(&mut a, &pk, &["m1", "m2", "m3", "m4", "m5"]).await;
+    let ids: Vec<i64> = acks
+        .iter()
+        .map(|a| a["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    let mut b = app.authorized(&app.login("bob").await).await;
+    let page = |data: Value| json!({"type": "get_messages", "data": data});
+    let newest = b.request(page(json!({"id": pk, "limit": 2}))).await;
+    assert_eq!(newest["type"], "get_messages_response");
+    assert_eq!(newest["data"]["pk"], json!(pk));
+    assert_eq!(newest["data"]["has_more"], true);
+    let item = |i: usize, text: &str| {
+        json!({"id": ids[i], "sender": alice, "direction": "received", "content": text,
+               "time": acks[i]["data"]["time"], "client_id": null})
+    };
+    assert_eq!(
+        newest["data"]["messages"],
+        json!([item(3, "m4"), item(4, "m5")]),
+        "{}",
+        backend.name()
+    );
+    let older = b
+        .request(page(json!({"id": pk, "limit": 2, "before": ids[3]})))
+        .await;
+    assert_eq!(
+        older["data"]["messages"],
+        json!([item(1, "m2"), item(2, "m3")])
+    );
+    let oldest = b
+        .request(page(json!({"id": pk, "limit": 2, "before": ids[1]})))
+        .await;
+    assert_eq!(oldest["data"]["messages"], json!([item(0, "m1")]));
+    assert_eq!(oldest["data"]["has_more"], false);
+    // Catching up after a reconnect.
+    let caught_up = b.request(page(json!({"id": pk, "after": ids[1]}))).await;
+    assert_eq!(
+        caught_up["data"]["messages"],
+        json!([item(2, "m3"), item(3, "m4"), item(4, "m5")])
+    );
+    assert_eq!(caught_up["data"]["has_more"], false);
+    // The sender sees its own messages as sent.
+    a.send(page(json!({"id": pk, "limit": 1}))).await;
+    let mine = a.recv_type("get_messages_response").await;
+    assert_eq!(mine["data"]["messages"][0]["direction"], "send");
+    let _ = bob;
+}
+
+#[actix_rt::test]
+async fn history_pages_backward_and_catches_up_forward() {
+    for backend in backends() {
+        history_paging(&backend).await;
+    }
+}
+
+async fn read_typing_presence(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let mut b = app.authorized(&app.login("bob").await).await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}})
+    );
+
+    let acks = send_all(&mut a, &pk, &["one", "two"]).await;
+    let last = acks[1]["data"]["id"].as_i64().unwrap();
+    b.recv_type("message").await;
+    b.recv_type("message").await;
+    let contacts = b.request(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts["data"][0]["unread"], 2);
+
+    let answer = b
+        .request(json!({"type": "read", "data": {"id": pk, "up_to": last}}))
+        .await;
+    assert_eq!(
+        answer,
+        json!({"type": "read_response", "data": {"status": "success", "pk": pk, "up_to": last}})
+    );
+    assert_eq!(
+        a.recv_type("read").await,
+        json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": last}})
+    );
+    let contacts = b.request(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts["data"][0]["unread"], 0, "{}", backend.name());
+
+    b.send(json!({"type": "typing", "data": {"id": pk}})).await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "typing", "data": {"pk": pk, "user_id": bob}})
+    );
+    b.expect_silence(Duration::from_millis(200)).await;
+
+    // A second tab is not news; closing the last one is.
+    let mut b2 = app.authorized(&app.login("bob").await).await;
+    a.expect_silence(Duration::from_millis(200)).await;
+    drop(b2.request(json!({"type": "ping", "data": {}})).await);
+    drop(b2);
+    a.expect_silence(Duration::from_millis(300)).await;
+    drop(b);
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": false}})
+    );
+    let contacts = a.request(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts["data"][0]["online"], false);
+    let _ = alice;
+}
+
+#[actix_rt::test]
+async fn read_marks_typing_and_presence_reach_the_other_member() {
+    for backend in backends() {
+        read_typing_presence(&backend).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_password_change_closes_the_users_sessions() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut a = app.authorized(&token).await;
+    let mut b = app.authorized(&app.login("bob").await).await;
+    let mut res = app
+        .http
+        .post(app.url("/api/password/"))
+        .bearer_auth(&token)
+        .send_json(&json!({"old_password": common::PASSWORD, "new_password": "another good one"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["token"].as_str().is_some());
+    let reason = a.expect_close().await.expect("close reason");
+    assert_eq!(
+        (reason.code, reason.description.as_deref()),
+        (CloseCode::Policy, Some("token revoked"))
+    );
+    // The old token is dead; Bob is unaffected.
+    let mut again = app.ws("/chat").await;
+    again.recv().await;
+    let answer = again
+        .request(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    assert_eq!(answer["data"]["message"], "Invalid token provided");
+    assert_eq!(b.recv_type("presence").await["data"]["online"], false);
+    let contact = b
+        .request(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(contact["type"], "get_contact_response");
+}
+
+#[actix_rt::test]
+async fn a_silent_client_is_dropped_after_thirty_seconds() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let mut ws = app.authorized(&app.login("alice").await).await;
+    let started = Instant::now();
+    // Read nothing and answer no ping for 45 s; then look at what arrived.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    loop {
+        match ws.next_event(Duration::from_secs(1)).await {
+            common::Event::Close(reason) => {
+                assert_eq!(reason.map(|r| r.code), Some(CloseCode::Away));
+                break;
+            }
+            common::Event::Json(_) => continue,
+            other => panic!(
+                "expected the server to close, got {other:?} after {:?}",
+                started.elapsed()
+            ),
+        }
+    }
+    assert_eq!(app.stats().await.sessions, 0);
+}
+
+#[actix_rt::test]
+async fn ping_frames_keep_a_quiet_client_alive() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let mut ws = app.authorized(&app.login("alice").await).await;
+    // next_event answers the server's pings, as a browser does.
+    match ws.next_event(Duration::from_secs(12)).await {
+        common::Event::Silence => {}
+        other => panic!("expected nothing but pings, got {other:?}"),
+    }
+    assert_eq!(
+        ws.request(json!({"type": "ping", "data": {}})).await,
+        json!({"type": "pong", "data": {}})
+    );
+}
+
+#[actix_rt::test]
+async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("OUTBOX_CAPACITY", "64"),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+        ],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let (_, _, pk2) = app.pair("carol", "dave").await;
+    let mut a = app.authorized(&app.login("alice").await).await.draining();
+    let mut stuck = app.authorized(&app.login("bob").await).await; // never reads from here on
+    let mut c = app.authorized(&app.login("carol").await).await;
+    let mut d = app.authorized(&app.login("dave").await).await;
+    c.recv_type("presence").await;
+
+    // Alice floods Bob with large messages; Bob's socket buffers fill, then his queue.
+    let text = "z".repeat(3900);
+    for _ in 0..6000 {
+        a.send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+            .await;
+    }
+    // Carol and Dave are not held up meanwhile.
+    let started = Instant::now();
+    c.send(json!({"type": "message", "data": {"to": pk2, "content": "still fast?"}}))
+        .await;
+    assert_eq!(
+        d.recv_type("message").await["data"]["data"]["content"],
+        "still fast?"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Bob was disconnected as a slow consumer (1008) rather than buffered without end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&metrics).to_string();
+        if text.contains("chat_outbox_overflows_total 0\n") {
+            assert!(Instant::now() < deadline, "no overflow recorded");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        break;
+    }
+    let reason = stuck.expect_close().await.expect("close reason");
+    assert_eq!(reason.code, CloseCode::Policy);
+}
+
+async fn churn(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (port, token) = (app.port, token.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let client = awc::Client::default();
+            for _ in 0..100 {
+                let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
+                let (_, mut framed) = client.ws(url).connect().await.expect("connect");
+                use futures_util::StreamExt;
+                let _info = framed.next().await;
+                let _auth = framed.next().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = app.stats().await;
+        if stats.sessions == 0 && stats.users == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: maps not empty: {stats:?}",
+            backend.name()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_thousand_connect_disconnect_cycles_leave_the_maps_empty() {
+    churn(&Backend::Sqlite).await;
+}
