@@ -486,3 +486,114 @@ const KNOWN: &[&str] = &[
     "LOGIN_WINDOW_SECONDS",
     "WORKERS",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite_alone() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.engine(), DbEngine::Sqlite);
+        assert_eq!(s.database_url(), "sqlite://chat.db?mode=rwc");
+        assert_eq!(s.listen_address(), "127.0.0.1:8000");
+        assert_eq!(s.redis_url(), None);
+        assert_eq!(s.allowed_hosts(), None);
+        assert_eq!(s.cors_origins(), None);
+        assert_eq!(s.token_ttl_seconds, 604_800);
+        assert!(s.registration_open && !s.debug);
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn the_old_backends_names_work() {
+        let s = Settings::from_vars(vars(&[
+            ("DB_ENGINE", "psql"),
+            ("DB_NAME", "chat"),
+            ("DB_HOST", "db.internal"),
+            ("DB_USER", "chat"),
+            ("DB_PASSWORD", "p@ss word"),
+            ("REDIS_HOST", "cache.internal"),
+            ("SECRET_KEY", "s3cret"),
+            ("ALLOWED_HOSTS", "chat.example.com api.example.com"),
+            ("DEBUG", "True"),
+            ("UNRELATED", "whatever"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.database_url(),
+            "postgres://chat:p%40ss%20word@db.internal:5432/chat"
+        );
+        assert_eq!(
+            s.redis_url().as_deref(),
+            Some("redis://cache.internal:6379/")
+        );
+        assert_eq!(s.resolve_secret_key().unwrap(), "s3cret");
+        assert_eq!(
+            s.allowed_hosts().unwrap(),
+            ["chat.example.com", "api.example.com"]
+        );
+        assert!(s.debug);
+        let mysql =
+            Settings::from_vars(vars(&[("DB_ENGINE", "mysql"), ("DB_PORT", "3307")])).unwrap();
+        assert_eq!(
+            mysql.database_url(),
+            "mysql://postgres:development@127.0.0.1:3307/postgres"
+        );
+        let url = Settings::from_vars(vars(&[
+            ("DB_ENGINE", "mysql"),
+            ("DATABASE_URL", "postgres://x@h/d"),
+        ]))
+        .unwrap();
+        assert_eq!(url.engine(), DbEngine::Postgres);
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let s = Settings::from_vars(vars(&[
+            ("REDIS_HOST", ""),
+            ("SECRET_KEY", " "),
+            ("DB_ENGINE", ""),
+        ]))
+        .unwrap();
+        assert_eq!(s.redis_url(), None);
+        assert_eq!(s.secret_key, None);
+        assert_eq!(s.engine(), DbEngine::Sqlite);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (("PORT", "abc"), "PORT"),
+            (("DB_ENGINE", "oracle"), "DB_ENGINE"),
+            (("LOG_FORMAT", "xml"), "LOG_FORMAT"),
+            (("REGISTRATION_OPEN", "perhaps"), "REGISTRATION_OPEN"),
+            (("MAX_FRAME_BYTES", "10"), "MAX_FRAME_BYTES"),
+            (("DATABASE_URL", "oracle://x"), "DATABASE_URL"),
+        ];
+        for ((name, value), expected) in cases {
+            let error = Settings::from_vars(vars(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_generated_secret_is_kept_next_to_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/chat.db");
+        let s = Settings::from_vars(vars(&[("DB_NAME", db.to_str().unwrap())])).unwrap();
+        let key = s.resolve_secret_key().unwrap();
+        assert_eq!(key.len(), 64);
+        assert_eq!(s.resolve_secret_key().unwrap(), key, "kept across restarts");
+        assert!(dir.path().join("data/chat.db.secret").exists());
+    }
+}

@@ -1,0 +1,250 @@
+//! The binary as a user runs it: the `user` and `contact` commands, bad
+//! configuration, and `serve` from start to a graceful SIGTERM.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{backends, Backend, TestDatabase};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn chat-server");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn user_and_contact_commands(backend: &Backend) {
+    let db = TestDatabase::create(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = match backend {
+        Backend::Sqlite => vec![],
+        _ => vec![("DATABASE_URL", db.url.as_str())],
+    };
+    let name = backend.name();
+    let out = run(
+        dir.path(),
+        &env,
+        &[
+            "user",
+            "create",
+            "alice",
+            "--first-name",
+            "Alice",
+            "--last-name",
+            "Smith",
+            "--password-stdin",
+        ],
+        Some("a fine password\n"),
+    );
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    assert_eq!(stdout(&out), "created user alice (id 1)\n");
+    let out = run(
+        dir.path(),
+        &env,
+        &["user", "create", "bob", "--password-stdin"],
+        Some("another fine one\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        dir.path(),
+        &env,
+        &["user", "create", "alice", "--password-stdin"],
+        Some("a fine password\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "chat-server: A user with that username already exists.\n"
+    );
+    let out = run(
+        dir.path(),
+        &env,
+        &["user", "create", "carol", "--password-stdin"],
+        Some("short\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("too short"));
+
+    let out = run(dir.path(), &env, &["contact", "add", "alice", "bob"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).ends_with(" between alice and bob created\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(dir.path(), &env, &["contact", "add", "bob", "alice"], None);
+    assert!(stdout(&out).ends_with(" between bob and alice already exists\n"));
+    let out = run(
+        dir.path(),
+        &env,
+        &["contact", "add", "alice", "nobody"],
+        None,
+    );
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (Some(1), "chat-server: no such user: nobody\n".to_string())
+    );
+
+    let out = run(
+        dir.path(),
+        &env,
+        &["user", "set-password", "alice", "--password-stdin"],
+        Some("a brand new password\n"),
+    );
+    assert!(out.status.success());
+    let out = run(dir.path(), &env, &["user", "deactivate", "bob"], None);
+    assert!(out.status.success());
+    let out = run(dir.path(), &env, &["user", "list"], None);
+    let listing = stdout(&out);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(
+        lines[1].contains("alice") && lines[1].contains("Alice Smith") && lines[1].contains("true")
+    );
+    assert!(lines[2].contains("bob") && lines[2].contains("false"));
+    let out = run(dir.path(), &env, &["user", "activate", "bob"], None);
+    assert!(out.status.success());
+
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("chat.db").display()),
+        _ => db.url.clone(),
+    };
+    let conn = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let alice = chat_server::accounts::find_by_username(&conn, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        alice.token_version, 1,
+        "set-password revoked earlier tokens"
+    );
+    let bob = chat_server::accounts::find_by_username(&conn, "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bob.is_active);
+    assert_eq!(bob.token_version, 1, "deactivation revoked earlier tokens");
+    conn.close().await.ok();
+
+    let out = run(dir.path(), &env, &["migrate"], None);
+    assert_eq!(stdout(&out), "migrations applied\n");
+}
+
+#[actix_rt::test]
+async fn user_and_contact_commands_work_on_every_backend() {
+    for backend in backends() {
+        user_and_contact_commands(&backend).await;
+    }
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_code_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (("PORT", "abc"), "chat-server: invalid configuration: invalid digit found in string while parsing value 'abc' provided by PORT\n"),
+        (("DB_ENGINE", "oracle"), "chat-server: invalid configuration: DB_ENGINE='oracle' is not a database engine (use sqlite, psql or mysql)\n"),
+        (("DEBUG", "maybe"), "chat-server: invalid configuration: DEBUG='maybe' is not a flag (use 1/0, true/false, yes/no, on/off)\n"),
+    ];
+    for ((name, value), expected) in cases {
+        let out = run(dir.path(), &[(name, value)], &["serve"], None);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert_eq!(stderr(&out), expected);
+    }
+    // A .env file is read, and the environment wins over it.
+    std::fs::write(dir.path().join(".env"), "PORT=notaport\n").unwrap();
+    let out = run(dir.path(), &[], &["migrate"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("provided by PORT"));
+    let out = run(dir.path(), &[("PORT", "8123")], &["migrate"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[actix_rt::test]
+async fn serve_on_defaults_then_stop_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PORT", &port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = awc::Client::default();
+    let started = Instant::now();
+    let ready = loop {
+        if let Ok(res) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            break res.status().as_u16();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(ready, 200);
+    assert!(dir.path().join("chat.db").exists());
+    let secret = dir.path().join("chat.db.secret");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(12),
+            "no exit within the shutdown bound"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+}
