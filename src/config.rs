@@ -71,6 +71,9 @@ pub struct Settings {
     pub redis_host: Option<String>,
     #[serde(default = "default_redis_port")]
     pub redis_port: u16,
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
 
     /// Signs tokens; generated once and kept next to the SQLite file when unset.
     #[serde(default, deserialize_with = "non_empty")]
@@ -193,6 +196,9 @@ fn default_db_pool_size() -> u32 {
 fn default_redis_port() -> u16 {
     6379
 }
+fn default_redis_prefix() -> String {
+    "chat".into()
+}
 fn any() -> String {
     "*".into()
 }
@@ -282,6 +288,9 @@ impl Settings {
         }
         if self.max_sessions_per_user == 0 {
             return invalid("MAX_SESSIONS_PER_USER must be at least 1");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return invalid("REDIS_PREFIX must be a non-empty word");
         }
         if self.db_pool_size == 0 {
             return invalid("DB_POOL_SIZE must be at least 1");
@@ -465,6 +474,7 @@ const KNOWN: &[&str] = &[
     "REDIS_URL",
     "REDIS_HOST",
     "REDIS_PORT",
+    "REDIS_PREFIX",
     "SECRET_KEY",
     "ALLOWED_HOSTS",
     "CORS_ALLOWED_ORIGINS",

@@ -32,6 +32,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::throttle::LoginThrottle;
 use crate::auth::TokenKeys;
+use crate::bus::redis::{AttachServer, Deregister, RedisBridge};
 use crate::bus::Bus;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
@@ -65,6 +66,7 @@ pub struct Application {
     port: u16,
     db: DatabaseConnection,
     chat_server: Addr<ChatServer>,
+    bridge: Option<Addr<RedisBridge>>,
     writer_task: tokio::task::JoinHandle<()>,
     shutdown_timeout: Duration,
 }
@@ -87,13 +89,28 @@ impl Application {
 
         let metrics = Metrics::default();
         let presence = Arc::new(Presence::default());
+        let bridge = redis.clone().map(|client| {
+            let prefix = settings.redis_prefix.clone();
+            RedisBridge::new(
+                client,
+                prefix,
+                presence.clone(),
+                db.clone(),
+                metrics.clone(),
+            )
+            .start()
+        });
+        let bus = bridge.clone().map_or(Bus::Local, Bus::Redis);
         let chat_server = ChatServer::new(
             presence.clone(),
-            Bus::Local,
+            bus,
             settings.max_sessions_per_user,
             metrics.clone(),
         )
         .start();
+        if let Some(bridge) = &bridge {
+            bridge.do_send(AttachServer(chat_server.clone()));
+        }
         let (writer, writer_task) = MessageWriter::start(db.clone(), metrics.clone());
         let keys = TokenKeys::new(&secret, settings.token_ttl());
 
@@ -167,6 +184,7 @@ impl Application {
             port,
             db,
             chat_server,
+            bridge,
             writer_task,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
         })
@@ -208,6 +226,9 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server.await;
+        if let Some(bridge) = &self.bridge {
+            let _ = tokio::time::timeout(self.shutdown_timeout, bridge.send(Deregister)).await;
+        }
         // Every session and worker is gone, and with them the writer's
         // senders: the writer drains its queue and ends.
         if tokio::time::timeout(self.shutdown_timeout, self.writer_task)

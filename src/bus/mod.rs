@@ -1,6 +1,10 @@
 //! The bridge between instances. With one instance (no Redis configured) it
-//! is a no-op and every event is delivered in-process by the ChatServer.
+//! is a no-op and every event is delivered in-process by the ChatServer;
+//! with Redis, `redis::RedisBridge` carries events to the other instances.
 
+pub mod redis;
+
+use actix::Addr;
 use bytes::Bytes;
 
 use crate::chat::protocol::UserId;
@@ -22,6 +26,8 @@ pub enum Bus {
     /// One instance: nothing to forward.
     #[default]
     Local,
+    /// Several instances sharing Redis.
+    Redis(Addr<redis::RedisBridge>),
 }
 
 impl Bus {
@@ -29,6 +35,7 @@ impl Bus {
     pub fn publish(&self, event: BusEvent) {
         match self {
             Bus::Local => drop(event),
+            Bus::Redis(bridge) => bridge.do_send(redis::Publish(event)),
         }
     }
 }

@@ -182,9 +182,22 @@ impl TestApp {
     }
 
     /// Starts a server with extra settings (`("RATE_LIMIT_BURST", "5")`, …).
+    /// On a server database with `TEST_REDIS_URL` set, the app also runs
+    /// its Redis bridge (as a deployment of several instances would), so
+    /// every suite exercises it; SQLite stays on the in-process bus.
     pub async fn spawn_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
         let database = TestDatabase::create(backend).await;
-        let mut app = Self::spawn_on(backend, &database.url, extra).await;
+        let prefix = redis_prefix();
+        let redis = redis_url().filter(|_| !matches!(backend, Backend::Sqlite));
+        let mut extra = extra.to_vec();
+        if let Some(url) = &redis {
+            extra.push(("REDIS_URL", url.as_str()));
+            extra.push(("REDIS_PREFIX", prefix.as_str()));
+        }
+        let mut app = Self::spawn_on(backend, &database.url, &extra).await;
+        if redis.is_some() {
+            app.wait_redis(true).await;
+        }
         app.database = Some(database);
         app
     }
@@ -445,5 +458,110 @@ impl WsSender {
             .send(ws::Message::Text(value.to_string().into()))
             .await
             .expect("send text");
+    }
+}
+
+/// The shared Redis of the environment (`TEST_REDIS_URL`), if any.
+pub fn redis_url() -> Option<String> {
+    std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A key prefix of its own, so concurrent tests sharing one Redis never meet.
+pub fn redis_prefix() -> String {
+    format!("test{}", uuid::Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    /// Polls `/metrics` until the Redis bridge reports `up`.
+    pub async fn wait_redis(&self, up: bool) {
+        let wanted = format!("chat_redis_up {}\n", u8::from(up));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut res = self
+                .http
+                .get(self.url("/metrics"))
+                .send()
+                .await
+                .expect("metrics");
+            let text =
+                String::from_utf8_lossy(&res.body().await.expect("metrics body")).into_owned();
+            if text.contains(&wanted) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis bridge never became {up}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A private `redis-server` on a free port, for tests that stop and restart Redis.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` when `redis-server` is not installed.
+    pub fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut server = RedisServer { port, child: None };
+        server.restart().then_some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// (Re)starts the server on its port and waits until it accepts connections.
+    pub fn restart(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

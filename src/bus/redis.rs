@@ -1,0 +1,664 @@
+//! `RedisBridge`: shares events and presence between instances through
+//! Redis pub/sub.
+//!
+//! Channels: one per user with live sessions here (`{prefix}:user:{id}`),
+//! subscribed while the user is connected, plus one presence channel.
+//! A per-user channel needs no directory of who is where, so there is
+//! nothing to go stale: publishing to a user reaches exactly the instances
+//! that have them. Every envelope names its origin instance; an instance
+//! ignores its own publications (it already delivered them locally).
+//!
+//! Liveness: each instance keeps `{prefix}:instance:{id}:alive` (TTL 15 s,
+//! refreshed every 5 s) and the set of its online users. An instance whose
+//! key expired is dead: the first live instance to notice removes it, tells
+//! the others, and tells the dead instance's users' contacts they went
+//! offline. A crashed instance's users are offline everywhere within 20 s.
+//!
+//! Redis going away: local delivery and storage go on (the database is the
+//! truth; clients catch up with `get_messages`/`after`), events for other
+//! instances are dropped, `/readyz` reports it, and the bridge reconnects
+//! with capped exponential backoff, then resubscribes and re-registers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::{AsyncConnectionConfig, AsyncTypedCommands};
+use sea_orm::DatabaseConnection;
+
+use super::BusEvent;
+use crate::chat::presence::Presence;
+use crate::chat::protocol::{PresenceEvent, ServerEvent, UserId};
+use crate::chat::server::{ChatServer, Deliver, DeliverRemote, RevokeUser};
+use crate::chat::store;
+use crate::metrics::Metrics;
+
+/// How long an instance's liveness key lives without a refresh.
+const ALIVE_TTL_SECONDS: u64 = 15;
+/// How long an instance's user set outlives its last refresh: a crashed
+/// instance's keys vanish even when no live instance buries it.
+const USERS_TTL_SECONDS: i64 = 4 * ALIVE_TTL_SECONDS as i64;
+/// How often the liveness key is refreshed and dead instances looked for.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// First and largest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bound on any one Redis round trip, so a hung Redis reads as a down one.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Redis key and channel names, under one prefix (several deployments may share a Redis).
+#[derive(Clone)]
+struct Names {
+    prefix: String,
+    instance: String,
+}
+
+impl Names {
+    fn user(&self, user: UserId) -> String {
+        format!("{}:user:{}", self.prefix, user.0)
+    }
+    fn presence(&self) -> String {
+        format!("{}:presence", self.prefix)
+    }
+    fn instances(&self) -> String {
+        format!("{}:instances", self.prefix)
+    }
+    fn alive(&self, instance: &str) -> String {
+        format!("{}:instance:{instance}:alive", self.prefix)
+    }
+    fn users_of(&self, instance: &str) -> String {
+        format!("{}:instance:{instance}:users", self.prefix)
+    }
+    fn user_of_channel(&self, channel: &str) -> Option<UserId> {
+        channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":user:")?
+            .parse()
+            .ok()
+            .map(UserId)
+    }
+}
+
+/// What travels on the channels: `F origin frame`, `R origin` (user
+/// channels), `P origin user 1|0`, `D origin dead-instance` (presence).
+enum Envelope<'a> {
+    Frame {
+        origin: &'a str,
+        frame: &'a [u8],
+    },
+    Revoke {
+        origin: &'a str,
+    },
+    Presence {
+        origin: &'a str,
+        user: UserId,
+        online: bool,
+    },
+    InstanceDown {
+        origin: &'a str,
+        dead: &'a str,
+    },
+}
+
+impl<'a> Envelope<'a> {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Envelope::Frame { origin, frame } => [b"F ", origin.as_bytes(), b" ", frame].concat(),
+            Envelope::Revoke { origin } => format!("R {origin}").into_bytes(),
+            Envelope::Presence {
+                origin,
+                user,
+                online,
+            } => format!("P {origin} {} {}", user.0, u8::from(*online)).into_bytes(),
+            Envelope::InstanceDown { origin, dead } => format!("D {origin} {dead}").into_bytes(),
+        }
+    }
+
+    fn decode(bytes: &'a [u8]) -> Option<Self> {
+        let mut parts = bytes.splitn(3, |b| *b == b' ');
+        let kind = parts.next()?;
+        let origin = std::str::from_utf8(parts.next()?).ok()?;
+        let rest = parts.next();
+        match kind {
+            b"F" => Some(Envelope::Frame {
+                origin,
+                frame: rest?,
+            }),
+            b"R" => Some(Envelope::Revoke { origin }),
+            b"P" => {
+                let rest = std::str::from_utf8(rest?).ok()?;
+                let (user, online) = rest.split_once(' ')?;
+                Some(Envelope::Presence {
+                    origin,
+                    user: UserId(user.parse().ok()?),
+                    online: online == "1",
+                })
+            }
+            b"D" => Some(Envelope::InstanceDown {
+                origin,
+                dead: std::str::from_utf8(rest?).ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The live connections while Redis is reachable.
+struct Link {
+    publisher: MultiplexedConnection,
+    subscriptions: PubSubSink,
+}
+
+/// The bridge actor of one instance.
+pub struct RedisBridge {
+    client: redis::Client,
+    names: Names,
+    chat_server: Option<Addr<ChatServer>>,
+    presence: Arc<Presence>,
+    db: DatabaseConnection,
+    metrics: Metrics,
+    /// Users with sessions here: the user channels we must be subscribed to.
+    local_users: HashSet<UserId>,
+    link: Option<Link>,
+    connecting: bool,
+    backoff: Duration,
+    /// Whether Redis was reachable at the last transition (logged once per change).
+    was_up: Option<bool>,
+}
+
+impl RedisBridge {
+    pub fn new(
+        client: redis::Client,
+        prefix: String,
+        presence: Arc<Presence>,
+        db: DatabaseConnection,
+        metrics: Metrics,
+    ) -> Self {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        RedisBridge {
+            client,
+            names: Names { prefix, instance },
+            chat_server: None,
+            presence,
+            db,
+            metrics,
+            local_users: HashSet::new(),
+            link: None,
+            connecting: false,
+            backoff: BACKOFF_MIN,
+            was_up: None,
+        }
+    }
+
+    fn transition(&mut self, up: bool, detail: &str) {
+        self.metrics.redis_state(up);
+        if self.was_up != Some(up) {
+            if up {
+                tracing::info!(instance = %self.names.instance, "redis bridge connected");
+            } else {
+                tracing::warn!(instance = %self.names.instance, error = detail, "redis bridge down; local delivery continues");
+            }
+            self.was_up = Some(up);
+        }
+    }
+
+    fn lost(&mut self, ctx: &mut Context<Self>, detail: &str) {
+        if self.link.take().is_some() || !self.connecting {
+            self.transition(false, detail);
+            self.schedule_reconnect(ctx);
+        }
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting {
+            return;
+        }
+        self.connecting = true;
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        ctx.run_later(wait, |act, ctx| {
+            act.connecting = false;
+            act.metrics.redis_reconnect();
+            act.connect(ctx);
+        });
+    }
+
+    fn config() -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+    }
+
+    /// Connects, subscribes to the presence channel and every local user's
+    /// channel, registers this instance and loads who is online elsewhere.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.link.is_some() {
+            return;
+        }
+        self.connecting = true;
+        let client = self.client.clone();
+        let names = self.names.clone();
+        let users: Vec<UserId> = self.local_users.iter().copied().collect();
+        let setup = async move {
+            let config = Self::config();
+            let mut publisher = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let pubsub = client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(names.presence()).await?;
+            for user in &users {
+                sink.subscribe(names.user(*user)).await?;
+            }
+            register(&mut publisher, &names, &users).await?;
+            let remote = online_elsewhere(&mut publisher, &names).await?;
+            Ok::<_, redis::RedisError>((publisher, sink, stream, remote))
+        };
+        ctx.spawn(setup.into_actor(self).map(|result, act, ctx| {
+            act.connecting = false;
+            match result {
+                Ok((publisher, subscriptions, stream, remote)) => {
+                    for (instance, user) in remote {
+                        act.presence.set_remote(user, &instance, true);
+                    }
+                    act.link = Some(Link {
+                        publisher,
+                        subscriptions,
+                    });
+                    act.backoff = BACKOFF_MIN;
+                    ctx.add_stream(stream);
+                    act.transition(true, "");
+                }
+                Err(e) => {
+                    act.transition(false, &e.to_string());
+                    act.schedule_reconnect(ctx);
+                }
+            }
+        }));
+    }
+
+    /// Runs one Redis operation on the publishing connection without blocking
+    /// the actor; a failure means the link is gone.
+    fn run<F, Fut>(&mut self, ctx: &mut Context<Self>, op: F)
+    where
+        F: FnOnce(MultiplexedConnection, Names) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<()>> + 'static,
+    {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let fut = op(link.publisher.clone(), self.names.clone());
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            if let Err(e) = result {
+                act.lost(ctx, &e.to_string());
+            }
+        }));
+    }
+
+    fn publish_frames(&mut self, frames: Vec<(UserId, Bytes)>, ctx: &mut Context<Self>) {
+        self.run(ctx, move |mut conn, names| async move {
+            let mut pipe = redis::pipe();
+            for (user, frame) in &frames {
+                let envelope = Envelope::Frame {
+                    origin: &names.instance,
+                    frame,
+                };
+                pipe.publish(names.user(*user), envelope.encode()).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        });
+    }
+
+    fn user_presence(&mut self, user: UserId, online: bool, ctx: &mut Context<Self>) {
+        if online {
+            self.local_users.insert(user);
+        } else {
+            self.local_users.remove(&user);
+        }
+        if let Some(link) = &self.link {
+            let mut sink = link.subscriptions.clone();
+            let channel = self.names.user(user);
+            ctx.spawn(
+                async move {
+                    if online {
+                        sink.subscribe(channel).await
+                    } else {
+                        sink.unsubscribe(channel).await
+                    }
+                }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    if let Err(e) = result {
+                        act.lost(ctx, &e.to_string());
+                    }
+                }),
+            );
+        }
+        self.run(ctx, move |mut conn, names| async move {
+            let users = names.users_of(&names.instance);
+            let envelope = Envelope::Presence {
+                origin: &names.instance,
+                user,
+                online,
+            }
+            .encode();
+            let mut pipe = redis::pipe();
+            if online {
+                pipe.sadd(&users, user.0).ignore();
+            } else {
+                pipe.srem(&users, user.0).ignore();
+            }
+            pipe.publish(names.presence(), envelope).ignore();
+            pipe.query_async::<()>(&mut conn).await
+        });
+    }
+
+    /// Refreshes our liveness and buries instances whose key expired.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let mut conn = link.publisher.clone();
+        let names = self.names.clone();
+        let check = async move {
+            conn.set_ex(names.alive(&names.instance), 1, ALIVE_TTL_SECONDS)
+                .await?;
+            conn.expire(names.users_of(&names.instance), USERS_TTL_SECONDS)
+                .await?;
+            let instances: HashSet<String> = conn.smembers(names.instances()).await?;
+            let mut buried = Vec::new();
+            for other in instances.into_iter().filter(|i| *i != names.instance) {
+                if conn.exists(names.alive(&other)).await? {
+                    continue;
+                }
+                // Only the instance whose SREM removed it does the burial.
+                if conn.srem(names.instances(), &other).await? == 1 {
+                    conn.del(names.users_of(&other)).await?;
+                    let envelope = Envelope::InstanceDown {
+                        origin: &names.instance,
+                        dead: &other,
+                    };
+                    conn.publish(names.presence(), envelope.encode()).await?;
+                    buried.push(other);
+                }
+            }
+            Ok::<_, redis::RedisError>(buried)
+        };
+        ctx.spawn(check.into_actor(self).map(|result, act, ctx| match result {
+            Ok(buried) => {
+                for dead in buried {
+                    tracing::warn!(dead = %dead, "instance stopped refreshing its liveness; clearing its users");
+                    act.bury(&dead, true, ctx);
+                }
+            }
+            Err(e) => act.lost(ctx, &e.to_string()),
+        }));
+    }
+
+    /// Forgets a dead instance's users; the burying instance also tells their
+    /// contacts (anywhere) that they went offline.
+    fn bury(&mut self, dead: &str, notify_contacts: bool, ctx: &mut Context<Self>) {
+        let gone: Vec<UserId> = self
+            .presence
+            .drop_instance(dead)
+            .into_iter()
+            .filter(|u| !self.presence.is_online(*u))
+            .collect();
+        let (Some(server), true, false) =
+            (self.chat_server.clone(), notify_contacts, gone.is_empty())
+        else {
+            return;
+        };
+        let db = self.db.clone();
+        let tell = async move {
+            for user in gone {
+                let contacts = match store::contacts_for_presence(&db, user).await {
+                    Ok(contacts) => contacts,
+                    Err(e) => {
+                        tracing::error!(error = %e, user = user.0, "cannot load contacts for presence");
+                        continue;
+                    }
+                };
+                let frames = contacts
+                    .into_iter()
+                    .map(|(chat, contact)| {
+                        let event = ServerEvent::Presence(PresenceEvent {
+                            pk: chat,
+                            user_id: user.0,
+                            online: false,
+                        });
+                        (contact, event.to_json())
+                    })
+                    .collect();
+                server.do_send(Deliver { frames });
+            }
+        };
+        ctx.spawn(tell.into_actor(self));
+    }
+}
+
+/// Adds this instance and its users to the registry, with a fresh liveness key.
+async fn register(
+    conn: &mut MultiplexedConnection,
+    names: &Names,
+    users: &[UserId],
+) -> redis::RedisResult<()> {
+    let users_key = names.users_of(&names.instance);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .set_ex(names.alive(&names.instance), 1, ALIVE_TTL_SECONDS)
+        .ignore()
+        .sadd(names.instances(), &names.instance)
+        .ignore()
+        .del(&users_key)
+        .ignore();
+    if !users.is_empty() {
+        pipe.sadd(&users_key, users.iter().map(|u| u.0).collect::<Vec<_>>())
+            .ignore()
+            .expire(&users_key, USERS_TTL_SECONDS)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// (instance, user) for every user online on another live instance.
+async fn online_elsewhere(
+    conn: &mut MultiplexedConnection,
+    names: &Names,
+) -> redis::RedisResult<Vec<(String, UserId)>> {
+    let instances: HashSet<String> = conn.smembers(names.instances()).await?;
+    let mut online = Vec::new();
+    for other in instances.into_iter().filter(|i| *i != names.instance) {
+        if !conn.exists(names.alive(&other)).await? {
+            continue;
+        }
+        let users: HashSet<String> = conn.smembers(names.users_of(&other)).await?;
+        online.extend(
+            users
+                .iter()
+                .filter_map(|u| u.parse().ok())
+                .map(|u| (other.clone(), UserId(u))),
+        );
+    }
+    Ok(online)
+}
+
+impl Actor for RedisBridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Every session's events pass through here; don't make senders wait.
+        ctx.set_mailbox_capacity(16 * 1024);
+        self.connect(ctx);
+        ctx.run_interval(HEARTBEAT, |act, ctx| act.heartbeat(ctx));
+    }
+}
+
+impl StreamHandler<redis::Msg> for RedisBridge {
+    fn handle(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
+        let channel = msg.get_channel_name().to_string();
+        let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
+            tracing::warn!(channel, "undecodable message on a bus channel");
+            return;
+        };
+        let me = self.names.instance.clone();
+        match envelope {
+            Envelope::Frame { origin, frame } if origin != me => {
+                if let (Some(user), Some(server)) =
+                    (self.names.user_of_channel(&channel), &self.chat_server)
+                {
+                    let frame = Bytes::copy_from_slice(frame);
+                    server.do_send(DeliverRemote {
+                        frames: vec![(user, frame)],
+                    });
+                }
+            }
+            Envelope::Revoke { origin } if origin != me => {
+                if let (Some(user), Some(server)) =
+                    (self.names.user_of_channel(&channel), &self.chat_server)
+                {
+                    server.do_send(RevokeUser {
+                        user,
+                        broadcast: false,
+                    });
+                }
+            }
+            Envelope::Presence {
+                origin,
+                user,
+                online,
+            } if origin != me => {
+                self.presence.set_remote(user, origin, online);
+            }
+            Envelope::InstanceDown { origin, dead } if origin != me => {
+                let dead = dead.to_string();
+                self.bury(&dead, false, ctx);
+            }
+            _ => {}
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.lost(ctx, "subscription connection closed");
+    }
+}
+
+/// Connects the bridge to the ChatServer it forwards to (they are started in turn).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachServer(pub Addr<ChatServer>);
+
+impl Handler<AttachServer> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachServer, _: &mut Context<Self>) {
+        self.chat_server = Some(msg.0);
+    }
+}
+
+/// An event for the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub BusEvent);
+
+impl Handler<Publish> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, Publish(event): Publish, ctx: &mut Context<Self>) {
+        match event {
+            BusEvent::Frames(frames) => self.publish_frames(frames, ctx),
+            BusEvent::Presence { user, online } => self.user_presence(user, online, ctx),
+            BusEvent::Revoke { user } => self.run(ctx, move |mut conn, names| async move {
+                let envelope = Envelope::Revoke {
+                    origin: &names.instance,
+                }
+                .encode();
+                conn.publish(names.user(user), envelope).await.map(|_| ())
+            }),
+        }
+    }
+}
+
+/// Leave the registry on a graceful shutdown, so peers need not wait for the TTL.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deregister;
+
+impl Handler<Deregister> for RedisBridge {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Deregister, _: &mut Context<Self>) -> Self::Result {
+        let link = self.link.as_ref().map(|l| l.publisher.clone());
+        let names = self.names.clone();
+        Box::pin(
+            async move {
+                let Some(mut conn) = link else {
+                    return;
+                };
+                let mut pipe = redis::pipe();
+                pipe.srem(names.instances(), &names.instance)
+                    .ignore()
+                    .del(names.alive(&names.instance))
+                    .ignore()
+                    .del(names.users_of(&names.instance))
+                    .ignore();
+                let _ = pipe.query_async::<()>(&mut conn).await;
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        let frame = br#"{"type":"message","data":{"content":"a b c"}}"#;
+        let encoded = Envelope::Frame {
+            origin: "i1",
+            frame,
+        }
+        .encode();
+        match Envelope::decode(&encoded) {
+            Some(Envelope::Frame { origin, frame: f }) => {
+                assert_eq!((origin, f), ("i1", &frame[..]))
+            }
+            _ => panic!("frame envelope"),
+        }
+        let encoded = Envelope::Presence {
+            origin: "i2",
+            user: UserId(7),
+            online: true,
+        }
+        .encode();
+        assert!(matches!(
+            Envelope::decode(&encoded),
+            Some(Envelope::Presence {
+                origin: "i2",
+                user: UserId(7),
+                online: true
+            })
+        ));
+        assert!(Envelope::decode(b"X junk").is_none());
+        assert!(Envelope::decode(b"").is_none());
+    }
+
+    #[test]
+    fn user_channels_parse_back() {
+        let names = Names {
+            prefix: "chat".into(),
+            instance: "i".into(),
+        };
+        assert_eq!(
+            names.user_of_channel(&names.user(UserId(42))),
+            Some(UserId(42))
+        );
+        assert_eq!(names.user_of_channel("chat:presence"), None);
+        assert_eq!(names.user_of_channel("other:user:1"), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! Two instances on one database and one Redis behave like one server:
+//! messages and presence cross, a crashed instance's users go offline, and
+//! Redis going away loses nothing acknowledged.
+//!
+//! These need a server database (`TEST_POSTGRES_URL` / `TEST_MYSQL_URL`) and
+//! Redis (`TEST_REDIS_URL`, and `redis-server` for the restart test); CI
+//! sets them. Without them the tests say so and pass.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    redis_prefix, redis_url, shared_backends, Backend, RedisServer, TestApp, TestDatabase,
+};
+use serde_json::json;
+
+fn setups() -> Vec<(Backend, String)> {
+    let Some(redis) = redis_url() else {
+        eprintln!("TEST_REDIS_URL not set: skipping the two-instance tests");
+        return Vec::new();
+    };
+    let backends = shared_backends();
+    if backends.is_empty() {
+        eprintln!("no TEST_POSTGRES_URL / TEST_MYSQL_URL: skipping the two-instance tests");
+    }
+    backends.into_iter().map(|b| (b, redis.clone())).collect()
+}
+
+async fn pair_of_instances(
+    backend: &Backend,
+    redis: &str,
+    db: &TestDatabase,
+) -> (TestApp, TestApp) {
+    let prefix = redis_prefix();
+    let extra = [("REDIS_URL", redis), ("REDIS_PREFIX", prefix.as_str())];
+    let a = TestApp::spawn_on(backend, &db.url, &extra).await;
+    let b = TestApp::spawn_on(backend, &db.url, &extra).await;
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    (a, b)
+}
+
+async fn messages_and_presence_cross(backend: &Backend, redis: &str) {
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    let (alice, bob, pk) = a.pair("alice", "bob").await;
+    let alice_token = a.login("alice").await;
+    let bob_token = b.login("bob").await;
+
+    let mut alice_on_a = a.authorized(&alice_token).await;
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    assert_eq!(
+        alice_on_a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}}),
+        "{}: presence crosses",
+        backend.name()
+    );
+    let contacts = alice_on_a
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(
+        contacts["data"][0]["online"], true,
+        "online is known across instances"
+    );
+
+    let mut alice_on_b = b.authorized(&alice_token).await;
+    alice_on_a
+        .send(
+            json!({"type": "message", "data": {"to": pk, "content": "across", "client_id": "x1"}}),
+        )
+        .await;
+    let ack = alice_on_a.recv_type("message_response").await;
+    let pushed = |direction: &str| {
+        json!({"type": "message", "data": {"pk": pk, "data": {
+        "direction": direction, "content": "across", "time": ack["data"]["time"],
+        "id": ack["data"]["id"], "sender": alice, "client_id": "x1"}}})
+    };
+    assert_eq!(alice_on_a.recv().await, pushed("send"));
+    assert_eq!(bob_on_b.recv().await, pushed("received"));
+    assert_eq!(alice_on_b.recv().await, pushed("send"));
+    // And back, from B to A.
+    bob_on_b
+        .send(json!({"type": "message", "data": {"to": pk, "content": "back"}}))
+        .await;
+    assert_eq!(bob_on_b.recv().await["type"], "message_response");
+    assert_eq!(bob_on_b.recv().await["data"]["data"]["direction"], "send");
+    assert_eq!(
+        alice_on_a.recv_type("message").await["data"]["data"]["direction"],
+        "received"
+    );
+    assert_eq!(
+        alice_on_b.recv_type("message").await["data"]["data"]["content"],
+        "back"
+    );
+    // Nobody got anything twice.
+    for ws in [&mut alice_on_a, &mut bob_on_b, &mut alice_on_b] {
+        ws.expect_silence(Duration::from_millis(400)).await;
+    }
+
+    drop(bob_on_b);
+    assert_eq!(
+        alice_on_a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": false}})
+    );
+    let contacts = alice_on_a
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["online"], false);
+}
+
+#[actix_rt::test]
+async fn messages_and_presence_cross_instances() {
+    for (backend, redis) in setups() {
+        messages_and_presence_cross(&backend, &redis).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn crashed_instance_goes_offline(backend: &Backend, redis: &str) {
+    let db = TestDatabase::create(backend).await;
+    let prefix = redis_prefix();
+    let a = TestApp::spawn_on(
+        backend,
+        &db.url,
+        &[("REDIS_URL", redis), ("REDIS_PREFIX", prefix.as_str())],
+    )
+    .await;
+    let (_, bob, pk) = a.pair("alice", "bob").await;
+    // Instance B is a real process, so it can be killed with SIGKILL.
+    let port = free_port();
+    let mut b = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .env_clear()
+        .envs([
+            ("DATABASE_URL", db.url.as_str()),
+            ("REDIS_URL", redis),
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("SECRET_KEY", "test-secret"),
+            ("PORT", &port.to_string()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut alice = a.authorized(&a.login("alice").await).await;
+    let token = a.login("bob").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bob_ws = loop {
+        let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
+        if let Ok((_, framed)) = a.http.ws(url).connect().await {
+            break framed;
+        }
+        assert!(Instant::now() < deadline, "instance B did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}})
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = Instant::now();
+    match alice.next_event(Duration::from_secs(30)).await {
+        common::Event::Json(frame) => {
+            assert_eq!(
+                frame,
+                json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": false}})
+            );
+        }
+        other => panic!(
+            "{}: expected bob offline within 30 s, got {other:?}",
+            backend.name()
+        ),
+    }
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(21),
+        "stated bound is 20 s, took {took:?}"
+    );
+    let contacts = alice
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["online"], false);
+    drop(bob_ws);
+}
+
+#[actix_rt::test]
+async fn a_killed_instance_leaves_no_one_online() {
+    for (backend, redis) in setups() {
+        crashed_instance_goes_offline(&backend, &redis).await;
+    }
+}
+
+async fn redis_restart_loses_nothing(backend: &Backend) {
+    let Some(mut redis) = RedisServer::start() else {
+        eprintln!("redis-server not installed: skipping the Redis restart test");
+        return;
+    };
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, &redis.url(), &db).await;
+    let (_, _, pk) = a.pair("alice", "bob").await;
+    let mut alice = a.authorized(&a.login("alice").await).await;
+    let mut bob = b.authorized(&b.login("bob").await).await;
+    alice.recv_type("presence").await;
+
+    let send = |text: &str| json!({"type": "message", "data": {"to": pk, "content": text}});
+    alice.send(send("before")).await;
+    let mut acked = vec![alice.recv_type("message_response").await["data"]["id"]
+        .as_i64()
+        .unwrap()];
+    assert_eq!(
+        bob.recv_type("message").await["data"]["data"]["content"],
+        "before"
+    );
+
+    redis.stop();
+    a.wait_redis(false).await;
+    let ready = a.http.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "readiness reports Redis down");
+    for text in ["during 1", "during 2", "during 3"] {
+        alice.send(send(text)).await;
+        let ack = alice.recv_type("message_response").await;
+        assert_eq!(
+            ack["data"]["status"], "success",
+            "storing goes on without Redis"
+        );
+        acked.push(ack["data"]["id"].as_i64().unwrap());
+    }
+
+    assert!(redis.restart());
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    // Subscriptions are back: live delivery resumes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        alice.send(send("after")).await;
+        acked.push(
+            alice.recv_type("message_response").await["data"]["id"]
+                .as_i64()
+                .unwrap(),
+        );
+        match bob.next_event(Duration::from_secs(1)).await {
+            common::Event::Json(frame) if frame["type"] == "message" => {
+                assert_eq!(frame["data"]["data"]["content"], "after");
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "live delivery did not resume"),
+        }
+    }
+    // Bob catches up from history: every acknowledged message is there, once.
+    bob.send(json!({"type": "get_messages", "data": {"id": pk, "after": 0, "limit": 200}}))
+        .await;
+    let history = bob.recv_type("get_messages_response").await;
+    let ids: Vec<i64> = history["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, acked, "{}", backend.name());
+}
+
+#[actix_rt::test]
+async fn redis_going_away_loses_no_acknowledged_message() {
+    if redis_url().is_none() {
+        eprintln!("TEST_REDIS_URL not set: skipping");
+        return;
+    }
+    for backend in shared_backends() {
+        redis_restart_loses_nothing(&backend).await;
+    }
+}
