@@ -1,0 +1,638 @@
+//! The load generator behind `chat-server bench`: real users over REST, one
+//! WebSocket each, messages timed end to end. Bounded in count and time; it
+//! stops by itself and prints a summary and one JSON line.
+//!
+//! - `load`: N pairs; each pair's first user sends to the second, at a fixed
+//!   total rate or as fast as a window of W unacknowledged messages allows.
+//!   Receivers measure send→receive latency and count lost, duplicated and
+//!   out-of-order messages.
+//! - `idle`: many authorized idle sessions; server RSS per connection, then
+//!   the latency of messages between two of them.
+//! - `startup`: time from process start to `/readyz` 200 on SQLite.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_http::ws;
+use awc::BoxedSocket;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Setup(format!("{what}: {e}"))
+}
+
+/// Raises this process's open-file limit to its hard limit (each socket is a file).
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    limit.rlim_cur
+}
+
+type Socket = actix_codec::Framed<BoxedSocket, ws::Codec>;
+
+/// HTTP clients bound to loopback addresses 127.0.0.1, .2, …: each source
+/// address has its own ~28k ephemeral ports, so many connections fit.
+struct Clients(Vec<awc::Client>);
+
+impl Clients {
+    fn new(sources: usize) -> Self {
+        let clients = (0..sources.max(1))
+            .map(|i| {
+                let addr: IpAddr = [127, 0, 0, (1 + i % 250) as u8].into();
+                let connector = awc::Connector::new()
+                    .local_address(addr)
+                    .limit(0)
+                    .timeout(Duration::from_secs(30));
+                awc::Client::builder()
+                    .connector(connector)
+                    .timeout(Duration::from_secs(60))
+                    .max_http_version(awc::http::Version::HTTP_11)
+                    .finish()
+            })
+            .collect();
+        Clients(clients)
+    }
+
+    fn get(&self, i: usize) -> &awc::Client {
+        &self.0[i % self.0.len()]
+    }
+}
+
+struct Account {
+    username: String,
+    token: String,
+}
+
+const BENCH_PASSWORD: &str = "bench password 123";
+
+async fn register(client: &awc::Client, base: &str, username: &str) -> Result<Account, BenchError> {
+    let body = json!({"username": username, "password": BENCH_PASSWORD, "first_name": "Bench", "last_name": username});
+    let mut res = client
+        .post(format!("{base}/api/register/"))
+        .send_json(&body)
+        .await
+        .map_err(|e| setup("register", e))?;
+    let value: serde_json::Value = res.json().await.map_err(|e| setup("register body", e))?;
+    let token = value["token"]
+        .as_str()
+        .ok_or_else(|| setup("register (is REGISTRATION_OPEN=1?)", value.to_string()))?;
+    Ok(Account {
+        username: username.into(),
+        token: token.into(),
+    })
+}
+
+async fn add_contact(
+    client: &awc::Client,
+    base: &str,
+    token: &str,
+    other: &str,
+) -> Result<String, BenchError> {
+    let mut res = client
+        .post(format!("{base}/api/contacts/"))
+        .bearer_auth(token)
+        .send_json(&json!({"username": other}))
+        .await
+        .map_err(|e| setup("add contact", e))?;
+    let value: serde_json::Value = res.json().await.map_err(|e| setup("contact body", e))?;
+    value["pk"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| setup("add contact", value.to_string()))
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Push<'a> {
+    #[serde(borrow)]
+    data: PushBody<'a>,
+}
+
+#[derive(Deserialize)]
+struct PushBody<'a> {
+    direction: &'a str,
+    #[serde(borrow)]
+    content: std::borrow::Cow<'a, str>,
+}
+
+/// Opens an authorized WebSocket (token in the URL) and reads its two greeting frames.
+async fn open_session(
+    client: &awc::Client,
+    ws_base: &str,
+    token: &str,
+) -> Result<Socket, BenchError> {
+    let (_, mut socket) = client
+        .ws(format!("{ws_base}/chat?token={token}"))
+        .max_frame_size(1 << 20)
+        .connect()
+        .await
+        .map_err(|e| setup("websocket connect", e))?;
+    for expected in ["info", "authorization_response"] {
+        match socket.next().await {
+            Some(Ok(ws::Frame::Text(bytes))) => {
+                let frame: Frame =
+                    serde_json::from_slice(&bytes).map_err(|e| setup("greeting", e))?;
+                if frame.kind != expected {
+                    return Err(setup(
+                        "greeting",
+                        format!("expected {expected}, got {}", frame.kind),
+                    ));
+                }
+                if expected == "authorization_response"
+                    && !bytes.windows(9).any(|w| w == b"\"success\"")
+                {
+                    return Err(setup("authorization", String::from_utf8_lossy(&bytes)));
+                }
+            }
+            other => return Err(setup("greeting", format!("{other:?}"))),
+        }
+    }
+    Ok(socket)
+}
+
+fn ws_url(http: &str) -> String {
+    http.replacen("http://", "ws://", 1)
+        .replacen("https://", "wss://", 1)
+}
+
+/// Options of `bench load`.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub urls: Vec<String>,
+    pub pairs: usize,
+    pub duration: Duration,
+    /// Messages per second in total; 0 means as fast as the window allows.
+    pub rate: u64,
+    pub window: usize,
+    pub sources: usize,
+}
+
+#[derive(Default)]
+struct PairStats {
+    acked: u64,
+    errors: u64,
+    delivered: u64,
+    dup: u64,
+    reordered: u64,
+    seen: Vec<bool>,
+    highest: Option<u64>,
+}
+
+/// The outcome of a load run.
+#[derive(Debug, serde::Serialize)]
+pub struct LoadReport {
+    pub connections: usize,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub dup: u64,
+    pub reordered: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub msgs_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Runs `bench load`.
+pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
+    raise_fd_limit();
+    let clients = Clients::new(opts.sources);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let url = |i: usize| {
+        opts.urls[i % opts.urls.len()]
+            .trim_end_matches('/')
+            .to_string()
+    };
+
+    eprintln!("setting up {} pairs…", opts.pairs);
+    let limit = Arc::new(Semaphore::new(16));
+    let mut setups = Vec::new();
+    for i in 0..opts.pairs {
+        let (client, base, limit, run) =
+            (clients.get(i).clone(), url(i), limit.clone(), run.clone());
+        setups.push(async move {
+            let _permit = limit.acquire().await.map_err(|e| setup("setup", e))?;
+            let a = register(&client, &base, &format!("b{run}p{i}a")).await?;
+            let b = register(&client, &base, &format!("b{run}p{i}b")).await?;
+            let pk = add_contact(&client, &base, &a.token, &b.username).await?;
+            Ok::<_, BenchError>((a, b, pk))
+        });
+    }
+    let accounts = futures_util::future::try_join_all(setups).await?;
+
+    let mut sockets = Vec::new();
+    for (i, (a, b, pk)) in accounts.iter().enumerate() {
+        let sender = open_session(clients.get(2 * i), &ws_url(&url(i)), &a.token).await?;
+        let receiver = open_session(clients.get(2 * i + 1), &ws_url(&url(i + 1)), &b.token).await?;
+        sockets.push((sender, receiver, pk.clone()));
+    }
+    // Let presence frames settle before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "{} connections open; sending for {:?}…",
+        2 * sockets.len(),
+        opts.duration
+    );
+
+    let origin = Instant::now();
+    let histogram = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+    ));
+    let stats: Rc<RefCell<HashMap<usize, PairStats>>> = Rc::new(RefCell::new(HashMap::new()));
+    let sent_total = Rc::new(RefCell::new(0u64));
+    let stop_at = origin + opts.duration;
+    let per_sender_interval =
+        (opts.rate > 0).then(|| Duration::from_secs_f64(opts.pairs as f64 / opts.rate as f64));
+    let mut tasks = Vec::new();
+    for (i, (sender, receiver, pk)) in sockets.into_iter().enumerate() {
+        stats.borrow_mut().insert(i, PairStats::default());
+        let (mut sink, mut acks) = sender.split();
+        let window = Rc::new(Semaphore::new(opts.window.max(1)));
+        // Acks free window slots.
+        let (w, st) = (window.clone(), stats.clone());
+        tasks.push(actix_web::rt::spawn(async move {
+            while let Some(Ok(frame)) = acks.next().await {
+                let ws::Frame::Text(bytes) = frame else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_slice::<Frame>(&bytes) else {
+                    continue;
+                };
+                if frame.kind == "message_response" {
+                    let ok = frame.data.is_some_and(|d| d.get().contains("\"success\""));
+                    let mut st = st.borrow_mut();
+                    let pair = st.get_mut(&i).expect("pair registered");
+                    if ok {
+                        pair.acked += 1
+                    } else {
+                        pair.errors += 1
+                    }
+                    w.add_permits(1);
+                }
+            }
+        }));
+        // Receiver: latency, loss, duplicates, order.
+        let (h, st) = (histogram.clone(), stats.clone());
+        let (_rsink, mut incoming) = receiver.split();
+        tasks.push(actix_web::rt::spawn(async move {
+            let _keep = _rsink;
+            while let Some(Ok(frame)) = incoming.next().await {
+                let ws::Frame::Text(bytes) = frame else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_slice::<Frame>(&bytes) else {
+                    continue;
+                };
+                if frame.kind != "message" {
+                    continue;
+                }
+                let Some(push) = frame
+                    .data
+                    .and_then(|d| serde_json::from_str::<Push>(d.get()).ok())
+                else {
+                    continue;
+                };
+                if push.data.direction != "received" {
+                    continue;
+                }
+                let mut parts = push.data.content.split(' ');
+                let (Some(Ok(seq)), Some(Ok(sent_ns))) = (
+                    parts.next().map(str::parse::<u64>),
+                    parts.next().map(str::parse::<u128>),
+                ) else {
+                    continue;
+                };
+                let now_ns = origin.elapsed().as_nanos();
+                let micros = (now_ns.saturating_sub(sent_ns) / 1000).max(1) as u64;
+                let _ = h.borrow_mut().record(micros.min(120_000_000));
+                let mut st = st.borrow_mut();
+                let pair = st.get_mut(&i).expect("pair registered");
+                let idx = seq as usize;
+                if pair.seen.len() <= idx {
+                    pair.seen.resize(idx + 1, false);
+                }
+                if pair.seen[idx] {
+                    pair.dup += 1;
+                    continue;
+                }
+                pair.seen[idx] = true;
+                pair.delivered += 1;
+                if pair.highest.is_some_and(|h| seq < h) {
+                    pair.reordered += 1;
+                }
+                pair.highest = Some(pair.highest.map_or(seq, |h| h.max(seq)));
+            }
+        }));
+        // Sender.
+        let sent = sent_total.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            let mut seq = 0u64;
+            let mut next = Instant::now();
+            while Instant::now() < stop_at {
+                if let Some(interval) = per_sender_interval {
+                    next += interval;
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                let Ok(permit) = window.acquire().await else {
+                    break;
+                };
+                permit.forget();
+                let content = format!("{seq} {}", origin.elapsed().as_nanos());
+                let text =
+                    json!({"type": "message", "data": {"to": pk, "content": content}}).to_string();
+                if sink.send(ws::Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+                seq += 1;
+                *sent.borrow_mut() += 1;
+            }
+            // Wait for the window to drain (every message acknowledged), bounded.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                window.acquire_many(opts.window.max(1) as u32),
+            )
+            .await;
+            // Keep the connection open until the run ends (the task is aborted then).
+            std::future::pending::<()>().await;
+            drop(sink);
+        }));
+    }
+    tokio::time::sleep_until(stop_at.into()).await;
+    let send_phase = origin.elapsed();
+    // Wait for deliveries to catch up with acknowledgements (bounded).
+    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (answered, acked, delivered) =
+            stats.borrow().values().fold((0, 0, 0), |(n, a, d), p| {
+                (n + p.acked + p.errors, a + p.acked, d + p.delivered)
+            });
+        let all_answered = answered >= *sent_total.borrow();
+        if (all_answered && delivered >= acked) || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in &tasks {
+        task.abort();
+    }
+    let stats = stats.borrow();
+    let sum = |f: fn(&PairStats) -> u64| stats.values().map(f).sum::<u64>();
+    let (acked, delivered) = (sum(|p| p.acked), sum(|p| p.delivered));
+    let h = histogram.borrow();
+    let seconds = send_phase.as_secs_f64();
+    let sent = *sent_total.borrow();
+    Ok(LoadReport {
+        connections: 2 * opts.pairs,
+        sent,
+        acked,
+        delivered,
+        lost: acked.saturating_sub(delivered),
+        dup: sum(|p| p.dup),
+        reordered: sum(|p| p.reordered),
+        errors: sum(|p| p.errors),
+        seconds,
+        msgs_per_sec: delivered as f64 / seconds,
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        p999_ms: ms(&h, 0.999),
+        max_ms: h.max() as f64 / 1000.0,
+    })
+}
+
+/// Options of `bench idle`.
+#[derive(Debug, Clone)]
+pub struct IdleOptions {
+    pub url: String,
+    pub users: usize,
+    pub sessions: usize,
+    pub server_pid: Option<u32>,
+    pub sources: usize,
+    pub messages: usize,
+}
+
+/// The outcome of an idle run.
+#[derive(Debug, serde::Serialize)]
+pub struct IdleReport {
+    pub sessions: usize,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    pub kib_per_session: Option<f64>,
+    pub messages: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `bench idle`.
+pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
+    let limit = raise_fd_limit();
+    if opts.sessions as u64 + 100 > limit {
+        return Err(setup(
+            "fd limit",
+            format!(
+                "{} sessions need more than this process's {limit} open files",
+                opts.sessions
+            ),
+        ));
+    }
+    let clients = Clients::new(opts.sources);
+    let base = opts.url.trim_end_matches('/').to_string();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let users = opts.users.max(2);
+    let mut accounts = Vec::new();
+    for i in 0..users {
+        accounts.push(register(clients.get(i), &base, &format!("i{run}u{i}")).await?);
+    }
+    let pk = add_contact(
+        clients.get(0),
+        &base,
+        &accounts[0].token,
+        &accounts[1].username,
+    )
+    .await?;
+    let rss_before = opts.server_pid.and_then(rss_kib);
+    eprintln!("opening {} sessions…", opts.sessions);
+    let ws_base = ws_url(&base);
+    let mut held = Vec::with_capacity(opts.sessions);
+    for i in 0..opts.sessions {
+        let account = &accounts[2 + i % (users - 2).max(1)].token;
+        let account = if users > 2 {
+            account
+        } else {
+            &accounts[i % 2].token
+        };
+        let mut socket = open_session(clients.get(i), &ws_base, account).await?;
+        // Answer pings so the server keeps the session, and read whatever comes.
+        held.push(actix_web::rt::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                if let ws::Frame::Ping(p) = frame {
+                    let _ = socket.send(ws::Message::Pong(p)).await;
+                }
+            }
+        }));
+        if i % 1000 == 999 {
+            eprintln!("  {} open", i + 1);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = opts.server_pid.and_then(rss_kib);
+
+    // A message between two of them, timed.
+    let mut sender = open_session(clients.get(0), &ws_base, &accounts[0].token).await?;
+    let mut receiver = open_session(clients.get(1), &ws_base, &accounts[1].token).await?;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for n in 0..opts.messages {
+        let started = Instant::now();
+        let text = json!({"type": "message", "data": {"to": pk, "content": format!("idle {n}")}})
+            .to_string();
+        sender
+            .send(ws::Message::Text(text.into()))
+            .await
+            .map_err(|e| setup("send", e))?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), receiver.next()).await {
+                Ok(Some(Ok(ws::Frame::Text(bytes))))
+                    if bytes.windows(10).any(|w| w == b"\"received\"") =>
+                {
+                    break
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => return Err(setup("idle message", format!("{other:?}"))),
+            }
+        }
+        let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+        // Drain the sender's ack and echo without timing them.
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(1), sender.next()).await
+        {}
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let per = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if opts.sessions > 0 => {
+            Some(a.saturating_sub(b) as f64 / opts.sessions as f64)
+        }
+        _ => None,
+    };
+    for session in held {
+        session.abort();
+    }
+    Ok(IdleReport {
+        sessions: opts.sessions,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        kib_per_session: per,
+        messages: opts.messages,
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        max_ms: h.max() as f64 / 1000.0,
+    })
+}
+
+/// The outcome of `bench startup`.
+#[derive(Debug, serde::Serialize)]
+pub struct StartupReport {
+    pub runs: usize,
+    pub min_ms: f64,
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Starts this binary `runs` times on a fresh SQLite file and times each
+/// start to the first `/readyz` 200.
+pub async fn startup(runs: usize) -> Result<StartupReport, BenchError> {
+    let exe = std::env::current_exe().map_err(|e| setup("current exe", e))?;
+    let client = awc::Client::default();
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let dir = tempfile_dir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| setup("free port", e))?
+            .port();
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .current_dir(&dir)
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| setup("spawn", e))?;
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        loop {
+            if let Ok(res) = client.get(&url).send().await {
+                if res.status().is_success() {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                return Err(setup("startup", "no /readyz 200 within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(StartupReport {
+        runs: times.len(),
+        min_ms: times[0],
+        median_ms: times[times.len() / 2],
+        max_ms: times[times.len() - 1],
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("chat-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| setup("temp dir", e))?;
+    Ok(dir)
+}

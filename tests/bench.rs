@@ -1,0 +1,72 @@
+//! The load generator against a real server: a short, bounded run whose
+//! counts (not speed) are checked.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_server::bench::{self, LoadOptions};
+use common::{Backend, TestApp};
+
+#[actix_rt::test]
+async fn a_short_load_run_delivers_everything_once() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+            ("RATE_LIMIT_BURST", "100000"),
+        ],
+    )
+    .await;
+    let report = bench::load(LoadOptions {
+        urls: vec![app.url("")],
+        pairs: 3,
+        duration: Duration::from_secs(1),
+        rate: 0,
+        window: 4,
+        sources: 2,
+    })
+    .await
+    .expect("load run");
+    assert_eq!(report.connections, 6);
+    assert!(report.sent > 0);
+    assert_eq!(report.acked, report.sent, "every message acknowledged");
+    assert_eq!(
+        report.delivered, report.acked,
+        "every acknowledged message delivered"
+    );
+    assert_eq!(
+        (report.lost, report.dup, report.reordered, report.errors),
+        (0, 0, 0, 0)
+    );
+    assert!(
+        report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms
+    );
+
+    let mut res = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let stored = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_messages_stored_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert_eq!(stored as u64, report.acked);
+}
+
+#[actix_rt::test]
+async fn a_fixed_rate_run_sends_about_that_rate() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let report = bench::load(LoadOptions {
+        urls: vec![app.url("")],
+        pairs: 2,
+        duration: Duration::from_secs(1),
+        rate: 100,
+        window: 8,
+        sources: 1,
+    })
+    .await
+    .expect("load run");
+    // 100 msg/s for one second, give or take a tick.
+    assert!((95..=105).contains(&report.sent), "{}", report.sent);
+    assert_eq!((report.lost, report.dup, report.errors), (0, 0, 0));
+}
