@@ -1,0 +1,388 @@
+//! Faults with a real server process: SIGKILL in the middle of a message
+//! stream, SIGTERM with clients connected, and abusive connections.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_http::ws::{self, CloseCode};
+use common::{Backend, TestApp};
+use entity::message;
+use futures_util::{SinkExt, StreamExt};
+use sea_orm::{Database, EntityTrait};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    async fn start(dir: &Path, port: u16) -> Server {
+        let child = Command::new(BIN)
+            .current_dir(dir)
+            .env_clear()
+            .envs([
+                ("PORT", port.to_string()),
+                ("RATE_LIMIT_BURST", "100000".into()),
+                ("RATE_LIMIT_PER_SECOND", "100000".into()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let client = awc::Client::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(res) = client.get(server.url("/readyz")).send().await {
+                if res.status().is_success() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {bound:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn register(client: &awc::Client, server: &Server, name: &str) -> String {
+    let mut res = client
+        .post(server.url("/api/register/"))
+        .send_json(&json!({"username": name, "password": "a fine password", "first_name": name, "last_name": "X"}))
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+async fn connect(client: &awc::Client, server: &Server, token: &str) -> Socket {
+    let (_, mut socket) = client
+        .ws(format!("ws://127.0.0.1:{}/chat?token={token}", server.port))
+        .connect()
+        .await
+        .unwrap();
+    socket.next().await; // info
+    socket.next().await; // authorization_response
+    socket
+}
+
+async fn send(socket: &mut Socket, value: Value) {
+    socket
+        .send(ws::Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Reads acks (client_id → id) until the socket ends or `until` acks arrived.
+async fn read_acks(
+    socket: &mut Socket,
+    acks: &mut HashMap<String, i64>,
+    until: usize,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while acks.len() < until {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(ws::Frame::Text(bytes)))) => {
+                let frame: Value = serde_json::from_slice(&bytes).unwrap();
+                if frame["type"] == "message_response" && frame["data"]["status"] == "success" {
+                    let cid = frame["data"]["client_id"].as_str().unwrap().to_string();
+                    acks.insert(cid, frame["data"]["id"].as_i64().unwrap());
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return,
+        }
+    }
+}
+
+async fn stored(dir: &Path) -> Vec<message::Model> {
+    let url = format!("sqlite://{}", dir.join("chat.db").display());
+    let db = Database::connect(url.as_str()).await.unwrap();
+    let rows = message::Entity::find().all(&db).await.unwrap();
+    db.close().await.unwrap();
+    rows
+}
+
+#[actix_rt::test]
+async fn sigkill_mid_stream_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let mut server = Server::start(dir.path(), port).await;
+    let alice = register(&client, &server, "alice").await;
+    register(&client, &server, "bob").await;
+    let mut res = client
+        .post(server.url("/api/contacts/"))
+        .bearer_auth(&alice)
+        .send_json(&json!({"username": "bob"}))
+        .await
+        .unwrap();
+    let pk = res.json::<Value>().await.unwrap()["pk"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    const TOTAL: usize = 2000;
+    let message = {
+        let pk = pk.clone();
+        move |i: usize| json!({"type": "message", "data": {"to": pk, "content": format!("m{i}"), "client_id": format!("c{i}")}})
+    };
+    let socket = connect(&client, &server, &alice).await;
+    let (mut sink, mut stream) = socket.split();
+    let flood = message.clone();
+    let sender = actix_web::rt::spawn(async move {
+        let message = flood;
+        for i in 0..TOTAL {
+            if sink
+                .send(ws::Message::Text(message(i).to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    // Kill the server once a few hundred messages are acknowledged.
+    let mut acks = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acks.len() < 300 {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(ws::Frame::Text(bytes)))) => {
+                let frame: Value = serde_json::from_slice(&bytes).unwrap();
+                if frame["type"] == "message_response" {
+                    acks.insert(
+                        frame["data"]["client_id"].as_str().unwrap().to_string(),
+                        frame["data"]["id"].as_i64().unwrap(),
+                    );
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("stream ended early: {other:?}"),
+        }
+    }
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(5));
+    sender.abort();
+    // Acks already on the wire still count: they were sent after commit.
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+    {
+        if let ws::Frame::Text(bytes) = frame {
+            let frame: Value = serde_json::from_slice(&bytes).unwrap();
+            if frame["type"] == "message_response" {
+                acks.insert(
+                    frame["data"]["client_id"].as_str().unwrap().to_string(),
+                    frame["data"]["id"].as_i64().unwrap(),
+                );
+            }
+        }
+    }
+    drop(server);
+
+    // Every acknowledged message survived, exactly once, with its id.
+    let rows = stored(dir.path()).await;
+    let by_client: HashMap<String, i64> = rows
+        .iter()
+        .map(|m| (m.client_id.clone().unwrap(), m.id))
+        .collect();
+    assert_eq!(by_client.len(), rows.len(), "no client_id stored twice");
+    for (cid, id) in &acks {
+        assert_eq!(by_client.get(cid), Some(id), "acknowledged {cid} lost");
+    }
+
+    // The client resends everything it did not see acknowledged (and, to be
+    // sure, everything): nothing is stored twice.
+    let server = Server::start(dir.path(), port).await;
+    let mut socket = connect(&client, &server, &alice).await;
+    let mut second = HashMap::new();
+    for i in 0..TOTAL {
+        send(&mut socket, message(i)).await;
+        if i % 100 == 99 {
+            read_acks(&mut socket, &mut second, i + 1, Duration::from_secs(20)).await;
+        }
+    }
+    read_acks(&mut socket, &mut second, TOTAL, Duration::from_secs(30)).await;
+    assert_eq!(second.len(), TOTAL);
+    for (cid, id) in &acks {
+        assert_eq!(
+            second.get(cid),
+            Some(id),
+            "a resend is answered with the original"
+        );
+    }
+    let rows = stored(dir.path()).await;
+    let distinct: HashSet<&String> = rows.iter().filter_map(|m| m.client_id.as_ref()).collect();
+    assert_eq!((rows.len(), distinct.len()), (TOTAL, TOTAL));
+    eprintln!("SIGKILL test: {} acknowledged before the kill, {} rows after resending, 0 lost, 0 duplicated", acks.len(), rows.len());
+}
+
+#[actix_rt::test]
+async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let mut server = Server::start(dir.path(), free_port()).await;
+    let alice = register(&client, &server, "alice").await;
+    let bob = register(&client, &server, "bob").await;
+    let mut res = client
+        .post(server.url("/api/contacts/"))
+        .bearer_auth(&alice)
+        .send_json(&json!({"username": "bob"}))
+        .await
+        .unwrap();
+    let pk = res.json::<Value>().await.unwrap()["pk"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut a = connect(&client, &server, &alice).await;
+    let mut b = connect(&client, &server, &bob).await;
+    for i in 0..200 {
+        send(&mut a, json!({"type": "message", "data": {"to": pk, "content": format!("m{i}"), "client_id": format!("c{i}")}})).await;
+    }
+    server.signal(libc::SIGTERM);
+    let mut acks = HashMap::new();
+    let mut close = None;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(15), a.next()).await {
+        match frame {
+            ws::Frame::Text(bytes) => {
+                let frame: Value = serde_json::from_slice(&bytes).unwrap();
+                if frame["type"] == "message_response" && frame["data"]["status"] == "success" {
+                    acks.insert(
+                        frame["data"]["client_id"].as_str().unwrap().to_string(),
+                        frame["data"]["id"].as_i64().unwrap(),
+                    );
+                }
+            }
+            ws::Frame::Close(reason) => {
+                close = reason;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        close.map(|r| r.code),
+        Some(CloseCode::Away),
+        "sessions are told the server is going away"
+    );
+    let b_close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), b.next()).await {
+            Ok(Some(Ok(ws::Frame::Close(reason)))) => break reason,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("bob got no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(b_close.map(|r| r.code), Some(CloseCode::Away));
+    let status = server.wait_exit(Duration::from_secs(12));
+    assert!(status.success(), "clean exit");
+    let rows = stored(dir.path()).await;
+    let by_client: HashMap<String, i64> = rows
+        .iter()
+        .map(|m| (m.client_id.clone().unwrap(), m.id))
+        .collect();
+    for (cid, id) in &acks {
+        assert_eq!(by_client.get(cid), Some(id));
+    }
+}
+
+#[actix_rt::test]
+async fn a_user_may_hold_only_so_many_sessions() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_SESSIONS_PER_USER", "2")]).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let _one = app.authorized(&token).await;
+    let _two = app.authorized(&token).await;
+    let mut three = app.ws("/chat").await;
+    three.recv().await;
+    let answer = three
+        .request(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    assert_eq!(
+        answer,
+        json!({"type": "authorization_response", "data": {"status": "error", "code": "rate_limited", "message": "too many open sessions for this user"}})
+    );
+    assert_eq!(app.stats().await.sessions, 2);
+}
+
+#[actix_rt::test]
+async fn slow_and_silent_http_clients_are_cut_off_without_hurting_others() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let addr = ("127.0.0.1", app.port);
+    // Slowloris: headers that never finish. Half-open: connect, say nothing.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    let res = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200, "others are served meanwhile");
+    for stream in [&mut slow, &mut silent] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = stream.read_to_end(&mut buf);
+        assert!(read.is_ok() || buf.is_empty(), "{read:?}");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(12),
+        "cut off after the request timeout, took {waited:?}"
+    );
+}
