@@ -147,6 +147,7 @@ impl Application {
         let port = listener.local_addr().map_err(listen_error)?.port();
         let cors_origins = settings.cors_origins();
         let mut server = HttpServer::new(move || {
+            let mut spec = serde_json::Value::Null;
             actix_web::App::new()
                 .app_data(state.clone())
                 .app_data(chat.clone())
@@ -160,8 +161,12 @@ impl Application {
                 .wrap(TracingLogger::default())
                 .wrap_api_with_spec(api::spec())
                 .configure(api::routes)
-                .with_json_spec_at("/swagger.json")
+                .with_raw_json_spec(|app, generated| {
+                    spec = generated;
+                    app
+                })
                 .build()
+                .route("/swagger.json", web::get().to(serve_spec(spec)))
                 .route("/chat", web::get().to(chat::connect))
                 .route("/chat/", web::get().to(chat::connect))
                 .route("/metrics", web::get().to(api::health::metrics))
@@ -240,6 +245,21 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// `GET /swagger.json`: the generated spec with what paperclip cannot express added.
+fn serve_spec(
+    mut spec: serde_json::Value,
+) -> impl Fn() -> std::future::Ready<actix_web::HttpResponse> + Clone {
+    api::refine_spec(&mut spec);
+    let body = web::Bytes::from(serde_json::to_vec(&spec).expect("a JSON value serializes"));
+    move || {
+        std::future::ready(
+            actix_web::HttpResponse::Ok()
+                .content_type("application/json")
+                .body(body.clone()),
+        )
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use paperclip::actix::{api_v2_errors, api_v2_operation, web, Apiv2Schema};
 use serde::Serialize;
 
 use crate::chat::server::Stats;
@@ -41,9 +41,34 @@ fn up(ok: bool) -> String {
     if ok { "up" } else { "down" }.to_string()
 }
 
+/// A dependency is down: 503 with the same body, naming it.
+#[api_v2_errors(code = 503, description = "A dependency is down", schema = "Health")]
+#[derive(Debug)]
+pub struct NotReady(Health);
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not ready: database {:?}, redis {:?}",
+            self.0.database, self.0.redis
+        )
+    }
+}
+
+impl actix_web::ResponseError for NotReady {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(&self.0)
+    }
+}
+
 /// The database (and Redis, when configured) answer: 200, else 503 naming what is down.
 #[api_v2_operation(tags(Operations))]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, NotReady> {
     let database = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, db::ping(&state.db)).await,
         Ok(Ok(()))
@@ -61,12 +86,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         database: Some(up(database)),
         redis: Some(redis.map_or_else(|| "disabled".to_string(), up)),
     };
-    let status = if ready {
-        StatusCode::OK
+    if ready {
+        Ok(web::Json(body))
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    HttpResponse::build(status).json(body)
+        Err(NotReady(body))
+    }
 }
 
 async fn redis_ping(client: &redis::Client) -> redis::RedisResult<()> {

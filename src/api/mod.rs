@@ -18,28 +18,140 @@ use actix_web::{HttpResponse, ResponseError};
 use paperclip::actix::web;
 use paperclip::v2::models::{DefaultApiRaw, Info, Tag};
 
+use crate::chat::store;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// A 405 naming the methods a resource does allow (RFC 9110 requires `Allow`).
+fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
+    move || {
+        let mut response = ApiError::MethodNotAllowed.error_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        std::future::ready(response)
+    }
+}
+
 /// The documented routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/login/").route(web::post().to(auth::login)))
-        .service(web::resource("/api/login").route(web::post().to(auth::login)))
-        .service(web::resource("/api/register/").route(web::post().to(auth::register)))
-        .service(web::resource("/api/me/").route(web::get().to(account::me)))
-        .service(web::resource("/api/password/").route(web::post().to(account::change_password)))
-        .service(web::resource("/api/users/").route(web::get().to(users::list_users)))
-        .service(
-            web::resource("/api/contacts/")
-                .route(web::get().to(contacts::list_contacts))
-                .route(web::post().to(contacts::add_contact)),
-        )
-        .service(web::resource("/api/contacts/{id}/").route(web::get().to(contacts::get_contact)))
-        .service(
-            web::resource("/api/contacts/{id}/messages/").route(web::get().to(contacts::messages)),
-        )
-        .service(web::resource("/healthz").route(web::get().to(health::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)));
+    let post = || actix_web::web::to(method_not_allowed("POST"));
+    let get = || actix_web::web::to(method_not_allowed("GET"));
+    cfg.service(
+        web::resource("/api/login/")
+            .route(web::post().to(auth::login))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/login")
+            .route(web::post().to(auth::login))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/register/")
+            .route(web::post().to(auth::register))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/me/")
+            .route(web::get().to(account::me))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/password/")
+            .route(web::post().to(account::change_password))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/users/")
+            .route(web::get().to(users::list_users))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/contacts/")
+            .route(web::get().to(contacts::list_contacts))
+            .route(web::post().to(contacts::add_contact))
+            .default_service(actix_web::web::to(method_not_allowed("GET, POST"))),
+    )
+    .service(
+        web::resource("/api/contacts/{id}/")
+            .route(web::get().to(contacts::get_contact))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/contacts/{id}/messages/")
+            .route(web::get().to(contacts::messages))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/healthz")
+            .route(web::get().to(health::healthz))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(health::readyz))
+            .default_service(get()),
+    );
+}
+
+/// Ranges of query parameters, which paperclip cannot carry from the types
+/// into the spec: (parameter, minimum, maximum).
+const QUERY_RANGES: &[(&str, f64, Option<f64>)] = &[
+    ("limit", 1.0, Some(store::MAX_HISTORY_PAGE as f64)),
+    ("page", 1.0, Some(users::MAX_PAGE as f64)),
+    ("page_size", 1.0, Some(users::MAX_PAGE_SIZE as f64)),
+];
+
+/// Required body fields. They are `Option`s in the request types so that a
+/// missing one gets DRF's field-keyed message instead of a parse error.
+const REQUIRED_FIELDS: &[(&str, &[&str])] = &[
+    ("LoginRequest", &["username", "password"]),
+    ("RegisterRequest", &["username", "password"]),
+    ("PasswordChange", &["old_password", "new_password"]),
+    ("NewContact", &["username"]),
+];
+
+/// Adds to the generated spec what paperclip cannot express.
+pub fn refine_spec(spec: &mut serde_json::Value) {
+    for (definition, fields) in REQUIRED_FIELDS {
+        if let Some(schema) = spec.pointer_mut(&format!("/definitions/{definition}")) {
+            schema["required"] = serde_json::json!(fields);
+            for field in *fields {
+                if let Some(property) = schema.pointer_mut(&format!("/properties/{field}")) {
+                    property["minLength"] = serde_json::json!(1);
+                }
+            }
+        }
+    }
+    let Some(paths) = spec.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(|p| p.as_object_mut())
+        .flat_map(|p| p.values_mut())
+    {
+        let Some(parameters) = operation
+            .get_mut("parameters")
+            .and_then(|p| p.as_array_mut())
+        else {
+            continue;
+        };
+        for parameter in parameters.iter_mut().filter(|p| p["in"] == "query") {
+            if let Some((_, min, max)) = QUERY_RANGES
+                .iter()
+                .find(|(name, _, _)| parameter["name"] == *name)
+            {
+                parameter["minimum"] = serde_json::json!(min);
+                if let Some(max) = max {
+                    parameter["maximum"] = serde_json::json!(max);
+                }
+            }
+        }
+    }
 }
 
 /// The spec's header: title, version, tags.
@@ -74,10 +186,14 @@ pub async fn not_found() -> HttpResponse {
     ApiError::NotFound.error_response()
 }
 
-/// Gives the bodiless 405 of actix's router the JSON body of every other error.
+/// Gives the bodiless 405 of actix's router the JSON body of every other
+/// error; a 405 that already has one (with its `Allow`) passes unchanged.
 pub fn json_405<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    if res.headers().contains_key(header::ALLOW) {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
     let (req, _) = res.into_parts();
     let response = ApiError::MethodNotAllowed.error_response();
     Ok(ErrorHandlerResponse::Response(

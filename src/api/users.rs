@@ -10,7 +10,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Largest page of users.
-const MAX_PAGE_SIZE: u64 = 100;
+pub const MAX_PAGE_SIZE: u64 = 100;
+/// Highest page number accepted (keeps offsets far from overflow).
+pub const MAX_PAGE: u64 = 1_000_000;
 
 /// Search and paging.
 #[derive(Debug, Deserialize, Apiv2Schema)]
@@ -50,9 +52,9 @@ pub async fn list_users(
 ) -> Result<web::Json<UserPage>, ApiError> {
     let page = query.page.unwrap_or(1);
     let page_size = query.page_size.unwrap_or(20);
-    if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+    if page == 0 || page > MAX_PAGE || page_size == 0 || page_size > MAX_PAGE_SIZE {
         return Err(ApiError::BadRequest(format!(
-            "page must be at least 1 and page_size between 1 and {MAX_PAGE_SIZE}"
+            "page must be between 1 and {MAX_PAGE}, page_size between 1 and {MAX_PAGE_SIZE}"
         )));
     }
     let mut find = user::Entity::find().filter(user::Column::IsActive.eq(true));
