@@ -365,9 +365,14 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         }));
         // Sender.
         let sent = sent_total.clone();
+        // Spread senders evenly over one interval, so a fixed total rate
+        // arrives as a steady stream, not as bursts of every sender at once.
+        let offset = per_sender_interval.map_or(Duration::ZERO, |iv| {
+            iv.mul_f64(i as f64 / opts.pairs as f64)
+        });
         tasks.push(actix_web::rt::spawn(async move {
             let mut seq = 0u64;
-            let mut next = Instant::now();
+            let mut next = Instant::now() + offset;
             while Instant::now() < stop_at {
                 if let Some(interval) = per_sender_interval {
                     next += interval;
