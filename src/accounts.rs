@@ -77,17 +77,39 @@ pub fn validate_password(password: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-/// Hashes off the async workers: argon2 takes tens of milliseconds of CPU.
-pub async fn hash_password(password: String) -> Result<String, AccountError> {
-    tokio::task::spawn_blocking(move || password::hash_password(&password))
+/// Password hashes running at once: one per core. Hashing is pure CPU, so
+/// more at once cannot finish sooner, and each holds 19 MiB: a burst of
+/// logins queues here instead of multiplying memory.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// Runs argon2 work off the async workers, at most one per core at a time.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AccountError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| AccountError::Hashing(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AccountError::Hashing(e.to_string()))
+}
+
+/// Hashes off the async workers: argon2 takes tens of milliseconds of CPU.
+pub async fn hash_password(password: String) -> Result<String, AccountError> {
+    hashing(move || password::hash_password(&password)).await
 }
 
 /// Verifies off the async workers; with no stored hash, spends the same time
 /// on a dummy so the timing does not tell whether the user exists.
 pub async fn verify_password(password: String, phc: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || match phc {
+    hashing(move || match phc {
         Some(phc) => password::verify_password(&password, &phc),
         None => {
             password::verify_against_dummy(&password);

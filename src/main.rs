@@ -5,7 +5,24 @@ use clap::Parser;
 use chat_server::cli::{self, Cli};
 use chat_server::config::Settings;
 
+/// Large allocations (argon2's 19 MiB work area) always come from `mmap`
+/// and go back to the system when freed. glibc otherwise raises its mmap
+/// threshold after the first such free and keeps later ones in its arenas:
+/// after a burst of logins the process stayed gigabytes larger.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_allocations_to_the_system() {
+    const MMAP_THRESHOLD_BYTES: libc::c_int = 1024 * 1024;
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_allocations_to_the_system() {}
+
 fn main() {
+    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     let settings = match Settings::load() {
         Ok(settings) => settings,
