@@ -176,7 +176,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let db = db::connect(&settings).await?;
-            db::migrate(&db).await?;
+            db::migrate(&db, &settings.database_url()).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -343,7 +343,7 @@ async fn shutdown_signal() {
 
 async fn connect(settings: &Settings) -> Result<DatabaseConnection, CliError> {
     let db = db::connect(settings).await?;
-    db::migrate(&db).await?;
+    db::migrate(&db, &settings.database_url()).await?;
     Ok(db)
 }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+};
 
 use crate::config::{DbEngine, Settings};
 
@@ -69,10 +71,45 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
         .map_err(|source| DbSetupError::Connect { engine, source })
 }
 
-/// Brings the schema up to date; safe to run on every start and from several
-/// instances at once (each migration is idempotent).
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbSetupError> {
-    Migrator::up(db, None).await.map_err(DbSetupError::Migrate)
+/// Key of the database-wide lock that serializes migrations across instances.
+const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_6d69_67; // "chatmig"
+/// How long an instance waits for another one's migrations (MySQL's GET_LOCK needs a bound).
+const MIGRATION_LOCK_SECONDS: u32 = 120;
+
+/// Brings the schema up to date; safe on every start and from several
+/// instances starting at once: on PostgreSQL and MySQL a database lock, held
+/// on a connection of its own, lets one instance migrate while the others
+/// wait (concurrent `CREATE TABLE IF NOT EXISTS` is not safe there).
+pub async fn migrate(db: &DatabaseConnection, url: &str) -> Result<(), DbSetupError> {
+    let backend = db.get_database_backend();
+    if backend == DatabaseBackend::Sqlite {
+        return Migrator::up(db, None).await.map_err(DbSetupError::Migrate);
+    }
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let lock = Database::connect(options)
+        .await
+        .map_err(DbSetupError::Migrate)?;
+    let (take, release) = match backend {
+        DatabaseBackend::Postgres => (
+            format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
+            format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),
+        ),
+        _ => (
+            format!("SELECT GET_LOCK('chat_server_migrations', {MIGRATION_LOCK_SECONDS})"),
+            "SELECT RELEASE_LOCK('chat_server_migrations')".to_string(),
+        ),
+    };
+    lock.execute_unprepared(&take)
+        .await
+        .map_err(DbSetupError::Migrate)?;
+    let outcome = Migrator::up(db, None).await.map_err(DbSetupError::Migrate);
+    let _ = lock.execute_unprepared(&release).await;
+    let _ = lock.close().await;
+    outcome
 }
 
 /// Whether the database answers a trivial query.

@@ -82,7 +82,7 @@ impl Application {
         }
         let secret = settings.resolve_secret_key()?;
         let db = db::connect(&settings).await?;
-        db::migrate(&db).await?;
+        db::migrate(&db, &settings.database_url()).await?;
         let redis = settings
             .redis_url()
             .map(|url| redis::Client::open(url.as_str()))

@@ -278,3 +278,19 @@ async fn redis_going_away_loses_no_acknowledged_message() {
         redis_restart_loses_nothing(&backend).await;
     }
 }
+
+async fn instances_starting_together(backend: &Backend) {
+    let db = TestDatabase::create(backend).await;
+    let start = || chat_server::Application::build(common::settings(&db.url, &[]));
+    let (a, b, c) = futures_util::join!(start(), start(), start());
+    for app in [a, b, c] {
+        app.expect("every instance starts on the same fresh database");
+    }
+}
+
+#[actix_rt::test]
+async fn instances_starting_at_once_migrate_one_at_a_time() {
+    for backend in shared_backends() {
+        instances_starting_together(&backend).await;
+    }
+}
