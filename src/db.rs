@@ -72,7 +72,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
 }
 
 /// Key of the database-wide lock that serializes migrations across instances.
-const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_6d69_67; // "chatmig"
+const MIGRATION_LOCK_KEY: i64 = 0x0063_6861_746d_6967; // "chatmig"
 /// How long an instance waits for another one's migrations (MySQL's GET_LOCK needs a bound).
 const MIGRATION_LOCK_SECONDS: u32 = 120;
 

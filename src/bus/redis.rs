@@ -28,6 +28,7 @@ use bytes::Bytes;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, AsyncTypedCommands};
 use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
 
 use super::BusEvent;
 use crate::chat::presence::Presence;
@@ -146,10 +147,19 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// The live connections while Redis is reachable.
+/// Most commands sent to Redis in one pipeline.
+const MAX_PIPELINE: usize = 1024;
+
+/// A subscription change, applied in the order they happened.
+type Subscription = (String, bool);
+
+/// The live connections while Redis is reachable. Publishes and subscription
+/// changes each go through one ordered queue: an actor's spawned futures do
+/// not keep their order, and a conversation's events must.
 struct Link {
     publisher: MultiplexedConnection,
-    subscriptions: PubSubSink,
+    commands: mpsc::UnboundedSender<Vec<redis::Cmd>>,
+    subscriptions: mpsc::UnboundedSender<Subscription>,
 }
 
 /// The bridge actor of one instance.
@@ -260,12 +270,17 @@ impl RedisBridge {
         ctx.spawn(setup.into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
             match result {
-                Ok((publisher, subscriptions, stream, remote)) => {
+                Ok((publisher, sink, stream, remote)) => {
                     for (instance, user) in remote {
                         act.presence.set_remote(user, &instance, true);
                     }
+                    let (commands, queued) = mpsc::unbounded_channel();
+                    actix::spawn(send_in_order(publisher.clone(), queued, ctx.address()));
+                    let (subscriptions, changes) = mpsc::unbounded_channel();
+                    actix::spawn(subscribe_in_order(sink, changes, ctx.address()));
                     act.link = Some(Link {
                         publisher,
+                        commands,
                         subscriptions,
                     });
                     act.backoff = BACKOFF_MIN;
@@ -280,80 +295,55 @@ impl RedisBridge {
         }));
     }
 
-    /// Runs one Redis operation on the publishing connection without blocking
-    /// the actor; a failure means the link is gone.
-    fn run<F, Fut>(&mut self, ctx: &mut Context<Self>, op: F)
-    where
-        F: FnOnce(MultiplexedConnection, Names) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<()>> + 'static,
-    {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let fut = op(link.publisher.clone(), self.names.clone());
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
-                act.lost(ctx, &e.to_string());
-            }
-        }));
+    /// Queues commands behind every earlier one; dropped while Redis is down
+    /// (live delivery is best-effort; the database has every message).
+    fn send(&self, commands: Vec<redis::Cmd>) {
+        if let Some(link) = &self.link {
+            let _ = link.commands.send(commands);
+        }
     }
 
-    fn publish_frames(&mut self, frames: Vec<(UserId, Bytes)>, ctx: &mut Context<Self>) {
-        self.run(ctx, move |mut conn, names| async move {
-            let mut pipe = redis::pipe();
-            for (user, frame) in &frames {
+    fn publish_frames(&mut self, frames: Vec<(UserId, Bytes)>) {
+        let names = &self.names;
+        let commands = frames
+            .iter()
+            .map(|(user, frame)| {
                 let envelope = Envelope::Frame {
                     origin: &names.instance,
                     frame,
                 };
-                pipe.publish(names.user(*user), envelope.encode()).ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await
-        });
+                redis::Cmd::publish(names.user(*user), envelope.encode())
+            })
+            .collect();
+        self.send(commands);
     }
 
-    fn user_presence(&mut self, user: UserId, online: bool, ctx: &mut Context<Self>) {
+    fn user_presence(&mut self, user: UserId, online: bool) {
         if online {
             self.local_users.insert(user);
         } else {
             self.local_users.remove(&user);
         }
+        let names = &self.names;
         if let Some(link) = &self.link {
-            let mut sink = link.subscriptions.clone();
-            let channel = self.names.user(user);
-            ctx.spawn(
-                async move {
-                    if online {
-                        sink.subscribe(channel).await
-                    } else {
-                        sink.unsubscribe(channel).await
-                    }
-                }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    if let Err(e) = result {
-                        act.lost(ctx, &e.to_string());
-                    }
-                }),
-            );
+            let _ = link.subscriptions.send((names.user(user), online));
         }
-        self.run(ctx, move |mut conn, names| async move {
-            let users = names.users_of(&names.instance);
-            let envelope = Envelope::Presence {
-                origin: &names.instance,
-                user,
-                online,
-            }
-            .encode();
-            let mut pipe = redis::pipe();
-            if online {
-                pipe.sadd(&users, user.0).ignore();
-            } else {
-                pipe.srem(&users, user.0).ignore();
-            }
-            pipe.publish(names.presence(), envelope).ignore();
-            pipe.query_async::<()>(&mut conn).await
-        });
+        let users = names.users_of(&names.instance);
+        let membership = if online {
+            redis::Cmd::sadd(&users, user.0)
+        } else {
+            redis::Cmd::srem(&users, user.0)
+        };
+        let envelope = Envelope::Presence {
+            origin: &names.instance,
+            user,
+            online,
+        }
+        .encode();
+        self.send(vec![
+            membership,
+            redis::Cmd::publish(names.presence(), envelope),
+        ]);
     }
 
     /// Refreshes our liveness and buries instances whose key expired.
@@ -437,6 +427,64 @@ impl RedisBridge {
             }
         };
         ctx.spawn(tell.into_actor(self));
+    }
+}
+
+/// Sends queued commands in order, as many per pipeline as are waiting.
+async fn send_in_order(
+    mut conn: MultiplexedConnection,
+    mut queue: mpsc::UnboundedReceiver<Vec<redis::Cmd>>,
+    bridge: Addr<RedisBridge>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut pipe = redis::pipe();
+        let mut count = 0;
+        let mut next = Some(first);
+        while let Some(commands) = next.take() {
+            for command in commands {
+                pipe.add_command(command).ignore();
+                count += 1;
+            }
+            if count < MAX_PIPELINE {
+                next = queue.try_recv().ok();
+            }
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            bridge.do_send(LinkLost(e.to_string()));
+            return;
+        }
+    }
+}
+
+/// Applies subscription changes in the order they happened.
+async fn subscribe_in_order(
+    mut sink: PubSubSink,
+    mut changes: mpsc::UnboundedReceiver<Subscription>,
+    bridge: Addr<RedisBridge>,
+) {
+    while let Some((channel, subscribe)) = changes.recv().await {
+        let outcome = if subscribe {
+            sink.subscribe(channel).await
+        } else {
+            sink.unsubscribe(channel).await
+        };
+        if let Err(e) = outcome {
+            bridge.do_send(LinkLost(e.to_string()));
+            return;
+        }
+    }
+}
+
+/// A Redis operation failed: the link is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LinkLost(String);
+
+impl Handler<LinkLost> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkLost, ctx: &mut Context<Self>) {
+        self.lost(ctx, &msg.0);
     }
 }
 
@@ -567,17 +615,17 @@ pub struct Publish(pub BusEvent);
 impl Handler<Publish> for RedisBridge {
     type Result = ();
 
-    fn handle(&mut self, Publish(event): Publish, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
         match event {
-            BusEvent::Frames(frames) => self.publish_frames(frames, ctx),
-            BusEvent::Presence { user, online } => self.user_presence(user, online, ctx),
-            BusEvent::Revoke { user } => self.run(ctx, move |mut conn, names| async move {
+            BusEvent::Frames(frames) => self.publish_frames(frames),
+            BusEvent::Presence { user, online } => self.user_presence(user, online),
+            BusEvent::Revoke { user } => {
                 let envelope = Envelope::Revoke {
-                    origin: &names.instance,
+                    origin: &self.names.instance,
                 }
                 .encode();
-                conn.publish(names.user(user), envelope).await.map(|_| ())
-            }),
+                self.send(vec![redis::Cmd::publish(self.names.user(user), envelope)]);
+            }
         }
     }
 }
