@@ -188,18 +188,10 @@ fn bad_configuration_is_one_line_and_exit_code_two() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[actix_rt::test]
 async fn serve_on_defaults_then_stop_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
+    let port = common::free_port().to_string();
     let mut child = Command::new(BIN)
         .current_dir(dir.path())
         .env_clear()

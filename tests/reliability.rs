@@ -18,14 +18,6 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
     port: u16,
@@ -100,6 +92,27 @@ async fn register(client: &awc::Client, server: &Server, name: &str) -> String {
     body["token"].as_str().unwrap().to_string()
 }
 
+/// Creates the direct conversation of the token's user with `other`.
+async fn add_contact(client: &awc::Client, server: &Server, token: &str, other: &str) -> String {
+    let mut res = client
+        .post(server.url("/api/contacts/"))
+        .bearer_auth(token)
+        .send_json(&json!({"username": other}))
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    body["pk"].as_str().unwrap().to_string()
+}
+
+/// Records a successful `message_response` (client_id → id) found in a text frame.
+fn record_ack(acks: &mut HashMap<String, i64>, text: &[u8]) {
+    let frame: Value = serde_json::from_slice(text).unwrap();
+    if frame["type"] == "message_response" && frame["data"]["status"] == "success" {
+        let client_id = frame["data"]["client_id"].as_str().unwrap().to_string();
+        acks.insert(client_id, frame["data"]["id"].as_i64().unwrap());
+    }
+}
+
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
 async fn connect(client: &awc::Client, server: &Server, token: &str) -> Socket {
@@ -131,11 +144,7 @@ async fn read_acks(
     while acks.len() < until {
         match tokio::time::timeout_at(deadline, socket.next()).await {
             Ok(Some(Ok(ws::Frame::Text(bytes)))) => {
-                let frame: Value = serde_json::from_slice(&bytes).unwrap();
-                if frame["type"] == "message_response" && frame["data"]["status"] == "success" {
-                    let cid = frame["data"]["client_id"].as_str().unwrap().to_string();
-                    acks.insert(cid, frame["data"]["id"].as_i64().unwrap());
-                }
+                record_ack(acks, &bytes);
             }
             Ok(Some(Ok(_))) => continue,
             _ => return,
@@ -154,23 +163,14 @@ async fn stored(dir: &Path) -> Vec<message::Model> {
 #[actix_rt::test]
 async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(20))
         .finish();
     let mut server = Server::start(dir.path(), port).await;
     let alice = register(&client, &server, "alice").await;
     register(&client, &server, "bob").await;
-    let mut res = client
-        .post(server.url("/api/contacts/"))
-        .bearer_auth(&alice)
-        .send_json(&json!({"username": "bob"}))
-        .await
-        .unwrap();
-    let pk = res.json::<Value>().await.unwrap()["pk"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pk = add_contact(&client, &server, &alice, "bob").await;
 
     const TOTAL: usize = 2000;
     let message = {
@@ -198,13 +198,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     while acks.len() < 300 {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(ws::Frame::Text(bytes)))) => {
-                let frame: Value = serde_json::from_slice(&bytes).unwrap();
-                if frame["type"] == "message_response" {
-                    acks.insert(
-                        frame["data"]["client_id"].as_str().unwrap().to_string(),
-                        frame["data"]["id"].as_i64().unwrap(),
-                    );
-                }
+                record_ack(&mut acks, &bytes);
             }
             Ok(Some(Ok(_))) => {}
             other => panic!("stream ended early: {other:?}"),
@@ -218,13 +212,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
         tokio::time::timeout(Duration::from_millis(500), stream.next()).await
     {
         if let ws::Frame::Text(bytes) = frame {
-            let frame: Value = serde_json::from_slice(&bytes).unwrap();
-            if frame["type"] == "message_response" {
-                acks.insert(
-                    frame["data"]["client_id"].as_str().unwrap().to_string(),
-                    frame["data"]["id"].as_i64().unwrap(),
-                );
-            }
+            record_ack(&mut acks, &bytes);
         }
     }
     drop(server);
@@ -272,19 +260,10 @@ async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged()
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(20))
         .finish();
-    let mut server = Server::start(dir.path(), free_port()).await;
+    let mut server = Server::start(dir.path(), common::free_port()).await;
     let alice = register(&client, &server, "alice").await;
     let bob = register(&client, &server, "bob").await;
-    let mut res = client
-        .post(server.url("/api/contacts/"))
-        .bearer_auth(&alice)
-        .send_json(&json!({"username": "bob"}))
-        .await
-        .unwrap();
-    let pk = res.json::<Value>().await.unwrap()["pk"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pk = add_contact(&client, &server, &alice, "bob").await;
     let mut a = connect(&client, &server, &alice).await;
     let mut b = connect(&client, &server, &bob).await;
     for i in 0..200 {
@@ -296,13 +275,7 @@ async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged()
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(15), a.next()).await {
         match frame {
             ws::Frame::Text(bytes) => {
-                let frame: Value = serde_json::from_slice(&bytes).unwrap();
-                if frame["type"] == "message_response" && frame["data"]["status"] == "success" {
-                    acks.insert(
-                        frame["data"]["client_id"].as_str().unwrap().to_string(),
-                        frame["data"]["id"].as_i64().unwrap(),
-                    );
-                }
+                record_ack(&mut acks, &bytes);
             }
             ws::Frame::Close(reason) => {
                 close = reason;

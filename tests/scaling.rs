@@ -144,14 +144,6 @@ async fn messages_and_presence_cross_instances() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn crashed_instance_goes_offline(backend: &Backend, redis: &str) {
     let db = TestDatabase::create(backend).await;
     let prefix = redis_prefix();
@@ -163,7 +155,7 @@ async fn crashed_instance_goes_offline(backend: &Backend, redis: &str) {
     .await;
     let (_, bob, pk) = a.pair("alice", "bob").await;
     // Instance B is a real process, so it can be killed with SIGKILL.
-    let port = free_port();
+    let port = common::free_port();
     let mut b = Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .env_clear()
         .envs([

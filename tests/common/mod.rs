@@ -461,6 +461,14 @@ impl WsSender {
     }
 }
 
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The shared Redis of the environment (`TEST_REDIS_URL`), if any.
 pub fn redis_url() -> Option<String> {
     std::env::var("TEST_REDIS_URL")
