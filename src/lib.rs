@@ -113,6 +113,7 @@ impl Application {
             bridge.do_send(AttachServer(chat_server.clone()));
         }
         let (writer, writer_task) = MessageWriter::start(db.clone(), metrics.clone());
+        actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
         let keys = TokenKeys::new(&secret, settings.token_ttl());
 
         let state = web::Data::new(AppState {

@@ -233,6 +233,40 @@ async fn a_password_change_closes_the_users_sessions() {
     assert_eq!(contact["type"], "get_contact_response");
 }
 
+async fn revoked_elsewhere(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let mut b = app.authorized(&app.login("bob").await).await;
+    // As `chat-server user deactivate` / `set-password` do: straight in the database.
+    chat_server::accounts::set_active(&app.db, "alice", false)
+        .await
+        .unwrap();
+    chat_server::accounts::set_password_of(&app.db, "bob", "a changed password".into())
+        .await
+        .unwrap();
+    for ws in [&mut a, &mut b] {
+        let started = Instant::now();
+        let reason = ws.expect_close().await.expect("close reason");
+        assert_eq!(
+            (reason.code, reason.description.as_deref()),
+            (CloseCode::Policy, Some("token revoked"))
+        );
+        assert!(
+            started.elapsed() <= Duration::from_secs(6),
+            "{}",
+            backend.name()
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn revocations_made_by_another_process_close_sessions_within_the_sweep() {
+    for backend in backends() {
+        revoked_elsewhere(&backend).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_silent_client_is_dropped_after_thirty_seconds() {
     let app = TestApp::spawn(&Backend::Sqlite).await;

@@ -3,6 +3,7 @@
 
 pub mod presence;
 pub mod protocol;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod socket;

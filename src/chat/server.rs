@@ -27,6 +27,8 @@ struct UserEntry {
     sessions: HashMap<SessionId, SessionLink>,
     /// (conversation, other member): whom to tell about presence changes.
     contacts: Vec<(ChatId, UserId)>,
+    /// The newest `token_version` a session here authorized with.
+    token_version: i32,
 }
 
 /// Routes events to this instance's sessions and, through the bus, to the others.
@@ -153,6 +155,8 @@ pub struct Connect {
     pub outbox: Outbox,
     pub addr: Addr<WsSession>,
     pub contacts: Vec<(ChatId, UserId)>,
+    /// The `token_version` of the token the session authorized with.
+    pub token_version: i32,
 }
 
 impl Handler<Connect> for ChatServer {
@@ -162,6 +166,7 @@ impl Handler<Connect> for ChatServer {
         let entry = self.users.entry(msg.user).or_insert_with(|| UserEntry {
             sessions: HashMap::new(),
             contacts: Vec::new(),
+            token_version: msg.token_version,
         });
         if entry.sessions.len() >= self.max_sessions_per_user {
             return Err(ConnectError::TooManySessions);
@@ -175,6 +180,7 @@ impl Handler<Connect> for ChatServer {
             },
         );
         entry.contacts = msg.contacts;
+        entry.token_version = entry.token_version.max(msg.token_version);
         if first {
             let was_online = self.presence.is_online(msg.user);
             self.presence.set_local(msg.user, true);
@@ -305,5 +311,24 @@ impl Handler<Stats> for ChatServer {
             users: self.users.len(),
             sessions: self.users.values().map(|e| e.sessions.len()).sum(),
         }
+    }
+}
+
+/// Who is connected here and with which `token_version`: what the
+/// revocation sweep checks against the database.
+#[derive(Message)]
+#[rtype(result = "Vec<(UserId, i32)>")]
+pub struct OnlineVersions;
+
+impl Handler<OnlineVersions> for ChatServer {
+    type Result = MessageResult<OnlineVersions>;
+
+    fn handle(&mut self, _: OnlineVersions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.users
+                .iter()
+                .map(|(user, e)| (*user, e.token_version))
+                .collect(),
+        )
     }
 }

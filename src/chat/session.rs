@@ -207,6 +207,7 @@ impl WsSession {
                 outbox,
                 addr,
                 contacts,
+                token_version: user.token_version,
             };
             let outcome = chat
                 .server

@@ -1,0 +1,79 @@
+//! The revocation sweep: tokens are revoked in the database (a password
+//! change, a deactivation), possibly by another process such as the
+//! `chat-server user` command. Every few seconds each instance compares its
+//! online users' `token_version` and `is_active` with the database and closes
+//! the sessions of those revoked. (A password change over REST closes them at
+//! once; this catches every other path.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::Addr;
+use entity::user;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+
+use super::protocol::UserId;
+use super::server::{ChatServer, OnlineVersions, RevokeUser};
+
+/// How often the sweep runs: the longest a revoked session stays open.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Users checked per query.
+const CHUNK: usize = 1000;
+
+/// Runs the sweep until the ChatServer stops.
+pub async fn run(db: DatabaseConnection, server: Addr<ChatServer>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(online) = server.send(OnlineVersions).await else {
+            return;
+        };
+        for chunk in online.chunks(CHUNK) {
+            match revoked(&db, chunk).await {
+                Ok(users) => {
+                    for user in users {
+                        tracing::info!(
+                            user = user.0,
+                            "tokens revoked; closing the user's sessions"
+                        );
+                        server.do_send(RevokeUser {
+                            user,
+                            broadcast: false,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation sweep failed; retrying next round")
+                }
+            }
+        }
+    }
+}
+
+/// The users among `online` whose tokens are no longer valid.
+async fn revoked(
+    db: &DatabaseConnection,
+    online: &[(UserId, i32)],
+) -> Result<Vec<UserId>, sea_orm::DbErr> {
+    let authorized: HashMap<i64, i32> = online.iter().map(|(u, v)| (u.0, *v)).collect();
+    let current: Vec<(i64, i32, bool)> = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .column(user::Column::TokenVersion)
+        .column(user::Column::IsActive)
+        .filter(user::Column::Id.is_in(authorized.keys().copied()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut found: HashMap<i64, (i32, bool)> =
+        current.into_iter().map(|(id, v, a)| (id, (v, a))).collect();
+    Ok(authorized
+        .iter()
+        .filter(|(id, version)| match found.remove(id) {
+            Some((current, active)) => !active || current > **version,
+            None => true, // the account was deleted
+        })
+        .map(|(id, _)| UserId(*id))
+        .collect())
+}
