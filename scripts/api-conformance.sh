@@ -18,7 +18,8 @@ dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 (cd "$dir" && PORT=$port RUST_LOG=warn LOGIN_MAX_ATTEMPTS=1000000 "$OLDPWD/target/debug/chat-server" >"$dir/server.log" 2>&1) &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
+# The server is stopped with SIGTERM: its exit status must not become ours.
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 base=http://127.0.0.1:$port
 for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
