@@ -313,3 +313,37 @@ async fn instances_starting_at_once_migrate_one_at_a_time() {
         instances_starting_together(&backend).await;
     }
 }
+
+async fn graceful_stop_tells_the_other_instance(backend: &Backend, redis: &str) {
+    let db = TestDatabase::create(backend).await;
+    let (a, mut b) = pair_of_instances(backend, redis, &db).await;
+    let (_, bob, pk) = a.pair("alice", "bob").await;
+    let mut alice = a.authorized(&a.login("alice").await).await;
+    let mut bob_on_b = b.authorized(&b.login("bob").await).await;
+    assert_eq!(alice.recv().await["data"]["online"], true);
+    let stopped = Instant::now();
+    b.shutdown().await;
+    let reason = bob_on_b.expect_close().await.expect("close reason");
+    assert_eq!(reason.code, actix_http::ws::CloseCode::Away);
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": false}})
+    );
+    // Told by the stopping instance itself, not by the 15 s liveness expiry.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let contacts = alice
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["online"], false, "{}", backend.name());
+}
+
+#[actix_rt::test]
+async fn a_gracefully_stopped_instance_tells_the_others_at_once() {
+    for (backend, redis) in setups() {
+        graceful_stop_tells_the_other_instance(&backend, &redis).await;
+    }
+}
