@@ -359,3 +359,101 @@ async fn slow_and_silent_http_clients_are_cut_off_without_hurting_others() {
         "cut off after the request timeout, took {waited:?}"
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One client's cycles: connect, authorize, send, read the ack, disconnect.
+async fn cycles(port: u16, token: String, pk: String, count: usize) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    for n in 0..count {
+        let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
+        let (_, mut socket) = client.ws(url).connect().await.unwrap();
+        socket.next().await; // info
+        socket.next().await; // authorization_response
+        send(
+            &mut socket,
+            json!({"type": "message", "data": {"to": pk, "content": format!("soak {n}")}}),
+        )
+        .await;
+        loop {
+            match socket.next().await {
+                Some(Ok(ws::Frame::Text(bytes)))
+                    if bytes.starts_with(b"{\"type\":\"message_response\"") =>
+                {
+                    break
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("cycle {n}: {other:?}"),
+            }
+        }
+        let _ = socket.send(ws::Message::Close(None)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn thousands_of_cycles_leave_memory_and_maps_where_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let server = Server::start(dir.path(), common::free_port()).await;
+    let mut pairs = Vec::new();
+    for i in 0..5 {
+        let a = register(&client, &server, &format!("soak{i}a")).await;
+        register(&client, &server, &format!("soak{i}b")).await;
+        let pk = add_contact(&client, &server, &a, &format!("soak{i}b")).await;
+        pairs.push((a, pk));
+    }
+    let run = |per_client: usize| {
+        let tasks: Vec<_> = (0..10)
+            .map(|c| {
+                let (token, pk) = pairs[c % pairs.len()].clone();
+                actix_web::rt::spawn(cycles(server.port, token, pk, per_client))
+            })
+            .collect();
+        futures_util::future::join_all(tasks)
+    };
+    run(100).await; // warm up: pools, caches, allocator
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = rss_kib(server.child.id());
+    let started = Instant::now();
+    for result in run(400).await {
+        result.unwrap();
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.child.id());
+
+    let metrics = String::from_utf8(
+        client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(str::to_string)
+    };
+    assert_eq!(gauge("chat_server_sessions").as_deref(), Some("0"));
+    assert_eq!(gauge("chat_server_users").as_deref(), Some("0"));
+    assert_eq!(gauge("chat_connections").as_deref(), Some("0"));
+    eprintln!("soak: 4,000 cycles in {took:?}; server RSS {baseline} KiB -> {after} KiB");
+    assert!(
+        after as f64 <= baseline as f64 * 1.10,
+        "RSS grew from {baseline} KiB to {after} KiB"
+    );
+}
