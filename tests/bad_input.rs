@@ -369,3 +369,26 @@ async fn floods_are_rate_limited_and_the_connection_kept() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     still_usable(&mut ws).await;
 }
+
+#[actix_rt::test]
+async fn fuzz_regression_inputs_get_an_answer() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "md"))
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty());
+    for input in inputs {
+        let text = String::from_utf8_lossy(&std::fs::read(&input).unwrap()).into_owned();
+        ws.send_text(&text).await;
+        let answer = ws.recv().await;
+        assert!(answer["type"].is_string(), "{}: {answer}", input.display());
+        still_usable(&mut ws).await;
+    }
+}
