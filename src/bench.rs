@@ -506,12 +506,13 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     let ws_base = ws_url(&base);
     let mut held = Vec::with_capacity(opts.sessions);
     for i in 0..opts.sessions {
-        let account = &accounts[2 + i % (users - 2).max(1)].token;
-        let account = if users > 2 {
-            account
+        // Idle sessions belong to the users not timed below, when there are any.
+        let idle_users = if users > 2 {
+            &accounts[2..]
         } else {
-            &accounts[i % 2].token
+            &accounts[..]
         };
+        let account = &idle_users[i % idle_users.len()].token;
         let mut socket = open_session(clients.get(i), &ws_base, account).await?;
         // Answer pings so the server keeps the session, and read whatever comes.
         held.push(actix_web::rt::spawn(async move {

@@ -78,11 +78,6 @@ impl Metrics {
         }
     }
 
-    /// Live WebSocket connections.
-    pub fn connections(&self) -> u64 {
-        self.0.connections.load(Relaxed)
-    }
-
     /// The Prometheus exposition text; `extra` adds gauges known elsewhere.
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let i = &self.0;

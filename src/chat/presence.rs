@@ -83,20 +83,4 @@ impl Presence {
         });
         gone
     }
-
-    /// Whether `user` has a live session on this instance.
-    pub fn is_local(&self, user: UserId) -> bool {
-        self.local
-            .read()
-            .map(|s| s.contains(&user))
-            .unwrap_or(false)
-    }
-
-    /// Users online on this instance.
-    pub fn local_users(&self) -> Vec<UserId> {
-        self.local
-            .read()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
-    }
 }

@@ -402,7 +402,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>) {
         });
         same_as.push(dup);
     }
-    let results = match store_unique(db, &batch, &same_as).await {
+    let mut resolved = match store_unique(db, &batch, &same_as).await {
         Ok(results) => results,
         Err(e) => {
             // A race with another instance on the same client_id, or a real
@@ -419,7 +419,6 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>) {
             results
         }
     };
-    let mut resolved: Vec<Option<Result<Stored, StoreError>>> = results;
     for i in 0..batch.len() {
         if let Some(j) = same_as[i] {
             let original = resolved[j].clone().map(|r| {
