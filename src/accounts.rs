@@ -18,6 +18,8 @@ pub const MAX_USERNAME_LEN: usize = 150;
 pub enum AccountError {
     #[error("A user with that username already exists.")]
     UsernameTaken,
+    #[error("A user with a confusingly similar username already exists.")]
+    UsernameConfusable,
     #[error("{0}")]
     InvalidUsername(String),
     #[error("{0}")]
@@ -44,7 +46,8 @@ pub struct NewUser {
     pub is_superuser: bool,
 }
 
-/// Checks a username against Django's rules: 1-150 of letters, digits and `@.+-_`.
+/// Checks a (normalised) username against Django's rules: 1-150 of
+/// letters, digits and `@.+-_`.
 pub fn validate_username(username: &str) -> Result<(), AccountError> {
     if username.is_empty() || username.chars().count() > MAX_USERNAME_LEN {
         return Err(AccountError::InvalidUsername(format!(
@@ -62,19 +65,52 @@ pub fn validate_username(username: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-/// Checks a new password's length.
-pub fn validate_password(password: &str) -> Result<(), AccountError> {
+/// Longest password accepted (argon2 hashes any length; this bounds the work).
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Checks a new password: long enough, not among the most common passwords
+/// (zxcvbn's list of 30,000, as a whole or with trivial variations), and not
+/// the username.
+pub fn validate_password(password: &str, username: &str) -> Result<(), AccountError> {
+    let invalid = |m: &str| Err(AccountError::InvalidPassword(m.to_string()));
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(AccountError::InvalidPassword(format!(
+        return invalid(&format!(
             "This password is too short. It must contain at least {MIN_PASSWORD_LEN} characters."
-        )));
-    }
-    if password.len() > 1024 {
-        return Err(AccountError::InvalidPassword(
-            "This password is too long.".into(),
         ));
     }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return invalid("This password is too long.");
+    }
+    let folded = password.trim().to_lowercase();
+    let name = username.trim().to_lowercase();
+    if !name.is_empty()
+        && (folded == name || folded.contains(&name) && name.len() * 2 > folded.len())
+    {
+        return invalid("The password is too similar to the username.");
+    }
+    if is_common_password(password, username) {
+        return invalid("This password is too common.");
+    }
     Ok(())
+}
+
+/// Whether zxcvbn finds the password guessable within its first thousand
+/// guesses, or finds it whole in its list of common passwords.
+fn is_common_password(password: &str, username: &str) -> bool {
+    use zxcvbn::matching::patterns::MatchPattern;
+    let estimate = zxcvbn::zxcvbn(password, &[username]);
+    if estimate.score() == zxcvbn::Score::Zero {
+        return true;
+    }
+    match estimate.sequence() {
+        [only] => matches!(
+            &only.pattern,
+            // zxcvbn does not export its dictionary type; its default is
+            // `Passwords`, the list of common passwords.
+            MatchPattern::Dictionary(d) if d.dictionary_name == Default::default()
+        ),
+        _ => false,
+    }
 }
 
 /// Password hashes running at once: one per core. Hashing is pure CPU, so
@@ -125,14 +161,14 @@ pub async fn create_user(
     db: &DatabaseConnection,
     new: NewUser,
 ) -> Result<user::Model, AccountError> {
-    validate_username(&new.username)?;
-    validate_password(&new.password)?;
-    if find_by_username(db, &new.username).await?.is_some() {
-        return Err(AccountError::UsernameTaken);
-    }
+    let username = user::normalize_username(&new.username);
+    validate_username(&username)?;
+    validate_password(&new.password, &username)?;
+    check_username_free(db, &username).await?;
     let password_hash = hash_password(new.password).await?;
     let model = user::ActiveModel {
-        username: Set(new.username),
+        username_key: Set(user::username_key(&username)),
+        username: Set(username),
         email: Set(new.email),
         first_name: Set(new.first_name),
         last_name: Set(new.last_name),
@@ -151,13 +187,42 @@ pub async fn create_user(
     })
 }
 
-/// The account with this exact username.
+/// Refuses a username that is taken, or that looks like one that is
+/// (`Bob`, `ｂｏｂ` or `bоb` beside `bob`). Checked before any password is
+/// asked for or hashed; the unique key catches a concurrent registration.
+pub async fn check_username_free(db: &DatabaseConnection, raw: &str) -> Result<(), AccountError> {
+    let username = user::normalize_username(raw);
+    let key = user::username_key(&username);
+    let existing = user::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(user::Column::Username.eq(username.as_str()))
+                .add(user::Column::UsernameKey.eq(key)),
+        )
+        .one(db)
+        .await?;
+    match existing {
+        None => Ok(()),
+        Some(u) if u.username == username => Err(AccountError::UsernameTaken),
+        Some(_) => Err(AccountError::UsernameConfusable),
+    }
+}
+
+/// The account with this username: the exact name, else the one whose name
+/// differs only in case, width or look-alike letters.
 pub async fn find_by_username(
     db: &DatabaseConnection,
     username: &str,
 ) -> Result<Option<user::Model>, DbErr> {
-    user::Entity::find()
+    let exact = user::Entity::find()
         .filter(user::Column::Username.eq(username))
+        .one(db)
+        .await?;
+    if exact.is_some() {
+        return Ok(exact);
+    }
+    user::Entity::find()
+        .filter(user::Column::UsernameKey.eq(user::username_key(username)))
         .one(db)
         .await
 }
@@ -177,7 +242,7 @@ pub async fn set_password(
     user: user::Model,
     password: String,
 ) -> Result<user::Model, AccountError> {
-    validate_password(&password)?;
+    validate_password(&password, &user.username)?;
     let hash = hash_password(password).await?;
     let version = user.token_version + 1;
     let mut active = user.into_active_model();

@@ -368,6 +368,8 @@ fn read_password(source: &PasswordSource) -> Result<String, CliError> {
 async fn user_command(db: &DatabaseConnection, command: UserCommand) -> Result<(), CliError> {
     match command {
         UserCommand::Create(c) => {
+            // A taken name is refused before the password is asked for.
+            accounts::check_username_free(db, &c.username).await?;
             let password = read_password(&c.password)?;
             let user = accounts::create_user(
                 db,

@@ -130,7 +130,27 @@ pub struct Settings {
     /// HTTP worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR
+    /// ranges); from anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: String,
+    /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub metrics_token: Option<String>,
+    /// Registrations one client address may make at once (token bucket size).
+    #[serde(default = "default_registration_burst")]
+    pub registration_burst: u32,
+    /// Registrations per minute one client address may make, sustained.
+    #[serde(default = "default_registration_per_minute")]
+    pub registration_per_minute: u32,
+    /// WebSockets one client address may hold open before authorizing.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated_per_address: usize,
 }
+
+/// Shortest `SECRET_KEY` accepted: HS256 wants a key as long as its hash.
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
@@ -244,6 +264,15 @@ fn default_login_attempts() -> u32 {
 fn default_login_window() -> u64 {
     300
 }
+fn default_registration_burst() -> u32 {
+    10
+}
+fn default_registration_per_minute() -> u32 {
+    10
+}
+fn default_max_unauthenticated() -> usize {
+    100
+}
 
 impl Settings {
     /// Reads `.env` (when present; real environment variables win) and then
@@ -297,6 +326,21 @@ impl Settings {
         }
         if self.token_ttl_seconds == 0 {
             return invalid("TOKEN_TTL_SECONDS must be at least 1");
+        }
+        if let Some(key) = &self.secret_key {
+            if key.len() < MIN_SECRET_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes (it is {}); \
+                     generate one with `openssl rand -hex 32`",
+                    key.len()
+                )));
+            }
+        }
+        if let Err(e) = crate::client_address::TrustedProxies::parse(&self.trusted_proxies) {
+            return Err(ConfigError::Invalid(format!("TRUSTED_PROXIES: {e}")));
+        }
+        if self.max_unauthenticated_per_address == 0 {
+            return invalid("MAX_UNAUTHENTICATED_PER_ADDRESS must be at least 1");
         }
         if let Some(url) = &self.database_url {
             if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
@@ -394,6 +438,11 @@ impl Settings {
         list_or_any(&self.allowed_hosts)
     }
 
+    /// The proxies whose `X-Forwarded-For` is believed (validated by `check`).
+    pub fn trusted_proxies(&self) -> crate::client_address::TrustedProxies {
+        crate::client_address::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
+    }
+
     /// The allowed CORS origins, or `None` when any origin is allowed.
     pub fn cors_origins(&self) -> Option<Vec<String>> {
         list_or_any(&self.cors_allowed_origins)
@@ -419,7 +468,18 @@ fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
         source,
     };
     match std::fs::read_to_string(path) {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_string()),
+        Ok(key) if !key.trim().is_empty() => {
+            warn_if_readable_by_others(path);
+            let key = key.trim().to_string();
+            if key.len() < MIN_SECRET_KEY_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "the secret key in {} is shorter than {MIN_SECRET_KEY_BYTES} bytes; \
+                     delete the file to generate a new one (this logs everyone out)",
+                    path.display()
+                )));
+            }
+            return Ok(key);
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
@@ -446,6 +506,24 @@ fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
             .map(|k| k.trim().to_string())
             .map_err(io),
         Err(e) => Err(io(e)),
+    }
+}
+
+/// Warns when a file holding a secret can be read by other users.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the secret key file is readable by other users; run chmod 600 on it"
+                );
+            }
+        }
     }
 }
 
@@ -495,6 +573,11 @@ const KNOWN: &[&str] = &[
     "LOGIN_MAX_ATTEMPTS",
     "LOGIN_WINDOW_SECONDS",
     "WORKERS",
+    "TRUSTED_PROXIES",
+    "METRICS_TOKEN",
+    "REGISTRATION_BURST",
+    "REGISTRATION_PER_MINUTE",
+    "MAX_UNAUTHENTICATED_PER_ADDRESS",
 ];
 
 #[cfg(test)]
@@ -531,7 +614,7 @@ mod tests {
             ("DB_USER", "chat"),
             ("DB_PASSWORD", "p@ss word"),
             ("REDIS_HOST", "cache.internal"),
-            ("SECRET_KEY", "s3cret"),
+            ("SECRET_KEY", "s3cret-s3cret-s3cret-s3cret-s3cret"),
             ("ALLOWED_HOSTS", "chat.example.com api.example.com"),
             ("DEBUG", "True"),
             ("UNRELATED", "whatever"),
@@ -545,7 +628,10 @@ mod tests {
             s.redis_url().as_deref(),
             Some("redis://cache.internal:6379/")
         );
-        assert_eq!(s.resolve_secret_key().unwrap(), "s3cret");
+        assert_eq!(
+            s.resolve_secret_key().unwrap(),
+            "s3cret-s3cret-s3cret-s3cret-s3cret"
+        );
         assert_eq!(
             s.allowed_hosts().unwrap(),
             ["chat.example.com", "api.example.com"]
@@ -587,6 +673,11 @@ mod tests {
             (("REGISTRATION_OPEN", "perhaps"), "REGISTRATION_OPEN"),
             (("MAX_FRAME_BYTES", "10"), "MAX_FRAME_BYTES"),
             (("DATABASE_URL", "oracle://x"), "DATABASE_URL"),
+            (
+                ("SECRET_KEY", "short"),
+                "SECRET_KEY must be at least 32 bytes",
+            ),
+            (("TRUSTED_PROXIES", "10.0.0.0/8 proxy"), "TRUSTED_PROXIES"),
         ];
         for ((name, value), expected) in cases {
             let error = Settings::from_vars(vars(&[(name, value)]))
@@ -605,5 +696,15 @@ mod tests {
         assert_eq!(key.len(), 64);
         assert_eq!(s.resolve_secret_key().unwrap(), key, "kept across restarts");
         assert!(dir.path().join("data/chat.db.secret").exists());
+    }
+
+    #[test]
+    fn a_short_secret_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("chat.db");
+        std::fs::write(dir.path().join("chat.db.secret"), "abc").unwrap();
+        let s = Settings::from_vars(vars(&[("DB_NAME", db.to_str().unwrap())])).unwrap();
+        let error = s.resolve_secret_key().unwrap_err().to_string();
+        assert!(error.contains("shorter than 32 bytes"), "{error}");
     }
 }

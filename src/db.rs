@@ -26,7 +26,7 @@ pub enum DbSetupError {
         #[source]
         source: DbErr,
     },
-    #[error("cannot create the directory of the SQLite file {path}: {source}")]
+    #[error("cannot create the SQLite file {path} or its directory: {source}")]
     SqliteDir {
         path: String,
         #[source]
@@ -47,6 +47,10 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
                 source,
             })?;
         }
+        create_private(&path).map_err(|source| DbSetupError::SqliteDir {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     let mut options = ConnectOptions::new(settings.database_url());
     options
@@ -69,6 +73,35 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
     Database::connect(options)
         .await
         .map_err(|source| DbSetupError::Connect { engine, source })
+}
+
+/// Creates the SQLite file readable by its owner only (it holds password
+/// hashes); SQLite gives its `-wal` and `-shm` files the same mode. An
+/// existing file with looser permissions is left as it is, with a warning.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the database file is readable by other users; run chmod 600 on it"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Key of the database-wide lock that serializes migrations across instances.

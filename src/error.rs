@@ -99,6 +99,13 @@ impl ApiError {
     }
 }
 
+/// A short random id that ties the generic error a client sees to the
+/// detailed line in the log (`error_id` in both).
+pub fn new_error_id() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_string()
+}
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         ApiError::internal("database", e)
@@ -148,8 +155,9 @@ impl ResponseError for ApiError {
                 "Request was throttled. Expected available in {secs} seconds."
             )),
             ApiError::Internal(context) => {
-                tracing::error!(error = %context, "request failed");
-                detail("Internal server error.")
+                let error_id = new_error_id();
+                tracing::error!(%error_id, error = %context, "request failed");
+                detail(&format!("Internal server error (error id {error_id})."))
             }
         };
         let mut response = HttpResponse::build(self.status_code()).json(body);

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bus;
 pub mod chat;
 pub mod cli;
+pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -25,19 +26,20 @@ use actix::{Actor, Addr};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
-use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::middleware::{from_fn, DefaultHeaders, ErrorHandlers};
 use actix_web::{web, HttpServer};
 use paperclip::actix::OpenApiExt;
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::api::throttle::LoginThrottle;
+use crate::api::throttle::{AddressRateLimit, AttemptThrottle};
 use crate::auth::TokenKeys;
 use crate::bus::redis::{AttachServer, Deregister, RedisBridge};
 use crate::bus::Bus;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
 use crate::chat::store::MessageWriter;
+use crate::chat::unauthenticated::UnauthenticatedSockets;
 use crate::chat::{ChatContext, Limits};
 use crate::config::{ConfigError, Settings};
 use crate::error::ApiError;
@@ -123,10 +125,19 @@ impl Application {
             chat_server: chat_server.clone(),
             presence: presence.clone(),
             metrics: metrics.clone(),
-            login_throttle: Arc::new(LoginThrottle::new(
+            login_throttle: Arc::new(AttemptThrottle::new(
                 settings.login_max_attempts,
                 Duration::from_secs(settings.login_window_seconds),
             )),
+            password_throttle: Arc::new(AttemptThrottle::new(
+                settings.login_max_attempts,
+                Duration::from_secs(settings.login_window_seconds),
+            )),
+            registration_limit: Arc::new(AddressRateLimit::new(
+                settings.registration_burst,
+                settings.registration_per_minute,
+            )),
+            proxies: settings.trusted_proxies(),
             redis,
         });
         let chat = web::Data::new(ChatContext {
@@ -137,6 +148,8 @@ impl Application {
             writer,
             metrics,
             limits: Limits::from_settings(&settings),
+            proxies: settings.trusted_proxies(),
+            unauthenticated: UnauthenticatedSockets::new(settings.max_unauthenticated_per_address),
         });
 
         let address = settings.listen_address();
@@ -156,10 +169,11 @@ impl Application {
                 .app_data(query_config())
                 .app_data(path_config())
                 .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
+                .wrap(security_headers())
                 .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
                 .wrap(from_fn(api::check_host))
                 .wrap(cors(cors_origins.as_deref()))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
                 .wrap_api_with_spec(api::spec())
                 .configure(api::routes)
                 .with_raw_json_spec(|app, generated| {
@@ -262,6 +276,23 @@ fn serve_spec(
                 .body(body.clone()),
         )
     }
+}
+
+/// Headers on every response: no MIME sniffing, no framing, no referrer,
+/// and a Content-Security-Policy that allows scripts from this origin only
+/// (no inline script). Inline styles stay allowed: Swagger UI and ReDoc set them.
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
+             worker-src 'self' blob:; object-src 'none'; base-uri 'none'; \
+             form-action 'self'; frame-ancestors 'none'",
+        ))
 }
 
 fn cors(origins: Option<&[String]>) -> Cors {

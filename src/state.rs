@@ -5,10 +5,11 @@ use std::sync::Arc;
 use actix::Addr;
 use sea_orm::DatabaseConnection;
 
-use crate::api::throttle::LoginThrottle;
+use crate::api::throttle::{AddressRateLimit, AttemptThrottle};
 use crate::auth::TokenKeys;
 use crate::chat::presence::Presence;
 use crate::chat::server::ChatServer;
+use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 
@@ -21,7 +22,14 @@ pub struct AppState {
     pub chat_server: Addr<ChatServer>,
     pub presence: Arc<Presence>,
     pub metrics: Metrics,
-    pub login_throttle: Arc<LoginThrottle>,
+    /// Failed logins, per (username, client address).
+    pub login_throttle: Arc<AttemptThrottle>,
+    /// Wrong `old_password`s of `POST /api/password/`, per (user, client address).
+    pub password_throttle: Arc<AttemptThrottle>,
+    /// Registrations per client address.
+    pub registration_limit: Arc<AddressRateLimit>,
+    /// Whose `X-Forwarded-For` is believed.
+    pub proxies: TrustedProxies,
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<redis::Client>,
 }

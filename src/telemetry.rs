@@ -26,3 +26,81 @@ pub fn init(format: LogFormat, debug: bool) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// The span of each HTTP request: tracing-actix-web's fields, with the
+/// secrets a URL can carry (`?token=` of the WebSocket) redacted, and the
+/// peer's own address (a forwarded one is the client's to forge).
+pub struct RequestSpan;
+
+impl tracing_actix_web::RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| redact_target(p.as_str()));
+        let user_agent = request
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %request.match_pattern().unwrap_or_else(|| "default".into()),
+            http.target = %target,
+            http.client_ip = %request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+            http.user_agent = %user_agent,
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            request_id = %uuid::Uuid::new_v4(),
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Query parameters whose values never reach a log.
+const SECRET_PARAMETERS: &[&str] = &["token", "access_token", "password", "secret"];
+
+/// A path and query with the values of secret parameters replaced.
+pub fn redact_target(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if SECRET_PARAMETERS.contains(&key.to_ascii_lowercase().as_str()) => {
+                format!("{key}=[redacted]")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_target;
+
+    #[test]
+    fn tokens_in_urls_are_redacted() {
+        assert_eq!(
+            redact_target("/chat?token=eyJ.abc.def"),
+            "/chat?token=[redacted]"
+        );
+        assert_eq!(
+            redact_target("/chat/?x=1&TOKEN=s&y=2"),
+            "/chat/?x=1&TOKEN=[redacted]&y=2"
+        );
+        assert_eq!(redact_target("/api/users/?page=2"), "/api/users/?page=2");
+        assert_eq!(redact_target("/healthz"), "/healthz");
+    }
+}

@@ -275,7 +275,7 @@ async fn bad_tokens_and_inactive_users_are_refused() {
         .request(json!({"type": "authorization", "data": {"token": fresh}}))
         .await;
     assert_eq!(version_bumped["data"]["status"], "error");
-    let keys = chat_server::auth::TokenKeys::new("test-secret", Duration::from_secs(60));
+    let keys = chat_server::auth::TokenKeys::new(common::TEST_SECRET, Duration::from_secs(60));
     let user = chat_server::accounts::find_by_username(&app.db, "alice")
         .await
         .unwrap()

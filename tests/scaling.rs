@@ -162,7 +162,7 @@ async fn crashed_instance_goes_offline(backend: &Backend, redis: &str) {
             ("DATABASE_URL", db.url.as_str()),
             ("REDIS_URL", redis),
             ("REDIS_PREFIX", prefix.as_str()),
-            ("SECRET_KEY", "test-secret"),
+            ("SECRET_KEY", common::TEST_SECRET),
             ("PORT", &port.to_string()),
         ])
         .stdout(Stdio::null())

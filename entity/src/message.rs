@@ -2,8 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
-/// One stored message. `(sender_id, client_id)` is unique, which makes a
-/// client's resend idempotent.
+/// One stored message. `(sender_id, chat_id, client_id)` is unique, which
+/// makes a client's resend to a conversation idempotent.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "messages")]
 pub struct Model {

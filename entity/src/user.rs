@@ -1,6 +1,7 @@
 //! `users`: accounts that log in and chat.
 
 use sea_orm::entity::prelude::*;
+use unicode_normalization::UnicodeNormalization;
 
 /// One account. `token_version` is bumped to revoke every token issued before.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -10,6 +11,10 @@ pub struct Model {
     pub id: i64,
     #[sea_orm(unique)]
     pub username: String,
+    /// `username_key(username)`: unique, so no two accounts differ only in
+    /// case, width or look-alike letters.
+    #[sea_orm(unique)]
+    pub username_key: String,
     pub email: String,
     pub first_name: String,
     pub last_name: String,
@@ -41,5 +46,41 @@ impl Model {
     /// "First Last", the name the old backend showed for a contact.
     pub fn display_name(&self) -> String {
         format!("{} {}", self.first_name, self.last_name)
+    }
+}
+
+/// A username as it is stored: NFKC-normalised, so a fullwidth `ｂｏｂ` is `bob`.
+pub fn normalize_username(raw: &str) -> String {
+    raw.trim().nfkc().collect()
+}
+
+/// The key that makes usernames unique: the UTS #39 confusable skeleton of
+/// the case-folded NFKC form, folded again (the skeleton maps `0` to `O`).
+/// `Bob`, `ｂｏｂ` and `bоb` (Cyrillic o) all have the key of `bob`.
+pub fn username_key(username: &str) -> String {
+    let folded = normalize_username(username).to_lowercase();
+    unicode_security::skeleton(&folded)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusable_usernames_share_a_key() {
+        let bob = username_key("bob");
+        for other in [
+            "Bob",
+            "BOB",
+            "\u{ff42}\u{ff4f}\u{ff42}",
+            "b\u{043e}b",
+            " bob ",
+        ] {
+            assert_eq!(username_key(other), bob, "{other}");
+        }
+        assert_ne!(username_key("bobby"), bob);
+        assert_eq!(normalize_username("\u{ff42}\u{ff4f}\u{ff42}"), "bob");
     }
 }

@@ -1,5 +1,6 @@
 //! The logged-in user's own account: who am I, change my password.
 
+use actix_web::HttpRequest;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,7 @@ pub struct PasswordChanged {
 /// Change the password. Revokes every earlier token and closes the user's live sessions.
 #[api_v2_operation(tags(Account))]
 pub async fn change_password(
+    req: HttpRequest,
     state: web::Data<AppState>,
     user: AuthUser,
     body: JsonOrForm<PasswordChange>,
@@ -47,12 +49,18 @@ pub async fn change_password(
         ("new_password", new_password.as_deref()),
     ])?;
     let user = user.0;
+    // A stolen token must not make the password guessable: throttled like login.
+    let attempt = state
+        .password_throttle
+        .begin(&user.id.to_string(), state.proxies.client_ip(&req))
+        .map_err(ApiError::TooManyRequests)?;
     let current = Some(user.password_hash.clone());
     if !accounts::verify_password(old_password.unwrap_or_default(), current).await {
         return Err(ApiError::field("old_password", "Wrong password."));
     }
+    attempt.succeeded();
     let new_password = new_password.unwrap_or_default();
-    if let Err(e) = accounts::validate_password(&new_password) {
+    if let Err(e) = accounts::validate_password(&new_password, &user.username) {
         return Err(ApiError::field("new_password", e.to_string()));
     }
     let user = accounts::set_password(&state.db, user, new_password)
@@ -60,6 +68,7 @@ pub async fn change_password(
         .map_err(account_error)?;
     state.chat_server.do_send(RevokeUser {
         user: UserId(user.id),
+        current_version: user.token_version,
         broadcast: true,
     });
     Ok(web::Json(PasswordChanged {

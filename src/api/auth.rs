@@ -59,12 +59,6 @@ pub struct LoginResponse {
     pub data: UserData,
 }
 
-fn client_address(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Log in with username and password.
 ///
 /// Wrong credentials and inactive accounts get the same answer, in the same time.
@@ -80,21 +74,20 @@ pub async fn login(
         ("password", password.as_deref()),
     ])?;
     let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
-    let address = client_address(&req);
-    if let Some(wait) = state.login_throttle.retry_after(&username, &address) {
-        return Err(ApiError::TooManyRequests(wait));
-    }
+    let address = state.proxies.client_ip(&req);
+    // Counted before the hash, so concurrent guesses cannot pass the limit.
+    let attempt = state
+        .login_throttle
+        .begin(&user::username_key(&username), address)
+        .map_err(ApiError::TooManyRequests)?;
     let found = accounts::find_by_username(&state.db, &username).await?;
     let phc = found.as_ref().map(|u| u.password_hash.clone());
     let matches = accounts::verify_password(password, phc).await;
     let user = match found {
         Some(user) if matches && user.is_active => user,
-        _ => {
-            state.login_throttle.record_failure(&username, &address);
-            return Err(ApiError::non_field("User not found"));
-        }
+        _ => return Err(ApiError::non_field("User not found")),
     };
-    state.login_throttle.record_success(&username);
+    attempt.succeeded();
     let token = state.keys.issue(user.id, user.token_version);
     let mut active = user.into_active_model();
     active.last_login = Set(Some(Utc::now()));
@@ -117,14 +110,21 @@ pub struct RegisterRequest {
 }
 
 /// Create an account (when `REGISTRATION_OPEN`), logged in at once.
+///
+/// Limited per client address (`REGISTRATION_BURST`, `REGISTRATION_PER_MINUTE`).
 #[api_v2_operation(tags(Auth))]
 pub async fn register(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: JsonOrForm<RegisterRequest>,
 ) -> Result<CreatedJson<LoginResponse>, ApiError> {
     if !state.settings.registration_open {
         return Err(ApiError::Forbidden("Registration is closed.".into()));
     }
+    state
+        .registration_limit
+        .take(state.proxies.client_ip(&req))
+        .map_err(ApiError::TooManyRequests)?;
     let r = body.0;
     require_fields(&[
         ("username", r.username.as_deref()),
@@ -160,9 +160,9 @@ pub async fn register(
 /// Maps account refusals to the field they concern.
 pub fn account_error(e: AccountError) -> ApiError {
     match e {
-        AccountError::UsernameTaken | AccountError::InvalidUsername(_) => {
-            ApiError::field("username", e.to_string())
-        }
+        AccountError::UsernameTaken
+        | AccountError::UsernameConfusable
+        | AccountError::InvalidUsername(_) => ApiError::field("username", e.to_string()),
         AccountError::InvalidPassword(_) => ApiError::field("password", e.to_string()),
         AccountError::NoSuchUser(_) => {
             ApiError::field("username", "No active user with that username.")

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::chat::server::Stats;
 use crate::db;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How long a readiness probe waits for the database or Redis.
@@ -101,8 +102,28 @@ async fn redis_ping(client: &redis::Client) -> redis::RedisResult<()> {
         .map(|_| ())
 }
 
-/// Prometheus metrics.
-pub async fn metrics(state: actix_web::web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics; with `METRICS_TOKEN` set, only for
+/// `Authorization: Bearer <METRICS_TOKEN>`.
+pub async fn metrics(
+    req: actix_web::HttpRequest,
+    state: actix_web::web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(expected) = &state.settings.metrics_token {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time: the comparison must not tell how much of a guess was right.
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(given.trim().as_bytes(), expected.as_bytes()).into();
+        if !matches {
+            return actix_web::ResponseError::error_response(&ApiError::Unauthorized(
+                "This endpoint needs the metrics token.".into(),
+            ));
+        }
+    }
     let stats = state.chat_server.send(Stats).await.ok();
     let users = stats.map_or(0.0, |s| s.users as f64);
     let sessions = stats.map_or(0.0, |s| s.sessions as f64);

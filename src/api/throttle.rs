@@ -1,82 +1,214 @@
-//! Brute-force protection for `POST /api/login/`: failed attempts are
-//! counted per username and per client address in a sliding window.
+//! Password-guessing protection, as OWASP recommends it: failures are
+//! counted per (account, client address) with growing delays, under looser
+//! ceilings per account and per address. An attempt is counted the moment it
+//! starts, before the password is hashed, so concurrent guesses cannot slip
+//! past the limit; a success takes its own count back.
+//!
+//! The per-account ceiling only stops addresses that have failed before: a
+//! correct password from an address with no failures always gets through,
+//! so nobody can lock a user out with guesses of their own.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A client address may fail this many times more often than one username:
-/// several people share one address behind a NAT or a proxy.
+/// Failures per (account, address) that are free of any delay.
+const FREE_FAILURES: usize = 3;
+/// An account may fail this many times more often than one (account,
+/// address) pair, from all addresses together.
+const PER_ACCOUNT_FACTOR: u32 = 10;
+/// A client address may fail this many times more often than one pair, for
+/// all accounts together (several people share an address behind a NAT).
 const PER_ADDRESS_FACTOR: u32 = 10;
-/// Keys tracked before stale ones are pruned (bounds memory under a spray of usernames).
+/// Keys tracked before stale ones are pruned (bounds memory under a spray).
 const PRUNE_ABOVE_KEYS: usize = 10_000;
 
-/// Failed-login counters.
-pub struct LoginThrottle {
-    max_attempts: u32,
-    window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+#[derive(Default)]
+struct Counters {
+    pairs: HashMap<(String, IpAddr), VecDeque<Instant>>,
+    accounts: HashMap<String, VecDeque<Instant>>,
+    addresses: HashMap<IpAddr, VecDeque<Instant>>,
 }
 
-impl LoginThrottle {
-    pub fn new(max_attempts: u32, window: Duration) -> Self {
-        LoginThrottle {
-            max_attempts,
-            window,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
+/// Failed-attempt counters for one kind of password check (login, password change).
+pub struct AttemptThrottle {
+    max_attempts: u32,
+    window: Duration,
+    counters: Arc<Mutex<Counters>>,
+}
 
-    fn keys(username: &str, address: &str) -> [(String, u32); 2] {
-        [
-            (format!("user:{}", username.to_lowercase()), 1),
-            (format!("addr:{address}"), PER_ADDRESS_FACTOR),
-        ]
-    }
+/// An attempt under way: a failure unless `succeeded` is called.
+#[must_use = "an attempt counts as failed unless it is marked as succeeded"]
+pub struct Attempt {
+    account: String,
+    address: IpAddr,
+    at: Instant,
+    counters: Arc<Mutex<Counters>>,
+}
 
-    /// Seconds to wait before trying again, if either counter is exhausted.
-    pub fn retry_after(&self, username: &str, address: &str) -> Option<u64> {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().ok()?;
-        Self::keys(username, address)
-            .into_iter()
-            .filter_map(|(key, factor)| {
-                let attempts = failures.get_mut(&key)?;
-                while attempts
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
-                    attempts.pop_front();
-                }
-                let limit = (self.max_attempts * factor) as usize;
-                (attempts.len() >= limit).then(|| {
-                    let oldest = attempts.front().copied().unwrap_or(now);
-                    let wait = self.window.saturating_sub(now.duration_since(oldest));
-                    wait.as_secs().max(1)
-                })
-            })
-            .max()
-    }
-
-    /// Counts a failed attempt against the username and the address.
-    pub fn record_failure(&self, username: &str, address: &str) {
-        let now = Instant::now();
-        let Ok(mut failures) = self.failures.lock() else {
+impl Attempt {
+    /// The password was right: this attempt no longer counts, and the
+    /// failures of this account from this address are forgotten.
+    pub fn succeeded(self) {
+        let Ok(mut c) = self.counters.lock() else {
             return;
         };
-        if failures.len() > PRUNE_ABOVE_KEYS {
-            let window = self.window;
-            failures.retain(|_, a| a.back().is_some_and(|t| now.duration_since(*t) < window));
+        c.pairs.remove(&(self.account.clone(), self.address));
+        remove_one(c.accounts.get_mut(&self.account), self.at);
+        remove_one(c.addresses.get_mut(&self.address), self.at);
+    }
+}
+
+fn remove_one(times: Option<&mut VecDeque<Instant>>, at: Instant) {
+    if let Some(times) = times {
+        if let Some(i) = times.iter().rposition(|t| *t == at) {
+            times.remove(i);
         }
-        for (key, _) in Self::keys(username, address) {
-            failures.entry(key).or_default().push_back(now);
+    }
+}
+
+/// Drops the times that left the window; the number that remain.
+fn live(times: &mut VecDeque<Instant>, now: Instant, window: Duration) -> usize {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+    times.len()
+}
+
+/// Seconds until the oldest of `times` leaves the window (at least 1).
+fn until_oldest_expires(times: &VecDeque<Instant>, now: Instant, window: Duration) -> u64 {
+    let oldest = times.front().copied().unwrap_or(now);
+    window
+        .saturating_sub(now.saturating_duration_since(oldest))
+        .as_secs()
+        .max(1)
+}
+
+impl AttemptThrottle {
+    /// `max_attempts` failures per (account, address) in `window`.
+    pub fn new(max_attempts: u32, window: Duration) -> Self {
+        AttemptThrottle {
+            max_attempts: max_attempts.max(1),
+            window,
+            counters: Arc::default(),
         }
     }
 
-    /// A successful login clears the username's counter.
-    pub fn record_success(&self, username: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(&format!("user:{}", username.to_lowercase()));
+    /// Starts an attempt, counted at once as a failure; or the seconds to
+    /// wait before this account may be tried again from this address.
+    pub fn begin(&self, account: &str, address: IpAddr) -> Result<Attempt, u64> {
+        self.begin_at(account, address, Instant::now())
+    }
+
+    fn begin_at(&self, account: &str, address: IpAddr, now: Instant) -> Result<Attempt, u64> {
+        let account = account.to_string();
+        let window = self.window;
+        let mut c = self.counters.lock().map_err(|_| 1u64)?;
+        if c.pairs.len() + c.accounts.len() + c.addresses.len() > PRUNE_ABOVE_KEYS {
+            let fresh = |t: &VecDeque<Instant>| {
+                t.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+            };
+            c.pairs.retain(|_, t| fresh(t));
+            c.accounts.retain(|_, t| fresh(t));
+            c.addresses.retain(|_, t| fresh(t));
+        }
+        let limit = self.max_attempts as usize;
+        if let Some(pair) = c.pairs.get_mut(&(account.clone(), address)) {
+            let failures = live(pair, now, window);
+            if failures >= limit {
+                return Err(until_oldest_expires(pair, now, window));
+            }
+            if failures >= FREE_FAILURES {
+                // 1 s after the first delayed failure, then 2, 4, 8 …
+                let delay =
+                    Duration::from_secs(1 << (failures - FREE_FAILURES).min(16)).min(window);
+                let last = pair.back().copied().unwrap_or(now);
+                let waited = now.saturating_duration_since(last);
+                if waited < delay {
+                    return Err((delay - waited).as_secs().max(1));
+                }
+            }
+        }
+        let address_failures = match c.addresses.get_mut(&address) {
+            Some(times) => {
+                let n = live(times, now, window);
+                if n >= limit * PER_ADDRESS_FACTOR as usize {
+                    return Err(until_oldest_expires(times, now, window));
+                }
+                n
+            }
+            None => 0,
+        };
+        if let Some(times) = c.accounts.get_mut(&account) {
+            let n = live(times, now, window);
+            if address_failures > 0 && n >= limit * PER_ACCOUNT_FACTOR as usize {
+                return Err(until_oldest_expires(times, now, window));
+            }
+        }
+        c.pairs
+            .entry((account.clone(), address))
+            .or_default()
+            .push_back(now);
+        c.accounts
+            .entry(account.clone())
+            .or_default()
+            .push_back(now);
+        c.addresses.entry(address).or_default().push_back(now);
+        Ok(Attempt {
+            account,
+            address,
+            at: now,
+            counters: self.counters.clone(),
+        })
+    }
+}
+
+/// A per-address allowance for actions that cost us (registration): a token
+/// bucket of `burst`, refilled at `per_minute`.
+pub struct AddressRateLimit {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl AddressRateLimit {
+    pub fn new(burst: u32, per_minute: u32) -> Self {
+        AddressRateLimit {
+            burst: f64::from(burst),
+            per_second: f64::from(per_minute) / 60.0,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one action's allowance, or says how many seconds until there is one.
+    pub fn take(&self, address: IpAddr) -> Result<(), u64> {
+        self.take_at(address, Instant::now())
+    }
+
+    fn take_at(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
+        if buckets.len() > PRUNE_ABOVE_KEYS {
+            let (burst, rate) = (self.burst, self.per_second);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(address).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else if self.per_second > 0.0 {
+            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+        } else {
+            Err(60)
         }
     }
 }
@@ -85,16 +217,101 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    fn fail(t: &AttemptThrottle, account: &str, address: IpAddr, now: Instant) {
+        drop(t.begin_at(account, address, now).expect("allowed"));
+    }
+
     #[test]
-    fn locks_a_username_after_the_limit() {
-        let throttle = LoginThrottle::new(3, Duration::from_secs(60));
-        for _ in 0..3 {
-            assert_eq!(throttle.retry_after("alice", "1.2.3.4"), None);
-            throttle.record_failure("alice", "1.2.3.4");
+    fn delays_grow_after_the_free_failures() {
+        let t = AttemptThrottle::new(10, Duration::from_secs(300));
+        let start = Instant::now();
+        for _ in 0..FREE_FAILURES {
+            fail(&t, "alice", A, start);
         }
-        assert!(throttle.retry_after("Alice", "5.6.7.8").is_some());
-        assert_eq!(throttle.retry_after("bob", "1.2.3.4"), None);
-        throttle.record_success("alice");
-        assert_eq!(throttle.retry_after("alice", "5.6.7.8"), None);
+        assert_eq!(t.begin_at("alice", A, start).err(), Some(1));
+        let mut now = start + Duration::from_secs(1);
+        fail(&t, "alice", A, now);
+        assert_eq!(t.begin_at("alice", A, now).err(), Some(2));
+        now += Duration::from_secs(2);
+        fail(&t, "alice", A, now);
+        assert_eq!(t.begin_at("alice", A, now).err(), Some(4));
+        // Another address is not slowed by these failures.
+        t.begin_at("alice", B, now).expect("B is clean").succeeded();
+    }
+
+    #[test]
+    fn a_pair_locks_at_the_limit_until_the_window_passes() {
+        let t = AttemptThrottle::new(5, Duration::from_secs(1000));
+        let start = Instant::now();
+        // Three free failures, then one after 1 s and one 2 s later: five.
+        for at in [0, 0, 0, 1, 3] {
+            fail(&t, "alice", A, start + Duration::from_secs(at));
+        }
+        let now = start + Duration::from_secs(100);
+        assert_eq!(t.begin_at("alice", A, now).err(), Some(900));
+        assert!(t
+            .begin_at("alice", A, start + Duration::from_secs(1000))
+            .is_ok());
+    }
+
+    #[test]
+    fn success_takes_the_attempt_back_and_clears_the_pair() {
+        let t = AttemptThrottle::new(10, Duration::from_secs(300));
+        let now = Instant::now();
+        for _ in 0..FREE_FAILURES {
+            fail(&t, "alice", A, now);
+        }
+        assert!(t.begin_at("alice", A, now).is_err());
+        t.begin_at("alice", A, now + Duration::from_secs(1))
+            .unwrap()
+            .succeeded();
+        for _ in 0..FREE_FAILURES {
+            fail(&t, "alice", A, now + Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn the_account_ceiling_spares_clean_addresses() {
+        let t = AttemptThrottle::new(2, Duration::from_secs(300));
+        let now = Instant::now();
+        // 20 failures for alice from 10 addresses: the account's ceiling.
+        for i in 0..10u8 {
+            let address = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, i));
+            fail(&t, "alice", address, now);
+            fail(&t, "alice", address, now);
+        }
+        let guessed_before = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, 0));
+        fail(&t, "bob", B, now);
+        assert!(t.begin_at("alice", B, now).is_err(), "B has failed before");
+        assert!(t.begin_at("alice", guessed_before, now).is_err());
+        t.begin_at("alice", A, now)
+            .expect("a clean address is not locked out")
+            .succeeded();
+    }
+
+    #[test]
+    fn the_address_ceiling_covers_every_account() {
+        let t = AttemptThrottle::new(2, Duration::from_secs(300));
+        let now = Instant::now();
+        for i in 0..20 {
+            fail(&t, &format!("user{i}"), A, now);
+        }
+        assert!(t.begin_at("someone-else", A, now).is_err());
+        assert!(t.begin_at("someone-else", B, now).is_ok());
+    }
+
+    #[test]
+    fn registration_allowance_refills() {
+        let r = AddressRateLimit::new(3, 60);
+        let now = Instant::now();
+        for _ in 0..3 {
+            r.take_at(A, now).unwrap();
+        }
+        assert_eq!(r.take_at(A, now), Err(1));
+        assert!(r.take_at(B, now).is_ok());
+        assert!(r.take_at(A, now + Duration::from_secs(1)).is_ok());
     }
 }

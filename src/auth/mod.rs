@@ -31,6 +31,17 @@ pub async fn authenticate(
     keys: &TokenKeys,
     token: &str,
 ) -> Result<user::Model, AuthError> {
+    authenticate_claims(db, keys, token)
+        .await
+        .map(|(user, _)| user)
+}
+
+/// `authenticate`, with the token's claims (a session closes at `exp`).
+pub async fn authenticate_claims(
+    db: &DatabaseConnection,
+    keys: &TokenKeys,
+    token: &str,
+) -> Result<(user::Model, Claims), AuthError> {
     let claims = keys.decode(token).map_err(|_| AuthError::InvalidToken)?;
     let user = user::Entity::find_by_id(claims.user_id())
         .one(db)
@@ -42,5 +53,5 @@ pub async fn authenticate(
     if user.token_version != claims.ver {
         return Err(AuthError::InvalidToken);
     }
-    Ok(user)
+    Ok((user, claims))
 }

@@ -20,6 +20,11 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// How long until the token expires (zero once it has).
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(now_seconds()))
+    }
+
     /// The user id the token was issued to (0, which no user has, if `sub` is garbage).
     pub fn user_id(&self) -> i64 {
         self.sub.parse().unwrap_or(0)

@@ -16,8 +16,8 @@ pub enum BusEvent {
     Frames(Vec<(UserId, Bytes)>),
     /// A user's first session here opened, or their last one closed.
     Presence { user: UserId, online: bool },
-    /// Close this user's sessions everywhere.
-    Revoke { user: UserId },
+    /// Close this user's sessions older than `current_version` everywhere.
+    Revoke { user: UserId, current_version: i32 },
 }
 
 /// Where the ChatServer hands events bound for other instances.

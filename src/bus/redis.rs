@@ -83,7 +83,7 @@ impl Names {
     }
 }
 
-/// What travels on the channels: `F origin frame`, `R origin` (user
+/// What travels on the channels: `F origin frame`, `R origin version` (user
 /// channels), `P origin user 1|0`, `D origin dead-instance` (presence).
 enum Envelope<'a> {
     Frame {
@@ -92,6 +92,7 @@ enum Envelope<'a> {
     },
     Revoke {
         origin: &'a str,
+        current_version: i32,
     },
     Presence {
         origin: &'a str,
@@ -108,7 +109,10 @@ impl<'a> Envelope<'a> {
     fn encode(&self) -> Vec<u8> {
         match self {
             Envelope::Frame { origin, frame } => [b"F ", origin.as_bytes(), b" ", frame].concat(),
-            Envelope::Revoke { origin } => format!("R {origin}").into_bytes(),
+            Envelope::Revoke {
+                origin,
+                current_version,
+            } => format!("R {origin} {current_version}").into_bytes(),
             Envelope::Presence {
                 origin,
                 user,
@@ -128,7 +132,13 @@ impl<'a> Envelope<'a> {
                 origin,
                 frame: rest?,
             }),
-            b"R" => Some(Envelope::Revoke { origin }),
+            // An instance of an older release sends no version: revoke all.
+            b"R" => Some(Envelope::Revoke {
+                origin,
+                current_version: rest
+                    .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
+                    .unwrap_or(i32::MAX),
+            }),
             b"P" => {
                 let rest = std::str::from_utf8(rest?).ok()?;
                 let (user, online) = rest.split_once(' ')?;
@@ -564,12 +574,16 @@ impl StreamHandler<redis::Msg> for RedisBridge {
                     });
                 }
             }
-            Envelope::Revoke { origin } if origin != me => {
+            Envelope::Revoke {
+                origin,
+                current_version,
+            } if origin != me => {
                 if let (Some(user), Some(server)) =
                     (self.names.user_of_channel(&channel), &self.chat_server)
                 {
                     server.do_send(RevokeUser {
                         user,
+                        current_version,
                         broadcast: false,
                     });
                 }
@@ -619,9 +633,13 @@ impl Handler<Publish> for RedisBridge {
         match event {
             BusEvent::Frames(frames) => self.publish_frames(frames),
             BusEvent::Presence { user, online } => self.user_presence(user, online),
-            BusEvent::Revoke { user } => {
+            BusEvent::Revoke {
+                user,
+                current_version,
+            } => {
                 let envelope = Envelope::Revoke {
                     origin: &self.names.instance,
+                    current_version,
                 }
                 .encode();
                 self.send(vec![redis::Cmd::publish(self.names.user(user), envelope)]);

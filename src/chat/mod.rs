@@ -8,6 +8,7 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod store;
+pub mod unauthenticated;
 
 use std::sync::Arc;
 
@@ -16,12 +17,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::TokenKeys;
+use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use presence::Presence;
 use server::ChatServer;
 use session::WsSession;
 use store::MessageWriter;
+use unauthenticated::UnauthenticatedSockets;
 
 /// The bounds a session enforces, from `Settings`.
 #[derive(Debug, Clone)]
@@ -31,6 +34,7 @@ pub struct Limits {
     pub rate_per_second: u32,
     pub rate_burst: u32,
     pub outbox_capacity: usize,
+    pub max_unauthenticated_per_address: usize,
 }
 
 impl Limits {
@@ -41,6 +45,7 @@ impl Limits {
             rate_per_second: settings.rate_limit_per_second,
             rate_burst: settings.rate_limit_burst,
             outbox_capacity: settings.outbox_capacity,
+            max_unauthenticated_per_address: settings.max_unauthenticated_per_address,
         }
     }
 }
@@ -54,6 +59,10 @@ pub struct ChatContext {
     pub writer: MessageWriter,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// Whose `X-Forwarded-For` is believed.
+    pub proxies: TrustedProxies,
+    /// Sockets not yet authorized, per client address.
+    pub unauthenticated: Arc<UnauthenticatedSockets>,
 }
 
 /// `GET /chat` and `/chat/`: upgrades to a WebSocket and starts its session.
@@ -63,6 +72,15 @@ pub async fn connect(
     chat: web::Data<ChatContext>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(&req)?;
+    let address = chat.proxies.client_ip(&req);
+    let Some(slot) = chat.unauthenticated.admit(address) else {
+        tracing::warn!(%address, "too many unauthenticated sockets from one address");
+        return Ok(HttpResponse::TooManyRequests()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "5"))
+            .json(serde_json::json!({
+                "detail": "Too many connections from this address are waiting to authorize."
+            })));
+    };
     let url_token = web::Query::<TokenQuery>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.into_inner().token)
@@ -72,7 +90,7 @@ pub async fn connect(
     let frames = socket::incoming(payload, chat.limits.max_frame_bytes);
     WsSession::create(move |ctx| {
         ctx.add_stream(frames);
-        WsSession::new(chat, outbox, url_token)
+        WsSession::new(chat, outbox, url_token, slot)
     });
     Ok(response.streaming(body))
 }

@@ -1,8 +1,8 @@
 //! The revocation sweep: tokens are revoked in the database (a password
 //! change, a deactivation), possibly by another process such as the
 //! `chat-server user` command. Every few seconds each instance compares its
-//! online users' `token_version` and `is_active` with the database and closes
-//! the sessions of those revoked. (A password change over REST closes them at
+//! online sessions' `token_version` and their users' `is_active` with the
+//! database and closes the sessions whose tokens were revoked. (A password change over REST closes them at
 //! once; this catches every other path.)
 
 use std::collections::HashMap;
@@ -31,16 +31,13 @@ pub async fn run(db: DatabaseConnection, server: Addr<ChatServer>) {
         };
         for chunk in online.chunks(CHUNK) {
             match revoked(&db, chunk).await {
-                Ok(users) => {
-                    for user in users {
+                Ok(revocations) => {
+                    for revoke in revocations {
                         tracing::info!(
-                            user = user.0,
-                            "tokens revoked; closing the user's sessions"
+                            user = revoke.user.0,
+                            "tokens revoked; closing the user's sessions on older tokens"
                         );
-                        server.do_send(RevokeUser {
-                            user,
-                            broadcast: false,
-                        });
+                        server.do_send(revoke);
                     }
                 }
                 Err(e) => {
@@ -51,11 +48,13 @@ pub async fn run(db: DatabaseConnection, server: Addr<ChatServer>) {
     }
 }
 
-/// The users among `online` whose tokens are no longer valid.
+/// For the users among `online` with a session on a token no longer valid,
+/// what to revoke. Each session's own version counts: a user who logged in
+/// again after a password change does not shield their older sessions.
 async fn revoked(
     db: &DatabaseConnection,
     online: &[(UserId, i32)],
-) -> Result<Vec<UserId>, sea_orm::DbErr> {
+) -> Result<Vec<RevokeUser>, sea_orm::DbErr> {
     let authorized: HashMap<i64, i32> = online.iter().map(|(u, v)| (u.0, *v)).collect();
     let current: Vec<(i64, i32, bool)> = user::Entity::find()
         .select_only()
@@ -70,10 +69,16 @@ async fn revoked(
         current.into_iter().map(|(id, v, a)| (id, (v, a))).collect();
     Ok(authorized
         .iter()
-        .filter(|(id, version)| match found.remove(id) {
-            Some((current, active)) => !active || current > **version,
-            None => true, // the account was deleted
+        .filter_map(|(id, oldest)| {
+            let user = UserId(*id);
+            match found.remove(id) {
+                Some((_, false)) | None => Some(RevokeUser::all(user, false)),
+                Some((current, true)) => (current > *oldest).then_some(RevokeUser {
+                    user,
+                    current_version: current,
+                    broadcast: false,
+                }),
+            }
         })
-        .map(|(id, _)| UserId(*id))
         .collect())
 }

@@ -21,14 +21,14 @@ pub type SessionId = u64;
 struct SessionLink {
     outbox: Outbox,
     addr: Addr<WsSession>,
+    /// The `token_version` of the token this session authorized with.
+    token_version: i32,
 }
 
 struct UserEntry {
     sessions: HashMap<SessionId, SessionLink>,
     /// (conversation, other member): whom to tell about presence changes.
     contacts: Vec<(ChatId, UserId)>,
-    /// The newest `token_version` a session here authorized with.
-    token_version: i32,
 }
 
 /// Routes events to this instance's sessions and, through the bus, to the others.
@@ -146,7 +146,10 @@ pub enum ConnectError {
     TooManySessions,
 }
 
-/// A session authorized as `user` and wants their events.
+/// A session authorized as `user` and wants their events. A session that is
+/// already registered (a re-authorization) moves in one step: either it is
+/// registered under the new user and no longer under the old, or, refused,
+/// it stays exactly where it was.
 #[derive(Message)]
 #[rtype(result = "Result<(), ConnectError>")]
 pub struct Connect {
@@ -157,31 +160,34 @@ pub struct Connect {
     pub contacts: Vec<(ChatId, UserId)>,
     /// The `token_version` of the token the session authorized with.
     pub token_version: i32,
+    /// The user the session was authorized as until now, if any.
+    pub previous: Option<UserId>,
 }
 
 impl Handler<Connect> for ChatServer {
     type Result = Result<(), ConnectError>;
 
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
-        let entry = self.users.entry(msg.user).or_insert_with(|| UserEntry {
-            sessions: HashMap::new(),
-            contacts: Vec::new(),
+        let link = SessionLink {
+            outbox: msg.outbox,
+            addr: msg.addr,
             token_version: msg.token_version,
-        });
-        if entry.sessions.len() >= self.max_sessions_per_user {
-            return Err(ConnectError::TooManySessions);
-        }
-        let first = entry.sessions.is_empty();
-        entry.sessions.insert(
-            msg.session,
-            SessionLink {
-                outbox: msg.outbox,
-                addr: msg.addr,
-            },
-        );
-        entry.contacts = msg.contacts;
-        entry.token_version = entry.token_version.max(msg.token_version);
-        if first {
+        };
+        if let Some(entry) = self.users.get_mut(&msg.user) {
+            let already_here = entry.sessions.contains_key(&msg.session);
+            if !already_here && entry.sessions.len() >= self.max_sessions_per_user {
+                return Err(ConnectError::TooManySessions);
+            }
+            entry.sessions.insert(msg.session, link);
+            entry.contacts = msg.contacts;
+        } else {
+            self.users.insert(
+                msg.user,
+                UserEntry {
+                    sessions: HashMap::from([(msg.session, link)]),
+                    contacts: msg.contacts,
+                },
+            );
             let was_online = self.presence.is_online(msg.user);
             self.presence.set_local(msg.user, true);
             self.bus.publish(BusEvent::Presence {
@@ -189,10 +195,12 @@ impl Handler<Connect> for ChatServer {
                 online: true,
             });
             if !was_online {
-                let contacts = self.users[&msg.user].contacts.clone();
-                let frames = Self::presence_frames(msg.user, &contacts, true);
+                let frames = Self::presence_frames(msg.user, &self.users[&msg.user].contacts, true);
                 self.deliver(frames);
             }
+        }
+        if let Some(previous) = msg.previous.filter(|p| *p != msg.user) {
+            self.remove_session(previous, msg.session);
         }
         Ok(())
     }
@@ -246,14 +254,28 @@ impl Handler<DeliverRemote> for ChatServer {
     }
 }
 
-/// The user's tokens were revoked (password change, deactivation): close
-/// their sessions here and on the other instances.
+/// Some of the user's tokens were revoked (password change, deactivation):
+/// close their sessions that authorized with an older `token_version` than
+/// `current_version`, here and on the other instances.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RevokeUser {
     pub user: UserId,
+    /// The user's valid `token_version` now; `i32::MAX` closes every session.
+    pub current_version: i32,
     /// Whether to tell the other instances (false when the news came from them).
     pub broadcast: bool,
+}
+
+impl RevokeUser {
+    /// Every session of `user` (a deactivated or deleted account).
+    pub fn all(user: UserId, broadcast: bool) -> Self {
+        RevokeUser {
+            user,
+            current_version: i32::MAX,
+            broadcast,
+        }
+    }
 }
 
 impl Handler<RevokeUser> for ChatServer {
@@ -262,11 +284,16 @@ impl Handler<RevokeUser> for ChatServer {
     fn handle(&mut self, msg: RevokeUser, _: &mut Context<Self>) {
         if let Some(entry) = self.users.get(&msg.user) {
             for link in entry.sessions.values() {
-                link.addr.do_send(Kick::revoked());
+                if link.token_version < msg.current_version {
+                    link.addr.do_send(Kick::revoked());
+                }
             }
         }
         if msg.broadcast {
-            self.bus.publish(BusEvent::Revoke { user: msg.user });
+            self.bus.publish(BusEvent::Revoke {
+                user: msg.user,
+                current_version: msg.current_version,
+            });
         }
     }
 }
@@ -314,8 +341,8 @@ impl Handler<Stats> for ChatServer {
     }
 }
 
-/// Who is connected here and with which `token_version`: what the
-/// revocation sweep checks against the database.
+/// Who is connected here, each with the oldest `token_version` among their
+/// sessions: what the revocation sweep checks against the database.
 #[derive(Message)]
 #[rtype(result = "Vec<(UserId, i32)>")]
 pub struct OnlineVersions;
@@ -327,7 +354,10 @@ impl Handler<OnlineVersions> for ChatServer {
         MessageResult(
             self.users
                 .iter()
-                .map(|(user, e)| (*user, e.token_version))
+                .filter_map(|(user, e)| {
+                    let oldest = e.sessions.values().map(|l| l.token_version).min()?;
+                    Some((*user, oldest))
+                })
                 .collect(),
         )
     }

@@ -17,6 +17,7 @@ use super::protocol::*;
 use super::server::{Connect, ConnectError, Deliver, Disconnect, SessionId};
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store::{self, NewMessage, PendingStore, StoreError, Stored};
+use super::unauthenticated::UnauthenticatedSlot;
 use super::ChatContext;
 use crate::auth::{self, AuthError};
 
@@ -82,12 +83,22 @@ pub struct WsSession {
     members: HashMap<ChatId, Arc<[UserId]>>,
     /// Commits awaited in submission order, so acks and pushes keep it.
     deliveries: Option<mpsc::UnboundedSender<PendingDelivery>>,
+    /// Closes the session when its token expires.
+    expiry: Option<SpawnHandle>,
+    /// Counts this connection against its address's unauthenticated sockets
+    /// until it authorizes.
+    unauthenticated: Option<UnauthenticatedSlot>,
     span: tracing::Span,
 }
 
 impl WsSession {
     /// A session for a new connection; `url_token` is the `?token=` of B1.
-    pub fn new(chat: Arc<ChatContext>, outbox: Outbox, url_token: Option<String>) -> Self {
+    pub fn new(
+        chat: Arc<ChatContext>,
+        outbox: Outbox,
+        url_token: Option<String>,
+        unauthenticated: UnauthenticatedSlot,
+    ) -> Self {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let rate = RateLimit::new(chat.limits.rate_per_second, chat.limits.rate_burst);
         WsSession {
@@ -100,6 +111,8 @@ impl WsSession {
             rate,
             members: HashMap::new(),
             deliveries: None,
+            expiry: None,
+            unauthenticated: Some(unauthenticated),
             span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
         }
     }
@@ -118,14 +131,19 @@ impl WsSession {
     }
 
     fn send_error(&self, kind: &str, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
-        if code == ErrorCode::Internal {
-            tracing::error!(parent: &self.span, kind, message, "request failed");
-        }
         self.chat.metrics.bad_frame();
         self.send(
             &ServerEvent::error(kind, ErrorReply::new(code, message)),
             ctx,
         );
+    }
+
+    /// A failure of ours: the client gets a generic `internal` error with an
+    /// id; the detail goes to the log under the same id.
+    fn internal_error(&self, kind: &str, error: &dyn std::fmt::Display, ctx: &mut Context<Self>) {
+        let reply = internal_reply(&self.span, kind, error);
+        self.chat.metrics.bad_frame();
+        self.send(&ServerEvent::error(kind, reply), ctx);
     }
 
     fn close(&self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
@@ -184,22 +202,17 @@ impl WsSession {
         }
     }
 
+    /// Authorizes the session (again). A re-authorization as someone else
+    /// moves the session's registration in one step at the ChatServer: if it
+    /// is refused, the session stays exactly as it was.
     fn authorize(&mut self, token: String, ctx: &mut Context<Self>) {
         let chat = self.chat.clone();
         let (session, outbox, addr) = (self.id, self.outbox.clone(), ctx.address());
         let previous = self.user;
         let registered = async move {
-            let user = auth::authenticate(&chat.db, &chat.keys, token.trim()).await?;
+            let (user, claims) =
+                auth::authenticate_claims(&chat.db, &chat.keys, token.trim()).await?;
             let me = UserId(user.id);
-            if previous == Some(me) {
-                return Ok(Ok(me));
-            }
-            if let Some(previous) = previous {
-                chat.server.do_send(Disconnect {
-                    session,
-                    user: previous,
-                });
-            }
             let contacts = store::contacts_for_presence(&chat.db, me).await?;
             let connect = Connect {
                 session,
@@ -208,27 +221,18 @@ impl WsSession {
                 addr,
                 contacts,
                 token_version: user.token_version,
+                previous,
             };
-            let outcome = chat
-                .server
-                .send(connect)
-                .await
-                .map_err(|_| AuthError::InvalidToken)?;
-            Ok::<_, AuthError>(outcome.map(|()| me))
+            let outcome = chat.server.send(connect).await.map_err(|e| {
+                AuthError::Database(sea_orm::DbErr::Custom(format!("chat server: {e}")))
+            })?;
+            Ok::<_, AuthError>(outcome.map(|()| (me, claims.remaining())))
         };
         // `wait`: frames that follow the authorization are handled after it.
         ctx.wait(registered.into_actor(self).map(move |result, act, ctx| {
             let reply = match result {
-                Ok(Ok(user)) => {
-                    if act.user.is_none() {
-                        act.chat.metrics.session_authorized();
-                    }
-                    if act.user != Some(user) {
-                        act.members.clear();
-                    }
-                    act.user = Some(user);
-                    act.span.record("user", user.0);
-                    tracing::info!(parent: &act.span, "authorized");
+                Ok(Ok((user, remaining))) => {
+                    act.authorized(user, remaining, ctx);
                     AuthorizationReply::success()
                 }
                 Ok(Err(ConnectError::TooManySessions)) => {
@@ -242,14 +246,32 @@ impl WsSession {
                 }
                 Err(AuthError::InactiveUser) => AuthorizationReply::refused("Inactive user"),
                 Err(AuthError::Database(e)) => {
-                    tracing::error!(parent: &act.span, error = %e, "authorization failed");
-                    AuthorizationReply::Error(ErrorReply::new(
-                        ErrorCode::Internal,
-                        "authorization failed, try again",
-                    ))
+                    AuthorizationReply::Error(internal_reply(&act.span, "authorization", &e))
                 }
             };
             act.send(&ServerEvent::AuthorizationResponse(reply), ctx);
+        }));
+    }
+
+    /// The session is now `user`'s, until the token expires in `remaining`.
+    fn authorized(&mut self, user: UserId, remaining: Duration, ctx: &mut Context<Self>) {
+        if self.user.is_none() {
+            self.chat.metrics.session_authorized();
+        }
+        if self.user != Some(user) {
+            self.members.clear();
+        }
+        self.user = Some(user);
+        self.unauthenticated = None;
+        self.span.record("user", user.0);
+        tracing::info!(parent: &self.span, "authorized");
+        if let Some(previous) = self.expiry.take() {
+            ctx.cancel_future(previous);
+        }
+        self.expiry = Some(ctx.run_later(remaining, |act, ctx| {
+            tracing::info!(parent: &act.span, "token expired; closing session");
+            let kick = Kick::token_expired();
+            act.close(kick.code, kick.reason, ctx);
         }));
     }
 
@@ -264,7 +286,7 @@ impl WsSession {
                     .collect();
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
             }
-            Err(e) => act.send_error("get_contacts", ErrorCode::Internal, &e.to_string(), ctx),
+            Err(e) => act.internal_error("get_contacts", &e, ctx),
         }));
     }
 
@@ -280,7 +302,7 @@ impl WsSession {
                 act.send(&ServerEvent::GetContactResponse(Reply::Ok(contact)), ctx);
             }
             Ok(None) => act.not_found("get_contact", ctx),
-            Err(e) => act.send_error("get_contact", ErrorCode::Internal, &e.to_string(), ctx),
+            Err(e) => act.internal_error("get_contact", &e, ctx),
         }));
     }
 
@@ -320,7 +342,7 @@ impl WsSession {
                         then(act, chat_id, members, ctx);
                     }
                     Ok(_) => act.not_found(kind, ctx),
-                    Err(e) => act.send_error(kind, ErrorCode::Internal, &e.to_string(), ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
                 }),
         );
     }
@@ -369,7 +391,7 @@ impl WsSession {
                         "server busy; message not stored, resend it",
                         ctx,
                     ),
-                    Err(e) => act.send_error("message", ErrorCode::Internal, &e.to_string(), ctx),
+                    Err(e) => act.internal_error("message", &e, ctx),
                 }
             },
         );
@@ -382,7 +404,12 @@ impl WsSession {
     fn await_delivery(&mut self, pending: PendingDelivery) {
         let tx = self.deliveries.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            actix::spawn(run_deliveries(rx, self.outbox.clone(), self.chat.clone()));
+            actix::spawn(run_deliveries(
+                rx,
+                self.outbox.clone(),
+                self.chat.clone(),
+                self.span.clone(),
+            ));
             tx
         });
         if let Err(mpsc::error::SendError(pending)) = tx.send(pending) {
@@ -422,12 +449,7 @@ impl WsSession {
                                 };
                                 act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
                             }
-                            Err(e) => act.send_error(
-                                "get_messages",
-                                ErrorCode::Internal,
-                                &e.to_string(),
-                                ctx,
-                            ),
+                            Err(e) => act.internal_error("get_messages", &e, ctx),
                         }),
                 );
             },
@@ -472,9 +494,7 @@ impl WsSession {
                                 .to_json();
                                 act.relay_to_others(user, &members, frame);
                             }
-                            Err(e) => {
-                                act.send_error("read", ErrorCode::Internal, &e.to_string(), ctx)
-                            }
+                            Err(e) => act.internal_error("read", &e, ctx),
                         }),
                 );
             },
@@ -502,12 +522,24 @@ impl WsSession {
     }
 }
 
+/// The `internal` error a client sees for a failure of ours, after logging
+/// the detail under a fresh error id (the client's text carries the id).
+fn internal_reply(span: &tracing::Span, kind: &str, error: &dyn std::fmt::Display) -> ErrorReply {
+    let error_id = crate::error::new_error_id();
+    tracing::error!(parent: span, %error_id, kind, error = %error, "request failed");
+    ErrorReply::new(
+        ErrorCode::Internal,
+        format!("internal error, try again (error id {error_id})"),
+    )
+}
+
 /// Awaits each submitted message's commit in order; acknowledges it to the
 /// sender and hands the push to the ChatServer.
 async fn run_deliveries(
     mut rx: mpsc::UnboundedReceiver<PendingDelivery>,
     outbox: Outbox,
     chat: Arc<ChatContext>,
+    span: tracing::Span,
 ) {
     while let Some(pending) = rx.recv().await {
         let outcome = pending.store.await.unwrap_or(Err(StoreError::Stopped));
@@ -515,8 +547,7 @@ async fn run_deliveries(
             Ok(Stored::New(m)) => (m, true),
             Ok(Stored::Duplicate(m)) => (m, false),
             Err(e) => {
-                let reply =
-                    ErrorReply::new(ErrorCode::Internal, format!("message not stored: {e}"));
+                let reply = internal_reply(&span, "message", &e);
                 let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
                 continue;
             }
@@ -682,6 +713,14 @@ impl Kick {
         Kick {
             code: CloseCode::Policy,
             reason: "token revoked",
+        }
+    }
+
+    /// The token the session authorized with expired.
+    pub fn token_expired() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "token expired",
         }
     }
 

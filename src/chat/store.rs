@@ -387,17 +387,14 @@ async fn run_writer(
 
 async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>) {
     // A client_id seen twice in one batch: the later ones get the first's result.
-    let mut first_of: HashMap<(i64, String), usize> = HashMap::new();
+    let mut first_of: HashMap<ClientKey, usize> = HashMap::new();
     let mut same_as: Vec<Option<usize>> = Vec::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
-        let dup = p.message.client_id.as_ref().and_then(|cid| {
-            let key = (p.message.sender.0, cid.clone());
-            match first_of.get(&key) {
-                Some(&j) => Some(j),
-                None => {
-                    first_of.insert(key, i);
-                    None
-                }
+        let dup = client_key(p).and_then(|key| match first_of.get(&key) {
+            Some(&j) => Some(j),
+            None => {
+                first_of.insert(key, i);
+                None
             }
         });
         same_as.push(dup);
@@ -446,25 +443,37 @@ fn active_model(p: &PendingInsert) -> message::ActiveModel {
     }
 }
 
-/// Finds messages already stored under the batch's `(sender, client_id)` pairs.
+/// What makes a resend the same message: the sender, the conversation and
+/// the client's id. (Per conversation: the same `client_id` in two
+/// conversations is two messages, and neither may be answered with the other.)
+type ClientKey = (i64, uuid::Uuid, String);
+
+fn client_key(p: &PendingInsert) -> Option<ClientKey> {
+    let cid = p.message.client_id.clone()?;
+    Some((p.message.sender.0, p.message.chat.0, cid))
+}
+
+/// Finds messages already stored under the batch's client keys.
 async fn existing_by_client_id<C: ConnectionTrait>(
     db: &C,
-    pairs: &HashSet<(i64, String)>,
-) -> Result<HashMap<(i64, String), message::Model>, DbErr> {
-    if pairs.is_empty() {
+    keys: &HashSet<ClientKey>,
+) -> Result<HashMap<ClientKey, message::Model>, DbErr> {
+    if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let senders: HashSet<i64> = pairs.iter().map(|(s, _)| *s).collect();
-    let client_ids: HashSet<&String> = pairs.iter().map(|(_, c)| c).collect();
+    let senders: HashSet<i64> = keys.iter().map(|(s, _, _)| *s).collect();
+    let chats: HashSet<uuid::Uuid> = keys.iter().map(|(_, c, _)| *c).collect();
+    let client_ids: HashSet<&String> = keys.iter().map(|(_, _, id)| id).collect();
     Ok(message::Entity::find()
         .filter(message::Column::SenderId.is_in(senders))
+        .filter(message::Column::ChatId.is_in(chats))
         .filter(message::Column::ClientId.is_in(client_ids.into_iter().cloned()))
         .all(db)
         .await?
         .into_iter()
         .filter_map(|m| {
-            let key = (m.sender_id?, m.client_id.clone()?);
-            pairs.contains(&key).then_some((key, m))
+            let key = (m.sender_id?, m.chat_id, m.client_id.clone()?);
+            keys.contains(&key).then_some((key, m))
         })
         .collect())
 }
@@ -476,19 +485,15 @@ async fn store_unique(
     batch: &[PendingInsert],
     same_as: &[Option<usize>],
 ) -> Result<Vec<Option<Result<Stored, StoreError>>>, DbErr> {
-    let pairs: HashSet<(i64, String)> = batch
-        .iter()
-        .filter_map(|p| Some((p.message.sender.0, p.message.client_id.clone()?)))
-        .collect();
-    let existing = existing_by_client_id(db, &pairs).await?;
+    let keys: HashSet<ClientKey> = batch.iter().filter_map(client_key).collect();
+    let existing = existing_by_client_id(db, &keys).await?;
     let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
     let mut to_insert = Vec::new();
     for (i, p) in batch.iter().enumerate() {
         if same_as[i].is_some() {
             continue;
         }
-        let key = p.message.client_id.clone().map(|c| (p.message.sender.0, c));
-        match key.and_then(|k| existing.get(&k)) {
+        match client_key(p).and_then(|k| existing.get(&k)) {
             Some(original) => results[i] = Some(Ok(Stored::Duplicate(original.clone()))),
             None => to_insert.push(i),
         }
@@ -626,10 +631,9 @@ async fn store_one(db: &DatabaseConnection, p: &PendingInsert) -> Result<Stored,
     match message::Entity::insert(active_model(p)).exec(db).await {
         Ok(res) => Ok(Stored::New(model_of(p, res.last_insert_id))),
         Err(insert_error) => {
-            let Some(cid) = p.message.client_id.clone() else {
+            let Some(key) = client_key(p) else {
                 return Err(db_error(insert_error));
             };
-            let key = (p.message.sender.0, cid);
             let found = existing_by_client_id(db, &HashSet::from([key.clone()]))
                 .await
                 .map_err(db_error)?;

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 /// How long a test waits for any one frame or response.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "correct horse battery";
+/// The token key of test servers (at least 32 bytes, as the server requires).
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret";
 
 /// A database the server can run on.
 #[derive(Debug, Clone)]
@@ -152,7 +154,7 @@ pub fn settings(url: &str, extra: &[(&str, &str)]) -> Settings {
         ("DATABASE_URL".into(), url.into()),
         ("HOST".into(), "127.0.0.1".into()),
         ("PORT".into(), "0".into()),
-        ("SECRET_KEY".into(), "test-secret".into()),
+        ("SECRET_KEY".into(), TEST_SECRET.into()),
         ("WORKERS".into(), "2".into()),
         ("DB_POOL_SIZE".into(), "8".into()),
     ];
@@ -430,6 +432,15 @@ impl WsClient {
                 other => panic!("expected a close frame, got {other:?}"),
             }
         }
+    }
+
+    /// Asserts the server closes next with `code` and `reason` (skipping JSON frames).
+    pub async fn expect_closed_with(&mut self, code: u16, reason: &str) {
+        let close = self.expect_close().await.expect("a close reason");
+        assert_eq!(
+            (u16::from(close.code), close.description.as_deref()),
+            (code, Some(reason))
+        );
     }
 
     /// Splits off the reading half into a task that discards everything, for

@@ -1,0 +1,650 @@
+//! The attacks of an outside review, each replayed against a real server:
+//! revocation holes, throttling races, lock-outs, account rules, leaks of
+//! internal errors, message de-duplication across conversations, expired
+//! tokens, and the smaller hardening items.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_server::accounts;
+use common::{backends, Backend, TestApp, TestDatabase, PASSWORD};
+use futures_util::future::join_all;
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+use serde_json::{json, Value};
+
+/// `(status, JSON body)` of a POST with an optional bearer token and extra headers.
+async fn post(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
+    let mut req = app.http.post(app.url(path));
+    if !token.is_empty() {
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    for header in headers {
+        req = req.insert_header(*header);
+    }
+    let mut res = req.send_json(&body).await.expect("request");
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn login_status(app: &TestApp, username: &str, password: &str, from: Option<&str>) -> u16 {
+    let headers: Vec<(&str, &str)> = from.map(|a| ("X-Forwarded-For", a)).into_iter().collect();
+    let body = json!({"username": username, "password": password});
+    post(app, "/api/login/", "", &headers, body).await.0
+}
+
+/// An `internal` error as clients see it: a generic text with an error id.
+fn assert_generic_internal(frame: &Value, kind: &str) {
+    assert_eq!(frame["type"], kind, "{frame}");
+    assert_eq!(frame["data"]["status"], "error", "{frame}");
+    assert_eq!(frame["data"]["code"], "internal", "{frame}");
+    let message = frame["data"]["message"].as_str().unwrap();
+    let id = message
+        .strip_prefix("internal error, try again (error id ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not the generic text: {message}"));
+    assert!(
+        id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{message}"
+    );
+}
+
+async fn failed_reauthorization_keeps_the_session_revocable(backend: &Backend) {
+    let app = TestApp::spawn_with(backend, &[("MAX_SESSIONS_PER_USER", "2")]).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let (alice, bob) = (app.login("alice").await, app.login("bob").await);
+    let mut socket = app.authorized(&alice).await;
+    let _bob1 = app.authorized(&bob).await;
+    let _bob2 = app.authorized(&bob).await;
+
+    socket
+        .send(json!({"type": "authorization", "data": {"token": bob}}))
+        .await;
+    assert_eq!(
+        socket.recv_type("authorization_response").await,
+        json!({"type": "authorization_response", "data": {"status": "error", "code": "rate_limited", "message": "too many open sessions for this user"}})
+    );
+    // Still alice, still registered as alice: 3 sessions in all.
+    let contacts = socket
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["pk"], pk.as_str());
+    assert_eq!(contacts["data"][0]["name"], "Bob Jones");
+    assert_eq!(app.stats().await.sessions, 3);
+
+    // So a password change of alice's still reaches it.
+    let (status, _) = post(
+        &app,
+        "/api/password/",
+        &alice,
+        &[],
+        json!({"old_password": PASSWORD, "new_password": "a brand new password"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    socket.expect_closed_with(1008, "token revoked").await;
+}
+
+#[actix_rt::test]
+async fn a_refused_reauthorization_leaves_the_session_revocable() {
+    for backend in backends() {
+        failed_reauthorization_keeps_the_session_revocable(&backend).await;
+    }
+}
+
+#[actix_rt::test]
+async fn reauthorizing_as_another_user_moves_the_session_and_forgets_memberships() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    app.create_user("carol", "Carol", "King").await;
+    let (alice, carol) = (app.login("alice").await, app.login("carol").await);
+    let mut socket = app.authorized(&alice).await;
+    // alice's membership is now cached in the session.
+    let typing = json!({"type": "typing", "data": {"id": pk}});
+    socket.send(typing.clone()).await;
+    let reply = socket
+        .request(json!({"type": "authorization", "data": {"token": carol}}))
+        .await;
+    assert_eq!(reply["data"], json!({"status": "success"}));
+    let stats = app.stats().await;
+    assert_eq!((stats.users, stats.sessions), (1, 1), "only carol is here");
+    let reply = socket
+        .request(json!({"type": "message", "data": {"to": pk, "content": "as carol"}}))
+        .await;
+    assert_eq!(reply["data"]["code"], "not_found", "{reply}");
+    // The same user again: still one session.
+    let reply = socket
+        .request(json!({"type": "authorization", "data": {"token": carol}}))
+        .await;
+    assert_eq!(reply["data"], json!({"status": "success"}));
+    assert_eq!(app.stats().await.sessions, 1);
+}
+
+async fn old_token_sessions_close_after_a_cli_password_change(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.pair("alice", "bob").await;
+    let mut old = app.authorized(&app.login("alice").await).await;
+    // As `chat-server user set-password` does: the database only.
+    accounts::set_password_of(&app.db, "alice", PASSWORD.into())
+        .await
+        .unwrap();
+    let mut new = app.authorized(&app.login("alice").await).await;
+    let started = Instant::now();
+    old.expect_closed_with(1008, "token revoked").await;
+    // The sweep runs every 5 s; allow for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(9), "{backend:?}");
+    let pong = new.request(json!({"type": "ping", "data": {}})).await;
+    assert_eq!(
+        pong,
+        json!({"type": "pong", "data": {}}),
+        "the new session lives"
+    );
+}
+
+#[actix_rt::test]
+async fn a_session_on_an_old_token_closes_though_the_user_logged_in_again() {
+    for backend in backends() {
+        old_token_sessions_close_after_a_cli_password_change(&backend).await;
+    }
+}
+
+#[actix_rt::test]
+async fn concurrent_guesses_cannot_pass_the_login_limit() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("LOGIN_MAX_ATTEMPTS", "10")]).await;
+    app.pair("alice", "bob").await;
+    let app = &app;
+    let guesses = (0..80)
+        .map(|i| async move { login_status(app, "alice", &format!("guess {i}"), None).await });
+    let statuses = join_all(guesses).await;
+    let processed = statuses.iter().filter(|s| **s == 400).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(processed + refused, 80, "{statuses:?}");
+    assert!(
+        (1..=10).contains(&processed),
+        "{processed} guesses were hashed"
+    );
+
+    // An address one failure short of its ceiling (2 × 10 = 20) gets one more.
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("LOGIN_MAX_ATTEMPTS", "2")]).await;
+    for i in 0..19 {
+        assert_eq!(
+            login_status(&app, &format!("user{i}"), "x", None).await,
+            400
+        );
+    }
+    let app = &app;
+    let guesses =
+        (0..40).map(|i| async move { login_status(app, &format!("other{i}"), "x", None).await });
+    let statuses = join_all(guesses).await;
+    let processed = statuses.iter().filter(|s| **s == 400).count();
+    assert_eq!(processed, 1, "{statuses:?}");
+}
+
+#[actix_rt::test]
+async fn someone_elses_guesses_do_not_lock_the_real_user_out() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("LOGIN_MAX_ATTEMPTS", "5"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    app.pair("alice", "bob").await;
+    let attacker = Some("203.0.113.9");
+    let mut refused = 0;
+    for i in 0..15 {
+        if login_status(&app, "alice", &format!("guess {i}"), attacker).await == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 15 guesses were refused");
+    assert_eq!(login_status(&app, "alice", PASSWORD, attacker).await, 429);
+    assert_eq!(
+        login_status(&app, "alice", PASSWORD, Some("198.51.100.7")).await,
+        200,
+        "the real user, from a clean address"
+    );
+
+    // Without TRUSTED_PROXIES the header is the client's to forge: ignored.
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("LOGIN_MAX_ATTEMPTS", "3")]).await;
+    app.pair("alice", "bob").await;
+    for _ in 0..3 {
+        login_status(&app, "alice", "wrong", Some("203.0.113.9")).await;
+    }
+    assert_eq!(
+        login_status(&app, "alice", PASSWORD, Some("198.51.100.7")).await,
+        429
+    );
+}
+
+#[actix_rt::test]
+async fn old_password_guesses_are_throttled() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("LOGIN_MAX_ATTEMPTS", "3")]).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    for i in 0..3 {
+        let body =
+            json!({"old_password": format!("guess {i}"), "new_password": "a brand new password"});
+        let (status, body) = post(&app, "/api/password/", &token, &[], body).await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"old_password": ["Wrong password."]}))
+        );
+    }
+    let body = json!({"old_password": PASSWORD, "new_password": "a brand new password"});
+    let (status, body) = post(&app, "/api/password/", &token, &[], body).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Request was throttled"));
+}
+
+#[actix_rt::test]
+async fn registration_is_limited_per_client_address() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("REGISTRATION_BURST", "3"),
+            ("REGISTRATION_PER_MINUTE", "1"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let register = |name: &str, from: &'static str| {
+        let body = json!({"username": name, "password": "a fine password"});
+        let app = &app;
+        async move {
+            let headers = [("X-Forwarded-For", from)];
+            post(app, "/api/register/", "", &headers, body).await
+        }
+    };
+    for name in ["ann", "ben", "cat"] {
+        assert_eq!(register(name, "192.0.2.1").await.0, 201, "{name}");
+    }
+    let (status, body) = register("dan", "192.0.2.1").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Request was throttled"));
+    assert_eq!(register("dan", "192.0.2.2").await.0, 201, "another address");
+    let users = entity::user::Entity::find().count(&app.db).await.unwrap();
+    assert_eq!(users, 4);
+}
+
+async fn account_rules(backend: &Backend) {
+    let app = TestApp::spawn_with(backend, &[("REGISTRATION_BURST", "100")]).await;
+    let register = |username: &str, password: &str| {
+        let body = json!({"username": username, "password": password});
+        let app = &app;
+        async move { post(app, "/api/register/", "", &[], body).await }
+    };
+    assert_eq!(register("bob", "a fine password").await.0, 201);
+    let similar =
+        json!({"username": ["A user with a confusingly similar username already exists."]});
+    for lookalike in ["Bob", "BOB", "b\u{043e}b"] {
+        assert_eq!(
+            register(lookalike, "a fine password").await,
+            (400, similar.clone()),
+            "{lookalike} on {}",
+            backend.name()
+        );
+    }
+    // NFKC makes a fullwidth ｂｏｂ the very name bob.
+    for same in ["bob", "\u{ff42}\u{ff4f}\u{ff42}"] {
+        assert_eq!(
+            register(same, "a fine password").await,
+            (
+                400,
+                json!({"username": ["A user with that username already exists."]})
+            )
+        );
+    }
+    for (username, password, expected) in [
+        ("carol", "password", "This password is too common."),
+        ("carol", "12345678", "This password is too common."),
+        ("carol", "iloveyou", "This password is too common."),
+        (
+            "carolinee",
+            "carolinee",
+            "The password is too similar to the username.",
+        ),
+    ] {
+        assert_eq!(
+            register(username, password).await,
+            (400, json!({"password": [expected]})),
+            "{password}"
+        );
+    }
+    // A fullwidth name is stored in its NFKC form; any case logs in.
+    let (status, body) = register("\u{ff43}\u{ff41}\u{ff52}\u{ff4c}", "a fine password").await;
+    assert_eq!(
+        (status, body["data"]["username"].clone()),
+        (201, json!("carl"))
+    );
+    let (status, body) = post(
+        &app,
+        "/api/login/",
+        "",
+        &[],
+        json!({"username": "Carl", "password": "a fine password"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["username"].clone()),
+        (200, json!("carl"))
+    );
+}
+
+#[actix_rt::test]
+async fn weak_passwords_and_lookalike_usernames_are_refused() {
+    for backend in backends() {
+        account_rules(&backend).await;
+    }
+}
+
+async fn accounts_from_before_the_rules(backend: &Backend) {
+    use migration::MigratorTrait;
+    let database = TestDatabase::create(backend).await;
+    let db = sea_orm::Database::connect(database.url.as_str())
+        .await
+        .unwrap();
+    migration::Migrator::up(&db, Some(1)).await.unwrap();
+    let hash = chat_server::auth::password::hash_password(PASSWORD);
+    for name in ["bob", "b\u{043e}b"] {
+        let insert = sea_orm::sea_query::Query::insert()
+            .into_table(entity::user::Entity)
+            .columns([
+                entity::user::Column::Username,
+                entity::user::Column::Email,
+                entity::user::Column::FirstName,
+                entity::user::Column::LastName,
+                entity::user::Column::PasswordHash,
+                entity::user::Column::IsActive,
+                entity::user::Column::IsStaff,
+                entity::user::Column::IsSuperuser,
+                entity::user::Column::TokenVersion,
+                entity::user::Column::CreatedAt,
+            ])
+            .values_panic([
+                name.into(),
+                "".into(),
+                name.into(),
+                "Old".into(),
+                hash.clone().into(),
+                true.into(),
+                false.into(),
+                false.into(),
+                0.into(),
+                chrono::Utc::now().into(),
+            ])
+            .to_owned();
+        db.execute(&insert).await.unwrap();
+    }
+    db.close().await.unwrap();
+    // The server migrates on start: both old accounts keep working.
+    let app = TestApp::spawn_on(backend, &database.url, &[]).await;
+    for name in ["bob", "b\u{043e}b"] {
+        let (status, body) = post(
+            &app,
+            "/api/login/",
+            "",
+            &[],
+            json!({"username": name, "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["data"]["username"].clone()),
+            (200, json!(name))
+        );
+    }
+    let body = json!({"username": "BOB", "password": "a fine password"});
+    assert_eq!(post(&app, "/api/register/", "", &[], body).await.0, 400);
+}
+
+#[actix_rt::test]
+async fn accounts_that_collide_under_the_new_rules_keep_working() {
+    for backend in backends() {
+        accounts_from_before_the_rules(&backend).await;
+    }
+}
+
+async fn database_errors_stay_in_the_log(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut socket = app.authorized(&app.login("alice").await).await;
+    // Membership is cached; then the table the next requests need is gone.
+    let page = socket
+        .request(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(page["data"]["messages"], json!([]));
+    let drop = match backend {
+        Backend::Postgres(_) => "DROP TABLE messages CASCADE",
+        _ => "DROP TABLE messages",
+    };
+    app.db.execute_unprepared(drop).await.unwrap();
+    let reply = socket
+        .request(json!({"type": "message", "data": {"to": pk, "content": "hi"}}))
+        .await;
+    assert_generic_internal(&reply, "message_response");
+    let reply = socket
+        .request(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_generic_internal(&reply, "get_messages_response");
+    let reply = socket
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_generic_internal(&reply, "get_contacts_response");
+}
+
+#[actix_rt::test]
+async fn database_errors_reach_clients_only_as_an_error_id() {
+    for backend in backends() {
+        database_errors_stay_in_the_log(&backend).await;
+    }
+}
+
+async fn client_ids_per_conversation(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, _, with_bob) = app.pair("alice", "bob").await;
+    let mallory_id = app.create_user("mallory", "Mal", "Lory").await;
+    let (chat, _) = accounts::direct_chat(&app.db, alice_id, mallory_id)
+        .await
+        .unwrap();
+    let with_mallory = chat.id.to_string();
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut mallory = app.authorized(&app.login("mallory").await).await;
+
+    let send = |to: &str| json!({"type": "message", "data": {"to": to, "content": format!("to {to}"), "client_id": "same-id"}});
+    alice.send(send(&with_bob)).await;
+    let first = alice.recv_type("message_response").await;
+    alice.send(send(&with_mallory)).await;
+    let second = alice.recv_type("message_response").await;
+    assert_eq!(second["data"]["status"], "success", "{second}");
+    assert_eq!(second["data"]["pk"], with_mallory.as_str());
+    assert_ne!(second["data"]["id"], first["data"]["id"]);
+    let pushed = mallory.recv_type("message").await;
+    assert_eq!(
+        pushed["data"]["data"]["content"],
+        format!("to {with_mallory}")
+    );
+    // A real resend is still answered with the original.
+    alice.send(send(&with_bob)).await;
+    let again = alice.recv_type("message_response").await;
+    assert_eq!(again["data"]["id"], first["data"]["id"]);
+    let rows = entity::message::Entity::find().all(&app.db).await.unwrap();
+    assert_eq!(rows.len(), 2, "{}", backend.name());
+}
+
+#[actix_rt::test]
+async fn a_client_id_is_deduplicated_per_conversation() {
+    for backend in backends() {
+        client_ids_per_conversation(&backend).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_session_closes_when_its_token_expires() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("TOKEN_TTL_SECONDS", "2")]).await;
+    app.pair("alice", "bob").await;
+    let mut socket = app.authorized(&app.login("alice").await).await;
+    let authorized = Instant::now();
+    socket.expect_closed_with(1008, "token expired").await;
+    // exp is in whole seconds: between 1 and 2 s after authorization.
+    let after = authorized.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(6),
+        "{after:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn metrics_can_require_a_token() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("METRICS_TOKEN", "scrape-me")]).await;
+    let res = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let res = app
+        .http
+        .get(app.url("/metrics"))
+        .insert_header(("Authorization", "Bearer wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let mut res = app
+        .http
+        .get(app.url("/metrics"))
+        .insert_header(("Authorization", "Bearer scrape-me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("chat_server_sessions "), "{text}");
+}
+
+#[cfg(unix)]
+#[actix_rt::test]
+async fn the_sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let app = TestApp::spawn_on(&Backend::Sqlite, &url, &[]).await;
+    app.pair("alice", "bob").await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("chat.db{suffix}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[actix_rt::test]
+async fn pages_carry_security_headers_and_no_inline_script() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    for page in ["/swagger/", "/redoc/", "/api/users/"] {
+        let mut res = app.http.get(app.url(page)).send().await.unwrap();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let csp = header("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{page}: {csp}");
+        assert!(csp.contains("script-src 'self';"), "{page}: {csp}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{page}");
+        let body = String::from_utf8_lossy(&res.body().await.unwrap()).into_owned();
+        assert!(!body.contains("<script>"), "{page} has an inline script");
+    }
+}
+
+#[actix_rt::test]
+async fn unauthenticated_sockets_are_capped_per_address() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("MAX_UNAUTHENTICATED_PER_ADDRESS", "3")],
+    )
+    .await;
+    app.pair("alice", "bob").await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(app.ws("/chat").await);
+    }
+    let refused = app
+        .http
+        .ws(format!("ws://127.0.0.1:{}/chat", app.port))
+        .connect()
+        .await;
+    match refused {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 429)
+        }
+        other => panic!("expected a 429, got {:?}", other.map(|_| ())),
+    }
+    // One authorizes: its place is free again.
+    let token = app.login("alice").await;
+    let first = &mut waiting[0];
+    first.recv().await;
+    let reply = first
+        .request(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    assert_eq!(reply["data"]["status"], "success");
+    let _fourth = app.ws("/chat").await;
+}
+
+#[actix_rt::test]
+async fn tokens_in_urls_and_headers_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .current_dir(dir.path())
+        .env_clear()
+        .envs([("PORT", port.to_string()), ("RUST_LOG", "debug".into())])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = awc::Client::default();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(url("/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2lnbmF0dXJl";
+    let socket = client
+        .ws(format!("ws://127.0.0.1:{port}/chat?token={secret}"))
+        .connect()
+        .await;
+    drop(socket);
+    let res = client
+        .get(url("/api/me/"))
+        .insert_header(("Authorization", format!("Bearer {secret}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(text.contains("/chat?token=[redacted]"), "{text}");
+    assert!(!text.contains("c2VjcmV0LXRva2VuLXZhbHVl"), "{text}");
+}
