@@ -11,22 +11,41 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXAMPLES=${EXAMPLES:-50}
-command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q schemathesis
+command -v schemathesis >/dev/null 2>&1 || {
+  echo "schemathesis is not installed (.ci/run installs the pinned version)" >&2
+  exit 1
+}
 cargo build --quiet --bin chat-server
+server_bin=$PWD/target/debug/chat-server
 
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-(cd "$dir" && PORT=$port RUST_LOG=warn LOGIN_MAX_ATTEMPTS=1000000 "$OLDPWD/target/debug/chat-server" >"$dir/server.log" 2>&1) &
+# `exec`: $! is the server itself, not a subshell, so the trap stops it.
+(cd "$dir" && exec env PORT="$port" RUST_LOG=warn LOGIN_MAX_ATTEMPTS=1000000 \
+  REGISTRATION_BURST=1000000 "$server_bin" >"$dir/server.log" 2>&1) &
 server=$!
-# The server is stopped with SIGTERM: its exit status must not become ours.
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
+finish() {
+  status=$?
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  if [ "$status" != 0 ]; then
+    echo "--- server log ($dir/server.log) ---" >&2
+    cat "$dir/server.log" >&2 || true
+  fi
+  rm -rf "$dir"
+  exit "$status"
+}
+trap finish EXIT
 
 base=http://127.0.0.1:$port
 for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
 token=$(curl -fs -H 'Content-Type: application/json' \
-  -d '{"username":"conformance","password":"conformance pw","first_name":"Con","last_name":"Formance"}' \
+  -d '{"username":"conformance","password":"quiet river stones","first_name":"Con","last_name":"Formance"}' \
   "$base/api/register/" | python3 -c 'import sys, json; print(json.load(sys.stdin)["token"])')
 
+# From the temporary directory: schemathesis keeps its cache in the working
+# directory, which must not be the repository.
+cd "$dir"
 schemathesis run "$base/swagger.json" \
   --header "Authorization: Bearer $token" \
   --max-examples "$EXAMPLES" \

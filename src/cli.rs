@@ -13,7 +13,18 @@ use crate::{bench, db, telemetry, Application};
 
 /// Real-time chat server (REST + WebSocket).
 #[derive(Debug, Parser)]
-#[command(name = "chat-server", version, about)]
+#[command(
+    name = "chat-server",
+    version,
+    about,
+    after_help = "Configuration comes from environment variables and from a .env file in the \
+working directory, not from options: for example `PORT=9000 chat-server serve`. \
+.env.example lists every variable.\n\n\
+`serve` stays in the foreground until Ctrl-C or SIGTERM; run the other commands in a \
+second terminal, with the same configuration.\n\n\
+Exit codes: 0 success; 2 the command line, the configuration or the input is wrong \
+(fix it and run again); 1 the operation failed (database unreachable, I/O)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -46,6 +57,7 @@ pub enum BenchCommand {
         /// Server base URL; repeat to spread pairs over several instances.
         #[arg(long = "url", default_value = "http://127.0.0.1:8000")]
         urls: Vec<String>,
+        /// Pairs of users: the first of each sends, the second receives.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         pairs: u64,
         /// How long to send, in seconds.
@@ -63,16 +75,19 @@ pub enum BenchCommand {
     },
     /// Many authorized idle sessions: server memory per session, then latency.
     Idle {
+        /// Server base URL.
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
         /// Users the sessions belong to (the server's MAX_SESSIONS_PER_USER must allow sessions/users each).
         #[arg(long, default_value_t = 100)]
         users: usize,
+        /// Authorized sessions to open and hold.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         sessions: u64,
         /// The server's process id, to read its RSS from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
         sources: u64,
         /// Messages timed between two sessions once all are open.
@@ -81,6 +96,7 @@ pub enum BenchCommand {
     },
     /// Start this binary on a fresh SQLite file and time it to /readyz 200.
     Startup {
+        /// How many starts to time.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
     },
@@ -94,27 +110,40 @@ pub enum UserCommand {
     List,
     /// Set a new password (revokes the user's tokens).
     SetPassword {
+        /// The account's username.
         username: String,
         #[command(flatten)]
         password: PasswordSource,
     },
     /// Deactivate an account (revokes its tokens; the user cannot log in).
-    Deactivate { username: String },
+    Deactivate {
+        /// The account's username.
+        username: String,
+    },
     /// Reactivate an account.
-    Activate { username: String },
+    Activate {
+        /// The account's username.
+        username: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct CreateUser {
+    /// Letters, digits and @.+-_, at most 150; unique up to case and look-alikes.
     pub username: String,
+    /// The account's email address.
     #[arg(long, default_value = "")]
     pub email: String,
+    /// Shown to contacts as "First Last".
     #[arg(long, default_value = "")]
     pub first_name: String,
+    /// Shown to contacts as "First Last".
     #[arg(long, default_value = "")]
     pub last_name: String,
+    /// Mark the account as staff (reported in the login answer).
     #[arg(long)]
     pub staff: bool,
+    /// Mark the account as superuser (reported in the login answer).
     #[arg(long)]
     pub superuser: bool,
     #[command(flatten)]
@@ -124,7 +153,8 @@ pub struct CreateUser {
 /// Passwords never come from argv (it is visible to every user of the machine).
 #[derive(Debug, Args)]
 pub struct PasswordSource {
-    /// Read the password from the first line of standard input instead of a prompt.
+    /// Read the password from the first line of standard input instead of a
+    /// prompt (needed where there is no terminal: scripts, Docker, CI).
     #[arg(long)]
     pub password_stdin: bool,
 }
@@ -132,7 +162,12 @@ pub struct PasswordSource {
 #[derive(Debug, Subcommand)]
 pub enum ContactCommand {
     /// Create the direct conversation of two users (once; again is a no-op).
-    Add { first: String, second: String },
+    Add {
+        /// One user's username.
+        first: String,
+        /// The other user's username.
+        second: String,
+    },
 }
 
 /// Why a command failed, and the process exit code for it.
@@ -158,12 +193,19 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// 2 for configuration and usage problems, 1 for everything else.
+    /// The one rule: 2 when the command line, the configuration or the input
+    /// is wrong (the person must change something), 1 when the operation
+    /// failed (the database or the disk did).
     pub fn exit_code(&self) -> i32 {
+        use accounts::AccountError;
         match self {
             CliError::Config(_)
-            | CliError::Start(crate::StartError::Config(_))
+            | CliError::Start(crate::StartError::Config(_) | crate::StartError::Redis(_))
             | CliError::Usage(_) => 2,
+            CliError::Account(e) => match e {
+                AccountError::Database(_) | AccountError::Hashing(_) => 1,
+                _ => 2,
+            },
             _ => 1,
         }
     }
@@ -176,8 +218,9 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<(), CliError> {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let db = db::connect(&settings).await?;
-            db::migrate(&db, &settings.database_url()).await?;
+            let applied = db::migrate(&db, &settings.database_url()).await?;
             println!("migrations applied");
+            tracing::debug!(applied, "migrations");
             Ok(())
         }
         Command::User(command) => user_command(&connect(&settings).await?, command).await,
@@ -357,8 +400,14 @@ fn read_password(source: &PasswordSource) -> Result<String, CliError> {
         }
         return Ok(password);
     }
-    let first = rpassword::prompt_password("Password: ")?;
-    let again = rpassword::prompt_password("Password (again): ")?;
+    let no_terminal = |e: std::io::Error| {
+        CliError::Usage(format!(
+            "cannot ask for the password ({e}): without a terminal, give it on standard \
+             input with --password-stdin"
+        ))
+    };
+    let first = rpassword::prompt_password("Password: ").map_err(no_terminal)?;
+    let again = rpassword::prompt_password("Password (again): ").map_err(no_terminal)?;
     if first != again {
         return Err(CliError::Usage("the two passwords differ".into()));
     }

@@ -28,12 +28,33 @@ pub enum ConfigError {
     },
 }
 
+/// Where the token signing key came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `SECRET_KEY`.
+    Environment,
+    /// The key file next to the SQLite database.
+    File(PathBuf),
+    /// Generated now, and written to this file.
+    Generated(PathBuf),
+}
+
 /// Which relational database to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbEngine {
     Sqlite,
     Postgres,
     MySql,
+}
+
+impl std::fmt::Display for DbEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DbEngine::Sqlite => "SQLite",
+            DbEngine::Postgres => "PostgreSQL",
+            DbEngine::MySql => "MySQL",
+        })
+    }
 }
 
 /// How log lines are written.
@@ -57,8 +78,9 @@ pub struct Settings {
     pub db_host: String,
     #[serde(default)]
     pub db_port: Option<u16>,
-    #[serde(default = "default_db_user")]
-    pub db_user: String,
+    /// Defaults per engine: `postgres` for PostgreSQL, `root` for MySQL.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub db_user: Option<String>,
     #[serde(default = "default_db_password")]
     pub db_password: String,
     /// Largest number of pooled database connections.
@@ -144,6 +166,10 @@ pub struct Settings {
     /// Registrations per minute one client address may make, sustained.
     #[serde(default = "default_registration_per_minute")]
     pub registration_per_minute: u32,
+    /// Messages waiting for the group-commit writer before senders are told
+    /// the server is busy (and resend).
+    #[serde(default = "default_message_queue")]
+    pub message_queue_capacity: usize,
     /// WebSockets one client address may hold open before authorizing.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated_per_address: usize,
@@ -203,9 +229,6 @@ fn default_engine() -> DbEngine {
 }
 fn default_db_host() -> String {
     "127.0.0.1".into()
-}
-fn default_db_user() -> String {
-    "postgres".into()
 }
 fn default_db_password() -> String {
     "development".into()
@@ -270,6 +293,9 @@ fn default_registration_burst() -> u32 {
 fn default_registration_per_minute() -> u32 {
     10
 }
+fn default_message_queue() -> usize {
+    16 * 1024
+}
 fn default_max_unauthenticated() -> usize {
     100
 }
@@ -296,13 +322,22 @@ impl Settings {
         // envy names the variable in number errors ("… provided by PORT"), and
         // our own parsers name theirs, so every message says what to fix.
         let settings: Settings =
-            envy::from_iter(known).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            envy::from_iter(known).map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
         settings.check()?;
         Ok(settings)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if self.database_url.is_none()
+            && self.db_engine != DbEngine::Sqlite
+            && self.db_name.is_none()
+        {
+            return invalid(
+                "DB_NAME must be set with DB_ENGINE=psql or mysql: the database to create the chat \
+                 tables in (DB_NAME=postgres to really use the server's own database)",
+            );
+        }
         if self.max_frame_bytes < 1024 {
             return invalid("MAX_FRAME_BYTES must be at least 1024");
         }
@@ -339,6 +374,9 @@ impl Settings {
         if let Err(e) = crate::client_address::TrustedProxies::parse(&self.trusted_proxies) {
             return Err(ConfigError::Invalid(format!("TRUSTED_PROXIES: {e}")));
         }
+        if self.message_queue_capacity == 0 {
+            return invalid("MESSAGE_QUEUE_CAPACITY must be at least 1");
+        }
         if self.max_unauthenticated_per_address == 0 {
             return invalid("MAX_UNAUTHENTICATED_PER_ADDRESS must be at least 1");
         }
@@ -373,19 +411,41 @@ impl Settings {
         match self.db_engine {
             DbEngine::Sqlite => format!("sqlite://{}?mode=rwc", self.sqlite_path().display()),
             DbEngine::Postgres => self.server_url("postgres", 5432, "postgres"),
-            DbEngine::MySql => self.server_url("mysql", 3306, "postgres"),
+            DbEngine::MySql => self.server_url("mysql", 3306, "root"),
         }
     }
 
-    fn server_url(&self, scheme: &str, port: u16, default_name: &str) -> String {
+    /// A server database's URL from the `DB_*` set (`check` made sure
+    /// `DB_NAME` is there).
+    fn server_url(&self, scheme: &str, port: u16, default_user: &str) -> String {
         format!(
             "{scheme}://{}:{}@{}:{}/{}",
-            percent_encode(&self.db_user),
+            percent_encode(self.db_user.as_deref().unwrap_or(default_user)),
             percent_encode(&self.db_password),
             self.db_host,
             self.db_port.unwrap_or(port),
-            percent_encode(self.db_name.as_deref().unwrap_or(default_name)),
+            percent_encode(self.db_name.as_deref().unwrap_or_default()),
         )
+    }
+
+    /// Where the database is, for a log line: the SQLite file, or the
+    /// server's engine, host, port and database (never the password).
+    pub fn database_location(&self) -> String {
+        let url = self.database_url();
+        match self.engine() {
+            DbEngine::Sqlite => format!("sqlite {}", self.sqlite_path().display()),
+            engine => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                let rest = rest.split('?').next().unwrap_or(rest);
+                let name = if engine == DbEngine::Postgres {
+                    "postgresql"
+                } else {
+                    "mysql"
+                };
+                format!("{name} {rest}")
+            }
+        }
     }
 
     /// The SQLite file (only meaningful when the engine is SQLite).
@@ -406,21 +466,35 @@ impl Settings {
         })
     }
 
-    /// `SECRET_KEY`, or the one generated on first start and kept in a file
-    /// (next to the SQLite database, else in the working directory).
+    /// `SECRET_KEY`, or (SQLite only) the one generated on first start and
+    /// kept in a file next to the database.
     pub fn resolve_secret_key(&self) -> Result<String, ConfigError> {
+        Ok(self.secret_key_with_source()?.0)
+    }
+
+    /// `resolve_secret_key`, and where the key came from (for the start-up log).
+    pub fn secret_key_with_source(&self) -> Result<(String, SecretSource), ConfigError> {
         if let Some(key) = &self.secret_key {
-            return Ok(key.clone());
+            return Ok((key.clone(), SecretSource::Environment));
         }
-        let path = match self.engine() {
-            DbEngine::Sqlite => {
-                let db = self.sqlite_path();
-                let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
-                db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())))
-            }
-            _ => PathBuf::from("chat-server.secret"),
+        if self.engine() != DbEngine::Sqlite {
+            return Err(ConfigError::Invalid(
+                "SECRET_KEY must be set when the database is PostgreSQL or MySQL: every \
+                 instance must sign tokens with the same key (generate one with \
+                 `openssl rand -hex 32`)"
+                    .into(),
+            ));
+        }
+        let db = self.sqlite_path();
+        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
+        let path = db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())));
+        let (key, created) = load_or_create_secret(&path)?;
+        let source = if created {
+            SecretSource::Generated(path)
+        } else {
+            SecretSource::File(path)
         };
-        load_or_create_secret(&path)
+        Ok((key, source))
     }
 
     /// The address to listen on.
@@ -462,7 +536,7 @@ fn list_or_any(raw: &str) -> Option<Vec<String>> {
     }
 }
 
-fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
+fn load_or_create_secret(path: &Path) -> Result<(String, bool), ConfigError> {
     let io = |source| ConfigError::SecretFile {
         path: path.to_path_buf(),
         source,
@@ -478,7 +552,7 @@ fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
                     path.display()
                 )));
             }
-            return Ok(key);
+            return Ok((key, false));
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -499,14 +573,33 @@ fn load_or_create_secret(path: &Path) -> Result<String, ConfigError> {
             use std::io::Write;
             file.write_all(key.as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
-            Ok(key)
+            Ok((key, true))
         }
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(path)
-            .map(|k| k.trim().to_string())
+            .map(|k| (k.trim().to_string(), false))
             .map_err(io),
         Err(e) => Err(io(e)),
     }
+}
+
+/// envy's number errors in words: "invalid digit found in string while
+/// parsing value 'abc' provided by PORT" becomes "PORT must be a number from
+/// 0 to 65535 (0: any free port), not 'abc'". Other messages pass unchanged.
+fn explain(envy_error: &str) -> String {
+    let Some((head, variable)) = envy_error.rsplit_once(" provided by ") else {
+        return envy_error.to_string();
+    };
+    let value = head
+        .split_once("value '")
+        .and_then(|(_, rest)| rest.rsplit_once('\''))
+        .map_or("", |(value, _)| value);
+    let expected = match variable {
+        "PORT" => "a number from 0 to 65535 (0: any free port)",
+        "DB_PORT" | "REDIS_PORT" => "a number from 1 to 65535",
+        _ => "a whole number, 0 or more",
+    };
+    format!("{variable} must be {expected}, not '{value}'")
 }
 
 /// Warns when a file holding a secret can be read by other users.
@@ -578,6 +671,7 @@ const KNOWN: &[&str] = &[
     "REGISTRATION_BURST",
     "REGISTRATION_PER_MINUTE",
     "MAX_UNAUTHENTICATED_PER_ADDRESS",
+    "MESSAGE_QUEUE_CAPACITY",
 ];
 
 #[cfg(test)]
@@ -637,12 +731,30 @@ mod tests {
             ["chat.example.com", "api.example.com"]
         );
         assert!(s.debug);
-        let mysql =
-            Settings::from_vars(vars(&[("DB_ENGINE", "mysql"), ("DB_PORT", "3307")])).unwrap();
+        let mysql = Settings::from_vars(vars(&[
+            ("DB_ENGINE", "mysql"),
+            ("DB_PORT", "3307"),
+            ("DB_NAME", "chat"),
+        ]))
+        .unwrap();
         assert_eq!(
             mysql.database_url(),
-            "mysql://postgres:development@127.0.0.1:3307/postgres"
+            "mysql://root:development@127.0.0.1:3307/chat",
+            "MySQL's default user is root"
         );
+        assert_eq!(mysql.database_location(), "mysql 127.0.0.1:3307/chat");
+        let error = Settings::from_vars(vars(&[("DB_ENGINE", "psql")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("DB_NAME must be set"), "{error}");
+        let explicit =
+            Settings::from_vars(vars(&[("DB_ENGINE", "psql"), ("DB_NAME", "postgres")])).unwrap();
+        assert_eq!(
+            explicit.database_url(),
+            "postgres://postgres:development@127.0.0.1:5432/postgres"
+        );
+        let error = explicit.resolve_secret_key().unwrap_err().to_string();
+        assert!(error.contains("SECRET_KEY must be set"), "{error}");
         let url = Settings::from_vars(vars(&[
             ("DB_ENGINE", "mysql"),
             ("DATABASE_URL", "postgres://x@h/d"),
@@ -679,6 +791,18 @@ mod tests {
             ),
             (("TRUSTED_PROXIES", "10.0.0.0/8 proxy"), "TRUSTED_PROXIES"),
         ];
+        assert_eq!(
+            Settings::from_vars(vars(&[("PORT", "abc")]))
+                .unwrap_err()
+                .to_string(),
+            "invalid configuration: PORT must be a number from 0 to 65535 (0: any free port), not 'abc'"
+        );
+        assert_eq!(
+            Settings::from_vars(vars(&[("OUTBOX_CAPACITY", "-3")]))
+                .unwrap_err()
+                .to_string(),
+            "invalid configuration: OUTBOX_CAPACITY must be a whole number, 0 or more, not '-3'"
+        );
         for ((name, value), expected) in cases {
             let error = Settings::from_vars(vars(&[(name, value)]))
                 .unwrap_err()

@@ -20,11 +20,18 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the database could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
-    #[error("cannot connect to the database ({engine:?}): {source}")]
+    #[error("cannot connect to the {engine} database: {}", describe(.source))]
     Connect {
         engine: DbEngine,
         #[source]
         source: DbErr,
+    },
+    #[error("cannot reach the {engine} server at {address}: {source}")]
+    Unreachable {
+        engine: DbEngine,
+        address: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot create the SQLite file {path} or its directory: {source}")]
     SqliteDir {
@@ -32,7 +39,7 @@ pub enum DbSetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed: {}", describe(.0))]
     Migrate(#[source] DbErr),
 }
 
@@ -70,9 +77,77 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
                 .create_if_missing(true)
         });
     }
+    if engine != DbEngine::Sqlite {
+        probe(engine, &settings.database_url()).await?;
+    }
     Database::connect(options)
         .await
         .map_err(|source| DbSetupError::Connect { engine, source })
+}
+
+/// How long the reachability probe of a database server may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Fails fast, naming host, port and cause, when the database server does
+/// not accept TCP connections: the pool would only say it timed out.
+async fn probe(engine: DbEngine, url: &str) -> Result<(), DbSetupError> {
+    let default_port = if engine == DbEngine::MySql {
+        3306
+    } else {
+        5432
+    };
+    let Some(address) = server_address(url, default_port) else {
+        return Ok(()); // a socket path or an unusual URL: let the driver say
+    };
+    let unreachable = |source| DbSetupError::Unreachable {
+        engine,
+        address: address.clone(),
+        source,
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e)),
+        Err(_) => Err(unreachable(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {PROBE_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// `host:port` of a server database URL (`scheme://user:pass@host:port/db?…`).
+fn server_address(url: &str, default_port: u16) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    })
+}
+
+/// A database error as a person needs it: the server's own message for an
+/// error the server returned (sqlx's rendering adds source file and line).
+pub fn describe(error: &DbErr) -> String {
+    use sea_orm::sqlx;
+    let runtime = match error {
+        DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e) => e,
+        other => return other.to_string(),
+    };
+    match runtime {
+        sea_orm::RuntimeErr::SqlxError(e) => match e.as_ref() {
+            sqlx::Error::Database(d) => d.message().to_string(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 /// Creates the SQLite file readable by its owner only (it holds password
@@ -113,10 +188,12 @@ const MIGRATION_LOCK_SECONDS: u32 = 120;
 /// instances starting at once: on PostgreSQL and MySQL a database lock, held
 /// on a connection of its own, lets one instance migrate while the others
 /// wait (concurrent `CREATE TABLE IF NOT EXISTS` is not safe there).
-pub async fn migrate(db: &DatabaseConnection, url: &str) -> Result<(), DbSetupError> {
+///
+/// Returns how many migrations this call applied.
+pub async fn migrate(db: &DatabaseConnection, url: &str) -> Result<usize, DbSetupError> {
     let backend = db.get_database_backend();
     if backend == DatabaseBackend::Sqlite {
-        return Migrator::up(db, None).await.map_err(DbSetupError::Migrate);
+        return apply_pending(db).await;
     }
     let mut options = ConnectOptions::new(url.to_string());
     options
@@ -139,13 +216,46 @@ pub async fn migrate(db: &DatabaseConnection, url: &str) -> Result<(), DbSetupEr
     lock.execute_unprepared(&take)
         .await
         .map_err(DbSetupError::Migrate)?;
-    let outcome = Migrator::up(db, None).await.map_err(DbSetupError::Migrate);
+    let outcome = apply_pending(db).await;
     let _ = lock.execute_unprepared(&release).await;
     let _ = lock.close().await;
     outcome
 }
 
+async fn apply_pending(db: &DatabaseConnection) -> Result<usize, DbSetupError> {
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(DbSetupError::Migrate)?
+        .len();
+    Migrator::up(db, None)
+        .await
+        .map_err(DbSetupError::Migrate)?;
+    Ok(pending)
+}
+
 /// Whether the database answers a trivial query.
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_address;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            server_address("postgres://u:p@db.internal/chat", 5432).as_deref(),
+            Some("db.internal:5432")
+        );
+        assert_eq!(
+            server_address("mysql://root@127.0.0.1:3307/chat?x=1", 3306).as_deref(),
+            Some("127.0.0.1:3307")
+        );
+        assert_eq!(
+            server_address("postgres://u:p@[::1]:6543/chat", 5432).as_deref(),
+            Some("[::1]:6543")
+        );
+        assert_eq!(server_address("postgres:///chat", 5432), None);
+    }
 }

@@ -41,7 +41,7 @@ use crate::chat::server::{ChatServer, CloseAll};
 use crate::chat::store::MessageWriter;
 use crate::chat::unauthenticated::UnauthenticatedSockets;
 use crate::chat::{ChatContext, Limits};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, SecretSource, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -82,13 +82,36 @@ impl Application {
                 "GS_BUCKET_NAME is set but unused: this server has no admin static files"
             );
         }
-        let secret = settings.resolve_secret_key()?;
-        let db = db::connect(&settings).await?;
-        db::migrate(&db, &settings.database_url()).await?;
+        let (secret, secret_source) = settings.secret_key_with_source()?;
+        match &secret_source {
+            SecretSource::Environment => tracing::info!("token key from SECRET_KEY"),
+            SecretSource::File(path) => {
+                tracing::info!(path = %path.display(), "token key read from its file")
+            }
+            SecretSource::Generated(path) => tracing::info!(
+                path = %path.display(),
+                "token key generated and kept in this file (mode 0600); keep it to keep logins valid"
+            ),
+        }
         let redis = settings
             .redis_url()
             .map(|url| redis::Client::open(url.as_str()))
             .transpose()?;
+        let db = db::connect(&settings).await?;
+        let applied = db::migrate(&db, &settings.database_url()).await?;
+        tracing::info!(
+            database = %settings.database_location(),
+            migrations_applied = applied,
+            "database ready"
+        );
+        match &redis {
+            Some(client) => tracing::info!(
+                redis = %redis_location(client),
+                prefix = %settings.redis_prefix,
+                "sharing events and presence with other instances through Redis"
+            ),
+            None => tracing::info!("no Redis: a single instance"),
+        }
 
         let metrics = Metrics::default();
         let presence = Arc::new(Presence::default());
@@ -114,7 +137,11 @@ impl Application {
         if let Some(bridge) = &bridge {
             bridge.do_send(AttachServer(chat_server.clone()));
         }
-        let (writer, writer_task) = MessageWriter::start(db.clone(), metrics.clone());
+        let (writer, writer_task) = MessageWriter::with_capacity(
+            db.clone(),
+            metrics.clone(),
+            settings.message_queue_capacity,
+        );
         actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
         let keys = TokenKeys::new(&secret, settings.token_ttl());
 
@@ -199,7 +226,7 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        tracing::info!(%address, port, "listening");
+        tracing::info!(%address, port, "listening (stop with Ctrl-C or SIGTERM)");
         Ok(Application {
             server: server.run(),
             port,
@@ -261,6 +288,12 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Where a Redis client points, for a log line (never its password).
+fn redis_location(client: &redis::Client) -> String {
+    let info = client.get_connection_info();
+    format!("{} (db {})", info.addr(), info.redis_settings().db())
 }
 
 /// `GET /swagger.json`: the generated spec with what paperclip cannot express added.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use actix_http::ws::{CloseCode, Message};
-use common::{backends, Backend, TestApp};
+use common::{Backend, RawSocket, TestApp};
 use serde_json::{json, Value};
 
 fn error(kind: &str, code: &str, message: &str) -> Value {
@@ -64,15 +64,8 @@ async fn frames_that_are_not_json_objects_are_bad_requests() {
         ws.recv().await,
         json!({"type": "bad_request", "data": {"message": "binary frames are not supported; send JSON in text frames"}})
     );
-    // Invalid UTF-8 in a text frame.
-    let mut raw = actix_web::web::BytesMut::new();
-    actix_http::ws::Parser::write_message(
-        &mut raw,
-        [0x7b, 0xff, 0xfe, 0x7d],
-        actix_http::ws::OpCode::Text,
-        true,
-        true,
-    );
+    // Invalid UTF-8 in a text message split into continuations (a single
+    // frame is in `invalid_utf8_in_one_text_frame`).
     ws.send_message(Message::Continuation(actix_http::ws::Item::FirstText(
         vec![0xffu8, 0xfe].into(),
     )))
@@ -90,6 +83,26 @@ async fn frames_that_are_not_json_objects_are_bad_requests() {
     ws.send_text(&nested).await;
     assert_eq!(ws.recv().await["type"], "bad_request");
     still_usable(&mut ws).await;
+}
+
+#[actix_rt::test]
+async fn invalid_utf8_in_one_text_frame() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let mut raw = RawSocket::connect(app.port).await;
+    assert_eq!(raw.recv().await["type"], "info");
+    raw.send_frame(&[0x7b, 0xff, 0xfe, 0x7d], actix_http::ws::OpCode::Text)
+        .await;
+    assert_eq!(
+        raw.recv().await,
+        json!({"type": "bad_request", "data": {"message": "frame is not valid UTF-8"}})
+    );
+    // The connection stays usable.
+    raw.send_frame(
+        br#"{"type": "ping", "data": {}}"#,
+        actix_http::ws::OpCode::Text,
+    )
+    .await;
+    assert_eq!(raw.recv().await, json!({"type": "pong", "data": {}}));
 }
 
 async fn unauthorized_requests(backend: &Backend) {
@@ -125,12 +138,7 @@ async fn unauthorized_requests(backend: &Backend) {
     assert_eq!(history["data"]["messages"], json!([]));
 }
 
-#[actix_rt::test]
-async fn requests_before_authorization_are_unauthorized() {
-    for backend in backends() {
-        unauthorized_requests(&backend).await;
-    }
-}
+backend_tests!(requests_before_authorization_are_unauthorized => unauthorized_requests);
 
 async fn foreign_and_unknown_conversations(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
@@ -160,12 +168,7 @@ async fn foreign_and_unknown_conversations(backend: &Backend) {
     still_usable(&mut ws).await;
 }
 
-#[actix_rt::test]
-async fn conversations_of_others_are_indistinguishable_from_missing_ones() {
-    for backend in backends() {
-        foreign_and_unknown_conversations(&backend).await;
-    }
-}
+backend_tests!(conversations_of_others_are_indistinguishable_from_missing_ones => foreign_and_unknown_conversations);
 
 #[actix_rt::test]
 async fn invalid_fields_are_named() {
@@ -274,7 +277,10 @@ async fn bad_tokens_and_inactive_users_are_refused() {
     let version_bumped = ws
         .request(json!({"type": "authorization", "data": {"token": fresh}}))
         .await;
-    assert_eq!(version_bumped["data"]["status"], "error");
+    assert_eq!(
+        version_bumped,
+        json!({"type": "authorization_response", "data": {"status": "error", "message": "Inactive user"}})
+    );
     let keys = chat_server::auth::TokenKeys::new(common::TEST_SECRET, Duration::from_secs(60));
     let user = chat_server::accounts::find_by_username(&app.db, "alice")
         .await
@@ -306,6 +312,7 @@ async fn no_authorization_within_five_seconds_closes() {
     );
     let waited = started.elapsed();
     assert!(
+        // The bound is A2.2's 5 s, with 2 s of margin for a loaded machine.
         waited >= Duration::from_millis(4500) && waited < Duration::from_secs(7),
         "{waited:?}"
     );
@@ -366,8 +373,19 @@ async fn floods_are_rate_limited_and_the_connection_kept() {
         limited,
         error("message", "rate_limited", "too many requests; slow down")
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    still_usable(&mut ws).await;
+    // One token a second: the connection serves again once one is back.
+    let deadline = std::time::Instant::now() + common::CONDITION_DEADLINE;
+    loop {
+        let answer = ws
+            .request(json!({"type": "get_contact", "data": {"id": pk}}))
+            .await;
+        if answer["type"] == "get_contact_response" && answer["data"]["pk"] == pk.as_str() {
+            break;
+        }
+        assert_eq!(answer["data"]["code"], "rate_limited", "{answer}");
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[actix_rt::test]
@@ -388,7 +406,13 @@ async fn fuzz_regression_inputs_get_an_answer() {
         let text = String::from_utf8_lossy(&std::fs::read(&input).unwrap()).into_owned();
         ws.send_text(&text).await;
         let answer = ws.recv().await;
-        assert!(answer["type"].is_string(), "{}: {answer}", input.display());
+        // None of them is a valid request: each answer is an error frame.
+        let is_error = answer["type"] == "bad_request"
+            || (answer["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("_response"))
+                && answer["data"]["status"] == "error");
+        assert!(is_error, "{}: {answer}", input.display());
         still_usable(&mut ws).await;
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{backends, Backend, TestApp};
+use common::{Backend, TestApp};
 use serde_json::{json, Value};
 
 fn is_time(v: &Value) -> bool {
@@ -83,12 +83,7 @@ async fn seed_flow(backend: &Backend) {
     );
 }
 
-#[actix_rt::test]
-async fn seed_flow_reaches_every_session_of_both_members() {
-    for backend in backends() {
-        seed_flow(&backend).await;
-    }
-}
+backend_tests!(seed_flow_reaches_every_session_of_both_members => seed_flow);
 
 async fn token_in_url(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
@@ -109,9 +104,4 @@ async fn token_in_url(backend: &Backend) {
     assert_eq!(contacts["data"][0]["name"], "Dave Jones");
 }
 
-#[actix_rt::test]
-async fn token_in_the_url_authorizes_at_once() {
-    for backend in backends() {
-        token_in_url(&backend).await;
-    }
-}
+backend_tests!(token_in_the_url_authorizes_at_once => token_in_url);

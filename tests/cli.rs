@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{backends, Backend, TestDatabase};
+use common::{Backend, TestDatabase};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chat-server");
 
@@ -80,7 +80,7 @@ async fn user_and_contact_commands(backend: &Backend) {
         &["user", "create", "alice", "--password-stdin"],
         Some("a fine password\n"),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
         "chat-server: A user with that username already exists.\n"
@@ -91,7 +91,7 @@ async fn user_and_contact_commands(backend: &Backend) {
         &["user", "create", "carol", "--password-stdin"],
         Some("short\n"),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("too short"));
 
     let out = run(dir.path(), &env, &["contact", "add", "alice", "bob"], None);
@@ -102,6 +102,7 @@ async fn user_and_contact_commands(backend: &Backend) {
         stdout(&out)
     );
     let out = run(dir.path(), &env, &["contact", "add", "bob", "alice"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).ends_with(" between bob and alice already exists\n"));
     let out = run(
         dir.path(),
@@ -111,7 +112,7 @@ async fn user_and_contact_commands(backend: &Backend) {
     );
     assert_eq!(
         (out.status.code(), stderr(&out)),
-        (Some(1), "chat-server: no such user: nobody\n".to_string())
+        (Some(2), "chat-server: no such user: nobody\n".to_string())
     );
 
     let out = run(
@@ -156,21 +157,17 @@ async fn user_and_contact_commands(backend: &Backend) {
     conn.close().await.ok();
 
     let out = run(dir.path(), &env, &["migrate"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "migrations applied\n");
 }
 
-#[actix_rt::test]
-async fn user_and_contact_commands_work_on_every_backend() {
-    for backend in backends() {
-        user_and_contact_commands(&backend).await;
-    }
-}
+backend_tests!(user_and_contact_commands_work_on_every_backend => user_and_contact_commands);
 
 #[test]
 fn bad_configuration_is_one_line_and_exit_code_two() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        (("PORT", "abc"), "chat-server: invalid configuration: invalid digit found in string while parsing value 'abc' provided by PORT\n"),
+        (("PORT", "abc"), "chat-server: invalid configuration: PORT must be a number from 0 to 65535 (0: any free port), not 'abc'\n"),
         (("DB_ENGINE", "oracle"), "chat-server: invalid configuration: DB_ENGINE='oracle' is not a database engine (use sqlite, psql or mysql)\n"),
         (("DEBUG", "maybe"), "chat-server: invalid configuration: DEBUG='maybe' is not a flag (use 1/0, true/false, yes/no, on/off)\n"),
     ];
@@ -183,7 +180,7 @@ fn bad_configuration_is_one_line_and_exit_code_two() {
     std::fs::write(dir.path().join(".env"), "PORT=notaport\n").unwrap();
     let out = run(dir.path(), &[], &["migrate"], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("provided by PORT"));
+    assert!(stderr(&out).contains("PORT must be a number"));
     let out = run(dir.path(), &[("PORT", "8123")], &["migrate"], None);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -239,4 +236,138 @@ async fn serve_on_defaults_then_stop_gracefully_on_sigterm() {
     let mut log = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("stopped"), "{log}");
+    // The start-up log says where everything is.
+    for line in [
+        "token key generated and kept in this file",
+        "chat.db.secret",
+        "database ready",
+        "sqlite chat.db",
+        "migrations_applied",
+        "no Redis: a single instance",
+        "listening",
+    ] {
+        assert!(log.contains(line), "{line} missing from {log}");
+    }
 }
+
+/// A mistake: its environment, arguments, standard input, and the words the
+/// error must contain.
+type Mistake<'a> = (
+    Vec<(&'a str, &'a str)>,
+    Vec<&'a str>,
+    Option<&'a str>,
+    &'a str,
+);
+
+#[test]
+fn one_exit_code_rule_and_clear_words_for_common_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [("SECRET_KEY", "0123456789abcdef0123456789abcdef")];
+    // Wrong input: 2, each with a sentence that says what to do.
+    let cases: Vec<Mistake> = vec![
+        (
+            vec![],
+            vec!["user", "create", "zed"],
+            None,
+            "--password-stdin",
+        ),
+        (
+            vec![],
+            vec!["user", "create", "zed", "--password-stdin"],
+            Some("password\n"),
+            "This password is too common.",
+        ),
+        (
+            vec![("REDIS_URL", "notaurl")],
+            vec!["serve"],
+            None,
+            "invalid REDIS_URL",
+        ),
+        (
+            vec![("DB_ENGINE", "psql")],
+            vec!["migrate"],
+            None,
+            "DB_NAME must be set",
+        ),
+        (
+            vec![("DB_ENGINE", "mysql")],
+            vec!["migrate"],
+            None,
+            "DB_NAME must be set",
+        ),
+        (
+            vec![("DATABASE_URL", "postgres://postgres@127.0.0.1:1/chat")],
+            vec!["serve"],
+            None,
+            "SECRET_KEY must be set when the database is PostgreSQL or MySQL",
+        ),
+    ];
+    for (env, args, stdin, expected) in cases {
+        let out = run(dir.path(), &env, &args, stdin);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A taken name is refused before any password is asked for.
+    let out = run(
+        dir.path(),
+        &[],
+        &["user", "create", "zed", "--password-stdin"],
+        Some("a fine password\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(dir.path(), &[], &["user", "create", "Zed"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("similar username already exists"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A database server that is not there: 1, at once, naming where and why.
+    let port = common::free_port().to_string();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/chat");
+    let started = Instant::now();
+    let mut env = secret.to_vec();
+    env.push(("DATABASE_URL", &url));
+    let out = run(dir.path(), &env, &["migrate"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!("chat-server: cannot reach the PostgreSQL server at 127.0.0.1:{port}: Connection refused (os error 111)\n")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let out = run(dir.path(), &[], &["--help"], None);
+    assert!(stdout(&out).contains("Configuration comes from environment variables"));
+}
+
+async fn a_missing_database_is_named_plainly(backend: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = match backend {
+        Backend::Postgres(url) | Backend::MySql(url) => url.clone(),
+        Backend::Sqlite => unreachable!("server databases only"),
+    };
+    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap();
+    let url = format!("{root}/no_such_database_here");
+    let out = run(
+        dir.path(),
+        &[("DATABASE_URL", url.as_str())],
+        &["migrate"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let error = stderr(&out);
+    assert!(error.contains("no_such_database_here"), "{error}");
+    assert!(!error.contains(" at line "), "no source location: {error}");
+    assert!(!error.contains(".rs:") && !error.contains(".c:"), "{error}");
+}
+
+backend_tests!(@server a_missing_database_is_reported_in_the_servers_words => a_missing_database_is_named_plainly);

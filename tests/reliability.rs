@@ -269,8 +269,17 @@ async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged()
     for i in 0..200 {
         send(&mut a, json!({"type": "message", "data": {"to": pk, "content": format!("m{i}"), "client_id": format!("c{i}")}})).await;
     }
-    server.signal(libc::SIGTERM);
+    // Stop while messages are in flight, but only once one is acknowledged,
+    // so the test always has acknowledged messages to look for.
     let mut acks = HashMap::new();
+    while acks.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(15), a.next()).await {
+            Ok(Some(Ok(ws::Frame::Text(bytes)))) => record_ack(&mut acks, &bytes),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no acknowledgement before the stop: {other:?}"),
+        }
+    }
+    server.signal(libc::SIGTERM);
     let mut close = None;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(15), a.next()).await {
         match frame {
@@ -304,8 +313,9 @@ async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged()
         .iter()
         .map(|m| (m.client_id.clone().unwrap(), m.id))
         .collect();
+    assert!(!acks.is_empty());
     for (cid, id) in &acks {
-        assert_eq!(by_client.get(cid), Some(id));
+        assert_eq!(by_client.get(cid), Some(id), "acknowledged {cid} is stored");
     }
 }
 
@@ -374,8 +384,23 @@ async fn cycles(port: u16, token: String, pk: String, count: usize) {
     for n in 0..count {
         let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
         let (_, mut socket) = client.ws(url).connect().await.unwrap();
-        socket.next().await; // info
-        socket.next().await; // authorization_response
+        // The user's other sessions' messages may come first.
+        loop {
+            match socket.next().await {
+                Some(Ok(ws::Frame::Text(bytes)))
+                    if bytes.starts_with(b"{\"type\":\"authorization_response\"") =>
+                {
+                    assert_eq!(
+                        &bytes[..],
+                        br#"{"type":"authorization_response","data":{"status":"success"}}"#,
+                        "cycle {n}"
+                    );
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("cycle {n}: no authorization answer: {other:?}"),
+            }
+        }
         send(
             &mut socket,
             json!({"type": "message", "data": {"to": pk, "content": format!("soak {n}")}}),
@@ -386,7 +411,9 @@ async fn cycles(port: u16, token: String, pk: String, count: usize) {
                 Some(Ok(ws::Frame::Text(bytes)))
                     if bytes.starts_with(b"{\"type\":\"message_response\"") =>
                 {
-                    break
+                    let ack: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(ack["data"]["status"], "success", "cycle {n}: {ack}");
+                    break;
                 }
                 Some(Ok(_)) => continue,
                 other => panic!("cycle {n}: {other:?}"),
@@ -419,15 +446,27 @@ async fn thousands_of_cycles_leave_memory_and_maps_where_they_were() {
             .collect();
         futures_util::future::join_all(tasks)
     };
-    run(100).await; // warm up: pools, caches, allocator
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = || async {
+        let metrics = client.get(server.url("/metrics")).send().await;
+        let text = match metrics {
+            Ok(mut res) => String::from_utf8_lossy(&res.body().await.unwrap()).into_owned(),
+            Err(_) => return false,
+        };
+        ["chat_server_sessions 0\n", "chat_connections 0\n"]
+            .iter()
+            .all(|line| text.contains(line))
+    };
+    for result in run(100).await {
+        result.unwrap(); // warm up: pools, caches, allocator
+    }
+    common::wait_until(settled).await;
     let baseline = rss_kib(server.child.id());
     let started = Instant::now();
     for result in run(400).await {
         result.unwrap();
     }
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::wait_until(settled).await;
     let after = rss_kib(server.child.id());
 
     let metrics = String::from_utf8(

@@ -114,6 +114,22 @@ const REQUIRED_FIELDS: &[(&str, &[&str])] = &[
     ("NewContact", &["username"]),
 ];
 
+/// What the server accepts of body fields beyond their type, which
+/// paperclip cannot carry into the spec: (definition, field, constraint,
+/// value). Only rules the server enforces on the raw value are listed: the
+/// names and email are trimmed first, so a length there would be a promise
+/// the server does not keep.
+const FIELD_RULES: &[(&str, &str, &str, u64)] = &[
+    ("RegisterRequest", "password", "minLength", 8),
+    ("RegisterRequest", "password", "maxLength", 1024),
+    ("PasswordChange", "new_password", "minLength", 8),
+    ("PasswordChange", "new_password", "maxLength", 1024),
+];
+
+/// An example conversation id for the `{id}` paths (a missing one: 404), so
+/// that conformance tools exercise them.
+const EXAMPLE_CONVERSATION: &str = "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11";
+
 /// Adds to the generated spec what paperclip cannot express.
 pub fn refine_spec(spec: &mut serde_json::Value) {
     for (definition, fields) in REQUIRED_FIELDS {
@@ -124,6 +140,12 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
                     property["minLength"] = serde_json::json!(1);
                 }
             }
+        }
+    }
+    for (definition, field, constraint, value) in FIELD_RULES {
+        let pointer = format!("/definitions/{definition}/properties/{field}");
+        if let Some(property) = spec.pointer_mut(&pointer) {
+            property[*constraint] = serde_json::json!(value);
         }
     }
     let Some(paths) = spec.get_mut("paths").and_then(|p| p.as_object_mut()) else {
@@ -140,6 +162,13 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
         else {
             continue;
         };
+        for parameter in parameters
+            .iter_mut()
+            .filter(|p| p["in"] == "path" && p["name"] == "id")
+        {
+            parameter["format"] = serde_json::json!("uuid");
+            parameter["x-example"] = serde_json::json!(EXAMPLE_CONVERSATION);
+        }
         for parameter in parameters.iter_mut().filter(|p| p["in"] == "query") {
             if let Some((_, min, max)) = QUERY_RANGES
                 .iter()

@@ -84,7 +84,8 @@ impl Names {
 }
 
 /// What travels on the channels: `F origin frame`, `R origin version` (user
-/// channels), `P origin user 1|0`, `D origin dead-instance` (presence).
+/// channels), `P origin user 1|0`, `D origin dead-instance`, `Y origin`
+/// (presence).
 enum Envelope<'a> {
     Frame {
         origin: &'a str,
@@ -103,6 +104,10 @@ enum Envelope<'a> {
         origin: &'a str,
         dead: &'a str,
     },
+    /// The origin (re)connected and registered its users anew: re-read them.
+    Resync {
+        origin: &'a str,
+    },
 }
 
 impl<'a> Envelope<'a> {
@@ -119,6 +124,7 @@ impl<'a> Envelope<'a> {
                 online,
             } => format!("P {origin} {} {}", user.0, u8::from(*online)).into_bytes(),
             Envelope::InstanceDown { origin, dead } => format!("D {origin} {dead}").into_bytes(),
+            Envelope::Resync { origin } => format!("Y {origin}").into_bytes(),
         }
     }
 
@@ -152,6 +158,7 @@ impl<'a> Envelope<'a> {
                 origin,
                 dead: std::str::from_utf8(rest?).ok()?,
             }),
+            b"Y" => Some(Envelope::Resync { origin }),
             _ => None,
         }
     }
@@ -281,9 +288,10 @@ impl RedisBridge {
             act.connecting = false;
             match result {
                 Ok((publisher, sink, stream, remote)) => {
-                    for (instance, user) in remote {
-                        act.presence.set_remote(user, &instance, true);
-                    }
+                    // Who went offline or came online elsewhere while we were
+                    // away: our local users' contacts are told.
+                    let changes = act.presence.replace_remote(&remote);
+                    act.tell_presence(changes, false, ctx);
                     let (commands, queued) = mpsc::unbounded_channel();
                     actix::spawn(send_in_order(publisher.clone(), queued, ctx.address()));
                     let (subscriptions, changes) = mpsc::unbounded_channel();
@@ -296,6 +304,14 @@ impl RedisBridge {
                     act.backoff = BACKOFF_MIN;
                     ctx.add_stream(stream);
                     act.transition(true, "");
+                    // Instances that stayed connected learn our users anew.
+                    let resync = Envelope::Resync {
+                        origin: &act.names.instance,
+                    };
+                    act.send(vec![redis::Cmd::publish(
+                        act.names.presence(),
+                        resync.encode(),
+                    )]);
                 }
                 Err(e) => {
                     act.transition(false, &e.to_string());
@@ -344,6 +360,8 @@ impl RedisBridge {
         } else {
             redis::Cmd::srem(&users, user.0)
         };
+        // Every key expires: a crashed instance's leave nothing behind for good.
+        let expiry = redis::Cmd::expire(&users, USERS_TTL_SECONDS);
         let envelope = Envelope::Presence {
             origin: &names.instance,
             user,
@@ -352,6 +370,7 @@ impl RedisBridge {
         .encode();
         self.send(vec![
             membership,
+            expiry,
             redis::Cmd::publish(names.presence(), envelope),
         ]);
     }
@@ -368,6 +387,7 @@ impl RedisBridge {
                 .await?;
             conn.expire(names.users_of(&names.instance), USERS_TTL_SECONDS)
                 .await?;
+            conn.expire(names.instances(), USERS_TTL_SECONDS).await?;
             let instances: HashSet<String> = conn.smembers(names.instances()).await?;
             let mut buried = Vec::new();
             for other in instances.into_iter().filter(|i| *i != names.instance) {
@@ -401,20 +421,62 @@ impl RedisBridge {
     /// Forgets a dead instance's users; the burying instance also tells their
     /// contacts (anywhere) that they went offline.
     fn bury(&mut self, dead: &str, notify_contacts: bool, ctx: &mut Context<Self>) {
-        let gone: Vec<UserId> = self
+        let gone: Vec<(UserId, bool)> = self
             .presence
             .drop_instance(dead)
             .into_iter()
             .filter(|u| !self.presence.is_online(*u))
+            .map(|u| (u, false))
             .collect();
-        let (Some(server), true, false) =
-            (self.chat_server.clone(), notify_contacts, gone.is_empty())
-        else {
+        if notify_contacts {
+            // The instance that buried it tells everyone, through the bus.
+            self.tell_presence(gone, true, ctx);
+        }
+    }
+
+    /// Re-reads the users another instance registered after an outage.
+    fn resync(&mut self, instance: String, ctx: &mut Context<Self>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let mut conn = link.publisher.clone();
+        let key = self.names.users_of(&instance);
+        let read = async move {
+            let users: redis::RedisResult<HashSet<String>> = conn.smembers(key).await;
+            users
+        };
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(users) => {
+                        let users: Vec<UserId> = users
+                            .iter()
+                            .filter_map(|u| u.parse().ok())
+                            .map(UserId)
+                            .collect();
+                        let changes = act.presence.replace_instance(&instance, &users);
+                        act.tell_presence(changes, false, ctx);
+                    }
+                    Err(e) => act.lost(ctx, &e.to_string()),
+                }),
+        );
+    }
+
+    /// Tells the contacts of users whose online state changed: through the
+    /// bus to every instance (`everywhere`), or to this instance's sessions
+    /// only (each instance found the change itself).
+    fn tell_presence(
+        &mut self,
+        changes: Vec<(UserId, bool)>,
+        everywhere: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let (Some(server), false) = (self.chat_server.clone(), changes.is_empty()) else {
             return;
         };
         let db = self.db.clone();
         let tell = async move {
-            for user in gone {
+            for (user, online) in changes {
                 let contacts = match store::contacts_for_presence(&db, user).await {
                     Ok(contacts) => contacts,
                     Err(e) => {
@@ -428,12 +490,16 @@ impl RedisBridge {
                         let event = ServerEvent::Presence(PresenceEvent {
                             pk: chat,
                             user_id: user.0,
-                            online: false,
+                            online,
                         });
                         (contact, event.to_json())
                     })
                     .collect();
-                server.do_send(Deliver { frames });
+                if everywhere {
+                    server.do_send(Deliver { frames });
+                } else {
+                    server.do_send(DeliverRemote { frames });
+                }
             }
         };
         ctx.spawn(tell.into_actor(self));
@@ -510,6 +576,8 @@ async fn register(
         .set_ex(names.alive(&names.instance), 1, ALIVE_TTL_SECONDS)
         .ignore()
         .sadd(names.instances(), &names.instance)
+        .ignore()
+        .expire(names.instances(), USERS_TTL_SECONDS)
         .ignore()
         .del(&users_key)
         .ignore();
@@ -598,6 +666,10 @@ impl StreamHandler<redis::Msg> for RedisBridge {
             Envelope::InstanceDown { origin, dead } if origin != me => {
                 let dead = dead.to_string();
                 self.bury(&dead, false, ctx);
+            }
+            Envelope::Resync { origin } if origin != me => {
+                let origin = origin.to_string();
+                self.resync(origin, ctx);
             }
             _ => {}
         }

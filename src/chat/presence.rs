@@ -66,6 +66,54 @@ impl Presence {
         }
     }
 
+    /// Replaces what is known of other instances with `snapshot` (instance,
+    /// user), as read from Redis after an outage; returns the users whose
+    /// overall state changed, with their new state.
+    pub fn replace_remote(&self, snapshot: &[(String, UserId)]) -> Vec<(UserId, bool)> {
+        let mut fresh: HashMap<UserId, HashSet<String>> = HashMap::new();
+        for (instance, user) in snapshot {
+            fresh.entry(*user).or_default().insert(instance.clone());
+        }
+        self.swap_remote(|_| true, fresh)
+    }
+
+    /// Replaces what is known of one other instance's users (it told us it
+    /// re-registered them after an outage); returns the changes as `replace_remote`.
+    pub fn replace_instance(&self, instance: &str, users: &[UserId]) -> Vec<(UserId, bool)> {
+        let fresh = users
+            .iter()
+            .map(|u| (*u, HashSet::from([instance.to_string()])))
+            .collect();
+        self.swap_remote(|i| i == instance, fresh)
+    }
+
+    /// Drops the instances `replaced` selects from the remote map, merges in
+    /// `fresh`, and reports who went offline or came online overall.
+    fn swap_remote(
+        &self,
+        replaced: impl Fn(&str) -> bool,
+        fresh: HashMap<UserId, HashSet<String>>,
+    ) -> Vec<(UserId, bool)> {
+        let local: HashSet<UserId> = self.local.read().map(|l| l.clone()).unwrap_or_default();
+        let Ok(mut remote) = self.remote.write() else {
+            return Vec::new();
+        };
+        let before: HashSet<UserId> = remote.keys().copied().collect();
+        remote.retain(|_, instances| {
+            instances.retain(|i| !replaced(i));
+            !instances.is_empty()
+        });
+        for (user, instances) in fresh {
+            remote.entry(user).or_default().extend(instances);
+        }
+        let after: HashSet<UserId> = remote.keys().copied().collect();
+        let went = before.difference(&after).map(|u| (*u, false));
+        let came = after.difference(&before).map(|u| (*u, true));
+        went.chain(came)
+            .filter(|(u, _)| !local.contains(u))
+            .collect()
+    }
+
     /// Forgets every user of a dead instance; returns those no longer online anywhere else.
     pub fn drop_instance(&self, instance: &str) -> Vec<UserId> {
         let Ok(mut remote) = self.remote.write() else {
@@ -82,5 +130,28 @@ impl Presence {
             }
         });
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_after_an_outage_replaces_what_was_known() {
+        let p = Presence::default();
+        let (bob, carol, dave) = (UserId(2), UserId(3), UserId(4));
+        p.set_remote(bob, "b", true);
+        p.set_remote(dave, "b", true);
+        p.set_local(dave, true);
+        // During the outage bob and dave left b, carol arrived on c.
+        let mut changes = p.replace_remote(&[("c".into(), carol)]);
+        changes.sort();
+        assert_eq!(changes, vec![(bob, false), (carol, true)], "dave is local");
+        assert!(!p.is_online(bob) && p.is_online(carol));
+        // Instance c re-registers with bob only.
+        let mut changes = p.replace_instance("c", &[bob]);
+        changes.sort();
+        assert_eq!(changes, vec![(bob, true), (carol, false)]);
     }
 }

@@ -593,7 +593,20 @@ mod tests {
                 })
                 .collect();
             if let Err(e) = parse_request(&text) {
-                let _ = ServerEvent::from_frame_error(e).to_json();
+                let frame: serde_json::Value =
+                    serde_json::from_slice(&ServerEvent::from_frame_error(e).to_json())
+                        .expect("every answer is JSON");
+                let kind = frame["type"].as_str().expect("a type");
+                let is_error = match kind {
+                    "bad_request" | "type_not_provided" | "data_not_provided"
+                    | "type_not_found" => frame["data"]["message"].is_string(),
+                    _ => {
+                        kind.ends_with("_response")
+                            && frame["data"]["status"] == "error"
+                            && frame["data"]["code"] == "invalid"
+                    }
+                };
+                assert!(is_error, "{text:?} -> {frame}");
             }
         }
     }

@@ -26,8 +26,6 @@ pub const DEFAULT_HISTORY_PAGE: u64 = 50;
 /// Most inserts committed in one transaction: large enough to amortise the
 /// commit, small enough to keep one batch's latency low.
 const MAX_BATCH: usize = 512;
-/// Inserts waiting for the writer before senders are told the server is busy.
-const WRITER_QUEUE: usize = 16 * 1024;
 
 /// A conversation as one user sees it: the other member, the last message,
 /// how many messages they have not read.
@@ -337,11 +335,15 @@ pub struct MessageWriter {
 pub type PendingStore = oneshot::Receiver<Result<Stored, StoreError>>;
 
 impl MessageWriter {
-    /// Starts the writer task on the current tokio runtime. It runs until every
-    /// handle is dropped and the queue is drained, so a graceful shutdown
-    /// commits everything that was accepted.
-    pub fn start(db: DatabaseConnection, metrics: Metrics) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+    /// Starts the writer task on the current tokio runtime, with a queue of `capacity` messages; beyond it
+    /// `submit` answers `Busy`. It runs until every handle is dropped and the
+    /// queue is drained, so a graceful shutdown commits everything accepted.
+    pub fn with_capacity(
+        db: DatabaseConnection,
+        metrics: Metrics,
+        capacity: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity);
         let task = tokio::spawn(run_writer(db, rx, metrics));
         (MessageWriter { tx }, task)
     }

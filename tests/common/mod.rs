@@ -2,9 +2,13 @@
 //! on a free port against a fresh database of each configured backend, and
 //! talk to it over real HTTP and a real WebSocket.
 //!
-//! Backends: SQLite always (a temp dir); PostgreSQL when `TEST_POSTGRES_URL`
-//! is set (a fresh schema per app); MySQL/MariaDB when `TEST_MYSQL_URL` is
-//! set (a fresh database per app). Each is dropped when the app is.
+//! Backends: SQLite (a temp dir), PostgreSQL (`TEST_POSTGRES_URL`, a fresh
+//! schema per app) and MySQL/MariaDB (`TEST_MYSQL_URL`, a fresh database per
+//! app), each dropped with the app. `backend_tests!` makes one test per
+//! backend, so a failure names its backend; the server-database tests are
+//! `#[ignore]`d, so a bare `cargo test` reports them as ignored, and
+//! `cargo test -- --include-ignored` (what CI runs) fails them when their
+//! service is not configured.
 
 #![allow(dead_code)]
 
@@ -44,24 +48,64 @@ impl Backend {
     }
 }
 
-/// SQLite, plus every server database whose URL the environment gives.
-pub fn backends() -> Vec<Backend> {
-    let mut list = vec![Backend::Sqlite];
-    if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
-        list.push(Backend::Postgres(url));
+/// A variable a test cannot run without: a test that was asked to run
+/// (`--include-ignored`) fails when it is missing, it never passes unrun.
+pub fn required_env(name: &str, what: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!("{name} is not set: this test needs {what}"),
     }
-    if let Ok(url) = std::env::var("TEST_MYSQL_URL") {
-        list.push(Backend::MySql(url));
-    }
-    list
 }
 
-/// The server databases only (for tests that need several instances on one database).
-pub fn shared_backends() -> Vec<Backend> {
-    backends()
-        .into_iter()
-        .filter(|b| !matches!(b, Backend::Sqlite))
-        .collect()
+impl Backend {
+    /// PostgreSQL at `TEST_POSTGRES_URL`.
+    pub fn postgres() -> Self {
+        Backend::Postgres(required_env("TEST_POSTGRES_URL", "PostgreSQL"))
+    }
+
+    /// MySQL or MariaDB at `TEST_MYSQL_URL`.
+    pub fn mysql() -> Self {
+        Backend::MySql(required_env("TEST_MYSQL_URL", "MySQL or MariaDB"))
+    }
+}
+
+/// One test per backend: `NAME::sqlite`, `NAME::postgres`, `NAME::mysql`,
+/// each running `FUNCTION(&backend)`. The server databases' are ignored
+/// unless asked for (`cargo test -- --include-ignored`).
+#[macro_export]
+macro_rules! backend_tests {
+    ($name:ident => $function:ident) => {
+        mod $name {
+            #[actix_rt::test]
+            async fn sqlite() {
+                super::$function(&$crate::common::Backend::Sqlite).await
+            }
+            $crate::server_backend_tests!(@each $function);
+        }
+    };
+    // The server databases only (for several instances on one database).
+    (@server $name:ident => $function:ident) => {
+        mod $name {
+            $crate::server_backend_tests!(@each $function);
+        }
+    };
+}
+
+/// The PostgreSQL and MySQL tests of `backend_tests!`.
+#[macro_export]
+macro_rules! server_backend_tests {
+    (@each $function:ident) => {
+        #[actix_rt::test]
+        #[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
+        async fn postgres() {
+            super::$function(&$crate::common::Backend::postgres()).await
+        }
+        #[actix_rt::test]
+        #[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
+        async fn mysql() {
+            super::$function(&$crate::common::Backend::mysql()).await
+        }
+    };
 }
 
 fn unique_name() -> String {
@@ -175,6 +219,7 @@ pub struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<()>>,
     database: Option<TestDatabase>,
+    redis_keys: Option<RedisKeys>,
 }
 
 impl TestApp {
@@ -197,8 +242,9 @@ impl TestApp {
             extra.push(("REDIS_PREFIX", prefix.as_str()));
         }
         let mut app = Self::spawn_on(backend, &database.url, &extra).await;
-        if redis.is_some() {
+        if let Some(url) = redis {
             app.wait_redis(true).await;
+            app.drop_redis_keys(&url, &prefix);
         }
         app.database = Some(database);
         app
@@ -230,7 +276,13 @@ impl TestApp {
             stop: Some(stop),
             running: Some(running),
             database: None,
+            redis_keys: None,
         }
+    }
+
+    /// Deletes the Redis keys under `prefix` when this app is dropped.
+    pub fn drop_redis_keys(&mut self, url: &str, prefix: &str) {
+        self.redis_keys = Some(RedisKeys::new(url, prefix));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -373,6 +425,16 @@ impl WsClient {
 
     /// The next event within `wait`, answering pings and skipping pongs.
     pub async fn next_event(&mut self, wait: Duration) -> Event {
+        self.next_event_with(wait, true).await
+    }
+
+    /// The next event within `wait`, leaving the server's pings unanswered
+    /// (a client that reads but is otherwise dead).
+    pub async fn next_event_unanswered(&mut self, wait: Duration) -> Event {
+        self.next_event_with(wait, false).await
+    }
+
+    async fn next_event_with(&mut self, wait: Duration, answer_pings: bool) -> Event {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.framed.next()).await {
@@ -387,9 +449,10 @@ impl WsClient {
                         serde_json::from_slice(&bytes).expect("server sends JSON text frames"),
                     )
                 }
-                ws::Frame::Ping(p) => {
+                ws::Frame::Ping(p) if answer_pings => {
                     let _ = self.framed.send(ws::Message::Pong(p)).await;
                 }
+                ws::Frame::Ping(_) => {}
                 ws::Frame::Pong(_) => {}
                 ws::Frame::Close(reason) => return Event::Close(reason),
                 other => panic!("unexpected frame {other:?}"),
@@ -472,6 +535,84 @@ impl WsSender {
     }
 }
 
+/// A client socket that speaks raw WebSocket frames, for frames no
+/// well-behaved client library will send.
+pub struct RawSocket {
+    stream: tokio::net::TcpStream,
+    buffer: actix_web::web::BytesMut,
+}
+
+impl RawSocket {
+    pub async fn connect(port: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buffer = actix_web::web::BytesMut::new();
+        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(
+                stream.read_buf(&mut buffer).await.unwrap() > 0,
+                "no handshake"
+            );
+        }
+        assert!(buffer.starts_with(b"HTTP/1.1 101"), "{buffer:?}");
+        let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let _ = buffer.split_to(end);
+        RawSocket { stream, buffer }
+    }
+
+    pub async fn send_frame(&mut self, payload: &[u8], opcode: actix_http::ws::OpCode) {
+        use tokio::io::AsyncWriteExt;
+        let mut raw = actix_web::web::BytesMut::new();
+        actix_http::ws::Parser::write_message(&mut raw, payload, opcode, true, true);
+        self.stream.write_all(&raw).await.unwrap();
+    }
+
+    /// Sends bytes as they are (a frame no library would build).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The payload of the next frame with `opcode`, skipping every other frame.
+    async fn next_frame(&mut self, opcode: actix_http::ws::OpCode) -> actix_web::web::BytesMut {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((_, found, payload)) =
+                actix_http::ws::Parser::parse(&mut self.buffer, false, 1 << 20).unwrap()
+            {
+                if found == opcode {
+                    return payload.unwrap_or_default();
+                }
+                continue;
+            }
+            let read = tokio::time::timeout(TIMEOUT, self.stream.read_buf(&mut self.buffer))
+                .await
+                .expect("a frame in time")
+                .unwrap();
+            assert!(read > 0, "connection closed before a {opcode:?} frame");
+        }
+    }
+
+    /// The code of the server's close frame, skipping every other frame.
+    pub async fn close_code(&mut self) -> u16 {
+        let payload = self.next_frame(actix_http::ws::OpCode::Close).await;
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    /// The next text frame from the server, as JSON.
+    pub async fn recv(&mut self) -> Value {
+        let payload = self.next_frame(actix_http::ws::OpCode::Text).await;
+        serde_json::from_slice(&payload).unwrap()
+    }
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -487,12 +628,34 @@ pub fn redis_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// The shared Redis, for a test that cannot run without it.
+pub fn require_redis_url() -> String {
+    required_env("TEST_REDIS_URL", "Redis")
+}
+
 /// A key prefix of its own, so concurrent tests sharing one Redis never meet.
 pub fn redis_prefix() -> String {
     format!("test{}", uuid::Uuid::new_v4().simple())
 }
 
 impl TestApp {
+    /// The value of one metric of `/metrics`; fails when it is missing.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let mut res = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        let text = String::from_utf8_lossy(&res.body().await.expect("metrics body")).into_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("metric {name} missing from /metrics"))
+            .trim()
+            .parse()
+            .expect("a metric value is a number")
+    }
+
     /// Polls `/metrics` until the Redis bridge reports `up`.
     pub async fn wait_redis(&self, up: bool) {
         let wanted = format!("chat_redis_up {}\n", u8::from(up));
@@ -518,6 +681,42 @@ impl TestApp {
     }
 }
 
+/// The keys one test's servers wrote to a shared Redis, deleted on drop.
+pub struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(url: &str, prefix: &str) -> Self {
+        RedisKeys {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}:*", self.prefix));
+        // Drop runs inside the test's runtime: a plain connection on a thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+            else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
 /// A private `redis-server` on a free port, for tests that stop and restart Redis.
 pub struct RedisServer {
     pub port: u16,
@@ -525,15 +724,17 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one, or `None` when `redis-server` is not installed.
-    pub fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.restart().then_some(server)
+    /// Starts one; a test that needs it fails when `redis-server` cannot run.
+    pub fn start() -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        assert!(
+            server.restart(),
+            "redis-server did not start (is it installed?)"
+        );
+        server
     }
 
     pub fn url(&self) -> String {
@@ -582,5 +783,24 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How long `wait_until` waits: generous, for a loaded 2-core machine.
+pub const CONDITION_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it holds; fails after `CONDITION_DEADLINE`.
+pub async fn wait_until<F, Fut>(condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CONDITION_DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {CONDITION_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,355 @@
+//! Behaviours at the edges that no other suite pins: storage under pressure
+//! and failure, read marks, contact order, throttle windows, field and
+//! paging bounds, close codes, and unparseable floods.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_server::chat::protocol::{ChatId, UserId};
+use chat_server::chat::store::{MessageWriter, NewMessage, StoreError, Stored};
+use chat_server::metrics::Metrics;
+use common::{wait_until, Backend, TestApp};
+use entity::{chat_member, message};
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, TransactionTrait};
+use serde_json::{json, Value};
+
+#[actix_rt::test]
+async fn a_full_writer_queue_answers_server_busy_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("chat.db").display());
+    let app = TestApp::spawn_on(
+        &Backend::Sqlite,
+        &url,
+        &[
+            ("MESSAGE_QUEUE_CAPACITY", "2"),
+            ("RATE_LIMIT_BURST", "1000"),
+        ],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    // Another connection holds SQLite's write lock: the writer waits on it.
+    let blocker = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let lock = blocker.begin().await.unwrap();
+    lock.execute_unprepared("CREATE TABLE write_lock (x INTEGER)")
+        .await
+        .unwrap();
+    // More than one batch (512) and the queue (2) can hold: some must be refused.
+    const SENT: usize = 520;
+    for i in 0..SENT {
+        alice
+            .send(json!({"type": "message", "data": {"to": pk, "content": format!("m{i}")}}))
+            .await;
+    }
+    let busy = json!({"type": "message_response", "data": {"status": "error", "code": "rate_limited", "message": "server busy; message not stored, resend it"}});
+    let (mut refused, mut acked) = (0, 0);
+    let mut lock = Some(lock);
+    // Refusals come at once; acknowledgements only after the lock is gone.
+    while refused + acked < SENT {
+        let reply = alice.recv_type("message_response").await;
+        if reply == busy {
+            refused += 1;
+            if let Some(lock) = lock.take() {
+                lock.rollback().await.unwrap();
+            }
+        } else {
+            assert_eq!(reply["data"]["status"], "success", "{reply}");
+            assert!(lock.is_none(), "acknowledged while the database was locked");
+            acked += 1;
+        }
+    }
+    assert!(refused >= SENT - 512 - 2, "{refused} refused");
+    let stored = message::Entity::find().count(&app.db).await.unwrap();
+    assert_eq!(stored as usize, acked, "every accepted message is stored");
+}
+
+async fn failed_batches_retry_one_by_one(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, _, pk) = app.pair("alice", "bob").await;
+    let chat = ChatId(pk.parse().unwrap());
+    let (writer, _task) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
+    let new = |chat: ChatId, content: &str| NewMessage {
+        chat,
+        sender: UserId(alice),
+        content: content.into(),
+        client_id: None,
+    };
+    // One batch (submitted before the writer runs): the middle message
+    // names no conversation, so the batch insert fails on its foreign key.
+    let pending = [
+        writer.submit(new(chat, "first")).unwrap(),
+        writer
+            .submit(new(ChatId(uuid::Uuid::new_v4()), "orphan"))
+            .unwrap(),
+        writer.submit(new(chat, "last")).unwrap(),
+    ];
+    let mut results = Vec::new();
+    for p in pending {
+        results.push(p.await.expect("an answer for every message"));
+    }
+    assert!(matches!(&results[0], Ok(Stored::New(m)) if m.content == "first"));
+    assert!(
+        matches!(&results[1], Err(StoreError::Database(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(matches!(&results[2], Ok(Stored::New(m)) if m.content == "last"));
+    assert_eq!(
+        message::Entity::find().count(&app.db).await.unwrap(),
+        2,
+        "{}",
+        backend.name()
+    );
+}
+
+backend_tests!(a_failed_batch_is_retried_one_message_at_a_time => failed_batches_retry_one_by_one);
+
+async fn two_writers_one_client_id(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, _, pk) = app.pair("alice", "bob").await;
+    let chat = ChatId(pk.parse().unwrap());
+    // Two instances' writers on one database, the same resend sent to both.
+    let (first, _a) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
+    let (second, _b) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
+    for round in 0..20 {
+        let new = || NewMessage {
+            chat,
+            sender: UserId(alice),
+            content: format!("round {round}"),
+            client_id: Some(format!("resend-{round}")),
+        };
+        let (x, y) = (first.submit(new()).unwrap(), second.submit(new()).unwrap());
+        let (x, y) = futures_util::join!(x, y);
+        let id = |r: Result<Stored, StoreError>| match r {
+            Ok(Stored::New(m)) | Ok(Stored::Duplicate(m)) => m.id,
+            Err(e) => panic!("round {round}: {e}"),
+        };
+        assert_eq!(id(x.unwrap()), id(y.unwrap()), "round {round}");
+    }
+    assert_eq!(
+        message::Entity::find().count(&app.db).await.unwrap(),
+        20,
+        "{}",
+        backend.name()
+    );
+}
+
+backend_tests!(a_resend_stored_by_two_instances_at_once_is_one_message => two_writers_one_client_id);
+
+#[actix_rt::test]
+async fn read_marks_are_checked_and_never_move_backwards() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, bob, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut bob_ws = app.authorized(&app.login("bob").await).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two"] {
+        alice
+            .send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+            .await;
+        ids.push(alice.recv_type("message_response").await["data"]["id"].clone());
+    }
+    bob_ws
+        .send(json!({"type": "read", "data": {"id": pk, "up_to": -1}}))
+        .await;
+    assert_eq!(
+        bob_ws.recv_type("read_response").await,
+        json!({"type": "read_response", "data": {"status": "error", "code": "invalid", "message": "up_to must be a message id"}})
+    );
+    bob_ws
+        .send(json!({"type": "read", "data": {"id": pk, "up_to": ids[1]}}))
+        .await;
+    bob_ws.recv_type("read_response").await;
+    bob_ws
+        .send(json!({"type": "read", "data": {"id": pk, "up_to": ids[0]}}))
+        .await;
+    assert_eq!(
+        bob_ws.recv_type("read_response").await["data"]["status"],
+        "success"
+    );
+    let mark = chat_member::Entity::find_by_id((pk.parse::<uuid::Uuid>().unwrap(), bob))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_read_message_id;
+    assert_eq!(
+        mark.map(Value::from),
+        Some(ids[1].clone()),
+        "not moved back"
+    );
+    bob_ws
+        .send(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    let contacts = bob_ws.recv_type("get_contacts_response").await;
+    assert_eq!(contacts["data"][0]["unread"], 0);
+}
+
+#[actix_rt::test]
+async fn contacts_are_listed_newest_activity_first() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (alice, _, with_bob) = app.pair("alice", "bob").await;
+    let mut others = Vec::new();
+    for name in ["carol", "dave"] {
+        let id = app.create_user(name, &common::capitalize(name), "X").await;
+        let (chat, _) = chat_server::accounts::direct_chat(&app.db, alice, id)
+            .await
+            .unwrap();
+        others.push(chat.id.to_string());
+    }
+    let (with_carol, with_dave) = (&others[0], &others[1]);
+    let mut ws = app.authorized(&app.login("alice").await).await;
+    for to in [with_carol, &with_bob] {
+        ws.send(json!({"type": "message", "data": {"to": to, "content": "hi"}}))
+            .await;
+        ws.recv_type("message_response").await;
+    }
+    ws.send(json!({"type": "get_contacts", "data": {}})).await;
+    let contacts = ws.recv_type("get_contacts_response").await;
+    let order: Vec<&str> = contacts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pk"].as_str().unwrap())
+        .collect();
+    // The last message first; a conversation with none comes last.
+    assert_eq!(order, [with_bob.as_str(), with_carol, with_dave]);
+}
+
+#[actix_rt::test]
+async fn a_login_lock_ends_with_its_window() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("LOGIN_MAX_ATTEMPTS", "2"), ("LOGIN_WINDOW_SECONDS", "2")],
+    )
+    .await;
+    app.pair("alice", "bob").await;
+    let login = |password: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/api/login/"))
+                .send_form(&[("username", "alice"), ("password", password)])
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(login("wrong").await, 400);
+    assert_eq!(login("wrong").await, 400);
+    assert_eq!(login(common::PASSWORD).await, 429);
+    wait_until(|| async { login(common::PASSWORD).await == 200 }).await;
+}
+
+#[actix_rt::test]
+async fn registration_fields_and_user_pages_have_bounds() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let register = |body: Value| {
+        let app = &app;
+        async move {
+            let mut res = app
+                .http
+                .post(app.url("/api/register/"))
+                .send_json(&body)
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let long = "x".repeat(151);
+    let names =
+        json!({"non_field_errors": ["email must be at most 254 characters, names at most 150"]});
+    for body in [
+        json!({"username": "erin", "password": "a fine password", "first_name": long}),
+        json!({"username": "erin", "password": "a fine password", "last_name": long}),
+        json!({"username": "erin", "password": "a fine password", "email": format!("{}@x.io", "e".repeat(250))}),
+    ] {
+        assert_eq!(register(body).await, (400, names.clone()));
+    }
+    assert_eq!(
+        register(json!({"username": long, "password": "a fine password"})).await,
+        (
+            400,
+            json!({"username": ["Ensure this field has between 1 and 150 characters."]})
+        )
+    );
+    let (status, body) = register(json!({"username": "erin", "password": "a fine password"})).await;
+    assert_eq!(status, 201);
+    let token = body["token"].as_str().unwrap().to_string();
+    let bounds =
+        json!({"detail": "page must be between 1 and 1000000, page_size between 1 and 100"});
+    for query in ["page=0", "page=1000001", "page_size=0", "page_size=101"] {
+        let mut res = app
+            .http
+            .get(app.url(&format!("/api/users/?{query}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{query}");
+        assert_eq!(res.json::<Value>().await.unwrap(), bounds, "{query}");
+    }
+    let mut res = app
+        .http
+        .get(app.url("/api/users/?page=1&page_size=100"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["count"], 1);
+}
+
+#[actix_rt::test]
+async fn a_client_close_is_answered_and_a_protocol_error_closes_with_1002() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let mut ws = app.authorized(&app.login("alice").await).await;
+    ws.send_message(actix_http::ws::Message::Close(Some(
+        actix_http::ws::CloseCode::Normal.into(),
+    )))
+    .await;
+    let reason = ws.expect_close().await.expect("a close frame");
+    assert_eq!(reason.code, actix_http::ws::CloseCode::Normal);
+    wait_until(|| async { app.stats().await.sessions == 0 }).await;
+
+    // A frame with a reserved opcode breaks the protocol.
+    let mut raw = common::RawSocket::connect(app.port).await;
+    // FIN + opcode 0x3 (reserved), masked, empty payload.
+    raw.send_raw(&[0x83, 0x80, 1, 2, 3, 4]).await;
+    assert_eq!(raw.close_code().await, 1002);
+}
+
+#[actix_rt::test]
+async fn unparseable_frames_over_the_rate_limit_get_no_answer() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_BURST", "3"), ("RATE_LIMIT_PER_SECOND", "1")],
+    )
+    .await;
+    let mut ws = app.ws("/chat").await;
+    ws.recv().await; // info
+    for _ in 0..10 {
+        ws.send_text("not json").await;
+    }
+    // Ping until a token is back (1 a second); pings refused meanwhile are
+    // answered `ping_response` rate_limited, the unparseable frames not at all.
+    let mut answers = Vec::new();
+    'pinging: loop {
+        ws.send(json!({"type": "ping", "data": {}})).await;
+        while let common::Event::Json(frame) = ws.next_event(Duration::from_millis(1100)).await {
+            match frame["type"].as_str() {
+                Some("pong") => break 'pinging,
+                Some("ping_response") => assert_eq!(frame["data"]["code"], "rate_limited"),
+                _ => answers.push(frame),
+            }
+        }
+    }
+    assert_eq!(answers.len(), 3, "only the burst is answered: {answers:?}");
+    assert!(
+        answers.iter().all(|a| a["type"] == "bad_request"),
+        "{answers:?}"
+    );
+}
