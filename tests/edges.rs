@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chat_server::chat::protocol::{ChatId, UserId};
-use chat_server::chat::store::{MessageWriter, NewMessage, StoreError, Stored};
+use chat_server::chat::writer::{MessageWriter, NewMessage, StoreError, Stored};
 use chat_server::metrics::Metrics;
 use common::{wait_until, Backend, TestApp};
 use entity::{chat_member, message};

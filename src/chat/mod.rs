@@ -9,6 +9,7 @@ pub mod session;
 pub mod socket;
 pub mod store;
 pub mod unauthenticated;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -23,8 +24,8 @@ use crate::metrics::Metrics;
 use presence::Presence;
 use server::ChatServer;
 use session::WsSession;
-use store::MessageWriter;
 use unauthenticated::UnauthenticatedSockets;
+use writer::MessageWriter;
 
 /// The bounds a session enforces, from `Settings`.
 #[derive(Debug, Clone)]

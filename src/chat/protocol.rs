@@ -70,45 +70,75 @@ impl ConversationRef {
     }
 }
 
-/// Everything a client may send.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub enum ClientRequest {
-    Authorization(Authorization),
-    GetContacts(AnyData),
-    GetContact(ConversationQuery),
-    Message(SendMessage),
-    GetMessages(HistoryQuery),
-    Read(MarkRead),
-    Typing(ConversationQuery),
-    Ping(AnyData),
+/// Declares the requests once: `ClientRequest` (what a frame parses into)
+/// and `RequestKind` (which names the `X_response` of its answer) come from
+/// the same list, so a new request is one line and a misspelt kind does not
+/// compile.
+macro_rules! requests {
+    ($($(#[$doc:meta])* $variant:ident($data:ty) = $wire:literal,)*) => {
+        /// Everything a client may send.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        pub enum ClientRequest {
+            $($(#[$doc])* #[serde(rename = $wire)] $variant($data),)*
+        }
+
+        /// The type of a request; its failures are answered `X_response`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RequestKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl RequestKind {
+            /// The request's `type`, as on the wire.
+            pub fn wire_name(self) -> &'static str {
+                match self {
+                    $(RequestKind::$variant => $wire,)*
+                }
+            }
+
+            /// The kind a wire `type` names, if any.
+            pub fn from_wire(name: &str) -> Option<Self> {
+                match name {
+                    $($wire => Some(RequestKind::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl ClientRequest {
+            /// Which request this is.
+            pub fn kind(&self) -> RequestKind {
+                match self {
+                    $(ClientRequest::$variant(_) => RequestKind::$variant,)*
+                }
+            }
+        }
+    };
 }
 
-/// The request types, for naming the `X_response` of a failed request.
-pub const REQUEST_TYPES: &[&str] = &[
-    "authorization",
-    "get_contacts",
-    "get_contact",
-    "message",
-    "get_messages",
-    "read",
-    "typing",
-    "ping",
-];
+requests! {
+    /// Log the socket in (A2.3).
+    Authorization(Authorization) = "authorization",
+    /// The contact list (A2.4).
+    GetContacts(AnyData) = "get_contacts",
+    /// One conversation (A2.5).
+    GetContact(ConversationQuery) = "get_contact",
+    /// Send a message (A2.6, B2).
+    Message(SendMessage) = "message",
+    /// A page of history (B4).
+    GetMessages(HistoryQuery) = "get_messages",
+    /// Mark messages read (B4).
+    Read(MarkRead) = "read",
+    /// Tell the others one is typing (B4).
+    Typing(ConversationQuery) = "typing",
+    /// Application-level ping (B5).
+    Ping(AnyData) = "ping",
+}
 
-impl ClientRequest {
-    /// The request's `type`, as on the wire.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ClientRequest::Authorization(_) => "authorization",
-            ClientRequest::GetContacts(_) => "get_contacts",
-            ClientRequest::GetContact(_) => "get_contact",
-            ClientRequest::Message(_) => "message",
-            ClientRequest::GetMessages(_) => "get_messages",
-            ClientRequest::Read(_) => "read",
-            ClientRequest::Typing(_) => "typing",
-            ClientRequest::Ping(_) => "ping",
-        }
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.wire_name())
     }
 }
 
@@ -164,7 +194,7 @@ pub enum FrameError {
     TypeNotFound,
     /// A known type whose `data` has a missing or mistyped field.
     Invalid {
-        kind: &'static str,
+        kind: RequestKind,
         message: String,
     },
 }
@@ -195,7 +225,7 @@ fn diagnose(text: &str, typed_error: serde_json::Error) -> FrameError {
         None | Some(serde_json::Value::Null) => return FrameError::DataNotProvided,
         Some(_) => {}
     }
-    match kind.and_then(|k| REQUEST_TYPES.iter().find(|t| **t == k)) {
+    match kind.and_then(RequestKind::from_wire) {
         None => FrameError::TypeNotFound,
         Some(kind) => FrameError::Invalid {
             kind,
@@ -458,16 +488,18 @@ impl ServerEvent<'_> {
     }
 
     /// The `X_response` error for a failed request of type `kind`.
-    pub fn error(kind: &str, error: ErrorReply) -> ServerEvent<'static> {
+    pub fn error(kind: RequestKind, error: ErrorReply) -> ServerEvent<'static> {
         match kind {
-            "authorization" => ServerEvent::AuthorizationResponse(AuthorizationReply::Error(error)),
-            "get_contacts" => ServerEvent::GetContactsResponse(Reply::Err(error)),
-            "get_contact" => ServerEvent::GetContactResponse(Reply::Err(error)),
-            "message" => ServerEvent::MessageResponse(Reply::Err(error)),
-            "get_messages" => ServerEvent::GetMessagesResponse(Reply::Err(error)),
-            "read" => ServerEvent::ReadResponse(Reply::Err(error)),
-            "typing" => ServerEvent::TypingResponse(error),
-            _ => ServerEvent::PingResponse(error),
+            RequestKind::Authorization => {
+                ServerEvent::AuthorizationResponse(AuthorizationReply::Error(error))
+            }
+            RequestKind::GetContacts => ServerEvent::GetContactsResponse(Reply::Err(error)),
+            RequestKind::GetContact => ServerEvent::GetContactResponse(Reply::Err(error)),
+            RequestKind::Message => ServerEvent::MessageResponse(Reply::Err(error)),
+            RequestKind::GetMessages => ServerEvent::GetMessagesResponse(Reply::Err(error)),
+            RequestKind::Read => ServerEvent::ReadResponse(Reply::Err(error)),
+            RequestKind::Typing => ServerEvent::TypingResponse(error),
+            RequestKind::Ping => ServerEvent::PingResponse(error),
         }
     }
 
@@ -560,7 +592,7 @@ mod tests {
     #[test]
     fn well_formed_requests_parse() {
         let r = parse_request(r#"{"type":"message","data":{"to":"6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11","content":"hi","client_id":"c1"}}"#).unwrap();
-        assert_eq!(r.kind(), "message");
+        assert_eq!(r.kind(), RequestKind::Message);
         assert!(matches!(
             parse_request(r#"{"type":"get_contacts","data":{}}"#),
             Ok(ClientRequest::GetContacts(_))

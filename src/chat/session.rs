@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
+use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
 use super::protocol::*;
 use super::server::{Connect, ConnectError, Deliver, Disconnect, SessionId};
 use super::socket::{Incoming, Outbox, Queued, TransportError};
-use super::store::{self, NewMessage, PendingStore, StoreError, Stored};
+use super::store;
 use super::unauthenticated::UnauthenticatedSlot;
+use super::writer::{NewMessage, PendingStore, StoreError, Stored};
 use super::ChatContext;
 use crate::auth::{self, AuthError};
 
@@ -130,7 +132,13 @@ impl WsSession {
         }
     }
 
-    fn send_error(&self, kind: &str, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
+    fn send_error(
+        &self,
+        kind: RequestKind,
+        code: ErrorCode,
+        message: &str,
+        ctx: &mut Context<Self>,
+    ) {
         self.chat.metrics.bad_frame();
         self.send(
             &ServerEvent::error(kind, ErrorReply::new(code, message)),
@@ -140,7 +148,12 @@ impl WsSession {
 
     /// A failure of ours: the client gets a generic `internal` error with an
     /// id; the detail goes to the log under the same id.
-    fn internal_error(&self, kind: &str, error: &dyn std::fmt::Display, ctx: &mut Context<Self>) {
+    fn internal_error(
+        &self,
+        kind: RequestKind,
+        error: &dyn std::fmt::Display,
+        ctx: &mut Context<Self>,
+    ) {
         let reply = internal_reply(&self.span, kind, error);
         self.chat.metrics.bad_frame();
         self.send(&ServerEvent::error(kind, reply), ctx);
@@ -245,9 +258,11 @@ impl WsSession {
                     AuthorizationReply::refused("Invalid token provided")
                 }
                 Err(AuthError::InactiveUser) => AuthorizationReply::refused("Inactive user"),
-                Err(AuthError::Database(e)) => {
-                    AuthorizationReply::Error(internal_reply(&act.span, "authorization", &e))
-                }
+                Err(AuthError::Database(e)) => AuthorizationReply::Error(internal_reply(
+                    &act.span,
+                    RequestKind::Authorization,
+                    &e,
+                )),
             };
             act.send(&ServerEvent::AuthorizationResponse(reply), ctx);
         }));
@@ -275,38 +290,62 @@ impl WsSession {
         }));
     }
 
+    /// Runs a database query for a request of `kind` without blocking the
+    /// actor, then `answer`s with its result; a database error is answered
+    /// `internal` (B3), its detail logged.
+    fn query<T, Q, F, A>(&mut self, kind: RequestKind, query: Q, answer: A, ctx: &mut Context<Self>)
+    where
+        Q: FnOnce(DatabaseConnection) -> F,
+        F: std::future::Future<Output = Result<T, sea_orm::DbErr>> + 'static,
+        A: FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
+    {
+        let pending = query(self.chat.db.clone());
+        ctx.spawn(
+            pending
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(value) => answer(act, value, ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
+    }
+
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
-        let db = self.chat.db.clone();
-        let fut = async move { store::contacts_of(&db, user).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok(rows) => {
+        let query = move |db| async move { store::contacts_of(&db, user).await };
+        self.query(
+            RequestKind::GetContacts,
+            query,
+            |act, rows, ctx| {
                 let contacts = rows
                     .into_iter()
                     .map(|r| r.into_contact(&act.chat.presence))
                     .collect();
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
-            }
-            Err(e) => act.internal_error("get_contacts", &e, ctx),
-        }));
+            },
+            ctx,
+        );
     }
 
     fn get_contact(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
         let Some(chat_id) = id.chat_id() else {
-            return self.not_found("get_contact", ctx);
+            return self.not_found(RequestKind::GetContact, ctx);
         };
-        let db = self.chat.db.clone();
-        let fut = async move { store::contact_of(&db, user, chat_id).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok(Some(row)) => {
-                let contact = row.into_contact(&act.chat.presence);
-                act.send(&ServerEvent::GetContactResponse(Reply::Ok(contact)), ctx);
-            }
-            Ok(None) => act.not_found("get_contact", ctx),
-            Err(e) => act.internal_error("get_contact", &e, ctx),
-        }));
+        let query = move |db| async move { store::contact_of(&db, user, chat_id).await };
+        self.query(
+            RequestKind::GetContact,
+            query,
+            |act, row, ctx| match row {
+                Some(row) => {
+                    let contact = row.into_contact(&act.chat.presence);
+                    act.send(&ServerEvent::GetContactResponse(Reply::Ok(contact)), ctx);
+                }
+                None => act.not_found(RequestKind::GetContact, ctx),
+            },
+            ctx,
+        );
     }
 
-    fn not_found(&self, kind: &str, ctx: &mut Context<Self>) {
+    fn not_found(&self, kind: RequestKind, ctx: &mut Context<Self>) {
         self.send_error(kind, ErrorCode::NotFound, "conversation not found", ctx);
     }
 
@@ -315,7 +354,7 @@ impl WsSession {
     /// is looked up with `ctx.wait`, so later frames stay behind this one.
     fn with_members<F>(
         &mut self,
-        kind: &'static str,
+        kind: RequestKind,
         user: UserId,
         id: &ConversationRef,
         ctx: &mut Context<Self>,
@@ -351,7 +390,7 @@ impl WsSession {
         let content_chars = request.content.trim().chars().count();
         if content_chars == 0 {
             return self.send_error(
-                "message",
+                RequestKind::Message,
                 ErrorCode::Invalid,
                 "content must not be empty",
                 ctx,
@@ -360,7 +399,7 @@ impl WsSession {
         let limit = self.chat.limits.max_message_chars;
         if content_chars > limit {
             let text = format!("content is longer than {limit} characters");
-            return self.send_error("message", ErrorCode::Invalid, &text, ctx);
+            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
         }
         let client_id = request.client_id.filter(|c| !c.is_empty());
         if client_id
@@ -368,11 +407,11 @@ impl WsSession {
             .is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS)
         {
             let text = format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters");
-            return self.send_error("message", ErrorCode::Invalid, &text, ctx);
+            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
         }
         let content = request.content;
         self.with_members(
-            "message",
+            RequestKind::Message,
             user,
             &request.to,
             ctx,
@@ -386,12 +425,12 @@ impl WsSession {
                 match act.chat.writer.submit(new) {
                     Ok(store) => act.await_delivery(PendingDelivery { store, members }),
                     Err(StoreError::Busy) => act.send_error(
-                        "message",
+                        RequestKind::Message,
                         ErrorCode::RateLimited,
                         "server busy; message not stored, resend it",
                         ctx,
                     ),
-                    Err(e) => act.internal_error("message", &e, ctx),
+                    Err(e) => act.internal_error(RequestKind::Message, &e, ctx),
                 }
             },
         );
@@ -423,93 +462,89 @@ impl WsSession {
         let limit = query.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
         if limit == 0 || limit > store::MAX_HISTORY_PAGE {
             let text = format!("limit must be between 1 and {}", store::MAX_HISTORY_PAGE);
-            return self.send_error("get_messages", ErrorCode::Invalid, &text, ctx);
+            return self.send_error(RequestKind::GetMessages, ErrorCode::Invalid, &text, ctx);
         }
         let (before, after) = (query.before, query.after);
-        self.with_members(
-            "get_messages",
-            user,
-            &query.id,
-            ctx,
-            move |act, chat, _, ctx| {
-                let db = act.chat.db.clone();
-                let fut = async move { store::history(&db, chat, before, after, limit).await };
-                ctx.spawn(
-                    fut.into_actor(act)
-                        .map(move |result, act, ctx| match result {
-                            Ok((rows, has_more)) => {
-                                let messages = rows
-                                    .into_iter()
-                                    .map(|m| store::history_item(m, user))
-                                    .collect();
-                                let page = HistoryPage {
-                                    pk: chat,
-                                    messages,
-                                    has_more,
-                                };
-                                act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
-                            }
-                            Err(e) => act.internal_error("get_messages", &e, ctx),
-                        }),
-                );
-            },
-        );
+        let kind = RequestKind::GetMessages;
+        self.with_members(kind, user, &query.id, ctx, move |act, chat, _, ctx| {
+            let page =
+                move |db| async move { store::history(&db, chat, before, after, limit).await };
+            act.query(
+                kind,
+                page,
+                move |act, (rows, has_more), ctx| {
+                    let messages = rows
+                        .into_iter()
+                        .map(|m| store::history_item(m, user))
+                        .collect();
+                    let page = HistoryPage {
+                        pk: chat,
+                        messages,
+                        has_more,
+                    };
+                    act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
+                },
+                ctx,
+            );
+        });
     }
 
     fn mark_read(&mut self, user: UserId, request: MarkRead, ctx: &mut Context<Self>) {
         let up_to = request.up_to;
         if up_to < 0 {
             return self.send_error(
-                "read",
+                RequestKind::Read,
                 ErrorCode::Invalid,
                 "up_to must be a message id",
                 ctx,
             );
         }
+        let kind = RequestKind::Read;
         self.with_members(
-            "read",
+            kind,
             user,
             &request.id,
             ctx,
             move |act, chat, members, ctx| {
-                let db = act.chat.db.clone();
-                let fut = async move { store::mark_read(&db, chat, user, up_to).await };
-                ctx.spawn(
-                    fut.into_actor(act)
-                        .map(move |result, act, ctx| match result {
-                            Ok(()) => {
-                                act.send(
-                                    &ServerEvent::ReadResponse(Reply::Ok(ReadAck {
-                                        status: "success",
-                                        pk: chat,
-                                        up_to,
-                                    })),
-                                    ctx,
-                                );
-                                let frame = ServerEvent::Read(ReadEvent {
-                                    pk: chat,
-                                    user_id: user.0,
-                                    up_to,
-                                })
-                                .to_json();
-                                act.relay_to_others(user, &members, frame);
-                            }
-                            Err(e) => act.internal_error("read", &e, ctx),
-                        }),
+                let mark = move |db| async move { store::mark_read(&db, chat, user, up_to).await };
+                act.query(
+                    kind,
+                    mark,
+                    move |act, (), ctx| {
+                        let ack = ReadAck {
+                            status: "success",
+                            pk: chat,
+                            up_to,
+                        };
+                        act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
+                        let event = ReadEvent {
+                            pk: chat,
+                            user_id: user.0,
+                            up_to,
+                        };
+                        act.relay_to_others(user, &members, ServerEvent::Read(event).to_json());
+                    },
+                    ctx,
                 );
             },
         );
     }
 
     fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
-        self.with_members("typing", user, &id, ctx, move |act, chat, members, _| {
-            let frame = ServerEvent::Typing(TypingEvent {
-                pk: chat,
-                user_id: user.0,
-            })
-            .to_json();
-            act.relay_to_others(user, &members, frame);
-        });
+        self.with_members(
+            RequestKind::Typing,
+            user,
+            &id,
+            ctx,
+            move |act, chat, members, _| {
+                let frame = ServerEvent::Typing(TypingEvent {
+                    pk: chat,
+                    user_id: user.0,
+                })
+                .to_json();
+                act.relay_to_others(user, &members, frame);
+            },
+        );
     }
 
     fn relay_to_others(&self, user: UserId, members: &[UserId], frame: Bytes) {
@@ -524,9 +559,13 @@ impl WsSession {
 
 /// The `internal` error a client sees for a failure of ours, after logging
 /// the detail under a fresh error id (the client's text carries the id).
-fn internal_reply(span: &tracing::Span, kind: &str, error: &dyn std::fmt::Display) -> ErrorReply {
+fn internal_reply(
+    span: &tracing::Span,
+    kind: RequestKind,
+    error: &dyn std::fmt::Display,
+) -> ErrorReply {
     let error_id = crate::error::new_error_id();
-    tracing::error!(parent: span, %error_id, kind, error = %error, "request failed");
+    tracing::error!(parent: span, %error_id, %kind, error = %error, "request failed");
     ErrorReply::new(
         ErrorCode::Internal,
         format!("internal error, try again (error id {error_id})"),
@@ -547,7 +586,7 @@ async fn run_deliveries(
             Ok(Stored::New(m)) => (m, true),
             Ok(Stored::Duplicate(m)) => (m, false),
             Err(e) => {
-                let reply = internal_reply(&span, "message", &e);
+                let reply = internal_reply(&span, RequestKind::Message, &e);
                 let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
                 continue;
             }
