@@ -6,7 +6,6 @@
 pub mod accounts;
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod bus;
 pub mod chat;
 pub mod cli;

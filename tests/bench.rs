@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat_server::bench::{self, LoadOptions};
+use chat_bench::{self as bench, LoadOptions};
 use common::{Backend, TestApp};
 
 #[actix_rt::test]

@@ -386,3 +386,14 @@ async fn health_and_readiness() {
     );
     let _ = PASSWORD;
 }
+
+#[actix_rt::test]
+async fn the_favicon_is_served_locally() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    for path in ["/favicon.ico", "/favicon.svg"] {
+        let mut res = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        assert_eq!(res.headers().get("content-type").unwrap(), "image/svg+xml");
+        assert!(res.body().await.unwrap().starts_with(b"<svg"));
+    }
+}

@@ -8,11 +8,13 @@ use actix_web::{web, HttpResponse};
 const SWAGGER_BUNDLE: &[u8] = include_bytes!("../../static/swagger-ui-bundle.js");
 const SWAGGER_CSS: &[u8] = include_bytes!("../../static/swagger-ui.css");
 const REDOC_BUNDLE: &[u8] = include_bytes!("../../static/redoc.standalone.js");
+const FAVICON: &[u8] = include_bytes!("../../static/favicon.svg");
 
 const SWAGGER_PAGE: &str = r##"<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="/favicon.svg" type="image/svg+xml">
 <title>Chat server API - Swagger UI</title>
 <link rel="stylesheet" href="/swagger/swagger-ui.css">
 </head>
@@ -32,6 +34,7 @@ const REDOC_PAGE: &str = r##"<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="/favicon.svg" type="image/svg+xml">
 <title>Chat server API - ReDoc</title>
 </head>
 <body>
@@ -78,6 +81,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         "/swagger/swagger-ui.css",
         web::get().to(|| async { asset(SWAGGER_CSS, "text/css") }),
+    )
+    // Browsers ask for /favicon.ico whatever the page says: the SVG serves both.
+    .route(
+        "/favicon.svg",
+        web::get().to(|| async { asset(FAVICON, "image/svg+xml") }),
+    )
+    .route(
+        "/favicon.ico",
+        web::get().to(|| async { asset(FAVICON, "image/svg+xml") }),
     )
     .route("/redoc", web::get().to(|| async { redirect("/redoc/") }))
     .route("/redoc/", web::get().to(|| async { page(REDOC_PAGE) }))

@@ -1,4 +1,4 @@
-//! The load generator behind `chat-server bench`: real users over REST, one
+//! The load generator, `chat-bench`: real users over REST, one
 //! WebSocket each, messages timed end to end. Bounded in count and time; it
 //! stops by itself and prints a summary and one JSON line.
 //!
@@ -290,7 +290,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         let window = Rc::new(Semaphore::new(opts.window.max(1)));
         // Acks free window slots.
         let (w, st) = (window.clone(), stats.clone());
-        tasks.push(actix_web::rt::spawn(async move {
+        tasks.push(actix_rt::spawn(async move {
             while let Some(Ok(frame)) = acks.next().await {
                 let ws::Frame::Text(bytes) = frame else {
                     continue;
@@ -314,7 +314,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         // Receiver: latency, loss, duplicates, order.
         let (h, st) = (histogram.clone(), stats.clone());
         let (_rsink, mut incoming) = receiver.split();
-        tasks.push(actix_web::rt::spawn(async move {
+        tasks.push(actix_rt::spawn(async move {
             let _keep = _rsink;
             while let Some(Ok(frame)) = incoming.next().await {
                 let ws::Frame::Text(bytes) = frame else {
@@ -370,7 +370,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         let offset = per_sender_interval.map_or(Duration::ZERO, |iv| {
             iv.mul_f64(i as f64 / opts.pairs as f64)
         });
-        tasks.push(actix_web::rt::spawn(async move {
+        tasks.push(actix_rt::spawn(async move {
             let mut seq = 0u64;
             let mut next = Instant::now() + offset;
             while Instant::now() < stop_at {
@@ -515,7 +515,7 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         let account = &idle_users[i % idle_users.len()].token;
         let mut socket = open_session(clients.get(i), &ws_base, account).await?;
         // Answer pings so the server keeps the session, and read whatever comes.
-        held.push(actix_web::rt::spawn(async move {
+        held.push(actix_rt::spawn(async move {
             while let Some(Ok(frame)) = socket.next().await {
                 if let ws::Frame::Ping(p) = frame {
                     let _ = socket.send(ws::Message::Pong(p)).await;
@@ -591,8 +591,10 @@ pub struct StartupReport {
 
 /// Starts this binary `runs` times on a fresh SQLite file and times each
 /// start to the first `/readyz` 200.
-pub async fn startup(runs: usize) -> Result<StartupReport, BenchError> {
-    let exe = std::env::current_exe().map_err(|e| setup("current exe", e))?;
+/// Starts `server` (the `chat-server` binary) `runs` times on a fresh SQLite
+/// file and times each start to `/readyz` 200.
+pub async fn startup(server: &std::path::Path, runs: usize) -> Result<StartupReport, BenchError> {
+    let exe = server.to_path_buf();
     let client = awc::Client::default();
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {

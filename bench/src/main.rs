@@ -1,0 +1,199 @@
+//! `chat-bench`: the load generator, a binary of its own so that the server
+//! carries none of it. Prints a summary and one JSON line per run.
+
+use clap::Parser;
+
+use chat_bench::BenchError;
+
+/// Longest a load run may send for: the generator always stops by itself.
+const MAX_BENCH_SECONDS: u64 = 600;
+
+/// Measures a running chat server (see BENCHMARKS.md). Every run is bounded
+/// in count and time and stops by itself.
+#[derive(Debug, Parser)]
+#[command(name = "chat-bench", version, about)]
+enum BenchCommand {
+    /// Pairs of users exchanging messages: throughput, latency, loss.
+    Load {
+        /// Server base URL; repeat to spread pairs over several instances.
+        #[arg(long = "url", default_value = "http://127.0.0.1:8000")]
+        urls: Vec<String>,
+        /// Pairs of users: the first of each sends, the second receives.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        pairs: u64,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
+        duration: u64,
+        /// Total messages per second; 0 = as fast as the window allows.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Unacknowledged messages each sender may have in flight.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        window: u64,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
+        sources: u64,
+    },
+    /// Many authorized idle sessions: server memory per session, then latency.
+    Idle {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Users the sessions belong to (the server's MAX_SESSIONS_PER_USER must allow sessions/users each).
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Authorized sessions to open and hold.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        sessions: u64,
+        /// The server's process id, to read its RSS from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
+        sources: u64,
+        /// Messages timed between two sessions once all are open.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
+    /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
+    Startup {
+        /// The `chat-server` binary to start (default: the one beside `chat-bench`).
+        #[arg(long)]
+        server: Option<std::path::PathBuf>,
+        /// How many starts to time.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+    },
+}
+
+fn print_report(summary: &[(&str, String)], report: &impl serde::Serialize) {
+    for (name, value) in summary {
+        println!("{name:>16}: {value}");
+    }
+    println!(
+        "{}",
+        serde_json::to_string(report).expect("reports are plain numbers")
+    );
+}
+
+async fn run(command: BenchCommand) -> Result<(), BenchError> {
+    match command {
+        BenchCommand::Load {
+            urls,
+            pairs,
+            duration,
+            rate,
+            window,
+            sources,
+        } => {
+            let options = chat_bench::LoadOptions {
+                urls,
+                pairs: pairs as usize,
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                window: window as usize,
+                sources: sources as usize,
+            };
+            let r = chat_bench::load(options).await?;
+            print_report(
+                &[
+                    ("connections", r.connections.to_string()),
+                    ("sent / acked", format!("{} / {}", r.sent, r.acked)),
+                    (
+                        "delivered",
+                        format!(
+                            "{} ({:.0} msg/s over {:.1} s)",
+                            r.delivered, r.msgs_per_sec, r.seconds
+                        ),
+                    ),
+                    (
+                        "lost / dup / ooo",
+                        format!("{} / {} / {}", r.lost, r.dup, r.reordered),
+                    ),
+                    ("errors", r.errors.to_string()),
+                    (
+                        "latency",
+                        format!(
+                            "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                            r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
+                        ),
+                    ),
+                ],
+                &r,
+            );
+        }
+        BenchCommand::Idle {
+            url,
+            users,
+            sessions,
+            server_pid,
+            sources,
+            messages,
+        } => {
+            let options = chat_bench::IdleOptions {
+                url,
+                users,
+                sessions: sessions as usize,
+                server_pid,
+                sources: sources as usize,
+                messages,
+            };
+            let r = chat_bench::idle(options).await?;
+            let kib = |v: Option<u64>| {
+                v.map_or("n/a (no --server-pid)".to_string(), |k| format!("{k} KiB"))
+            };
+            print_report(
+                &[
+                    ("sessions", r.sessions.to_string()),
+                    (
+                        "server RSS",
+                        format!("{} → {}", kib(r.rss_before_kib), kib(r.rss_after_kib)),
+                    ),
+                    (
+                        "per session",
+                        r.kib_per_session
+                            .map_or("n/a".into(), |k| format!("{k:.2} KiB")),
+                    ),
+                    (
+                        "latency",
+                        format!(
+                            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} messages",
+                            r.p50_ms, r.p99_ms, r.max_ms, r.messages
+                        ),
+                    ),
+                ],
+                &r,
+            );
+        }
+        BenchCommand::Startup { runs, server } => {
+            let server = server.map_or_else(sibling_server, Ok)?;
+            let r = chat_bench::startup(&server, runs as usize).await?;
+            print_report(
+                &[(
+                    "to /readyz 200",
+                    format!(
+                        "min {:.1} ms, median {:.1} ms, max {:.1} ms over {} runs",
+                        r.min_ms, r.median_ms, r.max_ms, r.runs
+                    ),
+                )],
+                &r,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `chat-server` beside this binary (both are built into the same directory).
+fn sibling_server() -> Result<std::path::PathBuf, BenchError> {
+    let exe =
+        std::env::current_exe().map_err(|e| BenchError::Setup(format!("current exe: {e}")))?;
+    Ok(exe.with_file_name("chat-server"))
+}
+
+fn main() {
+    let command = BenchCommand::parse();
+    if let Err(e) = actix_rt::System::new().block_on(run(command)) {
+        eprintln!("chat-bench: {e}");
+        std::process::exit(1);
+    }
+}
