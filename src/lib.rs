@@ -21,7 +21,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, AsyncContext};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
@@ -33,7 +33,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::throttle::{AddressRateLimit, AttemptThrottle};
 use crate::auth::TokenKeys;
-use crate::bus::redis::{AttachServer, Deregister, RedisBridge};
+use crate::bus::redis::{Deregister, RedisBridge, ServerLink};
 use crate::bus::Bus;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
@@ -114,28 +114,40 @@ impl Application {
 
         let metrics = Metrics::default();
         let presence = Arc::new(Presence::default());
-        let bridge = redis.clone().map(|client| {
-            let prefix = settings.redis_prefix.clone();
-            RedisBridge::new(
-                client,
-                prefix,
+        // The ChatServer and the Redis bridge are made together: the server's
+        // address exists before it starts, so each gets the other's recipients
+        // at once and neither names the other's actor type.
+        let mut bridge = None;
+        let chat_server = ChatServer::create(|ctx| {
+            let bus = match redis.clone() {
+                Some(client) => {
+                    let server = ServerLink {
+                        deliver: ctx.address().recipient(),
+                        revoke: ctx.address().recipient(),
+                        presence: ctx.address().recipient(),
+                    };
+                    let started = RedisBridge::new(
+                        client,
+                        settings.redis_prefix.clone(),
+                        presence.clone(),
+                        db.clone(),
+                        metrics.clone(),
+                        server,
+                    )
+                    .start();
+                    let bus = Bus::Redis(started.clone().recipient());
+                    bridge = Some(started);
+                    bus
+                }
+                None => Bus::Local,
+            };
+            ChatServer::new(
                 presence.clone(),
-                db.clone(),
+                bus,
+                settings.max_sessions_per_user,
                 metrics.clone(),
             )
-            .start()
         });
-        let bus = bridge.clone().map_or(Bus::Local, Bus::Redis);
-        let chat_server = ChatServer::new(
-            presence.clone(),
-            bus,
-            settings.max_sessions_per_user,
-            metrics.clone(),
-        )
-        .start();
-        if let Some(bridge) = &bridge {
-            bridge.do_send(AttachServer(chat_server.clone()));
-        }
         let (writer, writer_task) = MessageWriter::with_capacity(
             db.clone(),
             metrics.clone(),

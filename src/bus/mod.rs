@@ -4,7 +4,7 @@
 
 pub mod redis;
 
-use actix::Addr;
+use actix::Recipient;
 use bytes::Bytes;
 
 use crate::chat::protocol::UserId;
@@ -27,7 +27,7 @@ pub enum Bus {
     #[default]
     Local,
     /// Several instances sharing Redis.
-    Redis(Addr<redis::RedisBridge>),
+    Redis(Recipient<redis::Publish>),
 }
 
 impl Bus {

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 
 use super::BusEvent;
 use crate::chat::presence::Presence;
-use crate::chat::protocol::{PresenceEvent, ServerEvent, UserId};
-use crate::chat::server::{ChatServer, Deliver, DeliverRemote, RevokeUser};
+use crate::chat::protocol::UserId;
+use crate::chat::server::{DeliverRemote, RevokeUser, TellPresence};
 use crate::chat::store;
 use crate::metrics::Metrics;
 
@@ -164,6 +164,15 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The ChatServer's side of the bridge, as recipients of the messages it
+/// handles: the bridge knows what it sends, not the actor behind it.
+#[derive(Clone)]
+pub struct ServerLink {
+    pub deliver: Recipient<DeliverRemote>,
+    pub revoke: Recipient<RevokeUser>,
+    pub presence: Recipient<TellPresence>,
+}
+
 /// Most commands sent to Redis in one pipeline.
 const MAX_PIPELINE: usize = 1024;
 
@@ -183,7 +192,8 @@ struct Link {
 pub struct RedisBridge {
     client: redis::Client,
     names: Names,
-    chat_server: Option<Addr<ChatServer>>,
+    /// Where what arrives from the other instances goes (the ChatServer).
+    server: ServerLink,
     presence: Arc<Presence>,
     db: DatabaseConnection,
     metrics: Metrics,
@@ -203,12 +213,13 @@ impl RedisBridge {
         presence: Arc<Presence>,
         db: DatabaseConnection,
         metrics: Metrics,
+        server: ServerLink,
     ) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         RedisBridge {
             client,
             names: Names { prefix, instance },
-            chat_server: None,
+            server,
             presence,
             db,
             metrics,
@@ -464,41 +475,30 @@ impl RedisBridge {
 
     /// Tells the contacts of users whose online state changed: through the
     /// bus to every instance (`everywhere`), or to this instance's sessions
-    /// only (each instance found the change itself).
+    /// only (each instance found the change itself). The contacts come from
+    /// the database here; the ChatServer builds and routes the frames.
     fn tell_presence(
         &mut self,
         changes: Vec<(UserId, bool)>,
         everywhere: bool,
         ctx: &mut Context<Self>,
     ) {
-        let (Some(server), false) = (self.chat_server.clone(), changes.is_empty()) else {
+        if changes.is_empty() {
             return;
-        };
-        let db = self.db.clone();
+        }
+        let (db, server) = (self.db.clone(), self.server.presence.clone());
         let tell = async move {
             for (user, online) in changes {
-                let contacts = match store::contacts_for_presence(&db, user).await {
-                    Ok(contacts) => contacts,
+                match store::contacts_for_presence(&db, user).await {
+                    Ok(contacts) => server.do_send(TellPresence {
+                        user,
+                        online,
+                        contacts,
+                        everywhere,
+                    }),
                     Err(e) => {
-                        tracing::error!(error = %e, user = user.0, "cannot load contacts for presence");
-                        continue;
+                        tracing::error!(error = %e, user = user.0, "cannot load contacts for presence")
                     }
-                };
-                let frames = contacts
-                    .into_iter()
-                    .map(|(chat, contact)| {
-                        let event = ServerEvent::Presence(PresenceEvent {
-                            pk: chat,
-                            user_id: user.0,
-                            online,
-                        });
-                        (contact, event.to_json())
-                    })
-                    .collect();
-                if everywhere {
-                    server.do_send(Deliver { frames });
-                } else {
-                    server.do_send(DeliverRemote { frames });
                 }
             }
         };
@@ -633,11 +633,9 @@ impl StreamHandler<redis::Msg> for RedisBridge {
         let me = self.names.instance.clone();
         match envelope {
             Envelope::Frame { origin, frame } if origin != me => {
-                if let (Some(user), Some(server)) =
-                    (self.names.user_of_channel(&channel), &self.chat_server)
-                {
+                if let Some(user) = self.names.user_of_channel(&channel) {
                     let frame = Bytes::copy_from_slice(frame);
-                    server.do_send(DeliverRemote {
+                    self.server.deliver.do_send(DeliverRemote {
                         frames: vec![(user, frame)],
                     });
                 }
@@ -646,10 +644,8 @@ impl StreamHandler<redis::Msg> for RedisBridge {
                 origin,
                 current_version,
             } if origin != me => {
-                if let (Some(user), Some(server)) =
-                    (self.names.user_of_channel(&channel), &self.chat_server)
-                {
-                    server.do_send(RevokeUser {
+                if let Some(user) = self.names.user_of_channel(&channel) {
+                    self.server.revoke.do_send(RevokeUser {
                         user,
                         current_version,
                         broadcast: false,
@@ -677,19 +673,6 @@ impl StreamHandler<redis::Msg> for RedisBridge {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         self.lost(ctx, "subscription connection closed");
-    }
-}
-
-/// Connects the bridge to the ChatServer it forwards to (they are started in turn).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachServer(pub Addr<ChatServer>);
-
-impl Handler<AttachServer> for RedisBridge {
-    type Result = ();
-
-    fn handle(&mut self, msg: AttachServer, _: &mut Context<Self>) {
-        self.chat_server = Some(msg.0);
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
-use super::session::{Kick, WsSession};
+use super::session::Kick;
 use super::socket::{Outbox, Queued};
 use crate::bus::{Bus, BusEvent};
 use crate::metrics::Metrics;
@@ -20,7 +20,8 @@ pub type SessionId = u64;
 
 struct SessionLink {
     outbox: Outbox,
-    addr: Addr<WsSession>,
+    /// Closes the session with a reason.
+    kick: Recipient<Kick>,
     /// The `token_version` of the token this session authorized with.
     token_version: i32,
 }
@@ -68,7 +69,7 @@ impl ChatServer {
                 Queued::Yes => self.metrics.frames_out(1),
                 Queued::Overflow => {
                     self.metrics.outbox_overflow();
-                    link.addr.do_send(Kick::slow_consumer());
+                    link.kick.do_send(Kick::slow_consumer());
                     overflowed.push(*id);
                 }
                 Queued::Closed => {}
@@ -79,12 +80,17 @@ impl ChatServer {
         }
     }
 
+    /// Delivers frames to their users' sessions on this instance only.
+    fn deliver_here(&mut self, frames: &[(UserId, Bytes)]) {
+        for (user, frame) in frames {
+            self.deliver_local(*user, frame);
+        }
+    }
+
     /// Delivers frames to their users here, and hands them to the bus for the
     /// users' sessions elsewhere.
     fn deliver(&mut self, frames: Vec<(UserId, Bytes)>) {
-        for (user, frame) in &frames {
-            self.deliver_local(*user, frame);
-        }
+        self.deliver_here(&frames);
         self.bus.publish(BusEvent::Frames(frames));
     }
 
@@ -156,7 +162,7 @@ pub struct Connect {
     pub session: SessionId,
     pub user: UserId,
     pub outbox: Outbox,
-    pub addr: Addr<WsSession>,
+    pub kick: Recipient<Kick>,
     pub contacts: Vec<(ChatId, UserId)>,
     /// The `token_version` of the token the session authorized with.
     pub token_version: i32,
@@ -170,7 +176,7 @@ impl Handler<Connect> for ChatServer {
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
         let link = SessionLink {
             outbox: msg.outbox,
-            addr: msg.addr,
+            kick: msg.kick,
             token_version: msg.token_version,
         };
         if let Some(entry) = self.users.get_mut(&msg.user) {
@@ -248,8 +254,31 @@ impl Handler<DeliverRemote> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverRemote, _: &mut Context<Self>) {
-        for (user, frame) in &msg.frames {
-            self.deliver_local(*user, frame);
+        self.deliver_here(&msg.frames);
+    }
+}
+
+/// A user's online state changed elsewhere (an instance died, or Redis came
+/// back and showed what happened meanwhile): tell their `contacts`, on every
+/// instance (`everywhere`) or on this one only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TellPresence {
+    pub user: UserId,
+    pub online: bool,
+    pub contacts: Vec<(ChatId, UserId)>,
+    pub everywhere: bool,
+}
+
+impl Handler<TellPresence> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: TellPresence, _: &mut Context<Self>) {
+        let frames = Self::presence_frames(msg.user, &msg.contacts, msg.online);
+        if msg.everywhere {
+            self.deliver(frames);
+        } else {
+            self.deliver_here(&frames);
         }
     }
 }
@@ -285,7 +314,7 @@ impl Handler<RevokeUser> for ChatServer {
         if let Some(entry) = self.users.get(&msg.user) {
             for link in entry.sessions.values() {
                 if link.token_version < msg.current_version {
-                    link.addr.do_send(Kick::revoked());
+                    link.kick.do_send(Kick::revoked());
                 }
             }
         }
@@ -310,7 +339,7 @@ impl Handler<CloseAll> for ChatServer {
         let mut count = 0;
         for entry in self.users.values() {
             for link in entry.sessions.values() {
-                link.addr.do_send(Kick::going_away());
+                link.kick.do_send(Kick::going_away());
                 count += 1;
             }
         }

@@ -220,7 +220,8 @@ impl WsSession {
     /// is refused, the session stays exactly as it was.
     fn authorize(&mut self, token: String, ctx: &mut Context<Self>) {
         let chat = self.chat.clone();
-        let (session, outbox, addr) = (self.id, self.outbox.clone(), ctx.address());
+        let (session, outbox) = (self.id, self.outbox.clone());
+        let kick = ctx.address().recipient();
         let previous = self.user;
         let registered = async move {
             let (user, claims) =
@@ -231,7 +232,7 @@ impl WsSession {
                 session,
                 user: me,
                 outbox,
-                addr,
+                kick,
                 contacts,
                 token_version: user.token_version,
                 previous,
