@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// Why the configuration could not be used; printed as one line at start-up.
@@ -81,8 +82,8 @@ pub struct Settings {
     /// Defaults per engine: `postgres` for PostgreSQL, `root` for MySQL.
     #[serde(default, deserialize_with = "non_empty")]
     pub db_user: Option<String>,
-    #[serde(default = "default_db_password")]
-    pub db_password: String,
+    #[serde(default = "default_db_password", deserialize_with = "secret")]
+    pub db_password: SecretString,
     /// Largest number of pooled database connections.
     #[serde(default = "default_db_pool_size")]
     pub db_pool_size: u32,
@@ -98,8 +99,8 @@ pub struct Settings {
     pub redis_prefix: String,
 
     /// Signs tokens; generated once and kept next to the SQLite file when unset.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub secret_key: Option<String>,
+    #[serde(default, deserialize_with = "non_empty_secret")]
+    pub secret_key: Option<SecretString>,
     /// Space-separated Host header allow-list; `*` allows any.
     #[serde(default = "any")]
     pub allowed_hosts: String,
@@ -158,8 +159,8 @@ pub struct Settings {
     #[serde(default)]
     pub trusted_proxies: String,
     /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub metrics_token: Option<String>,
+    #[serde(default, deserialize_with = "non_empty_secret")]
+    pub metrics_token: Option<SecretString>,
     /// Registrations one client address may make at once (token bucket size).
     #[serde(default = "default_registration_burst")]
     pub registration_burst: u32,
@@ -181,6 +182,15 @@ pub const MIN_SECRET_KEY_BYTES: usize = 32;
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
     Ok(value.filter(|v| !v.trim().is_empty()))
+}
+
+/// A secret: kept in a type whose `Debug` never prints it.
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    String::deserialize(d).map(SecretString::from)
+}
+
+fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Ok(non_empty(d)?.map(SecretString::from))
 }
 
 fn parse_flag<E: serde::de::Error>(variable: &str, raw: &str) -> Result<bool, E> {
@@ -230,8 +240,8 @@ fn default_engine() -> DbEngine {
 fn default_db_host() -> String {
     "127.0.0.1".into()
 }
-fn default_db_password() -> String {
-    "development".into()
+fn default_db_password() -> SecretString {
+    SecretString::from("development")
 }
 fn default_db_pool_size() -> u32 {
     16
@@ -316,9 +326,10 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let known = vars
-            .into_iter()
-            .filter(|(k, _)| KNOWN.contains(&k.as_str()));
+        let known = vars.into_iter().filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            known_variables().contains(&k.as_str())
+        });
         // envy names the variable in number errors ("… provided by PORT"), and
         // our own parsers name theirs, so every message says what to fix.
         let settings: Settings =
@@ -363,6 +374,7 @@ impl Settings {
             return invalid("TOKEN_TTL_SECONDS must be at least 1");
         }
         if let Some(key) = &self.secret_key {
+            let key = key.expose_secret();
             if key.len() < MIN_SECRET_KEY_BYTES {
                 return Err(ConfigError::Invalid(format!(
                     "SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes (it is {}); \
@@ -421,7 +433,7 @@ impl Settings {
         format!(
             "{scheme}://{}:{}@{}:{}/{}",
             percent_encode(self.db_user.as_deref().unwrap_or(default_user)),
-            percent_encode(&self.db_password),
+            percent_encode(self.db_password.expose_secret()),
             self.db_host,
             self.db_port.unwrap_or(port),
             percent_encode(self.db_name.as_deref().unwrap_or_default()),
@@ -475,7 +487,7 @@ impl Settings {
     /// `resolve_secret_key`, and where the key came from (for the start-up log).
     pub fn secret_key_with_source(&self) -> Result<(String, SecretSource), ConfigError> {
         if let Some(key) = &self.secret_key {
-            return Ok((key.clone(), SecretSource::Environment));
+            return Ok((key.expose_secret().to_string(), SecretSource::Environment));
         }
         if self.engine() != DbEngine::Sqlite {
             return Err(ConfigError::Invalid(
@@ -631,48 +643,47 @@ fn percent_encode(raw: &str) -> String {
         .collect()
 }
 
-/// The environment variables this server reads (envy sees only these, so an
-/// unrelated variable can never fail start-up).
-const KNOWN: &[&str] = &[
-    "DATABASE_URL",
-    "DB_ENGINE",
-    "DB_NAME",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_POOL_SIZE",
-    "REDIS_URL",
-    "REDIS_HOST",
-    "REDIS_PORT",
-    "REDIS_PREFIX",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "CORS_ALLOWED_ORIGINS",
-    "DEBUG",
-    "HOST",
-    "PORT",
-    "TOKEN_TTL_SECONDS",
-    "REGISTRATION_OPEN",
-    "LOG_FORMAT",
-    "GS_BUCKET_NAME",
-    "MAX_FRAME_BYTES",
-    "MAX_MESSAGE_CHARS",
-    "RATE_LIMIT_PER_SECOND",
-    "RATE_LIMIT_BURST",
-    "MAX_SESSIONS_PER_USER",
-    "OUTBOX_CAPACITY",
-    "SHUTDOWN_TIMEOUT_SECONDS",
-    "LOGIN_MAX_ATTEMPTS",
-    "LOGIN_WINDOW_SECONDS",
-    "WORKERS",
-    "TRUSTED_PROXIES",
-    "METRICS_TOKEN",
-    "REGISTRATION_BURST",
-    "REGISTRATION_PER_MINUTE",
-    "MAX_UNAUTHENTICATED_PER_ADDRESS",
-    "MESSAGE_QUEUE_CAPACITY",
-];
+/// The environment variables this server reads, derived from `Settings`
+/// itself: envy sees only these, so an unrelated variable can never fail
+/// start-up, and a new field needs no list kept by hand.
+fn known_variables() -> &'static [&'static str] {
+    static FIELDS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let mut names = FieldNames(None);
+        let _ = Settings::deserialize(&mut names);
+        names
+            .0
+            .expect("serde's derive hands a struct's field names to deserialize_struct")
+    })
+}
+
+/// A deserializer that only records the field names serde's derive passes
+/// to `deserialize_struct`, then stops.
+struct FieldNames(Option<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for &mut FieldNames {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0 = Some(fields);
+        Err(serde::de::Error::custom("only the field names were wanted"))
+    }
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only the field names were wanted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+        enum identifier ignored_any
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -772,7 +783,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.redis_url(), None);
-        assert_eq!(s.secret_key, None);
+        assert!(s.secret_key.is_none());
         assert_eq!(s.engine(), DbEngine::Sqlite);
     }
 
@@ -820,6 +831,34 @@ mod tests {
         assert_eq!(key.len(), 64);
         assert_eq!(s.resolve_secret_key().unwrap(), key, "kept across restarts");
         assert!(dir.path().join("data/chat.db.secret").exists());
+    }
+
+    #[test]
+    fn every_field_is_a_known_variable() {
+        let known = known_variables();
+        for name in [
+            "port",
+            "secret_key",
+            "trusted_proxies",
+            "message_queue_capacity",
+        ] {
+            assert!(known.contains(&name), "{name}");
+        }
+        assert!(!known.contains(&"path"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::from_vars(vars(&[
+            ("SECRET_KEY", "very-secret-key-very-secret-key-1"),
+            ("DB_PASSWORD", "hunter2-password"),
+            ("METRICS_TOKEN", "scrape-token"),
+        ]))
+        .unwrap();
+        let printed = format!("{s:?}");
+        for secret in ["very-secret-key", "hunter2-password", "scrape-token"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use actix_web::HttpResponse;
 use paperclip::actix::{api_v2_errors, api_v2_operation, web, Apiv2Schema};
 use serde::Serialize;
 
+use secrecy::ExposeSecret;
+
 use crate::chat::server::Stats;
 use crate::db;
 use crate::error::ApiError;
@@ -116,8 +118,11 @@ pub async fn metrics(
             .and_then(|h| h.strip_prefix("Bearer "))
             .unwrap_or("");
         // Constant time: the comparison must not tell how much of a guess was right.
-        let matches: bool =
-            subtle::ConstantTimeEq::ct_eq(given.trim().as_bytes(), expected.as_bytes()).into();
+        let matches: bool = subtle::ConstantTimeEq::ct_eq(
+            given.trim().as_bytes(),
+            expected.expose_secret().as_bytes(),
+        )
+        .into();
         if !matches {
             return actix_web::ResponseError::error_response(&ApiError::Unauthorized(
                 "This endpoint needs the metrics token.".into(),
