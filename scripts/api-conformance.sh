@@ -7,6 +7,11 @@
 # schema-valid body to be accepted, but a login with well-formed wrong
 # credentials must answer 400 {"non_field_errors": ["User not found"]}
 # (PROTOCOL.md A1), and likewise an unknown username for a contact.
+#
+# schemathesis still warns "Schema validation mismatch" for login, register,
+# password and contacts: most generated bodies are well-formed but name no
+# account, a taken username or a wrong old password. That is the API's
+# meaning, which no schema can carry; every other warning is fixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,9 +48,19 @@ token=$(curl -fs -H 'Content-Type: application/json' \
   -d '{"username":"conformance","password":"quiet river stones","first_name":"Con","last_name":"Formance"}' \
   "$base/api/register/" | python3 -c 'import sys, json; print(json.load(sys.stdin)["token"])')
 
+# A real conversation for the {id} paths (a random id is only ever a 404):
+# a second user, and the contact between them.
+curl -fs -H 'Content-Type: application/json' \
+  -d '{"username":"conformance2","password":"quiet river stones"}' \
+  "$base/api/register/" >/dev/null
+conversation=$(curl -fs -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
+  -d '{"username":"conformance2"}' "$base/api/contacts/" \
+  | python3 -c 'import sys, json; print(json.load(sys.stdin)["pk"])')
+
 # From the temporary directory: schemathesis keeps its cache in the working
-# directory, which must not be the repository.
+# directory, which must not be the repository; its config names the conversation.
 cd "$dir"
+printf '[parameters]\n"path.id" = "%s"\n' "$conversation" > schemathesis.toml
 schemathesis run "$base/swagger.json" \
   --header "Authorization: Bearer $token" \
   --max-examples "$EXAMPLES" \

@@ -126,6 +126,17 @@ const FIELD_RULES: &[(&str, &str, &str, u64)] = &[
     ("PasswordChange", "new_password", "maxLength", 1024),
 ];
 
+/// Fields that may be `null`, which Swagger 2.0 can only say with the
+/// `x-nullable` extension: (definition, field).
+const NULLABLE_FIELDS: &[(&str, &str)] = &[
+    ("Contact", "last_message"),
+    ("Contact", "user_id"),
+    ("Contact", "username"),
+    ("LastMessage", "sender"),
+    ("HistoryItem", "sender"),
+    ("HistoryItem", "client_id"),
+];
+
 /// An example conversation id for the `{id}` paths (a missing one: 404), so
 /// that conformance tools exercise them.
 const EXAMPLE_CONVERSATION: &str = "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11";
@@ -140,6 +151,12 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
                     property["minLength"] = serde_json::json!(1);
                 }
             }
+        }
+    }
+    for (definition, field) in NULLABLE_FIELDS {
+        let pointer = format!("/definitions/{definition}/properties/{field}");
+        if let Some(property) = spec.pointer_mut(&pointer) {
+            property["x-nullable"] = serde_json::json!(true);
         }
     }
     for (definition, field, constraint, value) in FIELD_RULES {
