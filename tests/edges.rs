@@ -353,3 +353,56 @@ async fn unparseable_frames_over_the_rate_limit_get_no_answer() {
         "{answers:?}"
     );
 }
+
+async fn batch_ids_match_their_rows(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let chat = ChatId(pk.parse().unwrap());
+    // Two instances' writers committing batches into one table at once: each
+    // answer's id must be the row that holds that very message.
+    let writers = [
+        MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 1024),
+        MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 1024),
+    ];
+    let mut pending = Vec::new();
+    for round in 0..10 {
+        for (w, (writer, _)) in writers.iter().enumerate() {
+            for i in 0..30 {
+                let sender = if w == 0 { alice } else { bob };
+                let content = format!("w{w} r{round} m{i}");
+                let new = NewMessage {
+                    chat,
+                    sender: UserId(sender),
+                    content: content.clone(),
+                    client_id: Some(format!("c-{w}-{round}-{i}")),
+                };
+                pending.push((content, writer.submit(new).unwrap()));
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (content, answer) in pending {
+        let stored = match answer.await.unwrap() {
+            Ok(Stored::New(m)) => m,
+            other => panic!("{content}: {other:?}"),
+        };
+        assert_eq!(stored.content, content);
+        let row = message::Entity::find_by_id(stored.id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .expect("the acknowledged id exists");
+        assert_eq!(
+            row.content,
+            content,
+            "{}: id {} holds another message",
+            backend.name(),
+            stored.id
+        );
+        assert!(ids.insert(stored.id));
+    }
+    assert_eq!(ids.len(), 600);
+}
+
+backend_tests!(concurrent_batches_answer_each_message_with_its_own_row => batch_ids_match_their_rows);

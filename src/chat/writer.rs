@@ -99,11 +99,62 @@ impl MessageWriter {
 }
 
 async fn run_writer(db: DatabaseConnection, rx: mpsc::Receiver<PendingInsert>, metrics: Metrics) {
+    let ids = match db.get_database_backend() {
+        DatabaseBackend::MySql => mysql_ids(&db).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read MySQL's auto-increment settings; inserting row by row");
+            MySqlIds::RowByRow
+        }),
+        _ => MySqlIds::RowByRow,
+    };
     let commit = move |batch: Vec<PendingInsert>| {
         let db = db.clone();
-        async move { commit_batch(&db, batch).await }
+        async move { commit_batch(&db, batch, ids).await }
     };
     run_batches(rx, metrics, commit).await;
+}
+
+/// How a MySQL batch learns the ids of its rows (MySQL has no RETURNING).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MySqlIds {
+    /// One multi-row INSERT: its rows get consecutive ids, `increment` apart,
+    /// from `LAST_INSERT_ID()` (the first). InnoDB promises this for inserts
+    /// whose row count is known when `innodb_autoinc_lock_mode` is 0 or 1.
+    Consecutive { increment: i64 },
+    /// One INSERT per row, still one transaction: mode 2 ("interleaved")
+    /// may hand a concurrent insert ids in between.
+    RowByRow,
+}
+
+impl MySqlIds {
+    /// What is safe under `innodb_autoinc_lock_mode` and `auto_increment_increment`.
+    pub fn for_settings(lock_mode: i64, increment: i64) -> Self {
+        match lock_mode {
+            0 | 1 if increment >= 1 => MySqlIds::Consecutive { increment },
+            _ => MySqlIds::RowByRow,
+        }
+    }
+}
+
+/// Reads the server's auto-increment settings: which `MySqlIds` is safe.
+pub async fn mysql_ids(db: &DatabaseConnection) -> Result<MySqlIds, DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DatabaseBackend::MySql,
+            "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED) AS mode, \
+             CAST(@@auto_increment_increment AS SIGNED) AS increment",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no answer for the auto-increment settings".into()))?;
+    let mode: i64 = row.try_get("", "mode")?;
+    let increment: i64 = row.try_get("", "increment")?;
+    let ids = MySqlIds::for_settings(mode, increment);
+    tracing::info!(
+        innodb_autoinc_lock_mode = mode,
+        auto_increment_increment = increment,
+        ?ids,
+        "MySQL batch inserts"
+    );
+    Ok(ids)
 }
 
 /// The writer's loop: whatever arrived while the previous batch was
@@ -130,7 +181,7 @@ where
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>) {
+async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>, ids: MySqlIds) {
     // A client_id seen twice in one batch: the later ones get the first's result.
     let mut first_of: HashMap<ClientKey, usize> = HashMap::new();
     let mut same_as: Vec<Option<usize>> = Vec::with_capacity(batch.len());
@@ -144,7 +195,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>) {
         });
         same_as.push(dup);
     }
-    let mut resolved = match store_unique(db, &batch, &same_as).await {
+    let mut resolved = match store_unique(db, &batch, &same_as, ids).await {
         Ok(results) => results,
         Err(e) => {
             // A race with another instance on the same client_id, or a real
@@ -229,6 +280,7 @@ async fn store_unique(
     db: &DatabaseConnection,
     batch: &[PendingInsert],
     same_as: &[Option<usize>],
+    ids: MySqlIds,
 ) -> Result<Vec<Option<Result<Stored, StoreError>>>, DbErr> {
     let keys: HashSet<ClientKey> = batch.iter().filter_map(client_key).collect();
     let existing = existing_by_client_id(db, &keys).await?;
@@ -254,8 +306,15 @@ async fn store_unique(
         for (&i, row) in to_insert.iter().zip(rows) {
             results[i] = Some(Ok(Stored::New(row)));
         }
+    } else if let (DatabaseBackend::MySql, MySqlIds::Consecutive { increment }) = (backend, ids) {
+        let pending: Vec<&PendingInsert> = to_insert.iter().map(|&i| &batch[i]).collect();
+        let first = insert_values(&txn, &pending).await?;
+        for (k, &i) in to_insert.iter().enumerate() {
+            let id = first + k as i64 * increment;
+            results[i] = Some(Ok(Stored::New(model_of(&batch[i], id))));
+        }
     } else if backend == DatabaseBackend::MySql {
-        // MySQL has no RETURNING: insert row by row, still one commit.
+        // No RETURNING, and ids that may interleave: row by row, one commit.
         for &i in &to_insert {
             let id = message::Entity::insert(active_model(&batch[i]))
                 .exec(&txn)
@@ -358,6 +417,43 @@ async fn insert_unnest<C: ConnectionTrait>(
     Ok(rows)
 }
 
+/// MySQL: the whole batch in one multi-row INSERT; the id of its first row
+/// (`LAST_INSERT_ID()`). Only used where the ids are known to be consecutive.
+async fn insert_values<C: ConnectionTrait>(
+    txn: &C,
+    batch: &[&PendingInsert],
+) -> Result<i64, DbErr> {
+    use sea_orm::sea_query::Query;
+    let mut insert = Query::insert();
+    insert.into_table(message::Entity).columns([
+        message::Column::ChatId,
+        message::Column::SenderId,
+        message::Column::Content,
+        message::Column::ClientId,
+        message::Column::CreatedAt,
+    ]);
+    for p in batch {
+        insert
+            .values([
+                p.message.chat.0.into(),
+                p.message.sender.0.into(),
+                p.message.content.clone().into(),
+                p.message.client_id.clone().into(),
+                p.created_at.into(),
+            ])
+            .map_err(|e| DbErr::Custom(format!("building the batch insert: {e}")))?;
+    }
+    let done = txn.execute(&insert).await?;
+    if done.rows_affected() != batch.len() as u64 {
+        return Err(DbErr::Custom(format!(
+            "inserted {} messages but the server reports {}",
+            batch.len(),
+            done.rows_affected()
+        )));
+    }
+    i64::try_from(done.last_insert_id()).map_err(|_| DbErr::Custom("an id beyond i64".into()))
+}
+
 fn model_of(p: &PendingInsert, id: i64) -> message::Model {
     message::Model {
         id,
@@ -408,6 +504,19 @@ mod tests {
             reply,
         };
         (insert, rx)
+    }
+
+    #[test]
+    fn multi_row_inserts_only_where_ids_are_consecutive() {
+        assert_eq!(
+            MySqlIds::for_settings(1, 1),
+            MySqlIds::Consecutive { increment: 1 }
+        );
+        assert_eq!(
+            MySqlIds::for_settings(0, 2),
+            MySqlIds::Consecutive { increment: 2 }
+        );
+        assert_eq!(MySqlIds::for_settings(2, 1), MySqlIds::RowByRow);
     }
 
     #[tokio::test]
