@@ -7,6 +7,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY entity ./entity
 COPY migration ./migration
+COPY bench ./bench
 COPY src ./src
 COPY static ./static
 COPY vendor ./vendor
