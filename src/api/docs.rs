@@ -82,19 +82,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/swagger/swagger-ui.css",
         web::get().to(|| async { asset(SWAGGER_CSS, "text/css") }),
     )
-    // Browsers ask for /favicon.ico whatever the page says: the SVG serves both.
-    .route(
-        "/favicon.svg",
-        web::get().to(|| async { asset(FAVICON, "image/svg+xml") }),
-    )
-    .route(
-        "/favicon.ico",
-        web::get().to(|| async { asset(FAVICON, "image/svg+xml") }),
-    )
     .route("/redoc", web::get().to(|| async { redirect("/redoc/") }))
     .route("/redoc/", web::get().to(|| async { page(REDOC_PAGE) }))
     .route(
         "/redoc/redoc.standalone.js",
         web::get().to(|| async { asset(REDOC_BUNDLE, "application/javascript") }),
     );
+    // Browsers ask for /favicon.ico whatever the page says: the SVG serves both.
+    for path in ["/favicon.svg", "/favicon.ico"] {
+        cfg.route(
+            path,
+            web::get().to(|| async { asset(FAVICON, "image/svg+xml") }),
+        );
+    }
 }

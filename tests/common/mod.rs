@@ -639,16 +639,22 @@ pub fn redis_prefix() -> String {
 }
 
 impl TestApp {
-    /// The value of one metric of `/metrics`; fails when it is missing.
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// The text of `/metrics`.
+    async fn metrics_text(&self) -> String {
         let mut res = self
             .http
             .get(self.url("/metrics"))
             .send()
             .await
             .expect("metrics");
-        let text = String::from_utf8_lossy(&res.body().await.expect("metrics body")).into_owned();
-        text.lines()
+        String::from_utf8_lossy(&res.body().await.expect("metrics body")).into_owned()
+    }
+
+    /// The value of one metric of `/metrics`; fails when it is missing.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("metric {name} missing from /metrics"))
             .trim()
@@ -661,15 +667,7 @@ impl TestApp {
         let wanted = format!("chat_redis_up {}\n", u8::from(up));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let mut res = self
-                .http
-                .get(self.url("/metrics"))
-                .send()
-                .await
-                .expect("metrics");
-            let text =
-                String::from_utf8_lossy(&res.body().await.expect("metrics body")).into_owned();
-            if text.contains(&wanted) {
+            if self.metrics_text().await.contains(&wanted) {
                 return;
             }
             assert!(
