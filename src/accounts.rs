@@ -309,6 +309,7 @@ pub async fn direct_chat(
                         user_id: Set(user_id),
                         joined_at: Set(now),
                         last_read_message_id: Set(None),
+                        role: Set(chat_member::Role::Member),
                     }
                     .insert(txn)
                     .await?;

@@ -135,6 +135,9 @@ pub struct Settings {
     /// Requests a session may make in one burst (token bucket size).
     #[serde(default = "default_rate_burst")]
     pub rate_limit_burst: u32,
+    /// Most members of a group conversation (B6).
+    #[serde(default = "default_max_group_members")]
+    pub max_group_members: usize,
     /// Most live WebSocket sessions one user may hold on one instance.
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_user: usize,
@@ -276,6 +279,9 @@ fn default_max_frame_bytes() -> usize {
 fn default_max_message_chars() -> usize {
     4_000
 }
+fn default_max_group_members() -> usize {
+    1_000
+}
 fn default_rate_per_second() -> u32 {
     200
 }
@@ -360,6 +366,9 @@ impl Settings {
         }
         if self.outbox_capacity < 8 {
             return invalid("OUTBOX_CAPACITY must be at least 8");
+        }
+        if self.max_group_members < 2 {
+            return invalid("MAX_GROUP_MEMBERS must be at least 2");
         }
         if self.max_sessions_per_user == 0 {
             return invalid("MAX_SESSIONS_PER_USER must be at least 1");

@@ -31,10 +31,11 @@ use paperclip::actix::OpenApiExt;
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::api::throttle::{AddressRateLimit, AttemptThrottle};
+use crate::api::throttle::{AddressRateLimit, AttemptThrottle, KeyedRateLimit};
 use crate::auth::TokenKeys;
-use crate::bus::redis::{Deregister, RedisBridge, ServerLink};
+use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
 use crate::bus::Bus;
+use crate::chat::membership::Membership;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
 use crate::chat::unauthenticated::UnauthenticatedSockets;
@@ -114,36 +115,40 @@ impl Application {
 
         let metrics = Metrics::default();
         let presence = Arc::new(Presence::default());
+        let membership = Arc::new(Membership::default());
         // The ChatServer and the Redis bridge are made together: the server's
         // address exists before it starts, so each gets the other's recipients
         // at once and neither names the other's actor type.
         let mut bridge = None;
+        let mut bus = Bus::Local;
         let chat_server = ChatServer::create(|ctx| {
-            let bus = match redis.clone() {
-                Some(client) => {
-                    let server = ServerLink {
-                        deliver: ctx.address().recipient(),
-                        revoke: ctx.address().recipient(),
-                        presence: ctx.address().recipient(),
-                    };
-                    let started = RedisBridge::new(
-                        client,
-                        settings.redis_prefix.clone(),
-                        presence.clone(),
-                        db.clone(),
-                        metrics.clone(),
-                        server,
-                    )
-                    .start();
-                    let bus = Bus::Redis(started.clone().recipient());
-                    bridge = Some(started);
-                    bus
-                }
-                None => Bus::Local,
-            };
+            if let Some(client) = redis.clone() {
+                let server = ServerLink {
+                    deliver: ctx.address().recipient(),
+                    revoke: ctx.address().recipient(),
+                    presence: ctx.address().recipient(),
+                    membership: ctx.address().recipient(),
+                    replace_chats: ctx.address().recipient(),
+                    local_users: ctx.address().recipient(),
+                };
+                let parts = BridgeParts {
+                    prefix: settings.redis_prefix.clone(),
+                    presence: presence.clone(),
+                    membership: membership.clone(),
+                    db: db.clone(),
+                    metrics: metrics.clone(),
+                };
+                let started = RedisBridge::new(client, parts, server).start();
+                bus = Bus::Redis {
+                    publish: started.clone().recipient(),
+                    barrier: started.clone().recipient(),
+                };
+                bridge = Some(started);
+            }
             ChatServer::new(
                 presence.clone(),
-                bus,
+                membership.clone(),
+                bus.clone(),
                 settings.max_sessions_per_user,
                 metrics.clone(),
             )
@@ -175,6 +180,10 @@ impl Application {
                 settings.registration_burst,
                 settings.registration_per_minute,
             )),
+            change_limit: Arc::new(KeyedRateLimit::new(
+                settings.rate_limit_burst,
+                settings.rate_limit_per_second.saturating_mul(60),
+            )),
             proxies: settings.trusted_proxies(),
             redis,
         });
@@ -183,6 +192,8 @@ impl Application {
             keys,
             server: chat_server.clone(),
             presence,
+            membership,
+            bus,
             writer,
             metrics,
             limits: Limits::from_settings(&settings),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::Addr;
 use sea_orm::DatabaseConnection;
 
-use crate::api::throttle::{AddressRateLimit, AttemptThrottle};
+use crate::api::throttle::{AddressRateLimit, AttemptThrottle, KeyedRateLimit};
 use crate::auth::TokenKeys;
 use crate::chat::presence::Presence;
 use crate::chat::server::ChatServer;
@@ -28,6 +28,9 @@ pub struct AppState {
     pub password_throttle: Arc<AttemptThrottle>,
     /// Registrations per client address.
     pub registration_limit: Arc<AddressRateLimit>,
+    /// Conversation changes (contacts, groups) per user, at the WebSocket's
+    /// request rate.
+    pub change_limit: Arc<KeyedRateLimit<i64>>,
     /// Whose `X-Forwarded-For` is believed.
     pub proxies: TrustedProxies,
     /// Set when Redis is configured: checked by `/readyz`.

@@ -28,7 +28,8 @@ async fn seed_flow(backend: &Backend) {
         contacts,
         json!({"type": "get_contacts_response", "data": [{
             "pk": pk, "name": "Bob Jones", "online": false,
-            "user_id": bob, "username": "bob", "last_message": null, "unread": 0
+            "user_id": bob, "username": "bob", "last_message": null, "unread": 0,
+            "kind": "direct", "members": 2
         }]}),
         "{}",
         backend.name()

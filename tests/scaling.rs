@@ -480,3 +480,159 @@ async fn revocation_crosses_instances(backend: &Backend) {
 }
 
 backend_tests!(@server a_password_change_on_one_instance_closes_sessions_on_the_other => revocation_crosses_instances);
+
+/// Groups across instances: pushes, messages and typing cross; a member
+/// removed on one instance stops hearing the group on the other at once and
+/// gets `not_found` there; a member added on an instance where the group had
+/// no one yet hears everything from then on.
+async fn groups_across(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    let (_, alice_token) = a.user("alice").await;
+    let (bob, bob_token) = a.user("bob").await;
+    let (carol, carol_token) = a.user("carol").await;
+    let (dave, dave_token) = a.user("dave").await;
+    let (frank, frank_token) = a.user("frank").await;
+    let mut alice = a.authorized(&alice_token).await;
+    let mut bob_b = b.authorized(&bob_token).await;
+    let mut carol_b = b.authorized(&carol_token).await;
+    let mut dave_b = b.authorized(&dave_token).await;
+    let mut frank_a = a.authorized(&frank_token).await;
+
+    let group = alice
+        .ask(json!({"type": "create_group", "data": {"title": "Across", "members": [bob, carol]}}))
+        .await;
+    let pk = group["pk"].clone();
+    for client in [&mut bob_b, &mut carol_b] {
+        let push = client.recv_type("conversation").await;
+        assert_eq!(push["data"]["name"], "Across", "{}", backend.name());
+    }
+    alice
+        .send(json!({"type": "message", "data": {"to": pk, "content": "one"}}))
+        .await;
+    for client in [&mut bob_b, &mut carol_b] {
+        let message = client.recv_type("message").await;
+        assert_eq!(message["data"]["data"]["content"], "one");
+        assert_eq!(message["data"]["data"]["direction"], "received");
+    }
+    carol_b
+        .send(json!({"type": "typing", "data": {"id": pk}}))
+        .await;
+    assert_eq!(
+        alice.recv_type("typing").await,
+        json!({"type": "typing", "data": {"pk": pk, "user_id": carol}})
+    );
+
+    // Removed on A: carol, on B, is out at once.
+    alice
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+    let removed = carol_b.recv_type("conversation").await;
+    assert_eq!(removed["data"]["removed"], true);
+    assert_eq!(
+        carol_b
+            .ask(json!({"type": "message", "data": {"to": pk, "content": "hello?"}}))
+            .await["code"],
+        "not_found"
+    );
+    alice
+        .send(json!({"type": "message", "data": {"to": pk, "content": "two"}}))
+        .await;
+    assert_eq!(
+        bob_b.recv_type("message").await["data"]["data"]["content"],
+        "two"
+    );
+    carol_b.expect_silence(Duration::from_millis(400)).await;
+
+    // Added on A: dave, on B (where the group has bob), hears the rest.
+    alice
+        .ask(json!({"type": "add_members", "data": {"id": pk, "members": [dave]}}))
+        .await;
+    dave_b.recv_type("conversation").await;
+    alice
+        .send(json!({"type": "message", "data": {"to": pk, "content": "three"}}))
+        .await;
+    assert_eq!(
+        dave_b.recv_type("message").await["data"]["data"]["content"],
+        "three"
+    );
+
+    // A group made on B with frank, alone on A: A subscribes before frank
+    // hears of it, so a message right after reaches him.
+    bob_b
+        .send(json!({"type": "create_group", "data": {"title": "Second", "members": [frank]}}))
+        .await;
+    let second = frank_a.recv_type("conversation").await["data"]["pk"].clone();
+    bob_b
+        .send(json!({"type": "message", "data": {"to": second, "content": "fast"}}))
+        .await;
+    assert_eq!(
+        frank_a.recv_type("message").await["data"]["data"]["content"],
+        "fast"
+    );
+}
+
+backend_tests!(@server groups_cross_instances => groups_across);
+
+/// A member removed while Redis was away: the other instance missed the
+/// change, and reloads memberships once Redis is back, so the removed
+/// member is out there too.
+async fn removal_during_an_outage(backend: &Backend) {
+    let mut redis = RedisServer::start();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, &redis.url(), &db).await;
+    let (_, alice_token) = a.user("alice").await;
+    let (bob, bob_token) = a.user("bob").await;
+    let (carol, carol_token) = a.user("carol").await;
+    let mut alice = a.authorized(&alice_token).await;
+    let mut bob_b = b.authorized(&bob_token).await;
+    let mut carol_b = b.authorized(&carol_token).await;
+    let group = alice
+        .ask(json!({"type": "create_group", "data": {"title": "g", "members": [bob, carol]}}))
+        .await;
+    let pk = group["pk"].clone();
+    carol_b.recv_type("conversation").await;
+    let page = carol_b
+        .ask(json!({"type": "get_messages", "data": {"id": pk, "limit": 1}}))
+        .await;
+    assert_eq!(page["has_more"], false, "carol is in: {page}");
+
+    redis.stop();
+    a.wait_redis(false).await;
+    b.wait_redis(false).await;
+    alice
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+    assert!(redis.restart());
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    // Carol's session on B, which saw the group, is refused it soon after.
+    let mut refused = false;
+    for _ in 0..100 {
+        let answer = carol_b
+            .ask(json!({"type": "get_messages", "data": {"id": pk, "limit": 1}}))
+            .await;
+        if answer["code"] == "not_found" {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "{}: carol still in the group on B", backend.name());
+    alice
+        .send(json!({"type": "message", "data": {"to": pk, "content": "after"}}))
+        .await;
+    assert_eq!(
+        bob_b.recv_type("message").await["data"]["data"]["content"],
+        "after",
+        "{}",
+        backend.name()
+    );
+    // Carol's first session hears nothing more of the group.
+    while let common::Event::Json(frame) = carol_b.next_event(Duration::from_millis(400)).await {
+        assert_ne!(frame["type"], "message", "{frame}");
+    }
+}
+
+backend_tests!(@server a_removal_during_a_redis_outage_reaches_every_instance => removal_during_an_outage);

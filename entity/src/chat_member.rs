@@ -2,6 +2,16 @@
 
 use sea_orm::entity::prelude::*;
 
+/// What a member may do in a group: the owner may remove others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum Role {
+    #[sea_orm(string_value = "owner")]
+    Owner,
+    #[sea_orm(string_value = "member")]
+    Member,
+}
+
 /// Membership of one user in one conversation.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "chat_members")]
@@ -12,6 +22,7 @@ pub struct Model {
     pub user_id: i64,
     pub joined_at: DateTimeUtc,
     pub last_read_message_id: Option<i64>,
+    pub role: Role,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,8 @@
 //! Conversations over REST: the same contacts and history the WebSocket
 //! serves, and adding a contact (creating the direct conversation).
 
+use std::sync::Arc;
+
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
 use serde::Deserialize;
 
@@ -8,7 +10,9 @@ use super::auth::account_error;
 use super::body::{require_fields, JsonOrForm};
 use crate::accounts;
 use crate::auth::AuthUser;
-use crate::chat::protocol::{ChatId, Contact, HistoryPage, UserId};
+use crate::chat::membership::MembershipChange;
+use crate::chat::protocol::{ChatId, Contact, HistoryPage, ServerEvent, UserId};
+use crate::chat::server::{ApplyMembership, ConversationFrames, Deliver};
 use crate::chat::store;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -19,12 +23,16 @@ pub async fn list_contacts(
     state: web::Data<AppState>,
     user: AuthUser,
 ) -> Result<web::Json<Vec<Contact>>, ApiError> {
-    let rows = store::contacts_of(&state.db, UserId(user.0.id)).await?;
-    Ok(web::Json(
-        rows.into_iter()
-            .map(|r| r.into_contact(&state.presence))
-            .collect(),
-    ))
+    Ok(web::Json(contacts_of(&state, UserId(user.0.id)).await?))
+}
+
+/// `user`'s conversations as they see them.
+pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
+    let rows = store::contacts_of(&state.db, user).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_contact(user, &state.presence))
+        .collect())
 }
 
 /// Whom to add.
@@ -48,16 +56,63 @@ pub async fn add_contact(
         .filter(|u| u.is_active)
         .ok_or_else(|| ApiError::field("username", "No active user with that username."))?;
     let me = UserId(user.0.id);
-    let (chat, _created) = accounts::direct_chat(&state.db, me.0, other.id)
+    let (chat, created) = accounts::direct_chat(&state.db, me.0, other.id)
         .await
         .map_err(account_error)?;
-    let row = store::contact_of(&state.db, me, ChatId(chat.id))
+    let chat = ChatId(chat.id);
+    if created {
+        announce_direct(&state, chat, me, UserId(other.id)).await?;
+    }
+    let row = store::contact_of(&state.db, me, chat)
         .await?
         .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
-    Ok(web::Json(row.into_contact(&state.presence)))
+    Ok(web::Json(row.into_contact(me, &state.presence)))
 }
 
-fn chat_id(raw: &str) -> Result<ChatId, ApiError> {
+/// Tells the ChatServer (here and on every instance) that a direct
+/// conversation exists, so its messages are routed from now on, and pushes
+/// it to both people's sessions as `conversation`, each seeing the other.
+async fn announce_direct(
+    state: &AppState,
+    chat: ChatId,
+    me: UserId,
+    other: UserId,
+) -> Result<(), ApiError> {
+    let change = MembershipChange {
+        chat,
+        added: vec![me, other],
+        removed: Vec::new(),
+        presence: true,
+        push: None,
+        removed_push: None,
+    };
+    let server_error = |e: actix::MailboxError| ApiError::internal("add contact", e.to_string());
+    state
+        .chat_server
+        .send(ApplyMembership {
+            change: Arc::new(change),
+            broadcast: true,
+        })
+        .await
+        .map_err(server_error)?;
+    let row = store::conversation(&state.db, chat)
+        .await?
+        .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
+    let view = |viewer| {
+        let item = row.to_conversation(Some(viewer), Some(0), &state.presence);
+        ServerEvent::Conversation(&item).to_json()
+    };
+    let frames = ConversationFrames {
+        chat,
+        user: Some(me),
+        own: Some(view(me)),
+        others: view(other),
+    };
+    state.chat_server.do_send(Deliver { frames, skip: None });
+    Ok(())
+}
+
+pub(super) fn chat_id(raw: &str) -> Result<ChatId, ApiError> {
     uuid::Uuid::parse_str(raw)
         .map(ChatId)
         .map_err(|_| ApiError::NotFound)
@@ -71,10 +126,11 @@ pub async fn get_contact(
     id: web::Path<String>,
 ) -> Result<web::Json<Contact>, ApiError> {
     let chat = chat_id(&id)?;
-    let row = store::contact_of(&state.db, UserId(user.0.id), chat)
+    let me = UserId(user.0.id);
+    let row = store::contact_of(&state.db, me, chat)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(web::Json(row.into_contact(&state.presence)))
+    Ok(web::Json(row.into_contact(me, &state.presence)))
 }
 
 /// Paging through history.

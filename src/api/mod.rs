@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod contacts;
 pub mod docs;
+pub mod groups;
 pub mod health;
 pub mod throttle;
 pub mod users;
@@ -86,6 +87,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(get()),
     )
     .service(
+        web::resource("/api/groups/")
+            .route(web::get().to(groups::list_groups))
+            .route(web::post().to(groups::create_group))
+            .default_service(actix_web::web::to(method_not_allowed("GET, POST"))),
+    )
+    .service(
+        web::resource("/api/groups/{id}/")
+            .route(web::get().to(groups::get_group))
+            .route(web::patch().to(groups::rename_group))
+            .default_service(actix_web::web::to(method_not_allowed("GET, PATCH"))),
+    )
+    .service(
+        web::resource("/api/groups/{id}/members/")
+            .route(web::post().to(groups::add_members))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/groups/{id}/members/{user_id}/")
+            .route(web::delete().to(groups::remove_member))
+            .default_service(actix_web::web::to(method_not_allowed("DELETE"))),
+    )
+    .service(
         web::resource("/healthz")
             .route(web::get().to(health::healthz))
             .default_service(get()),
@@ -112,6 +135,9 @@ const REQUIRED_FIELDS: &[(&str, &[&str])] = &[
     ("RegisterRequest", &["username", "password"]),
     ("PasswordChange", &["old_password", "new_password"]),
     ("NewContact", &["username"]),
+    ("NewGroup", &["title"]),
+    ("GroupTitle", &["title"]),
+    ("NewMembers", &["members"]),
 ];
 
 /// What the server accepts of body fields beyond their type, which
@@ -132,6 +158,9 @@ const NULLABLE_FIELDS: &[(&str, &str)] = &[
     ("Contact", "last_message"),
     ("Contact", "user_id"),
     ("Contact", "username"),
+    ("Conversation", "last_message"),
+    ("Conversation", "user_id"),
+    ("Conversation", "username"),
     ("LastMessage", "sender"),
     ("HistoryItem", "sender"),
     ("HistoryItem", "client_id"),
@@ -148,7 +177,9 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
             schema["required"] = serde_json::json!(fields);
             for field in *fields {
                 if let Some(property) = schema.pointer_mut(&format!("/properties/{field}")) {
-                    property["minLength"] = serde_json::json!(1);
+                    if property["type"] == "string" {
+                        property["minLength"] = serde_json::json!(1);
+                    }
                 }
             }
         }
@@ -212,14 +243,21 @@ pub fn spec() -> DefaultApiRaw {
         ),
         ..Default::default()
     };
-    let tags = ["Auth", "Account", "Users", "Contacts", "Operations"]
-        .into_iter()
-        .map(|name| Tag {
-            name: name.into(),
-            description: None,
-            external_docs: None,
-        })
-        .collect();
+    let tags = [
+        "Auth",
+        "Account",
+        "Users",
+        "Contacts",
+        "Groups",
+        "Operations",
+    ]
+    .into_iter()
+    .map(|name| Tag {
+        name: name.into(),
+        description: None,
+        external_docs: None,
+    })
+    .collect();
     DefaultApiRaw {
         info,
         tags,

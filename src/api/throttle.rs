@@ -168,17 +168,21 @@ impl AttemptThrottle {
     }
 }
 
-/// A per-address allowance for actions that cost us (registration): a token
-/// bucket of `burst`, refilled at `per_minute`.
-pub struct AddressRateLimit {
+/// A per-key allowance for actions that cost us (registration per client
+/// address, conversation changes per user): a token bucket of `burst`,
+/// refilled at `per_minute`.
+pub struct KeyedRateLimit<K> {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl AddressRateLimit {
+/// Registrations per client address.
+pub type AddressRateLimit = KeyedRateLimit<IpAddr>;
+
+impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
     pub fn new(burst: u32, per_minute: u32) -> Self {
-        AddressRateLimit {
+        KeyedRateLimit {
             burst: f64::from(burst),
             per_second: f64::from(per_minute) / 60.0,
             buckets: Mutex::default(),
@@ -186,11 +190,11 @@ impl AddressRateLimit {
     }
 
     /// Takes one action's allowance, or says how many seconds until there is one.
-    pub fn take(&self, address: IpAddr) -> Result<(), u64> {
-        self.take_at(address, Instant::now())
+    pub fn take(&self, key: K) -> Result<(), u64> {
+        self.take_at(key, Instant::now())
     }
 
-    fn take_at(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
+    fn take_at(&self, key: K, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
         if buckets.len() > PRUNE_ABOVE_KEYS {
             let (burst, rate) = (self.burst, self.per_second);
@@ -198,7 +202,7 @@ impl AddressRateLimit {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = buckets.entry(address).or_insert((self.burst, now));
+        let (tokens, at) = buckets.entry(key).or_insert((self.burst, now));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
             .min(self.burst);
         *at = now;

@@ -4,21 +4,40 @@
 
 pub mod redis;
 
-use actix::Recipient;
-use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::chat::protocol::UserId;
+use actix::Recipient;
+
+use crate::chat::membership::MembershipChange;
+use crate::chat::protocol::{ChatId, UserId};
+use crate::chat::server::ConversationFrames;
 
 /// What crosses from one instance to the others.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
-    /// Frames for users, each rendered for its recipient.
-    Frames(Vec<(UserId, Bytes)>),
-    /// A user's first session here opened, or their last one closed.
-    Presence { user: UserId, online: bool },
+    /// Frames for a conversation's members.
+    Conversation(ConversationFrames),
+    /// A conversation gained its first member here (`open`) or lost its
+    /// last: its events are wanted here, or no longer.
+    Room { chat: ChatId, open: bool },
+    /// Who joined or left a conversation.
+    Membership(Arc<MembershipChange>),
+    /// A user came online or went offline: the conversations `notify` are
+    /// told; with `registry`, this instance's own record of the user changed
+    /// (their first session here opened, or their last one closed).
+    Presence {
+        user: UserId,
+        online: bool,
+        notify: Vec<ChatId>,
+        registry: bool,
+    },
     /// Close this user's sessions older than `current_version` everywhere.
     Revoke { user: UserId, current_version: i32 },
 }
+
+/// Longest wait for the bus to confirm earlier subscriptions.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the ChatServer hands events bound for other instances.
 #[derive(Clone, Default)]
@@ -27,7 +46,10 @@ pub enum Bus {
     #[default]
     Local,
     /// Several instances sharing Redis.
-    Redis(Recipient<redis::Publish>),
+    Redis {
+        publish: Recipient<redis::Publish>,
+        barrier: Recipient<redis::Barrier>,
+    },
 }
 
 impl Bus {
@@ -35,7 +57,16 @@ impl Bus {
     pub fn publish(&self, event: BusEvent) {
         match self {
             Bus::Local => drop(event),
-            Bus::Redis(bridge) => bridge.do_send(redis::Publish(event)),
+            Bus::Redis { publish, .. } => publish.do_send(redis::Publish(event)),
+        }
+    }
+
+    /// Waits until every subscription asked for before this call is in
+    /// place (at most `BARRIER_TIMEOUT`; at once while Redis is down), so
+    /// events published from now on reach this instance.
+    pub async fn barrier(&self) {
+        if let Bus::Redis { barrier, .. } = self {
+            let _ = tokio::time::timeout(BARRIER_TIMEOUT, barrier.send(redis::Barrier)).await;
         }
     }
 }

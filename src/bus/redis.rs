@@ -1,12 +1,16 @@
-//! `RedisBridge`: shares events and presence between instances through
-//! Redis pub/sub.
+//! `RedisBridge`: shares events, presence and membership between instances
+//! through Redis pub/sub.
 //!
-//! Channels: one per user with live sessions here (`{prefix}:user:{id}`),
-//! subscribed while the user is connected, plus one presence channel.
-//! A per-user channel needs no directory of who is where, so there is
-//! nothing to go stale: publishing to a user reaches exactly the instances
-//! that have them. Every envelope names its origin instance; an instance
-//! ignores its own publications (it already delivered them locally).
+//! Channels: one per conversation with members connected here
+//! (`{prefix}:conv:{id}`), subscribed while it has them, plus one control
+//! channel every instance listens on (`{prefix}:control`: presence,
+//! membership changes, revocations, liveness news). A conversation event is
+//! one PUBLISH, whatever the group's size; Redis hands it to exactly the
+//! instances with members online (DESIGN.md "Groups" weighs this against
+//! per-instance and per-user channels). Every envelope names its origin
+//! instance; an instance ignores its own publications (it already delivered
+//! them locally). All subscriptions share one connection, so an instance
+//! sees events in the order Redis executed their PUBLISHes.
 //!
 //! Liveness: each instance keeps `{prefix}:instance:{id}:alive` (TTL 15 s,
 //! refreshed every 5 s) and the set of its online users. An instance whose
@@ -17,9 +21,12 @@
 //! Redis going away: local delivery and storage go on (the database is the
 //! truth; clients catch up with `get_messages`/`after`), events for other
 //! instances are dropped, `/readyz` reports it, and the bridge reconnects
-//! with capped exponential backoff, then resubscribes and re-registers.
+//! with capped exponential backoff, then resubscribes, re-registers, and
+//! reloads its users' conversations (membership changes made elsewhere
+//! meanwhile were missed); the others reload theirs when they hear it is back.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +38,13 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
 use super::BusEvent;
+use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::presence::Presence;
-use crate::chat::protocol::UserId;
-use crate::chat::server::{DeliverRemote, RevokeUser, TellPresence};
+use crate::chat::protocol::{ChatId, UserId};
+use crate::chat::server::{
+    ApplyMembership, ConversationFrames, DeliverRemote, LocalUsers, ReplaceChats, RevokeUser,
+    TellPresence,
+};
 use crate::chat::store;
 use crate::metrics::Metrics;
 
@@ -49,6 +60,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bound on any one Redis round trip, so a hung Redis reads as a down one.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
+const MAX_SUBSCRIBE: usize = 512;
 
 /// Redis key and channel names, under one prefix (several deployments may share a Redis).
 #[derive(Clone)]
@@ -58,11 +71,11 @@ struct Names {
 }
 
 impl Names {
-    fn user(&self, user: UserId) -> String {
-        format!("{}:user:{}", self.prefix, user.0)
+    fn conversation(&self, chat: ChatId) -> String {
+        format!("{}:conv:{}", self.prefix, chat.0.simple())
     }
-    fn presence(&self) -> String {
-        format!("{}:presence", self.prefix)
+    fn control(&self) -> String {
+        format!("{}:control", self.prefix)
     }
     fn instances(&self) -> String {
         format!("{}:instances", self.prefix)
@@ -73,92 +86,263 @@ impl Names {
     fn users_of(&self, instance: &str) -> String {
         format!("{}:instance:{instance}:users", self.prefix)
     }
-    fn user_of_channel(&self, channel: &str) -> Option<UserId> {
-        channel
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(":user:")?
-            .parse()
-            .ok()
-            .map(UserId)
-    }
 }
 
-/// What travels on the channels: `F origin frame`, `R origin version` (user
-/// channels), `P origin user 1|0`, `D origin dead-instance`, `Y origin`
-/// (presence).
+/// What travels on the channels. A header of space-separated ASCII fields,
+/// then (for frames) raw bytes:
+/// - `C origin chat user|- own_len|- own others`: frames for a conversation's
+///   members (`user` gets `own`, or nothing when there is no `own_len`);
+/// - `G origin chat presence(1|0) added removed push_len|- removed_len|- push removed_push`;
+/// - `P origin user 1|0 chats` (the origin's record of the user changed) and
+///   `N origin user 1|0 chats` (news only): tell `chats` of the user's state;
+/// - `R origin user version`, `D origin dead-instance`, `Y origin` (it came
+///   back: re-read its users and reload memberships).
+///
+/// Lists are comma-separated, `-` when empty.
+#[derive(Debug, PartialEq)]
 enum Envelope<'a> {
-    Frame {
+    Conversation {
         origin: &'a str,
-        frame: &'a [u8],
+        chat: ChatId,
+        user: Option<UserId>,
+        own: Option<&'a [u8]>,
+        others: &'a [u8],
     },
-    Revoke {
+    Membership {
         origin: &'a str,
-        current_version: i32,
+        change: MembershipChange,
     },
     Presence {
         origin: &'a str,
         user: UserId,
         online: bool,
+        notify: Vec<ChatId>,
+        registry: bool,
+    },
+    Revoke {
+        origin: &'a str,
+        user: UserId,
+        current_version: i32,
     },
     InstanceDown {
         origin: &'a str,
         dead: &'a str,
     },
-    /// The origin (re)connected and registered its users anew: re-read them.
+    /// The origin (re)connected and registered its users anew.
     Resync {
         origin: &'a str,
     },
 }
 
+fn write_list<T: std::fmt::Display>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>) {
+    let mut empty = true;
+    for (i, item) in items.into_iter().enumerate() {
+        let _ = write!(out, "{}{item}", if i == 0 { "" } else { "," });
+        empty = false;
+    }
+    if empty {
+        out.push(b'-');
+    }
+}
+
+fn parse_list<T>(field: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    if field == "-" {
+        return Some(Vec::new());
+    }
+    field.split(',').map(parse).collect()
+}
+
+fn parse_user(field: &str) -> Option<UserId> {
+    field.parse().ok().map(UserId)
+}
+
+fn parse_chat(field: &str) -> Option<ChatId> {
+    uuid::Uuid::parse_str(field).ok().map(ChatId)
+}
+
+fn parse_len(field: &str) -> Option<Option<usize>> {
+    if field == "-" {
+        Some(None)
+    } else {
+        field.parse().ok().map(Some)
+    }
+}
+
+/// Splits `n` space-terminated ASCII fields off the front of `bytes`; the
+/// rest is returned whole (it may hold spaces and any byte).
+fn split_fields(bytes: &[u8], n: usize) -> Option<(Vec<&str>, &[u8])> {
+    let mut fields = Vec::with_capacity(n);
+    let mut rest = bytes;
+    for _ in 0..n {
+        let end = rest.iter().position(|b| *b == b' ')?;
+        fields.push(std::str::from_utf8(&rest[..end]).ok()?);
+        rest = &rest[end + 1..];
+    }
+    Some((fields, rest))
+}
+
 impl<'a> Envelope<'a> {
     fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
         match self {
-            Envelope::Frame { origin, frame } => [b"F ", origin.as_bytes(), b" ", frame].concat(),
-            Envelope::Revoke {
+            Envelope::Conversation {
                 origin,
-                current_version,
-            } => format!("R {origin} {current_version}").into_bytes(),
+                chat,
+                user,
+                own,
+                others,
+            } => {
+                let _ = write!(out, "C {origin} {} ", chat.0.simple());
+                match user {
+                    Some(u) => {
+                        let _ = write!(out, "{u} ");
+                    }
+                    None => out.extend_from_slice(b"- "),
+                }
+                match own {
+                    Some(own) => {
+                        let _ = write!(out, "{} ", own.len());
+                        out.extend_from_slice(own);
+                    }
+                    None => out.extend_from_slice(b"- "),
+                }
+                out.extend_from_slice(others);
+            }
+            Envelope::Membership { origin, change } => {
+                let _ = write!(
+                    out,
+                    "G {origin} {} {} ",
+                    change.chat.0.simple(),
+                    u8::from(change.presence)
+                );
+                write_list(&mut out, &change.added);
+                out.push(b' ');
+                write_list(&mut out, &change.removed);
+                for push in [&change.push, &change.removed_push] {
+                    match push {
+                        Some(p) => {
+                            let _ = write!(out, " {}", p.len());
+                        }
+                        None => out.extend_from_slice(b" -"),
+                    }
+                }
+                out.push(b' ');
+                for push in [&change.push, &change.removed_push].into_iter().flatten() {
+                    out.extend_from_slice(push);
+                }
+            }
             Envelope::Presence {
                 origin,
                 user,
                 online,
-            } => format!("P {origin} {} {}", user.0, u8::from(*online)).into_bytes(),
-            Envelope::InstanceDown { origin, dead } => format!("D {origin} {dead}").into_bytes(),
-            Envelope::Resync { origin } => format!("Y {origin}").into_bytes(),
+                notify,
+                registry,
+            } => {
+                let kind = if *registry { "P" } else { "N" };
+                let _ = write!(out, "{kind} {origin} {user} {} ", u8::from(*online));
+                write_list(&mut out, notify.iter().map(|c| c.0.simple()));
+            }
+            Envelope::Revoke {
+                origin,
+                user,
+                current_version,
+            } => {
+                let _ = write!(out, "R {origin} {user} {current_version}");
+            }
+            Envelope::InstanceDown { origin, dead } => {
+                let _ = write!(out, "D {origin} {dead}");
+            }
+            Envelope::Resync { origin } => {
+                let _ = write!(out, "Y {origin}");
+            }
         }
+        out
     }
 
     fn decode(bytes: &'a [u8]) -> Option<Self> {
-        let mut parts = bytes.splitn(3, |b| *b == b' ');
-        let kind = parts.next()?;
-        let origin = std::str::from_utf8(parts.next()?).ok()?;
-        let rest = parts.next();
-        match kind {
-            b"F" => Some(Envelope::Frame {
-                origin,
-                frame: rest?,
-            }),
-            // An instance of an older release sends no version: revoke all.
-            b"R" => Some(Envelope::Revoke {
-                origin,
-                current_version: rest
-                    .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
-                    .unwrap_or(i32::MAX),
-            }),
-            b"P" => {
-                let rest = std::str::from_utf8(rest?).ok()?;
-                let (user, online) = rest.split_once(' ')?;
-                Some(Envelope::Presence {
-                    origin,
-                    user: UserId(user.parse().ok()?),
-                    online: online == "1",
+        let (head, _) = split_fields(bytes, 1)?;
+        match head[0] {
+            "C" => {
+                let (f, rest) = split_fields(bytes, 5)?;
+                let user = if f[3] == "-" {
+                    None
+                } else {
+                    Some(parse_user(f[3])?)
+                };
+                let (own, others) = match parse_len(f[4])? {
+                    Some(len) if len <= rest.len() => (Some(&rest[..len]), &rest[len..]),
+                    Some(_) => return None,
+                    None => (None, rest),
+                };
+                Some(Envelope::Conversation {
+                    origin: f[1],
+                    chat: parse_chat(f[2])?,
+                    user,
+                    own,
+                    others,
                 })
             }
-            b"D" => Some(Envelope::InstanceDown {
-                origin,
-                dead: std::str::from_utf8(rest?).ok()?,
+            "G" => {
+                let (f, rest) = split_fields(bytes, 8)?;
+                let lens = [parse_len(f[6])?, parse_len(f[7])?];
+                if lens.iter().flatten().sum::<usize>() != rest.len() {
+                    return None;
+                }
+                let push = lens[0].map(|n| Bytes::copy_from_slice(&rest[..n]));
+                let start = lens[0].unwrap_or(0);
+                let removed_push = lens[1].map(|n| Bytes::copy_from_slice(&rest[start..start + n]));
+                Some(Envelope::Membership {
+                    origin: f[1],
+                    change: MembershipChange {
+                        chat: parse_chat(f[2])?,
+                        presence: f[3] == "1",
+                        added: parse_list(f[4], parse_user)?,
+                        removed: parse_list(f[5], parse_user)?,
+                        push,
+                        removed_push,
+                    },
+                })
+            }
+            kind @ ("P" | "N") => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let f: Vec<&str> = text.split(' ').collect();
+                let [_, origin, user, online, rest @ ..] = f.as_slice() else {
+                    return None;
+                };
+                Some(Envelope::Presence {
+                    origin,
+                    user: parse_user(user)?,
+                    online: *online == "1",
+                    notify: match rest {
+                        [] => Vec::new(),
+                        [chats] => parse_list(chats, parse_chat)?,
+                        _ => return None,
+                    },
+                    registry: kind == "P",
+                })
+            }
+            "R" => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let f: Vec<&str> = text.split(' ').collect();
+                let [_, origin, user, version] = f.as_slice() else {
+                    return None;
+                };
+                Some(Envelope::Revoke {
+                    origin,
+                    user: parse_user(user)?,
+                    current_version: version.parse().ok()?,
+                })
+            }
+            "D" => {
+                let (f, rest) = split_fields(bytes, 2)?;
+                Some(Envelope::InstanceDown {
+                    origin: f[1],
+                    dead: std::str::from_utf8(rest).ok()?,
+                })
+            }
+            "Y" => Some(Envelope::Resync {
+                origin: std::str::from_utf8(&bytes[2..]).ok()?,
             }),
-            b"Y" => Some(Envelope::Resync { origin }),
             _ => None,
         }
     }
@@ -171,13 +355,20 @@ pub struct ServerLink {
     pub deliver: Recipient<DeliverRemote>,
     pub revoke: Recipient<RevokeUser>,
     pub presence: Recipient<TellPresence>,
+    pub membership: Recipient<ApplyMembership>,
+    pub replace_chats: Recipient<ReplaceChats>,
+    pub local_users: Recipient<LocalUsers>,
 }
 
 /// Most commands sent to Redis in one pipeline.
 const MAX_PIPELINE: usize = 1024;
 
-/// A subscription change, applied in the order they happened.
-type Subscription = (String, bool);
+/// A subscription change, applied in the order they happened, or a
+/// barrier answered once every change before it is in place.
+enum Subscription {
+    Change(String, bool),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
 
 /// The live connections while Redis is reachable. Publishes and subscription
 /// changes each go through one ordered queue: an actor's spawned futures do
@@ -195,10 +386,13 @@ pub struct RedisBridge {
     /// Where what arrives from the other instances goes (the ChatServer).
     server: ServerLink,
     presence: Arc<Presence>,
+    membership: Arc<Membership>,
     db: DatabaseConnection,
     metrics: Metrics,
-    /// Users with sessions here: the user channels we must be subscribed to.
+    /// Users with sessions here: this instance's entry in the registry.
     local_users: HashSet<UserId>,
+    /// Conversations with members here: the channels we must be subscribed to.
+    rooms: HashSet<ChatId>,
     link: Option<Link>,
     connecting: bool,
     backoff: Duration,
@@ -206,24 +400,31 @@ pub struct RedisBridge {
     was_up: Option<bool>,
 }
 
+/// What a bridge needs besides its Redis client and the ChatServer.
+pub struct BridgeParts {
+    pub prefix: String,
+    pub presence: Arc<Presence>,
+    pub membership: Arc<Membership>,
+    pub db: DatabaseConnection,
+    pub metrics: Metrics,
+}
+
 impl RedisBridge {
-    pub fn new(
-        client: redis::Client,
-        prefix: String,
-        presence: Arc<Presence>,
-        db: DatabaseConnection,
-        metrics: Metrics,
-        server: ServerLink,
-    ) -> Self {
+    pub fn new(client: redis::Client, parts: BridgeParts, server: ServerLink) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         RedisBridge {
             client,
-            names: Names { prefix, instance },
+            names: Names {
+                prefix: parts.prefix,
+                instance,
+            },
             server,
-            presence,
-            db,
-            metrics,
+            presence: parts.presence,
+            membership: parts.membership,
+            db: parts.db,
+            metrics: parts.metrics,
             local_users: HashSet::new(),
+            rooms: HashSet::new(),
             link: None,
             connecting: false,
             backoff: BACKOFF_MIN,
@@ -270,8 +471,9 @@ impl RedisBridge {
             .set_response_timeout(Some(REDIS_TIMEOUT))
     }
 
-    /// Connects, subscribes to the presence channel and every local user's
-    /// channel, registers this instance and loads who is online elsewhere.
+    /// Connects, subscribes to the control channel and every local
+    /// conversation's channel, registers this instance, loads who is online
+    /// elsewhere, and reloads memberships.
     fn connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting || self.link.is_some() {
             return;
@@ -280,6 +482,7 @@ impl RedisBridge {
         let client = self.client.clone();
         let names = self.names.clone();
         let users: Vec<UserId> = self.local_users.iter().copied().collect();
+        let channels: Vec<String> = self.rooms.iter().map(|c| names.conversation(*c)).collect();
         let setup = async move {
             let config = Self::config();
             let mut publisher = client
@@ -287,9 +490,9 @@ impl RedisBridge {
                 .await?;
             let pubsub = client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
-            sink.subscribe(names.presence()).await?;
-            for user in &users {
-                sink.subscribe(names.user(*user)).await?;
+            sink.subscribe(names.control()).await?;
+            for chunk in channels.chunks(MAX_SUBSCRIBE) {
+                sink.subscribe(chunk).await?;
             }
             register(&mut publisher, &names, &users).await?;
             let remote = online_elsewhere(&mut publisher, &names).await?;
@@ -315,12 +518,14 @@ impl RedisBridge {
                     act.backoff = BACKOFF_MIN;
                     ctx.add_stream(stream);
                     act.transition(true, "");
-                    // Instances that stayed connected learn our users anew.
+                    act.reload_memberships(ctx);
+                    // Instances that stayed connected learn our users anew,
+                    // and the membership changes we may have made meanwhile.
                     let resync = Envelope::Resync {
                         origin: &act.names.instance,
                     };
                     act.send(vec![redis::Cmd::publish(
-                        act.names.presence(),
+                        act.names.control(),
                         resync.encode(),
                     )]);
                 }
@@ -340,31 +545,46 @@ impl RedisBridge {
         }
     }
 
-    fn publish_frames(&mut self, frames: Vec<(UserId, Bytes)>) {
-        let names = &self.names;
-        let commands = frames
-            .iter()
-            .map(|(user, frame)| {
-                let envelope = Envelope::Frame {
-                    origin: &names.instance,
-                    frame,
-                };
-                redis::Cmd::publish(names.user(*user), envelope.encode())
-            })
-            .collect();
-        self.send(commands);
+    fn publish_control(&self, envelope: Envelope<'_>) {
+        self.send(vec![redis::Cmd::publish(
+            self.names.control(),
+            envelope.encode(),
+        )]);
     }
 
-    fn user_presence(&mut self, user: UserId, online: bool) {
+    fn publish_conversation(&self, frames: &ConversationFrames) {
+        let envelope = Envelope::Conversation {
+            origin: &self.names.instance,
+            chat: frames.chat,
+            user: frames.user,
+            own: frames.own.as_deref(),
+            others: &frames.others,
+        };
+        self.send(vec![redis::Cmd::publish(
+            self.names.conversation(frames.chat),
+            envelope.encode(),
+        )]);
+    }
+
+    fn room(&mut self, chat: ChatId, open: bool) {
+        let changed = if open {
+            self.rooms.insert(chat)
+        } else {
+            self.rooms.remove(&chat)
+        };
+        if let (true, Some(link)) = (changed, &self.link) {
+            let channel = self.names.conversation(chat);
+            let _ = link.subscriptions.send(Subscription::Change(channel, open));
+        }
+    }
+
+    fn user_presence(&mut self, user: UserId, online: bool, notify: Vec<ChatId>) {
         if online {
             self.local_users.insert(user);
         } else {
             self.local_users.remove(&user);
         }
         let names = &self.names;
-        if let Some(link) = &self.link {
-            let _ = link.subscriptions.send((names.user(user), online));
-        }
         let users = names.users_of(&names.instance);
         let membership = if online {
             redis::Cmd::sadd(&users, user.0)
@@ -377,12 +597,14 @@ impl RedisBridge {
             origin: &names.instance,
             user,
             online,
+            notify,
+            registry: true,
         }
         .encode();
         self.send(vec![
             membership,
             expiry,
-            redis::Cmd::publish(names.presence(), envelope),
+            redis::Cmd::publish(names.control(), envelope),
         ]);
     }
 
@@ -412,7 +634,7 @@ impl RedisBridge {
                         origin: &names.instance,
                         dead: &other,
                     };
-                    conn.publish(names.presence(), envelope.encode()).await?;
+                    conn.publish(names.control(), envelope.encode()).await?;
                     buried.push(other);
                 }
             }
@@ -473,10 +695,45 @@ impl RedisBridge {
         );
     }
 
-    /// Tells the contacts of users whose online state changed: through the
-    /// bus to every instance (`everywhere`), or to this instance's sessions
-    /// only (each instance found the change itself). The contacts come from
-    /// the database here; the ChatServer builds and routes the frames.
+    /// Reloads the conversations of every user connected here from the
+    /// database: membership changes made while an instance was cut off from
+    /// Redis never reached the others.
+    fn reload_memberships(&mut self, ctx: &mut Context<Self>) {
+        let (db, membership, server) = (
+            self.db.clone(),
+            self.membership.clone(),
+            self.server.clone(),
+        );
+        let reload = async move {
+            for _ in 0..5 {
+                let since = membership.seq();
+                let users = server.local_users.send(LocalUsers).await?;
+                let chats = match store::chats_of_users(&db, &users).await {
+                    Ok(chats) => chats,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload memberships after a Redis outage");
+                        return Ok(());
+                    }
+                };
+                if server
+                    .replace_chats
+                    .send(ReplaceChats { chats, since })
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+            tracing::warn!("memberships changed too fast to reload; they are reloaded at the next reconnection");
+            Ok::<_, MailboxError>(())
+        };
+        ctx.spawn(reload.into_actor(self).map(|_, _, _| ()));
+    }
+
+    /// Tells the conversations of users whose online state changed: through
+    /// the bus to every instance (`everywhere`), or to this instance's
+    /// sessions only (each instance found the change itself). The
+    /// conversations come from the database here; the ChatServer builds and
+    /// routes the frames.
     fn tell_presence(
         &mut self,
         changes: Vec<(UserId, bool)>,
@@ -489,15 +746,15 @@ impl RedisBridge {
         let (db, server) = (self.db.clone(), self.server.presence.clone());
         let tell = async move {
             for (user, online) in changes {
-                match store::contacts_for_presence(&db, user).await {
-                    Ok(contacts) => server.do_send(TellPresence {
+                match store::presence_chats(&db, user).await {
+                    Ok(chats) => server.do_send(TellPresence {
                         user,
                         online,
-                        contacts,
+                        chats,
                         everywhere,
                     }),
                     Err(e) => {
-                        tracing::error!(error = %e, user = user.0, "cannot load contacts for presence")
+                        tracing::error!(error = %e, user = user.0, "cannot load conversations for presence")
                     }
                 }
             }
@@ -532,17 +789,44 @@ async fn send_in_order(
     }
 }
 
-/// Applies subscription changes in the order they happened.
+/// Applies subscription changes in the order they happened; a run of
+/// waiting changes in the same direction goes as one command.
 async fn subscribe_in_order(
     mut sink: PubSubSink,
     mut changes: mpsc::UnboundedReceiver<Subscription>,
     bridge: Addr<RedisBridge>,
 ) {
-    while let Some((channel, subscribe)) = changes.recv().await {
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match changes.recv().await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let (channel, subscribe) = match first {
+            Subscription::Change(channel, subscribe) => (channel, subscribe),
+            Subscription::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mut channels = vec![channel];
+        while channels.len() < MAX_SUBSCRIBE {
+            match changes.try_recv() {
+                Ok(Subscription::Change(next, same)) if same == subscribe => channels.push(next),
+                Ok(other) => {
+                    carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
         let outcome = if subscribe {
-            sink.subscribe(channel).await
+            sink.subscribe(&channels).await
         } else {
-            sink.unsubscribe(channel).await
+            sink.unsubscribe(&channels).await
         };
         if let Err(e) = outcome {
             bridge.do_send(LinkLost(e.to_string()));
@@ -625,39 +909,63 @@ impl Actor for RedisBridge {
 
 impl StreamHandler<redis::Msg> for RedisBridge {
     fn handle(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
-        let channel = msg.get_channel_name().to_string();
         let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
+            let channel = msg.get_channel_name();
             tracing::warn!(channel, "undecodable message on a bus channel");
             return;
         };
-        let me = self.names.instance.clone();
+        let me = self.names.instance.as_str();
         match envelope {
-            Envelope::Frame { origin, frame } if origin != me => {
-                if let Some(user) = self.names.user_of_channel(&channel) {
-                    let frame = Bytes::copy_from_slice(frame);
-                    self.server.deliver.do_send(DeliverRemote {
-                        frames: vec![(user, frame)],
-                    });
-                }
+            Envelope::Conversation {
+                origin,
+                chat,
+                user,
+                own,
+                others,
+            } if origin != me => {
+                let frames = ConversationFrames {
+                    chat,
+                    user,
+                    own: own.map(Bytes::copy_from_slice),
+                    others: Bytes::copy_from_slice(others),
+                };
+                self.server.deliver.do_send(DeliverRemote { frames });
+            }
+            Envelope::Membership { origin, change } if origin != me => {
+                self.server.membership.do_send(ApplyMembership {
+                    change: Arc::new(change),
+                    broadcast: false,
+                });
             }
             Envelope::Revoke {
                 origin,
+                user,
                 current_version,
             } if origin != me => {
-                if let Some(user) = self.names.user_of_channel(&channel) {
-                    self.server.revoke.do_send(RevokeUser {
-                        user,
-                        current_version,
-                        broadcast: false,
-                    });
-                }
+                self.server.revoke.do_send(RevokeUser {
+                    user,
+                    current_version,
+                    broadcast: false,
+                });
             }
             Envelope::Presence {
                 origin,
                 user,
                 online,
+                notify,
+                registry,
             } if origin != me => {
-                self.presence.set_remote(user, origin, online);
+                if registry {
+                    self.presence.set_remote(user, origin, online);
+                }
+                if !notify.is_empty() {
+                    self.server.presence.do_send(TellPresence {
+                        user,
+                        online,
+                        chats: notify,
+                        everywhere: false,
+                    });
+                }
             }
             Envelope::InstanceDown { origin, dead } if origin != me => {
                 let dead = dead.to_string();
@@ -666,6 +974,7 @@ impl StreamHandler<redis::Msg> for RedisBridge {
             Envelope::Resync { origin } if origin != me => {
                 let origin = origin.to_string();
                 self.resync(origin, ctx);
+                self.reload_memberships(ctx);
             }
             _ => {}
         }
@@ -685,21 +994,61 @@ impl Handler<Publish> for RedisBridge {
     type Result = ();
 
     fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
+        let origin = self.names.instance.as_str();
         match event {
-            BusEvent::Frames(frames) => self.publish_frames(frames),
-            BusEvent::Presence { user, online } => self.user_presence(user, online),
+            BusEvent::Conversation(frames) => self.publish_conversation(&frames),
+            BusEvent::Room { chat, open } => self.room(chat, open),
+            BusEvent::Membership(change) => self.publish_control(Envelope::Membership {
+                origin,
+                change: (*change).clone(),
+            }),
+            BusEvent::Presence {
+                user,
+                online,
+                notify,
+                registry: true,
+            } => self.user_presence(user, online, notify),
+            BusEvent::Presence {
+                user,
+                online,
+                notify,
+                registry: false,
+            } => self.publish_control(Envelope::Presence {
+                origin,
+                user,
+                online,
+                notify,
+                registry: false,
+            }),
             BusEvent::Revoke {
                 user,
                 current_version,
-            } => {
-                let envelope = Envelope::Revoke {
-                    origin: &self.names.instance,
-                    current_version,
-                }
-                .encode();
-                self.send(vec![redis::Cmd::publish(self.names.user(user), envelope)]);
-            }
+            } => self.publish_control(Envelope::Revoke {
+                origin,
+                user,
+                current_version,
+            }),
         }
+    }
+}
+
+/// Answered once every subscription asked for before it is in place (at
+/// once while Redis is down: nothing can be subscribed then).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
+impl Handler<Barrier> for RedisBridge {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if let Some(link) = &self.link {
+            let _ = link.subscriptions.send(Subscription::Barrier(done));
+        }
+        Box::pin(async move {
+            let _ = wait.await;
+        })
     }
 }
 
@@ -737,49 +1086,94 @@ impl Handler<Deregister> for RedisBridge {
 mod tests {
     use super::*;
 
-    #[test]
-    fn envelopes_round_trip() {
-        let frame = br#"{"type":"message","data":{"content":"a b c"}}"#;
-        let encoded = Envelope::Frame {
-            origin: "i1",
-            frame,
-        }
-        .encode();
-        match Envelope::decode(&encoded) {
-            Some(Envelope::Frame { origin, frame: f }) => {
-                assert_eq!((origin, f), ("i1", &frame[..]))
-            }
-            _ => panic!("frame envelope"),
-        }
-        let encoded = Envelope::Presence {
-            origin: "i2",
-            user: UserId(7),
-            online: true,
-        }
-        .encode();
-        assert!(matches!(
-            Envelope::decode(&encoded),
-            Some(Envelope::Presence {
-                origin: "i2",
-                user: UserId(7),
-                online: true
-            })
-        ));
-        assert!(Envelope::decode(b"X junk").is_none());
-        assert!(Envelope::decode(b"").is_none());
+    fn round_trip(envelope: Envelope<'_>) {
+        let encoded = envelope.encode();
+        assert_eq!(Envelope::decode(&encoded).as_ref(), Some(&envelope));
     }
 
     #[test]
-    fn user_channels_parse_back() {
-        let names = Names {
-            prefix: "chat".into(),
-            instance: "i".into(),
-        };
-        assert_eq!(
-            names.user_of_channel(&names.user(UserId(42))),
-            Some(UserId(42))
-        );
-        assert_eq!(names.user_of_channel("chat:presence"), None);
-        assert_eq!(names.user_of_channel("other:user:1"), None);
+    fn envelopes_round_trip() {
+        let chat = ChatId(uuid::Uuid::new_v4());
+        let frame = br#"{"type":"message","data":{"content":"a b c"}}"#;
+        round_trip(Envelope::Conversation {
+            origin: "i1",
+            chat,
+            user: Some(UserId(3)),
+            own: Some(b"own frame with spaces"),
+            others: frame,
+        });
+        round_trip(Envelope::Conversation {
+            origin: "i1",
+            chat,
+            user: None,
+            own: None,
+            others: frame,
+        });
+        round_trip(Envelope::Membership {
+            origin: "i2",
+            change: MembershipChange {
+                chat,
+                added: vec![UserId(1), UserId(2)],
+                removed: vec![],
+                presence: true,
+                push: Some(Bytes::from_static(b"{\"a\": 1}")),
+                removed_push: Some(Bytes::from_static(b"{\"removed\": true}")),
+            },
+        });
+        round_trip(Envelope::Membership {
+            origin: "i2",
+            change: MembershipChange {
+                chat,
+                added: vec![],
+                removed: vec![UserId(9)],
+                presence: false,
+                push: None,
+                removed_push: None,
+            },
+        });
+        round_trip(Envelope::Presence {
+            origin: "i3",
+            user: UserId(7),
+            online: true,
+            notify: vec![chat, ChatId(uuid::Uuid::new_v4())],
+            registry: true,
+        });
+        round_trip(Envelope::Presence {
+            origin: "i3",
+            user: UserId(7),
+            online: false,
+            notify: vec![],
+            registry: false,
+        });
+        round_trip(Envelope::Revoke {
+            origin: "i4",
+            user: UserId(5),
+            current_version: 2,
+        });
+        round_trip(Envelope::InstanceDown {
+            origin: "i4",
+            dead: "i5",
+        });
+        round_trip(Envelope::Resync { origin: "i6" });
+    }
+
+    #[test]
+    fn malformed_envelopes_are_refused() {
+        for junk in [
+            &b"X junk"[..],
+            b"",
+            b"C i1 notauuid - - {}",
+            b"C i1 0123456789abcdef0123456789abcdef 1 999 short",
+            b"G i1 0123456789abcdef0123456789abcdef 1 - - 5 - abc",
+            b"P i1 x 1",
+            b"R i1 5",
+        ] {
+            assert_eq!(
+                Envelope::decode(junk),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(junk)
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Real-time chat over one WebSocket: the actors (`WsSession` per connection,
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
+pub mod groups;
+pub mod membership;
 pub mod presence;
 pub mod protocol;
 pub mod revocation;
@@ -18,9 +20,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::TokenKeys;
+use crate::bus::Bus;
 use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use membership::Membership;
 use presence::Presence;
 use server::ChatServer;
 use session::WsSession;
@@ -32,6 +36,7 @@ use writer::MessageWriter;
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_message_chars: usize,
+    pub max_group_members: usize,
     pub rate_per_second: u32,
     pub rate_burst: u32,
     pub outbox_capacity: usize,
@@ -43,6 +48,7 @@ impl Limits {
         Limits {
             max_frame_bytes: settings.max_frame_bytes,
             max_message_chars: settings.max_message_chars,
+            max_group_members: settings.max_group_members,
             rate_per_second: settings.rate_limit_per_second,
             rate_burst: settings.rate_limit_burst,
             outbox_capacity: settings.outbox_capacity,
@@ -57,6 +63,9 @@ pub struct ChatContext {
     pub keys: TokenKeys,
     pub server: Addr<ChatServer>,
     pub presence: Arc<Presence>,
+    pub membership: Arc<Membership>,
+    /// The bridge to the other instances (for its subscription barrier).
+    pub bus: Bus,
     pub writer: MessageWriter,
     pub metrics: Metrics,
     pub limits: Limits,

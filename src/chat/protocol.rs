@@ -134,6 +134,14 @@ requests! {
     Typing(ConversationQuery) = "typing",
     /// Application-level ping (B5).
     Ping(AnyData) = "ping",
+    /// Start a group (B6).
+    CreateGroup(CreateGroup) = "create_group",
+    /// Add people to a group (B6).
+    AddMembers(AddMembers) = "add_members",
+    /// Remove a member, or leave (B6).
+    RemoveMember(RemoveMember) = "remove_member",
+    /// Change a group's title (B6).
+    RenameGroup(RenameGroup) = "rename_group",
 }
 
 impl fmt::Display for RequestKind {
@@ -181,6 +189,35 @@ pub struct HistoryQuery {
 pub struct MarkRead {
     pub id: ConversationRef,
     pub up_to: i64,
+}
+
+/// `create_group`: a title and the people to add besides the creator.
+#[derive(Debug, Deserialize)]
+pub struct CreateGroup {
+    pub title: String,
+    #[serde(default)]
+    pub members: Vec<i64>,
+}
+
+/// `add_members`: people to add to a group.
+#[derive(Debug, Deserialize)]
+pub struct AddMembers {
+    pub id: ConversationRef,
+    pub members: Vec<i64>,
+}
+
+/// `remove_member`: a member to remove (oneself: leaving).
+#[derive(Debug, Deserialize)]
+pub struct RemoveMember {
+    pub id: ConversationRef,
+    pub user_id: i64,
+}
+
+/// `rename_group`: a new title.
+#[derive(Debug, Deserialize)]
+pub struct RenameGroup {
+    pub id: ConversationRef,
+    pub title: String,
 }
 
 /// What went wrong with a frame that is not a well-formed request: each maps
@@ -349,18 +386,75 @@ pub struct LastMessage {
     pub time: String,
 }
 
+/// Whether a conversation is between two people or a group (B6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Apiv2Schema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+/// A member's role in a conversation (B6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Apiv2Schema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Owner,
+    Member,
+}
+
 /// One entry of the contact list: a conversation the user belongs to.
 #[derive(Debug, Clone, Serialize, Apiv2Schema)]
 pub struct Contact {
     pub pk: ChatId,
     /// The other member's "First Last" (a group's title).
     pub name: String,
-    /// Whether the other member has a live session anywhere.
+    /// Whether the other member (in a group: any other member) has a live
+    /// session anywhere.
     pub online: bool,
+    /// The other member's id and username (null in a group).
     pub user_id: Option<i64>,
     pub username: Option<String>,
     pub last_message: Option<LastMessage>,
     pub unread: u64,
+    pub kind: ConversationKind,
+    /// How many members the conversation has.
+    pub members: u64,
+}
+
+/// One member of a conversation.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct MemberItem {
+    pub user_id: i64,
+    pub username: String,
+    /// "First Last".
+    pub name: String,
+    pub role: MemberRole,
+    pub online: bool,
+}
+
+/// A conversation with its members: `get_contact`, the answers to the
+/// group requests, and `conversation` pushes (B6).
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct Conversation {
+    pub pk: ChatId,
+    /// The other member's "First Last" (a group's title).
+    pub name: String,
+    /// Whether another member has a live session anywhere.
+    pub online: bool,
+    /// The other member's id and username (null in a group).
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub last_message: Option<LastMessage>,
+    /// Messages from others this user has not read; absent from
+    /// `conversation` pushes, which every member gets alike.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+    pub kind: ConversationKind,
+    /// The members, longest-standing first.
+    pub members: Vec<MemberItem>,
+    /// Present (true) only on the push a removed member gets.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// `send` on the sender's sessions, `received` on everyone else's.
@@ -462,7 +556,7 @@ pub enum ServerEvent<'a> {
     Info(&'static str),
     AuthorizationResponse(AuthorizationReply),
     GetContactsResponse(Reply<Vec<Contact>>),
-    GetContactResponse(Reply<Contact>),
+    GetContactResponse(Reply<Conversation>),
     Message(MessagePush<'a>),
     MessageResponse(Reply<MessageAck>),
     GetMessagesResponse(Reply<HistoryPage>),
@@ -472,6 +566,12 @@ pub enum ServerEvent<'a> {
     Read(ReadEvent),
     Typing(TypingEvent),
     Presence(PresenceEvent),
+    CreateGroupResponse(Reply<Conversation>),
+    AddMembersResponse(Reply<Conversation>),
+    RemoveMemberResponse(Reply<Conversation>),
+    RenameGroupResponse(Reply<Conversation>),
+    /// A conversation changed (B6): its new state, to every member.
+    Conversation(&'a Conversation),
     Pong(Empty),
     TypeNotProvided(Notice),
     DataNotProvided(Notice),
@@ -500,6 +600,10 @@ impl ServerEvent<'_> {
             RequestKind::Read => ServerEvent::ReadResponse(Reply::Err(error)),
             RequestKind::Typing => ServerEvent::TypingResponse(error),
             RequestKind::Ping => ServerEvent::PingResponse(error),
+            RequestKind::CreateGroup => ServerEvent::CreateGroupResponse(Reply::Err(error)),
+            RequestKind::AddMembers => ServerEvent::AddMembersResponse(Reply::Err(error)),
+            RequestKind::RemoveMember => ServerEvent::RemoveMemberResponse(Reply::Err(error)),
+            RequestKind::RenameGroup => ServerEvent::RenameGroupResponse(Reply::Err(error)),
         }
     }
 

@@ -1,13 +1,20 @@
-//! `ChatServer`: who is connected to this instance, and routing of events to
-//! their sessions. It owns only in-memory state and awaits nothing: a frame
-//! to a session is a non-blocking push into that session's bounded outbox.
+//! `ChatServer`: who is connected to this instance, which conversations they
+//! are in, and routing of events to their sessions. It owns only in-memory
+//! state and awaits nothing: a frame to a session is a non-blocking push into
+//! that session's bounded outbox.
+//!
+//! Routing is by conversation: each conversation with a member connected
+//! here is a room holding those members, so a message costs one push per
+//! local session, whatever the group's size, and one bus event for all the
+//! other instances (DESIGN.md "Groups").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
+use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
 use super::session::Kick;
@@ -17,6 +24,11 @@ use crate::metrics::Metrics;
 
 /// Unique id of a session on this instance.
 pub type SessionId = u64;
+
+/// How many membership changes are kept for registrations whose snapshot
+/// was loaded before them (a registration takes milliseconds; thousands of
+/// changes in that time would have it load again).
+const RECENT_CHANGES: usize = 4096;
 
 struct SessionLink {
     outbox: Outbox,
@@ -28,13 +40,53 @@ struct SessionLink {
 
 struct UserEntry {
     sessions: HashMap<SessionId, SessionLink>,
-    /// (conversation, other member): whom to tell about presence changes.
-    contacts: Vec<(ChatId, UserId)>,
+}
+
+/// A conversation with members connected here.
+struct Room {
+    users: HashSet<UserId>,
+    /// Whether presence changes are pushed in it (B6).
+    presence: bool,
+}
+
+/// Frames for one conversation's members: `user`'s sessions get `own` (or
+/// nothing when it is `None`), everyone else's `others`.
+#[derive(Debug, Clone)]
+pub struct ConversationFrames {
+    pub chat: ChatId,
+    pub user: Option<UserId>,
+    pub own: Option<Bytes>,
+    pub others: Bytes,
+}
+
+impl ConversationFrames {
+    /// The same frame for every member but `user`.
+    pub fn to_others(chat: ChatId, user: UserId, frame: Bytes) -> Self {
+        ConversationFrames {
+            chat,
+            user: Some(user),
+            own: None,
+            others: frame,
+        }
+    }
+
+    fn frame_for(&self, user: UserId) -> Option<&Bytes> {
+        if Some(user) == self.user {
+            self.own.as_ref()
+        } else {
+            Some(&self.others)
+        }
+    }
 }
 
 /// Routes events to this instance's sessions and, through the bus, to the others.
 pub struct ChatServer {
     users: HashMap<UserId, UserEntry>,
+    rooms: HashMap<ChatId, Room>,
+    membership: Arc<Membership>,
+    /// The latest membership changes applied, with their numbers.
+    recent: VecDeque<(u64, Arc<MembershipChange>)>,
+    seq: u64,
     presence: Arc<Presence>,
     bus: Bus,
     max_sessions_per_user: usize,
@@ -44,12 +96,17 @@ pub struct ChatServer {
 impl ChatServer {
     pub fn new(
         presence: Arc<Presence>,
+        membership: Arc<Membership>,
         bus: Bus,
         max_sessions_per_user: usize,
         metrics: Metrics,
     ) -> Self {
         ChatServer {
             users: HashMap::new(),
+            rooms: HashMap::new(),
+            seq: membership.seq(),
+            membership,
+            recent: VecDeque::new(),
             presence,
             bus,
             max_sessions_per_user,
@@ -58,58 +115,119 @@ impl ChatServer {
     }
 
     /// Pushes a frame to every local session of `user`; sessions whose queue
-    /// overflowed are dropped from the map (their outbox is already closing).
-    fn deliver_local(&mut self, user: UserId, frame: &Bytes) {
-        let Some(entry) = self.users.get_mut(&user) else {
+    /// overflowed are noted in `overflowed` (their outbox is already closing).
+    fn push(&self, user: UserId, frame: &Bytes, overflowed: &mut Vec<(UserId, SessionId)>) {
+        let Some(entry) = self.users.get(&user) else {
+            return;
+        };
+        for (id, link) in &entry.sessions {
+            self.push_session(user, *id, link, frame, overflowed);
+        }
+    }
+
+    fn push_session(
+        &self,
+        user: UserId,
+        id: SessionId,
+        link: &SessionLink,
+        frame: &Bytes,
+        overflowed: &mut Vec<(UserId, SessionId)>,
+    ) {
+        match link.outbox.send_text(frame.clone()) {
+            Queued::Yes => self.metrics.frames_out(1),
+            Queued::Overflow => {
+                self.metrics.outbox_overflow();
+                link.kick.do_send(Kick::slow_consumer());
+                overflowed.push((user, id));
+            }
+            Queued::Closed => {}
+        }
+    }
+
+    /// Drops the sessions that overflowed while frames were being pushed.
+    fn drop_overflowed(&mut self, overflowed: Vec<(UserId, SessionId)>) {
+        for (user, session) in overflowed {
+            self.remove_session(user, session);
+        }
+    }
+
+    /// Delivers frames to a conversation's members on this instance only,
+    /// except the session `skip`.
+    fn deliver_here(&mut self, frames: &ConversationFrames, skip: Option<SessionId>) {
+        let Some(room) = self.rooms.get(&frames.chat) else {
             return;
         };
         let mut overflowed = Vec::new();
-        for (id, link) in &entry.sessions {
-            match link.outbox.send_text(frame.clone()) {
-                Queued::Yes => self.metrics.frames_out(1),
-                Queued::Overflow => {
-                    self.metrics.outbox_overflow();
-                    link.kick.do_send(Kick::slow_consumer());
-                    overflowed.push(*id);
+        for user in &room.users {
+            let (Some(frame), Some(entry)) = (frames.frame_for(*user), self.users.get(user)) else {
+                continue;
+            };
+            for (id, link) in &entry.sessions {
+                if Some(*id) != skip {
+                    self.push_session(*user, *id, link, frame, &mut overflowed);
                 }
-                Queued::Closed => {}
             }
         }
-        for id in overflowed {
-            self.remove_session(user, id);
-        }
+        self.drop_overflowed(overflowed);
     }
 
-    /// Delivers frames to their users' sessions on this instance only.
-    fn deliver_here(&mut self, frames: &[(UserId, Bytes)]) {
-        for (user, frame) in frames {
-            self.deliver_local(*user, frame);
-        }
+    /// Delivers frames to a conversation's members here, and hands them to
+    /// the bus for the members elsewhere.
+    fn deliver(&mut self, frames: ConversationFrames, skip: Option<SessionId>) {
+        self.deliver_here(&frames, skip);
+        self.bus.publish(BusEvent::Conversation(frames));
     }
 
-    /// Delivers frames to their users here, and hands them to the bus for the
-    /// users' sessions elsewhere.
-    fn deliver(&mut self, frames: Vec<(UserId, Bytes)>) {
-        self.deliver_here(&frames);
-        self.bus.publish(BusEvent::Frames(frames));
-    }
-
-    fn presence_frames(
-        user: UserId,
-        contacts: &[(ChatId, UserId)],
-        online: bool,
-    ) -> Vec<(UserId, Bytes)> {
-        contacts
-            .iter()
-            .map(|(chat, contact)| {
-                let event = ServerEvent::Presence(PresenceEvent {
-                    pk: *chat,
-                    user_id: user.0,
-                    online,
-                });
-                (*contact, event.to_json())
+    /// Tells the conversations `chats` (those of them with members here)
+    /// that `user` came online or went offline.
+    fn tell_presence_here(&mut self, user: UserId, online: bool, chats: &[ChatId]) {
+        for chat in chats {
+            if !self.rooms.contains_key(chat) {
+                continue;
+            }
+            let frame = ServerEvent::Presence(PresenceEvent {
+                pk: *chat,
+                user_id: user.0,
+                online,
             })
+            .to_json();
+            self.deliver_here(&ConversationFrames::to_others(*chat, user, frame), None);
+        }
+    }
+
+    /// The conversations of `chats` in which presence is pushed.
+    fn presence_chats(&self, chats: impl IntoIterator<Item = ChatId>) -> Vec<ChatId> {
+        chats
+            .into_iter()
+            .filter(|c| self.rooms.get(c).is_some_and(|r| r.presence))
             .collect()
+    }
+
+    /// Adds `user` to the conversation's room; returns whether the room
+    /// was opened (its channel is only now being subscribed).
+    fn join_room(&mut self, user: UserId, chat: ChatId, presence: bool) -> bool {
+        let mut opened = false;
+        let room = self.rooms.entry(chat).or_insert_with(|| {
+            opened = true;
+            self.bus.publish(BusEvent::Room { chat, open: true });
+            Room {
+                users: HashSet::new(),
+                presence,
+            }
+        });
+        room.users.insert(user);
+        opened
+    }
+
+    fn leave_room(&mut self, user: UserId, chat: ChatId) {
+        let Some(room) = self.rooms.get_mut(&chat) else {
+            return;
+        };
+        room.users.remove(&user);
+        if room.users.is_empty() {
+            self.rooms.remove(&chat);
+            self.bus.publish(BusEvent::Room { chat, open: false });
+        }
     }
 
     fn remove_session(&mut self, user: UserId, session: SessionId) {
@@ -119,19 +237,134 @@ impl ChatServer {
         if entry.sessions.remove(&session).is_none() || !entry.sessions.is_empty() {
             return;
         }
-        let entry = self
-            .users
-            .remove(&user)
-            .expect("the entry was just looked up");
+        self.users.remove(&user);
+        let chats = self.membership.remove_user(user);
+        let notify = self.presence_chats(chats.iter().copied());
+        for chat in chats {
+            self.leave_room(user, chat);
+        }
         self.presence.set_local(user, false);
+        let notify = if self.presence.is_online(user) {
+            Vec::new()
+        } else {
+            self.tell_presence_here(user, false, &notify);
+            notify
+        };
         self.bus.publish(BusEvent::Presence {
             user,
             online: false,
+            notify,
+            registry: true,
         });
-        if !self.presence.is_online(user) {
-            let frames = Self::presence_frames(user, &entry.contacts, false);
-            self.deliver(frames);
+    }
+
+    /// Registers the first session of `user` here, with their conversations
+    /// as loaded after change number `since`; refused when changes the
+    /// snapshot may have missed are no longer known.
+    fn register_user(
+        &mut self,
+        user: UserId,
+        chats: Vec<ChatEntry>,
+        since: u64,
+    ) -> Result<(), ConnectError> {
+        let set = self
+            .catch_up(user, &chats, since)
+            .ok_or(ConnectError::Stale)?;
+        let presence: HashMap<ChatId, bool> = chats.iter().map(|c| (c.chat, c.presence)).collect();
+        for chat in &set {
+            let flag = presence.get(chat).copied().unwrap_or(true);
+            self.join_room(user, *chat, flag);
         }
+        let notify = self.presence_chats(set.iter().copied());
+        self.membership.set_user(user, set);
+        let was_online = self.presence.is_online(user);
+        self.presence.set_local(user, true);
+        let notify = if was_online {
+            Vec::new()
+        } else {
+            self.tell_presence_here(user, true, &notify);
+            notify
+        };
+        self.bus.publish(BusEvent::Presence {
+            user,
+            online: true,
+            notify,
+            registry: true,
+        });
+        Ok(())
+    }
+
+    /// `user`'s conversations: a snapshot loaded after change `since`, with
+    /// the changes since applied on top; `None` if some of them are no
+    /// longer known (load again).
+    fn catch_up(
+        &self,
+        user: UserId,
+        snapshot: &[ChatEntry],
+        since: u64,
+    ) -> Option<HashSet<ChatId>> {
+        let complete =
+            since >= self.seq || self.recent.front().is_some_and(|(s, _)| *s <= since + 1);
+        if !complete {
+            return None;
+        }
+        let mut chats: HashSet<ChatId> = snapshot.iter().map(|c| c.chat).collect();
+        for (_, change) in self.recent.iter().filter(|(s, _)| *s > since) {
+            if change.concerns(user) {
+                change.apply_to(user, &mut chats);
+            }
+        }
+        Some(chats)
+    }
+
+    /// Applies a membership change here: pushes to the removed and to the
+    /// members, the rooms and the members' conversation sets updated.
+    ///
+    /// A member who joins a conversation with no one else here gets the push
+    /// only once its channel is subscribed: whatever they fetch after it,
+    /// every later message reaches them live.
+    fn apply_membership(&mut self, change: Arc<MembershipChange>, ctx: &mut Context<Self>) {
+        let mut overflowed = Vec::new();
+        if let Some(push) = &change.removed_push {
+            for user in &change.removed {
+                self.push(*user, push, &mut overflowed);
+            }
+        }
+        let mut deferred = Vec::new();
+        for user in self.membership.apply(&change) {
+            if change.removed.contains(&user) {
+                self.leave_room(user, change.chat);
+            }
+            if change.added.contains(&user) && self.join_room(user, change.chat, change.presence) {
+                deferred.push(user);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&change.chat) {
+            room.presence = change.presence;
+        }
+        if let (Some(push), Some(room)) = (&change.push, self.rooms.get(&change.chat)) {
+            for user in room.users.iter().filter(|u| !deferred.contains(u)) {
+                self.push(*user, push, &mut overflowed);
+            }
+            if !deferred.is_empty() {
+                let (bus, push) = (self.bus.clone(), push.clone());
+                let subscribed = async move { bus.barrier().await };
+                ctx.spawn(subscribed.into_actor(self).map(move |(), act, _| {
+                    let mut overflowed = Vec::new();
+                    for user in deferred {
+                        act.push(user, &push, &mut overflowed);
+                    }
+                    act.drop_overflowed(overflowed);
+                }));
+            }
+        }
+        self.seq += 1;
+        self.recent.push_back((self.seq, change));
+        if self.recent.len() > RECENT_CHANGES {
+            self.recent.pop_front();
+        }
+        self.membership.advance(self.seq);
+        self.drop_overflowed(overflowed);
     }
 }
 
@@ -150,6 +383,9 @@ impl Actor for ChatServer {
 pub enum ConnectError {
     #[error("too many sessions for this user")]
     TooManySessions,
+    /// The conversations were loaded too long before the registration: load them again.
+    #[error("membership snapshot is stale")]
+    Stale,
 }
 
 /// A session authorized as `user` and wants their events. A session that is
@@ -163,7 +399,10 @@ pub struct Connect {
     pub user: UserId,
     pub outbox: Outbox,
     pub kick: Recipient<Kick>,
-    pub contacts: Vec<(ChatId, UserId)>,
+    /// The user's conversations, loaded after membership change `since`
+    /// (`Membership::seq`); used if this is their first session here.
+    pub chats: Vec<ChatEntry>,
+    pub since: u64,
     /// The `token_version` of the token the session authorized with.
     pub token_version: i32,
     /// The user the session was authorized as until now, if any.
@@ -185,25 +424,14 @@ impl Handler<Connect> for ChatServer {
                 return Err(ConnectError::TooManySessions);
             }
             entry.sessions.insert(msg.session, link);
-            entry.contacts = msg.contacts;
         } else {
+            self.register_user(msg.user, msg.chats, msg.since)?;
             self.users.insert(
                 msg.user,
                 UserEntry {
                     sessions: HashMap::from([(msg.session, link)]),
-                    contacts: msg.contacts,
                 },
             );
-            let was_online = self.presence.is_online(msg.user);
-            self.presence.set_local(msg.user, true);
-            self.bus.publish(BusEvent::Presence {
-                user: msg.user,
-                online: true,
-            });
-            if !was_online {
-                let frames = Self::presence_frames(msg.user, &self.users[&msg.user].contacts, true);
-                self.deliver(frames);
-            }
         }
         if let Some(previous) = msg.previous.filter(|p| *p != msg.user) {
             self.remove_session(previous, msg.session);
@@ -228,18 +456,20 @@ impl Handler<Disconnect> for ChatServer {
     }
 }
 
-/// Frames for users, each already rendered for its recipient.
+/// Frames for a conversation's members, here and on the other instances;
+/// the session `skip` (the one that caused them) is left out.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver {
-    pub frames: Vec<(UserId, Bytes)>,
+    pub frames: ConversationFrames,
+    pub skip: Option<SessionId>,
 }
 
 impl Handler<Deliver> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.deliver(msg.frames);
+        self.deliver(msg.frames, msg.skip);
     }
 }
 
@@ -247,26 +477,97 @@ impl Handler<Deliver> for ChatServer {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DeliverRemote {
-    pub frames: Vec<(UserId, Bytes)>,
+    pub frames: ConversationFrames,
 }
 
 impl Handler<DeliverRemote> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverRemote, _: &mut Context<Self>) {
-        self.deliver_here(&msg.frames);
+        self.deliver_here(&msg.frames, None);
+    }
+}
+
+/// A membership change: applied here, and (`broadcast`) on the other
+/// instances. Answered once applied, so a session that made the change can
+/// rely on it before it answers its client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyMembership {
+    pub change: Arc<MembershipChange>,
+    pub broadcast: bool,
+}
+
+impl Handler<ApplyMembership> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyMembership, ctx: &mut Context<Self>) {
+        self.apply_membership(msg.change.clone(), ctx);
+        if msg.broadcast {
+            self.bus.publish(BusEvent::Membership(msg.change));
+        }
+    }
+}
+
+/// The conversations of users connected here, loaded again after change
+/// `since` (after a Redis outage, when changes made elsewhere may have been
+/// missed). Answers `false` when it came too late: load again.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ReplaceChats {
+    pub chats: HashMap<UserId, Vec<ChatEntry>>,
+    pub since: u64,
+}
+
+impl Handler<ReplaceChats> for ChatServer {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ReplaceChats, _: &mut Context<Self>) -> bool {
+        for (user, chats) in msg.chats {
+            if !self.users.contains_key(&user) {
+                continue;
+            }
+            let Some(fresh) = self.catch_up(user, &chats, msg.since) else {
+                return false;
+            };
+            let known: HashSet<ChatId> = self.membership.chats_of(user).into_iter().collect();
+            for gone in known.difference(&fresh) {
+                self.leave_room(user, *gone);
+            }
+            for entry in chats.iter().filter(|c| !known.contains(&c.chat)) {
+                if fresh.contains(&entry.chat) {
+                    self.join_room(user, entry.chat, entry.presence);
+                }
+            }
+            self.membership.set_user(user, fresh);
+        }
+        true
+    }
+}
+
+/// Users whose conversations `ReplaceChats` should load: those connected here.
+#[derive(Message)]
+#[rtype(result = "Vec<UserId>")]
+pub struct LocalUsers;
+
+impl Handler<LocalUsers> for ChatServer {
+    type Result = MessageResult<LocalUsers>;
+
+    fn handle(&mut self, _: LocalUsers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.users.keys().copied().collect())
     }
 }
 
 /// A user's online state changed elsewhere (an instance died, or Redis came
-/// back and showed what happened meanwhile): tell their `contacts`, on every
-/// instance (`everywhere`) or on this one only.
+/// back and showed what happened meanwhile): tell the conversations `chats`
+/// in which presence is pushed, on every instance (`everywhere`) or on this
+/// one only.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TellPresence {
     pub user: UserId,
     pub online: bool,
-    pub contacts: Vec<(ChatId, UserId)>,
+    pub chats: Vec<ChatId>,
     pub everywhere: bool,
 }
 
@@ -274,11 +575,14 @@ impl Handler<TellPresence> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: TellPresence, _: &mut Context<Self>) {
-        let frames = Self::presence_frames(msg.user, &msg.contacts, msg.online);
+        self.tell_presence_here(msg.user, msg.online, &msg.chats);
         if msg.everywhere {
-            self.deliver(frames);
-        } else {
-            self.deliver_here(&frames);
+            self.bus.publish(BusEvent::Presence {
+                user: msg.user,
+                online: msg.online,
+                notify: msg.chats,
+                registry: false,
+            });
         }
     }
 }
@@ -357,6 +661,8 @@ pub struct Stats;
 pub struct ServerStats {
     pub users: usize,
     pub sessions: usize,
+    /// Conversations with members connected here.
+    pub rooms: usize,
 }
 
 impl Handler<Stats> for ChatServer {
@@ -366,6 +672,7 @@ impl Handler<Stats> for ChatServer {
         ServerStats {
             users: self.users.len(),
             sessions: self.users.values().map(|e| e.sessions.len()).sum(),
+            rooms: self.rooms.len(),
         }
     }
 }

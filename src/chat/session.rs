@@ -3,19 +3,21 @@
 //! frame into a typed request, does the database work for it as a future
 //! (never blocking the actor or anyone else), and answers.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
-use bytes::Bytes;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
+use super::groups::{self, GroupError};
+use super::membership::MembershipChange;
 use super::protocol::*;
-use super::server::{Connect, ConnectError, Deliver, Disconnect, SessionId};
+use super::server::{
+    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, SessionId,
+};
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::unauthenticated::UnauthenticatedSlot;
@@ -66,11 +68,9 @@ impl RateLimit {
     }
 }
 
-/// A stored message waiting for its commit, then to be acknowledged and delivered.
-struct PendingDelivery {
-    store: PendingStore,
-    members: Arc<[UserId]>,
-}
+/// How many times a registration is retried when membership changes
+/// outran the loading of the user's conversations.
+const REGISTRATION_ATTEMPTS: usize = 5;
 
 /// One WebSocket connection.
 pub struct WsSession {
@@ -81,10 +81,8 @@ pub struct WsSession {
     url_token: Option<String>,
     last_heard: Instant,
     rate: RateLimit,
-    /// Members of the conversations this user was found to belong to.
-    members: HashMap<ChatId, Arc<[UserId]>>,
     /// Commits awaited in submission order, so acks and pushes keep it.
-    deliveries: Option<mpsc::UnboundedSender<PendingDelivery>>,
+    deliveries: Option<mpsc::UnboundedSender<PendingStore>>,
     /// Closes the session when its token expires.
     expiry: Option<SpawnHandle>,
     /// Counts this connection against its address's unauthenticated sockets
@@ -111,7 +109,6 @@ impl WsSession {
             url_token,
             last_heard: Instant::now(),
             rate,
-            members: HashMap::new(),
             deliveries: None,
             expiry: None,
             unauthenticated: Some(unauthenticated),
@@ -211,6 +208,10 @@ impl WsSession {
             ClientRequest::GetMessages(q) => self.get_messages(user, q, ctx),
             ClientRequest::Read(r) => self.mark_read(user, r, ctx),
             ClientRequest::Typing(t) => self.typing(user, t.id, ctx),
+            ClientRequest::CreateGroup(g) => self.create_group(user, g, ctx),
+            ClientRequest::AddMembers(a) => self.add_members(user, a, ctx),
+            ClientRequest::RemoveMember(r) => self.remove_member(user, r, ctx),
+            ClientRequest::RenameGroup(r) => self.rename_group(user, r, ctx),
             ClientRequest::Authorization(_) | ClientRequest::Ping(_) => {}
         }
     }
@@ -227,19 +228,34 @@ impl WsSession {
             let (user, claims) =
                 auth::authenticate_claims(&chat.db, &chat.keys, token.trim()).await?;
             let me = UserId(user.id);
-            let contacts = store::contacts_for_presence(&chat.db, me).await?;
-            let connect = Connect {
-                session,
-                user: me,
-                outbox,
-                kick,
-                contacts,
-                token_version: user.token_version,
-                previous,
-            };
-            let outcome = chat.server.send(connect).await.map_err(|e| {
+            let server_error = |e: MailboxError| {
                 AuthError::Database(sea_orm::DbErr::Custom(format!("chat server: {e}")))
-            })?;
+            };
+            let mut outcome = Err(ConnectError::Stale);
+            for _ in 0..REGISTRATION_ATTEMPTS {
+                let since = chat.membership.seq();
+                let chats = store::chats_of(&chat.db, me).await?;
+                let connect = Connect {
+                    session,
+                    user: me,
+                    outbox: outbox.clone(),
+                    kick: kick.clone(),
+                    chats,
+                    since,
+                    token_version: user.token_version,
+                    previous,
+                };
+                outcome = chat.server.send(connect).await.map_err(server_error)?;
+                if outcome != Err(ConnectError::Stale) {
+                    break;
+                }
+            }
+            if outcome.is_ok() {
+                // The conversations' channels are subscribed before the
+                // client hears it is in: whatever it fetches next, it also
+                // gets everything live from then on.
+                chat.bus.barrier().await;
+            }
             Ok::<_, AuthError>(outcome.map(|()| (me, claims.remaining())))
         };
         // `wait`: frames that follow the authorization are handled after it.
@@ -255,6 +271,11 @@ impl WsSession {
                         "too many open sessions for this user",
                     ))
                 }
+                Ok(Err(e @ ConnectError::Stale)) => AuthorizationReply::Error(internal_reply(
+                    &act.span,
+                    RequestKind::Authorization,
+                    &e,
+                )),
                 Err(AuthError::InvalidToken) => {
                     AuthorizationReply::refused("Invalid token provided")
                 }
@@ -273,9 +294,6 @@ impl WsSession {
     fn authorized(&mut self, user: UserId, remaining: Duration, ctx: &mut Context<Self>) {
         if self.user.is_none() {
             self.chat.metrics.session_authorized();
-        }
-        if self.user != Some(user) {
-            self.members.clear();
         }
         self.user = Some(user);
         self.unauthenticated = None;
@@ -316,10 +334,10 @@ impl WsSession {
         self.query(
             RequestKind::GetContacts,
             query,
-            |act, rows, ctx| {
+            move |act, rows, ctx| {
                 let contacts = rows
                     .into_iter()
-                    .map(|r| r.into_contact(&act.chat.presence))
+                    .map(|r| r.into_contact(user, &act.chat.presence))
                     .collect();
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
             },
@@ -331,15 +349,14 @@ impl WsSession {
         let Some(chat_id) = id.chat_id() else {
             return self.not_found(RequestKind::GetContact, ctx);
         };
-        let query = move |db| async move { store::contact_of(&db, user, chat_id).await };
+        let presence = self.chat.presence.clone();
+        let query =
+            move |db| async move { store::conversation_of(&db, user, chat_id, &presence).await };
         self.query(
             RequestKind::GetContact,
             query,
-            |act, row, ctx| match row {
-                Some(row) => {
-                    let contact = row.into_contact(&act.chat.presence);
-                    act.send(&ServerEvent::GetContactResponse(Reply::Ok(contact)), ctx);
-                }
+            |act, conversation, ctx| match conversation {
+                Some(c) => act.send(&ServerEvent::GetContactResponse(Reply::Ok(c)), ctx),
                 None => act.not_found(RequestKind::GetContact, ctx),
             },
             ctx,
@@ -350,10 +367,13 @@ impl WsSession {
         self.send_error(kind, ErrorCode::NotFound, "conversation not found", ctx);
     }
 
-    /// Runs `then` with the conversation's members once `user` is known to be
-    /// one of them; answers `not_found` otherwise. A membership not cached yet
-    /// is looked up with `ctx.wait`, so later frames stay behind this one.
-    fn with_members<F>(
+    /// Runs `then` once `user` is known to belong to the conversation;
+    /// answers `not_found` otherwise. The ChatServer's record of the
+    /// user's conversations answers at once; one it does not hold (a direct
+    /// conversation made by the `contact add` command while the user was
+    /// connected) is looked up with `ctx.wait`, so later frames stay behind
+    /// this one, and announced, so its messages are routed from then on.
+    fn with_membership<F>(
         &mut self,
         kind: RequestKind,
         user: UserId,
@@ -361,25 +381,36 @@ impl WsSession {
         ctx: &mut Context<Self>,
         then: F,
     ) where
-        F: FnOnce(&mut Self, ChatId, Arc<[UserId]>, &mut Context<Self>) + 'static,
+        F: FnOnce(&mut Self, ChatId, &mut Context<Self>) + 'static,
     {
         let Some(chat_id) = id.chat_id() else {
             return self.not_found(kind, ctx);
         };
-        if let Some(members) = self.members.get(&chat_id) {
-            let members = members.clone();
-            return then(self, chat_id, members, ctx);
+        if self.chat.membership.is_member(user, chat_id) {
+            return then(self, chat_id, ctx);
         }
         let db = self.chat.db.clone();
-        let lookup = async move { store::members_of(&db, chat_id).await };
+        let lookup = async move { store::membership_of(&db, chat_id).await };
         ctx.wait(
             lookup
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
-                    Ok(members) if members.contains(&user) => {
-                        let members: Arc<[UserId]> = members.into();
-                        act.members.insert(chat_id, members.clone());
-                        then(act, chat_id, members, ctx);
+                    Ok(Some((kind_of, members))) if members.contains(&user) => {
+                        if kind_of == entity::chat::ChatKind::Direct {
+                            let change = MembershipChange {
+                                chat: chat_id,
+                                added: members,
+                                removed: Vec::new(),
+                                presence: true,
+                                push: None,
+                                removed_push: None,
+                            };
+                            act.chat.server.do_send(ApplyMembership {
+                                change: Arc::new(change),
+                                broadcast: true,
+                            });
+                        }
+                        then(act, chat_id, ctx);
                     }
                     Ok(_) => act.not_found(kind, ctx),
                     Err(e) => act.internal_error(kind, &e, ctx),
@@ -411,12 +442,12 @@ impl WsSession {
             return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
         }
         let content = request.content;
-        self.with_members(
+        self.with_membership(
             RequestKind::Message,
             user,
             &request.to,
             ctx,
-            move |act, chat, members, ctx| {
+            move |act, chat, ctx| {
                 let new = NewMessage {
                     chat,
                     sender: user,
@@ -424,7 +455,7 @@ impl WsSession {
                     client_id,
                 };
                 match act.chat.writer.submit(new) {
-                    Ok(store) => act.await_delivery(PendingDelivery { store, members }),
+                    Ok(store) => act.await_delivery(store),
                     Err(StoreError::Busy) => act.send_error(
                         RequestKind::Message,
                         ErrorCode::RateLimited,
@@ -441,7 +472,7 @@ impl WsSession {
     /// that awaits commits in order, acknowledges, and gives the event to the
     /// ChatServer. It outlives the session, so a message committed after its
     /// sender disconnected is still delivered to everyone else.
-    fn await_delivery(&mut self, pending: PendingDelivery) {
+    fn await_delivery(&mut self, pending: PendingStore) {
         let tx = self.deliveries.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             actix::spawn(run_deliveries(
@@ -467,7 +498,7 @@ impl WsSession {
         }
         let (before, after) = (query.before, query.after);
         let kind = RequestKind::GetMessages;
-        self.with_members(kind, user, &query.id, ctx, move |act, chat, _, ctx| {
+        self.with_membership(kind, user, &query.id, ctx, move |act, chat, ctx| {
             let page =
                 move |db| async move { store::history(&db, chat, before, after, limit).await };
             act.query(
@@ -501,60 +532,143 @@ impl WsSession {
             );
         }
         let kind = RequestKind::Read;
-        self.with_members(
-            kind,
-            user,
-            &request.id,
-            ctx,
-            move |act, chat, members, ctx| {
-                let mark = move |db| async move { store::mark_read(&db, chat, user, up_to).await };
-                act.query(
-                    kind,
-                    mark,
-                    move |act, (), ctx| {
-                        let ack = ReadAck {
-                            status: "success",
-                            pk: chat,
-                            up_to,
-                        };
-                        act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
-                        let event = ReadEvent {
-                            pk: chat,
-                            user_id: user.0,
-                            up_to,
-                        };
-                        act.relay_to_others(user, &members, ServerEvent::Read(event).to_json());
-                    },
-                    ctx,
-                );
-            },
-        );
+        self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
+            let mark = move |db| async move { store::mark_read(&db, chat, user, up_to).await };
+            act.query(
+                kind,
+                mark,
+                move |act, (), ctx| {
+                    let ack = ReadAck {
+                        status: "success",
+                        pk: chat,
+                        up_to,
+                    };
+                    act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
+                    let event = ReadEvent {
+                        pk: chat,
+                        user_id: user.0,
+                        up_to,
+                    };
+                    // The reader's other tabs hear it too, to stay in step.
+                    let frame = ServerEvent::Read(event).to_json();
+                    let frames = ConversationFrames {
+                        chat,
+                        user: Some(user),
+                        own: Some(frame.clone()),
+                        others: frame,
+                    };
+                    act.chat.server.do_send(Deliver {
+                        frames,
+                        skip: Some(act.id),
+                    });
+                },
+                ctx,
+            );
+        });
     }
 
     fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
-        self.with_members(
-            RequestKind::Typing,
+        self.with_membership(RequestKind::Typing, user, &id, ctx, move |act, chat, _| {
+            let frame = ServerEvent::Typing(TypingEvent {
+                pk: chat,
+                user_id: user.0,
+            })
+            .to_json();
+            act.chat.server.do_send(Deliver {
+                frames: ConversationFrames::to_others(chat, user, frame),
+                skip: None,
+            });
+        });
+    }
+
+    /// Runs a group change and announces it; answers with the conversation
+    /// as the caller now sees it, or the error (B3). `ctx.wait`: the
+    /// caller's next request sees the change.
+    fn group_change<F, Fut>(
+        &mut self,
+        kind: RequestKind,
+        user: UserId,
+        change: F,
+        ctx: &mut Context<Self>,
+    ) where
+        F: FnOnce(DatabaseConnection, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<groups::Changed, GroupError>> + 'static,
+    {
+        let chat = self.chat.clone();
+        let pending = change(chat.db.clone(), chat.limits.max_group_members);
+        let work = async move {
+            let changed = pending.await?;
+            groups::announce(&chat.db, &chat.server, &chat.presence, user, changed).await
+        };
+        ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
+            let reply = match result {
+                Ok(conversation) => Reply::Ok(conversation),
+                Err(e) if e.code() == ErrorCode::Internal => {
+                    Reply::Err(internal_reply(&act.span, kind, &e))
+                }
+                Err(e) => {
+                    act.chat.metrics.bad_frame();
+                    Reply::Err(ErrorReply::new(e.code(), e.to_string()))
+                }
+            };
+            let event = match kind {
+                RequestKind::CreateGroup => ServerEvent::CreateGroupResponse(reply),
+                RequestKind::AddMembers => ServerEvent::AddMembersResponse(reply),
+                RequestKind::RemoveMember => ServerEvent::RemoveMemberResponse(reply),
+                _ => ServerEvent::RenameGroupResponse(reply),
+            };
+            act.send(&event, ctx);
+        }));
+    }
+
+    fn create_group(&mut self, user: UserId, request: CreateGroup, ctx: &mut Context<Self>) {
+        self.group_change(
+            RequestKind::CreateGroup,
             user,
-            &id,
-            ctx,
-            move |act, chat, members, _| {
-                let frame = ServerEvent::Typing(TypingEvent {
-                    pk: chat,
-                    user_id: user.0,
-                })
-                .to_json();
-                act.relay_to_others(user, &members, frame);
+            move |db, max| async move {
+                groups::create(&db, user, &request.title, &request.members, max).await
             },
+            ctx,
         );
     }
 
-    fn relay_to_others(&self, user: UserId, members: &[UserId], frame: Bytes) {
-        let frames = members
-            .iter()
-            .filter(|m| **m != user)
-            .map(|m| (*m, frame.clone()))
-            .collect();
-        self.chat.server.do_send(Deliver { frames });
+    fn add_members(&mut self, user: UserId, request: AddMembers, ctx: &mut Context<Self>) {
+        let Some(chat) = request.id.chat_id() else {
+            return self.not_found(RequestKind::AddMembers, ctx);
+        };
+        self.group_change(
+            RequestKind::AddMembers,
+            user,
+            move |db, max| async move {
+                groups::add_members(&db, user, chat, &request.members, max).await
+            },
+            ctx,
+        );
+    }
+
+    fn remove_member(&mut self, user: UserId, request: RemoveMember, ctx: &mut Context<Self>) {
+        let Some(chat) = request.id.chat_id() else {
+            return self.not_found(RequestKind::RemoveMember, ctx);
+        };
+        let target = UserId(request.user_id);
+        self.group_change(
+            RequestKind::RemoveMember,
+            user,
+            move |db, _| async move { groups::remove_member(&db, user, chat, target).await },
+            ctx,
+        );
+    }
+
+    fn rename_group(&mut self, user: UserId, request: RenameGroup, ctx: &mut Context<Self>) {
+        let Some(chat) = request.id.chat_id() else {
+            return self.not_found(RequestKind::RenameGroup, ctx);
+        };
+        self.group_change(
+            RequestKind::RenameGroup,
+            user,
+            move |db, _| async move { groups::rename(&db, user, chat, &request.title).await },
+            ctx,
+        );
     }
 }
 
@@ -576,13 +690,13 @@ fn internal_reply(
 /// Awaits each submitted message's commit in order; acknowledges it to the
 /// sender and hands the push to the ChatServer.
 async fn run_deliveries(
-    mut rx: mpsc::UnboundedReceiver<PendingDelivery>,
+    mut rx: mpsc::UnboundedReceiver<PendingStore>,
     outbox: Outbox,
     chat: Arc<ChatContext>,
     span: tracing::Span,
 ) {
     while let Some(pending) = rx.recv().await {
-        let outcome = pending.store.await.unwrap_or(Err(StoreError::Stopped));
+        let outcome = pending.await.unwrap_or(Err(StoreError::Stopped));
         let (stored, is_new) = match outcome {
             Ok(Stored::New(m)) => (m, true),
             Ok(Stored::Duplicate(m)) => (m, false),
@@ -607,7 +721,6 @@ async fn run_deliveries(
         if !is_new {
             continue;
         }
-        let sender = stored.sender_id.map(UserId);
         let mut body = MessageBody {
             direction: Direction::Send,
             content: stored.content,
@@ -619,21 +732,13 @@ async fn run_deliveries(
         let sent = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
         body.direction = Direction::Received;
         let received = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
-        let frames = pending
-            .members
-            .iter()
-            .map(|m| {
-                (
-                    *m,
-                    if Some(*m) == sender {
-                        sent.clone()
-                    } else {
-                        received.clone()
-                    },
-                )
-            })
-            .collect();
-        chat.server.do_send(Deliver { frames });
+        let frames = ConversationFrames {
+            chat: pk,
+            user: stored.sender_id.map(UserId),
+            own: Some(sent),
+            others: received,
+        };
+        chat.server.do_send(Deliver { frames, skip: None });
     }
 }
 

@@ -6,50 +6,82 @@ use std::collections::HashMap;
 use entity::{chat, chat_member, message, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::membership::{ChatEntry, PRESENCE_MAX_MEMBERS};
 use super::presence::Presence;
-use super::protocol::{format_time, ChatId, Contact, Direction, HistoryItem, LastMessage, UserId};
+use super::protocol::{
+    format_time, ChatId, Contact, Conversation, ConversationKind, Direction, HistoryItem,
+    LastMessage, MemberItem, MemberRole, UserId,
+};
 
 /// Largest page of history one request may ask for.
 pub const MAX_HISTORY_PAGE: u64 = 200;
 /// The page size when a request names none.
 pub const DEFAULT_HISTORY_PAGE: u64 = 50;
 
-/// A conversation as one user sees it: the other member, the last message,
-/// how many messages they have not read.
+/// Most values in one `IN (...)` list.
+const IN_CHUNK: usize = 1000;
+
+/// A conversation as one user sees it: the other member (direct) or the
+/// members (group), the last message, how many messages they have not read.
 #[derive(Debug, Clone)]
 pub struct ContactRow {
     pub chat: chat::Model,
     pub other: Option<user::Model>,
+    /// Every member's id (groups only; a direct conversation has `other`).
+    pub member_ids: Vec<UserId>,
     pub last_message: Option<message::Model>,
     pub unread: u64,
 }
 
+/// The kind of a stored conversation, as the wire names it.
+pub fn kind_of(chat: &chat::Model) -> ConversationKind {
+    match chat.kind {
+        chat::ChatKind::Direct => ConversationKind::Direct,
+        chat::ChatKind::Group => ConversationKind::Group,
+    }
+}
+
+fn last_message_item(m: message::Model) -> LastMessage {
+    LastMessage {
+        id: m.id,
+        sender: m.sender_id,
+        time: format_time(&m.created_at),
+        content: m.content,
+    }
+}
+
 impl ContactRow {
-    /// The contact as clients see it; `online` comes from live presence.
-    pub fn into_contact(self, presence: &Presence) -> Contact {
+    /// The contact as `viewer` sees it; `online` comes from live presence.
+    pub fn into_contact(self, viewer: UserId, presence: &Presence) -> Contact {
         let other = self.other.as_ref();
-        let name = match (other, self.chat.kind, &self.chat.title) {
-            (_, chat::ChatKind::Group, Some(title)) => title.clone(),
-            (Some(user), _, _) => user.display_name(),
-            (None, _, title) => title.clone().unwrap_or_default(),
+        let (name, online, members) = match self.chat.kind {
+            chat::ChatKind::Group => (
+                self.chat.title.clone().unwrap_or_default(),
+                self.member_ids
+                    .iter()
+                    .any(|m| *m != viewer && presence.is_online(*m)),
+                self.member_ids.len() as u64,
+            ),
+            chat::ChatKind::Direct => (
+                other.map(|u| u.display_name()).unwrap_or_default(),
+                other.is_some_and(|u| presence.is_online(UserId(u.id))),
+                1 + u64::from(other.is_some()),
+            ),
         };
         Contact {
             pk: ChatId(self.chat.id),
             name,
-            online: other.is_some_and(|u| presence.is_online(UserId(u.id))),
+            online,
             user_id: other.map(|u| u.id),
             username: other.map(|u| u.username.clone()),
-            last_message: self.last_message.map(|m| LastMessage {
-                id: m.id,
-                sender: m.sender_id,
-                time: format_time(&m.created_at),
-                content: m.content,
-            }),
+            last_message: self.last_message.map(last_message_item),
             unread: self.unread,
+            kind: kind_of(&self.chat),
+            members,
         }
     }
 }
@@ -107,62 +139,105 @@ async fn contact_rows(
         return Ok(Vec::new());
     }
     let chat_ids: Vec<uuid::Uuid> = memberships.iter().map(|m| m.chat_id).collect();
-    let chats: HashMap<uuid::Uuid, chat::Model> = chat::Entity::find()
-        .filter(chat::Column::Id.is_in(chat_ids.clone()))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
-    let others: HashMap<uuid::Uuid, user::Model> = chat_member::Entity::find()
-        .filter(chat_member::Column::ChatId.is_in(chat_ids.clone()))
-        .filter(chat_member::Column::UserId.ne(user.0))
-        .find_also_related(user::Entity)
-        .all(db)
-        .await?
-        .into_iter()
-        .filter_map(|(m, u)| u.map(|u| (m.chat_id, u)))
-        .collect();
-    let last_ids = message::Entity::find()
-        .select_only()
-        .expr(Func::max(Expr::col(message::Column::Id)))
-        .filter(message::Column::ChatId.is_in(chat_ids.clone()))
-        .group_by(message::Column::ChatId)
-        .into_tuple::<Option<i64>>()
-        .all(db)
-        .await?;
-    let last_messages: HashMap<uuid::Uuid, message::Model> = message::Entity::find()
-        .filter(message::Column::Id.is_in(last_ids.into_iter().flatten()))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|m| (m.chat_id, m))
-        .collect();
-    let mut unread_filter = Condition::any();
-    for m in &memberships {
-        unread_filter = unread_filter.add(
-            Condition::all()
-                .add(message::Column::ChatId.eq(m.chat_id))
-                .add(message::Column::Id.gt(m.last_read_message_id.unwrap_or(0))),
+    let mut chats: HashMap<uuid::Uuid, chat::Model> = HashMap::new();
+    let mut last_ids = Vec::new();
+    for chunk in chat_ids.chunks(IN_CHUNK) {
+        chats.extend(
+            chat::Entity::find()
+                .filter(chat::Column::Id.is_in(chunk.to_vec()))
+                .all(db)
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c)),
+        );
+        last_ids.extend(
+            message::Entity::find()
+                .select_only()
+                .expr(Func::max(Expr::col(message::Column::Id)))
+                .filter(message::Column::ChatId.is_in(chunk.to_vec()))
+                .group_by(message::Column::ChatId)
+                .into_tuple::<Option<i64>>()
+                .all(db)
+                .await?
+                .into_iter()
+                .flatten(),
         );
     }
-    let unread: HashMap<uuid::Uuid, u64> = message::Entity::find()
-        .select_only()
-        .column(message::Column::ChatId)
-        .column_as(message::Column::Id.count(), "n")
-        .filter(unread_filter)
-        .filter(
-            Condition::any()
-                .add(message::Column::SenderId.is_null())
-                .add(message::Column::SenderId.ne(user.0)),
-        )
-        .group_by(message::Column::ChatId)
-        .into_model::<UnreadCount>()
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|c| (c.chat_id, c.n.max(0) as u64))
-        .collect();
+    let (direct, groups): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = chat_ids.iter().partition(|id| {
+        chats
+            .get(id)
+            .is_some_and(|c| c.kind == chat::ChatKind::Direct)
+    });
+    let mut others: HashMap<uuid::Uuid, user::Model> = HashMap::new();
+    for chunk in direct.chunks(IN_CHUNK) {
+        others.extend(
+            chat_member::Entity::find()
+                .filter(chat_member::Column::ChatId.is_in(chunk.to_vec()))
+                .filter(chat_member::Column::UserId.ne(user.0))
+                .find_also_related(user::Entity)
+                .all(db)
+                .await?
+                .into_iter()
+                .filter_map(|(m, u)| u.map(|u| (m.chat_id, u))),
+        );
+    }
+    let mut group_members: HashMap<uuid::Uuid, Vec<UserId>> = HashMap::new();
+    for chunk in groups.chunks(IN_CHUNK) {
+        for (chat_id, member) in chat_member::Entity::find()
+            .select_only()
+            .column(chat_member::Column::ChatId)
+            .column(chat_member::Column::UserId)
+            .filter(chat_member::Column::ChatId.is_in(chunk.to_vec()))
+            .into_tuple::<(uuid::Uuid, i64)>()
+            .all(db)
+            .await?
+        {
+            group_members
+                .entry(chat_id)
+                .or_default()
+                .push(UserId(member));
+        }
+    }
+    let mut last_messages: HashMap<uuid::Uuid, message::Model> = HashMap::new();
+    for chunk in last_ids.chunks(IN_CHUNK) {
+        last_messages.extend(
+            message::Entity::find()
+                .filter(message::Column::Id.is_in(chunk.to_vec()))
+                .all(db)
+                .await?
+                .into_iter()
+                .map(|m| (m.chat_id, m)),
+        );
+    }
+    let mut unread: HashMap<uuid::Uuid, u64> = HashMap::new();
+    for chunk in memberships.chunks(IN_CHUNK) {
+        let mut unread_filter = Condition::any();
+        for m in chunk {
+            unread_filter = unread_filter.add(
+                Condition::all()
+                    .add(message::Column::ChatId.eq(m.chat_id))
+                    .add(message::Column::Id.gt(m.last_read_message_id.unwrap_or(0))),
+            );
+        }
+        unread.extend(
+            message::Entity::find()
+                .select_only()
+                .column(message::Column::ChatId)
+                .column_as(message::Column::Id.count(), "n")
+                .filter(unread_filter)
+                .filter(
+                    Condition::any()
+                        .add(message::Column::SenderId.is_null())
+                        .add(message::Column::SenderId.ne(user.0)),
+                )
+                .group_by(message::Column::ChatId)
+                .into_model::<UnreadCount>()
+                .all(db)
+                .await?
+                .into_iter()
+                .map(|c| (c.chat_id, c.n.max(0) as u64)),
+        );
+    }
 
     let mut rows: Vec<ContactRow> = memberships
         .into_iter()
@@ -170,6 +245,7 @@ async fn contact_rows(
             let chat = chats.get(&m.chat_id)?.clone();
             Some(ContactRow {
                 other: others.get(&m.chat_id).cloned(),
+                member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
                 last_message: last_messages.get(&m.chat_id).cloned(),
                 unread: unread.get(&m.chat_id).copied().unwrap_or(0),
                 chat,
@@ -181,6 +257,127 @@ async fn contact_rows(
         key(b).cmp(&key(a))
     });
     Ok(rows)
+}
+
+/// A conversation with every member's account and role, longest-standing
+/// first.
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    pub chat: chat::Model,
+    pub members: Vec<(chat_member::Model, user::Model)>,
+    pub last_message: Option<message::Model>,
+}
+
+impl ConversationRow {
+    /// Whether `user` is a member.
+    pub fn has_member(&self, user: UserId) -> bool {
+        self.members.iter().any(|(m, _)| m.user_id == user.0)
+    }
+
+    /// The conversation as `viewer` sees it (`None`: as every member alike,
+    /// for a `conversation` push), with `unread` when known.
+    pub fn to_conversation(
+        &self,
+        viewer: Option<UserId>,
+        unread: Option<u64>,
+        presence: &Presence,
+    ) -> Conversation {
+        let members: Vec<MemberItem> = self
+            .members
+            .iter()
+            .map(|(m, u)| MemberItem {
+                user_id: u.id,
+                username: u.username.clone(),
+                name: u.display_name(),
+                role: match m.role {
+                    chat_member::Role::Owner => MemberRole::Owner,
+                    chat_member::Role::Member => MemberRole::Member,
+                },
+                online: presence.is_online(UserId(u.id)),
+            })
+            .collect();
+        let is_viewer = |id: i64| viewer == Some(UserId(id));
+        let other = match self.chat.kind {
+            chat::ChatKind::Direct => self
+                .members
+                .iter()
+                .map(|(_, u)| u)
+                .find(|u| !is_viewer(u.id)),
+            chat::ChatKind::Group => None,
+        };
+        let online = match viewer {
+            Some(_) => members.iter().any(|m| m.online && !is_viewer(m.user_id)),
+            // Every member who gets a push is online; another one is when
+            // at least two are.
+            None => members.iter().filter(|m| m.online).count() >= 2,
+        };
+        Conversation {
+            pk: ChatId(self.chat.id),
+            name: match other {
+                Some(u) => u.display_name(),
+                None => self.chat.title.clone().unwrap_or_default(),
+            },
+            online,
+            user_id: other.map(|u| u.id),
+            username: other.map(|u| u.username.clone()),
+            last_message: self.last_message.clone().map(last_message_item),
+            unread,
+            kind: kind_of(&self.chat),
+            members,
+            removed: false,
+        }
+    }
+}
+
+/// A conversation with its members, if it exists.
+pub async fn conversation<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+) -> Result<Option<ConversationRow>, DbErr> {
+    let Some(model) = chat::Entity::find_by_id(chat.0).one(db).await? else {
+        return Ok(None);
+    };
+    let members = chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(chat.0))
+        .find_also_related(user::Entity)
+        .order_by_asc(chat_member::Column::JoinedAt)
+        .order_by_asc(chat_member::Column::UserId)
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|(m, u)| Some((m, u?)))
+        .collect();
+    let last_message = message::Entity::find()
+        .filter(message::Column::ChatId.eq(chat.0))
+        .order_by_desc(message::Column::Id)
+        .one(db)
+        .await?;
+    Ok(Some(ConversationRow {
+        chat: model,
+        members,
+        last_message,
+    }))
+}
+
+/// A conversation as `user` sees it, with members and unread count, if
+/// they are a member.
+pub async fn conversation_of(
+    db: &DatabaseConnection,
+    user: UserId,
+    chat: ChatId,
+    presence: &Presence,
+) -> Result<Option<Conversation>, DbErr> {
+    let Some(row) = contact_of(db, user, chat).await? else {
+        return Ok(None);
+    };
+    let Some(full) = conversation(db, chat).await? else {
+        return Ok(None);
+    };
+    Ok(Some(full.to_conversation(
+        Some(user),
+        Some(row.unread),
+        presence,
+    )))
 }
 
 /// The members of a conversation (empty if it does not exist).
@@ -197,33 +394,116 @@ pub async fn members_of(db: &DatabaseConnection, chat: ChatId) -> Result<Vec<Use
         .collect())
 }
 
-/// For each conversation of `user`, the other members: whom to tell when the
-/// user comes online or goes offline.
-pub async fn contacts_for_presence(
+/// A conversation's kind and members, if it exists.
+pub async fn membership_of(
     db: &DatabaseConnection,
-    user: UserId,
-) -> Result<Vec<(ChatId, UserId)>, DbErr> {
-    let chat_ids: Vec<uuid::Uuid> = chat_member::Entity::find()
+    chat: ChatId,
+) -> Result<Option<(chat::ChatKind, Vec<UserId>)>, DbErr> {
+    let kind = chat::Entity::find_by_id(chat.0)
         .select_only()
-        .column(chat_member::Column::ChatId)
-        .filter(chat_member::Column::UserId.eq(user.0))
-        .into_tuple::<uuid::Uuid>()
-        .all(db)
+        .column(chat::Column::Kind)
+        .into_tuple::<chat::ChatKind>()
+        .one(db)
         .await?;
-    if chat_ids.is_empty() {
-        return Ok(Vec::new());
+    match kind {
+        Some(kind) => Ok(Some((kind, members_of(db, chat).await?))),
+        None => Ok(None),
     }
-    Ok(chat_member::Entity::find()
-        .select_only()
-        .column(chat_member::Column::ChatId)
-        .column(chat_member::Column::UserId)
-        .filter(chat_member::Column::ChatId.is_in(chat_ids))
-        .filter(chat_member::Column::UserId.ne(user.0))
-        .into_tuple::<(uuid::Uuid, i64)>()
-        .all(db)
+}
+
+/// Whether presence is pushed in each of `chats`: direct conversations, and
+/// groups of at most `PRESENCE_MAX_MEMBERS`.
+async fn presence_flags(
+    db: &DatabaseConnection,
+    chats: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, bool>, DbErr> {
+    let mut flags = HashMap::new();
+    for chunk in chats.chunks(IN_CHUNK) {
+        let kinds = chat::Entity::find()
+            .select_only()
+            .column(chat::Column::Id)
+            .column(chat::Column::Kind)
+            .filter(chat::Column::Id.is_in(chunk.to_vec()))
+            .into_tuple::<(uuid::Uuid, chat::ChatKind)>()
+            .all(db)
+            .await?;
+        let groups: Vec<uuid::Uuid> = kinds
+            .iter()
+            .filter(|(_, k)| *k == chat::ChatKind::Group)
+            .map(|(id, _)| *id)
+            .collect();
+        let sizes: HashMap<uuid::Uuid, i64> = if groups.is_empty() {
+            HashMap::new()
+        } else {
+            chat_member::Entity::find()
+                .select_only()
+                .column(chat_member::Column::ChatId)
+                .column_as(chat_member::Column::UserId.count(), "n")
+                .filter(chat_member::Column::ChatId.is_in(groups))
+                .group_by(chat_member::Column::ChatId)
+                .into_tuple::<(uuid::Uuid, i64)>()
+                .all(db)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        for (id, kind) in kinds {
+            let small = sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64;
+            flags.insert(id, kind == chat::ChatKind::Direct || small);
+        }
+    }
+    Ok(flags)
+}
+
+/// The conversations of each of `users`, with whether presence is pushed
+/// in them: what the ChatServer routes by.
+pub async fn chats_of_users(
+    db: &DatabaseConnection,
+    users: &[UserId],
+) -> Result<HashMap<UserId, Vec<ChatEntry>>, DbErr> {
+    let mut pairs = Vec::new();
+    for chunk in users.chunks(IN_CHUNK) {
+        pairs.extend(
+            chat_member::Entity::find()
+                .select_only()
+                .column(chat_member::Column::ChatId)
+                .column(chat_member::Column::UserId)
+                .filter(chat_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
+                .into_tuple::<(uuid::Uuid, i64)>()
+                .all(db)
+                .await?,
+        );
+    }
+    let mut chat_ids: Vec<uuid::Uuid> = pairs.iter().map(|(c, _)| *c).collect();
+    chat_ids.sort_unstable();
+    chat_ids.dedup();
+    let flags = presence_flags(db, &chat_ids).await?;
+    let mut chats: HashMap<UserId, Vec<ChatEntry>> =
+        users.iter().map(|u| (*u, Vec::new())).collect();
+    for (chat, user) in pairs {
+        chats.entry(UserId(user)).or_default().push(ChatEntry {
+            chat: ChatId(chat),
+            presence: flags.get(&chat).copied().unwrap_or(true),
+        });
+    }
+    Ok(chats)
+}
+
+/// The conversations of `user` (see `chats_of_users`).
+pub async fn chats_of(db: &DatabaseConnection, user: UserId) -> Result<Vec<ChatEntry>, DbErr> {
+    Ok(chats_of_users(db, &[user])
+        .await?
+        .remove(&user)
+        .unwrap_or_default())
+}
+
+/// The conversations of `user` in which their presence is pushed.
+pub async fn presence_chats(db: &DatabaseConnection, user: UserId) -> Result<Vec<ChatId>, DbErr> {
+    Ok(chats_of(db, user)
         .await?
         .into_iter()
-        .map(|(c, u)| (ChatId(c), UserId(u)))
+        .filter(|c| c.presence)
+        .map(|c| c.chat)
         .collect())
 }
 

@@ -325,6 +325,33 @@ impl TestApp {
         user.id
     }
 
+    /// An account and its token: (id, token).
+    pub async fn user(&self, username: &str) -> (i64, String) {
+        let id = self
+            .create_user(username, &capitalize(username), "Doe")
+            .await;
+        (id, self.login(username).await)
+    }
+
+    /// A REST call with a bearer token and an optional JSON body: (status, body).
+    pub async fn rest(
+        &self,
+        method: actix_web::http::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let request = self.http.request(method, self.url(path)).bearer_auth(token);
+        let sent = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        };
+        let mut res = sent.expect("REST request");
+        let status = res.status().as_u16();
+        let body = res.json().limit(1 << 22).await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// Logs in over REST (form encoding, as the web client does) and returns the token.
     pub async fn login(&self, username: &str) -> String {
         let mut res = self
@@ -518,6 +545,14 @@ impl WsClient {
     pub async fn request(&mut self, value: Value) -> Value {
         self.send(value).await;
         self.recv().await
+    }
+
+    /// Sends a request of type `X` and returns the `data` of its
+    /// `X_response`, skipping pushes that come first.
+    pub async fn ask(&mut self, value: Value) -> Value {
+        let kind = format!("{}_response", value["type"].as_str().expect("a type"));
+        self.send(value).await;
+        self.recv_type(&kind).await["data"].clone()
     }
 }
 
@@ -801,4 +836,40 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `n` active accounts named `{prefix}{i}`, inserted in one statement (no
+/// password hashing: they never log in); returns their ids in order.
+pub async fn insert_users(db: &DatabaseConnection, prefix: &str, n: usize) -> Vec<i64> {
+    use entity::user;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let rows = names.iter().map(|name| user::ActiveModel {
+        username: Set(name.clone()),
+        username_key: Set(user::username_key(name)),
+        email: Set(String::new()),
+        first_name: Set(name.clone()),
+        last_name: Set("Doe".into()),
+        password_hash: Set("!".into()),
+        is_active: Set(true),
+        is_staff: Set(false),
+        is_superuser: Set(false),
+        token_version: Set(0),
+        created_at: Set(chrono::Utc::now()),
+        last_login: Set(None),
+        ..Default::default()
+    });
+    user::Entity::insert_many(rows)
+        .exec(db)
+        .await
+        .expect("insert users");
+    user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Username.is_in(names))
+        .order_by_asc(user::Column::Id)
+        .into_tuple::<i64>()
+        .all(db)
+        .await
+        .expect("read users back")
 }

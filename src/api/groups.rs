@@ -1,0 +1,167 @@
+//! Group conversations over REST (PROTOCOL.md B6): the same rules and
+//! errors as the WebSocket requests, through `chat::groups`.
+
+use paperclip::actix::{api_v2_operation, web, Apiv2Schema, CreatedJson};
+use serde::Deserialize;
+
+use super::body::JsonOrForm;
+use super::contacts::{chat_id, contacts_of};
+use crate::auth::AuthUser;
+use crate::chat::groups::{self, Changed, GroupError};
+use crate::chat::protocol::{ChatId, Contact, Conversation, ConversationKind, UserId};
+use crate::chat::store;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+impl From<GroupError> for ApiError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Invalid { field, message } => ApiError::field(field, message),
+            GroupError::Forbidden(message) => ApiError::Forbidden(message),
+            GroupError::NotFound => ApiError::NotFound,
+            GroupError::Database(e) => e.into(),
+            GroupError::Server(e) => ApiError::internal("group change", e),
+        }
+    }
+}
+
+/// A new group.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct NewGroup {
+    /// 1 to 100 characters after trimming.
+    pub title: Option<String>,
+    /// User ids to add besides the creator (duplicates ignored).
+    pub members: Option<Vec<i64>>,
+}
+
+/// A new title.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct GroupTitle {
+    /// 1 to 100 characters after trimming.
+    pub title: Option<String>,
+}
+
+/// People to add.
+#[derive(Debug, Deserialize, Apiv2Schema)]
+pub struct NewMembers {
+    /// User ids (members already in the group are ignored).
+    pub members: Option<Vec<i64>>,
+}
+
+fn required<T>(field: &str, value: Option<T>) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::field(field, "This field is required."))
+}
+
+/// Counts a change against the caller's allowance (the WebSocket's rate).
+fn allow(state: &AppState, user: UserId) -> Result<(), ApiError> {
+    state
+        .change_limit
+        .take(user.0)
+        .map_err(ApiError::TooManyRequests)
+}
+
+async fn announce(
+    state: &AppState,
+    user: UserId,
+    changed: Result<Changed, GroupError>,
+) -> Result<Conversation, ApiError> {
+    Ok(groups::announce(
+        &state.db,
+        &state.chat_server,
+        &state.presence,
+        user,
+        changed?,
+    )
+    .await?)
+}
+
+/// The user's groups, most recently active first.
+#[api_v2_operation(tags(Groups))]
+pub async fn list_groups(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<web::Json<Vec<Contact>>, ApiError> {
+    let mut contacts = contacts_of(&state, UserId(user.0.id)).await?;
+    contacts.retain(|c| c.kind == ConversationKind::Group);
+    Ok(web::Json(contacts))
+}
+
+/// Start a group: the caller is its owner and first member.
+#[api_v2_operation(tags(Groups))]
+pub async fn create_group(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: JsonOrForm<NewGroup>,
+) -> Result<CreatedJson<Conversation>, ApiError> {
+    let me = UserId(user.0.id);
+    let title = required("title", body.0.title)?;
+    allow(&state, me)?;
+    let members = body.0.members.unwrap_or_default();
+    let max = state.settings.max_group_members;
+    let changed = groups::create(&state.db, me, &title, &members, max).await;
+    Ok(CreatedJson(announce(&state, me, changed).await?))
+}
+
+/// A group the caller belongs to, with its members (404 otherwise).
+#[api_v2_operation(tags(Groups))]
+pub async fn get_group(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+) -> Result<web::Json<Conversation>, ApiError> {
+    let chat = chat_id(&id)?;
+    let conversation = store::conversation_of(&state.db, UserId(user.0.id), chat, &state.presence)
+        .await?
+        .filter(|c| c.kind == ConversationKind::Group)
+        .ok_or(ApiError::NotFound)?;
+    Ok(web::Json(conversation))
+}
+
+/// Rename a group (any member).
+#[api_v2_operation(tags(Groups))]
+pub async fn rename_group(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+    body: JsonOrForm<GroupTitle>,
+) -> Result<web::Json<Conversation>, ApiError> {
+    let me = UserId(user.0.id);
+    let chat = chat_id(&id)?;
+    let title = required("title", body.0.title)?;
+    allow(&state, me)?;
+    let changed = groups::rename(&state.db, me, chat, &title).await;
+    Ok(web::Json(announce(&state, me, changed).await?))
+}
+
+/// Add people to a group (any member).
+#[api_v2_operation(tags(Groups))]
+pub async fn add_members(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+    body: JsonOrForm<NewMembers>,
+) -> Result<web::Json<Conversation>, ApiError> {
+    let me = UserId(user.0.id);
+    let chat = chat_id(&id)?;
+    let members = required("members", body.0.members)?;
+    allow(&state, me)?;
+    let max = state.settings.max_group_members;
+    let changed = groups::add_members(&state.db, me, chat, &members, max).await;
+    Ok(web::Json(announce(&state, me, changed).await?))
+}
+
+/// Remove a member (the owner), or leave (oneself). After leaving, the
+/// answer is the group as its members now see it, with `removed: true`.
+#[api_v2_operation(tags(Groups))]
+pub async fn remove_member(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<(String, i64)>,
+) -> Result<web::Json<Conversation>, ApiError> {
+    let me = UserId(user.0.id);
+    let (id, target) = path.into_inner();
+    let chat: ChatId = chat_id(&id)?;
+    allow(&state, me)?;
+    let changed = groups::remove_member(&state.db, me, chat, UserId(target)).await;
+    Ok(web::Json(announce(&state, me, changed).await?))
+}

@@ -1,0 +1,403 @@
+//! Group conversations (PROTOCOL.md B6): creating them and changing their
+//! members and title, with the same rules for the WebSocket requests and
+//! the REST endpoints. Each change is one transaction that first locks the
+//! conversation's row, so concurrent changes to one group apply one after
+//! the other and the member limit holds. Once committed, the change is
+//! announced to the ChatServer, which applies it here and on every other
+//! instance and pushes `conversation` to everyone it concerns.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix::Addr;
+use chrono::Utc;
+use entity::{chat, chat_member, user};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
+};
+
+use super::membership::{MembershipChange, PRESENCE_MAX_MEMBERS};
+use super::presence::Presence;
+use super::protocol::{ChatId, Conversation, ErrorCode, ServerEvent, UserId};
+use super::server::{ApplyMembership, ChatServer};
+use super::store::{self, ConversationRow};
+
+/// Longest group title, in characters after trimming (B6).
+pub const MAX_TITLE_CHARS: usize = 100;
+
+/// Why a group request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// A field breaks a rule (B3 `invalid`); `field` names it for REST.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// The caller may not do this (B3 `invalid` on the WebSocket, 403 on REST).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such conversation, or the caller is not in it.
+    #[error("conversation not found")]
+    NotFound,
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    /// The ChatServer did not take the change (the instance is stopping).
+    #[error("chat server: {0}")]
+    Server(String),
+}
+
+impl GroupError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        GroupError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The B3 code a WebSocket client gets (`internal` for ours).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            GroupError::Invalid { .. } | GroupError::Forbidden(_) => ErrorCode::Invalid,
+            GroupError::NotFound => ErrorCode::NotFound,
+            GroupError::Database(_) | GroupError::Server(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A title as stored: trimmed, 1 to `MAX_TITLE_CHARS` characters, no
+/// control characters.
+pub fn clean_title(raw: &str) -> Result<String, GroupError> {
+    let title = raw.trim();
+    let chars = title.chars().count();
+    if chars == 0 {
+        return Err(GroupError::invalid("title", "title must not be empty"));
+    }
+    if chars > MAX_TITLE_CHARS {
+        return Err(GroupError::invalid(
+            "title",
+            format!("title is longer than {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    if title.chars().any(char::is_control) {
+        return Err(GroupError::invalid(
+            "title",
+            "title must not contain control characters",
+        ));
+    }
+    Ok(title.to_string())
+}
+
+/// A committed change: the conversation after it, and who joined or left.
+pub struct Changed {
+    pub row: ConversationRow,
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+    /// Whether anything changed at all (adding members already in it does not).
+    pub changed: bool,
+}
+
+/// Users among `ids` that do not exist or are inactive.
+async fn missing_users<C: ConnectionTrait>(db: &C, ids: &[i64]) -> Result<Vec<i64>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found: BTreeSet<i64> = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Id.is_in(ids.to_vec()))
+        .filter(user::Column::IsActive.eq(true))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(ids.iter().copied().filter(|i| !found.contains(i)).collect())
+}
+
+async fn require_users<C: ConnectionTrait>(db: &C, ids: &[i64]) -> Result<(), GroupError> {
+    let missing = missing_users(db, ids).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(i64::to_string).collect();
+    Err(GroupError::invalid(
+        "members",
+        format!("no active user with id {}", list.join(", ")),
+    ))
+}
+
+fn too_many(max: usize) -> GroupError {
+    GroupError::invalid("members", format!("a group has at most {max} members"))
+}
+
+/// Locks the conversation's row for the rest of the transaction (SQLite:
+/// takes the write lock) and loads it with its members; the caller must be
+/// one of them.
+async fn lock_group<C: ConnectionTrait>(
+    txn: &C,
+    chat: ChatId,
+    caller: UserId,
+) -> Result<ConversationRow, GroupError> {
+    chat::Entity::update_many()
+        .col_expr(chat::Column::Kind, Expr::col(chat::Column::Kind))
+        .filter(chat::Column::Id.eq(chat.0))
+        .exec(txn)
+        .await?;
+    let row = store::conversation(txn, chat)
+        .await?
+        .filter(|row| row.has_member(caller))
+        .ok_or(GroupError::NotFound)?;
+    if row.chat.kind != chat::ChatKind::Group {
+        return Err(GroupError::invalid(
+            "id",
+            "a direct conversation has no members to change or title to set",
+        ));
+    }
+    Ok(row)
+}
+
+fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_member::ActiveModel {
+    chat_member::ActiveModel {
+        chat_id: Set(chat.0),
+        user_id: Set(user),
+        joined_at: Set(Utc::now()),
+        last_read_message_id: Set(None),
+        role: Set(role),
+    }
+}
+
+/// Reads the conversation back inside the transaction and commits it.
+async fn commit(
+    txn: DatabaseTransaction,
+    chat: ChatId,
+    added: Vec<UserId>,
+    removed: Vec<UserId>,
+) -> Result<Changed, GroupError> {
+    let row = store::conversation(&txn, chat)
+        .await?
+        .ok_or(GroupError::NotFound)?;
+    txn.commit().await?;
+    Ok(Changed {
+        row,
+        added,
+        removed,
+        changed: true,
+    })
+}
+
+/// Nothing to change: the conversation as it is.
+fn unchanged(row: ConversationRow) -> Result<Changed, GroupError> {
+    Ok(Changed {
+        row,
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: false,
+    })
+}
+
+/// Creates a group owned by `creator`, with `members` (duplicates and the
+/// creator ignored).
+pub async fn create(
+    db: &DatabaseConnection,
+    creator: UserId,
+    title: &str,
+    members: &[i64],
+    max_members: usize,
+) -> Result<Changed, GroupError> {
+    let title = clean_title(title)?;
+    let others: Vec<i64> = members
+        .iter()
+        .copied()
+        .filter(|m| *m != creator.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if others.len() + 1 > max_members {
+        return Err(too_many(max_members));
+    }
+    let txn = db.begin().await?;
+    require_users(&txn, &others).await?;
+    let chat = ChatId(uuid::Uuid::new_v4());
+    chat::ActiveModel {
+        id: Set(chat.0),
+        kind: Set(chat::ChatKind::Group),
+        title: Set(Some(title)),
+        direct_key: Set(None),
+        created_at: Set(Utc::now()),
+    }
+    .insert(&txn)
+    .await?;
+    member(chat, creator.0, chat_member::Role::Owner)
+        .insert(&txn)
+        .await?;
+    if !others.is_empty() {
+        chat_member::Entity::insert_many(
+            others
+                .iter()
+                .map(|m| member(chat, *m, chat_member::Role::Member)),
+        )
+        .exec(&txn)
+        .await?;
+    }
+    let mut added = vec![creator];
+    added.extend(others.into_iter().map(UserId));
+    commit(txn, chat, added, Vec::new()).await
+}
+
+/// Adds `members` to a group `caller` belongs to; those already in it are ignored.
+pub async fn add_members(
+    db: &DatabaseConnection,
+    caller: UserId,
+    chat: ChatId,
+    members: &[i64],
+    max_members: usize,
+) -> Result<Changed, GroupError> {
+    let txn = db.begin().await?;
+    let row = lock_group(&txn, chat, caller).await?;
+    let new: Vec<i64> = members
+        .iter()
+        .copied()
+        .filter(|m| !row.has_member(UserId(*m)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if new.is_empty() {
+        return unchanged(row);
+    }
+    if row.members.len() + new.len() > max_members {
+        return Err(too_many(max_members));
+    }
+    require_users(&txn, &new).await?;
+    chat_member::Entity::insert_many(
+        new.iter()
+            .map(|m| member(chat, *m, chat_member::Role::Member)),
+    )
+    .exec(&txn)
+    .await?;
+    let added = new.into_iter().map(UserId).collect();
+    commit(txn, chat, added, Vec::new()).await
+}
+
+/// Removes `target` from a group: the owner may remove anyone, a member
+/// only themselves (leaving). An owner who leaves hands the group to the
+/// longest-standing member; a group left empty keeps its history.
+pub async fn remove_member(
+    db: &DatabaseConnection,
+    caller: UserId,
+    chat: ChatId,
+    target: UserId,
+) -> Result<Changed, GroupError> {
+    let txn = db.begin().await?;
+    let row = lock_group(&txn, chat, caller).await?;
+    let role_of = |user: UserId| {
+        row.members
+            .iter()
+            .find(|(m, _)| m.user_id == user.0)
+            .map(|(m, _)| m.role)
+    };
+    let Some(target_role) = role_of(target) else {
+        return Err(GroupError::invalid(
+            "user_id",
+            format!("user {} is not a member of this group", target.0),
+        ));
+    };
+    if caller != target && role_of(caller) != Some(chat_member::Role::Owner) {
+        return Err(GroupError::Forbidden(
+            "only the group's owner can remove other members".into(),
+        ));
+    }
+    chat_member::Entity::delete_by_id((chat.0, target.0))
+        .exec(&txn)
+        .await?;
+    if target_role == chat_member::Role::Owner {
+        // Members come longest-standing first.
+        if let Some((heir, _)) = row.members.iter().find(|(m, _)| m.user_id != target.0) {
+            chat_member::Entity::update_many()
+                .col_expr(
+                    chat_member::Column::Role,
+                    Expr::value(chat_member::Role::Owner),
+                )
+                .filter(chat_member::Column::ChatId.eq(chat.0))
+                .filter(chat_member::Column::UserId.eq(heir.user_id))
+                .exec(&txn)
+                .await?;
+        }
+    }
+    commit(txn, chat, Vec::new(), vec![target]).await
+}
+
+/// Gives a group `caller` belongs to a new title.
+pub async fn rename(
+    db: &DatabaseConnection,
+    caller: UserId,
+    chat: ChatId,
+    title: &str,
+) -> Result<Changed, GroupError> {
+    let title = clean_title(title)?;
+    let txn = db.begin().await?;
+    let row = lock_group(&txn, chat, caller).await?;
+    if row.chat.title.as_deref() == Some(title.as_str()) {
+        return unchanged(row);
+    }
+    chat::Entity::update_many()
+        .col_expr(chat::Column::Title, Expr::value(title))
+        .filter(chat::Column::Id.eq(chat.0))
+        .exec(&txn)
+        .await?;
+    commit(txn, chat, Vec::new(), Vec::new()).await
+}
+
+/// Whether presence is pushed in a conversation of this many members.
+pub fn presence_pushed(kind: chat::ChatKind, members: usize) -> bool {
+    kind == chat::ChatKind::Direct || members as u64 <= PRESENCE_MAX_MEMBERS
+}
+
+/// Announces a committed change to the ChatServer (which applies it on
+/// every instance and pushes `conversation`), and waits until it is applied
+/// here, so the caller's next request already sees it. Returns the
+/// conversation as `caller` now sees it.
+pub async fn announce(
+    db: &DatabaseConnection,
+    server: &Addr<ChatServer>,
+    presence: &Presence,
+    caller: UserId,
+    changed: Changed,
+) -> Result<Conversation, GroupError> {
+    let item = changed.row.to_conversation(None, None, presence);
+    if changed.changed {
+        let removed_push = (!changed.removed.is_empty()).then(|| {
+            let removed = Conversation {
+                removed: true,
+                ..item.clone()
+            };
+            ServerEvent::Conversation(&removed).to_json()
+        });
+        let change = MembershipChange {
+            chat: item.pk,
+            added: changed.added,
+            removed: changed.removed,
+            presence: presence_pushed(changed.row.chat.kind, changed.row.members.len()),
+            push: Some(ServerEvent::Conversation(&item).to_json()),
+            removed_push,
+        };
+        server
+            .send(ApplyMembership {
+                change: Arc::new(change),
+                broadcast: true,
+            })
+            .await
+            .map_err(|e| GroupError::Server(e.to_string()))?;
+    }
+    if !changed.row.has_member(caller) {
+        return Ok(Conversation {
+            removed: true,
+            ..item
+        });
+    }
+    store::conversation_of(db, caller, item.pk, presence)
+        .await?
+        .ok_or(GroupError::NotFound)
+}

@@ -1,0 +1,177 @@
+//! Which conversations each user connected to this instance belongs to:
+//! written by the ChatServer (at connect, and on every membership change,
+//! local or from another instance), read by sessions to check a request
+//! without a database round trip.
+//!
+//! A session loads its user's conversations from the database before it
+//! registers, and a membership change can land in between. The ChatServer
+//! numbers every change it applies (`seq`) and keeps the latest ones, so a
+//! registration says which number its snapshot was taken after and the
+//! changes since are applied on top (DESIGN.md "Groups").
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use super::protocol::{ChatId, UserId};
+
+/// One conversation of a user, as loaded when they connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatEntry {
+    pub chat: ChatId,
+    /// Whether presence is pushed in it: direct, or a group of at most
+    /// `PRESENCE_MAX_MEMBERS` (B6).
+    pub presence: bool,
+}
+
+/// Largest group in which presence changes are pushed (B6).
+pub const PRESENCE_MAX_MEMBERS: u64 = 100;
+
+/// Who joined and who left a conversation, with the `conversation` pushes
+/// that tell them. A conversation first used after it was created outside
+/// the server (the `contact add` command) is announced the same way, with
+/// no push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub chat: ChatId,
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+    /// Whether presence is pushed in the conversation after the change.
+    pub presence: bool,
+    /// The `conversation` push for every current member.
+    pub push: Option<Bytes>,
+    /// The push for the removed members (`"removed": true`).
+    pub removed_push: Option<Bytes>,
+}
+
+impl MembershipChange {
+    /// Whether the change adds or removes `user`.
+    pub fn concerns(&self, user: UserId) -> bool {
+        self.added.contains(&user) || self.removed.contains(&user)
+    }
+
+    /// Applies the change to one user's set of conversations.
+    pub fn apply_to(&self, user: UserId, chats: &mut HashSet<ChatId>) {
+        if self.removed.contains(&user) {
+            chats.remove(&self.chat);
+        }
+        if self.added.contains(&user) {
+            chats.insert(self.chat);
+        }
+    }
+}
+
+/// The conversations of every user with a session here.
+#[derive(Default)]
+pub struct Membership {
+    users: RwLock<HashMap<UserId, HashSet<ChatId>>>,
+    /// The number of the last change applied.
+    seq: AtomicU64,
+}
+
+impl Membership {
+    /// Whether `user` (connected here) belongs to `chat`, as far as this
+    /// instance knows. `false` for a user not connected here.
+    pub fn is_member(&self, user: UserId, chat: ChatId) -> bool {
+        self.users
+            .read()
+            .map(|u| u.get(&user).is_some_and(|c| c.contains(&chat)))
+            .unwrap_or(false)
+    }
+
+    /// The number of the last change applied: a snapshot loaded after
+    /// reading it holds every change up to it.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// The conversations of `user`, if connected here.
+    pub(super) fn chats_of(&self, user: UserId) -> Vec<ChatId> {
+        self.users
+            .read()
+            .map(|u| {
+                u.get(&user)
+                    .map(|c| c.iter().copied().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(super) fn set_user(&self, user: UserId, chats: HashSet<ChatId>) {
+        if let Ok(mut users) = self.users.write() {
+            users.insert(user, chats);
+        }
+    }
+
+    pub(super) fn remove_user(&self, user: UserId) -> HashSet<ChatId> {
+        self.users
+            .write()
+            .ok()
+            .and_then(|mut u| u.remove(&user))
+            .unwrap_or_default()
+    }
+
+    /// Applies a change to the users connected here it concerns; returns them.
+    pub(super) fn apply(&self, change: &MembershipChange) -> Vec<UserId> {
+        let Ok(mut users) = self.users.write() else {
+            return Vec::new();
+        };
+        let mut touched = Vec::new();
+        for user in change.removed.iter().chain(&change.added) {
+            if let Some(chats) = users.get_mut(user) {
+                change.apply_to(*user, chats);
+                touched.push(*user);
+            }
+        }
+        touched
+    }
+
+    /// Records that change number `seq` has been applied.
+    pub(super) fn advance(&self, seq: u64) {
+        self.seq.store(seq, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(chat: ChatId, added: &[i64], removed: &[i64]) -> MembershipChange {
+        MembershipChange {
+            chat,
+            added: added.iter().copied().map(UserId).collect(),
+            removed: removed.iter().copied().map(UserId).collect(),
+            presence: true,
+            push: None,
+            removed_push: None,
+        }
+    }
+
+    #[test]
+    fn changes_reach_connected_users_only() {
+        let m = Membership::default();
+        let chat = ChatId(uuid::Uuid::new_v4());
+        m.set_user(UserId(1), HashSet::new());
+        let touched = m.apply(&change(chat, &[1, 2], &[]));
+        assert_eq!(touched, vec![UserId(1)]);
+        assert!(m.is_member(UserId(1), chat));
+        assert!(!m.is_member(UserId(2), chat), "2 is not connected here");
+        m.apply(&change(chat, &[], &[1]));
+        assert!(!m.is_member(UserId(1), chat));
+    }
+
+    #[test]
+    fn replaying_a_change_a_snapshot_already_holds_changes_nothing() {
+        let chat = ChatId(uuid::Uuid::new_v4());
+        let (join, leave) = (change(chat, &[1], &[]), change(chat, &[], &[1]));
+        // Joined then left: whether the snapshot saw none, one or both, the
+        // replay of both ends with the user out.
+        for mut snapshot in [HashSet::new(), HashSet::from([chat])] {
+            join.apply_to(UserId(1), &mut snapshot);
+            leave.apply_to(UserId(1), &mut snapshot);
+            assert!(snapshot.is_empty());
+        }
+    }
+}

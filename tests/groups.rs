@@ -1,0 +1,747 @@
+//! Group conversations (PROTOCOL.md B6) on one instance: the requests, the
+//! `conversation` pushes, messages, history, read marks, typing and
+//! presence in groups, every error, the old client's view of a group, the
+//! REST endpoints, and concurrent changes.
+
+mod common;
+
+use std::time::Duration;
+
+use actix_web::http::Method;
+use common::{Backend, TestApp};
+use entity::chat_member;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{json, Value};
+
+fn member(id: i64, username: &str, role: &str, online: bool) -> Value {
+    let mut name = username.to_string();
+    name[..1].make_ascii_uppercase();
+    json!({"user_id": id, "username": username, "name": format!("{name} Doe"),
+           "role": role, "online": online})
+}
+
+/// The item a `conversation` push carries (no `unread`: it is per member).
+fn pushed(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
+    json!({"pk": pk, "name": name, "online": online, "user_id": null,
+           "username": null, "last_message": null, "kind": "group", "members": members})
+}
+
+fn error(code: &str, message: &str) -> Value {
+    json!({"status": "error", "code": code, "message": message})
+}
+
+async fn lifecycle(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    let (dave, dave_token) = app.user("dave").await;
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    let mut c = app.authorized(&carol_token).await;
+    let mut d = app.authorized(&dave_token).await;
+
+    // Create: duplicates and the creator in `members` are ignored; the
+    // title is trimmed.
+    a.send(json!({"type": "create_group",
+                  "data": {"title": "  Trip  ", "members": [bob, carol, bob, alice]}}))
+        .await;
+    // The creator's push and answer, in either order (the push waits for
+    // the group's channel, which the answer does not).
+    let (first, second) = (a.recv().await, a.recv().await);
+    let (push, created) = if first["type"] == "conversation" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(push["type"], "conversation", "{}", backend.name());
+    let pk = push["data"]["pk"].clone();
+    let members = vec![
+        member(alice, "alice", "owner", true),
+        member(bob, "bob", "member", true),
+        member(carol, "carol", "member", true),
+    ];
+    let item = pushed(&pk, "Trip", true, members.clone());
+    assert_eq!(push["data"], item);
+    let mut answer = item.clone();
+    answer["unread"] = json!(0);
+    assert_eq!(
+        created,
+        json!({"type": "create_group_response", "data": answer})
+    );
+    for client in [&mut b, &mut c] {
+        assert_eq!(
+            client.recv().await,
+            json!({"type": "conversation", "data": item})
+        );
+    }
+    d.expect_silence(Duration::from_millis(200)).await;
+
+    // The old client sees the group as one more contact and chats in it.
+    let contacts = b.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts[0]["pk"], pk);
+    assert_eq!(contacts[0]["name"], "Trip");
+    assert_eq!(contacts[0]["online"], true);
+    assert_eq!(contacts[0]["kind"], "group");
+    assert_eq!(contacts[0]["members"], 3);
+    assert_eq!(contacts[0]["user_id"], Value::Null);
+    b.send(json!({"type": "message", "data": {"to": pk, "content": "hi all"}}))
+        .await;
+    let ack = b.recv().await;
+    let own = b.recv().await;
+    assert_eq!(ack["type"], "message_response");
+    let (id, time) = (ack["data"]["id"].clone(), ack["data"]["time"].clone());
+    assert_eq!(
+        own,
+        json!({"type": "message", "data": {"pk": pk, "data": {
+            "direction": "send", "content": "hi all", "time": time, "id": id, "sender": bob}}})
+    );
+    let received = json!({"type": "message", "data": {"pk": pk, "data": {
+        "direction": "received", "content": "hi all", "time": time, "id": id, "sender": bob}}});
+    assert_eq!(a.recv().await, received);
+    assert_eq!(c.recv().await, received);
+    d.expect_silence(Duration::from_millis(200)).await;
+
+    // History and unread counts are per member.
+    let page = c
+        .ask(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["messages"][0]["direction"], "received");
+    let unread = |contacts: &Value| contacts[0]["unread"].clone();
+    assert_eq!(
+        unread(&c.ask(json!({"type": "get_contacts", "data": {}})).await),
+        1
+    );
+    assert_eq!(
+        unread(&b.ask(json!({"type": "get_contacts", "data": {}})).await),
+        0
+    );
+    let read = a
+        .ask(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
+        .await;
+    assert_eq!(read, json!({"status": "success", "pk": pk, "up_to": id}));
+    let read_event = json!({"type": "read", "data": {"pk": pk, "user_id": alice, "up_to": id}});
+    assert_eq!(b.recv().await, read_event);
+    assert_eq!(c.recv().await, read_event);
+    assert_eq!(
+        unread(&a.ask(json!({"type": "get_contacts", "data": {}})).await),
+        0
+    );
+    assert_eq!(
+        unread(&c.ask(json!({"type": "get_contacts", "data": {}})).await),
+        1
+    );
+
+    // Typing reaches the others, not the typist.
+    c.send(json!({"type": "typing", "data": {"id": pk}})).await;
+    let typing = json!({"type": "typing", "data": {"pk": pk, "user_id": carol}});
+    assert_eq!(a.recv().await, typing);
+    assert_eq!(b.recv().await, typing);
+    c.expect_silence(Duration::from_millis(200)).await;
+
+    // Any member renames.
+    let renamed = b
+        .ask(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
+        .await;
+    assert_eq!(renamed["name"], "Trip 2026");
+    for client in [&mut a, &mut c] {
+        let push = client.recv_type("conversation").await;
+        assert_eq!(push["data"]["name"], "Trip 2026");
+    }
+
+    // Any member adds; the new member sees the whole history, unread.
+    let added = c
+        .ask(json!({"type": "add_members", "data": {"id": pk, "members": [dave, bob]}}))
+        .await;
+    assert_eq!(added["members"].as_array().map(Vec::len), Some(4));
+    let mut shared = added.clone();
+    shared.as_object_mut().map(|o| o.remove("unread"));
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.recv_type("conversation").await["data"], shared);
+    }
+    let push = d.recv().await;
+    assert_eq!(push["type"], "conversation");
+    assert_eq!(
+        push["data"]["members"][3],
+        member(dave, "dave", "member", true)
+    );
+    let history = d
+        .ask(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(history["messages"][0]["content"], "hi all");
+    assert_eq!(
+        unread(&d.ask(json!({"type": "get_contacts", "data": {}})).await),
+        1
+    );
+    let full = d
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(full["members"][0], member(alice, "alice", "owner", true));
+    assert_eq!(full["unread"], 1);
+
+    // Only the owner removes others.
+    assert_eq!(
+        b.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
+            .await,
+        error("invalid", "only the group's owner can remove other members")
+    );
+    let after = a
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
+        .await;
+    assert_eq!(after["members"].as_array().map(Vec::len), Some(3));
+    let removed = d.recv().await;
+    assert_eq!(removed["type"], "conversation");
+    assert_eq!(removed["data"]["removed"], true);
+    for (request, kind) in [
+        (
+            json!({"type": "message", "data": {"to": pk, "content": "still here?"}}),
+            "message_response",
+        ),
+        (
+            json!({"type": "get_messages", "data": {"id": pk}}),
+            "get_messages_response",
+        ),
+        (
+            json!({"type": "get_contact", "data": {"id": pk}}),
+            "get_contact_response",
+        ),
+    ] {
+        assert_eq!(
+            d.request(request).await,
+            json!({"type": kind, "data": error("not_found", "conversation not found")})
+        );
+    }
+    assert_eq!(
+        b.recv_type("conversation").await["data"]["members"],
+        after["members"]
+    );
+    c.send(json!({"type": "message", "data": {"to": pk, "content": "without dave"}}))
+        .await;
+    c.recv_type("message_response").await;
+    b.recv_type("message").await;
+    d.expect_silence(Duration::from_millis(300)).await;
+
+    // The owner leaves: the longest-standing member (bob) owns the group.
+    let left = a
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": alice}}))
+        .await;
+    assert_eq!(left["removed"], true);
+    assert_eq!(
+        left["members"],
+        json!([
+            member(bob, "bob", "owner", true),
+            member(carol, "carol", "member", true)
+        ])
+    );
+    let push = b.recv_type("conversation").await;
+    assert_eq!(push["data"]["members"], left["members"]);
+    assert_eq!(push["data"].get("removed"), None);
+    assert_eq!(
+        a.ask(json!({"type": "typing", "data": {"id": pk}})).await,
+        error("not_found", "conversation not found")
+    );
+    // Bob, now the owner, may remove carol.
+    let alone = b
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+    assert_eq!(alone["members"], json!([member(bob, "bob", "owner", true)]));
+    // The last member leaves: the group and its history stay.
+    b.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": bob}}))
+        .await;
+    let uuid = uuid::Uuid::parse_str(pk.as_str().unwrap()).unwrap();
+    assert!(entity::chat::Entity::find_by_id(uuid)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        entity::message::Entity::find()
+            .filter(entity::message::Column::ChatId.eq(uuid))
+            .count(&app.db)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+backend_tests!(a_group_from_creation_to_its_last_member_leaving => lifecycle);
+
+async fn errors(backend: &Backend) {
+    let app = TestApp::spawn_with(backend, &[("MAX_GROUP_MEMBERS", "3")]).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, _) = app.user("bob").await;
+    let (carol, _) = app.user("carol").await;
+    let (dave, _) = app.user("dave").await;
+    let (erin, erin_token) = app.user("erin").await;
+    entity::user::Entity::update_many()
+        .col_expr(
+            entity::user::Column::IsActive,
+            sea_orm::sea_query::Expr::value(false),
+        )
+        .filter(entity::user::Column::Id.eq(erin))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    let mut a = app.authorized(&alice_token).await;
+
+    // Before authorization.
+    let mut anonymous = app.ws("/chat").await;
+    anonymous.recv().await;
+    assert_eq!(
+        anonymous
+            .ask(json!({"type": "create_group", "data": {"title": "x"}}))
+            .await["code"],
+        "unauthorized"
+    );
+
+    let cases = [
+        (
+            json!({"title": "   "}),
+            error("invalid", "title must not be empty"),
+        ),
+        (
+            json!({"title": "x".repeat(101)}),
+            error("invalid", "title is longer than 100 characters"),
+        ),
+        (
+            json!({"title": "a\u{0007}b"}),
+            error("invalid", "title must not contain control characters"),
+        ),
+        (
+            json!({"members": [bob]}),
+            error("invalid", "missing field `title`"),
+        ),
+        (
+            json!({"title": "t", "members": [bob, "carol"]}),
+            error("invalid", "invalid type: string \"carol\", expected i64"),
+        ),
+        (
+            json!({"title": "t", "members": [bob, 999999]}),
+            error("invalid", "no active user with id 999999"),
+        ),
+        (
+            json!({"title": "t", "members": [erin]}),
+            error("invalid", &format!("no active user with id {erin}")),
+        ),
+        (
+            json!({"title": "t", "members": [bob, carol, dave]}),
+            error("invalid", "a group has at most 3 members"),
+        ),
+    ];
+    for (data, expected) in cases {
+        assert_eq!(
+            a.ask(json!({"type": "create_group", "data": data})).await,
+            expected,
+            "{} {data}",
+            backend.name()
+        );
+    }
+    assert_eq!(
+        entity::chat::Entity::find().count(&app.db).await.unwrap(),
+        0,
+        "nothing was created"
+    );
+
+    // Erin (inactive) cannot even authorize; the group fills up to 3.
+    drop(erin_token);
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "t", "members": [bob, carol]}}))
+        .await;
+    let pk = group["pk"].clone();
+    assert_eq!(
+        a.ask(json!({"type": "add_members", "data": {"id": pk, "members": [dave]}}))
+            .await,
+        error("invalid", "a group has at most 3 members")
+    );
+    // Adding people already in it changes nothing and is no error.
+    let same = a
+        .ask(json!({"type": "add_members", "data": {"id": pk, "members": [bob, alice]}}))
+        .await;
+    assert_eq!(same["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        a.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
+            .await,
+        error(
+            "invalid",
+            &format!("user {dave} is not a member of this group")
+        )
+    );
+    assert_eq!(
+        a.ask(json!({"type": "add_members", "data": {"id": pk}}))
+            .await,
+        error("invalid", "missing field `members`")
+    );
+    assert_eq!(
+        a.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": "bob"}}))
+            .await["code"],
+        "invalid"
+    );
+
+    // Unknown, malformed, and someone else's conversations look the same.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (_, _, direct) = {
+        let (f, _) = app.user("frank").await;
+        let (chat, _) = chat_server::accounts::direct_chat(&app.db, bob, f)
+            .await
+            .unwrap();
+        (bob, f, chat.id.to_string())
+    };
+    for id in [json!(unknown), json!("not-a-uuid"), json!(direct)] {
+        for request in [
+            json!({"type": "rename_group", "data": {"id": id, "title": "x"}}),
+            json!({"type": "add_members", "data": {"id": id, "members": [bob]}}),
+            json!({"type": "remove_member", "data": {"id": id, "user_id": bob}}),
+        ] {
+            assert_eq!(
+                a.ask(request.clone()).await,
+                error("not_found", "conversation not found"),
+                "{request}"
+            );
+        }
+    }
+    // A direct conversation of one's own has no members to change.
+    let (_, _, mine) = {
+        let (chat, _) = chat_server::accounts::direct_chat(&app.db, alice, bob)
+            .await
+            .unwrap();
+        (alice, bob, chat.id.to_string())
+    };
+    let direct_error = error(
+        "invalid",
+        "a direct conversation has no members to change or title to set",
+    );
+    for request in [
+        json!({"type": "rename_group", "data": {"id": mine, "title": "x"}}),
+        json!({"type": "add_members", "data": {"id": mine, "members": [carol]}}),
+        json!({"type": "remove_member", "data": {"id": mine, "user_id": bob}}),
+    ] {
+        assert_eq!(a.ask(request).await, direct_error);
+    }
+}
+
+backend_tests!(every_group_error_is_answered => errors);
+
+/// Group requests count against the session's rate limit like any other.
+#[actix_rt::test]
+async fn group_requests_are_rate_limited() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "2")],
+    )
+    .await;
+    let (_, token) = app.user("alice").await;
+    let mut a = app.authorized(&token).await;
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let answer = a
+            .ask(json!({"type": "create_group", "data": {"title": format!("g{i}")}}))
+            .await;
+        codes.push(answer["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(
+        codes,
+        ["ok", "rate_limited", "rate_limited", "rate_limited"]
+    );
+}
+
+async fn presence_in_groups(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    // 99 more members: a group of 101, above the presence limit of 100.
+    let crowd = common::insert_users(&app.db, "crowd", 99).await;
+    let mut a = app.authorized(&alice_token).await;
+    let small = a
+        .ask(json!({"type": "create_group", "data": {"title": "small", "members": [bob]}}))
+        .await;
+    let mut everyone = crowd.clone();
+    everyone.push(bob);
+    let large = a
+        .ask(json!({"type": "create_group", "data": {"title": "large", "members": everyone}}))
+        .await;
+    assert_eq!(large["members"].as_array().map(Vec::len), Some(101));
+    let mut b = app.authorized(&bob_token).await;
+    assert_eq!(
+        a.recv_type("presence").await,
+        json!({"type": "presence", "data": {"pk": small["pk"], "user_id": bob, "online": true}}),
+        "{}",
+        backend.name()
+    );
+    a.expect_silence(Duration::from_millis(300)).await;
+    // The large group tells it on demand.
+    let seen = a
+        .ask(json!({"type": "get_contact", "data": {"id": large["pk"]}}))
+        .await;
+    assert_eq!(seen["online"], true);
+    let bob_there = seen["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == bob)
+        .cloned();
+    assert_eq!(bob_there.map(|m| m["online"].clone()), Some(json!(true)));
+    // Bob's view of the large group: alice is online.
+    let from_bob = b.ask(json!({"type": "get_contacts", "data": {}})).await;
+    let large_for_bob = from_bob
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["pk"] == large["pk"])
+        .cloned()
+        .unwrap();
+    assert_eq!(large_for_bob["online"], true);
+    assert_eq!(large_for_bob["members"], 101);
+    assert!(seen["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["user_id"] == alice && m["role"] == "owner"));
+}
+
+backend_tests!(presence_is_pushed_in_groups_of_at_most_100 => presence_in_groups);
+
+async fn rest(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    let mut b = app.authorized(&bob_token).await;
+
+    let (status, created) = app
+        .rest(
+            Method::POST,
+            "/api/groups/",
+            &alice_token,
+            Some(json!({"title": "Book club", "members": [bob]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{} {created}", backend.name());
+    let pk = created["pk"].as_str().unwrap().to_string();
+    assert_eq!(created["name"], "Book club");
+    assert_eq!(created["unread"], 0);
+    // The WebSocket hears about REST changes.
+    let push = b.recv().await;
+    assert_eq!(push["type"], "conversation");
+    assert_eq!(push["data"]["pk"], pk.as_str());
+
+    let path = format!("/api/groups/{pk}/");
+    let (status, group) = app.rest(Method::GET, &path, &bob_token, None).await;
+    assert_eq!(
+        (status, group["members"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
+    assert_eq!(
+        app.rest(Method::GET, &path, &carol_token, None).await,
+        (404, json!({"detail": "Not found."}))
+    );
+    let (status, renamed) = app
+        .rest(
+            Method::PATCH,
+            &path,
+            &bob_token,
+            Some(json!({"title": "Books"})),
+        )
+        .await;
+    assert_eq!((status, renamed["name"].clone()), (200, json!("Books")));
+    assert_eq!(
+        app.rest(
+            Method::PATCH,
+            &path,
+            &bob_token,
+            Some(json!({"title": " "}))
+        )
+        .await,
+        (400, json!({"title": ["title must not be empty"]}))
+    );
+    assert_eq!(
+        app.rest(Method::PATCH, &path, &bob_token, Some(json!({})))
+            .await,
+        (400, json!({"title": ["This field is required."]}))
+    );
+    let members = format!("/api/groups/{pk}/members/");
+    let (status, added) = app
+        .rest(
+            Method::POST,
+            &members,
+            &bob_token,
+            Some(json!({"members": [carol]})),
+        )
+        .await;
+    assert_eq!(
+        (status, added["members"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+    assert_eq!(
+        app.rest(
+            Method::POST,
+            &members,
+            &bob_token,
+            Some(json!({"members": [424242]}))
+        )
+        .await,
+        (400, json!({"members": ["no active user with id 424242"]}))
+    );
+    assert_eq!(
+        app.rest(
+            Method::DELETE,
+            &format!("/api/groups/{pk}/members/{alice}/"),
+            &carol_token,
+            None
+        )
+        .await,
+        (
+            403,
+            json!({"detail": "only the group's owner can remove other members"})
+        )
+    );
+    let (status, left) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/groups/{pk}/members/{carol}/"),
+            &carol_token,
+            None,
+        )
+        .await;
+    assert_eq!((status, left["removed"].clone()), (200, json!(true)));
+    let (status, list) = app
+        .rest(Method::GET, "/api/groups/", &alice_token, None)
+        .await;
+    assert_eq!((status, list[0]["members"].clone()), (200, json!(2)));
+    let (_, contacts) = app
+        .rest(Method::GET, "/api/contacts/", &alice_token, None)
+        .await;
+    assert_eq!(contacts[0]["kind"], "group");
+    assert_eq!(app.rest(Method::GET, "/api/groups/", "", None).await.0, 401);
+    // A direct conversation is not a group here.
+    let (direct, _) = chat_server::accounts::direct_chat(&app.db, alice, bob)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.rest(
+            Method::GET,
+            &format!("/api/groups/{}/", direct.id),
+            &alice_token,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+backend_tests!(groups_over_rest => rest);
+
+/// Concurrent adds and removes on one group: the limit holds, and the
+/// member list everyone sees is what the database holds.
+async fn concurrent(backend: &Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[("MAX_GROUP_MEMBERS", "10"), ("RATE_LIMIT_BURST", "1000")],
+    )
+    .await;
+    let (_, owner_token) = app.user("owner").await;
+    let first = common::insert_users(&app.db, "first", 6).await;
+    let second = common::insert_users(&app.db, "second", 12).await;
+    let (status, group) = app
+        .rest(
+            Method::POST,
+            "/api/groups/",
+            &owner_token,
+            Some(json!({"title": "busy", "members": first})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let pk = group["pk"].as_str().unwrap().to_string();
+    let add_path = format!("/api/groups/{pk}/members/");
+    let adds = second.iter().map(|user| {
+        app.rest(
+            Method::POST,
+            &add_path,
+            &owner_token,
+            Some(json!({"members": [user]})),
+        )
+    });
+    let remove_paths: Vec<String> = first
+        .iter()
+        .take(3)
+        .map(|user| format!("/api/groups/{pk}/members/{user}/"))
+        .collect();
+    let removes = remove_paths
+        .iter()
+        .map(|path| app.rest(Method::DELETE, path, &owner_token, None));
+    let (added, removed) = futures_util::future::join(
+        futures_util::future::join_all(adds),
+        futures_util::future::join_all(removes),
+    )
+    .await;
+    assert!(removed.iter().all(|(s, _)| *s == 200), "{removed:?}");
+    let ok = added.iter().filter(|(s, _)| *s == 200).count();
+    assert!(
+        added
+            .iter()
+            .all(|(s, b)| *s == 200 || b == &json!({"members": ["a group has at most 10 members"]})),
+        "{added:?}"
+    );
+    let uuid = uuid::Uuid::parse_str(&pk).unwrap();
+    let rows = chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(uuid))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert!(rows <= 10, "{} rows: the limit held", backend.name());
+    assert_eq!(rows as usize, 1 + 6 - 3 + ok, "every success is a row");
+    let (_, seen) = app
+        .rest(
+            Method::GET,
+            &format!("/api/groups/{pk}/"),
+            &owner_token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        seen["members"].as_array().map(Vec::len),
+        Some(rows as usize)
+    );
+    let owners = chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(uuid))
+        .filter(chat_member::Column::Role.eq(chat_member::Role::Owner))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(owners, 1);
+}
+
+backend_tests!(concurrent_adds_and_removes_stay_consistent => concurrent);
+
+/// A direct conversation created by the `contact add` command while both
+/// people are connected works at once, both ways.
+#[actix_rt::test]
+async fn a_contact_added_outside_the_server_works_live() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    let (chat, _) = chat_server::accounts::direct_chat(&app.db, alice, bob)
+        .await
+        .unwrap();
+    let pk = chat.id.to_string();
+    a.send(json!({"type": "message", "data": {"to": pk, "content": "new here"}}))
+        .await;
+    a.recv_type("message_response").await;
+    assert_eq!(
+        b.recv_type("message").await["data"]["data"]["content"],
+        "new here"
+    );
+    b.send(json!({"type": "message", "data": {"to": pk, "content": "welcome"}}))
+        .await;
+    assert_eq!(
+        a.recv_type("message").await["data"]["data"]["content"],
+        "new here"
+    );
+    assert_eq!(
+        a.recv_type("message").await["data"]["data"]["content"],
+        "welcome"
+    );
+}
