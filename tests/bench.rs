@@ -70,3 +70,37 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
     assert!((80..=120).contains(&report.sent), "{}", report.sent);
     assert_eq!((report.lost, report.dup, report.errors), (0, 0, 0));
 }
+
+#[actix_rt::test]
+async fn a_short_group_run_reaches_every_member_once() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("REGISTRATION_BURST", "100"),
+        ],
+    )
+    .await;
+    let report = bench::group(bench::GroupOptions {
+        urls: vec![app.url("")],
+        members: 6,
+        senders: 2,
+        duration: Duration::from_secs(1),
+        rate: 0,
+        window: 4,
+        sources: 1,
+        redis: None,
+    })
+    .await
+    .expect("group run");
+    assert!(report.acked > 0);
+    assert_eq!(report.acked, report.sent, "every message acknowledged");
+    assert_eq!(
+        report.complete, report.acked,
+        "every message reached everyone"
+    );
+    assert_eq!(report.deliveries, report.acked * 5);
+    assert_eq!((report.lost, report.dup), (0, 0));
+    assert!(report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms);
+}

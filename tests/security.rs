@@ -438,6 +438,27 @@ async fn database_errors_stay_in_the_log(backend: &Backend) {
         .request(json!({"type": "get_contact", "data": {"id": pk}}))
         .await;
     assert_generic_internal(&reply, "get_contact_response");
+    for (request, kind) in [
+        (
+            json!({"type": "create_group", "data": {"title": "g"}}),
+            "create_group_response",
+        ),
+        (
+            json!({"type": "rename_group", "data": {"id": pk, "title": "g"}}),
+            "rename_group_response",
+        ),
+        (
+            json!({"type": "add_members", "data": {"id": pk, "members": [1]}}),
+            "add_members_response",
+        ),
+        (
+            json!({"type": "remove_member", "data": {"id": pk, "user_id": 1}}),
+            "remove_member_response",
+        ),
+    ] {
+        let reply = socket.request(request).await;
+        assert_generic_internal(&reply, kind);
+    }
     let mut another = app.ws("/chat").await;
     another.recv().await;
     let reply = another

@@ -8,7 +8,13 @@
 //!   out-of-order messages.
 //! - `idle`: many authorized idle sessions; server RSS per connection, then
 //!   the latency of messages between two of them.
+//! - `group`: one group of many connected members; send to the last
+//!   member's delivery, deliveries per second, Redis commands per message.
 //! - `startup`: time from process start to `/readyz` 200 on SQLite.
+
+mod group;
+
+pub use group::{group, GroupOptions, GroupReport};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,6 +90,7 @@ impl Clients {
 }
 
 struct Account {
+    id: i64,
     username: String,
     token: String,
 }
@@ -101,7 +108,11 @@ async fn register(client: &awc::Client, base: &str, username: &str) -> Result<Ac
     let token = value["token"]
         .as_str()
         .ok_or_else(|| setup("register (is REGISTRATION_OPEN=1?)", value.to_string()))?;
+    let id = value["data"]["id"]
+        .as_i64()
+        .ok_or_else(|| setup("register: no user id", value.to_string()))?;
     Ok(Account {
+        id,
         username: username.into(),
         token: token.into(),
     })
@@ -286,7 +297,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     let mut tasks = Vec::new();
     for (i, (sender, receiver, pk)) in sockets.into_iter().enumerate() {
         stats.borrow_mut().insert(i, PairStats::default());
-        let (mut sink, mut acks) = sender.split();
+        let (sink, mut acks) = sender.split();
         let window = Rc::new(Semaphore::new(opts.window.max(1)));
         // Acks free window slots.
         let (w, st) = (window.clone(), stats.clone());
@@ -370,37 +381,16 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         let offset = per_sender_interval.map_or(Duration::ZERO, |iv| {
             iv.mul_f64(i as f64 / opts.pairs as f64)
         });
-        tasks.push(actix_rt::spawn(async move {
-            let mut seq = 0u64;
-            let mut next = Instant::now() + offset;
-            while Instant::now() < stop_at {
-                if let Some(interval) = per_sender_interval {
-                    next += interval;
-                    tokio::time::sleep_until(next.into()).await;
-                }
-                let Ok(permit) = window.acquire().await else {
-                    break;
-                };
-                permit.forget();
-                let content = format!("{seq} {}", origin.elapsed().as_nanos());
-                let text =
-                    json!({"type": "message", "data": {"to": pk, "content": content}}).to_string();
-                if sink.send(ws::Message::Text(text.into())).await.is_err() {
-                    break;
-                }
-                seq += 1;
-                *sent.borrow_mut() += 1;
-            }
-            // Wait for the window to drain (every message acknowledged), bounded.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                window.acquire_many(opts.window.max(1) as u32),
-            )
-            .await;
-            // Keep the connection open until the run ends (the task is aborted then).
-            std::future::pending::<()>().await;
-            drop(sink);
-        }));
+        let pacing = Pacing {
+            interval: per_sender_interval,
+            offset,
+            stop_at,
+            origin,
+            window: opts.window,
+        };
+        tasks.push(actix_rt::spawn(send_paced(
+            sink, window, pk, None, pacing, sent,
+        )));
     }
     tokio::time::sleep_until(stop_at.into()).await;
     let send_phase = origin.elapsed();
@@ -442,6 +432,63 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         p999_ms: ms(&h, 0.999),
         max_ms: h.max() as f64 / 1000.0,
     })
+}
+
+/// When a sender sends: the run's clock, its stop, and its rate.
+struct Pacing {
+    /// Between two of this sender's messages; `None`: as fast as the window allows.
+    interval: Option<Duration>,
+    /// Where in the interval this sender starts, so senders spread evenly.
+    offset: Duration,
+    stop_at: Instant,
+    origin: Instant,
+    window: usize,
+}
+
+type Sink = futures_util::stream::SplitSink<Socket, ws::Message>;
+
+/// A sender: messages `"[tag ]seq sent_ns"` to `pk` until the run stops,
+/// each taking a window slot (freed by its acknowledgement); then waits,
+/// bounded, for the window to drain, and holds the connection open until
+/// the run aborts it.
+async fn send_paced(
+    mut sink: Sink,
+    window: Rc<Semaphore>,
+    pk: String,
+    tag: Option<usize>,
+    pacing: Pacing,
+    sent: Rc<RefCell<u64>>,
+) {
+    let mut seq = 0u64;
+    let mut next = Instant::now() + pacing.offset;
+    while Instant::now() < pacing.stop_at {
+        if let Some(interval) = pacing.interval {
+            next += interval;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        let Ok(permit) = window.acquire().await else {
+            break;
+        };
+        permit.forget();
+        let now = pacing.origin.elapsed().as_nanos();
+        let content = match tag {
+            Some(tag) => format!("{tag} {seq} {now}"),
+            None => format!("{seq} {now}"),
+        };
+        let text = json!({"type": "message", "data": {"to": pk, "content": content}}).to_string();
+        if sink.send(ws::Message::Text(text.into())).await.is_err() {
+            break;
+        }
+        seq += 1;
+        *sent.borrow_mut() += 1;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        window.acquire_many(pacing.window.max(1) as u32),
+    )
+    .await;
+    std::future::pending::<()>().await;
+    drop(sink);
 }
 
 /// Options of `bench idle`.

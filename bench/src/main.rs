@@ -55,6 +55,34 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         messages: usize,
     },
+    /// One group of many connected members: send to the last member's
+    /// delivery, deliveries per second, loss, Redis commands per message.
+    Group {
+        /// Server base URL; repeat to spread the members over several instances.
+        #[arg(long = "url", default_value = "http://127.0.0.1:8000")]
+        urls: Vec<String>,
+        /// Members of the group, all connected (the server's MAX_GROUP_MEMBERS must allow them).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+        members: u64,
+        /// How many of them send.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        senders: u64,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
+        duration: u64,
+        /// Total messages per second; 0 = as fast as the window allows.
+        #[arg(long, default_value_t = 10)]
+        rate: u64,
+        /// Unacknowledged messages each sender may have in flight.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        window: u64,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
+        sources: u64,
+        /// The instances' Redis, to count the commands each message cost.
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
     Startup {
         /// The `chat-server` binary to start (default: the one beside `chat-bench`).
@@ -118,6 +146,66 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                             r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
                         ),
                     ),
+                ],
+                &r,
+            );
+        }
+        BenchCommand::Group {
+            urls,
+            members,
+            senders,
+            duration,
+            rate,
+            window,
+            sources,
+            redis,
+        } => {
+            let options = chat_bench::GroupOptions {
+                urls,
+                members: members as usize,
+                senders: senders as usize,
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                window: window as usize,
+                sources: sources as usize,
+                redis,
+            };
+            let r = chat_bench::group(options).await?;
+            let redis = match (r.redis_commands_per_msg, r.redis_publishes_per_msg) {
+                (Some(all), Some(publishes)) => {
+                    format!("{all:.2} commands ({publishes:.2} PUBLISH) per message")
+                }
+                _ => "not measured (no --redis)".into(),
+            };
+            print_report(
+                &[
+                    (
+                        "members",
+                        format!("{} on {} instance(s)", r.members, r.instances),
+                    ),
+                    ("sent / acked", format!("{} / {}", r.sent, r.acked)),
+                    (
+                        "deliveries",
+                        format!(
+                            "{} ({:.0}/s; {:.1} msg/s over {:.1} s)",
+                            r.deliveries, r.deliveries_per_sec, r.msgs_per_sec, r.seconds
+                        ),
+                    ),
+                    (
+                        "lost / dup",
+                        format!(
+                            "{} / {} ({} messages reached everyone)",
+                            r.lost, r.dup, r.complete
+                        ),
+                    ),
+                    (
+                        "to last member",
+                        format!(
+                            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                            r.p50_ms, r.p99_ms, r.max_ms
+                        ),
+                    ),
+                    ("redis", redis),
                 ],
                 &r,
             );
