@@ -235,6 +235,7 @@ impl Application {
                 .route("/chat/", web::get().to(chat::connect))
                 .route("/metrics", web::get().to(api::health::metrics))
                 .configure(api::docs::routes)
+                .configure(api::client::routes)
                 .default_service(web::to(api::not_found))
         })
         .listen(listener)

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod contacts;
 pub mod docs;
 pub mod groups;

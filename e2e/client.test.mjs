@@ -1,0 +1,316 @@
+// End-to-end tests of the web client in a real browser: Debian's chromium,
+// driven by playwright-core, against the real server on a free port (SQLite
+// in a fresh directory). Each person is an independent browser profile
+// (context). Elements are found by role and accessible name, as
+// WEBCLIENT.md names them.
+//
+//   CHAT_SERVER=target/debug/chat-server node e2e/client.test.mjs
+//   SCREENSHOTS=docs/screenshots ...   also saves the README's screenshots
+
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const SERVER = resolve(process.env.CHAT_SERVER || "target/debug/chat-server");
+const BROWSER = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = process.env.SCREENSHOTS;
+const WAIT = { timeout: 15000 };
+const PASSWORD = "correct horse battery";
+
+let browser;
+let server;
+let port;
+let base;
+const dir = mkdtempSync(join(tmpdir(), "chat-e2e-"));
+
+function freePort() {
+  return new Promise((done, fail) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => done(port));
+    });
+    probe.on("error", fail);
+  });
+}
+
+async function startServer() {
+  server = spawn(SERVER, [], {
+    cwd: dir,
+    env: {
+      ...process.env,
+      PORT: String(port),
+      RUST_LOG: "warn",
+      REGISTRATION_BURST: "1000",
+      SECRET_KEY: "e2e-secret-key-of-at-least-32-bytes!",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  for (let i = 0; i < 200; i++) {
+    try {
+      const res = await fetch(`${base}/readyz`);
+      if (res.ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("server did not become ready");
+}
+
+async function stopServer() {
+  const exited = new Promise((r) => server.once("exit", r));
+  server.kill("SIGTERM");
+  await exited;
+}
+
+before(async () => {
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  await startServer();
+  browser = await chromium.launch({
+    executablePath: BROWSER,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server && server.exitCode === null) await stopServer();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A person: their own browser profile, with the page open at `/`. */
+async function person(viewport = { width: 1280, height: 800 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.errors = [];
+  page.dialogs = 0;
+  page.on("pageerror", (e) => page.errors.push(String(e)));
+  page.on("dialog", (d) => {
+    page.dialogs += 1;
+    d.dismiss();
+  });
+  await page.goto(`${base}/`);
+  return page;
+}
+
+let counter = 0;
+/** Signs a new person up through the form; returns their page and names. */
+async function signUp(first, last, viewport) {
+  counter += 1;
+  const username = `${first.toLowerCase()}${counter}`;
+  const page = await person(viewport);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByLabel("First name").fill(first);
+  await page.getByLabel("Last name").fill(last);
+  await page.getByLabel("Email").fill(`${username}@example.com`);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.getByRole("button", { name: "Log out" }).waitFor(WAIT);
+  await status(page, "Connected");
+  return { page, username, name: `${first} ${last}` };
+}
+
+async function status(page, text) {
+  await page.getByRole("status").filter({ hasText: text }).waitFor(WAIT);
+}
+
+const list = (page) => page.getByRole("list", { name: "Conversations" });
+const item = (page, name) => list(page).getByRole("listitem").filter({ hasText: name });
+const log = (page) => page.getByRole("log");
+
+async function addContact(page, username, name) {
+  await page.getByRole("button", { name: "Add contact" }).click();
+  await page.getByLabel("Username").fill(username);
+  await page.getByRole("button", { name: "Add", exact: true }).click();
+  await page.getByRole("heading", { name }).waitFor(WAIT);
+}
+
+async function open(page, name) {
+  await item(page, name).click();
+  await page.getByRole("heading", { name }).waitFor(WAIT);
+}
+
+async function say(page, text) {
+  await page.getByLabel("Message").fill(text);
+  await page.getByLabel("Message").press("Enter");
+  // Acknowledged: no longer pending.
+  await log(page)
+    .locator('[data-direction="send"]:not(.pending)')
+    .filter({ hasText: text })
+    .last()
+    .waitFor(WAIT);
+}
+
+async function received(page, text) {
+  await log(page).locator('[data-direction="received"]').filter({ hasText: text }).first().waitFor(WAIT);
+}
+
+async function shot(page, name) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+test("sign up two people, add a contact, chat both ways, typing and Read", async () => {
+  const alice = await signUp("Alice", "Smith");
+  const bob = await signUp("Bob", "Jones");
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "Hello Bob");
+
+  // Bob's list shows the new conversation, its last message and unread count.
+  const entry = item(bob.page, alice.name);
+  await entry.filter({ hasText: "Hello Bob" }).waitFor(WAIT);
+  assert.match(await entry.innerText(), /^Alice Smith/);
+  assert.match(await entry.innerText(), /1/);
+  assert.match(await entry.innerText(), /Online/);
+  await open(bob.page, alice.name);
+  await received(bob.page, "Hello Bob");
+  const time = log(bob.page).locator("[data-direction] time").first();
+  assert.ok(await time.getAttribute("datetime"));
+
+  // Bob has seen it: Alice's message shows Read.
+  await log(alice.page).getByText("Read", { exact: true }).waitFor(WAIT);
+
+  // Typing shows on the other side, then the reply arrives.
+  await bob.page.getByLabel("Message").pressSequentially("Hi Al");
+  await alice.page.getByText("typing…", { exact: true }).waitFor(WAIT);
+  await bob.page.getByLabel("Message").fill("Hi Alice");
+  await bob.page.getByRole("button", { name: "Send" }).click();
+  await received(alice.page, "Hi Alice");
+  await shot(alice.page, "desktop-conversation");
+  await bob.page.getByRole("button", { name: "New group" }).click();
+  await shot(bob.page, "desktop-new-group");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("history survives a reload; older pages load on scrolling up", async () => {
+  const alice = await signUp("Ann", "Lee");
+  const bob = await signUp("Ben", "Ray");
+  await addContact(alice.page, bob.username, bob.name);
+  for (let i = 1; i <= 60; i++) {
+    await alice.page.getByLabel("Message").fill(`line ${i}`);
+    await alice.page.getByLabel("Message").press("Enter");
+  }
+  await say(alice.page, "line 61");
+  await alice.page.reload();
+  await alice.page.getByRole("button", { name: "Log out" }).waitFor(WAIT);
+  await open(alice.page, bob.name);
+  const messages = log(alice.page).locator("[data-direction]");
+  await log(alice.page).getByText("line 61", { exact: true }).waitFor(WAIT);
+  assert.equal(await messages.count(), 50, "the newest page");
+  await log(alice.page).evaluate((element) => (element.scrollTop = 0));
+  await log(alice.page).getByText("line 1", { exact: true }).waitFor(WAIT);
+  assert.equal(await messages.count(), 61, "older page added, nothing twice");
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("a group of three", async () => {
+  const alice = await signUp("Amy", "Hart");
+  const bob = await signUp("Bill", "Moss");
+  const carol = await signUp("Cleo", "King");
+  await addContact(alice.page, bob.username, bob.name);
+  await addContact(alice.page, carol.username, carol.name);
+  await alice.page.getByRole("button", { name: "New group" }).click();
+  await alice.page.getByLabel("Title").fill("Trip");
+  await alice.page.getByRole("checkbox", { name: bob.name }).check();
+  await alice.page.getByRole("checkbox", { name: carol.name }).check();
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  await alice.page.getByRole("heading", { name: "Trip" }).waitFor(WAIT);
+  await say(alice.page, "hi group");
+  for (const other of [bob, carol]) {
+    await item(other.page, "Trip").filter({ hasText: "hi group" }).waitFor(WAIT);
+    await open(other.page, "Trip");
+    await received(other.page, "hi group");
+  }
+  await say(carol.page, "hello from Cleo");
+  await received(alice.page, "hello from Cleo");
+  await received(bob.page, "hello from Cleo");
+  for (const p of [alice, bob, carol]) await p.page.context().close();
+});
+
+test("the server restarts mid-conversation: messages sent meanwhile arrive without a reload", async () => {
+  const alice = await signUp("Ada", "Byron");
+  const bob = await signUp("Bo", "Diddley");
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "before the restart");
+  await open(bob.page, alice.name);
+  await received(bob.page, "before the restart");
+
+  // Bob's reconnection is held back until Alice has sent, so those
+  // messages are surely sent while he is away.
+  let holdBob = true;
+  await bob.page.routeWebSocket(/\/chat$/, (ws) => {
+    if (holdBob) ws.close();
+    else ws.connectToServer();
+  });
+  await stopServer();
+  await status(alice.page, "Reconnecting…");
+  await status(bob.page, "Reconnecting…");
+  await startServer();
+  await status(alice.page, "Connected");
+  await say(alice.page, "while you were away 1");
+  await say(alice.page, "while you were away 2");
+  holdBob = false;
+  await status(bob.page, "Connected");
+  await received(bob.page, "while you were away 1");
+  await received(bob.page, "while you were away 2");
+  const texts = await log(bob.page).locator("[data-direction] .text").allInnerTexts();
+  assert.deepEqual(texts, ["before the restart", "while you were away 1", "while you were away 2"]);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("markup in a message is shown as text", async () => {
+  const alice = await signUp("Eve", "Hacker");
+  const bob = await signUp("Tom", "Target");
+  await addContact(alice.page, bob.username, bob.name);
+  const evil = "<img src=x onerror=alert(1)>";
+  await say(alice.page, evil);
+  await open(bob.page, alice.name);
+  await log(bob.page).getByText(evil, { exact: true }).waitFor(WAIT);
+  assert.equal(await log(bob.page).locator("img").count(), 0);
+  assert.equal(bob.page.dialogs + alice.page.dialogs, 0);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("phone width, and a wrong password shows the server's message", async () => {
+  const phone = { width: 390, height: 844 };
+  const desktop = await person();
+  await shot(desktop, "desktop-sign-in");
+  await desktop.context().close();
+  const page = await person(phone);
+  await page.getByLabel("Username").fill("nobody");
+  await page.getByLabel("Password").fill("wrong password");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByRole("alert").filter({ hasText: "User not found" }).waitFor(WAIT);
+  await shot(page, "phone-sign-in");
+  await page.context().close();
+  const alice = await signUp("Pia", "Phone", phone);
+  const bob = await signUp("Pat", "Other");
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "from a phone");
+  await shot(alice.page, "phone-conversation");
+  await alice.page.getByRole("button", { name: "Back to conversations" }).click();
+  await item(alice.page, bob.name).waitFor(WAIT);
+  await shot(alice.page, "phone-conversations");
+  await alice.page.context().close();
+  await bob.page.context().close();
+});

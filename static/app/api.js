@@ -1,0 +1,45 @@
+// REST calls (PROTOCOL.md A1, the README's API list). Every failure becomes
+// an Error whose message is the server's own words.
+
+/** The first human-readable message in a DRF-style error body. */
+export function errorText(body, status) {
+  if (body && typeof body === "object") {
+    if (typeof body.detail === "string") return body.detail;
+    for (const value of Object.values(body)) {
+      if (Array.isArray(value) && typeof value[0] === "string") return value[0];
+      if (typeof value === "string") return value;
+    }
+  }
+  return `The server answered ${status}.`;
+}
+
+async function call(method, path, { token, body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new Error("Cannot reach the server. Check your connection.");
+  }
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = new Error(errorText(data, response.status));
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+export const login = (username, password) =>
+  call("POST", "/api/login/", { body: { username, password } });
+
+export const register = (fields) => call("POST", "/api/register/", { body: fields });
+
+export const addContact = (token, username) =>
+  call("POST", "/api/contacts/", { token, body: { username } });

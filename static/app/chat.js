@@ -1,0 +1,567 @@
+// The client's state and its one WebSocket (PROTOCOL.md A2, B, C). The UI
+// reads `chat.state` and calls the methods; every change calls `onChange`.
+//
+// Guarantees the UI relies on:
+// - every sent message has a client_id and stays "pending" until its
+//   message_response; it is resent with the same client_id after a
+//   reconnect, so the server stores it once;
+// - after a reconnect, each loaded conversation catches up with
+//   get_messages `after` its newest id: no gap, no duplicate (by id);
+// - one get_messages per conversation is in flight at a time, so each
+//   answer is known to be the older page, the newest page or a catch-up.
+
+const PAGE = 50;
+const CATCH_UP_PAGE = 200;
+const TYPING_SHOWN_MS = 4000;
+const TYPING_SENT_EVERY_MS = 3000;
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
+const MAX_CONTENT = 4000;
+
+/** A client-chosen id for a message (B2): a resend with it stores nothing new. */
+function newClientId() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+/** Sort key of a conversation: its newest activity. */
+function activity(conversation) {
+  return conversation.last_message?.time || conversation.seen || "";
+}
+
+export class Chat {
+  constructor(session, { onChange, onSignedOut }) {
+    this.session = session;
+    this.onChange = onChange;
+    this.onSignedOut = onSignedOut;
+    this.socket = null;
+    this.attempt = 0;
+    this.stopped = false;
+    this.history = new Map(); // pk -> kind of the get_messages in flight
+    this.queued = new Map(); // pk -> next get_messages wanted
+    this.lastTypingSent = new Map();
+    this.lastReadSent = new Map();
+    this.inFlight = []; // client_ids sent on this connection, not yet answered
+    this.state = {
+      status: "reconnecting",
+      conversations: new Map(),
+      messages: new Map(), // pk -> { items: [], hasOlder, loaded }
+      pending: new Map(), // pk -> [{ client_id, content, status, time }]
+      typing: new Map(), // pk -> Map(user_id -> until)
+      readUpTo: new Map(), // pk -> highest id another member has read
+      details: new Map(), // pk -> conversation with its members
+      open: null,
+      notice: null,
+    };
+  }
+
+  get me() {
+    return this.session.user;
+  }
+
+  changed() {
+    this.onChange();
+  }
+
+  // --- connection -------------------------------------------------------
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    if (this.socket) this.socket.close(1000, "signed out");
+    this.socket = null;
+  }
+
+  connect() {
+    if (this.stopped) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/chat`);
+    this.socket = socket;
+    socket.onmessage = (event) => {
+      if (socket !== this.socket) return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this.onFrame(frame);
+    };
+    socket.onclose = (event) => {
+      if (socket !== this.socket) return;
+      this.onClose(event);
+    };
+  }
+
+  onClose(event) {
+    this.socket = null;
+    this.history.clear();
+    this.inFlight = [];
+    this.state.status = "reconnecting";
+    this.changed();
+    if (this.stopped) return;
+    if (event.code === 1008 && /token (revoked|expired)/.test(event.reason)) {
+      this.onSignedOut(
+        event.reason === "token expired"
+          ? "Your session expired. Please log in again."
+          : "Your session was ended (password changed or account deactivated). Please log in again."
+      );
+      return;
+    }
+    const base = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    this.attempt += 1;
+    this.reconnectTimer = setTimeout(() => this.connect(), base / 2 + Math.random() * base);
+  }
+
+  send(type, data) {
+    if (this.socket?.readyState === WebSocket.OPEN && this.state.status === "connected") {
+      this.socket.send(JSON.stringify({ type, data }));
+      return true;
+    }
+    return false;
+  }
+
+  onFrame({ type, data }) {
+    const failed = data && typeof data === "object" && data.status === "error";
+    switch (type) {
+      case "info":
+        this.socket.send(
+          JSON.stringify({ type: "authorization", data: { token: this.session.token } })
+        );
+        return;
+      case "authorization_response":
+        return this.onAuthorized(data);
+      case "get_contacts_response":
+        if (Array.isArray(data)) this.setContacts(data);
+        break;
+      case "get_contact_response":
+        if (!failed) this.upsertConversation(data, data.unread);
+        break;
+      case "message":
+        this.onMessage(data.pk, data.data);
+        break;
+      case "message_response":
+        this.onMessageAnswer(data);
+        break;
+      case "get_messages_response":
+        this.onHistory(data);
+        break;
+      case "read":
+        this.onRead(data);
+        break;
+      case "typing":
+        this.onTyping(data);
+        break;
+      case "presence":
+        this.onPresence(data);
+        break;
+      case "conversation":
+        this.onConversation(data);
+        break;
+      case "create_group_response":
+        if (!failed) {
+          this.upsertConversation(data, 0);
+          this.openConversation(data.pk);
+        }
+        break;
+      case "add_members_response":
+      case "rename_group_response":
+        if (!failed) this.upsertConversation(data, data.unread);
+        break;
+      case "remove_member_response":
+        if (!failed && data.removed) this.forget(data.pk);
+        else if (!failed) this.upsertConversation(data, data.unread);
+        break;
+      default:
+        break;
+    }
+    if (failed && type !== "message_response" && type !== "get_messages_response") {
+      this.state.notice = data.message;
+    }
+    this.changed();
+  }
+
+  onAuthorized(data) {
+    if (data?.status !== "success") {
+      const message = data?.message || "Authorization failed.";
+      if (data?.code === "rate_limited" || data?.code === "internal") {
+        this.state.notice = message;
+        this.socket.close();
+        return;
+      }
+      this.onSignedOut(`${message}. Please log in again.`);
+      return;
+    }
+    this.attempt = 0;
+    this.state.status = "connected";
+    this.send("get_contacts", {});
+    // Catch up every conversation already on screen, then resend what was
+    // never acknowledged.
+    for (const [pk, log] of this.state.messages) {
+      if (log.loaded) this.catchUp(pk);
+    }
+    for (const [pk, list] of this.state.pending) {
+      for (const item of list) {
+        if (item.status === "pending") this.transmit(pk, item);
+      }
+    }
+    if (this.state.open && !this.state.messages.get(this.state.open)?.loaded) {
+      this.loadNewest(this.state.open);
+    }
+    this.changed();
+  }
+
+  // --- conversations ----------------------------------------------------
+
+  setContacts(items) {
+    const seen = new Set();
+    for (const item of items) {
+      seen.add(item.pk);
+      this.upsertConversation(item, item.unread);
+    }
+    for (const pk of [...this.state.conversations.keys()]) {
+      if (!seen.has(pk)) this.state.conversations.delete(pk);
+    }
+  }
+
+  /** Adds or updates a conversation from a contact item, a conversation
+   *  item or a push (`unread` undefined: keep the count we have). */
+  upsertConversation(item, unread) {
+    const previous = this.state.conversations.get(item.pk);
+    const members = Array.isArray(item.members) ? item.members.length : item.members;
+    const next = {
+      pk: item.pk,
+      name: item.name,
+      kind: item.kind || "direct",
+      online: item.online,
+      user_id: item.user_id,
+      username: item.username,
+      members,
+      last_message: item.last_message ?? previous?.last_message ?? null,
+      unread: unread ?? previous?.unread ?? 0,
+      seen: previous?.seen || new Date().toISOString(),
+    };
+    this.state.conversations.set(item.pk, next);
+    if (Array.isArray(item.members)) this.state.details.set(item.pk, item);
+    if (!previous && unread === undefined) this.send("get_contact", { id: item.pk });
+    return next;
+  }
+
+  forget(pk) {
+    const name = this.state.conversations.get(pk)?.name;
+    this.state.conversations.delete(pk);
+    this.state.messages.delete(pk);
+    this.state.details.delete(pk);
+    this.state.pending.delete(pk);
+    if (this.state.open === pk) {
+      this.state.open = null;
+      if (name) this.state.notice = `You are no longer in ${name}.`;
+    }
+  }
+
+  sortedConversations() {
+    return [...this.state.conversations.values()].sort((a, b) => {
+      const [x, y] = [activity(a), activity(b)];
+      return x === y ? a.name.localeCompare(b.name) : x < y ? 1 : -1;
+    });
+  }
+
+  openConversation(pk) {
+    this.state.open = pk;
+    this.state.notice = null;
+    const log = this.state.messages.get(pk);
+    if (!log?.loaded) this.loadNewest(pk);
+    if (!this.state.details.has(pk)) this.send("get_contact", { id: pk });
+    this.changed();
+  }
+
+  closeConversation() {
+    this.state.open = null;
+    this.changed();
+  }
+
+  onConversation(item) {
+    if (item.removed) {
+      this.forget(item.pk);
+      return;
+    }
+    this.upsertConversation(item, undefined);
+  }
+
+  onPresence({ pk, online }) {
+    const conversation = this.state.conversations.get(pk);
+    if (!conversation) return;
+    if (conversation.kind === "group") {
+      this.send("get_contact", { id: pk });
+    } else {
+      conversation.online = online;
+    }
+    const details = this.state.details.get(pk);
+    if (details) this.send("get_contact", { id: pk });
+  }
+
+  // --- history ----------------------------------------------------------
+
+  log(pk) {
+    let log = this.state.messages.get(pk);
+    if (!log) {
+      log = { items: [], hasOlder: false, loaded: false };
+      this.state.messages.set(pk, log);
+    }
+    return log;
+  }
+
+  /** Asks for a page of history; one per conversation at a time. */
+  requestHistory(pk, kind, data) {
+    if (this.history.has(pk)) {
+      this.queued.set(pk, { kind, data });
+      return;
+    }
+    if (this.send("get_messages", { id: pk, ...data })) this.history.set(pk, kind);
+  }
+
+  loadNewest(pk) {
+    this.requestHistory(pk, "newest", { limit: PAGE });
+  }
+
+  loadOlder(pk) {
+    const log = this.log(pk);
+    if (!log.hasOlder || !log.items.length || this.history.has(pk)) return;
+    this.requestHistory(pk, "older", { before: log.items[0].id, limit: PAGE });
+  }
+
+  catchUp(pk) {
+    const log = this.log(pk);
+    const newest = log.items.length ? log.items[log.items.length - 1].id : 0;
+    this.requestHistory(pk, "after", { after: newest, limit: CATCH_UP_PAGE });
+  }
+
+  onHistory(data) {
+    if (data?.status === "error") {
+      // The conversation is gone for us (not_found) or the server failed.
+      for (const [pk] of this.history) this.history.delete(pk);
+      if (data.code === "not_found" && this.state.open) this.forget(this.state.open);
+      return;
+    }
+    const pk = data.pk;
+    const kind = this.history.get(pk);
+    this.history.delete(pk);
+    const log = this.log(pk);
+    this.merge(log, data.messages);
+    if (kind === "newest") {
+      log.hasOlder = data.has_more;
+      log.loaded = true;
+    } else if (kind === "older") {
+      log.hasOlder = data.has_more;
+    } else if (kind === "after" && data.has_more) {
+      this.catchUp(pk);
+    }
+    const next = this.queued.get(pk);
+    if (next) {
+      this.queued.delete(pk);
+      this.requestHistory(pk, next.kind, next.data);
+    }
+    this.touch(pk, log);
+  }
+
+  /** Adds messages to a log by id: no duplicates, kept in id order. */
+  merge(log, messages) {
+    const known = new Set(log.items.map((m) => m.id));
+    let added = false;
+    for (const message of messages) {
+      if (known.has(message.id)) continue;
+      log.items.push(message);
+      known.add(message.id);
+      added = true;
+    }
+    if (added) log.items.sort((a, b) => a.id - b.id);
+  }
+
+  /** Keeps the conversation's last message in step with its log. */
+  touch(pk, log) {
+    const conversation = this.state.conversations.get(pk);
+    const newest = log.items[log.items.length - 1];
+    if (!conversation || !newest) return;
+    if (!conversation.last_message || conversation.last_message.id < newest.id) {
+      conversation.last_message = {
+        id: newest.id,
+        sender: newest.sender,
+        content: newest.content,
+        time: newest.time,
+      };
+    }
+  }
+
+  // --- messages ---------------------------------------------------------
+
+  onMessage(pk, body) {
+    const message = { ...body };
+    const log = this.state.messages.get(pk);
+    const isNew = !log || !log.items.some((m) => m.id === message.id);
+    if (log?.loaded) {
+      this.merge(log, [message]);
+    }
+    if (message.client_id && message.direction === "send") {
+      this.dropPending(pk, message.client_id);
+    }
+    const conversation = this.state.conversations.get(pk);
+    if (!conversation) {
+      this.send("get_contact", { id: pk });
+      return;
+    }
+    if (!conversation.last_message || conversation.last_message.id < message.id) {
+      conversation.last_message = {
+        id: message.id,
+        sender: message.sender,
+        content: message.content,
+        time: message.time,
+      };
+    }
+    if (isNew && message.direction === "received") {
+      conversation.unread += 1;
+      const typing = this.state.typing.get(pk);
+      typing?.delete(message.sender);
+    }
+  }
+
+  /** Sends a message; it shows as pending until the server acknowledges it. */
+  sendMessage(pk, text) {
+    const content = text.trim();
+    if (!content) return "Write something first.";
+    if (content.length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters.`;
+    const item = {
+      client_id: newClientId(),
+      content,
+      status: "pending",
+      time: new Date().toISOString(),
+    };
+    const list = this.state.pending.get(pk) || [];
+    list.push(item);
+    this.state.pending.set(pk, list);
+    this.transmit(pk, item);
+    this.changed();
+    return null;
+  }
+
+  transmit(pk, item) {
+    if (this.send("message", { to: pk, content: item.content, client_id: item.client_id })) {
+      this.inFlight.push(item.client_id);
+    }
+  }
+
+  retry(pk, clientId) {
+    const item = this.state.pending.get(pk)?.find((p) => p.client_id === clientId);
+    if (!item) return;
+    item.status = "pending";
+    this.transmit(pk, item);
+    this.changed();
+  }
+
+  dropPending(pk, clientId) {
+    const list = this.state.pending.get(pk);
+    if (!list) return;
+    const rest = list.filter((p) => p.client_id !== clientId);
+    if (rest.length) this.state.pending.set(pk, rest);
+    else this.state.pending.delete(pk);
+  }
+
+  onMessageAnswer(data) {
+    if (data.status === "success") {
+      this.inFlight = this.inFlight.filter((id) => id !== data.client_id);
+      const log = this.state.messages.get(data.pk);
+      const item = this.state.pending.get(data.pk)?.find((p) => p.client_id === data.client_id);
+      if (log?.loaded && item) {
+        this.merge(log, [
+          {
+            id: data.id,
+            sender: this.me.id,
+            direction: "send",
+            content: item.content,
+            time: data.time,
+            client_id: data.client_id,
+          },
+        ]);
+        this.touch(data.pk, log);
+      }
+      this.dropPending(data.pk, data.client_id);
+      return;
+    }
+    // An error names no message: it answers the latest one sent (the
+    // checks that refuse one happen as it arrives).
+    const clientId = this.inFlight.pop();
+    for (const list of this.state.pending.values()) {
+      const item = list.find((p) => p.client_id === clientId);
+      if (item) item.status = "failed";
+    }
+    this.state.notice = data.message;
+  }
+
+  // --- read marks and typing --------------------------------------------
+
+  /** The person has seen the open conversation's newest message. */
+  markSeen(pk) {
+    const log = this.state.messages.get(pk);
+    const conversation = this.state.conversations.get(pk);
+    if (!log?.items.length || !conversation) return;
+    const newest = log.items[log.items.length - 1].id;
+    if ((this.lastReadSent.get(pk) || 0) >= newest && conversation.unread === 0) return;
+    if (this.send("read", { id: pk, up_to: newest })) {
+      this.lastReadSent.set(pk, newest);
+      conversation.unread = 0;
+      this.changed();
+    }
+  }
+
+  onRead({ pk, user_id, up_to }) {
+    if (user_id === this.me.id) {
+      // Another tab of ours read it.
+      const conversation = this.state.conversations.get(pk);
+      const newest = conversation?.last_message?.id || 0;
+      if (conversation && up_to >= newest) conversation.unread = 0;
+      return;
+    }
+    this.state.readUpTo.set(pk, Math.max(this.state.readUpTo.get(pk) || 0, up_to));
+  }
+
+  typingNow(pk) {
+    const last = this.lastTypingSent.get(pk) || 0;
+    if (Date.now() - last < TYPING_SENT_EVERY_MS) return;
+    if (this.send("typing", { id: pk })) this.lastTypingSent.set(pk, Date.now());
+  }
+
+  onTyping({ pk, user_id }) {
+    const typing = this.state.typing.get(pk) || new Map();
+    typing.set(user_id, Date.now() + TYPING_SHOWN_MS);
+    this.state.typing.set(pk, typing);
+    setTimeout(() => this.changed(), TYPING_SHOWN_MS + 50);
+  }
+
+  typists(pk) {
+    const typing = this.state.typing.get(pk);
+    if (!typing) return [];
+    const now = Date.now();
+    return [...typing].filter(([, until]) => until > now).map(([user]) => user);
+  }
+
+  // --- groups -----------------------------------------------------------
+
+  createGroup(title, members) {
+    return this.send("create_group", { title, members });
+  }
+
+  addMembers(pk, members) {
+    return this.send("add_members", { id: pk, members });
+  }
+
+  removeMember(pk, userId) {
+    return this.send("remove_member", { id: pk, user_id: userId });
+  }
+
+  renameGroup(pk, title) {
+    return this.send("rename_group", { id: pk, title });
+  }
+}

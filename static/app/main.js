@@ -1,0 +1,485 @@
+// The web client: signed-out forms, the conversation list, a conversation,
+// groups. Roles and accessible names follow WEBCLIENT.md; message text is
+// always rendered as text (Preact escapes it), never as HTML.
+
+import { h, render } from "./vendor/preact.module.js";
+import {
+  useEffect,
+  useLayoutEffect,
+  useReducer,
+  useRef,
+  useState,
+} from "./vendor/hooks.module.js";
+import htm from "./vendor/htm.module.js";
+import * as api from "./api.js";
+import { Chat } from "./chat.js";
+
+const html = htm.bind(h);
+const SESSION_KEY = "chat.session";
+
+function loadSession() {
+  try {
+    const session = JSON.parse(localStorage.getItem(SESSION_KEY));
+    return session?.token && session?.user ? session : null;
+  } catch {
+    return null;
+  }
+}
+
+function fullName(user) {
+  return `${user.first_name || ""} ${user.last_name || ""}`.trim() || user.username;
+}
+
+function clock(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime())
+    ? ""
+    : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// --- signed out -----------------------------------------------------------
+
+function SignedOut({ onSignedIn, notice }) {
+  const [mode, setMode] = useState("login");
+  const [error, setError] = useState(notice || null);
+  const [busy, setBusy] = useState(false);
+
+  async function submit(event, action) {
+    event.preventDefault();
+    const fields = Object.fromEntries(new FormData(event.target));
+    setBusy(true);
+    setError(null);
+    try {
+      const answer = await action(fields);
+      onSignedIn({ token: answer.token, user: answer.data });
+    } catch (e) {
+      setError(e.message);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const login = (fields) => api.login(fields.username, fields.password);
+  const register = (fields) => api.register(fields);
+
+  return html`
+    <main class="auth">
+      <h1>Chat</h1>
+      ${mode === "login"
+        ? html`
+            <form onSubmit=${(e) => submit(e, login)}>
+              <label>Username <input name="username" autocomplete="username" required /></label>
+              <label>Password
+                <input name="password" type="password" autocomplete="current-password" required />
+              </label>
+              <button type="submit" disabled=${busy}>Log in</button>
+            </form>
+            <p>
+              New here?
+              <button type="button" class="link" onClick=${() => (setMode("register"), setError(null))}>
+                Create account
+              </button>
+            </p>
+          `
+        : html`
+            <form onSubmit=${(e) => submit(e, register)}>
+              <label>Username <input name="username" autocomplete="username" required /></label>
+              <label>Password
+                <input name="password" type="password" autocomplete="new-password" required minlength="8" />
+              </label>
+              <label>First name <input name="first_name" autocomplete="given-name" /></label>
+              <label>Last name <input name="last_name" autocomplete="family-name" /></label>
+              <label>Email <input name="email" type="email" autocomplete="email" /></label>
+              <button type="submit" disabled=${busy}>Create account</button>
+            </form>
+            <p>
+              Have an account?
+              <button type="button" class="link" onClick=${() => (setMode("login"), setError(null))}>
+                Back to log in
+              </button>
+            </p>
+          `}
+      ${error && html`<p role="alert" class="error">${error}</p>`}
+    </main>
+  `;
+}
+
+// --- the conversation list ------------------------------------------------
+
+function ConversationItem({ chat, conversation, open }) {
+  const last = conversation.last_message;
+  return html`
+    <li role="listitem" class=${open ? "item open" : "item"}>
+      <button
+        type="button"
+        class="conversation-button"
+        aria-current=${open ? "true" : undefined}
+        onClick=${() => chat.openConversation(conversation.pk)}
+      >
+        <span class="name">${conversation.name}</span>
+        ${conversation.online && html` <span class="online">Online</span>`}
+        ${conversation.unread > 0 &&
+        html` <span class="unread">${conversation.unread}<span class="hidden"> unread</span></span>`}
+        <span class="last">${last ? ` ${last.content}` : ""}</span>
+      </button>
+    </li>
+  `;
+}
+
+function AddContact({ chat, session, done }) {
+  const [error, setError] = useState(null);
+  async function submit(event) {
+    event.preventDefault();
+    const username = new FormData(event.target).get("username");
+    try {
+      const contact = await api.addContact(session.token, username);
+      chat.upsertConversation(contact, contact.unread);
+      chat.openConversation(contact.pk);
+      done();
+    } catch (e) {
+      setError(e.message);
+    }
+  }
+  return html`
+    <form class="panel" onSubmit=${submit}>
+      <label>Username <input name="username" required autofocus /></label>
+      <button type="submit">Add</button>
+      <button type="button" class="link" onClick=${done}>Cancel</button>
+      ${error && html`<p role="alert" class="error">${error}</p>`}
+    </form>
+  `;
+}
+
+/** Checkboxes of the person's direct contacts, named by their full names. */
+function ContactPicker({ chat, exclude = [] }) {
+  const contacts = chat
+    .sortedConversations()
+    .filter((c) => c.kind === "direct" && c.user_id != null && !exclude.includes(c.user_id));
+  if (!contacts.length) return html`<p class="hint">No contacts to add yet.</p>`;
+  return html`
+    <fieldset>
+      <legend>Members</legend>
+      ${contacts.map(
+        (c) => html`<label class="check" key=${c.pk}>
+          <input type="checkbox" name="member" value=${c.user_id} /> ${c.name}
+        </label>`
+      )}
+    </fieldset>
+  `;
+}
+
+function picked(form) {
+  return new FormData(form).getAll("member").map(Number);
+}
+
+function NewGroup({ chat, done }) {
+  function submit(event) {
+    event.preventDefault();
+    const title = new FormData(event.target).get("title");
+    if (chat.createGroup(title, picked(event.target))) done();
+  }
+  return html`
+    <form class="panel" onSubmit=${submit}>
+      <label>Title <input name="title" required maxlength="100" autofocus /></label>
+      <${ContactPicker} chat=${chat} />
+      <button type="submit">Create group</button>
+      <button type="button" class="link" onClick=${done}>Cancel</button>
+    </form>
+  `;
+}
+
+// --- a conversation -------------------------------------------------------
+
+function Message({ message, read, sender }) {
+  return html`
+    <div class="message" data-direction=${message.direction}>
+      ${sender && html`<span class="sender">${sender}</span>`}
+      <span class="text">${message.content}</span>
+      <span class="meta">
+        <time datetime=${message.time}>${clock(message.time)}</time>
+        ${read && html` <span class="read">Read</span>`}
+      </span>
+    </div>
+  `;
+}
+
+function Pending({ chat, pk, item }) {
+  return html`
+    <div class="message pending" data-direction="send" data-state=${item.status}>
+      <span class="text">${item.content}</span>
+      <span class="meta">
+        <time datetime=${item.time}>${clock(item.time)}</time>
+        ${item.status === "failed"
+          ? html` <span>Not sent</span>
+              <button type="button" class="link" onClick=${() => chat.retry(pk, item.client_id)}>Retry</button>`
+          : html` <span>Sending…</span>`}
+      </span>
+    </div>
+  `;
+}
+
+function GroupSettings({ chat, pk }) {
+  const details = chat.state.details.get(pk);
+  if (!details) return html`<p class="hint">Loading members…</p>`;
+  const me = chat.me.id;
+  const owner = details.members.find((m) => m.role === "owner");
+  const inGroup = details.members.map((m) => m.user_id);
+  function rename(event) {
+    event.preventDefault();
+    chat.renameGroup(pk, new FormData(event.target).get("title"));
+  }
+  function add(event) {
+    event.preventDefault();
+    const members = picked(event.target);
+    if (members.length) chat.addMembers(pk, members);
+    event.target.reset();
+  }
+  return html`
+    <section class="panel settings" aria-label="Group settings">
+      <form onSubmit=${rename}>
+        <label>Group name <input name="title" required maxlength="100" value=${details.name} /></label>
+        <button type="submit">Rename</button>
+      </form>
+      <h3>Members</h3>
+      <ul class="members">
+        ${details.members.map(
+          (m) => html`<li key=${m.user_id}>
+            ${m.name} ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
+            ${m.online ? html` <span class="online">Online</span>` : ""}
+            ${owner?.user_id === me && m.user_id !== me &&
+            html` <button type="button" class="link" onClick=${() => chat.removeMember(pk, m.user_id)}>
+              Remove<span class="hidden"> ${m.name}</span>
+            </button>`}
+          </li>`
+        )}
+      </ul>
+      <form onSubmit=${add}>
+        <${ContactPicker} chat=${chat} exclude=${inGroup} />
+        <button type="submit">Add members</button>
+      </form>
+      <button type="button" class="danger" onClick=${() => chat.removeMember(pk, me)}>Leave group</button>
+    </section>
+  `;
+}
+
+function Conversation({ chat, pk }) {
+  const conversation = chat.state.conversations.get(pk);
+  const log = chat.state.messages.get(pk);
+  const pending = chat.state.pending.get(pk) || [];
+  const [draft, setDraft] = useState("");
+  const [settings, setSettings] = useState(false);
+  const [error, setError] = useState(null);
+  const box = useRef(null);
+  const pinned = useRef(true);
+  const before = useRef(null);
+  const items = log?.items || [];
+  const newest = items.length ? items[items.length - 1].id : 0;
+
+  // Keep the view at the bottom for new messages, and in place when an
+  // older page is added above.
+  useLayoutEffect(() => {
+    const element = box.current;
+    if (!element) return;
+    if (before.current) {
+      element.scrollTop += element.scrollHeight - before.current;
+      before.current = null;
+    } else if (pinned.current) {
+      element.scrollTop = element.scrollHeight;
+    }
+  });
+
+  // Read marks: sent when the newest message is on screen and the page is visible.
+  useEffect(() => {
+    const seen = () => {
+      if (document.visibilityState === "visible" && pinned.current) chat.markSeen(pk);
+    };
+    seen();
+    document.addEventListener("visibilitychange", seen);
+    return () => document.removeEventListener("visibilitychange", seen);
+  }, [pk, newest, conversation?.unread]);
+
+  useEffect(() => {
+    pinned.current = true;
+    setSettings(false);
+    setError(null);
+  }, [pk]);
+
+  if (!conversation) return null;
+
+  function onScroll() {
+    const element = box.current;
+    pinned.current = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
+    if (pinned.current) chat.markSeen(pk);
+    if (element.scrollTop < 40 && log?.hasOlder) {
+      before.current = element.scrollHeight;
+      chat.loadOlder(pk);
+    }
+  }
+
+  function submit(event) {
+    event.preventDefault();
+    const problem = chat.sendMessage(pk, draft);
+    setError(problem);
+    if (!problem) {
+      setDraft("");
+      pinned.current = true;
+    }
+  }
+
+  const readUpTo = chat.state.readUpTo.get(pk) || 0;
+  const lastReadOwn = [...items]
+    .reverse()
+    .find((m) => m.direction === "send" && m.id <= readUpTo)?.id;
+  const details = chat.state.details.get(pk);
+  const nameOf = (id) => details?.members.find((m) => m.user_id === id)?.name || "";
+  const group = conversation.kind === "group";
+  const typists = chat.typists(pk).map(nameOf).filter(Boolean);
+
+  return html`
+    <section class="chat" aria-label=${conversation.name}>
+      <header class="chat-head">
+        <button type="button" class="back" onClick=${() => chat.closeConversation()}>
+          <span aria-hidden="true">←</span><span class="hidden">Back to conversations</span>
+        </button>
+        <h2>${conversation.name}</h2>
+        ${group
+          ? html`<span class="hint">${conversation.members} members</span>
+              <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
+                Group settings
+              </button>`
+          : conversation.online && html`<span class="online">Online</span>`}
+      </header>
+      ${settings && html`<${GroupSettings} chat=${chat} pk=${pk} />`}
+      <div class="log" role="log" aria-label="History" ref=${box} onScroll=${onScroll} tabindex="0">
+        ${log?.hasOlder && html`<p class="hint">Scroll up for older messages</p>`}
+        ${!log?.loaded && html`<p class="hint">Loading…</p>`}
+        ${items.map(
+          (m) => html`<${Message}
+            key=${m.id}
+            message=${m}
+            read=${m.id === lastReadOwn}
+            sender=${group && m.direction === "received" ? nameOf(m.sender) : null}
+          />`
+        )}
+        ${pending.map((item) => html`<${Pending} key=${item.client_id} chat=${chat} pk=${pk} item=${item} />`)}
+      </div>
+      <p class="typing" aria-live="polite">
+        ${typists.length > 0 &&
+        html`<span class="typist">${typists.join(", ")}</span> <span>typing…</span>`}
+      </p>
+      <form class="compose" onSubmit=${submit}>
+        <input
+          aria-label="Message"
+          placeholder="Message"
+          autocomplete="off"
+          maxlength="4000"
+          value=${draft}
+          onInput=${(e) => {
+            setDraft(e.target.value);
+            if (e.target.value) chat.typingNow(pk);
+          }}
+        />
+        <button type="submit">Send</button>
+      </form>
+      ${error && html`<p role="alert" class="error">${error}</p>`}
+    </section>
+  `;
+}
+
+// --- signed in ------------------------------------------------------------
+
+function SignedIn({ session, onSignOut }) {
+  const [, rerender] = useReducer((n) => n + 1, 0);
+  const chat = useRef(null);
+  const [panel, setPanel] = useState(null);
+  if (!chat.current) {
+    chat.current = new Chat(session, {
+      onChange: rerender,
+      onSignedOut: (message) => onSignOut(message),
+    });
+  }
+  useEffect(() => {
+    const current = chat.current;
+    current.start();
+    return () => current.stop();
+  }, []);
+  const c = chat.current;
+  const { status, open, notice } = c.state;
+  const conversations = c.sortedConversations();
+  return html`
+    <div class=${open ? "shell has-open" : "shell"}>
+      <header class="top">
+        <h1>Chat</h1>
+        <span role="status" class=${status === "connected" ? "status ok" : "status"}>
+          ${status === "connected" ? "Connected" : "Reconnecting…"}
+        </span>
+        <span class="me">${fullName(session.user)}</span>
+        <button type="button" onClick=${() => onSignOut(null)}>Log out</button>
+      </header>
+      <aside class="side">
+        <div class="actions">
+          <button type="button" aria-expanded=${panel === "add"} onClick=${() => setPanel(panel === "add" ? null : "add")}>
+            Add contact
+          </button>
+          <button type="button" aria-expanded=${panel === "group"} onClick=${() => setPanel(panel === "group" ? null : "group")}>
+            New group
+          </button>
+        </div>
+        ${panel === "add" && html`<${AddContact} chat=${c} session=${session} done=${() => setPanel(null)} />`}
+        ${panel === "group" && html`<${NewGroup} chat=${c} done=${() => setPanel(null)} />`}
+        ${notice && html`<p role="alert" class="error">${notice}</p>`}
+        <ul role="list" aria-label="Conversations" class="conversations">
+          ${conversations.map(
+            (conversation) => html`<${ConversationItem}
+              key=${conversation.pk}
+              chat=${c}
+              conversation=${conversation}
+              open=${conversation.pk === open}
+            />`
+          )}
+        </ul>
+        ${conversations.length === 0 &&
+        html`<p class="hint">No conversations yet: add a contact by username.</p>`}
+      </aside>
+      <main class="main">
+        ${open
+          ? html`<${Conversation} chat=${c} pk=${open} />`
+          : html`<p class="hint empty">Pick a conversation, or add a contact.</p>`}
+      </main>
+    </div>
+  `;
+}
+
+function App() {
+  const [session, setSession] = useState(loadSession);
+  const [notice, setNotice] = useState(null);
+
+  // Several tabs: signing out in one signs out all.
+  useEffect(() => {
+    const onStorage = (event) => {
+      if (event.key === SESSION_KEY) setSession(loadSession());
+    };
+    addEventListener("storage", onStorage);
+    return () => removeEventListener("storage", onStorage);
+  }, []);
+
+  function signIn(next) {
+    localStorage.setItem(SESSION_KEY, JSON.stringify(next));
+    setNotice(null);
+    setSession(next);
+  }
+
+  function signOut(message) {
+    localStorage.removeItem(SESSION_KEY);
+    setNotice(message);
+    setSession(null);
+  }
+
+  return session
+    ? html`<${SignedIn} key=${session.token} session=${session} onSignOut=${signOut} />`
+    : html`<${SignedOut} onSignedIn=${signIn} notice=${notice} />`;
+}
+
+const root = document.getElementById("app");
+root.textContent = "";
+render(html`<${App} />`, root);
