@@ -9,9 +9,9 @@
 
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -39,33 +39,43 @@ function freePort() {
   });
 }
 
-async function startServer() {
-  server = spawn(SERVER, [], {
+/** Starts a chat-server on `on` (default: the suite's port), SQLite unless `env` says. */
+async function launch(on, env = {}) {
+  const child = spawn(SERVER, [], {
     cwd: dir,
     env: {
       ...process.env,
-      PORT: String(port),
+      PORT: String(on),
       RUST_LOG: "warn",
       REGISTRATION_BURST: "1000",
       SECRET_KEY: "e2e-secret-key-of-at-least-32-bytes!",
+      ...env,
     },
     stdio: ["ignore", "inherit", "inherit"],
   });
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 400; i++) {
     try {
-      const res = await fetch(`${base}/readyz`);
-      if (res.ok) return;
+      const res = await fetch(`http://127.0.0.1:${on}/readyz`);
+      if (res.ok) return child;
     } catch {}
     await new Promise((r) => setTimeout(r, 50));
   }
+  child.kill();
   throw new Error("server did not become ready");
 }
 
-async function stopServer() {
-  const exited = new Promise((r) => server.once("exit", r));
-  server.kill("SIGTERM");
+async function startServer() {
+  server = await launch(port);
+}
+
+async function stop(child) {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
   await exited;
 }
+
+const stopServer = () => stop(server);
 
 before(async () => {
   port = await freePort();
@@ -91,10 +101,7 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A person: their own browser profile, with the page open at `/`. */
-async function person(viewport = { width: 1280, height: 800 }) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
+function watch(page) {
   page.errors = [];
   page.dialogs = 0;
   page.on("pageerror", (e) => page.errors.push(String(e)));
@@ -102,16 +109,23 @@ async function person(viewport = { width: 1280, height: 800 }) {
     page.dialogs += 1;
     d.dismiss();
   });
-  await page.goto(`${base}/`);
+  return page;
+}
+
+/** A person: their own browser profile, with the page open at `/` of `at`. */
+async function person(viewport = { width: 1280, height: 800 }, at = base) {
+  const context = await browser.newContext({ viewport });
+  const page = watch(await context.newPage());
+  await page.goto(`${at}/`);
   return page;
 }
 
 let counter = 0;
 /** Signs a new person up through the form; returns their page and names. */
-async function signUp(first, last, viewport) {
+async function signUp(first, last, viewport, at) {
   counter += 1;
   const username = `${first.toLowerCase()}${counter}`;
-  const page = await person(viewport);
+  const page = await person(viewport, at);
   await page.getByRole("button", { name: "Create account" }).click();
   await page.getByLabel("Username").fill(username);
   await page.getByLabel("Password").fill(PASSWORD);
@@ -314,3 +328,93 @@ test("phone width, and a wrong password shows the server's message", async () =>
   await alice.page.context().close();
   await bob.page.context().close();
 });
+
+test("several tabs of one person stay in step; the keyboard alone is enough", async () => {
+  const alice = await signUp("Tia", "Tabs");
+  const bob = await signUp("Kai", "Keys");
+  await addContact(alice.page, bob.username, bob.name);
+  const second = watch(await alice.page.context().newPage());
+  await second.goto(`${base}/`);
+  await status(second, "Connected");
+  // What one tab sends, the other shows (its list, live).
+  await say(alice.page, "from the first tab");
+  await item(second, bob.name).filter({ hasText: "from the first tab" }).waitFor(WAIT);
+
+  // Bob, by keyboard: focus the conversation, Enter opens it, type, Enter sends.
+  await item(bob.page, alice.name).getByRole("button").focus();
+  await bob.page.keyboard.press("Enter");
+  await bob.page.getByRole("heading", { name: alice.name }).waitFor(WAIT);
+  await bob.page.getByLabel("Message").focus();
+  await bob.page.keyboard.type("typed, not clicked");
+  await bob.page.keyboard.press("Enter");
+  await received(alice.page, "typed, not clicked");
+  // The first tab has the conversation open and reads it: the second tab,
+  // which only lists it, loses its unread count too.
+  await item(second, bob.name).filter({ hasText: "typed, not clicked" }).waitFor(WAIT);
+  await item(second, bob.name).filter({ hasNotText: "unread" }).waitFor(WAIT);
+  await open(second, bob.name);
+  await log(second).locator('[data-direction="send"]').filter({ hasText: "from the first tab" }).waitFor(WAIT);
+  assert.deepEqual([...alice.page.errors, ...second.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+/** Connections to `port` go to each backend in turn (a layer-4 balancer). */
+function roundRobin(listen, backends) {
+  let next = 0;
+  const proxy = createServer((client) => {
+    const target = backends[next++ % backends.length];
+    const upstream = connect(target, "127.0.0.1");
+    client.pipe(upstream).pipe(client);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", close);
+    upstream.on("error", close);
+  });
+  return new Promise((done) => proxy.listen(listen, "127.0.0.1", () => done(proxy)));
+}
+
+const POSTGRES = process.env.TEST_POSTGRES_URL;
+const REDIS = process.env.TEST_REDIS_URL;
+
+test(
+  "two instances behind one address: any serves any page and any socket",
+  { skip: !(POSTGRES && REDIS) && "needs TEST_POSTGRES_URL and TEST_REDIS_URL" },
+  async () => {
+    const database = `e2e_${process.pid}_${Date.now()}`;
+    execFileSync("psql", [POSTGRES, "-qc", `CREATE DATABASE ${database}`]);
+    const url = POSTGRES.replace(/\/[^/]*$/, `/${database}`);
+    const ports = [await freePort(), await freePort()];
+    const env = { DATABASE_URL: url, REDIS_URL: REDIS, REDIS_PREFIX: database, WORKERS: "1" };
+    const instances = [];
+    for (const p of ports) instances.push(await launch(p, env));
+    const front = await freePort();
+    const proxy = await roundRobin(front, ports);
+    const at = `http://127.0.0.1:${front}`;
+    try {
+      const alice = await signUp("Una", "Front", undefined, at);
+      const bob = await signUp("Duo", "Back", undefined, at);
+      await addContact(alice.page, bob.username, bob.name);
+      await say(alice.page, "through the balancer");
+      await open(bob.page, alice.name);
+      await received(bob.page, "through the balancer");
+      // Reloads land on the other instance as often as not.
+      for (let i = 0; i < 3; i++) {
+        await bob.page.reload();
+        await status(bob.page, "Connected");
+        await open(bob.page, alice.name);
+        await received(bob.page, "through the balancer");
+        await say(bob.page, `reply ${i}`);
+        await received(alice.page, `reply ${i}`);
+      }
+      await alice.page.context().close();
+      await bob.page.context().close();
+    } finally {
+      proxy.close();
+      for (const child of instances) await stop(child);
+      execFileSync("psql", [POSTGRES, "-qc", `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`]);
+    }
+  }
+);
