@@ -418,3 +418,20 @@ test(
     }
   }
 );
+
+test("a revoked token returns to sign-in with a message", async () => {
+  const alice = await signUp("Rex", "Revoked");
+  const session = await alice.page.evaluate(() => JSON.parse(localStorage.getItem("chat.session")));
+  const res = await fetch(`${base}/api/password/`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${session.token}` },
+    body: JSON.stringify({ old_password: PASSWORD, new_password: "another long passphrase" }),
+  });
+  assert.equal(res.status, 200);
+  await alice.page.getByRole("alert").filter({ hasText: "log in again" }).waitFor(WAIT);
+  await alice.page.getByRole("button", { name: "Log in" }).waitFor(WAIT);
+  // A reload stays signed out: the token was dropped.
+  await alice.page.reload();
+  await alice.page.getByRole("button", { name: "Log in" }).waitFor(WAIT);
+  await alice.page.context().close();
+});
