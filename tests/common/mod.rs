@@ -377,30 +377,39 @@ impl TestApp {
 
     /// A WebSocket to `/chat`, before anything is read.
     pub async fn ws(&self, path: &str) -> WsClient {
-        let url = format!("ws://127.0.0.1:{}{}", self.port, path);
-        let (_, framed) =
-            tokio::time::timeout(TIMEOUT, self.http.ws(url).max_frame_size(1 << 20).connect())
-                .await
-                .expect("ws connect timed out")
-                .expect("ws connect");
-        WsClient { framed }
+        ws_at(&self.http, self.port, path).await
     }
 
     /// A WebSocket that has read the `info` frame and authorized with `token`.
     pub async fn authorized(&self, token: &str) -> WsClient {
-        let mut ws = self.ws("/chat").await;
-        assert_eq!(
-            ws.recv().await,
-            json!({"type": "info", "data": "Waiting user token..."})
-        );
-        ws.send(json!({"type": "authorization", "data": {"token": token}}))
-            .await;
-        assert_eq!(
-            ws.recv().await,
-            json!({"type": "authorization_response", "data": {"status": "success"}})
-        );
-        ws
+        authorized_at(&self.http, self.port, token).await
     }
+}
+
+/// A WebSocket to `path` on `port` (a server, or a proxy in front of some).
+pub async fn ws_at(http: &awc::Client, port: u16, path: &str) -> WsClient {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (_, framed) = tokio::time::timeout(TIMEOUT, http.ws(url).max_frame_size(1 << 20).connect())
+        .await
+        .expect("ws connect timed out")
+        .expect("ws connect");
+    WsClient { framed }
+}
+
+/// A WebSocket on `port` that has read the `info` frame and authorized with `token`.
+pub async fn authorized_at(http: &awc::Client, port: u16, token: &str) -> WsClient {
+    let mut ws = ws_at(http, port, "/chat").await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "info", "data": "Waiting user token..."})
+    );
+    ws.send(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "authorization_response", "data": {"status": "success"}})
+    );
+    ws
 }
 
 impl Drop for TestApp {

@@ -1,0 +1,194 @@
+//! deploy/nginx.conf in front of two instances (one database, one Redis):
+//! pages, REST and the WebSocket all pass through it, messages cross
+//! between instances, and the client's address reaches the server through
+//! `X-Forwarded-For` because the instances trust the proxy.
+//!
+//! Needs `nginx` on the PATH (Debian's package; CI installs it), a server
+//! database and Redis, so it is ignored by a bare `cargo test`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{authorized_at, redis_prefix, require_redis_url, Backend, TestApp, TestDatabase};
+use serde_json::json;
+
+/// nginx running deploy/nginx.conf with its port and upstreams replaced.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstreams: &[u16]) -> Nginx {
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"),
+        )
+        .expect("deploy/nginx.conf");
+        let port = common::free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n        "))
+            .collect();
+        let mut config = String::new();
+        let mut replaced_upstreams = false;
+        for line in template.lines() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("server 127.0.0.1:") {
+                if !replaced_upstreams {
+                    config.push_str(&format!("        {servers}\n"));
+                    replaced_upstreams = true;
+                }
+            } else if trimmed.starts_with("listen 8080;") {
+                config.push_str(&format!("        listen 127.0.0.1:{port};\n"));
+            } else {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        assert!(
+            replaced_upstreams,
+            "the upstream block is where the test expects it"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, config).expect("write config");
+        let prefix = dir.path().to_str().expect("utf-8 path");
+        let mut child = Command::new("nginx")
+            .args(["-p", prefix, "-c", file.to_str().expect("utf-8 path")])
+            .args([
+                "-g",
+                &format!("daemon off; pid {prefix}/nginx.pid; error_log {prefix}/error.log warn;"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx on the PATH (Debian: apt-get install nginx)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nginx {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nginx did not listen on {port}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn through_nginx(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let prefix = redis_prefix();
+    let extra = [
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("REGISTRATION_BURST", "1"),
+        ("REGISTRATION_PER_MINUTE", "1"),
+    ];
+    let mut a = TestApp::spawn_on(backend, &db.url, &extra).await;
+    let b = TestApp::spawn_on(backend, &db.url, &extra).await;
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    a.drop_redis_keys(redis, &prefix);
+    let nginx = Nginx::start(&[a.port, b.port]);
+    let http = &a.http;
+
+    // The page and the API answer through the proxy.
+    let page = http.get(nginx.url("/")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200, "{}", backend.name());
+    let (alice, _, pk) = a.pair("alice", "bob").await;
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let mut res = http
+            .post(nginx.url("/api/login/"))
+            .send_form(&[("username", name), ("password", common::PASSWORD)])
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let body: serde_json::Value = res.json().await.unwrap();
+        tokens.push(body["token"].as_str().unwrap().to_string());
+    }
+
+    // Several sockets through the proxy land on both instances; a message
+    // reaches every one of them.
+    let mut alice_ws = authorized_at(http, nginx.port, &tokens[0]).await;
+    let mut bobs = Vec::new();
+    for _ in 0..4 {
+        bobs.push(authorized_at(http, nginx.port, &tokens[1]).await);
+    }
+    let (on_a, on_b) = (a.stats().await.sessions, b.stats().await.sessions);
+    assert!(on_a > 0 && on_b > 0, "spread over both: {on_a} and {on_b}");
+    alice_ws
+        .send(json!({"type": "message", "data": {"to": pk, "content": "via nginx"}}))
+        .await;
+    alice_ws.recv_type("message_response").await;
+    for bob in &mut bobs {
+        let push = bob.recv_type("message").await;
+        assert_eq!(push["data"]["data"]["content"], "via nginx");
+        assert_eq!(push["data"]["data"]["sender"], alice);
+    }
+
+    // The client's address comes through X-Forwarded-For: registration is
+    // limited per address (1 here), and a second address is not limited.
+    let register = |address: &'static str, name: &'static str| {
+        http.post(nginx.url("/api/register/"))
+            .insert_header(("X-Forwarded-For", address))
+            .send_json(&json!({"username": name, "password": "a long passphrase"}))
+    };
+    assert_eq!(
+        register("203.0.113.7", "carol")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        201
+    );
+    let second = register("203.0.113.7", "dave")
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let other = register("198.51.100.4", "erin")
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    // Each instance keeps its own allowance, so the repeat is refused by
+    // whichever instance already counted that address, or by the other on
+    // its own second request.
+    assert_eq!(other, 201, "another address is not limited");
+    if second == 201 {
+        assert_eq!(
+            register("203.0.113.7", "frank")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            429,
+            "the address is counted on both instances"
+        );
+    } else {
+        assert_eq!(second, 429);
+    }
+}
+
+backend_tests!(@server nginx_balances_pages_api_and_websockets => through_nginx);
