@@ -144,6 +144,11 @@ pub struct Settings {
     /// Frames queued for a client that is not reading before it is dropped.
     #[serde(default = "default_outbox_capacity")]
     pub outbox_capacity: usize,
+    /// After SIGTERM, how long to keep serving while `/readyz` answers 503
+    /// (so a load balancer stops sending new clients) before sessions are
+    /// closed with 1001 and the listener stops; 0 behind no load balancer.
+    #[serde(default)]
+    pub drain_seconds: u64,
     /// How long a graceful shutdown may take before the process exits anyway.
     #[serde(default = "default_shutdown_seconds")]
     pub shutdown_timeout_seconds: u64,

@@ -18,6 +18,7 @@ pub mod state;
 pub mod telemetry;
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,9 @@ pub struct Application {
     bridge: Option<Addr<RedisBridge>>,
     writer_task: tokio::task::JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// How long to stay up, not ready, after the shutdown signal.
+    drain: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -114,6 +118,7 @@ impl Application {
         }
 
         let metrics = Metrics::default();
+        let draining = Arc::new(AtomicBool::new(false));
         let presence = Arc::new(Presence::default());
         let membership = Arc::new(Membership::default());
         // The ChatServer and the Redis bridge are made together: the server's
@@ -185,6 +190,7 @@ impl Application {
                 settings.rate_limit_per_second.saturating_mul(60),
             )),
             proxies: settings.trusted_proxies(),
+            draining: draining.clone(),
             redis,
         });
         let chat = web::Data::new(ChatContext {
@@ -199,6 +205,7 @@ impl Application {
             limits: Limits::from_settings(&settings),
             proxies: settings.trusted_proxies(),
             unauthenticated: UnauthenticatedSockets::new(settings.max_unauthenticated_per_address),
+            draining: draining.clone(),
         });
 
         let address = settings.listen_address();
@@ -258,6 +265,8 @@ impl Application {
             bridge,
             writer_task,
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+            drain: Duration::from_secs(settings.drain_seconds),
+            draining,
         })
     }
 
@@ -282,8 +291,11 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves (a signal in the binary), then shuts
-    /// down gracefully: close frames (1001) to every session, stop accepting,
-    /// finish in-flight requests, and commit every accepted message.
+    /// down gracefully: `/readyz` answers 503 and new sockets are refused
+    /// while the rest is still served for `DRAIN_SECONDS` (a load balancer
+    /// stops sending new clients), then close frames (1001) to every
+    /// session, stop accepting, finish in-flight requests, and commit every
+    /// accepted message.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -291,6 +303,14 @@ impl Application {
         let handle = self.server.handle();
         let server = actix_web::rt::spawn(self.server);
         shutdown.await;
+        self.draining.store(true, Ordering::Release);
+        if !self.drain.is_zero() {
+            tracing::info!(
+                seconds = self.drain.as_secs(),
+                "draining: not ready, still serving"
+            );
+            tokio::time::sleep(self.drain).await;
+        }
         tracing::info!("shutting down");
         if let Ok(closed) = self.chat_server.send(CloseAll).await {
             tracing::info!(sessions = closed, "closed sessions");

@@ -33,6 +33,8 @@ pub struct AppState {
     pub change_limit: Arc<KeyedRateLimit<i64>>,
     /// Whose `X-Forwarded-For` is believed.
     pub proxies: TrustedProxies,
+    /// Set once the instance is shutting down: `/readyz` answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<redis::Client>,
 }

@@ -25,6 +25,10 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path, port: u16) -> Server {
+        Self::start_with(dir, port, &[]).await
+    }
+
+    async fn start_with(dir: &Path, port: u16, extra: &[(&str, &str)]) -> Server {
         let child = Command::new(BIN)
             .current_dir(dir)
             .env_clear()
@@ -33,6 +37,7 @@ impl Server {
                 ("RATE_LIMIT_BURST", "100000".into()),
                 ("RATE_LIMIT_PER_SECOND", "100000".into()),
             ])
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -317,6 +322,68 @@ async fn sigterm_closes_sessions_with_1001_and_commits_everything_acknowledged()
     for (cid, id) in &acks {
         assert_eq!(by_client.get(cid), Some(id), "acknowledged {cid} is stored");
     }
+}
+
+/// With `DRAIN_SECONDS`, SIGTERM first makes the instance not ready (a load
+/// balancer moves new clients away) while it still serves the sessions it
+/// has; only then are they closed with 1001.
+#[actix_rt::test]
+async fn sigterm_drains_before_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .finish();
+    let mut server =
+        Server::start_with(dir.path(), common::free_port(), &[("DRAIN_SECONDS", "2")]).await;
+    let alice = register(&client, &server, "alice").await;
+    register(&client, &server, "bob").await;
+    let pk = add_contact(&client, &server, &alice, "bob").await;
+    let mut a = connect(&client, &server, &alice).await;
+    let stopped_at = Instant::now();
+    server.signal(libc::SIGTERM);
+    loop {
+        let mut res = client.get(server.url("/readyz")).send().await.unwrap();
+        if res.status().as_u16() == 503 {
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body, json!({"status": "draining"}));
+            break;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(1),
+            "not ready at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A new socket is refused, so a balancer tries another instance.
+    let url = server.url("/chat").replacen("http", "ws", 1);
+    match client.ws(url).connect().await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 503)
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    // The session it has still works meanwhile.
+    send(
+        &mut a,
+        json!({"type": "message", "data": {"to": pk, "content": "still here", "client_id": "d1"}}),
+    )
+    .await;
+    let mut acks = HashMap::new();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), a.next()).await {
+            Ok(Some(Ok(ws::Frame::Text(bytes)))) => record_ack(&mut acks, &bytes),
+            Ok(Some(Ok(ws::Frame::Close(reason)))) => break reason,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert!(acks.contains_key("d1"), "acknowledged during the drain");
+    assert_eq!(close.map(|r| r.code), Some(CloseCode::Away));
+    assert!(
+        stopped_at.elapsed() >= Duration::from_secs(2),
+        "sessions closed only after the drain"
+    );
+    assert!(server.wait_exit(Duration::from_secs(12)).success());
 }
 
 #[actix_rt::test]

@@ -20,7 +20,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The state of the process and its dependencies.
 #[derive(Debug, Serialize, Apiv2Schema)]
 pub struct Health {
-    /// `ok`, or `unavailable` when a dependency is down.
+    /// `ok`; `unavailable` when a dependency is down; `draining` while the
+    /// instance is shutting down.
     pub status: String,
     /// `up` or `down` (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,9 +70,17 @@ impl actix_web::ResponseError for NotReady {
     }
 }
 
-/// The database (and Redis, when configured) answer: 200, else 503 naming what is down.
+/// The database (and Redis, when configured) answer: 200, else 503 naming
+/// what is down; 503 `draining` once the instance is shutting down.
 #[api_v2_operation(tags(Operations))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, NotReady> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(NotReady(Health {
+            status: "draining".into(),
+            database: None,
+            redis: None,
+        }));
+    }
     let database = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, db::ping(&state.db)).await,
         Ok(Ok(()))

@@ -13,6 +13,7 @@ pub mod store;
 pub mod unauthenticated;
 pub mod writer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -73,6 +74,8 @@ pub struct ChatContext {
     pub proxies: TrustedProxies,
     /// Sockets not yet authorized, per client address.
     pub unauthenticated: Arc<UnauthenticatedSockets>,
+    /// Set once the instance is shutting down: new sockets are refused.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// `GET /chat` and `/chat/`: upgrades to a WebSocket and starts its session.
@@ -82,6 +85,14 @@ pub async fn connect(
     chat: web::Data<ChatContext>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(&req)?;
+    if chat.draining.load(Ordering::Acquire) {
+        // A load balancer retries the upgrade on another instance.
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(serde_json::json!({
+                "detail": "This instance is shutting down; connect again."
+            })));
+    }
     let address = chat.proxies.client_ip(&req);
     let Some(slot) = chat.unauthenticated.admit(address) else {
         tracing::warn!(%address, "too many unauthenticated sockets from one address");
