@@ -337,10 +337,7 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let known = vars.into_iter().filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            known_variables().contains(&k.as_str())
-        });
+        let known = vars.into_iter().filter(|(k, _)| is_known_variable(k));
         // envy names the variable in number errors ("… provided by PORT"), and
         // our own parsers name theirs, so every message says what to fix.
         let settings: Settings =
@@ -655,6 +652,11 @@ fn percent_encode(raw: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Whether the server reads the environment variable `name` (any case).
+pub fn is_known_variable(name: &str) -> bool {
+    known_variables().contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// The environment variables this server reads, derived from `Settings`
