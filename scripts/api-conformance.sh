@@ -57,10 +57,23 @@ conversation=$(curl -fs -H 'Content-Type: application/json' -H "Authorization: B
   -d '{"username":"conformance2"}' "$base/api/contacts/" \
   | python3 -c 'import sys, json; print(json.load(sys.stdin)["pk"])')
 
+# And a group of the two, for the /api/groups/{id}/ paths.
+group=$(curl -fs -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
+  -d '{"title":"conformance","members":[2]}' "$base/api/groups/" \
+  | python3 -c 'import sys, json; print(json.load(sys.stdin)["pk"])')
+
 # From the temporary directory: schemathesis keeps its cache in the working
-# directory, which must not be the repository; its config names the conversation.
+# directory, which must not be the repository; its config names the
+# conversation, and the group for the group paths.
 cd "$dir"
-printf '[parameters]\n"path.id" = "%s"\n' "$conversation" > schemathesis.toml
+cat > schemathesis.toml <<TOML
+[parameters]
+"path.id" = "$conversation"
+
+[[operations]]
+include-path-regex = "^/api/groups/"
+parameters = { "path.id" = "$group", "path.user_id" = 2 }
+TOML
 schemathesis run "$base/swagger.json" \
   --header "Authorization: Bearer $token" \
   --max-examples "$EXAMPLES" \

@@ -104,3 +104,36 @@ async fn a_short_group_run_reaches_every_member_once() {
     assert_eq!((report.lost, report.dup), (0, 0));
     assert!(report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms);
 }
+
+#[actix_rt::test]
+async fn a_short_churn_run_finds_everything_stored_once() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("REGISTRATION_BURST", "100"),
+        ],
+    )
+    .await;
+    let report = bench::churn(bench::ChurnOptions {
+        url: app.url(""),
+        pairs: 2,
+        duration: Duration::from_secs(2),
+        rate: 50,
+        sources: 1,
+    })
+    .await
+    .expect("churn run");
+    assert!(report.acked > 50, "{report:?}");
+    assert_eq!(report.acked, report.sent, "every message acknowledged");
+    assert_eq!(
+        (
+            report.lost,
+            report.duplicated,
+            report.unacked,
+            report.reconnects
+        ),
+        (0, 0, 0, 0)
+    );
+}

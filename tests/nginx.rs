@@ -30,7 +30,7 @@ impl Nginx {
         let port = common::free_port();
         let servers: String = upstreams
             .iter()
-            .map(|p| format!("server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n        "))
+            .map(|p| format!("server 127.0.0.1:{p} max_fails=0;\n        "))
             .collect();
         let mut config = String::new();
         let mut replaced_upstreams = false;

@@ -10,10 +10,15 @@
 //!   the latency of messages between two of them.
 //! - `group`: one group of many connected members; send to the last
 //!   member's delivery, deliveries per second, Redis commands per message.
+//! - `churn`: pairs through one address while instances restart behind it;
+//!   reconnects, resends with `client_id`, and checks the history for loss
+//!   and duplicates.
 //! - `startup`: time from process start to `/readyz` 200 on SQLite.
 
+mod churn;
 mod group;
 
+pub use churn::{churn, ChurnOptions, ChurnReport};
 pub use group::{group, GroupOptions, GroupReport};
 
 use std::cell::RefCell;
@@ -59,7 +64,7 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-type Socket = actix_codec::Framed<BoxedSocket, ws::Codec>;
+pub(crate) type Socket = actix_codec::Framed<BoxedSocket, ws::Codec>;
 
 /// HTTP clients bound to loopback addresses 127.0.0.1, .2, …: each source
 /// address has its own ~28k ephemeral ports, so many connections fit.

@@ -83,6 +83,25 @@ enum BenchCommand {
         #[arg(long)]
         redis: Option<String>,
     },
+    /// Pairs through one address (a load balancer) while the instances
+    /// behind it restart: reconnects, resends, then checks the history.
+    Churn {
+        /// The balancer's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Pairs of users: the first of each sends, the second receives.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        pairs: u64,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
+        duration: u64,
+        /// Total messages per second.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rate: u64,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
+        sources: u64,
+    },
     /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
     Startup {
         /// The `chat-server` binary to start (default: the one beside `chat-bench`).
@@ -206,6 +225,48 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                         ),
                     ),
                     ("redis", redis),
+                ],
+                &r,
+            );
+        }
+        BenchCommand::Churn {
+            url,
+            pairs,
+            duration,
+            rate,
+            sources,
+        } => {
+            let options = chat_bench::ChurnOptions {
+                url,
+                pairs: pairs as usize,
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                sources: sources as usize,
+            };
+            let r = chat_bench::churn(options).await?;
+            print_report(
+                &[
+                    ("connections", r.connections.to_string()),
+                    (
+                        "sent / acked",
+                        format!(
+                            "{} / {} ({} unacknowledged at the end)",
+                            r.sent, r.acked, r.unacked
+                        ),
+                    ),
+                    (
+                        "lost / duplicated",
+                        format!("{} / {}", r.lost, r.duplicated),
+                    ),
+                    ("reconnects", r.reconnects.to_string()),
+                    ("longest outage", format!("{:.0} ms", r.max_outage_ms)),
+                    (
+                        "throughput",
+                        format!(
+                            "{:.0} acked/s; slowest second {}; per second {:?}",
+                            r.acked_per_sec, r.min_acked_in_a_second, r.per_second
+                        ),
+                    ),
                 ],
                 &r,
             );

@@ -30,7 +30,8 @@ impl From<GroupError> for ApiError {
 pub struct NewGroup {
     /// 1 to 100 characters after trimming.
     pub title: Option<String>,
-    /// User ids to add besides the creator (duplicates ignored).
+    /// User ids to add besides the creator (duplicates ignored; absent or
+    /// null: nobody else yet).
     pub members: Option<Vec<i64>>,
 }
 

@@ -162,6 +162,7 @@ const NULLABLE_FIELDS: &[(&str, &str)] = &[
     ("Conversation", "last_message"),
     ("Conversation", "user_id"),
     ("Conversation", "username"),
+    ("NewGroup", "members"),
     ("LastMessage", "sender"),
     ("HistoryItem", "sender"),
     ("HistoryItem", "client_id"),

@@ -370,7 +370,7 @@ pub async fn announce(
     if changed.changed {
         let removed_push = (!changed.removed.is_empty()).then(|| {
             let removed = Conversation {
-                removed: true,
+                removed: Some(true),
                 ..item.clone()
             };
             ServerEvent::Conversation(&removed).to_json()
@@ -393,7 +393,7 @@ pub async fn announce(
     }
     if !changed.row.has_member(caller) {
         return Ok(Conversation {
-            removed: true,
+            removed: Some(true),
             ..item
         });
     }

@@ -452,9 +452,9 @@ pub struct Conversation {
     pub kind: ConversationKind,
     /// The members, longest-standing first.
     pub members: Vec<MemberItem>,
-    /// Present (true) only on the push a removed member gets.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub removed: bool,
+    /// Present (true) only on what a removed member gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<bool>,
 }
 
 /// `send` on the sender's sessions, `received` on everyone else's.

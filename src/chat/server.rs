@@ -359,7 +359,17 @@ impl ChatServer {
             }
         }
         self.seq += 1;
-        self.recent.push_back((self.seq, change));
+        // The log needs who joined and left, not the pushes (which may be
+        // large: a big group's member list).
+        let slim = match (&change.push, &change.removed_push) {
+            (None, None) => change,
+            _ => Arc::new(MembershipChange {
+                push: None,
+                removed_push: None,
+                ..(*change).clone()
+            }),
+        };
+        self.recent.push_back((self.seq, slim));
         if self.recent.len() > RECENT_CHANGES {
             self.recent.pop_front();
         }

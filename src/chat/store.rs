@@ -324,7 +324,7 @@ impl ConversationRow {
             unread,
             kind: kind_of(&self.chat),
             members,
-            removed: false,
+            removed: None,
         }
     }
 }
