@@ -71,9 +71,9 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
     assert_eq!((report.lost, report.dup, report.errors), (0, 0, 0));
 }
 
-#[actix_rt::test]
-async fn a_short_group_run_reaches_every_member_once() {
-    let app = TestApp::spawn_with(
+/// A server the generator may push hard: no request or registration limit in the way.
+async fn generator_target() -> TestApp {
+    TestApp::spawn_with(
         &Backend::Sqlite,
         &[
             ("RATE_LIMIT_PER_SECOND", "100000"),
@@ -81,7 +81,12 @@ async fn a_short_group_run_reaches_every_member_once() {
             ("REGISTRATION_BURST", "100"),
         ],
     )
-    .await;
+    .await
+}
+
+#[actix_rt::test]
+async fn a_short_group_run_reaches_every_member_once() {
+    let app = generator_target().await;
     let report = bench::group(bench::GroupOptions {
         urls: vec![app.url("")],
         members: 6,
@@ -107,15 +112,7 @@ async fn a_short_group_run_reaches_every_member_once() {
 
 #[actix_rt::test]
 async fn a_short_churn_run_finds_everything_stored_once() {
-    let app = TestApp::spawn_with(
-        &Backend::Sqlite,
-        &[
-            ("RATE_LIMIT_PER_SECOND", "100000"),
-            ("RATE_LIMIT_BURST", "100000"),
-            ("REGISTRATION_BURST", "100"),
-        ],
-    )
-    .await;
+    let app = generator_target().await;
     let report = bench::churn(bench::ChurnOptions {
         url: app.url(""),
         pairs: 2,
