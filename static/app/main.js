@@ -137,7 +137,9 @@ function AddContact({ chat, session, done }) {
       chat.openConversation(contact.pk);
       done();
     } catch (e) {
-      setError(e.message);
+      // A token the server no longer accepts: back to sign-in, as the socket does.
+      if (e.status === 401) chat.onSignedOut("Your session ended. Please log in again.");
+      else setError(e.message);
     }
   }
   return html`
