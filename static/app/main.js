@@ -226,6 +226,9 @@ function GroupSettings({ chat, pk }) {
   const me = chat.me.id;
   const owner = details.members.find((m) => m.role === "owner");
   const inGroup = details.members.map((m) => m.user_id);
+  const addable = chat
+    .sortedConversations()
+    .some((c) => c.kind === "direct" && c.user_id != null && !inGroup.includes(c.user_id));
   function rename(event) {
     event.preventDefault();
     chat.renameGroup(pk, new FormData(event.target).get("title"));
@@ -257,7 +260,7 @@ function GroupSettings({ chat, pk }) {
       </ul>
       <form onSubmit=${add}>
         <${ContactPicker} chat=${chat} exclude=${inGroup} />
-        <button type="submit">Add members</button>
+        ${addable && html`<button type="submit">Add members</button>`}
       </form>
       <button type="button" class="danger" onClick=${() => chat.removeMember(pk, me)}>Leave group</button>
     </section>
