@@ -94,6 +94,10 @@ pub struct Settings {
     pub redis_host: Option<String>,
     #[serde(default = "default_redis_port")]
     pub redis_port: u16,
+    /// Space-separated node URLs of a Redis Cluster (sharded pub/sub);
+    /// instead of `REDIS_URL`/`REDIS_HOST`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub redis_cluster_urls: Option<String>,
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
@@ -375,8 +379,22 @@ impl Settings {
         if self.max_sessions_per_user == 0 {
             return invalid("MAX_SESSIONS_PER_USER must be at least 1");
         }
-        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return invalid("REDIS_PREFIX must be a non-empty word");
+        if self.redis_prefix.is_empty()
+            || self
+                .redis_prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return invalid("REDIS_PREFIX must be a non-empty word without braces");
+        }
+        if self.redis_cluster_urls.is_some() && self.redis_url().is_some() {
+            return invalid("set REDIS_CLUSTER_URLS or REDIS_URL/REDIS_HOST, not both");
+        }
+        for node in self.redis_cluster_nodes() {
+            if redis::IntoConnectionInfo::into_connection_info(node).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "REDIS_CLUSTER_URLS: {node:?} is not a Redis URL (redis://host:port)"
+                )));
+            }
         }
         if self.db_pool_size == 0 {
             return invalid("DB_POOL_SIZE must be at least 1");
@@ -487,6 +505,14 @@ impl Settings {
                 .as_ref()
                 .map(|host| format!("redis://{host}:{}/", self.redis_port))
         })
+    }
+
+    /// The Redis Cluster's node URLs, from `REDIS_CLUSTER_URLS` (none when unset).
+    pub fn redis_cluster_nodes(&self) -> Vec<&str> {
+        self.redis_cluster_urls
+            .as_deref()
+            .map(|urls| urls.split_whitespace().collect())
+            .unwrap_or_default()
     }
 
     /// `SECRET_KEY`, or (SQLite only) the one generated on first start and
@@ -788,6 +814,35 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(url.engine(), DbEngine::Postgres);
+    }
+
+    #[test]
+    fn redis_cluster_urls() {
+        let s = Settings::from_vars(vars(&[(
+            "REDIS_CLUSTER_URLS",
+            " redis://10.0.0.1:6379  redis://10.0.0.2:7000 ",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.redis_cluster_nodes(),
+            ["redis://10.0.0.1:6379", "redis://10.0.0.2:7000"]
+        );
+        assert_eq!(s.redis_url(), None);
+        for (extra, expected) in [
+            (("REDIS_URL", "redis://h/"), "not both"),
+            (("REDIS_HOST", "h"), "not both"),
+            (
+                ("REDIS_CLUSTER_URLS", "redis://a:1 nonsense"),
+                "\"nonsense\" is not a Redis URL",
+            ),
+            (("REDIS_PREFIX", "a{b}"), "without braces"),
+        ] {
+            let mut pairs = vec![("REDIS_CLUSTER_URLS", "redis://a:1")];
+            pairs.retain(|(name, _)| *name != extra.0);
+            pairs.push(extra);
+            let error = Settings::from_vars(vars(&pairs)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{extra:?}: {error}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ use tracing_actix_web::TracingLogger;
 use crate::api::throttle::{AddressRateLimit, AttemptThrottle, KeyedRateLimit};
 use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
+use crate::bus::target::RedisTarget;
 use crate::bus::Bus;
 use crate::chat::membership::Membership;
 use crate::chat::presence::Presence;
@@ -97,10 +98,7 @@ impl Application {
                 "token key generated and kept in this file (mode 0600); keep it to keep logins valid"
             ),
         }
-        let redis = settings
-            .redis_url()
-            .map(|url| redis::Client::open(url.as_str()))
-            .transpose()?;
+        let redis = RedisTarget::from_settings(&settings)?;
         let db = db::connect(&settings).await?;
         let applied = db::migrate(&db, &settings.database_url()).await?;
         tracing::info!(
@@ -109,8 +107,8 @@ impl Application {
             "database ready"
         );
         match &redis {
-            Some(client) => tracing::info!(
-                redis = %redis_location(client),
+            Some(target) => tracing::info!(
+                redis = %target.location(),
                 prefix = %settings.redis_prefix,
                 "sharing events and presence with other instances through Redis"
             ),
@@ -127,7 +125,7 @@ impl Application {
         let mut bridge = None;
         let mut bus = Bus::Local;
         let chat_server = ChatServer::create(|ctx| {
-            if let Some(client) = redis.clone() {
+            if let Some(target) = redis.clone() {
                 let server = ServerLink {
                     deliver: ctx.address().recipient(),
                     revoke: ctx.address().recipient(),
@@ -143,7 +141,7 @@ impl Application {
                     db: db.clone(),
                     metrics: metrics.clone(),
                 };
-                let started = RedisBridge::new(client, parts, server).start();
+                let started = RedisBridge::new(target, parts, server).start();
                 bus = Bus::Redis {
                     publish: started.clone().recipient(),
                     barrier: started.clone().recipient(),
@@ -331,12 +329,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Where a Redis client points, for a log line (never its password).
-fn redis_location(client: &redis::Client) -> String {
-    let info = client.get_connection_info();
-    format!("{} (db {})", info.addr(), info.redis_settings().db())
 }
 
 /// `GET /swagger.json`: the generated spec with what paperclip cannot express added.

@@ -36,5 +36,5 @@ pub struct AppState {
     /// Set once the instance is shutting down: `/readyz` answers 503.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Set when Redis is configured: checked by `/readyz`.
-    pub redis: Option<redis::Client>,
+    pub redis: Option<crate::bus::target::RedisTarget>,
 }

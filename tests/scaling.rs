@@ -89,31 +89,7 @@ async fn messages_and_presence_cross(backend: &Backend) {
     }
 
     // A burst from A arrives on B in the order it was sent.
-    for n in 0..100 {
-        alice_on_a
-            .send(json!({"type": "message", "data": {"to": pk, "content": format!("burst {n}")}}))
-            .await;
-    }
-    let mut contents = Vec::new();
-    while contents.len() < 100 {
-        let frame = bob_on_b.recv_type("message").await;
-        contents.push(
-            frame["data"]["data"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    let expected: Vec<String> = (0..100).map(|n| format!("burst {n}")).collect();
-    assert_eq!(
-        contents,
-        expected,
-        "{}: order across instances",
-        backend.name()
-    );
-    for _ in 0..200 {
-        alice_on_a.recv().await; // the burst's acks and echoes
-    }
+    common::burst_arrives_in_order(&mut alice_on_a, &mut bob_on_b, &pk, 100).await;
 
     drop(bob_on_b);
     assert_eq!(

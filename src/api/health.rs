@@ -87,8 +87,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, Not
     );
     let redis = match &state.redis {
         None => None,
-        Some(client) => Some(matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, redis_ping(client)).await,
+        Some(target) => Some(matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, target.ping()).await,
             Ok(Ok(()))
         )),
     };
@@ -103,14 +103,6 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, Not
     } else {
         Err(NotReady(body))
     }
-}
-
-async fn redis_ping(client: &redis::Client) -> redis::RedisResult<()> {
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .map(|_| ())
 }
 
 /// Prometheus metrics; with `METRICS_TOKEN` set, only for

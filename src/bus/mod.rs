@@ -1,8 +1,10 @@
 //! The bridge between instances. With one instance (no Redis configured) it
 //! is a no-op and every event is delivered in-process by the ChatServer;
-//! with Redis, `redis::RedisBridge` carries events to the other instances.
+//! with Redis (one server or a cluster: `target`), `redis::RedisBridge`
+//! carries events to the other instances.
 
 pub mod redis;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,18 +25,18 @@
 //! reloads its users' conversations (membership changes made elsewhere
 //! meanwhile were missed); the others reload theirs when they hear it is back.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use redis::aio::{MultiplexedConnection, PubSubSink};
-use redis::{AsyncConnectionConfig, AsyncTypedCommands};
+use redis::AsyncTypedCommands;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
+use super::target::{Conn, RedisTarget, Subscriber};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::presence::Presence;
@@ -58,33 +58,56 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// First and largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Bound on any one Redis round trip, so a hung Redis reads as a down one.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a (re)connection may take, all steps together: a cluster whose
+/// slots are not all served yet (mid-failover) must not hold up the next
+/// attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
 const MAX_SUBSCRIBE: usize = 512;
 
-/// Redis key and channel names, under one prefix (several deployments may share a Redis).
+/// Redis key and channel names, under one prefix (several deployments may
+/// share a Redis). On a cluster the registry keys and the control channel
+/// carry the hash tag `{prefix}`, so one transaction can write the registry
+/// and a presence change (registry + control) is one pipeline; conversation
+/// channels are untagged and spread over the slots.
 #[derive(Clone)]
 struct Names {
     prefix: String,
     instance: String,
+    cluster: bool,
 }
 
 impl Names {
+    /// The prefix of the keys that must share a slot.
+    fn shared(&self) -> String {
+        if self.cluster {
+            format!("{{{}}}", self.prefix)
+        } else {
+            self.prefix.clone()
+        }
+    }
     fn conversation(&self, chat: ChatId) -> String {
         format!("{}:conv:{}", self.prefix, chat.0.simple())
     }
     fn control(&self) -> String {
-        format!("{}:control", self.prefix)
+        format!("{}:control", self.shared())
     }
     fn instances(&self) -> String {
-        format!("{}:instances", self.prefix)
+        format!("{}:instances", self.shared())
     }
     fn alive(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:alive", self.prefix)
+        format!("{}:instance:{instance}:alive", self.shared())
     }
     fn users_of(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:users", self.prefix)
+        format!("{}:instance:{instance}:users", self.shared())
+    }
+    /// `PUBLISH`, or on a cluster the sharded `SPUBLISH`.
+    fn publish(&self, channel: String, payload: Vec<u8>) -> redis::Cmd {
+        if self.cluster {
+            redis::Cmd::spublish(channel, payload)
+        } else {
+            redis::Cmd::publish(channel, payload)
+        }
     }
 }
 
@@ -92,7 +115,9 @@ impl Names {
 /// then (for frames) raw bytes:
 /// - `C origin chat user|- own_len|- own others`: frames for a conversation's
 ///   members (`user` gets `own`, or nothing when there is no `own_len`);
-/// - `G origin chat presence(1|0) added removed push_len|- removed_len|- push removed_push`;
+/// - `G origin id chat presence(1|0) added removed push_len|- removed_len|- push removed_push`:
+///   a membership change, numbered by its origin (`id`), published on the
+///   control channel and on the conversation's (see `publish_membership`);
 /// - `P origin user 1|0 chats` (the origin's record of the user changed) and
 ///   `N origin user 1|0 chats` (news only): tell `chats` of the user's state;
 /// - `R origin user version`, `D origin dead-instance`, `Y origin` (it came
@@ -110,6 +135,7 @@ enum Envelope<'a> {
     },
     Membership {
         origin: &'a str,
+        id: u64,
         change: MembershipChange,
     },
     Presence {
@@ -208,10 +234,10 @@ impl<'a> Envelope<'a> {
                 }
                 out.extend_from_slice(others);
             }
-            Envelope::Membership { origin, change } => {
+            Envelope::Membership { origin, id, change } => {
                 let _ = write!(
                     out,
-                    "G {origin} {} {} ",
+                    "G {origin} {id} {} {} ",
                     change.chat.0.simple(),
                     u8::from(change.presence)
                 );
@@ -283,8 +309,8 @@ impl<'a> Envelope<'a> {
                 })
             }
             "G" => {
-                let (f, rest) = split_fields(bytes, 8)?;
-                let lens = [parse_len(f[6])?, parse_len(f[7])?];
+                let (f, rest) = split_fields(bytes, 9)?;
+                let lens = [parse_len(f[7])?, parse_len(f[8])?];
                 if lens.iter().flatten().sum::<usize>() != rest.len() {
                     return None;
                 }
@@ -293,11 +319,12 @@ impl<'a> Envelope<'a> {
                 let removed_push = lens[1].map(|n| Bytes::copy_from_slice(&rest[start..start + n]));
                 Some(Envelope::Membership {
                     origin: f[1],
+                    id: f[2].parse().ok()?,
                     change: MembershipChange {
-                        chat: parse_chat(f[2])?,
-                        presence: f[3] == "1",
-                        added: parse_list(f[4], parse_user)?,
-                        removed: parse_list(f[5], parse_user)?,
+                        chat: parse_chat(f[3])?,
+                        presence: f[4] == "1",
+                        added: parse_list(f[5], parse_user)?,
+                        removed: parse_list(f[6], parse_user)?,
                         push,
                         removed_push,
                     },
@@ -374,14 +401,14 @@ enum Subscription {
 /// changes each go through one ordered queue: an actor's spawned futures do
 /// not keep their order, and a conversation's events must.
 struct Link {
-    publisher: MultiplexedConnection,
+    publisher: Conn,
     commands: mpsc::UnboundedSender<Vec<redis::Cmd>>,
     subscriptions: mpsc::UnboundedSender<Subscription>,
 }
 
 /// The bridge actor of one instance.
 pub struct RedisBridge {
-    client: redis::Client,
+    target: RedisTarget,
     names: Names,
     /// Where what arrives from the other instances goes (the ChatServer).
     server: ServerLink,
@@ -398,6 +425,38 @@ pub struct RedisBridge {
     backoff: Duration,
     /// Whether Redis was reachable at the last transition (logged once per change).
     was_up: Option<bool>,
+    /// Membership changes published so far (their numbers).
+    changes_published: u64,
+    /// Membership changes applied lately: each arrives twice.
+    changes_seen: SeenChanges,
+}
+
+/// The membership changes applied lately, by origin and number, so the
+/// second copy of each is ignored.
+#[derive(Default)]
+struct SeenChanges {
+    order: VecDeque<(String, u64)>,
+    seen: HashSet<(String, u64)>,
+}
+
+impl SeenChanges {
+    /// Far more than can arrive between a change's two copies.
+    const KEEP: usize = 4096;
+
+    /// Whether change `id` of `origin` is new (and remembers it).
+    fn first_time(&mut self, origin: &str, id: u64) -> bool {
+        let key = (origin.to_string(), id);
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > Self::KEEP {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        true
+    }
 }
 
 /// What a bridge needs besides its Redis client and the ChatServer.
@@ -410,14 +469,15 @@ pub struct BridgeParts {
 }
 
 impl RedisBridge {
-    pub fn new(client: redis::Client, parts: BridgeParts, server: ServerLink) -> Self {
+    pub fn new(target: RedisTarget, parts: BridgeParts, server: ServerLink) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         RedisBridge {
-            client,
             names: Names {
                 prefix: parts.prefix,
                 instance,
+                cluster: target.is_cluster(),
             },
+            target,
             server,
             presence: parts.presence,
             membership: parts.membership,
@@ -429,6 +489,8 @@ impl RedisBridge {
             connecting: false,
             backoff: BACKOFF_MIN,
             was_up: None,
+            changes_published: 0,
+            changes_seen: SeenChanges::default(),
         }
     }
 
@@ -465,12 +527,6 @@ impl RedisBridge {
         });
     }
 
-    fn config() -> AsyncConnectionConfig {
-        AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-    }
-
     /// Connects, subscribes to the control channel and every local
     /// conversation's channel, registers this instance, loads who is online
     /// elsewhere, and reloads memberships.
@@ -479,24 +535,29 @@ impl RedisBridge {
             return;
         }
         self.connecting = true;
-        let client = self.client.clone();
+        let target = self.target.clone();
         let names = self.names.clone();
         let users: Vec<UserId> = self.local_users.iter().copied().collect();
         let channels: Vec<String> = self.rooms.iter().map(|c| names.conversation(*c)).collect();
         let setup = async move {
-            let config = Self::config();
-            let mut publisher = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let pubsub = client.get_async_pubsub().await?;
-            let (mut sink, stream) = pubsub.split();
-            sink.subscribe(names.control()).await?;
+            let (mut publisher, mut sink, stream) = target.connect().await?;
+            sink.set(&[names.control()], true).await?;
             for chunk in channels.chunks(MAX_SUBSCRIBE) {
-                sink.subscribe(chunk).await?;
+                sink.set(chunk, true).await?;
             }
             register(&mut publisher, &names, &users).await?;
             let remote = online_elsewhere(&mut publisher, &names).await?;
             Ok::<_, redis::RedisError>((publisher, sink, stream, remote))
+        };
+        let setup = async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, setup)
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connecting took too long",
+                    ))
+                })?
         };
         ctx.spawn(setup.into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
@@ -524,12 +585,12 @@ impl RedisBridge {
                     let resync = Envelope::Resync {
                         origin: &act.names.instance,
                     };
-                    act.send(vec![redis::Cmd::publish(
-                        act.names.control(),
-                        resync.encode(),
-                    )]);
+                    act.send(vec![act
+                        .names
+                        .publish(act.names.control(), resync.encode())]);
                 }
                 Err(e) => {
+                    tracing::debug!(error = %e, "redis bridge could not connect; retrying");
                     act.transition(false, &e.to_string());
                     act.schedule_reconnect(ctx);
                 }
@@ -546,10 +607,9 @@ impl RedisBridge {
     }
 
     fn publish_control(&self, envelope: Envelope<'_>) {
-        self.send(vec![redis::Cmd::publish(
-            self.names.control(),
-            envelope.encode(),
-        )]);
+        self.send(vec![self
+            .names
+            .publish(self.names.control(), envelope.encode())]);
     }
 
     fn publish_conversation(&self, frames: &ConversationFrames) {
@@ -560,10 +620,31 @@ impl RedisBridge {
             own: frames.own.as_deref(),
             others: &frames.others,
         };
-        self.send(vec![redis::Cmd::publish(
-            self.names.conversation(frames.chat),
-            envelope.encode(),
-        )]);
+        self.send(vec![self
+            .names
+            .publish(self.names.conversation(frames.chat), envelope.encode())]);
+    }
+
+    /// A membership change goes on the control channel, which every
+    /// instance hears (one where an added member is connected opens the
+    /// conversation's room), and on the conversation's own channel, where it
+    /// keeps its place among the conversation's messages: a cluster orders
+    /// each channel, not channels against each other, and a message must not
+    /// reach a member removed before it was sent. Receivers apply whichever
+    /// copy arrives first.
+    fn publish_membership(&mut self, change: &MembershipChange) {
+        self.changes_published += 1;
+        let payload = Envelope::Membership {
+            origin: &self.names.instance,
+            id: self.changes_published,
+            change: change.clone(),
+        }
+        .encode();
+        self.send(vec![
+            self.names
+                .publish(self.names.conversation(change.chat), payload.clone()),
+            self.names.publish(self.names.control(), payload),
+        ]);
     }
 
     fn room(&mut self, chat: ChatId, open: bool) {
@@ -604,7 +685,7 @@ impl RedisBridge {
         self.send(vec![
             membership,
             expiry,
-            redis::Cmd::publish(names.control(), envelope),
+            names.publish(names.control(), envelope),
         ]);
     }
 
@@ -634,7 +715,10 @@ impl RedisBridge {
                         origin: &names.instance,
                         dead: &other,
                     };
-                    conn.publish(names.control(), envelope.encode()).await?;
+                    names
+                        .publish(names.control(), envelope.encode())
+                        .query_async::<()>(&mut conn)
+                        .await?;
                     buried.push(other);
                 }
             }
@@ -765,24 +849,18 @@ impl RedisBridge {
 
 /// Sends queued commands in order, as many per pipeline as are waiting.
 async fn send_in_order(
-    mut conn: MultiplexedConnection,
+    mut conn: Conn,
     mut queue: mpsc::UnboundedReceiver<Vec<redis::Cmd>>,
     bridge: Addr<RedisBridge>,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut pipe = redis::pipe();
-        let mut count = 0;
-        let mut next = Some(first);
-        while let Some(commands) = next.take() {
-            for command in commands {
-                pipe.add_command(command).ignore();
-                count += 1;
-            }
-            if count < MAX_PIPELINE {
-                next = queue.try_recv().ok();
+    while let Some(mut commands) = queue.recv().await {
+        while commands.len() < MAX_PIPELINE {
+            match queue.try_recv() {
+                Ok(more) => commands.extend(more),
+                Err(_) => break,
             }
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        if let Err(e) = conn.send_all(commands).await {
             bridge.do_send(LinkLost(e.to_string()));
             return;
         }
@@ -792,7 +870,7 @@ async fn send_in_order(
 /// Applies subscription changes in the order they happened; a run of
 /// waiting changes in the same direction goes as one command.
 async fn subscribe_in_order(
-    mut sink: PubSubSink,
+    mut sink: Subscriber,
     mut changes: mpsc::UnboundedReceiver<Subscription>,
     bridge: Addr<RedisBridge>,
 ) {
@@ -823,12 +901,7 @@ async fn subscribe_in_order(
                 Err(_) => break,
             }
         }
-        let outcome = if subscribe {
-            sink.subscribe(&channels).await
-        } else {
-            sink.unsubscribe(&channels).await
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = sink.set(&channels, subscribe).await {
             bridge.do_send(LinkLost(e.to_string()));
             return;
         }
@@ -849,11 +922,7 @@ impl Handler<LinkLost> for RedisBridge {
 }
 
 /// Adds this instance and its users to the registry, with a fresh liveness key.
-async fn register(
-    conn: &mut MultiplexedConnection,
-    names: &Names,
-    users: &[UserId],
-) -> redis::RedisResult<()> {
+async fn register(conn: &mut Conn, names: &Names, users: &[UserId]) -> redis::RedisResult<()> {
     let users_key = names.users_of(&names.instance);
     let mut pipe = redis::pipe();
     pipe.atomic()
@@ -876,7 +945,7 @@ async fn register(
 
 /// (instance, user) for every user online on another live instance.
 async fn online_elsewhere(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     names: &Names,
 ) -> redis::RedisResult<Vec<(String, UserId)>> {
     let instances: HashSet<String> = conn.smembers(names.instances()).await?;
@@ -931,7 +1000,10 @@ impl StreamHandler<redis::Msg> for RedisBridge {
                 };
                 self.server.deliver.do_send(DeliverRemote { frames });
             }
-            Envelope::Membership { origin, change } if origin != me => {
+            // Each change comes twice (see `publish_membership`).
+            Envelope::Membership { origin, id, change }
+                if origin != me && self.changes_seen.first_time(origin, id) =>
+            {
                 self.server.membership.do_send(ApplyMembership {
                     change: Arc::new(change),
                     broadcast: false,
@@ -998,10 +1070,7 @@ impl Handler<Publish> for RedisBridge {
         match event {
             BusEvent::Conversation(frames) => self.publish_conversation(&frames),
             BusEvent::Room { chat, open } => self.room(chat, open),
-            BusEvent::Membership(change) => self.publish_control(Envelope::Membership {
-                origin,
-                change: (*change).clone(),
-            }),
+            BusEvent::Membership(change) => self.publish_membership(&change),
             BusEvent::Presence {
                 user,
                 online,
@@ -1111,6 +1180,7 @@ mod tests {
         });
         round_trip(Envelope::Membership {
             origin: "i2",
+            id: 7,
             change: MembershipChange {
                 chat,
                 added: vec![UserId(1), UserId(2)],
@@ -1122,6 +1192,7 @@ mod tests {
         });
         round_trip(Envelope::Membership {
             origin: "i2",
+            id: u64::MAX,
             change: MembershipChange {
                 chat,
                 added: vec![],
@@ -1158,13 +1229,28 @@ mod tests {
     }
 
     #[test]
+    fn each_change_is_applied_once() {
+        let mut seen = SeenChanges::default();
+        assert!(seen.first_time("a", 1));
+        assert!(!seen.first_time("a", 1), "the second copy");
+        assert!(seen.first_time("b", 1), "another origin's change 1");
+        for id in 2..=SeenChanges::KEEP as u64 + 1 {
+            assert!(seen.first_time("a", id));
+        }
+        assert_eq!(seen.order.len(), SeenChanges::KEEP);
+        assert!(seen.first_time("a", 1), "forgotten after KEEP newer ones");
+        assert!(!seen.first_time("a", SeenChanges::KEEP as u64));
+    }
+
+    #[test]
     fn malformed_envelopes_are_refused() {
         for junk in [
             &b"X junk"[..],
             b"",
             b"C i1 notauuid - - {}",
             b"C i1 0123456789abcdef0123456789abcdef 1 999 short",
-            b"G i1 0123456789abcdef0123456789abcdef 1 - - 5 - abc",
+            b"G i1 1 0123456789abcdef0123456789abcdef 1 - - 5 - abc",
+            b"G i1 x 0123456789abcdef0123456789abcdef 1 - - - - ",
             b"P i1 x 1",
             b"R i1 5",
         ] {

@@ -657,6 +657,33 @@ impl RawSocket {
     }
 }
 
+/// Sends `n` messages ("burst 0", "burst 1", …) to conversation `pk` from
+/// `sender` and asserts `receiver` gets them in that order; reads the
+/// sender's acks and echoes too.
+pub async fn burst_arrives_in_order(
+    sender: &mut WsClient,
+    receiver: &mut WsClient,
+    pk: &str,
+    n: usize,
+) {
+    for i in 0..n {
+        sender
+            .send(json!({"type": "message", "data": {"to": pk, "content": format!("burst {i}")}}))
+            .await;
+    }
+    let mut contents = Vec::new();
+    while contents.len() < n {
+        let frame = receiver.recv_type("message").await;
+        let content = frame["data"]["data"]["content"].as_str().expect("content");
+        contents.push(content.to_string());
+    }
+    let expected: Vec<String> = (0..n).map(|i| format!("burst {i}")).collect();
+    assert_eq!(contents, expected, "order across instances");
+    for _ in 0..2 * n {
+        sender.recv().await; // the burst's acks and echoes
+    }
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

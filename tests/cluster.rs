@@ -1,0 +1,477 @@
+//! Two instances on a real Redis Cluster (three masters, one replica each,
+//! started here on loopback ports): messages, presence, groups and
+//! revocation cross as on one Redis; when the master owning a
+//! conversation's channel dies, its replica takes over, delivery resumes
+//! within `FAILOVER_BOUND`, and the history holds every acknowledged message
+//! exactly once.
+//!
+//! They need `redis-server` and `redis-cli` (7+, for sharded pub/sub) and a
+//! PostgreSQL database (`TEST_POSTGRES_URL`) the two instances share, so
+//! they are ignored by a bare `cargo test`; CI runs them.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, redis_prefix, Backend, Event, TestApp, TestDatabase, WsClient};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::json;
+
+/// How a node decides a master is gone (`cluster-node-timeout`, ms).
+const NODE_TIMEOUT_MS: u64 = 1000;
+/// Longest time from a master's death to the first live delivery on its
+/// slots: the cluster's failover (node timeout, then the replica's
+/// election) plus the bridge's reconnection backoff.
+const FAILOVER_BOUND: Duration = Duration::from_secs(15);
+
+/// Six `redis-server`s in cluster mode, three masters with one replica
+/// each, killed on drop.
+struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let port = port.to_string();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port, "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server runs (is it installed?)");
+                Some(child)
+            })
+            .collect();
+        let cluster = RedisCluster {
+            ports,
+            nodes,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_healthy(&cluster.ports.clone());
+        cluster
+    }
+
+    /// `REDIS_CLUSTER_URLS` for the servers: every node.
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        urls.join(" ")
+    }
+
+    fn query(port: u16, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        command.query(&mut conn)
+    }
+
+    fn text(port: u16, command: &redis::Cmd) -> String {
+        match Self::query(port, command) {
+            Ok(value) => redis::from_redis_value(value).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until every node in `ports` reports the cluster `ok` (every
+    /// slot served) and every replica among them has synchronised with its
+    /// master (a replica that never did will not take over: its data counts
+    /// as too old).
+    fn wait_healthy(&self, ports: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = ports.iter().all(|port| {
+                let replication = Self::text(*port, redis::cmd("INFO").arg("replication"));
+                Self::text(*port, redis::cmd("CLUSTER").arg("INFO")).contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if healthy {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The port of the master serving `key`'s slot.
+    fn master_of(&self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let slot: i64 = redis::from_redis_value(
+            Self::query(port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).expect("KEYSLOT"),
+        )
+        .expect("a slot number");
+        let nodes = Self::text(port, redis::cmd("CLUSTER").arg("NODES"));
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                match (start.parse::<i64>(), end.parse::<i64>()) {
+                    (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let address = fields[1].split('@').next().expect("host:port@cport");
+                return address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("a port");
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, child)| child.is_some())
+            .map(|(port, _)| *port)
+            .collect()
+    }
+
+    /// Kills the node on `port` (as a crash would).
+    fn kill(&mut self, port: u16) {
+        let index = self.ports.iter().position(|p| *p == port).expect("a node");
+        if let Some(mut child) = self.nodes[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn instances_on(
+    cluster: &RedisCluster,
+    db: &TestDatabase,
+    prefix: &str,
+) -> (TestApp, TestApp) {
+    let backend = Backend::postgres();
+    let urls = cluster.urls();
+    let extra = [
+        ("REDIS_CLUSTER_URLS", urls.as_str()),
+        ("REDIS_PREFIX", prefix),
+    ];
+    let a = TestApp::spawn_on(&backend, &db.url, &extra).await;
+    let b = TestApp::spawn_on(&backend, &db.url, &extra).await;
+    a.wait_redis(true).await;
+    b.wait_redis(true).await;
+    (a, b)
+}
+
+#[actix_rt::test]
+#[ignore = "needs redis-server, redis-cli and TEST_POSTGRES_URL; run with --include-ignored"]
+async fn messages_presence_groups_and_revocation_cross_a_cluster() {
+    let cluster = RedisCluster::start();
+    let db = TestDatabase::create(&Backend::postgres()).await;
+    let (a, b) = instances_on(&cluster, &db, &redis_prefix()).await;
+    let (alice, bob, pk) = a.pair("alice", "bob").await;
+    let alice_token = a.login("alice").await;
+    let bob_token = b.login("bob").await;
+
+    // Presence crosses.
+    let mut alice_a = a.authorized(&alice_token).await;
+    let mut bob_b = b.authorized(&bob_token).await;
+    assert_eq!(
+        alice_a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}})
+    );
+    let contacts = alice_a
+        .request(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts["data"][0]["online"], true);
+
+    // A message crosses, exactly once, to every session of both users.
+    let mut alice_b = b.authorized(&alice_token).await;
+    alice_a
+        .send(
+            json!({"type": "message", "data": {"to": pk, "content": "sharded", "client_id": "c1"}}),
+        )
+        .await;
+    let ack = alice_a.recv_type("message_response").await;
+    let pushed = |direction: &str| {
+        json!({"type": "message", "data": {"pk": pk, "data": {
+        "direction": direction, "content": "sharded", "time": ack["data"]["time"],
+        "id": ack["data"]["id"], "sender": alice, "client_id": "c1"}}})
+    };
+    assert_eq!(alice_a.recv().await, pushed("send"));
+    assert_eq!(bob_b.recv().await, pushed("received"));
+    assert_eq!(alice_b.recv().await, pushed("send"));
+
+    // A burst keeps its order across instances.
+    common::burst_arrives_in_order(&mut alice_a, &mut bob_b, &pk, 50).await;
+    for _ in 0..50 {
+        alice_b.recv_type("message").await;
+    }
+    for ws in [&mut bob_b, &mut alice_b] {
+        ws.expect_silence(Duration::from_millis(300)).await;
+    }
+
+    // A group made on A reaches its members on B; a removal made on A stops
+    // the removed member on B at once.
+    let (carol, carol_token) = a.user("carol").await;
+    let mut carol_b = b.authorized(&carol_token).await;
+    let group = alice_a
+        .ask(json!({"type": "create_group", "data": {"title": "Shards", "members": [bob, carol]}}))
+        .await;
+    let group_pk = group["pk"].clone();
+    for client in [&mut bob_b, &mut carol_b] {
+        assert_eq!(
+            client.recv_type("conversation").await["data"]["name"],
+            "Shards"
+        );
+        // Once: the change came on two channels, and is applied once.
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    alice_a
+        .ask(json!({"type": "remove_member", "data": {"id": group_pk, "user_id": carol}}))
+        .await;
+    assert_eq!(
+        carol_b.recv_type("conversation").await["data"]["removed"],
+        true
+    );
+    alice_a
+        .send(json!({"type": "message", "data": {"to": group_pk, "content": "after carol"}}))
+        .await;
+    assert_eq!(
+        bob_b.recv_type("message").await["data"]["data"]["content"],
+        "after carol"
+    );
+    carol_b.expect_silence(Duration::from_millis(400)).await;
+
+    // Offline crosses, to both conversations alice shares with bob.
+    drop(bob_b);
+    let mut offline = Vec::new();
+    for _ in 0..2 {
+        let presence = alice_a.recv_type("presence").await;
+        assert_eq!(presence["data"]["online"], false, "{presence}");
+        assert_eq!(presence["data"]["user_id"], bob, "{presence}");
+        offline.push(presence["data"]["pk"].as_str().expect("a pk").to_string());
+    }
+    offline.sort();
+    let mut shared = vec![pk.clone(), group_pk.as_str().expect("a pk").to_string()];
+    shared.sort();
+    assert_eq!(offline, shared);
+
+    // A password change on A closes alice's session on B promptly.
+    let changed = Instant::now();
+    let (status, _) = a
+        .rest(
+            actix_web::http::Method::POST,
+            "/api/password/",
+            &alice_token,
+            Some(json!({"old_password": common::PASSWORD, "new_password": "a changed password"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    alice_b.expect_closed_with(1008, "token revoked").await;
+    assert!(
+        changed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        changed.elapsed()
+    );
+}
+
+/// Bob's side during the failover: every message frame, with when it came.
+type Received = Rc<RefCell<Vec<(String, Instant)>>>;
+
+fn read_messages(mut ws: WsClient, received: Received) {
+    actix_web::rt::spawn(async move {
+        loop {
+            match ws.next_event(Duration::from_secs(60)).await {
+                Event::Json(frame) if frame["type"] == "message" => {
+                    let content = frame["data"]["data"]["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    received.borrow_mut().push((content, Instant::now()));
+                }
+                Event::Json(_) => {}
+                _ => return,
+            }
+        }
+    });
+}
+
+#[actix_rt::test]
+#[ignore = "needs redis-server, redis-cli and TEST_POSTGRES_URL; run with --include-ignored"]
+async fn a_master_failover_loses_nothing() {
+    let mut cluster = RedisCluster::start();
+    let db = TestDatabase::create(&Backend::postgres()).await;
+    let prefix = redis_prefix();
+    let (a, b) = instances_on(&cluster, &db, &prefix).await;
+    let (_, _, pk) = a.pair("alice", "bob").await;
+    let alice_token = a.login("alice").await;
+    let bob_token = b.login("bob").await;
+    let mut alice = a.authorized(&alice_token).await;
+    let bob = b.authorized(&bob_token).await;
+    let received: Received = Rc::default();
+    read_messages(bob, received.clone());
+
+    // The master serving the conversation's channel.
+    let channel = format!("{prefix}:conv:{}", pk.replace('-', ""));
+    let victim = cluster.master_of(&channel);
+
+    let mut acked: HashMap<String, i64> = HashMap::new();
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let mut killed: Option<Instant> = None;
+    let mut resumed: Option<Duration> = None;
+    let started = Instant::now();
+    for n in 0.. {
+        let content = format!("m{n}");
+        alice
+            .send(json!({"type": "message", "data": {"to": pk, "content": content, "client_id": content}}))
+            .await;
+        sent_at.insert(content.clone(), Instant::now());
+        let ack = alice.recv_type("message_response").await;
+        assert_eq!(ack["data"]["client_id"], content.as_str(), "{ack}");
+        let id = ack["data"]["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("acknowledged: {ack}"));
+        acked.insert(content, id);
+
+        if killed.is_none() && started.elapsed() > Duration::from_secs(1) {
+            assert!(
+                !received.borrow().is_empty(),
+                "live delivery before the failover"
+            );
+            cluster.kill(victim);
+            killed = Some(Instant::now());
+        }
+        if let Some(at) = killed {
+            // Resumed: a message sent after the kill arrived live.
+            let first_after = received
+                .borrow()
+                .iter()
+                .find(|(content, _)| sent_at[content] > at)
+                .map(|(_, when)| *when - at);
+            if let Some(after) = first_after {
+                resumed.get_or_insert(after);
+            }
+            if resumed.is_some_and(|r| at.elapsed() > r + Duration::from_secs(1))
+                || at.elapsed() > FAILOVER_BOUND + Duration::from_secs(5)
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(resumed) = resumed else {
+        let port = cluster.live_ports()[0];
+        panic!(
+            "live delivery never resumed after the failover; the cluster says:\n{}",
+            RedisCluster::text(port, redis::cmd("CLUSTER").arg("NODES"))
+        );
+    };
+    eprintln!(
+        "failover: {} messages, delivery resumed {resumed:?} after the master died",
+        acked.len()
+    );
+    assert!(resumed < FAILOVER_BOUND, "resumed after {resumed:?}");
+    let survivors: Vec<u16> = cluster.live_ports();
+    cluster.wait_healthy(&survivors);
+
+    // Every acknowledged message is stored exactly once, with its id.
+    let stored = entity::message::Entity::find()
+        .filter(entity::message::Column::ChatId.eq(uuid::Uuid::parse_str(&pk).unwrap()))
+        .order_by_asc(entity::message::Column::Id)
+        .all(&a.db)
+        .await
+        .expect("the history");
+    let history: HashMap<String, i64> = stored.iter().map(|m| (m.content.clone(), m.id)).collect();
+    assert_eq!(stored.len(), history.len(), "a message stored twice");
+    assert_eq!(
+        history, acked,
+        "the history is exactly what was acknowledged"
+    );
+
+    // Live, bob got each message at most once, in order; what the failover
+    // cost him live he gets by catching up after the last one he saw.
+    let live: Vec<String> = received.borrow().iter().map(|(c, _)| c.clone()).collect();
+    let unique: HashSet<&String> = live.iter().collect();
+    assert_eq!(unique.len(), live.len(), "a message delivered twice");
+    let ids: Vec<i64> = live.iter().map(|c| acked[c]).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "live order: {live:?}");
+    let mut bob_again = b.authorized(&bob_token).await;
+    let before_failover = *ids.first().expect("bob got messages live");
+    let mut seen: HashSet<String> = HashSet::from([live[0].clone()]);
+    let mut after = before_failover;
+    loop {
+        let page = bob_again
+            .ask(json!({"type": "get_messages", "data": {"id": pk, "after": after}}))
+            .await;
+        for message in page["messages"].as_array().expect("messages") {
+            seen.insert(message["content"].as_str().expect("content").to_string());
+            after = after.max(message["id"].as_i64().expect("an id"));
+        }
+        if page["has_more"] != true {
+            break;
+        }
+    }
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|(_, id)| **id >= before_failover)
+        .map(|(c, _)| c)
+        .filter(|c| !seen.contains(*c))
+        .collect();
+    assert!(missing.is_empty(), "not caught up: {missing:?}");
+}
