@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# API conformance: schemathesis (from PyPI) against /swagger.json of a real
+# API conformance: schemathesis (from PyPI) against /openapi.json of a real
 # server on a fresh SQLite file. Fails on any 5xx or any response that
 # violates the documented schema. Bounded: EXAMPLES per operation (default 50).
 #
@@ -74,7 +74,7 @@ cat > schemathesis.toml <<TOML
 include-path-regex = "^/api/groups/"
 parameters = { "path.id" = "$group", "path.user_id" = 2 }
 TOML
-schemathesis run "$base/swagger.json" \
+schemathesis run "$base/openapi.json" \
   --header "Authorization: Bearer $token" \
   --max-examples "$EXAMPLES" \
   --checks all --exclude-checks positive_data_acceptance \

@@ -235,7 +235,7 @@ impl Application {
                     app
                 })
                 .build()
-                .route("/swagger.json", web::get().to(serve_spec(spec)))
+                .configure(spec_routes(spec))
                 .route("/chat", web::get().to(chat::connect))
                 .route("/chat/", web::get().to(chat::connect))
                 .route("/metrics", web::get().to(api::health::metrics))
@@ -331,12 +331,24 @@ impl Application {
     }
 }
 
-/// `GET /swagger.json`: the generated spec with what paperclip cannot express added.
-fn serve_spec(
-    mut spec: serde_json::Value,
+/// `GET /swagger.json` (Swagger 2.0) and `GET /openapi.json` (OpenAPI 3.0,
+/// which the docs pages read): the generated spec with what paperclip
+/// cannot express added.
+fn spec_routes(mut swagger2: serde_json::Value) -> impl FnOnce(&mut web::ServiceConfig) {
+    api::refine_spec(&mut swagger2);
+    let openapi3 =
+        api::openapi3(&swagger2).expect("paperclip reads back the spec it generated itself");
+    move |config| {
+        config
+            .route("/swagger.json", web::get().to(json_document(&swagger2)))
+            .route("/openapi.json", web::get().to(json_document(&openapi3)));
+    }
+}
+
+fn json_document(
+    document: &serde_json::Value,
 ) -> impl Fn() -> std::future::Ready<actix_web::HttpResponse> + Clone {
-    api::refine_spec(&mut spec);
-    let body = web::Bytes::from(serde_json::to_vec(&spec).expect("a JSON value serializes"));
+    let body = web::Bytes::from(serde_json::to_vec(document).expect("a JSON value serializes"));
     move || {
         std::future::ready(
             actix_web::HttpResponse::Ok()

@@ -291,6 +291,63 @@ async fn openapi_spec_and_doc_pages_are_served_locally() {
     }
     assert!(spec["paths"]["/api/login/"]["post"]["responses"]["400"].is_object());
     assert!(spec["securityDefinitions"].is_object());
+
+    // The same API as OpenAPI 3.0, which the pages read.
+    let (status, v3) = json_of(app.http.get(app.url("/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(
+        v3["openapi"].as_str().unwrap().starts_with("3.0."),
+        "{}",
+        v3["openapi"]
+    );
+    let methods = |paths: &serde_json::Value| -> Vec<(String, Vec<String>)> {
+        let paths = paths.as_object().unwrap();
+        paths
+            .iter()
+            .map(|(path, ops)| {
+                (
+                    path.clone(),
+                    ops.as_object().unwrap().keys().cloned().collect(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        methods(&v3["paths"]),
+        methods(&spec["paths"]),
+        "the same operations"
+    );
+    let names = |schemas: &serde_json::Value| -> Vec<String> {
+        schemas.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(
+        names(&v3["components"]["schemas"]),
+        names(&spec["definitions"])
+    );
+    let schemas = &v3["components"]["schemas"];
+    assert_eq!(
+        schemas["Contact"]["properties"]["last_message"]["nullable"],
+        true
+    );
+    assert_eq!(
+        schemas["RegisterRequest"]["required"],
+        spec["definitions"]["RegisterRequest"]["required"]
+    );
+    assert_eq!(
+        schemas["RegisterRequest"]["properties"]["password"]["minLength"],
+        8
+    );
+    assert_eq!(
+        v3["paths"]["/api/register/"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/RegisterRequest"
+    );
+    let id = &v3["paths"]["/api/contacts/{id}/"]["get"]["parameters"][0];
+    assert_eq!(
+        (&id["name"], &id["schema"]["format"]),
+        (&json!("id"), &json!("uuid"))
+    );
+    assert!(v3["components"]["securitySchemes"]["apiKey"].is_object());
     for (page, assets) in [
         (
             "/swagger/",
@@ -308,7 +365,7 @@ async fn openapi_spec_and_doc_pages_are_served_locally() {
             .unwrap()
             .starts_with("text/html"));
         let html = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
-        assert!(html.contains("/swagger.json"));
+        assert!(html.contains("/openapi.json"));
         for asset in assets {
             assert!(html.contains(asset), "{page} links {asset}");
             let mut res = app.http.get(app.url(asset)).send().await.unwrap();

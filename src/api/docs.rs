@@ -1,5 +1,6 @@
-//! Swagger UI at `/swagger/` and ReDoc at `/redoc/`, both reading
-//! `/swagger.json`. Their assets are shipped in `static/` and served from
+//! Swagger UI at `/swagger/` and ReDoc at `/redoc/`, both reading the
+//! OpenAPI 3.0 spec at `/openapi.json` (`/swagger.json` has the same API as
+//! Swagger 2.0). Their assets are shipped in `static/` and served from
 //! here: the server needs no CDN.
 
 use actix_web::http::header;
@@ -19,7 +20,7 @@ const SWAGGER_PAGE: &str = r##"<!DOCTYPE html>
 <link rel="stylesheet" href="/swagger/swagger-ui.css">
 </head>
 <body>
-<div id="swagger-ui" data-spec-url="/swagger.json"></div>
+<div id="swagger-ui" data-spec-url="/openapi.json"></div>
 <script src="/swagger/swagger-ui-bundle.js"></script>
 <script src="/swagger/init.js"></script>
 </body>
@@ -38,7 +39,7 @@ const REDOC_PAGE: &str = r##"<!DOCTYPE html>
 <title>Chat server API - ReDoc</title>
 </head>
 <body>
-<redoc spec-url="/swagger.json"></redoc>
+<redoc spec-url="/openapi.json"></redoc>
 <script src="/redoc/redoc.standalone.js"></script>
 </body>
 </html>

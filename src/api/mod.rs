@@ -172,10 +172,51 @@ const NULLABLE_FIELDS: &[(&str, &str)] = &[
 /// that conformance tools exercise them.
 const EXAMPLE_CONVERSATION: &str = "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11";
 
-/// Adds to the generated spec what paperclip cannot express.
+/// Where a version of the spec keeps what the refinements touch.
+struct Dialect {
+    /// The JSON pointer of the schema definitions.
+    schemas: &'static str,
+    /// How a field says it may be null.
+    nullable: &'static str,
+    /// Whether a parameter's type rules sit in its `schema` (3.0) or on it (2.0).
+    parameter_schema: bool,
+    /// How a parameter names its example.
+    example: &'static str,
+}
+
+const SWAGGER2: Dialect = Dialect {
+    schemas: "/definitions",
+    nullable: "x-nullable",
+    parameter_schema: false,
+    example: "x-example",
+};
+
+const OPENAPI3: Dialect = Dialect {
+    schemas: "/components/schemas",
+    nullable: "nullable",
+    parameter_schema: true,
+    example: "example",
+};
+
+/// Adds to the generated (Swagger 2.0) spec what paperclip cannot express.
 pub fn refine_spec(spec: &mut serde_json::Value) {
+    refine(spec, &SWAGGER2);
+}
+
+/// The same API as OpenAPI 3.0: paperclip converts the Swagger 2.0 spec,
+/// and the refinements, which the conversion drops, are made again in 3.0's
+/// terms (`nullable`, parameter schemas).
+pub fn openapi3(swagger2: &serde_json::Value) -> Result<serde_json::Value, serde_json::Error> {
+    let raw: DefaultApiRaw = serde_json::from_value(swagger2.clone())?;
+    let mut spec = serde_json::to_value(paperclip_core::v3::openapiv2_to_v3(raw))?;
+    refine(&mut spec, &OPENAPI3);
+    Ok(spec)
+}
+
+fn refine(spec: &mut serde_json::Value, dialect: &Dialect) {
+    let schemas = dialect.schemas;
     for (definition, fields) in REQUIRED_FIELDS {
-        if let Some(schema) = spec.pointer_mut(&format!("/definitions/{definition}")) {
+        if let Some(schema) = spec.pointer_mut(&format!("{schemas}/{definition}")) {
             schema["required"] = serde_json::json!(fields);
             for field in *fields {
                 if let Some(property) = schema.pointer_mut(&format!("/properties/{field}")) {
@@ -187,13 +228,13 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
         }
     }
     for (definition, field) in NULLABLE_FIELDS {
-        let pointer = format!("/definitions/{definition}/properties/{field}");
+        let pointer = format!("{schemas}/{definition}/properties/{field}");
         if let Some(property) = spec.pointer_mut(&pointer) {
-            property["x-nullable"] = serde_json::json!(true);
+            property[dialect.nullable] = serde_json::json!(true);
         }
     }
     for (definition, field, constraint, value) in FIELD_RULES {
-        let pointer = format!("/definitions/{definition}/properties/{field}");
+        let pointer = format!("{schemas}/{definition}/properties/{field}");
         if let Some(property) = spec.pointer_mut(&pointer) {
             property[*constraint] = serde_json::json!(value);
         }
@@ -212,21 +253,26 @@ pub fn refine_spec(spec: &mut serde_json::Value) {
         else {
             continue;
         };
-        for parameter in parameters
-            .iter_mut()
-            .filter(|p| p["in"] == "path" && p["name"] == "id")
-        {
-            parameter["format"] = serde_json::json!("uuid");
-            parameter["x-example"] = serde_json::json!(EXAMPLE_CONVERSATION);
-        }
-        for parameter in parameters.iter_mut().filter(|p| p["in"] == "query") {
-            if let Some((_, min, max)) = QUERY_RANGES
+        for parameter in parameters.iter_mut() {
+            let conversation = parameter["in"] == "path" && parameter["name"] == "id";
+            let range = QUERY_RANGES
                 .iter()
-                .find(|(name, _, _)| parameter["name"] == *name)
-            {
-                parameter["minimum"] = serde_json::json!(min);
+                .find(|(name, _, _)| parameter["in"] == "query" && parameter["name"] == *name);
+            if conversation {
+                parameter[dialect.example] = serde_json::json!(EXAMPLE_CONVERSATION);
+            }
+            let rules = if dialect.parameter_schema {
+                &mut parameter["schema"]
+            } else {
+                parameter
+            };
+            if conversation {
+                rules["format"] = serde_json::json!("uuid");
+            }
+            if let Some((_, min, max)) = range {
+                rules["minimum"] = serde_json::json!(min);
                 if let Some(max) = max {
-                    parameter["maximum"] = serde_json::json!(max);
+                    rules["maximum"] = serde_json::json!(max);
                 }
             }
         }
