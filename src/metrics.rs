@@ -1,176 +1,275 @@
-//! Counters for `GET /metrics` (Prometheus text format). Updating one is an
-//! atomic add, cheap enough for every frame.
+//! What `GET /metrics` reports, through the Prometheus project's own client
+//! (`prometheus-client`): counters, gauges, labelled families and
+//! histograms, encoded in the OpenMetrics text format. Updating one is an
+//! atomic add (a family adds a read-locked lookup of its label set), cheap
+//! enough for every frame.
+//!
+//! The names of the first version are kept (README "Metrics"): what was a
+//! plain counter of frames in is now labelled by request type, and errors,
+//! batch sizes and the send-to-delivery time are new.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the store-latency histogram buckets.
 const STORE_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
 
-#[derive(Default)]
+/// The label set of a family with one label whose values are fixed names.
+type Label = [(&'static str, &'static str); 1];
+
+/// The `type` of a text frame that is not a request this server knows.
+pub const UNPARSED: &str = "unparsed";
+
 struct Inner {
-    connections: AtomicU64,
-    sessions: AtomicU64,
-    frames_in: AtomicU64,
-    frames_out: AtomicU64,
-    bad_frames: AtomicU64,
-    messages_stored: AtomicU64,
-    store_batches: AtomicU64,
-    store_bucket_counts: [AtomicU64; STORE_BUCKETS.len()],
-    store_seconds_micros: AtomicU64,
-    outbox_overflows: AtomicU64,
-    rate_limited: AtomicU64,
-    redis_up: AtomicU64,
-    redis_reconnects: AtomicU64,
+    registry: Registry,
+    connections: Gauge,
+    sessions: Gauge,
+    frames_in: Family<Label, Counter>,
+    frames_out: Counter,
+    bad_frames: Counter,
+    errors: Family<Label, Counter>,
+    messages_stored: Counter,
+    store_seconds: Histogram,
+    store_batch_size: Histogram,
+    send_to_delivery: Histogram,
+    outbox_overflows: Counter,
+    rate_limited: Counter,
+    redis_up: Gauge,
+    redis_reconnects: Counter,
+    server_users: Gauge,
+    server_sessions: Gauge,
 }
 
-/// Shared counters of one server instance.
+impl Default for Inner {
+    fn default() -> Self {
+        let mut inner = Inner {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            sessions: Gauge::default(),
+            frames_in: Family::default(),
+            frames_out: Counter::default(),
+            bad_frames: Counter::default(),
+            errors: Family::default(),
+            messages_stored: Counter::default(),
+            store_seconds: Histogram::new(STORE_BUCKETS),
+            // 1, 2, 4, … 1024 messages.
+            store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            // 0.25 ms … 2 s.
+            send_to_delivery: Histogram::new(exponential_buckets(0.00025, 2.0, 14)),
+            outbox_overflows: Counter::default(),
+            rate_limited: Counter::default(),
+            redis_up: Gauge::default(),
+            redis_reconnects: Counter::default(),
+            server_users: Gauge::default(),
+            server_sessions: Gauge::default(),
+        };
+        let r = &mut inner.registry;
+        r.register(
+            "chat_connections",
+            "Open WebSocket connections.",
+            inner.connections.clone(),
+        );
+        r.register(
+            "chat_sessions_authorized",
+            "Authorized WebSocket sessions.",
+            inner.sessions.clone(),
+        );
+        r.register(
+            "chat_frames_in",
+            "Text frames received from clients, by request type (`unparsed`: not a request).",
+            inner.frames_in.clone(),
+        );
+        r.register(
+            "chat_frames_out",
+            "Frames queued to clients.",
+            inner.frames_out.clone(),
+        );
+        r.register(
+            "chat_bad_frames",
+            "Frames answered with an error frame.",
+            inner.bad_frames.clone(),
+        );
+        r.register(
+            "chat_errors",
+            "Error replies to requests, by B3 code.",
+            inner.errors.clone(),
+        );
+        r.register(
+            "chat_messages_stored",
+            "Messages committed.",
+            inner.messages_stored.clone(),
+        );
+        r.register(
+            "chat_store_batch_seconds",
+            "Time to commit one batch of messages.",
+            inner.store_seconds.clone(),
+        );
+        r.register(
+            "chat_store_batch_size",
+            "Messages per committed batch.",
+            inner.store_batch_size.clone(),
+        );
+        r.register(
+            "chat_send_to_delivery_seconds",
+            "From a message frame's arrival to its push handed to the recipients' \
+             sessions here and to the bus, after its commit.",
+            inner.send_to_delivery.clone(),
+        );
+        r.register(
+            "chat_outbox_overflows",
+            "Connections closed because the client did not read.",
+            inner.outbox_overflows.clone(),
+        );
+        r.register(
+            "chat_rate_limited",
+            "Requests refused by the per-session rate limit.",
+            inner.rate_limited.clone(),
+        );
+        r.register(
+            "chat_redis_up",
+            "1 when the Redis bridge is connected.",
+            inner.redis_up.clone(),
+        );
+        r.register(
+            "chat_redis_reconnects",
+            "Redis bridge reconnections.",
+            inner.redis_reconnects.clone(),
+        );
+        r.register(
+            "chat_server_users",
+            "Users with a session registered in the ChatServer.",
+            inner.server_users.clone(),
+        );
+        r.register(
+            "chat_server_sessions",
+            "Sessions registered in the ChatServer.",
+            inner.server_sessions.clone(),
+        );
+        inner
+    }
+}
+
+/// The metrics of one server instance.
 #[derive(Clone, Default)]
 pub struct Metrics(Arc<Inner>);
 
+/// What the ChatServer counts, read at each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerCounts {
+    pub users: usize,
+    pub sessions: usize,
+}
+
 impl Metrics {
     pub fn connection_opened(&self) {
-        self.0.connections.fetch_add(1, Relaxed);
+        self.0.connections.inc();
     }
     pub fn connection_closed(&self) {
-        self.0.connections.fetch_sub(1, Relaxed);
+        self.0.connections.dec();
     }
     pub fn session_authorized(&self) {
-        self.0.sessions.fetch_add(1, Relaxed);
+        self.0.sessions.inc();
     }
     pub fn session_ended(&self) {
-        self.0.sessions.fetch_sub(1, Relaxed);
+        self.0.sessions.dec();
     }
-    pub fn frame_in(&self) {
-        self.0.frames_in.fetch_add(1, Relaxed);
+    /// A text frame of request type `kind` (its wire name, or `UNPARSED`).
+    pub fn frame_in(&self, kind: &'static str) {
+        self.0.frames_in.get_or_create(&[("type", kind)]).inc();
     }
     pub fn frames_out(&self, n: u64) {
-        self.0.frames_out.fetch_add(n, Relaxed);
+        self.0.frames_out.inc_by(n);
     }
-    pub fn bad_frame(&self) {
-        self.0.bad_frames.fetch_add(1, Relaxed);
+    /// A frame answered with an error frame: a request's error reply has a
+    /// B3 `code`; an unparsable frame has none.
+    pub fn bad_frame(&self, code: Option<&'static str>) {
+        self.0.bad_frames.inc();
+        if let Some(code) = code {
+            self.0.errors.get_or_create(&[("code", code)]).inc();
+        }
     }
     pub fn outbox_overflow(&self) {
-        self.0.outbox_overflows.fetch_add(1, Relaxed);
+        self.0.outbox_overflows.inc();
     }
     pub fn rate_limited(&self) {
-        self.0.rate_limited.fetch_add(1, Relaxed);
+        self.0.rate_limited.inc();
     }
     pub fn redis_state(&self, up: bool) {
-        self.0.redis_up.store(up as u64, Relaxed);
+        self.0.redis_up.set(i64::from(up));
     }
     pub fn redis_reconnect(&self) {
-        self.0.redis_reconnects.fetch_add(1, Relaxed);
+        self.0.redis_reconnects.inc();
     }
 
     /// One committed batch of `count` messages that took `elapsed`.
     pub fn record_store_batch(&self, count: usize, elapsed: Duration) {
-        let i = &self.0;
-        i.messages_stored.fetch_add(count as u64, Relaxed);
-        i.store_batches.fetch_add(1, Relaxed);
-        i.store_seconds_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(b) = STORE_BUCKETS.iter().position(|&le| secs <= le) {
-            i.store_bucket_counts[b].fetch_add(1, Relaxed);
-        }
+        self.0.messages_stored.inc_by(count as u64);
+        self.0.store_seconds.observe(elapsed.as_secs_f64());
+        self.0.store_batch_size.observe(count as f64);
     }
 
-    /// The Prometheus exposition text; `extra` adds gauges known elsewhere.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    /// A stored message handed on for delivery, `elapsed` after its frame arrived.
+    pub fn message_delivered(&self, elapsed: Duration) {
+        self.0.send_to_delivery.observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of every metric, with the ChatServer's `counts`.
+    pub fn render(&self, counts: ServerCounts) -> String {
         let i = &self.0;
+        i.server_users.set(counts.users as i64);
+        i.server_sessions.set(counts.sessions as i64);
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "chat_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            i.connections.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_sessions_authorized",
-            "gauge",
-            "Authorized WebSocket sessions.",
-            i.sessions.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_frames_in_total",
-            "counter",
-            "Frames received from clients.",
-            i.frames_in.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_frames_out_total",
-            "counter",
-            "Frames queued to clients.",
-            i.frames_out.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_bad_frames_total",
-            "counter",
-            "Frames answered with an error frame.",
-            i.bad_frames.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_messages_stored_total",
-            "counter",
-            "Messages committed.",
-            i.messages_stored.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_outbox_overflows_total",
-            "counter",
-            "Connections closed because the client did not read.",
-            i.outbox_overflows.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_rate_limited_total",
-            "counter",
-            "Requests refused by the per-session rate limit.",
-            i.rate_limited.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_redis_up",
-            "gauge",
-            "1 when the Redis bridge is connected.",
-            i.redis_up.load(Relaxed) as f64,
-        );
-        metric(
-            "chat_redis_reconnects_total",
-            "counter",
-            "Redis bridge reconnections.",
-            i.redis_reconnects.load(Relaxed) as f64,
-        );
-        for (name, help, value) in extra {
-            metric(name, "gauge", help, *value);
-        }
-        let _ = writeln!(out, "# HELP chat_store_batch_seconds Time to commit one batch of messages.\n# TYPE chat_store_batch_seconds histogram");
-        let mut cumulative = 0;
-        for (b, le) in STORE_BUCKETS.iter().enumerate() {
-            cumulative += i.store_bucket_counts[b].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "chat_store_batch_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let batches = i.store_batches.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "chat_store_batch_seconds_bucket{{le=\"+Inf\"}} {batches}"
-        );
-        let _ = writeln!(
-            out,
-            "chat_store_batch_seconds_sum {}",
-            i.store_seconds_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "chat_store_batch_seconds_count {batches}");
+        encode(&mut out, &i.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_histograms() {
+        let m = Metrics::default();
+        m.connection_opened();
+        m.frame_in("message");
+        m.frame_in("message");
+        m.frame_in(UNPARSED);
+        m.bad_frame(Some("not_found"));
+        m.bad_frame(None);
+        m.record_store_batch(3, Duration::from_millis(3));
+        m.message_delivered(Duration::from_millis(1));
+        m.redis_state(true);
+        let text = m.render(ServerCounts {
+            users: 2,
+            sessions: 5,
+        });
+        for line in [
+            "# TYPE chat_connections gauge",
+            "chat_connections 1",
+            "chat_frames_in_total{type=\"message\"} 2",
+            "chat_frames_in_total{type=\"unparsed\"} 1",
+            "chat_bad_frames_total 2",
+            "chat_errors_total{code=\"not_found\"} 1",
+            "chat_messages_stored_total 3",
+            "chat_store_batch_seconds_count 1",
+            "chat_store_batch_seconds_bucket{le=\"0.005\"} 1",
+            "chat_store_batch_seconds_bucket{le=\"0.002\"} 0",
+            "chat_store_batch_size_bucket{le=\"4.0\"} 1",
+            "chat_send_to_delivery_seconds_count 1",
+            "chat_redis_up 1",
+            "chat_server_users 2",
+            "chat_server_sessions 5",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
     }
 }

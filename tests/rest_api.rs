@@ -455,3 +455,35 @@ async fn the_favicon_is_served_locally() {
         assert!(res.body().await.unwrap().starts_with(b"<svg"));
     }
 }
+
+#[actix_rt::test]
+async fn metrics_count_requests_by_type_and_errors_by_code() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await;
+    ws.send(json!({"type": "message", "data": {"to": pk, "content": "counted"}}))
+        .await;
+    ws.recv_type("message_response").await;
+    let missing = ws
+        .ask(json!({"type": "get_contact", "data": {"id": "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11"}}))
+        .await;
+    assert_eq!(missing["code"], "not_found");
+    ws.send_text("not json").await;
+    assert_eq!(ws.recv().await["type"], "bad_request");
+    let text = app.metrics_text().await;
+    for line in [
+        "chat_frames_in_total{type=\"authorization\"} 1",
+        "chat_frames_in_total{type=\"message\"} 1",
+        "chat_frames_in_total{type=\"get_contact\"} 1",
+        "chat_frames_in_total{type=\"unparsed\"} 1",
+        "chat_bad_frames_total 2",
+        "chat_errors_total{code=\"not_found\"} 1",
+        "chat_messages_stored_total 1",
+        "chat_store_batch_size_count 1",
+        "chat_send_to_delivery_seconds_count 1",
+        "chat_server_sessions 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+}

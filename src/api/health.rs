@@ -12,6 +12,7 @@ use secrecy::ExposeSecret;
 use crate::chat::server::Stats;
 use crate::db;
 use crate::error::ApiError;
+use crate::metrics::ServerCounts;
 use crate::state::AppState;
 
 /// How long a readiness probe waits for the database or Redis.
@@ -131,21 +132,11 @@ pub async fn metrics(
         }
     }
     let stats = state.chat_server.send(Stats).await.ok();
-    let users = stats.map_or(0.0, |s| s.users as f64);
-    let sessions = stats.map_or(0.0, |s| s.sessions as f64);
-    let body = state.metrics.render(&[
-        (
-            "chat_server_users",
-            "Users with a session registered in the ChatServer.",
-            users,
-        ),
-        (
-            "chat_server_sessions",
-            "Sessions registered in the ChatServer.",
-            sessions,
-        ),
-    ]);
+    let counts = stats.map_or_else(ServerCounts::default, |s| ServerCounts {
+        users: s.users,
+        sessions: s.sessions,
+    });
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(body)
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(counts))
 }

@@ -297,6 +297,19 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The code as on the wire (and in metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 /// `{"status": "error", "code": ..., "message": ...}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorReply {

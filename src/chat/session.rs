@@ -24,6 +24,7 @@ use super::unauthenticated::UnauthenticatedSlot;
 use super::writer::{NewMessage, PendingStore, StoreError, Stored};
 use super::ChatContext;
 use crate::auth::{self, AuthError};
+use crate::metrics;
 
 /// How long a new connection has to authorize (PROTOCOL.md A2.2).
 pub const AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,7 +83,7 @@ pub struct WsSession {
     last_heard: Instant,
     rate: RateLimit,
     /// Commits awaited in submission order, so acks and pushes keep it.
-    deliveries: Option<mpsc::UnboundedSender<PendingStore>>,
+    deliveries: Option<mpsc::UnboundedSender<(Instant, PendingStore)>>,
     /// Closes the session when its token expires.
     expiry: Option<SpawnHandle>,
     /// Counts this connection against its address's unauthenticated sockets
@@ -136,7 +137,7 @@ impl WsSession {
         message: &str,
         ctx: &mut Context<Self>,
     ) {
-        self.chat.metrics.bad_frame();
+        self.chat.metrics.bad_frame(Some(code.as_str()));
         self.send(
             &ServerEvent::error(kind, ErrorReply::new(code, message)),
             ctx,
@@ -152,7 +153,9 @@ impl WsSession {
         ctx: &mut Context<Self>,
     ) {
         let reply = internal_reply(&self.span, kind, error);
-        self.chat.metrics.bad_frame();
+        self.chat
+            .metrics
+            .bad_frame(Some(ErrorCode::Internal.as_str()));
         self.send(&ServerEvent::error(kind, reply), ctx);
     }
 
@@ -165,8 +168,15 @@ impl WsSession {
         let request = match parse_request(text) {
             Ok(request) => request,
             Err(error) => {
+                let (kind, code) = match &error {
+                    FrameError::Invalid { kind, .. } => {
+                        (kind.wire_name(), Some(ErrorCode::Invalid.as_str()))
+                    }
+                    _ => (metrics::UNPARSED, None),
+                };
+                self.chat.metrics.frame_in(kind);
                 if self.rate.allow() {
-                    self.chat.metrics.bad_frame();
+                    self.chat.metrics.bad_frame(code);
                     self.send(&ServerEvent::from_frame_error(error), ctx);
                 } else {
                     self.chat.metrics.rate_limited();
@@ -175,6 +185,7 @@ impl WsSession {
             }
         };
         let kind = request.kind();
+        self.chat.metrics.frame_in(kind.wire_name());
         if !self.rate.allow() {
             self.chat.metrics.rate_limited();
             self.send_error(
@@ -419,6 +430,7 @@ impl WsSession {
     }
 
     fn send_message(&mut self, user: UserId, request: SendMessage, ctx: &mut Context<Self>) {
+        let arrived = Instant::now();
         let content_chars = request.content.trim().chars().count();
         if content_chars == 0 {
             return self.send_error(
@@ -455,7 +467,7 @@ impl WsSession {
                     client_id,
                 };
                 match act.chat.writer.submit(new) {
-                    Ok(store) => act.await_delivery(store),
+                    Ok(store) => act.await_delivery(arrived, store),
                     Err(StoreError::Busy) => act.send_error(
                         RequestKind::Message,
                         ErrorCode::RateLimited,
@@ -472,7 +484,7 @@ impl WsSession {
     /// that awaits commits in order, acknowledges, and gives the event to the
     /// ChatServer. It outlives the session, so a message committed after its
     /// sender disconnected is still delivered to everyone else.
-    fn await_delivery(&mut self, pending: PendingStore) {
+    fn await_delivery(&mut self, arrived: Instant, pending: PendingStore) {
         let tx = self.deliveries.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             actix::spawn(run_deliveries(
@@ -483,10 +495,10 @@ impl WsSession {
             ));
             tx
         });
-        if let Err(mpsc::error::SendError(pending)) = tx.send(pending) {
+        if let Err(mpsc::error::SendError((arrived, pending))) = tx.send((arrived, pending)) {
             // The pipeline only ends when its sender is dropped; restart it.
             self.deliveries = None;
-            self.await_delivery(pending);
+            self.await_delivery(arrived, pending);
         }
     }
 
@@ -607,7 +619,7 @@ impl WsSession {
                     Reply::Err(internal_reply(&act.span, kind, &e))
                 }
                 Err(e) => {
-                    act.chat.metrics.bad_frame();
+                    act.chat.metrics.bad_frame(Some(e.code().as_str()));
                     Reply::Err(ErrorReply::new(e.code(), e.to_string()))
                 }
             };
@@ -690,12 +702,12 @@ fn internal_reply(
 /// Awaits each submitted message's commit in order; acknowledges it to the
 /// sender and hands the push to the ChatServer.
 async fn run_deliveries(
-    mut rx: mpsc::UnboundedReceiver<PendingStore>,
+    mut rx: mpsc::UnboundedReceiver<(Instant, PendingStore)>,
     outbox: Outbox,
     chat: Arc<ChatContext>,
     span: tracing::Span,
 ) {
-    while let Some(pending) = rx.recv().await {
+    while let Some((arrived, pending)) = rx.recv().await {
         let outcome = pending.await.unwrap_or(Err(StoreError::Stopped));
         let (stored, is_new) = match outcome {
             Ok(Stored::New(m)) => (m, true),
@@ -739,6 +751,7 @@ async fn run_deliveries(
             others: received,
         };
         chat.server.do_send(Deliver { frames, skip: None });
+        chat.metrics.message_delivered(arrived.elapsed());
     }
 }
 
@@ -791,16 +804,16 @@ impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
     fn handle(&mut self, item: Result<Incoming, TransportError>, ctx: &mut Context<Self>) {
         self.last_heard = Instant::now();
         match item {
-            Ok(Incoming::Text(bytes)) => {
-                self.chat.metrics.frame_in();
-                match std::str::from_utf8(&bytes) {
-                    Ok(text) => self.handle_text(text, ctx),
-                    Err(_) => self.send(
+            Ok(Incoming::Text(bytes)) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.handle_text(text, ctx),
+                Err(_) => {
+                    self.chat.metrics.frame_in(metrics::UNPARSED);
+                    self.send(
                         &ServerEvent::BadRequest(Notice::new("frame is not valid UTF-8")),
                         ctx,
-                    ),
+                    )
                 }
-            }
+            },
             Ok(Incoming::Binary) => self.send(
                 &ServerEvent::BadRequest(Notice::new(
                     "binary frames are not supported; send JSON in text frames",

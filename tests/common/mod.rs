@@ -711,7 +711,7 @@ pub fn redis_prefix() -> String {
 
 impl TestApp {
     /// The text of `/metrics`.
-    async fn metrics_text(&self) -> String {
+    pub async fn metrics_text(&self) -> String {
         let mut res = self
             .http
             .get(self.url("/metrics"))
