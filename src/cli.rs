@@ -153,12 +153,12 @@ impl CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli, settings: Settings) -> Result<(), CliError> {
-    telemetry::init(settings.log_format, settings.debug);
+    telemetry::init(settings.server.log_format, settings.server.debug);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let db = db::connect(&settings).await?;
-            let applied = db::migrate(&db, &settings.database_url()).await?;
+            let applied = db::migrate(&db, &settings.database.url()).await?;
             println!("migrations applied");
             tracing::debug!(applied, "migrations");
             Ok(())
@@ -209,7 +209,7 @@ async fn shutdown_signal() {
 
 async fn connect(settings: &Settings) -> Result<DatabaseConnection, CliError> {
     let db = db::connect(settings).await?;
-    db::migrate(&db, &settings.database_url()).await?;
+    db::migrate(&db, &settings.database.url()).await?;
     Ok(db)
 }
 

@@ -65,127 +65,209 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole configuration of one server instance.
-#[derive(Clone, Debug, Deserialize)]
+/// The whole configuration of one server instance, in groups. Each group
+/// reads the same environment (a variable belongs to exactly one group);
+/// its `Default` holds the defaults.
+#[derive(Clone, Debug)]
 pub struct Settings {
-    /// Full sea-orm URL; wins over the `DB_*` set.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub database_url: Option<String>,
-    #[serde(default = "default_engine", deserialize_with = "engine")]
-    pub db_engine: DbEngine,
-    #[serde(default, deserialize_with = "non_empty")]
-    pub db_name: Option<String>,
-    #[serde(default = "default_db_host")]
-    pub db_host: String,
-    #[serde(default)]
-    pub db_port: Option<u16>,
-    /// Defaults per engine: `postgres` for PostgreSQL, `root` for MySQL.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub db_user: Option<String>,
-    #[serde(default = "default_db_password", deserialize_with = "secret")]
-    pub db_password: SecretString,
-    /// Largest number of pooled database connections.
-    #[serde(default = "default_db_pool_size")]
-    pub db_pool_size: u32,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+}
 
-    #[serde(default, deserialize_with = "non_empty")]
-    pub redis_url: Option<String>,
-    #[serde(default, deserialize_with = "non_empty")]
-    pub redis_host: Option<String>,
-    #[serde(default = "default_redis_port")]
-    pub redis_port: u16,
-    /// Space-separated node URLs of a Redis Cluster (sharded pub/sub);
-    /// instead of `REDIS_URL`/`REDIS_HOST`.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub redis_cluster_urls: Option<String>,
-    /// Prefix of every Redis key and channel, so deployments can share a Redis.
-    #[serde(default = "default_redis_prefix")]
-    pub redis_prefix: String,
-
-    /// Signs tokens; generated once and kept next to the SQLite file when unset.
-    #[serde(default, deserialize_with = "non_empty_secret")]
-    pub secret_key: Option<SecretString>,
+/// Where and how the HTTP server runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
     /// Space-separated Host header allow-list; `*` allows any.
-    #[serde(default = "any")]
     pub allowed_hosts: String,
     /// Space-separated CORS origins; `*` allows any.
-    #[serde(default = "any")]
     pub cors_allowed_origins: String,
-    #[serde(default, deserialize_with = "debug_flag")]
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR
+    /// ranges); from anyone else the header is ignored.
+    pub trusted_proxies: String,
+    #[serde(deserialize_with = "debug_flag")]
     pub debug: bool,
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
-    #[serde(default = "default_token_ttl")]
-    pub token_ttl_seconds: u64,
-    #[serde(default = "yes", deserialize_with = "registration_flag")]
-    pub registration_open: bool,
-    #[serde(default = "default_log_format", deserialize_with = "log_format")]
+    #[serde(deserialize_with = "log_format")]
     pub log_format: LogFormat,
-    /// The old backend's static-file bucket; accepted and ignored.
-    #[serde(default, deserialize_with = "non_empty")]
-    pub gs_bucket_name: Option<String>,
-
-    /// Largest WebSocket message (continuations aggregated), in bytes.
-    #[serde(default = "default_max_frame_bytes")]
-    pub max_frame_bytes: usize,
-    /// Longest message content, in characters after trimming.
-    #[serde(default = "default_max_message_chars")]
-    pub max_message_chars: usize,
-    /// Requests a session may make per second, sustained (token bucket rate).
-    #[serde(default = "default_rate_per_second")]
-    pub rate_limit_per_second: u32,
-    /// Requests a session may make in one burst (token bucket size).
-    #[serde(default = "default_rate_burst")]
-    pub rate_limit_burst: u32,
-    /// Most members of a group conversation (B6).
-    #[serde(default = "default_max_group_members")]
-    pub max_group_members: usize,
-    /// Most live WebSocket sessions one user may hold on one instance.
-    #[serde(default = "default_max_sessions")]
-    pub max_sessions_per_user: usize,
-    /// Frames queued for a client that is not reading before it is dropped.
-    #[serde(default = "default_outbox_capacity")]
-    pub outbox_capacity: usize,
     /// After SIGTERM, how long to keep serving while `/readyz` answers 503
     /// (so a load balancer stops sending new clients) before sessions are
     /// closed with 1001 and the listener stops; 0 behind no load balancer.
-    #[serde(default)]
     pub drain_seconds: u64,
     /// How long a graceful shutdown may take before the process exits anyway.
-    #[serde(default = "default_shutdown_seconds")]
     pub shutdown_timeout_seconds: u64,
+    /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
+    #[serde(deserialize_with = "non_empty_secret")]
+    pub metrics_token: Option<SecretString>,
+    /// The old backend's static-file bucket; accepted and ignored.
+    #[serde(deserialize_with = "non_empty")]
+    pub gs_bucket_name: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            workers: 0,
+            allowed_hosts: "*".into(),
+            cors_allowed_origins: "*".into(),
+            trusted_proxies: String::new(),
+            debug: false,
+            log_format: LogFormat::Pretty,
+            drain_seconds: 0,
+            shutdown_timeout_seconds: 10,
+            metrics_token: None,
+            gs_bucket_name: None,
+        }
+    }
+}
+
+/// Which database, where.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// Full sea-orm URL; wins over the `DB_*` set.
+    #[serde(deserialize_with = "non_empty")]
+    pub database_url: Option<String>,
+    #[serde(deserialize_with = "engine")]
+    pub db_engine: DbEngine,
+    #[serde(deserialize_with = "non_empty")]
+    pub db_name: Option<String>,
+    pub db_host: String,
+    pub db_port: Option<u16>,
+    /// Defaults per engine: `postgres` for PostgreSQL, `root` for MySQL.
+    #[serde(deserialize_with = "non_empty")]
+    pub db_user: Option<String>,
+    #[serde(deserialize_with = "secret")]
+    pub db_password: SecretString,
+    /// Largest number of pooled database connections.
+    pub db_pool_size: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            database_url: None,
+            db_engine: DbEngine::Sqlite,
+            db_name: None,
+            db_host: "127.0.0.1".into(),
+            db_port: None,
+            db_user: None,
+            db_password: SecretString::from("development"),
+            db_pool_size: 16,
+        }
+    }
+}
+
+/// The Redis (or Redis Cluster) that instances share; none for one instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    #[serde(deserialize_with = "non_empty")]
+    pub redis_url: Option<String>,
+    #[serde(deserialize_with = "non_empty")]
+    pub redis_host: Option<String>,
+    pub redis_port: u16,
+    /// Space-separated node URLs of a Redis Cluster (sharded pub/sub);
+    /// instead of `REDIS_URL`/`REDIS_HOST`.
+    #[serde(deserialize_with = "non_empty")]
+    pub redis_cluster_urls: Option<String>,
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            redis_url: None,
+            redis_host: None,
+            redis_port: 6379,
+            redis_cluster_urls: None,
+            redis_prefix: "chat".into(),
+        }
+    }
+}
+
+/// Accounts and tokens: who may sign up and log in, how often, for how long.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// Signs tokens; generated once and kept next to the SQLite file when unset.
+    #[serde(deserialize_with = "non_empty_secret")]
+    pub secret_key: Option<SecretString>,
+    pub token_ttl_seconds: u64,
+    #[serde(deserialize_with = "registration_flag")]
+    pub registration_open: bool,
     /// Failed logins allowed per username, and per client address, in a window.
-    #[serde(default = "default_login_attempts")]
     pub login_max_attempts: u32,
     /// The login attempt window, in seconds.
-    #[serde(default = "default_login_window")]
     pub login_window_seconds: u64,
-    /// HTTP worker threads; 0 means one per core.
-    #[serde(default)]
-    pub workers: usize,
-
-    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR
-    /// ranges); from anyone else the header is ignored.
-    #[serde(default)]
-    pub trusted_proxies: String,
-    /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
-    #[serde(default, deserialize_with = "non_empty_secret")]
-    pub metrics_token: Option<SecretString>,
     /// Registrations one client address may make at once (token bucket size).
-    #[serde(default = "default_registration_burst")]
     pub registration_burst: u32,
     /// Registrations per minute one client address may make, sustained.
-    #[serde(default = "default_registration_per_minute")]
     pub registration_per_minute: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            secret_key: None,
+            token_ttl_seconds: 604_800,
+            registration_open: true,
+            login_max_attempts: 10,
+            login_window_seconds: 300,
+            registration_burst: 10,
+            registration_per_minute: 10,
+        }
+    }
+}
+
+/// How much any one client, session or queue may take.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// Largest WebSocket message (continuations aggregated), in bytes.
+    pub max_frame_bytes: usize,
+    /// Longest message content, in characters after trimming.
+    pub max_message_chars: usize,
+    /// Requests a session may make per second, sustained (token bucket rate).
+    pub rate_limit_per_second: u32,
+    /// Requests a session may make in one burst (token bucket size).
+    pub rate_limit_burst: u32,
+    /// Most members of a group conversation (B6).
+    pub max_group_members: usize,
+    /// Most live WebSocket sessions one user may hold on one instance.
+    pub max_sessions_per_user: usize,
+    /// Frames queued for a client that is not reading before it is dropped.
+    pub outbox_capacity: usize,
     /// Messages waiting for the group-commit writer before senders are told
     /// the server is busy (and resend).
-    #[serde(default = "default_message_queue")]
     pub message_queue_capacity: usize,
     /// WebSockets one client address may hold open before authorizing.
-    #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated_per_address: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_frame_bytes: 64 * 1024,
+            max_message_chars: 4_000,
+            rate_limit_per_second: 200,
+            rate_limit_burst: 400,
+            max_group_members: 1_000,
+            max_sessions_per_user: 32,
+            outbox_capacity: 1_024,
+            message_queue_capacity: 16 * 1024,
+            max_unauthenticated_per_address: 100,
+        }
+    }
 }
 
 /// Shortest `SECRET_KEY` accepted: HS256 wants a key as long as its hash.
@@ -246,83 +328,10 @@ fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
     }
 }
 
-fn default_engine() -> DbEngine {
-    DbEngine::Sqlite
-}
-fn default_db_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_db_password() -> SecretString {
-    SecretString::from("development")
-}
-fn default_db_pool_size() -> u32 {
-    16
-}
-fn default_redis_port() -> u16 {
-    6379
-}
-fn default_redis_prefix() -> String {
-    "chat".into()
-}
-fn any() -> String {
-    "*".into()
-}
-fn default_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_port() -> u16 {
-    8000
-}
-fn default_token_ttl() -> u64 {
-    604_800
-}
-fn yes() -> bool {
-    true
-}
-fn default_log_format() -> LogFormat {
-    LogFormat::Pretty
-}
-fn default_max_frame_bytes() -> usize {
-    64 * 1024
-}
-fn default_max_message_chars() -> usize {
-    4_000
-}
-fn default_max_group_members() -> usize {
-    1_000
-}
-fn default_rate_per_second() -> u32 {
-    200
-}
-fn default_rate_burst() -> u32 {
-    400
-}
-fn default_max_sessions() -> usize {
-    32
-}
-fn default_outbox_capacity() -> usize {
-    1_024
-}
-fn default_shutdown_seconds() -> u64 {
-    10
-}
-fn default_login_attempts() -> u32 {
-    10
-}
-fn default_login_window() -> u64 {
-    300
-}
-fn default_registration_burst() -> u32 {
-    10
-}
-fn default_registration_per_minute() -> u32 {
-    10
-}
-fn default_message_queue() -> usize {
-    16 * 1024
-}
-fn default_max_unauthenticated() -> usize {
-    100
+/// One group read from the variables (envy names the variable in number
+/// errors, "… provided by PORT", and our own parsers name theirs).
+fn read_group<T: serde::de::DeserializeOwned>(vars: &[(String, String)]) -> Result<T, ConfigError> {
+    envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError::Invalid(explain(&e.to_string())))
 }
 
 impl Settings {
@@ -341,68 +350,75 @@ impl Settings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let known = vars.into_iter().filter(|(k, _)| is_known_variable(k));
-        // envy names the variable in number errors ("… provided by PORT"), and
-        // our own parsers name theirs, so every message says what to fix.
-        let settings: Settings =
-            envy::from_iter(known).map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
+        let known: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| is_known_variable(k))
+            .collect();
+        let settings = Settings {
+            server: read_group(&known)?,
+            database: read_group(&known)?,
+            redis: read_group(&known)?,
+            auth: read_group(&known)?,
+            limits: read_group(&known)?,
+        };
         settings.check()?;
         Ok(settings)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |what: &str| Err(ConfigError::Invalid(what.to_string()));
-        if self.database_url.is_none()
-            && self.db_engine != DbEngine::Sqlite
-            && self.db_name.is_none()
+        let (database, redis, limits) = (&self.database, &self.redis, &self.limits);
+        if database.database_url.is_none()
+            && database.db_engine != DbEngine::Sqlite
+            && database.db_name.is_none()
         {
             return invalid(
                 "DB_NAME must be set with DB_ENGINE=psql or mysql: the database to create the chat \
                  tables in (DB_NAME=postgres to really use the server's own database)",
             );
         }
-        if self.max_frame_bytes < 1024 {
+        if limits.max_frame_bytes < 1024 {
             return invalid("MAX_FRAME_BYTES must be at least 1024");
         }
-        if self.max_message_chars == 0 {
+        if limits.max_message_chars == 0 {
             return invalid("MAX_MESSAGE_CHARS must be at least 1");
         }
-        if self.rate_limit_per_second == 0 || self.rate_limit_burst == 0 {
+        if limits.rate_limit_per_second == 0 || limits.rate_limit_burst == 0 {
             return invalid("RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST must be at least 1");
         }
-        if self.outbox_capacity < 8 {
+        if limits.outbox_capacity < 8 {
             return invalid("OUTBOX_CAPACITY must be at least 8");
         }
-        if self.max_group_members < 2 {
+        if limits.max_group_members < 2 {
             return invalid("MAX_GROUP_MEMBERS must be at least 2");
         }
-        if self.max_sessions_per_user == 0 {
+        if limits.max_sessions_per_user == 0 {
             return invalid("MAX_SESSIONS_PER_USER must be at least 1");
         }
-        if self.redis_prefix.is_empty()
-            || self
+        if redis.redis_prefix.is_empty()
+            || redis
                 .redis_prefix
                 .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
         {
             return invalid("REDIS_PREFIX must be a non-empty word without braces");
         }
-        if self.redis_cluster_urls.is_some() && self.redis_url().is_some() {
+        if redis.redis_cluster_urls.is_some() && redis.url().is_some() {
             return invalid("set REDIS_CLUSTER_URLS or REDIS_URL/REDIS_HOST, not both");
         }
-        for node in self.redis_cluster_nodes() {
+        for node in redis.cluster_nodes() {
             if redis::IntoConnectionInfo::into_connection_info(node).is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "REDIS_CLUSTER_URLS: {node:?} is not a Redis URL (redis://host:port)"
                 )));
             }
         }
-        if self.db_pool_size == 0 {
+        if database.db_pool_size == 0 {
             return invalid("DB_POOL_SIZE must be at least 1");
         }
-        if self.token_ttl_seconds == 0 {
+        if self.auth.token_ttl_seconds == 0 {
             return invalid("TOKEN_TTL_SECONDS must be at least 1");
         }
-        if let Some(key) = &self.secret_key {
+        if let Some(key) = &self.auth.secret_key {
             let key = key.expose_secret();
             if key.len() < MIN_SECRET_KEY_BYTES {
                 return Err(ConfigError::Invalid(format!(
@@ -412,16 +428,16 @@ impl Settings {
                 )));
             }
         }
-        if let Err(e) = crate::client_address::TrustedProxies::parse(&self.trusted_proxies) {
+        if let Err(e) = crate::client_address::TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(ConfigError::Invalid(format!("TRUSTED_PROXIES: {e}")));
         }
-        if self.message_queue_capacity == 0 {
+        if limits.message_queue_capacity == 0 {
             return invalid("MESSAGE_QUEUE_CAPACITY must be at least 1");
         }
-        if self.max_unauthenticated_per_address == 0 {
+        if limits.max_unauthenticated_per_address == 0 {
             return invalid("MAX_UNAUTHENTICATED_PER_ADDRESS must be at least 1");
         }
-        if let Some(url) = &self.database_url {
+        if let Some(url) = &database.database_url {
             if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
                 .iter()
                 .any(|p| url.starts_with(p))
@@ -432,6 +448,39 @@ impl Settings {
         Ok(())
     }
 
+    /// `SECRET_KEY`, or (SQLite only) the one generated on first start and
+    /// kept in a file next to the database.
+    pub fn resolve_secret_key(&self) -> Result<String, ConfigError> {
+        Ok(self.secret_key_with_source()?.0)
+    }
+
+    /// `resolve_secret_key`, and where the key came from (for the start-up log).
+    pub fn secret_key_with_source(&self) -> Result<(String, SecretSource), ConfigError> {
+        if let Some(key) = &self.auth.secret_key {
+            return Ok((key.expose_secret().to_string(), SecretSource::Environment));
+        }
+        if self.database.engine() != DbEngine::Sqlite {
+            return Err(ConfigError::Invalid(
+                "SECRET_KEY must be set when the database is PostgreSQL or MySQL: every \
+                 instance must sign tokens with the same key (generate one with \
+                 `openssl rand -hex 32`)"
+                    .into(),
+            ));
+        }
+        let db = self.database.sqlite_path();
+        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
+        let path = db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())));
+        let (key, created) = load_or_create_secret(&path)?;
+        let source = if created {
+            SecretSource::Generated(path)
+        } else {
+            SecretSource::File(path)
+        };
+        Ok((key, source))
+    }
+}
+
+impl DatabaseSettings {
     /// The engine actually in use (`DATABASE_URL`'s scheme wins over `DB_ENGINE`).
     pub fn engine(&self) -> DbEngine {
         match &self.database_url {
@@ -445,7 +494,7 @@ impl Settings {
     }
 
     /// The sea-orm connection URL.
-    pub fn database_url(&self) -> String {
+    pub fn url(&self) -> String {
         if let Some(url) = &self.database_url {
             return url.replacen("mariadb:", "mysql:", 1);
         }
@@ -471,8 +520,8 @@ impl Settings {
 
     /// Where the database is, for a log line: the SQLite file, or the
     /// server's engine, host, port and database (never the password).
-    pub fn database_location(&self) -> String {
-        let url = self.database_url();
+    pub fn location(&self) -> String {
+        let url = self.url();
         match self.engine() {
             DbEngine::Sqlite => format!("sqlite {}", self.sqlite_path().display()),
             engine => {
@@ -497,9 +546,11 @@ impl Settings {
         }
         PathBuf::from(self.db_name.as_deref().unwrap_or("chat.db"))
     }
+}
 
+impl RedisSettings {
     /// The Redis URL, from `REDIS_URL` or the old `REDIS_HOST`/`REDIS_PORT`.
-    pub fn redis_url(&self) -> Option<String> {
+    pub fn url(&self) -> Option<String> {
         self.redis_url.clone().or_else(|| {
             self.redis_host
                 .as_ref()
@@ -508,52 +559,25 @@ impl Settings {
     }
 
     /// The Redis Cluster's node URLs, from `REDIS_CLUSTER_URLS` (none when unset).
-    pub fn redis_cluster_nodes(&self) -> Vec<&str> {
+    pub fn cluster_nodes(&self) -> Vec<&str> {
         self.redis_cluster_urls
             .as_deref()
             .map(|urls| urls.split_whitespace().collect())
             .unwrap_or_default()
     }
+}
 
-    /// `SECRET_KEY`, or (SQLite only) the one generated on first start and
-    /// kept in a file next to the database.
-    pub fn resolve_secret_key(&self) -> Result<String, ConfigError> {
-        Ok(self.secret_key_with_source()?.0)
-    }
-
-    /// `resolve_secret_key`, and where the key came from (for the start-up log).
-    pub fn secret_key_with_source(&self) -> Result<(String, SecretSource), ConfigError> {
-        if let Some(key) = &self.secret_key {
-            return Ok((key.expose_secret().to_string(), SecretSource::Environment));
-        }
-        if self.engine() != DbEngine::Sqlite {
-            return Err(ConfigError::Invalid(
-                "SECRET_KEY must be set when the database is PostgreSQL or MySQL: every \
-                 instance must sign tokens with the same key (generate one with \
-                 `openssl rand -hex 32`)"
-                    .into(),
-            ));
-        }
-        let db = self.sqlite_path();
-        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
-        let path = db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())));
-        let (key, created) = load_or_create_secret(&path)?;
-        let source = if created {
-            SecretSource::Generated(path)
-        } else {
-            SecretSource::File(path)
-        };
-        Ok((key, source))
-    }
-
-    /// The address to listen on.
-    pub fn listen_address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-
+impl AuthSettings {
     /// The token lifetime.
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_seconds)
+    }
+}
+
+impl ServerSettings {
+    /// The address to listen on.
+    pub fn listen_address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     /// The allowed Host headers, or `None` when any host is allowed.
@@ -685,17 +709,28 @@ pub fn is_known_variable(name: &str) -> bool {
     known_variables().contains(&name.to_ascii_lowercase().as_str())
 }
 
-/// The environment variables this server reads, derived from `Settings`
-/// itself: envy sees only these, so an unrelated variable can never fail
+/// The environment variables this server reads, derived from the settings
+/// groups themselves: envy sees only these, so an unrelated variable can never fail
 /// start-up, and a new field needs no list kept by hand.
 fn known_variables() -> &'static [&'static str] {
     static FIELDS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
     FIELDS.get_or_init(|| {
-        let mut names = FieldNames(None);
-        let _ = Settings::deserialize(&mut names);
-        names
-            .0
-            .expect("serde's derive hands a struct's field names to deserialize_struct")
+        fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+            let mut names = FieldNames(None);
+            let _ = T::deserialize(&mut names);
+            names
+                .0
+                .expect("serde's derive hands a struct's field names to deserialize_struct")
+        }
+        let all: Vec<&'static str> = [
+            fields::<ServerSettings>(),
+            fields::<DatabaseSettings>(),
+            fields::<RedisSettings>(),
+            fields::<AuthSettings>(),
+            fields::<LimitSettings>(),
+        ]
+        .concat();
+        Vec::leak(all)
     })
 }
 
@@ -741,15 +776,15 @@ mod tests {
     #[test]
     fn defaults_run_on_sqlite_alone() {
         let s = Settings::from_vars(vars(&[])).unwrap();
-        assert_eq!(s.engine(), DbEngine::Sqlite);
-        assert_eq!(s.database_url(), "sqlite://chat.db?mode=rwc");
-        assert_eq!(s.listen_address(), "127.0.0.1:8000");
-        assert_eq!(s.redis_url(), None);
-        assert_eq!(s.allowed_hosts(), None);
-        assert_eq!(s.cors_origins(), None);
-        assert_eq!(s.token_ttl_seconds, 604_800);
-        assert!(s.registration_open && !s.debug);
-        assert_eq!(s.log_format, LogFormat::Pretty);
+        assert_eq!(s.database.engine(), DbEngine::Sqlite);
+        assert_eq!(s.database.url(), "sqlite://chat.db?mode=rwc");
+        assert_eq!(s.server.listen_address(), "127.0.0.1:8000");
+        assert_eq!(s.redis.url(), None);
+        assert_eq!(s.server.allowed_hosts(), None);
+        assert_eq!(s.server.cors_origins(), None);
+        assert_eq!(s.auth.token_ttl_seconds, 604_800);
+        assert!(s.auth.registration_open && !s.server.debug);
+        assert_eq!(s.server.log_format, LogFormat::Pretty);
     }
 
     #[test]
@@ -768,11 +803,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            s.database_url(),
+            s.database.url(),
             "postgres://chat:p%40ss%20word@db.internal:5432/chat"
         );
         assert_eq!(
-            s.redis_url().as_deref(),
+            s.redis.url().as_deref(),
             Some("redis://cache.internal:6379/")
         );
         assert_eq!(
@@ -780,10 +815,10 @@ mod tests {
             "s3cret-s3cret-s3cret-s3cret-s3cret"
         );
         assert_eq!(
-            s.allowed_hosts().unwrap(),
+            s.server.allowed_hosts().unwrap(),
             ["chat.example.com", "api.example.com"]
         );
-        assert!(s.debug);
+        assert!(s.server.debug);
         let mysql = Settings::from_vars(vars(&[
             ("DB_ENGINE", "mysql"),
             ("DB_PORT", "3307"),
@@ -791,11 +826,11 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            mysql.database_url(),
+            mysql.database.url(),
             "mysql://root:development@127.0.0.1:3307/chat",
             "MySQL's default user is root"
         );
-        assert_eq!(mysql.database_location(), "mysql 127.0.0.1:3307/chat");
+        assert_eq!(mysql.database.location(), "mysql 127.0.0.1:3307/chat");
         let error = Settings::from_vars(vars(&[("DB_ENGINE", "psql")]))
             .unwrap_err()
             .to_string();
@@ -803,7 +838,7 @@ mod tests {
         let explicit =
             Settings::from_vars(vars(&[("DB_ENGINE", "psql"), ("DB_NAME", "postgres")])).unwrap();
         assert_eq!(
-            explicit.database_url(),
+            explicit.database.url(),
             "postgres://postgres:development@127.0.0.1:5432/postgres"
         );
         let error = explicit.resolve_secret_key().unwrap_err().to_string();
@@ -813,7 +848,27 @@ mod tests {
             ("DATABASE_URL", "postgres://x@h/d"),
         ]))
         .unwrap();
-        assert_eq!(url.engine(), DbEngine::Postgres);
+        assert_eq!(url.database.engine(), DbEngine::Postgres);
+    }
+
+    #[test]
+    fn each_variable_belongs_to_one_group() {
+        let names = known_variables();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for name in [
+            "port",
+            "database_url",
+            "redis_cluster_urls",
+            "secret_key",
+            "max_frame_bytes",
+        ] {
+            assert!(is_known_variable(name), "{name}");
+        }
+        assert!(
+            !is_known_variable("server"),
+            "a group's name is no variable"
+        );
     }
 
     #[test]
@@ -824,10 +879,10 @@ mod tests {
         )]))
         .unwrap();
         assert_eq!(
-            s.redis_cluster_nodes(),
+            s.redis.cluster_nodes(),
             ["redis://10.0.0.1:6379", "redis://10.0.0.2:7000"]
         );
-        assert_eq!(s.redis_url(), None);
+        assert_eq!(s.redis.url(), None);
         for (extra, expected) in [
             (("REDIS_URL", "redis://h/"), "not both"),
             (("REDIS_HOST", "h"), "not both"),
@@ -853,9 +908,9 @@ mod tests {
             ("DB_ENGINE", ""),
         ]))
         .unwrap();
-        assert_eq!(s.redis_url(), None);
-        assert!(s.secret_key.is_none());
-        assert_eq!(s.engine(), DbEngine::Sqlite);
+        assert_eq!(s.redis.url(), None);
+        assert!(s.auth.secret_key.is_none());
+        assert_eq!(s.database.engine(), DbEngine::Sqlite);
     }
 
     #[test]

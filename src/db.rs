@@ -45,9 +45,9 @@ pub enum DbSetupError {
 
 /// Opens the connection pool described by `settings`.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
-    let engine = settings.engine();
+    let engine = settings.database.engine();
     if engine == DbEngine::Sqlite {
-        let path = settings.sqlite_path();
+        let path = settings.database.sqlite_path();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| DbSetupError::SqliteDir {
                 path: path.display().to_string(),
@@ -59,9 +59,9 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
             source,
         })?;
     }
-    let mut options = ConnectOptions::new(settings.database_url());
+    let mut options = ConnectOptions::new(settings.database.url());
     options
-        .max_connections(settings.db_pool_size)
+        .max_connections(settings.database.db_pool_size)
         .min_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_timeout(ACQUIRE_TIMEOUT)
@@ -78,7 +78,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
         });
     }
     if engine != DbEngine::Sqlite {
-        probe(engine, &settings.database_url()).await?;
+        probe(engine, &settings.database.url()).await?;
     }
     Database::connect(options)
         .await

@@ -82,7 +82,7 @@ pub struct Application {
 impl Application {
     /// Connects and migrates the database, starts the actors and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        if settings.gs_bucket_name.is_some() {
+        if settings.server.gs_bucket_name.is_some() {
             tracing::info!(
                 "GS_BUCKET_NAME is set but unused: this server has no admin static files"
             );
@@ -98,18 +98,18 @@ impl Application {
                 "token key generated and kept in this file (mode 0600); keep it to keep logins valid"
             ),
         }
-        let redis = RedisTarget::from_settings(&settings)?;
+        let redis = RedisTarget::from_settings(&settings.redis)?;
         let db = db::connect(&settings).await?;
-        let applied = db::migrate(&db, &settings.database_url()).await?;
+        let applied = db::migrate(&db, &settings.database.url()).await?;
         tracing::info!(
-            database = %settings.database_location(),
+            database = %settings.database.location(),
             migrations_applied = applied,
             "database ready"
         );
         match &redis {
             Some(target) => tracing::info!(
                 redis = %target.location(),
-                prefix = %settings.redis_prefix,
+                prefix = %settings.redis.redis_prefix,
                 "sharing events and presence with other instances through Redis"
             ),
             None => tracing::info!("no Redis: a single instance"),
@@ -135,7 +135,7 @@ impl Application {
                     local_users: ctx.address().recipient(),
                 };
                 let parts = BridgeParts {
-                    prefix: settings.redis_prefix.clone(),
+                    prefix: settings.redis.redis_prefix.clone(),
                     presence: presence.clone(),
                     membership: membership.clone(),
                     db: db.clone(),
@@ -152,17 +152,17 @@ impl Application {
                 presence.clone(),
                 membership.clone(),
                 bus.clone(),
-                settings.max_sessions_per_user,
+                settings.limits.max_sessions_per_user,
                 metrics.clone(),
             )
         });
         let (writer, writer_task) = MessageWriter::with_capacity(
             db.clone(),
             metrics.clone(),
-            settings.message_queue_capacity,
+            settings.limits.message_queue_capacity,
         );
         actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
-        let keys = TokenKeys::new(&secret, settings.token_ttl());
+        let keys = TokenKeys::new(&secret, settings.auth.token_ttl());
 
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
@@ -172,22 +172,22 @@ impl Application {
             presence: presence.clone(),
             metrics: metrics.clone(),
             login_throttle: Arc::new(AttemptThrottle::new(
-                settings.login_max_attempts,
-                Duration::from_secs(settings.login_window_seconds),
+                settings.auth.login_max_attempts,
+                Duration::from_secs(settings.auth.login_window_seconds),
             )),
             password_throttle: Arc::new(AttemptThrottle::new(
-                settings.login_max_attempts,
-                Duration::from_secs(settings.login_window_seconds),
+                settings.auth.login_max_attempts,
+                Duration::from_secs(settings.auth.login_window_seconds),
             )),
             registration_limit: Arc::new(AddressRateLimit::new(
-                settings.registration_burst,
-                settings.registration_per_minute,
+                settings.auth.registration_burst,
+                settings.auth.registration_per_minute,
             )),
             change_limit: Arc::new(KeyedRateLimit::new(
-                settings.rate_limit_burst,
-                settings.rate_limit_per_second.saturating_mul(60),
+                settings.limits.rate_limit_burst,
+                settings.limits.rate_limit_per_second.saturating_mul(60),
             )),
-            proxies: settings.trusted_proxies(),
+            proxies: settings.server.trusted_proxies(),
             draining: draining.clone(),
             redis,
         });
@@ -201,19 +201,21 @@ impl Application {
             writer,
             metrics,
             limits: Limits::from_settings(&settings),
-            proxies: settings.trusted_proxies(),
-            unauthenticated: UnauthenticatedSockets::new(settings.max_unauthenticated_per_address),
+            proxies: settings.server.trusted_proxies(),
+            unauthenticated: UnauthenticatedSockets::new(
+                settings.limits.max_unauthenticated_per_address,
+            ),
             draining: draining.clone(),
         });
 
-        let address = settings.listen_address();
+        let address = settings.server.listen_address();
         let listen_error = |source| StartError::Listen {
             address: address.clone(),
             source,
         };
         let listener = TcpListener::bind(&address).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
-        let cors_origins = settings.cors_origins();
+        let cors_origins = settings.server.cors_origins();
         let mut server = HttpServer::new(move || {
             let mut spec = serde_json::Value::Null;
             actix_web::App::new()
@@ -246,13 +248,13 @@ impl Application {
         .listen(listener)
         .map_err(listen_error)?
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_seconds)
+        .shutdown_timeout(settings.server.shutdown_timeout_seconds)
         // A client must send its request headers within this time (slowloris).
         .client_request_timeout(Duration::from_secs(5))
         .max_connections(100_000)
         .backlog(4096);
-        if settings.workers > 0 {
-            server = server.workers(settings.workers);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
         }
         tracing::info!(%address, port, "listening (stop with Ctrl-C or SIGTERM)");
         Ok(Application {
@@ -262,8 +264,8 @@ impl Application {
             chat_server,
             bridge,
             writer_task,
-            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
-            drain: Duration::from_secs(settings.drain_seconds),
+            shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_seconds),
+            drain: Duration::from_secs(settings.server.drain_seconds),
             draining,
         })
     }

@@ -70,10 +70,10 @@ fn the_instances_configuration_is_one_the_server_reads_and_accepts() {
         );
     }
     let settings = Settings::from_vars(vars.clone()).expect("the server accepts it");
-    assert_eq!(settings.database_location(), "postgresql db:5432/chat");
-    assert_eq!(settings.db_user.as_deref(), Some("chat"));
-    assert_eq!(settings.redis_url().as_deref(), Some("redis://redis:6379/"));
-    assert_eq!(settings.drain_seconds, 5);
+    assert_eq!(settings.database.location(), "postgresql db:5432/chat");
+    assert_eq!(settings.database.db_user.as_deref(), Some("chat"));
+    assert_eq!(settings.redis.url().as_deref(), Some("redis://redis:6379/"));
+    assert_eq!(settings.server.drain_seconds, 5);
     // The old backend's names, as the issue asks.
     for name in [
         "DB_ENGINE",

@@ -118,7 +118,7 @@ pub async fn register(
     state: web::Data<AppState>,
     body: JsonOrForm<RegisterRequest>,
 ) -> Result<CreatedJson<LoginResponse>, ApiError> {
-    if !state.settings.registration_open {
+    if !state.settings.auth.registration_open {
         return Err(ApiError::Forbidden("Registration is closed.".into()));
     }
     state

@@ -98,7 +98,7 @@ pub async fn create_group(
     let title = required("title", body.0.title)?;
     allow(&state, me)?;
     let members = body.0.members.unwrap_or_default();
-    let max = state.settings.max_group_members;
+    let max = state.settings.limits.max_group_members;
     let changed = groups::create(&state.db, me, &title, &members, max).await;
     Ok(CreatedJson(announce(&state, me, changed).await?))
 }
@@ -146,7 +146,7 @@ pub async fn add_members(
     let chat = chat_id(&id)?;
     let members = required("members", body.0.members)?;
     allow(&state, me)?;
-    let max = state.settings.max_group_members;
+    let max = state.settings.limits.max_group_members;
     let changed = groups::add_members(&state.db, me, chat, &members, max).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }

@@ -112,7 +112,7 @@ pub async fn metrics(
     req: actix_web::HttpRequest,
     state: actix_web::web::Data<AppState>,
 ) -> HttpResponse {
-    if let Some(expected) = &state.settings.metrics_token {
+    if let Some(expected) = &state.settings.server.metrics_token {
         let given = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)

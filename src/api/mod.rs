@@ -343,7 +343,7 @@ pub async fn check_host(
 ) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
     let allowed = req
         .app_data::<actix_web::web::Data<AppState>>()
-        .and_then(|s| s.settings.allowed_hosts());
+        .and_then(|s| s.settings.server.allowed_hosts());
     if let Some(allowed) = allowed {
         let host = req
             .headers()

@@ -47,8 +47,8 @@ pub type Messages = Pin<Box<dyn Stream<Item = Msg> + Send>>;
 
 impl RedisTarget {
     /// From `REDIS_CLUSTER_URLS`, or `REDIS_URL`/`REDIS_HOST`; `None` without either.
-    pub fn from_settings(settings: &crate::config::Settings) -> RedisResult<Option<Self>> {
-        let nodes = settings.redis_cluster_nodes();
+    pub fn from_settings(settings: &crate::config::RedisSettings) -> RedisResult<Option<Self>> {
+        let nodes = settings.cluster_nodes();
         if !nodes.is_empty() {
             let nodes = nodes
                 .into_iter()
@@ -57,7 +57,7 @@ impl RedisTarget {
             return Ok(Some(RedisTarget::Cluster(nodes)));
         }
         settings
-            .redis_url()
+            .url()
             .map(|url| redis::Client::open(url.as_str()).map(RedisTarget::Single))
             .transpose()
     }

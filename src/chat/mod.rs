@@ -47,13 +47,13 @@ pub struct Limits {
 impl Limits {
     pub fn from_settings(settings: &Settings) -> Self {
         Limits {
-            max_frame_bytes: settings.max_frame_bytes,
-            max_message_chars: settings.max_message_chars,
-            max_group_members: settings.max_group_members,
-            rate_per_second: settings.rate_limit_per_second,
-            rate_burst: settings.rate_limit_burst,
-            outbox_capacity: settings.outbox_capacity,
-            max_unauthenticated_per_address: settings.max_unauthenticated_per_address,
+            max_frame_bytes: settings.limits.max_frame_bytes,
+            max_message_chars: settings.limits.max_message_chars,
+            max_group_members: settings.limits.max_group_members,
+            rate_per_second: settings.limits.rate_limit_per_second,
+            rate_burst: settings.limits.rate_limit_burst,
+            outbox_capacity: settings.limits.outbox_capacity,
+            max_unauthenticated_per_address: settings.limits.max_unauthenticated_per_address,
         }
     }
 }
