@@ -134,3 +134,26 @@ async fn a_short_churn_run_finds_everything_stored_once() {
         (0, 0, 0, 0)
     );
 }
+
+#[actix_rt::test]
+async fn an_idle_run_reports_memory_cpu_and_large_frames() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_SESSIONS_PER_USER", "100")]).await;
+    // The server runs in this process: its RSS and CPU are ours.
+    let report = bench::idle(bench::IdleOptions {
+        url: app.url(""),
+        users: 3,
+        sessions: 20,
+        server_pid: Some(std::process::id()),
+        sources: 1,
+        messages: 5,
+        cpu_seconds: 1,
+        large: 4,
+    })
+    .await
+    .expect("idle run");
+    assert_eq!((report.sessions, report.messages), (20, 5));
+    assert!(report.kib_per_session.is_some());
+    assert!(report.idle_cpu_percent.is_some_and(|c| c >= 0.0));
+    assert!(report.rss_after_large_kib.is_some() && report.large_kib_per_session.is_some());
+    assert!(report.p50_ms > 0.0 && report.p50_ms <= report.max_ms);
+}

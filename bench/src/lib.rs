@@ -505,7 +505,15 @@ pub struct IdleOptions {
     pub server_pid: Option<u32>,
     pub sources: usize,
     pub messages: usize,
+    /// Seconds over which the idle server's CPU time is sampled (0: not sampled).
+    pub cpu_seconds: u64,
+    /// Sessions that each send one 60 KiB frame once all are idle; the RSS
+    /// is read again after, to see whether their buffers were given back.
+    pub large: usize,
 }
+
+/// Size of the frame `large` sessions send.
+pub const LARGE_FRAME_BYTES: usize = 60 * 1024;
 
 /// The outcome of an idle run.
 #[derive(Debug, serde::Serialize)]
@@ -514,10 +522,28 @@ pub struct IdleReport {
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
     pub kib_per_session: Option<f64>,
+    /// The server's CPU time while every session was idle, in % of one core.
+    pub idle_cpu_percent: Option<f64>,
+    /// RSS once `large` sessions sent a 60 KiB frame each, and its growth per
+    /// such session (≈ 0 when their buffers were released).
+    pub rss_after_large_kib: Option<u64>,
+    pub large_kib_per_session: Option<f64>,
     pub messages: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -557,6 +583,11 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     eprintln!("opening {} sessions…", opts.sessions);
     let ws_base = ws_url(&base);
     let mut held = Vec::with_capacity(opts.sessions);
+    let (go_large, large_signal) = tokio::sync::watch::channel(false);
+    let large_text = {
+        let content = "x".repeat(LARGE_FRAME_BYTES - 64);
+        json!({"type": "message", "data": {"to": pk, "content": content}}).to_string()
+    };
     for i in 0..opts.sessions {
         // Idle sessions belong to the users not timed below, when there are any.
         let idle_users = if users > 2 {
@@ -566,11 +597,30 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         };
         let account = &idle_users[i % idle_users.len()].token;
         let mut socket = open_session(clients.get(i), &ws_base, account).await?;
-        // Answer pings so the server keeps the session, and read whatever comes.
+        // Answer pings so the server keeps the session, and read whatever
+        // comes; the first `large` send one large frame when told.
+        let mut large = (i < opts.large).then(|| (large_signal.clone(), large_text.clone()));
         held.push(actix_rt::spawn(async move {
-            while let Some(Ok(frame)) = socket.next().await {
-                if let ws::Frame::Ping(p) = frame {
-                    let _ = socket.send(ws::Message::Pong(p)).await;
+            loop {
+                let signal = async {
+                    match large.as_mut() {
+                        Some((signal, _)) => signal.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    frame = socket.next() => match frame {
+                        Some(Ok(ws::Frame::Ping(p))) => {
+                            let _ = socket.send(ws::Message::Pong(p)).await;
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    },
+                    true = signal => {
+                        if let Some((_, text)) = large.take() {
+                            let _ = socket.send(ws::Message::Text(text.into())).await;
+                        }
+                    }
                 }
             }
         }));
@@ -580,6 +630,43 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = opts.server_pid.and_then(rss_kib);
+
+    // Idle CPU: heartbeats and timers only.
+    let idle_cpu_percent = match opts.server_pid {
+        Some(pid) if opts.cpu_seconds > 0 => {
+            eprintln!("sampling idle CPU for {} s…", opts.cpu_seconds);
+            let before = cpu_time(pid);
+            let window = Instant::now();
+            tokio::time::sleep(Duration::from_secs(opts.cpu_seconds)).await;
+            let after = cpu_time(pid);
+            match (before, after) {
+                (Some(b), Some(a)) => {
+                    Some(100.0 * a.saturating_sub(b).as_secs_f64() / window.elapsed().as_secs_f64())
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+
+    // Large frames: each of the first `large` sessions sends one, which the
+    // server reads whole (and refuses: the content is too long).
+    let (rss_after_large, large_per) = if opts.large > 0 {
+        eprintln!(
+            "{} sessions send one {LARGE_FRAME_BYTES}-byte frame each…",
+            opts.large
+        );
+        let _ = go_large.send(true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = opts.server_pid.and_then(rss_kib);
+        let per = match (rss_after, rss) {
+            (Some(idle), Some(now)) => Some((now as f64 - idle as f64) / opts.large as f64),
+            _ => None,
+        };
+        (rss, per)
+    } else {
+        (None, None)
+    };
 
     // A message between two of them, timed.
     let mut sender = open_session(clients.get(0), &ws_base, &accounts[0].token).await?;
@@ -625,6 +712,9 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         kib_per_session: per,
+        idle_cpu_percent,
+        rss_after_large_kib: rss_after_large,
+        large_kib_per_session: large_per,
         messages: opts.messages,
         p50_ms: ms(&h, 0.5),
         p99_ms: ms(&h, 0.99),

@@ -54,6 +54,12 @@ enum BenchCommand {
         /// Messages timed between two sessions once all are open.
         #[arg(long, default_value_t = 200)]
         messages: usize,
+        /// Seconds to sample the idle server's CPU time over (needs --server-pid; 0: skip).
+        #[arg(long, default_value_t = 0)]
+        cpu_seconds: u64,
+        /// Sessions that each send one 60 KiB frame once all are idle (RSS read again after).
+        #[arg(long, default_value_t = 0)]
+        large: usize,
     },
     /// One group of many connected members: send to the last member's
     /// delivery, deliveries per second, loss, Redis commands per message.
@@ -278,6 +284,8 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             server_pid,
             sources,
             messages,
+            cpu_seconds,
+            large,
         } => {
             let options = chat_bench::IdleOptions {
                 url,
@@ -286,6 +294,8 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 server_pid,
                 sources: sources as usize,
                 messages,
+                cpu_seconds,
+                large: large.min(sessions as usize),
             };
             let r = chat_bench::idle(options).await?;
             let kib = |v: Option<u64>| {
@@ -302,6 +312,20 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                         "per session",
                         r.kib_per_session
                             .map_or("n/a".into(), |k| format!("{k:.2} KiB")),
+                    ),
+                    (
+                        "idle CPU",
+                        r.idle_cpu_percent
+                            .map_or("not sampled".into(), |c| format!("{c:.2} % of one core")),
+                    ),
+                    (
+                        "after 60 KiB frames",
+                        match (r.rss_after_large_kib, r.large_kib_per_session) {
+                            (Some(rss), Some(per)) => {
+                                format!("RSS {rss} KiB, {per:+.2} KiB per sending session")
+                            }
+                            _ => "not measured".into(),
+                        },
                     ),
                     (
                         "latency",

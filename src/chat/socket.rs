@@ -272,6 +272,11 @@ where
                     return Some((Err(e.into()), r));
                 }
             }
+            if r.buf.is_empty() {
+                // Between messages hold no buffer: a 60 KiB message must not
+                // leave 60 KiB behind for the connection's life.
+                r.buf = BytesMut::new();
+            }
             match r.payload.next().await {
                 Some(Ok(chunk)) => r.buf.extend_from_slice(&chunk),
                 Some(Err(e)) => {
