@@ -10,7 +10,8 @@
 //! per-instance and per-user channels). Every envelope names its origin
 //! instance; an instance ignores its own publications (it already delivered
 //! them locally). All subscriptions share one connection, so an instance
-//! sees events in the order Redis executed their PUBLISHes.
+//! sees events in the order Redis executed their PUBLISHes (on a Redis
+//! Cluster, per channel only: see `target.rs` and `publish_membership`).
 //!
 //! Liveness: each instance keeps `{prefix}:instance:{id}:alive` (TTL 15 s,
 //! refreshed every 5 s) and the set of its online users. An instance whose
