@@ -10,6 +10,7 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod store;
+pub mod timers;
 pub mod unauthenticated;
 pub mod writer;
 

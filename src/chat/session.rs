@@ -20,6 +20,7 @@ use super::server::{
 };
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
+use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
 use super::unauthenticated::UnauthenticatedSlot;
 use super::writer::{NewMessage, PendingStore, StoreError, Stored};
 use super::ChatContext;
@@ -80,12 +81,13 @@ pub struct WsSession {
     outbox: Outbox,
     user: Option<UserId>,
     url_token: Option<String>,
-    last_heard: Instant,
     rate: RateLimit,
     /// Commits awaited in submission order, so acks and pushes keep it.
     deliveries: Option<mpsc::UnboundedSender<(Instant, PendingStore)>>,
+    /// Pings the client; set once started.
+    heartbeat: Option<Heartbeat>,
     /// Closes the session when its token expires.
-    expiry: Option<SpawnHandle>,
+    expiry: Option<Expiry>,
     /// Counts this connection against its address's unauthenticated sockets
     /// until it authorizes.
     unauthenticated: Option<UnauthenticatedSlot>,
@@ -108,9 +110,9 @@ impl WsSession {
             outbox,
             user: None,
             url_token,
-            last_heard: Instant::now(),
             rate,
             deliveries: None,
+            heartbeat: None,
             expiry: None,
             unauthenticated: Some(unauthenticated),
             span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
@@ -310,14 +312,12 @@ impl WsSession {
         self.unauthenticated = None;
         self.span.record("user", user.0);
         tracing::info!(parent: &self.span, "authorized");
-        if let Some(previous) = self.expiry.take() {
-            ctx.cancel_future(previous);
-        }
-        self.expiry = Some(ctx.run_later(remaining, |act, ctx| {
-            tracing::info!(parent: &act.span, "token expired; closing session");
-            let kick = Kick::token_expired();
-            act.close(kick.code, kick.reason, ctx);
-        }));
+        // Replacing the previous token's expiry cancels it.
+        self.expiry = Some(timers::expire_at(
+            Instant::now() + remaining,
+            self.id,
+            ctx.address().downgrade().recipient(),
+        ));
     }
 
     /// Runs a database query for a request of `kind` without blocking the
@@ -771,16 +771,11 @@ impl Actor for WsSession {
                 act.close(CloseCode::Normal, "authorization timeout", ctx);
             }
         });
-        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
-            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
-                tracing::info!(parent: &act.span, "client silent too long; dropping");
-                return act.close(CloseCode::Away, "heartbeat timeout", ctx);
-            }
-            if act.outbox.send_ping() == Queued::Overflow {
-                act.chat.metrics.outbox_overflow();
-                ctx.stop();
-            }
-        });
+        self.heartbeat = Some(timers::register(
+            self.id,
+            self.outbox.clone(),
+            ctx.address().downgrade().recipient(),
+        ));
         if let Some(token) = self.url_token.take() {
             self.authorize(token, ctx);
         }
@@ -802,7 +797,7 @@ impl Actor for WsSession {
 
 impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
     fn handle(&mut self, item: Result<Incoming, TransportError>, ctx: &mut Context<Self>) {
-        self.last_heard = Instant::now();
+        self.outbox.heard();
         match item {
             Ok(Incoming::Text(bytes)) => match std::str::from_utf8(&bytes) {
                 Ok(text) => self.handle_text(text, ctx),
@@ -846,6 +841,34 @@ impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Handler<HeartbeatFailed> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, HeartbeatFailed(failure): HeartbeatFailed, ctx: &mut Context<Self>) {
+        match failure {
+            Failure::Silent => {
+                tracing::info!(parent: &self.span, "client silent too long; dropping");
+                self.close(CloseCode::Away, "heartbeat timeout", ctx);
+            }
+            Failure::Overflow => {
+                self.chat.metrics.outbox_overflow();
+                tracing::warn!(parent: &self.span, "client is not reading; disconnecting");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<TokenExpired> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: TokenExpired, ctx: &mut Context<Self>) {
+        tracing::info!(parent: &self.span, "token expired; closing session");
+        let kick = Kick::token_expired();
+        self.close(kick.code, kick.reason, ctx);
     }
 }
 

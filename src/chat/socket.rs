@@ -5,18 +5,23 @@
 //! unbounded (a client that stops reading grows it without limit) and its
 //! context stops polling timers while the client is not reading (actix-web
 //! issue 2441), so heartbeats of a stuck client never fire. Here the session
-//! is a plain actix actor whose timers always run, and every frame to a client
-//! goes through a queue of `OUTBOX_CAPACITY` with an explicit overflow policy:
-//! a full queue closes the connection (1008) instead of growing memory.
+//! is a plain actix actor, its heartbeat runs in its worker's timer task
+//! (`timers.rs`) whatever the client does, and every frame to a client goes
+//! through a queue of `OUTBOX_CAPACITY` with an explicit overflow policy: a
+//! full queue closes the connection (1008) instead of growing memory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use actix_codec::Decoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
 use actix_web::web::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// A frame from the client, with continuations already put together.
 #[derive(Debug)]
@@ -60,7 +65,20 @@ struct Shared {
     closing: AtomicBool,
     /// A close that must overtake the queue (the queue is full).
     urgent: Mutex<Option<CloseReason>>,
-    notify: Notify,
+    /// Wakes the body to send an urgent close.
+    urgent_waker: AtomicWaker,
+    /// When the client was last heard from, in milliseconds since `epoch()`.
+    heard: AtomicU64,
+}
+
+/// The origin of the `heard` times (an `Instant` does not fit in an atomic).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The sending side of one connection: cheap to clone, safe to use from any
@@ -134,14 +152,28 @@ impl Outbox {
         if let Ok(mut urgent) = self.shared.urgent.lock() {
             if urgent.is_none() {
                 *urgent = Some(reason);
-                self.shared.notify.notify_one();
+                self.shared.urgent_waker.wake();
             }
         }
     }
 
     /// Whether a close has been requested.
     pub fn is_closing(&self) -> bool {
-        self.shared.closing.load(Ordering::Acquire)
+        self.shared.closing.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Records that something arrived from the client (the heartbeat's
+    /// measure of silence).
+    pub fn heard(&self) {
+        self.shared
+            .heard
+            .store(millis_since_epoch(), Ordering::Relaxed);
+    }
+
+    /// How long ago the client was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        let heard = self.shared.heard.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since_epoch().saturating_sub(heard))
     }
 }
 
@@ -157,48 +189,73 @@ const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A new outbox of `capacity` frames, and the byte stream that becomes the
 /// HTTP response body of the upgraded connection.
-pub fn outbox(
-    capacity: usize,
-) -> (
-    Outbox,
-    impl Stream<Item = Result<Bytes, std::convert::Infallible>>,
-) {
+pub fn outbox(capacity: usize) -> (Outbox, Body) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         closing: AtomicBool::new(false),
         urgent: Mutex::new(None),
-        notify: Notify::new(),
+        urgent_waker: AtomicWaker::new(),
+        heard: AtomicU64::new(millis_since_epoch()),
     });
-    let state = (rx, shared.clone(), false);
-    let body = futures_util::stream::unfold(state, |(mut rx, shared, done)| async move {
-        if done {
+    let body = Body {
+        rx,
+        shared: shared.clone(),
+        done: false,
+    };
+    (Outbox { tx, shared }, body)
+}
+
+/// The frames queued in an `Outbox`, encoded, as the response body of the
+/// upgraded connection. Ends after the close frame.
+pub struct Body {
+    rx: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Body {
+    /// A close that must overtake the queue, if one was asked for.
+    fn take_urgent(&self) -> Option<CloseReason> {
+        // Every urgent close sets `closing` first: no lock while open.
+        if !self.shared.closing.load(Ordering::Acquire) {
             return None;
         }
-        let mut buf = BytesMut::new();
-        let first = tokio::select! {
-            biased;
-            _ = shared.notify.notified() => None,
-            item = rx.recv() => item,
-        };
-        let urgent = shared.urgent.lock().ok().and_then(|mut u| u.take());
-        if let Some(reason) = urgent {
-            Parser::write_close(&mut buf, Some(reason), false);
-            return Some((Ok(buf.freeze()), (rx, shared, true)));
+        self.shared.urgent.lock().ok().and_then(|mut u| u.take())
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
+        this.shared.urgent_waker.register(cx.waker());
+        let mut buf = BytesMut::new();
+        if let Some(reason) = this.take_urgent() {
+            Parser::write_close(&mut buf, Some(reason), false);
+            this.done = true;
+            return Poll::Ready(Some(Ok(buf.freeze())));
+        }
+        let Poll::Ready(first) = this.rx.poll_recv(cx) else {
+            return Poll::Pending;
+        };
         // No item: every sender is gone, the session ended without a close.
         let mut next = Some(first.unwrap_or(Outgoing::Close(CloseCode::Away.into())));
         // Coalesce whatever else is ready into one write.
         while let Some(item) = next.take() {
             if encode(&mut buf, item) {
-                return Some((Ok(buf.freeze()), (rx, shared, true)));
+                this.done = true;
+                break;
             }
             if buf.len() < WRITE_CHUNK_BYTES {
-                next = rx.try_recv().ok();
+                next = this.rx.try_recv().ok();
             }
         }
-        Some((Ok(buf.freeze()), (rx, shared, false)))
-    });
-    (Outbox { tx, shared }, body)
+        Poll::Ready(Some(Ok(buf.freeze())))
+    }
 }
 
 /// Appends one frame; true when it was the close that ends the stream.
@@ -278,6 +335,9 @@ where
                 r.buf = BytesMut::new();
             }
             match r.payload.next().await {
+                // An empty buffer takes the chunk's allocation when it is
+                // the only owner (no copy), else a copy.
+                Some(Ok(chunk)) if r.buf.is_empty() => r.buf = BytesMut::from(chunk),
                 Some(Ok(chunk)) => r.buf.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     r.done = true;

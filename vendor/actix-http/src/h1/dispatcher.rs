@@ -977,6 +977,15 @@ where
 
                         Message::Chunk(Some(chunk)) => {
                             if let Some(ref mut payload) = this.payload {
+                                // chat-server patch: a small chunk is copied out, so
+                                // it does not keep the whole read buffer allocated
+                                // until the payload's reader takes it (with many
+                                // connections reading at once, their buffers piled up).
+                                let chunk = if chunk.len() <= LW_BUFFER_SIZE {
+                                    bytes::Bytes::copy_from_slice(&chunk)
+                                } else {
+                                    chunk
+                                };
                                 payload.feed_data(chunk);
                             } else {
                                 error!("Internal server error: unexpected payload chunk");
