@@ -1,5 +1,5 @@
 //! `WsSession`: one actor per WebSocket connection. It owns the connection's
-//! state (who it is after authorization, heartbeat, rate limit), turns each
+//! state (who it is after authorization, rate limit, its timers), turns each
 //! frame into a typed request, does the database work for it as a future
 //! (never blocking the actor or anyone else), and answers.
 
