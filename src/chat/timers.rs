@@ -10,9 +10,9 @@
 //! `HEARTBEAT_INTERVAL / SLOTS`: it queues a ping straight into each
 //! session's outbox (the actor is not woken) and tells a session's actor only
 //! when its client has been silent too long or stopped reading. A worker's
-//! pings go out in ten bursts a period, so their writes, and the pongs that
-//! come back, share wake-ups; ten slots keep any one burst small. The same
-//! task closes sessions whose token expired, within one step.
+//! pings go out in `SLOTS` small bursts a period, so their writes, and the
+//! pongs that come back, share wake-ups without delaying live messages. The
+//! same task closes sessions whose token expired, within one step.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
