@@ -291,6 +291,85 @@ test("the server restarts mid-conversation: messages sent meanwhile arrive witho
   await bob.page.context().close();
 });
 
+/** Routes a page's socket through the test (after a reload): `sent` and
+ *  `got` record the frames each way; live `message` frames holding
+ *  `tap.drop` are not passed on; while `tap.hold`, connecting fails; and
+ *  `tap.cut()` drops the connection. */
+async function tapped(page) {
+  const tap = { sent: [], got: [], drop: null, hold: false, socket: null };
+  await page.routeWebSocket(/\/chat$/, (ws) => {
+    if (tap.hold) return ws.close();
+    tap.socket = ws;
+    const server = ws.connectToServer();
+    ws.onMessage((m) => {
+      tap.sent.push(JSON.parse(m));
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      const frame = JSON.parse(m);
+      tap.got.push(frame);
+      if (!(tap.drop && frame.type === "message" && m.includes(tap.drop))) ws.send(m);
+    });
+  });
+  tap.cut = () => tap.socket?.close({ code: 1001, reason: "cut by the test" });
+  await page.reload();
+  await status(page, "Connected");
+  return tap;
+}
+
+const texts = (page) => log(page).locator("[data-direction] .text").allInnerTexts();
+
+test("a message lost on the way is noticed by its seq and fetched with sync", async () => {
+  const alice = await signUp("Hal", "Hole");
+  const bob = await signUp("Flo", "Fill");
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "first");
+  const tap = await tapped(bob.page);
+  await open(bob.page, alice.name);
+  await received(bob.page, "first");
+  tap.drop = "lost on the way";
+  await say(alice.page, "lost on the way");
+  await say(alice.page, "after the hole");
+  await received(bob.page, "lost on the way");
+  assert.deepEqual(await texts(bob.page), ["first", "lost on the way", "after the hole"]);
+  const syncs = tap.sent.filter((f) => f.type === "sync");
+  assert.equal(syncs.length, 1, JSON.stringify(syncs));
+  assert.equal(syncs[0].data.after_seq, 1, "synced from the last seq it had");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("after a reconnect only the conversations that changed are synced", async () => {
+  const alice = await signUp("Ida", "Away");
+  const bob = await signUp("Rob", "Back");
+  const carol = await signUp("Cat", "Still");
+  await addContact(alice.page, bob.username, bob.name);
+  await addContact(carol.page, bob.username, bob.name);
+  await say(alice.page, "from Ida");
+  await say(carol.page, "from Cat");
+  const tap = await tapped(bob.page);
+  await open(bob.page, carol.name);
+  await received(bob.page, "from Cat");
+  await open(bob.page, alice.name);
+  await received(bob.page, "from Ida");
+  const pk = tap.got.find((f) => f.type === "get_messages_response" && f.data.messages?.some((m) => m.content === "from Ida")).data.pk;
+
+  tap.hold = true;
+  tap.cut();
+  await status(bob.page, "Reconnecting…");
+  await say(alice.page, "while you were away");
+  tap.sent.length = 0;
+  tap.hold = false;
+  await status(bob.page, "Connected");
+  await received(bob.page, "while you were away");
+  assert.deepEqual(await texts(bob.page), ["from Ida", "while you were away"]);
+  const syncs = tap.sent.filter((f) => f.type === "sync");
+  assert.deepEqual(syncs, [{ type: "sync", data: { id: pk, after_seq: 1, limit: 200 } }]);
+  assert.deepEqual(tap.sent.filter((f) => f.type === "get_messages"), [], "no history asked again");
+  for (const p of [alice, bob, carol]) await p.page.context().close();
+});
+
 test("markup in a message is shown as text", async () => {
   const alice = await signUp("Eve", "Hacker");
   const bob = await signUp("Tom", "Target");

@@ -300,6 +300,7 @@ pub async fn direct_chat(
                     title: Set(None),
                     direct_key: Set(Some(key)),
                     created_at: Set(now),
+                    seq: Set(0),
                 }
                 .insert(txn)
                 .await?;

@@ -37,6 +37,7 @@ use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
 use crate::bus::target::RedisTarget;
 use crate::bus::Bus;
+use crate::chat::log::HoleFiller;
 use crate::chat::membership::Membership;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
@@ -152,12 +153,14 @@ impl Application {
                 presence.clone(),
                 membership.clone(),
                 bus.clone(),
+                HoleFiller::start(db.clone(), ctx.address().recipient()),
                 settings.limits.max_sessions_per_user,
                 metrics.clone(),
             )
         });
         let (writer, writer_task) = MessageWriter::with_capacity(
             db.clone(),
+            chat_server.clone().recipient(),
             metrics.clone(),
             settings.limits.message_queue_capacity,
         );

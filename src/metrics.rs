@@ -40,6 +40,7 @@ struct Inner {
     store_batch_size: Histogram,
     send_to_delivery: Histogram,
     outbox_overflows: Counter,
+    holes_filled: Counter,
     rate_limited: Counter,
     redis_up: Gauge,
     redis_reconnects: Counter,
@@ -64,6 +65,7 @@ impl Default for Inner {
             // 0.25 ms … 2 s.
             send_to_delivery: Histogram::new(exponential_buckets(0.00025, 2.0, 14)),
             outbox_overflows: Counter::default(),
+            holes_filled: Counter::default(),
             rate_limited: Counter::default(),
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
@@ -126,6 +128,12 @@ impl Default for Inner {
             "chat_outbox_overflows",
             "Connections closed because the client did not read.",
             inner.outbox_overflows.clone(),
+        );
+        r.register(
+            "chat_holes_filled",
+            "Holes in a conversation's live events loaded from the database \
+             because the bus did not bring them in time (B7).",
+            inner.holes_filled.clone(),
         );
         r.register(
             "chat_rate_limited",
@@ -197,6 +205,10 @@ impl Metrics {
     }
     pub fn outbox_overflow(&self) {
         self.0.outbox_overflows.inc();
+    }
+    /// A room's event stream had a hole the bus did not fill in time (B7).
+    pub fn hole_filled(&self) {
+        self.0.holes_filled.inc();
     }
     pub fn rate_limited(&self) {
         self.0.rate_limited.inc();

@@ -29,7 +29,7 @@ async fn seed_flow(backend: &Backend) {
         json!({"type": "get_contacts_response", "data": [{
             "pk": pk, "name": "Bob Jones", "online": false,
             "user_id": bob, "username": "bob", "last_message": null, "unread": 0,
-            "kind": "direct", "members": 2
+            "kind": "direct", "members": 2, "seq": 0
         }]}),
         "{}",
         backend.name()
@@ -62,7 +62,7 @@ async fn seed_flow(backend: &Backend) {
     let time = ack["data"]["time"].clone();
 
     let pushed = |direction: &str| {
-        json!({"type": "message", "data": {"pk": pk, "data": {
+        json!({"type": "message", "data": {"pk": pk, "seq": 1, "data": {
             "direction": direction, "content": "hello bob", "time": time,
             "id": id, "sender": alice
         }}})

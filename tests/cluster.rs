@@ -249,7 +249,7 @@ async fn messages_presence_groups_and_revocation_cross_a_cluster() {
         .await;
     let ack = alice_a.recv_type("message_response").await;
     let pushed = |direction: &str| {
-        json!({"type": "message", "data": {"pk": pk, "data": {
+        json!({"type": "message", "data": {"pk": pk, "seq": 1, "data": {
         "direction": direction, "content": "sharded", "time": ack["data"]["time"],
         "id": ack["data"]["id"], "sender": alice, "client_id": "c1"}}})
     };

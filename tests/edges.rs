@@ -68,7 +68,12 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, _, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
-    let (writer, _task) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
+    let (writer, _task) = MessageWriter::with_capacity(
+        app.db.clone(),
+        app.chat_server.clone().recipient(),
+        Metrics::default(),
+        16,
+    );
     let new = |chat: ChatId, content: &str| NewMessage {
         chat,
         sender: UserId(alice),
@@ -78,11 +83,11 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
     // One batch (submitted before the writer runs): the middle message
     // names no conversation, so the batch insert fails on its foreign key.
     let pending = [
-        writer.submit(new(chat, "first")).unwrap(),
+        writer.store(new(chat, "first")).unwrap(),
         writer
-            .submit(new(ChatId(uuid::Uuid::new_v4()), "orphan"))
+            .store(new(ChatId(uuid::Uuid::new_v4()), "orphan"))
             .unwrap(),
-        writer.submit(new(chat, "last")).unwrap(),
+        writer.store(new(chat, "last")).unwrap(),
     ];
     let mut results = Vec::new();
     for p in pending {
@@ -110,8 +115,18 @@ async fn two_writers_one_client_id(backend: &Backend) {
     let (alice, _, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
     // Two instances' writers on one database, the same resend sent to both.
-    let (first, _a) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
-    let (second, _b) = MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 16);
+    let (first, _a) = MessageWriter::with_capacity(
+        app.db.clone(),
+        app.chat_server.clone().recipient(),
+        Metrics::default(),
+        16,
+    );
+    let (second, _b) = MessageWriter::with_capacity(
+        app.db.clone(),
+        app.chat_server.clone().recipient(),
+        Metrics::default(),
+        16,
+    );
     for round in 0..20 {
         let new = || NewMessage {
             chat,
@@ -119,7 +134,7 @@ async fn two_writers_one_client_id(backend: &Backend) {
             content: format!("round {round}"),
             client_id: Some(format!("resend-{round}")),
         };
-        let (x, y) = (first.submit(new()).unwrap(), second.submit(new()).unwrap());
+        let (x, y) = (first.store(new()).unwrap(), second.store(new()).unwrap());
         let (x, y) = futures_util::join!(x, y);
         let id = |r: Result<Stored, StoreError>| match r {
             Ok(Stored::New(m)) | Ok(Stored::Duplicate(m)) => m.id,
@@ -361,8 +376,18 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
     // Two instances' writers committing batches into one table at once: each
     // answer's id must be the row that holds that very message.
     let writers = [
-        MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 1024),
-        MessageWriter::with_capacity(app.db.clone(), Metrics::default(), 1024),
+        MessageWriter::with_capacity(
+            app.db.clone(),
+            app.chat_server.clone().recipient(),
+            Metrics::default(),
+            1024,
+        ),
+        MessageWriter::with_capacity(
+            app.db.clone(),
+            app.chat_server.clone().recipient(),
+            Metrics::default(),
+            1024,
+        ),
     ];
     let mut pending = Vec::new();
     for round in 0..10 {
@@ -376,12 +401,13 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
                     content: content.clone(),
                     client_id: Some(format!("c-{w}-{round}-{i}")),
                 };
-                pending.push((content, writer.submit(new).unwrap()));
+                pending.push((content, writer.store(new).unwrap()));
             }
         }
         tokio::task::yield_now().await;
     }
     let mut ids = std::collections::HashSet::new();
+    let mut seqs = Vec::new();
     for (content, answer) in pending {
         let stored = match answer.await.unwrap() {
             Ok(Stored::New(m)) => m,
@@ -400,9 +426,26 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
             backend.name(),
             stored.id
         );
+        assert_eq!(
+            row.seq,
+            stored.seq,
+            "{}: the answer's seq is the row's",
+            backend.name()
+        );
         assert!(ids.insert(stored.id));
+        seqs.push(stored.seq);
     }
     assert_eq!(ids.len(), 600);
+    // One conversation, two writers: its events are numbered 1..=600, no
+    // gap and no number twice, and the conversation's seq is the last.
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=600).collect::<Vec<i64>>(), "{}", backend.name());
+    let conversation = entity::chat::Entity::find_by_id(chat.0)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conversation.seq, 600);
 }
 
 backend_tests!(concurrent_batches_answer_each_message_with_its_own_row => batch_ids_match_their_rows);

@@ -23,7 +23,8 @@ fn member(id: i64, username: &str, role: &str, online: bool) -> Value {
 /// The item a `conversation` push carries (no `unread`: it is per member).
 fn pushed(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
     json!({"pk": pk, "name": name, "online": online, "user_id": null,
-           "username": null, "last_message": null, "kind": "group", "members": members})
+           "username": null, "last_message": null, "kind": "group", "members": members,
+           "seq": 0})
 }
 
 fn error(code: &str, message: &str) -> Value {
@@ -83,7 +84,7 @@ async fn lifecycle(backend: &Backend) {
         b.request(json!({"type": "get_contacts", "data": {}})).await,
         json!({"type": "get_contacts_response", "data": [{
             "pk": pk, "name": "Trip", "online": true, "user_id": null, "username": null,
-            "last_message": null, "unread": 0, "kind": "group", "members": 3}]})
+            "last_message": null, "unread": 0, "kind": "group", "members": 3, "seq": 0}]})
     );
     b.send(json!({"type": "message", "data": {"to": pk, "content": "hi all"}}))
         .await;
@@ -93,10 +94,10 @@ async fn lifecycle(backend: &Backend) {
     let (id, time) = (ack["data"]["id"].clone(), ack["data"]["time"].clone());
     assert_eq!(
         own,
-        json!({"type": "message", "data": {"pk": pk, "data": {
+        json!({"type": "message", "data": {"pk": pk, "seq": 1, "data": {
             "direction": "send", "content": "hi all", "time": time, "id": id, "sender": bob}}})
     );
-    let received = json!({"type": "message", "data": {"pk": pk, "data": {
+    let received = json!({"type": "message", "data": {"pk": pk, "seq": 1, "data": {
         "direction": "received", "content": "hi all", "time": time, "id": id, "sender": bob}}});
     assert_eq!(a.recv().await, received);
     assert_eq!(c.recv().await, received);

@@ -180,7 +180,7 @@ async fn contacts_and_history(backend: &Backend) {
         answers[0].1,
         json!({"pk": pk, "name": "Bob Jones", "online": false, "user_id": bob,
         "username": "bob", "last_message": null, "unread": 0,
-        "kind": "direct", "members": 2})
+        "kind": "direct", "members": 2, "seq": 0})
     );
     let (status, body) = post(&app, "/api/contacts/", &token, json!({"username": "alice"})).await;
     assert_eq!(

@@ -24,6 +24,10 @@ pub struct Model {
     #[sea_orm(unique)]
     pub direct_key: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The `seq` of the conversation's latest event (0: none yet). Bumped
+    /// in the transaction that stores the events, which also serialises
+    /// the commits of one conversation across instances.
+    pub seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,9 @@ pub struct Model {
     pub content: String,
     pub client_id: Option<String>,
     pub created_at: DateTimeUtc,
+    /// Its place in the conversation's order (PROTOCOL.md B7): 1, 2, 3…
+    /// with no gaps, in commit order; `(chat_id, seq)` is unique.
+    pub seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_schema;
 mod m20261126_000001_security;
 mod m20261127_000001_groups;
+mod m20261130_000001_conversation_seq;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_schema::Migration),
             Box::new(m20261126_000001_security::Migration),
             Box::new(m20261127_000001_groups::Migration),
+            Box::new(m20261130_000001_conversation_seq::Migration),
         ]
     }
 }

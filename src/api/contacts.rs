@@ -104,6 +104,7 @@ async fn announce_direct(
     };
     let frames = ConversationFrames {
         chat,
+        seq: None,
         user: Some(me),
         own: Some(view(me)),
         others: view(other),

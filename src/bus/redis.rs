@@ -116,6 +116,10 @@ impl Names {
 /// then (for frames) raw bytes:
 /// - `C origin chat user|- own_len|- own others`: frames for a conversation's
 ///   members (`user` gets `own`, or nothing when there is no `own_len`);
+/// - `S origin chat seq user|- own_len|- own others`: the same for an event
+///   with its place in the conversation's order (B7). A kind of its own, so
+///   an instance of an earlier version ignores it (as an undecodable
+///   envelope) instead of delivering it out of order;
 /// - `G origin id chat presence(1|0) added removed push_len|- removed_len|- push removed_push`:
 ///   a membership change, numbered by its origin (`id`), published on the
 ///   control channel and on the conversation's (see `publish_membership`);
@@ -130,6 +134,7 @@ enum Envelope<'a> {
     Conversation {
         origin: &'a str,
         chat: ChatId,
+        seq: Option<i64>,
         user: Option<UserId>,
         own: Option<&'a [u8]>,
         others: &'a [u8],
@@ -215,11 +220,16 @@ impl<'a> Envelope<'a> {
             Envelope::Conversation {
                 origin,
                 chat,
+                seq,
                 user,
                 own,
                 others,
             } => {
-                let _ = write!(out, "C {origin} {} ", chat.0.simple());
+                match seq {
+                    Some(seq) => write!(out, "S {origin} {} {seq} ", chat.0.simple()),
+                    None => write!(out, "C {origin} {} ", chat.0.simple()),
+                }
+                .expect("writing to a Vec cannot fail");
                 match user {
                     Some(u) => {
                         let _ = write!(out, "{u} ");
@@ -289,8 +299,14 @@ impl<'a> Envelope<'a> {
     fn decode(bytes: &'a [u8]) -> Option<Self> {
         let (head, _) = split_fields(bytes, 1)?;
         match head[0] {
-            "C" => {
-                let (f, rest) = split_fields(bytes, 5)?;
+            kind @ ("C" | "S") => {
+                let sequenced = kind == "S";
+                let (mut f, rest) = split_fields(bytes, if sequenced { 6 } else { 5 })?;
+                let seq = if sequenced {
+                    Some(f.remove(3).parse().ok()?)
+                } else {
+                    None
+                };
                 let user = if f[3] == "-" {
                     None
                 } else {
@@ -304,6 +320,7 @@ impl<'a> Envelope<'a> {
                 Some(Envelope::Conversation {
                     origin: f[1],
                     chat: parse_chat(f[2])?,
+                    seq,
                     user,
                     own,
                     others,
@@ -617,6 +634,7 @@ impl RedisBridge {
         let envelope = Envelope::Conversation {
             origin: &self.names.instance,
             chat: frames.chat,
+            seq: frames.seq,
             user: frames.user,
             own: frames.own.as_deref(),
             others: &frames.others,
@@ -989,12 +1007,14 @@ impl StreamHandler<redis::Msg> for RedisBridge {
             Envelope::Conversation {
                 origin,
                 chat,
+                seq,
                 user,
                 own,
                 others,
             } if origin != me => {
                 let frames = ConversationFrames {
                     chat,
+                    seq,
                     user,
                     own: own.map(Bytes::copy_from_slice),
                     others: Bytes::copy_from_slice(others),
@@ -1168,6 +1188,7 @@ mod tests {
         round_trip(Envelope::Conversation {
             origin: "i1",
             chat,
+            seq: None,
             user: Some(UserId(3)),
             own: Some(b"own frame with spaces"),
             others: frame,
@@ -1175,8 +1196,17 @@ mod tests {
         round_trip(Envelope::Conversation {
             origin: "i1",
             chat,
+            seq: Some(42),
             user: None,
             own: None,
+            others: frame,
+        });
+        round_trip(Envelope::Conversation {
+            origin: "i1",
+            chat,
+            seq: Some(1),
+            user: Some(UserId(3)),
+            own: Some(b"own"),
             others: frame,
         });
         round_trip(Envelope::Membership {

@@ -227,6 +227,7 @@ pub async fn create(
         title: Set(Some(title)),
         direct_key: Set(None),
         created_at: Set(Utc::now()),
+        seq: Set(0),
     }
     .insert(&txn)
     .await?;

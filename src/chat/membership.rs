@@ -24,6 +24,9 @@ pub struct ChatEntry {
     /// Whether presence is pushed in it: direct, or a group of at most
     /// `PRESENCE_MAX_MEMBERS` (B6).
     pub presence: bool,
+    /// The conversation's latest `seq` when this was loaded (B7): where a
+    /// room opened from it starts its live stream.
+    pub seq: i64,
 }
 
 /// Largest group in which presence changes are pushed (B6).

@@ -2,6 +2,7 @@
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
 pub mod groups;
+pub mod log;
 pub mod membership;
 pub mod presence;
 pub mod protocol;
@@ -120,4 +121,19 @@ pub async fn connect(
 #[derive(serde::Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+}
+
+/// The `internal` error a client sees for a failure of ours, after logging
+/// the detail under a fresh error id (the client's text carries the id).
+pub(crate) fn internal_reply(
+    span: &tracing::Span,
+    kind: protocol::RequestKind,
+    error: &dyn std::fmt::Display,
+) -> protocol::ErrorReply {
+    let error_id = crate::error::new_error_id();
+    tracing::error!(parent: span, %error_id, %kind, error = %error, "request failed");
+    protocol::ErrorReply::new(
+        protocol::ErrorCode::Internal,
+        format!("internal error, try again (error id {error_id})"),
+    )
 }

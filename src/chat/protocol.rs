@@ -142,6 +142,8 @@ requests! {
     RemoveMember(RemoveMember) = "remove_member",
     /// Change a group's title (B6).
     RenameGroup(RenameGroup) = "rename_group",
+    /// A conversation's events after a `seq` (B7).
+    Sync(SyncQuery) = "sync",
 }
 
 impl fmt::Display for RequestKind {
@@ -180,6 +182,15 @@ pub struct HistoryQuery {
     pub before: Option<i64>,
     #[serde(default)]
     pub after: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// `sync`: the events of a conversation after `after_seq`, oldest first.
+#[derive(Debug, Deserialize)]
+pub struct SyncQuery {
+    pub id: ConversationRef,
+    pub after_seq: i64,
     #[serde(default)]
     pub limit: Option<u64>,
 }
@@ -432,6 +443,8 @@ pub struct Contact {
     pub kind: ConversationKind,
     /// How many members the conversation has.
     pub members: u64,
+    /// The `seq` of the conversation's latest event (B7; 0: none yet).
+    pub seq: i64,
 }
 
 /// One member of a conversation.
@@ -468,6 +481,8 @@ pub struct Conversation {
     /// Present (true) only on what a removed member gets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<bool>,
+    /// The `seq` of the conversation's latest event (B7; 0: none yet).
+    pub seq: i64,
 }
 
 /// `send` on the sender's sessions, `received` on everyone else's.
@@ -490,10 +505,12 @@ pub struct MessageBody {
     pub client_id: Option<String>,
 }
 
-/// A `message` push: `{"pk": ..., "data": {...}}`.
+/// A `message` push: `{"pk": ..., "seq": ..., "data": {...}}`; `seq` is
+/// the message's place in its conversation (B7).
 #[derive(Debug, Serialize)]
 pub struct MessagePush<'a> {
     pub pk: ChatId,
+    pub seq: i64,
     pub data: &'a MessageBody,
 }
 
@@ -525,6 +542,17 @@ pub struct HistoryItem {
     pub content: String,
     pub time: String,
     pub client_id: Option<String>,
+}
+
+/// `sync_response`: a conversation's events after the `seq` asked for,
+/// oldest first, each exactly as a live session received it (B7).
+#[derive(Debug, Serialize)]
+pub struct SyncPage<'a> {
+    pub pk: ChatId,
+    pub events: Vec<ServerEvent<'a>>,
+    /// The conversation's latest `seq`.
+    pub seq: i64,
+    pub has_more: bool,
 }
 
 /// `read_response` on success.
@@ -573,6 +601,7 @@ pub enum ServerEvent<'a> {
     Message(MessagePush<'a>),
     MessageResponse(Reply<MessageAck>),
     GetMessagesResponse(Reply<HistoryPage>),
+    SyncResponse(Reply<SyncPage<'a>>),
     ReadResponse(Reply<ReadAck>),
     TypingResponse(ErrorReply),
     PingResponse(ErrorReply),
@@ -610,6 +639,7 @@ impl ServerEvent<'_> {
             RequestKind::GetContact => ServerEvent::GetContactResponse(Reply::Err(error)),
             RequestKind::Message => ServerEvent::MessageResponse(Reply::Err(error)),
             RequestKind::GetMessages => ServerEvent::GetMessagesResponse(Reply::Err(error)),
+            RequestKind::Sync => ServerEvent::SyncResponse(Reply::Err(error)),
             RequestKind::Read => ServerEvent::ReadResponse(Reply::Err(error)),
             RequestKind::Typing => ServerEvent::TypingResponse(error),
             RequestKind::Ping => ServerEvent::PingResponse(error),

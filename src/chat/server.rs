@@ -7,13 +7,20 @@
 //! here is a room holding those members, so a message costs one push per
 //! local session, whatever the group's size, and one bus event for all the
 //! other instances (DESIGN.md "Groups").
+//!
+//! Each room also keeps its conversation's order (B7): events that carry a
+//! `seq` reach the room's sessions in `seq` order, each once. One that
+//! arrives ahead of a hole (an earlier event committed through another
+//! instance is still on its way) is held until the hole is filled, by the
+//! bus or, after `HOLE_WAIT`, from the database (`log::HoleFiller`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
+use super::log::{Filled, HoleFiller, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
@@ -47,6 +54,78 @@ struct Room {
     users: HashSet<UserId>,
     /// Whether presence changes are pushed in it (B6).
     presence: bool,
+    /// Where its stream of events stands here (B7).
+    order: Order,
+}
+
+/// A room's place in its conversation's events: the last `seq` its
+/// sessions were given, and the events held behind a hole.
+#[derive(Default)]
+struct Order {
+    /// `None` until known: the first event sets it.
+    last: Option<i64>,
+    held: BTreeMap<i64, ConversationFrames>,
+    /// A fill from the database is under way.
+    filling: bool,
+}
+
+impl Order {
+    fn starting_at(seq: Option<i64>) -> Self {
+        Order {
+            last: seq,
+            ..Order::default()
+        }
+    }
+
+    /// Takes an event; returns those now due, in order (none when it is a
+    /// duplicate or waits behind a hole).
+    fn accept(&mut self, frames: ConversationFrames, seq: i64) -> Vec<ConversationFrames> {
+        match self.last {
+            Some(last) if seq <= last => return Vec::new(),
+            Some(last) if seq > last + 1 => {
+                self.held.insert(seq, frames);
+                return Vec::new();
+            }
+            _ => {}
+        }
+        self.last = Some(seq);
+        let mut due = vec![frames];
+        due.extend(self.release());
+        due
+    }
+
+    /// The held events that follow on without a hole.
+    fn release(&mut self) -> Vec<ConversationFrames> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            let next = self.last.map_or(*entry.key(), |l| l + 1);
+            if *entry.key() > next {
+                break;
+            }
+            let seq = *entry.key();
+            let frames = entry.remove();
+            if self.last.is_none_or(|l| seq > l) {
+                self.last = Some(seq);
+                due.push(frames);
+            }
+        }
+        due
+    }
+
+    /// The hole to fill: the events after `last` and before the first held.
+    fn hole(&self) -> Option<(i64, i64)> {
+        let (first, _) = self.held.first_key_value()?;
+        Some((self.last?, *first))
+    }
+
+    /// Gives up on the hole: the held events go out as they are, and each
+    /// session sees the jump in `seq` and asks `sync` itself.
+    fn skip_hole(&mut self) -> Vec<ConversationFrames> {
+        if let Some((&first, _)) = self.held.first_key_value() {
+            self.last = Some(first - 1);
+        }
+        self.release()
+    }
 }
 
 /// Frames for one conversation's members: `user`'s sessions get `own` (or
@@ -54,6 +133,9 @@ struct Room {
 #[derive(Debug, Clone)]
 pub struct ConversationFrames {
     pub chat: ChatId,
+    /// The event's place in the conversation's order, for events that
+    /// change its history (B7); `None` for the rest (read marks, typing).
+    pub seq: Option<i64>,
     pub user: Option<UserId>,
     pub own: Option<Bytes>,
     pub others: Bytes,
@@ -64,6 +146,7 @@ impl ConversationFrames {
     pub fn to_others(chat: ChatId, user: UserId, frame: Bytes) -> Self {
         ConversationFrames {
             chat,
+            seq: None,
             user: Some(user),
             own: None,
             others: frame,
@@ -89,6 +172,7 @@ pub struct ChatServer {
     seq: u64,
     presence: Arc<Presence>,
     bus: Bus,
+    holes: HoleFiller,
     max_sessions_per_user: usize,
     metrics: Metrics,
 }
@@ -98,6 +182,7 @@ impl ChatServer {
         presence: Arc<Presence>,
         membership: Arc<Membership>,
         bus: Bus,
+        holes: HoleFiller,
         max_sessions_per_user: usize,
         metrics: Metrics,
     ) -> Self {
@@ -109,6 +194,7 @@ impl ChatServer {
             recent: VecDeque::new(),
             presence,
             bus,
+            holes,
             max_sessions_per_user,
             metrics,
         }
@@ -152,8 +238,76 @@ impl ChatServer {
     }
 
     /// Delivers frames to a conversation's members on this instance only,
-    /// except the session `skip`.
-    fn deliver_here(&mut self, frames: &ConversationFrames, skip: Option<SessionId>) {
+    /// except the session `skip`; events with a `seq` in their order.
+    fn deliver_here(
+        &mut self,
+        frames: ConversationFrames,
+        skip: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(seq) = frames.seq else {
+            return self.push_to_room(&frames, skip);
+        };
+        let chat = frames.chat;
+        let Some(room) = self.rooms.get_mut(&chat) else {
+            return;
+        };
+        let due = room.order.accept(frames, seq);
+        let waiting = room.order.held.len();
+        for frames in &due {
+            self.push_to_room(frames, skip);
+        }
+        if waiting > MAX_HELD {
+            self.fill_hole(chat);
+        } else if waiting > 0 && (waiting == 1 || !due.is_empty()) {
+            // A new hole: give the bus a moment to fill it.
+            if let Some((last, until)) = self.rooms.get(&chat).and_then(|r| r.order.hole()) {
+                ctx.run_later(HOLE_WAIT, move |act, _| {
+                    act.hole_timed_out(chat, last, until)
+                });
+            }
+        }
+    }
+
+    /// The hole after `last` (before `until`) was not filled in time: load
+    /// it from the database, unless it has closed meanwhile.
+    fn hole_timed_out(&mut self, chat: ChatId, last: i64, until: i64) {
+        let still_open = self
+            .rooms
+            .get(&chat)
+            .and_then(|r| r.order.hole())
+            .is_some_and(|(l, u)| l == last && u <= until);
+        if still_open {
+            self.fill_hole(chat);
+        }
+    }
+
+    /// Asks the database for a room's missing events (once at a time).
+    fn fill_hole(&mut self, chat: ChatId) {
+        let Some(room) = self.rooms.get_mut(&chat) else {
+            return;
+        };
+        let Some((after, until)) = room.order.hole() else {
+            return;
+        };
+        if room.order.filling {
+            return;
+        }
+        room.order.filling = true;
+        self.metrics.hole_filled();
+        if !self.holes.request(chat, after, until) {
+            tracing::warn!(%chat, after, until, "too many holes waiting for the database; sessions will sync");
+            room.order.filling = false;
+            let due = room.order.skip_hole();
+            for frames in &due {
+                self.push_to_room(frames, None);
+            }
+        }
+    }
+
+    /// Pushes frames to every local session of their conversation's room
+    /// but `skip`.
+    fn push_to_room(&mut self, frames: &ConversationFrames, skip: Option<SessionId>) {
         let Some(room) = self.rooms.get(&frames.chat) else {
             return;
         };
@@ -173,9 +327,14 @@ impl ChatServer {
 
     /// Delivers frames to a conversation's members here, and hands them to
     /// the bus for the members elsewhere.
-    fn deliver(&mut self, frames: ConversationFrames, skip: Option<SessionId>) {
-        self.deliver_here(&frames, skip);
-        self.bus.publish(BusEvent::Conversation(frames));
+    fn deliver(
+        &mut self,
+        frames: ConversationFrames,
+        skip: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.bus.publish(BusEvent::Conversation(frames.clone()));
+        self.deliver_here(frames, skip, ctx);
     }
 
     /// Tells the conversations `chats` (those of them with members here)
@@ -191,7 +350,7 @@ impl ChatServer {
                 online,
             })
             .to_json();
-            self.deliver_here(&ConversationFrames::to_others(*chat, user, frame), None);
+            self.push_to_room(&ConversationFrames::to_others(*chat, user, frame), None);
         }
     }
 
@@ -204,8 +363,9 @@ impl ChatServer {
     }
 
     /// Adds `user` to the conversation's room; returns whether the room
-    /// was opened (its channel is only now being subscribed).
-    fn join_room(&mut self, user: UserId, chat: ChatId, presence: bool) -> bool {
+    /// was opened (its channel is only now being subscribed). A room opened
+    /// with the conversation's `seq` as loaded goes on from there.
+    fn join_room(&mut self, user: UserId, chat: ChatId, presence: bool, seq: Option<i64>) -> bool {
         let mut opened = false;
         let room = self.rooms.entry(chat).or_insert_with(|| {
             opened = true;
@@ -213,6 +373,7 @@ impl ChatServer {
             Room {
                 users: HashSet::new(),
                 presence,
+                order: Order::starting_at(seq),
             }
         });
         room.users.insert(user);
@@ -270,10 +431,11 @@ impl ChatServer {
         let set = self
             .catch_up(user, &chats, since)
             .ok_or(ConnectError::Stale)?;
-        let presence: HashMap<ChatId, bool> = chats.iter().map(|c| (c.chat, c.presence)).collect();
+        let loaded: HashMap<ChatId, &ChatEntry> = chats.iter().map(|c| (c.chat, c)).collect();
         for chat in &set {
-            let flag = presence.get(chat).copied().unwrap_or(true);
-            self.join_room(user, *chat, flag);
+            let entry = loaded.get(chat);
+            let flag = entry.is_none_or(|c| c.presence);
+            self.join_room(user, *chat, flag, entry.map(|c| c.seq));
         }
         let notify = self.presence_chats(set.iter().copied());
         self.membership.set_user(user, set);
@@ -335,7 +497,9 @@ impl ChatServer {
             if change.removed.contains(&user) {
                 self.leave_room(user, change.chat);
             }
-            if change.added.contains(&user) && self.join_room(user, change.chat, change.presence) {
+            if change.added.contains(&user)
+                && self.join_room(user, change.chat, change.presence, None)
+            {
                 deferred.push(user);
             }
         }
@@ -478,8 +642,8 @@ pub struct Deliver {
 impl Handler<Deliver> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.deliver(msg.frames, msg.skip);
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.deliver(msg.frames, msg.skip, ctx);
     }
 }
 
@@ -493,8 +657,48 @@ pub struct DeliverRemote {
 impl Handler<DeliverRemote> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: DeliverRemote, _: &mut Context<Self>) {
-        self.deliver_here(&msg.frames, None);
+    fn handle(&mut self, msg: DeliverRemote, ctx: &mut Context<Self>) {
+        self.deliver_here(msg.frames, None, ctx);
+    }
+}
+
+impl Handler<Filled> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Filled, ctx: &mut Context<Self>) {
+        let Some(room) = self.rooms.get_mut(&msg.chat) else {
+            return;
+        };
+        room.order.filling = false;
+        let before = room.order.last;
+        match msg.events {
+            Ok(events) => {
+                for frames in events {
+                    self.deliver_here(frames, None, ctx);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(chat = %msg.chat, error = %e, "could not load a hole's events; sessions will sync");
+            }
+        }
+        let Some(room) = self.rooms.get_mut(&msg.chat) else {
+            return;
+        };
+        match room.order.hole() {
+            // A hole larger than one page: the next page.
+            Some((_, until)) if until <= msg.until && room.order.last != before => {
+                self.fill_hole(msg.chat)
+            }
+            // Nothing came of it (the database failed, or does not hold
+            // the events): go on without them.
+            Some((_, until)) if until <= msg.until => {
+                let due = room.order.skip_hole();
+                for frames in &due {
+                    self.push_to_room(frames, None);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -546,7 +750,7 @@ impl Handler<ReplaceChats> for ChatServer {
             }
             for entry in chats.iter().filter(|c| !known.contains(&c.chat)) {
                 if fresh.contains(&entry.chat) {
-                    self.join_room(user, entry.chat, entry.presence);
+                    self.join_room(user, entry.chat, entry.presence, Some(entry.seq));
                 }
             }
             self.membership.set_user(user, fresh);

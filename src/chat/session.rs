@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use sea_orm::DatabaseConnection;
-use tokio::sync::mpsc;
 
 use super::groups::{self, GroupError};
+use super::log;
 use super::membership::MembershipChange;
 use super::protocol::*;
 use super::server::{
@@ -22,8 +22,8 @@ use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
 use super::unauthenticated::UnauthenticatedSlot;
-use super::writer::{NewMessage, PendingStore, StoreError, Stored};
-use super::ChatContext;
+use super::writer::{NewMessage, StoreError, Submitter};
+use super::{internal_reply, ChatContext};
 use crate::auth::{self, AuthError};
 use crate::metrics;
 
@@ -82,8 +82,6 @@ pub struct WsSession {
     user: Option<UserId>,
     url_token: Option<String>,
     rate: RateLimit,
-    /// Commits awaited in submission order, so acks and pushes keep it.
-    deliveries: Option<mpsc::UnboundedSender<(Instant, PendingStore)>>,
     /// Pings the client; set once started.
     heartbeat: Option<Heartbeat>,
     /// Closes the session when its token expires.
@@ -111,7 +109,6 @@ impl WsSession {
             user: None,
             url_token,
             rate,
-            deliveries: None,
             heartbeat: None,
             expiry: None,
             unauthenticated: Some(unauthenticated),
@@ -121,7 +118,12 @@ impl WsSession {
 
     /// Queues a frame; a client that stopped reading is disconnected.
     fn send(&self, event: &ServerEvent, ctx: &mut Context<Self>) {
-        match self.outbox.send_text(event.to_json()) {
+        self.send_json(event.to_json(), ctx);
+    }
+
+    /// Queues a frame already in JSON (see `send`).
+    fn send_json(&self, frame: bytes::Bytes, ctx: &mut Context<Self>) {
+        match self.outbox.send_text(frame) {
             Queued::Yes => self.chat.metrics.frames_out(1),
             Queued::Overflow => {
                 self.chat.metrics.outbox_overflow();
@@ -219,6 +221,7 @@ impl WsSession {
             ClientRequest::GetContact(q) => self.get_contact(user, q.id, ctx),
             ClientRequest::Message(m) => self.send_message(user, m, ctx),
             ClientRequest::GetMessages(q) => self.get_messages(user, q, ctx),
+            ClientRequest::Sync(q) => self.sync(user, q, ctx),
             ClientRequest::Read(r) => self.mark_read(user, r, ctx),
             ClientRequest::Typing(t) => self.typing(user, t.id, ctx),
             ClientRequest::CreateGroup(g) => self.create_group(user, g, ctx),
@@ -466,8 +469,12 @@ impl WsSession {
                     content,
                     client_id,
                 };
-                match act.chat.writer.submit(new) {
-                    Ok(store) => act.await_delivery(arrived, store),
+                let from = Submitter::Session {
+                    outbox: act.outbox.clone(),
+                    span: act.span.clone(),
+                };
+                match act.chat.writer.submit(new, from, arrived) {
+                    Ok(()) => {}
                     Err(StoreError::Busy) => act.send_error(
                         RequestKind::Message,
                         ErrorCode::RateLimited,
@@ -478,28 +485,6 @@ impl WsSession {
                 }
             },
         );
-    }
-
-    /// Hands a submitted message to this session's delivery pipeline: a task
-    /// that awaits commits in order, acknowledges, and gives the event to the
-    /// ChatServer. It outlives the session, so a message committed after its
-    /// sender disconnected is still delivered to everyone else.
-    fn await_delivery(&mut self, arrived: Instant, pending: PendingStore) {
-        let tx = self.deliveries.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            actix::spawn(run_deliveries(
-                rx,
-                self.outbox.clone(),
-                self.chat.clone(),
-                self.span.clone(),
-            ));
-            tx
-        });
-        if let Err(mpsc::error::SendError((arrived, pending))) = tx.send((arrived, pending)) {
-            // The pipeline only ends when its sender is dropped; restart it.
-            self.deliveries = None;
-            self.await_delivery(arrived, pending);
-        }
     }
 
     fn get_messages(&mut self, user: UserId, query: HistoryQuery, ctx: &mut Context<Self>) {
@@ -527,6 +512,32 @@ impl WsSession {
                         has_more,
                     };
                     act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
+                },
+                ctx,
+            );
+        });
+    }
+
+    /// `sync` (B7): the conversation's events after `after_seq`, each as a
+    /// live session received it.
+    fn sync(&mut self, user: UserId, query: SyncQuery, ctx: &mut Context<Self>) {
+        let kind = RequestKind::Sync;
+        let limit = query.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
+        if limit == 0 || limit > store::MAX_HISTORY_PAGE {
+            let text = format!("limit must be between 1 and {}", store::MAX_HISTORY_PAGE);
+            return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
+        }
+        let after = query.after_seq;
+        if after < 0 {
+            return self.send_error(kind, ErrorCode::Invalid, "after_seq must be 0 or more", ctx);
+        }
+        self.with_membership(kind, user, &query.id, ctx, move |act, chat, ctx| {
+            let page = move |db| async move { log::events_after(&db, chat, after, limit).await };
+            act.query(
+                kind,
+                page,
+                move |act, (events, has_more, latest), ctx| {
+                    act.send_json(log::sync_frame(chat, user, &events, latest, has_more), ctx);
                 },
                 ctx,
             );
@@ -565,6 +576,7 @@ impl WsSession {
                     let frame = ServerEvent::Read(event).to_json();
                     let frames = ConversationFrames {
                         chat,
+                        seq: None,
                         user: Some(user),
                         own: Some(frame.clone()),
                         others: frame,
@@ -681,77 +693,6 @@ impl WsSession {
             move |db, _| async move { groups::rename(&db, user, chat, &request.title).await },
             ctx,
         );
-    }
-}
-
-/// The `internal` error a client sees for a failure of ours, after logging
-/// the detail under a fresh error id (the client's text carries the id).
-fn internal_reply(
-    span: &tracing::Span,
-    kind: RequestKind,
-    error: &dyn std::fmt::Display,
-) -> ErrorReply {
-    let error_id = crate::error::new_error_id();
-    tracing::error!(parent: span, %error_id, %kind, error = %error, "request failed");
-    ErrorReply::new(
-        ErrorCode::Internal,
-        format!("internal error, try again (error id {error_id})"),
-    )
-}
-
-/// Awaits each submitted message's commit in order; acknowledges it to the
-/// sender and hands the push to the ChatServer.
-async fn run_deliveries(
-    mut rx: mpsc::UnboundedReceiver<(Instant, PendingStore)>,
-    outbox: Outbox,
-    chat: Arc<ChatContext>,
-    span: tracing::Span,
-) {
-    while let Some((arrived, pending)) = rx.recv().await {
-        let outcome = pending.await.unwrap_or(Err(StoreError::Stopped));
-        let (stored, is_new) = match outcome {
-            Ok(Stored::New(m)) => (m, true),
-            Ok(Stored::Duplicate(m)) => (m, false),
-            Err(e) => {
-                let reply = internal_reply(&span, RequestKind::Message, &e);
-                let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
-                continue;
-            }
-        };
-        let pk = ChatId(stored.chat_id);
-        let time = format_time(&stored.created_at);
-        let ack = MessageAck {
-            status: "success",
-            id: stored.id,
-            pk,
-            client_id: stored.client_id.clone(),
-            time: time.clone(),
-        };
-        if outbox.send_text(ServerEvent::MessageResponse(Reply::Ok(ack)).to_json()) == Queued::Yes {
-            chat.metrics.frames_out(1);
-        }
-        if !is_new {
-            continue;
-        }
-        let mut body = MessageBody {
-            direction: Direction::Send,
-            content: stored.content,
-            time,
-            id: stored.id,
-            sender: stored.sender_id,
-            client_id: stored.client_id,
-        };
-        let sent = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
-        body.direction = Direction::Received;
-        let received = ServerEvent::Message(MessagePush { pk, data: &body }).to_json();
-        let frames = ConversationFrames {
-            chat: pk,
-            user: stored.sender_id.map(UserId),
-            own: Some(sent),
-            others: received,
-        };
-        chat.server.do_send(Deliver { frames, skip: None });
-        chat.metrics.message_delivered(arrived.elapsed());
     }
 }
 

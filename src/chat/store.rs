@@ -82,6 +82,7 @@ impl ContactRow {
             unread: self.unread,
             kind: kind_of(&self.chat),
             members,
+            seq: self.chat.seq,
         }
     }
 }
@@ -325,6 +326,7 @@ impl ConversationRow {
             kind: kind_of(&self.chat),
             members,
             removed: None,
+            seq: self.chat.seq,
         }
     }
 }
@@ -411,26 +413,28 @@ pub async fn membership_of(
     }
 }
 
-/// Whether presence is pushed in each of `chats`: direct conversations, and
-/// groups of at most `PRESENCE_MAX_MEMBERS`.
+/// For each of `chats`: whether presence is pushed in it (direct
+/// conversations, and groups of at most `PRESENCE_MAX_MEMBERS`), and its
+/// latest `seq`.
 async fn presence_flags(
     db: &DatabaseConnection,
     chats: &[uuid::Uuid],
-) -> Result<HashMap<uuid::Uuid, bool>, DbErr> {
+) -> Result<HashMap<uuid::Uuid, (bool, i64)>, DbErr> {
     let mut flags = HashMap::new();
     for chunk in chats.chunks(IN_CHUNK) {
         let kinds = chat::Entity::find()
             .select_only()
             .column(chat::Column::Id)
             .column(chat::Column::Kind)
+            .column(chat::Column::Seq)
             .filter(chat::Column::Id.is_in(chunk.to_vec()))
-            .into_tuple::<(uuid::Uuid, chat::ChatKind)>()
+            .into_tuple::<(uuid::Uuid, chat::ChatKind, i64)>()
             .all(db)
             .await?;
         let groups: Vec<uuid::Uuid> = kinds
             .iter()
-            .filter(|(_, k)| *k == chat::ChatKind::Group)
-            .map(|(id, _)| *id)
+            .filter(|(_, k, _)| *k == chat::ChatKind::Group)
+            .map(|(id, _, _)| *id)
             .collect();
         let sizes: HashMap<uuid::Uuid, i64> = if groups.is_empty() {
             HashMap::new()
@@ -447,9 +451,9 @@ async fn presence_flags(
                 .into_iter()
                 .collect()
         };
-        for (id, kind) in kinds {
+        for (id, kind, seq) in kinds {
             let small = sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64;
-            flags.insert(id, kind == chat::ChatKind::Direct || small);
+            flags.insert(id, (kind == chat::ChatKind::Direct || small, seq));
         }
     }
     Ok(flags)
@@ -481,9 +485,11 @@ pub async fn chats_of_users(
     let mut chats: HashMap<UserId, Vec<ChatEntry>> =
         users.iter().map(|u| (*u, Vec::new())).collect();
     for (chat, user) in pairs {
+        let (presence, seq) = flags.get(&chat).copied().unwrap_or((true, 0));
         chats.entry(UserId(user)).or_default().push(ChatEntry {
             chat: ChatId(chat),
-            presence: flags.get(&chat).copied().unwrap_or(true),
+            presence,
+            seq,
         });
     }
     Ok(chats)
@@ -509,8 +515,11 @@ pub async fn presence_chats(db: &DatabaseConnection, user: UserId) -> Result<Vec
 
 /// One page of a conversation's history, oldest first within the page, and
 /// whether there is more in the direction of travel. With `after`, pages go
-/// forward from that id (catching up); otherwise backward from `before` (or
-/// from the newest).
+/// forward from that message (catching up); otherwise backward from
+/// `before` (or from the newest). Pages follow the conversation's order
+/// (`seq`, B7), not ids: ids are drawn when a row is inserted, so on several
+/// instances a smaller id can be committed after a larger one, and a page
+/// "after id N" by id would skip it for good.
 pub async fn history(
     db: &DatabaseConnection,
     chat: ChatId,
@@ -519,25 +528,112 @@ pub async fn history(
     limit: u64,
 ) -> Result<(Vec<message::Model>, bool), DbErr> {
     let limit = limit.clamp(1, MAX_HISTORY_PAGE);
-    let mut query = message::Entity::find().filter(message::Column::ChatId.eq(chat.0));
-    if let Some(before) = before {
-        query = query.filter(message::Column::Id.lt(before));
+    let before = match before {
+        Some(id) => Some(seq_next_to(db, chat, id, false).await?),
+        None => None,
+    };
+    match after {
+        Some(id) => {
+            let after = seq_next_to(db, chat, id, true).await?;
+            messages_by_seq(db, chat, after, before, limit).await
+        }
+        None => {
+            let mut query = message::Entity::find()
+                .filter(message::Column::ChatId.eq(chat.0))
+                .order_by_desc(message::Column::Seq);
+            if let Some(before) = before {
+                query = query.filter(message::Column::Seq.lt(before));
+            }
+            let mut rows = query.limit(limit + 1).all(db).await?;
+            let has_more = rows.len() as u64 > limit;
+            rows.truncate(limit as usize);
+            rows.reverse();
+            Ok((rows, has_more))
+        }
     }
-    let forward = after.is_some();
-    if let Some(after) = after {
-        query = query
-            .filter(message::Column::Id.gt(after))
-            .order_by_asc(message::Column::Id);
-    } else {
-        query = query.order_by_desc(message::Column::Id);
+}
+
+/// The messages of `chat` with `after < seq < before`, oldest first (at
+/// most `limit`), and whether there are more.
+pub async fn messages_by_seq(
+    db: &DatabaseConnection,
+    chat: ChatId,
+    after: i64,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<message::Model>, bool), DbErr> {
+    let mut query = message::Entity::find()
+        .filter(message::Column::ChatId.eq(chat.0))
+        .filter(message::Column::Seq.gt(after))
+        .order_by_asc(message::Column::Seq);
+    if let Some(before) = before {
+        query = query.filter(message::Column::Seq.lt(before));
     }
     let mut rows = query.limit(limit + 1).all(db).await?;
     let has_more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
-    if !forward {
-        rows.reverse();
-    }
     Ok((rows, has_more))
+}
+
+/// The `seq` of the message `id` of `chat`, if it is one of its messages.
+async fn seq_of(db: &DatabaseConnection, chat: ChatId, id: i64) -> Result<Option<i64>, DbErr> {
+    message::Entity::find_by_id(id)
+        .filter(message::Column::ChatId.eq(chat.0))
+        .select_only()
+        .column(message::Column::Seq)
+        .into_tuple::<i64>()
+        .one(db)
+        .await
+}
+
+/// Where a page next to message `id` reads from, in `seq`: forward
+/// (`after`), the `seq` after which to read; backward (`before`), the one
+/// below which. For one of the conversation's messages that is its own
+/// `seq`. Any other id (0, or a made-up one) reads from just before the
+/// first message with a larger id (forward), or from just after the last
+/// with a smaller one (backward), so no message beyond it is ever skipped.
+async fn seq_next_to(
+    db: &DatabaseConnection,
+    chat: ChatId,
+    id: i64,
+    forward: bool,
+) -> Result<i64, DbErr> {
+    if let Some(seq) = seq_of(db, chat, id).await? {
+        return Ok(seq);
+    }
+    let seq = Expr::col(message::Column::Seq);
+    let (bound, beyond) = if forward {
+        (Func::min(seq), message::Column::Id.gt(id))
+    } else {
+        (Func::max(seq), message::Column::Id.lt(id))
+    };
+    let neighbour = message::Entity::find()
+        .select_only()
+        .expr(bound)
+        .filter(message::Column::ChatId.eq(chat.0))
+        .filter(beyond)
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    match (forward, neighbour) {
+        (true, Some(seq)) => Ok(seq - 1),
+        (true, None) => latest_seq(db, chat).await,
+        (false, Some(seq)) => Ok(seq + 1),
+        (false, None) => Ok(0),
+    }
+}
+
+/// The `seq` of a conversation's latest event (0 when it has none, or does
+/// not exist).
+pub async fn latest_seq(db: &DatabaseConnection, chat: ChatId) -> Result<i64, DbErr> {
+    Ok(chat::Entity::find_by_id(chat.0)
+        .select_only()
+        .column(chat::Column::Seq)
+        .into_tuple::<i64>()
+        .one(db)
+        .await?
+        .unwrap_or(0))
 }
 
 /// Moves `user`'s read mark in `chat` forward to `up_to` (never backward).

@@ -1,22 +1,30 @@
 //! The `MessageWriter`: one task that commits the message inserts of every
-//! session in batches (group commit). A sender awaits its own message's
-//! commit; only then is the message acknowledged and delivered. One
-//! transaction per batch of whatever arrived while the previous one was
-//! committing is what lets durable throughput approach the in-memory rate.
+//! session in batches (group commit). Only once a message's batch has
+//! committed is it acknowledged to its sender and handed to the ChatServer,
+//! in commit order. One transaction per batch of whatever arrived while the
+//! previous one was committing is what lets durable throughput approach the
+//! in-memory rate. The same transaction gives each message the next `seq`
+//! of its conversation (B7, `next_seqs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use actix::Recipient;
 use chrono::{DateTime, Utc};
-use entity::message;
+use entity::{chat, message};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, TransactionTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{ChatId, UserId};
+use super::log;
+use super::protocol::{ChatId, Reply, RequestKind, ServerEvent, UserId};
+use super::server::Deliver;
+use super::socket::{Outbox, Queued};
+use crate::chat::internal_reply;
 use crate::metrics::Metrics;
 
 /// Most inserts committed in one transaction: large enough to amortise the
@@ -52,10 +60,34 @@ pub enum StoreError {
     Database(String),
 }
 
-struct PendingInsert {
+/// Who is told what became of a message.
+pub enum Submitter {
+    /// A session: the writer answers on its connection (the acknowledgement,
+    /// or the error, logged in its span).
+    Session { outbox: Outbox, span: tracing::Span },
+    /// A caller that awaits the result itself (`MessageWriter::store`).
+    Caller(oneshot::Sender<Result<Stored, StoreError>>),
+}
+
+/// A message handed to `MessageWriter::store`; resolves once its batch
+/// committed (an error when the writer stopped first).
+pub type PendingStore = oneshot::Receiver<Result<Stored, StoreError>>;
+
+/// A message on its way to the database.
+struct Row {
     message: NewMessage,
     created_at: DateTime<Utc>,
-    reply: oneshot::Sender<Result<Stored, StoreError>>,
+}
+
+/// Who waits for a row's commit, and since when.
+struct Waiter {
+    from: Submitter,
+    arrived: Instant,
+}
+
+struct PendingInsert {
+    row: Row,
+    waiter: Waiter,
 }
 
 /// Handle to the group-commit writer task. Cheap to clone.
@@ -64,41 +96,94 @@ pub struct MessageWriter {
     tx: mpsc::Sender<PendingInsert>,
 }
 
-/// A message handed to the writer; resolves once its batch committed.
-pub type PendingStore = oneshot::Receiver<Result<Stored, StoreError>>;
-
 impl MessageWriter {
-    /// Starts the writer task on the current tokio runtime, with a queue of `capacity` messages; beyond it
-    /// `submit` answers `Busy`. It runs until every handle is dropped and the
-    /// queue is drained, so a graceful shutdown commits everything accepted.
+    /// Starts the writer task on the current tokio runtime, with a queue of
+    /// `capacity` messages; beyond it `submit` answers `Busy`. Committed
+    /// messages go to `server` in commit order. It runs until every handle
+    /// is dropped and the queue is drained, so a graceful shutdown commits
+    /// everything accepted.
     pub fn with_capacity(
         db: DatabaseConnection,
+        server: Recipient<Deliver>,
         metrics: Metrics,
         capacity: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(run_writer(db, rx, metrics));
+        let task = tokio::spawn(run_writer(db, rx, server, metrics));
         (MessageWriter { tx }, task)
     }
 
-    /// Queues a message; the returned receiver resolves after commit. The
-    /// queue order is the commit order, so one session's messages keep theirs.
-    pub fn submit(&self, message: NewMessage) -> Result<PendingStore, StoreError> {
-        let (reply, rx) = oneshot::channel();
+    /// Queues a message from `from`, which arrived at `arrived`. Once its
+    /// batch commits the writer acknowledges it to `from` and hands it to
+    /// the ChatServer, in commit order: so every conversation's events
+    /// reach the ChatServer in `seq` order, and a sender's acknowledgement
+    /// comes before its own sessions get the message.
+    pub fn submit(
+        &self,
+        message: NewMessage,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
         let pending = PendingInsert {
-            message,
-            created_at: Utc::now(),
-            reply,
+            row: Row {
+                message,
+                created_at: Utc::now(),
+            },
+            waiter: Waiter { from, arrived },
         };
         match self.tx.try_send(pending) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Stopped),
         }
     }
+
+    /// Queues a message whose result the caller awaits; the ChatServer
+    /// gets it as from `submit`.
+    pub fn store(&self, message: NewMessage) -> Result<PendingStore, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(message, Submitter::Caller(reply), Instant::now())?;
+        Ok(rx)
+    }
 }
 
-async fn run_writer(db: DatabaseConnection, rx: mpsc::Receiver<PendingInsert>, metrics: Metrics) {
+/// Tells a message's sender and the ChatServer what became of it.
+fn answer(
+    server: &Recipient<Deliver>,
+    metrics: &Metrics,
+    waiter: Waiter,
+    result: Result<Stored, StoreError>,
+) {
+    let new = match &result {
+        Ok(Stored::New(m)) => Some(log::message_frames(m)),
+        _ => None,
+    };
+    match (waiter.from, result) {
+        (Submitter::Caller(reply), result) => {
+            let _ = reply.send(result);
+        }
+        (Submitter::Session { outbox, span }, Err(e)) => {
+            let reply = internal_reply(&span, RequestKind::Message, &e);
+            let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
+        }
+        (Submitter::Session { outbox, .. }, Ok(Stored::New(m) | Stored::Duplicate(m))) => {
+            if outbox.send_text(log::ack_frame(&m)) == Queued::Yes {
+                metrics.frames_out(1);
+            }
+        }
+    }
+    if let Some(frames) = new {
+        server.do_send(Deliver { frames, skip: None });
+        metrics.message_delivered(waiter.arrived.elapsed());
+    }
+}
+
+async fn run_writer(
+    db: DatabaseConnection,
+    rx: mpsc::Receiver<PendingInsert>,
+    server: Recipient<Deliver>,
+    metrics: Metrics,
+) {
     let ids = match db.get_database_backend() {
         DatabaseBackend::MySql => mysql_ids(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read MySQL's auto-increment settings; inserting row by row");
@@ -106,11 +191,13 @@ async fn run_writer(db: DatabaseConnection, rx: mpsc::Receiver<PendingInsert>, m
         }),
         _ => MySqlIds::RowByRow,
     };
-    let commit = move |batch: Vec<PendingInsert>| {
+    let commit = move |batch: Vec<Row>| {
         let db = db.clone();
         async move { commit_batch(&db, batch, ids).await }
     };
-    run_batches(rx, metrics, commit).await;
+    let answer_metrics = metrics.clone();
+    let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);
+    run_batches(rx, metrics, commit, answer).await;
 }
 
 /// How a MySQL batch learns the ids of its rows (MySQL has no RETURNING).
@@ -158,30 +245,49 @@ pub async fn mysql_ids(db: &DatabaseConnection) -> Result<MySqlIds, DbErr> {
 }
 
 /// The writer's loop: whatever arrived while the previous batch was
-/// committing is the next batch, handed to `commit` (which answers each
-/// message's sender).
-async fn run_batches<C, F>(mut rx: mpsc::Receiver<PendingInsert>, metrics: Metrics, commit: C)
-where
-    C: Fn(Vec<PendingInsert>) -> F,
-    F: std::future::Future<Output = ()> + Send + 'static,
+/// committing is the next batch, handed to `commit`; then each message's
+/// result is `answer`ed, in batch order.
+async fn run_batches<C, F, A>(
+    mut rx: mpsc::Receiver<PendingInsert>,
+    metrics: Metrics,
+    commit: C,
+    mut answer: A,
+) where
+    C: Fn(Vec<Row>) -> F,
+    F: std::future::Future<Output = Vec<Result<Stored, StoreError>>> + Send + 'static,
+    A: FnMut(Waiter, Result<Stored, StoreError>),
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = Instant::now();
         let count = batch.len();
-        // A task per batch: should a batch ever panic, its senders' replies
-        // are dropped, so they answer "not stored" (nothing was
-        // acknowledged), and the writer goes on.
-        let work = commit(std::mem::take(&mut batch));
-        if let Err(e) = tokio::spawn(work).await {
-            tracing::error!(error = %e, size = count, "message batch failed unexpectedly; its senders were told");
-            continue;
+        let (rows, waiters): (Vec<Row>, Vec<Waiter>) =
+            batch.drain(..).map(|p| (p.row, p.waiter)).unzip();
+        // A task per batch: should a batch ever panic, its senders are told
+        // nothing was stored, and the writer goes on.
+        let results = match tokio::spawn(commit(rows)).await {
+            Ok(results) if results.len() == count => results,
+            Ok(results) => {
+                let error = format!("{count} messages but {} results", results.len());
+                vec![Err(StoreError::Database(error)); count]
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size = count, "message batch failed unexpectedly; its senders were told");
+                vec![Err(StoreError::Database("the batch failed".into())); count]
+            }
+        };
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            answer(waiter, result);
         }
         metrics.record_store_batch(count, started.elapsed());
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>, ids: MySqlIds) {
+async fn commit_batch(
+    db: &DatabaseConnection,
+    batch: Vec<Row>,
+    ids: MySqlIds,
+) -> Vec<Result<Stored, StoreError>> {
     // A client_id seen twice in one batch: the later ones get the first's result.
     let mut first_of: HashMap<ClientKey, usize> = HashMap::new();
     let mut same_as: Vec<Option<usize>> = Vec::with_capacity(batch.len());
@@ -222,13 +328,13 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<PendingInsert>, ids: M
             resolved[i] = original;
         }
     }
-    for (p, r) in batch.into_iter().zip(resolved) {
-        let result = r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into())));
-        let _ = p.reply.send(result);
-    }
+    resolved
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
+        .collect()
 }
 
-fn active_model(p: &PendingInsert) -> message::ActiveModel {
+fn active_model(p: &Row, seq: i64) -> message::ActiveModel {
     message::ActiveModel {
         id: NotSet,
         chat_id: Set(p.message.chat.0),
@@ -236,6 +342,7 @@ fn active_model(p: &PendingInsert) -> message::ActiveModel {
         content: Set(p.message.content.clone()),
         client_id: Set(p.message.client_id.clone()),
         created_at: Set(p.created_at),
+        seq: Set(seq),
     }
 }
 
@@ -244,7 +351,7 @@ fn active_model(p: &PendingInsert) -> message::ActiveModel {
 /// conversations is two messages, and neither may be answered with the other.)
 type ClientKey = (i64, uuid::Uuid, String);
 
-fn client_key(p: &PendingInsert) -> Option<ClientKey> {
+fn client_key(p: &Row) -> Option<ClientKey> {
     let cid = p.message.client_id.clone()?;
     Some((p.message.sender.0, p.message.chat.0, cid))
 }
@@ -274,11 +381,12 @@ async fn existing_by_client_id<C: ConnectionTrait>(
         .collect())
 }
 
-/// Stores the batch's distinct messages in one transaction. Entries that are
-/// in-batch duplicates are left `None` for the caller to fill in.
+/// Stores the batch's distinct messages in one transaction, each with the
+/// next `seq` of its conversation. Entries that are in-batch duplicates are
+/// left `None` for the caller to fill in.
 async fn store_unique(
     db: &DatabaseConnection,
-    batch: &[PendingInsert],
+    batch: &[Row],
     same_as: &[Option<usize>],
     ids: MySqlIds,
 ) -> Result<Vec<Option<Result<Stored, StoreError>>>, DbErr> {
@@ -300,54 +408,219 @@ async fn store_unique(
     }
     let txn = db.begin().await?;
     let backend = db.get_database_backend();
-    if backend == DatabaseBackend::Postgres {
-        let pending: Vec<&PendingInsert> = to_insert.iter().map(|&i| &batch[i]).collect();
-        let rows = insert_unnest(&txn, &pending).await?;
-        for (&i, row) in to_insert.iter().zip(rows) {
-            results[i] = Some(Ok(Stored::New(row)));
+    let pending: Vec<(&Row, i64)> = {
+        let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
+        let seqs = next_seqs(&txn, &rows).await?;
+        rows.into_iter().zip(seqs).collect()
+    };
+    let stored: Vec<message::Model> = match (backend, ids) {
+        (DatabaseBackend::Postgres, _) => insert_unnest(&txn, &pending).await?,
+        (DatabaseBackend::MySql, MySqlIds::Consecutive { increment }) => {
+            let first = insert_values(&txn, &pending).await?;
+            pending
+                .iter()
+                .enumerate()
+                .map(|(k, (row, seq))| model_of(row, first + k as i64 * increment, *seq))
+                .collect()
         }
-    } else if let (DatabaseBackend::MySql, MySqlIds::Consecutive { increment }) = (backend, ids) {
-        let pending: Vec<&PendingInsert> = to_insert.iter().map(|&i| &batch[i]).collect();
-        let first = insert_values(&txn, &pending).await?;
-        for (k, &i) in to_insert.iter().enumerate() {
-            let id = first + k as i64 * increment;
-            results[i] = Some(Ok(Stored::New(model_of(&batch[i], id))));
+        (DatabaseBackend::MySql, MySqlIds::RowByRow) => {
+            // No RETURNING, and ids that may interleave: row by row, one commit.
+            let mut stored = Vec::with_capacity(pending.len());
+            for (row, seq) in &pending {
+                let id = message::Entity::insert(active_model(row, *seq))
+                    .exec(&txn)
+                    .await?
+                    .last_insert_id;
+                stored.push(model_of(row, id, *seq));
+            }
+            stored
         }
-    } else if backend == DatabaseBackend::MySql {
-        // No RETURNING, and ids that may interleave: row by row, one commit.
-        for &i in &to_insert {
-            let id = message::Entity::insert(active_model(&batch[i]))
-                .exec(&txn)
+        _ => {
+            message::Entity::insert_many(pending.iter().map(|(row, seq)| active_model(row, *seq)))
+                .exec_with_returning(&txn)
                 .await?
-                .last_insert_id;
-            results[i] = Some(Ok(Stored::New(model_of(&batch[i], id))));
         }
-    } else {
-        let rows = message::Entity::insert_many(to_insert.iter().map(|&i| active_model(&batch[i])))
-            .exec_with_returning(&txn)
-            .await?;
-        if rows.len() != to_insert.len() {
-            return Err(DbErr::Custom(format!(
-                "inserted {} messages but {} came back",
-                to_insert.len(),
-                rows.len()
-            )));
-        }
-        for (&i, row) in to_insert.iter().zip(rows) {
-            results[i] = Some(Ok(Stored::New(row)));
-        }
+    };
+    if stored.len() != to_insert.len() {
+        return Err(DbErr::Custom(format!(
+            "inserted {} messages but {} came back",
+            to_insert.len(),
+            stored.len()
+        )));
     }
+    for (&i, row) in to_insert.iter().zip(stored) {
+        results[i] = Some(Ok(Stored::New(row)));
+    }
+    commit_gate::pass(pending.iter().map(|(row, _)| row.message.chat.0)).await;
     txn.commit().await?;
     Ok(results)
 }
 
-/// PostgreSQL: the whole batch in one statement with five array parameters.
+/// Test support: holds the commit of the next batch that stores an event of
+/// one conversation, after its `seq` was taken and before the commit, so a
+/// test can make one instance's commit slow on purpose while another
+/// instance stores later events of the same conversation
+/// (tests/conversation_log.rs). Unused, it costs one atomic load a batch.
+#[doc(hidden)]
+pub mod commit_gate {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::{Notify, Semaphore};
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static GATES: Mutex<Option<HashMap<uuid::Uuid, Gate>>> = Mutex::new(None);
+
+    /// A held conversation: `reached` once a batch waits at it; that batch
+    /// commits once `release` is called.
+    #[derive(Clone)]
+    pub struct Gate {
+        reached: Arc<Notify>,
+        open: Arc<Semaphore>,
+    }
+
+    impl Gate {
+        /// Waits until a batch of the conversation is held here.
+        pub async fn reached(&self) {
+            self.reached.notified().await;
+        }
+
+        /// Lets the held batch commit.
+        pub fn release(&self) {
+            self.open.close();
+        }
+    }
+
+    /// Holds the next batch with an event of `chat` before its commit.
+    pub fn hold(chat: uuid::Uuid) -> Gate {
+        let gate = Gate {
+            reached: Arc::new(Notify::new()),
+            open: Arc::new(Semaphore::new(0)),
+        };
+        let mut gates = GATES.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .get_or_insert_with(HashMap::new)
+            .insert(chat, gate.clone());
+        ARMED.store(true, Ordering::Release);
+        gate
+    }
+
+    /// Where the writer waits, if a gate holds one of `chats`.
+    pub(super) async fn pass(chats: impl Iterator<Item = uuid::Uuid>) {
+        if !ARMED.load(Ordering::Acquire) {
+            return;
+        }
+        let gate = {
+            let mut gates = GATES.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(gates) = gates.as_mut() else {
+                return;
+            };
+            let mut found = None;
+            for chat in chats {
+                if let Some(gate) = gates.remove(&chat) {
+                    found = Some(gate);
+                    break;
+                }
+            }
+            found
+        };
+        if let Some(gate) = gate {
+            gate.reached.notify_one();
+            // Closed by `release`: the error is the signal to go on.
+            let _ = gate.open.acquire().await;
+        }
+    }
+}
+
+/// Takes the next `seq` of each row's conversation (B7), in row order, by
+/// moving `chats.seq` forward inside the transaction that stores the rows:
+/// so the numbers have no gaps (a rollback returns them) and follow commit
+/// order. On PostgreSQL and MySQL the conversations' rows are locked first,
+/// in id order: another instance's batch for the same conversation waits for
+/// this commit, and two batches never lock in opposite orders. SQLite has one
+/// writer at a time, and the UPDATE comes first so that this transaction is
+/// that writer before it reads.
+async fn next_seqs<C: ConnectionTrait>(txn: &C, rows: &[&Row]) -> Result<Vec<i64>, DbErr> {
+    let mut counts: BTreeMap<uuid::Uuid, i64> = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row.message.chat.0).or_default() += 1;
+    }
+    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
+    let current = |lock: bool| {
+        let query = chat::Entity::find()
+            .select_only()
+            .column(chat::Column::Id)
+            .column(chat::Column::Seq)
+            .filter(chat::Column::Id.is_in(chats.clone()))
+            .order_by_asc(chat::Column::Id);
+        let query = if lock { query.lock_exclusive() } else { query };
+        query.into_tuple::<(uuid::Uuid, i64)>()
+    };
+    let mut tops: HashMap<uuid::Uuid, i64> = HashMap::new();
+    if txn.get_database_backend() == DatabaseBackend::Sqlite {
+        let mut by = Expr::case(chat::Column::Id.eq(chats[0]), counts[&chats[0]]);
+        for chat in &chats[1..] {
+            by = by.case(chat::Column::Id.eq(*chat), counts[chat]);
+        }
+        chat::Entity::update_many()
+            .col_expr(
+                chat::Column::Seq,
+                Expr::col(chat::Column::Seq).add(by.finally(0)),
+            )
+            .filter(chat::Column::Id.is_in(chats.clone()))
+            .exec(txn)
+            .await?;
+        tops.extend(current(false).all(txn).await?);
+    } else {
+        let found = current(true).all(txn).await?;
+        let Some((first, first_seq)) = found.first() else {
+            return Err(DbErr::Custom(
+                "a message for a conversation that does not exist".into(),
+            ));
+        };
+        let top = |chat: &uuid::Uuid, seq: i64| seq + counts.get(chat).copied().unwrap_or(0);
+        let mut to = Expr::case(chat::Column::Id.eq(*first), top(first, *first_seq));
+        for (chat, seq) in &found[1..] {
+            to = to.case(chat::Column::Id.eq(*chat), top(chat, *seq));
+        }
+        chat::Entity::update_many()
+            .col_expr(
+                chat::Column::Seq,
+                to.finally(Expr::col(chat::Column::Seq)).into(),
+            )
+            .filter(chat::Column::Id.is_in(chats.clone()))
+            .exec(txn)
+            .await?;
+        tops.extend(found.iter().map(|(chat, seq)| (*chat, top(chat, *seq))));
+    }
+    if tops.len() != counts.len() {
+        return Err(DbErr::Custom(
+            "a message for a conversation that does not exist".into(),
+        ));
+    }
+    // Each conversation's rows take its numbers up to the new top, in order.
+    let mut next: HashMap<uuid::Uuid, i64> = tops
+        .into_iter()
+        .map(|(chat, top)| (chat, top - counts[&chat] + 1))
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let seq = next.entry(row.message.chat.0).or_default();
+            *seq += 1;
+            *seq - 1
+        })
+        .collect())
+}
+
+/// PostgreSQL: the whole batch in one statement with six array parameters.
 /// Its text never changes, so it is prepared once; a multi-row VALUES list
-/// has five parameters per row and a new text for every batch size, and
+/// has six parameters per row and a new text for every batch size, and
 /// re-preparing it cost four fifths of each batch's time.
 async fn insert_unnest<C: ConnectionTrait>(
     txn: &C,
-    batch: &[&PendingInsert],
+    batch: &[(&Row, i64)],
 ) -> Result<Vec<message::Model>, DbErr> {
     use sea_orm::sea_query::{ArrayType, Value};
     let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
@@ -356,21 +629,21 @@ async fn insert_unnest<C: ConnectionTrait>(
             ArrayType::Uuid,
             batch
                 .iter()
-                .map(|p| Value::Uuid(Some(p.message.chat.0)))
+                .map(|(p, _)| Value::Uuid(Some(p.message.chat.0)))
                 .collect(),
         ),
         array(
             ArrayType::BigInt,
             batch
                 .iter()
-                .map(|p| Value::BigInt(Some(p.message.sender.0)))
+                .map(|(p, _)| Value::BigInt(Some(p.message.sender.0)))
                 .collect(),
         ),
         array(
             ArrayType::String,
             batch
                 .iter()
-                .map(|p| Value::String(Some(p.message.content.clone())))
+                .map(|(p, _)| Value::String(Some(p.message.content.clone())))
                 .collect(),
         ),
         // Arrays cannot hold NULLs here: no client_id travels as '' (never a
@@ -379,24 +652,31 @@ async fn insert_unnest<C: ConnectionTrait>(
             ArrayType::String,
             batch
                 .iter()
-                .map(|p| Value::String(Some(p.message.client_id.clone().unwrap_or_default())))
+                .map(|(p, _)| Value::String(Some(p.message.client_id.clone().unwrap_or_default())))
+                .collect(),
+        ),
+        array(
+            ArrayType::BigInt,
+            batch
+                .iter()
+                .map(|(_, seq)| Value::BigInt(Some(*seq)))
                 .collect(),
         ),
         array(
             ArrayType::ChronoDateTimeUtc,
             batch
                 .iter()
-                .map(|p| Value::ChronoDateTimeUtc(Some(p.created_at)))
+                .map(|(p, _)| Value::ChronoDateTimeUtc(Some(p.created_at)))
                 .collect(),
         ),
     ];
     let statement = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
-        "INSERT INTO messages (chat_id, sender_id, content, client_id, created_at) \
-         SELECT chat, sender, content, NULLIF(client, ''), created \
-         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[]) \
-         AS batch(chat, sender, content, client, created) \
-         RETURNING id, chat_id, sender_id, content, client_id, created_at",
+        "INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at) \
+         SELECT chat, sender, content, NULLIF(client, ''), seq, created \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
+         $6::timestamptz[]) AS batch(chat, sender, content, client, seq, created) \
+         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq",
         values,
     );
     let mut rows = txn
@@ -419,10 +699,7 @@ async fn insert_unnest<C: ConnectionTrait>(
 
 /// MySQL: the whole batch in one multi-row INSERT; the id of its first row
 /// (`LAST_INSERT_ID()`). Only used where the ids are known to be consecutive.
-async fn insert_values<C: ConnectionTrait>(
-    txn: &C,
-    batch: &[&PendingInsert],
-) -> Result<i64, DbErr> {
+async fn insert_values<C: ConnectionTrait>(txn: &C, batch: &[(&Row, i64)]) -> Result<i64, DbErr> {
     use sea_orm::sea_query::Query;
     let mut insert = Query::insert();
     insert.into_table(message::Entity).columns([
@@ -430,15 +707,17 @@ async fn insert_values<C: ConnectionTrait>(
         message::Column::SenderId,
         message::Column::Content,
         message::Column::ClientId,
+        message::Column::Seq,
         message::Column::CreatedAt,
     ]);
-    for p in batch {
+    for (p, seq) in batch {
         insert
             .values([
                 p.message.chat.0.into(),
                 p.message.sender.0.into(),
                 p.message.content.clone().into(),
                 p.message.client_id.clone().into(),
+                (*seq).into(),
                 p.created_at.into(),
             ])
             .map_err(|e| DbErr::Custom(format!("building the batch insert: {e}")))?;
@@ -454,7 +733,7 @@ async fn insert_values<C: ConnectionTrait>(
     i64::try_from(done.last_insert_id()).map_err(|_| DbErr::Custom("an id beyond i64".into()))
 }
 
-fn model_of(p: &PendingInsert, id: i64) -> message::Model {
+fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
     message::Model {
         id,
         chat_id: p.message.chat.0,
@@ -462,15 +741,27 @@ fn model_of(p: &PendingInsert, id: i64) -> message::Model {
         content: p.message.content.clone(),
         client_id: p.message.client_id.clone(),
         created_at: p.created_at,
+        seq,
     }
 }
 
-/// Stores one message on its own; a unique violation on `client_id` means
-/// another instance stored it first, so that one is the original.
-async fn store_one(db: &DatabaseConnection, p: &PendingInsert) -> Result<Stored, StoreError> {
+/// Stores one message in a transaction of its own; a unique violation on
+/// `client_id` means another instance stored it first, so that one is the
+/// original.
+async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored, StoreError> {
     let db_error = |e: DbErr| StoreError::Database(e.to_string());
-    match message::Entity::insert(active_model(p)).exec(db).await {
-        Ok(res) => Ok(Stored::New(model_of(p, res.last_insert_id))),
+    let attempt = async {
+        let txn = db.begin().await?;
+        let seq = next_seqs(&txn, &[p]).await?[0];
+        let id = message::Entity::insert(active_model(p, seq))
+            .exec(&txn)
+            .await?
+            .last_insert_id;
+        txn.commit().await?;
+        Ok::<_, DbErr>(model_of(p, id, seq))
+    };
+    match attempt.await {
+        Ok(stored) => Ok(Stored::New(stored)),
         Err(insert_error) => {
             let Some(key) = client_key(p) else {
                 return Err(db_error(insert_error));
@@ -490,20 +781,27 @@ async fn store_one(db: &DatabaseConnection, p: &PendingInsert) -> Result<Stored,
 mod tests {
     use super::*;
 
-    fn pending(content: &str) -> (PendingInsert, PendingStore) {
-        let (reply, rx) = oneshot::channel();
+    fn pending(content: &str) -> PendingInsert {
         let message = NewMessage {
             chat: ChatId(uuid::Uuid::nil()),
             sender: UserId(1),
             content: content.into(),
             client_id: None,
         };
-        let insert = PendingInsert {
-            message,
-            created_at: Utc::now(),
-            reply,
-        };
-        (insert, rx)
+        let (outbox, _) = crate::chat::socket::outbox(4);
+        PendingInsert {
+            row: Row {
+                message,
+                created_at: Utc::now(),
+            },
+            waiter: Waiter {
+                from: Submitter::Session {
+                    outbox,
+                    span: tracing::Span::none(),
+                },
+                arrived: Instant::now(),
+            },
+        }
     }
 
     #[test]
@@ -524,26 +822,28 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         // The first batch panics; later ones are answered with an error of
         // their own, so the test can tell the writer kept going.
-        let commit = |batch: Vec<PendingInsert>| async move {
+        let commit = |batch: Vec<Row>| async move {
             if batch.iter().any(|p| p.message.content == "crash") {
                 panic!("a batch crashed");
             }
-            for p in batch {
-                let _ = p
-                    .reply
-                    .send(Err(StoreError::Database("second batch".into())));
-            }
+            vec![Err(StoreError::Database("second batch".into())); batch.len()]
         };
-        let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit));
-        let (crash, crashed) = pending("crash");
-        tx.send(crash).await.unwrap();
-        assert!(
-            crashed.await.is_err(),
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
+            let _ = answers.send(result.err().map(|e| e.to_string()));
+        };
+        let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
+        tx.send(pending("crash")).await.unwrap();
+        assert_eq!(
+            answered.recv().await,
+            Some(Some("database error: the batch failed".into())),
             "the sender learns nothing was stored"
         );
-        let (next, answered) = pending("next");
-        tx.send(next).await.unwrap();
-        assert!(matches!(answered.await, Ok(Err(StoreError::Database(m))) if m == "second batch"));
+        tx.send(pending("next")).await.unwrap();
+        assert_eq!(
+            answered.recv().await,
+            Some(Some("database error: second batch".into()))
+        );
         drop(tx);
         writer.await.unwrap();
     }

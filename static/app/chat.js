@@ -5,13 +5,17 @@
 // - every sent message has a client_id and stays "pending" until its
 //   message_response; it is resent with the same client_id after a
 //   reconnect, so the server stores it once;
-// - after a reconnect, each loaded conversation catches up with
-//   get_messages `after` its newest id: no gap, no duplicate (by id);
-// - one get_messages per conversation is in flight at a time, so each
-//   answer is known to be the older page, the newest page or a catch-up.
+// - each conversation keeps `seq`, the last event of its log (PROTOCOL.md
+//   B7) up to which nothing is missing. A live event beyond `seq + 1`
+//   shows a hole, and after a reconnect get_contacts shows which
+//   conversations grew: a loaded conversation then asks `sync` after its
+//   `seq`, and applies those events with the same handler as live ones (by
+//   id: no gap, no duplicate);
+// - one get_messages and one sync per conversation are in flight at a
+//   time, so each answer is known to be the older page or the newest page.
 
 const PAGE = 50;
-const CATCH_UP_PAGE = 200;
+const SYNC_PAGE = 200;
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 3000;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
@@ -38,6 +42,8 @@ export class Chat {
     this.stopped = false;
     this.history = new Map(); // pk -> kind of the get_messages in flight
     this.queued = new Map(); // pk -> next get_messages wanted
+    this.syncing = new Set(); // pks with a sync in flight
+    this.resync = new Set(); // pks that want another sync after it
     this.lastTypingSent = new Map();
     this.lastReadSent = new Map();
     this.inFlight = []; // client_ids sent on this connection, not yet answered
@@ -100,6 +106,8 @@ export class Chat {
   onClose(event) {
     this.socket = null;
     this.history.clear();
+    this.syncing.clear();
+    this.resync.clear();
     this.inFlight = [];
     this.state.status = "reconnecting";
     this.changed();
@@ -142,7 +150,10 @@ export class Chat {
         if (!failed) this.upsertConversation(data, data.unread);
         break;
       case "message":
-        this.onMessage(data.pk, data.data);
+        this.onMessage(data.pk, data.data, data.seq, true);
+        break;
+      case "sync_response":
+        this.onSync(data);
         break;
       case "message_response":
         this.onMessageAnswer(data);
@@ -179,7 +190,8 @@ export class Chat {
       default:
         break;
     }
-    if (failed && type !== "message_response" && type !== "get_messages_response") {
+    const quiet = ["message_response", "get_messages_response", "sync_response"];
+    if (failed && !quiet.includes(type)) {
       this.state.notice = data.message;
     }
     this.changed();
@@ -198,12 +210,9 @@ export class Chat {
     }
     this.attempt = 0;
     this.state.status = "connected";
+    // The contacts say which conversations grew meanwhile (setContacts
+    // syncs those); then resend what was never acknowledged.
     this.send("get_contacts", {});
-    // Catch up every conversation already on screen, then resend what was
-    // never acknowledged.
-    for (const [pk, log] of this.state.messages) {
-      if (log.loaded) this.catchUp(pk);
-    }
     for (const [pk, list] of this.state.pending) {
       for (const item of list) {
         if (item.status === "pending") this.transmit(pk, item);
@@ -221,7 +230,11 @@ export class Chat {
     const seen = new Set();
     for (const item of items) {
       seen.add(item.pk);
-      this.upsertConversation(item, item.unread);
+      const conversation = this.upsertConversation(item, item.unread);
+      if (item.seq > conversation.seq) {
+        if (this.state.messages.get(item.pk)?.loaded) this.sync(item.pk);
+        else conversation.seq = item.seq;
+      }
     }
     for (const pk of [...this.state.conversations.keys()]) {
       if (!seen.has(pk)) this.state.conversations.delete(pk);
@@ -244,6 +257,9 @@ export class Chat {
       last_message: item.last_message ?? previous?.last_message ?? null,
       unread: unread ?? previous?.unread ?? 0,
       seen: previous?.seen || new Date().toISOString(),
+      // Moved only by the events applied (see `advance`): a contact item
+      // says where the conversation is, not what we have.
+      seq: previous ? previous.seq : item.seq || 0,
     };
     this.state.conversations.set(item.pk, next);
     if (Array.isArray(item.members)) this.state.details.set(item.pk, item);
@@ -334,12 +350,6 @@ export class Chat {
     this.requestHistory(pk, "older", { before: log.items[0].id, limit: PAGE });
   }
 
-  catchUp(pk) {
-    const log = this.log(pk);
-    const newest = log.items.length ? log.items[log.items.length - 1].id : 0;
-    this.requestHistory(pk, "after", { after: newest, limit: CATCH_UP_PAGE });
-  }
-
   onHistory(data) {
     if (data?.status === "error") {
       // The conversation is gone for us (not_found) or the server failed.
@@ -357,8 +367,6 @@ export class Chat {
       log.loaded = true;
     } else if (kind === "older") {
       log.hasOlder = data.has_more;
-    } else if (kind === "after" && data.has_more) {
-      this.catchUp(pk);
     }
     const next = this.queued.get(pk);
     if (next) {
@@ -368,7 +376,54 @@ export class Chat {
     this.touch(pk, log);
   }
 
-  /** Adds messages to a log by id: no duplicates, kept in id order. */
+  // --- the conversation log (B7) ------------------------------------------
+
+  /** Asks for the events after the conversation's `seq`; one at a time. */
+  sync(pk) {
+    const conversation = this.state.conversations.get(pk);
+    if (!conversation) return;
+    if (this.syncing.has(pk)) {
+      this.resync.add(pk);
+      return;
+    }
+    const data = { id: pk, after_seq: conversation.seq, limit: SYNC_PAGE };
+    if (this.send("sync", data)) this.syncing.add(pk);
+  }
+
+  onSync(data) {
+    if (data?.status === "error") {
+      // An error names no conversation; get_contacts after the next
+      // reconnect asks again for whatever is still missing.
+      this.syncing.clear();
+      this.resync.clear();
+      return;
+    }
+    const pk = data.pk;
+    this.syncing.delete(pk);
+    for (const event of data.events) {
+      if (event.type === "message") this.onMessage(pk, event.data.data, event.data.seq, false);
+    }
+    const conversation = this.state.conversations.get(pk);
+    if (!data.has_more && conversation) conversation.seq = Math.max(conversation.seq, data.seq);
+    if (data.has_more || this.resync.has(pk)) {
+      this.resync.delete(pk);
+      this.sync(pk);
+    }
+  }
+
+  /** An event of `seq` was applied: move the conversation's `seq`, or, past
+   *  a hole in a conversation on screen, fetch what was missed. */
+  advance(pk, conversation, seq) {
+    if (!seq || seq <= conversation.seq) return;
+    if (seq === conversation.seq + 1 || !this.state.messages.get(pk)?.loaded) {
+      conversation.seq = seq;
+      return;
+    }
+    this.sync(pk);
+  }
+
+  /** Adds messages to a log by id: no duplicates, kept in id order (which
+   *  is the conversation's order: B7). */
   merge(log, messages) {
     const known = new Set(log.items.map((m) => m.id));
     let added = false;
@@ -398,7 +453,9 @@ export class Chat {
 
   // --- messages ---------------------------------------------------------
 
-  onMessage(pk, body) {
+  /** A message event, live or from `sync` (which does not count as unread:
+   *  get_contacts already did). */
+  onMessage(pk, body, seq, live) {
     const message = { ...body };
     const log = this.state.messages.get(pk);
     const isNew = !log || !log.items.some((m) => m.id === message.id);
@@ -413,6 +470,7 @@ export class Chat {
       this.send("get_contact", { id: pk });
       return;
     }
+    this.advance(pk, conversation, seq);
     if (!conversation.last_message || conversation.last_message.id < message.id) {
       conversation.last_message = {
         id: message.id,
@@ -421,7 +479,7 @@ export class Chat {
         time: message.time,
       };
     }
-    if (isNew && message.direction === "received") {
+    if (isNew && live && message.direction === "received") {
       conversation.unread += 1;
       const typing = this.state.typing.get(pk);
       typing?.delete(message.sender);

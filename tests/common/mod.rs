@@ -215,7 +215,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub db: DatabaseConnection,
     pub http: awc::Client,
-    chat_server: actix::Addr<chat_server::chat::server::ChatServer>,
+    pub chat_server: actix::Addr<chat_server::chat::server::ChatServer>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<()>>,
     database: Option<TestDatabase>,
@@ -394,6 +394,27 @@ pub async fn ws_at(http: &awc::Client, port: u16, path: &str) -> WsClient {
         .expect("ws connect timed out")
         .expect("ws connect");
     WsClient { framed }
+}
+
+/// `n` instances on one database and one Redis, as a deployment of several
+/// runs them; the first deletes the Redis keys under their prefix when dropped.
+pub async fn instances(
+    backend: &Backend,
+    redis: &str,
+    db: &TestDatabase,
+    n: usize,
+) -> Vec<TestApp> {
+    let prefix = redis_prefix();
+    let extra = [("REDIS_URL", redis), ("REDIS_PREFIX", prefix.as_str())];
+    let mut apps = Vec::with_capacity(n);
+    for _ in 0..n {
+        apps.push(TestApp::spawn_on(backend, &db.url, &extra).await);
+    }
+    for app in &apps {
+        app.wait_redis(true).await;
+    }
+    apps[0].drop_redis_keys(redis, &prefix);
+    apps
 }
 
 /// A WebSocket on `port` that has read the `info` frame and authorized with `token`.

@@ -1,0 +1,583 @@
+//! The conversation log (PROTOCOL.md B7): every message has a `seq` in its
+//! conversation, 1, 2, 3… in commit order; live pushes carry it and come in
+//! its order; `sync` replays the events exactly as they went live; and a
+//! client that catches up (`sync`, or the old `get_messages` `after`) after
+//! any reconnect, on any instance, misses nothing and sees nothing twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chat_server::chat::writer::commit_gate;
+use common::{authorized_at, require_redis_url, Backend, Event, TestApp, TestDatabase, WsClient};
+use entity::message;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::{json, Value};
+
+async fn send(ws: &mut WsClient, pk: &str, content: &str) -> Value {
+    ws.send(json!({"type": "message", "data": {"to": pk, "content": content}}))
+        .await;
+    ws.recv_type("message_response").await["data"].clone()
+}
+
+async fn sync(ws: &mut WsClient, pk: &str, after_seq: i64, limit: Option<u64>) -> Value {
+    let mut data = json!({"id": pk, "after_seq": after_seq});
+    if let Some(limit) = limit {
+        data["limit"] = json!(limit);
+    }
+    ws.ask(json!({"type": "sync", "data": data})).await
+}
+
+async fn sync_replays_live_frames(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut bob = app.authorized(&app.login("bob").await).await;
+    alice.recv_type("presence").await;
+    let mut live_alice = Vec::new();
+    let mut live_bob = Vec::new();
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let ack = send(&mut alice, &pk, text).await;
+        assert_eq!(ack["status"], "success");
+        let pushed = bob.recv_type("message").await;
+        assert_eq!(pushed["data"]["seq"], json!(i + 1), "{}", backend.name());
+        assert_eq!(pushed["data"]["data"]["id"], ack["id"]);
+        live_bob.push(pushed);
+        live_alice.push(alice.recv_type("message").await);
+    }
+
+    // Every event after 0, exactly as each of them received it live.
+    let page = sync(&mut bob, &pk, 0, None).await;
+    assert_eq!(
+        page,
+        json!({"pk": pk, "events": live_bob, "seq": 3, "has_more": false}),
+        "{}",
+        backend.name()
+    );
+    let page = sync(&mut alice, &pk, 0, None).await;
+    assert_eq!(page["events"], json!(live_alice));
+
+    // Paged, oldest first.
+    let first = sync(&mut bob, &pk, 0, Some(2)).await;
+    assert_eq!(first["events"], json!(live_bob[..2]));
+    assert_eq!(
+        (first["seq"].clone(), first["has_more"].clone()),
+        (json!(3), json!(true))
+    );
+    let rest = sync(&mut bob, &pk, 2, Some(2)).await;
+    assert_eq!(rest["events"], json!(live_bob[2..]));
+    assert_eq!(rest["has_more"], false);
+    let none = sync(&mut bob, &pk, 3, None).await;
+    assert_eq!(
+        none,
+        json!({"pk": pk, "events": [], "seq": 3, "has_more": false})
+    );
+
+    // Contact items carry the conversation's latest seq.
+    let contacts = bob.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts[0]["seq"], 3);
+    let contact = bob
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(contact["seq"], 3);
+
+    // Bad requests, and a conversation that is not theirs.
+    let invalid = |message: &str| json!({"type": "sync_response", "data": {"status": "error", "code": "invalid", "message": message}});
+    for (data, answer) in [
+        (
+            json!({"id": pk, "after_seq": -1}),
+            invalid("after_seq must be 0 or more"),
+        ),
+        (
+            json!({"id": pk, "after_seq": 0, "limit": 0}),
+            invalid("limit must be between 1 and 200"),
+        ),
+        (json!({"id": pk}), invalid("missing field `after_seq`")),
+        (
+            json!({"id": uuid::Uuid::new_v4(), "after_seq": 0}),
+            json!({"type": "sync_response", "data": {"status": "error", "code": "not_found", "message": "conversation not found"}}),
+        ),
+    ] {
+        bob.send(json!({"type": "sync", "data": data})).await;
+        assert_eq!(bob.recv_type("sync_response").await, answer);
+    }
+    let (_, _, other) = app.pair("carol", "dave").await;
+    bob.send(json!({"type": "sync", "data": {"id": other, "after_seq": 0}}))
+        .await;
+    assert_eq!(
+        bob.recv_type("sync_response").await["data"]["code"],
+        "not_found"
+    );
+}
+
+backend_tests!(sync_answers_the_events_exactly_as_they_went_live => sync_replays_live_frames);
+
+async fn get_messages_after_reads_in_seq_order(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut ids = Vec::new();
+    for text in ["a", "b", "c", "d"] {
+        ids.push(send(&mut alice, &pk, text).await["id"].as_i64().unwrap());
+    }
+    let page = |data: Value| json!({"type": "get_messages", "data": data});
+    let contents = |answer: &Value| -> Vec<String> {
+        answer["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let after = alice.ask(page(json!({"id": pk, "after": ids[1]}))).await;
+    assert_eq!(contents(&after), ["c", "d"], "{}", backend.name());
+    // 0 (nothing seen yet) reads from the start; an id of another
+    // conversation or a made-up one never skips a later message.
+    let all = alice.ask(page(json!({"id": pk, "after": 0}))).await;
+    assert_eq!(contents(&all), ["a", "b", "c", "d"]);
+    let between = alice
+        .ask(page(json!({"id": pk, "after": ids[3] + 1000})))
+        .await;
+    assert_eq!(contents(&between), Vec::<String>::new());
+    let before = alice.ask(page(json!({"id": pk, "before": ids[2]}))).await;
+    assert_eq!(contents(&before), ["a", "b"]);
+}
+
+backend_tests!(get_messages_after_an_id_reads_in_the_conversations_order => get_messages_after_reads_in_seq_order);
+
+/// One instance's commit is held after it took its `seq`; another instance
+/// stores a later message of the same conversation meanwhile. A client that
+/// reconnects in between sees neither yet, and afterwards both, in order,
+/// live and through both ways of catching up.
+async fn slow_commit_on_one_instance(backend: &Backend) {
+    let redis = require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let apps = common::instances(backend, &redis, &db, 2).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let (_, _, pk) = a.pair("alice", "bob").await;
+    let alice_token = a.login("alice").await;
+    let bob_token = b.login("bob").await;
+    let mut alice_on_a = authorized_at(&a.http, a.port, &alice_token).await;
+    let mut bob_on_b = authorized_at(&b.http, b.port, &bob_token).await;
+    let first = send(&mut alice_on_a, &pk, "first").await;
+    assert_eq!(bob_on_b.recv_type("message").await["data"]["seq"], 1);
+
+    let gate = ReleaseOnDrop(commit_gate::hold(pk.parse().unwrap()));
+    let gate = &gate.0;
+    alice_on_a
+        .send(json!({"type": "message", "data": {"to": pk, "content": "slow"}}))
+        .await;
+    gate.reached().await;
+    bob_on_b
+        .send(json!({"type": "message", "data": {"to": pk, "content": "fast"}}))
+        .await;
+    // Bob's own request comes after his message: once it is answered, his
+    // instance has handed the message to its writer.
+    assert_eq!(
+        bob_on_b.request(json!({"type": "ping", "data": {}})).await,
+        json!({"type": "pong", "data": {}})
+    );
+
+    // A client reconnecting now sees the conversation as committed: one message.
+    let mut reader = authorized_at(&b.http, b.port, &bob_token).await;
+    let contacts = reader
+        .ask(json!({"type": "get_contacts", "data": {}}))
+        .await;
+    assert_eq!(contacts[0]["seq"], 1, "{}", backend.name());
+    assert_eq!(sync(&mut reader, &pk, 1, None).await["events"], json!([]));
+
+    gate.release();
+    let live: Vec<(Value, Value)> = {
+        let mut live = Vec::new();
+        for _ in 0..2 {
+            let frame = reader.recv_type("message").await;
+            live.push((
+                frame["data"]["seq"].clone(),
+                frame["data"]["data"]["content"].clone(),
+            ));
+        }
+        live
+    };
+    assert_eq!(
+        live,
+        [(json!(2), json!("slow")), (json!(3), json!("fast"))],
+        "{}: live in seq order",
+        backend.name()
+    );
+    let synced = sync(&mut reader, &pk, 1, None).await;
+    let contents: Vec<&Value> = synced["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"]["data"]["content"])
+        .collect();
+    assert_eq!(contents, [&json!("slow"), &json!("fast")]);
+    let page = reader
+        .ask(json!({"type": "get_messages", "data": {"id": pk, "after": first["id"]}}))
+        .await;
+    let contents: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["content"])
+        .collect();
+    assert_eq!(contents, [&json!("slow"), &json!("fast")]);
+}
+
+/// Opens the gate however the test ends, so a failed assertion cannot leave
+/// a writer waiting (and the instance unable to shut down).
+struct ReleaseOnDrop(commit_gate::Gate);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn a_slow_commit_on_one_instance_skips_nothing_postgres() {
+    slow_commit_on_one_instance(&Backend::postgres()).await;
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_MYSQL_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn a_slow_commit_on_one_instance_skips_nothing_mysql() {
+    slow_commit_on_one_instance(&Backend::mysql()).await;
+}
+
+/// A small deterministic generator (the test needs no crate for it): the
+/// seed is printed, so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// How a reader catches up after a reconnect.
+#[derive(Clone, Copy, Debug)]
+enum CatchUp {
+    /// `sync` after the last `seq` it applied (B7).
+    Sync,
+    /// The old clients' way: `get_messages` `after` the last id it has.
+    AfterId,
+}
+
+/// One reader's view of the conversation: message ids in the order it
+/// applied them.
+#[derive(Default)]
+struct View {
+    ids: Vec<i64>,
+    seen: HashSet<i64>,
+    last_seq: i64,
+}
+
+impl View {
+    /// Applies a message event; `false` when it is ahead of a hole.
+    fn apply(&mut self, seq: i64, id: i64) -> bool {
+        if seq <= self.last_seq {
+            return true;
+        }
+        if seq > self.last_seq + 1 {
+            return false;
+        }
+        self.last_seq = seq;
+        assert!(self.seen.insert(id), "message {id} applied twice");
+        self.ids.push(id);
+        true
+    }
+
+    /// Applies a history item (by id: `get_messages` has no `seq`).
+    fn apply_item(&mut self, id: i64) {
+        if self.seen.insert(id) {
+            self.ids.push(id);
+        }
+    }
+}
+
+fn event_of(frame: &Value) -> (i64, i64) {
+    (
+        frame["data"]["seq"].as_i64().expect("a seq"),
+        frame["data"]["data"]["id"].as_i64().expect("an id"),
+    )
+}
+
+/// One connection of a reader, from authorization to `until`: catches up,
+/// then applies what arrives live. Asserts what the server promises every
+/// session: live events in `seq` order, none twice.
+async fn read_for(
+    app: &TestApp,
+    token: &str,
+    pk: &str,
+    how: CatchUp,
+    view: &mut View,
+    until: Instant,
+) {
+    let mut live_last = 0;
+    let mut held = Vec::new();
+    let live = |frame: &Value, live_last: &mut i64| {
+        let (seq, id) = event_of(frame);
+        assert!(seq > *live_last, "live seq {seq} after {live_last}");
+        *live_last = seq;
+        (seq, id)
+    };
+    // Live events may come before the authorization's answer: the session
+    // is registered for them first.
+    let mut ws = common::ws_at(&app.http, app.port, "/chat").await;
+    ws.send(json!({"type": "authorization", "data": {"token": token}}))
+        .await;
+    loop {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("message") => held.push(live(&frame, &mut live_last)),
+            Some("authorization_response") => {
+                assert_eq!(frame["data"]["status"], "success");
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Catch up; live events that arrive meanwhile wait until it is done.
+    loop {
+        match how {
+            CatchUp::Sync => {
+                ws.send(json!({"type": "sync", "data": {"id": pk, "after_seq": view.last_seq, "limit": 200}}))
+                    .await
+            }
+            CatchUp::AfterId => {
+                let after = view.ids.last().copied().unwrap_or(0);
+                ws.send(json!({"type": "get_messages", "data": {"id": pk, "after": after, "limit": 200}}))
+                    .await
+            }
+        }
+        let answer = loop {
+            let frame = ws.recv().await;
+            match frame["type"].as_str() {
+                Some("message") => held.push(live(&frame, &mut live_last)),
+                Some("sync_response" | "get_messages_response") => break frame["data"].clone(),
+                _ => {}
+            }
+        };
+        match how {
+            CatchUp::Sync => {
+                for event in answer["events"].as_array().expect("events") {
+                    let (seq, id) = event_of(event);
+                    assert!(view.apply(seq, id), "sync left a hole before {seq}");
+                }
+            }
+            CatchUp::AfterId => {
+                for item in answer["messages"].as_array().expect("messages") {
+                    view.apply_item(item["id"].as_i64().expect("an id"));
+                }
+            }
+        }
+        if answer["has_more"] == false {
+            break;
+        }
+    }
+    let mut pending: std::collections::VecDeque<(i64, i64)> = held.into();
+    loop {
+        let (seq, id) = match pending.pop_front() {
+            Some(event) => event,
+            None => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                match ws.next_event(left).await {
+                    Event::Json(frame) if frame["type"] == "message" => {
+                        live(&frame, &mut live_last)
+                    }
+                    Event::Json(_) => continue,
+                    Event::Silence => return,
+                    other => panic!("reader's connection: {other:?}"),
+                }
+            }
+        };
+        match how {
+            CatchUp::AfterId => view.apply_item(id),
+            CatchUp::Sync => {
+                if !view.apply(seq, id) {
+                    // Ahead of what this reader has: catch up again.
+                    let answer = sync(&mut ws, pk, view.last_seq, Some(200)).await;
+                    for event in answer["events"].as_array().expect("events") {
+                        let (seq, id) = event_of(event);
+                        assert!(view.apply(seq, id), "sync left a hole before {seq}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Several senders on every instance, readers that drop their connection
+/// at random moments and reconnect to a random instance: at the end every
+/// reader's view is the database's history exactly, in `seq` order.
+async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
+    let backend = apps[0].backend.clone();
+    let apps = std::rc::Rc::new(apps);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("seed {seed}");
+    let a = &apps[0];
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(
+            a.create_user(&format!("u{i}"), "User", &format!("{i}"))
+                .await,
+        );
+    }
+    let mut owner = authorized_at(&a.http, a.port, &a.login("u0").await).await;
+    let created = owner
+        .ask(json!({"type": "create_group", "data": {"title": "log", "members": members[1..]}}))
+        .await;
+    let pk = created["pk"].as_str().expect("a group").to_string();
+    drop(owner);
+
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::new();
+    // Senders u0–u2: one session on each instance, sending in turns.
+    // (All connected before any sends: `authorized_at` wants the
+    // authorization's answer as the next frame.)
+    let mut senders = Vec::new();
+    for s in 0..3u64 {
+        let token = a.login(&format!("u{s}")).await;
+        let mut sessions = Vec::new();
+        for app in apps.iter() {
+            sessions.push(authorized_at(&app.http, app.port, &token).await.draining());
+        }
+        senders.push((s, sessions));
+    }
+    for (s, mut sessions) in senders {
+        let pk = pk.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            let mut rng = Rng(seed.wrapping_add(s));
+            let mut n = 0;
+            while Instant::now() < deadline {
+                let at = rng.below(sessions.len() as u64) as usize;
+                let text = format!("u{s} m{n}");
+                sessions[at]
+                    .send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+                    .await;
+                n += 1;
+                actix_web::rt::time::sleep(Duration::from_millis(2 + rng.below(8))).await;
+            }
+        }));
+    }
+    // Readers u3–u5, each catching up its own way.
+    let mut readers = Vec::new();
+    for (r, how) in [
+        (3, CatchUp::Sync),
+        (4, CatchUp::Sync),
+        (5, CatchUp::AfterId),
+    ] {
+        let (apps, pk) = (apps.clone(), pk.clone());
+        let token = a.login(&format!("u{r}")).await;
+        readers.push(actix_web::rt::spawn(async move {
+            let mut rng = Rng(seed.wrapping_add(r));
+            let mut view = View::default();
+            let mut reconnects = 0;
+            while Instant::now() < deadline {
+                let app = &apps[rng.below(apps.len() as u64) as usize];
+                let until = Instant::now() + Duration::from_millis(50 + rng.below(1500));
+                read_for(app, &token, &pk, how, &mut view, until.min(deadline)).await;
+                reconnects += 1;
+            }
+            // The senders have stopped: one last catch-up, after everything
+            // they sent is stored (the history no longer grows).
+            (how, view, reconnects, token)
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a sender");
+    }
+    let chat: uuid::Uuid = pk.parse().unwrap();
+    let stored = || async {
+        message::Entity::find()
+            .filter(message::Column::ChatId.eq(chat))
+            .order_by_asc(message::Column::Seq)
+            .all(&a.db)
+            .await
+            .unwrap()
+    };
+    // Every message a sender sent is answered before the history stops
+    // growing; wait until it has.
+    let mut count = stored().await.len();
+    loop {
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        let now = stored().await.len();
+        if now == count {
+            break;
+        }
+        count = now;
+    }
+    let history = stored().await;
+    let seqs: Vec<i64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=history.len() as i64).collect::<Vec<_>>(),
+        "{}: seq is 1, 2, 3… with no gap",
+        backend.name()
+    );
+    let expected: Vec<i64> = history.iter().map(|m| m.id).collect();
+    assert!(expected.len() > 100, "only {} messages", expected.len());
+    for reader in readers {
+        let (how, mut view, reconnects, token) = reader.await.expect("a reader");
+        let app = &apps[0];
+        read_for(app, &token, &pk, how, &mut view, Instant::now()).await;
+        assert!(reconnects > 3, "{how:?}: only {reconnects} reconnects");
+        assert_eq!(
+            view.ids.len(),
+            expected.len(),
+            "{}: {how:?} reader ({reconnects} reconnects) has every message once",
+            backend.name()
+        );
+        assert_eq!(view.ids, expected, "{how:?}: in the conversation's order");
+    }
+}
+
+/// How long the randomized run lasts: `CONVERSATION_LOG_SECONDS`, 60 by default.
+fn run_time() -> Duration {
+    let seconds = std::env::var("CONVERSATION_LOG_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn random_senders_and_reconnecting_readers_converge_on_three_instances() {
+    let backend = Backend::postgres();
+    let db = TestDatabase::create(&backend).await;
+    let apps = common::instances(&backend, &require_redis_url(), &db, 3).await;
+    random_senders_and_readers(apps, run_time()).await;
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_MYSQL_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn random_senders_and_reconnecting_readers_converge_on_two_instances_mysql() {
+    let backend = Backend::mysql();
+    let db = TestDatabase::create(&backend).await;
+    let apps = common::instances(&backend, &require_redis_url(), &db, 2).await;
+    random_senders_and_readers(apps, run_time() / 4).await;
+}
+
+#[actix_rt::test]
+async fn random_senders_and_reconnecting_readers_converge_on_one_instance() {
+    // One instance, no Redis: the same story through the in-process bus.
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    random_senders_and_readers(vec![app], run_time() / 6).await;
+}
