@@ -248,7 +248,8 @@ async fn a_slow_commit_on_one_instance_skips_nothing_mysql() {
 }
 
 /// A small deterministic generator (the test needs no crate for it): the
-/// seed is printed, so a failing run can be repeated.
+/// seed is printed, and `CONVERSATION_LOG_SEED` makes the same choices of
+/// instances and pauses again.
 struct Rng(u64);
 
 impl Rng {
@@ -426,11 +427,16 @@ async fn read_for(
 async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
     let backend = apps[0].backend.clone();
     let apps = std::rc::Rc::new(apps);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+    let seed = std::env::var("CONVERSATION_LOG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
         | 1;
-    println!("seed {seed}");
+    println!("seed {seed} (CONVERSATION_LOG_SEED repeats its choices)");
     let a = &apps[0];
     let mut members = Vec::new();
     for i in 0..6 {
@@ -576,8 +582,111 @@ async fn random_senders_and_reconnecting_readers_converge_on_two_instances_mysql
 }
 
 #[actix_rt::test]
+#[ignore = "needs redis-server, redis-cli and TEST_POSTGRES_URL; run with --include-ignored"]
+async fn random_senders_and_reconnecting_readers_converge_over_a_redis_cluster() {
+    // Sharded pub/sub: the conversation's channel lives on one shard, and
+    // its events still arrive in one order.
+    let cluster = common::redis_cluster::RedisCluster::start();
+    let db = TestDatabase::create(&Backend::postgres()).await;
+    let (a, b) = common::redis_cluster::instances_on(&cluster, &db, &common::redis_prefix()).await;
+    random_senders_and_readers(vec![a, b], run_time() / 4).await;
+}
+
+#[actix_rt::test]
 async fn random_senders_and_reconnecting_readers_converge_on_one_instance() {
     // One instance, no Redis: the same story through the in-process bus.
     let app = TestApp::spawn(&Backend::Sqlite).await;
     random_senders_and_readers(vec![app], run_time() / 6).await;
 }
+
+/// A database from before the conversation log: its messages are numbered
+/// per conversation in id order by the migration, and each conversation's
+/// `seq` is its last.
+async fn existing_messages_are_numbered(backend: &Backend) {
+    use migration::{Alias, MigratorTrait, Query};
+    use sea_orm::ConnectionTrait;
+    let database = TestDatabase::create(backend).await;
+    let db = sea_orm::Database::connect(database.url.as_str())
+        .await
+        .expect("the test database");
+    let before = migration::Migrator::migrations().len() as u32 - 1;
+    migration::Migrator::up(&db, Some(before)).await.unwrap();
+    let sender = chat_server::accounts::create_user(
+        &db,
+        chat_server::accounts::NewUser {
+            username: "old".into(),
+            password: common::PASSWORD.into(),
+            email: "old@example.com".into(),
+            first_name: "Old".into(),
+            last_name: "Timer".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a user")
+    .id;
+    let (first, second, empty) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    let now = chrono::Utc::now();
+    for chat in [first, second, empty] {
+        let insert = Query::insert()
+            .into_table(Alias::new("chats"))
+            .columns(["id", "kind", "title", "created_at"].map(Alias::new))
+            .values_panic([chat.into(), "group".into(), "old".into(), now.into()])
+            .to_owned();
+        db.execute(&insert).await.unwrap();
+    }
+    // Interleaved: the first conversation gets messages 1, 3, 4; the second 2, 5.
+    for (i, chat) in [first, second, first, first, second]
+        .into_iter()
+        .enumerate()
+    {
+        let insert = Query::insert()
+            .into_table(Alias::new("messages"))
+            .columns(["chat_id", "sender_id", "content", "created_at"].map(Alias::new))
+            .values_panic([
+                chat.into(),
+                sender.into(),
+                format!("m{i}").into(),
+                now.into(),
+            ])
+            .to_owned();
+        db.execute(&insert).await.unwrap();
+    }
+    migration::Migrator::up(&db, None).await.unwrap();
+
+    let rows = message::Entity::find()
+        .order_by_asc(message::Column::Id)
+        .all(&db)
+        .await
+        .unwrap();
+    let numbered: Vec<(uuid::Uuid, String, i64)> = rows
+        .into_iter()
+        .map(|m| (m.chat_id, m.content, m.seq))
+        .collect();
+    assert_eq!(
+        numbered,
+        [
+            (first, "m0".to_string(), 1),
+            (second, "m1".to_string(), 1),
+            (first, "m2".to_string(), 2),
+            (first, "m3".to_string(), 3),
+            (second, "m4".to_string(), 2),
+        ],
+        "{}",
+        backend.name()
+    );
+    for (chat, seq) in [(first, 3), (second, 2), (empty, 0)] {
+        let row = entity::chat::Entity::find_by_id(chat)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.seq, seq, "{}", backend.name());
+    }
+}
+
+backend_tests!(the_migration_numbers_existing_messages_per_conversation => existing_messages_are_numbered);

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis_cluster;
+
 use std::time::Duration;
 
 use actix_http::ws;
