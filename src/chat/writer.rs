@@ -546,54 +546,11 @@ async fn next_seqs<C: ConnectionTrait>(txn: &C, rows: &[&Row]) -> Result<Vec<i64
     for row in rows {
         *counts.entry(row.message.chat.0).or_default() += 1;
     }
-    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
-    let current = |lock: bool| {
-        let query = chat::Entity::find()
-            .select_only()
-            .column(chat::Column::Id)
-            .column(chat::Column::Seq)
-            .filter(chat::Column::Id.is_in(chats.clone()))
-            .order_by_asc(chat::Column::Id);
-        let query = if lock { query.lock_exclusive() } else { query };
-        query.into_tuple::<(uuid::Uuid, i64)>()
+    let tops: HashMap<uuid::Uuid, i64> = match txn.get_database_backend() {
+        DatabaseBackend::Postgres => bump_postgres(txn, &counts).await?,
+        DatabaseBackend::MySql => bump_mysql(txn, &counts).await?,
+        _ => bump_sqlite(txn, &counts).await?,
     };
-    let mut tops: HashMap<uuid::Uuid, i64> = HashMap::new();
-    if txn.get_database_backend() == DatabaseBackend::Sqlite {
-        let mut by = Expr::case(chat::Column::Id.eq(chats[0]), counts[&chats[0]]);
-        for chat in &chats[1..] {
-            by = by.case(chat::Column::Id.eq(*chat), counts[chat]);
-        }
-        chat::Entity::update_many()
-            .col_expr(
-                chat::Column::Seq,
-                Expr::col(chat::Column::Seq).add(by.finally(0)),
-            )
-            .filter(chat::Column::Id.is_in(chats.clone()))
-            .exec(txn)
-            .await?;
-        tops.extend(current(false).all(txn).await?);
-    } else {
-        let found = current(true).all(txn).await?;
-        let Some((first, first_seq)) = found.first() else {
-            return Err(DbErr::Custom(
-                "a message for a conversation that does not exist".into(),
-            ));
-        };
-        let top = |chat: &uuid::Uuid, seq: i64| seq + counts.get(chat).copied().unwrap_or(0);
-        let mut to = Expr::case(chat::Column::Id.eq(*first), top(first, *first_seq));
-        for (chat, seq) in &found[1..] {
-            to = to.case(chat::Column::Id.eq(*chat), top(chat, *seq));
-        }
-        chat::Entity::update_many()
-            .col_expr(
-                chat::Column::Seq,
-                to.finally(Expr::col(chat::Column::Seq)).into(),
-            )
-            .filter(chat::Column::Id.is_in(chats.clone()))
-            .exec(txn)
-            .await?;
-        tops.extend(found.iter().map(|(chat, seq)| (*chat, top(chat, *seq))));
-    }
     if tops.len() != counts.len() {
         return Err(DbErr::Custom(
             "a message for a conversation that does not exist".into(),
@@ -611,6 +568,109 @@ async fn next_seqs<C: ConnectionTrait>(txn: &C, rows: &[&Row]) -> Result<Vec<i64
             *seq += 1;
             *seq - 1
         })
+        .collect())
+}
+
+/// PostgreSQL: one statement whose text never changes (prepared once): the
+/// CTE locks the rows in id order, and the UPDATE moves only rows it
+/// locked, so no lock is taken out of that order.
+async fn bump_postgres<C: ConnectionTrait>(
+    txn: &C,
+    counts: &BTreeMap<uuid::Uuid, i64>,
+) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
+    use sea_orm::sea_query::{ArrayType, Value};
+    let ids = counts.keys().map(|c| Value::Uuid(Some(*c))).collect();
+    let ns = counts.values().map(|n| Value::BigInt(Some(*n))).collect();
+    let statement = sea_orm::Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "WITH locked AS (SELECT id FROM chats WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+         UPDATE chats SET seq = chats.seq + batch.n \
+         FROM locked JOIN UNNEST($1::uuid[], $2::int8[]) AS batch(id, n) ON batch.id = locked.id \
+         WHERE chats.id = locked.id RETURNING chats.id, chats.seq",
+        [
+            Value::Array(ArrayType::Uuid, Some(Box::new(ids))),
+            Value::Array(ArrayType::BigInt, Some(Box::new(ns))),
+        ],
+    );
+    txn.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "seq")?)))
+        .collect()
+}
+
+/// MySQL: the rows locked in id order (`SELECT … FOR UPDATE` on the
+/// primary key), then moved to their new tops.
+async fn bump_mysql<C: ConnectionTrait>(
+    txn: &C,
+    counts: &BTreeMap<uuid::Uuid, i64>,
+) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
+    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
+    let found = chat::Entity::find()
+        .select_only()
+        .column(chat::Column::Id)
+        .column(chat::Column::Seq)
+        .filter(chat::Column::Id.is_in(chats.clone()))
+        .order_by_asc(chat::Column::Id)
+        .lock_exclusive()
+        .into_tuple::<(uuid::Uuid, i64)>()
+        .all(txn)
+        .await?;
+    let tops: HashMap<uuid::Uuid, i64> = found
+        .iter()
+        .map(|(chat, seq)| (*chat, seq + counts.get(chat).copied().unwrap_or(0)))
+        .collect();
+    let mut cases = tops.iter();
+    let Some((first, top)) = cases.next() else {
+        return Ok(tops);
+    };
+    let mut to = Expr::case(chat::Column::Id.eq(*first), *top);
+    for (chat, top) in cases {
+        to = to.case(chat::Column::Id.eq(*chat), *top);
+    }
+    chat::Entity::update_many()
+        .col_expr(
+            chat::Column::Seq,
+            to.finally(Expr::col(chat::Column::Seq)).into(),
+        )
+        .filter(chat::Column::Id.is_in(chats))
+        .exec(txn)
+        .await?;
+    Ok(tops)
+}
+
+/// SQLite: the UPDATE first (this transaction becomes the one writer), then
+/// the new values read back.
+async fn bump_sqlite<C: ConnectionTrait>(
+    txn: &C,
+    counts: &BTreeMap<uuid::Uuid, i64>,
+) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
+    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
+    let mut cases = counts.iter();
+    let Some((first, n)) = cases.next() else {
+        return Ok(HashMap::new());
+    };
+    let mut by = Expr::case(chat::Column::Id.eq(*first), *n);
+    for (chat, n) in cases {
+        by = by.case(chat::Column::Id.eq(*chat), *n);
+    }
+    chat::Entity::update_many()
+        .col_expr(
+            chat::Column::Seq,
+            Expr::col(chat::Column::Seq).add(by.finally(0)),
+        )
+        .filter(chat::Column::Id.is_in(chats.clone()))
+        .exec(txn)
+        .await?;
+    Ok(chat::Entity::find()
+        .select_only()
+        .column(chat::Column::Id)
+        .column(chat::Column::Seq)
+        .filter(chat::Column::Id.is_in(chats))
+        .into_tuple::<(uuid::Uuid, i64)>()
+        .all(txn)
+        .await?
+        .into_iter()
         .collect())
 }
 
