@@ -273,6 +273,30 @@ impl Default for LimitSettings {
 /// Shortest `SECRET_KEY` accepted: HS256 wants a key as long as its hash.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
 
+/// Whether a `SECRET_KEY` is one of the placeholders example files carry
+/// ("change-me-…" and the like), or one character repeated: a deployment
+/// that forgot to replace it would sign tokens with a published key.
+fn is_placeholder_key(key: &str) -> bool {
+    let folded: String = key
+        .to_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let placeholder = [
+        "changeme",
+        "replaceme",
+        "yoursecret",
+        "secretkeyhere",
+        "example",
+    ]
+    .iter()
+    .any(|word| folded.contains(word));
+    let mut distinct: Vec<char> = key.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    placeholder || distinct.len() <= 2
+}
+
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
     Ok(value.filter(|v| !v.trim().is_empty()))
@@ -420,6 +444,12 @@ impl Settings {
         }
         if let Some(key) = &self.auth.secret_key {
             let key = key.expose_secret();
+            if is_placeholder_key(key) {
+                return invalid(
+                    "SECRET_KEY is a placeholder from an example file: anyone who reads it \
+                     can sign tokens; generate one with `openssl rand -hex 32`",
+                );
+            }
             if key.len() < MIN_SECRET_KEY_BYTES {
                 return Err(ConfigError::Invalid(format!(
                     "SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes (it is {}); \
@@ -849,6 +879,24 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(url.database.engine(), DbEngine::Postgres);
+    }
+
+    #[test]
+    fn placeholder_secret_keys_are_refused() {
+        for key in [
+            "change-me-to-a-long-random-string-of-32-bytes-or-more",
+            "CHANGEME_CHANGEME_CHANGEME_CHANGEME",
+            "your-secret-key-of-at-least-32-bytes-here",
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        ] {
+            let error = Settings::from_vars(vars(&[("SECRET_KEY", key)]))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("placeholder"), "{key}: {error}");
+        }
+        let fine = "3f1c9a0d5b7e2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c0e2b4d";
+        assert!(Settings::from_vars(vars(&[("SECRET_KEY", fine)])).is_ok());
     }
 
     #[test]

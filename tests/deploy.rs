@@ -23,26 +23,38 @@ fn example_env() -> HashMap<String, String> {
         .collect()
 }
 
-/// Compose's `${VAR:-default}` / `${VAR:?message}` / `${VAR}`, from `env`.
-fn interpolate(value: &str, env: &HashMap<String, String>) -> String {
+/// Compose's `${VAR:-default}` / `${VAR:?message}` / `${VAR}`, from `env`;
+/// `Err(VAR)` where `:?` stops compose (the variable unset or empty).
+fn interpolate(value: &str, env: &HashMap<String, String>) -> Result<String, String> {
     let value = value.trim().trim_matches('"');
     let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
-        return value.to_string();
+        return Ok(value.to_string());
     };
+    if let Some((name, _)) = inner.split_once(":?") {
+        return match env.get(name) {
+            Some(v) if !v.is_empty() => Ok(v.clone()),
+            _ => Err(name.to_string()),
+        };
+    }
     let (name, default) = match inner.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
-        None => (inner.split(":?").next().unwrap_or(inner), None),
+        None => (inner, None),
     };
-    env.get(name)
+    Ok(env
+        .get(name)
         .cloned()
         .or(default.map(str::to_string))
-        .unwrap_or_else(|| panic!("{name} has no value in deploy/env.example"))
+        .unwrap_or_else(|| panic!("{name} has no value in deploy/env.example")))
 }
 
-/// The `environment:` of the `x-chat` block every instance uses.
-fn instance_environment() -> Vec<(String, String)> {
+/// The `environment:` of the `x-chat` block every instance uses, with
+/// deploy/env.example's values and `overrides` (what an operator sets).
+fn instance_environment(overrides: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
     let compose = read("deploy/docker-compose.yml");
-    let env = example_env();
+    let mut env = example_env();
+    for (name, value) in overrides {
+        env.insert(name.to_string(), value.to_string());
+    }
     let block: Vec<&str> = compose
         .lines()
         .skip_while(|l| !l.starts_with("x-chat:"))
@@ -55,14 +67,35 @@ fn instance_environment() -> Vec<(String, String)> {
         .iter()
         .map(|line| {
             let (key, value) = line.trim().split_once(':').expect("KEY: value");
-            (key.to_string(), interpolate(value, &env))
+            Ok((key.to_string(), interpolate(value, &env)?))
         })
         .collect()
 }
 
 #[test]
+fn the_example_secret_key_is_empty_so_compose_refuses_to_start_without_one() {
+    assert_eq!(
+        example_env().get("SECRET_KEY").map(String::as_str),
+        Some(""),
+        "deploy/env.example publishes no key"
+    );
+    assert_eq!(instance_environment(&[]), Err("SECRET_KEY".to_string()));
+    // The placeholder it used to carry is refused by the server itself.
+    let placeholder = "change-me-to-a-long-random-string-of-32-bytes-or-more";
+    let vars = instance_environment(&[("SECRET_KEY", placeholder)]).unwrap();
+    let error = Settings::from_vars(vars)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("placeholder"), "{error}");
+}
+
+/// A key as an operator makes one (`openssl rand -hex 32`).
+const OPERATOR_KEY: &str = "9c4e1f7a2b8d3c6e0f5a1b7c2d9e4f3a8b6c0d1e7f2a5b9c3d8e6f0a4b1c7d2e";
+
+#[test]
 fn the_instances_configuration_is_one_the_server_reads_and_accepts() {
-    let vars = instance_environment();
+    let vars = instance_environment(&[("SECRET_KEY", OPERATOR_KEY)]).expect("compose starts");
     for (key, _) in &vars {
         assert!(
             is_known_variable(key),
