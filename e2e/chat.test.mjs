@@ -1,0 +1,144 @@
+// Unit tests of the web client's state logic (static/app/chat.js) with
+// Node's own test runner: no browser, no server. The socket is a stand-in
+// that records what the client sends; frames from the server are handed to
+// `onFrame` as the real socket would.
+//
+//   node --test e2e/chat.test.mjs
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+globalThis.WebSocket = { OPEN: 1 };
+globalThis.location = { protocol: "http:", host: "test" };
+const { Chat } = await import("../static/app/chat.js");
+
+const ME = { id: 1, username: "me" };
+const A = "11111111-1111-1111-1111-111111111111";
+const B = "22222222-2222-2222-2222-222222222222";
+
+/** A connected client whose sends are recorded in `sent`. */
+function connected() {
+  const chat = new Chat({ user: ME, token: "t" }, { onChange() {}, onSignedOut() {} });
+  const sent = [];
+  chat.socket = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
+  chat.onFrame({ type: "authorization_response", data: { status: "success" } });
+  sent.length = 0;
+  return { chat, sent };
+}
+
+const contact = (pk, seq, extra = {}) => ({
+  pk,
+  name: pk === A ? "Ann" : "Ben",
+  online: false,
+  user_id: 2,
+  username: "other",
+  last_message: null,
+  unread: 0,
+  kind: "direct",
+  members: 2,
+  seq,
+  ...extra,
+});
+
+const push = (pk, seq, id, content, direction = "received") => ({
+  type: "message",
+  data: { pk, seq, data: { direction, content, time: `2026-11-30T10:00:0${seq % 10}.000000+00:00`, id, sender: 2 } },
+});
+
+/** Opens `pk` and answers its newest page with `messages`. */
+function opened(chat, pk, messages) {
+  chat.openConversation(pk);
+  chat.onFrame({ type: "get_messages_response", data: { pk, messages, has_more: false } });
+}
+
+const item = (id, content) => ({ id, sender: 2, direction: "received", content, time: "t", client_id: null });
+const ids = (chat, pk) => chat.state.messages.get(pk).items.map((m) => m.id);
+
+test("live events in order move the conversation's seq and need no sync", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  sent.length = 0;
+  chat.onFrame(push(A, 2, 11, "two"));
+  chat.onFrame(push(A, 3, 12, "three"));
+  assert.equal(chat.state.conversations.get(A).seq, 3);
+  assert.deepEqual(ids(chat, A), [10, 11, 12]);
+  assert.deepEqual(sent.filter((f) => f.type === "sync"), []);
+});
+
+test("a hole in a conversation on screen is synced once, and filled in order", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  sent.length = 0;
+  chat.onFrame(push(A, 3, 12, "three"));
+  chat.onFrame(push(A, 4, 13, "four"));
+  const syncs = sent.filter((f) => f.type === "sync");
+  assert.deepEqual(syncs, [{ type: "sync", data: { id: A, after_seq: 1, limit: 200 } }]);
+  assert.equal(chat.state.conversations.get(A).seq, 1, "not past the hole");
+  // The answer holds the missing event and the ones already shown.
+  chat.onFrame({
+    type: "sync_response",
+    data: { pk: A, events: [push(A, 2, 11, "two"), push(A, 3, 12, "three"), push(A, 4, 13, "four")], seq: 4, has_more: false },
+  });
+  assert.deepEqual(ids(chat, A), [10, 11, 12, 13], "nothing twice, in order");
+  assert.equal(chat.state.conversations.get(A).seq, 4);
+  assert.equal(chat.state.conversations.get(A).unread, 2, "only the live ones counted");
+});
+
+test("a second hole while a sync is in flight asks again after it", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  sent.length = 0;
+  chat.onFrame(push(A, 3, 12, "three"));
+  chat.onFrame(push(A, 6, 15, "six"));
+  assert.equal(sent.filter((f) => f.type === "sync").length, 1, "one in flight");
+  chat.onFrame({
+    type: "sync_response",
+    data: { pk: A, events: [push(A, 2, 11, "two"), push(A, 3, 12, "three")], seq: 3, has_more: true },
+  });
+  const syncs = sent.filter((f) => f.type === "sync");
+  assert.equal(syncs.length, 2);
+  assert.equal(syncs[1].data.after_seq, 3);
+});
+
+test("after a reconnect only conversations on screen whose seq grew are synced", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1), contact(B, 5)] });
+  opened(chat, A, [item(10, "one")]);
+  opened(chat, B, [item(20, "b")]);
+  chat.onClose({ code: 1006, reason: "" });
+  chat.socket = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
+  sent.length = 0;
+  chat.onFrame({ type: "authorization_response", data: { status: "success" } });
+  assert.deepEqual(sent.map((f) => f.type), ["get_contacts"], "no history asked again");
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 3), contact(B, 5)] });
+  assert.deepEqual(sent.filter((f) => f.type === "sync"), [
+    { type: "sync", data: { id: A, after_seq: 1, limit: 200 } },
+  ]);
+  clearTimeout(chat.reconnectTimer);
+});
+
+test("a conversation not on screen follows its seq without syncing", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  chat.onFrame(push(A, 4, 13, "four"));
+  assert.equal(chat.state.conversations.get(A).seq, 4);
+  assert.equal(chat.state.conversations.get(A).unread, 1);
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 7)] });
+  assert.equal(chat.state.conversations.get(A).seq, 7, "taken from the contacts");
+  assert.deepEqual(sent.filter((f) => f.type === "sync"), []);
+});
+
+test("a failed sync is forgotten, so the next hole can ask again", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  chat.onFrame(push(A, 3, 12, "three"));
+  chat.onFrame({ type: "sync_response", data: { status: "error", code: "internal", message: "try again" } });
+  sent.length = 0;
+  chat.onFrame(push(A, 5, 14, "five"));
+  assert.deepEqual(sent.filter((f) => f.type === "sync").map((f) => f.data.after_seq), [1]);
+  assert.equal(chat.state.notice, null, "a sync's failure is no notice to the person");
+});
