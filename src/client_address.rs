@@ -1,16 +1,30 @@
 //! Who the client is: the peer address, or, when the peer is one of our own
 //! proxies (`TRUSTED_PROXIES`), the address it forwarded in
 //! `X-Forwarded-For`. A header from anyone else is ignored: it is the
-//! client's to forge.
+//! client's to forge. The per-address limits count an IPv6 client by its
+//! network (`IPV6_LIMIT_PREFIX`, a /64 by default), not its full address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
-/// The proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+/// The proxies whose `X-Forwarded-For` is believed (addresses or CIDR
+/// ranges), and how an IPv6 client is counted by the per-address limits.
+#[derive(Debug, Clone)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    ipv6_limit_prefix: u8,
+}
+
+impl Default for TrustedProxies {
+    fn default() -> Self {
+        TrustedProxies {
+            nets: Vec::new(),
+            ipv6_limit_prefix: 64,
+        }
+    }
+}
 
 impl TrustedProxies {
     /// Parses a space- or comma-separated list (`10.0.0.0/8 127.0.0.1 ::1`).
@@ -23,11 +37,29 @@ impl TrustedProxies {
                     .map_err(|_| format!("'{item}' is not an IP address or CIDR range"))
             })
             .collect::<Result<_, _>>()
-            .map(TrustedProxies)
+            .map(|nets| TrustedProxies {
+                nets,
+                ..TrustedProxies::default()
+            })
+    }
+
+    /// Counts IPv6 clients by their first `bits` bits in the limits.
+    pub fn with_ipv6_limit_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_limit_prefix = bits.min(128);
+        self
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Who `req` counts as for the per-address limits (login and password
+    /// guessing, registrations, unauthorized sockets): the client's IPv4
+    /// address, or its IPv6 network of `IPV6_LIMIT_PREFIX` bits, so a
+    /// client rotating through its /64 does not get a fresh allowance with
+    /// every address.
+    pub fn limit_key(&self, req: &HttpRequest) -> IpAddr {
+        network_of(self.client_ip(req), self.ipv6_limit_prefix)
     }
 
     /// The client's address for `req`.
@@ -63,6 +95,17 @@ impl TrustedProxies {
             }
         }
         client
+    }
+}
+
+/// `ip` with every bit past the first `bits` cleared (IPv6 only).
+fn network_of(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if bits < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        other => other,
     }
 }
 
@@ -108,5 +151,16 @@ mod tests {
             ip("127.0.0.1")
         );
         assert!(TrustedProxies::parse("not-an-ip").is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_network() {
+        assert_eq!(
+            network_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(network_of(ip("2001:db8:1:2:3::1"), 48), ip("2001:db8:1::"));
+        assert_eq!(network_of(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(network_of(ip("192.0.2.7"), 64), ip("192.0.2.7"));
     }
 }

@@ -92,6 +92,10 @@ pub struct ServerSettings {
     /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR
     /// ranges); from anyone else the header is ignored.
     pub trusted_proxies: String,
+    /// How many leading bits of an IPv6 client address the per-address
+    /// limits count as one client (64: one subscriber's allocation, which
+    /// a client can rotate through freely).
+    pub ipv6_limit_prefix: u8,
     #[serde(deserialize_with = "debug_flag")]
     pub debug: bool,
     #[serde(deserialize_with = "log_format")]
@@ -119,6 +123,7 @@ impl Default for ServerSettings {
             allowed_hosts: "*".into(),
             cors_allowed_origins: "*".into(),
             trusted_proxies: String::new(),
+            ipv6_limit_prefix: 64,
             debug: false,
             log_format: LogFormat::Pretty,
             drain_seconds: 0,
@@ -458,6 +463,9 @@ impl Settings {
                 )));
             }
         }
+        if !(16..=128).contains(&self.server.ipv6_limit_prefix) {
+            return invalid("IPV6_LIMIT_PREFIX must be between 16 and 128");
+        }
         if let Err(e) = crate::client_address::TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(ConfigError::Invalid(format!("TRUSTED_PROXIES: {e}")));
         }
@@ -617,7 +625,9 @@ impl ServerSettings {
 
     /// The proxies whose `X-Forwarded-For` is believed (validated by `check`).
     pub fn trusted_proxies(&self) -> crate::client_address::TrustedProxies {
-        crate::client_address::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
+        crate::client_address::TrustedProxies::parse(&self.trusted_proxies)
+            .unwrap_or_default()
+            .with_ipv6_limit_prefix(self.ipv6_limit_prefix)
     }
 
     /// The allowed CORS origins, or `None` when any origin is allowed.

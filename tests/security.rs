@@ -271,6 +271,33 @@ async fn registration_is_limited_per_client_address() {
     assert_eq!(users, 4);
 }
 
+#[actix_rt::test]
+async fn an_ipv6_client_is_counted_by_its_64_not_each_address() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("REGISTRATION_BURST", "2"),
+            ("REGISTRATION_PER_MINUTE", "1"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let register = |name: &str, from: &'static str| {
+        let body = json!({"username": name, "password": "a fine password"});
+        let app = &app;
+        async move {
+            let headers = [("X-Forwarded-For", from)];
+            post(app, "/api/register/", "", &headers, body).await.0
+        }
+    };
+    // One client rotating through its /64 shares one allowance.
+    assert_eq!(register("ann", "2001:db8:1:2::1").await, 201);
+    assert_eq!(register("ben", "2001:db8:1:2:aaaa::2").await, 201);
+    assert_eq!(register("cat", "2001:db8:1:2:ffff:ffff:ffff:3").await, 429);
+    // Another /64 is another client.
+    assert_eq!(register("cat", "2001:db8:1:3::1").await, 201);
+}
+
 async fn account_rules(backend: &Backend) {
     let app = TestApp::spawn_with(backend, &[("REGISTRATION_BURST", "100")]).await;
     let register = |username: &str, password: &str| {

@@ -52,7 +52,7 @@ pub async fn change_password(
     // A stolen token must not make the password guessable: throttled like login.
     let attempt = state
         .password_throttle
-        .begin(&user.id.to_string(), state.proxies.client_ip(&req))
+        .begin(&user.id.to_string(), state.proxies.limit_key(&req))
         .map_err(ApiError::TooManyRequests)?;
     let current = Some(user.password_hash.clone());
     if !accounts::verify_password(old_password.unwrap_or_default(), current).await {

@@ -74,7 +74,7 @@ pub async fn login(
         ("password", password.as_deref()),
     ])?;
     let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
-    let address = state.proxies.client_ip(&req);
+    let address = state.proxies.limit_key(&req);
     // Counted before the hash, so concurrent guesses cannot pass the limit.
     let attempt = state
         .login_throttle
@@ -123,7 +123,7 @@ pub async fn register(
     }
     state
         .registration_limit
-        .take(state.proxies.client_ip(&req))
+        .take(state.proxies.limit_key(&req))
         .map_err(ApiError::TooManyRequests)?;
     let r = body.0;
     require_fields(&[

@@ -95,7 +95,7 @@ pub async fn connect(
                 "detail": "This instance is shutting down; connect again."
             })));
     }
-    let address = chat.proxies.client_ip(&req);
+    let address = chat.proxies.limit_key(&req);
     let Some(slot) = chat.unauthenticated.admit(address) else {
         tracing::warn!(%address, "too many unauthenticated sockets from one address");
         return Ok(HttpResponse::TooManyRequests()
