@@ -77,13 +77,21 @@ pub fn redact_target(target: &str) -> String {
     let query: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if SECRET_PARAMETERS.contains(&key.to_ascii_lowercase().as_str()) => {
-                format!("{key}=[redacted]")
-            }
+            Some((key, _)) if is_secret_parameter(key) => format!("{key}=[redacted]"),
             _ => pair.to_string(),
         })
         .collect();
     format!("{path}?{}", query.join("&"))
+}
+
+/// Whether a raw query key names a secret once decoded (`%74oken` is
+/// `token`, and a server that decoded it would read it as one).
+fn is_secret_parameter(raw_key: &str) -> bool {
+    let decoded = serde_urlencoded::from_str::<Vec<(String, String)>>(raw_key)
+        .ok()
+        .and_then(|pairs| pairs.into_iter().next())
+        .map_or_else(|| raw_key.to_string(), |(key, _)| key);
+    SECRET_PARAMETERS.contains(&decoded.to_ascii_lowercase().as_str())
 }
 
 #[cfg(test)]
@@ -99,6 +107,10 @@ mod tests {
         assert_eq!(
             redact_target("/chat/?x=1&TOKEN=s&y=2"),
             "/chat/?x=1&TOKEN=[redacted]&y=2"
+        );
+        assert_eq!(
+            redact_target("/chat?%74oken=eyJ.abc.def&x=1"),
+            "/chat?%74oken=[redacted]&x=1"
         );
         assert_eq!(redact_target("/api/users/?page=2"), "/api/users/?page=2");
         assert_eq!(redact_target("/healthz"), "/healthz");

@@ -106,3 +106,36 @@ async fn token_in_url(backend: &Backend) {
 }
 
 backend_tests!(token_in_the_url_authorizes_at_once => token_in_url);
+
+#[actix_rt::test]
+async fn only_the_literal_token_parameter_authorizes() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("carol", "dave").await;
+    let token = app.login("carol").await;
+    // `%74oken` decodes to `token`, but it is not the parameter's name: the
+    // socket is not authorized (and the log, which redacts by the decoded
+    // name, never holds what authorized a socket in clear).
+    let mut ws = app.ws(&format!("/chat?%74oken={token}")).await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "info", "data": "Waiting user token..."})
+    );
+    // Barrier: an authorization would have been answered before this.
+    assert_eq!(
+        ws.request(json!({"type": "ping", "data": {}})).await,
+        json!({"type": "pong", "data": {}})
+    );
+    assert_eq!(
+        ws.request(json!({"type": "get_contacts", "data": {}}))
+            .await["data"]["code"],
+        "unauthorized"
+    );
+    // A value with escapes still works under the literal name.
+    let escaped = token.replace('.', "%2E");
+    let mut ws = app.ws(&format!("/chat?x=1&token={escaped}")).await;
+    ws.recv().await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "authorization_response", "data": {"status": "success"}})
+    );
+}

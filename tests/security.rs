@@ -671,6 +671,11 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
         .connect()
         .await;
     drop(socket);
+    let socket = client
+        .ws(format!("ws://127.0.0.1:{port}/chat?%74oken={secret}"))
+        .connect()
+        .await;
+    drop(socket);
     let res = client
         .get(url("/api/me/"))
         .insert_header(("Authorization", format!("Bearer {secret}")))
@@ -684,5 +689,6 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
     let _ = child.wait();
     let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(text.contains("/chat?token=[redacted]"), "{text}");
+    assert!(text.contains("/chat?%74oken=[redacted]"), "{text}");
     assert!(!text.contains("c2VjcmV0LXRva2VuLXZhbHVl"), "{text}");
 }

@@ -104,10 +104,7 @@ pub async fn connect(
                 "detail": "Too many connections from this address are waiting to authorize."
             })));
     };
-    let url_token = web::Query::<TokenQuery>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.into_inner().token)
-        .filter(|t| !t.is_empty());
+    let url_token = url_token(req.query_string());
     let chat = chat.into_inner();
     let (outbox, body) = socket::outbox(chat.limits.outbox_capacity);
     let frames = socket::incoming(payload, chat.limits.max_frame_bytes);
@@ -118,9 +115,18 @@ pub async fn connect(
     Ok(response.streaming(body))
 }
 
-#[derive(serde::Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// The `?token=` of B1, by its literal name only: a percent-encoded name
+/// (`?%74oken=`) is not it, so what authorizes a socket is exactly what the
+/// log redacts.
+fn url_token(query: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))?;
+    let (_, token) = serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("token={raw}"))
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some(token).filter(|t| !t.is_empty())
 }
 
 /// The `internal` error a client sees for a failure of ours, after logging
