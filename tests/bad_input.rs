@@ -416,3 +416,86 @@ async fn fuzz_regression_inputs_get_an_answer() {
         still_usable(&mut ws).await;
     }
 }
+
+/// A NUL character (`\u0000`) anywhere in a request is refused at the edge:
+/// no database stores one in text (PostgreSQL failed with a 500 before), and
+/// nothing is stored.
+async fn nul_characters(backend: &Backend) {
+    use actix_web::http::Method;
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await;
+    let refused = |kind: &str| {
+        error(
+            kind,
+            "invalid",
+            "text must not contain NUL characters (\\u0000)",
+        )
+    };
+    for data in [
+        json!({"to": pk, "content": "a\u{0}b"}),
+        json!({"to": pk, "content": "fine", "client_id": "c\u{0}"}),
+    ] {
+        ws.send(json!({"type": "message", "data": data})).await;
+        assert_eq!(ws.recv().await, refused("message"), "{}", backend.name());
+    }
+    ws.send(json!({"type": "create_group", "data": {"title": "t\u{0}"}}))
+        .await;
+    assert_eq!(ws.recv().await, refused("create_group"));
+    still_usable(&mut ws).await;
+    // A backslash followed by the text u0000 is just text.
+    let text = "a\\u0000b";
+    let ack = ws
+        .ask(json!({"type": "message", "data": {"to": pk, "content": text}}))
+        .await;
+    assert_eq!(ack["status"], "success", "{ack}");
+
+    let detail = json!({"detail": "text must not contain NUL characters (\\u0000)"});
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/register/",
+            "",
+            Some(json!({"username": "nul\u{0}", "password": "a fine password"})),
+        )
+        .await;
+    assert_eq!((status, body), (400, detail.clone()), "{}", backend.name());
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/contacts/",
+            &token,
+            Some(json!({"username": "b\u{0}ob"})),
+        )
+        .await;
+    assert_eq!((status, body), (400, detail.clone()));
+    let form = app
+        .http
+        .post(app.url("/api/login/"))
+        .content_type("application/x-www-form-urlencoded")
+        .send_body("username=ali%00ce&password=x")
+        .await
+        .expect("a response");
+    assert_eq!(form.status().as_u16(), 400);
+    let (status, body) = app
+        .rest(Method::GET, "/api/users/?search=al%00", &token, None)
+        .await;
+    assert_eq!((status, body), (400, detail));
+    let stored = app
+        .rest(
+            Method::GET,
+            &format!("/api/contacts/{pk}/messages/"),
+            &token,
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(
+        stored["messages"].as_array().map(Vec::len),
+        Some(1),
+        "only the fine one"
+    );
+}
+
+backend_tests!(a_nul_character_is_refused_everywhere_and_stores_nothing => nul_characters);

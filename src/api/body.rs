@@ -13,6 +13,7 @@ use paperclip::v2::models::{
 use paperclip::v2::schema::Apiv2Schema;
 use serde::de::DeserializeOwned;
 
+use crate::chat::protocol::{contains_escaped_nul, NUL_REFUSED};
 use crate::error::ApiError;
 
 /// Largest body accepted by the JSON/form endpoints.
@@ -46,6 +47,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrForm<T> {
                         413 => ApiError::PayloadTooLarge,
                         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
                     })?;
+            let nul = match content_type.as_str() {
+                "application/json" => contains_escaped_nul(&body),
+                _ => body.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")),
+            };
+            if nul {
+                return Err(ApiError::BadRequest(NUL_REFUSED.into()));
+            }
             let parsed = match content_type.as_str() {
                 "application/json" => serde_json::from_slice(&body)
                     .map_err(|e| ApiError::BadRequest(format!("JSON parse error - {e}")))?,

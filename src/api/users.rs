@@ -57,6 +57,11 @@ pub async fn list_users(
             "page must be between 1 and {MAX_PAGE}, page_size between 1 and {MAX_PAGE_SIZE}"
         )));
     }
+    if query.search.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            crate::chat::protocol::NUL_REFUSED.into(),
+        ));
+    }
     let mut find = user::Entity::find().filter(user::Column::IsActive.eq(true));
     if let Some(search) = query
         .search

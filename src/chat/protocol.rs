@@ -250,7 +250,38 @@ pub enum FrameError {
 /// Parses one text frame into a request, or says exactly what is wrong with it.
 pub fn parse_request(text: &str) -> Result<ClientRequest, FrameError> {
     // Fast path: a well-formed request parses straight into its variant.
-    serde_json::from_str(text).map_err(|typed_error| diagnose(text, typed_error))
+    let request: ClientRequest =
+        serde_json::from_str(text).map_err(|typed_error| diagnose(text, typed_error))?;
+    if contains_escaped_nul(text.as_bytes()) {
+        return Err(FrameError::Invalid {
+            kind: request.kind(),
+            message: NUL_REFUSED.into(),
+        });
+    }
+    Ok(request)
+}
+
+/// Why a request holding a NUL character is refused.
+pub const NUL_REFUSED: &str = "text must not contain NUL characters (\\u0000)";
+
+/// Whether a JSON text holds a NUL character (`\u0000`) in a string: no
+/// database stores one in text (PostgreSQL refuses it), and no person types
+/// one, so requests holding one are refused at the edge. A `\\u0000` (an
+/// escaped backslash, then text) is not one.
+pub fn contains_escaped_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if json[i + 1..].starts_with(b"u0000") {
+            return true;
+        }
+        // Every backslash in JSON starts an escape: skip what it escapes.
+        i += 2;
+    }
+    false
 }
 
 /// The slow path, for frames that failed to parse: find which rule they break,
@@ -718,6 +749,25 @@ mod tests {
             frame(err),
             r#"{"type":"message_response","data":{"status":"error","code":"invalid","message":"missing field `content`"}}"#
         );
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_invalid_but_an_escaped_backslash_is_not() {
+        let nul = r#"{"type":"message","data":{"to":"x","content":"a\u0000b"}}"#;
+        assert_eq!(
+            parse_request(nul).unwrap_err(),
+            FrameError::Invalid {
+                kind: RequestKind::Message,
+                message: NUL_REFUSED.into()
+            }
+        );
+        let text = r#"{"type":"message","data":{"to":"x","content":"a\\u0000b"}}"#;
+        assert!(
+            parse_request(text).is_ok(),
+            "a backslash, then the text u0000"
+        );
+        assert!(contains_escaped_nul(br#""\\\u0000""#));
+        assert!(!contains_escaped_nul(br#""\\""#));
     }
 
     #[test]
