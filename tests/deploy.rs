@@ -61,6 +61,7 @@ fn instance_environment(overrides: &[(&str, &str)]) -> Result<Vec<(String, Strin
         .skip_while(|l| l.trim() != "environment:")
         .skip(1)
         .take_while(|l| l.starts_with("    "))
+        .filter(|l| !l.trim().starts_with('#'))
         .collect();
     assert!(!block.is_empty(), "x-chat has an environment");
     block
@@ -122,6 +123,30 @@ fn the_instances_configuration_is_one_the_server_reads_and_accepts() {
     for name in ["POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"] {
         assert!(compose.contains(&format!("{name}: ${{{name}")), "{name}");
     }
+}
+
+/// The instances believe `X-Forwarded-For` from nginx alone: one address,
+/// nginx's own, not the network (whose gateway is the host).
+#[test]
+fn only_nginx_is_a_trusted_proxy() {
+    let vars = instance_environment(&[("SECRET_KEY", OPERATOR_KEY)]).expect("compose starts");
+    let trusted = vars
+        .iter()
+        .find(|(k, _)| k == "TRUSTED_PROXIES")
+        .map(|(_, v)| v.clone())
+        .expect("TRUSTED_PROXIES is set");
+    let compose = read("deploy/docker-compose.yml");
+    let nginx_address = compose
+        .lines()
+        .skip_while(|l| l.trim() != "nginx:")
+        .find_map(|l| l.trim().strip_prefix("ipv4_address:"))
+        .map(str::trim)
+        .expect("nginx has a fixed address");
+    assert_eq!(trusted, nginx_address);
+    assert!(
+        trusted.parse::<std::net::IpAddr>().is_ok(),
+        "one address, not a range: {trusted}"
+    );
 }
 
 /// The nginx configuration the compose file makes from deploy/nginx.conf

@@ -128,6 +128,13 @@ async fn through_nginx(backend: &Backend) {
         tokens.push(body["token"].as_str().unwrap().to_string());
     }
 
+    // The metrics are not served to the public side, while each instance
+    // still serves them to whoever scrapes it directly.
+    let metrics = http.get(nginx.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 404);
+    let direct = http.get(a.url("/metrics")).send().await.unwrap();
+    assert_eq!(direct.status().as_u16(), 200);
+
     // Several sockets through the proxy land on both instances; a message
     // reaches every one of them.
     let mut alice_ws = authorized_at(http, nginx.port, &tokens[0]).await;
