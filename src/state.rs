@@ -11,6 +11,7 @@ use crate::chat::presence::Presence;
 use crate::chat::server::ChatServer;
 use crate::client_address::TrustedProxies;
 use crate::config::Settings;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Shared by every worker; cheap to clone.
@@ -37,4 +38,14 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<crate::bus::target::RedisTarget>,
+}
+
+impl AppState {
+    /// Counts a conversation change (a contact added, a group changed)
+    /// against the caller's allowance, the WebSocket's request rate.
+    pub fn allow_change(&self, user: crate::chat::protocol::UserId) -> Result<(), ApiError> {
+        self.change_limit
+            .take(user.0)
+            .map_err(ApiError::TooManyRequests)
+    }
 }

@@ -487,3 +487,39 @@ async fn metrics_count_requests_by_type_and_errors_by_code() {
         assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
     }
 }
+
+/// Adding contacts counts against the caller's allowance of conversation
+/// changes, like group changes: a burst is refused with 429.
+#[actix_rt::test]
+async fn adding_contacts_is_rate_limited() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "1")],
+    )
+    .await;
+    let (_, token) = app.user("alice").await;
+    let names: Vec<String> = (0..6).map(|i| format!("friend{i}")).collect();
+    for name in &names {
+        app.create_user(name, "Friend", "Doe").await;
+    }
+    // Six at once: one from the burst, and one a second refills; the test
+    // only needs them to be sent within five seconds of each other.
+    let answers = futures_util::future::join_all(
+        names
+            .iter()
+            .map(|name| post(&app, "/api/contacts/", &token, json!({"username": name}))),
+    )
+    .await;
+    let refused: Vec<&(u16, Value)> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    assert!(
+        refused[0].1["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Request was throttled")),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{answers:?}"
+    );
+}

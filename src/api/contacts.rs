@@ -48,6 +48,8 @@ pub async fn add_contact(
     user: AuthUser,
     body: JsonOrForm<NewContact>,
 ) -> Result<web::Json<Contact>, ApiError> {
+    let me = UserId(user.0.id);
+    state.allow_change(me)?;
     let username = body.0.username;
     require_fields(&[("username", username.as_deref())])?;
     let username = username.unwrap_or_default();
@@ -55,7 +57,6 @@ pub async fn add_contact(
         .await?
         .filter(|u| u.is_active)
         .ok_or_else(|| ApiError::field("username", "No active user with that username."))?;
-    let me = UserId(user.0.id);
     let (chat, created) = accounts::direct_chat(&state.db, me.0, other.id)
         .await
         .map_err(account_error)?;

@@ -53,14 +53,6 @@ fn required<T>(field: &str, value: Option<T>) -> Result<T, ApiError> {
     value.ok_or_else(|| ApiError::field(field, "This field is required."))
 }
 
-/// Counts a change against the caller's allowance (the WebSocket's rate).
-fn allow(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    state
-        .change_limit
-        .take(user.0)
-        .map_err(ApiError::TooManyRequests)
-}
-
 async fn announce(
     state: &AppState,
     user: UserId,
@@ -96,7 +88,7 @@ pub async fn create_group(
 ) -> Result<CreatedJson<Conversation>, ApiError> {
     let me = UserId(user.0.id);
     let title = required("title", body.0.title)?;
-    allow(&state, me)?;
+    state.allow_change(me)?;
     let members = body.0.members.unwrap_or_default();
     let max = state.settings.limits.max_group_members;
     let changed = groups::create(&state.db, me, &title, &members, max).await;
@@ -129,7 +121,7 @@ pub async fn rename_group(
     let me = UserId(user.0.id);
     let chat = chat_id(&id)?;
     let title = required("title", body.0.title)?;
-    allow(&state, me)?;
+    state.allow_change(me)?;
     let changed = groups::rename(&state.db, me, chat, &title).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }
@@ -145,7 +137,7 @@ pub async fn add_members(
     let me = UserId(user.0.id);
     let chat = chat_id(&id)?;
     let members = required("members", body.0.members)?;
-    allow(&state, me)?;
+    state.allow_change(me)?;
     let max = state.settings.limits.max_group_members;
     let changed = groups::add_members(&state.db, me, chat, &members, max).await;
     Ok(web::Json(announce(&state, me, changed).await?))
@@ -162,7 +154,7 @@ pub async fn remove_member(
     let me = UserId(user.0.id);
     let (id, target) = path.into_inner();
     let chat: ChatId = chat_id(&id)?;
-    allow(&state, me)?;
+    state.allow_change(me)?;
     let changed = groups::remove_member(&state.db, me, chat, UserId(target)).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }
