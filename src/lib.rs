@@ -228,10 +228,13 @@ impl Application {
                 .app_data(query_config())
                 .app_data(path_config())
                 .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
-                .wrap(security_headers())
                 .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
                 .wrap(from_fn(api::check_host))
                 .wrap(cors(cors_origins.as_deref()))
+                // Outside the Host check and CORS, so what they answer on
+                // their own (a wrong Host's 400, a preflight) carries the
+                // headers too.
+                .wrap(security_headers())
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
                 .wrap_api_with_spec(api::spec())
                 .configure(api::routes)

@@ -199,6 +199,22 @@ async fn repeated_failures_are_throttled() {
     assert_eq!(res.status().as_u16(), 200);
 }
 
+/// The headers every answer carries, those the server makes before any
+/// handler (a wrong Host, a CORS preflight) included.
+fn assert_security_headers(headers: &actix_web::http::header::HeaderMap) {
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(
+            headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert!(headers.contains_key("content-security-policy"));
+}
+
 #[actix_rt::test]
 async fn cors_preflight_is_answered() {
     let app = TestApp::spawn(&Backend::Sqlite).await;
@@ -220,6 +236,7 @@ async fn cors_preflight_is_answered() {
         h.get("access-control-allow-origin").unwrap(),
         "http://localhost:3000"
     );
+    assert_security_headers(h);
     assert!(h
         .get("access-control-allow-methods")
         .unwrap()
@@ -261,6 +278,7 @@ async fn allowed_hosts_rejects_other_host_headers() {
     };
     let mut res = get("evil.test").await.unwrap();
     assert_eq!(res.status().as_u16(), 400);
+    assert_security_headers(res.headers());
     assert_eq!(
         body(&mut res).await,
         json!({"detail": "Invalid HTTP_HOST header: 'evil.test'. You may need to add it to ALLOWED_HOSTS."})
