@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use entity::{chat, chat_member, user};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
@@ -32,6 +33,10 @@ pub enum AccountError {
     Database(#[from] DbErr),
     #[error("password hashing task failed: {0}")]
     Hashing(String),
+    /// The account's tokens were revoked (its password changed, or it was
+    /// deactivated) while this change was being made: the change is not made.
+    #[error("the account changed meanwhile; log in again")]
+    ChangedMeanwhile,
 }
 
 /// The fields of a new account.
@@ -237,7 +242,12 @@ async fn require_user(
         .ok_or_else(|| AccountError::NoSuchUser(username.to_string()))
 }
 
-/// Sets a new password and revokes every token issued before.
+/// Sets a new password and revokes every token issued before, if the
+/// account is still at `user`'s `token_version` (the one the caller's token
+/// carries): a compare-and-swap, so a change made meanwhile elsewhere (the
+/// command line, another request) is never overwritten, and the caller's
+/// new token is of the version actually written. Otherwise
+/// `ChangedMeanwhile`, and nothing is changed.
 pub async fn set_password(
     db: &DatabaseConnection,
     user: user::Model,
@@ -245,21 +255,39 @@ pub async fn set_password(
 ) -> Result<user::Model, AccountError> {
     validate_password(&password, &user.username)?;
     let hash = hash_password(password).await?;
-    let version = user.token_version + 1;
-    let mut active = user.into_active_model();
-    active.password_hash = Set(hash);
-    active.token_version = Set(version);
-    Ok(active.update(db).await?)
+    let written = user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::value(user.token_version + 1),
+        )
+        .filter(user::Column::Id.eq(user.id))
+        .filter(user::Column::TokenVersion.eq(user.token_version))
+        .exec(db)
+        .await?;
+    if written.rows_affected == 0 {
+        return Err(AccountError::ChangedMeanwhile);
+    }
+    Ok(user::Model {
+        password_hash: hash,
+        token_version: user.token_version + 1,
+        ..user
+    })
 }
 
-/// `set_password` by username (the command line's form).
+/// Sets a password by username (the command line's form): whatever else
+/// happens meanwhile, this one wins, and every token issued before it is
+/// revoked (the version moves in the database, never from a value read
+/// earlier).
 pub async fn set_password_of(
     db: &DatabaseConnection,
     username: &str,
     password: String,
 ) -> Result<user::Model, AccountError> {
     let user = require_user(db, username).await?;
-    set_password(db, user, password).await
+    validate_password(&password, &user.username)?;
+    let hash = hash_password(password).await?;
+    revoke_with(db, user.id, user::Column::PasswordHash, Expr::value(hash)).await
 }
 
 /// Activates or deactivates an account; deactivating revokes its tokens.
@@ -269,11 +297,36 @@ pub async fn set_active(
     active: bool,
 ) -> Result<user::Model, AccountError> {
     let user = require_user(db, username).await?;
-    let version = user.token_version + i32::from(!active);
-    let mut model = user.into_active_model();
-    model.is_active = Set(active);
-    model.token_version = Set(version);
-    Ok(model.update(db).await?)
+    if active {
+        let mut model = user.into_active_model();
+        model.is_active = Set(true);
+        return Ok(model.update(db).await?);
+    }
+    revoke_with(db, user.id, user::Column::IsActive, Expr::value(false)).await
+}
+
+/// Sets `column` and moves the account's `token_version` forward in one
+/// statement (`token_version + 1`, so a concurrent change cannot undo the
+/// revocation), then reads the account back.
+async fn revoke_with(
+    db: &DatabaseConnection,
+    id: i64,
+    column: user::Column,
+    value: Expr,
+) -> Result<user::Model, AccountError> {
+    user::Entity::update_many()
+        .col_expr(column, value)
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::col(user::Column::TokenVersion).add(1),
+        )
+        .filter(user::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    user::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AccountError::NoSuchUser(id.to_string()))
 }
 
 /// The direct conversation of two users, created on first use. Safe under
@@ -356,7 +409,13 @@ mod tests {
 
     #[test]
     fn guessable_passwords_are_refused_and_passphrases_accepted() {
-        for weak in ["Passw0rd!", "Qwerty123!", "Summer2024", "password1", "12345678"] {
+        for weak in [
+            "Passw0rd!",
+            "Qwerty123!",
+            "Summer2024",
+            "password1",
+            "12345678",
+        ] {
             assert!(validate_password(weak, "someone").is_err(), "{weak}");
         }
         for fine in [

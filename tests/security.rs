@@ -692,3 +692,60 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
     assert!(text.contains("/chat?%74oken=[redacted]"), "{text}");
     assert!(!text.contains("c2VjcmV0LXRva2VuLXZhbHVl"), "{text}");
 }
+
+/// A password change over REST (with the version its token carries) and one
+/// by the command line (or a deactivation) at the same moment: the later
+/// never overwrites the earlier unseen, and every token from before the
+/// last change is revoked.
+async fn password_change_races(backend: &Backend) {
+    use chat_server::accounts::{self, AccountError};
+    let app = TestApp::spawn(backend).await;
+    let id = app.create_user("alice", "Alice", "Smith").await;
+    let read = || async {
+        entity::user::Entity::find_by_id(id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    // A request authenticated at the current version; the administrator
+    // changes the password before it writes.
+    let stale = read().await;
+    let admin = accounts::set_password_of(&app.db, "alice", "an admin's passphrase".into())
+        .await
+        .unwrap();
+    assert_eq!(admin.token_version, stale.token_version + 1);
+    let late = accounts::set_password(&app.db, stale, "the attacker's passphrase".into()).await;
+    assert!(
+        matches!(late, Err(AccountError::ChangedMeanwhile)),
+        "{}: {late:?}",
+        backend.name()
+    );
+    let now = read().await;
+    assert_eq!(now.token_version, admin.token_version, "nothing written");
+    assert!(
+        accounts::verify_password("an admin's passphrase".into(), Some(now.password_hash)).await,
+        "the administrator's password stands"
+    );
+    // The other order: the request writes first, then the administrator;
+    // the request's new token is revoked by the administrator's change.
+    let by_request = accounts::set_password(&app.db, read().await, "a request's passphrase".into())
+        .await
+        .unwrap();
+    assert_eq!(by_request.token_version, admin.token_version + 1);
+    let admin = accounts::set_password_of(&app.db, "alice", "the admin again, later".into())
+        .await
+        .unwrap();
+    assert_eq!(admin.token_version, by_request.token_version + 1);
+    // A deactivation meanwhile refuses the late request too.
+    let stale = read().await;
+    let off = accounts::set_active(&app.db, "alice", false).await.unwrap();
+    assert_eq!(off.token_version, stale.token_version + 1);
+    let late = accounts::set_password(&app.db, stale, "one more passphrase".into()).await;
+    assert!(
+        matches!(late, Err(AccountError::ChangedMeanwhile)),
+        "{late:?}"
+    );
+}
+
+backend_tests!(a_password_change_never_overwrites_one_made_meanwhile => password_change_races);

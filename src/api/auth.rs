@@ -172,5 +172,6 @@ pub fn account_error(e: AccountError) -> ApiError {
         }
         AccountError::Database(e) => e.into(),
         AccountError::Hashing(e) => ApiError::internal("password hashing", e),
+        AccountError::ChangedMeanwhile => ApiError::Unauthorized(e.to_string()),
     }
 }
