@@ -106,6 +106,10 @@ pub struct ServerSettings {
     pub drain_seconds: u64,
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout_seconds: u64,
+    /// How long a request body may take to arrive once its head has: a
+    /// client that announces a body and never sends it is answered 408 and
+    /// its connection closed, instead of holding it forever.
+    pub body_read_timeout_seconds: u64,
     /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
     #[serde(deserialize_with = "non_empty_secret")]
     pub metrics_token: Option<SecretString>,
@@ -128,6 +132,7 @@ impl Default for ServerSettings {
             log_format: LogFormat::Pretty,
             drain_seconds: 0,
             shutdown_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
             metrics_token: None,
             gs_bucket_name: None,
         }
@@ -443,6 +448,9 @@ impl Settings {
         }
         if database.db_pool_size == 0 {
             return invalid("DB_POOL_SIZE must be at least 1");
+        }
+        if self.server.body_read_timeout_seconds == 0 {
+            return invalid("BODY_READ_TIMEOUT_SECONDS must be at least 1");
         }
         if self.auth.token_ttl_seconds == 0 {
             return invalid("TOKEN_TTL_SECONDS must be at least 1");

@@ -70,6 +70,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body announced did not arrive within `BODY_READ_TIMEOUT_SECONDS`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     #[error("unsupported media type {0}")]
     UnsupportedMediaType(String),
     /// Rate limited; retry after this many seconds.
@@ -132,6 +135,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,6 +152,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound => detail("Not found."),
             ApiError::MethodNotAllowed => detail("Method not allowed."),
             ApiError::PayloadTooLarge => detail("Request body too large."),
+            ApiError::BodyTimeout => detail("Request body not received in time."),
             ApiError::UnsupportedMediaType(t) => {
                 detail(&format!("Unsupported media type \"{t}\" in request."))
             }

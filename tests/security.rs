@@ -749,3 +749,35 @@ async fn password_change_races(backend: &Backend) {
 }
 
 backend_tests!(a_password_change_never_overwrites_one_made_meanwhile => password_change_races);
+
+/// A client that announces a body and never sends it gets 408 after
+/// `BODY_READ_TIMEOUT_SECONDS` and its connection is closed: it cannot hold
+/// connections (and file descriptors) forever.
+#[actix_rt::test]
+async fn a_body_that_never_comes_is_answered_408_and_the_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("BODY_READ_TIMEOUT_SECONDS", "1")]).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /api/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+              Content-Type: application/json\r\nContent-Length: 16000\r\n\r\n{\"user",
+        )
+        .await
+        .unwrap();
+    // The bound waited for is the tests' TIMEOUT (10 s), for a 1 s timeout.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::TIMEOUT, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("Request body not received in time."),
+        "{text}"
+    );
+    // The server goes on serving everyone else.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}

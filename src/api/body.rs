@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use paperclip::actix::OperationModifier;
@@ -18,6 +19,9 @@ use crate::error::ApiError;
 
 /// Largest body accepted by the JSON/form endpoints.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// `BODY_READ_TIMEOUT_SECONDS`'s default, for an app built without settings.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A body parsed from JSON or a urlencoded form, by its content type.
 pub struct JsonOrForm<T>(pub T);
@@ -40,13 +44,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrForm<T> {
             })
             .unwrap_or_default();
         let body = web::Bytes::from_request(req, payload);
+        let timeout = req
+            .app_data::<web::Data<crate::state::AppState>>()
+            .map_or(DEFAULT_BODY_TIMEOUT, |s| {
+                Duration::from_secs(s.settings.server.body_read_timeout_seconds)
+            });
         Box::pin(async move {
-            let body =
-                body.await
-                    .map_err(|e| match e.as_response_error().status_code().as_u16() {
-                        413 => ApiError::PayloadTooLarge,
-                        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
-                    })?;
+            let body = tokio::time::timeout(timeout, body)
+                .await
+                .map_err(|_| ApiError::BodyTimeout)?
+                .map_err(|e| match e.as_response_error().status_code().as_u16() {
+                    413 => ApiError::PayloadTooLarge,
+                    _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
+                })?;
             let nul = match content_type.as_str() {
                 "application/json" => contains_escaped_nul(&body),
                 _ => body.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")),
