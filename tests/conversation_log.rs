@@ -609,7 +609,7 @@ async fn existing_messages_are_numbered(backend: &Backend) {
     let db = sea_orm::Database::connect(database.url.as_str())
         .await
         .expect("the test database");
-    let before = migration::Migrator::migrations().len() as u32 - 1;
+    let before = common::migrations_before("m20261130_000001_conversation_seq");
     migration::Migrator::up(&db, Some(before)).await.unwrap();
     let sender = chat_server::accounts::create_user(
         &db,

@@ -781,3 +781,105 @@ async fn a_body_that_never_comes_is_answered_408_and_the_connection_closed() {
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+/// `aIice` (capital i) registered beside `alice` before usernames' keys
+/// took `i` as `l`: the migration keeps both accounts working (the later
+/// gets its id appended to its key), and no third look-alike registers.
+async fn look_alike_accounts_are_rekeyed(backend: &Backend) {
+    use migration::{Alias, MigratorTrait, Query};
+    let database = TestDatabase::create(backend).await;
+    let db = sea_orm::Database::connect(database.url.as_str())
+        .await
+        .expect("the test database");
+    let before = common::migrations_before("m20261130_000002_username_keys");
+    migration::Migrator::up(&db, Some(before)).await.unwrap();
+    let hash = chat_server::auth::password::hash_password(PASSWORD);
+    // The keys the earlier keying gave them: they did not collide.
+    for (username, old_key) in [("alice", "alice"), ("aIice", "aiice"), ("bob", "bob")] {
+        let insert = Query::insert()
+            .into_table(Alias::new("users"))
+            .columns(
+                [
+                    "username",
+                    "username_key",
+                    "email",
+                    "first_name",
+                    "last_name",
+                    "password_hash",
+                    "is_active",
+                    "is_staff",
+                    "is_superuser",
+                    "token_version",
+                    "created_at",
+                ]
+                .map(Alias::new),
+            )
+            .values_panic([
+                username.into(),
+                old_key.into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                hash.clone().into(),
+                true.into(),
+                false.into(),
+                false.into(),
+                0i32.into(),
+                chrono::Utc::now().into(),
+            ])
+            .to_owned();
+        db.execute(&insert).await.unwrap();
+    }
+    migration::Migrator::up(&db, None).await.unwrap();
+    let mut keys: Vec<(String, String)> = entity::user::Entity::find()
+        .all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.username, u.username_key))
+        .collect();
+    keys.sort();
+    let later = entity::user::Entity::find()
+        .all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.username == "aIice")
+        .unwrap()
+        .id;
+    assert_eq!(
+        keys,
+        [
+            ("aIice".to_string(), format!("allce#{later}")),
+            ("alice".to_string(), "allce".to_string()),
+            ("bob".to_string(), "bob".to_string()),
+        ],
+        "{}",
+        backend.name()
+    );
+    drop(db);
+    let app = TestApp::spawn_on(backend, &database.url, &[("REGISTRATION_BURST", "100")]).await;
+    // Both still log in by their exact names.
+    for name in ["alice", "aIice"] {
+        let token = app.login(name).await;
+        let (status, me) = app
+            .rest(actix_web::http::Method::GET, "/api/me/", &token, None)
+            .await;
+        assert_eq!((status, me["username"].as_str()), (200, Some(name)));
+    }
+    let (status, body) = post(
+        &app,
+        "/api/register/",
+        "",
+        &[],
+        json!({"username": "AIice", "password": "a fine password"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({"username": ["A user with a confusingly similar username already exists."]})
+    );
+}
+
+backend_tests!(look_alike_usernames_registered_earlier_are_rekeyed_and_kept => look_alike_accounts_are_rekeyed);

@@ -55,13 +55,18 @@ pub fn normalize_username(raw: &str) -> String {
 }
 
 /// The key that makes usernames unique: the UTS #39 confusable skeleton of
-/// the case-folded NFKC form, folded again (the skeleton maps `0` to `O`).
-/// `Bob`, `ｂｏｂ` and `bоb` (Cyrillic o) all have the key of `bob`.
+/// the case-folded NFKC form, folded again (the skeleton maps `0` to `O`),
+/// with `i` as `l`: a capital `I` looks like `l`, and case folding has made
+/// it an `i` before the skeleton could see it. `Bob`, `ｂｏｂ`, `bоb`
+/// (Cyrillic o) and `b0b` all have the key of `bob`; `aIice` and `ALICE`
+/// that of `alice`. (So `iris` and `lris` are one name too: a registration
+/// refused, never a login that reaches the wrong account.)
 pub fn username_key(username: &str) -> String {
     let folded = normalize_username(username).to_lowercase();
     unicode_security::skeleton(&folded)
         .collect::<String>()
         .to_lowercase()
+        .replace('i', "l")
 }
 
 #[cfg(test)]
@@ -81,6 +86,10 @@ mod tests {
             assert_eq!(username_key(other), bob, "{other}");
         }
         assert_ne!(username_key("bobby"), bob);
+        assert_eq!(username_key("b0b"), bob);
+        assert_eq!(username_key("aIice"), username_key("alice"));
+        assert_eq!(username_key("ALICE"), username_key("alice"));
+        assert_eq!(username_key("iris"), username_key("lris"));
         assert_eq!(normalize_username("\u{ff42}\u{ff4f}\u{ff42}"), "bob");
     }
 }

@@ -7,6 +7,7 @@ mod m20261125_000001_create_schema;
 mod m20261126_000001_security;
 mod m20261127_000001_groups;
 mod m20261130_000001_conversation_seq;
+mod m20261130_000002_username_keys;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_security::Migration),
             Box::new(m20261127_000001_groups::Migration),
             Box::new(m20261130_000001_conversation_seq::Migration),
+            Box::new(m20261130_000002_username_keys::Migration),
         ]
     }
 }

@@ -932,3 +932,13 @@ pub async fn insert_users(db: &DatabaseConnection, prefix: &str, n: usize) -> Ve
         .await
         .expect("read users back")
 }
+
+/// How many migrations come before the one named `name`: what
+/// `Migrator::up(db, Some(n))` applies to stand a database just before it.
+pub fn migrations_before(name: &str) -> u32 {
+    use migration::MigratorTrait;
+    migration::Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no migration named {name}")) as u32
+}
