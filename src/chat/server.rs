@@ -912,3 +912,70 @@ impl Handler<OnlineVersions> for ChatServer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64) -> ConversationFrames {
+        ConversationFrames {
+            chat: ChatId(uuid::Uuid::nil()),
+            seq: Some(seq),
+            user: None,
+            own: None,
+            others: Bytes::from(seq.to_string()),
+        }
+    }
+
+    fn seqs(due: Vec<ConversationFrames>) -> Vec<i64> {
+        due.into_iter().filter_map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn events_go_out_in_seq_order_each_once() {
+        let mut order = Order::starting_at(Some(4));
+        assert_eq!(seqs(order.accept(event(5), 5)), [5]);
+        assert_eq!(
+            seqs(order.accept(event(5), 5)),
+            Vec::<i64>::new(),
+            "a duplicate"
+        );
+        assert_eq!(
+            seqs(order.accept(event(8), 8)),
+            Vec::<i64>::new(),
+            "behind a hole"
+        );
+        assert_eq!(seqs(order.accept(event(7), 7)), Vec::<i64>::new());
+        assert_eq!(order.hole(), Some((5, 7)));
+        assert_eq!(
+            seqs(order.accept(event(6), 6)),
+            [6, 7, 8],
+            "the hole filled"
+        );
+        assert_eq!(order.hole(), None);
+        assert_eq!(order.last, Some(8));
+    }
+
+    #[test]
+    fn a_hole_given_up_lets_what_is_held_go_out() {
+        let mut order = Order::starting_at(Some(1));
+        order.accept(event(4), 4);
+        order.accept(event(5), 5);
+        order.accept(event(7), 7);
+        assert_eq!(seqs(order.skip_hole()), [4, 5], "up to the next hole");
+        assert_eq!(order.hole(), Some((5, 7)));
+        assert_eq!(
+            seqs(order.accept(event(3), 3)),
+            Vec::<i64>::new(),
+            "too late now"
+        );
+    }
+
+    #[test]
+    fn a_room_that_knows_no_seq_starts_at_its_first_event() {
+        let mut order = Order::default();
+        assert_eq!(seqs(order.accept(event(12), 12)), [12]);
+        assert_eq!(seqs(order.accept(event(13), 13)), [13]);
+        assert_eq!(seqs(order.accept(event(11), 11)), Vec::<i64>::new());
+    }
+}
