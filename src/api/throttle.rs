@@ -4,9 +4,10 @@
 //! starts, before the password is hashed, so concurrent guesses cannot slip
 //! past the limit; a success takes its own count back.
 //!
-//! The per-account ceiling only stops addresses that have failed before: a
-//! correct password from an address with no failures always gets through,
-//! so nobody can lock a user out with guesses of their own.
+//! The per-account ceiling only stops addresses that have been guessing: a
+//! correct password from an address with no failures, or with one mistyped
+//! attempt at this account and none at any other, always gets through, so
+//! nobody can lock a user out with guesses of their own.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -118,8 +119,10 @@ impl AttemptThrottle {
             c.addresses.retain(|_, t| fresh(t));
         }
         let limit = self.max_attempts as usize;
+        let mut pair_failures = 0;
         if let Some(pair) = c.pairs.get_mut(&(account.clone(), address)) {
             let failures = live(pair, now, window);
+            pair_failures = failures;
             if failures >= limit {
                 return Err(until_oldest_expires(pair, now, window));
             }
@@ -146,7 +149,10 @@ impl AttemptThrottle {
         };
         if let Some(times) = c.accounts.get_mut(&account) {
             let n = live(times, now, window);
-            if address_failures > 0 && n >= limit * PER_ACCOUNT_FACTOR as usize {
+            // The real user may have mistyped once here: one failure for
+            // this account, none for any other, does not count as guessing.
+            let guessing = pair_failures > 1 || address_failures > pair_failures;
+            if guessing && n >= limit * PER_ACCOUNT_FACTOR as usize {
                 return Err(until_oldest_expires(times, now, window));
             }
         }
@@ -294,6 +300,27 @@ mod tests {
         t.begin_at("alice", A, now)
             .expect("a clean address is not locked out")
             .succeeded();
+    }
+
+    #[test]
+    fn the_account_ceiling_spares_the_real_user_after_one_typo() {
+        let t = AttemptThrottle::new(2, Duration::from_secs(300));
+        let now = Instant::now();
+        // The real user mistypes once from A; then others reach the ceiling.
+        fail(&t, "alice", A, now);
+        for i in 0..10u8 {
+            let address = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, i));
+            fail(&t, "alice", address, now);
+            fail(&t, "alice", address, now);
+        }
+        t.begin_at("alice", A, now)
+            .expect("one typo is no guessing")
+            .succeeded();
+        // Two failures at the account from one address are.
+        let guesser = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+        fail(&t, "alice", guesser, now);
+        fail(&t, "alice", guesser, now);
+        assert!(t.begin_at("alice", guesser, now).is_err());
     }
 
     #[test]
