@@ -238,25 +238,37 @@ async fn old_password_guesses_are_throttled() {
         .starts_with("Request was throttled"));
 }
 
-#[actix_rt::test]
-async fn registration_is_limited_per_client_address() {
-    let app = TestApp::spawn_with(
+/// A server behind a proxy (127.0.0.1) that allows `burst` registrations
+/// per client address, then one a minute.
+async fn registrations_allowed(burst: &str) -> TestApp {
+    TestApp::spawn_with(
         &Backend::Sqlite,
         &[
-            ("REGISTRATION_BURST", "3"),
+            ("REGISTRATION_BURST", burst),
             ("REGISTRATION_PER_MINUTE", "1"),
             ("TRUSTED_PROXIES", "127.0.0.1"),
         ],
     )
-    .await;
-    let register = |name: &str, from: &'static str| {
-        let body = json!({"username": name, "password": "a fine password"});
-        let app = &app;
-        async move {
-            let headers = [("X-Forwarded-For", from)];
-            post(app, "/api/register/", "", &headers, body).await
-        }
-    };
+    .await
+}
+
+/// Registers `name` from the client address `from` (as the proxy says).
+async fn register_from(app: &TestApp, name: &str, from: &str) -> (u16, Value) {
+    let body = json!({"username": name, "password": "a fine password"});
+    post(
+        app,
+        "/api/register/",
+        "",
+        &[("X-Forwarded-For", from)],
+        body,
+    )
+    .await
+}
+
+#[actix_rt::test]
+async fn registration_is_limited_per_client_address() {
+    let app = registrations_allowed("3").await;
+    let register = |name: &'static str, from: &'static str| register_from(&app, name, from);
     for name in ["ann", "ben", "cat"] {
         assert_eq!(register(name, "192.0.2.1").await.0, 201, "{name}");
     }
@@ -273,22 +285,10 @@ async fn registration_is_limited_per_client_address() {
 
 #[actix_rt::test]
 async fn an_ipv6_client_is_counted_by_its_64_not_each_address() {
-    let app = TestApp::spawn_with(
-        &Backend::Sqlite,
-        &[
-            ("REGISTRATION_BURST", "2"),
-            ("REGISTRATION_PER_MINUTE", "1"),
-            ("TRUSTED_PROXIES", "127.0.0.1"),
-        ],
-    )
-    .await;
-    let register = |name: &str, from: &'static str| {
-        let body = json!({"username": name, "password": "a fine password"});
-        let app = &app;
-        async move {
-            let headers = [("X-Forwarded-For", from)];
-            post(app, "/api/register/", "", &headers, body).await.0
-        }
+    let app = registrations_allowed("2").await;
+    let app = &app;
+    let register = |name: &'static str, from: &'static str| async move {
+        register_from(app, name, from).await.0
     };
     // One client rotating through its /64 shares one allowance.
     assert_eq!(register("ann", "2001:db8:1:2::1").await, 201);
