@@ -42,7 +42,8 @@ async fn idempotent_resend(backend: &Backend) {
     let pushed = b.recv().await;
     assert_eq!(pushed["data"]["data"]["client_id"], "c-1");
     assert_eq!(pushed["data"]["data"]["sender"], alice);
-    b.expect_silence(Duration::from_millis(300)).await;
+    // No second push for the resend: the next message Bob gets is a later one.
+    common::next_is_message(&mut a, &mut b, &pk, "after the resend").await;
     assert_eq!(stored_count(&app, "c-1").await, 1);
 
     // The same client_id sent from two tabs at once is stored once.
@@ -56,7 +57,9 @@ async fn idempotent_resend(backend: &Backend) {
     assert_eq!(one["data"]["id"], two["data"]["id"]);
     assert_eq!(stored_count(&app, "c-2").await, 1);
     assert_eq!(b.recv().await["data"]["data"]["content"], "race");
-    b.expect_silence(Duration::from_millis(300)).await;
+    // Both answers are in: a push for the second would already be queued
+    // before this one.
+    common::next_is_message(&mut a, &mut b, &pk, "after the race").await;
 }
 
 backend_tests!(resending_a_client_id_stores_nothing_new => idempotent_resend);

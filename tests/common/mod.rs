@@ -680,6 +680,30 @@ impl RawSocket {
     }
 }
 
+/// A barrier for "nothing else arrives" at `receiver`: `sender` sends
+/// `text` to conversation `pk` once its earlier requests were answered, and
+/// `receiver`'s very next frame must be that message. Whatever the server
+/// handed on before it (a duplicate push, say) would stand first; a wait of
+/// fixed length proves nothing on a loaded machine.
+pub async fn next_is_message(sender: &mut WsClient, receiver: &mut WsClient, pk: &str, text: &str) {
+    sender
+        .send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+        .await;
+    assert_eq!(
+        sender.recv_type("message_response").await["data"]["status"],
+        "success"
+    );
+    let frame = receiver.recv().await;
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["data"]["data"]["content"].as_str()
+        ),
+        (Some("message"), Some(text)),
+        "{frame}"
+    );
+}
+
 /// Sends `n` messages ("burst 0", "burst 1", …) to conversation `pk` from
 /// `sender` and asserts `receiver` gets them in that order; reads the
 /// sender's acks and echoes too.
