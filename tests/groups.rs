@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use actix_web::http::Method;
 use common::{Backend, TestApp};
 use entity::chat_member;
@@ -76,7 +74,7 @@ async fn lifecycle(backend: &Backend) {
             json!({"type": "conversation", "data": item})
         );
     }
-    d.expect_silence(Duration::from_millis(200)).await;
+    d.nothing_before_pong().await;
 
     // The old client sees the group as one more contact (`pk`, `name` =
     // title, `online`) and chats in it with `message {to: pk}`.
@@ -101,7 +99,7 @@ async fn lifecycle(backend: &Backend) {
         "direction": "received", "content": "hi all", "time": time, "id": id, "sender": bob}}});
     assert_eq!(a.recv().await, received);
     assert_eq!(c.recv().await, received);
-    d.expect_silence(Duration::from_millis(200)).await;
+    d.nothing_before_pong().await;
 
     // History and unread counts are per member.
     let page = c
@@ -139,7 +137,7 @@ async fn lifecycle(backend: &Backend) {
     let typing = json!({"type": "typing", "data": {"pk": pk, "user_id": carol}});
     assert_eq!(a.recv().await, typing);
     assert_eq!(b.recv().await, typing);
-    c.expect_silence(Duration::from_millis(200)).await;
+    c.nothing_before_pong().await;
 
     // Any member renames.
     let renamed = b
@@ -221,7 +219,7 @@ async fn lifecycle(backend: &Backend) {
         .await;
     c.recv_type("message_response").await;
     b.recv_type("message").await;
-    d.expect_silence(Duration::from_millis(300)).await;
+    d.nothing_before_pong().await;
 
     // The owner leaves: the longest-standing member (bob) owns the group.
     let left = a
@@ -469,7 +467,7 @@ async fn presence_in_groups(backend: &Backend) {
         "{}",
         backend.name()
     );
-    a.expect_silence(Duration::from_millis(300)).await;
+    a.nothing_before_pong().await;
     // The large group tells it on demand.
     let seen = a
         .ask(json!({"type": "get_contact", "data": {"id": large["pk"]}}))

@@ -537,6 +537,18 @@ impl WsClient {
         }
     }
 
+    /// A barrier for "nothing was pushed here": sends a ping and asserts the
+    /// very next frame is its pong. Valid once the event that must not reach
+    /// this socket has been seen reaching another socket of the same
+    /// instance: the ChatServer pushes one event to every session of a room
+    /// in one step, so a wrong frame would already stand before the pong.
+    pub async fn nothing_before_pong(&mut self) {
+        assert_eq!(
+            self.request(json!({"type": "ping", "data": {}})).await,
+            json!({"type": "pong", "data": {}})
+        );
+    }
+
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
         match self.next_event(wait).await {
