@@ -26,6 +26,9 @@ use super::store;
 pub const HOLE_WAIT: Duration = Duration::from_millis(250);
 /// Most events held behind one hole: past this the hole is filled at once.
 pub const MAX_HELD: usize = 512;
+/// Most events a room holds at all: past this (the database is slow to fill
+/// the hole) the hole is given up, so a room's memory stays bounded.
+pub const HELD_LIMIT: usize = 4 * MAX_HELD;
 /// Most events one fill loads; a larger hole takes several.
 const FILL_PAGE: u64 = 500;
 /// Fill requests waiting for the database; beyond this a hole is given up

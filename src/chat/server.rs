@@ -20,7 +20,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::log::{Filled, HoleFiller, HOLE_WAIT, MAX_HELD};
+use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
@@ -84,6 +84,9 @@ impl Order {
             Some(last) if seq <= last => return Vec::new(),
             Some(last) if seq > last + 1 => {
                 self.held.insert(seq, frames);
+                if self.held.len() > HELD_LIMIT {
+                    return self.skip_hole();
+                }
                 return Vec::new();
             }
             _ => {}
@@ -969,6 +972,19 @@ mod tests {
             Vec::<i64>::new(),
             "too late now"
         );
+    }
+
+    #[test]
+    fn a_room_holds_a_bounded_number_of_events() {
+        let mut order = Order::starting_at(Some(1));
+        for seq in 3..3 + HELD_LIMIT as i64 {
+            assert!(order.accept(event(seq), seq).is_empty());
+        }
+        let next = 3 + HELD_LIMIT as i64;
+        let due = seqs(order.accept(event(next), next));
+        assert_eq!(due.len(), HELD_LIMIT + 1, "the hole given up");
+        assert_eq!(order.held.len(), 0);
+        assert_eq!(order.last, Some(next));
     }
 
     #[test]
