@@ -256,6 +256,25 @@ test("a group of three", async () => {
   await say(carol.page, "hello from Cleo");
   await received(alice.page, "hello from Cleo");
   await received(bob.page, "hello from Cleo");
+
+  // A change reaches the others as a small push (what changed, not who is
+  // in it); a member list on screen is asked for again.
+  const settings = (page) => page.getByRole("region", { name: "Group settings" });
+  await bob.page.getByRole("button", { name: "Group settings" }).click();
+  const bobsList = settings(bob.page).getByRole("listitem");
+  await bobsList.filter({ hasText: carol.name }).waitFor(WAIT);
+  await carol.page.getByRole("button", { name: "Group settings" }).click();
+  await settings(carol.page).getByLabel("Group name").fill("Trip 2027");
+  await settings(carol.page).getByRole("button", { name: "Rename" }).click();
+  await bob.page.getByRole("heading", { name: "Trip 2027" }).waitFor(WAIT);
+  await alice.page.getByRole("button", { name: "Group settings" }).click();
+  await settings(alice.page).getByRole("button", { name: `Remove ${carol.name}` }).click();
+  await bobsList.filter({ hasText: carol.name }).waitFor({ state: "detached", ...WAIT });
+  assert.deepEqual(
+    (await bobsList.allInnerTexts()).map((text) => text.split(" (owner)")[0].replace(/\s+Online$/, "").trim()),
+    [alice.name, bob.name]
+  );
+  await carol.page.getByText("You are no longer in Trip 2027.").waitFor(WAIT);
   for (const p of [alice, bob, carol]) await p.page.context().close();
 });
 

@@ -253,6 +253,12 @@ pub struct LimitSettings {
     pub rate_limit_burst: u32,
     /// Most members of a group conversation (B6).
     pub max_group_members: usize,
+    /// Group changes (create, add, remove others, rename) one user may make
+    /// per minute, in bursts of as many: each pushes a frame to every member.
+    pub group_changes_per_minute: u32,
+    /// Changes one group may take per minute (adding and renaming), from
+    /// all its members together.
+    pub group_changes_per_minute_per_group: u32,
     /// Most live WebSocket sessions one user may hold on one instance.
     pub max_sessions_per_user: usize,
     /// Frames queued for a client that is not reading before it is dropped.
@@ -272,6 +278,8 @@ impl Default for LimitSettings {
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             max_group_members: 1_000,
+            group_changes_per_minute: 30,
+            group_changes_per_minute_per_group: 12,
             max_sessions_per_user: 32,
             outbox_capacity: 1_024,
             message_queue_capacity: 16 * 1024,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod rate_limit;
 pub mod state;
 pub mod telemetry;
 
@@ -32,11 +33,12 @@ use paperclip::actix::OpenApiExt;
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::api::throttle::{AddressRateLimit, AttemptThrottle, KeyedRateLimit};
+use crate::api::throttle::AttemptThrottle;
 use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
 use crate::bus::target::RedisTarget;
 use crate::bus::Bus;
+use crate::chat::groups::{ChangeBudget, Groups};
 use crate::chat::log::HoleFiller;
 use crate::chat::membership::Membership;
 use crate::chat::presence::Presence;
@@ -47,6 +49,7 @@ use crate::chat::{ChatContext, Limits};
 use crate::config::{ConfigError, SecretSource, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rate_limit::{AddressRateLimit, KeyedRateLimit};
 use crate::state::AppState;
 
 /// Why the server could not start.
@@ -166,6 +169,14 @@ impl Application {
         );
         actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
         let keys = TokenKeys::new(&secret, settings.auth.token_ttl());
+        let groups = Groups {
+            db: db.clone(),
+            budget: Arc::new(ChangeBudget::new(
+                settings.limits.group_changes_per_minute,
+                settings.limits.group_changes_per_minute_per_group,
+            )),
+            max_members: settings.limits.max_group_members,
+        };
 
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
@@ -190,6 +201,7 @@ impl Application {
                 settings.limits.rate_limit_burst,
                 settings.limits.rate_limit_per_second.saturating_mul(60),
             )),
+            groups: groups.clone(),
             proxies: settings.server.trusted_proxies(),
             draining: draining.clone(),
             redis,
@@ -202,6 +214,7 @@ impl Application {
             membership,
             bus,
             writer,
+            groups,
             metrics,
             limits: Limits::from_settings(&settings),
             proxies: settings.server.trusted_proxies(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::Addr;
 use sea_orm::DatabaseConnection;
 
-use crate::api::throttle::{AddressRateLimit, AttemptThrottle, KeyedRateLimit};
+use crate::api::throttle::AttemptThrottle;
 use crate::auth::TokenKeys;
 use crate::chat::presence::Presence;
 use crate::chat::server::ChatServer;
@@ -13,6 +13,7 @@ use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rate_limit::{AddressRateLimit, KeyedRateLimit};
 
 /// Shared by every worker; cheap to clone.
 #[derive(Clone)]
@@ -29,9 +30,10 @@ pub struct AppState {
     pub password_throttle: Arc<AttemptThrottle>,
     /// Registrations per client address.
     pub registration_limit: Arc<AddressRateLimit>,
-    /// Conversation changes (contacts, groups) per user, at the WebSocket's
-    /// request rate.
+    /// New contacts per user, at the WebSocket's request rate.
     pub change_limit: Arc<KeyedRateLimit<i64>>,
+    /// Group requests, with their change budgets (shared with the WebSocket).
+    pub groups: crate::chat::groups::Groups,
     /// Whose `X-Forwarded-For` is believed.
     pub proxies: TrustedProxies,
     /// Set once the instance is shutting down: `/readyz` answers 503.
@@ -41,8 +43,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Counts a conversation change (a contact added, a group changed)
-    /// against the caller's allowance, the WebSocket's request rate.
+    /// Counts a new contact against the caller's allowance, the
+    /// WebSocket's request rate.
     pub fn allow_change(&self, user: crate::chat::protocol::UserId) -> Result<(), ApiError> {
         self.change_limit
             .take(user.0)

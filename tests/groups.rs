@@ -18,11 +18,25 @@ fn member(id: i64, username: &str, role: &str, online: bool) -> Value {
            "role": role, "online": online})
 }
 
-/// The item a `conversation` push carries (no `unread`: it is per member).
-fn pushed(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
+/// A group with its members, as `get_contact` and the group requests'
+/// answers carry it (without `unread`).
+fn group(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
     json!({"pk": pk, "name": name, "online": online, "user_id": null,
            "username": null, "last_message": null, "kind": "group", "members": members,
            "seq": 0})
+}
+
+/// The `conversation` push telling every member of `change` to the
+/// conversation `item` (an answer): the member count instead of the list,
+/// no `unread` (it is per member).
+fn pushed(item: &Value, change: Value) -> Value {
+    let mut push = item.clone();
+    let fields = push.as_object_mut().expect("an item is an object");
+    fields.remove("unread");
+    let count = item["members"].as_array().map_or(0, Vec::len);
+    fields.insert("members".into(), json!(count));
+    fields.insert("change".into(), change);
+    json!({"type": "conversation", "data": push})
 }
 
 fn error(code: &str, message: &str) -> Value {
@@ -60,8 +74,9 @@ async fn lifecycle(backend: &Backend) {
         member(bob, "bob", "member", true),
         member(carol, "carol", "member", true),
     ];
-    let item = pushed(&pk, "Trip", true, members.clone());
-    assert_eq!(push["data"], item);
+    let item = group(&pk, "Trip", true, members.clone());
+    let created_push = pushed(&item, json!({"type": "created"}));
+    assert_eq!(push, created_push);
     let mut answer = item.clone();
     answer["unread"] = json!(0);
     assert_eq!(
@@ -69,10 +84,7 @@ async fn lifecycle(backend: &Backend) {
         json!({"type": "create_group_response", "data": answer})
     );
     for client in [&mut b, &mut c] {
-        assert_eq!(
-            client.recv().await,
-            json!({"type": "conversation", "data": item})
-        );
+        assert_eq!(client.recv().await, created_push);
     }
     d.nothing_before_pong().await;
 
@@ -144,9 +156,11 @@ async fn lifecycle(backend: &Backend) {
         .ask(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
         .await;
     assert_eq!(renamed["name"], "Trip 2026");
+    // Every member is told the new title, never the member list.
+    let renamed_push = pushed(&renamed, json!({"type": "renamed"}));
+    assert_eq!(renamed_push["data"]["members"], 3);
     for client in [&mut a, &mut c] {
-        let push = client.recv_type("conversation").await;
-        assert_eq!(push["data"]["name"], "Trip 2026");
+        assert_eq!(client.recv_type("conversation").await, renamed_push);
     }
 
     // Any member adds; the new member sees the whole history, unread.
@@ -154,17 +168,13 @@ async fn lifecycle(backend: &Backend) {
         .ask(json!({"type": "add_members", "data": {"id": pk, "members": [dave, bob]}}))
         .await;
     assert_eq!(added["members"].as_array().map(Vec::len), Some(4));
-    let mut shared = added.clone();
-    shared.as_object_mut().map(|o| o.remove("unread"));
+    assert_eq!(added["members"][3], member(dave, "dave", "member", true));
+    // Who joined, by id (bob was in already); the list is `get_contact`'s.
+    let added_push = pushed(&added, json!({"type": "members_added", "user_ids": [dave]}));
     for client in [&mut a, &mut b] {
-        assert_eq!(client.recv_type("conversation").await["data"], shared);
+        assert_eq!(client.recv_type("conversation").await, added_push);
     }
-    let push = d.recv().await;
-    assert_eq!(push["type"], "conversation");
-    assert_eq!(
-        push["data"]["members"][3],
-        member(dave, "dave", "member", true)
-    );
+    assert_eq!(d.recv().await, added_push);
     let history = d
         .ask(json!({"type": "get_messages", "data": {"id": pk}}))
         .await;
@@ -189,9 +199,10 @@ async fn lifecycle(backend: &Backend) {
         .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
         .await;
     assert_eq!(after["members"].as_array().map(Vec::len), Some(3));
-    let removed = d.recv().await;
-    assert_eq!(removed["type"], "conversation");
-    assert_eq!(removed["data"]["removed"], true);
+    let removed_change = json!({"type": "member_removed", "user_id": dave, "owner_id": alice});
+    let mut removed = pushed(&after, removed_change.clone());
+    removed["data"]["removed"] = json!(true);
+    assert_eq!(d.recv().await, removed);
     for (request, kind) in [
         (
             json!({"type": "message", "data": {"to": pk, "content": "still here?"}}),
@@ -212,8 +223,8 @@ async fn lifecycle(backend: &Backend) {
         );
     }
     assert_eq!(
-        b.recv_type("conversation").await["data"]["members"],
-        after["members"]
+        b.recv_type("conversation").await,
+        pushed(&after, removed_change)
     );
     c.send(json!({"type": "message", "data": {"to": pk, "content": "without dave"}}))
         .await;
@@ -233,9 +244,15 @@ async fn lifecycle(backend: &Backend) {
             member(carol, "carol", "member", true)
         ])
     );
-    let push = b.recv_type("conversation").await;
-    assert_eq!(push["data"]["members"], left["members"]);
-    assert_eq!(push["data"].get("removed"), None);
+    let mut still_in = left.clone();
+    still_in.as_object_mut().map(|o| o.remove("removed"));
+    assert_eq!(
+        b.recv_type("conversation").await,
+        pushed(
+            &still_in,
+            json!({"type": "member_removed", "user_id": alice, "owner_id": bob})
+        )
+    );
     assert_eq!(
         a.ask(json!({"type": "typing", "data": {"id": pk}})).await,
         error("not_found", "conversation not found")
@@ -420,6 +437,146 @@ async fn errors(backend: &Backend) {
 }
 
 backend_tests!(every_group_error_is_answered => errors);
+
+/// A change in a 1,000-member group pushes a few hundred bytes to each
+/// member, never the member list (~94 KB here): renaming in a loop is no
+/// amplifier.
+#[actix_rt::test]
+async fn a_change_in_a_big_group_pushes_no_member_list() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let mut members = common::insert_users(&app.db, "member", 998).await;
+    members.push(bob);
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    let created = a
+        .ask(json!({"type": "create_group", "data": {"title": "Everyone", "members": members}}))
+        .await;
+    assert_eq!(created["members"].as_array().map(Vec::len), Some(1000));
+    let pk = created["pk"].clone();
+    assert_eq!(b.recv_type("conversation").await["data"]["members"], 1000);
+    a.ask(json!({"type": "rename_group", "data": {"id": pk, "title": "All"}}))
+        .await;
+    let push = b.recv_type("conversation").await;
+    assert_eq!(push["data"]["change"], json!({"type": "renamed"}));
+    let bytes = serde_json::to_vec(&push).unwrap().len();
+    assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
+}
+
+/// Group changes have their own budget per user, counted over all the
+/// user's sockets and REST alike; leaving is never refused.
+#[actix_rt::test]
+async fn group_changes_have_a_budget_per_user_over_every_socket() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("GROUP_CHANGES_PER_MINUTE", "3")]).await;
+    let (_, token) = app.user("alice").await;
+    let (bob, _) = app.user("bob").await;
+    let mut first = app.authorized(&token).await;
+    let mut second = app.authorized(&token).await;
+    let group = first
+        .ask(json!({"type": "create_group", "data": {"title": "g", "members": [bob]}}))
+        .await;
+    let pk = group["pk"].clone();
+    for (client, title) in [(&mut second, "one"), (&mut first, "two")] {
+        let renamed = client
+            .ask(json!({"type": "rename_group", "data": {"id": pk, "title": title}}))
+            .await;
+        assert_eq!(renamed["name"], title);
+    }
+    // The fourth change, from either socket or REST, is over the budget.
+    let refused = second
+        .ask(json!({"type": "rename_group", "data": {"id": pk, "title": "three"}}))
+        .await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("too many group changes; try again in "),
+        "{message}"
+    );
+    let path = format!("/api/groups/{}/", pk.as_str().unwrap());
+    let (status, body) = app
+        .rest(Method::PATCH, &path, &token, Some(json!({"title": "rest"})))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    let refused = first
+        .ask(json!({"type": "create_group", "data": {"title": "another"}}))
+        .await;
+    assert_eq!(refused["code"], "rate_limited");
+    // Nothing changed meanwhile, and alice can still leave.
+    let left = first
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": group["members"][0]["user_id"]}}))
+        .await;
+    assert_eq!(
+        (left["removed"].clone(), left["name"].clone()),
+        (json!(true), json!("two"))
+    );
+}
+
+/// A group takes so many changes a minute from all its members together;
+/// its owner can still remove members and anyone can still leave.
+#[actix_rt::test]
+async fn a_group_has_a_change_budget_of_its_own() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("GROUP_CHANGES_PER_MINUTE_PER_GROUP", "2")],
+    )
+    .await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    let (dave, _) = app.user("dave").await;
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    let mut c = app.authorized(&carol_token).await;
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "g", "members": [bob, carol]}}))
+        .await;
+    let pk = group["pk"].clone();
+    b.ask(json!({"type": "rename_group", "data": {"id": pk, "title": "by bob"}}))
+        .await;
+    c.ask(json!({"type": "add_members", "data": {"id": pk, "members": [dave]}}))
+        .await;
+    for (client, request) in [
+        (
+            &mut a,
+            json!({"type": "rename_group", "data": {"id": pk, "title": "by alice"}}),
+        ),
+        (
+            &mut b,
+            json!({"type": "add_members", "data": {"id": pk, "members": [dave]}}),
+        ),
+    ] {
+        assert_eq!(client.ask(request).await["code"], "rate_limited");
+    }
+    // Another group is not affected.
+    let other = b
+        .ask(json!({"type": "create_group", "data": {"title": "other", "members": [carol]}}))
+        .await;
+    let renamed = b
+        .ask(json!({"type": "rename_group", "data": {"id": other["pk"], "title": "fine"}}))
+        .await;
+    assert_eq!(renamed["name"], "fine");
+    // The owner removes, a member leaves: neither is refused.
+    let after = a
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
+        .await;
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(3),
+        "{after}"
+    );
+    let left = c
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+    assert_eq!(left["removed"], true, "{left}");
+    assert_eq!(
+        a.ask(json!({"type": "get_contact", "data": {"id": pk}}))
+            .await["members"]
+            .as_array()
+            .map(|m| m.iter().map(|m| m["user_id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(alice), json!(bob)])
+    );
+}
 
 /// Group requests count against the session's rate limit like any other.
 #[actix_rt::test]

@@ -11,7 +11,9 @@ use super::body::{require_fields, JsonOrForm};
 use crate::accounts;
 use crate::auth::AuthUser;
 use crate::chat::membership::MembershipChange;
-use crate::chat::protocol::{ChatId, Contact, HistoryPage, ServerEvent, UserId};
+use crate::chat::protocol::{
+    ChatId, Contact, ConversationChange, ConversationPush, HistoryPage, UserId,
+};
 use crate::chat::server::{ApplyMembership, ConversationFrames, Deliver};
 use crate::chat::store;
 use crate::error::ApiError;
@@ -101,7 +103,7 @@ async fn announce_direct(
         .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
     let view = |viewer| {
         let item = row.to_conversation(Some(viewer), Some(0), &state.presence);
-        ServerEvent::Conversation(&item).to_json()
+        ConversationPush::new(&item, &ConversationChange::Created).to_json()
     };
     let frames = ConversationFrames {
         chat,

@@ -21,6 +21,7 @@ impl From<GroupError> for ApiError {
             GroupError::NotFound => ApiError::NotFound,
             GroupError::Database(e) => e.into(),
             GroupError::Server(e) => ApiError::internal("group change", e),
+            GroupError::RateLimited { retry_after } => ApiError::TooManyRequests(retry_after),
         }
     }
 }
@@ -88,10 +89,8 @@ pub async fn create_group(
 ) -> Result<CreatedJson<Conversation>, ApiError> {
     let me = UserId(user.0.id);
     let title = required("title", body.0.title)?;
-    state.allow_change(me)?;
     let members = body.0.members.unwrap_or_default();
-    let max = state.settings.limits.max_group_members;
-    let changed = groups::create(&state.db, me, &title, &members, max).await;
+    let changed = state.groups.create(me, &title, &members).await;
     Ok(CreatedJson(announce(&state, me, changed).await?))
 }
 
@@ -121,8 +120,7 @@ pub async fn rename_group(
     let me = UserId(user.0.id);
     let chat = chat_id(&id)?;
     let title = required("title", body.0.title)?;
-    state.allow_change(me)?;
-    let changed = groups::rename(&state.db, me, chat, &title).await;
+    let changed = state.groups.rename(me, chat, &title).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }
 
@@ -137,9 +135,7 @@ pub async fn add_members(
     let me = UserId(user.0.id);
     let chat = chat_id(&id)?;
     let members = required("members", body.0.members)?;
-    state.allow_change(me)?;
-    let max = state.settings.limits.max_group_members;
-    let changed = groups::add_members(&state.db, me, chat, &members, max).await;
+    let changed = state.groups.add_members(me, chat, &members).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }
 
@@ -154,7 +150,6 @@ pub async fn remove_member(
     let me = UserId(user.0.id);
     let (id, target) = path.into_inner();
     let chat: ChatId = chat_id(&id)?;
-    state.allow_change(me)?;
-    let changed = groups::remove_member(&state.db, me, chat, UserId(target)).await;
+    let changed = state.groups.remove_member(me, chat, UserId(target)).await;
     Ok(web::Json(announce(&state, me, changed).await?))
 }

@@ -20,9 +20,12 @@ use sea_orm::{
 
 use super::membership::{MembershipChange, PRESENCE_MAX_MEMBERS};
 use super::presence::Presence;
-use super::protocol::{ChatId, Conversation, ErrorCode, ServerEvent, UserId};
+use super::protocol::{
+    ChatId, Conversation, ConversationChange, ConversationPush, ErrorCode, UserId,
+};
 use super::server::{ApplyMembership, ChatServer};
 use super::store::{self, ConversationRow};
+use crate::rate_limit::KeyedRateLimit;
 
 /// Longest group title, in characters after trimming (B6).
 pub const MAX_TITLE_CHARS: usize = 100;
@@ -47,6 +50,9 @@ pub enum GroupError {
     /// The ChatServer did not take the change (the instance is stopping).
     #[error("chat server: {0}")]
     Server(String),
+    /// The caller's, or the group's, change budget is spent for now.
+    #[error("too many group changes; try again in {retry_after} s")]
+    RateLimited { retry_after: u64 },
 }
 
 impl GroupError {
@@ -62,6 +68,7 @@ impl GroupError {
         match self {
             GroupError::Invalid { .. } | GroupError::Forbidden(_) => ErrorCode::Invalid,
             GroupError::NotFound => ErrorCode::NotFound,
+            GroupError::RateLimited { .. } => ErrorCode::RateLimited,
             GroupError::Database(_) | GroupError::Server(_) => ErrorCode::Internal,
         }
     }
@@ -90,13 +97,57 @@ pub fn clean_title(raw: &str) -> Result<String, GroupError> {
     Ok(title.to_string())
 }
 
-/// A committed change: the conversation after it, and who joined or left.
+/// A committed change: the conversation after it, who joined or left, and
+/// what its members are told.
 pub struct Changed {
     pub row: ConversationRow,
     pub added: Vec<UserId>,
     pub removed: Vec<UserId>,
-    /// Whether anything changed at all (adding members already in it does not).
-    pub changed: bool,
+    /// `None` when nothing changed (adding members already in it, renaming
+    /// to the same title): nothing is pushed then.
+    pub change: Option<ConversationChange>,
+}
+
+/// How many group changes one user, and one group, may make: every change
+/// pushes a frame to every member, so these budgets stand apart from the
+/// request rate and count a user's changes over every socket and REST
+/// alike. Leaving a group costs nothing and is never refused. Each instance
+/// keeps its own counts (README "Security").
+pub struct ChangeBudget {
+    per_user: KeyedRateLimit<UserId>,
+    per_group: KeyedRateLimit<ChatId>,
+}
+
+impl ChangeBudget {
+    /// Budgets of `per_user` and `per_group` changes a minute, each also
+    /// the largest burst.
+    pub fn new(per_user: u32, per_group: u32) -> Self {
+        ChangeBudget {
+            per_user: KeyedRateLimit::new(per_user, per_user),
+            per_group: KeyedRateLimit::new(per_group, per_group),
+        }
+    }
+
+    fn charge_user(&self, user: UserId) -> Result<(), GroupError> {
+        self.per_user
+            .take(user)
+            .map_err(|retry_after| GroupError::RateLimited { retry_after })
+    }
+
+    fn charge_group(&self, chat: ChatId) -> Result<(), GroupError> {
+        self.per_group
+            .take(chat)
+            .map_err(|retry_after| GroupError::RateLimited { retry_after })
+    }
+}
+
+/// The group requests (B6), the same for the WebSocket and REST: the
+/// database, the change budgets, and the member limit.
+#[derive(Clone)]
+pub struct Groups {
+    pub db: DatabaseConnection,
+    pub budget: Arc<ChangeBudget>,
+    pub max_members: usize,
 }
 
 /// Users among `ids` that do not exist or are inactive.
@@ -175,16 +226,17 @@ async fn commit(
     chat: ChatId,
     added: Vec<UserId>,
     removed: Vec<UserId>,
+    change: impl FnOnce(&ConversationRow) -> ConversationChange,
 ) -> Result<Changed, GroupError> {
     let row = store::conversation(&txn, chat)
         .await?
         .ok_or(GroupError::NotFound)?;
     txn.commit().await?;
     Ok(Changed {
+        change: Some(change(&row)),
         row,
         added,
         removed,
-        changed: true,
     })
 }
 
@@ -194,161 +246,191 @@ fn unchanged(row: ConversationRow) -> Result<Changed, GroupError> {
         row,
         added: Vec::new(),
         removed: Vec::new(),
-        changed: false,
+        change: None,
     })
 }
 
-/// Creates a group owned by `creator`, with `members` (duplicates and the
-/// creator ignored).
-pub async fn create(
-    db: &DatabaseConnection,
-    creator: UserId,
-    title: &str,
-    members: &[i64],
-    max_members: usize,
-) -> Result<Changed, GroupError> {
-    let title = clean_title(title)?;
-    let others: Vec<i64> = members
-        .iter()
-        .copied()
-        .filter(|m| *m != creator.0)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if others.len() + 1 > max_members {
-        return Err(too_many(max_members));
-    }
-    let txn = db.begin().await?;
-    require_users(&txn, &others).await?;
-    let chat = ChatId(uuid::Uuid::new_v4());
-    chat::ActiveModel {
-        id: Set(chat.0),
-        kind: Set(chat::ChatKind::Group),
-        title: Set(Some(title)),
-        direct_key: Set(None),
-        created_at: Set(Utc::now()),
-        seq: Set(0),
-    }
-    .insert(&txn)
-    .await?;
-    member(chat, creator.0, chat_member::Role::Owner)
+impl Groups {
+    /// Creates a group owned by `creator`, with `members` (duplicates and
+    /// the creator ignored).
+    pub async fn create(
+        &self,
+        creator: UserId,
+        title: &str,
+        members: &[i64],
+    ) -> Result<Changed, GroupError> {
+        let title = clean_title(title)?;
+        let others: Vec<i64> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != creator.0)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if others.len() + 1 > self.max_members {
+            return Err(too_many(self.max_members));
+        }
+        self.budget.charge_user(creator)?;
+        let txn = self.db.begin().await?;
+        require_users(&txn, &others).await?;
+        let chat = ChatId(uuid::Uuid::new_v4());
+        chat::ActiveModel {
+            id: Set(chat.0),
+            kind: Set(chat::ChatKind::Group),
+            title: Set(Some(title)),
+            direct_key: Set(None),
+            created_at: Set(Utc::now()),
+            seq: Set(0),
+        }
         .insert(&txn)
         .await?;
-    if !others.is_empty() {
+        member(chat, creator.0, chat_member::Role::Owner)
+            .insert(&txn)
+            .await?;
+        if !others.is_empty() {
+            chat_member::Entity::insert_many(
+                others
+                    .iter()
+                    .map(|m| member(chat, *m, chat_member::Role::Member)),
+            )
+            .exec(&txn)
+            .await?;
+        }
+        let mut added = vec![creator];
+        added.extend(others.into_iter().map(UserId));
+        commit(txn, chat, added, Vec::new(), |_| {
+            ConversationChange::Created
+        })
+        .await
+    }
+
+    /// Adds `members` to a group `caller` belongs to; those already in it
+    /// are ignored.
+    pub async fn add_members(
+        &self,
+        caller: UserId,
+        chat: ChatId,
+        members: &[i64],
+    ) -> Result<Changed, GroupError> {
+        self.budget.charge_user(caller)?;
+        let txn = self.db.begin().await?;
+        let row = lock_group(&txn, chat, caller).await?;
+        self.budget.charge_group(chat)?;
+        let new: Vec<i64> = members
+            .iter()
+            .copied()
+            .filter(|m| !row.has_member(UserId(*m)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if new.is_empty() {
+            return unchanged(row);
+        }
+        if row.members.len() + new.len() > self.max_members {
+            return Err(too_many(self.max_members));
+        }
+        require_users(&txn, &new).await?;
         chat_member::Entity::insert_many(
-            others
-                .iter()
+            new.iter()
                 .map(|m| member(chat, *m, chat_member::Role::Member)),
         )
         .exec(&txn)
         .await?;
+        let added = new.iter().copied().map(UserId).collect();
+        let change = ConversationChange::MembersAdded { user_ids: new };
+        commit(txn, chat, added, Vec::new(), |_| change).await
     }
-    let mut added = vec![creator];
-    added.extend(others.into_iter().map(UserId));
-    commit(txn, chat, added, Vec::new()).await
-}
 
-/// Adds `members` to a group `caller` belongs to; those already in it are ignored.
-pub async fn add_members(
-    db: &DatabaseConnection,
-    caller: UserId,
-    chat: ChatId,
-    members: &[i64],
-    max_members: usize,
-) -> Result<Changed, GroupError> {
-    let txn = db.begin().await?;
-    let row = lock_group(&txn, chat, caller).await?;
-    let new: Vec<i64> = members
-        .iter()
-        .copied()
-        .filter(|m| !row.has_member(UserId(*m)))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if new.is_empty() {
-        return unchanged(row);
-    }
-    if row.members.len() + new.len() > max_members {
-        return Err(too_many(max_members));
-    }
-    require_users(&txn, &new).await?;
-    chat_member::Entity::insert_many(
-        new.iter()
-            .map(|m| member(chat, *m, chat_member::Role::Member)),
-    )
-    .exec(&txn)
-    .await?;
-    let added = new.into_iter().map(UserId).collect();
-    commit(txn, chat, added, Vec::new()).await
-}
-
-/// Removes `target` from a group: the owner may remove anyone, a member
-/// only themselves (leaving). An owner who leaves hands the group to the
-/// longest-standing member; a group left empty keeps its history.
-pub async fn remove_member(
-    db: &DatabaseConnection,
-    caller: UserId,
-    chat: ChatId,
-    target: UserId,
-) -> Result<Changed, GroupError> {
-    let txn = db.begin().await?;
-    let row = lock_group(&txn, chat, caller).await?;
-    let role_of = |user: UserId| {
-        row.members
-            .iter()
-            .find(|(m, _)| m.user_id == user.0)
-            .map(|(m, _)| m.role)
-    };
-    let Some(target_role) = role_of(target) else {
-        return Err(GroupError::invalid(
-            "user_id",
-            format!("user {} is not a member of this group", target.0),
-        ));
-    };
-    if caller != target && role_of(caller) != Some(chat_member::Role::Owner) {
-        return Err(GroupError::Forbidden(
-            "only the group's owner can remove other members".into(),
-        ));
-    }
-    chat_member::Entity::delete_by_id((chat.0, target.0))
-        .exec(&txn)
-        .await?;
-    if target_role == chat_member::Role::Owner {
-        // Members come longest-standing first.
-        if let Some((heir, _)) = row.members.iter().find(|(m, _)| m.user_id != target.0) {
-            chat_member::Entity::update_many()
-                .col_expr(
-                    chat_member::Column::Role,
-                    Expr::value(chat_member::Role::Owner),
-                )
-                .filter(chat_member::Column::ChatId.eq(chat.0))
-                .filter(chat_member::Column::UserId.eq(heir.user_id))
-                .exec(&txn)
-                .await?;
+    /// Removes `target` from a group: the owner may remove anyone, a member
+    /// only themselves. Leaving costs no budget, and removing costs only
+    /// the owner's (not the group's, which a member spamming changes may
+    /// have spent), so neither can be refused for someone else's abuse. An
+    /// owner who leaves hands the group to the longest-standing member; a
+    /// group left empty keeps its history.
+    pub async fn remove_member(
+        &self,
+        caller: UserId,
+        chat: ChatId,
+        target: UserId,
+    ) -> Result<Changed, GroupError> {
+        let leaving = caller == target;
+        if !leaving {
+            self.budget.charge_user(caller)?;
         }
+        let txn = self.db.begin().await?;
+        let row = lock_group(&txn, chat, caller).await?;
+        let role_of = |user: UserId| {
+            row.members
+                .iter()
+                .find(|(m, _)| m.user_id == user.0)
+                .map(|(m, _)| m.role)
+        };
+        let Some(target_role) = role_of(target) else {
+            return Err(GroupError::invalid(
+                "user_id",
+                format!("user {} is not a member of this group", target.0),
+            ));
+        };
+        if !leaving && role_of(caller) != Some(chat_member::Role::Owner) {
+            return Err(GroupError::Forbidden(
+                "only the group's owner can remove other members".into(),
+            ));
+        }
+        chat_member::Entity::delete_by_id((chat.0, target.0))
+            .exec(&txn)
+            .await?;
+        if target_role == chat_member::Role::Owner {
+            // Members come longest-standing first.
+            if let Some((heir, _)) = row.members.iter().find(|(m, _)| m.user_id != target.0) {
+                chat_member::Entity::update_many()
+                    .col_expr(
+                        chat_member::Column::Role,
+                        Expr::value(chat_member::Role::Owner),
+                    )
+                    .filter(chat_member::Column::ChatId.eq(chat.0))
+                    .filter(chat_member::Column::UserId.eq(heir.user_id))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+        commit(txn, chat, Vec::new(), vec![target], |after| {
+            ConversationChange::MemberRemoved {
+                user_id: target.0,
+                owner_id: after
+                    .members
+                    .iter()
+                    .find(|(m, _)| m.role == chat_member::Role::Owner)
+                    .map(|(m, _)| m.user_id),
+            }
+        })
+        .await
     }
-    commit(txn, chat, Vec::new(), vec![target]).await
-}
 
-/// Gives a group `caller` belongs to a new title.
-pub async fn rename(
-    db: &DatabaseConnection,
-    caller: UserId,
-    chat: ChatId,
-    title: &str,
-) -> Result<Changed, GroupError> {
-    let title = clean_title(title)?;
-    let txn = db.begin().await?;
-    let row = lock_group(&txn, chat, caller).await?;
-    if row.chat.title.as_deref() == Some(title.as_str()) {
-        return unchanged(row);
+    /// Gives a group `caller` belongs to a new title.
+    pub async fn rename(
+        &self,
+        caller: UserId,
+        chat: ChatId,
+        title: &str,
+    ) -> Result<Changed, GroupError> {
+        let title = clean_title(title)?;
+        self.budget.charge_user(caller)?;
+        let txn = self.db.begin().await?;
+        let row = lock_group(&txn, chat, caller).await?;
+        self.budget.charge_group(chat)?;
+        if row.chat.title.as_deref() == Some(title.as_str()) {
+            return unchanged(row);
+        }
+        chat::Entity::update_many()
+            .col_expr(chat::Column::Title, Expr::value(title))
+            .filter(chat::Column::Id.eq(chat.0))
+            .exec(&txn)
+            .await?;
+        commit(txn, chat, Vec::new(), Vec::new(), |_| {
+            ConversationChange::Renamed
+        })
+        .await
     }
-    chat::Entity::update_many()
-        .col_expr(chat::Column::Title, Expr::value(title))
-        .filter(chat::Column::Id.eq(chat.0))
-        .exec(&txn)
-        .await?;
-    commit(txn, chat, Vec::new(), Vec::new()).await
 }
 
 /// Whether presence is pushed in a conversation of this many members.
@@ -368,20 +450,20 @@ pub async fn announce(
     changed: Changed,
 ) -> Result<Conversation, GroupError> {
     let item = changed.row.to_conversation(None, None, presence);
-    if changed.changed {
+    if let Some(what) = &changed.change {
         let removed_push = (!changed.removed.is_empty()).then(|| {
-            let removed = Conversation {
+            ConversationPush {
                 removed: Some(true),
-                ..item.clone()
-            };
-            ServerEvent::Conversation(&removed).to_json()
+                ..ConversationPush::new(&item, what)
+            }
+            .to_json()
         });
         let change = MembershipChange {
             chat: item.pk,
             added: changed.added,
             removed: changed.removed,
             presence: presence_pushed(changed.row.chat.kind, changed.row.members.len()),
-            push: Some(ServerEvent::Conversation(&item).to_json()),
+            push: Some(ConversationPush::new(&item, what).to_json()),
             removed_push,
         };
         server

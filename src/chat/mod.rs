@@ -39,7 +39,6 @@ use writer::MessageWriter;
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_message_chars: usize,
-    pub max_group_members: usize,
     pub rate_per_second: u32,
     pub rate_burst: u32,
     pub outbox_capacity: usize,
@@ -51,7 +50,6 @@ impl Limits {
         Limits {
             max_frame_bytes: settings.limits.max_frame_bytes,
             max_message_chars: settings.limits.max_message_chars,
-            max_group_members: settings.limits.max_group_members,
             rate_per_second: settings.limits.rate_limit_per_second,
             rate_burst: settings.limits.rate_limit_burst,
             outbox_capacity: settings.limits.outbox_capacity,
@@ -70,6 +68,8 @@ pub struct ChatContext {
     /// The bridge to the other instances (for its subscription barrier).
     pub bus: Bus,
     pub writer: MessageWriter,
+    /// Group requests, with their change budgets (shared with REST).
+    pub groups: groups::Groups,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Whose `X-Forwarded-For` is believed.

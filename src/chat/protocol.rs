@@ -516,6 +516,68 @@ pub struct Conversation {
     pub seq: i64,
 }
 
+/// What a `conversation` push says changed (C7). It is small whatever the
+/// group's size: a push goes to every member, so it never carries the
+/// member list (that is `get_contact`'s answer, asked for by whoever shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConversationChange {
+    /// The conversation is new to its members.
+    Created,
+    /// People joined.
+    MembersAdded { user_ids: Vec<i64> },
+    /// Someone left or was removed; `owner_id` is the group's owner after
+    /// it (null once nobody is left).
+    MemberRemoved { user_id: i64, owner_id: Option<i64> },
+    /// The title changed: it is the push's `name`.
+    Renamed,
+}
+
+/// A `conversation` push (B6, C7): the same frame for every member — the
+/// conversation as a contact item shows it (the member count, no
+/// `unread`), and what changed.
+#[derive(Debug, Serialize)]
+pub struct ConversationPush<'a> {
+    pub pk: ChatId,
+    pub name: &'a str,
+    pub online: bool,
+    pub user_id: Option<i64>,
+    pub username: Option<&'a str>,
+    pub last_message: Option<&'a LastMessage>,
+    pub kind: ConversationKind,
+    /// How many members the conversation has now.
+    pub members: usize,
+    pub seq: i64,
+    /// Present (true) only on what a removed member gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<bool>,
+    pub change: &'a ConversationChange,
+}
+
+impl<'a> ConversationPush<'a> {
+    /// The push for `item` after `change`.
+    pub fn new(item: &'a Conversation, change: &'a ConversationChange) -> Self {
+        ConversationPush {
+            pk: item.pk,
+            name: &item.name,
+            online: item.online,
+            user_id: item.user_id,
+            username: item.username.as_deref(),
+            last_message: item.last_message.as_ref(),
+            kind: item.kind,
+            members: item.members.len(),
+            seq: item.seq,
+            removed: item.removed,
+            change,
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> bytes::Bytes {
+        ServerEvent::Conversation(self).to_json()
+    }
+}
+
 /// `send` on the sender's sessions, `received` on everyone else's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Apiv2Schema)]
 #[serde(rename_all = "snake_case")]
@@ -643,8 +705,8 @@ pub enum ServerEvent<'a> {
     AddMembersResponse(Reply<Conversation>),
     RemoveMemberResponse(Reply<Conversation>),
     RenameGroupResponse(Reply<Conversation>),
-    /// A conversation changed (B6): its new state, to every member.
-    Conversation(&'a Conversation),
+    /// A conversation changed (B6): what changed, to every member.
+    Conversation(&'a ConversationPush<'a>),
     Pong(Empty),
     TypeNotProvided(Notice),
     DataNotProvided(Notice),

@@ -615,11 +615,11 @@ impl WsSession {
         change: F,
         ctx: &mut Context<Self>,
     ) where
-        F: FnOnce(DatabaseConnection, usize) -> Fut,
+        F: FnOnce(groups::Groups) -> Fut,
         Fut: std::future::Future<Output = Result<groups::Changed, GroupError>> + 'static,
     {
         let chat = self.chat.clone();
-        let pending = change(chat.db.clone(), chat.limits.max_group_members);
+        let pending = change(chat.groups.clone());
         let work = async move {
             let changed = pending.await?;
             groups::announce(&chat.db, &chat.server, &chat.presence, user, changed).await
@@ -649,8 +649,10 @@ impl WsSession {
         self.group_change(
             RequestKind::CreateGroup,
             user,
-            move |db, max| async move {
-                groups::create(&db, user, &request.title, &request.members, max).await
+            move |groups| async move {
+                groups
+                    .create(user, &request.title, &request.members)
+                    .await
             },
             ctx,
         );
@@ -663,9 +665,7 @@ impl WsSession {
         self.group_change(
             RequestKind::AddMembers,
             user,
-            move |db, max| async move {
-                groups::add_members(&db, user, chat, &request.members, max).await
-            },
+            move |groups| async move { groups.add_members(user, chat, &request.members).await },
             ctx,
         );
     }
@@ -678,7 +678,7 @@ impl WsSession {
         self.group_change(
             RequestKind::RemoveMember,
             user,
-            move |db, _| async move { groups::remove_member(&db, user, chat, target).await },
+            move |groups| async move { groups.remove_member(user, chat, target).await },
             ctx,
         );
     }
@@ -690,7 +690,7 @@ impl WsSession {
         self.group_change(
             RequestKind::RenameGroup,
             user,
-            move |db, _| async move { groups::rename(&db, user, chat, &request.title).await },
+            move |groups| async move { groups.rename(user, chat, &request.title).await },
             ctx,
         );
     }

@@ -263,6 +263,7 @@ export class Chat {
     };
     this.state.conversations.set(item.pk, next);
     if (Array.isArray(item.members)) this.state.details.set(item.pk, item);
+    // Joined an existing conversation: its item says how much is unread.
     if (!previous && unread === undefined) this.send("get_contact", { id: item.pk });
     return next;
   }
@@ -300,24 +301,42 @@ export class Chat {
     this.changed();
   }
 
+  /** A `conversation` push says what changed, never who is in it (C7):
+   *  the member list is asked for only where it is on screen, so a change
+   *  in a big group costs one small frame per member, not a list each. */
   onConversation(item) {
     if (item.removed) {
       this.forget(item.pk);
       return;
     }
-    this.upsertConversation(item, undefined);
+    const isNew = !this.state.conversations.has(item.pk);
+    // A new group has nothing unread; one we were added to may have history.
+    const unread = isNew && item.change?.type === "created" ? 0 : undefined;
+    this.upsertConversation(item, unread);
+    const details = this.state.details.get(item.pk);
+    if (item.change?.type === "renamed" && details) {
+      details.name = item.name;
+    } else if (details || isNew) {
+      this.state.details.delete(item.pk);
+      if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
+    }
   }
 
-  onPresence({ pk, online }) {
+  /** Presence: a direct conversation's flag, a shown member list's entry;
+   *  a group's flag rises with anyone, and falls when a list says so. */
+  onPresence({ pk, user_id, online }) {
     const conversation = this.state.conversations.get(pk);
     if (!conversation) return;
-    if (conversation.kind === "group") {
-      this.send("get_contact", { id: pk });
-    } else {
-      conversation.online = online;
-    }
     const details = this.state.details.get(pk);
-    if (details) this.send("get_contact", { id: pk });
+    const member = details?.members.find((m) => m.user_id === user_id);
+    if (member) member.online = online;
+    if (conversation.kind !== "group") {
+      conversation.online = online;
+    } else if (details) {
+      conversation.online = details.members.some((m) => m.online && m.user_id !== this.me.id);
+    } else if (online) {
+      conversation.online = true;
+    }
   }
 
   // --- history ----------------------------------------------------------
