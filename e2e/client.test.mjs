@@ -247,10 +247,19 @@ test("a group of three", async () => {
   await alice.page.getByRole("checkbox", { name: carol.name }).check();
   await alice.page.getByRole("button", { name: "Create group" }).click();
   await alice.page.getByRole("heading", { name: "Trip" }).waitFor(WAIT);
+  // Neither has written to Amy yet: they are invited, and join by accepting.
+  await alice.page
+    .getByRole("alert")
+    .filter({ hasText: `Invited ${bob.name}, ${carol.name}: they join when they accept.` })
+    .waitFor(WAIT);
   await say(alice.page, "hi group");
   for (const other of [bob, carol]) {
+    const invitations = other.page.getByRole("list", { name: "Invitations" });
+    await invitations.getByRole("listitem").filter({ hasText: "Trip" }).filter({ hasText: `from ${alice.name}` }).waitFor(WAIT);
+    await other.page.getByRole("button", { name: "Accept Trip" }).click();
+    await other.page.getByRole("heading", { name: "Trip" }).waitFor(WAIT);
+    await invitations.waitFor({ state: "detached", ...WAIT });
     await item(other.page, "Trip").filter({ hasText: "hi group" }).waitFor(WAIT);
-    await open(other.page, "Trip");
     await received(other.page, "hi group");
   }
   await say(carol.page, "hello from Cleo");

@@ -259,6 +259,10 @@ pub struct LimitSettings {
     /// Changes one group may take per minute (adding and renaming), from
     /// all its members together.
     pub group_changes_per_minute_per_group: u32,
+    /// Most groups one user may be in, created or joined (C9).
+    pub max_groups_per_user: usize,
+    /// Most pending invitations one user may hold; more are not recorded.
+    pub max_pending_invitations: usize,
     /// Most live WebSocket sessions one user may hold on one instance.
     pub max_sessions_per_user: usize,
     /// Frames queued for a client that is not reading before it is dropped.
@@ -280,6 +284,8 @@ impl Default for LimitSettings {
             max_group_members: 1_000,
             group_changes_per_minute: 30,
             group_changes_per_minute_per_group: 12,
+            max_groups_per_user: 500,
+            max_pending_invitations: 100,
             max_sessions_per_user: 32,
             outbox_capacity: 1_024,
             message_queue_capacity: 16 * 1024,

@@ -133,6 +133,7 @@ impl Application {
                 let server = ServerLink {
                     deliver: ctx.address().recipient(),
                     revoke: ctx.address().recipient(),
+                    to_user: ctx.address().recipient(),
                     presence: ctx.address().recipient(),
                     membership: ctx.address().recipient(),
                     replace_chats: ctx.address().recipient(),
@@ -176,6 +177,8 @@ impl Application {
                 settings.limits.group_changes_per_minute_per_group,
             )),
             max_members: settings.limits.max_group_members,
+            max_groups_per_user: settings.limits.max_groups_per_user,
+            max_pending_invitations: settings.limits.max_pending_invitations,
         };
 
         let state = web::Data::new(AppState {

@@ -70,13 +70,13 @@ async fn messages_presence_groups_and_revocation_cross_a_cluster() {
     for _ in 0..50 {
         alice_b.recv_type("message").await;
     }
-    for ws in [&mut bob_b, &mut alice_b] {
-        ws.expect_silence(Duration::from_millis(300)).await;
-    }
+    common::only_barrier_follows(&mut alice_a, vec![&mut bob_b, &mut alice_b], &pk, "barrier")
+        .await;
 
     // A group made on A reaches its members on B; a removal made on A stops
     // the removed member on B at once.
     let (carol, carol_token) = a.user("carol").await;
+    common::have_written(&a.db, &[bob, carol], alice).await;
     let mut carol_b = b.authorized(&carol_token).await;
     let group = alice_a
         .ask(json!({"type": "create_group", "data": {"title": "Shards", "members": [bob, carol]}}))
@@ -87,9 +87,17 @@ async fn messages_presence_groups_and_revocation_cross_a_cluster() {
             client.recv_type("conversation").await["data"]["name"],
             "Shards"
         );
-        // Once: the change came on two channels, and is applied once.
-        client.expect_silence(Duration::from_millis(300)).await;
     }
+    // Once: the change came on two channels (the conversation's before the
+    // message below), and is applied once (the control channel's copy is
+    // the unit test `each_change_is_applied_once`).
+    common::only_barrier_follows(
+        &mut alice_a,
+        vec![&mut bob_b, &mut carol_b],
+        group_pk.as_str().expect("a pk"),
+        "barrier",
+    )
+    .await;
     alice_a
         .ask(json!({"type": "remove_member", "data": {"id": group_pk, "user_id": carol}}))
         .await;
@@ -104,7 +112,8 @@ async fn messages_presence_groups_and_revocation_cross_a_cluster() {
         bob_b.recv_type("message").await["data"]["data"]["content"],
         "after carol"
     );
-    carol_b.expect_silence(Duration::from_millis(400)).await;
+    // Bob's session on B got it: carol's, on B too, would have in the same step.
+    carol_b.nothing_before_pong().await;
 
     // Offline crosses, to both conversations alice shares with bob.
     drop(bob_b);

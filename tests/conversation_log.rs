@@ -445,6 +445,7 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
                 .await,
         );
     }
+    common::have_written(&a.db, &members[1..], members[0]).await;
     let mut owner = authorized_at(&a.http, a.port, &a.login("u0").await).await;
     let created = owner
         .ask(json!({"type": "create_group", "data": {"title": "log", "members": members[1..]}}))

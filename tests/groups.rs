@@ -28,11 +28,12 @@ fn group(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
 
 /// The `conversation` push telling every member of `change` to the
 /// conversation `item` (an answer): the member count instead of the list,
-/// no `unread` (it is per member).
+/// no `unread` (it is per member), no `invited` (it is the caller's).
 fn pushed(item: &Value, change: Value) -> Value {
     let mut push = item.clone();
     let fields = push.as_object_mut().expect("an item is an object");
     fields.remove("unread");
+    fields.remove("invited");
     let count = item["members"].as_array().map_or(0, Vec::len);
     fields.insert("members".into(), json!(count));
     fields.insert("change".into(), change);
@@ -41,6 +42,18 @@ fn pushed(item: &Value, change: Value) -> Value {
 
 fn error(code: &str, message: &str) -> Value {
     json!({"status": "error", "code": code, "message": message})
+}
+
+/// The answer to a group request and the `conversation` push the caller
+/// gets too, in either order (the push waits for the group's channel,
+/// which the answer does not).
+async fn answer_and_push(client: &mut common::WsClient) -> (Value, Value) {
+    let (first, second) = (client.recv().await, client.recv().await);
+    if first["type"] == "conversation" {
+        (second, first)
+    } else {
+        (first, second)
+    }
 }
 
 async fn lifecycle(backend: &Backend) {
@@ -53,39 +66,86 @@ async fn lifecycle(backend: &Backend) {
     let mut b = app.authorized(&bob_token).await;
     let mut c = app.authorized(&carol_token).await;
     let mut d = app.authorized(&dave_token).await;
+    // Carol has written to alice, and dave to carol: added by them, they
+    // join at once; bob has not, so alice can only invite him (C9).
+    common::have_written(&app.db, &[carol], alice).await;
+    common::have_written(&app.db, &[dave], carol).await;
 
     // Create: duplicates and the creator in `members` are ignored; the
     // title is trimmed.
     a.send(json!({"type": "create_group",
                   "data": {"title": "  Trip  ", "members": [bob, carol, bob, alice]}}))
         .await;
-    // The creator's push and answer, in either order (the push waits for
-    // the group's channel, which the answer does not).
-    let (first, second) = (a.recv().await, a.recv().await);
-    let (push, created) = if first["type"] == "conversation" {
-        (first, second)
-    } else {
-        (second, first)
-    };
+    let (created, push) = answer_and_push(&mut a).await;
     assert_eq!(push["type"], "conversation", "{}", backend.name());
     let pk = push["data"]["pk"].clone();
-    let members = vec![
-        member(alice, "alice", "owner", true),
-        member(bob, "bob", "member", true),
-        member(carol, "carol", "member", true),
-    ];
-    let item = group(&pk, "Trip", true, members.clone());
+    let item = group(
+        &pk,
+        "Trip",
+        true,
+        vec![
+            member(alice, "alice", "owner", true),
+            member(carol, "carol", "member", true),
+        ],
+    );
     let created_push = pushed(&item, json!({"type": "created"}));
     assert_eq!(push, created_push);
     let mut answer = item.clone();
     answer["unread"] = json!(0);
+    answer["invited"] = json!([bob]);
     assert_eq!(
         created,
         json!({"type": "create_group_response", "data": answer})
     );
-    for client in [&mut b, &mut c] {
-        assert_eq!(client.recv().await, created_push);
+    assert_eq!(c.recv().await, created_push);
+
+    // Bob is invited, not added: he is not in the group until he accepts.
+    let invitation = b.recv().await;
+    assert_eq!(
+        invitation,
+        json!({"type": "invitation", "data": {
+            "pk": pk, "name": "Trip", "members": 2,
+            "invited_by": {"user_id": alice, "username": "alice", "name": "Alice Doe"},
+            "time": invitation["data"]["time"]}})
+    );
+    assert_eq!(
+        b.ask(json!({"type": "get_invitations", "data": {}})).await,
+        json!([invitation["data"]])
+    );
+    assert_eq!(
+        b.ask(json!({"type": "get_messages", "data": {"id": pk}}))
+            .await,
+        error("not_found", "conversation not found")
+    );
+    let members = vec![
+        member(alice, "alice", "owner", true),
+        member(carol, "carol", "member", true),
+        member(bob, "bob", "member", true),
+    ];
+    let item = group(&pk, "Trip", true, members);
+    let mut answer = item.clone();
+    answer["unread"] = json!(0);
+    b.send(json!({"type": "accept_invitation", "data": {"id": pk}}))
+        .await;
+    let (accepted, push) = answer_and_push(&mut b).await;
+    assert_eq!(
+        accepted,
+        json!({"type": "accept_invitation_response", "data": answer})
+    );
+    let joined = pushed(&item, json!({"type": "members_added", "user_ids": [bob]}));
+    assert_eq!(push, joined);
+    for client in [&mut a, &mut c] {
+        assert_eq!(client.recv_type("conversation").await, joined);
     }
+    assert_eq!(
+        b.ask(json!({"type": "get_invitations", "data": {}})).await,
+        json!([])
+    );
+    assert_eq!(
+        b.ask(json!({"type": "accept_invitation", "data": {"id": pk}}))
+            .await,
+        error("not_found", "conversation not found")
+    );
     d.nothing_before_pong().await;
 
     // The old client sees the group as one more contact (`pk`, `name` =
@@ -119,7 +179,11 @@ async fn lifecycle(backend: &Backend) {
         .await;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["messages"][0]["direction"], "received");
-    let unread = |contacts: &Value| contacts[0]["unread"].clone();
+    let unread = |contacts: &Value| {
+        let list = contacts.as_array().expect("a contact list");
+        let item = list.iter().find(|c| c["pk"] == pk).expect("the group");
+        item["unread"].clone()
+    };
     assert_eq!(
         unread(&c.ask(json!({"type": "get_contacts", "data": {}})).await),
         1
@@ -169,6 +233,7 @@ async fn lifecycle(backend: &Backend) {
         .await;
     assert_eq!(added["members"].as_array().map(Vec::len), Some(4));
     assert_eq!(added["members"][3], member(dave, "dave", "member", true));
+    assert_eq!(added["invited"], json!([]), "dave has written to carol");
     // Who joined, by id (bob was in already); the list is `get_contact`'s.
     let added_push = pushed(&added, json!({"type": "members_added", "user_ids": [dave]}));
     for client in [&mut a, &mut b] {
@@ -232,7 +297,7 @@ async fn lifecycle(backend: &Backend) {
     b.recv_type("message").await;
     d.nothing_before_pong().await;
 
-    // The owner leaves: the longest-standing member (bob) owns the group.
+    // The owner leaves: the longest-standing member (carol) owns the group.
     let left = a
         .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": alice}}))
         .await;
@@ -240,8 +305,8 @@ async fn lifecycle(backend: &Backend) {
     assert_eq!(
         left["members"],
         json!([
-            member(bob, "bob", "owner", true),
-            member(carol, "carol", "member", true)
+            member(carol, "carol", "owner", true),
+            member(bob, "bob", "member", true)
         ])
     );
     let mut still_in = left.clone();
@@ -250,20 +315,23 @@ async fn lifecycle(backend: &Backend) {
         b.recv_type("conversation").await,
         pushed(
             &still_in,
-            json!({"type": "member_removed", "user_id": alice, "owner_id": bob})
+            json!({"type": "member_removed", "user_id": alice, "owner_id": carol})
         )
     );
     assert_eq!(
         a.ask(json!({"type": "typing", "data": {"id": pk}})).await,
         error("not_found", "conversation not found")
     );
-    // Bob, now the owner, may remove carol.
-    let alone = b
-        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+    // Carol, now the owner, may remove bob.
+    let alone = c
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": bob}}))
         .await;
-    assert_eq!(alone["members"], json!([member(bob, "bob", "owner", true)]));
+    assert_eq!(
+        alone["members"],
+        json!([member(carol, "carol", "owner", true)])
+    );
     // The last member leaves: the group and its history stay.
-    b.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": bob}}))
+    c.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
         .await;
     let uuid = uuid::Uuid::parse_str(pk.as_str().unwrap()).unwrap();
     assert!(entity::chat::Entity::find_by_id(uuid)
@@ -361,6 +429,7 @@ async fn errors(backend: &Backend) {
 
     // Erin (inactive) cannot even authorize; the group fills up to 3.
     drop(erin_token);
+    common::have_written(&app.db, &[bob, carol, dave], alice).await;
     let group = a
         .ask(json!({"type": "create_group", "data": {"title": "t", "members": [bob, carol]}}))
         .await;
@@ -444,10 +513,11 @@ backend_tests!(every_group_error_is_answered => errors);
 #[actix_rt::test]
 async fn a_change_in_a_big_group_pushes_no_member_list() {
     let app = TestApp::spawn(&Backend::Sqlite).await;
-    let (_, alice_token) = app.user("alice").await;
+    let (alice, alice_token) = app.user("alice").await;
     let (bob, bob_token) = app.user("bob").await;
     let mut members = common::insert_users(&app.db, "member", 998).await;
     members.push(bob);
+    common::have_written(&app.db, &members, alice).await;
     let mut a = app.authorized(&alice_token).await;
     let mut b = app.authorized(&bob_token).await;
     let created = a
@@ -525,6 +595,8 @@ async fn a_group_has_a_change_budget_of_its_own() {
     let (bob, bob_token) = app.user("bob").await;
     let (carol, carol_token) = app.user("carol").await;
     let (dave, _) = app.user("dave").await;
+    common::have_written(&app.db, &[bob, carol], alice).await;
+    common::have_written(&app.db, &[dave], carol).await;
     let mut a = app.authorized(&alice_token).await;
     let mut b = app.authorized(&bob_token).await;
     let mut c = app.authorized(&carol_token).await;
@@ -607,6 +679,7 @@ async fn presence_in_groups(backend: &Backend) {
     let (bob, bob_token) = app.user("bob").await;
     // 99 more members: a group of 101, above the presence limit of 100.
     let crowd = common::insert_users(&app.db, "crowd", 99).await;
+    common::have_written(&app.db, &crowd, alice).await;
     let mut a = app.authorized(&alice_token).await;
     let small = a
         .ask(json!({"type": "create_group", "data": {"title": "small", "members": [bob]}}))
@@ -615,6 +688,17 @@ async fn presence_in_groups(backend: &Backend) {
     everyone.push(bob);
     let large = a
         .ask(json!({"type": "create_group", "data": {"title": "large", "members": everyone}}))
+        .await;
+    // Bob, invited to both (he never wrote to alice), accepts.
+    for group in [&small, &large] {
+        let accept = format!("/api/invitations/{}/accept/", group["pk"].as_str().unwrap());
+        assert_eq!(
+            app.rest(Method::POST, &accept, &bob_token, None).await.0,
+            200
+        );
+    }
+    let large = a
+        .ask(json!({"type": "get_contact", "data": {"id": large["pk"]}}))
         .await;
     assert_eq!(large["members"].as_array().map(Vec::len), Some(101));
     let mut b = app.authorized(&bob_token).await;
@@ -676,10 +760,27 @@ async fn rest(backend: &Backend) {
     let pk = created["pk"].as_str().unwrap().to_string();
     assert_eq!(created["name"], "Book club");
     assert_eq!(created["unread"], 0);
-    // The WebSocket hears about REST changes.
+    assert_eq!(created["invited"], json!([bob]));
+    // The WebSocket hears about REST changes: bob's invitation, which he
+    // accepts over REST.
     let push = b.recv().await;
-    assert_eq!(push["type"], "conversation");
+    assert_eq!(push["type"], "invitation");
     assert_eq!(push["data"]["pk"], pk.as_str());
+    let (status, invitations) = app
+        .rest(Method::GET, "/api/invitations/", &bob_token, None)
+        .await;
+    assert_eq!((status, invitations), (200, json!([push["data"]])));
+    let accept = format!("/api/invitations/{pk}/accept/");
+    let (status, joined) = app.rest(Method::POST, &accept, &bob_token, None).await;
+    assert_eq!(
+        (status, joined["members"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
+    assert_eq!(b.recv().await["data"]["change"]["type"], "members_added");
+    assert_eq!(
+        app.rest(Method::POST, &accept, &bob_token, None).await,
+        (404, json!({"detail": "Not found."}))
+    );
 
     let path = format!("/api/groups/{pk}/");
     let (status, group) = app.rest(Method::GET, &path, &bob_token, None).await;
@@ -716,6 +817,7 @@ async fn rest(backend: &Backend) {
         (400, json!({"title": ["This field is required."]}))
     );
     let members = format!("/api/groups/{pk}/members/");
+    common::have_written(&app.db, &[carol], bob).await;
     let (status, added) = app
         .rest(
             Method::POST,
@@ -796,9 +898,10 @@ async fn concurrent(backend: &Backend) {
         &[("MAX_GROUP_MEMBERS", "10"), ("RATE_LIMIT_BURST", "1000")],
     )
     .await;
-    let (_, owner_token) = app.user("owner").await;
+    let (owner, owner_token) = app.user("owner").await;
     let first = common::insert_users(&app.db, "first", 6).await;
     let second = common::insert_users(&app.db, "second", 12).await;
+    common::have_written(&app.db, &[first.clone(), second.clone()].concat(), owner).await;
     let (status, group) = app
         .rest(
             Method::POST,

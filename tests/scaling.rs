@@ -80,9 +80,13 @@ async fn messages_and_presence_cross(backend: &Backend) {
         "back"
     );
     // Nobody got anything twice.
-    for ws in [&mut alice_on_a, &mut bob_on_b, &mut alice_on_b] {
-        ws.expect_silence(Duration::from_millis(400)).await;
-    }
+    common::only_barrier_follows(
+        &mut alice_on_a,
+        vec![&mut bob_on_b, &mut alice_on_b],
+        &pk,
+        "barrier",
+    )
+    .await;
 
     // A burst from A arrives on B in the order it was sent.
     common::burst_arrives_in_order(&mut alice_on_a, &mut bob_on_b, &pk, 100).await;
@@ -468,11 +472,14 @@ async fn groups_across(backend: &Backend) {
     let redis = &require_redis_url();
     let db = TestDatabase::create(backend).await;
     let (a, b) = pair_of_instances(backend, redis, &db).await;
-    let (_, alice_token) = a.user("alice").await;
+    let (alice_id, alice_token) = a.user("alice").await;
     let (bob, bob_token) = a.user("bob").await;
     let (carol, carol_token) = a.user("carol").await;
     let (dave, dave_token) = a.user("dave").await;
     let (frank, frank_token) = a.user("frank").await;
+    let (erin, erin_token) = a.user("erin").await;
+    common::have_written(&a.db, &[bob, carol, dave], alice_id).await;
+    common::have_written(&a.db, &[frank], bob).await;
     let mut alice = a.authorized(&alice_token).await;
     let mut bob_b = b.authorized(&bob_token).await;
     let mut carol_b = b.authorized(&carol_token).await;
@@ -522,7 +529,8 @@ async fn groups_across(backend: &Backend) {
         bob_b.recv_type("message").await["data"]["data"]["content"],
         "two"
     );
-    carol_b.expect_silence(Duration::from_millis(400)).await;
+    // Bob's session on B got it: carol's, on B too, would have in the same step.
+    carol_b.nothing_before_pong().await;
 
     // Added on A: dave, on B (where the group has bob), hears the rest.
     alice
@@ -550,6 +558,25 @@ async fn groups_across(backend: &Backend) {
         frank_a.recv_type("message").await["data"]["data"]["content"],
         "fast"
     );
+
+    // An invitation made on A reaches erin on B (she never wrote to
+    // alice); she accepts there, and alice on A hears that she joined.
+    let mut erin_b = b.authorized(&erin_token).await;
+    let answer = alice
+        .ask(json!({"type": "add_members", "data": {"id": pk, "members": [erin]}}))
+        .await;
+    assert_eq!(answer["invited"], json!([erin]));
+    let invitation = erin_b.recv_type("invitation").await;
+    assert_eq!(invitation["data"]["pk"], pk);
+    assert_eq!(invitation["data"]["invited_by"]["user_id"], alice_id);
+    let joined = erin_b
+        .ask(json!({"type": "accept_invitation", "data": {"id": pk}}))
+        .await;
+    assert_eq!(joined["pk"], pk);
+    assert_eq!(
+        alice.recv_type("conversation").await["data"]["change"],
+        json!({"type": "members_added", "user_ids": [erin]})
+    );
 }
 
 backend_tests!(@server groups_cross_instances => groups_across);
@@ -561,9 +588,10 @@ async fn removal_during_an_outage(backend: &Backend) {
     let mut redis = RedisServer::start();
     let db = TestDatabase::create(backend).await;
     let (a, b) = pair_of_instances(backend, &redis.url(), &db).await;
-    let (_, alice_token) = a.user("alice").await;
+    let (alice_id, alice_token) = a.user("alice").await;
     let (bob, bob_token) = a.user("bob").await;
     let (carol, carol_token) = a.user("carol").await;
+    common::have_written(&a.db, &[bob, carol], alice_id).await;
     let mut alice = a.authorized(&alice_token).await;
     let mut bob_b = b.authorized(&bob_token).await;
     let mut carol_b = b.authorized(&carol_token).await;
@@ -583,6 +611,21 @@ async fn removal_during_an_outage(backend: &Backend) {
     alice
         .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
         .await;
+    // B cannot hear of the removal while Redis is down, so it authorizes
+    // from the database: carol is refused there at once, bob still served.
+    let not_found = json!({"status": "error", "code": "not_found",
+                           "message": "conversation not found"});
+    for request in [
+        json!({"type": "message", "data": {"to": pk, "content": "still in?"}}),
+        json!({"type": "get_messages", "data": {"id": pk, "limit": 1}}),
+        json!({"type": "typing", "data": {"id": pk}}),
+    ] {
+        assert_eq!(carol_b.ask(request).await, not_found, "{}", backend.name());
+    }
+    let page = bob_b
+        .ask(json!({"type": "get_messages", "data": {"id": pk, "limit": 1}}))
+        .await;
+    assert_eq!(page["has_more"], false, "bob is in: {page}");
     assert!(redis.restart());
     a.wait_redis(true).await;
     b.wait_redis(true).await;

@@ -157,6 +157,37 @@ async fn create_group(
         .ok_or_else(|| setup("create group (is MAX_GROUP_MEMBERS large enough?)", value))
 }
 
+/// Every member accepts the invitation to the group (they never wrote to
+/// its creator, so they were invited, not added: PROTOCOL.md C9).
+async fn accept_all(
+    clients: &Clients,
+    url: impl Fn(usize) -> String,
+    accounts: &[Account],
+    pk: &str,
+) -> Result<(), BenchError> {
+    let limit = Arc::new(Semaphore::new(16));
+    let accepts = accounts.iter().enumerate().map(|(i, account)| {
+        let (client, limit) = (clients.get(i).clone(), limit.clone());
+        let path = format!("{}/api/invitations/{pk}/accept/", url(i));
+        async move {
+            let _permit = limit.acquire().await.map_err(|e| setup("setup", e))?;
+            let res = client
+                .post(path)
+                .bearer_auth(&account.token)
+                .send()
+                .await
+                .map_err(|e| setup("accept invitation", e))?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                Err(setup("accept invitation", res.status()))
+            }
+        }
+    });
+    futures_util::future::try_join_all(accepts).await?;
+    Ok(())
+}
+
 /// Runs `bench group`.
 pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
     raise_fd_limit();
@@ -186,6 +217,8 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
     let accounts = futures_util::future::try_join_all(registrations).await?;
     let ids: Vec<i64> = accounts.iter().map(|a| a.id).collect();
     let pk = create_group(clients.get(0), &url(0), &accounts[0], &ids[1..]).await?;
+    eprintln!("{} members accept the invitation…", members - 1);
+    accept_all(&clients, url, &accounts[1..], &pk).await?;
 
     eprintln!("opening {members} sessions…");
     let mut sockets = Vec::with_capacity(members);

@@ -2,13 +2,15 @@
 
 pub mod chat;
 pub mod chat_member;
+pub mod invitation;
 pub mod message;
 pub mod user;
 
 pub mod prelude {
-    //! The entities under short names: `User`, `Chat`, `ChatMember`, `Message`.
+    //! The entities under short names: `User`, `Chat`, `ChatMember`, `Invitation`, `Message`.
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;
+    pub use super::invitation::Entity as Invitation;
     pub use super::message::Entity as Message;
     pub use super::user::Entity as User;
 }

@@ -8,6 +8,7 @@ mod m20261126_000001_security;
 mod m20261127_000001_groups;
 mod m20261130_000001_conversation_seq;
 mod m20261130_000002_username_keys;
+mod m20261130_000003_invitations;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_groups::Migration),
             Box::new(m20261130_000001_conversation_seq::Migration),
             Box::new(m20261130_000002_username_keys::Migration),
+            Box::new(m20261130_000003_invitations::Migration),
         ]
     }
 }

@@ -56,7 +56,7 @@ enum Messages {
 /// A UTC timestamp column that keeps microseconds on every backend: MySQL's
 /// plain `timestamp` would drop them, so it gets `DATETIME(6)` (sqlx sets the
 /// session time zone to UTC).
-fn timestamp(backend: DatabaseBackend, name: impl IntoIden) -> ColumnDef {
+pub(crate) fn timestamp(backend: DatabaseBackend, name: impl IntoIden) -> ColumnDef {
     let mut col = ColumnDef::new(name);
     match backend {
         DatabaseBackend::MySql => col.custom(Alias::new("DATETIME(6)")),

@@ -8,7 +8,10 @@ use super::body::JsonOrForm;
 use super::contacts::{chat_id, contacts_of};
 use crate::auth::AuthUser;
 use crate::chat::groups::{self, Changed, GroupError};
-use crate::chat::protocol::{ChatId, Contact, Conversation, ConversationKind, UserId};
+use crate::chat::invitations;
+use crate::chat::protocol::{
+    ChatId, Contact, Conversation, ConversationKind, Declined, Invitation, UserId,
+};
 use crate::chat::store;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -152,4 +155,44 @@ pub async fn remove_member(
     let chat: ChatId = chat_id(&id)?;
     let changed = state.groups.remove_member(me, chat, UserId(target)).await;
     Ok(web::Json(announce(&state, me, changed).await?))
+}
+
+/// The caller's pending invitations to groups, newest first (C9).
+#[api_v2_operation(tags(Groups))]
+pub async fn list_invitations(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<web::Json<Vec<Invitation>>, ApiError> {
+    let list = invitations::pending_of(&state.db, UserId(user.0.id)).await?;
+    Ok(web::Json(list))
+}
+
+/// Join a group one is invited to: the answer is the group as the caller
+/// now sees it (404 without a pending invitation).
+#[api_v2_operation(tags(Groups))]
+pub async fn accept_invitation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+) -> Result<web::Json<Conversation>, ApiError> {
+    let me = UserId(user.0.id);
+    let chat = chat_id(&id)?;
+    let changed = state.groups.accept(me, chat).await;
+    Ok(web::Json(announce(&state, me, changed).await?))
+}
+
+/// Turn an invitation down for good: the group cannot invite the caller
+/// again (404 without a pending invitation).
+#[api_v2_operation(tags(Groups))]
+pub async fn decline_invitation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+) -> Result<web::Json<Declined>, ApiError> {
+    let chat = chat_id(&id)?;
+    state.groups.decline(UserId(user.0.id), chat).await?;
+    Ok(web::Json(Declined {
+        status: "success",
+        pk: chat,
+    }))
 }

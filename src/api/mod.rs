@@ -110,6 +110,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(actix_web::web::to(method_not_allowed("DELETE"))),
     )
     .service(
+        web::resource("/api/invitations/")
+            .route(web::get().to(groups::list_invitations))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/invitations/{id}/accept/")
+            .route(web::post().to(groups::accept_invitation))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/invitations/{id}/decline/")
+            .route(web::post().to(groups::decline_invitation))
+            .default_service(post()),
+    )
+    .service(
         web::resource("/healthz")
             .route(web::get().to(health::healthz))
             .default_service(get()),

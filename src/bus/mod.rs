@@ -36,6 +36,8 @@ pub enum BusEvent {
     },
     /// Close this user's sessions older than `current_version` everywhere.
     Revoke { user: UserId, current_version: i32 },
+    /// A frame for one user's sessions, wherever they are.
+    ToUser { user: UserId, frame: bytes::Bytes },
 }
 
 /// Longest wait for the bus to confirm earlier subscriptions.

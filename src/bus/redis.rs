@@ -43,8 +43,8 @@ use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::server::{
-    ApplyMembership, ConversationFrames, DeliverRemote, LocalUsers, ReplaceChats, RevokeUser,
-    TellPresence,
+    ApplyMembership, ConversationFrames, DeliverRemote, DeliverToUser, LocalUsers, ReplaceChats,
+    RevokeUser, TellPresence,
 };
 use crate::chat::store;
 use crate::metrics::Metrics;
@@ -126,7 +126,9 @@ impl Names {
 /// - `P origin user 1|0 chats` (the origin's record of the user changed) and
 ///   `N origin user 1|0 chats` (news only): tell `chats` of the user's state;
 /// - `R origin user version`, `D origin dead-instance`, `Y origin` (it came
-///   back: re-read its users and reload memberships).
+///   back: re-read its users and reload memberships);
+/// - `U origin user frame`: a frame for one user's sessions (an invitation).
+///   A kind of its own, which an earlier version ignores.
 ///
 /// Lists are comma-separated, `-` when empty.
 #[derive(Debug, PartialEq)]
@@ -155,6 +157,11 @@ enum Envelope<'a> {
         origin: &'a str,
         user: UserId,
         current_version: i32,
+    },
+    ToUser {
+        origin: &'a str,
+        user: UserId,
+        frame: &'a [u8],
     },
     InstanceDown {
         origin: &'a str,
@@ -286,6 +293,14 @@ impl<'a> Envelope<'a> {
             } => {
                 let _ = write!(out, "R {origin} {user} {current_version}");
             }
+            Envelope::ToUser {
+                origin,
+                user,
+                frame,
+            } => {
+                let _ = write!(out, "U {origin} {user} ");
+                out.extend_from_slice(frame);
+            }
             Envelope::InstanceDown { origin, dead } => {
                 let _ = write!(out, "D {origin} {dead}");
             }
@@ -378,6 +393,14 @@ impl<'a> Envelope<'a> {
                     current_version: version.parse().ok()?,
                 })
             }
+            "U" => {
+                let (f, frame) = split_fields(bytes, 3)?;
+                Some(Envelope::ToUser {
+                    origin: f[1],
+                    user: parse_user(f[2])?,
+                    frame,
+                })
+            }
             "D" => {
                 let (f, rest) = split_fields(bytes, 2)?;
                 Some(Envelope::InstanceDown {
@@ -399,6 +422,7 @@ impl<'a> Envelope<'a> {
 pub struct ServerLink {
     pub deliver: Recipient<DeliverRemote>,
     pub revoke: Recipient<RevokeUser>,
+    pub to_user: Recipient<DeliverToUser>,
     pub presence: Recipient<TellPresence>,
     pub membership: Recipient<ApplyMembership>,
     pub replace_chats: Recipient<ReplaceChats>,
@@ -498,7 +522,12 @@ impl RedisBridge {
             target,
             server,
             presence: parts.presence,
-            membership: parts.membership,
+            membership: {
+                // Nothing from the other instances has reached us yet: the
+                // first connection's reload makes the record current.
+                parts.membership.set_current(false);
+                parts.membership
+            },
             db: parts.db,
             metrics: parts.metrics,
             local_users: HashSet::new(),
@@ -514,6 +543,11 @@ impl RedisBridge {
 
     fn transition(&mut self, up: bool, detail: &str) {
         self.metrics.redis_state(up);
+        if !up {
+            // Changes made elsewhere no longer reach us: authorize from the
+            // database until memberships are reloaded.
+            self.membership.set_current(false);
+        }
         if self.was_up != Some(up) {
             if up {
                 tracing::info!(instance = %self.names.instance, "redis bridge connected");
@@ -802,6 +836,7 @@ impl RedisBridge {
     /// database: membership changes made while an instance was cut off from
     /// Redis never reached the others.
     fn reload_memberships(&mut self, ctx: &mut Context<Self>) {
+        self.membership.set_current(false);
         let (db, membership, server) = (
             self.db.clone(),
             self.membership.clone(),
@@ -823,6 +858,7 @@ impl RedisBridge {
                     .send(ReplaceChats { chats, since })
                     .await?
                 {
+                    membership.set_current(true);
                     return Ok(());
                 }
             }
@@ -1041,6 +1077,17 @@ impl StreamHandler<redis::Msg> for RedisBridge {
                     broadcast: false,
                 });
             }
+            Envelope::ToUser {
+                origin,
+                user,
+                frame,
+            } if origin != me => {
+                self.server.to_user.do_send(DeliverToUser {
+                    user,
+                    frame: Bytes::copy_from_slice(frame),
+                    broadcast: false,
+                });
+            }
             Envelope::Presence {
                 origin,
                 user,
@@ -1117,6 +1164,11 @@ impl Handler<Publish> for RedisBridge {
                 origin,
                 user,
                 current_version,
+            }),
+            BusEvent::ToUser { user, frame } => self.publish_control(Envelope::ToUser {
+                origin,
+                user,
+                frame: &frame,
             }),
         }
     }
@@ -1251,6 +1303,11 @@ mod tests {
             origin: "i4",
             user: UserId(5),
             current_version: 2,
+        });
+        round_trip(Envelope::ToUser {
+            origin: "i4",
+            user: UserId(5),
+            frame: br#"{"type": "invitation", "data": {"name": "a b"}}"#,
         });
         round_trip(Envelope::InstanceDown {
             origin: "i4",

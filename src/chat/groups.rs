@@ -18,12 +18,14 @@ use sea_orm::{
     EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 
+use super::invitations;
 use super::membership::{MembershipChange, PRESENCE_MAX_MEMBERS};
 use super::presence::Presence;
 use super::protocol::{
-    ChatId, Conversation, ConversationChange, ConversationPush, ErrorCode, UserId,
+    format_time, ChatId, Conversation, ConversationChange, ConversationPush, ErrorCode, Invitation,
+    ServerEvent, UserId,
 };
-use super::server::{ApplyMembership, ChatServer};
+use super::server::{ApplyMembership, ChatServer, DeliverToUser};
 use super::store::{self, ConversationRow};
 use crate::rate_limit::KeyedRateLimit;
 
@@ -106,6 +108,10 @@ pub struct Changed {
     /// `None` when nothing changed (adding members already in it, renaming
     /// to the same title): nothing is pushed then.
     pub change: Option<ConversationChange>,
+    /// Creating and adding: who was invited instead of added (C9), and
+    /// which of them are newly invited (they get an `invitation` push).
+    pub invited: Option<Vec<i64>>,
+    pub newly_invited: invitations::Invited,
 }
 
 /// How many group changes one user, and one group, may make: every change
@@ -141,13 +147,17 @@ impl ChangeBudget {
     }
 }
 
-/// The group requests (B6), the same for the WebSocket and REST: the
-/// database, the change budgets, and the member limit.
+/// The group requests (B6, C9), the same for the WebSocket and REST: the
+/// database, the change budgets, and the limits.
 #[derive(Clone)]
 pub struct Groups {
     pub db: DatabaseConnection,
     pub budget: Arc<ChangeBudget>,
     pub max_members: usize,
+    /// Most groups one user may be in (created or joined).
+    pub max_groups_per_user: usize,
+    /// Most pending invitations one user may hold.
+    pub max_pending_invitations: usize,
 }
 
 /// Users among `ids` that do not exist or are inactive.
@@ -180,23 +190,29 @@ async fn require_users<C: ConnectionTrait>(db: &C, ids: &[i64]) -> Result<(), Gr
     ))
 }
 
-fn too_many(max: usize) -> GroupError {
+pub(super) fn too_many(max: usize) -> GroupError {
     GroupError::invalid("members", format!("a group has at most {max} members"))
 }
 
 /// Locks the conversation's row for the rest of the transaction (SQLite:
-/// takes the write lock) and loads it with its members; the caller must be
-/// one of them.
-async fn lock_group<C: ConnectionTrait>(
-    txn: &C,
-    chat: ChatId,
-    caller: UserId,
-) -> Result<ConversationRow, GroupError> {
+/// takes the write lock), so changes to one group apply one at a time.
+pub(super) async fn lock_row<C: ConnectionTrait>(txn: &C, chat: ChatId) -> Result<(), DbErr> {
     chat::Entity::update_many()
         .col_expr(chat::Column::Kind, Expr::col(chat::Column::Kind))
         .filter(chat::Column::Id.eq(chat.0))
         .exec(txn)
         .await?;
+    Ok(())
+}
+
+/// Locks the conversation's row and loads it with its members; the caller
+/// must be one of them.
+async fn lock_group<C: ConnectionTrait>(
+    txn: &C,
+    chat: ChatId,
+    caller: UserId,
+) -> Result<ConversationRow, GroupError> {
+    lock_row(txn, chat).await?;
     let row = store::conversation(txn, chat)
         .await?
         .filter(|row| row.has_member(caller))
@@ -210,7 +226,7 @@ async fn lock_group<C: ConnectionTrait>(
     Ok(row)
 }
 
-fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_member::ActiveModel {
+pub(super) fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_member::ActiveModel {
     chat_member::ActiveModel {
         chat_id: Set(chat.0),
         user_id: Set(user),
@@ -221,7 +237,7 @@ fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_member::Acti
 }
 
 /// Reads the conversation back inside the transaction and commits it.
-async fn commit(
+pub(super) async fn commit(
     txn: DatabaseTransaction,
     chat: ChatId,
     added: Vec<UserId>,
@@ -237,6 +253,8 @@ async fn commit(
         row,
         added,
         removed,
+        invited: None,
+        newly_invited: Default::default(),
     })
 }
 
@@ -247,7 +265,26 @@ fn unchanged(row: ConversationRow) -> Result<Changed, GroupError> {
         added: Vec::new(),
         removed: Vec::new(),
         change: None,
+        invited: None,
+        newly_invited: Default::default(),
     })
+}
+
+/// Who among `candidates` (active users, none a member yet) joins at once
+/// and who is invited (C9): joining needs consent (they have written to
+/// `adder`) and room (they are in fewer than `max_groups` groups).
+async fn join_or_invite<C: ConnectionTrait>(
+    db: &C,
+    adder: UserId,
+    candidates: Vec<i64>,
+    max_groups: usize,
+) -> Result<(Vec<i64>, Vec<i64>), DbErr> {
+    let consenting = invitations::consenting(db, adder, &candidates).await?;
+    let willing: Vec<i64> = consenting.iter().copied().collect();
+    let counts = invitations::group_counts(db, &willing).await?;
+    Ok(candidates.into_iter().partition(|c| {
+        consenting.contains(c) && counts.get(c).copied().unwrap_or(0) < max_groups as u64
+    }))
 }
 
 impl Groups {
@@ -273,6 +310,18 @@ impl Groups {
         self.budget.charge_user(creator)?;
         let txn = self.db.begin().await?;
         require_users(&txn, &others).await?;
+        let counts = invitations::group_counts(&txn, &[creator.0]).await?;
+        if counts.get(&creator.0).copied().unwrap_or(0) >= self.max_groups_per_user as u64 {
+            return Err(GroupError::invalid(
+                "title",
+                format!(
+                    "you are in {} groups already; leave one first",
+                    self.max_groups_per_user
+                ),
+            ));
+        }
+        let (others, invite) =
+            join_or_invite(&txn, creator, others, self.max_groups_per_user).await?;
         let chat = ChatId(uuid::Uuid::new_v4());
         chat::ActiveModel {
             id: Set(chat.0),
@@ -296,12 +345,19 @@ impl Groups {
             .exec(&txn)
             .await?;
         }
+        let newly_invited =
+            invitations::invite(&txn, chat, creator, &invite, self.max_pending_invitations).await?;
         let mut added = vec![creator];
         added.extend(others.into_iter().map(UserId));
-        commit(txn, chat, added, Vec::new(), |_| {
+        let changed = commit(txn, chat, added, Vec::new(), |_| {
             ConversationChange::Created
         })
-        .await
+        .await?;
+        Ok(Changed {
+            invited: Some(invite),
+            newly_invited,
+            ..changed
+        })
     }
 
     /// Adds `members` to a group `caller` belongs to; those already in it
@@ -326,10 +382,22 @@ impl Groups {
         if new.is_empty() {
             return unchanged(row);
         }
+        require_users(&txn, &new).await?;
+        let (new, invite) = join_or_invite(&txn, caller, new, self.max_groups_per_user).await?;
         if row.members.len() + new.len() > self.max_members {
             return Err(too_many(self.max_members));
         }
-        require_users(&txn, &new).await?;
+        let newly_invited =
+            invitations::invite(&txn, chat, caller, &invite, self.max_pending_invitations).await?;
+        let invited = Some(invite);
+        if new.is_empty() {
+            txn.commit().await?;
+            return Ok(Changed {
+                invited,
+                newly_invited,
+                ..unchanged(row)?
+            });
+        }
         chat_member::Entity::insert_many(
             new.iter()
                 .map(|m| member(chat, *m, chat_member::Role::Member)),
@@ -338,7 +406,12 @@ impl Groups {
         .await?;
         let added = new.iter().copied().map(UserId).collect();
         let change = ConversationChange::MembersAdded { user_ids: new };
-        commit(txn, chat, added, Vec::new(), |_| change).await
+        let changed = commit(txn, chat, added, Vec::new(), |_| change).await?;
+        Ok(Changed {
+            invited,
+            newly_invited,
+            ..changed
+        })
     }
 
     /// Removes `target` from a group: the owner may remove anyone, a member
@@ -474,13 +547,38 @@ pub async fn announce(
             .await
             .map_err(|e| GroupError::Server(e.to_string()))?;
     }
+    if !changed.newly_invited.users.is_empty() {
+        let inviter = changed
+            .row
+            .members
+            .iter()
+            .find(|(_, u)| u.id == caller.0)
+            .map(|(_, u)| invitations::inviter(u));
+        let invitation = Invitation {
+            pk: item.pk,
+            name: item.name.clone(),
+            members: item.members.len() as u64,
+            invited_by: inviter,
+            time: format_time(&changed.newly_invited.at),
+        };
+        let frame = ServerEvent::Invitation(&invitation).to_json();
+        for user in changed.newly_invited.users {
+            server.do_send(DeliverToUser {
+                user: UserId(user),
+                frame: frame.clone(),
+                broadcast: true,
+            });
+        }
+    }
     if !changed.row.has_member(caller) {
         return Ok(Conversation {
             removed: Some(true),
             ..item
         });
     }
-    store::conversation_of(db, caller, item.pk, presence)
+    let mut answer = store::conversation_of(db, caller, item.pk, presence)
         .await?
-        .ok_or(GroupError::NotFound)
+        .ok_or(GroupError::NotFound)?;
+    answer.invited = changed.invited;
+    Ok(answer)
 }

@@ -10,7 +10,7 @@
 //! changes since are applied on top (DESIGN.md "Groups").
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use bytes::Bytes;
@@ -67,14 +67,38 @@ impl MembershipChange {
 }
 
 /// The conversations of every user with a session here.
-#[derive(Default)]
 pub struct Membership {
     users: RwLock<HashMap<UserId, HashSet<ChatId>>>,
     /// The number of the last change applied.
     seq: AtomicU64,
+    /// Whether every change made anywhere has reached this record: false
+    /// while the bus is down and until memberships are reloaded after it
+    /// (changes made elsewhere meanwhile were missed). Sessions then check
+    /// membership in the database instead (DESIGN.md "Groups").
+    current: AtomicBool,
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership {
+            users: RwLock::default(),
+            seq: AtomicU64::new(0),
+            current: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Membership {
+    /// Whether the record can be trusted for authorization (see `current`).
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Marks the record as holding every change, or as possibly stale.
+    pub fn set_current(&self, current: bool) {
+        self.current.store(current, Ordering::Release);
+    }
+
     /// Whether `user` (connected here) belongs to `chat`, as far as this
     /// instance knows. `false` for a user not connected here.
     pub fn is_member(&self, user: UserId, chat: ChatId) -> bool {

@@ -2,6 +2,7 @@
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
 pub mod groups;
+pub mod invitations;
 pub mod log;
 pub mod membership;
 pub mod presence;

@@ -144,6 +144,12 @@ requests! {
     RenameGroup(RenameGroup) = "rename_group",
     /// A conversation's events after a `seq` (B7).
     Sync(SyncQuery) = "sync",
+    /// The caller's pending invitations to groups (C9).
+    GetInvitations(AnyData) = "get_invitations",
+    /// Join a group one was invited to (C9).
+    AcceptInvitation(ConversationQuery) = "accept_invitation",
+    /// Turn an invitation down for good (C9).
+    DeclineInvitation(ConversationQuery) = "decline_invitation",
 }
 
 impl fmt::Display for RequestKind {
@@ -158,7 +164,7 @@ pub struct Authorization {
     pub token: String,
 }
 
-/// `get_contact`, `typing`: one conversation.
+/// `get_contact`, `typing`, `accept_invitation`, `decline_invitation`: one conversation.
 #[derive(Debug, Deserialize)]
 pub struct ConversationQuery {
     pub id: ConversationRef,
@@ -514,6 +520,42 @@ pub struct Conversation {
     pub removed: Option<bool>,
     /// The `seq` of the conversation's latest event (B7; 0: none yet).
     pub seq: i64,
+    /// In the answer to `create_group` and `add_members`: who was invited
+    /// instead of added (C9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invited: Option<Vec<i64>>,
+}
+
+/// Who invited someone to a group.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct Inviter {
+    pub user_id: i64,
+    pub username: String,
+    /// "First Last".
+    pub name: String,
+}
+
+/// An invitation to a group (C9): the `invitation` push, and one item of
+/// `get_invitations`.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct Invitation {
+    /// The group.
+    pub pk: ChatId,
+    /// Its title.
+    pub name: String,
+    /// How many members it has.
+    pub members: u64,
+    /// Null once the inviter's account is gone.
+    pub invited_by: Option<Inviter>,
+    /// When the invitation was made.
+    pub time: String,
+}
+
+/// `decline_invitation`'s answer.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct Declined {
+    pub status: &'static str,
+    pub pk: ChatId,
 }
 
 /// What a `conversation` push says changed (C7). It is small whatever the
@@ -707,6 +749,11 @@ pub enum ServerEvent<'a> {
     RenameGroupResponse(Reply<Conversation>),
     /// A conversation changed (B6): what changed, to every member.
     Conversation(&'a ConversationPush<'a>),
+    GetInvitationsResponse(Reply<Vec<Invitation>>),
+    AcceptInvitationResponse(Reply<Conversation>),
+    DeclineInvitationResponse(Reply<Declined>),
+    /// Someone invited this user to a group (C9).
+    Invitation(&'a Invitation),
     Pong(Empty),
     TypeNotProvided(Notice),
     DataNotProvided(Notice),
@@ -740,6 +787,13 @@ impl ServerEvent<'_> {
             RequestKind::AddMembers => ServerEvent::AddMembersResponse(Reply::Err(error)),
             RequestKind::RemoveMember => ServerEvent::RemoveMemberResponse(Reply::Err(error)),
             RequestKind::RenameGroup => ServerEvent::RenameGroupResponse(Reply::Err(error)),
+            RequestKind::GetInvitations => ServerEvent::GetInvitationsResponse(Reply::Err(error)),
+            RequestKind::AcceptInvitation => {
+                ServerEvent::AcceptInvitationResponse(Reply::Err(error))
+            }
+            RequestKind::DeclineInvitation => {
+                ServerEvent::DeclineInvitationResponse(Reply::Err(error))
+            }
         }
     }
 

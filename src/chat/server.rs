@@ -848,6 +848,33 @@ impl Handler<RevokeUser> for ChatServer {
     }
 }
 
+/// A frame for one user's sessions (an invitation, PROTOCOL.md C9), here
+/// and on the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverToUser {
+    pub user: UserId,
+    pub frame: Bytes,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
+
+impl Handler<DeliverToUser> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverToUser, _: &mut Context<Self>) {
+        let mut overflowed = Vec::new();
+        self.push(msg.user, &msg.frame, &mut overflowed);
+        self.drop_overflowed(overflowed);
+        if msg.broadcast {
+            self.bus.publish(BusEvent::ToUser {
+                user: msg.user,
+                frame: msg.frame,
+            });
+        }
+    }
+}
+
 /// The instance is shutting down: close every session with 1001.
 #[derive(Message)]
 #[rtype(result = "usize")]

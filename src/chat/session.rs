@@ -12,6 +12,7 @@ use actix_http::ws::CloseCode;
 use sea_orm::DatabaseConnection;
 
 use super::groups::{self, GroupError};
+use super::invitations;
 use super::log;
 use super::membership::MembershipChange;
 use super::protocol::*;
@@ -228,6 +229,9 @@ impl WsSession {
             ClientRequest::AddMembers(a) => self.add_members(user, a, ctx),
             ClientRequest::RemoveMember(r) => self.remove_member(user, r, ctx),
             ClientRequest::RenameGroup(r) => self.rename_group(user, r, ctx),
+            ClientRequest::GetInvitations(_) => self.get_invitations(user, ctx),
+            ClientRequest::AcceptInvitation(q) => self.accept_invitation(user, q.id, ctx),
+            ClientRequest::DeclineInvitation(q) => self.decline_invitation(user, q.id, ctx),
             ClientRequest::Authorization(_) | ClientRequest::Ping(_) => {}
         }
     }
@@ -383,10 +387,13 @@ impl WsSession {
 
     /// Runs `then` once `user` is known to belong to the conversation;
     /// answers `not_found` otherwise. The ChatServer's record of the
-    /// user's conversations answers at once; one it does not hold (a direct
-    /// conversation made by the `contact add` command while the user was
-    /// connected) is looked up with `ctx.wait`, so later frames stay behind
-    /// this one, and announced, so its messages are routed from then on.
+    /// user's conversations answers at once while it is current. Otherwise
+    /// the database answers, with `ctx.wait` so later frames stay behind
+    /// this one: when the record may be stale (the bus is down, or
+    /// memberships are being reloaded after it was), and for a conversation
+    /// the record does not hold (a direct conversation made by the
+    /// `contact add` command while the user was connected, which is then
+    /// announced so its messages are routed from then on).
     fn with_membership<F>(
         &mut self,
         kind: RequestKind,
@@ -400,7 +407,8 @@ impl WsSession {
         let Some(chat_id) = id.chat_id() else {
             return self.not_found(kind, ctx);
         };
-        if self.chat.membership.is_member(user, chat_id) {
+        let known = self.chat.membership.is_member(user, chat_id);
+        if known && self.chat.membership.is_current() {
             return then(self, chat_id, ctx);
         }
         let db = self.chat.db.clone();
@@ -410,7 +418,7 @@ impl WsSession {
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
                     Ok(Some((kind_of, members))) if members.contains(&user) => {
-                        if kind_of == entity::chat::ChatKind::Direct {
+                        if !known && kind_of == entity::chat::ChatKind::Direct {
                             let change = MembershipChange {
                                 chat: chat_id,
                                 added: members,
@@ -625,23 +633,65 @@ impl WsSession {
             groups::announce(&chat.db, &chat.server, &chat.presence, user, changed).await
         };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
-            let reply = match result {
-                Ok(conversation) => Reply::Ok(conversation),
-                Err(e) if e.code() == ErrorCode::Internal => {
-                    Reply::Err(internal_reply(&act.span, kind, &e))
-                }
-                Err(e) => {
-                    act.chat.metrics.bad_frame(Some(e.code().as_str()));
-                    Reply::Err(ErrorReply::new(e.code(), e.to_string()))
-                }
-            };
+            let reply = result.map_or_else(|e| Reply::Err(act.group_error(kind, e)), Reply::Ok);
             let event = match kind {
                 RequestKind::CreateGroup => ServerEvent::CreateGroupResponse(reply),
                 RequestKind::AddMembers => ServerEvent::AddMembersResponse(reply),
                 RequestKind::RemoveMember => ServerEvent::RemoveMemberResponse(reply),
+                RequestKind::AcceptInvitation => ServerEvent::AcceptInvitationResponse(reply),
                 _ => ServerEvent::RenameGroupResponse(reply),
             };
             act.send(&event, ctx);
+        }));
+    }
+
+    /// The B3 error a failed group request is answered with (ours logged).
+    fn group_error(&self, kind: RequestKind, e: GroupError) -> ErrorReply {
+        if e.code() == ErrorCode::Internal {
+            return internal_reply(&self.span, kind, &e);
+        }
+        self.chat.metrics.bad_frame(Some(e.code().as_str()));
+        ErrorReply::new(e.code(), e.to_string())
+    }
+
+    fn get_invitations(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let query = move |db| async move { invitations::pending_of(&db, user).await };
+        self.query(
+            RequestKind::GetInvitations,
+            query,
+            |act, list, ctx| act.send(&ServerEvent::GetInvitationsResponse(Reply::Ok(list)), ctx),
+            ctx,
+        );
+    }
+
+    fn accept_invitation(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        let Some(chat) = id.chat_id() else {
+            return self.not_found(RequestKind::AcceptInvitation, ctx);
+        };
+        self.group_change(
+            RequestKind::AcceptInvitation,
+            user,
+            move |groups| async move { groups.accept(user, chat).await },
+            ctx,
+        );
+    }
+
+    fn decline_invitation(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        let kind = RequestKind::DeclineInvitation;
+        let Some(chat) = id.chat_id() else {
+            return self.not_found(kind, ctx);
+        };
+        let groups = self.chat.groups.clone();
+        let work = async move { groups.decline(user, chat).await };
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            let reply = match result {
+                Ok(()) => Reply::Ok(Declined {
+                    status: "success",
+                    pk: chat,
+                }),
+                Err(e) => Reply::Err(act.group_error(kind, e)),
+            };
+            act.send(&ServerEvent::DeclineInvitationResponse(reply), ctx);
         }));
     }
 

@@ -327,6 +327,7 @@ impl ConversationRow {
             members,
             removed: None,
             seq: self.chat.seq,
+            invited: None,
         }
     }
 }
@@ -413,6 +414,27 @@ pub async fn membership_of(
     }
 }
 
+/// How many members each of `chats` has (those with none are absent).
+pub async fn member_counts<C: ConnectionTrait>(
+    db: &C,
+    chats: Vec<uuid::Uuid>,
+) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
+    if chats.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(chat_member::Entity::find()
+        .select_only()
+        .column(chat_member::Column::ChatId)
+        .column_as(chat_member::Column::UserId.count(), "n")
+        .filter(chat_member::Column::ChatId.is_in(chats))
+        .group_by(chat_member::Column::ChatId)
+        .into_tuple::<(uuid::Uuid, i64)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 /// For each of `chats`: whether presence is pushed in it (direct
 /// conversations, and groups of at most `PRESENCE_MAX_MEMBERS`), and its
 /// latest `seq`.
@@ -436,21 +458,7 @@ async fn presence_flags(
             .filter(|(_, k, _)| *k == chat::ChatKind::Group)
             .map(|(id, _, _)| *id)
             .collect();
-        let sizes: HashMap<uuid::Uuid, i64> = if groups.is_empty() {
-            HashMap::new()
-        } else {
-            chat_member::Entity::find()
-                .select_only()
-                .column(chat_member::Column::ChatId)
-                .column_as(chat_member::Column::UserId.count(), "n")
-                .filter(chat_member::Column::ChatId.is_in(groups))
-                .group_by(chat_member::Column::ChatId)
-                .into_tuple::<(uuid::Uuid, i64)>()
-                .all(db)
-                .await?
-                .into_iter()
-                .collect()
-        };
+        let sizes = member_counts(db, groups).await?;
         for (id, kind, seq) in kinds {
             let small = sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64;
             flags.insert(id, (kind == chat::ChatKind::Direct || small, seq));

@@ -55,6 +55,7 @@ export class Chat {
       typing: new Map(), // pk -> Map(user_id -> until)
       readUpTo: new Map(), // pk -> highest id another member has read
       details: new Map(), // pk -> conversation with its members
+      invitations: new Map(), // pk -> invitation to a group (C9)
       open: null,
       notice: null,
     };
@@ -177,11 +178,33 @@ export class Chat {
         if (!failed) {
           this.upsertConversation(data, 0);
           this.openConversation(data.pk);
+          this.noteInvited(data.invited);
         }
         break;
       case "add_members_response":
+        if (!failed) {
+          this.upsertConversation(data, data.unread);
+          this.noteInvited(data.invited);
+        }
+        break;
       case "rename_group_response":
         if (!failed) this.upsertConversation(data, data.unread);
+        break;
+      case "get_invitations_response":
+        if (!failed) this.state.invitations = new Map(data.map((i) => [i.pk, i]));
+        break;
+      case "invitation":
+        this.state.invitations.set(data.pk, data);
+        break;
+      case "accept_invitation_response":
+        if (!failed) {
+          this.state.invitations.delete(data.pk);
+          this.upsertConversation(data, data.unread);
+          this.openConversation(data.pk);
+        }
+        break;
+      case "decline_invitation_response":
+        if (!failed) this.state.invitations.delete(data.pk);
         break;
       case "remove_member_response":
         if (!failed && data.removed) this.forget(data.pk);
@@ -213,6 +236,7 @@ export class Chat {
     // The contacts say which conversations grew meanwhile (setContacts
     // syncs those); then resend what was never acknowledged.
     this.send("get_contacts", {});
+    this.send("get_invitations", {});
     for (const [pk, list] of this.state.pending) {
       for (const item of list) {
         if (item.status === "pending") this.transmit(pk, item);
@@ -636,6 +660,33 @@ export class Chat {
 
   removeMember(pk, userId) {
     return this.send("remove_member", { id: pk, user_id: userId });
+  }
+
+  /** People who were invited instead of added: they join when they accept. */
+  noteInvited(invited) {
+    if (!invited?.length) return;
+    const names = invited.map((id) => this.nameOfUser(id) || `user ${id}`);
+    this.state.notice = `Invited ${names.join(", ")}: they join when they accept.`;
+  }
+
+  /** A contact's full name, from the direct conversation with them. */
+  nameOfUser(id) {
+    for (const c of this.state.conversations.values()) {
+      if (c.kind === "direct" && c.user_id === id) return c.name;
+    }
+    return null;
+  }
+
+  sortedInvitations() {
+    return [...this.state.invitations.values()].sort((a, b) => (a.time < b.time ? 1 : -1));
+  }
+
+  acceptInvitation(pk) {
+    return this.send("accept_invitation", { id: pk });
+  }
+
+  declineInvitation(pk) {
+    return this.send("decline_invitation", { id: pk });
   }
 
   renameGroup(pk, title) {

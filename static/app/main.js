@@ -391,6 +391,40 @@ function Conversation({ chat, pk }) {
   `;
 }
 
+/** Who invited, and how big the group is: "from Ann Lee (@ann) · 3 members". */
+function invitationText({ invited_by: by, members }) {
+  const size = `${members} ${members === 1 ? "member" : "members"}`;
+  return by ? `from ${by.name} (@${by.username}) · ${size}` : size;
+}
+
+/** Invitations to groups (people who never wrote to the inviter are asked
+ *  first): accept to join, decline to be left out for good. */
+function Invitations({ chat }) {
+  const invitations = chat.sortedInvitations();
+  if (!invitations.length) return null;
+  return html`
+    <section class="panel invitations" aria-label="Invitations">
+      <h2>Invitations</h2>
+      <ul role="list" aria-label="Invitations">
+        ${invitations.map(
+          (i) => html`<li key=${i.pk}>
+            <strong>${i.name}</strong>
+            <span class="hint">${invitationText(i)}</span>
+            <span class="choices">
+              <button type="button" onClick=${() => chat.acceptInvitation(i.pk)}>
+                Accept<span class="hidden"> ${i.name}</span>
+              </button>
+              <button type="button" class="link" onClick=${() => chat.declineInvitation(i.pk)}>
+                Decline<span class="hidden"> ${i.name}</span>
+              </button>
+            </span>
+          </li>`
+        )}
+      </ul>
+    </section>
+  `;
+}
+
 // --- signed in ------------------------------------------------------------
 
 function SignedIn({ session, onSignOut }) {
@@ -433,6 +467,7 @@ function SignedIn({ session, onSignOut }) {
         ${panel === "add" && html`<${AddContact} chat=${c} session=${session} done=${() => setPanel(null)} />`}
         ${panel === "group" && html`<${NewGroup} chat=${c} done=${() => setPanel(null)} />`}
         ${notice && html`<p role="alert" class="error">${notice}</p>`}
+        <${Invitations} chat=${c} />
         <ul role="list" aria-label="Conversations" class="conversations">
           ${conversations.map(
             (conversation) => html`<${ConversationItem}

@@ -716,6 +716,34 @@ pub async fn next_is_message(sender: &mut WsClient, receiver: &mut WsClient, pk:
     );
 }
 
+/// A barrier across instances for "nothing else was pushed": `sender`
+/// sends `text` to `pk`, and its next frames must be the acknowledgement
+/// and its own copy, and each of `others`' next frame that message. A
+/// conversation's events reach every session in one order (B7), through the
+/// bus too, so a stray frame pushed before would stand in front of it.
+pub async fn only_barrier_follows(
+    sender: &mut WsClient,
+    others: Vec<&mut WsClient>,
+    pk: &str,
+    text: &str,
+) {
+    sender
+        .send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+        .await;
+    assert_eq!(sender.recv().await["type"], "message_response");
+    for client in std::iter::once(sender).chain(others) {
+        let frame = client.recv().await;
+        assert_eq!(
+            (
+                frame["type"].as_str(),
+                frame["data"]["data"]["content"].as_str()
+            ),
+            (Some("message"), Some(text)),
+            "{frame}"
+        );
+    }
+}
+
 /// Sends `n` messages ("burst 0", "burst 1", …) to conversation `pk` from
 /// `sender` and asserts `receiver` gets them in that order; reads the
 /// sender's acks and echoes too.
@@ -977,4 +1005,81 @@ pub fn migrations_before(name: &str) -> u32 {
         .iter()
         .position(|m| m.name() == name)
         .unwrap_or_else(|| panic!("no migration named {name}")) as u32
+}
+
+/// Makes each of `writers` have written to `to` in their direct
+/// conversation (one stored message each, written straight to the
+/// database): what lets `to` add them to groups without an invitation
+/// (PROTOCOL.md C9). Conversations they do not have yet are made, in a few
+/// statements however many writers there are.
+pub async fn have_written(db: &DatabaseConnection, writers: &[i64], to: i64) {
+    use entity::{chat, chat_member, message};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
+    let now = chrono::Utc::now();
+    let keys: Vec<String> = writers.iter().map(|w| chat::direct_key(*w, to)).collect();
+    let existing = chat::Entity::find()
+        .filter(chat::Column::DirectKey.is_in(keys))
+        .all(db)
+        .await
+        .expect("read direct conversations");
+    let mut chats = Vec::new();
+    for writer in writers {
+        let key = chat::direct_key(*writer, to);
+        match existing
+            .iter()
+            .find(|c| c.direct_key.as_deref() == Some(&key))
+        {
+            Some(found) => {
+                chat::Entity::update(chat::ActiveModel {
+                    id: Set(found.id),
+                    seq: Set(found.seq + 1),
+                    ..Default::default()
+                })
+                .exec(db)
+                .await
+                .expect("bump the conversation's seq");
+                chats.push((*writer, found.id, found.seq + 1));
+            }
+            None => chats.push((*writer, uuid::Uuid::new_v4(), 1)),
+        }
+    }
+    let new: Vec<&(i64, uuid::Uuid, i64)> = chats.iter().filter(|(_, _, seq)| *seq == 1).collect();
+    if !new.is_empty() {
+        chat::Entity::insert_many(new.iter().map(|(w, id, _)| chat::ActiveModel {
+            id: Set(*id),
+            kind: Set(chat::ChatKind::Direct),
+            title: Set(None),
+            direct_key: Set(Some(chat::direct_key(*w, to))),
+            created_at: Set(now),
+            seq: Set(1),
+        }))
+        .exec(db)
+        .await
+        .expect("direct conversations");
+        let members = new.iter().flat_map(|(w, id, _)| {
+            [*w, to].map(|user| chat_member::ActiveModel {
+                chat_id: Set(*id),
+                user_id: Set(user),
+                joined_at: Set(now),
+                last_read_message_id: Set(None),
+                role: Set(chat_member::Role::Member),
+            })
+        });
+        chat_member::Entity::insert_many(members)
+            .exec(db)
+            .await
+            .expect("their members");
+    }
+    message::Entity::insert_many(chats.iter().map(|(w, id, seq)| message::ActiveModel {
+        chat_id: Set(*id),
+        sender_id: Set(Some(*w)),
+        content: Set("hello".into()),
+        client_id: Set(None),
+        created_at: Set(now),
+        seq: Set(*seq),
+        ..Default::default()
+    }))
+    .exec(db)
+    .await
+    .expect("a message from each writer");
 }

@@ -1,0 +1,274 @@
+//! Consent to groups (PROTOCOL.md C9): nobody is put in a group by someone
+//! they have never written to. Such a person is invited instead, and joins
+//! only by accepting; a declined invitation is kept, so the same group
+//! cannot invite them again. Someone who has written to the adder in their
+//! direct conversation joins at once, as before.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use entity::{chat, chat_member, invitation, message, user};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter,
+    QueryOrder, QuerySelect, RelationTrait, Set, TransactionTrait,
+};
+
+use super::groups::{commit, lock_row, too_many, Changed, GroupError, Groups};
+use super::protocol::{format_time, ChatId, ConversationChange, Invitation, Inviter, UserId};
+
+/// Among `candidates`, those who have written to `adder` in their direct
+/// conversation: they join at once; anyone else is invited. One index seek
+/// per candidate who has a direct conversation with the adder (messages'
+/// `(sender_id, chat_id, …)` index), however long that conversation is.
+pub async fn consenting<C: ConnectionTrait>(
+    db: &C,
+    adder: UserId,
+    candidates: &[i64],
+) -> Result<BTreeSet<i64>, DbErr> {
+    let by_key: HashMap<String, i64> = candidates
+        .iter()
+        .map(|c| (chat::direct_key(adder.0, *c), *c))
+        .collect();
+    if by_key.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let directs: Vec<(uuid::Uuid, Option<String>)> = chat::Entity::find()
+        .select_only()
+        .column(chat::Column::Id)
+        .column(chat::Column::DirectKey)
+        .filter(chat::Column::DirectKey.is_in(by_key.keys().cloned()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut consenting = BTreeSet::new();
+    for (chat, key) in directs {
+        let Some(candidate) = key.and_then(|k| by_key.get(&k).copied()) else {
+            continue;
+        };
+        let wrote = message::Entity::find()
+            .select_only()
+            .column(message::Column::Id)
+            .filter(message::Column::SenderId.eq(candidate))
+            .filter(message::Column::ChatId.eq(chat))
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(db)
+            .await?;
+        if wrote.is_some() {
+            consenting.insert(candidate);
+        }
+    }
+    Ok(consenting)
+}
+
+/// How many groups each of `users` belongs to (those in none are absent).
+pub async fn group_counts<C: ConnectionTrait>(
+    db: &C,
+    users: &[i64],
+) -> Result<HashMap<i64, u64>, DbErr> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, i64)> = chat_member::Entity::find()
+        .select_only()
+        .column(chat_member::Column::UserId)
+        .column_as(chat_member::Column::ChatId.count(), "groups")
+        .join(JoinType::InnerJoin, chat_member::Relation::Chat.def())
+        .filter(chat::Column::Kind.eq(chat::ChatKind::Group))
+        .filter(chat_member::Column::UserId.is_in(users.to_vec()))
+        .group_by(chat_member::Column::UserId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, n)| (user, n.max(0) as u64))
+        .collect())
+}
+
+/// Invitations made together: to whom, and when.
+#[derive(Debug, Default)]
+pub struct Invited {
+    pub users: Vec<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// Records invitations of `users` to `chat` from `by`, and returns those
+/// newly invited: not anyone invited to it before (pending, or declined:
+/// the group asks once), nor anyone already holding `max_pending`
+/// invitations (a flood of groups cannot bury the real ones).
+pub async fn invite<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+    by: UserId,
+    users: &[i64],
+    max_pending: usize,
+) -> Result<Invited, DbErr> {
+    let now = Utc::now();
+    let none = || Invited {
+        users: Vec::new(),
+        at: now,
+    };
+    if users.is_empty() {
+        return Ok(none());
+    }
+    let asked_before: BTreeSet<i64> = invitation::Entity::find()
+        .select_only()
+        .column(invitation::Column::UserId)
+        .filter(invitation::Column::ChatId.eq(chat.0))
+        .filter(invitation::Column::UserId.is_in(users.to_vec()))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let fresh: Vec<i64> = users
+        .iter()
+        .copied()
+        .filter(|u| !asked_before.contains(u))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(none());
+    }
+    let pending: HashMap<i64, i64> = invitation::Entity::find()
+        .select_only()
+        .column(invitation::Column::UserId)
+        .column_as(invitation::Column::ChatId.count(), "pending")
+        .filter(invitation::Column::UserId.is_in(fresh.clone()))
+        .filter(invitation::Column::DeclinedAt.is_null())
+        .group_by(invitation::Column::UserId)
+        .into_tuple::<(i64, i64)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let invited: Vec<i64> = fresh
+        .into_iter()
+        .filter(|u| pending.get(u).copied().unwrap_or(0) < max_pending as i64)
+        .collect();
+    if invited.is_empty() {
+        return Ok(none());
+    }
+    invitation::Entity::insert_many(invited.iter().map(|u| invitation::ActiveModel {
+        chat_id: Set(chat.0),
+        user_id: Set(*u),
+        invited_by: Set(Some(by.0)),
+        created_at: Set(now),
+        declined_at: Set(None),
+    }))
+    .exec(db)
+    .await?;
+    Ok(Invited {
+        users: invited,
+        at: now,
+    })
+}
+
+/// The pending invitations of `user`, newest first.
+pub async fn pending_of<C: ConnectionTrait>(
+    db: &C,
+    user: UserId,
+) -> Result<Vec<Invitation>, DbErr> {
+    let rows = invitation::Entity::find()
+        .find_also_related(chat::Entity)
+        .filter(invitation::Column::UserId.eq(user.0))
+        .filter(invitation::Column::DeclinedAt.is_null())
+        .order_by_desc(invitation::Column::CreatedAt)
+        .all(db)
+        .await?;
+    let chats: Vec<uuid::Uuid> = rows.iter().map(|(i, _)| i.chat_id).collect();
+    let inviters: Vec<i64> = rows.iter().filter_map(|(i, _)| i.invited_by).collect();
+    let members = super::store::member_counts(db, chats).await?;
+    let people: HashMap<i64, user::Model> = if inviters.is_empty() {
+        HashMap::new()
+    } else {
+        user::Entity::find()
+            .filter(user::Column::Id.is_in(inviters))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|u| (u.id, u))
+            .collect()
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(invitation, chat)| {
+            let chat = chat?;
+            Some(Invitation {
+                pk: ChatId(chat.id),
+                name: chat.title.unwrap_or_default(),
+                members: members.get(&chat.id).copied().unwrap_or(0).max(0) as u64,
+                invited_by: invitation
+                    .invited_by
+                    .and_then(|id| people.get(&id))
+                    .map(inviter),
+                time: format_time(&invitation.created_at),
+            })
+        })
+        .collect())
+}
+
+/// The inviter as an invitation names them.
+pub fn inviter(user: &user::Model) -> Inviter {
+    Inviter {
+        user_id: user.id,
+        username: user.username.clone(),
+        name: user.display_name(),
+    }
+}
+
+impl Groups {
+    /// Joins the group `chat` that `user` holds a pending invitation to.
+    /// Costs no budget (an invitation is accepted once).
+    pub async fn accept(&self, user: UserId, chat: ChatId) -> Result<Changed, GroupError> {
+        let txn = self.db.begin().await?;
+        lock_row(&txn, chat).await?;
+        let pending = invitation::Entity::find_by_id((chat.0, user.0))
+            .filter(invitation::Column::DeclinedAt.is_null())
+            .one(&txn)
+            .await?
+            .ok_or(GroupError::NotFound)?;
+        let row = super::store::conversation(&txn, chat)
+            .await?
+            .ok_or(GroupError::NotFound)?;
+        if row.members.len() >= self.max_members {
+            return Err(too_many(self.max_members));
+        }
+        let groups = group_counts(&txn, &[user.0]).await?;
+        if groups.get(&user.0).copied().unwrap_or(0) >= self.max_groups_per_user as u64 {
+            return Err(GroupError::Invalid {
+                field: "id",
+                message: format!(
+                    "you are in {} groups already; leave one first",
+                    self.max_groups_per_user
+                ),
+            });
+        }
+        invitation::Entity::delete_by_id((pending.chat_id, pending.user_id))
+            .exec(&txn)
+            .await?;
+        super::groups::member(chat, user.0, chat_member::Role::Member)
+            .insert(&txn)
+            .await?;
+        let change = ConversationChange::MembersAdded {
+            user_ids: vec![user.0],
+        };
+        commit(txn, chat, vec![user], Vec::new(), |_| change).await
+    }
+
+    /// Turns down `user`'s pending invitation to `chat`, for good.
+    pub async fn decline(&self, user: UserId, chat: ChatId) -> Result<(), GroupError> {
+        let declined = invitation::Entity::update_many()
+            .col_expr(invitation::Column::DeclinedAt, Expr::value(Utc::now()))
+            .filter(invitation::Column::ChatId.eq(chat.0))
+            .filter(invitation::Column::UserId.eq(user.0))
+            .filter(invitation::Column::DeclinedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        if declined.rows_affected == 0 {
+            return Err(GroupError::NotFound);
+        }
+        Ok(())
+    }
+}
