@@ -218,6 +218,10 @@ impl Application {
             bus,
             writer,
             groups,
+            typing_relays: KeyedRateLimit::new(
+                chat::TYPING_RELAYS_PER_SECOND,
+                chat::TYPING_RELAYS_PER_SECOND * 60,
+            ),
             metrics,
             limits: Limits::from_settings(&settings),
             proxies: settings.server.trusted_proxies(),

@@ -534,6 +534,57 @@ async fn a_change_in_a_big_group_pushes_no_member_list() {
     assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
 }
 
+/// However many members type, a member gets at most two typing notices a
+/// second per conversation.
+#[actix_rt::test]
+async fn typing_in_a_group_is_coalesced() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let mut typists = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (id, token) = app.user(name).await;
+        ids.push(id);
+        typists.push(app.authorized(&token).await);
+    }
+    common::have_written(&app.db, &ids, alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
+        .await;
+    let pk = group["pk"].clone();
+    for typist in &mut typists {
+        typist.recv_type("conversation").await;
+    }
+    // 30 notices from three people, sent as fast as the sockets take them.
+    for _ in 0..10 {
+        for typist in &mut typists {
+            typist
+                .send(json!({"type": "typing", "data": {"id": pk}}))
+                .await;
+        }
+    }
+    typists[0]
+        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
+        .await;
+    let mut relayed = 0;
+    loop {
+        let frame = a.recv().await;
+        if frame["type"] == "message" {
+            assert_eq!(frame["data"]["data"]["content"], "done");
+            break;
+        }
+        assert_eq!(frame["type"], "typing", "{frame}");
+        relayed += 1;
+    }
+    // 2 at once, then 2 a second: sending 30 small frames would have to
+    // take over 4 s for more than 10 to pass.
+    assert!(
+        (1..=10).contains(&relayed),
+        "{relayed} typing notices relayed"
+    );
+}
+
 /// Group changes have their own budget per user, counted over all the
 /// user's sockets and REST alike; leaving is never refused.
 #[actix_rt::test]

@@ -59,6 +59,10 @@ impl Limits {
     }
 }
 
+/// Typing notices relayed per conversation and second (per instance): in a
+/// group, however many people type, a member gets at most this many.
+pub const TYPING_RELAYS_PER_SECOND: u32 = 2;
+
 /// What every session needs: shared by all sessions of an instance.
 pub struct ChatContext {
     pub db: DatabaseConnection,
@@ -71,6 +75,8 @@ pub struct ChatContext {
     pub writer: MessageWriter,
     /// Group requests, with their change budgets (shared with REST).
     pub groups: groups::Groups,
+    /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
+    pub typing_relays: crate::rate_limit::KeyedRateLimit<protocol::ChatId>,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Whose `X-Forwarded-For` is believed.

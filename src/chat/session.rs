@@ -601,6 +601,11 @@ impl WsSession {
 
     fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
         self.with_membership(RequestKind::Typing, user, &id, ctx, move |act, chat, _| {
+            if act.chat.typing_relays.take(chat).is_err() {
+                // Someone's typing was shown in this second: a member never
+                // gets more than TYPING_RELAYS_PER_SECOND, however many type.
+                return;
+            }
             let frame = ServerEvent::Typing(TypingEvent {
                 pk: chat,
                 user_id: user.0,
