@@ -112,7 +112,7 @@ test("after a reconnect only conversations on screen whose seq grew are synced",
   chat.socket = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
   sent.length = 0;
   chat.onFrame({ type: "authorization_response", data: { status: "success" } });
-  assert.deepEqual(sent.map((f) => f.type), ["get_contacts", "get_invitations"], "no history asked again");
+  assert.deepEqual(sent.map((f) => f.type), ["get_contacts", "get_invitations", "get_blocked"], "no history asked again");
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 3), contact(B, 5)] });
   assert.deepEqual(sent.filter((f) => f.type === "sync"), [
     { type: "sync", data: { id: A, after_seq: 1, limit: 200 } },

@@ -173,6 +173,18 @@ async function received(page, text) {
   await log(page).locator('[data-direction="received"]').filter({ hasText: text }).first().waitFor(WAIT);
 }
 
+/** Two new people: the first added the second and said `text`, which
+ *  the second has open. */
+async function talking(first, second, text) {
+  const alice = await signUp(...first);
+  const bob = await signUp(...second);
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, text);
+  await open(bob.page, alice.name);
+  await received(bob.page, text);
+  return [alice, bob];
+}
+
 async function shot(page, name) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
@@ -287,13 +299,27 @@ test("a group of three", async () => {
   for (const p of [alice, bob, carol]) await p.page.context().close();
 });
 
+test("blocking stops a conversation both ways until it is lifted", async () => {
+  const [alice, bob] = await talking(["Ivy", "Long"], ["Rex", "Hale"], "hello Rex");
+  await bob.page.getByRole("button", { name: `Block ${alice.name}` }).click();
+  await bob.page.getByText(`You blocked ${alice.name}`).waitFor(WAIT);
+  // Ivy's next message is refused, and she is told why.
+  await alice.page.getByLabel("Message").fill("are you there?");
+  await alice.page.getByLabel("Message").press("Enter");
+  await alice.page
+    .getByRole("alert")
+    .filter({ hasText: "messages between you and this person are blocked" })
+    .waitFor(WAIT);
+  await bob.page.getByRole("button", { name: `Unblock ${alice.name}` }).click();
+  await bob.page.getByRole("button", { name: `Block ${alice.name}` }).waitFor(WAIT);
+  await say(alice.page, "back again");
+  await received(bob.page, "back again");
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("the server restarts mid-conversation: messages sent meanwhile arrive without a reload", async () => {
-  const alice = await signUp("Ada", "Byron");
-  const bob = await signUp("Bo", "Diddley");
-  await addContact(alice.page, bob.username, bob.name);
-  await say(alice.page, "before the restart");
-  await open(bob.page, alice.name);
-  await received(bob.page, "before the restart");
+  const [alice, bob] = await talking(["Ada", "Byron"], ["Bo", "Diddley"], "before the restart");
 
   // Bob's reconnection is held back until Alice has sent, so those
   // messages are surely sent while he is away.

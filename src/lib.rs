@@ -134,6 +134,7 @@ impl Application {
                     deliver: ctx.address().recipient(),
                     revoke: ctx.address().recipient(),
                     to_user: ctx.address().recipient(),
+                    blocked: ctx.address().recipient(),
                     presence: ctx.address().recipient(),
                     membership: ctx.address().recipient(),
                     replace_chats: ctx.address().recipient(),

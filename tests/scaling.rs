@@ -577,6 +577,32 @@ async fn groups_across(backend: &Backend) {
         alice.recv_type("conversation").await["data"]["change"],
         json!({"type": "members_added", "user_ids": [erin]})
     );
+
+    // A block made on B reaches A through the bus, as fast as any change.
+    let contacts = alice.ask(json!({"type": "get_contacts", "data": {}})).await;
+    let direct = contacts
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["user_id"] == bob))
+        .map(|c| c["pk"].clone())
+        .expect("alice's direct conversation with bob");
+    bob_b
+        .ask(json!({"type": "block_user", "data": {"user_id": alice_id}}))
+        .await;
+    // Probing with one client_id stores at most one message meanwhile.
+    let probe = json!({"type": "message",
+                       "data": {"to": direct, "content": "hi bob", "client_id": "probe"}});
+    let mut answer = alice.ask(probe.clone()).await;
+    for _ in 0..100 {
+        if answer["status"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = alice.ask(probe.clone()).await;
+    }
+    assert_eq!(
+        answer["message"],
+        "messages between you and this person are blocked"
+    );
 }
 
 backend_tests!(@server groups_cross_instances => groups_across);

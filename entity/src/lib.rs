@@ -1,5 +1,6 @@
 //! sea-orm entities of the chat server, one module per table (DESIGN.md "Data").
 
+pub mod block;
 pub mod chat;
 pub mod chat_member;
 pub mod invitation;
@@ -7,7 +8,8 @@ pub mod message;
 pub mod user;
 
 pub mod prelude {
-    //! The entities under short names: `User`, `Chat`, `ChatMember`, `Invitation`, `Message`.
+    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `Invitation`, `Message`.
+    pub use super::block::Entity as Block;
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;
     pub use super::invitation::Entity as Invitation;

@@ -9,6 +9,7 @@ mod m20261127_000001_groups;
 mod m20261130_000001_conversation_seq;
 mod m20261130_000002_username_keys;
 mod m20261130_000003_invitations;
+mod m20261130_000004_blocks;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_conversation_seq::Migration),
             Box::new(m20261130_000002_username_keys::Migration),
             Box::new(m20261130_000003_invitations::Migration),
+            Box::new(m20261130_000004_blocks::Migration),
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod blocks;
 pub mod body;
 pub mod client;
 pub mod contacts;
@@ -107,6 +108,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/groups/{id}/members/{user_id}/")
             .route(web::delete().to(groups::remove_member))
+            .default_service(actix_web::web::to(method_not_allowed("DELETE"))),
+    )
+    .service(
+        web::resource("/api/blocks/")
+            .route(web::get().to(blocks::list_blocks))
+            .route(web::post().to(blocks::block_user))
+            .default_service(actix_web::web::to(method_not_allowed("GET, POST"))),
+    )
+    .service(
+        web::resource("/api/blocks/{user_id}/")
+            .route(web::delete().to(blocks::unblock_user))
             .default_service(actix_web::web::to(method_not_allowed("DELETE"))),
     )
     .service(
@@ -312,6 +324,7 @@ pub fn spec() -> DefaultApiRaw {
         "Users",
         "Contacts",
         "Groups",
+        "Blocks",
         "Operations",
     ]
     .into_iter()

@@ -38,6 +38,8 @@ pub enum BusEvent {
     Revoke { user: UserId, current_version: i32 },
     /// A frame for one user's sessions, wherever they are.
     ToUser { user: UserId, frame: bytes::Bytes },
+    /// Messages in a direct conversation became blocked, or were unblocked.
+    Blocked { chat: ChatId, blocked: bool },
 }
 
 /// Longest wait for the bus to confirm earlier subscriptions.

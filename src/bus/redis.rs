@@ -44,7 +44,7 @@ use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::server::{
     ApplyMembership, ConversationFrames, DeliverRemote, DeliverToUser, LocalUsers, ReplaceChats,
-    RevokeUser, TellPresence,
+    RevokeUser, SetBlocked, TellPresence,
 };
 use crate::chat::store;
 use crate::metrics::Metrics;
@@ -127,8 +127,11 @@ impl Names {
 ///   `N origin user 1|0 chats` (news only): tell `chats` of the user's state;
 /// - `R origin user version`, `D origin dead-instance`, `Y origin` (it came
 ///   back: re-read its users and reload memberships);
-/// - `U origin user frame`: a frame for one user's sessions (an invitation).
-///   A kind of its own, which an earlier version ignores.
+/// - `U origin user frame`: a frame for one user's sessions (an invitation);
+/// - `K origin chat 1|0`: messages in a direct conversation became blocked
+///   (1) or were unblocked (0).
+///
+/// `U` and `K` are kinds of their own, which an earlier version ignores.
 ///
 /// Lists are comma-separated, `-` when empty.
 #[derive(Debug, PartialEq)]
@@ -162,6 +165,11 @@ enum Envelope<'a> {
         origin: &'a str,
         user: UserId,
         frame: &'a [u8],
+    },
+    Blocked {
+        origin: &'a str,
+        chat: ChatId,
+        blocked: bool,
     },
     InstanceDown {
         origin: &'a str,
@@ -301,6 +309,13 @@ impl<'a> Envelope<'a> {
                 let _ = write!(out, "U {origin} {user} ");
                 out.extend_from_slice(frame);
             }
+            Envelope::Blocked {
+                origin,
+                chat,
+                blocked,
+            } => {
+                let _ = write!(out, "K {origin} {} {}", chat.0.simple(), u8::from(*blocked));
+            }
             Envelope::InstanceDown { origin, dead } => {
                 let _ = write!(out, "D {origin} {dead}");
             }
@@ -401,6 +416,22 @@ impl<'a> Envelope<'a> {
                     frame,
                 })
             }
+            "K" => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let f: Vec<&str> = text.split(' ').collect();
+                let [_, origin, chat, blocked] = f.as_slice() else {
+                    return None;
+                };
+                Some(Envelope::Blocked {
+                    origin,
+                    chat: parse_chat(chat)?,
+                    blocked: match *blocked {
+                        "1" => true,
+                        "0" => false,
+                        _ => return None,
+                    },
+                })
+            }
             "D" => {
                 let (f, rest) = split_fields(bytes, 2)?;
                 Some(Envelope::InstanceDown {
@@ -423,6 +454,7 @@ pub struct ServerLink {
     pub deliver: Recipient<DeliverRemote>,
     pub revoke: Recipient<RevokeUser>,
     pub to_user: Recipient<DeliverToUser>,
+    pub blocked: Recipient<SetBlocked>,
     pub presence: Recipient<TellPresence>,
     pub membership: Recipient<ApplyMembership>,
     pub replace_chats: Recipient<ReplaceChats>,
@@ -1077,6 +1109,17 @@ impl StreamHandler<redis::Msg> for RedisBridge {
                     broadcast: false,
                 });
             }
+            Envelope::Blocked {
+                origin,
+                chat,
+                blocked,
+            } if origin != me => {
+                self.server.blocked.do_send(SetBlocked {
+                    chat,
+                    blocked,
+                    broadcast: false,
+                });
+            }
             Envelope::ToUser {
                 origin,
                 user,
@@ -1164,6 +1207,11 @@ impl Handler<Publish> for RedisBridge {
                 origin,
                 user,
                 current_version,
+            }),
+            BusEvent::Blocked { chat, blocked } => self.publish_control(Envelope::Blocked {
+                origin,
+                chat,
+                blocked,
             }),
             BusEvent::ToUser { user, frame } => self.publish_control(Envelope::ToUser {
                 origin,
@@ -1308,6 +1356,11 @@ mod tests {
             origin: "i4",
             user: UserId(5),
             frame: br#"{"type": "invitation", "data": {"name": "a b"}}"#,
+        });
+        round_trip(Envelope::Blocked {
+            origin: "i4",
+            chat,
+            blocked: true,
         });
         round_trip(Envelope::InstanceDown {
             origin: "i4",

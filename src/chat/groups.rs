@@ -18,6 +18,7 @@ use sea_orm::{
     EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 
+use super::blocks;
 use super::invitations;
 use super::membership::{MembershipChange, PRESENCE_MAX_MEMBERS};
 use super::presence::Presence;
@@ -270,21 +271,46 @@ fn unchanged(row: ConversationRow) -> Result<Changed, GroupError> {
     })
 }
 
+/// Where the people asked for in a create or an add go (C9, C10).
+struct Sorted {
+    /// They join at once.
+    join: Vec<i64>,
+    /// Everyone else: what the answer's `invited` says.
+    invited: Vec<i64>,
+    /// Those of `invited` who get an invitation: not those who blocked the
+    /// adder (the adder is not told).
+    to_invite: Vec<i64>,
+}
+
 /// Who among `candidates` (active users, none a member yet) joins at once
-/// and who is invited (C9): joining needs consent (they have written to
-/// `adder`) and room (they are in fewer than `max_groups` groups).
+/// and who is invited: joining needs consent (they have written to
+/// `adder`), room (they are in fewer than `max_groups` groups) and no block
+/// of the adder; someone who blocked the adder is neither added nor invited.
 async fn join_or_invite<C: ConnectionTrait>(
     db: &C,
     adder: UserId,
     candidates: Vec<i64>,
     max_groups: usize,
-) -> Result<(Vec<i64>, Vec<i64>), DbErr> {
+) -> Result<Sorted, DbErr> {
+    let blockers = blocks::blockers_of(db, adder, &candidates).await?;
     let consenting = invitations::consenting(db, adder, &candidates).await?;
     let willing: Vec<i64> = consenting.iter().copied().collect();
     let counts = invitations::group_counts(db, &willing).await?;
-    Ok(candidates.into_iter().partition(|c| {
-        consenting.contains(c) && counts.get(c).copied().unwrap_or(0) < max_groups as u64
-    }))
+    let (join, invited): (Vec<i64>, Vec<i64>) = candidates.into_iter().partition(|c| {
+        !blockers.contains(c)
+            && consenting.contains(c)
+            && counts.get(c).copied().unwrap_or(0) < max_groups as u64
+    });
+    let to_invite = invited
+        .iter()
+        .copied()
+        .filter(|c| !blockers.contains(c))
+        .collect();
+    Ok(Sorted {
+        join,
+        invited,
+        to_invite,
+    })
 }
 
 impl Groups {
@@ -320,8 +346,11 @@ impl Groups {
                 ),
             ));
         }
-        let (others, invite) =
-            join_or_invite(&txn, creator, others, self.max_groups_per_user).await?;
+        let Sorted {
+            join: others,
+            invited,
+            to_invite,
+        } = join_or_invite(&txn, creator, others, self.max_groups_per_user).await?;
         let chat = ChatId(uuid::Uuid::new_v4());
         chat::ActiveModel {
             id: Set(chat.0),
@@ -345,8 +374,14 @@ impl Groups {
             .exec(&txn)
             .await?;
         }
-        let newly_invited =
-            invitations::invite(&txn, chat, creator, &invite, self.max_pending_invitations).await?;
+        let newly_invited = invitations::invite(
+            &txn,
+            chat,
+            creator,
+            &to_invite,
+            self.max_pending_invitations,
+        )
+        .await?;
         let mut added = vec![creator];
         added.extend(others.into_iter().map(UserId));
         let changed = commit(txn, chat, added, Vec::new(), |_| {
@@ -354,7 +389,7 @@ impl Groups {
         })
         .await?;
         Ok(Changed {
-            invited: Some(invite),
+            invited: Some(invited),
             newly_invited,
             ..changed
         })
@@ -383,13 +418,18 @@ impl Groups {
             return unchanged(row);
         }
         require_users(&txn, &new).await?;
-        let (new, invite) = join_or_invite(&txn, caller, new, self.max_groups_per_user).await?;
+        let Sorted {
+            join: new,
+            invited,
+            to_invite,
+        } = join_or_invite(&txn, caller, new, self.max_groups_per_user).await?;
         if row.members.len() + new.len() > self.max_members {
             return Err(too_many(self.max_members));
         }
         let newly_invited =
-            invitations::invite(&txn, chat, caller, &invite, self.max_pending_invitations).await?;
-        let invited = Some(invite);
+            invitations::invite(&txn, chat, caller, &to_invite, self.max_pending_invitations)
+                .await?;
+        let invited = Some(invited);
         if new.is_empty() {
             txn.commit().await?;
             return Ok(Changed {
@@ -553,7 +593,7 @@ pub async fn announce(
             .members
             .iter()
             .find(|(_, u)| u.id == caller.0)
-            .map(|(_, u)| invitations::inviter(u));
+            .map(|(_, u)| invitations::person(u));
         let invitation = Invitation {
             pk: item.pk,
             name: item.name.clone(),

@@ -15,7 +15,7 @@ use sea_orm::{
 };
 
 use super::groups::{commit, lock_row, too_many, Changed, GroupError, Groups};
-use super::protocol::{format_time, ChatId, ConversationChange, Invitation, Inviter, UserId};
+use super::protocol::{format_time, ChatId, ConversationChange, Invitation, Person, UserId};
 
 /// Among `candidates`, those who have written to `adder` in their direct
 /// conversation: they join at once; anyone else is invited. One index seek
@@ -202,16 +202,16 @@ pub async fn pending_of<C: ConnectionTrait>(
                 invited_by: invitation
                     .invited_by
                     .and_then(|id| people.get(&id))
-                    .map(inviter),
+                    .map(person),
                 time: format_time(&invitation.created_at),
             })
         })
         .collect())
 }
 
-/// The inviter as an invitation names them.
-pub fn inviter(user: &user::Model) -> Inviter {
-    Inviter {
+/// A user as an invitation or the blocked list names them.
+pub fn person(user: &user::Model) -> Person {
+    Person {
         user_id: user.id,
         username: user.username.clone(),
         name: user.display_name(),

@@ -27,6 +27,8 @@ pub struct ChatEntry {
     /// The conversation's latest `seq` when this was loaded (B7): where a
     /// room opened from it starts its live stream.
     pub seq: i64,
+    /// A direct conversation whose two people have a block (C10).
+    pub blocked: bool,
 }
 
 /// Largest group in which presence changes are pushed (B6).
@@ -76,6 +78,9 @@ pub struct Membership {
     /// (changes made elsewhere meanwhile were missed). Sessions then check
     /// membership in the database instead (DESIGN.md "Groups").
     current: AtomicBool,
+    /// Direct conversations of users here whose two people have a block:
+    /// no messages are taken in them (C10).
+    blocked: RwLock<HashSet<ChatId>>,
 }
 
 impl Default for Membership {
@@ -84,11 +89,29 @@ impl Default for Membership {
             users: RwLock::default(),
             seq: AtomicU64::new(0),
             current: AtomicBool::new(true),
+            blocked: RwLock::default(),
         }
     }
 }
 
 impl Membership {
+    /// Whether messages in `chat` are blocked (a direct conversation whose
+    /// two people have a block).
+    pub fn is_blocked(&self, chat: ChatId) -> bool {
+        self.blocked.read().is_ok_and(|b| b.contains(&chat))
+    }
+
+    /// Records whether messages in `chat` are blocked.
+    pub(super) fn set_blocked(&self, chat: ChatId, blocked: bool) {
+        if let Ok(mut set) = self.blocked.write() {
+            if blocked {
+                set.insert(chat);
+            } else {
+                set.remove(&chat);
+            }
+        }
+    }
+
     /// Whether the record can be trusted for authorization (see `current`).
     pub fn is_current(&self) -> bool {
         self.current.load(Ordering::Acquire)

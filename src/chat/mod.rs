@@ -1,6 +1,7 @@
 //! Real-time chat over one WebSocket: the actors (`WsSession` per connection,
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
+pub mod blocks;
 pub mod groups;
 pub mod invitations;
 pub mod log;

@@ -150,6 +150,12 @@ requests! {
     AcceptInvitation(ConversationQuery) = "accept_invitation",
     /// Turn an invitation down for good (C9).
     DeclineInvitation(ConversationQuery) = "decline_invitation",
+    /// Block someone (C10).
+    BlockUser(UserRef) = "block_user",
+    /// Lift one's block of someone (C10).
+    UnblockUser(UserRef) = "unblock_user",
+    /// The people one blocked (C10).
+    GetBlocked(AnyData) = "get_blocked",
 }
 
 impl fmt::Display for RequestKind {
@@ -206,6 +212,12 @@ pub struct SyncQuery {
 pub struct MarkRead {
     pub id: ConversationRef,
     pub up_to: i64,
+}
+
+/// `block_user`, `unblock_user`: the other person.
+#[derive(Debug, Deserialize)]
+pub struct UserRef {
+    pub user_id: i64,
 }
 
 /// `create_group`: a title and the people to add besides the creator.
@@ -526,9 +538,10 @@ pub struct Conversation {
     pub invited: Option<Vec<i64>>,
 }
 
-/// Who invited someone to a group.
+/// A person, as an invitation names its inviter and the blocked list its
+/// entries.
 #[derive(Debug, Clone, Serialize, Apiv2Schema)]
-pub struct Inviter {
+pub struct Person {
     pub user_id: i64,
     pub username: String,
     /// "First Last".
@@ -546,9 +559,16 @@ pub struct Invitation {
     /// How many members it has.
     pub members: u64,
     /// Null once the inviter's account is gone.
-    pub invited_by: Option<Inviter>,
+    pub invited_by: Option<Person>,
     /// When the invitation was made.
     pub time: String,
+}
+
+/// The answer to `block_user` and `unblock_user` (C10).
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct BlockAck {
+    pub status: &'static str,
+    pub user_id: i64,
 }
 
 /// `decline_invitation`'s answer.
@@ -752,6 +772,9 @@ pub enum ServerEvent<'a> {
     GetInvitationsResponse(Reply<Vec<Invitation>>),
     AcceptInvitationResponse(Reply<Conversation>),
     DeclineInvitationResponse(Reply<Declined>),
+    BlockUserResponse(Reply<BlockAck>),
+    UnblockUserResponse(Reply<BlockAck>),
+    GetBlockedResponse(Reply<Vec<Person>>),
     /// Someone invited this user to a group (C9).
     Invitation(&'a Invitation),
     Pong(Empty),
@@ -794,6 +817,9 @@ impl ServerEvent<'_> {
             RequestKind::DeclineInvitation => {
                 ServerEvent::DeclineInvitationResponse(Reply::Err(error))
             }
+            RequestKind::BlockUser => ServerEvent::BlockUserResponse(Reply::Err(error)),
+            RequestKind::UnblockUser => ServerEvent::UnblockUserResponse(Reply::Err(error)),
+            RequestKind::GetBlocked => ServerEvent::GetBlockedResponse(Reply::Err(error)),
         }
     }
 

@@ -383,6 +383,15 @@ impl ChatServer {
         opened
     }
 
+    /// Records a direct conversation's block for the users here who are in
+    /// it: no messages taken, no presence pushed.
+    fn set_blocked(&mut self, chat: ChatId, blocked: bool) {
+        if let Some(room) = self.rooms.get_mut(&chat) {
+            room.presence = !blocked;
+            self.membership.set_blocked(chat, blocked);
+        }
+    }
+
     fn leave_room(&mut self, user: UserId, chat: ChatId) {
         let Some(room) = self.rooms.get_mut(&chat) else {
             return;
@@ -390,6 +399,7 @@ impl ChatServer {
         room.users.remove(&user);
         if room.users.is_empty() {
             self.rooms.remove(&chat);
+            self.membership.set_blocked(chat, false);
             self.bus.publish(BusEvent::Room { chat, open: false });
         }
     }
@@ -435,6 +445,9 @@ impl ChatServer {
             .catch_up(user, &chats, since)
             .ok_or(ConnectError::Stale)?;
         let loaded: HashMap<ChatId, &ChatEntry> = chats.iter().map(|c| (c.chat, c)).collect();
+        for entry in chats.iter().filter(|c| c.blocked) {
+            self.membership.set_blocked(entry.chat, true);
+        }
         for chat in &set {
             let entry = loaded.get(chat);
             let flag = entry.is_none_or(|c| c.presence);
@@ -756,6 +769,10 @@ impl Handler<ReplaceChats> for ChatServer {
                     self.join_room(user, entry.chat, entry.presence, Some(entry.seq));
                 }
             }
+            // Blocks made or lifted while the bus was away.
+            for entry in chats.iter().filter(|c| fresh.contains(&c.chat)) {
+                self.set_blocked(entry.chat, entry.blocked);
+            }
             self.membership.set_user(user, fresh);
         }
         true
@@ -843,6 +860,31 @@ impl Handler<RevokeUser> for ChatServer {
             self.bus.publish(BusEvent::Revoke {
                 user: msg.user,
                 current_version: msg.current_version,
+            });
+        }
+    }
+}
+
+/// Messages in a direct conversation became blocked, or were unblocked
+/// (PROTOCOL.md C10): recorded here and on the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBlocked {
+    pub chat: ChatId,
+    pub blocked: bool,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
+
+impl Handler<SetBlocked> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetBlocked, _: &mut Context<Self>) {
+        self.set_blocked(msg.chat, msg.blocked);
+        if msg.broadcast {
+            self.bus.publish(BusEvent::Blocked {
+                chat: msg.chat,
+                blocked: msg.blocked,
             });
         }
     }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use sea_orm::DatabaseConnection;
 
+use super::blocks::{self, BlockError};
 use super::groups::{self, GroupError};
 use super::invitations;
 use super::log;
@@ -36,6 +37,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `client_id` accepted (B2).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
+/// Why a message or typing in a blocked direct conversation is refused (C10).
+pub const BLOCKED: &str = "messages between you and this person are blocked";
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -232,6 +235,11 @@ impl WsSession {
             ClientRequest::GetInvitations(_) => self.get_invitations(user, ctx),
             ClientRequest::AcceptInvitation(q) => self.accept_invitation(user, q.id, ctx),
             ClientRequest::DeclineInvitation(q) => self.decline_invitation(user, q.id, ctx),
+            ClientRequest::BlockUser(r) => self.change_block(RequestKind::BlockUser, user, r, ctx),
+            ClientRequest::UnblockUser(r) => {
+                self.change_block(RequestKind::UnblockUser, user, r, ctx)
+            }
+            ClientRequest::GetBlocked(_) => self.get_blocked(user, ctx),
             ClientRequest::Authorization(_) | ClientRequest::Ping(_) => {}
         }
     }
@@ -471,6 +479,9 @@ impl WsSession {
             &request.to,
             ctx,
             move |act, chat, ctx| {
+                if act.chat.membership.is_blocked(chat) {
+                    return act.send_error(RequestKind::Message, ErrorCode::Invalid, BLOCKED, ctx);
+                }
                 let new = NewMessage {
                     chat,
                     sender: user,
@@ -600,22 +611,31 @@ impl WsSession {
     }
 
     fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
-        self.with_membership(RequestKind::Typing, user, &id, ctx, move |act, chat, _| {
-            if act.chat.typing_relays.take(chat).is_err() {
-                // Someone's typing was shown in this second: a member never
-                // gets more than TYPING_RELAYS_PER_SECOND, however many type.
-                return;
-            }
-            let frame = ServerEvent::Typing(TypingEvent {
-                pk: chat,
-                user_id: user.0,
-            })
-            .to_json();
-            act.chat.server.do_send(Deliver {
-                frames: ConversationFrames::to_others(chat, user, frame),
-                skip: None,
-            });
-        });
+        self.with_membership(
+            RequestKind::Typing,
+            user,
+            &id,
+            ctx,
+            move |act, chat, ctx| {
+                if act.chat.membership.is_blocked(chat) {
+                    return act.send_error(RequestKind::Typing, ErrorCode::Invalid, BLOCKED, ctx);
+                }
+                if act.chat.typing_relays.take(chat).is_err() {
+                    // Someone's typing was shown in this second: a member never
+                    // gets more than TYPING_RELAYS_PER_SECOND, however many type.
+                    return;
+                }
+                let frame = ServerEvent::Typing(TypingEvent {
+                    pk: chat,
+                    user_id: user.0,
+                })
+                .to_json();
+                act.chat.server.do_send(Deliver {
+                    frames: ConversationFrames::to_others(chat, user, frame),
+                    skip: None,
+                });
+            },
+        );
     }
 
     /// Runs a group change and announces it; answers with the conversation
@@ -677,6 +697,52 @@ impl WsSession {
             RequestKind::AcceptInvitation,
             user,
             move |groups| async move { groups.accept(user, chat).await },
+            ctx,
+        );
+    }
+
+    /// `block_user` and `unblock_user`: `ctx.wait`, so the next request
+    /// meets the new state.
+    fn change_block(
+        &mut self,
+        kind: RequestKind,
+        user: UserId,
+        other: UserRef,
+        ctx: &mut Context<Self>,
+    ) {
+        let chat = self.chat.clone();
+        let block = kind == RequestKind::BlockUser;
+        let work =
+            async move { blocks::change(&chat.db, &chat.server, user, other.user_id, block).await };
+        ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
+            let reply = match result {
+                Ok(()) => Reply::Ok(BlockAck {
+                    status: "success",
+                    user_id: other.user_id,
+                }),
+                Err(BlockError::Invalid(message)) => {
+                    act.chat
+                        .metrics
+                        .bad_frame(Some(ErrorCode::Invalid.as_str()));
+                    Reply::Err(ErrorReply::new(ErrorCode::Invalid, message))
+                }
+                Err(e) => Reply::Err(internal_reply(&act.span, kind, &e)),
+            };
+            let event = if block {
+                ServerEvent::BlockUserResponse(reply)
+            } else {
+                ServerEvent::UnblockUserResponse(reply)
+            };
+            act.send(&event, ctx);
+        }));
+    }
+
+    fn get_blocked(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let query = move |db| async move { blocks::blocked_by(&db, user).await };
+        self.query(
+            RequestKind::GetBlocked,
+            query,
+            |act, list, ctx| act.send(&ServerEvent::GetBlockedResponse(Reply::Ok(list)), ctx),
             ctx,
         );
     }

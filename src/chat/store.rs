@@ -35,6 +35,9 @@ pub struct ContactRow {
     pub member_ids: Vec<UserId>,
     pub last_message: Option<message::Model>,
     pub unread: u64,
+    /// A direct conversation whose two people have a block (C10): the
+    /// other is never shown online.
+    pub blocked: bool,
 }
 
 /// The kind of a stored conversation, as the wire names it.
@@ -68,7 +71,7 @@ impl ContactRow {
             ),
             chat::ChatKind::Direct => (
                 other.map(|u| u.display_name()).unwrap_or_default(),
-                other.is_some_and(|u| presence.is_online(UserId(u.id))),
+                !self.blocked && other.is_some_and(|u| presence.is_online(UserId(u.id))),
                 1 + u64::from(other.is_some()),
             ),
         };
@@ -182,6 +185,10 @@ async fn contact_rows(
                 .filter_map(|(m, u)| u.map(|u| (m.chat_id, u))),
         );
     }
+    let pairs: Vec<(i64, i64)> = others.values().map(|u| (user.0, u.id)).collect();
+    let blocked = super::blocks::blocked_pairs(db, &pairs).await?;
+    let is_blocked =
+        |other: &user::Model| blocked.contains(&(user.0.min(other.id), user.0.max(other.id)));
     let mut group_members: HashMap<uuid::Uuid, Vec<UserId>> = HashMap::new();
     for chunk in groups.chunks(IN_CHUNK) {
         for (chat_id, member) in chat_member::Entity::find()
@@ -244,8 +251,10 @@ async fn contact_rows(
         .into_iter()
         .filter_map(|m| {
             let chat = chats.get(&m.chat_id)?.clone();
+            let other = others.get(&m.chat_id).cloned();
             Some(ContactRow {
-                other: others.get(&m.chat_id).cloned(),
+                blocked: other.as_ref().is_some_and(is_blocked),
+                other,
                 member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
                 last_message: last_messages.get(&m.chat_id).cloned(),
                 unread: unread.get(&m.chat_id).copied().unwrap_or(0),
@@ -376,11 +385,14 @@ pub async fn conversation_of(
     let Some(full) = conversation(db, chat).await? else {
         return Ok(None);
     };
-    Ok(Some(full.to_conversation(
-        Some(user),
-        Some(row.unread),
-        presence,
-    )))
+    let mut item = full.to_conversation(Some(user), Some(row.unread), presence);
+    if row.blocked {
+        item.online = false;
+        for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {
+            member.online = false;
+        }
+    }
+    Ok(Some(item))
 }
 
 /// The members of a conversation (empty if it does not exist).
@@ -435,33 +447,72 @@ pub async fn member_counts<C: ConnectionTrait>(
         .collect())
 }
 
-/// For each of `chats`: whether presence is pushed in it (direct
-/// conversations, and groups of at most `PRESENCE_MAX_MEMBERS`), and its
-/// latest `seq`.
-async fn presence_flags(
+/// What the ChatServer routes a conversation by.
+#[derive(Debug, Clone, Copy)]
+struct ChatFlags {
+    /// Presence is pushed in it: direct and not blocked, or a group of at
+    /// most `PRESENCE_MAX_MEMBERS`.
+    presence: bool,
+    /// Its latest `seq`.
+    seq: i64,
+    /// A direct conversation whose two people have a block (C10).
+    blocked: bool,
+}
+
+/// The two user ids of a direct conversation's key ("small:large").
+fn direct_pair(key: &str) -> Option<(i64, i64)> {
+    let (a, b) = key.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The routing flags of each of `chats`.
+async fn chat_flags(
     db: &DatabaseConnection,
     chats: &[uuid::Uuid],
-) -> Result<HashMap<uuid::Uuid, (bool, i64)>, DbErr> {
+) -> Result<HashMap<uuid::Uuid, ChatFlags>, DbErr> {
     let mut flags = HashMap::new();
     for chunk in chats.chunks(IN_CHUNK) {
-        let kinds = chat::Entity::find()
+        let rows = chat::Entity::find()
             .select_only()
             .column(chat::Column::Id)
             .column(chat::Column::Kind)
             .column(chat::Column::Seq)
+            .column(chat::Column::DirectKey)
             .filter(chat::Column::Id.is_in(chunk.to_vec()))
-            .into_tuple::<(uuid::Uuid, chat::ChatKind, i64)>()
+            .into_tuple::<(uuid::Uuid, chat::ChatKind, i64, Option<String>)>()
             .all(db)
             .await?;
-        let groups: Vec<uuid::Uuid> = kinds
+        let groups: Vec<uuid::Uuid> = rows
             .iter()
-            .filter(|(_, k, _)| *k == chat::ChatKind::Group)
-            .map(|(id, _, _)| *id)
+            .filter(|(_, k, _, _)| *k == chat::ChatKind::Group)
+            .map(|(id, _, _, _)| *id)
             .collect();
         let sizes = member_counts(db, groups).await?;
-        for (id, kind, seq) in kinds {
-            let small = sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64;
-            flags.insert(id, (kind == chat::ChatKind::Direct || small, seq));
+        let pairs: Vec<(i64, i64)> = rows
+            .iter()
+            .filter_map(|(_, _, _, key)| key.as_deref().and_then(direct_pair))
+            .collect();
+        let blocked = super::blocks::blocked_pairs(db, &pairs).await?;
+        for (id, kind, seq, key) in rows {
+            let flag = match kind {
+                chat::ChatKind::Direct => {
+                    let blocked = key
+                        .as_deref()
+                        .and_then(direct_pair)
+                        .is_some_and(|pair| blocked.contains(&pair));
+                    ChatFlags {
+                        presence: !blocked,
+                        seq,
+                        blocked,
+                    }
+                }
+                chat::ChatKind::Group => ChatFlags {
+                    presence: sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64,
+                    seq,
+                    blocked: false,
+                },
+            };
+            flags.insert(id, flag);
         }
     }
     Ok(flags)
@@ -489,15 +540,20 @@ pub async fn chats_of_users(
     let mut chat_ids: Vec<uuid::Uuid> = pairs.iter().map(|(c, _)| *c).collect();
     chat_ids.sort_unstable();
     chat_ids.dedup();
-    let flags = presence_flags(db, &chat_ids).await?;
+    let flags = chat_flags(db, &chat_ids).await?;
     let mut chats: HashMap<UserId, Vec<ChatEntry>> =
         users.iter().map(|u| (*u, Vec::new())).collect();
     for (chat, user) in pairs {
-        let (presence, seq) = flags.get(&chat).copied().unwrap_or((true, 0));
+        let flag = flags.get(&chat).copied().unwrap_or(ChatFlags {
+            presence: true,
+            seq: 0,
+            blocked: false,
+        });
         chats.entry(UserId(user)).or_default().push(ChatEntry {
             chat: ChatId(chat),
-            presence,
-            seq,
+            presence: flag.presence,
+            seq: flag.seq,
+            blocked: flag.blocked,
         });
     }
     Ok(chats)

@@ -56,6 +56,7 @@ export class Chat {
       readUpTo: new Map(), // pk -> highest id another member has read
       details: new Map(), // pk -> conversation with its members
       invitations: new Map(), // pk -> invitation to a group (C9)
+      blocked: new Set(), // user ids this person blocked (C10)
       open: null,
       notice: null,
     };
@@ -206,6 +207,15 @@ export class Chat {
       case "decline_invitation_response":
         if (!failed) this.state.invitations.delete(data.pk);
         break;
+      case "get_blocked_response":
+        if (!failed) this.state.blocked = new Set(data.map((p) => p.user_id));
+        break;
+      case "block_user_response":
+        if (!failed) this.state.blocked.add(data.user_id);
+        break;
+      case "unblock_user_response":
+        if (!failed) this.state.blocked.delete(data.user_id);
+        break;
       case "remove_member_response":
         if (!failed && data.removed) this.forget(data.pk);
         else if (!failed) this.upsertConversation(data, data.unread);
@@ -237,6 +247,7 @@ export class Chat {
     // syncs those); then resend what was never acknowledged.
     this.send("get_contacts", {});
     this.send("get_invitations", {});
+    this.send("get_blocked", {});
     for (const [pk, list] of this.state.pending) {
       for (const item of list) {
         if (item.status === "pending") this.transmit(pk, item);
@@ -679,6 +690,11 @@ export class Chat {
 
   sortedInvitations() {
     return [...this.state.invitations.values()].sort((a, b) => (a.time < b.time ? 1 : -1));
+  }
+
+  /** Blocks (or unblocks) the other person of a direct conversation. */
+  setBlocked(userId, blocked) {
+    return this.send(blocked ? "block_user" : "unblock_user", { user_id: userId });
   }
 
   acceptInvitation(pk) {

@@ -338,6 +338,7 @@ function Conversation({ chat, pk }) {
   const details = chat.state.details.get(pk);
   const nameOf = (id) => details?.members.find((m) => m.user_id === id)?.name || "";
   const group = conversation.kind === "group";
+  const blocked = !group && chat.state.blocked.has(conversation.user_id);
   const typists = chat.typists(pk).map(nameOf).filter(Boolean);
 
   return html`
@@ -352,8 +353,13 @@ function Conversation({ chat, pk }) {
               <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
                 Group settings
               </button>`
-          : conversation.online && html`<span class="online">Online</span>`}
+          : html`${conversation.online && html`<span class="online">Online</span>`}
+              <button type="button" class="link" onClick=${() => chat.setBlocked(conversation.user_id, !blocked)}>
+                ${blocked ? "Unblock" : "Block"}<span class="hidden"> ${conversation.name}</span>
+              </button>`}
       </header>
+      ${blocked &&
+      html`<p class="hint blocked">You blocked ${conversation.name}: neither of you can write here until you unblock them.</p>`}
       ${settings && html`<${GroupSettings} chat=${chat} pk=${pk} />`}
       <div class="log" role="log" aria-label="History" ref=${box} onScroll=${onScroll} tabindex="0">
         ${log?.hasOlder && html`<p class="hint">Scroll up for older messages</p>`}

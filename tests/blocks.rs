@@ -1,0 +1,138 @@
+//! Blocking (PROTOCOL.md C10): no direct messages or typing either way, no
+//! presence in the direct conversation, no groups or invitations from the
+//! blocked person; over the WebSocket and REST.
+
+mod common;
+
+use actix_web::http::Method;
+use common::{wait_until, Backend, TestApp};
+use entity::invitation;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{json, Value};
+
+fn error(code: &str, message: &str) -> Value {
+    json!({"status": "error", "code": code, "message": message})
+}
+
+const BLOCKED: &str = "messages between you and this person are blocked";
+
+async fn blocking(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let (alice_token, bob_token) = (app.login("alice").await, app.login("bob").await);
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    assert_eq!(a.recv_type("presence").await["data"]["online"], true);
+    common::next_is_message(&mut b, &mut a, &pk, "before").await;
+
+    // Bob blocks alice: neither can write or type in their conversation.
+    assert_eq!(
+        b.ask(json!({"type": "block_user", "data": {"user_id": alice}}))
+            .await,
+        json!({"status": "success", "user_id": alice}),
+        "{}",
+        backend.name()
+    );
+    for client in [&mut a, &mut b] {
+        for request in [
+            json!({"type": "message", "data": {"to": pk, "content": "hello?"}}),
+            json!({"type": "typing", "data": {"id": pk}}),
+        ] {
+            assert_eq!(client.ask(request).await, error("invalid", BLOCKED));
+        }
+    }
+    // History stays readable; bob is no longer shown online to alice.
+    let page = a
+        .ask(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(page["messages"][0]["content"], "before");
+    let contacts = a.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts[0]["online"], false, "{contacts}");
+    let contact = a
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(contact["online"], false, "{contact}");
+    // Bob's tabs come and go: alice hears nothing of it.
+    drop(b);
+    wait_until(|| async { app.stats().await.sessions == 1 }).await;
+    a.nothing_before_pong().await;
+    let mut b = app.authorized(&bob_token).await;
+    wait_until(|| async { app.stats().await.sessions == 2 }).await;
+    a.nothing_before_pong().await;
+
+    // Alice cannot put bob in a group, though he wrote to her: not added,
+    // not invited (she is not told).
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "g", "members": [bob]}}))
+        .await;
+    assert_eq!(group["invited"], json!([bob]));
+    assert_eq!(group["members"].as_array().map(Vec::len), Some(1));
+    let invitations = invitation::Entity::find()
+        .filter(invitation::Column::UserId.eq(bob))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(invitations, 0);
+
+    // The list, the errors, and a block both ways.
+    assert_eq!(
+        b.ask(json!({"type": "get_blocked", "data": {}})).await,
+        json!([{"user_id": alice, "username": "alice", "name": "Alice Smith"}])
+    );
+    assert_eq!(
+        b.ask(json!({"type": "block_user", "data": {"user_id": bob}}))
+            .await,
+        error("invalid", "you cannot block yourself")
+    );
+    assert_eq!(
+        b.ask(json!({"type": "block_user", "data": {"user_id": 999999}}))
+            .await,
+        error("invalid", "no active user with id 999999")
+    );
+    let (status, _) = app
+        .rest(
+            Method::POST,
+            "/api/blocks/",
+            &alice_token,
+            Some(json!({"user_id": bob})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Bob lifts his block; alice's still holds.
+    assert_eq!(
+        b.ask(json!({"type": "unblock_user", "data": {"user_id": alice}}))
+            .await,
+        json!({"status": "success", "user_id": alice})
+    );
+    assert_eq!(
+        b.ask(json!({"type": "message", "data": {"to": pk, "content": "and now?"}}))
+            .await,
+        error("invalid", BLOCKED)
+    );
+    // Alice lifts hers over REST: they write again.
+    assert_eq!(
+        app.rest(Method::GET, "/api/blocks/", &alice_token, None)
+            .await,
+        (
+            200,
+            json!([{"user_id": bob, "username": "bob", "name": "Bob Jones"}])
+        )
+    );
+    assert_eq!(
+        app.rest(
+            Method::DELETE,
+            &format!("/api/blocks/{bob}/"),
+            &alice_token,
+            None
+        )
+        .await,
+        (200, json!({"status": "success", "user_id": bob}))
+    );
+    common::next_is_message(&mut b, &mut a, &pk, "friends again").await;
+    assert_eq!(
+        b.ask(json!({"type": "get_blocked", "data": {}})).await,
+        json!([])
+    );
+}
+
+backend_tests!(a_block_stops_messages_presence_and_groups => blocking);
