@@ -272,6 +272,8 @@ pub struct LimitSettings {
     pub message_queue_capacity: usize,
     /// WebSockets one client address may hold open before authorizing.
     pub max_unauthenticated_per_address: usize,
+    /// WebSockets one client address may hold open in all.
+    pub max_sockets_per_address: usize,
 }
 
 impl Default for LimitSettings {
@@ -290,6 +292,7 @@ impl Default for LimitSettings {
             outbox_capacity: 1_024,
             message_queue_capacity: 16 * 1024,
             max_unauthenticated_per_address: 100,
+            max_sockets_per_address: 1_000,
         }
     }
 }
@@ -496,6 +499,9 @@ impl Settings {
         }
         if limits.max_unauthenticated_per_address == 0 {
             return invalid("MAX_UNAUTHENTICATED_PER_ADDRESS must be at least 1");
+        }
+        if limits.max_sockets_per_address == 0 {
+            return invalid("MAX_SOCKETS_PER_ADDRESS must be at least 1");
         }
         if let Some(url) = &database.database_url {
             if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]

@@ -38,12 +38,12 @@ use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
 use crate::bus::target::RedisTarget;
 use crate::bus::Bus;
+use crate::chat::address_cap::AddressCap;
 use crate::chat::groups::{ChangeBudget, Groups};
 use crate::chat::log::HoleFiller;
 use crate::chat::membership::Membership;
 use crate::chat::presence::Presence;
 use crate::chat::server::{ChatServer, CloseAll};
-use crate::chat::unauthenticated::UnauthenticatedSockets;
 use crate::chat::writer::MessageWriter;
 use crate::chat::{ChatContext, Limits};
 use crate::config::{ConfigError, SecretSource, Settings};
@@ -226,9 +226,8 @@ impl Application {
             metrics,
             limits: Limits::from_settings(&settings),
             proxies: settings.server.trusted_proxies(),
-            unauthenticated: UnauthenticatedSockets::new(
-                settings.limits.max_unauthenticated_per_address,
-            ),
+            unauthenticated: AddressCap::new(settings.limits.max_unauthenticated_per_address),
+            sockets: AddressCap::new(settings.limits.max_sockets_per_address),
             draining: draining.clone(),
         });
 

@@ -640,6 +640,34 @@ async fn unauthenticated_sockets_are_capped_per_address() {
     let _fourth = app.ws("/chat").await;
 }
 
+/// Authorized sockets live for hours: one address may hold only
+/// MAX_SOCKETS_PER_ADDRESS of them, so it cannot take every descriptor.
+#[actix_rt::test]
+async fn sockets_are_capped_per_address() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_SOCKETS_PER_ADDRESS", "3")]).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(app.authorized(&token).await);
+    }
+    let refused = app
+        .http
+        .ws(format!("ws://127.0.0.1:{}/chat", app.port))
+        .connect()
+        .await;
+    match refused {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 429)
+        }
+        other => panic!("expected a 429, got {:?}", other.map(|_| ())),
+    }
+    // One closes: its place is free again.
+    drop(open.pop());
+    common::wait_until(|| async { app.stats().await.sessions == 2 }).await;
+    let _again = app.authorized(&token).await;
+}
+
 #[actix_rt::test]
 async fn tokens_in_urls_and_headers_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();

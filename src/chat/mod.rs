@@ -1,6 +1,7 @@
 //! Real-time chat over one WebSocket: the actors (`WsSession` per connection,
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
+pub mod address_cap;
 pub mod blocks;
 pub mod groups;
 pub mod invitations;
@@ -14,7 +15,6 @@ pub mod session;
 pub mod socket;
 pub mod store;
 pub mod timers;
-pub mod unauthenticated;
 pub mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +29,11 @@ use crate::bus::Bus;
 use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use address_cap::AddressCap;
 use membership::Membership;
 use presence::Presence;
 use server::ChatServer;
 use session::WsSession;
-use unauthenticated::UnauthenticatedSockets;
 use writer::MessageWriter;
 
 /// The bounds a session enforces, from `Settings`.
@@ -83,7 +83,9 @@ pub struct ChatContext {
     /// Whose `X-Forwarded-For` is believed.
     pub proxies: TrustedProxies,
     /// Sockets not yet authorized, per client address.
-    pub unauthenticated: Arc<UnauthenticatedSockets>,
+    pub unauthenticated: Arc<AddressCap>,
+    /// All sockets, per client address (`MAX_SOCKETS_PER_ADDRESS`).
+    pub sockets: Arc<AddressCap>,
     /// Set once the instance is shutting down: new sockets are refused.
     pub draining: Arc<AtomicBool>,
 }
@@ -104,6 +106,14 @@ pub async fn connect(
             })));
     }
     let address = chat.proxies.limit_key(&req);
+    let Some(socket) = chat.sockets.admit(address) else {
+        tracing::warn!(%address, "too many sockets from one address");
+        return Ok(HttpResponse::TooManyRequests()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "5"))
+            .json(serde_json::json!({
+                "detail": "Too many connections from this address."
+            })));
+    };
     let Some(slot) = chat.unauthenticated.admit(address) else {
         tracing::warn!(%address, "too many unauthenticated sockets from one address");
         return Ok(HttpResponse::TooManyRequests()
@@ -118,7 +128,7 @@ pub async fn connect(
     let frames = socket::incoming(payload, chat.limits.max_frame_bytes);
     WsSession::create(move |ctx| {
         ctx.add_stream(frames);
-        WsSession::new(chat, outbox, url_token, slot)
+        WsSession::new(chat, outbox, url_token, [socket, slot])
     });
     Ok(response.streaming(body))
 }

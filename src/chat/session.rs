@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use sea_orm::DatabaseConnection;
 
+use super::address_cap::AddressSlot;
 use super::blocks::{self, BlockError};
 use super::groups::{self, GroupError};
 use super::invitations;
@@ -23,7 +24,6 @@ use super::server::{
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
-use super::unauthenticated::UnauthenticatedSlot;
 use super::writer::{NewMessage, StoreError, Submitter};
 use super::{internal_reply, ChatContext};
 use crate::auth::{self, AuthError};
@@ -92,17 +92,21 @@ pub struct WsSession {
     expiry: Option<Expiry>,
     /// Counts this connection against its address's unauthenticated sockets
     /// until it authorizes.
-    unauthenticated: Option<UnauthenticatedSlot>,
+    unauthenticated: Option<AddressSlot>,
+    /// Counts this connection against its address's sockets while it lives.
+    _socket: AddressSlot,
     span: tracing::Span,
 }
 
 impl WsSession {
-    /// A session for a new connection; `url_token` is the `?token=` of B1.
+    /// A session for a new connection; `url_token` is the `?token=` of B1;
+    /// the slots are its place under its address's caps (all sockets, and
+    /// those not authorized yet).
     pub fn new(
         chat: Arc<ChatContext>,
         outbox: Outbox,
         url_token: Option<String>,
-        unauthenticated: UnauthenticatedSlot,
+        [socket, unauthenticated]: [AddressSlot; 2],
     ) -> Self {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let rate = RateLimit::new(chat.limits.rate_per_second, chat.limits.rate_burst);
@@ -116,6 +120,7 @@ impl WsSession {
             heartbeat: None,
             expiry: None,
             unauthenticated: Some(unauthenticated),
+            _socket: socket,
             span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
         }
     }
