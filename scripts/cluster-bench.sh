@@ -60,7 +60,7 @@ run() { # run NAME VAR VALUE: two instances with VAR=VALUE, then the load
   for i in 0 1; do
     env "$var=$value" DATABASE_URL="$PG/$db" REDIS_PREFIX="$db" \
       SECRET_KEY=cluster-bench-key-of-at-least-32-bytes PORT=${ports[$i]} WORKERS=1 RUST_LOG=warn \
-      RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000 \
+      RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000 FANOUT_PER_SECOND=10000000 \
       "$BIN" >>"$work/$name$i.log" 2>&1 &
     pids+=($!)
   done

@@ -34,7 +34,7 @@ front=18400
 start() { # start INDEX: one instance, in the background, until /readyz is 200
   DATABASE_URL="$PG/$db" REDIS_URL=$REDIS REDIS_PREFIX=$db SECRET_KEY=rolling-restart-key-of-32-bytes-or-more \
     PORT=${ports[$1]} WORKERS=1 DRAIN_SECONDS=2 TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn \
-    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000 \
+    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000 FANOUT_PER_SECOND=10000000 \
     "$BIN" >>"$work/server$1.log" 2>&1 &
   pids[$1]=$!
   for _ in $(seq 1 200); do

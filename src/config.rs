@@ -259,6 +259,9 @@ pub struct LimitSettings {
     /// Changes one group may take per minute (adding and renaming), from
     /// all its members together.
     pub group_changes_per_minute_per_group: u32,
+    /// Deliveries one user's messages may cause per second and instance (a
+    /// message to a group of N costs N - 1; bursts of twice as many).
+    pub fanout_per_second: u32,
     /// Most groups one user may be in, created or joined (C9).
     pub max_groups_per_user: usize,
     /// Most pending invitations one user may hold; more are not recorded.
@@ -286,6 +289,7 @@ impl Default for LimitSettings {
             max_group_members: 1_000,
             group_changes_per_minute: 30,
             group_changes_per_minute_per_group: 12,
+            fanout_per_second: 20_000,
             max_groups_per_user: 500,
             max_pending_invitations: 100,
             max_sessions_per_user: 32,
@@ -499,6 +503,9 @@ impl Settings {
         }
         if limits.max_unauthenticated_per_address == 0 {
             return invalid("MAX_UNAUTHENTICATED_PER_ADDRESS must be at least 1");
+        }
+        if limits.fanout_per_second == 0 {
+            return invalid("FANOUT_PER_SECOND must be at least 1");
         }
         if limits.max_sockets_per_address == 0 {
             return invalid("MAX_SOCKETS_PER_ADDRESS must be at least 1");

@@ -223,6 +223,10 @@ impl Application {
                 chat::TYPING_RELAYS_PER_SECOND,
                 chat::TYPING_RELAYS_PER_SECOND * 60,
             ),
+            fanout: KeyedRateLimit::new(
+                settings.limits.fanout_per_second.saturating_mul(2),
+                settings.limits.fanout_per_second.saturating_mul(60),
+            ),
             metrics,
             limits: Limits::from_settings(&settings),
             proxies: settings.server.trusted_proxies(),

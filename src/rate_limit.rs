@@ -32,10 +32,17 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
 
     /// Takes one action's allowance, or says how many seconds until there is one.
     pub fn take(&self, key: K) -> Result<(), u64> {
-        self.take_at(key, Instant::now())
+        self.take_at(key, Instant::now(), 1.0)
     }
 
-    fn take_at(&self, key: K, now: Instant) -> Result<(), u64> {
+    /// Takes the allowance of an action that costs `cost` (at most the
+    /// burst: a larger one is charged the burst, so it is never refused
+    /// for ever).
+    pub fn take_many(&self, key: K, cost: u32) -> Result<(), u64> {
+        self.take_at(key, Instant::now(), f64::from(cost).min(self.burst))
+    }
+
+    fn take_at(&self, key: K, now: Instant, cost: f64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
         if buckets.len() > PRUNE_ABOVE_KEYS {
             let (burst, rate) = (self.burst, self.per_second);
@@ -47,11 +54,11 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
             .min(self.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= cost {
+            *tokens -= cost;
             Ok(())
         } else if self.per_second > 0.0 {
-            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+            Err(((cost - *tokens) / self.per_second).ceil().max(1.0) as u64)
         } else {
             Err(60)
         }
@@ -71,10 +78,10 @@ mod tests {
         let r = AddressRateLimit::new(3, 60);
         let now = Instant::now();
         for _ in 0..3 {
-            r.take_at(A, now).unwrap();
+            r.take_at(A, now, 1.0).unwrap();
         }
-        assert_eq!(r.take_at(A, now), Err(1));
-        assert!(r.take_at(B, now).is_ok());
-        assert!(r.take_at(A, now + Duration::from_secs(1)).is_ok());
+        assert_eq!(r.take_at(A, now, 1.0), Err(1));
+        assert!(r.take_at(B, now, 1.0).is_ok());
+        assert!(r.take_at(A, now + Duration::from_secs(1), 1.0).is_ok());
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use actix_web::http::Method;
-use common::{wait_until, Backend, TestApp};
+use common::{Backend, TestApp};
 use entity::invitation;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
@@ -20,6 +20,10 @@ async fn blocking(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, bob, pk) = app.pair("alice", "bob").await;
     let (alice_token, bob_token) = (app.login("alice").await, app.login("bob").await);
+    let (carol, carol_token) = app.user("carol").await;
+    let (with_carol, _) = chat_server::accounts::direct_chat(&app.db, bob, carol)
+        .await
+        .unwrap();
     let mut a = app.authorized(&alice_token).await;
     let mut b = app.authorized(&bob_token).await;
     assert_eq!(a.recv_type("presence").await["data"]["online"], true);
@@ -52,12 +56,16 @@ async fn blocking(backend: &Backend) {
         .ask(json!({"type": "get_contact", "data": {"id": pk}}))
         .await;
     assert_eq!(contact["online"], false, "{contact}");
-    // Bob's tabs come and go: alice hears nothing of it.
+    // Bob goes and comes back: carol, his contact, hears it; alice does not
+    // (the ChatServer tells all of bob's conversations in one step, so
+    // alice's frame would stand before her pong).
+    let mut c = app.authorized(&carol_token).await;
+    let presence = |online: bool| json!({"type": "presence", "data": {"pk": with_carol.id, "user_id": bob, "online": online}});
     drop(b);
-    wait_until(|| async { app.stats().await.sessions == 1 }).await;
+    assert_eq!(c.recv().await, presence(false));
     a.nothing_before_pong().await;
     let mut b = app.authorized(&bob_token).await;
-    wait_until(|| async { app.stats().await.sessions == 2 }).await;
+    assert_eq!(c.recv().await, presence(true));
     a.nothing_before_pong().await;
 
     // Alice cannot put bob in a group, though he wrote to her: not added,

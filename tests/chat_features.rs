@@ -191,6 +191,36 @@ async fn read_typing_presence(backend: &Backend) {
 
 backend_tests!(read_marks_typing_and_presence_reach_the_other_member => read_typing_presence);
 
+/// A client reconnecting in a loop costs its contacts nothing: a return
+/// within the grace (3 s) is no news, and the departure that lasts is
+/// announced once.
+#[actix_rt::test]
+async fn a_reconnect_storm_is_not_news() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, bob, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let bob_token = app.login("bob").await;
+    let mut b = app.authorized(&bob_token).await;
+    let online = json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}});
+    assert_eq!(a.recv().await, online);
+    // Each cycle waits until the server has seen the socket go (bob then
+    // has no session at all); each gap lasts a few milliseconds, far
+    // below the grace.
+    for _ in 0..10 {
+        drop(b);
+        wait_until(|| async { app.stats().await.sessions == 1 }).await;
+        b = app.authorized(&bob_token).await;
+    }
+    a.nothing_before_pong().await;
+    // Gone for good: announced once, after the grace.
+    drop(b);
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": false}})
+    );
+    a.nothing_before_pong().await;
+}
+
 #[actix_rt::test]
 async fn a_password_change_closes_the_users_sessions() {
     let app = TestApp::spawn(&Backend::Sqlite).await;

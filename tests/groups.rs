@@ -585,6 +585,55 @@ async fn typing_in_a_group_is_coalesced() {
     );
 }
 
+/// A message costs its sender one delivery per other member, against a
+/// budget per user (FANOUT_PER_SECOND, bursts of twice as many): flooding a
+/// big group runs out long before flooding a friend would.
+#[actix_rt::test]
+async fn messages_are_budgeted_by_their_deliveries() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.user(&format!("member{i}")).await.0);
+    }
+    let bob_token = app.login("member0").await;
+    common::have_written(&app.db, &ids, alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let mut b = app.authorized(&bob_token).await;
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "crowd", "members": ids}}))
+        .await;
+    let pk = group["pk"].clone();
+    // 20 deliveries each, a burst of 20: sent back to back, the first is
+    // taken and the second refused (the budget refills 10 a second, so it
+    // would need 2 s between them).
+    for content in ["one", "two"] {
+        a.send(json!({"type": "message", "data": {"to": pk, "content": content}}))
+            .await;
+    }
+    // The refusal is immediate; the acknowledgement waits for the commit:
+    // they come in either order.
+    let mut answers = vec![
+        a.recv_type("message_response").await["data"].clone(),
+        a.recv_type("message_response").await["data"].clone(),
+    ];
+    answers.sort_by_key(|answer| answer["status"] == "success");
+    let [refused, taken] = [&answers[0], &answers[1]];
+    assert_eq!(taken["status"], "success", "{answers:?}");
+    assert_eq!(refused["code"], "rate_limited", "{answers:?}");
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many deliveries; try again in "),
+        "{text}"
+    );
+    // Bob's budget is his own.
+    b.recv_type("conversation").await;
+    let answer = b
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "hi"}}))
+        .await;
+    assert_eq!(answer["status"], "success", "{answer}");
+}
+
 /// Group changes have their own budget per user, counted over all the
 /// user's sockets and REST alike; leaving is never refused.
 #[actix_rt::test]

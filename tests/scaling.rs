@@ -342,7 +342,12 @@ async fn presence_after_a_redis_outage(backend: &Backend) {
     a.wait_redis(false).await;
     b.wait_redis(false).await;
     drop(bob_on_b);
-    common::wait_until(|| async { b.stats().await.sessions == 0 }).await;
+    // Gone, and his departure announced on B (after its grace).
+    common::wait_until(|| async {
+        let stats = b.stats().await;
+        stats.sessions == 0 && stats.leaving == 0
+    })
+    .await;
     let _carol_on_b = b.authorized(&b.login("carol").await).await;
 
     assert!(redis.restart());
@@ -363,10 +368,10 @@ async fn presence_after_a_redis_outage(backend: &Backend) {
         backend.name()
     );
     let contacts = alice_on_a
-        .request(json!({"type": "get_contacts", "data": {}}))
+        .ask(json!({"type": "get_contacts", "data": {}}))
         .await;
     let online = |pk: &str| {
-        contacts["data"]
+        contacts
             .as_array()
             .unwrap()
             .iter()

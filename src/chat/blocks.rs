@@ -10,9 +10,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::Utc;
 use entity::{block, chat, user};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set};
 
 use actix::Addr;
 
@@ -178,7 +176,8 @@ pub async fn blockers_of<C: ConnectionTrait>(
 }
 
 /// Among the pairs `(a, b)`, those with a block either way, as
-/// `(smaller, larger)`.
+/// `(smaller, larger)`. One query over the people involved (two `IN`
+/// lists, not one condition per pair: SQLite bounds an expression's depth).
 pub async fn blocked_pairs<C: ConnectionTrait>(
     db: &C,
     pairs: &[(i64, i64)],
@@ -186,21 +185,20 @@ pub async fn blocked_pairs<C: ConnectionTrait>(
     if pairs.is_empty() {
         return Ok(HashSet::new());
     }
-    let mut any = Condition::any();
-    for (a, b) in pairs {
-        for (user, blocked) in [(*a, *b), (*b, *a)] {
-            any = any.add(
-                Condition::all()
-                    .add(block::Column::UserId.eq(user))
-                    .add(block::Column::BlockedId.eq(blocked)),
-            );
-        }
-    }
+    let wanted: HashSet<(i64, i64)> = pairs.iter().map(|(a, b)| (*a.min(b), *a.max(b))).collect();
+    let people: Vec<i64> = wanted
+        .iter()
+        .flat_map(|(a, b)| [*a, *b])
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     Ok(block::Entity::find()
-        .filter(any)
+        .filter(block::Column::UserId.is_in(people.clone()))
+        .filter(block::Column::BlockedId.is_in(people))
         .all(db)
         .await?
         .into_iter()
         .map(|b| (b.user_id.min(b.blocked_id), b.user_id.max(b.blocked_id)))
+        .filter(|pair| wanted.contains(pair))
         .collect())
 }

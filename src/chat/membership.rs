@@ -29,6 +29,28 @@ pub struct ChatEntry {
     pub seq: i64,
     /// A direct conversation whose two people have a block (C10).
     pub blocked: bool,
+    /// Who a message to it reaches: what it costs its sender's fan-out
+    /// budget.
+    pub audience: Audience,
+}
+
+/// Who a message to a conversation reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The two people of a direct conversation.
+    Direct,
+    /// A group's members.
+    Group(u64),
+}
+
+impl Audience {
+    /// The deliveries one message costs: everyone but its sender.
+    pub fn deliveries(self) -> u32 {
+        match self {
+            Audience::Direct => 1,
+            Audience::Group(n) => u32::try_from(n.saturating_sub(1).max(1)).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// Largest group in which presence changes are pushed (B6).
@@ -81,6 +103,10 @@ pub struct Membership {
     /// Direct conversations of users here whose two people have a block:
     /// no messages are taken in them (C10).
     blocked: RwLock<HashSet<ChatId>>,
+    /// The audiences of the conversations of users here (a group's count
+    /// kept by the changes); a conversation joined meanwhile is looked up
+    /// once by the first session that writes to it.
+    audiences: RwLock<HashMap<ChatId, Audience>>,
 }
 
 impl Default for Membership {
@@ -90,6 +116,7 @@ impl Default for Membership {
             seq: AtomicU64::new(0),
             current: AtomicBool::new(true),
             blocked: RwLock::default(),
+            audiences: RwLock::default(),
         }
     }
 }
@@ -109,6 +136,22 @@ impl Membership {
             } else {
                 set.remove(&chat);
             }
+        }
+    }
+
+    /// Who a message to `chat` reaches, if known here.
+    pub fn audience(&self, chat: ChatId) -> Option<Audience> {
+        self.audiences.read().ok()?.get(&chat).copied()
+    }
+
+    /// Records who a message to `chat` reaches (`None`: forget it, nobody
+    /// here is in it any more).
+    pub(super) fn set_audience(&self, chat: ChatId, audience: Option<Audience>) {
+        if let Ok(mut audiences) = self.audiences.write() {
+            match audience {
+                Some(a) => audiences.insert(chat, a),
+                None => audiences.remove(&chat),
+            };
         }
     }
 
@@ -168,6 +211,12 @@ impl Membership {
         let Ok(mut users) = self.users.write() else {
             return Vec::new();
         };
+        if let Ok(mut audiences) = self.audiences.write() {
+            if let Some(Audience::Group(size)) = audiences.get_mut(&change.chat) {
+                *size =
+                    (*size + change.added.len() as u64).saturating_sub(change.removed.len() as u64);
+            }
+        }
         let mut touched = Vec::new();
         for user in change.removed.iter().chain(&change.added) {
             if let Some(chats) = users.get_mut(user) {

@@ -78,6 +78,8 @@ pub struct ChatContext {
     pub groups: groups::Groups,
     /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
     pub typing_relays: crate::rate_limit::KeyedRateLimit<protocol::ChatId>,
+    /// Deliveries each user's messages may cause (`FANOUT_PER_SECOND`).
+    pub fanout: crate::rate_limit::KeyedRateLimit<protocol::UserId>,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Whose `X-Forwarded-For` is believed.

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -178,7 +179,20 @@ pub struct ChatServer {
     holes: HoleFiller,
     max_sessions_per_user: usize,
     metrics: Metrics,
+    /// Users whose last session here closed, with the conversations to
+    /// tell: announced offline once `PRESENCE_GRACE` has passed without
+    /// them coming back.
+    leaving: HashMap<UserId, (Instant, Vec<ChatId>)>,
 }
+
+/// How long a user whose last session closed still counts as online: a
+/// reload or a dropped mobile connection is no news, and a client that
+/// reconnects in a loop costs its members at most one offline and one
+/// online per period, not two frames per cycle.
+pub const PRESENCE_GRACE: Duration = Duration::from_secs(3);
+
+/// How often departures past their grace are announced.
+const DEPARTURE_TICK: Duration = Duration::from_millis(500);
 
 impl ChatServer {
     pub fn new(
@@ -200,6 +214,7 @@ impl ChatServer {
             holes,
             max_sessions_per_user,
             metrics,
+            leaving: HashMap::new(),
         }
     }
 
@@ -400,6 +415,7 @@ impl ChatServer {
         if room.users.is_empty() {
             self.rooms.remove(&chat);
             self.membership.set_blocked(chat, false);
+            self.membership.set_audience(chat, None);
             self.bus.publish(BusEvent::Room { chat, open: false });
         }
     }
@@ -417,6 +433,27 @@ impl ChatServer {
         for chat in chats {
             self.leave_room(user, chat);
         }
+        self.leaving.insert(user, (Instant::now(), notify));
+    }
+
+    /// Announces offline the users who left more than `PRESENCE_GRACE` ago
+    /// and did not come back.
+    fn announce_departures(&mut self) {
+        let now = Instant::now();
+        let due: Vec<UserId> = self
+            .leaving
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= PRESENCE_GRACE)
+            .map(|(user, _)| *user)
+            .collect();
+        for user in due {
+            if let Some((_, notify)) = self.leaving.remove(&user) {
+                self.announce_offline(user, notify);
+            }
+        }
+    }
+
+    fn announce_offline(&mut self, user: UserId, notify: Vec<ChatId>) {
         self.presence.set_local(user, false);
         let notify = if self.presence.is_online(user) {
             Vec::new()
@@ -445,8 +482,12 @@ impl ChatServer {
             .catch_up(user, &chats, since)
             .ok_or(ConnectError::Stale)?;
         let loaded: HashMap<ChatId, &ChatEntry> = chats.iter().map(|c| (c.chat, c)).collect();
-        for entry in chats.iter().filter(|c| c.blocked) {
-            self.membership.set_blocked(entry.chat, true);
+        for entry in &chats {
+            if entry.blocked {
+                self.membership.set_blocked(entry.chat, true);
+            }
+            self.membership
+                .set_audience(entry.chat, Some(entry.audience));
         }
         for chat in &set {
             let entry = loaded.get(chat);
@@ -455,6 +496,8 @@ impl ChatServer {
         }
         let notify = self.presence_chats(set.iter().copied());
         self.membership.set_user(user, set);
+        // Back within the grace: still online, nothing to announce.
+        self.leaving.remove(&user);
         let was_online = self.presence.is_online(user);
         self.presence.set_local(user, true);
         let notify = if was_online {
@@ -565,6 +608,7 @@ impl Actor for ChatServer {
         // Every session registers here; the default mailbox of 16 would make
         // their `send`s wait on each other.
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(DEPARTURE_TICK, |act, _| act.announce_departures());
     }
 }
 
@@ -772,6 +816,8 @@ impl Handler<ReplaceChats> for ChatServer {
             // Blocks made or lifted while the bus was away.
             for entry in chats.iter().filter(|c| fresh.contains(&c.chat)) {
                 self.set_blocked(entry.chat, entry.blocked);
+                self.membership
+                    .set_audience(entry.chat, Some(entry.audience));
             }
             self.membership.set_user(user, fresh);
         }
@@ -949,6 +995,9 @@ pub struct ServerStats {
     pub sessions: usize,
     /// Conversations with members connected here.
     pub rooms: usize,
+    /// Users gone from here whose departure is not announced yet
+    /// (`PRESENCE_GRACE`).
+    pub leaving: usize,
 }
 
 impl Handler<Stats> for ChatServer {
@@ -959,6 +1008,7 @@ impl Handler<Stats> for ChatServer {
             users: self.users.len(),
             sessions: self.users.values().map(|e| e.sessions.len()).sum(),
             rooms: self.rooms.len(),
+            leaving: self.leaving.len(),
         }
     }
 }

@@ -16,7 +16,7 @@ use super::blocks::{self, BlockError};
 use super::groups::{self, GroupError};
 use super::invitations;
 use super::log;
-use super::membership::MembershipChange;
+use super::membership::{Audience, MembershipChange};
 use super::protocol::*;
 use super::server::{
     ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, SessionId,
@@ -493,22 +493,61 @@ impl WsSession {
                     content,
                     client_id,
                 };
-                let from = Submitter::Session {
-                    outbox: act.outbox.clone(),
-                    span: act.span.clone(),
-                };
-                match act.chat.writer.submit(new, from, arrived) {
-                    Ok(()) => {}
-                    Err(StoreError::Busy) => act.send_error(
-                        RequestKind::Message,
-                        ErrorCode::RateLimited,
-                        "server busy; message not stored, resend it",
-                        ctx,
-                    ),
-                    Err(e) => act.internal_error(RequestKind::Message, &e, ctx),
+                if let Some(audience) = act.chat.membership.audience(chat) {
+                    return act.submit_message(new, audience, arrived, ctx);
                 }
+                // Joined since this user's conversations were loaded: who
+                // it reaches is looked up once, then kept for everyone here.
+                let db = act.chat.db.clone();
+                let lookup = async move { store::audience_of(&db, chat).await };
+                ctx.wait(
+                    lookup
+                        .into_actor(act)
+                        .map(move |result, act, ctx| match result {
+                            Ok(audience) => {
+                                let audience = audience.unwrap_or(Audience::Direct);
+                                act.chat.membership.set_audience(chat, Some(audience));
+                                act.submit_message(new, audience, arrived, ctx);
+                            }
+                            Err(e) => act.internal_error(RequestKind::Message, &e, ctx),
+                        }),
+                );
             },
         );
+    }
+
+    /// Charges a message's deliveries to its sender's fan-out budget and
+    /// hands it to the writer, which acknowledges it once stored.
+    fn submit_message(
+        &mut self,
+        new: NewMessage,
+        audience: Audience,
+        arrived: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(retry) = self
+            .chat
+            .fanout
+            .take_many(new.sender, audience.deliveries())
+        {
+            self.chat.metrics.rate_limited();
+            let text = format!("too many deliveries; try again in {retry} s");
+            return self.send_error(RequestKind::Message, ErrorCode::RateLimited, &text, ctx);
+        }
+        let from = Submitter::Session {
+            outbox: self.outbox.clone(),
+            span: self.span.clone(),
+        };
+        match self.chat.writer.submit(new, from, arrived) {
+            Ok(()) => {}
+            Err(StoreError::Busy) => self.send_error(
+                RequestKind::Message,
+                ErrorCode::RateLimited,
+                "server busy; message not stored, resend it",
+                ctx,
+            ),
+            Err(e) => self.internal_error(RequestKind::Message, &e, ctx),
+        }
     }
 
     fn get_messages(&mut self, user: UserId, query: HistoryQuery, ctx: &mut Context<Self>) {

@@ -10,7 +10,7 @@ use sea_orm::{
     FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::membership::{ChatEntry, PRESENCE_MAX_MEMBERS};
+use super::membership::{Audience, ChatEntry, PRESENCE_MAX_MEMBERS};
 use super::presence::Presence;
 use super::protocol::{
     format_time, ChatId, Contact, Conversation, ConversationKind, Direction, HistoryItem,
@@ -447,6 +447,26 @@ pub async fn member_counts<C: ConnectionTrait>(
         .collect())
 }
 
+/// Who a message to `chat` reaches (`None`: no such conversation).
+pub async fn audience_of(db: &DatabaseConnection, chat: ChatId) -> Result<Option<Audience>, DbErr> {
+    let Some(kind) = chat::Entity::find_by_id(chat.0)
+        .select_only()
+        .column(chat::Column::Kind)
+        .into_tuple::<chat::ChatKind>()
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(match kind {
+        chat::ChatKind::Direct => Audience::Direct,
+        chat::ChatKind::Group => {
+            let n = member_counts(db, vec![chat.0]).await?;
+            Audience::Group(n.get(&chat.0).copied().unwrap_or(0).max(0) as u64)
+        }
+    }))
+}
+
 /// What the ChatServer routes a conversation by.
 #[derive(Debug, Clone, Copy)]
 struct ChatFlags {
@@ -457,6 +477,8 @@ struct ChatFlags {
     seq: i64,
     /// A direct conversation whose two people have a block (C10).
     blocked: bool,
+    /// Who a message to it reaches.
+    audience: Audience,
 }
 
 /// The two user ids of a direct conversation's key ("small:large").
@@ -504,13 +526,18 @@ async fn chat_flags(
                         presence: !blocked,
                         seq,
                         blocked,
+                        audience: Audience::Direct,
                     }
                 }
-                chat::ChatKind::Group => ChatFlags {
-                    presence: sizes.get(&id).copied().unwrap_or(0) <= PRESENCE_MAX_MEMBERS as i64,
-                    seq,
-                    blocked: false,
-                },
+                chat::ChatKind::Group => {
+                    let size = sizes.get(&id).copied().unwrap_or(0).max(0);
+                    ChatFlags {
+                        presence: size <= PRESENCE_MAX_MEMBERS as i64,
+                        seq,
+                        blocked: false,
+                        audience: Audience::Group(size as u64),
+                    }
+                }
             };
             flags.insert(id, flag);
         }
@@ -548,12 +575,14 @@ pub async fn chats_of_users(
             presence: true,
             seq: 0,
             blocked: false,
+            audience: Audience::Direct,
         });
         chats.entry(UserId(user)).or_default().push(ChatEntry {
             chat: ChatId(chat),
             presence: flag.presence,
             seq: flag.seq,
             blocked: flag.blocked,
+            audience: flag.audience,
         });
     }
     Ok(chats)
