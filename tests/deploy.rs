@@ -170,11 +170,25 @@ fn the_compose_nginx_configuration_passes_nginx_t() {
             "the compose file still makes {edit}"
         );
     }
-    // No Docker DNS here: the two names stand for loopback.
+    // No Docker DNS here: the two names stand for loopback; the mounted
+    // certificate is a self-signed one.
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.path().join("chat.key"))
+        .arg("-out")
+        .arg(dir.path().join("chat.crt"))
+        .output()
+        .expect("openssl on the PATH");
+    assert!(made.status.success());
+    assert!(compose.contains("./tls:/etc/nginx/tls:ro"));
     let checked = config
         .replace("chat1:8000", "127.0.0.1:8000")
-        .replace("chat2:8000", "127.0.0.2:8000");
-    let dir = tempfile::tempdir().unwrap();
+        .replace("chat2:8000", "127.0.0.2:8000")
+        .replace("/etc/nginx/tls/", &format!("{}/", dir.path().display()));
     let file = dir.path().join("nginx.conf");
     std::fs::write(&file, checked).unwrap();
     let prefix = dir.path().to_str().unwrap();

@@ -14,10 +14,12 @@ use std::process::{Child, Command, Stdio};
 use common::{authorized_at, redis_prefix, require_redis_url, Backend, TestApp, TestDatabase};
 use serde_json::json;
 
-/// nginx running deploy/nginx.conf with its port and upstreams replaced.
+/// nginx running deploy/nginx.conf with its ports, upstreams and TLS
+/// certificate (a self-signed one, made by `openssl`) replaced.
 struct Nginx {
     child: Child,
     port: u16,
+    tls_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -28,6 +30,22 @@ impl Nginx {
         )
         .expect("deploy/nginx.conf");
         let port = common::free_port();
+        let tls_port = common::free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("chat.crt"), dir.path().join("chat.key"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl on the PATH (Debian: apt-get install openssl)");
+        assert!(made.success(), "openssl made no certificate");
         let servers: String = upstreams
             .iter()
             .map(|p| format!("server 127.0.0.1:{p} max_fails=0;\n        "))
@@ -43,6 +61,12 @@ impl Nginx {
                 }
             } else if trimmed.starts_with("listen 8080;") {
                 config.push_str(&format!("        listen 127.0.0.1:{port};\n"));
+            } else if trimmed.starts_with("listen 8443 ssl;") {
+                config.push_str(&format!("        listen 127.0.0.1:{tls_port} ssl;\n"));
+            } else if trimmed.starts_with("ssl_certificate ") {
+                config.push_str(&format!("        ssl_certificate {};\n", cert.display()));
+            } else if trimmed.starts_with("ssl_certificate_key ") {
+                config.push_str(&format!("        ssl_certificate_key {};\n", key.display()));
             } else {
                 config.push_str(line);
                 config.push('\n');
@@ -52,7 +76,6 @@ impl Nginx {
             replaced_upstreams,
             "the upstream block is where the test expects it"
         );
-        let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("nginx.conf");
         std::fs::write(&file, config).expect("write config");
         let prefix = dir.path().to_str().expect("utf-8 path");
@@ -71,6 +94,7 @@ impl Nginx {
                 return Nginx {
                     child,
                     port,
+                    tls_port,
                     _dir: dir,
                 };
             }
@@ -115,6 +139,18 @@ async fn through_nginx(backend: &Backend) {
     // The page and the API answer through the proxy.
     let page = http.get(nginx.url("/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200, "{}", backend.name());
+    // And over TLS (the self-signed certificate: curl -k), with HSTS.
+    let head = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-D", "-"])
+        .arg(format!("https://127.0.0.1:{}/healthz", nginx.tls_port))
+        .output()
+        .expect("curl on the PATH");
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("strict-transport-security: max-age=63072000"),
+        "{head}"
+    );
     let (alice, _, pk) = a.pair("alice", "bob").await;
     let mut tokens = Vec::new();
     for name in ["alice", "bob"] {
