@@ -38,6 +38,7 @@ struct Inner {
     messages_stored: Counter,
     store_seconds: Histogram,
     store_batch_size: Histogram,
+    store_batch_retries: Counter,
     send_to_delivery: Histogram,
     outbox_overflows: Counter,
     holes_filled: Counter,
@@ -62,6 +63,7 @@ impl Default for Inner {
             store_seconds: Histogram::new(STORE_BUCKETS),
             // 1, 2, 4, … 1024 messages.
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            store_batch_retries: Counter::default(),
             // 0.25 ms … 2 s.
             send_to_delivery: Histogram::new(exponential_buckets(0.00025, 2.0, 14)),
             outbox_overflows: Counter::default(),
@@ -117,6 +119,11 @@ impl Default for Inner {
             "chat_store_batch_size",
             "Messages per committed batch.",
             inner.store_batch_size.clone(),
+        );
+        r.register(
+            "chat_store_batch_retries",
+            "Batches whose insert failed and were retried one message at a time.",
+            inner.store_batch_retries.clone(),
         );
         r.register(
             "chat_send_to_delivery_seconds",
@@ -225,6 +232,11 @@ impl Metrics {
         self.0.messages_stored.inc_by(count as u64);
         self.0.store_seconds.observe(elapsed.as_secs_f64());
         self.0.store_batch_size.observe(count as f64);
+    }
+
+    /// A batch insert failed and its messages were stored one at a time.
+    pub fn batch_retried(&self) {
+        self.0.store_batch_retries.inc();
     }
 
     /// A stored message handed on for delivery, `elapsed` after its frame arrived.

@@ -68,10 +68,11 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, _, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
+    let metrics = Metrics::default();
     let (writer, _task) = MessageWriter::with_capacity(
         app.db.clone(),
         app.chat_server.clone().recipient(),
-        Metrics::default(),
+        metrics.clone(),
         16,
     );
     let new = |chat: ChatId, content: &str| NewMessage {
@@ -105,6 +106,12 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
         2,
         "{}",
         backend.name()
+    );
+    // Through the retry, not three batches that happened to be separate.
+    let text = metrics.render(Default::default());
+    assert!(
+        text.contains("chat_store_batch_retries_total 1\n"),
+        "{text}"
     );
 }
 

@@ -191,9 +191,10 @@ async fn run_writer(
         }),
         _ => MySqlIds::RowByRow,
     };
+    let batch_metrics = metrics.clone();
     let commit = move |batch: Vec<Row>| {
-        let db = db.clone();
-        async move { commit_batch(&db, batch, ids).await }
+        let (db, metrics) = (db.clone(), batch_metrics.clone());
+        async move { commit_batch(&db, &metrics, batch, ids).await }
     };
     let answer_metrics = metrics.clone();
     let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);
@@ -285,6 +286,7 @@ async fn run_batches<C, F, A>(
 
 async fn commit_batch(
     db: &DatabaseConnection,
+    metrics: &Metrics,
     batch: Vec<Row>,
     ids: MySqlIds,
 ) -> Vec<Result<Stored, StoreError>> {
@@ -307,6 +309,7 @@ async fn commit_batch(
             // A race with another instance on the same client_id, or a real
             // failure: retry one by one so one bad row cannot fail the others.
             tracing::warn!(error = %e, size = batch.len(), "batch insert failed; retrying one by one");
+            metrics.batch_retried();
             let mut results = Vec::with_capacity(batch.len());
             for (i, p) in batch.iter().enumerate() {
                 let r = match same_as[i] {
