@@ -549,14 +549,6 @@ impl WsClient {
         );
     }
 
-    /// Asserts nothing arrives for `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        match self.next_event(wait).await {
-            Event::Silence => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
-    }
-
     /// The close frame the server sends next (skipping JSON frames).
     pub async fn expect_close(&mut self) -> Option<ws::CloseReason> {
         loop {
