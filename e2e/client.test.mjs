@@ -318,6 +318,21 @@ test("blocking stops a conversation both ways until it is lifted", async () => {
   await bob.page.context().close();
 });
 
+test("two contacts with the same name are told apart by their usernames", async () => {
+  const alice = await signUp("Nia", "Cole");
+  const first = await signUp("Sam", "Lee");
+  const second = await signUp("Sam", "Lee");
+  await addContact(alice.page, first.username, first.name);
+  await addContact(alice.page, second.username, second.name);
+  for (const twin of [first, second]) {
+    await item(alice.page, "Sam Lee").filter({ hasText: `@${twin.username}` }).waitFor(WAIT);
+  }
+  // The open conversation says whose it is, beside its heading.
+  await alice.page.getByRole("heading", { name: "Sam Lee" }).waitFor(WAIT);
+  await alice.page.locator(".chat-head .handle").filter({ hasText: `@${second.username}` }).waitFor(WAIT);
+  for (const p of [alice, first, second]) await p.page.context().close();
+});
+
 test("the server restarts mid-conversation: messages sent meanwhile arrive without a reload", async () => {
   const [alice, bob] = await talking(["Ada", "Byron"], ["Bo", "Diddley"], "before the restart");
 

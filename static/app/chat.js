@@ -315,6 +315,15 @@ export class Chat {
     }
   }
 
+  /** Names that more than one conversation shows: those show their
+   *  username beside them, so a copied display name cannot pass for
+   *  another person. */
+  collidingNames() {
+    const count = new Map();
+    for (const c of this.state.conversations.values()) count.set(c.name, (count.get(c.name) || 0) + 1);
+    return new Set([...count].filter(([, n]) => n > 1).map(([name]) => name));
+  }
+
   sortedConversations() {
     return [...this.state.conversations.values()].sort((a, b) => {
       const [x, y] = [activity(a), activity(b)];

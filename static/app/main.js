@@ -106,7 +106,7 @@ function SignedOut({ onSignedIn, notice }) {
 
 // --- the conversation list ------------------------------------------------
 
-function ConversationItem({ chat, conversation, open }) {
+function ConversationItem({ chat, conversation, open, handle }) {
   const last = conversation.last_message;
   return html`
     <li role="listitem" class=${open ? "item open" : "item"}>
@@ -117,6 +117,7 @@ function ConversationItem({ chat, conversation, open }) {
         onClick=${() => chat.openConversation(conversation.pk)}
       >
         <span class="name">${conversation.name}</span>
+        ${handle && html` <span class="handle">@${handle}</span>`}
         ${conversation.online && html` <span class="online">Online</span>`}
         ${conversation.unread > 0 &&
         html` <span class="unread">${conversation.unread}<span class="hidden"> unread</span></span>`}
@@ -220,6 +221,13 @@ function Pending({ chat, pk, item }) {
   `;
 }
 
+/** A member's name, with their username when another member has the same
+ *  name: a copied display name cannot pass for someone else. */
+function shownName(member, members) {
+  const twins = members.filter((m) => m.name === member.name).length;
+  return twins > 1 ? `${member.name} (@${member.username})` : member.name;
+}
+
 function GroupSettings({ chat, pk }) {
   const details = chat.state.details.get(pk);
   if (!details) return html`<p class="hint">Loading members…</p>`;
@@ -249,7 +257,7 @@ function GroupSettings({ chat, pk }) {
       <ul class="members">
         ${details.members.map(
           (m) => html`<li key=${m.user_id}>
-            ${m.name} ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
+            ${shownName(m, details.members)} ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
             ${m.online ? html` <span class="online">Online</span>` : ""}
             ${owner?.user_id === me && m.user_id !== me &&
             html` <button type="button" class="link" onClick=${() => chat.removeMember(pk, m.user_id)}>
@@ -336,9 +344,13 @@ function Conversation({ chat, pk }) {
     .reverse()
     .find((m) => m.direction === "send" && m.id <= readUpTo)?.id;
   const details = chat.state.details.get(pk);
-  const nameOf = (id) => details?.members.find((m) => m.user_id === id)?.name || "";
+  const nameOf = (id) => {
+    const member = details?.members.find((m) => m.user_id === id);
+    return member ? shownName(member, details.members) : "";
+  };
   const group = conversation.kind === "group";
   const blocked = !group && chat.state.blocked.has(conversation.user_id);
+  const handle = !group && chat.collidingNames().has(conversation.name) ? conversation.username : null;
   const typists = chat.typists(pk).map(nameOf).filter(Boolean);
 
   return html`
@@ -348,6 +360,7 @@ function Conversation({ chat, pk }) {
           <span aria-hidden="true">←</span><span class="hidden">Back to conversations</span>
         </button>
         <h2>${conversation.name}</h2>
+        ${handle && html`<span class="handle">@${handle}</span>`}
         ${group
           ? html`<span class="hint">${conversation.members} members</span>
               <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
@@ -451,6 +464,9 @@ function SignedIn({ session, onSignOut }) {
   const c = chat.current;
   const { status, open, notice } = c.state;
   const conversations = c.sortedConversations();
+  const colliding = c.collidingNames();
+  const handleOf = (conversation) =>
+    conversation.kind === "direct" && colliding.has(conversation.name) ? conversation.username : null;
   return html`
     <div class=${open ? "shell has-open" : "shell"}>
       <header class="top">
@@ -481,6 +497,7 @@ function SignedIn({ session, onSignOut }) {
               chat=${c}
               conversation=${conversation}
               open=${conversation.pk === open}
+              handle=${handleOf(conversation)}
             />`
           )}
         </ul>
