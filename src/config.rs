@@ -277,6 +277,8 @@ pub struct LimitSettings {
     pub max_unauthenticated_per_address: usize,
     /// WebSockets one client address may hold open in all.
     pub max_sockets_per_address: usize,
+    /// How long after sending it a message may still be edited (B8), in seconds.
+    pub edit_window_seconds: u64,
 }
 
 impl Default for LimitSettings {
@@ -297,7 +299,18 @@ impl Default for LimitSettings {
             message_queue_capacity: 16 * 1024,
             max_unauthenticated_per_address: 100,
             max_sockets_per_address: 1_000,
+            edit_window_seconds: 2 * 24 * 3600,
         }
+    }
+}
+
+/// Longest edit window accepted: beyond it the duration would not fit.
+const MAX_EDIT_WINDOW_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
+impl LimitSettings {
+    /// `EDIT_WINDOW_SECONDS` as a duration.
+    pub fn edit_window(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.edit_window_seconds.min(MAX_EDIT_WINDOW_SECONDS) as i64)
     }
 }
 
@@ -506,6 +519,9 @@ impl Settings {
         }
         if limits.fanout_per_second == 0 {
             return invalid("FANOUT_PER_SECOND must be at least 1");
+        }
+        if limits.edit_window_seconds > MAX_EDIT_WINDOW_SECONDS {
+            return invalid("EDIT_WINDOW_SECONDS must be at most 3153600000 (100 years)");
         }
         if limits.max_sockets_per_address == 0 {
             return invalid("MAX_SOCKETS_PER_ADDRESS must be at least 1");

@@ -163,11 +163,12 @@ impl Application {
                 metrics.clone(),
             )
         });
-        let (writer, writer_task) = MessageWriter::with_capacity(
+        let (writer, writer_task) = MessageWriter::with_edit_window(
             db.clone(),
             chat_server.clone().recipient(),
             metrics.clone(),
             settings.limits.message_queue_capacity,
+            settings.limits.edit_window(),
         );
         actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
         let keys = TokenKeys::new(&secret, settings.auth.token_ttl());
@@ -206,6 +207,7 @@ impl Application {
                 settings.limits.rate_limit_per_second.saturating_mul(60),
             )),
             groups: groups.clone(),
+            writer: writer.clone(),
             proxies: settings.server.trusted_proxies(),
             draining: draining.clone(),
             redis,

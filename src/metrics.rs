@@ -36,6 +36,7 @@ struct Inner {
     bad_frames: Counter,
     errors: Family<Label, Counter>,
     messages_stored: Counter,
+    changes_stored: Counter,
     store_seconds: Histogram,
     store_batch_size: Histogram,
     store_batch_retries: Counter,
@@ -60,6 +61,7 @@ impl Default for Inner {
             bad_frames: Counter::default(),
             errors: Family::default(),
             messages_stored: Counter::default(),
+            changes_stored: Counter::default(),
             store_seconds: Histogram::new(STORE_BUCKETS),
             // 1, 2, 4, … 1024 messages.
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
@@ -109,6 +111,11 @@ impl Default for Inner {
             "chat_messages_stored",
             "Messages committed.",
             inner.messages_stored.clone(),
+        );
+        r.register(
+            "chat_message_changes_stored",
+            "Edits, deletions and reaction changes committed (B8), or found already so.",
+            inner.changes_stored.clone(),
         );
         r.register(
             "chat_store_batch_seconds",
@@ -227,9 +234,13 @@ impl Metrics {
         self.0.redis_reconnects.inc();
     }
 
-    /// One committed batch of `count` messages that took `elapsed`.
-    pub fn record_store_batch(&self, count: usize, elapsed: Duration) {
-        self.0.messages_stored.inc_by(count as u64);
+    /// One committed batch of `count` jobs, `changes` of them changes to
+    /// messages (B8) and the rest new messages, that took `elapsed`.
+    pub fn record_store_batch(&self, count: usize, changes: usize, elapsed: Duration) {
+        self.0
+            .messages_stored
+            .inc_by(count.saturating_sub(changes) as u64);
+        self.0.changes_stored.inc_by(changes as u64);
         self.0.store_seconds.observe(elapsed.as_secs_f64());
         self.0.store_batch_size.observe(count as f64);
     }
@@ -268,7 +279,7 @@ mod tests {
         m.frame_in(UNPARSED);
         m.bad_frame(Some("not_found"));
         m.bad_frame(None);
-        m.record_store_batch(3, Duration::from_millis(3));
+        m.record_store_batch(4, 1, Duration::from_millis(3));
         m.message_delivered(Duration::from_millis(1));
         m.redis_state(true);
         let text = m.render(ServerCounts {
@@ -283,6 +294,7 @@ mod tests {
             "chat_bad_frames_total 2",
             "chat_errors_total{code=\"not_found\"} 1",
             "chat_messages_stored_total 3",
+            "chat_message_changes_stored_total 1",
             "chat_store_batch_seconds_count 1",
             "chat_store_batch_seconds_bucket{le=\"0.005\"} 1",
             "chat_store_batch_seconds_bucket{le=\"0.002\"} 0",

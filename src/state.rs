@@ -32,6 +32,8 @@ pub struct AppState {
     pub registration_limit: Arc<AddressRateLimit>,
     /// New contacts per user, at the WebSocket's request rate.
     pub change_limit: Arc<KeyedRateLimit<i64>>,
+    /// Commits messages and changes to them (shared with the WebSocket).
+    pub writer: crate::chat::writer::MessageWriter,
     /// Group requests, with their change budgets (shared with the WebSocket).
     pub groups: crate::chat::groups::Groups,
     /// Whose `X-Forwarded-For` is believed.

@@ -91,9 +91,11 @@ async fn history_paging(backend: &Backend) {
     assert_eq!(newest["type"], "get_messages_response");
     assert_eq!(newest["data"]["pk"], json!(pk));
     assert_eq!(newest["data"]["has_more"], true);
+    assert_eq!(newest["data"]["seq"], 5, "the latest seq the page shows");
     let item = |i: usize, text: &str| {
         json!({"id": ids[i], "sender": alice, "direction": "received", "content": text,
-               "time": acks[i]["data"]["time"], "client_id": null})
+               "time": acks[i]["data"]["time"], "client_id": null, "reply_to": null,
+               "quote": null, "edited_at": null, "deleted": false, "reactions": []})
     };
     assert_eq!(
         newest["data"]["messages"],

@@ -427,16 +427,7 @@ async fn read_for(
 async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
     let backend = apps[0].backend.clone();
     let apps = std::rc::Rc::new(apps);
-    let seed = std::env::var("CONVERSATION_LOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    println!("seed {seed} (CONVERSATION_LOG_SEED repeats its choices)");
+    let seed = common::seed("CONVERSATION_LOG_SEED");
     let a = &apps[0];
     let mut members = Vec::new();
     for i in 0..6 {

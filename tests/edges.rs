@@ -80,6 +80,7 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
         sender: UserId(alice),
         content: content.into(),
         client_id: None,
+        reply_to: None,
     };
     // One batch (submitted before the writer runs): the middle message
     // names no conversation, so the batch insert fails on its foreign key.
@@ -94,13 +95,13 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
     for p in pending {
         results.push(p.await.expect("an answer for every message"));
     }
-    assert!(matches!(&results[0], Ok(Stored::New(m)) if m.content == "first"));
+    assert!(matches!(&results[0], Ok(Stored::New(m)) if m.message.content == "first"));
     assert!(
         matches!(&results[1], Err(StoreError::Database(_))),
         "{:?}",
         results[1]
     );
-    assert!(matches!(&results[2], Ok(Stored::New(m)) if m.content == "last"));
+    assert!(matches!(&results[2], Ok(Stored::New(m)) if m.message.content == "last"));
     assert_eq!(
         message::Entity::find().count(&app.db).await.unwrap(),
         2,
@@ -140,11 +141,12 @@ async fn two_writers_one_client_id(backend: &Backend) {
             sender: UserId(alice),
             content: format!("round {round}"),
             client_id: Some(format!("resend-{round}")),
+            reply_to: None,
         };
         let (x, y) = (first.store(new()).unwrap(), second.store(new()).unwrap());
         let (x, y) = futures_util::join!(x, y);
         let id = |r: Result<Stored, StoreError>| match r {
-            Ok(Stored::New(m)) | Ok(Stored::Duplicate(m)) => m.id,
+            Ok(stored) => stored.message().expect("a message").id,
             Err(e) => panic!("round {round}: {e}"),
         };
         assert_eq!(id(x.unwrap()), id(y.unwrap()), "round {round}");
@@ -407,6 +409,7 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
                     sender: UserId(sender),
                     content: content.clone(),
                     client_id: Some(format!("c-{w}-{round}-{i}")),
+                    reply_to: None,
                 };
                 pending.push((content, writer.store(new).unwrap()));
             }
@@ -417,7 +420,7 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
     let mut seqs = Vec::new();
     for (content, answer) in pending {
         let stored = match answer.await.unwrap() {
-            Ok(Stored::New(m)) => m,
+            Ok(Stored::New(posted)) => posted.message,
             other => panic!("{content}: {other:?}"),
         };
         assert_eq!(stored.content, content);

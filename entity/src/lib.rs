@@ -5,14 +5,19 @@ pub mod chat;
 pub mod chat_member;
 pub mod invitation;
 pub mod message;
+pub mod message_event;
+pub mod reaction;
 pub mod user;
 
 pub mod prelude {
-    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `Invitation`, `Message`.
+    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `Invitation`, `Message`,
+    //! `MessageEvent`, `Reaction`.
     pub use super::block::Entity as Block;
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;
     pub use super::invitation::Entity as Invitation;
     pub use super::message::Entity as Message;
+    pub use super::message_event::Entity as MessageEvent;
+    pub use super::reaction::Entity as Reaction;
     pub use super::user::Entity as User;
 }

@@ -19,6 +19,17 @@ pub struct Model {
     /// Its place in the conversation's order (PROTOCOL.md B7): 1, 2, 3…
     /// with no gaps, in commit order; `(chat_id, seq)` is unique.
     pub seq: i64,
+    /// The message this one answers (B8), of the same conversation.
+    pub reply_to: Option<i64>,
+    /// When its sender last changed its text (B8).
+    pub edited_at: Option<DateTimeUtc>,
+    /// Deleted (B8): `content` is empty and nothing of it is kept.
+    pub deleted: bool,
+    /// The text as first sent, once the message has been edited: `sync`
+    /// replays the `message` event as it was pushed. Null otherwise, and
+    /// once deleted.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub original_content: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

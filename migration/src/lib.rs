@@ -10,6 +10,7 @@ mod m20261130_000001_conversation_seq;
 mod m20261130_000002_username_keys;
 mod m20261130_000003_invitations;
 mod m20261130_000004_blocks;
+mod m20261201_000001_message_changes;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_username_keys::Migration),
             Box::new(m20261130_000003_invitations::Migration),
             Box::new(m20261130_000004_blocks::Migration),
+            Box::new(m20261201_000001_message_changes::Migration),
         ]
     }
 }

@@ -67,7 +67,7 @@ pub(crate) fn timestamp(backend: DatabaseBackend, name: impl IntoIden) -> Column
 
 /// A bigint auto-increment primary key; SQLite only allows AUTOINCREMENT (which
 /// guarantees ids are never reused) on `INTEGER PRIMARY KEY`, a 64-bit column there.
-fn id_column(backend: DatabaseBackend, name: impl IntoIden) -> ColumnDef {
+pub(crate) fn id_column(backend: DatabaseBackend, name: impl IntoIden) -> ColumnDef {
     let mut col = ColumnDef::new(name);
     match backend {
         DatabaseBackend::Sqlite => col.integer(),

@@ -171,14 +171,6 @@ pub async fn messages(
     if !store::members_of(&state.db, chat).await?.contains(&me) {
         return Err(ApiError::NotFound);
     }
-    let (rows, has_more) =
-        store::history(&state.db, chat, params.before, params.after, limit).await?;
-    Ok(web::Json(HistoryPage {
-        pk: chat,
-        messages: rows
-            .into_iter()
-            .map(|m| store::history_item(m, me))
-            .collect(),
-        has_more,
-    }))
+    let page = store::history_page(&state.db, chat, me, params.before, params.after, limit).await?;
+    Ok(web::Json(page))
 }

@@ -10,6 +10,7 @@ pub mod contacts;
 pub mod docs;
 pub mod groups;
 pub mod health;
+pub mod messages;
 pub mod throttle;
 pub mod users;
 
@@ -109,6 +110,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/api/groups/{id}/members/{user_id}/")
             .route(web::delete().to(groups::remove_member))
             .default_service(actix_web::web::to(method_not_allowed("DELETE"))),
+    )
+    .service(
+        web::resource("/api/messages/{id}/")
+            .route(web::patch().to(messages::edit_message))
+            .route(web::delete().to(messages::delete_message))
+            .default_service(actix_web::web::to(method_not_allowed("PATCH, DELETE"))),
+    )
+    .service(
+        web::resource("/api/messages/{id}/reactions/")
+            .route(web::post().to(messages::add_reaction))
+            .route(web::delete().to(messages::remove_reaction))
+            .default_service(actix_web::web::to(method_not_allowed("POST, DELETE"))),
     )
     .service(
         web::resource("/api/blocks/")

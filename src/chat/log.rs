@@ -7,14 +7,17 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use actix::prelude::*;
-use entity::message;
-use sea_orm::{DatabaseConnection, DbErr};
+use entity::{message, message_event};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use tokio::sync::mpsc;
 
+use super::changes;
 use super::protocol::{
-    format_time, ChatId, Direction, MessageAck, MessageBody, MessagePush, Reply, ServerEvent,
-    SyncPage, UserId,
+    format_time, ChatId, Direction, MessageAck, MessageBody, MessagePush, Quote, Reply,
+    ServerEvent, SyncPage, UserId,
 };
 use super::server::ConversationFrames;
 use super::store;
@@ -35,24 +38,61 @@ const FILL_PAGE: u64 = 500;
 /// (its sessions see the jump in `seq` and `sync` themselves).
 const FILL_QUEUE: usize = 1024;
 
-/// The inner `data` of a `message` frame, as `direction` sees it.
-fn message_body(m: &message::Model, direction: Direction) -> MessageBody {
+/// One event of a conversation's log: a new message (with what it shows
+/// of the message it answers), or a change to one (B8).
+#[derive(Debug, Clone)]
+pub enum LogEvent {
+    Message(message::Model, Option<Quote>),
+    Change(message_event::Model),
+}
+
+impl LogEvent {
+    fn seq(&self) -> i64 {
+        match self {
+            LogEvent::Message(m, _) => m.seq,
+            LogEvent::Change(e) => e.seq,
+        }
+    }
+
+    /// Its frames for the conversation's members.
+    fn frames(&self) -> ConversationFrames {
+        match self {
+            LogEvent::Message(m, quote) => message_frames(m, quote.as_ref()),
+            LogEvent::Change(e) => ConversationFrames {
+                chat: ChatId(e.chat_id),
+                seq: Some(e.seq),
+                user: None,
+                own: None,
+                others: changes::event_frame(e),
+            },
+        }
+    }
+}
+
+/// The inner `data` of a `message` frame, as `direction` sees it: the text
+/// as it was sent (an edited message's first version; nothing once deleted).
+fn message_body(m: &message::Model, quote: Option<&Quote>, direction: Direction) -> MessageBody {
     MessageBody {
         direction,
-        content: m.content.clone(),
+        content: m
+            .original_content
+            .clone()
+            .unwrap_or_else(|| m.content.clone()),
         time: format_time(&m.created_at),
         id: m.id,
         sender: m.sender_id,
         client_id: m.client_id.clone(),
+        reply_to: m.reply_to,
+        quote: quote.cloned(),
     }
 }
 
 /// The frames of a stored message for its conversation's members: `send`
 /// for the sender's sessions, `received` for everyone else's.
-pub fn message_frames(m: &message::Model) -> ConversationFrames {
+pub fn message_frames(m: &message::Model, quote: Option<&Quote>) -> ConversationFrames {
     let pk = ChatId(m.chat_id);
     let frame = |direction| {
-        let body = message_body(m, direction);
+        let body = message_body(m, quote, direction);
         ServerEvent::Message(MessagePush {
             pk,
             seq: m.seq,
@@ -86,38 +126,48 @@ pub fn ack_frame(m: &message::Model) -> bytes::Bytes {
 pub fn sync_frame(
     chat: ChatId,
     viewer: UserId,
-    events: &[message::Model],
+    events: &[LogEvent],
     latest: i64,
     has_more: bool,
 ) -> bytes::Bytes {
-    let bodies: Vec<(i64, MessageBody)> = events
+    // Each event's frame as the viewer's sessions got it, spliced in as
+    // raw JSON: a change's frame is the same bytes for everyone.
+    let frames: Vec<Box<serde_json::value::RawValue>> = events
         .iter()
-        .map(|m| {
-            let direction = if m.sender_id == Some(viewer.0) {
-                Direction::Send
-            } else {
-                Direction::Received
+        .map(|event| {
+            let frame = match event {
+                LogEvent::Message(m, quote) => {
+                    let direction = if m.sender_id == Some(viewer.0) {
+                        Direction::Send
+                    } else {
+                        Direction::Received
+                    };
+                    let body = message_body(m, quote.as_ref(), direction);
+                    ServerEvent::Message(MessagePush {
+                        pk: chat,
+                        seq: m.seq,
+                        data: &body,
+                    })
+                    .to_json()
+                }
+                LogEvent::Change(e) => changes::event_frame(e),
             };
-            (m.seq, message_body(m, direction))
-        })
-        .collect();
-    let events = bodies
-        .iter()
-        .map(|(seq, body)| {
-            ServerEvent::Message(MessagePush {
-                pk: chat,
-                seq: *seq,
-                data: body,
-            })
+            raw(frame)
         })
         .collect();
     let page = SyncPage {
         pk: chat,
-        events,
+        events: frames,
         seq: latest,
         has_more,
     };
     ServerEvent::SyncResponse(Reply::Ok(page)).to_json()
+}
+
+/// A frame the server made, as raw JSON to splice into another.
+fn raw(frame: bytes::Bytes) -> Box<serde_json::value::RawValue> {
+    let text = String::from_utf8(frame.to_vec()).expect("frames are serialized JSON text");
+    serde_json::value::RawValue::from_string(text).expect("frames are serialized JSON")
 }
 
 /// The events of `chat` after `after_seq`, oldest first (at most `limit`),
@@ -127,12 +177,59 @@ pub async fn events_after(
     chat: ChatId,
     after_seq: i64,
     limit: u64,
-) -> Result<(Vec<message::Model>, bool, i64), DbErr> {
+) -> Result<(Vec<LogEvent>, bool, i64), DbErr> {
     let latest = store::latest_seq(db, chat).await?;
-    let (rows, has_more) = store::messages_by_seq(db, chat, after_seq, None, limit).await?;
+    let (rows, has_more) = events_between(db, chat, after_seq, None, limit).await?;
     // Events committed between the two reads: the latest is at least theirs.
-    let latest = rows.last().map_or(latest, |m| latest.max(m.seq));
+    let latest = rows.last().map_or(latest, |e| latest.max(e.seq()));
     Ok((rows, has_more, latest))
+}
+
+/// The events of `chat` with `after < seq < before`, oldest first (at most
+/// `limit`), and whether there are more: its messages and the changes to
+/// them, merged in `seq` order.
+pub async fn events_between(
+    db: &DatabaseConnection,
+    chat: ChatId,
+    after: i64,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<LogEvent>, bool), DbErr> {
+    let (messages, more_messages) = store::messages_by_seq(db, chat, after, before, limit).await?;
+    let (changes, more_changes) = store::changes_by_seq(db, chat, after, before, limit).await?;
+    let quotes = quotes_for(db, &messages).await?;
+    let mut events: Vec<LogEvent> = messages
+        .into_iter()
+        .map(|m| {
+            let quote = m.reply_to.and_then(|id| quotes.get(&id).cloned());
+            LogEvent::Message(m, quote)
+        })
+        .chain(changes.into_iter().map(LogEvent::Change))
+        .collect();
+    events.sort_by_key(LogEvent::seq);
+    // Each list holds the first `limit` of its kind: the first `limit`
+    // merged are the first `limit` events.
+    let has_more = events.len() as u64 > limit || more_messages || more_changes;
+    events.truncate(limit as usize);
+    Ok((events, has_more))
+}
+
+/// What replies among `messages` show of the messages they answer.
+pub async fn quotes_for<C: ConnectionTrait>(
+    db: &C,
+    messages: &[message::Model],
+) -> Result<HashMap<i64, Quote>, DbErr> {
+    let answered: Vec<i64> = messages.iter().filter_map(|m| m.reply_to).collect();
+    if answered.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(message::Entity::find()
+        .filter(message::Column::Id.is_in(answered))
+        .all(db)
+        .await?
+        .iter()
+        .map(|m| (m.id, changes::quote_of(m)))
+        .collect())
 }
 
 /// The events of a hole in a conversation's live stream, loaded from the
@@ -166,9 +263,9 @@ impl HoleFiller {
         actix::spawn(async move {
             while let Some(FillRequest { chat, after, until }) = rx.recv().await {
                 let limit = ((until - after - 1).max(1) as u64).min(FILL_PAGE);
-                let events = store::messages_by_seq(&db, chat, after, Some(until), limit)
+                let events = events_between(&db, chat, after, Some(until), limit)
                     .await
-                    .map(|(rows, _)| rows.iter().map(message_frames).collect());
+                    .map(|(rows, _)| rows.iter().map(LogEvent::frames).collect());
                 server.do_send(Filled {
                     chat,
                     until,

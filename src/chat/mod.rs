@@ -3,6 +3,7 @@
 
 pub mod address_cap;
 pub mod blocks;
+pub mod changes;
 pub mod groups;
 pub mod invitations;
 pub mod log;

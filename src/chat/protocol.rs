@@ -156,6 +156,12 @@ requests! {
     UnblockUser(UserRef) = "unblock_user",
     /// The people one blocked (C10).
     GetBlocked(AnyData) = "get_blocked",
+    /// Change one's message (B8).
+    EditMessage(EditMessage) = "edit_message",
+    /// Take a message back (B8).
+    DeleteMessage(MessageRef) = "delete_message",
+    /// Set or take back a reaction (B8).
+    React(React) = "react",
 }
 
 impl fmt::Display for RequestKind {
@@ -184,6 +190,30 @@ pub struct SendMessage {
     pub content: String,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The message this one answers (B8).
+    #[serde(default)]
+    pub reply_to: Option<i64>,
+}
+
+/// `edit_message`: a message's new text (B8).
+#[derive(Debug, Deserialize)]
+pub struct EditMessage {
+    pub id: i64,
+    pub content: String,
+}
+
+/// `delete_message`: the message to take back (B8).
+#[derive(Debug, Deserialize)]
+pub struct MessageRef {
+    pub id: i64,
+}
+
+/// `react`: one emoji on a message, set (`on`) or taken back (B8).
+#[derive(Debug, Deserialize)]
+pub struct React {
+    pub id: i64,
+    pub emoji: String,
+    pub on: bool,
 }
 
 /// `get_messages`: one page of history.
@@ -658,6 +688,65 @@ pub struct MessageBody {
     pub sender: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// Only on a reply (B8), so other `message` frames keep their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+}
+
+/// What a reply shows of the message it answers (B8): its sender and the
+/// start of its text (empty once that message is deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
+pub struct Quote {
+    pub sender: Option<i64>,
+    pub content: String,
+}
+
+/// One emoji's reactions on a message, as one viewer sees them (B8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u64,
+    /// Whether the viewer is one of them.
+    pub mine: bool,
+}
+
+/// `message_edited` (B8), and `edit_message_response` on success (with `status`).
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct MessageEdited {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    pub pk: ChatId,
+    /// Null in an answer that changed nothing (the same text again).
+    pub seq: Option<i64>,
+    pub id: i64,
+    pub content: String,
+    pub edited_at: Option<String>,
+}
+
+/// `message_deleted` (B8), and `delete_message_response` on success (with `status`).
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct MessageDeleted {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    pub pk: ChatId,
+    pub seq: i64,
+    pub id: i64,
+}
+
+/// `reaction` (B8), and `react_response` on success (with `status`).
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct ReactionEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    pub pk: ChatId,
+    /// Null in an answer that changed nothing (set what was set already).
+    pub seq: Option<i64>,
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub emoji: String,
+    pub on: bool,
 }
 
 /// A `message` push: `{"pk": ..., "seq": ..., "data": {...}}`; `seq` is
@@ -686,6 +775,9 @@ pub struct HistoryPage {
     pub pk: ChatId,
     pub messages: Vec<HistoryItem>,
     pub has_more: bool,
+    /// The conversation's latest `seq` when the page was read: the page
+    /// shows every event up to it and none after (C13).
+    pub seq: i64,
 }
 
 /// One message of history (`client_id` always present, null when absent).
@@ -697,14 +789,21 @@ pub struct HistoryItem {
     pub content: String,
     pub time: String,
     pub client_id: Option<String>,
+    /// The message this one answers, and what it shows of it (B8).
+    pub reply_to: Option<i64>,
+    pub quote: Option<Quote>,
+    pub edited_at: Option<String>,
+    pub deleted: bool,
+    pub reactions: Vec<ReactionCount>,
 }
 
 /// `sync_response`: a conversation's events after the `seq` asked for,
 /// oldest first, each exactly as a live session received it (B7).
 #[derive(Debug, Serialize)]
-pub struct SyncPage<'a> {
+pub struct SyncPage {
     pub pk: ChatId,
-    pub events: Vec<ServerEvent<'a>>,
+    /// Each event's frame, exactly as a live session got it.
+    pub events: Vec<Box<serde_json::value::RawValue>>,
     /// The conversation's latest `seq`.
     pub seq: i64,
     pub has_more: bool,
@@ -756,7 +855,7 @@ pub enum ServerEvent<'a> {
     Message(MessagePush<'a>),
     MessageResponse(Reply<MessageAck>),
     GetMessagesResponse(Reply<HistoryPage>),
-    SyncResponse(Reply<SyncPage<'a>>),
+    SyncResponse(Reply<SyncPage>),
     ReadResponse(Reply<ReadAck>),
     TypingResponse(ErrorReply),
     PingResponse(ErrorReply),
@@ -777,6 +876,15 @@ pub enum ServerEvent<'a> {
     GetBlockedResponse(Reply<Vec<Person>>),
     /// Someone invited this user to a group (C9).
     Invitation(&'a Invitation),
+    EditMessageResponse(Reply<&'a MessageEdited>),
+    DeleteMessageResponse(Reply<&'a MessageDeleted>),
+    ReactResponse(Reply<&'a ReactionEvent>),
+    /// A message's text changed (B8).
+    MessageEdited(&'a MessageEdited),
+    /// A message was taken back (B8).
+    MessageDeleted(&'a MessageDeleted),
+    /// A reaction was set or taken back (B8).
+    Reaction(&'a ReactionEvent),
     Pong(Empty),
     TypeNotProvided(Notice),
     DataNotProvided(Notice),
@@ -820,6 +928,9 @@ impl ServerEvent<'_> {
             RequestKind::BlockUser => ServerEvent::BlockUserResponse(Reply::Err(error)),
             RequestKind::UnblockUser => ServerEvent::UnblockUserResponse(Reply::Err(error)),
             RequestKind::GetBlocked => ServerEvent::GetBlockedResponse(Reply::Err(error)),
+            RequestKind::EditMessage => ServerEvent::EditMessageResponse(Reply::Err(error)),
+            RequestKind::DeleteMessage => ServerEvent::DeleteMessageResponse(Reply::Err(error)),
+            RequestKind::React => ServerEvent::ReactResponse(Reply::Err(error)),
         }
     }
 

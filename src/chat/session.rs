@@ -13,6 +13,7 @@ use sea_orm::DatabaseConnection;
 
 use super::address_cap::AddressSlot;
 use super::blocks::{self, BlockError};
+use super::changes::{self, Change, ChangeRequest};
 use super::groups::{self, GroupError};
 use super::invitations;
 use super::log;
@@ -24,7 +25,7 @@ use super::server::{
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
-use super::writer::{NewMessage, StoreError, Submitter};
+use super::writer::{NewMessage, Submitter};
 use super::{internal_reply, ChatContext};
 use crate::auth::{self, AuthError};
 use crate::metrics;
@@ -41,6 +42,12 @@ pub const MAX_CLIENT_ID_CHARS: usize = 64;
 pub const BLOCKED: &str = "messages between you and this person are blocked";
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a session hands to the writer.
+enum Job {
+    Message(NewMessage),
+    Change(ChangeRequest),
+}
 
 /// A token bucket: `rate` requests per second sustained, bursts up to `burst`.
 struct RateLimit {
@@ -245,6 +252,28 @@ impl WsSession {
                 self.change_block(RequestKind::UnblockUser, user, r, ctx)
             }
             ClientRequest::GetBlocked(_) => self.get_blocked(user, ctx),
+            ClientRequest::EditMessage(e) => {
+                let change = Change::Edit {
+                    id: e.id,
+                    content: e.content,
+                };
+                self.change_message(user, change, ctx)
+            }
+            ClientRequest::DeleteMessage(d) => {
+                self.change_message(user, Change::Delete { id: d.id }, ctx)
+            }
+            ClientRequest::React(r) => {
+                let Some(emoji) = changes::canonical_emoji(&r.emoji) else {
+                    let text = "emoji must be exactly one emoji";
+                    return self.send_error(kind, ErrorCode::Invalid, text, ctx);
+                };
+                let change = Change::React {
+                    id: r.id,
+                    emoji: emoji.to_owned(),
+                    on: r.on,
+                };
+                self.change_message(user, change, ctx)
+            }
             ClientRequest::Authorization(_) | ClientRequest::Ping(_) => {}
         }
     }
@@ -394,8 +423,16 @@ impl WsSession {
         );
     }
 
+    /// `not_found` for a conversation, or for a message (B8): one that
+    /// does not exist and one the user may not see are answered alike.
     fn not_found(&self, kind: RequestKind, ctx: &mut Context<Self>) {
-        self.send_error(kind, ErrorCode::NotFound, "conversation not found", ctx);
+        let what = match kind {
+            RequestKind::EditMessage | RequestKind::DeleteMessage | RequestKind::React => {
+                "message not found"
+            }
+            _ => "conversation not found",
+        };
+        self.send_error(kind, ErrorCode::NotFound, what, ctx);
     }
 
     /// Runs `then` once `user` is known to belong to the conversation;
@@ -453,20 +490,22 @@ impl WsSession {
         );
     }
 
+    /// Why `content` is not a message's text, if it is not (B3).
+    fn content_error(&self, content: &str) -> Option<String> {
+        let chars = content.trim().chars().count();
+        let limit = self.chat.limits.max_message_chars;
+        if chars == 0 {
+            Some("content must not be empty".into())
+        } else if chars > limit {
+            Some(format!("content is longer than {limit} characters"))
+        } else {
+            None
+        }
+    }
+
     fn send_message(&mut self, user: UserId, request: SendMessage, ctx: &mut Context<Self>) {
         let arrived = Instant::now();
-        let content_chars = request.content.trim().chars().count();
-        if content_chars == 0 {
-            return self.send_error(
-                RequestKind::Message,
-                ErrorCode::Invalid,
-                "content must not be empty",
-                ctx,
-            );
-        }
-        let limit = self.chat.limits.max_message_chars;
-        if content_chars > limit {
-            let text = format!("content is longer than {limit} characters");
+        if let Some(text) = self.content_error(&request.content) {
             return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
         }
         let client_id = request.client_id.filter(|c| !c.is_empty());
@@ -492,61 +531,115 @@ impl WsSession {
                     sender: user,
                     content,
                     client_id,
+                    reply_to: request.reply_to,
                 };
-                if let Some(audience) = act.chat.membership.audience(chat) {
-                    return act.submit_message(new, audience, arrived, ctx);
-                }
-                // Joined since this user's conversations were loaded: who
-                // it reaches is looked up once, then kept for everyone here.
-                let db = act.chat.db.clone();
-                let lookup = async move { store::audience_of(&db, chat).await };
-                ctx.wait(
-                    lookup
-                        .into_actor(act)
-                        .map(move |result, act, ctx| match result {
-                            Ok(audience) => {
-                                let audience = audience.unwrap_or(Audience::Direct);
-                                act.chat.membership.set_audience(chat, Some(audience));
-                                act.submit_message(new, audience, arrived, ctx);
-                            }
-                            Err(e) => act.internal_error(RequestKind::Message, &e, ctx),
-                        }),
+                act.with_audience(
+                    RequestKind::Message,
+                    chat,
+                    ctx,
+                    move |act, audience, ctx| {
+                        act.submit(user, Job::Message(new), audience, arrived, ctx)
+                    },
                 );
             },
         );
     }
 
-    /// Charges a message's deliveries to its sender's fan-out budget and
-    /// hands it to the writer, which acknowledges it once stored.
-    fn submit_message(
+    /// Runs `then` with who an event of `chat` reaches. Joined since this
+    /// user's conversations were loaded: it is looked up once, then kept
+    /// for everyone here.
+    fn with_audience<F>(
         &mut self,
-        new: NewMessage,
+        kind: RequestKind,
+        chat: ChatId,
+        ctx: &mut Context<Self>,
+        then: F,
+    ) where
+        F: FnOnce(&mut Self, Audience, &mut Context<Self>) + 'static,
+    {
+        if let Some(audience) = self.chat.membership.audience(chat) {
+            return then(self, audience, ctx);
+        }
+        let db = self.chat.db.clone();
+        let lookup = async move { store::audience_of(&db, chat).await };
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(audience) => {
+                        let audience = audience.unwrap_or(Audience::Direct);
+                        act.chat.membership.set_audience(chat, Some(audience));
+                        then(act, audience, ctx);
+                    }
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
+    }
+
+    /// `edit_message`, `delete_message`, `react` (B8): the message's
+    /// conversation is looked up (`not_found` unless the user is a member),
+    /// then the writer applies the change under the rules (`changes.rs`)
+    /// and answers.
+    fn change_message(&mut self, user: UserId, change: Change, ctx: &mut Context<Self>) {
+        let arrived = Instant::now();
+        let kind = change.kind();
+        if let Change::Edit { content, .. } = &change {
+            if let Some(text) = self.content_error(content) {
+                return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
+            }
+        }
+        let db = self.chat.db.clone();
+        let id = change.message_id();
+        let lookup = async move { store::chat_of_message(&db, id).await };
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Some(chat)) => {
+                        let id = ConversationRef(chat.to_string());
+                        act.with_membership(kind, user, &id, ctx, move |act, chat, ctx| {
+                            act.with_audience(kind, chat, ctx, move |act, audience, ctx| {
+                                let change = ChangeRequest { user, change };
+                                act.submit(user, Job::Change(change), audience, arrived, ctx)
+                            })
+                        })
+                    }
+                    Ok(None) => act.not_found(kind, ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
+    }
+
+    /// Charges an event's deliveries to its author's fan-out budget and
+    /// hands it to the writer, which answers once it is stored.
+    fn submit(
+        &mut self,
+        user: UserId,
+        job: Job,
         audience: Audience,
         arrived: Instant,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(retry) = self
-            .chat
-            .fanout
-            .take_many(new.sender, audience.deliveries())
-        {
+        let kind = match &job {
+            Job::Message(_) => RequestKind::Message,
+            Job::Change(c) => c.change.kind(),
+        };
+        if let Err(retry) = self.chat.fanout.take_many(user, audience.deliveries()) {
             self.chat.metrics.rate_limited();
             let text = format!("too many deliveries; try again in {retry} s");
-            return self.send_error(RequestKind::Message, ErrorCode::RateLimited, &text, ctx);
+            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
         }
         let from = Submitter::Session {
             outbox: self.outbox.clone(),
             span: self.span.clone(),
         };
-        match self.chat.writer.submit(new, from, arrived) {
-            Ok(()) => {}
-            Err(StoreError::Busy) => self.send_error(
-                RequestKind::Message,
-                ErrorCode::RateLimited,
-                "server busy; message not stored, resend it",
-                ctx,
-            ),
-            Err(e) => self.internal_error(RequestKind::Message, &e, ctx),
+        let queued = match job {
+            Job::Message(new) => self.chat.writer.submit(new, from, arrived),
+            Job::Change(change) => self.chat.writer.submit_change(change, from, arrived),
+        };
+        if let Err(e) = queued {
+            let reply = e.reply(&self.span, kind);
+            self.send(&ServerEvent::error(kind, reply), ctx);
         }
     }
 
@@ -559,21 +652,13 @@ impl WsSession {
         let (before, after) = (query.before, query.after);
         let kind = RequestKind::GetMessages;
         self.with_membership(kind, user, &query.id, ctx, move |act, chat, ctx| {
-            let page =
-                move |db| async move { store::history(&db, chat, before, after, limit).await };
+            let page = move |db: DatabaseConnection| async move {
+                store::history_page(&db, chat, user, before, after, limit).await
+            };
             act.query(
                 kind,
                 page,
-                move |act, (rows, has_more), ctx| {
-                    let messages = rows
-                        .into_iter()
-                        .map(|m| store::history_item(m, user))
-                        .collect();
-                    let page = HistoryPage {
-                        pk: chat,
-                        messages,
-                        has_more,
-                    };
+                move |act, page, ctx| {
                     act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
                 },
                 ctx,

@@ -4,7 +4,10 @@
 //! in commit order. One transaction per batch of whatever arrived while the
 //! previous one was committing is what lets durable throughput approach the
 //! in-memory rate. The same transaction gives each message the next `seq`
-//! of its conversation (B7, `next_seqs`).
+//! of its conversation (B7, `next_seqs`). Changes to stored messages
+//! (edits, deletions, reactions: B8, `changes.rs`) go through the same
+//! queue, so every event of a conversation reaches the ChatServer in `seq`
+//! order, whichever kind it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -20,8 +23,9 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
-use super::protocol::{ChatId, Reply, RequestKind, ServerEvent, UserId};
+use super::protocol::{ChatId, ErrorCode, ErrorReply, Quote, RequestKind, ServerEvent, UserId};
 use super::server::Deliver;
 use super::socket::{Outbox, Queued};
 use crate::chat::internal_reply;
@@ -38,15 +42,38 @@ pub struct NewMessage {
     pub sender: UserId,
     pub content: String,
     pub client_id: Option<String>,
+    /// The message it answers (B8): one of the same conversation, or the
+    /// message is refused `invalid`.
+    pub reply_to: Option<i64>,
 }
 
-/// What became of a message handed to the writer.
+/// A message committed now, and what it shows of the one it answers.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub message: message::Model,
+    pub quote: Option<Quote>,
+}
+
+/// What became of a message or change handed to the writer.
 #[derive(Debug, Clone)]
 pub enum Stored {
     /// Committed now.
-    New(message::Model),
+    New(Posted),
     /// The sender had already sent this `client_id`: the original message.
     Duplicate(message::Model),
+    /// A change to a stored message (B8), applied or already so.
+    Changed(ChangeOutcome),
+}
+
+impl Stored {
+    /// The stored message, for a new message or a resend.
+    pub fn message(&self) -> Option<&message::Model> {
+        match self {
+            Stored::New(p) => Some(&p.message),
+            Stored::Duplicate(m) => Some(m),
+            Stored::Changed(_) => None,
+        }
+    }
 }
 
 /// Why a message could not be stored (it was not acknowledged).
@@ -58,6 +85,28 @@ pub enum StoreError {
     Stopped,
     #[error("database error: {0}")]
     Database(String),
+    /// The request breaks a rule (B3 `code`): an answer, not a failure.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+impl StoreError {
+    /// The B3 error a client is answered with; failures are logged in
+    /// `span` and answered `internal` with an id.
+    pub fn reply(&self, span: &tracing::Span, kind: RequestKind) -> ErrorReply {
+        match self {
+            StoreError::Refused { code, message } => ErrorReply::new(*code, message.clone()),
+            StoreError::Busy if kind == RequestKind::Message => ErrorReply::new(
+                ErrorCode::RateLimited,
+                "server busy; message not stored, resend it",
+            ),
+            StoreError::Busy => ErrorReply::new(
+                ErrorCode::RateLimited,
+                "server busy; nothing changed, try again",
+            ),
+            e => internal_reply(span, kind, e),
+        }
+    }
 }
 
 /// Who is told what became of a message.
@@ -79,14 +128,21 @@ struct Row {
     created_at: DateTime<Utc>,
 }
 
-/// Who waits for a row's commit, and since when.
+/// What the writer commits: a new message, or a change to a stored one.
+enum Job {
+    Insert(Row),
+    Change(ChangeRequest),
+}
+
+/// Who waits for a job's commit, since when, and for which request.
 struct Waiter {
     from: Submitter,
     arrived: Instant,
+    kind: RequestKind,
 }
 
 struct PendingInsert {
-    row: Row,
+    job: Job,
     waiter: Waiter,
 }
 
@@ -108,8 +164,20 @@ impl MessageWriter {
         metrics: Metrics,
         capacity: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::with_edit_window(db, server, metrics, capacity, DEFAULT_EDIT_WINDOW)
+    }
+
+    /// As `with_capacity`, with how long after sending a message may be
+    /// edited (`EDIT_WINDOW_SECONDS`, B8).
+    pub fn with_edit_window(
+        db: DatabaseConnection,
+        server: Recipient<Deliver>,
+        metrics: Metrics,
+        capacity: usize,
+        edit_window: chrono::Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(run_writer(db, rx, server, metrics));
+        let task = tokio::spawn(run_writer(db, rx, server, metrics, edit_window));
         (MessageWriter { tx }, task)
     }
 
@@ -124,12 +192,46 @@ impl MessageWriter {
         from: Submitter,
         arrived: Instant,
     ) -> Result<(), StoreError> {
+        let row = Row {
+            message,
+            created_at: Utc::now(),
+        };
+        self.queue(Job::Insert(row), RequestKind::Message, from, arrived)
+    }
+
+    /// Queues a change to a stored message (B8); answered as `submit`
+    /// answers, and its event handed to the ChatServer in commit order.
+    pub fn submit_change(
+        &self,
+        change: ChangeRequest,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        let kind = change.change.kind();
+        self.queue(Job::Change(change), kind, from, arrived)
+    }
+
+    /// Queues a change whose result the caller awaits.
+    pub fn change(&self, change: ChangeRequest) -> Result<PendingStore, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit_change(change, Submitter::Caller(reply), Instant::now())?;
+        Ok(rx)
+    }
+
+    fn queue(
+        &self,
+        job: Job,
+        kind: RequestKind,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
         let pending = PendingInsert {
-            row: Row {
-                message,
-                created_at: Utc::now(),
+            job,
+            waiter: Waiter {
+                from,
+                arrived,
+                kind,
             },
-            waiter: Waiter { from, arrived },
         };
         match self.tx.try_send(pending) {
             Ok(()) => Ok(()),
@@ -147,15 +249,16 @@ impl MessageWriter {
     }
 }
 
-/// Tells a message's sender and the ChatServer what became of it.
+/// Tells a job's sender and the ChatServer what became of it.
 fn answer(
     server: &Recipient<Deliver>,
     metrics: &Metrics,
     waiter: Waiter,
     result: Result<Stored, StoreError>,
 ) {
-    let new = match &result {
-        Ok(Stored::New(m)) => Some(log::message_frames(m)),
+    let event = match &result {
+        Ok(Stored::New(p)) => Some(log::message_frames(&p.message, p.quote.as_ref())),
+        Ok(Stored::Changed(outcome)) => outcome.event_frames(),
         _ => None,
     };
     match (waiter.from, result) {
@@ -163,26 +266,34 @@ fn answer(
             let _ = reply.send(result);
         }
         (Submitter::Session { outbox, span }, Err(e)) => {
-            let reply = internal_reply(&span, RequestKind::Message, &e);
-            let _ = outbox.send_text(ServerEvent::MessageResponse(Reply::Err(reply)).to_json());
+            let reply = e.reply(&span, waiter.kind);
+            let _ = outbox.send_text(ServerEvent::error(waiter.kind, reply).to_json());
         }
-        (Submitter::Session { outbox, .. }, Ok(Stored::New(m) | Stored::Duplicate(m))) => {
-            if outbox.send_text(log::ack_frame(&m)) == Queued::Yes {
+        (Submitter::Session { outbox, .. }, Ok(stored)) => {
+            let ack = match &stored {
+                Stored::New(Posted { message: m, .. }) | Stored::Duplicate(m) => log::ack_frame(m),
+                Stored::Changed(outcome) => outcome.ack_frame(),
+            };
+            if outbox.send_text(ack) == Queued::Yes {
                 metrics.frames_out(1);
             }
         }
     }
-    if let Some(frames) = new {
+    if let Some(frames) = event {
         server.do_send(Deliver { frames, skip: None });
         metrics.message_delivered(waiter.arrived.elapsed());
     }
 }
+
+/// How long after sending a message may be edited, unless configured.
+pub const DEFAULT_EDIT_WINDOW: chrono::Duration = chrono::Duration::seconds(2 * 24 * 3600);
 
 async fn run_writer(
     db: DatabaseConnection,
     rx: mpsc::Receiver<PendingInsert>,
     server: Recipient<Deliver>,
     metrics: Metrics,
+    edit_window: chrono::Duration,
 ) {
     let ids = match db.get_database_backend() {
         DatabaseBackend::MySql => mysql_ids(&db).await.unwrap_or_else(|e| {
@@ -192,9 +303,9 @@ async fn run_writer(
         _ => MySqlIds::RowByRow,
     };
     let batch_metrics = metrics.clone();
-    let commit = move |batch: Vec<Row>| {
+    let commit = move |batch: Vec<Job>| {
         let (db, metrics) = (db.clone(), batch_metrics.clone());
-        async move { commit_batch(&db, &metrics, batch, ids).await }
+        async move { commit_jobs(&db, &metrics, batch, ids, edit_window).await }
     };
     let answer_metrics = metrics.clone();
     let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);
@@ -254,7 +365,7 @@ async fn run_batches<C, F, A>(
     commit: C,
     mut answer: A,
 ) where
-    C: Fn(Vec<Row>) -> F,
+    C: Fn(Vec<Job>) -> F,
     F: std::future::Future<Output = Vec<Result<Stored, StoreError>>> + Send + 'static,
     A: FnMut(Waiter, Result<Stored, StoreError>),
 {
@@ -262,8 +373,9 @@ async fn run_batches<C, F, A>(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = Instant::now();
         let count = batch.len();
-        let (rows, waiters): (Vec<Row>, Vec<Waiter>) =
-            batch.drain(..).map(|p| (p.row, p.waiter)).unzip();
+        let (rows, waiters): (Vec<Job>, Vec<Waiter>) =
+            batch.drain(..).map(|p| (p.job, p.waiter)).unzip();
+        let changes = rows.iter().filter(|j| matches!(j, Job::Change(_))).count();
         // A task per batch: should a batch ever panic, its senders are told
         // nothing was stored, and the writer goes on.
         let results = match tokio::spawn(commit(rows)).await {
@@ -280,16 +392,144 @@ async fn run_batches<C, F, A>(
         for (waiter, result) in waiters.into_iter().zip(results) {
             answer(waiter, result);
         }
-        metrics.record_store_batch(count, started.elapsed());
+        metrics.record_store_batch(count, changes, started.elapsed());
     }
 }
 
+/// Commits a batch in order: each run of new messages in one transaction
+/// (`commit_batch`), each run of changes in another (`commit_changes`).
+async fn commit_jobs(
+    db: &DatabaseConnection,
+    metrics: &Metrics,
+    batch: Vec<Job>,
+    ids: MySqlIds,
+    edit_window: chrono::Duration,
+) -> Vec<Result<Stored, StoreError>> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter().peekable();
+    while let Some(first) = jobs.next() {
+        match first {
+            Job::Insert(row) => {
+                let mut rows = vec![row];
+                while let Some(Job::Insert(_)) = jobs.peek() {
+                    if let Some(Job::Insert(row)) = jobs.next() {
+                        rows.push(row);
+                    }
+                }
+                results.extend(commit_batch(db, metrics, rows, ids).await);
+            }
+            Job::Change(change) => {
+                let mut changes = vec![change];
+                while let Some(Job::Change(_)) = jobs.peek() {
+                    if let Some(Job::Change(change)) = jobs.next() {
+                        changes.push(change);
+                    }
+                }
+                results.extend(commit_changes(db, metrics, changes, edit_window).await);
+            }
+        }
+    }
+    results
+}
+
+/// Applies a run of changes in one transaction; should it fail, one by one,
+/// so one bad change cannot fail the others.
+async fn commit_changes(
+    db: &DatabaseConnection,
+    metrics: &Metrics,
+    batch: Vec<ChangeRequest>,
+    edit_window: chrono::Duration,
+) -> Vec<Result<Stored, StoreError>> {
+    let stored = |r: Result<ChangeOutcome, StoreError>| r.map(Stored::Changed);
+    match changes::commit(db, &batch, edit_window).await {
+        Ok(results) => results.into_iter().map(stored).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "change batch failed; retrying one by one");
+            metrics.batch_retried();
+            let mut results = Vec::with_capacity(batch.len());
+            for change in batch {
+                let result =
+                    match changes::commit(db, std::slice::from_ref(&change), edit_window).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(StoreError::Database("lost change result".into()))
+                        }),
+                        Err(e) => Err(StoreError::Database(e.to_string())),
+                    };
+                results.push(stored(result));
+            }
+            results
+        }
+    }
+}
+
+/// Commits a run of new messages: replies to a message of another
+/// conversation (or none) are refused; the rest as `commit_unique`.
 async fn commit_batch(
     db: &DatabaseConnection,
     metrics: &Metrics,
     batch: Vec<Row>,
     ids: MySqlIds,
 ) -> Vec<Result<Stored, StoreError>> {
+    if batch.iter().all(|p| p.message.reply_to.is_none()) {
+        return commit_unique(db, metrics, batch, ids, &HashMap::new()).await;
+    }
+    let wanted: Vec<i64> = batch.iter().filter_map(|p| p.message.reply_to).collect();
+    let answered: HashMap<i64, message::Model> = match message::Entity::find()
+        .filter(message::Column::Id.is_in(wanted))
+        .all(db)
+        .await
+    {
+        Ok(found) => found.into_iter().map(|m| (m.id, m)).collect(),
+        Err(e) => {
+            let error = StoreError::Database(e.to_string());
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
+    };
+    let answers = |p: &Row| {
+        p.message.reply_to.is_none_or(|id| {
+            answered
+                .get(&id)
+                .is_some_and(|m| m.chat_id == p.message.chat.0)
+        })
+    };
+    type Placed = Vec<(usize, Row)>;
+    let (valid, refused): (Placed, Placed) =
+        batch.into_iter().enumerate().partition(|(_, p)| answers(p));
+    let mut results: Vec<Option<Result<Stored, StoreError>>> =
+        (0..valid.len() + refused.len()).map(|_| None).collect();
+    for (i, _) in &refused {
+        results[*i] = Some(Err(StoreError::Refused {
+            code: ErrorCode::Invalid,
+            message: "reply_to is not a message of this conversation".into(),
+        }));
+    }
+    let (places, rows): (Vec<usize>, Vec<Row>) = valid.into_iter().unzip();
+    let quotes: HashMap<i64, Quote> = answered
+        .iter()
+        .map(|(id, m)| (*id, changes::quote_of(m)))
+        .collect();
+    for (i, r) in places
+        .into_iter()
+        .zip(commit_unique(db, metrics, rows, ids, &quotes).await)
+    {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
+        .collect()
+}
+
+async fn commit_unique(
+    db: &DatabaseConnection,
+    metrics: &Metrics,
+    batch: Vec<Row>,
+    ids: MySqlIds,
+    quotes: &HashMap<i64, Quote>,
+) -> Vec<Result<Stored, StoreError>> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
     // A client_id seen twice in one batch: the later ones get the first's result.
     let mut first_of: HashMap<ClientKey, usize> = HashMap::new();
     let mut same_as: Vec<Option<usize>> = Vec::with_capacity(batch.len());
@@ -324,11 +564,18 @@ async fn commit_batch(
     for i in 0..batch.len() {
         if let Some(j) = same_as[i] {
             let original = resolved[j].clone().map(|r| {
-                r.map(|s| match s {
-                    Stored::New(m) | Stored::Duplicate(m) => Stored::Duplicate(m),
+                r.and_then(|s| match s.message() {
+                    Some(m) => Ok(Stored::Duplicate(m.clone())),
+                    None => Err(StoreError::Database("a change among messages".into())),
                 })
             });
             resolved[i] = original;
+        }
+    }
+    let quote = |m: &message::Model| m.reply_to.and_then(|id| quotes.get(&id).cloned());
+    for r in resolved.iter_mut().flatten() {
+        if let Ok(Stored::New(p)) = r {
+            p.quote = quote(&p.message);
         }
     }
     resolved
@@ -346,6 +593,10 @@ fn active_model(p: &Row, seq: i64) -> message::ActiveModel {
         client_id: Set(p.message.client_id.clone()),
         created_at: Set(p.created_at),
         seq: Set(seq),
+        reply_to: Set(p.message.reply_to),
+        edited_at: Set(None),
+        deleted: Set(false),
+        original_content: Set(None),
     }
 }
 
@@ -452,7 +703,10 @@ async fn store_unique(
         )));
     }
     for (&i, row) in to_insert.iter().zip(stored) {
-        results[i] = Some(Ok(Stored::New(row)));
+        results[i] = Some(Ok(Stored::New(Posted {
+            message: row,
+            quote: None,
+        })));
     }
     commit_gate::pass(pending.iter().map(|(row, _)| row.message.chat.0)).await;
     txn.commit().await?;
@@ -732,14 +986,23 @@ async fn insert_unnest<C: ConnectionTrait>(
                 .map(|(p, _)| Value::ChronoDateTimeUtc(Some(p.created_at)))
                 .collect(),
         ),
+        // No reply travels as 0 (never a message id) and NULLIF restores it.
+        array(
+            ArrayType::BigInt,
+            batch
+                .iter()
+                .map(|(p, _)| Value::BigInt(Some(p.message.reply_to.unwrap_or(0))))
+                .collect(),
+        ),
     ];
     let statement = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
-        "INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at) \
-         SELECT chat, sender, content, NULLIF(client, ''), seq, created \
+        "INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at, reply_to) \
+         SELECT chat, sender, content, NULLIF(client, ''), seq, created, NULLIF(reply, 0) \
          FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
-         $6::timestamptz[]) AS batch(chat, sender, content, client, seq, created) \
-         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq",
+         $6::timestamptz[], $7::int8[]) AS batch(chat, sender, content, client, seq, created, reply) \
+         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
+         edited_at, deleted, original_content",
         values,
     );
     let mut rows = txn
@@ -772,6 +1035,7 @@ async fn insert_values<C: ConnectionTrait>(txn: &C, batch: &[(&Row, i64)]) -> Re
         message::Column::ClientId,
         message::Column::Seq,
         message::Column::CreatedAt,
+        message::Column::ReplyTo,
     ]);
     for (p, seq) in batch {
         insert
@@ -782,6 +1046,7 @@ async fn insert_values<C: ConnectionTrait>(txn: &C, batch: &[(&Row, i64)]) -> Re
                 p.message.client_id.clone().into(),
                 (*seq).into(),
                 p.created_at.into(),
+                p.message.reply_to.into(),
             ])
             .map_err(|e| DbErr::Custom(format!("building the batch insert: {e}")))?;
     }
@@ -805,6 +1070,10 @@ fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
         client_id: p.message.client_id.clone(),
         created_at: p.created_at,
         seq,
+        reply_to: p.message.reply_to,
+        edited_at: None,
+        deleted: false,
+        original_content: None,
     }
 }
 
@@ -824,7 +1093,10 @@ async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored, StoreErro
         Ok::<_, DbErr>(model_of(p, id, seq))
     };
     match attempt.await {
-        Ok(stored) => Ok(Stored::New(stored)),
+        Ok(stored) => Ok(Stored::New(Posted {
+            message: stored,
+            quote: None,
+        })),
         Err(insert_error) => {
             let Some(key) = client_key(p) else {
                 return Err(db_error(insert_error));
@@ -850,19 +1122,21 @@ mod tests {
             sender: UserId(1),
             content: content.into(),
             client_id: None,
+            reply_to: None,
         };
         let (outbox, _) = crate::chat::socket::outbox(4);
         PendingInsert {
-            row: Row {
+            job: Job::Insert(Row {
                 message,
                 created_at: Utc::now(),
-            },
+            }),
             waiter: Waiter {
                 from: Submitter::Session {
                     outbox,
                     span: tracing::Span::none(),
                 },
                 arrived: Instant::now(),
+                kind: RequestKind::Message,
             },
         }
     }
@@ -885,8 +1159,11 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         // The first batch panics; later ones are answered with an error of
         // their own, so the test can tell the writer kept going.
-        let commit = |batch: Vec<Row>| async move {
-            if batch.iter().any(|p| p.message.content == "crash") {
+        let commit = |batch: Vec<Job>| async move {
+            if batch
+                .iter()
+                .any(|p| matches!(p, Job::Insert(r) if r.message.content == "crash"))
+            {
                 panic!("a batch crashed");
             }
             vec![Err(StoreError::Database("second batch".into())); batch.len()]

@@ -1075,3 +1075,19 @@ pub async fn have_written(db: &DatabaseConnection, writers: &[i64], to: i64) {
     .await
     .expect("a message from each writer");
 }
+
+/// A randomized test's seed: `var` when set (to repeat a run), else from
+/// the clock; printed, so a failing run can be repeated. Never zero.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    println!("seed {seed} ({var} repeats its choices)");
+    seed
+}
