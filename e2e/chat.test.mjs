@@ -142,3 +142,61 @@ test("a failed sync is forgotten, so the next hole can ask again", () => {
   assert.deepEqual(sent.filter((f) => f.type === "sync").map((f) => f.data.after_seq), [1]);
   assert.equal(chat.state.notice, null, "a sync's failure is no notice to the person");
 });
+
+test("a change is applied once: not again from sync, not over a page that shows it", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 3)] });
+  chat.openConversation(A);
+  // The page was read at seq 4: it already counts Ben's reaction (seq 4).
+  const shown = { ...item(10, "hi"), reactions: [{ emoji: "👍", count: 1, mine: false }] };
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [shown], has_more: false, seq: 4 } });
+  const reaction = (seq, on, user_id = 2) => ({
+    type: "reaction",
+    data: { pk: A, seq, id: 10, user_id, emoji: "👍", on },
+  });
+  chat.onFrame(reaction(4, true)); // pushed after the page was read: already in it
+  chat.onFrame(reaction(5, true, ME.id)); // mine
+  const reactions = () => chat.state.messages.get(A).items[0].reactions;
+  assert.deepEqual(reactions(), [{ emoji: "👍", count: 2, mine: true }]);
+  // A sync that brings seq 4 and 5 again changes nothing.
+  chat.onFrame({
+    type: "sync_response",
+    data: { pk: A, events: [reaction(4, true), reaction(5, true, ME.id)], seq: 5, has_more: false },
+  });
+  assert.deepEqual(reactions(), [{ emoji: "👍", count: 2, mine: true }]);
+  chat.onFrame(reaction(6, false, ME.id));
+  assert.deepEqual(reactions(), [{ emoji: "👍", count: 1, mine: false }]);
+  // An edit, then a deletion: the text goes, and so does a reply's quote.
+  chat.onFrame(push(A, 7, 11, "re"));
+  chat.state.messages.get(A).items[1].reply_to = 10;
+  chat.state.messages.get(A).items[1].quote = { sender: 2, content: "hi" };
+  chat.onFrame({
+    type: "message_edited",
+    data: { pk: A, seq: 8, id: 10, content: "hello", edited_at: "2026-11-30T10:00:00+00:00" },
+  });
+  const [first, reply] = chat.state.messages.get(A).items;
+  assert.equal(first.content, "hello");
+  assert.equal(reply.quote.content, "hello");
+  chat.onFrame({ type: "message_deleted", data: { pk: A, seq: 9, id: 10 } });
+  const [gone, after] = chat.state.messages.get(A).items;
+  assert.deepEqual([gone.deleted, gone.content, gone.reactions], [true, "", []]);
+  assert.equal(after.quote.content, "");
+  assert.equal(chat.state.conversations.get(A).seq, 9);
+  assert.equal(sent.filter((f) => f.type === "sync").length, 0, "no hole, no sync");
+});
+
+test("a reply carries reply_to, and reactions toggle what is the person's", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [{ ...item(10, "hi"), reactions: [{ emoji: "🎉", count: 2, mine: true }] }]);
+  sent.length = 0;
+  chat.sendMessage(A, "answer", 10);
+  assert.deepEqual(sent[0].data.reply_to, 10);
+  const message = chat.state.messages.get(A).items[0];
+  chat.toggleReaction(message, "🎉");
+  chat.toggleReaction(message, "👍");
+  assert.deepEqual(
+    sent.slice(1).map((f) => [f.type, f.data.emoji, f.data.on]),
+    [["react", "🎉", false], ["react", "👍", true]]
+  );
+});

@@ -439,6 +439,105 @@ test("after a reconnect only the conversations that changed are synced", async (
   for (const p of [alice, bob, carol]) await p.page.context().close();
 });
 
+/** The message in `page`'s log whose own text (not a quote of it) holds `text`. */
+const bubble = (page, text) =>
+  log(page)
+    .locator("[data-direction]")
+    .filter({ has: page.locator("span.text", { hasText: text }) })
+    .last();
+
+test("reply, edit, react and delete, live on both sides and after a reload", async () => {
+  const [alice, bob] = await talking(["Rita", "Reply"], ["Sam", "Answer"], "lunch at noon?");
+
+  // Bob replies: the quote shows above his message on both sides.
+  await bubble(bob.page, "lunch at noon?").getByRole("button", { name: "Reply" }).click();
+  await bob.page.getByText("Replying to Rita Reply").waitFor(WAIT);
+  await say(bob.page, "yes, see you there");
+  const reply = bubble(alice.page, "yes, see you there");
+  await reply.waitFor(WAIT);
+  await reply.getByRole("button", { name: "Go to the original from You: lunch at noon?" }).waitFor(WAIT);
+  await bubble(bob.page, "yes, see you there")
+    .getByRole("button", { name: "Go to the original from Rita Reply: lunch at noon?" })
+    .waitFor(WAIT);
+
+  // Alice fixes her message: "edited" on both sides, and the quote follows.
+  await bubble(alice.page, "lunch at noon?").getByRole("button", { name: "Edit" }).click();
+  assert.equal(await alice.page.getByLabel("Message").inputValue(), "lunch at noon?");
+  await alice.page.getByLabel("Message").fill("lunch at one?");
+  await alice.page.getByRole("button", { name: "Save" }).click();
+  await bubble(bob.page, "lunch at one?").getByText("edited", { exact: true }).waitFor(WAIT);
+  await bubble(alice.page, "lunch at one?").getByText("edited", { exact: true }).waitFor(WAIT);
+  await bubble(bob.page, "yes, see you there")
+    .getByRole("button", { name: "Go to the original from Rita Reply: lunch at one?" })
+    .waitFor(WAIT);
+
+  // Reactions: the keyboard alone picks one; counts on both sides; Alice's own is pressed.
+  const react = bubble(alice.page, "yes, see you there").getByRole("button", { name: "React" });
+  await react.focus();
+  await alice.page.keyboard.press("Enter");
+  await alice.page.getByRole("button", { name: "React with 🎉" }).focus();
+  await alice.page.keyboard.press("Enter");
+  const mine = bubble(alice.page, "yes, see you there").getByRole("button", { name: "🎉 1" });
+  await mine.waitFor(WAIT);
+  assert.equal(await mine.getAttribute("aria-pressed"), "true");
+  const theirs = bubble(bob.page, "yes, see you there").getByRole("button", { name: "🎉 1" });
+  await theirs.waitFor(WAIT);
+  assert.equal(await theirs.getAttribute("aria-pressed"), "false");
+  await theirs.click(); // Bob adds his
+  await bubble(alice.page, "yes, see you there").getByRole("button", { name: "🎉 2" }).waitFor(WAIT);
+  await shot(alice.page, "desktop-replies-reactions");
+
+  // A reload shows the same state, from history.
+  await bob.page.reload();
+  await open(bob.page, alice.name);
+  const after = bubble(bob.page, "yes, see you there");
+  assert.equal(await after.getByRole("button", { name: "🎉 2" }).getAttribute("aria-pressed"), "true");
+  await bubble(bob.page, "lunch at one?").getByText("edited", { exact: true }).waitFor(WAIT);
+
+  // Clicking the quote jumps to the original.
+  await after.getByRole("button", { name: /^Go to the original from Rita Reply/ }).click();
+  await bob.page.locator(".message.flash").filter({ hasText: "lunch at one?" }).waitFor(WAIT);
+
+  // Delete asks first; Cancel keeps it, Delete removes it for everyone.
+  await bubble(alice.page, "lunch at one?").getByRole("button", { name: "Delete" }).click();
+  const confirm = alice.page.getByRole("alertdialog", { name: "Delete for everyone?" });
+  await confirm.getByRole("button", { name: "Cancel" }).click();
+  await bubble(alice.page, "lunch at one?").waitFor(WAIT);
+  await bubble(alice.page, "lunch at one?").getByRole("button", { name: "Delete" }).click();
+  await confirm.getByRole("button", { name: "Delete" }).click();
+  await log(bob.page).getByText("Message deleted", { exact: true }).first().waitFor(WAIT);
+  await log(alice.page).getByText("Message deleted", { exact: true }).first().waitFor(WAIT);
+  assert.equal(await log(bob.page).getByText("lunch at one?").count(), 0, "the text is gone everywhere");
+  // Bob cannot edit or delete Alice's messages: no such buttons.
+  assert.equal(await bubble(bob.page, "yes, see you there").getByRole("button", { name: "Edit" }).count(), 1);
+  const fromAlice = log(bob.page).locator('[data-direction="received"]');
+  assert.equal(await fromAlice.getByRole("button", { name: "Edit" }).count(), 0);
+  assert.equal(await fromAlice.getByRole("button", { name: "Delete" }).count(), 0);
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
+test("phone width: reply and react", async () => {
+  const phone = { width: 390, height: 844 };
+  const alice = await signUp("Pia", "Phone", phone);
+  const bob = await signUp("Pat", "Pocket", phone);
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "on my way");
+  await open(bob.page, alice.name);
+  await received(bob.page, "on my way");
+  await bubble(bob.page, "on my way").getByRole("button", { name: "React" }).click();
+  await bob.page.getByRole("button", { name: "React with 👍" }).click();
+  await bubble(bob.page, "on my way").getByRole("button", { name: "Reply" }).click();
+  await say(bob.page, "great");
+  await bubble(alice.page, "on my way").getByRole("button", { name: "👍 1" }).waitFor(WAIT);
+  await bubble(alice.page, "great").getByRole("button", { name: /^Go to the original from You/ }).waitFor(WAIT);
+  await shot(alice.page, "phone-replies-reactions");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("markup in a message is shown as text", async () => {
   const alice = await signUp("Eve", "Hacker");
   const bob = await signUp("Tom", "Target");

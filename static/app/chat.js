@@ -12,7 +12,12 @@
 //   `seq`, and applies those events with the same handler as live ones (by
 //   id: no gap, no duplicate);
 // - one get_messages and one sync per conversation are in flight at a
-//   time, so each answer is known to be the older page or the newest page.
+//   time, so each answer is known to be the older page or the newest page;
+// - a change to a message (an edit, a deletion, a reaction: B8) is applied
+//   to a loaded message once: each message keeps `asOf`, the `seq` its
+//   state reflects (a history page's `seq`, or the last change applied), and
+//   a change at or below it is already there. Reaction counts are not
+//   idempotent, so this is what keeps them right across sync and reloads.
 
 const PAGE = 50;
 const SYNC_PAGE = 200;
@@ -20,6 +25,9 @@ const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 3000;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
 const MAX_CONTENT = 4000;
+const QUOTE_CHARS = 200;
+/** The emoji the reaction picker offers. */
+export const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏", "🎉", "👀"];
 
 /** A client-chosen id for a message (B2): a resend with it stores nothing new. */
 function newClientId() {
@@ -30,6 +38,26 @@ function newClientId() {
 /** Sort key of a conversation: its newest activity. */
 function activity(conversation) {
   return conversation.last_message?.time || conversation.seen || "";
+}
+
+/** `reactions` after one reaction change (B8): counts per emoji, in the
+ *  order the emoji were first set, and whether `me` is among them. */
+export function countReaction(reactions, { emoji, on, user_id }, me) {
+  const next = reactions.map((r) => ({ ...r }));
+  const found = next.find((r) => r.emoji === emoji);
+  if (on) {
+    if (found) {
+      found.count += 1;
+      found.mine = found.mine || user_id === me;
+    } else {
+      next.push({ emoji, count: 1, mine: user_id === me });
+    }
+    return next;
+  }
+  if (!found) return next;
+  found.count -= 1;
+  if (user_id === me) found.mine = false;
+  return next.filter((r) => r.count > 0);
 }
 
 export class Chat {
@@ -153,6 +181,11 @@ export class Chat {
         break;
       case "message":
         this.onMessage(data.pk, data.data, data.seq, true);
+        break;
+      case "message_edited":
+      case "message_deleted":
+      case "reaction":
+        this.onMessageChange(type, data);
         break;
       case "sync_response":
         this.onSync(data);
@@ -424,7 +457,10 @@ export class Chat {
     const kind = this.history.get(pk);
     this.history.delete(pk);
     const log = this.log(pk);
-    this.merge(log, data.messages);
+    this.merge(
+      log,
+      data.messages.map((m) => ({ ...m, asOf: data.seq || 0 }))
+    );
     if (kind === "newest") {
       log.hasOlder = data.has_more;
       log.loaded = true;
@@ -465,6 +501,7 @@ export class Chat {
     this.syncing.delete(pk);
     for (const event of data.events) {
       if (event.type === "message") this.onMessage(pk, event.data.data, event.data.seq, false);
+      else this.onMessageChange(event.type, event.data);
     }
     const conversation = this.state.conversations.get(pk);
     if (!data.has_more && conversation) conversation.seq = Math.max(conversation.seq, data.seq);
@@ -502,7 +539,7 @@ export class Chat {
   /** Keeps the conversation's last message in step with its log. */
   touch(pk, log) {
     const conversation = this.state.conversations.get(pk);
-    const newest = log.items[log.items.length - 1];
+    const newest = log.items.findLast((m) => !m.deleted);
     if (!conversation || !newest) return;
     if (!conversation.last_message || conversation.last_message.id < newest.id) {
       conversation.last_message = {
@@ -516,10 +553,49 @@ export class Chat {
 
   // --- messages ---------------------------------------------------------
 
+  /** An edit, a deletion or a reaction change (B8), live or from `sync`:
+   *  applied to the message if it is loaded and does not show it yet. */
+  onMessageChange(type, data) {
+    const pk = data.pk;
+    const conversation = this.state.conversations.get(pk);
+    if (!conversation) return;
+    const log = this.state.messages.get(pk);
+    const item = log?.items.find((m) => m.id === data.id);
+    if (item && data.seq > (item.asOf || 0)) {
+      item.asOf = data.seq;
+      if (type === "message_edited") {
+        item.content = data.content;
+        item.edited_at = data.edited_at;
+      } else if (type === "message_deleted") {
+        item.deleted = true;
+        item.content = "";
+        item.reactions = [];
+      } else {
+        item.reactions = countReaction(item.reactions || [], data, this.me.id);
+      }
+    }
+    if (log && type !== "reaction") {
+      const quoted = type === "message_deleted" ? "" : data.content.slice(0, QUOTE_CHARS);
+      for (const reply of log.items) {
+        if (reply.reply_to === data.id && reply.quote) reply.quote = { ...reply.quote, content: quoted };
+      }
+    }
+    const last = conversation.last_message;
+    if (last?.id === data.id && type === "message_edited") {
+      conversation.last_message = { ...last, content: data.content };
+    } else if (last?.id === data.id && type === "message_deleted") {
+      const newest = log?.items.findLast((m) => !m.deleted);
+      conversation.last_message = newest
+        ? { id: newest.id, sender: newest.sender, content: newest.content, time: newest.time }
+        : { ...last, content: "", deleted: true };
+    }
+    this.advance(pk, conversation, data.seq);
+  }
+
   /** A message event, live or from `sync` (which does not count as unread:
    *  get_contacts already did). */
   onMessage(pk, body, seq, live) {
-    const message = { ...body };
+    const message = { ...body, asOf: seq || 0 };
     const log = this.state.messages.get(pk);
     const isNew = !log || !log.items.some((m) => m.id === message.id);
     if (log?.loaded) {
@@ -549,8 +625,9 @@ export class Chat {
     }
   }
 
-  /** Sends a message; it shows as pending until the server acknowledges it. */
-  sendMessage(pk, text) {
+  /** Sends a message (a reply when `replyTo` is a message of the
+   *  conversation); it shows as pending until the server acknowledges it. */
+  sendMessage(pk, text, replyTo = null) {
     const content = text.trim();
     if (!content) return "Write something first.";
     if (content.length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters.`;
@@ -559,6 +636,7 @@ export class Chat {
       content,
       status: "pending",
       time: new Date().toISOString(),
+      reply_to: replyTo,
     };
     const list = this.state.pending.get(pk) || [];
     list.push(item);
@@ -569,7 +647,9 @@ export class Chat {
   }
 
   transmit(pk, item) {
-    if (this.send("message", { to: pk, content: item.content, client_id: item.client_id })) {
+    const data = { to: pk, content: item.content, client_id: item.client_id };
+    if (item.reply_to) data.reply_to = item.reply_to;
+    if (this.send("message", data)) {
       this.inFlight.push(item.client_id);
     }
   }
@@ -596,6 +676,7 @@ export class Chat {
       const log = this.state.messages.get(data.pk);
       const item = this.state.pending.get(data.pk)?.find((p) => p.client_id === data.client_id);
       if (log?.loaded && item) {
+        const answered = item.reply_to && log.items.find((m) => m.id === item.reply_to);
         this.merge(log, [
           {
             id: data.id,
@@ -604,6 +685,10 @@ export class Chat {
             content: item.content,
             time: data.time,
             client_id: data.client_id,
+            reply_to: item.reply_to || null,
+            quote: answered
+              ? { sender: answered.sender, content: answered.content.slice(0, QUOTE_CHARS) }
+              : null,
           },
         ]);
         this.touch(data.pk, log);
@@ -619,6 +704,25 @@ export class Chat {
       if (item) item.status = "failed";
     }
     this.state.notice = data.message;
+  }
+
+  // --- changes to messages (B8) ------------------------------------------
+
+  editMessage(id, text) {
+    const content = text.trim();
+    if (!content) return "Write something first.";
+    if (content.length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters.`;
+    return this.send("edit_message", { id, content }) ? null : "Not connected: try again.";
+  }
+
+  deleteMessage(id) {
+    return this.send("delete_message", { id });
+  }
+
+  /** Sets the person's `emoji` on a message, or takes it back if set. */
+  toggleReaction(message, emoji) {
+    const mine = (message.reactions || []).some((r) => r.emoji === emoji && r.mine);
+    return this.send("react", { id: message.id, emoji, on: !mine });
   }
 
   // --- read marks and typing --------------------------------------------

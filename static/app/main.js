@@ -12,7 +12,7 @@ import {
 } from "./vendor/hooks.module.js";
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
-import { Chat } from "./chat.js";
+import { Chat, REACTIONS } from "./chat.js";
 
 const html = htm.bind(h);
 const SESSION_KEY = "chat.session";
@@ -121,7 +121,7 @@ function ConversationItem({ chat, conversation, open, handle }) {
         ${conversation.online && html` <span class="online">Online</span>`}
         ${conversation.unread > 0 &&
         html` <span class="unread">${conversation.unread}<span class="hidden"> unread</span></span>`}
-        <span class="last">${last ? ` ${last.content}` : ""}</span>
+        <span class="last">${last ? ` ${last.deleted ? "Message deleted" : last.content}` : ""}</span>
       </button>
     </li>
   `;
@@ -193,15 +193,97 @@ function NewGroup({ chat, done }) {
 
 // --- a conversation -------------------------------------------------------
 
-function Message({ message, read, sender }) {
+/** The full date and time, for a title. */
+function fullTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
+}
+
+/** What a reply shows of the message it answers; a click jumps to it. */
+function Quote({ quote, author, onJump }) {
+  const text = quote.content || "Message deleted";
   return html`
-    <div class="message" data-direction=${message.direction}>
+    <button type="button" class="quote" onClick=${onJump}>
+      <span class="hidden">Go to the original from </span><span class="quote-author">${author}:</span>${" "}
+      <span class=${quote.content ? "quote-text" : "quote-text deleted"}>${text}</span>
+    </button>
+  `;
+}
+
+/** One message: its text (or "Message deleted"), a reply's quote, its
+ *  reactions (click to toggle yours), and what the person may do with it. */
+function Message({ chat, message, read, sender, authorOf, canDelete, actions }) {
+  const [picking, setPicking] = useState(false);
+  const [confirming, setConfirming] = useState(false);
+  const confirmRef = useRef(null);
+  useEffect(() => {
+    if (confirming) confirmRef.current?.focus();
+  }, [confirming]);
+  const own = message.direction === "send";
+  const reactions = message.reactions || [];
+  if (message.deleted) {
+    return html`
+      <div class="message deleted" id=${`m-${message.id}`} data-direction=${message.direction} tabindex="-1">
+        ${sender && html`<span class="sender">${sender}</span>`}
+        <span class="text">Message deleted</span>
+        <span class="meta"><time datetime=${message.time} title=${fullTime(message.time)}>${clock(message.time)}</time></span>
+      </div>
+    `;
+  }
+  return html`
+    <div class="message" id=${`m-${message.id}`} data-direction=${message.direction} tabindex="-1">
       ${sender && html`<span class="sender">${sender}</span>`}
+      ${message.quote &&
+      html`<${Quote} quote=${message.quote} author=${authorOf(message.quote.sender)} onJump=${() => actions.jump(message.reply_to)} />`}
       <span class="text">${message.content}</span>
       <span class="meta">
-        <time datetime=${message.time}>${clock(message.time)}</time>
+        <time datetime=${message.time} title=${fullTime(message.time)}>${clock(message.time)}</time>
+        ${message.edited_at && html` <span class="edited" title=${fullTime(message.edited_at)}>edited</span>`}
         ${read && html` <span class="read">Read</span>`}
       </span>
+      ${reactions.length > 0 &&
+      html`<div class="reactions" role="group" aria-label="Reactions">
+        ${reactions.map(
+          (r) => html`<button
+            type="button"
+            key=${r.emoji}
+            class=${r.mine ? "reaction mine" : "reaction"}
+            aria-pressed=${r.mine ? "true" : "false"}
+            onClick=${() => chat.toggleReaction(message, r.emoji)}
+          >${r.emoji} ${r.count}</button>`
+        )}
+      </div>`}
+      <div class="actions">
+        <button type="button" class="link" onClick=${() => actions.reply(message)}>Reply</button>
+        <button type="button" class="link" aria-expanded=${picking ? "true" : "false"} onClick=${() => setPicking(!picking)}>
+          React
+        </button>
+        ${own && html`<button type="button" class="link" onClick=${() => actions.edit(message)}>Edit</button>`}
+        ${canDelete && html`<button type="button" class="link" onClick=${() => setConfirming(true)}>Delete</button>`}
+      </div>
+      ${picking &&
+      html`<div class="picker" role="group" aria-label="Pick a reaction">
+        ${REACTIONS.map(
+          (emoji) => html`<button
+            type="button"
+            key=${emoji}
+            aria-label=${`React with ${emoji}`}
+            onClick=${() => {
+              chat.toggleReaction(message, emoji);
+              setPicking(false);
+            }}
+          >${emoji}</button>`
+        )}
+      </div>`}
+      ${confirming &&
+      html`<div class="confirm" role="alertdialog" aria-label="Delete for everyone?"
+          onKeyDown=${(e) => e.key === "Escape" && setConfirming(false)}>
+        <span>Delete it for everyone?</span>
+        <button type="button" class="danger" onClick=${() => (chat.deleteMessage(message.id), setConfirming(false))}>
+          Delete
+        </button>
+        <button type="button" ref=${confirmRef} onClick=${() => setConfirming(false)}>Cancel</button>
+      </div>`}
     </div>
   `;
 }
@@ -282,6 +364,10 @@ function Conversation({ chat, pk }) {
   const [draft, setDraft] = useState("");
   const [settings, setSettings] = useState(false);
   const [error, setError] = useState(null);
+  const [replyTo, setReplyTo] = useState(null);
+  const [editing, setEditing] = useState(null);
+  const [jumpTo, setJumpTo] = useState(null);
+  const input = useRef(null);
   const box = useRef(null);
   const pinned = useRef(true);
   const before = useRef(null);
@@ -315,7 +401,28 @@ function Conversation({ chat, pk }) {
     pinned.current = true;
     setSettings(false);
     setError(null);
+    setReplyTo(null);
+    setEditing(null);
+    setJumpTo(null);
   }, [pk]);
+
+  // Jumping to a replied-to message: older pages load until it is here.
+  useEffect(() => {
+    if (jumpTo == null) return;
+    const target = document.getElementById(`m-${jumpTo}`);
+    if (target) {
+      pinned.current = false;
+      target.scrollIntoView({ block: "center" });
+      target.classList.add("flash");
+      target.focus({ preventScroll: true });
+      setTimeout(() => target.classList.remove("flash"), 1500);
+      setJumpTo(null);
+    } else if (log?.hasOlder) {
+      chat.loadOlder(pk);
+    } else if (log?.loaded) {
+      setJumpTo(null);
+    }
+  });
 
   if (!conversation) return null;
 
@@ -331,12 +438,39 @@ function Conversation({ chat, pk }) {
 
   function submit(event) {
     event.preventDefault();
-    const problem = chat.sendMessage(pk, draft);
+    const problem = editing
+      ? chat.editMessage(editing.id, draft)
+      : chat.sendMessage(pk, draft, replyTo?.id ?? null);
     setError(problem);
     if (!problem) {
       setDraft("");
-      pinned.current = true;
+      setReplyTo(null);
+      setEditing(null);
+      if (!editing) pinned.current = true;
     }
+  }
+
+  const actions = {
+    reply(message) {
+      setEditing(null);
+      setReplyTo(message);
+      input.current?.focus();
+    },
+    edit(message) {
+      setReplyTo(null);
+      setEditing(message);
+      setDraft(message.content);
+      input.current?.focus();
+    },
+    jump(id) {
+      setJumpTo(id);
+    },
+  };
+
+  function cancelCompose() {
+    if (editing) setDraft("");
+    setReplyTo(null);
+    setEditing(null);
   }
 
   const readUpTo = chat.state.readUpTo.get(pk) || 0;
@@ -349,6 +483,8 @@ function Conversation({ chat, pk }) {
     return member ? shownName(member, details.members) : "";
   };
   const group = conversation.kind === "group";
+  const owner = group && details?.members.some((m) => m.user_id === chat.me.id && m.role === "owner");
+  const authorOf = (id) => (id === chat.me.id ? "You" : nameOf(id) || (group ? "Someone" : conversation.name));
   const blocked = !group && chat.state.blocked.has(conversation.user_id);
   const handle = !group && chat.collidingNames().has(conversation.name) ? conversation.username : null;
   const typists = chat.typists(pk).map(nameOf).filter(Boolean);
@@ -380,9 +516,13 @@ function Conversation({ chat, pk }) {
         ${items.map(
           (m) => html`<${Message}
             key=${m.id}
+            chat=${chat}
             message=${m}
             read=${m.id === lastReadOwn}
             sender=${group && m.direction === "received" ? nameOf(m.sender) : null}
+            authorOf=${authorOf}
+            canDelete=${m.direction === "send" || owner}
+            actions=${actions}
           />`
         )}
         ${pending.map((item) => html`<${Pending} key=${item.client_id} chat=${chat} pk=${pk} item=${item} />`)}
@@ -391,19 +531,28 @@ function Conversation({ chat, pk }) {
         ${typists.length > 0 &&
         html`<span class="typist">${typists.join(", ")}</span> <span>typing…</span>`}
       </p>
+      ${(replyTo || editing) &&
+      html`<div class="compose-context">
+        <span>
+          ${editing ? "Editing your message" : html`Replying to ${authorOf(replyTo.sender)}: <span class="quote-text">${replyTo.content.slice(0, 200)}</span>`}
+        </span>
+        <button type="button" class="link" onClick=${cancelCompose}>${editing ? "Cancel edit" : "Cancel reply"}</button>
+      </div>`}
       <form class="compose" onSubmit=${submit}>
         <input
+          ref=${input}
           aria-label="Message"
           placeholder="Message"
           autocomplete="off"
           maxlength="4000"
           value=${draft}
+          onKeyDown=${(e) => e.key === "Escape" && (replyTo || editing) && cancelCompose()}
           onInput=${(e) => {
             setDraft(e.target.value);
-            if (e.target.value) chat.typingNow(pk);
+            if (e.target.value && !editing) chat.typingNow(pk);
           }}
         />
-        <button type="submit">Send</button>
+        <button type="submit">${editing ? "Save" : "Send"}</button>
       </form>
       ${error && html`<p role="alert" class="error">${error}</p>`}
     </section>
