@@ -25,6 +25,9 @@ async fn a_short_load_run_delivers_everything_once() {
         rate: 0,
         window: 4,
         sources: 2,
+        reactions: 0,
+        edits: 0,
+        history_pages: 0,
     })
     .await
     .expect("load run");
@@ -63,12 +66,46 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         rate: 100,
         window: 8,
         sources: 1,
+        reactions: 0,
+        edits: 0,
+        history_pages: 0,
     })
     .await
     .expect("load run");
     // 100 msg/s for one second: the rate holds within 20 % on a loaded machine.
     assert!((80..=120).contains(&report.sent), "{}", report.sent);
     assert_eq!((report.lost, report.dup, report.errors), (0, 0, 0));
+}
+
+#[actix_rt::test]
+async fn a_mixed_run_reacts_edits_and_times_history() {
+    let app = generator_target().await;
+    let report = bench::load(LoadOptions {
+        urls: vec![app.url("")],
+        pairs: 2,
+        duration: Duration::from_secs(2),
+        rate: 100,
+        window: 8,
+        sources: 1,
+        reactions: 40,
+        edits: 10,
+        history_pages: 5,
+    })
+    .await
+    .expect("load run");
+    assert_eq!((report.lost, report.dup, report.errors), (0, 0, 0));
+    assert!(
+        report.reactions_sent > 0 && report.edits_sent > 0,
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.reactions_ok, report.edits_ok, report.change_errors),
+        (report.reactions_sent, report.edits_sent, 0),
+        "every change answered, none refused"
+    );
+    assert!(report.history_p50_ms.is_some_and(|p50| p50 > 0.0));
+    let changes = app.metric("chat_message_changes_stored_total").await;
+    assert_eq!(changes as u64, report.reactions_sent + report.edits_sent);
 }
 
 /// A server the generator may push hard: no request or registration limit in the way.

@@ -5,7 +5,9 @@
 //! - `load`: N pairs; each pair's first user sends to the second, at a fixed
 //!   total rate or as fast as a window of W unacknowledged messages allows.
 //!   Receivers measure send→receive latency and count lost, duplicated and
-//!   out-of-order messages.
+//!   out-of-order messages. With `--reactions`/`--edits` the receivers react
+//!   to and the senders edit messages at those total rates (the realistic
+//!   mix, `mix.rs`); `--history-pages` times the newest page of history after.
 //! - `idle`: many authorized idle sessions; server RSS per connection, then
 //!   the latency of messages between two of them.
 //! - `group`: one group of many connected members; send to the last
@@ -17,6 +19,7 @@
 
 mod churn;
 mod group;
+mod mix;
 
 pub use churn::{churn, ChurnOptions, ChurnReport};
 pub use group::{group, GroupOptions, GroupReport};
@@ -158,6 +161,8 @@ struct Push<'a> {
 
 #[derive(Deserialize)]
 struct PushBody<'a> {
+    #[serde(default)]
+    id: i64,
     direction: &'a str,
     #[serde(borrow)]
     content: std::borrow::Cow<'a, str>,
@@ -213,6 +218,12 @@ pub struct LoadOptions {
     pub rate: u64,
     pub window: usize,
     pub sources: usize,
+    /// Reactions per second in total, from the receivers (0: none).
+    pub reactions: u64,
+    /// Edits per second in total, from the senders (0: none).
+    pub edits: u64,
+    /// Times the newest history page is asked for after the run (0: not timed).
+    pub history_pages: usize,
 }
 
 #[derive(Default)]
@@ -243,6 +254,21 @@ pub struct LoadReport {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    pub reactions_sent: u64,
+    pub reactions_ok: u64,
+    pub edits_sent: u64,
+    pub edits_ok: u64,
+    /// Change requests answered with an error.
+    pub change_errors: u64,
+    /// The newest page of history (50 messages, with reactions), when timed.
+    pub history_p50_ms: Option<f64>,
+    pub history_p99_ms: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct AckId {
+    #[serde(default)]
+    id: Option<i64>,
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -277,10 +303,22 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     let accounts = futures_util::future::try_join_all(setups).await?;
 
     let mut sockets = Vec::new();
+    let mut changers = Vec::new();
     for (i, (a, b, pk)) in accounts.iter().enumerate() {
         let sender = open_session(clients.get(2 * i), &ws_url(&url(i)), &a.token).await?;
         let receiver = open_session(clients.get(2 * i + 1), &ws_url(&url(i + 1)), &b.token).await?;
         sockets.push((sender, receiver, pk.clone()));
+        // The mix: a second session of each person for their changes.
+        let (edits, reactions) = (mix::Ids::default(), mix::Ids::default());
+        let editor = match opts.edits {
+            0 => None,
+            _ => Some(open_session(clients.get(2 * i), &ws_url(&url(i)), &a.token).await?),
+        };
+        let reactor = match opts.reactions {
+            0 => None,
+            _ => Some(open_session(clients.get(2 * i + 1), &ws_url(&url(i + 1)), &b.token).await?),
+        };
+        changers.push((edits, editor, reactions, reactor));
     }
     // Let presence frames settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -300,7 +338,38 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     let per_sender_interval =
         (opts.rate > 0).then(|| Duration::from_secs_f64(opts.pairs as f64 / opts.rate as f64));
     let mut tasks = Vec::new();
+    let edit_counts = Rc::new(RefCell::new(mix::Counts::default()));
+    let reaction_counts = Rc::new(RefCell::new(mix::Counts::default()));
+    let interval_of = |rate: u64| Duration::from_secs_f64(opts.pairs as f64 / rate.max(1) as f64);
+    let mut changes = Vec::new();
+    for (i, (edit_ids, editor, react_ids, reactor)) in changers.into_iter().enumerate() {
+        let start = origin + Duration::from_secs_f64(i as f64 / opts.pairs as f64);
+        for (socket, kind, ids, rate, counts) in [
+            (
+                editor,
+                mix::Kind::Edit,
+                edit_ids.clone(),
+                opts.edits,
+                &edit_counts,
+            ),
+            (
+                reactor,
+                mix::Kind::React,
+                react_ids.clone(),
+                opts.reactions,
+                &reaction_counts,
+            ),
+        ] {
+            if let Some(socket) = socket {
+                let interval = interval_of(rate);
+                let run = mix::changes(socket, kind, ids, interval, start, stop_at, counts.clone());
+                tasks.push(actix_rt::spawn(run));
+            }
+        }
+        changes.push((edit_ids, react_ids));
+    }
     for (i, (sender, receiver, pk)) in sockets.into_iter().enumerate() {
+        let (edit_ids, react_ids) = changes[i].clone();
         stats.borrow_mut().insert(i, PairStats::default());
         let (sink, mut acks) = sender.split();
         let window = Rc::new(Semaphore::new(opts.window.max(1)));
@@ -316,6 +385,14 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
                 };
                 if frame.kind == "message_response" {
                     let ok = frame.data.is_some_and(|d| d.get().contains("\"success\""));
+                    if let Some(id) = frame
+                        .data
+                        .filter(|_| ok)
+                        .and_then(|d| serde_json::from_str::<AckId>(d.get()).ok())
+                        .and_then(|a| a.id)
+                    {
+                        edit_ids.push(id);
+                    }
                     let mut st = st.borrow_mut();
                     let pair = st.get_mut(&i).expect("pair registered");
                     if ok {
@@ -361,6 +438,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
                 let now_ns = origin.elapsed().as_nanos();
                 let micros = (now_ns.saturating_sub(sent_ns) / 1000).max(1) as u64;
                 let _ = h.borrow_mut().record(micros.min(120_000_000));
+                react_ids.push(push.data.id);
                 let mut st = st.borrow_mut();
                 let pair = st.get_mut(&i).expect("pair registered");
                 let idx = seq as usize;
@@ -406,7 +484,12 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
             stats.borrow().values().fold((0, 0, 0), |(n, a, d), p| {
                 (n + p.acked + p.errors, a + p.acked, d + p.delivered)
             });
-        let all_answered = answered >= *sent_total.borrow();
+        let changed = |c: &Rc<RefCell<mix::Counts>>| {
+            let c = c.borrow();
+            c.ok + c.errors >= c.sent
+        };
+        let all_answered =
+            answered >= *sent_total.borrow() && changed(&edit_counts) && changed(&reaction_counts);
         if (all_answered && delivered >= acked) || Instant::now() > drain_deadline {
             break;
         }
@@ -415,6 +498,14 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     for task in &tasks {
         task.abort();
     }
+    let history = match (opts.history_pages, accounts.first()) {
+        (0, _) | (_, None) => None,
+        (pages, Some((_, b, pk))) => {
+            let socket = open_session(clients.get(1), &ws_url(&url(1)), &b.token).await?;
+            Some(mix::time_history(socket, pk, pages).await?)
+        }
+    };
+    let (edits, reactions) = (*edit_counts.borrow(), *reaction_counts.borrow());
     let stats = stats.borrow();
     let sum = |f: fn(&PairStats) -> u64| stats.values().map(f).sum::<u64>();
     let (acked, delivered) = (sum(|p| p.acked), sum(|p| p.delivered));
@@ -436,6 +527,13 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         p99_ms: ms(&h, 0.99),
         p999_ms: ms(&h, 0.999),
         max_ms: h.max() as f64 / 1000.0,
+        reactions_sent: reactions.sent,
+        reactions_ok: reactions.ok,
+        edits_sent: edits.sent,
+        edits_ok: edits.ok,
+        change_errors: reactions.errors + edits.errors,
+        history_p50_ms: history.as_ref().map(|h| ms(h, 0.5)),
+        history_p99_ms: history.as_ref().map(|h| ms(h, 0.99)),
     })
 }
 

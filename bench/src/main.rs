@@ -33,6 +33,15 @@ enum BenchCommand {
         /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
         sources: u64,
+        /// Reactions per second in total, each receiver to messages it got (0: none).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        reactions: u64,
+        /// Edits per second in total, each sender of messages it sent (0: none).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        edits: u64,
+        /// Times the newest page of history (50 messages) is asked for after the run (0: none).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+        history_pages: u64,
     },
     /// Many authorized idle sessions: server memory per session, then latency.
     Idle {
@@ -138,6 +147,9 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             rate,
             window,
             sources,
+            reactions,
+            edits,
+            history_pages,
         } => {
             let options = chat_bench::LoadOptions {
                 urls,
@@ -146,6 +158,9 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 rate,
                 window: window as usize,
                 sources: sources as usize,
+                reactions,
+                edits,
+                history_pages: history_pages as usize,
             };
             let r = chat_bench::load(options).await?;
             print_report(
@@ -170,6 +185,24 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                             "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
                             r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
                         ),
+                    ),
+                    (
+                        "changes",
+                        format!(
+                            "reactions {} / {} ok, edits {} / {} ok, {} errors",
+                            r.reactions_sent,
+                            r.reactions_ok,
+                            r.edits_sent,
+                            r.edits_ok,
+                            r.change_errors
+                        ),
+                    ),
+                    (
+                        "history page",
+                        match (r.history_p50_ms, r.history_p99_ms) {
+                            (Some(p50), Some(p99)) => format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+                            _ => "not timed".into(),
+                        },
                     ),
                 ],
                 &r,
