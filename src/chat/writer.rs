@@ -9,7 +9,7 @@
 //! queue, so every event of a conversation reaches the ChatServer in `seq`
 //! order, whichever kind it is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use actix::Recipient;
@@ -18,8 +18,8 @@ use entity::{chat, message};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -373,6 +373,9 @@ async fn run_batches<C, F, A>(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = Instant::now();
         let count = batch.len();
+        // New messages first: a change may name a message of this batch,
+        // and the answers (and so the events) go out in `seq` order.
+        batch.sort_by_key(|p| matches!(p.job, Job::Change(_)));
         let (rows, waiters): (Vec<Job>, Vec<Waiter>) =
             batch.drain(..).map(|p| (p.job, p.waiter)).unzip();
         let changes = rows.iter().filter(|j| matches!(j, Job::Change(_))).count();
@@ -396,50 +399,49 @@ async fn run_batches<C, F, A>(
     }
 }
 
-/// Commits a batch in order: each run of new messages in one transaction
-/// (`commit_batch`), each run of changes in another (`commit_changes`).
+/// What a batch's jobs became, in the batch's order.
+type Results = Vec<Result<Stored, StoreError>>;
+
+/// Commits a batch: its new messages, then its changes, in one transaction
+/// (`run_batches` puts the new messages first, so a change can name a
+/// message of the same batch, and the events' `seq` follow the answers'
+/// order).
 async fn commit_jobs(
     db: &DatabaseConnection,
     metrics: &Metrics,
     batch: Vec<Job>,
     ids: MySqlIds,
     edit_window: chrono::Duration,
-) -> Vec<Result<Stored, StoreError>> {
-    let mut results = Vec::with_capacity(batch.len());
-    let mut jobs = batch.into_iter().peekable();
-    while let Some(first) = jobs.next() {
-        match first {
-            Job::Insert(row) => {
-                let mut rows = vec![row];
-                while let Some(Job::Insert(_)) = jobs.peek() {
-                    if let Some(Job::Insert(row)) = jobs.next() {
-                        rows.push(row);
-                    }
-                }
-                results.extend(commit_batch(db, metrics, rows, ids).await);
-            }
-            Job::Change(change) => {
-                let mut changes = vec![change];
-                while let Some(Job::Change(_)) = jobs.peek() {
-                    if let Some(Job::Change(change)) = jobs.next() {
-                        changes.push(change);
-                    }
-                }
-                results.extend(commit_changes(db, metrics, changes, edit_window).await);
-            }
+) -> Results {
+    let (mut rows, mut changes) = (Vec::new(), Vec::new());
+    for job in batch {
+        match job {
+            Job::Insert(row) => rows.push(row),
+            Job::Change(change) => changes.push(change),
         }
     }
+    let changes = Changes {
+        batch: changes,
+        edit_window,
+    };
+    let (mut results, changed) = commit_batch(db, metrics, rows, ids, changes).await;
+    results.extend(changed);
     results
+}
+
+/// The changes of a batch, and how long a message may be edited.
+struct Changes {
+    batch: Vec<ChangeRequest>,
+    edit_window: chrono::Duration,
 }
 
 /// Applies a run of changes in one transaction; should it fail, one by one,
 /// so one bad change cannot fail the others.
-async fn commit_changes(
-    db: &DatabaseConnection,
-    metrics: &Metrics,
-    batch: Vec<ChangeRequest>,
-    edit_window: chrono::Duration,
-) -> Vec<Result<Stored, StoreError>> {
+async fn commit_changes(db: &DatabaseConnection, metrics: &Metrics, changes: Changes) -> Results {
+    let Changes { batch, edit_window } = changes;
+    if batch.is_empty() {
+        return Vec::new();
+    }
     let stored = |r: Result<ChangeOutcome, StoreError>| r.map(Stored::Changed);
     match changes::commit(db, &batch, edit_window).await {
         Ok(results) => results.into_iter().map(stored).collect(),
@@ -462,16 +464,18 @@ async fn commit_changes(
     }
 }
 
-/// Commits a run of new messages: replies to a message of another
+/// Commits new messages and changes: replies to a message of another
 /// conversation (or none) are refused; the rest as `commit_unique`.
+/// Answers the messages' results and the changes'.
 async fn commit_batch(
     db: &DatabaseConnection,
     metrics: &Metrics,
     batch: Vec<Row>,
     ids: MySqlIds,
-) -> Vec<Result<Stored, StoreError>> {
+    changes: Changes,
+) -> (Results, Results) {
     if batch.iter().all(|p| p.message.reply_to.is_none()) {
-        return commit_unique(db, metrics, batch, ids, &HashMap::new()).await;
+        return commit_unique(db, metrics, batch, ids, &HashMap::new(), changes).await;
     }
     let wanted: Vec<i64> = batch.iter().filter_map(|p| p.message.reply_to).collect();
     let answered: HashMap<i64, message::Model> = match message::Entity::find()
@@ -482,7 +486,8 @@ async fn commit_batch(
         Ok(found) => found.into_iter().map(|m| (m.id, m)).collect(),
         Err(e) => {
             let error = StoreError::Database(e.to_string());
-            return batch.iter().map(|_| Err(error.clone())).collect();
+            let refused = batch.iter().map(|_| Err(error.clone())).collect();
+            return (refused, commit_changes(db, metrics, changes).await);
         }
     };
     let answers = |p: &Row| {
@@ -508,16 +513,15 @@ async fn commit_batch(
         .iter()
         .map(|(id, m)| (*id, changes::quote_of(m)))
         .collect();
-    for (i, r) in places
-        .into_iter()
-        .zip(commit_unique(db, metrics, rows, ids, &quotes).await)
-    {
+    let (stored, changed) = commit_unique(db, metrics, rows, ids, &quotes, changes).await;
+    for (i, r) in places.into_iter().zip(stored) {
         results[i] = Some(r);
     }
-    results
+    let results = results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
-        .collect()
+        .collect();
+    (results, changed)
 }
 
 async fn commit_unique(
@@ -526,9 +530,10 @@ async fn commit_unique(
     batch: Vec<Row>,
     ids: MySqlIds,
     quotes: &HashMap<i64, Quote>,
-) -> Vec<Result<Stored, StoreError>> {
+    changes: Changes,
+) -> (Results, Results) {
     if batch.is_empty() {
-        return Vec::new();
+        return (Vec::new(), commit_changes(db, metrics, changes).await);
     }
     // A client_id seen twice in one batch: the later ones get the first's result.
     let mut first_of: HashMap<ClientKey, usize> = HashMap::new();
@@ -543,11 +548,12 @@ async fn commit_unique(
         });
         same_as.push(dup);
     }
-    let mut resolved = match store_unique(db, &batch, &same_as, ids).await {
+    let (mut resolved, changed) = match store_unique(db, &batch, &same_as, ids, &changes).await {
         Ok(results) => results,
         Err(e) => {
             // A race with another instance on the same client_id, or a real
-            // failure: retry one by one so one bad row cannot fail the others.
+            // failure: retry one by one so one bad row cannot fail the others
+            // (and the changes in a transaction of their own).
             tracing::warn!(error = %e, size = batch.len(), "batch insert failed; retrying one by one");
             metrics.batch_retried();
             let mut results = Vec::with_capacity(batch.len());
@@ -558,7 +564,7 @@ async fn commit_unique(
                 };
                 results.push(r);
             }
-            results
+            (results, commit_changes(db, metrics, changes).await)
         }
     };
     for i in 0..batch.len() {
@@ -578,10 +584,11 @@ async fn commit_unique(
             p.quote = quote(&p.message);
         }
     }
-    resolved
+    let stored = resolved
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
-        .collect()
+        .collect();
+    (stored, changed)
 }
 
 fn active_model(p: &Row, seq: i64) -> message::ActiveModel {
@@ -635,15 +642,17 @@ async fn existing_by_client_id<C: ConnectionTrait>(
         .collect())
 }
 
-/// Stores the batch's distinct messages in one transaction, each with the
-/// next `seq` of its conversation. Entries that are in-batch duplicates are
-/// left `None` for the caller to fill in.
+/// Stores the batch's distinct messages, each with the next `seq` of its
+/// conversation, then applies the batch's changes, in one transaction.
+/// Entries that are in-batch duplicates are left `None` for the caller to
+/// fill in.
 async fn store_unique(
     db: &DatabaseConnection,
     batch: &[Row],
     same_as: &[Option<usize>],
     ids: MySqlIds,
-) -> Result<Vec<Option<Result<Stored, StoreError>>>, DbErr> {
+    changes: &Changes,
+) -> Result<(Vec<Option<Result<Stored, StoreError>>>, Results), DbErr> {
     let keys: HashSet<ClientKey> = batch.iter().filter_map(client_key).collect();
     let existing = existing_by_client_id(db, &keys).await?;
     let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
@@ -657,20 +666,64 @@ async fn store_unique(
             None => to_insert.push(i),
         }
     }
-    if to_insert.is_empty() {
-        return Ok(results);
+    if to_insert.is_empty() && changes.batch.is_empty() {
+        return Ok((results, Vec::new()));
     }
-    let txn = db.begin().await?;
-    let backend = db.get_database_backend();
-    let pending: Vec<(&Row, i64)> = {
-        let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
-        let seqs = next_seqs(&txn, &rows).await?;
-        rows.into_iter().zip(seqs).collect()
+    let chat_of = match changes.batch.is_empty() {
+        true => HashMap::new(),
+        false => changes::chats_of(db, &changes.batch).await?,
     };
-    let stored: Vec<message::Model> = match (backend, ids) {
-        (DatabaseBackend::Postgres, _) => insert_unnest(&txn, &pending).await?,
+    let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
+    let mut touched: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
+    touched.extend(rows.iter().map(|r| r.message.chat.0));
+    let txn = db.begin().await?;
+    if !changes.batch.is_empty() {
+        // Every conversation of the batch locked at once, in id order, as
+        // another instance's batch would lock them.
+        changes::lock_chats(&txn, &touched).await?;
+    }
+    if !rows.is_empty() {
+        let seqs = next_seqs(&txn, &rows).await?;
+        let pending: Vec<(&Row, i64)> = rows.iter().copied().zip(seqs).collect();
+        let stored = insert_rows(&txn, ids, &pending).await?;
+        if stored.len() != to_insert.len() {
+            return Err(DbErr::Custom(format!(
+                "inserted {} messages but {} came back",
+                to_insert.len(),
+                stored.len()
+            )));
+        }
+        for (&i, row) in to_insert.iter().zip(stored) {
+            results[i] = Some(Ok(Stored::New(Posted {
+                message: row,
+                quote: None,
+            })));
+        }
+    }
+    let changed = match changes.batch.is_empty() {
+        true => Vec::new(),
+        false => changes::apply_all(&txn, &changes.batch, &chat_of, changes.edit_window)
+            .await?
+            .into_iter()
+            .map(|r| r.map(Stored::Changed))
+            .collect(),
+    };
+    commit_gate::pass(touched.into_iter()).await;
+    txn.commit().await?;
+    Ok((results, changed))
+}
+
+/// Inserts `pending` (each row with its `seq`) the fastest way the
+/// database allows, and gives back the stored rows in the same order.
+async fn insert_rows(
+    txn: &DatabaseTransaction,
+    ids: MySqlIds,
+    pending: &[(&Row, i64)],
+) -> Result<Vec<message::Model>, DbErr> {
+    Ok(match (txn.get_database_backend(), ids) {
+        (DatabaseBackend::Postgres, _) => insert_unnest(txn, pending).await?,
         (DatabaseBackend::MySql, MySqlIds::Consecutive { increment }) => {
-            let first = insert_values(&txn, &pending).await?;
+            let first = insert_values(txn, pending).await?;
             pending
                 .iter()
                 .enumerate()
@@ -680,9 +733,9 @@ async fn store_unique(
         (DatabaseBackend::MySql, MySqlIds::RowByRow) => {
             // No RETURNING, and ids that may interleave: row by row, one commit.
             let mut stored = Vec::with_capacity(pending.len());
-            for (row, seq) in &pending {
+            for (row, seq) in pending {
                 let id = message::Entity::insert(active_model(row, *seq))
-                    .exec(&txn)
+                    .exec(txn)
                     .await?
                     .last_insert_id;
                 stored.push(model_of(row, id, *seq));
@@ -691,26 +744,10 @@ async fn store_unique(
         }
         _ => {
             message::Entity::insert_many(pending.iter().map(|(row, seq)| active_model(row, *seq)))
-                .exec_with_returning(&txn)
+                .exec_with_returning(txn)
                 .await?
         }
-    };
-    if stored.len() != to_insert.len() {
-        return Err(DbErr::Custom(format!(
-            "inserted {} messages but {} came back",
-            to_insert.len(),
-            stored.len()
-        )));
-    }
-    for (&i, row) in to_insert.iter().zip(stored) {
-        results[i] = Some(Ok(Stored::New(Posted {
-            message: row,
-            quote: None,
-        })));
-    }
-    commit_gate::pass(pending.iter().map(|(row, _)| row.message.chat.0)).await;
-    txn.commit().await?;
-    Ok(results)
+    })
 }
 
 /// Test support: holds the commit of the next batch that stores an event of
