@@ -954,6 +954,29 @@ impl ServerEvent<'_> {
     }
 }
 
+/// The fuzz target's check (fuzz/fuzz_targets/frame_parser.rs), here so
+/// that the normal test suite runs it too: arbitrary bytes never panic the
+/// parser, and every refusal renders as a JSON error frame with a `type`.
+/// Panics when either fails.
+#[doc(hidden)]
+pub fn check_any_frame(data: &[u8]) {
+    // The transport answers non-UTF-8 text itself; everything else reaches the parser.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_request(text) {
+        Ok(request) => {
+            let _ = request.kind();
+        }
+        Err(error) => {
+            let frame = ServerEvent::from_frame_error(error).to_json();
+            let value: serde_json::Value =
+                serde_json::from_slice(&frame).expect("error frames are JSON");
+            assert!(value["type"].is_string(), "error frames have a type");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1089,6 +1112,56 @@ mod tests {
                     }
                 };
                 assert!(is_error, "{text:?} -> {frame}");
+            }
+        }
+    }
+
+    /// The fuzz target's inputs that once found a problem, then thousands
+    /// of deterministic mutations of them and of a few well-formed frames:
+    /// a smoke run of the fuzz target inside the normal suite (the real
+    /// fuzzing is `cargo fuzz`, README "Fuzzing").
+    #[test]
+    fn the_fuzz_targets_check_holds_for_its_regressions_and_their_mutations() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .expect("fuzz/regressions")
+            .map(|entry| entry.expect("an entry").path())
+            .filter(|path| path.extension().is_none_or(|e| e != "md"))
+            .map(|path| std::fs::read(path).expect("a regression input"))
+            .collect();
+        assert!(seeds.len() >= 4, "the regression inputs are there");
+        for frame in [
+            r#"{"type": "message", "data": {"to": "x", "content": "hi", "reply_to": 1}}"#,
+            r#"{"type": "react", "data": {"id": 1, "emoji": "👍", "on": true}}"#,
+            r#"{"type": "edit_message", "data": {"id": 1, "content": "é\u0000"}}"#,
+            r#"{"type": "sync", "data": {"id": "x", "after_seq": 18446744073709551616}}"#,
+        ] {
+            seeds.push(frame.as_bytes().to_vec());
+        }
+        const JSON_BYTES: &[u8] = br#"{}[]\":,0u"#;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        for seed in &seeds {
+            check_any_frame(seed);
+            for _ in 0..2_000 {
+                let mut input = seed.clone();
+                for _ in 0..1 + next(4) {
+                    let at = next(input.len() + 1);
+                    match next(3) {
+                        0 if at < input.len() => input[at] = next(256) as u8,
+                        1 => input.insert(at, JSON_BYTES[next(JSON_BYTES.len())]),
+                        _ if at < input.len() => {
+                            input.remove(at);
+                        }
+                        _ => {}
+                    }
+                }
+                check_any_frame(&input);
             }
         }
     }
