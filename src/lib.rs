@@ -183,6 +183,12 @@ impl Application {
             max_pending_invitations: settings.limits.max_pending_invitations,
         };
 
+        // Contacts and blocks one user may add or change, over REST and
+        // every socket together, at the WebSocket's request rate.
+        let change_limit = Arc::new(KeyedRateLimit::new(
+            settings.limits.rate_limit_burst,
+            settings.limits.rate_limit_per_second.saturating_mul(60),
+        ));
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
             db: db.clone(),
@@ -202,10 +208,7 @@ impl Application {
                 settings.auth.registration_burst,
                 settings.auth.registration_per_minute,
             )),
-            change_limit: Arc::new(KeyedRateLimit::new(
-                settings.limits.rate_limit_burst,
-                settings.limits.rate_limit_per_second.saturating_mul(60),
-            )),
+            change_limit: change_limit.clone(),
             groups: groups.clone(),
             writer: writer.clone(),
             proxies: settings.server.trusted_proxies(),
@@ -230,6 +233,7 @@ impl Application {
                 settings.limits.fanout_per_second.saturating_mul(60),
             ),
             metrics,
+            change_limit,
             limits: Limits::from_settings(&settings),
             proxies: settings.server.trusted_proxies(),
             unauthenticated: AddressCap::new(settings.limits.max_unauthenticated_per_address),

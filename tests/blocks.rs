@@ -144,3 +144,48 @@ async fn blocking(backend: &Backend) {
 }
 
 backend_tests!(a_block_stops_messages_presence_and_groups => blocking);
+
+/// Blocks and unblocks share one allowance per user over every socket (and
+/// REST), at the WebSocket's request rate: opening more sockets gains
+/// nothing. Three sockets, each with room for three requests after
+/// authorizing (burst 4), send nine; the user's allowance is 4 plus one a
+/// second, so at least one is refused unless the nine take over five
+/// seconds (they take milliseconds).
+#[actix_rt::test]
+async fn blocks_over_every_socket_share_one_allowance() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_BURST", "4"), ("RATE_LIMIT_PER_SECOND", "1")],
+    )
+    .await;
+    let (_, token) = app.user("alice").await;
+    let mut targets = Vec::new();
+    for i in 0..9 {
+        targets.push(app.create_user(&format!("target{i}"), "T", "X").await);
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(app.authorized(&token).await);
+    }
+    let mut answers = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let ws = &mut sockets[i % 3];
+        answers.push(
+            ws.ask(json!({"type": "block_user", "data": {"user_id": target}}))
+                .await,
+        );
+    }
+    let refused: Vec<&Value> = answers.iter().filter(|a| a["status"] == "error").collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    assert_eq!(refused[0]["code"], "rate_limited", "{answers:?}");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("too many changes; try again in ")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[..4].iter().all(|a| a["status"] == "success"),
+        "{answers:?}"
+    );
+}

@@ -81,6 +81,9 @@ pub struct ChatContext {
     pub typing_relays: crate::rate_limit::KeyedRateLimit<protocol::ChatId>,
     /// Deliveries each user's messages may cause (`FANOUT_PER_SECOND`).
     pub fanout: crate::rate_limit::KeyedRateLimit<protocol::UserId>,
+    /// Blocks and unblocks per user, shared with REST's contacts and blocks
+    /// (`AppState::change_limit`): opening sockets gains nothing.
+    pub change_limit: Arc<crate::rate_limit::KeyedRateLimit<i64>>,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Whose `X-Forwarded-For` is believed.

@@ -839,6 +839,11 @@ impl WsSession {
         other: UserRef,
         ctx: &mut Context<Self>,
     ) {
+        if let Err(retry) = self.chat.change_limit.take(user.0) {
+            self.chat.metrics.rate_limited();
+            let text = format!("too many changes; try again in {retry} s");
+            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        }
         let chat = self.chat.clone();
         let block = kind == RequestKind::BlockUser;
         let work =
