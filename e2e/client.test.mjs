@@ -538,6 +538,28 @@ test("phone width: reply and react", async () => {
   await bob.page.context().close();
 });
 
+test("signing out all devices ends every session of the person", async () => {
+  const alice = await signUp("Sia", "Everywhere");
+  const other = await person();
+  await other.getByLabel("Username").fill(alice.username);
+  await other.getByLabel("Password").fill(PASSWORD);
+  await other.getByRole("button", { name: "Log in" }).click();
+  await status(other, "Connected");
+  await alice.page.getByRole("button", { name: "Sign out all devices" }).click();
+  const ask = alice.page.getByRole("alertdialog", { name: "Sign out all devices?" });
+  await ask.getByRole("button", { name: "Cancel" }).click();
+  await status(other, "Connected");
+  await alice.page.getByRole("button", { name: "Sign out all devices" }).click();
+  await ask.getByRole("button", { name: "Sign out everywhere" }).click();
+  for (const page of [alice.page, other]) {
+    await page.getByRole("button", { name: "Log in" }).waitFor(WAIT);
+  }
+  await other.getByText(/signed out everywhere/).waitFor(WAIT);
+  assert.deepEqual([...alice.page.errors, ...other.errors], []);
+  await alice.page.context().close();
+  await other.context().close();
+});
+
 test("markup in a message is shown as text", async () => {
   const alice = await signUp("Eve", "Hacker");
   const bob = await signUp("Tom", "Target");

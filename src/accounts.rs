@@ -305,6 +305,20 @@ pub async fn set_active(
     revoke_with(db, user.id, user::Column::IsActive, Expr::value(false)).await
 }
 
+/// Revokes every token of account `id` (and so closes its sessions once
+/// the ChatServer is told): `token_version` moves forward in one statement.
+pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<user::Model, AccountError> {
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::col(user::Column::TokenVersion).add(1),
+        )
+        .filter(user::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    read_back(db, id).await
+}
+
 /// Sets `column` and moves the account's `token_version` forward in one
 /// statement (`token_version + 1`, so a concurrent change cannot undo the
 /// revocation), then reads the account back.
@@ -323,6 +337,11 @@ async fn revoke_with(
         .filter(user::Column::Id.eq(id))
         .exec(db)
         .await?;
+    read_back(db, id).await
+}
+
+/// Account `id` as the database has it now.
+async fn read_back(db: &DatabaseConnection, id: i64) -> Result<user::Model, AccountError> {
     user::Entity::find_by_id(id)
         .one(db)
         .await?

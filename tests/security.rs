@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use actix_web::http::Method;
 use chat_server::accounts;
 use common::{Backend, TestApp, TestDatabase, PASSWORD};
 use futures_util::future::join_all;
@@ -908,3 +909,41 @@ async fn look_alike_accounts_are_rekeyed(backend: &Backend) {
 }
 
 backend_tests!(look_alike_usernames_registered_earlier_are_rekeyed_and_kept => look_alike_accounts_are_rekeyed);
+
+/// Signing out everywhere revokes every token of the person (the one used
+/// too) and closes their sessions on every instance; other people's stay.
+async fn sign_out_everywhere(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, _) = app.pair("alice", "bob").await;
+    let (phone, laptop) = (app.login("alice").await, app.login("alice").await);
+    let bob = app.login("bob").await;
+    let mut on_phone = app.authorized(&phone).await;
+    let mut on_laptop = app.authorized(&laptop).await;
+    let mut bobs = app.authorized(&bob).await;
+    let (status, body) = app
+        .rest(Method::POST, "/api/logout/everywhere/", &laptop, None)
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    on_phone.expect_closed_with(1008, "token revoked").await;
+    on_laptop.expect_closed_with(1008, "token revoked").await;
+    for token in [&phone, &laptop] {
+        let (status, _) = app.rest(Method::GET, "/api/me/", token, None).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = app.rest(Method::GET, "/api/me/", &bob, None).await;
+    assert_eq!(status, 200);
+    // Bob's session is still open (a ping is answered; presence may come first).
+    bobs.send(json!({"type": "ping", "data": {}})).await;
+    bobs.recv_type("pong").await;
+    // A new login works as before.
+    let fresh = app.login("alice").await;
+    assert_eq!(app.rest(Method::GET, "/api/me/", &fresh, None).await.0, 200);
+    // Without a token: 401, and nothing revoked.
+    let (status, _) = app
+        .rest(Method::POST, "/api/logout/everywhere/", "", None)
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(app.rest(Method::GET, "/api/me/", &fresh, None).await.0, 200);
+}
+
+backend_tests!(signing_out_everywhere_closes_every_session_and_refuses_old_tokens => sign_out_everywhere);

@@ -1,4 +1,5 @@
-//! The logged-in user's own account: who am I, change my password.
+//! The logged-in user's own account: who am I, change my password, sign
+//! out every device.
 
 use actix_web::HttpRequest;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
@@ -74,4 +75,23 @@ pub async fn change_password(
     Ok(web::Json(PasswordChanged {
         token: state.keys.issue(user.id, user.token_version),
     }))
+}
+
+/// Sign out everywhere: revokes every token of the caller (this one too)
+/// and closes their live sessions on every instance, as a password change
+/// does. For a lost or shared device; 204 with no body.
+#[api_v2_operation(tags(Account))]
+pub async fn sign_out_everywhere(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<paperclip::actix::NoContent, ApiError> {
+    let user = accounts::revoke_tokens(&state.db, user.0.id)
+        .await
+        .map_err(account_error)?;
+    state.chat_server.do_send(RevokeUser {
+        user: UserId(user.id),
+        current_version: user.token_version,
+        broadcast: true,
+    });
+    Ok(paperclip::actix::NoContent)
 }

@@ -64,6 +64,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(get()),
     )
     .service(
+        web::resource("/api/logout/everywhere/")
+            .route(web::post().to(account::sign_out_everywhere))
+            .default_service(post()),
+    )
+    .service(
         web::resource("/api/password/")
             .route(web::post().to(account::change_password))
             .default_service(post()),

@@ -43,3 +43,6 @@ export const register = (fields) => call("POST", "/api/register/", { body: field
 
 export const addContact = (token, username) =>
   call("POST", "/api/contacts/", { token, body: { username } });
+
+/** Revokes every token of the person, this one too (PROTOCOL.md C14). */
+export const signOutEverywhere = (token) => call("POST", "/api/logout/everywhere/", { token });

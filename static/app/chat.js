@@ -146,7 +146,7 @@ export class Chat {
       this.onSignedOut(
         event.reason === "token expired"
           ? "Your session expired. Please log in again."
-          : "Your session was ended (password changed or account deactivated). Please log in again."
+          : "Your session was ended (signed out everywhere, password changed or account deactivated). Please log in again."
       );
       return;
     }

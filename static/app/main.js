@@ -595,6 +595,37 @@ function Invitations({ chat }) {
 
 // --- signed in ------------------------------------------------------------
 
+/** Signs out every device of the person (a lost phone): asks first. */
+function SignOutEverywhere({ session, onSignOut }) {
+  const [asking, setAsking] = useState(false);
+  const [error, setError] = useState(null);
+  const confirm = useRef(null);
+  useEffect(() => {
+    if (asking) confirm.current?.focus();
+  }, [asking]);
+  async function signOutAll() {
+    try {
+      await api.signOutEverywhere(session.token);
+      onSignOut("You signed out on every device.");
+    } catch (e) {
+      setError(e.message);
+    }
+  }
+  return html`
+    <div class="everywhere">
+      ${asking
+        ? html`<div class="confirm" role="alertdialog" aria-label="Sign out all devices?"
+            onKeyDown=${(e) => e.key === "Escape" && setAsking(false)}>
+            <span>Sign out on every device, this one too?</span>
+            <button type="button" class="danger" onClick=${signOutAll}>Sign out everywhere</button>
+            <button type="button" ref=${confirm} onClick=${() => setAsking(false)}>Cancel</button>
+          </div>`
+        : html`<button type="button" class="link" onClick=${() => setAsking(true)}>Sign out all devices</button>`}
+      ${error && html`<p role="alert" class="error">${error}</p>`}
+    </div>
+  `;
+}
+
 function SignedIn({ session, onSignOut }) {
   const [, rerender] = useReducer((n) => n + 1, 0);
   const chat = useRef(null);
@@ -652,6 +683,7 @@ function SignedIn({ session, onSignOut }) {
         </ul>
         ${conversations.length === 0 &&
         html`<p class="hint">No conversations yet: add a contact by username.</p>`}
+        <${SignOutEverywhere} session=${session} onSignOut=${onSignOut} />
       </aside>
       <main class="main">
         ${open
