@@ -308,40 +308,36 @@ pub async fn set_active(
 /// Revokes every token of account `id` (and so closes its sessions once
 /// the ChatServer is told): `token_version` moves forward in one statement.
 pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<user::Model, AccountError> {
-    user::Entity::update_many()
-        .col_expr(
-            user::Column::TokenVersion,
-            Expr::col(user::Column::TokenVersion).add(1),
-        )
-        .filter(user::Column::Id.eq(id))
-        .exec(db)
-        .await?;
-    read_back(db, id).await
+    revoke(db, id, None).await
 }
 
 /// Sets `column` and moves the account's `token_version` forward in one
-/// statement (`token_version + 1`, so a concurrent change cannot undo the
-/// revocation), then reads the account back.
+/// statement, then reads the account back.
 async fn revoke_with(
     db: &DatabaseConnection,
     id: i64,
     column: user::Column,
     value: Expr,
 ) -> Result<user::Model, AccountError> {
-    user::Entity::update_many()
-        .col_expr(column, value)
-        .col_expr(
-            user::Column::TokenVersion,
-            Expr::col(user::Column::TokenVersion).add(1),
-        )
-        .filter(user::Column::Id.eq(id))
-        .exec(db)
-        .await?;
-    read_back(db, id).await
+    revoke(db, id, Some((column, value))).await
 }
 
-/// Account `id` as the database has it now.
-async fn read_back(db: &DatabaseConnection, id: i64) -> Result<user::Model, AccountError> {
+/// Moves the account's `token_version` forward (`token_version + 1`, so a
+/// concurrent change cannot undo the revocation), setting `also` in the
+/// same statement, and reads the account back.
+async fn revoke(
+    db: &DatabaseConnection,
+    id: i64,
+    also: Option<(user::Column, Expr)>,
+) -> Result<user::Model, AccountError> {
+    let mut update = user::Entity::update_many().col_expr(
+        user::Column::TokenVersion,
+        Expr::col(user::Column::TokenVersion).add(1),
+    );
+    if let Some((column, value)) = also {
+        update = update.col_expr(column, value);
+    }
+    update.filter(user::Column::Id.eq(id)).exec(db).await?;
     user::Entity::find_by_id(id)
         .one(db)
         .await?

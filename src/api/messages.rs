@@ -68,16 +68,10 @@ fn content_of(state: &AppState, body: NewContent) -> Result<String, ApiError> {
     let content = body
         .content
         .ok_or_else(|| ApiError::field("content", "This field is required."))?;
-    let chars = content.trim().chars().count();
-    let limit = state.settings.limits.max_message_chars;
-    if chars == 0 {
-        return Err(ApiError::field("content", "content must not be empty"));
+    match changes::content_error(&content, state.settings.limits.max_message_chars) {
+        Some(text) => Err(ApiError::field("content", text)),
+        None => Ok(content),
     }
-    if chars > limit {
-        let text = format!("content is longer than {limit} characters");
-        return Err(ApiError::field("content", text));
-    }
-    Ok(content)
 }
 
 fn emoji_of(choice: Option<String>) -> Result<String, ApiError> {

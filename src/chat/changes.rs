@@ -141,6 +141,19 @@ pub fn canonical_emoji(text: &str) -> Option<&'static str> {
     emojis::get(text).map(|e| e.as_str())
 }
 
+/// Why `content` is not a message's text, if it is not (B3): the rule for
+/// `message`, `edit_message` and REST's edit alike.
+pub fn content_error(content: &str, max_chars: usize) -> Option<String> {
+    let chars = content.trim().chars().count();
+    if chars == 0 {
+        Some("content must not be empty".into())
+    } else if chars > max_chars {
+        Some(format!("content is longer than {max_chars} characters"))
+    } else {
+        None
+    }
+}
+
 /// What a reply shows of `m`.
 pub fn quote_of(m: &message::Model) -> Quote {
     Quote {
@@ -464,8 +477,12 @@ pub async fn apply_all<C: ConnectionTrait>(
     Ok(results)
 }
 
-/// Moves each conversation's `seq` to its new value, in one statement.
-async fn set_seqs<C: ConnectionTrait>(txn: &C, moved: &[(uuid::Uuid, i64)]) -> Result<(), DbErr> {
+/// Moves each conversation's `seq` to its new value, in one statement
+/// (also the writer's, for new messages on MySQL).
+pub(crate) async fn set_seqs<C: ConnectionTrait>(
+    txn: &C,
+    moved: &[(uuid::Uuid, i64)],
+) -> Result<(), DbErr> {
     let Some(((first, seq), rest)) = moved.split_first() else {
         return Ok(());
     };

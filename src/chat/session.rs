@@ -492,15 +492,7 @@ impl WsSession {
 
     /// Why `content` is not a message's text, if it is not (B3).
     fn content_error(&self, content: &str) -> Option<String> {
-        let chars = content.trim().chars().count();
-        let limit = self.chat.limits.max_message_chars;
-        if chars == 0 {
-            Some("content must not be empty".into())
-        } else if chars > limit {
-            Some(format!("content is longer than {limit} characters"))
-        } else {
-            None
-        }
+        changes::content_error(content, self.chat.limits.max_message_chars)
     }
 
     fn send_message(&mut self, user: UserId, request: SendMessage, ctx: &mut Context<Self>) {

@@ -904,7 +904,7 @@ async fn bump_mysql<C: ConnectionTrait>(
         .select_only()
         .column(chat::Column::Id)
         .column(chat::Column::Seq)
-        .filter(chat::Column::Id.is_in(chats.clone()))
+        .filter(chat::Column::Id.is_in(chats))
         .order_by_asc(chat::Column::Id)
         .lock_exclusive()
         .into_tuple::<(uuid::Uuid, i64)>()
@@ -914,22 +914,8 @@ async fn bump_mysql<C: ConnectionTrait>(
         .iter()
         .map(|(chat, seq)| (*chat, seq + counts.get(chat).copied().unwrap_or(0)))
         .collect();
-    let mut cases = tops.iter();
-    let Some((first, top)) = cases.next() else {
-        return Ok(tops);
-    };
-    let mut to = Expr::case(chat::Column::Id.eq(*first), *top);
-    for (chat, top) in cases {
-        to = to.case(chat::Column::Id.eq(*chat), *top);
-    }
-    chat::Entity::update_many()
-        .col_expr(
-            chat::Column::Seq,
-            to.finally(Expr::col(chat::Column::Seq)).into(),
-        )
-        .filter(chat::Column::Id.is_in(chats))
-        .exec(txn)
-        .await?;
+    let moved: Vec<(uuid::Uuid, i64)> = tops.iter().map(|(chat, top)| (*chat, *top)).collect();
+    changes::set_seqs(txn, &moved).await?;
     Ok(tops)
 }
 
