@@ -198,21 +198,6 @@ const FIELD_RULES: &[(&str, &str, &str, u64)] = &[
     ("PasswordChange", "new_password", "maxLength", 1024),
 ];
 
-/// Fields that may be `null`, which Swagger 2.0 can only say with the
-/// `x-nullable` extension: (definition, field).
-const NULLABLE_FIELDS: &[(&str, &str)] = &[
-    ("Contact", "last_message"),
-    ("Contact", "user_id"),
-    ("Contact", "username"),
-    ("Conversation", "last_message"),
-    ("Conversation", "user_id"),
-    ("Conversation", "username"),
-    ("NewGroup", "members"),
-    ("LastMessage", "sender"),
-    ("HistoryItem", "sender"),
-    ("HistoryItem", "client_id"),
-];
-
 /// An example conversation id for the `{id}` paths (a missing one: 404), so
 /// that conformance tools exercise them.
 const EXAMPLE_CONVERSATION: &str = "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11";
@@ -260,22 +245,20 @@ pub fn openapi3(swagger2: &serde_json::Value) -> Result<serde_json::Value, serde
 
 fn refine(spec: &mut serde_json::Value, dialect: &Dialect) {
     let schemas = dialect.schemas;
+    mark_optional_nullable(spec, dialect.nullable);
     for (definition, fields) in REQUIRED_FIELDS {
         if let Some(schema) = spec.pointer_mut(&format!("{schemas}/{definition}")) {
             schema["required"] = serde_json::json!(fields);
             for field in *fields {
                 if let Some(property) = schema.pointer_mut(&format!("/properties/{field}")) {
+                    if let Some(property) = property.as_object_mut() {
+                        property.remove(dialect.nullable);
+                    }
                     if property["type"] == "string" {
                         property["minLength"] = serde_json::json!(1);
                     }
                 }
             }
-        }
-    }
-    for (definition, field) in NULLABLE_FIELDS {
-        let pointer = format!("{schemas}/{definition}/properties/{field}");
-        if let Some(property) = spec.pointer_mut(&pointer) {
-            property[dialect.nullable] = serde_json::json!(true);
         }
     }
     for (definition, field, constraint, value) in FIELD_RULES {
@@ -287,40 +270,93 @@ fn refine(spec: &mut serde_json::Value, dialect: &Dialect) {
     let Some(paths) = spec.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
-    for operation in paths
-        .values_mut()
-        .filter_map(|p| p.as_object_mut())
-        .flat_map(|p| p.values_mut())
-    {
-        let Some(parameters) = operation
-            .get_mut("parameters")
-            .and_then(|p| p.as_array_mut())
-        else {
-            continue;
-        };
-        for parameter in parameters.iter_mut() {
-            let conversation = parameter["in"] == "path" && parameter["name"] == "id";
-            let range = QUERY_RANGES
-                .iter()
-                .find(|(name, _, _)| parameter["in"] == "query" && parameter["name"] == *name);
-            if conversation {
-                parameter[dialect.example] = serde_json::json!(EXAMPLE_CONVERSATION);
-            }
-            let rules = if dialect.parameter_schema {
-                &mut parameter["schema"]
-            } else {
-                parameter
+    for (path, item) in paths.iter_mut() {
+        // `{id}` names a message under /api/messages/, a conversation elsewhere.
+        let message = path.starts_with("/api/messages/");
+        let operations = item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|p| p.values_mut());
+        for operation in operations {
+            let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut())
+            else {
+                continue;
             };
-            if conversation {
-                rules["format"] = serde_json::json!("uuid");
-            }
-            if let Some((_, min, max)) = range {
-                rules["minimum"] = serde_json::json!(min);
-                if let Some(max) = max {
-                    rules["maximum"] = serde_json::json!(max);
-                }
+            for parameter in parameters.iter_mut() {
+                refine_parameter(parameter, message, dialect);
             }
         }
+    }
+}
+
+/// A path's `{id}`: a conversation's uuid, or a message's integer id (the
+/// handlers take any text and answer 404 for one that names nothing); a
+/// query parameter's range.
+fn refine_parameter(parameter: &mut serde_json::Value, message: bool, dialect: &Dialect) {
+    let id = parameter["in"] == "path" && parameter["name"] == "id";
+    let range = QUERY_RANGES
+        .iter()
+        .find(|(name, _, _)| parameter["in"] == "query" && parameter["name"] == *name);
+    if id {
+        parameter[dialect.example] = if message {
+            serde_json::json!(1)
+        } else {
+            serde_json::json!(EXAMPLE_CONVERSATION)
+        };
+    }
+    let rules = if dialect.parameter_schema {
+        &mut parameter["schema"]
+    } else {
+        parameter
+    };
+    if id && message {
+        rules["type"] = serde_json::json!("integer");
+        rules["format"] = serde_json::json!("int64");
+    } else if id {
+        rules["format"] = serde_json::json!("uuid");
+    }
+    if let Some((_, min, max)) = range {
+        rules["minimum"] = serde_json::json!(min);
+        if let Some(max) = max {
+            rules["maximum"] = serde_json::json!(max);
+        }
+    }
+}
+
+/// Marks every property a schema does not require as nullable, wherever
+/// the schema sits (a definition, or one paperclip inlined into a
+/// response): paperclip leaves out of `required` exactly the `Option`
+/// fields, which the server writes as `null` when absent and accepts as
+/// `null` in a request. Swagger 2.0 can say so only with `x-nullable`.
+fn mark_optional_nullable(value: &mut serde_json::Value, nullable: &str) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let required: Vec<String> = object
+                .get("required")
+                .and_then(|r| r.as_array())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|f| f.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(properties) = object.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                for (name, property) in properties.iter_mut() {
+                    if !required.contains(name) && property.get("$ref").is_none() {
+                        property[nullable] = serde_json::json!(true);
+                    }
+                }
+            }
+            object
+                .values_mut()
+                .for_each(|v| mark_optional_nullable(v, nullable));
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| mark_optional_nullable(v, nullable)),
+        _ => {}
     }
 }
 
