@@ -106,6 +106,13 @@ pub struct ServerSettings {
     pub drain_seconds: u64,
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout_seconds: u64,
+    /// How long a new WebSocket has to authorize before it is closed (A2.2).
+    pub authorization_timeout_seconds: u64,
+    /// How often the server pings each WebSocket (B5).
+    pub heartbeat_seconds: u64,
+    /// Silence after which a WebSocket is dropped with 1001 (B5); checked at
+    /// each ping, so a client is dropped within one heartbeat after it.
+    pub client_timeout_seconds: u64,
     /// How long a request body may take to arrive once its head has: a
     /// client that announces a body and never sends it is answered 408 and
     /// its connection closed, instead of holding it forever.
@@ -133,6 +140,9 @@ impl Default for ServerSettings {
             drain_seconds: 0,
             shutdown_timeout_seconds: 10,
             body_read_timeout_seconds: 10,
+            authorization_timeout_seconds: 5,
+            heartbeat_seconds: 10,
+            client_timeout_seconds: 30,
             metrics_token: None,
             gs_bucket_name: None,
         }
@@ -485,6 +495,25 @@ impl Settings {
         }
         if self.server.body_read_timeout_seconds == 0 {
             return invalid("BODY_READ_TIMEOUT_SECONDS must be at least 1");
+        }
+        let server = &self.server;
+        if server.authorization_timeout_seconds == 0 || server.heartbeat_seconds == 0 {
+            return invalid(
+                "AUTHORIZATION_TIMEOUT_SECONDS and HEARTBEAT_SECONDS must be at least 1",
+            );
+        }
+        if server.heartbeat_seconds > 3600 || server.authorization_timeout_seconds > 3600 {
+            return invalid(
+                "AUTHORIZATION_TIMEOUT_SECONDS and HEARTBEAT_SECONDS must be at most 3600",
+            );
+        }
+        if server.client_timeout_seconds <= server.heartbeat_seconds
+            || server.client_timeout_seconds > 24 * 3600
+        {
+            return invalid(
+                "CLIENT_TIMEOUT_SECONDS must be longer than HEARTBEAT_SECONDS (a client answers \
+                 pings) and at most 86400",
+            );
         }
         if self.auth.token_ttl_seconds == 0 {
             return invalid("TOKEN_TTL_SECONDS must be at least 1");
@@ -876,6 +905,26 @@ mod tests {
         assert_eq!(s.auth.token_ttl_seconds, 604_800);
         assert!(s.auth.registration_open && !s.server.debug);
         assert_eq!(s.server.log_format, LogFormat::Pretty);
+        // A2.2's authorization timeout, B5's ping interval and silence limit.
+        let server = &s.server;
+        assert_eq!(
+            (
+                server.authorization_timeout_seconds,
+                server.heartbeat_seconds,
+                server.client_timeout_seconds
+            ),
+            (5, 10, 30)
+        );
+        for (name, value) in [
+            ("HEARTBEAT_SECONDS", "0"),
+            ("AUTHORIZATION_TIMEOUT_SECONDS", "0"),
+            ("CLIENT_TIMEOUT_SECONDS", "10"),
+        ] {
+            assert!(
+                Settings::from_vars(vars(&[(name, value)])).is_err(),
+                "{name}={value}"
+            );
+        }
     }
 
     #[test]

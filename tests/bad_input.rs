@@ -1,7 +1,7 @@
 //! Bad input over the WebSocket: every case gets the exact error frame of
 //! PROTOCOL.md (A2.7, B3) and the connection stays usable.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -298,24 +298,24 @@ async fn bad_tokens_and_inactive_users_are_refused() {
 }
 
 #[actix_rt::test]
-async fn no_authorization_within_five_seconds_closes() {
-    let app = TestApp::spawn(&Backend::Sqlite).await;
+async fn no_authorization_within_the_timeout_closes() {
+    // A2.2's 5 s is the default; the same timer, shortened to 2 s.
+    let app =
+        TestApp::spawn_with(&Backend::Sqlite, &[("AUTHORIZATION_TIMEOUT_SECONDS", "2")]).await;
+    // Started before the connection: the server's timer starts after it.
+    let started = std::time::Instant::now();
     let mut ws = app.ws("/chat/").await;
     assert_eq!(
         ws.recv().await,
         json!({"type": "info", "data": "Waiting user token..."})
     );
-    let started = std::time::Instant::now();
     assert_eq!(
         ws.recv().await,
         json!({"type": "authorization_response", "data": {"accepted": false, "message": "Authorization failed, connection timeout."}})
     );
+    // Never early; how late depends on the machine (recv's wait bounds it).
     let waited = started.elapsed();
-    assert!(
-        // The bound is A2.2's 5 s, with 2 s of margin for a loaded machine.
-        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(7),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
     let reason = ws.expect_close().await.expect("close reason");
     assert_eq!(reason.code, CloseCode::Normal);
 }

@@ -1,7 +1,7 @@
 //! The load generator against a real server: a short, bounded run whose
 //! counts (not speed) are checked.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! presence in the direct conversation, no groups or invitations from the
 //! blocked person; over the WebSocket and REST.
 
-mod common;
+use crate::common;
 
 use actix_web::http::Method;
 use common::{Backend, TestApp};

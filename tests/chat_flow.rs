@@ -1,6 +1,6 @@
 //! The web client's whole flow (PROTOCOL.md A2), frame by frame, on every backend.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! The binary as a user runs it: the `user` and `contact` commands, bad
 //! configuration, and `serve` from start to a graceful SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! PostgreSQL database (`TEST_POSTGRES_URL`) the two instances share, so
 //! they are ignored by a bare `cargo test`; CI runs them.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -2,7 +2,7 @@
 //! and failure, read marks, contact order, throttle windows, field and
 //! paging bounds, close codes, and unparseable floods.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

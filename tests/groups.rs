@@ -3,7 +3,7 @@
 //! presence in groups, every error, the old client's view of a group, the
 //! REST endpoints, and concurrent changes.
 
-mod common;
+use crate::common;
 
 use actix_web::http::Method;
 use common::{Backend, TestApp};

@@ -2,7 +2,7 @@
 //! is invited instead of added, joins only by accepting, and can decline
 //! for good; pending invitations and group memberships per user are capped.
 
-mod common;
+use crate::common;
 
 use actix_web::http::Method;
 use common::{Backend, TestApp, WsClient};

@@ -1,7 +1,7 @@
 //! `POST /api/login/` exactly as the web client uses it (PROTOCOL.md A1),
 //! with every error body, CORS, brute-force limits and the Host check.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! until when, how many) are answered with the B3 codes; a deletion leaves
 //! nothing of the text in the database.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

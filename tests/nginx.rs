@@ -6,7 +6,7 @@
 //! Needs `nginx` on the PATH (Debian's package; CI installs it), a server
 //! database and Redis, so it is ignored by a bare `cargo test`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

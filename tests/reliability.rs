@@ -1,7 +1,7 @@
 //! Faults with a real server process: SIGKILL in the middle of a message
 //! stream, SIGTERM with clients connected, and abusive connections.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -334,7 +334,7 @@ async fn sigterm_drains_before_it_closes() {
         .timeout(Duration::from_secs(20))
         .finish();
     let mut server =
-        Server::start_with(dir.path(), common::free_port(), &[("DRAIN_SECONDS", "2")]).await;
+        Server::start_with(dir.path(), common::free_port(), &[("DRAIN_SECONDS", "4")]).await;
     let alice = register(&client, &server, "alice").await;
     register(&client, &server, "bob").await;
     let pk = add_contact(&client, &server, &alice, "bob").await;
@@ -348,9 +348,11 @@ async fn sigterm_drains_before_it_closes() {
             assert_eq!(body, json!({"status": "draining"}));
             break;
         }
+        // Not ready before the drain ends (a balancer must learn it while
+        // the sessions are still served); in practice within milliseconds.
         assert!(
-            stopped_at.elapsed() < Duration::from_secs(1),
-            "not ready at once"
+            stopped_at.elapsed() < Duration::from_secs(4),
+            "still ready at the end of the drain"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -380,7 +382,7 @@ async fn sigterm_drains_before_it_closes() {
     assert!(acks.contains_key("d1"), "acknowledged during the drain");
     assert_eq!(close.map(|r| r.code), Some(CloseCode::Away));
     assert!(
-        stopped_at.elapsed() >= Duration::from_secs(2),
+        stopped_at.elapsed() >= Duration::from_secs(4),
         "sessions closed only after the drain"
     );
     assert!(server.wait_exit(Duration::from_secs(12)).success());

@@ -1,7 +1,7 @@
 //! The REST API beyond login: accounts, users, contacts, history, the
 //! OpenAPI docs, health and readiness.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp, PASSWORD};
 use entity::chat;

@@ -7,7 +7,7 @@
 //! they are ignored by a bare `cargo test`; CI runs them with
 //! `--include-ignored`, and then a missing service fails them.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

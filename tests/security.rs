@@ -3,7 +3,7 @@
 //! internal errors, message de-duplication across conversations, expired
 //! tokens, and the smaller hardening items.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

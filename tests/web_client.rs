@@ -2,7 +2,7 @@
 //! with its type and the headers that keep the page safe (WEBCLIENT.md;
 //! the browser tests themselves are in e2e/).
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 

@@ -20,6 +20,7 @@ pub mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -46,6 +47,10 @@ pub struct Limits {
     pub rate_burst: u32,
     pub outbox_capacity: usize,
     pub max_unauthenticated_per_address: usize,
+    /// How long a new connection has to authorize (A2.2).
+    pub authorization_timeout: Duration,
+    /// Pings and the silence limit (B5).
+    pub heartbeat: timers::Timing,
 }
 
 impl Limits {
@@ -57,6 +62,13 @@ impl Limits {
             rate_burst: settings.limits.rate_limit_burst,
             outbox_capacity: settings.limits.outbox_capacity,
             max_unauthenticated_per_address: settings.limits.max_unauthenticated_per_address,
+            authorization_timeout: Duration::from_secs(
+                settings.server.authorization_timeout_seconds,
+            ),
+            heartbeat: timers::Timing {
+                interval: Duration::from_secs(settings.server.heartbeat_seconds),
+                client_timeout: Duration::from_secs(settings.server.client_timeout_seconds),
+            },
         }
     }
 }

@@ -30,12 +30,6 @@ use super::{internal_reply, ChatContext};
 use crate::auth::{self, AuthError};
 use crate::metrics;
 
-/// How long a new connection has to authorize (PROTOCOL.md A2.2).
-pub const AUTHORIZATION_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the server pings (B5).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-/// Silence after which a connection is dropped (B5).
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `client_id` accepted (B2).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 /// Why a message or typing in a blocked direct conversation is refused (C10).
@@ -366,6 +360,7 @@ impl WsSession {
             Instant::now() + remaining,
             self.id,
             ctx.address().downgrade().recipient(),
+            self.chat.limits.heartbeat,
         ));
     }
 
@@ -950,7 +945,7 @@ impl Actor for WsSession {
         self.chat.metrics.connection_opened();
         tracing::debug!(parent: &self.span, "connected");
         self.send(&ServerEvent::Info("Waiting user token..."), ctx);
-        ctx.run_later(AUTHORIZATION_TIMEOUT, |act, ctx| {
+        ctx.run_later(self.chat.limits.authorization_timeout, |act, ctx| {
             if act.user.is_none() {
                 act.send(
                     &ServerEvent::AuthorizationResponse(AuthorizationReply::timeout()),
@@ -963,6 +958,7 @@ impl Actor for WsSession {
             self.id,
             self.outbox.clone(),
             ctx.address().downgrade().recipient(),
+            self.chat.limits.heartbeat,
         ));
         if let Some(token) = self.url_token.take() {
             self.authorize(token, ctx);

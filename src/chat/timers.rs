@@ -7,7 +7,7 @@
 //! `epoll_wait`, and its own wake-up of the session's actor, whose context
 //! also polled its token's timer on every wake-up. Here each worker thread
 //! keeps its sessions in `SLOTS` slots and one task visits a slot every
-//! `HEARTBEAT_INTERVAL / SLOTS`: it queues a ping straight into each
+//! `Timing::interval / SLOTS`: it queues a ping straight into each
 //! session's outbox (the actor is not woken) and tells a session's actor only
 //! when its client has been silent too long or stopped reading. A worker's
 //! pings go out in `SLOTS` small bursts a period, so their writes, and the
@@ -23,7 +23,6 @@ use actix::prelude::*;
 use actix::WeakRecipient;
 
 use super::server::SessionId;
-use super::session::{CLIENT_TIMEOUT, HEARTBEAT_INTERVAL};
 use super::socket::{Outbox, Queued};
 
 /// Slots a period is split into: each session is pinged once a period, at
@@ -32,13 +31,25 @@ use super::socket::{Outbox, Queued};
 /// during one waits for it (a burst of 1,000 pings is about 15 ms here).
 const SLOTS: usize = 100;
 
-/// How often the task runs: one slot's turn, and the expiries due.
-const STEP: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 / SLOTS as u64);
+/// How often clients are pinged, and how long a silent one is kept (B5:
+/// 10 s and 30 s; `HEARTBEAT_SECONDS`, `CLIENT_TIMEOUT_SECONDS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub client_timeout: Duration,
+}
+
+impl Timing {
+    /// How often the task runs: one slot's turn, and the expiries due.
+    fn step(self) -> Duration {
+        self.interval / SLOTS as u32
+    }
+}
 
 /// Why a session's heartbeat gave up on its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Nothing heard for longer than `CLIENT_TIMEOUT`.
+    /// Nothing heard for longer than `Timing::client_timeout`.
     Silent,
     /// The ping did not fit: the client stopped reading (the outbox has
     /// already queued the close).
@@ -151,14 +162,16 @@ thread_local! {
     static WHEEL: RefCell<Weak<RefCell<Wheel>>> = const { RefCell::new(Weak::new()) };
 }
 
-/// The current worker thread's wheel; starts its task the first time.
-fn wheel() -> Rc<RefCell<Wheel>> {
+/// The current worker thread's wheel; starts its task the first time, with
+/// `timing` (a worker thread serves one server, so every session of a
+/// thread has the same).
+fn wheel(timing: Timing) -> Rc<RefCell<Wheel>> {
     WHEEL.with(|current| {
         let mut current = current.borrow_mut();
         current.upgrade().unwrap_or_else(|| {
             let wheel = Rc::new(RefCell::new(Wheel::default()));
             *current = Rc::downgrade(&wheel);
-            actix::spawn(run(wheel.clone()));
+            actix::spawn(run(wheel.clone(), timing));
             wheel
         })
     })
@@ -173,16 +186,17 @@ pub struct Heartbeat {
 }
 
 /// Puts a session under the current worker thread's heartbeat: its client
-/// is pinged every `HEARTBEAT_INTERVAL` (the first time one period from
-/// now), and `session` gets `HeartbeatFailed` once the client has been silent
-/// for `CLIENT_TIMEOUT` or stops reading. Call from within an actix arbiter,
-/// on the session's thread (a session's `started`).
+/// is pinged every `timing.interval` (the first time one period from now),
+/// and `session` gets `HeartbeatFailed` once the client has been silent for
+/// `timing.client_timeout` or stops reading. Call from within an actix
+/// arbiter, on the session's thread (a session's `started`).
 pub fn register(
     id: SessionId,
     outbox: Outbox,
     session: WeakRecipient<HeartbeatFailed>,
+    timing: Timing,
 ) -> Heartbeat {
-    let slot = wheel().borrow_mut().add(id, outbox, session);
+    let slot = wheel(timing).borrow_mut().add(id, outbox, session);
     Heartbeat { slot, id }
 }
 
@@ -214,9 +228,14 @@ pub struct Expiry {
 
 /// Sends `session` a `TokenExpired` at `at` (at most one step late). Call
 /// from within an actix arbiter, on the session's thread.
-pub fn expire_at(at: Instant, id: SessionId, session: WeakRecipient<TokenExpired>) -> Expiry {
+pub fn expire_at(
+    at: Instant,
+    id: SessionId,
+    session: WeakRecipient<TokenExpired>,
+    timing: Timing,
+) -> Expiry {
     let key = (at, id);
-    wheel().borrow_mut().expiries.insert(key, session);
+    wheel(timing).borrow_mut().expiries.insert(key, session);
     Expiry { key }
 }
 
@@ -229,13 +248,14 @@ impl Drop for Expiry {
 }
 
 /// The task that turns a worker thread's wheel.
-async fn run(wheel: Rc<RefCell<Wheel>>) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + STEP, STEP);
+async fn run(wheel: Rc<RefCell<Wheel>>, timing: Timing) {
+    let step = timing.step();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let mut wheel = wheel.borrow_mut();
-        wheel.turn(CLIENT_TIMEOUT);
+        wheel.turn(timing.client_timeout);
         wheel.expire(Instant::now());
     }
 }
@@ -248,6 +268,13 @@ mod tests {
 
     use super::*;
     use crate::chat::socket;
+
+    /// B5's timing.
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+    const TIMING: Timing = Timing {
+        interval: Duration::from_secs(10),
+        client_timeout: CLIENT_TIMEOUT,
+    };
 
     /// What a session was told.
     #[derive(Debug, PartialEq)]
@@ -395,13 +422,18 @@ mod tests {
     async fn dropping_an_expiry_cancels_it() {
         let (session, log) = session();
         let soon = Instant::now() + Duration::from_millis(100);
-        let kept = expire_at(soon, 1, session.downgrade().recipient());
-        let cancelled = expire_at(soon, 2, session.downgrade().recipient());
+        let kept = expire_at(soon, 1, session.downgrade().recipient(), TIMING);
+        let cancelled = expire_at(soon, 2, session.downgrade().recipient(), TIMING);
         drop(cancelled);
-        assert_eq!(wheel().borrow().expiries.len(), 1);
-        // The wheel's task tells the session within one step of the time.
-        tokio::time::sleep(STEP + Duration::from_millis(200)).await;
-        assert_eq!(told(&log).await, [Told::Expired]);
+        assert_eq!(wheel(TIMING).borrow().expiries.len(), 1);
+        // The wheel's task tells the session (within one step of the time);
+        // the cancelled one never comes, as the wheel holds only the other.
+        let mut heard = Vec::new();
+        while heard.is_empty() {
+            heard = told(&log).await;
+        }
+        assert_eq!(heard, [Told::Expired]);
+        assert!(wheel(TIMING).borrow().expiries.is_empty());
         drop(kept);
     }
 
@@ -409,9 +441,16 @@ mod tests {
     async fn a_session_that_ends_is_forgotten_at_once() {
         let (session, _log) = session();
         let (outbox, _body) = socket::outbox(8);
-        let kept = register(1, outbox.clone(), session.downgrade().recipient());
-        let ended = register(2, outbox, session.downgrade().recipient());
-        let registered = || wheel().borrow().slots.iter().map(Vec::len).sum::<usize>();
+        let kept = register(1, outbox.clone(), session.downgrade().recipient(), TIMING);
+        let ended = register(2, outbox, session.downgrade().recipient(), TIMING);
+        let registered = || {
+            wheel(TIMING)
+                .borrow()
+                .slots
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
         assert_eq!(registered(), 2);
         drop(ended);
         assert_eq!(registered(), 1);

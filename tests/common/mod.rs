@@ -519,6 +519,21 @@ impl WsClient {
         }
     }
 
+    /// Answers the server's next `n` pings (B5), failing on any other frame.
+    pub async fn answer_pings(&mut self, n: usize) {
+        for _ in 0..n {
+            match tokio::time::timeout(TIMEOUT, self.framed.next()).await {
+                Ok(Some(Ok(ws::Frame::Ping(p)))) => {
+                    self.framed
+                        .send(ws::Message::Pong(p))
+                        .await
+                        .expect("send pong");
+                }
+                other => panic!("expected a ping, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON frame (fails on anything else).
     pub async fn recv(&mut self) -> Value {
         match self.next_event(TIMEOUT).await {
