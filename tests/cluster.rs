@@ -3,7 +3,8 @@
 //! revocation cross as on one Redis; when the master owning a
 //! conversation's channel dies, its replica takes over, delivery resumes
 //! within `FAILOVER_BOUND`, and the history holds every acknowledged message
-//! exactly once.
+//! exactly once; and the same when the channel's slot moves to another
+//! master (Redis drops the sharded subscriptions with SUNSUBSCRIBE).
 //!
 //! They need `redis-server` and `redis-cli` (7+, for sharded pub/sub) and a
 //! PostgreSQL database (`TEST_POSTGRES_URL`) the two instances share, so
@@ -172,7 +173,39 @@ fn read_messages(mut ws: WsClient, received: Received) {
 #[actix_rt::test]
 #[ignore = "needs redis-server, redis-cli and TEST_POSTGRES_URL; run with --include-ignored"]
 async fn a_master_failover_loses_nothing() {
-    let mut cluster = RedisCluster::start();
+    let cluster = RedisCluster::start();
+    live_traffic_through(cluster, "the master died", |cluster, channel| {
+        let victim = cluster.master_of(channel);
+        cluster.kill(victim);
+    })
+    .await;
+}
+
+/// A conversation's slot moved to another master under live traffic: Redis
+/// then drops the instances' sharded subscriptions to its channel with an
+/// unsolicited SUNSUBSCRIBE, and each subscribes again on the new owner.
+#[actix_rt::test]
+#[ignore = "needs redis-server, redis-cli and TEST_POSTGRES_URL; run with --include-ignored"]
+async fn a_slot_migration_loses_nothing() {
+    let cluster = RedisCluster::start();
+    live_traffic_through(cluster, "the slot moved", |cluster, channel| {
+        let to = cluster.migrate_slot(channel);
+        assert_eq!(cluster.master_of(channel), to);
+    })
+    .await;
+}
+
+/// Alice sends to Bob on another instance, one message at a time, and
+/// `fault` strikes the conversation channel's node a second in: live
+/// delivery must resume within `FAILOVER_BOUND`, the history hold every
+/// acknowledged message exactly once, and Bob catch up on what the fault
+/// cost him live.
+async fn live_traffic_through(
+    mut cluster: RedisCluster,
+    what: &str,
+    fault: impl FnOnce(&mut RedisCluster, &str),
+) {
+    let mut fault = Some(fault);
     let db = TestDatabase::create(&Backend::postgres()).await;
     let prefix = redis_prefix();
     let (a, b) = instances_on(&cluster, &db, &prefix).await;
@@ -184,13 +217,12 @@ async fn a_master_failover_loses_nothing() {
     let received: Received = Rc::default();
     read_messages(bob, received.clone());
 
-    // The master serving the conversation's channel.
+    // The conversation's channel.
     let channel = format!("{prefix}:conv:{}", pk.replace('-', ""));
-    let victim = cluster.master_of(&channel);
 
     let mut acked: HashMap<String, i64> = HashMap::new();
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
-    let mut killed: Option<Instant> = None;
+    let mut struck: Option<Instant> = None;
     let mut resumed: Option<Duration> = None;
     let started = Instant::now();
     for n in 0.. {
@@ -206,16 +238,15 @@ async fn a_master_failover_loses_nothing() {
             .unwrap_or_else(|| panic!("acknowledged: {ack}"));
         acked.insert(content, id);
 
-        if killed.is_none() && started.elapsed() > Duration::from_secs(1) {
-            assert!(
-                !received.borrow().is_empty(),
-                "live delivery before the failover"
-            );
-            cluster.kill(victim);
-            killed = Some(Instant::now());
+        if struck.is_none() && started.elapsed() > Duration::from_secs(1) {
+            assert!(!received.borrow().is_empty(), "live delivery before {what}");
+            if let Some(fault) = fault.take() {
+                fault(&mut cluster, &channel);
+            }
+            struck = Some(Instant::now());
         }
-        if let Some(at) = killed {
-            // Resumed: a message sent after the kill arrived live.
+        if let Some(at) = struck {
+            // Resumed: a message sent after the fault arrived live.
             let first_after = received
                 .borrow()
                 .iter()
@@ -235,12 +266,12 @@ async fn a_master_failover_loses_nothing() {
     let Some(resumed) = resumed else {
         let port = cluster.live_ports()[0];
         panic!(
-            "live delivery never resumed after the failover; the cluster says:\n{}",
+            "live delivery never resumed after {what}; the cluster says:\n{}",
             RedisCluster::text(port, redis::cmd("CLUSTER").arg("NODES"))
         );
     };
     eprintln!(
-        "failover: {} messages, delivery resumed {resumed:?} after the master died",
+        "{} messages, delivery resumed {resumed:?} after {what}",
         acked.len()
     );
     assert!(resumed < FAILOVER_BOUND, "resumed after {resumed:?}");
@@ -261,7 +292,7 @@ async fn a_master_failover_loses_nothing() {
         "the history is exactly what was acknowledged"
     );
 
-    // Live, bob got each message at most once, in order; what the failover
+    // Live, bob got each message at most once, in order; what the fault
     // cost him live he gets by catching up after the last one he saw.
     let live: Vec<String> = received.borrow().iter().map(|(c, _)| c.clone()).collect();
     let unique: HashSet<&String> = live.iter().collect();
@@ -269,9 +300,9 @@ async fn a_master_failover_loses_nothing() {
     let ids: Vec<i64> = live.iter().map(|c| acked[c]).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "live order: {live:?}");
     let mut bob_again = b.authorized(&bob_token).await;
-    let before_failover = *ids.first().expect("bob got messages live");
+    let before_fault = *ids.first().expect("bob got messages live");
     let mut seen: HashSet<String> = HashSet::from([live[0].clone()]);
-    let mut after = before_failover;
+    let mut after = before_fault;
     loop {
         let page = bob_again
             .ask(json!({"type": "get_messages", "data": {"id": pk, "after": after}}))
@@ -286,7 +317,7 @@ async fn a_master_failover_loses_nothing() {
     }
     let missing: Vec<&String> = acked
         .iter()
-        .filter(|(_, id)| **id >= before_failover)
+        .filter(|(_, id)| **id >= before_fault)
         .map(|(c, _)| c)
         .filter(|c| !seen.contains(*c))
         .collect();

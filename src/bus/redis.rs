@@ -37,7 +37,7 @@ use redis::AsyncTypedCommands;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-use super::target::{Conn, RedisTarget, Subscriber};
+use super::target::{Conn, Incoming, RedisTarget, Subscriber};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::presence::Presence;
@@ -89,6 +89,13 @@ impl Names {
     }
     fn conversation(&self, chat: ChatId) -> String {
         format!("{}:conv:{}", self.prefix, chat.0.simple())
+    }
+    /// The conversation whose channel this is, if it is one of ours.
+    fn chat_of(&self, channel: &str) -> Option<ChatId> {
+        let id = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":conv:")?;
+        uuid::Uuid::try_parse(id).ok().map(ChatId)
     }
     fn control(&self) -> String {
         format!("{}:control", self.shared())
@@ -1063,8 +1070,22 @@ impl Actor for RedisBridge {
     }
 }
 
-impl StreamHandler<redis::Msg> for RedisBridge {
-    fn handle(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
+impl StreamHandler<Incoming> for RedisBridge {
+    fn handle(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+        match incoming {
+            Incoming::Message(msg) => self.received(msg, ctx),
+            Incoming::Unsubscribed(channel) => self.unsubscribed(channel),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.lost(ctx, "subscription connection closed");
+    }
+}
+
+impl RedisBridge {
+    /// An envelope from another instance (our own are ignored).
+    fn received(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
         let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
             let channel = msg.get_channel_name();
             tracing::warn!(channel, "undecodable message on a bus channel");
@@ -1163,8 +1184,26 @@ impl StreamHandler<redis::Msg> for RedisBridge {
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.lost(ctx, "subscription connection closed");
+    /// A cluster node ended a sharded subscription: the confirmation of
+    /// ours (the channel is no longer wanted), or the node's own because
+    /// the channel's slot moved to another master, after which we subscribe
+    /// again (the cluster client finds the new owner). Events published in
+    /// between are missed live, as in an outage: the next event of the
+    /// conversation shows the gap in `seq`, which is filled from the
+    /// database, and clients catch up with `sync` (B7).
+    fn unsubscribed(&mut self, channel: String) {
+        let wanted = channel == self.names.control()
+            || self
+                .names
+                .chat_of(&channel)
+                .is_some_and(|chat| self.rooms.contains(&chat));
+        if let (true, Some(link)) = (wanted, &self.link) {
+            tracing::info!(
+                channel,
+                "a cluster node dropped our subscription (slot moved); subscribing again"
+            );
+            let _ = link.subscriptions.send(Subscription::Change(channel, true));
+        }
     }
 }
 

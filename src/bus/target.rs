@@ -14,7 +14,12 @@
 //!   groups are sent together; order holds per slot, hence per channel;
 //! - every node connection is watched: when one drops (a master failed, say),
 //!   the bridge treats it as Redis going away and comes back as it does after
-//!   any outage (resubscribe, re-register, reload memberships).
+//!   any outage (resubscribe, re-register, reload memberships);
+//! - a node that stops serving a slot (the slot migrated to another master)
+//!   drops the sharded subscriptions to its channels with an unsolicited
+//!   `SUNSUBSCRIBE`: the stream reports it (`Incoming::Unsubscribed`), and
+//!   the bridge subscribes again to each channel it still wants, which the
+//!   cluster client sends to the slot's new owner.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -41,9 +46,19 @@ pub enum RedisTarget {
     Cluster(Vec<redis::ConnectionInfo>),
 }
 
-/// Messages arriving on the subscribed channels; ends when the subscription
+/// What arrives on the subscription connection.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A message on a subscribed channel.
+    Message(Msg),
+    /// A cluster node ended a sharded subscription (`SUNSUBSCRIBE`): ours,
+    /// confirmed, or the node's own when the channel's slot moved away.
+    Unsubscribed(String),
+}
+
+/// What arrives on the subscribed channels; ends when the subscription
 /// connection (or, on a cluster, any node's connection) is lost.
-pub type Messages = Pin<Box<dyn Stream<Item = Msg> + Send>>;
+pub type Messages = Pin<Box<dyn Stream<Item = Incoming> + Send>>;
 
 impl RedisTarget {
     /// From `REDIS_CLUSTER_URLS`, or `REDIS_URL`/`REDIS_HOST`; `None` without either.
@@ -130,7 +145,7 @@ impl RedisTarget {
                 Ok((
                     Conn::Single(publisher),
                     Subscriber::Single(sink),
-                    Box::pin(stream),
+                    Box::pin(futures_util::StreamExt::map(stream, Incoming::Message)),
                 ))
             }
             RedisTarget::Cluster(nodes) => {
@@ -143,11 +158,21 @@ impl RedisTarget {
                 let messages = futures_util::stream::unfold(pushes, |mut pushes| async move {
                     loop {
                         let push = pushes.recv().await?;
-                        if push.kind == PushKind::Disconnection {
-                            return None;
-                        }
-                        if let Some(msg) = Msg::from_push_info(push) {
-                            return Some((msg, pushes));
+                        match push.kind {
+                            PushKind::Disconnection => return None,
+                            PushKind::SUnsubscribe => {
+                                let channel = push.data.first().and_then(|channel| {
+                                    redis::from_redis_value_ref::<String>(channel).ok()
+                                });
+                                if let Some(channel) = channel {
+                                    return Some((Incoming::Unsubscribed(channel), pushes));
+                                }
+                            }
+                            _ => {
+                                if let Some(msg) = Msg::from_push_info(push) {
+                                    return Some((Incoming::Message(msg), pushes));
+                                }
+                            }
                         }
                     }
                 });

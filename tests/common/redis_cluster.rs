@@ -174,6 +174,84 @@ impl RedisCluster {
         panic!("no master serves slot {slot}:\n{nodes}");
     }
 
+    /// Moves `key`'s slot to another master, as `redis-cli --cluster
+    /// reshard` does: IMPORTING on the new owner, MIGRATING on the old,
+    /// MIGRATE of the slot's keys, then the new owner announced to every
+    /// master. Returns the new owner's port.
+    pub fn migrate_slot(&self, key: &str) -> u16 {
+        let from = self.master_of(key);
+        let to = self
+            .masters()
+            .into_iter()
+            .find(|p| *p != from)
+            .expect("another master");
+        let id = |port: u16| Self::text(port, redis::cmd("CLUSTER").arg("MYID"));
+        let (from_id, to_id) = (id(from), id(to));
+        let slot: i64 = redis::from_redis_value(
+            Self::query(from, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).expect("KEYSLOT"),
+        )
+        .expect("a slot number");
+        let setslot = |port: u16, state: &str, node: &str| {
+            Self::query(
+                port,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(node),
+            )
+            .unwrap_or_else(|e| panic!("SETSLOT {slot} {state} on {port}: {e}"));
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        loop {
+            let keys: Vec<String> = redis::from_redis_value(
+                Self::query(
+                    from,
+                    redis::cmd("CLUSTER")
+                        .arg("GETKEYSINSLOT")
+                        .arg(slot)
+                        .arg(100),
+                )
+                .expect("GETKEYSINSLOT"),
+            )
+            .expect("keys");
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys);
+            Self::query(from, &migrate).expect("MIGRATE");
+        }
+        setslot(to, "NODE", &to_id);
+        setslot(from, "NODE", &to_id);
+        for port in self
+            .masters()
+            .into_iter()
+            .filter(|p| *p != from && *p != to)
+        {
+            setslot(port, "NODE", &to_id);
+        }
+        to
+    }
+
+    /// The ports of the live masters.
+    fn masters(&self) -> Vec<u16> {
+        self.live_ports()
+            .into_iter()
+            .filter(|port| {
+                Self::text(*port, redis::cmd("INFO").arg("replication")).contains("role:master")
+            })
+            .collect()
+    }
+
     pub fn live_ports(&self) -> Vec<u16> {
         self.ports
             .iter()
