@@ -487,10 +487,15 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
             let mut rng = Rng(seed.wrapping_add(r));
             let mut view = View::default();
             let mut reconnects = 0;
-            while Instant::now() < deadline {
+            // Until the senders stop, and at least `MIN_RECONNECTS` times
+            // however slow the machine (a loaded one reconnects less often).
+            while Instant::now() < deadline || reconnects < MIN_RECONNECTS {
                 let app = &apps[rng.below(apps.len() as u64) as usize];
-                let until = Instant::now() + Duration::from_millis(50 + rng.below(1500));
-                read_for(app, &token, &pk, how, &mut view, until.min(deadline)).await;
+                // Past the deadline: connect, catch up, leave.
+                let now = Instant::now();
+                let until =
+                    (now + Duration::from_millis(50 + rng.below(1500))).min(deadline.max(now));
+                read_for(app, &token, &pk, how, &mut view, until).await;
                 reconnects += 1;
             }
             // The senders have stopped: one last catch-up, after everything
@@ -535,7 +540,6 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
         let (how, mut view, reconnects, token) = reader.await.expect("a reader");
         let app = &apps[0];
         read_for(app, &token, &pk, how, &mut view, Instant::now()).await;
-        assert!(reconnects > 3, "{how:?}: only {reconnects} reconnects");
         assert_eq!(
             view.ids.len(),
             expected.len(),
@@ -545,6 +549,9 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
         assert_eq!(view.ids, expected, "{how:?}: in the conversation's order");
     }
 }
+
+/// Fewest catch-ups after a reconnect each reader makes in a run.
+const MIN_RECONNECTS: usize = 4;
 
 /// How long the randomized run lasts: `CONVERSATION_LOG_SECONDS`, 30 by
 /// default (set it longer for a soak; CI keeps the default).
