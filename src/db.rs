@@ -76,6 +76,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
                 .foreign_keys(true)
                 .create_if_missing(true)
         });
+        options.map_sqlx_sqlite_before_acquire(|conn, _| Box::pin(outside_transaction(conn)));
     }
     if engine != DbEngine::Sqlite {
         probe(engine, &settings.database.url()).await?;
@@ -83,6 +84,38 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
     Database::connect(options)
         .await
         .map_err(|source| DbSetupError::Connect { engine, source })
+}
+
+/// Whether a pooled SQLite connection is outside any transaction, as one
+/// must be when it is handed out; one that is not is closed (the pool opens
+/// a fresh one). A write failing with `SQLITE_FULL` (a full disk) can end
+/// its transaction inside SQLite, after which sqlx's ROLLBACK fails and its
+/// count of open transactions stays at one: the next "BEGIN" on that
+/// connection becomes a SAVEPOINT, and the connection holds a transaction
+/// it never ends, so every other writer waits for the lock for good
+/// (tests/faults.rs, "a full disk").
+async fn outside_transaction(
+    conn: &mut sea_orm::sqlx::sqlite::SqliteConnection,
+) -> Result<bool, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Connection;
+    // Waits for the connection's worker: a rollback queued when a
+    // transaction was dropped has run by then.
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is a live sqlite3 connection, locked for us;
+    // sqlite3_get_autocommit only reads its state.
+    let autocommit =
+        unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) };
+    drop(handle);
+    let counted = conn.is_in_transaction();
+    let clean = autocommit != 0 && !counted;
+    if !clean {
+        tracing::warn!(
+            counted,
+            in_sqlite = autocommit == 0,
+            "a pooled SQLite connection was left in a transaction; closed"
+        );
+    }
+    Ok(clean)
 }
 
 /// How long the reachability probe of a database server may take.
@@ -234,6 +267,20 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<usize, DbSetupError> {
 }
 
 /// Whether the database answers a trivial query.
+/// Begins a transaction that will write. On SQLite it takes the write lock
+/// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+/// then writes fails with `database is locked` at once, without waiting,
+/// whenever anything else committed in between (its snapshot is stale),
+/// which the busy timeout cannot help. The other databases ignore the mode.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }

@@ -20,6 +20,7 @@ mod cluster;
 mod conversation_log;
 mod deploy;
 mod edges;
+mod faults;
 mod groups;
 mod invitations;
 mod login;

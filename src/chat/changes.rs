@@ -18,7 +18,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::protocol::{
@@ -239,7 +239,7 @@ pub async fn commit(
     edit_window: chrono::Duration,
 ) -> Result<Vec<Result<ChangeOutcome, StoreError>>, DbErr> {
     let chat_of = chats_of(db, batch).await?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let chats: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
     lock_chats(&txn, &chats).await?;
     let results = apply_all(&txn, batch, &chat_of, edit_window).await?;

@@ -19,7 +19,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -402,6 +402,48 @@ async fn run_batches<C, F, A>(
 /// What a batch's jobs became, in the batch's order.
 type Results = Vec<Result<Stored, StoreError>>;
 
+/// The one-by-one retries of a failed batch. They are there so one bad row
+/// cannot fail the others; once `GIVE_UP_AFTER` in a row fail with a
+/// database error too, the failure is the database's (a full disk, say),
+/// and the rest are refused with that error instead of tried one by one.
+#[derive(Default)]
+struct OneByOne {
+    failed_in_a_row: usize,
+    gave_up: Option<String>,
+}
+
+impl OneByOne {
+    const GIVE_UP_AFTER: usize = 3;
+
+    async fn attempt<T, F>(&mut self, store: impl FnOnce() -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        if let Some(error) = &self.gave_up {
+            return Err(StoreError::Database(error.clone()));
+        }
+        let result = store().await;
+        match &result {
+            Err(StoreError::Database(error)) => {
+                self.failed_in_a_row += 1;
+                if self.failed_in_a_row >= Self::GIVE_UP_AFTER {
+                    tracing::error!(%error, "retries one by one fail too; the rest of the batch is refused");
+                    self.gave_up = Some(error.clone());
+                }
+            }
+            _ => self.failed_in_a_row = 0,
+        }
+        result
+    }
+}
+
+/// Whether the database answers at all, after a batch failed: if not, the
+/// batch is refused at once rather than retried one by one (each attempt
+/// would wait the pool's acquire timeout for a connection).
+async fn reachable(db: &DatabaseConnection) -> bool {
+    crate::db::ping(db).await.is_ok()
+}
+
 /// Commits a batch: its new messages, then its changes, in one transaction
 /// (`run_batches` puts the new messages first, so a change can name a
 /// message of the same batch, and the events' `seq` follow the answers'
@@ -445,18 +487,27 @@ async fn commit_changes(db: &DatabaseConnection, metrics: &Metrics, changes: Cha
     let stored = |r: Result<ChangeOutcome, StoreError>| r.map(Stored::Changed);
     match changes::commit(db, &batch, edit_window).await {
         Ok(results) => results.into_iter().map(stored).collect(),
+        Err(e) if !reachable(db).await => {
+            tracing::error!(error = %e, size = batch.len(), "change batch failed and the database is unreachable; refused");
+            vec![Err(StoreError::Database(e.to_string())); batch.len()]
+        }
         Err(e) => {
             tracing::warn!(error = %e, size = batch.len(), "change batch failed; retrying one by one");
             metrics.batch_retried();
             let mut results = Vec::with_capacity(batch.len());
+            let mut retries = OneByOne::default();
             for change in batch {
-                let result =
-                    match changes::commit(db, std::slice::from_ref(&change), edit_window).await {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| {
-                            Err(StoreError::Database("lost change result".into()))
-                        }),
-                        Err(e) => Err(StoreError::Database(e.to_string())),
-                    };
+                let result = retries
+                    .attempt(|| async {
+                        match changes::commit(db, std::slice::from_ref(&change), edit_window).await
+                        {
+                            Ok(mut one) => one.pop().unwrap_or_else(|| {
+                                Err(StoreError::Database("lost change result".into()))
+                            }),
+                            Err(e) => Err(StoreError::Database(e.to_string())),
+                        }
+                    })
+                    .await;
                 results.push(stored(result));
             }
             results
@@ -550,6 +601,14 @@ async fn commit_unique(
     }
     let (mut resolved, changed) = match store_unique(db, &batch, &same_as, ids, &changes).await {
         Ok(results) => results,
+        Err(e) if !reachable(db).await => {
+            // Retrying one by one would wait for a connection once per
+            // message: minutes for a large batch while the database is away.
+            tracing::error!(error = %e, size = batch.len(), "batch insert failed and the database is unreachable; refused");
+            let refused = |n| vec![Some(Err(StoreError::Database(e.to_string()))); n];
+            let changed = vec![Err(StoreError::Database(e.to_string())); changes.batch.len()];
+            (refused(batch.len()), changed)
+        }
         Err(e) => {
             // A race with another instance on the same client_id, or a real
             // failure: retry one by one so one bad row cannot fail the others
@@ -557,10 +616,11 @@ async fn commit_unique(
             tracing::warn!(error = %e, size = batch.len(), "batch insert failed; retrying one by one");
             metrics.batch_retried();
             let mut results = Vec::with_capacity(batch.len());
+            let mut retries = OneByOne::default();
             for (i, p) in batch.iter().enumerate() {
                 let r = match same_as[i] {
                     Some(_) => None,
-                    None => Some(store_one(db, p).await),
+                    None => Some(retries.attempt(|| store_one(db, p)).await),
                 };
                 results.push(r);
             }
@@ -676,7 +736,7 @@ async fn store_unique(
     let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
     let mut touched: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
     touched.extend(rows.iter().map(|r| r.message.chat.0));
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     if !changes.batch.is_empty() {
         // Every conversation of the batch locked at once, in id order, as
         // another instance's batch would lock them.
@@ -1106,7 +1166,7 @@ fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
 async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored, StoreError> {
     let db_error = |e: DbErr| StoreError::Database(e.to_string());
     let attempt = async {
-        let txn = db.begin().await?;
+        let txn = crate::db::begin_write(db).await?;
         let seq = next_seqs(&txn, &[p]).await?[0];
         let id = message::Entity::insert(active_model(p, seq))
             .exec(&txn)

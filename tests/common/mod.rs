@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod postgres_server;
 pub mod redis_cluster;
 
 use std::time::Duration;

@@ -1,0 +1,274 @@
+//! The database failing under a running server: PostgreSQL crashing and
+//! coming back in the middle of a stream of messages, and SQLite's disk
+//! filling up. In both, every acknowledged message is kept exactly once,
+//! what could not be stored is answered with an error (never acknowledged),
+//! and service resumes by itself once the database is back.
+
+use crate::common;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use common::postgres_server::PostgresServer;
+use common::{Backend, Event, TestApp, WsClient};
+use entity::message;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{json, Value};
+
+/// How long an answer may take while the database is away: the writer
+/// waits up to the pool's 5 s acquire timeout for a connection, and a
+/// failed batch is retried one message at a time; the rest is margin.
+const ANSWER_WHILE_DOWN: Duration = Duration::from_secs(40);
+
+/// Bytes of text per message beyond its client_id, so a few megabytes of
+/// disk fill up within a few hundred messages.
+const PAD: usize = 2000;
+
+/// A client streaming messages: what it sent and has no answer for yet,
+/// and the answers so far. Every message here is valid, so the writer
+/// answers them in the order they were sent (an error answer names no
+/// `client_id`, B3; a success answer's is checked against the order).
+#[derive(Default)]
+struct Stream {
+    waiting: VecDeque<String>,
+    /// client_id → message id.
+    acked: HashMap<String, i64>,
+    /// client_id → error code.
+    refused: BTreeMap<String, String>,
+}
+
+impl Stream {
+    /// Sends a message for each `client_id` (its text: the `client_id`
+    /// and `padding` bytes), without waiting for answers.
+    async fn send(
+        &mut self,
+        ws: &mut WsClient,
+        pk: &str,
+        ids: impl IntoIterator<Item = String>,
+        padding: usize,
+    ) {
+        for id in ids {
+            let content = format!("{id}{}", " .".repeat(padding / 2));
+            ws.send(
+                json!({"type": "message", "data": {"to": pk, "content": content, "client_id": id}}),
+            )
+            .await;
+            self.waiting.push_back(id);
+        }
+    }
+
+    /// Reads the answers to the first `count` messages still waiting.
+    async fn answers(&mut self, ws: &mut WsClient, count: usize) {
+        for seen in 0..count {
+            let data = loop {
+                match ws.next_event(ANSWER_WHILE_DOWN).await {
+                    Event::Json(frame) if frame["type"] == "message_response" => {
+                        break frame["data"].clone()
+                    }
+                    Event::Json(_) => continue,
+                    other => panic!("expected answers, got {other:?} after {seen} of {count}"),
+                }
+            };
+            let id = self
+                .waiting
+                .pop_front()
+                .expect("an answer to a message sent");
+            if data["status"] == "success" {
+                assert_eq!(data["client_id"], id.as_str(), "answers in order");
+                self.acked.insert(id, data["id"].as_i64().expect("an id"));
+            } else {
+                let code = data["code"].as_str().expect("an error code").to_string();
+                self.refused.insert(id, code);
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Every resend was acknowledged, and the history is exactly what was:
+    /// `count` messages, each once, under the id its acknowledgement named.
+    async fn all_stored(&self, app: &TestApp, pk: &str, count: usize) {
+        assert!(
+            self.refused.is_empty(),
+            "resends refused: {:?}",
+            self.refused
+        );
+        let stored = message::Entity::find()
+            .filter(message::Column::ChatId.eq(uuid::Uuid::parse_str(pk).unwrap()))
+            .all(&app.db)
+            .await
+            .expect("the history");
+        let history: HashMap<String, i64> = stored
+            .iter()
+            .map(|m| (m.client_id.clone().expect("sent with a client_id"), m.id))
+            .collect();
+        assert_eq!(stored.len(), history.len(), "a message stored twice");
+        assert_eq!(history, self.acked);
+        assert_eq!(history.len(), count);
+    }
+}
+
+fn ids(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> + '_ {
+    range.map(move |n| format!("{prefix}{n}"))
+}
+
+async fn readyz(app: &TestApp) -> (u16, Value) {
+    match app.http.get(app.url("/readyz")).send().await {
+        Ok(mut res) => (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        ),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[actix_rt::test]
+#[ignore = "needs PostgreSQL's server programs (initdb, pg_ctl); run with --include-ignored"]
+async fn a_postgres_crash_mid_stream_loses_no_acknowledged_message() {
+    let pg = PostgresServer::start();
+    let backend = Backend::Postgres(pg.url());
+    let app = TestApp::spawn_on(&backend, &pg.url(), &[("RATE_LIMIT_BURST", "100000")]).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut stream = Stream::default();
+
+    // A stream of messages, and the database crashes in its middle.
+    stream.send(&mut alice, &pk, ids("m", 0..100), PAD).await;
+    stream.answers(&mut alice, 1).await;
+    pg.crash();
+    stream.send(&mut alice, &pk, ids("m", 100..200), PAD).await;
+    stream.answers(&mut alice, 199).await;
+    assert!(
+        !stream.acked.is_empty(),
+        "messages before the crash were acknowledged"
+    );
+    assert!(
+        !stream.refused.is_empty(),
+        "messages after the crash could not be stored"
+    );
+    assert!(
+        stream.refused.values().all(|code| code == "internal"),
+        "refused as internal errors: {:?}",
+        stream.refused
+    );
+
+    // Meanwhile /readyz says the database is down.
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["database"], "down", "{body}");
+
+    // The database comes back: the server serves again by itself (the
+    // stated bound is 5 s; the assert allows 10 s on a loaded machine).
+    pg.up();
+    let back = Instant::now();
+    common::wait_until(|| async { readyz(&app).await.0 == 200 }).await;
+    stream.send(&mut alice, &pk, ids("after", 0..1), PAD).await;
+    stream.answers(&mut alice, 1).await;
+    assert!(
+        stream.acked.contains_key("after0"),
+        "served again: {:?}",
+        stream.refused
+    );
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "served again after {took:?}"
+    );
+
+    // What was refused is resent (the same client_ids) and stored once.
+    let resend = std::mem::take(&mut stream.refused);
+    stream
+        .send(&mut alice, &pk, resend.keys().cloned(), PAD)
+        .await;
+    stream.answers(&mut alice, resend.len()).await;
+    stream.all_stored(&app, &pk, 201).await;
+}
+
+/// A small tmpfs, unmounted when dropped (mounting needs root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "mount a tmpfs (this test needs root)");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left with a file of its own; returns the file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let ballast = self.path().join("ballast");
+        let mut file = std::fs::File::create(&ballast).expect("the ballast file");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        // The last partial chunk: down to single bytes.
+        while file.write_all(&[0]).is_ok() {}
+        ballast
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[actix_rt::test]
+#[ignore = "needs root: it mounts a small tmpfs; run with --include-ignored"]
+async fn a_full_disk_refuses_messages_and_loses_none() {
+    let disk = SmallDisk::mount("4m");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        disk.path().join("chat.db").display()
+    );
+    let app = TestApp::spawn_on(&Backend::Sqlite, &url, &[("RATE_LIMIT_BURST", "100000")]).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut stream = Stream::default();
+
+    stream.send(&mut alice, &pk, ids("m", 0..20), PAD).await;
+    stream.answers(&mut alice, 20).await;
+    assert_eq!(stream.acked.len(), 20, "stored while there is room");
+
+    // The disk fills up: what cannot be stored is refused, never acknowledged.
+    let ballast = disk.fill();
+    stream.send(&mut alice, &pk, ids("full", 0..50), PAD).await;
+    stream.answers(&mut alice, 50).await;
+    assert!(!stream.refused.is_empty(), "a full disk refuses messages");
+    assert!(
+        stream.refused.values().all(|code| code == "internal"),
+        "refused as internal errors: {:?}",
+        stream.refused.values().collect::<Vec<_>>()
+    );
+    // Reading still works meanwhile.
+    let page = alice
+        .ask(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert!(
+        !page["messages"].as_array().expect("messages").is_empty(),
+        "{page}"
+    );
+
+    // Space returns: the refused messages are resent and stored, once each.
+    std::fs::remove_file(ballast).expect("the ballast goes");
+    let resend = std::mem::take(&mut stream.refused);
+    stream
+        .send(&mut alice, &pk, resend.keys().cloned(), PAD)
+        .await;
+    stream.answers(&mut alice, resend.len()).await;
+    stream.all_stored(&app, &pk, 70).await;
+}
