@@ -19,7 +19,7 @@ LOAD=${LOAD:-2}
 # The timing tests (timeouts, heartbeats, sweeps, rate limits, drains), the
 # cluster and multi-instance tests, the faults (restarts, kills, outages,
 # full queues, failed batches), and the randomized conversation-log runs.
-FILTER=${FILTER:-'test(/^(cluster|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security)::/)'}
+FILTER=${FILTER:-'test(/^(cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security)::/)'}
 
 for var in TEST_POSTGRES_URL TEST_MYSQL_URL TEST_REDIS_URL; do
   [ -n "${!var:-}" ] || { echo "$var is not set (README, \"Test\")" >&2; exit 1; }
