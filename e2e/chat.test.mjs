@@ -120,6 +120,30 @@ test("after a reconnect only conversations on screen whose seq grew are synced",
   clearTimeout(chat.reconnectTimer);
 });
 
+test("a message pending when the connection drops is sent again after the reconnect, with its client_id, and shown once", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  chat.sendMessage(A, "are you there?");
+  const first = sent.find((f) => f.type === "message");
+  assert.equal(first.data.content, "are you there?");
+  // The connection drops before the acknowledgement.
+  chat.onClose({ code: 1006, reason: "" });
+  chat.socket = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
+  sent.length = 0;
+  chat.onFrame({ type: "authorization_response", data: { status: "success" } });
+  const again = sent.filter((f) => f.type === "message");
+  assert.deepEqual(again, [first], "the same frame, the same client_id: the server stores it once");
+  // The server had stored it before the drop: the resend is answered with
+  // the original, and the conversation shows it once.
+  const ack = { status: "success", id: 11, pk: A, client_id: first.data.client_id, time: "t2" };
+  chat.onFrame({ type: "message_response", data: ack });
+  chat.onFrame(push(A, 2, 11, "are you there?", "send"));
+  assert.deepEqual(ids(chat, A), [10, 11]);
+  assert.equal(chat.state.pending.get(A), undefined, "nothing left pending");
+  clearTimeout(chat.reconnectTimer);
+});
+
 test("a conversation not on screen follows its seq without syncing", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });

@@ -472,6 +472,7 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
                 n += 1;
                 actix_web::rt::time::sleep(Duration::from_millis(2 + rng.below(8))).await;
             }
+            n
         }));
     }
     // Readers u3–u5, each catching up its own way.
@@ -503,8 +504,9 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
             (how, view, reconnects, token)
         }));
     }
+    let mut sent = 0;
     for task in tasks {
-        task.await.expect("a sender");
+        sent += task.await.expect("a sender");
     }
     let chat: uuid::Uuid = pk.parse().unwrap();
     let stored = || async {
@@ -515,17 +517,9 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
             .await
             .unwrap()
     };
-    // Every message a sender sent is answered before the history stops
-    // growing; wait until it has.
-    let mut count = stored().await.len();
-    loop {
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-        let now = stored().await.len();
-        if now == count {
-            break;
-        }
-        count = now;
-    }
+    // Every message the senders sent is stored (none is refused: the
+    // senders stay within their rate limit): wait until all are.
+    common::wait_until(|| async { stored().await.len() == sent }).await;
     let history = stored().await;
     let seqs: Vec<i64> = history.iter().map(|m| m.seq).collect();
     assert_eq!(
