@@ -1,6 +1,7 @@
 //! Two instances on one database and one Redis behave like one server:
-//! messages and presence cross, a crashed instance's users go offline, and
-//! Redis going away loses nothing acknowledged.
+//! messages and presence cross, a crashed instance's users go offline, a
+//! member removed mid-stream gets nothing after her removal, and Redis
+//! going away loses nothing acknowledged.
 //!
 //! These need a server database (`TEST_POSTGRES_URL` / `TEST_MYSQL_URL`) and
 //! Redis (`TEST_REDIS_URL`, and `redis-server` for the restart test), so
@@ -696,3 +697,122 @@ async fn removal_during_an_outage(backend: &Backend) {
 }
 
 backend_tests!(@server a_removal_during_a_redis_outage_reaches_every_instance => removal_during_an_outage);
+
+/// The frames `ws` gets until the `conversation` push of `pk` whose
+/// `change` is `carol`'s removal; returns how many messages came before.
+async fn messages_until_removal(ws: &mut common::WsClient, pk: &str, carol: i64) -> usize {
+    let mut messages = 0;
+    loop {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("message") => messages += 1,
+            Some("conversation")
+                if frame["data"]["pk"] == pk
+                    && frame["data"]["change"]["type"] == "member_removed"
+                    && frame["data"]["change"]["user_id"] == carol =>
+            {
+                return messages;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A member removed on one instance while another member streams messages
+/// into the group through both: on each instance, the removed member's
+/// session gets no message after the push that tells her she was removed
+/// (the ChatServer drops her from the room in the same step), and from
+/// then on the group is `not_found` to her.
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn a_member_removed_mid_stream_gets_no_message_after_her_removal() {
+    let redis = require_redis_url();
+    let backend = Backend::postgres();
+    let db = TestDatabase::create(&backend).await;
+    let (a, b) = pair_of_instances(&backend, &redis, &db).await;
+    let mut users = Vec::new();
+    for name in ["owner", "sender", "carol", "dave"] {
+        users.push(a.create_user(name, "User", name).await);
+    }
+    let carol = users[2];
+    common::have_written(&a.db, &users[1..], users[0]).await;
+    let mut owner = common::authorized_at(&a.http, a.port, &a.login("owner").await).await;
+    let created = owner
+        .ask(json!({"type": "create_group", "data": {"title": "race", "members": users[1..]}}))
+        .await;
+    let pk = created["pk"].as_str().expect("a group").to_string();
+
+    // Carol and Dave (the witness) on both instances; the sender streams
+    // through both, alternately, until told to stop.
+    let (carol_token, dave_token) = (a.login("carol").await, a.login("dave").await);
+    let mut carol_on = Vec::new();
+    let mut dave_on = Vec::new();
+    for app in [&a, &b] {
+        carol_on.push(common::authorized_at(&app.http, app.port, &carol_token).await);
+        dave_on.push(common::authorized_at(&app.http, app.port, &dave_token).await);
+    }
+    let sender_token = a.login("sender").await;
+    let mut senders = Vec::new();
+    for app in [&a, &b] {
+        senders.push(
+            common::authorized_at(&app.http, app.port, &sender_token)
+                .await
+                .draining(),
+        );
+    }
+    let streaming = std::rc::Rc::new(std::cell::Cell::new(true));
+    let stream = {
+        let (pk, streaming) = (pk.clone(), streaming.clone());
+        actix_web::rt::spawn(async move {
+            let mut n = 0usize;
+            while streaming.get() {
+                senders[n % 2]
+                    .send(
+                        json!({"type": "message", "data": {"to": pk, "content": format!("m{n}")}}),
+                    )
+                    .await;
+                n += 1;
+                // 50 a second: no reader here falls 1,024 frames behind
+                // (OUTBOX_CAPACITY) while the test reads the others.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The stream flows to both instances before the removal.
+    for dave in dave_on.iter_mut() {
+        for _ in 0..20 {
+            dave.recv_type("message").await;
+        }
+    }
+
+    let removed = owner
+        .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+    assert_eq!(
+        removed["members"].as_array().map(Vec::len),
+        Some(3),
+        "{removed}"
+    );
+    for (carol_here, dave_here) in carol_on.iter_mut().zip(dave_on.iter_mut()) {
+        let before = messages_until_removal(carol_here, &pk, carol).await;
+        assert!(
+            before >= 20,
+            "carol got the stream until her removal: {before}"
+        );
+        // Dave, on the same instance, gets the removal and then messages of
+        // the stream: the ChatServer handled those after it, and had carol
+        // out of the room by then.
+        messages_until_removal(dave_here, &pk, carol).await;
+        for _ in 0..10 {
+            dave_here.recv_type("message").await;
+        }
+        carol_here.nothing_before_pong().await;
+    }
+    streaming.set(false);
+    stream.await.expect("the stream");
+    drop(owner);
+    let page = carol_on[1]
+        .request(json!({"type": "get_messages", "data": {"id": pk}}))
+        .await;
+    assert_eq!(page["data"]["code"], "not_found", "{page}");
+}
