@@ -371,7 +371,12 @@ async fn unparseable_frames_over_the_rate_limit_get_no_answer() {
             }
         }
     }
-    assert_eq!(answers.len(), 3, "only the burst is answered: {answers:?}");
+    // The burst (3) is answered; a stall of over a second between the
+    // frames could refill one token more, never all.
+    assert!(
+        (3..=4).contains(&answers.len()),
+        "only the burst is answered: {answers:?}"
+    );
     assert!(
         answers.iter().all(|a| a["type"] == "bad_request"),
         "{answers:?}"
