@@ -585,19 +585,25 @@ async fn typing_in_a_group_is_coalesced() {
     );
 }
 
+/// Alice's token, and twenty people (`member0`…) she may put in a group.
+async fn alice_and_twenty(app: &TestApp) -> (String, Vec<i64>) {
+    let (alice, alice_token) = app.user("alice").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.user(&format!("member{i}")).await.0);
+    }
+    common::have_written(&app.db, &ids, alice).await;
+    (alice_token, ids)
+}
+
 /// A message costs its sender one delivery per other member, against a
 /// budget per user (FANOUT_PER_SECOND, bursts of twice as many): flooding a
 /// big group runs out long before flooding a friend would.
 #[actix_rt::test]
 async fn messages_are_budgeted_by_their_deliveries() {
     let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
-    let (alice, alice_token) = app.user("alice").await;
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(app.user(&format!("member{i}")).await.0);
-    }
+    let (alice_token, ids) = alice_and_twenty(&app).await;
     let bob_token = app.login("member0").await;
-    common::have_written(&app.db, &ids, alice).await;
     let mut a = app.authorized(&alice_token).await;
     let mut b = app.authorized(&bob_token).await;
     let group = a
@@ -632,6 +638,30 @@ async fn messages_are_budgeted_by_their_deliveries() {
         .ask(json!({"type": "message", "data": {"to": pk, "content": "hi"}}))
         .await;
     assert_eq!(answer["status"], "success", "{answer}");
+}
+
+/// Edits and reactions over REST draw on the same budget as a session's
+/// messages: in a group of 21, each costs 20 deliveries.
+#[actix_rt::test]
+async fn rest_changes_are_budgeted_by_their_deliveries() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
+    let (alice_token, ids) = alice_and_twenty(&app).await;
+    let mut a = app.authorized(&alice_token).await;
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "crowd", "members": ids}}))
+        .await;
+    // Bob's message, on Bob's budget.
+    let mut b = app.authorized(&app.login("member0").await).await;
+    let sent = b
+        .ask(json!({"type": "message", "data": {"to": group["pk"], "content": "react to me"}}))
+        .await;
+    let reactions = format!("/api/messages/{}/reactions/", sent["id"]);
+    // A burst of 20: the first reaction takes it, the second is refused.
+    for (emoji, expected) in [("👍", 200), ("🎉", 429)] {
+        let body = Some(json!({ "emoji": emoji }));
+        let (status, answer) = app.rest(Method::POST, &reactions, &alice_token, body).await;
+        assert_eq!(status, expected, "{emoji}: {answer}");
+    }
 }
 
 /// Group changes have their own budget per user, counted over all the

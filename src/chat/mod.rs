@@ -108,6 +108,24 @@ pub struct ChatContext {
     pub draining: Arc<AtomicBool>,
 }
 
+impl ChatContext {
+    /// Who an event in `chat` reaches: what the membership record knows,
+    /// else the database (remembered for next time).
+    pub async fn audience(
+        &self,
+        chat: protocol::ChatId,
+    ) -> Result<membership::Audience, sea_orm::DbErr> {
+        if let Some(audience) = self.membership.audience(chat) {
+            return Ok(audience);
+        }
+        let audience = store::audience_of(&self.db, chat)
+            .await?
+            .unwrap_or(membership::Audience::Direct);
+        self.membership.set_audience(chat, Some(audience));
+        Ok(audience)
+    }
+}
+
 /// `GET /chat` and `/chat/`: upgrades to a WebSocket and starts its session.
 pub async fn connect(
     req: HttpRequest,

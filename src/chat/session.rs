@@ -547,17 +547,13 @@ impl WsSession {
         if let Some(audience) = self.chat.membership.audience(chat) {
             return then(self, audience, ctx);
         }
-        let db = self.chat.db.clone();
-        let lookup = async move { store::audience_of(&db, chat).await };
+        let context = Arc::clone(&self.chat);
+        let lookup = async move { context.audience(chat).await };
         ctx.wait(
             lookup
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
-                    Ok(audience) => {
-                        let audience = audience.unwrap_or(Audience::Direct);
-                        act.chat.membership.set_audience(chat, Some(audience));
-                        then(act, audience, ctx);
-                    }
+                    Ok(audience) => then(act, audience, ctx),
                     Err(e) => act.internal_error(kind, &e, ctx),
                 }),
         );
