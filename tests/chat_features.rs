@@ -299,8 +299,11 @@ const QUICK_HEARTBEAT: [(&str, &str); 2] =
 async fn a_silent_client_is_dropped_after_the_client_timeout() {
     let app = TestApp::spawn_with(&Backend::Sqlite, &QUICK_HEARTBEAT).await;
     app.pair("alice", "bob").await;
-    let mut ws = app.authorized(&app.login("alice").await).await;
+    let token = app.login("alice").await;
+    // Before the authorization frame, the last the server hears from us:
+    // its silence is counted from then or later.
     let last_heard = Instant::now();
+    let mut ws = app.authorized(&token).await;
     // Read, but answer no ping: the server hears nothing after the authorization.
     let dropped_after = loop {
         match ws.next_event_unanswered(Duration::from_secs(60)).await {
@@ -312,8 +315,8 @@ async fn a_silent_client_is_dropped_after_the_client_timeout() {
             other => panic!("expected the server to close, got {other:?}"),
         }
     };
-    // Never before the timeout (the server's clock started before ours);
-    // how late depends on the machine's load, and the 60 s wait bounds it.
+    // Never before the timeout; how late depends on the machine's load,
+    // and the 60 s wait bounds it.
     assert!(
         dropped_after >= Duration::from_secs(3),
         "dropped after {dropped_after:?}"
