@@ -524,18 +524,8 @@ impl ChatServer {
         snapshot: &[ChatEntry],
         since: u64,
     ) -> Option<HashSet<ChatId>> {
-        let complete =
-            since >= self.seq || self.recent.front().is_some_and(|(s, _)| *s <= since + 1);
-        if !complete {
-            return None;
-        }
-        let mut chats: HashSet<ChatId> = snapshot.iter().map(|c| c.chat).collect();
-        for (_, change) in self.recent.iter().filter(|(s, _)| *s > since) {
-            if change.concerns(user) {
-                change.apply_to(user, &mut chats);
-            }
-        }
-        Some(chats)
+        let snapshot = snapshot.iter().map(|c| c.chat).collect();
+        replay(&self.recent, self.seq, user, snapshot, since)
     }
 
     /// Applies a membership change here: pushes to the removed and to the
@@ -610,6 +600,29 @@ impl Actor for ChatServer {
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(DEPARTURE_TICK, |act, _| act.announce_departures());
     }
+}
+
+/// `user`'s conversations loaded after change number `since`, with the
+/// changes after it (from `recent`, the last of which is number `seq`)
+/// applied on top; `None` when some of those are no longer in `recent`
+/// (the session loads again, then gives up with `internal`).
+fn replay(
+    recent: &VecDeque<(u64, Arc<MembershipChange>)>,
+    seq: u64,
+    user: UserId,
+    mut chats: HashSet<ChatId>,
+    since: u64,
+) -> Option<HashSet<ChatId>> {
+    let complete = since >= seq || recent.front().is_some_and(|(s, _)| *s <= since + 1);
+    if !complete {
+        return None;
+    }
+    for (_, change) in recent.iter().filter(|(s, _)| *s > since) {
+        if change.concerns(user) {
+            change.apply_to(user, &mut chats);
+        }
+    }
+    Some(chats)
 }
 
 /// Why a session could not register.
@@ -1104,6 +1117,61 @@ mod tests {
         assert_eq!(due.len(), HELD_LIMIT + 1, "the hole given up");
         assert_eq!(order.held.len(), 0);
         assert_eq!(order.last, Some(next));
+    }
+
+    fn change(chat: u128, added: &[i64], removed: &[i64]) -> Arc<MembershipChange> {
+        Arc::new(MembershipChange {
+            chat: ChatId(uuid::Uuid::from_u128(chat)),
+            added: added.iter().copied().map(UserId).collect(),
+            removed: removed.iter().copied().map(UserId).collect(),
+            presence: true,
+            push: None,
+            removed_push: None,
+        })
+    }
+
+    fn chats(ids: &[u128]) -> HashSet<ChatId> {
+        ids.iter()
+            .map(|id| ChatId(uuid::Uuid::from_u128(*id)))
+            .collect()
+    }
+
+    #[test]
+    fn a_registration_replays_the_changes_after_its_snapshot_or_is_stale() {
+        // Changes 5–7 are remembered: user 1 joined 10, left 11; 12 is another's.
+        let recent: VecDeque<_> = [
+            (5, change(10, &[1], &[])),
+            (6, change(11, &[], &[1])),
+            (7, change(12, &[2], &[])),
+        ]
+        .into();
+        let me = UserId(1);
+        let snapshot = || chats(&[11, 20]);
+        assert_eq!(
+            replay(&recent, 7, me, snapshot(), 7),
+            Some(snapshot()),
+            "current"
+        );
+        assert_eq!(
+            replay(&recent, 7, me, snapshot(), 4),
+            Some(chats(&[10, 20])),
+            "5, 6, 7 replayed"
+        );
+        assert_eq!(
+            replay(&recent, 7, me, chats(&[10, 11, 20]), 5),
+            Some(chats(&[10, 20])),
+            "6, 7"
+        );
+        assert_eq!(
+            replay(&recent, 7, me, snapshot(), 3),
+            None,
+            "change 4 is forgotten: stale"
+        );
+        assert_eq!(
+            replay(&VecDeque::new(), 0, me, snapshot(), 0),
+            Some(snapshot()),
+            "no changes yet"
+        );
     }
 
     #[test]
