@@ -37,7 +37,7 @@ use redis::AsyncTypedCommands;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-use super::target::{Conn, Incoming, RedisTarget, Subscriber};
+use super::target::{Conn, Incoming, Messages, RedisTarget, Subscriber};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::presence::Presence;
@@ -668,9 +668,12 @@ impl RedisBridge {
                         subscriptions,
                     });
                     act.backoff = BACKOFF_MIN;
-                    ctx.add_stream(stream);
                     act.transition(true, "");
-                    act.reload_memberships(ctx);
+                    // What arrives is handled once the memberships are
+                    // reloaded: until then this instance may still hold a
+                    // member removed elsewhere while Redis was away, and
+                    // would hand her the group's next message.
+                    act.reload_memberships(ctx, Some(stream));
                     // Instances that stayed connected learn our users anew,
                     // and the membership changes we may have made meanwhile.
                     let resync = Envelope::Resync {
@@ -874,7 +877,11 @@ impl RedisBridge {
     /// Reloads the conversations of every user connected here from the
     /// database: membership changes made while an instance was cut off from
     /// Redis never reached the others.
-    fn reload_memberships(&mut self, ctx: &mut Context<Self>) {
+    /// Reloads the conversations of the users here from the database (the
+    /// changes made while Redis was away never reached us); then, if given,
+    /// starts handling `stream`, so that no event from the other instances
+    /// is delivered by the old memberships.
+    fn reload_memberships(&mut self, ctx: &mut Context<Self>, stream: Option<Messages>) {
         self.membership.set_current(false);
         let (db, membership, server) = (
             self.db.clone(),
@@ -904,7 +911,11 @@ impl RedisBridge {
             tracing::warn!("memberships changed too fast to reload; they are reloaded at the next reconnection");
             Ok::<_, MailboxError>(())
         };
-        ctx.spawn(reload.into_actor(self).map(|_, _, _| ()));
+        ctx.spawn(reload.into_actor(self).map(|_, _, ctx| {
+            if let Some(stream) = stream {
+                ctx.add_stream(stream);
+            }
+        }));
     }
 
     /// Tells the conversations of users whose online state changed: through
@@ -1178,7 +1189,7 @@ impl RedisBridge {
             Envelope::Resync { origin } if origin != me => {
                 let origin = origin.to_string();
                 self.resync(origin, ctx);
-                self.reload_memberships(ctx);
+                self.reload_memberships(ctx, None);
             }
             _ => {}
         }
