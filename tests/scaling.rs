@@ -700,9 +700,11 @@ backend_tests!(@server a_removal_during_a_redis_outage_reaches_every_instance =>
 
 /// The frames `ws` gets until the `conversation` push of `pk` whose
 /// `change` is `carol`'s removal; returns how many messages came before.
+/// Fails, rather than reading the stream forever, when the push has not
+/// come within 1,000 frames (20 s of the stream).
 async fn messages_until_removal(ws: &mut common::WsClient, pk: &str, carol: i64) -> usize {
     let mut messages = 0;
-    loop {
+    for _ in 0..1_000 {
         let frame = ws.recv().await;
         match frame["type"].as_str() {
             Some("message") => messages += 1,
@@ -716,6 +718,7 @@ async fn messages_until_removal(ws: &mut common::WsClient, pk: &str, carol: i64)
             _ => {}
         }
     }
+    panic!("no removal push for {carol} after {messages} messages");
 }
 
 /// A member removed on one instance while another member streams messages
