@@ -16,10 +16,11 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-20}
 LOAD=${LOAD:-2}
-# The timing tests (timeouts, heartbeats, sweeps, rate limits, drains), the
+# The timing tests (timeouts, heartbeats, sweeps, rate limits, drains, the
+# command line's start-up and shutdown bounds), the
 # cluster and multi-instance tests, the faults (restarts, kills, outages,
 # full queues, failed batches), and the randomized conversation-log runs.
-FILTER=${FILTER:-'test(/^(cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security)::/)'}
+FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security)::/)'}
 
 for var in TEST_POSTGRES_URL TEST_MYSQL_URL TEST_REDIS_URL; do
   [ -n "${!var:-}" ] || { echo "$var is not set (README, \"Test\")" >&2; exit 1; }
