@@ -86,34 +86,24 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
         .map_err(|source| DbSetupError::Connect { engine, source })
 }
 
-/// Whether a pooled SQLite connection is outside any transaction, as one
-/// must be when it is handed out; one that is not is closed (the pool opens
-/// a fresh one). A write failing with `SQLITE_FULL` (a full disk) can end
-/// its transaction inside SQLite, after which sqlx's ROLLBACK fails and its
-/// count of open transactions stays at one: the next "BEGIN" on that
-/// connection becomes a SAVEPOINT, and the connection holds a transaction
-/// it never ends, so every other writer waits for the lock for good
-/// (tests/faults.rs, "a full disk").
+/// Whether a pooled SQLite connection is outside any transaction by sqlx's
+/// count, as one must be when it is handed out; one that is not is closed
+/// (the pool opens a fresh one). A write failing with `SQLITE_FULL` (a full
+/// disk) can end its transaction inside SQLite, after which sqlx's ROLLBACK
+/// fails and its count stays at one: the next "BEGIN" on that connection
+/// becomes a SAVEPOINT, and the connection holds a transaction it never
+/// ends, so every other writer waits for the lock for good (tests/faults.rs,
+/// "a full disk"). Reading the count is an atomic load, no round trip to the
+/// connection's thread, so every acquire can afford it; a connection taken
+/// again before a dropped transaction's queued rollback has run is closed
+/// too, which costs only a reconnect, on an error path.
 async fn outside_transaction(
     conn: &mut sea_orm::sqlx::sqlite::SqliteConnection,
 ) -> Result<bool, sea_orm::sqlx::Error> {
     use sea_orm::sqlx::Connection;
-    // Waits for the connection's worker: a rollback queued when a
-    // transaction was dropped has run by then.
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is a live sqlite3 connection, locked for us;
-    // sqlite3_get_autocommit only reads its state.
-    let autocommit =
-        unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) };
-    drop(handle);
-    let counted = conn.is_in_transaction();
-    let clean = autocommit != 0 && !counted;
+    let clean = !conn.is_in_transaction();
     if !clean {
-        tracing::warn!(
-            counted,
-            in_sqlite = autocommit == 0,
-            "a pooled SQLite connection was left in a transaction; closed"
-        );
+        tracing::warn!("a pooled SQLite connection was left in a transaction; closed");
     }
     Ok(clean)
 }
