@@ -9,8 +9,8 @@ use super::auth::{account_error, UserData};
 use super::body::{require_fields, JsonOrForm};
 use crate::accounts;
 use crate::auth::AuthUser;
+use crate::chat::messages::RevokeUser;
 use crate::chat::protocol::UserId;
-use crate::chat::server::RevokeUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 

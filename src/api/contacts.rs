@@ -1,8 +1,6 @@
 //! Conversations over REST: the same contacts and history the WebSocket
 //! serves, and adding a contact (creating the direct conversation).
 
-use std::sync::Arc;
-
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
 use serde::Deserialize;
 
@@ -11,10 +9,10 @@ use super::body::{require_fields, JsonOrForm};
 use crate::accounts;
 use crate::auth::AuthUser;
 use crate::chat::membership::MembershipChange;
+use crate::chat::messages::{ApplyMembership, ConversationFrames, Deliver};
 use crate::chat::protocol::{
     ChatId, Contact, ConversationChange, ConversationPush, HistoryPage, UserId,
 };
-use crate::chat::server::{ApplyMembership, ConversationFrames, Deliver};
 use crate::chat::store;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -81,21 +79,11 @@ async fn announce_direct(
     me: UserId,
     other: UserId,
 ) -> Result<(), ApiError> {
-    let change = MembershipChange {
-        chat,
-        added: vec![me, other],
-        removed: Vec::new(),
-        presence: true,
-        push: None,
-        removed_push: None,
-    };
+    let change = MembershipChange::direct(chat, vec![me, other]);
     let server_error = |e: actix::MailboxError| ApiError::internal("add contact", e.to_string());
     state
         .chat_server
-        .send(ApplyMembership {
-            change: Arc::new(change),
-            broadcast: true,
-        })
+        .send(ApplyMembership::everywhere(change))
         .await
         .map_err(server_error)?;
     let row = store::conversation(&state.db, chat)

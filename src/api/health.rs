@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use secrecy::ExposeSecret;
 
-use crate::chat::server::Stats;
+use crate::chat::messages::Stats;
 use crate::db;
 use crate::error::ApiError;
 use crate::metrics::ServerCounts;

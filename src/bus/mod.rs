@@ -12,8 +12,8 @@ use std::time::Duration;
 use actix::Recipient;
 
 use crate::chat::membership::MembershipChange;
+use crate::chat::messages::ConversationFrames;
 use crate::chat::protocol::{ChatId, UserId};
-use crate::chat::server::ConversationFrames;
 
 /// What crosses from one instance to the others.
 #[derive(Debug, Clone)]

@@ -40,12 +40,12 @@ use tokio::sync::mpsc;
 use super::target::{Conn, Incoming, Messages, RedisTarget, Subscriber};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
-use crate::chat::presence::Presence;
-use crate::chat::protocol::{ChatId, UserId};
-use crate::chat::server::{
+use crate::chat::messages::{
     ApplyMembership, ConversationFrames, DeliverRemote, DeliverToUser, LocalUsers, ReplaceChats,
     RevokeUser, SetBlocked, TellPresence,
 };
+use crate::chat::presence::Presence;
+use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::store;
 use crate::metrics::Metrics;
 

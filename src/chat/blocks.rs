@@ -15,8 +15,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Que
 use actix::Addr;
 
 use super::invitations::person;
+use super::messages::SetBlocked;
 use super::protocol::{ChatId, Person, UserId};
-use super::server::{ChatServer, SetBlocked};
+use super::server::ChatServer;
 
 /// Why a block request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -21,11 +21,11 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::messages::ConversationFrames;
 use super::protocol::{
     format_time, ChatId, ErrorCode, MessageDeleted, MessageEdited, Quote, ReactionEvent, Reply,
     RequestKind, ServerEvent, UserId,
 };
-use super::server::ConversationFrames;
 use super::writer::StoreError;
 
 /// Most distinct emoji on one message.

@@ -20,13 +20,14 @@ use sea_orm::{
 
 use super::blocks;
 use super::invitations;
-use super::membership::{MembershipChange, PRESENCE_MAX_MEMBERS};
+use super::membership::{group_presence, MembershipChange};
+use super::messages::{ApplyMembership, DeliverToUser};
 use super::presence::Presence;
 use super::protocol::{
     format_time, ChatId, Conversation, ConversationChange, ConversationPush, ErrorCode, Invitation,
     ServerEvent, UserId,
 };
-use super::server::{ApplyMembership, ChatServer, DeliverToUser};
+use super::server::ChatServer;
 use super::store::{self, ConversationRow};
 use crate::rate_limit::KeyedRateLimit;
 
@@ -546,11 +547,6 @@ impl Groups {
     }
 }
 
-/// Whether presence is pushed in a conversation of this many members.
-pub fn presence_pushed(kind: chat::ChatKind, members: usize) -> bool {
-    kind == chat::ChatKind::Direct || members as u64 <= PRESENCE_MAX_MEMBERS
-}
-
 /// Announces a committed change to the ChatServer (which applies it on
 /// every instance and pushes `conversation`), and waits until it is applied
 /// here, so the caller's next request already sees it. Returns the
@@ -575,15 +571,13 @@ pub async fn announce(
             chat: item.pk,
             added: changed.added,
             removed: changed.removed,
-            presence: presence_pushed(changed.row.chat.kind, changed.row.members.len()),
+            presence: changed.row.chat.kind == chat::ChatKind::Direct
+                || group_presence(changed.row.members.len() as u64),
             push: Some(ConversationPush::new(&item, what).to_json()),
             removed_push,
         };
         server
-            .send(ApplyMembership {
-                change: Arc::new(change),
-                broadcast: true,
-            })
+            .send(ApplyMembership::everywhere(change))
             .await
             .map_err(|e| GroupError::Server(e.to_string()))?;
     }

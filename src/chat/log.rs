@@ -15,11 +15,11 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTra
 use tokio::sync::mpsc;
 
 use super::changes;
+use super::messages::ConversationFrames;
 use super::protocol::{
     format_time, ChatId, Direction, MessageAck, MessageBody, MessagePush, Quote, Reply,
     ServerEvent, SyncPage, UserId,
 };
-use super::server::ConversationFrames;
 use super::store;
 
 /// How long the ChatServer holds events behind a hole in a conversation's

@@ -56,6 +56,13 @@ impl Audience {
 /// Largest group in which presence changes are pushed (B6).
 pub const PRESENCE_MAX_MEMBERS: u64 = 100;
 
+/// Whether presence is pushed in a group of this many members (B6): one
+/// person coming online never costs more than `PRESENCE_MAX_MEMBERS` frames.
+/// A direct conversation pushes it unless its people have a block (C10).
+pub fn group_presence(members: u64) -> bool {
+    members <= PRESENCE_MAX_MEMBERS
+}
+
 /// Who joined and who left a conversation, with the `conversation` pushes
 /// that tell them. A conversation first used after it was created outside
 /// the server (the `contact add` command) is announced the same way, with
@@ -74,6 +81,19 @@ pub struct MembershipChange {
 }
 
 impl MembershipChange {
+    /// A direct conversation whose two people are members from now on,
+    /// announced with no push (whoever made it pushes what it needs).
+    pub fn direct(chat: ChatId, people: Vec<UserId>) -> Self {
+        MembershipChange {
+            chat,
+            added: people,
+            removed: Vec::new(),
+            presence: true,
+            push: None,
+            removed_push: None,
+        }
+    }
+
     /// Whether the change adds or removes `user`.
     pub fn concerns(&self, user: UserId) -> bool {
         self.added.contains(&user) || self.removed.contains(&user)

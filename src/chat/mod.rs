@@ -8,6 +8,7 @@ pub mod groups;
 pub mod invitations;
 pub mod log;
 pub mod membership;
+pub mod messages;
 pub mod presence;
 pub mod protocol;
 pub mod revocation;

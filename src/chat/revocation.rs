@@ -12,8 +12,9 @@ use actix::Addr;
 use entity::user;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 
+use super::messages::{OnlineVersions, RevokeUser};
 use super::protocol::UserId;
-use super::server::{ChatServer, OnlineVersions, RevokeUser};
+use super::server::ChatServer;
 
 /// How often the sweep runs: the longest a revoked session stays open.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);

@@ -23,15 +23,16 @@ use bytes::Bytes;
 
 use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
+use super::messages::{
+    ApplyMembership, CloseAll, Connect, ConnectError, ConversationFrames, Deliver, DeliverRemote,
+    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineVersions, ReplaceChats, RevokeUser,
+    ServerStats, SessionId, SetBlocked, Stats, TellPresence,
+};
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
-use super::session::Kick;
 use super::socket::{Outbox, Queued};
 use crate::bus::{Bus, BusEvent};
 use crate::metrics::Metrics;
-
-/// Unique id of a session on this instance.
-pub type SessionId = u64;
 
 /// How many membership changes are kept for registrations whose snapshot
 /// was loaded before them (a registration takes milliseconds; thousands of
@@ -129,40 +130,6 @@ impl Order {
             self.last = Some(first - 1);
         }
         self.release()
-    }
-}
-
-/// Frames for one conversation's members: `user`'s sessions get `own` (or
-/// nothing when it is `None`), everyone else's `others`.
-#[derive(Debug, Clone)]
-pub struct ConversationFrames {
-    pub chat: ChatId,
-    /// The event's place in the conversation's order, for events that
-    /// change its history (B7); `None` for the rest (read marks, typing).
-    pub seq: Option<i64>,
-    pub user: Option<UserId>,
-    pub own: Option<Bytes>,
-    pub others: Bytes,
-}
-
-impl ConversationFrames {
-    /// The same frame for every member but `user`.
-    pub fn to_others(chat: ChatId, user: UserId, frame: Bytes) -> Self {
-        ConversationFrames {
-            chat,
-            seq: None,
-            user: Some(user),
-            own: None,
-            others: frame,
-        }
-    }
-
-    fn frame_for(&self, user: UserId) -> Option<&Bytes> {
-        if Some(user) == self.user {
-            self.own.as_ref()
-        } else {
-            Some(&self.others)
-        }
     }
 }
 
@@ -625,37 +592,6 @@ fn replay(
     Some(chats)
 }
 
-/// Why a session could not register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ConnectError {
-    #[error("too many sessions for this user")]
-    TooManySessions,
-    /// The conversations were loaded too long before the registration: load them again.
-    #[error("membership snapshot is stale")]
-    Stale,
-}
-
-/// A session authorized as `user` and wants their events. A session that is
-/// already registered (a re-authorization) moves in one step: either it is
-/// registered under the new user and no longer under the old, or, refused,
-/// it stays exactly where it was.
-#[derive(Message)]
-#[rtype(result = "Result<(), ConnectError>")]
-pub struct Connect {
-    pub session: SessionId,
-    pub user: UserId,
-    pub outbox: Outbox,
-    pub kick: Recipient<Kick>,
-    /// The user's conversations, loaded after membership change `since`
-    /// (`Membership::seq`); used if this is their first session here.
-    pub chats: Vec<ChatEntry>,
-    pub since: u64,
-    /// The `token_version` of the token the session authorized with.
-    pub token_version: i32,
-    /// The user the session was authorized as until now, if any.
-    pub previous: Option<UserId>,
-}
-
 impl Handler<Connect> for ChatServer {
     type Result = Result<(), ConnectError>;
 
@@ -687,14 +623,6 @@ impl Handler<Connect> for ChatServer {
     }
 }
 
-/// A session ended (or re-authorized as someone else).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Disconnect {
-    pub session: SessionId,
-    pub user: UserId,
-}
-
 impl Handler<Disconnect> for ChatServer {
     type Result = ();
 
@@ -703,28 +631,12 @@ impl Handler<Disconnect> for ChatServer {
     }
 }
 
-/// Frames for a conversation's members, here and on the other instances;
-/// the session `skip` (the one that caused them) is left out.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub frames: ConversationFrames,
-    pub skip: Option<SessionId>,
-}
-
 impl Handler<Deliver> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         self.deliver(msg.frames, msg.skip, ctx);
     }
-}
-
-/// Frames that arrived from another instance: local delivery only.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverRemote {
-    pub frames: ConversationFrames,
 }
 
 impl Handler<DeliverRemote> for ChatServer {
@@ -775,16 +687,6 @@ impl Handler<Filled> for ChatServer {
     }
 }
 
-/// A membership change: applied here, and (`broadcast`) on the other
-/// instances. Answered once applied, so a session that made the change can
-/// rely on it before it answers its client.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ApplyMembership {
-    pub change: Arc<MembershipChange>,
-    pub broadcast: bool,
-}
-
 impl Handler<ApplyMembership> for ChatServer {
     type Result = ();
 
@@ -794,16 +696,6 @@ impl Handler<ApplyMembership> for ChatServer {
             self.bus.publish(BusEvent::Membership(msg.change));
         }
     }
-}
-
-/// The conversations of users connected here, loaded again after change
-/// `since` (after a Redis outage, when changes made elsewhere may have been
-/// missed). Answers `false` when it came too late: load again.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct ReplaceChats {
-    pub chats: HashMap<UserId, Vec<ChatEntry>>,
-    pub since: u64,
 }
 
 impl Handler<ReplaceChats> for ChatServer {
@@ -838,30 +730,12 @@ impl Handler<ReplaceChats> for ChatServer {
     }
 }
 
-/// Users whose conversations `ReplaceChats` should load: those connected here.
-#[derive(Message)]
-#[rtype(result = "Vec<UserId>")]
-pub struct LocalUsers;
-
 impl Handler<LocalUsers> for ChatServer {
     type Result = MessageResult<LocalUsers>;
 
     fn handle(&mut self, _: LocalUsers, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.users.keys().copied().collect())
     }
-}
-
-/// A user's online state changed elsewhere (an instance died, or Redis came
-/// back and showed what happened meanwhile): tell the conversations `chats`
-/// in which presence is pushed, on every instance (`everywhere`) or on this
-/// one only.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TellPresence {
-    pub user: UserId,
-    pub online: bool,
-    pub chats: Vec<ChatId>,
-    pub everywhere: bool,
 }
 
 impl Handler<TellPresence> for ChatServer {
@@ -876,30 +750,6 @@ impl Handler<TellPresence> for ChatServer {
                 notify: msg.chats,
                 registry: false,
             });
-        }
-    }
-}
-
-/// Some of the user's tokens were revoked (password change, deactivation):
-/// close their sessions that authorized with an older `token_version` than
-/// `current_version`, here and on the other instances.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RevokeUser {
-    pub user: UserId,
-    /// The user's valid `token_version` now; `i32::MAX` closes every session.
-    pub current_version: i32,
-    /// Whether to tell the other instances (false when the news came from them).
-    pub broadcast: bool,
-}
-
-impl RevokeUser {
-    /// Every session of `user` (a deactivated or deleted account).
-    pub fn all(user: UserId, broadcast: bool) -> Self {
-        RevokeUser {
-            user,
-            current_version: i32::MAX,
-            broadcast,
         }
     }
 }
@@ -924,17 +774,6 @@ impl Handler<RevokeUser> for ChatServer {
     }
 }
 
-/// Messages in a direct conversation became blocked, or were unblocked
-/// (PROTOCOL.md C10): recorded here and on the other instances.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetBlocked {
-    pub chat: ChatId,
-    pub blocked: bool,
-    /// Whether to tell the other instances (false when the news came from them).
-    pub broadcast: bool,
-}
-
 impl Handler<SetBlocked> for ChatServer {
     type Result = ();
 
@@ -947,17 +786,6 @@ impl Handler<SetBlocked> for ChatServer {
             });
         }
     }
-}
-
-/// A frame for one user's sessions (an invitation, PROTOCOL.md C9), here
-/// and on the other instances.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverToUser {
-    pub user: UserId,
-    pub frame: Bytes,
-    /// Whether to tell the other instances (false when the news came from them).
-    pub broadcast: bool,
 }
 
 impl Handler<DeliverToUser> for ChatServer {
@@ -976,11 +804,6 @@ impl Handler<DeliverToUser> for ChatServer {
     }
 }
 
-/// The instance is shutting down: close every session with 1001.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CloseAll;
-
 impl Handler<CloseAll> for ChatServer {
     type Result = usize;
 
@@ -996,23 +819,6 @@ impl Handler<CloseAll> for ChatServer {
     }
 }
 
-/// How many users and sessions are registered here (for tests and metrics).
-#[derive(Message)]
-#[rtype(result = "ServerStats")]
-pub struct Stats;
-
-/// Sizes of the ChatServer's maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
-pub struct ServerStats {
-    pub users: usize,
-    pub sessions: usize,
-    /// Conversations with members connected here.
-    pub rooms: usize,
-    /// Users gone from here whose departure is not announced yet
-    /// (`PRESENCE_GRACE`).
-    pub leaving: usize,
-}
-
 impl Handler<Stats> for ChatServer {
     type Result = ServerStats;
 
@@ -1025,12 +831,6 @@ impl Handler<Stats> for ChatServer {
         }
     }
 }
-
-/// Who is connected here, each with the oldest `token_version` among their
-/// sessions: what the revocation sweep checks against the database.
-#[derive(Message)]
-#[rtype(result = "Vec<(UserId, i32)>")]
-pub struct OnlineVersions;
 
 impl Handler<OnlineVersions> for ChatServer {
     type Result = MessageResult<OnlineVersions>;

@@ -18,10 +18,11 @@ use super::groups::{self, GroupError};
 use super::invitations;
 use super::log;
 use super::membership::{Audience, MembershipChange};
-use super::protocol::*;
-use super::server::{
-    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, SessionId,
+use super::messages::{
+    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick,
+    SessionId,
 };
+use super::protocol::*;
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
@@ -464,18 +465,8 @@ impl WsSession {
                 .map(move |result, act, ctx| match result {
                     Ok(Some((kind_of, members))) if members.contains(&user) => {
                         if !known && kind_of == entity::chat::ChatKind::Direct {
-                            let change = MembershipChange {
-                                chat: chat_id,
-                                added: members,
-                                removed: Vec::new(),
-                                presence: true,
-                                push: None,
-                                removed_push: None,
-                            };
-                            act.chat.server.do_send(ApplyMembership {
-                                change: Arc::new(change),
-                                broadcast: true,
-                            });
+                            let change = MembershipChange::direct(chat_id, members);
+                            act.chat.server.do_send(ApplyMembership::everywhere(change));
                         }
                         then(act, chat_id, ctx);
                     }
@@ -1049,48 +1040,6 @@ impl Handler<TokenExpired> for WsSession {
         tracing::info!(parent: &self.span, "token expired; closing session");
         let kick = Kick::token_expired();
         self.close(kick.code, kick.reason, ctx);
-    }
-}
-
-/// Ends a session from outside, with a close frame saying why.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Kick {
-    code: CloseCode,
-    reason: &'static str,
-}
-
-impl Kick {
-    /// The client stopped reading and its queue filled up.
-    pub fn slow_consumer() -> Self {
-        Kick {
-            code: CloseCode::Policy,
-            reason: "slow consumer: outgoing queue full",
-        }
-    }
-
-    /// The user's tokens were revoked.
-    pub fn revoked() -> Self {
-        Kick {
-            code: CloseCode::Policy,
-            reason: "token revoked",
-        }
-    }
-
-    /// The token the session authorized with expired.
-    pub fn token_expired() -> Self {
-        Kick {
-            code: CloseCode::Policy,
-            reason: "token expired",
-        }
-    }
-
-    /// The server is shutting down.
-    pub fn going_away() -> Self {
-        Kick {
-            code: CloseCode::Away,
-            reason: "server shutting down",
-        }
     }
 }
 

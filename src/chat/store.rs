@@ -10,7 +10,7 @@ use sea_orm::{
     FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::membership::{Audience, ChatEntry, PRESENCE_MAX_MEMBERS};
+use super::membership::{group_presence, Audience, ChatEntry};
 use super::presence::Presence;
 use super::protocol::{
     format_time, ChatId, Contact, Conversation, ConversationKind, Direction, HistoryItem,
@@ -622,7 +622,7 @@ async fn chat_flags(
                 chat::ChatKind::Group => {
                     let size = sizes.get(&id).copied().unwrap_or(0).max(0);
                     ChatFlags {
-                        presence: size <= PRESENCE_MAX_MEMBERS as i64,
+                        presence: group_presence(size as u64),
                         seq,
                         blocked: false,
                         audience: Audience::Group(size as u64),

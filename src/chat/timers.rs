@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix::WeakRecipient;
 
-use super::server::SessionId;
+use super::messages::SessionId;
 use super::socket::{Outbox, Queued};
 
 /// Slots a period is split into: each session is pinged once a period, at

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
+use super::messages::Deliver;
 use super::protocol::{ChatId, ErrorCode, ErrorReply, Quote, RequestKind, ServerEvent, UserId};
-use super::server::Deliver;
 use super::socket::{Outbox, Queued};
 use crate::chat::internal_reply;
 use crate::metrics::Metrics;

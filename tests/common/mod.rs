@@ -20,7 +20,7 @@ use std::time::Duration;
 use actix_http::ws;
 use awc::BoxedSocket;
 use chat_server::accounts::{self, NewUser};
-use chat_server::chat::server::{ServerStats, Stats};
+use chat_server::chat::messages::{ServerStats, Stats};
 use chat_server::config::Settings;
 use chat_server::Application;
 use futures_util::{SinkExt, StreamExt};

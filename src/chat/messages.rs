@@ -1,0 +1,273 @@
+//! The messages that cross between actors: sessions and the REST handlers
+//! to the ChatServer, the ChatServer to sessions (`Kick`), and the Redis
+//! bridge to the ChatServer. Each actor's file handles some of them and
+//! sends others; none imports another actor's file for its messages, so
+//! the actors do not depend on each other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+
+use super::membership::{ChatEntry, MembershipChange};
+use super::protocol::{ChatId, UserId};
+use super::socket::Outbox;
+
+/// Unique id of a session on this instance.
+pub type SessionId = u64;
+
+/// Frames for one conversation's members: `user`'s sessions get `own` (or
+/// nothing when it is `None`), everyone else's `others`.
+#[derive(Debug, Clone)]
+pub struct ConversationFrames {
+    pub chat: ChatId,
+    /// The event's place in the conversation's order, for events that
+    /// change its history (B7); `None` for the rest (read marks, typing).
+    pub seq: Option<i64>,
+    pub user: Option<UserId>,
+    pub own: Option<Bytes>,
+    pub others: Bytes,
+}
+
+impl ConversationFrames {
+    /// The same frame for every member but `user`.
+    pub fn to_others(chat: ChatId, user: UserId, frame: Bytes) -> Self {
+        ConversationFrames {
+            chat,
+            seq: None,
+            user: Some(user),
+            own: None,
+            others: frame,
+        }
+    }
+
+    pub(super) fn frame_for(&self, user: UserId) -> Option<&Bytes> {
+        if Some(user) == self.user {
+            self.own.as_ref()
+        } else {
+            Some(&self.others)
+        }
+    }
+}
+
+/// Why a session could not register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("too many sessions for this user")]
+    TooManySessions,
+    /// The conversations were loaded too long before the registration: load them again.
+    #[error("membership snapshot is stale")]
+    Stale,
+}
+
+/// A session authorized as `user` and wants their events. A session that is
+/// already registered (a re-authorization) moves in one step: either it is
+/// registered under the new user and no longer under the old, or, refused,
+/// it stays exactly where it was.
+#[derive(Message)]
+#[rtype(result = "Result<(), ConnectError>")]
+pub struct Connect {
+    pub session: SessionId,
+    pub user: UserId,
+    pub outbox: Outbox,
+    pub kick: Recipient<Kick>,
+    /// The user's conversations, loaded after membership change `since`
+    /// (`Membership::seq`); used if this is their first session here.
+    pub chats: Vec<ChatEntry>,
+    pub since: u64,
+    /// The `token_version` of the token the session authorized with.
+    pub token_version: i32,
+    /// The user the session was authorized as until now, if any.
+    pub previous: Option<UserId>,
+}
+
+/// A session ended (or re-authorized as someone else).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub session: SessionId,
+    pub user: UserId,
+}
+
+/// Frames for a conversation's members, here and on the other instances;
+/// the session `skip` (the one that caused them) is left out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub frames: ConversationFrames,
+    pub skip: Option<SessionId>,
+}
+
+/// Frames that arrived from another instance: local delivery only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverRemote {
+    pub frames: ConversationFrames,
+}
+
+/// A membership change: applied here, and (`broadcast`) on the other
+/// instances. Answered once applied, so a session that made the change can
+/// rely on it before it answers its client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyMembership {
+    pub change: Arc<MembershipChange>,
+    pub broadcast: bool,
+}
+
+impl ApplyMembership {
+    /// The one way a committed membership change is announced, by the
+    /// WebSocket and REST alike: applied here and on every instance.
+    pub fn everywhere(change: MembershipChange) -> Self {
+        ApplyMembership {
+            change: Arc::new(change),
+            broadcast: true,
+        }
+    }
+}
+
+/// The conversations of users connected here, loaded again after change
+/// `since` (after a Redis outage, when changes made elsewhere may have been
+/// missed). Answers `false` when it came too late: load again.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ReplaceChats {
+    pub chats: HashMap<UserId, Vec<ChatEntry>>,
+    pub since: u64,
+}
+
+/// Users whose conversations `ReplaceChats` should load: those connected here.
+#[derive(Message)]
+#[rtype(result = "Vec<UserId>")]
+pub struct LocalUsers;
+
+/// A user's online state changed elsewhere (an instance died, or Redis came
+/// back and showed what happened meanwhile): tell the conversations `chats`
+/// in which presence is pushed, on every instance (`everywhere`) or on this
+/// one only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TellPresence {
+    pub user: UserId,
+    pub online: bool,
+    pub chats: Vec<ChatId>,
+    pub everywhere: bool,
+}
+
+/// Some of the user's tokens were revoked (password change, deactivation):
+/// close their sessions that authorized with an older `token_version` than
+/// `current_version`, here and on the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RevokeUser {
+    pub user: UserId,
+    /// The user's valid `token_version` now; `i32::MAX` closes every session.
+    pub current_version: i32,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
+
+impl RevokeUser {
+    /// Every session of `user` (a deactivated or deleted account).
+    pub fn all(user: UserId, broadcast: bool) -> Self {
+        RevokeUser {
+            user,
+            current_version: i32::MAX,
+            broadcast,
+        }
+    }
+}
+
+/// Messages in a direct conversation became blocked, or were unblocked
+/// (PROTOCOL.md C10): recorded here and on the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBlocked {
+    pub chat: ChatId,
+    pub blocked: bool,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
+
+/// A frame for one user's sessions (an invitation, PROTOCOL.md C9), here
+/// and on the other instances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverToUser {
+    pub user: UserId,
+    pub frame: Bytes,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
+
+/// The instance is shutting down: close every session with 1001.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll;
+
+/// How many users and sessions are registered here (for tests and metrics).
+#[derive(Message)]
+#[rtype(result = "ServerStats")]
+pub struct Stats;
+
+/// Sizes of the ChatServer's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct ServerStats {
+    pub users: usize,
+    pub sessions: usize,
+    /// Conversations with members connected here.
+    pub rooms: usize,
+    /// Users gone from here whose departure is not announced yet
+    /// (`PRESENCE_GRACE`).
+    pub leaving: usize,
+}
+
+/// Who is connected here, each with the oldest `token_version` among their
+/// sessions: what the revocation sweep checks against the database.
+#[derive(Message)]
+#[rtype(result = "Vec<(UserId, i32)>")]
+pub struct OnlineVersions;
+
+/// Ends a session from outside, with a close frame saying why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub(super) code: CloseCode,
+    pub(super) reason: &'static str,
+}
+
+impl Kick {
+    /// The client stopped reading and its queue filled up.
+    pub fn slow_consumer() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "slow consumer: outgoing queue full",
+        }
+    }
+
+    /// The user's tokens were revoked.
+    pub fn revoked() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "token revoked",
+        }
+    }
+
+    /// The token the session authorized with expired.
+    pub fn token_expired() -> Self {
+        Kick {
+            code: CloseCode::Policy,
+            reason: "token expired",
+        }
+    }
+
+    /// The server is shutting down.
+    pub fn going_away() -> Self {
+        Kick {
+            code: CloseCode::Away,
+            reason: "server shutting down",
+        }
+    }
+}
