@@ -30,4 +30,5 @@ mod reliability;
 mod rest_api;
 mod scaling;
 mod security;
+mod structure;
 mod web_client;

@@ -14,10 +14,10 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Que
 
 use actix::Addr;
 
-use super::invitations::person;
 use super::messages::SetBlocked;
 use super::protocol::{ChatId, Person, UserId};
 use super::server::ChatServer;
+use super::store::person;
 
 /// Why a block request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -173,33 +173,5 @@ pub async fn blockers_of<C: ConnectionTrait>(
         .await?
         .into_iter()
         .map(|b| b.user_id)
-        .collect())
-}
-
-/// Among the pairs `(a, b)`, those with a block either way, as
-/// `(smaller, larger)`. One query over the people involved (two `IN`
-/// lists, not one condition per pair: SQLite bounds an expression's depth).
-pub async fn blocked_pairs<C: ConnectionTrait>(
-    db: &C,
-    pairs: &[(i64, i64)],
-) -> Result<HashSet<(i64, i64)>, DbErr> {
-    if pairs.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let wanted: HashSet<(i64, i64)> = pairs.iter().map(|(a, b)| (*a.min(b), *a.max(b))).collect();
-    let people: Vec<i64> = wanted
-        .iter()
-        .flat_map(|(a, b)| [*a, *b])
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    Ok(block::Entity::find()
-        .filter(block::Column::UserId.is_in(people.clone()))
-        .filter(block::Column::BlockedId.is_in(people))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|b| (b.user_id.min(b.blocked_id), b.user_id.max(b.blocked_id)))
-        .filter(|pair| wanted.contains(pair))
         .collect())
 }

@@ -23,15 +23,15 @@ use sea_orm::{
 
 use super::messages::ConversationFrames;
 use super::protocol::{
-    format_time, ChatId, ErrorCode, MessageDeleted, MessageEdited, Quote, ReactionEvent, Reply,
+    format_time, ChatId, ErrorCode, MessageDeleted, MessageEdited, ReactionEvent, Reply,
     RequestKind, ServerEvent, UserId,
 };
-use super::writer::StoreError;
+use super::store::{self, StoreError};
 
 /// Most distinct emoji on one message.
 pub const MAX_EMOJI_PER_MESSAGE: u64 = 20;
-/// How much of the answered message a reply's `quote` shows, in characters.
-pub const QUOTE_CHARS: usize = 200;
+/// Why a message or change in a direct conversation with a block is refused (C10).
+pub const BLOCKED: &str = "messages between you and this person are blocked";
 /// Why a change of a deleted message is refused.
 pub const DELETED: &str = "the message was deleted";
 
@@ -151,18 +151,6 @@ pub fn content_error(content: &str, max_chars: usize) -> Option<String> {
         Some(format!("content is longer than {max_chars} characters"))
     } else {
         None
-    }
-}
-
-/// What a reply shows of `m`.
-pub fn quote_of(m: &message::Model) -> Quote {
-    Quote {
-        sender: m.sender_id,
-        content: if m.deleted {
-            String::new()
-        } else {
-            m.content.chars().take(QUOTE_CHARS).collect()
-        },
     }
 }
 
@@ -294,15 +282,12 @@ impl Known {
         let direct: Vec<(uuid::Uuid, (i64, i64))> = chats
             .values()
             .filter_map(|c| {
-                let pair = c
-                    .direct_key
-                    .as_deref()
-                    .and_then(super::store::direct_pair)?;
+                let pair = c.direct_key.as_deref().and_then(store::direct_pair)?;
                 Some((c.id, pair))
             })
             .collect();
         let pairs: Vec<(i64, i64)> = direct.iter().map(|(_, pair)| *pair).collect();
-        let blocked_pairs = super::blocks::blocked_pairs(txn, &pairs).await?;
+        let blocked_pairs = store::blocked_pairs(txn, &pairs).await?;
         let blocked = direct
             .iter()
             .filter(|(_, (a, b))| blocked_pairs.contains(&(*a.min(b), *a.max(b))))
@@ -583,7 +568,7 @@ impl Batch {
                     return Ok(Err(refused(ErrorCode::Invalid, text)));
                 }
                 if blocked {
-                    return Ok(Err(refused(ErrorCode::Invalid, super::session::BLOCKED)));
+                    return Ok(Err(refused(ErrorCode::Invalid, BLOCKED)));
                 }
                 self.edit(txn, user, id, content).await.map(Ok)
             }
@@ -598,7 +583,7 @@ impl Batch {
                     return Ok(Err(refused(ErrorCode::Invalid, DELETED)));
                 }
                 if blocked {
-                    return Ok(Err(refused(ErrorCode::Invalid, super::session::BLOCKED)));
+                    return Ok(Err(refused(ErrorCode::Invalid, BLOCKED)));
                 }
                 Ok(self.react(user, id, chat_id, emoji, *on))
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use chrono::Utc;
-use entity::{chat, chat_member, user};
+use entity::{chat, chat_member, invitation, user};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
@@ -547,6 +547,61 @@ impl Groups {
     }
 }
 
+impl Groups {
+    /// Joins the group `chat` that `user` holds a pending invitation to.
+    /// Costs no budget (an invitation is accepted once).
+    pub async fn accept(&self, user: UserId, chat: ChatId) -> Result<Changed, GroupError> {
+        let txn = self.db.begin().await?;
+        lock_row(&txn, chat).await?;
+        let pending = invitation::Entity::find_by_id((chat.0, user.0))
+            .filter(invitation::Column::DeclinedAt.is_null())
+            .one(&txn)
+            .await?
+            .ok_or(GroupError::NotFound)?;
+        let row = store::conversation(&txn, chat)
+            .await?
+            .ok_or(GroupError::NotFound)?;
+        if row.members.len() >= self.max_members {
+            return Err(too_many(self.max_members));
+        }
+        let groups = invitations::group_counts(&txn, &[user.0]).await?;
+        if groups.get(&user.0).copied().unwrap_or(0) >= self.max_groups_per_user as u64 {
+            return Err(GroupError::Invalid {
+                field: "id",
+                message: format!(
+                    "you are in {} groups already; leave one first",
+                    self.max_groups_per_user
+                ),
+            });
+        }
+        invitation::Entity::delete_by_id((pending.chat_id, pending.user_id))
+            .exec(&txn)
+            .await?;
+        member(chat, user.0, chat_member::Role::Member)
+            .insert(&txn)
+            .await?;
+        let change = ConversationChange::MembersAdded {
+            user_ids: vec![user.0],
+        };
+        commit(txn, chat, vec![user], Vec::new(), |_| change).await
+    }
+
+    /// Turns down `user`'s pending invitation to `chat`, for good.
+    pub async fn decline(&self, user: UserId, chat: ChatId) -> Result<(), GroupError> {
+        let declined = invitation::Entity::update_many()
+            .col_expr(invitation::Column::DeclinedAt, Expr::value(Utc::now()))
+            .filter(invitation::Column::ChatId.eq(chat.0))
+            .filter(invitation::Column::UserId.eq(user.0))
+            .filter(invitation::Column::DeclinedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        if declined.rows_affected == 0 {
+            return Err(GroupError::NotFound);
+        }
+        Ok(())
+    }
+}
+
 /// Announces a committed change to the ChatServer (which applies it on
 /// every instance and pushes `conversation`), and waits until it is applied
 /// here, so the caller's next request already sees it. Returns the
@@ -587,7 +642,7 @@ pub async fn announce(
             .members
             .iter()
             .find(|(_, u)| u.id == caller.0)
-            .map(|(_, u)| invitations::person(u));
+            .map(|(_, u)| store::person(u));
         let invitation = Invitation {
             pk: item.pk,
             name: item.name.clone(),

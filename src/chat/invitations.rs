@@ -8,14 +8,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use entity::{chat, chat_member, invitation, message, user};
-use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait, Set,
 };
 
-use super::groups::{commit, lock_row, too_many, Changed, GroupError, Groups};
-use super::protocol::{format_time, ChatId, ConversationChange, Invitation, Person, UserId};
+use super::protocol::{format_time, ChatId, Invitation, UserId};
 
 /// Among `candidates`, those who have written to `adder` in their direct
 /// conversation: they join at once; anyone else is invited. One index seek
@@ -202,73 +200,9 @@ pub async fn pending_of<C: ConnectionTrait>(
                 invited_by: invitation
                     .invited_by
                     .and_then(|id| people.get(&id))
-                    .map(person),
+                    .map(super::store::person),
                 time: format_time(&invitation.created_at),
             })
         })
         .collect())
-}
-
-/// A user as an invitation or the blocked list names them.
-pub fn person(user: &user::Model) -> Person {
-    Person {
-        user_id: user.id,
-        username: user.username.clone(),
-        name: user.display_name(),
-    }
-}
-
-impl Groups {
-    /// Joins the group `chat` that `user` holds a pending invitation to.
-    /// Costs no budget (an invitation is accepted once).
-    pub async fn accept(&self, user: UserId, chat: ChatId) -> Result<Changed, GroupError> {
-        let txn = self.db.begin().await?;
-        lock_row(&txn, chat).await?;
-        let pending = invitation::Entity::find_by_id((chat.0, user.0))
-            .filter(invitation::Column::DeclinedAt.is_null())
-            .one(&txn)
-            .await?
-            .ok_or(GroupError::NotFound)?;
-        let row = super::store::conversation(&txn, chat)
-            .await?
-            .ok_or(GroupError::NotFound)?;
-        if row.members.len() >= self.max_members {
-            return Err(too_many(self.max_members));
-        }
-        let groups = group_counts(&txn, &[user.0]).await?;
-        if groups.get(&user.0).copied().unwrap_or(0) >= self.max_groups_per_user as u64 {
-            return Err(GroupError::Invalid {
-                field: "id",
-                message: format!(
-                    "you are in {} groups already; leave one first",
-                    self.max_groups_per_user
-                ),
-            });
-        }
-        invitation::Entity::delete_by_id((pending.chat_id, pending.user_id))
-            .exec(&txn)
-            .await?;
-        super::groups::member(chat, user.0, chat_member::Role::Member)
-            .insert(&txn)
-            .await?;
-        let change = ConversationChange::MembersAdded {
-            user_ids: vec![user.0],
-        };
-        commit(txn, chat, vec![user], Vec::new(), |_| change).await
-    }
-
-    /// Turns down `user`'s pending invitation to `chat`, for good.
-    pub async fn decline(&self, user: UserId, chat: ChatId) -> Result<(), GroupError> {
-        let declined = invitation::Entity::update_many()
-            .col_expr(invitation::Column::DeclinedAt, Expr::value(Utc::now()))
-            .filter(invitation::Column::ChatId.eq(chat.0))
-            .filter(invitation::Column::UserId.eq(user.0))
-            .filter(invitation::Column::DeclinedAt.is_null())
-            .exec(&self.db)
-            .await?;
-        if declined.rows_affected == 0 {
-            return Err(GroupError::NotFound);
-        }
-        Ok(())
-    }
 }

@@ -7,11 +7,9 @@
 
 use std::time::Duration;
 
-use std::collections::HashMap;
-
 use actix::prelude::*;
 use entity::{message, message_event};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::mpsc;
 
 use super::changes;
@@ -197,7 +195,7 @@ pub async fn events_between(
 ) -> Result<(Vec<LogEvent>, bool), DbErr> {
     let (messages, more_messages) = store::messages_by_seq(db, chat, after, before, limit).await?;
     let (changes, more_changes) = store::changes_by_seq(db, chat, after, before, limit).await?;
-    let quotes = quotes_for(db, &messages).await?;
+    let quotes = store::quotes_for(db, &messages).await?;
     let mut events: Vec<LogEvent> = messages
         .into_iter()
         .map(|m| {
@@ -212,24 +210,6 @@ pub async fn events_between(
     let has_more = events.len() as u64 > limit || more_messages || more_changes;
     events.truncate(limit as usize);
     Ok((events, has_more))
-}
-
-/// What replies among `messages` show of the messages they answer.
-pub async fn quotes_for<C: ConnectionTrait>(
-    db: &C,
-    messages: &[message::Model],
-) -> Result<HashMap<i64, Quote>, DbErr> {
-    let answered: Vec<i64> = messages.iter().filter_map(|m| m.reply_to).collect();
-    if answered.is_empty() {
-        return Ok(HashMap::new());
-    }
-    Ok(message::Entity::find()
-        .filter(message::Column::Id.is_in(answered))
-        .all(db)
-        .await?
-        .iter()
-        .map(|m| (m.id, changes::quote_of(m)))
-        .collect())
 }
 
 /// The events of a hole in a conversation's live stream, loaded from the

@@ -33,8 +33,6 @@ use crate::metrics;
 
 /// Longest `client_id` accepted (B2).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
-/// Why a message or typing in a blocked direct conversation is refused (C10).
-pub const BLOCKED: &str = "messages between you and this person are blocked";
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -502,7 +500,12 @@ impl WsSession {
             ctx,
             move |act, chat, ctx| {
                 if act.chat.membership.is_blocked(chat) {
-                    return act.send_error(RequestKind::Message, ErrorCode::Invalid, BLOCKED, ctx);
+                    return act.send_error(
+                        RequestKind::Message,
+                        ErrorCode::Invalid,
+                        changes::BLOCKED,
+                        ctx,
+                    );
                 }
                 let new = NewMessage {
                     chat,
@@ -721,7 +724,12 @@ impl WsSession {
             ctx,
             move |act, chat, ctx| {
                 if act.chat.membership.is_blocked(chat) {
-                    return act.send_error(RequestKind::Typing, ErrorCode::Invalid, BLOCKED, ctx);
+                    return act.send_error(
+                        RequestKind::Typing,
+                        ErrorCode::Invalid,
+                        changes::BLOCKED,
+                        ctx,
+                    );
                 }
                 if act.chat.typing_relays.take(chat).is_err() {
                     // Someone's typing was shown in this second: a member never

@@ -1,9 +1,11 @@
-//! The queries chat needs: contacts, membership, history, read marks.
+//! The queries chat needs: contacts, membership, history, read marks, the
+//! quotes replies show, blocked pairs; and `StoreError`, why something was
+//! not stored.
 //! Messages are written by the group-commit writer (`writer.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use entity::{chat, chat_member, message, message_event, reaction, user};
+use entity::{block, chat, chat_member, message, message_event, reaction, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
@@ -13,8 +15,9 @@ use sea_orm::{
 use super::membership::{group_presence, Audience, ChatEntry};
 use super::presence::Presence;
 use super::protocol::{
-    format_time, ChatId, Contact, Conversation, ConversationKind, Direction, HistoryItem,
-    HistoryPage, LastMessage, MemberItem, MemberRole, Quote, ReactionCount, UserId,
+    format_time, ChatId, Contact, Conversation, ConversationKind, Direction, ErrorCode, ErrorReply,
+    HistoryItem, HistoryPage, LastMessage, MemberItem, MemberRole, Person, Quote, ReactionCount,
+    RequestKind, UserId,
 };
 
 /// Largest page of history one request may ask for.
@@ -97,7 +100,7 @@ pub async fn history_items<C: ConnectionTrait>(
     messages: Vec<message::Model>,
     viewer: UserId,
 ) -> Result<Vec<HistoryItem>, DbErr> {
-    let quotes = super::log::quotes_for(db, &messages).await?;
+    let quotes = quotes_for(db, &messages).await?;
     let ids: Vec<i64> = messages
         .iter()
         .filter(|m| !m.deleted)
@@ -275,7 +278,7 @@ async fn contact_rows(
         );
     }
     let pairs: Vec<(i64, i64)> = others.values().map(|u| (user.0, u.id)).collect();
-    let blocked = super::blocks::blocked_pairs(db, &pairs).await?;
+    let blocked = blocked_pairs(db, &pairs).await?;
     let is_blocked =
         |other: &user::Model| blocked.contains(&(user.0.min(other.id), user.0.max(other.id)));
     let mut group_members: HashMap<uuid::Uuid, Vec<UserId>> = HashMap::new();
@@ -604,7 +607,7 @@ async fn chat_flags(
             .iter()
             .filter_map(|(_, _, _, key)| key.as_deref().and_then(direct_pair))
             .collect();
-        let blocked = super::blocks::blocked_pairs(db, &pairs).await?;
+        let blocked = blocked_pairs(db, &pairs).await?;
         for (id, kind, seq, key) in rows {
             let flag = match kind {
                 chat::ChatKind::Direct => {
@@ -908,4 +911,107 @@ pub async fn mark_read(
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// How much of the answered message a reply's `quote` shows, in characters.
+pub const QUOTE_CHARS: usize = 200;
+
+/// What a reply shows of `m`.
+pub fn quote_of(m: &message::Model) -> Quote {
+    Quote {
+        sender: m.sender_id,
+        content: if m.deleted {
+            String::new()
+        } else {
+            m.content.chars().take(QUOTE_CHARS).collect()
+        },
+    }
+}
+
+/// What replies among `messages` show of the messages they answer.
+pub async fn quotes_for<C: ConnectionTrait>(
+    db: &C,
+    messages: &[message::Model],
+) -> Result<HashMap<i64, Quote>, DbErr> {
+    let answered: Vec<i64> = messages.iter().filter_map(|m| m.reply_to).collect();
+    if answered.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(message::Entity::find()
+        .filter(message::Column::Id.is_in(answered))
+        .all(db)
+        .await?
+        .iter()
+        .map(|m| (m.id, quote_of(m)))
+        .collect())
+}
+
+/// Among the pairs `(a, b)`, those with a block either way, as
+/// `(smaller, larger)`. One query over the people involved (two `IN`
+/// lists, not one condition per pair: SQLite bounds an expression's depth).
+pub async fn blocked_pairs<C: ConnectionTrait>(
+    db: &C,
+    pairs: &[(i64, i64)],
+) -> Result<HashSet<(i64, i64)>, DbErr> {
+    if pairs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let wanted: HashSet<(i64, i64)> = pairs.iter().map(|(a, b)| (*a.min(b), *a.max(b))).collect();
+    let people: Vec<i64> = wanted
+        .iter()
+        .flat_map(|(a, b)| [*a, *b])
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(block::Entity::find()
+        .filter(block::Column::UserId.is_in(people.clone()))
+        .filter(block::Column::BlockedId.is_in(people))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|b| (b.user_id.min(b.blocked_id), b.user_id.max(b.blocked_id)))
+        .filter(|pair| wanted.contains(pair))
+        .collect())
+}
+
+/// A user as an invitation or the blocked list names them.
+pub fn person(user: &user::Model) -> Person {
+    Person {
+        user_id: user.id,
+        username: user.username.clone(),
+        name: user.display_name(),
+    }
+}
+
+/// Why a message could not be stored (it was not acknowledged).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the message writer is overloaded")]
+    Busy,
+    #[error("the message writer has stopped")]
+    Stopped,
+    #[error("database error: {0}")]
+    Database(String),
+    /// The request breaks a rule (B3 `code`): an answer, not a failure.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+impl StoreError {
+    /// The B3 error a client is answered with; failures are logged in
+    /// `span` and answered `internal` with an id.
+    pub fn reply(&self, span: &tracing::Span, kind: RequestKind) -> ErrorReply {
+        match self {
+            StoreError::Refused { code, message } => ErrorReply::new(*code, message.clone()),
+            StoreError::Busy if kind == RequestKind::Message => ErrorReply::new(
+                ErrorCode::RateLimited,
+                "server busy; message not stored, resend it",
+            ),
+            StoreError::Busy => ErrorReply::new(
+                ErrorCode::RateLimited,
+                "server busy; nothing changed, try again",
+            ),
+            e => super::internal_reply(span, kind, e),
+        }
+    }
 }

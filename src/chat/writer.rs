@@ -26,9 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
 use super::messages::Deliver;
-use super::protocol::{ChatId, ErrorCode, ErrorReply, Quote, RequestKind, ServerEvent, UserId};
+use super::protocol::{ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
 use super::socket::{Outbox, Queued};
-use crate::chat::internal_reply;
+use super::store;
+pub use super::store::StoreError;
 use crate::metrics::Metrics;
 
 /// Most inserts committed in one transaction: large enough to amortise the
@@ -72,39 +73,6 @@ impl Stored {
             Stored::New(p) => Some(&p.message),
             Stored::Duplicate(m) => Some(m),
             Stored::Changed(_) => None,
-        }
-    }
-}
-
-/// Why a message could not be stored (it was not acknowledged).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("the message writer is overloaded")]
-    Busy,
-    #[error("the message writer has stopped")]
-    Stopped,
-    #[error("database error: {0}")]
-    Database(String),
-    /// The request breaks a rule (B3 `code`): an answer, not a failure.
-    #[error("{message}")]
-    Refused { code: ErrorCode, message: String },
-}
-
-impl StoreError {
-    /// The B3 error a client is answered with; failures are logged in
-    /// `span` and answered `internal` with an id.
-    pub fn reply(&self, span: &tracing::Span, kind: RequestKind) -> ErrorReply {
-        match self {
-            StoreError::Refused { code, message } => ErrorReply::new(*code, message.clone()),
-            StoreError::Busy if kind == RequestKind::Message => ErrorReply::new(
-                ErrorCode::RateLimited,
-                "server busy; message not stored, resend it",
-            ),
-            StoreError::Busy => ErrorReply::new(
-                ErrorCode::RateLimited,
-                "server busy; nothing changed, try again",
-            ),
-            e => internal_reply(span, kind, e),
         }
     }
 }
@@ -562,7 +530,7 @@ async fn commit_batch(
     let (places, rows): (Vec<usize>, Vec<Row>) = valid.into_iter().unzip();
     let quotes: HashMap<i64, Quote> = answered
         .iter()
-        .map(|(id, m)| (*id, changes::quote_of(m)))
+        .map(|(id, m)| (*id, store::quote_of(m)))
         .collect();
     let (stored, changed) = commit_unique(db, metrics, rows, ids, &quotes, changes).await;
     for (i, r) in places.into_iter().zip(stored) {

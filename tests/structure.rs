@@ -1,0 +1,142 @@
+//! The source's shape, checked: no module of `src/` depends on another that
+//! depends back on it, through any chain (a newcomer reads each file's
+//! imports and never has to go round in a circle). A module may use its
+//! ancestors' items (`super::internal_reply`) and its children; the graph
+//! is between the rest. Test code (`#[cfg(test)]` onwards) is left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Every module of `src/` (`chat::server`, `bus`, …) with the modules its
+/// code names through `crate::` or `super::` paths.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut sources = BTreeMap::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(&root).expect("under src/");
+            let name = relative
+                .with_extension("")
+                .to_string_lossy()
+                .replace('/', "::");
+            let name = name.strip_suffix("::mod").unwrap_or(&name).to_string();
+            if name == "lib" || name == "main" || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let code = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            sources.insert(name, code);
+        }
+    }
+    let modules: BTreeSet<String> = sources.keys().cloned().collect();
+    let mut graph = BTreeMap::new();
+    for (name, code) in &sources {
+        let parent = name.rsplit_once("::").map_or("", |(p, _)| p);
+        let mut uses = BTreeSet::new();
+        for (prefix, base) in [("crate::", ""), ("super::", parent)] {
+            for (at, _) in code.match_indices(prefix) {
+                let path: String = code[at + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                let mut target = base.to_string();
+                let mut found = None;
+                for part in path.split("::").filter(|p| !p.is_empty()) {
+                    target = if target.is_empty() {
+                        part.to_string()
+                    } else {
+                        format!("{target}::{part}")
+                    };
+                    if modules.contains(&target) {
+                        found = Some(target.clone());
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(target) = found {
+                    let related = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}::"));
+                    if !related(name, &target) && !related(&target, name) {
+                        uses.insert(target);
+                    }
+                }
+            }
+        }
+        graph.insert(name.clone(), uses);
+    }
+    graph
+}
+
+/// A chain of modules that leads back to its start, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn visit(
+        module: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        marks: &mut BTreeMap<String, Mark>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(module) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Open) => {
+                let start = path.iter().position(|m| m == module).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(module.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(module.to_string(), Mark::Open);
+        path.push(module.to_string());
+        for next in graph.get(module).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, marks, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        marks.insert(module.to_string(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    graph
+        .keys()
+        .find_map(|module| visit(module, graph, &mut marks, &mut Vec::new()))
+}
+
+#[test]
+fn no_module_depends_on_itself_through_others() {
+    let graph = module_graph();
+    assert!(
+        graph.contains_key("chat::server") && graph["chat::session"].contains("chat::messages"),
+        "the graph was read: {graph:?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("module cycle: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_check_finds_a_cycle() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec![]),
+    ]
+    .into_iter()
+    .map(|(m, uses)| (m.to_string(), uses.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(
+        find_cycle(&graph),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+}
