@@ -812,7 +812,10 @@ async fn a_member_removed_mid_stream_gets_no_message_after_her_removal() {
         carol_here.nothing_before_pong().await;
     }
     streaming.set(false);
-    stream.await.expect("the stream");
+    tokio::time::timeout(common::TIMEOUT, stream)
+        .await
+        .expect("the stream stops within TIMEOUT")
+        .expect("the stream");
     drop(owner);
     let page = carol_on[1]
         .request(json!({"type": "get_messages", "data": {"id": pk}}))

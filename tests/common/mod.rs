@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 
 /// How long a test waits for any one frame or response.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `recv_type` skips other frames while waiting for its kind.
+pub const RECV_TYPE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PASSWORD: &str = "correct horse battery";
 /// The token key of test servers (at least 32 bytes, as the server requires).
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret";
@@ -473,14 +475,17 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.framed
-            .send(ws::Message::Text(text.to_string().into()))
-            .await
-            .expect("send text");
+        self.send_message(ws::Message::Text(text.to_string().into()))
+            .await;
     }
 
+    /// Sends one frame; fails if the server has not taken it within
+    /// `TIMEOUT` (a server that stopped reading fills the socket's buffers).
     pub async fn send_message(&mut self, message: ws::Message) {
-        self.framed.send(message).await.expect("send frame");
+        tokio::time::timeout(TIMEOUT, self.framed.send(message))
+            .await
+            .expect("the server takes the frame within TIMEOUT")
+            .expect("send frame");
     }
 
     /// The next event within `wait`, answering pings and skipping pongs.
@@ -543,13 +548,22 @@ impl WsClient {
         }
     }
 
-    /// The next frame of `kind`, skipping others (presence, typing, …).
+    /// The next frame of `kind`, skipping others (presence, typing, …);
+    /// fails if none comes within `RECV_TYPE_TIMEOUT`, however many others
+    /// keep coming (a stream of messages must not hide a missing answer).
     pub async fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + RECV_TYPE_TIMEOUT;
+        let mut skipped = 0usize;
         loop {
-            let frame = self.recv().await;
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match self.next_event(wait).await {
+                Event::Json(v) => v,
+                other => panic!("expected a {kind} frame (after {skipped} others), got {other:?}"),
+            };
             if frame["type"] == kind {
                 return frame;
             }
+            skipped += 1;
         }
     }
 
@@ -585,11 +599,20 @@ impl WsClient {
         );
     }
 
-    /// Splits off the reading half into a task that discards everything, for
-    /// a client that only sends (a flood) but must not become a slow consumer.
+    /// Splits off the reading half into a task that discards everything but
+    /// the server's pings, which it answers, for a client that only sends (a
+    /// flood) but must neither become a slow consumer nor look dead (B5).
     pub fn draining(self) -> WsSender {
         let (sink, mut stream) = self.framed.split();
-        actix_web::rt::spawn(async move { while stream.next().await.is_some() {} });
+        let sink = std::rc::Rc::new(tokio::sync::Mutex::new(sink));
+        let answering = sink.clone();
+        actix_web::rt::spawn(async move {
+            while let Some(frame) = stream.next().await {
+                if let Ok(ws::Frame::Ping(p)) = frame {
+                    let _ = answering.lock().await.send(ws::Message::Pong(p)).await;
+                }
+            }
+        });
         WsSender { sink }
     }
 
@@ -610,14 +633,20 @@ impl WsClient {
 
 /// The sending half of a client whose incoming frames are drained.
 pub struct WsSender {
-    sink: futures_util::stream::SplitSink<actix_codec::Framed<BoxedSocket, ws::Codec>, ws::Message>,
+    sink: std::rc::Rc<tokio::sync::Mutex<WsSink>>,
 }
 
+type WsSink =
+    futures_util::stream::SplitSink<actix_codec::Framed<BoxedSocket, ws::Codec>, ws::Message>;
+
 impl WsSender {
+    /// Sends one text frame; fails if the server has not taken it within
+    /// `TIMEOUT`.
     pub async fn send(&mut self, value: Value) {
-        self.sink
-            .send(ws::Message::Text(value.to_string().into()))
+        let frame = ws::Message::Text(value.to_string().into());
+        tokio::time::timeout(TIMEOUT, async { self.sink.lock().await.send(frame).await })
             .await
+            .expect("the server takes the frame within TIMEOUT")
             .expect("send text");
     }
 }
