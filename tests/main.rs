@@ -22,6 +22,7 @@ mod deploy;
 mod edges;
 mod faults;
 mod groups;
+mod harness;
 mod invitations;
 mod login;
 mod message_changes;

@@ -24,7 +24,7 @@ use chat_server::chat::messages::{ServerStats, Stats};
 use chat_server::config::Settings;
 use chat_server::Application;
 use futures_util::{SinkExt, StreamExt};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{json, Value};
 
 /// How long a test waits for any one frame or response.
@@ -120,8 +120,20 @@ fn unique_name() -> String {
 /// A fresh, empty database of `backend`, dropped with this value.
 pub struct TestDatabase {
     pub url: String,
-    cleanup: Option<(String, String)>,
+    cleanup: Option<Cleanup>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How a server database is dropped: first the connections still using it
+/// (`ends_sessions`), then `drop` itself. A test's servers run on the test's
+/// own thread, which the drop blocks: a server caught inside a transaction
+/// would hold its locks for ever, and the `DROP` would wait for them for
+/// ever, so their sessions are ended first.
+struct Cleanup {
+    base: String,
+    ends_sessions: String,
+    /// A bound on how long the drop waits for a lock, then the drop.
+    drop: [String; 2],
 }
 
 impl TestDatabase {
@@ -147,10 +159,24 @@ impl TestDatabase {
                     .expect("create schema");
                 admin.close().await.ok();
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                // The schema's name as the connections' application name too:
+                // how the cleanup finds them.
+                let url = format!(
+                    "{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}"
+                );
                 TestDatabase {
                     url,
-                    cleanup: Some((base.clone(), format!("DROP SCHEMA {schema} CASCADE"))),
+                    cleanup: Some(Cleanup {
+                        base: base.clone(),
+                        ends_sessions: format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name = '{schema}' AND pid <> pg_backend_pid()"
+                        ),
+                        drop: [
+                            "SET lock_timeout = '20s'".into(),
+                            format!("DROP SCHEMA {schema} CASCADE"),
+                        ],
+                    }),
                     _dir: None,
                 }
             }
@@ -168,7 +194,17 @@ impl TestDatabase {
                 let url = format!("{root}/{name}");
                 TestDatabase {
                     url,
-                    cleanup: Some((base.clone(), format!("DROP DATABASE {name}"))),
+                    cleanup: Some(Cleanup {
+                        base: base.clone(),
+                        ends_sessions: format!(
+                            "SELECT id FROM information_schema.processlist \
+                             WHERE db = '{name}' AND id <> CONNECTION_ID()"
+                        ),
+                        drop: [
+                            "SET SESSION lock_wait_timeout = 20".into(),
+                            format!("DROP DATABASE {name}"),
+                        ],
+                    }),
                     _dir: None,
                 }
             }
@@ -178,22 +214,55 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Some((base, statement)) = self.cleanup.take() {
+        if let Some(cleanup) = self.cleanup.take() {
             // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(async move {
-                    if let Ok(admin) = Database::connect(base.as_str()).await {
-                        let _ = admin.execute_unprepared(&statement).await;
-                        let _ = admin.close().await;
-                    }
-                });
+                rt.block_on(cleanup.run());
             })
             .join();
         }
+    }
+}
+
+impl Cleanup {
+    async fn run(self) {
+        // One connection, so the `SET` before the drop applies to it.
+        let options = sea_orm::ConnectOptions::new(self.base.as_str())
+            .max_connections(1)
+            .to_owned();
+        let Ok(admin) = Database::connect(options).await else {
+            return;
+        };
+        match admin.get_database_backend() {
+            sea_orm::DatabaseBackend::MySql => {
+                // MariaDB ends a session by `KILL <id>`, one statement each.
+                let ids = admin
+                    .query_all_raw(Statement::from_string(
+                        sea_orm::DatabaseBackend::MySql,
+                        self.ends_sessions.clone(),
+                    ))
+                    .await
+                    .unwrap_or_default();
+                for row in ids {
+                    if let Ok(id) = row.try_get_by_index::<i64>(0) {
+                        let _ = admin.execute_unprepared(&format!("KILL {id}")).await;
+                    }
+                }
+            }
+            _ => {
+                let _ = admin.execute_unprepared(&self.ends_sessions).await;
+            }
+        }
+        for statement in &self.drop {
+            if let Err(e) = admin.execute_unprepared(statement).await {
+                eprintln!("test database left behind ({statement}): {e}");
+            }
+        }
+        let _ = admin.close().await;
     }
 }
 
