@@ -80,7 +80,9 @@ async fn messages_presence_groups_and_revocation_cross_a_cluster() {
     common::have_written(&a.db, &[bob, carol], alice).await;
     let mut carol_b = b.authorized(&carol_token).await;
     let group = alice_a
-        .ask(json!({"type": "create_group", "data": {"title": "Shards", "members": [bob, carol]}}))
+        .ask_change(
+            json!({"type": "create_group", "data": {"title": "Shards", "members": [bob, carol]}}),
+        )
         .await;
     let group_pk = group["pk"].clone();
     for client in [&mut bob_b, &mut carol_b] {

@@ -29,6 +29,7 @@ mod message_changes;
 mod nginx;
 mod reliability;
 mod rest_api;
+mod rolling_upgrade;
 mod scaling;
 mod security;
 mod structure;

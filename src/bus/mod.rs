@@ -3,7 +3,11 @@
 //! with Redis (one server or a cluster: `target`), `redis::RedisBridge`
 //! carries events to the other instances.
 
+mod envelope;
+mod link;
+mod names;
 pub mod redis;
+mod registry;
 pub mod target;
 
 use std::sync::Arc;

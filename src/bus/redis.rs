@@ -25,9 +25,12 @@
 //! with capped exponential backoff, then resubscribes, re-registers, and
 //! reloads its users' conversations (membership changes made elsewhere
 //! meanwhile were missed); the others reload theirs when they hear it is back.
+//!
+//! This file is the actor. Beside it: `envelope.rs` (what travels, and its
+//! versions), `names.rs` (keys and channels), `link.rs` (the connections
+//! and their ordered queues), `registry.rs` (the registry's commands).
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +40,11 @@ use redis::AsyncTypedCommands;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-use super::target::{Conn, Incoming, Messages, RedisTarget, Subscriber};
+use super::envelope::Envelope;
+use super::link::{send_in_order, subscribe_in_order, Link, LinkLost, Subscription, MAX_SUBSCRIBE};
+use super::names::Names;
+use super::registry::{check_liveness, online_elsewhere, presence_commands, register, HEARTBEAT};
+use super::target::{Incoming, Messages, RedisTarget};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::messages::{
@@ -49,13 +56,6 @@ use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::store;
 use crate::metrics::Metrics;
 
-/// How long an instance's liveness key lives without a refresh.
-const ALIVE_TTL_SECONDS: u64 = 15;
-/// How long an instance's user set outlives its last refresh: a crashed
-/// instance's keys vanish even when no live instance buries it.
-const USERS_TTL_SECONDS: i64 = 4 * ALIVE_TTL_SECONDS as i64;
-/// How often the liveness key is refreshed and dead instances looked for.
-const HEARTBEAT: Duration = Duration::from_secs(5);
 /// First and largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -63,396 +63,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// slots are not all served yet (mid-failover) must not hold up the next
 /// attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE.
-const MAX_SUBSCRIBE: usize = 512;
-
-/// Redis key and channel names, under one prefix (several deployments may
-/// share a Redis). On a cluster the registry keys and the control channel
-/// carry the hash tag `{prefix}`, so one transaction can write the registry
-/// and a presence change (registry + control) is one pipeline; conversation
-/// channels are untagged and spread over the slots.
-#[derive(Clone)]
-struct Names {
-    prefix: String,
-    instance: String,
-    cluster: bool,
-}
-
-impl Names {
-    /// The prefix of the keys that must share a slot.
-    fn shared(&self) -> String {
-        if self.cluster {
-            format!("{{{}}}", self.prefix)
-        } else {
-            self.prefix.clone()
-        }
-    }
-    fn conversation(&self, chat: ChatId) -> String {
-        format!("{}:conv:{}", self.prefix, chat.0.simple())
-    }
-    /// The conversation whose channel this is, if it is one of ours.
-    fn chat_of(&self, channel: &str) -> Option<ChatId> {
-        let id = channel
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":conv:")?;
-        uuid::Uuid::try_parse(id).ok().map(ChatId)
-    }
-    fn control(&self) -> String {
-        format!("{}:control", self.shared())
-    }
-    fn instances(&self) -> String {
-        format!("{}:instances", self.shared())
-    }
-    fn alive(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:alive", self.shared())
-    }
-    fn users_of(&self, instance: &str) -> String {
-        format!("{}:instance:{instance}:users", self.shared())
-    }
-    /// `PUBLISH`, or on a cluster the sharded `SPUBLISH`.
-    fn publish(&self, channel: String, payload: Vec<u8>) -> redis::Cmd {
-        if self.cluster {
-            redis::Cmd::spublish(channel, payload)
-        } else {
-            redis::Cmd::publish(channel, payload)
-        }
-    }
-}
-
-/// What travels on the channels. A header of space-separated ASCII fields,
-/// then (for frames) raw bytes:
-/// - `C origin chat user|- own_len|- own others`: frames for a conversation's
-///   members (`user` gets `own`, or nothing when there is no `own_len`);
-/// - `S origin chat seq user|- own_len|- own others`: the same for an event
-///   with its place in the conversation's order (B7). A kind of its own, so
-///   an instance of an earlier version ignores it (as an undecodable
-///   envelope) instead of delivering it out of order;
-/// - `G origin id chat presence(1|0) added removed push_len|- removed_len|- push removed_push`:
-///   a membership change, numbered by its origin (`id`), published on the
-///   control channel and on the conversation's (see `publish_membership`);
-/// - `P origin user 1|0 chats` (the origin's record of the user changed) and
-///   `N origin user 1|0 chats` (news only): tell `chats` of the user's state;
-/// - `R origin user version`, `D origin dead-instance`, `Y origin` (it came
-///   back: re-read its users and reload memberships);
-/// - `U origin user frame`: a frame for one user's sessions (an invitation);
-/// - `K origin chat 1|0`: messages in a direct conversation became blocked
-///   (1) or were unblocked (0).
-///
-/// `U` and `K` are kinds of their own, which an earlier version ignores.
-///
-/// Lists are comma-separated, `-` when empty.
-#[derive(Debug, PartialEq)]
-enum Envelope<'a> {
-    Conversation {
-        origin: &'a str,
-        chat: ChatId,
-        seq: Option<i64>,
-        user: Option<UserId>,
-        own: Option<&'a [u8]>,
-        others: &'a [u8],
-    },
-    Membership {
-        origin: &'a str,
-        id: u64,
-        change: MembershipChange,
-    },
-    Presence {
-        origin: &'a str,
-        user: UserId,
-        online: bool,
-        notify: Vec<ChatId>,
-        registry: bool,
-    },
-    Revoke {
-        origin: &'a str,
-        user: UserId,
-        current_version: i32,
-    },
-    ToUser {
-        origin: &'a str,
-        user: UserId,
-        frame: &'a [u8],
-    },
-    Blocked {
-        origin: &'a str,
-        chat: ChatId,
-        blocked: bool,
-    },
-    InstanceDown {
-        origin: &'a str,
-        dead: &'a str,
-    },
-    /// The origin (re)connected and registered its users anew.
-    Resync {
-        origin: &'a str,
-    },
-}
-
-fn write_list<T: std::fmt::Display>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>) {
-    let mut empty = true;
-    for (i, item) in items.into_iter().enumerate() {
-        let _ = write!(out, "{}{item}", if i == 0 { "" } else { "," });
-        empty = false;
-    }
-    if empty {
-        out.push(b'-');
-    }
-}
-
-fn parse_list<T>(field: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
-    if field == "-" {
-        return Some(Vec::new());
-    }
-    field.split(',').map(parse).collect()
-}
-
-fn parse_user(field: &str) -> Option<UserId> {
-    field.parse().ok().map(UserId)
-}
-
-fn parse_chat(field: &str) -> Option<ChatId> {
-    uuid::Uuid::parse_str(field).ok().map(ChatId)
-}
-
-fn parse_len(field: &str) -> Option<Option<usize>> {
-    if field == "-" {
-        Some(None)
-    } else {
-        field.parse().ok().map(Some)
-    }
-}
-
-/// Splits `n` space-terminated ASCII fields off the front of `bytes`; the
-/// rest is returned whole (it may hold spaces and any byte).
-fn split_fields(bytes: &[u8], n: usize) -> Option<(Vec<&str>, &[u8])> {
-    let mut fields = Vec::with_capacity(n);
-    let mut rest = bytes;
-    for _ in 0..n {
-        let end = rest.iter().position(|b| *b == b' ')?;
-        fields.push(std::str::from_utf8(&rest[..end]).ok()?);
-        rest = &rest[end + 1..];
-    }
-    Some((fields, rest))
-}
-
-impl<'a> Envelope<'a> {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self {
-            Envelope::Conversation {
-                origin,
-                chat,
-                seq,
-                user,
-                own,
-                others,
-            } => {
-                match seq {
-                    Some(seq) => write!(out, "S {origin} {} {seq} ", chat.0.simple()),
-                    None => write!(out, "C {origin} {} ", chat.0.simple()),
-                }
-                .expect("writing to a Vec cannot fail");
-                match user {
-                    Some(u) => {
-                        let _ = write!(out, "{u} ");
-                    }
-                    None => out.extend_from_slice(b"- "),
-                }
-                match own {
-                    Some(own) => {
-                        let _ = write!(out, "{} ", own.len());
-                        out.extend_from_slice(own);
-                    }
-                    None => out.extend_from_slice(b"- "),
-                }
-                out.extend_from_slice(others);
-            }
-            Envelope::Membership { origin, id, change } => {
-                let _ = write!(
-                    out,
-                    "G {origin} {id} {} {} ",
-                    change.chat.0.simple(),
-                    u8::from(change.presence)
-                );
-                write_list(&mut out, &change.added);
-                out.push(b' ');
-                write_list(&mut out, &change.removed);
-                for push in [&change.push, &change.removed_push] {
-                    match push {
-                        Some(p) => {
-                            let _ = write!(out, " {}", p.len());
-                        }
-                        None => out.extend_from_slice(b" -"),
-                    }
-                }
-                out.push(b' ');
-                for push in [&change.push, &change.removed_push].into_iter().flatten() {
-                    out.extend_from_slice(push);
-                }
-            }
-            Envelope::Presence {
-                origin,
-                user,
-                online,
-                notify,
-                registry,
-            } => {
-                let kind = if *registry { "P" } else { "N" };
-                let _ = write!(out, "{kind} {origin} {user} {} ", u8::from(*online));
-                write_list(&mut out, notify.iter().map(|c| c.0.simple()));
-            }
-            Envelope::Revoke {
-                origin,
-                user,
-                current_version,
-            } => {
-                let _ = write!(out, "R {origin} {user} {current_version}");
-            }
-            Envelope::ToUser {
-                origin,
-                user,
-                frame,
-            } => {
-                let _ = write!(out, "U {origin} {user} ");
-                out.extend_from_slice(frame);
-            }
-            Envelope::Blocked {
-                origin,
-                chat,
-                blocked,
-            } => {
-                let _ = write!(out, "K {origin} {} {}", chat.0.simple(), u8::from(*blocked));
-            }
-            Envelope::InstanceDown { origin, dead } => {
-                let _ = write!(out, "D {origin} {dead}");
-            }
-            Envelope::Resync { origin } => {
-                let _ = write!(out, "Y {origin}");
-            }
-        }
-        out
-    }
-
-    fn decode(bytes: &'a [u8]) -> Option<Self> {
-        let (head, _) = split_fields(bytes, 1)?;
-        match head[0] {
-            kind @ ("C" | "S") => {
-                let sequenced = kind == "S";
-                let (mut f, rest) = split_fields(bytes, if sequenced { 6 } else { 5 })?;
-                let seq = if sequenced {
-                    Some(f.remove(3).parse().ok()?)
-                } else {
-                    None
-                };
-                let user = if f[3] == "-" {
-                    None
-                } else {
-                    Some(parse_user(f[3])?)
-                };
-                let (own, others) = match parse_len(f[4])? {
-                    Some(len) if len <= rest.len() => (Some(&rest[..len]), &rest[len..]),
-                    Some(_) => return None,
-                    None => (None, rest),
-                };
-                Some(Envelope::Conversation {
-                    origin: f[1],
-                    chat: parse_chat(f[2])?,
-                    seq,
-                    user,
-                    own,
-                    others,
-                })
-            }
-            "G" => {
-                let (f, rest) = split_fields(bytes, 9)?;
-                let lens = [parse_len(f[7])?, parse_len(f[8])?];
-                if lens.iter().flatten().sum::<usize>() != rest.len() {
-                    return None;
-                }
-                let push = lens[0].map(|n| Bytes::copy_from_slice(&rest[..n]));
-                let start = lens[0].unwrap_or(0);
-                let removed_push = lens[1].map(|n| Bytes::copy_from_slice(&rest[start..start + n]));
-                Some(Envelope::Membership {
-                    origin: f[1],
-                    id: f[2].parse().ok()?,
-                    change: MembershipChange {
-                        chat: parse_chat(f[3])?,
-                        presence: f[4] == "1",
-                        added: parse_list(f[5], parse_user)?,
-                        removed: parse_list(f[6], parse_user)?,
-                        push,
-                        removed_push,
-                    },
-                })
-            }
-            kind @ ("P" | "N") => {
-                let text = std::str::from_utf8(bytes).ok()?;
-                let f: Vec<&str> = text.split(' ').collect();
-                let [_, origin, user, online, rest @ ..] = f.as_slice() else {
-                    return None;
-                };
-                Some(Envelope::Presence {
-                    origin,
-                    user: parse_user(user)?,
-                    online: *online == "1",
-                    notify: match rest {
-                        [] => Vec::new(),
-                        [chats] => parse_list(chats, parse_chat)?,
-                        _ => return None,
-                    },
-                    registry: kind == "P",
-                })
-            }
-            "R" => {
-                let text = std::str::from_utf8(bytes).ok()?;
-                let f: Vec<&str> = text.split(' ').collect();
-                let [_, origin, user, version] = f.as_slice() else {
-                    return None;
-                };
-                Some(Envelope::Revoke {
-                    origin,
-                    user: parse_user(user)?,
-                    current_version: version.parse().ok()?,
-                })
-            }
-            "U" => {
-                let (f, frame) = split_fields(bytes, 3)?;
-                Some(Envelope::ToUser {
-                    origin: f[1],
-                    user: parse_user(f[2])?,
-                    frame,
-                })
-            }
-            "K" => {
-                let text = std::str::from_utf8(bytes).ok()?;
-                let f: Vec<&str> = text.split(' ').collect();
-                let [_, origin, chat, blocked] = f.as_slice() else {
-                    return None;
-                };
-                Some(Envelope::Blocked {
-                    origin,
-                    chat: parse_chat(chat)?,
-                    blocked: match *blocked {
-                        "1" => true,
-                        "0" => false,
-                        _ => return None,
-                    },
-                })
-            }
-            "D" => {
-                let (f, rest) = split_fields(bytes, 2)?;
-                Some(Envelope::InstanceDown {
-                    origin: f[1],
-                    dead: std::str::from_utf8(rest).ok()?,
-                })
-            }
-            "Y" => Some(Envelope::Resync {
-                origin: std::str::from_utf8(&bytes[2..]).ok()?,
-            }),
-            _ => None,
-        }
-    }
-}
 
 /// The ChatServer's side of the bridge, as recipients of the messages it
 /// handles: the bridge knows what it sends, not the actor behind it.
@@ -468,46 +78,30 @@ pub struct ServerLink {
     pub local_users: Recipient<LocalUsers>,
 }
 
-/// Most commands sent to Redis in one pipeline.
-const MAX_PIPELINE: usize = 1024;
-
-/// A subscription change, applied in the order they happened, or a
-/// barrier answered once every change before it is in place.
-enum Subscription {
-    Change(String, bool),
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The live connections while Redis is reachable. Publishes and subscription
-/// changes each go through one ordered queue: an actor's spawned futures do
-/// not keep their order, and a conversation's events must.
-struct Link {
-    publisher: Conn,
-    commands: mpsc::UnboundedSender<Vec<redis::Cmd>>,
-    subscriptions: mpsc::UnboundedSender<Subscription>,
-}
-
 /// The bridge actor of one instance.
 pub struct RedisBridge {
-    target: RedisTarget,
-    names: Names,
+    pub(super) target: RedisTarget,
+    pub(super) names: Names,
     /// Where what arrives from the other instances goes (the ChatServer).
-    server: ServerLink,
-    presence: Arc<Presence>,
-    membership: Arc<Membership>,
-    db: DatabaseConnection,
-    metrics: Metrics,
+    pub(super) server: ServerLink,
+    pub(super) presence: Arc<Presence>,
+    pub(super) membership: Arc<Membership>,
+    pub(super) db: DatabaseConnection,
+    pub(super) metrics: Metrics,
     /// Users with sessions here: this instance's entry in the registry.
-    local_users: HashSet<UserId>,
+    pub(super) local_users: HashSet<UserId>,
     /// Conversations with members here: the channels we must be subscribed to.
-    rooms: HashSet<ChatId>,
-    link: Option<Link>,
-    connecting: bool,
-    backoff: Duration,
+    pub(super) rooms: HashSet<ChatId>,
+    pub(super) link: Option<Link>,
+    /// The envelope version written: the newest every live instance reads
+    /// (envelope.rs, "Versions"); 1 until the registry has been read.
+    pub(super) write_version: u8,
+    pub(super) connecting: bool,
+    pub(super) backoff: Duration,
     /// Whether Redis was reachable at the last transition (logged once per change).
-    was_up: Option<bool>,
+    pub(super) was_up: Option<bool>,
     /// Membership changes published so far (their numbers).
-    changes_published: u64,
+    pub(super) changes_published: u64,
     /// Membership changes applied lately: each arrives twice.
     changes_seen: SeenChanges,
 }
@@ -572,6 +166,7 @@ impl RedisBridge {
             local_users: HashSet::new(),
             rooms: HashSet::new(),
             link: None,
+            write_version: 1,
             connecting: false,
             backoff: BACKOFF_MIN,
             was_up: None,
@@ -580,7 +175,7 @@ impl RedisBridge {
         }
     }
 
-    fn transition(&mut self, up: bool, detail: &str) {
+    pub(super) fn transition(&mut self, up: bool, detail: &str) {
         self.metrics.redis_state(up);
         if !up {
             // Changes made elsewhere no longer reach us: authorize from the
@@ -597,14 +192,14 @@ impl RedisBridge {
         }
     }
 
-    fn lost(&mut self, ctx: &mut Context<Self>, detail: &str) {
+    pub(super) fn lost(&mut self, ctx: &mut Context<Self>, detail: &str) {
         if self.link.take().is_some() || !self.connecting {
             self.transition(false, detail);
             self.schedule_reconnect(ctx);
         }
     }
 
-    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting {
             return;
         }
@@ -621,7 +216,7 @@ impl RedisBridge {
     /// Connects, subscribes to the control channel and every local
     /// conversation's channel, registers this instance, loads who is online
     /// elsewhere, and reloads memberships.
-    fn connect(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting || self.link.is_some() {
             return;
         }
@@ -653,15 +248,20 @@ impl RedisBridge {
         ctx.spawn(setup.into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
             match result {
-                Ok((publisher, sink, stream, remote)) => {
+                Ok((publisher, sink, stream, (remote, readable))) => {
+                    act.set_write_version(readable);
                     // Who went offline or came online elsewhere while we were
                     // away: our local users' contacts are told.
                     let changes = act.presence.replace_remote(&remote);
                     act.tell_presence(changes, false, ctx);
                     let (commands, queued) = mpsc::unbounded_channel();
-                    actix::spawn(send_in_order(publisher.clone(), queued, ctx.address()));
+                    actix::spawn(send_in_order(
+                        publisher.clone(),
+                        queued,
+                        ctx.address().recipient(),
+                    ));
                     let (subscriptions, changes) = mpsc::unbounded_channel();
-                    actix::spawn(subscribe_in_order(sink, changes, ctx.address()));
+                    actix::spawn(subscribe_in_order(sink, changes, ctx.address().recipient()));
                     act.link = Some(Link {
                         publisher,
                         commands,
@@ -681,7 +281,7 @@ impl RedisBridge {
                     };
                     act.send(vec![act
                         .names
-                        .publish(act.names.control(), resync.encode())]);
+                        .publish(act.names.control(), resync.encode(act.write_version))]);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "redis bridge could not connect; retrying");
@@ -694,19 +294,20 @@ impl RedisBridge {
 
     /// Queues commands behind every earlier one; dropped while Redis is down
     /// (live delivery is best-effort; the database has every message).
-    fn send(&self, commands: Vec<redis::Cmd>) {
+    pub(super) fn send(&self, commands: Vec<redis::Cmd>) {
         if let Some(link) = &self.link {
             let _ = link.commands.send(commands);
         }
     }
 
-    fn publish_control(&self, envelope: Envelope<'_>) {
-        self.send(vec![self
-            .names
-            .publish(self.names.control(), envelope.encode())]);
+    pub(super) fn publish_control(&self, envelope: Envelope<'_>) {
+        self.send(vec![self.names.publish(
+            self.names.control(),
+            envelope.encode(self.write_version),
+        )]);
     }
 
-    fn publish_conversation(&self, frames: &ConversationFrames) {
+    pub(super) fn publish_conversation(&self, frames: &ConversationFrames) {
         let envelope = Envelope::Conversation {
             origin: &self.names.instance,
             chat: frames.chat,
@@ -715,9 +316,10 @@ impl RedisBridge {
             own: frames.own.as_deref(),
             others: &frames.others,
         };
-        self.send(vec![self
-            .names
-            .publish(self.names.conversation(frames.chat), envelope.encode())]);
+        self.send(vec![self.names.publish(
+            self.names.conversation(frames.chat),
+            envelope.encode(self.write_version),
+        )]);
     }
 
     /// A membership change goes on the control channel, which every
@@ -727,14 +329,14 @@ impl RedisBridge {
     /// each channel, not channels against each other, and a message must not
     /// reach a member removed before it was sent. Receivers apply whichever
     /// copy arrives first.
-    fn publish_membership(&mut self, change: &MembershipChange) {
+    pub(super) fn publish_membership(&mut self, change: &MembershipChange) {
         self.changes_published += 1;
         let payload = Envelope::Membership {
             origin: &self.names.instance,
             id: self.changes_published,
             change: change.clone(),
         }
-        .encode();
+        .encode(self.write_version);
         self.send(vec![
             self.names
                 .publish(self.names.conversation(change.chat), payload.clone()),
@@ -742,7 +344,7 @@ impl RedisBridge {
         ]);
     }
 
-    fn room(&mut self, chat: ChatId, open: bool) {
+    pub(super) fn room(&mut self, chat: ChatId, open: bool) {
         let changed = if open {
             self.rooms.insert(chat)
         } else {
@@ -753,35 +355,17 @@ impl RedisBridge {
             let _ = link.subscriptions.send(Subscription::Change(channel, open));
         }
     }
+}
 
+impl RedisBridge {
     fn user_presence(&mut self, user: UserId, online: bool, notify: Vec<ChatId>) {
         if online {
             self.local_users.insert(user);
         } else {
             self.local_users.remove(&user);
         }
-        let names = &self.names;
-        let users = names.users_of(&names.instance);
-        let membership = if online {
-            redis::Cmd::sadd(&users, user.0)
-        } else {
-            redis::Cmd::srem(&users, user.0)
-        };
-        // Every key expires: a crashed instance's leave nothing behind for good.
-        let expiry = redis::Cmd::expire(&users, USERS_TTL_SECONDS);
-        let envelope = Envelope::Presence {
-            origin: &names.instance,
-            user,
-            online,
-            notify,
-            registry: true,
-        }
-        .encode();
-        self.send(vec![
-            membership,
-            expiry,
-            names.publish(names.control(), envelope),
-        ]);
+        let commands = presence_commands(&self.names, user, online, notify, self.write_version);
+        self.send(commands);
     }
 
     /// Refreshes our liveness and buries instances whose key expired.
@@ -791,36 +375,11 @@ impl RedisBridge {
         };
         let mut conn = link.publisher.clone();
         let names = self.names.clone();
-        let check = async move {
-            conn.set_ex(names.alive(&names.instance), 1, ALIVE_TTL_SECONDS)
-                .await?;
-            conn.expire(names.users_of(&names.instance), USERS_TTL_SECONDS)
-                .await?;
-            conn.expire(names.instances(), USERS_TTL_SECONDS).await?;
-            let instances: HashSet<String> = conn.smembers(names.instances()).await?;
-            let mut buried = Vec::new();
-            for other in instances.into_iter().filter(|i| *i != names.instance) {
-                if conn.exists(names.alive(&other)).await? {
-                    continue;
-                }
-                // Only the instance whose SREM removed it does the burial.
-                if conn.srem(names.instances(), &other).await? == 1 {
-                    conn.del(names.users_of(&other)).await?;
-                    let envelope = Envelope::InstanceDown {
-                        origin: &names.instance,
-                        dead: &other,
-                    };
-                    names
-                        .publish(names.control(), envelope.encode())
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                    buried.push(other);
-                }
-            }
-            Ok::<_, redis::RedisError>(buried)
-        };
+        let version = self.write_version;
+        let check = async move { check_liveness(&mut conn, &names, version).await };
         ctx.spawn(check.into_actor(self).map(|result, act, ctx| match result {
-            Ok(buried) => {
+            Ok((buried, readable)) => {
+                act.set_write_version(readable);
                 for dead in buried {
                     tracing::warn!(dead = %dead, "instance stopped refreshing its liveness; clearing its users");
                     act.bury(&dead, true, ctx);
@@ -828,6 +387,19 @@ impl RedisBridge {
             }
             Err(e) => act.lost(ctx, &e.to_string()),
         }));
+    }
+
+    /// Writes envelopes of `version` from now on: the newest every live
+    /// instance reads (envelope.rs, "Versions").
+    fn set_write_version(&mut self, version: u8) {
+        if version != self.write_version {
+            tracing::info!(
+                from = self.write_version,
+                to = version,
+                "envelope version changed: the newest every live instance reads"
+            );
+            self.write_version = version;
+        }
     }
 
     /// Forgets a dead instance's users; the burying instance also tells their
@@ -952,122 +524,12 @@ impl RedisBridge {
     }
 }
 
-/// Sends queued commands in order, as many per pipeline as are waiting.
-async fn send_in_order(
-    mut conn: Conn,
-    mut queue: mpsc::UnboundedReceiver<Vec<redis::Cmd>>,
-    bridge: Addr<RedisBridge>,
-) {
-    while let Some(mut commands) = queue.recv().await {
-        while commands.len() < MAX_PIPELINE {
-            match queue.try_recv() {
-                Ok(more) => commands.extend(more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.send_all(commands).await {
-            bridge.do_send(LinkLost(e.to_string()));
-            return;
-        }
-    }
-}
-
-/// Applies subscription changes in the order they happened; a run of
-/// waiting changes in the same direction goes as one command.
-async fn subscribe_in_order(
-    mut sink: Subscriber,
-    mut changes: mpsc::UnboundedReceiver<Subscription>,
-    bridge: Addr<RedisBridge>,
-) {
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match changes.recv().await {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let (channel, subscribe) = match first {
-            Subscription::Change(channel, subscribe) => (channel, subscribe),
-            Subscription::Barrier(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let mut channels = vec![channel];
-        while channels.len() < MAX_SUBSCRIBE {
-            match changes.try_recv() {
-                Ok(Subscription::Change(next, same)) if same == subscribe => channels.push(next),
-                Ok(other) => {
-                    carried = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = sink.set(&channels, subscribe).await {
-            bridge.do_send(LinkLost(e.to_string()));
-            return;
-        }
-    }
-}
-
-/// A Redis operation failed: the link is gone.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct LinkLost(String);
-
 impl Handler<LinkLost> for RedisBridge {
     type Result = ();
 
     fn handle(&mut self, msg: LinkLost, ctx: &mut Context<Self>) {
         self.lost(ctx, &msg.0);
     }
-}
-
-/// Adds this instance and its users to the registry, with a fresh liveness key.
-async fn register(conn: &mut Conn, names: &Names, users: &[UserId]) -> redis::RedisResult<()> {
-    let users_key = names.users_of(&names.instance);
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .set_ex(names.alive(&names.instance), 1, ALIVE_TTL_SECONDS)
-        .ignore()
-        .sadd(names.instances(), &names.instance)
-        .ignore()
-        .expire(names.instances(), USERS_TTL_SECONDS)
-        .ignore()
-        .del(&users_key)
-        .ignore();
-    if !users.is_empty() {
-        pipe.sadd(&users_key, users.iter().map(|u| u.0).collect::<Vec<_>>())
-            .ignore()
-            .expire(&users_key, USERS_TTL_SECONDS)
-            .ignore();
-    }
-    pipe.query_async::<()>(conn).await
-}
-
-/// (instance, user) for every user online on another live instance.
-async fn online_elsewhere(
-    conn: &mut Conn,
-    names: &Names,
-) -> redis::RedisResult<Vec<(String, UserId)>> {
-    let instances: HashSet<String> = conn.smembers(names.instances()).await?;
-    let mut online = Vec::new();
-    for other in instances.into_iter().filter(|i| *i != names.instance) {
-        if !conn.exists(names.alive(&other)).await? {
-            continue;
-        }
-        let users: HashSet<String> = conn.smembers(names.users_of(&other)).await?;
-        online.extend(
-            users
-                .iter()
-                .filter_map(|u| u.parse().ok())
-                .map(|u| (other.clone(), UserId(u))),
-        );
-    }
-    Ok(online)
 }
 
 impl Actor for RedisBridge {
@@ -1096,7 +558,7 @@ impl StreamHandler<Incoming> for RedisBridge {
 
 impl RedisBridge {
     /// An envelope from another instance (our own are ignored).
-    fn received(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
+    pub(super) fn received(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
         let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
             let channel = msg.get_channel_name();
             tracing::warn!(channel, "undecodable message on a bus channel");
@@ -1202,7 +664,7 @@ impl RedisBridge {
     /// between are missed live, as in an outage: the next event of the
     /// conversation shows the gap in `seq`, which is filled from the
     /// database, and clients catch up with `sync` (B7).
-    fn unsubscribed(&mut self, channel: String) {
+    pub(super) fn unsubscribed(&mut self, channel: String) {
         let wanted = channel == self.names.control()
             || self
                 .names
@@ -1326,99 +788,6 @@ impl Handler<Deregister> for RedisBridge {
 mod tests {
     use super::*;
 
-    fn round_trip(envelope: Envelope<'_>) {
-        let encoded = envelope.encode();
-        assert_eq!(Envelope::decode(&encoded).as_ref(), Some(&envelope));
-    }
-
-    #[test]
-    fn envelopes_round_trip() {
-        let chat = ChatId(uuid::Uuid::new_v4());
-        let frame = br#"{"type":"message","data":{"content":"a b c"}}"#;
-        round_trip(Envelope::Conversation {
-            origin: "i1",
-            chat,
-            seq: None,
-            user: Some(UserId(3)),
-            own: Some(b"own frame with spaces"),
-            others: frame,
-        });
-        round_trip(Envelope::Conversation {
-            origin: "i1",
-            chat,
-            seq: Some(42),
-            user: None,
-            own: None,
-            others: frame,
-        });
-        round_trip(Envelope::Conversation {
-            origin: "i1",
-            chat,
-            seq: Some(1),
-            user: Some(UserId(3)),
-            own: Some(b"own"),
-            others: frame,
-        });
-        round_trip(Envelope::Membership {
-            origin: "i2",
-            id: 7,
-            change: MembershipChange {
-                chat,
-                added: vec![UserId(1), UserId(2)],
-                removed: vec![],
-                presence: true,
-                push: Some(Bytes::from_static(b"{\"a\": 1}")),
-                removed_push: Some(Bytes::from_static(b"{\"removed\": true}")),
-            },
-        });
-        round_trip(Envelope::Membership {
-            origin: "i2",
-            id: u64::MAX,
-            change: MembershipChange {
-                chat,
-                added: vec![],
-                removed: vec![UserId(9)],
-                presence: false,
-                push: None,
-                removed_push: None,
-            },
-        });
-        round_trip(Envelope::Presence {
-            origin: "i3",
-            user: UserId(7),
-            online: true,
-            notify: vec![chat, ChatId(uuid::Uuid::new_v4())],
-            registry: true,
-        });
-        round_trip(Envelope::Presence {
-            origin: "i3",
-            user: UserId(7),
-            online: false,
-            notify: vec![],
-            registry: false,
-        });
-        round_trip(Envelope::Revoke {
-            origin: "i4",
-            user: UserId(5),
-            current_version: 2,
-        });
-        round_trip(Envelope::ToUser {
-            origin: "i4",
-            user: UserId(5),
-            frame: br#"{"type": "invitation", "data": {"name": "a b"}}"#,
-        });
-        round_trip(Envelope::Blocked {
-            origin: "i4",
-            chat,
-            blocked: true,
-        });
-        round_trip(Envelope::InstanceDown {
-            origin: "i4",
-            dead: "i5",
-        });
-        round_trip(Envelope::Resync { origin: "i6" });
-    }
-
     #[test]
     fn each_change_is_applied_once() {
         let mut seen = SeenChanges::default();
@@ -1431,26 +800,5 @@ mod tests {
         assert_eq!(seen.order.len(), SeenChanges::KEEP);
         assert!(seen.first_time("a", 1), "forgotten after KEEP newer ones");
         assert!(!seen.first_time("a", SeenChanges::KEEP as u64));
-    }
-
-    #[test]
-    fn malformed_envelopes_are_refused() {
-        for junk in [
-            &b"X junk"[..],
-            b"",
-            b"C i1 notauuid - - {}",
-            b"C i1 0123456789abcdef0123456789abcdef 1 999 short",
-            b"G i1 1 0123456789abcdef0123456789abcdef 1 - - 5 - abc",
-            b"G i1 x 0123456789abcdef0123456789abcdef 1 - - - - ",
-            b"P i1 x 1",
-            b"R i1 5",
-        ] {
-            assert_eq!(
-                Envelope::decode(junk),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(junk)
-            );
-        }
     }
 }

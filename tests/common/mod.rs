@@ -691,6 +691,26 @@ impl WsClient {
         self.recv().await
     }
 
+    /// Sends a group change (`create_group`, `add_members`, …) and returns
+    /// the `data` of its answer once the caller's own `conversation` push
+    /// has come too: it comes before or after the answer (C7; after, when
+    /// the caller's instance had to subscribe to the conversation first),
+    /// so only both together leave nothing of the change still to come.
+    pub async fn ask_change(&mut self, value: Value) -> Value {
+        let kind = format!("{}_response", value["type"].as_str().expect("a type"));
+        self.send(value).await;
+        let (mut answer, mut pushed) = (None, false);
+        while answer.is_none() || !pushed {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                answer = Some(frame["data"].clone());
+            } else if frame["type"] == "conversation" {
+                pushed = true;
+            }
+        }
+        answer.expect("the loop ends with the answer")
+    }
+
     /// Sends a request of type `X` and returns the `data` of its
     /// `X_response`, skipping pushes that come first.
     pub async fn ask(&mut self, value: Value) -> Value {
