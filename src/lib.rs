@@ -46,12 +46,11 @@ use crate::chat::messages::CloseAll;
 use crate::chat::presence::Presence;
 use crate::chat::server::ChatServer;
 use crate::chat::writer::MessageWriter;
-use crate::chat::{ChatContext, Limits};
 use crate::config::{ConfigError, SecretSource, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::rate_limit::{AddressRateLimit, KeyedRateLimit};
-use crate::state::AppState;
+use crate::rate_limit::{AddressRateLimit, ChatRateLimit, UserRateLimit};
+use crate::state::{AppState, Limits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -184,39 +183,8 @@ impl Application {
             max_pending_invitations: settings.limits.max_pending_invitations,
         };
 
-        // Contacts and blocks one user may add or change, over REST and
-        // every socket together, at the WebSocket's request rate.
-        let change_limit = Arc::new(KeyedRateLimit::new(
-            settings.limits.rate_limit_burst,
-            settings.limits.rate_limit_per_second.saturating_mul(60),
-        ));
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
-            db: db.clone(),
-            keys: keys.clone(),
-            chat_server: chat_server.clone(),
-            presence: presence.clone(),
-            metrics: metrics.clone(),
-            login_throttle: Arc::new(AttemptThrottle::new(
-                settings.auth.login_max_attempts,
-                Duration::from_secs(settings.auth.login_window_seconds),
-            )),
-            password_throttle: Arc::new(AttemptThrottle::new(
-                settings.auth.login_max_attempts,
-                Duration::from_secs(settings.auth.login_window_seconds),
-            )),
-            registration_limit: Arc::new(AddressRateLimit::new(
-                settings.auth.registration_burst,
-                settings.auth.registration_per_minute,
-            )),
-            change_limit: change_limit.clone(),
-            groups: groups.clone(),
-            writer: writer.clone(),
-            proxies: settings.server.trusted_proxies(),
-            draining: draining.clone(),
-            redis,
-        });
-        let chat = web::Data::new(ChatContext {
             db: db.clone(),
             keys,
             server: chat_server.clone(),
@@ -225,21 +193,37 @@ impl Application {
             bus,
             writer,
             groups,
-            typing_relays: KeyedRateLimit::new(
+            metrics,
+            limits: Limits::from_settings(&settings),
+            proxies: settings.server.trusted_proxies(),
+            draining: draining.clone(),
+            redis,
+            login_throttle: AttemptThrottle::new(
+                settings.auth.login_max_attempts,
+                Duration::from_secs(settings.auth.login_window_seconds),
+            ),
+            password_throttle: AttemptThrottle::new(
+                settings.auth.login_max_attempts,
+                Duration::from_secs(settings.auth.login_window_seconds),
+            ),
+            registration_limit: AddressRateLimit::new(
+                settings.auth.registration_burst,
+                settings.auth.registration_per_minute,
+            ),
+            change_limit: UserRateLimit::new(
+                settings.limits.rate_limit_burst,
+                settings.limits.rate_limit_per_second.saturating_mul(60),
+            ),
+            typing_relays: ChatRateLimit::new(
                 chat::TYPING_RELAYS_PER_SECOND,
                 chat::TYPING_RELAYS_PER_SECOND * 60,
             ),
-            fanout: KeyedRateLimit::new(
+            fanout: UserRateLimit::new(
                 settings.limits.fanout_per_second.saturating_mul(2),
                 settings.limits.fanout_per_second.saturating_mul(60),
             ),
-            metrics,
-            change_limit,
-            limits: Limits::from_settings(&settings),
-            proxies: settings.server.trusted_proxies(),
             unauthenticated: AddressCap::new(settings.limits.max_unauthenticated_per_address),
             sockets: AddressCap::new(settings.limits.max_sockets_per_address),
-            draining: draining.clone(),
         });
 
         let address = settings.server.listen_address();
@@ -254,7 +238,6 @@ impl Application {
             let mut spec = serde_json::Value::Null;
             actix_web::App::new()
                 .app_data(state.clone())
-                .app_data(chat.clone())
                 .app_data(json_config())
                 .app_data(query_config())
                 .app_data(path_config())

@@ -1,24 +1,78 @@
-//! `KeyedRateLimit`: a token bucket per key, for actions that cost the
-//! server more than a request (a registration per client address, a
-//! conversation change per user, a group change per group).
+//! The one rate limiter: a token bucket (`TokenBucket`), alone (a
+//! socket's request rate) or one per key (`KeyedRateLimit`: per client
+//! address, per user, per conversation) for actions that cost the server
+//! more than a request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::chat::protocol::{ChatId, UserId};
+
 /// Keys tracked before full (idle) buckets are pruned: bounds memory under a spray.
 const PRUNE_ABOVE_KEYS: usize = 10_000;
 
-/// Registrations per client address.
+/// Per client address (registrations).
 pub type AddressRateLimit = KeyedRateLimit<IpAddr>;
+/// Per user, over all their sockets and REST (contacts and blocks, fan-out).
+pub type UserRateLimit = KeyedRateLimit<UserId>;
+/// Per conversation (typing relays).
+pub type ChatRateLimit = KeyedRateLimit<ChatId>;
 
-/// A per-key allowance for actions that cost us: a token bucket of
-/// `burst`, refilled at `per_minute`.
+/// Up to `burst` actions at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst`.
+    pub fn full(burst: f64, now: Instant) -> Self {
+        TokenBucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes `cost` if the bucket (refilled since it was last used) holds
+    /// it; otherwise says how many seconds until it will (at least 1).
+    pub fn take(
+        &mut self,
+        cost: f64,
+        burst: f64,
+        per_second: f64,
+        now: Instant,
+    ) -> Result<(), u64> {
+        self.refill(burst, per_second, now);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            Ok(())
+        } else if per_second > 0.0 {
+            Err(((cost - self.tokens) / per_second).ceil().max(1.0) as u64)
+        } else {
+            Err(60)
+        }
+    }
+
+    fn refill(&mut self, burst: f64, per_second: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.at = now;
+    }
+
+    /// Whether the bucket is full again by `now` (an idle key, safe to forget).
+    fn is_full(&self, burst: f64, per_second: f64, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * per_second >= burst
+    }
+}
+
+/// A token bucket per key: `burst` at once, refilled at `per_minute`.
 pub struct KeyedRateLimit<K> {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<K, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
 impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
@@ -44,24 +98,14 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
 
     fn take_at(&self, key: K, now: Instant, cost: f64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
+        let (burst, rate) = (self.burst, self.per_second);
         if buckets.len() > PRUNE_ABOVE_KEYS {
-            let (burst, rate) = (self.burst, self.per_second);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, bucket| !bucket.is_full(burst, rate, now));
         }
-        let (tokens, at) = buckets.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        *at = now;
-        if *tokens >= cost {
-            *tokens -= cost;
-            Ok(())
-        } else if self.per_second > 0.0 {
-            Err(((cost - *tokens) / self.per_second).ceil().max(1.0) as u64)
-        } else {
-            Err(60)
-        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(cost, burst, rate, now)
     }
 }
 

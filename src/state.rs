@@ -1,55 +1,132 @@
-//! `AppState`: what every REST handler can reach.
+//! `AppState`: what every REST handler and every WebSocket session of an
+//! instance shares. Built once in `lib.rs`; handlers take it as
+//! `web::Data<AppState>`, sessions hold the same `Arc`.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Addr;
 use sea_orm::DatabaseConnection;
 
 use crate::api::throttle::AttemptThrottle;
 use crate::auth::TokenKeys;
+use crate::bus::Bus;
+use crate::chat::address_cap::AddressCap;
+use crate::chat::groups::Groups;
+use crate::chat::membership::{Audience, Membership};
 use crate::chat::presence::Presence;
+use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::server::ChatServer;
+use crate::chat::store;
+use crate::chat::writer::MessageWriter;
 use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::rate_limit::{AddressRateLimit, KeyedRateLimit};
+use crate::rate_limit::{AddressRateLimit, ChatRateLimit, UserRateLimit};
 
-/// Shared by every worker; cheap to clone.
-#[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
     pub keys: TokenKeys,
-    pub chat_server: Addr<ChatServer>,
+    /// The ChatServer: who is connected here, and the routing of events.
+    pub server: Addr<ChatServer>,
     pub presence: Arc<Presence>,
+    /// Each connected user's conversations, checked without the database.
+    pub membership: Arc<Membership>,
+    /// The bridge to the other instances (for its subscription barrier).
+    pub bus: Bus,
+    /// Commits messages and changes to them, for sessions and REST alike.
+    pub writer: MessageWriter,
+    /// Group requests, with their change budgets.
+    pub groups: Groups,
     pub metrics: Metrics,
-    /// Failed logins, per (username, client address).
-    pub login_throttle: Arc<AttemptThrottle>,
-    /// Wrong `old_password`s of `POST /api/password/`, per (user, client address).
-    pub password_throttle: Arc<AttemptThrottle>,
-    /// Registrations per client address.
-    pub registration_limit: Arc<AddressRateLimit>,
-    /// New contacts per user, at the WebSocket's request rate.
-    pub change_limit: Arc<KeyedRateLimit<i64>>,
-    /// Commits messages and changes to them (shared with the WebSocket).
-    pub writer: crate::chat::writer::MessageWriter,
-    /// Group requests, with their change budgets (shared with the WebSocket).
-    pub groups: crate::chat::groups::Groups,
+    /// The bounds a session enforces.
+    pub limits: Limits,
     /// Whose `X-Forwarded-For` is believed.
     pub proxies: TrustedProxies,
-    /// Set once the instance is shutting down: `/readyz` answers 503.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the instance is shutting down: `/readyz` answers 503 and
+    /// new sockets are refused.
+    pub draining: Arc<AtomicBool>,
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<crate::bus::target::RedisTarget>,
+
+    // What one client may make the server do (README, "Security").
+    /// Failed logins, per (username, client address).
+    pub login_throttle: AttemptThrottle,
+    /// Wrong `old_password`s of `POST /api/password/`, per (user, client address).
+    pub password_throttle: AttemptThrottle,
+    /// Registrations per client address.
+    pub registration_limit: AddressRateLimit,
+    /// New contacts, blocks and unblocks per user, over REST and every
+    /// socket together, at the WebSocket's request rate: opening sockets
+    /// gains nothing.
+    pub change_limit: UserRateLimit,
+    /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
+    pub typing_relays: ChatRateLimit,
+    /// Deliveries each user's messages and changes may cause
+    /// (`FANOUT_PER_SECOND`), over REST and every socket together.
+    pub fanout: UserRateLimit,
+    /// Sockets not yet authorized, per client address.
+    pub unauthenticated: Arc<AddressCap>,
+    /// All sockets, per client address (`MAX_SOCKETS_PER_ADDRESS`).
+    pub sockets: Arc<AddressCap>,
 }
 
 impl AppState {
-    /// Counts a new contact against the caller's allowance, the
-    /// WebSocket's request rate.
-    pub fn allow_change(&self, user: crate::chat::protocol::UserId) -> Result<(), ApiError> {
+    /// Counts a new contact, block or unblock against the caller's allowance.
+    pub fn allow_change(&self, user: UserId) -> Result<(), ApiError> {
         self.change_limit
-            .take(user.0)
+            .take(user)
             .map_err(ApiError::TooManyRequests)
+    }
+
+    /// Who an event in `chat` reaches: what the membership record knows,
+    /// else the database (remembered for next time).
+    pub async fn audience(&self, chat: ChatId) -> Result<Audience, sea_orm::DbErr> {
+        if let Some(audience) = self.membership.audience(chat) {
+            return Ok(audience);
+        }
+        let audience = store::audience_of(&self.db, chat)
+            .await?
+            .unwrap_or(Audience::Direct);
+        self.membership.set_audience(chat, Some(audience));
+        Ok(audience)
+    }
+}
+
+/// The bounds a session enforces, from `Settings`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    pub outbox_capacity: usize,
+    pub max_unauthenticated_per_address: usize,
+    /// How long a new connection has to authorize (A2.2).
+    pub authorization_timeout: Duration,
+    /// Pings and the silence limit (B5).
+    pub heartbeat: crate::chat::timers::Timing,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Limits {
+            max_frame_bytes: settings.limits.max_frame_bytes,
+            max_message_chars: settings.limits.max_message_chars,
+            rate_per_second: settings.limits.rate_limit_per_second,
+            rate_burst: settings.limits.rate_limit_burst,
+            outbox_capacity: settings.limits.outbox_capacity,
+            max_unauthenticated_per_address: settings.limits.max_unauthenticated_per_address,
+            authorization_timeout: Duration::from_secs(
+                settings.server.authorization_timeout_seconds,
+            ),
+            heartbeat: crate::chat::timers::Timing {
+                interval: Duration::from_secs(settings.server.heartbeat_seconds),
+                client_timeout: Duration::from_secs(settings.server.client_timeout_seconds),
+            },
+        }
     }
 }

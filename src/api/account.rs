@@ -67,7 +67,7 @@ pub async fn change_password(
     let user = accounts::set_password(&state.db, user, new_password)
         .await
         .map_err(account_error)?;
-    state.chat_server.do_send(RevokeUser {
+    state.server.do_send(RevokeUser {
         user: UserId(user.id),
         current_version: user.token_version,
         broadcast: true,
@@ -88,7 +88,7 @@ pub async fn sign_out_everywhere(
     let user = accounts::revoke_tokens(&state.db, user.0.id)
         .await
         .map_err(account_error)?;
-    state.chat_server.do_send(RevokeUser {
+    state.server.do_send(RevokeUser {
         user: UserId(user.id),
         current_version: user.token_version,
         broadcast: true,

@@ -73,7 +73,7 @@ async fn change(
 ) -> Result<web::Json<BlockAck>, ApiError> {
     let me = UserId(user.0.id);
     state.allow_change(me)?;
-    blocks::change(&state.db, &state.chat_server, me, other, block).await?;
+    blocks::change(&state.db, &state.server, me, other, block).await?;
     Ok(web::Json(BlockAck {
         status: "success",
         user_id: other,

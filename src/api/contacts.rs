@@ -82,7 +82,7 @@ async fn announce_direct(
     let change = MembershipChange::direct(chat, vec![me, other]);
     let server_error = |e: actix::MailboxError| ApiError::internal("add contact", e.to_string());
     state
-        .chat_server
+        .server
         .send(ApplyMembership::everywhere(change))
         .await
         .map_err(server_error)?;
@@ -100,7 +100,7 @@ async fn announce_direct(
         own: Some(view(me)),
         others: view(other),
     };
-    state.chat_server.do_send(Deliver { frames, skip: None });
+    state.server.do_send(Deliver { frames, skip: None });
     Ok(())
 }
 

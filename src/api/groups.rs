@@ -62,14 +62,7 @@ async fn announce(
     user: UserId,
     changed: Result<Changed, GroupError>,
 ) -> Result<Conversation, ApiError> {
-    Ok(groups::announce(
-        &state.db,
-        &state.chat_server,
-        &state.presence,
-        user,
-        changed?,
-    )
-    .await?)
+    Ok(groups::announce(&state.db, &state.server, &state.presence, user, changed?).await?)
 }
 
 /// The user's groups, most recently active first.

@@ -131,7 +131,7 @@ pub async fn metrics(
             ));
         }
     }
-    let stats = state.chat_server.send(Stats).await.ok();
+    let stats = state.server.send(Stats).await.ok();
     let counts = stats.map_or_else(ServerCounts::default, |s| ServerCounts {
         users: s.users,
         sessions: s.sessions,

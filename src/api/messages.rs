@@ -9,8 +9,8 @@ use super::body::JsonOrForm;
 use crate::auth::AuthUser;
 use crate::chat::changes::{self, Applied, Change, ChangeRequest};
 use crate::chat::protocol::{ErrorCode, MessageDeleted, MessageEdited, ReactionEvent, UserId};
+use crate::chat::store;
 use crate::chat::writer::{StoreError, Stored};
-use crate::chat::{store, ChatContext};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -29,14 +29,9 @@ pub struct EmojiChoice {
 }
 
 /// Applies `change` for the caller through the message writer.
-async fn apply(
-    state: &AppState,
-    chat: &ChatContext,
-    user: UserId,
-    change: Change,
-) -> Result<Applied, ApiError> {
+async fn apply(state: &AppState, user: UserId, change: Change) -> Result<Applied, ApiError> {
     state.allow_change(user)?;
-    charge_fanout(chat, user, change.message_id()).await?;
+    charge_fanout(state, user, change.message_id()).await?;
     let field = match change {
         Change::Edit { .. } => "content",
         Change::React { .. } => "emoji",
@@ -63,19 +58,20 @@ async fn apply(
 /// the one a session's messages and changes draw on: one delivery per other
 /// member of the message's conversation. (A message that does not exist is
 /// 404 here; one the caller cannot see, the writer's rules answer 404.)
-async fn charge_fanout(chat: &ChatContext, user: UserId, message: i64) -> Result<(), ApiError> {
+async fn charge_fanout(state: &AppState, user: UserId, message: i64) -> Result<(), ApiError> {
     let failed = |e| ApiError::internal("message change", e);
-    let Some(conversation) = store::chat_of_message(&chat.db, message)
+    let Some(conversation) = store::chat_of_message(&state.db, message)
         .await
         .map_err(failed)?
     else {
         return Err(ApiError::NotFound);
     };
-    let audience = chat.audience(conversation).await.map_err(failed)?;
-    chat.fanout
+    let audience = state.audience(conversation).await.map_err(failed)?;
+    state
+        .fanout
         .take_many(user, audience.deliveries())
         .map_err(|retry| {
-            chat.metrics.rate_limited();
+            state.metrics.rate_limited();
             ApiError::TooManyRequests(retry)
         })
 }
@@ -124,7 +120,6 @@ fn unexpected(applied: Applied) -> ApiError {
 #[api_v2_operation(tags(Messages))]
 pub async fn edit_message(
     state: web::Data<AppState>,
-    chat: web::Data<ChatContext>,
     user: AuthUser,
     id: web::Path<String>,
     body: JsonOrForm<NewContent>,
@@ -134,7 +129,7 @@ pub async fn edit_message(
         id: message_id(&id)?,
         content,
     };
-    match apply(&state, &chat, UserId(user.0.id), change).await? {
+    match apply(&state, UserId(user.0.id), change).await? {
         Applied::Edited(edited) => Ok(web::Json(edited)),
         other => Err(unexpected(other)),
     }
@@ -145,14 +140,13 @@ pub async fn edit_message(
 #[api_v2_operation(tags(Messages))]
 pub async fn delete_message(
     state: web::Data<AppState>,
-    chat: web::Data<ChatContext>,
     user: AuthUser,
     id: web::Path<String>,
 ) -> Result<web::Json<MessageDeleted>, ApiError> {
     let change = Change::Delete {
         id: message_id(&id)?,
     };
-    match apply(&state, &chat, UserId(user.0.id), change).await? {
+    match apply(&state, UserId(user.0.id), change).await? {
         Applied::Deleted(deleted) => Ok(web::Json(deleted)),
         other => Err(unexpected(other)),
     }
@@ -160,7 +154,6 @@ pub async fn delete_message(
 
 async fn react(
     state: &AppState,
-    chat: &ChatContext,
     user: AuthUser,
     id: i64,
     emoji: Option<String>,
@@ -171,7 +164,7 @@ async fn react(
         emoji: emoji_of(emoji)?,
         on,
     };
-    match apply(state, chat, UserId(user.0.id), change).await? {
+    match apply(state, UserId(user.0.id), change).await? {
         Applied::Reacted(reaction) => Ok(web::Json(reaction)),
         other => Err(unexpected(other)),
     }
@@ -182,23 +175,21 @@ async fn react(
 #[api_v2_operation(tags(Messages))]
 pub async fn add_reaction(
     state: web::Data<AppState>,
-    chat: web::Data<ChatContext>,
     user: AuthUser,
     id: web::Path<String>,
     body: JsonOrForm<EmojiChoice>,
 ) -> Result<web::Json<ReactionEvent>, ApiError> {
-    react(&state, &chat, user, message_id(&id)?, body.0.emoji, true).await
+    react(&state, user, message_id(&id)?, body.0.emoji, true).await
 }
 
 /// Take one's reaction back (`?emoji=`); `seq` is null when it was not set.
 #[api_v2_operation(tags(Messages))]
 pub async fn remove_reaction(
     state: web::Data<AppState>,
-    chat: web::Data<ChatContext>,
     user: AuthUser,
     id: web::Path<String>,
     query: web::Query<EmojiChoice>,
 ) -> Result<web::Json<ReactionEvent>, ApiError> {
     let query = query.into_inner();
-    react(&state, &chat, user, message_id(&id)?, query.emoji, false).await
+    react(&state, user, message_id(&id)?, query.emoji, false).await
 }

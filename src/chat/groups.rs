@@ -29,7 +29,7 @@ use super::protocol::{
 };
 use super::server::ChatServer;
 use super::store::{self, ConversationRow};
-use crate::rate_limit::KeyedRateLimit;
+use crate::rate_limit::{ChatRateLimit, UserRateLimit};
 
 /// Longest group title, in characters after trimming (B6).
 pub const MAX_TITLE_CHARS: usize = 100;
@@ -122,8 +122,8 @@ pub struct Changed {
 /// alike. Leaving a group costs nothing and is never refused. Each instance
 /// keeps its own counts (README "Security").
 pub struct ChangeBudget {
-    per_user: KeyedRateLimit<UserId>,
-    per_group: KeyedRateLimit<ChatId>,
+    per_user: UserRateLimit,
+    per_group: ChatRateLimit,
 }
 
 impl ChangeBudget {
@@ -131,8 +131,8 @@ impl ChangeBudget {
     /// the largest burst.
     pub fn new(per_user: u32, per_group: u32) -> Self {
         ChangeBudget {
-            per_user: KeyedRateLimit::new(per_user, per_user),
-            per_group: KeyedRateLimit::new(per_group, per_group),
+            per_user: UserRateLimit::new(per_user, per_user),
+            per_group: ChatRateLimit::new(per_group, per_group),
         }
     }
 

@@ -166,7 +166,7 @@ impl Membership {
 
     /// Records who a message to `chat` reaches (`None`: forget it, nobody
     /// here is in it any more).
-    pub(super) fn set_audience(&self, chat: ChatId, audience: Option<Audience>) {
+    pub(crate) fn set_audience(&self, chat: ChatId, audience: Option<Audience>) {
         if let Ok(mut audiences) = self.audiences.write() {
             match audience {
                 Some(a) => audiences.insert(chat, a),

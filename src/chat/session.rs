@@ -15,6 +15,7 @@ use super::address_cap::AddressSlot;
 use super::blocks::{self, BlockError};
 use super::changes::{self, Change, ChangeRequest};
 use super::groups::{self, GroupError};
+use super::internal_reply;
 use super::invitations;
 use super::log;
 use super::membership::{Audience, MembershipChange};
@@ -27,9 +28,10 @@ use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
 use super::writer::{NewMessage, Submitter};
-use super::{internal_reply, ChatContext};
 use crate::auth::{self, AuthError};
 use crate::metrics;
+use crate::rate_limit::TokenBucket;
+use crate::state::AppState;
 
 /// Longest `client_id` accepted (B2).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
@@ -42,38 +44,6 @@ enum Job {
     Change(ChangeRequest),
 }
 
-/// A token bucket: `rate` requests per second sustained, bursts up to `burst`.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        RateLimit {
-            tokens: burst as f64,
-            rate: rate as f64,
-            burst: burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// How many times a registration is retried when membership changes
 /// outran the loading of the user's conversations.
 const REGISTRATION_ATTEMPTS: usize = 5;
@@ -81,11 +51,12 @@ const REGISTRATION_ATTEMPTS: usize = 5;
 /// One WebSocket connection.
 pub struct WsSession {
     id: SessionId,
-    chat: Arc<ChatContext>,
+    state: Arc<AppState>,
     outbox: Outbox,
     user: Option<UserId>,
     url_token: Option<String>,
-    rate: RateLimit,
+    /// The socket's request rate (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`).
+    rate: TokenBucket,
     /// Pings the client; set once started.
     heartbeat: Option<Heartbeat>,
     /// Closes the session when its token expires.
@@ -103,16 +74,16 @@ impl WsSession {
     /// the slots are its place under its address's caps (all sockets, and
     /// those not authorized yet).
     pub fn new(
-        chat: Arc<ChatContext>,
+        state: Arc<AppState>,
         outbox: Outbox,
         url_token: Option<String>,
         [socket, unauthenticated]: [AddressSlot; 2],
     ) -> Self {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-        let rate = RateLimit::new(chat.limits.rate_per_second, chat.limits.rate_burst);
+        let rate = TokenBucket::full(f64::from(state.limits.rate_burst), Instant::now());
         WsSession {
             id,
-            chat,
+            state,
             outbox,
             user: None,
             url_token,
@@ -125,6 +96,15 @@ impl WsSession {
         }
     }
 
+    /// Takes one request from the socket's rate allowance.
+    fn allow_request(&mut self) -> bool {
+        let limits = &self.state.limits;
+        let (burst, rate) = (limits.rate_burst, limits.rate_per_second);
+        self.rate
+            .take(1.0, f64::from(burst), f64::from(rate), Instant::now())
+            .is_ok()
+    }
+
     /// Queues a frame; a client that stopped reading is disconnected.
     fn send(&self, event: &ServerEvent, ctx: &mut Context<Self>) {
         self.send_json(event.to_json(), ctx);
@@ -133,9 +113,9 @@ impl WsSession {
     /// Queues a frame already in JSON (see `send`).
     fn send_json(&self, frame: bytes::Bytes, ctx: &mut Context<Self>) {
         match self.outbox.send_text(frame) {
-            Queued::Yes => self.chat.metrics.frames_out(1),
+            Queued::Yes => self.state.metrics.frames_out(1),
             Queued::Overflow => {
-                self.chat.metrics.outbox_overflow();
+                self.state.metrics.outbox_overflow();
                 tracing::warn!(parent: &self.span, "client is not reading; disconnecting");
                 ctx.stop();
             }
@@ -150,7 +130,7 @@ impl WsSession {
         message: &str,
         ctx: &mut Context<Self>,
     ) {
-        self.chat.metrics.bad_frame(Some(code.as_str()));
+        self.state.metrics.bad_frame(Some(code.as_str()));
         self.send(
             &ServerEvent::error(kind, ErrorReply::new(code, message)),
             ctx,
@@ -166,7 +146,7 @@ impl WsSession {
         ctx: &mut Context<Self>,
     ) {
         let reply = internal_reply(&self.span, kind, error);
-        self.chat
+        self.state
             .metrics
             .bad_frame(Some(ErrorCode::Internal.as_str()));
         self.send(&ServerEvent::error(kind, reply), ctx);
@@ -187,20 +167,20 @@ impl WsSession {
                     }
                     _ => (metrics::UNPARSED, None),
                 };
-                self.chat.metrics.frame_in(kind);
-                if self.rate.allow() {
-                    self.chat.metrics.bad_frame(code);
+                self.state.metrics.frame_in(kind);
+                if self.allow_request() {
+                    self.state.metrics.bad_frame(code);
                     self.send(&ServerEvent::from_frame_error(error), ctx);
                 } else {
-                    self.chat.metrics.rate_limited();
+                    self.state.metrics.rate_limited();
                 }
                 return;
             }
         };
         let kind = request.kind();
-        self.chat.metrics.frame_in(kind.wire_name());
-        if !self.rate.allow() {
-            self.chat.metrics.rate_limited();
+        self.state.metrics.frame_in(kind.wire_name());
+        if !self.allow_request() {
+            self.state.metrics.rate_limited();
             self.send_error(
                 kind,
                 ErrorCode::RateLimited,
@@ -275,21 +255,21 @@ impl WsSession {
     /// moves the session's registration in one step at the ChatServer: if it
     /// is refused, the session stays exactly as it was.
     fn authorize(&mut self, token: String, ctx: &mut Context<Self>) {
-        let chat = self.chat.clone();
+        let state = self.state.clone();
         let (session, outbox) = (self.id, self.outbox.clone());
         let kick = ctx.address().recipient();
         let previous = self.user;
         let registered = async move {
             let (user, claims) =
-                auth::authenticate_claims(&chat.db, &chat.keys, token.trim()).await?;
+                auth::authenticate_claims(&state.db, &state.keys, token.trim()).await?;
             let me = UserId(user.id);
             let server_error = |e: MailboxError| {
                 AuthError::Database(sea_orm::DbErr::Custom(format!("chat server: {e}")))
             };
             let mut outcome = Err(ConnectError::Stale);
             for _ in 0..REGISTRATION_ATTEMPTS {
-                let since = chat.membership.seq();
-                let chats = store::chats_of(&chat.db, me).await?;
+                let since = state.membership.seq();
+                let chats = store::chats_of(&state.db, me).await?;
                 let connect = Connect {
                     session,
                     user: me,
@@ -300,7 +280,7 @@ impl WsSession {
                     token_version: user.token_version,
                     previous,
                 };
-                outcome = chat.server.send(connect).await.map_err(server_error)?;
+                outcome = state.server.send(connect).await.map_err(server_error)?;
                 if outcome != Err(ConnectError::Stale) {
                     break;
                 }
@@ -309,7 +289,7 @@ impl WsSession {
                 // The conversations' channels are subscribed before the
                 // client hears it is in: whatever it fetches next, it also
                 // gets everything live from then on.
-                chat.bus.barrier().await;
+                state.bus.barrier().await;
             }
             Ok::<_, AuthError>(outcome.map(|()| (me, claims.remaining())))
         };
@@ -348,7 +328,7 @@ impl WsSession {
     /// The session is now `user`'s, until the token expires in `remaining`.
     fn authorized(&mut self, user: UserId, remaining: Duration, ctx: &mut Context<Self>) {
         if self.user.is_none() {
-            self.chat.metrics.session_authorized();
+            self.state.metrics.session_authorized();
         }
         self.user = Some(user);
         self.unauthenticated = None;
@@ -359,7 +339,7 @@ impl WsSession {
             Instant::now() + remaining,
             self.id,
             ctx.address().downgrade().recipient(),
-            self.chat.limits.heartbeat,
+            self.state.limits.heartbeat,
         ));
     }
 
@@ -372,7 +352,7 @@ impl WsSession {
         F: std::future::Future<Output = Result<T, sea_orm::DbErr>> + 'static,
         A: FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
     {
-        let pending = query(self.chat.db.clone());
+        let pending = query(self.state.db.clone());
         ctx.spawn(
             pending
                 .into_actor(self)
@@ -391,7 +371,7 @@ impl WsSession {
             move |act, rows, ctx| {
                 let contacts = rows
                     .into_iter()
-                    .map(|r| r.into_contact(user, &act.chat.presence))
+                    .map(|r| r.into_contact(user, &act.state.presence))
                     .collect();
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
             },
@@ -403,7 +383,7 @@ impl WsSession {
         let Some(chat_id) = id.chat_id() else {
             return self.not_found(RequestKind::GetContact, ctx);
         };
-        let presence = self.chat.presence.clone();
+        let presence = self.state.presence.clone();
         let query =
             move |db| async move { store::conversation_of(&db, user, chat_id, &presence).await };
         self.query(
@@ -451,11 +431,11 @@ impl WsSession {
         let Some(chat_id) = id.chat_id() else {
             return self.not_found(kind, ctx);
         };
-        let known = self.chat.membership.is_member(user, chat_id);
-        if known && self.chat.membership.is_current() {
+        let known = self.state.membership.is_member(user, chat_id);
+        if known && self.state.membership.is_current() {
             return then(self, chat_id, ctx);
         }
-        let db = self.chat.db.clone();
+        let db = self.state.db.clone();
         let lookup = async move { store::membership_of(&db, chat_id).await };
         ctx.wait(
             lookup
@@ -464,7 +444,9 @@ impl WsSession {
                     Ok(Some((kind_of, members))) if members.contains(&user) => {
                         if !known && kind_of == entity::chat::ChatKind::Direct {
                             let change = MembershipChange::direct(chat_id, members);
-                            act.chat.server.do_send(ApplyMembership::everywhere(change));
+                            act.state
+                                .server
+                                .do_send(ApplyMembership::everywhere(change));
                         }
                         then(act, chat_id, ctx);
                     }
@@ -476,7 +458,7 @@ impl WsSession {
 
     /// Why `content` is not a message's text, if it is not (B3).
     fn content_error(&self, content: &str) -> Option<String> {
-        changes::content_error(content, self.chat.limits.max_message_chars)
+        changes::content_error(content, self.state.limits.max_message_chars)
     }
 
     fn send_message(&mut self, user: UserId, request: SendMessage, ctx: &mut Context<Self>) {
@@ -499,7 +481,7 @@ impl WsSession {
             &request.to,
             ctx,
             move |act, chat, ctx| {
-                if act.chat.membership.is_blocked(chat) {
+                if act.state.membership.is_blocked(chat) {
                     return act.send_error(
                         RequestKind::Message,
                         ErrorCode::Invalid,
@@ -538,10 +520,10 @@ impl WsSession {
     ) where
         F: FnOnce(&mut Self, Audience, &mut Context<Self>) + 'static,
     {
-        if let Some(audience) = self.chat.membership.audience(chat) {
+        if let Some(audience) = self.state.membership.audience(chat) {
             return then(self, audience, ctx);
         }
-        let context = Arc::clone(&self.chat);
+        let context = Arc::clone(&self.state);
         let lookup = async move { context.audience(chat).await };
         ctx.wait(
             lookup
@@ -565,7 +547,7 @@ impl WsSession {
                 return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
             }
         }
-        let db = self.chat.db.clone();
+        let db = self.state.db.clone();
         let id = change.message_id();
         let lookup = async move { store::chat_of_message(&db, id).await };
         ctx.wait(
@@ -601,8 +583,8 @@ impl WsSession {
             Job::Message(_) => RequestKind::Message,
             Job::Change(c) => c.change.kind(),
         };
-        if let Err(retry) = self.chat.fanout.take_many(user, audience.deliveries()) {
-            self.chat.metrics.rate_limited();
+        if let Err(retry) = self.state.fanout.take_many(user, audience.deliveries()) {
+            self.state.metrics.rate_limited();
             let text = format!("too many deliveries; try again in {retry} s");
             return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
         }
@@ -611,8 +593,8 @@ impl WsSession {
             span: self.span.clone(),
         };
         let queued = match job {
-            Job::Message(new) => self.chat.writer.submit(new, from, arrived),
-            Job::Change(change) => self.chat.writer.submit_change(change, from, arrived),
+            Job::Message(new) => self.state.writer.submit(new, from, arrived),
+            Job::Change(change) => self.state.writer.submit_change(change, from, arrived),
         };
         if let Err(e) = queued {
             let reply = e.reply(&self.span, kind);
@@ -706,7 +688,7 @@ impl WsSession {
                         own: Some(frame.clone()),
                         others: frame,
                     };
-                    act.chat.server.do_send(Deliver {
+                    act.state.server.do_send(Deliver {
                         frames,
                         skip: Some(act.id),
                     });
@@ -723,7 +705,7 @@ impl WsSession {
             &id,
             ctx,
             move |act, chat, ctx| {
-                if act.chat.membership.is_blocked(chat) {
+                if act.state.membership.is_blocked(chat) {
                     return act.send_error(
                         RequestKind::Typing,
                         ErrorCode::Invalid,
@@ -731,7 +713,7 @@ impl WsSession {
                         ctx,
                     );
                 }
-                if act.chat.typing_relays.take(chat).is_err() {
+                if act.state.typing_relays.take(chat).is_err() {
                     // Someone's typing was shown in this second: a member never
                     // gets more than TYPING_RELAYS_PER_SECOND, however many type.
                     return;
@@ -741,7 +723,7 @@ impl WsSession {
                     user_id: user.0,
                 })
                 .to_json();
-                act.chat.server.do_send(Deliver {
+                act.state.server.do_send(Deliver {
                     frames: ConversationFrames::to_others(chat, user, frame),
                     skip: None,
                 });
@@ -762,11 +744,11 @@ impl WsSession {
         F: FnOnce(groups::Groups) -> Fut,
         Fut: std::future::Future<Output = Result<groups::Changed, GroupError>> + 'static,
     {
-        let chat = self.chat.clone();
-        let pending = change(chat.groups.clone());
+        let state = self.state.clone();
+        let pending = change(state.groups.clone());
         let work = async move {
             let changed = pending.await?;
-            groups::announce(&chat.db, &chat.server, &chat.presence, user, changed).await
+            groups::announce(&state.db, &state.server, &state.presence, user, changed).await
         };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
             let reply = result.map_or_else(|e| Reply::Err(act.group_error(kind, e)), Reply::Ok);
@@ -786,7 +768,7 @@ impl WsSession {
         if e.code() == ErrorCode::Internal {
             return internal_reply(&self.span, kind, &e);
         }
-        self.chat.metrics.bad_frame(Some(e.code().as_str()));
+        self.state.metrics.bad_frame(Some(e.code().as_str()));
         ErrorReply::new(e.code(), e.to_string())
     }
 
@@ -821,15 +803,16 @@ impl WsSession {
         other: UserRef,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(retry) = self.chat.change_limit.take(user.0) {
-            self.chat.metrics.rate_limited();
+        if let Err(retry) = self.state.change_limit.take(user) {
+            self.state.metrics.rate_limited();
             let text = format!("too many changes; try again in {retry} s");
             return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
         }
-        let chat = self.chat.clone();
+        let state = self.state.clone();
         let block = kind == RequestKind::BlockUser;
-        let work =
-            async move { blocks::change(&chat.db, &chat.server, user, other.user_id, block).await };
+        let work = async move {
+            blocks::change(&state.db, &state.server, user, other.user_id, block).await
+        };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
             let reply = match result {
                 Ok(()) => Reply::Ok(BlockAck {
@@ -837,7 +820,7 @@ impl WsSession {
                     user_id: other.user_id,
                 }),
                 Err(BlockError::Invalid(message)) => {
-                    act.chat
+                    act.state
                         .metrics
                         .bad_frame(Some(ErrorCode::Invalid.as_str()));
                     Reply::Err(ErrorReply::new(ErrorCode::Invalid, message))
@@ -868,7 +851,7 @@ impl WsSession {
         let Some(chat) = id.chat_id() else {
             return self.not_found(kind, ctx);
         };
-        let groups = self.chat.groups.clone();
+        let groups = self.state.groups.clone();
         let work = async move { groups.decline(user, chat).await };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             let reply = match result {
@@ -937,10 +920,10 @@ impl Actor for WsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.chat.metrics.connection_opened();
+        self.state.metrics.connection_opened();
         tracing::debug!(parent: &self.span, "connected");
         self.send(&ServerEvent::Info("Waiting user token..."), ctx);
-        ctx.run_later(self.chat.limits.authorization_timeout, |act, ctx| {
+        ctx.run_later(self.state.limits.authorization_timeout, |act, ctx| {
             if act.user.is_none() {
                 act.send(
                     &ServerEvent::AuthorizationResponse(AuthorizationReply::timeout()),
@@ -953,7 +936,7 @@ impl Actor for WsSession {
             self.id,
             self.outbox.clone(),
             ctx.address().downgrade().recipient(),
-            self.chat.limits.heartbeat,
+            self.state.limits.heartbeat,
         ));
         if let Some(token) = self.url_token.take() {
             self.authorize(token, ctx);
@@ -963,13 +946,13 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.outbox.close(CloseCode::Away, "session ended");
         if let Some(user) = self.user.take() {
-            self.chat.server.do_send(Disconnect {
+            self.state.server.do_send(Disconnect {
                 session: self.id,
                 user,
             });
-            self.chat.metrics.session_ended();
+            self.state.metrics.session_ended();
         }
-        self.chat.metrics.connection_closed();
+        self.state.metrics.connection_closed();
         tracing::debug!(parent: &self.span, "disconnected");
     }
 }
@@ -981,7 +964,7 @@ impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
             Ok(Incoming::Text(bytes)) => match std::str::from_utf8(&bytes) {
                 Ok(text) => self.handle_text(text, ctx),
                 Err(_) => {
-                    self.chat.metrics.frame_in(metrics::UNPARSED);
+                    self.state.metrics.frame_in(metrics::UNPARSED);
                     self.send(
                         &ServerEvent::BadRequest(Notice::new("frame is not valid UTF-8")),
                         ctx,
@@ -995,7 +978,7 @@ impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
                 ctx,
             ),
             Ok(Incoming::Oversize(size)) => {
-                let limit = self.chat.limits.max_frame_bytes;
+                let limit = self.state.limits.max_frame_bytes;
                 let text =
                     format!("frame of {size} bytes is larger than the limit of {limit} bytes");
                 self.send(&ServerEvent::BadRequest(Notice::new(text)), ctx);
@@ -1033,7 +1016,7 @@ impl Handler<HeartbeatFailed> for WsSession {
                 self.close(CloseCode::Away, "heartbeat timeout", ctx);
             }
             Failure::Overflow => {
-                self.chat.metrics.outbox_overflow();
+                self.state.metrics.outbox_overflow();
                 tracing::warn!(parent: &self.span, "client is not reading; disconnecting");
                 ctx.stop();
             }
