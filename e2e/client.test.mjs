@@ -2,7 +2,7 @@
 // driven by playwright-core, against the real server on a free port (SQLite
 // in a fresh directory). Each person is an independent browser profile
 // (context). Elements are found by role and accessible name, as
-// WEBCLIENT.md names them.
+// docs/WEBCLIENT.md names them.
 //
 //   CHAT_SERVER=target/debug/chat-server node e2e/client.test.mjs
 //   SCREENSHOTS=docs/screenshots ...   also saves the README's screenshots

@@ -1,5 +1,5 @@
 //! The web client's files as the server serves them: every one present,
-//! with its type and the headers that keep the page safe (WEBCLIENT.md;
+//! with its type and the headers that keep the page safe (docs/WEBCLIENT.md;
 //! the browser tests themselves are in e2e/).
 
 use crate::common;

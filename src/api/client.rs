@@ -1,4 +1,4 @@
-//! The web client (`static/app/`, WEBCLIENT.md): `/` and its files, embedded
+//! The web client (`static/app/`, docs/WEBCLIENT.md): `/` and its files, embedded
 //! in the binary so that one command gives a working chat with nothing else
 //! installed and no request leaves for another host. Plain ES modules, no
 //! build step; the pages get the strict Content-Security-Policy every

@@ -1,5 +1,5 @@
 // The web client: signed-out forms, the conversation list, a conversation,
-// groups. Roles and accessible names follow WEBCLIENT.md; message text is
+// groups. Roles and accessible names follow docs/WEBCLIENT.md; message text is
 // always rendered as text (Preact escapes it), never as HTML.
 
 import { h, render } from "./vendor/preact.module.js";
