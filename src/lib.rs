@@ -33,13 +33,10 @@ use paperclip::actix::OpenApiExt;
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::api::throttle::AttemptThrottle;
 use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
 use crate::bus::target::RedisTarget;
 use crate::bus::Bus;
-use crate::chat::address_cap::AddressCap;
-use crate::chat::groups::{ChangeBudget, Groups};
 use crate::chat::log::HoleFiller;
 use crate::chat::membership::Membership;
 use crate::chat::messages::CloseAll;
@@ -49,8 +46,7 @@ use crate::chat::writer::MessageWriter;
 use crate::config::{ConfigError, SecretSource, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::rate_limit::{AddressRateLimit, ChatRateLimit, UserRateLimit};
-use crate::state::{AppState, Limits};
+use crate::state::{AppState, Shared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,24 +88,9 @@ impl Application {
             );
         }
         let (secret, secret_source) = settings.secret_key_with_source()?;
-        match &secret_source {
-            SecretSource::Environment => tracing::info!("token key from SECRET_KEY"),
-            SecretSource::File(path) => {
-                tracing::info!(path = %path.display(), "token key read from its file")
-            }
-            SecretSource::Generated(path) => tracing::info!(
-                path = %path.display(),
-                "token key generated and kept in this file (mode 0600); keep it to keep logins valid"
-            ),
-        }
+        log_secret_source(&secret_source);
         let redis = RedisTarget::from_settings(&settings.redis)?;
-        let db = db::connect(&settings).await?;
-        let applied = db::migrate(&db, &settings.database.url()).await?;
-        tracing::info!(
-            database = %settings.database.location(),
-            migrations_applied = applied,
-            "database ready"
-        );
+        let db = open_database(&settings).await?;
         match &redis {
             Some(target) => tracing::info!(
                 redis = %target.location(),
@@ -120,169 +101,50 @@ impl Application {
         }
 
         let metrics = Metrics::default();
-        let draining = Arc::new(AtomicBool::new(false));
         let presence = Arc::new(Presence::default());
         let membership = Arc::new(Membership::default());
-        // The ChatServer and the Redis bridge are made together: the server's
-        // address exists before it starts, so each gets the other's recipients
-        // at once and neither names the other's actor type.
-        let mut bridge = None;
-        let mut bus = Bus::Local;
-        let chat_server = ChatServer::create(|ctx| {
-            if let Some(target) = redis.clone() {
-                let server = ServerLink {
-                    deliver: ctx.address().recipient(),
-                    revoke: ctx.address().recipient(),
-                    to_user: ctx.address().recipient(),
-                    blocked: ctx.address().recipient(),
-                    presence: ctx.address().recipient(),
-                    membership: ctx.address().recipient(),
-                    replace_chats: ctx.address().recipient(),
-                    local_users: ctx.address().recipient(),
-                };
-                let parts = BridgeParts {
-                    prefix: settings.redis.redis_prefix.clone(),
-                    presence: presence.clone(),
-                    membership: membership.clone(),
-                    db: db.clone(),
-                    metrics: metrics.clone(),
-                };
-                let started = RedisBridge::new(target, parts, server).start();
-                bus = Bus::Redis {
-                    publish: started.clone().recipient(),
-                    barrier: started.clone().recipient(),
-                };
-                bridge = Some(started);
-            }
-            ChatServer::new(
-                presence.clone(),
-                membership.clone(),
-                bus.clone(),
-                HoleFiller::start(db.clone(), ctx.address().recipient()),
-                settings.limits.max_sessions_per_user,
-                metrics.clone(),
-            )
-        });
+        let actors = start_actors(
+            &settings,
+            &db,
+            redis.clone(),
+            &presence,
+            &membership,
+            &metrics,
+        );
         let (writer, writer_task) = MessageWriter::with_edit_window(
             db.clone(),
-            chat_server.clone().recipient(),
+            actors.chat_server.clone().recipient(),
             metrics.clone(),
             settings.limits.message_queue_capacity,
             settings.limits.edit_window(),
         );
-        actix_web::rt::spawn(chat::revocation::run(db.clone(), chat_server.clone()));
-        let keys = TokenKeys::new(&secret, settings.auth.token_ttl());
-        let groups = Groups {
-            db: db.clone(),
-            budget: Arc::new(ChangeBudget::new(
-                settings.limits.group_changes_per_minute,
-                settings.limits.group_changes_per_minute_per_group,
-            )),
-            max_members: settings.limits.max_group_members,
-            max_groups_per_user: settings.limits.max_groups_per_user,
-            max_pending_invitations: settings.limits.max_pending_invitations,
-        };
-
-        let state = web::Data::new(AppState {
-            settings: Arc::new(settings.clone()),
-            db: db.clone(),
-            keys,
-            server: chat_server.clone(),
-            presence,
-            membership,
-            bus,
-            writer,
-            groups,
-            metrics,
-            limits: Limits::from_settings(&settings),
-            proxies: settings.server.trusted_proxies(),
-            draining: draining.clone(),
-            redis,
-            login_throttle: AttemptThrottle::new(
-                settings.auth.login_max_attempts,
-                Duration::from_secs(settings.auth.login_window_seconds),
-            ),
-            password_throttle: AttemptThrottle::new(
-                settings.auth.login_max_attempts,
-                Duration::from_secs(settings.auth.login_window_seconds),
-            ),
-            registration_limit: AddressRateLimit::new(
-                settings.auth.registration_burst,
-                settings.auth.registration_per_minute,
-            ),
-            change_limit: UserRateLimit::new(
-                settings.limits.rate_limit_burst,
-                settings.limits.rate_limit_per_second.saturating_mul(60),
-            ),
-            typing_relays: ChatRateLimit::new(
-                chat::TYPING_RELAYS_PER_SECOND,
-                chat::TYPING_RELAYS_PER_SECOND * 60,
-            ),
-            fanout: UserRateLimit::new(
-                settings.limits.fanout_per_second.saturating_mul(2),
-                settings.limits.fanout_per_second.saturating_mul(60),
-            ),
-            unauthenticated: AddressCap::new(settings.limits.max_unauthenticated_per_address),
-            sockets: AddressCap::new(settings.limits.max_sockets_per_address),
-        });
-
-        let address = settings.server.listen_address();
-        let listen_error = |source| StartError::Listen {
-            address: address.clone(),
-            source,
-        };
-        let listener = TcpListener::bind(&address).map_err(listen_error)?;
-        let port = listener.local_addr().map_err(listen_error)?.port();
-        let cors_origins = settings.server.cors_origins();
-        let mut server = HttpServer::new(move || {
-            let mut spec = serde_json::Value::Null;
-            actix_web::App::new()
-                .app_data(state.clone())
-                .app_data(json_config())
-                .app_data(query_config())
-                .app_data(path_config())
-                .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
-                .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
-                .wrap(from_fn(api::check_host))
-                .wrap(cors(cors_origins.as_deref()))
-                // Outside the Host check and CORS, so what they answer on
-                // their own (a wrong Host's 400, a preflight) carries the
-                // headers too.
-                .wrap(security_headers())
-                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
-                .wrap_api_with_spec(api::spec())
-                .configure(api::routes)
-                .with_raw_json_spec(|app, generated| {
-                    spec = generated;
-                    app
-                })
-                .build()
-                .configure(spec_routes(spec))
-                .route("/chat", web::get().to(chat::connect))
-                .route("/chat/", web::get().to(chat::connect))
-                .route("/metrics", web::get().to(api::health::metrics))
-                .configure(api::docs::routes)
-                .configure(api::client::routes)
-                .default_service(web::to(api::not_found))
-        })
-        .listen(listener)
-        .map_err(listen_error)?
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout_seconds)
-        // A client must send its request headers within this time (slowloris).
-        .client_request_timeout(Duration::from_secs(5))
-        .max_connections(100_000)
-        .backlog(4096);
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
-        tracing::info!(%address, port, "listening (stop with Ctrl-C or SIGTERM)");
+        actix_web::rt::spawn(chat::revocation::run(
+            db.clone(),
+            actors.chat_server.clone(),
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
+        let state = AppState::new(
+            &settings,
+            TokenKeys::new(&secret, settings.auth.token_ttl()),
+            Shared {
+                db: db.clone(),
+                server: actors.chat_server.clone(),
+                presence,
+                membership,
+                bus: actors.bus,
+                writer,
+                metrics,
+                draining: draining.clone(),
+                redis,
+            },
+        );
+        let (server, port) = http_server(&settings, web::Data::new(state))?;
         Ok(Application {
-            server: server.run(),
+            server,
             port,
             db,
-            chat_server,
-            bridge,
+            chat_server: actors.chat_server,
+            bridge: actors.bridge,
             writer_task,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_seconds),
             drain: Duration::from_secs(settings.server.drain_seconds),
@@ -351,6 +213,155 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Says where the token signing key came from.
+fn log_secret_source(source: &SecretSource) {
+    match source {
+        SecretSource::Environment => tracing::info!("token key from SECRET_KEY"),
+        SecretSource::File(path) => {
+            tracing::info!(path = %path.display(), "token key read from its file")
+        }
+        SecretSource::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "token key generated and kept in this file (mode 0600); keep it to keep logins valid"
+        ),
+    }
+}
+
+/// Connects to the database and applies the migrations it lacks.
+async fn open_database(settings: &Settings) -> Result<DatabaseConnection, StartError> {
+    let db = db::connect(settings).await?;
+    let applied = db::migrate(&db, &settings.database.url()).await?;
+    tracing::info!(
+        database = %settings.database.location(),
+        migrations_applied = applied,
+        "database ready"
+    );
+    Ok(db)
+}
+
+/// The ChatServer and, with Redis, the bridge, and the bus between them.
+struct Actors {
+    chat_server: Addr<ChatServer>,
+    bridge: Option<Addr<RedisBridge>>,
+    bus: Bus,
+}
+
+/// Starts the ChatServer and the Redis bridge together: the server's
+/// address exists before it starts, so each gets the other's recipients at
+/// once and neither names the other's actor type.
+fn start_actors(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: Option<RedisTarget>,
+    presence: &Arc<Presence>,
+    membership: &Arc<Membership>,
+    metrics: &Metrics,
+) -> Actors {
+    let mut bridge = None;
+    let mut bus = Bus::Local;
+    let chat_server = ChatServer::create(|ctx| {
+        if let Some(target) = redis {
+            let server = ServerLink {
+                deliver: ctx.address().recipient(),
+                revoke: ctx.address().recipient(),
+                to_user: ctx.address().recipient(),
+                blocked: ctx.address().recipient(),
+                presence: ctx.address().recipient(),
+                membership: ctx.address().recipient(),
+                replace_chats: ctx.address().recipient(),
+                local_users: ctx.address().recipient(),
+            };
+            let parts = BridgeParts {
+                prefix: settings.redis.redis_prefix.clone(),
+                presence: presence.clone(),
+                membership: membership.clone(),
+                db: db.clone(),
+                metrics: metrics.clone(),
+            };
+            let started = RedisBridge::new(target, parts, server).start();
+            bus = Bus::Redis {
+                publish: started.clone().recipient(),
+                barrier: started.clone().recipient(),
+            };
+            bridge = Some(started);
+        }
+        ChatServer::new(
+            presence.clone(),
+            membership.clone(),
+            bus.clone(),
+            HoleFiller::start(db.clone(), ctx.address().recipient()),
+            settings.limits.max_sessions_per_user,
+            metrics.clone(),
+        )
+    });
+    Actors {
+        chat_server,
+        bridge,
+        bus,
+    }
+}
+
+/// The HTTP server on `settings`' address: REST, `/chat`, the docs and
+/// the web client, with the middleware every answer goes through. Returns
+/// it running (actix serves once awaited) and the port it bound.
+fn http_server(
+    settings: &Settings,
+    state: web::Data<AppState>,
+) -> Result<(Server, u16), StartError> {
+    let address = settings.server.listen_address();
+    let listen_error = |source| StartError::Listen {
+        address: address.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&address).map_err(listen_error)?;
+    let port = listener.local_addr().map_err(listen_error)?.port();
+    let cors_origins = settings.server.cors_origins();
+    let mut server = HttpServer::new(move || {
+        let mut spec = serde_json::Value::Null;
+        actix_web::App::new()
+            .app_data(state.clone())
+            .app_data(json_config())
+            .app_data(query_config())
+            .app_data(path_config())
+            .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
+            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
+            .wrap(from_fn(api::check_host))
+            .wrap(cors(cors_origins.as_deref()))
+            // Outside the Host check and CORS, so what they answer on
+            // their own (a wrong Host's 400, a preflight) carries the
+            // headers too.
+            .wrap(security_headers())
+            .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+            .wrap_api_with_spec(api::spec())
+            .configure(api::routes)
+            .with_raw_json_spec(|app, generated| {
+                spec = generated;
+                app
+            })
+            .build()
+            .configure(spec_routes(spec))
+            .route("/chat", web::get().to(chat::connect))
+            .route("/chat/", web::get().to(chat::connect))
+            .route("/metrics", web::get().to(api::health::metrics))
+            .configure(api::docs::routes)
+            .configure(api::client::routes)
+            .default_service(web::to(api::not_found))
+    })
+    .listen(listener)
+    .map_err(listen_error)?
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_timeout_seconds)
+    // A client must send its request headers within this time (slowloris).
+    .client_request_timeout(Duration::from_secs(5))
+    .max_connections(100_000)
+    .backlog(4096);
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    tracing::info!(%address, port, "listening (stop with Ctrl-C or SIGTERM)");
+    Ok((server.run(), port))
 }
 
 /// `GET /swagger.json` (Swagger 2.0) and `GET /openapi.json` (OpenAPI 3.0,

@@ -13,7 +13,7 @@ use crate::api::throttle::AttemptThrottle;
 use crate::auth::TokenKeys;
 use crate::bus::Bus;
 use crate::chat::address_cap::AddressCap;
-use crate::chat::groups::Groups;
+use crate::chat::groups::{ChangeBudget, Groups};
 use crate::chat::membership::{Audience, Membership};
 use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
@@ -25,6 +25,10 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::rate_limit::{AddressRateLimit, ChatRateLimit, UserRateLimit};
+
+/// Typing notices relayed per conversation and second (per instance): in a
+/// group, however many people type, a member gets at most this many.
+pub const TYPING_RELAYS_PER_SECOND: u32 = 2;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -74,7 +78,73 @@ pub struct AppState {
     pub sockets: Arc<AddressCap>,
 }
 
+/// The running pieces `AppState` is built around (lib.rs starts them).
+pub struct Shared {
+    pub db: DatabaseConnection,
+    pub server: Addr<ChatServer>,
+    pub presence: Arc<Presence>,
+    pub membership: Arc<Membership>,
+    pub bus: Bus,
+    pub writer: MessageWriter,
+    pub metrics: Metrics,
+    pub draining: Arc<AtomicBool>,
+    pub redis: Option<crate::bus::target::RedisTarget>,
+}
+
 impl AppState {
+    /// The state around `shared`, with every limit and budget `settings`
+    /// sets.
+    pub fn new(settings: &Settings, keys: TokenKeys, shared: Shared) -> Self {
+        let limits = &settings.limits;
+        let auth = &settings.auth;
+        let login_window = Duration::from_secs(auth.login_window_seconds);
+        AppState {
+            settings: Arc::new(settings.clone()),
+            keys,
+            groups: Groups {
+                db: shared.db.clone(),
+                budget: Arc::new(ChangeBudget::new(
+                    limits.group_changes_per_minute,
+                    limits.group_changes_per_minute_per_group,
+                )),
+                max_members: limits.max_group_members,
+                max_groups_per_user: limits.max_groups_per_user,
+                max_pending_invitations: limits.max_pending_invitations,
+            },
+            db: shared.db,
+            server: shared.server,
+            presence: shared.presence,
+            membership: shared.membership,
+            bus: shared.bus,
+            writer: shared.writer,
+            metrics: shared.metrics,
+            limits: Limits::from_settings(settings),
+            proxies: settings.server.trusted_proxies(),
+            draining: shared.draining,
+            redis: shared.redis,
+            login_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
+            password_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
+            registration_limit: AddressRateLimit::new(
+                auth.registration_burst,
+                auth.registration_per_minute,
+            ),
+            change_limit: UserRateLimit::new(
+                limits.rate_limit_burst,
+                limits.rate_limit_per_second.saturating_mul(60),
+            ),
+            typing_relays: ChatRateLimit::new(
+                TYPING_RELAYS_PER_SECOND,
+                TYPING_RELAYS_PER_SECOND * 60,
+            ),
+            fanout: UserRateLimit::new(
+                limits.fanout_per_second.saturating_mul(2),
+                limits.fanout_per_second.saturating_mul(60),
+            ),
+            unauthenticated: AddressCap::new(limits.max_unauthenticated_per_address),
+            sockets: AddressCap::new(limits.max_sockets_per_address),
+        }
+    }
+
     /// Counts a new contact, block or unblock against the caller's allowance.
     pub fn allow_change(&self, user: UserId) -> Result<(), ApiError> {
         self.change_limit

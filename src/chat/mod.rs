@@ -27,10 +27,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::state::AppState;
 use session::WsSession;
 
-/// Typing notices relayed per conversation and second (per instance): in a
-/// group, however many people type, a member gets at most this many.
-pub const TYPING_RELAYS_PER_SECOND: u32 = 2;
-
 /// `GET /chat` and `/chat/`: upgrades to a WebSocket and starts its session.
 pub async fn connect(
     req: HttpRequest,
