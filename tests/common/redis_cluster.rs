@@ -41,6 +41,20 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        // Another test's server can take a port between its choice and the
+        // node's bind: that node exits, and the port answers for someone
+        // else. Such a start is thrown away and tried on other ports.
+        for _ in 0..5 {
+            if let Some(cluster) = Self::start_nodes() {
+                return cluster.create();
+            }
+        }
+        panic!("no six free ports for a Redis Cluster after five tries");
+    }
+
+    /// Six nodes, each answering on its port as the process started here
+    /// (its `process_id`), or `None` if any lost its port.
+    fn start_nodes() -> Option<Self> {
         let dir = tempfile::tempdir().expect("a temp dir");
         let ports = node_ports();
         let nodes = ports
@@ -62,14 +76,27 @@ impl RedisCluster {
                 Some(child)
             })
             .collect();
-        let cluster = RedisCluster {
+        let mut cluster = RedisCluster {
             ports,
             nodes,
             _dir: dir,
         };
-        for port in &cluster.ports {
+        for i in 0..cluster.ports.len() {
+            let port = cluster.ports[i];
             let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            loop {
+                let child = cluster.nodes[i].as_mut().expect("just started");
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return None;
+                }
+                let pid = Self::text(port, redis::cmd("INFO").arg("server"));
+                let ours = format!("process_id:{}", child.id());
+                if pid.lines().any(|line| line.trim() == ours) {
+                    break;
+                }
+                if !pid.is_empty() {
+                    return None;
+                }
                 assert!(
                     Instant::now() < deadline,
                     "redis-server on {port} did not start"
@@ -77,6 +104,12 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        Some(cluster)
+    }
+
+    /// Joins the six nodes into a cluster, three masters with a replica each.
+    fn create(self) -> Self {
+        let cluster = self;
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
