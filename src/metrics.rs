@@ -51,6 +51,8 @@ struct Inner {
 }
 
 impl Default for Inner {
+    /// Registers every metric. (Long on purpose: one registration per
+    /// metric, with its help text, in the order `/metrics` lists them.)
     fn default() -> Self {
         let mut inner = Inner {
             registry: Registry::default(),

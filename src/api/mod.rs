@@ -39,7 +39,8 @@ fn method_not_allowed(
     }
 }
 
-/// The documented routes.
+/// The documented routes. (Long on purpose: one table of every REST route,
+/// read top to bottom, is what a newcomer looks for.)
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let post = || actix_web::web::to(method_not_allowed("POST"));
     let get = || actix_web::web::to(method_not_allowed("GET"));

@@ -144,7 +144,8 @@ fn split_fields(bytes: &[u8], n: usize) -> Option<(Vec<&str>, &[u8])> {
 
 impl<'a> Envelope<'a> {
     /// The envelope in format `version` (1 up to `ENVELOPE_VERSION`: the
-    /// newest every live instance reads).
+    /// newest every live instance reads). (Long on purpose: one arm per
+    /// kind, the format of each beside the others, as the doc above lists.)
     pub(super) fn encode(&self, version: u8) -> Vec<u8> {
         let mut out = Vec::new();
         if version >= 2 {
@@ -260,7 +261,8 @@ impl<'a> Envelope<'a> {
     }
 
     /// The envelope after its version field (all of a version-1 one): the
-    /// same in versions 1 and 2.
+    /// same in versions 1 and 2. (Long on purpose: one arm per kind, each
+    /// the mirror of its arm in `encode`.)
     fn decode_body(bytes: &'a [u8]) -> Option<Self> {
         let (head, _) = split_fields(bytes, 1)?;
         match head[0] {
