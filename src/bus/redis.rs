@@ -557,7 +557,8 @@ impl StreamHandler<Incoming> for RedisBridge {
 }
 
 impl RedisBridge {
-    /// An envelope from another instance (our own are ignored).
+    /// An envelope from another instance (our own are ignored). (Long on
+    /// purpose: one arm per envelope kind, each handing it to what applies it.)
     pub(super) fn received(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
         let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
             let channel = msg.get_channel_name();
