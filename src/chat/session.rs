@@ -157,25 +157,12 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// A text frame: parsed, counted against the request rate, checked for
+    /// authorization, then handed to its handler.
     fn handle_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let request = match parse_request(text) {
             Ok(request) => request,
-            Err(error) => {
-                let (kind, code) = match &error {
-                    FrameError::Invalid { kind, .. } => {
-                        (kind.wire_name(), Some(ErrorCode::Invalid.as_str()))
-                    }
-                    _ => (metrics::UNPARSED, None),
-                };
-                self.state.metrics.frame_in(kind);
-                if self.allow_request() {
-                    self.state.metrics.bad_frame(code);
-                    self.send(&ServerEvent::from_frame_error(error), ctx);
-                } else {
-                    self.state.metrics.rate_limited();
-                }
-                return;
-            }
+            Err(error) => return self.bad_frame(error, ctx),
         };
         let kind = request.kind();
         self.state.metrics.frame_in(kind.wire_name());
@@ -205,6 +192,36 @@ impl WsSession {
                 )
             }
         };
+        self.dispatch(user, kind, request, ctx);
+    }
+
+    /// Answers a frame that is not a request (B3): `invalid` for a known
+    /// type with bad fields, `bad_request` otherwise; counted against the
+    /// request rate like any frame, and not answered past it.
+    fn bad_frame(&mut self, error: FrameError, ctx: &mut Context<Self>) {
+        let (kind, code) = match &error {
+            FrameError::Invalid { kind, .. } => {
+                (kind.wire_name(), Some(ErrorCode::Invalid.as_str()))
+            }
+            _ => (metrics::UNPARSED, None),
+        };
+        self.state.metrics.frame_in(kind);
+        if self.allow_request() {
+            self.state.metrics.bad_frame(code);
+            self.send(&ServerEvent::from_frame_error(error), ctx);
+        } else {
+            self.state.metrics.rate_limited();
+        }
+    }
+
+    /// Hands an authorized user's request to its handler.
+    fn dispatch(
+        &mut self,
+        user: UserId,
+        kind: RequestKind,
+        request: ClientRequest,
+        ctx: &mut Context<Self>,
+    ) {
         match request {
             ClientRequest::GetContacts(_) => self.get_contacts(user, ctx),
             ClientRequest::GetContact(q) => self.get_contact(user, q.id, ctx),
