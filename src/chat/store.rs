@@ -225,6 +225,9 @@ pub async fn contact_of(
     Ok(rows.into_iter().next())
 }
 
+/// The conversations of `memberships` as `user` sees them, newest activity
+/// first: a fixed number of queries however many there are (each list is
+/// read in chunks of `IN_CHUNK`).
 async fn contact_rows(
     db: &DatabaseConnection,
     user: UserId,
@@ -234,6 +237,49 @@ async fn contact_rows(
         return Ok(Vec::new());
     }
     let chat_ids: Vec<uuid::Uuid> = memberships.iter().map(|m| m.chat_id).collect();
+    let (chats, last_ids) = chats_and_last_ids(db, &chat_ids).await?;
+    let (direct, groups): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = chat_ids.iter().partition(|id| {
+        chats
+            .get(id)
+            .is_some_and(|c| c.kind == chat::ChatKind::Direct)
+    });
+    let others = other_people(db, user, &direct).await?;
+    let pairs: Vec<(i64, i64)> = others.values().map(|u| (user.0, u.id)).collect();
+    let blocked = blocked_pairs(db, &pairs).await?;
+    let is_blocked =
+        |other: &user::Model| blocked.contains(&(user.0.min(other.id), user.0.max(other.id)));
+    let mut group_members = member_ids(db, &groups).await?;
+    let last_messages = messages_by_chat(db, &last_ids).await?;
+    let unread = unread_counts(db, user, &memberships).await?;
+
+    let mut rows: Vec<ContactRow> = memberships
+        .into_iter()
+        .filter_map(|m| {
+            let chat = chats.get(&m.chat_id)?.clone();
+            let other = others.get(&m.chat_id).cloned();
+            Some(ContactRow {
+                blocked: other.as_ref().is_some_and(is_blocked),
+                other,
+                member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
+                last_message: last_messages.get(&m.chat_id).cloned(),
+                unread: unread.get(&m.chat_id).copied().unwrap_or(0),
+                chat,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        let key = |r: &ContactRow| (r.last_message.as_ref().map(|m| m.id), r.chat.created_at);
+        key(b).cmp(&key(a))
+    });
+    Ok(rows)
+}
+
+/// The conversations `chat_ids`, and the id of each one's newest message
+/// that is not deleted.
+async fn chats_and_last_ids(
+    db: &DatabaseConnection,
+    chat_ids: &[uuid::Uuid],
+) -> Result<(HashMap<uuid::Uuid, chat::Model>, Vec<i64>), DbErr> {
     let mut chats: HashMap<uuid::Uuid, chat::Model> = HashMap::new();
     let mut last_ids = Vec::new();
     for chunk in chat_ids.chunks(IN_CHUNK) {
@@ -259,11 +305,15 @@ async fn contact_rows(
                 .flatten(),
         );
     }
-    let (direct, groups): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = chat_ids.iter().partition(|id| {
-        chats
-            .get(id)
-            .is_some_and(|c| c.kind == chat::ChatKind::Direct)
-    });
+    Ok((chats, last_ids))
+}
+
+/// The other person of each direct conversation in `direct`.
+async fn other_people(
+    db: &DatabaseConnection,
+    user: UserId,
+    direct: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, user::Model>, DbErr> {
     let mut others: HashMap<uuid::Uuid, user::Model> = HashMap::new();
     for chunk in direct.chunks(IN_CHUNK) {
         others.extend(
@@ -277,10 +327,14 @@ async fn contact_rows(
                 .filter_map(|(m, u)| u.map(|u| (m.chat_id, u))),
         );
     }
-    let pairs: Vec<(i64, i64)> = others.values().map(|u| (user.0, u.id)).collect();
-    let blocked = blocked_pairs(db, &pairs).await?;
-    let is_blocked =
-        |other: &user::Model| blocked.contains(&(user.0.min(other.id), user.0.max(other.id)));
+    Ok(others)
+}
+
+/// Every member of each group in `groups`.
+async fn member_ids(
+    db: &DatabaseConnection,
+    groups: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, Vec<UserId>>, DbErr> {
     let mut group_members: HashMap<uuid::Uuid, Vec<UserId>> = HashMap::new();
     for chunk in groups.chunks(IN_CHUNK) {
         for (chat_id, member) in chat_member::Entity::find()
@@ -298,8 +352,16 @@ async fn contact_rows(
                 .push(UserId(member));
         }
     }
+    Ok(group_members)
+}
+
+/// The messages `ids`, by their conversation (one each).
+async fn messages_by_chat(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<HashMap<uuid::Uuid, message::Model>, DbErr> {
     let mut last_messages: HashMap<uuid::Uuid, message::Model> = HashMap::new();
-    for chunk in last_ids.chunks(IN_CHUNK) {
+    for chunk in ids.chunks(IN_CHUNK) {
         last_messages.extend(
             message::Entity::find()
                 .filter(message::Column::Id.is_in(chunk.to_vec()))
@@ -309,6 +371,15 @@ async fn contact_rows(
                 .map(|m| (m.chat_id, m)),
         );
     }
+    Ok(last_messages)
+}
+
+/// How many messages of others each membership has not read.
+async fn unread_counts(
+    db: &DatabaseConnection,
+    user: UserId,
+    memberships: &[chat_member::Model],
+) -> Result<HashMap<uuid::Uuid, u64>, DbErr> {
     let mut unread: HashMap<uuid::Uuid, u64> = HashMap::new();
     for chunk in memberships.chunks(IN_CHUNK) {
         let mut unread_filter = Condition::any();
@@ -339,27 +410,7 @@ async fn contact_rows(
                 .map(|c| (c.chat_id, c.n.max(0) as u64)),
         );
     }
-
-    let mut rows: Vec<ContactRow> = memberships
-        .into_iter()
-        .filter_map(|m| {
-            let chat = chats.get(&m.chat_id)?.clone();
-            let other = others.get(&m.chat_id).cloned();
-            Some(ContactRow {
-                blocked: other.as_ref().is_some_and(is_blocked),
-                other,
-                member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
-                last_message: last_messages.get(&m.chat_id).cloned(),
-                unread: unread.get(&m.chat_id).copied().unwrap_or(0),
-                chat,
-            })
-        })
-        .collect();
-    rows.sort_by(|a, b| {
-        let key = |r: &ContactRow| (r.last_message.as_ref().map(|m| m.id), r.chat.created_at);
-        key(b).cmp(&key(a))
-    });
-    Ok(rows)
+    Ok(unread)
 }
 
 /// A conversation with every member's account and role, longest-standing
