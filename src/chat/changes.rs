@@ -249,6 +249,7 @@ struct Known {
 }
 
 impl Known {
+    /// What the rules need to judge `batch`, read inside its transaction.
     async fn read<C: ConnectionTrait>(
         txn: &C,
         batch: &[ChangeRequest],
@@ -279,52 +280,8 @@ impl Known {
             .into_iter()
             .map(|m| ((m.chat_id, m.user_id), m.role))
             .collect();
-        let direct: Vec<(uuid::Uuid, (i64, i64))> = chats
-            .values()
-            .filter_map(|c| {
-                let pair = c.direct_key.as_deref().and_then(store::direct_pair)?;
-                Some((c.id, pair))
-            })
-            .collect();
-        let pairs: Vec<(i64, i64)> = direct.iter().map(|(_, pair)| *pair).collect();
-        let blocked_pairs = store::blocked_pairs(txn, &pairs).await?;
-        let blocked = direct
-            .iter()
-            .filter(|(_, (a, b))| blocked_pairs.contains(&(*a.min(b), *a.max(b))))
-            .map(|(chat, _)| *chat)
-            .collect();
-        let reacted: BTreeSet<i64> = batch
-            .iter()
-            .filter(|r| matches!(r.change, Change::React { .. }))
-            .map(|r| r.change.message_id())
-            .collect();
-        let mut counts = HashMap::new();
-        let mut own = HashSet::new();
-        if !reacted.is_empty() {
-            let on_messages =
-                reaction::Entity::find().filter(reaction::Column::MessageId.is_in(reacted));
-            for (message_id, emoji, n) in on_messages
-                .clone()
-                .select_only()
-                .column(reaction::Column::MessageId)
-                .column(reaction::Column::Emoji)
-                .column_as(reaction::Column::UserId.count(), "n")
-                .group_by(reaction::Column::MessageId)
-                .group_by(reaction::Column::Emoji)
-                .into_tuple::<(i64, String, i64)>()
-                .all(txn)
-                .await?
-            {
-                counts.insert((message_id, emoji), n);
-            }
-            own = on_messages
-                .filter(reaction::Column::UserId.is_in(users))
-                .all(txn)
-                .await?
-                .into_iter()
-                .map(|r| (r.message_id, r.user_id, r.emoji))
-                .collect();
-        }
+        let blocked = blocked_chats(txn, &chats).await?;
+        let (counts, own) = reactions_on(txn, batch, users).await?;
         Ok(Known {
             chats,
             messages,
@@ -351,6 +308,69 @@ impl Known {
         chat.seq += 1;
         chat.seq
     }
+}
+
+/// Which of `chats` are direct conversations whose two people have a block.
+async fn blocked_chats<C: ConnectionTrait>(
+    txn: &C,
+    chats: &HashMap<uuid::Uuid, chat::Model>,
+) -> Result<HashSet<uuid::Uuid>, DbErr> {
+    let direct: Vec<(uuid::Uuid, (i64, i64))> = chats
+        .values()
+        .filter_map(|c| {
+            let pair = c.direct_key.as_deref().and_then(store::direct_pair)?;
+            Some((c.id, pair))
+        })
+        .collect();
+    let pairs: Vec<(i64, i64)> = direct.iter().map(|(_, pair)| *pair).collect();
+    let blocked_pairs = store::blocked_pairs(txn, &pairs).await?;
+    Ok(direct
+        .iter()
+        .filter(|(_, (a, b))| blocked_pairs.contains(&(*a.min(b), *a.max(b))))
+        .map(|(chat, _)| *chat)
+        .collect())
+}
+
+/// How many people set each (message, emoji) on the messages `batch`
+/// reacts to, and which of those reactions are `users`' own.
+async fn reactions_on<C: ConnectionTrait>(
+    txn: &C,
+    batch: &[ChangeRequest],
+    users: BTreeSet<i64>,
+) -> Result<(HashMap<(i64, String), i64>, HashSet<(i64, i64, String)>), DbErr> {
+    let reacted: BTreeSet<i64> = batch
+        .iter()
+        .filter(|r| matches!(r.change, Change::React { .. }))
+        .map(|r| r.change.message_id())
+        .collect();
+    let mut counts = HashMap::new();
+    let mut own = HashSet::new();
+    if !reacted.is_empty() {
+        let on_messages =
+            reaction::Entity::find().filter(reaction::Column::MessageId.is_in(reacted));
+        for (message_id, emoji, n) in on_messages
+            .clone()
+            .select_only()
+            .column(reaction::Column::MessageId)
+            .column(reaction::Column::Emoji)
+            .column_as(reaction::Column::UserId.count(), "n")
+            .group_by(reaction::Column::MessageId)
+            .group_by(reaction::Column::Emoji)
+            .into_tuple::<(i64, String, i64)>()
+            .all(txn)
+            .await?
+        {
+            counts.insert((message_id, emoji), n);
+        }
+        own = on_messages
+            .filter(reaction::Column::UserId.is_in(users))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|r| (r.message_id, r.user_id, r.emoji))
+            .collect();
+    }
+    Ok((counts, own))
 }
 
 /// The reaction rows a batch adds and removes: its net effect, written at
