@@ -138,6 +138,16 @@ async function signUp(first, last, viewport, at) {
   return { page, username, name: `${first} ${last}` };
 }
 
+/** The same person logging in on another device (a fresh browser context). */
+async function secondDevice(username) {
+  const page = await person();
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await status(page, "Connected");
+  return page;
+}
+
 async function status(page, text) {
   await page.getByRole("status").filter({ hasText: text }).waitFor(WAIT);
 }
@@ -540,11 +550,7 @@ test("phone width: reply and react", async () => {
 
 test("signing out all devices ends every session of the person", async () => {
   const alice = await signUp("Sia", "Everywhere");
-  const other = await person();
-  await other.getByLabel("Username").fill(alice.username);
-  await other.getByLabel("Password").fill(PASSWORD);
-  await other.getByRole("button", { name: "Log in" }).click();
-  await status(other, "Connected");
+  const other = await secondDevice(alice.username);
   await alice.page.getByRole("button", { name: "Sign out all devices" }).click();
   const ask = alice.page.getByRole("alertdialog", { name: "Sign out all devices?" });
   await ask.getByRole("button", { name: "Cancel" }).click();
@@ -687,6 +693,25 @@ test(
     }
   }
 );
+
+test("logging out revokes this device's token only", async () => {
+  const alice = await signUp("Lou", "Logout");
+  const other = await secondDevice(alice.username);
+  const tokenOf = (page) =>
+    page.evaluate(() => JSON.parse(localStorage.getItem("chat.session")).token);
+  const [mine, theirs] = [await tokenOf(alice.page), await tokenOf(other)];
+  const me = (token) => fetch(`${base}/api/me/`, { headers: { Authorization: `Bearer ${token}` } });
+  const signedOut = alice.page.waitForResponse((r) => r.url().endsWith("/api/logout/"));
+  await alice.page.getByRole("button", { name: "Log out" }).click();
+  await alice.page.getByRole("button", { name: "Log in" }).waitFor(WAIT);
+  assert.equal((await signedOut).status(), 204);
+  assert.equal((await me(mine)).status, 401, "the token is revoked on the server");
+  assert.equal((await me(theirs)).status, 200, "the other device's token is not");
+  await status(other, "Connected");
+  assert.deepEqual([...alice.page.errors, ...other.errors], []);
+  await alice.page.context().close();
+  await other.context().close();
+});
 
 test("a revoked token returns to sign-in with a message", async () => {
   const alice = await signUp("Rex", "Revoked");

@@ -2,14 +2,15 @@
 //! command line: creating users, passwords, activation, direct conversations.
 
 use chrono::Utc;
-use entity::{chat, chat_member, user};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use entity::{chat, chat_member, revoked_token, user};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
 };
 
 use crate::auth::password::{self, MIN_PASSWORD_LEN};
+use crate::auth::TokenId;
 
 /// Longest username, as in Django.
 pub const MAX_USERNAME_LEN: usize = 150;
@@ -309,6 +310,42 @@ pub async fn set_active(
 /// the ChatServer is told): `token_version` moves forward in one statement.
 pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<user::Model, AccountError> {
     revoke(db, id, None).await
+}
+
+/// Revokes one token of account `id` (`POST /api/logout/`): it is refused
+/// from now on, and its row is swept once the token would have expired.
+/// Signing the same token out twice changes nothing.
+pub async fn revoke_token(
+    db: &DatabaseConnection,
+    id: i64,
+    token: TokenId,
+    expires_at: i64,
+) -> Result<(), AccountError> {
+    let row = revoked_token::ActiveModel {
+        id: Set(token.to_string()),
+        user_id: Set(id),
+        expires_at: Set(expires_at),
+    };
+    revoked_token::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(revoked_token::Column::Id)
+                // Not `do_nothing`: MySQL has no portable spelling of it.
+                .update_column(revoked_token::Column::ExpiresAt)
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the revoked tokens that have expired by `now` (seconds since
+/// the epoch); any instance may run it at any time.
+pub async fn sweep_revoked_tokens(db: &DatabaseConnection, now: i64) -> Result<u64, DbErr> {
+    let deleted = revoked_token::Entity::delete_many()
+        .filter(revoked_token::Column::ExpiresAt.lte(now))
+        .exec(db)
+        .await?;
+    Ok(deleted.rows_affected)
 }
 
 /// Sets `column` and moves the account's `token_version` forward in one

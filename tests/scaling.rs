@@ -470,6 +470,33 @@ async fn revocation_crosses_instances(backend: &Backend) {
 
 backend_tests!(@server a_password_change_on_one_instance_closes_sessions_on_the_other => revocation_crosses_instances);
 
+/// A sign-out on one instance closes the sessions on that token on the
+/// other; the person's other device there stays.
+async fn sign_out_crosses_instances(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    a.pair("alice", "bob").await;
+    let (phone, laptop) = (a.login("alice").await, a.login("alice").await);
+    let mut phone_on_b = b.authorized(&phone).await;
+    let mut laptop_on_b = b.authorized(&laptop).await;
+    let res = a
+        .http
+        .post(a.url("/api/logout/"))
+        .bearer_auth(&phone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    phone_on_b.expect_closed_with(1008, "token revoked").await;
+    let pong = laptop_on_b
+        .request(json!({"type": "ping", "data": {}}))
+        .await;
+    assert_eq!(pong, json!({"type": "pong", "data": {}}));
+}
+
+backend_tests!(@server signing_out_on_one_instance_closes_that_token_on_the_other => sign_out_crosses_instances);
+
 /// Groups across instances: pushes, messages and typing cross; a member
 /// removed on one instance stops hearing the group on the other at once and
 /// gets `not_found` there; a member added on an instance where the group had

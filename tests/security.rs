@@ -947,3 +947,66 @@ async fn sign_out_everywhere(backend: &Backend) {
 }
 
 backend_tests!(signing_out_everywhere_closes_every_session_and_refuses_old_tokens => sign_out_everywhere);
+
+/// Signing out revokes the one token the request carries: its sessions
+/// close, here and on an instance that shares only the database (the
+/// revocation sweep finds it there), and it is refused from then on; the
+/// person's other tokens and sessions stay.
+async fn sign_out_one_device(backend: &Backend) {
+    let database = TestDatabase::create(backend).await;
+    let app = TestApp::spawn_on(backend, &database.url, &[]).await;
+    let other = TestApp::spawn_on(backend, &database.url, &[]).await;
+    app.pair("alice", "bob").await;
+    let (phone, laptop) = (app.login("alice").await, app.login("alice").await);
+    let mut on_phone = app.authorized(&phone).await;
+    let mut phone_elsewhere = other.authorized(&phone).await;
+    let mut on_laptop = app.authorized(&laptop).await;
+    let (status, body) = app.rest(Method::POST, "/api/logout/", &phone, None).await;
+    assert_eq!((status, body), (204, Value::Null));
+    on_phone.expect_closed_with(1008, "token revoked").await;
+    phone_elsewhere
+        .expect_closed_with(1008, "token revoked")
+        .await;
+    for server in [&app, &other] {
+        let (status, _) = server.rest(Method::GET, "/api/me/", &phone, None).await;
+        assert_eq!(status, 401, "the signed-out token is refused");
+        let (status, _) = server.rest(Method::GET, "/api/me/", &laptop, None).await;
+        assert_eq!(status, 200, "the laptop's token is not");
+    }
+    let mut again = app.ws("/chat").await;
+    again.recv().await;
+    let answer = again
+        .request(json!({"type": "authorization", "data": {"token": phone}}))
+        .await;
+    assert_eq!(answer["data"]["message"], "Invalid token provided");
+    let pong = on_laptop.request(json!({"type": "ping", "data": {}})).await;
+    assert_eq!(
+        pong,
+        json!({"type": "pong", "data": {}}),
+        "the laptop stays"
+    );
+    // Signing out again: the token is no longer valid.
+    let (status, _) = app.rest(Method::POST, "/api/logout/", &phone, None).await;
+    assert_eq!(status, 401);
+    let revoked = entity::revoked_token::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 1, "one row for the one token");
+    // The row goes once the token would have expired, not before.
+    let expires_at = revoked[0].expires_at;
+    assert_eq!(
+        accounts::sweep_revoked_tokens(&app.db, expires_at - 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        accounts::sweep_revoked_tokens(&app.db, expires_at)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+backend_tests!(signing_out_closes_and_refuses_that_token_only => sign_out_one_device);

@@ -7,11 +7,12 @@ pub mod invitation;
 pub mod message;
 pub mod message_event;
 pub mod reaction;
+pub mod revoked_token;
 pub mod user;
 
 pub mod prelude {
     //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `Invitation`, `Message`,
-    //! `MessageEvent`, `Reaction`.
+    //! `MessageEvent`, `Reaction`, `RevokedToken`.
     pub use super::block::Entity as Block;
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;
@@ -19,5 +20,6 @@ pub mod prelude {
     pub use super::message::Entity as Message;
     pub use super::message_event::Entity as MessageEvent;
     pub use super::reaction::Entity as Reaction;
+    pub use super::revoked_token::Entity as RevokedToken;
     pub use super::user::Entity as User;
 }

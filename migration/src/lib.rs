@@ -11,6 +11,7 @@ mod m20261130_000002_username_keys;
 mod m20261130_000003_invitations;
 mod m20261130_000004_blocks;
 mod m20261201_000001_message_changes;
+mod m20261202_000001_revoked_tokens;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_invitations::Migration),
             Box::new(m20261130_000004_blocks::Migration),
             Box::new(m20261201_000001_message_changes::Migration),
+            Box::new(m20261202_000001_revoked_tokens::Migration),
         ]
     }
 }

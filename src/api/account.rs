@@ -1,5 +1,5 @@
 //! The logged-in user's own account: who am I, change my password, sign
-//! out every device.
+//! out this device or every device.
 
 use actix_web::HttpRequest;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
@@ -67,14 +67,37 @@ pub async fn change_password(
     let user = accounts::set_password(&state.db, user, new_password)
         .await
         .map_err(account_error)?;
-    state.server.do_send(RevokeUser {
-        user: UserId(user.id),
-        current_version: user.token_version,
-        broadcast: true,
-    });
+    state.server.do_send(RevokeUser::older_than(
+        UserId(user.id),
+        user.token_version,
+        true,
+    ));
     Ok(web::Json(PasswordChanged {
         token: state.keys.issue(user.id, user.token_version),
     }))
+}
+
+/// Sign out: revokes the token this request carries and closes the live
+/// sessions that authorized with it, on every instance. The caller's other
+/// tokens (other devices) stay valid. 204 with no body.
+#[api_v2_operation(tags(Account))]
+pub async fn sign_out(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<paperclip::actix::NoContent, ApiError> {
+    let AuthUser(user, claims) = user;
+    let Some(token) = claims.token_id() else {
+        // A token issued before tokens had ids cannot be told from the
+        // user's others: revoking them all is the only way to revoke it.
+        return revoke_every_token(&state, user.id).await;
+    };
+    accounts::revoke_token(&state.db, user.id, token, claims.expires_at())
+        .await
+        .map_err(account_error)?;
+    state
+        .server
+        .do_send(RevokeUser::token(UserId(user.id), token, true));
+    Ok(paperclip::actix::NoContent)
 }
 
 /// Sign out everywhere: revokes every token of the caller (this one too)
@@ -85,13 +108,20 @@ pub async fn sign_out_everywhere(
     state: web::Data<AppState>,
     user: AuthUser,
 ) -> Result<paperclip::actix::NoContent, ApiError> {
-    let user = accounts::revoke_tokens(&state.db, user.0.id)
+    revoke_every_token(&state, user.0.id).await
+}
+
+async fn revoke_every_token(
+    state: &AppState,
+    id: i64,
+) -> Result<paperclip::actix::NoContent, ApiError> {
+    let user = accounts::revoke_tokens(&state.db, id)
         .await
         .map_err(account_error)?;
-    state.server.do_send(RevokeUser {
-        user: UserId(user.id),
-        current_version: user.token_version,
-        broadcast: true,
-    });
+    state.server.do_send(RevokeUser::older_than(
+        UserId(user.id),
+        user.token_version,
+        true,
+    ));
     Ok(paperclip::actix::NoContent)
 }

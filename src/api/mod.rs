@@ -65,6 +65,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(get()),
     )
     .service(
+        web::resource("/api/logout/")
+            .route(web::post().to(account::sign_out))
+            .default_service(post()),
+    )
+    .service(
         web::resource("/api/logout/everywhere/")
             .route(web::post().to(account::sign_out_everywhere))
             .default_service(post()),

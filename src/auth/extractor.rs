@@ -8,10 +8,11 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use entity::user;
 use paperclip::actix::Apiv2Security;
 
+use super::Claims;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The user behind a valid, current token.
+/// The user behind a valid, current token, and the token's claims.
 #[derive(Debug, Clone, Apiv2Security)]
 #[openapi(
     apiKey,
@@ -19,7 +20,7 @@ use crate::state::AppState;
     name = "Authorization",
     description = "`Bearer <token>`, the token from POST /api/login/"
 )]
-pub struct AuthUser(pub user::Model);
+pub struct AuthUser(pub user::Model, pub Claims);
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
@@ -34,8 +35,8 @@ impl FromRequest for AuthUser {
             let token = token.ok_or_else(|| {
                 ApiError::Unauthorized("Authentication credentials were not provided.".into())
             })?;
-            let user = super::authenticate(&state.db, &state.keys, &token).await?;
-            Ok(AuthUser(user))
+            let (user, claims) = super::authenticate_claims(&state.db, &state.keys, &token).await?;
+            Ok(AuthUser(user, claims))
         })
     }
 }

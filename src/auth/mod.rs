@@ -6,16 +6,17 @@ pub mod extractor;
 pub mod password;
 pub mod token;
 
-use entity::user;
+use entity::{revoked_token, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
 pub use extractor::AuthUser;
-pub use token::{Claims, TokenKeys};
+pub use token::{Claims, TokenId, TokenKeys};
 
 /// Why a token does not identify an active user.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// Malformed, wrongly signed, expired, or revoked (password changed).
+    /// Malformed, wrongly signed, expired, or revoked (password changed,
+    /// signed out).
     #[error("invalid token")]
     InvalidToken,
     /// The token is fine but its user has been deactivated.
@@ -52,6 +53,15 @@ pub async fn authenticate_claims(
     }
     if user.token_version != claims.ver {
         return Err(AuthError::InvalidToken);
+    }
+    if let Some(id) = claims.token_id() {
+        if revoked_token::Entity::find_by_id(id.to_string())
+            .one(db)
+            .await?
+            .is_some()
+        {
+            return Err(AuthError::InvalidToken);
+        }
     }
     Ok((user, claims))
 }

@@ -17,6 +17,11 @@ pub struct Claims {
     pub iat: u64,
     /// The user's `token_version` at issue; a bump revokes the token.
     pub ver: i32,
+    /// The token's own id (128 random bits, hex): `POST /api/logout/`
+    /// revokes this one token by it. Tokens issued before it existed have
+    /// none; signing such a token out revokes every token of its user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Claims {
@@ -28,6 +33,31 @@ impl Claims {
     /// The user id the token was issued to (0, which no user has, if `sub` is garbage).
     pub fn user_id(&self) -> i64 {
         self.sub.parse().unwrap_or(0)
+    }
+
+    /// The token's id, if it has a well-formed one (32 hex digits).
+    pub fn token_id(&self) -> Option<TokenId> {
+        let jti = self.jti.as_deref()?;
+        (jti.len() == 32)
+            .then(|| u128::from_str_radix(jti, 16).ok())
+            .flatten()
+            .map(TokenId)
+    }
+
+    /// The expiry as a database value (seconds since the epoch).
+    pub fn expires_at(&self) -> i64 {
+        i64::try_from(self.exp).unwrap_or(i64::MAX)
+    }
+}
+
+/// A token's `jti`: what `POST /api/logout/` revokes and a session remembers
+/// (16 bytes, where the text would be a 32-byte heap string per session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenId(pub u128);
+
+impl std::fmt::Display for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -70,6 +100,7 @@ impl TokenKeys {
             iat: now,
             exp: now + self.ttl.as_secs(),
             ver: token_version,
+            jti: Some(TokenId(rand::random()).to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
@@ -98,6 +129,26 @@ mod tests {
         let token = keys.issue(7, 3);
         let claims = keys.decode(&token).unwrap();
         assert_eq!((claims.user_id(), claims.ver), (7, 3));
+        let id = claims.token_id().expect("a new token has an id");
+        assert_eq!(claims.jti.as_deref(), Some(id.to_string().as_str()));
+        let again = keys.decode(&keys.issue(7, 3)).unwrap().token_id();
+        assert_ne!(again, Some(id), "each token has its own id");
+    }
+
+    #[test]
+    fn a_token_without_a_well_formed_id_has_none() {
+        let mut claims = Claims {
+            sub: "7".into(),
+            exp: 1,
+            iat: 0,
+            ver: 0,
+            jti: None,
+        };
+        assert_eq!(claims.token_id(), None);
+        claims.jti = Some("xyz".into());
+        assert_eq!(claims.token_id(), None);
+        claims.jti = Some("0".repeat(31) + "a");
+        assert_eq!(claims.token_id(), Some(TokenId(10)));
     }
 
     #[test]

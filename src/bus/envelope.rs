@@ -20,6 +20,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 
+use crate::auth::TokenId;
 use crate::chat::membership::MembershipChange;
 use crate::chat::protocol::{ChatId, UserId};
 
@@ -74,6 +75,9 @@ pub(super) enum Envelope<'a> {
         origin: &'a str,
         user: UserId,
         current_version: i32,
+        /// Sent only when set, so an instance before it (which reads four
+        /// fields) still reads every version-based revocation.
+        token: Option<TokenId>,
     },
     ToUser {
         origin: &'a str,
@@ -218,8 +222,12 @@ impl<'a> Envelope<'a> {
                 origin,
                 user,
                 current_version,
+                token,
             } => {
                 let _ = write!(out, "R {origin} {user} {current_version}");
+                if let Some(token) = token {
+                    let _ = write!(out, " {token}");
+                }
             }
             Envelope::ToUser {
                 origin,
@@ -336,13 +344,20 @@ impl<'a> Envelope<'a> {
             "R" => {
                 let text = std::str::from_utf8(bytes).ok()?;
                 let f: Vec<&str> = text.split(' ').collect();
-                let [_, origin, user, version] = f.as_slice() else {
-                    return None;
+                let (origin, user, version, token) = match f.as_slice() {
+                    [_, origin, user, version] => (origin, user, version, None),
+                    [_, origin, user, version, token] => (origin, user, version, Some(token)),
+                    _ => return None,
+                };
+                let token = match token {
+                    Some(t) => Some(TokenId(u128::from_str_radix(t, 16).ok()?)),
+                    None => None,
                 };
                 Some(Envelope::Revoke {
                     origin,
                     user: parse_user(user)?,
                     current_version: version.parse().ok()?,
+                    token,
                 })
             }
             "U" => {
@@ -433,6 +448,7 @@ mod tests {
                     origin: "i1",
                     user: UserId(5),
                     current_version: 2,
+                    token: None,
                 },
             ),
             (b"Y i1", Envelope::Resync { origin: "i1" }),
@@ -537,6 +553,13 @@ mod tests {
             origin: "i4",
             user: UserId(5),
             current_version: 2,
+            token: None,
+        });
+        round_trip(Envelope::Revoke {
+            origin: "i4",
+            user: UserId(5),
+            current_version: i32::MIN,
+            token: Some(TokenId(u128::MAX - 7)),
         });
         round_trip(Envelope::ToUser {
             origin: "i4",

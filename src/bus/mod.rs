@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use actix::Recipient;
 
+use crate::auth::TokenId;
 use crate::chat::membership::MembershipChange;
 use crate::chat::messages::ConversationFrames;
 use crate::chat::protocol::{ChatId, UserId};
@@ -38,8 +39,13 @@ pub enum BusEvent {
         notify: Vec<ChatId>,
         registry: bool,
     },
-    /// Close this user's sessions older than `current_version` everywhere.
-    Revoke { user: UserId, current_version: i32 },
+    /// Close this user's sessions older than `current_version`, or on the
+    /// signed-out `token`, everywhere.
+    Revoke {
+        user: UserId,
+        current_version: i32,
+        token: Option<TokenId>,
+    },
     /// A frame for one user's sessions, wherever they are.
     ToUser { user: UserId, frame: bytes::Bytes },
     /// Messages in a direct conversation became blocked, or were unblocked.

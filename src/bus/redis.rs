@@ -597,10 +597,12 @@ impl RedisBridge {
                 origin,
                 user,
                 current_version,
+                token,
             } if origin != me => {
                 self.server.revoke.do_send(RevokeUser {
                     user,
                     current_version,
+                    token,
                     broadcast: false,
                 });
             }
@@ -716,10 +718,12 @@ impl Handler<Publish> for RedisBridge {
             BusEvent::Revoke {
                 user,
                 current_version,
+                token,
             } => self.publish_control(Envelope::Revoke {
                 origin,
                 user,
                 current_version,
+                token,
             }),
             BusEvent::Blocked { chat, blocked } => self.publish_control(Envelope::Blocked {
                 origin,

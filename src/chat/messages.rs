@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::membership::{ChatEntry, MembershipChange};
 use super::protocol::{ChatId, UserId};
 use super::socket::Outbox;
+use crate::auth::TokenId;
 
 /// Unique id of a session on this instance.
 pub type SessionId = u64;
@@ -79,6 +80,8 @@ pub struct Connect {
     pub since: u64,
     /// The `token_version` of the token the session authorized with.
     pub token_version: i32,
+    /// That token's id, if it has one.
+    pub token: Option<TokenId>,
     /// The user the session was authorized as until now, if any.
     pub previous: Option<UserId>,
 }
@@ -156,15 +159,18 @@ pub struct TellPresence {
     pub everywhere: bool,
 }
 
-/// Some of the user's tokens were revoked (password change, deactivation):
-/// close their sessions that authorized with an older `token_version` than
-/// `current_version`, here and on the other instances.
+/// Some of the user's tokens were revoked (password change, deactivation,
+/// sign-out): close their sessions that authorized with an older
+/// `token_version` than `current_version`, or with the signed-out `token`,
+/// here and on the other instances.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RevokeUser {
     pub user: UserId,
     /// The user's valid `token_version` now; `i32::MAX` closes every session.
     pub current_version: i32,
+    /// One signed-out token: its sessions close whatever their version.
+    pub token: Option<TokenId>,
     /// Whether to tell the other instances (false when the news came from them).
     pub broadcast: bool,
 }
@@ -172,9 +178,25 @@ pub struct RevokeUser {
 impl RevokeUser {
     /// Every session of `user` (a deactivated or deleted account).
     pub fn all(user: UserId, broadcast: bool) -> Self {
+        Self::older_than(user, i32::MAX, broadcast)
+    }
+
+    /// The sessions of `user` on tokens older than `current_version`.
+    pub fn older_than(user: UserId, current_version: i32, broadcast: bool) -> Self {
         RevokeUser {
             user,
-            current_version: i32::MAX,
+            current_version,
+            token: None,
+            broadcast,
+        }
+    }
+
+    /// The sessions of `user` on the signed-out `token`.
+    pub fn token(user: UserId, token: TokenId, broadcast: bool) -> Self {
+        RevokeUser {
+            user,
+            current_version: i32::MIN,
+            token: Some(token),
             broadcast,
         }
     }
@@ -229,6 +251,12 @@ pub struct ServerStats {
 #[derive(Message)]
 #[rtype(result = "Vec<(UserId, i32)>")]
 pub struct OnlineVersions;
+
+/// The ids of the tokens the sessions here authorized with: what the
+/// revocation sweep checks against the signed-out tokens.
+#[derive(Message)]
+#[rtype(result = "Vec<(UserId, TokenId)>")]
+pub struct OnlineTokens;
 
 /// Ends a session from outside, with a close frame saying why.
 #[derive(Message)]

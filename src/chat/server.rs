@@ -25,12 +25,13 @@ use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::messages::{
     ApplyMembership, CloseAll, Connect, ConnectError, ConversationFrames, Deliver, DeliverRemote,
-    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineVersions, ReplaceChats, RevokeUser,
-    ServerStats, SessionId, SetBlocked, Stats, TellPresence,
+    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, OnlineVersions, ReplaceChats,
+    RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
 };
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
 use super::socket::{Outbox, Queued};
+use crate::auth::TokenId;
 use crate::bus::{Bus, BusEvent};
 use crate::metrics::Metrics;
 
@@ -45,6 +46,8 @@ struct SessionLink {
     kick: Recipient<Kick>,
     /// The `token_version` of the token this session authorized with.
     token_version: i32,
+    /// That token's id, if it has one (a sign-out closes its sessions).
+    token: Option<TokenId>,
 }
 
 struct UserEntry {
@@ -600,6 +603,7 @@ impl Handler<Connect> for ChatServer {
             outbox: msg.outbox,
             kick: msg.kick,
             token_version: msg.token_version,
+            token: msg.token,
         };
         if let Some(entry) = self.users.get_mut(&msg.user) {
             let already_here = entry.sessions.contains_key(&msg.session);
@@ -760,7 +764,8 @@ impl Handler<RevokeUser> for ChatServer {
     fn handle(&mut self, msg: RevokeUser, _: &mut Context<Self>) {
         if let Some(entry) = self.users.get(&msg.user) {
             for link in entry.sessions.values() {
-                if link.token_version < msg.current_version {
+                let signed_out = msg.token.is_some() && link.token == msg.token;
+                if link.token_version < msg.current_version || signed_out {
                     link.kick.do_send(Kick::revoked());
                 }
             }
@@ -769,6 +774,7 @@ impl Handler<RevokeUser> for ChatServer {
             self.bus.publish(BusEvent::Revoke {
                 user: msg.user,
                 current_version: msg.current_version,
+                token: msg.token,
             });
         }
     }
@@ -845,6 +851,18 @@ impl Handler<OnlineVersions> for ChatServer {
                 })
                 .collect(),
         )
+    }
+}
+
+impl Handler<OnlineTokens> for ChatServer {
+    type Result = MessageResult<OnlineTokens>;
+
+    fn handle(&mut self, _: OnlineTokens, _: &mut Context<Self>) -> Self::Result {
+        let sessions = self.users.iter().flat_map(|(user, e)| {
+            let tokens = e.sessions.values().filter_map(|l| l.token);
+            tokens.map(move |t| (*user, t))
+        });
+        MessageResult(sessions.collect())
     }
 }
 

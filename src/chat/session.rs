@@ -295,6 +295,7 @@ impl WsSession {
                     chats,
                     since,
                     token_version: user.token_version,
+                    token: claims.token_id(),
                     previous,
                 };
                 outcome = state.server.send(connect).await.map_err(server_error)?;

@@ -44,5 +44,8 @@ export const register = (fields) => call("POST", "/api/register/", { body: field
 export const addContact = (token, username) =>
   call("POST", "/api/contacts/", { token, body: { username } });
 
+/** Revokes this token only: the person's other devices stay signed in (PROTOCOL.md C15). */
+export const signOut = (token) => call("POST", "/api/logout/", { token });
+
 /** Revokes every token of the person, this one too (PROTOCOL.md C14). */
 export const signOutEverywhere = (token) => call("POST", "/api/logout/everywhere/", { token });

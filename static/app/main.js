@@ -626,6 +626,16 @@ function SignOutEverywhere({ session, onSignOut }) {
   `;
 }
 
+/**
+ * Revokes this device's token on the server, then forgets it here. The
+ * server's answer is not waited for: signing out never hangs on a network
+ * that is down (the token then lives until it expires, as before C15).
+ */
+function logOut(session, onSignOut) {
+  api.signOut(session.token).catch(() => {});
+  onSignOut(null);
+}
+
 function SignedIn({ session, onSignOut }) {
   const [, rerender] = useReducer((n) => n + 1, 0);
   const chat = useRef(null);
@@ -655,7 +665,7 @@ function SignedIn({ session, onSignOut }) {
           ${status === "connected" ? "Connected" : "Reconnecting…"}
         </span>
         <span class="me">${fullName(session.user)}</span>
-        <button type="button" onClick=${() => onSignOut(null)}>Log out</button>
+        <button type="button" onClick=${() => logOut(session, onSignOut)}>Log out</button>
       </header>
       <aside class="side">
         <div class="actions">
