@@ -86,6 +86,16 @@ pub struct Connect {
     pub previous: Option<UserId>,
 }
 
+/// The session registered by `Connect` has queued its
+/// `authorization_response`: the pushes held since, and every later one,
+/// may follow.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub session: SessionId,
+    pub user: UserId,
+}
+
 /// A session ended (or re-authorized as someone else).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -14,19 +14,21 @@
 //! instance is still on its way) is held until the hole is filled, by the
 //! bus or, after `HOLE_WAIT`, from the database (`log::HoleFiller`).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_http::ws::CloseCode;
 use bytes::Bytes;
 
 use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::messages::{
     ApplyMembership, CloseAll, Connect, ConnectError, ConversationFrames, Deliver, DeliverRemote,
-    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, OnlineVersions, ReplaceChats,
-    RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
+    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, OnlineVersions, Release,
+    ReplaceChats, RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
 };
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
@@ -48,7 +50,17 @@ struct SessionLink {
     token_version: i32,
     /// That token's id, if it has one (a sign-out closes its sessions).
     token: Option<TokenId>,
+    /// While the session is authorizing (`Connect` until `Release`), the
+    /// frames for it wait here, so the client reads its
+    /// `authorization_response` before any push. (A cell: frames are pushed
+    /// through shared borrows of the session table.)
+    held: RefCell<Option<Vec<Bytes>>>,
 }
+
+/// Frames held for one authorizing session, at most: beyond it the session
+/// is as slow as a full outbox (a registration waits milliseconds, for one
+/// Redis round trip).
+const MAX_HELD_FOR_SESSION: usize = 256;
 
 struct UserEntry {
     sessions: HashMap<SessionId, SessionLink>,
@@ -207,7 +219,19 @@ impl ChatServer {
         frame: &Bytes,
         overflowed: &mut Vec<(UserId, SessionId)>,
     ) {
-        match link.outbox.send_text(frame.clone()) {
+        let queued = match link.held.borrow_mut().as_mut() {
+            Some(held) if held.len() < MAX_HELD_FOR_SESSION => {
+                held.push(frame.clone());
+                return;
+            }
+            Some(_) => {
+                link.outbox
+                    .close(CloseCode::Policy, "slow consumer: outgoing queue full");
+                Queued::Overflow
+            }
+            None => link.outbox.send_text(frame.clone()),
+        };
+        match queued {
             Queued::Yes => self.metrics.frames_out(1),
             Queued::Overflow => {
                 self.metrics.outbox_overflow();
@@ -604,6 +628,7 @@ impl Handler<Connect> for ChatServer {
             kick: msg.kick,
             token_version: msg.token_version,
             token: msg.token,
+            held: RefCell::new(Some(Vec::new())),
         };
         if let Some(entry) = self.users.get_mut(&msg.user) {
             let already_here = entry.sessions.contains_key(&msg.session);
@@ -624,6 +649,30 @@ impl Handler<Connect> for ChatServer {
             self.remove_session(previous, msg.session);
         }
         Ok(())
+    }
+}
+
+impl Handler<Release> for ChatServer {
+    type Result = ();
+
+    /// The session has queued its `authorization_response`: what was held
+    /// for it follows, in order, and later frames go straight to it.
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+        let Some(link) = self
+            .users
+            .get(&msg.user)
+            .and_then(|e| e.sessions.get(&msg.session))
+        else {
+            return;
+        };
+        let Some(held) = link.held.borrow_mut().take() else {
+            return;
+        };
+        let mut overflowed = Vec::new();
+        for frame in &held {
+            self.push_session(msg.user, msg.session, link, frame, &mut overflowed);
+        }
+        self.drop_overflowed(overflowed);
     }
 }
 
@@ -882,6 +931,65 @@ mod tests {
 
     fn seqs(due: Vec<ConversationFrames>) -> Vec<i64> {
         due.into_iter().filter_map(|f| f.seq).collect()
+    }
+
+    /// A push that reaches a session between its `Connect` and `Release`
+    /// (while it waits for the bus) is sent after the session's
+    /// `authorization_response`, never before it.
+    #[actix_rt::test]
+    async fn pushes_wait_until_the_authorization_answer_is_queued() {
+        use futures_util::{FutureExt, StreamExt};
+        let db = sea_orm::Database::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        let server = ChatServer::create(|ctx| {
+            ChatServer::new(
+                Arc::new(Presence::default()),
+                Arc::new(Membership::default()),
+                Bus::Local,
+                HoleFiller::start(db, ctx.address().recipient()),
+                10,
+                Metrics::default(),
+            )
+        });
+        struct Ignore;
+        impl Actor for Ignore {
+            type Context = Context<Self>;
+        }
+        impl Handler<Kick> for Ignore {
+            type Result = ();
+            fn handle(&mut self, _: Kick, _: &mut Context<Self>) {}
+        }
+        let (outbox, mut body) = crate::chat::socket::outbox(16);
+        let (user, session) = (UserId(7), 1);
+        let connect = Connect {
+            session,
+            user,
+            outbox: outbox.clone(),
+            kick: Ignore.start().recipient(),
+            chats: Vec::new(),
+            since: 0,
+            token_version: 0,
+            token: None,
+            previous: None,
+        };
+        assert_eq!(server.send(connect).await.expect("server runs"), Ok(()));
+        let push = DeliverToUser {
+            user,
+            frame: Bytes::from_static(b"\"a push\""),
+            broadcast: false,
+        };
+        server.send(push).await.expect("server runs");
+        assert!(body.next().now_or_never().is_none(), "held, not sent");
+        outbox.send_text(Bytes::from_static(b"\"the answer\""));
+        server
+            .send(Release { session, user })
+            .await
+            .expect("server runs");
+        let sent = body.next().await.expect("frames").expect("infallible");
+        let text = String::from_utf8_lossy(&sent);
+        let (answer, push) = (text.find("the answer"), text.find("a push"));
+        assert!(answer.is_some() && answer < push, "{text:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::invitations;
 use super::log;
 use super::membership::{Audience, MembershipChange};
 use super::messages::{
-    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick,
+    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick, Release,
     SessionId,
 };
 use super::protocol::*;
@@ -313,6 +313,7 @@ impl WsSession {
         };
         // `wait`: frames that follow the authorization are handled after it.
         ctx.wait(registered.into_actor(self).map(move |result, act, ctx| {
+            let registered = matches!(result, Ok(Ok(_)));
             let reply = match result {
                 Ok(Ok((user, remaining))) => {
                     act.authorized(user, remaining, ctx);
@@ -340,6 +341,11 @@ impl WsSession {
                 )),
             };
             act.send(&ServerEvent::AuthorizationResponse(reply), ctx);
+            if let (true, Some(user)) = (registered, act.user) {
+                let session = act.id;
+                // Only now may the pushes held since `Connect` follow.
+                act.state.server.do_send(Release { session, user });
+            }
         }));
     }
 
