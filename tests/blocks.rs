@@ -145,6 +145,79 @@ async fn blocking(backend: &Backend) {
 
 backend_tests!(a_block_stops_messages_presence_and_groups => blocking);
 
+/// Two people with a block never see each other's presence, in a group
+/// they share either; the group's other members do. Lifted, it comes back.
+async fn presence_in_shared_groups(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    common::have_written(&app.db, &[alice, bob], carol).await;
+    let mut c = app.authorized(&carol_token).await;
+    let created = c
+        .ask(json!({"type": "create_group", "data": {"title": "trio", "members": [alice, bob]}}))
+        .await;
+    let pk = created["pk"].as_str().expect("a group").to_string();
+    let presence = |user: i64, online: bool| json!({"type": "presence", "data": {"pk": pk, "user_id": user, "online": online}});
+    // Carol hears each person in the group and in their direct conversation.
+    async fn in_group(ws: &mut common::WsClient, pk: &str) -> Value {
+        loop {
+            let frame = ws.recv_type("presence").await;
+            if frame["data"]["pk"] == pk {
+                return frame;
+            }
+        }
+    }
+    let mut b = app.authorized(&bob_token).await;
+    assert_eq!(in_group(&mut c, &pk).await, presence(bob, true));
+    assert_eq!(
+        b.ask(json!({"type": "block_user", "data": {"user_id": alice}}))
+            .await,
+        json!({"status": "success", "user_id": alice})
+    );
+    // Alice comes: carol hears it in the group, bob does not.
+    let mut a = app.authorized(&alice_token).await;
+    assert_eq!(in_group(&mut c, &pk).await, presence(alice, true));
+    b.nothing_before_pong().await;
+    // Nor do the snapshots show it, either way; carol's do.
+    let online_in = |group: &Value, user: i64| {
+        let members = group["members"].as_array().expect("members");
+        let member = members.iter().find(|m| m["user_id"] == user);
+        member.expect("a member")["online"].clone()
+    };
+    let group = json!({"type": "get_contact", "data": {"id": pk}});
+    assert_eq!(online_in(&b.ask(group.clone()).await, alice), false);
+    assert_eq!(online_in(&a.ask(group.clone()).await, bob), false);
+    assert_eq!(online_in(&c.ask(group.clone()).await, alice), true);
+    let (status, seen) = app
+        .rest(Method::GET, &format!("/api/groups/{pk}/"), &bob_token, None)
+        .await;
+    assert_eq!((status, online_in(&seen, alice)), (200, json!(false)));
+    // A group's `online` counts only whom the viewer may see: alice alone
+    // with bob (carol gone) is offline to him.
+    drop(c);
+    assert_eq!(in_group(&mut b, &pk).await, presence(carol, false));
+    let contacts = b.ask(json!({"type": "get_contacts", "data": {}})).await;
+    let trio = contacts
+        .as_array()
+        .expect("contacts")
+        .iter()
+        .find(|x| x["pk"] == pk);
+    assert_eq!(trio.expect("the group")["online"], false, "{contacts}");
+    // Lifted: bob hears alice again.
+    assert_eq!(
+        b.ask(json!({"type": "unblock_user", "data": {"user_id": alice}}))
+            .await,
+        json!({"status": "success", "user_id": alice})
+    );
+    drop(a);
+    assert_eq!(in_group(&mut b, &pk).await, presence(alice, false));
+    let _a = app.authorized(&alice_token).await;
+    assert_eq!(in_group(&mut b, &pk).await, presence(alice, true));
+}
+
+backend_tests!(a_block_hides_presence_in_shared_groups_too => presence_in_shared_groups);
+
 /// Blocks and unblocks share one allowance per user over every socket (and
 /// REST), at the WebSocket's request rate: opening more sockets gains
 /// nothing. Three sockets, each with room for three requests after

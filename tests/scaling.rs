@@ -497,6 +497,43 @@ async fn sign_out_crosses_instances(backend: &Backend) {
 
 backend_tests!(@server signing_out_on_one_instance_closes_that_token_on_the_other => sign_out_crosses_instances);
 
+/// A block made through one instance hides presence on the other, in a
+/// group the two share: carol there hears alice come, bob does not.
+async fn block_hides_presence_across(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    let (alice, alice_token) = a.user("alice").await;
+    let (bob, bob_token) = a.user("bob").await;
+    let (carol, carol_token) = a.user("carol").await;
+    common::have_written(&a.db, &[alice, bob], carol).await;
+    let mut carol_on_b = b.authorized(&carol_token).await;
+    let created = carol_on_b
+        .ask(json!({"type": "create_group", "data": {"title": "trio", "members": [alice, bob]}}))
+        .await;
+    let pk = created["pk"].as_str().expect("a group").to_string();
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    let res = a
+        .http
+        .post(a.url("/api/blocks/"))
+        .bearer_auth(&bob_token)
+        .send_json(&json!({"user_id": alice}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let _alice_on_a = a.authorized(&alice_token).await;
+    loop {
+        let frame = carol_on_b.recv_type("presence").await;
+        if frame["data"] == json!({"pk": pk, "user_id": alice, "online": true}) {
+            break;
+        }
+    }
+    // Bob's frame would have been queued in the same step as carol's.
+    bob_on_b.nothing_before_pong().await;
+}
+
+backend_tests!(@server a_block_on_one_instance_hides_presence_on_the_other => block_hides_presence_across);
+
 /// Groups across instances: pushes, messages and typing cross; a member
 /// removed on one instance stops hearing the group on the other at once and
 /// gets `not_found` there; a member added on an instance where the group had

@@ -10,6 +10,7 @@ use crate::accounts;
 use crate::auth::AuthUser;
 use crate::chat::membership::MembershipChange;
 use crate::chat::messages::{ApplyMembership, ConversationFrames, Deliver};
+use crate::chat::presence::PresenceView;
 use crate::chat::protocol::{
     ChatId, Contact, ConversationChange, ConversationPush, HistoryPage, UserId,
 };
@@ -29,9 +30,10 @@ pub async fn list_contacts(
 /// `user`'s conversations as they see them.
 pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
     let rows = store::contacts_of(&state.db, user).await?;
+    let presence = store::presence_view(&state.db, user, &state.presence).await?;
     Ok(rows
         .into_iter()
-        .map(|r| r.into_contact(user, &state.presence))
+        .map(|r| r.into_contact(user, &presence))
         .collect())
 }
 
@@ -67,7 +69,8 @@ pub async fn add_contact(
     let row = store::contact_of(&state.db, me, chat)
         .await?
         .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
-    Ok(web::Json(row.into_contact(me, &state.presence)))
+    let presence = store::presence_view(&state.db, me, &state.presence).await?;
+    Ok(web::Json(row.into_contact(me, &presence)))
 }
 
 /// Tells the ChatServer (here and on every instance) that a direct
@@ -89,8 +92,11 @@ async fn announce_direct(
     let row = store::conversation(&state.db, chat)
         .await?
         .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
+    // A new direct conversation: a block between the two would have
+    // refused it, so nothing is hidden.
+    let presence = PresenceView::shared(&state.presence);
     let view = |viewer| {
-        let item = row.to_conversation(Some(viewer), Some(0), &state.presence);
+        let item = row.to_conversation(Some(viewer), Some(0), &presence);
         ConversationPush::new(&item, &ConversationChange::Created).to_json()
     };
     let frames = ConversationFrames {
@@ -122,7 +128,8 @@ pub async fn get_contact(
     let row = store::contact_of(&state.db, me, chat)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(web::Json(row.into_contact(me, &state.presence)))
+    let presence = store::presence_view(&state.db, me, &state.presence).await?;
+    Ok(web::Json(row.into_contact(me, &presence)))
 }
 
 /// Paging through history.

@@ -44,9 +44,13 @@ pub(super) const ENVELOPE_VERSION: u8 = 2;
 ///   back: re-read its users and reload memberships);
 /// - `U origin user frame`: a frame for one user's sessions (an invitation);
 /// - `K origin chat 1|0`: messages in a direct conversation became blocked
-///   (1) or were unblocked (0).
+///   (1) or were unblocked (0);
+/// - `B origin a b 1|0`: two people have a block between them (1) or no
+///   longer (0): presence between them is hidden in every conversation;
+/// - `R origin user version token`: as `R` above, for one signed-out token.
 ///
-/// `U` and `K` are kinds of their own, which an earlier version ignores.
+/// `U`, `K` and `B` are kinds of their own, which an earlier version
+/// ignores; so does it the five-field `R`.
 ///
 /// Lists are comma-separated, `-` when empty.
 #[derive(Debug, PartialEq)]
@@ -89,6 +93,15 @@ pub(super) enum Envelope<'a> {
         chat: ChatId,
         blocked: bool,
     },
+    /// Two people have a block between them now, or no longer (`B origin
+    /// a b 0|1`): presence between them is hidden everywhere (C10). Sent
+    /// beside `K` (which instances before it read) for their direct
+    /// conversation.
+    BlockedPair {
+        origin: &'a str,
+        pair: (UserId, UserId),
+        blocked: bool,
+    },
     InstanceDown {
         origin: &'a str,
         dead: &'a str,
@@ -123,6 +136,14 @@ fn parse_user(field: &str) -> Option<UserId> {
 
 fn parse_chat(field: &str) -> Option<ChatId> {
     uuid::Uuid::parse_str(field).ok().map(ChatId)
+}
+
+fn parse_flag(field: &str) -> Option<bool> {
+    match field {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
 }
 
 fn parse_len(field: &str) -> Option<Option<usize>> {
@@ -243,6 +264,13 @@ impl<'a> Envelope<'a> {
                 blocked,
             } => {
                 let _ = write!(out, "K {origin} {} {}", chat.0.simple(), u8::from(*blocked));
+            }
+            Envelope::BlockedPair {
+                origin,
+                pair: (a, b),
+                blocked,
+            } => {
+                let _ = write!(out, "B {origin} {a} {b} {}", u8::from(*blocked));
             }
             Envelope::InstanceDown { origin, dead } => {
                 let _ = write!(out, "D {origin} {dead}");
@@ -377,11 +405,19 @@ impl<'a> Envelope<'a> {
                 Some(Envelope::Blocked {
                     origin,
                     chat: parse_chat(chat)?,
-                    blocked: match *blocked {
-                        "1" => true,
-                        "0" => false,
-                        _ => return None,
-                    },
+                    blocked: parse_flag(blocked)?,
+                })
+            }
+            "B" => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let f: Vec<&str> = text.split(' ').collect();
+                let [_, origin, a, b, blocked] = f.as_slice() else {
+                    return None;
+                };
+                Some(Envelope::BlockedPair {
+                    origin,
+                    pair: (parse_user(a)?, parse_user(b)?),
+                    blocked: parse_flag(blocked)?,
                 })
             }
             "D" => {
@@ -570,6 +606,11 @@ mod tests {
             origin: "i4",
             chat,
             blocked: true,
+        });
+        round_trip(Envelope::BlockedPair {
+            origin: "i4",
+            pair: (UserId(3), UserId(9)),
+            blocked: false,
         });
         round_trip(Envelope::InstanceDown {
             origin: "i4",

@@ -48,8 +48,13 @@ pub enum BusEvent {
     },
     /// A frame for one user's sessions, wherever they are.
     ToUser { user: UserId, frame: bytes::Bytes },
-    /// Messages in a direct conversation became blocked, or were unblocked.
-    Blocked { chat: ChatId, blocked: bool },
+    /// Two people have a block between them now, or no longer; `chat` is
+    /// their direct conversation, if they have one.
+    Blocked {
+        pair: (UserId, UserId),
+        chat: Option<ChatId>,
+        blocked: bool,
+    },
 }
 
 /// Longest wait for the bus to confirm earlier subscriptions.

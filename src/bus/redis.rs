@@ -612,7 +612,20 @@ impl RedisBridge {
                 blocked,
             } if origin != me => {
                 self.server.blocked.do_send(SetBlocked {
-                    chat,
+                    pair: None,
+                    chat: Some(chat),
+                    blocked,
+                    broadcast: false,
+                });
+            }
+            Envelope::BlockedPair {
+                origin,
+                pair,
+                blocked,
+            } if origin != me => {
+                self.server.blocked.do_send(SetBlocked {
+                    pair: Some(pair),
+                    chat: None,
                     blocked,
                     broadcast: false,
                 });
@@ -725,11 +738,24 @@ impl Handler<Publish> for RedisBridge {
                 current_version,
                 token,
             }),
-            BusEvent::Blocked { chat, blocked } => self.publish_control(Envelope::Blocked {
-                origin,
+            BusEvent::Blocked {
+                pair,
                 chat,
                 blocked,
-            }),
+            } => {
+                if let Some(chat) = chat {
+                    self.publish_control(Envelope::Blocked {
+                        origin,
+                        chat,
+                        blocked,
+                    });
+                }
+                self.publish_control(Envelope::BlockedPair {
+                    origin,
+                    pair,
+                    blocked,
+                })
+            }
             BusEvent::ToUser { user, frame } => self.publish_control(Envelope::ToUser {
                 origin,
                 user,

@@ -47,16 +47,15 @@ pub async fn change(
     } else {
         unblock(db, user, other).await?
     };
-    if let Some(chat) = state.chat {
-        server
-            .send(SetBlocked {
-                chat,
-                blocked: state.blocked,
-                broadcast: true,
-            })
-            .await
-            .map_err(|e| BlockError::Server(e.to_string()))?;
-    }
+    server
+        .send(SetBlocked {
+            pair: Some((user, UserId(other))),
+            chat: state.chat,
+            blocked: state.blocked,
+            broadcast: true,
+        })
+        .await
+        .map_err(|e| BlockError::Server(e.to_string()))?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use super::blocks;
 use super::invitations;
 use super::membership::{group_presence, MembershipChange};
 use super::messages::{ApplyMembership, DeliverToUser};
-use super::presence::Presence;
+use super::presence::{Presence, PresenceView};
 use super::protocol::{
     format_time, ChatId, Conversation, ConversationChange, ConversationPush, ErrorCode, Invitation,
     ServerEvent, UserId,
@@ -613,7 +613,9 @@ pub async fn announce(
     caller: UserId,
     changed: Changed,
 ) -> Result<Conversation, GroupError> {
-    let item = changed.row.to_conversation(None, None, presence);
+    let item = changed
+        .row
+        .to_conversation(None, None, &PresenceView::shared(presence));
     if let Some(what) = &changed.change {
         let removed_push = (!changed.removed.is_empty()).then(|| {
             ConversationPush {

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use entity::{chat, chat_member, invitation, message, user};
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
     QuerySelect, RelationTrait, Set,
@@ -16,48 +17,47 @@ use sea_orm::{
 use super::protocol::{format_time, ChatId, Invitation, UserId};
 
 /// Among `candidates`, those who have written to `adder` in their direct
-/// conversation: they join at once; anyone else is invited. One index seek
-/// per candidate who has a direct conversation with the adder (messages'
-/// `(sender_id, chat_id, …)` index), however long that conversation is.
+/// conversation: they join at once; anyone else is invited. One statement
+/// however many candidates: per candidate with a direct conversation with
+/// the adder, one seek in messages' `(sender_id, chat_id, …)` index,
+/// however long that conversation is.
 pub async fn consenting<C: ConnectionTrait>(
     db: &C,
     adder: UserId,
     candidates: &[i64],
 ) -> Result<BTreeSet<i64>, DbErr> {
-    let by_key: HashMap<String, i64> = candidates
+    let keys: Vec<String> = candidates
         .iter()
-        .map(|c| (chat::direct_key(adder.0, *c), *c))
+        .map(|c| chat::direct_key(adder.0, *c))
         .collect();
-    if by_key.is_empty() {
+    if keys.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let directs: Vec<(uuid::Uuid, Option<String>)> = chat::Entity::find()
+    // In scope here only: its `max` would shadow `Ord::max` below.
+    use sea_orm::sea_query::ExprTrait;
+    let wrote = Query::select()
+        .expr(Expr::val(1))
+        .from(message::Entity)
+        .and_where(
+            Expr::col((message::Entity, message::Column::SenderId))
+                .equals((chat_member::Entity, chat_member::Column::UserId)),
+        )
+        .and_where(
+            Expr::col((message::Entity, message::Column::ChatId))
+                .equals((chat_member::Entity, chat_member::Column::ChatId)),
+        )
+        .to_owned();
+    let writers: Vec<i64> = chat_member::Entity::find()
         .select_only()
-        .column(chat::Column::Id)
-        .column(chat::Column::DirectKey)
-        .filter(chat::Column::DirectKey.is_in(by_key.keys().cloned()))
+        .column(chat_member::Column::UserId)
+        .join(JoinType::InnerJoin, chat_member::Relation::Chat.def())
+        .filter(chat::Column::DirectKey.is_in(keys))
+        .filter(chat_member::Column::UserId.ne(adder.0))
+        .filter(Expr::exists(wrote))
         .into_tuple()
         .all(db)
         .await?;
-    let mut consenting = BTreeSet::new();
-    for (chat, key) in directs {
-        let Some(candidate) = key.and_then(|k| by_key.get(&k).copied()) else {
-            continue;
-        };
-        let wrote = message::Entity::find()
-            .select_only()
-            .column(message::Column::Id)
-            .filter(message::Column::SenderId.eq(candidate))
-            .filter(message::Column::ChatId.eq(chat))
-            .limit(1)
-            .into_tuple::<i64>()
-            .one(db)
-            .await?;
-        if wrote.is_some() {
-            consenting.insert(candidate);
-        }
-    }
-    Ok(consenting)
+    Ok(writers.into_iter().collect())
 }
 
 /// How many groups each of `users` belongs to (those in none are absent).

@@ -82,6 +82,9 @@ pub struct Connect {
     pub token_version: i32,
     /// That token's id, if it has one.
     pub token: Option<TokenId>,
+    /// The people the user has a block with, either way (C10), loaded
+    /// with `chats`.
+    pub blocked_peers: Vec<UserId>,
     /// The user the session was authorized as until now, if any.
     pub previous: Option<UserId>,
 }
@@ -212,12 +215,16 @@ impl RevokeUser {
     }
 }
 
-/// Messages in a direct conversation became blocked, or were unblocked
-/// (PROTOCOL.md C10): recorded here and on the other instances.
+/// Two people have a block between them now, or no longer (PROTOCOL.md
+/// C10): no messages in their direct conversation, no presence between
+/// them anywhere. Recorded here and on the other instances. (From the bus
+/// the pair and the conversation come as two envelopes, one set each.)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetBlocked {
-    pub chat: ChatId,
+    pub pair: Option<(UserId, UserId)>,
+    /// Their direct conversation, if they have one.
+    pub chat: Option<ChatId>,
     pub blocked: bool,
     /// Whether to tell the other instances (false when the news came from them).
     pub broadcast: bool,

@@ -2,6 +2,7 @@
 //! one `ChatServer`), the typed protocol, and the queries they need.
 
 pub mod address_cap;
+pub mod blocklist;
 pub mod blocks;
 pub mod changes;
 pub mod groups;

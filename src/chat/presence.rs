@@ -8,6 +8,36 @@ use std::sync::RwLock;
 
 use super::protocol::UserId;
 
+/// Presence as one viewer may see it: nobody they have a block with, either
+/// way (C10), is ever online to them.
+pub struct PresenceView<'a> {
+    presence: &'a Presence,
+    hidden: HashSet<UserId>,
+}
+
+impl<'a> PresenceView<'a> {
+    /// As seen by someone who has a block with each of `hidden`.
+    pub fn new(presence: &'a Presence, hidden: Vec<UserId>) -> Self {
+        PresenceView {
+            presence,
+            hidden: hidden.into_iter().collect(),
+        }
+    }
+
+    /// As a frame that every member shares shows it.
+    pub fn shared(presence: &'a Presence) -> Self {
+        PresenceView {
+            presence,
+            hidden: HashSet::new(),
+        }
+    }
+
+    /// Whether `user` counts as online to this viewer.
+    pub fn is_online(&self, user: UserId) -> bool {
+        !self.hidden.contains(&user) && self.presence.is_online(user)
+    }
+}
+
 /// Online state shared by everything on one instance.
 #[derive(Default)]
 pub struct Presence {

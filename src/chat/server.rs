@@ -23,6 +23,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 
+use super::blocklist::Blocklist;
 use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::messages::{
@@ -165,6 +166,8 @@ pub struct ChatServer {
     /// tell: announced offline once `PRESENCE_GRACE` has passed without
     /// them coming back.
     leaving: HashMap<UserId, (Instant, Vec<ChatId>)>,
+    /// Who has a block with whom, for the users here (C10).
+    blocks: Blocklist,
 }
 
 /// How long a user whose last session closed still counts as online: a
@@ -197,6 +200,7 @@ impl ChatServer {
             max_sessions_per_user,
             metrics,
             leaving: HashMap::new(),
+            blocks: Blocklist::default(),
         }
     }
 
@@ -320,11 +324,25 @@ impl ChatServer {
     /// Pushes frames to every local session of their conversation's room
     /// but `skip`.
     fn push_to_room(&mut self, frames: &ConversationFrames, skip: Option<SessionId>) {
+        self.push_to_room_but(frames, skip, None);
+    }
+
+    /// `push_to_room`, and when the frames are about `subject`'s presence,
+    /// not to those who have a block with them (C10).
+    fn push_to_room_but(
+        &mut self,
+        frames: &ConversationFrames,
+        skip: Option<SessionId>,
+        subject: Option<UserId>,
+    ) {
         let Some(room) = self.rooms.get(&frames.chat) else {
             return;
         };
         let mut overflowed = Vec::new();
         for user in &room.users {
+            if subject.is_some_and(|s| self.blocks.hides(*user, s)) {
+                continue;
+            }
             let (Some(frame), Some(entry)) = (frames.frame_for(*user), self.users.get(user)) else {
                 continue;
             };
@@ -362,7 +380,8 @@ impl ChatServer {
                 online,
             })
             .to_json();
-            self.push_to_room(&ConversationFrames::to_others(*chat, user, frame), None);
+            let frames = ConversationFrames::to_others(*chat, user, frame);
+            self.push_to_room_but(&frames, None, Some(user));
         }
     }
 
@@ -395,6 +414,7 @@ impl ChatServer {
     /// Records a direct conversation's block for the users here who are in
     /// it: no messages taken, no presence pushed.
     fn set_blocked(&mut self, chat: ChatId, blocked: bool) {
+        self.blocks.set_chat(chat, blocked);
         if let Some(room) = self.rooms.get_mut(&chat) {
             room.presence = !blocked;
             self.membership.set_blocked(chat, blocked);
@@ -422,6 +442,7 @@ impl ChatServer {
             return;
         }
         self.users.remove(&user);
+        self.blocks.forget(user);
         let chats = self.membership.remove_user(user);
         let notify = self.presence_chats(chats.iter().copied());
         for chat in chats {
@@ -469,12 +490,14 @@ impl ChatServer {
     fn register_user(
         &mut self,
         user: UserId,
-        chats: Vec<ChatEntry>,
+        mut chats: Vec<ChatEntry>,
         since: u64,
+        blocked_peers: Vec<UserId>,
     ) -> Result<(), ConnectError> {
         let set = self
             .catch_up(user, &chats, since)
             .ok_or(ConnectError::Stale)?;
+        self.blocks.register(user, blocked_peers, &mut chats);
         let loaded: HashMap<ChatId, &ChatEntry> = chats.iter().map(|c| (c.chat, c)).collect();
         for entry in &chats {
             if entry.blocked {
@@ -637,7 +660,7 @@ impl Handler<Connect> for ChatServer {
             }
             entry.sessions.insert(msg.session, link);
         } else {
-            self.register_user(msg.user, msg.chats, msg.since)?;
+            self.register_user(msg.user, msg.chats, msg.since, msg.blocked_peers)?;
             self.users.insert(
                 msg.user,
                 UserEntry {
@@ -833,12 +856,20 @@ impl Handler<SetBlocked> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: SetBlocked, _: &mut Context<Self>) {
-        self.set_blocked(msg.chat, msg.blocked);
-        if msg.broadcast {
-            self.bus.publish(BusEvent::Blocked {
-                chat: msg.chat,
-                blocked: msg.blocked,
-            });
+        if let Some(chat) = msg.chat {
+            self.set_blocked(chat, msg.blocked);
+        }
+        if let Some(pair) = msg.pair {
+            let users = &self.users;
+            self.blocks
+                .set_pair(pair, msg.blocked, |u| users.contains_key(&u));
+            if msg.broadcast {
+                self.bus.publish(BusEvent::Blocked {
+                    pair,
+                    chat: msg.chat,
+                    blocked: msg.blocked,
+                });
+            }
         }
     }
 }
@@ -971,6 +1002,7 @@ mod tests {
             since: 0,
             token_version: 0,
             token: None,
+            blocked_peers: Vec::new(),
             previous: None,
         };
         assert_eq!(server.send(connect).await.expect("server runs"), Ok(()));

@@ -23,6 +23,7 @@ use super::messages::{
     ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick, Release,
     SessionId,
 };
+use super::presence::PresenceView;
 use super::protocol::*;
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
@@ -287,6 +288,7 @@ impl WsSession {
             for _ in 0..REGISTRATION_ATTEMPTS {
                 let since = state.membership.seq();
                 let chats = store::chats_of(&state.db, me).await?;
+                let blocked_peers = store::blocked_peers(&state.db, me).await?;
                 let connect = Connect {
                     session,
                     user: me,
@@ -296,6 +298,7 @@ impl WsSession {
                     since,
                     token_version: user.token_version,
                     token: claims.token_id(),
+                    blocked_peers,
                     previous,
                 };
                 outcome = state.server.send(connect).await.map_err(server_error)?;
@@ -388,14 +391,18 @@ impl WsSession {
     }
 
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
-        let query = move |db| async move { store::contacts_of(&db, user).await };
+        let query = move |db| async move {
+            let rows = store::contacts_of(&db, user).await?;
+            Ok((rows, store::blocked_peers(&db, user).await?))
+        };
         self.query(
             RequestKind::GetContacts,
             query,
-            move |act, rows, ctx| {
+            move |act, (rows, hidden), ctx| {
+                let presence = PresenceView::new(&act.state.presence, hidden);
                 let contacts = rows
                     .into_iter()
-                    .map(|r| r.into_contact(user, &act.state.presence))
+                    .map(|r| r.into_contact(user, &presence))
                     .collect();
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
             },

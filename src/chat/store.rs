@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::membership::{group_presence, Audience, ChatEntry};
-use super::presence::Presence;
+use super::presence::{Presence, PresenceView};
 use super::protocol::{
     format_time, ChatId, Contact, Conversation, ConversationKind, Direction, ErrorCode, ErrorReply,
     HistoryItem, HistoryPage, LastMessage, MemberItem, MemberRole, Person, Quote, ReactionCount,
@@ -62,7 +62,7 @@ fn last_message_item(m: message::Model) -> LastMessage {
 
 impl ContactRow {
     /// The contact as `viewer` sees it; `online` comes from live presence.
-    pub fn into_contact(self, viewer: UserId, presence: &Presence) -> Contact {
+    pub fn into_contact(self, viewer: UserId, presence: &PresenceView) -> Contact {
         let other = self.other.as_ref();
         let (name, online, members) = match self.chat.kind {
             chat::ChatKind::Group => (
@@ -434,7 +434,7 @@ impl ConversationRow {
         &self,
         viewer: Option<UserId>,
         unread: Option<u64>,
-        presence: &Presence,
+        presence: &PresenceView,
     ) -> Conversation {
         let members: Vec<MemberItem> = self
             .members
@@ -529,7 +529,8 @@ pub async fn conversation_of(
     let Some(full) = conversation(db, chat).await? else {
         return Ok(None);
     };
-    let mut item = full.to_conversation(Some(user), Some(row.unread), presence);
+    let presence = presence_view(db, user, presence).await?;
+    let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
     if row.blocked {
         item.online = false;
         for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {
@@ -999,6 +1000,39 @@ pub async fn quotes_for<C: ConnectionTrait>(
 
 /// Among the pairs `(a, b)`, those with a block either way, as
 /// `(smaller, larger)`. One query over the people involved (two `IN`
+/// The people `user` has a block with, either way: presence between them
+/// is hidden (C10).
+pub async fn blocked_peers<C: ConnectionTrait>(db: &C, user: UserId) -> Result<Vec<UserId>, DbErr> {
+    let rows: Vec<(i64, i64)> = block::Entity::find()
+        .select_only()
+        .column(block::Column::UserId)
+        .column(block::Column::BlockedId)
+        .filter(
+            Condition::any()
+                .add(block::Column::UserId.eq(user.0))
+                .add(block::Column::BlockedId.eq(user.0)),
+        )
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(a, b)| UserId(if a == user.0 { b } else { a }))
+        .collect())
+}
+
+/// Presence as `viewer` may see it: their blocks looked up (C10).
+pub async fn presence_view<'a, C: ConnectionTrait>(
+    db: &C,
+    viewer: UserId,
+    presence: &'a Presence,
+) -> Result<PresenceView<'a>, DbErr> {
+    Ok(PresenceView::new(
+        presence,
+        blocked_peers(db, viewer).await?,
+    ))
+}
+
 /// lists, not one condition per pair: SQLite bounds an expression's depth).
 pub async fn blocked_pairs<C: ConnectionTrait>(
     db: &C,
