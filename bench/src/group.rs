@@ -134,7 +134,7 @@ fn redis_calls(url: &str) -> Result<(u64, u64), BenchError> {
     Ok((all, publishes))
 }
 
-async fn create_group(
+pub(crate) async fn create_group(
     client: &awc::Client,
     base: &str,
     owner: &Account,
@@ -159,7 +159,7 @@ async fn create_group(
 
 /// Every member accepts the invitation to the group (they never wrote to
 /// its creator, so they were invited, not added: PROTOCOL.md C9).
-async fn accept_all(
+pub(crate) async fn accept_all(
     clients: &Clients,
     url: impl Fn(usize) -> String,
     accounts: &[Account],

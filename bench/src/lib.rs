@@ -16,11 +16,15 @@
 //!   reconnects, resends with `client_id`, and checks the history for loss
 //!   and duplicates.
 //! - `startup`: time from process start to `/readyz` 200 on SQLite.
+//! - `attack`: a bystander's latency while one account abuses a group
+//!   (renames, fan-out, typing, reconnects), against its quiet value.
 
+mod attack;
 mod churn;
 mod group;
 mod mix;
 
+pub use attack::{attack, AttackOptions, AttackReport, Pattern};
 pub use churn::{churn, ChurnOptions, ChurnReport};
 pub use group::{group, GroupOptions, GroupReport};
 
@@ -166,6 +170,15 @@ struct PushBody<'a> {
     direction: &'a str,
     #[serde(borrow)]
     content: std::borrow::Cow<'a, str>,
+}
+
+/// The push of a `message` frame, if `bytes` is one.
+fn message_push(bytes: &[u8]) -> Option<Push<'_>> {
+    let frame = serde_json::from_slice::<Frame>(bytes).ok()?;
+    if frame.kind != "message" {
+        return None;
+    }
+    serde_json::from_str::<Push>(frame.data?.get()).ok()
 }
 
 /// Opens an authorized WebSocket (token in the URL) and reads its two greeting frames.
@@ -413,16 +426,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
                 let ws::Frame::Text(bytes) = frame else {
                     continue;
                 };
-                let Ok(frame) = serde_json::from_slice::<Frame>(&bytes) else {
-                    continue;
-                };
-                if frame.kind != "message" {
-                    continue;
-                }
-                let Some(push) = frame
-                    .data
-                    .and_then(|d| serde_json::from_str::<Push>(d.get()).ok())
-                else {
+                let Some(push) = message_push(&bytes) else {
                     continue;
                 };
                 if push.data.direction != "received" {

@@ -43,6 +43,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         history_pages: u64,
     },
+    /// A bystander's latency, quiet and while one account attacks through
+    /// a group of connected members (issue #26's amplification patterns).
+    Attack {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Members of the attacker's group, all connected.
+        #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(3..=10_000))]
+        members: u64,
+        /// Seconds each phase lasts.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+        seconds: u64,
+        /// The patterns, in order (default: all four).
+        #[arg(long = "pattern", value_enum)]
+        patterns: Vec<chat_bench::Pattern>,
+    },
     /// Many authorized idle sessions: server memory per session, then latency.
     Idle {
         /// Server base URL.
@@ -370,6 +386,42 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 ],
                 &r,
             );
+        }
+        BenchCommand::Attack {
+            url,
+            members,
+            seconds,
+            patterns,
+        } => {
+            let patterns = if patterns.is_empty() {
+                use chat_bench::Pattern::*;
+                vec![Rename, Fanout, Typing, Reconnect]
+            } else {
+                patterns
+            };
+            let options = chat_bench::AttackOptions {
+                url,
+                members: members as usize,
+                phase: std::time::Duration::from_secs(seconds),
+                patterns,
+            };
+            let r = chat_bench::attack(options).await?;
+            let lines: Vec<(String, String)> = r
+                .phases
+                .iter()
+                .map(|p| {
+                    let name = p.pattern.map_or("quiet".into(), |p| format!("{p:?}").to_lowercase());
+                    let line = format!(
+                        "bystander p50 {:.2} ms, p99 {:.2} ms ({:.2}x quiet), max {:.2} ms, lost {}/{}; attacker {} requests, {} refused",
+                        p.p50_ms, p.p99_ms, p.p99_ratio, p.max_ms, p.bystander_lost,
+                        p.bystander_messages, p.attacker_requests, p.attacker_refused
+                    );
+                    (name, line)
+                })
+                .collect();
+            let summary: Vec<(&str, String)> =
+                lines.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
+            print_report(&summary, &r);
         }
         BenchCommand::Startup { runs, server } => {
             let server = server.map_or_else(sibling_server, Ok)?;

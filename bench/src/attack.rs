@@ -1,0 +1,354 @@
+//! `chat-bench attack`: what one abusive account costs everyone else. A
+//! bystander (bob) writes to carol 50 times a second the whole run; carol
+//! is also a member of the attacker's group of N connected members. The
+//! send→delivery latency of bob's messages is measured with nobody
+//! attacking, then while the attacker (mallory) repeats one pattern as
+//! fast as the server lets her (issue #26):
+//!
+//! - `rename`: renames her group in a loop over REST (4 at a time);
+//! - `fanout`: messages into the group as fast as she can send;
+//! - `typing`: typing notices into the group as fast as she can send;
+//! - `reconnect`: opens and closes sessions in a loop (4 at a time), each
+//!   one a presence change for her group.
+//!
+//! Each pattern is followed by a pause, so the next starts from quiet.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_http::ws;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::group::{accept_all, create_group};
+use super::{
+    add_contact, message_push, ms, open_session, raise_fd_limit, register, setup, ws_url, Account,
+    BenchError, Clients,
+};
+
+/// One attack pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    Rename,
+    Fanout,
+    Typing,
+    Reconnect,
+}
+
+/// Options of `bench attack`.
+#[derive(Debug, Clone)]
+pub struct AttackOptions {
+    pub url: String,
+    /// Members of the attacker's group, all connected (carol among them).
+    pub members: usize,
+    /// How long each phase lasts.
+    pub phase: Duration,
+    pub patterns: Vec<Pattern>,
+}
+
+/// The bystander's latency over one phase.
+#[derive(Debug, serde::Serialize)]
+pub struct Phase {
+    /// `None` for the quiet phase.
+    pub pattern: Option<Pattern>,
+    /// The attacker's requests, and how many the server refused
+    /// (`rate_limited`/429) or ignored.
+    pub attacker_requests: u64,
+    pub attacker_refused: u64,
+    pub bystander_messages: u64,
+    pub bystander_lost: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// p99 over the quiet phase's p99.
+    pub p99_ratio: f64,
+}
+
+/// The outcome of `bench attack`.
+#[derive(Debug, serde::Serialize)]
+pub struct AttackReport {
+    pub members: usize,
+    pub phases: Vec<Phase>,
+}
+
+/// What the bystander's receiver saw: delivery latency by send time.
+#[derive(Default)]
+struct Probe {
+    /// (sent, µs from send to delivery).
+    delivered: Vec<(Duration, u64)>,
+    /// Send times of every message bob sent.
+    sent: Vec<Duration>,
+}
+
+/// The attacker's tally in the current phase.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    refused: u64,
+}
+
+struct Run {
+    base: String,
+    clients: Clients,
+    mallory: Account,
+    pk: String,
+    tally: Rc<RefCell<Tally>>,
+}
+
+/// Runs `bench attack`.
+pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
+    raise_fd_limit();
+    let members = opts.members.max(3);
+    let clients = Clients::new(8);
+    let base = opts.url.trim_end_matches('/').to_string();
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    eprintln!("registering mallory, bob and {} members…", members - 1);
+    let mallory = register(clients.get(0), &base, &format!("a{tag}mallory")).await?;
+    let bob = register(clients.get(1), &base, &format!("a{tag}bob")).await?;
+    let limit = Arc::new(Semaphore::new(16));
+    let registrations = (0..members - 1).map(|i| {
+        let (client, base, limit) = (clients.get(i).clone(), base.clone(), limit.clone());
+        let name = format!("a{tag}m{i}");
+        async move {
+            let _permit = limit.acquire().await.map_err(|e| setup("setup", e))?;
+            register(&client, &base, &name).await
+        }
+    });
+    // The first of them is carol, the bystander's correspondent.
+    let others = futures_util::future::try_join_all(registrations).await?;
+    let ids: Vec<i64> = others.iter().map(|a| a.id).collect();
+    let pk = create_group(clients.get(0), &base, &mallory, &ids).await?;
+    accept_all(&clients, |_| base.clone(), &others, &pk).await?;
+    let direct = add_contact(clients.get(1), &base, &bob.token, &others[0].username).await?;
+
+    eprintln!("opening {} sessions…", members + 1);
+    let ws_base = ws_url(&base);
+    let probe = Rc::new(RefCell::new(Probe::default()));
+    let origin = Instant::now();
+    let carol = open_session(clients.get(0), &ws_base, &others[0].token).await?;
+    actix_rt::spawn(receive_probe(carol, probe.clone(), origin));
+    for (i, member) in others.iter().enumerate().skip(1) {
+        let socket = open_session(clients.get(i), &ws_base, &member.token).await?;
+        actix_rt::spawn(drain(socket));
+    }
+    let bob_socket = open_session(clients.get(1), &ws_base, &bob.token).await?;
+    actix_rt::spawn(send_probe(bob_socket, direct, probe.clone(), origin));
+
+    let run = Rc::new(Run {
+        base,
+        clients,
+        mallory,
+        pk,
+        tally: Rc::new(RefCell::new(Tally::default())),
+    });
+    let mut phases = Vec::new();
+    let mut quiet_p99 = 0.0;
+    for pattern in std::iter::once(None).chain(opts.patterns.iter().copied().map(Some)) {
+        *run.tally.borrow_mut() = Tally::default();
+        eprintln!(
+            "phase: {}",
+            pattern.map_or("quiet".into(), |p| format!("{p:?}"))
+        );
+        let start = origin.elapsed();
+        let stop_at = Instant::now() + opts.phase;
+        let attackers: Vec<_> = (0..4)
+            .filter_map(|worker| {
+                let run = run.clone();
+                pattern.map(|p| actix_rt::spawn(attacker(run, p, worker, stop_at)))
+            })
+            .collect();
+        tokio::time::sleep_until(stop_at.into()).await;
+        for task in attackers {
+            task.abort();
+        }
+        let end = origin.elapsed();
+        // Let the last probes of the phase arrive, and the server calm down.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut phase = measure(&probe.borrow(), start, end, pattern, &run.tally.borrow())?;
+        if pattern.is_none() {
+            quiet_p99 = phase.p99_ms.max(0.001);
+        }
+        phase.p99_ratio = phase.p99_ms / quiet_p99;
+        phases.push(phase);
+    }
+    Ok(AttackReport { members, phases })
+}
+
+fn measure(
+    probe: &Probe,
+    start: Duration,
+    end: Duration,
+    pattern: Option<Pattern>,
+    tally: &Tally,
+) -> Result<Phase, BenchError> {
+    let within = |t: &Duration| *t >= start && *t < end;
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| setup("histogram", e))?;
+    let mut delivered = 0;
+    for (_, micros) in probe.delivered.iter().filter(|(t, _)| within(t)) {
+        let _ = hist.record((*micros).max(1));
+        delivered += 1;
+    }
+    let sent = probe.sent.iter().filter(|t| within(t)).count() as u64;
+    Ok(Phase {
+        pattern,
+        attacker_requests: tally.requests,
+        attacker_refused: tally.refused,
+        bystander_messages: sent,
+        bystander_lost: sent.saturating_sub(delivered),
+        p50_ms: ms(&hist, 0.5),
+        p99_ms: ms(&hist, 0.99),
+        max_ms: hist.max() as f64 / 1000.0,
+        p99_ratio: 1.0,
+    })
+}
+
+/// Bob: a message to carol every 20 ms, its send time in its content.
+async fn send_probe(socket: super::Socket, pk: String, probe: Rc<RefCell<Probe>>, origin: Instant) {
+    let (mut sink, mut incoming) = socket.split();
+    actix_rt::spawn(async move { while incoming.next().await.is_some() {} });
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let sent = origin.elapsed();
+        let content = format!("probe {}", sent.as_nanos());
+        let text = json!({"type": "message", "data": {"to": pk, "content": content}});
+        if sink
+            .send(ws::Message::Text(text.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        probe.borrow_mut().sent.push(sent);
+    }
+}
+
+/// Carol: times bob's probes; everything else she gets is read and dropped.
+async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin: Instant) {
+    let (_sink, mut incoming) = socket.split();
+    while let Some(Ok(frame)) = incoming.next().await {
+        let ws::Frame::Text(bytes) = frame else {
+            continue;
+        };
+        let Some(push) = message_push(&bytes) else {
+            continue;
+        };
+        let Some(Ok(sent)) = push
+            .data
+            .content
+            .strip_prefix("probe ")
+            .map(str::parse::<u64>)
+        else {
+            continue;
+        };
+        let sent = Duration::from_nanos(sent);
+        let micros = origin.elapsed().saturating_sub(sent).as_micros() as u64;
+        probe.borrow_mut().delivered.push((sent, micros));
+    }
+}
+
+async fn drain(socket: super::Socket) {
+    let (_sink, mut incoming) = socket.split();
+    while incoming.next().await.is_some() {}
+}
+
+/// One of mallory's workers, repeating `pattern` until `stop_at`.
+async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instant) {
+    let client = run.clients.get(worker).clone();
+    match pattern {
+        Pattern::Rename => {
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                n += 1;
+                let res = client
+                    .patch(format!("{}/api/groups/{}/", run.base, run.pk))
+                    .bearer_auth(&run.mallory.token)
+                    .send_json(&json!({"title": format!("renamed {worker} {n}")}))
+                    .await;
+                count(&run, res.map(|r| r.status().is_success()).unwrap_or(false));
+            }
+        }
+        Pattern::Reconnect => {
+            let ws_base = ws_url(&run.base);
+            while Instant::now() < stop_at {
+                let opened = open_session(&client, &ws_base, &run.mallory.token).await;
+                count(&run, opened.is_ok());
+                if let Ok(mut socket) = opened {
+                    let _ = socket.close().await;
+                }
+            }
+        }
+        Pattern::Fanout | Pattern::Typing => {
+            // One socket sends; the others would share its budgets anyway.
+            if worker == 0 {
+                flood(&run, pattern, &client, stop_at).await;
+            }
+        }
+    }
+}
+
+fn count(run: &Run, accepted: bool) {
+    let mut tally = run.tally.borrow_mut();
+    tally.requests += 1;
+    if !accepted {
+        tally.refused += 1;
+    }
+}
+
+/// Messages or typing notices into the group, as fast as the socket
+/// takes them; answers counted (typing has none: every notice counts as
+/// sent).
+async fn flood(run: &Rc<Run>, pattern: Pattern, client: &awc::Client, stop_at: Instant) {
+    // The server may close a socket that floods it: open another.
+    while Instant::now() < stop_at {
+        let Ok(socket) = open_session(client, &ws_url(&run.base), &run.mallory.token).await else {
+            count(run, false);
+            continue;
+        };
+        flood_socket(run, pattern, socket, stop_at).await;
+    }
+}
+
+async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, stop_at: Instant) {
+    let (mut sink, mut incoming) = socket.split();
+    let reader_run = run.clone();
+    actix_rt::spawn(async move {
+        while let Some(Ok(ws::Frame::Text(bytes))) = incoming.next().await {
+            if bytes.starts_with(br#"{"type": "message_response""#)
+                || bytes.starts_with(br#"{"type":"message_response""#)
+            {
+                let ok = bytes.windows(9).any(|w| w == b"\"success\"");
+                if !ok {
+                    reader_run.tally.borrow_mut().refused += 1;
+                }
+            }
+        }
+    });
+    let mut n = 0u64;
+    while Instant::now() < stop_at {
+        n += 1;
+        let frame = match pattern {
+            Pattern::Typing => json!({"type": "typing", "data": {"id": run.pk}}),
+            _ => {
+                json!({"type": "message", "data": {"to": run.pk, "content": format!("flood {n}")}})
+            }
+        };
+        if sink
+            .send(ws::Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        run.tally.borrow_mut().requests += 1;
+        if n.is_multiple_of(64) {
+            // Let the reader and the probes run.
+            tokio::task::yield_now().await;
+        }
+    }
+}
