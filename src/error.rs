@@ -78,9 +78,14 @@ pub enum ApiError {
     /// Rate limited; retry after this many seconds.
     #[error("too many requests, retry after {0}s")]
     TooManyRequests(u64),
-    /// A failure of ours; the context is logged, never shown.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A failure of ours; what we were doing and why are logged (the
+    /// whole chain of sources), never shown.
+    #[error("internal error: {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ApiError {
@@ -97,9 +102,28 @@ impl ApiError {
     }
 
     /// Wraps an internal failure with what we were doing.
-    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
-        ApiError::Internal(format!("{context}: {error}"))
+    pub fn internal(
+        context: &'static str,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ApiError::Internal {
+            context,
+            source: error.into(),
+        }
     }
+}
+
+/// An error and its sources, outermost first, as one line for the log:
+/// `storing a message: database error: connection refused`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        line.push_str(": ");
+        line.push_str(&source.to_string());
+        next = source.source();
+    }
+    line
 }
 
 /// A short random id that ties the generic error a client sees to the
@@ -122,6 +146,7 @@ impl From<crate::auth::AuthError> for ApiError {
             AuthError::InvalidToken => ApiError::Unauthorized("Invalid token.".into()),
             AuthError::InactiveUser => ApiError::Unauthorized("User inactive or deleted.".into()),
             AuthError::Database(e) => e.into(),
+            e @ AuthError::Server(_) => ApiError::internal("authentication", e),
         }
     }
 }
@@ -138,7 +163,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -159,9 +184,10 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(secs) => detail(&format!(
                 "Request was throttled. Expected available in {secs} seconds."
             )),
-            ApiError::Internal(context) => {
+            ApiError::Internal { context, source } => {
                 let error_id = new_error_id();
-                tracing::error!(%error_id, error = %context, "request failed");
+                let error = chain(source.as_ref());
+                tracing::error!(%error_id, %context, %error, "request failed");
                 detail(&format!("Internal server error (error id {error_id})."))
             }
         };
@@ -180,5 +206,23 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use std::sync::Arc;
+
+    use crate::chat::store::StoreError;
+
+    #[test]
+    fn the_log_line_names_every_source() {
+        let e = StoreError::Database(Arc::new(sea_orm::DbErr::Custom("disk full".into())));
+        assert_eq!(super::chain(&e), "database: Custom Error: disk full");
+        let api = super::ApiError::internal("storing a message", e);
+        assert_eq!(
+            super::chain(&api),
+            "internal error: storing a message: database: Custom Error: disk full"
+        );
     }
 }

@@ -83,7 +83,7 @@ async fn announce_direct(
     other: UserId,
 ) -> Result<(), ApiError> {
     let change = MembershipChange::direct(chat, vec![me, other]);
-    let server_error = |e: actix::MailboxError| ApiError::internal("add contact", e.to_string());
+    let server_error = |e: actix::MailboxError| ApiError::internal("add contact", e);
     state
         .server
         .send(ApplyMembership::everywhere(change))

@@ -30,8 +30,9 @@ impl FromRequest for AuthUser {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(req);
         Box::pin(async move {
-            let state =
-                state.ok_or_else(|| ApiError::Internal("AppState is not registered".into()))?;
+            let state = state.ok_or_else(|| {
+                ApiError::internal("authentication", "AppState is not registered")
+            })?;
             let token = token.ok_or_else(|| {
                 ApiError::Unauthorized("Authentication credentials were not provided.".into())
             })?;

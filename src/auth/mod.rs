@@ -22,8 +22,12 @@ pub enum AuthError {
     /// The token is fine but its user has been deactivated.
     #[error("inactive user")]
     InactiveUser,
-    #[error("database error while checking a token: {0}")]
+    #[error("database error while checking a token")]
     Database(#[from] DbErr),
+    /// The ChatServer did not take a session's registration (the instance
+    /// is stopping).
+    #[error("chat server")]
+    Server(#[source] actix::MailboxError),
 }
 
 /// The user a token stands for, if the token is valid, current and the user active.

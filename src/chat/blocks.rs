@@ -25,11 +25,11 @@ pub enum BlockError {
     /// B3 `invalid`: oneself, or no such active user.
     #[error("{0}")]
     Invalid(String),
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] DbErr),
     /// The ChatServer did not take the change (the instance is stopping).
-    #[error("chat server: {0}")]
-    Server(String),
+    #[error("chat server")]
+    Server(#[source] actix::MailboxError),
 }
 
 /// Blocks (`block`) or unblocks `other` for `user`, and records the direct
@@ -55,7 +55,7 @@ pub async fn change(
             broadcast: true,
         })
         .await
-        .map_err(|e| BlockError::Server(e.to_string()))?;
+        .map_err(BlockError::Server)?;
     Ok(())
 }
 

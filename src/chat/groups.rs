@@ -49,11 +49,11 @@ pub enum GroupError {
     /// No such conversation, or the caller is not in it.
     #[error("conversation not found")]
     NotFound,
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] DbErr),
     /// The ChatServer did not take the change (the instance is stopping).
-    #[error("chat server: {0}")]
-    Server(String),
+    #[error("chat server")]
+    Server(#[source] actix::MailboxError),
     /// The caller's, or the group's, change budget is spent for now.
     #[error("too many group changes; try again in {retry_after} s")]
     RateLimited { retry_after: u64 },
@@ -636,7 +636,7 @@ pub async fn announce(
         server
             .send(ApplyMembership::everywhere(change))
             .await
-            .map_err(|e| GroupError::Server(e.to_string()))?;
+            .map_err(GroupError::Server)?;
     }
     if !changed.newly_invited.users.is_empty() {
         let inviter = changed

@@ -90,10 +90,11 @@ fn url_token(query: &str) -> Option<String> {
 pub(crate) fn internal_reply(
     span: &tracing::Span,
     kind: protocol::RequestKind,
-    error: &dyn std::fmt::Display,
+    error: &(dyn std::error::Error + 'static),
 ) -> protocol::ErrorReply {
     let error_id = crate::error::new_error_id();
-    tracing::error!(parent: span, %error_id, %kind, error = %error, "request failed");
+    let error = crate::error::chain(error);
+    tracing::error!(parent: span, %error_id, %kind, %error, "request failed");
     protocol::ErrorReply::new(
         protocol::ErrorCode::Internal,
         format!("internal error, try again (error id {error_id})"),

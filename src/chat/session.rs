@@ -143,7 +143,7 @@ impl WsSession {
     fn internal_error(
         &self,
         kind: RequestKind,
-        error: &dyn std::fmt::Display,
+        error: &(dyn std::error::Error + 'static),
         ctx: &mut Context<Self>,
     ) {
         let reply = internal_reply(&self.span, kind, error);
@@ -281,9 +281,7 @@ impl WsSession {
             let (user, claims) =
                 auth::authenticate_claims(&state.db, &state.keys, token.trim()).await?;
             let me = UserId(user.id);
-            let server_error = |e: MailboxError| {
-                AuthError::Database(sea_orm::DbErr::Custom(format!("chat server: {e}")))
-            };
+            let server_error = AuthError::Server;
             let mut outcome = Err(ConnectError::Stale);
             for _ in 0..REGISTRATION_ATTEMPTS {
                 let since = state.membership.seq();
@@ -337,11 +335,13 @@ impl WsSession {
                     AuthorizationReply::refused("Invalid token provided")
                 }
                 Err(AuthError::InactiveUser) => AuthorizationReply::refused("Inactive user"),
-                Err(AuthError::Database(e)) => AuthorizationReply::Error(internal_reply(
-                    &act.span,
-                    RequestKind::Authorization,
-                    &e,
-                )),
+                Err(e @ (AuthError::Database(_) | AuthError::Server(_))) => {
+                    AuthorizationReply::Error(internal_reply(
+                        &act.span,
+                        RequestKind::Authorization,
+                        &e,
+                    ))
+                }
             };
             act.send(&ServerEvent::AuthorizationResponse(reply), ctx);
             if let (true, Some(user)) = (registered, act.user) {

@@ -1075,8 +1075,12 @@ pub enum StoreError {
     Busy,
     #[error("the message writer has stopped")]
     Stopped,
-    #[error("database error: {0}")]
-    Database(String),
+    /// Shared: one batch's failure answers each of its requests.
+    #[error("database")]
+    Database(#[source] std::sync::Arc<DbErr>),
+    /// The writer lost track of a request's result (a bug, logged as such).
+    #[error("message writer: {0}")]
+    Internal(String),
     /// The request breaks a rule (B3 `code`): an answer, not a failure.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },

@@ -10,6 +10,7 @@
 //! order, whichever kind it is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Recipient;
@@ -353,11 +354,11 @@ async fn run_batches<C, F, A>(
             Ok(results) if results.len() == count => results,
             Ok(results) => {
                 let error = format!("{count} messages but {} results", results.len());
-                vec![Err(StoreError::Database(error)); count]
+                vec![Err(StoreError::Internal(error)); count]
             }
             Err(e) => {
                 tracing::error!(error = %e, size = count, "message batch failed unexpectedly; its senders were told");
-                vec![Err(StoreError::Database("the batch failed".into())); count]
+                vec![Err(StoreError::Internal("the batch failed".into())); count]
             }
         };
         for (waiter, result) in waiters.into_iter().zip(results) {
@@ -377,7 +378,7 @@ type Results = Vec<Result<Stored, StoreError>>;
 #[derive(Default)]
 struct OneByOne {
     failed_in_a_row: usize,
-    gave_up: Option<String>,
+    gave_up: Option<Arc<DbErr>>,
 }
 
 impl OneByOne {
@@ -457,7 +458,7 @@ async fn commit_changes(db: &DatabaseConnection, metrics: &Metrics, changes: Cha
         Ok(results) => results.into_iter().map(stored).collect(),
         Err(e) if !reachable(db).await => {
             tracing::error!(error = %e, size = batch.len(), "change batch failed and the database is unreachable; refused");
-            vec![Err(StoreError::Database(e.to_string())); batch.len()]
+            vec![Err(StoreError::Database(Arc::new(e))); batch.len()]
         }
         Err(e) => {
             tracing::warn!(error = %e, size = batch.len(), "change batch failed; retrying one by one");
@@ -470,9 +471,9 @@ async fn commit_changes(db: &DatabaseConnection, metrics: &Metrics, changes: Cha
                         match changes::commit(db, std::slice::from_ref(&change), edit_window).await
                         {
                             Ok(mut one) => one.pop().unwrap_or_else(|| {
-                                Err(StoreError::Database("lost change result".into()))
+                                Err(StoreError::Internal("lost change result".into()))
                             }),
-                            Err(e) => Err(StoreError::Database(e.to_string())),
+                            Err(e) => Err(StoreError::Database(Arc::new(e))),
                         }
                     })
                     .await;
@@ -504,7 +505,7 @@ async fn commit_batch(
     {
         Ok(found) => found.into_iter().map(|m| (m.id, m)).collect(),
         Err(e) => {
-            let error = StoreError::Database(e.to_string());
+            let error = StoreError::Database(Arc::new(e));
             let refused = batch.iter().map(|_| Err(error.clone())).collect();
             return (refused, commit_changes(db, metrics, changes).await);
         }
@@ -538,7 +539,7 @@ async fn commit_batch(
     }
     let results = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Internal("lost batch result".into()))))
         .collect();
     (results, changed)
 }
@@ -573,8 +574,9 @@ async fn commit_unique(
             // Retrying one by one would wait for a connection once per
             // message: minutes for a large batch while the database is away.
             tracing::error!(error = %e, size = batch.len(), "batch insert failed and the database is unreachable; refused");
-            let refused = |n| vec![Some(Err(StoreError::Database(e.to_string()))); n];
-            let changed = vec![Err(StoreError::Database(e.to_string())); changes.batch.len()];
+            let e = Arc::new(e);
+            let refused = |n| vec![Some(Err(StoreError::Database(e.clone()))); n];
+            let changed = vec![Err(StoreError::Database(e.clone())); changes.batch.len()];
             (refused(batch.len()), changed)
         }
         Err(e) => {
@@ -600,7 +602,7 @@ async fn commit_unique(
             let original = resolved[j].clone().map(|r| {
                 r.and_then(|s| match s.message() {
                     Some(m) => Ok(Stored::Duplicate(m.clone())),
-                    None => Err(StoreError::Database("a change among messages".into())),
+                    None => Err(StoreError::Internal("a change among messages".into())),
                 })
             });
             resolved[i] = original;
@@ -614,7 +616,7 @@ async fn commit_unique(
     }
     let stored = resolved
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Database("lost batch result".into()))))
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Internal("lost batch result".into()))))
         .collect();
     (stored, changed)
 }
@@ -1132,7 +1134,7 @@ fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
 /// `client_id` means another instance stored it first, so that one is the
 /// original.
 async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored, StoreError> {
-    let db_error = |e: DbErr| StoreError::Database(e.to_string());
+    let db_error = |e: DbErr| StoreError::Database(Arc::new(e));
     let attempt = async {
         let txn = crate::db::begin_write(db).await?;
         let seq = next_seqs(&txn, &[p]).await?[0];
@@ -1217,7 +1219,7 @@ mod tests {
             {
                 panic!("a batch crashed");
             }
-            vec![Err(StoreError::Database("second batch".into())); batch.len()]
+            vec![Err(StoreError::Internal("second batch".into())); batch.len()]
         };
         let (answers, mut answered) = mpsc::unbounded_channel();
         let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
@@ -1227,13 +1229,13 @@ mod tests {
         tx.send(pending("crash")).await.unwrap();
         assert_eq!(
             answered.recv().await,
-            Some(Some("database error: the batch failed".into())),
+            Some(Some("message writer: the batch failed".into())),
             "the sender learns nothing was stored"
         );
         tx.send(pending("next")).await.unwrap();
         assert_eq!(
             answered.recv().await,
-            Some(Some("database error: second batch".into()))
+            Some(Some("message writer: second batch".into()))
         );
         drop(tx);
         writer.await.unwrap();
