@@ -1,7 +1,7 @@
 //! Changes to stored messages (PROTOCOL.md B8): edits, deletions and
 //! reactions. Each change that changes something is an event of its
 //! conversation's log (B7), with the next `seq`, committed by the message
-//! writer (`writer.rs`) in the same order as new messages, so live delivery
+//! writer (`writer/`) in the same order as new messages, so live delivery
 //! and `sync` carry them in one order.
 //!
 //! The rules live here, checked inside the transaction that applies the

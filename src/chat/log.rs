@@ -1,6 +1,6 @@
 //! The conversation log (PROTOCOL.md B7): every event that changes a
 //! conversation's history has a `seq`, 1, 2, 3… with no gaps, given in the
-//! transaction that stores it (`writer.rs`). This module turns stored events
+//! transaction that stores it (`writer/`). This module turns stored events
 //! into the frames sessions receive, live and through `sync`, from one
 //! function each, so the two are the same bytes; and it fills the holes the
 //! ChatServer finds in a conversation's live stream from the database.

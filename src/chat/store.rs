@@ -1,7 +1,7 @@
 //! The queries chat needs: contacts, membership, history, read marks, the
 //! quotes replies show, blocked pairs; and `StoreError`, why something was
 //! not stored.
-//! Messages are written by the group-commit writer (`writer.rs`).
+//! Messages are written by the group-commit writer (`writer/`).
 
 use std::collections::{HashMap, HashSet};
 

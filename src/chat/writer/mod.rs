@@ -1,0 +1,457 @@
+//! The `MessageWriter`: one task that commits the message inserts of every
+//! session in batches (group commit). Only once a message's batch has
+//! committed is it acknowledged to its sender and handed to the ChatServer,
+//! in commit order. One transaction per batch of whatever arrived while the
+//! previous one was committing is what lets durable throughput approach the
+//! in-memory rate. The same transaction gives each message the next `seq`
+//! of its conversation (B7, `next_seqs`). Changes to stored messages
+//! (edits, deletions, reactions: B8, `changes.rs`) go through the same
+//! queue, so every event of a conversation reaches the ChatServer in `seq`
+//! order, whichever kind it is.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Recipient;
+use chrono::{DateTime, Utc};
+use entity::{chat, message};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::changes::{self, ChangeOutcome, ChangeRequest};
+use super::log;
+use super::messages::Deliver;
+use super::protocol::{ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
+use super::socket::{Outbox, Queued};
+use super::store;
+pub use super::store::StoreError;
+use crate::metrics::Metrics;
+
+mod commit;
+#[doc(hidden)]
+pub mod commit_gate;
+mod insert;
+
+use commit::*;
+use insert::*;
+
+/// Most inserts committed in one transaction: large enough to amortise the
+/// commit, small enough to keep one batch's latency low.
+const MAX_BATCH: usize = 512;
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub chat: ChatId,
+    pub sender: UserId,
+    pub content: String,
+    pub client_id: Option<String>,
+    /// The message it answers (B8): one of the same conversation, or the
+    /// message is refused `invalid`.
+    pub reply_to: Option<i64>,
+}
+
+/// A message committed now, and what it shows of the one it answers.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub message: message::Model,
+    pub quote: Option<Quote>,
+}
+
+/// What became of a message or change handed to the writer.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// Committed now.
+    New(Posted),
+    /// The sender had already sent this `client_id`: the original message.
+    Duplicate(message::Model),
+    /// A change to a stored message (B8), applied or already so.
+    Changed(ChangeOutcome),
+}
+
+impl Stored {
+    /// The stored message, for a new message or a resend.
+    pub fn message(&self) -> Option<&message::Model> {
+        match self {
+            Stored::New(p) => Some(&p.message),
+            Stored::Duplicate(m) => Some(m),
+            Stored::Changed(_) => None,
+        }
+    }
+}
+
+/// Who is told what became of a message.
+pub enum Submitter {
+    /// A session: the writer answers on its connection (the acknowledgement,
+    /// or the error, logged in its span).
+    Session { outbox: Outbox, span: tracing::Span },
+    /// A caller that awaits the result itself (`MessageWriter::store`).
+    Caller(oneshot::Sender<Result<Stored, StoreError>>),
+}
+
+/// A message handed to `MessageWriter::store`; resolves once its batch
+/// committed (an error when the writer stopped first).
+pub type PendingStore = oneshot::Receiver<Result<Stored, StoreError>>;
+
+/// A message on its way to the database.
+struct Row {
+    message: NewMessage,
+    created_at: DateTime<Utc>,
+}
+
+/// What the writer commits: a new message, or a change to a stored one.
+enum Job {
+    Insert(Row),
+    Change(ChangeRequest),
+}
+
+/// Who waits for a job's commit, since when, and for which request.
+struct Waiter {
+    from: Submitter,
+    arrived: Instant,
+    kind: RequestKind,
+}
+
+struct PendingInsert {
+    job: Job,
+    waiter: Waiter,
+}
+
+/// Handle to the group-commit writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct MessageWriter {
+    tx: mpsc::Sender<PendingInsert>,
+}
+
+impl MessageWriter {
+    /// Starts the writer task on the current tokio runtime, with a queue of
+    /// `capacity` messages; beyond it `submit` answers `Busy`. Committed
+    /// messages go to `server` in commit order. It runs until every handle
+    /// is dropped and the queue is drained, so a graceful shutdown commits
+    /// everything accepted.
+    pub fn with_capacity(
+        db: DatabaseConnection,
+        server: Recipient<Deliver>,
+        metrics: Metrics,
+        capacity: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::with_edit_window(db, server, metrics, capacity, DEFAULT_EDIT_WINDOW)
+    }
+
+    /// As `with_capacity`, with how long after sending a message may be
+    /// edited (`EDIT_WINDOW_SECONDS`, B8).
+    pub fn with_edit_window(
+        db: DatabaseConnection,
+        server: Recipient<Deliver>,
+        metrics: Metrics,
+        capacity: usize,
+        edit_window: chrono::Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = tokio::spawn(run_writer(db, rx, server, metrics, edit_window));
+        (MessageWriter { tx }, task)
+    }
+
+    /// Queues a message from `from`, which arrived at `arrived`. Once its
+    /// batch commits the writer acknowledges it to `from` and hands it to
+    /// the ChatServer, in commit order: so every conversation's events
+    /// reach the ChatServer in `seq` order, and a sender's acknowledgement
+    /// comes before its own sessions get the message.
+    pub fn submit(
+        &self,
+        message: NewMessage,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        let row = Row {
+            message,
+            created_at: Utc::now(),
+        };
+        self.queue(Job::Insert(row), RequestKind::Message, from, arrived)
+    }
+
+    /// Queues a change to a stored message (B8); answered as `submit`
+    /// answers, and its event handed to the ChatServer in commit order.
+    pub fn submit_change(
+        &self,
+        change: ChangeRequest,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        let kind = change.change.kind();
+        self.queue(Job::Change(change), kind, from, arrived)
+    }
+
+    /// Queues a change whose result the caller awaits.
+    pub fn change(&self, change: ChangeRequest) -> Result<PendingStore, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit_change(change, Submitter::Caller(reply), Instant::now())?;
+        Ok(rx)
+    }
+
+    fn queue(
+        &self,
+        job: Job,
+        kind: RequestKind,
+        from: Submitter,
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        let pending = PendingInsert {
+            job,
+            waiter: Waiter {
+                from,
+                arrived,
+                kind,
+            },
+        };
+        match self.tx.try_send(pending) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Queues a message whose result the caller awaits; the ChatServer
+    /// gets it as from `submit`.
+    pub fn store(&self, message: NewMessage) -> Result<PendingStore, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(message, Submitter::Caller(reply), Instant::now())?;
+        Ok(rx)
+    }
+}
+
+/// Tells a job's sender and the ChatServer what became of it.
+fn answer(
+    server: &Recipient<Deliver>,
+    metrics: &Metrics,
+    waiter: Waiter,
+    result: Result<Stored, StoreError>,
+) {
+    let event = match &result {
+        Ok(Stored::New(p)) => Some(log::message_frames(&p.message, p.quote.as_ref())),
+        Ok(Stored::Changed(outcome)) => outcome.event_frames(),
+        _ => None,
+    };
+    match (waiter.from, result) {
+        (Submitter::Caller(reply), result) => {
+            let _ = reply.send(result);
+        }
+        (Submitter::Session { outbox, span }, Err(e)) => {
+            let reply = e.reply(&span, waiter.kind);
+            let _ = outbox.send_text(ServerEvent::error(waiter.kind, reply).to_json());
+        }
+        (Submitter::Session { outbox, .. }, Ok(stored)) => {
+            let ack = match &stored {
+                Stored::New(Posted { message: m, .. }) | Stored::Duplicate(m) => log::ack_frame(m),
+                Stored::Changed(outcome) => outcome.ack_frame(),
+            };
+            if outbox.send_text(ack) == Queued::Yes {
+                metrics.frames_out(1);
+            }
+        }
+    }
+    if let Some(frames) = event {
+        server.do_send(Deliver { frames, skip: None });
+        metrics.message_delivered(waiter.arrived.elapsed());
+    }
+}
+
+/// How long after sending a message may be edited, unless configured.
+pub const DEFAULT_EDIT_WINDOW: chrono::Duration = chrono::Duration::seconds(2 * 24 * 3600);
+
+async fn run_writer(
+    db: DatabaseConnection,
+    rx: mpsc::Receiver<PendingInsert>,
+    server: Recipient<Deliver>,
+    metrics: Metrics,
+    edit_window: chrono::Duration,
+) {
+    let ids = match db.get_database_backend() {
+        DatabaseBackend::MySql => mysql_ids(&db).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read MySQL's auto-increment settings; inserting row by row");
+            MySqlIds::RowByRow
+        }),
+        _ => MySqlIds::RowByRow,
+    };
+    let batch_metrics = metrics.clone();
+    let commit = move |batch: Vec<Job>| {
+        let (db, metrics) = (db.clone(), batch_metrics.clone());
+        async move { commit_jobs(&db, &metrics, batch, ids, edit_window).await }
+    };
+    let answer_metrics = metrics.clone();
+    let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);
+    run_batches(rx, metrics, commit, answer).await;
+}
+
+/// How a MySQL batch learns the ids of its rows (MySQL has no RETURNING).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MySqlIds {
+    /// One multi-row INSERT: its rows get consecutive ids, `increment` apart,
+    /// from `LAST_INSERT_ID()` (the first). InnoDB promises this for inserts
+    /// whose row count is known when `innodb_autoinc_lock_mode` is 0 or 1.
+    Consecutive { increment: i64 },
+    /// One INSERT per row, still one transaction: mode 2 ("interleaved")
+    /// may hand a concurrent insert ids in between.
+    RowByRow,
+}
+
+impl MySqlIds {
+    /// What is safe under `innodb_autoinc_lock_mode` and `auto_increment_increment`.
+    pub fn for_settings(lock_mode: i64, increment: i64) -> Self {
+        match lock_mode {
+            0 | 1 if increment >= 1 => MySqlIds::Consecutive { increment },
+            _ => MySqlIds::RowByRow,
+        }
+    }
+}
+
+/// Reads the server's auto-increment settings: which `MySqlIds` is safe.
+pub async fn mysql_ids(db: &DatabaseConnection) -> Result<MySqlIds, DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DatabaseBackend::MySql,
+            "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED) AS mode, \
+             CAST(@@auto_increment_increment AS SIGNED) AS increment",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no answer for the auto-increment settings".into()))?;
+    let mode: i64 = row.try_get("", "mode")?;
+    let increment: i64 = row.try_get("", "increment")?;
+    let ids = MySqlIds::for_settings(mode, increment);
+    tracing::info!(
+        innodb_autoinc_lock_mode = mode,
+        auto_increment_increment = increment,
+        ?ids,
+        "MySQL batch inserts"
+    );
+    Ok(ids)
+}
+
+/// The writer's loop: whatever arrived while the previous batch was
+/// committing is the next batch, handed to `commit`; then each message's
+/// result is `answer`ed, in batch order.
+async fn run_batches<C, F, A>(
+    mut rx: mpsc::Receiver<PendingInsert>,
+    metrics: Metrics,
+    commit: C,
+    mut answer: A,
+) where
+    C: Fn(Vec<Job>) -> F,
+    F: std::future::Future<Output = Vec<Result<Stored, StoreError>>> + Send + 'static,
+    A: FnMut(Waiter, Result<Stored, StoreError>),
+{
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = Instant::now();
+        let count = batch.len();
+        // New messages first: a change may name a message of this batch,
+        // and the answers (and so the events) go out in `seq` order.
+        batch.sort_by_key(|p| matches!(p.job, Job::Change(_)));
+        let (rows, waiters): (Vec<Job>, Vec<Waiter>) =
+            batch.drain(..).map(|p| (p.job, p.waiter)).unzip();
+        let changes = rows.iter().filter(|j| matches!(j, Job::Change(_))).count();
+        // A task per batch: should a batch ever panic, its senders are told
+        // nothing was stored, and the writer goes on.
+        let results = match tokio::spawn(commit(rows)).await {
+            Ok(results) if results.len() == count => results,
+            Ok(results) => {
+                let error = format!("{count} messages but {} results", results.len());
+                vec![Err(StoreError::Internal(error)); count]
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size = count, "message batch failed unexpectedly; its senders were told");
+                vec![Err(StoreError::Internal("the batch failed".into())); count]
+            }
+        };
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            answer(waiter, result);
+        }
+        metrics.record_store_batch(count, changes, started.elapsed());
+    }
+}
+
+/// What a batch's jobs became, in the batch's order.
+type Results = Vec<Result<Stored, StoreError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(content: &str) -> PendingInsert {
+        let message = NewMessage {
+            chat: ChatId(uuid::Uuid::nil()),
+            sender: UserId(1),
+            content: content.into(),
+            client_id: None,
+            reply_to: None,
+        };
+        let (outbox, _) = crate::chat::socket::outbox(4);
+        PendingInsert {
+            job: Job::Insert(Row {
+                message,
+                created_at: Utc::now(),
+            }),
+            waiter: Waiter {
+                from: Submitter::Session {
+                    outbox,
+                    span: tracing::Span::none(),
+                },
+                arrived: Instant::now(),
+                kind: RequestKind::Message,
+            },
+        }
+    }
+
+    #[test]
+    fn multi_row_inserts_only_where_ids_are_consecutive() {
+        assert_eq!(
+            MySqlIds::for_settings(1, 1),
+            MySqlIds::Consecutive { increment: 1 }
+        );
+        assert_eq!(
+            MySqlIds::for_settings(0, 2),
+            MySqlIds::Consecutive { increment: 2 }
+        );
+        assert_eq!(MySqlIds::for_settings(2, 1), MySqlIds::RowByRow);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_batch_is_answered_not_stored_and_the_writer_goes_on() {
+        let (tx, rx) = mpsc::channel(8);
+        // The first batch panics; later ones are answered with an error of
+        // their own, so the test can tell the writer kept going.
+        let commit = |batch: Vec<Job>| async move {
+            if batch
+                .iter()
+                .any(|p| matches!(p, Job::Insert(r) if r.message.content == "crash"))
+            {
+                panic!("a batch crashed");
+            }
+            vec![Err(StoreError::Internal("second batch".into())); batch.len()]
+        };
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
+            let _ = answers.send(result.err().map(|e| e.to_string()));
+        };
+        let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
+        tx.send(pending("crash")).await.unwrap();
+        assert_eq!(
+            answered.recv().await,
+            Some(Some("message writer: the batch failed".into())),
+            "the sender learns nothing was stored"
+        );
+        tx.send(pending("next")).await.unwrap();
+        assert_eq!(
+            answered.recv().await,
+            Some(Some("message writer: second batch".into()))
+        );
+        drop(tx);
+        writer.await.unwrap();
+    }
+}
