@@ -6,13 +6,14 @@
 # chat-bench attack's phases: quiet, rename, fanout, typing, reconnect.
 #
 #   cargo build --release --workspace
-#   scripts/attack-bench.sh               (MEMBERS=400 SECONDS=10 by default)
+#   scripts/attack-bench.sh    (MEMBERS=400 PHASE_SECONDS=10 RATE=1000 by default:
+#                              the attacker sends RATE requests or frames a second)
 #
 # Prints chat-bench's summary and JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-400}
-SECONDS_PER_PHASE=${SECONDS:-10}
+SECONDS_PER_PHASE=${PHASE_SECONDS:-10}
 SERVER=${SERVER:-target/release/chat-server}
 BENCH=${BENCH:-target/release/chat-bench}
 PORT=${PORT:-8312}
@@ -36,5 +37,6 @@ for _ in $(seq 1 200); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.05
 done
-echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS, $SECONDS_PER_PHASE s a phase"
-"$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" --seconds "$SECONDS_PER_PHASE"
+echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS, $SECONDS_PER_PHASE s a phase, attacker ${RATE:-1000}/s"
+"$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" \
+  --seconds "$SECONDS_PER_PHASE" --rate "${RATE:-1000}"

@@ -63,6 +63,10 @@ pub struct AppState {
     pub password_throttle: AttemptThrottle,
     /// Registrations per client address.
     pub registration_limit: AddressRateLimit,
+    /// Authenticated REST requests per user (all of them, whatever the
+    /// endpoint), at the WebSocket's request rate; counted before the
+    /// token's database checks.
+    pub rest_limit: UserRateLimit,
     /// New contacts, blocks and unblocks per user, over REST and every
     /// socket together, at the WebSocket's request rate: opening sockets
     /// gains nothing.
@@ -127,6 +131,10 @@ impl AppState {
             registration_limit: AddressRateLimit::new(
                 auth.registration_burst,
                 auth.registration_per_minute,
+            ),
+            rest_limit: UserRateLimit::new(
+                limits.rate_limit_burst,
+                limits.rate_limit_per_second.saturating_mul(60),
             ),
             change_limit: UserRateLimit::new(
                 limits.rate_limit_burst,

@@ -1010,3 +1010,33 @@ async fn sign_out_one_device(backend: &Backend) {
 }
 
 backend_tests!(signing_out_closes_and_refuses_that_token_only => sign_out_one_device);
+
+/// REST requests are counted per user before the token's database checks:
+/// a flood from one token meets 429 (with Retry-After) after the burst,
+/// and nobody else does.
+#[actix_rt::test]
+async fn a_rest_flood_from_one_token_is_cut_before_the_database() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_BURST", "5"), ("RATE_LIMIT_PER_SECOND", "1")],
+    )
+    .await;
+    app.pair("alice", "bob").await;
+    let (alice, bob) = (app.login("alice").await, app.login("bob").await);
+    let app = &app;
+    let started = Instant::now();
+    let requests = (0..30).map(|_| {
+        let alice = alice.clone();
+        async move { app.rest(Method::GET, "/api/me/", &alice, None).await.0 }
+    });
+    let statuses = join_all(requests).await;
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(refused + served, 30, "{statuses:?}");
+    // 5 at once, then one a second: at most 5 + the seconds it took.
+    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
+    assert!(served <= allowed, "{served} served, {allowed} allowed");
+    assert!(refused > 0 || allowed >= 30, "{statuses:?}");
+    let (status, _) = app.rest(Method::GET, "/api/me/", &bob, None).await;
+    assert_eq!(status, 200, "another user is not limited");
+}

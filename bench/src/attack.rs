@@ -11,7 +11,10 @@
 //! - `reconnect`: opens and closes sessions in a loop (4 at a time), each
 //!   one a presence change for her group.
 //!
-//! Each pattern is followed by a pause, so the next starts from quiet.
+//! Each pattern is followed by a pause, so the next starts from quiet. The
+//! attacker runs on a thread of its own: on one thread with the probes and
+//! the members' readers, its flood would starve them, and the server would
+//! see readers that stopped reading.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -26,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::group::{accept_all, create_group};
 use super::{
-    add_contact, message_push, ms, open_session, raise_fd_limit, register, setup, ws_url, Account,
+    add_contact, message_push, ms, open_session, raise_fd_limit, register, setup, ws_url,
     BenchError, Clients,
 };
 
@@ -48,6 +51,9 @@ pub struct AttackOptions {
     pub members: usize,
     /// How long each phase lasts.
     pub phase: Duration,
+    /// The attacker's requests (or frames) per second, in total: one
+    /// client's worth, not what saturates this machine's other core.
+    pub rate: u64,
     pub patterns: Vec<Pattern>,
 }
 
@@ -86,18 +92,29 @@ struct Probe {
 }
 
 /// The attacker's tally in the current phase.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tally {
     requests: u64,
     refused: u64,
 }
 
+/// What the attacker's thread works with.
 struct Run {
     base: String,
     clients: Clients,
-    mallory: Account,
+    token: String,
     pk: String,
+    /// Between two requests of one worker.
+    every: Duration,
     tally: Rc<RefCell<Tally>>,
+}
+
+impl Run {
+    fn pace(&self, interval: Duration) -> tokio::time::Interval {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    }
 }
 
 /// Runs `bench attack`.
@@ -139,37 +156,35 @@ pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
     let bob_socket = open_session(clients.get(1), &ws_base, &bob.token).await?;
     actix_rt::spawn(send_probe(bob_socket, direct, probe.clone(), origin));
 
-    let run = Rc::new(Run {
-        base,
-        clients,
-        mallory,
-        pk,
-        tally: Rc::new(RefCell::new(Tally::default())),
-    });
+    drop(clients);
     let mut phases = Vec::new();
     let mut quiet_p99 = 0.0;
     for pattern in std::iter::once(None).chain(opts.patterns.iter().copied().map(Some)) {
-        *run.tally.borrow_mut() = Tally::default();
         eprintln!(
             "phase: {}",
             pattern.map_or("quiet".into(), |p| format!("{p:?}"))
         );
         let start = origin.elapsed();
         let stop_at = Instant::now() + opts.phase;
-        let attackers: Vec<_> = (0..4)
-            .filter_map(|worker| {
-                let run = run.clone();
-                pattern.map(|p| actix_rt::spawn(attacker(run, p, worker, stop_at)))
+        let attack = pattern.map(|p| {
+            let (base, token, pk) = (base.clone(), mallory.token.clone(), pk.clone());
+            let rate = opts.rate.max(1);
+            std::thread::spawn(move || {
+                let attack = attack_thread(base, token, pk, p, rate, stop_at);
+                actix_rt::System::new().block_on(attack)
             })
-            .collect();
+        });
         tokio::time::sleep_until(stop_at.into()).await;
-        for task in attackers {
-            task.abort();
-        }
+        let tally = match attack {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| setup("attacker", "its thread panicked"))?,
+            None => Tally::default(),
+        };
         let end = origin.elapsed();
         // Let the last probes of the phase arrive, and the server calm down.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut phase = measure(&probe.borrow(), start, end, pattern, &run.tally.borrow())?;
+        let mut phase = measure(&probe.borrow(), start, end, pattern, &tally)?;
         if pattern.is_none() {
             quiet_p99 = phase.p99_ms.max(0.001);
         }
@@ -230,10 +245,16 @@ async fn send_probe(socket: super::Socket, pk: String, probe: Rc<RefCell<Probe>>
 
 /// Carol: times bob's probes; everything else she gets is read and dropped.
 async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin: Instant) {
-    let (_sink, mut incoming) = socket.split();
+    let (mut sink, mut incoming) = socket.split();
     while let Some(Ok(frame)) = incoming.next().await {
-        let ws::Frame::Text(bytes) = frame else {
-            continue;
+        let bytes = match frame {
+            ws::Frame::Text(bytes) => bytes,
+            ws::Frame::Ping(payload) => {
+                // Unanswered pings end a session after CLIENT_TIMEOUT_SECONDS.
+                let _ = sink.send(ws::Message::Pong(payload)).await;
+                continue;
+            }
+            _ => continue,
         };
         let Some(push) = message_push(&bytes) else {
             continue;
@@ -252,9 +273,37 @@ async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin:
     }
 }
 
+/// A member: reads everything, answers pings.
 async fn drain(socket: super::Socket) {
-    let (_sink, mut incoming) = socket.split();
-    while incoming.next().await.is_some() {}
+    let (mut sink, mut incoming) = socket.split();
+    while let Some(Ok(frame)) = incoming.next().await {
+        if let ws::Frame::Ping(payload) = frame {
+            let _ = sink.send(ws::Message::Pong(payload)).await;
+        }
+    }
+}
+
+/// The attacker's thread: four workers repeat `pattern` until `stop_at`.
+async fn attack_thread(
+    base: String,
+    token: String,
+    pk: String,
+    pattern: Pattern,
+    rate: u64,
+    stop_at: Instant,
+) -> Tally {
+    let run = Rc::new(Run {
+        base,
+        clients: Clients::new(4),
+        token,
+        pk,
+        // Four workers share the rate (one sends when flooding one socket).
+        every: Duration::from_secs_f64(4.0 / rate as f64),
+        tally: Rc::new(RefCell::new(Tally::default())),
+    });
+    let workers = (0..4).map(|worker| attacker(run.clone(), pattern, worker, stop_at));
+    let _ = tokio::time::timeout_at(stop_at.into(), futures_util::future::join_all(workers)).await;
+    run.tally.take()
 }
 
 /// One of mallory's workers, repeating `pattern` until `stop_at`.
@@ -263,11 +312,13 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
     match pattern {
         Pattern::Rename => {
             let mut n = 0u64;
+            let mut tick = run.pace(run.every);
             while Instant::now() < stop_at {
+                tick.tick().await;
                 n += 1;
                 let res = client
                     .patch(format!("{}/api/groups/{}/", run.base, run.pk))
-                    .bearer_auth(&run.mallory.token)
+                    .bearer_auth(&run.token)
                     .send_json(&json!({"title": format!("renamed {worker} {n}")}))
                     .await;
                 count(&run, res.map(|r| r.status().is_success()).unwrap_or(false));
@@ -275,8 +326,10 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
         }
         Pattern::Reconnect => {
             let ws_base = ws_url(&run.base);
+            let mut tick = run.pace(run.every);
             while Instant::now() < stop_at {
-                let opened = open_session(&client, &ws_base, &run.mallory.token).await;
+                tick.tick().await;
+                let opened = open_session(&client, &ws_base, &run.token).await;
                 count(&run, opened.is_ok());
                 if let Ok(mut socket) = opened {
                     let _ = socket.close().await;
@@ -306,7 +359,7 @@ fn count(run: &Run, accepted: bool) {
 async fn flood(run: &Rc<Run>, pattern: Pattern, client: &awc::Client, stop_at: Instant) {
     // The server may close a socket that floods it: open another.
     while Instant::now() < stop_at {
-        let Ok(socket) = open_session(client, &ws_url(&run.base), &run.mallory.token).await else {
+        let Ok(socket) = open_session(client, &ws_url(&run.base), &run.token).await else {
             count(run, false);
             continue;
         };
@@ -330,7 +383,10 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
         }
     });
     let mut n = 0u64;
+    // One socket carries the whole rate.
+    let mut tick = run.pace(run.every / 4);
     while Instant::now() < stop_at {
+        tick.tick().await;
         n += 1;
         let frame = match pattern {
             Pattern::Typing => json!({"type": "typing", "data": {"id": run.pk}}),
@@ -346,9 +402,5 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
             return;
         }
         run.tally.borrow_mut().requests += 1;
-        if n.is_multiple_of(64) {
-            // Let the reader and the probes run.
-            tokio::task::yield_now().await;
-        }
     }
 }

@@ -55,6 +55,9 @@ enum BenchCommand {
         /// Seconds each phase lasts.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
         seconds: u64,
+        /// The attacker's requests (or frames) per second, in total.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rate: u64,
         /// The patterns, in order (default: all four).
         #[arg(long = "pattern", value_enum)]
         patterns: Vec<chat_bench::Pattern>,
@@ -391,6 +394,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             url,
             members,
             seconds,
+            rate,
             patterns,
         } => {
             let patterns = if patterns.is_empty() {
@@ -403,6 +407,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 url,
                 members: members as usize,
                 phase: std::time::Duration::from_secs(seconds),
+                rate,
                 patterns,
             };
             let r = chat_bench::attack(options).await?;

@@ -9,6 +9,7 @@ use entity::user;
 use paperclip::actix::Apiv2Security;
 
 use super::Claims;
+use crate::chat::protocol::UserId;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -36,7 +37,18 @@ impl FromRequest for AuthUser {
             let token = token.ok_or_else(|| {
                 ApiError::Unauthorized("Authentication credentials were not provided.".into())
             })?;
-            let (user, claims) = super::authenticate_claims(&state.db, &state.keys, &token).await?;
+            let claims = state
+                .keys
+                .decode(&token)
+                .map_err(|_| super::AuthError::InvalidToken)?;
+            // Before any database work: a token-holder's requests are
+            // counted first, so a flood costs a signature check each, not
+            // queries (README "Security").
+            state
+                .rest_limit
+                .take(UserId(claims.user_id()))
+                .map_err(ApiError::TooManyRequests)?;
+            let (user, claims) = super::current_user(&state.db, claims).await?;
             Ok(AuthUser(user, claims))
         })
     }

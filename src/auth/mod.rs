@@ -48,6 +48,16 @@ pub async fn authenticate_claims(
     token: &str,
 ) -> Result<(user::Model, Claims), AuthError> {
     let claims = keys.decode(token).map_err(|_| AuthError::InvalidToken)?;
+    current_user(db, claims).await
+}
+
+/// The user behind claims already decoded (signature and expiry checked),
+/// if the token is still current and the user active: the database's part
+/// of `authenticate`.
+pub async fn current_user(
+    db: &DatabaseConnection,
+    claims: Claims,
+) -> Result<(user::Model, Claims), AuthError> {
     let user = user::Entity::find_by_id(claims.user_id())
         .one(db)
         .await?

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix::Addr;
 use chrono::Utc;
 use entity::{chat, chat_member, invitation, user};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
@@ -205,6 +205,31 @@ pub(super) async fn lock_row<C: ConnectionTrait>(txn: &C, chat: ChatId) -> Resul
         .exec(txn)
         .await?;
     Ok(())
+}
+
+/// The title of the group `chat`, of which `caller` must be a member: two
+/// indexed lookups, however large the group.
+async fn group_title<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+    caller: UserId,
+) -> Result<Option<String>, GroupError> {
+    let is_member = chat_member::Entity::find_by_id((chat.0, caller.0))
+        .one(db)
+        .await?
+        .is_some();
+    let found = chat::Entity::find_by_id(chat.0)
+        .one(db)
+        .await?
+        .filter(|_| is_member)
+        .ok_or(GroupError::NotFound)?;
+    if found.kind != chat::ChatKind::Group {
+        return Err(GroupError::invalid(
+            "id",
+            "a direct conversation has no members to change or title to set",
+        ));
+    }
+    Ok(found.title)
 }
 
 /// Locks the conversation's row and loads it with its members; the caller
@@ -529,21 +554,43 @@ impl Groups {
     ) -> Result<Changed, GroupError> {
         let title = clean_title(title)?;
         self.budget.charge_user(caller)?;
-        let txn = self.db.begin().await?;
-        let row = lock_group(&txn, chat, caller).await?;
+        // The checks read, outside any transaction; the change is one
+        // statement that checks membership again as it writes. No lock is
+        // held while a large group's members are loaded (on SQLite, the
+        // write lock every message waits for).
+        let current = group_title(&self.db, chat, caller).await?;
         self.budget.charge_group(chat)?;
-        if row.chat.title.as_deref() == Some(title.as_str()) {
-            return unchanged(row);
+        if current.as_deref() != Some(title.as_str()) {
+            let member = Query::select()
+                .expr(Expr::val(1))
+                .from(chat_member::Entity)
+                .and_where(chat_member::Column::ChatId.eq(chat.0))
+                .and_where(chat_member::Column::UserId.eq(caller.0))
+                .to_owned();
+            let renamed = chat::Entity::update_many()
+                .col_expr(chat::Column::Title, Expr::value(title))
+                .filter(chat::Column::Id.eq(chat.0))
+                .filter(Expr::exists(member))
+                .exec(&self.db)
+                .await?;
+            if renamed.rows_affected == 0 {
+                return Err(GroupError::NotFound);
+            }
+        } else {
+            let row = store::conversation(&self.db, chat).await?;
+            return unchanged(row.ok_or(GroupError::NotFound)?);
         }
-        chat::Entity::update_many()
-            .col_expr(chat::Column::Title, Expr::value(title))
-            .filter(chat::Column::Id.eq(chat.0))
-            .exec(&txn)
-            .await?;
-        commit(txn, chat, Vec::new(), Vec::new(), |_| {
-            ConversationChange::Renamed
+        let row = store::conversation(&self.db, chat)
+            .await?
+            .ok_or(GroupError::NotFound)?;
+        Ok(Changed {
+            change: Some(ConversationChange::Renamed),
+            row,
+            added: Vec::new(),
+            removed: Vec::new(),
+            invited: None,
+            newly_invited: Default::default(),
         })
-        .await
     }
 }
 
