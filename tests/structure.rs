@@ -3,6 +3,7 @@
 //! imports and never has to go round in a circle). A module may use its
 //! ancestors' items (`super::internal_reply`) and its children; the graph
 //! is between the rest. Test code (`#[cfg(test)]` onwards) is left out.
+//! And no source file is longer than `MAX_FILE_LINES`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -138,5 +139,38 @@ fn the_check_finds_a_cycle() {
     assert_eq!(
         find_cycle(&graph),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+}
+
+/// Longest a source file may be: one a newcomer reads in one sitting. A
+/// module that outgrows it becomes a folder (`mod.rs` and files named for
+/// what each holds).
+const MAX_FILE_LINES: usize = 600;
+
+#[test]
+fn no_source_file_is_longer_than_a_sitting() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut long = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path)
+                    .expect("a source file")
+                    .lines()
+                    .count();
+                if lines > MAX_FILE_LINES {
+                    long.push(format!("{} ({lines} lines)", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "over {MAX_FILE_LINES} lines: {}",
+        long.join(", ")
     );
 }

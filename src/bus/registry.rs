@@ -2,7 +2,7 @@
 //! whose value is the newest envelope version it reads), which users each
 //! has online, and the commands that keep it: registering, the heartbeat's
 //! liveness check with its burials, presence changes. The bridge
-//! (`redis.rs`) decides when to run them and what follows from them.
+//! (`redis/`) decides when to run them and what follows from them.
 
 use std::collections::HashSet;
 use std::time::Duration;

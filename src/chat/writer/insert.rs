@@ -143,60 +143,32 @@ pub(super) async fn insert_unnest<C: ConnectionTrait>(
     batch: &[(&Row, i64)],
 ) -> Result<Vec<message::Model>, DbErr> {
     use sea_orm::sea_query::{ArrayType, Value};
-    let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
+    // One array per column, its values in the batch's order.
+    let column = |ty: ArrayType, value: &dyn Fn(&Row, i64) -> Value| {
+        let values = batch.iter().map(|(p, seq)| value(p, *seq)).collect();
+        Value::Array(ty, Some(Box::new(values)))
+    };
     let values = vec![
-        array(
-            ArrayType::Uuid,
-            batch
-                .iter()
-                .map(|(p, _)| Value::Uuid(Some(p.message.chat.0)))
-                .collect(),
-        ),
-        array(
-            ArrayType::BigInt,
-            batch
-                .iter()
-                .map(|(p, _)| Value::BigInt(Some(p.message.sender.0)))
-                .collect(),
-        ),
-        array(
-            ArrayType::String,
-            batch
-                .iter()
-                .map(|(p, _)| Value::String(Some(p.message.content.clone())))
-                .collect(),
-        ),
+        column(ArrayType::Uuid, &|p, _| Value::Uuid(Some(p.message.chat.0))),
+        column(ArrayType::BigInt, &|p, _| {
+            Value::BigInt(Some(p.message.sender.0))
+        }),
+        column(ArrayType::String, &|p, _| {
+            Value::String(Some(p.message.content.clone()))
+        }),
         // Arrays cannot hold NULLs here: no client_id travels as '' (never a
         // real one: empty ids are dropped at the edge) and NULLIF restores it.
-        array(
-            ArrayType::String,
-            batch
-                .iter()
-                .map(|(p, _)| Value::String(Some(p.message.client_id.clone().unwrap_or_default())))
-                .collect(),
-        ),
-        array(
-            ArrayType::BigInt,
-            batch
-                .iter()
-                .map(|(_, seq)| Value::BigInt(Some(*seq)))
-                .collect(),
-        ),
-        array(
-            ArrayType::ChronoDateTimeUtc,
-            batch
-                .iter()
-                .map(|(p, _)| Value::ChronoDateTimeUtc(Some(p.created_at)))
-                .collect(),
-        ),
+        column(ArrayType::String, &|p, _| {
+            Value::String(Some(p.message.client_id.clone().unwrap_or_default()))
+        }),
+        column(ArrayType::BigInt, &|_, seq| Value::BigInt(Some(seq))),
+        column(ArrayType::ChronoDateTimeUtc, &|p, _| {
+            Value::ChronoDateTimeUtc(Some(p.created_at))
+        }),
         // No reply travels as 0 (never a message id) and NULLIF restores it.
-        array(
-            ArrayType::BigInt,
-            batch
-                .iter()
-                .map(|(p, _)| Value::BigInt(Some(p.message.reply_to.unwrap_or(0))))
-                .collect(),
-        ),
+        column(ArrayType::BigInt, &|p, _| {
+            Value::BigInt(Some(p.message.reply_to.unwrap_or(0)))
+        }),
     ];
     let statement = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Postgres,

@@ -26,7 +26,7 @@
 //! reloads its users' conversations (membership changes made elsewhere
 //! meanwhile were missed); the others reload theirs when they hear it is back.
 //!
-//! This file is the actor. Beside it: `envelope.rs` (what travels, and its
+//! This folder is the actor. Beside it: `envelope/` (what travels, and its
 //! versions), `names.rs` (keys and channels), `link.rs` (the connections
 //! and their ordered queues), `registry.rs` (the registry's commands).
 
@@ -55,6 +55,11 @@ use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::store;
 use crate::metrics::Metrics;
+
+mod liveness;
+mod traffic;
+
+pub use traffic::Publish;
 
 /// First and largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -94,7 +99,7 @@ pub struct RedisBridge {
     pub(super) rooms: HashSet<ChatId>,
     pub(super) link: Option<Link>,
     /// The envelope version written: the newest every live instance reads
-    /// (envelope.rs, "Versions"); 1 until the registry has been read.
+    /// (`envelope/`, "Versions"); 1 until the registry has been read.
     pub(super) write_version: u8,
     pub(super) connecting: bool,
     pub(super) backoff: Duration,
@@ -357,173 +362,6 @@ impl RedisBridge {
     }
 }
 
-impl RedisBridge {
-    fn user_presence(&mut self, user: UserId, online: bool, notify: Vec<ChatId>) {
-        if online {
-            self.local_users.insert(user);
-        } else {
-            self.local_users.remove(&user);
-        }
-        let commands = presence_commands(&self.names, user, online, notify, self.write_version);
-        self.send(commands);
-    }
-
-    /// Refreshes our liveness and buries instances whose key expired.
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let mut conn = link.publisher.clone();
-        let names = self.names.clone();
-        let version = self.write_version;
-        let check = async move { check_liveness(&mut conn, &names, version).await };
-        ctx.spawn(check.into_actor(self).map(|result, act, ctx| match result {
-            Ok((buried, readable)) => {
-                act.set_write_version(readable);
-                for dead in buried {
-                    tracing::warn!(dead = %dead, "instance stopped refreshing its liveness; clearing its users");
-                    act.bury(&dead, true, ctx);
-                }
-            }
-            Err(e) => act.lost(ctx, &e.to_string()),
-        }));
-    }
-
-    /// Writes envelopes of `version` from now on: the newest every live
-    /// instance reads (envelope.rs, "Versions").
-    fn set_write_version(&mut self, version: u8) {
-        if version != self.write_version {
-            tracing::info!(
-                from = self.write_version,
-                to = version,
-                "envelope version changed: the newest every live instance reads"
-            );
-            self.write_version = version;
-        }
-    }
-
-    /// Forgets a dead instance's users; the burying instance also tells their
-    /// contacts (anywhere) that they went offline.
-    fn bury(&mut self, dead: &str, notify_contacts: bool, ctx: &mut Context<Self>) {
-        let gone: Vec<(UserId, bool)> = self
-            .presence
-            .drop_instance(dead)
-            .into_iter()
-            .filter(|u| !self.presence.is_online(*u))
-            .map(|u| (u, false))
-            .collect();
-        if notify_contacts {
-            // The instance that buried it tells everyone, through the bus.
-            self.tell_presence(gone, true, ctx);
-        }
-    }
-
-    /// Re-reads the users another instance registered after an outage.
-    fn resync(&mut self, instance: String, ctx: &mut Context<Self>) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let mut conn = link.publisher.clone();
-        let key = self.names.users_of(&instance);
-        let read = async move {
-            let users: redis::RedisResult<HashSet<String>> = conn.smembers(key).await;
-            users
-        };
-        ctx.spawn(
-            read.into_actor(self)
-                .map(move |result, act, ctx| match result {
-                    Ok(users) => {
-                        let users: Vec<UserId> = users
-                            .iter()
-                            .filter_map(|u| u.parse().ok())
-                            .map(UserId)
-                            .collect();
-                        let changes = act.presence.replace_instance(&instance, &users);
-                        act.tell_presence(changes, false, ctx);
-                    }
-                    Err(e) => act.lost(ctx, &e.to_string()),
-                }),
-        );
-    }
-
-    /// Reloads the conversations of every user connected here from the
-    /// database: membership changes made while an instance was cut off from
-    /// Redis never reached the others.
-    /// Reloads the conversations of the users here from the database (the
-    /// changes made while Redis was away never reached us); then, if given,
-    /// starts handling `stream`, so that no event from the other instances
-    /// is delivered by the old memberships.
-    fn reload_memberships(&mut self, ctx: &mut Context<Self>, stream: Option<Messages>) {
-        self.membership.set_current(false);
-        let (db, membership, server) = (
-            self.db.clone(),
-            self.membership.clone(),
-            self.server.clone(),
-        );
-        let reload = async move {
-            for _ in 0..5 {
-                let since = membership.seq();
-                let users = server.local_users.send(LocalUsers).await?;
-                let chats = match store::chats_of_users(&db, &users).await {
-                    Ok(chats) => chats,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reload memberships after a Redis outage");
-                        return Ok(());
-                    }
-                };
-                if server
-                    .replace_chats
-                    .send(ReplaceChats { chats, since })
-                    .await?
-                {
-                    membership.set_current(true);
-                    return Ok(());
-                }
-            }
-            tracing::warn!("memberships changed too fast to reload; they are reloaded at the next reconnection");
-            Ok::<_, MailboxError>(())
-        };
-        ctx.spawn(reload.into_actor(self).map(|_, _, ctx| {
-            if let Some(stream) = stream {
-                ctx.add_stream(stream);
-            }
-        }));
-    }
-
-    /// Tells the conversations of users whose online state changed: through
-    /// the bus to every instance (`everywhere`), or to this instance's
-    /// sessions only (each instance found the change itself). The
-    /// conversations come from the database here; the ChatServer builds and
-    /// routes the frames.
-    fn tell_presence(
-        &mut self,
-        changes: Vec<(UserId, bool)>,
-        everywhere: bool,
-        ctx: &mut Context<Self>,
-    ) {
-        if changes.is_empty() {
-            return;
-        }
-        let (db, server) = (self.db.clone(), self.server.presence.clone());
-        let tell = async move {
-            for (user, online) in changes {
-                match store::presence_chats(&db, user).await {
-                    Ok(chats) => server.do_send(TellPresence {
-                        user,
-                        online,
-                        chats,
-                        everywhere,
-                    }),
-                    Err(e) => {
-                        tracing::error!(error = %e, user = user.0, "cannot load conversations for presence")
-                    }
-                }
-            }
-        };
-        ctx.spawn(tell.into_actor(self));
-    }
-}
-
 impl Handler<LinkLost> for RedisBridge {
     type Result = ();
 
@@ -553,215 +391,6 @@ impl StreamHandler<Incoming> for RedisBridge {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         self.lost(ctx, "subscription connection closed");
-    }
-}
-
-impl RedisBridge {
-    /// An envelope from another instance (our own are ignored). (Long on
-    /// purpose: one arm per envelope kind, each handing it to what applies it.)
-    pub(super) fn received(&mut self, msg: redis::Msg, ctx: &mut Context<Self>) {
-        let Some(envelope) = Envelope::decode(msg.get_payload_bytes()) else {
-            let channel = msg.get_channel_name();
-            tracing::warn!(channel, "undecodable message on a bus channel");
-            return;
-        };
-        let me = self.names.instance.as_str();
-        match envelope {
-            Envelope::Conversation {
-                origin,
-                chat,
-                seq,
-                user,
-                own,
-                others,
-            } if origin != me => {
-                let frames = ConversationFrames {
-                    chat,
-                    seq,
-                    user,
-                    own: own.map(Bytes::copy_from_slice),
-                    others: Bytes::copy_from_slice(others),
-                };
-                self.server.deliver.do_send(DeliverRemote { frames });
-            }
-            // Each change comes twice (see `publish_membership`).
-            Envelope::Membership { origin, id, change }
-                if origin != me && self.changes_seen.first_time(origin, id) =>
-            {
-                self.server.membership.do_send(ApplyMembership {
-                    change: Arc::new(change),
-                    broadcast: false,
-                });
-            }
-            Envelope::Revoke {
-                origin,
-                user,
-                current_version,
-                token,
-            } if origin != me => {
-                self.server.revoke.do_send(RevokeUser {
-                    user,
-                    current_version,
-                    token,
-                    broadcast: false,
-                });
-            }
-            Envelope::Blocked {
-                origin,
-                chat,
-                blocked,
-            } if origin != me => {
-                self.server.blocked.do_send(SetBlocked {
-                    pair: None,
-                    chat: Some(chat),
-                    blocked,
-                    broadcast: false,
-                });
-            }
-            Envelope::BlockedPair {
-                origin,
-                pair,
-                blocked,
-            } if origin != me => {
-                self.server.blocked.do_send(SetBlocked {
-                    pair: Some(pair),
-                    chat: None,
-                    blocked,
-                    broadcast: false,
-                });
-            }
-            Envelope::ToUser {
-                origin,
-                user,
-                frame,
-            } if origin != me => {
-                self.server.to_user.do_send(DeliverToUser {
-                    user,
-                    frame: Bytes::copy_from_slice(frame),
-                    broadcast: false,
-                });
-            }
-            Envelope::Presence {
-                origin,
-                user,
-                online,
-                notify,
-                registry,
-            } if origin != me => {
-                if registry {
-                    self.presence.set_remote(user, origin, online);
-                }
-                if !notify.is_empty() {
-                    self.server.presence.do_send(TellPresence {
-                        user,
-                        online,
-                        chats: notify,
-                        everywhere: false,
-                    });
-                }
-            }
-            Envelope::InstanceDown { origin, dead } if origin != me => {
-                let dead = dead.to_string();
-                self.bury(&dead, false, ctx);
-            }
-            Envelope::Resync { origin } if origin != me => {
-                let origin = origin.to_string();
-                self.resync(origin, ctx);
-                self.reload_memberships(ctx, None);
-            }
-            _ => {}
-        }
-    }
-
-    /// A cluster node ended a sharded subscription: the confirmation of
-    /// ours (the channel is no longer wanted), or the node's own because
-    /// the channel's slot moved to another master, after which we subscribe
-    /// again (the cluster client finds the new owner). Events published in
-    /// between are missed live, as in an outage: the next event of the
-    /// conversation shows the gap in `seq`, which is filled from the
-    /// database, and clients catch up with `sync` (B7).
-    pub(super) fn unsubscribed(&mut self, channel: String) {
-        let wanted = channel == self.names.control()
-            || self
-                .names
-                .chat_of(&channel)
-                .is_some_and(|chat| self.rooms.contains(&chat));
-        if let (true, Some(link)) = (wanted, &self.link) {
-            tracing::info!(
-                channel,
-                "a cluster node dropped our subscription (slot moved); subscribing again"
-            );
-            let _ = link.subscriptions.send(Subscription::Change(channel, true));
-        }
-    }
-}
-
-/// An event for the other instances.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Publish(pub BusEvent);
-
-impl Handler<Publish> for RedisBridge {
-    type Result = ();
-
-    fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
-        let origin = self.names.instance.as_str();
-        match event {
-            BusEvent::Conversation(frames) => self.publish_conversation(&frames),
-            BusEvent::Room { chat, open } => self.room(chat, open),
-            BusEvent::Membership(change) => self.publish_membership(&change),
-            BusEvent::Presence {
-                user,
-                online,
-                notify,
-                registry: true,
-            } => self.user_presence(user, online, notify),
-            BusEvent::Presence {
-                user,
-                online,
-                notify,
-                registry: false,
-            } => self.publish_control(Envelope::Presence {
-                origin,
-                user,
-                online,
-                notify,
-                registry: false,
-            }),
-            BusEvent::Revoke {
-                user,
-                current_version,
-                token,
-            } => self.publish_control(Envelope::Revoke {
-                origin,
-                user,
-                current_version,
-                token,
-            }),
-            BusEvent::Blocked {
-                pair,
-                chat,
-                blocked,
-            } => {
-                if let Some(chat) = chat {
-                    self.publish_control(Envelope::Blocked {
-                        origin,
-                        chat,
-                        blocked,
-                    });
-                }
-                self.publish_control(Envelope::BlockedPair {
-                    origin,
-                    pair,
-                    blocked,
-                })
-            }
-            BusEvent::ToUser { user, frame } => self.publish_control(Envelope::ToUser {
-                origin,
-                user,
-                frame: &frame,
-            }),
-        }
     }
 }
 
@@ -816,20 +445,4 @@ impl Handler<Deregister> for RedisBridge {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_change_is_applied_once() {
-        let mut seen = SeenChanges::default();
-        assert!(seen.first_time("a", 1));
-        assert!(!seen.first_time("a", 1), "the second copy");
-        assert!(seen.first_time("b", 1), "another origin's change 1");
-        for id in 2..=SeenChanges::KEEP as u64 + 1 {
-            assert!(seen.first_time("a", id));
-        }
-        assert_eq!(seen.order.len(), SeenChanges::KEEP);
-        assert!(seen.first_time("a", 1), "forgotten after KEEP newer ones");
-        assert!(!seen.first_time("a", SeenChanges::KEEP as u64));
-    }
-}
+mod tests;

@@ -1,243 +1,12 @@
-//! Changes to stored messages (PROTOCOL.md B8): edits, deletions and
-//! reactions. Each change that changes something is an event of its
-//! conversation's log (B7), with the next `seq`, committed by the message
-//! writer (`writer/`) in the same order as new messages, so live delivery
-//! and `sync` carry them in one order.
-//!
-//! The rules live here, checked inside the transaction that applies the
-//! change, with the conversation's row locked: two instances changing the
-//! same message at once see each other's result (a deletion racing an edit
-//! never brings the text back).
+//! Applying a batch of changes in the writer's transaction: what is known of
+//! the messages they name, the rules checked against it, the rows written,
+//! and each change's `seq`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-
-use chrono::{DateTime, Utc};
-use entity::{chat, chat_member, message, message_event, reaction};
-use message_event::EventKind;
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
-};
-
-use super::messages::ConversationFrames;
-use super::protocol::{
-    format_time, ChatId, ErrorCode, MessageDeleted, MessageEdited, ReactionEvent, Reply,
-    RequestKind, ServerEvent, UserId,
-};
-use super::store::{self, StoreError};
-
-/// Most distinct emoji on one message.
-pub const MAX_EMOJI_PER_MESSAGE: u64 = 20;
-/// Why a message or change in a direct conversation with a block is refused (C10).
-pub const BLOCKED: &str = "messages between you and this person are blocked";
-/// Why a change of a deleted message is refused.
-pub const DELETED: &str = "the message was deleted";
-
-/// A change one user asks for.
-#[derive(Debug, Clone)]
-pub struct ChangeRequest {
-    pub user: UserId,
-    pub change: Change,
-}
-
-/// What to change. Content and emoji are checked by the caller (`emoji`
-/// already in its canonical form, see `canonical_emoji`).
-#[derive(Debug, Clone)]
-pub enum Change {
-    Edit { id: i64, content: String },
-    Delete { id: i64 },
-    React { id: i64, emoji: String, on: bool },
-}
-
-impl Change {
-    /// The message it changes.
-    pub fn message_id(&self) -> i64 {
-        match self {
-            Change::Edit { id, .. } | Change::Delete { id } | Change::React { id, .. } => *id,
-        }
-    }
-
-    /// The request it answers.
-    pub fn kind(&self) -> RequestKind {
-        match self {
-            Change::Edit { .. } => RequestKind::EditMessage,
-            Change::Delete { .. } => RequestKind::DeleteMessage,
-            Change::React { .. } => RequestKind::React,
-        }
-    }
-}
-
-/// The state a change left, as its answer and (when it changed something)
-/// its event tell it.
-#[derive(Debug, Clone)]
-pub enum Applied {
-    Edited(MessageEdited),
-    Deleted(MessageDeleted),
-    Reacted(ReactionEvent),
-}
-
-/// What became of a change: `changed` is false when it asked for what was
-/// already so (no event, no push).
-#[derive(Debug, Clone)]
-pub struct ChangeOutcome {
-    pub applied: Applied,
-    pub changed: bool,
-}
-
-impl ChangeOutcome {
-    /// The `X_response` to whoever asked.
-    pub fn ack_frame(&self) -> bytes::Bytes {
-        let ok = Some("success");
-        match &self.applied {
-            Applied::Edited(e) => {
-                let ack = MessageEdited {
-                    status: ok,
-                    ..e.clone()
-                };
-                ServerEvent::EditMessageResponse(Reply::Ok(&ack)).to_json()
-            }
-            Applied::Deleted(d) => {
-                let ack = MessageDeleted {
-                    status: ok,
-                    ..d.clone()
-                };
-                ServerEvent::DeleteMessageResponse(Reply::Ok(&ack)).to_json()
-            }
-            Applied::Reacted(r) => {
-                let ack = ReactionEvent {
-                    status: ok,
-                    ..r.clone()
-                };
-                ServerEvent::ReactResponse(Reply::Ok(&ack)).to_json()
-            }
-        }
-    }
-
-    /// The event's frames for every member, when something changed.
-    pub fn event_frames(&self) -> Option<ConversationFrames> {
-        if !self.changed {
-            return None;
-        }
-        let (pk, seq, frame) = match &self.applied {
-            Applied::Edited(e) => (e.pk, e.seq, ServerEvent::MessageEdited(e).to_json()),
-            Applied::Deleted(d) => (d.pk, Some(d.seq), ServerEvent::MessageDeleted(d).to_json()),
-            Applied::Reacted(r) => (r.pk, r.seq, ServerEvent::Reaction(r).to_json()),
-        };
-        Some(ConversationFrames {
-            chat: pk,
-            seq,
-            user: None,
-            own: None,
-            others: frame,
-        })
-    }
-}
-
-/// The canonical (fully qualified) form of `text` when it is exactly one
-/// emoji, so that "❤" and "❤️" are one reaction; `None` otherwise.
-pub fn canonical_emoji(text: &str) -> Option<&'static str> {
-    emojis::get(text).map(|e| e.as_str())
-}
-
-/// Why `content` is not a message's text, if it is not (B3): the rule for
-/// `message`, `edit_message` and REST's edit alike.
-pub fn content_error(content: &str, max_chars: usize) -> Option<String> {
-    let chars = content.trim().chars().count();
-    if chars == 0 {
-        Some("content must not be empty".into())
-    } else if chars > max_chars {
-        Some(format!("content is longer than {max_chars} characters"))
-    } else {
-        None
-    }
-}
-
-/// The frame of a stored event, as it was pushed (`sync`, hole filling).
-/// An edit's text is the one it set (empty once the message was deleted).
-pub fn event_frame(e: &message_event::Model) -> bytes::Bytes {
-    let pk = ChatId(e.chat_id);
-    match e.kind {
-        EventKind::Edited => ServerEvent::MessageEdited(&MessageEdited {
-            status: None,
-            pk,
-            seq: Some(e.seq),
-            id: e.message_id,
-            content: e.content.clone().unwrap_or_default(),
-            edited_at: Some(format_time(&e.created_at)),
-        })
-        .to_json(),
-        EventKind::Deleted => ServerEvent::MessageDeleted(&MessageDeleted {
-            status: None,
-            pk,
-            seq: e.seq,
-            id: e.message_id,
-        })
-        .to_json(),
-        EventKind::Reaction => ServerEvent::Reaction(&ReactionEvent {
-            status: None,
-            pk,
-            seq: Some(e.seq),
-            id: e.message_id,
-            user_id: e.user_id,
-            emoji: e.emoji.clone().unwrap_or_default(),
-            on: e.added.unwrap_or(false),
-        })
-        .to_json(),
-    }
-}
-
-fn refused(code: ErrorCode, message: impl Into<String>) -> StoreError {
-    StoreError::Refused {
-        code,
-        message: message.into(),
-    }
-}
-
-fn not_found() -> StoreError {
-    refused(ErrorCode::NotFound, "message not found")
-}
-
-/// The conversation of each message `batch` changes (a message never moves
-/// between conversations, so this is read before any transaction).
-pub async fn chats_of(
-    db: &DatabaseConnection,
-    batch: &[ChangeRequest],
-) -> Result<HashMap<i64, uuid::Uuid>, DbErr> {
-    let ids: BTreeSet<i64> = batch.iter().map(|r| r.change.message_id()).collect();
-    Ok(message::Entity::find()
-        .select_only()
-        .column(message::Column::Id)
-        .column(message::Column::ChatId)
-        .filter(message::Column::Id.is_in(ids))
-        .into_tuple::<(i64, uuid::Uuid)>()
-        .all(db)
-        .await?
-        .into_iter()
-        .collect())
-}
-
-/// Applies `batch` in order, in one transaction of its own; each entry's
-/// result is its answer (a refusal is an answer, not a failure of the
-/// batch). `Err` when the database failed: nothing of the batch was stored.
-pub async fn commit(
-    db: &DatabaseConnection,
-    batch: &[ChangeRequest],
-    edit_window: chrono::Duration,
-) -> Result<Vec<Result<ChangeOutcome, StoreError>>, DbErr> {
-    let chat_of = chats_of(db, batch).await?;
-    let txn = crate::db::begin_write(db).await?;
-    let chats: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
-    lock_chats(&txn, &chats).await?;
-    let results = apply_all(&txn, batch, &chat_of, edit_window).await?;
-    txn.commit().await?;
-    Ok(results)
-}
+use super::*;
 
 /// What the batch's changes need to know, read in a few queries for the
 /// whole batch, then kept up to date in memory as each change is decided.
-struct Known {
+pub(super) struct Known {
     chats: HashMap<uuid::Uuid, chat::Model>,
     messages: HashMap<i64, message::Model>,
     roles: HashMap<(uuid::Uuid, i64), chat_member::Role>,
@@ -311,7 +80,7 @@ impl Known {
 }
 
 /// Which of `chats` are direct conversations whose two people have a block.
-async fn blocked_chats<C: ConnectionTrait>(
+pub(super) async fn blocked_chats<C: ConnectionTrait>(
     txn: &C,
     chats: &HashMap<uuid::Uuid, chat::Model>,
 ) -> Result<HashSet<uuid::Uuid>, DbErr> {
@@ -333,7 +102,7 @@ async fn blocked_chats<C: ConnectionTrait>(
 
 /// How many people set each (message, emoji) on the messages `batch`
 /// reacts to, and which of those reactions are `users`' own.
-async fn reactions_on<C: ConnectionTrait>(
+pub(super) async fn reactions_on<C: ConnectionTrait>(
     txn: &C,
     batch: &[ChangeRequest],
     users: BTreeSet<i64>,
@@ -376,7 +145,7 @@ async fn reactions_on<C: ConnectionTrait>(
 /// The reaction rows a batch adds and removes: its net effect, written at
 /// the end in a statement or two.
 #[derive(Default)]
-struct ReactionWrites {
+pub(super) struct ReactionWrites {
     add: HashSet<(i64, i64, String)>,
     remove: HashSet<(i64, i64, String)>,
 }
@@ -482,64 +251,8 @@ pub async fn apply_all<C: ConnectionTrait>(
     Ok(results)
 }
 
-/// Moves each conversation's `seq` to its new value, in one statement
-/// (also the writer's, for new messages on MySQL).
-pub(crate) async fn set_seqs<C: ConnectionTrait>(
-    txn: &C,
-    moved: &[(uuid::Uuid, i64)],
-) -> Result<(), DbErr> {
-    let Some(((first, seq), rest)) = moved.split_first() else {
-        return Ok(());
-    };
-    let mut to = Expr::case(chat::Column::Id.eq(*first), *seq);
-    for (chat, seq) in rest {
-        to = to.case(chat::Column::Id.eq(*chat), *seq);
-    }
-    chat::Entity::update_many()
-        .col_expr(
-            chat::Column::Seq,
-            to.finally(Expr::col(chat::Column::Seq)).into(),
-        )
-        .filter(chat::Column::Id.is_in(moved.iter().map(|(chat, _)| *chat)))
-        .exec(txn)
-        .await?;
-    Ok(())
-}
-
-/// Locks `chats` for this transaction, in id order (new messages lock them
-/// in the same order, `writer::next_seqs`, and a batch of both locks all
-/// its conversations here first). SQLite has one writer at a time: an
-/// UPDATE first makes this transaction that writer.
-pub async fn lock_chats<C: ConnectionTrait>(
-    txn: &C,
-    chats: &BTreeSet<uuid::Uuid>,
-) -> Result<(), DbErr> {
-    if chats.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = chats.iter().copied().collect();
-    if txn.get_database_backend() == DatabaseBackend::Sqlite {
-        chat::Entity::update_many()
-            .col_expr(chat::Column::Seq, Expr::col(chat::Column::Seq))
-            .filter(chat::Column::Id.is_in(ids))
-            .exec(txn)
-            .await?;
-    } else {
-        chat::Entity::find()
-            .select_only()
-            .column(chat::Column::Id)
-            .filter(chat::Column::Id.is_in(ids))
-            .order_by_asc(chat::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<uuid::Uuid>()
-            .all(txn)
-            .await?;
-    }
-    Ok(())
-}
-
 /// One batch of changes being decided: what it knows, what it will write.
-struct Batch {
+pub(super) struct Batch {
     known: Known,
     reactions: ReactionWrites,
     events: Vec<message_event::ActiveModel>,
@@ -695,43 +408,67 @@ impl Batch {
         id: i64,
     ) -> Result<ChangeOutcome, DbErr> {
         let m = self.known.messages.get(&id).expect("checked by apply");
-        let (chat_id, pk) = (m.chat_id, ChatId(m.chat_id));
+        let (chat_id, pk, seq_of_message) = (m.chat_id, ChatId(m.chat_id), m.seq);
         if m.deleted {
-            // Asked again (a resend): the deletion that was made, in this
-            // batch or before it.
-            let pending = self
-                .events
-                .iter()
-                .find_map(|e| match (&e.message_id, &e.kind, &e.seq) {
-                    (Set(m), Set(EventKind::Deleted), Set(seq)) if *m == id => Some(*seq),
-                    _ => None,
-                });
-            let seq = match pending {
-                Some(seq) => seq,
-                None => message_event::Entity::find()
-                    .select_only()
-                    .column(message_event::Column::Seq)
-                    .filter(message_event::Column::MessageId.eq(id))
-                    .filter(message_event::Column::Kind.eq(EventKind::Deleted))
-                    .into_tuple::<i64>()
-                    .one(txn)
-                    .await?
-                    .unwrap_or(m.seq),
-            };
-            let applied = Applied::Deleted(MessageDeleted {
+            // Asked again (a resend): the deletion that was made.
+            let seq = self.deletion_seq(txn, id, seq_of_message).await?;
+            return Ok(ChangeOutcome {
+                applied: Applied::Deleted(MessageDeleted {
+                    status: None,
+                    pk,
+                    seq,
+                    id,
+                }),
+                changed: false,
+            });
+        }
+        self.erase(txn, id).await?;
+        let seq = self.known.next_seq(chat_id);
+        self.events
+            .push(self.event(EventKind::Deleted, chat_id, seq, id, user));
+        Ok(ChangeOutcome {
+            applied: Applied::Deleted(MessageDeleted {
                 status: None,
                 pk,
                 seq,
                 id,
+            }),
+            changed: true,
+        })
+    }
+
+    /// The `seq` of message `id`'s deletion, made in this batch or before it.
+    async fn deletion_seq<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        id: i64,
+        fallback: i64,
+    ) -> Result<i64, DbErr> {
+        let pending = self
+            .events
+            .iter()
+            .find_map(|e| match (&e.message_id, &e.kind, &e.seq) {
+                (Set(m), Set(EventKind::Deleted), Set(seq)) if *m == id => Some(*seq),
+                _ => None,
             });
-            return Ok(ChangeOutcome {
-                applied,
-                changed: false,
-            });
+        if let Some(seq) = pending {
+            return Ok(seq);
         }
-        // Nothing of the text stays: not the message's, not its first
-        // version's, not an edit event's (stored, or waiting in this batch).
-        // Its reactions go with it.
+        Ok(message_event::Entity::find()
+            .select_only()
+            .column(message_event::Column::Seq)
+            .filter(message_event::Column::MessageId.eq(id))
+            .filter(message_event::Column::Kind.eq(EventKind::Deleted))
+            .into_tuple::<i64>()
+            .one(txn)
+            .await?
+            .unwrap_or(fallback))
+    }
+
+    /// Nothing of message `id`'s text stays: not the message's, not its
+    /// first version's, not an edit event's (stored, or waiting in this
+    /// batch). Its reactions go with it.
+    async fn erase<C: ConnectionTrait>(&mut self, txn: &C, id: i64) -> Result<(), DbErr> {
         message::Entity::update_many()
             .col_expr(message::Column::Content, Expr::value(""))
             .col_expr(
@@ -766,18 +503,7 @@ impl Batch {
         m.deleted = true;
         m.content.clear();
         m.original_content = None;
-        let seq = self.known.next_seq(chat_id);
-        self.events
-            .push(self.event(EventKind::Deleted, chat_id, seq, id, user));
-        Ok(ChangeOutcome {
-            applied: Applied::Deleted(MessageDeleted {
-                status: None,
-                pk,
-                seq,
-                id,
-            }),
-            changed: true,
-        })
+        Ok(())
     }
 
     /// Sets or takes back a reaction, in memory: at most 20 emoji on a

@@ -1,0 +1,286 @@
+//! Requests about a conversation's messages: send, change (B8), history,
+//! `sync` (B7), read marks and typing.
+
+use super::*;
+
+impl WsSession {
+    pub(super) fn send_message(
+        &mut self,
+        user: UserId,
+        request: SendMessage,
+        ctx: &mut Context<Self>,
+    ) {
+        let arrived = Instant::now();
+        if let Some(text) = self.content_error(&request.content) {
+            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
+        }
+        let client_id = request.client_id.filter(|c| !c.is_empty());
+        if client_id
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS)
+        {
+            let text = format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters");
+            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
+        }
+        let content = request.content;
+        self.with_membership(
+            RequestKind::Message,
+            user,
+            &request.to,
+            ctx,
+            move |act, chat, ctx| {
+                if act.state.membership.is_blocked(chat) {
+                    return act.send_error(
+                        RequestKind::Message,
+                        ErrorCode::Invalid,
+                        changes::BLOCKED,
+                        ctx,
+                    );
+                }
+                let new = NewMessage {
+                    chat,
+                    sender: user,
+                    content,
+                    client_id,
+                    reply_to: request.reply_to,
+                };
+                act.with_audience(
+                    RequestKind::Message,
+                    chat,
+                    ctx,
+                    move |act, audience, ctx| {
+                        act.submit(user, Job::Message(new), audience, arrived, ctx)
+                    },
+                );
+            },
+        );
+    }
+
+    /// Runs `then` with who an event of `chat` reaches. Joined since this
+    /// user's conversations were loaded: it is looked up once, then kept
+    /// for everyone here.
+    pub(super) fn with_audience<F>(
+        &mut self,
+        kind: RequestKind,
+        chat: ChatId,
+        ctx: &mut Context<Self>,
+        then: F,
+    ) where
+        F: FnOnce(&mut Self, Audience, &mut Context<Self>) + 'static,
+    {
+        if let Some(audience) = self.state.membership.audience(chat) {
+            return then(self, audience, ctx);
+        }
+        let context = Arc::clone(&self.state);
+        let lookup = async move { context.audience(chat).await };
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(audience) => then(act, audience, ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
+    }
+
+    /// `edit_message`, `delete_message`, `react` (B8): the message's
+    /// conversation is looked up (`not_found` unless the user is a member),
+    /// then the writer applies the change under the rules (`changes/`)
+    /// and answers.
+    pub(super) fn change_message(&mut self, user: UserId, change: Change, ctx: &mut Context<Self>) {
+        let arrived = Instant::now();
+        let kind = change.kind();
+        if let Change::Edit { content, .. } = &change {
+            if let Some(text) = self.content_error(content) {
+                return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
+            }
+        }
+        let db = self.state.db.clone();
+        let id = change.message_id();
+        let lookup = async move { store::chat_of_message(&db, id).await };
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Some(chat)) => {
+                        let id = ConversationRef(chat.to_string());
+                        act.with_membership(kind, user, &id, ctx, move |act, chat, ctx| {
+                            act.with_audience(kind, chat, ctx, move |act, audience, ctx| {
+                                let change = ChangeRequest { user, change };
+                                act.submit(user, Job::Change(change), audience, arrived, ctx)
+                            })
+                        })
+                    }
+                    Ok(None) => act.not_found(kind, ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
+    }
+
+    /// Charges an event's deliveries to its author's fan-out budget and
+    /// hands it to the writer, which answers once it is stored.
+    pub(super) fn submit(
+        &mut self,
+        user: UserId,
+        job: Job,
+        audience: Audience,
+        arrived: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let kind = match &job {
+            Job::Message(_) => RequestKind::Message,
+            Job::Change(c) => c.change.kind(),
+        };
+        if let Err(retry) = self.state.fanout.take_many(user, audience.deliveries()) {
+            self.state.metrics.rate_limited();
+            let text = format!("too many deliveries; try again in {retry} s");
+            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        }
+        let from = Submitter::Session {
+            outbox: self.outbox.clone(),
+            span: self.span.clone(),
+        };
+        let queued = match job {
+            Job::Message(new) => self.state.writer.submit(new, from, arrived),
+            Job::Change(change) => self.state.writer.submit_change(change, from, arrived),
+        };
+        if let Err(e) = queued {
+            let reply = e.reply(&self.span, kind);
+            self.send(&ServerEvent::error(kind, reply), ctx);
+        }
+    }
+
+    pub(super) fn get_messages(
+        &mut self,
+        user: UserId,
+        query: HistoryQuery,
+        ctx: &mut Context<Self>,
+    ) {
+        let limit = query.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
+        if limit == 0 || limit > store::MAX_HISTORY_PAGE {
+            let text = format!("limit must be between 1 and {}", store::MAX_HISTORY_PAGE);
+            return self.send_error(RequestKind::GetMessages, ErrorCode::Invalid, &text, ctx);
+        }
+        let (before, after) = (query.before, query.after);
+        let kind = RequestKind::GetMessages;
+        self.with_membership(kind, user, &query.id, ctx, move |act, chat, ctx| {
+            let page = move |db: DatabaseConnection| async move {
+                store::history_page(&db, chat, user, before, after, limit).await
+            };
+            act.query(
+                kind,
+                page,
+                move |act, page, ctx| {
+                    act.send(&ServerEvent::GetMessagesResponse(Reply::Ok(page)), ctx);
+                },
+                ctx,
+            );
+        });
+    }
+
+    /// `sync` (B7): the conversation's events after `after_seq`, each as a
+    /// live session received it.
+    pub(super) fn sync(&mut self, user: UserId, query: SyncQuery, ctx: &mut Context<Self>) {
+        let kind = RequestKind::Sync;
+        let limit = query.limit.unwrap_or(store::DEFAULT_HISTORY_PAGE);
+        if limit == 0 || limit > store::MAX_HISTORY_PAGE {
+            let text = format!("limit must be between 1 and {}", store::MAX_HISTORY_PAGE);
+            return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
+        }
+        let after = query.after_seq;
+        if after < 0 {
+            return self.send_error(kind, ErrorCode::Invalid, "after_seq must be 0 or more", ctx);
+        }
+        self.with_membership(kind, user, &query.id, ctx, move |act, chat, ctx| {
+            let page = move |db| async move { log::events_after(&db, chat, after, limit).await };
+            act.query(
+                kind,
+                page,
+                move |act, (events, has_more, latest), ctx| {
+                    act.send_json(log::sync_frame(chat, user, &events, latest, has_more), ctx);
+                },
+                ctx,
+            );
+        });
+    }
+
+    pub(super) fn mark_read(&mut self, user: UserId, request: MarkRead, ctx: &mut Context<Self>) {
+        let up_to = request.up_to;
+        if up_to < 0 {
+            return self.send_error(
+                RequestKind::Read,
+                ErrorCode::Invalid,
+                "up_to must be a message id",
+                ctx,
+            );
+        }
+        let kind = RequestKind::Read;
+        self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
+            let mark = move |db| async move { store::mark_read(&db, chat, user, up_to).await };
+            act.query(
+                kind,
+                mark,
+                move |act, (), ctx| {
+                    let ack = ReadAck {
+                        status: "success",
+                        pk: chat,
+                        up_to,
+                    };
+                    act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
+                    let event = ReadEvent {
+                        pk: chat,
+                        user_id: user.0,
+                        up_to,
+                    };
+                    // The reader's other tabs hear it too, to stay in step.
+                    let frame = ServerEvent::Read(event).to_json();
+                    let frames = ConversationFrames {
+                        chat,
+                        seq: None,
+                        user: Some(user),
+                        own: Some(frame.clone()),
+                        others: frame,
+                    };
+                    act.state.server.do_send(Deliver {
+                        frames,
+                        skip: Some(act.id),
+                    });
+                },
+                ctx,
+            );
+        });
+    }
+
+    pub(super) fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        self.with_membership(
+            RequestKind::Typing,
+            user,
+            &id,
+            ctx,
+            move |act, chat, ctx| {
+                if act.state.membership.is_blocked(chat) {
+                    return act.send_error(
+                        RequestKind::Typing,
+                        ErrorCode::Invalid,
+                        changes::BLOCKED,
+                        ctx,
+                    );
+                }
+                if act.state.typing_relays.take(chat).is_err() {
+                    // Someone's typing was shown in this second: a member never
+                    // gets more than TYPING_RELAYS_PER_SECOND, however many type.
+                    return;
+                }
+                let frame = ServerEvent::Typing(TypingEvent {
+                    pk: chat,
+                    user_id: user.0,
+                })
+                .to_json();
+                act.state.server.do_send(Deliver {
+                    frames: ConversationFrames::to_others(chat, user, frame),
+                    skip: None,
+                });
+            },
+        );
+    }
+}
