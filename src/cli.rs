@@ -141,7 +141,13 @@ impl CliError {
         match self {
             CliError::Config(_)
             | CliError::Start(crate::StartError::Config(_) | crate::StartError::Redis(_))
-            | CliError::Usage(_) => 2,
+            | CliError::Usage(_)
+            | CliError::Database(
+                db::DbSetupError::SqliteMissing { .. } | db::DbSetupError::SqliteInUse { .. },
+            )
+            | CliError::Start(crate::StartError::Database(db::DbSetupError::SqliteInUse {
+                ..
+            })) => 2,
             CliError::Account(e) => match e {
                 AccountError::Database(_) | AccountError::Hashing(_) => 1,
                 _ => 2,
@@ -163,9 +169,14 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<(), CliError> {
             tracing::debug!(applied, "migrations");
             Ok(())
         }
-        Command::User(command) => user_command(&connect(&settings).await?, command).await,
+        Command::User(command) => {
+            // Only `create` may make the first (empty) database: the others
+            // work on accounts, which a new file has none of.
+            let create = matches!(command, UserCommand::Create(_));
+            user_command(&connect(&settings, create).await?, command).await
+        }
         Command::Contact(ContactCommand::Add { first, second }) => {
-            let db = connect(&settings).await?;
+            let db = connect(&settings, false).await?;
             let (chat, created) = accounts::add_contact(&db, &first, &second).await?;
             let verb = if created { "created" } else { "already exists" };
             println!(
@@ -207,8 +218,17 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn connect(settings: &Settings) -> Result<DatabaseConnection, CliError> {
-    let db = db::connect(settings).await?;
+/// Opens the database for an account command, saying which one on stderr
+/// (a command run from the wrong directory would otherwise work on another
+/// database without a word); an SQLite file that does not exist is created
+/// only if `create`.
+async fn connect(settings: &Settings, create: bool) -> Result<DatabaseConnection, CliError> {
+    eprintln!("database: {}", settings.database.location());
+    let db = if create {
+        db::connect(settings).await?
+    } else {
+        db::connect_existing(settings).await?
+    };
     db::migrate(&db, &settings.database.url()).await?;
     Ok(db)
 }

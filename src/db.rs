@@ -33,7 +33,7 @@ pub enum DbSetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the SQLite file {path} or its directory: {source}")]
+    #[error("cannot create the SQLite file {path}: {source}")]
     SqliteDir {
         path: String,
         #[source]
@@ -41,6 +41,70 @@ pub enum DbSetupError {
     },
     #[error("database migration failed: {}", describe(.0))]
     Migrate(#[source] DbErr),
+    #[error(
+        "another chat-server is serving the SQLite database {path} without Redis (it holds \
+         {path}.lock): a second one would share the file but not deliver its messages live. \
+         Stop the other one, or give this one another DB_NAME; to run several instances, \
+         use PostgreSQL or MySQL and Redis (README \"Scaling out\")"
+    )]
+    SqliteInUse { path: String },
+    #[error("cannot open the lock file {path}.lock: {source}")]
+    SqliteLock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no SQLite database at {path}: the server creates it on its first start. Run this \
+         command where the server runs (its .env, or the same DB_NAME), or start the server \
+         once"
+    )]
+    SqliteMissing { path: String },
+}
+
+/// Holds the SQLite database for this process alone (`serve` without
+/// Redis): a second server on the same file, which would store messages
+/// but never deliver the first one's live, is refused at start-up. An
+/// advisory lock on `<file>.lock`, never on the database file itself (SQLite
+/// loses its own POSIX locks when any other handle to its file closes).
+/// Released when the returned file is dropped, or the process ends.
+pub fn lock_sqlite(settings: &Settings) -> Result<std::fs::File, DbSetupError> {
+    let path = settings.database.sqlite_path();
+    let shown = path.display().to_string();
+    let lock_path = format!("{shown}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| DbSetupError::SqliteLock {
+            path: shown.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbSetupError::SqliteInUse { path: shown }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DbSetupError::SqliteLock {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+/// `connect`, for commands that work on existing accounts: an SQLite file
+/// that does not exist is an error (most likely the wrong directory), not a
+/// new empty database.
+pub async fn connect_existing(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
+    if settings.database.engine() == DbEngine::Sqlite {
+        let path = settings.database.sqlite_path();
+        if !path.exists() {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            return Err(DbSetupError::SqliteMissing {
+                path: path.display().to_string(),
+            });
+        }
+    }
+    connect(settings).await
 }
 
 /// Opens the connection pool described by `settings`.
@@ -48,12 +112,6 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
     let engine = settings.database.engine();
     if engine == DbEngine::Sqlite {
         let path = settings.database.sqlite_path();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| DbSetupError::SqliteDir {
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
         create_private(&path).map_err(|source| DbSetupError::SqliteDir {
             path: path.display().to_string(),
             source,

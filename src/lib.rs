@@ -55,7 +55,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Database(#[from] db::DbSetupError),
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}{}", listen_hint(.source))]
     Listen {
         address: String,
         #[source]
@@ -63,6 +63,18 @@ pub enum StartError {
     },
     #[error("invalid REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// What to do about a port that cannot be bound.
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another chat-server, or another program, holds it: stop that one, or choose \
+             another port with PORT=…)"
+        }
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: PORT=8000)",
+        _ => "",
+    }
 }
 
 /// A built server, listening but not yet serving until `run_until_stopped`.
@@ -77,6 +89,8 @@ pub struct Application {
     /// How long to stay up, not ready, after the shutdown signal.
     drain: Duration,
     draining: Arc<AtomicBool>,
+    /// SQLite without Redis: this process alone serves the file.
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -90,6 +104,16 @@ impl Application {
         let (secret, secret_source) = settings.secret_key_with_source()?;
         log_secret_source(&secret_source);
         let redis = RedisTarget::from_settings(&settings.redis)?;
+        // A port in use is said before any database work. Only a probe: the
+        // listener itself is bound once everything is ready, so a proxy's
+        // connection is refused (and tried elsewhere) rather than left
+        // waiting on a server that is still migrating.
+        let address = settings.server.listen_address();
+        drop(TcpListener::bind(&address).map_err(|source| StartError::Listen { address, source })?);
+        let sqlite_lock = match (settings.database.engine(), &redis) {
+            (crate::config::DbEngine::Sqlite, None) => Some(db::lock_sqlite(&settings)?),
+            _ => None,
+        };
         let db = open_database(&settings).await?;
         match &redis {
             Some(target) => tracing::info!(
@@ -149,6 +173,7 @@ impl Application {
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_seconds),
             drain: Duration::from_secs(settings.server.drain_seconds),
             draining,
+            _sqlite_lock: sqlite_lock,
         })
     }
 

@@ -23,7 +23,17 @@ fn return_large_allocations_to_the_system() {}
 
 fn main() {
     return_large_allocations_to_the_system();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let unknown = e.kind() == clap::error::ErrorKind::UnknownArgument;
+        let _ = e.print();
+        if unknown {
+            eprintln!(
+                "\nchat-server takes its configuration from environment variables, not \
+                 options: for example `PORT=9000 chat-server` (.env.example lists them all)."
+            );
+        }
+        std::process::exit(e.exit_code());
+    });
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(e) => {

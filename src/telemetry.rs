@@ -13,9 +13,12 @@ pub fn init(format: LogFormat, debug: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,sea_orm=warn")));
     // A line when a span closes: one per HTTP request (method, route, status,
     // time) and one per WebSocket session (its user and lifetime).
+    // Colours only for a person at a terminal, never into a file or a
+    // log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder
@@ -27,9 +30,10 @@ pub fn init(format: LogFormat, debug: bool) {
     };
 }
 
-/// The span of each HTTP request: tracing-actix-web's fields, with the
-/// secrets a URL can carry (`?token=` of the WebSocket) redacted, and the
-/// peer's own address (a forwarded one is the client's to forge).
+/// The span of each HTTP request: tracing-actix-web's fields but the user
+/// agent, with the secrets a URL can carry (`?token=` of the WebSocket)
+/// redacted, and the peer's own address (a forwarded one is the client's to
+/// forge).
 pub struct RequestSpan;
 
 impl tracing_actix_web::RootSpanBuilder for RequestSpan {
@@ -38,21 +42,18 @@ impl tracing_actix_web::RootSpanBuilder for RequestSpan {
             .uri()
             .path_and_query()
             .map_or_else(String::new, |p| redact_target(p.as_str()));
-        let user_agent = request
-            .headers()
-            .get(actix_web::http::header::USER_AGENT)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        // Short on purpose: one line per request at INFO. The user agent
+        // (often 150 characters) is left out; the id ties the line to any
+        // error logged under it.
         tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
             http.route = %request.match_pattern().unwrap_or_else(|| "default".into()),
             http.target = %target,
             http.client_ip = %request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
-            http.user_agent = %user_agent,
             http.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
-            request_id = %uuid::Uuid::new_v4(),
+            request_id = %crate::error::new_error_id(),
             exception.message = tracing::field::Empty,
             exception.details = tracing::field::Empty,
         )

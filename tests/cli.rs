@@ -42,6 +42,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Standard error without the line an account command starts with (the
+/// database it opened).
+fn refusal(o: &Output) -> String {
+    let text = stderr(o);
+    match text.split_once('\n') {
+        Some((first, rest)) if first.starts_with("database: ") => rest.to_string(),
+        _ => text,
+    }
+}
+
 async fn user_and_contact_commands(backend: &Backend) {
     let db = TestDatabase::create(backend).await;
     let dir = tempfile::tempdir().unwrap();
@@ -81,9 +91,14 @@ async fn user_and_contact_commands(backend: &Backend) {
         Some("a fine password\n"),
     );
     assert_eq!(out.status.code(), Some(2));
+    // The database it opened, then the one line of the refusal.
+    let said = stderr(&out);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].starts_with("database: "), "{said}");
     assert_eq!(
-        stderr(&out),
-        "chat-server: A user with that username already exists.\n"
+        lines[1],
+        "chat-server: A user with that username already exists."
     );
     let out = run(
         dir.path(),
@@ -111,7 +126,7 @@ async fn user_and_contact_commands(backend: &Backend) {
         None,
     );
     assert_eq!(
-        (out.status.code(), stderr(&out)),
+        (out.status.code(), refusal(&out)),
         (Some(2), "chat-server: no such user: nobody\n".to_string())
     );
 
@@ -219,6 +234,22 @@ async fn serve_on_defaults_then_stop_gracefully_on_sigterm() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    // A second server on the same SQLite file without Redis would store
+    // messages the first never delivers live: refused, saying why.
+    let other_port = common::free_port().to_string();
+    let second = run(dir.path(), &[("PORT", &other_port)], &["serve"], None);
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    for words in ["another chat-server is serving", "chat.db", "Redis"] {
+        assert!(stderr(&second).contains(words), "{}", stderr(&second));
+    }
+    // The account commands say which database they opened.
+    let listed = run(dir.path(), &[], &["user", "list"], None);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(
+        stderr(&listed).contains("database: sqlite chat.db"),
+        "{}",
+        stderr(&listed)
+    );
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopped = Instant::now();
@@ -301,6 +332,18 @@ fn one_exit_code_rule_and_clear_words_for_common_mistakes() {
             None,
             "SECRET_KEY must be set when the database is PostgreSQL or MySQL",
         ),
+        (
+            vec![],
+            vec!["--port", "9000"],
+            None,
+            "`PORT=9000 chat-server`",
+        ),
+        (
+            vec![("DB_NAME", "/no-such-directory-here/chat.db")],
+            vec!["user", "list"],
+            None,
+            "is in a directory that does not exist (/no-such-directory-here)",
+        ),
     ];
     for (env, args, stdin, expected) in cases {
         let out = run(dir.path(), &env, &args, stdin);
@@ -371,3 +414,60 @@ async fn a_missing_database_is_named_plainly(backend: &Backend) {
 }
 
 backend_tests!(@server a_missing_database_is_reported_in_the_servers_words => a_missing_database_is_named_plainly);
+
+/// An account command in a directory with no database (the wrong one, most
+/// likely) names the path it looked for and creates nothing; only `user
+/// create` may make the first database.
+#[test]
+fn account_commands_never_create_an_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["user", "list"],
+        vec!["user", "deactivate", "alice"],
+        vec!["contact", "add", "alice", "bob"],
+    ] {
+        let out = run(dir.path(), &[], &args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let expected = format!(
+            "no SQLite database at {}",
+            dir.path().join("chat.db").display()
+        );
+        assert!(
+            stderr(&out).contains(&expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.path().join("chat.db").exists(),
+            "{args:?} created a database"
+        );
+    }
+    let created = run(
+        dir.path(),
+        &[],
+        &["user", "create", "alice", "--password-stdin"],
+        Some("a fine long password\n"),
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let listed = run(dir.path(), &[], &["user", "list"], None);
+    assert!(stdout(&listed).contains("alice"), "{}", stdout(&listed));
+}
+
+/// A port in use is said with what to do, before the database is opened
+/// or created.
+#[test]
+fn a_port_in_use_is_named_before_any_database_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(dir.path(), &[("PORT", &port)], &["serve"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for words in [
+        &format!("cannot listen on 127.0.0.1:{port}"),
+        "another chat-server, or another program, holds it",
+        "PORT=",
+    ] {
+        assert!(stderr(&out).contains(words), "{}", stderr(&out));
+    }
+    assert!(!dir.path().join("chat.db").exists(), "no database made");
+}

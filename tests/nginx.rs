@@ -67,6 +67,12 @@ impl Nginx {
                 config.push_str(&format!("        ssl_certificate {};\n", cert.display()));
             } else if trimmed.starts_with("ssl_certificate_key ") {
                 config.push_str(&format!("        ssl_certificate_key {};\n", key.display()));
+            } else if let Some(format) =
+                trimmed.strip_prefix("access_log /var/log/nginx/access.log ")
+            {
+                // The test's own log, never the system nginx's.
+                let log = dir.path().join("access.log");
+                config.push_str(&format!("    access_log {} {format}\n", log.display()));
             } else if let Some(level) = trimmed.strip_prefix("error_log /var/log/nginx/error.log ")
             {
                 let log = dir.path().join("error.log");
@@ -120,7 +126,18 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers and exits; a SIGKILL
+    /// would leave the workers listening. Killed only if it has not gone
+    /// in 10 s.
     fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

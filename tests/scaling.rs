@@ -134,15 +134,28 @@ async fn crashed_instance_goes_offline(backend: &Backend) {
         .unwrap();
     let mut alice = a.authorized(&a.login("alice").await).await;
     let token = a.login("bob").await;
+    // Bob connects once B's Redis bridge is up: a session registered
+    // before it is announced only by B's resync, up to a heartbeat later.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let bob_ws = loop {
-        let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
-        if let Ok((_, framed)) = a.http.ws(url).connect().await {
-            break framed;
+    loop {
+        let metrics = a
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send();
+        if let Ok(mut res) = metrics.await {
+            let text = res.body().await.unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains("chat_redis_up 1\n") {
+                break;
+            }
         }
-        assert!(Instant::now() < deadline, "instance B did not start");
+        assert!(
+            Instant::now() < deadline,
+            "instance B's bridge did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    let url = format!("ws://127.0.0.1:{port}/chat?token={token}");
+    let (_, bob_ws) = a.http.ws(url).connect().await.expect("instance B is ready");
     assert_eq!(
         alice.recv().await,
         json!({"type": "presence", "data": {"pk": pk, "user_id": bob, "online": true}})

@@ -949,25 +949,32 @@ async fn sign_out_everywhere(backend: &Backend) {
 backend_tests!(signing_out_everywhere_closes_every_session_and_refuses_old_tokens => sign_out_everywhere);
 
 /// Signing out revokes the one token the request carries: its sessions
-/// close, here and on an instance that shares only the database (the
-/// revocation sweep finds it there), and it is refused from then on; the
+/// close, here and (on a server database) on an instance that shares only
+/// the database (the revocation sweep finds it there; two servers never
+/// share an SQLite file without Redis), and it is refused from then on; the
 /// person's other tokens and sessions stay.
 async fn sign_out_one_device(backend: &Backend) {
     let database = TestDatabase::create(backend).await;
     let app = TestApp::spawn_on(backend, &database.url, &[]).await;
-    let other = TestApp::spawn_on(backend, &database.url, &[]).await;
+    let other = match backend {
+        Backend::Sqlite => None,
+        _ => Some(TestApp::spawn_on(backend, &database.url, &[]).await),
+    };
     app.pair("alice", "bob").await;
     let (phone, laptop) = (app.login("alice").await, app.login("alice").await);
     let mut on_phone = app.authorized(&phone).await;
-    let mut phone_elsewhere = other.authorized(&phone).await;
+    let mut phone_elsewhere = match &other {
+        Some(other) => Some(other.authorized(&phone).await),
+        None => None,
+    };
     let mut on_laptop = app.authorized(&laptop).await;
     let (status, body) = app.rest(Method::POST, "/api/logout/", &phone, None).await;
     assert_eq!((status, body), (204, Value::Null));
     on_phone.expect_closed_with(1008, "token revoked").await;
-    phone_elsewhere
-        .expect_closed_with(1008, "token revoked")
-        .await;
-    for server in [&app, &other] {
+    if let Some(socket) = phone_elsewhere.as_mut() {
+        socket.expect_closed_with(1008, "token revoked").await;
+    }
+    for server in std::iter::once(&app).chain(other.as_ref()) {
         let (status, _) = server.rest(Method::GET, "/api/me/", &phone, None).await;
         assert_eq!(status, 401, "the signed-out token is refused");
         let (status, _) = server.rest(Method::GET, "/api/me/", &laptop, None).await;

@@ -90,6 +90,21 @@ impl DatabaseSettings {
         if self.db_pool_size == 0 {
             return invalid("DB_POOL_SIZE must be at least 1");
         }
+        if self.engine() == DbEngine::Sqlite {
+            // Only the file is ever created: a mistyped path is named, not
+            // made (directories and all, at the filesystem's root even).
+            let path = self.sqlite_path();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(ConfigError::Invalid(format!(
+                        "the SQLite database {} is in a directory that does not exist ({}): \
+                         create it, or correct DB_NAME / DATABASE_URL",
+                        path.display(),
+                        dir.display()
+                    )));
+                }
+            }
+        }
         if let Some(url) = &self.database_url {
             if !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"]
                 .iter()

@@ -463,6 +463,7 @@ mod tests {
     #[test]
     fn the_generated_secret_is_kept_next_to_the_database() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
         let db = dir.path().join("data/chat.db");
         let s = Settings::from_vars(vars(&[("DB_NAME", db.to_str().unwrap())])).unwrap();
         let key = s.resolve_secret_key().unwrap();

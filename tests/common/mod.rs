@@ -150,9 +150,12 @@ impl TestDatabase {
             }
             Backend::Postgres(base) => {
                 let schema = unique_name();
-                let admin = Database::connect(base.as_str())
-                    .await
-                    .expect("connect to TEST_POSTGRES_URL");
+                let admin = Database::connect(base.as_str()).await.unwrap_or_else(|e| {
+                    panic!(
+                        "cannot connect to TEST_POSTGRES_URL={base}: {e} \
+                         (is PostgreSQL running, and does the database exist? createdb -U postgres test)"
+                    )
+                });
                 admin
                     .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
                     .await
@@ -182,9 +185,12 @@ impl TestDatabase {
             }
             Backend::MySql(base) => {
                 let name = unique_name();
-                let admin = Database::connect(base.as_str())
-                    .await
-                    .expect("connect to TEST_MYSQL_URL");
+                let admin = Database::connect(base.as_str()).await.unwrap_or_else(|e| {
+                    panic!(
+                        "cannot connect to TEST_MYSQL_URL={base}: {e} \
+                         (is MariaDB running, and does the database exist? CREATE DATABASE test)"
+                    )
+                });
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await
