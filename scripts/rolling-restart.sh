@@ -24,7 +24,8 @@ cleanup() {
   for pid in "${pids[@]}" ${nginx:-}; do kill "$pid" 2>/dev/null || true; done
   sleep 1
   psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  cp "$work"/*.log /tmp/rr-logs/ 2>/dev/null || true
+  # KEEP_LOGS=DIR keeps the instances' and nginx's logs there.
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -4,7 +4,7 @@
 //! atomic add (a family adds a read-locked lookup of its label set), cheap
 //! enough for every frame.
 //!
-//! The names of the first version are kept (README "Metrics"): what was a
+//! The names of the first version are kept (docs/METRICS.md): what was a
 //! plain counter of frames in is now labelled by request type, and errors,
 //! batch sizes and the send-to-delivery time are new.
 

@@ -56,7 +56,7 @@ pub struct AppState {
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<crate::bus::target::RedisTarget>,
 
-    // What one client may make the server do (README, "Security").
+    // What one client may make the server do (docs/SECURITY.md).
     /// Failed logins, per (username, client address).
     pub login_throttle: AttemptThrottle,
     /// Wrong `old_password`s of `POST /api/password/`, per (user, client address).

@@ -43,7 +43,7 @@ impl FromRequest for AuthUser {
                 .map_err(|_| super::AuthError::InvalidToken)?;
             // Before any database work: a token-holder's requests are
             // counted first, so a flood costs a signature check each, not
-            // queries (README "Security").
+            // queries (docs/SECURITY.md).
             state
                 .rest_limit
                 .take(UserId(claims.user_id()))

@@ -124,7 +124,7 @@ pub struct Changed {
 /// pushes a frame to every member, so these budgets stand apart from the
 /// request rate and count a user's changes over every socket and REST
 /// alike. Leaving a group costs nothing and is never refused. Each instance
-/// keeps its own counts (README "Security").
+/// keeps its own counts (docs/SECURITY.md).
 pub struct ChangeBudget {
     per_user: UserRateLimit,
     per_group: ChatRateLimit,

@@ -262,7 +262,7 @@ mod tests {
     /// The fuzz target's inputs that once found a problem, then thousands
     /// of deterministic mutations of them and of a few well-formed frames:
     /// a smoke run of the fuzz target inside the normal suite (the real
-    /// fuzzing is `cargo fuzz`, README "Fuzzing").
+    /// fuzzing is `cargo fuzz`, docs/RELIABILITY.md, "Fuzzing").
     #[test]
     fn the_fuzz_targets_check_holds_for_its_regressions_and_their_mutations() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
