@@ -37,11 +37,7 @@ impl Claims {
 
     /// The token's id, if it has a well-formed one (32 hex digits).
     pub fn token_id(&self) -> Option<TokenId> {
-        let jti = self.jti.as_deref()?;
-        (jti.len() == 32)
-            .then(|| u128::from_str_radix(jti, 16).ok())
-            .flatten()
-            .map(TokenId)
+        TokenId::parse(self.jti.as_deref()?)
     }
 
     /// The expiry as a database value (seconds since the epoch).
@@ -51,13 +47,29 @@ impl Claims {
 }
 
 /// A token's `jti`: what `POST /api/logout/` revokes and a session remembers
-/// (16 bytes, where the text would be a 32-byte heap string per session).
+/// (16 bytes, where the text would be a 32-byte heap string per session; as
+/// bytes, not a `u128`, so it does not raise a session's record to 16-byte
+/// alignment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenId(pub u128);
+pub struct TokenId([u8; 16]);
+
+impl TokenId {
+    pub fn new(id: u128) -> Self {
+        TokenId(id.to_be_bytes())
+    }
+
+    /// From its text (32 hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 32)
+            .then(|| u128::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(Self::new)
+    }
+}
 
 impl std::fmt::Display for TokenId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", u128::from_be_bytes(self.0))
     }
 }
 
@@ -100,7 +112,7 @@ impl TokenKeys {
             iat: now,
             exp: now + self.ttl.as_secs(),
             ver: token_version,
-            jti: Some(TokenId(rand::random()).to_string()),
+            jti: Some(TokenId::new(rand::random()).to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
@@ -148,7 +160,7 @@ mod tests {
         claims.jti = Some("xyz".into());
         assert_eq!(claims.token_id(), None);
         claims.jti = Some("0".repeat(31) + "a");
-        assert_eq!(claims.token_id(), Some(TokenId(10)));
+        assert_eq!(claims.token_id(), Some(TokenId::new(10)));
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn signed_out(
     Ok(rows
         .into_iter()
         .filter_map(|(id, user)| {
-            let token = TokenId(u128::from_str_radix(&id, 16).ok()?);
+            let token = TokenId::parse(&id)?;
             Some(RevokeUser::token(UserId(user), token, false))
         })
         .collect())

@@ -378,7 +378,7 @@ impl<'a> Envelope<'a> {
                     _ => return None,
                 };
                 let token = match token {
-                    Some(t) => Some(TokenId(u128::from_str_radix(t, 16).ok()?)),
+                    Some(t) => Some(TokenId::parse(t)?),
                     None => None,
                 };
                 Some(Envelope::Revoke {

@@ -159,7 +159,7 @@ fn envelopes_round_trip() {
         origin: "i4",
         user: UserId(5),
         current_version: i32::MIN,
-        token: Some(TokenId(u128::MAX - 7)),
+        token: Some(TokenId::new(u128::MAX - 7)),
     });
     round_trip(Envelope::ToUser {
         origin: "i4",

@@ -45,7 +45,7 @@ impl Handler<Connect> for ChatServer {
             kick: msg.kick,
             token_version: msg.token_version,
             token: msg.token,
-            held: RefCell::new(Some(Vec::new())),
+            held: Some(Box::default()),
         };
         if let Some(entry) = self.users.get_mut(&msg.user) {
             let already_here = entry.sessions.contains_key(&msg.session);
@@ -75,16 +75,20 @@ impl Handler<Release> for ChatServer {
     /// The session has queued its `authorization_response`: what was held
     /// for it follows, in order, and later frames go straight to it.
     fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
-        let Some(link) = self
+        let held = self
             .users
-            .get(&msg.user)
-            .and_then(|e| e.sessions.get(&msg.session))
-        else {
+            .get_mut(&msg.user)
+            .and_then(|e| e.sessions.get_mut(&msg.session))
+            .and_then(|link| link.held.take());
+        let (Some(held), Some(link)) = (
+            held,
+            self.users
+                .get(&msg.user)
+                .and_then(|e| e.sessions.get(&msg.session)),
+        ) else {
             return;
         };
-        let Some(held) = link.held.borrow_mut().take() else {
-            return;
-        };
+        let held = held.into_inner();
         let mut overflowed = Vec::new();
         for frame in &held {
             self.push_session(msg.user, msg.session, link, frame, &mut overflowed);

@@ -63,7 +63,7 @@ struct SessionLink {
     /// frames for it wait here, so the client reads its
     /// `authorization_response` before any push. (A cell: frames are pushed
     /// through shared borrows of the session table.)
-    held: RefCell<Option<Vec<Bytes>>>,
+    held: Option<Box<RefCell<Vec<Bytes>>>>,
 }
 
 /// Frames held for one authorizing session, at most: beyond it the session
@@ -149,8 +149,9 @@ impl ChatServer {
         frame: &Bytes,
         overflowed: &mut Vec<(UserId, SessionId)>,
     ) {
-        let queued = match link.held.borrow_mut().as_mut() {
-            Some(held) if held.len() < MAX_HELD_FOR_SESSION => {
+        let held = link.held.as_ref().map(|h| h.borrow_mut());
+        let queued = match held {
+            Some(mut held) if held.len() < MAX_HELD_FOR_SESSION => {
                 held.push(frame.clone());
                 return;
             }
