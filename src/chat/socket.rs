@@ -105,6 +105,11 @@ impl Outbox {
         self.push(Outgoing::Text(json))
     }
 
+    /// How many frames the queue holds when the client reads nothing.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Queues a heartbeat ping.
     pub fn send_ping(&self) -> Queued {
         self.push(Outgoing::Ping)

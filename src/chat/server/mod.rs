@@ -66,11 +66,6 @@ struct SessionLink {
     held: Option<Box<RefCell<Vec<Bytes>>>>,
 }
 
-/// Frames held for one authorizing session, at most: beyond it the session
-/// is as slow as a full outbox (a registration waits milliseconds, for one
-/// Redis round trip).
-const MAX_HELD_FOR_SESSION: usize = 256;
-
 struct UserEntry {
     sessions: HashMap<SessionId, SessionLink>,
 }
@@ -151,7 +146,9 @@ impl ChatServer {
     ) {
         let held = link.held.as_ref().map(|h| h.borrow_mut());
         let queued = match held {
-            Some(mut held) if held.len() < MAX_HELD_FOR_SESSION => {
+            // As many as its outbox holds, the answer aside: beyond that the
+            // session is as slow as one whose outbox is full.
+            Some(mut held) if held.len() + 1 < link.outbox.capacity() => {
                 held.push(frame.clone());
                 return;
             }
