@@ -224,3 +224,32 @@ test("a reply carries reply_to, and reactions toggle what is the person's", () =
     [["react", "🎉", false], ["react", "👍", true]]
   );
 });
+
+test("search: only the latest query's answer is shown, and pages add up", async () => {
+  const { chat, sent } = connected();
+  chat.search("caf");
+  chat.search("cafe");
+  assert.deepEqual(sent.map((f) => f.data), [{ query: "caf" }, { query: "cafe" }]);
+  const hit = (id) => ({ pk: A, id, sender: 2, content: `café ${id}`, time: "2026-12-01T00:00:00Z" });
+  chat.onFrame({ type: "search_response", data: { results: [hit(9)], has_more: false } });
+  assert.equal(chat.state.search.loading, true, "the answer to an older query is dropped");
+  chat.onFrame({ type: "search_response", data: { results: [hit(8)], has_more: true } });
+  assert.deepEqual(chat.state.search.results.map((r) => r.id), [8]);
+  chat.search("cafe", true);
+  assert.deepEqual(sent.at(-1).data, { query: "cafe", before: 8 });
+  chat.onFrame({ type: "search_response", data: { results: [hit(5)], has_more: false } });
+  assert.deepEqual(chat.state.search.results.map((r) => r.id), [8, 5]);
+  chat.search("  ");
+  assert.equal(chat.state.search, null);
+});
+
+test("search: matched words are marked without case or accents, as text", async () => {
+  const { highlightParts, queryWords } = await import("../static/app/search.js");
+  assert.deepEqual(queryWords("café, au-lait"), ["café", "au", "lait"]);
+  const marked = (text, words) =>
+    highlightParts(text, words).map((p) => (p.hit ? `[${p.text}]` : p.text)).join("");
+  assert.equal(marked("Un café au lait, CAFÉS", ["cafe"]), "Un [café] au lait, [CAFÉ]S");
+  assert.equal(marked("Über alles", ["uber", "al"]), "[Über] [al]les");
+  assert.equal(marked("decaf coffee", ["caf"]), "decaf coffee", "only at a word's start");
+  assert.equal(marked("<b>x</b>", ["b"]), "<[b]>x</[b]>");
+});

@@ -729,3 +729,48 @@ test("a revoked token returns to sign-in with a message", async () => {
   await alice.page.getByRole("button", { name: "Log in" }).waitFor(WAIT);
   await alice.page.context().close();
 });
+
+test("search finds a message by its words, marks them, and opens the conversation at it", async () => {
+  const [alice, bob] = await talking(["Sol", "Search"], ["Tom", "Finder"], "Un <b>café</b> au lait?");
+  await say(alice.page, "or tea instead");
+  await say(alice.page, "the quick brown fox");
+
+  // Case and accents ignored; the matched word is marked, the markup shown as text.
+  const box = bob.page.getByRole("searchbox", { name: "Search" });
+  await box.fill("CAFE");
+  const results = bob.page.getByRole("list", { name: "Search results" });
+  const found = results.getByRole("listitem").filter({ hasText: "Un <b>café</b> au lait?" });
+  await found.waitFor(WAIT);
+  assert.equal(await results.getByRole("listitem").count(), 1);
+  assert.equal(await found.locator("mark").textContent(), "café");
+  assert.ok((await found.textContent()).startsWith(alice.name), "the conversation's name comes first");
+  await shot(bob.page, "desktop-search");
+
+  // Clicking the result opens the conversation at the message.
+  await open(bob.page, alice.name);
+  await bob.page.getByRole("heading", { name: alice.name }).waitFor(WAIT);
+  await found.getByRole("button").click();
+  await bob.page.locator(".message.flash").filter({ hasText: "café" }).waitFor(WAIT);
+
+  // A word in no message: said so. Escape goes back to the list alone.
+  await box.fill("zebra");
+  await bob.page.getByText("No messages found.").waitFor(WAIT);
+  await box.press("Escape");
+  await results.waitFor({ state: "detached", ...WAIT });
+  assert.equal(await box.inputValue(), "");
+
+  // Alice, at phone width, finds by a prefix of the last word.
+  await alice.page.setViewportSize({ width: 390, height: 844 });
+  await alice.page.reload();
+  await alice.page.getByRole("searchbox", { name: "Search" }).fill("quick bro");
+  const hit = alice.page.getByRole("list", { name: "Search results" }).getByRole("listitem");
+  await hit.filter({ hasText: "the quick brown fox" }).waitFor(WAIT);
+  assert.deepEqual(await hit.locator("mark").allTextContents(), ["quick", "bro"]);
+  await shot(alice.page, "phone-search");
+  await hit.getByRole("button").click();
+  await alice.page.getByRole("heading", { name: bob.name }).waitFor(WAIT);
+  await alice.page.locator(".message.flash").filter({ hasText: "the quick brown fox" }).waitFor(WAIT);
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});

@@ -28,6 +28,7 @@ async fn a_short_load_run_delivers_everything_once() {
         reactions: 0,
         edits: 0,
         history_pages: 0,
+        words: 0,
     })
     .await
     .expect("load run");
@@ -69,6 +70,7 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         reactions: 0,
         edits: 0,
         history_pages: 0,
+        words: 0,
     })
     .await
     .expect("load run");
@@ -90,6 +92,7 @@ async fn a_mixed_run_reacts_edits_and_times_history() {
         reactions: 40,
         edits: 10,
         history_pages: 5,
+        words: 3,
     })
     .await
     .expect("load run");

@@ -599,26 +599,8 @@ async fn random_senders_and_reconnecting_readers_converge_on_one_instance() {
 async fn existing_messages_are_numbered(backend: &Backend) {
     use migration::{Alias, MigratorTrait, Query};
     use sea_orm::ConnectionTrait;
-    let database = TestDatabase::create(backend).await;
-    let db = sea_orm::Database::connect(database.url.as_str())
-        .await
-        .expect("the test database");
-    let before = common::migrations_before("m20261130_000001_conversation_seq");
-    migration::Migrator::up(&db, Some(before)).await.unwrap();
-    let sender = chat_server::accounts::create_user(
-        &db,
-        chat_server::accounts::NewUser {
-            username: "old".into(),
-            password: common::PASSWORD.into(),
-            email: "old@example.com".into(),
-            first_name: "Old".into(),
-            last_name: "Timer".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("a user")
-    .id;
+    let (_database, db, sender) =
+        common::database_before(backend, "m20261130_000001_conversation_seq").await;
     let (first, second, empty) = (
         uuid::Uuid::new_v4(),
         uuid::Uuid::new_v4(),

@@ -31,6 +31,7 @@ mod reliability;
 mod rest_api;
 mod rolling_upgrade;
 mod scaling;
+mod search;
 mod security;
 mod structure;
 mod web_client;

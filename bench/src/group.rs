@@ -311,6 +311,7 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
             stop_at,
             origin,
             window: opts.window,
+            words: 0,
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink,

@@ -23,10 +23,12 @@ mod attack;
 mod churn;
 mod group;
 mod mix;
+mod search;
 
 pub use attack::{attack, AttackOptions, AttackReport, Pattern};
 pub use churn::{churn, ChurnOptions, ChurnReport};
 pub use group::{group, GroupOptions, GroupReport};
+pub use search::{fill, search, Dialect, Model, SearchOptions, SearchReport};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -237,6 +239,9 @@ pub struct LoadOptions {
     pub edits: u64,
     /// Times the newest history page is asked for after the run (0: not timed).
     pub history_pages: usize,
+    /// Words of text after each message's numbers (0: the numbers alone),
+    /// so the search index has real text to take in.
+    pub words: usize,
 }
 
 #[derive(Default)]
@@ -474,6 +479,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
             stop_at,
             origin,
             window: opts.window,
+            words: opts.words,
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink, window, pk, None, pacing, sent,
@@ -550,6 +556,24 @@ struct Pacing {
     stop_at: Instant,
     origin: Instant,
     window: usize,
+    /// Words of text appended to each message.
+    words: usize,
+}
+
+/// What `--words` appends: words of everyday English, a different mix in
+/// each message.
+const TEXT: [&str; 32] = [
+    "meeting", "tomorrow", "coffee", "project", "review", "lunch", "thanks", "great", "please",
+    "check", "update", "later", "today", "morning", "document", "call", "weekend", "plan", "idea",
+    "question", "answer", "photo", "music", "travel", "office", "team", "budget", "deadline",
+    "dinner", "ticket", "train", "weather",
+];
+
+fn words(seq: u64, n: usize) -> String {
+    (0..n)
+        .map(|i| TEXT[(seq as usize * 7 + i * 13 + i * i) % TEXT.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 type Sink = futures_util::stream::SplitSink<Socket, ws::Message>;
@@ -578,10 +602,14 @@ async fn send_paced(
         };
         permit.forget();
         let now = pacing.origin.elapsed().as_nanos();
-        let content = match tag {
+        let mut content = match tag {
             Some(tag) => format!("{tag} {seq} {now}"),
             None => format!("{seq} {now}"),
         };
+        if pacing.words > 0 {
+            content.push(' ');
+            content.push_str(&words(seq, pacing.words));
+        }
         let text = json!({"type": "message", "data": {"to": pk, "content": content}}).to_string();
         if sink.send(ws::Message::Text(text.into())).await.is_err() {
             break;

@@ -42,6 +42,9 @@ enum BenchCommand {
         /// Times the newest page of history (50 messages) is asked for after the run (0: none).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         history_pages: u64,
+        /// Words of text after each message's numbers (0: the numbers alone).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=500))]
+        words: u64,
     },
     /// A bystander's latency, quiet and while one account attacks through
     /// a group of connected members (issue #26's amplification patterns).
@@ -136,6 +139,39 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=250))]
         sources: u64,
     },
+    /// Print SQL that fills a freshly migrated database (holding one
+    /// account, `seed`) with users, conversations and messages for `search`.
+    SearchFill {
+        #[command(flatten)]
+        model: SearchModel,
+        /// Which database's SQL.
+        #[arg(long, value_enum)]
+        dialect: chat_bench::Dialect,
+    },
+    /// Searches of one and two words on a database `search-fill` filled,
+    /// while messages are written: latency and hits.
+    Search {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        #[command(flatten)]
+        model: SearchModel,
+        /// Sessions that search (one user each).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        searchers: u64,
+        /// Searches of each kind (one word, two words).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        queries: u64,
+        /// Searches per second, in total.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        search_rate: u64,
+        /// Sessions that write meanwhile (one user each).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        writers: u64,
+        /// Messages per second they write, in total (0: none).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        write_rate: u64,
+    },
     /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
     Startup {
         /// The `chat-server` binary to start (default: the one beside `chat-bench`).
@@ -145,6 +181,31 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
     },
+}
+
+/// The model `search-fill` writes and `search` rebuilds: give both the same.
+#[derive(Debug, clap::Args)]
+struct SearchModel {
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
+    users: u64,
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    conversations: u64,
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    messages: u64,
+    /// The generator's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl SearchModel {
+    fn model(&self) -> chat_bench::Model {
+        chat_bench::Model {
+            users: self.users as usize,
+            conversations: self.conversations as usize,
+            messages: self.messages as usize,
+            seed: self.seed,
+        }
+    }
 }
 
 fn print_report(summary: &[(&str, String)], report: &impl serde::Serialize) {
@@ -169,6 +230,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             reactions,
             edits,
             history_pages,
+            words,
         } => {
             let options = chat_bench::LoadOptions {
                 urls,
@@ -180,6 +242,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 reactions,
                 edits,
                 history_pages: history_pages as usize,
+                words: words as usize,
             };
             let r = chat_bench::load(options).await?;
             print_report(
@@ -385,6 +448,50 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                             "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} messages",
                             r.p50_ms, r.p99_ms, r.max_ms, r.messages
                         ),
+                    ),
+                ],
+                &r,
+            );
+        }
+        BenchCommand::SearchFill { model, dialect } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            chat_bench::fill(&model.model(), dialect, &mut out)
+                .and_then(|()| std::io::Write::flush(&mut out))
+                .map_err(|e| BenchError::Setup(format!("writing the SQL: {e}")))?;
+        }
+        BenchCommand::Search {
+            url,
+            model,
+            searchers,
+            queries,
+            search_rate,
+            writers,
+            write_rate,
+        } => {
+            let options = chat_bench::SearchOptions {
+                url,
+                model: model.model(),
+                searchers: searchers as usize,
+                queries: queries as usize,
+                search_rate,
+                writers: writers as usize,
+                write_rate,
+            };
+            let r = chat_bench::search(options).await?;
+            let ms =
+                |q: [f64; 3]| format!("p50 {:.2} / p99 {:.2} / max {:.2} ms", q[0], q[1], q[2]);
+            print_report(
+                &[
+                    ("one word", ms(r.one_word_ms)),
+                    ("two words", ms(r.two_words_ms)),
+                    (
+                        "hits per page",
+                        format!("{:.1} / {:.1}", r.one_word_hits, r.two_words_hits),
+                    ),
+                    ("errors", r.errors.to_string()),
+                    (
+                        "written",
+                        format!("{:.0} msg/s", r.written as f64 / r.write_seconds.max(0.001)),
                     ),
                 ],
                 &r,

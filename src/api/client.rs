@@ -13,6 +13,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("chat.js", JS, include_bytes!("../../static/app/chat.js")),
     ("api.js", JS, include_bytes!("../../static/app/api.js")),
     (
+        "search.js",
+        JS,
+        include_bytes!("../../static/app/search.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../static/app/style.css"),

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod groups;
 pub mod health;
 pub mod messages;
+pub mod search;
 pub mod throttle;
 pub mod users;
 
@@ -133,6 +134,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(messages::add_reaction))
             .route(web::delete().to(messages::remove_reaction))
             .default_service(actix_web::web::to(method_not_allowed("POST, DELETE"))),
+    )
+    .service(
+        web::resource("/api/search/")
+            .route(web::get().to(search::search))
+            .default_service(get()),
     )
     .service(
         web::resource("/api/blocks/")

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod presence;
 pub mod protocol;
 pub mod revocation;
+pub mod search;
 pub mod server;
 pub mod session;
 pub mod socket;

@@ -75,6 +75,7 @@ export class Chat {
     this.lastTypingSent = new Map();
     this.lastReadSent = new Map();
     this.inFlight = []; // client_ids sent on this connection, not yet answered
+    this.searches = []; // the queries of search requests not yet answered, in order
     this.state = {
       status: "reconnecting",
       conversations: new Map(),
@@ -87,6 +88,9 @@ export class Chat {
       blocked: new Set(), // user ids this person blocked (C10)
       open: null,
       notice: null,
+      // The search box's request and its answers (B10); null when empty.
+      search: null, // { query, results: [], hasMore, loading, error }
+      jump: null, // { pk, id }: the message a search result opens at
     };
   }
 
@@ -196,6 +200,9 @@ export class Chat {
       case "get_messages_response":
         this.onHistory(data);
         break;
+      case "search_response":
+        this.onSearch(data);
+        break;
       case "read":
         this.onRead(data);
         break;
@@ -276,6 +283,9 @@ export class Chat {
     }
     this.attempt = 0;
     this.state.status = "connected";
+    // Searches asked on the old connection are not answered: ask again.
+    this.searches = [];
+    if (this.state.search?.loading) this.search(this.state.search.query);
     // The contacts say which conversations grew meanwhile (setContacts
     // syncs those); then resend what was never acknowledged.
     this.send("get_contacts", {});
@@ -371,6 +381,49 @@ export class Chat {
     if (!log?.loaded) this.loadNewest(pk);
     if (!this.state.details.has(pk)) this.send("get_contact", { id: pk });
     this.changed();
+  }
+
+  // --- search (B10) -------------------------------------------------------
+
+  /** Asks for the messages holding every word of `query`; `more` asks for
+   *  the page after the results shown. An answer to an older query is
+   *  dropped when it comes (only the latest query's answers are shown). */
+  search(query, more = false) {
+    const text = query.trim();
+    if (!text) {
+      this.state.search = null;
+      this.changed();
+      return;
+    }
+    const current = this.state.search;
+    const before = more && current?.results.length ? current.results.at(-1).id : undefined;
+    const data = { query: text, ...(before ? { before } : {}) };
+    if (!this.send("search", data)) {
+      this.state.search = { query: text, results: [], hasMore: false, loading: false, error: "Not connected." };
+    } else {
+      const results = more && current ? current.results : [];
+      this.state.search = { query: text, results, hasMore: false, loading: true, error: null };
+      this.searches.push(text);
+    }
+    this.changed();
+  }
+
+  onSearch(data) {
+    const query = this.searches.shift();
+    const current = this.state.search;
+    if (!current || query !== current.query || this.searches.includes(current.query)) return;
+    if (data.status === "error") {
+      this.state.search = { ...current, loading: false, error: data.message };
+      return;
+    }
+    const results = [...current.results, ...data.results];
+    this.state.search = { query, results, hasMore: data.has_more, loading: false, error: null };
+  }
+
+  /** Opens a result's conversation at its message. */
+  openAt(pk, id) {
+    this.state.jump = { pk, id };
+    this.openConversation(pk);
   }
 
   closeConversation() {

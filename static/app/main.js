@@ -13,6 +13,7 @@ import {
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { Chat, REACTIONS } from "./chat.js";
+import { SearchBox, SearchResults } from "./search.js";
 
 const html = htm.bind(h);
 const SESSION_KEY = "chat.session";
@@ -406,6 +407,15 @@ function Conversation({ chat, pk }) {
     setJumpTo(null);
   }, [pk]);
 
+  // A search result opened this conversation at one of its messages.
+  useEffect(() => {
+    const jump = chat.state.jump;
+    if (jump && jump.pk === pk) {
+      chat.state.jump = null;
+      setJumpTo(jump.id);
+    }
+  });
+
   // Jumping to a replied-to message: older pages load until it is here.
   useEffect(() => {
     if (jumpTo == null) return;
@@ -680,6 +690,8 @@ function SignedIn({ session, onSignOut }) {
         ${panel === "group" && html`<${NewGroup} chat=${c} done=${() => setPanel(null)} />`}
         ${notice && html`<p role="alert" class="error">${notice}</p>`}
         <${Invitations} chat=${c} />
+        <${SearchBox} chat=${c} />
+        <${SearchResults} chat=${c} />
         <ul role="list" aria-label="Conversations" class="conversations">
           ${conversations.map(
             (conversation) => html`<${ConversationItem}

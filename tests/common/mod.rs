@@ -1131,6 +1131,37 @@ pub async fn insert_users(db: &DatabaseConnection, prefix: &str, n: usize) -> Ve
 
 /// How many migrations come before the one named `name`: what
 /// `Migrator::up(db, Some(n))` applies to stand a database just before it.
+/// A database migrated up to (not including) the migration `name`, and one
+/// account in it, "old": (the database, a connection to it, its user id).
+pub async fn database_before(
+    backend: &Backend,
+    name: &str,
+) -> (TestDatabase, sea_orm::DatabaseConnection, i64) {
+    use migration::MigratorTrait;
+    let database = TestDatabase::create(backend).await;
+    let db = sea_orm::Database::connect(database.url.as_str())
+        .await
+        .expect("the test database");
+    migration::Migrator::up(&db, Some(migrations_before(name)))
+        .await
+        .expect("the migrations before");
+    let user = chat_server::accounts::create_user(
+        &db,
+        chat_server::accounts::NewUser {
+            username: "old".into(),
+            password: PASSWORD.into(),
+            email: "old@example.com".into(),
+            first_name: "Old".into(),
+            last_name: "Timer".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a user")
+    .id;
+    (database, db, user)
+}
+
 pub fn migrations_before(name: &str) -> u32 {
     use migration::MigratorTrait;
     migration::Migrator::migrations()

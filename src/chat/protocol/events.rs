@@ -359,6 +359,25 @@ pub struct HistoryItem {
     pub reactions: Vec<ReactionCount>,
 }
 
+/// `search_response`: messages that hold every word asked for, newest
+/// first (B10).
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct SearchPage {
+    pub results: Vec<SearchResult>,
+    pub has_more: bool,
+}
+
+/// One message found: its conversation (`pk`) and enough to show it and
+/// open the conversation at it.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct SearchResult {
+    pub pk: ChatId,
+    pub id: i64,
+    pub sender: Option<i64>,
+    pub content: String,
+    pub time: String,
+}
+
 /// `sync_response`: a conversation's events after the `seq` asked for,
 /// oldest first, each exactly as a live session received it (B7).
 #[derive(Debug, Serialize)]
@@ -418,6 +437,7 @@ pub enum ServerEvent<'a> {
     MessageResponse(Reply<MessageAck>),
     GetMessagesResponse(Reply<HistoryPage>),
     SyncResponse(Reply<SyncPage>),
+    SearchResponse(Reply<SearchPage>),
     ReadResponse(Reply<ReadAck>),
     TypingResponse(ErrorReply),
     PingResponse(ErrorReply),
@@ -493,6 +513,7 @@ impl ServerEvent<'_> {
             RequestKind::EditMessage => ServerEvent::EditMessageResponse(Reply::Err(error)),
             RequestKind::DeleteMessage => ServerEvent::DeleteMessageResponse(Reply::Err(error)),
             RequestKind::React => ServerEvent::ReactResponse(Reply::Err(error)),
+            RequestKind::Search => ServerEvent::SearchResponse(Reply::Err(error)),
         }
     }
 

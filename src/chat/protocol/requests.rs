@@ -122,6 +122,8 @@ requests! {
     DeleteMessage(MessageRef) = "delete_message",
     /// Set or take back a reaction (B8).
     React(React) = "react",
+    /// Find messages by their words (B10).
+    Search(SearchQuery) = "search",
 }
 
 impl fmt::Display for RequestKind {
@@ -184,6 +186,19 @@ pub struct HistoryQuery {
     pub before: Option<i64>,
     #[serde(default)]
     pub after: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// `search`: words to find, in every conversation of the caller or in one,
+/// older than `before`.
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    pub query: String,
+    #[serde(default)]
+    pub id: Option<ConversationRef>,
+    #[serde(default)]
+    pub before: Option<i64>,
     #[serde(default)]
     pub limit: Option<u64>,
 }

@@ -204,6 +204,32 @@ impl WsSession {
         });
     }
 
+    /// `search` (B10): in one conversation of the user's, or in all.
+    pub(super) fn search(&mut self, user: UserId, query: SearchQuery, ctx: &mut Context<Self>) {
+        let kind = RequestKind::Search;
+        let scope = match &query.id {
+            None => None,
+            Some(id) => match id.chat_id() {
+                Some(chat) => Some(chat),
+                None => return self.not_found(kind, ctx),
+            },
+        };
+        let search = match Search::new(&query.query, scope, query.before, query.limit) {
+            Ok(search) => search,
+            Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
+        };
+        let run = move |db| async move { search::run(&db, user, &search).await };
+        self.query(
+            kind,
+            run,
+            move |act, page, ctx| match page {
+                Some(page) => act.send(&ServerEvent::SearchResponse(Reply::Ok(page)), ctx),
+                None => act.not_found(kind, ctx),
+            },
+            ctx,
+        );
+    }
+
     pub(super) fn mark_read(&mut self, user: UserId, request: MarkRead, ctx: &mut Context<Self>) {
         let up_to = request.up_to;
         if up_to < 0 {

@@ -25,6 +25,7 @@ use super::messages::{
 };
 use super::presence::PresenceView;
 use super::protocol::*;
+use super::search::{self, Search};
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};
@@ -233,6 +234,7 @@ impl WsSession {
             ClientRequest::Message(m) => self.send_message(user, m, ctx),
             ClientRequest::GetMessages(q) => self.get_messages(user, q, ctx),
             ClientRequest::Sync(q) => self.sync(user, q, ctx),
+            ClientRequest::Search(q) => self.search(user, q, ctx),
             ClientRequest::Read(r) => self.mark_read(user, r, ctx),
             ClientRequest::Typing(t) => self.typing(user, t.id, ctx),
             ClientRequest::CreateGroup(g) => self.create_group(user, g, ctx),

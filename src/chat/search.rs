@@ -1,0 +1,388 @@
+//! Search (PROTOCOL.md B10): the messages of the caller's conversations
+//! that hold every word of a query, the last word as a prefix, ignoring
+//! case and accents; newest first, paged with `before`.
+//!
+//! Each database answers with its own full-text index (the migration
+//! `m20261203_000001_search` builds them; DESIGN.md, "Search", says why):
+//! SQLite's FTS5 table `message_search`, PostgreSQL's `tsvector` column
+//! with a GIN index, MySQL's `FULLTEXT` index. The index is written in the
+//! transaction that writes the message, its edit or its deletion, so a
+//! message is found once acknowledged, a deleted one never, and an edited
+//! one by its new text only. Membership is checked in the query itself: a
+//! conversation the caller has left is not searched.
+
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, FromQueryResult, RuntimeErr,
+    Statement, Value,
+};
+
+use super::protocol::{format_time, ChatId, SearchPage, SearchResult, UserId};
+
+/// Longest query, in characters.
+pub const MAX_QUERY_CHARS: usize = 200;
+/// Most words in one query.
+pub const MAX_WORDS: usize = 10;
+/// The page size when a request names none.
+pub const DEFAULT_PAGE: u64 = 20;
+/// Largest page one request may ask for.
+pub const MAX_PAGE: u64 = 50;
+/// MySQL's full-text index leaves out words shorter than this
+/// (`innodb_ft_min_token_size`, 3 unless the server was set otherwise):
+/// such words are matched as a substring instead.
+const MYSQL_MIN_WORD_CHARS: usize = 3;
+
+/// A checked search request.
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// The words, lowercased, in the query's order; the last is a prefix.
+    words: Vec<String>,
+    /// One conversation, or all of the caller's.
+    scope: Option<ChatId>,
+    before: Option<i64>,
+    limit: u64,
+}
+
+impl Search {
+    /// Checks a request: the words are the query's runs of letters and
+    /// digits (as the indexes split text); anything else separates them.
+    /// Err is the `invalid` answer's text.
+    pub fn new(
+        query: &str,
+        scope: Option<ChatId>,
+        before: Option<i64>,
+        limit: Option<u64>,
+    ) -> Result<Self, String> {
+        if query.chars().count() > MAX_QUERY_CHARS {
+            return Err(format!("query is longer than {MAX_QUERY_CHARS} characters"));
+        }
+        let words: Vec<String> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        if words.is_empty() {
+            return Err("query has no words to search for".into());
+        }
+        if words.len() > MAX_WORDS {
+            return Err(format!("query has more than {MAX_WORDS} words"));
+        }
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(format!("limit must be between 1 and {MAX_PAGE}"));
+        }
+        if before.is_some_and(|b| b <= 0) {
+            return Err("before must be a message id".into());
+        }
+        Ok(Search {
+            words,
+            scope,
+            before,
+            limit,
+        })
+    }
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Found {
+    id: i64,
+    chat_id: uuid::Uuid,
+    sender_id: Option<i64>,
+    content: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The page of results `user` may see; None when the search names a
+/// conversation `user` is not a member of (answered `not_found`).
+pub async fn run(
+    db: &DatabaseConnection,
+    user: UserId,
+    search: &Search,
+) -> Result<Option<SearchPage>, DbErr> {
+    let backend = db.get_database_backend();
+    let chats = conversations(db, user, search.scope).await?;
+    if search.scope.is_some() && chats.is_empty() {
+        return Ok(None);
+    }
+    if chats.is_empty() {
+        return Ok(Some(SearchPage {
+            results: Vec::new(),
+            has_more: false,
+        }));
+    }
+    let mut found = match backend {
+        DatabaseBackend::Postgres => postgres(db, search, user).await?,
+        DatabaseBackend::Sqlite => {
+            Found::find_by_statement(sqlite(search, user, &chats))
+                .all(db)
+                .await?
+        }
+        _ => {
+            Found::find_by_statement(mysql(search, user))
+                .all(db)
+                .await?
+        }
+    };
+    let has_more = found.len() as u64 > search.limit;
+    found.truncate(search.limit as usize);
+    let results = found
+        .into_iter()
+        .map(|f| SearchResult {
+            pk: ChatId(f.chat_id),
+            id: f.id,
+            sender: f.sender_id,
+            content: f.content,
+            time: format_time(&f.created_at),
+        })
+        .collect();
+    Ok(Some(SearchPage { results, has_more }))
+}
+
+/// The conversations searched: `scope` if `user` is a member of it, or
+/// every conversation `user` is a member of.
+async fn conversations<C: ConnectionTrait>(
+    db: &C,
+    user: UserId,
+    scope: Option<ChatId>,
+) -> Result<Vec<uuid::Uuid>, DbErr> {
+    use entity::chat_member;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+    let mut query = chat_member::Entity::find()
+        .select_only()
+        .column(chat_member::Column::ChatId)
+        .filter(chat_member::Column::UserId.eq(user.0));
+    if let Some(chat) = scope {
+        query = query.filter(chat_member::Column::ChatId.eq(chat.0));
+    }
+    query.into_tuple::<uuid::Uuid>().all(db).await
+}
+
+/// The columns every backend's query returns, from `messages m`.
+const COLUMNS: &str = "m.id, m.chat_id, m.sender_id, m.content, m.created_at";
+
+/// The page's bound: one row more than asked, to tell `has_more`.
+fn fetch(search: &Search) -> i64 {
+    search.limit as i64 + 1
+}
+
+fn before(search: &Search) -> i64 {
+    search.before.unwrap_or(i64::MAX)
+}
+
+/// SQLite: one FTS5 query matching the words in `body` and the caller's
+/// conversations in `chat`, so the index never hands back a message of
+/// someone else's conversation to be filtered out; it walks the matches
+/// newest first (`ORDER BY rowid DESC`) and stops at the page's end.
+fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
+    let last = search.words.len() - 1;
+    let words = search.words.iter().enumerate().map(|(i, word)| {
+        let prefix = if i == last { "*" } else { "" };
+        format!("body:\"{word}\"{prefix}")
+    });
+    let chats = chats
+        .iter()
+        .map(|c| format!("chat:c{}", c.simple()))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let matched = format!("{} AND ({chats})", words.collect::<Vec<_>>().join(" AND "));
+    Statement::from_sql_and_values(
+        DatabaseBackend::Sqlite,
+        format!(
+            "SELECT {COLUMNS} FROM message_search s JOIN messages m ON m.id = s.rowid \
+             WHERE message_search MATCH ? AND s.rowid < ? AND NOT m.deleted \
+             AND EXISTS (SELECT 1 FROM chat_members cm \
+                 WHERE cm.chat_id = m.chat_id AND cm.user_id = ?) \
+             ORDER BY s.rowid DESC LIMIT ?"
+        ),
+        [
+            matched.into(),
+            before(search).into(),
+            user.0.into(),
+            fetch(search).into(),
+        ],
+    )
+}
+
+/// The PostgreSQL query, in every conversation of the caller's (`$5`
+/// unused) or in one.
+macro_rules! postgres_search {
+    ($scope:literal) => {
+        concat!(
+            "SELECT r.id, r.chat_id, r.sender_id, r.content, r.created_at ",
+            "FROM chat_members cm CROSS JOIN LATERAL (",
+            "SELECT m.id, m.chat_id, m.sender_id, m.content, m.created_at FROM messages m ",
+            "WHERE m.chat_id = cm.chat_id AND m.id < $3 AND NOT m.deleted ",
+            "AND m.search @@ to_tsquery('simple', chat_search_unaccent($1)) ",
+            "ORDER BY m.id DESC LIMIT $4) r ",
+            "WHERE cm.user_id = $2 ",
+            $scope,
+            " ORDER BY r.id DESC LIMIT $4"
+        )
+    };
+}
+const POSTGRES_ALL: &str = postgres_search!("");
+const POSTGRES_ONE: &str = postgres_search!("AND cm.chat_id = $5");
+
+/// PostgreSQL: the words as a `tsquery` (`cafe & uber:*`), one
+/// conversation of the caller's at a time (`LATERAL`), each giving its
+/// newest matches, of which the newest page is kept. In each conversation
+/// the planner chooses by how common the words are: a common word walks
+/// the conversation's messages newest first (`(chat_id, id)`) and stops
+/// at the page's end; a rare one asks the GIN index on `(chat_id,
+/// search)` for that conversation's few matches. It can only choose with
+/// the words in hand, so the statement is sent unnamed (not kept
+/// prepared): PostgreSQL plans it with them each time, where a cached
+/// generic plan would pick one way for every word (DESIGN.md, "Search",
+/// has both plans).
+async fn postgres(
+    db: &DatabaseConnection,
+    search: &Search,
+    user: UserId,
+) -> Result<Vec<Found>, DbErr> {
+    let last = search.words.len() - 1;
+    let query = search
+        .words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == last {
+                format!("{w}:*")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" & ");
+    let sql = if search.scope.is_some() {
+        POSTGRES_ONE
+    } else {
+        POSTGRES_ALL
+    };
+    type Row = (
+        i64,
+        uuid::Uuid,
+        Option<i64>,
+        String,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let mut statement = sea_orm::sqlx::query_as::<_, Row>(sql)
+        .persistent(false)
+        .bind(query)
+        .bind(user.0)
+        .bind(before(search))
+        .bind(fetch(search));
+    if let Some(chat) = search.scope {
+        statement = statement.bind(chat.0);
+    }
+    let rows = statement
+        .fetch_all(db.get_postgres_connection_pool())
+        .await
+        .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(e))))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, chat_id, sender_id, content, created_at)| Found {
+            id,
+            chat_id,
+            sender_id,
+            content,
+            created_at,
+        })
+        .collect())
+}
+
+/// MySQL: the words long enough to be indexed as a boolean-mode `MATCH`
+/// (`+cafe +uber*`); shorter ones as a substring (`LIKE`), which the
+/// column's collation also compares without case or accents.
+fn mysql(search: &Search, user: UserId) -> Statement {
+    let last = search.words.len() - 1;
+    let (mut indexed, mut short) = (Vec::new(), Vec::new());
+    for (i, word) in search.words.iter().enumerate() {
+        if word.chars().count() < MYSQL_MIN_WORD_CHARS {
+            short.push(format!("%{word}%"));
+        } else {
+            let prefix = if i == last { "*" } else { "" };
+            indexed.push(format!("+{word}{prefix}"));
+        }
+    }
+    let mut conditions = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if !indexed.is_empty() {
+        conditions.push("MATCH (m.content) AGAINST (? IN BOOLEAN MODE)");
+        values.push(indexed.join(" ").into());
+    }
+    for pattern in short {
+        conditions.push("m.content LIKE ?");
+        values.push(pattern.into());
+    }
+    values.push(user.0.into());
+    let scope = match search.scope {
+        Some(chat) => {
+            values.push(chat.0.into());
+            "AND cm.chat_id = ?"
+        }
+        None => "",
+    };
+    values.push(before(search).into());
+    values.push(fetch(search).into());
+    Statement::from_sql_and_values(
+        DatabaseBackend::MySql,
+        format!(
+            "SELECT {COLUMNS} FROM messages m WHERE {} \
+             AND m.chat_id IN (SELECT cm.chat_id FROM chat_members cm \
+                 WHERE cm.user_id = ? {scope}) \
+             AND m.id < ? AND NOT m.deleted \
+             ORDER BY m.id DESC LIMIT ?",
+            conditions.join(" AND ")
+        ),
+        values,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_runs_of_letters_and_digits() {
+        let s = Search::new("  Café-au_lait, Über2 ", None, None, None).unwrap();
+        assert_eq!(s.words, ["café", "au", "lait", "über2"]);
+        assert_eq!(s.limit, DEFAULT_PAGE);
+    }
+
+    #[test]
+    fn a_query_without_words_or_too_long_is_refused() {
+        assert!(Search::new(" .,;!? ", None, None, None).is_err());
+        assert!(Search::new("", None, None, None).is_err());
+        assert!(Search::new(&"a ".repeat(11), None, None, None).is_err());
+        assert!(Search::new(&"a".repeat(201), None, None, None).is_err());
+        assert!(Search::new("x", None, None, Some(0)).is_err());
+        assert!(Search::new("x", None, None, Some(51)).is_err());
+        assert!(Search::new("x", None, Some(0), None).is_err());
+    }
+
+    #[test]
+    fn mysql_matches_short_words_as_substrings() {
+        let s = Search::new("to the park", None, Some(9), Some(5)).unwrap();
+        let statement = mysql(&s, UserId(7));
+        assert!(statement
+            .sql
+            .contains("AGAINST (? IN BOOLEAN MODE) AND m.content LIKE ?"));
+        let values = statement.values.unwrap().0;
+        assert_eq!(values[0], Value::from("+the +park*"));
+        assert_eq!(values[1], Value::from("%to%"));
+    }
+
+    #[test]
+    fn sqlite_matches_words_and_conversations_in_the_index() {
+        let s = Search::new("hello wor", None, None, None).unwrap();
+        let chat = uuid::Uuid::nil();
+        let statement = sqlite(&s, UserId(1), &[chat]);
+        let values = statement.values.unwrap().0;
+        assert_eq!(
+            values[0],
+            Value::from(format!(
+                "body:\"hello\" AND body:\"wor\"* AND (chat:c{})",
+                chat.simple()
+            ))
+        );
+    }
+}

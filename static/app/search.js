@@ -1,0 +1,139 @@
+// Search (PROTOCOL.md B10): the box above the conversation list and its
+// results. Matched words are marked with <mark> elements built from the
+// text's pieces: a message is only ever rendered as text, never as HTML.
+
+import { h } from "./vendor/preact.module.js";
+import { useEffect, useRef, useState } from "./vendor/hooks.module.js";
+import htm from "./vendor/htm.module.js";
+
+const html = htm.bind(h);
+
+/** How long typing pauses before the query is sent. */
+const TYPING_PAUSE_MS = 250;
+
+/** The words of a query as the server reads them: runs of letters and digits. */
+export function queryWords(query) {
+  return query.split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+}
+
+/** A character as search compares it: no accents, lower case. */
+function fold(ch) {
+  return ch.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
+}
+
+/**
+ * Splits `text` into pieces, `{ text, hit }`, where a hit is a word of the
+ * text that starts with one of `words` (compared without case or
+ * accents), up to that word's length: "Café au lait" and "cafe" give
+ * [{ "Café", hit }, { " au lait" }].
+ */
+export function highlightParts(text, words) {
+  const wanted = words.map((w) => [...w].map(fold).join("")).filter(Boolean);
+  const chars = [...text];
+  const folded = chars.map(fold);
+  const isWord = (ch) => /[\p{L}\p{N}]/u.test(ch);
+  const hit = new Array(chars.length).fill(false);
+  for (let i = 0; i < chars.length; i++) {
+    if (!isWord(chars[i]) || (i > 0 && isWord(chars[i - 1]))) continue;
+    for (const word of wanted) {
+      // Walk the text from i, matching the folded word char by char.
+      let j = i;
+      let matched = "";
+      while (j < chars.length && matched.length < word.length && word.startsWith(matched + folded[j])) {
+        matched += folded[j];
+        j += 1;
+      }
+      if (matched.length === word.length) hit.fill(true, i, j);
+    }
+  }
+  const parts = [];
+  chars.forEach((ch, i) => {
+    const last = parts[parts.length - 1];
+    if (last && last.hit === hit[i]) last.text += ch;
+    else parts.push({ text: ch, hit: hit[i] });
+  });
+  return parts;
+}
+
+function Highlighted({ text, words }) {
+  return highlightParts(text, words).map((part) =>
+    part.hit ? html`<mark>${part.text}</mark>` : part.text
+  );
+}
+
+function when(iso) {
+  const date = new Date(iso);
+  return isNaN(date)
+    ? ""
+    : date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+/** The search box: sends the query when typing pauses or on Enter;
+ *  Escape (or emptying it) goes back to the conversation list. */
+export function SearchBox({ chat }) {
+  const [text, setText] = useState(chat.state.search?.query || "");
+  const timer = useRef(null);
+  useEffect(() => () => clearTimeout(timer.current), []);
+  function ask(value) {
+    clearTimeout(timer.current);
+    chat.search(value);
+  }
+  function onInput(event) {
+    const value = event.target.value;
+    setText(value);
+    clearTimeout(timer.current);
+    timer.current = setTimeout(() => chat.search(value), TYPING_PAUSE_MS);
+  }
+  function onKeyDown(event) {
+    if (event.key === "Escape" && text) {
+      event.preventDefault();
+      setText("");
+      ask("");
+    }
+  }
+  return html`
+    <form role="search" class="search" onSubmit=${(e) => (e.preventDefault(), ask(text))}>
+      <input
+        type="search"
+        aria-label="Search"
+        placeholder="Search messages"
+        autocomplete="off"
+        value=${text}
+        onInput=${onInput}
+        onKeyDown=${onKeyDown}
+      />
+    </form>
+  `;
+}
+
+/** The results of the current search, newest first; a click opens the
+ *  conversation at the message. */
+export function SearchResults({ chat }) {
+  const search = chat.state.search;
+  if (!search) return null;
+  const words = queryWords(search.query);
+  const nameOf = (pk) => chat.state.conversations.get(pk)?.name || "Conversation";
+  return html`
+    <section class="results">
+      ${search.error && html`<p role="alert" class="error">${search.error}</p>`}
+      <ul role="list" aria-label="Search results" class="results-list">
+        ${search.results.map(
+          (r) => html`<li key=${r.id}>
+            <button type="button" class="result" onClick=${() => chat.openAt(r.pk, r.id)}>
+              <span class="result-head">
+                <span class="name">${nameOf(r.pk)}</span>
+                <time datetime=${r.time}>${when(r.time)}</time>
+              </span>
+              <span class="result-text"><${Highlighted} text=${r.content} words=${words} /></span>
+            </button>
+          </li>`
+        )}
+      </ul>
+      ${search.loading && html`<p class="hint">Searching…</p>`}
+      ${!search.loading && !search.error && search.results.length === 0 &&
+      html`<p class="hint">No messages found.</p>`}
+      ${search.hasMore && !search.loading &&
+      html`<button type="button" class="link" onClick=${() => chat.search(search.query, true)}>More results</button>`}
+    </section>
+  `;
+}

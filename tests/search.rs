@@ -1,0 +1,392 @@
+//! Search (PROTOCOL.md B10) on each database's own full-text index: every
+//! word must match, the last as a prefix, case and accents ignored; only
+//! conversations the caller is a member of now; edits and deletions
+//! followed at once; the WebSocket and REST answers alike.
+
+use crate::common;
+
+use actix_web::http::Method;
+use common::{Backend, TestApp, WsClient};
+use serde_json::{json, Value};
+
+async fn send(ws: &mut WsClient, pk: &str, content: &str) -> Value {
+    let ack = ws
+        .ask(json!({"type": "message", "data": {"to": pk, "content": content}}))
+        .await;
+    assert_eq!(ack["status"], "success", "{ack}");
+    ack
+}
+
+async fn search(ws: &mut WsClient, data: Value) -> Value {
+    ws.ask(json!({"type": "search", "data": data})).await
+}
+
+/// The ids of a page's results, in order.
+fn ids(page: &Value) -> Vec<i64> {
+    page["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {page}"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("an id"))
+        .collect()
+}
+
+fn id(ack: &Value) -> i64 {
+    ack["id"]
+        .as_i64()
+        .expect("an acknowledged message has an id")
+}
+
+async fn matching_rules(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, _, pk) = app.pair("alice", "bob").await;
+    let (_, _, elsewhere) = app.pair("carol", "dave").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let bob_token = app.login("bob").await;
+    let mut bob = app.authorized(&bob_token).await;
+    let mut carol = app.authorized(&app.login("carol").await).await;
+
+    let cafe = send(&mut alice, &pk, "Un café au lait, s'il vous plaît").await;
+    let uber = send(&mut alice, &pk, "Über alles gut").await;
+    let fox = send(&mut alice, &pk, "the quick brown fox").await;
+    let quickly = send(&mut alice, &pk, "Quickly now!").await;
+    let park = send(&mut alice, &pk, "go to the park: https://example.org/map").await;
+    send(&mut carol, &elsewhere, "café crème for carol").await;
+
+    // The exact answer: the message, its conversation, found as soon as
+    // it was acknowledged.
+    let found = search(&mut bob, json!({"query": "cafe"})).await;
+    assert_eq!(
+        found,
+        json!({"results": [{
+            "pk": pk, "id": id(&cafe), "sender": alice_id,
+            "content": "Un café au lait, s'il vous plaît", "time": cafe["time"],
+        }], "has_more": false}),
+        "{}",
+        backend.name()
+    );
+    // Case and accents ignored both ways; the last word is a prefix, the
+    // others whole words; every word must match.
+    for (query, expected) in [
+        ("UBER", vec![id(&uber)]),
+        ("CAFÉ LAIT", vec![id(&cafe)]),
+        ("quick", vec![id(&quickly), id(&fox)]),
+        ("quick bro", vec![id(&fox)]),
+        ("quick now", vec![]),
+        ("brown quick fox", vec![id(&fox)]),
+        ("the park", vec![id(&park)]),
+        ("to park", vec![id(&park)]),
+        ("example", vec![id(&park)]),
+        ("crème", vec![]),
+    ] {
+        let page = search(&mut bob, json!({"query": query})).await;
+        assert_eq!(ids(&page), expected, "{query:?} on {}", backend.name());
+    }
+    // Nothing of someone else's conversation.
+    let page = search(&mut carol, json!({"query": "caf"})).await;
+    assert_eq!(page["results"].as_array().unwrap().len(), 1);
+    assert_eq!(page["results"][0]["pk"], elsewhere);
+
+    // One conversation: one's own, or not found.
+    let page = search(&mut bob, json!({"query": "quick", "id": pk})).await;
+    assert_eq!(ids(&page), vec![id(&quickly), id(&fox)]);
+    let not_found =
+        json!({"status": "error", "code": "not_found", "message": "conversation not found"});
+    assert_eq!(
+        search(&mut bob, json!({"query": "cafe", "id": elsewhere})).await,
+        not_found
+    );
+    assert_eq!(
+        search(&mut bob, json!({"query": "cafe", "id": "nope"})).await,
+        not_found
+    );
+
+    // Pages, newest first.
+    let first = search(&mut bob, json!({"query": "quick", "limit": 1})).await;
+    assert_eq!(
+        (ids(&first), &first["has_more"]),
+        (vec![id(&quickly)], &json!(true))
+    );
+    let next = search(
+        &mut bob,
+        json!({"query": "quick", "limit": 1, "before": id(&quickly)}),
+    )
+    .await;
+    assert_eq!(
+        (ids(&next), &next["has_more"]),
+        (vec![id(&fox)], &json!(false))
+    );
+
+    // A query of nothing to search for, and other bad requests.
+    for (data, message) in [
+        (
+            json!({"query": " ?!… -- "}),
+            "query has no words to search for",
+        ),
+        (
+            json!({"query": "x", "limit": 51}),
+            "limit must be between 1 and 50",
+        ),
+        (
+            json!({"query": "x".repeat(201)}),
+            "query is longer than 200 characters",
+        ),
+    ] {
+        assert_eq!(
+            search(&mut bob, data).await,
+            json!({"status": "error", "code": "invalid", "message": message})
+        );
+    }
+
+    // REST answers the same.
+    let ws_page = search(&mut bob, json!({"query": "quick"})).await;
+    let (status, rest_page) = app
+        .rest(Method::GET, "/api/search/?q=quick", &bob_token, None)
+        .await;
+    assert_eq!((status, rest_page), (200, ws_page));
+    let (status, body) = app
+        .rest(Method::GET, "/api/search/?q=%3F%3F", &bob_token, None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"q": ["query has no words to search for"]}))
+    );
+    let path = format!("/api/search/?q=cafe&id={elsewhere}");
+    assert_eq!(app.rest(Method::GET, &path, &bob_token, None).await.0, 404);
+    assert_eq!(
+        app.rest(Method::GET, "/api/search/?q=cafe", "bad", None)
+            .await
+            .0,
+        401
+    );
+
+    // An edited message is found by its new text only; a deleted one never.
+    let edited = alice
+        .ask(json!({"type": "edit_message", "data": {"id": id(&cafe), "content": "green tea"}}))
+        .await;
+    assert_eq!(edited["status"], "success", "{edited}");
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "cafe"})).await),
+        Vec::<i64>::new()
+    );
+    let page = search(&mut bob, json!({"query": "tea"})).await;
+    assert_eq!(ids(&page), vec![id(&cafe)]);
+    assert_eq!(page["results"][0]["content"], "green tea");
+    let deleted = alice
+        .ask(json!({"type": "delete_message", "data": {"id": id(&uber)}}))
+        .await;
+    assert_eq!(deleted["status"], "success", "{deleted}");
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "uber"})).await),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "alles gut"})).await),
+        Vec::<i64>::new()
+    );
+}
+
+backend_tests!(matching => matching_rules);
+
+/// Removed from a group: its messages, old and new, are not found any more.
+async fn only_conversations_one_is_in_now(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, alice_token) = app.user("alice").await;
+    let (bob_id, bob_token) = app.user("bob").await;
+    common::have_written(&app.db, &[bob_id], alice_id).await;
+    let mut alice = app.authorized(&alice_token).await;
+    let mut bob = app.authorized(&bob_token).await;
+    let group = alice
+        .ask_change(
+            json!({"type": "create_group", "data": {"title": "plans", "members": [bob_id]}}),
+        )
+        .await;
+    let pk = group["pk"].as_str().expect("a group pk").to_string();
+    let plans = send(&mut alice, &pk, "secret plans").await;
+    let page = search(&mut bob, json!({"query": "secret"})).await;
+    assert_eq!(ids(&page), vec![id(&plans)], "{}", backend.name());
+    assert_eq!(page["results"][0]["pk"], pk);
+
+    let removed = alice
+        .ask_change(json!({"type": "remove_member", "data": {"id": pk, "user_id": bob_id}}))
+        .await;
+    assert!(removed["pk"].is_string(), "{removed}");
+    send(&mut alice, &pk, "more secret plans").await;
+    assert_eq!(
+        search(&mut bob, json!({"query": "secret"})).await,
+        json!({"results": [], "has_more": false})
+    );
+    assert_eq!(
+        search(&mut bob, json!({"query": "secret", "id": pk})).await,
+        json!({"status": "error", "code": "not_found", "message": "conversation not found"})
+    );
+    let (status, body) = app
+        .rest(Method::GET, "/api/search/?q=secret", &bob_token, None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"results": [], "has_more": false}))
+    );
+    // Alice, still in it, finds both.
+    assert_eq!(
+        ids(&search(&mut alice, json!({"query": "secret plans"})).await).len(),
+        2
+    );
+}
+
+backend_tests!(scope => only_conversations_one_is_in_now);
+
+/// Messages stored before search existed are found once the migration has
+/// run; and on SQLite, re-running it with its triggers dropped (a bulk load
+/// without the index, as `chat-bench search-fill` does) rebuilds the index.
+async fn the_migration_indexes_existing_messages(backend: &Backend) {
+    use chat_server::chat::protocol::UserId;
+    use chat_server::chat::search::{self, Search};
+    use migration::{Alias, MigratorTrait, Query};
+    use sea_orm::ConnectionTrait;
+    let (_database, db, user) = common::database_before(backend, "m20261203_000001_search").await;
+    let (chat, now) = (uuid::Uuid::new_v4(), chrono::Utc::now());
+    let insert = |table: &str, columns: &[&str], values: Vec<sea_orm::Value>| {
+        Query::insert()
+            .into_table(Alias::new(table))
+            .columns(columns.iter().map(|c| Alias::new(*c)))
+            .values_panic(values.into_iter().map(Into::into))
+            .to_owned()
+    };
+    let statements = [
+        insert(
+            "chats",
+            &["id", "kind", "title", "created_at", "seq"],
+            vec![
+                chat.into(),
+                "group".into(),
+                "old".into(),
+                now.into(),
+                2i64.into(),
+            ],
+        ),
+        insert(
+            "chat_members",
+            &["chat_id", "user_id", "joined_at", "role"],
+            vec![chat.into(), user.into(), now.into(), "owner".into()],
+        ),
+        insert(
+            "messages",
+            &["chat_id", "sender_id", "content", "created_at", "seq"],
+            vec![
+                chat.into(),
+                user.into(),
+                "Ein Café, bitte".into(),
+                now.into(),
+                1i64.into(),
+            ],
+        ),
+        insert(
+            "messages",
+            &["chat_id", "sender_id", "content", "created_at", "seq"],
+            vec![
+                chat.into(),
+                user.into(),
+                "nothing here".into(),
+                now.into(),
+                2i64.into(),
+            ],
+        ),
+    ];
+    for statement in &statements {
+        db.execute(statement).await.unwrap();
+    }
+    migration::Migrator::up(&db, None).await.unwrap();
+    let find = |query: &str| {
+        let search = Search::new(query, None, None, None).unwrap();
+        let db = db.clone();
+        async move {
+            let page = search::run(&db, UserId(user), &search)
+                .await
+                .unwrap()
+                .unwrap();
+            page.results
+                .into_iter()
+                .map(|r| r.content)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        find("cafe bitte").await,
+        ["Ein Café, bitte"],
+        "{}",
+        backend.name()
+    );
+
+    if let Backend::Sqlite = backend {
+        db.execute_unprepared(
+            "DROP TRIGGER messages_search_insert; \
+             INSERT INTO message_search(message_search) VALUES ('delete-all'); \
+             DELETE FROM seaql_migrations WHERE version = 'm20261203_000001_search'",
+        )
+        .await
+        .unwrap();
+        assert_eq!(find("cafe").await, Vec::<String>::new());
+        migration::Migrator::up(&db, None).await.unwrap();
+        assert_eq!(find("cafe").await, ["Ein Café, bitte"]);
+        assert_eq!(find("nothing").await, ["nothing here"]);
+    }
+}
+
+backend_tests!(existing_messages => the_migration_indexes_existing_messages);
+
+/// A conversation longer than the newest messages PostgreSQL walks before
+/// it asks the index (500): an old match is found, and pages run newest
+/// first across that boundary.
+async fn deep_history(backend: &Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+            ("RATE_LIMIT_BURST", "100000"),
+        ],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut bob = app.authorized(&app.login("bob").await).await;
+    let needle = id(&send(&mut alice, &pk, "a needle in the haystack").await);
+    let mut hay = Vec::new();
+    for i in 0..620 {
+        hay.push(id(&send(&mut alice, &pk, &format!("hay bale {i}")).await));
+    }
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "needle"})).await),
+        vec![needle],
+        "{}",
+        backend.name()
+    );
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "haystack", "id": pk})).await),
+        vec![needle]
+    );
+    let newest: Vec<i64> = hay.iter().rev().copied().collect();
+    let page = search(&mut bob, json!({"query": "hay", "limit": 50})).await;
+    assert_eq!(
+        (ids(&page), &page["has_more"]),
+        (newest[..50].to_vec(), &json!(true))
+    );
+    // A page that starts inside the newest 500 and ends below them.
+    let page = search(
+        &mut bob,
+        json!({"query": "bale", "before": newest[479], "limit": 50}),
+    )
+    .await;
+    assert_eq!(ids(&page), newest[480..530].to_vec());
+    // The oldest of them, and the needle's own "haystack" after them.
+    let page = search(
+        &mut bob,
+        json!({"query": "hay", "before": newest[600], "limit": 50}),
+    )
+    .await;
+    let mut expected = newest[601..].to_vec();
+    expected.push(needle);
+    assert_eq!((ids(&page), &page["has_more"]), (expected, &json!(false)));
+}
+
+backend_tests!(deep => deep_history);
