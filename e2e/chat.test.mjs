@@ -253,3 +253,53 @@ test("search: matched words are marked without case or accents, as text", async 
   assert.equal(marked("decaf coffee", ["caf"]), "decaf coffee", "only at a word's start");
   assert.equal(marked("<b>x</b>", ["b"]), "<[b]>x</[b]>");
 });
+
+test("a window in the past: opened at a message, new ones held until it reaches them", () => {
+  const { chat, sent } = connected();
+  const asked = () => sent.filter((f) => f.type === "get_messages").at(-1).data;
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 300)] });
+  // A newest page asked for, then a search result far back: the page of
+  // the earlier window is dropped when it comes.
+  chat.openConversation(A);
+  chat.loadAround(A, 100);
+  assert.deepEqual(asked(), { id: A, limit: 50 }, "one page at a time");
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(290, "new")], has_more: true } });
+  assert.deepEqual(asked(), { id: A, after: 99, limit: 50 });
+  assert.deepEqual(ids(chat, A), []);
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(100, "x"), item(101, "y")], has_more: true } });
+  const log = chat.state.messages.get(A);
+  assert.deepEqual([ids(chat, A), log.hasNewer, log.hasOlder, log.loaded], [[100, 101], true, true, true]);
+
+  // A live message waits; no read mark for the window's end.
+  chat.onFrame(push(A, 301, 300, "live"));
+  assert.deepEqual(ids(chat, A), [100, 101]);
+  chat.markSeen(A);
+  assert.notEqual(sent.at(-1).type, "read");
+
+  // The pages below; the last one lets the held message join.
+  chat.loadNewer(A);
+  assert.deepEqual(asked(), { id: A, after: 101, limit: 50 });
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(102, "z")], has_more: true } });
+  chat.loadNewer(A);
+  assert.deepEqual(asked(), { id: A, after: 102, limit: 50 });
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(299, "w"), item(300, "live")], has_more: false } });
+  assert.deepEqual([ids(chat, A), log.hasNewer], [[100, 101, 102, 299, 300], false]);
+  chat.markSeen(A);
+  assert.deepEqual(sent.at(-1), { type: "read", data: { id: A, up_to: 300 } });
+});
+
+test("a window in the past: sending or Jump to latest goes back to the newest page", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 300)] });
+  chat.openAt(A, 100);
+  assert.equal(sent.filter((f) => f.type === "get_messages").length, 0, "the view asks around the message");
+  chat.loadAround(A, 100);
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(100, "x")], has_more: true } });
+  chat.sendMessage(A, "hello");
+  assert.deepEqual(sent.at(-2).data, { id: A, limit: 50 });
+  assert.equal(sent.at(-1).type, "message");
+  const log = chat.state.messages.get(A);
+  assert.deepEqual([ids(chat, A), log.hasNewer, log.loaded], [[], false, false]);
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(299, "w")], has_more: true } });
+  assert.deepEqual([ids(chat, A), log.hasOlder], [[299], true]);
+});

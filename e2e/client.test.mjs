@@ -774,3 +774,88 @@ test("search finds a message by its words, marks them, and opens the conversatio
   await alice.page.context().close();
   await bob.page.context().close();
 });
+
+/** Sends `count` messages as the page's person through a socket of its
+ *  own (the app's token, from its storage) and waits for every answer. */
+async function sendMany(page, count, text) {
+  await page.evaluate(
+    ({ count, text }) =>
+      new Promise((resolve, reject) => {
+        const { token } = JSON.parse(localStorage.getItem("chat.session"));
+        const ws = new WebSocket(`ws://${location.host}/chat`);
+        let answered = 0;
+        ws.onopen = () => ws.send(JSON.stringify({ type: "authorization", data: { token } }));
+        ws.onerror = reject;
+        ws.onmessage = ({ data }) => {
+          const frame = JSON.parse(data);
+          if (frame.type === "authorization_response") ws.send(JSON.stringify({ type: "get_contacts", data: {} }));
+          if (frame.type === "get_contacts_response") {
+            for (let i = 0; i < count; i += 1) {
+              ws.send(JSON.stringify({ type: "message", data: { to: frame.data[0].pk, content: `${text} ${i}` } }));
+            }
+          }
+          if (frame.type === "message_response" && ++answered === count) {
+            ws.close();
+            resolve();
+          }
+        };
+      }),
+    { count, text }
+  );
+}
+
+test("a search result far back opens a window there that grows both ways, and Jump to latest", async () => {
+  const [alice, bob] = await talking(["Ida", "Deep"], ["Max", "Reader"], "the lighthouse keeper");
+  await sendMany(alice.page, 120, "filler line");
+  await received(bob.page, "filler line 119");
+  // Reloaded, Bob's client holds none of it.
+  await bob.page.reload();
+  await status(bob.page, "Connected");
+
+  await bob.page.getByRole("searchbox", { name: "Search" }).fill("lighthouse");
+  const hit = bob.page.getByRole("list", { name: "Search results" }).getByRole("listitem");
+  await hit.filter({ hasText: "the lighthouse keeper" }).click();
+  await bob.page.locator(".message.flash").filter({ hasText: "the lighthouse keeper" }).waitFor(WAIT);
+  // A window of one page from the result: the newest are not there yet.
+  const latest = bob.page.getByRole("button", { name: "Jump to latest" });
+  await latest.waitFor(WAIT);
+  await shot(bob.page, "desktop-window");
+  assert.equal(await log(bob.page).locator(".message").filter({ hasText: "filler line 119" }).count(), 0);
+
+  // A message sent meanwhile waits below the window, and joins once the
+  // window reaches the end by scrolling down.
+  await say(alice.page, "are you there?");
+  const history = log(bob.page);
+  const messages = history.locator(".message");
+  for (let page = 0; page < 10 && (await latest.count()) > 0; page += 1) {
+    const shownBefore = await messages.count();
+    await history.evaluate((el) => el.scrollTo(0, el.scrollHeight));
+    await bob.page.waitForFunction(
+      (n) => document.querySelectorAll('[role="log"] .message').length > n || !document.querySelector(".latest"),
+      shownBefore,
+      WAIT
+    );
+  }
+  await received(bob.page, "are you there?");
+  await latest.waitFor({ state: "detached", ...WAIT });
+  const shown = await history.locator(".message .text").allTextContents();
+  const fillers = shown.filter((t) => t.startsWith("filler line"));
+  assert.deepEqual(fillers, [...Array(120).keys()].map((i) => `filler line ${i}`), "no gap, no repeat");
+  assert.equal(shown.at(-1), "are you there?");
+
+  // After a reload (nothing loaded), at phone width, the result opens a
+  // window again, and Jump to latest leaves it for the newest page.
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await bob.page.reload();
+  await bob.page.getByRole("searchbox", { name: "Search" }).fill("lighthouse");
+  await hit.filter({ hasText: "the lighthouse keeper" }).click();
+  await bob.page.locator(".message.flash").filter({ hasText: "the lighthouse keeper" }).waitFor(WAIT);
+  await shot(bob.page, "phone-window");
+  await latest.click();
+  await latest.waitFor({ state: "detached", ...WAIT });
+  await received(bob.page, "are you there?");
+  assert.equal(await messages.filter({ hasText: "the lighthouse keeper" }).count(), 0, "only the newest page");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});

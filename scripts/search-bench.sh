@@ -10,10 +10,13 @@
 # one with it dropped, alternately, twice.
 #
 #   cargo build --release -p chat-server -p chat-bench
-#   scripts/search-bench.sh [sqlite] [postgres]
+#   scripts/search-bench.sh [sqlite] [postgres] [mysql]
+#
+# mysql is MariaDB (or MySQL) at MY (root, no password, 127.0.0.1:3306).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
+MY=${MY:-mysql://root@127.0.0.1:3306}
 SERVER=$(realpath "${SERVER:-target/release/chat-server}")
 BENCH=$(realpath "${BENCH:-target/release/chat-bench}")
 model=(--users "${USERS:-10000}" --conversations "${CONVERSATIONS:-50000}" --messages "${MESSAGES:-1000000}")
@@ -28,29 +31,45 @@ cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   wait 2>/dev/null || true
   for db in "${dbs[@]:-}"; do
-    [ -n "$db" ] && psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
+    case "$db" in
+      *_postgres*) psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true ;;
+      *_mysql*) mariadb -h127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS $db" || true ;;
+    esac
   done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 env_for() { # env_for SETUP NAME: the server's settings on that database
-  echo RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 FANOUT_PER_SECOND=10000000 \
+  # Searchers are asked one at a time, so on a slow database (MariaDB: a
+  # common word takes seconds) a searcher's socket goes unread for longer
+  # than a client may be silent: the heartbeat is made long enough.
+  echo HEARTBEAT_SECONDS=600 CLIENT_TIMEOUT_SECONDS=3600 \
+    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 FANOUT_PER_SECOND=10000000 \
     REGISTRATION_BURST=100000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn PORT=$PORT
-  if [ "$1" = postgres ]; then echo "DATABASE_URL=$PG/$2"; else echo "DB_NAME=$work/$2.db"; fi
+  case "$1" in
+    postgres) echo "DATABASE_URL=$PG/$2" ;;
+    mysql) echo "DATABASE_URL=$MY/$2" ;;
+    *) echo "DB_NAME=$work/$2.db" ;;
+  esac
 }
 
 fresh() { # fresh SETUP NAME: a new, migrated database
-  if [ "$1" = postgres ]; then
-    dbs+=("$2")
-    psql "$PG/postgres" -qc "CREATE DATABASE $2"
-  fi
+  dbs+=("$2")
+  case "$1" in
+    postgres) psql "$PG/postgres" -qc "CREATE DATABASE $2" ;;
+    mysql) mariadb -h127.0.0.1 -uroot -e "CREATE DATABASE $2" ;;
+  esac
   # shellcheck disable=SC2046
   env $(env_for "$1" "$2") "$SERVER" migrate >/dev/null
 }
 
 sql() { # sql SETUP NAME: runs stdin's SQL on that database
-  if [ "$1" = postgres ]; then psql -q -v ON_ERROR_STOP=1 "$PG/$2" >/dev/null; else sqlite3 -bail "$work/$2.db" >/dev/null; fi
+  case "$1" in
+    postgres) psql -q -v ON_ERROR_STOP=1 "$PG/$2" >/dev/null ;;
+    mysql) mariadb -h127.0.0.1 -uroot "$2" >/dev/null ;;
+    *) sqlite3 -bail "$work/$2.db" >/dev/null ;;
+  esac
 }
 
 start() { # start SETUP NAME
@@ -74,6 +93,8 @@ stop() {
 drop_index() { # drop_index SETUP NAME: the same database without the search index
   if [ "$1" = postgres ]; then
     echo "DROP INDEX idx_messages_chat_search; ALTER TABLE messages DROP COLUMN search;" | sql "$@"
+  elif [ "$1" = mysql ]; then
+    echo "ALTER TABLE messages DROP INDEX ft_messages_content;" | sql "$@"
   else
     echo "DROP TRIGGER messages_search_insert; DROP TRIGGER messages_search_update; DROP TRIGGER messages_search_delete;" | sql "$@"
   fi
@@ -84,6 +105,12 @@ sizes() { # sizes SETUP NAME: the index beside the messages table, in MiB
     psql -At "$PG/$2" -c "SELECT 'messages table (without search column): ' || round((pg_table_size('messages') - sum(pg_column_size(search)))/1048576.0, 1)
       || ' MiB; search column: ' || round(sum(pg_column_size(search))/1048576.0, 1)
       || ' MiB; GIN index: ' || round(pg_relation_size('idx_messages_chat_search')/1048576.0, 1) || ' MiB' FROM messages"
+  elif [ "$1" = mysql ]; then
+    # InnoDB keeps a FULLTEXT index in tables of its own (FTS_…), whose
+    # sizes the global tablespace view lists.
+    mariadb -h127.0.0.1 -uroot -N "$2" -e "SELECT CONCAT('messages table: ', ROUND(data_length / 1048576, 1),
+      ' MiB; FULLTEXT index: ', (SELECT ROUND(SUM(file_size) / 1048576, 1) FROM information_schema.innodb_sys_tablespaces
+        WHERE name LIKE '$2/FTS%'), ' MiB') FROM information_schema.tables WHERE table_schema = '$2' AND table_name = 'messages'"
   else
     sqlite3 "$work/$2.db" "SELECT 'messages table: ' || round(sum(CASE WHEN name = 'messages' THEN pgsize END)/1048576.0, 1)
       || ' MiB; FTS5 index: ' || round(sum(CASE WHEN name LIKE 'message_search%' THEN pgsize END)/1048576.0, 1) || ' MiB' FROM dbstat"
@@ -100,7 +127,7 @@ for setup in "${@:-sqlite postgres}"; do
     started=$SECONDS
     "$BENCH" search-fill "${model[@]}" --dialect "$s" | sql "$s" "$name"
     echo "$(date +%T) $s: filled in $((SECONDS - started)) s"
-    if [ "$s" = sqlite ]; then # the fill left the index to the migration (see search-fill)
+    if [ "$s" != postgres ]; then # the fill left the index to the migration (see search-fill)
       started=$SECONDS
       env $(env_for "$s" "$name") "$SERVER" migrate >/dev/null
       echo "$(date +%T) $s: index built by the migration in $((SECONDS - started)) s"

@@ -4,6 +4,7 @@
 //! followed at once; the WebSocket and REST answers alike.
 
 use crate::common;
+use chat_server::accounts;
 
 use actix_web::http::Method;
 use common::{Backend, TestApp, WsClient};
@@ -237,7 +238,7 @@ async fn only_conversations_one_is_in_now(backend: &Backend) {
 backend_tests!(scope => only_conversations_one_is_in_now);
 
 /// Messages stored before search existed are found once the migration has
-/// run; and on SQLite, re-running it with its triggers dropped (a bulk load
+/// run, and so are those written while it was undone; and on SQLite, re-running it with its triggers dropped (a bulk load
 /// without the index, as `chat-bench search-fill` does) rebuilds the index.
 async fn the_migration_indexes_existing_messages(backend: &Backend) {
     use chat_server::chat::protocol::UserId;
@@ -253,51 +254,47 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
             .values_panic(values.into_iter().map(Into::into))
             .to_owned()
     };
-    let statements = [
-        insert(
-            "chats",
-            &["id", "kind", "title", "created_at", "seq"],
-            vec![
-                chat.into(),
-                "group".into(),
-                "old".into(),
-                now.into(),
-                2i64.into(),
-            ],
-        ),
-        insert(
-            "chat_members",
-            &["chat_id", "user_id", "joined_at", "role"],
-            vec![chat.into(), user.into(), now.into(), "owner".into()],
-        ),
+    let message = |user: i64, content: &str, seq: i64| {
         insert(
             "messages",
             &["chat_id", "sender_id", "content", "created_at", "seq"],
             vec![
                 chat.into(),
                 user.into(),
-                "Ein Café, bitte".into(),
+                content.into(),
                 now.into(),
-                1i64.into(),
+                seq.into(),
             ],
-        ),
-        insert(
-            "messages",
-            &["chat_id", "sender_id", "content", "created_at", "seq"],
-            vec![
-                chat.into(),
-                user.into(),
-                "nothing here".into(),
-                now.into(),
-                2i64.into(),
-            ],
-        ),
-    ];
-    for statement in &statements {
+        )
+    };
+    // A conversation of `user`'s with two messages.
+    let rows = |user: i64| {
+        [
+            insert(
+                "chats",
+                &["id", "kind", "title", "created_at", "seq"],
+                vec![
+                    chat.into(),
+                    "group".into(),
+                    "old".into(),
+                    now.into(),
+                    2i64.into(),
+                ],
+            ),
+            insert(
+                "chat_members",
+                &["chat_id", "user_id", "joined_at", "role"],
+                vec![chat.into(), user.into(), now.into(), "owner".into()],
+            ),
+            message(user, "Ein Café, bitte", 1),
+            message(user, "nothing here", 2),
+        ]
+    };
+    for statement in &rows(user) {
         db.execute(statement).await.unwrap();
     }
     migration::Migrator::up(&db, None).await.unwrap();
-    let find = |query: &str| {
+    let find = |db: &sea_orm::DatabaseConnection, user: i64, query: &str| {
         let search = Search::new(query, None, None, None).unwrap();
         let db = db.clone();
         async move {
@@ -312,7 +309,24 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         }
     };
     assert_eq!(
-        find("cafe bitte").await,
+        find(&db, user, "cafe bitte").await,
+        ["Ein Café, bitte"],
+        "{}",
+        backend.name()
+    );
+
+    // Indexed while empty, the index dropped, rows written, and the
+    // migration run again (the benchmark's bulk load): found. (MariaDB,
+    // building the index in place, found none.)
+    let (_second, empty, owner) = common::database_before(backend, "m20261203_000001_search").await;
+    migration::Migrator::up(&empty, None).await.unwrap();
+    migration::Migrator::down(&empty, Some(1)).await.unwrap();
+    for statement in &rows(owner) {
+        empty.execute(statement).await.unwrap();
+    }
+    migration::Migrator::up(&empty, None).await.unwrap();
+    assert_eq!(
+        find(&empty, owner, "cafe").await,
         ["Ein Café, bitte"],
         "{}",
         backend.name()
@@ -326,35 +340,64 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         )
         .await
         .unwrap();
-        assert_eq!(find("cafe").await, Vec::<String>::new());
+        assert_eq!(find(&db, user, "cafe").await, Vec::<String>::new());
         migration::Migrator::up(&db, None).await.unwrap();
-        assert_eq!(find("cafe").await, ["Ein Café, bitte"]);
-        assert_eq!(find("nothing").await, ["nothing here"]);
+        assert_eq!(find(&db, user, "cafe").await, ["Ein Café, bitte"]);
+        assert_eq!(find(&db, user, "nothing").await, ["nothing here"]);
     }
 }
 
 backend_tests!(existing_messages => the_migration_indexes_existing_messages);
 
-/// A conversation longer than the newest messages PostgreSQL walks before
-/// it asks the index (500): an old match is found, and pages run newest
-/// first across that boundary.
+/// Sends `count` messages from `ws` to `pk`, in batches so as not to wait
+/// for each acknowledgement; their ids in order.
+async fn send_many(ws: &mut WsClient, pk: &str, count: usize, text: &str) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(count);
+    for start in (0..count).step_by(100) {
+        let end = (start + 100).min(count);
+        for i in start..end {
+            ws.send(
+                json!({"type": "message", "data": {"to": pk, "content": format!("{text} {i}")}}),
+            )
+            .await;
+        }
+        for _ in start..end {
+            ids.push(id(&ws.recv_type("message_response").await["data"]));
+        }
+    }
+    ids
+}
+
+/// A conversation larger than PostgreSQL searches together with the
+/// others (its own branch, planned with its size) beside a small one: an
+/// old match is found, and pages run newest first across both.
 async fn deep_history(backend: &Backend) {
     let app = TestApp::spawn_with(
         backend,
         &[
             ("RATE_LIMIT_PER_SECOND", "100000"),
             ("RATE_LIMIT_BURST", "100000"),
+            ("FANOUT_PER_SECOND", "100000"),
         ],
     )
     .await;
-    let (_, _, pk) = app.pair("alice", "bob").await;
+    let (_, bob_id, pk) = app.pair("alice", "bob").await;
+    let carol_id = app.create_user("carol", "Carol", "Doe").await;
+    let (small, _) = accounts::direct_chat(&app.db, carol_id, bob_id)
+        .await
+        .expect("a direct conversation");
+    let small = small.id.to_string();
     let mut alice = app.authorized(&app.login("alice").await).await;
     let mut bob = app.authorized(&app.login("bob").await).await;
+    let mut carol = app.authorized(&app.login("carol").await).await;
     let needle = id(&send(&mut alice, &pk, "a needle in the haystack").await);
-    let mut hay = Vec::new();
-    for i in 0..620 {
-        hay.push(id(&send(&mut alice, &pk, &format!("hay bale {i}")).await));
-    }
+    // 1,010 in the large conversation; carol's two among them, in the
+    // small one.
+    let mut hay = send_many(&mut alice, &pk, 300, "hay bale").await;
+    hay.push(id(&send(&mut carol, &small, "hay from carol").await));
+    hay.extend(send_many(&mut alice, &pk, 600, "hay bale").await);
+    hay.push(id(&send(&mut carol, &small, "hay from carol").await));
+    hay.extend(send_many(&mut alice, &pk, 110, "hay bale").await);
     assert_eq!(
         ids(&search(&mut bob, json!({"query": "needle"})).await),
         vec![needle],
@@ -365,26 +408,36 @@ async fn deep_history(backend: &Backend) {
         ids(&search(&mut bob, json!({"query": "haystack", "id": pk})).await),
         vec![needle]
     );
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "hay from", "id": small})).await),
+        vec![hay[901], hay[300]]
+    );
     let newest: Vec<i64> = hay.iter().rev().copied().collect();
     let page = search(&mut bob, json!({"query": "hay", "limit": 50})).await;
     assert_eq!(
         (ids(&page), &page["has_more"]),
         (newest[..50].to_vec(), &json!(true))
     );
-    // A page that starts inside the newest 500 and ends below them.
+    // Pages across carol's messages, from both branches.
     let page = search(
         &mut bob,
-        json!({"query": "bale", "before": newest[479], "limit": 50}),
+        json!({"query": "ha", "before": newest[79], "limit": 50}),
     )
     .await;
-    assert_eq!(ids(&page), newest[480..530].to_vec());
+    assert_eq!(ids(&page), newest[80..130].to_vec());
+    let page = search(
+        &mut bob,
+        json!({"query": "hay", "before": newest[679], "limit": 50}),
+    )
+    .await;
+    assert_eq!(ids(&page), newest[680..730].to_vec());
     // The oldest of them, and the needle's own "haystack" after them.
     let page = search(
         &mut bob,
-        json!({"query": "hay", "before": newest[600], "limit": 50}),
+        json!({"query": "hay", "before": newest[980], "limit": 50}),
     )
     .await;
-    let mut expected = newest[601..].to_vec();
+    let mut expected = newest[981..].to_vec();
     expected.push(needle);
     assert_eq!((ids(&page), &page["has_more"]), (expected, &json!(false)));
 }

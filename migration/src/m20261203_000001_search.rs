@@ -79,17 +79,32 @@ DROP TRIGGER IF EXISTS messages_search_delete;
 /// `chat_search_vector(text)`: what the GIN index holds of a message.
 /// `unaccent` is only STABLE (its dictionary could change), so it is called
 /// through an IMMUTABLE function naming the dictionary, as its
-/// documentation suggests for indexes.
+/// documentation suggests for indexes. Every name in the two functions is
+/// qualified with its schema, found here: the extension's (wherever it
+/// was created: the first schema of the search path, unless it existed)
+/// and the migration's own (`current_schema()`). So they work whatever
+/// the search path of the caller, pg_dump's restore (an empty one)
+/// included.
 const POSTGRES_UP: &str = r"
 CREATE EXTENSION IF NOT EXISTS unaccent;
 CREATE EXTENSION IF NOT EXISTS btree_gin;
-CREATE OR REPLACE FUNCTION chat_search_unaccent(text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
-    AS $$ SELECT public.unaccent('public.unaccent'::regdictionary, $1) $$;
-CREATE OR REPLACE FUNCTION chat_search_vector(text) RETURNS tsvector
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
-    AS $$ SELECT strip(to_tsvector('simple'::regconfig,
-        regexp_replace(chat_search_unaccent($1), '[!-/:-@\[-`{-~]+', ' ', 'g'))) $$;
+DO $migration$
+DECLARE
+    ext text := (SELECT n.nspname FROM pg_extension e
+        JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'unaccent');
+    own text := current_schema();
+BEGIN
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION %I.chat_search_unaccent(text) RETURNS text '
+        'LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS %L',
+        own, format('SELECT %I.unaccent(%L::regdictionary, $1)', ext, quote_ident(ext) || '.unaccent'));
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION %I.chat_search_vector(text) RETURNS tsvector '
+        'LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS %L',
+        own, format('SELECT pg_catalog.strip(pg_catalog.to_tsvector(''pg_catalog.simple''::regconfig, '
+            'pg_catalog.regexp_replace(%I.chat_search_unaccent($1), ''[!-/:-@\[-`{-~]+'', '' '', ''g'')))', own));
+END
+$migration$;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS search tsvector
     GENERATED ALWAYS AS (chat_search_vector(content)) STORED;
 CREATE INDEX IF NOT EXISTS idx_messages_chat_search ON messages USING gin (chat_id, search);
@@ -103,11 +118,18 @@ DROP FUNCTION IF EXISTS chat_search_unaccent(text);
 ";
 
 /// The stop word setting is read when the index is built: off, so that
-/// "the" or "who" can be searched for. Both statements run on one
+/// "the" or "who" can be searched for. The statements run on one
 /// connection, in one call.
+///
+/// `ALGORITHM=COPY`: the table is copied with the index built row by row.
+/// Built in place, InnoDB indexes rows by a hidden document id that it
+/// keeps only while a FULLTEXT index exists: on a table that had one
+/// before (the migration undone, or the benchmark's bulk load without
+/// it), the rows written meanwhile have none, and an index built in place
+/// finds none of them (seen on MariaDB 10.11: every search empty).
 const MYSQL_UP: &str = "
 SET SESSION innodb_ft_enable_stopword = OFF;
-ALTER TABLE messages ADD FULLTEXT INDEX ft_messages_content (content);
+ALTER TABLE messages ADD FULLTEXT INDEX ft_messages_content (content), ALGORITHM=COPY;
 SET SESSION innodb_ft_enable_stopword = ON;
 ";
 

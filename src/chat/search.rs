@@ -110,8 +110,9 @@ pub async fn run(
         }));
     }
     let mut found = match backend {
-        DatabaseBackend::Postgres => postgres(db, search, user).await?,
+        DatabaseBackend::Postgres => postgres(db, search, user, &chats).await?,
         DatabaseBackend::Sqlite => {
+            let chats: Vec<uuid::Uuid> = chats.iter().map(|(id, _)| *id).collect();
             Found::find_by_statement(sqlite(search, user, &chats))
                 .all(db)
                 .await?
@@ -137,23 +138,26 @@ pub async fn run(
     Ok(Some(SearchPage { results, has_more }))
 }
 
-/// The conversations searched: `scope` if `user` is a member of it, or
-/// every conversation `user` is a member of.
+/// The conversations searched, each with its `seq` (how many messages
+/// and changes it has had): `scope` if `user` is a member of it, or every
+/// conversation `user` is a member of.
 async fn conversations<C: ConnectionTrait>(
     db: &C,
     user: UserId,
     scope: Option<ChatId>,
-) -> Result<Vec<uuid::Uuid>, DbErr> {
-    use entity::chat_member;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+) -> Result<Vec<(uuid::Uuid, i64)>, DbErr> {
+    use entity::{chat, chat_member};
+    use sea_orm::{ColumnTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait};
     let mut query = chat_member::Entity::find()
         .select_only()
         .column(chat_member::Column::ChatId)
+        .column(chat::Column::Seq)
+        .join(JoinType::InnerJoin, chat_member::Relation::Chat.def())
         .filter(chat_member::Column::UserId.eq(user.0));
     if let Some(chat) = scope {
         query = query.filter(chat_member::Column::ChatId.eq(chat.0));
     }
-    query.into_tuple::<uuid::Uuid>().all(db).await
+    query.into_tuple().all(db).await
 }
 
 /// The columns every backend's query returns, from `messages m`.
@@ -202,41 +206,54 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
     )
 }
 
-/// The PostgreSQL query, in every conversation of the caller's (`$5`
-/// unused) or in one.
-macro_rules! postgres_search {
-    ($scope:literal) => {
-        concat!(
-            "SELECT r.id, r.chat_id, r.sender_id, r.content, r.created_at ",
-            "FROM chat_members cm CROSS JOIN LATERAL (",
-            "SELECT m.id, m.chat_id, m.sender_id, m.content, m.created_at FROM messages m ",
-            "WHERE m.chat_id = cm.chat_id AND m.id < $3 AND NOT m.deleted ",
-            "AND m.search @@ to_tsquery('simple', chat_search_unaccent($1)) ",
-            "ORDER BY m.id DESC LIMIT $4) r ",
-            "WHERE cm.user_id = $2 ",
-            $scope,
-            " ORDER BY r.id DESC LIMIT $4"
-        )
-    };
-}
-const POSTGRES_ALL: &str = postgres_search!("");
-const POSTGRES_ONE: &str = postgres_search!("AND cm.chat_id = $5");
+/// A conversation whose `seq` (its messages and changes) is above this
+/// is searched by a branch of its own on PostgreSQL, planned with its id;
+/// smaller ones are walked together (see [`postgres`]).
+const POSTGRES_LARGE_CONVERSATION: i64 = 500;
 
-/// PostgreSQL: the words as a `tsquery` (`cafe & uber:*`), one
-/// conversation of the caller's at a time (`LATERAL`), each giving its
-/// newest matches, of which the newest page is kept. In each conversation
-/// the planner chooses by how common the words are: a common word walks
-/// the conversation's messages newest first (`(chat_id, id)`) and stops
-/// at the page's end; a rare one asks the GIN index on `(chat_id,
-/// search)` for that conversation's few matches. It can only choose with
-/// the words in hand, so the statement is sent unnamed (not kept
-/// prepared): PostgreSQL plans it with them each time, where a cached
-/// generic plan would pick one way for every word (DESIGN.md, "Search",
-/// has both plans).
+/// One conversation's newest matches on PostgreSQL: `$1` the `tsquery`
+/// text, `$2` the caller, `$3` `before`, `$4` the page's bound; `chat` the
+/// conversation (a parameter, or the outer `cm.chat_id`). The text is
+/// matched with the `@@` operator when `indexed` (the GIN index can answer
+/// it), or else with `ts_match_vq`, the same test as a function call,
+/// which the index cannot answer: the planner then walks.
+fn postgres_matches(chat: &str, indexed: bool) -> String {
+    let matched = if indexed {
+        "m.search @@ to_tsquery('simple', chat_search_unaccent($1))"
+    } else {
+        "ts_match_vq(m.search, to_tsquery('simple', chat_search_unaccent($1)))"
+    };
+    format!(
+        "SELECT m.id, m.chat_id, m.sender_id, m.content, m.created_at FROM messages m \
+         WHERE m.chat_id = {chat} AND m.id < $3 AND NOT m.deleted AND {matched} \
+         ORDER BY m.id DESC LIMIT $4"
+    )
+}
+
+/// PostgreSQL: the words as a `tsquery` (`cafe & uber:*`), each
+/// conversation's newest matches, of which the newest page is kept.
+///
+/// Inside one conversation there are two plans: walking its messages
+/// newest first (`(chat_id, id)`) and testing each, which stops at the
+/// page's end and suits common words; or asking the GIN index on
+/// `(chat_id, search)` for the conversation's matches, which suits rare
+/// ones. But the index answers a prefix (`uber:*`) by first collecting
+/// every match of it in the whole table, whatever the conversation: for
+/// a common prefix, about 10 ms each time. So the conversations up to
+/// [`POSTGRES_LARGE_CONVERSATION`] are walked, all in one `LATERAL` join
+/// with the index ruled out (a walk there reads at most that many rows);
+/// each larger one gets a branch of its own with its id as a parameter,
+/// where the planner sees the conversation's size in the statistics and
+/// the words' frequencies in the query, and chooses. The statement is
+/// sent unnamed (not kept prepared), so it is planned with the values in
+/// hand each time, where a cached generic plan would pick one way for
+/// all. Every branch checks membership again (DESIGN.md, "Search", has
+/// the plans).
 async fn postgres(
     db: &DatabaseConnection,
     search: &Search,
     user: UserId,
+    chats: &[(uuid::Uuid, i64)],
 ) -> Result<Vec<Found>, DbErr> {
     let last = search.words.len() - 1;
     let query = search
@@ -252,11 +269,12 @@ async fn postgres(
         })
         .collect::<Vec<_>>()
         .join(" & ");
-    let sql = if search.scope.is_some() {
-        POSTGRES_ONE
-    } else {
-        POSTGRES_ALL
-    };
+    let (large, small): (Vec<(uuid::Uuid, i64)>, Vec<_>) = chats
+        .iter()
+        .copied()
+        .partition(|&(_, seq)| seq > POSTGRES_LARGE_CONVERSATION);
+    let small: Vec<uuid::Uuid> = small.into_iter().map(|(id, _)| id).collect();
+    let sql = postgres_statement(!small.is_empty(), large.len());
     type Row = (
         i64,
         uuid::Uuid,
@@ -264,14 +282,20 @@ async fn postgres(
         String,
         chrono::DateTime<chrono::Utc>,
     );
+    // Built from the fixed text above and parameter numbers only: every
+    // value is bound.
+    let sql = sea_orm::sqlx::AssertSqlSafe(sql);
     let mut statement = sea_orm::sqlx::query_as::<_, Row>(sql)
         .persistent(false)
         .bind(query)
         .bind(user.0)
         .bind(before(search))
         .bind(fetch(search));
-    if let Some(chat) = search.scope {
-        statement = statement.bind(chat.0);
+    if !small.is_empty() {
+        statement = statement.bind(small);
+    }
+    for (chat, _) in large {
+        statement = statement.bind(chat);
     }
     let rows = statement
         .fetch_all(db.get_postgres_connection_pool())
@@ -287,6 +311,33 @@ async fn postgres(
             created_at,
         })
         .collect())
+}
+
+/// The PostgreSQL statement: the small conversations (`$5`, an array) in
+/// one `LATERAL` branch when `small`, then one branch per large one (the
+/// following parameters), the newest page of them all.
+fn postgres_statement(small: bool, large: usize) -> String {
+    let mut branches = Vec::with_capacity(large + 1);
+    if small {
+        branches.push(format!(
+            "SELECT r.* FROM chat_members cm CROSS JOIN LATERAL ({}) r \
+             WHERE cm.user_id = $2 AND cm.chat_id = ANY($5)",
+            postgres_matches("cm.chat_id", false)
+        ));
+    }
+    let first = if small { 6 } else { 5 };
+    for n in first..first + large {
+        branches.push(format!(
+            "SELECT * FROM ({}) r WHERE EXISTS (SELECT 1 FROM chat_members cm \
+             WHERE cm.chat_id = ${n} AND cm.user_id = $2)",
+            postgres_matches(&format!("${n}"), true)
+        ));
+    }
+    format!(
+        "SELECT id, chat_id, sender_id, content, created_at FROM ({}) found \
+         ORDER BY id DESC LIMIT $4",
+        branches.join(" UNION ALL ")
+    )
 }
 
 /// MySQL: the words long enough to be indexed as a boolean-mode `MATCH`
@@ -369,6 +420,21 @@ mod tests {
         let values = statement.values.unwrap().0;
         assert_eq!(values[0], Value::from("+the +park*"));
         assert_eq!(values[1], Value::from("%to%"));
+    }
+
+    #[test]
+    fn postgres_plans_large_conversations_on_their_own() {
+        let both = postgres_statement(true, 2);
+        assert_eq!(both.matches("UNION ALL").count(), 2);
+        assert!(both.contains("cm.chat_id = ANY($5)"));
+        assert!(both.contains("m.chat_id = $6 ") && both.contains("m.chat_id = $7 "));
+        let large = postgres_statement(false, 1);
+        assert!(!large.contains("LATERAL") && large.contains("m.chat_id = $5 "));
+        assert!(!postgres_statement(true, 0).contains("UNION"));
+        assert!(
+            !postgres_statement(true, 0).contains("@@"),
+            "small ones are walked"
+        );
     }
 
     #[test]

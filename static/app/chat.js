@@ -26,6 +26,8 @@ const TYPING_SENT_EVERY_MS = 3000;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
 const MAX_CONTENT = 4000;
 const QUOTE_CHARS = 200;
+/** New messages kept while a window in the past is shown (`log`). */
+const HELD = 500;
 /** The emoji the reaction picker offers. */
 export const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏", "🎉", "👀"];
 
@@ -378,7 +380,9 @@ export class Chat {
     this.state.open = pk;
     this.state.notice = null;
     const log = this.state.messages.get(pk);
-    if (!log?.loaded) this.loadNewest(pk);
+    const jumping = this.state.jump?.pk === pk;
+    if (log?.hasNewer && !jumping) this.showLatest(pk);
+    else if (!log?.loaded && !jumping) this.loadNewest(pk);
     if (!this.state.details.has(pk)) this.send("get_contact", { id: pk });
     this.changed();
   }
@@ -420,7 +424,8 @@ export class Chat {
     this.state.search = { query, results, hasMore: data.has_more, loading: false, error: null };
   }
 
-  /** Opens a result's conversation at its message. */
+  /** Opens a result's conversation at its message (the view loads the
+   *  history around it if it is not loaded: `loadAround`). */
   openAt(pk, id) {
     this.state.jump = { pk, id };
     this.openConversation(pk);
@@ -471,32 +476,76 @@ export class Chat {
 
   // --- history ----------------------------------------------------------
 
+  /** A conversation's loaded messages: the newest and the pages above
+   *  them, or (`hasNewer`) a window somewhere in its past, opened at a
+   *  search result or a replied-to message, that grows both ways. While
+   *  the window does not reach the newest message, new messages wait in
+   *  `held` and join once it does. `generation` tells a page asked for
+   *  an earlier window, which is dropped. */
   log(pk) {
     let log = this.state.messages.get(pk);
     if (!log) {
-      log = { items: [], hasOlder: false, loaded: false };
+      log = { items: [], hasOlder: false, hasNewer: false, held: [], loaded: false, generation: 0 };
       this.state.messages.set(pk, log);
     }
     return log;
   }
 
+  /** Empties a conversation's log for a new window: pages asked for the
+   *  old one are dropped when they come. */
+  resetLog(pk, hasNewer) {
+    const log = this.log(pk);
+    Object.assign(log, { items: [], hasOlder: hasNewer, hasNewer, held: [], loaded: false });
+    log.generation += 1;
+    this.queued.delete(pk);
+    return log;
+  }
+
   /** Asks for a page of history; one per conversation at a time. */
   requestHistory(pk, kind, data) {
+    const generation = this.log(pk).generation;
     if (this.history.has(pk)) {
-      this.queued.set(pk, { kind, data });
+      this.queued.set(pk, { kind, data, generation });
       return;
     }
-    if (this.send("get_messages", { id: pk, ...data })) this.history.set(pk, kind);
+    if (this.send("get_messages", { id: pk, ...data })) this.history.set(pk, { kind, generation });
   }
 
   loadNewest(pk) {
     this.requestHistory(pk, "newest", { limit: PAGE });
   }
 
+  /** The page above the oldest loaded message; true if it was asked for. */
   loadOlder(pk) {
     const log = this.log(pk);
-    if (!log.hasOlder || !log.items.length || this.history.has(pk)) return;
+    if (!log.hasOlder || !log.items.length || this.history.has(pk)) return false;
     this.requestHistory(pk, "older", { before: log.items[0].id, limit: PAGE });
+    return true;
+  }
+
+  /** The page below a window in the past. */
+  loadNewer(pk) {
+    const log = this.log(pk);
+    if (!log.hasNewer || !log.items.length || this.history.has(pk)) return;
+    this.requestHistory(pk, "newer", { after: log.items.at(-1).id, limit: PAGE });
+  }
+
+  /** A window on the conversation starting at message `id` (B7: `after`
+   *  an id reads from the first message past it, so `id - 1` starts at
+   *  `id` whether or not `id - 1` is in this conversation); the pages
+   *  above and below load as the person scrolls. */
+  loadAround(pk, id) {
+    if (this.log(pk).items.some((m) => m.id === id)) return;
+    this.resetLog(pk, true);
+    this.requestHistory(pk, "around", { after: id - 1, limit: PAGE });
+    this.changed();
+  }
+
+  /** Leaves a window in the past for the newest messages. */
+  showLatest(pk) {
+    this.resetLog(pk, false);
+    this.loadNewest(pk);
+    this.changed();
   }
 
   onHistory(data) {
@@ -507,23 +556,30 @@ export class Chat {
       return;
     }
     const pk = data.pk;
-    const kind = this.history.get(pk);
+    const asked = this.history.get(pk);
     this.history.delete(pk);
     const log = this.log(pk);
-    this.merge(
-      log,
-      data.messages.map((m) => ({ ...m, asOf: data.seq || 0 }))
-    );
-    if (kind === "newest") {
-      log.hasOlder = data.has_more;
-      log.loaded = true;
-    } else if (kind === "older") {
-      log.hasOlder = data.has_more;
+    if (asked?.generation === log.generation) {
+      this.merge(
+        log,
+        data.messages.map((m) => ({ ...m, asOf: data.seq || 0 }))
+      );
+      if (asked.kind === "newest" || asked.kind === "older") {
+        log.hasOlder = data.has_more;
+      } else {
+        log.hasNewer = data.has_more;
+        if (!log.hasNewer) {
+          // Caught up: what came meanwhile joins (merge drops repeats).
+          this.merge(log, log.held);
+          log.held = [];
+        }
+      }
+      if (asked.kind === "newest" || asked.kind === "around") log.loaded = true;
     }
     const next = this.queued.get(pk);
     if (next) {
       this.queued.delete(pk);
-      this.requestHistory(pk, next.kind, next.data);
+      if (next.generation === log.generation) this.requestHistory(pk, next.kind, next.data);
     }
     this.touch(pk, log);
   }
@@ -613,7 +669,7 @@ export class Chat {
     const conversation = this.state.conversations.get(pk);
     if (!conversation) return;
     const log = this.state.messages.get(pk);
-    const item = log?.items.find((m) => m.id === data.id);
+    const item = log?.items.find((m) => m.id === data.id) ?? log?.held.find((m) => m.id === data.id);
     if (item && data.seq > (item.asOf || 0)) {
       item.asOf = data.seq;
       if (type === "message_edited") {
@@ -651,7 +707,12 @@ export class Chat {
     const message = { ...body, asOf: seq || 0 };
     const log = this.state.messages.get(pk);
     const isNew = !log || !log.items.some((m) => m.id === message.id);
-    if (log?.loaded) {
+    if (log?.hasNewer) {
+      // Below a window in the past: kept until the window reaches it
+      // (bounded: the pages below bring anything older again).
+      log.held.push(message);
+      if (log.held.length > HELD) log.held.shift();
+    } else if (log?.loaded) {
       this.merge(log, [message]);
     }
     if (message.client_id && message.direction === "send") {
@@ -691,6 +752,7 @@ export class Chat {
       time: new Date().toISOString(),
       reply_to: replyTo,
     };
+    if (this.state.messages.get(pk)?.hasNewer) this.showLatest(pk);
     const list = this.state.pending.get(pk) || [];
     list.push(item);
     this.state.pending.set(pk, list);
@@ -728,7 +790,7 @@ export class Chat {
       this.inFlight = this.inFlight.filter((id) => id !== data.client_id);
       const log = this.state.messages.get(data.pk);
       const item = this.state.pending.get(data.pk)?.find((p) => p.client_id === data.client_id);
-      if (log?.loaded && item) {
+      if (log?.loaded && !log.hasNewer && item) {
         const answered = item.reply_to && log.items.find((m) => m.id === item.reply_to);
         this.merge(log, [
           {
@@ -784,7 +846,7 @@ export class Chat {
   markSeen(pk) {
     const log = this.state.messages.get(pk);
     const conversation = this.state.conversations.get(pk);
-    if (!log?.items.length || !conversation) return;
+    if (!log?.items.length || log.hasNewer || !conversation) return;
     const newest = log.items[log.items.length - 1].id;
     if ((this.lastReadSent.get(pk) || 0) >= newest && conversation.unread === 0) return;
     if (this.send("read", { id: pk, up_to: newest })) {

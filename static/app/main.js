@@ -412,11 +412,15 @@ function Conversation({ chat, pk }) {
     const jump = chat.state.jump;
     if (jump && jump.pk === pk) {
       chat.state.jump = null;
+      pinned.current = false;
       setJumpTo(jump.id);
     }
   });
 
-  // Jumping to a replied-to message: older pages load until it is here.
+  // Jumping to a message (a search result, a replied-to message): shown
+  // if loaded; if not, the history around it loads first (once: a message
+  // that is not there any more ends the jump).
+  const around = useRef(null);
   useEffect(() => {
     if (jumpTo == null) return;
     const target = document.getElementById(`m-${jumpTo}`);
@@ -426,10 +430,15 @@ function Conversation({ chat, pk }) {
       target.classList.add("flash");
       target.focus({ preventScroll: true });
       setTimeout(() => target.classList.remove("flash"), 1500);
+      around.current = null;
       setJumpTo(null);
-    } else if (log?.hasOlder) {
-      chat.loadOlder(pk);
-    } else if (log?.loaded) {
+    } else if (around.current !== jumpTo) {
+      around.current = jumpTo;
+      chat.loadAround(pk, jumpTo);
+    } else if (log?.loaded && !chat.history.has(pk) && !log.items.some((m) => m.id === jumpTo)) {
+      // The log is read as it is now, which may be ahead of what this
+      // render showed: the message may be there, to be shown next render.
+      around.current = null;
       setJumpTo(null);
     }
   });
@@ -438,12 +447,19 @@ function Conversation({ chat, pk }) {
 
   function onScroll() {
     const element = box.current;
-    pinned.current = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
+    const bottom = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
+    pinned.current = bottom && !log?.hasNewer;
     if (pinned.current) chat.markSeen(pk);
-    if (element.scrollTop < 40 && log?.hasOlder) {
-      before.current = element.scrollHeight;
-      chat.loadOlder(pk);
-    }
+    if (bottom && log?.hasNewer) chat.loadNewer(pk);
+    // Kept in place when the page above comes (only then: a page below
+    // coming meanwhile must not move the view).
+    if (element.scrollTop < 40 && chat.loadOlder(pk)) before.current = element.scrollHeight;
+  }
+
+  function showLatest() {
+    pinned.current = true;
+    chat.showLatest(pk);
+    box.current?.focus();
   }
 
   function submit(event) {
@@ -473,6 +489,7 @@ function Conversation({ chat, pk }) {
       input.current?.focus();
     },
     jump(id) {
+      pinned.current = false;
       setJumpTo(id);
     },
   };
@@ -535,8 +552,11 @@ function Conversation({ chat, pk }) {
             actions=${actions}
           />`
         )}
+        ${log?.hasNewer && log.loaded && html`<p class="hint">Scroll down for newer messages</p>`}
         ${pending.map((item) => html`<${Pending} key=${item.client_id} chat=${chat} pk=${pk} item=${item} />`)}
       </div>
+      ${log?.hasNewer &&
+      html`<button type="button" class="latest" onClick=${showLatest}>Jump to latest</button>`}
       <p class="typing" aria-live="polite">
         ${typists.length > 0 &&
         html`<span class="typist">${typists.join(", ")}</span> <span>typing…</span>`}

@@ -24,7 +24,7 @@ use chat_server::chat::messages::{ServerStats, Stats};
 use chat_server::config::Settings;
 use chat_server::Application;
 use futures_util::{SinkExt, StreamExt};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
 use serde_json::{json, Value};
 
 /// How long a test waits for any one frame or response.
@@ -136,6 +136,27 @@ struct Cleanup {
     drop: [String; 2],
 }
 
+/// The search migration's extensions, in `public` once for every test's
+/// schema. Left to the migration, the first test would create them in its
+/// own schema (the first of its search path), and dropping that schema at
+/// its end would take them away from every test still running. Two test
+/// processes may race to create one: the loser finds it there.
+async fn search_extensions(admin: &DatabaseConnection) {
+    for extension in ["unaccent", "btree_gin"] {
+        let create = format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA public");
+        if let Err(e) = admin.execute_unprepared(&create).await {
+            let there = admin
+                .query_one_raw(Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    format!("SELECT 1 AS one FROM pg_extension WHERE extname = '{extension}'"),
+                ))
+                .await
+                .expect("read pg_extension");
+            assert!(there.is_some(), "CREATE EXTENSION {extension}: {e}");
+        }
+    }
+}
+
 impl TestDatabase {
     pub async fn create(backend: &Backend) -> Self {
         match backend {
@@ -156,6 +177,7 @@ impl TestDatabase {
                          (is PostgreSQL running, and does the database exist? createdb -U postgres test)"
                     )
                 });
+                search_extensions(&admin).await;
                 admin
                     .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
                     .await
