@@ -303,3 +303,16 @@ test("a window in the past: sending or Jump to latest goes back to the newest pa
   chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(299, "w")], has_more: true } });
   assert.deepEqual([ids(chat, A), log.hasOlder], [[299], true]);
 });
+
+test("onNotify: a new live message from someone else, once; never from sync or one's own", () => {
+  const told = [];
+  const chat = new Chat({ user: ME, token: "t" }, { onChange() {}, onSignedOut() {}, onNotify: (pk, m) => told.push([pk, m.id]) });
+  chat.socket = { readyState: 1, send() {}, close() {} };
+  chat.onFrame({ type: "authorization_response", data: { status: "success" } });
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  chat.onFrame(push(A, 2, 20, "hello"));
+  chat.onFrame(push(A, 2, 20, "hello")); // the same again
+  chat.onFrame(push(A, 3, 21, "mine", "send"));
+  chat.onFrame({ type: "sync_response", data: { pk: A, events: [{ type: "message", data: { seq: 4, data: item(22, "caught up") } }], has_more: false, seq: 4 } });
+  assert.deepEqual(told, [[A, 20]]);
+});

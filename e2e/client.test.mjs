@@ -859,3 +859,84 @@ test("a search result far back opens a window there that grows both ways, and Ju
   await alice.page.context().close();
   await bob.page.context().close();
 });
+
+/** Stands in for the browser's Notification and AudioContext, recording
+ *  what the page shows and plays in `window.__notes` and `__beeps`. */
+function notificationStub() {
+  window.__notes = [];
+  window.__beeps = 0;
+  class FakeNotification {
+    static permission = "default";
+    static requestPermission() {
+      FakeNotification.permission = "granted";
+      return Promise.resolve("granted");
+    }
+    constructor(title, options) {
+      window.__notes.push({ title, ...options });
+    }
+    close() {}
+  }
+  class FakeAudio {
+    state = "suspended";
+    currentTime = 0;
+    destination = {};
+    resume() {
+      this.state = "running";
+      return Promise.resolve();
+    }
+    createOscillator() {
+      window.__beeps += 1;
+      return { frequency: {}, connect: (to) => to, start() {}, stop() {} };
+    }
+    createGain() {
+      return { gain: { setValueAtTime() {}, exponentialRampToValueAtTime() {} }, connect: (to) => to };
+    }
+  }
+  window.Notification = FakeNotification;
+  window.AudioContext = FakeAudio;
+}
+
+test("notifications: asked for on a click, shown for a conversation not looked at; the unread total in the title", async () => {
+  const [alice, bob] = await talking(["Nora", "Notes"], ["Ned", "Noticed"], "first");
+  await bob.page.context().addInitScript(notificationStub);
+  await bob.page.reload();
+  await status(bob.page, "Connected");
+  const recorded = () => bob.page.evaluate(() => ({ notes: window.__notes, beeps: window.__beeps }));
+  const icon = () => bob.page.locator('link[rel="icon"]').getAttribute("href");
+
+  // Nothing asked on load; asked on the click.
+  const enable = bob.page.getByRole("button", { name: "Enable notifications" });
+  await enable.waitFor(WAIT);
+  await shot(bob.page, "desktop-enable-notifications");
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await shot(bob.page, "phone-enable-notifications");
+  await bob.page.setViewportSize({ width: 1280, height: 800 });
+  await enable.click();
+  await enable.waitFor({ state: "detached", ...WAIT });
+  assert.equal(await bob.page.title(), "Chat");
+
+  // No conversation open: a notification, a sound, the title and the icon.
+  await say(alice.page, "are you there?");
+  await bob.page.waitForFunction(() => document.title === "(1) Chat", null, WAIT);
+  const { notes, beeps } = await recorded();
+  assert.equal(notes.length, 1);
+  assert.deepEqual([notes[0].title, notes[0].body, beeps], [alice.name, "are you there?", 1]);
+  assert.match(notes[0].tag, /^[0-9a-f-]{36}$/, "one notification per conversation, by its pk");
+  assert.equal(await icon(), "/app/unread.svg");
+  await shot(bob.page, "desktop-notification");
+
+  // Opened and read: the title and icon go back.
+  await open(bob.page, alice.name);
+  await bob.page.waitForFunction(() => document.title === "Chat", null, WAIT);
+  assert.equal(await icon(), "/favicon.svg");
+
+  // Looking at the conversation: no notification, no sound.
+  await say(alice.page, "good");
+  await received(bob.page, "good");
+  const after = await recorded();
+  assert.equal(after.notes.length, 1);
+  assert.equal(after.beeps, 1);
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});

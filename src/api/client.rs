@@ -18,6 +18,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/app/search.js"),
     ),
     (
+        "notify.js",
+        JS,
+        include_bytes!("../../static/app/notify.js"),
+    ),
+    (
+        "unread.svg",
+        "image/svg+xml",
+        include_bytes!("../../static/app/unread.svg"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../static/app/style.css"),

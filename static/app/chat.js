@@ -63,10 +63,11 @@ export function countReaction(reactions, { emoji, on, user_id }, me) {
 }
 
 export class Chat {
-  constructor(session, { onChange, onSignedOut }) {
+  constructor(session, { onChange, onSignedOut, onNotify = () => {} }) {
     this.session = session;
     this.onChange = onChange;
     this.onSignedOut = onSignedOut;
+    this.onNotify = onNotify; // (pk, message): a new message from someone else, live
     this.socket = null;
     this.attempt = 0;
     this.stopped = false;
@@ -706,7 +707,10 @@ export class Chat {
   onMessage(pk, body, seq, live) {
     const message = { ...body, asOf: seq || 0 };
     const log = this.state.messages.get(pk);
-    const isNew = !log || !log.items.some((m) => m.id === message.id);
+    // At or below the conversation's seq: counted already (get_contacts'
+    // unread) or delivered before.
+    const seen = seq && seq <= (this.state.conversations.get(pk)?.seq ?? 0);
+    const isNew = !seen && (!log || !log.items.some((m) => m.id === message.id));
     if (log?.hasNewer) {
       // Below a window in the past: kept until the window reaches it
       // (bounded: the pages below bring anything older again).
@@ -736,6 +740,7 @@ export class Chat {
       conversation.unread += 1;
       const typing = this.state.typing.get(pk);
       typing?.delete(message.sender);
+      this.onNotify(pk, message);
     }
   }
 

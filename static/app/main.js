@@ -14,6 +14,7 @@ import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { Chat, REACTIONS } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
+import { EnableNotifications, notifyMessage, showUnread } from "./notify.js";
 
 const html = htm.bind(h);
 const SESSION_KEY = "chat.session";
@@ -674,6 +675,7 @@ function SignedIn({ session, onSignOut }) {
     chat.current = new Chat(session, {
       onChange: rerender,
       onSignedOut: (message) => onSignOut(message),
+      onNotify: (pk, message) => notifyMessage(chat.current, pk, message),
     });
   }
   useEffect(() => {
@@ -687,6 +689,9 @@ function SignedIn({ session, onSignOut }) {
   const colliding = c.collidingNames();
   const handleOf = (conversation) =>
     conversation.kind === "direct" && colliding.has(conversation.name) ? conversation.username : null;
+  const unread = conversations.reduce((sum, conversation) => sum + conversation.unread, 0);
+  useEffect(() => showUnread(unread), [unread]);
+  useEffect(() => () => showUnread(0), []);
   return html`
     <div class=${open ? "shell has-open" : "shell"}>
       <header class="top">
@@ -695,6 +700,7 @@ function SignedIn({ session, onSignOut }) {
           ${status === "connected" ? "Connected" : "Reconnecting…"}
         </span>
         <span class="me">${fullName(session.user)}</span>
+        <${EnableNotifications} />
         <button type="button" onClick=${() => logOut(session, onSignOut)}>Log out</button>
       </header>
       <aside class="side">

@@ -1,0 +1,85 @@
+// Telling the person about messages they are not looking at: a desktop
+// notification (once they have allowed it, asked on a click, never on
+// load), a short sound, and the unread total in the tab's title and icon.
+
+import { h } from "./vendor/preact.module.js";
+import { useState } from "./vendor/hooks.module.js";
+import htm from "./vendor/htm.module.js";
+
+const html = htm.bind(h);
+const TITLE = "Chat";
+const ICON = "/favicon.svg";
+const ICON_UNREAD = "/app/unread.svg";
+const PREVIEW_CHARS = 120;
+
+const supported = () => typeof Notification !== "undefined";
+
+/** A button that asks for permission, shown while the browser has not
+ *  been asked (a browser asks at most once per site unless reset). */
+export function EnableNotifications() {
+  const [, setAsked] = useState(0);
+  if (!supported() || Notification.permission !== "default") return null;
+  async function ask() {
+    unlockSound();
+    await Notification.requestPermission();
+    setAsked((n) => n + 1);
+  }
+  return html`<button type="button" class="link notify" onClick=${ask}>
+    <span aria-hidden="true">🔔</span><span class="label">Enable notifications</span>
+  </button>`;
+}
+
+/** A new message `message` in conversation `pk`: told unless the person
+ *  is looking at that conversation. */
+export function notifyMessage(chat, pk, message) {
+  if (chat.state.open === pk && document.visibilityState === "visible") return;
+  const conversation = chat.state.conversations.get(pk);
+  if (!conversation) return;
+  beep();
+  if (!supported() || Notification.permission !== "granted") return;
+  const body = message.content.length > PREVIEW_CHARS ? `${message.content.slice(0, PREVIEW_CHARS)}…` : message.content;
+  // One notification per conversation: a newer one replaces it (`tag`).
+  const notification = new Notification(conversation.name, { body, tag: pk });
+  notification.onclick = () => {
+    window.focus();
+    chat.openConversation(pk);
+    notification.close();
+  };
+}
+
+/** The unread total in the tab's title ("(3) Chat") and as a dot on its icon. */
+export function showUnread(total) {
+  document.title = total > 0 ? `(${total}) ${TITLE}` : TITLE;
+  const link = document.querySelector('link[rel="icon"]');
+  const href = total > 0 ? ICON_UNREAD : ICON;
+  if (link && link.getAttribute("href") !== href) link.setAttribute("href", href);
+}
+
+// --- sound ------------------------------------------------------------------
+
+let audio = null;
+
+/** Browsers let a page make sound only after the person has interacted
+ *  with it: the audio context is made (or resumed) on the first click or
+ *  key press. */
+function unlockSound() {
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) return;
+  audio ||= new Context();
+  if (audio.state === "suspended") audio.resume();
+}
+addEventListener("pointerdown", unlockSound, { once: true });
+addEventListener("keydown", unlockSound, { once: true });
+
+/** A short soft tone (no sound file to fetch). */
+function beep() {
+  if (!audio || audio.state !== "running") return;
+  const oscillator = audio.createOscillator();
+  const gain = audio.createGain();
+  oscillator.frequency.value = 880;
+  gain.gain.setValueAtTime(0.08, audio.currentTime);
+  gain.gain.exponentialRampToValueAtTime(0.0001, audio.currentTime + 0.15);
+  oscillator.connect(gain).connect(audio.destination);
+  oscillator.start();
+  oscillator.stop(audio.currentTime + 0.15);
+}
