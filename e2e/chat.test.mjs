@@ -316,3 +316,16 @@ test("onNotify: a new live message from someone else, once; never from sync or o
   chat.onFrame({ type: "sync_response", data: { pk: A, events: [{ type: "message", data: { seq: 4, data: item(22, "caught up") } }], has_more: false, seq: 4 } });
   assert.deepEqual(told, [[A, 20]]);
 });
+
+test("a mute comes from the items and the muted push; a conversation push keeps it", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 0, { muted: true }), contact(B, 0)] });
+  assert.deepEqual([chat.state.conversations.get(A).muted, chat.state.conversations.get(B).muted], [true, false]);
+  chat.onFrame({ type: "conversation", data: { ...contact(A, 0), name: "Ann Lee", change: { type: "renamed" } } });
+  assert.equal(chat.state.conversations.get(A).muted, true, "a push carries no mute and changes none");
+  chat.setMuted(B, true);
+  assert.deepEqual(sent.at(-1), { type: "mute", data: { id: B, muted: true } });
+  chat.onFrame({ type: "muted", data: { pk: A, muted: false } });
+  chat.onFrame({ type: "mute_response", data: { status: "success", pk: B, muted: true } });
+  assert.deepEqual([chat.state.conversations.get(A).muted, chat.state.conversations.get(B).muted], [false, true]);
+});

@@ -936,6 +936,22 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   const after = await recorded();
   assert.equal(after.notes.length, 1);
   assert.equal(after.beeps, 1);
+
+  // Muted: kept by the server (so after a reload too), counted in its item,
+  // neither told nor in the title.
+  await bob.page.getByRole("button", { name: "Mute", pressed: false }).click();
+  await bob.page.getByRole("button", { name: "Mute", pressed: true }).waitFor(WAIT);
+  await bob.page.reload();
+  await status(bob.page, "Connected");
+  await open(bob.page, alice.name);
+  await bob.page.getByRole("button", { name: "Mute", pressed: true }).waitFor(WAIT);
+  await bob.page.evaluate(() => Object.defineProperty(document, "visibilityState", { get: () => "hidden" }));
+  await say(alice.page, "muted news");
+  await item(bob.page, alice.name).getByText("1 unread").waitFor(WAIT);
+  await item(bob.page, alice.name).getByText("Muted", { exact: true }).waitFor(WAIT);
+  await shot(bob.page, "desktop-muted");
+  assert.equal(await bob.page.title(), "Chat");
+  assert.deepEqual(await recorded(), { notes: [], beeps: 0 });
   assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
   await alice.page.context().close();
   await bob.page.context().close();

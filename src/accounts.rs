@@ -417,6 +417,7 @@ pub async fn direct_chat(
                         joined_at: Set(now),
                         last_read_message_id: Set(None),
                         role: Set(chat_member::Role::Member),
+                        muted: Set(false),
                     }
                     .insert(txn)
                     .await?;

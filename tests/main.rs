@@ -27,6 +27,7 @@ mod invitations;
 mod login;
 mod message_changes;
 mod nginx;
+mod notifications;
 mod reliability;
 mod rest_api;
 mod rolling_upgrade;

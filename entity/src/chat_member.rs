@@ -23,6 +23,8 @@ pub struct Model {
     pub joined_at: DateTimeUtc,
     pub last_read_message_id: Option<i64>,
     pub role: Role,
+    /// No notification of any kind for this member (PROTOCOL.md C17).
+    pub muted: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

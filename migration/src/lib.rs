@@ -13,6 +13,7 @@ mod m20261130_000004_blocks;
 mod m20261201_000001_message_changes;
 mod m20261202_000001_revoked_tokens;
 mod m20261203_000001_search;
+mod m20261204_000001_mute;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_message_changes::Migration),
             Box::new(m20261202_000001_revoked_tokens::Migration),
             Box::new(m20261203_000001_search::Migration),
+            Box::new(m20261204_000001_mute::Migration),
         ]
     }
 }

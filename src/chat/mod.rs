@@ -10,6 +10,7 @@ pub mod invitations;
 pub mod log;
 pub mod membership;
 pub mod messages;
+pub mod mute;
 pub mod presence;
 pub mod protocol;
 pub mod revocation;

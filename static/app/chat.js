@@ -250,6 +250,10 @@ export class Chat {
       case "decline_invitation_response":
         if (!failed) this.state.invitations.delete(data.pk);
         break;
+      case "mute_response":
+      case "muted":
+        if (!failed) this.onMuted(data);
+        break;
       case "get_blocked_response":
         if (!failed) this.state.blocked = new Set(data.map((p) => p.user_id));
         break;
@@ -335,6 +339,9 @@ export class Chat {
       user_id: item.user_id,
       username: item.username,
       members,
+      // A contact or conversation item says; a `conversation` push never
+      // carries it (C17), and `onConversation` keeps what we have.
+      muted: item.muted === undefined ? false : item.muted,
       last_message: item.last_message ?? previous?.last_message ?? null,
       unread: unread ?? previous?.unread ?? 0,
       seen: previous?.seen || new Date().toISOString(),
@@ -448,7 +455,8 @@ export class Chat {
     const isNew = !this.state.conversations.has(item.pk);
     // A new group has nothing unread; one we were added to may have history.
     const unread = isNew && item.change?.type === "created" ? 0 : undefined;
-    this.upsertConversation(item, unread);
+    const muted = this.state.conversations.get(item.pk)?.muted ?? false;
+    this.upsertConversation({ ...item, muted }, unread);
     const details = this.state.details.get(item.pk);
     if (item.change?.type === "renamed" && details) {
       details.name = item.name;
@@ -456,6 +464,12 @@ export class Chat {
       this.state.details.delete(item.pk);
       if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
     }
+  }
+
+  /** This person muted or unmuted a conversation, here or on another device. */
+  onMuted({ pk, muted }) {
+    const conversation = this.state.conversations.get(pk);
+    if (conversation) conversation.muted = muted;
   }
 
   /** Presence: a direct conversation's flag, a shown member list's entry;
@@ -926,6 +940,11 @@ export class Chat {
   }
 
   /** Blocks (or unblocks) the other person of a direct conversation. */
+  /** No notification for `pk` on any of this person's devices (C17). */
+  setMuted(pk, muted) {
+    return this.send("mute", { id: pk, muted });
+  }
+
   setBlocked(userId, blocked) {
     return this.send(blocked ? "block_user" : "unblock_user", { user_id: userId });
   }

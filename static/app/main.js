@@ -121,8 +121,9 @@ function ConversationItem({ chat, conversation, open, handle }) {
         <span class="name">${conversation.name}</span>
         ${handle && html` <span class="handle">@${handle}</span>`}
         ${conversation.online && html` <span class="online">Online</span>`}
+        ${conversation.muted && html` <span class="muted" title="Muted">🔕<span class="hidden"> Muted</span></span>`}
         ${conversation.unread > 0 &&
-        html` <span class="unread">${conversation.unread}<span class="hidden"> unread</span></span>`}
+        html` <span class=${conversation.muted ? "unread quiet" : "unread"}>${conversation.unread}<span class="hidden"> unread</span></span>`}
         <span class="last">${last ? ` ${last.deleted ? "Message deleted" : last.content}` : ""}</span>
       </button>
     </li>
@@ -534,6 +535,14 @@ function Conversation({ chat, pk }) {
               <button type="button" class="link" onClick=${() => chat.setBlocked(conversation.user_id, !blocked)}>
                 ${blocked ? "Unblock" : "Block"}<span class="hidden"> ${conversation.name}</span>
               </button>`}
+        <button
+          type="button"
+          class="link"
+          aria-pressed=${conversation.muted ? "true" : "false"}
+          onClick=${() => chat.setMuted(pk, !conversation.muted)}
+        >
+          <span aria-hidden="true">${conversation.muted ? "🔕 " : ""}</span>Mute
+        </button>
       </header>
       ${blocked &&
       html`<p class="hint blocked">You blocked ${conversation.name}: neither of you can write here until you unblock them.</p>`}
@@ -689,7 +698,8 @@ function SignedIn({ session, onSignOut }) {
   const colliding = c.collidingNames();
   const handleOf = (conversation) =>
     conversation.kind === "direct" && colliding.has(conversation.name) ? conversation.username : null;
-  const unread = conversations.reduce((sum, conversation) => sum + conversation.unread, 0);
+  // Muted conversations count in their own item, not in the tab's title.
+  const unread = conversations.reduce((sum, c) => sum + (c.muted ? 0 : c.unread), 0);
   useEffect(() => showUnread(unread), [unread]);
   useEffect(() => () => showUnread(0), []);
   return html`

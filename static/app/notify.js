@@ -34,7 +34,7 @@ export function EnableNotifications() {
 export function notifyMessage(chat, pk, message) {
   if (chat.state.open === pk && document.visibilityState === "visible") return;
   const conversation = chat.state.conversations.get(pk);
-  if (!conversation) return;
+  if (!conversation || conversation.muted) return;
   beep();
   if (!supported() || Notification.permission !== "granted") return;
   const body = message.content.length > PREVIEW_CHARS ? `${message.content.slice(0, PREVIEW_CHARS)}…` : message.content;

@@ -1248,6 +1248,7 @@ pub async fn have_written(db: &DatabaseConnection, writers: &[i64], to: i64) {
                 joined_at: Set(now),
                 last_read_message_id: Set(None),
                 role: Set(chat_member::Role::Member),
+                muted: Set(false),
             })
         });
         chat_member::Entity::insert_many(members)

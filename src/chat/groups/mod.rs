@@ -188,6 +188,7 @@ pub(super) fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_m
         joined_at: Set(Utc::now()),
         last_read_message_id: Set(None),
         role: Set(role),
+        muted: Set(false),
     }
 }
 

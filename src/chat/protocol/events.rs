@@ -86,6 +86,14 @@ pub struct Contact {
     pub members: u64,
     /// The `seq` of the conversation's latest event (B7; 0: none yet).
     pub seq: i64,
+    /// Present (true) when this user muted the conversation (C17).
+    #[serde(skip_serializing_if = "is_false")]
+    pub muted: bool,
+}
+
+/// `skip_serializing_if` for flags sent only when set.
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 /// One member of a conversation.
@@ -128,6 +136,10 @@ pub struct Conversation {
     /// instead of added (C9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invited: Option<Vec<i64>>,
+    /// Present (true) when the viewer muted the conversation (C17); never
+    /// on a `conversation` push, which does not change it.
+    #[serde(skip_serializing_if = "is_false")]
+    pub muted: bool,
 }
 
 /// A person, as an invitation names its inviter and the blocked list its
@@ -161,6 +173,22 @@ pub struct Invitation {
 pub struct BlockAck {
     pub status: &'static str,
     pub user_id: i64,
+}
+
+/// A conversation's mute (C17): the `muted` push to the user's sessions,
+/// and with `status` the answer to `mute`.
+#[derive(Debug, Clone, Copy, Serialize, Apiv2Schema)]
+pub struct MuteState {
+    pub pk: ChatId,
+    pub muted: bool,
+}
+
+/// `mute`'s answer.
+#[derive(Debug, Serialize, Apiv2Schema)]
+pub struct MuteAck {
+    pub status: &'static str,
+    #[serde(flatten)]
+    pub state: MuteState,
 }
 
 /// `decline_invitation`'s answer.
@@ -467,6 +495,9 @@ pub enum ServerEvent<'a> {
     MessageDeleted(&'a MessageDeleted),
     /// A reaction was set or taken back (B8).
     Reaction(&'a ReactionEvent),
+    MuteResponse(Reply<MuteAck>),
+    /// The user muted or unmuted a conversation, on some device (C17).
+    Muted(&'a MuteState),
     Pong(Empty),
     TypeNotProvided(Notice),
     DataNotProvided(Notice),
@@ -514,6 +545,7 @@ impl ServerEvent<'_> {
             RequestKind::DeleteMessage => ServerEvent::DeleteMessageResponse(Reply::Err(error)),
             RequestKind::React => ServerEvent::ReactResponse(Reply::Err(error)),
             RequestKind::Search => ServerEvent::SearchResponse(Reply::Err(error)),
+            RequestKind::Mute => ServerEvent::MuteResponse(Reply::Err(error)),
         }
     }
 

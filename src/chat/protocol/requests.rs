@@ -124,6 +124,8 @@ requests! {
     React(React) = "react",
     /// Find messages by their words (B10).
     Search(SearchQuery) = "search",
+    /// Mute or unmute a conversation for oneself (C17).
+    Mute(MuteQuery) = "mute",
 }
 
 impl fmt::Display for RequestKind {
@@ -176,6 +178,13 @@ pub struct React {
     pub id: i64,
     pub emoji: String,
     pub on: bool,
+}
+
+/// `mute`: whether the caller wants notifications of a conversation (C17).
+#[derive(Debug, Deserialize)]
+pub struct MuteQuery {
+    pub id: ConversationRef,
+    pub muted: bool,
 }
 
 /// `get_messages`: one page of history.

@@ -23,6 +23,7 @@ use super::messages::{
     ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick, Release,
     SessionId,
 };
+use super::mute;
 use super::presence::PresenceView;
 use super::protocol::*;
 use super::search::{self, Search};
@@ -249,6 +250,7 @@ impl WsSession {
                 self.change_block(RequestKind::UnblockUser, user, r, ctx)
             }
             ClientRequest::GetBlocked(_) => self.get_blocked(user, ctx),
+            ClientRequest::Mute(m) => self.mute(user, m, ctx),
             ClientRequest::EditMessage(e) => {
                 let change = Change::Edit {
                     id: e.id,

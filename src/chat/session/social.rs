@@ -1,5 +1,5 @@
-//! Groups (B6), invitations (C9) and blocks (C10): the same rules as REST,
-//! answered on the socket.
+//! Groups (B6), invitations (C9), blocks (C10) and mutes (C17): the same
+//! rules as REST, answered on the socket.
 
 use super::*;
 
@@ -112,6 +112,39 @@ impl WsSession {
             };
             act.send(&event, ctx);
         }));
+    }
+
+    /// `mute`: `ctx.wait`, so a notification decided after the answer
+    /// already meets the new state.
+    pub(super) fn mute(&mut self, user: UserId, request: MuteQuery, ctx: &mut Context<Self>) {
+        let kind = RequestKind::Mute;
+        let Some(chat) = request.id.chat_id() else {
+            return self.not_found(kind, ctx);
+        };
+        if let Err(retry) = self.state.change_limit.take(user) {
+            self.state.metrics.rate_limited();
+            let text = format!("too many changes; try again in {retry} s");
+            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        }
+        let db = self.state.db.clone();
+        let work = async move { mute::set(&db, user, chat, request.muted).await };
+        ctx.wait(
+            work.into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Some((state, changed))) => {
+                        let ack = MuteAck {
+                            status: "success",
+                            state,
+                        };
+                        act.send(&ServerEvent::MuteResponse(Reply::Ok(ack)), ctx);
+                        if changed {
+                            mute::announce(&act.state.server, user, &state);
+                        }
+                    }
+                    Ok(None) => act.not_found(kind, ctx),
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                }),
+        );
     }
 
     pub(super) fn get_blocked(&mut self, user: UserId, ctx: &mut Context<Self>) {

@@ -16,6 +16,8 @@ pub struct ContactRow {
     /// A direct conversation whose two people have a block (C10): the
     /// other is never shown online.
     pub blocked: bool,
+    /// The viewer muted it (C17).
+    pub muted: bool,
 }
 
 impl ContactRow {
@@ -47,6 +49,7 @@ impl ContactRow {
             kind: kind_of(&self.chat),
             members,
             seq: self.chat.seq,
+            muted: self.muted,
         }
     }
 }
@@ -117,6 +120,7 @@ pub(super) async fn contact_rows(
                 member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
                 last_message: last_messages.get(&m.chat_id).cloned(),
                 unread: unread.get(&m.chat_id).copied().unwrap_or(0),
+                muted: m.muted,
                 chat,
             })
         })
@@ -335,6 +339,7 @@ impl ConversationRow {
             removed: None,
             seq: self.chat.seq,
             invited: None,
+            muted: false,
         }
     }
 }
@@ -385,6 +390,7 @@ pub async fn conversation_of(
     };
     let presence = presence_view(db, user, presence).await?;
     let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
+    item.muted = row.muted;
     if row.blocked {
         item.online = false;
         for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {
