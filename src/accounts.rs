@@ -375,6 +375,8 @@ async fn revoke(
         update = update.col_expr(column, value);
     }
     update.filter(user::Column::Id.eq(id)).exec(db).await?;
+    // No device is signed in any more: none is pushed to either.
+    crate::push::subscriptions::remove_all(db, crate::chat::protocol::UserId(id)).await?;
     user::Entity::find_by_id(id)
         .one(db)
         .await?

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod push;
 pub mod rate_limit;
 pub mod state;
 pub mod telemetry;
@@ -85,6 +86,9 @@ pub struct Application {
     chat_server: Addr<ChatServer>,
     bridge: Option<Addr<RedisBridge>>,
     writer_task: tokio::task::JoinHandle<()>,
+    /// The Web Push sender (`push::dispatch`), and what tells it to stop.
+    push_task: Option<tokio::task::JoinHandle<()>>,
+    stop_push: tokio::sync::watch::Sender<bool>,
     shutdown_timeout: Duration,
     /// How long to stay up, not ready, after the shutdown signal.
     drain: Duration,
@@ -146,6 +150,16 @@ impl Application {
             db.clone(),
             actors.chat_server.clone(),
         ));
+        let push = web_push(&settings)?;
+        let (stop_push, push_stopped) = tokio::sync::watch::channel(false);
+        let push_task = push.clone().map(|push| {
+            actix_web::rt::spawn(push::dispatch::run(
+                db.clone(),
+                push,
+                presence.clone(),
+                push_stopped,
+            ))
+        });
         let draining = Arc::new(AtomicBool::new(false));
         let state = AppState::new(
             &settings,
@@ -160,6 +174,7 @@ impl Application {
                 metrics,
                 draining: draining.clone(),
                 redis,
+                push,
             },
         );
         let (server, port) = http_server(&settings, web::Data::new(state))?;
@@ -170,6 +185,8 @@ impl Application {
             chat_server: actors.chat_server,
             bridge: actors.bridge,
             writer_task,
+            push_task,
+            stop_push,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_seconds),
             drain: Duration::from_secs(settings.server.drain_seconds),
             draining,
@@ -235,9 +252,42 @@ impl Application {
         {
             tracing::error!("message writer did not finish in time");
         }
+        // The push sender finishes the pushes under way and gives its lease up.
+        let _ = self.stop_push.send(true);
+        if let Some(task) = self.push_task {
+            if tokio::time::timeout(self.shutdown_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::error!("web push sender did not finish in time");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Web Push, when there is a VAPID key (B11).
+fn web_push(settings: &Settings) -> Result<Option<Arc<push::WebPush>>, StartError> {
+    let Some((key, source)) = settings.vapid_key_with_source()? else {
+        tracing::info!(
+            "Web Push off: set VAPID_PRIVATE_KEY (the same on every instance) to turn it on"
+        );
+        return Ok(None);
+    };
+    let push = push::WebPush::new(settings, &key)
+        .map_err(|e| crate::config::ConfigError::Invalid(format!("VAPID_PRIVATE_KEY: {e}")))?;
+    match source {
+        SecretSource::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "VAPID key generated and kept in this file; keep it, or browsers must subscribe again"
+        ),
+        SecretSource::File(path) => {
+            tracing::info!(path = %path.display(), "VAPID key read from its file")
+        }
+        SecretSource::Environment => tracing::info!("VAPID key from VAPID_PRIVATE_KEY"),
+    }
+    Ok(Some(Arc::new(push)))
 }
 
 /// Says where the token signing key came from.

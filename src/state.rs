@@ -55,6 +55,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Set when Redis is configured: checked by `/readyz`.
     pub redis: Option<crate::bus::target::RedisTarget>,
+    /// Web Push (B11), when a VAPID key is configured.
+    pub push: Option<Arc<crate::push::WebPush>>,
 
     // What one client may make the server do (docs/SECURITY.md).
     /// Failed logins, per (username, client address).
@@ -93,6 +95,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub draining: Arc<AtomicBool>,
     pub redis: Option<crate::bus::target::RedisTarget>,
+    pub push: Option<Arc<crate::push::WebPush>>,
 }
 
 impl AppState {
@@ -126,6 +129,7 @@ impl AppState {
             proxies: settings.server.trusted_proxies(),
             draining: shared.draining,
             redis: shared.redis,
+            push: shared.push,
             login_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             password_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             registration_limit: AddressRateLimit::new(

@@ -1,12 +1,20 @@
 //! Notifications: a conversation's mute (PROTOCOL.md C17), kept on the
-//! server so every device of the user, on any instance, respects it.
+//! server so every device of the user, on any instance, respects it; and
+//! Web Push (B11) to a push service of the test's own on loopback, whose
+//! payloads the test decrypts as a browser would.
+
+use std::time::Duration;
 
 use crate::common;
 
+use actix_web::http::Method;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use common::{authorized_at, require_redis_url, Backend, TestApp, TestDatabase};
-use entity::chat_member;
-use sea_orm::EntityTrait;
+use entity::{chat_member, push_dispatch, push_outbox, push_subscription};
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, PaginatorTrait, Set};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
 fn mute(pk: &str, muted: bool) -> Value {
     json!({"type": "mute", "data": {"id": pk, "muted": muted}})
@@ -91,3 +99,370 @@ async fn muting(backend: &Backend) {
 }
 
 backend_tests!(a_mute_is_stored_and_told_to_every_session => muting);
+
+// --- Web Push ---------------------------------------------------------------
+
+/// The server's VAPID key in these tests, and the browser's keys.
+const VAPID: [u8; 32] = [0x42; 32];
+const BROWSER_SECRET: [u8; 32] = [0x11; 32];
+const BROWSER_AUTH: [u8; 16] = [0x22; 16];
+
+fn push_settings() -> [(&'static str, String); 3] {
+    [
+        ("VAPID_PRIVATE_KEY", URL_SAFE_NO_PAD.encode(VAPID)),
+        ("PUSH_ENDPOINT_HOSTS", "127.0.0.1".into()),
+        ("PUSH_ALLOW_HTTP", "1".into()),
+    ]
+}
+
+async fn spawn_pushing(backend: &Backend, url: Option<&str>) -> TestApp {
+    let settings = push_settings();
+    let extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match url {
+        Some(url) => TestApp::spawn_on(backend, url, &extra).await,
+        None => TestApp::spawn_with(backend, &extra).await,
+    }
+}
+
+/// One POST the push service received.
+#[derive(Debug)]
+struct Received {
+    path: String,
+    headers: std::collections::HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    /// The payload, decrypted with the browser's keys (RFC 8291).
+    fn payload(&self) -> Value {
+        let secret = p256::SecretKey::from_slice(&BROWSER_SECRET).unwrap();
+        let auth = web_push_native::Auth::from(BROWSER_AUTH);
+        let plain = web_push_native::decrypt(self.body.clone(), &secret, &auth).expect("decrypts");
+        serde_json::from_slice(&plain).expect("JSON")
+    }
+}
+
+/// A push service on loopback: records each POST and answers `status`.
+struct PushService {
+    port: u16,
+    received: mpsc::UnboundedReceiver<Received>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl PushService {
+    async fn start() -> PushService {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let (tx, received) = mpsc::unbounded_channel();
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(201));
+        let answer = status.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            let tx = tx.clone();
+            let answer = answer.clone();
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                let _ = tx.send(Received {
+                    path: req.path().to_string(),
+                    headers,
+                    body: body.to_vec(),
+                });
+                let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
+                        .finish()
+                }
+            }))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        PushService {
+            port,
+            received,
+            status,
+            server: handle,
+        }
+    }
+
+    fn endpoint(&self, device: &str) -> String {
+        format!("http://127.0.0.1:{}/push/{device}", self.port)
+    }
+
+    fn answer(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(20), self.received.recv())
+            .await
+            .expect("a push within 20 s")
+            .expect("push service running")
+    }
+
+    /// Fails if a push arrived that the test did not take.
+    fn none_left(&mut self) {
+        if let Ok(extra) = self.received.try_recv() {
+            panic!("an unexpected push: {extra:?}");
+        }
+    }
+}
+
+impl Drop for PushService {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        actix_web::rt::spawn(async move { server.stop(false).await });
+    }
+}
+
+fn subscription(endpoint: &str) -> Value {
+    let public = p256::SecretKey::from_slice(&BROWSER_SECRET)
+        .unwrap()
+        .public_key();
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&public, false);
+    json!({
+        "endpoint": endpoint,
+        "expirationTime": null,
+        "keys": {"p256dh": URL_SAFE_NO_PAD.encode(point.as_bytes()), "auth": URL_SAFE_NO_PAD.encode(BROWSER_AUTH)},
+    })
+}
+
+/// Waits until the sender has decided every message up to `id` and sent
+/// everything it queued: after that, no push for them can still come.
+async fn settled(app: &TestApp, id: i64) {
+    for _ in 0..400 {
+        let mark = push_dispatch::Entity::find_by_id("web_push")
+            .one(&app.db)
+            .await
+            .unwrap()
+            .expect("the dispatch row")
+            .decided_up_to;
+        let queued = push_outbox::Entity::find().count(&app.db).await.unwrap();
+        if mark >= id && queued == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pushes up to message {id} not settled within 20 s");
+}
+
+/// The direct conversation of `a` and `b`, made now.
+async fn direct(app: &TestApp, a: i64, b: i64) -> String {
+    let (chat, _) = chat_server::accounts::direct_chat(&app.db, a, b)
+        .await
+        .unwrap();
+    chat.id.to_string()
+}
+
+async fn send(ws: &mut common::WsClient, pk: &str, text: &str) -> i64 {
+    let answer = ws
+        .ask(json!({"type": "message", "data": {"to": pk, "content": text}}))
+        .await;
+    answer["id"].as_i64().unwrap_or_else(|| panic!("{answer}"))
+}
+
+/// A member with no session gets one encrypted, signed push per
+/// conversation per 30 s; one online, or who muted the conversation, gets
+/// none; a subscription the push service says is gone is deleted.
+async fn web_push(backend: &Backend) {
+    let mut service = PushService::start().await;
+    let app = spawn_pushing(backend, None).await;
+    let (_, key) = app.rest(Method::GET, "/api/push/key/", "", None).await;
+    let vapid = chat_server::push::Vapid::new(&VAPID, "mailto:admin@localhost").unwrap();
+    assert_eq!(
+        key,
+        json!({"public_key": vapid.public_key()}),
+        "{}",
+        backend.name()
+    );
+
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let bob_token = app.login("bob").await;
+    let subscribe = |body: Value| {
+        app.rest(
+            Method::POST,
+            "/api/push/subscriptions/",
+            &bob_token,
+            Some(body),
+        )
+    };
+    let (status, body) = subscribe(subscription("https://push.example.com/x")).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"endpoint": ["This server does not send to that push service."]})
+        )
+    );
+    let mut bad_keys = subscription(&service.endpoint("bob"));
+    bad_keys["keys"]["auth"] = json!("c2hvcnQ");
+    let (status, body) = subscribe(bad_keys).await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"keys": ["auth is not 16 bytes in base64url."]}))
+    );
+    let (status, body) = subscribe(subscription(&service.endpoint("bob"))).await;
+    assert_eq!(
+        (status, body),
+        (201, json!({"endpoint": service.endpoint("bob")}))
+    );
+
+    // Bob has no session: a push, encrypted for his browser, signed.
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let first = send(&mut a, &pk, "hello bob").await;
+    let push = service.next().await;
+    assert_eq!(push.path, "/push/bob");
+    assert_eq!(
+        push.payload(),
+        json!({"pk": pk, "title": "Alice Smith", "sender": "Alice Smith", "preview": "hello bob"})
+    );
+    let header = |name: &str| push.headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(header("content-encoding"), "aes128gcm");
+    assert_eq!(header("topic"), pk.replace('-', ""));
+    assert_eq!(header("ttl"), "86400");
+    assert!(
+        header("authorization").starts_with("vapid t=")
+            && header("authorization").ends_with(&format!(", k={}", vapid.public_key())),
+        "{push:?}"
+    );
+    // Within 30 s, nothing more for that conversation.
+    let again = send(&mut a, &pk, "still there?").await;
+    assert!(again > first);
+    settled(&app, again).await;
+    service.none_left();
+
+    // A muted conversation: nothing.
+    let (carol, carol_token) = app.user("carol").await;
+    let with_carol = direct(&app, carol, bob).await;
+    let mut membership = chat_member::Entity::find_by_id((with_carol.parse().unwrap(), bob))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_active_model();
+    membership.muted = Set(true);
+    membership.update(&app.db).await.unwrap();
+    let mut c = app.authorized(&carol_token).await;
+    let muted = send(&mut c, &with_carol, "psst").await;
+    settled(&app, muted).await;
+    service.none_left();
+
+    // Bob online: nothing.
+    let (dave, dave_token) = app.user("dave").await;
+    let with_dave = direct(&app, dave, bob).await;
+    let _bob_here = app.authorized(&bob_token).await;
+    let mut d = app.authorized(&dave_token).await;
+    let online = send(&mut d, &with_dave, "you're here").await;
+    settled(&app, online).await;
+    service.none_left();
+
+    // Frank's browser is gone (410): his subscription goes.
+    let (frank, frank_token) = app.user("frank").await;
+    let with_frank = direct(&app, alice, frank).await;
+    let (status, _) = app
+        .rest(
+            Method::POST,
+            "/api/push/subscriptions/",
+            &frank_token,
+            Some(subscription(&service.endpoint("frank"))),
+        )
+        .await;
+    assert_eq!(status, 201);
+    service.answer(410);
+    let gone = send(&mut a, &with_frank, "hi frank").await;
+    assert_eq!(service.next().await.path, "/push/frank");
+    settled(&app, gone).await;
+    let left: Vec<i64> = push_subscription::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.user_id)
+        .collect();
+    assert_eq!(left, [bob]);
+
+    // Unsubscribing: only the caller's own.
+    let unsubscribe = json!({"endpoint": service.endpoint("bob")});
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            "/api/push/subscriptions/",
+            &frank_token,
+            Some(unsubscribe.clone()),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        push_subscription::Entity::find()
+            .count(&app.db)
+            .await
+            .unwrap(),
+        1
+    );
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            "/api/push/subscriptions/",
+            &bob_token,
+            Some(unsubscribe),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        push_subscription::Entity::find()
+            .count(&app.db)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+backend_tests!(web_push_to_members_with_no_session => web_push);
+
+/// A push the push service could not take is kept through a restart and
+/// sent once by the next server.
+async fn outbox_survives_a_restart(backend: &Backend) {
+    let mut service = PushService::start().await;
+    let db = TestDatabase::create(backend).await;
+    let mut first = spawn_pushing(backend, Some(&db.url)).await;
+    let (_, _, pk) = first.pair("alice", "bob").await;
+    let bob_token = first.login("bob").await;
+    let (status, _) = first
+        .rest(
+            Method::POST,
+            "/api/push/subscriptions/",
+            &bob_token,
+            Some(subscription(&service.endpoint("bob"))),
+        )
+        .await;
+    assert_eq!(status, 201);
+    service.answer(503);
+    let mut a = first.authorized(&first.login("alice").await).await;
+    send(&mut a, &pk, "before the restart").await;
+    assert_eq!(service.next().await.path, "/push/bob", "{}", backend.name());
+    drop(a);
+    first.shutdown().await;
+    let kept = push_outbox::Entity::find().all(&first.db).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].attempts >= 1, "{kept:?}");
+
+    // The first server's tries are all in: it is stopped.
+    while service.received.try_recv().is_ok() {}
+    service.answer(201);
+    let second = spawn_pushing(backend, Some(&db.url)).await;
+    let delivered = service.next().await;
+    assert_eq!(delivered.payload()["preview"], "before the restart");
+    settled(&second, 0).await;
+    service.none_left();
+}
+
+backend_tests!(the_push_outbox_survives_a_restart => outbox_survives_a_restart);

@@ -14,6 +14,7 @@ mod m20261201_000001_message_changes;
 mod m20261202_000001_revoked_tokens;
 mod m20261203_000001_search;
 mod m20261204_000001_mute;
+mod m20261204_000002_push;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_revoked_tokens::Migration),
             Box::new(m20261203_000001_search::Migration),
             Box::new(m20261204_000001_mute::Migration),
+            Box::new(m20261204_000002_push::Migration),
         ]
     }
 }

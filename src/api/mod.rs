@@ -11,6 +11,7 @@ pub mod docs;
 pub mod groups;
 pub mod health;
 pub mod messages;
+pub mod push;
 pub mod search;
 pub mod throttle;
 pub mod users;
@@ -139,6 +140,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/api/search/")
             .route(web::get().to(search::search))
             .default_service(get()),
+    )
+    .service(
+        web::resource("/api/push/key/")
+            .route(web::get().to(push::key))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/push/subscriptions/")
+            .route(web::post().to(push::subscribe))
+            .route(web::delete().to(push::unsubscribe))
+            .default_service(actix_web::web::to(method_not_allowed("POST, DELETE"))),
     )
     .service(
         web::resource("/api/blocks/")
@@ -391,6 +403,7 @@ pub fn spec() -> DefaultApiRaw {
         "Contacts",
         "Groups",
         "Blocks",
+        "Push",
         "Operations",
     ]
     .into_iter()

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 mod auth;
 mod database;
 mod limits;
+mod push;
 mod redis;
 mod server;
 
@@ -20,6 +21,7 @@ use auth::load_or_create_secret;
 pub use auth::{AuthSettings, SecretSource, MIN_SECRET_KEY_BYTES};
 pub use database::{DatabaseSettings, DbEngine};
 pub use limits::LimitSettings;
+pub use push::{PushSettings, DEFAULT_PUSH_HOSTS};
 pub use redis::RedisSettings;
 pub use server::{LogFormat, ServerSettings};
 
@@ -51,6 +53,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub push: PushSettings,
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -113,6 +116,7 @@ impl Settings {
             redis: read_group(&known)?,
             auth: read_group(&known)?,
             limits: read_group(&known)?,
+            push: read_group(&known)?,
         };
         settings.check()?;
         Ok(settings)
@@ -124,6 +128,7 @@ impl Settings {
         self.limits.check()?;
         self.redis.check()?;
         self.server.check()?;
+        self.push.check()?;
         self.auth.check()
     }
 
@@ -156,6 +161,57 @@ impl Settings {
             SecretSource::File(path)
         };
         Ok((key, source))
+    }
+}
+
+/// The VAPID private key (32 bytes): `VAPID_PRIVATE_KEY`, or (SQLite only)
+/// one generated on first start and kept in a file next to the database,
+/// as the token key is. `None`: Web Push is off (PostgreSQL or MySQL
+/// without `VAPID_PRIVATE_KEY`: instances must share one key, so none is
+/// made up).
+impl Settings {
+    pub fn vapid_key_with_source(&self) -> Result<Option<(Vec<u8>, SecretSource)>, ConfigError> {
+        use base64::Engine as _;
+        if let Some(key) = &self.push.vapid_private_key {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.expose_secret().trim().trim_end_matches('='))
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "VAPID_PRIVATE_KEY must be 32 bytes in base64url (as \
+                         `web-push generate-vapid-keys` prints it)"
+                            .into(),
+                    )
+                })?;
+            return Ok(Some((bytes, SecretSource::Environment)));
+        }
+        if self.database.engine() != DbEngine::Sqlite {
+            return Ok(None);
+        }
+        let db = self.database.sqlite_path();
+        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
+        let path = db.with_file_name(format!("{}.vapid", name.unwrap_or_else(|| "chat".into())));
+        let (hex, created) = load_or_create_secret(&path)?;
+        let bytes = (0..hex.len().min(64))
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "the VAPID key in {} is not 64 hex digits; delete the file to make a new one \
+                     (browsers then subscribe again)",
+                    path.display()
+                ))
+            })?;
+        let source = if created {
+            SecretSource::Generated(path)
+        } else {
+            SecretSource::File(path)
+        };
+        Ok(Some((bytes, source)))
     }
 }
 
@@ -202,6 +258,7 @@ fn known_variables() -> &'static [&'static str] {
             fields::<RedisSettings>(),
             fields::<AuthSettings>(),
             fields::<LimitSettings>(),
+            fields::<PushSettings>(),
         ]
         .concat();
         Vec::leak(all)
