@@ -761,7 +761,7 @@ test("search finds a message by its words, marks them, and opens the conversatio
 
   // Alice, at phone width, finds by a prefix of the last word.
   await alice.page.setViewportSize({ width: 390, height: 844 });
-  await alice.page.reload();
+  await alice.page.goto(`${base}/`);
   await alice.page.getByRole("searchbox", { name: "Search" }).fill("quick bro");
   const hit = alice.page.getByRole("list", { name: "Search results" }).getByRole("listitem");
   await hit.filter({ hasText: "the quick brown fox" }).waitFor(WAIT);
@@ -808,8 +808,8 @@ test("a search result far back opens a window there that grows both ways, and Ju
   const [alice, bob] = await talking(["Ida", "Deep"], ["Max", "Reader"], "the lighthouse keeper");
   await sendMany(alice.page, 120, "filler line");
   await received(bob.page, "filler line 119");
-  // Reloaded, Bob's client holds none of it.
-  await bob.page.reload();
+  // Loaded afresh, Bob's client holds none of it.
+  await bob.page.goto(`${base}/`);
   await status(bob.page, "Connected");
 
   await bob.page.getByRole("searchbox", { name: "Search" }).fill("lighthouse");
@@ -846,7 +846,7 @@ test("a search result far back opens a window there that grows both ways, and Ju
   // After a reload (nothing loaded), at phone width, the result opens a
   // window again, and Jump to latest leaves it for the newest page.
   await bob.page.setViewportSize({ width: 390, height: 844 });
-  await bob.page.reload();
+  await bob.page.goto(`${base}/`);
   await bob.page.getByRole("searchbox", { name: "Search" }).fill("lighthouse");
   await hit.filter({ hasText: "the lighthouse keeper" }).click();
   await bob.page.locator(".message.flash").filter({ hasText: "the lighthouse keeper" }).waitFor(WAIT);
@@ -899,7 +899,8 @@ function notificationStub() {
 test("notifications: asked for on a click, shown for a conversation not looked at; the unread total in the title", async () => {
   const [alice, bob] = await talking(["Nora", "Notes"], ["Ned", "Noticed"], "first");
   await bob.page.context().addInitScript(notificationStub);
-  await bob.page.reload();
+  // Loaded afresh at the list: no conversation open.
+  await bob.page.goto(`${base}/`);
   await status(bob.page, "Connected");
   const recorded = () => bob.page.evaluate(() => ({ notes: window.__notes, beeps: window.__beeps }));
   const icon = () => bob.page.locator('link[rel="icon"]').getAttribute("href");
@@ -955,4 +956,81 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
   await alice.page.context().close();
   await bob.page.context().close();
+});
+
+test("each conversation has its own URL: a reload keeps it, a link opens it, Back returns to the list", async () => {
+  const [alice, bob] = await talking(["Ula", "Url"], ["Ugo", "Urban"], "hello");
+  const page = bob.page;
+  const pk = /#\/c\/([0-9a-f-]{36})$/.exec(page.url())?.[1];
+  assert.ok(pk, page.url());
+  await page.reload();
+  await page.getByRole("heading", { name: alice.name }).waitFor(WAIT);
+  await received(page, "hello");
+
+  // The browser's (or phone's) Back: the list; Forward: the conversation.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goBack();
+  await page.getByRole("heading", { name: alice.name }).waitFor({ state: "detached", ...WAIT });
+  await list(page).waitFor(WAIT);
+  assert.equal(new URL(page.url()).hash, "");
+  await shot(page, "phone-back-to-list");
+  await page.goForward();
+  await page.getByRole("heading", { name: alice.name }).waitFor(WAIT);
+  // The page's own back button goes back through history too.
+  await page.getByRole("button", { name: "Back to conversations" }).click();
+  await list(page).waitFor(WAIT);
+  assert.equal(new URL(page.url()).hash, "");
+
+  // A link opens the conversation on another device of the person.
+  const other = await secondDevice(bob.username);
+  await other.goto(`${base}/#/c/${pk}`);
+  await other.getByRole("heading", { name: alice.name }).waitFor(WAIT);
+  await received(other, "hello");
+  assert.deepEqual([...alice.page.errors, ...page.errors, ...other.errors], []);
+  await alice.page.context().close();
+  await page.context().close();
+  await other.context().close();
+});
+
+test("Web Push: the service worker shows a push as a notification of its conversation", async () => {
+  const [alice, bob] = await talking(["Pia", "Push"], ["Pat", "Pushed"], "hi");
+  const page = bob.page;
+  const pk = /#\/c\/([0-9a-f-]{36})$/.exec(page.url())?.[1];
+  await page.context().grantPermissions(["notifications"], { origin: base });
+  const cdp = await page.context().newCDPSession(page);
+  const registrations = new Map();
+  cdp.on("ServiceWorker.workerRegistrationUpdated", ({ registrations: updated }) => {
+    for (const r of updated) if (!r.isDeleted) registrations.set(r.scopeURL, r.registrationId);
+  });
+  await cdp.send("ServiceWorker.enable");
+  // Allowed: the page registers /sw.js (and asks the browser's push
+  // service for a subscription, which this offline machine cannot reach).
+  await page.reload();
+  await status(page, "Connected");
+  await page.waitForFunction(() => navigator.serviceWorker.getRegistration("/").then((r) => !!r?.active), null, WAIT);
+  const scope = `${base}/`;
+  for (let i = 0; i < 100 && !registrations.has(scope); i += 1) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(registrations.has(scope), JSON.stringify([...registrations]));
+
+  const payload = { pk, title: alice.name, sender: alice.name, preview: "while you were away" };
+  await cdp.send("ServiceWorker.deliverPushMessage", {
+    origin: base,
+    registrationId: registrations.get(scope),
+    data: JSON.stringify(payload),
+  });
+  const shown = async () =>
+    page.evaluate(async () => {
+      const registration = await navigator.serviceWorker.ready;
+      const notes = await registration.getNotifications();
+      return notes.map((n) => ({ title: n.title, body: n.body, tag: n.tag, pk: n.data?.pk }));
+    });
+  let notes = [];
+  for (let i = 0; i < 150 && notes.length === 0; i += 1) {
+    notes = await shown();
+    if (notes.length === 0) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.deepEqual(notes, [{ title: alice.name, body: "while you were away", tag: pk, pk }]);
+  assert.deepEqual([...alice.page.errors, ...page.errors], []);
+  await alice.page.context().close();
+  await page.context().close();
 });

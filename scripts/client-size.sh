@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The web client must stay small: every file the browser loads, each
-# gzip-compressed as a server or proxy would send it, under 100 KB in all.
+# gzip-compressed as a server or proxy would send it, under 60 KB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-limit=$((100 * 1024))
+limit=$((60 * 1024))
 total=0
 for file in static/app/index.html static/app/*.js static/app/*.css static/app/vendor/*.js; do
   total=$((total + $(gzip -9c "$file" | wc -c)))

@@ -51,6 +51,8 @@ const FILES: &[(&str, &str, &[u8])] = &[
 
 const JS: &str = "text/javascript; charset=utf-8";
 const INDEX: &[u8] = include_bytes!("../../static/app/index.html");
+/// The service worker: served at the root, so its scope is the whole site.
+const SERVICE_WORKER: &[u8] = include_bytes!("../../static/app/sw.js");
 
 /// Files change with every release and are small: browsers revalidate
 /// each time (the ETag-less 200 costs less than a stale client).
@@ -66,6 +68,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/",
         web::get().to(|| async { file(INDEX, "text/html; charset=utf-8") }),
+    );
+    cfg.route(
+        "/sw.js",
+        web::get().to(|| async { file(SERVICE_WORKER, JS) }),
     );
     for (path, content_type, bytes) in FILES {
         cfg.route(

@@ -49,3 +49,14 @@ export const signOut = (token) => call("POST", "/api/logout/", { token });
 
 /** Revokes every token of the person, this one too (PROTOCOL.md C14). */
 export const signOutEverywhere = (token) => call("POST", "/api/logout/everywhere/", { token });
+
+/** The server's Web Push key (B11); 404 when the server has Web Push off. */
+export const pushKey = () => call("GET", "/api/push/key/");
+
+/** Registers this browser's push subscription for the person. */
+export const subscribePush = (token, subscription) =>
+  call("POST", "/api/push/subscriptions/", { token, body: subscription });
+
+/** Stops pushes to this browser. */
+export const unsubscribePush = (token, endpoint) =>
+  call("DELETE", "/api/push/subscriptions/", { token, body: { endpoint } });

@@ -14,7 +14,14 @@ import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { Chat, REACTIONS } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
-import { EnableNotifications, notifyMessage, showUnread } from "./notify.js";
+import {
+  EnableNotifications,
+  notifyMessage,
+  onPushClick,
+  showUnread,
+  subscribePush,
+  unsubscribePush,
+} from "./notify.js";
 
 const html = htm.bind(h);
 const SESSION_KEY = "chat.session";
@@ -671,9 +678,51 @@ function SignOutEverywhere({ session, onSignOut }) {
  * server's answer is not waited for: signing out never hangs on a network
  * that is down (the token then lives until it expires, as before C15).
  */
-function logOut(session, onSignOut) {
+async function logOut(session, onSignOut) {
+  await unsubscribePush(session.token);
   api.signOut(session.token).catch(() => {});
   onSignOut(null);
+}
+
+/** The conversation a URL names: `#/c/<pk>`. */
+function pkFromHash() {
+  return /^#\/c\/([0-9a-f-]{36})$/.exec(location.hash)?.[1] ?? null;
+}
+
+/** Each conversation has its own URL: a reload keeps it open, a link
+ *  opens it, and the browser's (or phone's) Back returns to the list.
+ *  Opening from the list adds a history entry; switching replaces it;
+ *  closing in the page goes back to the list's entry. */
+function useConversationUrl(chat, open, known) {
+  useEffect(() => {
+    const follow = () => {
+      const pk = pkFromHash();
+      if (pk === chat.state.open) return;
+      if (!pk) chat.closeConversation();
+      else if (chat.state.conversations.has(pk)) chat.openConversation(pk);
+    };
+    addEventListener("hashchange", follow);
+    const stopClicks = onPushClick((pk) => chat.openConversation(pk));
+    return () => {
+      removeEventListener("hashchange", follow);
+      stopClicks();
+    };
+  }, []);
+  // The URL's conversation, once the list says it is one of the person's.
+  useEffect(() => {
+    const pk = pkFromHash();
+    if (pk && !chat.state.open && chat.state.conversations.has(pk)) chat.openConversation(pk);
+  }, [known]);
+  useEffect(() => {
+    const shown = pkFromHash();
+    if (open === shown) return;
+    // A URL's conversation the list has not shown yet: wait for the list.
+    if (!open && !chat.state.conversations.has(shown)) return;
+    if (open && !shown) history.pushState({ chat: true }, "", `#/c/${open}`);
+    else if (open) history.replaceState({ chat: true }, "", `#/c/${open}`);
+    else if (history.state?.chat) history.back();
+    else history.replaceState(null, "", location.pathname + location.search);
+  }, [open]);
 }
 
 function SignedIn({ session, onSignOut }) {
@@ -695,6 +744,10 @@ function SignedIn({ session, onSignOut }) {
   const c = chat.current;
   const { status, open, notice } = c.state;
   const conversations = c.sortedConversations();
+  useConversationUrl(c, open, conversations.length);
+  useEffect(() => {
+    subscribePush(session.token);
+  }, []);
   const colliding = c.collidingNames();
   const handleOf = (conversation) =>
     conversation.kind === "direct" && colliding.has(conversation.name) ? conversation.username : null;
@@ -710,7 +763,7 @@ function SignedIn({ session, onSignOut }) {
           ${status === "connected" ? "Connected" : "Reconnecting…"}
         </span>
         <span class="me">${fullName(session.user)}</span>
-        <${EnableNotifications} />
+        <${EnableNotifications} token=${session.token} />
         <button type="button" onClick=${() => logOut(session, onSignOut)}>Log out</button>
       </header>
       <aside class="side">

@@ -3,6 +3,7 @@
 // load), a short sound, and the unread total in the tab's title and icon.
 
 import { h } from "./vendor/preact.module.js";
+import * as api from "./api.js";
 import { useState } from "./vendor/hooks.module.js";
 import htm from "./vendor/htm.module.js";
 
@@ -15,14 +16,16 @@ const PREVIEW_CHARS = 120;
 const supported = () => typeof Notification !== "undefined";
 
 /** A button that asks for permission, shown while the browser has not
- *  been asked (a browser asks at most once per site unless reset). */
-export function EnableNotifications() {
+ *  been asked (a browser asks at most once per site unless reset). Once
+ *  allowed, the browser is subscribed to Web Push. */
+export function EnableNotifications({ token }) {
   const [, setAsked] = useState(0);
   if (!supported() || Notification.permission !== "default") return null;
   async function ask() {
     unlockSound();
-    await Notification.requestPermission();
+    const answer = await Notification.requestPermission();
     setAsked((n) => n + 1);
+    if (answer === "granted") subscribePush(token);
   }
   return html`<button type="button" class="link notify" onClick=${ask}>
     <span aria-hidden="true">🔔</span><span class="label">Enable notifications</span>
@@ -82,4 +85,61 @@ function beep() {
   oscillator.connect(gain).connect(audio.destination);
   oscillator.start();
   oscillator.stop(audio.currentTime + 0.15);
+}
+
+// --- Web Push (B11) ---------------------------------------------------------
+
+const pushSupported = () =>
+  typeof navigator !== "undefined" && "serviceWorker" in navigator && typeof PushManager !== "undefined";
+
+/** The key as the browser wants it: base64url to bytes. */
+function keyBytes(base64url) {
+  const base64 = base64url.replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+}
+
+/** Registers the service worker and this browser's push subscription, so
+ *  messages reach the person while no tab is open. Called on every start
+ *  once notifications are allowed (the server keeps one row per browser).
+ *  Quietly does nothing where the browser or the server has no Web Push. */
+export async function subscribePush(token) {
+  if (!pushSupported() || !supported() || Notification.permission !== "granted") return;
+  try {
+    const registration = await navigator.serviceWorker.register("/sw.js");
+    await navigator.serviceWorker.ready;
+    let subscription = await registration.pushManager.getSubscription();
+    if (!subscription) {
+      const { public_key: key } = await api.pushKey();
+      subscription = await registration.pushManager.subscribe({
+        userVisibleOnly: true,
+        applicationServerKey: keyBytes(key),
+      });
+    }
+    await api.subscribePush(token, subscription.toJSON());
+  } catch (e) {
+    console.info("Web Push is not available here:", e.message);
+  }
+}
+
+/** Before signing out: this browser gets no more pushes for the person. */
+export async function unsubscribePush(token) {
+  if (!pushSupported()) return;
+  try {
+    const registration = await navigator.serviceWorker.getRegistration("/");
+    const subscription = await registration?.pushManager.getSubscription();
+    if (!subscription) return;
+    await api.unsubscribePush(token, subscription.endpoint).catch(() => {});
+    await subscription.unsubscribe();
+  } catch {
+    // Signing out goes on: the server drops the subscription when the
+    // push service says it is gone.
+  }
+}
+
+/** A click on a push's notification asks the open tab to show its conversation. */
+export function onPushClick(open) {
+  if (!pushSupported()) return () => {};
+  const listener = (event) => event.data?.open && open(event.data.open);
+  navigator.serviceWorker.addEventListener("message", listener);
+  return () => navigator.serviceWorker.removeEventListener("message", listener);
 }
