@@ -972,14 +972,14 @@ test("each conversation has its own URL: a reload keeps it, a link opens it, Bac
   await page.goBack();
   await page.getByRole("heading", { name: alice.name }).waitFor({ state: "detached", ...WAIT });
   await list(page).waitFor(WAIT);
-  assert.equal(new URL(page.url()).hash, "");
+  await page.waitForFunction(() => location.hash === "", null, WAIT);
   await shot(page, "phone-back-to-list");
   await page.goForward();
   await page.getByRole("heading", { name: alice.name }).waitFor(WAIT);
   // The page's own back button goes back through history too.
   await page.getByRole("button", { name: "Back to conversations" }).click();
   await list(page).waitFor(WAIT);
-  assert.equal(new URL(page.url()).hash, "");
+  await page.waitForFunction(() => location.hash === "", null, WAIT);
 
   // A link opens the conversation on another device of the person.
   const other = await secondDevice(bob.username);
@@ -1013,19 +1013,23 @@ test("Web Push: the service worker shows a push as a notification of its convers
   assert.ok(registrations.has(scope), JSON.stringify([...registrations]));
 
   const payload = { pk, title: alice.name, sender: alice.name, preview: "while you were away" };
-  await cdp.send("ServiceWorker.deliverPushMessage", {
-    origin: base,
-    registrationId: registrations.get(scope),
-    data: JSON.stringify(payload),
-  });
+  const deliver = () =>
+    cdp.send("ServiceWorker.deliverPushMessage", {
+      origin: base,
+      registrationId: registrations.get(scope),
+      data: JSON.stringify(payload),
+    });
   const shown = async () =>
     page.evaluate(async () => {
       const registration = await navigator.serviceWorker.ready;
       const notes = await registration.getNotifications();
       return notes.map((n) => ({ title: n.title, body: n.body, tag: n.tag, pk: n.data?.pk }));
     });
+  // A worker still starting may miss a push (a push service would retry):
+  // delivered again until shown; one tag, so never two notifications.
   let notes = [];
   for (let i = 0; i < 150 && notes.length === 0; i += 1) {
+    if (i % 20 === 0) await deliver();
     notes = await shown();
     if (notes.length === 0) await new Promise((r) => setTimeout(r, 100));
   }
@@ -1033,4 +1037,82 @@ test("Web Push: the service worker shows a push as a notification of its convers
   assert.deepEqual([...alice.page.errors, ...page.errors], []);
   await alice.page.context().close();
   await page.context().close();
+});
+
+test("day to day: day separators, links, several lines, a draft per conversation, the length count, New messages, Jump to latest", async () => {
+  const [alice, bob] = await talking(["Dora", "Daily"], ["Dan", "Dayto"], "first");
+  const page = bob.page;
+  await log(page).locator(".day").filter({ hasText: "Today" }).waitFor(WAIT);
+
+  // Links: http(s) only, opened safely; anything else stays text.
+  await say(alice.page, "see https://example.com/a?b=1. and javascript:alert(1)");
+  await received(page, "see https://example.com/a?b=1.");
+  const link = log(page).getByRole("link", { name: "https://example.com/a?b=1" });
+  assert.deepEqual(
+    [await link.getAttribute("href"), await link.getAttribute("rel"), await link.getAttribute("target")],
+    ["https://example.com/a?b=1", "noopener noreferrer", "_blank"]
+  );
+  assert.equal(await log(page).getByRole("link").count(), 1);
+
+  // Shift+Enter is a new line, Enter sends.
+  const composer = page.getByLabel("Message");
+  await composer.fill("line one");
+  await composer.press("Shift+Enter");
+  await composer.pressSequentially("line two");
+  assert.equal(await composer.inputValue(), "line one\nline two");
+  await composer.press("Enter");
+  await received(alice.page, "line one");
+  const text = await log(alice.page).locator('[data-direction="received"] .text').last().textContent();
+  assert.equal(text, "line one\nline two");
+
+  // Too long: counted, refused with the reason, not cut.
+  await composer.fill("x".repeat(4001));
+  await page.getByText("4001 / 4000 characters: too long to send").waitFor(WAIT);
+  await composer.press("Enter");
+  await page.getByRole("alert").filter({ hasText: "at most 4000 characters; this one has 4001" }).waitFor(WAIT);
+  assert.equal((await composer.inputValue()).length, 4001);
+
+  // A draft stays with its conversation.
+  const carol = await signUp("Cleo", "Drafts");
+  await addContact(page, carol.username, carol.name);
+  await composer.fill("for Cleo, later");
+  await open(page, alice.name);
+  assert.equal((await composer.inputValue()).length, 4001, "Dora's own draft is back");
+  await composer.fill("");
+  await open(page, carol.name);
+  assert.equal(await composer.inputValue(), "for Cleo, later");
+
+  // Away from Dora's conversation, three messages: opened, they follow a
+  // "New messages" divider.
+  for (const line of ["news one", "news two", "news three"]) await say(alice.page, line);
+  await item(page, alice.name).getByText("3 unread").waitFor(WAIT);
+  await open(page, alice.name);
+  const divider = log(page).locator(".divider");
+  await divider.waitFor(WAIT);
+  assert.equal(await divider.textContent(), "New messages");
+  const after = await divider.evaluate((d) => d.nextElementSibling.querySelector(".text").textContent);
+  assert.equal(after, "news one");
+  await shot(page, "desktop-day-to-day");
+
+  // Scrolled up when a message comes: Jump to latest brings it into view.
+  await sendMany(alice.page, 30, "filler");
+  await received(page, "filler 29");
+  await log(page).evaluate((e) => {
+    e.scrollTop = 60;
+    e.dispatchEvent(new Event("scroll"));
+  });
+  await say(alice.page, "down here");
+  const latest = page.getByRole("button", { name: "Jump to latest" });
+  await latest.waitFor(WAIT);
+  await latest.click();
+  await latest.waitFor({ state: "detached", ...WAIT });
+  const atBottom = await log(page).evaluate((e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40);
+  assert.ok(atBottom, "scrolled to the newest");
+
+  await page.emulateMedia({ colorScheme: "dark" });
+  await shot(page, "desktop-dark");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, "phone-dark");
+  assert.deepEqual([...alice.page.errors, ...page.errors, ...carol.page.errors], []);
+  for (const p of [alice.page, page, carol.page]) await p.context().close();
 });

@@ -23,8 +23,9 @@ const PAGE = 50;
 const SYNC_PAGE = 200;
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 3000;
-const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
-const MAX_CONTENT = 4000;
+// The first tries come fast (a server restart is over in a second or two).
+const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 10000];
+export const MAX_CONTENT = 4000;
 const QUOTE_CHARS = 200;
 /** New messages kept while a window in the past is shown (`log`). */
 const HELD = 500;
@@ -67,6 +68,7 @@ export class Chat {
     this.session = session;
     this.onChange = onChange;
     this.onSignedOut = onSignedOut;
+    this.drafts = new Map(); // pk -> what was typed and not sent
     this.onNotify = onNotify; // (pk, message): a new message from someone else, live
     this.socket = null;
     this.attempt = 0;
@@ -110,10 +112,22 @@ export class Chat {
   start() {
     this.stopped = false;
     this.connect();
+    // The network is back: try at once rather than at the end of a backoff.
+    this.onOnline = () => this.reconnectNow();
+    if (typeof addEventListener === "function") addEventListener("online", this.onOnline);
+  }
+
+  /** Reconnects now if waiting to (the network came back, the page was shown). */
+  reconnectNow() {
+    if (this.stopped || this.socket) return;
+    clearTimeout(this.reconnectTimer);
+    this.attempt = 0;
+    this.connect();
   }
 
   stop() {
     this.stopped = true;
+    if (typeof removeEventListener === "function") removeEventListener("online", this.onOnline);
     clearTimeout(this.reconnectTimer);
     if (this.socket) this.socket.close(1000, "signed out");
     this.socket = null;
@@ -763,7 +777,8 @@ export class Chat {
   sendMessage(pk, text, replyTo = null) {
     const content = text.trim();
     if (!content) return "Write something first.";
-    if (content.length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters.`;
+    const length = [...content].length;
+    if (length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters; this one has ${length}.`;
     const item = {
       client_id: newClientId(),
       content,
@@ -845,7 +860,8 @@ export class Chat {
   editMessage(id, text) {
     const content = text.trim();
     if (!content) return "Write something first.";
-    if (content.length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters.`;
+    const length = [...content].length;
+    if (length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters; this one has ${length}.`;
     return this.send("edit_message", { id, content }) ? null : "Not connected: try again.";
   }
 

@@ -12,7 +12,7 @@ import {
 } from "./vendor/hooks.module.js";
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
-import { Chat, REACTIONS } from "./chat.js";
+import { Chat, MAX_CONTENT, REACTIONS } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
 import {
   EnableNotifications,
@@ -37,6 +37,42 @@ function loadSession() {
 
 function fullName(user) {
   return `${user.first_name || ""} ${user.last_name || ""}`.trim() || user.username;
+}
+
+/** "1 member", "3 members". */
+function count(n, one, many = `${one}s`) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/** A day separator's words: "Today", "Yesterday", or the date. */
+function dayLabel(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  const days = Math.round((day(new Date()) - day(date)) / 86_400_000);
+  if (days === 0) return "Today";
+  if (days === 1) return "Yesterday";
+  const sameYear = date.getFullYear() === new Date().getFullYear();
+  return date.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", year: sameYear ? undefined : "numeric" });
+}
+
+const dayOf = (iso) => new Date(iso).toDateString();
+
+/** Text with its http(s) links made clickable, as text and <a> elements:
+ *  never HTML, never another scheme. */
+const LINK = /\bhttps?:\/\/[^\s<>"]+/g;
+function linked(text) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(LINK)) {
+    // Closing punctuation after a link belongs to the sentence.
+    const url = match[0].replace(/[.,;:!?)\]'"]+$/, "");
+    parts.push(text.slice(last, match.index));
+    parts.push(html`<a href=${url} target="_blank" rel="noopener noreferrer">${url}</a>`);
+    last = match.index + url.length;
+  }
+  parts.push(text.slice(last));
+  return parts;
 }
 
 function clock(iso) {
@@ -127,7 +163,7 @@ function ConversationItem({ chat, conversation, open, handle }) {
       >
         <span class="name">${conversation.name}</span>
         ${handle && html` <span class="handle">@${handle}</span>`}
-        ${conversation.online && html` <span class="online">Online</span>`}
+        ${conversation.online && chat.state.status === "connected" && html` <span class="online">Online</span>`}
         ${conversation.muted && html` <span class="muted" title="Muted">🔕<span class="hidden"> Muted</span></span>`}
         ${conversation.unread > 0 &&
         html` <span class=${conversation.muted ? "unread quiet" : "unread"}>${conversation.unread}<span class="hidden"> unread</span></span>`}
@@ -154,7 +190,7 @@ function AddContact({ chat, session, done }) {
     }
   }
   return html`
-    <form class="panel" onSubmit=${submit}>
+    <form class="panel" onSubmit=${submit} onKeyDown=${(e) => e.key === "Escape" && done()}>
       <label>Username <input name="username" required autofocus /></label>
       <button type="submit">Add</button>
       <button type="button" class="link" onClick=${done}>Cancel</button>
@@ -192,7 +228,7 @@ function NewGroup({ chat, done }) {
     if (chat.createGroup(title, picked(event.target))) done();
   }
   return html`
-    <form class="panel" onSubmit=${submit}>
+    <form class="panel" onSubmit=${submit} onKeyDown=${(e) => e.key === "Escape" && done()}>
       <label>Title <input name="title" required maxlength="100" autofocus /></label>
       <${ContactPicker} chat=${chat} />
       <button type="submit">Create group</button>
@@ -245,7 +281,7 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
       ${sender && html`<span class="sender">${sender}</span>`}
       ${message.quote &&
       html`<${Quote} quote=${message.quote} author=${authorOf(message.quote.sender)} onJump=${() => actions.jump(message.reply_to)} />`}
-      <span class="text">${message.content}</span>
+      <span class="text">${linked(message.content)}</span>
       <span class="meta">
         <time datetime=${message.time} title=${fullTime(message.time)}>${clock(message.time)}</time>
         ${message.edited_at && html` <span class="edited" title=${fullTime(message.edited_at)}>edited</span>`}
@@ -371,7 +407,14 @@ function Conversation({ chat, pk }) {
   const conversation = chat.state.conversations.get(pk);
   const log = chat.state.messages.get(pk);
   const pending = chat.state.pending.get(pk) || [];
-  const [draft, setDraft] = useState("");
+  // A draft stays with its conversation when switching: kept in `Chat`.
+  const [, redraw] = useReducer((n) => n + 1, 0);
+  const draft = chat.drafts.get(pk) || "";
+  const setDraft = (text) => {
+    if (text) chat.drafts.set(pk, text);
+    else chat.drafts.delete(pk);
+    redraw();
+  };
   const [settings, setSettings] = useState(false);
   const [error, setError] = useState(null);
   const [replyTo, setReplyTo] = useState(null);
@@ -407,8 +450,33 @@ function Conversation({ chat, pk }) {
     return () => document.removeEventListener("visibilitychange", seen);
   }, [pk, newest, conversation?.unread]);
 
+
+  // The first unread message when the conversation was opened: the "New
+  // messages" divider stands above it until another conversation is opened.
+  const firstUnread = useRef({ pk: null, id: null });
+  if (firstUnread.current.pk !== pk && log?.loaded) {
+    let left = conversation?.unread || 0;
+    let id = null;
+    for (let i = items.length - 1; i >= 0 && left > 0; i -= 1) {
+      if (items[i].direction === "received") {
+        left -= 1;
+        id = items[i].id;
+      }
+    }
+    firstUnread.current = { pk, id };
+  }
+
+  // New messages below while the person reads further up: a button says so.
+  const [newBelow, setNewBelow] = useState(false);
+  const shownNewest = useRef(newest);
+  useEffect(() => {
+    if (newest !== shownNewest.current && !pinned.current && shownNewest.current) setNewBelow(true);
+    shownNewest.current = newest;
+  }, [newest]);
+
   useEffect(() => {
     pinned.current = true;
+    setNewBelow(false);
     setSettings(false);
     setError(null);
     setReplyTo(null);
@@ -458,7 +526,10 @@ function Conversation({ chat, pk }) {
     const element = box.current;
     const bottom = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
     pinned.current = bottom && !log?.hasNewer;
-    if (pinned.current) chat.markSeen(pk);
+    if (pinned.current) {
+      chat.markSeen(pk);
+      setNewBelow(false);
+    }
     if (bottom && log?.hasNewer) chat.loadNewer(pk);
     // Kept in place when the page above comes (only then: a page below
     // coming meanwhile must not move the view).
@@ -467,6 +538,8 @@ function Conversation({ chat, pk }) {
 
   function showLatest() {
     pinned.current = true;
+    setNewBelow(false);
+    if (!log?.hasNewer && box.current) box.current.scrollTop = box.current.scrollHeight;
     chat.showLatest(pk);
     box.current?.focus();
   }
@@ -523,7 +596,32 @@ function Conversation({ chat, pk }) {
   const authorOf = (id) => (id === chat.me.id ? "You" : nameOf(id) || (group ? "Someone" : conversation.name));
   const blocked = !group && chat.state.blocked.has(conversation.user_id);
   const handle = !group && chat.collidingNames().has(conversation.name) ? conversation.username : null;
-  const typists = chat.typists(pk).map(nameOf).filter(Boolean);
+  // While reconnecting, who is online or typing is not known: not shown.
+  const connected = chat.state.status === "connected";
+  const typists = connected ? chat.typists(pk).map(nameOf).filter(Boolean) : [];
+  const length = [...draft].length;
+
+  // The log's rows: a separator at each new day, the "New messages"
+  // divider, and the messages (one flat keyed list).
+  const rows = [];
+  items.forEach((m, i) => {
+    if (i === 0 || dayOf(items[i - 1].time) !== dayOf(m.time)) {
+      rows.push(html`<p class="day" key=${`d-${m.id}`}><span>${dayLabel(m.time)}</span></p>`);
+    }
+    if (m.id === firstUnread.current.id) {
+      rows.push(html`<p class="divider" key="new"><span>New messages</span></p>`);
+    }
+    rows.push(html`<${Message}
+      key=${m.id}
+      chat=${chat}
+      message=${m}
+      read=${m.id === lastReadOwn}
+      sender=${group && m.direction === "received" ? nameOf(m.sender) : null}
+      authorOf=${authorOf}
+      canDelete=${m.direction === "send" || owner}
+      actions=${actions}
+    />`);
+  });
 
   return html`
     <section class="chat" aria-label=${conversation.name}>
@@ -534,11 +632,11 @@ function Conversation({ chat, pk }) {
         <h2>${conversation.name}</h2>
         ${handle && html`<span class="handle">@${handle}</span>`}
         ${group
-          ? html`<span class="hint">${conversation.members} members</span>
+          ? html`<span class="hint">${count(conversation.members, "member")}</span>
               <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
                 Group settings
               </button>`
-          : html`${conversation.online && html`<span class="online">Online</span>`}
+          : html`${conversation.online && connected && html`<span class="online">Online</span>`}
               <button type="button" class="link" onClick=${() => chat.setBlocked(conversation.user_id, !blocked)}>
                 ${blocked ? "Unblock" : "Block"}<span class="hidden"> ${conversation.name}</span>
               </button>`}
@@ -557,22 +655,11 @@ function Conversation({ chat, pk }) {
       <div class="log" role="log" aria-label="History" ref=${box} onScroll=${onScroll} tabindex="0">
         ${log?.hasOlder && html`<p class="hint">Scroll up for older messages</p>`}
         ${!log?.loaded && html`<p class="hint">Loading…</p>`}
-        ${items.map(
-          (m) => html`<${Message}
-            key=${m.id}
-            chat=${chat}
-            message=${m}
-            read=${m.id === lastReadOwn}
-            sender=${group && m.direction === "received" ? nameOf(m.sender) : null}
-            authorOf=${authorOf}
-            canDelete=${m.direction === "send" || owner}
-            actions=${actions}
-          />`
-        )}
+        ${rows}
         ${log?.hasNewer && log.loaded && html`<p class="hint">Scroll down for newer messages</p>`}
         ${pending.map((item) => html`<${Pending} key=${item.client_id} chat=${chat} pk=${pk} item=${item} />`)}
       </div>
-      ${log?.hasNewer &&
+      ${(log?.hasNewer || newBelow) &&
       html`<button type="button" class="latest" onClick=${showLatest}>Jump to latest</button>`}
       <p class="typing" aria-live="polite">
         ${typists.length > 0 &&
@@ -586,21 +673,33 @@ function Conversation({ chat, pk }) {
         <button type="button" class="link" onClick=${cancelCompose}>${editing ? "Cancel edit" : "Cancel reply"}</button>
       </div>`}
       <form class="compose" onSubmit=${submit}>
-        <input
+        <textarea
           ref=${input}
           aria-label="Message"
           placeholder="Message"
           autocomplete="off"
-          maxlength="4000"
+          rows=${Math.min(6, draft.split("\n").length)}
           value=${draft}
-          onKeyDown=${(e) => e.key === "Escape" && (replyTo || editing) && cancelCompose()}
+          aria-invalid=${length > MAX_CONTENT ? "true" : undefined}
+          onKeyDown=${(e) => {
+            if (e.key === "Escape" && (replyTo || editing)) cancelCompose();
+            // Enter sends; Shift+Enter (or Enter while composing with an IME) is a new line.
+            if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+              e.preventDefault();
+              e.target.form.requestSubmit();
+            }
+          }}
           onInput=${(e) => {
             setDraft(e.target.value);
             if (e.target.value && !editing) chat.typingNow(pk);
           }}
-        />
+        ></textarea>
         <button type="submit">${editing ? "Save" : "Send"}</button>
       </form>
+      ${length > MAX_CONTENT - 500 &&
+      html`<p class=${length > MAX_CONTENT ? "count over" : "count"} aria-live="polite">
+        ${length} / ${MAX_CONTENT} characters${length > MAX_CONTENT ? ": too long to send" : ""}
+      </p>`}
       ${error && html`<p role="alert" class="error">${error}</p>`}
     </section>
   `;
@@ -608,7 +707,7 @@ function Conversation({ chat, pk }) {
 
 /** Who invited, and how big the group is: "from Ann Lee (@ann) · 3 members". */
 function invitationText({ invited_by: by, members }) {
-  const size = `${members} ${members === 1 ? "member" : "members"}`;
+  const size = count(members, "member");
   return by ? `from ${by.name} (@${by.username}) · ${size}` : size;
 }
 
