@@ -329,3 +329,14 @@ test("a mute comes from the items and the muted push; a conversation push keeps 
   chat.onFrame({ type: "mute_response", data: { status: "success", pk: B, muted: true } });
   assert.deepEqual([chat.state.conversations.get(A).muted, chat.state.conversations.get(B).muted], [false, true]);
 });
+
+test("get_contact's read_up_to shows Read after a reload; a listed conversation with no message sorts last", () => {
+  const { chat } = connected();
+  chat.onFrame({
+    type: "get_contacts_response",
+    data: [contact(A, 0), contact(B, 3, { last_message: { id: 3, content: "hi", time: "2026-11-30T10:00:00.000000+00:00", sender: 2, deleted: false } })],
+  });
+  assert.deepEqual(chat.sortedConversations().map((c) => c.pk), [B, A]);
+  chat.onFrame({ type: "get_contact_response", data: { ...contact(B, 3), members: [], read_up_to: 3 } });
+  assert.equal(chat.state.readUpTo.get(B), 3);
+});

@@ -298,14 +298,34 @@ test("a group of three", async () => {
   await settings(carol.page).getByLabel("Group name").fill("Trip 2027");
   await settings(carol.page).getByRole("button", { name: "Rename" }).click();
   await bob.page.getByRole("heading", { name: "Trip 2027" }).waitFor(WAIT);
+  // Changes are told in the conversation.
+  const notice = (page, text) => log(page).locator(".notice").filter({ hasText: text }).waitFor(WAIT);
+  await notice(bob.page, `${carol.name} renamed the group to “Trip 2027”`);
+  await notice(carol.page, "You renamed the group to “Trip 2027”");
+  // Removing someone asks first; Cancel keeps them.
   await alice.page.getByRole("button", { name: "Group settings" }).click();
   await settings(alice.page).getByRole("button", { name: `Remove ${carol.name}` }).click();
+  const asking = alice.page.getByRole("alertdialog", { name: `Remove ${carol.name}?` });
+  await asking.getByRole("button", { name: "Cancel" }).click();
+  await asking.waitFor({ state: "detached", ...WAIT });
+  await settings(alice.page).getByRole("button", { name: `Remove ${carol.name}` }).click();
+  await shot(alice.page, "desktop-confirm-remove");
+  await asking.getByRole("button", { name: "Remove" }).click();
   await bobsList.filter({ hasText: carol.name }).waitFor({ state: "detached", ...WAIT });
+  await notice(bob.page, `${alice.name} removed ${carol.name}`);
+  await shot(bob.page, "desktop-group-notices");
   assert.deepEqual(
     (await bobsList.allInnerTexts()).map((text) => text.split(" (owner)")[0].replace(/\s+Online$/, "").trim()),
     [alice.name, bob.name]
   );
   await carol.page.getByText("You are no longer in Trip 2027.").waitFor(WAIT);
+  // Leaving asks too; the others are told.
+  await bob.page.getByRole("button", { name: "Leave group" }).click();
+  await bob.page.getByRole("alertdialog", { name: "Leave Trip 2027?" }).getByRole("button", { name: "Leave" }).click();
+  await bob.page.getByText("You are no longer in Trip 2027.").waitFor(WAIT);
+  await notice(alice.page, `${bob.name} left`);
+  await alice.page.getByRole("heading", { name: "Trip 2027" }).waitFor(WAIT);
+  await alice.page.getByText("1 member", { exact: true }).waitFor(WAIT);
   for (const p of [alice, bob, carol]) await p.page.context().close();
 });
 

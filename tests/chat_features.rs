@@ -161,6 +161,16 @@ async fn read_typing_presence(backend: &Backend) {
     );
     let contacts = b.request(json!({"type": "get_contacts", "data": {}})).await;
     assert_eq!(contacts["data"][0]["unread"], 0, "{}", backend.name());
+    // Alice, reloaded, learns how far bob has read from get_contact (C19);
+    // bob sees no mark of his own reading.
+    let contact = a
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(contact["read_up_to"], last, "{contact}");
+    let contact = b
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert!(contact.get("read_up_to").is_none(), "{contact}");
 
     let typing = json!({"type": "typing", "data": {"id": pk}});
     let typing_event = json!({"type": "typing", "data": {"pk": pk, "user_id": bob}});

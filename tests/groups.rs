@@ -32,8 +32,10 @@ fn group(pk: &Value, name: &str, online: bool, members: Vec<Value>) -> Value {
 fn pushed(item: &Value, change: Value) -> Value {
     let mut push = item.clone();
     let fields = push.as_object_mut().expect("an item is an object");
-    fields.remove("unread");
-    fields.remove("invited");
+    // What only the caller's own item carries (C7, C17, C19).
+    for own in ["unread", "invited", "muted", "read_up_to"] {
+        fields.remove(own);
+    }
     let count = item["members"].as_array().map_or(0, Vec::len);
     fields.insert("members".into(), json!(count));
     fields.insert("change".into(), change);
@@ -132,7 +134,10 @@ async fn lifecycle(backend: &Backend) {
         accepted,
         json!({"type": "accept_invitation_response", "data": answer})
     );
-    let joined = pushed(&item, json!({"type": "members_added", "user_ids": [bob]}));
+    let joined = pushed(
+        &item,
+        json!({"type": "members_added", "user_ids": [bob], "by": bob}),
+    );
     assert_eq!(push, joined);
     for client in [&mut a, &mut c] {
         assert_eq!(client.recv_type("conversation").await, joined);
@@ -221,7 +226,7 @@ async fn lifecycle(backend: &Backend) {
         .await;
     assert_eq!(renamed["name"], "Trip 2026");
     // Every member is told the new title, never the member list.
-    let renamed_push = pushed(&renamed, json!({"type": "renamed"}));
+    let renamed_push = pushed(&renamed, json!({"type": "renamed", "by": bob}));
     assert_eq!(renamed_push["data"]["members"], 3);
     for client in [&mut a, &mut c] {
         assert_eq!(client.recv_type("conversation").await, renamed_push);
@@ -235,7 +240,10 @@ async fn lifecycle(backend: &Backend) {
     assert_eq!(added["members"][3], member(dave, "dave", "member", true));
     assert_eq!(added["invited"], json!([]), "dave has written to carol");
     // Who joined, by id (bob was in already); the list is `get_contact`'s.
-    let added_push = pushed(&added, json!({"type": "members_added", "user_ids": [dave]}));
+    let added_push = pushed(
+        &added,
+        json!({"type": "members_added", "user_ids": [dave], "by": carol}),
+    );
     for client in [&mut a, &mut b] {
         assert_eq!(client.recv_type("conversation").await, added_push);
     }
@@ -264,7 +272,8 @@ async fn lifecycle(backend: &Backend) {
         .ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": dave}}))
         .await;
     assert_eq!(after["members"].as_array().map(Vec::len), Some(3));
-    let removed_change = json!({"type": "member_removed", "user_id": dave, "owner_id": alice});
+    let removed_change =
+        json!({"type": "member_removed", "user_id": dave, "owner_id": alice, "by": alice});
     let mut removed = pushed(&after, removed_change.clone());
     removed["data"]["removed"] = json!(true);
     assert_eq!(d.recv().await, removed);
@@ -315,7 +324,7 @@ async fn lifecycle(backend: &Backend) {
         b.recv_type("conversation").await,
         pushed(
             &still_in,
-            json!({"type": "member_removed", "user_id": alice, "owner_id": carol})
+            json!({"type": "member_removed", "user_id": alice, "owner_id": carol, "by": alice})
         )
     );
     assert_eq!(
@@ -529,7 +538,10 @@ async fn a_change_in_a_big_group_pushes_no_member_list() {
     a.ask(json!({"type": "rename_group", "data": {"id": pk, "title": "All"}}))
         .await;
     let push = b.recv_type("conversation").await;
-    assert_eq!(push["data"]["change"], json!({"type": "renamed"}));
+    assert_eq!(
+        push["data"]["change"],
+        json!({"type": "renamed", "by": alice})
+    );
     let bytes = serde_json::to_vec(&push).unwrap().len();
     assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
 }

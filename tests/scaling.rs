@@ -666,7 +666,7 @@ async fn groups_across(backend: &Backend) {
     assert_eq!(joined["pk"], pk);
     assert_eq!(
         alice.recv_type("conversation").await["data"]["change"],
-        json!({"type": "members_added", "user_ids": [erin]})
+        json!({"type": "members_added", "user_ids": [erin], "by": erin})
     );
 
     // A block made on B reaches A through the bus, as fast as any change.

@@ -88,6 +88,7 @@ export class Chat {
       pending: new Map(), // pk -> [{ client_id, content, status, time }]
       typing: new Map(), // pk -> Map(user_id -> until)
       readUpTo: new Map(), // pk -> highest id another member has read
+      notices: new Map(), // pk -> group changes seen live (C7), after which message
       details: new Map(), // pk -> conversation with its members
       invitations: new Map(), // pk -> invitation to a group (C9)
       blocked: new Set(), // user ids this person blocked (C10)
@@ -198,7 +199,15 @@ export class Chat {
         if (Array.isArray(data)) this.setContacts(data);
         break;
       case "get_contact_response":
-        if (!failed) this.upsertConversation(data, data.unread);
+        if (!failed) {
+          this.upsertConversation(data, data.unread);
+          // Names of people a change notice named before the list had them.
+          for (const notice of this.state.notices.get(data.pk) || []) {
+            for (const m of data.members || []) notice.names[m.user_id] ??= m.name;
+          }
+          // How far the others have read, for "Read" after a reload (C19).
+          if (data.read_up_to) this.onRead({ pk: data.pk, user_id: null, up_to: data.read_up_to });
+        }
         break;
       case "message":
         this.onMessage(data.pk, data.data, data.seq, true);
@@ -242,6 +251,10 @@ export class Chat {
       case "add_members_response":
         if (!failed) {
           this.upsertConversation(data, data.unread);
+          // Names of people a change notice named before the list had them.
+          for (const notice of this.state.notices.get(data.pk) || []) {
+            for (const m of data.members || []) notice.names[m.user_id] ??= m.name;
+          }
           this.noteInvited(data.invited);
         }
         break;
@@ -329,7 +342,11 @@ export class Chat {
     const seen = new Set();
     for (const item of items) {
       seen.add(item.pk);
+      const known = this.state.conversations.has(item.pk);
       const conversation = this.upsertConversation(item, item.unread);
+      // Listed at start with no message yet: below those with messages,
+      // not on top as if it were new.
+      if (!known && !item.last_message) conversation.seen = "";
       if (item.seq > conversation.seq) {
         if (this.state.messages.get(item.pk)?.loaded) this.sync(item.pk);
         else conversation.seq = item.seq;
@@ -467,6 +484,7 @@ export class Chat {
       return;
     }
     const isNew = !this.state.conversations.has(item.pk);
+    if (!isNew && item.change && item.change.type !== "created") this.noteChange(item);
     // A new group has nothing unread; one we were added to may have history.
     const unread = isNew && item.change?.type === "created" ? 0 : undefined;
     const muted = this.state.conversations.get(item.pk)?.muted ?? false;
@@ -478,6 +496,19 @@ export class Chat {
       this.state.details.delete(item.pk);
       if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
     }
+  }
+
+  /** Keeps a group change to show in the conversation ("Ann added Ben"),
+   *  after its newest message, with the names known now (a removed
+   *  member's is gone from the next member list). */
+  noteChange({ pk, name, change }) {
+    const items = this.state.messages.get(pk)?.items || [];
+    const names = {};
+    for (const m of this.state.details.get(pk)?.members || []) names[m.user_id] = m.name;
+    const list = this.state.notices.get(pk) || [];
+    this.noticeCount = (this.noticeCount || 0) + 1;
+    list.push({ key: `n${this.noticeCount}`, after: items.at(-1)?.id ?? 0, name, change, names });
+    this.state.notices.set(pk, list.slice(-50));
   }
 
   /** This person muted or unmuted a conversation, here or on another device. */

@@ -39,6 +39,29 @@ function fullName(user) {
   return `${user.first_name || ""} ${user.last_name || ""}`.trim() || user.username;
 }
 
+/** A group change in words: "Ann added Ben and Cleo", "Ben left". */
+function changeText({ change, name, names }, who) {
+  const person = (id) => who(id, names);
+  const people = (ids) => {
+    const all = ids.map(person);
+    return all.length > 1 ? `${all.slice(0, -1).join(", ")} and ${all.at(-1)}` : all[0];
+  };
+  switch (change.type) {
+    case "members_added":
+      return change.user_ids.length === 1 && change.user_ids[0] === change.by
+        ? `${person(change.by)} joined`
+        : `${person(change.by)} added ${people(change.user_ids)}`;
+    case "member_removed":
+      return change.user_id === change.by
+        ? `${person(change.by)} left`
+        : `${person(change.by)} removed ${person(change.user_id)}`;
+    case "renamed":
+      return `${person(change.by)} renamed the group to “${name}”`;
+    default:
+      return "";
+  }
+}
+
 /** "1 member", "3 members". */
 function count(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
@@ -245,6 +268,20 @@ function fullTime(iso) {
   return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
 }
 
+/** A question before something that cannot be undone: an alertdialog
+ *  named `label`, Cancel focused (Enter on the first key press does no
+ *  harm), Escape cancels. */
+function Confirm({ label, question, action, onConfirm, onCancel }) {
+  const cancel = useRef(null);
+  useEffect(() => cancel.current?.focus(), []);
+  return html`<div class="confirm" role="alertdialog" aria-label=${label}
+      onKeyDown=${(e) => e.key === "Escape" && onCancel()}>
+    <span>${question}</span>
+    <button type="button" class="danger" onClick=${onConfirm}>${action}</button>
+    <button type="button" ref=${cancel} onClick=${onCancel}>Cancel</button>
+  </div>`;
+}
+
 /** What a reply shows of the message it answers; a click jumps to it. */
 function Quote({ quote, author, onJump }) {
   const text = quote.content || "Message deleted";
@@ -261,10 +298,6 @@ function Quote({ quote, author, onJump }) {
 function Message({ chat, message, read, sender, authorOf, canDelete, actions }) {
   const [picking, setPicking] = useState(false);
   const [confirming, setConfirming] = useState(false);
-  const confirmRef = useRef(null);
-  useEffect(() => {
-    if (confirming) confirmRef.current?.focus();
-  }, [confirming]);
   const own = message.direction === "send";
   const reactions = message.reactions || [];
   if (message.deleted) {
@@ -322,14 +355,13 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
         )}
       </div>`}
       ${confirming &&
-      html`<div class="confirm" role="alertdialog" aria-label="Delete for everyone?"
-          onKeyDown=${(e) => e.key === "Escape" && setConfirming(false)}>
-        <span>Delete it for everyone?</span>
-        <button type="button" class="danger" onClick=${() => (chat.deleteMessage(message.id), setConfirming(false))}>
-          Delete
-        </button>
-        <button type="button" ref=${confirmRef} onClick=${() => setConfirming(false)}>Cancel</button>
-      </div>`}
+      html`<${Confirm}
+        label="Delete for everyone?"
+        question="Delete it for everyone?"
+        action="Delete"
+        onConfirm=${() => (chat.deleteMessage(message.id), setConfirming(false))}
+        onCancel=${() => setConfirming(false)}
+      />`}
     </div>
   `;
 }
@@ -358,6 +390,8 @@ function shownName(member, members) {
 
 function GroupSettings({ chat, pk }) {
   const details = chat.state.details.get(pk);
+  // Who is about to be removed (the person themselves: leaving), asked first.
+  const [removing, setRemoving] = useState(null);
   if (!details) return html`<p class="hint">Loading members…</p>`;
   const me = chat.me.id;
   const owner = details.members.find((m) => m.role === "owner");
@@ -388,7 +422,7 @@ function GroupSettings({ chat, pk }) {
             ${shownName(m, details.members)} ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
             ${m.online ? html` <span class="online">Online</span>` : ""}
             ${owner?.user_id === me && m.user_id !== me &&
-            html` <button type="button" class="link" onClick=${() => chat.removeMember(pk, m.user_id)}>
+            html` <button type="button" class="link" onClick=${() => setRemoving(m)}>
               Remove<span class="hidden"> ${m.name}</span>
             </button>`}
           </li>`
@@ -398,7 +432,23 @@ function GroupSettings({ chat, pk }) {
         <${ContactPicker} chat=${chat} exclude=${inGroup} />
         ${addable && html`<button type="submit">Add members</button>`}
       </form>
-      <button type="button" class="danger" onClick=${() => chat.removeMember(pk, me)}>Leave group</button>
+      <button type="button" class="danger" onClick=${() => setRemoving({ user_id: me })}>Leave group</button>
+      ${removing &&
+      (removing.user_id === me
+        ? html`<${Confirm}
+            label=${`Leave ${details.name}?`}
+            question=${`Leave ${details.name}? You will need to be added again to come back.`}
+            action="Leave"
+            onConfirm=${() => (chat.removeMember(pk, me), setRemoving(null))}
+            onCancel=${() => setRemoving(null)}
+          />`
+        : html`<${Confirm}
+            label=${`Remove ${removing.name}?`}
+            question=${`Remove ${shownName(removing, details.members)} from ${details.name}?`}
+            action="Remove"
+            onConfirm=${() => (chat.removeMember(pk, removing.user_id), setRemoving(null))}
+            onCancel=${() => setRemoving(null)}
+          />`)}
     </section>
   `;
 }
@@ -601,6 +651,11 @@ function Conversation({ chat, pk }) {
   const typists = connected ? chat.typists(pk).map(nameOf).filter(Boolean) : [];
   const length = [...draft].length;
 
+  // Group changes seen while here, after the message that was newest then.
+  const notices = chat.state.notices.get(pk) || [];
+  const who = (id, names) => (id === chat.me.id ? "You" : nameOf(id) || names[id] || "Someone");
+  const noticeRow = (n) => html`<p class="notice" key=${n.key}>${changeText(n, who)}</p>`;
+
   // The log's rows: a separator at each new day, the "New messages"
   // divider, and the messages (one flat keyed list).
   const rows = [];
@@ -621,7 +676,15 @@ function Conversation({ chat, pk }) {
       canDelete=${m.direction === "send" || owner}
       actions=${actions}
     />`);
+    notices.filter((n) => n.after === m.id).forEach((n) => rows.push(noticeRow(n)));
   });
+
+  // Notices after a message not on screen: before the page if older, else at the end.
+  const shownIds = new Set(items.map((m) => m.id));
+  const elsewhere = notices.filter((n) => !shownIds.has(n.after));
+  const first = items[0]?.id ?? Infinity;
+  rows.unshift(...elsewhere.filter((n) => n.after < first).map(noticeRow));
+  rows.push(...elsewhere.filter((n) => n.after >= first).map(noticeRow));
 
   return html`
     <section class="chat" aria-label=${conversation.name}>

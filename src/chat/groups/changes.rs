@@ -272,7 +272,10 @@ impl Groups {
         .exec(&txn)
         .await?;
         let added = new.iter().copied().map(UserId).collect();
-        let change = ConversationChange::MembersAdded { user_ids: new };
+        let change = ConversationChange::MembersAdded {
+            user_ids: new,
+            by: caller.0,
+        };
         let changed = commit(txn, chat, added, Vec::new(), |_| change).await?;
         Ok(Changed {
             invited,
@@ -336,6 +339,7 @@ impl Groups {
         commit(txn, chat, Vec::new(), vec![target], |after| {
             ConversationChange::MemberRemoved {
                 user_id: target.0,
+                by: caller.0,
                 owner_id: after
                     .members
                     .iter()
@@ -385,7 +389,7 @@ impl Groups {
             .await?
             .ok_or(GroupError::NotFound)?;
         Ok(Changed {
-            change: Some(ConversationChange::Renamed),
+            change: Some(ConversationChange::Renamed { by: caller.0 }),
             row,
             added: Vec::new(),
             removed: Vec::new(),
@@ -430,6 +434,7 @@ impl Groups {
             .await?;
         let change = ConversationChange::MembersAdded {
             user_ids: vec![user.0],
+            by: user.0,
         };
         commit(txn, chat, vec![user], Vec::new(), |_| change).await
     }

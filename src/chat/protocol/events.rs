@@ -87,13 +87,8 @@ pub struct Contact {
     /// The `seq` of the conversation's latest event (B7; 0: none yet).
     pub seq: i64,
     /// Present (true) when this user muted the conversation (C17).
-    #[serde(skip_serializing_if = "is_false")]
-    pub muted: bool,
-}
-
-/// `skip_serializing_if` for flags sent only when set.
-fn is_false(flag: &bool) -> bool {
-    !flag
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
 }
 
 /// One member of a conversation.
@@ -138,8 +133,13 @@ pub struct Conversation {
     pub invited: Option<Vec<i64>>,
     /// Present (true) when the viewer muted the conversation (C17); never
     /// on a `conversation` push, which does not change it.
-    #[serde(skip_serializing_if = "is_false")]
-    pub muted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
+    /// The highest message id another member has read (C19), so a client
+    /// shows "Read" after a reload too; absent when nobody else has read
+    /// anything, and from `conversation` pushes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_up_to: Option<i64>,
 }
 
 /// A person, as an invitation names its inviter and the blocked list its
@@ -206,13 +206,17 @@ pub struct Declined {
 pub enum ConversationChange {
     /// The conversation is new to its members.
     Created,
-    /// People joined.
-    MembersAdded { user_ids: Vec<i64> },
-    /// Someone left or was removed; `owner_id` is the group's owner after
-    /// it (null once nobody is left).
-    MemberRemoved { user_id: i64, owner_id: Option<i64> },
-    /// The title changed: it is the push's `name`.
-    Renamed,
+    /// People joined: added by `by`, or `by` accepted an invitation.
+    MembersAdded { user_ids: Vec<i64>, by: i64 },
+    /// Someone left (`by` is `user_id`) or was removed by `by`; `owner_id`
+    /// is the group's owner after it (null once nobody is left).
+    MemberRemoved {
+        user_id: i64,
+        owner_id: Option<i64>,
+        by: i64,
+    },
+    /// `by` changed the title: it is the push's `name`.
+    Renamed { by: i64 },
 }
 
 /// A `conversation` push (B6, C7): the same frame for every member — the

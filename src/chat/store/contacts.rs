@@ -49,7 +49,7 @@ impl ContactRow {
             kind: kind_of(&self.chat),
             members,
             seq: self.chat.seq,
-            muted: self.muted,
+            muted: self.muted.then_some(true),
         }
     }
 }
@@ -339,7 +339,14 @@ impl ConversationRow {
             removed: None,
             seq: self.chat.seq,
             invited: None,
-            muted: false,
+            muted: None,
+            read_up_to: viewer.and_then(|viewer| {
+                self.members
+                    .iter()
+                    .filter(|(m, _)| m.user_id != viewer.0)
+                    .filter_map(|(m, _)| m.last_read_message_id)
+                    .max()
+            }),
         }
     }
 }
@@ -390,7 +397,7 @@ pub async fn conversation_of(
     };
     let presence = presence_view(db, user, presence).await?;
     let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
-    item.muted = row.muted;
+    item.muted = row.muted.then_some(true);
     if row.blocked {
         item.online = false;
         for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {
