@@ -314,6 +314,11 @@ test("a group of three", async () => {
   await bobsList.filter({ hasText: carol.name }).waitFor({ state: "detached", ...WAIT });
   await notice(bob.page, `${alice.name} removed ${carol.name}`);
   await shot(bob.page, "desktop-group-notices");
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await shot(bob.page, "phone-group-settings");
+  const fits = await settings(bob.page).evaluate((e) => e.getBoundingClientRect().right <= innerWidth);
+  assert.ok(fits, "the settings panel fits the phone's width");
+  await bob.page.setViewportSize({ width: 1280, height: 800 });
   assert.deepEqual(
     (await bobsList.allInnerTexts()).map((text) => text.split(" (owner)")[0].replace(/\s+Online$/, "").trim()),
     [alice.name, bob.name]
@@ -571,6 +576,7 @@ test("phone width: reply and react", async () => {
 test("signing out all devices ends every session of the person", async () => {
   const alice = await signUp("Sia", "Everywhere");
   const other = await secondDevice(alice.username);
+  await alice.page.getByRole("button", { name: "Account" }).click();
   await alice.page.getByRole("button", { name: "Sign out all devices" }).click();
   const ask = alice.page.getByRole("alertdialog", { name: "Sign out all devices?" });
   await ask.getByRole("button", { name: "Cancel" }).click();
@@ -1135,4 +1141,41 @@ test("day to day: day separators, links, several lines, a draft per conversation
   await shot(page, "phone-dark");
   assert.deepEqual([...alice.page.errors, ...page.errors, ...carol.page.errors], []);
   for (const p of [alice.page, page, carol.page]) await p.context().close();
+});
+
+test("the account panel changes the password: this device goes on, the others are signed out", async () => {
+  const alice = await signUp("Pam", "Secret");
+  const other = await secondDevice(alice.username);
+  const page = alice.page;
+  await page.getByRole("button", { name: "Account" }).click();
+  const panel = page.getByRole("region", { name: "Account" });
+  // Focus goes to the field that was opened.
+  await page.waitForFunction(() => document.activeElement?.name === "old_password", null, WAIT);
+  await panel.getByLabel("Current password").fill("wrong password here");
+  await panel.getByLabel("New password").fill("a much better passphrase");
+  await panel.getByRole("button", { name: "Change password" }).click();
+  await panel.getByRole("alert").waitFor(WAIT);
+  await panel.getByLabel("Current password").fill(PASSWORD);
+  await panel.getByLabel("New password").fill("a much better passphrase");
+  await shot(page, "desktop-account");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, "phone-account");
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await panel.getByRole("button", { name: "Change password" }).click();
+  await other.getByRole("button", { name: "Log in" }).waitFor(WAIT);
+  await status(page, "Connected");
+  await page.reload();
+  await status(page, "Connected");
+  // The new password works; Escape closes the panel.
+  await page.getByRole("button", { name: "Account" }).click();
+  await page.waitForFunction(() => document.activeElement?.name === "old_password", null, WAIT);
+  await page.keyboard.press("Escape");
+  await page.getByRole("region", { name: "Account" }).waitFor({ state: "detached", ...WAIT });
+  await other.getByLabel("Username").fill(alice.username);
+  await other.getByLabel("Password").fill("a much better passphrase");
+  await other.getByRole("button", { name: "Log in" }).click();
+  await status(other, "Connected");
+  assert.deepEqual([...page.errors, ...other.errors], []);
+  await page.context().close();
+  await other.context().close();
 });

@@ -60,3 +60,8 @@ export const subscribePush = (token, subscription) =>
 /** Stops pushes to this browser. */
 export const unsubscribePush = (token, endpoint) =>
   call("DELETE", "/api/push/subscriptions/", { token, body: { endpoint } });
+
+/** Changes the password: every token of the person is revoked, and the
+ *  answer carries a new one for this device (PROTOCOL.md A1). */
+export const changePassword = (token, oldPassword, newPassword) =>
+  call("POST", "/api/password/", { token, body: { old_password: oldPassword, new_password: newPassword } });

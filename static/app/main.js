@@ -105,12 +105,22 @@ function clock(iso) {
     : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+/** A ref whose element gets the focus when it appears (the `autofocus`
+ *  attribute works only while a page loads, not for a panel opened later).
+ *  `key` moves it again when it changes (login ↔ create account). */
+function useFocus(key) {
+  const ref = useRef(null);
+  useEffect(() => ref.current?.focus(), [key]);
+  return ref;
+}
+
 // --- signed out -----------------------------------------------------------
 
 function SignedOut({ onSignedIn, notice }) {
   const [mode, setMode] = useState("login");
   const [error, setError] = useState(notice || null);
   const [busy, setBusy] = useState(false);
+  const first = useFocus(mode);
 
   async function submit(event, action) {
     event.preventDefault();
@@ -136,7 +146,7 @@ function SignedOut({ onSignedIn, notice }) {
       ${mode === "login"
         ? html`
             <form onSubmit=${(e) => submit(e, login)}>
-              <label>Username <input name="username" autocomplete="username" required /></label>
+              <label>Username <input name="username" autocomplete="username" required ref=${first} /></label>
               <label>Password
                 <input name="password" type="password" autocomplete="current-password" required />
               </label>
@@ -151,7 +161,7 @@ function SignedOut({ onSignedIn, notice }) {
           `
         : html`
             <form onSubmit=${(e) => submit(e, register)}>
-              <label>Username <input name="username" autocomplete="username" required /></label>
+              <label>Username <input name="username" autocomplete="username" required ref=${first} /></label>
               <label>Password
                 <input name="password" type="password" autocomplete="new-password" required minlength="8" />
               </label>
@@ -197,6 +207,7 @@ function ConversationItem({ chat, conversation, open, handle }) {
 }
 
 function AddContact({ chat, session, done }) {
+  const first = useFocus();
   const [error, setError] = useState(null);
   async function submit(event) {
     event.preventDefault();
@@ -214,7 +225,7 @@ function AddContact({ chat, session, done }) {
   }
   return html`
     <form class="panel" onSubmit=${submit} onKeyDown=${(e) => e.key === "Escape" && done()}>
-      <label>Username <input name="username" required autofocus /></label>
+      <label>Username <input name="username" required ref=${first} /></label>
       <button type="submit">Add</button>
       <button type="button" class="link" onClick=${done}>Cancel</button>
       ${error && html`<p role="alert" class="error">${error}</p>`}
@@ -245,6 +256,7 @@ function picked(form) {
 }
 
 function NewGroup({ chat, done }) {
+  const first = useFocus();
   function submit(event) {
     event.preventDefault();
     const title = new FormData(event.target).get("title");
@@ -252,7 +264,7 @@ function NewGroup({ chat, done }) {
   }
   return html`
     <form class="panel" onSubmit=${submit} onKeyDown=${(e) => e.key === "Escape" && done()}>
-      <label>Title <input name="title" required maxlength="100" autofocus /></label>
+      <label>Title <input name="title" required maxlength="100" ref=${first} /></label>
       <${ContactPicker} chat=${chat} />
       <button type="submit">Create group</button>
       <button type="button" class="link" onClick=${done}>Cancel</button>
@@ -808,10 +820,6 @@ function Invitations({ chat }) {
 function SignOutEverywhere({ session, onSignOut }) {
   const [asking, setAsking] = useState(false);
   const [error, setError] = useState(null);
-  const confirm = useRef(null);
-  useEffect(() => {
-    if (asking) confirm.current?.focus();
-  }, [asking]);
   async function signOutAll() {
     try {
       await api.signOutEverywhere(session.token);
@@ -823,15 +831,56 @@ function SignOutEverywhere({ session, onSignOut }) {
   return html`
     <div class="everywhere">
       ${asking
-        ? html`<div class="confirm" role="alertdialog" aria-label="Sign out all devices?"
-            onKeyDown=${(e) => e.key === "Escape" && setAsking(false)}>
-            <span>Sign out on every device, this one too?</span>
-            <button type="button" class="danger" onClick=${signOutAll}>Sign out everywhere</button>
-            <button type="button" ref=${confirm} onClick=${() => setAsking(false)}>Cancel</button>
-          </div>`
+        ? html`<${Confirm}
+            label="Sign out all devices?"
+            question="Sign out on every device, this one too?"
+            action="Sign out everywhere"
+            onConfirm=${signOutAll}
+            onCancel=${() => setAsking(false)}
+          />`
         : html`<button type="button" class="link" onClick=${() => setAsking(true)}>Sign out all devices</button>`}
       ${error && html`<p role="alert" class="error">${error}</p>`}
     </div>
+  `;
+}
+
+/** The person's account: change the password (A1 `POST /api/password/`;
+ *  every other device is signed out, this one goes on with the new token),
+ *  and sign out every device. */
+function Account({ session, onToken, onSignOut, done }) {
+  const first = useFocus();
+  const [error, setError] = useState(null);
+  const [changed, setChanged] = useState(false);
+  async function submit(event) {
+    event.preventDefault();
+    const fields = Object.fromEntries(new FormData(event.target));
+    setError(null);
+    try {
+      const { token } = await api.changePassword(session.token, fields.old_password, fields.new_password);
+      event.target.reset();
+      setChanged(true);
+      onToken(token);
+    } catch (e) {
+      setError(e.message);
+    }
+  }
+  return html`
+    <section class="panel account" aria-label="Account" onKeyDown=${(e) => e.key === "Escape" && done()}>
+      <h2>Account</h2>
+      <form onSubmit=${submit}>
+        <label>Current password
+          <input name="old_password" type="password" autocomplete="current-password" required ref=${first} />
+        </label>
+        <label>New password
+          <input name="new_password" type="password" autocomplete="new-password" minlength="8" required />
+        </label>
+        <button type="submit">Change password</button>
+      </form>
+      ${changed && html`<p role="status" class="hint">Password changed. Your other devices were signed out.</p>`}
+      ${error && html`<p role="alert" class="error">${error}</p>`}
+      <${SignOutEverywhere} session=${session} onSignOut=${onSignOut} />
+      <button type="button" class="link" onClick=${done}>Close</button>
+    </section>
   `;
 }
 
@@ -887,7 +936,7 @@ function useConversationUrl(chat, open, known) {
   }, [open]);
 }
 
-function SignedIn({ session, onSignOut }) {
+function SignedIn({ session, onSignOut, onToken }) {
   const [, rerender] = useReducer((n) => n + 1, 0);
   const chat = useRef(null);
   const [panel, setPanel] = useState(null);
@@ -907,6 +956,13 @@ function SignedIn({ session, onSignOut }) {
   const { status, open, notice } = c.state;
   const conversations = c.sortedConversations();
   useConversationUrl(c, open, conversations.length);
+  // Escape closes an open panel (Add contact, New group, Account), wherever the focus is.
+  useEffect(() => {
+    if (!panel) return undefined;
+    const close = (e) => e.key === "Escape" && !e.defaultPrevented && setPanel(null);
+    addEventListener("keydown", close);
+    return () => removeEventListener("keydown", close);
+  }, [panel]);
   useEffect(() => {
     subscribePush(session.token);
   }, []);
@@ -936,9 +992,14 @@ function SignedIn({ session, onSignOut }) {
           <button type="button" aria-expanded=${panel === "group"} onClick=${() => setPanel(panel === "group" ? null : "group")}>
             New group
           </button>
+          <button type="button" aria-expanded=${panel === "account"} onClick=${() => setPanel(panel === "account" ? null : "account")}>
+            Account
+          </button>
         </div>
         ${panel === "add" && html`<${AddContact} chat=${c} session=${session} done=${() => setPanel(null)} />`}
         ${panel === "group" && html`<${NewGroup} chat=${c} done=${() => setPanel(null)} />`}
+        ${panel === "account" &&
+        html`<${Account} session=${session} onToken=${onToken} onSignOut=${onSignOut} done=${() => setPanel(null)} />`}
         ${notice && html`<p role="alert" class="error">${notice}</p>`}
         <${Invitations} chat=${c} />
         <${SearchBox} chat=${c} />
@@ -956,7 +1017,6 @@ function SignedIn({ session, onSignOut }) {
         </ul>
         ${conversations.length === 0 &&
         html`<p class="hint">No conversations yet: add a contact by username.</p>`}
-        <${SignOutEverywhere} session=${session} onSignOut=${onSignOut} />
       </aside>
       <main class="main">
         ${open
@@ -993,7 +1053,12 @@ function App() {
   }
 
   return session
-    ? html`<${SignedIn} key=${session.token} session=${session} onSignOut=${signOut} />`
+    ? html`<${SignedIn}
+        key=${session.token}
+        session=${session}
+        onSignOut=${signOut}
+        onToken=${(token) => signIn({ ...session, token })}
+      />`
     : html`<${SignedOut} onSignedIn=${signIn} notice=${notice} />`;
 }
 
