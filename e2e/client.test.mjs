@@ -886,22 +886,20 @@ test("a search result far back opens a window there that grows both ways, and Ju
   await bob.page.context().close();
 });
 
-/** Stands in for the browser's Notification and AudioContext, recording
- *  what the page shows and plays in `window.__notes` and `__beeps`. */
+/** Records what the page shows and plays: the browser's own Notification
+ *  (with the permission the test grants), wrapped to note each one in
+ *  `window.__notes`, and an AudioContext stand-in counting tones in
+ *  `__beeps` (a headless browser has no sound device). */
 function notificationStub() {
   window.__notes = [];
   window.__beeps = 0;
-  class FakeNotification {
-    static permission = "default";
-    static requestPermission() {
-      FakeNotification.permission = "granted";
-      return Promise.resolve("granted");
-    }
+  const Real = window.Notification;
+  window.Notification = class extends Real {
     constructor(title, options) {
+      super(title, options);
       window.__notes.push({ title, ...options });
     }
-    close() {}
-  }
+  };
   class FakeAudio {
     state = "suspended";
     currentTime = 0;
@@ -918,7 +916,6 @@ function notificationStub() {
       return { gain: { setValueAtTime() {}, exponentialRampToValueAtTime() {} }, connect: (to) => to };
     }
   }
-  window.Notification = FakeNotification;
   window.AudioContext = FakeAudio;
 }
 
@@ -938,6 +935,8 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   await bob.page.setViewportSize({ width: 390, height: 844 });
   await shot(bob.page, "phone-enable-notifications");
   await bob.page.setViewportSize({ width: 1280, height: 800 });
+  // The person says yes to the browser's question.
+  await bob.page.context().grantPermissions(["notifications"], { origin: base });
   await enable.click();
   await enable.waitFor({ state: "detached", ...WAIT });
   assert.equal(await bob.page.title(), "Chat");

@@ -33,7 +33,7 @@ fn pushed(item: &Value, change: Value) -> Value {
     let mut push = item.clone();
     let fields = push.as_object_mut().expect("an item is an object");
     // What only the caller's own item carries (C7, C17, C19).
-    for own in ["unread", "invited", "muted", "read_up_to"] {
+    for own in ["unread", "invited", "muted", "read_up_to", "changes"] {
         fields.remove(own);
     }
     let count = item["members"].as_array().map_or(0, Vec::len);
@@ -49,13 +49,19 @@ fn error(code: &str, message: &str) -> Value {
 /// The answer to a group request and the `conversation` push the caller
 /// gets too, in either order (the push waits for the group's channel,
 /// which the answer does not).
+/// The answer's `changes` (C20) are left out: `a_groups_changes_are_kept_and_told`
+/// checks them.
 async fn answer_and_push(client: &mut common::WsClient) -> (Value, Value) {
     let (first, second) = (client.recv().await, client.recv().await);
-    if first["type"] == "conversation" {
+    let (mut answer, push) = if first["type"] == "conversation" {
         (second, first)
     } else {
         (first, second)
+    };
+    if let Some(data) = answer["data"].as_object_mut() {
+        data.remove("changes");
     }
+    (answer, push)
 }
 
 async fn lifecycle(backend: &Backend) {
@@ -1146,3 +1152,66 @@ async fn a_contact_added_outside_the_server_works_live() {
         "welcome"
     );
 }
+
+/// A group's changes are kept and told to whoever opens it (C20): who
+/// created, added, renamed, removed and left, with the people named.
+async fn history_of_changes(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, _) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    common::have_written(&app.db, &[bob, carol], alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let created = a
+        .ask(json!({"type": "create_group", "data": {"title": "Trip", "members": [bob]}}))
+        .await;
+    let pk = created["pk"].clone();
+    a.ask(json!({"type": "add_members", "data": {"id": pk, "members": [carol]}}))
+        .await;
+    let mut c = app.authorized(&carol_token).await;
+    c.ask(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2027"}}))
+        .await;
+    a.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": bob}}))
+        .await;
+    c.ask(json!({"type": "remove_member", "data": {"id": pk, "user_id": carol}}))
+        .await;
+
+    let contact = a
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    let person = |id: i64, username: &str| json!({"user_id": id, "username": username, "name": format!("{} Doe", common::capitalize(username))});
+    let changes = contact["changes"].as_array().expect("changes").clone();
+    let without_time: Vec<Value> = changes
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            let time = c.as_object_mut().unwrap().remove("time").unwrap();
+            assert!(
+                time.as_str().is_some_and(|t| t.ends_with("+00:00")),
+                "{time}"
+            );
+            c
+        })
+        .collect();
+    assert_eq!(
+        without_time,
+        [
+            json!({"type": "created", "by": person(alice, "alice"), "users": [], "title": "Trip"}),
+            json!({"type": "members_added", "by": person(alice, "alice"), "users": [person(carol, "carol")], "title": null}),
+            json!({"type": "renamed", "by": person(carol, "carol"), "users": [], "title": "Trip 2027"}),
+            json!({"type": "member_removed", "by": person(alice, "alice"), "users": [person(bob, "bob")], "title": null}),
+            json!({"type": "member_removed", "by": person(carol, "carol"), "users": [person(carol, "carol")], "title": null}),
+        ],
+        "{}",
+        backend.name()
+    );
+    // A direct conversation has none.
+    let (_, _, direct) = app.pair("dora", "erin").await;
+    let mut d = app.authorized(&app.login("dora").await).await;
+    let contact = d
+        .ask(json!({"type": "get_contact", "data": {"id": direct}}))
+        .await;
+    assert!(contact.get("changes").is_none(), "{contact}");
+}
+
+backend_tests!(a_groups_changes_are_kept_and_told => history_of_changes);

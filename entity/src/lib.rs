@@ -3,6 +3,7 @@
 pub mod block;
 pub mod chat;
 pub mod chat_member;
+pub mod group_change;
 pub mod invitation;
 pub mod message;
 pub mod message_event;
@@ -15,12 +16,13 @@ pub mod revoked_token;
 pub mod user;
 
 pub mod prelude {
-    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `Invitation`, `Message`,
+    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `GroupChange`, `Invitation`, `Message`,
     //! `MessageEvent`, `PushDispatch`, `PushOutbox`, `PushSubscription`, `PushThrottle`,
     //! `Reaction`, `RevokedToken`.
     pub use super::block::Entity as Block;
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;
+    pub use super::group_change::Entity as GroupChange;
     pub use super::invitation::Entity as Invitation;
     pub use super::message::Entity as Message;
     pub use super::message_event::Entity as MessageEvent;

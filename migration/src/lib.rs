@@ -15,6 +15,7 @@ mod m20261202_000001_revoked_tokens;
 mod m20261203_000001_search;
 mod m20261204_000001_mute;
 mod m20261204_000002_push;
+mod m20261204_000003_group_changes;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_search::Migration),
             Box::new(m20261204_000001_mute::Migration),
             Box::new(m20261204_000002_push::Migration),
+            Box::new(m20261204_000003_group_changes::Migration),
         ]
     }
 }

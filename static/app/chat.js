@@ -88,7 +88,7 @@ export class Chat {
       pending: new Map(), // pk -> [{ client_id, content, status, time }]
       typing: new Map(), // pk -> Map(user_id -> until)
       readUpTo: new Map(), // pk -> highest id another member has read
-      notices: new Map(), // pk -> group changes seen live (C7), after which message
+      changes: new Map(), // pk -> a group's latest changes (C20), oldest first
       details: new Map(), // pk -> conversation with its members
       invitations: new Map(), // pk -> invitation to a group (C9)
       blocked: new Set(), // user ids this person blocked (C10)
@@ -201,10 +201,6 @@ export class Chat {
       case "get_contact_response":
         if (!failed) {
           this.upsertConversation(data, data.unread);
-          // Names of people a change notice named before the list had them.
-          for (const notice of this.state.notices.get(data.pk) || []) {
-            for (const m of data.members || []) notice.names[m.user_id] ??= m.name;
-          }
           // How far the others have read, for "Read" after a reload (C19).
           if (data.read_up_to) this.onRead({ pk: data.pk, user_id: null, up_to: data.read_up_to });
         }
@@ -251,10 +247,6 @@ export class Chat {
       case "add_members_response":
         if (!failed) {
           this.upsertConversation(data, data.unread);
-          // Names of people a change notice named before the list had them.
-          for (const notice of this.state.notices.get(data.pk) || []) {
-            for (const m of data.members || []) notice.names[m.user_id] ??= m.name;
-          }
           this.noteInvited(data.invited);
         }
         break;
@@ -382,6 +374,7 @@ export class Chat {
     };
     this.state.conversations.set(item.pk, next);
     if (Array.isArray(item.members)) this.state.details.set(item.pk, item);
+    if (Array.isArray(item.changes)) this.state.changes.set(item.pk, item.changes);
     // Joined an existing conversation: its item says how much is unread.
     if (!previous && unread === undefined) this.send("get_contact", { id: item.pk });
     return next;
@@ -422,7 +415,8 @@ export class Chat {
     const jumping = this.state.jump?.pk === pk;
     if (log?.hasNewer && !jumping) this.showLatest(pk);
     else if (!log?.loaded && !jumping) this.loadNewest(pk);
-    if (!this.state.details.has(pk)) this.send("get_contact", { id: pk });
+    const group = this.state.conversations.get(pk)?.kind === "group";
+    if (!this.state.details.has(pk) || (group && !this.state.changes.has(pk))) this.send("get_contact", { id: pk });
     this.changed();
   }
 
@@ -484,7 +478,6 @@ export class Chat {
       return;
     }
     const isNew = !this.state.conversations.has(item.pk);
-    if (!isNew && item.change && item.change.type !== "created") this.noteChange(item);
     // A new group has nothing unread; one we were added to may have history.
     const unread = isNew && item.change?.type === "created" ? 0 : undefined;
     const muted = this.state.conversations.get(item.pk)?.muted ?? false;
@@ -494,21 +487,11 @@ export class Chat {
       details.name = item.name;
     } else if (details || isNew) {
       this.state.details.delete(item.pk);
-      if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
     }
-  }
-
-  /** Keeps a group change to show in the conversation ("Ann added Ben"),
-   *  after its newest message, with the names known now (a removed
-   *  member's is gone from the next member list). */
-  noteChange({ pk, name, change }) {
-    const items = this.state.messages.get(pk)?.items || [];
-    const names = {};
-    for (const m of this.state.details.get(pk)?.members || []) names[m.user_id] = m.name;
-    const list = this.state.notices.get(pk) || [];
-    this.noticeCount = (this.noticeCount || 0) + 1;
-    list.push({ key: `n${this.noticeCount}`, after: items.at(-1)?.id ?? 0, name, change, names });
-    this.state.notices.set(pk, list.slice(-50));
+    // The conversation on screen asks for its members and its group's
+    // changes (C20) again; others do when opened.
+    if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
+    else this.state.changes.delete(item.pk);
   }
 
   /** This person muted or unmuted a conversation, here or on another device. */

@@ -39,24 +39,23 @@ function fullName(user) {
   return `${user.first_name || ""} ${user.last_name || ""}`.trim() || user.username;
 }
 
-/** A group change in words: "Ann added Ben and Cleo", "Ben left". */
-function changeText({ change, name, names }, who) {
-  const person = (id) => who(id, names);
-  const people = (ids) => {
-    const all = ids.map(person);
+/** A group change in words (C20): "Ann added Ben and Cleo", "Ben left". */
+function changeText({ type, by, users, title }, me) {
+  const person = (p) => (!p ? "Someone" : p.user_id === me ? "You" : p.name);
+  const people = (list) => {
+    const all = list.length ? list.map(person) : ["someone"];
     return all.length > 1 ? `${all.slice(0, -1).join(", ")} and ${all.at(-1)}` : all[0];
   };
-  switch (change.type) {
+  const joined = users.length === 1 && by && users[0].user_id === by.user_id;
+  switch (type) {
+    case "created":
+      return `${person(by)} created the group “${title}”`;
     case "members_added":
-      return change.user_ids.length === 1 && change.user_ids[0] === change.by
-        ? `${person(change.by)} joined`
-        : `${person(change.by)} added ${people(change.user_ids)}`;
+      return joined ? `${person(by)} joined` : `${person(by)} added ${people(users)}`;
     case "member_removed":
-      return change.user_id === change.by
-        ? `${person(change.by)} left`
-        : `${person(change.by)} removed ${person(change.user_id)}`;
+      return joined ? `${person(by)} left` : `${person(by)} removed ${people(users)}`;
     case "renamed":
-      return `${person(change.by)} renamed the group to “${name}”`;
+      return `${person(by)} renamed the group to “${title}”`;
     default:
       return "";
   }
@@ -280,6 +279,15 @@ function fullTime(iso) {
   return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
 }
 
+/** A message's time: the clock, and the full date and time on hover
+ *  (`title`) or, where there is no hover (a phone), on a tap. */
+function Time({ iso }) {
+  const [full, setFull] = useState(false);
+  return html`<time datetime=${iso} title=${fullTime(iso)} onClick=${() => setFull(!full)}>
+    ${full ? fullTime(iso) : clock(iso)}
+  </time>`;
+}
+
 /** A question before something that cannot be undone: an alertdialog
  *  named `label`, Cancel focused (Enter on the first key press does no
  *  harm), Escape cancels. */
@@ -317,7 +325,7 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
       <div class="message deleted" id=${`m-${message.id}`} data-direction=${message.direction} tabindex="-1">
         ${sender && html`<span class="sender">${sender}</span>`}
         <span class="text">Message deleted</span>
-        <span class="meta"><time datetime=${message.time} title=${fullTime(message.time)}>${clock(message.time)}</time></span>
+        <span class="meta"><${Time} iso=${message.time} /></span>
       </div>
     `;
   }
@@ -328,7 +336,7 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
       html`<${Quote} quote=${message.quote} author=${authorOf(message.quote.sender)} onJump=${() => actions.jump(message.reply_to)} />`}
       <span class="text">${linked(message.content)}</span>
       <span class="meta">
-        <time datetime=${message.time} title=${fullTime(message.time)}>${clock(message.time)}</time>
+        <${Time} iso=${message.time} />
         ${message.edited_at && html` <span class="edited" title=${fullTime(message.edited_at)}>edited</span>`}
         ${read && html` <span class="read">Read</span>`}
       </span>
@@ -663,21 +671,33 @@ function Conversation({ chat, pk }) {
   const typists = connected ? chat.typists(pk).map(nameOf).filter(Boolean) : [];
   const length = [...draft].length;
 
-  // Group changes seen while here, after the message that was newest then.
-  const notices = chat.state.notices.get(pk) || [];
-  const who = (id, names) => (id === chat.me.id ? "You" : nameOf(id) || names[id] || "Someone");
-  const noticeRow = (n) => html`<p class="notice" key=${n.key}>${changeText(n, who)}</p>`;
-
-  // The log's rows: a separator at each new day, the "New messages"
-  // divider, and the messages (one flat keyed list).
+  // The log's rows, one flat keyed list: the messages and a group's
+  // changes (C20) in time order, a separator at each new day, and the
+  // "New messages" divider.
+  const changes = chat.state.changes.get(pk) || [];
+  let next = 0;
+  // Changes older than the first message loaded belong to older pages.
+  while (log?.hasOlder && items.length && next < changes.length && changes[next].time < items[0].time) next += 1;
+  const entries = [];
+  for (const m of items) {
+    while (next < changes.length && changes[next].time <= m.time) entries.push({ change: changes[next], index: next++ });
+    entries.push({ message: m });
+  }
+  // Changes after the newest message loaded, unless newer messages follow.
+  while (!log?.hasNewer && next < changes.length) entries.push({ change: changes[next], index: next++ });
   const rows = [];
-  items.forEach((m, i) => {
-    if (i === 0 || dayOf(items[i - 1].time) !== dayOf(m.time)) {
-      rows.push(html`<p class="day" key=${`d-${m.id}`}><span>${dayLabel(m.time)}</span></p>`);
+  let day = null;
+  for (const { message: m, change, index } of entries) {
+    const time = m ? m.time : change.time;
+    if (dayOf(time) !== day) {
+      day = dayOf(time);
+      rows.push(html`<p class="day" key=${`d-${day}`}><span>${dayLabel(time)}</span></p>`);
     }
-    if (m.id === firstUnread.current.id) {
-      rows.push(html`<p class="divider" key="new"><span>New messages</span></p>`);
+    if (change) {
+      rows.push(html`<p class="notice" key=${`c-${index}-${time}`}>${changeText(change, chat.me.id)}</p>`);
+      continue;
     }
+    if (m.id === firstUnread.current.id) rows.push(html`<p class="divider" key="new"><span>New messages</span></p>`);
     rows.push(html`<${Message}
       key=${m.id}
       chat=${chat}
@@ -688,15 +708,7 @@ function Conversation({ chat, pk }) {
       canDelete=${m.direction === "send" || owner}
       actions=${actions}
     />`);
-    notices.filter((n) => n.after === m.id).forEach((n) => rows.push(noticeRow(n)));
-  });
-
-  // Notices after a message not on screen: before the page if older, else at the end.
-  const shownIds = new Set(items.map((m) => m.id));
-  const elsewhere = notices.filter((n) => !shownIds.has(n.after));
-  const first = items[0]?.id ?? Infinity;
-  rows.unshift(...elsewhere.filter((n) => n.after < first).map(noticeRow));
-  rows.push(...elsewhere.filter((n) => n.after >= first).map(noticeRow));
+  }
 
   return html`
     <section class="chat" aria-label=${conversation.name}>

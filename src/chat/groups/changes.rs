@@ -211,7 +211,7 @@ impl Groups {
         .await?;
         let mut added = vec![creator];
         added.extend(others.into_iter().map(UserId));
-        let changed = commit(txn, chat, added, Vec::new(), |_| {
+        let changed = commit(txn, chat, creator, added, Vec::new(), |_| {
             ConversationChange::Created
         })
         .await?;
@@ -276,7 +276,7 @@ impl Groups {
             user_ids: new,
             by: caller.0,
         };
-        let changed = commit(txn, chat, added, Vec::new(), |_| change).await?;
+        let changed = commit(txn, chat, caller, added, Vec::new(), |_| change).await?;
         Ok(Changed {
             invited,
             newly_invited,
@@ -336,7 +336,7 @@ impl Groups {
                     .await?;
             }
         }
-        commit(txn, chat, Vec::new(), vec![target], |after| {
+        commit(txn, chat, caller, Vec::new(), vec![target], |after| {
             ConversationChange::MemberRemoved {
                 user_id: target.0,
                 by: caller.0,
@@ -373,7 +373,7 @@ impl Groups {
                 .and_where(chat_member::Column::UserId.eq(caller.0))
                 .to_owned();
             let renamed = chat::Entity::update_many()
-                .col_expr(chat::Column::Title, Expr::value(title))
+                .col_expr(chat::Column::Title, Expr::value(title.clone()))
                 .filter(chat::Column::Id.eq(chat.0))
                 .filter(Expr::exists(member))
                 .exec(&self.db)
@@ -381,6 +381,8 @@ impl Groups {
             if renamed.rows_affected == 0 {
                 return Err(GroupError::NotFound);
             }
+            let change = ConversationChange::Renamed { by: caller.0 };
+            record(&self.db, chat, caller, &change, Some(&title)).await?;
         } else {
             let row = store::conversation(&self.db, chat).await?;
             return unchanged(row.ok_or(GroupError::NotFound)?);
@@ -436,7 +438,7 @@ impl Groups {
             user_ids: vec![user.0],
             by: user.0,
         };
-        commit(txn, chat, vec![user], Vec::new(), |_| change).await
+        commit(txn, chat, user, vec![user], Vec::new(), |_| change).await
     }
 
     /// Turns down `user`'s pending invitation to `chat`, for good.

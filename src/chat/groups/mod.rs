@@ -196,6 +196,7 @@ pub(super) fn member(chat: ChatId, user: i64, role: chat_member::Role) -> chat_m
 pub(super) async fn commit(
     txn: DatabaseTransaction,
     chat: ChatId,
+    by: UserId,
     added: Vec<UserId>,
     removed: Vec<UserId>,
     change: impl FnOnce(&ConversationRow) -> ConversationChange,
@@ -203,15 +204,51 @@ pub(super) async fn commit(
     let row = store::conversation(&txn, chat)
         .await?
         .ok_or(GroupError::NotFound)?;
+    let change = change(&row);
+    record(&txn, chat, by, &change, row.chat.title.as_deref()).await?;
     txn.commit().await?;
     Ok(Changed {
-        change: Some(change(&row)),
+        change: Some(change),
         row,
         added,
         removed,
         invited: None,
         newly_invited: Default::default(),
     })
+}
+
+/// Keeps `change`, made by `by`, in the group's history (C20), which
+/// `get_contact` shows; `title` is the group's title after it.
+pub(super) async fn record<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+    by: UserId,
+    change: &ConversationChange,
+    title: Option<&str>,
+) -> Result<(), sea_orm::DbErr> {
+    let (kind, users, title) = match change {
+        ConversationChange::Created => ("created", Vec::new(), title),
+        ConversationChange::MembersAdded { user_ids, .. } => {
+            ("members_added", user_ids.clone(), None)
+        }
+        ConversationChange::MemberRemoved { user_id, .. } => {
+            ("member_removed", vec![*user_id], None)
+        }
+        ConversationChange::Renamed { .. } => ("renamed", Vec::new(), title),
+    };
+    let users: Vec<String> = users.iter().map(i64::to_string).collect();
+    entity::group_change::ActiveModel {
+        chat_id: Set(chat.0),
+        kind: Set(kind.into()),
+        by_id: Set(Some(by.0)),
+        user_ids: Set(users.join(",")),
+        title: Set(title.map(str::to_string)),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(())
 }
 
 /// Announces a committed change to the ChatServer (which applies it on

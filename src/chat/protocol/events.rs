@@ -140,6 +140,25 @@ pub struct Conversation {
     /// anything, and from `conversation` pushes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_up_to: Option<i64>,
+    /// A group's latest changes, oldest first (C20), in `get_contact`'s
+    /// answer and the group requests' answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<GroupChangeItem>>,
+}
+
+/// One change of a group (C20): who did what to whom, when.
+#[derive(Debug, Clone, Serialize, Apiv2Schema)]
+pub struct GroupChangeItem {
+    /// `created`, `members_added`, `member_removed` or `renamed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who made it; null once their account is gone.
+    pub by: Option<Person>,
+    /// Who joined, or who left or was removed.
+    pub users: Vec<Person>,
+    /// The title given (created, renamed).
+    pub title: Option<String>,
+    pub time: String,
 }
 
 /// A person, as an invitation names its inviter and the blocked list its

@@ -340,6 +340,7 @@ impl ConversationRow {
             seq: self.chat.seq,
             invited: None,
             muted: None,
+            changes: None,
             read_up_to: viewer.and_then(|viewer| {
                 self.members
                     .iter()
@@ -398,6 +399,9 @@ pub async fn conversation_of(
     let presence = presence_view(db, user, presence).await?;
     let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
     item.muted = row.muted.then_some(true);
+    if full.chat.kind == chat::ChatKind::Group {
+        item.changes = Some(group_changes(db, chat).await?);
+    }
     if row.blocked {
         item.online = false;
         for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {

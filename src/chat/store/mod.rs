@@ -17,16 +17,18 @@ use super::membership::{group_presence, Audience, ChatEntry};
 use super::presence::{Presence, PresenceView};
 use super::protocol::{
     format_time, ChatId, Contact, Conversation, ConversationKind, Direction, ErrorCode, ErrorReply,
-    HistoryItem, HistoryPage, LastMessage, MemberItem, MemberRole, Person, Quote, ReactionCount,
-    RequestKind, UserId,
+    GroupChangeItem, HistoryItem, HistoryPage, LastMessage, MemberItem, MemberRole, Person, Quote,
+    ReactionCount, RequestKind, UserId,
 };
 
 mod chats;
 mod contacts;
+mod group_changes;
 mod history;
 
 pub use chats::*;
 pub use contacts::*;
+pub use group_changes::*;
 pub use history::*;
 
 /// Largest page of history one request may ask for.
