@@ -381,6 +381,8 @@ test("the server restarts mid-conversation: messages sent meanwhile arrive witho
   await stopServer();
   await status(alice.page, "Reconnecting…");
   await status(bob.page, "Reconnecting…");
+  // Who is online is not known meanwhile: not shown as it was.
+  assert.equal(await bob.page.getByText("Online", { exact: true }).count(), 0);
   await startServer();
   await status(alice.page, "Connected");
   await say(alice.page, "while you were away 1");
@@ -1089,6 +1091,12 @@ test("day to day: day separators, links, several lines, a draft per conversation
   await received(alice.page, "line one");
   const text = await log(alice.page).locator('[data-direction="received"] .text').last().textContent();
   assert.equal(text, "line one\nline two");
+  // Dora read it: "Read" shows, and still does after a reload.
+  const read = log(page).locator('[data-direction="send"]').filter({ hasText: "line one" }).getByText("Read");
+  await read.waitFor(WAIT);
+  await page.reload();
+  await status(page, "Connected");
+  await read.waitFor(WAIT);
 
   // Too long: counted, refused with the reason, not cut.
   await composer.fill("x".repeat(4001));

@@ -466,3 +466,53 @@ async fn outbox_survives_a_restart(backend: &Backend) {
 }
 
 backend_tests!(the_push_outbox_survives_a_restart => outbox_survives_a_restart);
+
+/// Two instances each run the sender; the lease lets one send: a message
+/// is pushed once, whichever instance stored it.
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL and TEST_REDIS_URL; run with --include-ignored"]
+async fn two_instances_push_each_message_once() {
+    let backend = Backend::postgres();
+    let db = TestDatabase::create(&backend).await;
+    let redis = require_redis_url();
+    let prefix = common::redis_prefix();
+    let settings = push_settings();
+    let mut extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    extra.extend([
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ]);
+    let mut service = PushService::start().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(TestApp::spawn_on(&backend, &db.url, &extra).await);
+    }
+    for app in &apps {
+        app.wait_redis(true).await;
+    }
+    apps[0].drop_redis_keys(&redis, &prefix);
+    let (a, b) = (&apps[0], &apps[1]);
+    let (_, bob, pk) = a.pair("alice", "bob").await;
+    let (carol, _) = a.user("carol").await;
+    let (status, _) = b
+        .rest(
+            Method::POST,
+            "/api/push/subscriptions/",
+            &b.login("bob").await,
+            Some(subscription(&service.endpoint("bob"))),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // One message through each instance, each in its own conversation.
+    let other = direct(a, carol, bob).await;
+    let mut on_a = authorized_at(&a.http, a.port, &a.login("alice").await).await;
+    let mut on_b = authorized_at(&b.http, b.port, &b.login("carol").await).await;
+    send(&mut on_a, &pk, "via a").await;
+    let last = send(&mut on_b, &other, "via b").await;
+    let mut previews = vec![service.next().await.payload()["preview"].clone()];
+    previews.push(service.next().await.payload()["preview"].clone());
+    previews.sort_by_key(|p| p.to_string());
+    assert_eq!(previews, [json!("via a"), json!("via b")]);
+    settled(a, last).await;
+    service.none_left();
+}

@@ -6,14 +6,19 @@
 //! - `dispatch`: one instance at a time (a lease in the database) reads the
 //!   messages stored since it last looked, decides who gets a push, and
 //!   queues them in `push_outbox` in the same transaction that moves its
-//!   mark; then sends the queue, deleting each row once the push service
-//!   accepted it. A restart loses nothing (the queue and the mark are in the
+//!   mark; then sends the queue (`send`), deleting each row once the push
+//!   service accepted it. A restart loses nothing (the queue and the mark are in the
 //!   database) and a graceful one sends nothing twice.
 //! - `vapid`: the signature that identifies this server to push services.
 
 pub mod dispatch;
+mod send;
 pub mod subscriptions;
 pub mod vapid;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 pub use vapid::Vapid;
@@ -39,4 +44,9 @@ impl WebPush {
             allow_http: settings.push.push_allow_http,
         })
     }
+}
+
+/// Now plus `duration` (a lease's end, a retry's time).
+fn later(duration: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(duration).expect("the durations here are seconds")
 }
