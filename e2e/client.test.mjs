@@ -895,8 +895,18 @@ test("a search result far back opens a window there that grows both ways, and Ju
 function notificationStub() {
   window.__notes = [];
   window.__beeps = 0;
+  // The test grants the permission up front; the page sees "default" (not
+  // asked yet) until it asks, so the question is the page's own, on a click.
   const Real = window.Notification;
+  window.__asked = false;
   window.Notification = class extends Real {
+    static get permission() {
+      return window.__asked ? Real.permission : "default";
+    }
+    static requestPermission() {
+      window.__asked = true;
+      return Real.requestPermission();
+    }
     constructor(title, options) {
       super(title, options);
       window.__notes.push({ title, ...options });
@@ -924,6 +934,8 @@ function notificationStub() {
 test("notifications: asked for on a click, shown for a conversation not looked at; the unread total in the title", async () => {
   const [alice, bob] = await talking(["Nora", "Notes"], ["Ned", "Noticed"], "first");
   await bob.page.context().addInitScript(notificationStub);
+  // The person will say yes to the browser's question.
+  await bob.page.context().grantPermissions(["notifications"], { origin: base });
   // Loaded afresh at the list: no conversation open.
   await bob.page.goto(`${base}/`);
   await status(bob.page, "Connected");
@@ -937,8 +949,7 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   await bob.page.setViewportSize({ width: 390, height: 844 });
   await shot(bob.page, "phone-enable-notifications");
   await bob.page.setViewportSize({ width: 1280, height: 800 });
-  // The person says yes to the browser's question.
-  await bob.page.context().grantPermissions(["notifications"], { origin: base });
+  assert.equal(await bob.page.evaluate(() => window.__asked), false, "never asked on load");
   await enable.click();
   await enable.waitFor({ state: "detached", ...WAIT });
   assert.equal(await bob.page.title(), "Chat");

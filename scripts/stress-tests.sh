@@ -19,8 +19,9 @@ LOAD=${LOAD:-2}
 # The timing tests (timeouts, heartbeats, sweeps, rate limits, drains, the
 # command line's start-up and shutdown bounds), the
 # cluster and multi-instance tests, the faults (restarts, kills, outages,
-# full queues, failed batches), and the randomized conversation-log runs.
-FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security)::/)'}
+# full queues, failed batches), the randomized conversation-log runs, and
+# Web Push (a sender polling every second) and group changes.
+FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security|notifications|groups)::/)'}
 
 for var in TEST_POSTGRES_URL TEST_MYSQL_URL TEST_REDIS_URL; do
   [ -n "${!var:-}" ] || { echo "$var is not set (README, \"Test\")" >&2; exit 1; }

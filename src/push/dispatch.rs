@@ -44,6 +44,9 @@ pub const ROUND: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(15);
 /// How long a hole in the message ids may be a commit still under way.
 const HOLE_GRACE: Duration = Duration::from_secs(5);
+/// Messages older than this are not pushed (a push service keeps a push
+/// as long: `TTL` in `send.rs`).
+const MAX_AGE: Duration = Duration::from_secs(86_400);
 /// At most one push per conversation per subscription in this time.
 pub const THROTTLE: Duration = Duration::from_secs(30);
 /// Messages read per batch, and at most this many batches per round.
@@ -233,9 +236,11 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
     let Some(mark) = ready.last().map(|m| m.id) else {
         return Ok(false);
     };
-    // The newest message of each conversation is the one told.
+    // The newest message of each conversation is the one told; one older
+    // than a push service would keep (pushes were off meanwhile) is not.
+    let stale = now - chrono::Duration::from_std(MAX_AGE).expect("seconds");
     let mut newest: HashMap<uuid::Uuid, &Stored> = HashMap::new();
-    for m in ready.iter().filter(|m| !m.deleted) {
+    for m in ready.iter().filter(|m| !m.deleted && m.created_at > stale) {
         newest.insert(m.chat_id, m);
     }
     let chats: Vec<uuid::Uuid> = newest.keys().copied().collect();
