@@ -236,6 +236,19 @@ impl Application {
             tokio::time::sleep(self.drain).await;
         }
         tracing::info!("shutting down");
+        // The push sender finishes the pushes under way and gives its lease
+        // up first, while the database connections are sure to be alive
+        // (stopping the HTTP workers can take pooled connections with
+        // them); what is stored after this is decided by the next holder.
+        let _ = self.stop_push.send(true);
+        if let Some(task) = self.push_task {
+            if tokio::time::timeout(self.shutdown_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::error!("web push sender did not finish in time");
+            }
+        }
         if let Ok(closed) = self.chat_server.send(CloseAll).await {
             tracing::info!(sessions = closed, "closed sessions");
         }
@@ -251,16 +264,6 @@ impl Application {
             .is_err()
         {
             tracing::error!("message writer did not finish in time");
-        }
-        // The push sender finishes the pushes under way and gives its lease up.
-        let _ = self.stop_push.send(true);
-        if let Some(task) = self.push_task {
-            if tokio::time::timeout(self.shutdown_timeout, task)
-                .await
-                .is_err()
-            {
-                tracing::error!("web push sender did not finish in time");
-            }
         }
         tracing::info!("stopped");
         Ok(())
