@@ -20,6 +20,16 @@ pub enum SecretSource {
     Generated(PathBuf),
 }
 
+impl SecretSource {
+    /// The file it was read from or written to.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SecretSource::Environment => None,
+            SecretSource::File(path) | SecretSource::Generated(path) => Some(path),
+        }
+    }
+}
+
 /// Accounts and tokens: who may sign up and log in, how often, for how long.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]

@@ -151,9 +151,22 @@ impl Settings {
                     .into(),
             ));
         }
+        let (key, source) = self.secret_beside_database("secret")?;
+        Ok((key, source))
+    }
+
+    /// A secret kept in `<database file>.<extension>`, made on first use
+    /// (SQLite only): the token key, the VAPID key.
+    fn secret_beside_database(
+        &self,
+        extension: &str,
+    ) -> Result<(String, SecretSource), ConfigError> {
         let db = self.database.sqlite_path();
         let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
-        let path = db.with_file_name(format!("{}.secret", name.unwrap_or_else(|| "chat".into())));
+        let path = db.with_file_name(format!(
+            "{}.{extension}",
+            name.unwrap_or_else(|| "chat".into())
+        ));
         let (key, created) = load_or_create_secret(&path)?;
         let source = if created {
             SecretSource::Generated(path)
@@ -162,14 +175,12 @@ impl Settings {
         };
         Ok((key, source))
     }
-}
 
-/// The VAPID private key (32 bytes): `VAPID_PRIVATE_KEY`, or (SQLite only)
-/// one generated on first start and kept in a file next to the database,
-/// as the token key is. `None`: Web Push is off (PostgreSQL or MySQL
-/// without `VAPID_PRIVATE_KEY`: instances must share one key, so none is
-/// made up).
-impl Settings {
+    /// The VAPID private key (32 bytes): `VAPID_PRIVATE_KEY`, or (SQLite
+    /// only) one generated on first start and kept next to the database, as
+    /// the token key is. `None`: Web Push is off (PostgreSQL or MySQL
+    /// without `VAPID_PRIVATE_KEY`: instances must share one key, so none is
+    /// made up).
     pub fn vapid_key_with_source(&self) -> Result<Option<(Vec<u8>, SecretSource)>, ConfigError> {
         use base64::Engine as _;
         if let Some(key) = &self.push.vapid_private_key {
@@ -189,28 +200,21 @@ impl Settings {
         if self.database.engine() != DbEngine::Sqlite {
             return Ok(None);
         }
-        let db = self.database.sqlite_path();
-        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
-        let path = db.with_file_name(format!("{}.vapid", name.unwrap_or_else(|| "chat".into())));
-        let (hex, created) = load_or_create_secret(&path)?;
-        let bytes = (0..hex.len().min(64))
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .ok()
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| {
-                ConfigError::Invalid(format!(
+        let (hex, source) = self.secret_beside_database("vapid")?;
+        let bytes =
+            (0..hex.len().min(64))
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
                     "the VAPID key in {} is not 64 hex digits; delete the file to make a new one \
                      (browsers then subscribe again)",
-                    path.display()
+                    source.path().map(|p| p.display().to_string()).unwrap_or_default()
                 ))
-            })?;
-        let source = if created {
-            SecretSource::Generated(path)
-        } else {
-            SecretSource::File(path)
-        };
+                })?;
         Ok(Some((bytes, source)))
     }
 }

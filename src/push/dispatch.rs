@@ -52,8 +52,6 @@ pub const THROTTLE: Duration = Duration::from_secs(30);
 /// Messages read per batch, and at most this many batches per round.
 const BATCH: u64 = 500;
 const BATCHES_PER_ROUND: usize = 40;
-/// A push service's answer must come within this.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` says true; then finishes the round under way (no push
 /// is left half sent) and gives the lease up, so another instance takes
@@ -65,10 +63,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let me = uuid::Uuid::new_v4().simple().to_string();
-    let client = awc::Client::builder()
-        .timeout(SEND_TIMEOUT)
-        .disable_redirects()
-        .finish();
+    let client = super::send::client();
     let mut tick = tokio::time::interval(ROUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -79,14 +74,14 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        match acquire(&db, &me).await {
-            Ok(true) => {}
-            Ok(false) => continue,
+        let lease_until = match acquire(&db, &me).await {
+            Ok(Some(until)) => until,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "web push: lease not renewed");
                 continue;
             }
-        }
+        };
         // A busy server stores more than a batch a second: several per round.
         for _ in 0..BATCHES_PER_ROUND {
             match decide(&db, &presence, &me).await {
@@ -98,7 +93,7 @@ pub async fn run(
                 }
             }
         }
-        if let Err(e) = super::send::send_due(&db, &push, &client).await {
+        if let Err(e) = super::send::send_due(&db, &push, &client, lease_until).await {
             tracing::warn!(error = %e, "web push: sending failed; tried again next round");
         }
     }
@@ -116,28 +111,27 @@ pub async fn run(
     }
 }
 
-/// Takes or renews the lease; whether this instance holds it. Read first:
+/// Takes or renews the lease; until when this instance holds it (`None`:
+/// another one does). Read first:
 /// a lease held by another instance, or by this one with more than half
 /// its time left, costs no write (on SQLite every write waits for the
 /// one write lock the messages need).
-async fn acquire(db: &DatabaseConnection, me: &str) -> Result<bool, DbErr> {
+async fn acquire(db: &DatabaseConnection, me: &str) -> Result<Option<DateTime<Utc>>, DbErr> {
     let now = Utc::now();
     let Some(row) = push_dispatch::Entity::find_by_id(NAME).one(db).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let left = row.lease_until.map(|until| until - now);
     let half = chrono::Duration::from_std(LEASE / 2).expect("seconds");
     match (row.holder.as_deref() == Some(me), left) {
-        (true, Some(left)) if left > half => return Ok(true),
-        (false, Some(left)) if left > chrono::Duration::zero() => return Ok(false),
+        (true, Some(left)) if left > half => return Ok(row.lease_until),
+        (false, Some(left)) if left > chrono::Duration::zero() => return Ok(None),
         _ => {}
     }
+    let until = later(LEASE);
     let result = push_dispatch::Entity::update_many()
         .col_expr(push_dispatch::Column::Holder, Expr::value(me))
-        .col_expr(
-            push_dispatch::Column::LeaseUntil,
-            Expr::value(Some(later(LEASE))),
-        )
+        .col_expr(push_dispatch::Column::LeaseUntil, Expr::value(Some(until)))
         .filter(push_dispatch::Column::Name.eq(NAME))
         .filter(
             Condition::any()
@@ -147,7 +141,7 @@ async fn acquire(db: &DatabaseConnection, me: &str) -> Result<bool, DbErr> {
         )
         .exec(db)
         .await?;
-    Ok(result.rows_affected == 1)
+    Ok((result.rows_affected == 1).then_some(until))
 }
 
 /// What deciding needs of a message (never its text).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::{chat, message, push_outbox, push_subscription, user};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -19,6 +19,10 @@ use super::{later, WebPush};
 
 /// Outbox rows sent per round.
 const SEND_BATCH: u64 = 100;
+/// A push service's answer must come within this.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// No send is started that could end this close to the lease's end.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// Failed sends before a push is given up.
 const MAX_ATTEMPTS: i32 = 8;
 /// How long a push service keeps a push for an offline browser.
@@ -55,12 +59,26 @@ struct Payload<'a> {
     preview: &'a str,
 }
 
-/// Step 2: send what is due in the outbox.
+/// The push services' client: a bounded wait, no redirects (an endpoint
+/// was checked, where it would redirect to was not).
+pub(super) fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(SEND_TIMEOUT)
+        .disable_redirects()
+        .finish()
+}
+
+/// Step 2: send what is due in the outbox, each push started only while it
+/// can end before `lease_until`: a slow push service never makes two
+/// instances send the same row.
 pub(super) async fn send_due(
     db: &DatabaseConnection,
     push: &WebPush,
     client: &awc::Client,
+    lease_until: DateTime<Utc>,
 ) -> Result<(), DbErr> {
+    let last_start =
+        lease_until - chrono::Duration::from_std(SEND_TIMEOUT + LEASE_MARGIN).expect("seconds");
     let due = push_outbox::Entity::find()
         .filter(push_outbox::Column::NotBefore.lte(Utc::now()))
         .order_by_asc(push_outbox::Column::Id)
@@ -99,6 +117,9 @@ pub(super) async fn send_due(
         .map(|u| (u.id, u))
         .collect();
     for row in due {
+        if Utc::now() > last_start {
+            break;
+        }
         let found = subscriptions
             .get(&row.subscription_id)
             .zip(messages.get(&row.message_id));

@@ -118,7 +118,7 @@ export class Chat {
     if (typeof addEventListener === "function") addEventListener("online", this.onOnline);
   }
 
-  /** Reconnects now if waiting to (the network came back, the page was shown). */
+  /** Reconnects now if waiting to (the browser says the network is back). */
   reconnectNow() {
     if (this.stopped || this.socket) return;
     clearTimeout(this.reconnectTimer);
@@ -364,7 +364,7 @@ export class Chat {
       members,
       // A contact or conversation item says; a `conversation` push never
       // carries it (C17), and `onConversation` keeps what we have.
-      muted: item.muted === undefined ? false : item.muted,
+      muted: item.muted === true,
       last_message: item.last_message ?? previous?.last_message ?? null,
       unread: unread ?? previous?.unread ?? 0,
       seen: previous?.seen || new Date().toISOString(),

@@ -360,9 +360,10 @@ impl Groups {
         let title = clean_title(title)?;
         self.budget.charge_user(caller)?;
         // The checks read, outside any transaction; the change is one
-        // statement that checks membership again as it writes. No lock is
-        // held while a large group's members are loaded (on SQLite, the
-        // write lock every message waits for).
+        // statement that checks membership again as it writes, and its
+        // record (C20), in one short transaction. No lock is held while a
+        // large group's members are loaded (on SQLite, the write lock every
+        // message waits for).
         let current = group_title(&self.db, chat, caller).await?;
         self.budget.charge_group(chat)?;
         if current.as_deref() != Some(title.as_str()) {
@@ -372,17 +373,19 @@ impl Groups {
                 .and_where(chat_member::Column::ChatId.eq(chat.0))
                 .and_where(chat_member::Column::UserId.eq(caller.0))
                 .to_owned();
+            let txn = crate::db::begin_write(&self.db).await?;
             let renamed = chat::Entity::update_many()
                 .col_expr(chat::Column::Title, Expr::value(title.clone()))
                 .filter(chat::Column::Id.eq(chat.0))
                 .filter(Expr::exists(member))
-                .exec(&self.db)
+                .exec(&txn)
                 .await?;
             if renamed.rows_affected == 0 {
                 return Err(GroupError::NotFound);
             }
             let change = ConversationChange::Renamed { by: caller.0 };
-            record(&self.db, chat, caller, &change, Some(&title)).await?;
+            record(&txn, chat, caller, &change, Some(&title)).await?;
+            txn.commit().await?;
         } else {
             let row = store::conversation(&self.db, chat).await?;
             return unchanged(row.ok_or(GroupError::NotFound)?);

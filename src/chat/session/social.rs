@@ -72,6 +72,18 @@ impl WsSession {
         );
     }
 
+    /// Takes one of `user`'s changes (blocks, mutes: over every socket and
+    /// REST together); answers `rate_limited` when there is none left.
+    fn change_allowed(&self, kind: RequestKind, user: UserId, ctx: &mut Context<Self>) -> bool {
+        let Err(retry) = self.state.change_limit.take(user) else {
+            return true;
+        };
+        self.state.metrics.rate_limited();
+        let text = format!("too many changes; try again in {retry} s");
+        self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        false
+    }
+
     /// `block_user` and `unblock_user`: `ctx.wait`, so the next request
     /// meets the new state.
     pub(super) fn change_block(
@@ -81,10 +93,8 @@ impl WsSession {
         other: UserRef,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(retry) = self.state.change_limit.take(user) {
-            self.state.metrics.rate_limited();
-            let text = format!("too many changes; try again in {retry} s");
-            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        if !self.change_allowed(kind, user, ctx) {
+            return;
         }
         let state = self.state.clone();
         let block = kind == RequestKind::BlockUser;
@@ -121,10 +131,8 @@ impl WsSession {
         let Some(chat) = request.id.chat_id() else {
             return self.not_found(kind, ctx);
         };
-        if let Err(retry) = self.state.change_limit.take(user) {
-            self.state.metrics.rate_limited();
-            let text = format!("too many changes; try again in {retry} s");
-            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        if !self.change_allowed(kind, user, ctx) {
+            return;
         }
         let db = self.state.db.clone();
         let work = async move { mute::set(&db, user, chat, request.muted).await };
