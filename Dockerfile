@@ -21,7 +21,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 chat \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin chat \
-    && mkdir -p /data && chown 10001:10001 /data
+    && mkdir -p /data/attachments && chown -R 10001:10001 /data
 COPY --from=build /src/target/release/chat-server /usr/local/bin/chat-server
 USER 10001:10001
 WORKDIR /data

@@ -14,6 +14,7 @@ import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { crc32, deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
 const SERVER = resolve(process.env.CHAT_SERVER || "target/debug/chat-server");
@@ -1196,4 +1197,146 @@ test("the account panel changes the password: this device goes on, the others ar
   assert.deepEqual([...page.errors, ...other.errors], []);
   await page.context().close();
   await other.context().close();
+});
+
+/** A PNG of `width` × `height` pixels of one colour. */
+function png(width, height, [r, g, b] = [40, 120, 200]) {
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8);
+  const row = Buffer.alloc(1 + width * 3);
+  for (let x = 0; x < width; x++) row.set([r, g, b], 1 + x * 3);
+  const pixels = Buffer.concat(Array.from({ length: height }, () => row));
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", deflateSync(pixels)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** Hands `files` to the page as a drop on the conversation, or a paste in
+ *  the composer: what a person's drag and drop or Ctrl+V does. */
+async function hand(page, how, files) {
+  const payload = files.map(({ name, mimeType, buffer }) => ({ name, type: mimeType, bytes: [...buffer] }));
+  await page.evaluate(
+    ({ how, payload }) => {
+      const data = new DataTransfer();
+      for (const f of payload) data.items.add(new File([new Uint8Array(f.bytes)], f.name, { type: f.type }));
+      if (how === "paste") {
+        const box = document.querySelector("textarea[aria-label=Message]");
+        box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+      } else {
+        const pane = document.querySelector("section.chat");
+        pane.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true, cancelable: true }));
+        pane.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+      }
+    },
+    { how, payload }
+  );
+}
+
+test("attachments: a file picked, dropped or pasted; progress and cancel; thumbnails, links, deletion", async () => {
+  const [alice, bob] = await talking(["Ada", "Attach"], ["Ben", "Files"], "the photos from Sunday");
+  const page = alice.page;
+  const tray = page.getByRole("list", { name: "Attachments" });
+
+  // Picked with the Attach file button: an image and a document.
+  const chooser = page.waitForEvent("filechooser");
+  await page.getByRole("button", { name: "Attach file" }).click();
+  await (await chooser).setFiles([
+    { name: "beach.png", mimeType: "image/png", buffer: png(800, 600) },
+    { name: "plan.txt", mimeType: "text/plain", buffer: Buffer.from("day 1: swim\nday 2: hike\n") },
+  ]);
+  await tray.getByRole("button", { name: "Remove beach.png" }).waitFor(WAIT);
+  await tray.getByRole("button", { name: "Remove plan.txt" }).waitFor(WAIT);
+  await shot(page, "desktop-attachments-tray");
+  await page.getByRole("button", { name: "Send" }).click();
+  await tray.waitFor({ state: "detached", ...WAIT });
+
+  // Both sides: the image as a thumbnail that opens the full image, the
+  // document as a link with its size; no text (the names are not repeated).
+  for (const who of [alice.page, bob.page]) {
+    const image = log(who).getByRole("link", { name: "beach.png" });
+    await image.waitFor(WAIT);
+    await who.waitForFunction(
+      () => [...document.querySelectorAll(".files img")].some((i) => i.complete && i.naturalWidth === 320),
+      null,
+      WAIT
+    );
+    const file = log(who).getByRole("link", { name: "plan.txt (24 B)", exact: true });
+    await file.waitFor(WAIT);
+    assert.equal(await file.getAttribute("download"), "plan.txt");
+    assert.equal(await log(who).locator("span.text", { hasText: "beach.png, plan.txt" }).count(), 0);
+  }
+  const full = await log(bob.page).getByRole("link", { name: "beach.png" }).getAttribute("href");
+  const answer = await bob.page.evaluate(async (url) => {
+    const res = await fetch(url);
+    return [res.status, res.headers.get("content-type"), (await res.arrayBuffer()).byteLength];
+  }, full);
+  assert.deepEqual(answer.slice(0, 2), [200, "image/png"]);
+  await shot(bob.page, "desktop-attachments");
+
+  // Dropped on the conversation, and pasted (a screenshot), with text.
+  await hand(page, "drop", [{ name: "dropped.png", mimeType: "image/png", buffer: png(200, 100, [200, 60, 60]) }]);
+  await tray.getByRole("button", { name: "Remove dropped.png" }).waitFor(WAIT);
+  await hand(page, "paste", [{ name: "image.png", mimeType: "image/png", buffer: png(100, 200, [60, 160, 60]) }]);
+  await tray.getByRole("button", { name: "Remove image.png" }).waitFor(WAIT);
+  await say(page, "two more");
+  await bubble(bob.page, "two more").getByRole("link", { name: "dropped.png" }).waitFor(WAIT);
+  await bubble(bob.page, "two more").getByRole("link", { name: "image.png" }).waitFor(WAIT);
+
+  // A slow upload shows its progress and can be cancelled.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false,
+    latency: 20,
+    downloadThroughput: -1,
+    uploadThroughput: 64 * 1024,
+  });
+  const slow = page.waitForEvent("filechooser");
+  await page.getByRole("button", { name: "Attach file" }).click();
+  await (await slow).setFiles([{ name: "video.bin", mimeType: "application/octet-stream", buffer: Buffer.alloc(3 << 20, 7) }]);
+  await page.getByRole("progressbar", { name: "Uploading video.bin" }).waitFor(WAIT);
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.getByRole("alert").filter({ hasText: "Wait for the files to finish uploading." }).waitFor(WAIT);
+  await tray.getByRole("button", { name: "Cancel video.bin" }).click();
+  await tray.waitFor({ state: "detached", ...WAIT });
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: -1,
+  });
+
+  // After a reload, from history; then deleted with its message, for everyone.
+  await bob.page.reload();
+  await open(bob.page, alice.name);
+  await log(bob.page).getByRole("link", { name: "beach.png" }).waitFor(WAIT);
+  const sent = log(page).locator("[data-direction=send]").filter({ has: page.getByRole("link", { name: "beach.png" }) });
+  await sent.getByRole("button", { name: "Delete" }).click();
+  await page.getByRole("alertdialog", { name: "Delete for everyone?" }).getByRole("button", { name: "Delete" }).click();
+  await log(bob.page).getByRole("link", { name: "beach.png" }).waitFor({ state: "detached", ...WAIT });
+  // (Asked of the server: the browser may keep what it already showed.)
+  const gone = await bob.page.evaluate(async (url) => (await fetch(url, { cache: "no-store" })).status, full);
+  assert.equal(gone, 404);
+
+  // Phone width: the files fit.
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await bubble(bob.page, "two more").getByRole("link", { name: "dropped.png" }).scrollIntoViewIfNeeded();
+  const fits = await bob.page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+  assert.ok(fits, "nothing wider than the phone");
+  await shot(bob.page, "phone-attachments");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
 });

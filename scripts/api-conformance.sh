@@ -94,11 +94,20 @@ invite() {
 }
 to_accept=$(invite)
 to_decline=$(invite)
-echo "conversation $conversation, group $group, message $message, invitations $to_accept $to_decline"
+# A file for the /api/attachments/{id}/ paths: a small PNG (so its
+# thumbnail exists too).
+attachment=$(python3 -c 'import base64, sys
+sys.stdout.buffer.write(base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="))' \
+  | curl -fs -H "Authorization: Bearer $token" -H 'Content-Type: image/png' --data-binary @- \
+    "$base/api/attachments/?name=dot.png" \
+  | python3 -c 'import sys, json; print(json.load(sys.stdin)["id"])')
+echo "conversation $conversation, group $group, message $message, invitations $to_accept $to_decline, attachment $attachment"
 
 # From the temporary directory: schemathesis keeps its cache in the working
 # directory, which must not be the repository; its config names the
-# conversation, the group, the message and the invitations for their paths.
+# conversation, the group, the message, the invitations and the file for
+# their paths.
 cd "$dir"
 cat > schemathesis.toml <<TOML
 [parameters]
@@ -111,6 +120,10 @@ parameters = { "path.id" = "$group", "path.user_id" = 2 }
 [[operations]]
 include-path-regex = "^/api/messages/"
 parameters = { "path.id" = $message }
+
+[[operations]]
+include-path-regex = "^/api/attachments/.+"
+parameters = { "path.id" = "$attachment" }
 
 [[operations]]
 include-path-regex = "^/api/invitations/.*/accept/"

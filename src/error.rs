@@ -39,6 +39,9 @@ pub struct FieldErrors {
     code = 404,
     description = "No such resource (or not yours)",
     schema = "ErrorBody",
+    code = 413,
+    description = "Request body too large",
+    schema = "ErrorBody",
     code = 415,
     description = "Unsupported content type",
     schema = "ErrorBody",
@@ -78,6 +81,9 @@ pub enum ApiError {
     /// Rate limited; retry after this many seconds.
     #[error("too many requests, retry after {0}s")]
     TooManyRequests(u64),
+    /// A quota is used up: 429 with what to do about it.
+    #[error("quota: {0}")]
+    Throttled(String),
     /// A failure of ours; what we were doing and why are logged (the
     /// whole chain of sources), never shown.
     #[error("internal error: {context}")]
@@ -162,7 +168,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,9 +177,10 @@ impl ResponseError for ApiError {
         let detail = |d: &str| serde_json::json!({ "detail": d });
         let body = match self {
             ApiError::Fields(map) => serde_json::json!(map),
-            ApiError::BadRequest(d) | ApiError::Unauthorized(d) | ApiError::Forbidden(d) => {
-                detail(d)
-            }
+            ApiError::BadRequest(d)
+            | ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
+            | ApiError::Throttled(d) => detail(d),
             ApiError::NotFound => detail("Not found."),
             ApiError::MethodNotAllowed => detail("Method not allowed."),
             ApiError::PayloadTooLarge => detail("Request body too large."),

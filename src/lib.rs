@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod attachments;
 pub mod auth;
 pub mod bus;
 pub mod chat;
@@ -64,6 +65,8 @@ pub enum StartError {
     },
     #[error("invalid REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Attachments(#[from] attachments::OpenError),
 }
 
 /// What to do about a port that cannot be bound.
@@ -100,11 +103,6 @@ pub struct Application {
 impl Application {
     /// Connects and migrates the database, starts the actors and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        if settings.server.gs_bucket_name.is_some() {
-            tracing::info!(
-                "GS_BUCKET_NAME is set but unused: this server has no admin static files"
-            );
-        }
         let (secret, secret_source) = settings.secret_key_with_source()?;
         log_secret_source(&secret_source);
         let redis = RedisTarget::from_settings(&settings.redis)?;
@@ -160,6 +158,13 @@ impl Application {
                 push_stopped,
             ))
         });
+        let attachments = Arc::new(attachments::Attachments::open(&settings)?);
+        tracing::info!(store = %attachments.location, "attachments");
+        actix_web::rt::spawn(attachments::sweep::run(
+            db.clone(),
+            attachments.clone(),
+            stop_push.subscribe(),
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let state = AppState::new(
             &settings,
@@ -175,6 +180,7 @@ impl Application {
                 draining: draining.clone(),
                 redis,
                 push,
+                attachments,
             },
         );
         let (server, port) = http_server(&settings, web::Data::new(state))?;

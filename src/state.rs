@@ -57,6 +57,8 @@ pub struct AppState {
     pub redis: Option<crate::bus::target::RedisTarget>,
     /// Web Push (B11), when a VAPID key is configured.
     pub push: Option<Arc<crate::push::WebPush>>,
+    /// Where attachments are kept (B9), and their limits.
+    pub attachments: Arc<crate::attachments::Attachments>,
 
     // What one client may make the server do (docs/SECURITY.md).
     /// Failed logins, per (username, client address).
@@ -96,6 +98,7 @@ pub struct Shared {
     pub draining: Arc<AtomicBool>,
     pub redis: Option<crate::bus::target::RedisTarget>,
     pub push: Option<Arc<crate::push::WebPush>>,
+    pub attachments: Arc<crate::attachments::Attachments>,
 }
 
 impl AppState {
@@ -130,6 +133,7 @@ impl AppState {
             draining: shared.draining,
             redis: shared.redis,
             push: shared.push,
+            attachments: shared.attachments,
             login_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             password_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             registration_limit: AddressRateLimit::new(

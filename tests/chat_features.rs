@@ -95,7 +95,8 @@ async fn history_paging(backend: &Backend) {
     let item = |i: usize, text: &str| {
         json!({"id": ids[i], "sender": alice, "direction": "received", "content": text,
                "time": acks[i]["data"]["time"], "client_id": null, "reply_to": null,
-               "quote": null, "edited_at": null, "deleted": false, "reactions": []})
+               "quote": null, "edited_at": null, "deleted": false, "reactions": [],
+               "attachments": []})
     };
     assert_eq!(
         newest["data"]["messages"],

@@ -81,6 +81,7 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
         content: content.into(),
         client_id: None,
         reply_to: None,
+        attachments: Vec::new(),
     };
     // One batch (submitted before the writer runs): the middle message
     // names no conversation, so the batch insert fails on its foreign key.
@@ -142,6 +143,7 @@ async fn two_writers_one_client_id(backend: &Backend) {
             content: format!("round {round}"),
             client_id: Some(format!("resend-{round}")),
             reply_to: None,
+            attachments: Vec::new(),
         };
         let (x, y) = (first.store(new()).unwrap(), second.store(new()).unwrap());
         let (x, y) = futures_util::join!(x, y);
@@ -415,6 +417,7 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
                     content: content.clone(),
                     client_id: Some(format!("c-{w}-{round}-{i}")),
                     reply_to: None,
+                    attachments: Vec::new(),
                 };
                 pending.push((content, writer.store(new).unwrap()));
             }

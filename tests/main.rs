@@ -10,6 +10,7 @@
 #[macro_use]
 mod common;
 
+mod attachments;
 mod bad_input;
 mod bench;
 mod blocks;

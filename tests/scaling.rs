@@ -119,6 +119,10 @@ async fn crashed_instance_goes_offline(backend: &Backend) {
     let (_, bob, pk) = a.pair("alice", "bob").await;
     // Instance B is a real process, so it can be killed with SIGKILL.
     let port = common::free_port();
+    let files = common::attachments_dir(&db.url)
+        .expect("a server database")
+        .display()
+        .to_string();
     let mut b = Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .env_clear()
         .envs([
@@ -127,6 +131,8 @@ async fn crashed_instance_goes_offline(backend: &Backend) {
             ("REDIS_PREFIX", prefix.as_str()),
             ("SECRET_KEY", common::TEST_SECRET),
             ("PORT", &port.to_string()),
+            ("ATTACHMENTS_DIR", &files),
+            ("ATTACHMENTS_SHARED", "1"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

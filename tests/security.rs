@@ -438,7 +438,9 @@ async fn database_errors_stay_in_the_log(backend: &Backend) {
     let drop = match backend {
         Backend::Postgres(_) => "DROP TABLE messages CASCADE",
         // Its children go with it (MySQL refuses to drop a referenced table).
-        Backend::MySql(_) => "DROP TABLE reactions, message_events, push_outbox, messages",
+        Backend::MySql(_) => {
+            "DROP TABLE reactions, message_events, push_outbox, attachments, messages"
+        }
         _ => "DROP TABLE messages",
     };
     app.db.execute_unprepared(drop).await.unwrap();

@@ -1,5 +1,6 @@
 //! sea-orm entities of the chat server, one module per table (DESIGN.md "Data").
 
+pub mod attachment;
 pub mod block;
 pub mod chat;
 pub mod chat_member;
@@ -16,9 +17,10 @@ pub mod revoked_token;
 pub mod user;
 
 pub mod prelude {
-    //! The entities under short names: `User`, `Block`, `Chat`, `ChatMember`, `GroupChange`, `Invitation`, `Message`,
+    //! The entities under short names: `Attachment`, `User`, `Block`, `Chat`, `ChatMember`, `GroupChange`, `Invitation`, `Message`,
     //! `MessageEvent`, `PushDispatch`, `PushOutbox`, `PushSubscription`, `PushThrottle`,
     //! `Reaction`, `RevokedToken`.
+    pub use super::attachment::Entity as Attachment;
     pub use super::block::Entity as Block;
     pub use super::chat::Entity as Chat;
     pub use super::chat_member::Entity as ChatMember;

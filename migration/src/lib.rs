@@ -16,6 +16,7 @@ mod m20261203_000001_search;
 mod m20261204_000001_mute;
 mod m20261204_000002_push;
 mod m20261204_000003_group_changes;
+mod m20261205_000001_attachments;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_mute::Migration),
             Box::new(m20261204_000002_push::Migration),
             Box::new(m20261204_000003_group_changes::Migration),
+            Box::new(m20261205_000001_attachments::Migration),
         ]
     }
 }

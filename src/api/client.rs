@@ -12,6 +12,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("main.js", JS, include_bytes!("../../static/app/main.js")),
     ("chat.js", JS, include_bytes!("../../static/app/chat.js")),
     ("api.js", JS, include_bytes!("../../static/app/api.js")),
+    ("files.js", JS, include_bytes!("../../static/app/files.js")),
     (
         "search.js",
         JS,

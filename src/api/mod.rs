@@ -2,6 +2,7 @@
 //! with paperclip, plus the operational endpoints and the API docs.
 
 pub mod account;
+pub mod attachments;
 pub mod auth;
 pub mod blocks;
 pub mod body;
@@ -135,6 +136,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(messages::add_reaction))
             .route(web::delete().to(messages::remove_reaction))
             .default_service(actix_web::web::to(method_not_allowed("POST, DELETE"))),
+    )
+    .service(
+        web::resource("/api/attachments/")
+            .route(web::post().to(attachments::upload))
+            .default_service(post()),
+    )
+    .service(
+        web::resource("/api/attachments/{id}/")
+            .route(web::get().to(attachments::download))
+            .default_service(get()),
+    )
+    .service(
+        web::resource("/api/attachments/{id}/thumbnail/")
+            .route(web::get().to(attachments::thumbnail))
+            .default_service(get()),
     )
     .service(
         web::resource("/api/search/")
@@ -291,6 +307,7 @@ fn refine(spec: &mut serde_json::Value, dialect: &Dialect) {
             property[*constraint] = serde_json::json!(value);
         }
     }
+    document_file_answers(spec, dialect);
     let Some(paths) = spec.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
@@ -310,6 +327,41 @@ fn refine(spec: &mut serde_json::Value, dialect: &Dialect) {
             };
             for parameter in parameters.iter_mut() {
                 refine_parameter(parameter, message, dialect);
+            }
+        }
+    }
+}
+
+/// The answers of the file endpoints (B9), which paperclip cannot see in
+/// a handler that builds its response: the bytes (any type), a range of
+/// them, not modified, and a range past the end.
+fn document_file_answers(spec: &mut serde_json::Value, dialect: &Dialect) {
+    let bytes = |description: &str| match dialect.parameter_schema {
+        true => serde_json::json!({"description": description, "content": {
+            "*/*": {"schema": {"type": "string", "format": "binary"}}}}),
+        false => serde_json::json!({"description": description, "schema": {"type": "file"}}),
+    };
+    let answers = [
+        ("200", bytes("The file (or its thumbnail)")),
+        ("206", bytes("The range asked for (`Range: bytes=…`)")),
+        (
+            "304",
+            serde_json::json!({"description": "Not modified (`If-None-Match`)"}),
+        ),
+        (
+            "416",
+            serde_json::json!({"description": "The range is past the end of the file"}),
+        ),
+    ];
+    for path in ["/api/attachments/{id}/", "/api/attachments/{id}/thumbnail/"] {
+        let pointer = format!("/paths/{}/get/responses", path.replace('/', "~1"));
+        if let Some(responses) = spec.pointer_mut(&pointer).and_then(|r| r.as_object_mut()) {
+            for (status, answer) in &answers {
+                let thumbnail_range =
+                    path.ends_with("thumbnail/") && matches!(*status, "206" | "416");
+                if !thumbnail_range {
+                    responses.insert(status.to_string(), answer.clone());
+                }
             }
         }
     }
@@ -403,6 +455,7 @@ pub fn spec() -> DefaultApiRaw {
         "Contacts",
         "Groups",
         "Blocks",
+        "Attachments",
         "Push",
         "Operations",
     ]

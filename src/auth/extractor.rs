@@ -34,24 +34,39 @@ impl FromRequest for AuthUser {
             let state = state.ok_or_else(|| {
                 ApiError::internal("authentication", "AppState is not registered")
             })?;
-            let token = token.ok_or_else(|| {
-                ApiError::Unauthorized("Authentication credentials were not provided.".into())
-            })?;
-            let claims = state
-                .keys
-                .decode(&token)
-                .map_err(|_| super::AuthError::InvalidToken)?;
-            // Before any database work: a token-holder's requests are
-            // counted first, so a flood costs a signature check each, not
-            // queries (docs/SECURITY.md).
-            state
-                .rest_limit
-                .take(UserId(claims.user_id()))
-                .map_err(ApiError::TooManyRequests)?;
-            let (user, claims) = super::current_user(&state.db, claims).await?;
-            Ok(AuthUser(user, claims))
+            user_of(&state, token).await
         })
     }
+}
+
+/// The user of the request's `Authorization` header, or else of `token`
+/// (`?token=`, for what a browser fetches without headers: `<img src>`).
+pub async fn authenticate_request(
+    state: &AppState,
+    req: &HttpRequest,
+    token: Option<String>,
+) -> Result<AuthUser, ApiError> {
+    let token = bearer_token(req).or(token.filter(|t| !t.trim().is_empty()));
+    user_of(state, token).await
+}
+
+async fn user_of(state: &AppState, token: Option<String>) -> Result<AuthUser, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::Unauthorized("Authentication credentials were not provided.".into())
+    })?;
+    let claims = state
+        .keys
+        .decode(token.trim())
+        .map_err(|_| super::AuthError::InvalidToken)?;
+    // Before any database work: a token-holder's requests are counted
+    // first, so a flood costs a signature check each, not queries
+    // (docs/SECURITY.md).
+    state
+        .rest_limit
+        .take(UserId(claims.user_id()))
+        .map_err(ApiError::TooManyRequests)?;
+    let (user, claims) = super::current_user(&state.db, claims).await?;
+    Ok(AuthUser(user, claims))
 }
 
 fn bearer_token(req: &HttpRequest) -> Option<String> {

@@ -9,7 +9,7 @@ pub mod token;
 use entity::{revoked_token, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
-pub use extractor::AuthUser;
+pub use extractor::{authenticate_request, AuthUser};
 pub use token::{Claims, TokenId, TokenKeys};
 
 /// Why a token does not identify an active user.

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use super::changes;
 use super::messages::ConversationFrames;
 use super::protocol::{
-    format_time, ChatId, Direction, MessageAck, MessageBody, MessagePush, Quote, Reply,
-    ServerEvent, SyncPage, UserId,
+    format_time, AttachmentInfo, ChatId, Direction, MessageAck, MessageBody, MessagePush, Quote,
+    Reply, ServerEvent, SyncPage, UserId,
 };
 use super::store;
 
@@ -40,14 +40,14 @@ const FILL_QUEUE: usize = 1024;
 /// of the message it answers), or a change to one (B8).
 #[derive(Debug, Clone)]
 pub enum LogEvent {
-    Message(message::Model, Option<Quote>),
+    Message(message::Model, Option<Quote>, Vec<AttachmentInfo>),
     Change(message_event::Model),
 }
 
 impl LogEvent {
     fn seq(&self) -> i64 {
         match self {
-            LogEvent::Message(m, _) => m.seq,
+            LogEvent::Message(m, ..) => m.seq,
             LogEvent::Change(e) => e.seq,
         }
     }
@@ -55,7 +55,7 @@ impl LogEvent {
     /// Its frames for the conversation's members.
     fn frames(&self) -> ConversationFrames {
         match self {
-            LogEvent::Message(m, quote) => message_frames(m, quote.as_ref()),
+            LogEvent::Message(m, quote, files) => message_frames(m, quote.as_ref(), files),
             LogEvent::Change(e) => ConversationFrames {
                 chat: ChatId(e.chat_id),
                 seq: Some(e.seq),
@@ -69,7 +69,12 @@ impl LogEvent {
 
 /// The inner `data` of a `message` frame, as `direction` sees it: the text
 /// as it was sent (an edited message's first version; nothing once deleted).
-fn message_body(m: &message::Model, quote: Option<&Quote>, direction: Direction) -> MessageBody {
+fn message_body(
+    m: &message::Model,
+    quote: Option<&Quote>,
+    files: &[AttachmentInfo],
+    direction: Direction,
+) -> MessageBody {
     MessageBody {
         direction,
         content: m
@@ -82,15 +87,20 @@ fn message_body(m: &message::Model, quote: Option<&Quote>, direction: Direction)
         client_id: m.client_id.clone(),
         reply_to: m.reply_to,
         quote: quote.cloned(),
+        attachments: files.to_vec(),
     }
 }
 
 /// The frames of a stored message for its conversation's members: `send`
 /// for the sender's sessions, `received` for everyone else's.
-pub fn message_frames(m: &message::Model, quote: Option<&Quote>) -> ConversationFrames {
+pub fn message_frames(
+    m: &message::Model,
+    quote: Option<&Quote>,
+    files: &[AttachmentInfo],
+) -> ConversationFrames {
     let pk = ChatId(m.chat_id);
     let frame = |direction| {
-        let body = message_body(m, quote, direction);
+        let body = message_body(m, quote, files, direction);
         ServerEvent::Message(MessagePush {
             pk,
             seq: m.seq,
@@ -134,13 +144,13 @@ pub fn sync_frame(
         .iter()
         .map(|event| {
             let frame = match event {
-                LogEvent::Message(m, quote) => {
+                LogEvent::Message(m, quote, files) => {
                     let direction = if m.sender_id == Some(viewer.0) {
                         Direction::Send
                     } else {
                         Direction::Received
                     };
-                    let body = message_body(m, quote.as_ref(), direction);
+                    let body = message_body(m, quote.as_ref(), files, direction);
                     ServerEvent::Message(MessagePush {
                         pk: chat,
                         seq: m.seq,
@@ -196,11 +206,14 @@ pub async fn events_between(
     let (messages, more_messages) = store::messages_by_seq(db, chat, after, before, limit).await?;
     let (changes, more_changes) = store::changes_by_seq(db, chat, after, before, limit).await?;
     let quotes = store::quotes_for(db, &messages).await?;
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    let mut files = store::attachments_for(db, &ids).await?;
     let mut events: Vec<LogEvent> = messages
         .into_iter()
         .map(|m| {
             let quote = m.reply_to.and_then(|id| quotes.get(&id).cloned());
-            LogEvent::Message(m, quote)
+            let files = files.remove(&m.id).unwrap_or_default();
+            LogEvent::Message(m, quote, files)
         })
         .chain(changes.into_iter().map(LogEvent::Change))
         .collect();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+mod attachments;
 mod auth;
 mod database;
 mod limits;
@@ -17,6 +18,7 @@ mod push;
 mod redis;
 mod server;
 
+pub use attachments::{AttachmentSettings, AttachmentStore};
 use auth::load_or_create_secret;
 pub use auth::{AuthSettings, SecretSource, MIN_SECRET_KEY_BYTES};
 pub use database::{DatabaseSettings, DbEngine};
@@ -54,6 +56,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub push: PushSettings,
+    pub attachments: AttachmentSettings,
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -117,6 +120,7 @@ impl Settings {
             auth: read_group(&known)?,
             limits: read_group(&known)?,
             push: read_group(&known)?,
+            attachments: read_group(&known)?,
         };
         settings.check()?;
         Ok(settings)
@@ -129,6 +133,7 @@ impl Settings {
         self.redis.check()?;
         self.server.check()?;
         self.push.check()?;
+        self.attachments.check()?;
         self.auth.check()
     }
 
@@ -263,6 +268,7 @@ fn known_variables() -> &'static [&'static str] {
             fields::<AuthSettings>(),
             fields::<LimitSettings>(),
             fields::<PushSettings>(),
+            fields::<AttachmentSettings>(),
         ]
         .concat();
         Vec::leak(all)

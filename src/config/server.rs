@@ -4,7 +4,7 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
-use super::{non_empty, non_empty_secret, parse_flag, ConfigError};
+use super::{non_empty_secret, parse_flag, ConfigError};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,9 +56,6 @@ pub struct ServerSettings {
     /// When set, `/metrics` requires `Authorization: Bearer <METRICS_TOKEN>`.
     #[serde(deserialize_with = "non_empty_secret")]
     pub metrics_token: Option<SecretString>,
-    /// The old backend's static-file bucket; accepted and ignored.
-    #[serde(deserialize_with = "non_empty")]
-    pub gs_bucket_name: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -80,7 +77,6 @@ impl Default for ServerSettings {
             heartbeat_seconds: 10,
             client_timeout_seconds: 30,
             metrics_token: None,
-            gs_bucket_name: None,
         }
     }
 }

@@ -69,6 +69,7 @@ export class Chat {
     this.onChange = onChange;
     this.onSignedOut = onSignedOut;
     this.drafts = new Map(); // pk -> what was typed and not sent
+    this.uploads = new Map(); // pk -> files chosen for the next message (files.js)
     this.onNotify = onNotify; // (pk, message): a new message from someone else, live
     this.socket = null;
     this.attempt = 0;
@@ -722,6 +723,7 @@ export class Chat {
         item.deleted = true;
         item.content = "";
         item.reactions = [];
+        item.attachments = [];
       } else {
         item.reactions = countReaction(item.reactions || [], data, this.me.id);
       }
@@ -788,14 +790,17 @@ export class Chat {
 
   /** Sends a message (a reply when `replyTo` is a message of the
    *  conversation); it shows as pending until the server acknowledges it. */
-  sendMessage(pk, text, replyTo = null) {
-    const content = text.trim();
-    if (!content) return "Write something first.";
-    const length = [...content].length;
+  sendMessage(pk, text, replyTo = null, attachments = []) {
+    const typed = text.trim();
+    if (!typed && !attachments.length) return "Write something first.";
+    const length = [...typed].length;
     if (length > MAX_CONTENT) return `A message has at most ${MAX_CONTENT} characters; this one has ${length}.`;
     const item = {
       client_id: newClientId(),
-      content,
+      // Files without text: the server stores their names as the text.
+      content: typed || attachments.map((f) => f.name).join(", "),
+      typed: Boolean(typed),
+      attachments,
       status: "pending",
       time: new Date().toISOString(),
       reply_to: replyTo,
@@ -810,8 +815,9 @@ export class Chat {
   }
 
   transmit(pk, item) {
-    const data = { to: pk, content: item.content, client_id: item.client_id };
+    const data = { to: pk, content: item.typed === false ? "" : item.content, client_id: item.client_id };
     if (item.reply_to) data.reply_to = item.reply_to;
+    if (item.attachments?.length) data.attachments = item.attachments.map((f) => f.id);
     if (this.send("message", data)) {
       this.inFlight.push(item.client_id);
     }
@@ -849,6 +855,7 @@ export class Chat {
             time: data.time,
             client_id: data.client_id,
             reply_to: item.reply_to || null,
+            attachments: item.attachments || [],
             quote: answered
               ? { sender: answered.sender, content: answered.content.slice(0, QUOTE_CHARS) }
               : null,

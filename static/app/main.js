@@ -14,6 +14,7 @@ import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { Chat, MAX_CONTENT, REACTIONS } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
+import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
 import {
   EnableNotifications,
   notifyMessage,
@@ -334,7 +335,8 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
       ${sender && html`<span class="sender">${sender}</span>`}
       ${message.quote &&
       html`<${Quote} quote=${message.quote} author=${authorOf(message.quote.sender)} onJump=${() => actions.jump(message.reply_to)} />`}
-      <span class="text">${linked(message.content)}</span>
+      ${textOf(message) && html`<span class="text">${linked(textOf(message))}</span>`}
+      <${Files} files=${message.attachments} token=${chat.session.token} />
       <span class="meta">
         <${Time} iso=${message.time} />
         ${message.edited_at && html` <span class="edited" title=${fullTime(message.edited_at)}>edited</span>`}
@@ -389,7 +391,9 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
 function Pending({ chat, pk, item }) {
   return html`
     <div class="message pending" data-direction="send" data-state=${item.status}>
-      <span class="text">${item.content}</span>
+      ${item.typed !== false && html`<span class="text">${item.content}</span>`}
+      ${item.attachments?.length > 0 &&
+      html`<span class="text files-pending">${item.attachments.map((f) => f.name).join(", ")}</span>`}
       <span class="meta">
         <time datetime=${item.time}>${clock(item.time)}</time>
         ${item.status === "failed"
@@ -490,7 +494,10 @@ function Conversation({ chat, pk }) {
   const [replyTo, setReplyTo] = useState(null);
   const [editing, setEditing] = useState(null);
   const [jumpTo, setJumpTo] = useState(null);
+  const [dragging, setDragging] = useState(false);
+  const uploads = chat.uploads.get(pk) || [];
   const input = useRef(null);
+  const picker = useRef(null);
   const box = useRef(null);
   const pinned = useRef(true);
   const before = useRef(null);
@@ -614,13 +621,52 @@ function Conversation({ chat, pk }) {
     box.current?.focus();
   }
 
+  /** Starts uploading `files` for the next message (chosen, dropped or pasted). */
+  function attach(files) {
+    const list = chat.uploads.get(pk) || [];
+    const room = MAX_FILES - list.length;
+    if (files.length > room) setError(`A message carries at most ${MAX_FILES} files.`);
+    for (const file of [...files].slice(0, Math.max(0, room))) {
+      const entry = { key: `${Date.now()}-${Math.random()}`, status: "uploading", progress: 0 };
+      const started = upload(chat.session.token, file, (share) => {
+        entry.progress = share;
+        chat.changed();
+      });
+      Object.assign(entry, { name: started.name, size: started.size, cancel: started.cancel });
+      started.promise.then(
+        (answer) => Object.assign(entry, { status: "done", file: answer }),
+        (e) => Object.assign(entry, { status: "failed", error: e.cancelled ? null : e.message })
+      ).finally(() => {
+        if (entry.status === "failed" && !entry.error) removeUpload(entry);
+        chat.changed();
+      });
+      list.push(entry);
+    }
+    chat.uploads.set(pk, list);
+    chat.changed();
+  }
+
+  function removeUpload(entry) {
+    if (entry.status === "uploading") entry.cancel();
+    const rest = (chat.uploads.get(pk) || []).filter((u) => u !== entry);
+    if (rest.length) chat.uploads.set(pk, rest);
+    else chat.uploads.delete(pk);
+    chat.changed();
+  }
+
   function submit(event) {
     event.preventDefault();
+    if (!editing && uploads.some((u) => u.status === "uploading")) {
+      setError("Wait for the files to finish uploading.");
+      return;
+    }
+    const files = editing ? [] : uploads.filter((u) => u.status === "done").map((u) => u.file);
     const problem = editing
       ? chat.editMessage(editing.id, draft)
-      : chat.sendMessage(pk, draft, replyTo?.id ?? null);
+      : chat.sendMessage(pk, draft, replyTo?.id ?? null, files);
     setError(problem);
     if (!problem) {
+      if (!editing) chat.uploads.delete(pk);
       setDraft("");
       setReplyTo(null);
       setEditing(null);
@@ -711,7 +757,22 @@ function Conversation({ chat, pk }) {
   }
 
   return html`
-    <section class="chat" aria-label=${conversation.name}>
+    <section
+      class=${dragging ? "chat dropping" : "chat"}
+      aria-label=${conversation.name}
+      onDragOver=${(e) => {
+        if (editing || !e.dataTransfer?.types.includes("Files")) return;
+        e.preventDefault();
+        setDragging(true);
+      }}
+      onDragLeave=${(e) => e.currentTarget === e.target && setDragging(false)}
+      onDrop=${(e) => {
+        if (!e.dataTransfer?.files.length) return;
+        e.preventDefault();
+        setDragging(false);
+        if (!editing) attach(e.dataTransfer.files);
+      }}
+    >
       <header class="chat-head">
         <button type="button" class="back" onClick=${() => chat.closeConversation()}>
           <span aria-hidden="true">←</span><span class="hidden">Back to conversations</span>
@@ -759,7 +820,23 @@ function Conversation({ chat, pk }) {
         </span>
         <button type="button" class="link" onClick=${cancelCompose}>${editing ? "Cancel edit" : "Cancel reply"}</button>
       </div>`}
+      <${Tray} uploads=${uploads} onRemove=${removeUpload} />
       <form class="compose" onSubmit=${submit}>
+        ${!editing &&
+        html`<button type="button" class="attach" aria-label="Attach file" title="Attach file" onClick=${() => picker.current?.click()}>
+            <span aria-hidden="true">📎</span>
+          </button>
+          <input
+            ref=${picker}
+            type="file"
+            multiple
+            hidden
+            tabindex="-1"
+            onChange=${(e) => {
+              attach(e.target.files);
+              e.target.value = "";
+            }}
+          />`}
         <textarea
           ref=${input}
           aria-label="Message"
@@ -779,6 +856,12 @@ function Conversation({ chat, pk }) {
           onInput=${(e) => {
             setDraft(e.target.value);
             if (e.target.value && !editing) chat.typingNow(pk);
+          }}
+          onPaste=${(e) => {
+            // A pasted image (a screenshot) is a file to send.
+            if (editing || !e.clipboardData?.files.length) return;
+            e.preventDefault();
+            attach(e.clipboardData.files);
           }}
         ></textarea>
         <button type="submit">${editing ? "Save" : "Send"}</button>

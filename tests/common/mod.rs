@@ -242,6 +242,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if let Some(files) = attachments_dir(&self.url) {
+            let _ = std::fs::remove_dir_all(files);
+        }
         if let Some(cleanup) = self.cleanup.take() {
             // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
             let _ = std::thread::spawn(move || {
@@ -294,9 +297,25 @@ impl Cleanup {
     }
 }
 
+/// Where a test server on a server database keeps attachments: a
+/// directory of the database's own (SQLite keeps them beside its file, in
+/// the test's temporary directory), removed with the database. Instances
+/// on one database share it.
+pub fn attachments_dir(url: &str) -> Option<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
+    if url.starts_with("sqlite:") {
+        return None;
+    }
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut hash);
+    Some(std::env::temp_dir().join(format!("chat-test-files-{:016x}", hash.finish())))
+}
+
 /// Settings for a test server on `url`: a free port, one worker, a fixed secret.
 pub fn settings(url: &str, extra: &[(&str, &str)]) -> Settings {
+    let files = attachments_dir(url).map(|d| d.display().to_string());
     let mut vars: Vec<(String, String)> = vec![
+        ("ATTACHMENTS_SHARED".into(), "1".into()),
         ("DATABASE_URL".into(), url.into()),
         ("HOST".into(), "127.0.0.1".into()),
         ("PORT".into(), "0".into()),
@@ -304,6 +323,9 @@ pub fn settings(url: &str, extra: &[(&str, &str)]) -> Settings {
         ("WORKERS".into(), "2".into()),
         ("DB_POOL_SIZE".into(), "8".into()),
     ];
+    if let Some(files) = files {
+        vars.push(("ATTACHMENTS_DIR".into(), files));
+    }
     for (k, v) in extra {
         vars.retain(|(name, _)| name != k);
         vars.push((k.to_string(), v.to_string()));

@@ -467,7 +467,7 @@ impl Batch {
 
     /// Nothing of message `id`'s text stays: not the message's, not its
     /// first version's, not an edit event's (stored, or waiting in this
-    /// batch). Its reactions go with it.
+    /// batch). Its reactions go with it, and its files (B9).
     async fn erase<C: ConnectionTrait>(&mut self, txn: &C, id: i64) -> Result<(), DbErr> {
         message::Entity::update_many()
             .col_expr(message::Column::Content, Expr::value(""))
@@ -496,6 +496,7 @@ impl Batch {
             .filter(reaction::Column::MessageId.eq(id))
             .exec(txn)
             .await?;
+        store::remove_of_message(txn, id).await?;
         self.reactions.forget(id);
         self.known.counts.retain(|(m, _), _| *m != id);
         self.known.own.retain(|(m, _, _)| *m != id);

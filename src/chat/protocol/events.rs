@@ -306,6 +306,9 @@ pub struct MessageBody {
     pub reply_to: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quote: Option<Quote>,
+    /// Only with files (B9), for the same reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 /// What a reply shows of the message it answers (B8): its sender and the
@@ -408,6 +411,8 @@ pub struct HistoryItem {
     pub edited_at: Option<String>,
     pub deleted: bool,
     pub reactions: Vec<ReactionCount>,
+    /// Its files (B9); none once deleted.
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 /// `search_response`: messages that hold every word asked for, newest

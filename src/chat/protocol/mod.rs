@@ -23,6 +23,32 @@ use uuid::Uuid;
 #[serde(transparent)]
 pub struct ChatId(pub Uuid);
 
+/// A file sent with a message (B9), as pushes, history and uploads show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
+pub struct AttachmentInfo {
+    pub id: Uuid,
+    pub name: String,
+    /// Bytes.
+    pub size: i64,
+    pub content_type: String,
+    /// Pixels: only for images the server previews (`/thumbnail/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<i32>,
+}
+
+impl AttachmentInfo {
+    /// What the old web client shows of files sent without text: their names.
+    pub fn names(files: &[AttachmentInfo]) -> String {
+        files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A user id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

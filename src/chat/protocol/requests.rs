@@ -157,6 +157,9 @@ pub struct SendMessage {
     /// The message this one answers (B8).
     #[serde(default)]
     pub reply_to: Option<i64>,
+    /// Upload ids to send (B9); `content` may then be empty.
+    #[serde(default)]
+    pub attachments: Option<Vec<String>>,
 }
 
 /// `edit_message`: a message's new text (B8).

@@ -11,8 +11,15 @@ impl WsSession {
         ctx: &mut Context<Self>,
     ) {
         let arrived = Instant::now();
-        if let Some(text) = self.content_error(&request.content) {
-            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
+        let kind = RequestKind::Message;
+        let files = match attachment_ids(request.attachments.as_deref()) {
+            Ok(files) => files,
+            Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
+        };
+        // With files the text may be empty (B9).
+        let only_files = !files.is_empty() && request.content.trim().is_empty();
+        if let Some(text) = self.content_error(&request.content).filter(|_| !only_files) {
+            return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
         }
         let client_id = request.client_id.filter(|c| !c.is_empty());
         if client_id
@@ -20,39 +27,67 @@ impl WsSession {
             .is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS)
         {
             let text = format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters");
-            return self.send_error(RequestKind::Message, ErrorCode::Invalid, &text, ctx);
+            return self.send_error(kind, ErrorCode::Invalid, &text, ctx);
         }
-        let content = request.content;
-        self.with_membership(
-            RequestKind::Message,
-            user,
-            &request.to,
-            ctx,
-            move |act, chat, ctx| {
-                if act.state.membership.is_blocked(chat) {
-                    return act.send_error(
-                        RequestKind::Message,
-                        ErrorCode::Invalid,
-                        changes::BLOCKED,
-                        ctx,
-                    );
+        let new = NewMessage {
+            chat: ChatId(uuid::Uuid::nil()),
+            sender: user,
+            content: request.content,
+            client_id,
+            reply_to: request.reply_to,
+            attachments: Vec::new(),
+        };
+        self.with_membership(kind, user, &request.to, ctx, move |act, chat, ctx| {
+            if act.state.membership.is_blocked(chat) {
+                return act.send_error(kind, ErrorCode::Invalid, changes::BLOCKED, ctx);
+            }
+            let new = NewMessage { chat, ..new };
+            if files.is_empty() {
+                return act.submit_message(user, new, arrived, ctx);
+            }
+            let client_id = new.client_id.clone();
+            let db = act.state.db.clone();
+            let lookup =
+                async move { store::sendable(&db, user, &files, client_id.as_deref()).await };
+            // `wait`: the session's next frames wait too, so its messages
+            // keep the order they were sent in.
+            ctx.wait(lookup.into_actor(act).map(move |result, act, ctx| {
+                match result {
+                    Err(e) => act.internal_error(kind, &e, ctx),
+                    Ok(Err(text)) => act.send_error(kind, ErrorCode::Invalid, &text, ctx),
+                    Ok(Ok(attachments)) => {
+                        // The old web client shows only `content` (B9).
+                        let content = match new.content.trim().is_empty() {
+                            true => AttachmentInfo::names(&attachments),
+                            false => new.content,
+                        };
+                        let new = NewMessage {
+                            content,
+                            attachments,
+                            ..new
+                        };
+                        act.submit_message(user, new, arrived, ctx)
+                    }
                 }
-                let new = NewMessage {
-                    chat,
-                    sender: user,
-                    content,
-                    client_id,
-                    reply_to: request.reply_to,
-                };
-                act.with_audience(
-                    RequestKind::Message,
-                    chat,
-                    ctx,
-                    move |act, audience, ctx| {
-                        act.submit(user, Job::Message(new), audience, arrived, ctx)
-                    },
-                );
-            },
+            }));
+        });
+    }
+
+    /// Hands a checked message to the writer, charged to its sender's
+    /// fan-out budget.
+    fn submit_message(
+        &mut self,
+        user: UserId,
+        new: NewMessage,
+        arrived: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let chat = new.chat;
+        self.with_audience(
+            RequestKind::Message,
+            chat,
+            ctx,
+            move |act, audience, ctx| act.submit(user, Job::Message(new), audience, arrived, ctx),
         );
     }
 
@@ -309,4 +344,25 @@ impl WsSession {
             },
         );
     }
+}
+
+/// The `attachments` of a `message` (B9): at most ten distinct upload ids.
+fn attachment_ids(ids: Option<&[String]>) -> Result<Vec<uuid::Uuid>, String> {
+    let ids = ids.unwrap_or_default();
+    if ids.len() > store::MAX_ATTACHMENTS_PER_MESSAGE {
+        return Err(format!(
+            "a message carries at most {} attachments",
+            store::MAX_ATTACHMENTS_PER_MESSAGE
+        ));
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id =
+            uuid::Uuid::parse_str(id).map_err(|_| format!("attachment {id:?} is not an id"))?;
+        if parsed.contains(&id) {
+            return Err(format!("attachment {id} is named twice"));
+        }
+        parsed.push(id);
+    }
+    Ok(parsed)
 }

@@ -17,12 +17,14 @@ pub async fn history_items<C: ConnectionTrait>(
         .map(|m| m.id)
         .collect();
     let mut reactions = reactions_of(db, &ids, viewer).await?;
+    let mut files = attachments_for(db, &ids).await?;
     Ok(messages
         .into_iter()
         .map(|m| {
             let quote = m.reply_to.and_then(|id| quotes.get(&id).cloned());
             let reactions = reactions.remove(&m.id).unwrap_or_default();
-            history_item(m, viewer, quote, reactions)
+            let files = files.remove(&m.id).unwrap_or_default();
+            history_item(m, viewer, quote, reactions, files)
         })
         .collect())
 }
@@ -33,6 +35,7 @@ pub fn history_item(
     viewer: UserId,
     quote: Option<Quote>,
     reactions: Vec<ReactionCount>,
+    attachments: Vec<AttachmentInfo>,
 ) -> HistoryItem {
     HistoryItem {
         id: m.id,
@@ -50,6 +53,7 @@ pub fn history_item(
         edited_at: m.edited_at.as_ref().map(format_time),
         deleted: m.deleted,
         reactions,
+        attachments,
     }
 }
 

@@ -16,16 +16,18 @@ use sea_orm::{
 use super::membership::{group_presence, Audience, ChatEntry};
 use super::presence::{Presence, PresenceView};
 use super::protocol::{
-    format_time, ChatId, Contact, Conversation, ConversationKind, Direction, ErrorCode, ErrorReply,
-    GroupChangeItem, HistoryItem, HistoryPage, LastMessage, MemberItem, MemberRole, Person, Quote,
-    ReactionCount, RequestKind, UserId,
+    format_time, AttachmentInfo, ChatId, Contact, Conversation, ConversationKind, Direction,
+    ErrorCode, ErrorReply, GroupChangeItem, HistoryItem, HistoryPage, LastMessage, MemberItem,
+    MemberRole, Person, Quote, ReactionCount, RequestKind, UserId,
 };
 
+mod attachments;
 mod chats;
 mod contacts;
 mod group_changes;
 mod history;
 
+pub use attachments::*;
 pub use chats::*;
 pub use contacts::*;
 pub use group_changes::*;

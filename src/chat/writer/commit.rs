@@ -361,9 +361,14 @@ pub(super) async fn store_unique(
             )));
         }
         for (&i, row) in to_insert.iter().zip(stored) {
+            let files = &batch[i].message.attachments;
+            if !files.is_empty() {
+                store::claim(&txn, &row, files).await?;
+            }
             results[i] = Some(Ok(Stored::New(Posted {
                 message: row,
                 quote: None,
+                attachments: files.clone(),
             })));
         }
     }
@@ -445,13 +450,16 @@ pub(super) async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored
             .exec(&txn)
             .await?
             .last_insert_id;
+        let stored = model_of(p, id, seq);
+        store::claim(&txn, &stored, &p.message.attachments).await?;
         txn.commit().await?;
-        Ok::<_, DbErr>(model_of(p, id, seq))
+        Ok::<_, DbErr>(stored)
     };
     match attempt.await {
         Ok(stored) => Ok(Stored::New(Posted {
             message: stored,
             quote: None,
+            attachments: p.message.attachments.clone(),
         })),
         Err(insert_error) => {
             let Some(key) = client_key(p) else {

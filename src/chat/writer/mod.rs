@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
 use super::messages::Deliver;
-use super::protocol::{ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
+use super::protocol::{AttachmentInfo, ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
 use super::socket::{Outbox, Queued};
 use super::store;
 pub use super::store::StoreError;
@@ -55,13 +55,17 @@ pub struct NewMessage {
     /// The message it answers (B8): one of the same conversation, or the
     /// message is refused `invalid`.
     pub reply_to: Option<i64>,
+    /// Its files (B9), checked as `store::sendable`; tied to the message in
+    /// its transaction.
+    pub attachments: Vec<AttachmentInfo>,
 }
 
-/// A message committed now, and what it shows of the one it answers.
+/// A message committed now, what it shows of the one it answers, and its files.
 #[derive(Debug, Clone)]
 pub struct Posted {
     pub message: message::Model,
     pub quote: Option<Quote>,
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 /// What became of a message or change handed to the writer.
@@ -234,7 +238,11 @@ fn answer(
     result: Result<Stored, StoreError>,
 ) {
     let event = match &result {
-        Ok(Stored::New(p)) => Some(log::message_frames(&p.message, p.quote.as_ref())),
+        Ok(Stored::New(p)) => Some(log::message_frames(
+            &p.message,
+            p.quote.as_ref(),
+            &p.attachments,
+        )),
         Ok(Stored::Changed(outcome)) => outcome.event_frames(),
         _ => None,
     };
@@ -390,6 +398,7 @@ mod tests {
             content: content.into(),
             client_id: None,
             reply_to: None,
+            attachments: Vec::new(),
         };
         let (outbox, _) = crate::chat::socket::outbox(4);
         PendingInsert {
