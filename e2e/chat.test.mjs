@@ -340,3 +340,33 @@ test("get_contact's read_up_to shows Read after a reload; a listed conversation 
   chat.onFrame({ type: "get_contact_response", data: { ...contact(B, 3), members: [], read_up_to: 3 } });
   assert.equal(chat.state.readUpTo.get(B), 3);
 });
+
+test("files: sent with or without text, shown from the acknowledgement, gone with a deletion", async () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  opened(chat, A, [item(10, "one")]);
+  sent.length = 0;
+  const photo = { id: "f1", name: "a.png", size: 10, content_type: "image/png", width: 2, height: 1 };
+  const notes = { id: "f2", name: "b.txt", size: 3, content_type: "text/plain" };
+  assert.equal(chat.sendMessage(A, "  ", null, []), "Write something first.");
+  assert.equal(chat.sendMessage(A, "", null, [photo, notes]), null);
+  const [frame] = sent.filter((f) => f.type === "message");
+  // No text: none is sent (the server keeps the names for older clients).
+  assert.deepEqual(frame.data, { to: A, content: "", client_id: frame.data.client_id, attachments: ["f1", "f2"] });
+  chat.onFrame({
+    type: "message_response",
+    data: { status: "success", id: 11, pk: A, client_id: frame.data.client_id, time: "t" },
+  });
+  const shown = chat.state.messages.get(A).items.find((m) => m.id === 11);
+  assert.deepEqual(shown.attachments, [photo, notes]);
+  assert.equal(shown.content, "a.png, b.txt");
+  const { textOf } = await import("../static/app/files.js");
+  assert.equal(textOf(shown), "", "the names are not shown as text");
+  assert.equal(textOf({ ...shown, content: "a.png" }), "a.png");
+  chat.onFrame({ type: "message_deleted", data: { pk: A, seq: 3, id: 11 } });
+  assert.deepEqual(shown.attachments, []);
+  // With text, the text is sent.
+  chat.sendMessage(A, "look", null, [photo]);
+  assert.deepEqual(sent.filter((f) => f.type === "message")[1].data.attachments, ["f1"]);
+  assert.equal(sent.filter((f) => f.type === "message")[1].data.content, "look");
+});

@@ -691,7 +691,8 @@ test(
     execFileSync("psql", [POSTGRES, "-qc", `CREATE DATABASE ${database}`]);
     const url = POSTGRES.replace(/\/[^/]*$/, `/${database}`);
     const ports = [await freePort(), await freePort()];
-    const env = { DATABASE_URL: url, REDIS_URL: REDIS, REDIS_PREFIX: database, WORKERS: "1" };
+    // Both run in one directory: their attachments/ is one they share.
+    const env = { DATABASE_URL: url, REDIS_URL: REDIS, REDIS_PREFIX: database, WORKERS: "1", ATTACHMENTS_SHARED: "1" };
     const instances = [];
     for (const p of ports) instances.push(await launch(p, env));
     const front = await freePort();

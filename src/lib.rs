@@ -116,6 +116,11 @@ impl Application {
             (crate::config::DbEngine::Sqlite, None) => Some(db::lock_sqlite(&settings)?),
             _ => None,
         };
+        // What the configuration can still refuse comes before any actor
+        // starts: an error after that would leave actors behind.
+        let push = web_push(&settings)?;
+        let attachments = Arc::new(attachments::Attachments::open(&settings)?);
+        tracing::info!(store = %attachments.location, "attachments");
         let db = open_database(&settings).await?;
         match &redis {
             Some(target) => tracing::info!(
@@ -148,7 +153,6 @@ impl Application {
             db.clone(),
             actors.chat_server.clone(),
         ));
-        let push = web_push(&settings)?;
         let (stop_push, push_stopped) = tokio::sync::watch::channel(false);
         let push_task = push.clone().map(|push| {
             actix_web::rt::spawn(push::dispatch::run(
@@ -158,8 +162,6 @@ impl Application {
                 push_stopped,
             ))
         });
-        let attachments = Arc::new(attachments::Attachments::open(&settings)?);
-        tracing::info!(store = %attachments.location, "attachments");
         actix_web::rt::spawn(attachments::sweep::run(
             db.clone(),
             attachments.clone(),

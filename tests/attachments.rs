@@ -170,6 +170,12 @@ async fn files_in_messages(backend: &Backend) {
             "attachments": [photo, {"id": notes["id"], "name": "notes.txt", "size": 11,
                                     "content_type": "application/octet-stream"}]}}})
     );
+    // The old client's list shows the names as the last message.
+    let contacts = bob.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(
+        contacts[0]["last_message"]["content"],
+        "holiday.png, notes.txt"
+    );
     // History and `sync` carry them too.
     let page = bob
         .ask(json!({"type": "get_messages", "data": {"id": pk}}))
@@ -327,6 +333,26 @@ async fn sending_rules(backend: &Backend) {
         send_files(&mut alice, &pk, "again", &[&mine]).await,
         invalid(&format!("attachment {mine_id} was sent already"))
     );
+    // Two sessions sending one file at once: one message takes it, the
+    // other is refused (by the session's check, or in the writer's
+    // transaction when both passed it), and nothing is stored twice.
+    let mut second = app.authorized(&alice_token).await;
+    let shared = uploaded(&app, &alice_token, "s.txt", b"s".to_vec()).await;
+    let frame = json!({"type": "message", "data": {"to": pk, "content": "", "attachments": [shared["id"]]}});
+    alice.send(frame.clone()).await;
+    second.send(frame).await;
+    let answers = [
+        alice.recv_type("message_response").await["data"].clone(),
+        second.recv_type("message_response").await["data"].clone(),
+    ];
+    let ok = answers.iter().filter(|a| a["status"] == "success").count();
+    assert_eq!(ok, 1, "{answers:?}");
+    assert!(
+        answers.iter().any(|a| a["code"] == "invalid"),
+        "{answers:?}"
+    );
+    let delivered = bob.recv_type("message").await;
+    assert_eq!(delivered["data"]["data"]["attachments"], json!([shared]));
     // Text beside files keeps its bounds.
     let long = "x".repeat(4001);
     let other = uploaded(&app, &alice_token, "c.txt", b"c".to_vec()).await;
@@ -523,6 +549,58 @@ async fn bombs_and_lies(backend: &Backend) {
     assert!(header(&headers, "content-security-policy").contains("sandbox"));
 }
 
+/// Two instances on one database and one shared directory: a file
+/// uploaded to one is sent from it and read through the other, and both
+/// sweep at once when its message is deleted.
+async fn two_instances(backend: &Backend) {
+    let redis = common::require_redis_url();
+    let db = common::TestDatabase::create(backend).await;
+    let store = tempfile::tempdir().expect("temp dir");
+    let dir = store.path().display().to_string();
+    let prefix = common::redis_prefix();
+    let extra = [
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("ATTACHMENTS_DIR", dir.as_str()),
+        ("ATTACHMENT_SWEEP_SECONDS", "1"),
+    ];
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(TestApp::spawn_on(backend, &db.url, &extra).await);
+    }
+    for app in &apps {
+        app.wait_redis(true).await;
+    }
+    apps[0].drop_redis_keys(&redis, &prefix);
+    let (a, b) = (&apps[0], &apps[1]);
+    let (_, _, pk) = a.pair("alice", "bob").await;
+    let (token, bob_token) = (a.login("alice").await, b.login("bob").await);
+    let mut alice = a.authorized(&token).await;
+    let mut bob = b.authorized(&bob_token).await;
+    let picture = png(300, 200);
+    let photo = uploaded(a, &token, "p.png", picture.clone()).await;
+    let ack = send_files(&mut alice, &pk, "", &[&photo]).await;
+    let pushed = bob.recv_type("message").await;
+    assert_eq!(pushed["data"]["data"]["attachments"], json!([photo]));
+    let file = format!("/api/attachments/{}/", photo["id"].as_str().unwrap());
+    let (status, _, body) = get(b, &file, Some(&bob_token), &[]).await;
+    assert_eq!((status, body.as_ref()), (200, picture.as_slice()));
+    assert_eq!(
+        get(b, &format!("{file}thumbnail/"), Some(&bob_token), &[])
+            .await
+            .0,
+        200
+    );
+    let deleted = alice
+        .ask(json!({"type": "delete_message", "data": {"id": ack["id"]}}))
+        .await;
+    assert_eq!(deleted["status"], "success");
+    assert_eq!(get(b, &file, Some(&bob_token), &[]).await.0, 404);
+    common::wait_until(|| async { rows(a).await.is_empty() && stored_files(store.path()) == 0 })
+        .await;
+}
+
+backend_tests!(@server two_instances_share_the_files => two_instances);
 backend_tests!(files_are_sent_read_and_previewed => files_in_messages);
 backend_tests!(what_may_be_sent => sending_rules);
 backend_tests!(size_limits_and_the_quota => limits_and_quota);

@@ -21,12 +21,14 @@
 
 mod attack;
 mod churn;
+mod files;
 mod group;
 mod mix;
 mod search;
 
 pub use attack::{attack, AttackOptions, AttackReport, Pattern};
 pub use churn::{churn, ChurnOptions, ChurnReport};
+pub use files::{files, FilesOptions, FilesReport};
 pub use group::{group, GroupOptions, GroupReport};
 pub use search::{fill, search, Dialect, Model, SearchOptions, SearchReport};
 

@@ -172,6 +172,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
         write_rate: u64,
     },
+    /// Attachments: one large upload and download (MiB/s), then many uploads
+    /// at once with the server's RSS sampled (its growth).
+    Files {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The single upload's size in MiB (the server's MAX_ATTACHMENT_BYTES must allow it).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        size_mib: u64,
+        /// Uploads at once, one user each.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        concurrent: u64,
+        /// Each of their sizes in MiB.
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        each_mib: u64,
+        /// The server's process id, to sample its RSS from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
     Startup {
         /// The `chat-server` binary to start (default: the one beside `chat-bench`).
@@ -534,6 +553,52 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             let summary: Vec<(&str, String)> =
                 lines.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
             print_report(&summary, &r);
+        }
+        BenchCommand::Files {
+            url,
+            size_mib,
+            concurrent,
+            each_mib,
+            pid,
+        } => {
+            let options = chat_bench::FilesOptions {
+                url,
+                size_mib,
+                concurrent,
+                each_mib,
+                pid,
+            };
+            let r = chat_bench::files(options).await?;
+            let rss = match (r.rss_before_kib, r.rss_peak_kib, r.rss_growth_kib) {
+                (Some(before), Some(peak), Some(growth)) => format!(
+                    "{:.1} MiB before, {:.1} MiB at the peak: +{:.1} MiB",
+                    before as f64 / 1024.0,
+                    peak as f64 / 1024.0,
+                    growth as f64 / 1024.0
+                ),
+                _ => "not sampled (no --pid)".into(),
+            };
+            print_report(
+                &[
+                    (
+                        "upload",
+                        format!("{} MiB at {:.0} MiB/s", r.size_mib, r.upload_mib_per_s),
+                    ),
+                    (
+                        "download",
+                        format!("{} MiB at {:.0} MiB/s", r.size_mib, r.download_mib_per_s),
+                    ),
+                    (
+                        "at once",
+                        format!(
+                            "{} × {} MiB in {:.2} s ({:.0} MiB/s)",
+                            r.concurrent, r.each_mib, r.concurrent_seconds, r.concurrent_mib_per_s
+                        ),
+                    ),
+                    ("server RSS", rss),
+                ],
+                &r,
+            );
         }
         BenchCommand::Startup { runs, server } => {
             let server = server.map_or_else(sibling_server, Ok)?;

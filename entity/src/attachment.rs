@@ -8,6 +8,9 @@ use sea_orm::entity::prelude::*;
 pub const UPLOADING: &str = "uploading";
 /// Stored whole: can be sent (no `message_id` yet) or was sent.
 pub const READY: &str = "ready";
+/// Reserved for a message inside the writer's transaction, which sets it
+/// back to `READY` with the message: never seen outside that transaction.
+pub const SENDING: &str = "sending";
 /// Its message was deleted, or it was never sent in time: the sweep
 /// deletes the object and then the row; nobody can read it meanwhile.
 pub const REMOVED: &str = "removed";
@@ -27,7 +30,7 @@ pub struct Model {
     /// Pixels, for images the server can preview.
     pub width: Option<i32>,
     pub height: Option<i32>,
-    /// `UPLOADING`, `READY` or `REMOVED`.
+    /// `UPLOADING`, `READY` or `REMOVED` (`SENDING` inside a transaction).
     pub state: String,
     /// The message it was sent in; null until sent.
     pub message_id: Option<i64>,

@@ -95,31 +95,61 @@ pub async fn sendable<C: ConnectionTrait>(
     Ok(Ok(files))
 }
 
-/// Ties `files` to the new message `message` of `chat`, in the message's
-/// transaction. Fails (and so does the transaction) if any of them was
-/// sent meanwhile, or removed: the message is not stored without them.
-pub async fn claim<C: ConnectionTrait>(
+/// Reserves `files` for a message of `sender`'s about to be stored, in
+/// its transaction: each must still be the sender's, ready and not sent.
+/// `false` (and nothing reserved) if one is not: sent meanwhile by another
+/// message, or removed. A reservation (`SENDING`) never outlives its
+/// transaction: `claim` ends it, and a rollback undoes it.
+pub async fn reserve<C: ConnectionTrait>(
     txn: &C,
-    message: &message::Model,
+    sender: UserId,
     files: &[AttachmentInfo],
-) -> Result<(), DbErr> {
-    let Some(sender) = message.sender_id else {
-        return Ok(());
-    };
-    for (position, file) in files.iter().enumerate() {
+) -> Result<bool, DbErr> {
+    let mut reserved = Vec::with_capacity(files.len());
+    for file in files {
         let done = attachment::Entity::update_many()
-            .col_expr(attachment::Column::MessageId, Expr::value(message.id))
-            .col_expr(attachment::Column::ChatId, Expr::value(message.chat_id))
-            .col_expr(attachment::Column::Position, Expr::value(position as i32))
+            .col_expr(attachment::Column::State, Expr::value(attachment::SENDING))
             .filter(attachment::Column::Id.eq(file.id))
-            .filter(attachment::Column::UploaderId.eq(sender))
+            .filter(attachment::Column::UploaderId.eq(sender.0))
             .filter(attachment::Column::State.eq(attachment::READY))
             .filter(attachment::Column::MessageId.is_null())
             .exec(txn)
             .await?;
         if done.rows_affected != 1 {
+            // Only what this call reserved goes back: an earlier message
+            // of the same transaction keeps its own.
+            attachment::Entity::update_many()
+                .col_expr(attachment::Column::State, Expr::value(attachment::READY))
+                .filter(attachment::Column::Id.is_in(reserved))
+                .exec(txn)
+                .await?;
+            return Ok(false);
+        }
+        reserved.push(file.id);
+    }
+    Ok(true)
+}
+
+/// Ties the reserved `files` to the new message `message`, in order, in
+/// its transaction.
+pub async fn claim<C: ConnectionTrait>(
+    txn: &C,
+    message: &message::Model,
+    files: &[AttachmentInfo],
+) -> Result<(), DbErr> {
+    for (position, file) in files.iter().enumerate() {
+        let done = attachment::Entity::update_many()
+            .col_expr(attachment::Column::MessageId, Expr::value(message.id))
+            .col_expr(attachment::Column::ChatId, Expr::value(message.chat_id))
+            .col_expr(attachment::Column::Position, Expr::value(position as i32))
+            .col_expr(attachment::Column::State, Expr::value(attachment::READY))
+            .filter(attachment::Column::Id.eq(file.id))
+            .filter(attachment::Column::State.eq(attachment::SENDING))
+            .exec(txn)
+            .await?;
+        if done.rows_affected != 1 {
             return Err(DbErr::Custom(format!(
-                "attachment {} was sent or removed before its message was stored",
+                "attachment {} was not reserved for its message",
                 file.id
             )));
         }

@@ -340,10 +340,19 @@ pub(super) async fn store_unique(
         true => HashMap::new(),
         false => changes::chats_of(db, &changes.batch).await?,
     };
+    let txn = crate::db::begin_write(db).await?;
+    // Files first (and before any conversation is locked, in every batch):
+    // a message whose files were sent meanwhile, by another batch or
+    // instance or earlier in this one, is refused and takes no `seq`.
+    for i in reserve_files(&txn, batch, &mut to_insert).await? {
+        results[i] = Some(Err(StoreError::Refused {
+            code: ErrorCode::Invalid,
+            message: "an attachment was sent already".into(),
+        }));
+    }
     let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
     let mut touched: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
     touched.extend(rows.iter().map(|r| r.message.chat.0));
-    let txn = crate::db::begin_write(db).await?;
     if !changes.batch.is_empty() {
         // Every conversation of the batch locked at once, in id order, as
         // another instance's batch would lock them.
@@ -383,6 +392,27 @@ pub(super) async fn store_unique(
     commit_gate::pass(touched.into_iter()).await;
     txn.commit().await?;
     Ok((results, changed))
+}
+
+/// Reserves the files of the messages at `to_insert` (`store::reserve`)
+/// and drops from it those whose files are no longer there to send;
+/// answers the dropped ones' places.
+async fn reserve_files(
+    txn: &DatabaseTransaction,
+    batch: &[Row],
+    to_insert: &mut Vec<usize>,
+) -> Result<Vec<usize>, DbErr> {
+    let mut refused = Vec::new();
+    for &i in to_insert.iter() {
+        let message = &batch[i].message;
+        if !message.attachments.is_empty()
+            && !store::reserve(txn, message.sender, &message.attachments).await?
+        {
+            refused.push(i);
+        }
+    }
+    to_insert.retain(|i| !refused.contains(i));
+    Ok(refused)
 }
 
 /// Inserts `pending` (each row with its `seq`) the fastest way the
@@ -445,6 +475,10 @@ pub(super) async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored
     let db_error = |e: DbErr| StoreError::Database(Arc::new(e));
     let attempt = async {
         let txn = crate::db::begin_write(db).await?;
+        let files = &p.message.attachments;
+        if !files.is_empty() && !store::reserve(&txn, p.message.sender, files).await? {
+            return Ok(None);
+        }
         let seq = next_seqs(&txn, &[p]).await?[0];
         let id = message::Entity::insert(active_model(p, seq))
             .exec(&txn)
@@ -453,10 +487,14 @@ pub(super) async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored
         let stored = model_of(p, id, seq);
         store::claim(&txn, &stored, &p.message.attachments).await?;
         txn.commit().await?;
-        Ok::<_, DbErr>(stored)
+        Ok::<_, DbErr>(Some(stored))
     };
     match attempt.await {
-        Ok(stored) => Ok(Stored::New(Posted {
+        Ok(None) => Err(StoreError::Refused {
+            code: ErrorCode::Invalid,
+            message: "an attachment was sent already".into(),
+        }),
+        Ok(Some(stored)) => Ok(Stored::New(Posted {
             message: stored,
             quote: None,
             attachments: p.message.attachments.clone(),
