@@ -27,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The single upload is 100 MiB: the limit and the quota let it through.
-common_env=(MAX_ATTACHMENT_BYTES=$((100 << 20)) ATTACHMENT_QUOTA_BYTES=$((100 << 20))
+common_env=(${EXTRA_ENV:-} MAX_ATTACHMENT_BYTES=$((100 << 20)) ATTACHMENT_QUOTA_BYTES=$((100 << 20))
   REGISTRATION_BURST=100000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn PORT=$PORT)
 
 run() { # run NAME [VAR=value…]: a fresh server with the extra settings, measured

@@ -9,6 +9,7 @@
 //! and its thumbnail (`serve.rs`), and the sweep that deletes what was
 //! removed or never sent (`sweep.rs`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
@@ -19,6 +20,7 @@ use crate::config::{AttachmentSettings, AttachmentStore, Settings};
 use crate::rate_limit::UserRateLimit;
 
 mod serve;
+mod spool;
 pub mod sweep;
 mod upload;
 
@@ -42,12 +44,24 @@ pub enum OpenError {
 /// `MAX_PREVIEW_PIXELS` pixels.
 const THUMBNAILS_AT_ONCE: usize = 2;
 
+/// How an upload's bytes reach the store.
+enum Writing {
+    /// A directory: straight from the body, in parts of `DIRECTORY_PART_BYTES`
+    /// (one filling while the other is written: what an upload holds).
+    Direct,
+    /// A bucket takes parts of 5 MiB: the body is spooled to a local file
+    /// first (a slow client holds disk, not memory), then sent part by part,
+    /// at most `BUCKET_PARTS_AT_ONCE` parts in memory on the instance.
+    Spooled { dir: PathBuf, parts: Semaphore },
+}
+
+/// Bucket parts held in memory at once per instance, all uploads together.
+const BUCKET_PARTS_AT_ONCE: usize = 2;
+
 /// The attachment store and its limits, shared by every request.
 pub struct Attachments {
     store: Arc<dyn ObjectStore>,
-    /// The size of the parts an upload is written in: what one upload
-    /// holds in memory at most, twice (one part filling, one being written).
-    part_bytes: usize,
+    writing: Writing,
     pub settings: AttachmentSettings,
     /// Uploads per user (`ATTACHMENT_UPLOADS_PER_MINUTE`).
     pub uploads: UserRateLimit,
@@ -67,11 +81,28 @@ impl Attachments {
         if settings.redis.url().is_some() || !settings.redis.cluster_nodes().is_empty() {
             config.check_for_instances(&kind)?;
         }
-        let (store, part_bytes, location) = open_store(&kind).map_err(crate::StartError::from)?;
+        let (store, location) = open_store(&kind).map_err(crate::StartError::from)?;
+        let writing = match kind {
+            AttachmentStore::Directory(_) => Writing::Direct,
+            _ => {
+                let dir = config
+                    .attachments_spool_dir
+                    .as_ref()
+                    .map_or_else(std::env::temp_dir, PathBuf::from);
+                std::fs::create_dir_all(&dir).map_err(|source| OpenError::Directory {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                Writing::Spooled {
+                    dir,
+                    parts: Semaphore::new(BUCKET_PARTS_AT_ONCE),
+                }
+            }
+        };
         let per_minute = config.attachment_uploads_per_minute;
         Ok(Attachments {
             store,
-            part_bytes,
+            writing,
             settings: config.clone(),
             uploads: UserRateLimit::new(per_minute.min(20), per_minute),
             thumbnails: Semaphore::new(THUMBNAILS_AT_ONCE),
@@ -112,9 +143,9 @@ pub fn is_inline(content_type: &str) -> bool {
 /// S3 and GCS take multipart uploads in parts of 5 MiB at least (but the
 /// last); a local file takes any.
 const BUCKET_PART_BYTES: usize = 5 * 1024 * 1024;
-const DIRECTORY_PART_BYTES: usize = 128 * 1024;
+const DIRECTORY_PART_BYTES: usize = 64 * 1024;
 
-fn open_store(kind: &AttachmentStore) -> Result<(Arc<dyn ObjectStore>, usize, String), OpenError> {
+fn open_store(kind: &AttachmentStore) -> Result<(Arc<dyn ObjectStore>, String), OpenError> {
     // The buckets' HTTPS client (reqwest on rustls) takes the process's
     // crypto provider: ring, which rustls brings here already. Installing
     // it twice (a second server in one process) changes nothing.
@@ -127,11 +158,7 @@ fn open_store(kind: &AttachmentStore) -> Result<(Arc<dyn ObjectStore>, usize, St
             })?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?
                 .with_automatic_cleanup(true);
-            (
-                Arc::new(store),
-                DIRECTORY_PART_BYTES,
-                format!("directory {}", dir.display()),
-            )
+            (Arc::new(store), format!("directory {}", dir.display()))
         }
         AttachmentStore::S3 {
             bucket,
@@ -153,7 +180,7 @@ fn open_store(kind: &AttachmentStore) -> Result<(Arc<dyn ObjectStore>, usize, St
                 Some(endpoint) => format!("S3 bucket {bucket} at {endpoint}"),
                 None => format!("S3 bucket {bucket}"),
             };
-            (Arc::new(builder.build()?), BUCKET_PART_BYTES, location)
+            (Arc::new(builder.build()?), location)
         }
         AttachmentStore::Gcs { bucket } => {
             // GOOGLE_APPLICATION_CREDENTIALS, or the instance's account.
@@ -161,7 +188,6 @@ fn open_store(kind: &AttachmentStore) -> Result<(Arc<dyn ObjectStore>, usize, St
                 object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
             (
                 Arc::new(builder.build()?),
-                BUCKET_PART_BYTES,
                 format!("Google Cloud Storage bucket {bucket}"),
             )
         }

@@ -15,7 +15,8 @@ use sea_orm::{
     QueryFilter, QuerySelect,
 };
 
-use super::Attachments;
+use super::spool::Spool;
+use super::{Attachments, Writing, DIRECTORY_PART_BYTES};
 use crate::chat::protocol::UserId;
 
 /// How much of the start of a file is kept to tell what it is and, for
@@ -61,6 +62,24 @@ pub enum UploadError {
     Store(#[from] object_store::Error),
     #[error("recording the upload: {0}")]
     Database(#[from] DbErr),
+    #[error("spooling the upload: {0}")]
+    Spool(#[from] std::io::Error),
+}
+
+/// Where an upload's chunks go as they arrive.
+pub(super) trait Sink {
+    async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError>;
+}
+
+impl Sink for WriteMultipart {
+    /// At most one part being written while the next fills. The chunk is
+    /// copied (in 8 KiB blocks): kept as it came, it would hold on to the
+    /// whole read buffer it was cut from.
+    async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError> {
+        self.wait_for_capacity(1).await?;
+        self.write(&chunk);
+        Ok(())
+    }
 }
 
 /// What the body's stream gave: its size and first bytes.
@@ -163,8 +182,8 @@ impl Attachments {
         Ok(())
     }
 
-    /// Streams the body to the store in parts of `part_bytes`, at most one
-    /// part being written while the next fills.
+    /// Streams the body to the store: straight in small parts to a
+    /// directory, through a spool file to a bucket (`spool.rs`).
     async fn write<S, E>(
         &self,
         id: uuid::Uuid,
@@ -175,47 +194,68 @@ impl Attachments {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let upload = self.store.put_multipart(&Self::object(id)).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_bytes);
+        let object = Self::object(id);
+        match &self.writing {
+            Writing::Direct => {
+                let upload = self.store.put_multipart(&object).await?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, DIRECTORY_PART_BYTES);
+                match self.pump(&mut body, stall, &mut writer).await {
+                    Ok(received) => {
+                        writer.finish().await?;
+                        Ok(received)
+                    }
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        Err(e)
+                    }
+                }
+            }
+            Writing::Spooled { dir, parts } => {
+                let mut spool = Spool::create(dir).await?;
+                let received = self.pump(&mut body, stall, &mut spool).await?;
+                spool.send(self.store.as_ref(), &object, parts).await?;
+                Ok(received)
+            }
+        }
+    }
+
+    /// Reads the body into `sink` chunk by chunk, within the size limit and
+    /// the stall timeout, keeping its first bytes; an empty body is refused.
+    async fn pump<S, E>(
+        &self,
+        body: &mut S,
+        stall: Duration,
+        sink: &mut impl Sink,
+    ) -> Result<Received, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let max = self.settings.max_attachment_bytes;
         let mut received = Received {
             size: 0,
             head: Vec::new(),
         };
-        let pumped = async {
-            loop {
-                let chunk = match tokio::time::timeout(stall, body.next()).await {
-                    Err(_) => return Err(UploadError::Timeout),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(e))) => return Err(UploadError::Body(e.to_string())),
-                    Ok(Some(Ok(chunk))) => chunk,
-                };
-                received.size += chunk.len() as u64;
-                if received.size > max {
-                    return Err(UploadError::TooLarge(max));
-                }
-                let room = HEAD_BYTES.saturating_sub(received.head.len());
-                received
-                    .head
-                    .extend_from_slice(&chunk[..room.min(chunk.len())]);
-                writer.wait_for_capacity(1).await?;
-                writer.put(chunk);
+        loop {
+            let chunk = match tokio::time::timeout(stall, body.next()).await {
+                Err(_) => return Err(UploadError::Timeout),
+                Ok(None) if received.size == 0 => return Err(UploadError::Empty),
+                Ok(None) => return Ok(received),
+                Ok(Some(Err(e))) => return Err(UploadError::Body(e.to_string())),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            received.size += chunk.len() as u64;
+            if received.size > max {
+                return Err(UploadError::TooLarge(max));
             }
-        }
-        .await;
-        match pumped {
-            Ok(()) if received.size == 0 => {
-                let _ = writer.abort().await;
-                Err(UploadError::Empty)
+            if received.head.capacity() == 0 {
+                received.head.reserve_exact(HEAD_BYTES);
             }
-            Ok(()) => {
-                writer.finish().await?;
-                Ok(received)
-            }
-            Err(e) => {
-                let _ = writer.abort().await;
-                Err(e)
-            }
+            let room = HEAD_BYTES.saturating_sub(received.head.len());
+            received
+                .head
+                .extend_from_slice(&chunk[..room.min(chunk.len())]);
+            sink.take(chunk).await?;
         }
     }
 

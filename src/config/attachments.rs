@@ -37,6 +37,11 @@ pub struct AttachmentSettings {
     /// service account.
     #[serde(deserialize_with = "non_empty")]
     pub gs_bucket_name: Option<String>,
+    /// Where uploads to a bucket are spooled before they are sent (default:
+    /// the system's temporary directory): a slow client then holds disk,
+    /// not the server's memory.
+    #[serde(deserialize_with = "non_empty")]
+    pub attachments_spool_dir: Option<String>,
     /// Largest file, in bytes.
     pub max_attachment_bytes: u64,
     /// Most files one user may have uploaded and not sent yet.
@@ -64,6 +69,7 @@ impl Default for AttachmentSettings {
             s3_endpoint: None,
             s3_region: None,
             gs_bucket_name: None,
+            attachments_spool_dir: None,
             max_attachment_bytes: 25 * 1024 * 1024,
             attachment_quota_files: 20,
             attachment_quota_bytes: 100 * 1024 * 1024,
