@@ -15,8 +15,16 @@ use std::io::{Read, Seek, SeekFrom};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
-use super::upload::{Sink, UploadError};
 use super::BUCKET_PART_BYTES;
+
+/// Why a spooled upload did not reach the bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool file: {0}")]
+    File(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
 
 /// An upload's spool file, removed when dropped.
 pub(super) struct Spool {
@@ -26,7 +34,7 @@ pub(super) struct Spool {
 }
 
 impl Spool {
-    pub(super) async fn create(dir: &Path) -> Result<Spool, UploadError> {
+    pub(super) async fn create(dir: &Path) -> Result<Spool, SpoolError> {
         let path = dir.join(format!("chat-upload-{}", uuid::Uuid::new_v4().simple()));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -49,7 +57,7 @@ impl Spool {
         store: &dyn ObjectStore,
         object: &ObjectPath,
         parts: &Semaphore,
-    ) -> Result<(), UploadError> {
+    ) -> Result<(), SpoolError> {
         self.file.flush().await?;
         // Read with std's file on the blocking pool: tokio's keeps a buffer
         // of its own (up to 2 MiB) for as long as the file is open.
@@ -73,7 +81,7 @@ impl Spool {
                 left -= n;
             }
             upload.complete().await?;
-            Ok::<(), UploadError>(())
+            Ok::<(), SpoolError>(())
         }
         .await;
         if sent.is_err() {
@@ -85,7 +93,7 @@ impl Spool {
 
 /// The next `n` bytes of the spool file, read on the blocking pool (the
 /// file travels there and back).
-async fn read_part(reader: &mut Option<std::fs::File>, n: usize) -> Result<Bytes, UploadError> {
+async fn read_part(reader: &mut Option<std::fs::File>, n: usize) -> Result<Bytes, SpoolError> {
     let mut file = reader
         .take()
         .ok_or_else(|| std::io::Error::other("the spool file was lost"))?;
@@ -100,9 +108,10 @@ async fn read_part(reader: &mut Option<std::fs::File>, n: usize) -> Result<Bytes
     Ok(Bytes::from(part?))
 }
 
-impl Sink for Spool {
-    async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError> {
-        self.file.write_all(&chunk).await?;
+impl Spool {
+    /// Adds a chunk of the body.
+    pub(super) async fn append(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(chunk).await?;
         self.size += chunk.len() as u64;
         Ok(())
     }

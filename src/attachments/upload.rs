@@ -15,7 +15,7 @@ use sea_orm::{
     QueryFilter, QuerySelect,
 };
 
-use super::spool::Spool;
+use super::spool::{Spool, SpoolError};
 use super::{Attachments, Writing, DIRECTORY_PART_BYTES};
 use crate::chat::protocol::UserId;
 
@@ -63,11 +63,11 @@ pub enum UploadError {
     #[error("recording the upload: {0}")]
     Database(#[from] DbErr),
     #[error("spooling the upload: {0}")]
-    Spool(#[from] std::io::Error),
+    Spool(#[from] SpoolError),
 }
 
 /// Where an upload's chunks go as they arrive.
-pub(super) trait Sink {
+trait Sink {
     async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError>;
 }
 
@@ -78,6 +78,13 @@ impl Sink for WriteMultipart {
     async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError> {
         self.wait_for_capacity(1).await?;
         self.write(&chunk);
+        Ok(())
+    }
+}
+
+impl Sink for Spool {
+    async fn take(&mut self, chunk: Bytes) -> Result<(), UploadError> {
+        self.append(&chunk).await.map_err(SpoolError::from)?;
         Ok(())
     }
 }
