@@ -21,7 +21,7 @@ LOAD=${LOAD:-2}
 # cluster and multi-instance tests, the faults (restarts, kills, outages,
 # full queues, failed batches), the randomized conversation-log runs, and
 # Web Push (a sender polling every second) and group changes.
-FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security|notifications|groups)::/)'}
+FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_features|bad_input|login|conversation_log|message_changes|security|notifications|groups|attachments)::/)'}
 
 for var in TEST_POSTGRES_URL TEST_MYSQL_URL TEST_REDIS_URL; do
   [ -n "${!var:-}" ] || { echo "$var is not set (README, \"Test\")" >&2; exit 1; }

@@ -181,19 +181,42 @@ async fn an_idle_run_reports_memory_cpu_and_large_frames() {
     // The server runs in this process: its RSS and CPU are ours.
     let report = bench::idle(bench::IdleOptions {
         url: app.url(""),
-        users: 3,
+        users: 4,
         sessions: 20,
         server_pid: Some(std::process::id()),
         sources: 1,
         messages: 5,
         cpu_seconds: 1,
         large: 4,
+        paired: true,
+        contacts: true,
     })
     .await
     .expect("idle run");
     assert_eq!((report.sessions, report.messages), (20, 5));
     assert!(report.kib_per_session.is_some());
+    assert!(report.rss_half_kib.is_some() && report.slope_kib_per_session.is_some());
     assert!(report.idle_cpu_percent.is_some_and(|c| c >= 0.0));
     assert!(report.rss_after_large_kib.is_some() && report.large_kib_per_session.is_some());
     assert!(report.p50_ms > 0.0 && report.p50_ms <= report.max_ms);
+}
+
+#[actix_rt::test]
+async fn a_files_run_reports_throughput_and_memory() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("REGISTRATION_BURST", "100")]).await;
+    let report = bench::files(bench::FilesOptions {
+        url: app.url(""),
+        size_mib: 2,
+        concurrent: 3,
+        each_mib: 1,
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("files run");
+    assert_eq!(
+        (report.size_mib, report.concurrent, report.each_mib),
+        (2, 3, 1)
+    );
+    assert!(report.upload_mib_per_s > 0.0 && report.download_mib_per_s > 0.0);
+    assert!(report.rss_growth_kib.is_some());
 }

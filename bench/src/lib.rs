@@ -642,6 +642,10 @@ pub struct IdleOptions {
     /// Sessions that each send one 60 KiB frame once all are idle; the RSS
     /// is read again after, to see whether their buffers were given back.
     pub large: usize,
+    /// Each idle user gets a direct conversation (users in pairs).
+    pub paired: bool,
+    /// Each session asks `get_contacts` once authorized.
+    pub contacts: bool,
 }
 
 /// Size of the frame `large` sessions send.
@@ -654,6 +658,11 @@ pub struct IdleReport {
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
     pub kib_per_session: Option<f64>,
+    /// RSS with half the sessions open, and the growth per session from
+    /// there to all of them: the per-session cost without what is bounded
+    /// (caches, pools) and filled by the first sessions.
+    pub rss_half_kib: Option<u64>,
+    pub slope_kib_per_session: Option<f64>,
     /// The server's CPU time while every session was idle, in % of one core.
     pub idle_cpu_percent: Option<f64>,
     /// RSS once `large` sessions sent a 60 KiB frame each, and its growth per
@@ -711,7 +720,17 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         &accounts[1].username,
     )
     .await?;
+    let idle_from = if users > 2 { 2 } else { 0 };
+    if opts.paired {
+        eprintln!("pairing {} users…", users - idle_from);
+        for pair in accounts[idle_from..].chunks(2) {
+            if let [a, b] = pair {
+                add_contact(clients.get(0), &base, &a.token, &b.username).await?;
+            }
+        }
+    }
     let rss_before = opts.server_pid.and_then(rss_kib);
+    let mut rss_half = None;
     eprintln!("opening {} sessions…", opts.sessions);
     let ws_base = ws_url(&base);
     let mut held = Vec::with_capacity(opts.sessions);
@@ -722,13 +741,30 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     };
     for i in 0..opts.sessions {
         // Idle sessions belong to the users not timed below, when there are any.
-        let idle_users = if users > 2 {
-            &accounts[2..]
-        } else {
-            &accounts[..]
-        };
-        let account = &idle_users[i % idle_users.len()].token;
+        let idle_users = &accounts[idle_from..];
+        // A user's sessions open one after another, so half the sessions
+        // are half the users with all of theirs.
+        let per_user = opts.sessions.div_ceil(idle_users.len());
+        let account = &idle_users[(i / per_user) % idle_users.len()].token;
         let mut socket = open_session(clients.get(i), &ws_base, account).await?;
+        if opts.contacts {
+            let ask = json!({"type": "get_contacts", "data": {}}).to_string();
+            socket
+                .send(ws::Message::Text(ask.into()))
+                .await
+                .map_err(|e| setup("get_contacts", e))?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+                    Ok(Some(Ok(ws::Frame::Text(bytes))))
+                        if bytes.starts_with(b"{\"type\":\"get_contacts_response\"") =>
+                    {
+                        break
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    other => return Err(setup("get_contacts", format!("{other:?}"))),
+                }
+            }
+        }
         // Answer pings so the server keeps the session, and read whatever
         // comes; the first `large` send one large frame when told.
         let mut large = (i < opts.large).then(|| (large_signal.clone(), large_text.clone()));
@@ -758,6 +794,10 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         }));
         if i % 1000 == 999 {
             eprintln!("  {} open", i + 1);
+        }
+        if i + 1 == opts.sessions / 2 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss_half = opts.server_pid.and_then(rss_kib);
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -839,7 +879,15 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     for session in held {
         session.abort();
     }
+    let slope = match (rss_half, rss_after) {
+        (Some(h), Some(a)) if opts.sessions >= 2 => {
+            Some((a as f64 - h as f64) / (opts.sessions - opts.sessions / 2) as f64)
+        }
+        _ => None,
+    };
     Ok(IdleReport {
+        rss_half_kib: rss_half,
+        slope_kib_per_session: slope,
         sessions: opts.sessions,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,

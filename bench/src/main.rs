@@ -91,6 +91,12 @@ enum BenchCommand {
         /// Sessions that each send one 60 KiB frame once all are idle (RSS read again after).
         #[arg(long, default_value_t = 0)]
         large: usize,
+        /// Give each user a direct conversation (users in pairs), as real users have.
+        #[arg(long)]
+        paired: bool,
+        /// Each session asks get_contacts once authorized, as a client does.
+        #[arg(long)]
+        contacts: bool,
     },
     /// One group of many connected members: send to the last member's
     /// delivery, deliveries per second, loss, Redis commands per message.
@@ -420,6 +426,8 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             messages,
             cpu_seconds,
             large,
+            paired,
+            contacts,
         } => {
             let options = chat_bench::IdleOptions {
                 url,
@@ -430,6 +438,8 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 messages,
                 cpu_seconds,
                 large: large.min(sessions as usize),
+                paired,
+                contacts,
             };
             let r = chat_bench::idle(options).await?;
             let kib = |v: Option<u64>| {
@@ -446,6 +456,15 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                         "per session",
                         r.kib_per_session
                             .map_or("n/a".into(), |k| format!("{k:.2} KiB")),
+                    ),
+                    (
+                        "slope",
+                        match (r.rss_half_kib, r.slope_kib_per_session) {
+                            (Some(half), Some(slope)) => format!(
+                                "{slope:.2} KiB per session from half the sessions ({half} KiB) to all"
+                            ),
+                            _ => "n/a".into(),
+                        },
                     ),
                     (
                         "idle CPU",
