@@ -10,8 +10,9 @@
 //! through a queue of `OUTBOX_CAPACITY` with an explicit overflow policy: a
 //! full queue closes the connection (1008) instead of growing memory.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,7 +22,6 @@ use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser,
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 /// A frame from the client, with continuations already put together.
 #[derive(Debug)]
@@ -61,15 +61,33 @@ enum Outgoing {
 }
 
 struct Shared {
+    /// The frames waiting for the client. A `VecDeque` that starts empty and
+    /// is given back once drained after a burst: an idle connection holds no
+    /// queue at all (a channel's first block of slots was 1.8 KiB each).
+    queue: Mutex<Queue>,
+    /// Most frames queued; past it the client is a slow consumer.
+    capacity: usize,
+    /// Live `Outbox` handles: at zero the body ends (the session is gone).
+    senders: AtomicUsize,
     /// Set by the first close: nothing more is queued after it.
     closing: AtomicBool,
     /// A close that must overtake the queue (the queue is full).
     urgent: Mutex<Option<CloseReason>>,
-    /// Wakes the body to send an urgent close.
-    urgent_waker: AtomicWaker,
+    /// Wakes the body: a frame queued, an urgent close, the last sender gone.
+    waker: AtomicWaker,
     /// When the client was last heard from, in milliseconds since `epoch()`.
     heard: AtomicU64,
 }
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    /// The body is gone (the connection ended): nothing is queued any more.
+    receiver_gone: bool,
+}
+
+/// A drained queue keeps at most this much room; more is given back.
+const KEEP_QUEUE_ROOM: usize = 8;
 
 /// The origin of the `heard` times (an `Instant` does not fit in an atomic).
 fn epoch() -> Instant {
@@ -83,10 +101,31 @@ fn millis_since_epoch() -> u64 {
 
 /// The sending side of one connection: cheap to clone, safe to use from any
 /// thread (the ChatServer and the store pipeline push into it directly).
-#[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.waker.wake();
+        }
+    }
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    Full,
+    Closed,
 }
 
 /// Whether a frame was queued.
@@ -107,7 +146,7 @@ impl Outbox {
 
     /// How many frames the queue holds when the client reads nothing.
     pub fn capacity(&self) -> usize {
-        self.tx.max_capacity()
+        self.shared.capacity
     }
 
     /// Queues a heartbeat ping.
@@ -121,17 +160,35 @@ impl Outbox {
     }
 
     fn push(&self, item: Outgoing) -> Queued {
-        if self.is_closing() {
+        // (A gone receiver is found under the queue's lock.)
+        if self.shared.closing.load(Ordering::Acquire) {
             return Queued::Closed;
         }
-        match self.tx.try_send(item) {
+        match self.enqueue(item) {
             Ok(()) => Queued::Yes,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.close_now(CloseCode::Policy, "slow consumer: outgoing queue full");
                 Queued::Overflow
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
+            Err(Refused::Closed) => Queued::Closed,
         }
+    }
+
+    fn enqueue(&self, item: Outgoing) -> Result<(), Refused> {
+        {
+            let Ok(mut queue) = self.shared.queue.lock() else {
+                return Err(Refused::Closed);
+            };
+            if queue.receiver_gone {
+                return Err(Refused::Closed);
+            }
+            if queue.frames.len() >= self.shared.capacity {
+                return Err(Refused::Full);
+            }
+            queue.frames.push_back(item);
+        }
+        self.shared.waker.wake();
+        Ok(())
     }
 
     /// Sends a close frame after the frames already queued, then ends the
@@ -141,7 +198,7 @@ impl Outbox {
             return;
         }
         let reason = close_reason(code, description);
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outgoing::Close(reason)) {
+        if let Err(Refused::Full) = self.enqueue(Outgoing::Close(reason)) {
             self.urgent_close(close_reason(code, description));
         }
     }
@@ -157,14 +214,15 @@ impl Outbox {
         if let Ok(mut urgent) = self.shared.urgent.lock() {
             if urgent.is_none() {
                 *urgent = Some(reason);
-                self.shared.urgent_waker.wake();
+                self.shared.waker.wake();
             }
         }
     }
 
     /// Whether a close has been requested.
     pub fn is_closing(&self) -> bool {
-        self.shared.closing.load(Ordering::Acquire) || self.tx.is_closed()
+        self.shared.closing.load(Ordering::Acquire)
+            || self.shared.queue.lock().map_or(true, |q| q.receiver_gone)
     }
 
     /// Records that something arrived from the client (the heartbeat's
@@ -195,27 +253,36 @@ const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// A new outbox of `capacity` frames, and the byte stream that becomes the
 /// HTTP response body of the upgraded connection.
 pub fn outbox(capacity: usize) -> (Outbox, Body) {
-    let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        capacity: capacity.max(1),
+        senders: AtomicUsize::new(1),
         closing: AtomicBool::new(false),
         urgent: Mutex::new(None),
-        urgent_waker: AtomicWaker::new(),
+        waker: AtomicWaker::new(),
         heard: AtomicU64::new(millis_since_epoch()),
     });
     let body = Body {
-        rx,
         shared: shared.clone(),
         done: false,
     };
-    (Outbox { tx, shared }, body)
+    (Outbox { shared }, body)
 }
 
 /// The frames queued in an `Outbox`, encoded, as the response body of the
 /// upgraded connection. Ends after the close frame.
 pub struct Body {
-    rx: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
     done: bool,
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.shared.queue.lock() {
+            queue.receiver_gone = true;
+            queue.frames = VecDeque::new();
+        }
+    }
 }
 
 impl Body {
@@ -237,27 +304,38 @@ impl Stream for Body {
         if this.done {
             return Poll::Ready(None);
         }
-        this.shared.urgent_waker.register(cx.waker());
+        this.shared.waker.register(cx.waker());
         let mut buf = BytesMut::new();
         if let Some(reason) = this.take_urgent() {
             Parser::write_close(&mut buf, Some(reason), false);
             this.done = true;
             return Poll::Ready(Some(Ok(buf.freeze())));
         }
-        let Poll::Ready(first) = this.rx.poll_recv(cx) else {
-            return Poll::Pending;
+        let Ok(mut queue) = this.shared.queue.lock() else {
+            this.done = true;
+            return Poll::Ready(None);
         };
-        // No item: every sender is gone, the session ended without a close.
-        let mut next = Some(first.unwrap_or(Outgoing::Close(CloseCode::Away.into())));
-        // Coalesce whatever else is ready into one write.
-        while let Some(item) = next.take() {
+        if queue.frames.is_empty() {
+            if this.shared.senders.load(Ordering::Acquire) > 0 {
+                return Poll::Pending;
+            }
+            // Every sender is gone: the session ended without a close.
+            queue
+                .frames
+                .push_back(Outgoing::Close(CloseCode::Away.into()));
+        }
+        // Coalesce whatever is queued into one write.
+        while let Some(item) = queue.frames.pop_front() {
             if encode(&mut buf, item) {
                 this.done = true;
                 break;
             }
-            if buf.len() < WRITE_CHUNK_BYTES {
-                next = this.rx.try_recv().ok();
+            if buf.len() >= WRITE_CHUNK_BYTES {
+                break;
             }
+        }
+        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_QUEUE_ROOM {
+            queue.frames = VecDeque::new();
         }
         Poll::Ready(Some(Ok(buf.freeze())))
     }
