@@ -663,6 +663,10 @@ pub struct IdleReport {
     /// (caches, pools) and filled by the first sessions.
     pub rss_half_kib: Option<u64>,
     pub slope_kib_per_session: Option<f64>,
+    /// The kernel's TCP socket memory before the sessions and with all of
+    /// them open (both ends are on this machine: the client's too).
+    pub tcp_socket_kib_before: Option<u64>,
+    pub tcp_socket_kib_after: Option<u64>,
     /// The server's CPU time while every session was idle, in % of one core.
     pub idle_cpu_percent: Option<f64>,
     /// RSS once `large` sessions sent a 60 KiB frame each, and its growth per
@@ -685,6 +689,19 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf reads a constant of the running system.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// The kernel's memory for TCP sockets, all of them (`/proc/net/sockstat`,
+/// `TCP: … mem N`, in pages): what RSS does not count.
+fn tcp_socket_kib() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    let pages: u64 = words.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|p| pages * p / 1024)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -730,6 +747,7 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         }
     }
     let rss_before = opts.server_pid.and_then(rss_kib);
+    let sockets_before = tcp_socket_kib();
     let mut rss_half = None;
     eprintln!("opening {} sessions…", opts.sessions);
     let ws_base = ws_url(&base);
@@ -802,6 +820,7 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = opts.server_pid.and_then(rss_kib);
+    let sockets_after = tcp_socket_kib();
 
     // Idle CPU: heartbeats and timers only.
     let idle_cpu_percent = match opts.server_pid {
@@ -888,6 +907,8 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     Ok(IdleReport {
         rss_half_kib: rss_half,
         slope_kib_per_session: slope,
+        tcp_socket_kib_before: sockets_before,
+        tcp_socket_kib_after: sockets_after,
         sessions: opts.sessions,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,

@@ -458,6 +458,15 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                             .map_or("n/a".into(), |k| format!("{k:.2} KiB")),
                     ),
                     (
+                        "kernel TCP mem",
+                        match (r.tcp_socket_kib_before, r.tcp_socket_kib_after) {
+                            (Some(b), Some(a)) => format!(
+                                "{b} → {a} KiB (both ends of every connection are on this machine)"
+                            ),
+                            _ => "n/a".into(),
+                        },
+                    ),
+                    (
                         "slope",
                         match (r.rss_half_kib, r.slope_kib_per_session) {
                             (Some(half), Some(slope)) => format!(
