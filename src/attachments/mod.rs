@@ -66,6 +66,8 @@ pub struct Attachments {
     /// Uploads per user (`ATTACHMENT_UPLOADS_PER_MINUTE`).
     pub uploads: UserRateLimit,
     thumbnails: Semaphore,
+    /// Images whose thumbnail failed to decode (`serve.rs`).
+    undecodable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Where the files are, for the log.
     pub location: String,
 }
@@ -106,6 +108,7 @@ impl Attachments {
             settings: config.clone(),
             uploads: UserRateLimit::new(per_minute.min(20), per_minute),
             thumbnails: Semaphore::new(THUMBNAILS_AT_ONCE),
+            undecodable: Default::default(),
             location,
         })
     }

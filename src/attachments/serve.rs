@@ -14,6 +14,9 @@ use super::upload::image_format;
 use super::Attachments;
 use crate::chat::protocol::UserId;
 
+/// Files remembered per instance as failing to decode.
+const UNDECODABLE_KEPT: usize = 10_000;
+
 /// Longest side of a thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 320;
 
@@ -128,6 +131,23 @@ impl Attachments {
         Ok(member.map(|_| row))
     }
 
+    /// Whether decoding this file failed before: it is not decoded again
+    /// (a crafted file could make every request decode it up to its bound).
+    fn undecodable(&self, id: uuid::Uuid) -> bool {
+        self.undecodable.lock().is_ok_and(|ids| ids.contains(&id))
+    }
+
+    fn remember_undecodable(&self, id: uuid::Uuid) {
+        if let Ok(mut ids) = self.undecodable.lock() {
+            // Bounded: past the bound it starts over (a file forgotten is
+            // only decoded once more).
+            if ids.len() >= UNDECODABLE_KEPT {
+                ids.clear();
+            }
+            ids.insert(id);
+        }
+    }
+
     /// Opens a file's bytes, or the `range` of them.
     pub async fn read(
         &self,
@@ -164,6 +184,9 @@ impl Attachments {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        if self.undecodable(row.id) {
+            return Err(ThumbnailError::NoPreview);
+        }
         let _permit = self
             .thumbnails
             .acquire()
@@ -171,8 +194,12 @@ impl Attachments {
             .map_err(|_| ThumbnailError::NoPreview)?;
         let source = self.store.get(&Self::object(row.id)).await?.bytes().await?;
         let pixels = u64::from(width.unsigned_abs()) * u64::from(height.unsigned_abs());
-        let bytes =
-            tokio::task::spawn_blocking(move || make_thumbnail(&source, format, pixels)).await??;
+        let made =
+            tokio::task::spawn_blocking(move || make_thumbnail(&source, format, pixels)).await?;
+        if let Err(ThumbnailError::Image(_)) = &made {
+            self.remember_undecodable(row.id);
+        }
+        let bytes = made?;
         self.store
             .put(&path, PutPayload::from_bytes(bytes.clone()))
             .await?;

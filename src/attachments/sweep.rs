@@ -50,6 +50,7 @@ pub async fn sweep(
     db: &DatabaseConnection,
     attachments: &Attachments,
 ) -> Result<usize, SweepError> {
+    // Bounded by the configuration's check (at most 100 years).
     let unsent = chrono::Duration::seconds(
         i64::try_from(attachments.settings.attachment_unsent_seconds).unwrap_or(i64::MAX / 1000),
     );

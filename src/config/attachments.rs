@@ -85,6 +85,9 @@ fn shared_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     parse_flag("ATTACHMENTS_SHARED", &String::deserialize(d)?)
 }
 
+/// Longest `ATTACHMENT_UNSENT_SECONDS` accepted: 100 years.
+const MAX_UNSENT_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 /// Where the files go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttachmentStore {
@@ -113,6 +116,15 @@ impl AttachmentSettings {
         }
         if self.attachment_sweep_seconds == 0 || self.attachment_sweep_seconds > 24 * 3600 {
             return invalid("ATTACHMENT_SWEEP_SECONDS must be between 1 and 86400");
+        }
+        // Beyond this a time span no longer fits the clock's arithmetic
+        // (the sweep subtracts it from now).
+        if self.attachment_unsent_seconds == 0
+            || self.attachment_unsent_seconds > MAX_UNSENT_SECONDS
+        {
+            return invalid(
+                "ATTACHMENT_UNSENT_SECONDS must be between 1 and 3153600000 (100 years)",
+            );
         }
         if self.s3_bucket.is_some() && self.gs_bucket_name.is_some() {
             return invalid("set S3_BUCKET or GS_BUCKET_NAME, not both");
