@@ -172,7 +172,21 @@ pub async fn create_user(
     validate_username(&username)?;
     validate_password(&new.password, &username)?;
     check_username_free(db, &username).await?;
-    let password_hash = hash_password(new.password).await?;
+    let password_hash = hash_password(new.password.clone()).await?;
+    insert_user(db, new, password_hash).await
+}
+
+/// Inserts an account whose password is already hashed (`password_hash`, a
+/// PHC string from [`password::hash_password`]); `new.password` is not read.
+/// For callers that hash once and create many accounts with one password,
+/// such as the test fixtures: the username is checked as in [`create_user`].
+pub async fn insert_user(
+    db: &DatabaseConnection,
+    new: NewUser,
+    password_hash: String,
+) -> Result<user::Model, AccountError> {
+    let username = user::normalize_username(&new.username);
+    validate_username(&username)?;
     let model = user::ActiveModel {
         username_key: Set(user::username_key(&username)),
         username: Set(username),

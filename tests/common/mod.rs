@@ -15,6 +15,7 @@
 pub mod postgres_server;
 pub mod redis_cluster;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_http::ws;
@@ -431,18 +432,22 @@ impl TestApp {
             .expect("chat server alive")
     }
 
-    /// Creates an account directly (as `chat-server user create` does).
+    /// Creates an account directly, with the password PASSWORD.
     pub async fn create_user(&self, username: &str, first: &str, last: &str) -> i64 {
-        let user = accounts::create_user(
+        // PASSWORD hashed once per test process: argon2 at its real cost is
+        // most of the CPU an account's creation takes, and tests make many.
+        static HASH: OnceLock<String> = OnceLock::new();
+        let hash = HASH.get_or_init(|| chat_server::auth::password::hash_password(PASSWORD));
+        let user = accounts::insert_user(
             &self.db,
             NewUser {
                 username: username.into(),
-                password: PASSWORD.into(),
                 email: format!("{username}@example.com"),
                 first_name: first.into(),
                 last_name: last.into(),
                 ..Default::default()
             },
+            hash.clone(),
         )
         .await
         .expect("create user");
