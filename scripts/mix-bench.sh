@@ -8,11 +8,20 @@
 #   cargo build --release --workspace
 #   scripts/mix-bench.sh [ROUNDS]        (default 2: alone, mix, alone, mix)
 #
-# Prints one line per run: setup, mode, then chat-bench's JSON line.
+# Prints one line per run: setup, mode, then chat-bench's JSON line, which
+# includes the server's CPU time per delivered message. Settings (env):
+#   SETUPS="sqlite postgres"   RATE=1000 (messages/s in total)   DURATION=10
+#   HISTORY=500 (history pages timed after each run; 0: none)
+#   ALONE_ONLY=1: the runs without changes only (CPU per message, p99 at a rate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 DURATION=${DURATION:-10}
+RATE=${RATE:-1000}
+HISTORY=${HISTORY:-500}
+SETUPS=${SETUPS:-sqlite postgres}
+modes=("alone:" "mix:--reactions 500 --edits 50")
+[ "${ALONE_ONLY:-0}" = 1 ] && modes=("alone:")
 ROUNDS=${1:-2}
 SERVER=${SERVER:-target/release/chat-server}
 LOAD=${LOAD:-target/release/chat-bench}
@@ -59,14 +68,14 @@ stop() {
   pid=
 }
 
-for setup in sqlite postgres; do
+for setup in $SETUPS; do
   for round in $(seq 1 "$ROUNDS"); do
-    for mode in "alone:" "mix:--reactions 500 --edits 50"; do
+    for mode in "${modes[@]}"; do
       name=${mode%%:*} extra=${mode#*:}
       start "$setup" "${setup}_${name}_${round}"
       # shellcheck disable=SC2086
       line=$("$LOAD" load --url http://127.0.0.1:8311 --pairs 100 --duration "$DURATION" \
-        --rate 1000 --window 64 --history-pages 500 $extra 2>/dev/null | tail -n 1)
+        --rate "$RATE" --window 64 --history-pages "$HISTORY" --server-pid "$pid" $extra 2>/dev/null | tail -n 1)
       echo "$setup $name $line"
       stop
     done

@@ -133,6 +133,10 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
                 .create_if_missing(true)
+                // Temporary tables, indices and statement journals in memory:
+                // a batch's statements otherwise open, write and delete a
+                // statement journal file each time.
+                .pragma("temp_store", "memory")
         });
         options.map_sqlx_sqlite_before_acquire(|conn, _| Box::pin(outside_transaction(conn)));
     }

@@ -29,10 +29,17 @@ async fn a_short_load_run_delivers_everything_once() {
         edits: 0,
         history_pages: 0,
         words: 0,
+        // The server runs in this process: its CPU time is this process's.
+        server_pids: vec![std::process::id()],
     })
     .await
     .expect("load run");
     assert_eq!(report.connections, 6);
+    assert!(
+        report.server_cpu_us_per_delivery.is_some_and(|us| us > 0.0),
+        "CPU per delivery: {:?}",
+        report.server_cpu_us_per_delivery
+    );
     assert!(report.sent > 0);
     assert_eq!(report.acked, report.sent, "every message acknowledged");
     assert_eq!(
@@ -71,6 +78,7 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         edits: 0,
         history_pages: 0,
         words: 0,
+        server_pids: Vec::new(),
     })
     .await
     .expect("load run");
@@ -93,6 +101,7 @@ async fn a_mixed_run_reacts_edits_and_times_history() {
         edits: 10,
         history_pages: 5,
         words: 3,
+        server_pids: Vec::new(),
     })
     .await
     .expect("load run");

@@ -244,6 +244,8 @@ pub struct LoadOptions {
     /// Words of text after each message's numbers (0: the numbers alone),
     /// so the search index has real text to take in.
     pub words: usize,
+    /// The servers' process ids, to read their CPU time from /proc (empty: not measured).
+    pub server_pids: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -283,6 +285,9 @@ pub struct LoadReport {
     /// The newest page of history (50 messages, with reactions), when timed.
     pub history_p50_ms: Option<f64>,
     pub history_p99_ms: Option<f64>,
+    /// The servers' CPU time (user + system, all `--server-pid`s) from the
+    /// first message to the last delivery, per delivered message, in µs.
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +353,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         opts.duration
     );
 
+    let cpu_before = servers_cpu_time(&opts.server_pids);
     let origin = Instant::now();
     let histogram = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
@@ -507,6 +513,9 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu_used = servers_cpu_time(&opts.server_pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     for task in &tasks {
         task.abort();
     }
@@ -546,7 +555,19 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         change_errors: reactions.errors + edits.errors,
         history_p50_ms: history.as_ref().map(|h| ms(h, 0.5)),
         history_p99_ms: history.as_ref().map(|h| ms(h, 0.99)),
+        server_cpu_us_per_delivery: cpu_used
+            .filter(|_| delivered > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / delivered as f64),
     })
+}
+
+/// The CPU time of all these processes together (`None` if there are none,
+/// or one cannot be read).
+fn servers_cpu_time(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_time(pid)).sum()
 }
 
 /// When a sender sends: the run's clock, its stop, and its rate.

@@ -45,6 +45,10 @@ enum BenchCommand {
         /// Words of text after each message's numbers (0: the numbers alone).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=500))]
         words: u64,
+        /// A server's process id, to report its CPU time per delivered
+        /// message (repeat for every instance).
+        #[arg(long = "server-pid")]
+        server_pids: Vec<u32>,
     },
     /// A bystander's latency, quiet and while one account attacks through
     /// a group of connected members (issue #26's amplification patterns).
@@ -256,6 +260,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             edits,
             history_pages,
             words,
+            server_pids,
         } => {
             let options = chat_bench::LoadOptions {
                 urls,
@@ -268,6 +273,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 edits,
                 history_pages: history_pages as usize,
                 words: words as usize,
+                server_pids,
             };
             let r = chat_bench::load(options).await?;
             print_report(
@@ -310,6 +316,13 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                             (Some(p50), Some(p99)) => format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
                             _ => "not timed".into(),
                         },
+                    ),
+                    (
+                        "server CPU",
+                        r.server_cpu_us_per_delivery.map_or_else(
+                            || "not measured (no --server-pid)".into(),
+                            |us| format!("{us:.2} µs per delivered message"),
+                        ),
                     ),
                 ],
                 &r,
