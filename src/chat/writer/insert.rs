@@ -134,7 +134,7 @@ pub(super) async fn bump_sqlite<C: ConnectionTrait>(
         .collect())
 }
 
-/// PostgreSQL: the whole batch in one statement with six array parameters.
+/// PostgreSQL: the whole batch in one statement with seven array parameters.
 /// Its text never changes, so it is prepared once; a multi-row VALUES list
 /// has six parameters per row and a new text for every batch size, and
 /// re-preparing it cost four fifths of each batch's time.
@@ -143,57 +143,109 @@ pub(super) async fn insert_unnest<C: ConnectionTrait>(
     batch: &[(&Row, i64)],
 ) -> Result<Vec<message::Model>, DbErr> {
     use sea_orm::sea_query::{ArrayType, Value};
-    // One array per column, its values in the batch's order.
-    let column = |ty: ArrayType, value: &dyn Fn(&Row, i64) -> Value| {
-        let values = batch.iter().map(|(p, seq)| value(p, *seq)).collect();
-        Value::Array(ty, Some(Box::new(values)))
-    };
-    let values = vec![
-        column(ArrayType::Uuid, &|p, _| Value::Uuid(Some(p.message.chat.0))),
-        column(ArrayType::BigInt, &|p, _| {
-            Value::BigInt(Some(p.message.sender.0))
-        }),
-        column(ArrayType::String, &|p, _| {
-            Value::String(Some(p.message.content.clone()))
-        }),
-        // Arrays cannot hold NULLs here: no client_id travels as '' (never a
-        // real one: empty ids are dropped at the edge) and NULLIF restores it.
-        column(ArrayType::String, &|p, _| {
-            Value::String(Some(p.message.client_id.clone().unwrap_or_default()))
-        }),
-        column(ArrayType::BigInt, &|_, seq| Value::BigInt(Some(seq))),
-        column(ArrayType::ChronoDateTimeUtc, &|p, _| {
-            Value::ChronoDateTimeUtc(Some(p.created_at))
-        }),
-        // No reply travels as 0 (never a message id) and NULLIF restores it.
-        column(ArrayType::BigInt, &|p, _| {
-            Value::BigInt(Some(p.message.reply_to.unwrap_or(0)))
-        }),
-    ];
+    let mut values = message_arrays(batch.iter().map(|(p, _)| *p));
+    let seqs = batch
+        .iter()
+        .map(|(_, seq)| Value::BigInt(Some(*seq)))
+        .collect();
+    values.push(Value::Array(ArrayType::BigInt, Some(Box::new(seqs))));
     let statement = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         "INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at, reply_to) \
          SELECT chat, sender, content, NULLIF(client, ''), seq, created, NULLIF(reply, 0) \
-         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
-         $6::timestamptz[], $7::int8[]) AS batch(chat, sender, content, client, seq, created, reply) \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[], \
+         $6::int8[], $7::int8[]) AS batch(chat, sender, content, client, created, reply, seq) \
          RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
          edited_at, deleted, original_content",
         values,
     );
-    let mut rows = txn
-        .query_all_raw(statement)
-        .await?
+    returned_in_order(txn.query_all_raw(statement).await?, batch.len())
+}
+
+/// PostgreSQL: a batch of plain messages (no files, no changes beside them)
+/// in one statement, which autocommits: the conversations' rows locked in
+/// id order and moved on by their counts, and the messages inserted with
+/// the numbers between, in the batch's order. One round trip where
+/// `BEGIN`, `next_seqs`, `insert_unnest` and `COMMIT` take four, which is
+/// most of a small batch's cost (BENCHMARKS.md, "CPU per message against
+/// the rate"). A conversation that does not exist gives its messages no
+/// `seq` (the LEFT JOIN), which the column refuses, so the statement fails
+/// whole and nothing of it is stored: an `Err` here means nothing was
+/// committed. The rows come back as returned (`returned_in_order` sorts
+/// them); they are committed already.
+pub(super) async fn insert_plain_postgres<C: ConnectionTrait>(
+    db: &C,
+    rows: &[&Row],
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let statement = sea_orm::Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "WITH batch AS (SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], \
+         $5::timestamptz[], $6::int8[]) WITH ORDINALITY AS b(chat, sender, content, client, \
+         created, reply, ord)), \
+         counts AS (SELECT chat AS id, count(*) AS n FROM batch GROUP BY chat), \
+         locked AS (SELECT id FROM chats WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE), \
+         bumped AS (UPDATE chats SET seq = chats.seq + counts.n \
+         FROM locked JOIN counts ON counts.id = locked.id WHERE chats.id = locked.id \
+         RETURNING chats.id, chats.seq - counts.n AS before) \
+         INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at, reply_to) \
+         SELECT b.chat, b.sender, b.content, NULLIF(b.client, ''), \
+         bumped.before + row_number() OVER (PARTITION BY b.chat ORDER BY b.ord), \
+         b.created, NULLIF(b.reply, 0) \
+         FROM batch b LEFT JOIN bumped ON bumped.id = b.chat ORDER BY b.ord \
+         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
+         edited_at, deleted, original_content",
+        message_arrays(rows.iter().copied()),
+    );
+    db.query_all_raw(statement).await
+}
+
+/// The six arrays both PostgreSQL inserts take, one per column, each in
+/// the batch's order: conversation, sender, text, client id, time, reply.
+fn message_arrays<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Vec<sea_orm::Value> {
+    use sea_orm::sea_query::{ArrayType, Value};
+    let column = |ty: ArrayType, value: &dyn Fn(&Row) -> Value| {
+        Value::Array(ty, Some(Box::new(rows.clone().map(value).collect())))
+    };
+    vec![
+        column(ArrayType::Uuid, &|p| Value::Uuid(Some(p.message.chat.0))),
+        column(ArrayType::BigInt, &|p| {
+            Value::BigInt(Some(p.message.sender.0))
+        }),
+        column(ArrayType::String, &|p| {
+            Value::String(Some(p.message.content.clone()))
+        }),
+        // Arrays cannot hold NULLs here: no client_id travels as '' (never a
+        // real one: empty ids are dropped at the edge) and NULLIF restores it.
+        column(ArrayType::String, &|p| {
+            Value::String(Some(p.message.client_id.clone().unwrap_or_default()))
+        }),
+        column(ArrayType::ChronoDateTimeUtc, &|p| {
+            Value::ChronoDateTimeUtc(Some(p.created_at))
+        }),
+        // No reply travels as 0 (never a message id) and NULLIF restores it.
+        column(ArrayType::BigInt, &|p| {
+            Value::BigInt(Some(p.message.reply_to.unwrap_or(0)))
+        }),
+    ]
+}
+
+/// The rows an insert returned, in the batch's order, if there are as many
+/// as it had: one statement draws ids in input order, so sorting by id
+/// restores it.
+pub(super) fn returned_in_order(
+    returned: Vec<sea_orm::QueryResult>,
+    expected: usize,
+) -> Result<Vec<message::Model>, DbErr> {
+    let mut rows = returned
         .iter()
         .map(|row| message::Model::from_query_result(row, ""))
         .collect::<Result<Vec<_>, _>>()?;
-    if rows.len() != batch.len() {
+    if rows.len() != expected {
         return Err(DbErr::Custom(format!(
-            "inserted {} messages but {} came back",
-            batch.len(),
+            "inserted {expected} messages but {} came back",
             rows.len()
         )));
     }
-    // One statement draws ids in input order: sorting by id restores it.
     rows.sort_by_key(|m| m.id);
     Ok(rows)
 }
