@@ -13,6 +13,7 @@
 #   SETUPS="sqlite postgres"   RATE=1000 (messages/s in total)   DURATION=10
 #   HISTORY=500 (history pages timed after each run; 0: none)
 #   ALONE_ONLY=1: the runs without changes only (CPU per message, p99 at a rate)
+#   CLIENT_IDS=1: every message with a client_id, as the web client sends them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
@@ -22,6 +23,8 @@ HISTORY=${HISTORY:-500}
 SETUPS=${SETUPS:-sqlite postgres}
 modes=("alone:" "mix:--reactions 500 --edits 50")
 [ "${ALONE_ONLY:-0}" = 1 ] && modes=("alone:")
+client_ids=()
+[ "${CLIENT_IDS:-0}" = 1 ] && client_ids=(--client-ids)
 ROUNDS=${1:-2}
 SERVER=${SERVER:-target/release/chat-server}
 LOAD=${LOAD:-target/release/chat-bench}
@@ -75,7 +78,7 @@ for setup in $SETUPS; do
       start "$setup" "${setup}_${name}_${round}"
       # shellcheck disable=SC2086
       line=$("$LOAD" load --url http://127.0.0.1:8311 --pairs 100 --duration "$DURATION" \
-        --rate "$RATE" --window 64 --history-pages "$HISTORY" --server-pid "$pid" $extra 2>/dev/null | tail -n 1)
+        --rate "$RATE" --window 64 --history-pages "$HISTORY" --server-pid "$pid" "${client_ids[@]}" $extra 2>/dev/null | tail -n 1)
       echo "$setup $name $line"
       stop
     done

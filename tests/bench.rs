@@ -31,6 +31,7 @@ async fn a_short_load_run_delivers_everything_once() {
         words: 0,
         // The server runs in this process: its CPU time is this process's.
         server_pids: vec![std::process::id()],
+        client_ids: true,
     })
     .await
     .expect("load run");
@@ -79,6 +80,7 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         history_pages: 0,
         words: 0,
         server_pids: Vec::new(),
+        client_ids: false,
     })
     .await
     .expect("load run");
@@ -102,6 +104,7 @@ async fn a_mixed_run_reacts_edits_and_times_history() {
         history_pages: 5,
         words: 3,
         server_pids: Vec::new(),
+        client_ids: false,
     })
     .await
     .expect("load run");

@@ -119,6 +119,66 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
 
 backend_tests!(a_failed_batch_is_retried_one_message_at_a_time => failed_batches_retry_one_by_one);
 
+async fn resends_and_new_messages_in_one_batch(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, _, pk) = app.pair("alice", "bob").await;
+    let (_, _, other) = app.pair("carol", "dave").await;
+    let (chat, other) = (ChatId(pk.parse().unwrap()), ChatId(other.parse().unwrap()));
+    let (writer, _task) = MessageWriter::with_capacity(
+        app.db.clone(),
+        app.chat_server.clone().recipient(),
+        Metrics::default(),
+        16,
+    );
+    let new = |chat: ChatId, content: &str, client_id: Option<&str>| NewMessage {
+        chat,
+        sender: UserId(alice),
+        content: content.into(),
+        client_id: client_id.map(Into::into),
+        reply_to: None,
+        attachments: Vec::new(),
+    };
+    let first = writer
+        .store(new(chat, "first", Some("c-1")))
+        .unwrap()
+        .await
+        .unwrap();
+    let Ok(Stored::New(first)) = first else {
+        panic!("{first:?}")
+    };
+    // One batch (submitted before the writer runs again): a resend of the
+    // first, new messages with and without a client_id, and one for a
+    // second conversation between them.
+    let pending = [
+        writer.store(new(chat, "second", None)).unwrap(),
+        writer.store(new(chat, "first", Some("c-1"))).unwrap(),
+        writer.store(new(other, "elsewhere", Some("c-1"))).unwrap(),
+        writer.store(new(chat, "third", Some("c-3"))).unwrap(),
+    ];
+    let mut got = Vec::new();
+    for p in pending {
+        got.push(match p.await.expect("an answer") {
+            Ok(Stored::New(p)) => ("new", p.message.content, p.message.seq),
+            Ok(Stored::Duplicate(m)) => ("resend", m.content, m.seq),
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        got,
+        [
+            ("new", "second".to_string(), 2),
+            ("resend", "first".to_string(), first.message.seq),
+            ("new", "elsewhere".to_string(), 1),
+            ("new", "third".to_string(), 3),
+        ],
+        "{}",
+        backend.name()
+    );
+    assert_eq!(message::Entity::find().count(&app.db).await.unwrap(), 4);
+}
+
+backend_tests!(resends_and_new_messages_share_a_batch => resends_and_new_messages_in_one_batch);
+
 async fn two_writers_one_client_id(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, _, pk) = app.pair("alice", "bob").await;

@@ -312,6 +312,7 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
             origin,
             window: opts.window,
             words: 0,
+            client_ids: false,
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink,

@@ -246,6 +246,8 @@ pub struct LoadOptions {
     pub words: usize,
     /// The servers' process ids, to read their CPU time from /proc (empty: not measured).
     pub server_pids: Vec<u32>,
+    /// Whether each message carries a `client_id`, as the web client's do.
+    pub client_ids: bool,
 }
 
 #[derive(Default)]
@@ -488,6 +490,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
             origin,
             window: opts.window,
             words: opts.words,
+            client_ids: opts.client_ids,
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink, window, pk, None, pacing, sent,
@@ -581,6 +584,8 @@ struct Pacing {
     window: usize,
     /// Words of text appended to each message.
     words: usize,
+    /// Whether each message carries a `client_id`, as the web client's do.
+    client_ids: bool,
 }
 
 /// What `--words` appends: words of everyday English, a different mix in
@@ -633,7 +638,11 @@ async fn send_paced(
             content.push(' ');
             content.push_str(&words(seq, pacing.words));
         }
-        let text = json!({"type": "message", "data": {"to": pk, "content": content}}).to_string();
+        let mut data = json!({"to": pk, "content": content});
+        if pacing.client_ids {
+            data["client_id"] = json!(format!("bench-{seq}"));
+        }
+        let text = json!({"type": "message", "data": data}).to_string();
         if sink.send(ws::Message::Text(text.into())).await.is_err() {
             break;
         }

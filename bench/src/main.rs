@@ -49,6 +49,9 @@ enum BenchCommand {
         /// message (repeat for every instance).
         #[arg(long = "server-pid")]
         server_pids: Vec<u32>,
+        /// Give each message a `client_id`, as the web client does.
+        #[arg(long)]
+        client_ids: bool,
     },
     /// A bystander's latency, quiet and while one account attacks through
     /// a group of connected members (issue #26's amplification patterns).
@@ -261,6 +264,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             history_pages,
             words,
             server_pids,
+            client_ids,
         } => {
             let options = chat_bench::LoadOptions {
                 urls,
@@ -274,6 +278,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 history_pages: history_pages as usize,
                 words: words as usize,
                 server_pids,
+                client_ids,
             };
             let r = chat_bench::load(options).await?;
             print_report(

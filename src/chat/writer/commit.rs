@@ -320,6 +320,21 @@ pub(super) async fn store_unique(
     ids: MySqlIds,
     changes: &Changes,
 ) -> Result<(Vec<Option<Result<Stored, StoreError>>>, Results), DbErr> {
+    let candidates: Vec<usize> = (0..batch.len()).filter(|&i| same_as[i].is_none()).collect();
+    let plain = changes.batch.is_empty()
+        && candidates
+            .iter()
+            .all(|&i| batch[i].message.attachments.is_empty());
+    if plain
+        && !candidates.is_empty()
+        && db.get_database_backend() == DatabaseBackend::Postgres
+        && !commit_gate::armed()
+    {
+        return Ok((
+            store_plain_postgres(db, batch, &candidates).await?,
+            Vec::new(),
+        ));
+    }
     let keys: HashSet<ClientKey> = batch.iter().filter_map(client_key).collect();
     let existing = existing_by_client_id(db, &keys).await?;
     let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
@@ -334,36 +349,6 @@ pub(super) async fn store_unique(
         }
     }
     if to_insert.is_empty() && changes.batch.is_empty() {
-        return Ok((results, Vec::new()));
-    }
-    let plain = changes.batch.is_empty()
-        && to_insert
-            .iter()
-            .all(|&i| batch[i].message.attachments.is_empty());
-    if plain && db.get_database_backend() == DatabaseBackend::Postgres && !commit_gate::armed() {
-        let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
-        // An error: the statement stored nothing, and the caller retries.
-        let returned = insert_plain_postgres(db, &rows).await?;
-        // From here it is committed: a surprise is answered, never retried
-        // (a retry would store the messages twice; a resend with its
-        // client_id finds them).
-        match returned_in_order(returned, rows.len()) {
-            Ok(stored) => {
-                for (&i, message) in to_insert.iter().zip(stored) {
-                    results[i] = Some(Ok(Stored::New(Posted {
-                        message,
-                        quote: None,
-                        attachments: Vec::new(),
-                    })));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, size = rows.len(), "a committed batch came back unreadable");
-                for &i in &to_insert {
-                    results[i] = Some(Err(StoreError::Internal(e.to_string())));
-                }
-            }
-        }
         return Ok((results, Vec::new()));
     }
     let chat_of = match changes.batch.is_empty() {

@@ -162,46 +162,11 @@ pub(super) async fn insert_unnest<C: ConnectionTrait>(
     returned_in_order(txn.query_all_raw(statement).await?, batch.len())
 }
 
-/// PostgreSQL: a batch of plain messages (no files, no changes beside them)
-/// in one statement, which autocommits: the conversations' rows locked in
-/// id order and moved on by their counts, and the messages inserted with
-/// the numbers between, in the batch's order. One round trip where
-/// `BEGIN`, `next_seqs`, `insert_unnest` and `COMMIT` take four, which is
-/// most of a small batch's cost (BENCHMARKS.md, "CPU per message against
-/// the rate"). A conversation that does not exist gives its messages no
-/// `seq` (the LEFT JOIN), which the column refuses, so the statement fails
-/// whole and nothing of it is stored: an `Err` here means nothing was
-/// committed. The rows come back as returned (`returned_in_order` sorts
-/// them); they are committed already.
-pub(super) async fn insert_plain_postgres<C: ConnectionTrait>(
-    db: &C,
-    rows: &[&Row],
-) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-    let statement = sea_orm::Statement::from_sql_and_values(
-        DatabaseBackend::Postgres,
-        "WITH batch AS (SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], \
-         $5::timestamptz[], $6::int8[]) WITH ORDINALITY AS b(chat, sender, content, client, \
-         created, reply, ord)), \
-         counts AS (SELECT chat AS id, count(*) AS n FROM batch GROUP BY chat), \
-         locked AS (SELECT id FROM chats WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE), \
-         bumped AS (UPDATE chats SET seq = chats.seq + counts.n \
-         FROM locked JOIN counts ON counts.id = locked.id WHERE chats.id = locked.id \
-         RETURNING chats.id, chats.seq - counts.n AS before) \
-         INSERT INTO messages (chat_id, sender_id, content, client_id, seq, created_at, reply_to) \
-         SELECT b.chat, b.sender, b.content, NULLIF(b.client, ''), \
-         bumped.before + row_number() OVER (PARTITION BY b.chat ORDER BY b.ord), \
-         b.created, NULLIF(b.reply, 0) \
-         FROM batch b LEFT JOIN bumped ON bumped.id = b.chat ORDER BY b.ord \
-         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
-         edited_at, deleted, original_content",
-        message_arrays(rows.iter().copied()),
-    );
-    db.query_all_raw(statement).await
-}
-
 /// The six arrays both PostgreSQL inserts take, one per column, each in
 /// the batch's order: conversation, sender, text, client id, time, reply.
-fn message_arrays<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Vec<sea_orm::Value> {
+pub(super) fn message_arrays<'a>(
+    rows: impl Iterator<Item = &'a Row> + Clone,
+) -> Vec<sea_orm::Value> {
     use sea_orm::sea_query::{ArrayType, Value};
     let column = |ty: ArrayType, value: &dyn Fn(&Row) -> Value| {
         Value::Array(ty, Some(Box::new(rows.clone().map(value).collect())))
@@ -229,23 +194,31 @@ fn message_arrays<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Vec<sea_or
     ]
 }
 
-/// The rows an insert returned, in the batch's order, if there are as many
-/// as it had: one statement draws ids in input order, so sorting by id
-/// restores it.
-pub(super) fn returned_in_order(
+/// The rows an insert returned, in the batch's order (`returned_by_id`),
+/// if there are as many as it had.
+fn returned_in_order(
     returned: Vec<sea_orm::QueryResult>,
     expected: usize,
 ) -> Result<Vec<message::Model>, DbErr> {
-    let mut rows = returned
-        .iter()
-        .map(|row| message::Model::from_query_result(row, ""))
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = returned_by_id(returned)?;
     if rows.len() != expected {
         return Err(DbErr::Custom(format!(
             "inserted {expected} messages but {} came back",
             rows.len()
         )));
     }
+    Ok(rows)
+}
+
+/// The rows an insert returned, sorted by id: one statement draws ids in
+/// input order, so that is the order its rows were given in.
+pub(super) fn returned_by_id(
+    returned: Vec<sea_orm::QueryResult>,
+) -> Result<Vec<message::Model>, DbErr> {
+    let mut rows = returned
+        .iter()
+        .map(|row| message::Model::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>()?;
     rows.sort_by_key(|m| m.id);
     Ok(rows)
 }

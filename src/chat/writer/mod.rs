@@ -37,9 +37,11 @@ mod commit;
 #[doc(hidden)]
 pub mod commit_gate;
 mod insert;
+mod plain;
 
 use commit::*;
 use insert::*;
+use plain::*;
 
 /// Most inserts committed in one transaction: large enough to amortise the
 /// commit, small enough to keep one batch's latency low.
