@@ -179,7 +179,9 @@ pub async fn create_user(
 /// Inserts an account whose password is already hashed (`password_hash`, a
 /// PHC string from [`password::hash_password`]); `new.password` is not read.
 /// For callers that hash once and create many accounts with one password,
-/// such as the test fixtures: the username is checked as in [`create_user`].
+/// such as the test fixtures. The username's form is checked here; a taken
+/// or confusable one is refused by the unique key (`UsernameTaken`), where
+/// [`create_user`] tells the two apart before it hashes.
 pub async fn insert_user(
     db: &DatabaseConnection,
     new: NewUser,
