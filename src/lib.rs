@@ -43,6 +43,7 @@ use crate::chat::log::HoleFiller;
 use crate::chat::membership::Membership;
 use crate::chat::messages::CloseAll;
 use crate::chat::presence::Presence;
+use crate::chat::read_marks::ReadMarks;
 use crate::chat::server::ChatServer;
 use crate::chat::writer::MessageWriter;
 use crate::config::{ConfigError, SecretSource, Settings};
@@ -89,6 +90,7 @@ pub struct Application {
     chat_server: Addr<ChatServer>,
     bridge: Option<Addr<RedisBridge>>,
     writer_task: tokio::task::JoinHandle<()>,
+    read_marks_task: tokio::task::JoinHandle<()>,
     /// The Web Push sender (`push::dispatch`), and what tells it to stop.
     push_task: Option<tokio::task::JoinHandle<()>>,
     stop_push: tokio::sync::watch::Sender<bool>,
@@ -149,6 +151,7 @@ impl Application {
             settings.limits.message_queue_capacity,
             settings.limits.edit_window(),
         );
+        let (read_marks, read_marks_task) = ReadMarks::start(db.clone());
         actix_web::rt::spawn(chat::revocation::run(
             db.clone(),
             actors.chat_server.clone(),
@@ -178,6 +181,7 @@ impl Application {
                 membership,
                 bus: actors.bus,
                 writer,
+                read_marks,
                 metrics,
                 draining: draining.clone(),
                 redis,
@@ -193,6 +197,7 @@ impl Application {
             chat_server: actors.chat_server,
             bridge: actors.bridge,
             writer_task,
+            read_marks_task,
             push_task,
             stop_push,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_seconds),
@@ -272,6 +277,12 @@ impl Application {
             .is_err()
         {
             tracing::error!("message writer did not finish in time");
+        }
+        if tokio::time::timeout(self.shutdown_timeout, self.read_marks_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("read-mark writer did not finish in time");
         }
         tracing::info!("stopped");
         Ok(())

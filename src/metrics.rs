@@ -236,12 +236,17 @@ impl Metrics {
         self.0.redis_reconnects.inc();
     }
 
-    /// One committed batch of `count` jobs, `changes` of them changes to
-    /// messages (B8) and the rest new messages, that took `elapsed`.
-    pub fn record_store_batch(&self, count: usize, changes: usize, elapsed: Duration) {
-        self.0
-            .messages_stored
-            .inc_by(count.saturating_sub(changes) as u64);
+    /// One committed batch of `count` jobs, of which `messages` new
+    /// messages and `changes` changes to messages (B8) were committed (the
+    /// rest: resends and refusals), that took `elapsed`.
+    pub fn record_store_batch(
+        &self,
+        count: usize,
+        messages: usize,
+        changes: usize,
+        elapsed: Duration,
+    ) {
+        self.0.messages_stored.inc_by(messages as u64);
         self.0.changes_stored.inc_by(changes as u64);
         self.0.store_seconds.observe(elapsed.as_secs_f64());
         self.0.store_batch_size.observe(count as f64);
@@ -281,7 +286,7 @@ mod tests {
         m.frame_in(UNPARSED);
         m.bad_frame(Some("not_found"));
         m.bad_frame(None);
-        m.record_store_batch(4, 1, Duration::from_millis(3));
+        m.record_store_batch(4, 3, 1, Duration::from_millis(3));
         m.message_delivered(Duration::from_millis(1));
         m.redis_state(true);
         let text = m.render(ServerCounts {

@@ -17,6 +17,7 @@ use crate::chat::groups::{ChangeBudget, Groups};
 use crate::chat::membership::{Audience, Membership};
 use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
+use crate::chat::read_marks::ReadMarks;
 use crate::chat::server::ChatServer;
 use crate::chat::store;
 use crate::chat::writer::MessageWriter;
@@ -43,6 +44,10 @@ pub struct AppState {
     pub bus: Bus,
     /// Commits messages and changes to them, for sessions and REST alike.
     pub writer: MessageWriter,
+    /// Commits read marks in batches.
+    pub read_marks: ReadMarks,
+    /// Contact lists being assembled at once (`DB_POOL_SIZE`).
+    pub contact_loads: store::ContactLoads,
     /// Group requests, with their change budgets.
     pub groups: Groups,
     pub metrics: Metrics,
@@ -94,6 +99,7 @@ pub struct Shared {
     pub membership: Arc<Membership>,
     pub bus: Bus,
     pub writer: MessageWriter,
+    pub read_marks: ReadMarks,
     pub metrics: Metrics,
     pub draining: Arc<AtomicBool>,
     pub redis: Option<crate::bus::target::RedisTarget>,
@@ -127,6 +133,8 @@ impl AppState {
             membership: shared.membership,
             bus: shared.bus,
             writer: shared.writer,
+            read_marks: shared.read_marks,
+            contact_loads: store::ContactLoads::new(settings.database.db_pool_size as usize),
             metrics: shared.metrics,
             limits: Limits::from_settings(settings),
             proxies: settings.server.trusted_proxies(),

@@ -60,6 +60,8 @@ async fn idempotent_resend(backend: &Backend) {
     // Both answers are in: a push for the second would already be queued
     // before this one.
     common::next_is_message(&mut a, &mut b, &pk, "after the race").await;
+    // The metric counts what was committed: four messages, not the resends.
+    assert_eq!(app.metric("chat_messages_stored_total").await, 4.0);
 }
 
 backend_tests!(resending_a_client_id_stores_nothing_new => idempotent_resend);

@@ -889,6 +889,153 @@ async fn presence_in_groups(backend: &Backend) {
 
 backend_tests!(presence_is_pushed_in_groups_of_at_most_100 => presence_in_groups);
 
+/// The next `read` or `message` frame of `client` (skipping the rest).
+async fn next_read_or_message(client: &mut common::WsClient) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == "read" || frame["type"] == "message" {
+            return frame;
+        }
+    }
+}
+
+/// Read marks (C7): pushed to the other members in a group of at most 100,
+/// only to the reader's other sessions in a larger one; a mark that does
+/// not move pushes nothing. The batch writer stores each.
+async fn read_marks_in_groups(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let mut crowd = common::insert_users(&app.db, "crowd", 99).await;
+    crowd.push(bob);
+    // They have all written to alice: she adds them at once (C9).
+    common::have_written(&app.db, &crowd, alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let small = a
+        .ask_change(json!({"type": "create_group", "data": {"title": "small", "members": [bob]}}))
+        .await["pk"]
+        .clone();
+    let large = a
+        .ask_change(json!({"type": "create_group", "data": {"title": "large", "members": crowd}}))
+        .await["pk"]
+        .clone();
+    let mut b = app.authorized(&bob_token).await;
+    let mut b2 = app.authorized(&bob_token).await;
+    let mut last = Vec::new();
+    for pk in [&small, &large] {
+        let sent = a
+            .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+            .await;
+        last.push(sent["id"].clone());
+    }
+    let read =
+        |pk: &Value, up_to: &Value| json!({"type": "read", "data": {"id": pk, "up_to": up_to}});
+    let pushed = |pk: &Value, up_to: &Value| json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": up_to}});
+
+    // The small group: alice and bob's other session hear it.
+    assert_eq!(b.ask(read(&small, &last[0])).await["status"], "success");
+    assert_eq!(a.recv_type("read").await, pushed(&small, &last[0]));
+    assert_eq!(b2.recv_type("read").await, pushed(&small, &last[0]));
+    // The same mark again: answered, pushed to nobody (the next of the two
+    // kinds alice sees is her next message, which went out after it).
+    assert_eq!(b.ask(read(&small, &last[0])).await["status"], "success");
+    a.ask(json!({"type": "message", "data": {"to": small, "content": "after"}}))
+        .await;
+    assert_eq!(next_read_or_message(&mut a).await["type"], "message");
+    assert_eq!(next_read_or_message(&mut b2).await["type"], "message");
+
+    // The large group: bob's other session hears it; alice does not.
+    assert_eq!(b.ask(read(&large, &last[1])).await["status"], "success");
+    assert_eq!(b2.recv_type("read").await, pushed(&large, &last[1]));
+    a.nothing_before_pong().await;
+    // Alice learns it on demand (C19).
+    let seen = a
+        .ask(json!({"type": "get_contact", "data": {"id": large}}))
+        .await;
+    assert_eq!(seen["read_up_to"], last[1], "{}", backend.name());
+    // Both marks are stored.
+    let marks: Vec<Option<i64>> = chat_member::Entity::find()
+        .filter(chat_member::Column::UserId.eq(bob))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.last_read_message_id.is_some())
+        .map(|m| m.last_read_message_id)
+        .collect();
+    let mut expected: Vec<Option<i64>> = last.iter().map(Value::as_i64).collect();
+    let mut marks = marks;
+    marks.sort();
+    expected.sort();
+    assert_eq!(marks, expected);
+}
+
+backend_tests!(read_marks_reach_everyone_only_in_groups_of_at_most_100 => read_marks_in_groups);
+
+/// Many read marks at once, from many sessions: each answered once it is
+/// stored, in batches (`read_marks.rs`), the furthest of each reader kept.
+#[actix_rt::test]
+async fn concurrent_read_marks_are_all_stored() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let mut readers = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        let (id, token) = app.user(&format!("reader{i}")).await;
+        readers.push(id);
+        tokens.push(token);
+    }
+    common::have_written(&app.db, &readers, alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let pk = a
+        .ask_change(json!({"type": "create_group", "data": {"title": "many", "members": readers}}))
+        .await["pk"]
+        .clone();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let sent = a
+            .ask(json!({"type": "message", "data": {"to": pk, "content": format!("m{i}")}}))
+            .await;
+        ids.push(sent["id"].as_i64().unwrap());
+    }
+    let mut sessions = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut ws = app.authorized(token).await;
+        // Each reader sends three marks without waiting, the furthest in
+        // the middle: the store keeps it.
+        for up_to in [ids[0], ids[2 - i % 2], ids[1]] {
+            ws.send(json!({"type": "read", "data": {"id": pk, "up_to": up_to}}))
+                .await;
+        }
+        sessions.push(ws);
+    }
+    for ws in &mut sessions {
+        for _ in 0..3 {
+            assert_eq!(
+                ws.recv_type("read_response").await["data"]["status"],
+                "success"
+            );
+        }
+    }
+    let stored: Vec<(i64, Option<i64>)> = chat_member::Entity::find()
+        .filter(chat_member::Column::UserId.is_in(readers.clone()))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.chat_id.to_string() == pk.as_str().unwrap())
+        .map(|m| (m.user_id, m.last_read_message_id))
+        .collect();
+    let mut stored = stored;
+    stored.sort();
+    let expected: Vec<(i64, Option<i64>)> = readers
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| (r, Some(if i % 2 == 0 { ids[2] } else { ids[1] })))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
 async fn rest(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, alice_token) = app.user("alice").await;

@@ -29,7 +29,7 @@ pub async fn list_contacts(
 
 /// `user`'s conversations as they see them.
 pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
-    let rows = store::contacts_of(&state.db, user).await?;
+    let rows = store::contacts_of(&state.db, &state.contact_loads, user).await?;
     let presence = store::presence_view(&state.db, user, &state.presence).await?;
     Ok(rows
         .into_iter()

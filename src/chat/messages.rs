@@ -237,6 +237,8 @@ pub struct SetBlocked {
 pub struct DeliverToUser {
     pub user: UserId,
     pub frame: Bytes,
+    /// A session of this instance not to send it to (the one that asked).
+    pub skip: Option<SessionId>,
     /// Whether to tell the other instances (false when the news came from them).
     pub broadcast: bool,
 }

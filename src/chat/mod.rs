@@ -13,6 +13,7 @@ pub mod messages;
 pub mod mute;
 pub mod presence;
 pub mod protocol;
+pub mod read_marks;
 pub mod revocation;
 pub mod search;
 pub mod server;

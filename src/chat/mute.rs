@@ -41,6 +41,7 @@ pub fn announce(server: &Addr<ChatServer>, user: UserId, state: &MuteState) {
     server.do_send(DeliverToUser {
         user,
         frame: ServerEvent::Muted(state).to_json(),
+        skip: None,
         broadcast: true,
     });
 }

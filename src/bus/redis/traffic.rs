@@ -85,6 +85,7 @@ impl RedisBridge {
                 self.server.to_user.do_send(DeliverToUser {
                     user,
                     frame: Bytes::copy_from_slice(frame),
+                    skip: None,
                     broadcast: false,
                 });
             }

@@ -306,6 +306,7 @@ pub async fn announce(
             server.do_send(DeliverToUser {
                 user: UserId(user),
                 frame: frame.clone(),
+                skip: None,
                 broadcast: true,
             });
         }

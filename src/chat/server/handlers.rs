@@ -277,7 +277,7 @@ impl Handler<DeliverToUser> for ChatServer {
 
     fn handle(&mut self, msg: DeliverToUser, _: &mut Context<Self>) {
         let mut overflowed = Vec::new();
-        self.push(msg.user, &msg.frame, &mut overflowed);
+        self.push(msg.user, msg.skip, &msg.frame, &mut overflowed);
         self.drop_overflowed(overflowed);
         if msg.broadcast {
             self.bus.publish(BusEvent::ToUser {

@@ -127,12 +127,21 @@ impl ChatServer {
 
     /// Pushes a frame to every local session of `user`; sessions whose queue
     /// overflowed are noted in `overflowed` (their outbox is already closing).
-    fn push(&self, user: UserId, frame: &Bytes, overflowed: &mut Vec<(UserId, SessionId)>) {
+    /// `frame` to every session of `user` here but `skip`.
+    fn push(
+        &self,
+        user: UserId,
+        skip: Option<SessionId>,
+        frame: &Bytes,
+        overflowed: &mut Vec<(UserId, SessionId)>,
+    ) {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
         for (id, link) in &entry.sessions {
-            self.push_session(user, *id, link, frame, overflowed);
+            if Some(*id) != skip {
+                self.push_session(user, *id, link, frame, overflowed);
+            }
         }
     }
 
@@ -479,7 +488,7 @@ impl ChatServer {
         let mut overflowed = Vec::new();
         if let Some(push) = &change.removed_push {
             for user in &change.removed {
-                self.push(*user, push, &mut overflowed);
+                self.push(*user, None, push, &mut overflowed);
             }
         }
         let mut deferred = Vec::new();
@@ -498,7 +507,7 @@ impl ChatServer {
         }
         if let (Some(push), Some(room)) = (&change.push, self.rooms.get(&change.chat)) {
             for user in room.users.iter().filter(|u| !deferred.contains(u)) {
-                self.push(*user, push, &mut overflowed);
+                self.push(*user, None, push, &mut overflowed);
             }
             if !deferred.is_empty() {
                 let (bus, push) = (self.bus.clone(), push.clone());
@@ -506,7 +515,7 @@ impl ChatServer {
                 ctx.spawn(subscribed.into_actor(self).map(move |(), act, _| {
                     let mut overflowed = Vec::new();
                     for user in deferred {
-                        act.push(user, &push, &mut overflowed);
+                        act.push(user, None, &push, &mut overflowed);
                     }
                     act.drop_overflowed(overflowed);
                 }));

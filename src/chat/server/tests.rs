@@ -62,6 +62,7 @@ async fn pushes_wait_until_the_authorization_answer_is_queued() {
     let push = DeliverToUser {
         user,
         frame: Bytes::from_static(b"\"a push\""),
+        skip: None,
         broadcast: false,
     };
     server.send(push).await.expect("server runs");

@@ -277,39 +277,61 @@ impl WsSession {
         }
         let kind = RequestKind::Read;
         self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
-            let mark = move |db| async move { store::mark_read(&db, chat, user, up_to).await };
+            let marks = act.state.read_marks.clone();
+            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to).await?) };
             act.query(
                 kind,
                 mark,
-                move |act, (), ctx| {
+                move |act, moved, ctx| {
                     let ack = ReadAck {
                         status: "success",
                         pk: chat,
                         up_to,
                     };
                     act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
-                    let event = ReadEvent {
-                        pk: chat,
-                        user_id: user.0,
-                        up_to,
-                    };
-                    // The reader's other tabs hear it too, to stay in step.
-                    let frame = ServerEvent::Read(event).to_json();
-                    let frames = ConversationFrames {
-                        chat,
-                        seq: None,
-                        user: Some(user),
-                        own: Some(frame.clone()),
-                        others: frame,
-                    };
-                    act.state.server.do_send(Deliver {
-                        frames,
-                        skip: Some(act.id),
-                    });
+                    if moved {
+                        act.tell_read(chat, user, up_to);
+                    }
                 },
                 ctx,
             );
         });
+    }
+
+    /// A read mark that moved: to the other members (in a group too large
+    /// for presence, only to the reader's other sessions: C7) and to the
+    /// reader's other tabs, to stay in step.
+    fn tell_read(&self, chat: ChatId, user: UserId, up_to: i64) {
+        let event = ReadEvent {
+            pk: chat,
+            user_id: user.0,
+            up_to,
+        };
+        let frame = ServerEvent::Read(event).to_json();
+        let to_everyone = match self.state.membership.audience(chat) {
+            Some(Audience::Group(members)) => group_presence(members),
+            _ => true,
+        };
+        if to_everyone {
+            let frames = ConversationFrames {
+                chat,
+                seq: None,
+                user: Some(user),
+                own: Some(frame.clone()),
+                others: frame,
+            };
+            self.state.server.do_send(Deliver {
+                frames,
+                skip: Some(self.id),
+            });
+        } else {
+            self.state.server.do_send(DeliverToUser {
+                user,
+                frame,
+                skip: Some(self.id),
+                broadcast: true,
+            });
+        }
     }
 
     pub(super) fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {

@@ -18,10 +18,10 @@ use super::groups::{self, GroupError};
 use super::internal_reply;
 use super::invitations;
 use super::log;
-use super::membership::{Audience, MembershipChange};
+use super::membership::{group_presence, Audience, MembershipChange};
 use super::messages::{
-    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick, Release,
-    SessionId,
+    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, DeliverToUser, Disconnect,
+    Kick, Release, SessionId,
 };
 use super::mute;
 use super::presence::PresenceView;
@@ -298,8 +298,9 @@ impl WsSession {
     }
 
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let loads = self.state.contact_loads.clone();
         let query = move |db| async move {
-            let rows = store::contacts_of(&db, user).await?;
+            let rows = store::contacts_of(&db, &loads, user).await?;
             Ok((rows, store::blocked_peers(&db, user).await?))
         };
         self.query(

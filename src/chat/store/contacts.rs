@@ -61,7 +61,36 @@ pub(super) struct UnreadCount {
 }
 
 /// Every conversation `user` belongs to, most recently active first.
-pub async fn contacts_of(db: &DatabaseConnection, user: UserId) -> Result<Vec<ContactRow>, DbErr> {
+/// How many contact lists are assembled at once. A list takes several
+/// queries, and each holds what the earlier ones read while it waits for a
+/// pooled connection for the next: a burst of thousands of `get_contacts`
+/// (every client of a restarted instance coming back) held thousands of
+/// half-built lists in memory at once, and the allocator kept that peak
+/// for the life of the process (BENCHMARKS.md "A realistic mix"). Lists
+/// beyond the bound wait before they read anything.
+#[derive(Clone)]
+pub struct ContactLoads(Arc<tokio::sync::Semaphore>);
+
+impl ContactLoads {
+    /// At most `at_once` lists at a time (the pool's size: no more could
+    /// be reading anyway).
+    pub fn new(at_once: usize) -> Self {
+        ContactLoads(Arc::new(tokio::sync::Semaphore::new(at_once.max(1))))
+    }
+}
+
+/// `user`'s conversations, as [`contact_rows`] assembles them, one of
+/// `loads` at a time.
+pub async fn contacts_of(
+    db: &DatabaseConnection,
+    loads: &ContactLoads,
+    user: UserId,
+) -> Result<Vec<ContactRow>, DbErr> {
+    let _turn = loads
+        .0
+        .acquire()
+        .await
+        .map_err(|_| DbErr::Custom("contact loads closed".into()))?;
     let memberships = chat_member::Entity::find()
         .filter(chat_member::Column::UserId.eq(user.0))
         .all(db)

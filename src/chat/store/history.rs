@@ -308,14 +308,16 @@ pub async fn latest_seq<C: ConnectionTrait>(db: &C, chat: ChatId) -> Result<i64,
         .unwrap_or(0))
 }
 
-/// Moves `user`'s read mark in `chat` forward to `up_to` (never backward).
-pub async fn mark_read(
-    db: &DatabaseConnection,
+/// Moves `user`'s read mark in `chat` forward to `up_to` (never backward);
+/// whether it moved (false: it was there or further, or `user` is not a
+/// member).
+pub async fn mark_read<C: ConnectionTrait>(
+    db: &C,
     chat: ChatId,
     user: UserId,
     up_to: i64,
-) -> Result<(), DbErr> {
-    chat_member::Entity::update_many()
+) -> Result<bool, DbErr> {
+    let moved = chat_member::Entity::update_many()
         .col_expr(chat_member::Column::LastReadMessageId, Expr::value(up_to))
         .filter(chat_member::Column::ChatId.eq(chat.0))
         .filter(chat_member::Column::UserId.eq(user.0))
@@ -326,5 +328,5 @@ pub async fn mark_read(
         )
         .exec(db)
         .await?;
-    Ok(())
+    Ok(moved.rows_affected > 0)
 }

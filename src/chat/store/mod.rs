@@ -5,6 +5,7 @@
 //! Messages are written by the group-commit writer (`writer/`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use entity::{block, chat, chat_member, message, message_event, reaction, user};
 use sea_orm::sea_query::{Expr, Func};

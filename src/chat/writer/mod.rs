@@ -365,7 +365,6 @@ async fn run_batches<C, F, A>(
         batch.sort_by_key(|p| matches!(p.job, Job::Change(_)));
         let (rows, waiters): (Vec<Job>, Vec<Waiter>) =
             batch.drain(..).map(|p| (p.job, p.waiter)).unzip();
-        let changes = rows.iter().filter(|j| matches!(j, Job::Change(_))).count();
         // A task per batch: should a batch ever panic, its senders are told
         // nothing was stored, and the writer goes on.
         let results = match tokio::spawn(commit(rows)).await {
@@ -379,10 +378,20 @@ async fn run_batches<C, F, A>(
                 vec![Err(StoreError::Internal("the batch failed".into())); count]
             }
         };
+        // What was committed: resends answered with their original, and
+        // refusals, are not.
+        let messages = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Stored::New(_))))
+            .count();
+        let changes = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Stored::Changed(_))))
+            .count();
         for (waiter, result) in waiters.into_iter().zip(results) {
             answer(waiter, result);
         }
-        metrics.record_store_batch(count, changes, started.elapsed());
+        metrics.record_store_batch(count, messages, changes, started.elapsed());
     }
 }
 

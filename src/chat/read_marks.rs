@@ -1,0 +1,139 @@
+//! Read marks (B4 `read`), committed in batches: one task takes every mark
+//! that arrived while the previous batch was being written, keeps the
+//! furthest per (conversation, reader), and writes them in one
+//! transaction. Clients mark read most of what they show (BENCHMARKS.md
+//! "A realistic mix": half of all deliveries), so a transaction per mark
+//! is a commit per mark: at 2,000 marks a second that took every pooled
+//! connection and failed messages behind them.
+//!
+//! A mark is answered once its batch has committed, as a message is.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{ChatId, UserId};
+use super::store;
+
+/// Most marks taken into one batch.
+const MAX_BATCH: usize = 1024;
+/// Marks waiting beyond the one being written; more are answered busy.
+const QUEUE: usize = 16 * 1024;
+
+/// Why a mark was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadMarkError {
+    #[error("read marks are queued to the limit")]
+    Busy,
+    #[error("the read-mark writer has stopped")]
+    Stopped,
+    #[error("writing read marks: {0}")]
+    Database(String),
+}
+
+impl From<ReadMarkError> for DbErr {
+    fn from(e: ReadMarkError) -> Self {
+        DbErr::Custom(e.to_string())
+    }
+}
+
+struct Mark {
+    chat: ChatId,
+    user: UserId,
+    up_to: i64,
+    done: oneshot::Sender<Result<bool, ReadMarkError>>,
+}
+
+/// The handle sessions mark through; cloned into each.
+#[derive(Clone)]
+pub struct ReadMarks {
+    queue: mpsc::Sender<Mark>,
+}
+
+impl ReadMarks {
+    /// Starts the writing task on the current runtime. It ends once every
+    /// handle is dropped and the queue is written.
+    pub fn start(db: DatabaseConnection) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, marks) = mpsc::channel(QUEUE);
+        (ReadMarks { queue }, tokio::spawn(run(db, marks)))
+    }
+
+    /// Moves `user`'s mark in `chat` forward to `up_to`; whether it moved
+    /// (a mark already there or further, in the store or in the same
+    /// batch, did not).
+    pub async fn mark(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        up_to: i64,
+    ) -> Result<bool, ReadMarkError> {
+        let (done, answer) = oneshot::channel();
+        let mark = Mark {
+            chat,
+            user,
+            up_to,
+            done,
+        };
+        self.queue.try_send(mark).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ReadMarkError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ReadMarkError::Stopped,
+        })?;
+        answer.await.map_err(|_| ReadMarkError::Stopped)?
+    }
+}
+
+async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while marks.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // The furthest mark of each reader, and which request asked it.
+        let mut furthest: HashMap<(ChatId, UserId), (i64, usize)> = HashMap::new();
+        for (i, mark) in batch.iter().enumerate() {
+            let entry = furthest
+                .entry((mark.chat, mark.user))
+                .or_insert((mark.up_to, i));
+            if mark.up_to > entry.0 {
+                *entry = (mark.up_to, i);
+            }
+        }
+        let written = write(&db, &furthest).await;
+        if let Err(e) = &written {
+            tracing::error!(error = %e, marks = batch.len(), "writing read marks failed");
+        }
+        for (i, mark) in batch.drain(..).enumerate() {
+            let answer = match &written {
+                Ok(moved) => Ok(furthest
+                    .get(&(mark.chat, mark.user))
+                    .is_some_and(|&(_, asker)| asker == i && moved.contains(&i))),
+                Err(e) => Err(ReadMarkError::Database(e.to_string())),
+            };
+            // A session that went away meanwhile does not take its answer.
+            let _ = mark.done.send(answer);
+        }
+    }
+}
+
+/// Writes the marks in one transaction (one statement alone without);
+/// returns the requests whose mark moved.
+async fn write(
+    db: &DatabaseConnection,
+    furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
+) -> Result<HashSet<usize>, DbErr> {
+    let mut moved = HashSet::new();
+    if furthest.len() == 1 {
+        for (&(chat, user), &(up_to, asker)) in furthest {
+            if store::mark_read(db, chat, user, up_to).await? {
+                moved.insert(asker);
+            }
+        }
+        return Ok(moved);
+    }
+    let txn = db.begin().await?;
+    for (&(chat, user), &(up_to, asker)) in furthest {
+        if store::mark_read(&txn, chat, user, up_to).await? {
+            moved.insert(asker);
+        }
+    }
+    txn.commit().await?;
+    Ok(moved)
+}
