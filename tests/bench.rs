@@ -123,6 +123,67 @@ async fn a_mixed_run_reacts_edits_and_times_history() {
     assert_eq!(changes as u64, report.reactions_sent + report.edits_sent);
 }
 
+/// `mix` on a population `mix-fill` loaded: every message acknowledged,
+/// every conversation's log complete on every session (reconnects caught
+/// up with sync), the figures present.
+#[actix_rt::test]
+async fn a_short_mix_run_keeps_every_log_complete() {
+    use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (users, seed) = (40, 7);
+    let mut sql = Vec::new();
+    bench::fill_population(users, seed, bench::Dialect::Sqlite, &mut sql).expect("the SQL");
+    app.db
+        .execute_unprepared(&String::from_utf8(sql).expect("UTF-8"))
+        .await
+        .expect("the population loads");
+    let report = bench::mix(bench::MixOptions {
+        urls: vec![app.url("")],
+        users,
+        seed,
+        duration: Duration::from_secs(2),
+        rate: 20.0,
+        typing: 0.3,
+        reads: 0.5,
+        // Every session about once in the run.
+        reconnects_per_minute: 30.0,
+        sources: 2,
+        // The server runs in this process.
+        server_pids: vec![std::process::id()],
+        redis: None,
+    })
+    .await
+    .expect("mix run");
+    assert!(report.sent > 0, "{report:?}");
+    assert_eq!(
+        (report.acked, report.errors),
+        (report.sent, 0),
+        "{:?}",
+        report.error_samples
+    );
+    assert_eq!(
+        (report.lost, report.duplicates, report.jumps, report.dropped),
+        (0, 0, 0, 0)
+    );
+    assert!(report.deliveries > report.acked, "{report:?}");
+    assert!(report.reconnects > 0 && report.catch_up_p99_ms.is_some());
+    assert!(
+        report.typing_sent > 0 && report.reads_sent > 0,
+        "{report:?}"
+    );
+    assert!((users..=2 * users).contains(&report.sessions), "{report:?}");
+    assert!(report.server_cpu_us_per_delivery.is_some_and(|us| us > 0.0));
+    assert!(report.kib_per_session.is_some());
+    let stored = app.metric("chat_messages_stored_total").await;
+    assert_eq!(stored as u64, report.acked);
+    // Resends after a reconnect (same client_id) stored nothing new.
+    let rows = entity::message::Entity::find()
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, report.acked);
+}
+
 /// A server the generator may push hard: no request or registration limit in the way.
 async fn generator_target() -> TestApp {
     TestApp::spawn_with(

@@ -81,8 +81,9 @@ struct Tally {
     seen: HashMap<(usize, usize, u64), ()>,
 }
 
-/// (all commands, PUBLISHes) Redis has executed, from `INFO commandstats`.
-fn redis_calls(url: &str) -> Result<(u64, u64), BenchError> {
+/// The text of Redis's `INFO section` (a plain TCP exchange: the bench
+/// needs no Redis client for one command).
+pub(crate) fn redis_info(url: &str, section: &str) -> Result<String, BenchError> {
     let address = url
         .trim_start_matches("redis://")
         .trim_end_matches('/')
@@ -96,7 +97,7 @@ fn redis_calls(url: &str) -> Result<(u64, u64), BenchError> {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| setup("redis", e))?;
     stream
-        .write_all(b"INFO commandstats\r\n")
+        .write_all(format!("INFO {section}\r\n").as_bytes())
         .map_err(|e| setup("redis INFO", e))?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 16384];
@@ -112,7 +113,12 @@ fn redis_calls(url: &str) -> Result<(u64, u64), BenchError> {
             }
         }
     }
-    let text = String::from_utf8_lossy(&reply);
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// (all commands, PUBLISHes) Redis has executed, from `INFO commandstats`.
+pub(crate) fn redis_calls(url: &str) -> Result<(u64, u64), BenchError> {
+    let text = redis_info(url, "commandstats")?;
     let (mut all, mut publishes) = (0, 0);
     for line in text.lines().filter(|l| l.starts_with("cmdstat_")) {
         let Some((name, stats)) = line.split_once(':') else {

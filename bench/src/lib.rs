@@ -7,7 +7,7 @@
 //!   Receivers measure send→receive latency and count lost, duplicated and
 //!   out-of-order messages. With `--reactions`/`--edits` the receivers react
 //!   to and the senders edit messages at those total rates (the realistic
-//!   mix, `mix.rs`); `--history-pages` times the newest page of history after.
+//!   mix, `changes.rs`); `--history-pages` times the newest page of history after.
 //! - `idle`: many authorized idle sessions; server RSS per connection, then
 //!   the latency of messages between two of them.
 //! - `group`: one group of many connected members; send to the last
@@ -15,11 +15,16 @@
 //! - `churn`: pairs through one address while instances restart behind it;
 //!   reconnects, resends with `client_id`, and checks the history for loss
 //!   and duplicates.
+//! - `mix`: a population of users (one or two sessions each, direct
+//!   conversations and long-tailed groups) loaded by `mix-fill`, sending
+//!   as a Poisson process with typing, read marks and reconnects; latency
+//!   per group size, loss, CPU and memory per user, Redis per message.
 //! - `startup`: time from process start to `/readyz` 200 on SQLite.
 //! - `attack`: a bystander's latency while one account abuses a group
 //!   (renames, fan-out, typing, reconnects), against its quiet value.
 
 mod attack;
+mod changes;
 mod churn;
 mod files;
 mod group;
@@ -30,6 +35,7 @@ pub use attack::{attack, AttackOptions, AttackReport, Pattern};
 pub use churn::{churn, ChurnOptions, ChurnReport};
 pub use files::{files, FilesOptions, FilesReport};
 pub use group::{group, GroupOptions, GroupReport};
+pub use mix::{fill_population, mix, MixOptions, MixReport};
 pub use search::{fill, search, Dialect, Model, SearchOptions, SearchReport};
 
 use std::cell::RefCell;
@@ -111,7 +117,7 @@ struct Account {
     token: String,
 }
 
-const BENCH_PASSWORD: &str = "bench password 123";
+pub(crate) const BENCH_PASSWORD: &str = "bench password 123";
 
 async fn register(client: &awc::Client, base: &str, username: &str) -> Result<Account, BenchError> {
     let body = json!({"username": username, "password": BENCH_PASSWORD, "first_name": "Bench", "last_name": username});
@@ -336,7 +342,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         let receiver = open_session(clients.get(2 * i + 1), &ws_url(&url(i + 1)), &b.token).await?;
         sockets.push((sender, receiver, pk.clone()));
         // The mix: a second session of each person for their changes.
-        let (edits, reactions) = (mix::Ids::default(), mix::Ids::default());
+        let (edits, reactions) = (changes::Ids::default(), changes::Ids::default());
         let editor = match opts.edits {
             0 => None,
             _ => Some(open_session(clients.get(2 * i), &ws_url(&url(i)), &a.token).await?),
@@ -366,8 +372,8 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     let per_sender_interval =
         (opts.rate > 0).then(|| Duration::from_secs_f64(opts.pairs as f64 / opts.rate as f64));
     let mut tasks = Vec::new();
-    let edit_counts = Rc::new(RefCell::new(mix::Counts::default()));
-    let reaction_counts = Rc::new(RefCell::new(mix::Counts::default()));
+    let edit_counts = Rc::new(RefCell::new(changes::Counts::default()));
+    let reaction_counts = Rc::new(RefCell::new(changes::Counts::default()));
     let interval_of = |rate: u64| Duration::from_secs_f64(opts.pairs as f64 / rate.max(1) as f64);
     let mut changes = Vec::new();
     for (i, (edit_ids, editor, react_ids, reactor)) in changers.into_iter().enumerate() {
@@ -375,14 +381,14 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         for (socket, kind, ids, rate, counts) in [
             (
                 editor,
-                mix::Kind::Edit,
+                changes::Kind::Edit,
                 edit_ids.clone(),
                 opts.edits,
                 &edit_counts,
             ),
             (
                 reactor,
-                mix::Kind::React,
+                changes::Kind::React,
                 react_ids.clone(),
                 opts.reactions,
                 &reaction_counts,
@@ -390,7 +396,8 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         ] {
             if let Some(socket) = socket {
                 let interval = interval_of(rate);
-                let run = mix::changes(socket, kind, ids, interval, start, stop_at, counts.clone());
+                let run =
+                    changes::changes(socket, kind, ids, interval, start, stop_at, counts.clone());
                 tasks.push(actix_rt::spawn(run));
             }
         }
@@ -505,7 +512,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
             stats.borrow().values().fold((0, 0, 0), |(n, a, d), p| {
                 (n + p.acked + p.errors, a + p.acked, d + p.delivered)
             });
-        let changed = |c: &Rc<RefCell<mix::Counts>>| {
+        let changed = |c: &Rc<RefCell<changes::Counts>>| {
             let c = c.borrow();
             c.ok + c.errors >= c.sent
         };
@@ -526,7 +533,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         (0, _) | (_, None) => None,
         (pages, Some((_, b, pk))) => {
             let socket = open_session(clients.get(1), &ws_url(&url(1)), &b.token).await?;
-            Some(mix::time_history(socket, pk, pages).await?)
+            Some(changes::time_history(socket, pk, pages).await?)
         }
     };
     let (edits, reactions) = (*edit_counts.borrow(), *reaction_counts.borrow());

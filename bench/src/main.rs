@@ -204,6 +204,50 @@ enum BenchCommand {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// A realistic mix on a population `mix-fill` loaded: Poisson messages
+    /// into direct conversations and long-tailed groups, typing, read marks,
+    /// reconnects with catch-up (BENCHMARKS.md "A realistic mix").
+    Mix {
+        /// Server base URL; repeat for several instances (a user's two
+        /// sessions then go to two of them).
+        #[arg(long = "url", default_value = "http://127.0.0.1:8000")]
+        urls: Vec<String>,
+        #[command(flatten)]
+        population: MixPopulation,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
+        duration: u64,
+        /// Messages per second, in total (a Poisson process over the users).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// The share of messages preceded by `typing` (sent 1–3 s after it).
+        #[arg(long, default_value_t = 0.3)]
+        typing: f64,
+        /// The share of received messages marked read.
+        #[arg(long, default_value_t = 0.5)]
+        reads: f64,
+        /// The share of sessions that drop and reconnect each minute.
+        #[arg(long, default_value_t = 0.01)]
+        reconnects: f64,
+        /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=250))]
+        sources: u64,
+        /// A server's process id, for its CPU time and RSS (repeat for every instance).
+        #[arg(long = "server-pid")]
+        server_pids: Vec<u32>,
+        /// The instances' Redis, for its CPU time and commands per message.
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// Print SQL that loads `mix`'s population into a freshly migrated,
+    /// empty database.
+    MixFill {
+        #[command(flatten)]
+        population: MixPopulation,
+        /// Which database's SQL.
+        #[arg(long, value_enum)]
+        dialect: chat_bench::Dialect,
+    },
     /// Start `chat-server` on a fresh SQLite file and time it to /readyz 200.
     Startup {
         /// The `chat-server` binary to start (default: the one beside `chat-bench`).
@@ -238,6 +282,16 @@ impl SearchModel {
             seed: self.seed,
         }
     }
+}
+
+/// The population `mix-fill` loads and `mix` rebuilds: give both the same.
+#[derive(Debug, clap::Args)]
+struct MixPopulation {
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(3..=1_000_000))]
+    users: u64,
+    /// The generator's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 fn print_report(summary: &[(&str, String)], report: &impl serde::Serialize) {
@@ -518,6 +572,48 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 &r,
             );
         }
+        BenchCommand::MixFill {
+            population,
+            dialect,
+        } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            chat_bench::fill_population(
+                population.users as usize,
+                population.seed,
+                dialect,
+                &mut out,
+            )
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .map_err(|e| BenchError::Setup(format!("writing the SQL: {e}")))?;
+        }
+        BenchCommand::Mix {
+            urls,
+            population,
+            duration,
+            rate,
+            typing,
+            reads,
+            reconnects,
+            sources,
+            server_pids,
+            redis,
+        } => {
+            let options = chat_bench::MixOptions {
+                urls,
+                users: population.users as usize,
+                seed: population.seed,
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                typing,
+                reads,
+                reconnects_per_minute: reconnects,
+                sources: sources as usize,
+                server_pids,
+                redis,
+            };
+            let r = chat_bench::mix(options).await?;
+            print_mix(&r);
+        }
         BenchCommand::SearchFill { model, dialect } => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             chat_bench::fill(&model.model(), dialect, &mut out)
@@ -662,6 +758,110 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
         }
     }
     Ok(())
+}
+
+/// `mix`'s summary: one line per figure, then the JSON line.
+fn print_mix(r: &chat_bench::MixReport) {
+    let opt =
+        |v: Option<f64>, unit: &str| v.map_or("not measured".into(), |v| format!("{v:.2} {unit}"));
+    let kib = |v: Option<u64>| v.map_or("?".into(), |v| format!("{v}"));
+    let mut lines = vec![
+        (
+            "population".to_string(),
+            format!(
+                "{} users, {} sessions, {} direct conversations, {} groups, {} instance(s)",
+                r.users, r.sessions, r.direct_conversations, r.groups, r.instances
+            ),
+        ),
+        (
+            "sent / acked".into(),
+            format!(
+                "{} / {} ({:.1} msg/s), {} errors {:?}",
+                r.sent, r.acked, r.messages_per_sec, r.errors, r.error_samples
+            ),
+        ),
+        (
+            "deliveries".into(),
+            format!(
+                "{} ({:.0}/s over {:.1} s)",
+                r.deliveries, r.deliveries_per_sec, r.seconds
+            ),
+        ),
+        (
+            "typing / reads".into(),
+            format!("{} / {}", r.typing_sent, r.reads_sent),
+        ),
+        (
+            "lost / dup / gaps".into(),
+            format!("{} / {} / {}", r.lost, r.duplicates, r.jumps),
+        ),
+        (
+            "reconnects".into(),
+            format!(
+                "{} asked, {} dropped; caught up p50 {} / p99 {}",
+                r.reconnects,
+                r.dropped,
+                opt(r.catch_up_p50_ms, "ms"),
+                opt(r.catch_up_p99_ms, "ms")
+            ),
+        ),
+    ];
+    for b in r.latency.iter().chain(std::iter::once(&r.all)) {
+        lines.push((
+            b.bucket.to_string(),
+            format!(
+                "{} deliveries: p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms",
+                b.deliveries, b.p50_ms, b.p99_ms, b.p999_ms, b.max_ms
+            ),
+        ));
+    }
+    lines.extend([
+        (
+            "server CPU".into(),
+            format!(
+                "{} per delivery, {} per message, {} of one core",
+                opt(r.server_cpu_us_per_delivery, "µs"),
+                opt(r.server_cpu_us_per_message, "µs"),
+                opt(r.server_cpu_percent, "%")
+            ),
+        ),
+        (
+            "server RSS".into(),
+            format!(
+                "{} KiB after logins, {} with half the sessions, {} with all, {} at the end",
+                kib(r.rss_before_sessions_kib),
+                kib(r.rss_half_kib),
+                kib(r.rss_sessions_kib),
+                kib(r.rss_end_kib)
+            ),
+        ),
+        (
+            "per session".into(),
+            format!(
+                "{} (slope {})",
+                opt(r.kib_per_session, "KiB"),
+                opt(r.slope_kib_per_session, "KiB")
+            ),
+        ),
+        (
+            "kernel TCP mem".into(),
+            format!(
+                "{} → {} KiB",
+                kib(r.tcp_socket_kib_before),
+                kib(r.tcp_socket_kib_after)
+            ),
+        ),
+        (
+            "redis".into(),
+            format!(
+                "{} commands, {} CPU per message",
+                opt(r.redis_commands_per_message, ""),
+                opt(r.redis_cpu_us_per_message, "µs")
+            ),
+        ),
+    ]);
+    let summary: Vec<(&str, String)> = lines.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
+    print_report(&summary, r);
 }
 
 /// `chat-server` beside this binary (both are built into the same directory).

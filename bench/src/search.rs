@@ -38,23 +38,23 @@ const MAX_CONVERSATIONS_PER_USER: usize = 50;
 /// Distinct words in the vocabulary.
 const VOCABULARY: usize = 30_000;
 /// The first bench user's id (ids are given, so the two commands agree).
-const FIRST_USER_ID: i64 = 100_001;
+pub(crate) const FIRST_USER_ID: i64 = 100_001;
 
 /// A small deterministic generator (splitmix64): the same seed, the same model.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -182,11 +182,11 @@ fn world(model: &Model) -> World {
     }
 }
 
-fn hex(id: &[u8; 16]) -> String {
+pub(crate) fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn uuid_text(id: &[u8; 16]) -> String {
+pub(crate) fn uuid_text(id: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
 }
 
@@ -209,13 +209,34 @@ pub enum Dialect {
 }
 
 /// Every row's time, as each dialect writes it.
-fn at(dialect: Dialect) -> &'static str {
+pub(crate) fn at(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Mysql => "'2026-11-01 00:00:00'",
         _ => "'2026-11-01T00:00:00+00:00'",
     }
 }
 const ROWS_PER_INSERT: usize = 500;
+
+/// Prints `head` (an `INSERT … VALUES`) with the rows of `values`, in
+/// statements of at most [`ROWS_PER_INSERT`] rows.
+pub(crate) fn rows(
+    out: &mut dyn Write,
+    head: &str,
+    values: &mut dyn Iterator<Item = String>,
+) -> std::io::Result<()> {
+    let mut batch = Vec::with_capacity(ROWS_PER_INSERT);
+    for v in values {
+        batch.push(v);
+        if batch.len() == ROWS_PER_INSERT {
+            writeln!(out, "{head} {};", batch.join(","))?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        writeln!(out, "{head} {};", batch.join(","))?;
+    }
+    Ok(())
+}
 
 /// Prints the SQL that fills a freshly migrated database holding one
 /// account, `seed`.
@@ -273,22 +294,8 @@ pub fn fill(model: &Model, dialect: Dialect, out: &mut impl Write) -> std::io::R
              false, 0, created_at FROM users WHERE username = 'seed';"
         )?;
     }
-    let rows = |out: &mut dyn Write, head: &str, values: &mut dyn Iterator<Item = String>| {
-        let mut batch = Vec::with_capacity(ROWS_PER_INSERT);
-        for v in values {
-            batch.push(v);
-            if batch.len() == ROWS_PER_INSERT {
-                writeln!(out, "{head} {};", batch.join(","))?;
-                batch.clear();
-            }
-        }
-        if !batch.is_empty() {
-            writeln!(out, "{head} {};", batch.join(","))?;
-        }
-        Ok::<(), std::io::Error>(())
-    };
     rows(
-        out,
+        &mut *out,
         "INSERT INTO chats (id, kind, title, direct_key, created_at, seq) VALUES",
         &mut world.conversations.iter().enumerate().map(|(i, c)| {
             let (title, key) = if c.group {
@@ -310,7 +317,7 @@ pub fn fill(model: &Model, dialect: Dialect, out: &mut impl Write) -> std::io::R
         }),
     )?;
     rows(
-        out,
+        &mut *out,
         "INSERT INTO chat_members (chat_id, user_id, joined_at, role) VALUES",
         &mut world.conversations.iter().flat_map(|c| {
             c.members.iter().enumerate().map(|(i, &u)| {
@@ -327,7 +334,7 @@ pub fn fill(model: &Model, dialect: Dialect, out: &mut impl Write) -> std::io::R
     let world = &world;
     let rng = RefCell::new(rng);
     rows(
-        out,
+        &mut *out,
         "INSERT INTO messages (id, chat_id, sender_id, content, created_at, seq) VALUES",
         &mut placed.iter().enumerate().map(|(i, &c)| {
             let mut rng = rng.borrow_mut();
@@ -392,7 +399,11 @@ pub struct SearchReport {
     pub slowest: Vec<(f64, String, String, u64)>,
 }
 
-async fn login(client: &awc::Client, base: &str, username: &str) -> Result<String, BenchError> {
+pub(crate) async fn login(
+    client: &awc::Client,
+    base: &str,
+    username: &str,
+) -> Result<String, BenchError> {
     let mut res = client
         .post(format!("{base}/api/login/"))
         .send_json(&json!({"username": username, "password": BENCH_PASSWORD}))

@@ -1,4 +1,4 @@
-//! The realistic mix of `load` (PROTOCOL.md B8): beside the messages, each
+//! The changes of `load`'s realistic mix (PROTOCOL.md B8): beside the messages, each
 //! pair's receiver reacts to messages it got and each sender edits messages
 //! it sent, at fixed total rates, each from a session of its own (a second
 //! device of the same person), so the messages' latency is measured with
