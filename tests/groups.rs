@@ -974,9 +974,8 @@ backend_tests!(read_marks_reach_everyone_only_in_groups_of_at_most_100 => read_m
 
 /// Many read marks at once, from many sessions: each answered once it is
 /// stored, in batches (`read_marks.rs`), the furthest of each reader kept.
-#[actix_rt::test]
-async fn concurrent_read_marks_are_all_stored() {
-    let app = TestApp::spawn(&Backend::Sqlite).await;
+async fn concurrent_read_marks(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
     let (alice, alice_token) = app.user("alice").await;
     let mut readers = Vec::new();
     let mut tokens = Vec::new();
@@ -1033,8 +1032,60 @@ async fn concurrent_read_marks_are_all_stored() {
         .enumerate()
         .map(|(i, &r)| (r, Some(if i % 2 == 0 { ids[2] } else { ids[1] })))
         .collect();
+    assert_eq!(stored, expected, "{}", backend.name());
+}
+
+backend_tests!(concurrent_read_marks_are_all_stored => concurrent_read_marks);
+
+/// One batch of marks (all queued before the writer runs): each reader's
+/// furthest is written, and only the request that asked it is told it
+/// moved; a mark behind the stored one, or of someone not a member, moves
+/// nothing.
+async fn read_mark_batches(backend: &Backend) {
+    use chat_server::chat::protocol::{ChatId, UserId};
+    use chat_server::chat::read_marks::ReadMarks;
+    let app = TestApp::spawn(backend).await;
+    let (alice, bob, pk) = app.pair("alice", "bob").await;
+    let chat = ChatId(pk.parse().unwrap());
+    let (marks, _task) = ReadMarks::start(app.db.clone());
+    let stranger = alice + bob + 1000;
+    let batch = [
+        (alice, 5),
+        (alice, 9),
+        (alice, 7),
+        (bob, 3),
+        (bob, 3),
+        (stranger, 4),
+    ];
+    let answers =
+        futures_util::future::join_all(batch.map(|(u, r)| marks.mark(chat, UserId(u), r))).await;
+    let moved: Vec<bool> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(
+        moved,
+        [false, true, false, true, false, false],
+        "{}",
+        backend.name()
+    );
+    let again = [(alice, 8), (bob, 4)];
+    let answers =
+        futures_util::future::join_all(again.map(|(u, r)| marks.mark(chat, UserId(u), r))).await;
+    let moved: Vec<bool> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(moved, [false, true], "never backward");
+    let mut stored: Vec<(i64, Option<i64>)> = chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(chat.0))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.user_id, m.last_read_message_id))
+        .collect();
+    stored.sort();
+    let mut expected = vec![(alice, Some(9)), (bob, Some(4))];
+    expected.sort();
     assert_eq!(stored, expected);
 }
+
+backend_tests!(read_marks_are_written_in_batches => read_mark_batches);
 
 async fn rest(backend: &Backend) {
     let app = TestApp::spawn(backend).await;

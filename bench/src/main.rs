@@ -819,10 +819,11 @@ fn print_mix(r: &chat_bench::MixReport) {
         (
             "server CPU".into(),
             format!(
-                "{} per delivery, {} per message, {} of one core",
+                "{} per delivery, {} per message, {} of one core (the generator: {})",
                 opt(r.server_cpu_us_per_delivery, "µs"),
                 opt(r.server_cpu_us_per_message, "µs"),
-                opt(r.server_cpu_percent, "%")
+                opt(r.server_cpu_percent, "%"),
+                opt(r.generator_cpu_percent, "%")
             ),
         ),
         (

@@ -10,7 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{ChatId, UserId};
@@ -30,12 +32,6 @@ pub enum ReadMarkError {
     Stopped,
     #[error("writing read marks: {0}")]
     Database(String),
-}
-
-impl From<ReadMarkError> for DbErr {
-    fn from(e: ReadMarkError) -> Self {
-        DbErr::Custom(e.to_string())
-    }
 }
 
 struct Mark {
@@ -113,16 +109,22 @@ async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
     }
 }
 
-/// Writes the marks in one transaction (one statement alone without);
-/// returns the requests whose mark moved.
+/// Writes the marks; returns the requests whose mark moved. PostgreSQL and
+/// SQLite take them in one statement; MySQL (no `UPDATE … FROM`, no
+/// `RETURNING`) one statement each, in one transaction.
 async fn write(
     db: &DatabaseConnection,
     furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
 ) -> Result<HashSet<usize>, DbErr> {
     let mut moved = HashSet::new();
-    if furthest.len() == 1 {
-        for (&(chat, user), &(up_to, asker)) in furthest {
-            if store::mark_read(db, chat, user, up_to).await? {
+    let backend = db.get_database_backend();
+    if backend != DatabaseBackend::MySql {
+        for row in db.query_all_raw(one_statement(backend, furthest)).await? {
+            let key = (
+                ChatId(row.try_get("", "chat_id")?),
+                UserId(row.try_get("", "user_id")?),
+            );
+            if let Some(&(_, asker)) = furthest.get(&key) {
                 moved.insert(asker);
             }
         }
@@ -136,4 +138,34 @@ async fn write(
     }
     txn.commit().await?;
     Ok(moved)
+}
+
+/// Every mark of the batch moved forward in one `UPDATE … FROM` over a
+/// `VALUES` list (PostgreSQL, SQLite), returning the rows that moved:
+/// like `store::mark_read`, never backward.
+fn one_statement(
+    backend: DatabaseBackend,
+    furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
+) -> Statement {
+    let mut rows = Vec::with_capacity(furthest.len());
+    let mut values: Vec<Value> = Vec::with_capacity(furthest.len() * 3);
+    for (&(chat, user), &(up_to, _)) in furthest {
+        let n = values.len();
+        rows.push(match backend {
+            DatabaseBackend::Postgres => {
+                format!("(${}::uuid, ${}::bigint, ${}::bigint)", n + 1, n + 2, n + 3)
+            }
+            _ => "(?, ?, ?)".to_string(),
+        });
+        values.extend([chat.0.into(), user.0.into(), up_to.into()]);
+    }
+    let sql = format!(
+        "WITH v (c, u, r) AS (VALUES {}) \
+         UPDATE chat_members SET last_read_message_id = v.r FROM v \
+         WHERE chat_members.chat_id = v.c AND chat_members.user_id = v.u \
+         AND (chat_members.last_read_message_id IS NULL OR chat_members.last_read_message_id < v.r) \
+         RETURNING chat_id, user_id",
+        rows.join(", ")
+    );
+    Statement::from_sql_and_values(backend, sql, values)
 }

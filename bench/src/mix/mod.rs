@@ -35,8 +35,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use crate::group::redis_info;
 use crate::search::{login, uuid_text, Rng};
 use crate::{
-    open_session, raise_fd_limit, rss_kib, servers_cpu_time, setup, tcp_socket_kib, ws_url,
-    BenchError, Clients,
+    cpu_time, open_session, raise_fd_limit, rss_kib, servers_cpu_time, setup, tcp_socket_kib,
+    ws_url, BenchError, Clients,
 };
 use population::{Population, BUCKETS};
 use session::{Connection, Out, Shared, State, Tally};
@@ -101,12 +101,19 @@ pub struct MixReport {
     pub jumps: u64,
     pub reconnects: u64,
     pub dropped: u64,
+    /// Messages never answered (each still waiting at the end), with a
+    /// few of their frames.
+    pub unanswered: u64,
+    pub unanswered_samples: Vec<String>,
     pub catch_up_p50_ms: Option<f64>,
     pub catch_up_p99_ms: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
     pub server_cpu_us_per_message: Option<f64>,
     /// The servers' CPU over the run, in percent of one core.
     pub server_cpu_percent: Option<f64>,
+    /// This generator's own CPU over the run, in percent of one core (near
+    /// 100: the generator, single-threaded, is what bounds the run).
+    pub generator_cpu_percent: Option<f64>,
     /// The servers' RSS after the logins, with half the sessions open, with
     /// all open, and at the end.
     pub rss_before_sessions_kib: Option<u64>,
@@ -270,6 +277,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         opts.rate, opts.duration
     );
     let cpu_start = servers_cpu_time(&opts.server_pids);
+    let own_start = cpu_time(std::process::id());
     let redis_start = opts.redis.as_deref().map(redis_figures).transpose()?;
     let run_start = Instant::now();
     let stop_at = run_start + opts.duration;
@@ -358,6 +366,9 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         _ => None,
     };
     let rss_end = rss(&opts.server_pids);
+    let own = cpu_time(std::process::id())
+        .zip(own_start)
+        .map(|(end, start)| end.saturating_sub(start));
     drop(senders);
 
     let last_seq = shared.last_seq.borrow();
@@ -417,11 +428,21 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         jumps: tally.jumps,
         reconnects: tally.reconnects,
         dropped: tally.dropped,
+        unanswered: states
+            .iter()
+            .map(|s| s.borrow().unanswered.len() as u64)
+            .sum(),
+        unanswered_samples: states
+            .iter()
+            .flat_map(|s| s.borrow().unanswered.values().cloned().collect::<Vec<_>>())
+            .take(3)
+            .collect(),
         catch_up_p50_ms: catch_up.map(|h| h.value_at_quantile(0.5) as f64 / 1000.0),
         catch_up_p99_ms: catch_up.map(|h| h.value_at_quantile(0.99) as f64 / 1000.0),
         server_cpu_us_per_delivery: per(tally.deliveries),
         server_cpu_us_per_message: per(tally.acked),
         server_cpu_percent: cpu.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
+        generator_cpu_percent: own.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
         rss_before_sessions_kib: rss_before,
         rss_half_kib: rss_half,
         rss_sessions_kib: rss_sessions,

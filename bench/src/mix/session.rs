@@ -112,7 +112,7 @@ pub(crate) struct State {
     /// Since when the session has been reconnecting (until caught up).
     pub reconnecting: Option<Instant>,
     /// Messages sent and not answered yet, by `client_id`.
-    unanswered: HashMap<String, String>,
+    pub unanswered: HashMap<String, String>,
     rng: Rng,
 }
 

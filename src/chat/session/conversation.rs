@@ -2,6 +2,10 @@
 //! `sync` (B7), read marks and typing.
 
 use super::*;
+use crate::chat::read_marks::ReadMarkError;
+
+/// The answer to a read mark the server has no room to queue.
+const BUSY: &str = "too many read marks at once; try again in a moment";
 
 impl WsSession {
     pub(super) fn send_message(
@@ -278,11 +282,18 @@ impl WsSession {
         let kind = RequestKind::Read;
         self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
             let marks = act.state.read_marks.clone();
-            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to).await?) };
+            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to).await) };
             act.query(
                 kind,
                 mark,
                 move |act, moved, ctx| {
+                    let moved = match moved {
+                        Ok(moved) => moved,
+                        Err(ReadMarkError::Busy) => {
+                            return act.send_error(kind, ErrorCode::RateLimited, BUSY, ctx)
+                        }
+                        Err(e) => return act.internal_error(kind, &e, ctx),
+                    };
                     let ack = ReadAck {
                         status: "success",
                         pk: chat,
