@@ -272,3 +272,30 @@ async fn a_full_disk_refuses_messages_and_loses_none() {
     stream.answers(&mut alice, resend.len()).await;
     stream.all_stored(&app, &pk, 70).await;
 }
+
+/// A pooled connection whose future is dropped after its runtime is gone
+/// (an instance torn down mid-query) is closed and its slot given back:
+/// upstream sqlx panics in the destructor, and a second such drop during
+/// that unwinding aborts the process (vendor/README.md).
+#[test]
+fn a_pooled_connection_dropped_without_a_runtime_is_let_go() {
+    use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (pool, connections) = runtime.block_on(async {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory pool");
+        let first = pool.acquire().await.expect("a connection");
+        let second = pool.acquire().await.expect("a second connection");
+        (pool, vec![first, second])
+    });
+    assert_eq!(pool.size(), 2);
+    drop(runtime);
+    drop(connections);
+    assert_eq!(pool.size(), 0, "both slots given back");
+}

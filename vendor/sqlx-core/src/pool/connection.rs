@@ -198,6 +198,15 @@ impl<'c, DB: Database> crate::acquire::Acquire<'c> for &'c mut PoolConnection<DB
 /// Returns the connection to the [`Pool`][crate::pool::Pool] it was checked-out from.
 impl<DB: Database> Drop for PoolConnection<DB> {
     fn drop(&mut self) {
+        // chat-server patch: a connection dropped where no Tokio runtime
+        // runs (a query's future dropped while its runtime shuts down) is
+        // closed here, its pool slot released by the floating guard's drop,
+        // instead of panicking in a destructor (which aborts the process).
+        #[cfg(feature = "_rt-tokio")]
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(self.live.take().map(|live| live.float(self.pool.clone())));
+            return;
+        }
         if self.close_on_drop {
             crate::rt::spawn(self.take_and_close());
             return;
