@@ -470,6 +470,45 @@ async fn two_instances_one_user(backend: &Backend) {
 
 backend_tests!(@server a_user_on_two_instances_stays_online_when_one_stops => two_instances_one_user);
 
+/// A read mark in a group over 100 members reaches the reader's other
+/// sessions only (C7), on the other instance too.
+async fn large_group_read_marks_cross(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    let (alice, alice_token) = a.user("alice").await;
+    let (bob, bob_token) = a.user("bob").await;
+    let mut crowd = common::insert_users(&a.db, "crowd", 99).await;
+    crowd.push(bob);
+    common::have_written(&a.db, &crowd, alice).await;
+    let mut alice_on_a = a.authorized(&alice_token).await;
+    let large = alice_on_a
+        .ask_change(json!({"type": "create_group", "data": {"title": "large", "members": crowd}}))
+        .await["pk"]
+        .clone();
+    let sent = alice_on_a
+        .ask(json!({"type": "message", "data": {"to": large, "content": "read me"}}))
+        .await;
+    // Bob on B first: A hears of it (alice sees him come online in their
+    // direct conversation), then on A.
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    alice_on_a.recv_type("presence").await;
+    let mut bob_on_a = a.authorized(&bob_token).await;
+    let answer = bob_on_a
+        .ask(json!({"type": "read", "data": {"id": large, "up_to": sent["id"]}}))
+        .await;
+    assert_eq!(answer["status"], "success", "{}", backend.name());
+    assert_eq!(
+        bob_on_b.recv_type("read").await,
+        json!({"type": "read", "data": {"pk": large, "user_id": bob, "up_to": sent["id"]}}),
+        "{}",
+        backend.name()
+    );
+    alice_on_a.nothing_before_pong().await;
+}
+
+backend_tests!(@server a_read_mark_in_a_large_group_reaches_the_readers_other_instance => large_group_read_marks_cross);
+
 async fn revocation_crosses_instances(backend: &Backend) {
     let redis = &require_redis_url();
     let db = TestDatabase::create(backend).await;

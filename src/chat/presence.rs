@@ -62,6 +62,15 @@ impl Presence {
                 .unwrap_or(false)
     }
 
+    /// Whether `user` has a live session on another instance (as far as
+    /// this one has heard).
+    pub fn is_online_elsewhere(&self, user: UserId) -> bool {
+        self.remote
+            .read()
+            .map(|r| r.contains_key(&user))
+            .unwrap_or(false)
+    }
+
     /// Marks `user` online here (first session) or not (last session gone).
     pub fn set_local(&self, user: UserId, online: bool) {
         if let Ok(mut local) = self.local.write() {
@@ -179,6 +188,7 @@ mod tests {
         changes.sort();
         assert_eq!(changes, vec![(bob, false), (carol, true)], "dave is local");
         assert!(!p.is_online(bob) && p.is_online(carol));
+        assert!(p.is_online_elsewhere(carol) && !p.is_online_elsewhere(dave));
         // Instance c re-registers with bob only.
         let mut changes = p.replace_instance("c", &[bob]);
         changes.sort();

@@ -336,11 +336,13 @@ impl WsSession {
                 skip: Some(self.id),
             });
         } else {
+            // Through Redis only when the reader has a session elsewhere:
+            // in a busy large group, marks far outnumber messages.
             self.state.server.do_send(DeliverToUser {
                 user,
                 frame,
                 skip: Some(self.id),
-                broadcast: true,
+                broadcast: self.state.presence.is_online_elsewhere(user),
             });
         }
     }
