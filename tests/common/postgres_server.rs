@@ -116,6 +116,12 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
+        // The attachments directory of the test servers on this database
+        // (`attachments_dir`): a TestDatabase removes its own; this server
+        // is a database of its own.
+        if let Some(files) = super::attachments_dir(&self.url()) {
+            let _ = std::fs::remove_dir_all(files);
+        }
         let program = self.bin.join("pg_ctl");
         let args = ["-D", path(&self.data), "-m", "immediate", "stop"];
         let _ = if as_root() {
