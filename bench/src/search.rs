@@ -54,6 +54,15 @@ impl Rng {
     pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+    /// A random version 4 UUID, as bytes.
+    pub(crate) fn uuid(&mut self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.next().to_be_bytes());
+        id[8..].copy_from_slice(&self.next().to_be_bytes());
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        id
+    }
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -156,11 +165,7 @@ fn world(model: &Model) -> World {
         for &u in &members {
             count[u] += 1;
         }
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&rng.next().to_be_bytes());
-        id[8..].copy_from_slice(&rng.next().to_be_bytes());
-        id[6] = (id[6] & 0x0f) | 0x40; // a version 4 UUID
-        id[8] = (id[8] & 0x3f) | 0x80;
+        let id = rng.uuid();
         conversations.push(Conversation {
             id,
             members,

@@ -3,7 +3,7 @@
 //! furthest per (conversation, reader), and writes them in one
 //! transaction. Clients mark read most of what they show (BENCHMARKS.md
 //! "A realistic mix": half of all deliveries), so a transaction per mark
-//! is a commit per mark: at 2,000 marks a second that took every pooled
+//! is a commit per mark: at 2,500 marks a second that took every pooled
 //! connection and failed messages behind them.
 //!
 //! A mark is answered once its batch has committed, as a message is.

@@ -71,14 +71,6 @@ impl Population {
             .map(|_| if rng.unit() < TWO_SESSIONS { 2 } else { 1 })
             .collect();
         let mut conversations = Vec::new();
-        let uuid = |rng: &mut Rng| {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&rng.next().to_be_bytes());
-            id[8..].copy_from_slice(&rng.next().to_be_bytes());
-            id[6] = (id[6] & 0x0f) | 0x40; // a version 4 UUID
-            id[8] = (id[8] & 0x3f) | 0x80;
-            id
-        };
         // Direct conversations: random pairs, each pair once.
         let wanted = users * DIRECTS_PER_USER / 2;
         let possible = users * users.saturating_sub(1) / 2;
@@ -87,7 +79,7 @@ impl Population {
             let (a, b) = (rng.below(users) as u32, rng.below(users) as u32);
             if a != b && pairs.insert((a.min(b), a.max(b))) {
                 conversations.push(Conversation {
-                    id: uuid(&mut rng),
+                    id: rng.uuid(),
                     members: vec![a, b],
                     group: false,
                 });
@@ -108,7 +100,7 @@ impl Population {
             }
             memberships += size;
             conversations.push(Conversation {
-                id: uuid(&mut rng),
+                id: rng.uuid(),
                 members,
                 group: true,
             });

@@ -125,9 +125,9 @@ impl ChatServer {
         }
     }
 
-    /// Pushes a frame to every local session of `user`; sessions whose queue
-    /// overflowed are noted in `overflowed` (their outbox is already closing).
-    /// `frame` to every session of `user` here but `skip`.
+    /// Pushes a frame to every local session of `user` but `skip`; sessions
+    /// whose queue overflowed are noted in `overflowed` (their outbox is
+    /// already closing).
     fn push(
         &self,
         user: UserId,

@@ -60,7 +60,6 @@ pub(super) struct UnreadCount {
     n: i64,
 }
 
-/// Every conversation `user` belongs to, most recently active first.
 /// How many contact lists are assembled at once. A list takes several
 /// queries, and each holds what the earlier ones read while it waits for a
 /// pooled connection for the next: a burst of thousands of `get_contacts`
@@ -79,8 +78,8 @@ impl ContactLoads {
     }
 }
 
-/// `user`'s conversations, as [`contact_rows`] assembles them, one of
-/// `loads` at a time.
+/// Every conversation `user` belongs to, most recently active first (as
+/// [`contact_rows`] assembles them), one of `loads` at a time.
 pub async fn contacts_of(
     db: &DatabaseConnection,
     loads: &ContactLoads,
