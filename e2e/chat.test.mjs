@@ -288,6 +288,22 @@ test("a window in the past: opened at a message, new ones held until it reaches 
   assert.deepEqual(sent.at(-1), { type: "read", data: { id: A, up_to: 300 } });
 });
 
+test("an answer counting unread from before our own read mark was stored shows nothing unread", () => {
+  const { chat } = connected();
+  const newest = { id: 11, sender: 2, content: "two", time: "t" };
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 2, { unread: 2, last_message: newest })] });
+  opened(chat, A, [item(10, "one"), item(11, "two")]);
+  chat.markSeen(A);
+  assert.equal(chat.state.conversations.get(A).unread, 0);
+  // get_contact answered before the mark was stored: it still says 2.
+  chat.onFrame({ type: "get_contact_response", data: contact(A, 2, { unread: 2, last_message: newest }) });
+  assert.equal(chat.state.conversations.get(A).unread, 0);
+  // A newer message than the mark still counts.
+  const later = { id: 12, sender: 2, content: "three", time: "t" };
+  chat.onFrame({ type: "get_contact_response", data: contact(A, 3, { unread: 1, last_message: later }) });
+  assert.equal(chat.state.conversations.get(A).unread, 1);
+});
+
 test("a window in the past: sending or Jump to latest goes back to the newest page", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 300)] });

@@ -355,6 +355,11 @@ export class Chat {
   upsertConversation(item, unread) {
     const previous = this.state.conversations.get(item.pk);
     const members = Array.isArray(item.members) ? item.members.length : item.members;
+    const last = item.last_message ?? previous?.last_message ?? null;
+    // The server counts from the read mark it has stored; one of ours it
+    // had not stored yet when it answered (marks are written in batches)
+    // already covers its newest message.
+    if (unread !== undefined && last && (this.lastReadSent.get(item.pk) || 0) >= last.id) unread = 0;
     const next = {
       pk: item.pk,
       name: item.name,
@@ -366,7 +371,7 @@ export class Chat {
       // A contact or conversation item says; a `conversation` push never
       // carries it (C17), and `onConversation` keeps what we have.
       muted: item.muted === true,
-      last_message: item.last_message ?? previous?.last_message ?? null,
+      last_message: last,
       unread: unread ?? previous?.unread ?? 0,
       seen: previous?.seen || new Date().toISOString(),
       // Moved only by the events applied (see `advance`): a contact item
