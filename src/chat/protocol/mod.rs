@@ -24,7 +24,7 @@ use uuid::Uuid;
 pub struct ChatId(pub Uuid);
 
 /// A file sent with a message (B9), as pushes, history and uploads show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Apiv2Schema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Apiv2Schema)]
 pub struct AttachmentInfo {
     pub id: Uuid,
     pub name: String,

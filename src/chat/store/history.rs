@@ -114,9 +114,9 @@ pub async fn reactions_of<C: ConnectionTrait>(
 /// A page of history as `viewer` sees it (`history`, `history_items`),
 /// with the conversation's latest `seq` read in the same snapshot: a client
 /// applies the live changes after that `seq` to the page, and none before
-/// (a reaction counted twice would stay wrong). PostgreSQL needs a
-/// REPEATABLE READ transaction for one snapshot; SQLite's and MySQL's read
-/// transactions are one already.
+/// (a reaction counted twice would stay wrong). On PostgreSQL the page is
+/// one statement, which reads one snapshot (`page_statement.rs`); on
+/// SQLite and MySQL, a read transaction, which is one snapshot there.
 pub async fn history_page(
     db: &DatabaseConnection,
     chat: ChatId,
@@ -125,17 +125,22 @@ pub async fn history_page(
     after: Option<i64>,
     limit: u64,
 ) -> Result<HistoryPage, DbErr> {
-    use sea_orm::{AccessMode, IsolationLevel, TransactionTrait};
-    let txn = match db.get_database_backend() {
-        sea_orm::DatabaseBackend::Postgres => {
-            db.begin_with_config(
-                Some(IsolationLevel::RepeatableRead),
-                Some(AccessMode::ReadOnly),
-            )
-            .await?
-        }
-        _ => db.begin().await?,
-    };
+    use sea_orm::TransactionTrait;
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        // A message's `seq` never changes, so where the page starts may be
+        // read before the page's own snapshot.
+        let limit = limit.clamp(1, MAX_HISTORY_PAGE);
+        let before = match before {
+            Some(id) => Some(seq_next_to(db, chat, id, false).await?),
+            None => None,
+        };
+        let after = match after {
+            Some(id) => Some(seq_next_to(db, chat, id, true).await?),
+            None => None,
+        };
+        return page_statement::page_in_one_statement(db, chat, viewer, after, before, limit).await;
+    }
+    let txn = db.begin().await?;
     let seq = latest_seq(&txn, chat).await?;
     let (rows, has_more) = history(&txn, chat, before, after, limit).await?;
     let messages = history_items(&txn, rows, viewer).await?;

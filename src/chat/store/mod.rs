@@ -27,6 +27,7 @@ mod chats;
 mod contacts;
 mod group_changes;
 mod history;
+mod page_statement;
 
 pub use attachments::*;
 pub use chats::*;
