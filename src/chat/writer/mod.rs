@@ -4,10 +4,18 @@
 //! in commit order. One transaction per batch of whatever arrived while the
 //! previous one was committing is what lets durable throughput approach the
 //! in-memory rate. The same transaction gives each message the next `seq`
-//! of its conversation (B7, `next_seqs`). Changes to stored messages
-//! (edits, deletions, reactions: B8, `changes.rs`) go through the same
-//! queue, so every event of a conversation reaches the ChatServer in `seq`
-//! order, whichever kind it is.
+//! of its conversation (B7, `next_seqs`).
+//!
+//! Changes to stored messages (edits, deletions, reactions: B8,
+//! `changes.rs`) are group-committed the same way. On PostgreSQL and MySQL
+//! they have a lane of their own, a second queue and task beside the
+//! messages': a batch of changes is a transaction of a dozen statements,
+//! and in the messages' batches it would cost every message beside it the
+//! one-statement path (`plain.rs`). The two lanes' transactions lock the
+//! conversations' rows in id order before taking a `seq`, as two instances
+//! do, so the numbers stay gapless and in commit order; each room's `Order`
+//! (server/order.rs) delivers the events of both lanes in `seq` order. On
+//! SQLite, which has one writer at a time, one lane takes both.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -129,18 +137,20 @@ struct PendingInsert {
     waiter: Waiter,
 }
 
-/// Handle to the group-commit writer task. Cheap to clone.
+/// Handle to the group-commit writer's lanes. Cheap to clone.
 #[derive(Clone)]
 pub struct MessageWriter {
-    tx: mpsc::Sender<PendingInsert>,
+    messages: mpsc::Sender<PendingInsert>,
+    /// The changes' lane; on SQLite, the messages' queue.
+    changes: mpsc::Sender<PendingInsert>,
 }
 
 impl MessageWriter {
-    /// Starts the writer task on the current tokio runtime, with a queue of
-    /// `capacity` messages; beyond it `submit` answers `Busy`. Committed
-    /// messages go to `server` in commit order. It runs until every handle
-    /// is dropped and the queue is drained, so a graceful shutdown commits
-    /// everything accepted.
+    /// Starts the writer's lanes on the current tokio runtime, each with a
+    /// queue of `capacity`; beyond it `submit` answers `Busy`. Committed
+    /// messages go to `server` in commit order. The task returned ends once
+    /// every handle is dropped and the queues are drained, so a graceful
+    /// shutdown commits everything accepted.
     pub fn with_capacity(
         db: DatabaseConnection,
         server: Recipient<Deliver>,
@@ -159,9 +169,27 @@ impl MessageWriter {
         capacity: usize,
         edit_window: chrono::Duration,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(run_writer(db, rx, server, metrics, edit_window));
-        (MessageWriter { tx }, task)
+        let lane = |rx, inserts| {
+            let (db, server, metrics) = (db.clone(), server.clone(), metrics.clone());
+            tokio::spawn(run_writer(db, rx, server, metrics, edit_window, inserts))
+        };
+        let (messages, rx) = mpsc::channel(capacity);
+        if db.get_database_backend() == DatabaseBackend::Sqlite {
+            let task = lane(rx, true);
+            let changes = messages.clone();
+            return (MessageWriter { messages, changes }, task);
+        }
+        let messages_lane = lane(rx, true);
+        let (changes, rx) = mpsc::channel(capacity);
+        let changes_lane = lane(rx, false);
+        let task = tokio::spawn(async move {
+            for (name, lane) in [("messages", messages_lane), ("changes", changes_lane)] {
+                if let Err(e) = lane.await {
+                    tracing::error!(error = %e, lane = name, "a writer lane ended unexpectedly");
+                }
+            }
+        });
+        (MessageWriter { messages, changes }, task)
     }
 
     /// Queues a message from `from`, which arrived at `arrived`. Once its
@@ -179,7 +207,8 @@ impl MessageWriter {
             message,
             created_at: Utc::now(),
         };
-        self.queue(Job::Insert(row), RequestKind::Message, from, arrived)
+        let pending = pending(Job::Insert(row), RequestKind::Message, from, arrived);
+        queue(&self.messages, pending)
     }
 
     /// Queues a change to a stored message (B8); answered as `submit`
@@ -191,7 +220,8 @@ impl MessageWriter {
         arrived: Instant,
     ) -> Result<(), StoreError> {
         let kind = change.change.kind();
-        self.queue(Job::Change(change), kind, from, arrived)
+        let pending = pending(Job::Change(change), kind, from, arrived);
+        queue(&self.changes, pending)
     }
 
     /// Queues a change whose result the caller awaits.
@@ -201,34 +231,32 @@ impl MessageWriter {
         Ok(rx)
     }
 
-    fn queue(
-        &self,
-        job: Job,
-        kind: RequestKind,
-        from: Submitter,
-        arrived: Instant,
-    ) -> Result<(), StoreError> {
-        let pending = PendingInsert {
-            job,
-            waiter: Waiter {
-                from,
-                arrived,
-                kind,
-            },
-        };
-        match self.tx.try_send(pending) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Stopped),
-        }
-    }
-
     /// Queues a message whose result the caller awaits; the ChatServer
     /// gets it as from `submit`.
     pub fn store(&self, message: NewMessage) -> Result<PendingStore, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.submit(message, Submitter::Caller(reply), Instant::now())?;
         Ok(rx)
+    }
+}
+
+fn pending(job: Job, kind: RequestKind, from: Submitter, arrived: Instant) -> PendingInsert {
+    PendingInsert {
+        job,
+        waiter: Waiter {
+            from,
+            arrived,
+            kind,
+        },
+    }
+}
+
+/// Puts a job on a lane's queue, or says why not.
+fn queue(lane: &mpsc::Sender<PendingInsert>, pending: PendingInsert) -> Result<(), StoreError> {
+    match lane.try_send(pending) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(StoreError::Busy),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Stopped),
     }
 }
 
@@ -275,15 +303,19 @@ fn answer(
 /// How long after sending a message may be edited, unless configured.
 pub const DEFAULT_EDIT_WINDOW: chrono::Duration = chrono::Duration::seconds(2 * 24 * 3600);
 
+/// A lane: the batches of `rx` committed and answered. `inserts`: whether
+/// new messages come this way (then MySQL's auto-increment settings are
+/// read first).
 async fn run_writer(
     db: DatabaseConnection,
     rx: mpsc::Receiver<PendingInsert>,
     server: Recipient<Deliver>,
     metrics: Metrics,
     edit_window: chrono::Duration,
+    inserts: bool,
 ) {
     let ids = match db.get_database_backend() {
-        DatabaseBackend::MySql => mysql_ids(&db).await.unwrap_or_else(|e| {
+        DatabaseBackend::MySql if inserts => mysql_ids(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read MySQL's auto-increment settings; inserting row by row");
             MySqlIds::RowByRow
         }),
