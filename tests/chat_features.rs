@@ -6,6 +6,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use actix_http::ws::CloseCode;
+use chat_server::chat::writer::commit_gate;
 use common::{wait_until, Backend, TestApp};
 use entity::message;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -21,10 +22,7 @@ async fn stored_count(app: &TestApp, client_id: &str) -> u64 {
 
 async fn idempotent_resend(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
-    let (alice, _, pk) = app.pair("alice", "bob").await;
-    let mut a = app.authorized(&app.login("alice").await).await;
-    let mut b = app.authorized(&app.login("bob").await).await;
-    a.recv_type("presence").await;
+    let (alice, _, pk, mut a, mut b) = app.pair_online("alice", "bob").await;
 
     let send =
         json!({"type": "message", "data": {"to": pk, "content": "once", "client_id": "c-1"}});
@@ -205,6 +203,48 @@ async fn read_typing_presence(backend: &Backend) {
 }
 
 backend_tests!(read_marks_typing_and_presence_reach_the_other_member => read_typing_presence);
+
+/// B4's `read` promises no answer to wait for, so a client may ask
+/// `get_contacts` or `get_contact` right after it; read marks are stored in
+/// batches, and those requests must still see the mark: the session runs
+/// them only once its own marks are stored (so after `read_response`).
+async fn read_then_ask(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk, mut a, mut b) = app.pair_online("alice", "bob").await;
+    let ack = send_all(&mut a, &pk, &["unread"]).await;
+    let last = ack[0]["data"]["id"].as_i64().unwrap();
+    b.recv_type("message").await;
+
+    // The mark's batch is held before it is written.
+    let gate = commit_gate::hold(pk.parse().unwrap());
+    b.send(json!({"type": "read", "data": {"id": pk, "up_to": last}}))
+        .await;
+    gate.reached().await;
+    b.send(json!({"type": "get_contacts", "data": {}})).await;
+    b.send(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    // Barrier: the session still answers, but not those two yet.
+    let pong = b.request(json!({"type": "ping", "data": {}})).await;
+    assert_eq!(pong, json!({"type": "pong", "data": {}}));
+    gate.release();
+    assert_eq!(
+        b.recv().await,
+        json!({"type": "read_response", "data": {"status": "success", "pk": pk, "up_to": last}})
+    );
+    // The two answers, in either order (requests run side by side).
+    let (first, second) = (b.recv().await, b.recv().await);
+    let (contacts, contact) = if first["type"] == "get_contacts_response" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(contacts["type"], "get_contacts_response", "{contacts}");
+    assert_eq!(contacts["data"][0]["unread"], 0, "{contacts}");
+    assert_eq!(contact["type"], "get_contact_response", "{contact}");
+    assert_eq!(contact["data"]["unread"], 0, "{contact}");
+}
+
+backend_tests!(a_request_right_after_read_sees_the_mark => read_then_ask);
 
 /// A client reconnecting in a loop costs its contacts nothing: a return
 /// within the grace (3 s) is no news, and the departure that lasts is

@@ -31,10 +31,7 @@ async fn sync(ws: &mut WsClient, pk: &str, after_seq: i64, limit: Option<u64>) -
 
 async fn sync_replays_live_frames(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
-    let (_, _, pk) = app.pair("alice", "bob").await;
-    let mut alice = app.authorized(&app.login("alice").await).await;
-    let mut bob = app.authorized(&app.login("bob").await).await;
-    alice.recv_type("presence").await;
+    let (_, _, pk, mut alice, mut bob) = app.pair_online("alice", "bob").await;
     let mut live_alice = Vec::new();
     let mut live_bob = Vec::new();
     for (i, text) in ["one", "two", "three"].iter().enumerate() {

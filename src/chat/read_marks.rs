@@ -92,6 +92,7 @@ async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
                 *entry = (mark.up_to, i);
             }
         }
+        super::writer::commit_gate::pass(furthest.keys().map(|(chat, _)| chat.0)).await;
         let written = write(&db, &furthest).await;
         if let Err(e) = &written {
             tracing::error!(error = %e, marks = batch.len(), "writing read marks failed");

@@ -504,6 +504,16 @@ impl TestApp {
         (ida, idb, chat.id.to_string())
     }
 
+    /// `pair`, with both people connected and the first having seen the
+    /// second come online: their ids, the conversation, their sockets.
+    pub async fn pair_online(&self, a: &str, b: &str) -> (i64, i64, String, WsClient, WsClient) {
+        let (ida, idb, pk) = self.pair(a, b).await;
+        let mut wa = self.authorized(&self.login(a).await).await;
+        let wb = self.authorized(&self.login(b).await).await;
+        wa.recv_type("presence").await;
+        (ida, idb, pk, wa, wb)
+    }
+
     /// A WebSocket to `/chat`, before anything is read.
     pub async fn ws(&self, path: &str) -> WsClient {
         ws_at(&self.http, self.port, path).await

@@ -7,6 +7,19 @@ use crate::chat::read_marks::ReadMarkError;
 /// The answer to a read mark the server has no room to queue.
 const BUSY: &str = "too many read marks at once; try again in a moment";
 
+/// A session's own read marks on their way to the database (they are
+/// stored in batches), and the requests that read marks held behind them.
+/// B4's `read` has no answer a client must wait for, so a `get_contacts`
+/// sent right after it must still count the conversation as read.
+#[derive(Default)]
+pub(super) struct OwnMarks {
+    in_flight: u32,
+    held: Vec<HeldRequest>,
+}
+
+/// A request waiting for the session's own read marks.
+type HeldRequest = Box<dyn FnOnce(&mut WsSession, &mut Context<WsSession>)>;
+
 impl WsSession {
     pub(super) fn send_message(
         &mut self,
@@ -283,30 +296,69 @@ impl WsSession {
         self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
             let marks = act.state.read_marks.clone();
             let mark = move |_| async move { Ok(marks.mark(chat, user, up_to).await) };
+            act.marks.in_flight += 1;
             act.query(
                 kind,
                 mark,
                 move |act, moved, ctx| {
-                    let moved = match moved {
-                        Ok(moved) => moved,
-                        Err(ReadMarkError::Busy) => {
-                            return act.send_error(kind, ErrorCode::RateLimited, BUSY, ctx)
-                        }
-                        Err(e) => return act.internal_error(kind, &e, ctx),
-                    };
-                    let ack = ReadAck {
-                        status: "success",
-                        pk: chat,
-                        up_to,
-                    };
-                    act.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
-                    if moved {
-                        act.tell_read(chat, user, up_to);
-                    }
+                    act.answer_mark(chat, user, up_to, moved, ctx);
+                    act.own_mark_stored(ctx);
                 },
                 ctx,
             );
         });
+    }
+
+    fn answer_mark(
+        &mut self,
+        chat: ChatId,
+        user: UserId,
+        up_to: i64,
+        moved: Result<bool, ReadMarkError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let kind = RequestKind::Read;
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(ReadMarkError::Busy) => {
+                return self.send_error(kind, ErrorCode::RateLimited, BUSY, ctx)
+            }
+            Err(e) => return self.internal_error(kind, &e, ctx),
+        };
+        let ack = ReadAck {
+            status: "success",
+            pk: chat,
+            up_to,
+        };
+        self.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
+        if moved {
+            self.tell_read(chat, user, up_to);
+        }
+    }
+
+    /// Runs `request` now, or, while this session has read marks on their
+    /// way to the database, once they are stored (in the order asked).
+    /// Held requests are bounded by the socket's request rate.
+    pub(super) fn after_own_marks(
+        &mut self,
+        ctx: &mut Context<Self>,
+        request: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        if self.marks.in_flight == 0 {
+            return request(self, ctx);
+        }
+        self.marks.held.push(Box::new(request));
+    }
+
+    /// One of this session's marks was stored (or refused): once none is
+    /// left on its way, the requests held behind them run.
+    fn own_mark_stored(&mut self, ctx: &mut Context<Self>) {
+        self.marks.in_flight = self.marks.in_flight.saturating_sub(1);
+        if self.marks.in_flight == 0 {
+            for request in std::mem::take(&mut self.marks.held) {
+                request(self, ctx);
+            }
+        }
     }
 
     /// A read mark that moved: to the other members (in a group too large

@@ -40,6 +40,8 @@ mod authorize;
 mod conversation;
 mod social;
 
+use conversation::OwnMarks;
+
 /// Longest `client_id` accepted (B2).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
@@ -73,6 +75,9 @@ pub struct WsSession {
     unauthenticated: Option<AddressSlot>,
     /// Counts this connection against its address's sockets while it lives.
     _socket: AddressSlot,
+    /// This session's read marks not stored yet, and the requests held
+    /// behind them (`conversation.rs`, `after_own_marks`).
+    marks: OwnMarks,
     span: tracing::Span,
 }
 
@@ -99,6 +104,7 @@ impl WsSession {
             expiry: None,
             unauthenticated: Some(unauthenticated),
             _socket: socket,
+            marks: OwnMarks::default(),
             span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
         }
     }
@@ -230,8 +236,12 @@ impl WsSession {
         ctx: &mut Context<Self>,
     ) {
         match request {
-            ClientRequest::GetContacts(_) => self.get_contacts(user, ctx),
-            ClientRequest::GetContact(q) => self.get_contact(user, q.id, ctx),
+            ClientRequest::GetContacts(_) => {
+                self.after_own_marks(ctx, move |act, ctx| act.get_contacts(user, ctx))
+            }
+            ClientRequest::GetContact(q) => {
+                self.after_own_marks(ctx, move |act, ctx| act.get_contact(user, q.id, ctx))
+            }
             ClientRequest::Message(m) => self.send_message(user, m, ctx),
             ClientRequest::GetMessages(q) => self.get_messages(user, q, ctx),
             ClientRequest::Sync(q) => self.sync(user, q, ctx),

@@ -2,7 +2,9 @@
 //! one conversation, after its `seq` was taken and before the commit, so a
 //! test can make one instance's commit slow on purpose while another
 //! instance stores later events of the same conversation
-//! (tests/conversation_log.rs). Unused, it costs one atomic load a batch.
+//! (tests/conversation_log.rs); or the next batch of read marks with a mark
+//! in it, before it is written (tests/chat_features.rs). Unused, it costs
+//! one atomic load a batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +56,8 @@ pub(super) fn armed() -> bool {
     ARMED.load(Ordering::Acquire)
 }
 
-/// Where the writer waits, if a gate holds one of `chats`.
-pub(super) async fn pass(chats: impl Iterator<Item = uuid::Uuid>) {
+/// Where a writer waits, if a gate holds one of `chats`.
+pub(crate) async fn pass(chats: impl Iterator<Item = uuid::Uuid>) {
     if !armed() {
         return;
     }
