@@ -107,8 +107,29 @@ pub async fn connect_existing(settings: &Settings) -> Result<DatabaseConnection,
     connect(settings).await
 }
 
-/// Opens the connection pool described by `settings`.
+/// Connections the writers hold of their own (`connect_writers`): one
+/// each for the messages' lane, the changes' lane and the read marks, which
+/// each use one at a time.
+pub const WRITER_CONNECTIONS: u32 = 3;
+
+/// Opens the connection pool described by `settings` (`DB_POOL_SIZE`
+/// connections), which requests read through.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
+    connect_sized(settings, settings.database.db_pool_size).await
+}
+
+/// Opens the writers' own pool, the same database with `WRITER_CONNECTIONS`
+/// connections. Apart from the requests' pool, a burst of reads (every
+/// client asking its contact list after a restart) cannot make a commit
+/// wait for a connection. And the writers run on the main thread, so their
+/// connections are opened there and outlive the HTTP workers, whose
+/// runtimes take the connections they opened with them when they stop
+/// (the writers drain their queues after that, at shutdown).
+pub async fn connect_writers(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
+    connect_sized(settings, WRITER_CONNECTIONS).await
+}
+
+async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnection, DbSetupError> {
     let engine = settings.database.engine();
     if engine == DbEngine::Sqlite {
         let path = settings.database.sqlite_path();
@@ -119,7 +140,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
     }
     let mut options = ConnectOptions::new(settings.database.url());
     options
-        .max_connections(settings.database.db_pool_size)
+        .max_connections(size)
         .min_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_timeout(ACQUIRE_TIMEOUT)

@@ -144,14 +144,15 @@ impl Application {
             &membership,
             &metrics,
         );
+        let writers_db = db::connect_writers(&settings).await?;
         let (writer, writer_task) = MessageWriter::with_edit_window(
-            db.clone(),
+            writers_db.clone(),
             actors.chat_server.clone().recipient(),
             metrics.clone(),
             settings.limits.message_queue_capacity,
             settings.limits.edit_window(),
         );
-        let (read_marks, read_marks_task) = ReadMarks::start(db.clone());
+        let (read_marks, read_marks_task) = ReadMarks::start(writers_db);
         actix_web::rt::spawn(chat::revocation::run(
             db.clone(),
             actors.chat_server.clone(),

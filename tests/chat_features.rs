@@ -149,13 +149,7 @@ async fn read_typing_presence(backend: &Backend) {
     let contacts = b.request(json!({"type": "get_contacts", "data": {}})).await;
     assert_eq!(contacts["data"][0]["unread"], 2);
 
-    let answer = b
-        .request(json!({"type": "read", "data": {"id": pk, "up_to": last}}))
-        .await;
-    assert_eq!(
-        answer,
-        json!({"type": "read_response", "data": {"status": "success", "pk": pk, "up_to": last}})
-    );
+    b.mark_read(&pk, last).await;
     assert_eq!(
         a.recv_type("read").await,
         json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": last}})

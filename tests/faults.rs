@@ -277,6 +277,35 @@ async fn a_full_disk_refuses_messages_and_loses_none() {
 /// (an instance torn down mid-query) is closed and its slot given back:
 /// upstream sqlx panics in the destructor, and a second such drop during
 /// that unwinding aborts the process (vendor/README.md).
+/// The writers have connections of their own: with every connection of the
+/// requests' pool taken (a burst of reads, as when every client asks its
+/// contact list after a restart), a message is still committed and
+/// acknowledged at once, and a read mark stored. Sharing the pool, the
+/// writer waited out the acquire timeout and answered an error.
+async fn writers_own_connections(backend: &Backend) {
+    use sea_orm::TransactionTrait;
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk, mut a, mut b) = app.pair_online("alice", "bob").await;
+    // The test servers' DB_POOL_SIZE (common::settings).
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(app.db.begin().await.expect("a pooled connection"));
+    }
+    let sent = json!({"type": "message", "data": {"to": pk, "content": "through"}});
+    a.send(sent).await;
+    let ack = a.recv_type("message_response").await;
+    assert_eq!(ack["data"]["status"], "success", "{ack}");
+    let id = ack["data"]["id"].as_i64().expect("the message's id");
+    let pushed = b.recv_type("message").await;
+    assert_eq!(pushed["data"]["data"]["id"], id, "{pushed}");
+    b.mark_read(&pk, id).await;
+    drop(held);
+    let stored = message::Entity::find_by_id(id).one(&app.db).await.unwrap();
+    assert_eq!(stored.map(|m| m.content).as_deref(), Some("through"));
+}
+
+backend_tests!(writers_commit_while_every_pooled_connection_is_taken => writers_own_connections);
+
 #[test]
 fn a_pooled_connection_dropped_without_a_runtime_is_let_go() {
     use sea_orm::sqlx::sqlite::SqlitePoolOptions;

@@ -756,6 +756,18 @@ impl WsClient {
         self.recv().await
     }
 
+    /// Marks conversation `pk` read up to `up_to`; the next frame must be
+    /// its `read_response`.
+    pub async fn mark_read(&mut self, pk: &str, up_to: i64) {
+        let answer = self
+            .request(json!({"type": "read", "data": {"id": pk, "up_to": up_to}}))
+            .await;
+        assert_eq!(
+            answer,
+            json!({"type": "read_response", "data": {"status": "success", "pk": pk, "up_to": up_to}})
+        );
+    }
+
     /// Sends a group change (`create_group`, `add_members`, …) and returns
     /// the `data` of its answer once the caller's own `conversation` push
     /// has come too: it comes before or after the answer (C7; after, when
