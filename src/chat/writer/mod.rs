@@ -1,5 +1,5 @@
-//! The `MessageWriter`: one task that commits the message inserts of every
-//! session in batches (group commit). Only once a message's batch has
+//! The `MessageWriter`: a task (a lane) that commits the message inserts of
+//! every session in batches (group commit). Only once a message's batch has
 //! committed is it acknowledged to its sender and handed to the ChatServer,
 //! in commit order. One transaction per batch of whatever arrived while the
 //! previous one was committing is what lets durable throughput approach the
@@ -240,6 +240,7 @@ impl MessageWriter {
     }
 }
 
+/// A job with who waits for it.
 fn pending(job: Job, kind: RequestKind, from: Submitter, arrived: Instant) -> PendingInsert {
     PendingInsert {
         job,
