@@ -494,6 +494,67 @@ async fn changes_reach_every_instance_in_one_order() {
     assert_eq!(items[0]["reactions"], json!([]));
 }
 
+/// A change locks its conversation's row only to number its event. A batch
+/// of changes held after deciding (its message's row locked, the
+/// conversation's not yet) does not hold back a new message of the same
+/// conversation: that commits and is delivered, and the change's event then
+/// takes the `seq` after it. PostgreSQL and MySQL, where changes have a
+/// writer lane of their own (SQLite has one writer at a time).
+async fn a_change_numbers_its_event_last(backend: &Backend) {
+    use chat_server::chat::writer::commit_gate::{self, Point};
+    let app = TestApp::spawn(backend).await;
+    let (_, bob_id, pk, mut alice, mut bob) = app.pair_online("alice", "bob").await;
+    let first = send(&mut alice, &pk, "first", None).await["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(next_event(&mut bob).await["data"]["seq"], 1);
+    assert_eq!(next_event(&mut alice).await["data"]["seq"], 1);
+
+    let gate = commit_gate::hold_at(Point::Numbering, pk.parse().unwrap());
+    let _release = ReleaseOnDrop(gate.clone());
+    bob.send(json!({"type": "react", "data": {"id": first, "emoji": "👍", "on": true}}))
+        .await;
+    gate.reached().await;
+    let second = send(&mut alice, &pk, "second", None).await;
+    assert_eq!(second["status"], "success", "{}", backend.name());
+    let pushed = next_event(&mut bob).await;
+    assert_eq!(
+        (
+            &pushed["type"],
+            &pushed["data"]["seq"],
+            &pushed["data"]["data"]["content"]
+        ),
+        (&json!("message"), &json!(2), &json!("second")),
+        "{}: the message committed while the change was held",
+        backend.name()
+    );
+
+    gate.release();
+    let reaction = json!({"pk": pk, "seq": 3, "id": first, "user_id": bob_id,
+                          "emoji": "👍", "on": true});
+    let mut answered = bob.recv_type("react_response").await["data"].clone();
+    assert_eq!(
+        answered.as_object_mut().unwrap().remove("status"),
+        Some(json!("success"))
+    );
+    assert_eq!(answered, reaction);
+    let echoes = [next_event(&mut alice).await, next_event(&mut alice).await];
+    assert_eq!(echoes[0]["data"]["seq"], 2);
+    assert_eq!(echoes[1], json!({"type": "reaction", "data": reaction}));
+}
+
+backend_tests!(@server change_numbers_last => a_change_numbers_its_event_last);
+
+/// Opens a gate however the test ends, so a failed assertion cannot leave
+/// a writer waiting (and the instance unable to shut down).
+struct ReleaseOnDrop(chat_server::chat::writer::commit_gate::Gate);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// REST mirrors the requests: the same rules, answers and pushes.
 async fn rest_mirrors_the_requests(backend: &Backend) {
     use actix_web::http::Method;

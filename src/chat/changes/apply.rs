@@ -1,8 +1,11 @@
 //! Applying a batch of changes in the writer's transaction: what is known of
 //! the messages they name, the rules checked against it, the rows written,
-//! and each change's `seq`.
+//! and, last, each change's `seq`.
 
 use super::*;
+use sea_orm::sea_query::LockType;
+
+use crate::chat::writer::commit_gate;
 
 /// What the batch's changes need to know, read in a few queries for the
 /// whole batch, then kept up to date in memory as each change is decided.
@@ -32,9 +35,21 @@ impl Known {
             .into_iter()
             .map(|c| (c.id, c))
             .collect();
-        let ids: BTreeSet<i64> = batch.iter().map(|r| r.change.message_id()).collect();
+        // Locked, in id order: changes of one message wait for each other
+        // (on every instance), and nothing else locks these rows. Only
+        // messages that exist (`chats_of`): MySQL would lock the gap where
+        // a missing one would be, and with it the inserts of new messages.
+        // PostgreSQL's NO KEY lock leaves the rows free for foreign-key
+        // checks of rows that point at them (push notifications).
+        let ids: BTreeSet<i64> = chat_of.keys().copied().collect();
+        let lock = match txn.get_database_backend() {
+            DatabaseBackend::Postgres => LockType::NoKeyUpdate,
+            _ => LockType::Update,
+        };
         let messages = message::Entity::find()
             .filter(message::Column::Id.is_in(ids))
+            .order_by_asc(message::Column::Id)
+            .lock(lock)
             .all(txn)
             .await?
             .into_iter()
@@ -67,15 +82,6 @@ impl Known {
             .iter()
             .filter(move |((m, _), n)| *m == id && **n > 0)
             .map(|((_, emoji), _)| emoji.as_str())
-    }
-
-    fn next_seq(&mut self, chat: uuid::Uuid) -> i64 {
-        let chat = self
-            .chats
-            .get_mut(&chat)
-            .expect("a change's conversation is read with the batch");
-        chat.seq += 1;
-        chat.seq
     }
 }
 
@@ -202,11 +208,13 @@ impl ReactionWrites {
     }
 }
 
-/// Applies `batch` in order inside `txn`, whose conversations' rows are
-/// locked (`lock_chats`), each change taking the `seq` after whatever the
-/// transaction numbered before it. A few reads for the whole batch, the
-/// decisions in memory, then the writes: edits and deletions as they come
-/// (rare), reaction rows and events in a statement or two at the end.
+/// Applies `batch` in order inside `txn`. A few reads for the whole batch
+/// (the messages' rows locked), the decisions in memory, then the writes:
+/// edits and deletions as they come (rare), reaction rows in a statement or
+/// two at the end. The events are numbered last (`store::take_seqs`, in the
+/// batch's order, after whatever the transaction numbered before), so a
+/// conversation's row is locked only for the events' insert and the commit:
+/// new messages of the same conversation wait for that, not for the batch.
 pub async fn apply_all<C: ConnectionTrait>(
     txn: &C,
     batch: &[ChangeRequest],
@@ -221,54 +229,65 @@ pub async fn apply_all<C: ConnectionTrait>(
         edit_window,
         now,
     };
-    let before: HashMap<uuid::Uuid, i64> = batch_state
-        .known
-        .chats
-        .iter()
-        .map(|(id, c)| (*id, c.seq))
-        .collect();
     let mut results = Vec::with_capacity(batch.len());
+    let mut event_of = Vec::with_capacity(batch.len());
     for request in batch {
-        results.push(batch_state.apply(txn, request).await?);
+        match batch_state.apply(txn, request).await? {
+            Ok((outcome, event)) => {
+                results.push(Ok(outcome));
+                event_of.push(event);
+            }
+            Err(refusal) => {
+                results.push(Err(refusal));
+                event_of.push(None);
+            }
+        }
     }
     let Batch {
-        known,
-        reactions,
-        events,
-        ..
+        reactions, events, ..
     } = batch_state;
     reactions.write(txn, now).await?;
-    if !events.is_empty() {
-        message_event::Entity::insert_many(events).exec(txn).await?;
+    if events.is_empty() {
+        return Ok(results);
     }
-    let moved: Vec<(uuid::Uuid, i64)> = known
-        .chats
-        .iter()
-        .filter(|(id, chat)| before.get(*id) != Some(&chat.seq))
-        .map(|(id, chat)| (*id, chat.seq))
-        .collect();
-    set_seqs(txn, &moved).await?;
+    let chats: Vec<uuid::Uuid> = events.iter().map(|(chat, _)| *chat).collect();
+    commit_gate::pass_at(commit_gate::Point::Numbering, chats.iter().copied()).await;
+    let seqs = store::take_seqs(txn, &chats).await?;
+    let rows = events.into_iter().zip(&seqs).map(|((_, mut row), seq)| {
+        row.seq = Set(*seq);
+        row
+    });
+    message_event::Entity::insert_many(rows).exec(txn).await?;
+    for (result, event) in results.iter_mut().zip(event_of) {
+        if let (Ok(outcome), Some(k)) = (result, event) {
+            outcome.applied.numbered(seqs[k]);
+        }
+    }
     Ok(results)
 }
+
+/// What a change came to: its outcome, and which of the batch's events
+/// (not numbered yet) carries its `seq`, if one does.
+type Decided = Result<(ChangeOutcome, Option<usize>), StoreError>;
 
 /// One batch of changes being decided: what it knows, what it will write.
 pub(super) struct Batch {
     known: Known,
     reactions: ReactionWrites,
-    events: Vec<message_event::ActiveModel>,
+    /// The events to store, each with its conversation; numbered last.
+    events: Vec<(uuid::Uuid, message_event::ActiveModel)>,
     edit_window: chrono::Duration,
     now: DateTime<Utc>,
 }
 
 impl Batch {
     /// Decides one change and records it: edits and deletions are written
-    /// at once, reaction rows and events kept for the end. Moves the
-    /// conversation's `seq` when it makes an event.
+    /// at once, reaction rows and events kept for the end.
     async fn apply<C: ConnectionTrait>(
         &mut self,
         txn: &C,
         request: &ChangeRequest,
-    ) -> Result<Result<ChangeOutcome, StoreError>, DbErr> {
+    ) -> Result<Decided, DbErr> {
         let user = request.user;
         let id = request.change.message_id();
         let Some(m) = self.known.messages.get(&id) else {
@@ -323,18 +342,18 @@ impl Batch {
         }
     }
 
+    /// An event of `kind` for the batch to store (its `seq` comes last).
     fn event(
         &self,
         kind: EventKind,
         chat: uuid::Uuid,
-        seq: i64,
         id: i64,
         user: UserId,
     ) -> message_event::ActiveModel {
         message_event::ActiveModel {
             id: NotSet,
             chat_id: Set(chat),
-            seq: Set(seq),
+            seq: NotSet,
             message_id: Set(id),
             kind: Set(kind),
             user_id: Set(Some(user.0)),
@@ -345,13 +364,19 @@ impl Batch {
         }
     }
 
+    /// Keeps `event` for the end; its place among the batch's events.
+    fn record(&mut self, chat: uuid::Uuid, event: message_event::ActiveModel) -> usize {
+        self.events.push((chat, event));
+        self.events.len() - 1
+    }
+
     async fn edit<C: ConnectionTrait>(
         &mut self,
         txn: &C,
         user: UserId,
         id: i64,
         content: &str,
-    ) -> Result<ChangeOutcome, DbErr> {
+    ) -> Result<(ChangeOutcome, Option<usize>), DbErr> {
         let m = self.known.messages.get(&id).expect("checked by apply");
         let (chat_id, pk) = (m.chat_id, ChatId(m.chat_id));
         if m.content == content {
@@ -363,10 +388,11 @@ impl Batch {
                 content: m.content.clone(),
                 edited_at: m.edited_at.as_ref().map(format_time),
             });
-            return Ok(ChangeOutcome {
+            let outcome = ChangeOutcome {
                 applied,
                 changed: false,
-            });
+            };
+            return Ok((outcome, None));
         }
         let first = m
             .original_content
@@ -384,21 +410,21 @@ impl Batch {
         m.content = content.to_owned();
         m.edited_at = Some(now);
         m.original_content = Some(first);
-        let seq = self.known.next_seq(chat_id);
-        let mut edited = self.event(EventKind::Edited, chat_id, seq, id, user);
+        let mut edited = self.event(EventKind::Edited, chat_id, id, user);
         edited.content = Set(Some(content.to_owned()));
-        self.events.push(edited);
-        Ok(ChangeOutcome {
+        let event = self.record(chat_id, edited);
+        let outcome = ChangeOutcome {
             applied: Applied::Edited(MessageEdited {
                 status: None,
                 pk,
-                seq: Some(seq),
+                seq: None,
                 id,
                 content: content.to_owned(),
                 edited_at: Some(format_time(&now)),
             }),
             changed: true,
-        })
+        };
+        Ok((outcome, Some(event)))
     }
 
     async fn delete<C: ConnectionTrait>(
@@ -406,63 +432,36 @@ impl Batch {
         txn: &C,
         user: UserId,
         id: i64,
-    ) -> Result<ChangeOutcome, DbErr> {
+    ) -> Result<(ChangeOutcome, Option<usize>), DbErr> {
         let m = self.known.messages.get(&id).expect("checked by apply");
         let (chat_id, pk, seq_of_message) = (m.chat_id, ChatId(m.chat_id), m.seq);
-        if m.deleted {
-            // Asked again (a resend): the deletion that was made.
-            let seq = self.deletion_seq(txn, id, seq_of_message).await?;
-            return Ok(ChangeOutcome {
-                applied: Applied::Deleted(MessageDeleted {
-                    status: None,
-                    pk,
-                    seq,
-                    id,
-                }),
-                changed: false,
-            });
-        }
-        self.erase(txn, id).await?;
-        let seq = self.known.next_seq(chat_id);
-        self.events
-            .push(self.event(EventKind::Deleted, chat_id, seq, id, user));
-        Ok(ChangeOutcome {
+        let deleted = |seq, changed| ChangeOutcome {
             applied: Applied::Deleted(MessageDeleted {
                 status: None,
                 pk,
                 seq,
                 id,
             }),
-            changed: true,
-        })
-    }
-
-    /// The `seq` of message `id`'s deletion, made in this batch or before it.
-    async fn deletion_seq<C: ConnectionTrait>(
-        &self,
-        txn: &C,
-        id: i64,
-        fallback: i64,
-    ) -> Result<i64, DbErr> {
-        let pending = self
-            .events
-            .iter()
-            .find_map(|e| match (&e.message_id, &e.kind, &e.seq) {
-                (Set(m), Set(EventKind::Deleted), Set(seq)) if *m == id => Some(*seq),
-                _ => None,
+            changed,
+        };
+        if m.deleted {
+            // Asked again (a resend): the deletion that was made, stored
+            // before or waiting in this batch.
+            let pending = self.events.iter().position(|(_, e)| {
+                matches!((&e.message_id, &e.kind), (Set(m), Set(EventKind::Deleted)) if *m == id)
             });
-        if let Some(seq) = pending {
-            return Ok(seq);
+            if pending.is_some() {
+                return Ok((deleted(0, false), pending));
+            }
+            let seq = stored_deletion_seq(txn, id)
+                .await?
+                .unwrap_or(seq_of_message);
+            return Ok((deleted(seq, false), None));
         }
-        Ok(message_event::Entity::find()
-            .select_only()
-            .column(message_event::Column::Seq)
-            .filter(message_event::Column::MessageId.eq(id))
-            .filter(message_event::Column::Kind.eq(EventKind::Deleted))
-            .into_tuple::<i64>()
-            .one(txn)
-            .await?
-            .unwrap_or(fallback))
+        self.erase(txn, id).await?;
+        let event = self.event(EventKind::Deleted, chat_id, id, user);
+        let event = self.record(chat_id, event);
+        Ok((deleted(0, true), Some(event)))
     }
 
     /// Nothing of message `id`'s text stays: not the message's, not its
@@ -485,7 +484,7 @@ impl Batch {
             .filter(message_event::Column::Content.is_not_null())
             .exec(txn)
             .await?;
-        for waiting in self.events.iter_mut() {
+        for (_, waiting) in self.events.iter_mut() {
             let edit_of_it = matches!(&waiting.message_id, Set(m) if *m == id)
                 && matches!(&waiting.content, Set(Some(_)));
             if edit_of_it {
@@ -516,7 +515,7 @@ impl Batch {
         chat_id: uuid::Uuid,
         emoji: &str,
         on: bool,
-    ) -> Result<ChangeOutcome, StoreError> {
+    ) -> Decided {
         let key = (id, user.0, emoji.to_owned());
         let set = self.known.own.contains(&key);
         if on && !set && !self.known.emoji_on(id).any(|e| e == emoji) {
@@ -528,7 +527,7 @@ impl Batch {
             }
         }
         let changed = on != set;
-        let seq = if changed {
+        let event = if changed {
             *self.known.counts.entry((id, emoji.to_owned())).or_default() +=
                 if on { 1 } else { -1 };
             if on {
@@ -537,26 +536,37 @@ impl Batch {
                 self.known.own.remove(&key);
             }
             self.reactions.set(key, on);
-            let seq = self.known.next_seq(chat_id);
-            let mut reacted = self.event(EventKind::Reaction, chat_id, seq, id, user);
+            let mut reacted = self.event(EventKind::Reaction, chat_id, id, user);
             reacted.emoji = Set(Some(emoji.to_owned()));
             reacted.added = Set(Some(on));
-            self.events.push(reacted);
-            Some(seq)
+            Some(self.record(chat_id, reacted))
         } else {
             None
         };
-        Ok(ChangeOutcome {
+        let outcome = ChangeOutcome {
             applied: Applied::Reacted(ReactionEvent {
                 status: None,
                 pk: ChatId(chat_id),
-                seq,
+                seq: None,
                 id,
                 user_id: Some(user.0),
                 emoji: emoji.to_owned(),
                 on,
             }),
             changed,
-        })
+        };
+        Ok((outcome, event))
     }
+}
+
+/// The `seq` of message `id`'s stored deletion event.
+async fn stored_deletion_seq<C: ConnectionTrait>(txn: &C, id: i64) -> Result<Option<i64>, DbErr> {
+    message_event::Entity::find()
+        .select_only()
+        .column(message_event::Column::Seq)
+        .filter(message_event::Column::MessageId.eq(id))
+        .filter(message_event::Column::Kind.eq(EventKind::Deleted))
+        .into_tuple::<i64>()
+        .one(txn)
+        .await
 }

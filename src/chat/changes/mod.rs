@@ -5,9 +5,10 @@
 //! and `sync` carry them in one order.
 //!
 //! The rules live here, checked inside the transaction that applies the
-//! change, with the conversation's row locked: two instances changing the
-//! same message at once see each other's result (a deletion racing an edit
-//! never brings the text back).
+//! change, with the message's row locked: two instances changing the same
+//! message at once see each other's result (a deletion racing an edit never
+//! brings the text back). The conversation's row is locked only at the end,
+//! to number the events (`apply_all`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -80,6 +81,17 @@ pub enum Applied {
     Edited(MessageEdited),
     Deleted(MessageDeleted),
     Reacted(ReactionEvent),
+}
+
+impl Applied {
+    /// Sets the `seq` of the event that made this state (numbered last).
+    fn numbered(&mut self, seq: i64) {
+        match self {
+            Applied::Edited(e) => e.seq = Some(seq),
+            Applied::Deleted(d) => d.seq = seq,
+            Applied::Reacted(r) => r.seq = Some(seq),
+        }
+    }
 }
 
 /// What became of a change: `changed` is false when it asked for what was
@@ -232,65 +244,7 @@ pub async fn commit(
 ) -> Result<Vec<Result<ChangeOutcome, StoreError>>, DbErr> {
     let chat_of = chats_of(db, batch).await?;
     let txn = crate::db::begin_write(db).await?;
-    let chats: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
-    lock_chats(&txn, &chats).await?;
     let results = apply_all(&txn, batch, &chat_of, edit_window).await?;
     txn.commit().await?;
     Ok(results)
-}
-
-/// Moves each conversation's `seq` to its new value, in one statement
-/// (also the writer's, for new messages on MySQL).
-pub(crate) async fn set_seqs<C: ConnectionTrait>(
-    txn: &C,
-    moved: &[(uuid::Uuid, i64)],
-) -> Result<(), DbErr> {
-    let Some(((first, seq), rest)) = moved.split_first() else {
-        return Ok(());
-    };
-    let mut to = Expr::case(chat::Column::Id.eq(*first), *seq);
-    for (chat, seq) in rest {
-        to = to.case(chat::Column::Id.eq(*chat), *seq);
-    }
-    chat::Entity::update_many()
-        .col_expr(
-            chat::Column::Seq,
-            to.finally(Expr::col(chat::Column::Seq)).into(),
-        )
-        .filter(chat::Column::Id.is_in(moved.iter().map(|(chat, _)| *chat)))
-        .exec(txn)
-        .await?;
-    Ok(())
-}
-
-/// Locks `chats` for this transaction, in id order (new messages lock them
-/// in the same order, `writer::next_seqs`, and a batch of both locks all
-/// its conversations here first). SQLite has one writer at a time: an
-/// UPDATE first makes this transaction that writer.
-pub async fn lock_chats<C: ConnectionTrait>(
-    txn: &C,
-    chats: &BTreeSet<uuid::Uuid>,
-) -> Result<(), DbErr> {
-    if chats.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = chats.iter().copied().collect();
-    if txn.get_database_backend() == DatabaseBackend::Sqlite {
-        chat::Entity::update_many()
-            .col_expr(chat::Column::Seq, Expr::col(chat::Column::Seq))
-            .filter(chat::Column::Id.is_in(ids))
-            .exec(txn)
-            .await?;
-    } else {
-        chat::Entity::find()
-            .select_only()
-            .column(chat::Column::Id)
-            .filter(chat::Column::Id.is_in(ids))
-            .order_by_asc(chat::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<uuid::Uuid>()
-            .all(txn)
-            .await?;
-    }
-    Ok(())
 }

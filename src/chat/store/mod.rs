@@ -28,12 +28,14 @@ mod contacts;
 mod group_changes;
 mod history;
 mod page_statement;
+mod seqs;
 
 pub use attachments::*;
 pub use chats::*;
 pub use contacts::*;
 pub use group_changes::*;
 pub use history::*;
+pub use seqs::take_seqs;
 
 /// Largest page of history one request may ask for.
 pub const MAX_HISTORY_PAGE: u64 = 200;

@@ -368,11 +368,14 @@ pub(super) async fn store_unique(
     let rows: Vec<&Row> = to_insert.iter().map(|&i| &batch[i]).collect();
     let mut touched: BTreeSet<uuid::Uuid> = chat_of.values().copied().collect();
     touched.extend(rows.iter().map(|r| r.message.chat.0));
-    if !changes.batch.is_empty() {
-        // Every conversation of the batch locked at once, in id order, as
-        // another instance's batch would lock them.
-        changes::lock_chats(&txn, &touched).await?;
-    }
+    // Messages and changes share a batch only on SQLite (one lane), whose
+    // IMMEDIATE transaction is the one writer: the order in which its rows
+    // are touched locks nothing. Elsewhere a change locks its message's row
+    // before its conversation's, and new messages lock only conversations.
+    debug_assert!(
+        changes.batch.is_empty() || db.get_database_backend() == DatabaseBackend::Sqlite,
+        "changes travel in a lane of their own on PostgreSQL and MySQL"
+    );
     if !rows.is_empty() {
         let seqs = next_seqs(&txn, &rows).await?;
         let pending: Vec<(&Row, i64)> = rows.iter().copied().zip(seqs).collect();

@@ -3,8 +3,10 @@
 //! test can make one instance's commit slow on purpose while another
 //! instance stores later events of the same conversation
 //! (tests/conversation_log.rs); or the next batch of read marks with a mark
-//! in it, before it is written (tests/chat_features.rs). Unused, it costs
-//! one atomic load a batch.
+//! in it, before it is written (tests/chat_features.rs); or a batch of
+//! changes after it decided them and before it numbers their events
+//! (`Point::Numbering`, tests/message_changes.rs). Unused, it costs one
+//! atomic load a batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,17 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
-static GATES: Mutex<Option<HashMap<uuid::Uuid, Gate>>> = Mutex::new(None);
+static GATES: Mutex<Option<HashMap<(Point, uuid::Uuid), Gate>>> = Mutex::new(None);
+
+/// Where in a batch a gate holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Point {
+    /// After the batch's `seq` numbers were taken, before its commit.
+    Commit,
+    /// A batch of changes, after its reads and writes, before its events
+    /// take their `seq` (so before the conversation's row is locked).
+    Numbering,
+}
 
 /// A held conversation: `reached` once a batch waits at it; that batch
 /// commits once `release` is called.
@@ -37,6 +49,11 @@ impl Gate {
 
 /// Holds the next batch with an event of `chat` before its commit.
 pub fn hold(chat: uuid::Uuid) -> Gate {
+    hold_at(Point::Commit, chat)
+}
+
+/// Holds the next batch with an event of `chat` at `point`.
+pub fn hold_at(point: Point, chat: uuid::Uuid) -> Gate {
     let gate = Gate {
         reached: Arc::new(Notify::new()),
         open: Arc::new(Semaphore::new(0)),
@@ -44,7 +61,7 @@ pub fn hold(chat: uuid::Uuid) -> Gate {
     let mut gates = GATES.lock().unwrap_or_else(|e| e.into_inner());
     gates
         .get_or_insert_with(HashMap::new)
-        .insert(chat, gate.clone());
+        .insert((point, chat), gate.clone());
     ARMED.store(true, Ordering::Release);
     gate
 }
@@ -56,8 +73,13 @@ pub(super) fn armed() -> bool {
     ARMED.load(Ordering::Acquire)
 }
 
-/// Where a writer waits, if a gate holds one of `chats`.
+/// Where a writer waits before its commit, if a gate holds one of `chats`.
 pub(crate) async fn pass(chats: impl Iterator<Item = uuid::Uuid>) {
+    pass_at(Point::Commit, chats).await
+}
+
+/// Where a writer waits at `point`, if a gate holds one of `chats` there.
+pub(crate) async fn pass_at(point: Point, chats: impl Iterator<Item = uuid::Uuid>) {
     if !armed() {
         return;
     }
@@ -68,7 +90,7 @@ pub(crate) async fn pass(chats: impl Iterator<Item = uuid::Uuid>) {
         };
         let mut found = None;
         for chat in chats {
-            if let Some(gate) = gates.remove(&chat) {
+            if let Some(gate) = gates.remove(&(point, chat)) {
                 found = Some(gate);
                 break;
             }

@@ -4,134 +4,16 @@
 
 use super::*;
 
-/// Takes the next `seq` of each row's conversation (B7), in row order, by
-/// moving `chats.seq` forward inside the transaction that stores the rows:
-/// so the numbers have no gaps (a rollback returns them) and follow commit
-/// order. On PostgreSQL and MySQL the conversations' rows are locked first,
-/// in id order: another instance's batch for the same conversation waits for
-/// this commit, and two batches never lock in opposite orders. SQLite has one
-/// writer at a time, and the UPDATE comes first so that this transaction is
-/// that writer before it reads.
+/// Takes the next `seq` of each row's conversation (B7), in row order,
+/// inside the transaction that stores the rows (`store::advance_seqs`:
+/// another instance's batch for the same conversation waits for this
+/// commit).
 pub(super) async fn next_seqs<C: ConnectionTrait>(
     txn: &C,
     rows: &[&Row],
 ) -> Result<Vec<i64>, DbErr> {
-    let mut counts: BTreeMap<uuid::Uuid, i64> = BTreeMap::new();
-    for row in rows {
-        *counts.entry(row.message.chat.0).or_default() += 1;
-    }
-    let tops: HashMap<uuid::Uuid, i64> = match txn.get_database_backend() {
-        DatabaseBackend::Postgres => bump_postgres(txn, &counts).await?,
-        DatabaseBackend::MySql => bump_mysql(txn, &counts).await?,
-        _ => bump_sqlite(txn, &counts).await?,
-    };
-    if tops.len() != counts.len() {
-        return Err(DbErr::Custom(
-            "a message for a conversation that does not exist".into(),
-        ));
-    }
-    // Each conversation's rows take its numbers up to the new top, in order.
-    let mut next: HashMap<uuid::Uuid, i64> = tops
-        .into_iter()
-        .map(|(chat, top)| (chat, top - counts[&chat] + 1))
-        .collect();
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let seq = next.entry(row.message.chat.0).or_default();
-            *seq += 1;
-            *seq - 1
-        })
-        .collect())
-}
-
-/// PostgreSQL: one statement whose text never changes (prepared once): the
-/// CTE locks the rows in id order, and the UPDATE moves only rows it
-/// locked, so no lock is taken out of that order.
-pub(super) async fn bump_postgres<C: ConnectionTrait>(
-    txn: &C,
-    counts: &BTreeMap<uuid::Uuid, i64>,
-) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    use sea_orm::sea_query::{ArrayType, Value};
-    let ids = counts.keys().map(|c| Value::Uuid(Some(*c))).collect();
-    let ns = counts.values().map(|n| Value::BigInt(Some(*n))).collect();
-    let statement = sea_orm::Statement::from_sql_and_values(
-        DatabaseBackend::Postgres,
-        "WITH locked AS (SELECT id FROM chats WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-         UPDATE chats SET seq = chats.seq + batch.n \
-         FROM locked JOIN UNNEST($1::uuid[], $2::int8[]) AS batch(id, n) ON batch.id = locked.id \
-         WHERE chats.id = locked.id RETURNING chats.id, chats.seq",
-        [
-            Value::Array(ArrayType::Uuid, Some(Box::new(ids))),
-            Value::Array(ArrayType::BigInt, Some(Box::new(ns))),
-        ],
-    );
-    txn.query_all_raw(statement)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "seq")?)))
-        .collect()
-}
-
-/// MySQL: the rows locked in id order (`SELECT … FOR UPDATE` on the
-/// primary key), then moved to their new tops.
-pub(super) async fn bump_mysql<C: ConnectionTrait>(
-    txn: &C,
-    counts: &BTreeMap<uuid::Uuid, i64>,
-) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
-    let found = chat::Entity::find()
-        .select_only()
-        .column(chat::Column::Id)
-        .column(chat::Column::Seq)
-        .filter(chat::Column::Id.is_in(chats))
-        .order_by_asc(chat::Column::Id)
-        .lock_exclusive()
-        .into_tuple::<(uuid::Uuid, i64)>()
-        .all(txn)
-        .await?;
-    let tops: HashMap<uuid::Uuid, i64> = found
-        .iter()
-        .map(|(chat, seq)| (*chat, seq + counts.get(chat).copied().unwrap_or(0)))
-        .collect();
-    let moved: Vec<(uuid::Uuid, i64)> = tops.iter().map(|(chat, top)| (*chat, *top)).collect();
-    changes::set_seqs(txn, &moved).await?;
-    Ok(tops)
-}
-
-/// SQLite: the UPDATE first (this transaction becomes the one writer), then
-/// the new values read back.
-pub(super) async fn bump_sqlite<C: ConnectionTrait>(
-    txn: &C,
-    counts: &BTreeMap<uuid::Uuid, i64>,
-) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
-    let mut cases = counts.iter();
-    let Some((first, n)) = cases.next() else {
-        return Ok(HashMap::new());
-    };
-    let mut by = Expr::case(chat::Column::Id.eq(*first), *n);
-    for (chat, n) in cases {
-        by = by.case(chat::Column::Id.eq(*chat), *n);
-    }
-    chat::Entity::update_many()
-        .col_expr(
-            chat::Column::Seq,
-            Expr::col(chat::Column::Seq).add(by.finally(0)),
-        )
-        .filter(chat::Column::Id.is_in(chats.clone()))
-        .exec(txn)
-        .await?;
-    Ok(chat::Entity::find()
-        .select_only()
-        .column(chat::Column::Id)
-        .column(chat::Column::Seq)
-        .filter(chat::Column::Id.is_in(chats))
-        .into_tuple::<(uuid::Uuid, i64)>()
-        .all(txn)
-        .await?
-        .into_iter()
-        .collect())
+    let chats: Vec<uuid::Uuid> = rows.iter().map(|row| row.message.chat.0).collect();
+    store::take_seqs(txn, &chats).await
 }
 
 /// PostgreSQL: the whole batch in one statement with seven array parameters.

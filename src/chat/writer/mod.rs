@@ -7,7 +7,7 @@
 //! of its conversation (B7, `next_seqs`).
 //!
 //! Changes to stored messages (edits, deletions, reactions: B8,
-//! `changes.rs`) are group-committed the same way. On PostgreSQL and MySQL
+//! `changes/`) are group-committed the same way. On PostgreSQL and MySQL
 //! they have a lane of their own, a second queue and task beside the
 //! messages': a batch of changes is a transaction of a dozen statements,
 //! and in the messages' batches it would cost every message beside it the
@@ -17,18 +17,17 @@
 //! (server/order.rs) delivers the events of both lanes in `seq` order. On
 //! SQLite, which has one writer at a time, one lane takes both.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Recipient;
 use chrono::{DateTime, Utc};
-use entity::{chat, message};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use entity::message;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, FromQueryResult, QueryFilter,
 };
 use tokio::sync::{mpsc, oneshot};
 
