@@ -796,7 +796,29 @@ async fn random_changes_converge(apps: Vec<TestApp>, ops_per_user: usize) {
         let (known, pk) = (known.clone(), pk.clone());
         async move {
             const EMOJI: [&str; 4] = ["👍", "❤️", "😂", "🎉"];
-            for i in 0..ops_per_user {
+            // Several requests in flight, as a client sends them: batches
+            // of the writers hold several at once, and the run is quick.
+            const IN_FLIGHT: usize = 8;
+            let (mut i, mut in_flight) = (0, 0);
+            while i < ops_per_user || in_flight > 0 {
+                if i == ops_per_user || in_flight == IN_FLIGHT {
+                    let frame = ws.recv().await;
+                    let kind = frame["type"].as_str().unwrap_or_default();
+                    if !kind.ends_with("_response") {
+                        continue; // a push
+                    }
+                    in_flight -= 1;
+                    let answer = &frame["data"];
+                    if kind == "message_response" && answer["status"] == "success" {
+                        known.borrow_mut().push((answer["id"].as_i64().unwrap(), u));
+                    }
+                    let refused = answer["code"].as_str();
+                    assert!(
+                        matches!(refused, None | Some("invalid") | Some("not_found")),
+                        "{frame}"
+                    );
+                    continue;
+                }
                 let pick = |rng: &mut Rng, own: bool| {
                     let known = known.borrow();
                     let candidates: Vec<i64> = known
@@ -828,15 +850,8 @@ async fn random_changes_converge(apps: Vec<TestApp>, ops_per_user: usize) {
                         json!({"type": "react", "data": {"id": any, "emoji": emoji, "on": on}})
                     }
                 };
-                let answer = ws.ask(request.clone()).await;
-                if request["type"] == "message" && answer["status"] == "success" {
-                    known.borrow_mut().push((answer["id"].as_i64().unwrap(), u));
-                }
-                let refused = answer["code"].as_str();
-                assert!(
-                    matches!(refused, None | Some("invalid") | Some("not_found")),
-                    "{request} → {answer}"
-                );
+                ws.send(request).await;
+                (i, in_flight) = (i + 1, in_flight + 1);
             }
         }
     });
