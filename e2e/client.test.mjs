@@ -29,15 +29,22 @@ let port;
 let base;
 const dir = mkdtempSync(join(tmpdir(), "chat-e2e-"));
 
-function freePort() {
-  return new Promise((done, fail) => {
-    const probe = createServer();
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => done(port));
+/**
+ * A port that is free now, below the kernel's ephemeral range (32768 and
+ * up): no outgoing connection of another process (CI runs the Rust tests
+ * beside these) takes it as its local port while a scenario restarts the
+ * server on it.
+ */
+async function freePort() {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const free = await new Promise((done) => {
+      const probe = createServer();
+      probe.once("error", () => done(false));
+      probe.listen(port, "127.0.0.1", () => probe.close(() => done(true)));
     });
-    probe.on("error", fail);
-  });
+    if (free) return port;
+  }
 }
 
 /** Starts a chat-server on `on` (default: the suite's port), SQLite unless `env` says. */
