@@ -460,7 +460,9 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
         tasks.push(actix_web::rt::spawn(async move {
             let mut rng = Rng(seed.wrapping_add(s));
             let mut n = 0;
-            while Instant::now() < deadline {
+            // Until the deadline, and at least `MIN_SENT` messages however
+            // slow the machine (the history must hold more than 100).
+            while Instant::now() < deadline || n < MIN_SENT {
                 let at = rng.below(sessions.len() as u64) as usize;
                 let text = format!("u{s} m{n}");
                 sessions[at]
@@ -543,6 +545,8 @@ async fn random_senders_and_readers(apps: Vec<TestApp>, run: Duration) {
 
 /// Fewest catch-ups after a reconnect each reader makes in a run.
 const MIN_RECONNECTS: usize = 4;
+/// The fewest messages each of the three senders sends.
+const MIN_SENT: usize = 40;
 
 /// How long the randomized run lasts: `CONVERSATION_LOG_SECONDS`, 30 by
 /// default (set it longer for a soak; CI keeps the default).
