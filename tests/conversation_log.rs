@@ -10,7 +10,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chat_server::chat::writer::commit_gate;
-use common::{authorized_at, require_redis_url, Backend, Event, TestApp, TestDatabase, WsClient};
+use common::{
+    authorized_at, require_redis_url, Backend, Event, ReleaseOnDrop, TestApp, TestDatabase,
+    WsClient,
+};
 use entity::message;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{json, Value};
@@ -220,16 +223,6 @@ async fn slow_commit_on_one_instance(backend: &Backend) {
         .map(|m| &m["content"])
         .collect();
     assert_eq!(contents, [&json!("slow"), &json!("fast")]);
-}
-
-/// Opens the gate however the test ends, so a failed assertion cannot leave
-/// a writer waiting (and the instance unable to shut down).
-struct ReleaseOnDrop(commit_gate::Gate);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }
 
 #[actix_rt::test]

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::collections::HashSet;
 
-use common::{Backend, TestApp, WsClient};
+use common::{Backend, ReleaseOnDrop, TestApp, WsClient};
 use entity::{message, message_event, reaction};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{json, Value};
@@ -544,16 +544,6 @@ async fn a_change_numbers_its_event_last(backend: &Backend) {
 }
 
 backend_tests!(@server change_numbers_last => a_change_numbers_its_event_last);
-
-/// Opens a gate however the test ends, so a failed assertion cannot leave
-/// a writer waiting (and the instance unable to shut down).
-struct ReleaseOnDrop(chat_server::chat::writer::commit_gate::Gate);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
 
 /// REST mirrors the requests: the same rules, answers and pushes.
 async fn rest_mirrors_the_requests(backend: &Backend) {

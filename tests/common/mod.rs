@@ -982,6 +982,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Opens a writer's gate (`commit_gate`) however the test ends, so a failed
+/// assertion cannot leave a writer waiting (and the instance unable to
+/// shut down).
+pub struct ReleaseOnDrop(pub chat_server::chat::writer::commit_gate::Gate);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// The shared Redis of the environment (`TEST_REDIS_URL`), if any.
 pub fn redis_url() -> Option<String> {
     std::env::var("TEST_REDIS_URL")

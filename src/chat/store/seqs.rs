@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use entity::chat;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -23,8 +23,7 @@ async fn advance_seqs<C: ConnectionTrait>(
 ) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
     match txn.get_database_backend() {
         DatabaseBackend::Postgres => bump_postgres(txn, counts).await,
-        DatabaseBackend::MySql => bump_mysql(txn, counts).await,
-        _ => bump_sqlite(txn, counts).await,
+        _ => read_then_move(txn, counts).await,
     }
 }
 
@@ -87,9 +86,11 @@ async fn bump_postgres<C: ConnectionTrait>(
         .collect()
 }
 
-/// MySQL: the rows locked in id order (`SELECT … FOR UPDATE` on the
-/// primary key), then moved to their new tops.
-async fn bump_mysql<C: ConnectionTrait>(
+/// MySQL and SQLite: the rows read (on MySQL locked, in id order: `SELECT …
+/// FOR UPDATE` on the primary key; SQLite has no row locks, and the
+/// writer's transactions are IMMEDIATE, each the one writer from its
+/// start), then moved to their new tops.
+async fn read_then_move<C: ConnectionTrait>(
     txn: &C,
     counts: &BTreeMap<uuid::Uuid, i64>,
 ) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
@@ -111,41 +112,6 @@ async fn bump_mysql<C: ConnectionTrait>(
     let moved: Vec<(uuid::Uuid, i64)> = tops.iter().map(|(chat, top)| (*chat, *top)).collect();
     set_seqs(txn, &moved).await?;
     Ok(tops)
-}
-
-/// SQLite: the UPDATE, then the new values read back (the writer's
-/// transactions are IMMEDIATE: each is the one writer from its start).
-async fn bump_sqlite<C: ConnectionTrait>(
-    txn: &C,
-    counts: &BTreeMap<uuid::Uuid, i64>,
-) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    let chats: Vec<uuid::Uuid> = counts.keys().copied().collect();
-    let mut cases = counts.iter();
-    let Some((first, n)) = cases.next() else {
-        return Ok(HashMap::new());
-    };
-    let mut by = Expr::case(chat::Column::Id.eq(*first), *n);
-    for (chat, n) in cases {
-        by = by.case(chat::Column::Id.eq(*chat), *n);
-    }
-    chat::Entity::update_many()
-        .col_expr(
-            chat::Column::Seq,
-            Expr::col(chat::Column::Seq).add(by.finally(0)),
-        )
-        .filter(chat::Column::Id.is_in(chats.clone()))
-        .exec(txn)
-        .await?;
-    Ok(chat::Entity::find()
-        .select_only()
-        .column(chat::Column::Id)
-        .column(chat::Column::Seq)
-        .filter(chat::Column::Id.is_in(chats))
-        .into_tuple::<(uuid::Uuid, i64)>()
-        .all(txn)
-        .await?
-        .into_iter()
-        .collect())
 }
 
 /// Moves each conversation's `seq` to its new value, in one statement.

@@ -5,7 +5,7 @@
 use super::*;
 
 /// Takes the next `seq` of each row's conversation (B7), in row order,
-/// inside the transaction that stores the rows (`store::advance_seqs`:
+/// inside the transaction that stores the rows (`store::take_seqs`:
 /// another instance's batch for the same conversation waits for this
 /// commit).
 pub(super) async fn next_seqs<C: ConnectionTrait>(
