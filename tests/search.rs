@@ -319,7 +319,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
     // migration run again (the benchmark's bulk load): found. (MariaDB,
     // building the index in place, found none.)
     let (_second, empty, owner) = common::database_before(backend, "m20261203_000001_search").await;
-    migration::Migrator::up(&empty, None).await.unwrap();
+    migration::Migrator::up(&empty, Some(1)).await.unwrap();
     migration::Migrator::down(&empty, Some(1)).await.unwrap();
     for statement in &rows(owner) {
         empty.execute(statement).await.unwrap();
@@ -331,6 +331,22 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         "{}",
         backend.name()
     );
+
+    if let Backend::Postgres(_) = backend {
+        // GIN's pending list kept small (m20261206_000001_search_pending_list).
+        let options = empty
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT array_to_string(reloptions, ',') AS options FROM pg_class \
+                 WHERE relname = 'idx_messages_chat_search'",
+            ))
+            .await
+            .unwrap()
+            .expect("the search index")
+            .try_get::<String>("", "options")
+            .unwrap();
+        assert_eq!(options, "gin_pending_list_limit=64");
+    }
 
     if let Backend::Sqlite = backend {
         db.execute_unprepared(

@@ -17,6 +17,7 @@ mod m20261204_000001_mute;
 mod m20261204_000002_push;
 mod m20261204_000003_group_changes;
 mod m20261205_000001_attachments;
+mod m20261206_000001_search_pending_list;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000002_push::Migration),
             Box::new(m20261204_000003_group_changes::Migration),
             Box::new(m20261205_000001_attachments::Migration),
+            Box::new(m20261206_000001_search_pending_list::Migration),
         ]
     }
 }
