@@ -339,7 +339,6 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<usize, DbSetupError> {
     Ok(pending)
 }
 
-/// Whether the database answers a trivial query.
 /// Begins a transaction that will write. On SQLite it takes the write lock
 /// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
 /// then writes fails with `database is locked` at once, without waiting,
@@ -354,6 +353,7 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
     .await
 }
 
+/// Whether the database answers a trivial query.
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }
