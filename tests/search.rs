@@ -337,8 +337,10 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         let options = empty
             .query_one_raw(sea_orm::Statement::from_string(
                 sea_orm::DatabaseBackend::Postgres,
+                // By `regclass`: the index of this test's schema (the
+                // search path), not a namesake of a test beside it.
                 "SELECT array_to_string(reloptions, ',') AS options FROM pg_class \
-                 WHERE relname = 'idx_messages_chat_search'",
+                 WHERE oid = 'idx_messages_chat_search'::regclass",
             ))
             .await
             .unwrap()
