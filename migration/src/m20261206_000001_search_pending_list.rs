@@ -4,10 +4,10 @@
 //! New entries of a GIN index go to a pending list first, and the insert
 //! that finds the list over its limit moves the whole list into the index
 //! before it commits. With 4 MB that was one insert batch in a few
-//! thousand taking half a second to a second, and every message that
-//! arrived meanwhile waited behind it: the p99 of messages at 10,000 a
-//! second was 90 ms, its median 3 ms. With 64 kB each move is small, p99
-//! 10 ms, and throughput is the same (BENCHMARKS.md "The search index's
+//! thousand taking 100 to 500 ms, and every message that arrived meanwhile
+//! waited behind it: the p99 of messages at 10,000 a second was 90 ms, its
+//! median 3 ms. With 64 kB each move is small: p99 7–13 ms, throughput at
+//! full speed within the runs' spread (BENCHMARKS.md "The search index's
 //! pending list"). Turning the list off (`fastupdate = off`) gave the same
 //! tail but a fifth less throughput at full speed.
 //!
