@@ -11,6 +11,8 @@ use sea_orm::{
 
 use crate::config::{DbEngine, Settings};
 
+pub mod sqlite_memory;
+
 /// How long a SQLite writer waits for a lock before giving up: long enough to
 /// ride out another process's commit, short enough to surface a stuck one.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

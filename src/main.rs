@@ -4,6 +4,7 @@ use clap::Parser;
 
 use chat_server::cli::{self, Cli};
 use chat_server::config::Settings;
+use chat_server::db::sqlite_memory::{self, Outcome};
 
 /// mimalloc, not glibc's malloc: a frame is built on one thread (the
 /// ChatServer's, the writer's) and freed on another (the session's worker),
@@ -33,6 +34,10 @@ fn return_freed_memory_promptly() {
 
 fn main() {
     return_freed_memory_promptly();
+    // Before any thread or SQLite connection exists (its doc says why).
+    if let Outcome::TooLate(code) = sqlite_memory::use_mimalloc() {
+        eprintln!("chat-server: SQLite kept its own allocator (sqlite3_config: {code})");
+    }
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let unknown = e.kind() == clap::error::ErrorKind::UnknownArgument;
         let _ = e.print();

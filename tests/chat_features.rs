@@ -64,6 +64,65 @@ async fn idempotent_resend(backend: &Backend) {
 
 backend_tests!(resending_a_client_id_stores_nothing_new => idempotent_resend);
 
+/// The resend lookup's index holds only messages with a `client_id`
+/// (migration m20261207_000001) on SQLite and PostgreSQL, and the lookups
+/// (`IN` lists, and `=` in PostgreSQL's one-statement batch) still use it.
+async fn client_id_index(backend: &Backend) {
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    const INDEX: &str = "uq_messages_sender_chat_client_id";
+    /// The one text column of each row `sql` answers.
+    async fn texts(db: &impl ConnectionTrait, sql: &str, column: &str) -> Vec<String> {
+        let statement = Statement::from_string(db.get_database_backend(), sql);
+        db.query_all_raw(statement)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get::<String>("", column).unwrap())
+            .collect()
+    }
+    let app = TestApp::spawn(backend).await;
+    let (definition, plan) = match backend {
+        Backend::Sqlite => {
+            let sql = format!("SELECT sql FROM sqlite_master WHERE name = '{INDEX}'");
+            let plan = "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE sender_id IN (1, 2) \
+                        AND chat_id IN (x'00', x'01') AND client_id IN ('a', 'b')";
+            (
+                texts(&app.db, &sql, "sql").await,
+                texts(&app.db, plan, "detail").await,
+            )
+        }
+        Backend::Postgres(_) => {
+            let sql = format!("SELECT pg_get_indexdef('{INDEX}'::regclass) AS d");
+            // Planned as for a large table: an index the query could use is used.
+            let txn = app.db.begin().await.unwrap();
+            txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+                .await
+                .unwrap();
+            let plan = "EXPLAIN SELECT b.client FROM (VALUES (1::int8, \
+                        '00000000-0000-0000-0000-000000000000'::uuid, 'a'::text)) \
+                        AS b(sender, chat, client) WHERE NOT EXISTS (SELECT 1 FROM messages m \
+                        WHERE m.sender_id = b.sender AND m.chat_id = b.chat \
+                        AND m.client_id = b.client)";
+            let answers = (
+                texts(&txn, &sql, "d").await,
+                texts(&txn, plan, "QUERY PLAN").await,
+            );
+            txn.rollback().await.unwrap();
+            answers
+        }
+        // No partial indexes: the whole index, as before.
+        Backend::MySql(_) => return,
+    };
+    assert!(
+        definition[0].ends_with("WHERE client_id IS NOT NULL")
+            || definition[0].ends_with("WHERE (client_id IS NOT NULL)"),
+        "{definition:?}"
+    );
+    assert!(plan.iter().any(|step| step.contains(INDEX)), "{plan:?}");
+}
+
+backend_tests!(the_client_id_index_is_partial_and_used => client_id_index);
+
 async fn send_all(ws: &mut common::WsClient, pk: &str, texts: &[&str]) -> Vec<Value> {
     let mut acks = Vec::new();
     for text in texts {

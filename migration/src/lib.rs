@@ -18,6 +18,7 @@ mod m20261204_000002_push;
 mod m20261204_000003_group_changes;
 mod m20261205_000001_attachments;
 mod m20261206_000001_search_pending_list;
+mod m20261207_000001_client_id_partial_index;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000003_group_changes::Migration),
             Box::new(m20261205_000001_attachments::Migration),
             Box::new(m20261206_000001_search_pending_list::Migration),
+            Box::new(m20261207_000001_client_id_partial_index::Migration),
         ]
     }
 }
