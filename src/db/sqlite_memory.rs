@@ -5,9 +5,10 @@
 //! under one process-wide mutex (`SQLITE_CONFIG_MEMSTATUS`). A profile of
 //! the message writer at full speed had a quarter of SQLite's thread in
 //! glibc's `malloc` and `free` and in that mutex's lock and unlock
-//! (BENCHMARKS.md "SQLite's allocations"). Both are process-wide settings
-//! that SQLite accepts only before it initialises, that is before the first
-//! connection opens: `use_mimalloc` is called first thing in `main`.
+//! (BENCHMARKS.md "SQLite's allocations, and the client_id index"). Both
+//! are process-wide settings that SQLite accepts only before it
+//! initialises, that is before the first connection opens: `use_mimalloc`
+//! is called first thing in `main`.
 //!
 //! Nothing reads the statistics: `sqlite3_memory_used` and
 //! `sqlite3_soft_heap_limit64` are not used by the server or by sqlx.
