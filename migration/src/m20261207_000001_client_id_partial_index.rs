@@ -18,6 +18,12 @@
 //!
 //! MySQL has no partial indexes, and its foreign key on `sender_id` needs
 //! an index that starts with it: unchanged there.
+//!
+//! The index is built again when the first upgraded instance starts (on
+//! PostgreSQL inside the migration's transaction): until it is built,
+//! inserts into `messages` wait, on instances not yet upgraded too (the
+//! build reads every message that has a `client_id`). Upgrade a large
+//! database outside its busiest hour.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend};
