@@ -58,8 +58,8 @@ unsafe extern "C" fn shutdown(_: *mut c_void) {}
 pub enum Outcome {
     /// SQLite allocates through mimalloc and keeps no statistics.
     Configured,
-    /// SQLite had initialised already (a connection was open): it keeps
-    /// the C library's allocator; SQLite's code is the reason.
+    /// SQLite had initialised already (a connection was open) and refused,
+    /// with this result code: it keeps the C library's allocator.
     TooLate(c_int),
 }
 
