@@ -113,6 +113,16 @@ async fn sync_replays_live_frames(backend: &Backend) {
 
 backend_tests!(sync_answers_the_events_exactly_as_they_went_live => sync_replays_live_frames);
 
+/// The contents of a `get_messages` answer's messages, in its order.
+fn contents(answer: &Value) -> Vec<String> {
+    answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
 async fn get_messages_after_reads_in_seq_order(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, pk) = app.pair("alice", "bob").await;
@@ -122,14 +132,6 @@ async fn get_messages_after_reads_in_seq_order(backend: &Backend) {
         ids.push(send(&mut alice, &pk, text).await["id"].as_i64().unwrap());
     }
     let page = |data: Value| json!({"type": "get_messages", "data": data});
-    let contents = |answer: &Value| -> Vec<String> {
-        answer["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().to_string())
-            .collect()
-    };
     let after = alice.ask(page(json!({"id": pk, "after": ids[1]}))).await;
     assert_eq!(contents(&after), ["c", "d"], "{}", backend.name());
     // 0 (nothing seen yet) reads from the start; an id of another
@@ -145,6 +147,107 @@ async fn get_messages_after_reads_in_seq_order(backend: &Backend) {
 }
 
 backend_tests!(get_messages_after_an_id_reads_in_the_conversations_order => get_messages_after_reads_in_seq_order);
+
+/// An id that is not one of the conversation's messages (here, each of
+/// another conversation's, sent between its own, with reactions taking
+/// `seq`s between them too) places a page and a read mark exactly where it
+/// falls: the conversation's messages are found by `seq`, the id placed
+/// by a search over it (`chat/store/position.rs`).
+async fn ids_between_place_pages_and_read_marks(backend: &Backend) {
+    const N: usize = 13;
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let (_, _, other) = app.pair("carol", "dave").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut carol = app.authorized(&app.login("carol").await).await;
+    let mut between = Vec::new();
+    for i in 0..N {
+        let id = send(&mut alice, &pk, &format!("m{i}")).await["id"]
+            .as_i64()
+            .unwrap();
+        if i % 3 == 0 {
+            let reacted = json!({"type": "react", "data": {"id": id, "emoji": "👍", "on": true}});
+            assert_eq!(alice.ask(reacted).await["status"], "success");
+        }
+        let id = send(&mut carol, &other, &format!("o{i}")).await["id"]
+            .as_i64()
+            .unwrap();
+        between.push(id);
+    }
+    let names =
+        |range: std::ops::Range<usize>| -> Vec<String> { range.map(|i| format!("m{i}")).collect() };
+    let page = |data: Value| json!({"type": "get_messages", "data": data});
+    for (i, &o) in between.iter().enumerate() {
+        let after = alice.ask(page(json!({"id": pk, "after": o}))).await;
+        assert_eq!(
+            contents(&after),
+            names(i + 1..N),
+            "after o{i}, {}",
+            backend.name()
+        );
+        let before = alice.ask(page(json!({"id": pk, "before": o}))).await;
+        assert_eq!(contents(&before), names(0..i + 1), "before o{i}");
+    }
+    let mut bob = app.authorized(&app.login("bob").await).await;
+    let unread = |contacts: &Value| contacts[0]["unread"].clone();
+    let contacts = bob.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(unread(&contacts), N);
+    let beyond = between[N - 1] + 1000;
+    for (i, &o) in between.iter().chain([&beyond]).enumerate() {
+        let read = bob
+            .ask(json!({"type": "read", "data": {"id": pk, "up_to": o}}))
+            .await;
+        assert_eq!(read, json!({"status": "success", "pk": pk, "up_to": o}));
+        let contacts = bob.ask(json!({"type": "get_contacts", "data": {}})).await;
+        assert_eq!(
+            unread(&contacts),
+            N.saturating_sub(i + 1),
+            "read to o{i}, {}",
+            backend.name()
+        );
+    }
+}
+
+backend_tests!(an_id_between_a_conversations_messages_places_pages_and_read_marks => ids_between_place_pages_and_read_marks);
+
+/// SQLite keeps one index of `messages` keyed by conversation (each costs a
+/// commit a page per conversation in it), migration m20261208_000001; the
+/// other databases keep `(chat_id, id)` for search.
+async fn one_conversation_index(backend: &Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = TestApp::spawn(backend).await;
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT il.name AS name FROM pragma_index_list('messages') il \
+             WHERE (SELECT ii.name FROM pragma_index_info(il.name) ii WHERE ii.seqno = 0) = 'chat_id' \
+             ORDER BY il.name"
+        }
+        Backend::Postgres(_) => {
+            "SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema() \
+             AND tablename = 'messages' AND indexdef LIKE '%(chat_id, id)' ORDER BY indexname"
+        }
+        Backend::MySql(_) => {
+            "SELECT DISTINCT index_name AS name FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = 'messages' \
+             AND index_name = 'idx_messages_chat_id_id'"
+        }
+    };
+    let names: Vec<String> = app
+        .db
+        .query_all_raw(Statement::from_string(app.db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "name").unwrap())
+        .collect();
+    let expected = match backend {
+        Backend::Sqlite => ["uq_messages_chat_seq"],
+        _ => ["idx_messages_chat_id_id"],
+    };
+    assert_eq!(names, expected, "{}", backend.name());
+}
+
+backend_tests!(sqlite_keeps_one_index_keyed_by_conversation => one_conversation_index);
 
 /// One instance's commit is held after it took its `seq`; another instance
 /// stores a later message of the same conversation meanwhile. A client that

@@ -19,6 +19,7 @@ mod m20261204_000003_group_changes;
 mod m20261205_000001_attachments;
 mod m20261206_000001_search_pending_list;
 mod m20261207_000001_client_id_partial_index;
+mod m20261208_000001_sqlite_one_conversation_index;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000001_attachments::Migration),
             Box::new(m20261206_000001_search_pending_list::Migration),
             Box::new(m20261207_000001_client_id_partial_index::Migration),
+            Box::new(m20261208_000001_sqlite_one_conversation_index::Migration),
         ]
     }
 }

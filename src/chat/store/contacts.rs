@@ -178,12 +178,10 @@ pub(super) async fn chats_and_last_ids(
                 .map(|c| (c.id, c)),
         );
         last_ids.extend(
-            message::Entity::find()
+            chat::Entity::find()
                 .select_only()
-                .expr(Func::max(Expr::col(message::Column::Id)))
-                .filter(message::Column::ChatId.is_in(chunk.to_vec()))
-                .filter(message::Column::Deleted.eq(false))
-                .group_by(message::Column::ChatId)
+                .expr(newest_kept_message())
+                .filter(chat::Column::Id.is_in(chunk.to_vec()))
                 .into_tuple::<Option<i64>>()
                 .all(db)
                 .await?
@@ -192,6 +190,26 @@ pub(super) async fn chats_and_last_ids(
         );
     }
     Ok((chats, last_ids))
+}
+
+/// The id of the conversation's (the outer `chats` row's) newest message
+/// that is not deleted: its messages walked newest first by `seq`, which
+/// stops at the first one kept.
+fn newest_kept_message() -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    let m = Alias::new("m");
+    let newest = Query::select()
+        .column((m.clone(), message::Column::Id))
+        .from_as(message::Entity, m.clone())
+        .and_where(
+            Expr::col((m.clone(), message::Column::ChatId))
+                .equals((chat::Entity, chat::Column::Id)),
+        )
+        .and_where(Expr::col((m.clone(), message::Column::Deleted)).eq(false))
+        .order_by((m, message::Column::Seq), Order::Desc)
+        .limit(1)
+        .to_owned();
+    Expr::SubQuery(None, Box::new(newest.into()))
 }
 
 /// The other person of each direct conversation in `direct`.
@@ -260,6 +278,50 @@ pub(super) async fn messages_by_chat(
     Ok(last_messages)
 }
 
+/// Where each membership's read mark (a message id) falls in its
+/// conversation, as a `seq`: one query for the marks that name one of the
+/// conversation's messages (every mark a client made of a message it was
+/// shown), a search for any other.
+async fn read_seqs(
+    db: &DatabaseConnection,
+    memberships: &[chat_member::Model],
+) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
+    let marks: Vec<i64> = memberships
+        .iter()
+        .filter_map(|m| m.last_read_message_id.filter(|id| *id > 0))
+        .collect();
+    if marks.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found: HashMap<i64, (uuid::Uuid, i64)> = message::Entity::find()
+        .select_only()
+        .column(message::Column::Id)
+        .column(message::Column::ChatId)
+        .column(message::Column::Seq)
+        .filter(message::Column::Id.is_in(marks))
+        .into_tuple::<(i64, uuid::Uuid, i64)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|(id, chat, seq)| (id, (chat, seq)))
+        .collect();
+    let mut seqs = HashMap::new();
+    for m in memberships {
+        let Some(mark) = m.last_read_message_id.filter(|id| *id > 0) else {
+            continue;
+        };
+        let seq = match found.get(&mark) {
+            Some((chat, seq)) if *chat == m.chat_id => *seq,
+            _ => around(db, ChatId(m.chat_id), mark)
+                .await?
+                .up_to
+                .unwrap_or(0),
+        };
+        seqs.insert(m.chat_id, seq);
+    }
+    Ok(seqs)
+}
+
 /// How many messages of others each membership has not read.
 pub(super) async fn unread_counts(
     db: &DatabaseConnection,
@@ -268,12 +330,13 @@ pub(super) async fn unread_counts(
 ) -> Result<HashMap<uuid::Uuid, u64>, DbErr> {
     let mut unread: HashMap<uuid::Uuid, u64> = HashMap::new();
     for chunk in memberships.chunks(IN_CHUNK) {
+        let read = read_seqs(db, chunk).await?;
         let mut unread_filter = Condition::any();
         for m in chunk {
             unread_filter = unread_filter.add(
                 Condition::all()
                     .add(message::Column::ChatId.eq(m.chat_id))
-                    .add(message::Column::Id.gt(m.last_read_message_id.unwrap_or(0))),
+                    .add(message::Column::Seq.gt(read.get(&m.chat_id).copied().unwrap_or(0))),
             );
         }
         unread.extend(
@@ -400,7 +463,7 @@ pub async fn conversation<C: ConnectionTrait>(
         .collect();
     let last_message = message::Entity::find()
         .filter(message::Column::ChatId.eq(chat.0))
-        .order_by_desc(message::Column::Id)
+        .order_by_desc(message::Column::Seq)
         .one(db)
         .await?;
     Ok(Some(ConversationRow {

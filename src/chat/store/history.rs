@@ -278,26 +278,14 @@ pub(super) async fn seq_next_to<C: ConnectionTrait>(
     if let Some(seq) = seq_of(db, chat, id).await? {
         return Ok(seq);
     }
-    let seq = Expr::col(message::Column::Seq);
-    let (bound, beyond) = if forward {
-        (Func::min(seq), message::Column::Id.gt(id))
+    let around = around(db, chat, id).await?;
+    if forward {
+        match around.after {
+            Some(seq) => Ok(seq - 1),
+            None => latest_seq(db, chat).await,
+        }
     } else {
-        (Func::max(seq), message::Column::Id.lt(id))
-    };
-    let neighbour = message::Entity::find()
-        .select_only()
-        .expr(bound)
-        .filter(message::Column::ChatId.eq(chat.0))
-        .filter(beyond)
-        .into_tuple::<Option<i64>>()
-        .one(db)
-        .await?
-        .flatten();
-    match (forward, neighbour) {
-        (true, Some(seq)) => Ok(seq - 1),
-        (true, None) => latest_seq(db, chat).await,
-        (false, Some(seq)) => Ok(seq + 1),
-        (false, None) => Ok(0),
+        Ok(around.up_to.map_or(0, |seq| seq + 1))
     }
 }
 

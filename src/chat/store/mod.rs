@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use entity::{block, chat, chat_member, message, message_event, reaction, user};
-use sea_orm::sea_query::{Expr, Func};
+use sea_orm::sea_query::{Alias, Expr, Func, Order, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
@@ -28,6 +28,7 @@ mod contacts;
 mod group_changes;
 mod history;
 mod page_statement;
+mod position;
 mod seqs;
 
 pub use attachments::*;
@@ -35,6 +36,7 @@ pub use chats::*;
 pub use contacts::*;
 pub use group_changes::*;
 pub use history::*;
+use position::around;
 pub use seqs::take_seqs;
 
 /// Largest page of history one request may ask for.
