@@ -258,6 +258,25 @@ pub fn describe(error: &DbErr) -> String {
     }
 }
 
+/// Whether `error` made the database roll the whole transaction back to
+/// break a deadlock (or a serialization conflict), so running it again is
+/// safe and likely to succeed: SQLSTATE 40001 (MySQL's error 1213, and
+/// PostgreSQL's serialization failure) or 40P01 (PostgreSQL's deadlock).
+/// Two instances' writers can deadlock on MySQL, which has no lock mode
+/// that lets a foreign-key check pass a row locked for an update.
+pub fn is_deadlock(error: &DbErr) -> bool {
+    use sea_orm::sqlx;
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = error
+    else {
+        return false;
+    };
+    match e.as_ref() {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40001" | "40P01")),
+        _ => false,
+    }
+}
+
 /// Creates the SQLite file readable by its owner only (it holds password
 /// hashes); SQLite gives its `-wal` and `-shm` files the same mode. An
 /// existing file with looser permissions is left as it is, with a warning.

@@ -306,6 +306,52 @@ async fn writers_own_connections(backend: &Backend) {
 
 backend_tests!(writers_commit_while_every_pooled_connection_is_taken => writers_own_connections);
 
+/// Two transactions lock two rows in opposite orders: the database rolls
+/// one back to break the deadlock, and `db::is_deadlock` knows that error
+/// for what it is, so the writers run such a row's transaction again
+/// (`OneByOne` in chat/writer/commit.rs) instead of answering `internal`.
+/// On MySQL two instances' writers can deadlock (a foreign-key check of a
+/// reply waits for the message a change has locked); SQLite has one writer.
+async fn a_deadlock_is_known(backend: &Backend) {
+    use futures_util::future::{select, Either};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    if matches!(backend, Backend::Sqlite) {
+        return;
+    }
+    let app = TestApp::spawn(backend).await;
+    for sql in [
+        "CREATE TABLE deadlock_probe (id INT PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO deadlock_probe (id, v) VALUES (1, 0), (2, 0)",
+    ] {
+        app.db.execute_unprepared(sql).await.unwrap();
+    }
+    let update = |id: i32| format!("UPDATE deadlock_probe SET v = v + 1 WHERE id = {id}");
+    let (a, b) = (app.db.begin().await.unwrap(), app.db.begin().await.unwrap());
+    a.execute_unprepared(&update(1)).await.unwrap();
+    b.execute_unprepared(&update(2)).await.unwrap();
+    let (a_then_2, b_then_1) = (update(2), update(1));
+    let crossed = select(
+        Box::pin(a.execute_unprepared(&a_then_2)),
+        Box::pin(b.execute_unprepared(&b_then_1)),
+    );
+    // The first answer is the victim's error, or the survivor's success
+    // with the victim's error on its way.
+    let error = match crossed.await {
+        Either::Left((Err(e), _)) | Either::Right((Err(e), _)) => e,
+        Either::Left((Ok(_), rest)) => rest.await.unwrap_err(),
+        Either::Right((Ok(_), rest)) => rest.await.unwrap_err(),
+    };
+    assert!(chat_server::db::is_deadlock(&error), "{error:?}");
+    assert!(!chat_server::db::is_deadlock(&sea_orm::DbErr::Custom(
+        "not a deadlock".into()
+    )));
+    // Both roll back as they are dropped (PostgreSQL holds the victim's
+    // locks until then).
+    drop((a, b));
+}
+
+backend_tests!(a_deadlock_is_known_for_what_it_is => a_deadlock_is_known);
+
 #[test]
 fn a_pooled_connection_dropped_without_a_runtime_is_let_go() {
     use sea_orm::sqlx::sqlite::SqlitePoolOptions;

@@ -16,15 +16,27 @@ pub(super) struct OneByOne {
 
 impl OneByOne {
     const GIVE_UP_AFTER: usize = 3;
+    /// Runs of one row's transaction after the database chose it to break a
+    /// deadlock (rolled back whole, so nothing is stored twice).
+    const DEADLOCK_RUNS: usize = 3;
 
-    async fn attempt<T, F>(&mut self, store: impl FnOnce() -> F) -> Result<T, StoreError>
+    async fn attempt<T, F>(&mut self, mut store: impl FnMut() -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
         if let Some(error) = &self.gave_up {
             return Err(StoreError::Database(error.clone()));
         }
-        let result = store().await;
+        let mut result = store().await;
+        for _ in 1..Self::DEADLOCK_RUNS {
+            match &result {
+                Err(StoreError::Database(e)) if crate::db::is_deadlock(e) => {
+                    tracing::warn!(error = %e, "a deadlock rolled the row back; running it again");
+                    result = store().await;
+                }
+                _ => break,
+            }
+        }
         match &result {
             Err(StoreError::Database(error)) => {
                 self.failed_in_a_row += 1;
