@@ -151,8 +151,9 @@ backend_tests!(get_messages_after_an_id_reads_in_the_conversations_order => get_
 /// An id that is not one of the conversation's messages (here, each of
 /// another conversation's, sent between its own, with reactions taking
 /// `seq`s between them too) places a page and a read mark exactly where it
-/// falls: the conversation's messages are found by `seq`, the id placed
-/// by a search over it (`chat/store/position.rs`).
+/// falls: the conversation's messages are found by `seq`, a page's id
+/// placed by a search over it (`chat/store/position.rs`), a read mark by a
+/// walk down to the newest message up to it (`chat/store/contacts.rs`).
 async fn ids_between_place_pages_and_read_marks(backend: &Backend) {
     const N: usize = 13;
     let app = TestApp::spawn(backend).await;

@@ -193,19 +193,30 @@ pub(super) async fn chats_and_last_ids(
 }
 
 /// The id of the conversation's (the outer `chats` row's) newest message
-/// that is not deleted: its messages walked newest first by `seq`, which
-/// stops at the first one kept.
+/// that is not deleted.
 fn newest_kept_message() -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    newest_message(message::Column::Id, (chat::Entity, chat::Column::Id), |m| {
+        Expr::col((m, message::Column::Deleted)).eq(false)
+    })
+}
+
+/// `column` of the newest message of conversation `chat` (a column of the
+/// outer query's row) that meets `condition` (given the messages' alias):
+/// the conversation's messages walked down from the newest by `seq`, a
+/// walk that stops at the first one that meets it.
+fn newest_message(
+    column: message::Column,
+    chat: (impl sea_orm::Iden + 'static, impl sea_orm::Iden + 'static),
+    condition: impl FnOnce(Alias) -> Expr,
+) -> Expr {
     use sea_orm::sea_query::ExprTrait;
     let m = Alias::new("m");
     let newest = Query::select()
-        .column((m.clone(), message::Column::Id))
+        .column((m.clone(), column))
         .from_as(message::Entity, m.clone())
-        .and_where(
-            Expr::col((m.clone(), message::Column::ChatId))
-                .equals((chat::Entity, chat::Column::Id)),
-        )
-        .and_where(Expr::col((m.clone(), message::Column::Deleted)).eq(false))
+        .and_where(Expr::col((m.clone(), message::Column::ChatId)).equals(chat))
+        .and_where(condition(m.clone()))
         .order_by((m, message::Column::Seq), Order::Desc)
         .limit(1)
         .to_owned();
@@ -278,48 +289,36 @@ pub(super) async fn messages_by_chat(
     Ok(last_messages)
 }
 
-/// Where each membership's read mark (a message id) falls in its
-/// conversation, as a `seq`: one query for the marks that name one of the
-/// conversation's messages (every mark a client made of a message it was
-/// shown), a search for any other.
+/// Where each of `user`'s read marks in `chats` (a message id, which a
+/// client may have made up) falls in its conversation, as a `seq`: the
+/// newest message up to the mark, found walking down from the newest, past
+/// the messages after the mark, as many as the count that follows reads.
 async fn read_seqs(
     db: &DatabaseConnection,
-    memberships: &[chat_member::Model],
+    user: UserId,
+    chats: Vec<uuid::Uuid>,
 ) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    let marks: Vec<i64> = memberships
-        .iter()
-        .filter_map(|m| m.last_read_message_id.filter(|id| *id > 0))
-        .collect();
-    if marks.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let found: HashMap<i64, (uuid::Uuid, i64)> = message::Entity::find()
+    use sea_orm::sea_query::ExprTrait;
+    let marked = (chat_member::Entity, chat_member::Column::ChatId);
+    let read = newest_message(message::Column::Seq, marked, |m| {
+        Expr::col((m, message::Column::Id)).lte(Expr::col((
+            chat_member::Entity,
+            chat_member::Column::LastReadMessageId,
+        )))
+    });
+    Ok(chat_member::Entity::find()
         .select_only()
-        .column(message::Column::Id)
-        .column(message::Column::ChatId)
-        .column(message::Column::Seq)
-        .filter(message::Column::Id.is_in(marks))
-        .into_tuple::<(i64, uuid::Uuid, i64)>()
+        .column(chat_member::Column::ChatId)
+        .expr(read)
+        .filter(chat_member::Column::UserId.eq(user.0))
+        .filter(chat_member::Column::ChatId.is_in(chats))
+        .filter(chat_member::Column::LastReadMessageId.gt(0))
+        .into_tuple::<(uuid::Uuid, Option<i64>)>()
         .all(db)
         .await?
         .into_iter()
-        .map(|(id, chat, seq)| (id, (chat, seq)))
-        .collect();
-    let mut seqs = HashMap::new();
-    for m in memberships {
-        let Some(mark) = m.last_read_message_id.filter(|id| *id > 0) else {
-            continue;
-        };
-        let seq = match found.get(&mark) {
-            Some((chat, seq)) if *chat == m.chat_id => *seq,
-            _ => around(db, ChatId(m.chat_id), mark)
-                .await?
-                .up_to
-                .unwrap_or(0),
-        };
-        seqs.insert(m.chat_id, seq);
-    }
-    Ok(seqs)
+        .filter_map(|(chat, seq)| Some((chat, seq?)))
+        .collect())
 }
 
 /// How many messages of others each membership has not read.
@@ -330,7 +329,7 @@ pub(super) async fn unread_counts(
 ) -> Result<HashMap<uuid::Uuid, u64>, DbErr> {
     let mut unread: HashMap<uuid::Uuid, u64> = HashMap::new();
     for chunk in memberships.chunks(IN_CHUNK) {
-        let read = read_seqs(db, chunk).await?;
+        let read = read_seqs(db, user, chunk.iter().map(|m| m.chat_id).collect()).await?;
         let mut unread_filter = Condition::any();
         for m in chunk {
             unread_filter = unread_filter.add(

@@ -1,9 +1,9 @@
 //! Where a message id falls in a conversation's `seq` order.
 //!
-//! Clients name places in a conversation by message id (a read mark's
-//! `up_to`, a page's `before` and `after`), and the id need not be one of
-//! the conversation's messages: 0, a made-up number, a message of another
-//! conversation. Within a conversation `id` and `seq` grow together (both
+//! Clients name places in a conversation by message id (a page's
+//! `before` and `after`; read marks are placed in `contacts.rs`), and the
+//! id need not be one of the conversation's messages: 0, a made-up number,
+//! a message of another conversation. Within a conversation `id` and `seq` grow together (both
 //! are taken in commit order), so the messages with an id up to `X` are
 //! exactly those up to some `seq`. The conversation's messages are read by
 //! `(chat_id, seq)` only, the one index keyed by conversation that SQLite
