@@ -200,6 +200,7 @@ pub async fn insert_user(
         is_staff: Set(new.is_staff),
         is_superuser: Set(new.is_superuser),
         token_version: Set(0),
+        tokens_changed_at: Set(0),
         created_at: Set(Utc::now()),
         last_login: Set(None),
         ..Default::default()
@@ -278,6 +279,7 @@ pub async fn set_password(
             user::Column::TokenVersion,
             Expr::value(user.token_version + 1),
         )
+        .col_expr(user::Column::TokensChangedAt, Expr::value(now_seconds()))
         .filter(user::Column::Id.eq(user.id))
         .filter(user::Column::TokenVersion.eq(user.token_version))
         .exec(db)
@@ -341,6 +343,7 @@ pub async fn revoke_token(
         id: Set(token.to_string()),
         user_id: Set(id),
         expires_at: Set(expires_at),
+        revoked_at: Set(now_seconds()),
     };
     revoked_token::Entity::insert(row)
         .on_conflict(
@@ -383,10 +386,12 @@ async fn revoke(
     id: i64,
     also: Option<(user::Column, Expr)>,
 ) -> Result<user::Model, AccountError> {
-    let mut update = user::Entity::update_many().col_expr(
-        user::Column::TokenVersion,
-        Expr::col(user::Column::TokenVersion).add(1),
-    );
+    let mut update = user::Entity::update_many()
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::col(user::Column::TokenVersion).add(1),
+        )
+        .col_expr(user::Column::TokensChangedAt, Expr::value(now_seconds()));
     if let Some((column, value)) = also {
         update = update.col_expr(column, value);
     }
@@ -472,6 +477,12 @@ pub async fn add_contact(
     let a = require_user(db, first).await?;
     let b = require_user(db, second).await?;
     direct_chat(db, a.id, b.id).await
+}
+
+/// Now, in seconds since the epoch: the stamp the revocation sweep reads
+/// revocations by (`chat::revocation`).
+pub fn now_seconds() -> i64 {
+    Utc::now().timestamp()
 }
 
 #[cfg(test)]

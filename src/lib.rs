@@ -156,6 +156,7 @@ impl Application {
         actix_web::rt::spawn(chat::revocation::run(
             db.clone(),
             actors.chat_server.clone(),
+            settings.auth.revocation_full_sweep(),
         ));
         let (stop_push, push_stopped) = tokio::sync::watch::channel(false);
         let push_task = push.clone().map(|push| {

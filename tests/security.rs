@@ -146,6 +146,62 @@ async fn old_token_sessions_close_after_a_cli_password_change(backend: &Backend)
 
 backend_tests!(a_session_on_an_old_token_closes_though_the_user_logged_in_again => old_token_sessions_close_after_a_cli_password_change);
 
+/// The `jti` a token carries (its payload is base64url JSON).
+fn token_id(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&json).expect("JSON claims");
+    claims["jti"].as_str().expect("a jti").to_string()
+}
+
+/// Every 5 s the sweep reads only the revocations stamped in the last
+/// minute; its full round (here every second) checks every online session,
+/// and so finds what the stamps hide: rows written before they existed, or
+/// by a host whose clock is far behind (stamped 0 here, both kinds).
+async fn stale_stamps_are_found_by_the_full_round(backend: &Backend) {
+    use entity::{revoked_token, user};
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ActiveModelTrait, ColumnTrait, ExprTrait, QueryFilter, Set};
+    let app = TestApp::spawn_with(backend, &[("REVOCATION_FULL_SWEEP_SECONDS", "1")]).await;
+    let (alice_id, bob_id, _) = app.pair("alice", "bob").await;
+    app.pair("carol", "dave").await;
+    let (alice_token, bob_token) = (app.login("alice").await, app.login("bob").await);
+    let mut alice = app.authorized(&alice_token).await;
+    let mut bob = app.authorized(&bob_token).await;
+    let mut carol = app.authorized(&app.login("carol").await).await;
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::col(user::Column::TokenVersion).add(1),
+        )
+        .filter(user::Column::Id.eq(alice_id))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    revoked_token::ActiveModel {
+        id: Set(token_id(&bob_token)),
+        user_id: Set(bob_id),
+        expires_at: Set(i64::MAX),
+        revoked_at: Set(0),
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+    for ws in [&mut alice, &mut bob] {
+        let started = Instant::now();
+        ws.expect_closed_with(1008, "token revoked").await;
+        // A full round within 1 s, then the 5 s tick; 4 s for a loaded machine.
+        assert!(started.elapsed() < Duration::from_secs(10), "{backend:?}");
+    }
+    let pong = carol.request(json!({"type": "ping", "data": {}})).await;
+    assert_eq!(pong, json!({"type": "pong", "data": {}}), "carol stays");
+}
+
+backend_tests!(revocations_with_stale_stamps_are_found_by_the_full_round => stale_stamps_are_found_by_the_full_round);
+
 #[actix_rt::test]
 async fn concurrent_guesses_cannot_pass_the_login_limit() {
     let app = TestApp::spawn_with(&Backend::Sqlite, &[("LOGIN_MAX_ATTEMPTS", "10")]).await;

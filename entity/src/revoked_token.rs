@@ -12,6 +12,10 @@ pub struct Model {
     pub id: String,
     pub user_id: i64,
     pub expires_at: i64,
+    /// When it was signed out, in seconds since the epoch by the clock of
+    /// the process that wrote the row (0: before this was recorded); the
+    /// revocation sweep reads the recent ones.
+    pub revoked_at: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

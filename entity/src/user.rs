@@ -24,6 +24,10 @@ pub struct Model {
     pub is_staff: bool,
     pub is_superuser: bool,
     pub token_version: i32,
+    /// When `token_version` or `is_active` last revoked tokens, in seconds
+    /// since the epoch by the writer's clock (0: never, or before this was
+    /// recorded); the revocation sweep reads the recent ones.
+    pub tokens_changed_at: i64,
     pub created_at: DateTimeUtc,
     pub last_login: Option<DateTimeUtc>,
 }

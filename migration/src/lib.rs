@@ -20,6 +20,7 @@ mod m20261205_000001_attachments;
 mod m20261206_000001_search_pending_list;
 mod m20261207_000001_client_id_partial_index;
 mod m20261208_000001_sqlite_one_conversation_index;
+mod m20261209_000001_revocation_times;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_search_pending_list::Migration),
             Box::new(m20261207_000001_client_id_partial_index::Migration),
             Box::new(m20261208_000001_sqlite_one_conversation_index::Migration),
+            Box::new(m20261209_000001_revocation_times::Migration),
         ]
     }
 }

@@ -265,17 +265,22 @@ pub struct ServerStats {
     pub leaving: usize,
 }
 
-/// Who is connected here, each with the oldest `token_version` among their
-/// sessions: what the revocation sweep checks against the database.
-#[derive(Message)]
-#[rtype(result = "Vec<(UserId, i32)>")]
-pub struct OnlineVersions;
-
 /// The ids of the tokens the sessions here authorized with: what the
-/// revocation sweep checks against the signed-out tokens.
+/// revocation sweep's full round checks against the signed-out tokens.
 #[derive(Message)]
-#[rtype(result = "Vec<(UserId, TokenId)>")]
+#[rtype(result = "Vec<TokenId>")]
 pub struct OnlineTokens;
+
+/// What the revocation sweep read from the database: close the sessions
+/// here that it revokes. Says nothing to the other instances (each sweeps).
+#[derive(Message, Default)]
+#[rtype(result = "()")]
+pub struct Recheck {
+    /// Users with the lowest `token_version` still valid (`i32::MAX`: none).
+    pub users: Vec<(UserId, i32)>,
+    /// Signed-out tokens, each with its user.
+    pub tokens: Vec<(UserId, TokenId)>,
+}
 
 /// Ends a session from outside, with a close frame saying why.
 #[derive(Message)]

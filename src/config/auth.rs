@@ -48,6 +48,9 @@ pub struct AuthSettings {
     pub registration_burst: u32,
     /// Registrations per minute one client address may make, sustained.
     pub registration_per_minute: u32,
+    /// How often the revocation sweep checks every online session's token
+    /// against the database, not only the revocations of the last minute.
+    pub revocation_full_sweep_seconds: u64,
 }
 
 impl Default for AuthSettings {
@@ -60,6 +63,7 @@ impl Default for AuthSettings {
             login_window_seconds: 300,
             registration_burst: 10,
             registration_per_minute: 10,
+            revocation_full_sweep_seconds: 300,
         }
     }
 }
@@ -98,6 +102,11 @@ impl AuthSettings {
                 "TOKEN_TTL_SECONDS must be at least 1".into(),
             ));
         }
+        if !(1..=86_400).contains(&self.revocation_full_sweep_seconds) {
+            return Err(ConfigError::Invalid(
+                "REVOCATION_FULL_SWEEP_SECONDS must be between 1 and 86400".into(),
+            ));
+        }
         if let Some(key) = &self.secret_key {
             let key = key.expose_secret();
             if is_placeholder_key(key) {
@@ -121,6 +130,11 @@ impl AuthSettings {
     /// The token lifetime.
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_seconds)
+    }
+
+    /// How often the revocation sweep checks every online session in full.
+    pub fn revocation_full_sweep(&self) -> Duration {
+        Duration::from_secs(self.revocation_full_sweep_seconds)
     }
 }
 

@@ -1214,7 +1214,7 @@ pub async fn insert_users(db: &DatabaseConnection, prefix: &str, n: usize) -> Ve
 /// How many migrations come before the one named `name`: what
 /// `Migrator::up(db, Some(n))` applies to stand a database just before it.
 /// A database migrated up to (not including) the migration `name`, and one
-/// account in it, "old": (the database, a connection to it, its user id).
+/// account in it, "old0": (the database, a connection to it, its user id).
 pub async fn database_before(
     backend: &Backend,
     name: &str,
@@ -1227,20 +1227,9 @@ pub async fn database_before(
     migration::Migrator::up(&db, Some(migrations_before(name)))
         .await
         .expect("the migrations before");
-    let user = chat_server::accounts::create_user(
-        &db,
-        chat_server::accounts::NewUser {
-            username: "old".into(),
-            password: PASSWORD.into(),
-            email: "old@example.com".into(),
-            first_name: "Old".into(),
-            last_name: "Timer".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("a user")
-    .id;
+    // Inserted with the columns every schema has (not `create_user`,
+    // which reads back today's).
+    let user = insert_users(&db, "old", 1).await[0];
     (database, db, user)
 }
 

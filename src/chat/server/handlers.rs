@@ -232,20 +232,26 @@ impl Handler<RevokeUser> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: RevokeUser, _: &mut Context<Self>) {
-        if let Some(entry) = self.users.get(&msg.user) {
-            for link in entry.sessions.values() {
-                let signed_out = msg.token.is_some() && link.token == msg.token;
-                if link.token_version < msg.current_version || signed_out {
-                    link.kick.do_send(Kick::revoked());
-                }
-            }
-        }
+        self.kick_revoked(msg.user, msg.current_version, msg.token);
         if msg.broadcast {
             self.bus.publish(BusEvent::Revoke {
                 user: msg.user,
                 current_version: msg.current_version,
                 token: msg.token,
             });
+        }
+    }
+}
+
+impl Handler<Recheck> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Recheck, _: &mut Context<Self>) {
+        for (user, valid) in msg.users {
+            self.kick_revoked(user, valid, None);
+        }
+        for (user, token) in msg.tokens {
+            self.kick_revoked(user, i32::MIN, Some(token));
         }
     }
 }
@@ -316,30 +322,11 @@ impl Handler<Stats> for ChatServer {
     }
 }
 
-impl Handler<OnlineVersions> for ChatServer {
-    type Result = MessageResult<OnlineVersions>;
-
-    fn handle(&mut self, _: OnlineVersions, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            self.users
-                .iter()
-                .filter_map(|(user, e)| {
-                    let oldest = e.sessions.values().map(|l| l.token_version).min()?;
-                    Some((*user, oldest))
-                })
-                .collect(),
-        )
-    }
-}
-
 impl Handler<OnlineTokens> for ChatServer {
     type Result = MessageResult<OnlineTokens>;
 
     fn handle(&mut self, _: OnlineTokens, _: &mut Context<Self>) -> Self::Result {
-        let sessions = self.users.iter().flat_map(|(user, e)| {
-            let tokens = e.sessions.values().filter_map(|l| l.token);
-            tokens.map(move |t| (*user, t))
-        });
-        MessageResult(sessions.collect())
+        let sessions = self.users.values().flat_map(|e| e.sessions.values());
+        MessageResult(sessions.filter_map(|l| l.token).collect())
     }
 }

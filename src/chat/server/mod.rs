@@ -28,8 +28,8 @@ use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::messages::{
     ApplyMembership, CloseAll, Connect, ConnectError, ConversationFrames, Deliver, DeliverRemote,
-    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, OnlineVersions, Release,
-    ReplaceChats, RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
+    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, Recheck, Release, ReplaceChats,
+    RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
 };
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};
@@ -298,6 +298,28 @@ impl ChatServer {
     ) {
         self.bus.publish(BusEvent::Conversation(frames.clone()));
         self.deliver_here(frames, skip, ctx);
+    }
+
+    /// Closes the sessions of `user` here on a `token_version` below
+    /// `valid`, or on the signed-out `token`.
+    fn kick_revoked(&self, user: UserId, valid: i32, token: Option<TokenId>) {
+        let Some(entry) = self.users.get(&user) else {
+            return;
+        };
+        let revoked =
+            |l: &&SessionLink| l.token_version < valid || (token.is_some() && l.token == token);
+        let mut closed = 0;
+        for link in entry.sessions.values().filter(revoked) {
+            link.kick.do_send(Kick::revoked());
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::info!(
+                user = user.0,
+                sessions = closed,
+                "tokens revoked; closing the sessions on them"
+            );
+        }
     }
 
     /// Tells the conversations `chats` (those of them with members here)
