@@ -52,10 +52,11 @@ pub async fn run(db: DatabaseConnection, server: Addr<ChatServer>, full_every: D
     loop {
         tick.tick().await;
         let started = accounts::now_seconds();
-        let full = since.is_none() || last_full.is_none_or(|t| t.elapsed() >= full_every);
-        let found = match (full, since) {
-            (false, Some(since)) => changed_since(&db, since).await.map(Some),
-            _ => everyone_online(&db, &server).await,
+        // Until a full round has succeeded there is no `since` either.
+        let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
+        let found = match since.filter(|_| !full) {
+            Some(since) => changed_since(&db, since).await.map(Some),
+            None => everyone_online(&db, &server).await,
         };
         match found {
             Ok(Some(recheck)) => {
