@@ -475,9 +475,26 @@ pub(super) async fn insert_rows(
             stored
         }
         _ => {
-            message::Entity::insert_many(pending.iter().map(|(row, seq)| active_model(row, *seq)))
-                .exec_with_returning(txn)
-                .await?
+            // Only the ids come back: the rest is what was sent (`Inserted`).
+            let mut ids = message::Entity::insert_many(
+                pending.iter().map(|(row, seq)| active_model(row, *seq)),
+            )
+            .exec_with_returning_keys(txn)
+            .await?;
+            if ids.len() != pending.len() {
+                return Err(DbErr::Custom(format!(
+                    "inserted {} messages but {} ids came back",
+                    pending.len(),
+                    ids.len()
+                )));
+            }
+            // One statement draws ids in input order.
+            ids.sort_unstable();
+            pending
+                .iter()
+                .zip(ids)
+                .map(|((row, seq), id)| model_of(row, id, *seq))
+                .collect()
         }
     })
 }

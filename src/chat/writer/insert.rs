@@ -37,11 +37,22 @@ pub(super) async fn insert_unnest<C: ConnectionTrait>(
          SELECT chat, sender, content, NULLIF(client, ''), seq, created, NULLIF(reply, 0) \
          FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[], \
          $6::int8[], $7::int8[]) AS batch(chat, sender, content, client, created, reply, seq) \
-         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
-         edited_at, deleted, original_content",
+         RETURNING id, seq, chat_id, sender_id, client_id",
         values,
     );
-    returned_in_order(txn.query_all_raw(statement).await?, batch.len())
+    let returned = returned_by_id(txn.query_all_raw(statement).await?)?;
+    if returned.len() != batch.len() {
+        return Err(DbErr::Custom(format!(
+            "inserted {} messages but {} came back",
+            batch.len(),
+            returned.len()
+        )));
+    }
+    batch
+        .iter()
+        .zip(returned)
+        .map(|((row, _), inserted)| inserted.model(row))
+        .collect()
 }
 
 /// The six arrays both PostgreSQL inserts take, one per column, each in
@@ -76,31 +87,56 @@ pub(super) fn message_arrays<'a>(
     ]
 }
 
-/// The rows an insert returned, in the batch's order (`returned_by_id`),
-/// if there are as many as it had.
-fn returned_in_order(
-    returned: Vec<sea_orm::QueryResult>,
-    expected: usize,
-) -> Result<Vec<message::Model>, DbErr> {
-    let rows = returned_by_id(returned)?;
-    if rows.len() != expected {
-        return Err(DbErr::Custom(format!(
-            "inserted {expected} messages but {} came back",
-            rows.len()
-        )));
-    }
-    Ok(rows)
+/// What PostgreSQL's inserts return of each row (`RETURNING id, seq,
+/// chat_id, sender_id, client_id`, in that order): what the database chose
+/// (the id; the `seq` when the statement numbers the rows itself) and what
+/// tells the rows apart. The rest is what the writer sent, so the stored
+/// message is built from its `Row` (`model`) instead of decoding the text
+/// and every other column again, by name (8 % of the server's CPU at full
+/// speed: BENCHMARKS.md, "What an insert returns").
+pub(super) struct Inserted {
+    id: i64,
+    seq: i64,
+    chat: uuid::Uuid,
+    sender: Option<i64>,
+    client_id: Option<String>,
 }
 
-/// The rows an insert returned, sorted by id: one statement draws ids in
-/// input order, so that is the order its rows were given in.
-pub(super) fn returned_by_id(
-    returned: Vec<sea_orm::QueryResult>,
-) -> Result<Vec<message::Model>, DbErr> {
+impl Inserted {
+    /// The key a resend of this message is known by, if it has one.
+    pub(super) fn client_key(&self) -> Option<ClientKey> {
+        Some((self.sender?, self.chat, self.client_id.clone()?))
+    }
+
+    /// The stored message: `row` with the id and `seq` it was given. An
+    /// error if the database returned a row of another conversation (the
+    /// rows and the batch were paired wrongly: nothing must be answered).
+    pub(super) fn model(&self, row: &Row) -> Result<message::Model, DbErr> {
+        if self.chat != row.message.chat.0 || self.sender != Some(row.message.sender.0) {
+            return Err(DbErr::Custom(format!(
+                "message {} came back for another conversation or sender than sent",
+                self.id
+            )));
+        }
+        Ok(model_of(row, self.id, self.seq))
+    }
+}
+
+/// The rows an insert returned (`Inserted`), sorted by id: one statement
+/// draws ids in input order, so that is the order its rows were given in.
+pub(super) fn returned_by_id(returned: Vec<sea_orm::QueryResult>) -> Result<Vec<Inserted>, DbErr> {
     let mut rows = returned
         .iter()
-        .map(|row| message::Model::from_query_result(row, ""))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| {
+            Ok(Inserted {
+                id: row.try_get_by_index(0)?,
+                seq: row.try_get_by_index(1)?,
+                chat: row.try_get_by_index(2)?,
+                sender: row.try_get_by_index(3)?,
+                client_id: row.try_get_by_index(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
     rows.sort_by_key(|m| m.id);
     Ok(rows)
 }

@@ -27,7 +27,7 @@ use entity::message;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter,
+    EntityTrait, QueryFilter,
 };
 use tokio::sync::{mpsc, oneshot};
 

@@ -36,10 +36,7 @@ pub(super) async fn store_plain_postgres(
     };
     // Inserted: those without a client_id, and those whose key came back;
     // the others were resends (a batch holds no key twice: `same_as`).
-    let keys: HashSet<ClientKey> = stored
-        .iter()
-        .filter_map(|m| Some((m.sender_id?, m.chat_id, m.client_id.clone()?)))
-        .collect();
+    let keys: HashSet<ClientKey> = stored.iter().filter_map(Inserted::client_key).collect();
     let (inserted, resent): (Vec<usize>, Vec<usize>) = candidates
         .iter()
         .partition(|&&i| client_key(&batch[i]).is_none_or(|k| keys.contains(&k)));
@@ -52,7 +49,19 @@ pub(super) async fn store_plain_postgres(
         unreadable(&mut results, error);
         return Ok(results);
     }
-    for (i, message) in inserted.into_iter().zip(stored) {
+    let messages = inserted
+        .iter()
+        .zip(&stored)
+        .map(|(&i, returned)| returned.model(&batch[i]))
+        .collect::<Result<Vec<_>, DbErr>>();
+    let messages = match messages {
+        Ok(messages) => messages,
+        Err(e) => {
+            unreadable(&mut results, e.to_string());
+            return Ok(results);
+        }
+    };
+    for (i, message) in inserted.into_iter().zip(messages) {
         results[i] = Some(Ok(Stored::New(Posted {
             message,
             quote: None,
@@ -92,7 +101,7 @@ pub(super) async fn store_plain_postgres(
 /// `seq` (the LEFT JOIN), which the column refuses, so the statement fails
 /// whole and nothing of it is stored: an `Err` here means nothing was
 /// committed. The rows come back as returned (`returned_by_id` sorts
-/// them); they are committed already.
+/// them and reads what `Inserted` holds); they are committed already.
 async fn insert_plain_postgres<C: ConnectionTrait>(
     db: &C,
     rows: &[&Row],
@@ -114,8 +123,7 @@ async fn insert_plain_postgres<C: ConnectionTrait>(
          bumped.before + row_number() OVER (PARTITION BY b.chat ORDER BY b.ord), \
          b.created, NULLIF(b.reply, 0) \
          FROM fresh b LEFT JOIN bumped ON bumped.id = b.chat ORDER BY b.ord \
-         RETURNING id, chat_id, sender_id, content, client_id, created_at, seq, reply_to, \
-         edited_at, deleted, original_content",
+         RETURNING id, seq, chat_id, sender_id, client_id",
         message_arrays(rows.iter().copied()),
     );
     db.query_all_raw(statement).await
