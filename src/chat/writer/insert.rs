@@ -92,8 +92,8 @@ pub(super) fn message_arrays<'a>(
 /// (the id; the `seq` when the statement numbers the rows itself) and what
 /// tells the rows apart. The rest is what the writer sent, so the stored
 /// message is built from its `Row` (`model`) instead of decoding the text
-/// and every other column again, by name (8 % of the server's CPU at full
-/// speed: BENCHMARKS.md, "What an insert returns").
+/// and every other column again, by name (4.7-8.3 % of the server's CPU at
+/// full speed: BENCHMARKS.md, "What an insert returns").
 pub(super) struct Inserted {
     id: i64,
     seq: i64,
@@ -109,8 +109,9 @@ impl Inserted {
     }
 
     /// The stored message: `row` with the id and `seq` it was given. An
-    /// error if the database returned a row of another conversation (the
-    /// rows and the batch were paired wrongly: nothing must be answered).
+    /// error if the database returned a row of another conversation or
+    /// sender (the rows and the batch were paired wrongly: nothing must be
+    /// answered).
     pub(super) fn model(&self, row: &Row) -> Result<message::Model, DbErr> {
         if self.chat != row.message.chat.0 || self.sender != Some(row.message.sender.0) {
             return Err(DbErr::Custom(format!(
