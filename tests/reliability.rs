@@ -506,8 +506,12 @@ async fn thousands_of_cycles_leave_memory_and_maps_where_they_were() {
         let pk = add_contact(&client, &server, &a, &format!("soak{i}b")).await;
         pairs.push((a, pk));
     }
+    // Ten clients at once; 500 cycles to warm up (pools, caches, the
+    // allocator), then the CYCLES measured.
+    const CLIENTS: usize = 10;
+    const CYCLES: usize = 2_000;
     let run = |per_client: usize| {
-        let tasks: Vec<_> = (0..10)
+        let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (token, pk) = pairs[c % pairs.len()].clone();
                 actix_web::rt::spawn(cycles(server.port, token, pk, per_client))
@@ -525,13 +529,13 @@ async fn thousands_of_cycles_leave_memory_and_maps_where_they_were() {
             .iter()
             .all(|line| text.contains(line))
     };
-    for result in run(100).await {
-        result.unwrap(); // warm up: pools, caches, allocator
+    for result in run(500 / CLIENTS).await {
+        result.unwrap();
     }
     common::wait_until(settled).await;
     let baseline = rss_kib(server.child.id());
     let started = Instant::now();
-    for result in run(400).await {
+    for result in run(CYCLES / CLIENTS).await {
         result.unwrap();
     }
     let took = started.elapsed();
@@ -559,9 +563,13 @@ async fn thousands_of_cycles_leave_memory_and_maps_where_they_were() {
     assert_eq!(gauge("chat_server_sessions").as_deref(), Some("0"));
     assert_eq!(gauge("chat_server_users").as_deref(), Some("0"));
     assert_eq!(gauge("chat_connections").as_deref(), Some("0"));
-    eprintln!("soak: 4,000 cycles in {took:?}; server RSS {baseline} KiB -> {after} KiB");
+    eprintln!("soak: {CYCLES} cycles in {took:?}; server RSS {baseline} KiB -> {after} KiB");
+    // A cycle may leave no more than 2 KiB behind: a session that was never
+    // freed (its actor, its buffers) is more. Measured (2026-12-02): +176 to
+    // +932 KiB over the 2,000 cycles on a baseline of 71-85 MB, some of it
+    // SQLite's page caches taking the 2,000 new messages' pages.
     assert!(
-        after as f64 <= baseline as f64 * 1.10,
-        "RSS grew from {baseline} KiB to {after} KiB"
+        after <= baseline + 2 * CYCLES as u64,
+        "RSS grew from {baseline} KiB to {after} KiB over {CYCLES} cycles"
     );
 }

@@ -33,6 +33,29 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `recv_type` skips other frames while waiting for its kind.
 pub const RECV_TYPE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PASSWORD: &str = "correct horse battery";
+/// PASSWORD as argon2id at the smallest cost (8 KiB, one pass), hashed once
+/// per test process: the stored hash of every account `create_user` makes.
+/// The server verifies a hash with the parameters it carries, so a login of
+/// such an account costs microseconds instead of argon2's 20-40 ms at the
+/// production cost, which was 7 % of the test run's CPU (docs/CI.md).
+/// Sign-ups and password changes through the API, and the logins of unknown
+/// usernames, still hash at the production cost, and the library's unit test
+/// checks that cost.
+pub fn cheap_hash() -> &'static str {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let params = argon2::Params::new(8, 1, 1, None).expect("the smallest valid cost");
+        let hasher =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"test salt, 16 b").expect("16 bytes are a valid salt");
+        hasher
+            .hash_password(PASSWORD.as_bytes(), &salt)
+            .expect("hashing with valid parameters cannot fail")
+            .to_string()
+    })
+}
+
 /// The token key of test servers (at least 32 bytes, as the server requires).
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret";
 
@@ -434,10 +457,7 @@ impl TestApp {
 
     /// Creates an account directly, with the password PASSWORD.
     pub async fn create_user(&self, username: &str, first: &str, last: &str) -> i64 {
-        // PASSWORD hashed once per test process: argon2 at its real cost is
-        // most of the CPU an account's creation takes, and tests make many.
-        static HASH: OnceLock<String> = OnceLock::new();
-        let hash = HASH.get_or_init(|| chat_server::auth::password::hash_password(PASSWORD));
+        let hash = cheap_hash();
         let user = accounts::insert_user(
             &self.db,
             NewUser {
@@ -447,7 +467,7 @@ impl TestApp {
                 last_name: last.into(),
                 ..Default::default()
             },
-            hash.clone(),
+            hash.to_string(),
         )
         .await
         .expect("create user");
