@@ -399,6 +399,24 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_closing_connection_is_forgotten_without_a_ping_silent_or_not() {
+        for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
+            let mut wheel = Wheel::default();
+            let (session, log) = session();
+            let (outbox, mut body) = socket::outbox(8);
+            wheel.add(1, outbox.clone(), session.downgrade().recipient());
+            outbox.close(actix_http::ws::CloseCode::Away, "bye");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            turns(&mut wheel, SLOTS, client_timeout);
+            assert!(wheel.slots.iter().all(Vec::is_empty));
+            assert_eq!(told(&log).await, [], "timeout {client_timeout:?}");
+            // The close frame (1001, "bye") and no ping.
+            let written = written(&mut body).await;
+            assert_eq!(written, [0x88, 0x05, 0x03, 0xE9, b'b', b'y', b'e']);
+        }
+    }
+
+    #[actix_rt::test]
     async fn a_token_expires_at_its_time_and_a_cancelled_one_never() {
         let mut wheel = Wheel::default();
         let (session, log) = session();
