@@ -125,9 +125,9 @@ pub fn message_frames(
 /// The sender's `message` frame from everyone else's: the two differ only
 /// in `direction`, copied here with that one value replaced instead of
 /// serialising the message a second time (that was 3 % of the server's CPU
-/// at full speed: BENCHMARKS.md "Serialised once"). The
-/// pattern, quotes unescaped, can only be the object's key, never text a
-/// user wrote: their quotes are escaped (`\"`). `None` if it is missing.
+/// at full speed: BENCHMARKS.md "Serialised once"). The pattern, quotes
+/// unescaped, can only be the object's key, never text a user wrote: their
+/// quotes are escaped (`\"`). `None` if it is missing.
 fn sent_from_received(received: &[u8]) -> Option<bytes::Bytes> {
     const RECEIVED: &[u8] = br#"{"direction":"received","#;
     const SENT: &[u8] = br#"{"direction":"send","#;
