@@ -152,6 +152,8 @@ async fn a_short_mix_run_keeps_every_log_complete() {
         // Every session about once in the run.
         reconnects_per_minute: 30.0,
         sources: 2,
+        // Sessions on two threads of their own, their tallies shared.
+        threads: 2,
         // The server runs in this process.
         server_pids: vec![std::process::id()],
         redis: None,

@@ -232,6 +232,9 @@ enum BenchCommand {
         /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=250))]
         sources: u64,
+        /// The generator's threads, the sessions spread over them.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+        threads: u64,
         /// A server's process id, for its CPU time and RSS (repeat for every instance).
         #[arg(long = "server-pid")]
         server_pids: Vec<u32>,
@@ -595,6 +598,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             reads,
             reconnects,
             sources,
+            threads,
             server_pids,
             redis,
         } => {
@@ -608,6 +612,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 reads,
                 reconnects_per_minute: reconnects,
                 sources: sources as usize,
+                threads: threads as usize,
                 server_pids,
                 redis,
             };

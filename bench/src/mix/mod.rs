@@ -12,6 +12,10 @@
 //! - 1 % of the sessions a minute drop their connection and come back,
 //!   catching up with `get_contacts` and `sync` (`session.rs`).
 //!
+//! The sessions run on `--threads` threads of their own (two by default),
+//! so that a 1,000-member group's deliveries, read and answered on one
+//! thread, do not hold up every other session's.
+//!
 //! It reports deliveries per second, send→deliver latency per group-size
 //! bucket, every conversation's log checked for loss, duplicates and gaps,
 //! the servers' CPU per delivered and per sent message, their RSS per
@@ -23,14 +27,18 @@ mod session;
 
 pub use population::fill_population;
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use actix_rt::Arbiter;
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::Semaphore;
 
 use crate::group::redis_info;
 use crate::search::{login, uuid_text, Rng};
@@ -39,7 +47,7 @@ use crate::{
     ws_url, BenchError, Clients,
 };
 use population::{Population, BUCKETS};
-use session::{Connection, Out, Shared, State, Tally};
+use session::{lock, Connection, Out, Shared, State, Tally};
 
 /// Options of `chat-bench mix`.
 #[derive(Debug, Clone)]
@@ -60,6 +68,10 @@ pub struct MixOptions {
     /// The share of sessions that reconnect each minute.
     pub reconnects_per_minute: f64,
     pub sources: usize,
+    /// The generator's threads; the sessions are spread over them, so that
+    /// reading a big group's deliveries does not queue every other
+    /// session's behind them on one thread.
+    pub threads: usize,
     pub server_pids: Vec<u32>,
     pub redis: Option<String>,
 }
@@ -112,7 +124,7 @@ pub struct MixReport {
     /// The servers' CPU over the run, in percent of one core.
     pub server_cpu_percent: Option<f64>,
     /// This generator's own CPU over the run, in percent of one core (near
-    /// 100: the generator, single-threaded, is what bounds the run).
+    /// 100 per thread: the generator is what bounds the run).
     pub generator_cpu_percent: Option<f64>,
     /// The servers' RSS after the logins, with half the sessions open, with
     /// all open, and at the end.
@@ -183,13 +195,13 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
             .to_string()
     };
     eprintln!("logging in {} users…", opts.users);
-    let tokens: Vec<Rc<str>> = futures_util::stream::iter(0..opts.users)
+    let tokens: Vec<Arc<str>> = futures_util::stream::iter(0..opts.users)
         .map(|u| {
             let (client, base) = (clients.get(u).clone(), url(u));
             async move {
                 login(&client, &base, &Population::username(u as u32))
                     .await
-                    .map(Rc::from)
+                    .map(Arc::from)
             }
         })
         .buffered(32)
@@ -201,7 +213,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     let rss_before = rss(&opts.server_pids);
     let tcp_before = tcp_socket_kib();
     let origin = Instant::now();
-    let shared = Rc::new(Shared {
+    let shared = Arc::new(Shared {
         origin,
         index: population
             .conversations
@@ -209,10 +221,10 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
             .enumerate()
             .map(|(i, c)| (uuid_text(&c.id), i as u32))
             .collect(),
-        last_seq: RefCell::new(vec![0; population.conversations.len()]),
+        last_seq: Mutex::new(vec![0; population.conversations.len()]),
         population,
         reads: opts.reads,
-        tally: RefCell::new(Tally::new()),
+        tally: Mutex::new(Tally::new()),
     });
     // (user, k): every session, the users' first sessions first.
     let mut places: Vec<(u32, u8)> = (0..opts.users as u32).map(|u| (u, 0)).collect();
@@ -223,6 +235,9 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     );
     let total = places.len();
     eprintln!("opening {total} sessions…");
+    let shards: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
+    // As many handshakes at once as the server is asked, over every thread.
+    let handshakes = Arc::new(Semaphore::new(32));
     let mut senders: Vec<Vec<UnboundedSender<Out>>> = vec![Vec::new(); opts.users];
     let mut states = Vec::with_capacity(total);
     let mut rss_half = None;
@@ -230,26 +245,9 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         .into_iter()
         .enumerate()
     {
-        let opened: Vec<_> = futures_util::stream::iter(chunk.iter().enumerate())
-            .map(|(i, &(u, k))| {
-                let connection = Connection {
-                    client: clients.get(i + half).clone(),
-                    ws_base: ws_url(&url(u as usize + k as usize)),
-                    token: tokens[u as usize].clone(),
-                };
-                async move {
-                    let socket =
-                        open_session(&connection.client, &connection.ws_base, &connection.token)
-                            .await?;
-                    Ok::<_, BenchError>((u, k, socket, connection))
-                }
-            })
-            .buffered(32)
-            .collect()
-            .await;
-        for result in opened {
-            let (u, k, socket, connection) = result?;
-            let state = Rc::new(RefCell::new(State::new(
+        let (opened_tx, mut opened) = unbounded_channel();
+        for (i, &(u, k)) in chunk.iter().enumerate() {
+            let state = Arc::new(Mutex::new(State::new(
                 u,
                 k == 0,
                 opts.seed ^ (u64::from(u) << 1 | u64::from(k)),
@@ -257,12 +255,28 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
             let (tx, rx) = unbounded_channel();
             senders[u as usize].push(tx);
             states.push(state.clone());
-            actix_rt::spawn(session::run(socket, connection, state, shared.clone(), rx));
+            let start = Start {
+                source: i + half,
+                sources: opts.sources,
+                ws_base: ws_url(&url(u as usize + k as usize)),
+                token: tokens[u as usize].clone(),
+                handshakes: handshakes.clone(),
+                opened: opened_tx.clone(),
+            };
+            let shared = shared.clone();
+            shards[states.len() % shards.len()].spawn_fn(move || start.run(state, shared, rx));
+        }
+        drop(opened_tx);
+        for _ in chunk {
+            opened
+                .recv()
+                .await
+                .ok_or_else(|| setup("mix", "a generator thread stopped"))??;
         }
         // Every session of this half has had its get_contacts answered.
         let opened_so_far = states.len();
         wait_for(Duration::from_secs(120), || {
-            shared.tally.borrow().ready >= opened_so_far
+            lock(&shared.tally).ready >= opened_so_far
         })
         .await;
         if half == 0 {
@@ -344,14 +358,16 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     wait_for(Duration::from_secs(10), || *pending.borrow() == 0).await;
     let mut last = (0u64, Instant::now());
     wait_for(Duration::from_secs(60), || {
-        let tally = shared.tally.borrow();
-        let now = tally.deliveries + tally.acked + tally.errors;
+        let (now, answered) = {
+            let tally = lock(&shared.tally);
+            let answers = tally.acked + tally.errors;
+            (tally.deliveries + answers, answers >= *sent.borrow())
+        };
         if now != last.0 {
             last = (now, Instant::now());
         }
-        let answered = tally.acked + tally.errors >= *sent.borrow();
         let settled = states.iter().all(|s| {
-            let s = s.borrow();
+            let s = lock(s);
             s.syncing == 0 && s.reconnecting.is_none()
         });
         answered && settled && last.1.elapsed() > Duration::from_secs(1)
@@ -369,13 +385,20 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     let own = cpu_time(std::process::id())
         .zip(own_start)
         .map(|(end, start)| end.saturating_sub(start));
+    // The sessions end with their threads; only this thread reads the
+    // states from here on.
     drop(senders);
+    for shard in shards {
+        shard.stop();
+        let _ = shard.join();
+    }
 
-    let last_seq = shared.last_seq.borrow();
+    // A copy: the sessions take their `State` before `last_seq`.
+    let last_seq = lock(&shared.last_seq).clone();
     let lost: u64 = states
         .iter()
         .map(|s| {
-            let s = s.borrow();
+            let s = lock(s);
             population.of_user[s.user as usize]
                 .iter()
                 .map(|&c| {
@@ -385,7 +408,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
                 .sum::<u64>()
         })
         .sum();
-    let tally = shared.tally.borrow();
+    let tally = lock(&shared.tally);
     let sent = *sent.borrow();
     let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     for h in &tally.latency {
@@ -428,13 +451,10 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         jumps: tally.jumps,
         reconnects: tally.reconnects,
         dropped: tally.dropped,
-        unanswered: states
-            .iter()
-            .map(|s| s.borrow().unanswered.len() as u64)
-            .sum(),
+        unanswered: states.iter().map(|s| lock(s).unanswered.len() as u64).sum(),
         unanswered_samples: states
             .iter()
-            .flat_map(|s| s.borrow().unanswered.values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| lock(s).unanswered.values().cloned().collect::<Vec<_>>())
             .take(3)
             .collect(),
         catch_up_p50_ms: catch_up.map(|h| h.value_at_quantile(0.5) as f64 / 1000.0),
@@ -457,6 +477,64 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         redis_cpu_us_per_message: redis
             .map(|((_, end), (_, start))| (end - start) * 1e6 / tally.acked.max(1) as f64),
     })
+}
+
+thread_local! {
+    /// A generator thread's HTTP clients (an `awc::Client` stays on the
+    /// thread that made it).
+    static CLIENTS: OnceCell<Clients> = const { OnceCell::new() };
+}
+
+/// What a generator thread needs to open one session and run it.
+struct Start {
+    /// Which loopback source address (`Clients`).
+    source: usize,
+    sources: usize,
+    ws_base: String,
+    token: Arc<str>,
+    handshakes: Arc<Semaphore>,
+    /// Told once the session is open, or why it could not be.
+    opened: UnboundedSender<Result<(), BenchError>>,
+}
+
+impl Start {
+    /// On a generator thread: opens the session (within the handshakes
+    /// allowed at once), then runs it there.
+    fn run(
+        self,
+        state: Arc<Mutex<State>>,
+        shared: Arc<Shared>,
+        commands: tokio::sync::mpsc::UnboundedReceiver<Out>,
+    ) {
+        actix_rt::spawn(async move {
+            let client = CLIENTS.with(|clients| {
+                clients
+                    .get_or_init(|| Clients::new(self.sources))
+                    .get(self.source)
+                    .clone()
+            });
+            let connection = Connection {
+                client,
+                ws_base: self.ws_base,
+                token: self.token,
+            };
+            let socket = {
+                let Ok(_permit) = self.handshakes.acquire().await else {
+                    return;
+                };
+                open_session(&connection.client, &connection.ws_base, &connection.token).await
+            };
+            match socket {
+                Ok(socket) => {
+                    let _ = self.opened.send(Ok(()));
+                    session::run(socket, connection, state, shared, commands).await;
+                }
+                Err(e) => {
+                    let _ = self.opened.send(Err(e));
+                }
+            }
+        });
+    }
 }
 
 /// Polls `done` every 50 ms until it holds or `limit` has passed.

@@ -5,9 +5,8 @@
 //! `get_contacts` and `sync` as B7 tells a client to.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_http::ws;
@@ -32,7 +31,8 @@ pub(crate) enum Out {
     Reconnect,
 }
 
-/// What every session shares: the population, the clock, the tallies.
+/// What every session shares, on every thread of the generator: the
+/// population, the clock, the tallies.
 pub(crate) struct Shared {
     pub origin: Instant,
     pub population: Population,
@@ -40,12 +40,19 @@ pub(crate) struct Shared {
     pub index: HashMap<String, u32>,
     /// The share of received messages a user's first session marks read.
     pub reads: f64,
-    pub tally: RefCell<Tally>,
+    pub tally: Mutex<Tally>,
     /// The highest `seq` seen of each conversation, by any session.
-    pub last_seq: RefCell<Vec<i64>>,
+    pub last_seq: Mutex<Vec<i64>>,
 }
 
-/// Counts over every session.
+/// Takes `mutex`, also after a panic on another thread (the counts are
+/// still what they were: every update is a single step).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts over every session. Taken after a session's `State`, never
+/// before it.
 pub(crate) struct Tally {
     /// Send → receive, in microseconds, per bucket (live `received` pushes).
     pub latency: Vec<Histogram<u64>>,
@@ -199,7 +206,7 @@ fn handle(bytes: &[u8], state: &mut State, shared: &Shared, live: bool) -> Vec<S
                 state.unanswered.remove(client_id.as_ref());
             }
             let ok = status.is_some_and(|s| s.status == Some("success"));
-            let mut tally = shared.tally.borrow_mut();
+            let mut tally = lock(&shared.tally);
             if ok {
                 tally.acked += 1;
             } else {
@@ -212,7 +219,7 @@ fn handle(bytes: &[u8], state: &mut State, shared: &Shared, live: bool) -> Vec<S
         "get_contacts_response" => {
             let contacts: Vec<ContactSeq> = serde_json::from_str(data).unwrap_or_default();
             if state.reconnecting.is_none() {
-                shared.tally.borrow_mut().ready += 1;
+                lock(&shared.tally).ready += 1;
             }
             for contact in contacts {
                 let Some(&c) = shared.index.get(contact.pk.as_ref()) else {
@@ -245,7 +252,7 @@ fn handle(bytes: &[u8], state: &mut State, shared: &Shared, live: bool) -> Vec<S
                 }
             } else {
                 state.syncing = state.syncing.saturating_sub(1);
-                let mut tally = shared.tally.borrow_mut();
+                let mut tally = lock(&shared.tally);
                 tally.errors += 1;
                 if tally.error_samples.len() < 5 {
                     tally.error_samples.push(data.to_string());
@@ -272,11 +279,11 @@ fn message(
         return;
     };
     {
-        let mut last = shared.last_seq.borrow_mut();
+        let mut last = lock(&shared.last_seq);
         last[c as usize] = last[c as usize].max(seq);
     }
     let cursor = state.cursors.entry(c).or_default();
-    let mut tally = shared.tally.borrow_mut();
+    let mut tally = lock(&shared.tally);
     if live {
         tally.deliveries += 1;
     }
@@ -327,7 +334,7 @@ fn caught_up(state: &mut State, shared: &Shared) {
     }
     if let Some(since) = state.reconnecting.take() {
         let micros = since.elapsed().as_micros().max(1) as u64;
-        let _ = shared.tally.borrow_mut().catch_up.record(micros);
+        let _ = lock(&shared.tally).catch_up.record(micros);
     }
 }
 
@@ -335,7 +342,7 @@ fn caught_up(state: &mut State, shared: &Shared) {
 pub(crate) struct Connection {
     pub client: awc::Client,
     pub ws_base: String,
-    pub token: Rc<str>,
+    pub token: Arc<str>,
 }
 
 /// Opens the session again, retrying for up to a minute; asks
@@ -352,7 +359,7 @@ async fn reopen(connection: &Connection, shared: &Shared) -> Option<Socket> {
             }
         }
         if Instant::now() > until {
-            shared.tally.borrow_mut().dropped += 1;
+            lock(&shared.tally).dropped += 1;
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -363,13 +370,13 @@ async fn reopen(connection: &Connection, shared: &Shared) -> Option<Socket> {
 pub(crate) async fn run(
     mut socket: Socket,
     connection: Connection,
-    state: Rc<RefCell<State>>,
-    shared: Rc<Shared>,
+    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     mut commands: UnboundedReceiver<Out>,
 ) {
     let ask = json!({"type": "get_contacts", "data": {}}).to_string();
     if socket.send(ws::Message::Text(ask.into())).await.is_err() {
-        shared.tally.borrow_mut().dropped += 1;
+        lock(&shared.tally).dropped += 1;
         return;
     }
     loop {
@@ -380,32 +387,32 @@ pub(crate) async fn run(
                 None => return,
                 Some(Out::Text(text)) => replies.push(text),
                 Some(Out::Message { client_id, text }) => {
-                    state.borrow_mut().unanswered.insert(client_id, text.clone());
+                    lock(&state).unanswered.insert(client_id, text.clone());
                     replies.push(text);
                 }
                 Some(Out::Reconnect) => {
                     let _ = socket.close().await;
-                    shared.tally.borrow_mut().reconnects += 1;
+                    lock(&shared.tally).reconnects += 1;
                     reconnect = true;
                 }
             },
             frame = socket.next() => match frame {
                 Some(Ok(ws::Frame::Text(bytes))) => {
-                    replies = handle(&bytes, &mut state.borrow_mut(), &shared, true);
+                    replies = handle(&bytes, &mut lock(&state), &shared, true);
                 }
                 Some(Ok(ws::Frame::Ping(payload))) => {
                     let _ = socket.send(ws::Message::Pong(payload)).await;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    shared.tally.borrow_mut().dropped += 1;
+                    lock(&shared.tally).dropped += 1;
                     reconnect = true;
                 }
             },
         }
         if reconnect {
             {
-                let mut state = state.borrow_mut();
+                let mut state = lock(&state);
                 state.reconnecting = Some(Instant::now());
                 // Syncs in flight died with the connection; the answer to
                 // the new get_contacts asks again from the cursors.
@@ -416,7 +423,7 @@ pub(crate) async fn run(
                 None => return,
             }
             // Messages whose answer was lost with the connection, again.
-            replies = state.borrow().unanswered.values().cloned().collect();
+            replies = lock(&state).unanswered.values().cloned().collect();
         }
         for text in replies {
             if socket.send(ws::Message::Text(text.into())).await.is_err() {
