@@ -223,9 +223,21 @@ async fn one_conversation_index(backend: &Backend) {
              WHERE (SELECT ii.name FROM pragma_index_info(il.name) ii WHERE ii.seqno = 0) = 'chat_id' \
              ORDER BY il.name"
         }
+        // From the catalog alone: `pg_indexes` computes every index's
+        // definition, which opens it, and the planner may do that for other
+        // schemas' indexes too, while other tests drop them ("could not
+        // open relation with OID").
         Backend::Postgres(_) => {
-            "SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema() \
-             AND tablename = 'messages' AND indexdef LIKE '%(chat_id, id)' ORDER BY indexname"
+            "SELECT i.relname::text AS name FROM pg_index x \
+             JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE n.nspname = current_schema() AND t.relname = 'messages' AND x.indpred IS NULL \
+             AND (SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum) \
+                 = ARRAY['chat_id', 'id'] \
+             ORDER BY 1"
         }
         Backend::MySql(_) => {
             "SELECT DISTINCT index_name AS name FROM information_schema.statistics \
