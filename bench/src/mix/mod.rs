@@ -393,8 +393,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         let _ = shard.join();
     }
 
-    // A copy: the sessions take their `State` before `last_seq`.
-    let last_seq = lock(&shared.last_seq).clone();
+    let last_seq = lock(&shared.last_seq);
     let lost: u64 = states
         .iter()
         .map(|s| {
