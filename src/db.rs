@@ -128,10 +128,40 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
 /// runtimes take the connections they opened with them when they stop
 /// (the writers drain their queues after that, at shutdown).
 pub async fn connect_writers(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
-    connect_sized(settings, WRITER_CONNECTIONS).await
+    connect_with(settings, WRITER_CONNECTIONS, Plans::Generic).await
 }
 
 async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnection, DbSetupError> {
+    connect_with(settings, size, Plans::ChosenByServer).await
+}
+
+/// How PostgreSQL plans a connection's prepared statements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plans {
+    /// PostgreSQL's default: a plan for the parameters of each of the first
+    /// five executions, then the generic plan if it is no dearer.
+    ChosenByServer,
+    /// One plan per statement, made once (`plan_cache_mode =
+    /// force_generic_plan`), which reads by index (`enable_seqscan = off`).
+    /// The writers' statements find rows by key, which a generic plan does
+    /// as well as a custom one, but PostgreSQL's own choice kept planning
+    /// the message batch's statement afresh when batches are small (a
+    /// generic plan assumes ten rows per array, so a batch of one looks
+    /// cheaper planned for its values): 0.25–0.4 ms of planning for 0.2–0.3
+    /// ms of execution, each batch (BENCHMARKS.md, "Planned once"). A plan
+    /// kept is made with the statistics of its time: made while `messages`
+    /// was nearly empty (a new database), it would hash the whole table to
+    /// check a batch's `client_id`s, on every batch until autovacuum's next
+    /// `ANALYZE`. A sequential scan is never what a keyed write wants, and
+    /// the setting only makes it the last resort where an index serves.
+    Generic,
+}
+
+async fn connect_with(
+    settings: &Settings,
+    size: u32,
+    plans: Plans,
+) -> Result<DatabaseConnection, DbSetupError> {
     let engine = settings.database.engine();
     if engine == DbEngine::Sqlite {
         let path = settings.database.sqlite_path();
@@ -162,6 +192,14 @@ async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnect
                 .pragma("temp_store", "memory")
         });
         options.map_sqlx_sqlite_before_acquire(|conn, _| Box::pin(outside_transaction(conn)));
+    }
+    if engine == DbEngine::Postgres && plans == Plans::Generic {
+        options.map_sqlx_postgres_opts(|opts| {
+            opts.options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_seqscan", "off"),
+            ])
+        });
     }
     if engine != DbEngine::Sqlite {
         probe(engine, &settings.database.url()).await?;

@@ -157,6 +157,11 @@ async fn a_short_mix_run_keeps_every_log_complete() {
         // The server runs in this process.
         server_pids: vec![std::process::id()],
         redis: None,
+        // SQLite runs in the server: name this process, to check that a
+        // database's processes are found by name and their time read (other
+        // test processes of this name may start and end meanwhile: each
+        // counts from its own first reading, none takes time off another).
+        database_process: Some(own_process_name()),
     })
     .await
     .expect("mix run");
@@ -179,6 +184,9 @@ async fn a_short_mix_run_keeps_every_log_complete() {
     );
     assert!((users..=2 * users).contains(&report.sessions), "{report:?}");
     assert!(report.server_cpu_us_per_delivery.is_some_and(|us| us > 0.0));
+    assert!(report
+        .database_cpu_us_per_message
+        .is_some_and(|us| us > 0.0));
     assert!(report.kib_per_session.is_some());
     let stored = app.metric("chat_messages_stored_total").await;
     assert_eq!(stored as u64, report.acked);
@@ -188,6 +196,14 @@ async fn a_short_mix_run_keeps_every_log_complete() {
         .await
         .unwrap();
     assert_eq!(rows, report.acked);
+}
+
+/// This process's name as `/proc/*/comm` gives it.
+fn own_process_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("Linux names every process")
+        .trim_end()
+        .to_string()
 }
 
 /// A server the generator may push hard: no request or registration limit in the way.

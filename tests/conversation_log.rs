@@ -262,6 +262,44 @@ async fn one_conversation_index(backend: &Backend) {
 
 backend_tests!(sqlite_keeps_one_index_keyed_by_conversation => one_conversation_index);
 
+/// On PostgreSQL the writers' connections plan each statement once, by
+/// index (`plan_cache_mode = force_generic_plan`, `enable_seqscan = off`,
+/// src/db.rs): PostgreSQL's own choice plans a batch of one message afresh
+/// on every execution. The requests' pool keeps PostgreSQL's choices, and
+/// both keep the URL's own options (here the test's schema).
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
+async fn postgres_writers_plan_each_statement_once() {
+    use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+    async fn show(db: &DatabaseConnection, setting: &str) -> String {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT current_setting('{setting}') AS value"),
+            ))
+            .await
+            .unwrap()
+            .expect("a setting has a value");
+        row.try_get("", "value").unwrap()
+    }
+    let database = TestDatabase::create(&Backend::postgres()).await;
+    let settings = common::settings(&database.url, &[]);
+    let writers = chat_server::db::connect_writers(&settings).await.unwrap();
+    let requests = chat_server::db::connect(&settings).await.unwrap();
+    assert_eq!(
+        show(&writers, "plan_cache_mode").await,
+        "force_generic_plan"
+    );
+    assert_eq!(show(&requests, "plan_cache_mode").await, "auto");
+    assert_eq!(show(&writers, "enable_seqscan").await, "off");
+    assert_eq!(show(&requests, "enable_seqscan").await, "on");
+    let schema = show(&requests, "search_path").await;
+    assert!(database.url.contains(&schema), "{schema}");
+    assert_eq!(show(&writers, "search_path").await, schema);
+    writers.close().await.unwrap();
+    requests.close().await.unwrap();
+}
+
 /// One instance's commit is held after it took its `seq`; another instance
 /// stores a later message of the same conversation meanwhile. A client that
 /// reconnects in between sees neither yet, and afterwards both, in order,

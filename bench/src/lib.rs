@@ -728,6 +728,32 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
+/// The CPU time (user + system) each process named `name` (`/proc/*/comm`)
+/// has used so far: a database server's processes, e.g. `postgres` (its
+/// backends, WAL writer, checkpointer). `None` when there is none.
+fn processes_cpu(name: &str) -> Option<HashMap<u32, Duration>> {
+    let found: HashMap<u32, Duration> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            // A process may end between the listing and its reading: skipped.
+            (comm.trim_end() == name).then(|| cpu_time(pid).map(|cpu| (pid, cpu)))?
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// What the processes of `end` (`processes_cpu`) used since `start`: each
+/// one's time since its reading in `start`, or since it began if it was
+/// not there. A process that ended in between is not counted at all,
+/// rather than taking its whole time off the others'.
+fn cpu_since(start: &HashMap<u32, Duration>, end: &HashMap<u32, Duration>) -> Duration {
+    end.iter()
+        .map(|(pid, &cpu)| cpu.saturating_sub(start.get(pid).copied().unwrap_or_default()))
+        .sum()
+}
+
 /// The kernel's memory for TCP sockets, all of them (`/proc/net/sockstat`,
 /// `TCP: … mem N`, in pages): what RSS does not count.
 fn tcp_socket_kib() -> Option<u64> {
@@ -1023,4 +1049,27 @@ fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     let dir = std::env::temp_dir().join(format!("chat-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| setup("temp dir", e))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_since_counts_each_process_from_its_own_first_reading() {
+        let s = Duration::from_secs;
+        // 1 ran on, 2 ended, 3 began.
+        let start = HashMap::from([(1, s(5)), (2, s(3))]);
+        let end = HashMap::from([(1, s(6)), (3, s(2))]);
+        assert_eq!(cpu_since(&start, &end), s(3));
+        assert_eq!(cpu_since(&end, &end), Duration::ZERO);
+    }
+
+    #[test]
+    fn processes_are_found_by_name() {
+        let name = std::fs::read_to_string("/proc/self/comm").expect("Linux names every process");
+        let found = processes_cpu(name.trim_end()).expect("this process has that name");
+        assert!(found.contains_key(&std::process::id()), "{found:?}");
+        assert_eq!(processes_cpu("no process is called this"), None);
+    }
 }

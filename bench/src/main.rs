@@ -241,6 +241,10 @@ enum BenchCommand {
         /// The instances' Redis, for its CPU time and commands per message.
         #[arg(long)]
         redis: Option<String>,
+        /// The database server's process name on this machine (`postgres`,
+        /// `mariadbd`), for its CPU time per message.
+        #[arg(long)]
+        database_process: Option<String>,
     },
     /// Print SQL that loads `mix`'s population into a freshly migrated,
     /// empty database.
@@ -601,6 +605,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             threads,
             server_pids,
             redis,
+            database_process,
         } => {
             let options = chat_bench::MixOptions {
                 urls,
@@ -615,6 +620,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 threads: threads as usize,
                 server_pids,
                 redis,
+                database_process,
             };
             let r = chat_bench::mix(options).await?;
             print_mix(&r);
@@ -863,6 +869,14 @@ fn print_mix(r: &chat_bench::MixReport) {
                 "{} commands, {} CPU per message",
                 opt(r.redis_commands_per_message, ""),
                 opt(r.redis_cpu_us_per_message, "µs")
+            ),
+        ),
+        (
+            "database CPU".into(),
+            format!(
+                "{} per message, {} of one core",
+                opt(r.database_cpu_us_per_message, "µs"),
+                opt(r.database_cpu_percent, "%")
             ),
         ),
     ]);

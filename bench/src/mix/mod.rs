@@ -43,8 +43,8 @@ use tokio::sync::Semaphore;
 use crate::group::redis_info;
 use crate::search::{login, uuid_text, Rng};
 use crate::{
-    cpu_time, open_session, raise_fd_limit, rss_kib, servers_cpu_time, setup, tcp_socket_kib,
-    ws_url, BenchError, Clients,
+    cpu_since, cpu_time, open_session, processes_cpu, raise_fd_limit, rss_kib, servers_cpu_time,
+    setup, tcp_socket_kib, ws_url, BenchError, Clients,
 };
 use population::{Population, BUCKETS};
 use session::{lock, Connection, Out, Shared, State, Tally};
@@ -74,6 +74,9 @@ pub struct MixOptions {
     pub threads: usize,
     pub server_pids: Vec<u32>,
     pub redis: Option<String>,
+    /// The database server's process name on this machine (`postgres`,
+    /// `mariadbd`), for its CPU time per message (`None`: not measured).
+    pub database_process: Option<String>,
 }
 
 /// One latency bucket of the report.
@@ -140,6 +143,10 @@ pub struct MixReport {
     pub tcp_socket_kib_after: Option<u64>,
     pub redis_commands_per_message: Option<f64>,
     pub redis_cpu_us_per_message: Option<f64>,
+    /// The database server's processes' CPU over the run, per message
+    /// answered and in percent of one core (`--database-process`).
+    pub database_cpu_us_per_message: Option<f64>,
+    pub database_cpu_percent: Option<f64>,
 }
 
 fn bucket(name: &'static str, h: &Histogram<u64>) -> BucketReport {
@@ -292,6 +299,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     );
     let cpu_start = servers_cpu_time(&opts.server_pids);
     let own_start = cpu_time(std::process::id());
+    let database_start = opts.database_process.as_deref().and_then(processes_cpu);
     let redis_start = opts.redis.as_deref().map(redis_figures).transpose()?;
     let run_start = Instant::now();
     let stop_at = run_start + opts.duration;
@@ -382,6 +390,12 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         _ => None,
     };
     let rss_end = rss(&opts.server_pids);
+    let database = opts
+        .database_process
+        .as_deref()
+        .and_then(processes_cpu)
+        .zip(database_start)
+        .map(|(end, start)| cpu_since(&start, &end));
     let own = cpu_time(std::process::id())
         .zip(own_start)
         .map(|(end, start)| end.saturating_sub(start));
@@ -475,6 +489,9 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         }),
         redis_cpu_us_per_message: redis
             .map(|((_, end), (_, start))| (end - start) * 1e6 / tally.acked.max(1) as f64),
+        database_cpu_us_per_message: database
+            .map(|c| c.as_secs_f64() * 1e6 / tally.acked.max(1) as f64),
+        database_cpu_percent: database.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
     })
 }
 
