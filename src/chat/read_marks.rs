@@ -141,32 +141,45 @@ async fn write(
     Ok(moved)
 }
 
-/// Every mark of the batch moved forward in one `UPDATE … FROM` over a
-/// `VALUES` list (PostgreSQL, SQLite), returning the rows that moved:
-/// like `store::mark_read`, never backward.
+/// Every mark of the batch moved forward in one `UPDATE … FROM`, returning
+/// the rows that moved: like `store::mark_read`, never backward.
+/// PostgreSQL takes the marks as three arrays, so the statement's text is
+/// the same for every batch and the writers' connections prepare and plan
+/// it once (`db::Plans::Generic`); a `VALUES` list has a text per batch
+/// size, each parsed and planned when it is new to the connection's
+/// statement cache (BENCHMARKS.md, "Planned once"). SQLite, whose
+/// statements cost no round trip to prepare, takes the `VALUES` list.
 fn one_statement(
     backend: DatabaseBackend,
     furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
 ) -> Statement {
-    let mut rows = Vec::with_capacity(furthest.len());
-    let mut values: Vec<Value> = Vec::with_capacity(furthest.len() * 3);
-    for (&(chat, user), &(up_to, _)) in furthest {
-        let n = values.len();
-        rows.push(match backend {
-            DatabaseBackend::Postgres => {
-                format!("(${}::uuid, ${}::bigint, ${}::bigint)", n + 1, n + 2, n + 3)
-            }
-            _ => "(?, ?, ?)".to_string(),
-        });
-        values.extend([chat.0.into(), user.0.into(), up_to.into()]);
-    }
-    let sql = format!(
-        "WITH v (c, u, r) AS (VALUES {}) \
-         UPDATE chat_members SET last_read_message_id = v.r FROM v \
-         WHERE chat_members.chat_id = v.c AND chat_members.user_id = v.u \
+    const SET: &str = "UPDATE chat_members SET last_read_message_id = v.r FROM";
+    const WHERE: &str = "WHERE chat_members.chat_id = v.c AND chat_members.user_id = v.u \
          AND (chat_members.last_read_message_id IS NULL OR chat_members.last_read_message_id < v.r) \
-         RETURNING chat_id, user_id",
-        rows.join(", ")
-    );
+         RETURNING chat_id, user_id";
+    if backend == DatabaseBackend::Postgres {
+        use sea_orm::sea_query::ArrayType;
+        // One map, unchanged between the three walks: they go in one order.
+        let column = |ty: ArrayType, value: &dyn Fn(ChatId, UserId, i64) -> Value| {
+            let values = furthest
+                .iter()
+                .map(|(&(chat, user), &(up_to, _))| value(chat, user, up_to));
+            Value::Array(ty, Some(Box::new(values.collect())))
+        };
+        let values = vec![
+            column(ArrayType::Uuid, &|chat, _, _| Value::Uuid(Some(chat.0))),
+            column(ArrayType::BigInt, &|_, user, _| Value::BigInt(Some(user.0))),
+            column(ArrayType::BigInt, &|_, _, up_to| Value::BigInt(Some(up_to))),
+        ];
+        let sql =
+            format!("{SET} UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS v (c, u, r) {WHERE}");
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    let rows = vec!["(?, ?, ?)"; furthest.len()].join(", ");
+    let values: Vec<Value> = furthest
+        .iter()
+        .flat_map(|(&(chat, user), &(up_to, _))| [chat.0.into(), user.0.into(), up_to.into()])
+        .collect();
+    let sql = format!("WITH v (c, u, r) AS (VALUES {rows}) {SET} v {WHERE}");
     Statement::from_sql_and_values(backend, sql, values)
 }
