@@ -147,7 +147,7 @@ enum Plans {
     /// as well as a custom one, but PostgreSQL's own choice kept planning
     /// the message batch's statement afresh when batches are small (a
     /// generic plan assumes ten rows per array, so a batch of one looks
-    /// cheaper planned for its values): 0.25–0.4 ms of planning for 0.2–0.3
+    /// cheaper planned for its values): 0.25–0.4 ms of planning for 0.17–0.4
     /// ms of execution, each batch (BENCHMARKS.md, "Planned once"). A plan
     /// kept is made with the statistics of its time: made while `messages`
     /// was nearly empty (a new database), it would hash the whole table to
