@@ -324,7 +324,9 @@ impl Stream for Body {
                 .frames
                 .push_back(Outgoing::Close(CloseCode::Away.into()));
         }
-        // Coalesce whatever is queued into one write.
+        // Coalesce whatever is queued into one write, in a buffer sized for
+        // it at once (grown frame by frame it was reallocated several times).
+        buf.reserve(chunk_len(&queue.frames));
         while let Some(item) = queue.frames.pop_front() {
             if encode(&mut buf, item) {
                 this.done = true;
@@ -339,6 +341,27 @@ impl Stream for Body {
         }
         Poll::Ready(Some(Ok(buf.freeze())))
     }
+}
+
+/// The bytes of the frames at the front of `frames` that one write takes
+/// (up to `WRITE_CHUNK_BYTES` and the frame that crosses it), headers
+/// included.
+fn chunk_len(frames: &VecDeque<Outgoing>) -> usize {
+    let mut total = 0;
+    for item in frames {
+        // A server's frame header is 2 bytes, plus 2 or 8 for the length.
+        total += match item {
+            Outgoing::Text(json) => json.len() + 10,
+            Outgoing::Ping => 2,
+            Outgoing::Pong(payload) => payload.len() + 2,
+            // Code and a reason of at most 123 bytes (RFC 6455, 5.5).
+            Outgoing::Close(_) => 2 + 125,
+        };
+        if total >= WRITE_CHUNK_BYTES {
+            break;
+        }
+    }
+    total
 }
 
 /// Appends one frame; true when it was the close that ends the stream.
@@ -476,5 +499,46 @@ impl<S> Reader<S> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_sized_for_its_frames_at_once() {
+        let text = |n: usize| Outgoing::Text(Bytes::from(vec![b'x'; n]));
+        let reason = close_reason(CloseCode::Policy, &"r".repeat(120));
+        let frames: VecDeque<Outgoing> = VecDeque::from([
+            text(10),
+            text(200),
+            Outgoing::Ping,
+            Outgoing::Pong(Bytes::from_static(b"pong")),
+            text(70_000),
+            Outgoing::Close(reason),
+        ]);
+        let room = chunk_len(&frames);
+        // What `poll_next` writes: up to and with the frame that crosses
+        // the chunk's size (the text of 70,000 bytes here).
+        let mut buf = BytesMut::new();
+        for item in frames {
+            let crossed = buf.len() >= WRITE_CHUNK_BYTES;
+            if crossed || encode(&mut buf, item) {
+                break;
+            }
+        }
+        assert!(buf.len() > WRITE_CHUNK_BYTES);
+        assert!(room >= buf.len(), "{room} < {}", buf.len());
+        assert!(
+            room < buf.len() + 64,
+            "{room} reserves far more than {}",
+            buf.len()
+        );
+
+        let reason = close_reason(CloseCode::Policy, &"r".repeat(123));
+        let mut buf = BytesMut::new();
+        encode(&mut buf, Outgoing::Close(reason.clone()));
+        assert!(chunk_len(&VecDeque::from([Outgoing::Close(reason)])) >= buf.len());
     }
 }

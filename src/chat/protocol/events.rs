@@ -536,9 +536,7 @@ pub enum ServerEvent<'a> {
 impl ServerEvent<'_> {
     /// The frame's JSON text.
     pub fn to_json(&self) -> bytes::Bytes {
-        serde_json::to_vec(self)
-            .expect("server events hold only strings, numbers and maps with string keys")
-            .into()
+        json_bytes(self)
     }
 
     /// The `X_response` error for a failed request of type `kind`.

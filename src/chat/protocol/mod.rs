@@ -18,6 +18,32 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A frame's JSON text, written into one buffer per thread and copied out
+/// at its size: a vector of its own per frame began at 128 bytes and was
+/// reallocated once or twice for every message (BENCHMARKS.md, "Frames
+/// written at their size").
+fn json_bytes<T: Serialize>(frame: &T) -> bytes::Bytes {
+    const EXPECT: &str = "server events hold only strings, numbers and maps with string keys";
+    /// A buffer that grew past this (a page of history) is given back.
+    const KEEP_BYTES: usize = 64 * 1024;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|cell| {
+        // (Borrowed already only if serializing a frame serialized another.)
+        let Ok(mut buffer) = cell.try_borrow_mut() else {
+            return serde_json::to_vec(frame).expect(EXPECT).into();
+        };
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, frame).expect(EXPECT);
+        let json = bytes::Bytes::copy_from_slice(&buffer);
+        if buffer.capacity() > KEEP_BYTES {
+            *buffer = Vec::new();
+        }
+        json
+    })
+}
+
 /// A conversation id (`pk` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -186,6 +212,23 @@ mod tests {
                 frame(parse_request(input).unwrap_err()),
                 expected,
                 "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_share_a_buffer_without_sharing_bytes() {
+        let large = "x".repeat(100_000);
+        let frame = |text: &str| ServerEvent::BadRequest(Notice::new(text.to_string())).to_json();
+        assert_eq!(
+            frame(&large),
+            format!(r#"{{"type":"bad_request","data":{{"message":"{large}"}}}}"#).as_bytes()
+        );
+        // After a frame larger than the buffer keeps, and after a shorter one.
+        for text in ["a somewhat longer message", "short", ""] {
+            assert_eq!(
+                frame(text),
+                format!(r#"{{"type":"bad_request","data":{{"message":"{text}"}}}}"#).as_bytes()
             );
         }
     }
