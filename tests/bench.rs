@@ -32,6 +32,9 @@ async fn a_short_load_run_delivers_everything_once() {
         // The server runs in this process: its CPU time is this process's.
         server_pids: vec![std::process::id()],
         client_ids: true,
+        // SQLite runs in this process too: reading it by this process's name
+        // checks the path a database server's processes take.
+        database_process: Some(own_process_name()),
     })
     .await
     .expect("load run");
@@ -40,6 +43,13 @@ async fn a_short_load_run_delivers_everything_once() {
         report.server_cpu_us_per_delivery.is_some_and(|us| us > 0.0),
         "CPU per delivery: {:?}",
         report.server_cpu_us_per_delivery
+    );
+    assert!(
+        report
+            .database_cpu_us_per_delivery
+            .is_some_and(|us| us > 0.0),
+        "database CPU per delivery: {:?}",
+        report.database_cpu_us_per_delivery
     );
     assert!(report.sent > 0);
     assert_eq!(report.acked, report.sent, "every message acknowledged");
@@ -83,6 +93,7 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         words: 0,
         server_pids: Vec::new(),
         client_ids: false,
+        database_process: None,
     })
     .await
     .expect("load run");
@@ -109,6 +120,7 @@ async fn a_mixed_run_reacts_edits_and_times_history() {
         words: 3,
         server_pids: Vec::new(),
         client_ids: false,
+        database_process: None,
     })
     .await
     .expect("load run");

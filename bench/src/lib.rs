@@ -254,6 +254,9 @@ pub struct LoadOptions {
     pub server_pids: Vec<u32>,
     /// Whether each message carries a `client_id`, as the web client's do.
     pub client_ids: bool,
+    /// The database server's process name on this machine (`postgres`,
+    /// `mariadbd`), for its CPU time per message (`None`: not measured).
+    pub database_process: Option<String>,
 }
 
 #[derive(Default)]
@@ -296,6 +299,8 @@ pub struct LoadReport {
     /// The servers' CPU time (user + system, all `--server-pid`s) from the
     /// first message to the last delivery, per delivered message, in µs.
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The same for the database server's processes (`--database-process`).
+    pub database_cpu_us_per_delivery: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +367,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     );
 
     let cpu_before = servers_cpu_time(&opts.server_pids);
+    let database_before = opts.database_process.as_deref().and_then(processes_cpu);
     let origin = Instant::now();
     let histogram = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
@@ -526,6 +532,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     let cpu_used = servers_cpu_time(&opts.server_pids)
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
+    let database_used = processes_cpu_since(opts.database_process.as_deref(), database_before);
     for task in &tasks {
         task.abort();
     }
@@ -565,10 +572,15 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         change_errors: reactions.errors + edits.errors,
         history_p50_ms: history.as_ref().map(|h| ms(h, 0.5)),
         history_p99_ms: history.as_ref().map(|h| ms(h, 0.99)),
-        server_cpu_us_per_delivery: cpu_used
-            .filter(|_| delivered > 0)
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / delivered as f64),
+        server_cpu_us_per_delivery: per_delivery(cpu_used, delivered),
+        database_cpu_us_per_delivery: per_delivery(database_used, delivered),
     })
+}
+
+/// CPU time per delivered message, in µs (`None`: not measured, or nothing delivered).
+fn per_delivery(cpu: Option<Duration>, delivered: u64) -> Option<f64> {
+    cpu.filter(|_| delivered > 0)
+        .map(|cpu| cpu.as_secs_f64() * 1e6 / delivered as f64)
 }
 
 /// The CPU time of all these processes together (`None` if there are none,
@@ -752,6 +764,17 @@ fn cpu_since(start: &HashMap<u32, Duration>, end: &HashMap<u32, Duration>) -> Du
     end.iter()
         .map(|(pid, &cpu)| cpu.saturating_sub(start.get(pid).copied().unwrap_or_default()))
         .sum()
+}
+
+/// What the processes named `name` used since `start` (both read with
+/// `processes_cpu`); `None` when either was not read.
+fn processes_cpu_since(
+    name: Option<&str>,
+    start: Option<HashMap<u32, Duration>>,
+) -> Option<Duration> {
+    name.and_then(processes_cpu)
+        .zip(start)
+        .map(|(end, start)| cpu_since(&start, &end))
 }
 
 /// The kernel's memory for TCP sockets, all of them (`/proc/net/sockstat`,

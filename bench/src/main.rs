@@ -52,6 +52,10 @@ enum BenchCommand {
         /// Give each message a `client_id`, as the web client does.
         #[arg(long)]
         client_ids: bool,
+        /// The database server's process name on this machine (`postgres`,
+        /// `mariadbd`), for its CPU time per delivered message.
+        #[arg(long)]
+        database_process: Option<String>,
     },
     /// A bystander's latency, quiet and while one account attacks through
     /// a group of connected members (issue #26's amplification patterns).
@@ -326,6 +330,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             words,
             server_pids,
             client_ids,
+            database_process,
         } => {
             let options = chat_bench::LoadOptions {
                 urls,
@@ -340,6 +345,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 words: words as usize,
                 server_pids,
                 client_ids,
+                database_process,
             };
             let r = chat_bench::load(options).await?;
             print_report(
@@ -387,6 +393,13 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                         "server CPU",
                         r.server_cpu_us_per_delivery.map_or_else(
                             || "not measured (no --server-pid)".into(),
+                            |us| format!("{us:.2} µs per delivered message"),
+                        ),
+                    ),
+                    (
+                        "database CPU",
+                        r.database_cpu_us_per_delivery.map_or_else(
+                            || "not measured (no --database-process)".into(),
                             |us| format!("{us:.2} µs per delivered message"),
                         ),
                     ),

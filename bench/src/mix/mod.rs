@@ -43,8 +43,8 @@ use tokio::sync::Semaphore;
 use crate::group::redis_info;
 use crate::search::{login, uuid_text, Rng};
 use crate::{
-    cpu_since, cpu_time, open_session, processes_cpu, raise_fd_limit, rss_kib, servers_cpu_time,
-    setup, tcp_socket_kib, ws_url, BenchError, Clients,
+    cpu_time, open_session, processes_cpu, processes_cpu_since, raise_fd_limit, rss_kib,
+    servers_cpu_time, setup, tcp_socket_kib, ws_url, BenchError, Clients,
 };
 use population::{Population, BUCKETS};
 use session::{lock, Connection, Out, Shared, State, Tally};
@@ -390,12 +390,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         _ => None,
     };
     let rss_end = rss(&opts.server_pids);
-    let database = opts
-        .database_process
-        .as_deref()
-        .and_then(processes_cpu)
-        .zip(database_start)
-        .map(|(end, start)| cpu_since(&start, &end));
+    let database = processes_cpu_since(opts.database_process.as_deref(), database_start);
     let own = cpu_time(std::process::id())
         .zip(own_start)
         .map(|(end, start)| end.saturating_sub(start));
