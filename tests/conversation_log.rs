@@ -148,6 +148,71 @@ async fn get_messages_after_reads_in_seq_order(backend: &Backend) {
 
 backend_tests!(get_messages_after_an_id_reads_in_the_conversations_order => get_messages_after_reads_in_seq_order);
 
+/// A message's id is never one a removed message had, and a batch of
+/// several messages takes increasing ids in the order they were sent (on
+/// SQLite the writer numbers them itself: `writer::commit::insert_rows`).
+async fn ids_after_removed_messages(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut ids = Vec::new();
+    for text in ["a", "b", "c"] {
+        ids.push(send(&mut alice, &pk, text).await["id"].as_i64().unwrap());
+    }
+    let removed = message::Entity::delete_many()
+        .filter(message::Column::Id.gte(ids[1]))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(removed.rows_affected, 2);
+
+    // "d"'s batch is held at its commit while "e", "f" and "g" queue
+    // behind it, so those three are stored by one batch.
+    let gate = ReleaseOnDrop(commit_gate::hold(pk.parse().unwrap()));
+    let gate = &gate.0;
+    let message = |text: &str| json!({"type": "message", "data": {"to": pk, "content": text}});
+    alice.send(message("d")).await;
+    gate.reached().await;
+    for text in ["e", "f", "g"] {
+        alice.send(message(text)).await;
+    }
+    // Answered once the session has handed "e" to "g" to the writer (the
+    // echoes of "a" to "c" may come first; no answer can, until the release).
+    alice.send(json!({"type": "ping", "data": {}})).await;
+    alice.recv_type("pong").await;
+    gate.release();
+    let mut acked = Vec::new();
+    for _ in 0..4 {
+        let ack = alice.recv_type("message_response").await;
+        acked.push(ack["data"]["id"].as_i64().unwrap());
+    }
+    assert!(
+        acked[0] > ids[2],
+        "{}: {acked:?} after {ids:?}",
+        backend.name()
+    );
+    assert!(
+        acked.windows(2).all(|w| w[0] < w[1]),
+        "{}: {acked:?}",
+        backend.name()
+    );
+    let page = alice
+        .ask(json!({"type": "get_messages", "data": {"id": pk, "after": 0}}))
+        .await;
+    let ids_stored: Vec<i64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(contents(&page), ["a", "d", "e", "f", "g"]);
+    let mut expected = vec![ids[0]];
+    expected.extend(&acked);
+    assert_eq!(ids_stored, expected, "{}", backend.name());
+}
+
+backend_tests!(new_messages_never_take_a_removed_messages_id => ids_after_removed_messages);
+
 /// An id that is not one of the conversation's messages (here, each of
 /// another conversation's, sent between its own, with reactions taking
 /// `seq`s between them too) places a page and a read mark exactly where it

@@ -475,28 +475,49 @@ pub(super) async fn insert_rows(
             stored
         }
         _ => {
-            // Only the ids come back: the rest is what was sent (`Inserted`).
-            let mut ids = message::Entity::insert_many(
-                pending.iter().map(|(row, seq)| active_model(row, *seq)),
-            )
-            .exec_with_returning_keys(txn)
+            // SQLite: the ids are numbered here and nothing comes back, where
+            // `RETURNING` handed each row's id through the driver's channel
+            // to this task one at a time (BENCHMARKS.md, "The writer numbers
+            // SQLite's messages").
+            let first = next_sqlite_message_id(txn).await?;
+            let stored: Vec<message::Model> = pending
+                .iter()
+                .enumerate()
+                .map(|(k, (row, seq))| model_of(row, first + k as i64, *seq))
+                .collect();
+            let inserted = message::Entity::insert_many(pending.iter().zip(&stored).map(
+                |((row, seq), model)| message::ActiveModel {
+                    id: Set(model.id),
+                    ..active_model(row, *seq)
+                },
+            ))
+            .exec_without_returning(txn)
             .await?;
-            if ids.len() != pending.len() {
+            if inserted != pending.len() as u64 {
                 return Err(DbErr::Custom(format!(
-                    "inserted {} messages but {} ids came back",
-                    pending.len(),
-                    ids.len()
+                    "inserted {inserted} messages of {}",
+                    pending.len()
                 )));
             }
-            // One statement draws ids in input order.
-            ids.sort_unstable();
-            pending
-                .iter()
-                .zip(ids)
-                .map(|((row, seq), id)| model_of(row, id, *seq))
-                .collect()
+            stored
         }
     })
+}
+
+/// The first id after every message SQLite has stored, deleted ones
+/// included (`AUTOINCREMENT` keeps the highest in `sqlite_sequence`), for
+/// a transaction that has already written: SQLite lets one transaction
+/// write at a time, so the ids from here up are this one's until it ends.
+async fn next_sqlite_message_id(txn: &DatabaseTransaction) -> Result<i64, DbErr> {
+    let statement = sea_orm::Statement::from_string(
+        DatabaseBackend::Sqlite,
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0), \
+         COALESCE((SELECT MAX(id) FROM messages), 0)) + 1 AS next",
+    );
+    txn.query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::Custom("no next message id".into()))?
+        .try_get_by_index(0)
 }
 
 pub(super) fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
