@@ -351,6 +351,33 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
     }
 
     if let Backend::Sqlite = backend {
+        // Segments merged sixteen at a time, a level at once only at 64
+        // (m20261210_000001_sqlite_search_merges).
+        let merges = |db: &sea_orm::DatabaseConnection| {
+            let db = db.clone();
+            async move {
+                db.query_all_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Sqlite,
+                    "SELECT k, v FROM message_search_config \
+                     WHERE k IN ('automerge', 'crisismerge') ORDER BY k",
+                ))
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    let key: String = row.try_get("", "k").unwrap();
+                    let value: i64 = row.try_get("", "v").unwrap();
+                    (key, value)
+                })
+                .collect::<Vec<_>>()
+            }
+        };
+        let expected = [
+            ("automerge".to_string(), 16),
+            ("crisismerge".to_string(), 64),
+        ];
+        assert_eq!(merges(&empty).await, expected);
+
         db.execute_unprepared(
             "DROP TRIGGER messages_search_insert; \
              INSERT INTO message_search(message_search) VALUES ('delete-all'); \
@@ -362,6 +389,8 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         migration::Migrator::up(&db, None).await.unwrap();
         assert_eq!(find(&db, user, "cafe").await, ["Ein Café, bitte"]);
         assert_eq!(find(&db, user, "nothing").await, ["nothing here"]);
+        // Built again from the table, the index keeps its settings.
+        assert_eq!(merges(&db).await, expected);
     }
 }
 

@@ -21,6 +21,7 @@ mod m20261206_000001_search_pending_list;
 mod m20261207_000001_client_id_partial_index;
 mod m20261208_000001_sqlite_one_conversation_index;
 mod m20261209_000001_revocation_times;
+mod m20261210_000001_sqlite_search_merges;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_client_id_partial_index::Migration),
             Box::new(m20261208_000001_sqlite_one_conversation_index::Migration),
             Box::new(m20261209_000001_revocation_times::Migration),
+            Box::new(m20261210_000001_sqlite_search_merges::Migration),
         ]
     }
 }

@@ -36,7 +36,8 @@ impl MigrationTrait for Migration {
     }
 }
 
-async fn sqlite_only(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+/// Runs `sql` on SQLite; nothing on the other databases.
+pub(crate) async fn sqlite_only(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
     let db = manager.get_connection();
     if db.get_database_backend() == DatabaseBackend::Sqlite {
         db.execute_unprepared(sql).await?;
