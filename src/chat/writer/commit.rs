@@ -477,8 +477,8 @@ pub(super) async fn insert_rows(
         _ => {
             // SQLite: the ids are numbered here and nothing comes back, where
             // `RETURNING` handed each row's id through the driver's channel
-            // to this task one at a time (BENCHMARKS.md, "The writer numbers
-            // SQLite's messages").
+            // to this task one at a time (BENCHMARKS.md, "An eighth machine,
+            // and the writer numbers SQLite's messages").
             let first = next_sqlite_message_id(txn).await?;
             let stored: Vec<message::Model> = pending
                 .iter()
@@ -504,7 +504,7 @@ pub(super) async fn insert_rows(
     })
 }
 
-/// The first id after every message SQLite has stored, deleted ones
+/// The first id after every message SQLite has stored, removed ones
 /// included (`AUTOINCREMENT` keeps the highest in `sqlite_sequence`), for
 /// a transaction that has already written: SQLite lets one transaction
 /// write at a time, so the ids from here up are this one's until it ends.
