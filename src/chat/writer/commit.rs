@@ -455,7 +455,9 @@ pub(super) async fn insert_rows(
     Ok(match (txn.get_database_backend(), ids) {
         (DatabaseBackend::Postgres, _) => insert_unnest(txn, pending).await?,
         (DatabaseBackend::MySql, MySqlIds::Consecutive { increment }) => {
-            let first = insert_values(txn, pending).await?;
+            let first = insert_values(txn, pending, None).await?;
+            let first =
+                i64::try_from(first).map_err(|_| DbErr::Custom("an id beyond i64".into()))?;
             pending
                 .iter()
                 .enumerate()
@@ -485,20 +487,7 @@ pub(super) async fn insert_rows(
                 .enumerate()
                 .map(|(k, (row, seq))| model_of(row, first + k as i64, *seq))
                 .collect();
-            let inserted = message::Entity::insert_many(pending.iter().zip(&stored).map(
-                |((row, seq), model)| message::ActiveModel {
-                    id: Set(model.id),
-                    ..active_model(row, *seq)
-                },
-            ))
-            .exec_without_returning(txn)
-            .await?;
-            if inserted != pending.len() as u64 {
-                return Err(DbErr::Custom(format!(
-                    "inserted {inserted} messages of {}",
-                    pending.len()
-                )));
-            }
+            insert_values(txn, pending, Some(first)).await?;
             stored
         }
     })
