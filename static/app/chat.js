@@ -981,12 +981,12 @@ export class Chat {
     return [...this.state.invitations.values()].sort((a, b) => (a.time < b.time ? 1 : -1));
   }
 
-  /** Blocks (or unblocks) the other person of a direct conversation. */
   /** No notification for `pk` on any of this person's devices (C17). */
   setMuted(pk, muted) {
     return this.send("mute", { id: pk, muted });
   }
 
+  /** Blocks (or unblocks) the other person of a direct conversation. */
   setBlocked(userId, blocked) {
     return this.send(blocked ? "block_user" : "unblock_user", { user_id: userId });
   }
