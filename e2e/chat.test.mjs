@@ -380,7 +380,12 @@ test("files: sent with or without text, shown from the acknowledgement, gone wit
   assert.equal(textOf(shown), "", "the names are not shown as text");
   assert.equal(textOf({ ...shown, content: "a.png" }), "a.png");
   chat.onFrame({ type: "message_deleted", data: { pk: A, seq: 3, id: 11 } });
-  assert.deepEqual(shown.attachments, []);
+  const deleted = chat.state.messages.get(A).items.find((m) => m.id === 11);
+  // A new object, never the old one changed: the view draws again only
+  // the messages that are new objects (memo.js).
+  assert.notEqual(deleted, shown);
+  assert.deepEqual(shown.attachments, [photo, notes]);
+  assert.deepEqual(deleted.attachments, []);
   // With text, the text is sent.
   chat.sendMessage(A, "look", null, [photo]);
   assert.deepEqual(sent.filter((f) => f.type === "message")[1].data.attachments, ["f1"]);

@@ -187,6 +187,21 @@ async function say(page, text) {
     .waitFor(WAIT);
 }
 
+/** From now on, counts in `window.__drawn` how often `page` draws each
+ *  named component (Preact's `diffed` hook, on the page's own Preact). */
+async function countDrawings(page) {
+  await page.evaluate(async () => {
+    const { options } = await import("/app/vendor/preact.module.js");
+    window.__drawn = {};
+    const next = options.diffed;
+    options.diffed = (vnode) => {
+      const name = typeof vnode.type === "function" ? vnode.type.name : "";
+      if (name) window.__drawn[name] = (window.__drawn[name] || 0) + 1;
+      next?.(vnode);
+    };
+  });
+}
+
 async function received(page, text) {
   await log(page).locator('[data-direction="received"]').filter({ hasText: text }).first().waitFor(WAIT);
 }
@@ -261,6 +276,15 @@ test("history survives a reload; older pages load on scrolling up", async () => 
   await log(alice.page).evaluate((element) => (element.scrollTop = 0));
   await log(alice.page).getByText("line 1", { exact: true }).waitFor(WAIT);
   assert.equal(await messages.count(), 61, "older page added, nothing twice");
+
+  // A message arriving (and Bob's typing before it) draws that message
+  // only, not the 61 before it.
+  await open(bob.page, alice.name);
+  await log(alice.page).getByText("Read", { exact: true }).waitFor(WAIT);
+  await countDrawings(alice.page);
+  await say(bob.page, "one more");
+  await received(alice.page, "one more");
+  assert.equal(await alice.page.evaluate(() => window.__drawn.Message), 1);
   await alice.page.context().close();
   await bob.page.context().close();
 });

@@ -13,6 +13,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("chat.js", JS, include_bytes!("../../static/app/chat.js")),
     ("api.js", JS, include_bytes!("../../static/app/api.js")),
     ("files.js", JS, include_bytes!("../../static/app/files.js")),
+    ("memo.js", JS, include_bytes!("../../static/app/memo.js")),
     (
         "search.js",
         JS,

@@ -718,26 +718,29 @@ export class Chat {
     const conversation = this.state.conversations.get(pk);
     if (!conversation) return;
     const log = this.state.messages.get(pk);
-    const item = log?.items.find((m) => m.id === data.id) ?? log?.held.find((m) => m.id === data.id);
+    // A message changed is a new object in its place, never changed in
+    // place: the view draws again only the messages that are new objects.
+    const list = log?.items.some((m) => m.id === data.id) ? log.items : log?.held;
+    const at = list ? list.findIndex((m) => m.id === data.id) : -1;
+    const item = at >= 0 ? list[at] : null;
     if (item && data.seq > (item.asOf || 0)) {
-      item.asOf = data.seq;
+      let changed;
       if (type === "message_edited") {
-        item.content = data.content;
-        item.edited_at = data.edited_at;
+        changed = { content: data.content, edited_at: data.edited_at };
       } else if (type === "message_deleted") {
-        item.deleted = true;
-        item.content = "";
-        item.reactions = [];
-        item.attachments = [];
+        changed = { deleted: true, content: "", reactions: [], attachments: [] };
       } else {
-        item.reactions = countReaction(item.reactions || [], data, this.me.id);
+        changed = { reactions: countReaction(item.reactions || [], data, this.me.id) };
       }
+      list[at] = { ...item, ...changed, asOf: data.seq };
     }
     if (log && type !== "reaction") {
       const quoted = type === "message_deleted" ? "" : data.content.slice(0, QUOTE_CHARS);
-      for (const reply of log.items) {
-        if (reply.reply_to === data.id && reply.quote) reply.quote = { ...reply.quote, content: quoted };
-      }
+      log.items.forEach((reply, i) => {
+        if (reply.reply_to === data.id && reply.quote) {
+          log.items[i] = { ...reply, quote: { ...reply.quote, content: quoted } };
+        }
+      });
     }
     const last = conversation.last_message;
     if (last?.id === data.id && type === "message_edited") {

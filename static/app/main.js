@@ -6,12 +6,14 @@ import { h, render } from "./vendor/preact.module.js";
 import {
   useEffect,
   useLayoutEffect,
+  useMemo,
   useReducer,
   useRef,
   useState,
 } from "./vendor/hooks.module.js";
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
+import { memo } from "./memo.js";
 import { Chat, MAX_CONTENT, REACTIONS } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
 import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
@@ -67,6 +69,18 @@ function count(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
 }
 
+// The formats of times and dates, made once: `toLocaleTimeString` and its
+// kin build a formatter on every call, and a conversation's list formats
+// every message's time again on each render (a burst of 120 messages took
+// the browser 10 s, half of it in those calls).
+const DAY = new Intl.DateTimeFormat([], { weekday: "long", month: "long", day: "numeric" });
+const DAY_AND_YEAR = new Intl.DateTimeFormat([], { weekday: "long", month: "long", day: "numeric", year: "numeric" });
+const CLOCK = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+// `toLocaleString()`'s own fields, spelled out (a bare formatter shows the date only).
+const FULL_TIME = new Intl.DateTimeFormat([], {
+  year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric",
+});
+
 /** A day separator's words: "Today", "Yesterday", or the date. */
 function dayLabel(iso) {
   const date = new Date(iso);
@@ -76,7 +90,7 @@ function dayLabel(iso) {
   if (days === 0) return "Today";
   if (days === 1) return "Yesterday";
   const sameYear = date.getFullYear() === new Date().getFullYear();
-  return date.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", year: sameYear ? undefined : "numeric" });
+  return (sameYear ? DAY : DAY_AND_YEAR).format(date);
 }
 
 const dayOf = (iso) => new Date(iso).toDateString();
@@ -102,7 +116,7 @@ function clock(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime())
     ? ""
-    : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    : CLOCK.format(date);
 }
 
 /** A ref whose element gets the focus when it appears (the `autofocus`
@@ -277,7 +291,7 @@ function NewGroup({ chat, done }) {
 /** The full date and time, for a title. */
 function fullTime(iso) {
   const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
+  return Number.isNaN(date.getTime()) ? "" : FULL_TIME.format(date);
 }
 
 /** A message's time: the clock, and the full date and time on hover
@@ -315,8 +329,11 @@ function Quote({ quote, author, onJump }) {
 }
 
 /** One message: its text (or "Message deleted"), a reply's quote, its
- *  reactions (click to toggle yours), and what the person may do with it. */
-function Message({ chat, message, read, sender, authorOf, canDelete, actions }) {
+ *  reactions (click to toggle yours), and what the person may do with it.
+ *  Drawn again only when a prop changes (`memo`): `message` is a new
+ *  object whenever the message changes (chat.js never changes one in
+ *  place), and `actions` is the same object for the conversation's life. */
+const Message = memo(function Message({ chat, token, message, read, sender, quoteAuthor, canDelete, actions }) {
   const [picking, setPicking] = useState(false);
   const [confirming, setConfirming] = useState(false);
   const own = message.direction === "send";
@@ -334,9 +351,9 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
     <div class="message" id=${`m-${message.id}`} data-direction=${message.direction} tabindex="-1">
       ${sender && html`<span class="sender">${sender}</span>`}
       ${message.quote &&
-      html`<${Quote} quote=${message.quote} author=${authorOf(message.quote.sender)} onJump=${() => actions.jump(message.reply_to)} />`}
+      html`<${Quote} quote=${message.quote} author=${quoteAuthor} onJump=${() => actions.jump(message.reply_to)} />`}
       ${textOf(message) && html`<span class="text">${linked(textOf(message))}</span>`}
-      <${Files} files=${message.attachments} token=${chat.session.token} />
+      <${Files} files=${message.attachments} token=${token} />
       <span class="meta">
         <${Time} iso=${message.time} />
         ${message.edited_at && html` <span class="edited" title=${fullTime(message.edited_at)}>edited</span>`}
@@ -386,7 +403,7 @@ function Message({ chat, message, read, sender, authorOf, canDelete, actions }) 
       />`}
     </div>
   `;
-}
+});
 
 function Pending({ chat, pk, item }) {
   return html`
@@ -674,23 +691,28 @@ function Conversation({ chat, pk }) {
     }
   }
 
-  const actions = {
-    reply(message) {
-      setEditing(null);
-      setReplyTo(message);
-      input.current?.focus();
-    },
-    edit(message) {
-      setReplyTo(null);
-      setEditing(message);
-      setDraft(message.content);
-      input.current?.focus();
-    },
-    jump(id) {
-      pinned.current = false;
-      setJumpTo(id);
-    },
-  };
+  // One object per conversation (state setters and refs do not change), so
+  // that a message is not drawn again for a new one (`memo`).
+  const actions = useMemo(
+    () => ({
+      reply(message) {
+        setEditing(null);
+        setReplyTo(message);
+        input.current?.focus();
+      },
+      edit(message) {
+        setReplyTo(null);
+        setEditing(message);
+        setDraft(message.content);
+        input.current?.focus();
+      },
+      jump(id) {
+        pinned.current = false;
+        setJumpTo(id);
+      },
+    }),
+    [pk]
+  );
 
   function cancelCompose() {
     if (editing) setDraft("");
@@ -750,7 +772,8 @@ function Conversation({ chat, pk }) {
       message=${m}
       read=${m.id === lastReadOwn}
       sender=${group && m.direction === "received" ? nameOf(m.sender) : null}
-      authorOf=${authorOf}
+      quoteAuthor=${m.quote ? authorOf(m.quote.sender) : null}
+      token=${chat.session.token}
       canDelete=${m.direction === "send" || owner}
       actions=${actions}
     />`);

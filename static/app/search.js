@@ -61,11 +61,12 @@ function Highlighted({ text, words }) {
   );
 }
 
+// Made once: `toLocaleString` builds a formatter on every call.
+const WHEN = new Intl.DateTimeFormat([], { dateStyle: "medium", timeStyle: "short" });
+
 function when(iso) {
   const date = new Date(iso);
-  return isNaN(date)
-    ? ""
-    : date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  return isNaN(date) ? "" : WHEN.format(date);
 }
 
 /** The search box: sends the query when typing pauses or on Enter;
