@@ -4,7 +4,7 @@
 //! member, deliveries per second, loss, and (given Redis) the Redis commands
 //! each message cost.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::rc::Rc;
@@ -18,8 +18,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::{
-    ms, open_session, raise_fd_limit, register, send_paced, setup, ws_url, Account, BenchError,
-    Clients, Frame, Pacing, Push,
+    ms, open_session, raise_fd_limit, register, send_paced, senders_finished, setup, ws_url,
+    Account, BenchError, Clients, Frame, Pacing, Push, DRAIN,
 };
 
 /// Options of `bench group`.
@@ -241,6 +241,7 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
     let origin = Instant::now();
     let tally = Rc::new(RefCell::new(Tally::default()));
     let sent_total = Rc::new(RefCell::new(0u64));
+    let sending = Rc::new(Cell::new(senders.min(sockets.len())));
     let stop_at = origin + opts.duration;
     let interval =
         (opts.rate > 0).then(|| Duration::from_secs_f64(senders as f64 / opts.rate as f64));
@@ -319,6 +320,7 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
             window: opts.window,
             words: 0,
             client_ids: false,
+            sending: sending.clone(),
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink,
@@ -330,9 +332,10 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
         )));
     }
     tokio::time::sleep_until(stop_at.into()).await;
+    senders_finished(&sending, stop_at + DRAIN).await;
     let send_phase = origin.elapsed();
     let receivers = members - 1;
-    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    let drain_deadline = Instant::now() + DRAIN;
     loop {
         let done = {
             let t = tally.borrow();

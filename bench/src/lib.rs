@@ -38,7 +38,7 @@ pub use group::{group, GroupOptions, GroupReport};
 pub use mix::{fill_population, mix, MixOptions, MixReport};
 pub use search::{fill, search, Dialect, Model, SearchOptions, SearchReport};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -374,6 +374,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
     ));
     let stats: Rc<RefCell<HashMap<usize, PairStats>>> = Rc::new(RefCell::new(HashMap::new()));
     let sent_total = Rc::new(RefCell::new(0u64));
+    let sending = Rc::new(Cell::new(sockets.len()));
     let stop_at = origin + opts.duration;
     let per_sender_interval =
         (opts.rate > 0).then(|| Duration::from_secs_f64(opts.pairs as f64 / opts.rate as f64));
@@ -504,15 +505,17 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
             window: opts.window,
             words: opts.words,
             client_ids: opts.client_ids,
+            sending: sending.clone(),
         };
         tasks.push(actix_rt::spawn(send_paced(
             sink, window, pk, None, pacing, sent,
         )));
     }
     tokio::time::sleep_until(stop_at.into()).await;
+    senders_finished(&sending, stop_at + DRAIN).await;
     let send_phase = origin.elapsed();
     // Wait for deliveries to catch up with acknowledgements (bounded).
-    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    let drain_deadline = Instant::now() + DRAIN;
     loop {
         let (answered, acked, delivered) =
             stats.borrow().values().fold((0, 0, 0), |(n, a, d), p| {
@@ -605,6 +608,20 @@ struct Pacing {
     words: usize,
     /// Whether each message carries a `client_id`, as the web client's do.
     client_ids: bool,
+    /// How many senders are still sending; each takes itself off when done.
+    sending: Rc<Cell<usize>>,
+}
+
+/// The longest a run waits for its senders to finish, and then for the
+/// answers and deliveries of what they sent.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// Waits until every sender has sent what was due before the end (one
+/// short of CPU may still be catching up then), at most until `deadline`.
+async fn senders_finished(sending: &Cell<usize>, deadline: Instant) {
+    while sending.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What `--words` appends: words of everyday English, a different mix in
@@ -638,11 +655,22 @@ async fn send_paced(
     sent: Rc<RefCell<u64>>,
 ) {
     let mut seq = 0u64;
-    let mut next = Instant::now() + pacing.offset;
-    while Instant::now() < pacing.stop_at {
-        if let Some(interval) = pacing.interval {
-            next += interval;
-            tokio::time::sleep_until(next.into()).await;
+    // At a fixed rate the schedule is the run's, from its origin, not this
+    // task's: every message due before the end is sent, a late one at once,
+    // so a generator short of CPU sends late rather than fewer (the count
+    // is the rate's, which tests/bench.rs checks on a loaded machine).
+    let mut next = pacing.origin + pacing.offset;
+    loop {
+        match pacing.interval {
+            Some(interval) => {
+                next += interval;
+                if next >= pacing.stop_at {
+                    break;
+                }
+                tokio::time::sleep_until(next.into()).await;
+            }
+            None if Instant::now() >= pacing.stop_at => break,
+            None => {}
         }
         let Ok(permit) = window.acquire().await else {
             break;
@@ -668,6 +696,7 @@ async fn send_paced(
         seq += 1;
         *sent.borrow_mut() += 1;
     }
+    pacing.sending.set(pacing.sending.get() - 1);
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
         window.acquire_many(pacing.window.max(1) as u32),

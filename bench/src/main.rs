@@ -24,7 +24,9 @@ enum BenchCommand {
         /// How long to send, in seconds.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
         duration: u64,
-        /// Total messages per second; 0 = as fast as the window allows.
+        /// Total messages per second; 0 = as fast as the window allows. At a
+        /// rate, every message due within the duration is sent, late if the
+        /// window or the generator's CPU held it back (the run lasts longer).
         #[arg(long, default_value_t = 0)]
         rate: u64,
         /// Unacknowledged messages each sender may have in flight.
@@ -124,7 +126,9 @@ enum BenchCommand {
         /// How long to send, in seconds.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_SECONDS))]
         duration: u64,
-        /// Total messages per second; 0 = as fast as the window allows.
+        /// Total messages per second; 0 = as fast as the window allows. At a
+        /// rate, every message due within the duration is sent, late if held
+        /// back (the run lasts longer).
         #[arg(long, default_value_t = 10)]
         rate: u64,
         /// Unacknowledged messages each sender may have in flight.
