@@ -528,6 +528,8 @@ test("reply, edit, react and delete, live on both sides and after a reload", asy
   await bubble(bob.page, "yes, see you there")
     .getByRole("button", { name: "Go to the original from Rita Reply: lunch at noon?" })
     .waitFor(WAIT);
+  // Bob starts another reply to it, still open when Alice edits.
+  await bubble(bob.page, "lunch at noon?").getByRole("button", { name: "Reply" }).click();
 
   // Alice fixes her message: "edited" on both sides, and the quote follows.
   await bubble(alice.page, "lunch at noon?").getByRole("button", { name: "Edit" }).click();
@@ -539,6 +541,9 @@ test("reply, edit, react and delete, live on both sides and after a reload", asy
   await bubble(bob.page, "yes, see you there")
     .getByRole("button", { name: "Go to the original from Rita Reply: lunch at one?" })
     .waitFor(WAIT);
+  // So does the reply Bob is writing.
+  await bob.page.locator(".compose-context").getByText("lunch at one?", { exact: true }).waitFor(WAIT);
+  await bob.page.getByRole("button", { name: "Cancel reply" }).click();
 
   // Reactions: the keyboard alone picks one; counts on both sides; Alice's own is pressed.
   const react = bubble(alice.page, "yes, see you there").getByRole("button", { name: "React" });

@@ -720,6 +720,9 @@ function Conversation({ chat, pk }) {
     setEditing(null);
   }
 
+  // The text of the message being answered as it is now (an edit made
+  // meanwhile is a new object in the log, not a change to `replyTo`).
+  const replyText = replyTo ? (items.find((m) => m.id === replyTo.id) ?? replyTo).content.slice(0, 200) : "";
   const readUpTo = chat.state.readUpTo.get(pk) || 0;
   const lastReadOwn = [...items]
     .reverse()
@@ -839,7 +842,7 @@ function Conversation({ chat, pk }) {
       ${(replyTo || editing) &&
       html`<div class="compose-context">
         <span>
-          ${editing ? "Editing your message" : html`Replying to ${authorOf(replyTo.sender)}: <span class="quote-text">${replyTo.content.slice(0, 200)}</span>`}
+          ${editing ? "Editing your message" : html`Replying to ${authorOf(replyTo.sender)}: <span class="quote-text">${replyText}</span>`}
         </span>
         <button type="button" class="link" onClick=${cancelCompose}>${editing ? "Cancel edit" : "Cancel reply"}</button>
       </div>`}
