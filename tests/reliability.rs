@@ -184,10 +184,20 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     };
     let socket = connect(&client, &server, &alice).await;
     let (mut sink, mut stream) = socket.split();
+    // As fast as the server answers, but never more than WINDOW unanswered:
+    // a client that lets more answers pile up than its outbox holds (1,024)
+    // is cut off as a slow consumer, which a loaded machine made happen.
+    const WINDOW: usize = 256;
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
     let flood = message.clone();
+    let sending = window.clone();
     let sender = actix_web::rt::spawn(async move {
         let message = flood;
         for i in 0..TOTAL {
+            let Ok(permit) = sending.acquire().await else {
+                break;
+            };
+            permit.forget();
             if sink
                 .send(ws::Message::Text(message(i).to_string().into()))
                 .await
@@ -204,6 +214,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(ws::Frame::Text(bytes)))) => {
                 record_ack(&mut acks, &bytes);
+                window.add_permits(1);
             }
             Ok(Some(Ok(_))) => {}
             other => panic!("stream ended early: {other:?}"),
