@@ -213,6 +213,53 @@ async fn ids_after_removed_messages(backend: &Backend) {
 
 backend_tests!(new_messages_never_take_a_removed_messages_id => ids_after_removed_messages);
 
+/// One batch's numbers (`store::take_seqs`): each conversation's events
+/// take its next numbers in the order the batch names them, its counter
+/// moves past them, and a conversation that does not exist fails the batch.
+async fn a_batch_takes_each_conversations_next_numbers(backend: &Backend) {
+    use chat_server::chat::store::take_seqs;
+    use entity::chat;
+    use sea_orm::TransactionTrait;
+
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, _, first) = app.pair("alice", "bob").await;
+    let carol = app.create_user("carol", "Carol", "Brown").await;
+    let (second, _) = chat_server::accounts::direct_chat(&app.db, alice_id, carol)
+        .await
+        .unwrap();
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    send(&mut alice, &first, "one").await;
+    let (first, second): (uuid::Uuid, uuid::Uuid) = (first.parse().unwrap(), second.id);
+    let seq_of = |id: uuid::Uuid| {
+        let db = app.db.clone();
+        async move {
+            chat::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq
+        }
+    };
+    assert_eq!((seq_of(first).await, seq_of(second).await), (1, 0));
+
+    let txn = app.db.begin().await.unwrap();
+    let seqs = take_seqs(&txn, &[first, second, first, first])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(seqs, [2, 1, 3, 4], "{}", backend.name());
+    assert_eq!((seq_of(first).await, seq_of(second).await), (4, 1));
+
+    let txn = app.db.begin().await.unwrap();
+    let missing = take_seqs(&txn, &[second, uuid::Uuid::new_v4()]).await;
+    txn.rollback().await.unwrap();
+    assert!(missing.is_err(), "{}: {missing:?}", backend.name());
+    assert_eq!(seq_of(second).await, 1, "{}", backend.name());
+}
+
+backend_tests!(a_batch_takes_each_conversations_next_numbers => a_batch_takes_each_conversations_next_numbers);
+
 /// An id that is not one of the conversation's messages (here, each of
 /// another conversation's, sent between its own, with reactions taking
 /// `seq`s between them too) places a page and a read mark exactly where it
