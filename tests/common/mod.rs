@@ -400,7 +400,8 @@ impl TestApp {
 
     /// Starts a server on an existing database (a second instance, a restart).
     pub async fn spawn_on(backend: &Backend, url: &str, extra: &[(&str, &str)]) -> TestApp {
-        let application = Application::build(settings(url, extra))
+        // On the heap, not in the test's future on the test thread's stack.
+        let application = Box::pin(Application::build(settings(url, extra)))
             .await
             .expect("server starts");
         let port = application.port();
