@@ -212,7 +212,7 @@ async fn serve_on_defaults_then_stop_gracefully_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let client = awc::Client::default();
+    let client = common::http_client();
     let started = Instant::now();
     let ready = loop {
         if let Ok(res) = client

@@ -271,7 +271,7 @@ async fn a_token_in_the_url_never_reaches_the_error_log() {
     // An upstream nobody listens on: every request fails with 502 and
     // "connect() failed", which nginx logs at `error`.
     let nginx = Nginx::start(&[common::free_port()]);
-    let http = awc::Client::default();
+    let http = common::http_client();
     let secret = "eyJhbGciOiJIUzI1NiJ9.a-token-that-must-not-be-logged.sig";
     for path in [
         format!("/chat?token={secret}"),

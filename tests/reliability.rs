@@ -43,7 +43,7 @@ impl Server {
             .spawn()
             .unwrap();
         let server = Server { child, port };
-        let client = awc::Client::default();
+        let client = common::http_client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(res) = client.get(server.url("/readyz")).send().await {

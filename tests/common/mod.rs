@@ -415,7 +415,7 @@ impl TestApp {
                 })
                 .await;
         });
-        let http = awc::Client::builder().timeout(TIMEOUT).finish();
+        let http = http_client();
         TestApp {
             port,
             backend: backend.clone(),
@@ -993,6 +993,20 @@ pub async fn burst_arrives_in_order(
     for _ in 0..2 * n {
         sender.recv().await; // the burst's acks and echoes
     }
+}
+
+/// The tests' HTTP client. It reuses an idle connection for at most a
+/// second. The server closes a connection idle for 5 s (actix-web's
+/// keep-alive), and its HTTP/1 dispatcher looks at that timer before it
+/// reads: a request that reaches a busy worker as the 5 s run out is
+/// dropped unread, and the client sees `Connect(Disconnected)`. awc's
+/// default (15 s) left that open to any test that pauses about 5 s between
+/// two requests, as waiting for a 5 s revocation sweep does; CI met it once.
+pub fn http_client() -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(1)))
+        .timeout(TIMEOUT)
+        .finish()
 }
 
 /// A TCP port nobody listens on right now.
