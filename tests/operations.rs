@@ -1,0 +1,26 @@
+//! The integration tests of running the chat: sign-in, the REST API, abuse
+//! and blocks, bad input, several instances, Redis and its cluster, faults,
+//! restarts, nginx, the command line, the benchmarks and the code's
+//! structure. One test binary, beside tests/features.rs (which says why
+//! two).
+
+#[macro_use]
+mod common;
+
+mod bad_input;
+mod bench;
+mod blocks;
+mod cli;
+mod cluster;
+mod deploy;
+mod faults;
+mod harness;
+mod login;
+mod nginx;
+mod reliability;
+mod rest_api;
+mod rolling_upgrade;
+mod scaling;
+mod security;
+mod structure;
+mod web_client;
