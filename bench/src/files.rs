@@ -77,6 +77,7 @@ async fn upload(
 /// Runs `bench files`.
 pub async fn files(opts: FilesOptions) -> Result<FilesReport, BenchError> {
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(crate::IDLE_CONNECTION))
         .timeout(Duration::from_secs(600))
         .max_http_version(awc::http::Version::HTTP_11)
         .finish();

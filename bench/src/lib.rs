@@ -83,6 +83,12 @@ pub fn raise_fd_limit() -> u64 {
 
 pub(crate) type Socket = actix_codec::Framed<BoxedSocket, ws::Codec>;
 
+/// How long a generator's HTTP clients keep an idle connection for the
+/// next request: well under the server's 5 s keep-alive. A request sent on
+/// a connection as the server closes it fails (`Connect(Disconnected)`),
+/// and awc's default of 15 s left that open to any pause of about 5 s.
+pub(crate) const IDLE_CONNECTION: Duration = Duration::from_secs(1);
+
 /// HTTP clients bound to loopback addresses 127.0.0.1, .2, …: each source
 /// address has its own ~28k ephemeral ports, so many connections fit.
 struct Clients(Vec<awc::Client>);
@@ -95,6 +101,7 @@ impl Clients {
                 let connector = awc::Connector::new()
                     .local_address(addr)
                     .limit(0)
+                    .conn_keep_alive(IDLE_CONNECTION)
                     .timeout(Duration::from_secs(30));
                 awc::Client::builder()
                     .connector(connector)
@@ -1047,8 +1054,6 @@ pub struct StartupReport {
     pub max_ms: f64,
 }
 
-/// Starts this binary `runs` times on a fresh SQLite file and times each
-/// start to the first `/readyz` 200.
 /// Starts `server` (the `chat-server` binary) `runs` times on a fresh SQLite
 /// file and times each start to `/readyz` 200.
 pub async fn startup(server: &std::path::Path, runs: usize) -> Result<StartupReport, BenchError> {

@@ -423,6 +423,7 @@ pub(crate) async fn login(
 
 fn client() -> awc::Client {
     awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(crate::IDLE_CONNECTION))
         .timeout(Duration::from_secs(60))
         .max_http_version(awc::http::Version::HTTP_11)
         .finish()
