@@ -34,6 +34,10 @@ pub async fn take_seqs<C: ConnectionTrait>(
     txn: &C,
     chats: &[uuid::Uuid],
 ) -> Result<Vec<i64>, DbErr> {
+    if chats.is_empty() {
+        // Nothing to number (and SQLite's statement would have no ids).
+        return Ok(Vec::new());
+    }
     let mut counts: BTreeMap<uuid::Uuid, i64> = BTreeMap::new();
     for chat in chats {
         *counts.entry(*chat).or_default() += 1;
