@@ -109,10 +109,19 @@ pub async fn connect_existing(settings: &Settings) -> Result<DatabaseConnection,
     connect(settings).await
 }
 
-/// Connections the writers hold of their own (`connect_writers`): one
-/// each for the messages' lane, the changes' lane and the read marks, which
-/// each use one at a time.
+/// Connections the writers hold of their own (`connect_writers`) on
+/// PostgreSQL and MySQL: one each for the messages' lane, the changes' lane
+/// and the read marks, which each use one at a time.
 pub const WRITER_CONNECTIONS: u32 = 3;
+
+/// On SQLite the writers share one connection. SQLite writes one
+/// transaction at a time whatever the pool, and a connection drops its
+/// whole page cache when another connection wrote since its last
+/// transaction: with three, the pool handed them out in turn, so every
+/// batch began by emptying its connection's cache and read its pages back
+/// (BENCHMARKS.md, "A twelfth machine"). With one, a writer that waits
+/// waits in the pool's queue, not in SQLite's busy handler's sleeps.
+pub const SQLITE_WRITER_CONNECTIONS: u32 = 1;
 
 /// Opens the connection pool described by `settings` (`DB_POOL_SIZE`
 /// connections), which requests read through.
@@ -121,14 +130,18 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
 }
 
 /// Opens the writers' own pool, the same database with `WRITER_CONNECTIONS`
-/// connections. Apart from the requests' pool, a burst of reads (every
+/// connections (`SQLITE_WRITER_CONNECTIONS` on SQLite). Apart from the requests' pool, a burst of reads (every
 /// client asking its contact list after a restart) cannot make a commit
 /// wait for a connection. And the writers run on the main thread, so their
 /// connections are opened there and outlive the HTTP workers, whose
 /// runtimes take the connections they opened with them when they stop
 /// (the writers drain their queues after that, at shutdown).
 pub async fn connect_writers(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
-    connect_with(settings, WRITER_CONNECTIONS, Plans::Generic).await
+    let size = match settings.database.engine() {
+        DbEngine::Sqlite => SQLITE_WRITER_CONNECTIONS,
+        _ => WRITER_CONNECTIONS,
+    };
+    connect_with(settings, size, Plans::Generic).await
 }
 
 async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnection, DbSetupError> {

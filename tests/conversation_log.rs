@@ -412,6 +412,43 @@ async fn postgres_writers_plan_each_statement_once() {
     requests.close().await.unwrap();
 }
 
+/// On SQLite the writers (messages, changes, read marks) share one
+/// connection: SQLite drops a connection's page cache whenever another
+/// connection wrote since its last transaction, so writers that took turns
+/// over several connections began every batch with an empty cache (src/db.rs,
+/// `SQLITE_WRITER_CONNECTIONS`). A temporary table lives in the connection
+/// that made it: requests made at the same time all find it only if they
+/// all went through that one connection.
+#[actix_rt::test]
+async fn sqlite_writers_share_one_connection() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let settings = common::settings(&database.url, &[]);
+    let writers = chat_server::db::connect_writers(&settings).await.unwrap();
+    writers
+        .execute_unprepared("CREATE TEMP TABLE probe (x INTEGER)")
+        .await
+        .unwrap();
+    let count = || async {
+        writers
+            .query_one_raw(Statement::from_string(
+                writers.get_database_backend(),
+                "SELECT count(*) AS n FROM temp.probe",
+            ))
+            .await
+            .map(|row| {
+                row.expect("count gives a row")
+                    .try_get::<i64>("", "n")
+                    .unwrap()
+            })
+    };
+    let counts = futures_util::future::join_all((0..8).map(|_| count())).await;
+    for counted in counts {
+        assert_eq!(counted.expect("every request on the one connection"), 0);
+    }
+    writers.close().await.unwrap();
+}
+
 /// One instance's commit is held after it took its `seq`; another instance
 /// stores a later message of the same conversation meanwhile. A client that
 /// reconnects in between sees neither yet, and afterwards both, in order,
