@@ -130,9 +130,9 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
 }
 
 /// Opens the writers' own pool, the same database with `WRITER_CONNECTIONS`
-/// connections (`SQLITE_WRITER_CONNECTIONS` on SQLite). Apart from the requests' pool, a burst of reads (every
-/// client asking its contact list after a restart) cannot make a commit
-/// wait for a connection. And the writers run on the main thread, so their
+/// connections (`SQLITE_WRITER_CONNECTIONS` on SQLite). Apart from the
+/// requests' pool, a burst of reads (every client asking its contact list
+/// after a restart) cannot make a commit wait for a connection. And the writers run on the main thread, so their
 /// connections are opened there and outlive the HTTP workers, whose
 /// runtimes take the connections they opened with them when they stop
 /// (the writers drain their queues after that, at shutdown).
