@@ -109,9 +109,9 @@ async fn add_contact(client: &awc::Client, server: &Server, token: &str, other: 
     body["pk"].as_str().unwrap().to_string()
 }
 
-/// Records a successful `message_response` (client_id → id) found in a text frame.
-/// Records a successful acknowledgement; whether the frame answered a
-/// message at all (an acknowledgement or an error).
+/// Records a successful `message_response` (client_id → id) found in a
+/// text frame; whether the frame answered a message at all (an
+/// acknowledgement or an error).
 fn record_ack(acks: &mut HashMap<String, i64>, text: &[u8]) -> bool {
     let frame: Value = serde_json::from_slice(text).unwrap();
     if frame["type"] != "message_response" {
