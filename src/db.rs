@@ -18,6 +18,17 @@ pub mod sqlite_memory;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a pooled connection before a request fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection may have been idle and still be handed out
+/// without a ping first. sqlx pings every connection it hands out by
+/// default: a round trip to the database (to SQLite's thread and back)
+/// before every statement outside a transaction and every transaction, each
+/// batch of the writers' included (BENCHMARKS.md, "No ping before a busy
+/// connection is used"). A connection in use within this while has just
+/// answered; one idle longer (the server was quiet, and the database may
+/// have restarted meanwhile) is pinged, and replaced if it does not answer.
+/// sqlx still pings each connection as it is given back, and closes one
+/// that does not answer then.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Why the database could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +200,7 @@ async fn connect_with(
         .min_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         .sqlx_logging(false);
     if engine == DbEngine::Sqlite {
         options.map_sqlx_sqlite_opts(|opts| {

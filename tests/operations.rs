@@ -1,8 +1,8 @@
 //! The integration tests of running the chat: sign-in, the REST API, abuse
 //! and blocks, bad input, several instances, Redis and its cluster, faults,
-//! restarts, nginx, the command line, the benchmarks and the code's
-//! structure. One test binary, beside tests/features.rs (which says why
-//! two).
+//! restarts, nginx, the connection pool, the command line, the benchmarks
+//! and the code's structure. One test binary, beside tests/features.rs
+//! (which says why two).
 
 #[macro_use]
 mod common;
@@ -17,6 +17,7 @@ mod faults;
 mod harness;
 mod login;
 mod nginx;
+mod pool;
 mod reliability;
 mod rest_api;
 mod rolling_upgrade;
