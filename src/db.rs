@@ -22,12 +22,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// without a ping first. sqlx pings every connection it hands out by
 /// default: a round trip to the database (to SQLite's thread and back)
 /// before every statement outside a transaction and every transaction, each
-/// batch of the writers' included (BENCHMARKS.md, "No ping before a busy
-/// connection is used"). A connection in use within this while has just
-/// answered; one idle longer (the server was quiet, and the database may
-/// have restarted meanwhile) is pinged, and replaced if it does not answer.
-/// sqlx still pings each connection as it is given back, and closes one
-/// that does not answer then.
+/// batch of the writers' included (BENCHMARKS.md, "A thirteenth machine:
+/// no ping before a busy connection is used"). A connection in use within
+/// this while has just answered; one idle longer (the server was quiet, and
+/// the database may have restarted meanwhile) is pinged, and replaced if it
+/// does not answer. sqlx still pings each connection as it is given back,
+/// and closes one that does not answer then.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Why the database could not be reached or prepared.
