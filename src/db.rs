@@ -143,10 +143,11 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbSetupE
 /// Opens the writers' own pool, the same database with `WRITER_CONNECTIONS`
 /// connections (`SQLITE_WRITER_CONNECTIONS` on SQLite). Apart from the
 /// requests' pool, a burst of reads (every client asking its contact list
-/// after a restart) cannot make a commit wait for a connection. And the writers run on the main thread, so their
-/// connections are opened there and outlive the HTTP workers, whose
-/// runtimes take the connections they opened with them when they stop
-/// (the writers drain their queues after that, at shutdown).
+/// after a restart) cannot make a commit wait for a connection. And the
+/// writers run on the main thread, so their connections are opened there
+/// and outlive the HTTP workers, whose runtimes take the connections they
+/// opened with them when they stop (the writers drain their queues after
+/// that, at shutdown).
 pub async fn connect_writers(settings: &Settings) -> Result<DatabaseConnection, DbSetupError> {
     let size = match settings.database.engine() {
         DbEngine::Sqlite => SQLITE_WRITER_CONNECTIONS,
