@@ -48,8 +48,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for variant in with-index without-index; do
     binary=$server
     [ "$variant" = without-index ] && binary=$work/without-index
+    # mix-bench.sh's stderr is the servers' and psql's chatter; a run that
+    # fails (a server that never became ready) is said here instead.
     SERVER=$binary ALONE_ONLY=1 HISTORY=0 RATE=${RATE:-10000} DURATION=${DURATION:-10} \
-      SETUPS=${SETUPS:-sqlite} scripts/mix-bench.sh 1 2>/dev/null |
+      SETUPS=${SETUPS:-sqlite} scripts/mix-bench.sh 1 2>"$work/mix-bench.log" |
       while read -r setup _ json; do
         python3 - "$setup" "$variant" "$round" "$json" <<'PY'
 import json, sys
@@ -60,6 +62,10 @@ print(
     f"server {run['server_cpu_us_per_delivery']:.1f} µs a message"
 )
 PY
-      done
+      done || {
+        echo "$variant round $round failed; scripts/mix-bench.sh said:" >&2
+        tail -n 20 "$work/mix-bench.log" >&2
+        exit 1
+      }
   done
 done
