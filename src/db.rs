@@ -342,9 +342,10 @@ pub fn is_deadlock(error: &DbErr) -> bool {
 }
 
 /// Creates the SQLite file readable by its owner only (it holds password
-/// hashes); SQLite gives its `-wal` and `-shm` files the same mode. An
+/// hashes; the search index's, the messages' words); SQLite gives its
+/// `-wal` and `-shm` files the same mode. An
 /// existing file with looser permissions is left as it is, with a warning.
-fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+pub fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

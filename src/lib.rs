@@ -44,6 +44,7 @@ use crate::chat::membership::Membership;
 use crate::chat::messages::CloseAll;
 use crate::chat::presence::Presence;
 use crate::chat::read_marks::ReadMarks;
+use crate::chat::search_index::{self, SearchIndex};
 use crate::chat::server::ChatServer;
 use crate::chat::writer::MessageWriter;
 use crate::config::{ConfigError, SecretSource, Settings};
@@ -58,6 +59,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Database(#[from] db::DbSetupError),
+    #[error(transparent)]
+    SearchIndex(#[from] search_index::OpenError),
     #[error("cannot listen on {address}: {source}{}", listen_hint(.source))]
     Listen {
         address: String,
@@ -145,12 +148,21 @@ impl Application {
             &metrics,
         );
         let writers_db = db::connect_writers(&settings).await?;
+        let search_index = match settings.database.engine() {
+            config::DbEngine::Sqlite => {
+                let index = SearchIndex::open(&settings.database.sqlite_path()).await?;
+                actix_web::rt::spawn(index.clone().run());
+                Some(index)
+            }
+            _ => None,
+        };
         let (writer, writer_task) = MessageWriter::with_edit_window(
             writers_db.clone(),
             actors.chat_server.clone().recipient(),
             metrics.clone(),
             settings.limits.message_queue_capacity,
             settings.limits.edit_window(),
+            search_index.as_ref().map(|index| index.committed()),
         );
         let (read_marks, read_marks_task) = ReadMarks::start(writers_db);
         actix_web::rt::spawn(chat::revocation::run(
@@ -189,6 +201,7 @@ impl Application {
                 redis,
                 push,
                 attachments,
+                search_index,
             },
         );
         let (server, port) = http_server(&settings, web::Data::new(state))?;

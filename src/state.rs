@@ -64,6 +64,8 @@ pub struct AppState {
     pub push: Option<Arc<crate::push::WebPush>>,
     /// Where attachments are kept (B9), and their limits.
     pub attachments: Arc<crate::attachments::Attachments>,
+    /// SQLite's search index (None on the other databases).
+    pub search_index: Option<Arc<crate::chat::search_index::SearchIndex>>,
 
     // What one client may make the server do (docs/SECURITY.md).
     /// Failed logins, per (username, client address).
@@ -105,6 +107,8 @@ pub struct Shared {
     pub redis: Option<crate::bus::target::RedisTarget>,
     pub push: Option<Arc<crate::push::WebPush>>,
     pub attachments: Arc<crate::attachments::Attachments>,
+    /// SQLite's search index (None on the other databases).
+    pub search_index: Option<Arc<crate::chat::search_index::SearchIndex>>,
 }
 
 impl AppState {
@@ -142,6 +146,7 @@ impl AppState {
             redis: shared.redis,
             push: shared.push,
             attachments: shared.attachments,
+            search_index: shared.search_index,
             login_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             password_throttle: AttemptThrottle::new(auth.login_max_attempts, login_window),
             registration_limit: AddressRateLimit::new(

@@ -5,6 +5,8 @@
 
 use crate::common;
 use chat_server::accounts;
+use chat_server::chat::search_index::SearchIndex;
+use std::sync::Arc;
 
 use actix_web::http::Method;
 use common::{Backend, TestApp, WsClient};
@@ -185,9 +187,65 @@ async fn matching_rules(backend: &Backend) {
         ids(&search(&mut bob, json!({"query": "alles gut"})).await),
         Vec::<i64>::new()
     );
+
+    // Edited and deleted before any search saw them (SQLite indexes them,
+    // new, in the same step as their changes): by their text as it is now.
+    let kiwi = send(&mut alice, &pk, "kiwi one").await;
+    let gone = send(&mut alice, &pk, "kiwi two").await;
+    for change in [
+        json!({"type": "edit_message", "data": {"id": id(&kiwi), "content": "mango"}}),
+        json!({"type": "delete_message", "data": {"id": id(&gone)}}),
+    ] {
+        assert_eq!(alice.ask(change).await["status"], "success");
+    }
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "kiwi"})).await),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(&search(&mut bob, json!({"query": "mango"})).await),
+        vec![id(&kiwi)]
+    );
 }
 
 backend_tests!(matching => matching_rules);
+
+/// SQLite: the indexer writes a stored message's words into its file
+/// without a search asking it to, woken by the writer's commit.
+#[actix_rt::test]
+async fn sqlite_indexes_behind_the_writer_unasked() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let sent = id(&send(&mut alice, &pk, "written behind").await);
+    let url = app.database_url().expect("a SQLite file");
+    let (file, _) = url.split_once('?').unwrap_or((url, ""));
+    let index = sea_orm::Database::connect(format!("{file}-search?mode=ro"))
+        .await
+        .expect("the index file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let indexed: i64 = index
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT message_id FROM search_progress",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get("", "message_id")
+            .unwrap();
+        if indexed >= sent {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message {sent} not indexed within 30 s (up to {indexed})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 /// Removed from a group: its messages, old and new, are not found any more.
 async fn only_conversations_one_is_in_now(backend: &Backend) {
@@ -245,7 +303,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
     use chat_server::chat::search::{self, Search};
     use migration::{Alias, MigratorTrait, Query};
     use sea_orm::ConnectionTrait;
-    let (_database, db, user) = common::database_before(backend, "m20261203_000001_search").await;
+    let (database, db, user) = common::database_before(backend, "m20261203_000001_search").await;
     let (chat, now) = (uuid::Uuid::new_v4(), chrono::Utc::now());
     let insert = |table: &str, columns: &[&str], values: Vec<sea_orm::Value>| {
         Query::insert()
@@ -294,11 +352,12 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         db.execute(statement).await.unwrap();
     }
     migration::Migrator::up(&db, None).await.unwrap();
-    let find = |db: &sea_orm::DatabaseConnection, user: i64, query: &str| {
+    let index = search_index(&database.url).await;
+    let find = |db: &sea_orm::DatabaseConnection, index: Option<Arc<SearchIndex>>, user, query| {
         let search = Search::new(query, None, None, None).unwrap();
         let db = db.clone();
         async move {
-            let page = search::run(&db, UserId(user), &search)
+            let page = search::run(&db, index.as_deref(), UserId(user), &search)
                 .await
                 .unwrap()
                 .unwrap();
@@ -309,7 +368,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         }
     };
     assert_eq!(
-        find(&db, user, "cafe bitte").await,
+        find(&db, index, user, "cafe bitte").await,
         ["Ein Café, bitte"],
         "{}",
         backend.name()
@@ -318,15 +377,16 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
     // Indexed while empty, the index dropped, rows written, and the
     // migration run again (the benchmark's bulk load): found. (MariaDB,
     // building the index in place, found none.)
-    let (_second, empty, owner) = common::database_before(backend, "m20261203_000001_search").await;
+    let (second, empty, owner) = common::database_before(backend, "m20261203_000001_search").await;
     migration::Migrator::up(&empty, Some(1)).await.unwrap();
     migration::Migrator::down(&empty, Some(1)).await.unwrap();
     for statement in &rows(owner) {
         empty.execute(statement).await.unwrap();
     }
     migration::Migrator::up(&empty, None).await.unwrap();
+    let index = search_index(&second.url).await;
     assert_eq!(
-        find(&empty, owner, "cafe").await,
+        find(&empty, index.clone(), owner, "cafe").await,
         ["Ein Café, bitte"],
         "{}",
         backend.name()
@@ -350,13 +410,24 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         assert_eq!(options, "gin_pending_list_limit=64");
     }
 
-    if let Backend::Sqlite = backend {
-        // Segments merged sixteen at a time, a level at once only at 64
-        // (m20261210_000001_sqlite_search_merges).
-        let merges = |db: &sea_orm::DatabaseConnection| {
-            let db = db.clone();
-            async move {
-                db.query_all_raw(sea_orm::Statement::from_string(
+    if let (Backend::Sqlite, Some(index)) = (backend, index) {
+        // No index is left in the messages' file (m20261211_000001_sqlite_search_file).
+        let left = empty
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT count(*) AS n FROM sqlite_master WHERE name LIKE '%search%'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        assert_eq!(left, 0);
+        // Segments merged sixteen at a time, a level at once only at 64.
+        let merges = |index: Arc<SearchIndex>| async move {
+            index
+                .db()
+                .query_all_raw(sea_orm::Statement::from_string(
                     sea_orm::DatabaseBackend::Sqlite,
                     "SELECT k, v FROM message_search_config \
                      WHERE k IN ('automerge', 'crisismerge') ORDER BY k",
@@ -370,28 +441,52 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
                     (key, value)
                 })
                 .collect::<Vec<_>>()
-            }
         };
         let expected = [
             ("automerge".to_string(), 16),
             ("crisismerge".to_string(), 64),
         ];
-        assert_eq!(merges(&empty).await, expected);
+        assert_eq!(merges(index.clone()).await, expected);
 
-        db.execute_unprepared(
-            "DROP TRIGGER messages_search_insert; \
-             INSERT INTO message_search(message_search) VALUES ('delete-all'); \
-             DELETE FROM seaql_migrations WHERE version = 'm20261203_000001_search'",
-        )
-        .await
-        .unwrap();
-        assert_eq!(find(&db, user, "cafe").await, Vec::<String>::new());
-        migration::Migrator::up(&db, None).await.unwrap();
-        assert_eq!(find(&db, user, "cafe").await, ["Ein Café, bitte"]);
-        assert_eq!(find(&db, user, "nothing").await, ["nothing here"]);
-        // Built again from the table, the index keeps its settings.
-        assert_eq!(merges(&db).await, expected);
+        // An index file of another layout is built again from the messages.
+        index
+            .db()
+            .execute_unprepared(
+                "INSERT INTO message_search(message_search) VALUES ('delete-all'); \
+                 PRAGMA user_version = 99",
+            )
+            .await
+            .unwrap();
+        let again = search_index(&second.url).await;
+        assert_eq!(
+            find(&empty, again.clone(), owner, "nothing").await,
+            ["nothing here"]
+        );
+        assert_eq!(merges(again.unwrap()).await, expected);
+
+        // Undone, the index is back in the messages' file, built from them.
+        migration::Migrator::down(&empty, Some(1)).await.unwrap();
+        let found = empty
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT rowid FROM message_search WHERE message_search MATCH 'cafe'",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
     }
+}
+
+/// SQLite's search index for the test database at `url` (None on the
+/// other databases), opened as the server opens it.
+async fn search_index(url: &str) -> Option<Arc<SearchIndex>> {
+    let path = url.strip_prefix("sqlite://")?;
+    let path = path.split('?').next().unwrap_or(path);
+    Some(
+        SearchIndex::open(std::path::Path::new(path))
+            .await
+            .expect("the search index"),
+    )
 }
 
 backend_tests!(existing_messages => the_migration_indexes_existing_messages);

@@ -640,7 +640,8 @@ async fn the_sqlite_files_are_private() {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let app = TestApp::spawn_on(&Backend::Sqlite, &url, &[]).await;
     app.pair("alice", "bob").await;
-    for suffix in ["", "-wal", "-shm"] {
+    // The search index holds the messages' words.
+    for suffix in ["", "-wal", "-shm", "-search", "-search-wal", "-search-shm"] {
         let file = dir.path().join(format!("chat.db{suffix}"));
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", file.display());

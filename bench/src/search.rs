@@ -275,19 +275,6 @@ pub fn fill(model: &Model, dialect: Dialect, out: &mut impl Write) -> std::io::R
              DELETE FROM seaql_migrations WHERE version = 'm20261203_000001_search';"
         )?;
     }
-    if let Dialect::Sqlite = dialect {
-        // Bulk-loaded without the search triggers; `chat-server migrate`
-        // then runs the search migration again, which builds the index
-        // from the table and puts the triggers back (and SQLite shells
-        // older than 3.43 could not write through them).
-        writeln!(
-            out,
-            "DROP TRIGGER IF EXISTS messages_search_insert; \
-             DROP TRIGGER IF EXISTS messages_search_update; \
-             DROP TRIGGER IF EXISTS messages_search_delete; \
-             DELETE FROM seaql_migrations WHERE version = 'm20261203_000001_search';"
-        )?;
-    }
     writeln!(out, "BEGIN;")?;
     for u in 0..model.users {
         let id = FIRST_USER_ID + u as i64;

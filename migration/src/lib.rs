@@ -22,6 +22,7 @@ mod m20261207_000001_client_id_partial_index;
 mod m20261208_000001_sqlite_one_conversation_index;
 mod m20261209_000001_revocation_times;
 mod m20261210_000001_sqlite_search_merges;
+mod m20261211_000001_sqlite_search_file;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000001_sqlite_one_conversation_index::Migration),
             Box::new(m20261209_000001_revocation_times::Migration),
             Box::new(m20261210_000001_sqlite_search_merges::Migration),
+            Box::new(m20261211_000001_sqlite_search_file::Migration),
         ]
     }
 }

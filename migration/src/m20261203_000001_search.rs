@@ -35,7 +35,7 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const SQLITE_TABLE: &str = "
+pub(crate) const SQLITE_TABLE: &str = "
 CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(
     body, chat,
     content = '', contentless_delete = 1,
@@ -49,7 +49,7 @@ INSERT INTO message_search(message_search, rank) VALUES ('secure-delete', 1);
 /// Run when the triggers are missing: on the first migration, and after
 /// they were dropped for a bulk load (the search benchmark's fill), so the
 /// index is rebuilt from what the table holds.
-const SQLITE_FILL: &str = "
+pub(crate) const SQLITE_FILL: &str = "
 INSERT INTO message_search(message_search) VALUES ('delete-all');
 INSERT INTO message_search(rowid, body, chat)
     SELECT id, content, 'c' || hex(chat_id) FROM messages WHERE NOT deleted;
@@ -70,7 +70,7 @@ BEGIN
 END;
 ";
 
-const SQLITE_DROP_TRIGGERS: &str = "
+pub(crate) const SQLITE_DROP_TRIGGERS: &str = "
 DROP TRIGGER IF EXISTS messages_search_insert;
 DROP TRIGGER IF EXISTS messages_search_update;
 DROP TRIGGER IF EXISTS messages_search_delete;

@@ -33,7 +33,7 @@ impl MigrationTrait for Migration {
 }
 
 /// Sets the index's `automerge` and `crisismerge` (SQLite only).
-async fn merges(
+pub(crate) async fn merges(
     manager: &SchemaManager<'_>,
     automerge: u32,
     crisismerge: u32,

@@ -43,8 +43,13 @@ pub async fn search(
     let query = params.q.unwrap_or_default();
     let search = Search::new(&query, scope, params.before, params.limit)
         .map_err(|text| ApiError::field("q", text))?;
-    search::run(&state.db, UserId(user.0.id), &search)
-        .await?
-        .map(web::Json)
-        .ok_or(ApiError::NotFound)
+    search::run(
+        &state.db,
+        state.search_index.as_deref(),
+        UserId(user.0.id),
+        &search,
+    )
+    .await?
+    .map(web::Json)
+    .ok_or(ApiError::NotFound)
 }

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod read_marks;
 pub mod revocation;
 pub mod search;
+pub mod search_index;
 pub mod server;
 pub mod session;
 pub mod socket;

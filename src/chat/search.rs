@@ -2,13 +2,15 @@
 //! that hold every word of a query, the last word as a prefix, ignoring
 //! case and accents; newest first, paged with `before`.
 //!
-//! Each database answers with its own full-text index (the migration
-//! `m20261203_000001_search` builds them; DESIGN.md, "Search", says why):
-//! SQLite's FTS5 table `message_search`, PostgreSQL's `tsvector` column
-//! with a GIN index, MySQL's `FULLTEXT` index. The index is written in the
-//! transaction that writes the message, its edit or its deletion, so a
-//! message is found once acknowledged, a deleted one never, and an edited
-//! one by its new text only. Membership is checked in the query itself: a
+//! Each database answers with its own full-text index (DESIGN.md,
+//! "Search", says why): SQLite's FTS5 table `message_search` in a file of
+//! its own ([`super::search_index`]), PostgreSQL's `tsvector` column with a
+//! GIN index, MySQL's `FULLTEXT` index (the migration
+//! `m20261203_000001_search` builds the last two). PostgreSQL's and MySQL's
+//! are written in the transaction that writes the message, its edit or its
+//! deletion; SQLite's is caught up before each search. So a message is
+//! found once acknowledged, a deleted one never, and an edited one by its
+//! new text only. Membership is checked in the query itself: a
 //! conversation the caller has left is not searched.
 
 use sea_orm::{
@@ -17,6 +19,7 @@ use sea_orm::{
 };
 
 use super::protocol::{format_time, ChatId, SearchPage, SearchResult, UserId};
+use super::search_index::SearchIndex;
 
 /// Longest query, in characters.
 pub const MAX_QUERY_CHARS: usize = 200;
@@ -92,9 +95,11 @@ struct Found {
 }
 
 /// The page of results `user` may see; None when the search names a
-/// conversation `user` is not a member of (answered `not_found`).
+/// conversation `user` is not a member of (answered `not_found`). On
+/// SQLite, `index` is the search index's file (an error without one).
 pub async fn run(
     db: &DatabaseConnection,
+    index: Option<&SearchIndex>,
     user: UserId,
     search: &Search,
 ) -> Result<Option<SearchPage>, DbErr> {
@@ -112,9 +117,12 @@ pub async fn run(
     let mut found = match backend {
         DatabaseBackend::Postgres => postgres(db, search, user, &chats).await?,
         DatabaseBackend::Sqlite => {
+            let index =
+                index.ok_or_else(|| DbErr::Custom("SQLite's search index is not open".into()))?;
+            index.catch_up().await?;
             let chats: Vec<uuid::Uuid> = chats.iter().map(|(id, _)| *id).collect();
             Found::find_by_statement(sqlite(search, user, &chats))
-                .all(db)
+                .all(index.db())
                 .await?
         }
         _ => {
@@ -175,7 +183,8 @@ fn before(search: &Search) -> i64 {
 /// SQLite: one FTS5 query matching the words in `body` and the caller's
 /// conversations in `chat`, so the index never hands back a message of
 /// someone else's conversation to be filtered out; it walks the matches
-/// newest first (`ORDER BY rowid DESC`) and stops at the page's end.
+/// newest first (`ORDER BY rowid DESC`) and stops at the page's end. Run
+/// on the index's file, with the messages' attached as `store`.
 fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
     let last = search.words.len() - 1;
     let words = search.words.iter().enumerate().map(|(i, word)| {
@@ -191,9 +200,9 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
     Statement::from_sql_and_values(
         DatabaseBackend::Sqlite,
         format!(
-            "SELECT {COLUMNS} FROM message_search s JOIN messages m ON m.id = s.rowid \
+            "SELECT {COLUMNS} FROM main.message_search s JOIN store.messages m ON m.id = s.rowid \
              WHERE message_search MATCH ? AND s.rowid < ? AND NOT m.deleted \
-             AND EXISTS (SELECT 1 FROM chat_members cm \
+             AND EXISTS (SELECT 1 FROM store.chat_members cm \
                  WHERE cm.chat_id = m.chat_id AND cm.user_id = ?) \
              ORDER BY s.rowid DESC LIMIT ?"
         ),

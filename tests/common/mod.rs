@@ -371,6 +371,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The database's URL (a SQLite one names its file).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|d| d.url.as_str())
+    }
+
     /// Starts a server on a fresh database of `backend`.
     pub async fn spawn(backend: &Backend) -> TestApp {
         Self::spawn_with(backend, &[]).await

@@ -270,7 +270,8 @@ impl WsSession {
             Ok(search) => search,
             Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
         };
-        let run = move |db| async move { search::run(&db, user, &search).await };
+        let index = self.state.search_index.clone();
+        let run = move |db| async move { search::run(&db, index.as_deref(), user, &search).await };
         self.query(
             kind,
             run,

@@ -29,7 +29,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait, QueryFilter,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
@@ -156,21 +156,29 @@ impl MessageWriter {
         metrics: Metrics,
         capacity: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        Self::with_edit_window(db, server, metrics, capacity, DEFAULT_EDIT_WINDOW)
+        Self::with_edit_window(db, server, metrics, capacity, DEFAULT_EDIT_WINDOW, None)
     }
 
     /// As `with_capacity`, with how long after sending a message may be
-    /// edited (`EDIT_WINDOW_SECONDS`, B8).
+    /// edited (`EDIT_WINDOW_SECONDS`, B8), and who is woken after each
+    /// batch: SQLite's search indexer (`SearchIndex::committed`).
     pub fn with_edit_window(
         db: DatabaseConnection,
         server: Recipient<Deliver>,
         metrics: Metrics,
         capacity: usize,
         edit_window: chrono::Duration,
+        committed: Option<Arc<Notify>>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let lane = |rx, inserts| {
             let (db, server, metrics) = (db.clone(), server.clone(), metrics.clone());
-            tokio::spawn(run_writer(db, rx, server, metrics, edit_window, inserts))
+            let committed = committed.clone();
+            let lane = Lane {
+                edit_window,
+                inserts,
+                committed,
+            };
+            tokio::spawn(run_writer(db, rx, server, metrics, lane))
         };
         let (messages, rx) = mpsc::channel(capacity);
         if db.get_database_backend() == DatabaseBackend::Sqlite {
@@ -303,17 +311,29 @@ fn answer(
 /// How long after sending a message may be edited, unless configured.
 pub const DEFAULT_EDIT_WINDOW: chrono::Duration = chrono::Duration::seconds(2 * 24 * 3600);
 
-/// A lane: the batches of `rx` committed and answered. `inserts`: whether
-/// new messages come this way (then MySQL's auto-increment settings are
-/// read first).
+/// How a lane works.
+struct Lane {
+    edit_window: chrono::Duration,
+    /// Whether new messages come this way (then MySQL's auto-increment
+    /// settings are read first).
+    inserts: bool,
+    /// Woken after each batch.
+    committed: Option<Arc<Notify>>,
+}
+
+/// A lane: the batches of `rx` committed and answered.
 async fn run_writer(
     db: DatabaseConnection,
     rx: mpsc::Receiver<PendingInsert>,
     server: Recipient<Deliver>,
     metrics: Metrics,
-    edit_window: chrono::Duration,
-    inserts: bool,
+    lane: Lane,
 ) {
+    let Lane {
+        edit_window,
+        inserts,
+        committed,
+    } = lane;
     let ids = match db.get_database_backend() {
         DatabaseBackend::MySql if inserts => mysql_ids(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read MySQL's auto-increment settings; inserting row by row");
@@ -323,8 +343,14 @@ async fn run_writer(
     };
     let batch_metrics = metrics.clone();
     let commit = move |batch: Vec<Job>| {
-        let (db, metrics) = (db.clone(), batch_metrics.clone());
-        async move { commit_jobs(&db, &metrics, batch, ids, edit_window).await }
+        let (db, metrics, committed) = (db.clone(), batch_metrics.clone(), committed.clone());
+        async move {
+            let results = commit_jobs(&db, &metrics, batch, ids, edit_window).await;
+            if let Some(committed) = committed {
+                committed.notify_one();
+            }
+            results
+        }
     };
     let answer_metrics = metrics.clone();
     let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);

@@ -1,0 +1,286 @@
+//! SQLite's search index, in a database file of its own beside the
+//! messages' (`<DB_NAME>-search`, e.g. `chat.db-search`), written behind
+//! the writer by a connection of its own (DESIGN.md, "Search").
+//!
+//! Written in the messages' transactions (as it was until the migration
+//! `m20261211_000001_sqlite_search_file`), the index's words were most of
+//! what a message waited for at 10,000 msg/s: every batch wrote a new FTS5
+//! segment on the one thread that commits the batches (BENCHMARKS.md, "A
+//! fifteenth machine"). Here the writer only wakes the indexer, which
+//! gathers for [`GATHER`] and then writes the words of everything
+//! committed since, in a few large transactions on a thread of its own,
+//! which hold the index file's write lock and never the messages'.
+//!
+//! What is indexed is kept by a progress row in the index file itself,
+//! written in the same transaction as the words: the last message id and
+//! the last `message_events` id seen. Edits and deletions are read from
+//! the conversation log: an `edited` or `deleted` event of a message
+//! already indexed takes its words out and puts its current text back
+//! unless it is deleted. A message is found once acknowledged all the
+//! same: every search first catches the index up ([`SearchIndex::catch_up`]).
+//!
+//! The file holds nothing that is not in the messages: it is written with
+//! `synchronous = NORMAL` (a power cut can lose its last transactions,
+//! with the progress row that counts them, so they are indexed again), and
+//! a file that is missing, or of another layout ([`LAYOUT`]), is built
+//! again from the messages, in transactions of [`CHUNK`] messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sea_orm::sqlx::{self, Executor};
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector};
+use tokio::sync::{Mutex, Notify};
+
+/// How long the indexer gathers after a commit woke it: at 10,000 msg/s,
+/// about a thousand messages a transaction.
+pub const GATHER: Duration = Duration::from_millis(100);
+/// Most messages (and, apart, most events) one transaction indexes.
+pub const CHUNK: i64 = 5_000;
+/// The file's layout (`PRAGMA user_version`); another is built again.
+const LAYOUT: i64 = 1;
+/// How many connections searches and the indexer share.
+const CONNECTIONS: u32 = 4;
+/// As the messages' database: a commit of another instance on the same
+/// file is waited for.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The index as FTS5 holds it: no copy of the text (`content=''`,
+/// `contentless_delete=1`, `secure-delete` so a deleted row's words leave
+/// at once); `body`, the words (`unicode61 remove_diacritics 2`: case and
+/// accents ignored), and `chat`, one token naming the conversation (`c` +
+/// its id in hex), so a query matches words and the caller's conversations
+/// in the index itself; prefix indexes for 2 to 8 characters (a prefix of
+/// another length makes FTS5 merge every matching word's list in memory,
+/// 40 ms for a common word of a million messages, where a prefix index
+/// answers in 1 ms); `detail=column`: no word positions, which no query
+/// uses. Segments are merged sixteen at a time (`automerge`, FTS5's
+/// default 4), and a level at once only when it holds 64 (`crisismerge`):
+/// each word is written again half as often as with four, for up to
+/// fifteen segments a level for a search to look into.
+const SCHEMA: &str = "
+DROP TABLE IF EXISTS message_search;
+DROP TABLE IF EXISTS search_progress;
+CREATE VIRTUAL TABLE message_search USING fts5(
+    body, chat,
+    content = '', contentless_delete = 1,
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '2 3 4 5 6 7 8', detail = column
+);
+INSERT INTO message_search(message_search, rank) VALUES ('secure-delete', 1);
+INSERT INTO message_search(message_search, rank) VALUES ('automerge', 16);
+INSERT INTO message_search(message_search, rank) VALUES ('crisismerge', 64);
+CREATE TABLE search_progress (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    message_id INTEGER NOT NULL,
+    event_id INTEGER NOT NULL
+);
+INSERT INTO search_progress VALUES (1, 0, 0);
+PRAGMA user_version = 1;
+";
+
+/// One step of the indexer, in one transaction. `?1`, `?2`: the progress
+/// (message id, event id); `?3`, `?4`: how far this step goes, read in the
+/// same transaction, so from the same snapshot of the messages' file.
+/// First the new messages' words; then, for the messages indexed before
+/// this step, the words of those edited or deleted since: taken out, and
+/// the current text put back unless deleted. A message new in this step is
+/// indexed with its text as it is now, edits included.
+const STEP: &str = "
+INSERT INTO message_search(rowid, body, chat)
+    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    WHERE id > ?1 AND id <= ?3 AND NOT deleted;
+DELETE FROM message_search WHERE rowid IN (SELECT message_id FROM store.message_events
+    WHERE id > ?2 AND id <= ?4 AND kind IN ('edited', 'deleted') AND message_id <= ?1);
+INSERT INTO message_search(rowid, body, chat)
+    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    WHERE id IN (SELECT message_id FROM store.message_events
+        WHERE id > ?2 AND id <= ?4 AND kind = 'edited' AND message_id <= ?1)
+    AND NOT deleted;
+UPDATE search_progress SET message_id = ?3, event_id = ?4;
+";
+
+/// The progress, and how far the next step goes: at most [`CHUNK`] more
+/// messages and [`CHUNK`] more events.
+const BOUNDS: &str = "
+SELECT p.message_id, p.event_id,
+    coalesce((SELECT max(id) FROM (SELECT id FROM store.messages
+        WHERE id > p.message_id ORDER BY id LIMIT ?1)), p.message_id),
+    coalesce((SELECT max(id) FROM (SELECT id FROM store.message_events
+        WHERE id > p.event_id ORDER BY id LIMIT ?1)), p.event_id)
+FROM search_progress p
+";
+
+/// Why the index file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the search index {path}: {source}")]
+pub struct OpenError {
+    path: String,
+    #[source]
+    source: sqlx::Error,
+}
+
+/// The index file, its indexer's turn, and the writer's wake-up call.
+pub struct SearchIndex {
+    pool: SqlitePool,
+    /// The same pool, for searches written as sea-orm statements.
+    db: DatabaseConnection,
+    /// One step at a time in this process (another instance's steps wait
+    /// in SQLite's busy handler for the index file's write lock).
+    turn: Mutex<()>,
+    committed: Arc<Notify>,
+}
+
+impl SearchIndex {
+    /// The index file of the SQLite database at `messages`, created or
+    /// built again when missing or of another layout; each connection
+    /// has the messages' file attached as `store`.
+    pub async fn open(messages: &Path) -> Result<Arc<Self>, OpenError> {
+        let file = index_path(messages);
+        let failed = |source| OpenError {
+            path: file.display().to_string(),
+            source,
+        };
+        let messages = std::path::absolute(messages)
+            .map_err(|e| failed(sqlx::Error::Io(e)))?
+            .display()
+            .to_string();
+        crate::db::create_private(&file).map_err(|e| failed(sqlx::Error::Io(e)))?;
+        let options = SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("temp_store", "memory");
+        prepare(&options).await.map_err(failed)?;
+        let attach = format!(
+            "ATTACH DATABASE '{}' AS store",
+            messages.replace('\'', "''")
+        );
+        let pool = SqlitePoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .min_connections(1)
+            .after_connect(move |conn, _| {
+                let attach = attach.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(attach)).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(failed)?;
+        Ok(Arc::new(SearchIndex {
+            db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.clone()),
+            pool,
+            turn: Mutex::new(()),
+            committed: Arc::new(Notify::new()),
+        }))
+    }
+
+    /// Connections to the index file, the messages' attached as `store`.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// What the writer calls after each batch (`Notify::notify_one`: a
+    /// wake-up call kept until the indexer next waits).
+    pub fn committed(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+
+    /// Indexes everything committed before the call, step by step.
+    pub async fn catch_up(&self) -> Result<(), DbErr> {
+        let _turn = self.turn.lock().await;
+        while self.step().await.map_err(db_error)? {}
+        Ok(())
+    }
+
+    /// One step; whether there was anything to index.
+    async fn step(&self) -> Result<bool, sqlx::Error> {
+        // Not `BEGIN IMMEDIATE`, which would take the write lock of every
+        // attached file, the messages' too, and stop the writer for the
+        // step: the first statement writes the index file, which takes its
+        // lock alone (waiting for another instance's step); the messages'
+        // file is only read.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE search_progress SET message_id = message_id")
+            .execute(&mut *tx)
+            .await?;
+        let (message, event, last_message, last_event): (i64, i64, i64, i64) =
+            sqlx::query_as(BOUNDS)
+                .bind(CHUNK)
+                .fetch_one(&mut *tx)
+                .await?;
+        if (last_message, last_event) == (message, event) {
+            return Ok(false); // the transaction is rolled back, unwritten
+        }
+        for statement in STEP.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(message)
+                .bind(event)
+                .bind(last_message)
+                .bind(last_event)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The indexer: after each wake-up (a commit), [`GATHER`], then
+    /// catches up. Starts by catching up with what was stored while it
+    /// was not running. Runs until the runtime stops; a step cut short
+    /// is rolled back and done again.
+    pub async fn run(self: Arc<Self>) {
+        self.committed.notify_one();
+        loop {
+            self.committed.notified().await;
+            tokio::time::sleep(GATHER).await;
+            if let Err(error) = self.catch_up().await {
+                tracing::error!(error = %crate::db::describe(&error), "cannot write the search index");
+            }
+        }
+    }
+}
+
+/// Makes the index file's layout [`LAYOUT`], building it afresh when it is
+/// another; on a connection without the messages' file attached, so that
+/// `BEGIN IMMEDIATE` locks the index file alone. Read and written in one
+/// write transaction: a second instance starting beside this one finds
+/// the layout this one wrote.
+async fn prepare(options: &SqliteConnectOptions) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect_with(options).await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let layout: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    if layout != LAYOUT {
+        if layout != 0 {
+            tracing::warn!(
+                layout,
+                "the search index is of another layout; building it again"
+            );
+        }
+        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    conn.close().await
+}
+
+/// `<messages>-search`, beside the messages' file.
+pub fn index_path(messages: &Path) -> PathBuf {
+    let mut name = messages.as_os_str().to_owned();
+    name.push("-search");
+    PathBuf::from(name)
+}
+
+fn db_error(error: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
+}
