@@ -5,7 +5,7 @@
 
 use crate::common;
 use chat_server::accounts;
-use chat_server::chat::search_index::SearchIndex;
+use chat_server::chat::search_index::{SearchIndex, MAX_TAIL};
 use std::sync::Arc;
 
 use actix_web::http::Method;
@@ -462,14 +462,70 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
             find(&empty, again.clone(), owner, "nothing").await,
             ["nothing here"]
         );
-        assert_eq!(merges(again.unwrap()).await, expected);
+        assert_eq!(merges(again.clone().unwrap()).await, expected);
+
+        // Searched from the index alone (caught up: nothing in the tail),
+        // then with an edit the index has not taken yet (its old words
+        // left out, its new ones found in the tail), then caught up again.
+        let index = again.unwrap();
+        index.catch_up().await.unwrap();
+        let behind = |index: Arc<SearchIndex>| async move {
+            index
+                .db()
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Sqlite,
+                    "SELECT (SELECT message_id FROM search_progress) - \
+                     (SELECT max(id) FROM store.messages) AS behind",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "behind")
+                .unwrap()
+        };
+        assert_eq!(behind(index.clone()).await, 0);
+        let search = |query| find(&empty, Some(index.clone()), owner, query);
+        assert_eq!(search("cafe").await, ["Ein Café, bitte"]);
+        empty
+            .execute_unprepared(
+                "INSERT INTO message_events (chat_id, seq, message_id, kind, created_at) \
+                 SELECT chat_id, 3, id, 'edited', created_at FROM messages \
+                 WHERE content = 'Ein Café, bitte'; \
+                 UPDATE messages SET content = 'Ein Tee' WHERE content = 'Ein Café, bitte'",
+            )
+            .await
+            .unwrap();
+        assert_eq!(search("cafe").await, Vec::<String>::new());
+        assert_eq!(search("tee").await, ["Ein Tee"]);
+        index.catch_up().await.unwrap();
+        assert_eq!(search("cafe").await, Vec::<String>::new());
+        assert_eq!(search("tee").await, ["Ein Tee"]);
+        assert_eq!(search("nothing").await, ["nothing here"]);
+
+        // More not indexed than a search matches in memory (MAX_TAIL): the
+        // search indexes them first.
+        empty
+            .execute_unprepared(&format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+                 INSERT INTO messages (chat_id, sender_id, content, created_at, seq) \
+                 SELECT m.chat_id, m.sender_id, 'filler ' || n.i, m.created_at, 100 + n.i \
+                 FROM n, (SELECT * FROM messages WHERE content = 'Ein Tee') m",
+                MAX_TAIL + 1
+            ))
+            .await
+            .unwrap();
+        assert!(behind(index.clone()).await < -MAX_TAIL);
+        let newest = search("filler").await;
+        assert_eq!(newest.len(), 20);
+        assert_eq!(newest[0], format!("filler {}", MAX_TAIL + 1));
+        assert_eq!(behind(index.clone()).await, 0);
 
         // Undone, the index is back in the messages' file, built from them.
         migration::Migrator::down(&empty, Some(1)).await.unwrap();
         let found = empty
             .query_all_raw(sea_orm::Statement::from_string(
                 sea_orm::DatabaseBackend::Sqlite,
-                "SELECT rowid FROM message_search WHERE message_search MATCH 'cafe'",
+                "SELECT rowid FROM message_search WHERE message_search MATCH 'tee'",
             ))
             .await
             .unwrap();

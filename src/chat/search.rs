@@ -8,7 +8,8 @@
 //! GIN index, MySQL's `FULLTEXT` index (the migration
 //! `m20261203_000001_search` builds the last two). PostgreSQL's and MySQL's
 //! are written in the transaction that writes the message, its edit or its
-//! deletion; SQLite's is caught up before each search. So a message is
+//! deletion; SQLite's behind the writer, with what it does not hold yet
+//! matched beside it in memory. So a message is
 //! found once acknowledged, a deleted one never, and an edited one by its
 //! new text only. Membership is checked in the query itself: a
 //! conversation the caller has left is not searched.
@@ -119,11 +120,8 @@ pub async fn run(
         DatabaseBackend::Sqlite => {
             let index =
                 index.ok_or_else(|| DbErr::Custom("SQLite's search index is not open".into()))?;
-            index.catch_up().await?;
             let chats: Vec<uuid::Uuid> = chats.iter().map(|(id, _)| *id).collect();
-            Found::find_by_statement(sqlite(search, user, &chats))
-                .all(index.db())
-                .await?
+            index.with_tail(sqlite(search, user, &chats)).await?
         }
         _ => {
             Found::find_by_statement(mysql(search, user))
@@ -180,11 +178,14 @@ fn before(search: &Search) -> i64 {
     search.before.unwrap_or(i64::MAX)
 }
 
-/// SQLite: one FTS5 query matching the words in `body` and the caller's
+/// SQLite: an FTS5 query matching the words in `body` and the caller's
 /// conversations in `chat`, so the index never hands back a message of
 /// someone else's conversation to be filtered out; it walks the matches
 /// newest first (`ORDER BY rowid DESC`) and stops at the page's end. Run
-/// on the index's file, with the messages' attached as `store`.
+/// on the index's file, with the messages' attached as `store`, once on
+/// the index and once on the tail of what it does not hold yet
+/// ([`SearchIndex::with_tail`]), whose messages the index's matches leave
+/// out; the newest page of both.
 fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
     let last = search.words.len() - 1;
     let words = search.words.iter().enumerate().map(|(i, word)| {
@@ -197,14 +198,28 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
         .collect::<Vec<_>>()
         .join(" OR ");
     let matched = format!("{} AND ({chats})", words.collect::<Vec<_>>().join(" AND "));
+    // `table` is `schema.name`; FTS5 matches on the column named as it is.
+    let branch = |table: &str, alias: &str, also: &str| {
+        let column = table.rsplit('.').next().unwrap_or(table);
+        format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM {table} {alias} \
+             JOIN store.messages m ON m.id = {alias}.rowid \
+             WHERE {alias}.{column} MATCH ?1 AND {alias}.rowid < ?2 AND NOT m.deleted{also} \
+             AND EXISTS (SELECT 1 FROM store.chat_members cm \
+                 WHERE cm.chat_id = m.chat_id AND cm.user_id = ?3) \
+             ORDER BY {alias}.rowid DESC LIMIT ?4)"
+        )
+    };
     Statement::from_sql_and_values(
         DatabaseBackend::Sqlite,
         format!(
-            "SELECT {COLUMNS} FROM main.message_search s JOIN store.messages m ON m.id = s.rowid \
-             WHERE message_search MATCH ? AND s.rowid < ? AND NOT m.deleted \
-             AND EXISTS (SELECT 1 FROM store.chat_members cm \
-                 WHERE cm.chat_id = m.chat_id AND cm.user_id = ?) \
-             ORDER BY s.rowid DESC LIMIT ?"
+            "{} UNION ALL {} ORDER BY id DESC LIMIT ?4",
+            branch(
+                "main.message_search",
+                "s",
+                " AND s.rowid NOT IN (SELECT rowid FROM temp.search_tail)"
+            ),
+            branch("temp.search_tail", "t", ""),
         ),
         [
             matched.into(),
