@@ -103,8 +103,10 @@ PRAGMA user_version = 1;
 /// Each connection's own FTS5 table of what the index does not hold yet,
 /// filled for each search ([`SearchIndex::with_tail`]); in memory, with
 /// no copy of the text (so it is emptied at once, by `delete-all`) and no
-/// prefix indexes (a prefix is found in a few hundred messages' words as
-/// fast without, and each word is written once instead of eight times).
+/// prefix indexes (each word written once instead of eight times; FTS5
+/// finds a prefix without them by walking the words it starts). With
+/// both, and with the tail filled by one insert, the median search took
+/// 8.3 ms against 5.4 (BENCHMARKS.md, "A fifteenth machine").
 const TAIL: &str = concat!(
     "CREATE VIRTUAL TABLE temp.search_tail USING fts5(body, chat, content = '', ",
     tokenizer!(),
@@ -240,10 +242,9 @@ impl SearchIndex {
     /// now. A search matches both tables, and leaves out of the index's
     /// matches the messages the tail holds (an edited one's old words).
     /// So a message is found as soon as it is acknowledged, without the
-    /// search writing the index: at 1,000 msg/s the tail is a few hundred
-    /// messages at most (the indexer writes every [`GATHER`]), indexed in
-    /// memory in well under a millisecond, where a search that caught the
-    /// index up itself first took 2.5 ms at the median (BENCHMARKS.md, "A
+    /// search writing the index: the tail is about the last [`GATHER`]'s
+    /// messages. A search that caught the index up itself instead took
+    /// 13.9 ms at the median against 5.4 this way (BENCHMARKS.md, "A
     /// fifteenth machine"). The progress is read first, so the messages'
     /// file is read from a snapshot no older than the index's: nothing
     /// falls between the two. With more than [`MAX_TAIL`] messages not
