@@ -139,6 +139,7 @@ for setup in "${@:-sqlite postgres}"; do
       started=$SECONDS
       last=$(sqlite3 "$work/$name.db" "SELECT max(id) FROM messages")
       until [ "$(sqlite3 "$work/$name.db-search" "SELECT message_id FROM search_progress" 2>/dev/null)" = "$last" ]; do
+        kill -0 "$pid" 2>/dev/null || { echo "the server stopped while building its index" >&2; exit 1; }
         sleep 1
       done
       echo "$(date +%T) $s: index built by the server in about $((SECONDS - started)) s"

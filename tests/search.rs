@@ -214,7 +214,6 @@ backend_tests!(matching => matching_rules);
 /// without a search asking it to, woken by the writer's commit.
 #[actix_rt::test]
 async fn sqlite_indexes_behind_the_writer_unasked() {
-    use sea_orm::ConnectionTrait;
     let app = TestApp::spawn(&Backend::Sqlite).await;
     let (_, _, pk) = app.pair("alice", "bob").await;
     let mut alice = app.authorized(&app.login("alice").await).await;
@@ -226,16 +225,7 @@ async fn sqlite_indexes_behind_the_writer_unasked() {
         .expect("the index file");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let indexed: i64 = index
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Sqlite,
-                "SELECT message_id FROM search_progress",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get("", "message_id")
-            .unwrap();
+        let indexed = number(&index, "SELECT message_id AS n FROM search_progress").await;
         if indexed >= sent {
             break;
         }
@@ -412,16 +402,11 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
 
     if let (Backend::Sqlite, Some(index)) = (backend, index) {
         // No index is left in the messages' file (m20261211_000001_sqlite_search_file).
-        let left = empty
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Sqlite,
-                "SELECT count(*) AS n FROM sqlite_master WHERE name LIKE '%search%'",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get::<i64>("", "n")
-            .unwrap();
+        let left = number(
+            &empty,
+            "SELECT count(*) AS n FROM sqlite_master WHERE name LIKE '%search%'",
+        )
+        .await;
         assert_eq!(left, 0);
         // Segments merged sixteen at a time, a level at once only at 64.
         let merges = |index: Arc<SearchIndex>| async move {
@@ -470,18 +455,12 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         let index = again.unwrap();
         index.catch_up().await.unwrap();
         let behind = |index: Arc<SearchIndex>| async move {
-            index
-                .db()
-                .query_one_raw(sea_orm::Statement::from_string(
-                    sea_orm::DatabaseBackend::Sqlite,
-                    "SELECT (SELECT message_id FROM search_progress) - \
-                     (SELECT max(id) FROM store.messages) AS behind",
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get::<i64>("", "behind")
-                .unwrap()
+            number(
+                index.db(),
+                "SELECT (SELECT message_id FROM search_progress) - \
+                 (SELECT max(id) FROM store.messages) AS n",
+            )
+            .await
         };
         assert_eq!(behind(index.clone()).await, 0);
         let search = |query| find(&empty, Some(index.clone()), owner, query);
@@ -531,6 +510,20 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
             .unwrap();
         assert_eq!(found.len(), 1);
     }
+}
+
+/// `n` of the one row `sql` (SQLite) reads.
+async fn number(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DatabaseBackend::Sqlite,
+        sql,
+    ))
+    .await
+    .unwrap()
+    .expect("a row")
+    .try_get("", "n")
+    .unwrap()
 }
 
 /// SQLite's search index for the test database at `url` (None on the

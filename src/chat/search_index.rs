@@ -6,7 +6,7 @@
 //! `m20261211_000001_sqlite_search_file`), the index's words were most of
 //! what a message waited for at 10,000 msg/s: every batch wrote a new FTS5
 //! segment on the one thread that commits the batches (BENCHMARKS.md, "A
-//! fifteenth machine"). Here the writer only wakes the indexer, which
+//! fourteenth machine"; "A fifteenth machine" has this file's figures). Here the writer only wakes the indexer, which
 //! gathers for [`GATHER`] and then writes the words of everything
 //! committed since, in a few large transactions on a thread of its own,
 //! which hold the index file's write lock and never the messages'.
@@ -137,19 +137,19 @@ const FILL_TAIL: [&str; 3] = [
 /// this step, the words of those edited or deleted since: taken out, and
 /// the current text put back unless deleted. A message new in this step is
 /// indexed with its text as it is now, edits included.
-const STEP: &str = "
-INSERT INTO message_search(rowid, body, chat)
+const STEP: [&str; 4] = [
+    "INSERT INTO message_search(rowid, body, chat)
     SELECT id, content, 'c' || hex(chat_id) FROM store.messages
-    WHERE id > ?1 AND id <= ?3 AND NOT deleted;
-DELETE FROM message_search WHERE rowid IN (SELECT message_id FROM store.message_events
-    WHERE id > ?2 AND id <= ?4 AND kind IN ('edited', 'deleted') AND message_id <= ?1);
-INSERT INTO message_search(rowid, body, chat)
+    WHERE id > ?1 AND id <= ?3 AND NOT deleted",
+    "DELETE FROM message_search WHERE rowid IN (SELECT message_id FROM store.message_events
+    WHERE id > ?2 AND id <= ?4 AND kind IN ('edited', 'deleted') AND message_id <= ?1)",
+    "INSERT INTO message_search(rowid, body, chat)
     SELECT id, content, 'c' || hex(chat_id) FROM store.messages
     WHERE id IN (SELECT message_id FROM store.message_events
         WHERE id > ?2 AND id <= ?4 AND kind = 'edited' AND message_id <= ?1)
-    AND NOT deleted;
-UPDATE search_progress SET message_id = ?3, event_id = ?4;
-";
+    AND NOT deleted",
+    "UPDATE search_progress SET message_id = ?3, event_id = ?4",
+];
 
 /// The progress, and how far the next step goes: at most [`CHUNK`] more
 /// messages and [`CHUNK`] more events.
@@ -326,8 +326,8 @@ impl SearchIndex {
         if (last_message, last_event) == (message, event) {
             return Ok(false); // the transaction is rolled back, unwritten
         }
-        for statement in STEP.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
+        for statement in STEP {
+            sqlx::query(statement)
                 .bind(message)
                 .bind(event)
                 .bind(last_message)
