@@ -47,6 +47,10 @@ common_env=(RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_
 
 start() { # start SETUP RUN: a fresh server on SETUP's database
   local setup=$1 run=$2
+  if curl -s -o /dev/null http://127.0.0.1:8311/; then
+    echo "something already answers on port 8311; stop it first" >&2
+    return 1
+  fi
   if [ "$setup" = sqlite ]; then
     mkdir -p "$work/$run"
     (cd "$work/$run" && exec env "${common_env[@]}" "$server") &
@@ -58,6 +62,10 @@ start() { # start SETUP RUN: a fresh server on SETUP's database
   fi
   pid=$!
   for _ in $(seq 1 200); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "the server exited while starting (its output is above)" >&2
+      return 1
+    fi
     curl -sf http://127.0.0.1:8311/readyz >/dev/null && return 0
     sleep 0.05
   done
