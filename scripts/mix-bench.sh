@@ -43,22 +43,24 @@ cleanup() {
 trap cleanup EXIT
 
 common_env=(RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000
-  FANOUT_PER_SECOND=10000000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn PORT=8311)
+  FANOUT_PER_SECOND=10000000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn)
+port=
 
-start() { # start SETUP RUN: a fresh server on SETUP's database
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() { # start SETUP RUN: a fresh server on SETUP's database, on a free port
   local setup=$1 run=$2
-  if curl -s -o /dev/null http://127.0.0.1:8311/; then
-    echo "something already answers on port 8311; stop it first" >&2
-    return 1
-  fi
+  port=$(free_port)
   if [ "$setup" = sqlite ]; then
     mkdir -p "$work/$run"
-    (cd "$work/$run" && exec env "${common_env[@]}" "$server") &
+    (cd "$work/$run" && exec env "${common_env[@]}" PORT="$port" "$server") &
   else
     local db=bench_mix_${run}_$$
     dbs+=("$db")
     psql "$PG/postgres" -qc "CREATE DATABASE $db"
-    env "${common_env[@]}" DATABASE_URL="$PG/$db" "$server" &
+    env "${common_env[@]}" PORT="$port" DATABASE_URL="$PG/$db" "$server" &
   fi
   pid=$!
   for _ in $(seq 1 200); do
@@ -66,7 +68,7 @@ start() { # start SETUP RUN: a fresh server on SETUP's database
       echo "the server exited while starting (its output is above)" >&2
       return 1
     fi
-    curl -sf http://127.0.0.1:8311/readyz >/dev/null && return 0
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return 0
     sleep 0.05
   done
   echo "the server did not become ready" >&2
@@ -85,7 +87,7 @@ for setup in $SETUPS; do
       name=${mode%%:*} extra=${mode#*:}
       start "$setup" "${setup}_${name}_${round}"
       # shellcheck disable=SC2086
-      line=$("$LOAD" load --url http://127.0.0.1:8311 --pairs 100 --duration "$DURATION" \
+      line=$("$LOAD" load --url "http://127.0.0.1:$port" --pairs 100 --duration "$DURATION" \
         --rate "$RATE" --window 64 --history-pages "$HISTORY" --server-pid "$pid" "${client_ids[@]}" $extra 2>/dev/null | tail -n 1)
       echo "$setup $name $line"
       stop
