@@ -12,11 +12,12 @@
 # Prints chat-bench's summary and JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 MEMBERS=${MEMBERS:-400}
 SECONDS_PER_PHASE=${PHASE_SECONDS:-10}
 SERVER=${SERVER:-target/release/chat-server}
 BENCH=${BENCH:-target/release/chat-bench}
-PORT=${PORT:-8312}
+PORT=${PORT:-$(free_port)}
 server=$(realpath "$SERVER")
 work=$(mktemp -d)
 pid=

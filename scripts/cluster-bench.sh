@@ -9,15 +9,16 @@
 #   PG=postgres://postgres@127.0.0.1:5432 REDIS=redis://127.0.0.1:6379/ scripts/cluster-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${REDIS:-redis://127.0.0.1:6379/}
 DURATION=${DURATION:-10}
-BIN=target/release/chat-server
-LOAD=target/release/chat-bench
+BIN=${SERVER:-target/release/chat-server}
+LOAD=${LOAD:-target/release/chat-bench}
 work=$(mktemp -d)
 pids=()
 nodes=(18511 18512 18513 18514 18515 18516)
-ports=(18501 18502)
+read -r -a ports <<<"$(free_ports 2)"
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for port in "${nodes[@]}"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
@@ -59,6 +60,7 @@ run() { # run NAME VAR VALUE: two instances with VAR=VALUE, then the load
   pids=()
   for i in 0 1; do
     env "$var=$value" DATABASE_URL="$PG/$db" REDIS_PREFIX="$db" \
+      ATTACHMENTS_DIR="$work/$name-attachments" ATTACHMENTS_SHARED=1 \
       SECRET_KEY=cluster-bench-key-of-at-least-32-bytes PORT=${ports[$i]} WORKERS=1 RUST_LOG=warn \
       RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000 FANOUT_PER_SECOND=10000000 \
       "$BIN" >>"$work/$name$i.log" 2>&1 &

@@ -24,15 +24,16 @@
 # per-batch work counts as per-message work.
 #
 # Settings (env): SERVER=target/release/chat-server LOAD=target/release/chat-bench
-#   PAIRS=10 RATE=100 DURATION=20 WARMUP=300 PORT=8312; DATABASE_URL is passed
+#   PAIRS=10 RATE=100 DURATION=20 WARMUP=300 PORT=(a free one); DATABASE_URL is passed
 #   through (a fresh database each run; without it, SQLite in a fresh directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 command -v valgrind >/dev/null || { echo "needs valgrind (Debian: apt-get install valgrind)" >&2; exit 2; }
 SERVER=$(realpath "${SERVER:-target/release/chat-server}")
 LOAD=$(realpath "${LOAD:-target/release/chat-bench}")
 PAIRS=${PAIRS:-10} RATE=${RATE:-100} DURATION=${DURATION:-20} WARMUP=${WARMUP:-300}
-PORT=${PORT:-8312}
+PORT=${PORT:-$(free_port)}
 url=http://127.0.0.1:$PORT
 
 work=$(mktemp -d)

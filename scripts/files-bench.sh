@@ -11,11 +11,11 @@
 # Prints one summary per store, then chat-bench's JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 SERVER=${SERVER:-target/release/chat-server}
 BENCH=${BENCH:-target/release/chat-bench}
 S3RVER=${S3RVER:-e2e/node_modules/.bin/s3rver}
-PORT=8312
-S3_PORT=8313
+read -r PORT S3_PORT <<<"$(free_ports 2)"
 server=$(realpath "$SERVER")
 work=$(mktemp -d)
 pids=()

@@ -10,6 +10,7 @@
 # Prints one line per run: build, setup, mode, then chat-bench's JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${REDIS:-redis://127.0.0.1:6379/}
 DURATION=${DURATION:-10}
@@ -65,31 +66,34 @@ for spec in "$@"; do
 
   dir="$work/$build-sqlite"
   mkdir -p "$dir"
-  (cd "$dir" && exec env "${common_env[@]}" PORT=8301 "$bin") &
+  port=$(free_port)
+  (cd "$dir" && exec env "${common_env[@]}" PORT="$port" "$bin") &
   pids+=($!)
-  wait_ready 8301
-  measure "$build" sqlite-1 http://127.0.0.1:8301
+  wait_ready "$port"
+  measure "$build" sqlite-1 "http://127.0.0.1:$port"
   stop_all
 
   db=bench_log_${build//[^a-z0-9]/_}_$$
   dbs+=("$db")
   psql "$PG/postgres" -qc "CREATE DATABASE $db"
-  env "${common_env[@]}" DATABASE_URL="$PG/$db" PORT=8302 "$bin" &
+  port=$(free_port)
+  env "${common_env[@]}" DATABASE_URL="$PG/$db" PORT="$port" "$bin" &
   pids+=($!)
-  wait_ready 8302
-  measure "$build" postgres-1 http://127.0.0.1:8302
+  wait_ready "$port"
+  measure "$build" postgres-1 "http://127.0.0.1:$port"
   stop_all
 
   db=bench_log2_${build//[^a-z0-9]/_}_$$
   dbs+=("$db")
   psql "$PG/postgres" -qc "CREATE DATABASE $db"
-  for port in 8303 8304; do
+  read -r first second <<<"$(free_ports 2)"
+  for port in "$first" "$second"; do
     env "${common_env[@]}" DATABASE_URL="$PG/$db" REDIS_URL="$REDIS" REDIS_PREFIX="$db" \
-      WORKERS=1 PORT=$port "$bin" &
+      ATTACHMENTS_DIR="$work/$db-attachments" ATTACHMENTS_SHARED=1 WORKERS=1 PORT="$port" "$bin" &
     pids+=($!)
   done
-  wait_ready 8303
-  wait_ready 8304
-  measure "$build" postgres+redis-2 http://127.0.0.1:8303 http://127.0.0.1:8304
+  wait_ready "$first"
+  wait_ready "$second"
+  measure "$build" postgres+redis-2 "http://127.0.0.1:$first" "http://127.0.0.1:$second"
   stop_all
 done

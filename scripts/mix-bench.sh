@@ -16,6 +16,7 @@
 #   CLIENT_IDS=1: every message with a client_id, as the web client sends them
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 DURATION=${DURATION:-10}
 RATE=${RATE:-1000}
@@ -45,10 +46,6 @@ trap cleanup EXIT
 common_env=(RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 REGISTRATION_BURST=100000
   FANOUT_PER_SECOND=10000000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn)
 port=
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 start() { # start SETUP RUN: a fresh server on SETUP's database, on a free port
   local setup=$1 run=$2

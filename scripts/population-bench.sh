@@ -14,6 +14,7 @@
 # settings for the server(s). Prints chat-bench's summary and JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 SETUP=${1:-postgres}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 SERVER=$(realpath "${SERVER:-target/release/chat-server}")
@@ -39,10 +40,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 server_env=(SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn
   MAX_SOCKETS_PER_ADDRESS=100000 ATTACHMENTS_DIR="$work/attachments" ATTACHMENTS_SHARED=1)

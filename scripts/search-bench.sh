@@ -18,6 +18,7 @@
 # mysql is MariaDB (or MySQL) at MY (root, no password, 127.0.0.1:3306).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 MY=${MY:-mysql://root@127.0.0.1:3306}
 SERVER=$(realpath "${SERVER:-target/release/chat-server}")
@@ -26,7 +27,7 @@ model=(--users "${USERS:-10000}" --conversations "${CONVERSATIONS:-50000}" --mes
 QUERIES=${QUERIES:-1000}
 WRITE_RATE=${WRITE_RATE:-1000}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
-PORT=8312
+PORT=$(free_port)
 work=$(mktemp -d)
 pid=
 dbs=()

@@ -31,9 +31,11 @@ trap 'rm -rf "$work"' EXIT
 cat > "$work/without-index" <<EOF
 #!/usr/bin/env bash
 set -euo pipefail
-PORT=8397 "$server" > "$work/migrate.log" 2>&1 & migrating=\$!
+. "$PWD/scripts/lib.sh"
+port=\$(free_port)
+PORT=\$port "$server" > "$work/migrate.log" 2>&1 & migrating=\$!
 for _ in \$(seq 1 400); do
-  curl -sf http://127.0.0.1:8397/readyz >/dev/null && break
+  curl -sf "http://127.0.0.1:\$port/readyz" >/dev/null && break
   sleep 0.05
 done
 kill \$migrating; wait \$migrating || true
