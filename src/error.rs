@@ -48,6 +48,9 @@ pub struct FieldErrors {
     code = 429,
     description = "Too many attempts; see Retry-After",
     schema = "ErrorBody",
+    code = 503,
+    description = "The database is too busy to take the request now; try again after Retry-After",
+    schema = "ErrorBody",
     code = 500,
     description = "Internal error",
     schema = "ErrorBody"
@@ -84,6 +87,10 @@ pub enum ApiError {
     /// A quota is used up: 429 with what to do about it.
     #[error("quota: {0}")]
     Throttled(String),
+    /// The database could not take the request in time (`db::is_busy`): a
+    /// 503 with `Retry-After`, the cause logged with an id as for `Internal`.
+    #[error("database busy: {0}")]
+    Busy(#[source] sea_orm::DbErr),
     /// A failure of ours; what we were doing and why are logged (the
     /// whole chain of sources), never shown.
     #[error("internal error: {context}")]
@@ -141,9 +148,15 @@ pub fn new_error_id() -> String {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db::is_busy(&e) {
+            return ApiError::Busy(e);
+        }
         ApiError::internal("database", e)
     }
 }
+
+/// Seconds a client is asked to wait after a 503 for a busy database.
+const BUSY_RETRY_AFTER_SECONDS: u32 = 1;
 
 impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
@@ -169,6 +182,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) | ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -191,6 +205,14 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(secs) => detail(&format!(
                 "Request was throttled. Expected available in {secs} seconds."
             )),
+            ApiError::Busy(source) => {
+                let error_id = new_error_id();
+                let error = chain(source);
+                tracing::warn!(%error_id, %error, "database busy; asked the client to retry");
+                detail(&format!(
+                    "The server is busy; try again in a moment (error id {error_id})."
+                ))
+            }
             ApiError::Internal { context, source } => {
                 let error_id = new_error_id();
                 let error = chain(source.as_ref());
@@ -204,6 +226,12 @@ impl ResponseError for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::Busy(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(BUSY_RETRY_AFTER_SECONDS),
+                );
             }
             ApiError::Unauthorized(_) => {
                 response

@@ -163,6 +163,9 @@ pub(crate) async fn create_group(
         .ok_or_else(|| setup("create group (is MAX_GROUP_MEMBERS large enough?)", value))
 }
 
+/// Times a member asks to accept while the server answers 503.
+const ACCEPT_ATTEMPTS: usize = 10;
+
 /// Every member accepts the invitation to the group (they never wrote to
 /// its creator, so they were invited, not added: PROTOCOL.md C9).
 pub(crate) async fn accept_all(
@@ -177,17 +180,29 @@ pub(crate) async fn accept_all(
         let path = format!("{}/api/invitations/{pk}/accept/", url(i));
         async move {
             let _permit = limit.acquire().await.map_err(|e| setup("setup", e))?;
-            let res = client
-                .post(path)
-                .bearer_auth(&account.token)
-                .send()
-                .await
-                .map_err(|e| setup("accept invitation", e))?;
-            if res.status().is_success() {
-                Ok(())
-            } else {
-                Err(setup("accept invitation", res.status()))
+            // A 503 is the server asking for a moment (its database busy with
+            // the other accepts): a client waits `Retry-After` and asks again.
+            for _ in 0..ACCEPT_ATTEMPTS {
+                let res = client
+                    .post(path.as_str())
+                    .bearer_auth(&account.token)
+                    .send()
+                    .await
+                    .map_err(|e| setup("accept invitation", e))?;
+                if res.status().is_success() {
+                    return Ok(());
+                }
+                if res.status() != actix_http::StatusCode::SERVICE_UNAVAILABLE {
+                    return Err(setup("accept invitation", res.status()));
+                }
+                let wait = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
             }
+            Err(setup("accept invitation", "still busy after every retry"))
         }
     });
     futures_util::future::try_join_all(accepts).await?;

@@ -415,10 +415,14 @@ impl Groups {
             .one(&txn)
             .await?
             .ok_or(GroupError::NotFound)?;
-        let row = store::conversation(&txn, chat)
-            .await?
-            .ok_or(GroupError::NotFound)?;
-        if row.members.len() >= self.max_members {
+        // The room left, as a count: every accept holds the database's write
+        // lock while it runs, and a large group's members with their users
+        // are a thousand rows (read once, by `commit`, for the answer).
+        let members = chat_member::Entity::find()
+            .filter(chat_member::Column::ChatId.eq(chat.0))
+            .count(&txn)
+            .await?;
+        if members >= self.max_members as u64 {
             return Err(too_many(self.max_members));
         }
         let groups = invitations::group_counts(&txn, &[user.0]).await?;
