@@ -89,18 +89,43 @@ fn url_token(query: &str) -> Option<String> {
     Some(token).filter(|t| !t.is_empty())
 }
 
-/// The `internal` error a client sees for a failure of ours, after logging
-/// the detail under a fresh error id (the client's text carries the id).
-pub(crate) fn internal_reply(
+/// The error a client sees for a failure of ours, after logging the
+/// detail under a fresh error id (the client's text carries the id):
+/// `internal`, or, when the database was only too busy to take the request
+/// in time (`db::is_busy`), `rate_limited` with "try again", as REST's 503.
+pub(crate) fn failure_reply(
     span: &tracing::Span,
     kind: protocol::RequestKind,
     error: &(dyn std::error::Error + 'static),
 ) -> protocol::ErrorReply {
     let error_id = crate::error::new_error_id();
-    let error = crate::error::chain(error);
-    tracing::error!(parent: span, %error_id, %kind, %error, "request failed");
+    let detail = crate::error::chain(error);
+    if database_busy(error) {
+        tracing::warn!(parent: span, %error_id, %kind, error = %detail, "database busy; asked the client to retry");
+        return protocol::ErrorReply::new(
+            protocol::ErrorCode::RateLimited,
+            format!("the server is busy; try again in a moment (error id {error_id})"),
+        );
+    }
+    tracing::error!(parent: span, %error_id, %kind, error = %detail, "request failed");
     protocol::ErrorReply::new(
         protocol::ErrorCode::Internal,
         format!("internal error, try again (error id {error_id})"),
     )
+}
+
+/// Whether a database error that says "busy" is among `error`'s sources.
+fn database_busy(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let db = e.downcast_ref::<sea_orm::DbErr>().or_else(|| {
+            e.downcast_ref::<std::sync::Arc<sea_orm::DbErr>>()
+                .map(|a| a.as_ref())
+        });
+        if db.is_some_and(crate::db::is_busy) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

@@ -61,7 +61,7 @@ impl WsSession {
                         "too many open sessions for this user",
                     ))
                 }
-                Ok(Err(e @ ConnectError::Stale)) => AuthorizationReply::Error(internal_reply(
+                Ok(Err(e @ ConnectError::Stale)) => AuthorizationReply::Error(failure_reply(
                     &act.span,
                     RequestKind::Authorization,
                     &e,
@@ -71,7 +71,7 @@ impl WsSession {
                 }
                 Err(AuthError::InactiveUser) => AuthorizationReply::refused("Inactive user"),
                 Err(e @ (AuthError::Database(_) | AuthError::Server(_))) => {
-                    AuthorizationReply::Error(internal_reply(
+                    AuthorizationReply::Error(failure_reply(
                         &act.span,
                         RequestKind::Authorization,
                         &e,

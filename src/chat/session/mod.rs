@@ -14,8 +14,8 @@ use sea_orm::DatabaseConnection;
 use super::address_cap::AddressSlot;
 use super::blocks::{self, BlockError};
 use super::changes::{self, Change, ChangeRequest};
+use super::failure_reply;
 use super::groups::{self, GroupError};
-use super::internal_reply;
 use super::invitations;
 use super::log;
 use super::membership::{group_presence, Audience, MembershipChange};
@@ -150,18 +150,17 @@ impl WsSession {
         );
     }
 
-    /// A failure of ours: the client gets a generic `internal` error with an
-    /// id; the detail goes to the log under the same id.
+    /// A failure of ours: the client gets a generic `internal` error (or,
+    /// for a busy database, `rate_limited`) with an id; the detail goes to
+    /// the log under the same id.
     fn internal_error(
         &self,
         kind: RequestKind,
         error: &(dyn std::error::Error + 'static),
         ctx: &mut Context<Self>,
     ) {
-        let reply = internal_reply(&self.span, kind, error);
-        self.state
-            .metrics
-            .bad_frame(Some(ErrorCode::Internal.as_str()));
+        let reply = failure_reply(&self.span, kind, error);
+        self.state.metrics.bad_frame(Some(reply.code.as_str()));
         self.send(&ServerEvent::error(kind, reply), ctx);
     }
 

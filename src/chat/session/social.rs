@@ -39,7 +39,7 @@ impl WsSession {
     /// The B3 error a failed group request is answered with (ours logged).
     pub(super) fn group_error(&self, kind: RequestKind, e: GroupError) -> ErrorReply {
         if e.code() == ErrorCode::Internal {
-            return internal_reply(&self.span, kind, &e);
+            return failure_reply(&self.span, kind, &e);
         }
         self.state.metrics.bad_frame(Some(e.code().as_str()));
         ErrorReply::new(e.code(), e.to_string())
@@ -113,7 +113,7 @@ impl WsSession {
                         .bad_frame(Some(ErrorCode::Invalid.as_str()));
                     Reply::Err(ErrorReply::new(ErrorCode::Invalid, message))
                 }
-                Err(e) => Reply::Err(internal_reply(&act.span, kind, &e)),
+                Err(e) => Reply::Err(failure_reply(&act.span, kind, &e)),
             };
             let event = if block {
                 ServerEvent::BlockUserResponse(reply)

@@ -205,7 +205,7 @@ impl StoreError {
                 ErrorCode::RateLimited,
                 "server busy; nothing changed, try again",
             ),
-            e => super::internal_reply(span, kind, e),
+            e => super::failure_reply(span, kind, e),
         }
     }
 }
