@@ -344,21 +344,20 @@ pub fn is_deadlock(error: &DbErr) -> bool {
 /// Whether `error` says the database is too busy to take the request now,
 /// rather than that something is wrong: SQLite's write lock still held by
 /// another writer when the busy timeout ran out (`SQLITE_BUSY`,
-/// `SQLITE_LOCKED` and their extended codes), or no pooled connection free
-/// within the acquire timeout. Trying again shortly can succeed.
+/// `SQLITE_LOCKED` and their extended codes). Trying again shortly can
+/// succeed. (A pool that timed out is not counted: a database that is down
+/// times out the same way, and that is a failure.)
 pub fn is_busy(error: &DbErr) -> bool {
     use sea_orm::sqlx;
     const SQLITE_BUSY: i32 = 5;
     const SQLITE_LOCKED: i32 = 6;
-    let e = match error {
-        DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout) => return true,
-        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
-        | DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))) = error
+    else {
+        return false;
     };
     match e.as_ref() {
-        sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(d) if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
             // SQLite's extended result codes keep the primary one in the low byte.
             d.code()
