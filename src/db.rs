@@ -156,6 +156,22 @@ pub async fn connect_writers(settings: &Settings) -> Result<DatabaseConnection, 
     connect_with(settings, size, Plans::Generic).await
 }
 
+/// The pool the group changes' write transactions take their connection
+/// from. On SQLite one connection, so that those writers wait in the
+/// pool's queue, first come first served, and not in SQLite's busy
+/// handler, where a waiter can lose every round and fail when the busy
+/// timeout runs out (BENCHMARKS.md, "Accepting invitations"). Elsewhere the
+/// requests' pool itself: those databases lock rows, not the whole file.
+pub async fn connect_request_writes(
+    settings: &Settings,
+    requests: &DatabaseConnection,
+) -> Result<DatabaseConnection, DbSetupError> {
+    match settings.database.engine() {
+        DbEngine::Sqlite => connect_sized(settings, 1).await,
+        _ => Ok(requests.clone()),
+    }
+}
+
 async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnection, DbSetupError> {
     connect_with(settings, size, Plans::ChosenByServer).await
 }

@@ -90,7 +90,7 @@ pub enum ApiError {
     /// The database could not take the request in time (`db::is_busy`): a
     /// 503 with `Retry-After`, the cause logged with an id as for `Internal`.
     #[error("database busy: {0}")]
-    Busy(#[source] sea_orm::DbErr),
+    Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A failure of ours; what we were doing and why are logged (the
     /// whole chain of sources), never shown.
     #[error("internal error: {context}")]
@@ -149,7 +149,7 @@ pub fn new_error_id() -> String {
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         if crate::db::is_busy(&e) {
-            return ApiError::Busy(e);
+            return ApiError::Busy(Box::new(e));
         }
         ApiError::internal("database", e)
     }
@@ -207,7 +207,7 @@ impl ResponseError for ApiError {
             )),
             ApiError::Busy(source) => {
                 let error_id = new_error_id();
-                let error = chain(source);
+                let error = chain(source.as_ref());
                 tracing::warn!(%error_id, %error, "database busy; asked the client to retry");
                 detail(&format!(
                     "The server is busy; try again in a moment (error id {error_id})."

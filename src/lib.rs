@@ -148,6 +148,7 @@ impl Application {
             &metrics,
         );
         let writers_db = db::connect_writers(&settings).await?;
+        let request_writes = db::connect_request_writes(&settings, &db).await?;
         let search_index = match settings.database.engine() {
             config::DbEngine::Sqlite => {
                 let index = SearchIndex::open(&settings.database.sqlite_path()).await?;
@@ -190,6 +191,7 @@ impl Application {
             TokenKeys::new(&secret, settings.auth.token_ttl()),
             Shared {
                 db: db.clone(),
+                request_writes,
                 server: actors.chat_server.clone(),
                 presence,
                 membership,

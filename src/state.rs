@@ -96,6 +96,8 @@ pub struct AppState {
 /// The running pieces `AppState` is built around (lib.rs starts them).
 pub struct Shared {
     pub db: DatabaseConnection,
+    /// The group changes' writes (`db::connect_request_writes`).
+    pub request_writes: DatabaseConnection,
     pub server: Addr<ChatServer>,
     pub presence: Arc<Presence>,
     pub membership: Arc<Membership>,
@@ -123,6 +125,7 @@ impl AppState {
             keys,
             groups: Groups {
                 db: shared.db.clone(),
+                writes: shared.request_writes,
                 budget: Arc::new(ChangeBudget::new(
                     limits.group_changes_per_minute,
                     limits.group_changes_per_minute_per_group,

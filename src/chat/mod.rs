@@ -114,7 +114,8 @@ pub(crate) fn failure_reply(
     )
 }
 
-/// Whether a database error that says "busy" is among `error`'s sources.
+/// Whether a database error that says "busy", or a group change that
+/// waited its turn too long, is among `error`'s sources.
 fn database_busy(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
@@ -122,7 +123,10 @@ fn database_busy(error: &(dyn std::error::Error + 'static)) -> bool {
             e.downcast_ref::<std::sync::Arc<sea_orm::DbErr>>()
                 .map(|a| a.as_ref())
         });
-        if db.is_some_and(crate::db::is_busy) {
+        let group_queue = e.downcast_ref::<groups::GroupError>();
+        if db.is_some_and(crate::db::is_busy)
+            || matches!(group_queue, Some(groups::GroupError::Busy))
+        {
             return true;
         }
         next = e.source();

@@ -161,7 +161,7 @@ impl Groups {
             return Err(too_many(self.max_members));
         }
         self.budget.charge_user(creator)?;
-        let txn = crate::db::begin_write(&self.db).await?;
+        let txn = self.begin().await?;
         require_users(&txn, &others).await?;
         let counts = invitations::group_counts(&txn, &[creator.0]).await?;
         if counts.get(&creator.0).copied().unwrap_or(0) >= self.max_groups_per_user as u64 {
@@ -231,7 +231,7 @@ impl Groups {
         members: &[i64],
     ) -> Result<Changed, GroupError> {
         self.budget.charge_user(caller)?;
-        let txn = crate::db::begin_write(&self.db).await?;
+        let txn = self.begin().await?;
         let row = lock_group(&txn, chat, caller).await?;
         self.budget.charge_group(chat)?;
         let new: Vec<i64> = members
@@ -300,7 +300,7 @@ impl Groups {
         if !leaving {
             self.budget.charge_user(caller)?;
         }
-        let txn = crate::db::begin_write(&self.db).await?;
+        let txn = self.begin().await?;
         let row = lock_group(&txn, chat, caller).await?;
         let role_of = |user: UserId| {
             row.members
@@ -373,7 +373,7 @@ impl Groups {
                 .and_where(chat_member::Column::ChatId.eq(chat.0))
                 .and_where(chat_member::Column::UserId.eq(caller.0))
                 .to_owned();
-            let txn = crate::db::begin_write(&self.db).await?;
+            let txn = self.begin().await?;
             let renamed = chat::Entity::update_many()
                 .col_expr(chat::Column::Title, Expr::value(title.clone()))
                 .filter(chat::Column::Id.eq(chat.0))
@@ -408,7 +408,7 @@ impl Groups {
     /// Joins the group `chat` that `user` holds a pending invitation to.
     /// Costs no budget (an invitation is accepted once).
     pub async fn accept(&self, user: UserId, chat: ChatId) -> Result<Changed, GroupError> {
-        let txn = crate::db::begin_write(&self.db).await?;
+        let txn = self.begin().await?;
         lock_row(&txn, chat).await?;
         let pending = invitation::Entity::find_by_id((chat.0, user.0))
             .filter(invitation::Column::DeclinedAt.is_null())
@@ -455,7 +455,7 @@ impl Groups {
             .filter(invitation::Column::ChatId.eq(chat.0))
             .filter(invitation::Column::UserId.eq(user.0))
             .filter(invitation::Column::DeclinedAt.is_null())
-            .exec(&self.db)
+            .exec(&self.writes)
             .await?;
         if declined.rows_affected == 0 {
             return Err(GroupError::NotFound);

@@ -61,6 +61,10 @@ pub enum GroupError {
     /// The caller's, or the group's, change budget is spent for now.
     #[error("too many group changes; try again in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// The change waited its turn to write past the pool's timeout (SQLite:
+    /// the changes before it held the database's write lock that long).
+    #[error("group changes queued past the pool's timeout")]
+    Busy,
 }
 
 impl GroupError {
@@ -76,7 +80,7 @@ impl GroupError {
         match self {
             GroupError::Invalid { .. } | GroupError::Forbidden(_) => ErrorCode::Invalid,
             GroupError::NotFound => ErrorCode::NotFound,
-            GroupError::RateLimited { .. } => ErrorCode::RateLimited,
+            GroupError::RateLimited { .. } | GroupError::Busy => ErrorCode::RateLimited,
             GroupError::Database(_) | GroupError::Server(_) => ErrorCode::Internal,
         }
     }
@@ -157,7 +161,11 @@ impl ChangeBudget {
 /// database, the change budgets, and the limits.
 #[derive(Clone)]
 pub struct Groups {
+    /// What the checks outside a transaction read through.
     pub db: DatabaseConnection,
+    /// What the changes write through (`db::connect_request_writes`: on
+    /// SQLite, one connection the changes take in turn).
+    pub writes: DatabaseConnection,
     pub budget: Arc<ChangeBudget>,
     pub max_members: usize,
     /// Most groups one user may be in (created or joined).
@@ -168,6 +176,23 @@ pub struct Groups {
 
 pub(super) fn too_many(max: usize) -> GroupError {
     GroupError::invalid("members", format!("a group has at most {max} members"))
+}
+
+impl Groups {
+    /// Begins a change's transaction on the writes' pool. On SQLite the
+    /// changes take its one connection in turn; one that waited past the
+    /// pool's timeout found the database busy (elsewhere a pool's timeout
+    /// may be a database that is down: a failure).
+    pub(super) async fn begin(&self) -> Result<DatabaseTransaction, GroupError> {
+        match crate::db::begin_write(&self.writes).await {
+            Err(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout))
+                if self.writes.get_database_backend() == sea_orm::DatabaseBackend::Sqlite =>
+            {
+                Err(GroupError::Busy)
+            }
+            begun => Ok(begun?),
+        }
+    }
 }
 
 /// Locks the conversation's row for the rest of the transaction (SQLite:
