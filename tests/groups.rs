@@ -454,6 +454,13 @@ async fn errors(backend: &Backend) {
             .await,
         error("invalid", "a group has at most 3 members")
     );
+    // More people than a group holds are refused before anyone is looked
+    // up (here, before the unknown id is).
+    assert_eq!(
+        a.ask(json!({"type": "add_members", "data": {"id": pk, "members": [bob, carol, dave, 999998]}}))
+            .await,
+        error("invalid", "a group has at most 3 members")
+    );
     // Adding people already in it changes nothing and is no error.
     let same = a
         .ask(json!({"type": "add_members", "data": {"id": pk, "members": [bob, alice]}}))

@@ -61,6 +61,41 @@ pub struct GroupReport {
     pub max_ms: f64,
     pub redis_commands_per_msg: Option<f64>,
     pub redis_publishes_per_msg: Option<f64>,
+    /// After the messages, members leave one after the other (each a
+    /// change of the group under its lock): how many, and the time each
+    /// REST call took.
+    pub leaves: usize,
+    pub leave_p50_ms: f64,
+    pub leave_max_ms: f64,
+}
+
+/// How many members leave after the messages, at most.
+const LEAVES: usize = 20;
+
+/// The last `LEAVES` members (never the owner) leave the group one after
+/// the other; returns each leave's time in milliseconds, sorted.
+async fn leave_one_by_one(
+    client: &awc::Client,
+    base: &str,
+    pk: &str,
+    accounts: &[Account],
+) -> Result<Vec<f64>, BenchError> {
+    let mut times = Vec::new();
+    for account in accounts.iter().skip(1).rev().take(LEAVES) {
+        let start = Instant::now();
+        let res = client
+            .delete(format!("{base}/api/groups/{pk}/members/{}/", account.id))
+            .bearer_auth(&account.token)
+            .send()
+            .await
+            .map_err(|e| setup("leave the group", e))?;
+        if !res.status().is_success() {
+            return Err(setup("leave the group", res.status()));
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// One message on its way to every member.
@@ -366,6 +401,7 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
         task.abort();
     }
     let redis_after = opts.redis.as_deref().map(redis_calls).transpose()?;
+    let leaves = leave_one_by_one(clients.get(0), &url(0), &pk, &accounts).await?;
     let sent = *sent_total.borrow();
     let t = tally.borrow();
     let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
@@ -409,5 +445,8 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
         max_ms: h.max() as f64 / 1000.0,
         redis_commands_per_msg: redis.map(|r| r.0),
         redis_publishes_per_msg: redis.map(|r| r.1),
+        leaves: leaves.len(),
+        leave_p50_ms: leaves.get(leaves.len() / 2).copied().unwrap_or(0.0),
+        leave_max_ms: leaves.last().copied().unwrap_or(0.0),
     })
 }

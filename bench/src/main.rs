@@ -467,6 +467,13 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                         ),
                     ),
                     ("redis", redis),
+                    (
+                        "leaving",
+                        format!(
+                            "{} members one by one: p50 {:.2} ms, max {:.2} ms",
+                            r.leaves, r.leave_p50_ms, r.leave_max_ms
+                        ),
+                    ),
                 ],
                 &r,
             );

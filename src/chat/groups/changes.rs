@@ -40,21 +40,20 @@ pub(super) async fn require_users<C: ConnectionTrait>(
     ))
 }
 
-/// The title of the group `chat`, of which `caller` must be a member: two
-/// indexed lookups, however large the group.
-pub(super) async fn group_title<C: ConnectionTrait>(
+/// The group `chat` and `caller`'s membership of it, which there must be:
+/// two indexed lookups, however large the group.
+pub(super) async fn group_of<C: ConnectionTrait>(
     db: &C,
     chat: ChatId,
     caller: UserId,
-) -> Result<Option<String>, GroupError> {
-    let is_member = chat_member::Entity::find_by_id((chat.0, caller.0))
+) -> Result<(chat::Model, chat_member::Model), GroupError> {
+    let membership = chat_member::Entity::find_by_id((chat.0, caller.0))
         .one(db)
         .await?
-        .is_some();
+        .ok_or(GroupError::NotFound)?;
     let found = chat::Entity::find_by_id(chat.0)
         .one(db)
         .await?
-        .filter(|_| is_member)
         .ok_or(GroupError::NotFound)?;
     if found.kind != chat::ChatKind::Group {
         return Err(GroupError::invalid(
@@ -62,28 +61,56 @@ pub(super) async fn group_title<C: ConnectionTrait>(
             "a direct conversation has no members to change or title to set",
         ));
     }
-    Ok(found.title)
+    Ok((found, membership))
 }
 
-/// Locks the conversation's row and loads it with its members; the caller
-/// must be one of them.
+/// Locks the group's row; `caller` must be a member. Returns the caller's
+/// membership and how many members there are, not who they are: on SQLite
+/// the lock is the database's write lock, which every message's commit
+/// waits for, and a large group's members with their accounts are a
+/// thousand rows (read once, by `commit`, for the answer).
 pub(super) async fn lock_group<C: ConnectionTrait>(
     txn: &C,
     chat: ChatId,
     caller: UserId,
-) -> Result<ConversationRow, GroupError> {
+) -> Result<(chat_member::Model, u64), GroupError> {
     lock_row(txn, chat).await?;
-    let row = store::conversation(txn, chat)
-        .await?
-        .filter(|row| row.has_member(caller))
-        .ok_or(GroupError::NotFound)?;
-    if row.chat.kind != chat::ChatKind::Group {
-        return Err(GroupError::invalid(
-            "id",
-            "a direct conversation has no members to change or title to set",
-        ));
+    let (_, membership) = group_of(txn, chat, caller).await?;
+    Ok((membership, member_count(txn, chat).await?))
+}
+
+/// How many members the conversation has.
+pub(super) async fn member_count<C: ConnectionTrait>(db: &C, chat: ChatId) -> Result<u64, DbErr> {
+    chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(chat.0))
+        .count(db)
+        .await
+}
+
+/// Those of `users` who are members of the conversation, with their roles.
+pub(super) async fn members_among<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+    users: &[i64],
+) -> Result<BTreeMap<i64, chat_member::Role>, DbErr> {
+    if users.is_empty() {
+        return Ok(BTreeMap::new());
     }
-    Ok(row)
+    Ok(chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(chat.0))
+        .filter(chat_member::Column::UserId.is_in(users.to_vec()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.user_id, m.role))
+        .collect())
+}
+
+/// The conversation as it is, read inside the change's transaction.
+async fn current<C: ConnectionTrait>(db: &C, chat: ChatId) -> Result<ConversationRow, GroupError> {
+    store::conversation(db, chat)
+        .await?
+        .ok_or(GroupError::NotFound)
 }
 
 /// Nothing to change: the conversation as it is.
@@ -230,19 +257,27 @@ impl Groups {
         chat: ChatId,
         members: &[i64],
     ) -> Result<Changed, GroupError> {
-        self.budget.charge_user(caller)?;
-        let txn = self.begin().await?;
-        let row = lock_group(&txn, chat, caller).await?;
-        self.budget.charge_group(chat)?;
-        let new: Vec<i64> = members
+        let asked: Vec<i64> = members
             .iter()
             .copied()
-            .filter(|m| !row.has_member(UserId(*m)))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // More people than a group holds cannot all be in it afterwards.
+        if asked.len() > self.max_members {
+            return Err(too_many(self.max_members));
+        }
+        self.budget.charge_user(caller)?;
+        let txn = self.begin().await?;
+        let (_, count) = lock_group(&txn, chat, caller).await?;
+        self.budget.charge_group(chat)?;
+        let already = members_among(&txn, chat, &asked).await?;
+        let new: Vec<i64> = asked
+            .into_iter()
+            .filter(|m| !already.contains_key(m))
+            .collect();
         if new.is_empty() {
-            return unchanged(row);
+            return unchanged(current(&txn, chat).await?);
         }
         require_users(&txn, &new).await?;
         let Sorted {
@@ -250,7 +285,7 @@ impl Groups {
             invited,
             to_invite,
         } = join_or_invite(&txn, caller, new, self.max_groups_per_user).await?;
-        if row.members.len() + new.len() > self.max_members {
+        if count as usize + new.len() > self.max_members {
             return Err(too_many(self.max_members));
         }
         let newly_invited =
@@ -258,6 +293,7 @@ impl Groups {
                 .await?;
         let invited = Some(invited);
         if new.is_empty() {
+            let row = current(&txn, chat).await?;
             txn.commit().await?;
             return Ok(Changed {
                 invited,
@@ -301,20 +337,17 @@ impl Groups {
             self.budget.charge_user(caller)?;
         }
         let txn = self.begin().await?;
-        let row = lock_group(&txn, chat, caller).await?;
-        let role_of = |user: UserId| {
-            row.members
-                .iter()
-                .find(|(m, _)| m.user_id == user.0)
-                .map(|(m, _)| m.role)
-        };
-        let Some(target_role) = role_of(target) else {
+        let (membership, _) = lock_group(&txn, chat, caller).await?;
+        let Some(target_role) = members_among(&txn, chat, &[target.0])
+            .await?
+            .remove(&target.0)
+        else {
             return Err(GroupError::invalid(
                 "user_id",
                 format!("user {} is not a member of this group", target.0),
             ));
         };
-        if !leaving && role_of(caller) != Some(chat_member::Role::Owner) {
+        if !leaving && membership.role != chat_member::Role::Owner {
             return Err(GroupError::Forbidden(
                 "only the group's owner can remove other members".into(),
             ));
@@ -323,8 +356,14 @@ impl Groups {
             .exec(&txn)
             .await?;
         if target_role == chat_member::Role::Owner {
-            // Members come longest-standing first.
-            if let Some((heir, _)) = row.members.iter().find(|(m, _)| m.user_id != target.0) {
+            // The longest-standing member, in the order members are shown.
+            let heir = chat_member::Entity::find()
+                .filter(chat_member::Column::ChatId.eq(chat.0))
+                .order_by_asc(chat_member::Column::JoinedAt)
+                .order_by_asc(chat_member::Column::UserId)
+                .one(&txn)
+                .await?;
+            if let Some(heir) = heir {
                 chat_member::Entity::update_many()
                     .col_expr(
                         chat_member::Column::Role,
@@ -364,38 +403,33 @@ impl Groups {
         // record (C20), in one short transaction. No lock is held while a
         // large group's members are loaded (on SQLite, the write lock every
         // message waits for).
-        let current = group_title(&self.db, chat, caller).await?;
+        let (group, _) = group_of(&self.db, chat, caller).await?;
         self.budget.charge_group(chat)?;
-        if current.as_deref() != Some(title.as_str()) {
-            let member = Query::select()
-                .expr(Expr::val(1))
-                .from(chat_member::Entity)
-                .and_where(chat_member::Column::ChatId.eq(chat.0))
-                .and_where(chat_member::Column::UserId.eq(caller.0))
-                .to_owned();
-            let txn = self.begin().await?;
-            let renamed = chat::Entity::update_many()
-                .col_expr(chat::Column::Title, Expr::value(title.clone()))
-                .filter(chat::Column::Id.eq(chat.0))
-                .filter(Expr::exists(member))
-                .exec(&txn)
-                .await?;
-            if renamed.rows_affected == 0 {
-                return Err(GroupError::NotFound);
-            }
-            let change = ConversationChange::Renamed { by: caller.0 };
-            record(&txn, chat, caller, &change, Some(&title)).await?;
-            txn.commit().await?;
-        } else {
-            let row = store::conversation(&self.db, chat).await?;
-            return unchanged(row.ok_or(GroupError::NotFound)?);
+        if group.title.as_deref() == Some(title.as_str()) {
+            return unchanged(current(&self.db, chat).await?);
         }
-        let row = store::conversation(&self.db, chat)
-            .await?
-            .ok_or(GroupError::NotFound)?;
+        let member = Query::select()
+            .expr(Expr::val(1))
+            .from(chat_member::Entity)
+            .and_where(chat_member::Column::ChatId.eq(chat.0))
+            .and_where(chat_member::Column::UserId.eq(caller.0))
+            .to_owned();
+        let txn = self.begin().await?;
+        let renamed = chat::Entity::update_many()
+            .col_expr(chat::Column::Title, Expr::value(title.clone()))
+            .filter(chat::Column::Id.eq(chat.0))
+            .filter(Expr::exists(member))
+            .exec(&txn)
+            .await?;
+        if renamed.rows_affected == 0 {
+            return Err(GroupError::NotFound);
+        }
+        let change = ConversationChange::Renamed { by: caller.0 };
+        record(&txn, chat, caller, &change, Some(&title)).await?;
+        txn.commit().await?;
         Ok(Changed {
-            change: Some(ConversationChange::Renamed { by: caller.0 }),
-            row,
+            change: Some(change),
+            row: current(&self.db, chat).await?,
             added: Vec::new(),
             removed: Vec::new(),
             invited: None,
@@ -415,14 +449,8 @@ impl Groups {
             .one(&txn)
             .await?
             .ok_or(GroupError::NotFound)?;
-        // The room left, as a count: every accept holds the database's write
-        // lock while it runs, and a large group's members with their users
-        // are a thousand rows (read once, by `commit`, for the answer).
-        let members = chat_member::Entity::find()
-            .filter(chat_member::Column::ChatId.eq(chat.0))
-            .count(&txn)
-            .await?;
-        if members >= self.max_members as u64 {
+        // The room left, as a count (see `lock_group`).
+        if member_count(&txn, chat).await? >= self.max_members as u64 {
             return Err(too_many(self.max_members));
         }
         let groups = invitations::group_counts(&txn, &[user.0]).await?;

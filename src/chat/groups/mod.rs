@@ -8,7 +8,7 @@
 //! announced to the ChatServer, which applies it here and on every other
 //! instance and pushes `conversation` to everyone it concerns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -17,7 +17,7 @@ use entity::{chat, chat_member, invitation, user};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::blocks;
