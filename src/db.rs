@@ -384,6 +384,31 @@ pub fn is_busy(error: &DbErr) -> bool {
     }
 }
 
+/// A request that waited its turn to write past its queue's timeout: the
+/// database is busy, as with `is_busy`, but the wait was ours (SQLite's
+/// group changes queue for a connection of their own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} queued past the pool's timeout")]
+pub struct Busy(pub &'static str);
+
+/// Whether `error` or one of its sources says the database is too busy to
+/// take the request now (`is_busy`, or `Busy`): the client is asked to try
+/// again, and no failure is logged.
+pub fn busy_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let db = e.downcast_ref::<DbErr>().or_else(|| {
+            e.downcast_ref::<std::sync::Arc<DbErr>>()
+                .map(|a| a.as_ref())
+        });
+        if db.is_some_and(is_busy) || e.is::<Busy>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Creates the SQLite file readable by its owner only (it holds password
 /// hashes; the search index's, the messages' words); SQLite gives its
 /// `-wal` and `-shm` files the same mode. An

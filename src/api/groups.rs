@@ -25,7 +25,7 @@ impl From<GroupError> for ApiError {
             GroupError::Database(e) => e.into(),
             GroupError::Server(e) => ApiError::internal("group change", e),
             GroupError::RateLimited { retry_after } => ApiError::TooManyRequests(retry_after),
-            e @ GroupError::Busy => ApiError::Busy(Box::new(e)),
+            e @ GroupError::Busy(_) => ApiError::Busy(Box::new(e)),
         }
     }
 }

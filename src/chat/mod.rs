@@ -100,7 +100,7 @@ pub(crate) fn failure_reply(
 ) -> protocol::ErrorReply {
     let error_id = crate::error::new_error_id();
     let detail = crate::error::chain(error);
-    if database_busy(error) {
+    if crate::db::busy_in(error) {
         tracing::warn!(parent: span, %error_id, %kind, error = %detail, "database busy; asked the client to retry");
         return protocol::ErrorReply::new(
             protocol::ErrorCode::RateLimited,
@@ -112,24 +112,4 @@ pub(crate) fn failure_reply(
         protocol::ErrorCode::Internal,
         format!("internal error, try again (error id {error_id})"),
     )
-}
-
-/// Whether a database error that says "busy", or a group change that
-/// waited its turn too long, is among `error`'s sources.
-fn database_busy(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let db = e.downcast_ref::<sea_orm::DbErr>().or_else(|| {
-            e.downcast_ref::<std::sync::Arc<sea_orm::DbErr>>()
-                .map(|a| a.as_ref())
-        });
-        let group_queue = e.downcast_ref::<groups::GroupError>();
-        if db.is_some_and(crate::db::is_busy)
-            || matches!(group_queue, Some(groups::GroupError::Busy))
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }

@@ -63,8 +63,8 @@ pub enum GroupError {
     RateLimited { retry_after: u64 },
     /// The change waited its turn to write past the pool's timeout (SQLite:
     /// the changes before it held the database's write lock that long).
-    #[error("group changes queued past the pool's timeout")]
-    Busy,
+    #[error("busy")]
+    Busy(#[source] crate::db::Busy),
 }
 
 impl GroupError {
@@ -80,7 +80,7 @@ impl GroupError {
         match self {
             GroupError::Invalid { .. } | GroupError::Forbidden(_) => ErrorCode::Invalid,
             GroupError::NotFound => ErrorCode::NotFound,
-            GroupError::RateLimited { .. } | GroupError::Busy => ErrorCode::RateLimited,
+            GroupError::RateLimited { .. } | GroupError::Busy(_) => ErrorCode::RateLimited,
             GroupError::Database(_) | GroupError::Server(_) => ErrorCode::Internal,
         }
     }
@@ -188,7 +188,7 @@ impl Groups {
             Err(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout))
                 if self.writes.get_database_backend() == sea_orm::DatabaseBackend::Sqlite =>
             {
-                Err(GroupError::Busy)
+                Err(GroupError::Busy(crate::db::Busy("a group change")))
             }
             begun => Ok(begun?),
         }

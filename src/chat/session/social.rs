@@ -38,7 +38,7 @@ impl WsSession {
 
     /// The B3 error a failed group request is answered with (ours logged).
     pub(super) fn group_error(&self, kind: RequestKind, e: GroupError) -> ErrorReply {
-        if e.code() == ErrorCode::Internal || matches!(e, GroupError::Busy) {
+        if e.code() == ErrorCode::Internal || matches!(e, GroupError::Busy(_)) {
             return failure_reply(&self.span, kind, &e);
         }
         self.state.metrics.bad_frame(Some(e.code().as_str()));
