@@ -87,7 +87,7 @@ pub enum ApiError {
     /// A quota is used up: 429 with what to do about it.
     #[error("quota: {0}")]
     Throttled(String),
-    /// The database could not take the request in time (`db::is_busy`): a
+    /// The database could not take the request in time (`db::busy_in`): a
     /// 503 with `Retry-After`, the cause logged with an id as for `Internal`.
     #[error("database busy: {0}")]
     Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -114,15 +114,18 @@ impl ApiError {
         Self::field("non_field_errors", message)
     }
 
-    /// Wraps an internal failure with what we were doing.
+    /// Wraps an internal failure with what we were doing; one whose cause
+    /// was a busy database (`db::busy_in`) is `Busy` instead, as over the
+    /// WebSocket.
     pub fn internal(
         context: &'static str,
         error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        ApiError::Internal {
-            context,
-            source: error.into(),
+        let source = error.into();
+        if crate::db::busy_in(source.as_ref()) {
+            return ApiError::Busy(source);
         }
+        ApiError::Internal { context, source }
     }
 }
 
@@ -249,6 +252,27 @@ mod chain_tests {
     use std::sync::Arc;
 
     use crate::chat::store::StoreError;
+
+    #[test]
+    fn a_failure_caused_by_a_busy_database_asks_the_client_to_retry() {
+        use actix_web::ResponseError;
+        let queued = crate::chat::groups::GroupError::Busy(crate::db::Busy("a group change"));
+        let api = super::ApiError::internal("group change", queued);
+        assert_eq!(
+            api.status_code(),
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let response = api.error_response();
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let failed = super::ApiError::internal("group change", "the server stopped");
+        assert_eq!(
+            failed.status_code(),
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 
     #[test]
     fn the_log_line_names_every_source() {
