@@ -65,18 +65,18 @@ pub(super) async fn group_of<C: ConnectionTrait>(
 }
 
 /// Locks the group's row; `caller` must be a member. Returns the caller's
-/// membership and how many members there are, not who they are: on SQLite
-/// the lock is the database's write lock, which every message's commit
-/// waits for, and a large group's members with their accounts are a
-/// thousand rows (read once, by `commit`, for the answer).
+/// membership, and reads nothing of the other members: on SQLite the lock
+/// is the database's write lock, which every message's commit waits for,
+/// and a large group's members with their accounts are a thousand rows
+/// (read once, by `commit`, for the answer; checks go by key or count).
 pub(super) async fn lock_group<C: ConnectionTrait>(
     txn: &C,
     chat: ChatId,
     caller: UserId,
-) -> Result<(chat_member::Model, u64), GroupError> {
+) -> Result<chat_member::Model, GroupError> {
     lock_row(txn, chat).await?;
     let (_, membership) = group_of(txn, chat, caller).await?;
-    Ok((membership, member_count(txn, chat).await?))
+    Ok(membership)
 }
 
 /// How many members the conversation has.
@@ -269,7 +269,7 @@ impl Groups {
         }
         self.budget.charge_user(caller)?;
         let txn = self.begin().await?;
-        let (_, count) = lock_group(&txn, chat, caller).await?;
+        lock_group(&txn, chat, caller).await?;
         self.budget.charge_group(chat)?;
         let already = members_among(&txn, chat, &asked).await?;
         let new: Vec<i64> = asked
@@ -285,7 +285,9 @@ impl Groups {
             invited,
             to_invite,
         } = join_or_invite(&txn, caller, new, self.max_groups_per_user).await?;
-        if count as usize + new.len() > self.max_members {
+        if !new.is_empty()
+            && member_count(&txn, chat).await? as usize + new.len() > self.max_members
+        {
             return Err(too_many(self.max_members));
         }
         let newly_invited =
@@ -337,7 +339,7 @@ impl Groups {
             self.budget.charge_user(caller)?;
         }
         let txn = self.begin().await?;
-        let (membership, _) = lock_group(&txn, chat, caller).await?;
+        let membership = lock_group(&txn, chat, caller).await?;
         let Some(target_role) = members_among(&txn, chat, &[target.0])
             .await?
             .remove(&target.0)
