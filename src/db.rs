@@ -384,6 +384,17 @@ pub fn is_busy(error: &DbErr) -> bool {
     }
 }
 
+/// Most rows one multi-row INSERT carries. A statement's bound values are
+/// limited (SQLite 32,766; PostgreSQL and MySQL 65,535), and a statement
+/// with more fails whole: rows many enough to pass that (a push to every
+/// device of a large group's members) go in several statements of this
+/// many, in the same transaction.
+pub const ROWS_PER_INSERT: usize = 1_000;
+
+/// Most values one `IN (…)` list carries, for the same reason: a longer
+/// list is looked up in several statements.
+pub const IDS_PER_LIST: usize = 10_000;
+
 /// A request that waited its turn to write past its queue's timeout: the
 /// database is busy, as with `is_busy`, but the wait was ours (SQLite's
 /// group changes queue for a connection of their own).

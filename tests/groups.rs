@@ -559,6 +559,38 @@ async fn a_change_in_a_big_group_pushes_no_member_list() {
     assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
 }
 
+/// A group as large as the settings allow is made whole, although its rows
+/// are more than one statement's values can carry (SQLite: 32,766; five
+/// an invitation): the inserts go in parts.
+#[actix_rt::test]
+async fn a_group_larger_than_one_statement_carries_is_made_whole() {
+    const PEOPLE: usize = 6_600;
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_GROUP_MEMBERS", "7000")]).await;
+    let (_, alice_token) = app.user("alice").await;
+    let mut people = Vec::with_capacity(PEOPLE);
+    for part in 0..4 {
+        people.extend(common::insert_users(&app.db, &format!("p{part}x"), PEOPLE / 4).await);
+    }
+    let mut a = app.authorized(&alice_token).await;
+    // Nobody has written to alice: everyone is invited (C9).
+    let created = a
+        .ask(json!({"type": "create_group", "data": {"title": "Everyone", "members": people}}))
+        .await;
+    assert_eq!(
+        created["members"].as_array().map(Vec::len),
+        Some(1),
+        "{created}"
+    );
+    assert_eq!(created["invited"], json!(people));
+    assert_eq!(
+        entity::invitation::Entity::find()
+            .count(&app.db)
+            .await
+            .unwrap(),
+        PEOPLE as u64
+    );
+}
+
 /// However many members type, a member gets at most two typing notices a
 /// second per conversation.
 #[actix_rt::test]

@@ -236,16 +236,21 @@ fn subscription(endpoint: &str) -> Value {
     })
 }
 
+/// The id up to which the sender has decided what to push.
+async fn decided_up_to(app: &TestApp) -> i64 {
+    push_dispatch::Entity::find_by_id("web_push")
+        .one(&app.db)
+        .await
+        .unwrap()
+        .expect("the dispatch row")
+        .decided_up_to
+}
+
 /// Waits until the sender has decided every message up to `id` and sent
 /// everything it queued: after that, no push for them can still come.
 async fn settled(app: &TestApp, id: i64) {
     for _ in 0..400 {
-        let mark = push_dispatch::Entity::find_by_id("web_push")
-            .one(&app.db)
-            .await
-            .unwrap()
-            .expect("the dispatch row")
-            .decided_up_to;
+        let mark = decided_up_to(app).await;
         let queued = push_outbox::Entity::find().count(&app.db).await.unwrap();
         if mark >= id && queued == 0 {
             return;
@@ -518,4 +523,92 @@ async fn two_instances_push_each_message_once() {
     assert_eq!(previews, [json!("via a"), json!("via b")]);
     settled(a, last).await;
     service.none_left();
+}
+
+/// A message to a group whose offline members have more devices than one
+/// statement's values can carry (SQLite: 32,766, four a queued push) is
+/// queued whole: every device gets its push, and the sender moves on. Such
+/// a round once failed whole, and was retried for ever: nobody got a push
+/// again.
+#[actix_rt::test]
+async fn a_push_to_more_devices_than_one_statement_carries_is_queued_whole() {
+    use entity::{chat, push_throttle};
+    const MEMBERS: usize = 820;
+    const DEVICES: usize = chat_server::push::subscriptions::MAX_PER_USER;
+    let service = PushService::start().await;
+    let app = spawn_pushing(&Backend::Sqlite, None).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let mut members = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        members.push(app.create_user(&format!("m{i}"), "M", "Doe").await);
+    }
+    let group = uuid::Uuid::new_v4();
+    let now = chrono::Utc::now();
+    chat::ActiveModel {
+        id: Set(group),
+        kind: Set(chat::ChatKind::Group),
+        title: Set(Some("everyone".into())),
+        direct_key: Set(None),
+        created_at: Set(now),
+        seq: Set(0),
+    }
+    .insert(&app.db)
+    .await
+    .unwrap();
+    let keys = subscription("");
+    let member = |user: i64, role| chat_member::ActiveModel {
+        chat_id: Set(group),
+        user_id: Set(user),
+        joined_at: Set(now),
+        last_read_message_id: Set(None),
+        role: Set(role),
+        muted: Set(false),
+    };
+    member(alice, chat_member::Role::Owner)
+        .insert(&app.db)
+        .await
+        .unwrap();
+    for some in members.chunks(500) {
+        chat_member::Entity::insert_many(
+            some.iter().map(|m| member(*m, chat_member::Role::Member)),
+        )
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+        push_subscription::Entity::insert_many(some.iter().flat_map(|m| {
+            let keys = &keys;
+            let endpoint = service.endpoint(&m.to_string());
+            (0..DEVICES).map(move |d| push_subscription::ActiveModel {
+                user_id: Set(*m),
+                endpoint: Set(format!("{endpoint}/{d}")),
+                p256dh: Set(keys["keys"]["p256dh"].as_str().unwrap().into()),
+                auth: Set(keys["keys"]["auth"].as_str().unwrap().into()),
+                created_at: Set(now),
+                ..Default::default()
+            })
+        }))
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+    }
+
+    let mut a = app.authorized(&alice_token).await;
+    let id = send(&mut a, &group.to_string(), "to everyone").await;
+    let mut decided = false;
+    for _ in 0..400 {
+        if decided_up_to(&app).await >= id {
+            decided = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(decided, "message {id} not decided within 20 s");
+    // Every device was queued, in the round that decided the message.
+    assert_eq!(
+        push_throttle::Entity::find().count(&app.db).await.unwrap(),
+        (MEMBERS * DEVICES) as u64
+    );
+    let mut service = service;
+    let first = service.next().await;
+    assert_eq!(first.payload()["preview"], "to everyone");
 }

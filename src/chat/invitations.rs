@@ -148,15 +148,17 @@ pub async fn invite<C: ConnectionTrait>(
     if invited.is_empty() {
         return Ok(none());
     }
-    invitation::Entity::insert_many(invited.iter().map(|u| invitation::ActiveModel {
-        chat_id: Set(chat.0),
-        user_id: Set(*u),
-        invited_by: Set(Some(by.0)),
-        created_at: Set(now),
-        declined_at: Set(None),
-    }))
-    .exec(db)
-    .await?;
+    for some in invited.chunks(crate::db::ROWS_PER_INSERT) {
+        invitation::Entity::insert_many(some.iter().map(|u| invitation::ActiveModel {
+            chat_id: Set(chat.0),
+            user_id: Set(*u),
+            invited_by: Set(Some(by.0)),
+            created_at: Set(now),
+            declined_at: Set(None),
+        }))
+        .exec_without_returning(db)
+        .await?;
+    }
     Ok(Invited {
         users: invited,
         at: now,

@@ -264,29 +264,35 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
             newest[chat].sender_id != Some(*user) && !presence.is_online(UserId(*user))
         })
         .collect();
-    let users: HashSet<i64> = recipients.iter().map(|(_, u)| *u).collect();
-    let subscriptions = if users.is_empty() {
-        Vec::new()
-    } else {
-        push_subscription::Entity::find()
-            .filter(push_subscription::Column::UserId.is_in(users))
-            .all(db)
-            .await?
-    };
-    let throttled: HashSet<(i64, uuid::Uuid)> = if subscriptions.is_empty() {
-        HashSet::new()
-    } else {
-        let since = now - chrono::Duration::from_std(THROTTLE).expect("seconds");
-        push_throttle::Entity::find()
-            .filter(push_throttle::Column::SubscriptionId.is_in(subscriptions.iter().map(|s| s.id)))
-            .filter(push_throttle::Column::ChatId.is_in(chats))
-            .filter(push_throttle::Column::LastAt.gt(since))
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|t| (t.subscription_id, t.chat_id))
-            .collect()
-    };
+    let users: Vec<i64> = recipients
+        .iter()
+        .map(|(_, u)| *u)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut subscriptions = Vec::new();
+    for users in users.chunks(crate::db::IDS_PER_LIST) {
+        subscriptions.extend(
+            push_subscription::Entity::find()
+                .filter(push_subscription::Column::UserId.is_in(users.iter().copied()))
+                .all(db)
+                .await?,
+        );
+    }
+    let since = now - chrono::Duration::from_std(THROTTLE).expect("seconds");
+    let mut throttled: HashSet<(i64, uuid::Uuid)> = HashSet::new();
+    for some in subscriptions.chunks(crate::db::IDS_PER_LIST) {
+        throttled.extend(
+            push_throttle::Entity::find()
+                .filter(push_throttle::Column::SubscriptionId.is_in(some.iter().map(|s| s.id)))
+                .filter(push_throttle::Column::ChatId.is_in(chats.iter().copied()))
+                .filter(push_throttle::Column::LastAt.gt(since))
+                .all(db)
+                .await?
+                .into_iter()
+                .map(|t| (t.subscription_id, t.chat_id)),
+        );
+    }
     let mut by_user: HashMap<i64, Vec<&push_subscription::Model>> = HashMap::new();
     for s in &subscriptions {
         by_user.entry(s.user_id).or_default().push(s);
@@ -306,7 +312,7 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
         txn.rollback().await?;
         return Ok(false);
     }
-    if !queued.is_empty() {
+    for queued in queued.chunks(crate::db::ROWS_PER_INSERT) {
         push_outbox::Entity::insert_many(queued.iter().map(|(subscription, _, message)| {
             push_outbox::ActiveModel {
                 subscription_id: Set(*subscription),

@@ -106,6 +106,23 @@ pub(super) async fn members_among<C: ConnectionTrait>(
         .collect())
 }
 
+/// Makes `users` members of the conversation.
+async fn insert_members<C: ConnectionTrait>(
+    txn: &C,
+    chat: ChatId,
+    users: &[i64],
+) -> Result<(), DbErr> {
+    for some in users.chunks(crate::db::ROWS_PER_INSERT) {
+        chat_member::Entity::insert_many(
+            some.iter()
+                .map(|m| member(chat, *m, chat_member::Role::Member)),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The conversation as it is, read inside the change's transaction.
 async fn current<C: ConnectionTrait>(db: &C, chat: ChatId) -> Result<ConversationRow, GroupError> {
     store::conversation(db, chat)
@@ -219,15 +236,7 @@ impl Groups {
         member(chat, creator.0, chat_member::Role::Owner)
             .insert(&txn)
             .await?;
-        if !others.is_empty() {
-            chat_member::Entity::insert_many(
-                others
-                    .iter()
-                    .map(|m| member(chat, *m, chat_member::Role::Member)),
-            )
-            .exec(&txn)
-            .await?;
-        }
+        insert_members(&txn, chat, &others).await?;
         let newly_invited = invitations::invite(
             &txn,
             chat,
@@ -303,12 +312,7 @@ impl Groups {
                 ..unchanged(row)?
             });
         }
-        chat_member::Entity::insert_many(
-            new.iter()
-                .map(|m| member(chat, *m, chat_member::Role::Member)),
-        )
-        .exec(&txn)
-        .await?;
+        insert_members(&txn, chat, &new).await?;
         let added = new.iter().copied().map(UserId).collect();
         let change = ConversationChange::MembersAdded {
             user_ids: new,
