@@ -559,35 +559,50 @@ async fn a_change_in_a_big_group_pushes_no_member_list() {
     assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
 }
 
+/// `n` accounts, inserted a thousand at a time.
+async fn many_users(app: &TestApp, prefix: &str, n: usize) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    for part in 0..n.div_ceil(1000) {
+        let size = (n - part * 1000).min(1000);
+        ids.extend(common::insert_users(&app.db, &format!("{prefix}{part}x"), size).await);
+    }
+    ids
+}
+
 /// A group as large as the settings allow is made whole, although its rows
-/// are more than one statement's values can carry (SQLite: 32,766; five
-/// an invitation): the inserts go in parts.
+/// are more than one statement's values can carry (SQLite: 32,766; six a
+/// member, five an invitation): the inserts go in parts.
 #[actix_rt::test]
 async fn a_group_larger_than_one_statement_carries_is_made_whole() {
-    const PEOPLE: usize = 6_600;
+    const JOINING: usize = 5_500;
+    const INVITED: usize = 6_600;
     let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_GROUP_MEMBERS", "7000")]).await;
-    let (_, alice_token) = app.user("alice").await;
-    let mut people = Vec::with_capacity(PEOPLE);
-    for part in 0..4 {
-        people.extend(common::insert_users(&app.db, &format!("p{part}x"), PEOPLE / 4).await);
-    }
+    let (alice, alice_token) = app.user("alice").await;
+    let joining = many_users(&app, "joining", JOINING).await;
+    common::have_written(&app.db, &joining, alice).await;
+    let invited = many_users(&app, "invited", INVITED).await;
     let mut a = app.authorized(&alice_token).await;
-    // Nobody has written to alice: everyone is invited (C9).
+    // Those who have written to alice join (C9)...
     let created = a
-        .ask(json!({"type": "create_group", "data": {"title": "Everyone", "members": people}}))
+        .ask(json!({"type": "create_group", "data": {"title": "Everyone", "members": joining}}))
         .await;
     assert_eq!(
         created["members"].as_array().map(Vec::len),
-        Some(1),
-        "{created}"
+        Some(JOINING + 1),
+        "{}",
+        created["message"]
     );
-    assert_eq!(created["invited"], json!(people));
+    // ...and everyone else is invited.
+    let added = a
+        .ask(json!({"type": "add_members", "data": {"id": created["pk"], "members": invited}}))
+        .await;
+    assert_eq!(added["invited"], json!(invited), "{}", added["message"]);
     assert_eq!(
         entity::invitation::Entity::find()
             .count(&app.db)
             .await
             .unwrap(),
-        PEOPLE as u64
+        INVITED as u64
     );
 }
 

@@ -1288,6 +1288,15 @@ pub fn migrations_before(name: &str) -> u32 {
 /// statements however many writers there are.
 pub async fn have_written(db: &DatabaseConnection, writers: &[i64], to: i64) {
     use entity::{chat, chat_member, message};
+    // A statement's values are limited (SQLite: 32,766): many writers go
+    // in parts.
+    const PART: usize = 1_000;
+    if writers.len() > PART {
+        for part in writers.chunks(PART) {
+            Box::pin(have_written(db, part, to)).await;
+        }
+        return;
+    }
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
     let now = chrono::Utc::now();
     let keys: Vec<String> = writers.iter().map(|w| chat::direct_key(*w, to)).collect();
