@@ -58,7 +58,7 @@ impl Handler<Connect> for ChatServer {
             self.users.insert(
                 msg.user,
                 UserEntry {
-                    sessions: HashMap::from([(msg.session, link)]),
+                    sessions: [(msg.session, link)].into_iter().collect(),
                 },
             );
         }

@@ -67,13 +67,18 @@ struct SessionLink {
 }
 
 struct UserEntry {
-    sessions: HashMap<SessionId, SessionLink>,
+    sessions: FastMap<SessionId, SessionLink>,
 }
+
+/// The tables every delivery looks up. Their keys are ours (ids the
+/// database or this process assigned), never a client's choice, so they
+/// need no flood-resistant hash: foldhash instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Routes events to this instance's sessions and, through the bus, to the others.
 pub struct ChatServer {
-    users: HashMap<UserId, UserEntry>,
-    rooms: HashMap<ChatId, Room>,
+    users: FastMap<UserId, UserEntry>,
+    rooms: FastMap<ChatId, Room>,
     membership: Arc<Membership>,
     /// The latest membership changes applied, with their numbers.
     recent: VecDeque<(u64, Arc<MembershipChange>)>,
@@ -110,8 +115,8 @@ impl ChatServer {
         metrics: Metrics,
     ) -> Self {
         ChatServer {
-            users: HashMap::new(),
-            rooms: HashMap::new(),
+            users: FastMap::default(),
+            rooms: FastMap::default(),
             seq: membership.seq(),
             membership,
             recent: VecDeque::new(),
