@@ -559,16 +559,6 @@ async fn a_change_in_a_big_group_pushes_no_member_list() {
     assert!(bytes < 400, "a rename push of {bytes} bytes: {push}");
 }
 
-/// `n` accounts, inserted a thousand at a time.
-async fn many_users(app: &TestApp, prefix: &str, n: usize) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(n);
-    for part in 0..n.div_ceil(1000) {
-        let size = (n - part * 1000).min(1000);
-        ids.extend(common::insert_users(&app.db, &format!("{prefix}{part}x"), size).await);
-    }
-    ids
-}
-
 /// A group as large as the settings allow is made whole, although its rows
 /// are more than one statement's values can carry (SQLite: 32,766; six a
 /// member, five an invitation): the inserts go in parts.
@@ -578,9 +568,9 @@ async fn a_group_larger_than_one_statement_carries_is_made_whole() {
     const INVITED: usize = 6_600;
     let app = TestApp::spawn_with(&Backend::Sqlite, &[("MAX_GROUP_MEMBERS", "7000")]).await;
     let (alice, alice_token) = app.user("alice").await;
-    let joining = many_users(&app, "joining", JOINING).await;
+    let joining = common::insert_users(&app.db, "joining", JOINING).await;
     common::have_written(&app.db, &joining, alice).await;
-    let invited = many_users(&app, "invited", INVITED).await;
+    let invited = common::insert_users(&app.db, "invited", INVITED).await;
     let mut a = app.authorized(&alice_token).await;
     // Those who have written to alice join (C9)...
     let created = a

@@ -1215,12 +1215,24 @@ where
     }
 }
 
-/// `n` active accounts named `{prefix}{i}`, inserted in one statement (no
-/// password hashing: they never log in); returns their ids in order.
+/// `n` active accounts named `{prefix}{i}`, inserted a thousand to a
+/// statement (a statement's values are limited; no password hashing: they
+/// never log in); returns their ids in order.
 pub async fn insert_users(db: &DatabaseConnection, prefix: &str, n: usize) -> Vec<i64> {
+    const PART: usize = 1_000;
+    let mut ids = Vec::with_capacity(n);
+    for start in (0..n).step_by(PART) {
+        let names: Vec<String> = (start..n.min(start + PART))
+            .map(|i| format!("{prefix}{i}"))
+            .collect();
+        ids.extend(insert_named_users(db, names).await);
+    }
+    ids
+}
+
+async fn insert_named_users(db: &DatabaseConnection, names: Vec<String>) -> Vec<i64> {
     use entity::user;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
-    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let rows = names.iter().map(|name| user::ActiveModel {
         username: Set(name.clone()),
         username_key: Set(user::username_key(name)),
