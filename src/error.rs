@@ -151,9 +151,7 @@ pub fn new_error_id() -> String {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        if crate::db::is_busy(&e) {
-            return ApiError::Busy(Box::new(e));
-        }
+        // A busy database becomes `Busy` there.
         ApiError::internal("database", e)
     }
 }

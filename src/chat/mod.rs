@@ -92,7 +92,7 @@ fn url_token(query: &str) -> Option<String> {
 /// The error a client sees for a failure of ours, after logging the
 /// detail under a fresh error id (the client's text carries the id):
 /// `internal`, or, when the database was only too busy to take the request
-/// in time (`db::is_busy`), `rate_limited` with "try again", as REST's 503.
+/// in time (`db::busy_in`), `rate_limited` with "try again", as REST's 503.
 pub(crate) fn failure_reply(
     span: &tracing::Span,
     kind: protocol::RequestKind,

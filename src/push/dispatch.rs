@@ -271,10 +271,10 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
         .into_iter()
         .collect();
     let mut subscriptions = Vec::new();
-    for users in users.chunks(crate::db::IDS_PER_LIST) {
+    for some in users.chunks(crate::db::IDS_PER_LIST) {
         subscriptions.extend(
             push_subscription::Entity::find()
-                .filter(push_subscription::Column::UserId.is_in(users.iter().copied()))
+                .filter(push_subscription::Column::UserId.is_in(some.iter().copied()))
                 .all(db)
                 .await?,
         );
