@@ -469,6 +469,11 @@ fn http_server(
     .shutdown_timeout(settings.server.shutdown_timeout_seconds)
     // A client must send its request headers within this time (slowloris).
     .client_request_timeout(Duration::from_secs(5))
+    // Each frame goes out when it is written: with Nagle's algorithm a
+    // frame written while the client has not yet acknowledged the previous
+    // one waited for that ACK, which a client with nothing to send delays
+    // by up to 40 ms (BENCHMARKS.md "TCP_NODELAY on the clients' sockets").
+    .tcp_nodelay(true)
     .max_connections(100_000)
     .backlog(4096);
     if settings.server.workers > 0 {

@@ -527,3 +527,50 @@ async fn batch_ids_match_their_rows(backend: &Backend) {
 }
 
 backend_tests!(concurrent_batches_answer_each_message_with_its_own_row => batch_ids_match_their_rows);
+
+/// The server's end of every connection it accepted has `TCP_NODELAY`:
+/// with Nagle's algorithm, a frame written while the client had not yet
+/// acknowledged the previous one waited for that ACK, which a client that
+/// had just sent something (a read mark) delays by up to 40 ms
+/// (BENCHMARKS.md "TCP_NODELAY on the clients' connections"). The server
+/// runs in this process, so its sockets are this process's descriptors.
+#[cfg(target_os = "linux")]
+#[actix_rt::test]
+async fn every_accepted_connection_sends_without_delay() {
+    use std::mem::ManuallyDrop;
+    use std::net::TcpStream;
+    use std::os::fd::FromRawFd;
+
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let mut ws = app.authorized(&token).await;
+    assert_eq!(
+        ws.request(json!({"type": "ping", "data": {}})).await,
+        json!({"type": "pong", "data": {}})
+    );
+    let mut accepted = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is open (listed just now) and stays open:
+        // ManuallyDrop never closes it; only getsockname, getpeername and
+        // getsockopt are called on it.
+        let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        let ours =
+            socket.local_addr().is_ok_and(|a| a.port() == app.port) && socket.peer_addr().is_ok();
+        if ours {
+            accepted += 1;
+            assert!(socket.nodelay().unwrap(), "fd {fd} delays small writes");
+        }
+    }
+    // The WebSocket at least (the REST requests' connections may be closed).
+    assert!(accepted >= 1);
+}
