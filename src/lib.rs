@@ -470,9 +470,10 @@ fn http_server(
     // A client must send its request headers within this time (slowloris).
     .client_request_timeout(Duration::from_secs(5))
     // Each frame goes out when it is written: with Nagle's algorithm a
-    // frame written while the client has not yet acknowledged the previous
-    // one waited for that ACK, which a client with nothing to send delays
-    // by up to 40 ms (BENCHMARKS.md "TCP_NODELAY on the clients' sockets").
+    // frame written while the client had not yet acknowledged the previous
+    // one waited for that ACK, which a client that answers what it receives
+    // (read marks) delays by up to 40 ms (BENCHMARKS.md "TCP_NODELAY on the
+    // clients' connections").
     .tcp_nodelay(true)
     .max_connections(100_000)
     .backlog(4096);

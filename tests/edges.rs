@@ -560,17 +560,19 @@ async fn every_accepted_connection_sends_without_delay() {
         if !is_socket {
             continue;
         }
-        // SAFETY: the descriptor is open (listed just now) and stays open:
-        // ManuallyDrop never closes it; only getsockname, getpeername and
-        // getsockopt are called on it.
+        // SAFETY: ManuallyDrop never closes the descriptor, and only
+        // getsockname, getpeername and getsockopt are called on it. One that
+        // another thread closes meanwhile (a REST connection ending) makes
+        // them fail, and it is skipped.
         let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
         let ours =
             socket.local_addr().is_ok_and(|a| a.port() == app.port) && socket.peer_addr().is_ok();
-        if ours {
+        if let (true, Ok(nodelay)) = (ours, socket.nodelay()) {
             accepted += 1;
-            assert!(socket.nodelay().unwrap(), "fd {fd} delays small writes");
+            assert!(nodelay, "fd {fd} delays small writes");
         }
     }
-    // The WebSocket at least (the REST requests' connections may be closed).
+    // The WebSocket at least, which is still open.
     assert!(accepted >= 1);
+    drop(ws);
 }
