@@ -76,11 +76,7 @@ async fn upload(
 
 /// Runs `bench files`.
 pub async fn files(opts: FilesOptions) -> Result<FilesReport, BenchError> {
-    let client = awc::Client::builder()
-        .connector(awc::Connector::new().conn_keep_alive(crate::IDLE_CONNECTION))
-        .timeout(Duration::from_secs(600))
-        .max_http_version(awc::http::Version::HTTP_11)
-        .finish();
+    let client = crate::net::client(None, Duration::from_secs(600));
     let base = opts.url.trim_end_matches('/').to_string();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let owner = register(&client, &base, &format!("f{}", &run[..12])).await?;

@@ -29,6 +29,7 @@ mod churn;
 mod files;
 mod group;
 mod mix;
+mod net;
 mod search;
 
 pub use attack::{attack, AttackOptions, AttackReport, Pattern};
@@ -40,7 +41,6 @@ pub use search::{fill, search, Dialect, Model, SearchOptions, SearchReport};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
+
+use net::Clients;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -82,41 +84,6 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 pub(crate) type Socket = actix_codec::Framed<BoxedSocket, ws::Codec>;
-
-/// How long a generator's HTTP clients keep an idle connection for the
-/// next request: well under the server's 5 s keep-alive. A request sent on
-/// a connection as the server closes it fails (`Connect(Disconnected)`),
-/// and awc's default of 15 s left that open to any pause of about 5 s.
-pub(crate) const IDLE_CONNECTION: Duration = Duration::from_secs(1);
-
-/// HTTP clients bound to loopback addresses 127.0.0.1, .2, …: each source
-/// address has its own ~28k ephemeral ports, so many connections fit.
-struct Clients(Vec<awc::Client>);
-
-impl Clients {
-    fn new(sources: usize) -> Self {
-        let clients = (0..sources.max(1))
-            .map(|i| {
-                let addr: IpAddr = [127, 0, 0, (1 + i % 250) as u8].into();
-                let connector = awc::Connector::new()
-                    .local_address(addr)
-                    .limit(0)
-                    .conn_keep_alive(IDLE_CONNECTION)
-                    .timeout(Duration::from_secs(30));
-                awc::Client::builder()
-                    .connector(connector)
-                    .timeout(Duration::from_secs(60))
-                    .max_http_version(awc::http::Version::HTTP_11)
-                    .finish()
-            })
-            .collect();
-        Clients(clients)
-    }
-
-    fn get(&self, i: usize) -> &awc::Client {
-        &self.0[i % self.0.len()]
-    }
-}
 
 struct Account {
     id: i64,
@@ -1058,7 +1025,7 @@ pub struct StartupReport {
 /// file and times each start to `/readyz` 200.
 pub async fn startup(server: &std::path::Path, runs: usize) -> Result<StartupReport, BenchError> {
     let exe = server.to_path_buf();
-    let client = awc::Client::default();
+    let client = net::client(None, Duration::from_secs(5));
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         let dir = tempfile_dir()?;

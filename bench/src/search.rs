@@ -408,14 +408,6 @@ pub(crate) async fn login(
         .ok_or_else(|| setup(&format!("login of {username}"), value))
 }
 
-fn client() -> awc::Client {
-    awc::Client::builder()
-        .connector(awc::Connector::new().conn_keep_alive(crate::IDLE_CONNECTION))
-        .timeout(Duration::from_secs(60))
-        .max_http_version(awc::http::Version::HTTP_11)
-        .finish()
-}
-
 /// Users with at least one conversation, spread over the model.
 fn pick_users(world: &World, n: usize, offset: usize) -> Vec<usize> {
     let users = world.of_user.len();
@@ -429,7 +421,7 @@ fn pick_users(world: &World, n: usize, offset: usize) -> Vec<usize> {
 /// Times searches while writers write; see the module's comment.
 pub async fn search(opts: SearchOptions) -> Result<SearchReport, BenchError> {
     let world = Rc::new(world(&opts.model));
-    let client = client();
+    let client = crate::net::client(None, Duration::from_secs(60));
     let ws_base = ws_url(&opts.url);
     let stop = Rc::new(RefCell::new(false));
     let written = Rc::new(RefCell::new(0u64));
