@@ -7,13 +7,21 @@
 //! connection and failed messages behind them.
 //!
 //! A mark is answered once its batch has committed, as a message is.
+//!
+//! Batches start at least `SPACING` apart: a mark that comes after a quiet
+//! moment is written at once, but under a steady stream of marks they wait
+//! up to `SPACING` and go together. Without it the batches follow one
+//! another as fast as the database commits them, each a commit of a few
+//! marks (BENCHMARKS.md "Read marks written at most fifty times a second").
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::protocol::{ChatId, UserId};
 use super::store;
@@ -22,6 +30,9 @@ use super::store;
 const MAX_BATCH: usize = 1024;
 /// Marks waiting beyond the one being written; more are answered busy.
 const QUEUE: usize = 16 * 1024;
+/// Least time from one batch's start to the next one's: at most fifty
+/// commits a second of marks, each read receipt later by at most this.
+const SPACING: Duration = Duration::from_millis(20);
 
 /// Why a mark was not written.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +92,16 @@ impl ReadMarks {
 
 async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut next_start = Instant::now();
     while marks.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if Instant::now() < next_start {
+            tokio::time::sleep_until(next_start).await;
+            while batch.len() < MAX_BATCH {
+                let Ok(mark) = marks.try_recv() else { break };
+                batch.push(mark);
+            }
+        }
+        next_start = Instant::now() + SPACING;
         // The furthest mark of each reader, and which request asked it.
         let mut furthest: HashMap<(ChatId, UserId), (i64, usize)> = HashMap::new();
         for (i, mark) in batch.iter().enumerate() {
