@@ -116,6 +116,20 @@ pub struct Deliver {
     pub skip: Option<SessionId>,
 }
 
+/// What the writer did with one request: the answer to the session that
+/// sent it (its acknowledgement or its error), and the frames the change
+/// makes for the conversation's members, handed over together. The
+/// ChatServer queues the answer and then delivers the frames, in one turn,
+/// so a sender's acknowledgement and its own copy of the message are
+/// queued side by side and usually leave in one write; and a session's
+/// answers keep the order the writer gave them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub answer: Option<(Outbox, Bytes)>,
+    pub frames: Option<ConversationFrames>,
+}
+
 /// Frames that arrived from another instance: local delivery only.
 #[derive(Message)]
 #[rtype(result = "()")]

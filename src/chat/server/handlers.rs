@@ -113,6 +113,22 @@ impl Handler<Deliver> for ChatServer {
     }
 }
 
+impl Handler<Committed> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        // The answer is never held (`SessionLink::held` holds pushes only).
+        if let Some((outbox, answer)) = msg.answer {
+            if outbox.send_text(answer) == Queued::Yes {
+                self.metrics.frames_out(1);
+            }
+        }
+        if let Some(frames) = msg.frames {
+            self.deliver(frames, None, ctx);
+        }
+    }
+}
+
 impl Handler<DeliverRemote> for ChatServer {
     type Result = ();
 

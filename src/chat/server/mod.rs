@@ -27,9 +27,9 @@ use super::blocklist::Blocklist;
 use super::log::{Filled, HoleFiller, HELD_LIMIT, HOLE_WAIT, MAX_HELD};
 use super::membership::{ChatEntry, Membership, MembershipChange};
 use super::messages::{
-    ApplyMembership, CloseAll, Connect, ConnectError, ConversationFrames, Deliver, DeliverRemote,
-    DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, Recheck, Release, ReplaceChats,
-    RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
+    ApplyMembership, CloseAll, Committed, Connect, ConnectError, ConversationFrames, Deliver,
+    DeliverRemote, DeliverToUser, Disconnect, Kick, LocalUsers, OnlineTokens, Recheck, Release,
+    ReplaceChats, RevokeUser, ServerStats, SessionId, SetBlocked, Stats, TellPresence,
 };
 use super::presence::Presence;
 use super::protocol::{ChatId, PresenceEvent, ServerEvent, UserId};

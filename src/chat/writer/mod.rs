@@ -33,9 +33,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
-use super::messages::Deliver;
+use super::messages::Committed;
 use super::protocol::{AttachmentInfo, ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
-use super::socket::{Outbox, Queued};
+use super::socket::Outbox;
 use super::store;
 pub use super::store::StoreError;
 use crate::metrics::Metrics;
@@ -152,7 +152,7 @@ impl MessageWriter {
     /// shutdown commits everything accepted.
     pub fn with_capacity(
         db: DatabaseConnection,
-        server: Recipient<Deliver>,
+        server: Recipient<Committed>,
         metrics: Metrics,
         capacity: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -164,7 +164,7 @@ impl MessageWriter {
     /// batch: SQLite's search indexer (`SearchIndex::committed`).
     pub fn with_edit_window(
         db: DatabaseConnection,
-        server: Recipient<Deliver>,
+        server: Recipient<Committed>,
         metrics: Metrics,
         capacity: usize,
         edit_window: chrono::Duration,
@@ -270,12 +270,12 @@ fn queue(lane: &mpsc::Sender<PendingInsert>, pending: PendingInsert) -> Result<(
 
 /// Tells a job's sender and the ChatServer what became of it.
 fn answer(
-    server: &Recipient<Deliver>,
+    server: &Recipient<Committed>,
     metrics: &Metrics,
     waiter: Waiter,
     result: Result<Stored, StoreError>,
 ) {
-    let event = match &result {
+    let frames = match &result {
         Ok(Stored::New(p)) => Some(log::message_frames(
             &p.message,
             p.quote.as_ref(),
@@ -284,27 +284,28 @@ fn answer(
         Ok(Stored::Changed(outcome)) => outcome.event_frames(),
         _ => None,
     };
-    match (waiter.from, result) {
+    let answer = match (waiter.from, result) {
         (Submitter::Caller(reply), result) => {
             let _ = reply.send(result);
+            None
         }
         (Submitter::Session { outbox, span }, Err(e)) => {
             let reply = e.reply(&span, waiter.kind);
-            let _ = outbox.send_text(ServerEvent::error(waiter.kind, reply).to_json());
+            Some((outbox, ServerEvent::error(waiter.kind, reply).to_json()))
         }
         (Submitter::Session { outbox, .. }, Ok(stored)) => {
             let ack = match &stored {
                 Stored::New(Posted { message: m, .. }) | Stored::Duplicate(m) => log::ack_frame(m),
                 Stored::Changed(outcome) => outcome.ack_frame(),
             };
-            if outbox.send_text(ack) == Queued::Yes {
-                metrics.frames_out(1);
-            }
+            Some((outbox, ack))
         }
-    }
-    if let Some(frames) = event {
-        server.do_send(Deliver { frames, skip: None });
+    };
+    if frames.is_some() {
         metrics.message_delivered(waiter.arrived.elapsed());
+    }
+    if answer.is_some() || frames.is_some() {
+        server.do_send(Committed { answer, frames });
     }
 }
 
@@ -325,7 +326,7 @@ struct Lane {
 async fn run_writer(
     db: DatabaseConnection,
     rx: mpsc::Receiver<PendingInsert>,
-    server: Recipient<Deliver>,
+    server: Recipient<Committed>,
     metrics: Metrics,
     lane: Lane,
 ) {
