@@ -86,6 +86,34 @@ async fn seed_flow(backend: &Backend) {
 
 backend_tests!(seed_flow_reaches_every_session_of_both_members => seed_flow);
 
+/// A burst sent without waiting commits in batches of several messages;
+/// the sender's acknowledgement of each is still followed at once by that
+/// message's own copy, before the next acknowledgement (the ChatServer
+/// queues the two in one turn: DESIGN.md, "How a message travels"). When
+/// the writer queued the acknowledgements itself, a batch's came first,
+/// all of them, and the copies after.
+async fn ack_then_own_copy(backend: &Backend) {
+    const N: usize = 40;
+    let app = TestApp::spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    for i in 0..N {
+        a.send(json!({"type": "message", "data": {"to": pk, "content": format!("burst {i}")}}))
+            .await;
+    }
+    for i in 0..N {
+        let ack = a.recv().await;
+        assert_eq!(ack["type"], "message_response", "{ack}");
+        let copy = a.recv().await;
+        assert_eq!(copy["type"], "message", "after the ack of {i}: {copy}");
+        assert_eq!(copy["data"]["data"]["id"], ack["data"]["id"], "{copy}");
+        assert_eq!(copy["data"]["data"]["direction"], "send");
+        assert_eq!(copy["data"]["data"]["content"], format!("burst {i}"));
+    }
+}
+
+backend_tests!(each_acknowledgement_is_followed_by_its_own_copy => ack_then_own_copy);
+
 async fn token_in_url(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     app.pair("carol", "dave").await;
