@@ -101,8 +101,9 @@ impl Stored {
 
 /// Who is told what became of a message.
 pub enum Submitter {
-    /// A session: the writer answers on its connection (the acknowledgement,
-    /// or the error, logged in its span).
+    /// A session: its answer (the acknowledgement, or the error, logged in
+    /// its span) goes to its connection through the ChatServer, with the
+    /// push (`Committed`).
     Session { outbox: Outbox, span: tracing::Span },
     /// A caller that awaits the result itself (`MessageWriter::store`).
     Caller(oneshot::Sender<Result<Stored, StoreError>>),
