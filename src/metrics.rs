@@ -40,6 +40,7 @@ struct Inner {
     store_seconds: Histogram,
     store_batch_size: Histogram,
     store_batch_retries: Counter,
+    store_plain_fallbacks: Counter,
     send_to_delivery: Histogram,
     outbox_overflows: Counter,
     holes_filled: Counter,
@@ -68,6 +69,7 @@ impl Default for Inner {
             // 1, 2, 4, … 1024 messages.
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_batch_retries: Counter::default(),
+            store_plain_fallbacks: Counter::default(),
             // 0.25 ms … 2 s.
             send_to_delivery: Histogram::new(exponential_buckets(0.00025, 2.0, 14)),
             outbox_overflows: Counter::default(),
@@ -133,6 +135,12 @@ impl Default for Inner {
             "chat_store_batch_retries",
             "Batches whose insert failed and were retried one message at a time.",
             inner.store_batch_retries.clone(),
+        );
+        r.register(
+            "chat_store_plain_fallbacks",
+            "SQLite batches of plain messages that the one-trip path did not store \
+             (a resend among them, say), stored by the general path.",
+            inner.store_plain_fallbacks.clone(),
         );
         r.register(
             "chat_send_to_delivery_seconds",
@@ -255,6 +263,11 @@ impl Metrics {
     /// A batch insert failed and its messages were stored one at a time.
     pub fn batch_retried(&self) {
         self.0.store_batch_retries.inc();
+    }
+
+    /// A batch of plain messages left the one-trip path for the general one.
+    pub fn plain_fell_back(&self) {
+        self.0.store_plain_fallbacks.inc();
     }
 
     /// A stored message handed on for delivery, `elapsed` after its frame arrived.

@@ -103,21 +103,19 @@ async fn bump_sqlite<C: ConnectionTrait>(
     counts: &BTreeMap<uuid::Uuid, i64>,
 ) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
     use sea_orm::sea_query::Value;
-    use std::fmt::Write;
-    // ?1, ?3, … are the ids and ?2, ?4, … their counts: an id is bound once
-    // and named twice. (Writing to a String cannot fail.)
+    // Plain `?`s, each id bound twice: the driver asks SQLite every
+    // parameter's name, and a numbered one (`?NNN`) is found by a walk
+    // along the list of names, quadratic in a large batch (writer/plain.rs).
     let mut sql = String::from("UPDATE chats SET seq = seq + CASE id");
-    let mut values = Vec::with_capacity(counts.len() * 2);
+    let mut values = Vec::with_capacity(counts.len() * 3);
     for (chat, n) in counts {
-        let k = values.len() + 1;
-        let _ = write!(sql, " WHEN ?{k} THEN ?{}", k + 1);
+        sql.push_str(" WHEN ? THEN ?");
         values.push(Value::Uuid(Some(*chat)));
         values.push(Value::BigInt(Some(*n)));
     }
-    sql.push_str(" END WHERE id IN (");
-    for k in (1..values.len()).step_by(2) {
-        let _ = write!(sql, "{}?{k}", if k == 1 { "" } else { ", " });
-    }
+    sql.push_str(" END WHERE id IN (?");
+    sql.push_str(&", ?".repeat(counts.len().saturating_sub(1)));
+    values.extend(counts.keys().map(|chat| Value::Uuid(Some(*chat))));
     sql.push_str(") RETURNING id, seq");
     let statement = sea_orm::Statement::from_sql_and_values(DatabaseBackend::Sqlite, sql, values);
     txn.query_all_raw(statement)

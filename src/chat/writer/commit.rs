@@ -217,7 +217,9 @@ pub(super) async fn commit_unique(
         });
         same_as.push(dup);
     }
-    let (mut resolved, changed) = match store_unique(db, &batch, &same_as, ids, &changes).await {
+    let (mut resolved, changed) = match store_unique(db, metrics, &batch, &same_as, ids, &changes)
+        .await
+    {
         Ok(results) => results,
         Err(e) if !reachable(db).await => {
             // Retrying one by one would wait for a connection once per
@@ -327,6 +329,7 @@ pub(super) async fn existing_by_client_id<C: ConnectionTrait>(
 /// fill in.
 pub(super) async fn store_unique(
     db: &DatabaseConnection,
+    metrics: &Metrics,
     batch: &[Row],
     same_as: &[Option<usize>],
     ids: MySqlIds,
@@ -337,15 +340,22 @@ pub(super) async fn store_unique(
         && candidates
             .iter()
             .all(|&i| batch[i].message.attachments.is_empty());
-    if plain
-        && !candidates.is_empty()
-        && db.get_database_backend() == DatabaseBackend::Postgres
-        && !commit_gate::armed()
-    {
-        return Ok((
-            store_plain_postgres(db, batch, &candidates).await?,
-            Vec::new(),
-        ));
+    if plain && !candidates.is_empty() && !commit_gate::armed() {
+        match db.get_database_backend() {
+            DatabaseBackend::Postgres => {
+                return Ok((
+                    store_plain_postgres(db, batch, &candidates).await?,
+                    Vec::new(),
+                ))
+            }
+            DatabaseBackend::Sqlite => {
+                if let Some(results) = store_plain_sqlite(db, batch, &candidates).await {
+                    return Ok((results, Vec::new()));
+                }
+                metrics.plain_fell_back();
+            }
+            _ => {}
+        }
     }
     let keys: HashSet<ClientKey> = batch.iter().filter_map(client_key).collect();
     let existing = existing_by_client_id(db, &keys).await?;

@@ -1,9 +1,11 @@
-//! PostgreSQL's batch of plain messages (no files, no edits, deletions or
-//! reactions beside them) as one statement that autocommits: resends left
-//! out, the conversations locked and moved on, the rest inserted with their
-//! `seq`. One round trip where the general path (`commit::store_unique`)
-//! takes four or five, which is most of what a batch of one or two messages
-//! costs (BENCHMARKS.md, "CPU per message against the rate").
+//! A batch of plain messages (no files, no edits, deletions or reactions
+//! beside them) in one round trip to the database, where the general path
+//! (`commit::store_unique`) takes four or five, which is most of what a
+//! batch of one or two messages costs (BENCHMARKS.md, "CPU per message
+//! against the rate"). PostgreSQL: one statement that autocommits, resends
+//! left out, the conversations locked and moved on, the rest inserted with
+//! their `seq`. SQLite: the transaction's statements sent together, each
+//! statement a trip to SQLite's thread and back no more.
 
 use super::*;
 
@@ -21,12 +23,7 @@ pub(super) async fn store_plain_postgres(
     let rows: Vec<&Row> = candidates.iter().map(|&i| &batch[i]).collect();
     let returned = insert_plain_postgres(db, &rows).await?;
     let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
-    let unreadable = |results: &mut Vec<Option<Result<Stored, StoreError>>>, error: String| {
-        tracing::error!(%error, size = candidates.len(), "a committed batch came back unreadable");
-        for &i in candidates {
-            results[i] = Some(Err(StoreError::Internal(error.clone())));
-        }
-    };
+    let unreadable = |results: &mut Vec<_>, error: String| unreadable(results, candidates, error);
     let stored = match returned_by_id(returned) {
         Ok(stored) => stored,
         Err(e) => {
@@ -61,13 +58,7 @@ pub(super) async fn store_plain_postgres(
             return Ok(results);
         }
     };
-    for (i, message) in inserted.into_iter().zip(messages) {
-        results[i] = Some(Ok(Stored::New(Posted {
-            message,
-            quote: None,
-            attachments: Vec::new(),
-        })));
-    }
+    answer_new(&mut results, inserted.into_iter().zip(messages));
     if !resent.is_empty() {
         let keys: HashSet<ClientKey> = resent
             .iter()
@@ -127,4 +118,189 @@ async fn insert_plain_postgres<C: ConnectionTrait>(
         message_arrays(rows.iter().copied()),
     );
     db.query_all_raw(statement).await
+}
+
+/// Answers each of a committed batch's messages (by its place in the batch)
+/// as stored, with no quote yet (`commit_unique` adds it) and no files.
+fn answer_new(
+    results: &mut [Option<Result<Stored, StoreError>>],
+    stored: impl Iterator<Item = (usize, message::Model)>,
+) {
+    for (i, message) in stored {
+        results[i] = Some(Ok(Stored::New(Posted {
+            message,
+            quote: None,
+            attachments: Vec::new(),
+        })));
+    }
+}
+
+/// A committed batch whose answer could not be read back: each of its
+/// messages is answered with an internal error (never retried: it is
+/// stored, and a retry would store it twice; a resend finds it).
+fn unreadable(
+    results: &mut [Option<Result<Stored, StoreError>>],
+    candidates: &[usize],
+    error: String,
+) {
+    tracing::error!(%error, size = candidates.len(), "a committed batch came back unreadable");
+    for &i in candidates {
+        results[i] = Some(Err(StoreError::Internal(error.clone())));
+    }
+}
+
+/// SQLite: the messages at `candidates`, none with files, stored in one
+/// trip to SQLite's thread (`plain_sqlite_text`), where the general path
+/// takes five (`BEGIN`, the `seq`s, the next id, the insert, `COMMIT`),
+/// each a hand-over to that thread and a wake-up back. `None`: the trip
+/// stored nothing (a resend's `client_id` met its unique index, say, or a
+/// conversation is gone), and the caller takes the general path, which
+/// finds resends first and refuses what it must one message at a time.
+pub(super) async fn store_plain_sqlite(
+    db: &DatabaseConnection,
+    batch: &[Row],
+    candidates: &[usize],
+) -> Option<Vec<Option<Result<Stored, StoreError>>>> {
+    use sea_orm::sqlx::{self, Row as _};
+    let rows: Vec<&Row> = candidates.iter().map(|&i| &batch[i]).collect();
+    let places = places_in_conversations(&rows);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(plain_sqlite_text(rows.len())));
+    for (row, place) in rows.iter().zip(&places) {
+        let message = &row.message;
+        query = query
+            .bind(message.chat.0)
+            .bind(message.sender.0)
+            .bind(message.content.clone())
+            .bind(message.client_id.clone())
+            .bind(*place)
+            .bind(row.created_at)
+            .bind(message.reply_to);
+    }
+    for row in &rows {
+        query = query.bind(row.message.chat.0);
+    }
+    // The connection is held from `BEGIN` to its end here, so no other
+    // task's statements can run inside this transaction.
+    let mut conn = match db.get_sqlite_connection_pool().acquire().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::debug!(%error, "no writer's connection for the one-trip batch");
+            return None;
+        }
+    };
+    let returned = match query.fetch_all(&mut *conn).await {
+        Ok(returned) => returned,
+        Err(error) => {
+            // Nothing was committed (`COMMIT` is the text's last statement),
+            // and SQLite may have left the transaction open.
+            tracing::debug!(%error, size = rows.len(), "the one-trip batch stored nothing");
+            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                // No transaction was open (`BEGIN` itself failed, or SQLite
+                // rolled back on an I/O error): a fresh connection is the
+                // safe one to go on with.
+                conn.close_on_drop();
+            }
+            return None;
+        }
+    };
+    drop(conn);
+    let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
+    // The first row is the last id inserted; then each conversation's new top.
+    let read = || -> Result<(i64, HashMap<uuid::Uuid, i64>), sqlx::Error> {
+        let (last, tops) = returned.split_first().ok_or(sqlx::Error::RowNotFound)?;
+        let tops = tops
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((last.try_get(0)?, tops))
+    };
+    let (last, tops) = match read() {
+        Ok(read) => read,
+        Err(e) => {
+            unreadable(&mut results, candidates, e.to_string());
+            return Some(results);
+        }
+    };
+    let first = last - (rows.len() as i64 - 1);
+    let counts = counts_by_conversation(&rows);
+    let mut stored = Vec::with_capacity(rows.len());
+    for (k, (row, place)) in rows.iter().zip(&places).enumerate() {
+        let chat = row.message.chat.0;
+        let Some(top) = tops.get(&chat) else {
+            let error = format!("conversation {chat} came back without its new seq");
+            unreadable(&mut results, candidates, error);
+            return Some(results);
+        };
+        stored.push(model_of(row, first + k as i64, top - counts[&chat] + place));
+    }
+    answer_new(&mut results, candidates.iter().copied().zip(stored));
+    Some(results)
+}
+
+/// How many of `rows` each conversation has.
+fn counts_by_conversation(rows: &[&Row]) -> HashMap<uuid::Uuid, i64> {
+    let mut counts = HashMap::new();
+    for row in rows {
+        *counts.entry(row.message.chat.0).or_default() += 1;
+    }
+    counts
+}
+
+/// Each row's place among the batch's rows of its conversation, from 1:
+/// its `seq` is the conversation's `seq` before the batch plus this.
+fn places_in_conversations(rows: &[&Row]) -> Vec<i64> {
+    let mut seen: HashMap<uuid::Uuid, i64> = HashMap::new();
+    rows.iter()
+        .map(|row| {
+            let place = seen.entry(row.message.chat.0).or_default();
+            *place += 1;
+            *place
+        })
+        .collect()
+}
+
+/// The text `store_plain_sqlite` sends for `n` messages, each bound as
+/// seven values (conversation, sender, text, client id, place in its
+/// conversation, time, reply), then the `n` conversations again. It
+/// depends only on `n`, so the sizes in use stay in the driver's statement
+/// cache. The parameters are `?`, not `?NNN`: the driver asks SQLite each
+/// parameter's name, which for numbered ones is a walk along the list of
+/// names, and for a batch of 512 that was two thirds of the server's CPU.
+/// In one IMMEDIATE transaction:
+/// - the messages inserted in the batch's order, each with the next id
+///   (after every id ever used: `AUTOINCREMENT`'s `sqlite_sequence` keeps
+///   removed messages' ids) and its conversation's `seq` plus its place. A
+///   conversation that does not exist gives no `seq`, which the column
+///   refuses, so the statement fails whole;
+/// - the last id inserted (the first is `n - 1` before it);
+/// - each conversation's `seq` moved to its newest message's, and returned;
+/// - `COMMIT`, last: if any statement fails, nothing is committed.
+fn plain_sqlite_text(n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(600 + n * 40);
+    sql.push_str(
+        "BEGIN IMMEDIATE; \
+         INSERT INTO messages (id, chat_id, sender_id, content, client_id, seq, created_at, \
+         reply_to) SELECT next.id + b.column1, b.column2, b.column3, b.column4, b.column5, \
+         chats.seq + b.column6, b.column7, b.column8 FROM (VALUES ",
+    );
+    // Writing to a String cannot fail.
+    for k in 0..n {
+        let _ = write!(
+            sql,
+            "{}({k}, ?, ?, ?, ?, ?, ?, ?)",
+            if k == 0 { "" } else { ", " }
+        );
+    }
+    sql.push_str(
+        ") AS b LEFT JOIN chats ON chats.id = b.column2 \
+         CROSS JOIN (SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0), \
+         COALESCE((SELECT MAX(id) FROM messages), 0)) + 1 AS id) AS next ORDER BY b.column1; \
+         SELECT last_insert_rowid(); \
+         UPDATE chats SET seq = (SELECT MAX(seq) FROM messages WHERE chat_id = chats.id) \
+         WHERE id IN (?",
+    );
+    sql.push_str(&", ?".repeat(n.saturating_sub(1)));
+    sql.push_str(") RETURNING id, seq; COMMIT");
+    sql
 }
