@@ -554,7 +554,7 @@ async fn bombs_and_lies(backend: &Backend) {
 /// sweep at once when its message is deleted.
 async fn two_instances(backend: &Backend) {
     let redis = common::require_redis_url();
-    let db = common::TestDatabase::create(backend).await;
+    let db = common::TestDatabase::migrated(backend).await;
     let store = tempfile::tempdir().expect("temp dir");
     let dir = store.path().display().to_string();
     let prefix = common::redis_prefix();
@@ -611,7 +611,7 @@ backend_tests!(images_that_cannot_be_previewed => bombs_and_lies);
 /// is refused at start-up unless it is declared shared.
 #[actix_rt::test]
 async fn several_instances_need_one_store() {
-    let db = common::TestDatabase::create(&Backend::Sqlite).await;
+    let db = common::TestDatabase::migrated(&Backend::Sqlite).await;
     let extra = [
         ("REDIS_URL", "redis://127.0.0.1:1/"),
         ("ATTACHMENTS_SHARED", "0"),

@@ -455,7 +455,7 @@ async fn sqlite_writers_share_one_connection() {
 /// live and through both ways of catching up.
 async fn slow_commit_on_one_instance(backend: &Backend) {
     let redis = require_redis_url();
-    let db = TestDatabase::create(backend).await;
+    let db = TestDatabase::migrated(backend).await;
     let apps = common::instances(backend, &redis, &db, 2).await;
     let (a, b) = (&apps[0], &apps[1]);
     let (_, _, pk) = a.pair("alice", "bob").await;

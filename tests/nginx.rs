@@ -145,7 +145,7 @@ impl Drop for Nginx {
 
 async fn through_nginx(backend: &Backend) {
     let redis = &require_redis_url();
-    let db = TestDatabase::create(backend).await;
+    let db = TestDatabase::migrated(backend).await;
     let prefix = redis_prefix();
     let extra = [
         ("REDIS_URL", redis.as_str()),

@@ -35,7 +35,7 @@ async fn stored_mute(app: &TestApp, pk: &str, user: i64) -> bool {
 /// the conversation is `not_found`.
 async fn muting(backend: &Backend) {
     let redis = require_redis_url();
-    let db = TestDatabase::create(backend).await;
+    let db = TestDatabase::migrated(backend).await;
     let apps = common::instances(backend, &redis, &db, 2).await;
     let (a, b) = (&apps[0], &apps[1]);
     let (alice, bob, pk) = a.pair("alice", "bob").await;
@@ -437,7 +437,7 @@ backend_tests!(web_push_to_members_with_no_session => web_push);
 /// sent once by the next server.
 async fn outbox_survives_a_restart(backend: &Backend) {
     let mut service = PushService::start().await;
-    let db = TestDatabase::create(backend).await;
+    let db = TestDatabase::migrated(backend).await;
     let mut first = spawn_pushing(backend, Some(&db.url)).await;
     let (_, _, pk) = first.pair("alice", "bob").await;
     let bob_token = first.login("bob").await;

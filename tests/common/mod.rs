@@ -2,7 +2,8 @@
 //! on a free port against a fresh database of each configured backend, and
 //! talk to it over real HTTP and a real WebSocket.
 //!
-//! Backends: SQLite (a temp dir), PostgreSQL (`TEST_POSTGRES_URL`, a fresh
+//! Backends: SQLite (a temp dir; a server's database starts as a copy of
+//! one migrated once per test binary), PostgreSQL (`TEST_POSTGRES_URL`, a fresh
 //! schema per app) and MySQL/MariaDB (`TEST_MYSQL_URL`, a fresh database per
 //! app), each dropped with the app. `backend_tests!` makes one test per
 //! backend, so a failure names its backend; the server-database tests are
@@ -141,7 +142,7 @@ fn unique_name() -> String {
     format!("t{}_{}", std::process::id(), uuid::Uuid::new_v4().simple())
 }
 
-/// A fresh, empty database of `backend`, dropped with this value.
+/// A fresh database of `backend`, dropped with this value.
 pub struct TestDatabase {
     pub url: String,
     cleanup: Option<Cleanup>,
@@ -182,6 +183,26 @@ async fn search_extensions(admin: &DatabaseConnection) {
 }
 
 impl TestDatabase {
+    /// A database with the schema as the migrations leave it, and no rows:
+    /// what a server makes of an empty one at its first start, for less.
+    /// On SQLite a copy of a template migrated once (`sqlite_template`);
+    /// elsewhere an empty one, which the first server migrates.
+    pub async fn migrated(backend: &Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let database = Self::create(backend).await;
+                let file = database.url["sqlite://".len()..]
+                    .split('?')
+                    .next()
+                    .expect("split yields at least one part");
+                copy_private(&sqlite_template().await, std::path::Path::new(file));
+                database
+            }
+            _ => Self::create(backend).await,
+        }
+    }
+
+    /// An empty database, for tests of the migrations themselves.
     pub async fn create(backend: &Backend) -> Self {
         match backend {
             Backend::Sqlite => {
@@ -262,6 +283,78 @@ impl TestDatabase {
             }
         }
     }
+}
+
+/// A migrated SQLite database, made once per test binary (`binary_key`)
+/// and copied for each test: running the migrations cost about 0.1
+/// CPU-seconds a test (docs/CI.md, "The twenty-third machine"). Concurrent
+/// tests may each make one: each is complete before it is renamed into
+/// place, and the last rename wins.
+async fn sqlite_template() -> std::path::PathBuf {
+    let template =
+        std::env::temp_dir().join(format!("chat-test-template-{:016x}.db", binary_key()));
+    if template.exists() {
+        return template;
+    }
+    remove_old_templates();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("chat.db").display());
+    let settings = settings(&url, &[]);
+    let db = chat_server::db::connect(&settings)
+        .await
+        .expect("open the template");
+    chat_server::db::migrate(&db, &url)
+        .await
+        .expect("migrate the template");
+    // One file, whatever the WAL holds: what every test copies.
+    let made = std::env::temp_dir().join(format!("{}.db", unique_name()));
+    db.execute_unprepared(&format!("VACUUM INTO '{}'", made.display()))
+        .await
+        .expect("write the template");
+    db.close().await.ok();
+    std::fs::rename(&made, &template).expect("put the template in place");
+    template
+}
+
+/// Other builds' templates, once a day old.
+fn remove_old_templates() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 24 * 3600));
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("chat-test-template-")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// What names a template after the test binary that made it: its path,
+/// size and time, so a rebuilt binary (whose migrations may differ) makes
+/// its own.
+fn binary_key() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let meta = std::fs::metadata(&exe).expect("the test binary's metadata");
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    (&exe, meta.len(), meta.modified().ok()).hash(&mut hash);
+    hash.finish()
+}
+
+/// Copies `from` to `to`, readable by its owner only, as the server makes
+/// a new database file (it warns about any other mode).
+fn copy_private(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(from, to).expect("copy the template");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 impl Drop for TestDatabase {
@@ -386,7 +479,7 @@ impl TestApp {
     /// its Redis bridge (as a deployment of several instances would), so
     /// every suite exercises it; SQLite stays on the in-process bus.
     pub async fn spawn_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
-        let database = TestDatabase::create(backend).await;
+        let database = TestDatabase::migrated(backend).await;
         let prefix = redis_prefix();
         let redis = redis_url().filter(|_| !matches!(backend, Backend::Sqlite));
         let mut extra = extra.to_vec();
