@@ -142,11 +142,15 @@ fn unique_name() -> String {
     format!("t{}_{}", std::process::id(), uuid::Uuid::new_v4().simple())
 }
 
+/// The file of a SQLite test database, in its temporary directory.
+const SQLITE_FILE: &str = "chat.db";
+
 /// A fresh database of `backend`, dropped with this value.
 pub struct TestDatabase {
     pub url: String,
     cleanup: Option<Cleanup>,
-    _dir: Option<tempfile::TempDir>,
+    /// SQLite's: the temporary directory holding `SQLITE_FILE`.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// How a server database is dropped: first the connections still using it
@@ -191,11 +195,11 @@ impl TestDatabase {
         match backend {
             Backend::Sqlite => {
                 let database = Self::create(backend).await;
-                let file = database.url["sqlite://".len()..]
-                    .split('?')
-                    .next()
-                    .expect("split yields at least one part");
-                copy_private(&sqlite_template().await, std::path::Path::new(file));
+                let dir = database
+                    .dir
+                    .as_ref()
+                    .expect("a SQLite database has its directory");
+                copy_private(&sqlite_template().await, &dir.path().join(SQLITE_FILE));
                 database
             }
             _ => Self::create(backend).await,
@@ -207,11 +211,14 @@ impl TestDatabase {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}?mode=rwc", dir.path().join("chat.db").display());
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join(SQLITE_FILE).display()
+                );
                 TestDatabase {
                     url,
                     cleanup: None,
-                    _dir: Some(dir),
+                    dir: Some(dir),
                 }
             }
             Backend::Postgres(base) => {
@@ -247,7 +254,7 @@ impl TestDatabase {
                             format!("DROP SCHEMA {schema} CASCADE"),
                         ],
                     }),
-                    _dir: None,
+                    dir: None,
                 }
             }
             Backend::MySql(base) => {
@@ -278,7 +285,7 @@ impl TestDatabase {
                             format!("DROP DATABASE {name}"),
                         ],
                     }),
-                    _dir: None,
+                    dir: None,
                 }
             }
         }
@@ -297,13 +304,11 @@ async fn sqlite_template() -> std::path::PathBuf {
         return template;
     }
     remove_old_templates();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("chat.db").display());
-    let settings = settings(&url, &[]);
-    let db = chat_server::db::connect(&settings)
+    let scratch = TestDatabase::create(&Backend::Sqlite).await;
+    let db = chat_server::db::connect(&settings(&scratch.url, &[]))
         .await
         .expect("open the template");
-    chat_server::db::migrate(&db, &url)
+    chat_server::db::migrate(&db, &scratch.url)
         .await
         .expect("migrate the template");
     // One file, whatever the WAL holds: what every test copies.
