@@ -165,7 +165,8 @@ impl Application {
             settings.limits.edit_window(),
             search_index.as_ref().map(|index| index.committed()),
         );
-        let (read_marks, read_marks_task) = ReadMarks::start(writers_db);
+        let (read_marks, read_marks_task) =
+            ReadMarks::start(writers_db, actors.chat_server.clone().recipient());
         actix_web::rt::spawn(chat::revocation::run(
             db.clone(),
             actors.chat_server.clone(),

@@ -1016,6 +1016,82 @@ async fn read_marks_in_groups(backend: &Backend) {
 
 backend_tests!(read_marks_reach_everyone_only_in_groups_of_at_most_100 => read_marks_in_groups);
 
+/// The `read` pushes a session hears, `n` of them, and its own
+/// `read_response` when it marked too (both kinds as they come: a push and
+/// the answer to the session's own mark go separate ways).
+async fn reads_and_answer(ws: &mut common::WsClient, n: usize, marked: bool) -> Vec<Value> {
+    let mut reads = Vec::new();
+    let mut answered = !marked;
+    while reads.len() < n || !answered {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("read") => reads.push(frame),
+            Some("read_response") => {
+                assert!(!answered, "answered twice: {frame}");
+                assert_eq!(frame["data"]["status"], "success", "{frame}");
+                answered = true;
+            }
+            _ => {}
+        }
+    }
+    reads.sort_by_key(|frame| frame["data"]["user_id"].as_i64());
+    reads
+}
+
+/// Several readers' marks at once (stored together or in turn, as they
+/// come): each reaches every member's sessions once, the reader's other
+/// session too, and never the session that asked it.
+async fn read_marks_together(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    common::have_written(&app.db, &[bob, carol], alice).await;
+    let mut a = app.authorized(&alice_token).await;
+    let pk = a
+        .ask_change(
+            json!({"type": "create_group", "data": {"title": "three", "members": [bob, carol]}}),
+        )
+        .await["pk"]
+        .clone();
+    let mut b1 = app.authorized(&bob_token).await;
+    let mut b2 = app.authorized(&bob_token).await;
+    let mut c = app.authorized(&carol_token).await;
+    let id = a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await["id"]
+        .clone();
+    for ws in [&mut a, &mut b1, &mut c] {
+        ws.send(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
+            .await;
+    }
+    let pushed = |readers: &[i64]| -> Vec<Value> {
+        let mut readers = readers.to_vec();
+        readers.sort();
+        readers
+            .iter()
+            .map(|user| json!({"type": "read", "data": {"pk": pk, "user_id": user, "up_to": id}}))
+            .collect()
+    };
+    let heard = [
+        (&mut a, vec![bob, carol], true),
+        (&mut b1, vec![alice, carol], true),
+        (&mut b2, vec![alice, bob, carol], false),
+        (&mut c, vec![alice, bob], true),
+    ];
+    for (ws, readers, marked) in heard {
+        let reads = reads_and_answer(ws, readers.len(), marked).await;
+        assert_eq!(reads, pushed(&readers), "{}", backend.name());
+    }
+    // Every push has been seen: nothing more stands before the pong (an
+    // asker's own mark would have reached it with its other session's).
+    for ws in [&mut a, &mut b1, &mut b2, &mut c] {
+        ws.nothing_before_pong().await;
+    }
+}
+
+backend_tests!(read_marks_reach_each_session_once => read_marks_together);
+
 /// Many read marks at once, from many sessions: each answered once it is
 /// stored, in batches (`read_marks.rs`), the furthest of each reader kept.
 async fn concurrent_read_marks(backend: &Backend) {
@@ -1081,17 +1157,41 @@ async fn concurrent_read_marks(backend: &Backend) {
 
 backend_tests!(concurrent_read_marks_are_all_stored => concurrent_read_marks);
 
+/// What the read-mark writer hands the ChatServer, collected in a test.
+struct StoredReads(tokio::sync::mpsc::UnboundedSender<Vec<(i64, i64, u64)>>);
+
+impl actix::Actor for StoredReads {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<chat_server::chat::messages::ReadsStored> for StoredReads {
+    type Result = ();
+
+    fn handle(&mut self, msg: chat_server::chat::messages::ReadsStored, _: &mut Self::Context) {
+        let mut reads: Vec<(i64, i64, u64)> = msg
+            .0
+            .iter()
+            .map(|r| (r.user.0, r.up_to, r.session))
+            .collect();
+        reads.sort();
+        let _ = self.0.send(reads);
+    }
+}
+
 /// One batch of marks (all queued before the writer runs): each reader's
-/// furthest is written, and only the request that asked it is told it
-/// moved; a mark behind the stored one, or of someone not a member, moves
-/// nothing.
+/// furthest is written and handed on to be pushed, with the session that
+/// asked it; a mark behind the stored one, or of someone not a member,
+/// moves nothing and is pushed to nobody. Every mark is answered.
 async fn read_mark_batches(backend: &Backend) {
+    use actix::Actor;
     use chat_server::chat::protocol::{ChatId, UserId};
     use chat_server::chat::read_marks::ReadMarks;
     let app = TestApp::spawn(backend).await;
     let (alice, bob, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
-    let (marks, _task) = ReadMarks::start(app.db.clone());
+    let (pushed, mut to_push) = tokio::sync::mpsc::unbounded_channel();
+    let server = StoredReads(pushed).start().recipient();
+    let (marks, _task) = ReadMarks::start(app.db.clone(), server);
     let stranger = alice + bob + 1000;
     let batch = [
         (alice, 5),
@@ -1101,20 +1201,38 @@ async fn read_mark_batches(backend: &Backend) {
         (bob, 3),
         (stranger, 4),
     ];
-    let answers =
-        futures_util::future::join_all(batch.map(|(u, r)| marks.mark(chat, UserId(u), r))).await;
-    let moved: Vec<bool> = answers.into_iter().map(|a| a.unwrap()).collect();
+    // The session of each request is its place in the batch.
+    let answers = futures_util::future::join_all(
+        (0u64..)
+            .zip(batch)
+            .map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s)),
+    )
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let mut expected = vec![(alice, 9, 1), (bob, 3, 3)];
+    expected.sort();
     assert_eq!(
-        moved,
-        [false, true, false, true, false, false],
+        to_push.recv().await.unwrap(),
+        expected,
         "{}",
         backend.name()
     );
+
     let again = [(alice, 8), (bob, 4)];
-    let answers =
-        futures_util::future::join_all(again.map(|(u, r)| marks.mark(chat, UserId(u), r))).await;
-    let moved: Vec<bool> = answers.into_iter().map(|a| a.unwrap()).collect();
-    assert_eq!(moved, [false, true], "never backward");
+    let answers = futures_util::future::join_all(
+        (10u64..)
+            .zip(again)
+            .map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s)),
+    )
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(
+        to_push.recv().await.unwrap(),
+        [(bob, 4, 11)],
+        "never backward"
+    );
+    // A batch in which nothing moved is handed on as nothing at all.
+    marks.mark(chat, UserId(alice), 2, 12).await.unwrap();
     let mut stored: Vec<(i64, Option<i64>)> = chat_member::Entity::find()
         .filter(chat_member::Column::ChatId.eq(chat.0))
         .all(&app.db)
@@ -1127,6 +1245,12 @@ async fn read_mark_batches(backend: &Backend) {
     let mut expected = vec![(alice, Some(9)), (bob, Some(4))];
     expected.sort();
     assert_eq!(stored, expected);
+    marks.mark(chat, UserId(bob), 6, 13).await.unwrap();
+    assert_eq!(
+        to_push.recv().await.unwrap(),
+        [(bob, 6, 13)],
+        "the next that moved comes next: nothing came of the one that did not"
+    );
 }
 
 backend_tests!(read_marks_are_written_in_batches => read_mark_batches);

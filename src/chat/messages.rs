@@ -257,6 +257,23 @@ pub struct DeliverToUser {
     pub broadcast: bool,
 }
 
+/// Read marks (B4 `read`) stored in one batch that moved, for the
+/// ChatServer to push: a conversation's marks go to each of its sessions
+/// together, in one write to the connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadsStored(pub Vec<StoredRead>);
+
+/// One reader's mark, moved to `up_to` by the request of `session` (which
+/// has its answer, and no push).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRead {
+    pub chat: ChatId,
+    pub user: UserId,
+    pub up_to: i64,
+    pub session: SessionId,
+}
+
 /// The instance is shutting down: close every session with 1001.
 #[derive(Message)]
 #[rtype(result = "usize")]

@@ -6,7 +6,9 @@
 //! is a commit per mark: at 2,500 marks a second that took every pooled
 //! connection and failed messages behind them.
 //!
-//! A mark is answered once its batch has committed, as a message is.
+//! A mark is answered once its batch has committed, as a message is, and
+//! the marks that moved go to the ChatServer together (`ReadsStored`), to
+//! be pushed to the other members a conversation at a time.
 //!
 //! Batches start at least `SPACING` apart: a mark that comes after a quiet
 //! moment is written at once, but under a steady stream of marks they wait
@@ -17,12 +19,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use actix::Recipient;
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::messages::{ReadsStored, SessionId, StoredRead};
 use super::protocol::{ChatId, UserId};
 use super::store;
 
@@ -49,7 +53,9 @@ struct Mark {
     chat: ChatId,
     user: UserId,
     up_to: i64,
-    done: oneshot::Sender<Result<bool, ReadMarkError>>,
+    /// The session that asked: it gets the answer, and no push.
+    session: SessionId,
+    done: oneshot::Sender<Result<(), ReadMarkError>>,
 }
 
 /// The handle sessions mark through; cloned into each.
@@ -59,27 +65,34 @@ pub struct ReadMarks {
 }
 
 impl ReadMarks {
-    /// Starts the writing task on the current runtime. It ends once every
-    /// handle is dropped and the queue is written.
-    pub fn start(db: DatabaseConnection) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writing task on the current runtime, handing the marks
+    /// that moved to `server`. It ends once every handle is dropped and the
+    /// queue is written.
+    pub fn start(
+        db: DatabaseConnection,
+        server: Recipient<ReadsStored>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, marks) = mpsc::channel(QUEUE);
-        (ReadMarks { queue }, tokio::spawn(run(db, marks)))
+        (ReadMarks { queue }, tokio::spawn(run(db, marks, server)))
     }
 
-    /// Moves `user`'s mark in `chat` forward to `up_to`; whether it moved
-    /// (a mark already there or further, in the store or in the same
-    /// batch, did not).
+    /// Moves `user`'s mark in `chat` forward to `up_to`, as `session`
+    /// asked, and returns once it is stored. A mark that moves (one already
+    /// there or further, in the store or in the same batch, does not) is
+    /// pushed to the others.
     pub async fn mark(
         &self,
         chat: ChatId,
         user: UserId,
         up_to: i64,
-    ) -> Result<bool, ReadMarkError> {
+        session: SessionId,
+    ) -> Result<(), ReadMarkError> {
         let (done, answer) = oneshot::channel();
         let mark = Mark {
             chat,
             user,
             up_to,
+            session,
             done,
         };
         self.queue.try_send(mark).map_err(|e| match e {
@@ -90,7 +103,11 @@ impl ReadMarks {
     }
 }
 
-async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
+async fn run(
+    db: DatabaseConnection,
+    mut marks: mpsc::Receiver<Mark>,
+    server: Recipient<ReadsStored>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut next_start = Instant::now();
     while marks.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -114,14 +131,27 @@ async fn run(db: DatabaseConnection, mut marks: mpsc::Receiver<Mark>) {
         }
         super::writer::commit_gate::pass(furthest.keys().map(|(chat, _)| chat.0)).await;
         let written = write(&db, &furthest).await;
-        if let Err(e) = &written {
-            tracing::error!(error = %e, marks = batch.len(), "writing read marks failed");
+        match &written {
+            Ok(moved) if !moved.is_empty() => {
+                let stored = furthest
+                    .iter()
+                    .filter(|(_, (_, asker))| moved.contains(asker))
+                    .map(|(&(chat, user), &(up_to, asker))| StoredRead {
+                        chat,
+                        user,
+                        up_to,
+                        session: batch[asker].session,
+                    });
+                server.do_send(ReadsStored(stored.collect()));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, marks = batch.len(), "writing read marks failed")
+            }
         }
-        for (i, mark) in batch.drain(..).enumerate() {
+        for mark in batch.drain(..) {
             let answer = match &written {
-                Ok(moved) => Ok(furthest
-                    .get(&(mark.chat, mark.user))
-                    .is_some_and(|&(_, asker)| asker == i && moved.contains(&i))),
+                Ok(_) => Ok(()),
                 Err(e) => Err(ReadMarkError::Database(e.to_string())),
             };
             // A session that went away meanwhile does not take its answer.

@@ -141,7 +141,14 @@ pub enum Queued {
 impl Outbox {
     /// Queues a text frame. A full queue closes the connection (policy violation).
     pub fn send_text(&self, json: Bytes) -> Queued {
-        self.push(Outgoing::Text(json))
+        self.push(std::iter::once(Outgoing::Text(json)))
+    }
+
+    /// Queues several text frames with one wake-up of the connection, so
+    /// they go out together: all of them, or, when they do not fit, none,
+    /// and the connection is closed as by `send_text`.
+    pub fn send_texts(&self, frames: &[&Bytes]) -> Queued {
+        self.push(frames.iter().map(|&frame| Outgoing::Text(frame.clone())))
     }
 
     /// How many frames the queue holds when the client reads nothing.
@@ -151,20 +158,20 @@ impl Outbox {
 
     /// Queues a heartbeat ping.
     pub fn send_ping(&self) -> Queued {
-        self.push(Outgoing::Ping)
+        self.push(std::iter::once(Outgoing::Ping))
     }
 
     /// Queues the answer to a client's ping.
     pub fn send_pong(&self, payload: Bytes) -> Queued {
-        self.push(Outgoing::Pong(payload))
+        self.push(std::iter::once(Outgoing::Pong(payload)))
     }
 
-    fn push(&self, item: Outgoing) -> Queued {
+    fn push(&self, items: impl ExactSizeIterator<Item = Outgoing>) -> Queued {
         // (A gone receiver is found under the queue's lock.)
         if self.shared.closing.load(Ordering::Acquire) {
             return Queued::Closed;
         }
-        match self.enqueue(item) {
+        match self.enqueue(items) {
             Ok(()) => Queued::Yes,
             Err(Refused::Full) => {
                 self.close_now(CloseCode::Policy, "slow consumer: outgoing queue full");
@@ -174,7 +181,7 @@ impl Outbox {
         }
     }
 
-    fn enqueue(&self, item: Outgoing) -> Result<(), Refused> {
+    fn enqueue(&self, items: impl ExactSizeIterator<Item = Outgoing>) -> Result<(), Refused> {
         {
             let Ok(mut queue) = self.shared.queue.lock() else {
                 return Err(Refused::Closed);
@@ -182,10 +189,10 @@ impl Outbox {
             if queue.receiver_gone {
                 return Err(Refused::Closed);
             }
-            if queue.frames.len() >= self.shared.capacity {
+            if queue.frames.len() + items.len() > self.shared.capacity {
                 return Err(Refused::Full);
             }
-            queue.frames.push_back(item);
+            queue.frames.extend(items);
         }
         self.shared.waker.wake();
         Ok(())
@@ -198,7 +205,7 @@ impl Outbox {
             return;
         }
         let reason = close_reason(code, description);
-        if let Err(Refused::Full) = self.enqueue(Outgoing::Close(reason)) {
+        if let Err(Refused::Full) = self.enqueue(std::iter::once(Outgoing::Close(reason))) {
             self.urgent_close(close_reason(code, description));
         }
     }
@@ -505,6 +512,24 @@ impl<S> Reader<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn frames_queued_together_go_out_in_one_write_or_not_at_all() {
+        let (outbox, mut body) = outbox(3);
+        let a = Bytes::from_static(br#"{"a":1}"#);
+        let b = Bytes::from_static(br#"{"b":2}"#);
+        assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Yes);
+        let written = body.next().now_or_never().flatten().map(Result::unwrap);
+        let mut expected = BytesMut::new();
+        encode(&mut expected, Outgoing::Text(a.clone()));
+        encode(&mut expected, Outgoing::Text(b.clone()));
+        assert_eq!(written, Some(expected.freeze()));
+        // Two queued of three: two more do not fit, and neither is queued.
+        assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Yes);
+        assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Overflow);
+        assert_eq!(outbox.shared.queue.lock().unwrap().frames.len(), 2);
+    }
 
     #[test]
     fn a_chunk_is_sized_for_its_frames_at_once() {

@@ -89,10 +89,9 @@ impl Handler<Release> for ChatServer {
             return;
         };
         let held = held.into_inner();
+        let frames: Vec<&Bytes> = held.iter().collect();
         let mut overflowed = Vec::new();
-        for frame in &held {
-            self.push_session(msg.user, msg.session, link, frame, &mut overflowed);
-        }
+        self.push_session(msg.user, msg.session, link, &frames, &mut overflowed);
         self.drop_overflowed(overflowed);
     }
 }

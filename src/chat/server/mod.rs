@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 
 mod handlers;
 mod order;
+mod reads;
 #[cfg(test)]
 mod tests;
 
@@ -145,25 +146,30 @@ impl ChatServer {
         };
         for (id, link) in &entry.sessions {
             if Some(*id) != skip {
-                self.push_session(user, *id, link, frame, overflowed);
+                self.push_session(user, *id, link, &[frame], overflowed);
             }
         }
     }
 
+    /// Queues `frames` for one session, together (one wake-up of its
+    /// connection).
     fn push_session(
         &self,
         user: UserId,
         id: SessionId,
         link: &SessionLink,
-        frame: &Bytes,
+        frames: &[&Bytes],
         overflowed: &mut Vec<(UserId, SessionId)>,
     ) {
+        if frames.is_empty() {
+            return;
+        }
         let held = link.held.as_ref().map(|h| h.borrow_mut());
         let queued = match held {
             // As many as its outbox holds, the answer aside: beyond that the
             // session is as slow as one whose outbox is full.
-            Some(mut held) if held.len() + 1 < link.outbox.capacity() => {
-                held.push(frame.clone());
+            Some(mut held) if held.len() + frames.len() < link.outbox.capacity() => {
+                held.extend(frames.iter().map(|&frame| frame.clone()));
                 return;
             }
             Some(_) => {
@@ -171,10 +177,10 @@ impl ChatServer {
                     .close(CloseCode::Policy, "slow consumer: outgoing queue full");
                 Queued::Overflow
             }
-            None => link.outbox.send_text(frame.clone()),
+            None => link.outbox.send_texts(frames),
         };
         match queued {
-            Queued::Yes => self.metrics.frames_out(1),
+            Queued::Yes => self.metrics.frames_out(frames.len() as u64),
             Queued::Overflow => {
                 self.metrics.outbox_overflow();
                 link.kick.do_send(Kick::slow_consumer());
@@ -286,7 +292,7 @@ impl ChatServer {
             };
             for (id, link) in &entry.sessions {
                 if Some(*id) != skip {
-                    self.push_session(*user, *id, link, frame, &mut overflowed);
+                    self.push_session(*user, *id, link, &[frame], &mut overflowed);
                 }
             }
         }

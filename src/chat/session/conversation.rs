@@ -296,13 +296,14 @@ impl WsSession {
         let kind = RequestKind::Read;
         self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
             let marks = act.state.read_marks.clone();
-            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to).await) };
+            let session = act.id;
+            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to, session).await) };
             act.marks.in_flight += 1;
             act.query(
                 kind,
                 mark,
-                move |act, moved, ctx| {
-                    act.answer_mark(chat, user, up_to, moved, ctx);
+                move |act, stored, ctx| {
+                    act.answer_mark(chat, up_to, stored, ctx);
                     act.own_mark_stored(ctx);
                 },
                 ctx,
@@ -310,31 +311,29 @@ impl WsSession {
         });
     }
 
+    /// Answers a mark once stored; one that moved the reader forward was
+    /// handed to the ChatServer to push (`read_marks`).
     fn answer_mark(
         &mut self,
         chat: ChatId,
-        user: UserId,
         up_to: i64,
-        moved: Result<bool, ReadMarkError>,
+        stored: Result<(), ReadMarkError>,
         ctx: &mut Context<Self>,
     ) {
         let kind = RequestKind::Read;
-        let moved = match moved {
-            Ok(moved) => moved,
+        match stored {
+            Ok(()) => {}
             Err(ReadMarkError::Busy) => {
                 return self.send_error(kind, ErrorCode::RateLimited, BUSY, ctx)
             }
             Err(e) => return self.internal_error(kind, &e, ctx),
-        };
+        }
         let ack = ReadAck {
             status: "success",
             pk: chat,
             up_to,
         };
         self.send(&ServerEvent::ReadResponse(Reply::Ok(ack)), ctx);
-        if moved {
-            self.tell_read(chat, user, up_to);
-        }
     }
 
     /// Runs `request` now, or, while this session has read marks on their
@@ -359,44 +358,6 @@ impl WsSession {
             for request in std::mem::take(&mut self.marks.held) {
                 request(self, ctx);
             }
-        }
-    }
-
-    /// A read mark that moved: to the other members (in a group too large
-    /// for presence, only to the reader's other sessions: C7) and to the
-    /// reader's other tabs, to stay in step.
-    fn tell_read(&self, chat: ChatId, user: UserId, up_to: i64) {
-        let event = ReadEvent {
-            pk: chat,
-            user_id: user.0,
-            up_to,
-        };
-        let frame = ServerEvent::Read(event).to_json();
-        let to_everyone = match self.state.membership.audience(chat) {
-            Some(Audience::Group(members)) => group_presence(members),
-            _ => true,
-        };
-        if to_everyone {
-            let frames = ConversationFrames {
-                chat,
-                seq: None,
-                user: Some(user),
-                own: Some(frame.clone()),
-                others: frame,
-            };
-            self.state.server.do_send(Deliver {
-                frames,
-                skip: Some(self.id),
-            });
-        } else {
-            // Through Redis only when the reader has a session elsewhere:
-            // in a busy large group, marks far outnumber messages.
-            self.state.server.do_send(DeliverToUser {
-                user,
-                frame,
-                skip: Some(self.id),
-                broadcast: self.state.presence.is_online_elsewhere(user),
-            });
         }
     }
 

@@ -18,10 +18,10 @@ use super::failure_reply;
 use super::groups::{self, GroupError};
 use super::invitations;
 use super::log;
-use super::membership::{group_presence, Audience, MembershipChange};
+use super::membership::{Audience, MembershipChange};
 use super::messages::{
-    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, DeliverToUser, Disconnect,
-    Kick, Release, SessionId,
+    ApplyMembership, Connect, ConnectError, ConversationFrames, Deliver, Disconnect, Kick, Release,
+    SessionId,
 };
 use super::mute;
 use super::presence::PresenceView;

@@ -1,0 +1,90 @@
+//! Read marks' pushes (B4 `read`, C7). The read-mark writer hands over each
+//! batch it stored (`ReadsStored`), and a conversation's marks reach each
+//! of its sessions here together: one wake-up and one write per connection
+//! for all of them, where a push per mark woke every member's connection
+//! once per reader (in a group of 100 where half the members mark a
+//! message read, fifty times each).
+
+use super::*;
+use crate::chat::membership::{group_presence, Audience};
+use crate::chat::messages::{ReadsStored, StoredRead};
+use crate::chat::protocol::ReadEvent;
+
+impl Handler<ReadsStored> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadsStored, _: &mut Context<Self>) {
+        let mut reads = msg.0;
+        reads.sort_unstable_by_key(|read| read.chat.0);
+        let mut overflowed = Vec::new();
+        for marks in reads.chunk_by(|a, b| a.chat == b.chat) {
+            self.push_reads(marks, &mut overflowed);
+        }
+        self.drop_overflowed(overflowed);
+    }
+}
+
+impl ChatServer {
+    /// One conversation's marks: to the members' sessions here but the one
+    /// that asked each, and to the other instances; in a group too large
+    /// for presence, only to each reader's own other sessions (C7).
+    fn push_reads(&mut self, marks: &[StoredRead], overflowed: &mut Vec<(UserId, SessionId)>) {
+        let Some(chat) = marks.first().map(|mark| mark.chat) else {
+            return;
+        };
+        let frames: Vec<Bytes> = marks
+            .iter()
+            .map(|mark| {
+                ServerEvent::Read(ReadEvent {
+                    pk: chat,
+                    user_id: mark.user.0,
+                    up_to: mark.up_to,
+                })
+                .to_json()
+            })
+            .collect();
+        let to_everyone = match self.membership.audience(chat) {
+            Some(Audience::Group(members)) => group_presence(members),
+            _ => true,
+        };
+        if !to_everyone {
+            for (mark, frame) in marks.iter().zip(frames) {
+                self.push(mark.user, Some(mark.session), &frame, overflowed);
+                // Through Redis only when the reader has a session elsewhere:
+                // in a busy large group, marks far outnumber messages.
+                if self.presence.is_online_elsewhere(mark.user) {
+                    self.bus.publish(BusEvent::ToUser {
+                        user: mark.user,
+                        frame,
+                    });
+                }
+            }
+            return;
+        }
+        for (mark, frame) in marks.iter().zip(&frames) {
+            self.bus.publish(BusEvent::Conversation(ConversationFrames {
+                chat,
+                seq: None,
+                user: Some(mark.user),
+                own: Some(frame.clone()),
+                others: frame.clone(),
+            }));
+        }
+        let Some(room) = self.rooms.get(&chat) else {
+            return;
+        };
+        let mut theirs = Vec::with_capacity(frames.len());
+        for user in &room.users {
+            let Some(entry) = self.users.get(user) else {
+                continue;
+            };
+            for (&id, link) in &entry.sessions {
+                theirs.clear();
+                let asked_elsewhere = marks.iter().map(|mark| mark.session != id);
+                let frames = frames.iter().zip(asked_elsewhere);
+                theirs.extend(frames.filter_map(|(frame, push)| push.then_some(frame)));
+                self.push_session(*user, id, link, &theirs, overflowed);
+            }
+        }
+    }
+}
