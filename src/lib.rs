@@ -382,6 +382,7 @@ fn start_actors(
                 deliver: ctx.address().recipient(),
                 revoke: ctx.address().recipient(),
                 to_user: ctx.address().recipient(),
+                reads: ctx.address().recipient(),
                 blocked: ctx.address().recipient(),
                 presence: ctx.address().recipient(),
                 membership: ctx.address().recipient(),

@@ -6,6 +6,7 @@
 use crate::common;
 
 use actix_web::http::Method;
+use chat_server::chat::messages::{ReadsStored, StoredRead};
 use common::{Backend, TestApp};
 use entity::chat_member;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -1016,44 +1017,12 @@ async fn read_marks_in_groups(backend: &Backend) {
 
 backend_tests!(read_marks_reach_everyone_only_in_groups_of_at_most_100 => read_marks_in_groups);
 
-/// The `read` pushes a session hears, `n` of them, and its own
-/// `read_response` when it marked too (both kinds as they come: a push and
-/// the answer to the session's own mark go separate ways).
-async fn reads_and_answer(ws: &mut common::WsClient, n: usize, marked: bool) -> Vec<Value> {
-    let mut reads = Vec::new();
-    let mut answered = !marked;
-    while reads.len() < n || !answered {
-        let frame = ws.recv().await;
-        match frame["type"].as_str() {
-            Some("read") => reads.push(frame),
-            Some("read_response") => {
-                assert!(!answered, "answered twice: {frame}");
-                assert_eq!(frame["data"]["status"], "success", "{frame}");
-                answered = true;
-            }
-            _ => {}
-        }
-    }
-    reads.sort_by_key(|frame| frame["data"]["user_id"].as_i64());
-    reads
-}
-
 /// Several readers' marks at once (stored together or in turn, as they
 /// come): each reaches every member's sessions once, the reader's other
 /// session too, and never the session that asked it.
 async fn read_marks_together(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
-    let (carol, carol_token) = app.user("carol").await;
-    common::have_written(&app.db, &[bob, carol], alice).await;
-    let mut a = app.authorized(&alice_token).await;
-    let pk = a
-        .ask_change(
-            json!({"type": "create_group", "data": {"title": "three", "members": [bob, carol]}}),
-        )
-        .await["pk"]
-        .clone();
+    let ([(alice, _), (bob, bob_token), (carol, carol_token)], mut a, pk) = app.trio().await;
     let mut b1 = app.authorized(&bob_token).await;
     let mut b2 = app.authorized(&bob_token).await;
     let mut c = app.authorized(&carol_token).await;
@@ -1065,14 +1034,6 @@ async fn read_marks_together(backend: &Backend) {
         ws.send(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
             .await;
     }
-    let pushed = |readers: &[i64]| -> Vec<Value> {
-        let mut readers = readers.to_vec();
-        readers.sort();
-        readers
-            .iter()
-            .map(|user| json!({"type": "read", "data": {"pk": pk, "user_id": user, "up_to": id}}))
-            .collect()
-    };
     let heard = [
         (&mut a, vec![bob, carol], true),
         (&mut b1, vec![alice, carol], true),
@@ -1080,8 +1041,7 @@ async fn read_marks_together(backend: &Backend) {
         (&mut c, vec![alice, bob], true),
     ];
     for (ws, readers, marked) in heard {
-        let reads = reads_and_answer(ws, readers.len(), marked).await;
-        assert_eq!(reads, pushed(&readers), "{}", backend.name());
+        ws.expect_reads(&pk, &id, &readers, marked).await;
     }
     // Every push has been seen: nothing more stands before the pong (an
     // asker's own mark would have reached it with its other session's).
@@ -1164,14 +1124,16 @@ impl actix::Actor for StoredReads {
     type Context = actix::Context<Self>;
 }
 
-impl actix::Handler<chat_server::chat::messages::ReadsStored> for StoredReads {
+impl actix::Handler<ReadsStored> for StoredReads {
     type Result = ();
 
-    fn handle(&mut self, msg: chat_server::chat::messages::ReadsStored, _: &mut Self::Context) {
+    fn handle(&mut self, msg: ReadsStored, _: &mut Self::Context) {
+        assert!(msg.broadcast, "the writer's marks are for every instance");
+        let session = |r: &StoredRead| r.session.expect("the writer's marks name their session");
         let mut reads: Vec<(i64, i64, u64)> = msg
-            .0
+            .reads
             .iter()
-            .map(|r| (r.user.0, r.up_to, r.session))
+            .map(|r| (r.user.0, r.up_to, session(r)))
             .collect();
         reads.sort();
         let _ = self.0.send(reads);

@@ -65,7 +65,7 @@ async fn an_older_instance_and_this_one_read_each_other() {
     let mine: Vec<&String> = alive.iter().filter(|k| **k != old_alive).collect();
     assert_eq!(mine.len(), 1, "{alive:?}");
     let stated: String = redis.get(mine[0]).await.expect("its liveness value");
-    assert_eq!(stated, "2");
+    assert_eq!(stated, "3");
 
     let mut subscriber = client.get_async_pubsub().await.expect("a subscriber");
     let channel = format!("{prefix}:conv:{}", pk.replace('-', ""));
@@ -85,18 +85,38 @@ async fn an_older_instance_and_this_one_read_each_other() {
         "a version-1 envelope: {}",
         String::from_utf8_lossy(&payload)
     );
-    bob_ws.recv_type("message").await;
+    let first = bob_ws.recv_type("message").await["data"]["data"]["id"].clone();
+    // A read mark, which version 3 sends as `M`, goes as the old
+    // instance's frame.
+    bob_ws
+        .send(json!({"type": "read", "data": {"id": pk, "up_to": first}}))
+        .await;
+    let payload = String::from_utf8(next_payload(&mut published).await).expect("UTF-8");
+    let fields: Vec<&str> = payload.splitn(6, ' ').collect();
+    let [kind, _origin, chat, user, own_len, frames] = fields[..] else {
+        panic!("a C envelope: {payload}");
+    };
+    let (own, others) = frames.split_at(own_len.parse().expect("the length of its own frame"));
+    let read = json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": first}});
+    assert_eq!(
+        (kind, chat, user),
+        ("C", pk.replace('-', "").as_str(), bob.to_string().as_str())
+    );
+    for frame in [own, others] {
+        assert_eq!(serde_json::from_str::<Value>(frame).expect("JSON"), read);
+    }
 
     // What the old instance writes reaches this one's sessions: version 1,
-    // and version 2 from an instance of this release; a newer version is
-    // ignored (the version-1 frame after it comes next).
+    // and versions 2 and 3 from instances of later releases; a newer version
+    // is ignored (the version-1 frame after it comes next).
     let typing = |n: i64| json!({"type": "typing", "data": {"pk": pk, "user_id": bob, "n": n}});
     let chat = pk.replace('-', "");
     for envelope in [
         format!("C old {chat} - - {}", typing(1)),
         format!("2 C old {chat} - - {}", typing(2)),
         format!("3 C old {chat} - - {}", typing(3)),
-        format!("C old {chat} - - {}", typing(4)),
+        format!("4 C old {chat} - - {}", typing(4)),
+        format!("C old {chat} - - {}", typing(5)),
     ] {
         let _: () = redis
             .publish(&channel, &envelope)
@@ -105,18 +125,18 @@ async fn an_older_instance_and_this_one_read_each_other() {
         // The test's own subscription hears it too.
         assert_eq!(next_payload(&mut published).await, envelope.as_bytes());
     }
-    for n in [1, 2, 4] {
+    for n in [1, 2, 3, 5] {
         assert_eq!(alice.recv_type("typing").await, typing(n));
     }
 
     // The old instance is gone: within a heartbeat or two (5 s each) this
-    // one writes version 2. Messages are the probe, a bounded number.
+    // one writes version 3. Messages are the probe, a bounded number.
     let _: () = redis.del(&old_alive).await.expect("the old instance stops");
     let mut upgraded = None;
     for n in 1..=60 {
         alice.send(send(n)).await;
         let payload = next_payload(&mut published).await;
-        if payload.starts_with(b"2 S ") {
+        if payload.starts_with(b"3 S ") {
             upgraded = Some(n);
             break;
         }
@@ -127,7 +147,22 @@ async fn an_older_instance_and_this_one_read_each_other() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(upgraded.is_some(), "version 2 within 60 probes (15 s)");
-    let message: Value = bob_ws.recv_type("message").await;
-    assert_eq!(message["data"]["pk"], pk);
+    let upgraded = upgraded.expect("version 3 within 60 probes (15 s)");
+    // Bob has every message up to that one.
+    let last = loop {
+        let message: Value = bob_ws.recv_type("message").await;
+        assert_eq!(message["data"]["pk"], pk);
+        if message["data"]["data"]["content"] == format!("m{upgraded}") {
+            break message["data"]["data"]["id"].clone();
+        }
+    };
+    // Now a read mark goes as the reader and how far.
+    bob_ws
+        .send(json!({"type": "read", "data": {"id": pk, "up_to": last}}))
+        .await;
+    let payload = String::from_utf8(next_payload(&mut published).await).expect("UTF-8");
+    assert!(
+        payload.starts_with("3 M ") && payload.ends_with(&format!(" {chat} {bob}:{last}")),
+        "{payload}"
+    );
 }

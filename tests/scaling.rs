@@ -477,6 +477,54 @@ async fn two_instances_one_user(backend: &Backend) {
 
 backend_tests!(@server a_user_on_two_instances_stays_online_when_one_stops => two_instances_one_user);
 
+/// Read marks in a group of at most 100 members reach every member's
+/// sessions on the other instance too (a conversation's marks of one batch
+/// in one bus event), the reader's own session there included, and never
+/// the session that asked.
+async fn read_marks_cross(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    let (a, b) = pair_of_instances(backend, redis, &db).await;
+    let ([(alice, _), (bob, bob_token), (_, carol_token)], mut alice_on_a, pk) = a.trio().await;
+    let mut bob_on_a = a.authorized(&bob_token).await;
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    let mut carol_on_b = b.authorized(&carol_token).await;
+    let id = alice_on_a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await["id"]
+        .clone();
+    // B has the conversation's room: the message reached it.
+    for ws in [&mut bob_on_b, &mut carol_on_b] {
+        assert_eq!(ws.recv_type("message").await["data"]["data"]["id"], id);
+    }
+    for ws in [&mut alice_on_a, &mut bob_on_a] {
+        ws.send(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
+            .await;
+    }
+    let heard = [
+        (&mut alice_on_a, vec![bob], true),
+        (&mut bob_on_a, vec![alice], true),
+        (&mut bob_on_b, vec![alice, bob], false),
+        (&mut carol_on_b, vec![alice, bob], false),
+    ];
+    for (ws, readers, marked) in heard {
+        ws.expect_reads(&pk, &id, &readers, marked).await;
+    }
+    // Every push has been seen: no other `read` stands before the pong (an
+    // asker's own mark would have come with the pushes of its instance).
+    for ws in [
+        &mut alice_on_a,
+        &mut bob_on_a,
+        &mut bob_on_b,
+        &mut carol_on_b,
+    ] {
+        let late = ws.frames_before_pong().await;
+        assert!(late.iter().all(|f| f["type"] != "read"), "{late:?}");
+    }
+}
+
+backend_tests!(@server read_marks_in_a_group_reach_every_member_on_the_other_instance => read_marks_cross);
+
 /// A read mark in a group over 100 members reaches the reader's other
 /// sessions only (C7), on the other instance too.
 async fn large_group_read_marks_cross(backend: &Backend) {

@@ -48,6 +48,15 @@ pub enum BusEvent {
     },
     /// A frame for one user's sessions, wherever they are.
     ToUser { user: UserId, frame: bytes::Bytes },
+    /// A conversation's read marks, stored together: each reader, how far,
+    /// and its `read` frame (for instances that take frames only); for
+    /// `everyone` in the conversation, or only for the readers' own
+    /// sessions (a group too large for presence, C7).
+    Reads {
+        chat: ChatId,
+        reads: Vec<(UserId, i64, bytes::Bytes)>,
+        everyone: bool,
+    },
     /// Two people have a block between them now, or no longer; `chat` is
     /// their direct conversation, if they have one.
     Blocked {

@@ -262,16 +262,21 @@ pub struct DeliverToUser {
 /// together, in one write to the connection.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ReadsStored(pub Vec<StoredRead>);
+pub struct ReadsStored {
+    pub reads: Vec<StoredRead>,
+    /// Whether to tell the other instances (false when the news came from them).
+    pub broadcast: bool,
+}
 
 /// One reader's mark, moved to `up_to` by the request of `session` (which
-/// has its answer, and no push).
+/// has its answer, and no push); `None` when it was asked on another
+/// instance.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredRead {
     pub chat: ChatId,
     pub user: UserId,
     pub up_to: i64,
-    pub session: SessionId,
+    pub session: Option<SessionId>,
 }
 
 /// The instance is shutting down: close every session with 1001.

@@ -140,9 +140,12 @@ async fn run(
                         chat,
                         user,
                         up_to,
-                        session: batch[asker].session,
+                        session: Some(batch[asker].session),
                     });
-                server.do_send(ReadsStored(stored.collect()));
+                server.do_send(ReadsStored {
+                    reads: stored.collect(),
+                    broadcast: true,
+                });
             }
             Ok(_) => {}
             Err(e) => {

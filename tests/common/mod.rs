@@ -638,6 +638,23 @@ impl TestApp {
         (ida, idb, pk, wa, wb)
     }
 
+    /// Alice, bob and carol in a group alice made: their ids and tokens,
+    /// alice's socket (the one that made it), and the group's id.
+    pub async fn trio(&self) -> ([(i64, String); 3], WsClient, Value) {
+        let people = [
+            self.user("alice").await,
+            self.user("bob").await,
+            self.user("carol").await,
+        ];
+        let [alice, bob, carol] = people.each_ref().map(|(id, _)| *id);
+        have_written(&self.db, &[bob, carol], alice).await;
+        let mut ws = self.authorized(&people[0].1).await;
+        let group =
+            json!({"type": "create_group", "data": {"title": "three", "members": [bob, carol]}});
+        let pk = ws.ask_change(group).await["pk"].clone();
+        (people, ws, pk)
+    }
+
     /// A WebSocket to `/chat`, before anything is read.
     pub async fn ws(&self, path: &str) -> WsClient {
         ws_at(&self.http, self.port, path).await
@@ -835,6 +852,53 @@ impl WsClient {
             self.request(json!({"type": "ping", "data": {}})).await,
             json!({"type": "pong", "data": {}})
         );
+    }
+
+    /// Reads this session's next frames until it has heard the `read`
+    /// pushes (B4) of `readers` in conversation `pk` at `up_to`, each once,
+    /// and its own `read_response` when it `marked` too (skipping other
+    /// frames: a push and the answer to the session's own mark go separate
+    /// ways, so either may come first).
+    pub async fn expect_reads(&mut self, pk: &Value, up_to: &Value, readers: &[i64], marked: bool) {
+        let mut reads = Vec::new();
+        let mut answered = !marked;
+        while reads.len() < readers.len() || !answered {
+            let frame = self.recv().await;
+            match frame["type"].as_str() {
+                Some("read") => reads.push(frame),
+                Some("read_response") => {
+                    assert!(!answered, "answered twice: {frame}");
+                    assert_eq!(frame["data"]["status"], "success", "{frame}");
+                    answered = true;
+                }
+                _ => {}
+            }
+        }
+        reads.sort_by_key(|frame| frame["data"]["user_id"].as_i64());
+        let mut readers = readers.to_vec();
+        readers.sort();
+        let expected: Vec<Value> = readers
+            .iter()
+            .map(
+                |user| json!({"type": "read", "data": {"pk": pk, "user_id": user, "up_to": up_to}}),
+            )
+            .collect();
+        assert_eq!(reads, expected);
+    }
+
+    /// A barrier that tolerates news still on its way from another
+    /// instance (presence, which may cross Redis late): sends a ping and
+    /// returns every JSON frame that came before its pong.
+    pub async fn frames_before_pong(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping", "data": {}})).await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame == json!({"type": "pong", "data": {}}) {
+                return frames;
+            }
+            frames.push(frame);
+        }
     }
 
     /// The close frame the server sends next (skipping JSON frames).

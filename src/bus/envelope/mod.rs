@@ -25,7 +25,10 @@ use crate::chat::membership::MembershipChange;
 use crate::chat::protocol::{ChatId, UserId};
 
 /// The newest envelope version this build reads and writes.
-pub(super) const ENVELOPE_VERSION: u8 = 2;
+pub(super) const ENVELOPE_VERSION: u8 = 3;
+/// The first version with `M` (a conversation's read marks in one
+/// envelope): while an instance before it lives, marks go as `C` frames.
+pub(super) const READS_VERSION: u8 = 3;
 
 /// What travels on the channels, after the version field (above). A header of space-separated ASCII fields,
 /// then (for frames) raw bytes:
@@ -47,10 +50,18 @@ pub(super) const ENVELOPE_VERSION: u8 = 2;
 ///   (1) or were unblocked (0);
 /// - `B origin a b 1|0`: two people have a block between them (1) or no
 ///   longer (0): presence between them is hidden in every conversation;
-/// - `R origin user version token`: as `R` above, for one signed-out token.
+/// - `R origin user version token`: as `R` above, for one signed-out token;
+/// - `M origin chat user:up_to,…`: read marks stored together, each
+///   `user`'s mark in `chat` moved to `up_to` (B4 `read`); the receiver
+///   makes the frames. On the conversation's channel, or, in a group too
+///   large for presence (the marks reach only the readers' own sessions,
+///   C7), on the control channel. Written only from version 3
+///   (`READS_VERSION`) on.
 ///
 /// `U`, `K` and `B` are kinds of their own, which an earlier version
-/// ignores; so does it the five-field `R`.
+/// ignores; so does it the five-field `R`. `M` waits for version 3
+/// instead: read marks reach every member, and an instance of version 2
+/// would drop them.
 ///
 /// Lists are comma-separated, `-` when empty.
 #[derive(Debug, PartialEq)]
@@ -87,6 +98,11 @@ pub(super) enum Envelope<'a> {
         origin: &'a str,
         user: UserId,
         frame: &'a [u8],
+    },
+    Reads {
+        origin: &'a str,
+        chat: ChatId,
+        reads: Vec<(UserId, i64)>,
     },
     Blocked {
         origin: &'a str,
@@ -258,6 +274,17 @@ impl<'a> Envelope<'a> {
                 let _ = write!(out, "U {origin} {user} ");
                 out.extend_from_slice(frame);
             }
+            Envelope::Reads {
+                origin,
+                chat,
+                reads,
+            } => {
+                let _ = write!(out, "M {origin} {} ", chat.0.simple());
+                write_list(
+                    &mut out,
+                    reads.iter().map(|(u, up_to)| format!("{u}:{up_to}")),
+                );
+            }
             Envelope::Blocked {
                 origin,
                 chat,
@@ -394,6 +421,22 @@ impl<'a> Envelope<'a> {
                     origin: f[1],
                     user: parse_user(f[2])?,
                     frame,
+                })
+            }
+            "M" => {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let f: Vec<&str> = text.split(' ').collect();
+                let [_, origin, chat, reads] = f.as_slice() else {
+                    return None;
+                };
+                let read = |field: &str| {
+                    let (user, up_to) = field.split_once(':')?;
+                    Some((parse_user(user)?, up_to.parse().ok()?))
+                };
+                Some(Envelope::Reads {
+                    origin,
+                    chat: parse_chat(chat)?,
+                    reads: parse_list(reads, read)?,
                 })
             }
             "K" => {

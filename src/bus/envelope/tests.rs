@@ -75,8 +75,12 @@ fn version_2_is_version_1_after_its_version_field() {
 
 #[test]
 fn a_newer_version_is_ignored() {
-    assert_eq!(Envelope::decode(b"3 Y i1"), None);
+    assert_eq!(Envelope::decode(b"4 Y i1"), None);
     assert_eq!(Envelope::decode(b"0 Y i1"), None);
+    assert_eq!(
+        Envelope::decode(b"3 Y i1"),
+        Some(Envelope::Resync { origin: "i1" })
+    );
     assert_eq!(
         Envelope::decode(b"2 Y i1"),
         Some(Envelope::Resync { origin: "i1" })
@@ -181,6 +185,25 @@ fn envelopes_round_trip() {
         dead: "i5",
     });
     round_trip(Envelope::Resync { origin: "i6" });
+    round_trip(Envelope::Reads {
+        origin: "i7",
+        chat,
+        reads: vec![(UserId(3), 41), (UserId(12), 7)],
+    });
+}
+
+#[test]
+fn read_marks_travel_as_readers_and_ids() {
+    let chat = ChatId(uuid::Uuid::from_u128(0x0123456789abcdef0123456789abcdef));
+    let envelope = Envelope::Reads {
+        origin: "i1",
+        chat,
+        reads: vec![(UserId(3), 41), (UserId(12), 7)],
+    };
+    assert_eq!(
+        envelope.encode(3),
+        b"3 M i1 0123456789abcdef0123456789abcdef 3:41,12:7"
+    );
 }
 
 #[test]
@@ -194,6 +217,10 @@ fn malformed_envelopes_are_refused() {
         b"G i1 x 0123456789abcdef0123456789abcdef 1 - - - - ",
         b"P i1 x 1",
         b"R i1 5",
+        b"M i1 notauuid 3:41",
+        b"M i1 0123456789abcdef0123456789abcdef 3:x",
+        b"M i1 0123456789abcdef0123456789abcdef 341",
+        b"M i1 0123456789abcdef0123456789abcdef 3:41 extra",
     ] {
         assert_eq!(
             Envelope::decode(junk),

@@ -40,7 +40,7 @@ use redis::AsyncTypedCommands;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-use super::envelope::Envelope;
+use super::envelope::{Envelope, READS_VERSION};
 use super::link::{send_in_order, subscribe_in_order, Link, LinkLost, Subscription, MAX_SUBSCRIBE};
 use super::names::Names;
 use super::registry::{check_liveness, online_elsewhere, presence_commands, register, HEARTBEAT};
@@ -48,8 +48,8 @@ use super::target::{Incoming, Messages, RedisTarget};
 use super::BusEvent;
 use crate::chat::membership::{Membership, MembershipChange};
 use crate::chat::messages::{
-    ApplyMembership, ConversationFrames, DeliverRemote, DeliverToUser, LocalUsers, ReplaceChats,
-    RevokeUser, SetBlocked, TellPresence,
+    ApplyMembership, ConversationFrames, DeliverRemote, DeliverToUser, LocalUsers, ReadsStored,
+    ReplaceChats, RevokeUser, SetBlocked, StoredRead, TellPresence,
 };
 use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
@@ -76,6 +76,7 @@ pub struct ServerLink {
     pub deliver: Recipient<DeliverRemote>,
     pub revoke: Recipient<RevokeUser>,
     pub to_user: Recipient<DeliverToUser>,
+    pub reads: Recipient<ReadsStored>,
     pub blocked: Recipient<SetBlocked>,
     pub presence: Recipient<TellPresence>,
     pub membership: Recipient<ApplyMembership>,
@@ -325,6 +326,55 @@ impl RedisBridge {
             self.names.conversation(frames.chat),
             envelope.encode(self.write_version),
         )]);
+    }
+
+    /// A conversation's read marks stored together: one `M` envelope for
+    /// all of them, on the conversation's channel when they are for
+    /// `everyone` in it, else on the control channel (for the readers' own
+    /// sessions, wherever they are). While an instance that does not read
+    /// `M` lives, an envelope for each: `C` or `U` with its frame.
+    pub(super) fn publish_reads(
+        &self,
+        chat: ChatId,
+        reads: Vec<(UserId, i64, Bytes)>,
+        everyone: bool,
+    ) {
+        if self.write_version < READS_VERSION {
+            for (user, _, frame) in reads {
+                if everyone {
+                    self.publish_conversation(&ConversationFrames {
+                        chat,
+                        seq: None,
+                        user: Some(user),
+                        own: Some(frame.clone()),
+                        others: frame,
+                    });
+                } else {
+                    self.publish_control(Envelope::ToUser {
+                        origin: &self.names.instance,
+                        user,
+                        frame: &frame,
+                    });
+                }
+            }
+            return;
+        }
+        let envelope = Envelope::Reads {
+            origin: &self.names.instance,
+            chat,
+            reads: reads
+                .into_iter()
+                .map(|(user, up_to, _)| (user, up_to))
+                .collect(),
+        };
+        let channel = if everyone {
+            self.names.conversation(chat)
+        } else {
+            self.names.control()
+        };
+        self.send(vec![self
+            .names
+            .publish(channel, envelope.encode(self.write_version))]);
     }
 
     /// A membership change goes on the control channel, which every

@@ -89,6 +89,22 @@ impl RedisBridge {
                     broadcast: false,
                 });
             }
+            Envelope::Reads {
+                origin,
+                chat,
+                reads,
+            } if origin != me => {
+                let reads = reads.into_iter().map(|(user, up_to)| StoredRead {
+                    chat,
+                    user,
+                    up_to,
+                    session: None,
+                });
+                self.server.reads.do_send(ReadsStored {
+                    reads: reads.collect(),
+                    broadcast: false,
+                });
+            }
             Envelope::Presence {
                 origin,
                 user,
@@ -209,6 +225,11 @@ impl Handler<Publish> for RedisBridge {
                 user,
                 frame: &frame,
             }),
+            BusEvent::Reads {
+                chat,
+                reads,
+                everyone,
+            } => self.publish_reads(chat, reads, everyone),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! of its sessions here together: one wake-up and one write per connection
 //! for all of them, where a push per mark woke every member's connection
 //! once per reader (in a group of 100 where half the members mark a
-//! message read, fifty times each).
+//! message read, fifty times each). They cross to the other instances the
+//! same way, a conversation's marks in one bus event (`BusEvent::Reads`),
+//! and arrive there as a `ReadsStored` of their own.
 
 use super::*;
 use crate::chat::membership::{group_presence, Audience};
@@ -14,11 +16,11 @@ impl Handler<ReadsStored> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: ReadsStored, _: &mut Context<Self>) {
-        let mut reads = msg.0;
+        let mut reads = msg.reads;
         reads.sort_unstable_by_key(|read| read.chat.0);
         let mut overflowed = Vec::new();
         for marks in reads.chunk_by(|a, b| a.chat == b.chat) {
-            self.push_reads(marks, &mut overflowed);
+            self.push_reads(marks, msg.broadcast, &mut overflowed);
         }
         self.drop_overflowed(overflowed);
     }
@@ -26,9 +28,15 @@ impl Handler<ReadsStored> for ChatServer {
 
 impl ChatServer {
     /// One conversation's marks: to the members' sessions here but the one
-    /// that asked each, and to the other instances; in a group too large
-    /// for presence, only to each reader's own other sessions (C7).
-    fn push_reads(&mut self, marks: &[StoredRead], overflowed: &mut Vec<(UserId, SessionId)>) {
+    /// that asked each, and (`broadcast`) to the other instances; in a
+    /// group too large for presence, only to each reader's own other
+    /// sessions (C7).
+    fn push_reads(
+        &mut self,
+        marks: &[StoredRead],
+        broadcast: bool,
+        overflowed: &mut Vec<(UserId, SessionId)>,
+    ) {
         let Some(chat) = marks.first().map(|mark| mark.chat) else {
             return;
         };
@@ -48,27 +56,33 @@ impl ChatServer {
             _ => true,
         };
         if !to_everyone {
+            let mut elsewhere = Vec::new();
             for (mark, frame) in marks.iter().zip(frames) {
-                self.push(mark.user, Some(mark.session), &frame, overflowed);
+                self.push(mark.user, mark.session, &frame, overflowed);
                 // Through Redis only when the reader has a session elsewhere:
                 // in a busy large group, marks far outnumber messages.
-                if self.presence.is_online_elsewhere(mark.user) {
-                    self.bus.publish(BusEvent::ToUser {
-                        user: mark.user,
-                        frame,
-                    });
+                if broadcast && self.presence.is_online_elsewhere(mark.user) {
+                    elsewhere.push((mark.user, mark.up_to, frame));
                 }
+            }
+            if !elsewhere.is_empty() {
+                self.bus.publish(BusEvent::Reads {
+                    chat,
+                    reads: elsewhere,
+                    everyone: false,
+                });
             }
             return;
         }
-        for (mark, frame) in marks.iter().zip(&frames) {
-            self.bus.publish(BusEvent::Conversation(ConversationFrames {
+        if broadcast {
+            let reads = marks.iter().zip(&frames);
+            self.bus.publish(BusEvent::Reads {
                 chat,
-                seq: None,
-                user: Some(mark.user),
-                own: Some(frame.clone()),
-                others: frame.clone(),
-            }));
+                reads: reads
+                    .map(|(mark, frame)| (mark.user, mark.up_to, frame.clone()))
+                    .collect(),
+                everyone: true,
+            });
         }
         let Some(room) = self.rooms.get(&chat) else {
             return;
@@ -80,7 +94,7 @@ impl ChatServer {
             };
             for (&id, link) in &entry.sessions {
                 theirs.clear();
-                let asked_elsewhere = marks.iter().map(|mark| mark.session != id);
+                let asked_elsewhere = marks.iter().map(|mark| mark.session != Some(id));
                 let frames = frames.iter().zip(asked_elsewhere);
                 theirs.extend(frames.filter_map(|(frame, push)| push.then_some(frame)));
                 self.push_session(*user, id, link, &theirs, overflowed);
