@@ -1163,14 +1163,19 @@ async fn read_mark_batches(backend: &Backend) {
         (bob, 3),
         (stranger, 4),
     ];
+    // Marks queued at once (one batch), each asked by a session numbered
+    // from `first`: every one is answered.
+    let mark_all = |first: u64, requests: Vec<(i64, i64)>| {
+        let asked = (first..).zip(requests);
+        let answers = asked.map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s));
+        let answers = futures_util::future::join_all(answers);
+        async move {
+            let answers = answers.await;
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        }
+    };
     // The session of each request is its place in the batch.
-    let answers = futures_util::future::join_all(
-        (0u64..)
-            .zip(batch)
-            .map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s)),
-    )
-    .await;
-    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    mark_all(0, batch.to_vec()).await;
     let mut expected = vec![(alice, 9, 1), (bob, 3, 3)];
     expected.sort();
     assert_eq!(
@@ -1180,14 +1185,7 @@ async fn read_mark_batches(backend: &Backend) {
         backend.name()
     );
 
-    let again = [(alice, 8), (bob, 4)];
-    let answers = futures_util::future::join_all(
-        (10u64..)
-            .zip(again)
-            .map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s)),
-    )
-    .await;
-    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    mark_all(10, vec![(alice, 8), (bob, 4)]).await;
     assert_eq!(
         to_push.recv().await.unwrap(),
         [(bob, 4, 11)],

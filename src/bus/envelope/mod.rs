@@ -27,7 +27,8 @@ use crate::chat::protocol::{ChatId, UserId};
 /// The newest envelope version this build reads and writes.
 pub(super) const ENVELOPE_VERSION: u8 = 3;
 /// The first version with `M` (a conversation's read marks in one
-/// envelope): while an instance before it lives, marks go as `C` frames.
+/// envelope): while an instance before it lives, marks go one `C` or `U`
+/// envelope each.
 pub(super) const READS_VERSION: u8 = 3;
 
 /// What travels on the channels, after the version field (above). A header of space-separated ASCII fields,
