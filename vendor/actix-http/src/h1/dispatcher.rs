@@ -977,6 +977,11 @@ where
 
                         Message::Chunk(Some(chunk)) => {
                             if let Some(ref mut payload) = this.payload {
+                                // chat-server patch: a chunk the payload's filter
+                                // takes ends here (`h1::Payload::set_filter`).
+                                if payload.filter_takes(&chunk) {
+                                    continue;
+                                }
                                 // chat-server patch: a small chunk is copied out, so
                                 // it does not keep the whole read buffer allocated
                                 // until the payload's reader takes it (with many

@@ -3,6 +3,7 @@
 use std::{
     cell::RefCell,
     collections::VecDeque,
+    fmt,
     pin::Pin,
     rc::{Rc, Weak},
     task::{Context, Poll, Waker},
@@ -73,6 +74,24 @@ impl Payload {
     pub fn unread_data(&mut self, data: Bytes) {
         self.inner.borrow_mut().unread_data(data);
     }
+
+    /// chat-server patch: `filter` is offered each chunk that arrives while
+    /// nothing is queued; a chunk it takes (returns `true` for) is neither
+    /// queued nor wakes the reader. A WebSocket server takes a client's
+    /// pong this way where the connection reads it, instead of waking the
+    /// session that reads the payload only to note the time.
+    pub fn set_filter(&self, filter: impl FnMut(&[u8]) -> bool + 'static) {
+        self.inner.borrow_mut().filter = Some(ChunkFilter(Box::new(filter)));
+    }
+}
+
+/// chat-server patch: what [`Payload::set_filter`] installs.
+struct ChunkFilter(Box<dyn FnMut(&[u8]) -> bool>);
+
+impl fmt::Debug for ChunkFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkFilter")
+    }
 }
 
 impl Stream for Payload {
@@ -117,6 +136,20 @@ impl PayloadSender {
         }
     }
 
+    /// chat-server patch: whether the payload's filter takes `data`
+    /// ([`Payload::set_filter`]); it is offered only while nothing is queued.
+    #[inline]
+    pub fn filter_takes(&mut self, data: &[u8]) -> bool {
+        let Some(shared) = self.inner.upgrade() else {
+            return false;
+        };
+        let mut inner = shared.borrow_mut();
+        if !inner.items.is_empty() {
+            return false;
+        }
+        inner.filter.as_mut().is_some_and(|filter| (filter.0)(data))
+    }
+
     #[allow(clippy::needless_pass_by_ref_mut)]
     #[inline]
     pub fn need_read(&self, cx: &mut Context<'_>) -> PayloadStatus {
@@ -158,6 +191,7 @@ struct Inner {
     items: VecDeque<Bytes>,
     task: Option<Waker>,
     io_task: Option<Waker>,
+    filter: Option<ChunkFilter>,
 }
 
 impl Inner {
@@ -171,6 +205,7 @@ impl Inner {
             need_read: true,
             task: None,
             io_task: None,
+            filter: None,
         }
     }
 

@@ -17,37 +17,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use actix_codec::Decoder;
-use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, OpCode, Parser, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 
-/// A frame from the client, with continuations already put together.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A whole text message (not yet checked for UTF-8).
-    Text(Bytes),
-    /// A whole binary message (this protocol has no use for them).
-    Binary,
-    /// A message larger than the protocol allows but small enough to read and
-    /// discard, so the client can be told why.
-    Oversize(usize),
-    Ping(Bytes),
-    Pong,
-    Close(Option<CloseReason>),
-}
+mod incoming;
 
-/// Why the incoming stream broke off.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("websocket protocol error: {0}")]
-    Protocol(#[from] ProtocolError),
-    #[error("message of more than {0} bytes")]
-    Overflow(usize),
-    #[error("reading the request payload: {0}")]
-    Payload(String),
-}
+pub use incoming::{frames, Incoming, TransportError};
 
 /// What can be queued towards a client.
 #[derive(Debug)]
@@ -88,6 +65,21 @@ struct Queue {
 
 /// A drained queue keeps at most this much room; more is given back.
 const KEEP_QUEUE_ROOM: usize = 8;
+
+impl Shared {
+    fn heard(&self) {
+        self.heard.store(millis_since_epoch(), Ordering::Relaxed);
+    }
+}
+
+/// See [`Outbox::hearing`].
+struct Hearing(Arc<Shared>);
+
+impl Hearing {
+    fn heard(&self) {
+        self.0.heard();
+    }
+}
 
 /// The origin of the `heard` times (an `Instant` does not fit in an atomic).
 fn epoch() -> Instant {
@@ -235,9 +227,13 @@ impl Outbox {
     /// Records that something arrived from the client (the heartbeat's
     /// measure of silence).
     pub fn heard(&self) {
-        self.shared
-            .heard
-            .store(millis_since_epoch(), Ordering::Relaxed);
+        self.shared.heard();
+    }
+
+    /// A handle that records only that, and is no sender: holding it does
+    /// not keep the connection's body open.
+    fn hearing(&self) -> Hearing {
+        Hearing(self.shared.clone())
     }
 
     /// How long ago the client was last heard from.
@@ -385,134 +381,10 @@ fn encode(buf: &mut BytesMut, item: Outgoing) -> bool {
     false
 }
 
-/// A message between `limit` and `limit * READABLE_OVERSIZE_FACTOR` bytes is
-/// read and answered with an error frame; a larger one closes the connection
-/// with 1009, since reading it would let a client make us buffer anything.
-const READABLE_OVERSIZE_FACTOR: usize = 4;
-
-struct Reader<S> {
-    payload: S,
-    buf: BytesMut,
-    codec: Codec,
-    limit: usize,
-    /// A fragmented message being put together: (is text, bytes so far).
-    partial: Option<(bool, BytesMut)>,
-    done: bool,
-}
-
-/// Decodes the upgraded connection's request payload into whole messages.
-pub fn incoming<S, E>(
-    payload: S,
-    limit: usize,
-) -> impl Stream<Item = Result<Incoming, TransportError>>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    let hard_limit = limit.saturating_mul(READABLE_OVERSIZE_FACTOR);
-    let reader = Reader {
-        payload,
-        buf: BytesMut::new(),
-        codec: Codec::new().max_size(hard_limit),
-        limit,
-        partial: None,
-        done: false,
-    };
-    futures_util::stream::unfold(reader, |mut r| async move {
-        if r.done {
-            return None;
-        }
-        loop {
-            match r.codec.decode(&mut r.buf) {
-                Ok(Some(frame)) => match r.assemble(frame) {
-                    Ok(Some(msg)) => return Some((Ok(msg), r)),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        r.done = true;
-                        return Some((Err(e), r));
-                    }
-                },
-                Ok(None) => {}
-                Err(ProtocolError::Overflow) => {
-                    r.done = true;
-                    return Some((Err(TransportError::Overflow(r.limit)), r));
-                }
-                Err(e) => {
-                    r.done = true;
-                    return Some((Err(e.into()), r));
-                }
-            }
-            if r.buf.is_empty() {
-                // Between messages hold no buffer: a 60 KiB message must not
-                // leave 60 KiB behind for the connection's life.
-                r.buf = BytesMut::new();
-            }
-            match r.payload.next().await {
-                // An empty buffer takes the chunk's allocation when it is
-                // the only owner (no copy), else a copy.
-                Some(Ok(chunk)) if r.buf.is_empty() => r.buf = BytesMut::from(chunk),
-                Some(Ok(chunk)) => r.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    r.done = true;
-                    return Some((Err(TransportError::Payload(e.to_string())), r));
-                }
-                None => return None,
-            }
-        }
-    })
-}
-
-impl<S> Reader<S> {
-    fn assemble(&mut self, frame: Frame) -> Result<Option<Incoming>, TransportError> {
-        let hard_limit = self.limit.saturating_mul(READABLE_OVERSIZE_FACTOR);
-        let whole = |is_text: bool, bytes: Bytes, limit: usize| {
-            if bytes.len() > limit {
-                Incoming::Oversize(bytes.len())
-            } else if is_text {
-                Incoming::Text(bytes)
-            } else {
-                Incoming::Binary
-            }
-        };
-        Ok(match frame {
-            Frame::Text(b) => Some(whole(true, b, self.limit)),
-            Frame::Binary(b) => Some(whole(false, b, self.limit)),
-            Frame::Ping(p) => Some(Incoming::Ping(p)),
-            Frame::Pong(_) => Some(Incoming::Pong),
-            Frame::Close(reason) => Some(Incoming::Close(reason)),
-            Frame::Continuation(item) => {
-                let (is_first_text, chunk, last) = match item {
-                    Item::FirstText(b) => (Some(true), b, false),
-                    Item::FirstBinary(b) => (Some(false), b, false),
-                    Item::Continue(b) => (None, b, false),
-                    Item::Last(b) => (None, b, true),
-                };
-                let (is_text, mut acc) = match (is_first_text, self.partial.take()) {
-                    (Some(_), Some(_)) => return Err(ProtocolError::ContinuationStarted.into()),
-                    (None, None) => return Err(ProtocolError::ContinuationNotStarted.into()),
-                    (Some(is_text), None) => (is_text, BytesMut::new()),
-                    (None, Some(partial)) => partial,
-                };
-                // The aggregated size is bounded like a single frame's.
-                if acc.len() + chunk.len() > hard_limit {
-                    return Err(TransportError::Overflow(self.limit));
-                }
-                acc.extend_from_slice(&chunk);
-                if last {
-                    Some(whole(is_text, acc.freeze(), self.limit))
-                } else {
-                    self.partial = Some((is_text, acc));
-                    None
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::FutureExt;
+    use futures_util::{FutureExt, StreamExt};
 
     #[test]
     fn frames_queued_together_go_out_in_one_write_or_not_at_all() {
