@@ -4,8 +4,9 @@
 //!
 //! A pong only tells when the client was last heard from. Each of 19,000
 //! idle sessions answers a ping every 10 s, and waking the session's actor
-//! to note the time was an eighth of an idle server's CPU (BENCHMARKS.md,
-//! "Idle CPU on the fifth machine"). So while the reader waits between
+//! to note the time was about an eighth of an idle server's samples
+//! (BENCHMARKS.md, "Idle CPU on the fifth machine"; what taking the pongs
+//! here saves: "A twenty-fifth machine"). So while the reader waits between
 //! frames, with nothing buffered, a chunk that is exactly one pong is taken
 //! before the payload queues it ([`actix_http::h1::Payload::set_filter`],
 //! a patch of ours, vendor/README.md): `heard` is stamped and nobody is
