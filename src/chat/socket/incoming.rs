@@ -81,8 +81,8 @@ pub fn frames(
     if let actix_web::dev::Payload::H1 { payload } = &payload {
         let hearing = outbox.hearing();
         let waiting = waiting.clone();
-        payload.set_filter(move |chunk| {
-            let taken = waiting.0.get() && is_pong(chunk);
+        payload.set_filter(is_pong, move || {
+            let taken = waiting.0.get();
             if taken {
                 hearing.heard();
             }

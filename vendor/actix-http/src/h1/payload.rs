@@ -75,18 +75,26 @@ impl Payload {
         self.inner.borrow_mut().unread_data(data);
     }
 
-    /// chat-server patch: `filter` is offered each chunk that arrives while
-    /// nothing is queued; a chunk it takes (returns `true` for) is neither
-    /// queued nor wakes the reader. A WebSocket server takes a client's
-    /// pong this way where the connection reads it, instead of waking the
-    /// session that reads the payload only to note the time.
-    pub fn set_filter(&self, filter: impl FnMut(&[u8]) -> bool + 'static) {
-        self.inner.borrow_mut().filter = Some(ChunkFilter(Box::new(filter)));
+    /// chat-server patch: a chunk that arrives while nothing is queued, whose
+    /// bytes `matches`, and that `take` then accepts (returns `true`), is
+    /// neither queued nor wakes the reader. A WebSocket server takes a
+    /// client's pong this way where the connection reads it, instead of
+    /// waking the session that reads the payload only to note the time.
+    /// `matches` is a plain function kept in place, so a chunk it rejects
+    /// (every other frame) costs one call and touches nothing else.
+    pub fn set_filter(&self, matches: fn(&[u8]) -> bool, take: impl FnMut() -> bool + 'static) {
+        self.inner.borrow_mut().filter = Some(ChunkFilter {
+            matches,
+            take: Box::new(take),
+        });
     }
 }
 
 /// chat-server patch: what [`Payload::set_filter`] installs.
-struct ChunkFilter(Box<dyn FnMut(&[u8]) -> bool>);
+struct ChunkFilter {
+    matches: fn(&[u8]) -> bool,
+    take: Box<dyn FnMut() -> bool>,
+}
 
 impl fmt::Debug for ChunkFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,7 +155,10 @@ impl PayloadSender {
         if !inner.items.is_empty() {
             return false;
         }
-        inner.filter.as_mut().is_some_and(|filter| (filter.0)(data))
+        inner
+            .filter
+            .as_mut()
+            .is_some_and(|filter| (filter.matches)(data) && (filter.take)())
     }
 
     #[allow(clippy::needless_pass_by_ref_mut)]
