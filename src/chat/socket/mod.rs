@@ -1,5 +1,6 @@
 //! The WebSocket transport under a `WsSession`: incoming frames decoded from
-//! the request payload, outgoing frames through a bounded queue (`Outbox`).
+//! the request payload (`incoming.rs`), outgoing frames through a bounded
+//! queue (`Outbox`).
 //!
 //! Why not `actix_web_actors::ws::WebsocketContext`: its write buffer is
 //! unbounded (a client that stops reading grows it without limit) and its
