@@ -237,6 +237,80 @@ async fn sqlite_indexes_behind_the_writer_unasked() {
     }
 }
 
+/// SQLite: the indexer writes on a thread at idle priority (Linux's
+/// `SCHED_IDLE`), and no other thread of the server runs at it; and a
+/// wake-up that finds more than that thread's step may take
+/// (`BACKGROUND_CHUNK`) indexes the rest too, at the server's priority.
+#[cfg(target_os = "linux")]
+#[actix_rt::test]
+async fn sqlite_indexer_writes_at_idle_priority() {
+    use chat_server::chat::search_index::{BACKGROUND_CHUNK, BACKGROUND_THREAD};
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let url = app.database_url().expect("a SQLite file");
+    let (file, _) = url.split_once('?').unwrap_or((url, ""));
+    let index = sea_orm::Database::connect(format!("{file}-search?mode=ro"))
+        .await
+        .expect("the index file");
+    let indexed = |id: i64| {
+        let index = index.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let upto = number(&index, "SELECT message_id AS n FROM search_progress").await;
+                if upto >= id {
+                    return upto;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "message {id} not indexed within 30 s (up to {upto})"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let first = id(&send(&mut alice, &pk, "first").await);
+    indexed(first).await;
+
+    // Stored without waking the server's indexer; another on the same
+    // file (as a second instance's) finds more than its step at idle
+    // priority takes, and indexes them all.
+    let db = sea_orm::Database::connect(url).await.expect("the messages");
+    fillers(&db, "first", BACKGROUND_CHUNK + 1).await;
+    let last = number(&db, "SELECT max(id) AS n FROM messages").await;
+    let second = search_index(url).await.expect("a SQLite file");
+    second.index_committed().await.unwrap();
+    let progress = "SELECT message_id AS n FROM search_progress";
+    assert_eq!(number(second.db(), progress).await, last);
+
+    // Each thread's name and scheduling policy.
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap();
+        let tid: i32 = task.file_name().to_str().unwrap().parse().unwrap();
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        // SAFETY: a plain query of a thread of this process by its id.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        if policy >= 0 {
+            threads.push((name.trim().to_string(), policy));
+        }
+    }
+    let idle =
+        |(name, policy): &(String, i32)| (*policy == libc::SCHED_IDLE).then_some(name.clone());
+    let idle: Vec<String> = threads.iter().filter_map(idle).collect();
+    // The server's indexer's and the second's.
+    assert_eq!(idle, [BACKGROUND_THREAD, BACKGROUND_THREAD], "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .any(|(name, policy)| name.starts_with("sqlx-sqlite") && *policy == libc::SCHED_OTHER),
+        "{threads:?}"
+    );
+}
+
 /// Removed from a group: its messages, old and new, are not found any more.
 async fn only_conversations_one_is_in_now(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
@@ -483,16 +557,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
 
         // More not indexed than a search matches in memory (MAX_TAIL): the
         // search indexes them first.
-        empty
-            .execute_unprepared(&format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
-                 INSERT INTO messages (chat_id, sender_id, content, created_at, seq) \
-                 SELECT m.chat_id, m.sender_id, 'filler ' || n.i, m.created_at, 100 + n.i \
-                 FROM n, (SELECT * FROM messages WHERE content = 'Ein Tee') m",
-                MAX_TAIL + 1
-            ))
-            .await
-            .unwrap();
+        fillers(&empty, "Ein Tee", MAX_TAIL + 1).await;
         assert!(behind(index.clone()).await < -MAX_TAIL);
         let newest = search("filler").await;
         assert_eq!(newest.len(), 20);
@@ -510,6 +575,21 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
             .unwrap();
         assert_eq!(found.len(), 1);
     }
+}
+
+/// Stores `count` messages `filler 1`, `filler 2`, … straight into the
+/// SQLite database (no writer, so no indexer woken), in the conversation
+/// and from the sender of the message whose text is `beside`.
+async fn fillers(db: &sea_orm::DatabaseConnection, beside: &str, count: i64) {
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
+         INSERT INTO messages (chat_id, sender_id, content, created_at, seq) \
+         SELECT m.chat_id, m.sender_id, 'filler ' || n.i, m.created_at, 100 + n.i \
+         FROM n, (SELECT * FROM messages WHERE content = '{beside}') m"
+    ))
+    .await
+    .unwrap();
 }
 
 /// `n` of the one row `sql` (SQLite) reads.

@@ -11,6 +11,15 @@
 //! committed since, in a few large transactions on a thread of its own,
 //! which hold the index file's write lock and never the messages'.
 //!
+//! The words are written at idle priority: after a wake-up, a step of
+//! at most [`BACKGROUND_CHUNK`] messages runs on a connection of its own
+//! whose thread the kernel runs only when no other thread of the
+//! machine wants the core (Linux's `SCHED_IDLE`), so the writer, the
+//! sessions and the database never wait behind it for a core. A backlog
+//! beyond that step (the index fallen behind on a busy machine, or being
+//! built) is written at the server's own priority, as a search's
+//! catch-up is, so that a busy machine cannot starve it for good.
+//!
 //! What is indexed is kept by a progress row in the index file itself,
 //! written in the same transaction as the words: the last message id and
 //! the last `message_events` id seen. Edits and deletions are read from
@@ -27,7 +36,7 @@
 //! again from the messages, in transactions of [`CHUNK`] messages.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{
@@ -45,6 +54,15 @@ use tokio::sync::{Mutex, Notify};
 pub const GATHER: Duration = Duration::from_millis(100);
 /// Most messages (and, apart, most events) one transaction indexes.
 pub const CHUNK: i64 = 5_000;
+/// Most messages (and, apart, most events) the step at idle priority
+/// indexes after a wake-up: at 10,000 msg/s a wake-up finds about a
+/// thousand. Bounded, since a step holds the indexer's turn, which a
+/// search that must catch the index up waits for: on a machine whose
+/// cores are both busy, a thread at idle priority runs a few per cent
+/// of the time, so this step may then take about a second.
+pub const BACKGROUND_CHUNK: i64 = 2_000;
+/// The name of the thread of the indexer's own connection (`top -H`).
+pub const BACKGROUND_THREAD: &str = "search-indexer";
 /// Most messages a search matches in memory beside the index; with more
 /// not indexed yet (the index being built, or behind), the search
 /// catches the index up first.
@@ -151,14 +169,19 @@ const STEP: [&str; 4] = [
     "UPDATE search_progress SET message_id = ?3, event_id = ?4",
 ];
 
-/// The progress, and how far the next step goes: at most [`CHUNK`] more
-/// messages and [`CHUNK`] more events.
+/// The progress, how far the next step goes (at most `?1` more messages
+/// and `?1` more events), and whether it takes as many as it may of
+/// either, so that there may be more.
 const BOUNDS: &str = "
 SELECT p.message_id, p.event_id,
     coalesce((SELECT max(id) FROM (SELECT id FROM store.messages
         WHERE id > p.message_id ORDER BY id LIMIT ?1)), p.message_id),
     coalesce((SELECT max(id) FROM (SELECT id FROM store.message_events
-        WHERE id > p.event_id ORDER BY id LIMIT ?1)), p.event_id)
+        WHERE id > p.event_id ORDER BY id LIMIT ?1)), p.event_id),
+    (SELECT count(*) FROM (SELECT 1 FROM store.messages
+        WHERE id > p.message_id LIMIT ?1)) = ?1
+    OR (SELECT count(*) FROM (SELECT 1 FROM store.message_events
+        WHERE id > p.event_id LIMIT ?1)) = ?1
 FROM search_progress p
 ";
 
@@ -173,7 +196,12 @@ pub struct OpenError {
 
 /// The index file, its indexer's turn, and the writer's wake-up call.
 pub struct SearchIndex {
+    /// Searches, and the steps that catch the index up at the server's
+    /// own priority.
     pool: SqlitePool,
+    /// The indexer's own connection, its thread at idle priority
+    /// ([`run_at_idle_priority`]).
+    background: SqlitePool,
     /// The same pool, for searches written as sea-orm statements.
     db: DatabaseConnection,
     /// One step at a time in this process (another instance's steps wait
@@ -209,23 +237,38 @@ impl SearchIndex {
             "ATTACH DATABASE '{}' AS store",
             messages.replace('\'', "''")
         );
+        let searches_attach = attach.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(CONNECTIONS)
             .min_connections(1)
             .after_connect(move |conn, _| {
-                let attach = attach.clone();
+                let attach = searches_attach.clone();
                 Box::pin(async move {
                     conn.execute(sqlx::AssertSqlSafe(attach)).await?;
                     conn.execute(TAIL).await?;
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
+            .await
+            .map_err(failed)?;
+        let background = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .after_connect(move |conn, _| {
+                let attach = attach.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(attach)).await?;
+                    run_at_idle_priority(conn).await
+                })
+            })
+            .connect_with(options.thread_name(|_| BACKGROUND_THREAD.to_string()))
             .await
             .map_err(failed)?;
         Ok(Arc::new(SearchIndex {
             db: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool.clone()),
             pool,
+            background,
             turn: Mutex::new(()),
             committed: Arc::new(Notify::new()),
         }))
@@ -300,43 +343,27 @@ impl SearchIndex {
         self.committed.clone()
     }
 
-    /// Indexes everything committed before the call, step by step.
+    /// Indexes everything committed before the call, step by step, at
+    /// the server's own priority.
     pub async fn catch_up(&self) -> Result<(), DbErr> {
         let _turn = self.turn.lock().await;
-        while self.step().await.map_err(db_error)? {}
+        while step(&self.pool, CHUNK).await.map_err(db_error)? != Step::Nothing {}
         Ok(())
     }
 
-    /// One step; whether there was anything to index.
-    async fn step(&self) -> Result<bool, sqlx::Error> {
-        // Not `BEGIN IMMEDIATE`, which would take the write lock of every
-        // attached file, the messages' too, and stop the writer for the
-        // step: the first statement writes the index file, which takes its
-        // lock alone (waiting for another instance's step); the messages'
-        // file is only read.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE search_progress SET message_id = message_id")
-            .execute(&mut *tx)
-            .await?;
-        let (message, event, last_message, last_event): (i64, i64, i64, i64) =
-            sqlx::query_as(BOUNDS)
-                .bind(CHUNK)
-                .fetch_one(&mut *tx)
-                .await?;
-        if (last_message, last_event) == (message, event) {
-            return Ok(false); // the transaction is rolled back, unwritten
+    /// What the indexer does after a wake-up: a step at idle priority,
+    /// then, if that one did not reach the end, the rest as
+    /// [`catch_up`](Self::catch_up) does.
+    pub async fn index_committed(&self) -> Result<(), DbErr> {
+        let _turn = self.turn.lock().await;
+        if step(&self.background, BACKGROUND_CHUNK)
+            .await
+            .map_err(db_error)?
+            == Step::Part
+        {
+            while step(&self.pool, CHUNK).await.map_err(db_error)? != Step::Nothing {}
         }
-        for statement in STEP {
-            sqlx::query(statement)
-                .bind(message)
-                .bind(event)
-                .bind(last_message)
-                .bind(last_event)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     /// The indexer: after each wake-up (a commit), [`GATHER`], then
@@ -348,11 +375,116 @@ impl SearchIndex {
         loop {
             self.committed.notified().await;
             tokio::time::sleep(GATHER).await;
-            if let Err(error) = self.catch_up().await {
+            if let Err(error) = self.index_committed().await {
                 tracing::error!(error = %crate::db::describe(&error), "cannot write the search index");
             }
         }
     }
+}
+
+/// How far a step got.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing was left to index.
+    Nothing,
+    /// Indexed everything up to the snapshot it read.
+    All,
+    /// Indexed as many messages or events as it may: there may be more.
+    Part,
+}
+
+/// One step on a connection of `pool`, of at most `chunk` messages and
+/// `chunk` events.
+async fn step(pool: &SqlitePool, chunk: i64) -> Result<Step, sqlx::Error> {
+    // Not `BEGIN IMMEDIATE`, which would take the write lock of every
+    // attached file, the messages' too, and stop the writer for the
+    // step: the first statement writes the index file, which takes its
+    // lock alone (waiting for another instance's step); the messages'
+    // file is only read.
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE search_progress SET message_id = message_id")
+        .execute(&mut *tx)
+        .await?;
+    let (message, event, last_message, last_event, part): (i64, i64, i64, i64, bool) =
+        sqlx::query_as(BOUNDS)
+            .bind(chunk)
+            .fetch_one(&mut *tx)
+            .await?;
+    if (last_message, last_event) == (message, event) {
+        return Ok(Step::Nothing); // the transaction is rolled back, unwritten
+    }
+    for statement in STEP {
+        sqlx::query(statement)
+            .bind(message)
+            .bind(event)
+            .bind(last_message)
+            .bind(last_event)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(if part { Step::Part } else { Step::All })
+}
+
+/// Puts the thread of `conn` (each sqlx SQLite connection runs its
+/// statements on a thread of its own) at Linux's `SCHED_IDLE`: it runs
+/// only on a core no other thread wants, and gives the core up at once
+/// when one does. The call is made on that thread, from a progress
+/// handler that SQLite calls while the connection runs a statement. A
+/// thread cannot raise its priority back without privileges, so the
+/// connection keeps it. Where it fails (another system, or a kernel
+/// that refuses), the indexer runs at the server's priority, as before,
+/// and says so in the log.
+async fn run_at_idle_priority(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    let outcome = Arc::new(std::sync::Mutex::new(None));
+    let slot = outcome.clone();
+    conn.lock_handle().await?.set_progress_handler(1, move || {
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(idle_priority());
+        }
+        true // go on with the statement
+    });
+    let ran = conn.execute("SELECT 1").await;
+    conn.lock_handle().await?.remove_progress_handler();
+    ran?;
+    let outcome = outcome
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    match outcome {
+        Some(Ok(())) => tracing::debug!("the search indexer's thread runs at idle priority"),
+        Some(Err(error)) => tracing::warn!(
+            %error,
+            "the search indexer runs at the server's own priority: cannot lower its thread's"
+        ),
+        None => tracing::warn!(
+            "the search indexer runs at the server's own priority: SQLite did not call the progress handler"
+        ),
+    }
+    Ok(())
+}
+
+/// The calling thread to `SCHED_IDLE`.
+#[cfg(target_os = "linux")]
+fn idle_priority() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid
+    // 0 is the calling thread, and the call changes nothing else.
+    let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn idle_priority() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SCHED_IDLE is Linux's",
+    ))
 }
 
 /// Makes the index file's layout [`LAYOUT`], building it afresh when it is
