@@ -80,108 +80,109 @@ impl Default for Inner {
             server_users: Gauge::default(),
             server_sessions: Gauge::default(),
         };
+        // prometheus-client ends each help text with a period itself.
         let r = &mut inner.registry;
         r.register(
             "chat_connections",
-            "Open WebSocket connections.",
+            "Open WebSocket connections",
             inner.connections.clone(),
         );
         r.register(
             "chat_sessions_authorized",
-            "Authorized WebSocket sessions.",
+            "Authorized WebSocket sessions",
             inner.sessions.clone(),
         );
         r.register(
             "chat_frames_in",
-            "Text frames received from clients, by request type (`unparsed`: not a request).",
+            "Text frames received from clients, by request type (`unparsed`: not a request)",
             inner.frames_in.clone(),
         );
         r.register(
             "chat_frames_out",
-            "Frames queued to clients.",
+            "Frames queued to clients",
             inner.frames_out.clone(),
         );
         r.register(
             "chat_bad_frames",
-            "Frames answered with an error frame.",
+            "Frames answered with an error frame",
             inner.bad_frames.clone(),
         );
         r.register(
             "chat_errors",
-            "Error replies to requests, by B3 code.",
+            "Error replies to requests, by B3 code",
             inner.errors.clone(),
         );
         r.register(
             "chat_messages_stored",
-            "Messages committed.",
+            "Messages committed",
             inner.messages_stored.clone(),
         );
         r.register(
             "chat_message_changes_stored",
-            "Edits, deletions and reaction changes committed (B8), or found already so.",
+            "Edits, deletions and reaction changes committed (B8), or found already so",
             inner.changes_stored.clone(),
         );
         r.register(
             "chat_store_batch_seconds",
-            "Time to commit one batch of messages.",
+            "Time to commit one batch of messages",
             inner.store_seconds.clone(),
         );
         r.register(
             "chat_store_batch_size",
-            "Messages per committed batch.",
+            "Messages per committed batch",
             inner.store_batch_size.clone(),
         );
         r.register(
             "chat_store_batch_retries",
-            "Batches whose insert failed and were retried one message at a time.",
+            "Batches whose insert failed and were retried one message at a time",
             inner.store_batch_retries.clone(),
         );
         r.register(
             "chat_store_plain_fallbacks",
             "SQLite batches of plain messages that the one-trip path did not store \
-             (a resend among them, say), stored by the general path.",
+             (a resend among them, say), stored by the general path",
             inner.store_plain_fallbacks.clone(),
         );
         r.register(
             "chat_send_to_delivery_seconds",
             "From a message frame's arrival to its push handed to the recipients' \
-             sessions here and to the bus, after its commit.",
+             sessions here and to the bus, after its commit",
             inner.send_to_delivery.clone(),
         );
         r.register(
             "chat_outbox_overflows",
-            "Connections closed because the client did not read.",
+            "Connections closed because the client did not read",
             inner.outbox_overflows.clone(),
         );
         r.register(
             "chat_holes_filled",
             "Holes in a conversation's live events loaded from the database \
-             because the bus did not bring them in time (B7).",
+             because the bus did not bring them in time (B7)",
             inner.holes_filled.clone(),
         );
         r.register(
             "chat_rate_limited",
-            "Requests refused by the per-session rate limit.",
+            "Requests refused by the per-session rate limit",
             inner.rate_limited.clone(),
         );
         r.register(
             "chat_redis_up",
-            "1 when the Redis bridge is connected.",
+            "1 when the Redis bridge is connected",
             inner.redis_up.clone(),
         );
         r.register(
             "chat_redis_reconnects",
-            "Redis bridge reconnections.",
+            "Redis bridge reconnections",
             inner.redis_reconnects.clone(),
         );
         r.register(
             "chat_server_users",
-            "Users with a session registered in the ChatServer.",
+            "Users with a session registered in the ChatServer",
             inner.server_users.clone(),
         );
         r.register(
             "chat_server_sessions",
-            "Sessions registered in the ChatServer.",
+            "Sessions registered in the ChatServer",
             inner.server_sessions.clone(),
         );
         inner
@@ -326,6 +327,15 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        // The client ends each help text with a period of its own.
+        assert!(text
+            .lines()
+            .any(|l| l == "# HELP chat_connections Open WebSocket connections."));
+        let helps = text.lines().filter(|l| l.starts_with("# HELP "));
+        assert!(helps.clone().count() >= 20, "{text}");
+        for help in helps {
+            assert!(help.ends_with('.') && !help.ends_with(".."), "{help:?}");
         }
     }
 }
