@@ -36,13 +36,7 @@ PAIRS=${PAIRS:-10} RATE=${RATE:-100} DURATION=${DURATION:-20} WARMUP=${WARMUP:-3
 PORT=${PORT:-$(free_port)}
 url=http://127.0.0.1:$PORT
 
-work=$(mktemp -d)
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 stored() { { curl -sf "$url/metrics" || true; } | awk '/^chat_messages_stored_total /{n = $2} END {print n + 0}'; }
 

@@ -15,3 +15,12 @@ print(" ".join(str(s.getsockname()[1]) for s in held))' "${1:-1}"
 free_port() {
   free_ports 1
 }
+
+# A scratch directory in $work, and $pid for the one server a script runs
+# at a time (empty while none runs): when the script exits, however it
+# exits, that server is stopped and the directory removed.
+scratch() {
+  work=$(mktemp -d)
+  pid=
+  trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+}

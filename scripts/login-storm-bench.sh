@@ -23,13 +23,7 @@ LOGIN_RATES=${LOGIN_RATES:-0 20 40 80}
 MSG_RATE=${MSG_RATE:-2000}
 server=$(realpath "${SERVER:-target/release/chat-server}")
 LOAD=$(realpath "${LOAD:-target/release/chat-bench}")
-work=$(mktemp -d)
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 steal() { # the machine's steal time so far, in USER_HZ ticks (10 ms)
   awk '/^cpu /{print $9}' /proc/stat
