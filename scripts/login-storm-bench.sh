@@ -3,7 +3,8 @@
 # twenty-seventh machine"): on a fresh SQLite server, 100 pairs send
 # MSG_RATE messages a second for 15 s (`chat-bench load`) and, from about
 # 2 s in, for 11 s, LOGIN_RATE logins a second arrive beside them
-# (`scripts/login-storm.py`: an open loop, right passwords, 40 accounts).
+# (`scripts/login-storm.py`: an open loop, right passwords, 40 accounts,
+# up to 200 logins outstanding).
 # Each login verifies an argon2 hash: tens of milliseconds of a core.
 #
 #   cargo build --release --workspace

@@ -87,9 +87,10 @@ pub enum ApiError {
     /// A quota is used up: 429 with what to do about it.
     #[error("quota: {0}")]
     Throttled(String),
-    /// The database could not take the request in time (`db::busy_in`): a
-    /// 503 with `Retry-After`, the cause logged with an id as for `Internal`.
-    #[error("database busy: {0}")]
+    /// The database could not take the request in time (`db::busy_in`), or
+    /// too many password hashes wait for a core: a 503 with `Retry-After`,
+    /// the cause logged with an id as for `Internal`.
+    #[error("busy: {0}")]
     Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A failure of ours; what we were doing and why are logged (the
     /// whole chain of sources), never shown.
@@ -209,7 +210,7 @@ impl ResponseError for ApiError {
             ApiError::Busy(source) => {
                 let error_id = new_error_id();
                 let error = chain(source.as_ref());
-                tracing::warn!(%error_id, %error, "database busy; asked the client to retry");
+                tracing::warn!(%error_id, %error, "busy; asked the client to retry");
                 detail(&format!(
                     "The server is busy; try again in a moment (error id {error_id})."
                 ))

@@ -809,7 +809,9 @@ async fn password_change_races(backend: &Backend) {
     let now = read().await;
     assert_eq!(now.token_version, admin.token_version, "nothing written");
     assert!(
-        accounts::verify_password("an admin's passphrase".into(), Some(now.password_hash)).await,
+        accounts::verify_password("an admin's passphrase".into(), Some(now.password_hash))
+            .await
+            .expect("checked"),
         "the administrator's password stands"
     );
     // The other order: the request writes first, then the administrator;

@@ -56,8 +56,13 @@ pub async fn change_password(
         .begin(&user.id.to_string(), state.proxies.limit_key(&req))
         .map_err(ApiError::TooManyRequests)?;
     let current = Some(user.password_hash.clone());
-    if !accounts::verify_password(old_password.unwrap_or_default(), current).await {
-        return Err(ApiError::field("old_password", "Wrong password."));
+    match accounts::verify_password(old_password.unwrap_or_default(), current).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::field("old_password", "Wrong password.")),
+        Err(e) => {
+            attempt.withdrawn(); // not checked: no guess was made
+            return Err(account_error(e));
+        }
     }
     attempt.succeeded();
     let new_password = new_password.unwrap_or_default();

@@ -82,7 +82,13 @@ pub async fn login(
         .map_err(ApiError::TooManyRequests)?;
     let found = accounts::find_by_username(&state.db, &username).await?;
     let phc = found.as_ref().map(|u| u.password_hash.clone());
-    let matches = accounts::verify_password(password, phc).await;
+    let matches = match accounts::verify_password(password, phc).await {
+        Ok(matches) => matches,
+        Err(e) => {
+            attempt.withdrawn(); // not checked: no guess was made
+            return Err(account_error(e));
+        }
+    };
     let user = match found {
         Some(user) if matches && user.is_active => user,
         _ => return Err(ApiError::non_field("User not found")),
@@ -172,6 +178,21 @@ pub fn account_error(e: AccountError) -> ApiError {
         }
         AccountError::Database(e) => e.into(),
         AccountError::Hashing(e) => ApiError::internal("password hashing", e),
+        AccountError::HashingBusy(_) => ApiError::Busy(Box::new(e)),
         AccountError::ChangedMeanwhile => ApiError::Unauthorized(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::ResponseError;
+
+    use super::*;
+
+    #[test]
+    fn a_hash_refused_for_the_queue_is_a_503_to_try_again() {
+        let response = account_error(AccountError::HashingBusy(64)).error_response();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     }
 }

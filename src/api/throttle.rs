@@ -59,6 +59,20 @@ impl Attempt {
         remove_one(c.accounts.get_mut(&self.account), self.at);
         remove_one(c.addresses.get_mut(&self.address), self.at);
     }
+
+    /// The password was not checked (the server was too busy to hash it):
+    /// this attempt does not count, and earlier failures stay as they were.
+    pub fn withdrawn(self) {
+        let Ok(mut c) = self.counters.lock() else {
+            return;
+        };
+        remove_one(
+            c.pairs.get_mut(&(self.account.clone(), self.address)),
+            self.at,
+        );
+        remove_one(c.accounts.get_mut(&self.account), self.at);
+        remove_one(c.addresses.get_mut(&self.address), self.at);
+    }
 }
 
 fn remove_one(times: Option<&mut VecDeque<Instant>>, at: Instant) {
@@ -216,6 +230,21 @@ mod tests {
         assert!(t
             .begin_at("alice", A, start + Duration::from_secs(1000))
             .is_ok());
+    }
+
+    #[test]
+    fn a_withdrawn_attempt_does_not_count_and_keeps_the_failures() {
+        let t = AttemptThrottle::new(10, Duration::from_secs(300));
+        let now = Instant::now();
+        for _ in 0..FREE_FAILURES - 1 {
+            fail(&t, "alice", A, now);
+        }
+        for _ in 0..5 {
+            t.begin_at("alice", A, now).expect("allowed").withdrawn();
+        }
+        // One more failure is still free; the one after it waits.
+        fail(&t, "alice", A, now);
+        assert_eq!(t.begin_at("alice", A, now).err(), Some(1));
     }
 
     #[test]

@@ -9,8 +9,11 @@ use sea_orm::{
     IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
 };
 
-use crate::auth::password::{self, MIN_PASSWORD_LEN};
+use crate::auth::password::MIN_PASSWORD_LEN;
 use crate::auth::TokenId;
+
+mod hashing;
+pub use hashing::{hash_password, verify_password};
 
 /// Longest username, as in Django.
 pub const MAX_USERNAME_LEN: usize = 150;
@@ -34,6 +37,10 @@ pub enum AccountError {
     Database(#[from] DbErr),
     #[error("password hashing task failed: {0}")]
     Hashing(String),
+    /// As many password hashes are waiting for a core as may: the request
+    /// is refused at once (503, try again) instead of queued without end.
+    #[error("{0} password hashes are waiting for a core already")]
+    HashingBusy(usize),
     /// The account's tokens were revoked (its password changed, or it was
     /// deactivated) while this change was being made: the change is not made.
     #[error("the account changed meanwhile; log in again")]
@@ -120,49 +127,6 @@ fn is_common_password(password: &str, username: &str) -> bool {
     }
 }
 
-/// Password hashes running at once: one per core. Hashing is pure CPU, so
-/// more at once cannot finish sooner, and each holds 19 MiB: a burst of
-/// logins queues here instead of multiplying memory.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    })
-}
-
-/// Runs argon2 work off the async workers, at most one per core at a time.
-async fn hashing<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AccountError> {
-    let _slot = hashing_slots()
-        .acquire()
-        .await
-        .map_err(|e| AccountError::Hashing(e.to_string()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| AccountError::Hashing(e.to_string()))
-}
-
-/// Hashes off the async workers: argon2 takes tens of milliseconds of CPU.
-pub async fn hash_password(password: String) -> Result<String, AccountError> {
-    hashing(move || password::hash_password(&password)).await
-}
-
-/// Verifies off the async workers; with no stored hash, spends the same time
-/// on a dummy so the timing does not tell whether the user exists.
-pub async fn verify_password(password: String, phc: Option<String>) -> bool {
-    hashing(move || match phc {
-        Some(phc) => password::verify_password(&password, &phc),
-        None => {
-            password::verify_against_dummy(&password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// Creates an account.
 pub async fn create_user(
     db: &DatabaseConnection,
@@ -177,7 +141,7 @@ pub async fn create_user(
 }
 
 /// Inserts an account whose password is already hashed (`password_hash`, a
-/// PHC string from [`password::hash_password`]); `new.password` is not read.
+/// PHC string from [`crate::auth::password::hash_password`]); `new.password` is not read.
 /// For callers that hash once and create many accounts with one password,
 /// such as the test fixtures. The username's form is checked here; a taken
 /// or confusable one is refused by the unique key (`UsernameTaken`), where
