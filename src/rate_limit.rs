@@ -62,6 +62,11 @@ impl TokenBucket {
         self.at = now;
     }
 
+    /// Returns `cost` taken earlier, up to the burst.
+    fn give_back(&mut self, cost: f64, burst: f64) {
+        self.tokens = (self.tokens + cost).min(burst);
+    }
+
     /// Whether the bucket is full again by `now` (an idle key, safe to forget).
     fn is_full(&self, burst: f64, per_second: f64, now: Instant) -> bool {
         self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * per_second >= burst
@@ -96,6 +101,18 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
         self.take_at(key, Instant::now(), f64::from(cost).min(self.burst))
     }
 
+    /// Gives back one action's allowance taken for an action the server
+    /// then could not attempt (it was busy): the client did nothing that
+    /// should count. Never beyond the burst.
+    pub fn give_back(&self, key: K) {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return;
+        };
+        if let Some(bucket) = buckets.get_mut(&key) {
+            bucket.give_back(1.0, self.burst);
+        }
+    }
+
     fn take_at(&self, key: K, now: Instant, cost: f64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
         let (burst, rate) = (self.burst, self.per_second);
@@ -127,5 +144,25 @@ mod tests {
         assert_eq!(r.take_at(A, now, 1.0), Err(1));
         assert!(r.take_at(B, now, 1.0).is_ok());
         assert!(r.take_at(A, now + Duration::from_secs(1), 1.0).is_ok());
+    }
+
+    #[test]
+    fn an_allowance_given_back_can_be_taken_again_but_not_beyond_the_burst() {
+        let r = AddressRateLimit::new(2, 0);
+        let now = Instant::now();
+        r.take_at(A, now, 1.0).unwrap();
+        r.take_at(A, now, 1.0).unwrap();
+        assert_eq!(r.take_at(A, now, 1.0), Err(60), "spent");
+        r.give_back(A);
+        r.take_at(A, now, 1.0).expect("the one given back");
+        assert_eq!(r.take_at(A, now, 1.0), Err(60));
+        r.give_back(A);
+        r.give_back(A);
+        r.give_back(A);
+        r.take_at(A, now, 1.0).unwrap();
+        r.take_at(A, now, 1.0).unwrap();
+        assert_eq!(r.take_at(A, now, 1.0), Err(60), "no more than the burst");
+        r.give_back(B);
+        assert!(r.take_at(B, now, 1.0).is_ok(), "a key never seen is full");
     }
 }

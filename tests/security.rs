@@ -340,6 +340,34 @@ async fn registration_is_limited_per_client_address() {
     assert_eq!(users, 4);
 }
 
+/// A sign-up the server was too busy to attempt (here SQLite's write lock
+/// held past its busy timeout; a full hashing queue is answered the same)
+/// is a 503 that leaves the address's allowance as it was: the retry
+/// `Retry-After` asks for goes through instead of meeting a 429.
+#[actix_rt::test]
+async fn a_sign_up_refused_as_busy_does_not_spend_the_allowance() {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    let app = registrations_allowed("1").await;
+    let holder = app
+        .db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .expect("the write lock");
+    let (status, body) = register_from(&app, "ann", "192.0.2.1").await;
+    assert_eq!(status, 503, "{body}");
+    holder.rollback().await.expect("the lock let go");
+    let (status, body) = register_from(&app, "ann", "192.0.2.1").await;
+    assert_eq!(status, 201, "the allowance is still there: {body}");
+    let (status, body) = register_from(&app, "ben", "192.0.2.1").await;
+    assert_eq!(
+        status, 429,
+        "and spent by the sign-up that went through: {body}"
+    );
+}
+
 #[actix_rt::test]
 async fn an_ipv6_client_is_counted_by_its_64_not_each_address() {
     let app = registrations_allowed("2").await;

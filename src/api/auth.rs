@@ -127,9 +127,10 @@ pub async fn register(
     if !state.settings.auth.registration_open {
         return Err(ApiError::Forbidden("Registration is closed.".into()));
     }
+    let client = state.proxies.limit_key(&req);
     state
         .registration_limit
-        .take(state.proxies.limit_key(&req))
+        .take(client)
         .map_err(ApiError::TooManyRequests)?;
     let r = body.0;
     require_fields(&[
@@ -153,9 +154,18 @@ pub async fn register(
             "email must be at most 254 characters, names at most 150",
         ));
     }
-    let user = accounts::create_user(&state.db, new)
-        .await
-        .map_err(account_error)?;
+    let user = match accounts::create_user(&state.db, new).await {
+        Ok(user) => user,
+        Err(e) => {
+            let e = account_error(e);
+            if matches!(e, ApiError::Busy(_)) {
+                // Refused untried (hashing queue or database busy): the
+                // client's retry must not find its allowance spent.
+                state.registration_limit.give_back(client);
+            }
+            return Err(e);
+        }
+    };
     let token = state.keys.issue(user.id, user.token_version);
     Ok(CreatedJson(LoginResponse {
         token,
