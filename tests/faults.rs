@@ -383,7 +383,6 @@ fn a_pooled_connection_dropped_without_a_runtime_is_let_go() {
 /// this as 500s: BENCHMARKS.md, "Accepting invitations".)
 #[actix_rt::test]
 async fn a_database_too_busy_to_write_asks_the_client_to_retry() {
-    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
     let app = TestApp::spawn(&Backend::Sqlite).await;
     let (_, token) = app.user("alice").await;
     let mut ws = app.authorized(&token).await;
@@ -393,14 +392,7 @@ async fn a_database_too_busy_to_write_asks_the_client_to_retry() {
             .bearer_auth(&token)
             .send_json(&json!({"title": "Busy"}))
     };
-    let holder = app
-        .db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .expect("the write lock");
+    let holder = app.hold_sqlite_write_lock().await;
     let over_ws = ws.request(json!({"type": "create_group", "data": {"title": "Busy too"}}));
     let (res, answer) = futures_util::join!(create(), over_ws);
     let mut res = res.expect("a response");

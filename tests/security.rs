@@ -346,16 +346,8 @@ async fn registration_is_limited_per_client_address() {
 /// `Retry-After` asks for goes through instead of meeting a 429.
 #[actix_rt::test]
 async fn a_sign_up_refused_as_busy_does_not_spend_the_allowance() {
-    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
     let app = registrations_allowed("1").await;
-    let holder = app
-        .db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .expect("the write lock");
+    let holder = app.hold_sqlite_write_lock().await;
     let (status, body) = register_from(&app, "ann", "192.0.2.1").await;
     assert_eq!(status, 503, "{body}");
     holder.rollback().await.expect("the lock let go");

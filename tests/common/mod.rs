@@ -605,6 +605,20 @@ impl TestApp {
         (status, body)
     }
 
+    /// Takes SQLite's write lock in a transaction of the test's own, as
+    /// another writer would: the server's writes wait for it, past the
+    /// busy timeout, until it is rolled back.
+    pub async fn hold_sqlite_write_lock(&self) -> sea_orm::DatabaseTransaction {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        self.db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("the write lock")
+    }
+
     /// Logs in over REST (form encoding, as the web client does) and returns the token.
     pub async fn login(&self, username: &str) -> String {
         let mut res = self
