@@ -194,21 +194,51 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
     let Some(state) = push_dispatch::Entity::find_by_id(NAME).one(db).await? else {
         return Ok(false);
     };
+    let from = state.decided_up_to;
     // Nobody subscribed: nothing to decide, whatever was stored.
     if push_subscription::Entity::find().one(db).await?.is_none() {
-        let newest: Option<i64> = message::Entity::find()
-            .select_only()
-            .expr(Func::max(Expr::col(message::Column::Id)))
-            .into_tuple()
-            .one(db)
-            .await?
-            .flatten();
-        if let Some(newest) = newest.filter(|n| *n > state.decided_up_to) {
-            move_mark(db, me, state.decided_up_to, newest).await?;
+        if let Some(newest) = newest_message(db).await?.filter(|n| *n > from) {
+            move_mark(db, me, from, newest).await?;
         }
         return Ok(false);
     }
-    let messages = message::Entity::find()
+    let now = Utc::now();
+    let ready = decidable(from, messages_after(db, from).await?, now);
+    // A whole batch, no hole: there may be more after it.
+    let more = ready.len() as u64 == BATCH;
+    let Some(mark) = ready.last().map(|m| m.id) else {
+        return Ok(false);
+    };
+    let newest = newest_per_chat(&ready, now);
+    let queued = pushes(db, presence, &newest, now).await?;
+    let txn = crate::db::begin_write(db).await?;
+    if !move_mark(&txn, me, from, mark).await? {
+        // Another instance took the lease meanwhile: it decides these.
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    enqueue(&txn, &queued, now).await?;
+    txn.commit().await?;
+    if !queued.is_empty() {
+        tracing::debug!(pushes = queued.len(), up_to = mark, "web push: queued");
+    }
+    Ok(more)
+}
+
+/// The newest message id stored, if any.
+async fn newest_message(db: &DatabaseConnection) -> Result<Option<i64>, DbErr> {
+    Ok(message::Entity::find()
+        .select_only()
+        .expr(Func::max(Expr::col(message::Column::Id)))
+        .into_tuple()
+        .one(db)
+        .await?
+        .flatten())
+}
+
+/// The next batch of messages after `mark`, in id order.
+async fn messages_after(db: &DatabaseConnection, mark: i64) -> Result<Vec<Stored>, DbErr> {
+    message::Entity::find()
         .select_only()
         .columns([
             message::Column::Id,
@@ -217,59 +247,96 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
             message::Column::CreatedAt,
             message::Column::Deleted,
         ])
-        .filter(message::Column::Id.gt(state.decided_up_to))
+        .filter(message::Column::Id.gt(mark))
         .order_by_asc(message::Column::Id)
         .limit(BATCH)
         .into_model::<Stored>()
         .all(db)
-        .await?;
-    let now = Utc::now();
-    let ready = decidable(state.decided_up_to, messages, now);
-    // A whole batch, no hole: there may be more after it.
-    let more = ready.len() as u64 == BATCH;
-    let Some(mark) = ready.last().map(|m| m.id) else {
-        return Ok(false);
-    };
-    // The newest message of each conversation is the one told; one older
-    // than a push service would keep (pushes were off meanwhile) is not.
+        .await
+}
+
+/// The message each conversation's push tells of: its newest, unless
+/// deleted or older than a push service would keep (pushes were off
+/// meanwhile).
+fn newest_per_chat(ready: &[Stored], now: DateTime<Utc>) -> HashMap<uuid::Uuid, &Stored> {
     let stale = now - chrono::Duration::from_std(MAX_AGE).expect("seconds");
-    let mut newest: HashMap<uuid::Uuid, &Stored> = HashMap::new();
+    let mut newest = HashMap::new();
     for m in ready.iter().filter(|m| !m.deleted && m.created_at > stale) {
         newest.insert(m.chat_id, m);
     }
+    newest
+}
+
+/// One push to queue: a subscription, told of a conversation's message.
+struct Queued {
+    subscription: i64,
+    chat: uuid::Uuid,
+    message: i64,
+}
+
+/// The pushes `newest` calls for: to every member with a subscription who
+/// did not send it, has not muted the conversation and has no live
+/// session, except where that subscription was told of the conversation
+/// within `THROTTLE`.
+async fn pushes(
+    db: &DatabaseConnection,
+    presence: &Presence,
+    newest: &HashMap<uuid::Uuid, &Stored>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Queued>, DbErr> {
     let chats: Vec<uuid::Uuid> = newest.keys().copied().collect();
-    let members: Vec<(uuid::Uuid, i64)> = if chats.is_empty() {
-        Vec::new()
-    } else {
-        chat_member::Entity::find()
-            .select_only()
-            .columns([chat_member::Column::ChatId, chat_member::Column::UserId])
-            .filter(chat_member::Column::ChatId.is_in(chats.clone()))
-            .filter(chat_member::Column::Muted.eq(false))
-            .filter(
-                chat_member::Column::UserId.in_subquery(
-                    Query::select()
-                        .column(push_subscription::Column::UserId)
-                        .from(push_subscription::Entity)
-                        .to_owned(),
-                ),
-            )
-            .into_tuple()
-            .all(db)
-            .await?
-    };
+    if chats.is_empty() {
+        return Ok(Vec::new());
+    }
+    let members: Vec<(uuid::Uuid, i64)> = chat_member::Entity::find()
+        .select_only()
+        .columns([chat_member::Column::ChatId, chat_member::Column::UserId])
+        .filter(chat_member::Column::ChatId.is_in(chats.clone()))
+        .filter(chat_member::Column::Muted.eq(false))
+        .filter(
+            chat_member::Column::UserId.in_subquery(
+                Query::select()
+                    .column(push_subscription::Column::UserId)
+                    .from(push_subscription::Entity)
+                    .to_owned(),
+            ),
+        )
+        .into_tuple()
+        .all(db)
+        .await?;
     let recipients: Vec<(uuid::Uuid, i64)> = members
         .into_iter()
         .filter(|(chat, user)| {
             newest[chat].sender_id != Some(*user) && !presence.is_online(UserId(*user))
         })
         .collect();
-    let users: Vec<i64> = recipients
-        .iter()
-        .map(|(_, u)| *u)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let users: HashSet<i64> = recipients.iter().map(|(_, u)| *u).collect();
+    let subscriptions = subscriptions_of(db, &users.into_iter().collect::<Vec<_>>()).await?;
+    let throttled = throttled(db, &subscriptions, &chats, now).await?;
+    let mut by_user: HashMap<i64, Vec<i64>> = HashMap::new();
+    for s in &subscriptions {
+        by_user.entry(s.user_id).or_default().push(s.id);
+    }
+    let mut queued = Vec::new();
+    for (chat, user) in recipients {
+        for &subscription in by_user.get(&user).into_iter().flatten() {
+            if !throttled.contains(&(subscription, chat)) {
+                queued.push(Queued {
+                    subscription,
+                    chat,
+                    message: newest[&chat].id,
+                });
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Every subscription of `users`.
+async fn subscriptions_of(
+    db: &DatabaseConnection,
+    users: &[i64],
+) -> Result<Vec<push_subscription::Model>, DbErr> {
     let mut subscriptions = Vec::new();
     for some in users.chunks(crate::db::IDS_PER_LIST) {
         subscriptions.extend(
@@ -279,8 +346,18 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
                 .await?,
         );
     }
+    Ok(subscriptions)
+}
+
+/// The (subscription, conversation) pairs told within `THROTTLE`.
+async fn throttled(
+    db: &DatabaseConnection,
+    subscriptions: &[push_subscription::Model],
+    chats: &[uuid::Uuid],
+    now: DateTime<Utc>,
+) -> Result<HashSet<(i64, uuid::Uuid)>, DbErr> {
     let since = now - chrono::Duration::from_std(THROTTLE).expect("seconds");
-    let mut throttled: HashSet<(i64, uuid::Uuid)> = HashSet::new();
+    let mut throttled = HashSet::new();
     for some in subscriptions.chunks(crate::db::IDS_PER_LIST) {
         throttled.extend(
             push_throttle::Entity::find()
@@ -293,43 +370,30 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
                 .map(|t| (t.subscription_id, t.chat_id)),
         );
     }
-    let mut by_user: HashMap<i64, Vec<&push_subscription::Model>> = HashMap::new();
-    for s in &subscriptions {
-        by_user.entry(s.user_id).or_default().push(s);
-    }
-    let mut queued = Vec::new();
-    for (chat, user) in &recipients {
-        for s in by_user.get(user).into_iter().flatten() {
-            if !throttled.contains(&(s.id, *chat)) {
-                queued.push((s.id, *chat, newest[chat].id));
-            }
-        }
-    }
+    Ok(throttled)
+}
 
-    let txn = crate::db::begin_write(db).await?;
-    if !move_mark(&txn, me, state.decided_up_to, mark).await? {
-        // Another instance took the lease meanwhile: it decides these.
-        txn.rollback().await?;
-        return Ok(false);
-    }
-    for queued in queued.chunks(crate::db::ROWS_PER_INSERT) {
-        push_outbox::Entity::insert_many(queued.iter().map(|(subscription, _, message)| {
-            push_outbox::ActiveModel {
-                subscription_id: Set(*subscription),
-                message_id: Set(*message),
-                not_before: Set(now),
-                attempts: Set(0),
-                ..Default::default()
-            }
+/// Queues the pushes in `push_outbox` and notes in `push_throttle` when
+/// each subscription was told of each conversation.
+async fn enqueue<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    queued: &[Queued],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for some in queued.chunks(crate::db::ROWS_PER_INSERT) {
+        push_outbox::Entity::insert_many(some.iter().map(|q| push_outbox::ActiveModel {
+            subscription_id: Set(q.subscription),
+            message_id: Set(q.message),
+            not_before: Set(now),
+            attempts: Set(0),
+            ..Default::default()
         }))
-        .exec_without_returning(&txn)
+        .exec_without_returning(txn)
         .await?;
-        push_throttle::Entity::insert_many(queued.iter().map(|(subscription, chat, _)| {
-            push_throttle::ActiveModel {
-                subscription_id: Set(*subscription),
-                chat_id: Set(*chat),
-                last_at: Set(now),
-            }
+        push_throttle::Entity::insert_many(some.iter().map(|q| push_throttle::ActiveModel {
+            subscription_id: Set(q.subscription),
+            chat_id: Set(q.chat),
+            last_at: Set(now),
         }))
         .on_conflict(
             OnConflict::columns([
@@ -339,14 +403,10 @@ async fn decide(db: &DatabaseConnection, presence: &Presence, me: &str) -> Resul
             .update_column(push_throttle::Column::LastAt)
             .to_owned(),
         )
-        .exec_without_returning(&txn)
+        .exec_without_returning(txn)
         .await?;
     }
-    txn.commit().await?;
-    if !queued.is_empty() {
-        tracing::debug!(pushes = queued.len(), up_to = mark, "web push: queued");
-    }
-    Ok(more)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -374,5 +434,30 @@ mod tests {
         assert_eq!(ids(decidable(10, vec![at(11, 0), at(13, 0)], now)), [11]);
         assert_eq!(ids(decidable(10, vec![at(12, 0)], now)), Vec::<i64>::new());
         assert_eq!(ids(decidable(10, vec![at(12, 60), at(14, 0)], now)), [12]);
+    }
+
+    #[test]
+    fn a_conversation_is_told_of_its_newest_message_unless_deleted_or_stale() {
+        let now = Utc::now();
+        let (a, b, c) = (
+            uuid::Uuid::from_u128(1),
+            uuid::Uuid::from_u128(2),
+            uuid::Uuid::from_u128(3),
+        );
+        let in_chat = |id, chat, seconds_ago, deleted| Stored {
+            chat_id: chat,
+            deleted,
+            ..at(id, seconds_ago)
+        };
+        let ready = [
+            in_chat(1, a, 5, false),
+            in_chat(2, b, 5, false),
+            in_chat(3, a, 1, false),
+            in_chat(4, b, 0, true),
+            in_chat(5, c, 2 * 86_400, false),
+        ];
+        let newest = newest_per_chat(&ready, now);
+        let told: HashMap<uuid::Uuid, i64> = newest.iter().map(|(k, m)| (*k, m.id)).collect();
+        assert_eq!(told, HashMap::from([(a, 3), (b, 2)]));
     }
 }
