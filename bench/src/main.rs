@@ -309,16 +309,6 @@ struct MixPopulation {
     seed: u64,
 }
 
-fn print_report(summary: &[(&str, String)], report: &impl serde::Serialize) {
-    for (name, value) in summary {
-        println!("{name:>16}: {value}");
-    }
-    println!(
-        "{}",
-        serde_json::to_string(report).expect("reports are plain numbers")
-    );
-}
-
 async fn run(command: BenchCommand) -> Result<(), BenchError> {
     match command {
         BenchCommand::Load {
@@ -351,65 +341,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 client_ids,
                 database_process,
             };
-            let r = chat_bench::load(options).await?;
-            print_report(
-                &[
-                    ("connections", r.connections.to_string()),
-                    ("sent / acked", format!("{} / {}", r.sent, r.acked)),
-                    (
-                        "delivered",
-                        format!(
-                            "{} ({:.0} msg/s over {:.1} s)",
-                            r.delivered, r.msgs_per_sec, r.seconds
-                        ),
-                    ),
-                    (
-                        "lost / dup / ooo",
-                        format!("{} / {} / {}", r.lost, r.dup, r.reordered),
-                    ),
-                    ("errors", r.errors.to_string()),
-                    (
-                        "latency",
-                        format!(
-                            "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-                            r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
-                        ),
-                    ),
-                    (
-                        "changes",
-                        format!(
-                            "reactions {} / {} ok, edits {} / {} ok, {} errors",
-                            r.reactions_sent,
-                            r.reactions_ok,
-                            r.edits_sent,
-                            r.edits_ok,
-                            r.change_errors
-                        ),
-                    ),
-                    (
-                        "history page",
-                        match (r.history_p50_ms, r.history_p99_ms) {
-                            (Some(p50), Some(p99)) => format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
-                            _ => "not timed".into(),
-                        },
-                    ),
-                    (
-                        "server CPU",
-                        r.server_cpu_us_per_delivery.map_or_else(
-                            || "not measured (no --server-pid)".into(),
-                            |us| format!("{us:.2} µs per delivered message"),
-                        ),
-                    ),
-                    (
-                        "database CPU",
-                        r.database_cpu_us_per_delivery.map_or_else(
-                            || "not measured (no --database-process)".into(),
-                            |us| format!("{us:.2} µs per delivered message"),
-                        ),
-                    ),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::load(options).await?);
         }
         BenchCommand::Group {
             urls,
@@ -431,52 +363,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 sources: sources as usize,
                 redis,
             };
-            let r = chat_bench::group(options).await?;
-            let redis = match (r.redis_commands_per_msg, r.redis_publishes_per_msg) {
-                (Some(all), Some(publishes)) => {
-                    format!("{all:.2} commands ({publishes:.2} PUBLISH) per message")
-                }
-                _ => "not measured (no --redis)".into(),
-            };
-            print_report(
-                &[
-                    (
-                        "members",
-                        format!("{} on {} instance(s)", r.members, r.instances),
-                    ),
-                    ("sent / acked", format!("{} / {}", r.sent, r.acked)),
-                    (
-                        "deliveries",
-                        format!(
-                            "{} ({:.0}/s; {:.1} msg/s over {:.1} s)",
-                            r.deliveries, r.deliveries_per_sec, r.msgs_per_sec, r.seconds
-                        ),
-                    ),
-                    (
-                        "lost / dup",
-                        format!(
-                            "{} / {} ({} messages reached everyone)",
-                            r.lost, r.dup, r.complete
-                        ),
-                    ),
-                    (
-                        "to last member",
-                        format!(
-                            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                            r.p50_ms, r.p99_ms, r.max_ms
-                        ),
-                    ),
-                    ("redis", redis),
-                    (
-                        "leaving",
-                        format!(
-                            "{} members one by one: p50 {:.2} ms, max {:.2} ms",
-                            r.leaves, r.leave_p50_ms, r.leave_max_ms
-                        ),
-                    ),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::group(options).await?);
         }
         BenchCommand::Churn {
             url,
@@ -492,33 +379,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 rate,
                 sources: sources as usize,
             };
-            let r = chat_bench::churn(options).await?;
-            print_report(
-                &[
-                    ("connections", r.connections.to_string()),
-                    (
-                        "sent / acked",
-                        format!(
-                            "{} / {} ({} unacknowledged at the end)",
-                            r.sent, r.acked, r.unacked
-                        ),
-                    ),
-                    (
-                        "lost / duplicated",
-                        format!("{} / {}", r.lost, r.duplicated),
-                    ),
-                    ("reconnects", r.reconnects.to_string()),
-                    ("longest outage", format!("{:.0} ms", r.max_outage_ms)),
-                    (
-                        "throughput",
-                        format!(
-                            "{:.0} acked/s; slowest second {}; per second {:?}",
-                            r.acked_per_sec, r.min_acked_in_a_second, r.per_second
-                        ),
-                    ),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::churn(options).await?);
         }
         BenchCommand::Idle {
             url,
@@ -544,64 +405,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 paired,
                 contacts,
             };
-            let r = chat_bench::idle(options).await?;
-            let kib = |v: Option<u64>| {
-                v.map_or("n/a (no --server-pid)".to_string(), |k| format!("{k} KiB"))
-            };
-            print_report(
-                &[
-                    ("sessions", r.sessions.to_string()),
-                    (
-                        "server RSS",
-                        format!("{} → {}", kib(r.rss_before_kib), kib(r.rss_after_kib)),
-                    ),
-                    (
-                        "per session",
-                        r.kib_per_session
-                            .map_or("n/a".into(), |k| format!("{k:.2} KiB")),
-                    ),
-                    (
-                        "kernel TCP mem",
-                        match (r.tcp_socket_kib_before, r.tcp_socket_kib_after) {
-                            (Some(b), Some(a)) => format!(
-                                "{b} → {a} KiB (both ends of every connection are on this machine)"
-                            ),
-                            _ => "n/a".into(),
-                        },
-                    ),
-                    (
-                        "slope",
-                        match (r.rss_half_kib, r.slope_kib_per_session) {
-                            (Some(half), Some(slope)) => format!(
-                                "{slope:.2} KiB per session from half the sessions ({half} KiB) to all"
-                            ),
-                            _ => "n/a".into(),
-                        },
-                    ),
-                    (
-                        "idle CPU",
-                        r.idle_cpu_percent
-                            .map_or("not sampled".into(), |c| format!("{c:.2} % of one core")),
-                    ),
-                    (
-                        "after 60 KiB frames",
-                        match (r.rss_after_large_kib, r.large_kib_per_session) {
-                            (Some(rss), Some(per)) => {
-                                format!("RSS {rss} KiB, {per:+.2} KiB per sending session")
-                            }
-                            _ => "not measured".into(),
-                        },
-                    ),
-                    (
-                        "latency",
-                        format!(
-                            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} messages",
-                            r.p50_ms, r.p99_ms, r.max_ms, r.messages
-                        ),
-                    ),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::idle(options).await?);
         }
         BenchCommand::MixFill {
             population,
@@ -646,8 +450,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 redis,
                 database_process,
             };
-            let r = chat_bench::mix(options).await?;
-            print_mix(&r);
+            chat_bench::print(&chat_bench::mix(options).await?);
         }
         BenchCommand::SearchFill { model, dialect } => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -673,25 +476,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 writers: writers as usize,
                 write_rate,
             };
-            let r = chat_bench::search(options).await?;
-            let ms =
-                |q: [f64; 3]| format!("p50 {:.2} / p99 {:.2} / max {:.2} ms", q[0], q[1], q[2]);
-            print_report(
-                &[
-                    ("one word", ms(r.one_word_ms)),
-                    ("two words", ms(r.two_words_ms)),
-                    (
-                        "hits per page",
-                        format!("{:.1} / {:.1}", r.one_word_hits, r.two_words_hits),
-                    ),
-                    ("errors", r.errors.to_string()),
-                    (
-                        "written",
-                        format!("{:.0} msg/s", r.written as f64 / r.write_seconds.max(0.001)),
-                    ),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::search(options).await?);
         }
         BenchCommand::Attack {
             url,
@@ -713,23 +498,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 rate,
                 patterns,
             };
-            let r = chat_bench::attack(options).await?;
-            let lines: Vec<(String, String)> = r
-                .phases
-                .iter()
-                .map(|p| {
-                    let name = p.pattern.map_or("quiet".into(), |p| format!("{p:?}").to_lowercase());
-                    let line = format!(
-                        "bystander p50 {:.2} ms, p99 {:.2} ms ({:.2}x quiet), max {:.2} ms, lost {}/{}; attacker {} requests, {} refused",
-                        p.p50_ms, p.p99_ms, p.p99_ratio, p.max_ms, p.bystander_lost,
-                        p.bystander_messages, p.attacker_requests, p.attacker_refused
-                    );
-                    (name, line)
-                })
-                .collect();
-            let summary: Vec<(&str, String)> =
-                lines.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
-            print_report(&summary, &r);
+            chat_bench::print(&chat_bench::attack(options).await?);
         }
         BenchCommand::Files {
             url,
@@ -745,167 +514,14 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 each_mib,
                 pid,
             };
-            let r = chat_bench::files(options).await?;
-            let rss = match (r.rss_before_kib, r.rss_peak_kib, r.rss_growth_kib) {
-                (Some(before), Some(peak), Some(growth)) => format!(
-                    "{:.1} MiB before, {:.1} MiB at the peak: +{:.1} MiB",
-                    before as f64 / 1024.0,
-                    peak as f64 / 1024.0,
-                    growth as f64 / 1024.0
-                ),
-                _ => "not sampled (no --pid)".into(),
-            };
-            print_report(
-                &[
-                    (
-                        "upload",
-                        format!("{} MiB at {:.0} MiB/s", r.size_mib, r.upload_mib_per_s),
-                    ),
-                    (
-                        "download",
-                        format!("{} MiB at {:.0} MiB/s", r.size_mib, r.download_mib_per_s),
-                    ),
-                    (
-                        "at once",
-                        format!(
-                            "{} × {} MiB in {:.2} s ({:.0} MiB/s)",
-                            r.concurrent, r.each_mib, r.concurrent_seconds, r.concurrent_mib_per_s
-                        ),
-                    ),
-                    ("server RSS", rss),
-                ],
-                &r,
-            );
+            chat_bench::print(&chat_bench::files(options).await?);
         }
         BenchCommand::Startup { runs, server } => {
             let server = server.map_or_else(sibling_server, Ok)?;
-            let r = chat_bench::startup(&server, runs as usize).await?;
-            print_report(
-                &[(
-                    "to /readyz 200",
-                    format!(
-                        "min {:.1} ms, median {:.1} ms, max {:.1} ms over {} runs",
-                        r.min_ms, r.median_ms, r.max_ms, r.runs
-                    ),
-                )],
-                &r,
-            );
+            chat_bench::print(&chat_bench::startup(&server, runs as usize).await?);
         }
     }
     Ok(())
-}
-
-/// `mix`'s summary: one line per figure, then the JSON line.
-fn print_mix(r: &chat_bench::MixReport) {
-    let opt =
-        |v: Option<f64>, unit: &str| v.map_or("not measured".into(), |v| format!("{v:.2} {unit}"));
-    let kib = |v: Option<u64>| v.map_or("?".into(), |v| format!("{v}"));
-    let mut lines = vec![
-        (
-            "population".to_string(),
-            format!(
-                "{} users, {} sessions, {} direct conversations, {} groups, {} instance(s)",
-                r.users, r.sessions, r.direct_conversations, r.groups, r.instances
-            ),
-        ),
-        (
-            "sent / acked".into(),
-            format!(
-                "{} / {} ({:.1} msg/s), {} errors {:?}",
-                r.sent, r.acked, r.messages_per_sec, r.errors, r.error_samples
-            ),
-        ),
-        (
-            "deliveries".into(),
-            format!(
-                "{} ({:.0}/s over {:.1} s)",
-                r.deliveries, r.deliveries_per_sec, r.seconds
-            ),
-        ),
-        (
-            "typing / reads".into(),
-            format!("{} / {}", r.typing_sent, r.reads_sent),
-        ),
-        (
-            "lost / dup / gaps".into(),
-            format!("{} / {} / {}", r.lost, r.duplicates, r.jumps),
-        ),
-        (
-            "reconnects".into(),
-            format!(
-                "{} asked, {} dropped; caught up p50 {} / p99 {}",
-                r.reconnects,
-                r.dropped,
-                opt(r.catch_up_p50_ms, "ms"),
-                opt(r.catch_up_p99_ms, "ms")
-            ),
-        ),
-    ];
-    for b in r.latency.iter().chain(std::iter::once(&r.all)) {
-        lines.push((
-            b.bucket.to_string(),
-            format!(
-                "{} deliveries: p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms",
-                b.deliveries, b.p50_ms, b.p99_ms, b.p999_ms, b.max_ms
-            ),
-        ));
-    }
-    lines.extend([
-        (
-            "server CPU".into(),
-            format!(
-                "{} per delivery, {} per message, {} of one core (the generator: {})",
-                opt(r.server_cpu_us_per_delivery, "µs"),
-                opt(r.server_cpu_us_per_message, "µs"),
-                opt(r.server_cpu_percent, "%"),
-                opt(r.generator_cpu_percent, "%")
-            ),
-        ),
-        (
-            "server RSS".into(),
-            format!(
-                "{} KiB after logins, {} with half the sessions, {} with all, {} at the end",
-                kib(r.rss_before_sessions_kib),
-                kib(r.rss_half_kib),
-                kib(r.rss_sessions_kib),
-                kib(r.rss_end_kib)
-            ),
-        ),
-        (
-            "per session".into(),
-            format!(
-                "{} (slope {})",
-                opt(r.kib_per_session, "KiB"),
-                opt(r.slope_kib_per_session, "KiB")
-            ),
-        ),
-        (
-            "kernel TCP mem".into(),
-            format!(
-                "{} → {} KiB",
-                kib(r.tcp_socket_kib_before),
-                kib(r.tcp_socket_kib_after)
-            ),
-        ),
-        (
-            "redis".into(),
-            format!(
-                "{} commands, {} CPU per message",
-                opt(r.redis_commands_per_message, ""),
-                opt(r.redis_cpu_us_per_message, "µs")
-            ),
-        ),
-        (
-            "database CPU".into(),
-            format!(
-                "{} per message, {} of one core",
-                opt(r.database_cpu_us_per_message, "µs"),
-                opt(r.database_cpu_percent, "%")
-            ),
-        ),
-    ]);
-    let summary: Vec<(&str, String)> = lines.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
-    print_report(&summary, r);
 }
 
 /// `chat-server` beside this binary (both are built into the same directory).
