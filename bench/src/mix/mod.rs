@@ -20,12 +20,20 @@
 //! bucket, every conversation's log checked for loss, duplicates and gaps,
 //! the servers' CPU per delivered and per sent message, their RSS per
 //! session (with the kernel's socket memory beside it), and Redis's CPU and
-//! commands per message.
+//! commands per message (`report.rs`).
+//!
+//! A run: log every user in, open the sessions in two halves (the RSS
+//! read between them gives the slope per session), send for the
+//! duration, drain until every message is answered and every session has
+//! caught up, then build the report.
 
 mod population;
+mod report;
 mod session;
 
 pub use population::fill_population;
+pub use report::MixReport;
+use report::{rss, Memory, Usage};
 
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
@@ -35,18 +43,13 @@ use std::time::{Duration, Instant};
 use actix_rt::Arbiter;
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Semaphore;
 
-use crate::group::redis_info;
 use crate::search::{login, uuid_text, Rng};
-use crate::{
-    cpu_time, open_session, processes_cpu, processes_cpu_since, raise_fd_limit, rss_kib,
-    servers_cpu_time, setup, tcp_socket_kib, ws_url, BenchError, Clients,
-};
-use population::{Population, BUCKETS};
+use crate::{open_session, raise_fd_limit, setup, tcp_socket_kib, ws_url, BenchError, Clients};
+use population::Population;
 use session::{lock, Connection, Out, Shared, State, Tally};
 
 /// Options of `chat-bench mix`.
@@ -79,109 +82,6 @@ pub struct MixOptions {
     pub database_process: Option<String>,
 }
 
-/// One latency bucket of the report.
-#[derive(Debug, serde::Serialize)]
-pub struct BucketReport {
-    pub bucket: &'static str,
-    pub deliveries: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
-}
-
-/// What `chat-bench mix` measured.
-#[derive(Debug, serde::Serialize)]
-pub struct MixReport {
-    pub users: usize,
-    pub sessions: usize,
-    pub direct_conversations: usize,
-    pub groups: usize,
-    pub instances: usize,
-    pub seconds: f64,
-    pub sent: u64,
-    pub acked: u64,
-    pub errors: u64,
-    pub error_samples: Vec<String>,
-    pub typing_sent: u64,
-    pub reads_sent: u64,
-    pub deliveries: u64,
-    pub deliveries_per_sec: f64,
-    pub messages_per_sec: f64,
-    pub latency: Vec<BucketReport>,
-    pub all: BucketReport,
-    /// Events some session never got, live or by `sync`.
-    pub lost: u64,
-    pub duplicates: u64,
-    pub jumps: u64,
-    pub reconnects: u64,
-    pub dropped: u64,
-    /// Messages never answered (each still waiting at the end), with a
-    /// few of their frames.
-    pub unanswered: u64,
-    pub unanswered_samples: Vec<String>,
-    pub catch_up_p50_ms: Option<f64>,
-    pub catch_up_p99_ms: Option<f64>,
-    pub server_cpu_us_per_delivery: Option<f64>,
-    pub server_cpu_us_per_message: Option<f64>,
-    /// The servers' CPU over the run, in percent of one core.
-    pub server_cpu_percent: Option<f64>,
-    /// This generator's own CPU over the run, in percent of one core (near
-    /// 100 per thread: the generator is what bounds the run).
-    pub generator_cpu_percent: Option<f64>,
-    /// The servers' RSS after the logins, with half the sessions open, with
-    /// all open, and at the end.
-    pub rss_before_sessions_kib: Option<u64>,
-    pub rss_half_kib: Option<u64>,
-    pub rss_sessions_kib: Option<u64>,
-    pub rss_end_kib: Option<u64>,
-    pub kib_per_session: Option<f64>,
-    pub slope_kib_per_session: Option<f64>,
-    /// The kernel's TCP memory before the sessions and with all open (both
-    /// ends of every connection are on this machine).
-    pub tcp_socket_kib_before: Option<u64>,
-    pub tcp_socket_kib_after: Option<u64>,
-    pub redis_commands_per_message: Option<f64>,
-    pub redis_cpu_us_per_message: Option<f64>,
-    /// The database server's processes' CPU over the run, per message
-    /// answered and in percent of one core (`--database-process`).
-    pub database_cpu_us_per_message: Option<f64>,
-    pub database_cpu_percent: Option<f64>,
-}
-
-fn bucket(name: &'static str, h: &Histogram<u64>) -> BucketReport {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    BucketReport {
-        bucket: name,
-        deliveries: h.len(),
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: h.max() as f64 / 1000.0,
-    }
-}
-
-/// (commands executed, CPU seconds used) of the Redis at `url`.
-fn redis_figures(url: &str) -> Result<(u64, f64), BenchError> {
-    let commands = crate::group::redis_calls(url)?.0;
-    let cpu = redis_info(url, "cpu")?
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_sys:")
-                .or_else(|| l.strip_prefix("used_cpu_user:"))
-        })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum();
-    Ok((commands, cpu))
-}
-
-fn rss(pids: &[u32]) -> Option<u64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&pid| rss_kib(pid)).sum()
-}
-
 /// An exponential wait of mean 1/`rate` seconds.
 fn exponential(rng: &mut Rng, rate: f64) -> Duration {
     Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate)
@@ -195,33 +95,11 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         return Err(setup("mix", "needs a --url and at least 3 users"));
     }
     let population = Population::new(opts.users, opts.seed);
-    let clients = Clients::new(opts.sources);
-    let url = |i: usize| {
-        opts.urls[i % opts.urls.len()]
-            .trim_end_matches('/')
-            .to_string()
-    };
-    eprintln!("logging in {} users…", opts.users);
-    let tokens: Vec<Arc<str>> = futures_util::stream::iter(0..opts.users)
-        .map(|u| {
-            let (client, base) = (clients.get(u).clone(), url(u));
-            async move {
-                login(&client, &base, &Population::username(u as u32))
-                    .await
-                    .map(Arc::from)
-            }
-        })
-        .buffered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-
+    let tokens = log_in(&opts).await?;
     let rss_before = rss(&opts.server_pids);
     let tcp_before = tcp_socket_kib();
-    let origin = Instant::now();
     let shared = Arc::new(Shared {
-        origin,
+        origin: Instant::now(),
         index: population
             .conversations
             .iter()
@@ -233,79 +111,188 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         reads: opts.reads,
         tally: Mutex::new(Tally::new()),
     });
-    // (user, k): every session, the users' first sessions first.
-    let mut places: Vec<(u32, u8)> = (0..opts.users as u32).map(|u| (u, 0)).collect();
-    places.extend(
-        (0..opts.users as u32)
-            .filter(|&u| shared.population.sessions[u as usize] == 2)
-            .map(|u| (u, 1)),
-    );
-    let total = places.len();
-    eprintln!("opening {total} sessions…");
-    let shards: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
-    // As many handshakes at once as the server is asked, over every thread.
-    let handshakes = Arc::new(Semaphore::new(32));
-    let mut senders: Vec<Vec<UnboundedSender<Out>>> = vec![Vec::new(); opts.users];
-    let mut states = Vec::with_capacity(total);
-    let mut rss_half = None;
-    for (half, chunk) in [&places[..total / 2], &places[total / 2..]]
-        .into_iter()
-        .enumerate()
-    {
-        let (opened_tx, mut opened) = unbounded_channel();
-        for (i, &(u, k)) in chunk.iter().enumerate() {
-            let state = Arc::new(Mutex::new(State::new(
-                u,
-                k == 0,
-                opts.seed ^ (u64::from(u) << 1 | u64::from(k)),
-            )));
-            let (tx, rx) = unbounded_channel();
-            senders[u as usize].push(tx);
-            states.push(state.clone());
-            let start = Start {
-                source: i + half,
-                sources: opts.sources,
-                ws_base: ws_url(&url(u as usize + k as usize)),
-                token: tokens[u as usize].clone(),
-                handshakes: handshakes.clone(),
-                opened: opened_tx.clone(),
-            };
-            let shared = shared.clone();
-            shards[states.len() % shards.len()].spawn_fn(move || start.run(state, shared, rx));
-        }
-        drop(opened_tx);
-        for _ in chunk {
-            opened
-                .recv()
-                .await
-                .ok_or_else(|| setup("mix", "a generator thread stopped"))??;
-        }
-        // Every session of this half has had its get_contacts answered.
-        let opened_so_far = states.len();
-        wait_for(Duration::from_secs(120), || {
-            lock(&shared.tally).ready >= opened_so_far
-        })
-        .await;
-        if half == 0 {
-            rss_half = rss(&opts.server_pids);
-        }
-    }
-    let rss_sessions = rss(&opts.server_pids);
-    let tcp_after = tcp_socket_kib();
-
+    let sessions = Sessions::open(&opts, &shared, &tokens).await?;
+    let memory = Memory {
+        rss_before,
+        rss_half: sessions.rss_half,
+        rss_sessions: rss(&opts.server_pids),
+        rss_end: None,
+        tcp_before,
+        tcp_after: tcp_socket_kib(),
+    };
     eprintln!(
-        "{total} sessions ready; {:.0} messages/s for {:?}…",
-        opts.rate, opts.duration
+        "{} sessions ready; {:.0} messages/s for {:?}…",
+        sessions.places.len(),
+        opts.rate,
+        opts.duration
     );
-    let cpu_start = servers_cpu_time(&opts.server_pids);
-    let own_start = cpu_time(std::process::id());
-    let database_start = opts.database_process.as_deref().and_then(processes_cpu);
-    let redis_start = opts.redis.as_deref().map(redis_figures).transpose()?;
+    let usage = Usage::start(&opts)?;
     let run_start = Instant::now();
+    let sent = send(&opts, &shared, &sessions, run_start).await;
+    eprintln!("sending stopped; draining…");
+    let last_event = drain(&shared, &sessions.states, &sent).await;
+    let seconds = (last_event - run_start).as_secs_f64();
+    let used = usage.end(&opts)?;
+    let memory = Memory {
+        rss_end: rss(&opts.server_pids),
+        ..memory
+    };
+    let states = sessions.stop();
+    Ok(report::build(
+        &opts, &shared, &states, &sent, &used, &memory, seconds,
+    ))
+}
+
+/// The base URL of the instance that user (or session) `i` uses.
+fn base_url(opts: &MixOptions, i: usize) -> String {
+    opts.urls[i % opts.urls.len()]
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Logs every user in over REST, 32 at a time; their tokens.
+async fn log_in(opts: &MixOptions) -> Result<Vec<Arc<str>>, BenchError> {
+    eprintln!("logging in {} users…", opts.users);
+    let clients = Clients::new(opts.sources);
+    futures_util::stream::iter(0..opts.users)
+        .map(|u| {
+            let (client, base) = (clients.get(u).clone(), base_url(opts, u));
+            async move {
+                login(&client, &base, &Population::username(u as u32))
+                    .await
+                    .map(Arc::from)
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Every session, open and running on the generator's threads.
+struct Sessions {
+    /// (user, k): every session, the users' first sessions first.
+    places: Vec<(u32, u8)>,
+    /// Each user's sessions' command channels.
+    senders: Vec<Vec<UnboundedSender<Out>>>,
+    states: Vec<Arc<Mutex<State>>>,
+    shards: Vec<Arbiter>,
+    /// The servers' RSS once half the sessions were open.
+    rss_half: Option<u64>,
+}
+
+impl Sessions {
+    /// Opens the sessions in two halves, each half once every one of its
+    /// sessions has had its `get_contacts` answered, reading the servers'
+    /// RSS between the halves (the slope per session).
+    async fn open(
+        opts: &MixOptions,
+        shared: &Arc<Shared>,
+        tokens: &[Arc<str>],
+    ) -> Result<Sessions, BenchError> {
+        let mut places: Vec<(u32, u8)> = (0..opts.users as u32).map(|u| (u, 0)).collect();
+        places.extend(
+            (0..opts.users as u32)
+                .filter(|&u| shared.population.sessions[u as usize] == 2)
+                .map(|u| (u, 1)),
+        );
+        let total = places.len();
+        eprintln!("opening {total} sessions…");
+        let shards: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
+        // As many handshakes at once as the server is asked, over every thread.
+        let handshakes = Arc::new(Semaphore::new(32));
+        let mut senders: Vec<Vec<UnboundedSender<Out>>> = vec![Vec::new(); opts.users];
+        let mut states = Vec::with_capacity(total);
+        let mut rss_half = None;
+        for (half, chunk) in [&places[..total / 2], &places[total / 2..]]
+            .into_iter()
+            .enumerate()
+        {
+            let (opened_tx, mut opened) = unbounded_channel();
+            for (i, &(u, k)) in chunk.iter().enumerate() {
+                let state = Arc::new(Mutex::new(State::new(
+                    u,
+                    k == 0,
+                    opts.seed ^ (u64::from(u) << 1 | u64::from(k)),
+                )));
+                let (tx, rx) = unbounded_channel();
+                senders[u as usize].push(tx);
+                states.push(state.clone());
+                let start = Start {
+                    source: i + half,
+                    sources: opts.sources,
+                    ws_base: ws_url(&base_url(opts, u as usize + k as usize)),
+                    token: tokens[u as usize].clone(),
+                    handshakes: handshakes.clone(),
+                    opened: opened_tx.clone(),
+                };
+                let shared = shared.clone();
+                shards[states.len() % shards.len()].spawn_fn(move || start.run(state, shared, rx));
+            }
+            drop(opened_tx);
+            for _ in chunk {
+                opened
+                    .recv()
+                    .await
+                    .ok_or_else(|| setup("mix", "a generator thread stopped"))??;
+            }
+            // Every session of this half has had its get_contacts answered.
+            let opened_so_far = states.len();
+            wait_for(Duration::from_secs(120), || {
+                lock(&shared.tally).ready >= opened_so_far
+            })
+            .await;
+            if half == 0 {
+                rss_half = rss(&opts.server_pids);
+            }
+        }
+        Ok(Sessions {
+            places,
+            senders,
+            states,
+            shards,
+            rss_half,
+        })
+    }
+
+    /// Ends every session with its thread; their states, which only this
+    /// thread reads from here on.
+    fn stop(self) -> Vec<Arc<Mutex<State>>> {
+        drop(self.senders);
+        for shard in self.shards {
+            shard.stop();
+            let _ = shard.join();
+        }
+        self.states
+    }
+}
+
+/// What was sent over the run.
+struct Sent {
+    messages: Rc<RefCell<u64>>,
+    typing: u64,
+    /// Typed messages not sent yet (each goes 1–3 s after its `typing`).
+    pending: Rc<RefCell<usize>>,
+}
+
+/// Sends for the run's duration: messages as a Poisson process of
+/// `opts.rate`, a share of them after `typing`, and reconnects at their
+/// own rate, all drawn from one seeded generator.
+async fn send(
+    opts: &MixOptions,
+    shared: &Arc<Shared>,
+    sessions: &Sessions,
+    run_start: Instant,
+) -> Sent {
+    let (places, senders) = (&sessions.places, &sessions.senders);
+    let total = places.len();
     let stop_at = run_start + opts.duration;
-    let sent = Rc::new(RefCell::new(0u64));
-    let mut typing_sent = 0u64;
-    let pending = Rc::new(RefCell::new(0usize));
+    let mut sent = Sent {
+        messages: Rc::new(RefCell::new(0u64)),
+        typing: 0,
+        pending: Rc::new(RefCell::new(0usize)),
+    };
     let reconnect_rate = total as f64 * opts.reconnects_per_minute / 60.0;
     let event_rate = opts.rate + reconnect_rate;
     let mut rng = Rng(opts.seed ^ 0x00C0_FFEE);
@@ -333,24 +320,24 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         let to = senders[u][0].clone();
         client_id += 1;
         let message = {
-            let (pk, shared, sent) = (pk.clone(), shared.clone(), sent.clone());
+            let (pk, shared, count) = (pk.clone(), shared.clone(), sent.messages.clone());
             let client_id = format!("mix-{client_id}");
             move || {
                 let stamp = shared.origin.elapsed().as_micros();
                 let data =
                     json!({"to": pk, "content": format!("mix {stamp}"), "client_id": client_id});
-                *sent.borrow_mut() += 1;
+                *count.borrow_mut() += 1;
                 let text = json!({"type": "message", "data": data}).to_string();
                 Out::Message { client_id, text }
             }
         };
         if rng.unit() < opts.typing {
-            typing_sent += 1;
+            sent.typing += 1;
             let typing = json!({"type": "typing", "data": {"id": pk}}).to_string();
             let _ = to.send(Out::Text(typing));
             let delay = Duration::from_secs_f64(1.0 + 2.0 * rng.unit());
-            *pending.borrow_mut() += 1;
-            let pending = pending.clone();
+            *sent.pending.borrow_mut() += 1;
+            let pending = sent.pending.clone();
             actix_rt::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _ = to.send(message());
@@ -360,16 +347,23 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
             let _ = to.send(message());
         }
     }
-    eprintln!("sending stopped; draining…");
-    // Typed messages still to go, then every answer and delivery: quiet
-    // for a second, nobody catching up, every message answered.
-    wait_for(Duration::from_secs(10), || *pending.borrow() == 0).await;
+    sent
+}
+
+/// Waits for the typed messages still to go, then for every answer and
+/// delivery: quiet for a second, nobody catching up, every message
+/// answered. When the last answer or delivery came.
+async fn drain(shared: &Shared, states: &[Arc<Mutex<State>>], sent: &Sent) -> Instant {
+    wait_for(Duration::from_secs(10), || *sent.pending.borrow() == 0).await;
     let mut last = (0u64, Instant::now());
     wait_for(Duration::from_secs(60), || {
         let (now, answered) = {
             let tally = lock(&shared.tally);
             let answers = tally.acked + tally.errors;
-            (tally.deliveries + answers, answers >= *sent.borrow())
+            (
+                tally.deliveries + answers,
+                answers >= *sent.messages.borrow(),
+            )
         };
         if now != last.0 {
             last = (now, Instant::now());
@@ -381,113 +375,7 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         answered && settled && last.1.elapsed() > Duration::from_secs(1)
     })
     .await;
-    let seconds = (last.1 - run_start).as_secs_f64();
-    let cpu = servers_cpu_time(&opts.server_pids)
-        .zip(cpu_start)
-        .map(|(end, start)| end.saturating_sub(start));
-    let redis = match (opts.redis.as_deref(), redis_start) {
-        (Some(url), Some(start)) => Some((redis_figures(url)?, start)),
-        _ => None,
-    };
-    let rss_end = rss(&opts.server_pids);
-    let database = processes_cpu_since(opts.database_process.as_deref(), database_start);
-    let own = cpu_time(std::process::id())
-        .zip(own_start)
-        .map(|(end, start)| end.saturating_sub(start));
-    // The sessions end with their threads; only this thread reads the
-    // states from here on.
-    drop(senders);
-    for shard in shards {
-        shard.stop();
-        let _ = shard.join();
-    }
-
-    let last_seq = lock(&shared.last_seq);
-    let lost: u64 = states
-        .iter()
-        .map(|s| {
-            let s = lock(s);
-            population.of_user[s.user as usize]
-                .iter()
-                .map(|&c| {
-                    let upto = s.cursors.get(&c).map_or(0, |cursor| cursor.upto);
-                    (last_seq[c as usize] - upto).max(0) as u64
-                })
-                .sum::<u64>()
-        })
-        .sum();
-    let tally = lock(&shared.tally);
-    let sent = *sent.borrow();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-    for h in &tally.latency {
-        all.add(h).expect("same bounds");
-    }
-    let per = |total: u64| {
-        cpu.filter(|_| total > 0)
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / total as f64)
-    };
-    let catch_up = (!tally.catch_up.is_empty()).then_some(&tally.catch_up);
-    let kib_per = |a: Option<u64>, b: Option<u64>, n: usize| {
-        a.zip(b)
-            .filter(|_| n > 0)
-            .map(|(a, b)| (b as f64 - a as f64) / n as f64)
-    };
-    Ok(MixReport {
-        users: opts.users,
-        sessions: total,
-        direct_conversations: population.conversations.iter().filter(|c| !c.group).count(),
-        groups: population.conversations.iter().filter(|c| c.group).count(),
-        instances: opts.urls.len(),
-        seconds,
-        sent,
-        acked: tally.acked,
-        errors: tally.errors,
-        error_samples: tally.error_samples.clone(),
-        typing_sent,
-        reads_sent: tally.reads_sent,
-        deliveries: tally.deliveries,
-        deliveries_per_sec: tally.deliveries as f64 / seconds.max(1e-9),
-        messages_per_sec: tally.acked as f64 / seconds.max(1e-9),
-        latency: BUCKETS
-            .iter()
-            .zip(&tally.latency)
-            .map(|(name, h)| bucket(name, h))
-            .collect(),
-        all: bucket("all", &all),
-        lost,
-        duplicates: tally.duplicates,
-        jumps: tally.jumps,
-        reconnects: tally.reconnects,
-        dropped: tally.dropped,
-        unanswered: states.iter().map(|s| lock(s).unanswered.len() as u64).sum(),
-        unanswered_samples: states
-            .iter()
-            .flat_map(|s| lock(s).unanswered.values().cloned().collect::<Vec<_>>())
-            .take(3)
-            .collect(),
-        catch_up_p50_ms: catch_up.map(|h| h.value_at_quantile(0.5) as f64 / 1000.0),
-        catch_up_p99_ms: catch_up.map(|h| h.value_at_quantile(0.99) as f64 / 1000.0),
-        server_cpu_us_per_delivery: per(tally.deliveries),
-        server_cpu_us_per_message: per(tally.acked),
-        server_cpu_percent: cpu.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
-        generator_cpu_percent: own.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
-        rss_before_sessions_kib: rss_before,
-        rss_half_kib: rss_half,
-        rss_sessions_kib: rss_sessions,
-        rss_end_kib: rss_end,
-        kib_per_session: kib_per(rss_before, rss_sessions, total),
-        slope_kib_per_session: kib_per(rss_half, rss_sessions, total - total / 2),
-        tcp_socket_kib_before: tcp_before,
-        tcp_socket_kib_after: tcp_after,
-        redis_commands_per_message: redis.map(|((end, _), (start, _))| {
-            end.saturating_sub(start) as f64 / tally.acked.max(1) as f64
-        }),
-        redis_cpu_us_per_message: redis
-            .map(|((_, end), (_, start))| (end - start) * 1e6 / tally.acked.max(1) as f64),
-        database_cpu_us_per_message: database
-            .map(|c| c.as_secs_f64() * 1e6 / tally.acked.max(1) as f64),
-        database_cpu_percent: database.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
-    })
+    last.1
 }
 
 thread_local! {
