@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     ms, open_session, raise_fd_limit, register, send_paced, senders_finished, setup, ws_url,
-    Account, BenchError, Clients, Frame, Pacing, Push, DRAIN,
+    Account, BenchError, Clients, Frame, Pacing, Push, Socket, DRAIN,
 };
 
 /// Options of `bench group`.
@@ -244,18 +244,14 @@ pub(crate) async fn accept_all(
     Ok(())
 }
 
-/// Runs `bench group`.
-pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
-    raise_fd_limit();
-    let members = opts.members.max(2);
-    let senders = opts.senders.clamp(1, members);
-    let clients = Clients::new(opts.sources);
+/// Registers the members (16 at a time), the first creates the group and
+/// invites the others, and they accept: the accounts and the group's id.
+async fn set_up(
+    clients: &Clients,
+    url: impl Fn(usize) -> String,
+    members: usize,
+) -> Result<(Vec<Account>, String), BenchError> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let url = |i: usize| {
-        opts.urls[i % opts.urls.len()]
-            .trim_end_matches('/')
-            .to_string()
-    };
     eprintln!("registering {members} members…");
     let limit = Arc::new(Semaphore::new(16));
     let registrations = (0..members).map(|i| {
@@ -274,7 +270,22 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
     let ids: Vec<i64> = accounts.iter().map(|a| a.id).collect();
     let pk = create_group(clients.get(0), &url(0), &accounts[0], &ids[1..]).await?;
     eprintln!("{} members accept the invitation…", members - 1);
-    accept_all(&clients, url, &accounts[1..], &pk).await?;
+    accept_all(clients, url, &accounts[1..], &pk).await?;
+    Ok((accounts, pk))
+}
+
+/// Runs `bench group`.
+pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
+    raise_fd_limit();
+    let members = opts.members.max(2);
+    let senders = opts.senders.clamp(1, members);
+    let clients = Clients::new(opts.sources);
+    let url = |i: usize| {
+        opts.urls[i % opts.urls.len()]
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let (accounts, pk) = set_up(&clients, url, members).await?;
 
     eprintln!("opening {members} sessions…");
     let mut sockets = Vec::with_capacity(members);
@@ -297,61 +308,15 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
         (opts.rate > 0).then(|| Duration::from_secs_f64(senders as f64 / opts.rate as f64));
     let mut tasks = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (sink, mut incoming) = socket.split();
+        let (sink, incoming) = socket.split();
         let window = Rc::new(Semaphore::new(opts.window.max(1)));
-        let (w, t) = (window.clone(), tally.clone());
-        tasks.push(actix_rt::spawn(async move {
-            while let Some(Ok(frame)) = incoming.next().await {
-                let ws::Frame::Text(bytes) = frame else {
-                    continue;
-                };
-                let Ok(frame) = serde_json::from_slice::<Frame>(&bytes) else {
-                    continue;
-                };
-                match frame.kind {
-                    "message_response" => {
-                        let ok = frame.data.is_some_and(|d| d.get().contains("\"success\""));
-                        let mut t = t.borrow_mut();
-                        if ok {
-                            t.acked += 1;
-                        } else {
-                            t.errors += 1;
-                        }
-                        w.add_permits(1);
-                    }
-                    "message" => {
-                        let Some(push) = frame
-                            .data
-                            .and_then(|d| serde_json::from_str::<Push>(d.get()).ok())
-                        else {
-                            continue;
-                        };
-                        if push.data.direction != "received" {
-                            continue;
-                        }
-                        let mut parts = push.data.content.split(' ');
-                        let (Some(Ok(sender)), Some(Ok(seq)), Some(Ok(sent_ns))) = (
-                            parts.next().map(str::parse::<usize>),
-                            parts.next().map(str::parse::<u64>),
-                            parts.next().map(str::parse::<u128>),
-                        ) else {
-                            continue;
-                        };
-                        let now = origin.elapsed().as_nanos();
-                        let mut t = t.borrow_mut();
-                        if t.seen.insert((i, sender, seq), ()).is_some() {
-                            t.dup += 1;
-                            continue;
-                        }
-                        t.deliveries += 1;
-                        let progress = t.fanout.entry((sender, seq)).or_default();
-                        progress.received += 1;
-                        progress.slowest_ns = progress.slowest_ns.max(now.saturating_sub(sent_ns));
-                    }
-                    _ => {}
-                }
-            }
-        }));
+        tasks.push(actix_rt::spawn(receive(
+            i,
+            incoming,
+            window.clone(),
+            tally.clone(),
+            origin,
+        )));
         if i >= senders {
             // A receiver: keep its sending half alive for the run.
             tasks.push(actix_rt::spawn(async move {
@@ -403,7 +368,87 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
     let redis_after = opts.redis.as_deref().map(redis_calls).transpose()?;
     let leaves = leave_one_by_one(clients.get(0), &url(0), &pk, &accounts).await?;
     let sent = *sent_total.borrow();
-    let t = tally.borrow();
+    let seconds = send_phase.as_secs_f64();
+    let redis = redis_before.zip(redis_after);
+    let tally = tally.borrow();
+    Ok(report(&opts, &tally, sent, seconds, redis, &leaves))
+}
+
+/// Counts what one member's session receives: answers to its messages
+/// (each frees a slot of its window) and the group's messages, with the
+/// time since each was sent.
+async fn receive(
+    member: usize,
+    mut incoming: futures_util::stream::SplitStream<Socket>,
+    window: Rc<Semaphore>,
+    tally: Rc<RefCell<Tally>>,
+    origin: Instant,
+) {
+    while let Some(Ok(frame)) = incoming.next().await {
+        let ws::Frame::Text(bytes) = frame else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_slice::<Frame>(&bytes) else {
+            continue;
+        };
+        match frame.kind {
+            "message_response" => {
+                let ok = frame.data.is_some_and(|d| d.get().contains("\"success\""));
+                let mut t = tally.borrow_mut();
+                if ok {
+                    t.acked += 1;
+                } else {
+                    t.errors += 1;
+                }
+                window.add_permits(1);
+            }
+            "message" => {
+                let Some(push) = frame
+                    .data
+                    .and_then(|d| serde_json::from_str::<Push>(d.get()).ok())
+                else {
+                    continue;
+                };
+                if push.data.direction != "received" {
+                    continue;
+                }
+                let mut parts = push.data.content.split(' ');
+                let (Some(Ok(sender)), Some(Ok(seq)), Some(Ok(sent_ns))) = (
+                    parts.next().map(str::parse::<usize>),
+                    parts.next().map(str::parse::<u64>),
+                    parts.next().map(str::parse::<u128>),
+                ) else {
+                    continue;
+                };
+                let now = origin.elapsed().as_nanos();
+                let mut t = tally.borrow_mut();
+                if t.seen.insert((member, sender, seq), ()).is_some() {
+                    t.dup += 1;
+                    continue;
+                }
+                t.deliveries += 1;
+                let progress = t.fanout.entry((sender, seq)).or_default();
+                progress.received += 1;
+                progress.slowest_ns = progress.slowest_ns.max(now.saturating_sub(sent_ns));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The report of a run: each message's slowest delivery, among those that
+/// reached every member, and Redis's commands per message (`redis`: its
+/// calls and publishes before and after).
+fn report(
+    opts: &GroupOptions,
+    t: &Tally,
+    sent: u64,
+    seconds: f64,
+    redis: Option<((u64, u64), (u64, u64))>,
+    leaves: &[f64],
+) -> GroupReport {
+    let members = opts.members.max(2);
+    let receivers = members - 1;
     let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
     let mut complete = 0;
     for progress in t.fanout.values() {
@@ -413,7 +458,6 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
             let _ = h.record(micros.min(120_000_000));
         }
     }
-    let seconds = send_phase.as_secs_f64();
     let per_msg = |delta: u64| {
         if t.acked == 0 {
             0.0
@@ -421,14 +465,14 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
             delta as f64 / t.acked as f64
         }
     };
-    let redis = redis_before.zip(redis_after).map(|((a0, p0), (a1, p1))| {
+    let redis = redis.map(|((a0, p0), (a1, p1))| {
         // The INFO of the "after" read is not counted; the heartbeats are.
         (
             per_msg(a1.saturating_sub(a0)),
             per_msg(p1.saturating_sub(p0)),
         )
     });
-    Ok(GroupReport {
+    GroupReport {
         members,
         instances: opts.urls.len(),
         sent,
@@ -448,5 +492,5 @@ pub async fn group(opts: GroupOptions) -> Result<GroupReport, BenchError> {
         leaves: leaves.len(),
         leave_p50_ms: leaves.get(leaves.len() / 2).copied().unwrap_or(0.0),
         leave_max_ms: leaves.last().copied().unwrap_or(0.0),
-    })
+    }
 }
