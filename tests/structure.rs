@@ -15,7 +15,7 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut sources = BTreeMap::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("a source directory is readable") {
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
                 dirs.push(path);
