@@ -25,3 +25,4 @@ mod invitations;
 mod message_changes;
 mod notifications;
 mod search;
+mod search_postgres;

@@ -162,7 +162,8 @@ impl MessageWriter {
 
     /// As `with_capacity`, with how long after sending a message may be
     /// edited (`EDIT_WINDOW_SECONDS`, B8), and who is woken after each
-    /// batch: SQLite's search indexer (`SearchIndex::committed`).
+    /// batch: the search indexer (SQLite's `SearchIndex::committed`,
+    /// PostgreSQL's `PostgresIndexer::committed`).
     pub fn with_edit_window(
         db: DatabaseConnection,
         server: Recipient<Committed>,
