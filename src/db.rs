@@ -172,16 +172,6 @@ pub async fn connect_request_writes(
     }
 }
 
-/// PostgreSQL's search indexer's own connection
-/// (`chat::search_index::postgres`): its steps run one after another, and
-/// wait for commits under way without taking a connection from the
-/// requests.
-pub async fn connect_search_indexer(
-    settings: &Settings,
-) -> Result<DatabaseConnection, DbSetupError> {
-    connect_with(settings, 1, Plans::NoJit).await
-}
-
 async fn connect_sized(settings: &Settings, size: u32) -> Result<DatabaseConnection, DbSetupError> {
     connect_with(settings, size, Plans::ChosenByServer).await
 }
@@ -206,13 +196,6 @@ enum Plans {
     /// `ANALYZE`. A sequential scan is never what a keyed write wants, and
     /// the setting only makes it the last resort where an index serves.
     Generic,
-    /// PostgreSQL's default planning, with its JIT compiler off (`jit =
-    /// off`): the search indexer's statements read ranges of `messages`
-    /// whose size a prepared statement's plan cannot know, so their
-    /// estimates passed `jit_above_cost` and PostgreSQL compiled each step
-    /// with LLVM, tens of milliseconds of CPU for a step of a few
-    /// milliseconds (BENCHMARKS.md, "A twenty-ninth machine").
-    NoJit,
 }
 
 async fn connect_with(
@@ -259,9 +242,6 @@ async fn connect_with(
                 ("enable_seqscan", "off"),
             ])
         });
-    }
-    if engine == DbEngine::Postgres && plans == Plans::NoJit {
-        options.map_sqlx_postgres_opts(|opts| opts.options([("jit", "off")]));
     }
     if engine != DbEngine::Sqlite {
         probe(engine, &settings.database.url()).await?;

@@ -44,7 +44,7 @@ use crate::chat::membership::Membership;
 use crate::chat::messages::CloseAll;
 use crate::chat::presence::Presence;
 use crate::chat::read_marks::ReadMarks;
-use crate::chat::search_index::{self, postgres::PostgresIndexer, SearchIndex};
+use crate::chat::search_index::{self, SearchIndex};
 use crate::chat::server::ChatServer;
 use crate::chat::writer::MessageWriter;
 use crate::config::{ConfigError, SecretSource, Settings};
@@ -149,22 +149,13 @@ impl Application {
         );
         let writers_db = db::connect_writers(&settings).await?;
         let request_writes = db::connect_request_writes(&settings, &db).await?;
-        // The search index written behind the writer, and what the writer
-        // wakes after each batch; MySQL's is written with the messages.
-        let (search_index, indexer) = match settings.database.engine() {
+        let search_index = match settings.database.engine() {
             config::DbEngine::Sqlite => {
                 let index = SearchIndex::open(&settings.database.sqlite_path()).await?;
                 actix_web::rt::spawn(index.clone().run());
-                let committed = index.committed();
-                (Some(index), Some(committed))
+                Some(index)
             }
-            config::DbEngine::Postgres => {
-                let indexer = PostgresIndexer::new(&db::connect_search_indexer(&settings).await?);
-                let committed = indexer.committed();
-                actix_web::rt::spawn(indexer.run());
-                (None, Some(committed))
-            }
-            config::DbEngine::MySql => (None, None),
+            _ => None,
         };
         let (writer, writer_task) = MessageWriter::with_edit_window(
             writers_db.clone(),
@@ -172,7 +163,7 @@ impl Application {
             metrics.clone(),
             settings.limits.message_queue_capacity,
             settings.limits.edit_window(),
-            indexer,
+            search_index.as_ref().map(|index| index.committed()),
         );
         let (read_marks, read_marks_task) =
             ReadMarks::start(writers_db, actors.chat_server.clone().recipient());

@@ -25,4 +25,3 @@ mod invitations;
 mod message_changes;
 mod notifications;
 mod search;
-mod search_postgres;

@@ -350,15 +350,6 @@ pub fn fill(model: &Model, dialect: Dialect, out: &mut impl Write) -> std::io::R
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}));"
             )?;
         }
-        // The search index as the migration leaves an existing database's
-        // (m20261212_000001_postgres_search_table): every message's words,
-        // and the progress past them.
-        writeln!(
-            out,
-            "INSERT INTO message_search (chat_id, message_id, search) \
-             SELECT chat_id, id, chat_search_vector(content) FROM messages; \
-             UPDATE search_progress SET message_id = (SELECT max(id) FROM messages);"
-        )?;
     }
     writeln!(out, "COMMIT;")?;
     if let Dialect::Postgres = dialect {

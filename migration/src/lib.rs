@@ -23,7 +23,6 @@ mod m20261208_000001_sqlite_one_conversation_index;
 mod m20261209_000001_revocation_times;
 mod m20261210_000001_sqlite_search_merges;
 mod m20261211_000001_sqlite_search_file;
-mod m20261212_000001_postgres_search_table;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -52,7 +51,6 @@ impl MigratorTrait for Migrator {
             Box::new(m20261209_000001_revocation_times::Migration),
             Box::new(m20261210_000001_sqlite_search_merges::Migration),
             Box::new(m20261211_000001_sqlite_search_file::Migration),
-            Box::new(m20261212_000001_postgres_search_table::Migration),
         ]
     }
 }

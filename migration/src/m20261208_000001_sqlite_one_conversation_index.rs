@@ -38,17 +38,8 @@ impl MigrationTrait for Migration {
 
 /// Runs `sql` on SQLite; nothing on the other databases.
 pub(crate) async fn sqlite_only(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    only(manager, DatabaseBackend::Sqlite, sql).await
-}
-
-/// Runs `sql` on `backend`; nothing on the other databases.
-pub(crate) async fn only(
-    manager: &SchemaManager<'_>,
-    backend: DatabaseBackend,
-    sql: &str,
-) -> Result<(), DbErr> {
     let db = manager.get_connection();
-    if db.get_database_backend() == backend {
+    if db.get_database_backend() == DatabaseBackend::Sqlite {
         db.execute_unprepared(sql).await?;
     }
     Ok(())

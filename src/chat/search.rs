@@ -4,16 +4,15 @@
 //!
 //! Each database answers with its own full-text index (DESIGN.md,
 //! "Search", says why): SQLite's FTS5 table `message_search` in a file of
-//! its own ([`super::search_index`]), PostgreSQL's table `message_search`
-//! of `tsvector`s with a GIN index ([`super::search_index::postgres`]),
-//! MySQL's `FULLTEXT` index (the migration `m20261203_000001_search`).
-//! MySQL's is written in the transaction that writes the message, its
-//! edit or its deletion; SQLite's and PostgreSQL's behind the writer, with
-//! what they do not hold yet matched beside them (SQLite's in memory,
-//! PostgreSQL's in the same statement). So a message is found once
-//! acknowledged, a deleted one never, and an edited one by its new text
-//! only. Membership is checked in the query itself: a conversation the
-//! caller has left is not searched.
+//! its own ([`super::search_index`]), PostgreSQL's `tsvector` column with a
+//! GIN index, MySQL's `FULLTEXT` index (the migration
+//! `m20261203_000001_search` builds the last two). PostgreSQL's and MySQL's
+//! are written in the transaction that writes the message, its edit or its
+//! deletion; SQLite's behind the writer, with what it does not hold yet
+//! matched beside it in memory. So a message is
+//! found once acknowledged, a deleted one never, and an edited one by its
+//! new text only. Membership is checked in the query itself: a
+//! conversation the caller has left is not searched.
 
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, FromQueryResult, RuntimeErr,
@@ -236,64 +235,33 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
 /// smaller ones are walked together (see [`postgres`]).
 const POSTGRES_LARGE_CONVERSATION: i64 = 500;
 
-/// The text of the caller's query (`$1`) as PostgreSQL matches it.
-const POSTGRES_QUERY: &str = "to_tsquery('simple', chat_search_unaccent($1))";
-
-/// One conversation's newest matches in PostgreSQL's index
-/// (`message_search`): `$2` the caller, `$3` `before`, `$4` the page's
-/// bound; `chat` the conversation (a parameter, or the outer
-/// `cm.chat_id`). The words are matched with the `@@` operator when
-/// `indexed` (the GIN index can answer it), or else with `ts_match_vq`,
-/// the same test as a function call, which the index cannot answer: the
-/// planner then walks the conversation newest first. A message edited
-/// since the index's progress (`stale`) is left out: its words there are
-/// its old ones, and the tail matches its text as it is now.
+/// One conversation's newest matches on PostgreSQL: `$1` the `tsquery`
+/// text, `$2` the caller, `$3` `before`, `$4` the page's bound; `chat` the
+/// conversation (a parameter, or the outer `cm.chat_id`). The text is
+/// matched with the `@@` operator when `indexed` (the GIN index can answer
+/// it), or else with `ts_match_vq`, the same test as a function call,
+/// which the index cannot answer: the planner then walks.
 fn postgres_matches(chat: &str, indexed: bool) -> String {
     let matched = if indexed {
-        format!("s.search @@ {POSTGRES_QUERY}")
+        "m.search @@ to_tsquery('simple', chat_search_unaccent($1))"
     } else {
-        format!("ts_match_vq(s.search, {POSTGRES_QUERY})")
+        "ts_match_vq(m.search, to_tsquery('simple', chat_search_unaccent($1)))"
     };
     format!(
-        "SELECT {COLUMNS} FROM message_search s JOIN messages m ON m.id = s.message_id \
-         WHERE s.chat_id = {chat} AND s.message_id < $3 AND {matched} AND NOT m.deleted \
-         AND s.message_id NOT IN (SELECT message_id FROM stale) \
-         ORDER BY s.message_id DESC LIMIT $4"
-    )
-}
-
-/// The matches among what PostgreSQL's index does not hold as it is now,
-/// in the caller's conversations (`$5`, an array): the messages after its
-/// progress, and those edited since, their words computed here. Written
-/// behind the writer, the index is about a tenth of a second behind: a
-/// few messages a conversation (`search_index::postgres`).
-fn postgres_tail() -> String {
-    let tail = |which: &str| {
-        format!(
-            "SELECT {COLUMNS} FROM messages m \
-             WHERE m.chat_id = ANY($5) AND {which} AND m.id < $3 AND NOT m.deleted \
-             AND chat_search_vector(m.content) @@ {POSTGRES_QUERY} \
-             AND EXISTS (SELECT 1 FROM chat_members cm \
-                 WHERE cm.chat_id = m.chat_id AND cm.user_id = $2)"
-        )
-    };
-    format!(
-        "{} UNION ALL {}",
-        tail("m.id > (SELECT message_id FROM progress)"),
-        tail(
-            "m.id <= (SELECT message_id FROM progress) AND m.id IN (SELECT message_id FROM stale)"
-        )
+        "SELECT m.id, m.chat_id, m.sender_id, m.content, m.created_at FROM messages m \
+         WHERE m.chat_id = {chat} AND m.id < $3 AND NOT m.deleted AND {matched} \
+         ORDER BY m.id DESC LIMIT $4"
     )
 }
 
 /// PostgreSQL: the words as a `tsquery` (`cafe & uber:*`), each
 /// conversation's newest matches, of which the newest page is kept.
 ///
-/// Inside one conversation there are two plans: walking its index rows
-/// newest first (`message_search`'s key, `(chat_id, message_id)`) and
-/// testing each, which stops at the page's end and suits common words;
-/// or asking the GIN index on `(chat_id, search)` for the conversation's
-/// matches, which suits rare ones. But the index answers a prefix (`uber:*`) by first collecting
+/// Inside one conversation there are two plans: walking its messages
+/// newest first (`(chat_id, id)`) and testing each, which stops at the
+/// page's end and suits common words; or asking the GIN index on
+/// `(chat_id, search)` for the conversation's matches, which suits rare
+/// ones. But the index answers a prefix (`uber:*`) by first collecting
 /// every match of it in the whole table, whatever the conversation: for
 /// a common prefix, about 10 ms each time. So the conversations up to
 /// [`POSTGRES_LARGE_CONVERSATION`] are walked, all in one `LATERAL` join
@@ -331,7 +299,6 @@ async fn postgres(
         .partition(|&(_, seq)| seq > POSTGRES_LARGE_CONVERSATION);
     let small: Vec<uuid::Uuid> = small.into_iter().map(|(id, _)| id).collect();
     let sql = postgres_statement(!small.is_empty(), large.len());
-    let all: Vec<uuid::Uuid> = chats.iter().map(|(id, _)| *id).collect();
     type Row = (
         i64,
         uuid::Uuid,
@@ -347,8 +314,7 @@ async fn postgres(
         .bind(query)
         .bind(user.0)
         .bind(before(search))
-        .bind(fetch(search))
-        .bind(all);
+        .bind(fetch(search));
     if !small.is_empty() {
         statement = statement.bind(small);
     }
@@ -371,22 +337,19 @@ async fn postgres(
         .collect())
 }
 
-/// The PostgreSQL statement: the small conversations (`$6`, an array) in
+/// The PostgreSQL statement: the small conversations (`$5`, an array) in
 /// one `LATERAL` branch when `small`, then one branch per large one (the
-/// following parameters), then the tail the index does not hold
-/// ([`postgres_tail`]); the newest page of them all. The index's progress
-/// is read in the same statement, so from the same snapshot as the index:
-/// nothing falls between the two.
+/// following parameters), the newest page of them all.
 fn postgres_statement(small: bool, large: usize) -> String {
-    let mut branches = Vec::with_capacity(large + 2);
+    let mut branches = Vec::with_capacity(large + 1);
     if small {
         branches.push(format!(
             "SELECT r.* FROM chat_members cm CROSS JOIN LATERAL ({}) r \
-             WHERE cm.user_id = $2 AND cm.chat_id = ANY($6)",
+             WHERE cm.user_id = $2 AND cm.chat_id = ANY($5)",
             postgres_matches("cm.chat_id", false)
         ));
     }
-    let first = if small { 7 } else { 6 };
+    let first = if small { 6 } else { 5 };
     for n in first..first + large {
         branches.push(format!(
             "SELECT * FROM ({}) r WHERE EXISTS (SELECT 1 FROM chat_members cm \
@@ -394,12 +357,8 @@ fn postgres_statement(small: bool, large: usize) -> String {
             postgres_matches(&format!("${n}"), true)
         ));
     }
-    branches.push(postgres_tail());
     format!(
-        "WITH progress AS (SELECT message_id, event_id FROM search_progress), \
-         stale AS (SELECT e.message_id FROM message_events e \
-             WHERE e.id > (SELECT event_id FROM progress) AND e.kind = 'edited') \
-         SELECT id, chat_id, sender_id, content, created_at FROM ({}) found \
+        "SELECT id, chat_id, sender_id, content, created_at FROM ({}) found \
          ORDER BY id DESC LIMIT $4",
         branches.join(" UNION ALL ")
     )
@@ -489,18 +448,16 @@ mod tests {
 
     #[test]
     fn postgres_plans_large_conversations_on_their_own() {
-        // The tail is two branches of its own, after the index's.
         let both = postgres_statement(true, 2);
-        assert_eq!(both.matches("UNION ALL").count(), 4);
-        assert!(both.contains("cm.chat_id = ANY($6)"));
-        assert!(both.contains("s.chat_id = $7 ") && both.contains("s.chat_id = $8 "));
+        assert_eq!(both.matches("UNION ALL").count(), 2);
+        assert!(both.contains("cm.chat_id = ANY($5)"));
+        assert!(both.contains("m.chat_id = $6 ") && both.contains("m.chat_id = $7 "));
         let large = postgres_statement(false, 1);
-        assert!(!large.contains("LATERAL") && large.contains("s.chat_id = $6 "));
-        let small = postgres_statement(true, 0);
-        assert_eq!(small.matches("UNION ALL").count(), 2);
+        assert!(!large.contains("LATERAL") && large.contains("m.chat_id = $5 "));
+        assert!(!postgres_statement(true, 0).contains("UNION"));
         assert!(
-            !small.contains("s.search @@"),
-            "small ones are walked: {small}"
+            !postgres_statement(true, 0).contains("@@"),
+            "small ones are walked"
         );
     }
 

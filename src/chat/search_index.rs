@@ -1,8 +1,6 @@
 //! SQLite's search index, in a database file of its own beside the
 //! messages' (`<DB_NAME>-search`, e.g. `chat.db-search`), written behind
 //! the writer by a connection of its own (DESIGN.md, "Search").
-//! PostgreSQL's, a table written behind the writer as well, is
-//! [`postgres`]'s.
 //!
 //! Written in the messages' transactions (as it was until the migration
 //! `m20261211_000001_sqlite_search_file`), the index's words were most of
@@ -50,8 +48,6 @@ use sea_orm::{
     SqlxSqliteConnector, Statement, TransactionTrait,
 };
 use tokio::sync::{Mutex, Notify};
-
-pub mod postgres;
 
 /// How long the indexer gathers after a commit woke it: at 10,000 msg/s,
 /// about a thousand messages a transaction.

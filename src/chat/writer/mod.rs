@@ -162,8 +162,7 @@ impl MessageWriter {
 
     /// As `with_capacity`, with how long after sending a message may be
     /// edited (`EDIT_WINDOW_SECONDS`, B8), and who is woken after each
-    /// batch: the search indexer (SQLite's `SearchIndex::committed`,
-    /// PostgreSQL's `PostgresIndexer::committed`).
+    /// batch: SQLite's search indexer (`SearchIndex::committed`).
     pub fn with_edit_window(
         db: DatabaseConnection,
         server: Recipient<Committed>,
