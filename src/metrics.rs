@@ -24,6 +24,11 @@ const STORE_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
 /// The label set of a family with one label whose values are fixed names.
 type Label = [(&'static str, &'static str); 1];
 
+/// The latency histograms' buckets: 0.25 ms … 2 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 14))
+}
+
 /// The `type` of a text frame that is not a request this server knows.
 pub const UNPARSED: &str = "unparsed";
 
@@ -42,6 +47,7 @@ struct Inner {
     store_batch_retries: Counter,
     store_plain_fallbacks: Counter,
     send_to_delivery: Histogram,
+    request_seconds: Family<Label, Histogram, fn() -> Histogram>,
     outbox_overflows: Counter,
     holes_filled: Counter,
     rate_limited: Counter,
@@ -70,8 +76,8 @@ impl Default for Inner {
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_batch_retries: Counter::default(),
             store_plain_fallbacks: Counter::default(),
-            // 0.25 ms … 2 s.
-            send_to_delivery: Histogram::new(exponential_buckets(0.00025, 2.0, 14)),
+            send_to_delivery: latency_histogram(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
             outbox_overflows: Counter::default(),
             holes_filled: Counter::default(),
             rate_limited: Counter::default(),
@@ -148,6 +154,12 @@ impl Default for Inner {
             "From a message frame's arrival to its push handed to the recipients' \
              sessions here and to the bus, after its commit",
             inner.send_to_delivery.clone(),
+        );
+        r.register(
+            "chat_request_seconds",
+            "From a request's handling to its answer, for the requests the database \
+             answers (`get_contacts`, `get_messages`, `sync`, `search`, …), by request type",
+            inner.request_seconds.clone(),
         );
         r.register(
             "chat_outbox_overflows",
@@ -276,6 +288,15 @@ impl Metrics {
         self.0.send_to_delivery.observe(elapsed.as_secs_f64());
     }
 
+    /// A request of type `kind` (its wire name) answered from the
+    /// database, `elapsed` after its handling began.
+    pub fn request_answered(&self, kind: &'static str, elapsed: Duration) {
+        self.0
+            .request_seconds
+            .get_or_create(&[("type", kind)])
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The OpenMetrics text of every metric, with the ChatServer's `counts`.
     pub fn render(&self, counts: ServerCounts) -> String {
         let i = &self.0;
@@ -302,6 +323,7 @@ mod tests {
         m.bad_frame(None);
         m.record_store_batch(4, 3, 1, Duration::from_millis(3));
         m.message_delivered(Duration::from_millis(1));
+        m.request_answered("sync", Duration::from_micros(700));
         m.redis_state(true);
         let text = m.render(ServerCounts {
             users: 2,
@@ -321,6 +343,9 @@ mod tests {
             "chat_store_batch_seconds_bucket{le=\"0.002\"} 0",
             "chat_store_batch_size_bucket{le=\"4.0\"} 1",
             "chat_send_to_delivery_seconds_count 1",
+            "chat_request_seconds_count{type=\"sync\"} 1",
+            "chat_request_seconds_bucket{le=\"0.001\",type=\"sync\"} 1",
+            "chat_request_seconds_bucket{le=\"0.0005\",type=\"sync\"} 0",
             "chat_redis_up 1",
             "chat_server_users 2",
             "chat_server_sessions 5",

@@ -485,6 +485,7 @@ async fn metrics_count_requests_by_type_and_errors_by_code() {
         "chat_messages_stored_total 1",
         "chat_store_batch_size_count 1",
         "chat_send_to_delivery_seconds_count 1",
+        "chat_request_seconds_count{type=\"get_contact\"} 1",
         "chat_server_sessions 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");

@@ -288,22 +288,25 @@ impl WsSession {
 
     /// Runs a database query for a request of `kind` without blocking the
     /// actor, then `answer`s with its result; a database error is answered
-    /// `internal` (B3), its detail logged.
+    /// `internal` (B3), its detail logged. The time to the answer goes to
+    /// `chat_request_seconds`.
     fn query<T, Q, F, A>(&mut self, kind: RequestKind, query: Q, answer: A, ctx: &mut Context<Self>)
     where
         Q: FnOnce(DatabaseConnection) -> F,
         F: std::future::Future<Output = Result<T, sea_orm::DbErr>> + 'static,
         A: FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
     {
+        let started = Instant::now();
         let pending = query(self.state.db.clone());
-        ctx.spawn(
-            pending
-                .into_actor(self)
-                .map(move |result, act, ctx| match result {
-                    Ok(value) => answer(act, value, ctx),
-                    Err(e) => act.internal_error(kind, &e, ctx),
-                }),
-        );
+        ctx.spawn(pending.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(value) => answer(act, value, ctx),
+                Err(e) => act.internal_error(kind, &e, ctx),
+            }
+            act.state
+                .metrics
+                .request_answered(kind.wire_name(), started.elapsed());
+        }));
     }
 
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
