@@ -335,6 +335,19 @@ impl Report for MixReport {
                     opt(r.catch_up_p99_ms, "ms")
                 ),
             ),
+            (
+                "opening".into(),
+                format!(
+                    "{} sessions in {:.1} s; get_contacts answered p50 {} / p99 {}; \
+                     per session: servers {}, database {}",
+                    r.sessions,
+                    r.open_seconds,
+                    opt(r.contacts_at_open_p50_ms, "ms"),
+                    opt(r.contacts_at_open_p99_ms, "ms"),
+                    opt(r.open_server_cpu_us_per_session, "µs"),
+                    opt(r.open_database_cpu_us_per_session, "µs")
+                ),
+            ),
         ];
         for b in r.latency.iter().chain(std::iter::once(&r.all)) {
             lines.push((

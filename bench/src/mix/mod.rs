@@ -33,7 +33,7 @@ mod session;
 
 pub use population::fill_population;
 pub use report::MixReport;
-use report::{rss, Memory, Usage};
+use report::{rss, Memory, Phase, Usage};
 
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
@@ -111,7 +111,13 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
         reads: opts.reads,
         tally: Mutex::new(Tally::new()),
     });
+    let opening = Usage::start(&opts)?;
+    let open_start = Instant::now();
     let sessions = Sessions::open(&opts, &shared, &tokens).await?;
+    let opening = Phase {
+        seconds: open_start.elapsed().as_secs_f64(),
+        used: opening.end(&opts)?,
+    };
     let memory = Memory {
         rss_before,
         rss_half: sessions.rss_half,
@@ -131,15 +137,17 @@ pub async fn mix(opts: MixOptions) -> Result<MixReport, BenchError> {
     let sent = send(&opts, &shared, &sessions, run_start).await;
     eprintln!("sending stopped; draining…");
     let last_event = drain(&shared, &sessions.states, &sent).await;
-    let seconds = (last_event - run_start).as_secs_f64();
-    let used = usage.end(&opts)?;
+    let running = Phase {
+        seconds: (last_event - run_start).as_secs_f64(),
+        used: usage.end(&opts)?,
+    };
     let memory = Memory {
         rss_end: rss(&opts.server_pids),
         ..memory
     };
     let states = sessions.stop();
     Ok(report::build(
-        &opts, &shared, &states, &sent, &used, &memory, seconds,
+        &opts, &shared, &states, &sent, &opening, &running, &memory,
     ))
 }
 

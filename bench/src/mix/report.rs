@@ -56,6 +56,16 @@ pub struct MixReport {
     pub unanswered_samples: Vec<String>,
     pub catch_up_p50_ms: Option<f64>,
     pub catch_up_p99_ms: Option<f64>,
+    /// Opening every session, each asking `get_contacts` as a client does
+    /// (a storm, as when an instance's clients come back after a restart):
+    /// from the first handshake to the last answer, each session's wait
+    /// for its contacts, and the servers' and the database's CPU per
+    /// session opened.
+    pub open_seconds: f64,
+    pub contacts_at_open_p50_ms: Option<f64>,
+    pub contacts_at_open_p99_ms: Option<f64>,
+    pub open_server_cpu_us_per_session: Option<f64>,
+    pub open_database_cpu_us_per_session: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
     pub server_cpu_us_per_message: Option<f64>,
     /// The servers' CPU over the run, in percent of one core.
@@ -134,6 +144,13 @@ pub(super) struct Usage {
     redis: Option<(u64, f64)>,
 }
 
+/// A part of the run (opening the sessions, sending): how long it took
+/// and what it used.
+pub(super) struct Phase {
+    pub(super) seconds: f64,
+    pub(super) used: Used,
+}
+
 /// What the run used, from `Usage::start` to `Usage::end`.
 pub(super) struct Used {
     servers: Option<Duration>,
@@ -181,10 +198,11 @@ pub(super) fn build(
     shared: &Shared,
     states: &[Arc<Mutex<State>>],
     sent: &Sent,
-    used: &Used,
+    opening: &Phase,
+    running: &Phase,
     memory: &Memory,
-    seconds: f64,
 ) -> MixReport {
+    let (used, seconds) = (&running.used, running.seconds);
     let population = &shared.population;
     let total = states.len();
     let last_seq = lock(&shared.last_seq);
@@ -211,7 +229,13 @@ pub(super) fn build(
         cpu.filter(|_| total > 0)
             .map(|cpu| cpu.as_secs_f64() * 1e6 / total as f64)
     };
-    let catch_up = (!tally.catch_up.is_empty()).then_some(&tally.catch_up);
+    let quantile = |h: &Histogram<u64>, q: f64| {
+        (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+    };
+    let per_session = |cpu: Option<Duration>| {
+        cpu.filter(|_| total > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / total as f64)
+    };
     let kib_per = |a: Option<u64>, b: Option<u64>, n: usize| {
         a.zip(b)
             .filter(|_| n > 0)
@@ -253,8 +277,13 @@ pub(super) fn build(
             .flat_map(|s| lock(s).unanswered.values().cloned().collect::<Vec<_>>())
             .take(3)
             .collect(),
-        catch_up_p50_ms: catch_up.map(|h| h.value_at_quantile(0.5) as f64 / 1000.0),
-        catch_up_p99_ms: catch_up.map(|h| h.value_at_quantile(0.99) as f64 / 1000.0),
+        catch_up_p50_ms: quantile(&tally.catch_up, 0.5),
+        catch_up_p99_ms: quantile(&tally.catch_up, 0.99),
+        open_seconds: opening.seconds,
+        contacts_at_open_p50_ms: quantile(&tally.contacts_at_open, 0.5),
+        contacts_at_open_p99_ms: quantile(&tally.contacts_at_open, 0.99),
+        open_server_cpu_us_per_session: per_session(opening.used.servers),
+        open_database_cpu_us_per_session: per_session(opening.used.database),
         server_cpu_us_per_delivery: per(tally.deliveries),
         server_cpu_us_per_message: per(tally.acked),
         server_cpu_percent: cpu.map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),

@@ -74,6 +74,8 @@ pub(crate) struct Tally {
     pub catch_up: Histogram<u64>,
     /// Sessions opened and having had their `get_contacts` answered.
     pub ready: usize,
+    /// From a new session's first `get_contacts` to its answer, in µs.
+    pub contacts_at_open: Histogram<u64>,
 }
 
 impl Tally {
@@ -93,6 +95,7 @@ impl Tally {
             dropped: 0,
             catch_up: histogram(),
             ready: 0,
+            contacts_at_open: histogram(),
         }
     }
 }
@@ -120,6 +123,8 @@ pub(crate) struct State {
     pub reconnecting: Option<Instant>,
     /// Messages sent and not answered yet, by `client_id`.
     pub unanswered: HashMap<String, String>,
+    /// When the session's first `get_contacts` went (until answered).
+    asked_contacts: Option<Instant>,
     rng: Rng,
 }
 
@@ -132,6 +137,7 @@ impl State {
             syncing: 0,
             reconnecting: None,
             unanswered: HashMap::new(),
+            asked_contacts: None,
             rng: Rng(seed),
         }
     }
@@ -219,7 +225,12 @@ fn handle(bytes: &[u8], state: &mut State, shared: &Shared, live: bool) -> Vec<S
         "get_contacts_response" => {
             let contacts: Vec<ContactSeq> = serde_json::from_str(data).unwrap_or_default();
             if state.reconnecting.is_none() {
-                lock(&shared.tally).ready += 1;
+                let mut tally = lock(&shared.tally);
+                tally.ready += 1;
+                if let Some(asked) = state.asked_contacts.take() {
+                    let waited = asked.elapsed().as_micros() as u64;
+                    tally.contacts_at_open.saturating_record(waited);
+                }
             }
             for contact in contacts {
                 let Some(&c) = shared.index.get(contact.pk.as_ref()) else {
@@ -375,6 +386,7 @@ pub(crate) async fn run(
     mut commands: UnboundedReceiver<Out>,
 ) {
     let ask = json!({"type": "get_contacts", "data": {}}).to_string();
+    lock(&state).asked_contacts = Some(Instant::now());
     if socket.send(ws::Message::Text(ask.into())).await.is_err() {
         lock(&shared.tally).dropped += 1;
         return;
