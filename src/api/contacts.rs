@@ -29,12 +29,8 @@ pub async fn list_contacts(
 
 /// `user`'s conversations as they see them.
 pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
-    let rows = store::contacts_of(&state.db, &state.contact_loads, user).await?;
-    let presence = store::presence_view(&state.db, user, &state.presence).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| r.into_contact(user, &presence))
-        .collect())
+    let list = store::contacts_of(&state.db, &state.contact_loads, user).await?;
+    Ok(list.into_contacts(user, &state.presence))
 }
 
 /// Whom to add.
@@ -66,11 +62,12 @@ pub async fn add_contact(
     if created {
         announce_direct(&state, chat, me, UserId(other.id)).await?;
     }
-    let row = store::contact_of(&state.db, me, chat)
+    let contact = store::contact_of(&state.db, me, chat)
         .await?
+        .into_contacts(me, &state.presence)
+        .pop()
         .ok_or_else(|| ApiError::internal("add contact", "conversation vanished after creation"))?;
-    let presence = store::presence_view(&state.db, me, &state.presence).await?;
-    Ok(web::Json(row.into_contact(me, &presence)))
+    Ok(web::Json(contact))
 }
 
 /// Tells the ChatServer (here and on every instance) that a direct
@@ -125,11 +122,12 @@ pub async fn get_contact(
 ) -> Result<web::Json<Contact>, ApiError> {
     let chat = chat_id(&id)?;
     let me = UserId(user.0.id);
-    let row = store::contact_of(&state.db, me, chat)
+    let contact = store::contact_of(&state.db, me, chat)
         .await?
+        .into_contacts(me, &state.presence)
+        .pop()
         .ok_or(ApiError::NotFound)?;
-    let presence = store::presence_view(&state.db, me, &state.presence).await?;
-    Ok(web::Json(row.into_contact(me, &presence)))
+    Ok(web::Json(contact))
 }
 
 /// Paging through history.

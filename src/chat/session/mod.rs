@@ -24,7 +24,6 @@ use super::messages::{
     SessionId,
 };
 use super::mute;
-use super::presence::PresenceView;
 use super::protocol::*;
 use super::search::{self, Search};
 use super::socket::{Incoming, Outbox, Queued, TransportError};
@@ -311,19 +310,12 @@ impl WsSession {
 
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
         let loads = self.state.contact_loads.clone();
-        let query = move |db| async move {
-            let rows = store::contacts_of(&db, &loads, user).await?;
-            Ok((rows, store::blocked_peers(&db, user).await?))
-        };
+        let query = move |db| async move { store::contacts_of(&db, &loads, user).await };
         self.query(
             RequestKind::GetContacts,
             query,
-            move |act, (rows, hidden), ctx| {
-                let presence = PresenceView::new(&act.state.presence, hidden);
-                let contacts = rows
-                    .into_iter()
-                    .map(|r| r.into_contact(user, &presence))
-                    .collect();
+            move |act, list, ctx| {
+                let contacts = list.into_contacts(user, &act.state.presence);
                 act.send(&ServerEvent::GetContactsResponse(Reply::Ok(contacts)), ctx);
             },
             ctx,

@@ -1,5 +1,5 @@
 //! The contact list and one conversation with its members, as a viewer sees
-//! them: one query per kind of data, however many conversations.
+//! them: a fixed number of statements, however many conversations.
 
 use super::*;
 
@@ -13,9 +13,6 @@ pub struct ContactRow {
     pub member_ids: Vec<UserId>,
     pub last_message: Option<message::Model>,
     pub unread: u64,
-    /// A direct conversation whose two people have a block (C10): the
-    /// other is never shown online.
-    pub blocked: bool,
     /// The viewer muted it (C17).
     pub muted: bool,
 }
@@ -34,7 +31,7 @@ impl ContactRow {
             ),
             chat::ChatKind::Direct => (
                 other.map(|u| u.display_name()).unwrap_or_default(),
-                !self.blocked && other.is_some_and(|u| presence.is_online(UserId(u.id))),
+                other.is_some_and(|u| presence.is_online(UserId(u.id))),
                 1 + u64::from(other.is_some()),
             ),
         };
@@ -52,12 +49,6 @@ impl ContactRow {
             muted: self.muted.then_some(true),
         }
     }
-}
-
-#[derive(Debug, FromQueryResult)]
-pub(super) struct UnreadCount {
-    chat_id: uuid::Uuid,
-    n: i64,
 }
 
 /// How many contact lists are assembled at once. A list takes several
@@ -78,127 +69,248 @@ impl ContactLoads {
     }
 }
 
+/// A user's contact list and the people they have a block with (either
+/// way), whose presence it never shows (C10).
+pub struct ContactList {
+    pub rows: Vec<ContactRow>,
+    pub blocked_peers: Vec<UserId>,
+}
+
+impl ContactList {
+    /// The contacts as `viewer` sees them, with live presence.
+    pub fn into_contacts(self, viewer: UserId, presence: &Presence) -> Vec<Contact> {
+        let presence = PresenceView::new(presence, self.blocked_peers);
+        self.rows
+            .into_iter()
+            .map(|r| r.into_contact(viewer, &presence))
+            .collect()
+    }
+}
+
 /// Every conversation `user` belongs to, most recently active first (as
 /// [`contact_rows`] assembles them), one of `loads` at a time.
 pub async fn contacts_of(
     db: &DatabaseConnection,
     loads: &ContactLoads,
     user: UserId,
-) -> Result<Vec<ContactRow>, DbErr> {
+) -> Result<ContactList, DbErr> {
     let _turn = loads
         .0
         .acquire()
         .await
         .map_err(|_| DbErr::Custom("contact loads closed".into()))?;
-    let memberships = chat_member::Entity::find()
-        .filter(chat_member::Column::UserId.eq(user.0))
-        .all(db)
-        .await?;
-    contact_rows(db, user, memberships).await
+    contact_rows(db, user, None).await
 }
 
-/// One conversation as `user` sees it, if they are a member.
+/// One conversation as `user` sees it: a list of one if they are a
+/// member, else of none.
 pub async fn contact_of(
     db: &DatabaseConnection,
     user: UserId,
     chat: ChatId,
-) -> Result<Option<ContactRow>, DbErr> {
-    let membership = chat_member::Entity::find_by_id((chat.0, user.0))
-        .one(db)
-        .await?;
-    let rows = contact_rows(db, user, membership.into_iter().collect()).await?;
-    Ok(rows.into_iter().next())
+) -> Result<ContactList, DbErr> {
+    contact_rows(db, user, Some(chat)).await
 }
 
-/// The conversations of `memberships` as `user` sees them, newest activity
-/// first: a fixed number of queries however many there are (each list is
-/// read in chunks of `IN_CHUNK`).
-pub(super) async fn contact_rows(
+/// The conversations of `user` (all, or only `only`) as they see them,
+/// newest activity first, in three statements however many there are: the
+/// memberships with everything each shows ([`membership_rows`]), the
+/// groups' members, and the user's blocks.
+async fn contact_rows(
     db: &DatabaseConnection,
     user: UserId,
-    memberships: Vec<chat_member::Model>,
-) -> Result<Vec<ContactRow>, DbErr> {
-    if memberships.is_empty() {
-        return Ok(Vec::new());
-    }
-    let chat_ids: Vec<uuid::Uuid> = memberships.iter().map(|m| m.chat_id).collect();
-    let (chats, last_ids) = chats_and_last_ids(db, &chat_ids).await?;
-    let (direct, groups): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = chat_ids.iter().partition(|id| {
-        chats
-            .get(id)
-            .is_some_and(|c| c.kind == chat::ChatKind::Direct)
-    });
-    let others = other_people(db, user, &direct).await?;
-    let pairs: Vec<(i64, i64)> = others.values().map(|u| (user.0, u.id)).collect();
-    let blocked = blocked_pairs(db, &pairs).await?;
-    let is_blocked =
-        |other: &user::Model| blocked.contains(&(user.0.min(other.id), user.0.max(other.id)));
+    only: Option<ChatId>,
+) -> Result<ContactList, DbErr> {
+    let memberships = membership_rows(db, user, only).await?;
+    let groups: Vec<uuid::Uuid> = memberships
+        .iter()
+        .filter(|m| m.chat.kind == chat::ChatKind::Group)
+        .map(|m| m.chat.id)
+        .collect();
     let mut group_members = member_ids(db, &groups).await?;
-    let last_messages = messages_by_chat(db, &last_ids).await?;
-    let unread = unread_counts(db, user, &memberships).await?;
-
+    let blocked_peers = blocked_peers(db, user).await?;
     let mut rows: Vec<ContactRow> = memberships
         .into_iter()
-        .filter_map(|m| {
-            let chat = chats.get(&m.chat_id)?.clone();
-            let other = others.get(&m.chat_id).cloned();
-            Some(ContactRow {
-                blocked: other.as_ref().is_some_and(is_blocked),
-                other,
-                member_ids: group_members.remove(&m.chat_id).unwrap_or_default(),
-                last_message: last_messages.get(&m.chat_id).cloned(),
-                unread: unread.get(&m.chat_id).copied().unwrap_or(0),
-                muted: m.muted,
-                chat,
-            })
+        .map(|m| ContactRow {
+            member_ids: group_members.remove(&m.chat.id).unwrap_or_default(),
+            other: m.other,
+            last_message: m.last_message,
+            unread: m.unread,
+            muted: m.muted,
+            chat: m.chat,
         })
         .collect();
     rows.sort_by(|a, b| {
         let key = |r: &ContactRow| (r.last_message.as_ref().map(|m| m.id), r.chat.created_at);
         key(b).cmp(&key(a))
     });
-    Ok(rows)
+    Ok(ContactList {
+        rows,
+        blocked_peers,
+    })
 }
 
-/// The conversations `chat_ids`, and the id of each one's newest message
-/// that is not deleted.
-pub(super) async fn chats_and_last_ids(
+/// One membership with what its contact item shows.
+struct MembershipRow {
+    chat: chat::Model,
+    muted: bool,
+    last_message: Option<message::Model>,
+    /// The other person of a direct conversation.
+    other: Option<user::Model>,
+    unread: u64,
+}
+
+/// `user`'s memberships (all, or only `only`'s), each with its
+/// conversation, newest kept message, other person (direct) and count of
+/// unread messages, in one statement: each is an index lookup per
+/// membership (a statement each cost more in round trips and planning than
+/// in reading: BENCHMARKS.md "The contact list in one statement").
+async fn membership_rows(
     db: &DatabaseConnection,
-    chat_ids: &[uuid::Uuid],
-) -> Result<(HashMap<uuid::Uuid, chat::Model>, Vec<i64>), DbErr> {
-    let mut chats: HashMap<uuid::Uuid, chat::Model> = HashMap::new();
-    let mut last_ids = Vec::new();
-    for chunk in chat_ids.chunks(IN_CHUNK) {
-        chats.extend(
-            chat::Entity::find()
-                .filter(chat::Column::Id.is_in(chunk.to_vec()))
-                .all(db)
-                .await?
-                .into_iter()
-                .map(|c| (c.id, c)),
-        );
-        last_ids.extend(
-            chat::Entity::find()
-                .select_only()
-                .expr(newest_kept_message())
-                .filter(chat::Column::Id.is_in(chunk.to_vec()))
-                .into_tuple::<Option<i64>>()
-                .all(db)
-                .await?
-                .into_iter()
-                .flatten(),
+    user: UserId,
+    only: Option<ChatId>,
+) -> Result<Vec<MembershipRow>, DbErr> {
+    use sea_orm::sea_query::{ExprTrait, JoinType};
+    let (cm, c, lm, u) = (
+        Alias::new("cm"),
+        Alias::new("c"),
+        Alias::new("lm"),
+        Alias::new("u"),
+    );
+    let chat_id = (c.clone(), chat::Column::Id);
+    let mut select = Query::select();
+    select
+        .from_as(chat_member::Entity, cm.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            chat::Entity,
+            c.clone(),
+            Expr::col(chat_id.clone()).equals((cm.clone(), chat_member::Column::ChatId)),
+        )
+        .join_as(
+            JoinType::LeftJoin,
+            message::Entity,
+            lm.clone(),
+            Expr::col((lm.clone(), message::Column::Id)).eq(newest_kept_message(chat_id.clone())),
+        )
+        .join_as(
+            JoinType::LeftJoin,
+            user::Entity,
+            u.clone(),
+            Expr::col((u.clone(), user::Column::Id)).eq(other_member(chat_id, user)),
+        )
+        .expr_as(
+            Expr::col((cm.clone(), chat_member::Column::Muted)),
+            Alias::new("muted"),
+        )
+        .expr_as(unread_count(user), Alias::new("unread"))
+        .and_where(Expr::col((cm.clone(), chat_member::Column::UserId)).eq(user.0));
+    if let Some(only) = only {
+        select.and_where(Expr::col((cm, chat_member::Column::ChatId)).eq(only.0));
+    }
+    prefixed::<chat::Entity>(&mut select, c, "c_");
+    prefixed::<message::Entity>(&mut select, lm, "m_");
+    prefixed::<user::Entity>(&mut select, u, "u_");
+    let rows = db.query_all(&select).await?;
+    rows.iter()
+        .map(|row| {
+            let present = |prefix: &str, id: &str| {
+                row.try_get::<Option<i64>>(prefix, id)
+                    .map(|id| id.is_some())
+            };
+            Ok(MembershipRow {
+                chat: chat::Model::from_query_result(row, "c_")?,
+                muted: row.try_get("", "muted")?,
+                last_message: match present("m_", "id")? {
+                    true => Some(message::Model::from_query_result(row, "m_")?),
+                    false => None,
+                },
+                other: match present("u_", "id")? {
+                    true => Some(user::Model::from_query_result(row, "u_")?),
+                    false => None,
+                },
+                unread: u64::try_from(row.try_get::<i64>("", "unread")?).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Every column of `E`, of the table as `table`, named `prefix` + its name
+/// (as `from_query_result(row, prefix)` reads them).
+fn prefixed<E: EntityTrait>(
+    select: &mut sea_orm::sea_query::SelectStatement,
+    table: Alias,
+    prefix: &str,
+) {
+    use sea_orm::{IdenStatic, Iterable};
+    for column in E::Column::iter() {
+        select.expr_as(
+            column.select_as(Expr::col((table.clone(), column))),
+            Alias::new(format!("{prefix}{}", column.as_str())),
         );
     }
-    Ok((chats, last_ids))
 }
 
 /// The id of the conversation's (the outer `chats` row's) newest message
 /// that is not deleted.
-fn newest_kept_message() -> Expr {
+fn newest_kept_message(chat: (Alias, chat::Column)) -> Expr {
     use sea_orm::sea_query::ExprTrait;
-    newest_message(message::Column::Id, (chat::Entity, chat::Column::Id), |m| {
+    newest_message(message::Column::Id, chat, |m| {
         Expr::col((m, message::Column::Deleted)).eq(false)
     })
+}
+
+/// The other member of the (outer `chats` row's) conversation if it is a
+/// direct one: a lookup that a group skips.
+fn other_member(chat: (Alias, chat::Column), user: UserId) -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    let o = Alias::new("o");
+    let other = Query::select()
+        .column((o.clone(), chat_member::Column::UserId))
+        .from_as(chat_member::Entity, o.clone())
+        .and_where(Expr::col((o.clone(), chat_member::Column::ChatId)).equals(chat.clone()))
+        .and_where(Expr::col((chat.0, chat::Column::Kind)).eq(chat::ChatKind::Direct))
+        .and_where(Expr::col((o, chat_member::Column::UserId)).ne(user.0))
+        .limit(1)
+        .to_owned();
+    Expr::SubQuery(None, Box::new(other.into()))
+}
+
+/// How many messages of others the (outer `cm`) membership has not read:
+/// those after the `seq` of its read mark (a message id, which a client
+/// may have made up: the newest message up to it), walked from there.
+fn unread_count(user: UserId) -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    let (cm, n) = (Alias::new("cm"), Alias::new("n"));
+    let read = newest_message(
+        message::Column::Seq,
+        (cm.clone(), chat_member::Column::ChatId),
+        |m| {
+            Expr::col((m, message::Column::Id)).lte(Expr::col((
+                cm.clone(),
+                chat_member::Column::LastReadMessageId,
+            )))
+        },
+    );
+    let count = Query::select()
+        .expr(Expr::col((n.clone(), message::Column::Id)).count())
+        .from_as(message::Entity, n.clone())
+        .and_where(
+            Expr::col((n.clone(), message::Column::ChatId))
+                .equals((cm, chat_member::Column::ChatId)),
+        )
+        .and_where(
+            Expr::col((n.clone(), message::Column::Seq))
+                .gt(Func::coalesce([read, Expr::val(0i64)])),
+        )
+        .and_where(Expr::col((n.clone(), message::Column::Deleted)).eq(false))
+        .cond_where(
+            Condition::any()
+                .add(Expr::col((n.clone(), message::Column::SenderId)).is_null())
+                .add(Expr::col((n, message::Column::SenderId)).ne(user.0)),
+        )
+        .to_owned();
+    Expr::SubQuery(None, Box::new(count.into()))
 }
 
 /// `column` of the newest message of conversation `chat` (a column of the
@@ -221,28 +333,6 @@ fn newest_message(
         .limit(1)
         .to_owned();
     Expr::SubQuery(None, Box::new(newest.into()))
-}
-
-/// The other person of each direct conversation in `direct`.
-pub(super) async fn other_people(
-    db: &DatabaseConnection,
-    user: UserId,
-    direct: &[uuid::Uuid],
-) -> Result<HashMap<uuid::Uuid, user::Model>, DbErr> {
-    let mut others: HashMap<uuid::Uuid, user::Model> = HashMap::new();
-    for chunk in direct.chunks(IN_CHUNK) {
-        others.extend(
-            chat_member::Entity::find()
-                .filter(chat_member::Column::ChatId.is_in(chunk.to_vec()))
-                .filter(chat_member::Column::UserId.ne(user.0))
-                .find_also_related(user::Entity)
-                .all(db)
-                .await?
-                .into_iter()
-                .filter_map(|(m, u)| u.map(|u| (m.chat_id, u))),
-        );
-    }
-    Ok(others)
 }
 
 /// Every member of each group in `groups`.
@@ -268,97 +358,6 @@ pub(super) async fn member_ids(
         }
     }
     Ok(group_members)
-}
-
-/// The messages `ids`, by their conversation (one each).
-pub(super) async fn messages_by_chat(
-    db: &DatabaseConnection,
-    ids: &[i64],
-) -> Result<HashMap<uuid::Uuid, message::Model>, DbErr> {
-    let mut last_messages: HashMap<uuid::Uuid, message::Model> = HashMap::new();
-    for chunk in ids.chunks(IN_CHUNK) {
-        last_messages.extend(
-            message::Entity::find()
-                .filter(message::Column::Id.is_in(chunk.to_vec()))
-                .all(db)
-                .await?
-                .into_iter()
-                .map(|m| (m.chat_id, m)),
-        );
-    }
-    Ok(last_messages)
-}
-
-/// Where each of `user`'s read marks in `chats` (a message id, which a
-/// client may have made up) falls in its conversation, as a `seq`: the
-/// newest message up to the mark, found walking down from the newest, past
-/// the messages after the mark, as many as the count that follows reads.
-async fn read_seqs(
-    db: &DatabaseConnection,
-    user: UserId,
-    chats: Vec<uuid::Uuid>,
-) -> Result<HashMap<uuid::Uuid, i64>, DbErr> {
-    use sea_orm::sea_query::ExprTrait;
-    let marked = (chat_member::Entity, chat_member::Column::ChatId);
-    let read = newest_message(message::Column::Seq, marked, |m| {
-        Expr::col((m, message::Column::Id)).lte(Expr::col((
-            chat_member::Entity,
-            chat_member::Column::LastReadMessageId,
-        )))
-    });
-    Ok(chat_member::Entity::find()
-        .select_only()
-        .column(chat_member::Column::ChatId)
-        .expr(read)
-        .filter(chat_member::Column::UserId.eq(user.0))
-        .filter(chat_member::Column::ChatId.is_in(chats))
-        .filter(chat_member::Column::LastReadMessageId.gt(0))
-        .into_tuple::<(uuid::Uuid, Option<i64>)>()
-        .all(db)
-        .await?
-        .into_iter()
-        .filter_map(|(chat, seq)| Some((chat, seq?)))
-        .collect())
-}
-
-/// How many messages of others each membership has not read.
-pub(super) async fn unread_counts(
-    db: &DatabaseConnection,
-    user: UserId,
-    memberships: &[chat_member::Model],
-) -> Result<HashMap<uuid::Uuid, u64>, DbErr> {
-    let mut unread: HashMap<uuid::Uuid, u64> = HashMap::new();
-    for chunk in memberships.chunks(IN_CHUNK) {
-        let read = read_seqs(db, user, chunk.iter().map(|m| m.chat_id).collect()).await?;
-        let mut unread_filter = Condition::any();
-        for m in chunk {
-            unread_filter = unread_filter.add(
-                Condition::all()
-                    .add(message::Column::ChatId.eq(m.chat_id))
-                    .add(message::Column::Seq.gt(read.get(&m.chat_id).copied().unwrap_or(0))),
-            );
-        }
-        unread.extend(
-            message::Entity::find()
-                .select_only()
-                .column(message::Column::ChatId)
-                .column_as(message::Column::Id.count(), "n")
-                .filter(unread_filter)
-                .filter(message::Column::Deleted.eq(false))
-                .filter(
-                    Condition::any()
-                        .add(message::Column::SenderId.is_null())
-                        .add(message::Column::SenderId.ne(user.0)),
-                )
-                .group_by(message::Column::ChatId)
-                .into_model::<UnreadCount>()
-                .all(db)
-                .await?
-                .into_iter()
-                .map(|c| (c.chat_id, c.n.max(0) as u64)),
-        );
-    }
-    Ok(unread)
 }
 
 /// A conversation with every member's account and role, longest-standing
@@ -480,23 +479,18 @@ pub async fn conversation_of(
     chat: ChatId,
     presence: &Presence,
 ) -> Result<Option<Conversation>, DbErr> {
-    let Some(row) = contact_of(db, user, chat).await? else {
+    let list = contact_of(db, user, chat).await?;
+    let Some(row) = list.rows.first() else {
         return Ok(None);
     };
     let Some(full) = conversation(db, chat).await? else {
         return Ok(None);
     };
-    let presence = presence_view(db, user, presence).await?;
+    let presence = PresenceView::new(presence, list.blocked_peers.clone());
     let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
     item.muted = row.muted.then_some(true);
     if full.chat.kind == chat::ChatKind::Group {
         item.changes = Some(group_changes(db, chat).await?);
-    }
-    if row.blocked {
-        item.online = false;
-        for member in item.members.iter_mut().filter(|m| m.user_id != user.0) {
-            member.online = false;
-        }
     }
     Ok(Some(item))
 }

@@ -103,8 +103,6 @@ pub async fn quotes_for<C: ConnectionTrait>(
         .collect())
 }
 
-/// Among the pairs `(a, b)`, those with a block either way, as
-/// `(smaller, larger)`. One query over the people involved (two `IN`
 /// The people `user` has a block with, either way: presence between them
 /// is hidden (C10).
 pub async fn blocked_peers<C: ConnectionTrait>(db: &C, user: UserId) -> Result<Vec<UserId>, DbErr> {
@@ -126,18 +124,8 @@ pub async fn blocked_peers<C: ConnectionTrait>(db: &C, user: UserId) -> Result<V
         .collect())
 }
 
-/// Presence as `viewer` may see it: their blocks looked up (C10).
-pub async fn presence_view<'a, C: ConnectionTrait>(
-    db: &C,
-    viewer: UserId,
-    presence: &'a Presence,
-) -> Result<PresenceView<'a>, DbErr> {
-    Ok(PresenceView::new(
-        presence,
-        blocked_peers(db, viewer).await?,
-    ))
-}
-
+/// Among the pairs `(a, b)`, those with a block either way, as
+/// `(smaller, larger)`. One query over the people involved (two `IN`
 /// lists, not one condition per pair: SQLite bounds an expression's depth).
 pub async fn blocked_pairs<C: ConnectionTrait>(
     db: &C,
