@@ -5,6 +5,8 @@
 use crate::common;
 
 use actix_web::http::Method;
+use chat_server::chat::protocol::UserId;
+use chat_server::chat::store;
 use common::{Backend, TestApp};
 use entity::invitation;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -44,6 +46,27 @@ async fn blocking(backend: &Backend) {
         ] {
             assert_eq!(client.ask(request).await, error("invalid", BLOCKED));
         }
+    }
+    // What the ChatServer routes by (a session registering, the bus
+    // catching up): their direct conversation blocked, carol's not, for
+    // either way of reading it.
+    let (chats, peers) = store::chats_of(&app.db, UserId(bob)).await.unwrap();
+    assert_eq!(peers, vec![UserId(alice)]);
+    let routed = store::chats_of_users(&app.db, &[UserId(bob)])
+        .await
+        .unwrap();
+    for entries in [&chats, &routed[&UserId(bob)]] {
+        let mut flags: Vec<(String, bool, bool)> = entries
+            .iter()
+            .map(|e| (e.chat.0.to_string(), e.blocked, e.presence))
+            .collect();
+        flags.sort();
+        let mut expected = vec![
+            (pk.clone(), true, false),
+            (with_carol.id.to_string(), false, true),
+        ];
+        expected.sort();
+        assert_eq!(flags, expected, "{}", backend.name());
     }
     // History stays readable; bob is no longer shown online to alice.
     let page = a

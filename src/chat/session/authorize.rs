@@ -20,8 +20,7 @@ impl WsSession {
             let mut outcome = Err(ConnectError::Stale);
             for _ in 0..REGISTRATION_ATTEMPTS {
                 let since = state.membership.seq();
-                let chats = store::chats_of(&state.db, me).await?;
-                let blocked_peers = store::blocked_peers(&state.db, me).await?;
+                let (chats, blocked_peers) = store::chats_of(&state.db, me).await?;
                 let connect = Connect {
                     session,
                     user: me,

@@ -75,76 +75,84 @@ pub async fn audience_of(db: &DatabaseConnection, chat: ChatId) -> Result<Option
     }))
 }
 
-/// What the ChatServer routes a conversation by.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ChatFlags {
-    /// Presence is pushed in it: direct and not blocked, or a group of at
-    /// most `PRESENCE_MAX_MEMBERS`.
-    presence: bool,
-    /// Its latest `seq`.
-    seq: i64,
-    /// A direct conversation whose two people have a block (C10).
-    blocked: bool,
-    /// Who a message to it reaches.
-    audience: Audience,
+/// One membership as the ChatServer routes by it: the conversation, the
+/// member, and the conversation's kind, latest `seq` and direct key.
+type Membership = (uuid::Uuid, i64, chat::ChatKind, i64, Option<String>);
+
+/// The memberships of `users`, each with its conversation's routing
+/// columns: one statement per `IN_CHUNK` users.
+async fn memberships_of(
+    db: &DatabaseConnection,
+    users: &[UserId],
+) -> Result<Vec<Membership>, DbErr> {
+    let mut rows = Vec::new();
+    for chunk in users.chunks(IN_CHUNK) {
+        rows.extend(
+            chat_member::Entity::find()
+                .select_only()
+                .column(chat_member::Column::ChatId)
+                .column(chat_member::Column::UserId)
+                .column(chat::Column::Kind)
+                .column(chat::Column::Seq)
+                .column(chat::Column::DirectKey)
+                .inner_join(chat::Entity)
+                .filter(chat_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
+                .into_tuple::<Membership>()
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(rows)
 }
 
-/// The routing flags of each of `chats`.
-pub(super) async fn chat_flags(
+/// Each of `users`' conversations as the ChatServer routes them, given
+/// the memberships and which direct pairs (as `direct_pair` reads them)
+/// have a block: the groups' sizes are read once each.
+async fn entries(
     db: &DatabaseConnection,
-    chats: &[uuid::Uuid],
-) -> Result<HashMap<uuid::Uuid, ChatFlags>, DbErr> {
-    let mut flags = HashMap::new();
-    for chunk in chats.chunks(IN_CHUNK) {
-        let rows = chat::Entity::find()
-            .select_only()
-            .column(chat::Column::Id)
-            .column(chat::Column::Kind)
-            .column(chat::Column::Seq)
-            .column(chat::Column::DirectKey)
-            .filter(chat::Column::Id.is_in(chunk.to_vec()))
-            .into_tuple::<(uuid::Uuid, chat::ChatKind, i64, Option<String>)>()
-            .all(db)
-            .await?;
-        let groups: Vec<uuid::Uuid> = rows
-            .iter()
-            .filter(|(_, k, _, _)| *k == chat::ChatKind::Group)
-            .map(|(id, _, _, _)| *id)
-            .collect();
-        let sizes = member_counts(db, groups).await?;
-        let pairs: Vec<(i64, i64)> = rows
-            .iter()
-            .filter_map(|(_, _, _, key)| key.as_deref().and_then(direct_pair))
-            .collect();
-        let blocked = blocked_pairs(db, &pairs).await?;
-        for (id, kind, seq, key) in rows {
-            let flag = match kind {
-                chat::ChatKind::Direct => {
-                    let blocked = key
-                        .as_deref()
-                        .and_then(direct_pair)
-                        .is_some_and(|pair| blocked.contains(&pair));
-                    ChatFlags {
-                        presence: !blocked,
-                        seq,
-                        blocked,
-                        audience: Audience::Direct,
-                    }
-                }
-                chat::ChatKind::Group => {
-                    let size = sizes.get(&id).copied().unwrap_or(0).max(0);
-                    ChatFlags {
-                        presence: group_presence(size as u64),
-                        seq,
-                        blocked: false,
-                        audience: Audience::Group(size as u64),
-                    }
-                }
-            };
-            flags.insert(id, flag);
-        }
+    users: &[UserId],
+    memberships: Vec<Membership>,
+    blocked: impl Fn((i64, i64)) -> bool,
+) -> Result<HashMap<UserId, Vec<ChatEntry>>, DbErr> {
+    let mut groups: Vec<uuid::Uuid> = memberships
+        .iter()
+        .filter(|m| m.2 == chat::ChatKind::Group)
+        .map(|m| m.0)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut sizes = HashMap::new();
+    for chunk in groups.chunks(IN_CHUNK) {
+        sizes.extend(member_counts(db, chunk.to_vec()).await?);
     }
-    Ok(flags)
+    let mut chats: HashMap<UserId, Vec<ChatEntry>> =
+        users.iter().map(|u| (*u, Vec::new())).collect();
+    for (chat, user, kind, seq, key) in memberships {
+        let entry = match kind {
+            chat::ChatKind::Direct => {
+                let blocked = key.as_deref().and_then(direct_pair).is_some_and(&blocked);
+                ChatEntry {
+                    chat: ChatId(chat),
+                    presence: !blocked,
+                    seq,
+                    blocked,
+                    audience: Audience::Direct,
+                }
+            }
+            chat::ChatKind::Group => {
+                let size = sizes.get(&chat).copied().unwrap_or(0).max(0) as u64;
+                ChatEntry {
+                    chat: ChatId(chat),
+                    presence: group_presence(size),
+                    seq,
+                    blocked: false,
+                    audience: Audience::Group(size),
+                }
+            }
+        };
+        chats.entry(UserId(user)).or_default().push(entry);
+    }
+    Ok(chats)
 }
 
 /// The conversations of each of `users`, with whether presence is pushed
@@ -153,55 +161,41 @@ pub async fn chats_of_users(
     db: &DatabaseConnection,
     users: &[UserId],
 ) -> Result<HashMap<UserId, Vec<ChatEntry>>, DbErr> {
-    let mut pairs = Vec::new();
-    for chunk in users.chunks(IN_CHUNK) {
-        pairs.extend(
-            chat_member::Entity::find()
-                .select_only()
-                .column(chat_member::Column::ChatId)
-                .column(chat_member::Column::UserId)
-                .filter(chat_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
-                .into_tuple::<(uuid::Uuid, i64)>()
-                .all(db)
-                .await?,
-        );
+    let memberships = memberships_of(db, users).await?;
+    let pairs: Vec<(i64, i64)> = memberships
+        .iter()
+        .filter_map(|m| m.4.as_deref().and_then(direct_pair))
+        .collect();
+    let mut blocked = HashSet::new();
+    for chunk in pairs.chunks(IN_CHUNK) {
+        blocked.extend(blocked_pairs(db, chunk).await?);
     }
-    let mut chat_ids: Vec<uuid::Uuid> = pairs.iter().map(|(c, _)| *c).collect();
-    chat_ids.sort_unstable();
-    chat_ids.dedup();
-    let flags = chat_flags(db, &chat_ids).await?;
-    let mut chats: HashMap<UserId, Vec<ChatEntry>> =
-        users.iter().map(|u| (*u, Vec::new())).collect();
-    for (chat, user) in pairs {
-        let flag = flags.get(&chat).copied().unwrap_or(ChatFlags {
-            presence: true,
-            seq: 0,
-            blocked: false,
-            audience: Audience::Direct,
-        });
-        chats.entry(UserId(user)).or_default().push(ChatEntry {
-            chat: ChatId(chat),
-            presence: flag.presence,
-            seq: flag.seq,
-            blocked: flag.blocked,
-            audience: flag.audience,
-        });
-    }
-    Ok(chats)
+    entries(db, users, memberships, |pair| blocked.contains(&pair)).await
 }
 
-/// The conversations of `user` (see `chats_of_users`).
-pub async fn chats_of(db: &DatabaseConnection, user: UserId) -> Result<Vec<ChatEntry>, DbErr> {
-    Ok(chats_of_users(db, &[user])
-        .await?
-        .remove(&user)
-        .unwrap_or_default())
+/// The conversations of `user` (see `chats_of_users`), and the people
+/// they have a block with (`blocked_peers`), which also tell which of
+/// their direct conversations have one: what registering a session
+/// needs, in three statements.
+pub async fn chats_of(
+    db: &DatabaseConnection,
+    user: UserId,
+) -> Result<(Vec<ChatEntry>, Vec<UserId>), DbErr> {
+    let peers = blocked_peers(db, user).await?;
+    let memberships = memberships_of(db, &[user]).await?;
+    let other = |(a, b): (i64, i64)| UserId(if a == user.0 { b } else { a });
+    let mut chats = entries(db, &[user], memberships, |pair| {
+        peers.contains(&other(pair))
+    })
+    .await?;
+    Ok((chats.remove(&user).unwrap_or_default(), peers))
 }
 
 /// The conversations of `user` in which their presence is pushed.
 pub async fn presence_chats(db: &DatabaseConnection, user: UserId) -> Result<Vec<ChatId>, DbErr> {
     Ok(chats_of(db, user)
         .await?
+        .0
         .into_iter()
         .filter(|c| c.presence)
         .map(|c| c.chat)
