@@ -77,7 +77,14 @@ pub async fn audience_of(db: &DatabaseConnection, chat: ChatId) -> Result<Option
 
 /// One membership as the ChatServer routes by it: the conversation, the
 /// member, and the conversation's kind, latest `seq` and direct key.
-type Membership = (uuid::Uuid, i64, chat::ChatKind, i64, Option<String>);
+#[derive(Debug, FromQueryResult)]
+struct Membership {
+    chat_id: uuid::Uuid,
+    user_id: i64,
+    kind: chat::ChatKind,
+    seq: i64,
+    direct_key: Option<String>,
+}
 
 /// The memberships of `users`, each with its conversation's routing
 /// columns: one statement per `IN_CHUNK` users.
@@ -97,7 +104,7 @@ async fn memberships_of(
                 .column(chat::Column::DirectKey)
                 .inner_join(chat::Entity)
                 .filter(chat_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
-                .into_tuple::<Membership>()
+                .into_model::<Membership>()
                 .all(db)
                 .await?,
         );
@@ -116,8 +123,8 @@ async fn entries(
 ) -> Result<HashMap<UserId, Vec<ChatEntry>>, DbErr> {
     let mut groups: Vec<uuid::Uuid> = memberships
         .iter()
-        .filter(|m| m.2 == chat::ChatKind::Group)
-        .map(|m| m.0)
+        .filter(|m| m.kind == chat::ChatKind::Group)
+        .map(|m| m.chat_id)
         .collect();
     groups.sort_unstable();
     groups.dedup();
@@ -127,7 +134,14 @@ async fn entries(
     }
     let mut chats: HashMap<UserId, Vec<ChatEntry>> =
         users.iter().map(|u| (*u, Vec::new())).collect();
-    for (chat, user, kind, seq, key) in memberships {
+    for Membership {
+        chat_id: chat,
+        user_id: user,
+        kind,
+        seq,
+        direct_key: key,
+    } in memberships
+    {
         let entry = match kind {
             chat::ChatKind::Direct => {
                 let blocked = key.as_deref().and_then(direct_pair).is_some_and(&blocked);
@@ -164,7 +178,7 @@ pub async fn chats_of_users(
     let memberships = memberships_of(db, users).await?;
     let pairs: Vec<(i64, i64)> = memberships
         .iter()
-        .filter_map(|m| m.4.as_deref().and_then(direct_pair))
+        .filter_map(|m| m.direct_key.as_deref().and_then(direct_pair))
         .collect();
     let mut blocked = HashSet::new();
     for chunk in pairs.chunks(IN_CHUNK) {

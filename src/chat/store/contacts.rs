@@ -203,7 +203,7 @@ async fn membership_rows(
             Expr::col((cm.clone(), chat_member::Column::Muted)),
             Alias::new("muted"),
         )
-        .expr_as(unread_count(user), Alias::new("unread"))
+        .expr_as(unread_count(cm.clone(), user), Alias::new("unread"))
         .and_where(Expr::col((cm.clone(), chat_member::Column::UserId)).eq(user.0));
     if let Some(only) = only {
         select.and_where(Expr::col((cm, chat_member::Column::ChatId)).eq(only.0));
@@ -276,12 +276,13 @@ fn other_member(chat: (Alias, chat::Column), user: UserId) -> Expr {
     Expr::SubQuery(None, Box::new(other.into()))
 }
 
-/// How many messages of others the (outer `cm`) membership has not read:
-/// those after the `seq` of its read mark (a message id, which a client
-/// may have made up: the newest message up to it), walked from there.
-fn unread_count(user: UserId) -> Expr {
+/// How many messages of others the outer query's membership (its
+/// `chat_members` as `cm`) has not read: those after the `seq` of its read
+/// mark (a message id, which a client may have made up: the newest message
+/// up to it), walked from there.
+fn unread_count(cm: Alias, user: UserId) -> Expr {
     use sea_orm::sea_query::ExprTrait;
-    let (cm, n) = (Alias::new("cm"), Alias::new("n"));
+    let n = Alias::new("n");
     let read = newest_message(
         message::Column::Seq,
         (cm.clone(), chat_member::Column::ChatId),
