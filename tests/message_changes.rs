@@ -238,6 +238,13 @@ async fn b8_in_a_direct_conversation(backend: &Backend) {
     );
     let contacts = bob.ask(json!({"type": "get_contacts", "data": {}})).await;
     assert_eq!(contacts[0]["last_message"]["content"], "hi!");
+    let contact = bob
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(
+        contact["last_message"], contacts[0]["last_message"],
+        "one conversation shows the last message its list item shows"
+    );
 
     // Deleting the first message: its reactions and every copy of its
     // text go; a deleted message can be neither edited nor reacted to.
@@ -393,6 +400,14 @@ async fn b8_in_a_group(backend: &Backend) {
         edit(&mut alice, bobs, "x").await,
         error("not_found", "message not found")
     );
+    // The group as a change shows it: its last message is the newest one
+    // not deleted.
+    let renamed = alice
+        .ask(json!({"type": "rename_group", "data": {"id": pk, "title": "h"}}))
+        .await;
+    assert_eq!(renamed["last_message"]["id"], mine);
+    let pushed = carol.recv_type("conversation").await;
+    assert_eq!(pushed["data"]["last_message"]["id"], mine);
 
     // At most 20 different emoji on a message; more of one is fine.
     const EMOJI: [&str; 21] = [

@@ -49,8 +49,40 @@ impl ActiveModelBehavior for ActiveModel {}
 impl Model {
     /// "First Last", the name the old backend showed for a contact.
     pub fn display_name(&self) -> String {
-        format!("{} {}", self.first_name, self.last_name)
+        full_name(&self.first_name, &self.last_name)
     }
+}
+
+/// What others see of an account: its id and names. Reads that show a
+/// person to someone else (a contact, a group's members, a blocked list,
+/// a notification's sender) select these columns only, so the account's
+/// secrets (password hash, email, token version) never leave the
+/// database for them.
+#[derive(Clone, Debug, PartialEq, Eq, sea_orm::FromQueryResult)]
+pub struct Profile {
+    pub id: i64,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+impl Profile {
+    /// The columns a `Profile` is read from, under their own names.
+    pub const COLUMNS: [Column; 4] = [
+        Column::Id,
+        Column::Username,
+        Column::FirstName,
+        Column::LastName,
+    ];
+
+    /// "First Last", as [`Model::display_name`].
+    pub fn display_name(&self) -> String {
+        full_name(&self.first_name, &self.last_name)
+    }
+}
+
+fn full_name(first: &str, last: &str) -> String {
+    format!("{first} {last}")
 }
 
 /// A username as it is stored: NFKC-normalised, so a fullwidth `ｂｏｂ` is `bob`.

@@ -2,7 +2,9 @@
 
 use entity::user;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthUser;
@@ -77,7 +79,10 @@ pub async fn list_users(
         );
     }
     let paginator = find
+        .select_only()
+        .columns(user::Profile::COLUMNS)
         .order_by_asc(user::Column::Username)
+        .into_model::<user::Profile>()
         .paginate(&state.db, page_size);
     let count = paginator.num_items().await?;
     let results = paginator

@@ -5,7 +5,7 @@
 //! direct conversations are blocked) lives in `Membership`, kept in step on
 //! every instance by the ChatServer (`SetBlocked`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::Utc;
 use entity::{block, chat, user};
@@ -17,7 +17,7 @@ use actix::Addr;
 use super::messages::SetBlocked;
 use super::protocol::{ChatId, Person, UserId};
 use super::server::ChatServer;
-use super::store::person;
+use super::store::{person, profiles};
 
 /// Why a block request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -141,14 +141,7 @@ pub async fn blocked_by<C: ConnectionTrait>(db: &C, user: UserId) -> Result<Vec<
         .order_by_desc(block::Column::CreatedAt)
         .all(db)
         .await?;
-    let ids: Vec<i64> = rows.iter().map(|b| b.blocked_id).collect();
-    let people: HashMap<i64, user::Model> = user::Entity::find()
-        .filter(user::Column::Id.is_in(ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect();
+    let people = profiles(db, rows.iter().map(|b| b.blocked_id)).await?;
     Ok(rows
         .iter()
         .filter_map(|b| people.get(&b.blocked_id).map(person))

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use entity::{chat, chat_member, invitation, message, user};
+use entity::{chat, chat_member, invitation, message};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
@@ -180,17 +180,7 @@ pub async fn pending_of<C: ConnectionTrait>(
     let chats: Vec<uuid::Uuid> = rows.iter().map(|(i, _)| i.chat_id).collect();
     let inviters: Vec<i64> = rows.iter().filter_map(|(i, _)| i.invited_by).collect();
     let members = super::store::member_counts(db, chats).await?;
-    let people: HashMap<i64, user::Model> = if inviters.is_empty() {
-        HashMap::new()
-    } else {
-        user::Entity::find()
-            .filter(user::Column::Id.is_in(inviters))
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|u| (u.id, u))
-            .collect()
-    };
+    let people = super::store::profiles(db, inviters).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(invitation, chat)| {

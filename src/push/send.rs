@@ -109,13 +109,8 @@ pub(super) async fn send_due(
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
-    let senders: HashMap<i64, user::Model> = user::Entity::find()
-        .filter(user::Column::Id.is_in(messages.values().filter_map(|m| m.sender_id)))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect();
+    let senders =
+        crate::chat::store::profiles(db, messages.values().filter_map(|m| m.sender_id)).await?;
     for row in due {
         if Utc::now() > last_start {
             break;
@@ -128,7 +123,7 @@ pub(super) async fn send_due(
                 let sender = message
                     .sender_id
                     .and_then(|id| senders.get(&id))
-                    .map(user::Model::display_name)
+                    .map(user::Profile::display_name)
                     .unwrap_or_default();
                 let title = match chats.get(&message.chat_id) {
                     Some(c) if c.kind == chat::ChatKind::Group => {

@@ -2,13 +2,14 @@
 //! them: a fixed number of statements, however many conversations.
 
 use super::*;
+use sea_orm::Iterable;
 
 /// A conversation as one user sees it: the other member (direct) or the
 /// members (group), the last message, how many messages they have not read.
 #[derive(Debug, Clone)]
 pub struct ContactRow {
     pub chat: chat::Model,
-    pub other: Option<user::Model>,
+    pub other: Option<user::Profile>,
     /// Every member's id (groups only; a direct conversation has `other`).
     pub member_ids: Vec<UserId>,
     pub last_message: Option<message::Model>,
@@ -156,7 +157,7 @@ struct MembershipRow {
     muted: bool,
     last_message: Option<message::Model>,
     /// The other person of a direct conversation.
-    other: Option<user::Model>,
+    other: Option<user::Profile>,
     unread: u64,
 }
 
@@ -208,9 +209,9 @@ async fn membership_rows(
     if let Some(only) = only {
         select.and_where(Expr::col((cm, chat_member::Column::ChatId)).eq(only.0));
     }
-    prefixed::<chat::Entity>(&mut select, c, "c_");
-    prefixed::<message::Entity>(&mut select, lm, "m_");
-    prefixed::<user::Entity>(&mut select, u, "u_");
+    prefixed(&mut select, c, "c_", chat::Column::iter());
+    prefixed(&mut select, lm, "m_", message::Column::iter());
+    prefixed(&mut select, u, "u_", user::Profile::COLUMNS);
     let rows = db.query_all(&select).await?;
     rows.iter()
         .map(|row| {
@@ -226,7 +227,7 @@ async fn membership_rows(
                     false => None,
                 },
                 other: match present("u_", "id")? {
-                    true => Some(user::Model::from_query_result(row, "u_")?),
+                    true => Some(user::Profile::from_query_result(row, "u_")?),
                     false => None,
                 },
                 unread: u64::try_from(row.try_get::<i64>("", "unread")?).unwrap_or(0),
@@ -235,15 +236,15 @@ async fn membership_rows(
         .collect()
 }
 
-/// Every column of `E`, of the table as `table`, named `prefix` + its name
-/// (as `from_query_result(row, prefix)` reads them).
-fn prefixed<E: EntityTrait>(
+/// `columns` of the table as `table`, each named `prefix` + its name (as
+/// `from_query_result(row, prefix)` reads them).
+fn prefixed<C: ColumnTrait>(
     select: &mut sea_orm::sea_query::SelectStatement,
     table: Alias,
     prefix: &str,
+    columns: impl IntoIterator<Item = C>,
 ) {
-    use sea_orm::{IdenStatic, Iterable};
-    for column in E::Column::iter() {
+    for column in columns {
         select.expr_as(
             column.select_as(Expr::col((table.clone(), column))),
             Alias::new(format!("{prefix}{}", column.as_str())),
@@ -366,7 +367,7 @@ pub(super) async fn member_ids(
 #[derive(Debug, Clone)]
 pub struct ConversationRow {
     pub chat: chat::Model,
-    pub members: Vec<(chat_member::Model, user::Model)>,
+    pub members: Vec<(chat_member::Model, user::Profile)>,
     pub last_message: Option<message::Model>,
 }
 
@@ -450,18 +451,10 @@ pub async fn conversation<C: ConnectionTrait>(
     let Some(model) = chat::Entity::find_by_id(chat.0).one(db).await? else {
         return Ok(None);
     };
-    let members = chat_member::Entity::find()
-        .filter(chat_member::Column::ChatId.eq(chat.0))
-        .find_also_related(user::Entity)
-        .order_by_asc(chat_member::Column::JoinedAt)
-        .order_by_asc(chat_member::Column::UserId)
-        .all(db)
-        .await?
-        .into_iter()
-        .filter_map(|(m, u)| Some((m, u?)))
-        .collect();
+    let members = member_profiles(db, chat).await?;
     let last_message = message::Entity::find()
         .filter(message::Column::ChatId.eq(chat.0))
+        .filter(message::Column::Deleted.eq(false))
         .order_by_desc(message::Column::Seq)
         .one(db)
         .await?;
@@ -472,6 +465,40 @@ pub async fn conversation<C: ConnectionTrait>(
     }))
 }
 
+/// The members of `chat` with their profiles, longest-standing first.
+async fn member_profiles<C: ConnectionTrait>(
+    db: &C,
+    chat: ChatId,
+) -> Result<Vec<(chat_member::Model, user::Profile)>, DbErr> {
+    use sea_orm::sea_query::{ExprTrait, JoinType};
+    let (m, u) = (Alias::new("m"), Alias::new("u"));
+    let mut select = Query::select();
+    select
+        .from_as(chat_member::Entity, m.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            user::Entity,
+            u.clone(),
+            Expr::col((u.clone(), user::Column::Id))
+                .equals((m.clone(), chat_member::Column::UserId)),
+        )
+        .and_where(Expr::col((m.clone(), chat_member::Column::ChatId)).eq(chat.0))
+        .order_by((m.clone(), chat_member::Column::JoinedAt), Order::Asc)
+        .order_by((m.clone(), chat_member::Column::UserId), Order::Asc);
+    prefixed(&mut select, m, "m_", chat_member::Column::iter());
+    prefixed(&mut select, u, "u_", user::Profile::COLUMNS);
+    db.query_all(&select)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                chat_member::Model::from_query_result(row, "m_")?,
+                user::Profile::from_query_result(row, "u_")?,
+            ))
+        })
+        .collect()
+}
+
 /// A conversation as `user` sees it, with members and unread count, if
 /// they are a member.
 pub async fn conversation_of(
@@ -480,14 +507,15 @@ pub async fn conversation_of(
     chat: ChatId,
     presence: &Presence,
 ) -> Result<Option<Conversation>, DbErr> {
-    let list = contact_of(db, user, chat).await?;
-    let Some(row) = list.rows.first() else {
+    let Some(row) = membership_rows(db, user, Some(chat)).await?.pop() else {
         return Ok(None);
     };
-    let Some(full) = conversation(db, chat).await? else {
-        return Ok(None);
+    let full = ConversationRow {
+        members: member_profiles(db, chat).await?,
+        chat: row.chat,
+        last_message: row.last_message,
     };
-    let presence = PresenceView::new(presence, list.blocked_peers.clone());
+    let presence = PresenceView::new(presence, blocked_peers(db, user).await?);
     let mut item = full.to_conversation(Some(user), Some(row.unread), &presence);
     item.muted = row.muted.then_some(true);
     if full.chat.kind == chat::ChatKind::Group {

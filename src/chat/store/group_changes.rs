@@ -28,17 +28,11 @@ pub async fn group_changes<C: ConnectionTrait>(
     };
     let mut wanted: HashSet<i64> = rows.iter().filter_map(|r| r.by_id).collect();
     wanted.extend(rows.iter().flat_map(ids_of));
-    let people: HashMap<i64, Person> = if wanted.is_empty() {
-        HashMap::new()
-    } else {
-        user::Entity::find()
-            .filter(user::Column::Id.is_in(wanted))
-            .all(db)
-            .await?
-            .iter()
-            .map(|u| (u.id, person(u)))
-            .collect()
-    };
+    let people: HashMap<i64, Person> = profiles(db, wanted)
+        .await?
+        .values()
+        .map(|u| (u.id, person(u)))
+        .collect();
     Ok(rows
         .iter()
         .map(|row| GroupChangeItem {

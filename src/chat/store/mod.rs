@@ -153,12 +153,38 @@ pub async fn blocked_pairs<C: ConnectionTrait>(
 }
 
 /// A user as an invitation or the blocked list names them.
-pub fn person(user: &user::Model) -> Person {
+pub fn person(user: &user::Profile) -> Person {
     Person {
         user_id: user.id,
         username: user.username.clone(),
         name: user.display_name(),
     }
+}
+
+/// The profiles of those of `ids` who have an account, by id.
+pub async fn profiles<C: ConnectionTrait>(
+    db: &C,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<HashMap<i64, user::Profile>, DbErr> {
+    let ids: Vec<i64> = ids
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut found = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IN_CHUNK) {
+        for profile in user::Entity::find()
+            .select_only()
+            .columns(user::Profile::COLUMNS)
+            .filter(user::Column::Id.is_in(chunk.to_vec()))
+            .into_model::<user::Profile>()
+            .all(db)
+            .await?
+        {
+            found.insert(profile.id, profile);
+        }
+    }
+    Ok(found)
 }
 
 /// Why a message could not be stored (it was not acknowledged).
