@@ -46,8 +46,9 @@ pub struct AppState {
     pub writer: MessageWriter,
     /// Commits read marks in batches.
     pub read_marks: ReadMarks,
-    /// Contact lists being assembled at once (`DB_POOL_SIZE`).
-    pub contact_loads: store::ContactLoads,
+    /// What contact lists share: the groups' rosters, and how many are
+    /// assembled at once (`DB_POOL_SIZE`).
+    pub contact_lists: store::ContactLists,
     /// Group requests, with their change budgets.
     pub groups: Groups,
     pub metrics: Metrics,
@@ -141,7 +142,7 @@ impl AppState {
             bus: shared.bus,
             writer: shared.writer,
             read_marks: shared.read_marks,
-            contact_loads: store::ContactLoads::new(settings.database.db_pool_size as usize),
+            contact_lists: store::ContactLists::new(settings.database.db_pool_size as usize),
             metrics: shared.metrics,
             limits: Limits::from_settings(settings),
             proxies: settings.server.trusted_proxies(),

@@ -24,4 +24,5 @@ mod groups;
 mod invitations;
 mod message_changes;
 mod notifications;
+mod rosters;
 mod search;

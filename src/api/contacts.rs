@@ -29,7 +29,7 @@ pub async fn list_contacts(
 
 /// `user`'s conversations as they see them.
 pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
-    let list = store::contacts_of(&state.db, &state.contact_loads, user).await?;
+    let list = store::contacts_of(&state.db, &state.contact_lists, user).await?;
     Ok(list.into_contacts(user, &state.presence))
 }
 
@@ -62,7 +62,7 @@ pub async fn add_contact(
     if created {
         announce_direct(&state, chat, me, UserId(other.id)).await?;
     }
-    let contact = store::contact_of(&state.db, me, chat)
+    let contact = store::contact_of(&state.db, &state.contact_lists, me, chat)
         .await?
         .into_contacts(me, &state.presence)
         .pop()
@@ -122,7 +122,7 @@ pub async fn get_contact(
 ) -> Result<web::Json<Contact>, ApiError> {
     let chat = chat_id(&id)?;
     let me = UserId(user.0.id);
-    let contact = store::contact_of(&state.db, me, chat)
+    let contact = store::contact_of(&state.db, &state.contact_lists, me, chat)
         .await?
         .into_contacts(me, &state.presence)
         .pop()

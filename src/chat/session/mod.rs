@@ -309,8 +309,8 @@ impl WsSession {
     }
 
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
-        let loads = self.state.contact_loads.clone();
-        let query = move |db| async move { store::contacts_of(&db, &loads, user).await };
+        let lists = self.state.contact_lists.clone();
+        let query = move |db| async move { store::contacts_of(&db, &lists, user).await };
         self.query(
             RequestKind::GetContacts,
             query,

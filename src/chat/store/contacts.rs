@@ -2,6 +2,7 @@
 //! them: a fixed number of statements, however many conversations.
 
 use super::*;
+use entity::group_change;
 use sea_orm::Iterable;
 
 /// A conversation as one user sees it: the other member (direct) or the
@@ -11,7 +12,7 @@ pub struct ContactRow {
     pub chat: chat::Model,
     pub other: Option<user::Profile>,
     /// Every member's id (groups only; a direct conversation has `other`).
-    pub member_ids: Vec<UserId>,
+    pub member_ids: Arc<[UserId]>,
     pub last_message: Option<message::Model>,
     pub unread: u64,
     /// The viewer muted it (C17).
@@ -52,21 +53,33 @@ impl ContactRow {
     }
 }
 
-/// How many contact lists are assembled at once. A list takes several
-/// queries, and each holds what the earlier ones read while it waits for a
-/// pooled connection for the next: a burst of thousands of `get_contacts`
-/// (every client of a restarted instance coming back) held thousands of
-/// half-built lists in memory at once, and the allocator kept that peak
-/// for the life of the process (BENCHMARKS.md "A realistic mix"). Lists
-/// beyond the bound wait before they read anything.
+/// What an instance's contact lists share: the groups' rosters
+/// ([`Rosters`]), and a bound on how many lists are assembled at once. A
+/// list takes several queries, and each holds what the earlier ones read
+/// while it waits for a pooled connection for the next: a burst of
+/// thousands of `get_contacts` (every client of a restarted instance coming
+/// back) held thousands of half-built lists in memory at once, and the
+/// allocator kept that peak for the life of the process (BENCHMARKS.md "A
+/// realistic mix"). Lists beyond the bound wait before they read anything.
 #[derive(Clone)]
-pub struct ContactLoads(Arc<tokio::sync::Semaphore>);
+pub struct ContactLists {
+    at_once: Arc<tokio::sync::Semaphore>,
+    rosters: Arc<Rosters>,
+}
 
-impl ContactLoads {
+impl ContactLists {
     /// At most `at_once` lists at a time (the pool's size: no more could
     /// be reading anyway).
     pub fn new(at_once: usize) -> Self {
-        ContactLoads(Arc::new(tokio::sync::Semaphore::new(at_once.max(1))))
+        ContactLists {
+            at_once: Arc::new(tokio::sync::Semaphore::new(at_once.max(1))),
+            rosters: Arc::default(),
+        }
+    }
+
+    /// The groups' rosters kept.
+    pub fn rosters(&self) -> &Rosters {
+        &self.rosters
     }
 }
 
@@ -89,46 +102,48 @@ impl ContactList {
 }
 
 /// Every conversation `user` belongs to, most recently active first (as
-/// [`contact_rows`] assembles them), one of `loads` at a time.
+/// [`contact_rows`] assembles them), one of `lists`' bound at a time.
 pub async fn contacts_of(
     db: &DatabaseConnection,
-    loads: &ContactLoads,
+    lists: &ContactLists,
     user: UserId,
 ) -> Result<ContactList, DbErr> {
-    let _turn = loads
-        .0
+    let _turn = lists
+        .at_once
         .acquire()
         .await
         .map_err(|_| DbErr::Custom("contact loads closed".into()))?;
-    contact_rows(db, user, None).await
+    contact_rows(db, &lists.rosters, user, None).await
 }
 
 /// One conversation as `user` sees it: a list of one if they are a
 /// member, else of none.
 pub async fn contact_of(
     db: &DatabaseConnection,
+    lists: &ContactLists,
     user: UserId,
     chat: ChatId,
 ) -> Result<ContactList, DbErr> {
-    contact_rows(db, user, Some(chat)).await
+    contact_rows(db, &lists.rosters, user, Some(chat)).await
 }
 
 /// The conversations of `user` (all, or only `only`) as they see them,
 /// newest activity first, in three statements however many there are: the
 /// memberships with everything each shows ([`membership_rows`]), the
-/// groups' members, and the user's blocks.
+/// groups' members that `rosters` does not hold, and the user's blocks.
 async fn contact_rows(
     db: &DatabaseConnection,
+    rosters: &Rosters,
     user: UserId,
     only: Option<ChatId>,
 ) -> Result<ContactList, DbErr> {
     let memberships = membership_rows(db, user, only).await?;
-    let groups: Vec<uuid::Uuid> = memberships
+    let groups = memberships
         .iter()
         .filter(|m| m.chat.kind == chat::ChatKind::Group)
-        .map(|m| m.chat.id)
+        .map(|m| (m.chat.id, m.roster_version))
         .collect();
-    let mut group_members = member_ids(db, &groups).await?;
+    let mut group_members = group_members(db, rosters, groups).await?;
     let blocked_peers = blocked_peers(db, user).await?;
     let mut rows: Vec<ContactRow> = memberships
         .into_iter()
@@ -154,6 +169,8 @@ async fn contact_rows(
 /// One membership with what its contact item shows.
 struct MembershipRow {
     chat: chat::Model,
+    /// A group's version, under which its roster is kept.
+    roster_version: RosterVersion,
     muted: bool,
     last_message: Option<message::Model>,
     /// The other person of a direct conversation.
@@ -198,13 +215,14 @@ async fn membership_rows(
             JoinType::LeftJoin,
             user::Entity,
             u.clone(),
-            Expr::col((u.clone(), user::Column::Id)).eq(other_member(chat_id, user)),
+            Expr::col((u.clone(), user::Column::Id)).eq(other_member(chat_id.clone(), user)),
         )
         .expr_as(
             Expr::col((cm.clone(), chat_member::Column::Muted)),
             Alias::new("muted"),
         )
         .expr_as(unread_count(cm.clone(), user), Alias::new("unread"))
+        .expr_as(roster_version(chat_id), Alias::new("roster_version"))
         .and_where(Expr::col((cm.clone(), chat_member::Column::UserId)).eq(user.0));
     if let Some(only) = only {
         select.and_where(Expr::col((cm, chat_member::Column::ChatId)).eq(only.0));
@@ -221,6 +239,7 @@ async fn membership_rows(
             };
             Ok(MembershipRow {
                 chat: chat::Model::from_query_result(row, "c_")?,
+                roster_version: row.try_get("", "roster_version")?,
                 muted: row.try_get("", "muted")?,
                 last_message: match present("m_", "id")? {
                     true => Some(message::Model::from_query_result(row, "m_")?),
@@ -275,6 +294,20 @@ fn other_member(chat: (Alias, chat::Column), user: UserId) -> Expr {
         .limit(1)
         .to_owned();
     Expr::SubQuery(None, Box::new(other.into()))
+}
+
+/// The version of the (outer `chats` row's) conversation's roster if it
+/// is a group: its latest recorded change's id.
+fn roster_version(chat: (Alias, chat::Column)) -> Expr {
+    use sea_orm::sea_query::ExprTrait;
+    let g = Alias::new("g");
+    let latest = Query::select()
+        .expr(Expr::col((g.clone(), group_change::Column::Id)).max())
+        .from_as(group_change::Entity, g.clone())
+        .and_where(Expr::col((g, group_change::Column::ChatId)).equals(chat.clone()))
+        .and_where(Expr::col((chat.0, chat::Column::Kind)).eq(chat::ChatKind::Group))
+        .to_owned();
+    Expr::SubQuery(None, Box::new(latest.into()))
 }
 
 /// How many messages of others the outer query's membership (its

@@ -1,7 +1,8 @@
-//! The queries chat needs: contacts (`contacts.rs`), membership
-//! (`chats.rs`), history and read marks (`history.rs`); here, the quotes
-//! replies show, blocked pairs, and `StoreError`, why something was not
-//! stored.
+//! The queries chat needs: contacts (`contacts.rs`, with the groups'
+//! members kept between lists in `rosters.rs`), membership (`chats.rs`),
+//! history and read marks (`history.rs`); here, the quotes replies show,
+//! blocked pairs, people's profiles, and `StoreError`, why something was
+//! not stored.
 //! Messages are written by the group-commit writer (`writer/`).
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ mod group_changes;
 mod history;
 mod page_statement;
 mod position;
+mod rosters;
 mod seqs;
 
 pub use attachments::*;
@@ -37,6 +39,7 @@ pub use contacts::*;
 pub use group_changes::*;
 pub use history::*;
 use position::around;
+pub use rosters::*;
 pub use seqs::take_seqs;
 
 /// Largest page of history one request may ask for.
