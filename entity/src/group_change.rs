@@ -1,5 +1,11 @@
 //! `group_changes`: what happened to a group, for its conversation to tell
 //! (PROTOCOL.md C20).
+//!
+//! A group's newest row is also its roster's version: contact lists keep
+//! a group's member ids under it (`store::Rosters`), so every membership
+//! change writes a row, and rows are only ever added. Deleting a group's
+//! newest row would take the version back to one a stale roster may be
+//! kept under.
 
 use sea_orm::entity::prelude::*;
 
