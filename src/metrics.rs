@@ -55,6 +55,7 @@ struct Inner {
     redis_reconnects: Counter,
     server_users: Gauge,
     server_sessions: Gauge,
+    roster_ids: Gauge,
 }
 
 impl Default for Inner {
@@ -85,6 +86,7 @@ impl Default for Inner {
             redis_reconnects: Counter::default(),
             server_users: Gauge::default(),
             server_sessions: Gauge::default(),
+            roster_ids: Gauge::default(),
         };
         // prometheus-client ends each help text with a period itself.
         let r = &mut inner.registry;
@@ -197,6 +199,11 @@ impl Default for Inner {
             "Sessions registered in the ChatServer",
             inner.server_sessions.clone(),
         );
+        r.register(
+            "chat_contact_roster_ids",
+            "Group member ids kept between contact lists",
+            inner.roster_ids.clone(),
+        );
         inner
     }
 }
@@ -205,11 +212,14 @@ impl Default for Inner {
 #[derive(Clone, Default)]
 pub struct Metrics(Arc<Inner>);
 
-/// What the ChatServer counts, read at each scrape.
+/// What the ChatServer counts, and the contact lists' kept rosters, read
+/// at each scrape.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerCounts {
     pub users: usize,
     pub sessions: usize,
+    /// Group member ids kept (`store::Rosters`).
+    pub roster_ids: usize,
 }
 
 impl Metrics {
@@ -302,6 +312,7 @@ impl Metrics {
         let i = &self.0;
         i.server_users.set(counts.users as i64);
         i.server_sessions.set(counts.sessions as i64);
+        i.roster_ids.set(counts.roster_ids as i64);
         let mut out = String::new();
         encode(&mut out, &i.registry).expect("writing to a String cannot fail");
         out
@@ -328,6 +339,7 @@ mod tests {
         let text = m.render(ServerCounts {
             users: 2,
             sessions: 5,
+            roster_ids: 7,
         });
         for line in [
             "# TYPE chat_connections gauge",
@@ -349,6 +361,7 @@ mod tests {
             "chat_redis_up 1",
             "chat_server_users 2",
             "chat_server_sessions 5",
+            "chat_contact_roster_ids 7",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");

@@ -82,6 +82,13 @@ async fn every_change_shows(backend: &Backend) {
         (&contact["members"], &contact["online"]),
         (&json!(3), &json!(true))
     );
+    // One roster kept, at the group's latest version.
+    let mut res = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "chat_contact_roster_ids 3"),
+        "{metrics}"
+    );
 }
 
 backend_tests!(a_kept_roster_follows_every_membership_change => every_change_shows);

@@ -132,10 +132,12 @@ pub async fn metrics(
         }
     }
     let stats = state.server.send(Stats).await.ok();
-    let counts = stats.map_or_else(ServerCounts::default, |s| ServerCounts {
-        users: s.users,
-        sessions: s.sessions,
-    });
+    let (users, sessions) = stats.map_or((0, 0), |s| (s.users, s.sessions));
+    let counts = ServerCounts {
+        users,
+        sessions,
+        roster_ids: state.contact_lists.rosters().ids_kept(),
+    };
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render(counts))

@@ -106,7 +106,7 @@ impl Rosters {
         }
     }
 
-    /// Member ids held (for tests and the metrics).
+    /// Member ids held (the `chat_contact_roster_ids` metric).
     pub fn ids_kept(&self) -> usize {
         self.kept.lock().map(|k| k.ids).unwrap_or(0)
     }
