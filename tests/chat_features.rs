@@ -299,6 +299,57 @@ async fn read_then_ask(backend: &Backend) {
 
 backend_tests!(a_request_right_after_read_sees_the_mark => read_then_ask);
 
+/// An unread count looks back at most `UNREAD_WINDOW` events from the
+/// conversation's newest (PROTOCOL.md C22): no more than that however far
+/// behind the reader is, and exact within it.
+async fn unread_window(backend: &Backend) {
+    use chat_server::chat::store::UNREAD_WINDOW;
+    use entity::chat;
+    use sea_orm::Set;
+    let app = TestApp::spawn(backend).await;
+    let (_, bob, pk) = app.pair("alice", "bob").await;
+    let id = uuid::Uuid::parse_str(&pk).unwrap();
+    let total = UNREAD_WINDOW + 50;
+    let now = chrono::Utc::now();
+    // SQLite takes at most 32,766 values a statement.
+    for seqs in (1..=total).collect::<Vec<_>>().chunks(1_000) {
+        message::Entity::insert_many(seqs.iter().map(|seq| message::ActiveModel {
+            chat_id: Set(id),
+            sender_id: Set(Some(bob)),
+            content: Set(format!("m{seq}")),
+            created_at: Set(now),
+            seq: Set(*seq),
+            ..Default::default()
+        }))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    }
+    chat::Entity::update(chat::ActiveModel {
+        id: Set(id),
+        seq: Set(total),
+        ..Default::default()
+    })
+    .exec(&app.db)
+    .await
+    .unwrap();
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let unread = |contacts: Value| contacts[0]["unread"].clone();
+    let ask = json!({"type": "get_contacts", "data": {}});
+    assert_eq!(unread(alice.ask(ask.clone()).await), json!(UNREAD_WINDOW));
+    let tenth_last = message::Entity::find()
+        .filter(message::Column::ChatId.eq(id))
+        .filter(message::Column::Seq.eq(total - 10))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    alice.mark_read(&pk, tenth_last.id).await;
+    assert_eq!(unread(alice.ask(ask).await), json!(10));
+}
+
+backend_tests!(an_unread_count_looks_back_a_bounded_window => unread_window);
+
 /// A client reconnecting in a loop costs its contacts nothing: a return
 /// within the grace (3 s) is no news, and the departure that lasts is
 /// announced once.

@@ -377,8 +377,9 @@ backend_tests!(sqlite_keeps_one_index_keyed_by_conversation => one_conversation_
 /// On PostgreSQL the writers' connections plan each statement once, by
 /// index (`plan_cache_mode = force_generic_plan`, `enable_seqscan = off`,
 /// src/db.rs): PostgreSQL's own choice plans a batch of one message afresh
-/// on every execution. The requests' pool keeps PostgreSQL's choices, and
-/// both keep the URL's own options (here the test's schema).
+/// on every execution. The requests' pool keeps PostgreSQL's choices, both
+/// leave JIT compilation off, and both keep the URL's own options (here
+/// the test's schema).
 #[actix_rt::test]
 #[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
 async fn postgres_writers_plan_each_statement_once() {
@@ -405,6 +406,9 @@ async fn postgres_writers_plan_each_statement_once() {
     assert_eq!(show(&requests, "plan_cache_mode").await, "auto");
     assert_eq!(show(&writers, "enable_seqscan").await, "off");
     assert_eq!(show(&requests, "enable_seqscan").await, "on");
+    // Neither compiles statements (a key's few rows never repay it).
+    assert_eq!(show(&writers, "jit").await, "off");
+    assert_eq!(show(&requests, "jit").await, "off");
     let schema = show(&requests, "search_path").await;
     assert!(database.url.contains(&schema), "{schema}");
     assert_eq!(show(&writers, "search_path").await, schema);

@@ -221,7 +221,10 @@ async fn membership_rows(
             Expr::col((cm.clone(), chat_member::Column::Muted)),
             Alias::new("muted"),
         )
-        .expr_as(unread_count(cm.clone(), user), Alias::new("unread"))
+        .expr_as(
+            unread_count(cm.clone(), (c.clone(), chat::Column::Seq), user),
+            Alias::new("unread"),
+        )
         .expr_as(roster_version(chat_id), Alias::new("roster_version"))
         .and_where(Expr::col((cm.clone(), chat_member::Column::UserId)).eq(user.0));
     if let Some(only) = only {
@@ -310,21 +313,36 @@ fn roster_version(chat: (Alias, chat::Column)) -> Expr {
     Expr::SubQuery(None, Box::new(latest.into()))
 }
 
+/// How far back from a conversation's newest event an unread count looks
+/// (PROTOCOL.md C22): a count walks the messages after the reader's mark,
+/// and a member months behind in a busy group would make every contact
+/// list walk millions of them (0.7 s for 3 million on PostgreSQL;
+/// BENCHMARKS.md "Unread counts within the last 10,000 events"). Within
+/// it the count is exact.
+pub const UNREAD_WINDOW: i64 = 10_000;
+
 /// How many messages of others the outer query's membership (its
 /// `chat_members` as `cm`) has not read: those after the `seq` of its read
 /// mark (a message id, which a client may have made up: the newest message
-/// up to it), walked from there.
-fn unread_count(cm: Alias, user: UserId) -> Expr {
+/// up to it), and among the conversation's last [`UNREAD_WINDOW`] events
+/// (`chat_seq`, the outer query's conversation's newest `seq`), walked
+/// from there.
+fn unread_count(cm: Alias, chat_seq: (Alias, chat::Column), user: UserId) -> Expr {
     use sea_orm::sea_query::ExprTrait;
     let n = Alias::new("n");
+    let window_start = Expr::col(chat_seq).sub(UNREAD_WINDOW);
+    // The mark's `seq`, looked for within the window only: a mark before
+    // it counts as its start, and the walk down to it stays as short.
     let read = newest_message(
         message::Column::Seq,
         (cm.clone(), chat_member::Column::ChatId),
         |m| {
-            Expr::col((m, message::Column::Id)).lte(Expr::col((
-                cm.clone(),
-                chat_member::Column::LastReadMessageId,
-            )))
+            Expr::col((m.clone(), message::Column::Id))
+                .lte(Expr::col((
+                    cm.clone(),
+                    chat_member::Column::LastReadMessageId,
+                )))
+                .and(Expr::col((m, message::Column::Seq)).gt(window_start.clone()))
         },
     );
     let count = Query::select()
@@ -335,8 +353,10 @@ fn unread_count(cm: Alias, user: UserId) -> Expr {
                 .equals((cm, chat_member::Column::ChatId)),
         )
         .and_where(
-            Expr::col((n.clone(), message::Column::Seq))
-                .gt(Func::coalesce([read, Expr::val(0i64)])),
+            Expr::col((n.clone(), message::Column::Seq)).gt(Func::greatest([
+                Func::coalesce([read, Expr::val(0i64)]).into(),
+                window_start,
+            ])),
         )
         .and_where(Expr::col((n.clone(), message::Column::Deleted)).eq(false))
         .cond_where(
