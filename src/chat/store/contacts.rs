@@ -128,9 +128,10 @@ pub async fn contact_of(
 }
 
 /// The conversations of `user` (all, or only `only`) as they see them,
-/// newest activity first, in three statements however many there are: the
-/// memberships with everything each shows ([`membership_rows`]), the
-/// groups' members that `rosters` does not hold, and the user's blocks.
+/// newest activity first, in at most three statements however many there
+/// are: the memberships with everything each shows ([`membership_rows`]),
+/// the groups' members that `rosters` does not hold (if any), and the
+/// user's blocks.
 async fn contact_rows(
     db: &DatabaseConnection,
     rosters: &Rosters,
