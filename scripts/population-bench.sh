@@ -11,7 +11,8 @@
 #
 # Settings (env): USERS=10000 RATE=100 DURATION=30 INSTANCES=1 SEED=1;
 # EXTRA="…" more arguments for chat-bench mix; SERVER_ENV="K=V …" more
-# settings for the server(s). Prints chat-bench's summary and JSON line.
+# settings for the server(s). Several instances get WORKERS=cores/INSTANCES
+# each. Prints chat-bench's summary and JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -58,6 +59,14 @@ if [ "$INSTANCES" -gt 1 ]; then
   redis_pid=$!
   server_env+=("REDIS_URL=redis://127.0.0.1:$redis_port/")
   redis_args=(--redis "redis://127.0.0.1:$redis_port/")
+fi
+# Instances on this one machine share its cores: one HTTP worker per core
+# in all, as a host running several would be set up (each instance's
+# default is one per core, INSTANCES workers on every core; BENCHMARKS.md
+# "Workers per instance"). SERVER_ENV="WORKERS=…" overrides it.
+if [ "$INSTANCES" -gt 1 ]; then
+  workers=$(($(nproc) / INSTANCES))
+  server_env+=("WORKERS=$((workers > 0 ? workers : 1))")
 fi
 # shellcheck disable=SC2206
 server_env+=(${SERVER_ENV:-})
