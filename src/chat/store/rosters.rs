@@ -162,6 +162,31 @@ pub(super) async fn group_members(
     Ok(found)
 }
 
+/// Every member of each group in `groups`.
+async fn member_ids(
+    db: &DatabaseConnection,
+    groups: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, Vec<UserId>>, DbErr> {
+    let mut group_members: HashMap<uuid::Uuid, Vec<UserId>> = HashMap::new();
+    for chunk in groups.chunks(IN_CHUNK) {
+        for (chat_id, member) in chat_member::Entity::find()
+            .select_only()
+            .column(chat_member::Column::ChatId)
+            .column(chat_member::Column::UserId)
+            .filter(chat_member::Column::ChatId.is_in(chunk.to_vec()))
+            .into_tuple::<(uuid::Uuid, i64)>()
+            .all(db)
+            .await?
+        {
+            group_members
+                .entry(chat_id)
+                .or_default()
+                .push(UserId(member));
+        }
+    }
+    Ok(group_members)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
