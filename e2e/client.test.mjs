@@ -841,28 +841,41 @@ test("search finds a message by its words, marks them, and opens the conversatio
 });
 
 /** Sends `count` messages as the page's person through a socket of its
- *  own (the app's token, from its storage) and waits for every answer. */
+ *  own (the app's token, from its storage) and waits for every answer.
+ *  At most 200 go unanswered at a time: a client that sends faster than
+ *  it reads the answers is closed as a slow consumer (PROTOCOL.md C1). */
 async function sendMany(page, count, text) {
   await page.evaluate(
     ({ count, text }) =>
       new Promise((resolve, reject) => {
         const { token } = JSON.parse(localStorage.getItem("chat.session"));
         const ws = new WebSocket(`ws://${location.host}/chat`);
+        let to;
+        let sent = 0;
         let answered = 0;
+        const more = () => {
+          for (; sent < count && sent - answered < 200; sent += 1) {
+            ws.send(JSON.stringify({ type: "message", data: { to, content: `${text} ${sent}` } }));
+          }
+        };
         ws.onopen = () => ws.send(JSON.stringify({ type: "authorization", data: { token } }));
         ws.onerror = reject;
+        ws.onclose = ({ code, reason }) => reject(new Error(`closed after ${answered} answers: ${code} ${reason}`));
         ws.onmessage = ({ data }) => {
           const frame = JSON.parse(data);
           if (frame.type === "authorization_response") ws.send(JSON.stringify({ type: "get_contacts", data: {} }));
           if (frame.type === "get_contacts_response") {
-            for (let i = 0; i < count; i += 1) {
-              ws.send(JSON.stringify({ type: "message", data: { to: frame.data[0].pk, content: `${text} ${i}` } }));
-            }
+            to = frame.data[0].pk;
+            more();
           }
-          if (frame.type === "message_response" && ++answered === count) {
+          if (frame.type !== "message_response") return;
+          if (frame.data.status !== "success") reject(new Error(`message refused: ${JSON.stringify(frame.data)}`));
+          answered += 1;
+          if (answered === count) {
+            ws.onclose = null;
             ws.close();
             resolve();
-          }
+          } else more();
         };
       }),
     { count, text }
@@ -1031,6 +1044,52 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
   await alice.page.context().close();
   await bob.page.context().close();
+});
+
+test("an unread count past the server's window shows as 10000+, in the item and the title", async () => {
+  // A server of its own, whose rate limit lets one socket send 10,005
+  // messages at once.
+  const home = join(dir, "window");
+  mkdirSync(home);
+  const on = await freePort();
+  const own = await launch(on, {
+    DATABASE_URL: `sqlite://${join(home, "chat.db")}?mode=rwc`,
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_BURST: "100000",
+  });
+  const at = `http://127.0.0.1:${on}`;
+  try {
+    const alice = await signUp("Wanda", "Window", undefined, at);
+    const bob = await signUp("Bert", "Behind", undefined, at);
+    await addContact(alice.page, bob.username, bob.name);
+    // Away while it all arrives; alice sends from a page without the app,
+    // so no page of hers draws ten thousand messages.
+    await bob.page.goto(`${at}/readyz`);
+    await alice.page.goto(`${at}/readyz`);
+    await sendMany(alice.page, 10005, "backlog");
+    await bob.page.goto(`${at}/`);
+    await status(bob.page, "Connected");
+    await item(bob.page, alice.name).getByText("10000+ unread").waitFor(WAIT);
+    await bob.page.waitForFunction(() => document.title === "(10000+) Chat", null, WAIT);
+    await shot(bob.page, "desktop-unread-window");
+    await bob.page.setViewportSize({ width: 390, height: 844 });
+    await shot(bob.page, "phone-unread-window");
+    await bob.page.setViewportSize({ width: 1280, height: 800 });
+    // A live message keeps it "at least".
+    await sendMany(alice.page, 1, "one more");
+    await bob.page.waitForFunction(() => document.title === "(10001+) Chat", null, WAIT);
+    await item(bob.page, alice.name).getByText("10000+ unread").waitFor(WAIT);
+    // Opened, it is all read.
+    await open(bob.page, alice.name);
+    await received(bob.page, "one more 0");
+    await bob.page.waitForFunction(() => document.title === "Chat", null, WAIT);
+    await item(bob.page, alice.name).filter({ hasNotText: "unread" }).waitFor(WAIT);
+    assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+    await alice.page.context().close();
+    await bob.page.context().close();
+  } finally {
+    await stop(own);
+  }
 });
 
 test("each conversation has its own URL: a reload keeps it, a link opens it, Back returns to the list", async () => {

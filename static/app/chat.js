@@ -29,6 +29,11 @@ export const MAX_CONTENT = 4000;
 const QUOTE_CHARS = 200;
 /** New messages kept while a window in the past is shown (`log`). */
 const HELD = 500;
+/** The server counts unread messages among a conversation's last 10,000
+ *  events (PROTOCOL.md C22): a count that reached it means "at least". */
+export const UNREAD_WINDOW = 10000;
+/** An unread count as shown: "10000+" once it reached the window. */
+export const unreadText = (count) => (count >= UNREAD_WINDOW ? `${UNREAD_WINDOW}+` : String(count));
 /** The emoji the reaction picker offers. */
 export const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏", "🎉", "👀"];
 

@@ -14,7 +14,7 @@ import {
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { memo } from "./memo.js";
-import { Chat, MAX_CONTENT, REACTIONS } from "./chat.js";
+import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, unreadText } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
 import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
 import {
@@ -213,7 +213,7 @@ function ConversationItem({ chat, conversation, open, handle }) {
         ${conversation.online && chat.state.status === "connected" && html` <span class="online">Online</span>`}
         ${conversation.muted && html` <span class="muted" title="Muted">🔕<span class="hidden"> Muted</span></span>`}
         ${conversation.unread > 0 &&
-        html` <span class=${conversation.muted ? "unread quiet" : "unread"}>${conversation.unread}<span class="hidden"> unread</span></span>`}
+        html` <span class=${conversation.muted ? "unread quiet" : "unread"}>${unreadText(conversation.unread)}<span class="hidden"> unread</span></span>`}
         <span class="last">${last ? ` ${last.deleted ? "Message deleted" : last.content}` : ""}</span>
       </button>
     </li>
@@ -1091,8 +1091,11 @@ function SignedIn({ session, onSignOut, onToken }) {
   const handleOf = (conversation) =>
     conversation.kind === "direct" && colliding.has(conversation.name) ? conversation.username : null;
   // Muted conversations count in their own item, not in the tab's title.
-  const unread = conversations.reduce((sum, c) => sum + (c.muted ? 0 : c.unread), 0);
-  useEffect(() => showUnread(unread), [unread]);
+  const loud = conversations.filter((c) => !c.muted);
+  const unread = loud.reduce((sum, c) => sum + c.unread, 0);
+  // One count that reached the server's window is a lower bound: so is the sum.
+  const atLeast = loud.some((c) => c.unread >= UNREAD_WINDOW);
+  useEffect(() => showUnread(unread, atLeast), [unread, atLeast]);
   useEffect(() => () => showUnread(0), []);
   return html`
     <div class=${open ? "shell has-open" : "shell"}>

@@ -67,9 +67,10 @@ export function notifyMessage(chat, pk, message) {
   };
 }
 
-/** The unread total in the tab's title ("(3) Chat") and as a dot on its icon. */
-export function showUnread(total) {
-  document.title = total > 0 ? `(${total}) ${TITLE}` : TITLE;
+/** The unread total in the tab's title ("(3) Chat"; "(10004+) Chat" when
+ *  a count reached the server's window) and as a dot on its icon. */
+export function showUnread(total, atLeast = false) {
+  document.title = total > 0 ? `(${total}${atLeast ? "+" : ""}) ${TITLE}` : TITLE;
   const link = document.querySelector('link[rel="icon"]');
   const href = total > 0 ? ICON_UNREAD : ICON;
   if (link && link.getAttribute("href") !== href) link.setAttribute("href", href);
