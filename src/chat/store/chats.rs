@@ -75,10 +75,10 @@ pub async fn audience_of(db: &DatabaseConnection, chat: ChatId) -> Result<Option
     }))
 }
 
-/// One membership as the ChatServer routes by it: the conversation, the
+/// A membership row as the ChatServer routes by it: the conversation, the
 /// member, and the conversation's kind, latest `seq` and direct key.
 #[derive(Debug, FromQueryResult)]
-struct Membership {
+struct RouteRow {
     chat_id: uuid::Uuid,
     user_id: i64,
     kind: chat::ChatKind,
@@ -88,10 +88,7 @@ struct Membership {
 
 /// The memberships of `users`, each with its conversation's routing
 /// columns: one statement per `IN_CHUNK` users.
-async fn memberships_of(
-    db: &DatabaseConnection,
-    users: &[UserId],
-) -> Result<Vec<Membership>, DbErr> {
+async fn memberships_of(db: &DatabaseConnection, users: &[UserId]) -> Result<Vec<RouteRow>, DbErr> {
     let mut rows = Vec::new();
     for chunk in users.chunks(IN_CHUNK) {
         rows.extend(
@@ -104,7 +101,7 @@ async fn memberships_of(
                 .column(chat::Column::DirectKey)
                 .inner_join(chat::Entity)
                 .filter(chat_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
-                .into_model::<Membership>()
+                .into_model::<RouteRow>()
                 .all(db)
                 .await?,
         );
@@ -118,7 +115,7 @@ async fn memberships_of(
 async fn entries(
     db: &DatabaseConnection,
     users: &[UserId],
-    memberships: Vec<Membership>,
+    memberships: Vec<RouteRow>,
     blocked: impl Fn((i64, i64)) -> bool,
 ) -> Result<HashMap<UserId, Vec<ChatEntry>>, DbErr> {
     let mut groups: Vec<uuid::Uuid> = memberships
@@ -134,7 +131,7 @@ async fn entries(
     }
     let mut chats: HashMap<UserId, Vec<ChatEntry>> =
         users.iter().map(|u| (*u, Vec::new())).collect();
-    for Membership {
+    for RouteRow {
         chat_id: chat,
         user_id: user,
         kind,
