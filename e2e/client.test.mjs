@@ -218,6 +218,15 @@ async function talking(first, second, text) {
   return [alice, bob];
 }
 
+/** How opaque an element is drawn: its own opacity and its ancestors'. */
+function shownOpacity(locator) {
+  return locator.evaluate((element) => {
+    let opacity = 1;
+    for (let e = element; e; e = e.parentElement) opacity *= Number(getComputedStyle(e).opacity);
+    return opacity;
+  });
+}
+
 async function shot(page, name) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
@@ -250,6 +259,16 @@ test("sign up two people, add a contact, chat both ways, typing and Read", async
   await bob.page.getByLabel("Message").fill("Hi Alice");
   await bob.page.getByRole("button", { name: "Send" }).click();
   await received(alice.page, "Hi Alice");
+  // The list's buttons are drawn in full; a message's own (Reply, React …)
+  // are faint until the pointer or the focus is on the message.
+  for (const name of ["Add contact", "New group", "Account"]) {
+    assert.equal(await shownOpacity(alice.page.getByRole("button", { name })), 1, name);
+  }
+  const reply = log(alice.page).getByRole("button", { name: "Reply" }).last();
+  await alice.page.mouse.move(0, 0);
+  assert.ok((await shownOpacity(reply)) < 1, "a message's actions are faint");
+  await reply.hover();
+  assert.equal(await shownOpacity(reply), 1);
   await shot(alice.page, "desktop-conversation");
   await bob.page.getByRole("button", { name: "New group" }).click();
   await shot(bob.page, "desktop-new-group");

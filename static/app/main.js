@@ -371,7 +371,7 @@ const Message = memo(function Message({ chat, token, message, read, sender, quot
           >${r.emoji} ${r.count}</button>`
         )}
       </div>`}
-      <div class="actions">
+      <div class="message-actions">
         <button type="button" class="link" onClick=${() => actions.reply(message)}>Reply</button>
         <button type="button" class="link" aria-expanded=${picking ? "true" : "false"} onClick=${() => setPicking(!picking)}>
           React
@@ -1109,7 +1109,7 @@ function SignedIn({ session, onSignOut, onToken }) {
         <button type="button" onClick=${() => logOut(session, onSignOut)}>Log out</button>
       </header>
       <aside class="side">
-        <div class="actions">
+        <div class="side-actions">
           <button type="button" aria-expanded=${panel === "add"} onClick=${() => setPanel(panel === "add" ? null : "add")}>
             Add contact
           </button>
