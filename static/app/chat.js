@@ -99,6 +99,8 @@ export class Chat {
       invitations: new Map(), // pk -> invitation to a group (C9)
       blocked: new Set(), // user ids this person blocked (C10)
       open: null,
+      // A line above the list: { text, error } (an error is an alert; the
+      // rest, such as "Invited …", is news, not a failure).
       notice: null,
       // The search box's request and its answers (B10); null when empty.
       search: null, // { query, results: [], hasMore, loading, error }
@@ -297,7 +299,7 @@ export class Chat {
     }
     const quiet = ["message_response", "get_messages_response", "sync_response"];
     if (failed && !quiet.includes(type)) {
-      this.state.notice = data.message;
+      this.state.notice = { text: data.message, error: true };
     }
     this.changed();
   }
@@ -306,7 +308,7 @@ export class Chat {
     if (data?.status !== "success") {
       const message = data?.message || "Authorization failed.";
       if (data?.code === "rate_limited" || data?.code === "internal") {
-        this.state.notice = message;
+        this.state.notice = { text: message, error: true };
         this.socket.close();
         return;
       }
@@ -399,7 +401,7 @@ export class Chat {
     this.state.pending.delete(pk);
     if (this.state.open === pk) {
       this.state.open = null;
-      if (name) this.state.notice = `You are no longer in ${name}.`;
+      if (name) this.state.notice = { text: `You are no longer in ${name}.`, error: false };
     }
   }
 
@@ -886,7 +888,7 @@ export class Chat {
       const item = list.find((p) => p.client_id === clientId);
       if (item) item.status = "failed";
     }
-    this.state.notice = data.message;
+    this.state.notice = { text: data.message, error: true };
   }
 
   // --- changes to messages (B8) ------------------------------------------
@@ -974,7 +976,7 @@ export class Chat {
   noteInvited(invited) {
     if (!invited?.length) return;
     const names = invited.map((id) => this.nameOfUser(id) || `user ${id}`);
-    this.state.notice = `Invited ${names.join(", ")}: they join when they accept.`;
+    this.state.notice = { text: `Invited ${names.join(", ")}: they join when they accept.`, error: false };
   }
 
   /** A contact's full name, from the direct conversation with them. */

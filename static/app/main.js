@@ -307,9 +307,14 @@ function Time({ iso }) {
  *  named `label`, Cancel focused (Enter on the first key press does no
  *  harm), Escape cancels. */
 function Confirm({ label, question, action, onConfirm, onCancel }) {
+  const box = useRef(null);
   const cancel = useRef(null);
-  useEffect(() => cancel.current?.focus(), []);
-  return html`<div class="confirm" role="alertdialog" aria-label=${label}
+  useEffect(() => {
+    cancel.current?.focus();
+    // The whole question in sight, not only the button the focus is on.
+    box.current?.scrollIntoView({ block: "nearest" });
+  }, []);
+  return html`<div class="confirm" role="alertdialog" aria-label=${label} ref=${box}
       onKeyDown=${(e) => e.key === "Escape" && onCancel()}>
     <span>${question}</span>
     <button type="button" class="danger" onClick=${onConfirm}>${action}</button>
@@ -1124,7 +1129,10 @@ function SignedIn({ session, onSignOut, onToken }) {
         ${panel === "group" && html`<${NewGroup} chat=${c} done=${() => setPanel(null)} />`}
         ${panel === "account" &&
         html`<${Account} session=${session} onToken=${onToken} onSignOut=${onSignOut} done=${() => setPanel(null)} />`}
-        ${notice && html`<p role="alert" class="error">${notice}</p>`}
+        ${notice &&
+        (notice.error
+          ? html`<p role="alert" class="error">${notice.text}</p>`
+          : html`<p role="status" class="info">${notice.text}</p>`)}
         <${Invitations} chat=${c} />
         <${SearchBox} chat=${c} />
         <${SearchResults} chat=${c} />
