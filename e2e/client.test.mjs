@@ -691,6 +691,24 @@ test("phone width, and a wrong password shows the server's message", async () =>
   await bob.page.context().close();
 });
 
+test("phone width: a long name and a long word stay inside the window", async () => {
+  const phone = { width: 390, height: 844 };
+  const alice = await signUp("Pia", "Narrow", phone);
+  const bob = await signUp("Bartholomew", "Featherstonehaugh-Wolfeschlegelsteinhausenbergerdorff");
+  await addContact(alice.page, bob.username, bob.name);
+  await say(alice.page, "Supercalifragilisticexpialidocious".repeat(4));
+  // Nothing wider than the window: no sideways scrolling, and the header's
+  // and the composer's buttons in sight.
+  assert.equal(await alice.page.evaluate(() => document.documentElement.scrollWidth), phone.width);
+  for (const name of ["Log out", "Mute", "Send"]) {
+    const box = await alice.page.getByRole("button", { name }).boundingBox();
+    assert.ok(box.x + box.width <= phone.width, `${name} is inside the window`);
+  }
+  await shot(alice.page, "phone-long-name");
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("several tabs of one person stay in step; the keyboard alone is enough", async () => {
   const alice = await signUp("Tia", "Tabs");
   const bob = await signUp("Kai", "Keys");

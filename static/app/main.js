@@ -808,7 +808,7 @@ function Conversation({ chat, pk }) {
         <button type="button" class="back" onClick=${() => chat.closeConversation()}>
           <span aria-hidden="true">←</span><span class="hidden">Back to conversations</span>
         </button>
-        <h2>${conversation.name}</h2>
+        <h2 title=${conversation.name}>${conversation.name}</h2>
         ${handle && html`<span class="handle">@${handle}</span>`}
         ${group
           ? html`<span class="hint">${count(conversation.members, "member")}</span>
