@@ -691,7 +691,7 @@ test("phone width, and a wrong password shows the server's message", async () =>
   await bob.page.context().close();
 });
 
-test("phone width: a long name and a long word stay inside the window", async () => {
+test("long names and words: nothing wider than a phone's window, and a long title leaves the buttons one line", async () => {
   const phone = { width: 390, height: 844 };
   const alice = await signUp("Pia", "Narrow", phone);
   const bob = await signUp("Bartholomew", "Featherstonehaugh-Wolfeschlegelsteinhausenbergerdorff");
@@ -705,6 +705,18 @@ test("phone width: a long name and a long word stay inside the window", async ()
     assert.ok(box.x + box.width <= phone.width, `${name} is inside the window`);
   }
   await shot(alice.page, "phone-long-name");
+  // At desktop width a long group title takes the room it has, and the
+  // count and Group settings beside it keep one line (as tall as Log out).
+  await alice.page.setViewportSize({ width: 1280, height: 800 });
+  await alice.page.getByRole("button", { name: "New group" }).click();
+  const title = "The very long named weekend hiking and climbing trip of 2027";
+  await alice.page.getByLabel("Title").fill(title);
+  await alice.page.getByRole("checkbox", { name: bob.name }).check();
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  await alice.page.getByRole("heading", { name: title }).waitFor(WAIT);
+  const settings = await alice.page.getByRole("button", { name: "Group settings" }).boundingBox();
+  const logOut = await alice.page.getByRole("button", { name: "Log out" }).boundingBox();
+  assert.ok(Math.abs(settings.height - logOut.height) < 1, `Group settings on one line: ${settings.height} against ${logOut.height}`);
   await alice.page.context().close();
   await bob.page.context().close();
 });
