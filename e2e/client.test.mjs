@@ -704,6 +704,15 @@ test("long names and words: nothing wider than a phone's window, and a long titl
     const box = await alice.page.getByRole("button", { name }).boundingBox();
     assert.ok(box.x + box.width <= phone.width, `${name} is inside the window`);
   }
+  // Replying to it: the bar's Cancel reply keeps one line beside the quote.
+  await log(alice.page).locator('[data-direction="send"]').last().getByRole("button", { name: "Reply" }).click();
+  const cancel = alice.page.getByRole("button", { name: "Cancel reply" });
+  const lines = await cancel.evaluate((element) => {
+    const range = document.createRange();
+    range.selectNodeContents(element);
+    return range.getClientRects().length;
+  });
+  assert.equal(lines, 1, "Cancel reply on one line");
   await shot(alice.page, "phone-long-name");
   // At desktop width a long group title takes the room it has, and the
   // count and Group settings beside it keep one line (as tall as Log out).
