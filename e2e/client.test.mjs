@@ -1110,7 +1110,7 @@ test("notifications: asked for on a click, shown for a conversation not looked a
 
 test("an unread count past the server's window shows as 10000+, in the item and the title", async () => {
   // A server of its own, whose rate limit lets one socket send 10,005
-  // messages at once.
+  // messages in a few seconds.
   const home = join(dir, "window");
   mkdirSync(home);
   const on = await freePort();
