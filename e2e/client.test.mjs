@@ -726,6 +726,13 @@ test("long names and words: nothing wider than a phone's window, and a long titl
   const settings = await alice.page.getByRole("button", { name: "Group settings" }).boundingBox();
   const logOut = await alice.page.getByRole("button", { name: "Log out" }).boundingBox();
   assert.ok(Math.abs(settings.height - logOut.height) < 1, `Group settings on one line: ${settings.height} against ${logOut.height}`);
+  // On a phone the count and the buttons take a row of their own, and
+  // the title has the first row's room (the back button beside it).
+  await alice.page.setViewportSize(phone);
+  const heading = await alice.page.getByRole("heading", { name: title }).boundingBox();
+  assert.ok(heading.width > phone.width / 2, `the title has room: ${heading.width} px`);
+  assert.equal(await alice.page.evaluate(() => document.documentElement.scrollWidth), phone.width);
+  await shot(alice.page, "phone-long-title");
   await alice.page.context().close();
   await bob.page.context().close();
 });

@@ -810,23 +810,25 @@ function Conversation({ chat, pk }) {
         </button>
         <h2 title=${conversation.name}>${conversation.name}</h2>
         ${handle && html`<span class="handle">@${handle}</span>`}
-        ${group
-          ? html`<span class="hint">${count(conversation.members, "member")}</span>
-              <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
-                Group settings
-              </button>`
-          : html`${conversation.online && connected && html`<span class="online">Online</span>`}
-              <button type="button" class="link" onClick=${() => chat.setBlocked(conversation.user_id, !blocked)}>
-                ${blocked ? "Unblock" : "Block"}<span class="hidden"> ${conversation.name}</span>
-              </button>`}
-        <button
-          type="button"
-          class="link"
-          aria-pressed=${conversation.muted ? "true" : "false"}
-          onClick=${() => chat.setMuted(pk, !conversation.muted)}
-        >
-          <span aria-hidden="true">${conversation.muted ? "🔕 " : ""}</span>Mute
-        </button>
+        <span class="head-actions">
+          ${group
+            ? html`<span class="hint">${count(conversation.members, "member")}</span>
+                <button type="button" aria-expanded=${settings} onClick=${() => setSettings(!settings)}>
+                  Group settings
+                </button>`
+            : html`${conversation.online && connected && html`<span class="online">Online</span>`}
+                <button type="button" class="link" onClick=${() => chat.setBlocked(conversation.user_id, !blocked)}>
+                  ${blocked ? "Unblock" : "Block"}<span class="hidden"> ${conversation.name}</span>
+                </button>`}
+          <button
+            type="button"
+            class="link"
+            aria-pressed=${conversation.muted ? "true" : "false"}
+            onClick=${() => chat.setMuted(pk, !conversation.muted)}
+          >
+            <span aria-hidden="true">${conversation.muted ? "🔕 " : ""}</span>Mute
+          </button>
+        </span>
       </header>
       ${blocked &&
       html`<p class="hint blocked">You blocked ${conversation.name}: neither of you can write here until you unblock them.</p>`}
