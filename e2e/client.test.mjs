@@ -227,6 +227,17 @@ function shownOpacity(locator) {
   });
 }
 
+/** The button's icon is the client's own drawing, not a character that
+ *  needs an emoji font: its text is `label` and nothing else. */
+async function ownIcon(button, label) {
+  const { text, width } = await button.evaluate((b) => ({
+    text: b.textContent.trim(),
+    width: b.querySelector("svg.icon")?.getBoundingClientRect().width ?? 0,
+  }));
+  assert.equal(text, label);
+  assert.ok(width >= 12, `an icon ${width} px wide`);
+}
+
 async function shot(page, name) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
@@ -269,6 +280,7 @@ test("sign up two people, add a contact, chat both ways, typing and Read", async
   assert.ok((await shownOpacity(reply)) < 1, "a message's actions are faint");
   await reply.hover();
   assert.equal(await shownOpacity(reply), 1);
+  await ownIcon(alice.page.getByRole("button", { name: "Attach file" }), "");
   await shot(alice.page, "desktop-conversation");
   await bob.page.getByRole("button", { name: "New group" }).click();
   await shot(bob.page, "desktop-new-group");
@@ -878,6 +890,10 @@ test("search finds a message by its words, marks them, and opens the conversatio
   assert.equal(await results.getByRole("listitem").count(), 1);
   assert.equal(await found.locator("mark").textContent(), "café");
   assert.ok((await found.textContent()).startsWith(alice.name), "the conversation's name comes first");
+  // Each of the two lists is captioned while searching, so that a result is
+  // not taken for a conversation.
+  const captions = bob.page.locator(".side .caption");
+  assert.deepEqual(await captions.allTextContents(), ["Messages", "Conversations"]);
   await shot(bob.page, "desktop-search");
 
   // Clicking the result opens the conversation at the message.
@@ -892,6 +908,7 @@ test("search finds a message by its words, marks them, and opens the conversatio
   await box.press("Escape");
   await results.waitFor({ state: "detached", ...WAIT });
   assert.equal(await box.inputValue(), "");
+  assert.equal(await captions.count(), 0);
 
   // Alice, at phone width, finds by a prefix of the last word.
   await alice.page.setViewportSize({ width: 390, height: 844 });
@@ -1064,6 +1081,7 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   // Nothing asked on load; asked on the click.
   const enable = bob.page.getByRole("button", { name: "Enable notifications" });
   await enable.waitFor(WAIT);
+  await ownIcon(enable, "Enable notifications");
   await shot(bob.page, "desktop-enable-notifications");
   await bob.page.setViewportSize({ width: 390, height: 844 });
   await shot(bob.page, "phone-enable-notifications");

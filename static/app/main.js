@@ -857,7 +857,9 @@ function Conversation({ chat, pk }) {
       <form class="compose" onSubmit=${submit}>
         ${!editing &&
         html`<button type="button" class="attach" aria-label="Attach file" title="Attach file" onClick=${() => picker.current?.click()}>
-            <span aria-hidden="true">📎</span>
+            <svg class="icon" viewBox="0 0 24 24" aria-hidden="true">
+              <path transform="rotate(40 12 12)" d="M17 7v9.5a5 5 0 0 1-10 0V5.5a3.5 3.5 0 0 1 7 0V16a1.5 1.5 0 0 1-3 0V8" />
+            </svg>
           </button>
           <input
             ref=${picker}
@@ -1138,6 +1140,7 @@ function SignedIn({ session, onSignOut, onToken }) {
         <${Invitations} chat=${c} />
         <${SearchBox} chat=${c} />
         <${SearchResults} chat=${c} />
+        ${c.state.search && conversations.length > 0 && html`<p class="caption" aria-hidden="true">Conversations</p>`}
         <ul role="list" aria-label="Conversations" class="conversations">
           ${conversations.map(
             (conversation) => html`<${ConversationItem}

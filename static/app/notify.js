@@ -45,7 +45,8 @@ export const EnableNotifications = memo(function EnableNotifications({ token }) 
     if (answer === "granted") subscribePush(token);
   }
   return html`<button type="button" class="link notify" onClick=${ask}>
-    <span aria-hidden="true">🔔</span><span class="label">Enable notifications</span>
+    <svg class="icon" viewBox="0 0 24 24" aria-hidden="true"><path d="M18 16v-5a6 6 0 0 0-12 0v5l-2 2h16z M10 21a2 2 0 0 0 4 0" /></svg>
+    <span class="label">Enable notifications</span>
   </button>`;
 });
 

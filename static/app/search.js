@@ -116,6 +116,7 @@ export function SearchResults({ chat }) {
   const nameOf = (pk) => chat.state.conversations.get(pk)?.name || "Conversation";
   return html`
     <section class="results">
+      <p class="caption" aria-hidden="true">Messages</p>
       ${search.error && html`<p role="alert" class="error">${search.error}</p>`}
       <ul role="list" aria-label="Search results" class="results-list">
         ${search.results.map(
