@@ -553,6 +553,25 @@ mod tests {
         assert!(!known.contains(&"path"));
     }
 
+    /// .env.example says it lists every variable the server reads.
+    #[test]
+    fn env_example_names_every_variable() {
+        let example = include_str!("../../.env.example");
+        let named: Vec<&str> = (example.lines())
+            .filter_map(|line| line.trim_start_matches("# ").split_once('='))
+            .map(|(name, _)| name)
+            .collect();
+        let missing: Vec<String> = (known_variables().iter())
+            .map(|name| name.to_ascii_uppercase())
+            .filter(|name| !named.contains(&name.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "not in .env.example: {missing:?}");
+        let set = (example.lines().filter(|line| !line.starts_with('#')))
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.to_string()));
+        Settings::from_vars(set).expect("its values are valid");
+    }
+
     #[test]
     fn secrets_never_print() {
         let s = Settings::from_vars(vars(&[
