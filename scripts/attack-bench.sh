@@ -3,11 +3,12 @@
 # what one account costs the others"): a release server on a fresh SQLite
 # database with its default limits (only registration opened up for the
 # generator's accounts), a group of MEMBERS connected members, and
-# chat-bench attack's phases: quiet, rename, fanout, typing, reconnect.
+# chat-bench attack's phases: quiet, rename, fanout, typing, reconnect, roster.
 #
 #   cargo build --release --workspace
 #   scripts/attack-bench.sh    (MEMBERS=400 PHASE_SECONDS=10 RATE=1000 by default:
-#                              the attacker sends RATE requests or frames a second)
+#                              the attacker sends RATE requests or frames a second;
+#                              PATTERNS="roster fanout" runs only those, in order)
 #
 # Prints chat-bench's summary and JSON line.
 set -euo pipefail
@@ -39,5 +40,7 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS, $SECONDS_PER_PHASE s a phase, attacker ${RATE:-1000}/s"
+pattern_args=()
+for p in ${PATTERNS:-}; do pattern_args+=(--pattern "$p"); done
 "$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" \
-  --seconds "$SECONDS_PER_PHASE" --rate "${RATE:-1000}"
+  --seconds "$SECONDS_PER_PHASE" --rate "${RATE:-1000}" "${pattern_args[@]}"

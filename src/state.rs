@@ -185,6 +185,22 @@ impl AppState {
             .map_err(ApiError::TooManyRequests)
     }
 
+    /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with
+    /// every socket) for an event in `chat`, or for its member list: one
+    /// unit per other member, as a message to it costs. 429 past it.
+    pub async fn charge_fanout(&self, user: UserId, chat: ChatId) -> Result<(), ApiError> {
+        let audience = self
+            .audience(chat)
+            .await
+            .map_err(|e| ApiError::internal("fan-out budget", e))?;
+        self.fanout
+            .take_many(user, audience.deliveries())
+            .map_err(|retry| {
+                self.metrics.rate_limited();
+                ApiError::TooManyRequests(retry)
+            })
+    }
+
     /// Who an event in `chat` reaches: what the membership record knows,
     /// else the database (remembered for next time).
     pub async fn audience(&self, chat: ChatId) -> Result<Audience, sea_orm::DbErr> {

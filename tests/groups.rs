@@ -648,15 +648,22 @@ async fn typing_in_a_group_is_coalesced() {
     );
 }
 
-/// Alice's token, and twenty people (`member0`…) she may put in a group.
-async fn alice_and_twenty(app: &TestApp) -> (String, Vec<i64>) {
+/// A server whose fan-out budget is 10 a second (bursts of 20), and
+/// Alice's group "crowd" of 21: her and twenty people (`member0`…) who
+/// have written to her. The server, Alice's token, her session, the pk.
+async fn crowd_on_a_small_budget() -> (TestApp, String, common::WsClient, Value) {
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
     let (alice, alice_token) = app.user("alice").await;
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(app.user(&format!("member{i}")).await.0);
     }
     common::have_written(&app.db, &ids, alice).await;
-    (alice_token, ids)
+    let mut a = app.authorized(&alice_token).await;
+    let group = a
+        .ask(json!({"type": "create_group", "data": {"title": "crowd", "members": ids}}))
+        .await;
+    (app, alice_token, a, group["pk"].clone())
 }
 
 /// A message costs its sender one delivery per other member, against a
@@ -664,15 +671,8 @@ async fn alice_and_twenty(app: &TestApp) -> (String, Vec<i64>) {
 /// big group runs out long before flooding a friend would.
 #[actix_rt::test]
 async fn messages_are_budgeted_by_their_deliveries() {
-    let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
-    let (alice_token, ids) = alice_and_twenty(&app).await;
-    let bob_token = app.login("member0").await;
-    let mut a = app.authorized(&alice_token).await;
-    let mut b = app.authorized(&bob_token).await;
-    let group = a
-        .ask(json!({"type": "create_group", "data": {"title": "crowd", "members": ids}}))
-        .await;
-    let pk = group["pk"].clone();
+    let (app, _, mut a, pk) = crowd_on_a_small_budget().await;
+    let mut b = app.authorized(&app.login("member0").await).await;
     // 20 deliveries each, a burst of 20: sent back to back, the first is
     // taken and the second refused (the budget refills 10 a second, so it
     // would need 2 s between them).
@@ -696,7 +696,6 @@ async fn messages_are_budgeted_by_their_deliveries() {
         "{text}"
     );
     // Bob's budget is his own.
-    b.recv_type("conversation").await;
     let answer = b
         .ask(json!({"type": "message", "data": {"to": pk, "content": "hi"}}))
         .await;
@@ -707,16 +706,11 @@ async fn messages_are_budgeted_by_their_deliveries() {
 /// messages: in a group of 21, each costs 20 deliveries.
 #[actix_rt::test]
 async fn rest_changes_are_budgeted_by_their_deliveries() {
-    let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
-    let (alice_token, ids) = alice_and_twenty(&app).await;
-    let mut a = app.authorized(&alice_token).await;
-    let group = a
-        .ask(json!({"type": "create_group", "data": {"title": "crowd", "members": ids}}))
-        .await;
+    let (app, alice_token, _, pk) = crowd_on_a_small_budget().await;
     // Bob's message, on Bob's budget.
     let mut b = app.authorized(&app.login("member0").await).await;
     let sent = b
-        .ask(json!({"type": "message", "data": {"to": group["pk"], "content": "react to me"}}))
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "react to me"}}))
         .await;
     let reactions = format!("/api/messages/{}/reactions/", sent["id"]);
     // A burst of 20: the first reaction takes it, the second is refused.
@@ -725,6 +719,51 @@ async fn rest_changes_are_budgeted_by_their_deliveries() {
         let (status, answer) = app.rest(Method::POST, &reactions, &alice_token, body).await;
         assert_eq!(status, expected, "{emoji}: {answer}");
     }
+}
+
+/// A group's member list costs its reader what a message to the group
+/// costs its sender (one unit per other member), taken before the list is
+/// read: asking for a big group's members at the request rate cannot keep
+/// the database busy for everyone else. The count-only contact item stays
+/// free, and another member's budget is their own.
+#[actix_rt::test]
+async fn member_lists_are_budgeted_like_messages() {
+    let (app, alice_token, mut a, pk) = crowd_on_a_small_budget().await;
+    let ask = json!({"type": "get_contact", "data": {"id": pk}});
+    // A burst of 20: the first list (20 other members) takes it whole.
+    let first = a.ask(ask.clone()).await;
+    assert_eq!(
+        first["members"].as_array().map(Vec::len),
+        Some(21),
+        "{first}"
+    );
+    let refused = a.ask(ask.clone()).await;
+    assert_eq!(refused["status"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many member lists; try again in "),
+        "{text}"
+    );
+    // The same budget over REST; the contact item, which only counts the
+    // members, is not charged.
+    let pk_text = pk.as_str().unwrap_or_default();
+    for (path, expected) in [("groups", 429), ("contacts", 200)] {
+        let path = format!("/api/{path}/{pk_text}/");
+        let (status, body) = app.rest(Method::GET, &path, &alice_token, None).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        if status == 200 {
+            assert_eq!(body["members"], 21, "{body}");
+        }
+    }
+    // Bob's budget is his own: the same list is his to read.
+    let mut b = app.authorized(&app.login("member0").await).await;
+    let listed = b.ask(ask).await;
+    assert_eq!(
+        listed["members"].as_array().map(Vec::len),
+        Some(21),
+        "{listed}"
+    );
 }
 
 /// Group changes have their own budget per user, counted over all the

@@ -10,6 +10,8 @@
 //! - `typing`: typing notices into the group as fast as she can send;
 //! - `reconnect`: opens and closes sessions in a loop (4 at a time), each
 //!   one a presence change for her group.
+//! - `roster`: asks for her group with its member list (`get_contact`) as
+//!   fast as she can send: each answer is every member's profile.
 //!
 //! Each pattern is followed by a pause, so the next starts from quiet. The
 //! attacker runs on a thread of its own: on one thread with the probes and
@@ -41,6 +43,7 @@ pub enum Pattern {
     Fanout,
     Typing,
     Reconnect,
+    Roster,
 }
 
 /// Options of `bench attack`.
@@ -336,7 +339,7 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
                 }
             }
         }
-        Pattern::Fanout | Pattern::Typing => {
+        Pattern::Fanout | Pattern::Typing | Pattern::Roster => {
             // One socket sends; the others would share its budgets anyway.
             if worker == 0 {
                 flood(&run, pattern, &client, stop_at).await;
@@ -353,9 +356,9 @@ fn count(run: &Run, accepted: bool) {
     }
 }
 
-/// Messages or typing notices into the group, as fast as the socket
-/// takes them; answers counted (typing has none: every notice counts as
-/// sent).
+/// Messages, typing notices or roster requests for the group, as fast as
+/// the socket takes them; refusals counted (typing has no answer: every
+/// notice counts as sent).
 async fn flood(run: &Rc<Run>, pattern: Pattern, client: &awc::Client, stop_at: Instant) {
     // The server may close a socket that floods it: open another.
     while Instant::now() < stop_at {
@@ -372,13 +375,19 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
     let reader_run = run.clone();
     actix_rt::spawn(async move {
         while let Some(Ok(ws::Frame::Text(bytes))) = incoming.next().await {
-            if bytes.starts_with(br#"{"type": "message_response""#)
-                || bytes.starts_with(br#"{"type":"message_response""#)
-            {
-                let ok = bytes.windows(9).any(|w| w == b"\"success\"");
-                if !ok {
-                    reader_run.tally.borrow_mut().refused += 1;
-                }
+            let answer = |kind: &str| {
+                bytes.starts_with(format!(r#"{{"type": "{kind}""#).as_bytes())
+                    || bytes.starts_with(format!(r#"{{"type":"{kind}""#).as_bytes())
+            };
+            let refused = if answer("message_response") {
+                !bytes.windows(9).any(|w| w == b"\"success\"")
+            } else if answer("get_contact_response") {
+                bytes.windows(7).any(|w| w == b"\"error\"")
+            } else {
+                false
+            };
+            if refused {
+                reader_run.tally.borrow_mut().refused += 1;
             }
         }
     });
@@ -390,6 +399,7 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
         n += 1;
         let frame = match pattern {
             Pattern::Typing => json!({"type": "typing", "data": {"id": run.pk}}),
+            Pattern::Roster => json!({"type": "get_contact", "data": {"id": run.pk}}),
             _ => {
                 json!({"type": "message", "data": {"to": run.pk, "content": format!("flood {n}")}})
             }

@@ -74,7 +74,7 @@ enum BenchCommand {
         /// The attacker's requests (or frames) per second, in total.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         rate: u64,
-        /// The patterns, in order (default: all four).
+        /// The patterns, in order (default: all five).
         #[arg(long = "pattern", value_enum)]
         patterns: Vec<chat_bench::Pattern>,
     },
@@ -487,7 +487,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
         } => {
             let patterns = if patterns.is_empty() {
                 use chat_bench::Pattern::*;
-                vec![Rename, Fanout, Typing, Reconnect]
+                vec![Rename, Fanout, Typing, Reconnect, Roster]
             } else {
                 patterns
             };

@@ -91,7 +91,9 @@ pub async fn create_group(
     Ok(CreatedJson(announce(&state, me, changed).await?))
 }
 
-/// A group the caller belongs to, with its members (404 otherwise).
+/// A group the caller belongs to, with its members (404 otherwise). The
+/// member list is charged to the caller's fan-out budget like a message to
+/// the group, before it is read (429 past it).
 #[api_v2_operation(tags(Groups))]
 pub async fn get_group(
     state: web::Data<AppState>,
@@ -99,7 +101,9 @@ pub async fn get_group(
     id: web::Path<String>,
 ) -> Result<web::Json<Conversation>, ApiError> {
     let chat = chat_id(&id)?;
-    let conversation = store::conversation_of(&state.db, UserId(user.0.id), chat, &state.presence)
+    let me = UserId(user.0.id);
+    state.charge_fanout(me, chat).await?;
+    let conversation = store::conversation_of(&state.db, me, chat, &state.presence)
         .await?
         .filter(|c| c.kind == ConversationKind::Group)
         .ok_or(ApiError::NotFound)?;

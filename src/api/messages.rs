@@ -66,14 +66,7 @@ async fn charge_fanout(state: &AppState, user: UserId, message: i64) -> Result<(
     else {
         return Err(ApiError::NotFound);
     };
-    let audience = state.audience(conversation).await.map_err(failed)?;
-    state
-        .fanout
-        .take_many(user, audience.deliveries())
-        .map_err(|retry| {
-            state.metrics.rate_limited();
-            ApiError::TooManyRequests(retry)
-        })
+    state.charge_fanout(user, conversation).await
 }
 
 fn store_error(e: StoreError, field: &str) -> ApiError {

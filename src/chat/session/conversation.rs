@@ -169,6 +169,26 @@ impl WsSession {
         );
     }
 
+    /// Takes `units` from `user`'s fan-out budget (`FANOUT_PER_SECOND`,
+    /// shared with REST and every socket); past it, answers `kind` with
+    /// `rate_limited` ("too many `what`") and returns false.
+    pub(super) fn charge_fanout(
+        &self,
+        user: UserId,
+        units: u32,
+        kind: RequestKind,
+        what: &str,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let Err(retry) = self.state.fanout.take_many(user, units) else {
+            return true;
+        };
+        self.state.metrics.rate_limited();
+        let text = format!("too many {what}; try again in {retry} s");
+        self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        false
+    }
+
     /// Charges an event's deliveries to its author's fan-out budget and
     /// hands it to the writer, which answers once it is stored.
     pub(super) fn submit(
@@ -183,10 +203,8 @@ impl WsSession {
             Job::Message(_) => RequestKind::Message,
             Job::Change(c) => c.change.kind(),
         };
-        if let Err(retry) = self.state.fanout.take_many(user, audience.deliveries()) {
-            self.state.metrics.rate_limited();
-            let text = format!("too many deliveries; try again in {retry} s");
-            return self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        if !self.charge_fanout(user, audience.deliveries(), kind, "deliveries", ctx) {
+            return;
         }
         let from = Submitter::Session {
             outbox: self.outbox.clone(),

@@ -322,22 +322,34 @@ impl WsSession {
         );
     }
 
+    /// A conversation with, for a group, every member's profile: charged
+    /// to the caller's fan-out budget like a message to it (one unit per
+    /// other member) before any of it is read, so that asking for a
+    /// 1,000-member group's list at the request rate cannot keep the
+    /// database and the sockets busy for everyone else.
     fn get_contact(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
+        const KIND: RequestKind = RequestKind::GetContact;
         let Some(chat_id) = id.chat_id() else {
-            return self.not_found(RequestKind::GetContact, ctx);
+            return self.not_found(KIND, ctx);
         };
-        let presence = self.state.presence.clone();
-        let query =
-            move |db| async move { store::conversation_of(&db, user, chat_id, &presence).await };
-        self.query(
-            RequestKind::GetContact,
-            query,
-            |act, conversation, ctx| match conversation {
-                Some(c) => act.send(&ServerEvent::GetContactResponse(Reply::Ok(c)), ctx),
-                None => act.not_found(RequestKind::GetContact, ctx),
-            },
-            ctx,
-        );
+        self.with_audience(KIND, chat_id, ctx, move |act, audience, ctx| {
+            if !act.charge_fanout(user, audience.deliveries(), KIND, "member lists", ctx) {
+                return;
+            }
+            let presence = act.state.presence.clone();
+            let query = move |db| async move {
+                store::conversation_of(&db, user, chat_id, &presence).await
+            };
+            act.query(
+                KIND,
+                query,
+                |act, conversation, ctx| match conversation {
+                    Some(c) => act.send(&ServerEvent::GetContactResponse(Reply::Ok(c)), ctx),
+                    None => act.not_found(KIND, ctx),
+                },
+                ctx,
+            );
+        });
     }
 
     /// `not_found` for a conversation, or for a message (B8): one that
