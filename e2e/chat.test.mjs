@@ -391,3 +391,19 @@ test("files: sent with or without text, shown from the acknowledgement, gone wit
   assert.deepEqual(sent.filter((f) => f.type === "message")[1].data.attachments, ["f1"]);
   assert.equal(sent.filter((f) => f.type === "message")[1].data.content, "look");
 });
+
+test("a group change in words: the reader is 'you', and many people are counted, not named", async () => {
+  const { changeText } = await import("../static/app/chat.js");
+  const p = (user_id, name) => ({ user_id, username: name.toLowerCase(), name });
+  const ann = p(2, "Ann");
+  const added = (users) => changeText({ type: "members_added", by: ann, users, title: null }, ME.id);
+  assert.equal(added([p(3, "Ben")]), "Ann added Ben");
+  assert.equal(added([p(3, "Ben"), p(4, "Cleo"), p(5, "Dan")]), "Ann added Ben, Cleo and Dan");
+  const hundred = Array.from({ length: 100 }, (_, i) => p(10 + i, `Person ${i}`));
+  assert.equal(added(hundred), "Ann added Person 0, Person 1 and 98 others");
+  assert.equal(added([...hundred.slice(0, 3), p(ME.id, "Me")]), "Ann added you, Person 0 and 2 others");
+  assert.equal(added([p(3, "Ben"), p(ME.id, "Me")]), "Ann added you and Ben");
+  assert.equal(changeText({ type: "members_added", by: ann, users: [ann], title: null }, ME.id), "Ann joined");
+  assert.equal(changeText({ type: "member_removed", by: p(ME.id, "Me"), users: [ann], title: null }, ME.id), "You removed Ann");
+  assert.equal(changeText({ type: "member_removed", by: ann, users: [], title: null }, ME.id), "Ann removed someone");
+});

@@ -48,6 +48,37 @@ function activity(conversation) {
   return conversation.last_message?.time || conversation.seen || "";
 }
 
+/** Up to this many people a change names; more are counted ("Ben, Cleo and
+ *  98 others"): adding a hundred people at once is one line, not a page. */
+const NAMED = 3;
+
+/** A group change in words (C20): "Ann added Ben and Cleo", "Ben left",
+ *  "Ann added you, Ben and 98 others". */
+export function changeText({ type, by, users, title }, me) {
+  const person = (p) => (!p ? "Someone" : p.user_id === me ? "You" : p.name);
+  const people = (list) => {
+    // The reader first, if among them: "you" is the name they look for.
+    const mine = list.filter((p) => p.user_id === me).map(() => "you");
+    const all = [...mine, ...list.filter((p) => p.user_id !== me).map(person)];
+    if (all.length === 0) return "someone";
+    if (all.length > NAMED) return `${all.slice(0, NAMED - 1).join(", ")} and ${all.length - NAMED + 1} others`;
+    return all.length > 1 ? `${all.slice(0, -1).join(", ")} and ${all.at(-1)}` : all[0];
+  };
+  const joined = users.length === 1 && by && users[0].user_id === by.user_id;
+  switch (type) {
+    case "created":
+      return `${person(by)} created the group “${title}”`;
+    case "members_added":
+      return joined ? `${person(by)} joined` : `${person(by)} added ${people(users)}`;
+    case "member_removed":
+      return joined ? `${person(by)} left` : `${person(by)} removed ${people(users)}`;
+    case "renamed":
+      return `${person(by)} renamed the group to “${title}”`;
+    default:
+      return "";
+  }
+}
+
 /** `reactions` after one reaction change (B8): counts per emoji, in the
  *  order the emoji were first set, and whether `me` is among them. */
 export function countReaction(reactions, { emoji, on, user_id }, me) {

@@ -14,7 +14,7 @@ import {
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { memo } from "./memo.js";
-import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, unreadText } from "./chat.js";
+import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, changeText, unreadText } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
 import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
 import {
@@ -40,28 +40,6 @@ function loadSession() {
 
 function fullName(user) {
   return `${user.first_name || ""} ${user.last_name || ""}`.trim() || user.username;
-}
-
-/** A group change in words (C20): "Ann added Ben and Cleo", "Ben left". */
-function changeText({ type, by, users, title }, me) {
-  const person = (p) => (!p ? "Someone" : p.user_id === me ? "You" : p.name);
-  const people = (list) => {
-    const all = list.length ? list.map(person) : ["someone"];
-    return all.length > 1 ? `${all.slice(0, -1).join(", ")} and ${all.at(-1)}` : all[0];
-  };
-  const joined = users.length === 1 && by && users[0].user_id === by.user_id;
-  switch (type) {
-    case "created":
-      return `${person(by)} created the group “${title}”`;
-    case "members_added":
-      return joined ? `${person(by)} joined` : `${person(by)} added ${people(users)}`;
-    case "member_removed":
-      return joined ? `${person(by)} left` : `${person(by)} removed ${people(users)}`;
-    case "renamed":
-      return `${person(by)} renamed the group to “${title}”`;
-    default:
-      return "";
-  }
 }
 
 /** "1 member", "3 members". */
