@@ -1125,6 +1125,8 @@ test("notifications: asked for on a click, shown for a conversation not looked a
   await say(alice.page, "muted news");
   await item(bob.page, alice.name).getByText("1 unread").waitFor(WAIT);
   await item(bob.page, alice.name).getByText("Muted", { exact: true }).waitFor(WAIT);
+  await ownIcon(bob.page.getByRole("button", { name: "Mute", pressed: true }), "Mute");
+  await ownIcon(item(bob.page, alice.name).locator(".muted"), "Muted");
   await shot(bob.page, "desktop-muted");
   assert.equal(await bob.page.title(), "Chat");
   assert.deepEqual(await recorded(), { notes: [], beeps: 0 });
@@ -1457,6 +1459,7 @@ test("attachments: a file picked, dropped or pasted; progress and cancel; thumbn
     );
     const file = log(who).getByRole("link", { name: "plan.txt (24 B)", exact: true });
     await file.waitFor(WAIT);
+    await ownIcon(file, "plan.txt (24 B)");
     assert.equal(await file.getAttribute("download"), "plan.txt");
     assert.equal(await log(who).locator("span.text", { hasText: "beach.png, plan.txt" }).count(), 0);
   }

@@ -14,6 +14,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("api.js", JS, include_bytes!("../../static/app/api.js")),
     ("files.js", JS, include_bytes!("../../static/app/files.js")),
     ("memo.js", JS, include_bytes!("../../static/app/memo.js")),
+    ("icons.js", JS, include_bytes!("../../static/app/icons.js")),
     (
         "search.js",
         JS,

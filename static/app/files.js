@@ -4,6 +4,7 @@
 
 import { h } from "./vendor/preact.module.js";
 import htm from "./vendor/htm.module.js";
+import { Document } from "./icons.js";
 import { errorText } from "./api.js";
 
 const html = htm.bind(h);
@@ -90,7 +91,7 @@ export function Files({ files, token }) {
         </a>`;
       }
       return html`<a key=${file.id} class="file" href=${fileUrl(token, file)} download=${file.name}>
-        <span aria-hidden="true">📄 </span>${file.name} <span class="size">(${formatSize(file.size)})</span>
+        <${Document} /> ${file.name} <span class="size">(${formatSize(file.size)})</span>
       </a>`;
     })}
   </div>`;

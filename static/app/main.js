@@ -16,6 +16,7 @@ import * as api from "./api.js";
 import { memo } from "./memo.js";
 import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, changeText, unreadText } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
+import { BellOff, Paperclip } from "./icons.js";
 import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
 import {
   EnableNotifications,
@@ -189,7 +190,7 @@ function ConversationItem({ chat, conversation, open, handle }) {
         <span class="name">${conversation.name}</span>
         ${handle && html` <span class="handle">@${handle}</span>`}
         ${conversation.online && chat.state.status === "connected" && html` <span class="online">Online</span>`}
-        ${conversation.muted && html` <span class="muted" title="Muted">🔕<span class="hidden"> Muted</span></span>`}
+        ${conversation.muted && html` <span class="muted" title="Muted"><${BellOff} /><span class="hidden"> Muted</span></span>`}
         ${conversation.unread > 0 &&
         html` <span class=${conversation.muted ? "unread quiet" : "unread"}>${unreadText(conversation.unread)}<span class="hidden"> unread</span></span>`}
         <span class="last">${last ? ` ${last.deleted ? "Message deleted" : last.content}` : ""}</span>
@@ -804,7 +805,7 @@ function Conversation({ chat, pk }) {
             aria-pressed=${conversation.muted ? "true" : "false"}
             onClick=${() => chat.setMuted(pk, !conversation.muted)}
           >
-            <span aria-hidden="true">${conversation.muted ? "🔕 " : ""}</span>Mute
+            ${conversation.muted && html`<${BellOff} /> `}Mute
           </button>
         </span>
       </header>
@@ -835,9 +836,7 @@ function Conversation({ chat, pk }) {
       <form class="compose" onSubmit=${submit}>
         ${!editing &&
         html`<button type="button" class="attach" aria-label="Attach file" title="Attach file" onClick=${() => picker.current?.click()}>
-            <svg class="icon" viewBox="0 0 24 24" aria-hidden="true">
-              <path transform="rotate(40 12 12)" d="M17 7v9.5a5 5 0 0 1-10 0V5.5a3.5 3.5 0 0 1 7 0V16a1.5 1.5 0 0 1-3 0V8" />
-            </svg>
+            <${Paperclip} />
           </button>
           <input
             ref=${picker}

@@ -4,6 +4,7 @@
 
 import { h } from "./vendor/preact.module.js";
 import * as api from "./api.js";
+import { Bell } from "./icons.js";
 import { memo } from "./memo.js";
 import { useEffect, useState } from "./vendor/hooks.module.js";
 import htm from "./vendor/htm.module.js";
@@ -45,7 +46,7 @@ export const EnableNotifications = memo(function EnableNotifications({ token }) 
     if (answer === "granted") subscribePush(token);
   }
   return html`<button type="button" class="link notify" onClick=${ask}>
-    <svg class="icon" viewBox="0 0 24 24" aria-hidden="true"><path d="M18 16v-5a6 6 0 0 0-12 0v5l-2 2h16z M10 21a2 2 0 0 0 4 0" /></svg>
+    <${Bell} />
     <span class="label">Enable notifications</span>
   </button>`;
 });
