@@ -201,6 +201,22 @@ impl AppState {
             })
     }
 
+    /// Charges `user`'s fan-out budget for a list of their conversations:
+    /// one unit per conversation (each costs the server about what a
+    /// delivery does), counted before the list is read. 429 past it.
+    pub async fn charge_contact_list(&self, user: UserId) -> Result<(), ApiError> {
+        let cost = match self.membership.contact_list_cost(user) {
+            Some(cost) => cost,
+            None => store::conversation_count(&self.db, user)
+                .await
+                .map_err(|e| ApiError::internal("contact list", e))?,
+        };
+        self.fanout.take_many(user, cost).map_err(|retry| {
+            self.metrics.rate_limited();
+            ApiError::TooManyRequests(retry)
+        })
+    }
+
     /// Who an event in `chat` reaches: what the membership record knows,
     /// else the database (remembered for next time).
     pub async fn audience(&self, chat: ChatId) -> Result<Audience, sea_orm::DbErr> {

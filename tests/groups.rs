@@ -766,6 +766,51 @@ async fn member_lists_are_budgeted_like_messages() {
     );
 }
 
+/// A contact list costs one unit of the fan-out budget per conversation in
+/// it, taken before it is read: someone in thousands of conversations
+/// cannot have the server list them in a loop. Alice is in 21, over the
+/// burst of 20, so one list takes all of it.
+#[actix_rt::test]
+async fn contact_lists_are_budgeted_by_their_length() {
+    let (app, alice_token, mut a, _) = crowd_on_a_small_budget().await;
+    let ask = json!({"type": "get_contacts", "data": {}});
+    let first = a.ask(ask.clone()).await;
+    assert_eq!(first.as_array().map(Vec::len), Some(21), "{first}");
+    let refused = a.ask(ask.clone()).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many contact lists; try again in "),
+        "{text}"
+    );
+    let (status, body) = app
+        .rest(Method::GET, "/api/contacts/", &alice_token, None)
+        .await;
+    assert_eq!(status, 429, "{body}");
+    // Bob is in two (Alice's and the group): he lists his again and again.
+    let bob_token = app.login("member0").await;
+    let mut b = app.authorized(&bob_token).await;
+    for _ in 0..5 {
+        let list = b.ask(ask.clone()).await;
+        assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    }
+    let (status, body) = app
+        .rest(Method::GET, "/api/groups/", &bob_token, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Without a session here, the count comes from the database.
+    let alice = entity::user::Entity::find()
+        .filter(entity::user::Column::Username.eq("alice"))
+        .one(&app.db)
+        .await
+        .ok()
+        .flatten()
+        .map(|u| chat_server::chat::protocol::UserId(u.id))
+        .expect("alice is registered");
+    let counted = chat_server::chat::store::conversation_count(&app.db, alice).await;
+    assert_eq!(counted.ok(), Some(21));
+}
+
 /// Group changes have their own budget per user, counted over all the
 /// user's sockets and REST alike; leaving is never refused.
 #[actix_rt::test]

@@ -27,8 +27,10 @@ pub async fn list_contacts(
     Ok(web::Json(contacts_of(&state, UserId(user.0.id)).await?))
 }
 
-/// `user`'s conversations as they see them.
+/// `user`'s conversations as they see them, charged to their fan-out
+/// budget (PROTOCOL.md C12).
 pub(super) async fn contacts_of(state: &AppState, user: UserId) -> Result<Vec<Contact>, ApiError> {
+    state.charge_contact_list(user).await?;
     let list = store::contacts_of(&state.db, &state.contact_lists, user).await?;
     Ok(list.into_contacts(user, &state.presence))
 }

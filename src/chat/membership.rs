@@ -194,6 +194,13 @@ impl Membership {
             .unwrap_or(false)
     }
 
+    /// What a contact list of `user`'s costs their fan-out budget: one unit
+    /// per conversation in it (at least one), if `user` is connected here.
+    pub fn contact_list_cost(&self, user: UserId) -> Option<u32> {
+        let listed = self.users.read().ok()?.get(&user)?.len().max(1);
+        Some(u32::try_from(listed).unwrap_or(u32::MAX))
+    }
+
     /// The number of the last change applied: a snapshot loaded after
     /// reading it holds every change up to it.
     pub fn seq(&self) -> u64 {

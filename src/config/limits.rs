@@ -26,7 +26,9 @@ pub struct LimitSettings {
     /// all its members together.
     pub group_changes_per_minute_per_group: u32,
     /// Deliveries one user's messages may cause per second and instance (a
-    /// message to a group of N costs N - 1; bursts of twice as many).
+    /// message to a group of N costs N - 1; bursts of twice as many); a
+    /// group's member list costs the same, a list of conversations one
+    /// per conversation.
     pub fanout_per_second: u32,
     /// Most groups one user may be in, created or joined (C9).
     pub max_groups_per_user: usize,

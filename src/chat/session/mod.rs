@@ -308,11 +308,18 @@ impl WsSession {
         }));
     }
 
+    /// The user's conversations: charged to their fan-out budget, one unit
+    /// per conversation listed, before the list is read (C12).
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        const KIND: RequestKind = RequestKind::GetContacts;
+        let cost = self.state.membership.contact_list_cost(user).unwrap_or(1);
+        if !self.charge_fanout(user, cost, KIND, "contact lists", ctx) {
+            return;
+        }
         let lists = self.state.contact_lists.clone();
         let query = move |db| async move { store::contacts_of(&db, &lists, user).await };
         self.query(
-            RequestKind::GetContacts,
+            KIND,
             query,
             move |act, list, ctx| {
                 let contacts = list.into_contacts(user, &act.state.presence);

@@ -12,7 +12,7 @@ use entity::{block, chat, chat_member, message, message_event, reaction, user};
 use sea_orm::sea_query::{Alias, Expr, Func, Order, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::membership::{group_presence, Audience, ChatEntry};
@@ -162,6 +162,16 @@ pub fn person(user: &user::Profile) -> Person {
         username: user.username.clone(),
         name: user.display_name(),
     }
+}
+
+/// How many conversations `user` is in (at least one, as a cost), by the
+/// membership table's user index.
+pub async fn conversation_count<C: ConnectionTrait>(db: &C, user: UserId) -> Result<u32, DbErr> {
+    let count = chat_member::Entity::find()
+        .filter(chat_member::Column::UserId.eq(user.0))
+        .count(db)
+        .await?;
+    Ok(u32::try_from(count.max(1)).unwrap_or(u32::MAX))
 }
 
 /// The profiles of those of `ids` who have an account, by id.
