@@ -5,7 +5,7 @@
 //
 //   node --test e2e/chat.test.mjs
 
-import { test } from "node:test";
+import { mock, test } from "node:test";
 import assert from "node:assert/strict";
 
 globalThis.WebSocket = { OPEN: 1 };
@@ -406,4 +406,25 @@ test("a group change in words: the reader is 'you', and many people are counted,
   assert.equal(changeText({ type: "members_added", by: ann, users: [ann], title: null }, ME.id), "Ann joined");
   assert.equal(changeText({ type: "member_removed", by: p(ME.id, "Me"), users: [ann], title: null }, ME.id), "You removed Ann");
   assert.equal(changeText({ type: "member_removed", by: ann, users: [], title: null }, ME.id), "Ann removed someone");
+});
+
+test("a contact list refused as over the budget is asked for again when the server says", () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { chat, sent } = connected();
+    const refusal = { status: "error", code: "rate_limited", message: "too many contact lists; try again in 2 s" };
+    chat.onFrame({ type: "get_contacts_response", data: refusal });
+    mock.timers.tick(1999);
+    assert.deepEqual(sent, [], "not before the 2 s");
+    mock.timers.tick(1);
+    assert.deepEqual(sent, [{ type: "get_contacts", data: {} }]);
+    // Another refusal only moves the one retry.
+    sent.length = 0;
+    chat.onFrame({ type: "get_contacts_response", data: refusal });
+    chat.onFrame({ type: "get_contacts_response", data: refusal });
+    mock.timers.tick(2000);
+    assert.equal(sent.length, 1);
+  } finally {
+    mock.timers.reset();
+  }
 });

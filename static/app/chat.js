@@ -216,6 +216,13 @@ export class Chat {
     this.reconnectTimer = setTimeout(() => this.connect(), base / 2 + Math.random() * base);
   }
 
+  /** Asks for the list again once a refusal ("… try again in N s") allows. */
+  askContactsLater(message) {
+    const seconds = Number(/in (\d+) s/.exec(message || "")?.[1]) || 1;
+    clearTimeout(this.contactsTimer);
+    this.contactsTimer = setTimeout(() => this.send("get_contacts", {}), seconds * 1000);
+  }
+
   send(type, data) {
     if (this.socket?.readyState === WebSocket.OPEN && this.state.status === "connected") {
       this.socket.send(JSON.stringify({ type, data }));
@@ -236,6 +243,8 @@ export class Chat {
         return this.onAuthorized(data);
       case "get_contacts_response":
         if (Array.isArray(data)) this.setContacts(data);
+        // Over the server's budget for lists (C12): asked again when it says.
+        else if (failed && data.code === "rate_limited") this.askContactsLater(data.message);
         break;
       case "get_contact_response":
         if (!failed) {
