@@ -186,19 +186,37 @@ impl AppState {
     }
 
     /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with
-    /// every socket) for an event in `chat`, or for its member list: one
-    /// unit per other member, as a message to it costs. 429 past it.
+    /// every socket) for an event in `chat`: one unit per other member.
     pub async fn charge_fanout(&self, user: UserId, chat: ChatId) -> Result<(), ApiError> {
         let audience = self
             .audience(chat)
             .await
             .map_err(|e| ApiError::internal("fan-out budget", e))?;
-        self.fanout
-            .take_many(user, audience.deliveries())
-            .map_err(|retry| {
-                self.metrics.rate_limited();
-                ApiError::TooManyRequests(retry)
-            })
+        self.take_fanout(user, audience.deliveries())
+    }
+
+    /// Charges `user`'s fan-out budget for `chat`'s member list as for a
+    /// message to it. Someone not in it (or a conversation that does not
+    /// exist) is 404 first, uncharged; what the database says is not
+    /// remembered, so asking for others' conversations leaves nothing.
+    pub async fn charge_member_list(&self, user: UserId, chat: ChatId) -> Result<(), ApiError> {
+        let failed = |e| ApiError::internal("member list", e);
+        let known = self.membership.is_current() && self.membership.is_member(user, chat);
+        if !known
+            && !store::is_member(&self.db, user, chat)
+                .await
+                .map_err(failed)?
+        {
+            return Err(ApiError::NotFound);
+        }
+        let audience = match self.membership.audience(chat) {
+            Some(audience) => audience,
+            None => store::audience_of(&self.db, chat)
+                .await
+                .map_err(failed)?
+                .ok_or(ApiError::NotFound)?,
+        };
+        self.take_fanout(user, audience.deliveries())
     }
 
     /// Charges `user`'s fan-out budget for a list of their conversations:
@@ -211,6 +229,11 @@ impl AppState {
                 .await
                 .map_err(|e| ApiError::internal("contact list", e))?,
         };
+        self.take_fanout(user, cost)
+    }
+
+    /// `cost` from `user`'s fan-out budget; 429 past it.
+    fn take_fanout(&self, user: UserId, cost: u32) -> Result<(), ApiError> {
         self.fanout.take_many(user, cost).map_err(|retry| {
             self.metrics.rate_limited();
             ApiError::TooManyRequests(retry)

@@ -756,6 +756,17 @@ async fn member_lists_are_budgeted_like_messages() {
             assert_eq!(body["members"], 21, "{body}");
         }
     }
+    // Someone outside the group is told not_found each time, and pays
+    // nothing for it (charged first, the second would be rate_limited).
+    let (_, zed_token) = app.user("zed").await;
+    let mut z = app.authorized(&zed_token).await;
+    for _ in 0..2 {
+        let answer = z.ask(ask.clone()).await;
+        assert_eq!(answer["code"], "not_found", "{answer}");
+        let path = format!("/api/groups/{pk_text}/");
+        let (status, body) = app.rest(Method::GET, &path, &zed_token, None).await;
+        assert_eq!(status, 404, "{body}");
+    }
     // Bob's budget is his own: the same list is his to read.
     let mut b = app.authorized(&app.login("member0").await).await;
     let listed = b.ask(ask).await;

@@ -102,7 +102,7 @@ pub async fn get_group(
 ) -> Result<web::Json<Conversation>, ApiError> {
     let chat = chat_id(&id)?;
     let me = UserId(user.0.id);
-    state.charge_fanout(me, chat).await?;
+    state.charge_member_list(me, chat).await?;
     let conversation = store::conversation_of(&state.db, me, chat, &state.presence)
         .await?
         .filter(|c| c.kind == ConversationKind::Group)

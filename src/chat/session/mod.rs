@@ -336,27 +336,32 @@ impl WsSession {
     /// database and the sockets busy for everyone else.
     fn get_contact(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
         const KIND: RequestKind = RequestKind::GetContact;
-        let Some(chat_id) = id.chat_id() else {
-            return self.not_found(KIND, ctx);
-        };
-        self.with_audience(KIND, chat_id, ctx, move |act, audience, ctx| {
-            if !act.charge_fanout(user, audience.deliveries(), KIND, "member lists", ctx) {
-                return;
-            }
-            let presence = act.state.presence.clone();
-            let query = move |db| async move {
-                store::conversation_of(&db, user, chat_id, &presence).await
-            };
-            act.query(
-                KIND,
-                query,
-                |act, conversation, ctx| match conversation {
-                    Some(c) => act.send(&ServerEvent::GetContactResponse(Reply::Ok(c)), ctx),
-                    None => act.not_found(KIND, ctx),
-                },
-                ctx,
-            );
+        // A member first: only then is the audience looked up (and kept).
+        self.with_membership(KIND, user, &id, ctx, move |act, chat_id, ctx| {
+            act.with_audience(KIND, chat_id, ctx, move |act, audience, ctx| {
+                if !act.charge_fanout(user, audience.deliveries(), KIND, "member lists", ctx) {
+                    return;
+                }
+                act.answer_contact(user, chat_id, ctx);
+            });
         });
+    }
+
+    /// `get_contact`'s answer, once charged.
+    fn answer_contact(&mut self, user: UserId, chat_id: ChatId, ctx: &mut Context<Self>) {
+        const KIND: RequestKind = RequestKind::GetContact;
+        let presence = self.state.presence.clone();
+        let query =
+            move |db| async move { store::conversation_of(&db, user, chat_id, &presence).await };
+        self.query(
+            KIND,
+            query,
+            |act, conversation, ctx| match conversation {
+                Some(c) => act.send(&ServerEvent::GetContactResponse(Reply::Ok(c)), ctx),
+                None => act.not_found(KIND, ctx),
+            },
+            ctx,
+        );
     }
 
     /// `not_found` for a conversation, or for a message (B8): one that

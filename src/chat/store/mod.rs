@@ -174,6 +174,18 @@ pub async fn conversation_count<C: ConnectionTrait>(db: &C, user: UserId) -> Res
     Ok(u32::try_from(count.max(1)).unwrap_or(u32::MAX))
 }
 
+/// Whether `user` is a member of `chat` (one primary-key lookup).
+pub async fn is_member<C: ConnectionTrait>(
+    db: &C,
+    user: UserId,
+    chat: ChatId,
+) -> Result<bool, DbErr> {
+    let row = chat_member::Entity::find_by_id((chat.0, user.0))
+        .one(db)
+        .await?;
+    Ok(row.is_some())
+}
+
 /// The profiles of those of `ids` who have an account, by id.
 pub async fn profiles<C: ConnectionTrait>(
     db: &C,
