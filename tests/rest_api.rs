@@ -468,6 +468,12 @@ async fn metrics_count_requests_by_type_and_errors_by_code() {
     // The sender's own copy comes through the ChatServer, after the answer:
     // taken here, so it cannot stand where the bad_request is expected.
     ws.recv_type("message").await;
+    // Answered by the database: timed. Someone else's (or no) conversation
+    // is answered from the membership record: counted as an error only.
+    let found = ws
+        .ask(json!({"type": "get_contact", "data": {"id": pk}}))
+        .await;
+    assert_eq!(found["pk"], pk, "{found}");
     let missing = ws
         .ask(json!({"type": "get_contact", "data": {"id": "6f1c1a4e-8b0b-4c55-9d2a-0d9d3b2f4e11"}}))
         .await;
@@ -478,7 +484,7 @@ async fn metrics_count_requests_by_type_and_errors_by_code() {
     for line in [
         "chat_frames_in_total{type=\"authorization\"} 1",
         "chat_frames_in_total{type=\"message\"} 1",
-        "chat_frames_in_total{type=\"get_contact\"} 1",
+        "chat_frames_in_total{type=\"get_contact\"} 2",
         "chat_frames_in_total{type=\"unparsed\"} 1",
         "chat_bad_frames_total 2",
         "chat_errors_total{code=\"not_found\"} 1",
