@@ -3,12 +3,16 @@
 # what one account costs the others"): a release server on a fresh SQLite
 # database with its default limits (only registration opened up for the
 # generator's accounts), a group of MEMBERS connected members, and
-# chat-bench attack's phases: quiet, rename, fanout, typing, reconnect, roster.
+# chat-bench attack's phases: quiet, rename, fanout, typing, reconnect, roster,
+# read.
 #
 #   cargo build --release --workspace
 #   scripts/attack-bench.sh    (MEMBERS=400 PHASE_SECONDS=10 RATE=1000 by default:
 #                              the attacker sends RATE requests or frames a second;
-#                              PATTERNS="roster fanout" runs only those, in order)
+#                              PATTERNS="roster fanout" runs only those, in order;
+#                              GROUP_COUNT=10 gives the attacker ten groups of
+#                              the members, flooded in turn; SOCKETS=8 floods
+#                              from eight sockets at once)
 #
 # Prints chat-bench's summary and JSON line.
 set -euo pipefail
@@ -39,8 +43,9 @@ for _ in $(seq 1 200); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.05
 done
-echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS, $SECONDS_PER_PHASE s a phase, attacker ${RATE:-1000}/s"
+echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS in ${GROUP_COUNT:-1} group(s), $SECONDS_PER_PHASE s a phase, attacker ${RATE:-1000}/s from ${SOCKETS:-1} socket(s)"
 pattern_args=()
 for p in ${PATTERNS:-}; do pattern_args+=(--pattern "$p"); done
-"$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" \
+"$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" --groups "${GROUP_COUNT:-1}" \
+  --sockets "${SOCKETS:-1}" \
   --seconds "$SECONDS_PER_PHASE" --rate "${RATE:-1000}" "${pattern_args[@]}"

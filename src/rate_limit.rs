@@ -19,6 +19,8 @@ pub type AddressRateLimit = KeyedRateLimit<IpAddr>;
 pub type UserRateLimit = KeyedRateLimit<UserId>;
 /// Per conversation (typing relays).
 pub type ChatRateLimit = KeyedRateLimit<ChatId>;
+/// Per person and conversation (one's own typing relays).
+pub type TypistRateLimit = KeyedRateLimit<(ChatId, UserId)>;
 
 /// Up to `burst` actions at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy)]

@@ -25,7 +25,7 @@ use crate::client_address::TrustedProxies;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::rate_limit::{AddressRateLimit, ChatRateLimit, UserRateLimit};
+use crate::rate_limit::{AddressRateLimit, ChatRateLimit, TypistRateLimit, UserRateLimit};
 
 /// Typing notices relayed per conversation and second (per instance): in a
 /// group, however many people type, a member gets at most this many.
@@ -85,6 +85,9 @@ pub struct AppState {
     pub change_limit: UserRateLimit,
     /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
     pub typing_relays: ChatRateLimit,
+    /// `typing` relays per person and conversation (one a second), so one
+    /// member typing without pause cannot take the conversation's relays.
+    pub typists: TypistRateLimit,
     /// Deliveries each user's messages and changes may cause
     /// (`FANOUT_PER_SECOND`), over REST and every socket together.
     pub fanout: UserRateLimit,
@@ -169,6 +172,7 @@ impl AppState {
                 TYPING_RELAYS_PER_SECOND,
                 TYPING_RELAYS_PER_SECOND * 60,
             ),
+            typists: TypistRateLimit::new(1, 60),
             fanout: UserRateLimit::new(
                 limits.fanout_per_second.saturating_mul(2),
                 limits.fanout_per_second.saturating_mul(60),

@@ -597,10 +597,10 @@ async fn a_group_larger_than_one_statement_carries_is_made_whole() {
     );
 }
 
-/// However many members type, a member gets at most two typing notices a
-/// second per conversation.
-#[actix_rt::test]
-async fn typing_in_a_group_is_coalesced() {
+/// Alice's group with bob, carol and dave (who have written to her): the
+/// server, her session, the three others' sessions (each past the
+/// group's `conversation` push), the pk.
+async fn alice_and_three_typists() -> (TestApp, common::WsClient, Vec<common::WsClient>, Value) {
     let app = TestApp::spawn(&Backend::Sqlite).await;
     let (alice, alice_token) = app.user("alice").await;
     let mut typists = Vec::new();
@@ -615,10 +615,31 @@ async fn typing_in_a_group_is_coalesced() {
     let group = a
         .ask(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
         .await;
-    let pk = group["pk"].clone();
     for typist in &mut typists {
         typist.recv_type("conversation").await;
     }
+    (app, a, typists, group["pk"].clone())
+}
+
+/// The frames `reader` gets up to the `message` "done" (which they end
+/// with), whose sender sent it after everything being tested.
+async fn frames_until_done(reader: &mut common::WsClient) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = reader.recv().await;
+        let done = frame["type"] == "message" && frame["data"]["data"]["content"] == "done";
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// However many members type, a member gets at most two typing notices a
+/// second per conversation.
+#[actix_rt::test]
+async fn typing_in_a_group_is_coalesced() {
+    let (_app, mut a, mut typists, pk) = alice_and_three_typists().await;
     // 30 notices from three people, sent as fast as the sockets take them.
     for _ in 0..10 {
         for typist in &mut typists {
@@ -630,15 +651,10 @@ async fn typing_in_a_group_is_coalesced() {
     typists[0]
         .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
         .await;
-    let mut relayed = 0;
-    loop {
-        let frame = a.recv().await;
-        if frame["type"] == "message" {
-            assert_eq!(frame["data"]["data"]["content"], "done");
-            break;
-        }
+    let frames = frames_until_done(&mut a).await;
+    let relayed = frames.len() - 1;
+    for frame in &frames[..relayed] {
         assert_eq!(frame["type"], "typing", "{frame}");
-        relayed += 1;
     }
     // 2 at once, then 2 a second: sending 30 small frames would have to
     // take over 4 s for more than 10 to pass.
@@ -646,6 +662,52 @@ async fn typing_in_a_group_is_coalesced() {
         (1..=10).contains(&relayed),
         "{relayed} typing notices relayed"
     );
+}
+
+/// One member typing without pause is relayed once a second, so the
+/// conversation's two relays a second are not all theirs: another
+/// member's notice right after is shown.
+#[actix_rt::test]
+async fn one_typist_cannot_take_the_conversations_turn() {
+    let (_app, mut a, mut typists, pk) = alice_and_three_typists().await;
+    let typing = json!({"type": "typing", "data": {"id": pk}});
+    for _ in 0..5 {
+        typists[0].send(typing.clone()).await;
+    }
+    // Bob's five are handled before his pong, and carol's after it.
+    assert_eq!(typists[0].frames_before_pong().await, Vec::<Value>::new());
+    typists[1].send(typing).await;
+    typists[1]
+        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
+        .await;
+    let frames = frames_until_done(&mut a).await;
+    let shown: Vec<&Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|frame| {
+            assert_eq!(frame["type"], "typing", "{frame}");
+            &frame["data"]["user_id"]
+        })
+        .collect();
+    // Bob's first, then carol's (bob's second would need a second to pass
+    // between two of his frames, and would come before hers).
+    assert!(shown.len() >= 2, "{frames:?}");
+    assert_ne!(
+        shown[0],
+        shown[shown.len() - 1],
+        "carol's was dropped: {frames:?}"
+    );
+}
+
+/// The id of the registered user `username`.
+async fn user_id(app: &TestApp, username: &str) -> i64 {
+    entity::user::Entity::find()
+        .filter(entity::user::Column::Username.eq(username))
+        .one(&app.db)
+        .await
+        .ok()
+        .flatten()
+        .map(|u| u.id)
+        .expect("registered")
 }
 
 /// A server whose fan-out budget is 10 a second (bursts of 20), and
@@ -719,6 +781,53 @@ async fn rest_changes_are_budgeted_by_their_deliveries() {
         let (status, answer) = app.rest(Method::POST, &reactions, &alice_token, body).await;
         assert_eq!(status, expected, "{emoji}: {answer}");
     }
+}
+
+/// A relayed typing notice costs its typist what a message costs (one
+/// unit per other member): typing into big groups in turn reaches no more
+/// people than messages could. Past the budget a notice is dropped, and the
+/// conversation's relay it would have taken is left to another member.
+#[actix_rt::test]
+async fn typing_is_budgeted_like_messages() {
+    let (app, _, mut a, pk) = crowd_on_a_small_budget().await;
+    let mut observer = app.authorized(&app.login("member0").await).await;
+    let mut one = app.authorized(&app.login("member1").await).await;
+    let mut two = app.authorized(&app.login("member2").await).await;
+    let typing = json!({"type": "typing", "data": {"id": pk}});
+    // Member1's notice takes their burst of 20: their message right after
+    // is refused.
+    one.send(typing.clone()).await;
+    let refused = one
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "after typing"}}))
+        .await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    // Alice's message takes hers: her notice right after is dropped, and
+    // the conversation's second relay of the second is left to member2.
+    a.send(json!({"type": "message", "data": {"to": pk, "content": "spent"}}))
+        .await;
+    a.send(typing.clone()).await;
+    assert_eq!(
+        a.recv_type("message_response").await["data"]["status"],
+        "success"
+    );
+    a.frames_before_pong().await;
+    two.send(typing).await;
+    two.frames_before_pong().await;
+    let mut three = app.authorized(&app.login("member3").await).await;
+    three
+        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
+        .await;
+    let typists: Vec<Value> = frames_until_done(&mut observer)
+        .await
+        .into_iter()
+        .filter(|frame| frame["type"] == "typing")
+        .map(|frame| frame["data"]["user_id"].clone())
+        .collect();
+    let (one, two) = (
+        user_id(&app, "member1").await,
+        user_id(&app, "member2").await,
+    );
+    assert_eq!(typists, vec![json!(one), json!(two)]);
 }
 
 /// A group's member list costs its reader what a message to the group
@@ -810,14 +919,7 @@ async fn contact_lists_are_budgeted_by_their_length() {
         .await;
     assert_eq!(status, 200, "{body}");
     // Without a session here, the count comes from the database.
-    let alice = entity::user::Entity::find()
-        .filter(entity::user::Column::Username.eq("alice"))
-        .one(&app.db)
-        .await
-        .ok()
-        .flatten()
-        .map(|u| chat_server::chat::protocol::UserId(u.id))
-        .expect("alice is registered");
+    let alice = chat_server::chat::protocol::UserId(user_id(&app, "alice").await);
     let counted = chat_server::chat::store::conversation_count(&app.db, alice).await;
     assert_eq!(counted.ok(), Some(21));
 }

@@ -12,6 +12,15 @@
 //!   one a presence change for her group.
 //! - `roster`: asks for her group with its member list (`get_contact`) as
 //!   fast as she can send: each answer is every member's profile.
+//! - `read`: read marks for her group, each a little further than the
+//!   last (`up_to` 1, 2, 3, …), as fast as she can send: in a group of at
+//!   most 100 each one that moves is pushed to every member (B4).
+//!
+//! With `--groups G` she owns G groups of the same members, and the
+//! flooding patterns (`fanout`, `typing`, `roster`, `read`) take them in
+//! turn: what a limit per conversation lets through, times G. With
+//! `--sockets S` she floods from S sockets at once, sharing the rate:
+//! what a limit per session lets through, times S.
 //!
 //! Each pattern is followed by a pause, so the next starts from quiet. The
 //! attacker runs on a thread of its own: on one thread with the probes and
@@ -44,6 +53,18 @@ pub enum Pattern {
     Typing,
     Reconnect,
     Roster,
+    Read,
+}
+
+impl Pattern {
+    /// Whether the pattern floods sockets (the others make REST requests
+    /// or open sockets).
+    fn floods(self) -> bool {
+        matches!(
+            self,
+            Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read
+        )
+    }
 }
 
 /// Options of `bench attack`.
@@ -52,6 +73,10 @@ pub struct AttackOptions {
     pub url: String,
     /// Members of the attacker's group, all connected (carol among them).
     pub members: usize,
+    /// Groups of those members the attacker owns (at least 1).
+    pub groups: usize,
+    /// Sockets the flooding patterns send from (at least 1).
+    pub sockets: usize,
     /// How long each phase lasts.
     pub phase: Duration,
     /// The attacker's requests (or frames) per second, in total: one
@@ -71,6 +96,9 @@ pub struct Phase {
     pub attacker_refused: u64,
     pub bystander_messages: u64,
     pub bystander_lost: u64,
+    /// Typing notices and read marks carol (in all the attacker's groups)
+    /// was pushed during the phase.
+    pub member_notices: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -82,6 +110,8 @@ pub struct Phase {
 #[derive(Debug, serde::Serialize)]
 pub struct AttackReport {
     pub members: usize,
+    pub groups: usize,
+    pub sockets: usize,
     pub phases: Vec<Phase>,
 }
 
@@ -92,6 +122,8 @@ struct Probe {
     delivered: Vec<(Duration, u64)>,
     /// Send times of every message bob sent.
     sent: Vec<Duration>,
+    /// When carol got each `typing` or `read` push.
+    notices: Vec<Duration>,
 }
 
 /// The attacker's tally in the current phase.
@@ -106,9 +138,12 @@ struct Run {
     base: String,
     clients: Clients,
     token: String,
-    pk: String,
+    /// Her groups; the first is the one renamed.
+    pks: Vec<String>,
     /// Between two requests of one worker.
     every: Duration,
+    /// The last `up_to` marked read (pattern `read`), over every socket.
+    marks: std::cell::Cell<u64>,
     tally: Rc<RefCell<Tally>>,
 }
 
@@ -142,8 +177,12 @@ pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
     // The first of them is carol, the bystander's correspondent.
     let others = futures_util::future::try_join_all(registrations).await?;
     let ids: Vec<i64> = others.iter().map(|a| a.id).collect();
-    let pk = create_group(clients.get(0), &base, &mallory, &ids).await?;
-    accept_all(&clients, |_| base.clone(), &others, &pk).await?;
+    let mut pks = Vec::new();
+    for _ in 0..opts.groups.max(1) {
+        let pk = create_group(clients.get(0), &base, &mallory, &ids).await?;
+        accept_all(&clients, |_| base.clone(), &others, &pk).await?;
+        pks.push(pk);
+    }
     let direct = add_contact(clients.get(1), &base, &bob.token, &others[0].username).await?;
 
     eprintln!("opening {} sessions…", members + 1);
@@ -170,10 +209,10 @@ pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
         let start = origin.elapsed();
         let stop_at = Instant::now() + opts.phase;
         let attack = pattern.map(|p| {
-            let (base, token, pk) = (base.clone(), mallory.token.clone(), pk.clone());
-            let rate = opts.rate.max(1);
+            let (base, token, pks) = (base.clone(), mallory.token.clone(), pks.clone());
+            let (rate, sockets) = (opts.rate.max(1), opts.sockets.max(1));
             std::thread::spawn(move || {
-                let attack = attack_thread(base, token, pk, p, rate, stop_at);
+                let attack = attack_thread(base, token, pks, p, rate, sockets, stop_at);
                 actix_rt::System::new().block_on(attack)
             })
         });
@@ -194,7 +233,12 @@ pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
         phase.p99_ratio = phase.p99_ms / quiet_p99;
         phases.push(phase);
     }
-    Ok(AttackReport { members, phases })
+    Ok(AttackReport {
+        members,
+        groups: pks.len(),
+        sockets: opts.sockets.max(1),
+        phases,
+    })
 }
 
 fn measure(
@@ -212,12 +256,14 @@ fn measure(
         delivered += 1;
     }
     let sent = probe.sent.iter().filter(|t| within(t)).count() as u64;
+    let notices = probe.notices.iter().filter(|t| within(t)).count() as u64;
     Ok(Phase {
         pattern,
         attacker_requests: tally.requests,
         attacker_refused: tally.refused,
         bystander_messages: sent,
         bystander_lost: sent.saturating_sub(delivered),
+        member_notices: notices,
         p50_ms: ms(&hist, 0.5),
         p99_ms: ms(&hist, 0.99),
         max_ms: hist.max() as f64 / 1000.0,
@@ -246,7 +292,8 @@ async fn send_probe(socket: super::Socket, pk: String, probe: Rc<RefCell<Probe>>
     }
 }
 
-/// Carol: times bob's probes; everything else she gets is read and dropped.
+/// Carol: times bob's probes and counts the notices she is pushed;
+/// everything else she gets is read and dropped.
 async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin: Instant) {
     let (mut sink, mut incoming) = socket.split();
     while let Some(Ok(frame)) = incoming.next().await {
@@ -259,6 +306,10 @@ async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin:
             }
             _ => continue,
         };
+        if frame_is(&bytes, "typing") || frame_is(&bytes, "read") {
+            probe.borrow_mut().notices.push(origin.elapsed());
+            continue;
+        }
         let Some(push) = message_push(&bytes) else {
             continue;
         };
@@ -276,6 +327,13 @@ async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin:
     }
 }
 
+/// Whether a JSON frame is of type `kind` (the server writes no space
+/// after the colon; a space is allowed).
+fn frame_is(bytes: &[u8], kind: &str) -> bool {
+    bytes.starts_with(format!(r#"{{"type": "{kind}""#).as_bytes())
+        || bytes.starts_with(format!(r#"{{"type":"{kind}""#).as_bytes())
+}
+
 /// A member: reads everything, answers pings.
 async fn drain(socket: super::Socket) {
     let (mut sink, mut incoming) = socket.split();
@@ -286,25 +344,29 @@ async fn drain(socket: super::Socket) {
     }
 }
 
-/// The attacker's thread: four workers repeat `pattern` until `stop_at`.
+/// The attacker's thread: workers repeat `pattern` until `stop_at`, one
+/// per socket when it floods sockets, else four.
 async fn attack_thread(
     base: String,
     token: String,
-    pk: String,
+    pks: Vec<String>,
     pattern: Pattern,
     rate: u64,
+    sockets: usize,
     stop_at: Instant,
 ) -> Tally {
+    let workers = if pattern.floods() { sockets } else { 4 };
     let run = Rc::new(Run {
         base,
-        clients: Clients::new(4),
+        clients: Clients::new(workers),
         token,
-        pk,
-        // Four workers share the rate (one sends when flooding one socket).
-        every: Duration::from_secs_f64(4.0 / rate as f64),
+        pks,
+        // The workers share the rate.
+        every: Duration::from_secs_f64(workers as f64 / rate as f64),
+        marks: std::cell::Cell::new(0),
         tally: Rc::new(RefCell::new(Tally::default())),
     });
-    let workers = (0..4).map(|worker| attacker(run.clone(), pattern, worker, stop_at));
+    let workers = (0..workers).map(|worker| attacker(run.clone(), pattern, worker, stop_at));
     let _ = tokio::time::timeout_at(stop_at.into(), futures_util::future::join_all(workers)).await;
     run.tally.take()
 }
@@ -320,7 +382,7 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
                 tick.tick().await;
                 n += 1;
                 let res = client
-                    .patch(format!("{}/api/groups/{}/", run.base, run.pk))
+                    .patch(format!("{}/api/groups/{}/", run.base, run.pks[0]))
                     .bearer_auth(&run.token)
                     .send_json(&json!({"title": format!("renamed {worker} {n}")}))
                     .await;
@@ -339,11 +401,8 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
                 }
             }
         }
-        Pattern::Fanout | Pattern::Typing | Pattern::Roster => {
-            // One socket sends; the others would share its budgets anyway.
-            if worker == 0 {
-                flood(&run, pattern, &client, stop_at).await;
-            }
+        Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read => {
+            flood(&run, pattern, &client, stop_at).await;
         }
     }
 }
@@ -356,7 +415,7 @@ fn count(run: &Run, accepted: bool) {
     }
 }
 
-/// Messages, typing notices or roster requests for the group, as fast as
+/// Messages, typing notices, roster requests or read marks for her groups in turn, as fast as
 /// the socket takes them; refusals counted (typing has no answer: every
 /// notice counts as sent).
 async fn flood(run: &Rc<Run>, pattern: Pattern, client: &awc::Client, stop_at: Instant) {
@@ -375,13 +434,10 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
     let reader_run = run.clone();
     actix_rt::spawn(async move {
         while let Some(Ok(ws::Frame::Text(bytes))) = incoming.next().await {
-            let answer = |kind: &str| {
-                bytes.starts_with(format!(r#"{{"type": "{kind}""#).as_bytes())
-                    || bytes.starts_with(format!(r#"{{"type":"{kind}""#).as_bytes())
-            };
+            let answer = |kind: &str| frame_is(&bytes, kind);
             let refused = if answer("message_response") {
                 !bytes.windows(9).any(|w| w == b"\"success\"")
-            } else if answer("get_contact_response") {
+            } else if answer("get_contact_response") || answer("read_response") {
                 bytes.windows(7).any(|w| w == b"\"error\"")
             } else {
                 false
@@ -392,17 +448,20 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
         }
     });
     let mut n = 0u64;
-    // One socket carries the whole rate.
-    let mut tick = run.pace(run.every / 4);
+    let mut tick = run.pace(run.every);
     while Instant::now() < stop_at {
         tick.tick().await;
         n += 1;
+        let pk = &run.pks[n as usize % run.pks.len()];
         let frame = match pattern {
-            Pattern::Typing => json!({"type": "typing", "data": {"id": run.pk}}),
-            Pattern::Roster => json!({"type": "get_contact", "data": {"id": run.pk}}),
-            _ => {
-                json!({"type": "message", "data": {"to": run.pk, "content": format!("flood {n}")}})
+            Pattern::Typing => json!({"type": "typing", "data": {"id": pk}}),
+            Pattern::Roster => json!({"type": "get_contact", "data": {"id": pk}}),
+            Pattern::Read => {
+                let up_to = run.marks.get() + 1;
+                run.marks.set(up_to);
+                json!({"type": "read", "data": {"id": pk, "up_to": up_to}})
             }
+            _ => json!({"type": "message", "data": {"to": pk, "content": format!("flood {n}")}}),
         };
         if sink
             .send(ws::Message::Text(frame.to_string().into()))

@@ -68,13 +68,20 @@ enum BenchCommand {
         /// Members of the attacker's group, all connected.
         #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(3..=10_000))]
         members: u64,
+        /// Groups of those members the attacker owns, flooded in turn (each
+        /// costs one of her 30 group changes a minute).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=25))]
+        groups: u64,
+        /// Sockets the flooding patterns send from at once, sharing the rate.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
+        sockets: u64,
         /// Seconds each phase lasts.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
         seconds: u64,
         /// The attacker's requests (or frames) per second, in total.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         rate: u64,
-        /// The patterns, in order (default: all five).
+        /// The patterns, in order (default: all six).
         #[arg(long = "pattern", value_enum)]
         patterns: Vec<chat_bench::Pattern>,
     },
@@ -481,19 +488,23 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Attack {
             url,
             members,
+            groups,
+            sockets,
             seconds,
             rate,
             patterns,
         } => {
             let patterns = if patterns.is_empty() {
                 use chat_bench::Pattern::*;
-                vec![Rename, Fanout, Typing, Reconnect, Roster]
+                vec![Rename, Fanout, Typing, Reconnect, Roster, Read]
             } else {
                 patterns
             };
             let options = chat_bench::AttackOptions {
                 url,
                 members: members as usize,
+                groups: groups as usize,
+                sockets: sockets as usize,
                 phase: std::time::Duration::from_secs(seconds),
                 rate,
                 patterns,

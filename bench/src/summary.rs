@@ -423,9 +423,9 @@ impl Report for AttackReport {
             .map(|p| {
                 let name = p.pattern.map_or("quiet".into(), |p| format!("{p:?}").to_lowercase());
                 let line = format!(
-                    "bystander p50 {:.2} ms, p99 {:.2} ms ({:.2}x quiet), max {:.2} ms, lost {}/{}; attacker {} requests, {} refused",
+                    "bystander p50 {:.2} ms, p99 {:.2} ms ({:.2}x quiet), max {:.2} ms, lost {}/{}; attacker {} requests, {} refused; a member pushed {} notices",
                     p.p50_ms, p.p99_ms, p.p99_ratio, p.max_ms, p.bystander_lost,
-                    p.bystander_messages, p.attacker_requests, p.attacker_refused
+                    p.bystander_messages, p.attacker_requests, p.attacker_refused, p.member_notices
                 );
                 (name, line)
             })

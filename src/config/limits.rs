@@ -25,8 +25,9 @@ pub struct LimitSettings {
     /// Changes one group may take per minute (adding and renaming), from
     /// all its members together.
     pub group_changes_per_minute_per_group: u32,
-    /// Deliveries one user's messages may cause per second and instance (a
-    /// message to a group of N costs N - 1; bursts of twice as many); a
+    /// Deliveries one user's messages (and edits, reactions, typing
+    /// notices) may cause per second and instance (a message to a group of
+    /// N costs N - 1; bursts of twice as many); a
     /// group's member list costs the same, a list of conversations one
     /// per conversation.
     pub fanout_per_second: u32,

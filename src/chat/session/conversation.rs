@@ -379,24 +379,26 @@ impl WsSession {
         }
     }
 
+    /// `typing`: relayed to the other members, at most once a second for
+    /// each typist and `TYPING_RELAYS_PER_SECOND` for the conversation, and
+    /// charged to the typist's fan-out budget like a message (a notice
+    /// reaches as many). Notices past any of these are dropped, unanswered.
     pub(super) fn typing(&mut self, user: UserId, id: ConversationRef, ctx: &mut Context<Self>) {
-        self.with_membership(
-            RequestKind::Typing,
-            user,
-            &id,
-            ctx,
-            move |act, chat, ctx| {
-                if act.state.membership.is_blocked(chat) {
-                    return act.send_error(
-                        RequestKind::Typing,
-                        ErrorCode::Invalid,
-                        changes::BLOCKED,
-                        ctx,
-                    );
-                }
-                if act.state.typing_relays.take(chat).is_err() {
-                    // Someone's typing was shown in this second: a member never
-                    // gets more than TYPING_RELAYS_PER_SECOND, however many type.
+        let kind = RequestKind::Typing;
+        self.with_membership(kind, user, &id, ctx, move |act, chat, ctx| {
+            if act.state.membership.is_blocked(chat) {
+                return act.send_error(kind, ErrorCode::Invalid, changes::BLOCKED, ctx);
+            }
+            let state = &act.state;
+            if state.typists.take((chat, user)).is_err() || state.typing_relays.take(chat).is_err()
+            {
+                return;
+            }
+            act.with_audience(kind, chat, ctx, move |act, audience, _| {
+                let state = &act.state;
+                if state.fanout.take_many(user, audience.deliveries()).is_err() {
+                    // Not relayed: the conversation's turn goes to someone else.
+                    state.typing_relays.give_back(chat);
                     return;
                 }
                 let frame = ServerEvent::Typing(TypingEvent {
@@ -408,8 +410,8 @@ impl WsSession {
                     frames: ConversationFrames::to_others(chat, user, frame),
                     skip: None,
                 });
-            },
-        );
+            });
+        });
     }
 }
 
