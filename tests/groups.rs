@@ -830,6 +830,54 @@ async fn typing_is_budgeted_like_messages() {
     assert_eq!(typists, vec![json!(one), json!(two)]);
 }
 
+/// A read mark pushed to the others costs its reader what a message to
+/// them costs: marking read a little further each time cannot make the
+/// server push without end. Past the budget the mark is stored all the
+/// same and reaches only the reader's own other sessions.
+#[actix_rt::test]
+async fn read_receipts_are_budgeted_like_messages() {
+    let (app, alice_token, mut a, pk) = crowd_on_a_small_budget().await;
+    let mut alice_elsewhere = app.authorized(&alice_token).await;
+    let mut observer = app.authorized(&app.login("member0").await).await;
+    let mut one = app.authorized(&app.login("member1").await).await;
+    let mut two = app.authorized(&app.login("member2").await).await;
+    let first = two
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await;
+    let up_to = first["id"].clone();
+    let read = json!({"type": "read", "data": {"id": pk, "up_to": up_to}});
+    // Her typing notice takes her burst of 20 (a message would have moved
+    // her mark past "read me"); her mark right after is stored, and told
+    // only to her other session.
+    a.send(json!({"type": "typing", "data": {"id": pk}})).await;
+    assert_eq!(a.ask(read.clone()).await["status"], "success");
+    let alice = user_id(&app, "alice").await;
+    let own = json!({"type": "read", "data": {"pk": pk, "user_id": alice, "up_to": up_to}});
+    assert_eq!(alice_elsewhere.recv_type("read").await, own);
+    let chat = uuid::Uuid::parse_str(pk.as_str().unwrap()).unwrap();
+    let stored = chat_member::Entity::find()
+        .filter(chat_member::Column::ChatId.eq(chat))
+        .filter(chat_member::Column::UserId.eq(alice))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .and_then(|member| member.last_read_message_id);
+    assert_eq!(json!(stored), up_to);
+    // Member1's budget covers theirs: everyone is told.
+    assert_eq!(one.ask(read).await["status"], "success");
+    let mut three = app.authorized(&app.login("member3").await).await;
+    three
+        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
+        .await;
+    let readers: Vec<Value> = frames_until_done(&mut observer)
+        .await
+        .into_iter()
+        .filter(|frame| frame["type"] == "read")
+        .map(|frame| frame["data"]["user_id"].clone())
+        .collect();
+    assert_eq!(readers, vec![json!(user_id(&app, "member1").await)]);
+}
+
 /// A group's member list costs its reader what a message to the group
 /// costs its sender (one unit per other member), taken before the list is
 /// read: asking for a big group's members at the request rate cannot keep
@@ -1315,7 +1363,7 @@ async fn concurrent_read_marks(backend: &Backend) {
 backend_tests!(concurrent_read_marks_are_all_stored => concurrent_read_marks);
 
 /// What the read-mark writer hands the ChatServer, collected in a test.
-struct StoredReads(tokio::sync::mpsc::UnboundedSender<Vec<(i64, i64, u64)>>);
+struct StoredReads(tokio::sync::mpsc::UnboundedSender<Vec<(i64, i64, u64, bool)>>);
 
 impl actix::Actor for StoredReads {
     type Context = actix::Context<Self>;
@@ -1327,10 +1375,10 @@ impl actix::Handler<ReadsStored> for StoredReads {
     fn handle(&mut self, msg: ReadsStored, _: &mut Self::Context) {
         assert!(msg.broadcast, "the writer's marks are for every instance");
         let session = |r: &StoredRead| r.session.expect("the writer's marks name their session");
-        let mut reads: Vec<(i64, i64, u64)> = msg
+        let mut reads: Vec<(i64, i64, u64, bool)> = msg
             .reads
             .iter()
-            .map(|r| (r.user.0, r.up_to, session(r)))
+            .map(|r| (r.user.0, r.up_to, session(r), r.shared))
             .collect();
         reads.sort();
         let _ = self.0.send(reads);
@@ -1340,11 +1388,12 @@ impl actix::Handler<ReadsStored> for StoredReads {
 /// One batch of marks (all queued before the writer runs): each reader's
 /// furthest is written and handed on to be pushed, with the session that
 /// asked it; a mark behind the stored one, or of someone not a member,
-/// moves nothing and is pushed to nobody. Every mark is answered.
+/// moves nothing and is pushed to nobody. Every mark is answered. Whether
+/// a mark goes to everyone is the asking request's.
 async fn read_mark_batches(backend: &Backend) {
     use actix::Actor;
     use chat_server::chat::protocol::{ChatId, UserId};
-    use chat_server::chat::read_marks::ReadMarks;
+    use chat_server::chat::read_marks::{Asked, ReadMarks};
     let app = TestApp::spawn(backend).await;
     let (alice, bob, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
@@ -1361,10 +1410,14 @@ async fn read_mark_batches(backend: &Backend) {
         (stranger, 4),
     ];
     // Marks queued at once (one batch), each asked by a session numbered
-    // from `first`: every one is answered.
+    // from `first` (all shared but session 1's): every one is answered.
+    let asked = |session: u64| Asked {
+        session,
+        shared: session != 1,
+    };
     let mark_all = |first: u64, requests: Vec<(i64, i64)>| {
-        let asked = (first..).zip(requests);
-        let answers = asked.map(|(s, (u, r))| marks.mark(chat, UserId(u), r, s));
+        let requests = (first..).zip(requests);
+        let answers = requests.map(|(s, (u, r))| marks.mark(chat, UserId(u), r, asked(s)));
         let answers = futures_util::future::join_all(answers);
         async move {
             let answers = answers.await;
@@ -1373,7 +1426,7 @@ async fn read_mark_batches(backend: &Backend) {
     };
     // The session of each request is its place in the batch.
     mark_all(0, batch.to_vec()).await;
-    let mut expected = vec![(alice, 9, 1), (bob, 3, 3)];
+    let mut expected = vec![(alice, 9, 1, false), (bob, 3, 3, true)];
     expected.sort();
     assert_eq!(
         to_push.recv().await.unwrap(),
@@ -1385,11 +1438,11 @@ async fn read_mark_batches(backend: &Backend) {
     mark_all(10, vec![(alice, 8), (bob, 4)]).await;
     assert_eq!(
         to_push.recv().await.unwrap(),
-        [(bob, 4, 11)],
+        [(bob, 4, 11, true)],
         "never backward"
     );
     // A batch in which nothing moved is handed on as nothing at all.
-    marks.mark(chat, UserId(alice), 2, 12).await.unwrap();
+    marks.mark(chat, UserId(alice), 2, asked(12)).await.unwrap();
     let mut stored: Vec<(i64, Option<i64>)> = chat_member::Entity::find()
         .filter(chat_member::Column::ChatId.eq(chat.0))
         .all(&app.db)
@@ -1402,10 +1455,10 @@ async fn read_mark_batches(backend: &Backend) {
     let mut expected = vec![(alice, Some(9)), (bob, Some(4))];
     expected.sort();
     assert_eq!(stored, expected);
-    marks.mark(chat, UserId(bob), 6, 13).await.unwrap();
+    marks.mark(chat, UserId(bob), 6, asked(13)).await.unwrap();
     assert_eq!(
         to_push.recv().await.unwrap(),
-        [(bob, 6, 13)],
+        [(bob, 6, 13, true)],
         "the next that moved comes next: nothing came of the one that did not"
     );
 }

@@ -564,6 +564,46 @@ async fn large_group_read_marks_cross(backend: &Backend) {
 
 backend_tests!(@server a_read_mark_in_a_large_group_reaches_the_readers_other_instance => large_group_read_marks_cross);
 
+/// A read mark past its reader's fan-out budget (C12) reaches the reader's
+/// other sessions only, on the other instance too: it crosses on the
+/// control channel, where nobody else's session takes it.
+async fn unshared_read_marks_cross(backend: &Backend) {
+    let redis = &require_redis_url();
+    let db = TestDatabase::create(backend).await;
+    // A group of three costs 2 deliveries: the burst.
+    let budget = [("FANOUT_PER_SECOND", "1")];
+    let mut apps = common::instances_with(backend, redis, &db, 2, &budget).await;
+    let (b, a) = (apps.pop().expect("two"), apps.pop().expect("two"));
+    let ([_, (bob, bob_token), (_, carol_token)], mut alice_on_a, pk) = a.trio().await;
+    let mut bob_on_a = a.authorized(&bob_token).await;
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    let mut carol_on_b = b.authorized(&carol_token).await;
+    let id = alice_on_a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await["id"]
+        .clone();
+    for ws in [&mut bob_on_b, &mut carol_on_b] {
+        assert_eq!(ws.recv_type("message").await["data"]["data"]["id"], id);
+    }
+    // His typing notice takes his budget; his mark is stored all the same.
+    bob_on_a
+        .send(json!({"type": "typing", "data": {"id": pk}}))
+        .await;
+    let answer = bob_on_a
+        .ask(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
+        .await;
+    assert_eq!(answer["status"], "success", "{}", backend.name());
+    let own = json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": id}});
+    assert_eq!(bob_on_b.recv_type("read").await, own, "{}", backend.name());
+    // Both instances pushed it (A before publishing it): nobody else has it.
+    for ws in [&mut alice_on_a, &mut carol_on_b] {
+        ws.recv_type("typing").await;
+        ws.nothing_before_pong().await;
+    }
+}
+
+backend_tests!(@server a_read_mark_past_the_budget_reaches_only_the_readers_other_instance => unshared_read_marks_cross);
+
 async fn revocation_crosses_instances(backend: &Backend) {
     let redis = &require_redis_url();
     let db = TestDatabase::create(backend).await;

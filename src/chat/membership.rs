@@ -51,6 +51,17 @@ impl Audience {
             Audience::Group(n) => u32::try_from(n.saturating_sub(1).max(1)).unwrap_or(u32::MAX),
         }
     }
+
+    /// The deliveries one read mark's push costs: everyone but the reader
+    /// where marks are pushed to the members (direct, and groups with
+    /// presence, B4), none in a larger group (only the reader's own
+    /// sessions get it).
+    pub fn receipt_deliveries(self) -> u32 {
+        match self {
+            Audience::Group(n) if !group_presence(n) => 0,
+            _ => self.deliveries(),
+        }
+    }
 }
 
 /// Largest group in which presence changes are pushed (B6).

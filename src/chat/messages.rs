@@ -277,6 +277,9 @@ pub struct StoredRead {
     pub user: UserId,
     pub up_to: i64,
     pub session: Option<SessionId>,
+    /// Pushed to the other members where marks are (C7); false when its
+    /// reader's fan-out budget did not cover that: to their own sessions only.
+    pub shared: bool,
 }
 
 /// The instance is shutting down: close every session with 1001.

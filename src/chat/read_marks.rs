@@ -30,6 +30,16 @@ use super::messages::{ReadsStored, SessionId, StoredRead};
 use super::protocol::{ChatId, UserId};
 use super::store;
 
+/// Who asked for a mark, and whether it goes to the other members.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    /// The session that asked: it gets the answer, and no push.
+    pub session: SessionId,
+    /// Pushed to the other members (their reader's fan-out budget covered
+    /// it), or only to the reader's own other sessions.
+    pub shared: bool,
+}
+
 /// Most marks taken into one batch.
 const MAX_BATCH: usize = 1024;
 /// Marks waiting beyond the one being written; more are answered busy.
@@ -53,8 +63,7 @@ struct Mark {
     chat: ChatId,
     user: UserId,
     up_to: i64,
-    /// The session that asked: it gets the answer, and no push.
-    session: SessionId,
+    asked: Asked,
     done: oneshot::Sender<Result<(), ReadMarkError>>,
 }
 
@@ -76,23 +85,23 @@ impl ReadMarks {
         (ReadMarks { queue }, tokio::spawn(run(db, marks, server)))
     }
 
-    /// Moves `user`'s mark in `chat` forward to `up_to`, as `session`
-    /// asked, and returns once it is stored. A mark that moves (one already
-    /// there or further, in the store or in the same batch, does not) is
-    /// pushed to the others.
+    /// Moves `user`'s mark in `chat` forward to `up_to`, as `asked`, and
+    /// returns once it is stored. A mark that moves (one already there or
+    /// further, in the store or in the same batch, does not) is pushed to
+    /// the others (or, not `shared`, to the reader's other sessions).
     pub async fn mark(
         &self,
         chat: ChatId,
         user: UserId,
         up_to: i64,
-        session: SessionId,
+        asked: Asked,
     ) -> Result<(), ReadMarkError> {
         let (done, answer) = oneshot::channel();
         let mark = Mark {
             chat,
             user,
             up_to,
-            session,
+            asked,
             done,
         };
         self.queue.try_send(mark).map_err(|e| match e {
@@ -140,7 +149,8 @@ async fn run(
                         chat,
                         user,
                         up_to,
-                        session: Some(batch[asker].session),
+                        session: Some(batch[asker].asked.session),
+                        shared: batch[asker].asked.shared,
                     });
                 server.do_send(ReadsStored {
                     reads: stored.collect(),

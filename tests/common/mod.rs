@@ -698,11 +698,23 @@ pub async fn instances(
     db: &TestDatabase,
     n: usize,
 ) -> Vec<TestApp> {
+    instances_with(backend, redis, db, n, &[]).await
+}
+
+/// `instances`, each with the settings `extra` besides.
+pub async fn instances_with(
+    backend: &Backend,
+    redis: &str,
+    db: &TestDatabase,
+    n: usize,
+    extra: &[(&str, &str)],
+) -> Vec<TestApp> {
     let prefix = redis_prefix();
-    let extra = [("REDIS_URL", redis), ("REDIS_PREFIX", prefix.as_str())];
+    let mut settings = vec![("REDIS_URL", redis), ("REDIS_PREFIX", prefix.as_str())];
+    settings.extend_from_slice(extra);
     let mut apps = Vec::with_capacity(n);
     for _ in 0..n {
-        apps.push(TestApp::spawn_on(backend, &db.url, &extra).await);
+        apps.push(TestApp::spawn_on(backend, &db.url, &settings).await);
     }
     for app in &apps {
         app.wait_redis(true).await;

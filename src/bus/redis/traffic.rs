@@ -94,11 +94,15 @@ impl RedisBridge {
                 chat,
                 reads,
             } if origin != me => {
+                // Marks for the reader's own sessions come on the control
+                // channel, those for every member on the conversation's.
+                let shared = self.names.chat_of(msg.get_channel_name()).is_some();
                 let reads = reads.into_iter().map(|(user, up_to)| StoredRead {
                     chat,
                     user,
                     up_to,
                     session: None,
+                    shared,
                 });
                 self.server.reads.do_send(ReadsStored {
                     reads: reads.collect(),

@@ -29,8 +29,9 @@ impl Handler<ReadsStored> for ChatServer {
 impl ChatServer {
     /// One conversation's marks: to the members' sessions here but the one
     /// that asked each, and (`broadcast`) to the other instances; in a
-    /// group too large for presence, only to each reader's own other
-    /// sessions (C7).
+    /// group too large for presence, and for a mark its reader's fan-out
+    /// budget did not cover (not `shared`), only to each reader's own
+    /// other sessions (C7).
     fn push_reads(
         &mut self,
         marks: &[StoredRead],
@@ -40,40 +41,63 @@ impl ChatServer {
         let Some(chat) = marks.first().map(|mark| mark.chat) else {
             return;
         };
-        let frames: Vec<Bytes> = marks
-            .iter()
-            .map(|mark| {
-                ServerEvent::Read(ReadEvent {
-                    pk: chat,
-                    user_id: mark.user.0,
-                    up_to: mark.up_to,
-                })
-                .to_json()
-            })
-            .collect();
         let to_everyone = match self.membership.audience(chat) {
             Some(Audience::Group(members)) => group_presence(members),
             _ => true,
         };
         if !to_everyone {
-            let mut elsewhere = Vec::new();
-            for (mark, frame) in marks.iter().zip(frames) {
-                self.push(mark.user, mark.session, &frame, overflowed);
-                // Through Redis only when the reader has a session elsewhere:
-                // in a busy large group, marks far outnumber messages.
-                if broadcast && self.presence.is_online_elsewhere(mark.user) {
-                    elsewhere.push((mark.user, mark.up_to, frame));
-                }
+            return self.push_own_reads(chat, marks, broadcast, overflowed);
+        }
+        if marks.iter().all(|mark| mark.shared) {
+            return self.push_shared_reads(chat, marks, broadcast, overflowed);
+        }
+        let (shared, own): (Vec<StoredRead>, Vec<StoredRead>) =
+            marks.iter().partition(|mark| mark.shared);
+        self.push_own_reads(chat, &own, broadcast, overflowed);
+        self.push_shared_reads(chat, &shared, broadcast, overflowed);
+    }
+
+    /// Marks that reach only their readers' own other sessions, here and
+    /// (`broadcast`, through the control channel) wherever else they are.
+    fn push_own_reads(
+        &mut self,
+        chat: ChatId,
+        marks: &[StoredRead],
+        broadcast: bool,
+        overflowed: &mut Vec<(UserId, SessionId)>,
+    ) {
+        let mut elsewhere = Vec::new();
+        for (mark, frame) in marks.iter().zip(read_frames(chat, marks)) {
+            self.push(mark.user, mark.session, &frame, overflowed);
+            // Through Redis only when the reader has a session elsewhere:
+            // in a busy large group, marks far outnumber messages.
+            if broadcast && self.presence.is_online_elsewhere(mark.user) {
+                elsewhere.push((mark.user, mark.up_to, frame));
             }
-            if !elsewhere.is_empty() {
-                self.bus.publish(BusEvent::Reads {
-                    chat,
-                    reads: elsewhere,
-                    everyone: false,
-                });
-            }
+        }
+        if !elsewhere.is_empty() {
+            self.bus.publish(BusEvent::Reads {
+                chat,
+                reads: elsewhere,
+                everyone: false,
+            });
+        }
+    }
+
+    /// Marks that reach every member's sessions but the one that asked
+    /// each, here and (`broadcast`, through the conversation's channel) on
+    /// the other instances.
+    fn push_shared_reads(
+        &mut self,
+        chat: ChatId,
+        marks: &[StoredRead],
+        broadcast: bool,
+        overflowed: &mut Vec<(UserId, SessionId)>,
+    ) {
+        if marks.is_empty() {
             return;
         }
+        let frames = read_frames(chat, marks);
         if broadcast {
             let reads = marks.iter().zip(&frames);
             self.bus.publish(BusEvent::Reads {
@@ -101,4 +125,19 @@ impl ChatServer {
             }
         }
     }
+}
+
+/// The `read` push of each mark, in order.
+fn read_frames(chat: ChatId, marks: &[StoredRead]) -> Vec<Bytes> {
+    marks
+        .iter()
+        .map(|mark| {
+            ServerEvent::Read(ReadEvent {
+                pk: chat,
+                user_id: mark.user.0,
+                up_to: mark.up_to,
+            })
+            .to_json()
+        })
+        .collect()
 }

@@ -2,7 +2,7 @@
 //! `sync` (B7), read marks and typing.
 
 use super::*;
-use crate::chat::read_marks::ReadMarkError;
+use crate::chat::read_marks::{Asked, ReadMarkError};
 
 /// The answer to a read mark the server has no room to queue.
 const BUSY: &str = "too many read marks at once; try again in a moment";
@@ -313,19 +313,29 @@ impl WsSession {
         }
         let kind = RequestKind::Read;
         self.with_membership(kind, user, &request.id, ctx, move |act, chat, ctx| {
-            let marks = act.state.read_marks.clone();
-            let session = act.id;
-            let mark = move |_| async move { Ok(marks.mark(chat, user, up_to, session).await) };
-            act.marks.in_flight += 1;
-            act.query(
-                kind,
-                mark,
-                move |act, stored, ctx| {
-                    act.answer_mark(chat, up_to, stored, ctx);
-                    act.own_mark_stored(ctx);
-                },
-                ctx,
-            );
+            act.with_audience(kind, chat, ctx, move |act, audience, ctx| {
+                // Pushed to the others, a mark costs what a message to them
+                // does; past the budget it is stored all the same, and
+                // reaches only the reader's own sessions.
+                let cost = audience.receipt_deliveries();
+                let shared = cost == 0 || act.state.fanout.take_many(user, cost).is_ok();
+                let marks = act.state.read_marks.clone();
+                let asked = Asked {
+                    session: act.id,
+                    shared,
+                };
+                let mark = move |_| async move { Ok(marks.mark(chat, user, up_to, asked).await) };
+                act.marks.in_flight += 1;
+                act.query(
+                    kind,
+                    mark,
+                    move |act, stored, ctx| {
+                        act.answer_mark(chat, up_to, stored, ctx);
+                        act.own_mark_stored(ctx);
+                    },
+                    ctx,
+                );
+            });
         });
     }
 
