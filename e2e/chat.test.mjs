@@ -428,3 +428,30 @@ test("a contact list refused as over the budget is asked for again when the serv
     mock.timers.reset();
   }
 });
+
+test("a search refused as over the allowance is sent again when the server says, if still current", () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { chat, sent } = connected();
+    const refusal = { status: "error", code: "rate_limited", message: "too many searches; try again in 3 s" };
+    chat.search("lunch");
+    assert.deepEqual(sent, [{ type: "search", data: { query: "lunch" } }]);
+    sent.length = 0;
+    chat.onFrame({ type: "search_response", data: refusal });
+    assert.equal(chat.state.search.loading, true, "still searching, no error shown");
+    assert.equal(chat.state.search.error, null);
+    mock.timers.tick(2999);
+    assert.deepEqual(sent, [], "not before the 3 s");
+    mock.timers.tick(1);
+    assert.deepEqual(sent, [{ type: "search", data: { query: "lunch" } }]);
+    // Refused again, then replaced by another query: the old one is not sent.
+    sent.length = 0;
+    chat.onFrame({ type: "search_response", data: refusal });
+    chat.search("dinner");
+    sent.length = 0;
+    mock.timers.tick(3000);
+    assert.deepEqual(sent, []);
+  } finally {
+    mock.timers.reset();
+  }
+});

@@ -37,7 +37,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 (cd "$dir" && exec env PORT="$port" RUST_LOG=warn LOGIN_MAX_ATTEMPTS=1000000 \
   REGISTRATION_BURST=1000000 GROUP_CHANGES_PER_MINUTE=1000000 \
   GROUP_CHANGES_PER_MINUTE_PER_GROUP=1000000 RATE_LIMIT_PER_SECOND=1000000 \
-  RATE_LIMIT_BURST=1000000 "$server_bin" >"$dir/server.log" 2>&1) &
+  RATE_LIMIT_BURST=1000000 SEARCHES_PER_MINUTE=1000000 "$server_bin" >"$dir/server.log" 2>&1) &
 server=$!
 finish() {
   status=$?

@@ -49,7 +49,7 @@ env_for() { # env_for SETUP NAME: the server's settings on that database
   # common word takes seconds) a searcher's socket goes unread for longer
   # than a client may be silent: the heartbeat is made long enough.
   echo HEARTBEAT_SECONDS=600 CLIENT_TIMEOUT_SECONDS=3600 \
-    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 FANOUT_PER_SECOND=10000000 \
+    RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 FANOUT_PER_SECOND=10000000 SEARCHES_PER_MINUTE=100000000 \
     REGISTRATION_BURST=100000 SECRET_KEY=bench-secret-key-of-at-least-32-bytes RUST_LOG=warn PORT=$PORT
   case "$1" in
     postgres) echo "DATABASE_URL=$PG/$2" ;;

@@ -83,6 +83,13 @@ pub struct AppState {
     /// socket together, at the WebSocket's request rate: opening sockets
     /// gains nothing.
     pub change_limit: UserRateLimit,
+    /// Searches per user (`SEARCHES_PER_MINUTE`, in bursts of a third of
+    /// that), over REST and every socket. A search reads the full-text
+    /// index, a few milliseconds of the database's work (far more for a
+    /// common word on MySQL), so searching in a loop at the request rate
+    /// kept the server busy for everyone else; a person typing into the
+    /// search box sends a few a second, for a moment.
+    pub search_limit: UserRateLimit,
     /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
     pub typing_relays: ChatRateLimit,
     /// `typing` relays per person and conversation (one a second), so one
@@ -173,6 +180,10 @@ impl AppState {
                 TYPING_RELAYS_PER_SECOND * 60,
             ),
             typists: TypistRateLimit::new(1, 60),
+            search_limit: UserRateLimit::new(
+                (limits.searches_per_minute / 3).max(1),
+                limits.searches_per_minute,
+            ),
             fanout: UserRateLimit::new(
                 limits.fanout_per_second.saturating_mul(2),
                 limits.fanout_per_second.saturating_mul(60),
@@ -187,6 +198,15 @@ impl AppState {
         self.change_limit
             .take(user)
             .map_err(ApiError::TooManyRequests)
+    }
+
+    /// Counts a search against the caller's allowance
+    /// (`SEARCHES_PER_MINUTE`); 429 past it.
+    pub fn allow_search(&self, user: UserId) -> Result<(), ApiError> {
+        self.search_limit.take(user).map_err(|retry| {
+            self.metrics.rate_limited();
+            ApiError::TooManyRequests(retry)
+        })
     }
 
     /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with

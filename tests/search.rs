@@ -34,6 +34,12 @@ fn ids(page: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// A server whose search allowance these tests, which search a lot, do
+/// not meet (searches_have_an_allowance_per_user tests it).
+async fn spawn(backend: &Backend) -> TestApp {
+    TestApp::spawn_with(backend, &[("SEARCHES_PER_MINUTE", "60000")]).await
+}
+
 fn id(ack: &Value) -> i64 {
     ack["id"]
         .as_i64()
@@ -41,7 +47,7 @@ fn id(ack: &Value) -> i64 {
 }
 
 async fn matching_rules(backend: &Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = spawn(backend).await;
     let (alice_id, _, pk) = app.pair("alice", "bob").await;
     let (_, _, elsewhere) = app.pair("carol", "dave").await;
     let mut alice = app.authorized(&app.login("alice").await).await;
@@ -214,7 +220,7 @@ backend_tests!(matching => matching_rules);
 /// without a search asking it to, woken by the writer's commit.
 #[actix_rt::test]
 async fn sqlite_indexes_behind_the_writer_unasked() {
-    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let app = spawn(&Backend::Sqlite).await;
     let (_, _, pk) = app.pair("alice", "bob").await;
     let mut alice = app.authorized(&app.login("alice").await).await;
     let sent = id(&send(&mut alice, &pk, "written behind").await);
@@ -245,7 +251,7 @@ async fn sqlite_indexes_behind_the_writer_unasked() {
 #[actix_rt::test]
 async fn sqlite_indexer_writes_at_idle_priority() {
     use chat_server::chat::search_index::{BACKGROUND_CHUNK, BACKGROUND_THREAD};
-    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let app = spawn(&Backend::Sqlite).await;
     let (_, _, pk) = app.pair("alice", "bob").await;
     let mut alice = app.authorized(&app.login("alice").await).await;
     let url = app.database_url().expect("a SQLite file");
@@ -323,9 +329,41 @@ async fn sqlite_indexer_writes_at_idle_priority() {
     );
 }
 
+/// A user's searches have an allowance (`SEARCHES_PER_MINUTE`, in bursts
+/// of a third of that) over every socket and REST together: searching in
+/// a loop cannot keep the database busy for everyone else. A query that is
+/// not one (no words) costs nothing, and another user's allowance is their
+/// own.
+#[actix_rt::test]
+async fn searches_have_an_allowance_per_user() {
+    // Bursts of one, then one every 20 s.
+    let app = TestApp::spawn_with(&Backend::Sqlite, &[("SEARCHES_PER_MINUTE", "3")]).await;
+    let (_, alice_token) = app.user("alice").await;
+    let (_, bob_token) = app.user("bob").await;
+    let mut alice = app.authorized(&alice_token).await;
+    let mut elsewhere = app.authorized(&alice_token).await;
+    let lunch = json!({"query": "lunch"});
+    let none = json!({"results": [], "has_more": false});
+    let invalid = search(&mut alice, json!({"query": "?!"})).await;
+    assert_eq!(invalid["code"], "invalid", "{invalid}");
+    assert_eq!(search(&mut alice, lunch.clone()).await, none);
+    let refused = search(&mut elsewhere, lunch.clone()).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many searches; try again in "),
+        "{text}"
+    );
+    let path = "/api/search/?q=lunch";
+    assert_eq!(app.rest(Method::GET, path, &alice_token, None).await.0, 429);
+    let mut bob = app.authorized(&bob_token).await;
+    assert_eq!(search(&mut bob, lunch).await, none);
+    assert_eq!(app.rest(Method::GET, path, &bob_token, None).await.0, 429);
+}
+
 /// Removed from a group: its messages, old and new, are not found any more.
 async fn only_conversations_one_is_in_now(backend: &Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = spawn(backend).await;
     let (alice_id, alice_token) = app.user("alice").await;
     let (bob_id, bob_token) = app.user("bob").await;
     common::have_written(&app.db, &[bob_id], alice_id).await;
@@ -661,6 +699,7 @@ async fn deep_history(backend: &Backend) {
             ("RATE_LIMIT_PER_SECOND", "100000"),
             ("RATE_LIMIT_BURST", "100000"),
             ("FANOUT_PER_SECOND", "100000"),
+            ("SEARCHES_PER_MINUTE", "60000"),
         ],
     )
     .await;

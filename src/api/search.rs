@@ -43,6 +43,7 @@ pub async fn search(
     let query = params.q.unwrap_or_default();
     let search = Search::new(&query, scope, params.before, params.limit)
         .map_err(|text| ApiError::field("q", text))?;
+    state.allow_search(UserId(user.0.id))?;
     search::run(
         &state.db,
         state.search_index.as_deref(),

@@ -31,6 +31,9 @@ pub struct LimitSettings {
     /// group's member list costs the same, a list of conversations one
     /// per conversation.
     pub fanout_per_second: u32,
+    /// Searches one user may make per minute and instance, in bursts of a
+    /// third of that: each reads the full-text index.
+    pub searches_per_minute: u32,
     /// Most groups one user may be in, created or joined (C9).
     pub max_groups_per_user: usize,
     /// Most pending invitations one user may hold; more are not recorded.
@@ -61,6 +64,7 @@ impl Default for LimitSettings {
             group_changes_per_minute: 30,
             group_changes_per_minute_per_group: 12,
             fanout_per_second: 20_000,
+            searches_per_minute: 60,
             max_groups_per_user: 500,
             max_pending_invitations: 100,
             max_sessions_per_user: 32,
@@ -105,6 +109,9 @@ impl LimitSettings {
         }
         if self.fanout_per_second == 0 {
             return invalid("FANOUT_PER_SECOND must be at least 1");
+        }
+        if self.searches_per_minute == 0 {
+            return invalid("SEARCHES_PER_MINUTE must be at least 1");
         }
         if self.edit_window_seconds > MAX_EDIT_WINDOW_SECONDS {
             return invalid("EDIT_WINDOW_SECONDS must be at most 3153600000 (100 years)");

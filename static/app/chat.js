@@ -23,6 +23,9 @@ const PAGE = 50;
 const SYNC_PAGE = 200;
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 3000;
+
+/** How long a refusal ("… try again in N s") asks to wait, in ms. */
+const waitMs = (message) => (Number(/in (\d+) s/.exec(message || "")?.[1]) || 1) * 1000;
 // The first tries come fast (a server restart is over in a second or two).
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000, 10000];
 export const MAX_CONTENT = 4000;
@@ -218,9 +221,8 @@ export class Chat {
 
   /** Asks for the list again once a refusal ("… try again in N s") allows. */
   askContactsLater(message) {
-    const seconds = Number(/in (\d+) s/.exec(message || "")?.[1]) || 1;
     clearTimeout(this.contactsTimer);
-    this.contactsTimer = setTimeout(() => this.send("get_contacts", {}), seconds * 1000);
+    this.contactsTimer = setTimeout(() => this.send("get_contacts", {}), waitMs(message));
   }
 
   send(type, data) {
@@ -502,12 +504,28 @@ export class Chat {
     const query = this.searches.shift();
     const current = this.state.search;
     if (!current || query !== current.query || this.searches.includes(current.query)) return;
+    if (data.status === "error" && data.code === "rate_limited") {
+      // Over the server's allowance for searches: asked again when it
+      // says, if the query is still the one shown.
+      this.searchLater(query, data.message);
+      return;
+    }
     if (data.status === "error") {
       this.state.search = { ...current, loading: false, error: data.message };
       return;
     }
     const results = [...current.results, ...data.results];
     this.state.search = { query, results, hasMore: data.has_more, loading: false, error: null };
+  }
+
+  /** Searches `query` again once a refusal ("… try again in N s")
+   *  allows, unless another query has taken its place meanwhile. */
+  searchLater(query, message) {
+    clearTimeout(this.searchTimer);
+    this.searchTimer = setTimeout(() => {
+      const current = this.state.search;
+      if (current?.query === query) this.search(query, current.results.length > 0);
+    }, waitMs(message));
   }
 
   /** Opens a result's conversation at its message (the view loads the

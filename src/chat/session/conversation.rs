@@ -169,26 +169,6 @@ impl WsSession {
         );
     }
 
-    /// Takes `units` from `user`'s fan-out budget (`FANOUT_PER_SECOND`,
-    /// shared with REST and every socket); past it, answers `kind` with
-    /// `rate_limited` ("too many `what`") and returns false.
-    pub(super) fn charge_fanout(
-        &self,
-        user: UserId,
-        units: u32,
-        kind: RequestKind,
-        what: &str,
-        ctx: &mut Context<Self>,
-    ) -> bool {
-        let Err(retry) = self.state.fanout.take_many(user, units) else {
-            return true;
-        };
-        self.state.metrics.rate_limited();
-        let text = format!("too many {what}; try again in {retry} s");
-        self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
-        false
-    }
-
     /// Charges an event's deliveries to its author's fan-out budget and
     /// hands it to the writer, which answers once it is stored.
     pub(super) fn submit(
@@ -203,7 +183,8 @@ impl WsSession {
             Job::Message(_) => RequestKind::Message,
             Job::Change(c) => c.change.kind(),
         };
-        if !self.charge_fanout(user, audience.deliveries(), kind, "deliveries", ctx) {
+        let (fanout, cost) = (&self.state.fanout, audience.deliveries());
+        if !self.take_allowance(fanout, user, cost, kind, "deliveries", ctx) {
             return;
         }
         let from = Submitter::Session {
@@ -288,6 +269,9 @@ impl WsSession {
             Ok(search) => search,
             Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
         };
+        if !self.take_allowance(&self.state.search_limit, user, 1, kind, "searches", ctx) {
+            return;
+        }
         let index = self.state.search_index.clone();
         let run = move |db| async move { search::run(&db, index.as_deref(), user, &search).await };
         self.query(

@@ -32,7 +32,7 @@ use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpi
 use super::writer::{NewMessage, Submitter};
 use crate::auth::{self, AuthError};
 use crate::metrics;
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{TokenBucket, UserRateLimit};
 use crate::state::AppState;
 
 mod authorize;
@@ -147,6 +147,28 @@ impl WsSession {
             &ServerEvent::error(kind, ErrorReply::new(code, message)),
             ctx,
         );
+    }
+
+    /// Takes `units` of `user`'s allowance in `limit` (one kept per user,
+    /// over REST and every socket); past it, answers `kind` with
+    /// `rate_limited` ("too many `what`; try again in N s") and returns
+    /// false.
+    fn take_allowance(
+        &self,
+        limit: &UserRateLimit,
+        user: UserId,
+        units: u32,
+        kind: RequestKind,
+        what: &str,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let Err(retry) = limit.take_many(user, units) else {
+            return true;
+        };
+        self.state.metrics.rate_limited();
+        let text = format!("too many {what}; try again in {retry} s");
+        self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
+        false
     }
 
     /// A failure of ours: the client gets a generic `internal` error (or,
@@ -313,7 +335,7 @@ impl WsSession {
     fn get_contacts(&mut self, user: UserId, ctx: &mut Context<Self>) {
         const KIND: RequestKind = RequestKind::GetContacts;
         let cost = self.state.membership.contact_list_cost(user).unwrap_or(1);
-        if !self.charge_fanout(user, cost, KIND, "contact lists", ctx) {
+        if !self.take_allowance(&self.state.fanout, user, cost, KIND, "contact lists", ctx) {
             return;
         }
         let lists = self.state.contact_lists.clone();
@@ -339,7 +361,8 @@ impl WsSession {
         // A member first: only then is the audience looked up (and kept).
         self.with_membership(KIND, user, &id, ctx, move |act, chat_id, ctx| {
             act.with_audience(KIND, chat_id, ctx, move |act, audience, ctx| {
-                if !act.charge_fanout(user, audience.deliveries(), KIND, "member lists", ctx) {
+                let (fanout, cost) = (&act.state.fanout, audience.deliveries());
+                if !act.take_allowance(fanout, user, cost, KIND, "member lists", ctx) {
                     return;
                 }
                 act.answer_contact(user, chat_id, ctx);

@@ -75,13 +75,8 @@ impl WsSession {
     /// Takes one of `user`'s changes (blocks, mutes: over every socket and
     /// REST together); answers `rate_limited` when there is none left.
     fn change_allowed(&self, kind: RequestKind, user: UserId, ctx: &mut Context<Self>) -> bool {
-        let Err(retry) = self.state.change_limit.take(user) else {
-            return true;
-        };
-        self.state.metrics.rate_limited();
-        let text = format!("too many changes; try again in {retry} s");
-        self.send_error(kind, ErrorCode::RateLimited, &text, ctx);
-        false
+        let changes = &self.state.change_limit;
+        self.take_allowance(changes, user, 1, kind, "changes", ctx)
     }
 
     /// `block_user` and `unblock_user`: `ctx.wait`, so the next request
