@@ -4,7 +4,7 @@
 # database with its default limits (only registration opened up for the
 # generator's accounts), a group of MEMBERS connected members, and
 # chat-bench attack's phases: quiet, rename, fanout, typing, reconnect, roster,
-# read.
+# read, history.
 #
 #   cargo build --release --workspace
 #   scripts/attack-bench.sh    (MEMBERS=400 PHASE_SECONDS=10 RATE=1000 by default:
@@ -12,7 +12,8 @@
 #                              PATTERNS="roster fanout" runs only those, in order;
 #                              GROUP_COUNT=10 gives the attacker ten groups of
 #                              the members, flooded in turn; SOCKETS=8 floods
-#                              from eight sockets at once)
+#                              from eight sockets at once; HISTORY=1000 writes
+#                              that many messages first, for `history` to page)
 #
 # Prints chat-bench's summary and JSON line.
 set -euo pipefail
@@ -47,5 +48,5 @@ echo "machine: $(nproc) cores, $(uname -r); members $MEMBERS in ${GROUP_COUNT:-1
 pattern_args=()
 for p in ${PATTERNS:-}; do pattern_args+=(--pattern "$p"); done
 "$BENCH" attack --url "http://127.0.0.1:$PORT" --members "$MEMBERS" --groups "${GROUP_COUNT:-1}" \
-  --sockets "${SOCKETS:-1}" \
+  --sockets "${SOCKETS:-1}" --history "${HISTORY:-0}" \
   --seconds "$SECONDS_PER_PHASE" --rate "${RATE:-1000}" "${pattern_args[@]}"

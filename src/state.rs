@@ -79,6 +79,12 @@ pub struct AppState {
     /// endpoint), at the WebSocket's request rate; counted before the
     /// token's database checks.
     pub rest_limit: UserRateLimit,
+    /// WebSocket requests per user over all their sockets: one socket's
+    /// rate (`RATE_LIMIT_PER_SECOND`), in bursts of two sockets' worth
+    /// (`RATE_LIMIT_BURST`), so opening more sockets (up to
+    /// `MAX_SESSIONS_PER_USER`) does not multiply what one person may ask
+    /// of the server.
+    pub socket_requests: UserRateLimit,
     /// New contacts, blocks and unblocks per user, over REST and every
     /// socket together, at the WebSocket's request rate: opening sockets
     /// gains nothing.
@@ -169,6 +175,10 @@ impl AppState {
             ),
             rest_limit: UserRateLimit::new(
                 limits.rate_limit_burst,
+                limits.rate_limit_per_second.saturating_mul(60),
+            ),
+            socket_requests: UserRateLimit::new(
+                limits.rate_limit_burst.saturating_mul(2),
                 limits.rate_limit_per_second.saturating_mul(60),
             ),
             change_limit: UserRateLimit::new(

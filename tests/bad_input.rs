@@ -404,6 +404,52 @@ async fn floods_are_rate_limited_and_the_connection_kept() {
     }
 }
 
+/// A user's sockets share one allowance besides each socket's own (one
+/// socket's rate, in bursts of two sockets' worth): opening more sockets
+/// does not multiply what one person may ask of the server.
+#[actix_rt::test]
+async fn a_users_sockets_share_one_request_allowance() {
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[("RATE_LIMIT_BURST", "20"), ("RATE_LIMIT_PER_SECOND", "1")],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let get = json!({"type": "get_contact", "data": {"id": pk}});
+    // Each socket has 19 of its own after its authorization; the first two
+    // take 38 of the user's 40.
+    for _ in 0..2 {
+        let mut ws = app.authorized(&token).await;
+        for _ in 0..19 {
+            assert_eq!(
+                ws.request(get.clone()).await["type"],
+                "get_contact_response"
+            );
+        }
+    }
+    // The third is refused by the user's allowance long before its own runs
+    // out (one comes back a second: only a stall of over 15 s would let
+    // all 19 through).
+    let mut third = app.authorized(&token).await;
+    let mut refused = None;
+    for _ in 0..19 {
+        let answer = third.request(get.clone()).await;
+        if answer["type"] == "get_contact_response" && answer["data"]["status"] == "error" {
+            refused = Some(answer["data"].clone());
+            break;
+        }
+        assert_eq!(answer["data"]["pk"], pk, "{answer}");
+    }
+    let refused = refused.expect("the user's allowance refused one");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many requests; try again in "),
+        "{text}"
+    );
+}
+
 #[actix_rt::test]
 async fn fuzz_regression_inputs_get_an_answer() {
     let app = TestApp::spawn(&Backend::Sqlite).await;

@@ -15,6 +15,9 @@
 //! - `read`: read marks for her group, each a little further than the
 //!   last (`up_to` 1, 2, 3, …), as fast as she can send: in a group of at
 //!   most 100 each one that moves is pushed to every member (B4).
+//! - `history`: pages of her group's history (`get_messages`, 50 a page)
+//!   as fast as she can send; `--history N` first writes N messages into
+//!   her first group, so that the pages are full.
 //!
 //! With `--groups G` she owns G groups of the same members, and the
 //! flooding patterns (`fanout`, `typing`, `roster`, `read`) take them in
@@ -54,6 +57,7 @@ pub enum Pattern {
     Reconnect,
     Roster,
     Read,
+    History,
 }
 
 impl Pattern {
@@ -62,7 +66,7 @@ impl Pattern {
     fn floods(self) -> bool {
         matches!(
             self,
-            Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read
+            Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read | Pattern::History
         )
     }
 }
@@ -77,6 +81,8 @@ pub struct AttackOptions {
     pub groups: usize,
     /// Sockets the flooding patterns send from (at least 1).
     pub sockets: usize,
+    /// Messages written into her first group before the phases.
+    pub history: usize,
     /// How long each phase lasts.
     pub phase: Duration,
     /// The attacker's requests (or frames) per second, in total: one
@@ -182,6 +188,11 @@ pub async fn attack(opts: AttackOptions) -> Result<AttackReport, BenchError> {
         let pk = create_group(clients.get(0), &base, &mallory, &ids).await?;
         accept_all(&clients, |_| base.clone(), &others, &pk).await?;
         pks.push(pk);
+    }
+    if opts.history > 0 {
+        eprintln!("writing {} messages of history…", opts.history);
+        let socket = open_session(clients.get(0), &ws_url(&base), &mallory.token).await?;
+        write_history(socket, &pks[0], opts.history).await?;
     }
     let direct = add_contact(clients.get(1), &base, &bob.token, &others[0].username).await?;
 
@@ -327,6 +338,40 @@ async fn receive_probe(socket: super::Socket, probe: Rc<RefCell<Probe>>, origin:
     }
 }
 
+/// Sends `count` messages into `pk`, as fast as they are acknowledged (a
+/// refusal, past the fan-out budget, is sent again a moment later).
+async fn write_history(socket: super::Socket, pk: &str, count: usize) -> Result<(), BenchError> {
+    let (mut sink, mut incoming) = socket.split();
+    let mut acked = 0;
+    while acked < count {
+        let batch = (count - acked).min(100);
+        for n in 0..batch {
+            let content = format!("history {} of {count}", acked + n);
+            let frame = json!({"type": "message", "data": {"to": pk, "content": content}});
+            sink.send(ws::Message::Text(frame.to_string().into()))
+                .await
+                .map_err(|e| setup("history", e))?;
+        }
+        let mut answered = 0;
+        while answered < batch {
+            match incoming.next().await {
+                Some(Ok(ws::Frame::Text(bytes))) if frame_is(&bytes, "message_response") => {
+                    answered += 1;
+                    if bytes.windows(9).any(|w| w == b"\"success\"") {
+                        acked += 1;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => return Err(setup("history", format!("{other:?}"))),
+            }
+        }
+        if answered > 0 && acked < count {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a JSON frame is of type `kind` (the server writes no space
 /// after the colon; a space is allowed).
 fn frame_is(bytes: &[u8], kind: &str) -> bool {
@@ -401,7 +446,7 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
                 }
             }
         }
-        Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read => {
+        Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read | Pattern::History => {
             flood(&run, pattern, &client, stop_at).await;
         }
     }
@@ -437,7 +482,10 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
             let answer = |kind: &str| frame_is(&bytes, kind);
             let refused = if answer("message_response") {
                 !bytes.windows(9).any(|w| w == b"\"success\"")
-            } else if answer("get_contact_response") || answer("read_response") {
+            } else if answer("get_contact_response")
+                || answer("read_response")
+                || answer("get_messages_response")
+            {
                 bytes.windows(7).any(|w| w == b"\"error\"")
             } else {
                 false
@@ -456,6 +504,7 @@ async fn flood_socket(run: &Rc<Run>, pattern: Pattern, socket: super::Socket, st
         let frame = match pattern {
             Pattern::Typing => json!({"type": "typing", "data": {"id": pk}}),
             Pattern::Roster => json!({"type": "get_contact", "data": {"id": pk}}),
+            Pattern::History => json!({"type": "get_messages", "data": {"id": pk, "limit": 50}}),
             Pattern::Read => {
                 let up_to = run.marks.get() + 1;
                 run.marks.set(up_to);

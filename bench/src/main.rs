@@ -75,13 +75,17 @@ enum BenchCommand {
         /// Sockets the flooding patterns send from at once, sharing the rate.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
         sockets: u64,
+        /// Messages written into the attacker's first group before the phases
+        /// (what `history` pages through).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        history: u64,
         /// Seconds each phase lasts.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
         seconds: u64,
         /// The attacker's requests (or frames) per second, in total.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         rate: u64,
-        /// The patterns, in order (default: all six).
+        /// The patterns, in order (default: all seven).
         #[arg(long = "pattern", value_enum)]
         patterns: Vec<chat_bench::Pattern>,
     },
@@ -490,13 +494,14 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
             members,
             groups,
             sockets,
+            history,
             seconds,
             rate,
             patterns,
         } => {
             let patterns = if patterns.is_empty() {
                 use chat_bench::Pattern::*;
-                vec![Rename, Fanout, Typing, Reconnect, Roster, Read]
+                vec![Rename, Fanout, Typing, Reconnect, Roster, Read, History]
             } else {
                 patterns
             };
@@ -505,6 +510,7 @@ async fn run(command: BenchCommand) -> Result<(), BenchError> {
                 members: members as usize,
                 groups: groups as usize,
                 sockets: sockets as usize,
+                history: history as usize,
                 phase: std::time::Duration::from_secs(seconds),
                 rate,
                 patterns,

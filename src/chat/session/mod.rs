@@ -225,6 +225,10 @@ impl WsSession {
                 )
             }
         };
+        let all_sockets = &self.state.socket_requests;
+        if !self.take_allowance(all_sockets, user, 1, kind, "requests", ctx) {
+            return;
+        }
         self.dispatch(user, kind, request, ctx);
     }
 
