@@ -20,8 +20,8 @@
 //!   her first group, so that the pages are full.
 //!
 //! With `--groups G` she owns G groups of the same members, and the
-//! flooding patterns (`fanout`, `typing`, `roster`, `read`) take them in
-//! turn: what a limit per conversation lets through, times G. With
+//! flooding patterns (`fanout`, `typing`, `roster`, `read`, `history`)
+//! take them in turn: what a limit per conversation lets through, times G. With
 //! `--sockets S` she floods from S sockets at once, sharing the rate:
 //! what a limit per session lets through, times S.
 //!
@@ -352,20 +352,22 @@ async fn write_history(socket: super::Socket, pk: &str, count: usize) -> Result<
                 .await
                 .map_err(|e| setup("history", e))?;
         }
-        let mut answered = 0;
+        let (mut answered, mut refused) = (0, false);
         while answered < batch {
             match incoming.next().await {
                 Some(Ok(ws::Frame::Text(bytes))) if frame_is(&bytes, "message_response") => {
                     answered += 1;
                     if bytes.windows(9).any(|w| w == b"\"success\"") {
                         acked += 1;
+                    } else {
+                        refused = true;
                     }
                 }
                 Some(Ok(_)) => {}
                 other => return Err(setup("history", format!("{other:?}"))),
             }
         }
-        if answered > 0 && acked < count {
+        if refused {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -446,9 +448,8 @@ async fn attacker(run: Rc<Run>, pattern: Pattern, worker: usize, stop_at: Instan
                 }
             }
         }
-        Pattern::Fanout | Pattern::Typing | Pattern::Roster | Pattern::Read | Pattern::History => {
-            flood(&run, pattern, &client, stop_at).await;
-        }
+        // The patterns that flood sockets (`Pattern::floods`).
+        _ => flood(&run, pattern, &client, stop_at).await,
     }
 }
 
@@ -460,7 +461,8 @@ fn count(run: &Run, accepted: bool) {
     }
 }
 
-/// Messages, typing notices, roster requests or read marks for her groups in turn, as fast as
+/// Messages, typing notices, roster requests, read marks or history pages
+/// for her groups in turn, as fast as
 /// the socket takes them; refusals counted (typing has no answer: every
 /// notice counts as sent).
 async fn flood(run: &Rc<Run>, pattern: Pattern, client: &awc::Client, stop_at: Instant) {

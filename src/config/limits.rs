@@ -26,8 +26,8 @@ pub struct LimitSettings {
     /// all its members together.
     pub group_changes_per_minute_per_group: u32,
     /// Deliveries one user's messages (and edits, reactions, typing
-    /// notices, read receipts) may cause per second and instance (a message to a group of
-    /// N costs N - 1; bursts of twice as many); a
+    /// notices, read receipts) may cause per second and instance (a
+    /// message to a group of N costs N - 1; bursts of twice as many); a
     /// group's member list costs the same, a list of conversations one
     /// per conversation.
     pub fanout_per_second: u32,
