@@ -635,6 +635,27 @@ async fn frames_until_done(reader: &mut common::WsClient) -> Vec<Value> {
     }
 }
 
+/// Whose `kind` pushes (`typing`, `read`) `observer` got, in order, up to
+/// the message "done" that member3 (who sends nothing else) sends to `pk`
+/// now: every such push sent before it stands before it.
+async fn who_was_shown(
+    app: &TestApp,
+    observer: &mut common::WsClient,
+    pk: &Value,
+    kind: &str,
+) -> Vec<Value> {
+    let mut three = app.authorized(&app.login("member3").await).await;
+    three
+        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
+        .await;
+    frames_until_done(observer)
+        .await
+        .into_iter()
+        .filter(|frame| frame["type"] == kind)
+        .map(|frame| frame["data"]["user_id"].clone())
+        .collect()
+}
+
 /// However many members type, a member gets at most two typing notices a
 /// second per conversation.
 #[actix_rt::test]
@@ -813,16 +834,7 @@ async fn typing_is_budgeted_like_messages() {
     a.frames_before_pong().await;
     two.send(typing).await;
     two.frames_before_pong().await;
-    let mut three = app.authorized(&app.login("member3").await).await;
-    three
-        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
-        .await;
-    let typists: Vec<Value> = frames_until_done(&mut observer)
-        .await
-        .into_iter()
-        .filter(|frame| frame["type"] == "typing")
-        .map(|frame| frame["data"]["user_id"].clone())
-        .collect();
+    let typists = who_was_shown(&app, &mut observer, &pk, "typing").await;
     let (one, two) = (
         user_id(&app, "member1").await,
         user_id(&app, "member2").await,
@@ -865,16 +877,7 @@ async fn read_receipts_are_budgeted_like_messages() {
     assert_eq!(json!(stored), up_to);
     // Member1's budget covers theirs: everyone is told.
     assert_eq!(one.ask(read).await["status"], "success");
-    let mut three = app.authorized(&app.login("member3").await).await;
-    three
-        .send(json!({"type": "message", "data": {"to": pk, "content": "done"}}))
-        .await;
-    let readers: Vec<Value> = frames_until_done(&mut observer)
-        .await
-        .into_iter()
-        .filter(|frame| frame["type"] == "read")
-        .map(|frame| frame["data"]["user_id"].clone())
-        .collect();
+    let readers = who_was_shown(&app, &mut observer, &pk, "read").await;
     assert_eq!(readers, vec![json!(user_id(&app, "member1").await)]);
 }
 

@@ -21,10 +21,57 @@ async fn pair_of_instances(
     redis: &str,
     db: &TestDatabase,
 ) -> (TestApp, TestApp) {
-    let mut apps = common::instances(backend, redis, db, 2).await;
+    pair_of_instances_with(backend, redis, db, &[]).await
+}
+
+/// `pair_of_instances`, each with the settings `extra` besides.
+async fn pair_of_instances_with(
+    backend: &Backend,
+    redis: &str,
+    db: &TestDatabase,
+    extra: &[(&str, &str)],
+) -> (TestApp, TestApp) {
+    let mut apps = common::instances_with(backend, redis, db, 2, extra).await;
     let b = apps.pop().expect("two instances");
     let a = apps.pop().expect("two instances");
     (a, b)
+}
+
+/// Alice's group with bob and carol, made on instance `a`: their ids, the
+/// sessions alice on A, bob on A, bob on B and carol on B, the pk, and the
+/// id of a message alice sent, which has reached B's sessions (B has the
+/// conversation's room).
+struct TrioAcross {
+    ids: [i64; 3],
+    alice_on_a: common::WsClient,
+    bob_on_a: common::WsClient,
+    bob_on_b: common::WsClient,
+    carol_on_b: common::WsClient,
+    pk: serde_json::Value,
+    id: serde_json::Value,
+}
+
+async fn trio_across(a: &TestApp, b: &TestApp) -> TrioAcross {
+    let ([(alice, _), (bob, bob_token), (carol, carol_token)], mut alice_on_a, pk) = a.trio().await;
+    let bob_on_a = a.authorized(&bob_token).await;
+    let mut bob_on_b = b.authorized(&bob_token).await;
+    let mut carol_on_b = b.authorized(&carol_token).await;
+    let id = alice_on_a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await["id"]
+        .clone();
+    for ws in [&mut bob_on_b, &mut carol_on_b] {
+        assert_eq!(ws.recv_type("message").await["data"]["data"]["id"], id);
+    }
+    TrioAcross {
+        ids: [alice, bob, carol],
+        alice_on_a,
+        bob_on_a,
+        bob_on_b,
+        carol_on_b,
+        pk,
+        id,
+    }
 }
 
 async fn messages_and_presence_cross(backend: &Backend) {
@@ -485,18 +532,15 @@ async fn read_marks_cross(backend: &Backend) {
     let redis = &require_redis_url();
     let db = TestDatabase::create(backend).await;
     let (a, b) = pair_of_instances(backend, redis, &db).await;
-    let ([(alice, _), (bob, bob_token), (_, carol_token)], mut alice_on_a, pk) = a.trio().await;
-    let mut bob_on_a = a.authorized(&bob_token).await;
-    let mut bob_on_b = b.authorized(&bob_token).await;
-    let mut carol_on_b = b.authorized(&carol_token).await;
-    let id = alice_on_a
-        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
-        .await["id"]
-        .clone();
-    // B has the conversation's room: the message reached it.
-    for ws in [&mut bob_on_b, &mut carol_on_b] {
-        assert_eq!(ws.recv_type("message").await["data"]["data"]["id"], id);
-    }
+    let TrioAcross {
+        ids: [alice, bob, _],
+        mut alice_on_a,
+        mut bob_on_a,
+        mut bob_on_b,
+        mut carol_on_b,
+        pk,
+        id,
+    } = trio_across(&a, &b).await;
     for ws in [&mut alice_on_a, &mut bob_on_a] {
         ws.send(json!({"type": "read", "data": {"id": pk, "up_to": id}}))
             .await;
@@ -572,19 +616,16 @@ async fn unshared_read_marks_cross(backend: &Backend) {
     let db = TestDatabase::create(backend).await;
     // A group of three costs 2 deliveries: the burst.
     let budget = [("FANOUT_PER_SECOND", "1")];
-    let mut apps = common::instances_with(backend, redis, &db, 2, &budget).await;
-    let (b, a) = (apps.pop().expect("two"), apps.pop().expect("two"));
-    let ([_, (bob, bob_token), (_, carol_token)], mut alice_on_a, pk) = a.trio().await;
-    let mut bob_on_a = a.authorized(&bob_token).await;
-    let mut bob_on_b = b.authorized(&bob_token).await;
-    let mut carol_on_b = b.authorized(&carol_token).await;
-    let id = alice_on_a
-        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
-        .await["id"]
-        .clone();
-    for ws in [&mut bob_on_b, &mut carol_on_b] {
-        assert_eq!(ws.recv_type("message").await["data"]["data"]["id"], id);
-    }
+    let (a, b) = pair_of_instances_with(backend, redis, &db, &budget).await;
+    let TrioAcross {
+        ids: [_, bob, _],
+        mut alice_on_a,
+        mut bob_on_a,
+        mut bob_on_b,
+        mut carol_on_b,
+        pk,
+        id,
+    } = trio_across(&a, &b).await;
     // His typing notice takes his budget; his mark is stored all the same.
     bob_on_a
         .send(json!({"type": "typing", "data": {"id": pk}}))
