@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use crate::chat::protocol::{ChatId, UserId};
 
-/// Keys tracked before full (idle) buckets are pruned: bounds memory under a spray.
+/// Keys tracked before full (idle) buckets are first pruned: bounds memory
+/// under a spray.
 const PRUNE_ABOVE_KEYS: usize = 10_000;
 
 /// Per client address (registrations).
@@ -79,7 +80,25 @@ impl TokenBucket {
 pub struct KeyedRateLimit<K> {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<K, TokenBucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+/// The buckets, and the size at which the full (idle) ones are next
+/// forgotten: twice what the last pruning kept (at least
+/// `PRUNE_ABOVE_KEYS`), so that with many keys in use at once a take
+/// scans them all only after as many new keys again, not on every take.
+struct Buckets<K> {
+    by_key: HashMap<K, TokenBucket>,
+    prune_above: usize,
+}
+
+impl<K> Default for Buckets<K> {
+    fn default() -> Self {
+        Buckets {
+            by_key: HashMap::new(),
+            prune_above: PRUNE_ABOVE_KEYS,
+        }
+    }
 }
 
 impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
@@ -110,7 +129,7 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
         let Ok(mut buckets) = self.buckets.lock() else {
             return;
         };
-        if let Some(bucket) = buckets.get_mut(&key) {
+        if let Some(bucket) = buckets.by_key.get_mut(&key) {
             bucket.give_back(1.0, self.burst);
         }
     }
@@ -118,10 +137,14 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
     fn take_at(&self, key: K, now: Instant, cost: f64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
         let (burst, rate) = (self.burst, self.per_second);
-        if buckets.len() > PRUNE_ABOVE_KEYS {
-            buckets.retain(|_, bucket| !bucket.is_full(burst, rate, now));
+        if buckets.by_key.len() > buckets.prune_above {
+            buckets
+                .by_key
+                .retain(|_, bucket| !bucket.is_full(burst, rate, now));
+            buckets.prune_above = PRUNE_ABOVE_KEYS.max(2 * buckets.by_key.len());
         }
         buckets
+            .by_key
             .entry(key)
             .or_insert_with(|| TokenBucket::full(burst, now))
             .take(cost, burst, rate, now)
@@ -166,5 +189,48 @@ mod tests {
         assert_eq!(r.take_at(A, now, 1.0), Err(60), "no more than the burst");
         r.give_back(B);
         assert!(r.take_at(B, now, 1.0).is_ok(), "a key never seen is full");
+    }
+
+    fn user(n: usize) -> UserId {
+        UserId(i64::try_from(n).expect("test keys fit an i64"))
+    }
+
+    /// (keys tracked, size at which they are next pruned)
+    fn tracked(r: &UserRateLimit) -> (usize, usize) {
+        let buckets = r.buckets.lock().expect("no test panics holding it");
+        (buckets.by_key.len(), buckets.prune_above)
+    }
+
+    #[test]
+    fn many_keys_in_use_are_scanned_once_per_doubling_not_on_every_take() {
+        // Never refilled: every key taken stays in use.
+        let r = UserRateLimit::new(2, 0);
+        let now = Instant::now();
+        for n in 0..=PRUNE_ABOVE_KEYS {
+            r.take_at(user(n), now, 1.0).unwrap();
+        }
+        assert_eq!(tracked(&r), (10_001, 10_000), "not pruned yet");
+        r.take_at(user(10_001), now, 1.0).unwrap();
+        assert_eq!(tracked(&r), (10_002, 20_002), "pruned, none idle");
+        for n in 10_002..=20_002 {
+            r.take_at(user(n), now, 1.0).unwrap();
+        }
+        assert_eq!(tracked(&r), (20_003, 20_002), "no scan on these takes");
+        r.take_at(user(20_003), now, 1.0).unwrap();
+        assert_eq!(tracked(&r), (20_004, 40_006));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_once_past_the_size() {
+        let r = UserRateLimit::new(1, 60);
+        let now = Instant::now();
+        for n in 0..=20_002 {
+            r.take_at(user(n), now, 1.0).unwrap();
+        }
+        assert_eq!(tracked(&r), (20_003, 20_002));
+        // A second on, every earlier key is full again.
+        r.take_at(user(0), now + Duration::from_secs(1), 1.0)
+            .unwrap();
+        assert_eq!(tracked(&r), (1, 10_000), "all but the one taken now");
     }
 }
