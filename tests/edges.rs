@@ -250,6 +250,17 @@ async fn two_writers_one_client_id(backend: &Backend) {
 
 backend_tests!(a_resend_stored_by_two_instances_at_once_is_one_message => two_writers_one_client_id);
 
+/// `user`'s read mark in conversation `pk`, as stored.
+async fn stored_mark(app: &TestApp, pk: &str, user: i64) -> Option<i64> {
+    let chat = pk.parse::<uuid::Uuid>().expect("a conversation's id");
+    chat_member::Entity::find_by_id((chat, user))
+        .one(&app.db)
+        .await
+        .expect("the membership is read")
+        .expect("a member")
+        .last_read_message_id
+}
+
 #[actix_rt::test]
 async fn read_marks_are_checked_and_never_move_backwards() {
     let app = TestApp::spawn(&Backend::Sqlite).await;
@@ -281,12 +292,7 @@ async fn read_marks_are_checked_and_never_move_backwards() {
         bob_ws.recv_type("read_response").await["data"]["status"],
         "success"
     );
-    let mark = chat_member::Entity::find_by_id((pk.parse::<uuid::Uuid>().unwrap(), bob))
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap()
-        .last_read_message_id;
+    let mark = stored_mark(&app, &pk, bob).await;
     assert_eq!(
         mark.map(Value::from),
         Some(ids[1].clone()),
@@ -603,3 +609,48 @@ async fn every_accepted_connection_sends_without_delay() {
     assert!(accepted >= 1);
     drop(ws);
 }
+
+/// A read mark goes no further than the conversation's newest message: one
+/// past it is stored, and pushed, as that message, so what comes later
+/// arrives unread and nobody is told it was read before it was sent; in a
+/// conversation without messages a mark moves nothing.
+async fn marks_past_the_end(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, bob, pk) = app.pair("alice", "bob").await;
+    let mut a = app.authorized(&app.login("alice").await).await;
+    let bob_token = app.login("bob").await;
+    let mut b = app.authorized(&bob_token).await;
+    let mut b2 = app.authorized(&bob_token).await;
+    let read = |up_to: i64| json!({"type": "read", "data": {"id": pk, "up_to": up_to}});
+    let answer = b.ask(read(1)).await;
+    assert_eq!(answer, json!({"status": "success", "pk": pk, "up_to": 1}));
+    for ws in [&mut a, &mut b2] {
+        let frames = ws.frames_before_pong().await;
+        assert!(frames.iter().all(|f| f["type"] != "read"), "{frames:?}");
+    }
+    let first = a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "one"}}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    b2.recv_type("message").await;
+    let beyond = first + 1_000_000;
+    let answer = b.ask(read(beyond)).await;
+    assert_eq!(
+        answer,
+        json!({"status": "success", "pk": pk, "up_to": beyond}),
+        "{}",
+        backend.name()
+    );
+    let pushed = json!({"type": "read", "data": {"pk": pk, "user_id": bob, "up_to": first}});
+    assert_eq!(a.recv_type("read").await, pushed, "{}", backend.name());
+    assert_eq!(b2.recv_type("read").await, pushed, "{}", backend.name());
+    let mark = stored_mark(&app, &pk, bob).await;
+    assert_eq!(mark, Some(first), "{}", backend.name());
+    a.ask(json!({"type": "message", "data": {"to": pk, "content": "two"}}))
+        .await;
+    let contacts = b.ask(json!({"type": "get_contacts", "data": {}})).await;
+    assert_eq!(contacts[0]["unread"], 1, "{}", backend.name());
+}
+
+backend_tests!(a_read_mark_goes_no_further_than_the_newest_message => marks_past_the_end);

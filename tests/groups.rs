@@ -8,8 +8,8 @@ use crate::common;
 use actix_web::http::Method;
 use chat_server::chat::messages::{ReadsStored, StoredRead};
 use common::{Backend, TestApp};
-use entity::chat_member;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use entity::{chat_member, message};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
 
 fn member(id: i64, username: &str, role: &str, online: bool) -> Value {
@@ -1392,7 +1392,8 @@ impl actix::Handler<ReadsStored> for StoredReads {
 /// furthest is written and handed on to be pushed, with the session that
 /// asked it; a mark behind the stored one, or of someone not a member,
 /// moves nothing and is pushed to nobody. Every mark is answered. Whether
-/// a mark goes to everyone is the asking request's.
+/// a mark goes to everyone is the asking request's. The conversation holds
+/// messages 1 to 10: a mark past them is stored as 10.
 async fn read_mark_batches(backend: &Backend) {
     use actix::Actor;
     use chat_server::chat::protocol::{ChatId, UserId};
@@ -1400,6 +1401,19 @@ async fn read_mark_batches(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, bob, pk) = app.pair("alice", "bob").await;
     let chat = ChatId(pk.parse().unwrap());
+    let now = chrono::Utc::now();
+    message::Entity::insert_many((1..=10).map(|id| message::ActiveModel {
+        id: Set(id),
+        chat_id: Set(chat.0),
+        sender_id: Set(Some(alice)),
+        content: Set(format!("m{id}")),
+        created_at: Set(now),
+        seq: Set(id),
+        ..Default::default()
+    }))
+    .exec(&app.db)
+    .await
+    .unwrap();
     let (pushed, mut to_push) = tokio::sync::mpsc::unbounded_channel();
     let server = StoredReads(pushed).start().recipient();
     let (marks, _task) = ReadMarks::start(app.db.clone(), server);
@@ -1463,6 +1477,12 @@ async fn read_mark_batches(backend: &Backend) {
         to_push.recv().await.unwrap(),
         [(bob, 6, 13, true)],
         "the next that moved comes next: nothing came of the one that did not"
+    );
+    marks.mark(chat, UserId(bob), 60, asked(14)).await.unwrap();
+    assert_eq!(
+        to_push.recv().await.unwrap(),
+        [(bob, 10, 14, true)],
+        "as far as the last message"
     );
 }
 

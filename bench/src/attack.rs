@@ -14,7 +14,8 @@
 //!   fast as she can send: each answer is every member's profile.
 //! - `read`: read marks for her group, each a little further than the
 //!   last (`up_to` 1, 2, 3, …), as fast as she can send: in a group of at
-//!   most 100 each one that moves is pushed to every member (B4).
+//!   most 100 each one that moves is pushed to every member (B4); a mark
+//!   goes no further than the group's newest message.
 //! - `history`: pages of her group's history (`get_messages`, 50 a page)
 //!   as fast as she can send; `--history N` first writes N messages into
 //!   her first group, so that the pages are full.

@@ -16,7 +16,7 @@
 //! another as fast as the database commits them, each a commit of a few
 //! marks (BENCHMARKS.md "Read marks written at most fifty times a second").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::Recipient;
@@ -142,16 +142,16 @@ async fn run(
         let written = write(&db, &furthest).await;
         match &written {
             Ok(moved) if !moved.is_empty() => {
-                let stored = furthest
-                    .iter()
-                    .filter(|(_, (_, asker))| moved.contains(asker))
-                    .map(|(&(chat, user), &(up_to, asker))| StoredRead {
+                let stored = moved.iter().map(|(&(chat, user), &up_to)| {
+                    let asker = furthest[&(chat, user)].1;
+                    StoredRead {
                         chat,
                         user,
                         up_to,
                         session: Some(batch[asker].asked.session),
                         shared: batch[asker].asked.shared,
-                    });
+                    }
+                });
                 server.do_send(ReadsStored {
                     reads: stored.collect(),
                     broadcast: true,
@@ -173,14 +173,16 @@ async fn run(
     }
 }
 
-/// Writes the marks; returns the requests whose mark moved. PostgreSQL and
-/// SQLite take them in one statement; MySQL (no `UPDATE … FROM`, no
-/// `RETURNING`) one statement each, in one transaction.
+/// Writes the marks; returns the readers whose mark moved, and where to.
+/// A mark goes no further than the conversation's newest message
+/// (`store::mark_read`): what comes later arrives unread. PostgreSQL and SQLite
+/// take them in one statement; MySQL (no `UPDATE … FROM`, no `RETURNING`)
+/// one statement each, in one transaction.
 async fn write(
     db: &DatabaseConnection,
     furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
-) -> Result<HashSet<usize>, DbErr> {
-    let mut moved = HashSet::new();
+) -> Result<HashMap<(ChatId, UserId), i64>, DbErr> {
+    let mut moved = HashMap::new();
     let backend = db.get_database_backend();
     if backend != DatabaseBackend::MySql {
         for row in db.query_all_raw(one_statement(backend, furthest)).await? {
@@ -188,16 +190,14 @@ async fn write(
                 ChatId(row.try_get("", "chat_id")?),
                 UserId(row.try_get("", "user_id")?),
             );
-            if let Some(&(_, asker)) = furthest.get(&key) {
-                moved.insert(asker);
-            }
+            moved.insert(key, row.try_get("", "last_read_message_id")?);
         }
         return Ok(moved);
     }
     let txn = db.begin().await?;
-    for (&(chat, user), &(up_to, asker)) in furthest {
-        if store::mark_read(&txn, chat, user, up_to).await? {
-            moved.insert(asker);
+    for (&(chat, user), &(up_to, _)) in furthest {
+        if let Some(stored) = store::mark_read(&txn, chat, user, up_to).await? {
+            moved.insert((chat, user), stored);
         }
     }
     txn.commit().await?;
@@ -216,10 +216,16 @@ fn one_statement(
     backend: DatabaseBackend,
     furthest: &HashMap<(ChatId, UserId), (i64, usize)>,
 ) -> Statement {
-    const SET: &str = "UPDATE chat_members SET last_read_message_id = v.r FROM";
-    const WHERE: &str = "WHERE chat_members.chat_id = v.c AND chat_members.user_id = v.u \
+    // Each mark no further than the conversation's newest message (the
+    // index on messages (chat_id, seq) finds it), none if it has none.
+    const SET: &str = "UPDATE chat_members SET last_read_message_id = v.r FROM (SELECT w.c, w.u, \
+         (SELECT CASE WHEN w.r < messages.id THEN w.r ELSE messages.id END FROM messages \
+         WHERE messages.chat_id = w.c ORDER BY messages.seq DESC LIMIT 1) AS r \
+         FROM";
+    const WHERE: &str = ") AS v WHERE chat_members.chat_id = v.c AND chat_members.user_id = v.u \
+         AND v.r IS NOT NULL \
          AND (chat_members.last_read_message_id IS NULL OR chat_members.last_read_message_id < v.r) \
-         RETURNING chat_id, user_id";
+         RETURNING chat_id, user_id, last_read_message_id";
     if backend == DatabaseBackend::Postgres {
         use sea_orm::sea_query::ArrayType;
         // One map, unchanged between the three walks: they go in one order.
@@ -235,7 +241,7 @@ fn one_statement(
             column(ArrayType::BigInt, &|_, _, up_to| Value::BigInt(Some(up_to))),
         ];
         let sql =
-            format!("{SET} UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS v (c, u, r) {WHERE}");
+            format!("{SET} UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS w (c, u, r) {WHERE}");
         return Statement::from_sql_and_values(backend, sql, values);
     }
     let rows = vec!["(?, ?, ?)"; furthest.len()].join(", ");
@@ -243,6 +249,6 @@ fn one_statement(
         .iter()
         .flat_map(|(&(chat, user), &(up_to, _))| [chat.0.into(), user.0.into(), up_to.into()])
         .collect();
-    let sql = format!("WITH v (c, u, r) AS (VALUES {rows}) {SET} v {WHERE}");
+    let sql = format!("WITH w (c, u, r) AS (VALUES {rows}) {SET} w {WHERE}");
     Statement::from_sql_and_values(backend, sql, values)
 }

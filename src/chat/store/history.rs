@@ -301,15 +301,29 @@ pub async fn latest_seq<C: ConnectionTrait>(db: &C, chat: ChatId) -> Result<i64,
         .unwrap_or(0))
 }
 
-/// Moves `user`'s read mark in `chat` forward to `up_to` (never backward);
-/// whether it moved (false: it was there or further, or `user` is not a
-/// member).
+/// Moves `user`'s read mark in `chat` forward (never backward) to
+/// `up_to`, or to the conversation's newest message if `up_to` is past it:
+/// what comes later arrives unread, and nobody is told it was read before
+/// it was sent. Returns where it moved to, or `None` (it was there or
+/// further, the conversation has no message, or `user` is not a member).
 pub async fn mark_read<C: ConnectionTrait>(
     db: &C,
     chat: ChatId,
     user: UserId,
     up_to: i64,
-) -> Result<bool, DbErr> {
+) -> Result<Option<i64>, DbErr> {
+    let newest: Option<i64> = message::Entity::find()
+        .select_only()
+        .column(message::Column::Id)
+        .filter(message::Column::ChatId.eq(chat.0))
+        .order_by_desc(message::Column::Seq)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?;
+    let Some(up_to) = newest.map(|newest| newest.min(up_to)) else {
+        return Ok(None);
+    };
     let moved = chat_member::Entity::update_many()
         .col_expr(chat_member::Column::LastReadMessageId, Expr::value(up_to))
         .filter(chat_member::Column::ChatId.eq(chat.0))
@@ -321,5 +335,5 @@ pub async fn mark_read<C: ConnectionTrait>(
         )
         .exec(db)
         .await?;
-    Ok(moved.rows_affected > 0)
+    Ok((moved.rows_affected > 0).then_some(up_to))
 }
