@@ -429,6 +429,32 @@ test("a contact list refused as over the budget is asked for again when the serv
   }
 });
 
+test("a conversation refused as over the budget is asked for again when the server says, until answered", () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { chat, sent } = connected();
+    const refusal = { status: "error", code: "rate_limited", message: "too many member lists; try again in 2 s" };
+    // A message in a conversation not in the list: the client asks for it.
+    chat.onFrame(push(A, 1, 10, "hi"));
+    assert.deepEqual(sent, [{ type: "get_contact", data: { id: A } }]);
+    sent.length = 0;
+    chat.onFrame({ type: "get_contact_response", data: refusal });
+    mock.timers.tick(1999);
+    assert.deepEqual(sent, [], "not before the 2 s");
+    mock.timers.tick(1);
+    assert.deepEqual(sent, [{ type: "get_contact", data: { id: A } }]);
+    chat.onFrame({ type: "get_contact_response", data: contact(A, 1, { unread: 1 }) });
+    assert.equal(chat.state.conversations.get(A).unread, 1);
+    // Answered: a later refusal (of another request) does not ask for it again.
+    sent.length = 0;
+    chat.onFrame({ type: "get_contact_response", data: refusal });
+    mock.timers.tick(2000);
+    assert.deepEqual(sent, []);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
 test("a search refused as over the allowance is sent again when the server says, if still current", () => {
   mock.timers.enable({ apis: ["setTimeout"] });
   try {

@@ -121,6 +121,7 @@ export class Chat {
     this.lastReadSent = new Map();
     this.inFlight = []; // client_ids sent on this connection, not yet answered
     this.searches = []; // the queries of search requests not yet answered, in order
+    this.contactsWanted = new Set(); // pks asked with get_contact, not yet answered
     this.state = {
       status: "reconnecting",
       conversations: new Map(),
@@ -225,6 +226,23 @@ export class Chat {
     this.contactsTimer = setTimeout(() => this.send("get_contacts", {}), waitMs(message));
   }
 
+  /** Asks for one conversation with its members (and a group's changes). */
+  askContact(pk) {
+    this.contactsWanted.add(pk);
+    this.send("get_contact", { id: pk });
+  }
+
+  /**
+   * A refusal names no conversation: once it allows, every one asked for
+   * and not yet answered is asked for again.
+   */
+  askContactLater(message) {
+    clearTimeout(this.contactTimer);
+    this.contactTimer = setTimeout(() => {
+      for (const pk of this.contactsWanted) this.send("get_contact", { id: pk });
+    }, waitMs(message));
+  }
+
   send(type, data) {
     if (this.socket?.readyState === WebSocket.OPEN && this.state.status === "connected") {
       this.socket.send(JSON.stringify({ type, data }));
@@ -249,7 +267,10 @@ export class Chat {
         else if (failed && data.code === "rate_limited") this.askContactsLater(data.message);
         break;
       case "get_contact_response":
+        // Over the budget for member lists (C12): asked again when it says.
+        if (failed && data.code === "rate_limited") this.askContactLater(data.message);
         if (!failed) {
+          this.contactsWanted.delete(data.pk);
           this.upsertConversation(data, data.unread);
           // How far the others have read, for "Read" after a reload (C19).
           if (data.read_up_to) this.onRead({ pk: data.pk, user_id: null, up_to: data.read_up_to });
@@ -431,7 +452,7 @@ export class Chat {
     if (Array.isArray(item.members)) this.state.details.set(item.pk, item);
     if (Array.isArray(item.changes)) this.state.changes.set(item.pk, item.changes);
     // Joined an existing conversation: its item says how much is unread.
-    if (!previous && unread === undefined) this.send("get_contact", { id: item.pk });
+    if (!previous && unread === undefined) this.askContact(item.pk);
     return next;
   }
 
@@ -441,6 +462,7 @@ export class Chat {
     this.state.messages.delete(pk);
     this.state.details.delete(pk);
     this.state.pending.delete(pk);
+    this.contactsWanted.delete(pk);
     if (this.state.open === pk) {
       this.state.open = null;
       if (name) this.state.notice = { text: `You are no longer in ${name}.`, error: false };
@@ -471,7 +493,7 @@ export class Chat {
     if (log?.hasNewer && !jumping) this.showLatest(pk);
     else if (!log?.loaded && !jumping) this.loadNewest(pk);
     const group = this.state.conversations.get(pk)?.kind === "group";
-    if (!this.state.details.has(pk) || (group && !this.state.changes.has(pk))) this.send("get_contact", { id: pk });
+    if (!this.state.details.has(pk) || (group && !this.state.changes.has(pk))) this.askContact(pk);
     this.changed();
   }
 
@@ -561,7 +583,7 @@ export class Chat {
     }
     // The conversation on screen asks for its members and its group's
     // changes (C20) again; others do when opened.
-    if (this.state.open === item.pk) this.send("get_contact", { id: item.pk });
+    if (this.state.open === item.pk) this.askContact(item.pk);
     else this.state.changes.delete(item.pk);
   }
 
@@ -841,7 +863,7 @@ export class Chat {
     }
     const conversation = this.state.conversations.get(pk);
     if (!conversation) {
-      this.send("get_contact", { id: pk });
+      this.askContact(pk);
       return;
     }
     this.advance(pk, conversation, seq);
