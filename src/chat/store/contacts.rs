@@ -396,7 +396,7 @@ fn newest_message(
 #[derive(Debug, Clone)]
 pub struct ConversationRow {
     pub chat: chat::Model,
-    pub members: Vec<(chat_member::Model, user::Profile)>,
+    pub members: Vec<(Membership, user::Profile)>,
     pub last_message: Option<message::Model>,
 }
 
@@ -472,6 +472,24 @@ impl ConversationRow {
     }
 }
 
+/// What a member list shows of a membership; the other columns of
+/// `chat_members` (the conversation, when the member joined, muted) are
+/// not read for it.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct Membership {
+    pub user_id: i64,
+    pub role: chat_member::Role,
+    pub last_read_message_id: Option<i64>,
+}
+
+impl Membership {
+    const COLUMNS: [chat_member::Column; 3] = [
+        chat_member::Column::UserId,
+        chat_member::Column::Role,
+        chat_member::Column::LastReadMessageId,
+    ];
+}
+
 /// A conversation with its members, if it exists.
 pub async fn conversation<C: ConnectionTrait>(
     db: &C,
@@ -498,7 +516,7 @@ pub async fn conversation<C: ConnectionTrait>(
 async fn member_profiles<C: ConnectionTrait>(
     db: &C,
     chat: ChatId,
-) -> Result<Vec<(chat_member::Model, user::Profile)>, DbErr> {
+) -> Result<Vec<(Membership, user::Profile)>, DbErr> {
     use sea_orm::sea_query::{ExprTrait, JoinType};
     let (m, u) = (Alias::new("m"), Alias::new("u"));
     let mut select = Query::select();
@@ -514,14 +532,14 @@ async fn member_profiles<C: ConnectionTrait>(
         .and_where(Expr::col((m.clone(), chat_member::Column::ChatId)).eq(chat.0))
         .order_by((m.clone(), chat_member::Column::JoinedAt), Order::Asc)
         .order_by((m.clone(), chat_member::Column::UserId), Order::Asc);
-    prefixed(&mut select, m, "m_", chat_member::Column::iter());
+    prefixed(&mut select, m, "m_", Membership::COLUMNS);
     prefixed(&mut select, u, "u_", user::Profile::COLUMNS);
     db.query_all(&select)
         .await?
         .iter()
         .map(|row| {
             Ok((
-                chat_member::Model::from_query_result(row, "m_")?,
+                Membership::from_query_result(row, "m_")?,
                 user::Profile::from_query_result(row, "u_")?,
             ))
         })
