@@ -142,15 +142,16 @@ async fn run(
         let written = write(&db, &furthest).await;
         match &written {
             Ok(moved) if !moved.is_empty() => {
-                let stored = moved.iter().map(|(&(chat, user), &up_to)| {
-                    let asker = furthest[&(chat, user)].1;
-                    StoredRead {
+                // Every row that moved is one of the batch's readers.
+                let stored = moved.iter().filter_map(|(&(chat, user), &up_to)| {
+                    let asked = batch[furthest.get(&(chat, user))?.1].asked;
+                    Some(StoredRead {
                         chat,
                         user,
                         up_to,
-                        session: Some(batch[asker].asked.session),
-                        shared: batch[asker].asked.shared,
-                    }
+                        session: Some(asked.session),
+                        shared: asked.shared,
+                    })
                 });
                 server.do_send(ReadsStored {
                     reads: stored.collect(),
