@@ -144,6 +144,32 @@ test("a message pending when the connection drops is sent again after the reconn
   clearTimeout(chat.reconnectTimer);
 });
 
+test("a message acknowledged or pushed before the newest page comes joins that page", () => {
+  const { chat, sent } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 0)] });
+  chat.openConversation(A);
+  chat.sendMessage(A, "first");
+  const clientId = sent.find((f) => f.type === "message").data.client_id;
+  // The page was read before either was committed, and answers after.
+  chat.onFrame({ type: "message_response", data: { status: "success", id: 20, pk: A, client_id: clientId, time: "t" } });
+  assert.equal(chat.state.conversations.get(A).last_message.content, "first", "the list shows it at once");
+  chat.onFrame(push(A, 2, 21, "second"));
+  assert.deepEqual(ids(chat, A), [], "not shown out of place before the page");
+  assert.equal(chat.state.pending.get(A), undefined);
+  assert.equal(chat.state.conversations.get(A).last_message.id, 21);
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: [item(19, "before")], has_more: false, seq: 0 } });
+  assert.deepEqual(ids(chat, A), [19, 20, 21]);
+  assert.deepEqual(chat.state.messages.get(A).held, []);
+  // A page read after the commit holds them already: each shown once.
+  chat.showLatest(A);
+  chat.sendMessage(A, "third");
+  const third = sent.filter((f) => f.type === "message").at(-1).data.client_id;
+  chat.onFrame({ type: "message_response", data: { status: "success", id: 22, pk: A, client_id: third, time: "t" } });
+  const page = [item(19, "before"), item(20, "first"), item(21, "second"), item(22, "third")];
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: page, has_more: false, seq: 3 } });
+  assert.deepEqual(ids(chat, A), [19, 20, 21, 22]);
+});
+
 test("a conversation not on screen follows its seq without syncing", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });

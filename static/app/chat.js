@@ -700,17 +700,15 @@ export class Chat {
         log,
         data.messages.map((m) => ({ ...m, asOf: data.seq || 0 }))
       );
-      if (asked.kind === "newest" || asked.kind === "older") {
-        log.hasOlder = data.has_more;
-      } else {
-        log.hasNewer = data.has_more;
-        if (!log.hasNewer) {
-          // Caught up: what came meanwhile joins (merge drops repeats).
-          this.merge(log, log.held);
-          log.held = [];
-        }
-      }
+      if (asked.kind === "newest" || asked.kind === "older") log.hasOlder = data.has_more;
+      else log.hasNewer = data.has_more;
       if (asked.kind === "newest" || asked.kind === "around") log.loaded = true;
+      if (log.loaded && !log.hasNewer) {
+        // Caught up: what came meanwhile joins (merge drops repeats). The
+        // page may have been read before some of it was committed.
+        this.merge(log, log.held);
+        log.held = [];
+      }
     }
     const next = this.queued.get(pk);
     if (next) {
@@ -785,15 +783,32 @@ export class Chat {
   touch(pk, log) {
     const conversation = this.state.conversations.get(pk);
     const newest = log.items.findLast((m) => !m.deleted);
-    if (!conversation || !newest) return;
-    if (!conversation.last_message || conversation.last_message.id < newest.id) {
+    if (conversation && newest) this.showLast(conversation, newest);
+  }
+
+  /** `message` is the conversation's last unless a newer one is. */
+  showLast(conversation, message) {
+    if (!conversation.last_message || conversation.last_message.id < message.id) {
       conversation.last_message = {
-        id: newest.id,
-        sender: newest.sender,
-        content: newest.content,
-        time: newest.time,
+        id: message.id,
+        sender: message.sender,
+        content: message.content,
+        time: message.time,
       };
     }
+  }
+
+  /** A message that belongs after what the log shows: added, or, while
+   *  the newest page is not there (loading, or a window in the past),
+   *  held until it is. */
+  addNewest(log, message) {
+    if (log.loaded && !log.hasNewer) {
+      this.merge(log, [message]);
+      return;
+    }
+    // Bounded: the pages below bring anything older again.
+    log.held.push(message);
+    if (log.held.length > HELD) log.held.shift();
   }
 
   // --- messages ---------------------------------------------------------
@@ -850,14 +865,7 @@ export class Chat {
     // unread) or delivered before.
     const seen = seq && seq <= (this.state.conversations.get(pk)?.seq ?? 0);
     const isNew = !seen && (!log || !log.items.some((m) => m.id === message.id));
-    if (log?.hasNewer) {
-      // Below a window in the past: kept until the window reaches it
-      // (bounded: the pages below bring anything older again).
-      log.held.push(message);
-      if (log.held.length > HELD) log.held.shift();
-    } else if (log?.loaded) {
-      this.merge(log, [message]);
-    }
+    if (log) this.addNewest(log, message);
     if (message.client_id && message.direction === "send") {
       this.dropPending(pk, message.client_id);
     }
@@ -867,14 +875,7 @@ export class Chat {
       return;
     }
     this.advance(pk, conversation, seq);
-    if (!conversation.last_message || conversation.last_message.id < message.id) {
-      conversation.last_message = {
-        id: message.id,
-        sender: message.sender,
-        content: message.content,
-        time: message.time,
-      };
-    }
+    this.showLast(conversation, message);
     if (isNew && live && message.direction === "received") {
       conversation.unread += 1;
       const typing = this.state.typing.get(pk);
@@ -939,24 +940,22 @@ export class Chat {
       this.inFlight = this.inFlight.filter((id) => id !== data.client_id);
       const log = this.state.messages.get(data.pk);
       const item = this.state.pending.get(data.pk)?.find((p) => p.client_id === data.client_id);
-      if (log?.loaded && !log.hasNewer && item) {
+      if (log && item) {
         const answered = item.reply_to && log.items.find((m) => m.id === item.reply_to);
-        this.merge(log, [
-          {
-            id: data.id,
-            sender: this.me.id,
-            direction: "send",
-            content: item.content,
-            time: data.time,
-            client_id: data.client_id,
-            reply_to: item.reply_to || null,
-            attachments: item.attachments || [],
-            quote: answered
-              ? { sender: answered.sender, content: answered.content.slice(0, QUOTE_CHARS) }
-              : null,
-          },
-        ]);
-        this.touch(data.pk, log);
+        const message = {
+          id: data.id,
+          sender: this.me.id,
+          direction: "send",
+          content: item.content,
+          time: data.time,
+          client_id: data.client_id,
+          reply_to: item.reply_to || null,
+          attachments: item.attachments || [],
+          quote: answered ? { sender: answered.sender, content: answered.content.slice(0, QUOTE_CHARS) } : null,
+        };
+        this.addNewest(log, message);
+        const conversation = this.state.conversations.get(data.pk);
+        if (conversation) this.showLast(conversation, message);
       }
       this.dropPending(data.pk, data.client_id);
       return;
