@@ -25,11 +25,32 @@ const PER_ADDRESS_FACTOR: u32 = 10;
 /// Keys tracked before stale ones are pruned (bounds memory under a spray).
 const PRUNE_ABOVE_KEYS: usize = 10_000;
 
-#[derive(Default)]
+/// The failures in the window. Stale keys are pruned when there are more
+/// than `prune_above`, which is then set to twice what was kept (at least
+/// `PRUNE_ABOVE_KEYS`): with many keys fresh at once (a spray), an attempt
+/// scans them all only after as many new keys again, not on every attempt.
 struct Counters {
     pairs: HashMap<(String, IpAddr), VecDeque<Instant>>,
     accounts: HashMap<String, VecDeque<Instant>>,
     addresses: HashMap<IpAddr, VecDeque<Instant>>,
+    prune_above: usize,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            pairs: HashMap::new(),
+            accounts: HashMap::new(),
+            addresses: HashMap::new(),
+            prune_above: PRUNE_ABOVE_KEYS,
+        }
+    }
+}
+
+impl Counters {
+    fn keys(&self) -> usize {
+        self.pairs.len() + self.accounts.len() + self.addresses.len()
+    }
 }
 
 /// Failed-attempt counters for one kind of password check (login, password change).
@@ -123,7 +144,7 @@ impl AttemptThrottle {
         let account = account.to_string();
         let window = self.window;
         let mut c = self.counters.lock().map_err(|_| 1u64)?;
-        if c.pairs.len() + c.accounts.len() + c.addresses.len() > PRUNE_ABOVE_KEYS {
+        if c.keys() > c.prune_above {
             let fresh = |t: &VecDeque<Instant>| {
                 t.back()
                     .is_some_and(|t| now.saturating_duration_since(*t) < window)
@@ -131,6 +152,7 @@ impl AttemptThrottle {
             c.pairs.retain(|_, t| fresh(t));
             c.accounts.retain(|_, t| fresh(t));
             c.addresses.retain(|_, t| fresh(t));
+            c.prune_above = PRUNE_ABOVE_KEYS.max(2 * c.keys());
         }
         let limit = self.max_attempts as usize;
         let mut pair_failures = 0;
@@ -197,6 +219,48 @@ mod tests {
 
     fn fail(t: &AttemptThrottle, account: &str, address: IpAddr, now: Instant) {
         drop(t.begin_at(account, address, now).expect("allowed"));
+    }
+
+    /// (keys tracked, size at which they are next pruned)
+    fn tracked(t: &AttemptThrottle) -> (usize, usize) {
+        let c = t.counters.lock().expect("no test panics holding it");
+        (c.keys(), c.prune_above)
+    }
+
+    /// The `i`th account tried from the `i`th address: three new keys.
+    fn spray(t: &AttemptThrottle, i: u32, now: Instant) {
+        let address = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        fail(t, &format!("user{i}"), address, now);
+    }
+
+    #[test]
+    fn a_spray_of_fresh_keys_is_scanned_once_per_doubling_then_forgotten() {
+        let window = Duration::from_secs(300);
+        let t = AttemptThrottle::new(10, window);
+        let start = Instant::now();
+        let mut i = 0;
+        while tracked(&t).0 <= PRUNE_ABOVE_KEYS {
+            spray(&t, i, start);
+            i += 1;
+        }
+        let (fresh, above) = tracked(&t);
+        assert_eq!(above, PRUNE_ABOVE_KEYS);
+        // This one prunes: all are fresh, all kept, and the next pruning
+        // waits for as many keys again.
+        spray(&t, i, start);
+        i += 1;
+        assert_eq!(tracked(&t), (fresh + 3, 2 * fresh));
+        // Once the window has passed, the next pruning forgets all of them
+        // and keeps only the attempts made since.
+        let later = start + window;
+        let first_later = i;
+        while tracked(&t).0 <= 2 * fresh {
+            spray(&t, i, later);
+            i += 1;
+        }
+        let since = 3 * (i - first_later) as usize;
+        spray(&t, i, later);
+        assert_eq!(tracked(&t), (since + 3, PRUNE_ABOVE_KEYS.max(2 * since)));
     }
 
     #[test]
