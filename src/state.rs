@@ -213,10 +213,9 @@ impl AppState {
     /// Counts a search against the caller's allowance
     /// (`SEARCHES_PER_MINUTE`); 429 past it.
     pub fn allow_search(&self, user: UserId) -> Result<(), ApiError> {
-        self.search_limit.take(user).map_err(|retry| {
-            self.metrics.rate_limited();
-            ApiError::TooManyRequests(retry)
-        })
+        self.search_limit
+            .take(user)
+            .map_err(ApiError::TooManyRequests)
     }
 
     /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with
@@ -268,10 +267,9 @@ impl AppState {
 
     /// `cost` from `user`'s fan-out budget; 429 past it.
     fn take_fanout(&self, user: UserId, cost: u32) -> Result<(), ApiError> {
-        self.fanout.take_many(user, cost).map_err(|retry| {
-            self.metrics.rate_limited();
-            ApiError::TooManyRequests(retry)
-        })
+        self.fanout
+            .take_many(user, cost)
+            .map_err(ApiError::TooManyRequests)
     }
 
     /// Who an event in `chat` reaches: what the membership record knows,

@@ -532,4 +532,7 @@ async fn adding_contacts_is_rate_limited() {
         answers.iter().all(|(s, _)| *s == 200 || *s == 429),
         "{answers:?}"
     );
+    // Every refusal is counted for the operator.
+    let counted = app.metric("chat_rate_limited_total").await;
+    assert_eq!(counted, refused.len() as f64, "{answers:?}");
 }

@@ -52,10 +52,10 @@ pub async fn upload(
 ) -> Result<CreatedJson<AttachmentInfo>, ApiError> {
     let me = UserId(user.0.id);
     let attachments = &state.attachments;
-    attachments.uploads.take(me).map_err(|retry| {
-        state.metrics.rate_limited();
-        ApiError::TooManyRequests(retry)
-    })?;
+    attachments
+        .uploads
+        .take(me)
+        .map_err(ApiError::TooManyRequests)?;
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let length = match header(header::CONTENT_LENGTH) {
         None => None,

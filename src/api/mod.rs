@@ -523,6 +523,23 @@ pub async fn check_host(
     Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
 }
 
+/// Counts every REST answer 429 (a rate limit, a budget, a busy server,
+/// a refused WebSocket upgrade) in `chat_rate_limited_total`, beside the
+/// WebSocket requests refused as `rate_limited`: one place, so no handler
+/// can refuse without being counted.
+pub async fn count_refusals(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    if res.status() == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(state) = res.request().app_data::<actix_web::web::Data<AppState>>() {
+            state.metrics.rate_limited();
+        }
+    }
+    Ok(res)
+}
+
 /// Django's rules: exact names, `.example.com` for a domain and its
 /// subdomains; the port is ignored.
 fn host_allowed(host: &str, allowed: &[String]) -> bool {
