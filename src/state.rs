@@ -96,6 +96,8 @@ pub struct AppState {
     /// kept the server busy for everyone else; a person typing into the
     /// search box sends a few a second, for a moment.
     pub search_limit: UserRateLimit,
+    /// Searches running at once, one per user (`SEARCHES_AT_ONCE`).
+    pub search_slots: Arc<crate::chat::search_slots::SearchSlots>,
     /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
     pub typing_relays: ChatRateLimit,
     /// `typing` relays per person and conversation (one a second), so one
@@ -190,6 +192,7 @@ impl AppState {
                 TYPING_RELAYS_PER_SECOND * 60,
             ),
             typists: TypistRateLimit::new(1, 60),
+            search_slots: crate::chat::search_slots::SearchSlots::new(limits.searches_at_once),
             search_limit: UserRateLimit::new(
                 (limits.searches_per_minute / 3).max(1),
                 limits.searches_per_minute,

@@ -6,6 +6,7 @@
 use crate::common;
 use chat_server::accounts;
 use chat_server::chat::search_index::{SearchIndex, MAX_TAIL};
+use chat_server::chat::writer::commit_gate::{self, Point};
 use std::sync::Arc;
 
 use actix_web::http::Method;
@@ -360,6 +361,65 @@ async fn searches_have_an_allowance_per_user() {
     assert_eq!(search(&mut bob, lunch).await, none);
     assert_eq!(app.rest(Method::GET, path, &bob_token, None).await.0, 429);
 }
+
+/// Sends a search in `pk` and waits until it is held as it starts.
+async fn held(ws: &mut WsClient, pk: &str) -> commit_gate::Gate {
+    let gate = commit_gate::hold_at(Point::Search, pk.parse().unwrap());
+    ws.send(json!({"type": "search", "data": {"query": "lunch", "id": pk}}))
+        .await;
+    gate.reached().await;
+    gate
+}
+
+/// At most `SEARCHES_AT_ONCE` searches run at once on an instance, and one
+/// of each user's: past either a search is refused at once, over the
+/// socket and REST, without touching the allowance; a slot is free again
+/// as its search is answered.
+async fn searches_at_once(backend: &Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        // An allowance of two at once, then one every 10 s.
+        &[("SEARCHES_PER_MINUTE", "6"), ("SEARCHES_AT_ONCE", "2")],
+    )
+    .await;
+    let (_, _, ours) = app.pair("alice", "bob").await;
+    let (_, _, theirs) = app.pair("carol", "dave").await;
+    let alice_token = app.login("alice").await;
+    let mut alice = app.authorized(&alice_token).await;
+    let mut alice_elsewhere = app.authorized(&alice_token).await;
+    let mut carol = app.authorized(&app.login("carol").await).await;
+    let mut dave = app.authorized(&app.login("dave").await).await;
+    let none = json!({"results": [], "has_more": false});
+    let busy = json!({"status": "error", "code": "rate_limited",
+        "message": "too many searches at once; try again in 1 s"});
+    // Alice's search runs (held as it starts): her next one waits for it.
+    let alice_gate = held(&mut alice, &ours).await;
+    let lunch = json!({"query": "lunch"});
+    assert_eq!(search(&mut alice_elsewhere, lunch.clone()).await, busy);
+    let path = "/api/search/?q=lunch";
+    let (status, body) = app.rest(Method::GET, path, &alice_token, None).await;
+    assert_eq!(status, 429, "{body}");
+    // Carol's runs beside it; with two running, Dave's waits for one.
+    let carol_gate = held(&mut carol, &theirs).await;
+    assert_eq!(search(&mut dave, lunch.clone()).await, busy);
+
+    alice_gate.release();
+    assert_eq!(alice.recv_type("search_response").await["data"], none);
+    assert_eq!(search(&mut dave, lunch.clone()).await, none);
+    // Refused while busy, Alice's allowance was not charged: her second
+    // search runs, and only the third is past it.
+    assert_eq!(search(&mut alice_elsewhere, lunch.clone()).await, none);
+    let refused = search(&mut alice_elsewhere, lunch).await;
+    let text = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("too many searches; try again in "),
+        "{refused}"
+    );
+    carol_gate.release();
+    assert_eq!(carol.recv_type("search_response").await["data"], none);
+}
+
+backend_tests!(bounded_at_once => searches_at_once);
 
 /// Removed from a group: its messages, old and new, are not found any more.
 async fn only_conversations_one_is_in_now(backend: &Backend) {

@@ -43,14 +43,14 @@ pub async fn search(
     let query = params.q.unwrap_or_default();
     let search = Search::new(&query, scope, params.before, params.limit)
         .map_err(|text| ApiError::field("q", text))?;
-    state.allow_search(UserId(user.0.id))?;
-    search::run(
-        &state.db,
-        state.search_index.as_deref(),
-        UserId(user.0.id),
-        &search,
-    )
-    .await?
-    .map(web::Json)
-    .ok_or(ApiError::NotFound)
+    let me = UserId(user.0.id);
+    let _running = state
+        .search_slots
+        .try_start(me)
+        .ok_or(ApiError::TooManyRequests(1))?;
+    state.allow_search(me)?;
+    search::run(&state.db, state.search_index.as_deref(), me, &search)
+        .await?
+        .map(web::Json)
+        .ok_or(ApiError::NotFound)
 }

@@ -17,6 +17,7 @@ pub mod read_marks;
 pub mod revocation;
 pub mod search;
 pub mod search_index;
+pub mod search_slots;
 pub mod server;
 pub mod session;
 pub mod socket;

@@ -21,6 +21,7 @@ use sea_orm::{
 
 use super::protocol::{format_time, ChatId, SearchPage, SearchResult, UserId};
 use super::search_index::SearchIndex;
+use super::writer::commit_gate::{self, Point};
 
 /// Longest query, in characters.
 pub const MAX_QUERY_CHARS: usize = 200;
@@ -104,6 +105,9 @@ pub async fn run(
     user: UserId,
     search: &Search,
 ) -> Result<Option<SearchPage>, DbErr> {
+    if let Some(chat) = search.scope {
+        commit_gate::pass_at(Point::Search, std::iter::once(chat.0)).await;
+    }
     let backend = db.get_database_backend();
     let chats = conversations(db, user, search.scope).await?;
     if search.scope.is_some() && chats.is_empty() {

@@ -34,6 +34,10 @@ pub struct LimitSettings {
     /// Searches one user may make per minute and instance, in bursts of a
     /// third of that: each reads the full-text index.
     pub searches_per_minute: u32,
+    /// Searches running at once on an instance, each holding a database
+    /// connection (a quarter of the default pool); a user's run one at a
+    /// time. Past either a search is refused at once.
+    pub searches_at_once: usize,
     /// Most groups one user may be in, created or joined (C9).
     pub max_groups_per_user: usize,
     /// Most pending invitations one user may hold; more are not recorded.
@@ -65,6 +69,7 @@ impl Default for LimitSettings {
             group_changes_per_minute_per_group: 12,
             fanout_per_second: 20_000,
             searches_per_minute: 60,
+            searches_at_once: 4,
             max_groups_per_user: 500,
             max_pending_invitations: 100,
             max_sessions_per_user: 32,
@@ -112,6 +117,9 @@ impl LimitSettings {
         }
         if self.searches_per_minute == 0 {
             return invalid("SEARCHES_PER_MINUTE must be at least 1");
+        }
+        if self.searches_at_once == 0 {
+            return invalid("SEARCHES_AT_ONCE must be at least 1");
         }
         if self.edit_window_seconds > MAX_EDIT_WINDOW_SECONDS {
             return invalid("EDIT_WINDOW_SECONDS must be at most 3153600000 (100 years)");

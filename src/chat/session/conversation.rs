@@ -269,11 +269,19 @@ impl WsSession {
             Ok(search) => search,
             Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
         };
+        let Some(slot) = self.state.search_slots.try_start(user) else {
+            self.state.metrics.rate_limited();
+            return self.send_error(kind, ErrorCode::RateLimited, search_slots::BUSY, ctx);
+        };
         if !self.take_allowance(&self.state.search_limit, user, 1, kind, "searches", ctx) {
             return;
         }
         let index = self.state.search_index.clone();
-        let run = move |db| async move { search::run(&db, index.as_deref(), user, &search).await };
+        let run = move |db| async move {
+            let page = search::run(&db, index.as_deref(), user, &search).await;
+            drop(slot);
+            page
+        };
         self.query(
             kind,
             run,

@@ -26,6 +26,7 @@ use super::messages::{
 use super::mute;
 use super::protocol::*;
 use super::search::{self, Search};
+use super::search_slots;
 use super::socket::{Incoming, Outbox, Queued, TransportError};
 use super::store;
 use super::timers::{self, Expiry, Failure, Heartbeat, HeartbeatFailed, TokenExpired};

@@ -5,8 +5,9 @@
 //! (tests/conversation_log.rs); or the next batch of read marks with a mark
 //! in it, before it is written (tests/chat_features.rs); or a batch of
 //! changes after it decided them and before it numbers their events
-//! (`Point::Numbering`, tests/message_changes.rs). Unused, it costs one
-//! atomic load a batch.
+//! (`Point::Numbering`, tests/message_changes.rs); or a search in one
+//! conversation as it starts (`Point::Search`, tests/search.rs). Unused,
+//! it costs one atomic load a batch or search.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,8 @@ pub enum Point {
     /// A batch of changes, after its reads and writes, before its events
     /// take their `seq` (so before the conversation's row is locked).
     Numbering,
+    /// A search in the conversation, as it starts (its slot taken).
+    Search,
 }
 
 /// A held conversation: `reached` once a batch waits at it; that batch
