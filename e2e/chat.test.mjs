@@ -170,6 +170,19 @@ test("a message acknowledged or pushed before the newest page comes joins that p
   assert.deepEqual(ids(chat, A), [19, 20, 21, 22]);
 });
 
+test("what a log held is dropped when its page fails: the next page is not joined to it across a gap", () => {
+  const { chat } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  chat.openConversation(A);
+  chat.onFrame(push(A, 2, 30, "held"));
+  chat.onFrame({ type: "get_messages_response", data: { status: "error", code: "internal", message: "x" } });
+  // Reopened later, when the newest page no longer reaches message 30.
+  chat.openConversation(A);
+  const page = [item(100, "newer"), item(101, "newest")];
+  chat.onFrame({ type: "get_messages_response", data: { pk: A, messages: page, has_more: true, seq: 80 } });
+  assert.deepEqual(ids(chat, A), [100, 101]);
+});
+
 test("a conversation not on screen follows its seq without syncing", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });

@@ -687,7 +687,13 @@ export class Chat {
   onHistory(data) {
     if (data?.status === "error") {
       // The conversation is gone for us (not_found) or the server failed.
-      for (const [pk] of this.history) this.history.delete(pk);
+      // What a log not loaded held is dropped: the page asked next may be
+      // newer than all of it, and holding it would leave a gap below.
+      for (const [pk] of this.history) {
+        this.history.delete(pk);
+        const log = this.state.messages.get(pk);
+        if (log && !log.loaded) log.held = [];
+      }
       if (data.code === "not_found" && this.state.open) this.forget(this.state.open);
       return;
     }
