@@ -18,6 +18,7 @@ use crate::chat::membership::{Audience, Membership};
 use crate::chat::presence::Presence;
 use crate::chat::protocol::{ChatId, UserId};
 use crate::chat::read_marks::ReadMarks;
+use crate::chat::search_slots::{SearchSlot, SearchSlots};
 use crate::chat::server::ChatServer;
 use crate::chat::store;
 use crate::chat::writer::MessageWriter;
@@ -97,7 +98,7 @@ pub struct AppState {
     /// search box sends a few a second, for a moment.
     pub search_limit: UserRateLimit,
     /// Searches running at once, one per user (`SEARCHES_AT_ONCE`).
-    pub search_slots: Arc<crate::chat::search_slots::SearchSlots>,
+    pub search_slots: Arc<SearchSlots>,
     /// `typing` relays per conversation (`TYPING_RELAYS_PER_SECOND`).
     pub typing_relays: ChatRateLimit,
     /// `typing` relays per person and conversation (one a second), so one
@@ -192,7 +193,7 @@ impl AppState {
                 TYPING_RELAYS_PER_SECOND * 60,
             ),
             typists: TypistRateLimit::new(1, 60),
-            search_slots: crate::chat::search_slots::SearchSlots::new(limits.searches_at_once),
+            search_slots: SearchSlots::new(limits.searches_at_once),
             search_limit: UserRateLimit::new(
                 (limits.searches_per_minute / 3).max(1),
                 limits.searches_per_minute,
@@ -213,12 +214,20 @@ impl AppState {
             .map_err(ApiError::TooManyRequests)
     }
 
-    /// Counts a search against the caller's allowance
-    /// (`SEARCHES_PER_MINUTE`); 429 past it.
-    pub fn allow_search(&self, user: UserId) -> Result<(), ApiError> {
+    /// A REST search (of messages or people) starting: a slot among
+    /// those running (`SEARCHES_AT_ONCE`, one per user; 429 with
+    /// `Retry-After: 1` without one, uncharged), then the caller's
+    /// allowance (`SEARCHES_PER_MINUTE`; 429 past it). The slot is given
+    /// back when dropped, once the search is answered.
+    pub fn start_search(&self, user: UserId) -> Result<SearchSlot, ApiError> {
+        let slot = self
+            .search_slots
+            .try_start(user)
+            .ok_or(ApiError::TooManyRequests(1))?;
         self.search_limit
             .take(user)
-            .map_err(ApiError::TooManyRequests)
+            .map_err(ApiError::TooManyRequests)?;
+        Ok(slot)
     }
 
     /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with

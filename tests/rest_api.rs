@@ -160,6 +160,14 @@ async fn contacts_and_history(backend: &Backend) {
         {"id": bob, "username": "bob", "first_name": "Bob", "last_name": "Jones"}]})
     );
     assert_eq!(get(&app, "/api/users/?page=0", &token).await.0, 400);
+    // A prefix is taken literally: `_` and `%` are characters, not patterns.
+    let underscored = app.create_user("b_b", "Bee", "Bee").await;
+    let (status, users) = get(&app, "/api/users/?search=b_", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(users["count"], 1, "{users}");
+    assert_eq!(users["results"][0]["id"], underscored, "{users}");
+    let (_, users) = get(&app, "/api/users/?search=%25", &token).await;
+    assert_eq!(users["count"], 0, "{users}");
 
     // Ten concurrent requests create one conversation.
     let requests =

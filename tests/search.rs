@@ -360,6 +360,15 @@ async fn searches_have_an_allowance_per_user() {
     let mut bob = app.authorized(&bob_token).await;
     assert_eq!(search(&mut bob, lunch).await, none);
     assert_eq!(app.rest(Method::GET, path, &bob_token, None).await.0, 429);
+    // Looking people up counts too: each listing counts the users.
+    let people = "/api/users/?search=al";
+    assert_eq!(app.rest(Method::GET, people, &bob_token, None).await.0, 429);
+    let (_, carol_token) = app.user("carol").await;
+    assert_eq!(
+        app.rest(Method::GET, people, &carol_token, None).await.0,
+        200
+    );
+    assert_eq!(app.rest(Method::GET, path, &carol_token, None).await.0, 429);
 }
 
 /// Sends a search in `pk` and waits until it is held as it starts.
@@ -399,6 +408,11 @@ async fn searches_at_once(backend: &Backend) {
     let path = "/api/search/?q=lunch";
     let (status, body) = app.rest(Method::GET, path, &alice_token, None).await;
     assert_eq!(status, 429, "{body}");
+    let people = "/api/users/?search=b";
+    assert_eq!(
+        app.rest(Method::GET, people, &alice_token, None).await.0,
+        429
+    );
     // Carol's runs beside it; with two running, Dave's waits for one.
     let carol_gate = held(&mut carol, &theirs).await;
     assert_eq!(search(&mut dave, lunch.clone()).await, busy);

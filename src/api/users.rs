@@ -2,6 +2,7 @@
 
 use entity::user;
 use paperclip::actix::{api_v2_operation, web, Apiv2Schema};
+use sea_orm::sea_query::LikeExpr;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -13,15 +14,17 @@ use crate::state::AppState;
 
 /// Largest page of users.
 pub const MAX_PAGE_SIZE: u64 = 100;
-/// Highest page number accepted (keeps offsets far from overflow).
-pub const MAX_PAGE: u64 = 1_000_000;
+/// Highest page number accepted: the database walks every row before the
+/// page (`OFFSET`), so pages go 10,000 users deep at most; past that a
+/// search narrows the list instead.
+pub const MAX_PAGE: u64 = 100;
 
 /// Search and paging.
 #[derive(Debug, Deserialize, Apiv2Schema)]
 pub struct UserQuery {
-    /// Matches the start of username, first or last name.
+    /// Matches the start of username, first or last name, literally.
     pub search: Option<String>,
-    /// 1-based page number.
+    /// 1-based page number (at most 100).
     pub page: Option<u64>,
     /// Users per page (at most 100).
     pub page_size: Option<u64>,
@@ -45,11 +48,15 @@ pub struct UserPage {
     pub results: Vec<PublicUser>,
 }
 
-/// Search active users.
+/// Search active users: a prefix of username, first or last name, taken
+/// literally (`%` and `_` are characters, not patterns). A search like
+/// a search of messages (`SEARCHES_AT_ONCE`, `SEARCHES_PER_MINUTE`): each
+/// listing counts the matching users, a walk of the users table (40 ms
+/// with 500,000 users on SQLite, 230 ms with a search).
 #[api_v2_operation(tags(Users))]
 pub async fn list_users(
     state: web::Data<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     query: web::Query<UserQuery>,
 ) -> Result<web::Json<UserPage>, ApiError> {
     let page = query.page.unwrap_or(1);
@@ -64,6 +71,9 @@ pub async fn list_users(
             crate::chat::protocol::NUL_REFUSED.into(),
         ));
     }
+    // A search of people: it takes a search slot and the allowance.
+    let me = crate::chat::protocol::UserId(user.0.id);
+    let _running = state.start_search(me)?;
     let mut find = user::Entity::find().filter(user::Column::IsActive.eq(true));
     if let Some(search) = query
         .search
@@ -71,11 +81,12 @@ pub async fn list_users(
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
+        let starts = |column: user::Column| column.like(literal_prefix(search));
         find = find.filter(
             Condition::any()
-                .add(user::Column::Username.starts_with(search))
-                .add(user::Column::FirstName.starts_with(search))
-                .add(user::Column::LastName.starts_with(search)),
+                .add(starts(user::Column::Username))
+                .add(starts(user::Column::FirstName))
+                .add(starts(user::Column::LastName)),
         );
     }
     let paginator = find
@@ -102,4 +113,21 @@ pub async fn list_users(
         page_size,
         results,
     }))
+}
+
+/// The `LIKE` pattern of the strings that start with `prefix`: its `%`,
+/// `_` and the escape character itself escaped, so they match only
+/// themselves (a `%` first would otherwise make every search a scan for
+/// a substring).
+fn literal_prefix(prefix: &str) -> LikeExpr {
+    const ESCAPE: char = '!';
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | ESCAPE) {
+            pattern.push(ESCAPE);
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    LikeExpr::new(pattern).escape(ESCAPE)
 }

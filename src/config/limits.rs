@@ -31,8 +31,9 @@ pub struct LimitSettings {
     /// group's member list costs the same, a list of conversations one
     /// per conversation.
     pub fanout_per_second: u32,
-    /// Searches one user may make per minute and instance, in bursts of a
-    /// third of that: each reads the full-text index.
+    /// Searches (of messages, and of people) one user may make per minute
+    /// and instance, in bursts of a third of that: each reads the
+    /// full-text index, or counts the users matching.
     pub searches_per_minute: u32,
     /// Searches running at once on an instance, each holding a database
     /// connection (a quarter of the default pool); a user's run one at a
