@@ -214,20 +214,21 @@ impl AppState {
             .map_err(ApiError::TooManyRequests)
     }
 
-    /// A REST search (of messages or people) starting: a slot among
-    /// those running (`SEARCHES_AT_ONCE`, one per user; 429 with
-    /// `Retry-After: 1` without one, uncharged), then the caller's
-    /// allowance (`SEARCHES_PER_MINUTE`; 429 past it). The slot is given
-    /// back when dropped, once the search is answered.
-    pub fn start_search(&self, user: UserId) -> Result<SearchSlot, ApiError> {
-        let slot = self
+    /// A REST search (of messages or people) starting: a place in the
+    /// caller's line (429 with `Retry-After: 1` when it is full,
+    /// uncharged), the caller's allowance (`SEARCHES_PER_MINUTE`; 429 past
+    /// it), then the wait for the caller's earlier searches and a slot
+    /// (`SEARCHES_AT_ONCE`). The slot is given back when dropped, once the
+    /// search is answered.
+    pub async fn start_search(&self, user: UserId) -> Result<SearchSlot, ApiError> {
+        let in_line = self
             .search_slots
-            .try_start(user)
+            .enter(user)
             .ok_or(ApiError::TooManyRequests(1))?;
         self.search_limit
             .take(user)
             .map_err(ApiError::TooManyRequests)?;
-        Ok(slot)
+        Ok(in_line.turn().await)
     }
 
     /// Charges `user`'s fan-out budget (`FANOUT_PER_SECOND`, shared with

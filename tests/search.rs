@@ -380,60 +380,61 @@ async fn held(ws: &mut WsClient, pk: &str) -> commit_gate::Gate {
     gate
 }
 
-/// At most `SEARCHES_AT_ONCE` searches run at once on an instance, and one
-/// of each user's: past either a search is refused at once, over the
-/// socket and REST, without touching the allowance; a slot is free again
-/// as its search is answered.
-async fn searches_at_once(backend: &Backend) {
+/// A user's searches run one at a time, in the order sent, each waiting
+/// (holding no connection) for the one before: up to five in line; past
+/// that a search is refused at once, over the socket and REST (messages
+/// or people), without touching the allowance. (`SEARCHES_AT_ONCE`, the
+/// bound over all users, is the same wait: chat::search_slots' tests.)
+async fn searches_in_line(backend: &Backend) {
     let app = TestApp::spawn_with(
         backend,
-        // An allowance of two at once, then one every 10 s.
-        &[("SEARCHES_PER_MINUTE", "6"), ("SEARCHES_AT_ONCE", "2")],
+        // An allowance of six at once, then one every 3.3 s.
+        &[("SEARCHES_PER_MINUTE", "18"), ("SEARCHES_AT_ONCE", "2")],
     )
     .await;
     let (_, _, ours) = app.pair("alice", "bob").await;
-    let (_, _, theirs) = app.pair("carol", "dave").await;
     let alice_token = app.login("alice").await;
     let mut alice = app.authorized(&alice_token).await;
-    let mut alice_elsewhere = app.authorized(&alice_token).await;
-    let mut carol = app.authorized(&app.login("carol").await).await;
-    let mut dave = app.authorized(&app.login("dave").await).await;
+    let mut elsewhere = app.authorized(&alice_token).await;
+    let lunch = id(&send(&mut alice, &ours, "lunch at noon").await);
     let none = json!({"results": [], "has_more": false});
     let busy = json!({"status": "error", "code": "rate_limited",
         "message": "too many searches at once; try again in 1 s"});
-    // Alice's search runs (held as it starts): her next one waits for it.
-    let alice_gate = held(&mut alice, &ours).await;
-    let lunch = json!({"query": "lunch"});
-    assert_eq!(search(&mut alice_elsewhere, lunch.clone()).await, busy);
-    let path = "/api/search/?q=lunch";
-    let (status, body) = app.rest(Method::GET, path, &alice_token, None).await;
-    assert_eq!(status, 429, "{body}");
-    let people = "/api/users/?search=b";
-    assert_eq!(
-        app.rest(Method::GET, people, &alice_token, None).await.0,
-        429
-    );
-    // Carol's runs beside it; with two running, Dave's waits for one.
-    let carol_gate = held(&mut carol, &theirs).await;
-    assert_eq!(search(&mut dave, lunch.clone()).await, busy);
 
-    alice_gate.release();
-    assert_eq!(alice.recv_type("search_response").await["data"], none);
-    assert_eq!(search(&mut dave, lunch.clone()).await, none);
-    // Refused while busy, Alice's allowance was not charged: her second
-    // search runs, and only the third is past it.
-    assert_eq!(search(&mut alice_elsewhere, lunch.clone()).await, none);
-    let refused = search(&mut alice_elsewhere, lunch).await;
-    let text = refused["message"].as_str().unwrap_or_default();
-    assert!(
-        text.starts_with("too many searches; try again in "),
-        "{refused}"
+    // Her first search runs (held as it starts); four more on the same
+    // socket wait behind it; a sixth is refused, wherever it comes from.
+    let first = held(&mut alice, &ours).await;
+    let nothing = json!({"type": "search", "data": {"query": "nothing"}});
+    for _ in 0..4 {
+        alice.send(nothing.clone()).await;
+    }
+    // Barrier: the socket's requests are taken in order, so after the pong
+    // all four are in line.
+    alice.send(json!({"type": "ping", "data": {}})).await;
+    alice.recv_type("pong").await;
+    assert_eq!(
+        search(&mut elsewhere, json!({"query": "lunch"})).await,
+        busy
     );
-    carol_gate.release();
-    assert_eq!(carol.recv_type("search_response").await["data"], none);
+    for path in ["/api/search/?q=lunch", "/api/users/?search=b"] {
+        let (status, body) = app.rest(Method::GET, path, &alice_token, None).await;
+        assert_eq!(status, 429, "{path}: {body}");
+    }
+
+    // Released, the first answers first, then the four in turn.
+    first.release();
+    let answer = alice.recv_type("search_response").await;
+    assert_eq!(ids(&answer["data"]), vec![lunch], "{answer}");
+    for _ in 0..4 {
+        assert_eq!(alice.recv_type("search_response").await["data"], none);
+    }
+    // The line is empty again, and the refusals cost nothing: five of the
+    // allowance's six were spent, so one more runs.
+    let found = search(&mut elsewhere, json!({"query": "lunch"})).await;
+    assert_eq!(ids(&found), vec![lunch], "{found}");
 }
 
-backend_tests!(bounded_at_once => searches_at_once);
+backend_tests!(in_line => searches_in_line);
 
 /// Removed from a group: its messages, old and new, are not found any more.
 async fn only_conversations_one_is_in_now(backend: &Backend) {

@@ -44,7 +44,7 @@ pub async fn search(
     let search = Search::new(&query, scope, params.before, params.limit)
         .map_err(|text| ApiError::field("q", text))?;
     let me = UserId(user.0.id);
-    let _running = state.start_search(me)?;
+    let _running = state.start_search(me).await?;
     search::run(&state.db, state.search_index.as_deref(), me, &search)
         .await?
         .map(web::Json)

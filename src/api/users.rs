@@ -71,9 +71,9 @@ pub async fn list_users(
             crate::chat::protocol::NUL_REFUSED.into(),
         ));
     }
-    // A search of people: it takes a search slot and the allowance.
+    // A search of people: its user's line, the allowance, a slot.
     let me = crate::chat::protocol::UserId(user.0.id);
-    let _running = state.start_search(me)?;
+    let _running = state.start_search(me).await?;
     let mut find = user::Entity::find().filter(user::Column::IsActive.eq(true));
     if let Some(search) = query
         .search

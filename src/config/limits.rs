@@ -37,7 +37,7 @@ pub struct LimitSettings {
     pub searches_per_minute: u32,
     /// Searches running at once on an instance, each holding a database
     /// connection (a quarter of the default pool); a user's run one at a
-    /// time. Past either a search is refused at once.
+    /// time. The others wait (`chat::search_slots`).
     pub searches_at_once: usize,
     /// Most groups one user may be in, created or joined (C9).
     pub max_groups_per_user: usize,

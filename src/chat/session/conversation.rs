@@ -269,7 +269,7 @@ impl WsSession {
             Ok(search) => search,
             Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
         };
-        let Some(slot) = self.state.search_slots.try_start(user) else {
+        let Some(in_line) = self.state.search_slots.enter(user) else {
             self.state.metrics.rate_limited();
             return self.send_error(kind, ErrorCode::RateLimited, search_slots::BUSY, ctx);
         };
@@ -278,9 +278,8 @@ impl WsSession {
         }
         let index = self.state.search_index.clone();
         let run = move |db| async move {
-            let page = search::run(&db, index.as_deref(), user, &search).await;
-            drop(slot);
-            page
+            let _slot = in_line.turn().await;
+            search::run(&db, index.as_deref(), user, &search).await
         };
         self.query(
             kind,
