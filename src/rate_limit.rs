@@ -10,9 +10,41 @@ use std::time::Instant;
 
 use crate::chat::protocol::{ChatId, UserId};
 
-/// Keys tracked before full (idle) buckets are first pruned: bounds memory
-/// under a spray.
-const PRUNE_ABOVE_KEYS: usize = 10_000;
+/// Keys tracked before idle ones are first pruned: bounds memory under a
+/// spray.
+pub const PRUNE_ABOVE_KEYS: usize = 10_000;
+
+/// When a map of keys is next scanned for idle ones to forget: past
+/// `PRUNE_ABOVE_KEYS`, then past twice what the last pruning kept, so that
+/// with many keys in use at once (a spray) a scan comes only after as many
+/// new keys again, not on every take. Shared by `KeyedRateLimit` and the
+/// password throttle (`api::throttle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneAt(usize);
+
+impl Default for PruneAt {
+    fn default() -> Self {
+        PruneAt(PRUNE_ABOVE_KEYS)
+    }
+}
+
+impl PruneAt {
+    /// Whether a map of `len` keys is due for pruning.
+    pub fn due(self, len: usize) -> bool {
+        len > self.0
+    }
+
+    /// A pruning kept `len` keys: the next comes past twice as many.
+    pub fn pruned(&mut self, len: usize) {
+        self.0 = PRUNE_ABOVE_KEYS.max(2 * len);
+    }
+
+    /// The size past which the next pruning comes.
+    #[cfg(test)]
+    pub(crate) fn above(self) -> usize {
+        self.0
+    }
+}
 
 /// Per client address (registrations).
 pub type AddressRateLimit = KeyedRateLimit<IpAddr>;
@@ -83,20 +115,17 @@ pub struct KeyedRateLimit<K> {
     buckets: Mutex<Buckets<K>>,
 }
 
-/// The buckets, and the size at which the full (idle) ones are next
-/// forgotten: twice what the last pruning kept (at least
-/// `PRUNE_ABOVE_KEYS`), so that with many keys in use at once a take
-/// scans them all only after as many new keys again, not on every take.
+/// The buckets, and when the full (idle) ones are next forgotten.
 struct Buckets<K> {
     by_key: HashMap<K, TokenBucket>,
-    prune_above: usize,
+    prune: PruneAt,
 }
 
 impl<K> Default for Buckets<K> {
     fn default() -> Self {
         Buckets {
             by_key: HashMap::new(),
-            prune_above: PRUNE_ABOVE_KEYS,
+            prune: PruneAt::default(),
         }
     }
 }
@@ -137,11 +166,12 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
     fn take_at(&self, key: K, now: Instant, cost: f64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().map_err(|_| 1u64)?;
         let (burst, rate) = (self.burst, self.per_second);
-        if buckets.by_key.len() > buckets.prune_above {
+        if buckets.prune.due(buckets.by_key.len()) {
             buckets
                 .by_key
                 .retain(|_, bucket| !bucket.is_full(burst, rate, now));
-            buckets.prune_above = PRUNE_ABOVE_KEYS.max(2 * buckets.by_key.len());
+            let kept = buckets.by_key.len();
+            buckets.prune.pruned(kept);
         }
         buckets
             .by_key
@@ -198,7 +228,7 @@ mod tests {
     /// (keys tracked, size at which they are next pruned)
     fn tracked(r: &UserRateLimit) -> (usize, usize) {
         let buckets = r.buckets.lock().expect("no test panics holding it");
-        (buckets.by_key.len(), buckets.prune_above)
+        (buckets.by_key.len(), buckets.prune.above())
     }
 
     #[test]

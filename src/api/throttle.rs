@@ -14,6 +14,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::rate_limit::PruneAt;
+
 /// Failures per (account, address) that are free of any delay.
 const FREE_FAILURES: usize = 3;
 /// An account may fail this many times more often than one (account,
@@ -22,29 +24,16 @@ const PER_ACCOUNT_FACTOR: u32 = 10;
 /// A client address may fail this many times more often than one pair, for
 /// all accounts together (several people share an address behind a NAT).
 const PER_ADDRESS_FACTOR: u32 = 10;
-/// Keys tracked before stale ones are pruned (bounds memory under a spray).
-const PRUNE_ABOVE_KEYS: usize = 10_000;
 
-/// The failures in the window. Stale keys are pruned when there are more
-/// than `prune_above`, which is then set to twice what was kept (at least
-/// `PRUNE_ABOVE_KEYS`): with many keys fresh at once (a spray), an attempt
-/// scans them all only after as many new keys again, not on every attempt.
+/// The failures in the window, and when stale keys are next pruned (the
+/// rate limiter's rule: a spray of fresh keys is not scanned on every
+/// attempt).
+#[derive(Default)]
 struct Counters {
     pairs: HashMap<(String, IpAddr), VecDeque<Instant>>,
     accounts: HashMap<String, VecDeque<Instant>>,
     addresses: HashMap<IpAddr, VecDeque<Instant>>,
-    prune_above: usize,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            pairs: HashMap::new(),
-            accounts: HashMap::new(),
-            addresses: HashMap::new(),
-            prune_above: PRUNE_ABOVE_KEYS,
-        }
-    }
+    prune: PruneAt,
 }
 
 impl Counters {
@@ -144,7 +133,7 @@ impl AttemptThrottle {
         let account = account.to_string();
         let window = self.window;
         let mut c = self.counters.lock().map_err(|_| 1u64)?;
-        if c.keys() > c.prune_above {
+        if c.prune.due(c.keys()) {
             let fresh = |t: &VecDeque<Instant>| {
                 t.back()
                     .is_some_and(|t| now.saturating_duration_since(*t) < window)
@@ -152,7 +141,8 @@ impl AttemptThrottle {
             c.pairs.retain(|_, t| fresh(t));
             c.accounts.retain(|_, t| fresh(t));
             c.addresses.retain(|_, t| fresh(t));
-            c.prune_above = PRUNE_ABOVE_KEYS.max(2 * c.keys());
+            let kept = c.keys();
+            c.prune.pruned(kept);
         }
         let limit = self.max_attempts as usize;
         let mut pair_failures = 0;
@@ -213,6 +203,7 @@ impl AttemptThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limit::PRUNE_ABOVE_KEYS;
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
@@ -224,7 +215,7 @@ mod tests {
     /// (keys tracked, size at which they are next pruned)
     fn tracked(t: &AttemptThrottle) -> (usize, usize) {
         let c = t.counters.lock().expect("no test panics holding it");
-        (c.keys(), c.prune_above)
+        (c.keys(), c.prune.above())
     }
 
     /// The `i`th account tried from the `i`th address: three new keys.
