@@ -387,15 +387,18 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn an_ended_connection_is_forgotten_without_a_ping() {
-        let mut wheel = Wheel::default();
-        let (session, log) = session();
-        let (outbox, body) = socket::outbox(8);
-        wheel.add(1, outbox, session.downgrade().recipient());
-        drop(body);
-        turns(&mut wheel, SLOTS, CLIENT_TIMEOUT);
-        assert!(wheel.slots.iter().all(Vec::is_empty));
-        assert_eq!(told(&log).await, []);
+    async fn an_ended_connection_is_forgotten_without_a_ping_silent_or_not() {
+        for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
+            let mut wheel = Wheel::default();
+            let (session, log) = session();
+            let (outbox, body) = socket::outbox(8);
+            wheel.add(1, outbox, session.downgrade().recipient());
+            drop(body);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            turns(&mut wheel, SLOTS, client_timeout);
+            assert!(wheel.slots.iter().all(Vec::is_empty));
+            assert_eq!(told(&log).await, [], "timeout {client_timeout:?}");
+        }
     }
 
     #[actix_rt::test]

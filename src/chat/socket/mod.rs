@@ -47,7 +47,8 @@ struct Shared {
     capacity: usize,
     /// Live `Outbox` handles: at zero the body ends (the session is gone).
     senders: AtomicUsize,
-    /// Set by the first close: nothing more is queued after it.
+    /// Set by the first close, or when the body is gone: nothing more is
+    /// queued after it.
     closing: AtomicBool,
     /// A close that must overtake the queue (the queue is full).
     urgent: Mutex<Option<CloseReason>>,
@@ -219,10 +220,9 @@ impl Outbox {
         }
     }
 
-    /// Whether a close has been requested.
+    /// Whether a close has been requested or the connection has ended.
     pub fn is_closing(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)
-            || self.shared.queue.lock().map_or(true, |q| q.receiver_gone)
     }
 
     /// Records that something arrived from the client (the heartbeat's
@@ -282,6 +282,9 @@ pub struct Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
+        // Seen without the lock (the heartbeat asks every period); a push
+        // that read `closing` before this finds `receiver_gone` under it.
+        self.shared.closing.store(true, Ordering::Release);
         if let Ok(mut queue) = self.shared.queue.lock() {
             queue.receiver_gone = true;
             queue.frames = VecDeque::new();
