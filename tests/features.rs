@@ -19,6 +19,7 @@ mod attachments;
 mod chat_features;
 mod chat_flow;
 mod conversation_log;
+mod deliveries_budget;
 mod edges;
 mod groups;
 mod invitations;
