@@ -262,8 +262,6 @@ async fn run(wheel: Rc<RefCell<Wheel>>, timing: Timing) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use futures_util::{Stream, StreamExt};
 
     use super::*;
@@ -284,7 +282,8 @@ mod tests {
     }
 
     /// Stands in for a session: records what it is told.
-    struct Session(Arc<Mutex<Vec<Told>>>);
+    #[derive(Default)]
+    struct Session(Vec<Told>);
 
     impl Actor for Session {
         type Context = Context<Self>;
@@ -293,30 +292,42 @@ mod tests {
     impl Handler<HeartbeatFailed> for Session {
         type Result = ();
         fn handle(&mut self, HeartbeatFailed(failure): HeartbeatFailed, _: &mut Context<Self>) {
-            self.0
-                .lock()
-                .expect("not poisoned")
-                .push(Told::Failed(failure));
+            self.0.push(Told::Failed(failure));
         }
     }
 
     impl Handler<TokenExpired> for Session {
         type Result = ();
         fn handle(&mut self, _: TokenExpired, _: &mut Context<Self>) {
-            self.0.lock().expect("not poisoned").push(Told::Expired);
+            self.0.push(Told::Expired);
         }
     }
 
-    /// A running stand-in session, and what it has been told.
-    fn session() -> (Addr<Session>, Arc<Mutex<Vec<Told>>>) {
-        let told = Arc::new(Mutex::new(Vec::new()));
-        (Session(Arc::clone(&told)).start(), told)
+    /// Hands over what the session has been told so far. The mailbox keeps
+    /// order, so it is answered after everything the wheel sent before it:
+    /// a barrier, where a wait of fixed length would prove nothing.
+    #[derive(Message)]
+    #[rtype(result = "Vec<Told>")]
+    struct Drain;
+
+    impl Handler<Drain> for Session {
+        type Result = MessageResult<Drain>;
+        fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+            MessageResult(std::mem::take(&mut self.0))
+        }
     }
 
-    /// What a session has been told once its mailbox is drained.
-    async fn told(log: &Mutex<Vec<Told>>) -> Vec<Told> {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        std::mem::take(&mut *log.lock().expect("not poisoned"))
+    /// A running stand-in session.
+    fn session() -> Addr<Session> {
+        Session::default().start()
+    }
+
+    /// What `session` has been told since last asked.
+    async fn told(session: &Addr<Session>) -> Vec<Told> {
+        session
+            .send(Drain)
+            .await
+            .expect("the stand-in session runs")
     }
 
     const PING: &[u8] = &[0x89, 0x00];
@@ -344,7 +355,7 @@ mod tests {
     #[actix_rt::test]
     async fn each_session_is_pinged_once_a_period_a_whole_period_after_it_joined() {
         let mut wheel = Wheel::default();
-        let (session, log) = session();
+        let session = session();
         let (outbox, mut body) = socket::outbox(8);
         wheel.turn(CLIENT_TIMEOUT);
         wheel.add(1, outbox, session.downgrade().recipient());
@@ -355,19 +366,19 @@ mod tests {
         assert_eq!(written(&mut body).await, PING);
         turns(&mut wheel, SLOTS, CLIENT_TIMEOUT);
         assert_eq!(written(&mut body).await, PING);
-        assert_eq!(told(&log).await, []);
+        assert_eq!(told(&session).await, []);
     }
 
     #[actix_rt::test]
     async fn a_silent_client_is_reported_once_and_forgotten() {
         let mut wheel = Wheel::default();
-        let (session, log) = session();
+        let session = session();
         let (outbox, mut body) = socket::outbox(8);
         wheel.add(1, outbox.clone(), session.downgrade().recipient());
         // Silence is counted in milliseconds; any is too long here.
         tokio::time::sleep(Duration::from_millis(5)).await;
         turns(&mut wheel, 2 * SLOTS, Duration::ZERO);
-        assert_eq!(told(&log).await, [Told::Failed(Failure::Silent)]);
+        assert_eq!(told(&session).await, [Told::Failed(Failure::Silent)]);
         let pinged = written(&mut body).await;
         assert_eq!(pinged, b"", "a silent client is not pinged");
         assert!(wheel.slots.iter().all(Vec::is_empty));
@@ -376,12 +387,12 @@ mod tests {
     #[actix_rt::test]
     async fn a_client_that_stops_reading_is_reported_when_its_ping_does_not_fit() {
         let mut wheel = Wheel::default();
-        let (session, log) = session();
+        let session = session();
         let (outbox, _body) = socket::outbox(1);
         assert_eq!(outbox.send_text("{}".into()), Queued::Yes);
         wheel.add(1, outbox.clone(), session.downgrade().recipient());
         turns(&mut wheel, SLOTS, CLIENT_TIMEOUT);
-        assert_eq!(told(&log).await, [Told::Failed(Failure::Overflow)]);
+        assert_eq!(told(&session).await, [Told::Failed(Failure::Overflow)]);
         assert!(outbox.is_closing());
         assert!(wheel.slots.iter().all(Vec::is_empty));
     }
@@ -390,14 +401,14 @@ mod tests {
     async fn an_ended_connection_is_forgotten_without_a_ping_silent_or_not() {
         for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
             let mut wheel = Wheel::default();
-            let (session, log) = session();
+            let session = session();
             let (outbox, body) = socket::outbox(8);
             wheel.add(1, outbox, session.downgrade().recipient());
             drop(body);
             tokio::time::sleep(Duration::from_millis(5)).await;
             turns(&mut wheel, SLOTS, client_timeout);
             assert!(wheel.slots.iter().all(Vec::is_empty));
-            assert_eq!(told(&log).await, [], "timeout {client_timeout:?}");
+            assert_eq!(told(&session).await, [], "timeout {client_timeout:?}");
         }
     }
 
@@ -405,14 +416,14 @@ mod tests {
     async fn a_closing_connection_is_forgotten_without_a_ping_silent_or_not() {
         for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
             let mut wheel = Wheel::default();
-            let (session, log) = session();
+            let session = session();
             let (outbox, mut body) = socket::outbox(8);
             wheel.add(1, outbox.clone(), session.downgrade().recipient());
             outbox.close(actix_http::ws::CloseCode::Away, "bye");
             tokio::time::sleep(Duration::from_millis(5)).await;
             turns(&mut wheel, SLOTS, client_timeout);
             assert!(wheel.slots.iter().all(Vec::is_empty));
-            assert_eq!(told(&log).await, [], "timeout {client_timeout:?}");
+            assert_eq!(told(&session).await, [], "timeout {client_timeout:?}");
             // The close frame (1001, "bye") and no ping.
             let written = written(&mut body).await;
             assert_eq!(written, [0x88, 0x05, 0x03, 0xE9, b'b', b'y', b'e']);
@@ -422,7 +433,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_token_expires_at_its_time_and_a_cancelled_one_never() {
         let mut wheel = Wheel::default();
-        let (session, log) = session();
+        let session = session();
         let start = Instant::now();
         for (id, secs) in [(1, 5), (2, 10)] {
             let at = start + Duration::from_secs(secs);
@@ -430,18 +441,18 @@ mod tests {
             wheel.expiries.insert((at, id), recipient);
         }
         wheel.expire(start + Duration::from_secs(4));
-        assert_eq!(told(&log).await, []);
+        assert_eq!(told(&session).await, []);
         wheel.expire(start + Duration::from_secs(5));
-        assert_eq!(told(&log).await, [Told::Expired]);
+        assert_eq!(told(&session).await, [Told::Expired]);
         assert_eq!(wheel.expiries.len(), 1);
         wheel.expiries.clear();
         wheel.expire(start + Duration::from_secs(20));
-        assert_eq!(told(&log).await, []);
+        assert_eq!(told(&session).await, []);
     }
 
     #[actix_rt::test]
     async fn dropping_an_expiry_cancels_it() {
-        let (session, log) = session();
+        let session = session();
         let soon = Instant::now() + Duration::from_millis(100);
         let kept = expire_at(soon, 1, session.downgrade().recipient(), TIMING);
         let cancelled = expire_at(soon, 2, session.downgrade().recipient(), TIMING);
@@ -451,7 +462,8 @@ mod tests {
         // the cancelled one never comes, as the wheel holds only the other.
         let mut heard = Vec::new();
         while heard.is_empty() {
-            heard = told(&log).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            heard = told(&session).await;
         }
         assert_eq!(heard, [Told::Expired]);
         assert!(wheel(TIMING).borrow().expiries.is_empty());
@@ -460,7 +472,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_session_that_ends_is_forgotten_at_once() {
-        let (session, _log) = session();
+        let session = session();
         let (outbox, _body) = socket::outbox(8);
         let kept = register(1, outbox.clone(), session.downgrade().recipient(), TIMING);
         let ended = register(2, outbox, session.downgrade().recipient(), TIMING);
