@@ -343,6 +343,65 @@ test("an answer counting unread from before our own read mark was stored shows n
   assert.equal(chat.state.conversations.get(A).unread, 1);
 });
 
+test("read marks: the first at once, then at most one a second, carrying the newest seen", () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { chat, sent } = connected();
+    chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+    opened(chat, A, [item(10, "one")]);
+    sent.length = 0;
+    const reads = () => sent.filter((f) => f.type === "read").map((f) => f.data);
+    chat.markSeen(A);
+    assert.deepEqual(reads(), [{ id: A, up_to: 10 }]);
+    // Five more within the second, each seen as it comes: shown read at
+    // once, and a contact item counting them (the mark not sent yet) too.
+    for (let k = 1; k <= 5; k++) {
+      chat.onFrame(push(A, 1 + k, 10 + k, `m${k}`));
+      chat.markSeen(A);
+      assert.equal(chat.state.conversations.get(A).unread, 0);
+    }
+    const newest = { id: 15, sender: 2, content: "m5", time: "t" };
+    chat.onFrame({ type: "get_contact_response", data: contact(A, 6, { unread: 5, last_message: newest }) });
+    assert.equal(chat.state.conversations.get(A).unread, 0);
+    mock.timers.tick(999);
+    assert.deepEqual(reads(), [{ id: A, up_to: 10 }], "not before the second is over");
+    mock.timers.tick(1);
+    assert.deepEqual(reads(), [{ id: A, up_to: 10 }, { id: A, up_to: 15 }]);
+    // Nothing new seen: the next second sends nothing; after it, a new
+    // message is marked at once.
+    mock.timers.tick(1000);
+    assert.equal(reads().length, 2);
+    chat.onFrame(push(A, 7, 16, "later"));
+    chat.markSeen(A);
+    assert.deepEqual(reads().at(-1), { id: A, up_to: 16 });
+    assert.equal(reads().length, 3);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("a read mark seen while the connection is down goes after the reconnect", () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { chat, sent } = connected();
+    chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1, { unread: 1 })] });
+    opened(chat, A, [item(10, "one")]);
+    chat.socket.readyState = 3;
+    sent.length = 0;
+    chat.markSeen(A);
+    assert.deepEqual(sent, []);
+    assert.equal(chat.state.conversations.get(A).unread, 0);
+    chat.socket.readyState = 1;
+    chat.onFrame({ type: "authorization_response", data: { status: "success" } });
+    assert.deepEqual(
+      sent.filter((f) => f.type === "read"),
+      [{ type: "read", data: { id: A, up_to: 10 } }]
+    );
+  } finally {
+    mock.timers.reset();
+  }
+});
+
 test("a window in the past: sending or Jump to latest goes back to the newest page", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 300)] });

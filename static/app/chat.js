@@ -23,6 +23,11 @@ const PAGE = 50;
 const SYNC_PAGE = 200;
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 3000;
+// At most one read mark a second per conversation while messages keep
+// coming: each mark is a request, answered, and pushed to every other
+// member of a group of up to 100 (B4, C7), so one per message read in a
+// busy group made the server do that work once per message per reader.
+const READ_SENT_EVERY_MS = 1000;
 
 /** How long a refusal ("… try again in N s") asks to wait, in ms. */
 const waitMs = (message) => (Number(/in (\d+) s/.exec(message || "")?.[1]) || 1) * 1000;
@@ -118,7 +123,9 @@ export class Chat {
     this.syncing = new Set(); // pks with a sync in flight
     this.resync = new Set(); // pks that want another sync after it
     this.lastTypingSent = new Map();
-    this.lastReadSent = new Map();
+    this.lastReadSent = new Map(); // pk -> the last read mark sent
+    this.readSeen = new Map(); // pk -> newest message seen here (sent or not yet)
+    this.readSpacing = new Map(); // pk -> timer: a mark went out less than a second ago
     this.inFlight = []; // client_ids sent on this connection, not yet answered
     this.searches = []; // the queries of search requests not yet answered, in order
     this.contactsWanted = new Set(); // pks asked with get_contact, not yet answered
@@ -173,6 +180,7 @@ export class Chat {
     this.stopped = true;
     if (typeof removeEventListener === "function") removeEventListener("online", this.onOnline);
     clearTimeout(this.reconnectTimer);
+    for (const timer of this.readSpacing.values()) clearTimeout(timer);
     if (this.socket) this.socket.close(1000, "signed out");
     this.socket = null;
   }
@@ -393,6 +401,7 @@ export class Chat {
         if (item.status === "pending") this.transmit(pk, item);
       }
     }
+    for (const pk of this.readSeen.keys()) this.sendReadMark(pk);
     if (this.state.open && !this.state.messages.get(this.state.open)?.loaded) {
       this.loadNewest(this.state.open);
     }
@@ -427,9 +436,9 @@ export class Chat {
     const members = Array.isArray(item.members) ? item.members.length : item.members;
     const last = item.last_message ?? previous?.last_message ?? null;
     // The server counts from the read mark it has stored; one of ours it
-    // had not stored yet when it answered (marks are written in batches)
-    // already covers its newest message.
-    if (unread !== undefined && last && (this.lastReadSent.get(item.pk) || 0) >= last.id) unread = 0;
+    // had not stored yet when it answered (marks are written in batches),
+    // or not yet sent (one a second), already covers its newest message.
+    if (unread !== undefined && last && (this.readSeen.get(item.pk) || 0) >= last.id) unread = 0;
     const next = {
       pk: item.pk,
       name: item.name,
@@ -463,6 +472,9 @@ export class Chat {
     this.state.details.delete(pk);
     this.state.pending.delete(pk);
     this.contactsWanted.delete(pk);
+    clearTimeout(this.readSpacing.get(pk));
+    this.readSpacing.delete(pk);
+    this.readSeen.delete(pk);
     if (this.state.open === pk) {
       this.state.open = null;
       if (name) this.state.notice = { text: `You are no longer in ${name}.`, error: false };
@@ -1004,12 +1016,32 @@ export class Chat {
     const conversation = this.state.conversations.get(pk);
     if (!log?.items.length || log.hasNewer || !conversation) return;
     const newest = log.items[log.items.length - 1].id;
-    if ((this.lastReadSent.get(pk) || 0) >= newest && conversation.unread === 0) return;
-    if (this.send("read", { id: pk, up_to: newest })) {
-      this.lastReadSent.set(pk, newest);
-      conversation.unread = 0;
-      this.changed();
-    }
+    const counted = conversation.unread > 0;
+    if (!counted && (this.readSeen.get(pk) || 0) >= newest) return;
+    this.readSeen.set(pk, Math.max(newest, this.readSeen.get(pk) || 0));
+    // Still counted unread: what was sent did not cover it; say it again.
+    if (counted) this.lastReadSent.delete(pk);
+    this.sendReadMark(pk);
+    conversation.unread = 0;
+    this.changed();
+  }
+
+  /**
+   * Sends how far `pk` has been seen, unless a mark went out less than a
+   * second ago: then what is seen meanwhile goes in one mark when the
+   * second is over. Not connected, it goes after the reconnect.
+   */
+  sendReadMark(pk) {
+    if (this.readSpacing.has(pk)) return;
+    const upTo = this.readSeen.get(pk) || 0;
+    if (upTo <= (this.lastReadSent.get(pk) || 0)) return;
+    if (!this.send("read", { id: pk, up_to: upTo })) return;
+    this.lastReadSent.set(pk, upTo);
+    const spaced = () => {
+      this.readSpacing.delete(pk);
+      this.sendReadMark(pk);
+    };
+    this.readSpacing.set(pk, setTimeout(spaced, READ_SENT_EVERY_MS));
   }
 
   onRead({ pk, user_id, up_to }) {
