@@ -167,3 +167,49 @@ async fn only_the_literal_token_parameter_authorizes() {
         json!({"type": "authorization_response", "data": {"status": "success"}})
     );
 }
+
+/// A recipient that stops reading while megabytes are sent to it gets every
+/// frame whole and in order once it reads again: more than the kernel's
+/// socket buffers hold on loopback (4 MiB out, 128 KiB in before the reader
+/// reads), so the server's writes are cut short and what the socket did not
+/// take waits in the connection's write buffer, ahead of what comes after.
+#[actix_rt::test]
+async fn a_recipient_that_pauses_gets_every_frame_whole_and_in_order() {
+    const MESSAGES: usize = 200;
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        &[
+            ("MAX_MESSAGE_CHARS", "50000"),
+            ("OUTBOX_CAPACITY", "4096"),
+            ("RATE_LIMIT_BURST", "100000"),
+            ("RATE_LIMIT_PER_SECOND", "100000"),
+        ],
+    )
+    .await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut bob = app.authorized(&app.login("bob").await).await; // not read until all are sent
+                                                                 // 10 MB: each message's number, then filler that differs between
+                                                                 // neighbours, so a frame cut, repeated or swapped shows.
+    let content = |i: usize| {
+        let fill = char::from(b'a' + (i % 26) as u8);
+        format!("{i:05}{}", fill.to_string().repeat(49_995))
+    };
+    for i in 0..MESSAGES {
+        alice
+            .send(json!({"type": "message", "data": {"to": pk, "content": content(i)}}))
+            .await;
+        // Her answer and her own copy, read as they come: her queue never fills.
+        let answer = alice.recv_type("message_response").await;
+        assert_eq!(answer["data"]["status"], "success", "{answer}");
+        alice.recv_type("message").await;
+    }
+    for i in 0..MESSAGES {
+        let frame = bob.recv_type("message").await;
+        let got = frame["data"]["data"]["content"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(got == content(i), "message {i}: {:?}…", got.get(..10));
+    }
+    assert_eq!(app.metric("chat_outbox_overflows_total").await, 0.0);
+}

@@ -251,6 +251,10 @@ fn close_reason(code: CloseCode, description: &str) -> CloseReason {
     }
 }
 
+/// A ping with no payload, as `encode` writes it: FIN and the ping opcode,
+/// then a length of 0 (RFC 6455, 5.2 and 5.5.2).
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
 /// Largest chunk of queued frames written to the socket in one go.
 const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -331,6 +335,12 @@ impl Stream for Body {
                 .frames
                 .push_back(Outgoing::Close(CloseCode::Away.into()));
         }
+        // The heartbeat's ping alone, as an idle connection's writes nearly
+        // all are, needs no buffer of its own.
+        if queue.frames.len() == 1 && matches!(queue.frames.front(), Some(Outgoing::Ping)) {
+            queue.frames.clear();
+            return Poll::Ready(Some(Ok(Bytes::from_static(PING_FRAME))));
+        }
         // Coalesce whatever is queued into one write, in a buffer sized for
         // it at once (grown frame by frame it was reallocated several times).
         buf.reserve(chunk_len(&queue.frames));
@@ -405,6 +415,26 @@ mod tests {
         assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Yes);
         assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Overflow);
         assert_eq!(outbox.shared.queue.lock().unwrap().frames.len(), 2);
+    }
+
+    #[test]
+    fn a_ping_alone_is_the_frame_encode_writes() {
+        let (outbox, mut body) = outbox(3);
+        assert_eq!(outbox.send_ping(), Queued::Yes);
+        let written = body.next().now_or_never().flatten().map(Result::unwrap);
+        let mut expected = BytesMut::new();
+        encode(&mut expected, Outgoing::Ping);
+        assert_eq!(written.as_deref(), Some(&expected[..]));
+        assert_eq!(written.as_deref(), Some(PING_FRAME));
+        // Behind a text, the ping goes in the same write.
+        let a = Bytes::from_static(br#"{"a":1}"#);
+        assert_eq!(outbox.send_texts(&[&a]), Queued::Yes);
+        assert_eq!(outbox.send_ping(), Queued::Yes);
+        let written = body.next().now_or_never().flatten().map(Result::unwrap);
+        let mut both = BytesMut::new();
+        encode(&mut both, Outgoing::Text(a));
+        encode(&mut both, Outgoing::Ping);
+        assert_eq!(written.as_deref(), Some(&both[..]));
     }
 
     #[test]

@@ -75,6 +75,13 @@ impl Codec {
         self.conn_type == ConnectionType::Upgrade
     }
 
+    /// chat-server patch: whether the response body's chunks go out exactly
+    /// as they are (see `TransferEncoding::passes_through`).
+    #[inline]
+    pub(crate) fn passes_chunks_through(&self) -> bool {
+        self.encoder.passes_chunks_through()
+    }
+
     /// Check if last response is keep-alive.
     #[inline]
     pub fn keep_alive(&self) -> bool {

@@ -684,6 +684,22 @@ where
                     // get blocked or finished.
                     while this.write_buf.len() < *this.h1_write_buffer_size {
                         match body.as_mut().poll_next(cx) {
+                            // chat-server patch: with nothing buffered, a chunk
+                            // that goes out as it is (an upgraded connection's
+                            // frames) is written straight to the stream, and
+                            // only what the stream does not take now is copied
+                            // into the write buffer: no buffer allocated and no
+                            // copy made for a write the stream takes whole.
+                            Poll::Ready(Some(Ok(item)))
+                                if this.write_buf.is_empty()
+                                    && !item.is_empty()
+                                    && this.codec.passes_chunks_through() =>
+                            {
+                                let io = Pin::new(this.io.as_mut().unwrap());
+                                let written = write_through(io, cx, &item)?;
+                                this.write_buf.extend_from_slice(&item[written..]);
+                            }
+
                             Poll::Ready(Some(Ok(item))) => {
                                 this.codec
                                     .encode(Message::Chunk(Some(item)), this.write_buf)?;
@@ -1522,6 +1538,28 @@ where
             }
         }
     }
+}
+
+/// chat-server patch: writes as much of `bytes` to `io` as it takes now and
+/// returns how much that was (all of it, or less when the stream would block,
+/// which then wakes the task once it can take more).
+fn write_through<T: AsyncWrite>(
+    mut io: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+) -> Result<usize, io::Error> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match io.as_mut().poll_write(cx, &bytes[written..])? {
+            Poll::Ready(0) => {
+                error!("write zero; closing");
+                return Err(io::Error::new(io::ErrorKind::WriteZero, ""));
+            }
+            Poll::Ready(n) => written += n,
+            Poll::Pending => break,
+        }
+    }
+    Ok(written)
 }
 
 fn should_close_for_unread_payload(

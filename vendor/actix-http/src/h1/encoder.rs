@@ -349,6 +349,11 @@ impl MessageType for RequestHeadType {
 }
 
 impl<T: MessageType> MessageEncoder<T> {
+    /// chat-server patch: see [`TransferEncoding::passes_through`].
+    pub(crate) fn passes_chunks_through(&self) -> bool {
+        self.te.passes_through()
+    }
+
     /// Encode chunk.
     pub fn encode_chunk(&mut self, msg: &[u8], buf: &mut BytesMut) -> io::Result<bool> {
         self.te.encode(msg, buf)
@@ -443,6 +448,15 @@ impl TransferEncoding {
         TransferEncoding {
             kind: TransferEncodingKind::Length(len),
         }
+    }
+
+    /// chat-server patch: whether a chunk goes out exactly as it is (no
+    /// chunk framing, no length to count down), as an upgraded connection's
+    /// bytes do, so that it may be written to the stream without this
+    /// encoder.
+    #[inline]
+    pub(crate) fn passes_through(&self) -> bool {
+        matches!(self.kind, TransferEncodingKind::Eof)
     }
 
     /// Encode message. Return `EOF` state of encoder
