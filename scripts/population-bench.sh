@@ -35,6 +35,9 @@ pids=()
 redis_pid=
 cleanup() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # The instances first: Redis gone under a stopping instance is a
+  # warning in its log ("redis bridge down") that says nothing here.
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   [ "$SETUP" = postgres ] && psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
