@@ -170,9 +170,10 @@ async fn only_the_literal_token_parameter_authorizes() {
 
 /// A recipient that stops reading while megabytes are sent to it gets every
 /// frame whole and in order once it reads again: more than the kernel's
-/// socket buffers hold on loopback (4 MiB out, 128 KiB in before the reader
-/// reads), so the server's writes are cut short and what the socket did not
-/// take waits in the connection's write buffer, ahead of what comes after.
+/// socket buffers hold on loopback (Linux's defaults: at most 4 MiB out,
+/// 128 KiB in while the reader reads nothing), so the server's writes are
+/// cut short and what the socket did not take waits in the connection's
+/// write buffer, ahead of what comes after.
 #[actix_rt::test]
 async fn a_recipient_that_pauses_gets_every_frame_whole_and_in_order() {
     const MESSAGES: usize = 200;
@@ -188,9 +189,10 @@ async fn a_recipient_that_pauses_gets_every_frame_whole_and_in_order() {
     .await;
     let (_, _, pk) = app.pair("alice", "bob").await;
     let mut alice = app.authorized(&app.login("alice").await).await;
-    let mut bob = app.authorized(&app.login("bob").await).await; // not read until all are sent
-                                                                 // 10 MB: each message's number, then filler that differs between
-                                                                 // neighbours, so a frame cut, repeated or swapped shows.
+    // Bob reads nothing until all are sent: 10 MB, each message its number,
+    // then filler that differs between neighbours, so a frame cut, repeated
+    // or swapped shows.
+    let mut bob = app.authorized(&app.login("bob").await).await;
     let content = |i: usize| {
         let fill = char::from(b'a' + (i % 26) as u8);
         format!("{i:05}{}", fill.to_string().repeat(49_995))
