@@ -788,11 +788,18 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The two connections' lines are written as they end: once both are in
+    // the log, the server is stopped and the whole log read.
+    let log = dir.path().join("server.log");
+    common::wait_until(|| async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("/chat?token=") && text.contains("/chat?%74oken=")
+    })
+    .await;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("/chat?token=[redacted]"), "{text}");
     assert!(text.contains("/chat?%74oken=[redacted]"), "{text}");
     assert!(!text.contains("c2VjcmV0LXRva2VuLXZhbHVl"), "{text}");
