@@ -155,11 +155,18 @@ impl<K: std::hash::Hash + Eq> KeyedRateLimit<K> {
     /// then could not attempt (it was busy): the client did nothing that
     /// should count. Never beyond the burst.
     pub fn give_back(&self, key: K) {
+        self.give_back_many(key, 1);
+    }
+
+    /// Gives back what `take_many` took for an action that then did less
+    /// than it was charged for (a read mark that moved nothing, so reached
+    /// nobody). Never beyond the burst.
+    pub fn give_back_many(&self, key: K, cost: u32) {
         let Ok(mut buckets) = self.buckets.lock() else {
             return;
         };
         if let Some(bucket) = buckets.by_key.get_mut(&key) {
-            bucket.give_back(1.0, self.burst);
+            bucket.give_back(f64::from(cost).min(self.burst), self.burst);
         }
     }
 
@@ -219,6 +226,20 @@ mod tests {
         assert_eq!(r.take_at(A, now, 1.0), Err(60), "no more than the burst");
         r.give_back(B);
         assert!(r.take_at(B, now, 1.0).is_ok(), "a key never seen is full");
+    }
+
+    #[test]
+    fn a_cost_given_back_is_given_back_whole_up_to_the_burst() {
+        let r = UserRateLimit::new(20, 0);
+        let now = Instant::now();
+        r.take_at(user(1), now, 10.0).unwrap();
+        r.take_at(user(1), now, 10.0).unwrap();
+        assert_eq!(r.take_at(user(1), now, 10.0), Err(60), "spent");
+        r.give_back_many(user(1), 10);
+        r.take_at(user(1), now, 10.0).expect("the ten given back");
+        r.give_back_many(user(1), 50);
+        r.take_at(user(1), now, 20.0).expect("all of the burst");
+        assert_eq!(r.take_at(user(1), now, 1.0), Err(60), "no more than it");
     }
 
     fn user(n: usize) -> UserId {

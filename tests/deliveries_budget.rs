@@ -28,10 +28,15 @@ async fn user_id(app: &TestApp, username: &str) -> i64 {
 /// Alice's group "crowd" of 21: her and twenty people (`member0`…) who
 /// have written to her. The server, Alice's token, her session, the pk.
 async fn crowd_on_a_small_budget() -> (TestApp, String, common::WsClient, Value) {
+    group_on_a_small_budget(20).await
+}
+
+/// As `crowd_on_a_small_budget`, with `others` people besides Alice.
+async fn group_on_a_small_budget(others: usize) -> (TestApp, String, common::WsClient, Value) {
     let app = TestApp::spawn_with(&Backend::Sqlite, &[("FANOUT_PER_SECOND", "10")]).await;
     let (alice, alice_token) = app.user("alice").await;
     let mut ids = Vec::new();
-    for i in 0..20 {
+    for i in 0..others {
         ids.push(app.user(&format!("member{i}")).await.0);
     }
     common::have_written(&app.db, &ids, alice).await;
@@ -172,6 +177,30 @@ async fn read_receipts_are_budgeted_like_messages() {
     assert_eq!(one.ask(read).await["status"], "success");
     let readers = who_was_shown(&app, &mut observer, &pk, "read").await;
     assert_eq!(readers, vec![json!(user_id(&app, "member1").await)]);
+}
+
+/// A mark that moves nothing reaches nobody, and costs nothing: its share
+/// of the budget, taken before it is stored, is given back.
+#[actix_rt::test]
+async fn read_marks_that_move_nothing_cost_nothing() {
+    // A budget of 10 a second (bursts of 20), and a group of 11: a
+    // message, or a mark pushed to the others, costs 10.
+    let (app, _, mut a, pk) = group_on_a_small_budget(10).await;
+    let first = a
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "read me"}}))
+        .await;
+    let read = json!({"type": "read", "data": {"id": pk, "up_to": first["id"]}});
+    let mut one = app.authorized(&app.login("member1").await).await;
+    // Marked once (pushed: 10 of 20), then again and again (nothing moves).
+    for _ in 0..3 {
+        assert_eq!(one.ask(read.clone()).await["status"], "success");
+    }
+    // Had the repeats been charged, nothing would be left for this within
+    // the second (the budget refills 10 a second).
+    let answer = one
+        .ask(json!({"type": "message", "data": {"to": pk, "content": "and a reply"}}))
+        .await;
+    assert_eq!(answer["status"], "success", "{answer}");
 }
 
 /// A group's member list costs its reader what a message to the group

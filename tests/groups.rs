@@ -1176,17 +1176,26 @@ async fn read_mark_batches(backend: &Backend) {
         session,
         shared: session != 1,
     };
+    // Each answered with whether it was the one pushed.
     let mark_all = |first: u64, requests: Vec<(i64, i64)>| {
         let requests = (first..).zip(requests);
         let answers = requests.map(|(s, (u, r))| marks.mark(chat, UserId(u), r, asked(s)));
         let answers = futures_util::future::join_all(answers);
         async move {
             let answers = answers.await;
-            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            let pushed: Result<Vec<bool>, _> = answers.into_iter().collect();
+            pushed.expect("every mark answered")
         }
     };
-    // The session of each request is its place in the batch.
-    mark_all(0, batch.to_vec()).await;
+    // The session of each request is its place in the batch: Alice's 9 and
+    // Bob's first 3 are pushed, nothing else (a mark behind a further one,
+    // a repeat, a stranger's).
+    assert_eq!(
+        mark_all(0, batch.to_vec()).await,
+        [false, true, false, true, false, false],
+        "{}",
+        backend.name()
+    );
     let mut expected = vec![(alice, 9, 1, false), (bob, 3, 3, true)];
     expected.sort();
     assert_eq!(
@@ -1196,14 +1205,17 @@ async fn read_mark_batches(backend: &Backend) {
         backend.name()
     );
 
-    mark_all(10, vec![(alice, 8), (bob, 4)]).await;
+    assert_eq!(
+        mark_all(10, vec![(alice, 8), (bob, 4)]).await,
+        [false, true]
+    );
     assert_eq!(
         to_push.recv().await.unwrap(),
         [(bob, 4, 11, true)],
         "never backward"
     );
     // A batch in which nothing moved is handed on as nothing at all.
-    marks.mark(chat, UserId(alice), 2, asked(12)).await.unwrap();
+    assert!(!marks.mark(chat, UserId(alice), 2, asked(12)).await.unwrap());
     let mut stored: Vec<(i64, Option<i64>)> = chat_member::Entity::find()
         .filter(chat_member::Column::ChatId.eq(chat.0))
         .all(&app.db)
@@ -1216,7 +1228,7 @@ async fn read_mark_batches(backend: &Backend) {
     let mut expected = vec![(alice, Some(9)), (bob, Some(4))];
     expected.sort();
     assert_eq!(stored, expected);
-    marks.mark(chat, UserId(bob), 6, asked(13)).await.unwrap();
+    assert!(marks.mark(chat, UserId(bob), 6, asked(13)).await.unwrap());
     assert_eq!(
         to_push.recv().await.unwrap(),
         [(bob, 6, 13, true)],

@@ -64,8 +64,14 @@ struct Mark {
     user: UserId,
     up_to: i64,
     asked: Asked,
-    done: oneshot::Sender<Result<(), ReadMarkError>>,
+    done: oneshot::Sender<Result<Pushed, ReadMarkError>>,
 }
+
+/// Whether a stored mark moved its reader forward and so went to the
+/// ChatServer to push; one that did not (the reader was there or further,
+/// or a further mark of the same batch was pushed instead) was stored all
+/// the same and pushed to nobody.
+pub type Pushed = bool;
 
 /// The handle sessions mark through; cloned into each.
 #[derive(Clone)]
@@ -86,16 +92,17 @@ impl ReadMarks {
     }
 
     /// Moves `user`'s mark in `chat` forward to `up_to`, as `asked`, and
-    /// returns once it is stored. A mark that moves (one already there or
-    /// further, in the store or in the same batch, does not) is pushed to
-    /// the others (or, not `shared`, to the reader's other sessions).
+    /// returns once it is stored, with whether it was pushed. A mark that
+    /// moves (one already there or further, in the store or in the same
+    /// batch, does not) is pushed to the others (or, not `shared`, to the
+    /// reader's other sessions).
     pub async fn mark(
         &self,
         chat: ChatId,
         user: UserId,
         up_to: i64,
         asked: Asked,
-    ) -> Result<(), ReadMarkError> {
+    ) -> Result<Pushed, ReadMarkError> {
         let (done, answer) = oneshot::channel();
         let mark = Mark {
             chat,
@@ -163,9 +170,11 @@ async fn run(
                 tracing::error!(error = %e, marks = batch.len(), "writing read marks failed")
             }
         }
-        for mark in batch.drain(..) {
+        for (i, mark) in batch.drain(..).enumerate() {
+            let key = (mark.chat, mark.user);
             let answer = match &written {
-                Ok(_) => Ok(()),
+                Ok(moved) => Ok(moved.contains_key(&key)
+                    && furthest.get(&key).is_some_and(|&(_, asker)| asker == i)),
                 Err(e) => Err(ReadMarkError::Database(e.to_string())),
             };
             // A session that went away meanwhile does not take its answer.

@@ -2,7 +2,7 @@
 //! `sync` (B7), read marks and typing.
 
 use super::*;
-use crate::chat::read_marks::{Asked, ReadMarkError};
+use crate::chat::read_marks::{Asked, Pushed, ReadMarkError};
 
 /// The answer to a read mark the server has no room to queue.
 const BUSY: &str = "too many read marks at once; try again in a moment";
@@ -307,9 +307,12 @@ impl WsSession {
             act.with_audience(kind, chat, ctx, move |act, audience, ctx| {
                 // Pushed to the others, a mark costs what a message to them
                 // does; past the budget it is stored all the same, and
-                // reaches only the reader's own sessions.
+                // reaches only the reader's own sessions. Whether it moves
+                // is known once it is stored: one that does not (so reaches
+                // nobody) gets its share back.
                 let cost = audience.receipt_deliveries();
-                let shared = cost == 0 || act.state.fanout.take_many(user, cost).is_ok();
+                let charged = cost > 0 && act.state.fanout.take_many(user, cost).is_ok();
+                let shared = cost == 0 || charged;
                 let marks = act.state.read_marks.clone();
                 let asked = Asked {
                     session: act.id,
@@ -321,6 +324,9 @@ impl WsSession {
                     kind,
                     mark,
                     move |act, stored, ctx| {
+                        if charged && !matches!(stored, Ok(true)) {
+                            act.state.fanout.give_back_many(user, cost);
+                        }
                         act.answer_mark(chat, up_to, stored, ctx);
                         act.own_mark_stored(ctx);
                     },
@@ -336,12 +342,12 @@ impl WsSession {
         &mut self,
         chat: ChatId,
         up_to: i64,
-        stored: Result<(), ReadMarkError>,
+        stored: Result<Pushed, ReadMarkError>,
         ctx: &mut Context<Self>,
     ) {
         let kind = RequestKind::Read;
         match stored {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(ReadMarkError::Busy) => {
                 return self.send_error(kind, ErrorCode::RateLimited, BUSY, ctx)
             }
