@@ -3,7 +3,9 @@
 //! imports and never has to go round in a circle). A module may use its
 //! ancestors' items (`super::internal_reply`) and its children; the graph
 //! is between the rest. Test code (`#[cfg(test)]` onwards) is left out.
-//! And no source file is longer than `MAX_FILE_LINES`.
+//! No source file is longer than `MAX_FILE_LINES`. And docs/DESIGN.md's map
+//! of the source names every folder of `src/` and every file of its two
+//! flat levels, `src/` and `src/chat/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -177,5 +179,60 @@ fn no_source_file_is_longer_than_a_sitting() {
         long.is_empty(),
         "over {MAX_FILE_LINES} lines: {}",
         long.join(", ")
+    );
+}
+
+/// What docs/DESIGN.md's map ("Shape", its first code block) does not name:
+/// a folder of `src/` as `name/`, a file of `src/` or `src/chat/` by its
+/// file name (the files of the other folders are described with their
+/// folder). A module added without a line there leaves a newcomer's map
+/// short.
+fn missing_from_the_map(root: &Path, design: &str) -> Vec<String> {
+    let map = design.split("```").nth(1).unwrap_or("");
+    let mut missing = Vec::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        let flat = dir == root.join("src") || dir == root.join("src/chat");
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            let name = path
+                .file_name()
+                .expect("an entry has a name")
+                .to_string_lossy()
+                .to_string();
+            let named = if path.is_dir() {
+                dirs.push(path.clone());
+                map.contains(&format!("{name}/"))
+            } else {
+                !flat || ["lib.rs", "mod.rs"].contains(&name.as_str()) || map.contains(&name)
+            };
+            if !named {
+                let relative = path.strip_prefix(root).expect("under the root");
+                missing.push(relative.display().to_string());
+            }
+        }
+    }
+    missing.sort();
+    missing
+}
+
+#[test]
+fn the_design_map_names_every_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let design = std::fs::read_to_string(root.join("docs/DESIGN.md")).expect("docs/DESIGN.md");
+    let missing = missing_from_the_map(root, &design);
+    assert!(
+        missing.is_empty(),
+        "not in docs/DESIGN.md's map (Shape): {}",
+        missing.join(", ")
+    );
+    // And the check can fail: the map without one line of each kind.
+    let short = design
+        .replace("  telemetry.rs ", "  ")
+        .replace("    timers.rs ", "    ")
+        .replace("    writer/ ", "    ");
+    assert_eq!(
+        missing_from_the_map(root, &short),
+        ["src/chat/timers.rs", "src/chat/writer", "src/telemetry.rs"]
     );
 }
