@@ -435,6 +435,32 @@ async fn health_and_readiness() {
     let mut res = app.http.get(app.url("/metrics")).send().await.unwrap();
     let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
     assert!(text.contains("# TYPE chat_connections gauge"));
+    // Every metric is in docs/METRICS.md's table, under the name a scraper
+    // sees (a counter's with `_total`). (A labelled family shows once it
+    // has counted something: 19 of the 22 here.)
+    let documented =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md"))
+            .expect("docs/METRICS.md");
+    let undocumented: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|family| {
+            let (name, kind) = family.split_once(' ')?;
+            let scraped = if kind == "counter" {
+                format!("`{name}_total")
+            } else {
+                format!("`{name}")
+            };
+            let listed = [format!("{scraped}`"), format!("{scraped}{{")]
+                .iter()
+                .any(|form| documented.contains(form));
+            (!listed).then_some(name)
+        })
+        .collect();
+    assert!(
+        text.matches("# TYPE ").count() >= 19 && undocumented.is_empty(),
+        "not in docs/METRICS.md: {undocumented:?}"
+    );
     // The database goes away.
     app.db.close_by_ref().await.unwrap();
     assert_eq!(
