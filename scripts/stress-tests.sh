@@ -9,8 +9,9 @@
 #   RUNS=5 FILTER='test(/^cluster::/)' scripts/stress-tests.sh
 #
 # Needs what the full test run needs (README, "Test"): TEST_POSTGRES_URL,
-# TEST_MYSQL_URL, TEST_REDIS_URL, redis-server, redis-cli and nginx, and
-# cargo-nextest.
+# TEST_MYSQL_URL, TEST_REDIS_URL, redis-server, redis-cli and nginx,
+# cargo-nextest, and e2e's npm packages for the S3 test's s3rver
+# (`(cd e2e && npm ci)`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,12 @@ FILTER=${FILTER:-'test(/^(cli|cluster|faults|reliability|scaling|edges|chat_feat
 for var in TEST_POSTGRES_URL TEST_MYSQL_URL TEST_REDIS_URL; do
   [ -n "${!var:-}" ] || { echo "$var is not set (README, \"Test\")" >&2; exit 1; }
 done
+# The S3 test (attachments::files_in_an_s3_bucket) runs a private s3rver.
+case $FILTER in
+  *attachments*)
+    [ -x e2e/node_modules/.bin/s3rver ] ||
+      { echo "s3rver is not installed: (cd e2e && npm ci)" >&2; exit 1; } ;;
+esac
 
 cargo nextest run --workspace --no-run
 
