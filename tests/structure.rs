@@ -5,7 +5,8 @@
 //! is between the rest. Test code (`#[cfg(test)]` onwards) is left out.
 //! No source file is longer than `MAX_FILE_LINES`. And docs/DESIGN.md's map
 //! of the source names every folder of `src/` and every file of its two
-//! flat levels, `src/` and `src/chat/`.
+//! flat levels, `src/` and `src/chat/`. Every setting is in README's table
+//! and in .env.example.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -234,5 +235,71 @@ fn the_design_map_names_every_module() {
     assert_eq!(
         missing_from_the_map(root, &short),
         ["src/chat/timers.rs", "src/chat/writer", "src/telemetry.rs"]
+    );
+}
+
+/// How many settings `src/config/` reads (each group's fields, upper-cased:
+/// envy reads `PORT` into `port`), and those of them that README's table
+/// (`` `NAME` ``) or .env.example (`NAME=`, set or commented out) does not
+/// show.
+fn undocumented_settings(root: &Path, readme: &str, example: &str) -> (usize, Vec<String>) {
+    let mut settings = Vec::new();
+    for entry in std::fs::read_dir(root.join("src/config")).expect("src/config is readable") {
+        let path = entry.expect("a directory entry").path();
+        // mod.rs holds the groups themselves, not settings.
+        if path.file_name().is_some_and(|name| name == "mod.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("a source file");
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for line in code.lines() {
+            let Some(rest) = line.trim_start().strip_prefix("pub ") else {
+                continue;
+            };
+            let Some((field, _)) = rest.split_once(':') else {
+                continue;
+            };
+            if !field.is_empty()
+                && field
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                settings.push(field.to_ascii_uppercase());
+            }
+        }
+    }
+    settings.sort();
+    let missing = settings
+        .iter()
+        .filter(|name| {
+            !readme.contains(&format!("`{name}`"))
+                || !example.lines().any(|line| {
+                    line.trim_start_matches(['#', ' '])
+                        .starts_with(&format!("{name}="))
+                })
+        })
+        .cloned()
+        .collect();
+    (settings.len(), missing)
+}
+
+#[test]
+fn every_setting_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let example = std::fs::read_to_string(root.join(".env.example")).expect(".env.example");
+    let (count, missing) = undocumented_settings(root, &readme, &example);
+    assert!(count > 60, "the settings were read: {count}");
+    assert!(
+        missing.is_empty(),
+        "settings missing from README's table or .env.example: {}",
+        missing.join(", ")
+    );
+    // And the check can fail: a setting taken out of each.
+    let readme = readme.replace("`OUTBOX_CAPACITY`", "");
+    let example = example.replace("EDIT_WINDOW_SECONDS=", "");
+    assert_eq!(
+        undocumented_settings(root, &readme, &example).1,
+        ["EDIT_WINDOW_SECONDS", "OUTBOX_CAPACITY"]
     );
 }
