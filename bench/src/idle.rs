@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::measure::{cpu_time, rss_kib, tcp_socket_kib};
+use crate::measure::{cpu_time, rss_kib, tcp_socket_kib, MachineTime};
 use crate::net::Clients;
 use crate::{add_contact, ms, open_session, raise_fd_limit, register, setup, ws_url, BenchError};
 
@@ -53,6 +53,10 @@ pub struct IdleReport {
     pub tcp_socket_kib_after: Option<u64>,
     /// The server's CPU time while every session was idle, in % of one core.
     pub idle_cpu_percent: Option<f64>,
+    /// The share of the machine's time its hypervisor took while idle CPU was
+    /// sampled, in per cent: a CPU figure measured while the host took much
+    /// is not comparable with one measured while it took none.
+    pub host_steal_percent: Option<f64>,
     /// RSS once `large` sessions sent a 60 KiB frame each, and its growth per
     /// such session (≈ 0 when their buffers were released).
     pub rss_after_large_kib: Option<u64>,
@@ -175,22 +179,23 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     let rss_after = opts.server_pid.and_then(rss_kib);
     let sockets_after = tcp_socket_kib();
 
-    // Idle CPU: heartbeats and timers only.
-    let idle_cpu_percent = match opts.server_pid {
+    // Idle CPU: heartbeats and timers only; and what the host took meanwhile.
+    let (idle_cpu_percent, host_steal_percent) = match opts.server_pid {
         Some(pid) if opts.cpu_seconds > 0 => {
             eprintln!("sampling idle CPU for {} s…", opts.cpu_seconds);
-            let before = cpu_time(pid);
+            let (before, machine_before) = (cpu_time(pid), MachineTime::now());
             let window = Instant::now();
             tokio::time::sleep(Duration::from_secs(opts.cpu_seconds)).await;
-            let after = cpu_time(pid);
-            match (before, after) {
-                (Some(b), Some(a)) => {
-                    Some(100.0 * a.saturating_sub(b).as_secs_f64() / window.elapsed().as_secs_f64())
-                }
-                _ => None,
-            }
+            let (after, machine_after) = (cpu_time(pid), MachineTime::now());
+            let cpu = before.zip(after).map(|(b, a)| {
+                100.0 * a.saturating_sub(b).as_secs_f64() / window.elapsed().as_secs_f64()
+            });
+            (
+                cpu,
+                MachineTime::stolen_percent(machine_before, machine_after),
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
 
     // Large frames: each of the first `large` sessions sends one, which the
@@ -267,6 +272,7 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         rss_after_kib: rss_after,
         kib_per_session: per,
         idle_cpu_percent,
+        host_steal_percent,
         rss_after_large_kib: rss_after_large,
         large_kib_per_session: large_per,
         messages: opts.messages,

@@ -51,6 +51,7 @@ pub use summary::{print, Report};
 
 use measure::{
     cpu_time, processes_cpu, processes_cpu_since, rss_kib, servers_cpu_time, tcp_socket_kib,
+    MachineTime,
 };
 
 use actix_http::ws;

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::measure::{per_delivery, processes_cpu, processes_cpu_since, servers_cpu_time};
+use crate::measure::{
+    per_delivery, processes_cpu, processes_cpu_since, servers_cpu_time, MachineTime,
+};
 use crate::net::Clients;
 use crate::{
     add_contact, changes, message_push, ms, open_session, raise_fd_limit, register, setup, ws_url,
@@ -94,6 +96,10 @@ pub struct LoadReport {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// The same for the database server's processes (`--database-process`).
     pub database_cpu_us_per_delivery: Option<f64>,
+    /// The share of the machine's time its hypervisor took over the same
+    /// window, in per cent: a CPU figure measured while the host took much
+    /// is not comparable with one measured while it took none.
+    pub host_steal_percent: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +163,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
 
     let cpu_before = servers_cpu_time(&opts.server_pids);
     let database_before = opts.database_process.as_deref().and_then(processes_cpu);
+    let machine_before = MachineTime::now();
     let origin = Instant::now();
     let histogram = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
@@ -325,6 +332,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
     let database_used = processes_cpu_since(opts.database_process.as_deref(), database_before);
+    let host_steal_percent = MachineTime::stolen_percent(machine_before, MachineTime::now());
     for task in &tasks {
         task.abort();
     }
@@ -366,6 +374,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         history_p99_ms: history.as_ref().map(|h| ms(h, 0.99)),
         server_cpu_us_per_delivery: per_delivery(cpu_used, delivered),
         database_cpu_us_per_delivery: per_delivery(database_used, delivered),
+        host_steal_percent,
     })
 }
 

@@ -69,6 +69,50 @@ pub(crate) fn processes_cpu_since(
         .map(|(end, start)| cpu_since(&start, &end))
 }
 
+/// The machine's CPU time so far, in clock ticks: all of it, and what the
+/// hypervisor took (`/proc/stat`'s `cpu` line). On a virtual machine whose
+/// host is busy, a process is charged more CPU time for the same work
+/// (BENCHMARKS.md, "A fortieth machine"), so a figure measured while the
+/// host took much is not comparable with one measured while it took none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MachineTime {
+    all: u64,
+    stolen: u64,
+}
+
+impl MachineTime {
+    pub(crate) fn now() -> Option<MachineTime> {
+        MachineTime::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From `/proc/stat`'s text: its first line is `cpu` followed by user,
+    /// nice, system, idle, iowait, irq, softirq, steal, guest and
+    /// guest_nice; a guest's time is already in user and nice.
+    fn parse(stat: &str) -> Option<MachineTime> {
+        let fields = stat.lines().next()?.strip_prefix("cpu ")?;
+        let ticks: Vec<u64> = fields
+            .split_whitespace()
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(MachineTime {
+            all: ticks.iter().sum(),
+            stolen: *ticks.get(7)?,
+        })
+    }
+
+    /// The share of the machine's time the hypervisor took since `start`,
+    /// in per cent (`None` if either reading is missing, or no time passed).
+    pub(crate) fn stolen_percent(
+        start: Option<MachineTime>,
+        end: Option<MachineTime>,
+    ) -> Option<f64> {
+        let (start, end) = start.zip(end)?;
+        let all = end.all.checked_sub(start.all).filter(|&all| all > 0)?;
+        Some(100.0 * end.stolen.saturating_sub(start.stolen) as f64 / all as f64)
+    }
+}
+
 /// The kernel's memory for TCP sockets, all of them (`/proc/net/sockstat`,
 /// `TCP: … mem N`, in pages): what RSS does not count.
 pub(crate) fn tcp_socket_kib() -> Option<u64> {
@@ -100,6 +144,33 @@ mod tests {
         let end = HashMap::from([(1, s(6)), (3, s(2))]);
         assert_eq!(cpu_since(&start, &end), s(3));
         assert_eq!(cpu_since(&end, &end), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_share_stolen_is_the_steal_ticks_over_all_of_them() {
+        let stat = |user: u64, steal: u64| {
+            format!("cpu  {user} 0 100 800 0 0 0 {steal} 40 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+        };
+        let start = MachineTime::parse(&stat(100, 0));
+        assert_eq!(
+            start,
+            Some(MachineTime {
+                all: 1000,
+                stolen: 0
+            }),
+            "guest time is not counted twice"
+        );
+        let end = MachineTime::parse(&stat(200, 100));
+        // 200 ticks passed, 100 of them stolen.
+        assert_eq!(MachineTime::stolen_percent(start, end), Some(50.0));
+        assert_eq!(
+            MachineTime::stolen_percent(start, start),
+            None,
+            "no time passed"
+        );
+        assert_eq!(MachineTime::stolen_percent(None, end), None);
+        assert_eq!(MachineTime::parse("intr 1 2 3\n"), None);
+        assert!(MachineTime::now().is_some(), "Linux has /proc/stat");
     }
 
     #[test]

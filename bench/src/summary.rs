@@ -27,6 +27,19 @@ fn lines<const N: usize>(lines: [(&str, String); N]) -> Vec<(String, String)> {
     lines.into_iter().map(|(n, v)| (n.to_string(), v)).collect()
 }
 
+/// The "host steal" line: how much of the machine's time its hypervisor
+/// took while the CPU figures were measured.
+fn host_steal(percent: Option<f64>) -> (&'static str, String) {
+    let text = match percent {
+        None => "not read (no /proc/stat)".into(),
+        Some(p) if p >= 1.0 => format!(
+            "{p:.1} % of the machine's time: the CPU figures are not comparable with a quiet host's"
+        ),
+        Some(p) => format!("{p:.1} % of the machine's time"),
+    };
+    ("host steal", text)
+}
+
 impl Report for LoadReport {
     fn summary(&self) -> Vec<(String, String)> {
         let r = self;
@@ -80,6 +93,7 @@ impl Report for LoadReport {
                     |us| format!("{us:.2} µs per delivered message"),
                 ),
             ),
+            host_steal(r.host_steal_percent),
         ])
     }
 }
@@ -201,6 +215,7 @@ impl Report for IdleReport {
                 r.idle_cpu_percent
                     .map_or("not sampled".into(), |c| format!("{c:.2} % of one core")),
             ),
+            host_steal(r.host_steal_percent),
             (
                 "after 60 KiB frames",
                 match (r.rss_after_large_kib, r.large_kib_per_session) {
@@ -295,6 +310,7 @@ impl Report for MixReport {
             v.map_or("not measured".into(), |v| format!("{v:.2} {unit}"))
         };
         let kib = |v: Option<u64>| v.map_or("?".into(), |v| format!("{v}"));
+        let steal = host_steal(r.host_steal_percent);
         let mut lines = vec![
             (
                 "population".to_string(),
@@ -411,6 +427,7 @@ impl Report for MixReport {
                     opt(r.database_cpu_percent, "%")
                 ),
             ),
+            (steal.0.into(), steal.1),
         ]);
         lines
     }

@@ -11,7 +11,10 @@ use super::population::BUCKETS;
 use super::session::{lock, Shared, State};
 use super::{MixOptions, Sent};
 use crate::group::redis_info;
-use crate::{cpu_time, processes_cpu, processes_cpu_since, rss_kib, servers_cpu_time, BenchError};
+use crate::{
+    cpu_time, processes_cpu, processes_cpu_since, rss_kib, servers_cpu_time, BenchError,
+    MachineTime,
+};
 
 /// One latency bucket of the report.
 #[derive(Debug, serde::Serialize)]
@@ -91,6 +94,10 @@ pub struct MixReport {
     /// answered and in percent of one core (`--database-process`).
     pub database_cpu_us_per_message: Option<f64>,
     pub database_cpu_percent: Option<f64>,
+    /// The share of the machine's time its hypervisor took while the messages
+    /// were sent, in per cent: a CPU figure measured while the host took much
+    /// is not comparable with one measured while it took none.
+    pub host_steal_percent: Option<f64>,
 }
 
 fn bucket(name: &'static str, h: &Histogram<u64>) -> BucketReport {
@@ -142,6 +149,7 @@ pub(super) struct Usage {
     own: Option<Duration>,
     database: Option<std::collections::HashMap<u32, Duration>>,
     redis: Option<(u64, f64)>,
+    machine: Option<MachineTime>,
 }
 
 /// A part of the run (opening the sessions, sending): how long it took
@@ -158,6 +166,8 @@ pub(super) struct Used {
     database: Option<Duration>,
     /// Redis's commands and CPU seconds over the run.
     redis: Option<(u64, f64)>,
+    /// The share of the machine's time its hypervisor took, in per cent.
+    stolen_percent: Option<f64>,
 }
 
 impl Usage {
@@ -167,6 +177,7 @@ impl Usage {
             own: cpu_time(std::process::id()),
             database: opts.database_process.as_deref().and_then(processes_cpu),
             redis: opts.redis.as_deref().map(redis_figures).transpose()?,
+            machine: MachineTime::now(),
         })
     }
 
@@ -186,6 +197,7 @@ impl Usage {
             own: since(cpu_time(std::process::id()), self.own),
             database: processes_cpu_since(opts.database_process.as_deref(), self.database),
             redis,
+            stolen_percent: MachineTime::stolen_percent(self.machine, MachineTime::now()),
         })
     }
 }
@@ -306,5 +318,6 @@ pub(super) fn build(
         database_cpu_percent: used
             .database
             .map(|c| c.as_secs_f64() * 100.0 / seconds.max(1e-9)),
+        host_steal_percent: used.stolen_percent,
     }
 }
