@@ -205,14 +205,17 @@ pub(super) async fn store_plain_sqlite(
     };
     drop(conn);
     let mut results: Vec<Option<Result<Stored, StoreError>>> = vec![None; batch.len()];
-    // The first row is the last id inserted; then each conversation's new top.
+    // A row a conversation: its new top, and the last id inserted.
     let read = || -> Result<(i64, HashMap<uuid::Uuid, i64>), sqlx::Error> {
-        let (last, tops) = returned.split_first().ok_or(sqlx::Error::RowNotFound)?;
-        let tops = tops
+        let last = returned
+            .first()
+            .ok_or(sqlx::Error::RowNotFound)?
+            .try_get(2)?;
+        let tops = returned
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok((last.try_get(0)?, tops))
+        Ok((last, tops))
     };
     let (last, tops) = match read() {
         Ok(read) => read,
@@ -272,9 +275,15 @@ fn places_in_conversations(rows: &[&Row]) -> Vec<i64> {
 ///   removed messages' ids) and its conversation's `seq` plus its place. A
 ///   conversation that does not exist gives no `seq`, which the column
 ///   refuses, so the statement fails whole;
-/// - the last id inserted (the first is `n - 1` before it);
-/// - each conversation's `seq` moved to its newest message's, and returned;
+/// - each conversation's `seq` moved to its newest message's, and returned
+///   with the last id inserted (the first is `n - 1` before it; an
+///   `UPDATE` leaves `last_insert_rowid()` as the `INSERT` set it);
 /// - `COMMIT`, last: if any statement fails, nothing is committed.
+///
+/// The driver hands each statement's end and each row to this task as an
+/// item of its own, and each can wake this thread (BENCHMARKS.md, "A
+/// fortieth machine"): four statements and a row a conversation, where a
+/// `SELECT last_insert_rowid()` of its own was a fifth and a row more.
 fn plain_sqlite_text(n: usize) -> String {
     use std::fmt::Write;
     let mut sql = String::with_capacity(600 + n * 40);
@@ -296,11 +305,10 @@ fn plain_sqlite_text(n: usize) -> String {
         ") AS b LEFT JOIN chats ON chats.id = b.column2 \
          CROSS JOIN (SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0), \
          COALESCE((SELECT MAX(id) FROM messages), 0)) + 1 AS id) AS next ORDER BY b.column1; \
-         SELECT last_insert_rowid(); \
          UPDATE chats SET seq = (SELECT MAX(seq) FROM messages WHERE chat_id = chats.id) \
          WHERE id IN (?",
     );
     sql.push_str(&", ?".repeat(n.saturating_sub(1)));
-    sql.push_str(") RETURNING id, seq; COMMIT");
+    sql.push_str(") RETURNING id, seq, last_insert_rowid(); COMMIT");
     sql
 }
