@@ -31,7 +31,7 @@ fn lines<const N: usize>(lines: [(&str, String); N]) -> Vec<(String, String)> {
 /// took while the CPU figures were measured.
 fn host_steal(percent: Option<f64>) -> (&'static str, String) {
     let text = match percent {
-        None => "not read (no /proc/stat)".into(),
+        None => "not measured".into(),
         Some(p) if p >= 1.0 => format!(
             "{p:.1} % of the machine's time: the CPU figures are not comparable with a quiet host's"
         ),
