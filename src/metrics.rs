@@ -137,7 +137,7 @@ impl Default for Inner {
         );
         r.register(
             "chat_store_batch_size",
-            "Messages per committed batch",
+            "Writes (messages, edits, deletions, reactions) per committed batch",
             inner.store_batch_size.clone(),
         );
         r.register(

@@ -73,19 +73,24 @@ async fn a_short_load_run_delivers_everything_once() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap();
     assert_eq!(stored as u64, report.acked);
+    assert!(
+        report
+            .writes_per_batch
+            .is_some_and(|n| n >= 1.0 && n <= report.acked as f64),
+        "writes a batch: {:?}",
+        report.writes_per_batch
+    );
 }
 
-#[actix_rt::test]
-async fn a_fixed_rate_run_sends_about_that_rate() {
-    let app = TestApp::spawn(&Backend::Sqlite).await;
-    let report = bench::load(LoadOptions {
+/// One pair sending for a second with one message in flight, nothing else
+/// measured: the options a test changes what it is about in.
+fn one_pair(app: &TestApp) -> LoadOptions {
+    LoadOptions {
         urls: vec![app.url("")],
-        pairs: 2,
+        pairs: 1,
         duration: Duration::from_secs(1),
-        rate: 100,
-        // Wide enough that slow acknowledgements on a loaded machine (up
-        // to 1.28 s) do not hold the senders back: this tests the pacing.
-        window: 64,
+        rate: 0,
+        window: 1,
         sources: 1,
         reactions: 0,
         edits: 0,
@@ -94,6 +99,34 @@ async fn a_fixed_rate_run_sends_about_that_rate() {
         server_pids: Vec::new(),
         client_ids: false,
         database_process: None,
+    }
+}
+
+#[actix_rt::test]
+async fn writes_a_batch_come_from_the_servers_metrics() {
+    // One message in flight at a time: each is a batch of its own.
+    let open = TestApp::spawn(&Backend::Sqlite).await;
+    let report = bench::load(one_pair(&open)).await.expect("load run");
+    assert!(report.acked > 1, "{report:?}");
+    assert_eq!(report.writes_per_batch, Some(1.0));
+    // Behind a token the generator does not have: not measured.
+    let closed =
+        TestApp::spawn_with(&Backend::Sqlite, &[("METRICS_TOKEN", "a-token-of-ours")]).await;
+    let report = bench::load(one_pair(&closed)).await.expect("load run");
+    assert!(report.acked > 0, "{report:?}");
+    assert_eq!(report.writes_per_batch, None);
+}
+
+#[actix_rt::test]
+async fn a_fixed_rate_run_sends_about_that_rate() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let report = bench::load(LoadOptions {
+        pairs: 2,
+        rate: 100,
+        // Wide enough that slow acknowledgements on a loaded machine (up
+        // to 1.28 s) do not hold the senders back: this tests the pacing.
+        window: 64,
+        ..one_pair(&app)
     })
     .await
     .expect("load run");

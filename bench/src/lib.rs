@@ -24,6 +24,7 @@
 //!   (renames, fan-out, typing, reconnects), against its quiet value.
 
 mod attack;
+mod batches;
 mod changes;
 mod churn;
 mod files;

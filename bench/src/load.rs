@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::batches::Batches;
 use crate::measure::{
     per_delivery, processes_cpu, processes_cpu_since, servers_cpu_time, MachineTime,
 };
@@ -100,6 +101,11 @@ pub struct LoadReport {
     /// window, in per cent: a CPU figure measured while the host took much
     /// is not comparable with one measured while it took none.
     pub host_steal_percent: Option<f64>,
+    /// Writes (messages, edits, reactions) a committed batch held over the
+    /// run, from the servers' `/metrics` (`None`: not readable). The CPU
+    /// figures depend on it: a batch of hundreds costs a message far less
+    /// than a batch of one.
+    pub writes_per_batch: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +167,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         opts.duration
     );
 
+    let batches_before = Batches::read(clients.get(0), &opts.urls).await;
     let cpu_before = servers_cpu_time(&opts.server_pids);
     let database_before = opts.database_process.as_deref().and_then(processes_cpu);
     let machine_before = MachineTime::now();
@@ -333,6 +340,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         .map(|(after, before)| after.saturating_sub(before));
     let database_used = processes_cpu_since(opts.database_process.as_deref(), database_before);
     let host_steal_percent = MachineTime::stolen_percent(machine_before, MachineTime::now());
+    let batches_after = Batches::read(clients.get(0), &opts.urls).await;
     for task in &tasks {
         task.abort();
     }
@@ -375,6 +383,7 @@ pub async fn load(opts: LoadOptions) -> Result<LoadReport, BenchError> {
         server_cpu_us_per_delivery: per_delivery(cpu_used, delivered),
         database_cpu_us_per_delivery: per_delivery(database_used, delivered),
         host_steal_percent,
+        writes_per_batch: Batches::per_batch(batches_before, batches_after),
     })
 }
 

@@ -93,6 +93,13 @@ impl Report for LoadReport {
                     |us| format!("{us:.2} µs per delivered message"),
                 ),
             ),
+            (
+                "batches",
+                r.writes_per_batch.map_or_else(
+                    || "not measured (/metrics not readable)".into(),
+                    |n| format!("{n:.1} writes a committed batch"),
+                ),
+            ),
             host_steal(r.host_steal_percent),
         ])
     }
