@@ -83,7 +83,7 @@ async fn a_short_load_run_delivers_everything_once() {
 }
 
 /// One pair sending for a second with one message in flight, nothing else
-/// measured: the options a test changes what it is about in.
+/// measured: each test overrides what it is about.
 fn one_pair(app: &TestApp) -> LoadOptions {
     LoadOptions {
         urls: vec![app.url("")],
