@@ -53,12 +53,7 @@ fn error(code: &str, message: &str) -> Value {
 /// The answer's `changes` (C20) are left out: `a_groups_changes_are_kept_and_told`
 /// checks them.
 async fn answer_and_push(client: &mut common::WsClient) -> (Value, Value) {
-    let (first, second) = (client.recv().await, client.recv().await);
-    let (mut answer, push) = if first["type"] == "conversation" {
-        (second, first)
-    } else {
-        (first, second)
-    };
+    let (mut answer, push) = client.answer_and_push().await;
     if let Some(data) = answer["data"].as_object_mut() {
         data.remove("changes");
     }
@@ -229,7 +224,7 @@ async fn lifecycle(backend: &Backend) {
 
     // Any member renames.
     let renamed = b
-        .ask(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
+        .change_group(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
         .await;
     assert_eq!(renamed["name"], "Trip 2026");
     // Every member is told the new title, never the member list.

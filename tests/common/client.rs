@@ -292,6 +292,34 @@ impl WsClient {
         self.send(value).await;
         self.recv_type(&kind).await["data"].clone()
     }
+
+    /// Sends a group change (B6) and returns its answer's `data`, having
+    /// also read the `conversation` push this session gets for it. The two
+    /// come in either order (the push waits for the group's channel, the
+    /// answer does not), and a push left unread would stand before whatever
+    /// a later step expects next.
+    pub async fn change_group(&mut self, value: Value) -> Value {
+        let kind = format!("{}_response", value["type"].as_str().expect("a type"));
+        self.send(value).await;
+        let (answer, push) = self.answer_and_push().await;
+        assert_eq!(answer["type"], kind.as_str(), "{answer}");
+        assert_eq!(push["type"], "conversation", "{push}");
+        answer["data"].clone()
+    }
+
+    /// The answer to the request just sent and the one frame it also
+    /// pushes to this session, in either order.
+    pub async fn answer_and_push(&mut self) -> (Value, Value) {
+        let (first, second) = (self.recv().await, self.recv().await);
+        if first["type"]
+            .as_str()
+            .is_some_and(|kind| kind.ends_with("_response"))
+        {
+            (first, second)
+        } else {
+            (second, first)
+        }
+    }
 }
 
 /// The sending half of a client whose incoming frames are drained.
