@@ -607,8 +607,9 @@ async fn alice_and_three_typists() -> (TestApp, common::WsClient, Vec<common::Ws
     }
     common::have_written(&app.db, &ids, alice).await;
     let mut a = app.authorized(&alice_token).await;
+    // Her own push read too: the callers want every frame after it.
     let group = a
-        .ask(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
+        .change_group(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
         .await;
     for typist in &mut typists {
         typist.recv_type("conversation").await;
