@@ -94,7 +94,7 @@ async fn blocking(backend: &Backend) {
     // Alice cannot put bob in a group, though he wrote to her: not added,
     // not invited (she is not told).
     let group = a
-        .change_group(json!({"type": "create_group", "data": {"title": "g", "members": [bob]}}))
+        .ask_change(json!({"type": "create_group", "data": {"title": "g", "members": [bob]}}))
         .await;
     assert_eq!(group["invited"], json!([bob]));
     assert_eq!(group["members"].as_array().map(Vec::len), Some(1));

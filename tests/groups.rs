@@ -224,7 +224,7 @@ async fn lifecycle(backend: &Backend) {
 
     // Any member renames.
     let renamed = b
-        .change_group(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
+        .ask_change(json!({"type": "rename_group", "data": {"id": pk, "title": "Trip 2026"}}))
         .await;
     assert_eq!(renamed["name"], "Trip 2026");
     // Every member is told the new title, never the member list.
@@ -609,7 +609,7 @@ async fn alice_and_three_typists() -> (TestApp, common::WsClient, Vec<common::Ws
     let mut a = app.authorized(&alice_token).await;
     // Her own push read too: the callers want every frame after it.
     let group = a
-        .change_group(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
+        .ask_change(json!({"type": "create_group", "data": {"title": "g", "members": ids}}))
         .await;
     for typist in &mut typists {
         typist.recv_type("conversation").await;
