@@ -40,12 +40,14 @@ use super::store;
 pub use super::store::StoreError;
 use crate::metrics::Metrics;
 
+mod batches;
 mod commit;
 #[doc(hidden)]
 pub mod commit_gate;
 mod insert;
 mod plain;
 
+use batches::*;
 use commit::*;
 use insert::*;
 use plain::*;
@@ -403,90 +405,12 @@ pub async fn mysql_ids(db: &DatabaseConnection) -> Result<MySqlIds, DbErr> {
     Ok(ids)
 }
 
-/// The writer's loop: whatever arrived while the previous batch was
-/// committing is the next batch, handed to `commit`; then each message's
-/// result is `answer`ed, in batch order.
-async fn run_batches<C, F, A>(
-    mut rx: mpsc::Receiver<PendingInsert>,
-    metrics: Metrics,
-    commit: C,
-    mut answer: A,
-) where
-    C: Fn(Vec<Job>) -> F,
-    F: std::future::Future<Output = Vec<Result<Stored, StoreError>>> + Send + 'static,
-    A: FnMut(Waiter, Result<Stored, StoreError>),
-{
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let started = Instant::now();
-        let count = batch.len();
-        // New messages first: a change may name a message of this batch,
-        // and the answers (and so the events) go out in `seq` order.
-        batch.sort_by_key(|p| matches!(p.job, Job::Change(_)));
-        let (rows, waiters): (Vec<Job>, Vec<Waiter>) =
-            batch.drain(..).map(|p| (p.job, p.waiter)).unzip();
-        // A task per batch: should a batch ever panic, its senders are told
-        // nothing was stored, and the writer goes on.
-        let results = match tokio::spawn(commit(rows)).await {
-            Ok(results) if results.len() == count => results,
-            Ok(results) => {
-                let error = format!("{count} messages but {} results", results.len());
-                vec![Err(StoreError::Internal(error)); count]
-            }
-            Err(e) => {
-                tracing::error!(error = %e, size = count, "message batch failed unexpectedly; its senders were told");
-                vec![Err(StoreError::Internal("the batch failed".into())); count]
-            }
-        };
-        // What was committed: resends answered with their original, and
-        // refusals, are not.
-        let messages = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Stored::New(_))))
-            .count();
-        let changes = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Stored::Changed(_))))
-            .count();
-        for (waiter, result) in waiters.into_iter().zip(results) {
-            answer(waiter, result);
-        }
-        metrics.record_store_batch(count, messages, changes, started.elapsed());
-    }
-}
-
 /// What a batch's jobs became, in the batch's order.
 type Results = Vec<Result<Stored, StoreError>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pending(content: &str) -> PendingInsert {
-        let message = NewMessage {
-            chat: ChatId(uuid::Uuid::nil()),
-            sender: UserId(1),
-            content: content.into(),
-            client_id: None,
-            reply_to: None,
-            attachments: Vec::new(),
-        };
-        let (outbox, _) = crate::chat::socket::outbox(4);
-        PendingInsert {
-            job: Job::Insert(Row {
-                message,
-                created_at: Utc::now(),
-            }),
-            waiter: Waiter {
-                from: Submitter::Session {
-                    outbox,
-                    span: tracing::Span::none(),
-                },
-                arrived: Instant::now(),
-                kind: RequestKind::Message,
-            },
-        }
-    }
 
     #[test]
     fn multi_row_inserts_only_where_ids_are_consecutive() {
@@ -499,39 +423,5 @@ mod tests {
             MySqlIds::Consecutive { increment: 2 }
         );
         assert_eq!(MySqlIds::for_settings(2, 1), MySqlIds::RowByRow);
-    }
-
-    #[tokio::test]
-    async fn a_crashed_batch_is_answered_not_stored_and_the_writer_goes_on() {
-        let (tx, rx) = mpsc::channel(8);
-        // The first batch panics; later ones are answered with an error of
-        // their own, so the test can tell the writer kept going.
-        let commit = |batch: Vec<Job>| async move {
-            if batch
-                .iter()
-                .any(|p| matches!(p, Job::Insert(r) if r.message.content == "crash"))
-            {
-                panic!("a batch crashed");
-            }
-            vec![Err(StoreError::Internal("second batch".into())); batch.len()]
-        };
-        let (answers, mut answered) = mpsc::unbounded_channel();
-        let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
-            let _ = answers.send(result.err().map(|e| e.to_string()));
-        };
-        let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
-        tx.send(pending("crash")).await.unwrap();
-        assert_eq!(
-            answered.recv().await,
-            Some(Some("message writer: the batch failed".into())),
-            "the sender learns nothing was stored"
-        );
-        tx.send(pending("next")).await.unwrap();
-        assert_eq!(
-            answered.recv().await,
-            Some(Some("message writer: second batch".into()))
-        );
-        drop(tx);
-        writer.await.unwrap();
     }
 }
