@@ -123,11 +123,17 @@ pub struct Deliver {
 /// so a sender's acknowledgement and its own copy of the message are
 /// queued side by side and usually leave in one write; and a session's
 /// answers keep the order the writer gave them.
+pub struct Outcome {
+    pub answer: Option<(Outbox, Bytes)>,
+    pub frames: Option<ConversationFrames>,
+}
+
+/// A committed batch's outcomes, in commit order: one message to the
+/// ChatServer a batch, not one a request.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed {
-    pub answer: Option<(Outbox, Bytes)>,
-    pub frames: Option<ConversationFrames>,
+    pub outcomes: Vec<Outcome>,
 }
 
 /// Frames that arrived from another instance: local delivery only.

@@ -116,14 +116,16 @@ impl Handler<Committed> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        // The answer is never held (`SessionLink::held` holds pushes only).
-        if let Some((outbox, answer)) = msg.answer {
-            if outbox.send_text(answer) == Queued::Yes {
-                self.metrics.frames_out(1);
+        for outcome in msg.outcomes {
+            // The answer is never held (`SessionLink::held` holds pushes only).
+            if let Some((outbox, answer)) = outcome.answer {
+                if outbox.send_text(answer) == Queued::Yes {
+                    self.metrics.frames_out(1);
+                }
             }
-        }
-        if let Some(frames) = msg.frames {
-            self.deliver(frames, None, ctx);
+            if let Some(frames) = outcome.frames {
+                self.deliver(frames, None, ctx);
+            }
         }
     }
 }

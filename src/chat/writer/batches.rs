@@ -18,8 +18,8 @@ pub(super) async fn run_batches<C, F, A>(
     mut answer: A,
 ) where
     C: Fn(Vec<Job>) -> F,
-    F: std::future::Future<Output = Vec<Result<Stored, StoreError>>> + Send + 'static,
-    A: FnMut(Waiter, Result<Stored, StoreError>),
+    F: std::future::Future<Output = Results> + Send + 'static,
+    A: FnMut(Vec<Waiter>, Results),
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut next: Option<Flight> = None;
@@ -101,12 +101,9 @@ struct Landed {
 }
 
 impl Landed {
-    /// Answers each waiter, in the batch's order, and counts the batch.
-    fn answer<A: FnMut(Waiter, Result<Stored, StoreError>)>(
-        self,
-        metrics: &Metrics,
-        answer: &mut A,
-    ) {
+    /// Answers the batch's waiters (`answer` takes them all, in the
+    /// batch's order), and counts the batch.
+    fn answer<A: FnMut(Vec<Waiter>, Results)>(self, metrics: &Metrics, answer: &mut A) {
         // What was committed: resends answered with their original, and
         // refusals, are not.
         let count = self.results.len();
@@ -120,9 +117,7 @@ impl Landed {
             .iter()
             .filter(|r| matches!(r, Ok(Stored::Changed(_))))
             .count();
-        for (waiter, result) in self.waiters.into_iter().zip(self.results) {
-            answer(waiter, result);
-        }
+        answer(self.waiters, self.results);
         metrics.record_store_batch(count, messages, changes, self.took);
     }
 }
@@ -172,8 +167,10 @@ mod tests {
             vec![Err(StoreError::Internal("second batch".into())); batch.len()]
         };
         let (answers, mut answered) = mpsc::unbounded_channel();
-        let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
-            let _ = answers.send(result.err().map(|e| e.to_string()));
+        let answer = move |_: Vec<Waiter>, results: Results| {
+            for result in results {
+                let _ = answers.send(result.err().map(|e| e.to_string()));
+            }
         };
         let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
         tx.send(pending("crash")).await.unwrap();
@@ -219,11 +216,13 @@ mod tests {
                     .collect()
             }
         };
-        let answer = move |_: Waiter, result: Result<Stored, StoreError>| {
-            let _ = events.send(format!(
-                "answer {}",
-                result.err().map(|e| e.to_string()).unwrap_or_default()
-            ));
+        let answer = move |_: Vec<Waiter>, results: Results| {
+            for result in results {
+                let _ = events.send(format!(
+                    "answer {}",
+                    result.err().map(|e| e.to_string()).unwrap_or_default()
+                ));
+            }
         };
         let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
         tx.send(pending("one")).await.unwrap();

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::changes::{self, ChangeOutcome, ChangeRequest};
 use super::log;
-use super::messages::Committed;
+use super::messages::{Committed, Outcome};
 use super::protocol::{AttachmentInfo, ChatId, ErrorCode, Quote, RequestKind, ServerEvent, UserId};
 use super::socket::Outbox;
 use super::store;
@@ -271,13 +271,13 @@ fn queue(lane: &mpsc::Sender<PendingInsert>, pending: PendingInsert) -> Result<(
     }
 }
 
-/// Tells a job's sender and the ChatServer what became of it.
-fn answer(
-    server: &Recipient<Committed>,
+/// What became of a job, for its sender and the ChatServer; a caller
+/// that awaits it is told here.
+fn outcome(
     metrics: &Metrics,
     waiter: Waiter,
     result: Result<Stored, StoreError>,
-) {
+) -> Option<Outcome> {
     let frames = match &result {
         Ok(Stored::New(p)) => Some(log::message_frames(
             &p.message,
@@ -307,9 +307,7 @@ fn answer(
     if frames.is_some() {
         metrics.message_delivered(waiter.arrived.elapsed());
     }
-    if answer.is_some() || frames.is_some() {
-        server.do_send(Committed { answer, frames });
-    }
+    (answer.is_some() || frames.is_some()).then_some(Outcome { answer, frames })
 }
 
 /// How long after sending a message may be edited, unless configured.
@@ -357,7 +355,16 @@ async fn run_writer(
         }
     };
     let answer_metrics = metrics.clone();
-    let answer = move |waiter, result| answer(&server, &answer_metrics, waiter, result);
+    let answer = move |waiters: Vec<Waiter>, results: Results| {
+        let outcomes: Vec<Outcome> = waiters
+            .into_iter()
+            .zip(results)
+            .filter_map(|(waiter, result)| outcome(&answer_metrics, waiter, result))
+            .collect();
+        if !outcomes.is_empty() {
+            server.do_send(Committed { outcomes });
+        }
+    };
     run_batches(rx, metrics, commit, answer).await;
 }
 
