@@ -38,6 +38,8 @@ pub(super) async fn run_batches<C, F, A>(
         }
         if !batch.is_empty() {
             next = Some(Flight::start(&mut batch, &commit));
+            // Its task sends the batch before this one builds the answers.
+            tokio::task::yield_now().await;
         }
         landed.answer(&metrics, &mut answer);
     }
@@ -206,7 +208,10 @@ mod tests {
                 .collect();
             let _ = committing.send(format!("commit {}", names.join(" ")));
             let gate = gate.lock().ok().and_then(|mut gate| gate.take());
+            let sending = committing.clone();
             async move {
+                // Where a real commit sends its statement.
+                let _ = sending.send(format!("sent {}", names.join(" ")));
                 if let Some(gate) = gate {
                     let _ = gate.await;
                 }
@@ -227,22 +232,24 @@ mod tests {
         let writer = tokio::spawn(run_batches(rx, Metrics::default(), commit, answer));
         tx.send(pending("one")).await.unwrap();
         assert_eq!(seen.recv().await.as_deref(), Some("commit one"));
+        assert_eq!(seen.recv().await.as_deref(), Some("sent one"));
         tx.send(pending("two")).await.unwrap();
         tx.send(pending("three")).await.unwrap();
         open.send(()).unwrap();
         let mut order = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             order.push(seen.recv().await.unwrap());
         }
         assert_eq!(
             order,
             [
                 "commit two three",
+                "sent two three",
                 "answer message writer: one",
                 "answer message writer: two",
                 "answer message writer: three",
             ],
-            "what arrived meanwhile is committing before the first batch is answered"
+            "what arrived meanwhile is sent before the first batch's answers are built"
         );
         drop(tx);
         writer.await.unwrap();
