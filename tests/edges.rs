@@ -84,7 +84,8 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
         attachments: Vec::new(),
     };
     // One batch (submitted before the writer runs): the middle message
-    // names no conversation, so the batch insert fails on its foreign key.
+    // names no conversation, which has no row to lock and no `seq` to
+    // take, so the batch insert fails whole.
     let pending = [
         writer.store(new(chat, "first")).unwrap(),
         writer
@@ -118,6 +119,61 @@ async fn failed_batches_retry_one_by_one(backend: &Backend) {
 }
 
 backend_tests!(a_failed_batch_is_retried_one_message_at_a_time => failed_batches_retry_one_by_one);
+
+/// A conversation's row deleted (by an operator: the server never deletes
+/// one) takes its messages with it, and nothing of another's: by the
+/// messages' foreign key on SQLite and MySQL, by a trigger on PostgreSQL,
+/// where the writer's lock on the row does the key's check (migration
+/// m20261212_000001).
+async fn deleted_conversation_takes_its_messages(backend: &Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice, _, gone) = app.pair("alice", "bob").await;
+    let carol = app.create_user("carol", "Carol", "Brown").await;
+    let (kept, _) = chat_server::accounts::direct_chat(&app.db, alice, carol)
+        .await
+        .unwrap();
+    let kept = kept.id.to_string();
+    let mut ws = app.authorized(&app.login("alice").await).await;
+    for (pk, text) in [(&gone, "one"), (&kept, "two"), (&gone, "three")] {
+        ws.send(json!({"type": "message", "data": {"to": pk, "content": text}}))
+            .await;
+        let ack = ws.recv_type("message_response").await;
+        assert_eq!(ack["data"]["status"], "success", "{ack}");
+    }
+    let removed = entity::chat::Entity::delete_by_id(gone.parse::<uuid::Uuid>().unwrap())
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(removed.rows_affected, 1);
+    let left: Vec<(String, String)> = message::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.chat_id.to_string(), m.content))
+        .collect();
+    assert_eq!(
+        left,
+        [(kept.clone(), "two".to_string())],
+        "{}",
+        backend.name()
+    );
+
+    // Undone, the key is back and does the same; done again, the trigger.
+    use migration::MigratorTrait;
+    let undo = common::migrations_from("m20261212_000001_postgres_messages_conversation_check");
+    migration::Migrator::down(&app.db, Some(undo))
+        .await
+        .unwrap();
+    entity::chat::Entity::delete_by_id(kept.parse::<uuid::Uuid>().unwrap())
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(message::Entity::find().count(&app.db).await.unwrap(), 0);
+    migration::Migrator::up(&app.db, None).await.unwrap();
+}
+
+backend_tests!(a_deleted_conversation_takes_its_messages => deleted_conversation_takes_its_messages);
 
 async fn resends_and_new_messages_in_one_batch(backend: &Backend) {
     let app = TestApp::spawn(backend).await;

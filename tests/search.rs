@@ -690,7 +690,8 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         assert_eq!(behind(index.clone()).await, 0);
 
         // Undone, the index is back in the messages' file, built from them.
-        migration::Migrator::down(&empty, Some(1)).await.unwrap();
+        let undo = common::migrations_from("m20261211_000001_sqlite_search_file");
+        migration::Migrator::down(&empty, Some(undo)).await.unwrap();
         let found = empty
             .query_all_raw(sea_orm::Statement::from_string(
                 sea_orm::DatabaseBackend::Sqlite,

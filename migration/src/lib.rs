@@ -23,6 +23,7 @@ mod m20261208_000001_sqlite_one_conversation_index;
 mod m20261209_000001_revocation_times;
 mod m20261210_000001_sqlite_search_merges;
 mod m20261211_000001_sqlite_search_file;
+mod m20261212_000001_postgres_messages_conversation_check;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -51,6 +52,22 @@ impl MigratorTrait for Migrator {
             Box::new(m20261209_000001_revocation_times::Migration),
             Box::new(m20261210_000001_sqlite_search_merges::Migration),
             Box::new(m20261211_000001_sqlite_search_file::Migration),
+            Box::new(m20261212_000001_postgres_messages_conversation_check::Migration),
         ]
     }
+}
+
+/// Runs `sql` on `backend`; nothing on the other databases (a migration
+/// that only one database needs).
+pub(crate) async fn only_on(
+    manager: &SchemaManager<'_>,
+    backend: sea_orm_migration::sea_orm::DatabaseBackend,
+    sql: &str,
+) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::ConnectionTrait;
+    let db = manager.get_connection();
+    if db.get_database_backend() == backend {
+        db.execute_unprepared(sql).await?;
+    }
+    Ok(())
 }

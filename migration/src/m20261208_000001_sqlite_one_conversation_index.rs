@@ -16,7 +16,7 @@
 //! takes no time; the way back builds it again.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend};
+use sea_orm_migration::sea_orm::DatabaseBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -38,9 +38,5 @@ impl MigrationTrait for Migration {
 
 /// Runs `sql` on SQLite; nothing on the other databases.
 pub(crate) async fn sqlite_only(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    let db = manager.get_connection();
-    if db.get_database_backend() == DatabaseBackend::Sqlite {
-        db.execute_unprepared(sql).await?;
-    }
-    Ok(())
+    crate::only_on(manager, DatabaseBackend::Sqlite, sql).await
 }

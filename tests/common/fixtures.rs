@@ -83,6 +83,13 @@ pub fn migrations_before(name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no migration named {name}")) as u32
 }
 
+/// How many migrations `Migrator::down` undoes to undo `name`: it and every
+/// later one.
+pub fn migrations_from(name: &str) -> u32 {
+    use migration::MigratorTrait;
+    migration::Migrator::migrations().len() as u32 - migrations_before(name)
+}
+
 /// Makes each of `writers` have written to `to` in their direct
 /// conversation (one stored message each, written straight to the
 /// database): what lets `to` add them to groups without an invitation

@@ -91,8 +91,10 @@ pub(super) async fn store_plain_postgres(
 /// the rate"). A conversation that does not exist gives its messages no
 /// `seq` (the LEFT JOIN), which the column refuses, so the statement fails
 /// whole and nothing of it is stored: an `Err` here means nothing was
-/// committed. The rows come back as returned (`returned_by_id` sorts
-/// them and reads what `Inserted` holds); they are committed already.
+/// committed. (That, with the lock, is the check PostgreSQL's `messages`
+/// make instead of a foreign key to `chats`: migration m20261212_000001.)
+/// The rows come back as returned (`returned_by_id` sorts them and reads
+/// what `Inserted` holds); they are committed already.
 async fn insert_plain_postgres<C: ConnectionTrait>(
     db: &C,
     rows: &[&Row],
