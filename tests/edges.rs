@@ -133,18 +133,27 @@ async fn deleted_conversation_takes_its_messages(backend: &Backend) {
         .await
         .unwrap();
     let kept = kept.id.to_string();
+    let dave = app.create_user("dave", "Dave", "Green").await;
+    let (last, _) = chat_server::accounts::direct_chat(&app.db, alice, dave)
+        .await
+        .unwrap();
+    let last = last.id.to_string();
     let mut ws = app.authorized(&app.login("alice").await).await;
+    let send =
+        |pk: &str, text: &str| json!({"type": "message", "data": {"to": pk, "content": text}});
     for (pk, text) in [(&gone, "one"), (&kept, "two"), (&gone, "three")] {
-        ws.send(json!({"type": "message", "data": {"to": pk, "content": text}}))
-            .await;
+        ws.send(send(pk, text)).await;
         let ack = ws.recv_type("message_response").await;
         assert_eq!(ack["data"]["status"], "success", "{ack}");
     }
-    let removed = entity::chat::Entity::delete_by_id(gone.parse::<uuid::Uuid>().unwrap())
-        .exec(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(removed.rows_affected, 1);
+    let delete = |pk: &str| {
+        let (db, id) = (app.db.clone(), pk.parse::<uuid::Uuid>().unwrap());
+        async move {
+            let deleted = entity::chat::Entity::delete_by_id(id).exec(&db).await;
+            deleted.unwrap().rows_affected
+        }
+    };
+    assert_eq!(delete(&gone).await, 1);
     let left: Vec<(String, String)> = message::Entity::find()
         .all(&app.db)
         .await
@@ -159,18 +168,22 @@ async fn deleted_conversation_takes_its_messages(backend: &Backend) {
         backend.name()
     );
 
-    // Undone, the key is back and does the same; done again, the trigger.
+    // Undone, the key is back and does the same; done again over it (a
+    // downgrade, then an upgrade), the trigger again.
     use migration::MigratorTrait;
     let undo = common::migrations_from("m20261212_000001_postgres_messages_conversation_check");
     migration::Migrator::down(&app.db, Some(undo))
         .await
         .unwrap();
-    entity::chat::Entity::delete_by_id(kept.parse::<uuid::Uuid>().unwrap())
-        .exec(&app.db)
-        .await
-        .unwrap();
+    assert_eq!(delete(&kept).await, 1);
     assert_eq!(message::Entity::find().count(&app.db).await.unwrap(), 0);
     migration::Migrator::up(&app.db, None).await.unwrap();
+    ws.send(send(&last, "four")).await;
+    let ack = ws.recv_type("message_response").await;
+    assert_eq!(ack["data"]["status"], "success", "{ack}");
+    assert_eq!(delete(&last).await, 1);
+    let left = message::Entity::find().count(&app.db).await.unwrap();
+    assert_eq!(left, 0, "{}", backend.name());
 }
 
 backend_tests!(a_deleted_conversation_takes_its_messages => deleted_conversation_takes_its_messages);
