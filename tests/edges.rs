@@ -128,16 +128,15 @@ backend_tests!(a_failed_batch_is_retried_one_message_at_a_time => failed_batches
 async fn deleted_conversation_takes_its_messages(backend: &Backend) {
     let app = TestApp::spawn(backend).await;
     let (alice, _, gone) = app.pair("alice", "bob").await;
-    let carol = app.create_user("carol", "Carol", "Brown").await;
-    let (kept, _) = chat_server::accounts::direct_chat(&app.db, alice, carol)
-        .await
-        .unwrap();
-    let kept = kept.id.to_string();
-    let dave = app.create_user("dave", "Dave", "Green").await;
-    let (last, _) = chat_server::accounts::direct_chat(&app.db, alice, dave)
-        .await
-        .unwrap();
-    let last = last.id.to_string();
+    let mut others = Vec::new();
+    for (name, first) in [("carol", "Carol"), ("dave", "Dave")] {
+        let other = app.create_user(name, first, "Brown").await;
+        let (chat, _) = chat_server::accounts::direct_chat(&app.db, alice, other)
+            .await
+            .unwrap();
+        others.push(chat.id.to_string());
+    }
+    let [kept, last] = <[String; 2]>::try_from(others).unwrap();
     let mut ws = app.authorized(&app.login("alice").await).await;
     let send =
         |pk: &str, text: &str| json!({"type": "message", "data": {"to": pk, "content": text}});
