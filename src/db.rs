@@ -26,8 +26,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// no ping before a busy connection is used"). A connection in use within
 /// this while has just answered; one idle longer (the server was quiet, and
 /// the database may have restarted meanwhile) is pinged, and replaced if it
-/// does not answer. sqlx still pings each connection as it is given back,
-/// and closes one that does not answer then.
+/// does not answer. Nor is one pinged as it is given back, where upstream
+/// sqlx pings each (vendor/README.md): one broken since its last answer
+/// fails the one statement that next uses it, which closes it.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Why the database could not be reached or prepared.

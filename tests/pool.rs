@@ -115,35 +115,84 @@ async fn until_ends_with(sent: &Sent, tail: &[u8]) -> Vec<u8> {
 }
 
 /// A connection in use is handed out again without a ping (sqlx pings every
-/// connection it hands out unless told otherwise: a round trip before each
-/// statement and each of the writers' batches); one idle for longer than
-/// `db::PING_IF_IDLE_FOR` is pinged first. What PostgreSQL receives, per
-/// statement (`Q`, a simple query): the statement, then sqlx's ping (`S`,
-/// a Sync) as the connection is given back; and after an idle while, a
-/// ping before the statement too.
+/// connection it hands out unless told otherwise); one idle for longer than
+/// `db::PING_IF_IDLE_FOR` is pinged first. None is pinged as it is given
+/// back: upstream sqlx pings each one then, a round trip after every
+/// statement and every batch of the writers' that nothing waits for
+/// (vendor/README.md). What PostgreSQL receives, per statement (`Q`, a
+/// simple query): the statement alone; after an idle while, a ping (`S`, a
+/// Sync) and the statement.
 #[actix_rt::test]
 #[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
-async fn a_busy_connection_is_not_pinged_before_use_an_idle_one_is() {
+async fn a_connection_is_pinged_only_before_use_after_an_idle_while() {
+    let (database, sent, pool) = pool_through_proxy().await;
+    pool.execute_unprepared("SELECT 1").await.unwrap();
+    let before = until_ends_with(&sent, b"Q").await.len();
+    for _ in 0..10 {
+        pool.execute_unprepared("SELECT 1").await.unwrap();
+    }
+    let busy = until_ends_with(&sent, b"Q").await;
+    assert_eq!(
+        String::from_utf8_lossy(&busy[before..]),
+        "Q".repeat(10),
+        "each statement alone: no ping before it, none as it is given back"
+    );
+    tokio::time::sleep(chat_server::db::PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    pool.execute_unprepared("SELECT 1").await.unwrap();
+    let idle = until_ends_with(&sent, b"SQ").await;
+    assert_eq!(String::from_utf8_lossy(&idle[busy.len()..]), "SQ");
+    pool.close().await.unwrap();
+    drop(database);
+}
+
+/// A transaction dropped unfinished (an error's early return, a cancelled
+/// request) is rolled back as its connection is given back, without the
+/// ping upstream adds: the queued ROLLBACK is sent and its answer read, so
+/// the next statement on that connection runs outside it and sees nothing
+/// of it.
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
+async fn a_dropped_transaction_is_rolled_back_as_its_connection_is_given_back() {
+    use sea_orm::TransactionTrait;
+    let (database, sent, pool) = pool_through_proxy().await;
+    pool.execute_unprepared("SELECT 1").await.unwrap();
+    let before = until_ends_with(&sent, b"Q").await.len();
+    let transaction = pool.begin().await.unwrap();
+    transaction
+        .execute_unprepared("CREATE TABLE never_committed (id int)")
+        .await
+        .unwrap();
+    drop(transaction);
+    let left = pool
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT to_regclass('never_committed') IS NULL AS gone, \
+             pg_current_xact_id_if_assigned() IS NULL AS outside",
+        ))
+        .await
+        .unwrap()
+        .expect("a row");
+    assert!(left.try_get::<bool>("", "gone").unwrap(), "rolled back");
+    assert!(left.try_get::<bool>("", "outside").unwrap());
+    let seen = the_connections_record(&sent);
+    assert_eq!(
+        String::from_utf8_lossy(&seen[before..]),
+        "QQQPDSBECS",
+        "BEGIN, CREATE, ROLLBACK (simple queries), then the SELECT prepared \
+         (parse, describe, sync) and run (bind, execute, close, sync); no ping"
+    );
+    pool.close().await.unwrap();
+    drop(database);
+}
+
+/// A pool of one connection to a fresh PostgreSQL database, through a proxy
+/// that records what it sends.
+async fn pool_through_proxy() -> (TestDatabase, Sent, sea_orm::DatabaseConnection) {
     let database = TestDatabase::create(&Backend::postgres()).await;
     let sent = Sent::default();
     let port = recording_proxy(url_parts(&database.url).1, sent.clone()).await;
     let url = through_proxy(&database.url, port);
     let settings = common::settings(&url, &[("DB_POOL_SIZE", "1")]);
     let pool = chat_server::db::connect(&settings).await.unwrap();
-    pool.execute_unprepared("SELECT 1").await.unwrap();
-    let before = until_ends_with(&sent, b"QS").await.len();
-    for _ in 0..10 {
-        pool.execute_unprepared("SELECT 1").await.unwrap();
-    }
-    let busy = until_ends_with(&sent, b"QS").await;
-    assert_eq!(
-        String::from_utf8_lossy(&busy[before..]),
-        "QS".repeat(10),
-        "statement, ping as it is given back; no ping before"
-    );
-    tokio::time::sleep(chat_server::db::PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
-    pool.execute_unprepared("SELECT 1").await.unwrap();
-    let idle = until_ends_with(&sent, b"SQS").await;
-    assert_eq!(String::from_utf8_lossy(&idle[busy.len()..]), "SQS");
-    pool.close().await.unwrap();
+    (database, sent, pool)
 }
