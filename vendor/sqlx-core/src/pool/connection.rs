@@ -321,15 +321,17 @@ impl<DB: Database> Floating<DB, Live<DB>> {
         // this is simply a band-aid as SQLx-next connections should be able
         // to recover from cancellations
         //
-        // chat-server patch: settled without a round trip where nothing is
-        // pending. `flush` sends what is queued (a dropped transaction's
-        // ROLLBACK on PostgreSQL and MySQL, whose depth is already back to
-        // zero) and reads every answer still owed (a dropped query's rows),
-        // failing as `ping` does on a broken connection; only a connection
-        // with nothing owed skips the extra trip `ping` makes. A connection
-        // still in a transaction by its own count (SQLite, whose worker
-        // thread lowers the count once it has run a queued ROLLBACK) is
-        // pinged as upstream does, which waits for that thread.
+        // chat-server patch: settled without the ping's round trip.
+        // `flush` sends what is queued (a dropped transaction's ROLLBACK on
+        // PostgreSQL and MySQL, whose depth is already back to zero) and
+        // reads every answer still owed (a dropped query's rows), failing
+        // as `ping` does on a broken connection; with nothing queued or
+        // owed it does no I/O at all. The drivers queue each request whole
+        // before they first wait, so nothing half-sent needs the ping's
+        // `Sync` to close it. A connection still in a transaction by its
+        // own count (SQLite, whose worker thread lowers the count once it
+        // has run a queued ROLLBACK) is pinged as upstream does, which
+        // waits for that thread.
         let settled = if self.raw.is_in_transaction() {
             self.raw.ping().await
         } else {
