@@ -125,9 +125,7 @@ async fn until_ends_with(sent: &Sent, tail: &[u8]) -> Vec<u8> {
 #[actix_rt::test]
 #[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
 async fn a_connection_is_pinged_only_before_use_after_an_idle_while() {
-    let (database, sent, pool) = pool_through_proxy().await;
-    pool.execute_unprepared("SELECT 1").await.unwrap();
-    let before = until_ends_with(&sent, b"Q").await.len();
+    let (database, sent, pool, before) = pool_through_proxy().await;
     for _ in 0..10 {
         pool.execute_unprepared("SELECT 1").await.unwrap();
     }
@@ -154,9 +152,7 @@ async fn a_connection_is_pinged_only_before_use_after_an_idle_while() {
 #[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
 async fn a_dropped_transaction_is_rolled_back_as_its_connection_is_given_back() {
     use sea_orm::TransactionTrait;
-    let (database, sent, pool) = pool_through_proxy().await;
-    pool.execute_unprepared("SELECT 1").await.unwrap();
-    let before = until_ends_with(&sent, b"Q").await.len();
+    let (database, sent, pool, before) = pool_through_proxy().await;
     let transaction = pool.begin().await.unwrap();
     transaction
         .execute_unprepared("CREATE TABLE never_committed (id int)")
@@ -186,13 +182,16 @@ async fn a_dropped_transaction_is_rolled_back_as_its_connection_is_given_back() 
 }
 
 /// A pool of one connection to a fresh PostgreSQL database, through a proxy
-/// that records what it sends.
-async fn pool_through_proxy() -> (TestDatabase, Sent, sea_orm::DatabaseConnection) {
+/// that records what it sends; the connection opened by a first statement,
+/// and how much of the record that took (what a test reads comes after).
+async fn pool_through_proxy() -> (TestDatabase, Sent, sea_orm::DatabaseConnection, usize) {
     let database = TestDatabase::create(&Backend::postgres()).await;
     let sent = Sent::default();
     let port = recording_proxy(url_parts(&database.url).1, sent.clone()).await;
     let url = through_proxy(&database.url, port);
     let settings = common::settings(&url, &[("DB_POOL_SIZE", "1")]);
     let pool = chat_server::db::connect(&settings).await.unwrap();
-    (database, sent, pool)
+    pool.execute_unprepared("SELECT 1").await.unwrap();
+    let opened = until_ends_with(&sent, b"Q").await.len();
+    (database, sent, pool, opened)
 }
