@@ -12,6 +12,7 @@ use sea_orm::{
 use crate::config::{DbEngine, Settings};
 
 pub mod sqlite_memory;
+pub mod sqlite_wal;
 
 /// How long a SQLite writer waits for a lock before giving up: long enough to
 /// ride out another process's commit, short enough to surface a stuck one.
@@ -53,6 +54,8 @@ pub enum DbSetupError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SqliteVfs(#[from] sqlite_wal::RegisterError),
     #[error("database migration failed: {}", describe(.0))]
     Migrate(#[source] DbErr),
     #[error(
@@ -221,7 +224,8 @@ async fn connect_with(
         .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         .sqlx_logging(false);
     if engine == DbEngine::Sqlite {
-        options.map_sqlx_sqlite_opts(|opts| {
+        let vfs = sqlite_wal::registered()?;
+        options.map_sqlx_sqlite_opts(move |opts| {
             // FULL: a commit is on disk before the writer acknowledges it (group
             // commit amortises the fsync), so an acknowledged message survives power loss.
             opts.journal_mode(SqliteJournalMode::Wal)
@@ -233,6 +237,8 @@ async fn connect_with(
                 // a batch's statements otherwise open, write and delete a
                 // statement journal file each time.
                 .pragma("temp_store", "memory")
+                // Each commit's WAL frames in one write (src/db/sqlite_wal.rs).
+                .vfs(vfs)
         });
         options.map_sqlx_sqlite_before_acquire(|conn, _| Box::pin(outside_transaction(conn)));
     }

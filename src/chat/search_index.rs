@@ -225,7 +225,10 @@ impl SearchIndex {
             .display()
             .to_string();
         crate::db::create_private(&file).map_err(|e| failed(sqlx::Error::Io(e)))?;
+        let vfs = crate::db::sqlite_wal::registered()
+            .map_err(|e| failed(sqlx::Error::Configuration(Box::new(e))))?;
         let options = SqliteConnectOptions::new()
+            .vfs(vfs)
             .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
