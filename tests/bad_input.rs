@@ -556,7 +556,7 @@ async fn nul_characters(backend: &Backend) {
     assert_eq!(
         stored["messages"].as_array().map(Vec::len),
         Some(1),
-        "only the fine one"
+        "only the fine one: {stored}"
     );
 }
 

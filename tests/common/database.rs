@@ -90,12 +90,15 @@ fn unique_name() -> String {
 /// The file of a SQLite test database, in its temporary directory.
 const SQLITE_FILE: &str = "chat.db";
 
-/// A fresh database of `backend`, dropped with this value.
+/// A fresh database of `backend`, dropped with this value, or one of the
+/// pool of migrated server databases (reused.rs), given back.
 pub struct TestDatabase {
     pub url: String,
     cleanup: Option<Cleanup>,
     /// SQLite's: the temporary directory holding `SQLITE_FILE`.
     dir: Option<tempfile::TempDir>,
+    /// A pooled server database's hold.
+    held: Option<Held>,
 }
 
 /// How a server database is dropped: first the connections still using it
@@ -115,7 +118,7 @@ struct Cleanup {
 /// own schema (the first of its search path), and dropping that schema at
 /// its end would take them away from every test still running. Two test
 /// processes may race to create one: the loser finds it there.
-async fn search_extensions(admin: &DatabaseConnection) {
+pub(super) async fn search_extensions(admin: &DatabaseConnection) {
     for extension in ["unaccent", "btree_gin"] {
         let create = format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA public");
         if let Err(e) = admin.execute_unprepared(&create).await {
@@ -135,7 +138,7 @@ impl TestDatabase {
     /// A database with the schema as the migrations leave it, and no rows:
     /// what a server makes of an empty one at its first start, for less.
     /// On SQLite a copy of a template migrated once (`sqlite_template`);
-    /// elsewhere an empty one, which the first server migrates.
+    /// elsewhere an entry of the pool of migrated databases (reused.rs).
     pub async fn migrated(backend: &Backend) -> Self {
         match backend {
             Backend::Sqlite => {
@@ -147,7 +150,15 @@ impl TestDatabase {
                 copy_private(&sqlite_template().await, &dir.path().join(SQLITE_FILE));
                 database
             }
-            _ => Self::create(backend).await,
+            _ => {
+                let held = Pool::of(backend).take().await;
+                TestDatabase {
+                    url: held.url.clone(),
+                    cleanup: None,
+                    dir: None,
+                    held: Some(held),
+                }
+            }
         }
     }
 
@@ -164,6 +175,7 @@ impl TestDatabase {
                     url,
                     cleanup: None,
                     dir: Some(dir),
+                    held: None,
                 }
             }
             Backend::Postgres(base) => {
@@ -180,26 +192,18 @@ impl TestDatabase {
                     .await
                     .expect("create schema");
                 admin.close().await.ok();
-                let sep = if base.contains('?') { '&' } else { '?' };
-                // The schema's name as the connections' application name too:
-                // how the cleanup finds them.
-                let url = format!(
-                    "{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}"
-                );
                 TestDatabase {
-                    url,
+                    url: postgres_url(base, &schema),
                     cleanup: Some(Cleanup {
                         base: base.clone(),
-                        ends_sessions: format!(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                             WHERE application_name = '{schema}' AND pid <> pg_backend_pid()"
-                        ),
+                        ends_sessions: postgres_sessions(&schema),
                         drop: [
                             "SET lock_timeout = '20s'".into(),
                             format!("DROP SCHEMA {schema} CASCADE"),
                         ],
                     }),
                     dir: None,
+                    held: None,
                 }
             }
             Backend::MySql(base) => {
@@ -215,24 +219,71 @@ impl TestDatabase {
                     .await
                     .expect("create database");
                 admin.close().await.ok();
-                let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
-                let url = format!("{root}/{name}");
                 TestDatabase {
-                    url,
+                    url: mysql_url(base, &name),
                     cleanup: Some(Cleanup {
                         base: base.clone(),
-                        ends_sessions: format!(
-                            "SELECT id FROM information_schema.processlist \
-                             WHERE db = '{name}' AND id <> CONNECTION_ID()"
-                        ),
+                        ends_sessions: mysql_sessions(&name),
                         drop: [
                             "SET SESSION lock_wait_timeout = 20".into(),
                             format!("DROP DATABASE {name}"),
                         ],
                     }),
                     dir: None,
+                    held: None,
                 }
             }
+        }
+    }
+}
+
+/// The URL of PostgreSQL's `schema` at `base`: its search path, and the
+/// schema's name as the connections' application name too, which is how
+/// `postgres_sessions` finds them.
+pub(super) fn postgres_url(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
+}
+
+/// The URL of MariaDB's database `name` on the server of `base`.
+pub(super) fn mysql_url(base: &str, name: &str) -> String {
+    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
+    format!("{root}/{name}")
+}
+
+/// What ends the sessions on PostgreSQL's `schema` (`end_sessions`).
+pub(super) fn postgres_sessions(schema: &str) -> String {
+    format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = '{schema}' AND pid <> pg_backend_pid()"
+    )
+}
+
+/// The ids of the sessions on MariaDB's database `name` (`end_sessions`).
+pub(super) fn mysql_sessions(name: &str) -> String {
+    format!(
+        "SELECT id FROM information_schema.processlist \
+         WHERE db = '{name}' AND id <> CONNECTION_ID()"
+    )
+}
+
+/// Ends the sessions `query` finds: on PostgreSQL the query ends them
+/// itself; MariaDB ends a session by `KILL <id>`, one statement each.
+pub(super) async fn end_sessions(admin: &DatabaseConnection, query: &str) {
+    if admin.get_database_backend() != DatabaseBackend::MySql {
+        let _ = admin.execute_unprepared(query).await;
+        return;
+    }
+    let ids = admin
+        .query_all_raw(Statement::from_string(
+            DatabaseBackend::MySql,
+            query.to_string(),
+        ))
+        .await
+        .unwrap_or_default();
+    for row in ids {
+        if let Ok(id) = row.try_get_by_index::<i64>(0) {
+            let _ = admin.execute_unprepared(&format!("KILL {id}")).await;
         }
     }
 }
@@ -290,7 +341,7 @@ fn remove_old_templates() {
 /// What names a template after the test binary that made it: its path,
 /// size and time, so a rebuilt binary (whose migrations may differ) makes
 /// its own.
-fn binary_key() -> u64 {
+pub(super) fn binary_key() -> u64 {
     use std::hash::{Hash, Hasher};
     let exe = std::env::current_exe().expect("the test binary's path");
     let meta = std::fs::metadata(&exe).expect("the test binary's metadata");
@@ -335,26 +386,7 @@ impl Cleanup {
         let Ok(admin) = Database::connect(options).await else {
             return;
         };
-        match admin.get_database_backend() {
-            sea_orm::DatabaseBackend::MySql => {
-                // MariaDB ends a session by `KILL <id>`, one statement each.
-                let ids = admin
-                    .query_all_raw(Statement::from_string(
-                        sea_orm::DatabaseBackend::MySql,
-                        self.ends_sessions.clone(),
-                    ))
-                    .await
-                    .unwrap_or_default();
-                for row in ids {
-                    if let Ok(id) = row.try_get_by_index::<i64>(0) {
-                        let _ = admin.execute_unprepared(&format!("KILL {id}")).await;
-                    }
-                }
-            }
-            _ => {
-                let _ = admin.execute_unprepared(&self.ends_sessions).await;
-            }
-        }
+        end_sessions(&admin, &self.ends_sessions).await;
         for statement in &self.drop {
             if let Err(e) = admin.execute_unprepared(statement).await {
                 eprintln!("test database left behind ({statement}): {e}");

@@ -1,17 +1,20 @@
 //! Test support: start the real server (from `lib.rs`, as the binary does)
-//! on a free port against a fresh database of each configured backend, and
-//! talk to it over real HTTP and a real WebSocket.
+//! on a free port against an empty database of each configured backend,
+//! and talk to it over real HTTP and a real WebSocket.
 //!
 //! Backends: SQLite (a temp dir; a server's database starts as a copy of
-//! one migrated once per test binary), PostgreSQL (`TEST_POSTGRES_URL`, a fresh
-//! schema per app) and MySQL/MariaDB (`TEST_MYSQL_URL`, a fresh database per
-//! app), each dropped with the app. `backend_tests!` makes one test per
+//! one migrated once per test binary), PostgreSQL (`TEST_POSTGRES_URL`, a
+//! schema per app) and MySQL/MariaDB (`TEST_MYSQL_URL`, a database per
+//! app), each migrated, from a pool the tests share, emptied for the app
+//! and given back with it (the migrations' own tests make fresh ones).
+//! `backend_tests!` makes one test per
 //! backend, so a failure names its backend; the server-database tests are
 //! `#[ignore]`d, so a bare `cargo test` reports them as ignored, and
 //! `cargo test -- --include-ignored` (what CI runs) fails them when their
 //! service is not configured.
 //!
-//! `database.rs` makes the databases, `app.rs` the servers on them,
+//! `database.rs` makes the databases, `reused.rs` keeps the pool,
+//! `app.rs` the servers on them,
 //! `client.rs` the WebSocket clients that talk to them, `redis_server.rs`
 //! the Redis they share, `fixtures.rs` rows written straight to a database;
 //! what every test reaches for (the HTTP client, free ports, waiting for a
@@ -28,12 +31,14 @@ mod fixtures;
 pub mod postgres_server;
 pub mod redis_cluster;
 mod redis_server;
+mod reused;
 
 pub use app::*;
 pub use client::*;
 pub use database::*;
 pub use fixtures::*;
 pub use redis_server::*;
+pub use reused::{Held, Pool};
 
 use std::sync::OnceLock;
 use std::time::Duration;
