@@ -11,8 +11,12 @@
 //!   When the pool grows, the free entries of other keys are dropped.
 //! - **Taken** by a lock that a connection of a thread of its own holds for
 //!   the test's life (`pg_try_advisory_lock`, `GET_LOCK`): the first entry
-//!   free is taken, or made. A test process that dies gives its entries
-//!   back as its connections close.
+//!   free is taken, or made. When the test is over, the sessions still on
+//!   its entry are ended; under nextest, which runs each test in a process
+//!   of its own, the lock is kept until that process exits, so that nothing
+//!   its servers still do meanwhile (a worker thread finishing a request)
+//!   lands in the next test's entry. A test process that dies gives its
+//!   entries back as its connections close.
 //! - **Compared** with the pool's template, `tp_<key>_template`: migrated
 //!   once, never handed out. An entry that lacks a migration of this build
 //!   (its maker died mid-way) or whose schema differs from the template's
@@ -47,6 +51,9 @@ pub struct Held {
     /// Whether it was made for this test, rather than emptied.
     pub made: bool,
     release: Option<oneshot::Sender<()>>,
+    /// Told when the sessions on the entry are ended.
+    ended: std::sync::mpsc::Receiver<()>,
+    /// The holder thread, joined when the lock goes with it, not at exit.
     holder: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -68,12 +75,18 @@ pub struct Pool {
     /// `tp` for the tests' pool; a pool's entries are `<prefix>_<key>_<n>`.
     prefix: String,
     key: String,
+    /// Whether an entry stays locked until the test's process exits.
+    until_exit: bool,
 }
 
 impl Pool {
     /// The pool of `backend`'s server database, for this build's migrations.
     pub fn of(backend: &Backend) -> Pool {
-        Pool::named(backend, "tp", &migrations_key())
+        let one_test = std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+        Pool {
+            until_exit: one_test,
+            ..Pool::named(backend, "tp", &migrations_key())
+        }
     }
 
     /// A pool of its own (the pool's tests): entries `<prefix>_<key>_<n>`.
@@ -86,6 +99,7 @@ impl Pool {
             backend: backend.clone(),
             prefix: prefix.into(),
             key: key.into(),
+            until_exit: false,
         }
     }
 
@@ -93,6 +107,7 @@ impl Pool {
     pub async fn take(&self) -> Held {
         let (answer, answered) = oneshot::channel();
         let (release, released) = oneshot::channel();
+        let (told, ended) = std::sync::mpsc::channel();
         let pool = self.clone();
         // The lock's connection lives on a runtime of its own: the test's
         // thread is blocked while the entry is given back (`Drop`).
@@ -101,7 +116,7 @@ impl Pool {
                 .enable_all()
                 .build()
                 .expect("a runtime for the pool's lock")
-                .block_on(pool.hold(answer, released))
+                .block_on(pool.hold(answer, released, told))
         });
         let Ok((url, made)) = answered.await else {
             let _ = holder.join();
@@ -111,7 +126,8 @@ impl Pool {
             url,
             made,
             release: Some(release),
-            holder: Some(holder),
+            ended,
+            holder: (!self.until_exit).then_some(holder),
         }
     }
 
@@ -123,8 +139,14 @@ impl Pool {
     }
 
     /// The holder thread: takes an entry, answers with its URL, keeps its
-    /// lock until released, then ends the sessions left on it.
-    async fn hold(self, answer: oneshot::Sender<(String, bool)>, released: oneshot::Receiver<()>) {
+    /// lock until released, then ends the sessions left on it, and gives
+    /// the lock back (or keeps it until the process exits).
+    async fn hold(
+        self,
+        answer: oneshot::Sender<(String, bool)>,
+        released: oneshot::Receiver<()>,
+        told: std::sync::mpsc::Sender<()>,
+    ) {
         let admin = one_connection(self.base()).await;
         let (name, made) = self.take_entry(&admin).await;
         let url = self.url(&name);
@@ -132,6 +154,10 @@ impl Pool {
             let _ = released.await;
         }
         end_sessions(&admin, &self.sessions(&name)).await;
+        let _ = told.send(());
+        if self.until_exit {
+            std::future::pending::<()>().await;
+        }
         let _ = admin.close().await;
     }
 
@@ -468,6 +494,7 @@ impl Pool {
 impl Drop for Held {
     fn drop(&mut self) {
         drop(self.release.take());
+        let _ = self.ended.recv();
         if let Some(holder) = self.holder.take() {
             let _ = holder.join();
         }
