@@ -53,7 +53,8 @@ pub struct Held {
     release: Option<oneshot::Sender<()>>,
     /// Told when the sessions on the entry are ended.
     ended: std::sync::mpsc::Receiver<()>,
-    /// The holder thread, joined when the lock goes with it, not at exit.
+    /// The holder thread: joined here, unless it keeps the lock until the
+    /// process exits.
     holder: Option<std::thread::JoinHandle<()>>,
 }
 
