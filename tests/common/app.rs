@@ -82,6 +82,7 @@ impl TestApp {
 
     /// Starts a server on an existing database (a second instance, a restart).
     pub async fn spawn_on(backend: &Backend, url: &str, extra: &[(&str, &str)]) -> TestApp {
+        capture_logs();
         // On the heap, not in the test's future on the test thread's stack.
         let application = Box::pin(Application::build(settings(url, extra)))
             .await

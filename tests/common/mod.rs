@@ -40,8 +40,25 @@ pub use fixtures::*;
 pub use redis_server::*;
 pub use reused::{Held, Pool};
 
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
+
+/// The servers' warnings and errors (`RUST_LOG`, by default `warn`) into
+/// the test's captured output, once per test process: a failing test
+/// shows what its servers logged, an internal error's detail under the id
+/// its client was answered with; a passing test shows nothing.
+pub fn capture_logs() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // Another subscriber already installed (none is today) keeps its place.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
 
 /// How long a test waits for any one frame or response.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
