@@ -47,6 +47,7 @@ struct Inner {
     store_batch_retries: Counter,
     store_plain_fallbacks: Counter,
     send_to_delivery: Histogram,
+    outbox_waits: Histogram,
     request_seconds: Family<Label, Histogram, fn() -> Histogram>,
     outbox_overflows: Counter,
     holes_filled: Counter,
@@ -78,6 +79,7 @@ impl Default for Inner {
             store_batch_retries: Counter::default(),
             store_plain_fallbacks: Counter::default(),
             send_to_delivery: latency_histogram(),
+            outbox_waits: latency_histogram(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             outbox_overflows: Counter::default(),
             holes_filled: Counter::default(),
@@ -156,6 +158,12 @@ impl Default for Inner {
             "From a message frame's arrival to its push handed to the recipients' \
              sessions here and to the bus, after its commit",
             inner.send_to_delivery.clone(),
+        );
+        r.register(
+            "chat_outbox_wait_seconds",
+            "From a frame queued for a connection to its write, when the queue was \
+             empty before it: how long the connection's worker took to get to it",
+            inner.outbox_waits.clone(),
         );
         r.register(
             "chat_request_seconds",
@@ -293,6 +301,12 @@ impl Metrics {
         self.0.store_plain_fallbacks.inc();
     }
 
+    /// Where a connection's outbox observes how long its frames wait for
+    /// their write (`socket::outbox`).
+    pub fn outbox_waits(&self) -> Histogram {
+        self.0.outbox_waits.clone()
+    }
+
     /// A stored message handed on for delivery, `elapsed` after its frame arrived.
     pub fn message_delivered(&self, elapsed: Duration) {
         self.0.send_to_delivery.observe(elapsed.as_secs_f64());
@@ -334,6 +348,7 @@ mod tests {
         m.bad_frame(None);
         m.record_store_batch(4, 3, 1, Duration::from_millis(3));
         m.message_delivered(Duration::from_millis(1));
+        m.outbox_waits().observe(0.0003);
         m.request_answered("sync", Duration::from_micros(700));
         m.redis_state(true);
         let text = m.render(ServerCounts {
@@ -355,6 +370,9 @@ mod tests {
             "chat_store_batch_seconds_bucket{le=\"0.002\"} 0",
             "chat_store_batch_size_bucket{le=\"4.0\"} 1",
             "chat_send_to_delivery_seconds_count 1",
+            "chat_outbox_wait_seconds_count 1",
+            "chat_outbox_wait_seconds_bucket{le=\"0.0005\"} 1",
+            "chat_outbox_wait_seconds_bucket{le=\"0.00025\"} 0",
             "chat_request_seconds_count{type=\"sync\"} 1",
             "chat_request_seconds_bucket{le=\"0.001\",type=\"sync\"} 1",
             "chat_request_seconds_bucket{le=\"0.0005\",type=\"sync\"} 0",

@@ -67,7 +67,8 @@ pub async fn connect(
     };
     let url_token = url_token(req.query_string());
     let state = state.into_inner();
-    let (outbox, body) = socket::outbox(state.limits.outbox_capacity);
+    let waits = Some(state.metrics.outbox_waits());
+    let (outbox, body) = socket::outbox(state.limits.outbox_capacity, waits);
     let frames = socket::frames(payload.into_inner(), state.limits.max_frame_bytes, &outbox);
     WsSession::create(move |ctx| {
         ctx.add_stream(frames);

@@ -356,7 +356,7 @@ mod tests {
     async fn each_session_is_pinged_once_a_period_a_whole_period_after_it_joined() {
         let mut wheel = Wheel::default();
         let session = session();
-        let (outbox, mut body) = socket::outbox(8);
+        let (outbox, mut body) = socket::outbox(8, None);
         wheel.turn(CLIENT_TIMEOUT);
         wheel.add(1, outbox, session.downgrade().recipient());
         turns(&mut wheel, SLOTS - 1, CLIENT_TIMEOUT);
@@ -373,7 +373,7 @@ mod tests {
     async fn a_silent_client_is_reported_once_and_forgotten() {
         let mut wheel = Wheel::default();
         let session = session();
-        let (outbox, mut body) = socket::outbox(8);
+        let (outbox, mut body) = socket::outbox(8, None);
         wheel.add(1, outbox.clone(), session.downgrade().recipient());
         // Silence is counted in milliseconds; any is too long here.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -388,7 +388,7 @@ mod tests {
     async fn a_client_that_stops_reading_is_reported_when_its_ping_does_not_fit() {
         let mut wheel = Wheel::default();
         let session = session();
-        let (outbox, _body) = socket::outbox(1);
+        let (outbox, _body) = socket::outbox(1, None);
         assert_eq!(outbox.send_text("{}".into()), Queued::Yes);
         wheel.add(1, outbox.clone(), session.downgrade().recipient());
         turns(&mut wheel, SLOTS, CLIENT_TIMEOUT);
@@ -402,7 +402,7 @@ mod tests {
         for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
             let mut wheel = Wheel::default();
             let session = session();
-            let (outbox, body) = socket::outbox(8);
+            let (outbox, body) = socket::outbox(8, None);
             wheel.add(1, outbox, session.downgrade().recipient());
             drop(body);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -417,7 +417,7 @@ mod tests {
         for client_timeout in [CLIENT_TIMEOUT, Duration::ZERO] {
             let mut wheel = Wheel::default();
             let session = session();
-            let (outbox, mut body) = socket::outbox(8);
+            let (outbox, mut body) = socket::outbox(8, None);
             wheel.add(1, outbox.clone(), session.downgrade().recipient());
             outbox.close(actix_http::ws::CloseCode::Away, "bye");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -473,7 +473,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_session_that_ends_is_forgotten_at_once() {
         let session = session();
-        let (outbox, _body) = socket::outbox(8);
+        let (outbox, _body) = socket::outbox(8, None);
         let kept = register(1, outbox.clone(), session.downgrade().recipient(), TIMING);
         let ended = register(2, outbox, session.downgrade().recipient(), TIMING);
         let registered = || {

@@ -44,7 +44,7 @@ async fn pushes_wait_until_the_authorization_answer_is_queued() {
         type Result = ();
         fn handle(&mut self, _: Kick, _: &mut Context<Self>) {}
     }
-    let (outbox, mut body) = crate::chat::socket::outbox(16);
+    let (outbox, mut body) = crate::chat::socket::outbox(16, None);
     let (user, session) = (UserId(7), 1);
     let connect = Connect {
         session,

@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_pong_between_frames_is_heard_without_waking_the_reader() {
-        let (outbox, _body) = super::super::outbox(4);
+        let (outbox, _body) = super::super::outbox(4, None);
         let (mut sender, payload) = h1::Payload::create(false);
         // The dispatcher's part (vendor/actix-http, `h1/dispatcher.rs`): a
         // chunk the filter does not take is queued.

@@ -22,6 +22,7 @@ use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
+use prometheus_client::metrics::histogram::Histogram;
 
 mod incoming;
 
@@ -56,6 +57,10 @@ struct Shared {
     waker: AtomicWaker,
     /// When the client was last heard from, in milliseconds since `epoch()`.
     heard: AtomicU64,
+    /// Since when the queue's oldest frame has waited for the connection
+    /// to write it, in microseconds since `epoch()`; 0 while it is empty.
+    /// Read and written under the queue's lock.
+    waiting_since: AtomicU64,
 }
 
 #[derive(Default)]
@@ -91,6 +96,13 @@ fn epoch() -> Instant {
 
 fn millis_since_epoch() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Never 0, which `waiting_since` keeps for an empty queue.
+fn micros_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The sending side of one connection: cheap to clone, safe to use from any
@@ -186,6 +198,9 @@ impl Outbox {
             if queue.frames.len() + items.len() > self.shared.capacity {
                 return Err(Refused::Full);
             }
+            if queue.frames.is_empty() {
+                (self.shared.waiting_since).store(micros_since_epoch(), Ordering::Relaxed);
+            }
             queue.frames.extend(items);
         }
         self.shared.waker.wake();
@@ -259,8 +274,10 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A new outbox of `capacity` frames, and the byte stream that becomes the
-/// HTTP response body of the upgraded connection.
-pub fn outbox(capacity: usize) -> (Outbox, Body) {
+/// HTTP response body of the upgraded connection. How long frames wait in
+/// it for their write is observed into `waits` (`chat_outbox_wait_seconds`),
+/// when given.
+pub fn outbox(capacity: usize, waits: Option<Histogram>) -> (Outbox, Body) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         capacity: capacity.max(1),
@@ -269,10 +286,12 @@ pub fn outbox(capacity: usize) -> (Outbox, Body) {
         urgent: Mutex::new(None),
         waker: AtomicWaker::new(),
         heard: AtomicU64::new(millis_since_epoch()),
+        waiting_since: AtomicU64::new(0),
     });
     let body = Body {
         shared: shared.clone(),
         done: false,
+        waits,
     };
     (Outbox { shared }, body)
 }
@@ -282,6 +301,7 @@ pub fn outbox(capacity: usize) -> (Outbox, Body) {
 pub struct Body {
     shared: Arc<Shared>,
     done: bool,
+    waits: Option<Histogram>,
 }
 
 impl Drop for Body {
@@ -297,6 +317,17 @@ impl Drop for Body {
 }
 
 impl Body {
+    /// The frames taken from `queue` are being written: how long the
+    /// oldest of them waited, into `waits`; what is left waits from now.
+    fn written(&self, queue: &Queue) {
+        let now = micros_since_epoch();
+        let left = if queue.frames.is_empty() { 0 } else { now };
+        let since = self.shared.waiting_since.swap(left, Ordering::Relaxed);
+        if let (Some(waits), true) = (&self.waits, since > 0) {
+            waits.observe(now.saturating_sub(since) as f64 / 1e6);
+        }
+    }
+
     /// A close that must overtake the queue, if one was asked for.
     fn take_urgent(&self) -> Option<CloseReason> {
         // Every urgent close sets `closing` first: no lock while open.
@@ -339,6 +370,7 @@ impl Stream for Body {
         // all are, needs no buffer of its own.
         if queue.frames.len() == 1 && matches!(queue.frames.front(), Some(Outgoing::Ping)) {
             queue.frames.clear();
+            this.written(&queue);
             return Poll::Ready(Some(Ok(Bytes::from_static(PING_FRAME))));
         }
         // Coalesce whatever is queued into one write, in a buffer sized for
@@ -353,6 +385,7 @@ impl Stream for Body {
                 break;
             }
         }
+        this.written(&queue);
         if queue.frames.is_empty() && queue.frames.capacity() > KEEP_QUEUE_ROOM {
             queue.frames = VecDeque::new();
         }
@@ -402,7 +435,7 @@ mod tests {
 
     #[test]
     fn frames_queued_together_go_out_in_one_write_or_not_at_all() {
-        let (outbox, mut body) = outbox(3);
+        let (outbox, mut body) = outbox(3, None);
         let a = Bytes::from_static(br#"{"a":1}"#);
         let b = Bytes::from_static(br#"{"b":2}"#);
         assert_eq!(outbox.send_texts(&[&a, &b]), Queued::Yes);
@@ -419,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_ping_alone_is_the_frame_encode_writes() {
-        let (outbox, mut body) = outbox(3);
+        let (outbox, mut body) = outbox(3, None);
         assert_eq!(outbox.send_ping(), Queued::Yes);
         let written = body.next().now_or_never().flatten().map(Result::unwrap);
         let mut expected = BytesMut::new();
@@ -435,6 +468,52 @@ mod tests {
         encode(&mut both, Outgoing::Text(a));
         encode(&mut both, Outgoing::Ping);
         assert_eq!(written.as_deref(), Some(&both[..]));
+    }
+
+    #[test]
+    fn a_write_observes_how_long_its_oldest_frame_waited() {
+        use crate::metrics::{Metrics, ServerCounts};
+        let metrics = Metrics::default();
+        let (outbox, mut body) = outbox(8, Some(metrics.outbox_waits()));
+        let observed = || {
+            let text = metrics.render(ServerCounts::default());
+            let value = |name: &str| {
+                let line = text.lines().find(|l| l.starts_with(name));
+                line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            };
+            (
+                value("chat_outbox_wait_seconds_count").unwrap_or(-1.0),
+                value("chat_outbox_wait_seconds_sum").unwrap_or(-1.0),
+            )
+        };
+        // An empty queue's poll writes nothing and observes nothing.
+        assert!(body.next().now_or_never().is_none());
+        assert_eq!(observed(), (0.0, 0.0));
+        let a = Bytes::from_static(br#"{"a":1}"#);
+        let queued = Instant::now();
+        assert_eq!(outbox.send_texts(&[&a]), Queued::Yes);
+        // Queued behind the first: the same write, one observation.
+        assert_eq!(outbox.send_ping(), Queued::Yes);
+        assert!(body.next().now_or_never().flatten().is_some());
+        let at_most = queued.elapsed().as_secs_f64();
+        let (count, sum) = observed();
+        assert_eq!(count, 1.0);
+        assert!(
+            sum <= at_most + 1e-6,
+            "{sum} s observed, {at_most} s at most"
+        );
+        // The queue was emptied: the next frame waits from its own push.
+        let queued = Instant::now();
+        assert_eq!(outbox.send_ping(), Queued::Yes);
+        assert!(body.next().now_or_never().flatten().is_some());
+        let (count, second) = observed();
+        assert_eq!(count, 2.0);
+        let at_most = queued.elapsed().as_secs_f64();
+        assert!(
+            second - sum <= at_most + 1e-6,
+            "{} s observed",
+            second - sum
+        );
     }
 
     #[test]

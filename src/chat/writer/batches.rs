@@ -137,7 +137,7 @@ mod tests {
             reply_to: None,
             attachments: Vec::new(),
         };
-        let (outbox, _) = crate::chat::socket::outbox(4);
+        let (outbox, _) = crate::chat::socket::outbox(4, None);
         PendingInsert {
             job: Job::Insert(Row {
                 message,
