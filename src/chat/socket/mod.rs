@@ -199,7 +199,8 @@ impl Outbox {
                 return Err(Refused::Full);
             }
             if queue.frames.is_empty() {
-                (self.shared.waiting_since).store(micros_since_epoch(), Ordering::Relaxed);
+                let now = micros_since_epoch();
+                self.shared.waiting_since.store(now, Ordering::Relaxed);
             }
             queue.frames.extend(items);
         }
