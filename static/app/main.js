@@ -288,7 +288,10 @@ function Time({ iso }) {
 function Confirm({ label, question, action, onConfirm, onCancel }) {
   const box = useRef(null);
   const cancel = useRef(null);
-  useEffect(() => {
+  // Before the first paint (a layout effect, not an effect): no frame
+  // shows the question cut off, and nothing measured after the click that
+  // asked can find it so.
+  useLayoutEffect(() => {
     cancel.current?.focus();
     // The whole question in sight, not only the button the focus is on.
     box.current?.scrollIntoView({ block: "nearest" });
