@@ -238,7 +238,8 @@ impl<S: Socket> MySqlStream<S> {
                 let Some(header) = buf.get(..4) else {
                     return Ok(ControlFlow::Continue(4));
                 };
-                let length = 4 + (u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize);
+                let payload = u32::from_le_bytes([header[0], header[1], header[2], 0]);
+                let length = 4 + payload as usize;
                 Ok(if buf.len() < length {
                     ControlFlow::Continue(length)
                 } else {
@@ -248,9 +249,7 @@ impl<S: Socket> MySqlStream<S> {
             .await?;
         let mut header = packet.split_to(4);
 
-        // cannot overflow
-        #[allow(clippy::cast_possible_truncation)]
-        let _packet_size = header.get_uint_le(3) as usize;
+        header.advance(3); // the payload's length, read above
         let sequence_id = header.get_u8();
 
         self.sequence_id = sequence_id.wrapping_add(1);
