@@ -381,6 +381,23 @@ async fn pass_answers(
     }
 }
 
+/// A pool of one connection to a fresh MySQL database, through an
+/// `AnswerCutter`; the connection opened by a first statement.
+async fn mysql_pool_through_cutter() -> (TestDatabase, AnswerCutter, sea_orm::DatabaseConnection) {
+    let database = TestDatabase::create(&Backend::mysql()).await;
+    let (before, address, after) = url_parts(&database.url, 3306);
+    let proxy = AnswerCutter::start(address).await;
+    let sep = if after.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{before}127.0.0.1:{}{after}{sep}ssl-mode=disabled",
+        proxy.port
+    );
+    let settings = common::settings(&url, &[("DB_POOL_SIZE", "1")]);
+    let pool = chat_server::db::connect(&settings).await.unwrap();
+    pool.execute_unprepared("SELECT 1").await.unwrap();
+    (database, proxy, pool)
+}
+
 /// What is dropped in `a_dropped_query_leaves_its_connection_in_step`.
 #[derive(Debug, Clone, Copy)]
 enum Dropped {
@@ -405,20 +422,10 @@ enum Dropped {
 #[actix_rt::test]
 #[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
 async fn a_dropped_query_leaves_its_connection_in_step() {
-    let database = TestDatabase::create(&Backend::mysql()).await;
-    let (before, address, after) = url_parts(&database.url, 3306);
-    let proxy = AnswerCutter::start(address).await;
-    let sep = if after.contains('?') { '&' } else { '?' };
-    let url = format!(
-        "{before}127.0.0.1:{}{after}{sep}ssl-mode=disabled",
-        proxy.port
-    );
-    let settings = common::settings(&url, &[("DB_POOL_SIZE", "1")]);
-    let pool = chat_server::db::connect(&settings).await.unwrap();
+    let (database, proxy, pool) = mysql_pool_through_cutter().await;
     let statement = |sql: &str, values: Vec<sea_orm::Value>| {
         Statement::from_sql_and_values(DatabaseBackend::MySql, sql, values)
     };
-    pool.execute_unprepared("SELECT 1").await.unwrap();
     pool.query_one_raw(statement("SELECT ? AS e", vec![0.into()]))
         .await
         .unwrap();
@@ -476,6 +483,46 @@ async fn a_dropped_query_leaves_its_connection_in_step() {
         assert_eq!(row.try_get::<i64>("", "c").unwrap(), value, "{dropped:?}");
         assert_eq!(proxy.commands_since(mark), commands, "{dropped:?}");
     }
+    pool.close().await.unwrap();
+    drop(database);
+}
+
+/// A transaction whose caller is dropped while its `BEGIN` is on its way
+/// (a cancelled request, a session ended mid-query) is rolled back: its
+/// connection goes back to the pool outside any transaction, so the next
+/// statements on it commit as they run. sqlx counts a transaction only
+/// once its `BEGIN` is answered, so upstream gave such a connection back
+/// inside a transaction the server had begun and nobody would end
+/// (`db::begin`).
+#[actix_rt::test]
+#[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
+async fn a_transaction_dropped_while_it_begins_is_rolled_back() {
+    const COM_QUERY: u8 = 0x03;
+    let (database, proxy, pool) = mysql_pool_through_cutter().await;
+
+    proxy.arm(COM_QUERY, 0);
+    let task = tokio::spawn({
+        let pool = pool.clone();
+        async move { chat_server::db::begin(&pool).await.map(drop) }
+    });
+    proxy.until_cut_and_read().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    proxy.release();
+
+    let row = pool
+        .query_one_raw(Statement::from_string(
+            DatabaseBackend::MySql,
+            "SELECT @@in_transaction AS open",
+        ))
+        .await
+        .unwrap()
+        .expect("a row");
+    assert_eq!(
+        row.try_get::<u64>("", "open").unwrap(),
+        0,
+        "the next statement runs outside any transaction"
+    );
     pool.close().await.unwrap();
     drop(database);
 }

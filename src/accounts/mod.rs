@@ -6,7 +6,7 @@ use entity::{chat, chat_member, revoked_token, user};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
+    IntoActiveModel, QueryFilter, SqlErr,
 };
 
 use crate::auth::password::MIN_PASSWORD_LEN;
@@ -383,44 +383,39 @@ pub async fn direct_chat(
         return Ok((existing, false));
     }
     let now = Utc::now();
-    let created = db
-        .transaction::<_, chat::Model, DbErr>(|txn| {
-            let key = key.clone();
-            Box::pin(async move {
-                let chat = chat::ActiveModel {
-                    id: Set(uuid::Uuid::new_v4()),
-                    kind: Set(chat::ChatKind::Direct),
-                    title: Set(None),
-                    direct_key: Set(Some(key)),
-                    created_at: Set(now),
-                    seq: Set(0),
-                }
-                .insert(txn)
-                .await?;
-                for user_id in [a, b] {
-                    chat_member::ActiveModel {
-                        chat_id: Set(chat.id),
-                        user_id: Set(user_id),
-                        joined_at: Set(now),
-                        last_read_message_id: Set(None),
-                        role: Set(chat_member::Role::Member),
-                        muted: Set(false),
-                    }
-                    .insert(txn)
-                    .await?;
-                }
-                Ok(chat)
-            })
-        })
-        .await;
+    let created = async {
+        let txn = crate::db::begin(db).await?;
+        let chat = chat::ActiveModel {
+            id: Set(uuid::Uuid::new_v4()),
+            kind: Set(chat::ChatKind::Direct),
+            title: Set(None),
+            direct_key: Set(Some(key.clone())),
+            created_at: Set(now),
+            seq: Set(0),
+        }
+        .insert(&txn)
+        .await?;
+        for user_id in [a, b] {
+            chat_member::ActiveModel {
+                chat_id: Set(chat.id),
+                user_id: Set(user_id),
+                joined_at: Set(now),
+                last_read_message_id: Set(None),
+                role: Set(chat_member::Role::Member),
+                muted: Set(false),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        Ok::<_, DbErr>(chat)
+    }
+    .await;
     match created {
         Ok(chat) => Ok((chat, true)),
         Err(e) => match find_direct(db, &key).await? {
             Some(existing) => Ok((existing, false)),
-            None => Err(AccountError::Database(match e {
-                sea_orm::TransactionError::Connection(e)
-                | sea_orm::TransactionError::Transaction(e) => e,
-            })),
+            None => Err(AccountError::Database(e)),
         },
     }
 }

@@ -20,9 +20,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::Recipient;
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -204,7 +202,7 @@ async fn write(
         }
         return Ok(moved);
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin(db).await?;
     for (&(chat, user), &(up_to, _)) in furthest {
         if let Some(stored) = store::mark_read(&txn, chat, user, up_to).await? {
             moved.insert((chat, user), stored);

@@ -45,7 +45,7 @@ use sea_orm::sqlx::sqlite::{
 use sea_orm::sqlx::{self, Executor};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, FromQueryResult, RuntimeErr,
-    SqlxSqliteConnector, Statement, TransactionTrait,
+    SqlxSqliteConnector, Statement,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -298,7 +298,7 @@ impl SearchIndex {
     pub async fn with_tail<T: FromQueryResult>(&self, query: Statement) -> Result<Vec<T>, DbErr> {
         let mut caught_up = false;
         loop {
-            let txn = self.db.begin().await?;
+            let txn = crate::db::begin(&self.db).await?;
             let progress = txn
                 .query_one_raw(Statement::from_string(
                     DatabaseBackend::Sqlite,

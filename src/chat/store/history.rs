@@ -125,7 +125,6 @@ pub async fn history_page(
     after: Option<i64>,
     limit: u64,
 ) -> Result<HistoryPage, DbErr> {
-    use sea_orm::TransactionTrait;
     if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         // A message's `seq` never changes, so where the page starts may be
         // read before the page's own snapshot.
@@ -140,7 +139,7 @@ pub async fn history_page(
         };
         return page_statement::page_in_one_statement(db, chat, viewer, after, before, limit).await;
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin(db).await?;
     let seq = latest_seq(&txn, chat).await?;
     let (rows, has_more) = history(&txn, chat, before, after, limit).await?;
     let messages = history_items(&txn, rows, viewer).await?;
