@@ -204,9 +204,55 @@ const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_CLOSE: u8 = 0x19;
 
-/// A TCP proxy to MySQL that notes the command of every packet a client
-/// sends through it, and that can be told to cut the answer to the next
-/// command of a kind short: to let so many of its bytes through, then
+/// The wire protocol an `AnswerCutter` reads.
+#[derive(Clone, Copy)]
+enum Protocol {
+    MySql,
+    Postgres,
+}
+
+impl Protocol {
+    /// The commands of the whole messages at the front of `pending`, which
+    /// are taken from it; `started` once the first message went by.
+    fn commands(self, pending: &mut Vec<u8>, started: &mut bool) -> Vec<u8> {
+        let mut commands = Vec::new();
+        loop {
+            let (command, length) = match (self, &pending[..]) {
+                // A packet: a length of 3 bytes, little-endian, a sequence
+                // number, then the payload; a command's first packet is
+                // number 0 and starts with its code.
+                (Protocol::MySql, [a, b, c, sequence, payload @ ..]) => {
+                    let length = u32::from_le_bytes([*a, *b, *c, 0]) as usize;
+                    let command = payload.first().filter(|_| *sequence == 0);
+                    (command.copied(), 4 + length)
+                }
+                // A type byte and a big-endian length that counts itself,
+                // but the start-up message, which has no type byte.
+                (Protocol::Postgres, [first, rest @ ..]) => {
+                    let skip = usize::from(*started);
+                    let (command, length) = match (*started, rest) {
+                        (true, [a, b, c, d, ..]) => (Some(*first), [*a, *b, *c, *d]),
+                        (false, [a, b, c, ..]) => (None, [*first, *a, *b, *c]),
+                        _ => break,
+                    };
+                    (command, skip + u32::from_be_bytes(length) as usize)
+                }
+                _ => break,
+            };
+            if pending.len() < length {
+                break;
+            }
+            commands.extend(command);
+            pending.drain(..length);
+            *started = true;
+        }
+        commands
+    }
+}
+
+/// A TCP proxy to a database that notes the command of every message a
+/// client sends through it, and that can be told to cut the answer to the
+/// next command of a kind short: to let so many of its bytes through, then
 /// hold back the rest, and everything after it, until released.
 struct AnswerCutter {
     port: u16,
@@ -222,7 +268,7 @@ struct AnswerCutter {
 }
 
 impl AnswerCutter {
-    async fn start(upstream: String) -> Self {
+    async fn start(upstream: String, protocol: Protocol) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cutter = AnswerCutter {
             port: listener.local_addr().unwrap().port(),
@@ -256,31 +302,21 @@ impl AnswerCutter {
                 tokio::spawn(async move {
                     let mut from_client = from_client;
                     let mut to_server = to_server;
-                    let mut pending = Vec::new();
+                    let (mut pending, mut started) = (Vec::new(), false);
                     let mut chunk = [0u8; 8192];
                     while let Ok(n @ 1..) = from_client.read(&mut chunk).await {
                         pending.extend_from_slice(&chunk[..n]);
-                        // A packet: a length of 3 bytes, little-endian, a
-                        // sequence number, then the payload; a command's
-                        // first packet is number 0 and starts with its code.
-                        while let [a, b, c, sequence, payload @ ..] = &pending[..] {
-                            let length = u32::from_le_bytes([*a, *b, *c, 0]) as usize;
-                            if payload.len() < length {
-                                break;
+                        for command in protocol.commands(&mut pending, &mut started) {
+                            commands.lock().unwrap().push(command);
+                            let mut armed = armed.lock().unwrap();
+                            if let Some((_, let_through)) =
+                                armed.take_if(|(armed, _)| *armed == command)
+                            {
+                                // Cut before the server can answer.
+                                gate.send_replace(Some(let_through));
+                                *cut_client.lock().unwrap() = Some(peer.port());
+                                cut.notify_one();
                             }
-                            if let (0, Some(&command)) = (*sequence, payload.first()) {
-                                commands.lock().unwrap().push(command);
-                                let mut armed = armed.lock().unwrap();
-                                if let Some((_, let_through)) =
-                                    armed.take_if(|(armed, _)| *armed == command)
-                                {
-                                    // Cut before the server can answer.
-                                    gate.send_replace(Some(let_through));
-                                    *cut_client.lock().unwrap() = Some(peer.port());
-                                    cut.notify_one();
-                                }
-                            }
-                            pending.drain(..4 + length);
                         }
                         if to_server.write_all(&chunk[..n]).await.is_err() {
                             break;
@@ -381,17 +417,29 @@ async fn pass_answers(
     }
 }
 
-/// A pool of one connection to a fresh MySQL database, through an
-/// `AnswerCutter`; the connection opened by a first statement.
-async fn mysql_pool_through_cutter() -> (TestDatabase, AnswerCutter, sea_orm::DatabaseConnection) {
-    let database = TestDatabase::create(&Backend::mysql()).await;
-    let (before, address, after) = url_parts(&database.url, 3306);
-    let proxy = AnswerCutter::start(address).await;
-    let sep = if after.contains('?') { '&' } else { '?' };
-    let url = format!(
-        "{before}127.0.0.1:{}{after}{sep}ssl-mode=disabled",
-        proxy.port
-    );
+/// A pool of one connection to a fresh database of `backend` (PostgreSQL
+/// or MySQL), through an `AnswerCutter`; the connection opened by a first
+/// statement.
+async fn pool_through_cutter(
+    backend: Backend,
+) -> (TestDatabase, AnswerCutter, sea_orm::DatabaseConnection) {
+    let database = TestDatabase::create(&backend).await;
+    let (protocol, port) = match backend {
+        Backend::MySql(_) => (Protocol::MySql, 3306),
+        _ => (Protocol::Postgres, 5432),
+    };
+    let (before, address, after) = url_parts(&database.url, port);
+    let proxy = AnswerCutter::start(address, protocol).await;
+    let url = match protocol {
+        Protocol::Postgres => through_proxy(&database.url, proxy.port),
+        Protocol::MySql => {
+            let sep = if after.contains('?') { '&' } else { '?' };
+            format!(
+                "{before}127.0.0.1:{}{after}{sep}ssl-mode=disabled",
+                proxy.port
+            )
+        }
+    };
     let settings = common::settings(&url, &[("DB_POOL_SIZE", "1")]);
     let pool = chat_server::db::connect(&settings).await.unwrap();
     pool.execute_unprepared("SELECT 1").await.unwrap();
@@ -422,7 +470,7 @@ enum Dropped {
 #[actix_rt::test]
 #[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
 async fn a_dropped_query_leaves_its_connection_in_step() {
-    let (database, proxy, pool) = mysql_pool_through_cutter().await;
+    let (database, proxy, pool) = pool_through_cutter(Backend::mysql()).await;
     let statement = |sql: &str, values: Vec<sea_orm::Value>| {
         Statement::from_sql_and_values(DatabaseBackend::MySql, sql, values)
     };
@@ -494,13 +542,33 @@ async fn a_dropped_query_leaves_its_connection_in_step() {
 /// once its `BEGIN` is answered, so upstream gave such a connection back
 /// inside a transaction the server had begun and nobody would end
 /// (`db::begin`).
-#[actix_rt::test]
-#[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
-async fn a_transaction_dropped_while_it_begins_is_rolled_back() {
-    const COM_QUERY: u8 = 0x03;
-    let (database, proxy, pool) = mysql_pool_through_cutter().await;
+async fn a_transaction_dropped_while_it_begins_is_rolled_back(backend: Backend) {
+    let (database, proxy, pool) = pool_through_cutter(backend).await;
+    let backend = pool.get_database_backend();
+    // Whether the connection runs its statements outside any transaction:
+    // MySQL says so; PostgreSQL refuses a savepoint there.
+    let outside = || async {
+        match backend {
+            DatabaseBackend::MySql => {
+                let statement = "SELECT @@in_transaction = 0 AS outside";
+                let row = pool
+                    .query_one_raw(Statement::from_string(backend, statement))
+                    .await
+                    .unwrap()
+                    .expect("a row");
+                row.try_get::<bool>("", "outside").unwrap()
+            }
+            _ => pool.execute_unprepared("SAVEPOINT probe").await.is_err(),
+        }
+    };
+    assert!(outside().await, "{backend:?}: the check tells");
+    // The `BEGIN` is a text query (MySQL's `COM_QUERY`, PostgreSQL's `Q`).
+    let query = match backend {
+        DatabaseBackend::MySql => 0x03,
+        _ => b'Q',
+    };
 
-    proxy.arm(COM_QUERY, 0);
+    proxy.arm(query, 0);
     let task = tokio::spawn({
         let pool = pool.clone();
         async move { chat_server::db::begin(&pool).await.map(drop) }
@@ -510,19 +578,22 @@ async fn a_transaction_dropped_while_it_begins_is_rolled_back() {
     assert!(task.await.unwrap_err().is_cancelled());
     proxy.release();
 
-    let row = pool
-        .query_one_raw(Statement::from_string(
-            DatabaseBackend::MySql,
-            "SELECT @@in_transaction AS open",
-        ))
-        .await
-        .unwrap()
-        .expect("a row");
-    assert_eq!(
-        row.try_get::<u64>("", "open").unwrap(),
-        0,
-        "the next statement runs outside any transaction"
+    assert!(
+        outside().await,
+        "{backend:?}: the next statement runs outside any transaction"
     );
     pool.close().await.unwrap();
     drop(database);
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_POSTGRES_URL; run with --include-ignored"]
+async fn a_transaction_dropped_while_it_begins_is_rolled_back_postgres() {
+    a_transaction_dropped_while_it_begins_is_rolled_back(Backend::postgres()).await;
+}
+
+#[actix_rt::test]
+#[ignore = "needs TEST_MYSQL_URL; run with --include-ignored"]
+async fn a_transaction_dropped_while_it_begins_is_rolled_back_mysql() {
+    a_transaction_dropped_while_it_begins_is_rolled_back(Backend::mysql()).await;
 }
