@@ -15,9 +15,8 @@ use crate::common::{self, Backend, TestDatabase};
 /// connection, after its start-up message, in order.
 type Sent = Arc<Mutex<Vec<Vec<u8>>>>;
 
-/// A TCP proxy to `upstream` that notes the type of every message clients
-/// send through it (PostgreSQL's protocol: a start-up message of a length
-/// and a body, then a type byte, a length and a body each). Its address.
+/// A TCP proxy to PostgreSQL at `upstream` that notes the type of every
+/// message clients send through it (`Protocol::Postgres`). Its port.
 async fn recording_proxy(upstream: String, sent: Sent) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -41,21 +40,8 @@ async fn recording_proxy(upstream: String, sent: Sent) -> u16 {
                 let mut chunk = [0u8; 8192];
                 while let Ok(n @ 1..) = from_client.read(&mut chunk).await {
                     pending.extend_from_slice(&chunk[..n]);
-                    loop {
-                        let skip = usize::from(started);
-                        let Some(length) = pending.get(skip..skip + 4) else {
-                            break;
-                        };
-                        let length = u32::from_be_bytes(length.try_into().unwrap()) as usize;
-                        if pending.len() < skip + length {
-                            break;
-                        }
-                        if started {
-                            sent.lock().unwrap()[connection].push(pending[0]);
-                        }
-                        pending.drain(..skip + length);
-                        started = true;
-                    }
+                    let types = Protocol::Postgres.commands(&mut pending, &mut started);
+                    sent.lock().unwrap()[connection].extend(types);
                     if to_server.write_all(&chunk[..n]).await.is_err() {
                         break;
                     }
