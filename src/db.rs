@@ -6,14 +6,16 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
 };
 
 use crate::config::{DbEngine, Settings};
 
 pub mod sqlite_memory;
 pub mod sqlite_wal;
+mod transactions;
+
+pub use transactions::{begin, begin_write, begin_write_uncancelled};
 
 /// How long a SQLite writer waits for a lock before giving up: long enough to
 /// ride out another process's commit, short enough to surface a stuck one.
@@ -520,48 +522,6 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<usize, DbSetupError> {
         .await
         .map_err(DbSetupError::Migrate)?;
     Ok(pending)
-}
-
-/// Begins a transaction that will write. On SQLite it takes the write lock
-/// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
-/// then writes fails with `database is locked` at once, without waiting,
-/// whenever anything else committed in between (its snapshot is stale),
-/// which the busy timeout cannot help. The other databases ignore the mode.
-/// Safe to drop halfway, as `begin` is.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    begin_with(
-        db,
-        TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-/// Begins a transaction that a caller dropped halfway (a request
-/// cancelled, a session ended mid-query) cannot leave half begun. sqlx
-/// counts a transaction only once its `BEGIN` is answered, so a caller
-/// dropped while the `BEGIN` was on its way left the server in a
-/// transaction that nothing would end, and the connection went back to the
-/// pool that way: the next statements on it ran inside it, uncommitted
-/// (tests/pool.rs). Here the `BEGIN` runs to its answer in a task of its
-/// own, and a transaction that nobody waits for any more is dropped there,
-/// which rolls it back. Every transaction of the server begins here.
-pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    begin_with(db, TransactionOptions::default()).await
-}
-
-// The one place a transaction begins (clippy.toml).
-#[allow(clippy::disallowed_methods)]
-async fn begin_with(
-    db: &DatabaseConnection,
-    options: TransactionOptions,
-) -> Result<DatabaseTransaction, DbErr> {
-    let db = db.clone();
-    tokio::spawn(async move { db.begin_with_options(options).await })
-        .await
-        .map_err(|e| DbErr::Custom(format!("beginning a transaction: {e}")))?
 }
 
 /// Whether the database answers a trivial query.

@@ -243,7 +243,7 @@ pub async fn commit(
     edit_window: chrono::Duration,
 ) -> Result<Vec<Result<ChangeOutcome, StoreError>>, DbErr> {
     let chat_of = chats_of(db, batch).await?;
-    let txn = crate::db::begin_write(db).await?;
+    let txn = crate::db::begin_write_uncancelled(db).await?;
     let results = apply_all(&txn, batch, &chat_of, edit_window).await?;
     txn.commit().await?;
     Ok(results)

@@ -377,7 +377,7 @@ pub(super) async fn store_unique(
         true => HashMap::new(),
         false => changes::chats_of(db, &changes.batch).await?,
     };
-    let txn = crate::db::begin_write(db).await?;
+    let txn = crate::db::begin_write_uncancelled(db).await?;
     // Files first (and before any conversation is locked, in every batch):
     // a message whose files were sent meanwhile, by another batch or
     // instance or earlier in this one, is refused and takes no `seq`.
@@ -541,7 +541,7 @@ pub(super) fn model_of(p: &Row, id: i64, seq: i64) -> message::Model {
 pub(super) async fn store_one(db: &DatabaseConnection, p: &Row) -> Result<Stored, StoreError> {
     let db_error = |e: DbErr| StoreError::Database(Arc::new(e));
     let attempt = async {
-        let txn = crate::db::begin_write(db).await?;
+        let txn = crate::db::begin_write_uncancelled(db).await?;
         let files = &p.message.attachments;
         if !files.is_empty() && !store::reserve(&txn, p.message.sender, files).await? {
             return Ok(None);

@@ -1,0 +1,64 @@
+//! Where the server's transactions begin: every one in [`begin`] or
+//! [`begin_write`], which a caller dropped halfway cannot leave half begun,
+//! but the group-commit writer's ([`begin_write_uncancelled`]). clippy.toml
+//! forbids sea-orm's own `begin` and `transaction` elsewhere.
+
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+
+/// Begins a transaction that a caller dropped halfway (a request
+/// cancelled, a session ended mid-query) cannot leave half begun. sqlx
+/// counts a transaction only once its `BEGIN` is answered, so a caller
+/// dropped while the `BEGIN` was on its way left the server in a
+/// transaction that nothing would end, and the connection went back to the
+/// pool that way: the next statements on it ran inside it, uncommitted
+/// (tests/pool.rs). Here the `BEGIN` runs to its answer in a task of its
+/// own, and a transaction that nobody waits for any more is dropped there,
+/// which rolls it back.
+pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    in_a_task_of_its_own(db, TransactionOptions::default()).await
+}
+
+/// Begins a transaction that will write. On SQLite it takes the write lock
+/// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+/// then writes fails with `database is locked` at once, without waiting,
+/// whenever anything else committed in between (its snapshot is stale),
+/// which the busy timeout cannot help. The other databases ignore the mode.
+/// Safe to drop halfway, as `begin` is.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    in_a_task_of_its_own(db, write_options()).await
+}
+
+/// `begin_write` for the group-commit writer alone, whose tasks no client
+/// can cancel (they end with the server): the `BEGIN` goes out from the
+/// caller's own task at once, without `begin`'s hop through a task of its
+/// own, which on the main thread could wait behind whatever else is ready
+/// there, on the path of every batch with `client_id`s or changes. A
+/// caller dropped halfway would leave the connection half begun, as
+/// `begin` says.
+#[allow(clippy::disallowed_methods)]
+pub async fn begin_write_uncancelled(
+    db: &DatabaseConnection,
+) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(write_options()).await
+}
+
+fn write_options() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::disallowed_methods)]
+async fn in_a_task_of_its_own(
+    db: &DatabaseConnection,
+    options: TransactionOptions,
+) -> Result<DatabaseTransaction, DbErr> {
+    let db = db.clone();
+    tokio::spawn(async move { db.begin_with_options(options).await })
+        .await
+        .map_err(|e| DbErr::Custom(format!("beginning a transaction: {e}")))?
+}
