@@ -583,3 +583,74 @@ async fn a_transaction_dropped_while_it_begins_is_rolled_back_postgres() {
 async fn a_transaction_dropped_while_it_begins_is_rolled_back_mysql() {
     a_transaction_dropped_while_it_begins_is_rolled_back(Backend::mysql()).await;
 }
+
+/// Whether one of this process's threads is SQLite's (sqlx names them
+/// `sqlx-sqlite-worker-N`, cut to 15 bytes) asleep in a `nanosleep`:
+/// SQLite's busy handler, between two tries for a lock another connection
+/// holds.
+fn a_sqlite_thread_waits_for_a_lock() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        read("comm").starts_with("sqlx-sqlite-wor") && read("wchan").contains("nanosleep")
+    })
+}
+
+/// The same on SQLite, whose connections are threads rather than sockets
+/// a proxy could cut: the `BEGIN IMMEDIATE` of `db::begin_write` is held
+/// up by another connection's write lock instead, and its caller dropped
+/// while SQLite's busy handler waits. The connection's next write is
+/// committed as it runs: another connection sees it. A connection's thread
+/// runs its commands in order, and both sqlx-sqlite (a `BEGIN` whose caller
+/// is gone) and sea-orm (a transaction dropped before its `BEGIN` was
+/// answered queues a `ROLLBACK` behind it) roll such a transaction back;
+/// the test fails with both of those taken out of the drivers and
+/// `db::begin` not spawning.
+#[actix_rt::test]
+async fn a_transaction_dropped_while_it_begins_is_rolled_back_sqlite() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let settings = common::settings(&database.url, &[("DB_POOL_SIZE", "1")]);
+    let pool = chat_server::db::connect(&settings).await.unwrap();
+    let other = chat_server::db::connect(&settings).await.unwrap();
+    pool.execute_unprepared("CREATE TABLE t (x INTEGER)")
+        .await
+        .unwrap();
+    let rows = || async {
+        let statement =
+            Statement::from_string(DatabaseBackend::Sqlite, "SELECT count(*) AS n FROM t");
+        let row = other
+            .query_one_raw(statement)
+            .await
+            .unwrap()
+            .expect("a row");
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    assert!(!a_sqlite_thread_waits_for_a_lock(), "the check tells");
+
+    let lock = chat_server::db::begin_write(&other).await.unwrap();
+    let task = tokio::spawn({
+        let pool = pool.clone();
+        async move { chat_server::db::begin_write(&pool).await.map(drop) }
+    });
+    let waited = std::time::Instant::now();
+    while !a_sqlite_thread_waits_for_a_lock() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(4),
+            "the BEGIN IMMEDIATE waits for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    lock.rollback().await.unwrap();
+
+    pool.execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(rows().await, 1, "the write was committed as it ran");
+    pool.close().await.unwrap();
+    other.close().await.unwrap();
+    drop(database);
+}
