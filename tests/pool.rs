@@ -605,9 +605,9 @@ fn a_sqlite_thread_waits_for_a_lock() -> bool {
 /// committed as it runs: another connection sees it. A connection's thread
 /// runs its commands in order, and both sqlx-sqlite (a `BEGIN` whose caller
 /// is gone) and sea-orm (a transaction dropped before its `BEGIN` was
-/// answered queues a `ROLLBACK` behind it) roll such a transaction back;
-/// the test fails with both of those taken out of the drivers and
-/// `db::begin` not spawning.
+/// answered queues a `ROLLBACK` behind it) roll such a transaction back
+/// (`db::begin` sends SQLite's `BEGIN` from the caller's own task); the
+/// test fails with both of those taken out of the drivers.
 #[actix_rt::test]
 async fn a_transaction_dropped_while_it_begins_is_rolled_back_sqlite() {
     let database = TestDatabase::create(&Backend::Sqlite).await;

@@ -19,7 +19,7 @@ use sea_orm::{
 /// which rolls it back. On SQLite the drivers already end such a
 /// transaction (below), so it begins without the task's hop.
 pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    in_a_task_of_its_own(db, TransactionOptions::default()).await
+    begin_whole(db, TransactionOptions::default()).await
 }
 
 /// Begins a transaction that will write. On SQLite it takes the write lock
@@ -29,7 +29,7 @@ pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr
 /// which the busy timeout cannot help. The other databases ignore the mode.
 /// Safe to drop halfway, as `begin` is.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    in_a_task_of_its_own(db, write_options()).await
+    begin_whole(db, write_options()).await
 }
 
 /// `begin_write` for the group-commit writer alone, whose tasks no client
@@ -53,17 +53,18 @@ fn write_options() -> TransactionOptions {
     }
 }
 
-/// A SQLite connection is a thread that runs its commands in order, and a
-/// transaction dropped before its `BEGIN` was answered is rolled back
-/// there twice over: sqlx-sqlite rolls back a `BEGIN` whose caller is
-/// gone, and sea-orm queues a `ROLLBACK` behind it as it drops the
-/// transaction (tests/pool.rs, `…_sqlite`, fails only with both taken out
-/// and the task below). So on SQLite the `BEGIN` goes out from the
-/// caller's own task, without the hop through a task of its own, which
-/// cost a history page 8–10 % of its median time (BENCHMARKS.md "A
-/// fiftieth machine").
+/// Begins a transaction that a caller dropped halfway cannot leave half
+/// begun. On PostgreSQL and MySQL the `BEGIN` runs to its answer in a task
+/// of its own. A SQLite connection is a thread that runs its commands in
+/// order, and a transaction dropped before its `BEGIN` was answered is
+/// rolled back there twice over: sqlx-sqlite rolls back a `BEGIN` whose
+/// caller is gone, and sea-orm queues a `ROLLBACK` behind it as it drops
+/// the transaction (tests/pool.rs, `…_sqlite`, fails only with both taken
+/// out). So on SQLite the `BEGIN` goes out from the caller's own task,
+/// without the hop, which cost a history page 8–10 % of its median time
+/// (BENCHMARKS.md "A fiftieth machine").
 #[allow(clippy::disallowed_methods)]
-async fn in_a_task_of_its_own(
+async fn begin_whole(
     db: &DatabaseConnection,
     options: TransactionOptions,
 ) -> Result<DatabaseTransaction, DbErr> {
