@@ -509,19 +509,33 @@ async fn a_client_close_is_answered_and_a_protocol_error_closes_with_1002() {
 }
 
 #[actix_rt::test]
-async fn unparseable_frames_over_the_rate_limit_get_no_answer() {
+async fn frames_that_are_no_request_over_the_rate_limit_get_no_answer() {
+    use actix_http::ws::{Item, Message};
     let app = TestApp::spawn_with(
         &Backend::Sqlite,
-        &[("RATE_LIMIT_BURST", "3"), ("RATE_LIMIT_PER_SECOND", "1")],
+        &[
+            ("RATE_LIMIT_BURST", "3"),
+            ("RATE_LIMIT_PER_SECOND", "1"),
+            ("MAX_FRAME_BYTES", "2048"),
+        ],
     )
     .await;
     let mut ws = app.ws("/chat").await;
     ws.recv().await; // info
-    for _ in 0..10 {
+                     // Three of each kind: not JSON, binary, not UTF-8, over the size limit
+                     // (below the 4 × that closes the socket).
+    for _ in 0..3 {
         ws.send_text("not json").await;
+        ws.send_message(Message::Binary(vec![1u8, 2, 3].into()))
+            .await;
+        ws.send_message(Message::Continuation(Item::FirstText(vec![0xffu8].into())))
+            .await;
+        ws.send_message(Message::Continuation(Item::Last(vec![0x7du8].into())))
+            .await;
+        ws.send_text(&"x".repeat(3000)).await;
     }
     // Ping until a token is back (1 a second); pings refused meanwhile are
-    // answered `ping_response` rate_limited, the unparseable frames not at all.
+    // answered `ping_response` rate_limited, the other frames not at all.
     let mut answers = Vec::new();
     'pinging: loop {
         ws.send(json!({"type": "ping", "data": {}})).await;
@@ -543,6 +557,17 @@ async fn unparseable_frames_over_the_rate_limit_get_no_answer() {
         answers.iter().all(|a| a["type"] == "bad_request"),
         "{answers:?}"
     );
+    // The burst went to the first three frames, in order.
+    let said = |i: usize| answers[i]["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said(0).starts_with("frame is not valid JSON"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        said(1),
+        "binary frames are not supported; send JSON in text frames"
+    );
+    assert_eq!(said(2), "frame is not valid UTF-8");
 }
 
 async fn batch_ids_match_their_rows(backend: &Backend) {

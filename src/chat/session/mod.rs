@@ -233,9 +233,11 @@ impl WsSession {
         self.dispatch(user, kind, request, ctx);
     }
 
-    /// Answers a frame that is not a request (B3): `invalid` for a known
-    /// type with bad fields, `bad_request` otherwise; counted against the
-    /// request rate like any frame, and not answered past it.
+    /// Answers a frame that is not a request (B3), whether its text does
+    /// not parse or it has none (binary, not UTF-8, over the size limit):
+    /// `invalid` for a known type with bad fields, `bad_request` otherwise;
+    /// counted against the request rate like any frame, and not answered
+    /// past it.
     fn bad_frame(&mut self, error: FrameError, ctx: &mut Context<Self>) {
         let (kind, code) = match &error {
             FrameError::Invalid { kind, .. } => {
@@ -504,25 +506,20 @@ impl StreamHandler<Result<Incoming, TransportError>> for WsSession {
         match item {
             Ok(Incoming::Text(bytes)) => match std::str::from_utf8(&bytes) {
                 Ok(text) => self.handle_text(text, ctx),
-                Err(_) => {
-                    self.state.metrics.frame_in(metrics::UNPARSED);
-                    self.send(
-                        &ServerEvent::BadRequest(Notice::new("frame is not valid UTF-8")),
-                        ctx,
-                    )
-                }
+                Err(_) => self.bad_frame(
+                    FrameError::BadRequest("frame is not valid UTF-8".into()),
+                    ctx,
+                ),
             },
-            Ok(Incoming::Binary) => self.send(
-                &ServerEvent::BadRequest(Notice::new(
-                    "binary frames are not supported; send JSON in text frames",
-                )),
-                ctx,
-            ),
+            Ok(Incoming::Binary) => {
+                let text = "binary frames are not supported; send JSON in text frames";
+                self.bad_frame(FrameError::BadRequest(text.into()), ctx)
+            }
             Ok(Incoming::Oversize(size)) => {
                 let limit = self.state.limits.max_frame_bytes;
                 let text =
                     format!("frame of {size} bytes is larger than the limit of {limit} bytes");
-                self.send(&ServerEvent::BadRequest(Notice::new(text)), ctx);
+                self.bad_frame(FrameError::BadRequest(text), ctx)
             }
             Ok(Incoming::Ping(payload)) => {
                 if self.outbox.send_pong(payload) == Queued::Overflow {
