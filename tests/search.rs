@@ -161,6 +161,15 @@ async fn matching_rules(backend: &Backend) {
         (status, body),
         (400, json!({"q": ["query has no words to search for"]}))
     );
+    // A bad page is keyed by the parameter at fault.
+    for (query, field, message) in [
+        ("limit=51", "limit", "limit must be between 1 and 50"),
+        ("before=0", "before", "before must be a message id"),
+    ] {
+        let path = format!("/api/search/?q=quick&{query}");
+        let (status, body) = app.rest(Method::GET, &path, &bob_token, None).await;
+        assert_eq!((status, body), (400, json!({ field: [message] })));
+    }
     let path = format!("/api/search/?q=cafe&id={elsewhere}");
     assert_eq!(app.rest(Method::GET, &path, &bob_token, None).await.0, 404);
     assert_eq!(

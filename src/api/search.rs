@@ -42,7 +42,7 @@ pub async fn search(
     };
     let query = params.q.unwrap_or_default();
     let search = Search::new(&query, scope, params.before, params.limit)
-        .map_err(|text| ApiError::field("q", text))?;
+        .map_err(|bad| ApiError::field(bad.field, bad.message))?;
     let me = UserId(user.0.id);
     let _running = state.start_search(me).await?;
     search::run(&state.db, state.search_index.as_deref(), me, &search)

@@ -47,18 +47,35 @@ pub struct Search {
     limit: u64,
 }
 
+/// Why a search request is refused: the field at fault (REST's key for
+/// it: `q`, `limit` or `before`) and the `invalid` answer's text.
+#[derive(Debug)]
+pub struct BadSearch {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl BadSearch {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        BadSearch {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
 impl Search {
     /// Checks a request: the words are the query's runs of letters and
     /// digits (as the indexes split text); anything else separates them.
-    /// Err is the `invalid` answer's text.
     pub fn new(
         query: &str,
         scope: Option<ChatId>,
         before: Option<i64>,
         limit: Option<u64>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BadSearch> {
         if query.chars().count() > MAX_QUERY_CHARS {
-            return Err(format!("query is longer than {MAX_QUERY_CHARS} characters"));
+            let text = format!("query is longer than {MAX_QUERY_CHARS} characters");
+            return Err(BadSearch::new("q", text));
         }
         let words: Vec<String> = query
             .split(|c: char| !c.is_alphanumeric())
@@ -66,17 +83,19 @@ impl Search {
             .map(str::to_lowercase)
             .collect();
         if words.is_empty() {
-            return Err("query has no words to search for".into());
+            return Err(BadSearch::new("q", "query has no words to search for"));
         }
         if words.len() > MAX_WORDS {
-            return Err(format!("query has more than {MAX_WORDS} words"));
+            let text = format!("query has more than {MAX_WORDS} words");
+            return Err(BadSearch::new("q", text));
         }
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
-            return Err(format!("limit must be between 1 and {MAX_PAGE}"));
+            let text = format!("limit must be between 1 and {MAX_PAGE}");
+            return Err(BadSearch::new("limit", text));
         }
         if before.is_some_and(|b| b <= 0) {
-            return Err("before must be a message id".into());
+            return Err(BadSearch::new("before", "before must be a message id"));
         }
         Ok(Search {
             words,

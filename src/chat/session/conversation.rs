@@ -267,7 +267,7 @@ impl WsSession {
         };
         let search = match Search::new(&query.query, scope, query.before, query.limit) {
             Ok(search) => search,
-            Err(text) => return self.send_error(kind, ErrorCode::Invalid, &text, ctx),
+            Err(bad) => return self.send_error(kind, ErrorCode::Invalid, &bad.message, ctx),
         };
         let Some(in_line) = self.state.search_slots.enter(user) else {
             self.state.metrics.rate_limited();
