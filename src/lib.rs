@@ -443,6 +443,7 @@ fn http_server(
             .app_data(path_config())
             .app_data(web::PayloadConfig::new(api::body::MAX_BODY_BYTES))
             .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, api::json_405))
+            .wrap(from_fn(api::refuse_nul_in_query))
             .wrap(from_fn(api::count_refusals))
             .wrap(from_fn(api::check_host))
             .wrap(cors(cors_origins.as_deref()))

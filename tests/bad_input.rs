@@ -540,10 +540,10 @@ async fn nul_characters(backend: &Backend) {
         .await
         .expect("a response");
     assert_eq!(form.status().as_u16(), 400);
-    let (status, body) = app
-        .rest(Method::GET, "/api/users/?search=al%00", &token, None)
-        .await;
-    assert_eq!((status, body), (400, detail));
+    for path in ["/api/users/?search=al%00", "/api/search/?q=fi%00ne"] {
+        let (status, body) = app.rest(Method::GET, path, &token, None).await;
+        assert_eq!((status, body), (400, detail.clone()), "{path}");
+    }
     let stored = app
         .rest(
             Method::GET,

@@ -59,7 +59,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrForm<T> {
                 })?;
             let nul = match content_type.as_str() {
                 "application/json" => contains_escaped_nul(&body),
-                _ => body.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")),
+                _ => has_encoded_nul(&body),
             };
             if nul {
                 return Err(ApiError::BadRequest(NUL_REFUSED.into()));
@@ -75,6 +75,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrForm<T> {
             Ok(JsonOrForm(parsed))
         })
     }
+}
+
+/// Whether URL-encoded text (a form body, a query string) holds a `%00`.
+pub fn has_encoded_nul(text: &[u8]) -> bool {
+    text.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"))
 }
 
 impl<T: Apiv2Schema> Apiv2Schema for JsonOrForm<T> {

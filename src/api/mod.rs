@@ -25,6 +25,7 @@ use actix_web::{HttpResponse, ResponseError};
 use paperclip::actix::web;
 use paperclip::v2::models::{DefaultApiRaw, Info, Tag};
 
+use crate::chat::protocol::NUL_REFUSED;
 use crate::chat::store;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -518,6 +519,21 @@ pub async fn check_host(
             let response = HttpResponse::build(StatusCode::BAD_REQUEST).json(body);
             return Ok(req.into_response(response).map_into_right_body());
         }
+    }
+    let res = next.call(req).await?;
+    Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
+}
+
+/// PROTOCOL.md C2a for query strings: a `%00` anywhere in one (`?search=`,
+/// `?q=`) is refused before any handler reads it, as a body's is by
+/// `body::JsonOrForm`.
+pub async fn refuse_nul_in_query(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    if body::has_encoded_nul(req.query_string().as_bytes()) {
+        let response = ApiError::BadRequest(NUL_REFUSED.into()).error_response();
+        return Ok(req.into_response(response).map_into_right_body());
     }
     let res = next.call(req).await?;
     Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
