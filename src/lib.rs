@@ -33,7 +33,6 @@ use actix_web::middleware::{from_fn, DefaultHeaders, ErrorHandlers};
 use actix_web::{web, HttpServer};
 use paperclip::actix::OpenApiExt;
 use sea_orm::DatabaseConnection;
-use tracing_actix_web::TracingLogger;
 
 use crate::auth::TokenKeys;
 use crate::bus::redis::{BridgeParts, Deregister, RedisBridge, ServerLink};
@@ -451,7 +450,7 @@ fn http_server(
             // their own (a wrong Host's 400, a preflight) carries the
             // headers too.
             .wrap(security_headers())
-            .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+            .wrap(from_fn(telemetry::request_spans))
             .wrap_api_with_spec(api::spec())
             .configure(api::routes)
             .with_raw_json_spec(|app, generated| {

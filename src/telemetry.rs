@@ -1,6 +1,16 @@
 //! Logging through `tracing`: human-readable or JSON lines, filtered by
 //! `RUST_LOG` (default `info`, or `debug` with `DEBUG=1`).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use actix_web::Error;
+use tracing::{Instrument, Span};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -30,41 +40,102 @@ pub fn init(format: LogFormat, debug: bool) {
     };
 }
 
-/// The span of each HTTP request: tracing-actix-web's fields but the user
-/// agent, with the secrets a URL can carry (`?token=` of the WebSocket)
-/// redacted, and the peer's own address (a forwarded one is the client's to
-/// forge).
-pub struct RequestSpan;
+/// The span of every HTTP request, as middleware (`from_fn`): opened as
+/// the request comes in (`request_span`), ended with its outcome
+/// (`record_outcome`), and entered while the handler runs and while the
+/// body streams, so a line logged meanwhile names its request. Not while
+/// a WebSocket's body streams: that body is the whole connection (every
+/// frame written to it), whose session has a span of its own, and
+/// entering the request's span at each write cost a 1,000-member group's
+/// fan-out a tenth of the server's CPU (BENCHMARKS.md).
+pub async fn request_spans(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<SpannedBody<impl MessageBody>>, Error> {
+    let span = request_span(&request);
+    let handled = span.in_scope(|| next.call(request));
+    let outcome = handled.instrument(span.clone()).await;
+    record_outcome(&span, &outcome);
+    outcome.map(|response| {
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let span = (!upgraded).then_some(span);
+        response.map_body(|_, body| SpannedBody { body, span })
+    })
+}
 
-impl tracing_actix_web::RootSpanBuilder for RequestSpan {
-    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or_else(String::new, |p| redact_target(p.as_str()));
-        // Short on purpose: one line per request at INFO. The user agent
-        // (often 150 characters) is left out; the id ties the line to any
-        // error logged under it.
-        tracing::info_span!(
-            "HTTP request",
-            http.method = %request.method(),
-            http.route = %request.match_pattern().unwrap_or_else(|| "default".into()),
-            http.target = %target,
-            http.client_ip = %request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
-            http.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            request_id = %crate::error::new_error_id(),
-            exception.message = tracing::field::Empty,
-            exception.details = tracing::field::Empty,
-        )
+pin_project_lite::pin_project! {
+    /// A response body, polled in its request's span if it has one.
+    pub struct SpannedBody<B> {
+        #[pin]
+        body: B,
+        span: Option<Span>,
+    }
+}
+
+impl<B: MessageBody> MessageBody for SpannedBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
     }
 
-    fn on_request_end<B: actix_web::body::MessageBody>(
-        span: tracing::Span,
-        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
-    ) {
-        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.project();
+        match this.span {
+            Some(span) => span.in_scope(|| this.body.poll_next(cx)),
+            None => this.body.poll_next(cx),
+        }
     }
+}
+
+/// A request's span, with OpenTelemetry's field names: its method,
+/// route, target (the secrets a URL can carry, `?token=` of the WebSocket,
+/// redacted) and the peer's own address (a forwarded one is the client's
+/// to forge); the status and any error once answered. Short on purpose,
+/// one line per request at INFO: no user agent (often 150 characters).
+/// The id ties the line to any error logged under it.
+fn request_span(request: &ServiceRequest) -> Span {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(String::new, |p| redact_target(p.as_str()));
+    tracing::info_span!(
+        "HTTP request",
+        http.method = %request.method(),
+        http.route = %request.match_pattern().unwrap_or_else(|| "default".into()),
+        http.target = %target,
+        http.client_ip = %request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        http.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        request_id = %crate::error::new_error_id(),
+        exception.message = tracing::field::Empty,
+        exception.details = tracing::field::Empty,
+    )
+}
+
+/// The answer's status into the span, and an error's text and detail if
+/// the answer is one (a client's error is still `otel.status_code` OK).
+fn record_outcome<B>(span: &Span, outcome: &Result<ServiceResponse<B>, Error>) {
+    let (status, error) = match outcome {
+        Ok(response) => (
+            response.status(),
+            response.response().error().map(Error::as_response_error),
+        ),
+        Err(error) => {
+            let error = error.as_response_error();
+            (error.status_code(), Some(error))
+        }
+    };
+    span.record("http.status_code", status.as_u16());
+    if let Some(error) = error {
+        span.record("exception.message", tracing::field::display(error));
+        span.record("exception.details", tracing::field::debug(error));
+    }
+    let failed = error.is_some() && !status.is_client_error();
+    span.record("otel.status_code", if failed { "ERROR" } else { "OK" });
 }
 
 /// Query parameters whose values never reach a log.

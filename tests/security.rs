@@ -803,6 +803,24 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
     assert!(text.contains("/chat?token=[redacted]"), "{text}");
     assert!(text.contains("/chat?%74oken=[redacted]"), "{text}");
     assert!(!text.contains("c2VjcmV0LXRva2VuLXZhbHVl"), "{text}");
+    // Each request's line carries its outcome: the upgrade's, and the
+    // refusal's with its error.
+    let line = |target: &str| {
+        text.lines()
+            .find(|l| l.contains(target) && l.contains("close time.busy"))
+            .unwrap_or_else(|| panic!("no line for {target}: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("/chat?token=").contains("http.status_code=101"),
+        "{text}"
+    );
+    let refused = line("http.target=/api/me/");
+    assert!(refused.contains("http.status_code=401"), "{refused}");
+    assert!(
+        refused.contains("exception.message=unauthorized: Invalid token."),
+        "{refused}"
+    );
 }
 
 /// A password change over REST (with the version its token carries) and one
