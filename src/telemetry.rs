@@ -22,7 +22,8 @@ pub fn init(format: LogFormat, debug: bool) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,sea_orm=warn")));
     // A line when a span closes: one per HTTP request (method, route, status,
-    // time) and one per WebSocket session (its user and lifetime).
+    // time; a WebSocket's as it is upgraded) and one per WebSocket session
+    // (its client's address, its user, its lifetime).
     // Colours only for a person at a terminal, never into a file or a
     // log collector.
     let builder = tracing_subscriber::fmt()

@@ -815,6 +815,21 @@ async fn tokens_in_urls_and_headers_never_reach_the_log() {
         line("/chat?token=").contains("http.status_code=101"),
         "{text}"
     );
+    // The upgrade's line is written as it is answered, the session's (a
+    // span of its own, with the client's address) as the socket closes.
+    let position = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {text}"))
+    };
+    let session = line("ws_session{session=");
+    assert!(
+        session.contains("ws_session{session=1 client_ip=127.0.0.1}"),
+        "{session}"
+    );
+    assert!(
+        position(&line("/chat?token=")) < position(&session),
+        "{text}"
+    );
     let refused = line("http.target=/api/me/");
     assert!(refused.contains("http.status_code=401"), "{refused}");
     assert!(

@@ -66,13 +66,14 @@ pub async fn connect(
             })));
     };
     let url_token = url_token(req.query_string());
+    let client_ip = state.proxies.client_ip(&req);
     let state = state.into_inner();
     let waits = Some(state.metrics.outbox_waits());
     let (outbox, body) = socket::outbox(state.limits.outbox_capacity, waits);
     let frames = socket::frames(payload.into_inner(), state.limits.max_frame_bytes, &outbox);
     WsSession::create(move |ctx| {
         ctx.add_stream(frames);
-        WsSession::new(state, outbox, url_token, [socket, slot])
+        WsSession::new(state, outbox, url_token, client_ip, [socket, slot])
     });
     Ok(response.streaming(body))
 }

@@ -82,13 +82,14 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    /// A session for a new connection; `url_token` is the `?token=` of B1;
-    /// the slots are its place under its address's caps (all sockets, and
-    /// those not authorized yet).
+    /// A session for a new connection from `client_ip`; `url_token` is
+    /// the `?token=` of B1; the slots are its place under its address's
+    /// caps (all sockets, and those not authorized yet).
     pub fn new(
         state: Arc<AppState>,
         outbox: Outbox,
         url_token: Option<String>,
+        client_ip: std::net::IpAddr,
         [socket, unauthenticated]: [AddressSlot; 2],
     ) -> Self {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
@@ -105,7 +106,16 @@ impl WsSession {
             unauthenticated: Some(unauthenticated),
             _socket: socket,
             marks: OwnMarks::default(),
-            span: tracing::info_span!("ws_session", session = id, user = tracing::field::Empty),
+            // A root span: as a child it would keep the upgrade's request
+            // span (its fields, its line) in memory as long as the
+            // connection lives.
+            span: tracing::info_span!(
+                parent: None,
+                "ws_session",
+                session = id,
+                client_ip = %client_ip,
+                user = tracing::field::Empty,
+            ),
         }
     }
 
