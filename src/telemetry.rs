@@ -48,7 +48,7 @@ pub fn init(format: LogFormat, debug: bool) {
 /// a WebSocket's body streams: that body is the whole connection (every
 /// frame written to it), whose session has a span of its own, and
 /// entering the request's span at each write cost a 1,000-member group's
-/// fan-out a tenth of the server's CPU (BENCHMARKS.md).
+/// fan-out 6-10 % of the server's CPU (BENCHMARKS.md).
 pub async fn request_spans(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
