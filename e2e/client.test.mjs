@@ -679,6 +679,44 @@ test("markup in a message is shown as text", async () => {
   await bob.page.context().close();
 });
 
+test("a right-to-left message reads right to left: its punctuation where its writer put it", async () => {
+  // Hebrew: "Hello, how are you?" The question mark is written last, so
+  // right to left it stands leftmost; on a left-to-right line it would
+  // stand rightmost, after the first word.
+  const hebrew = "שלום, מה שלומך?";
+  const [alice, bob] = await talking(["Noa", "Levi"], ["Dan", "Cohen"], hebrew);
+  await say(alice.page, "fine, thanks?");
+  await received(bob.page, "fine, thanks?");
+  // Where the first and the last character of a message's text are drawn.
+  const ends = (text) =>
+    log(bob.page)
+      .locator(".text")
+      .filter({ hasText: text })
+      .evaluate((element) => {
+        const node = element.firstChild;
+        const at = (i) => {
+          const range = document.createRange();
+          range.setStart(node, i);
+          range.setEnd(node, i + 1);
+          return range.getBoundingClientRect().left;
+        };
+        return { first: at(0), last: at(node.length - 1) };
+      });
+  const rtl = await ends(hebrew);
+  assert.ok(rtl.last < rtl.first, `the question mark is left of the first word: ${JSON.stringify(rtl)}`);
+  const ltr = await ends("fine, thanks?");
+  assert.ok(ltr.last > ltr.first, `left to right as before: ${JSON.stringify(ltr)}`);
+  // The box one writes in takes the direction of what is typed.
+  const box = bob.page.getByLabel("Message");
+  await box.fill(hebrew);
+  assert.equal(await box.evaluate((e) => getComputedStyle(e).direction), "rtl");
+  await box.fill("hello");
+  assert.equal(await box.evaluate((e) => getComputedStyle(e).direction), "ltr");
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("phone width, and a wrong password shows the server's message", async () => {
   const phone = { width: 390, height: 844 };
   const desktop = await person();

@@ -237,7 +237,7 @@ function ContactPicker({ chat, exclude = [] }) {
       <legend>Members</legend>
       ${contacts.map(
         (c) => html`<label class="check" key=${c.pk}>
-          <input type="checkbox" name="member" value=${c.user_id} /> ${c.name}
+          <input type="checkbox" name="member" value=${c.user_id} /> <bdi>${c.name}</bdi>
         </label>`
       )}
     </fieldset>
@@ -257,7 +257,7 @@ function NewGroup({ chat, done }) {
   }
   return html`
     <form class="panel" onSubmit=${submit} onKeyDown=${(e) => e.key === "Escape" && done()}>
-      <label>Title <input name="title" required maxlength="100" ref=${first} /></label>
+      <label>Title <input name="title" required maxlength="100" dir="auto" ref=${first} /></label>
       <${ContactPicker} chat=${chat} />
       <button type="submit">Create group</button>
       <button type="button" class="link" onClick=${done}>Cancel</button>
@@ -309,7 +309,7 @@ function Quote({ quote, author, onJump }) {
   const text = quote.content || "Message deleted";
   return html`
     <button type="button" class="quote" onClick=${onJump}>
-      <span class="hidden">Go to the original from </span><span class="quote-author">${author}:</span>${" "}
+      <span class="hidden">Go to the original from </span><span class="quote-author"><bdi>${author}</bdi>:</span>${" "}
       <span class=${quote.content ? "quote-text" : "quote-text deleted"}>${text}</span>
     </button>
   `;
@@ -440,14 +440,14 @@ function GroupSettings({ chat, pk }) {
   return html`
     <section class="panel settings" aria-label="Group settings">
       <form onSubmit=${rename}>
-        <label>Group name <input name="title" required maxlength="100" value=${details.name} /></label>
+        <label>Group name <input name="title" required maxlength="100" dir="auto" value=${details.name} /></label>
         <button type="submit">Rename</button>
       </form>
       <h3>Members</h3>
       <ul class="members">
         ${details.members.map(
           (m) => html`<li key=${m.user_id}>
-            ${shownName(m, details.members)} ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
+            <bdi>${shownName(m, details.members)}</bdi> ${m.role === "owner" ? html`<em>(owner)</em>` : ""}
             ${m.online ? html` <span class="online">Online</span>` : ""}
             ${owner?.user_id === me && m.user_id !== me &&
             html` <button type="button" class="link" onClick=${() => setRemoving(m)}>
@@ -856,6 +856,7 @@ function Conversation({ chat, pk }) {
           ref=${input}
           aria-label="Message"
           placeholder="Message"
+          dir="auto"
           autocomplete="off"
           rows=${Math.min(6, draft.split("\n").length)}
           value=${draft}

@@ -98,6 +98,7 @@ export function SearchBox({ chat }) {
         type="search"
         aria-label="Search"
         placeholder="Search messages"
+        dir="auto"
         autocomplete="off"
         value=${text}
         onInput=${onInput}
