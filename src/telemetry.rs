@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::Error;
+use futures_util::future::LocalBoxFuture;
 use tracing::{Instrument, Span};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
@@ -49,18 +50,25 @@ pub fn init(format: LogFormat, debug: bool) {
 /// frame written to it), whose session has a span of its own, and
 /// entering the request's span at each write cost a 1,000-member group's
 /// fan-out 6-10 % of the server's CPU (BENCHMARKS.md).
-pub async fn request_spans(
+///
+/// Its future is boxed: as the outermost middleware's, it would be held
+/// inline in each connection's task, which an upgraded connection keeps
+/// for its whole life; inline it made every idle WebSocket 0.3 KiB
+/// larger (BENCHMARKS.md, "A fifty-second machine").
+pub fn request_spans<B: MessageBody + 'static>(
     request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<SpannedBody<impl MessageBody>>, Error> {
-    let span = request_span(&request);
-    let handled = span.in_scope(|| next.call(request));
-    let outcome = handled.instrument(span.clone()).await;
-    record_outcome(&span, &outcome);
-    outcome.map(|response| {
-        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let span = (!upgraded).then_some(span);
-        response.map_body(|_, body| SpannedBody { body, span })
+    next: Next<B>,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<SpannedBody<B>>, Error>> {
+    Box::pin(async move {
+        let span = request_span(&request);
+        let handled = span.in_scope(|| next.call(request));
+        let outcome = handled.instrument(span.clone()).await;
+        record_outcome(&span, &outcome);
+        outcome.map(|response| {
+            let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let span = (!upgraded).then_some(span);
+            response.map_body(|_, body| SpannedBody { body, span })
+        })
     })
 }
 

@@ -17,7 +17,7 @@ pub mod search;
 pub mod throttle;
 pub mod users;
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
@@ -498,10 +498,10 @@ pub fn json_405<B: MessageBody + 'static>(
 const HOST_CHECK_EXEMPT: &[&str] = &["/healthz", "/readyz"];
 
 /// `ALLOWED_HOSTS`: a request for another Host gets a 400, as in Django.
-pub async fn check_host(
+pub async fn check_host<B: MessageBody + 'static>(
     req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let allowed = req
         .app_data::<actix_web::web::Data<AppState>>()
         .and_then(|s| s.settings.server.allowed_hosts());
@@ -520,23 +520,21 @@ pub async fn check_host(
             return Ok(req.into_response(response).map_into_right_body());
         }
     }
-    let res = next.call(req).await?;
-    Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// PROTOCOL.md C2a for query strings: a `%00` anywhere in one (`?search=`,
 /// `?q=`) is refused before any handler reads it, as a body's is by
 /// `body::JsonOrForm`.
-pub async fn refuse_nul_in_query(
+pub async fn refuse_nul_in_query<B: MessageBody + 'static>(
     req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     if body::has_encoded_nul(req.query_string().as_bytes()) {
         let response = ApiError::BadRequest(NUL_REFUSED.into()).error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }
-    let res = next.call(req).await?;
-    Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Counts every REST answer 429 (a rate limit, a budget, a busy server,
