@@ -491,7 +491,11 @@ test("files: sent with or without text, shown from the acknowledgement, gone wit
 });
 
 test("a group change in words: the reader is 'you', and many people are counted, not named", async () => {
-  const { changeText } = await import("../static/app/chat.js");
+  const { changeParts } = await import("../static/app/chat.js");
+  const changeText = (change, me) =>
+    changeParts(change, me)
+      .map((part) => (typeof part === "string" ? part : part.name))
+      .join("");
   const p = (user_id, name) => ({ user_id, username: name.toLowerCase(), name });
   const ann = p(2, "Ann");
   const added = (users) => changeText({ type: "members_added", by: ann, users, title: null }, ME.id);
@@ -504,6 +508,22 @@ test("a group change in words: the reader is 'you', and many people are counted,
   assert.equal(changeText({ type: "members_added", by: ann, users: [ann], title: null }, ME.id), "Ann joined");
   assert.equal(changeText({ type: "member_removed", by: p(ME.id, "Me"), users: [ann], title: null }, ME.id), "You removed Ann");
   assert.equal(changeText({ type: "member_removed", by: ann, users: [], title: null }, ME.id), "Ann removed someone");
+  // Names and titles people chose are parts of their own, which the view
+  // isolates; the words around them are ours.
+  const rlo = "\u202eevil";
+  assert.deepEqual(changeParts({ type: "renamed", by: p(3, rlo), users: [], title: rlo }, ME.id), [
+    { name: rlo },
+    " renamed the group to “",
+    { name: rlo },
+    "”",
+  ]);
+  assert.deepEqual(changeParts({ type: "members_added", by: ann, users: [p(3, "Ben"), p(ME.id, "Me")], title: null }, ME.id), [
+    { name: "Ann" },
+    " added ",
+    "you",
+    " and ",
+    { name: "Ben" },
+  ]);
 });
 
 test("a contact list refused as over the budget is asked for again when the server says", () => {

@@ -61,31 +61,36 @@ function activity(conversation) {
 const NAMED = 3;
 
 /** A group change in words (C20): "Ann added Ben and Cleo", "Ben left",
- *  "Ann added you, Ben and 98 others". */
-export function changeText({ type, by, users, title }, me) {
-  const person = (p) => (!p ? "Someone" : p.user_id === me ? "You" : p.name);
+ *  "Ann added you, Ben and 98 others"; as parts: our own words as strings,
+ *  and each name or title someone chose as `{ name }`, which the view
+ *  isolates (`<bdi>`) so that its direction reorders none of the rest. */
+export function changeParts({ type, by, users, title }, me) {
+  const person = (p) => (!p ? "Someone" : p.user_id === me ? "You" : { name: p.name });
   const people = (list) => {
     // The reader first, if among them: "you" is the name they look for.
     const mine = list.filter((p) => p.user_id === me).map(() => "you");
     const all = [...mine, ...list.filter((p) => p.user_id !== me).map(person)];
-    if (all.length === 0) return "someone";
-    if (all.length > NAMED) return `${all.slice(0, NAMED - 1).join(", ")} and ${all.length - NAMED + 1} others`;
-    return all.length > 1 ? `${all.slice(0, -1).join(", ")} and ${all.at(-1)}` : all[0];
+    if (all.length === 0) return ["someone"];
+    if (all.length > NAMED) return [...listed(all.slice(0, NAMED - 1)), ` and ${all.length - NAMED + 1} others`];
+    return all.length > 1 ? [...listed(all.slice(0, -1)), " and ", all.at(-1)] : all;
   };
   const joined = users.length === 1 && by && users[0].user_id === by.user_id;
   switch (type) {
     case "created":
-      return `${person(by)} created the group “${title}”`;
+      return [person(by), " created the group “", { name: title }, "”"];
     case "members_added":
-      return joined ? `${person(by)} joined` : `${person(by)} added ${people(users)}`;
+      return joined ? [person(by), " joined"] : [person(by), " added ", ...people(users)];
     case "member_removed":
-      return joined ? `${person(by)} left` : `${person(by)} removed ${people(users)}`;
+      return joined ? [person(by), " left"] : [person(by), " removed ", ...people(users)];
     case "renamed":
-      return `${person(by)} renamed the group to “${title}”`;
+      return [person(by), " renamed the group to “", { name: title }, "”"];
     default:
-      return "";
+      return [];
   }
 }
+
+/** `items` with ", " between them. */
+const listed = (items) => items.flatMap((item, i) => (i ? [", ", item] : [item]));
 
 /** `reactions` after one reaction change (B8): counts per emoji, in the
  *  order the emoji were first set, and whether `me` is among them. */

@@ -14,7 +14,7 @@ import {
 import htm from "./vendor/htm.module.js";
 import * as api from "./api.js";
 import { memo } from "./memo.js";
-import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, changeText, unreadText } from "./chat.js";
+import { Chat, MAX_CONTENT, REACTIONS, UNREAD_WINDOW, changeParts, unreadText } from "./chat.js";
 import { SearchBox, SearchResults } from "./search.js";
 import { BellOff, Paperclip } from "./icons.js";
 import { Files, MAX_FILES, Tray, textOf, upload } from "./files.js";
@@ -752,7 +752,10 @@ function Conversation({ chat, pk }) {
       rows.push(html`<p class="day" key=${`d-${day}`}><span>${dayLabel(time)}</span></p>`);
     }
     if (change) {
-      rows.push(html`<p class="notice" key=${`c-${index}-${time}`}>${changeText(change, chat.me.id)}</p>`);
+      const words = changeParts(change, chat.me.id).map((part) =>
+        typeof part === "string" ? part : html`<bdi>${part.name}</bdi>`
+      );
+      rows.push(html`<p class="notice" key=${`c-${index}-${time}`}>${words}</p>`);
       continue;
     }
     if (m.id === firstUnread.current.id) rows.push(html`<p class="divider" key="new"><span>New messages</span></p>`);
