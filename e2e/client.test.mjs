@@ -626,6 +626,35 @@ test("reply, edit, react and delete, live on both sides and after a reload", asy
   await bob.page.context().close();
 });
 
+test("the up arrow in an empty composer edits one's last message", async () => {
+  const [alice, bob] = await talking(["Uma", "Park"], ["Vic", "Stone"], "first try");
+  await say(alice.page, "secnod try");
+  await say(bob.page, "got both");
+  await received(alice.page, "got both");
+  const composer = alice.page.getByLabel("Message");
+  // With text in it, the arrow is only the caret's.
+  await composer.fill("a line");
+  await composer.press("ArrowUp");
+  assert.equal(await composer.inputValue(), "a line");
+  // Empty: her newest message (not Vic's, newer still) is opened for editing.
+  await composer.fill("");
+  await composer.press("ArrowUp");
+  assert.equal(await composer.inputValue(), "secnod try");
+  await alice.page.getByRole("button", { name: "Save" }).waitFor(WAIT);
+  // Escape gives the composer back, empty.
+  await composer.press("Escape");
+  await alice.page.getByRole("button", { name: "Send" }).waitFor(WAIT);
+  assert.equal(await composer.inputValue(), "");
+  await composer.press("ArrowUp");
+  await composer.fill("second try");
+  await composer.press("Enter");
+  await bubble(bob.page, "second try").getByText("edited", { exact: true }).waitFor(WAIT);
+  assert.equal(await bubble(bob.page, "first try").getByText("edited", { exact: true }).count(), 0);
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("phone width: reply and react", async () => {
   const phone = { width: 390, height: 844 };
   const alice = await signUp("Pia", "Phone", phone);

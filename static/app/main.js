@@ -866,6 +866,16 @@ function Conversation({ chat, pk }) {
           aria-invalid=${length > MAX_CONTENT ? "true" : undefined}
           onKeyDown=${(e) => {
             if (e.key === "Escape" && (replyTo || editing)) cancelCompose();
+            // Up in an empty composer edits one's last message, as its Edit
+            // does (not while older history is shown without the newest).
+            if (e.key === "ArrowUp" && !draft && !editing && !replyTo && !uploads.length && !log?.hasNewer &&
+                !e.isComposing && !(e.shiftKey || e.altKey || e.ctrlKey || e.metaKey)) {
+              const last = [...items].reverse().find((m) => m.direction === "send" && !m.deleted);
+              if (last) {
+                e.preventDefault();
+                actions.edit(last);
+              }
+            }
             // Enter sends; Shift+Enter (or Enter while composing with an IME) is a new line.
             if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
               e.preventDefault();
