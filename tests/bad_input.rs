@@ -241,6 +241,56 @@ async fn invalid_fields_are_named() {
     assert_eq!(ws.recv().await["data"]["status"], "success");
 }
 
+/// A query string the endpoint cannot take names the parameter at fault,
+/// as the bodies' field errors do; the server was not asked anything else.
+#[actix_rt::test]
+async fn invalid_query_parameters_are_named() {
+    use actix_web::http::Method;
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let token = app.login("alice").await;
+    let integer = "A valid integer is required.";
+    let range = "Ensure this value is within range.";
+    let once = "Give this parameter once.";
+    let messages = format!("/api/contacts/{pk}/messages/");
+    let cases = [
+        (format!("{messages}?before=abc"), "before", integer),
+        (format!("{messages}?after="), "after", integer),
+        (format!("{messages}?limit=-1"), "limit", range),
+        (format!("{messages}?limit=5&limit=6"), "limit", once),
+        ("/api/users/?page=first".into(), "page", integer),
+        (
+            "/api/users/?page_size=99999999999999999999".into(),
+            "page_size",
+            range,
+        ),
+        ("/api/search/?q=fine&before=abc".into(), "before", integer),
+        ("/api/search/?q=fine&limit=-5".into(), "limit", range),
+        ("/api/search/?q=fine&q=again".into(), "q", once),
+    ];
+    for (path, name, problem) in cases {
+        let (status, body) = app.rest(Method::GET, &path, &token, None).await;
+        assert_eq!((status, body), (400, json!({ name: [problem] })), "{path}");
+    }
+    // Two at fault: neither is the one, so serde's words, as `detail`.
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!("{messages}?before=a&after=b"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"detail": "invalid query string: Query deserialize error: invalid digit found in string"})
+    );
+    // Parameters it does take still work.
+    let path = format!("{messages}?limit=5");
+    assert_eq!(app.rest(Method::GET, &path, &token, None).await.0, 200);
+}
+
 #[actix_rt::test]
 async fn bad_tokens_and_inactive_users_are_refused() {
     let app = TestApp::spawn(&Backend::Sqlite).await;

@@ -13,6 +13,7 @@ pub mod groups;
 pub mod health;
 pub mod messages;
 pub mod push;
+pub mod query;
 pub mod search;
 pub mod throttle;
 pub mod users;
@@ -85,6 +86,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/users/")
+            .app_data(query::named::<users::UserQuery>())
             .route(web::get().to(users::list_users))
             .default_service(get()),
     )
@@ -101,6 +103,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/contacts/{id}/messages/")
+            .app_data(query::named::<contacts::HistoryParams>())
             .route(web::get().to(contacts::messages))
             .default_service(get()),
     )
@@ -134,27 +137,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/messages/{id}/reactions/")
+            .app_data(query::named::<messages::EmojiChoice>())
             .route(web::post().to(messages::add_reaction))
             .route(web::delete().to(messages::remove_reaction))
             .default_service(actix_web::web::to(method_not_allowed("POST, DELETE"))),
     )
     .service(
         web::resource("/api/attachments/")
+            .app_data(query::named::<attachments::UploadParams>())
             .route(web::post().to(attachments::upload))
             .default_service(post()),
     )
     .service(
         web::resource("/api/attachments/{id}/")
+            .app_data(query::named::<attachments::TokenParam>())
             .route(web::get().to(attachments::download))
             .default_service(get()),
     )
     .service(
         web::resource("/api/attachments/{id}/thumbnail/")
+            .app_data(query::named::<attachments::TokenParam>())
             .route(web::get().to(attachments::thumbnail))
             .default_service(get()),
     )
     .service(
         web::resource("/api/search/")
+            .app_data(query::named::<search::SearchParams>())
             .route(web::get().to(search::search))
             .default_service(get()),
     )
