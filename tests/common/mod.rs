@@ -105,12 +105,24 @@ pub fn http_client() -> awc::Client {
         .finish()
 }
 
-/// A TCP port nobody listens on right now.
+/// A TCP port nobody listens on right now, for a server a test starts
+/// (nginx, redis-server, the chat server as a process). Below the kernel's
+/// ephemeral range (Linux: 32768 and up): a port the kernel picks (port 0)
+/// is one it also gives outgoing connections, and another test's (to
+/// PostgreSQL, Redis...) took one between this call and nginx's bind in a
+/// CI run. Drawn at random, so tests running at once seldom try the same.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let draw = RandomState::new();
+    let mut attempt = 0u32;
+    loop {
+        let port = 20_000 + (draw.hash_one(attempt) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        attempt += 1;
+        assert!(attempt < 1_000, "no free port below 32000 in 1,000 draws");
+    }
 }
 
 /// Opens a writer's gate (`commit_gate`) however the test ends, so a failed
