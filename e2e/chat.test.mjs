@@ -291,6 +291,10 @@ test("search: matched words are marked without case or accents, as text", async 
   assert.equal(marked("Über alles", ["uber", "al"]), "[Über] [al]les");
   assert.equal(marked("decaf coffee", ["caf"]), "decaf coffee", "only at a word's start");
   assert.equal(marked("<b>x</b>", ["b"]), "<[b]>x</[b]>");
+  // Chinese and Japanese: anywhere in a run of their characters.
+  assert.equal(marked("日本語のテキスト", ["テキスト"]), "日本語の[テキスト]");
+  assert.equal(marked("iPhone発売日", ["発売", "iph"]), "[iPh]one[発売]日");
+  assert.equal(marked("iPhone発売日", ["phone"]), "iPhone発売日", "Latin letters still only at a word's start");
 });
 
 test("a window in the past: opened at a message, new ones held until it reaches them", () => {

@@ -947,6 +947,7 @@ test("search finds a message by its words, marks them, and opens the conversatio
   const [alice, bob] = await talking(["Sol", "Search"], ["Tom", "Finder"], "Un <b>café</b> au lait?");
   await say(alice.page, "or tea instead");
   await say(alice.page, "the quick brown fox");
+  await say(alice.page, "日本語のテキストを検索する");
 
   // Case and accents ignored; the matched word is marked, the markup shown as text.
   const box = bob.page.getByRole("searchbox", { name: "Search" });
@@ -976,6 +977,14 @@ test("search finds a message by its words, marks them, and opens the conversatio
   await results.waitFor({ state: "detached", ...WAIT });
   assert.equal(await box.inputValue(), "");
   assert.equal(await captions.count(), 0);
+
+  // Japanese, written without spaces: a word inside the text finds it, marked.
+  await box.fill("テキスト");
+  const japanese = results.getByRole("listitem").filter({ hasText: "日本語のテキストを検索する" });
+  await japanese.waitFor(WAIT);
+  assert.equal(await results.getByRole("listitem").count(), 1);
+  assert.equal(await japanese.locator("mark").textContent(), "テキスト");
+  await box.press("Escape");
 
   // Alice, at phone width, finds by a prefix of the last word.
   await alice.page.setViewportSize({ width: 390, height: 844 });

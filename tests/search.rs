@@ -226,6 +226,62 @@ async fn matching_rules(backend: &Backend) {
 
 backend_tests!(matching => matching_rules);
 
+/// Chinese and Japanese, written without spaces between words: a message
+/// is found by any run of its characters, as the run stands in it (not by
+/// the same characters in another order), and by the Latin words beside
+/// them; on SQLite both from what the index does not hold yet and from
+/// the index.
+async fn unspaced_text(backend: &Backend) {
+    let app = spawn(backend).await;
+    let (_, _, pk) = app.pair("alice", "bob").await;
+    let mut alice = app.authorized(&app.login("alice").await).await;
+    let mut bob = app.authorized(&app.login("bob").await).await;
+    let japanese = id(&send(&mut alice, &pk, "日本語のテキストを検索する").await);
+    let chinese = id(&send(&mut alice, &pk, "中文搜索测试").await);
+    let phone = id(&send(&mut alice, &pk, "iPhone発売日は2026年").await);
+    let test = id(&send(&mut alice, &pk, "テスト").await);
+    let edited = alice
+        .ask(
+            json!({"type": "edit_message", "data": {"id": chinese, "content": "中文搜索测试完成"}}),
+        )
+        .await;
+    assert_eq!(edited["status"], "success", "{edited}");
+    let cases = [
+        ("テキスト", vec![japanese]),
+        ("検索", vec![japanese]),
+        ("の", vec![japanese]),
+        ("日本 テキスト", vec![japanese]),
+        ("搜索", vec![chinese]),
+        ("完成", vec![chinese]),
+        ("発売", vec![phone]),
+        ("iphone", vec![phone]),
+        ("iph", vec![phone]),
+        ("2026年", vec![phone]),
+        ("日", vec![phone, japanese]),
+        ("テスト", vec![test]),
+        ("本日", vec![]),
+        ("テキスト 中文", vec![]),
+    ];
+    let mut check = async |when: &str| {
+        for (query, expected) in &cases {
+            let page = search(&mut bob, json!({"query": query})).await;
+            assert_eq!(
+                &ids(&page),
+                expected,
+                "{query:?} on {} ({when})",
+                backend.name()
+            );
+        }
+    };
+    check("as acknowledged").await;
+    if let Some(index) = search_index(app.database_url().unwrap_or_default()).await {
+        index.catch_up().await.expect("the index caught up");
+        check("from the index").await;
+    }
+}
+
+backend_tests!(unspaced => unspaced_text);
+
 /// SQLite: the indexer writes a stored message's words into its file
 /// without a search asking it to, woken by the writer's commit.
 #[actix_rt::test]
@@ -543,7 +599,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
                 vec![chat.into(), user.into(), now.into(), "owner".into()],
             ),
             message(user, "Ein Café, bitte", 1),
-            message(user, "nothing here", 2),
+            message(user, "nothing here: 日本語のテキスト", 2),
         ]
     };
     for statement in &rows(user) {
@@ -566,8 +622,15 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         }
     };
     assert_eq!(
-        find(&db, index, user, "cafe bitte").await,
+        find(&db, index.clone(), user, "cafe bitte").await,
         ["Ein Café, bitte"],
+        "{}",
+        backend.name()
+    );
+    // Unspaced text written before `m20261213_000001_search_unspaced`.
+    assert_eq!(
+        find(&db, index, user, "テキスト").await,
+        ["nothing here: 日本語のテキスト"],
         "{}",
         backend.name()
     );
@@ -653,7 +716,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         let again = search_index(&second.url).await;
         assert_eq!(
             find(&empty, again.clone(), owner, "nothing").await,
-            ["nothing here"]
+            ["nothing here: 日本語のテキスト"]
         );
         assert_eq!(merges(again.clone().unwrap()).await, expected);
 
@@ -687,7 +750,7 @@ async fn the_migration_indexes_existing_messages(backend: &Backend) {
         index.catch_up().await.unwrap();
         assert_eq!(search("cafe").await, Vec::<String>::new());
         assert_eq!(search("tee").await, ["Ein Tee"]);
-        assert_eq!(search("nothing").await, ["nothing here"]);
+        assert_eq!(search("nothing").await, ["nothing here: 日本語のテキスト"]);
 
         // More not indexed than a search matches in memory (MAX_TAIL): the
         // search indexes them first.

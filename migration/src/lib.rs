@@ -24,6 +24,7 @@ mod m20261209_000001_revocation_times;
 mod m20261210_000001_sqlite_search_merges;
 mod m20261211_000001_sqlite_search_file;
 mod m20261212_000001_postgres_messages_conversation_check;
+mod m20261213_000001_search_unspaced;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000001_sqlite_search_merges::Migration),
             Box::new(m20261211_000001_sqlite_search_file::Migration),
             Box::new(m20261212_000001_postgres_messages_conversation_check::Migration),
+            Box::new(m20261213_000001_search_unspaced::Migration),
         ]
     }
 }

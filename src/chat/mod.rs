@@ -23,6 +23,7 @@ pub mod session;
 pub mod socket;
 pub mod store;
 pub mod timers;
+pub mod unspaced;
 pub mod writer;
 
 use std::sync::atomic::Ordering;

@@ -21,6 +21,7 @@ use sea_orm::{
 
 use super::protocol::{format_time, ChatId, SearchPage, SearchResult, UserId};
 use super::search_index::SearchIndex;
+use super::unspaced;
 use super::writer::commit_gate::{self, Point};
 
 /// Longest query, in characters.
@@ -36,12 +37,56 @@ pub const MAX_PAGE: u64 = 50;
 /// such words are matched as a substring instead.
 const MYSQL_MIN_WORD_CHARS: usize = 3;
 
+/// Most characters of unspaced text (Chinese, Japanese) one query asks the
+/// index for; the runs they come from are matched whole all the same.
+pub const MAX_UNSPACED_WORDS: usize = 16;
+
+/// A query as SQLite's and PostgreSQL's indexes are asked it, which hold
+/// each character of unspaced text (Chinese, Japanese) as a word of its
+/// own ([`unspaced`]).
+struct Terms {
+    /// The index's words, in the query's order.
+    words: Vec<String>,
+    /// Whether the last is matched as a prefix: unless it is a character
+    /// of unspaced text.
+    prefix: bool,
+    /// The query's runs of unspaced text, which a message must hold as
+    /// they are: the index finds their characters in any order.
+    runs: Vec<String>,
+}
+
+impl Search {
+    fn terms(&self) -> Terms {
+        let (mut words, mut runs, mut prefix) = (Vec::new(), Vec::new(), true);
+        let mut characters = 0;
+        for (run, is_unspaced) in self.words.iter().flat_map(|w| unspaced::runs(w)) {
+            prefix = !is_unspaced;
+            if !is_unspaced {
+                words.push(run.to_string());
+                continue;
+            }
+            runs.push(run.to_string());
+            for c in run.chars() {
+                let word = c.to_string();
+                if characters < MAX_UNSPACED_WORDS && !words.contains(&word) {
+                    words.push(word);
+                    characters += 1;
+                }
+            }
+        }
+        Terms {
+            words,
+            prefix,
+            runs,
+        }
+    }
+}
+
 /// A checked search request.
 #[derive(Debug, Clone)]
 pub struct Search {
     /// The words, lowercased, in the query's order; the last is a prefix.
     words: Vec<String>,
-    /// One conversation, or all of the caller's.
     scope: Option<ChatId>,
     before: Option<i64>,
     limit: u64,
@@ -210,11 +255,16 @@ fn before(search: &Search) -> i64 {
 /// ([`SearchIndex::with_tail`]), whose messages the index's matches leave
 /// out; the newest page of both.
 fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
-    let last = search.words.len() - 1;
-    let words = search.words.iter().enumerate().map(|(i, word)| {
-        let prefix = if i == last { "*" } else { "" };
+    let terms = search.terms();
+    let last = terms.words.len() - 1;
+    let words = terms.words.iter().enumerate().map(|(i, word)| {
+        let prefix = if i == last && terms.prefix { "*" } else { "" };
         format!("body:\"{word}\"{prefix}")
     });
+    // Each run of unspaced text, as it is, in the text (`?5` on).
+    let runs: String = (0..terms.runs.len())
+        .map(|i| format!(" AND instr(m.content, ?{}) > 0", i + 5))
+        .collect();
     let chats = chats
         .iter()
         .map(|c| format!("chat:c{}", c.simple()))
@@ -227,12 +277,19 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
         format!(
             "SELECT * FROM (SELECT {COLUMNS} FROM {table} {alias} \
              JOIN store.messages m ON m.id = {alias}.rowid \
-             WHERE {alias}.{column} MATCH ?1 AND {alias}.rowid < ?2 AND NOT m.deleted{also} \
+             WHERE {alias}.{column} MATCH ?1 AND {alias}.rowid < ?2 AND NOT m.deleted{runs}{also} \
              AND EXISTS (SELECT 1 FROM store.chat_members cm \
                  WHERE cm.chat_id = m.chat_id AND cm.user_id = ?3) \
              ORDER BY {alias}.rowid DESC LIMIT ?4)"
         )
     };
+    let mut values: Vec<Value> = vec![
+        matched.into(),
+        before(search).into(),
+        user.0.into(),
+        fetch(search).into(),
+    ];
+    values.extend(terms.runs.into_iter().map(Value::from));
     Statement::from_sql_and_values(
         DatabaseBackend::Sqlite,
         format!(
@@ -244,12 +301,7 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
             ),
             branch("temp.search_tail", "t", ""),
         ),
-        [
-            matched.into(),
-            before(search).into(),
-            user.0.into(),
-            fetch(search).into(),
-        ],
+        values,
     )
 }
 
@@ -259,7 +311,8 @@ fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
 const POSTGRES_LARGE_CONVERSATION: i64 = 500;
 
 /// One conversation's newest matches on PostgreSQL: `$1` the `tsquery`
-/// text, `$2` the caller, `$3` `before`, `$4` the page's bound; `chat` the
+/// text, `$2` the caller, `$3` `before`, `$4` the page's bound, `$5` the
+/// patterns of the query's unspaced runs (`%東京%`, maybe none); `chat` the
 /// conversation (a parameter, or the outer `cm.chat_id`). The text is
 /// matched with the `@@` operator when `indexed` (the GIN index can answer
 /// it), or else with `ts_match_vq`, the same test as a function call,
@@ -273,6 +326,7 @@ fn postgres_matches(chat: &str, indexed: bool) -> String {
     format!(
         "SELECT m.id, m.chat_id, m.sender_id, m.content, m.created_at FROM messages m \
          WHERE m.chat_id = {chat} AND m.id < $3 AND NOT m.deleted AND {matched} \
+         AND m.content LIKE ALL ($5) \
          ORDER BY m.id DESC LIMIT $4"
     )
 }
@@ -302,13 +356,14 @@ async fn postgres(
     user: UserId,
     chats: &[(uuid::Uuid, i64)],
 ) -> Result<Vec<Found>, DbErr> {
-    let last = search.words.len() - 1;
-    let query = search
+    let terms = search.terms();
+    let last = terms.words.len() - 1;
+    let query = terms
         .words
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            if i == last {
+            if i == last && terms.prefix {
                 format!("{w}:*")
             } else {
                 w.clone()
@@ -316,6 +371,8 @@ async fn postgres(
         })
         .collect::<Vec<_>>()
         .join(" & ");
+    // Unspaced runs hold no `%`, `_` or `\\` (letters only).
+    let runs: Vec<String> = terms.runs.iter().map(|run| format!("%{run}%")).collect();
     let (large, small): (Vec<(uuid::Uuid, i64)>, Vec<_>) = chats
         .iter()
         .copied()
@@ -337,7 +394,8 @@ async fn postgres(
         .bind(query)
         .bind(user.0)
         .bind(before(search))
-        .bind(fetch(search));
+        .bind(fetch(search))
+        .bind(runs);
     if !small.is_empty() {
         statement = statement.bind(small);
     }
@@ -360,7 +418,7 @@ async fn postgres(
         .collect())
 }
 
-/// The PostgreSQL statement: the small conversations (`$5`, an array) in
+/// The PostgreSQL statement: the small conversations (`$6`, an array) in
 /// one `LATERAL` branch when `small`, then one branch per large one (the
 /// following parameters), the newest page of them all.
 fn postgres_statement(small: bool, large: usize) -> String {
@@ -368,11 +426,11 @@ fn postgres_statement(small: bool, large: usize) -> String {
     if small {
         branches.push(format!(
             "SELECT r.* FROM chat_members cm CROSS JOIN LATERAL ({}) r \
-             WHERE cm.user_id = $2 AND cm.chat_id = ANY($5)",
+             WHERE cm.user_id = $2 AND cm.chat_id = ANY($6)",
             postgres_matches("cm.chat_id", false)
         ));
     }
-    let first = if small { 6 } else { 5 };
+    let first = if small { 7 } else { 6 };
     for n in first..first + large {
         branches.push(format!(
             "SELECT * FROM ({}) r WHERE EXISTS (SELECT 1 FROM chat_members cm \
@@ -388,13 +446,16 @@ fn postgres_statement(small: bool, large: usize) -> String {
 }
 
 /// MySQL: the words long enough to be indexed as a boolean-mode `MATCH`
-/// (`+cafe +uber*`); shorter ones as a substring (`LIKE`), which the
-/// column's collation also compares without case or accents.
+/// (`+cafe +uber*`); shorter ones, and those holding unspaced text, as a
+/// substring (`LIKE`), which the column's collation also compares without
+/// case or accents.
 fn mysql(search: &Search, user: UserId) -> Statement {
     let last = search.words.len() - 1;
     let (mut indexed, mut short) = (Vec::new(), Vec::new());
     for (i, word) in search.words.iter().enumerate() {
-        if word.chars().count() < MYSQL_MIN_WORD_CHARS {
+        // A word with unspaced text in it is one word of the index, all of
+        // it, whatever part of it the query names: a substring.
+        if word.chars().count() < MYSQL_MIN_WORD_CHARS || word.chars().any(unspaced::is_unspaced) {
             short.push(format!("%{word}%"));
         } else {
             let prefix = if i == last { "*" } else { "" };
@@ -447,6 +508,44 @@ mod tests {
     }
 
     #[test]
+    fn unspaced_text_is_asked_a_character_a_word_and_as_a_run() {
+        let terms = Search::new("iPhone発売日 日本", None, None, None)
+            .unwrap()
+            .terms();
+        assert_eq!(terms.words, ["iphone", "発", "売", "日", "本"]);
+        assert_eq!(terms.runs, ["発売日", "日本"]);
+        assert!(!terms.prefix, "the last word is a character, whole");
+        let terms = Search::new("日本 iph", None, None, None).unwrap().terms();
+        assert!(terms.prefix);
+        let long = "漢字".repeat(20);
+        let terms = Search::new(&long, None, None, None).unwrap().terms();
+        assert_eq!(terms.words, ["漢", "字"], "each character once");
+        let many: String = ('\u{4E00}'..='\u{4E13}').collect();
+        let terms = Search::new(&many, None, None, None).unwrap().terms();
+        assert_eq!(terms.words.len(), MAX_UNSPACED_WORDS);
+        assert_eq!(terms.runs, [many]);
+
+        let s = Search::new("日本 park 2026年", None, None, None).unwrap();
+        let statement = sqlite(&s, UserId(1), &[uuid::Uuid::nil()]);
+        assert!(statement
+            .sql
+            .contains("AND instr(m.content, ?5) > 0 AND instr(m.content, ?6) > 0"));
+        let values = statement.values.unwrap().0;
+        assert_eq!(values[0], Value::from(format!(
+            "body:\"日\" AND body:\"本\" AND body:\"park\" AND body:\"2026\" AND body:\"年\" AND (chat:c{})",
+            uuid::Uuid::nil().simple()
+        )));
+        assert_eq!(values[4..], [Value::from("日本"), Value::from("年")]);
+        let statement = mysql(&s, UserId(1));
+        let values = statement.values.unwrap().0;
+        assert_eq!(values[0], Value::from("+park"));
+        assert_eq!(
+            values[1..3],
+            [Value::from("%日本%"), Value::from("%2026年%")]
+        );
+    }
+
+    #[test]
     fn a_query_without_words_or_too_long_is_refused() {
         assert!(Search::new(" .,;!? ", None, None, None).is_err());
         assert!(Search::new("", None, None, None).is_err());
@@ -473,10 +572,10 @@ mod tests {
     fn postgres_plans_large_conversations_on_their_own() {
         let both = postgres_statement(true, 2);
         assert_eq!(both.matches("UNION ALL").count(), 2);
-        assert!(both.contains("cm.chat_id = ANY($5)"));
-        assert!(both.contains("m.chat_id = $6 ") && both.contains("m.chat_id = $7 "));
+        assert!(both.contains("cm.chat_id = ANY($6)"));
+        assert!(both.contains("m.chat_id = $7 ") && both.contains("m.chat_id = $8 "));
         let large = postgres_statement(false, 1);
-        assert!(!large.contains("LATERAL") && large.contains("m.chat_id = $5 "));
+        assert!(!large.contains("LATERAL") && large.contains("m.chat_id = $6 "));
         assert!(!postgres_statement(true, 0).contains("UNION"));
         assert!(
             !postgres_statement(true, 0).contains("@@"),

@@ -68,7 +68,9 @@ pub const BACKGROUND_THREAD: &str = "search-indexer";
 /// catches the index up first.
 pub const MAX_TAIL: i64 = 5_000;
 /// The file's layout (`PRAGMA user_version`); another is built again.
-const LAYOUT: i64 = 1;
+/// 2: unspaced text (Chinese, Japanese) indexed a character a word
+/// ([`super::unspaced`]).
+const LAYOUT: i64 = 2;
 /// How many connections searches and the indexer share.
 const CONNECTIONS: u32 = 4;
 /// As the messages' database: a commit of another instance on the same
@@ -114,7 +116,7 @@ CREATE TABLE search_progress (
     event_id INTEGER NOT NULL
 );
 INSERT INTO search_progress VALUES (1, 0, 0);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 "
 );
 
@@ -139,10 +141,10 @@ const TAIL: &str = concat!(
 const FILL_TAIL: [&str; 3] = [
     "INSERT INTO temp.search_tail(search_tail) VALUES ('delete-all')",
     "INSERT INTO temp.search_tail(rowid, body, chat)
-    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    SELECT id, chat_search_text(content), 'c' || hex(chat_id) FROM store.messages
     WHERE id > ?1 AND NOT deleted",
     "INSERT INTO temp.search_tail(rowid, body, chat)
-    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    SELECT id, chat_search_text(content), 'c' || hex(chat_id) FROM store.messages
     WHERE id IN (SELECT message_id FROM store.message_events
         WHERE id > ?2 AND kind = 'edited' AND message_id <= ?1)
     AND NOT deleted",
@@ -157,12 +159,12 @@ const FILL_TAIL: [&str; 3] = [
 /// indexed with its text as it is now, edits included.
 const STEP: [&str; 4] = [
     "INSERT INTO message_search(rowid, body, chat)
-    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    SELECT id, chat_search_text(content), 'c' || hex(chat_id) FROM store.messages
     WHERE id > ?1 AND id <= ?3 AND NOT deleted",
     "DELETE FROM message_search WHERE rowid IN (SELECT message_id FROM store.message_events
     WHERE id > ?2 AND id <= ?4 AND kind IN ('edited', 'deleted') AND message_id <= ?1)",
     "INSERT INTO message_search(rowid, body, chat)
-    SELECT id, content, 'c' || hex(chat_id) FROM store.messages
+    SELECT id, chat_search_text(content), 'c' || hex(chat_id) FROM store.messages
     WHERE id IN (SELECT message_id FROM store.message_events
         WHERE id > ?2 AND id <= ?4 AND kind = 'edited' AND message_id <= ?1)
     AND NOT deleted",
@@ -249,7 +251,7 @@ impl SearchIndex {
                 Box::pin(async move {
                     conn.execute(sqlx::AssertSqlSafe(attach)).await?;
                     conn.execute(TAIL).await?;
-                    Ok(())
+                    add_functions(conn).await
                 })
             })
             .connect_with(options.clone())
@@ -262,6 +264,7 @@ impl SearchIndex {
                 let attach = attach.clone();
                 Box::pin(async move {
                     conn.execute(sqlx::AssertSqlSafe(attach)).await?;
+                    add_functions(conn).await?;
                     run_at_idle_priority(conn).await
                 })
             })
@@ -427,6 +430,16 @@ async fn step(pool: &SqlitePool, chunk: i64) -> Result<Step, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(if part { Step::Part } else { Step::All })
+}
+
+/// Adds what the index's statements call to `conn`:
+/// `chat_search_text(text)`, the text as the index is given it.
+async fn add_functions(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is locked for the call, so no other thread uses
+    // the connection, which is open.
+    unsafe { super::unspaced::register(handle.as_raw_handle().as_ptr()) }
+        .map_err(|e| sqlx::Error::Configuration(Box::new(e)))
 }
 
 /// Puts the thread of `conn` (each sqlx SQLite connection runs its

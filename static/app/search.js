@@ -16,6 +16,11 @@ export function queryWords(query) {
   return query.split(/[^\p{L}\p{N}]+/u).filter(Boolean);
 }
 
+/** Characters of scripts written without spaces between words (Chinese,
+ *  Japanese), which the server searches a character at a time: a match
+ *  may start at any of them. The server's ranges (`src/chat/unspaced.rs`). */
+const UNSPACED = /[\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u{20000}-\u{3ffff}]/u;
+
 /** A character as search compares it: no accents, lower case. */
 function fold(ch) {
   return ch.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
@@ -25,7 +30,9 @@ function fold(ch) {
  * Splits `text` into pieces, `{ text, hit }`, where a hit is a word of the
  * text that starts with one of `words` (compared without case or
  * accents), up to that word's length: "Café au lait" and "cafe" give
- * [{ "Café", hit }, { " au lait" }].
+ * [{ "Café", hit }, { " au lait" }]. In Chinese or Japanese text a match
+ * may start at any character: "日本語のテキスト" and "テキスト" give
+ * [{ "日本語の" }, { "テキスト", hit }].
  */
 export function highlightParts(text, words) {
   const wanted = words.map((w) => [...w].map(fold).join("")).filter(Boolean);
@@ -34,7 +41,8 @@ export function highlightParts(text, words) {
   const isWord = (ch) => /[\p{L}\p{N}]/u.test(ch);
   const hit = new Array(chars.length).fill(false);
   for (let i = 0; i < chars.length; i++) {
-    if (!isWord(chars[i]) || (i > 0 && isWord(chars[i - 1]))) continue;
+    const starts = isWord(chars[i]) && (i === 0 || !isWord(chars[i - 1]) || UNSPACED.test(chars[i]));
+    if (!starts) continue;
     for (const word of wanted) {
       // Walk the text from i, matching the folded word char by char.
       let j = i;

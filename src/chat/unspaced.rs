@@ -1,0 +1,203 @@
+//! Search in text written without spaces between its words: Chinese and
+//! Japanese (PROTOCOL.md C16). The full-text engines split text into words
+//! at spaces and punctuation, so "日本語のテキスト" was one word, found only
+//! by a query starting as it starts. Here each of its characters is a word
+//! of its own in every index (SQLite's through [`spaced`], registered on
+//! the index's connections as `chat_search_text`; PostgreSQL's through the
+//! same ranges in `chat_search_vector`, migration
+//! `m20261213_000001_search_unspaced`); a query's run of such characters
+//! asks for each of them from the index, and for the run itself, as it is,
+//! in the message's text. MySQL's index is left as it is: its searches
+//! match such runs as substrings, as they match short words.
+
+use std::borrow::Cow;
+use std::ffi::{c_char, c_int};
+
+use libsqlite3_sys as ffi;
+
+/// The characters of scripts written without spaces between words: Han
+/// (Chinese, Japanese kanji), hiragana, katakana (full and half width), and
+/// the ideographic iteration and closing marks (々, 〆, 〇). Korean is
+/// written with spaces and is not among them. The same ranges are in
+/// migration `m20261213_000001_search_unspaced` and the web client's
+/// `search.js`.
+pub const RANGES: [(char, char); 8] = [
+    ('\u{3005}', '\u{3007}'),
+    ('\u{3040}', '\u{30FF}'),
+    ('\u{31F0}', '\u{31FF}'),
+    ('\u{3400}', '\u{4DBF}'),
+    ('\u{4E00}', '\u{9FFF}'),
+    ('\u{F900}', '\u{FAFF}'),
+    ('\u{FF66}', '\u{FF9F}'),
+    ('\u{20000}', '\u{3FFFF}'),
+];
+
+/// Whether `c` is written without spaces around its words.
+pub fn is_unspaced(c: char) -> bool {
+    // Every range is above ASCII: most text is decided by one comparison.
+    c >= '\u{3005}' && RANGES.iter().any(|&(low, high)| (low..=high).contains(&c))
+}
+
+/// `text` with each unspaced character made a word of its own (a space on
+/// each side), as the index is given it; borrowed when it has none.
+pub fn spaced(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unspaced) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if is_unspaced(c) {
+            out.push(' ');
+            out.push(c);
+            out.push(' ');
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A word of a query split into its runs: `(run, unspaced)`, in order.
+pub fn runs(word: &str) -> impl Iterator<Item = (&str, bool)> {
+    let mut rest = word;
+    std::iter::from_fn(move || {
+        let first = rest.chars().next()?;
+        let unspaced = is_unspaced(first);
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| is_unspaced(c) != unspaced)
+            .map_or(rest.len(), |(i, _)| i);
+        let (run, after) = rest.split_at(end);
+        rest = after;
+        Some((run, unspaced))
+    })
+}
+
+/// The name SQL calls [`spaced`] by on the search index's connections.
+pub const SQL_FUNCTION: &str = "chat_search_text";
+
+/// Why `chat_search_text` could not be added to a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot add the SQL function {SQL_FUNCTION}: SQLite error {0}")]
+pub struct RegisterError(c_int);
+
+/// Adds `chat_search_text(text)` ([`spaced`]) to the SQLite connection
+/// `db`.
+///
+/// # Safety
+/// `db` must be an open connection, used by no other thread during the call.
+pub unsafe fn register(db: *mut ffi::sqlite3) -> Result<(), RegisterError> {
+    let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC | ffi::SQLITE_INNOCUOUS;
+    // SAFETY: the caller vouches for `db`; the name is a C string that
+    // SQLite copies; the function takes no user data and needs no
+    // destructor.
+    let done = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            c"chat_search_text".as_ptr(),
+            1,
+            flags,
+            std::ptr::null_mut(),
+            Some(sql_spaced),
+            None,
+            None,
+            None,
+        )
+    };
+    if done == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(RegisterError(done))
+    }
+}
+
+/// `chat_search_text(text)`: [`spaced`] of its argument; NULL for NULL,
+/// and a text that is not UTF-8 as it is.
+unsafe extern "C" fn sql_spaced(
+    context: *mut ffi::sqlite3_context,
+    count: c_int,
+    values: *mut *mut ffi::sqlite3_value,
+) {
+    if count != 1 {
+        // SAFETY: `context` is the call's, as SQLite passes it.
+        unsafe { ffi::sqlite3_result_null(context) };
+        return;
+    }
+    // SAFETY: SQLite passes `count` (here 1) values; `sqlite3_value_text`
+    // then `sqlite3_value_bytes`, in that order, give the text's bytes,
+    // valid until the value is next converted, which nothing here does.
+    unsafe {
+        let value = *values;
+        let text = ffi::sqlite3_value_text(value);
+        if text.is_null() {
+            ffi::sqlite3_result_null(context);
+            return;
+        }
+        let length = usize::try_from(ffi::sqlite3_value_bytes(value)).unwrap_or(0);
+        let bytes = std::slice::from_raw_parts(text, length);
+        match std::str::from_utf8(bytes).map(spaced) {
+            Ok(Cow::Owned(spaced)) => ffi::sqlite3_result_text64(
+                context,
+                spaced.as_ptr().cast::<c_char>(),
+                spaced.len() as u64,
+                ffi::SQLITE_TRANSIENT(),
+                ffi::SQLITE_UTF8 as u8,
+            ),
+            // Nothing to space out (or not UTF-8): the value itself.
+            _ => ffi::sqlite3_result_value(context, value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspaced_characters_become_words_of_their_own() {
+        assert!(matches!(spaced("plain text, café"), Cow::Borrowed(_)));
+        assert_eq!(spaced("iPhone発売"), "iPhone 発  売 ");
+        assert_eq!(spaced("東京々"), " 東  京  々 ");
+        // Korean is written with spaces: left as it is.
+        assert!(matches!(spaced("한국어 문장"), Cow::Borrowed(_)));
+        assert!(is_unspaced('テ') && is_unspaced('ｶ') && is_unspaced('\u{20B9F}'));
+        assert!(!is_unspaced('a') && !is_unspaced('한') && !is_unspaced('。'));
+    }
+
+    #[test]
+    fn a_word_splits_into_its_runs() {
+        let split: Vec<(&str, bool)> = runs("iPhone発売日2026年").collect();
+        assert_eq!(
+            split,
+            [
+                ("iPhone", false),
+                ("発売日", true),
+                ("2026", false),
+                ("年", true)
+            ]
+        );
+        assert_eq!(runs("").count(), 0);
+    }
+
+    #[test]
+    fn sql_calls_it_on_a_connection_it_was_added_to() {
+        use sea_orm::sqlx::{Connection, SqliteConnection};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime for the test");
+        runtime.block_on(async {
+            let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+            let mut handle = conn.lock_handle().await.unwrap();
+            // SAFETY: the handle is locked: no other thread uses it.
+            unsafe { register(handle.as_raw_handle().as_ptr()) }.unwrap();
+            drop(handle);
+            let row: (Option<String>, Option<String>, Option<String>) = sea_orm::sqlx::query_as(
+                "SELECT chat_search_text('テスト ok'), chat_search_text('ok'), chat_search_text(NULL)",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(row, (Some(" テ  ス  ト  ok".into()), Some("ok".into()), None));
+        });
+    }
+}
