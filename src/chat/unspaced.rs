@@ -38,10 +38,17 @@ pub fn is_unspaced(c: char) -> bool {
     c >= '\u{3005}' && RANGES.iter().any(|&(low, high)| (low..=high).contains(&c))
 }
 
+/// Whether `text` (UTF-8) may hold an unspaced character: each takes three
+/// or four bytes, the first 0xE3 or above. Most text has no such byte,
+/// which a scan of its bytes tells without decoding a character.
+fn may_hold_unspaced(text: &[u8]) -> bool {
+    text.iter().any(|&b| b >= 0xE3)
+}
+
 /// `text` with each unspaced character made a word of its own (a space on
 /// each side), as the index is given it; borrowed when it has none.
 pub fn spaced(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unspaced) {
+    if !may_hold_unspaced(text.as_bytes()) || !text.chars().any(is_unspaced) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() * 2);
@@ -135,6 +142,11 @@ unsafe extern "C" fn sql_spaced(
         }
         let length = usize::try_from(ffi::sqlite3_value_bytes(value)).unwrap_or(0);
         let bytes = std::slice::from_raw_parts(text, length);
+        if !may_hold_unspaced(bytes) {
+            // Nearly every message: nothing to decode.
+            ffi::sqlite3_result_value(context, value);
+            return;
+        }
         match std::str::from_utf8(bytes).map(spaced) {
             Ok(Cow::Owned(spaced)) => ffi::sqlite3_result_text64(
                 context,
@@ -162,6 +174,11 @@ mod tests {
         assert!(matches!(spaced("한국어 문장"), Cow::Borrowed(_)));
         assert!(is_unspaced('テ') && is_unspaced('ｶ') && is_unspaced('\u{20B9F}'));
         assert!(!is_unspaced('a') && !is_unspaced('한') && !is_unspaced('。'));
+        // The first of each range's characters' bytes is 0xE3 or above.
+        for (low, _) in RANGES {
+            assert!(may_hold_unspaced(low.to_string().as_bytes()), "{low}");
+        }
+        assert!(!may_hold_unspaced("café, naïve, Ωmega".as_bytes()));
     }
 
     #[test]
