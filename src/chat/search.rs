@@ -41,52 +41,12 @@ const MYSQL_MIN_WORD_CHARS: usize = 3;
 /// index for; the runs they come from are matched whole all the same.
 pub const MAX_UNSPACED_WORDS: usize = 16;
 
-/// A query as SQLite's and PostgreSQL's indexes are asked it, which hold
-/// each character of unspaced text (Chinese, Japanese) as a word of its
-/// own ([`unspaced`]).
-struct Terms {
-    /// The index's words, in the query's order.
-    words: Vec<String>,
-    /// Whether the last is matched as a prefix: unless it is a character
-    /// of unspaced text.
-    prefix: bool,
-    /// The query's runs of unspaced text, which a message must hold as
-    /// they are: the index finds their characters in any order.
-    runs: Vec<String>,
-}
-
-impl Search {
-    fn terms(&self) -> Terms {
-        let (mut words, mut runs, mut prefix) = (Vec::new(), Vec::new(), true);
-        let mut characters = 0;
-        for (run, is_unspaced) in self.words.iter().flat_map(|w| unspaced::runs(w)) {
-            prefix = !is_unspaced;
-            if !is_unspaced {
-                words.push(run.to_string());
-                continue;
-            }
-            runs.push(run.to_string());
-            for c in run.chars() {
-                let word = c.to_string();
-                if characters < MAX_UNSPACED_WORDS && !words.contains(&word) {
-                    words.push(word);
-                    characters += 1;
-                }
-            }
-        }
-        Terms {
-            words,
-            prefix,
-            runs,
-        }
-    }
-}
-
 /// A checked search request.
 #[derive(Debug, Clone)]
 pub struct Search {
     /// The words, lowercased, in the query's order; the last is a prefix.
     words: Vec<String>,
+    /// One conversation, or all of the caller's.
     scope: Option<ChatId>,
     before: Option<i64>,
     limit: u64,
@@ -148,6 +108,47 @@ impl Search {
             before,
             limit,
         })
+    }
+}
+
+/// A query as SQLite's and PostgreSQL's indexes are asked it, which hold
+/// each character of unspaced text (Chinese, Japanese) as a word of its
+/// own ([`unspaced`]).
+struct Terms {
+    /// The index's words, in the query's order.
+    words: Vec<String>,
+    /// Whether the last is matched as a prefix: unless it is a character
+    /// of unspaced text.
+    prefix: bool,
+    /// The query's runs of unspaced text, which a message must hold as
+    /// they are: the index finds their characters in any order.
+    runs: Vec<String>,
+}
+
+impl Search {
+    fn terms(&self) -> Terms {
+        let (mut words, mut runs, mut prefix) = (Vec::new(), Vec::new(), true);
+        let mut characters = 0;
+        for (run, is_unspaced) in self.words.iter().flat_map(|w| unspaced::runs(w)) {
+            prefix = !is_unspaced;
+            if !is_unspaced {
+                words.push(run.to_string());
+                continue;
+            }
+            runs.push(run.to_string());
+            for c in run.chars() {
+                let word = c.to_string();
+                if characters < MAX_UNSPACED_WORDS && !words.contains(&word) {
+                    words.push(word);
+                    characters += 1;
+                }
+            }
+        }
+        Terms {
+            words,
+            prefix,
+            runs,
+        }
     }
 }
 
