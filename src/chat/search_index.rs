@@ -88,7 +88,9 @@ macro_rules! tokenizer {
 /// The index as FTS5 holds it: no copy of the text (`content=''`,
 /// `contentless_delete=1`, `secure-delete` so a deleted row's words leave
 /// at once); `body`, the words (`unicode61 remove_diacritics 2`: case and
-/// accents ignored), and `chat`, one token naming the conversation (`c` +
+/// accents ignored; of the text as `chat_search_text` gives it, each
+/// Chinese or Japanese character a word, [`super::unspaced`]), and
+/// `chat`, one token naming the conversation (`c` +
 /// its id in hex), so a query matches words and the caller's conversations
 /// in the index itself; prefix indexes for 2 to 8 characters (a prefix of
 /// another length makes FTS5 merge every matching word's list in memory,
