@@ -37,10 +37,6 @@ pub const MAX_PAGE: u64 = 50;
 /// such words are matched as a substring instead.
 const MYSQL_MIN_WORD_CHARS: usize = 3;
 
-/// Most characters of unspaced text (Chinese, Japanese) one query asks the
-/// index for; the runs they come from are matched whole all the same.
-pub const MAX_UNSPACED_WORDS: usize = 16;
-
 /// A checked search request.
 #[derive(Debug, Clone)]
 pub struct Search {
@@ -90,7 +86,10 @@ impl Search {
         if words.is_empty() {
             return Err(BadSearch::new("q", "query has no words to search for"));
         }
-        if words.len() > MAX_WORDS {
+        // Unspaced text inside a word splits it for the index ("a日b" asks
+        // for `a` and `b`): those parts count as words too.
+        let parts = words.iter().flat_map(|w| unspaced::runs(w));
+        if words.len() > MAX_WORDS || parts.filter(|&(_, unspaced)| !unspaced).count() > MAX_WORDS {
             let text = format!("query has more than {MAX_WORDS} words");
             return Err(BadSearch::new("q", text));
         }
@@ -108,47 +107,6 @@ impl Search {
             before,
             limit,
         })
-    }
-}
-
-/// A query as SQLite's and PostgreSQL's indexes are asked it, which hold
-/// each character of unspaced text (Chinese, Japanese) as a word of its
-/// own ([`unspaced`]).
-struct Terms {
-    /// The index's words, in the query's order.
-    words: Vec<String>,
-    /// Whether the last is matched as a prefix: unless it is a character
-    /// of unspaced text.
-    prefix: bool,
-    /// The query's runs of unspaced text, which a message must hold as
-    /// they are: the index finds their characters in any order.
-    runs: Vec<String>,
-}
-
-impl Search {
-    fn terms(&self) -> Terms {
-        let (mut words, mut runs, mut prefix) = (Vec::new(), Vec::new(), true);
-        let mut characters = 0;
-        for (run, is_unspaced) in self.words.iter().flat_map(|w| unspaced::runs(w)) {
-            prefix = !is_unspaced;
-            if !is_unspaced {
-                words.push(run.to_string());
-                continue;
-            }
-            runs.push(run.to_string());
-            for c in run.chars() {
-                let word = c.to_string();
-                if characters < MAX_UNSPACED_WORDS && !words.contains(&word) {
-                    words.push(word);
-                    characters += 1;
-                }
-            }
-        }
-        Terms {
-            words,
-            prefix,
-            runs,
-        }
     }
 }
 
@@ -256,7 +214,7 @@ fn before(search: &Search) -> i64 {
 /// ([`SearchIndex::with_tail`]), whose messages the index's matches leave
 /// out; the newest page of both.
 fn sqlite(search: &Search, user: UserId, chats: &[uuid::Uuid]) -> Statement {
-    let terms = search.terms();
+    let terms = unspaced::terms(&search.words);
     let last = terms.words.len() - 1;
     let words = terms.words.iter().enumerate().map(|(i, word)| {
         let prefix = if i == last && terms.prefix { "*" } else { "" };
@@ -357,7 +315,7 @@ async fn postgres(
     user: UserId,
     chats: &[(uuid::Uuid, i64)],
 ) -> Result<Vec<Found>, DbErr> {
-    let terms = search.terms();
+    let terms = unspaced::terms(&search.words);
     let last = terms.words.len() - 1;
     let query = terms
         .words
@@ -510,22 +468,6 @@ mod tests {
 
     #[test]
     fn unspaced_text_is_asked_a_character_a_word_and_as_a_run() {
-        let terms = Search::new("iPhone発売日 日本", None, None, None)
-            .unwrap()
-            .terms();
-        assert_eq!(terms.words, ["iphone", "発", "売", "日", "本"]);
-        assert_eq!(terms.runs, ["発売日", "日本"]);
-        assert!(!terms.prefix, "the last word is a character, whole");
-        let terms = Search::new("日本 iph", None, None, None).unwrap().terms();
-        assert!(terms.prefix);
-        let long = "漢字".repeat(20);
-        let terms = Search::new(&long, None, None, None).unwrap().terms();
-        assert_eq!(terms.words, ["漢", "字"], "each character once");
-        let many: String = ('\u{4E00}'..='\u{4E13}').collect();
-        let terms = Search::new(&many, None, None, None).unwrap().terms();
-        assert_eq!(terms.words.len(), MAX_UNSPACED_WORDS);
-        assert_eq!(terms.runs, [many]);
-
         let s = Search::new("日本 park 2026年", None, None, None).unwrap();
         let statement = sqlite(&s, UserId(1), &[uuid::Uuid::nil()]);
         assert!(statement
@@ -551,6 +493,8 @@ mod tests {
         assert!(Search::new(" .,;!? ", None, None, None).is_err());
         assert!(Search::new("", None, None, None).is_err());
         assert!(Search::new(&"a ".repeat(11), None, None, None).is_err());
+        assert!(Search::new(&"a日".repeat(11), None, None, None).is_err());
+        assert!(Search::new(&"a日".repeat(10), None, None, None).is_ok());
         assert!(Search::new(&"a".repeat(201), None, None, None).is_err());
         assert!(Search::new("x", None, None, Some(0)).is_err());
         assert!(Search::new("x", None, None, Some(51)).is_err());

@@ -80,6 +80,50 @@ pub fn runs(word: &str) -> impl Iterator<Item = (&str, bool)> {
     })
 }
 
+/// Most characters of unspaced text one query asks the index for; the runs
+/// they come from are matched whole all the same.
+pub const MAX_CHARACTERS: usize = 16;
+
+/// A query as SQLite's and PostgreSQL's indexes are asked it, which hold
+/// each unspaced character as a word of its own.
+pub struct Terms {
+    /// The index's words, in the query's order.
+    pub words: Vec<String>,
+    /// Whether the last is matched as a prefix: unless it is an unspaced
+    /// character.
+    pub prefix: bool,
+    /// The query's runs of unspaced text, which a message must hold as
+    /// they are: the index finds their characters in any order.
+    pub runs: Vec<String>,
+}
+
+/// The index's terms for a query of `words` (lowercased): each unspaced
+/// character once (at most [`MAX_CHARACTERS`]), and every other run as it is.
+pub fn terms(words: &[String]) -> Terms {
+    let (mut terms, mut runs, mut prefix) = (Vec::new(), Vec::new(), true);
+    let mut characters = 0;
+    for (run, is_unspaced) in words.iter().flat_map(|w| self::runs(w)) {
+        prefix = !is_unspaced;
+        if !is_unspaced {
+            terms.push(run.to_string());
+            continue;
+        }
+        runs.push(run.to_string());
+        for c in run.chars() {
+            let word = c.to_string();
+            if characters < MAX_CHARACTERS && !terms.contains(&word) {
+                terms.push(word);
+                characters += 1;
+            }
+        }
+    }
+    Terms {
+        words: terms,
+        prefix,
+        runs,
+    }
+}
+
 /// The name SQL calls [`spaced`] by on the search index's connections.
 pub const SQL_FUNCTION: &str = "chat_search_text";
 
@@ -194,6 +238,23 @@ mod tests {
             ]
         );
         assert_eq!(runs("").count(), 0);
+    }
+
+    #[test]
+    fn a_query_asks_each_character_once_and_each_run_whole() {
+        let words =
+            |query: &str| -> Vec<String> { query.split(' ').map(str::to_lowercase).collect() };
+        let asked = terms(&words("iPhone発売日 日本"));
+        assert_eq!(asked.words, ["iphone", "発", "売", "日", "本"]);
+        assert_eq!(asked.runs, ["発売日", "日本"]);
+        assert!(!asked.prefix, "the last word is a character, whole");
+        assert!(terms(&words("日本 iph")).prefix);
+        let asked = terms(&words(&"漢字".repeat(20)));
+        assert_eq!(asked.words, ["漢", "字"], "each character once");
+        let many: String = ('\u{4E00}'..='\u{4E13}').collect();
+        let asked = terms(&words(&many));
+        assert_eq!(asked.words.len(), MAX_CHARACTERS);
+        assert_eq!(asked.runs, [many]);
     }
 
     #[test]
