@@ -206,6 +206,18 @@ test("a failed sync is forgotten, so the next hole can ask again", () => {
   assert.equal(chat.state.notice, null, "a sync's failure is no notice to the person");
 });
 
+test("a request's error is shown until the same request succeeds", () => {
+  const { chat } = connected();
+  chat.onFrame({ type: "get_contacts_response", data: [contact(A, 1)] });
+  const refused = { status: "error", code: "invalid", message: "emoji must be exactly one emoji" };
+  chat.onFrame({ type: "react_response", data: refused });
+  assert.deepEqual(chat.state.notice, { text: refused.message, error: true, after: "react_response" });
+  chat.onFrame({ type: "mute_response", data: { status: "success", state: { pk: A, muted: true } } });
+  assert.equal(chat.state.notice?.text, refused.message, "another request's success leaves it");
+  chat.onFrame({ type: "react_response", data: { status: "success", id: 10, emoji: "🦄", on: true } });
+  assert.equal(chat.state.notice, null);
+});
+
 test("a change is applied once: not again from sync, not over a page that shows it", () => {
   const { chat, sent } = connected();
   chat.onFrame({ type: "get_contacts_response", data: [contact(A, 3)] });

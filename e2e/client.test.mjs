@@ -655,6 +655,44 @@ test("the up arrow in an empty composer edits one's last message", async () => {
   await bob.page.context().close();
 });
 
+test("any emoji as a reaction: typed in the picker, refused when it is not one", async () => {
+  const [alice, bob] = await talking(["Oda", "Emoji"], ["Ned", "Unicorn"], "look at this");
+  const picker = async (page) => {
+    await bubble(page, "look at this").getByRole("button", { name: "React" }).click();
+    return page.getByRole("group", { name: "Pick a reaction" });
+  };
+  // Not an emoji: the server's reason, and nothing added.
+  let open = await picker(bob.page);
+  await open.getByLabel("Other emoji").fill("ok");
+  await open.getByLabel("Other emoji").press("Enter");
+  await bob.page.getByRole("alert").filter({ hasText: "emoji must be exactly one emoji" }).waitFor(WAIT);
+  // One outside the picker's eight: on both sides, pressed for the one who gave it.
+  open = await picker(bob.page);
+  await open.getByLabel("Other emoji").fill("🦄");
+  await open.getByRole("button", { name: "Add" }).click();
+  const mine = bubble(bob.page, "look at this").getByRole("button", { name: "🦄 1" });
+  await mine.waitFor(WAIT);
+  assert.equal(await mine.getAttribute("aria-pressed"), "true");
+  // The earlier refusal is out of date once a reaction succeeds.
+  await bob.page.getByRole("alert").waitFor({ state: "detached", ...WAIT });
+  await shot(bob.page, "desktop-other-emoji");
+  const theirs = bubble(alice.page, "look at this").getByRole("button", { name: "🦄 1" });
+  await theirs.waitFor(WAIT);
+  assert.equal(await theirs.getAttribute("aria-pressed"), "false");
+  // Given again, it stays (the field adds; it does not take back). A later
+  // request's answer comes after that one's: once 👍 shows, 🦄's was handled.
+  open = await picker(bob.page);
+  await open.getByLabel("Other emoji").fill("🦄");
+  await open.getByLabel("Other emoji").press("Enter");
+  open = await picker(bob.page);
+  await open.getByRole("button", { name: "React with 👍" }).click();
+  await bubble(bob.page, "look at this").getByRole("button", { name: "👍 1" }).waitFor(WAIT);
+  assert.equal(await bubble(bob.page, "look at this").getByRole("button", { name: "🦄 1" }).count(), 1);
+  assert.deepEqual([...alice.page.errors, ...bob.page.errors], []);
+  await alice.page.context().close();
+  await bob.page.context().close();
+});
+
 test("phone width: reply and react", async () => {
   const phone = { width: 390, height: 844 };
   const alice = await signUp("Pia", "Phone", phone);

@@ -375,7 +375,10 @@ export class Chat {
     }
     const quiet = ["message_response", "get_messages_response", "sync_response"];
     if (failed && !quiet.includes(type)) {
-      this.state.notice = { text: data.message, error: true };
+      this.state.notice = { text: data.message, error: true, after: type };
+    } else if (!failed && this.state.notice?.after === type) {
+      // The same request has now succeeded: its earlier error is stale.
+      this.state.notice = null;
     }
     this.changed();
   }
@@ -1011,6 +1014,11 @@ export class Chat {
   toggleReaction(message, emoji) {
     const mine = (message.reactions || []).some((r) => r.emoji === emoji && r.mine);
     return this.send("react", { id: message.id, emoji, on: !mine });
+  }
+
+  /** Adds the person's `emoji` to a message (one they already gave: no change). */
+  addReaction(message, emoji) {
+    return this.send("react", { id: message.id, emoji, on: true });
   }
 
   // --- read marks and typing --------------------------------------------

@@ -379,6 +379,7 @@ const Message = memo(function Message({ chat, token, message, read, sender, quot
             }}
           >${emoji}</button>`
         )}
+        <${OtherEmoji} onPick=${(emoji) => (chat.addReaction(message, emoji), setPicking(false))} />
       </div>`}
       ${confirming &&
       html`<${Confirm}
@@ -391,6 +392,31 @@ const Message = memo(function Message({ chat, token, message, read, sender, quot
     </div>
   `;
 });
+
+/** Any other emoji, typed or chosen with the system's emoji keyboard; the
+ *  server says so if it is not exactly one. */
+function OtherEmoji({ onPick }) {
+  const [text, setText] = useState("");
+  const submit = (event) => {
+    event.preventDefault();
+    const emoji = text.trim();
+    if (emoji) onPick(emoji);
+  };
+  return html`
+    <form class="other-emoji" onSubmit=${submit}>
+      <input
+        aria-label="Other emoji"
+        placeholder="🙂"
+        autocomplete="off"
+        size="3"
+        maxlength="32"
+        value=${text}
+        onInput=${(e) => setText(e.target.value)}
+      />
+      <button type="submit" class="link">Add</button>
+    </form>
+  `;
+}
 
 function Pending({ chat, pk, item }) {
   return html`
