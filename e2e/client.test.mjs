@@ -641,10 +641,16 @@ test("the up arrow in an empty composer edits one's last message", async () => {
   await composer.press("ArrowUp");
   assert.equal(await composer.inputValue(), "secnod try");
   await alice.page.getByRole("button", { name: "Save" }).waitFor(WAIT);
+  // The message being edited is marked in the log, and only it.
+  const marked = () => log(alice.page).locator('[aria-current="true"]').allInnerTexts();
+  const [editing] = await marked();
+  assert.ok(editing.startsWith("secnod try"), editing);
+  assert.equal((await marked()).length, 1);
   // Escape gives the composer back, empty.
   await composer.press("Escape");
   await alice.page.getByRole("button", { name: "Send" }).waitFor(WAIT);
   assert.equal(await composer.inputValue(), "");
+  assert.deepEqual(await marked(), []);
   await composer.press("ArrowUp");
   await composer.fill("second try");
   await composer.press("Enter");

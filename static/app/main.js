@@ -320,7 +320,7 @@ function Quote({ quote, author, onJump }) {
  *  Drawn again only when a prop changes (`memo`): `message` is a new
  *  object whenever the message changes (chat.js never changes one in
  *  place), and `actions` is the same object for the conversation's life. */
-const Message = memo(function Message({ chat, token, message, read, sender, quoteAuthor, canDelete, actions }) {
+const Message = memo(function Message({ chat, token, message, read, sender, quoteAuthor, canDelete, editing, actions }) {
   const [picking, setPicking] = useState(false);
   const [confirming, setConfirming] = useState(false);
   const own = message.direction === "send";
@@ -335,7 +335,13 @@ const Message = memo(function Message({ chat, token, message, read, sender, quot
     `;
   }
   return html`
-    <div class="message" id=${`m-${message.id}`} data-direction=${message.direction} tabindex="-1">
+    <div
+      class=${editing ? "message editing" : "message"}
+      id=${`m-${message.id}`}
+      data-direction=${message.direction}
+      tabindex="-1"
+      aria-current=${editing ? "true" : undefined}
+    >
       ${sender && html`<span class="sender">${sender}</span>`}
       ${message.quote &&
       html`<${Quote} quote=${message.quote} author=${quoteAuthor} onJump=${() => actions.jump(message.reply_to)} />`}
@@ -794,6 +800,7 @@ function Conversation({ chat, pk }) {
       quoteAuthor=${m.quote ? authorOf(m.quote.sender) : null}
       token=${chat.session.token}
       canDelete=${m.direction === "send" || owner}
+      editing=${m.id === editing?.id}
       actions=${actions}
     />`);
   }
