@@ -20,7 +20,7 @@ use libsqlite3_sys as ffi;
 /// the ideographic iteration and closing marks (々, 〆, 〇). Korean is
 /// written with spaces and is not among them. The same ranges are in
 /// migration `m20261213_000001_search_unspaced` and the web client's
-/// `search.js`.
+/// `search.js` (a test below compares them).
 pub const RANGES: [(char, char); 8] = [
     ('\u{3005}', '\u{3007}'),
     ('\u{3040}', '\u{30FF}'),
@@ -223,6 +223,42 @@ mod tests {
             assert!(may_hold_unspaced(low.to_string().as_bytes()), "{low}");
         }
         assert!(!may_hold_unspaced("café, naïve, Ωmega".as_bytes()));
+    }
+
+    /// The code points written as `\uXXXX`, `\UXXXXXXXX` or `\u{X…}` on the
+    /// line of `text` that defines `UNSPACED`.
+    fn escapes_of_unspaced(text: &str) -> Vec<u32> {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("const UNSPACED"))
+            .expect("a line defining UNSPACED");
+        line.split('\\')
+            .skip(1)
+            .filter_map(|escape| {
+                let hex = escape.strip_prefix(['u', 'U'])?;
+                let hex = hex.strip_prefix('{').unwrap_or(hex);
+                let end = hex
+                    .find(|c: char| !c.is_ascii_hexdigit())
+                    .unwrap_or(hex.len());
+                u32::from_str_radix(&hex[..end], 16).ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_migration_and_the_web_client_have_the_same_ranges() {
+        let ranges: Vec<u32> = RANGES
+            .iter()
+            .flat_map(|&(low, high)| [low as u32, high as u32])
+            .collect();
+        let migration = include_str!("../../migration/src/m20261213_000001_search_unspaced.rs");
+        let client = include_str!("../../static/app/search.js");
+        assert_eq!(
+            escapes_of_unspaced(migration),
+            ranges,
+            "the migration's UNSPACED"
+        );
+        assert_eq!(escapes_of_unspaced(client), ranges, "search.js's UNSPACED");
     }
 
     #[test]
