@@ -24,9 +24,17 @@ pub fn named<T: DeserializeOwned + 'static>() -> QueryConfig {
     })
 }
 
+/// Most parameters a query may have for its culprit to be looked for:
+/// each is one more parse of the rest, so a query of thousands would cost
+/// the server millions of steps for its error alone.
+const MAX_PAIRS: usize = 16;
+
 /// The parameter `T` cannot take in `query`, and what is wrong with it.
 fn at_fault<T: DeserializeOwned>(query: &str) -> Option<(String, String)> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
+    if pairs.len() > MAX_PAIRS {
+        return None;
+    }
     pairs.iter().find_map(|(name, value)| {
         let others: Vec<&(String, String)> = pairs.iter().filter(|(n, _)| n != name).collect();
         let others = serde_urlencoded::to_string(others).ok()?;
@@ -88,5 +96,13 @@ mod tests {
         // Two at fault: neither alone lets the rest be taken.
         assert_eq!(fault("before=x&limit=y"), None);
         assert_eq!(fault("q=fine&limit=5"), None);
+        // Too many to look through: serde's words, as `detail`.
+        let others: String = (0..MAX_PAIRS).map(|i| format!("x{i}=1&")).collect();
+        assert_eq!(
+            fault(&format!("{}before=x", &others[4..])),
+            named("before", integer)
+        );
+        let long = format!("{others}before=x");
+        assert_eq!(fault(&long), None);
     }
 }
